@@ -1,0 +1,482 @@
+#!/usr/bin/env bash
+# Compares gw's L4 (TCP) proxying with nginx (stream), HAProxy (mode tcp) and a direct
+# connection to one backend, using wrk over loopback.
+#
+#   bench/compare.sh l4 [--rounds N] [--duration S] [--connections C] [--workers W]
+#
+# Defaults: 5 rounds, 10 s per run, 50 connections, W = nproc workers/threads per proxy.
+# Environment:
+#   CONTENDERS    which contenders to run, in round-1 order (default "gw nginx haproxy direct")
+#   GW_BUILD_DIR  build dir holding gwd and gw-backend (default: build-release, which is
+#                 configured and built in Release mode if gwd is missing)
+#   GW_BACKEND    path to a gw-backend binary to use instead of the build dir's
+#   GW_CMAKE_ARGS extra arguments for configuring build-release (e.g. "-DGW_WERROR=OFF")
+#   GW_RESULTS_FILE  where to append the results (default bench/RESULTS.md)
+#
+# Every proxy gets the same two single-threaded gw-backend HTTP servers and the same worker
+# count. Rounds are interleaved and the starting contender rotates each round, so slow drift
+# of the machine (thermal, noisy neighbours) does not always hit the same contender. The
+# summary uses medians over rounds and is appended to bench/RESULTS.md.
+#
+# Only loopback (127.0.0.1) is used. Everything started here is stopped on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RESULTS_MD=${GW_RESULTS_FILE:-"$ROOT/bench/RESULTS.md"}
+NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
+PY=/usr/bin/python3
+
+usage() {
+  cat >&2 <<EOF
+usage: bench/compare.sh l4 [--rounds N] [--duration S] [--connections C] [--workers W]
+  defaults: --rounds 5 --duration 10 --connections 50 --workers \$(nproc)
+  env: CONTENDERS="gw nginx haproxy direct"  GW_BUILD_DIR=DIR  GW_BACKEND=PATH
+EOF
+  exit 2
+}
+die() { echo "compare.sh: $*" >&2; exit 1; }
+log() { echo "== $*" >&2; }
+
+# ---------------------------------------------------------------------------------------
+# Arguments
+
+[ $# -ge 1 ] || usage
+MODE=$1; shift
+[ "$MODE" = l4 ] || { echo "compare.sh: unknown benchmark '$MODE' (only 'l4' exists)" >&2; usage; }
+
+ROUNDS=5
+DURATION=10
+CONNECTIONS=50
+WORKERS=$(nproc)
+while [ $# -gt 0 ]; do
+  case $1 in
+    --rounds|--duration|--connections|--workers)
+      [ $# -ge 2 ] || usage
+      [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1 needs a positive integer, got '$2'"
+      case $1 in
+        --rounds) ROUNDS=$2 ;;
+        --duration) DURATION=${2} ;;
+        --connections) CONNECTIONS=$2 ;;
+        --workers) WORKERS=$2 ;;
+      esac
+      shift 2 ;;
+    --duration=*|--rounds=*|--connections=*|--workers=*)
+      set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
+    -h|--help) usage ;;
+    *) echo "compare.sh: unknown argument '$1'" >&2; usage ;;
+  esac
+done
+[ "$WORKERS" -le 64 ] || die "--workers must be <= 64 (gw's limit)"
+
+read -r -a CONTENDER_LIST <<<"${CONTENDERS:-gw nginx haproxy direct}"
+[ ${#CONTENDER_LIST[@]} -gt 0 ] || die "CONTENDERS is empty"
+for c in "${CONTENDER_LIST[@]}"; do
+  case $c in gw|nginx|haproxy|direct) ;; *) die "unknown contender '$c' (gw nginx haproxy direct)" ;; esac
+done
+has_contender() { local c; for c in "${CONTENDER_LIST[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
+
+# wrk refuses fewer connections than threads.
+WRK_THREADS=2
+[ "$CONNECTIONS" -ge 2 ] || WRK_THREADS=1
+
+# ---------------------------------------------------------------------------------------
+# Tools and binaries
+
+command -v wrk >/dev/null || die "wrk not found (tools/setup.sh installs it)"
+[ -x "$PY" ] || die "$PY not found"
+if has_contender nginx; then
+  command -v nginx >/dev/null || die "nginx not found"
+  [ -f "$NGINX_STREAM_MODULE" ] || die "$NGINX_STREAM_MODULE missing (package libnginx-mod-stream)"
+fi
+if has_contender haproxy; then command -v haproxy >/dev/null || die "haproxy not found"; fi
+
+if [ -n "${GW_BUILD_DIR:-}" ]; then
+  BUILD_DIR=$(cd "$GW_BUILD_DIR" 2>/dev/null && pwd) || die "GW_BUILD_DIR=$GW_BUILD_DIR is not a directory"
+  BUILD_ALLOWED=0   # never reconfigure a build dir somebody pointed us at
+else
+  BUILD_DIR="$ROOT/build-release"
+  BUILD_ALLOWED=1
+fi
+GWD="$BUILD_DIR/gwd"
+BACKEND=${GW_BACKEND:-"$BUILD_DIR/gw-backend"}
+
+need_build=0
+if has_contender gw && [ ! -x "$GWD" ]; then need_build=1; fi
+if [ ! -x "$BACKEND" ]; then need_build=1; fi
+if [ $need_build = 1 ]; then
+  [ $BUILD_ALLOWED = 1 ] || die "gwd or gw-backend missing in $BUILD_DIR (build it, or unset GW_BUILD_DIR)"
+  log "building gw (Release) in $BUILD_DIR"
+  build_log=$(mktemp /tmp/gwbench-build.XXXXXX)
+  read -r -a extra_cmake_args <<<"${GW_CMAKE_ARGS:-}"
+  if ! { cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "${extra_cmake_args[@]}" &&
+         cmake --build "$BUILD_DIR" -j2 --target gwd gw-backend; } >"$build_log" 2>&1; then
+    tail -n 40 "$build_log" >&2
+    die "build failed (full log: $build_log); GW_BUILD_DIR=<dir> benchmarks an existing build"
+  fi
+  rm -f "$build_log"
+fi
+if has_contender gw; then [ -x "$GWD" ] || die "$GWD not found after build"; fi
+[ -x "$BACKEND" ] || die "$BACKEND not found"
+
+# Proxies may need many descriptors; raise the soft limit as far as allowed.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# ---------------------------------------------------------------------------------------
+# Process bookkeeping and cleanup
+
+TMP=$(mktemp -d /tmp/gwbench.XXXXXX)
+SHM_NAME="gwbench-$$"
+declare -a PIDS=()      # every long-running process we started
+declare -A PID_NAME=()  # pid -> name, for messages
+declare -A PID_LOG=()   # pid -> its output file
+WRK_PID=""
+
+# Stops a process and its direct children (nginx/gwd workers): SIGTERM, then SIGKILL
+# after a grace period.
+stop_tree() {
+  local pid=$1 i
+  local -a kids=()
+  kill -0 "$pid" 2>/dev/null || return 0
+  mapfile -t kids < <(pgrep -P "$pid" 2>/dev/null || true)
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" "${kids[@]}" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$? i
+  trap - EXIT INT TERM
+  if [ -n "$WRK_PID" ]; then kill -KILL "$WRK_PID" 2>/dev/null || true; wait "$WRK_PID" 2>/dev/null || true; fi
+  # Stop in reverse start order: proxies before the backends they talk to.
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_tree "${PIDS[i]}"; done
+  rm -rf "$TMP"
+  rm -f "/dev/shm/$SHM_NAME"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "compare.sh: interrupted" >&2; exit 130' INT
+trap 'echo "compare.sh: terminated" >&2; exit 143' TERM
+
+# start NAME LOGFILE CMD... : runs CMD in the background with output in LOGFILE.
+start() {
+  local name=$1 logf=$2; shift 2
+  "$@" >"$logf" 2>&1 &
+  PIDS+=("$!")
+  PID_NAME[$!]=$name
+  PID_LOG[$!]=$logf
+  LAST_PID=$!
+}
+
+# Free loopback ports: bind them all at once (so they differ), then release them. A tiny
+# race with other programs remains; a contender that fails to bind is reported below.
+free_ports() {
+  "$PY" - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# Probe: one HTTP request per fresh connection; prints the backend names that answered.
+cat >"$TMP/probe.py" <<'EOF'
+import socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+names = []
+for _ in range(count):
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200") or not body.startswith(b"backend "):
+        sys.exit("unexpected response: %r" % data[:200])
+    names.append(body.decode().split()[1])
+print(" ".join(sorted(set(names))))
+EOF
+
+show_logs() {
+  local f
+  for f in "$@"; do
+    [ -s "$f" ] || continue
+    echo "---- $f ----" >&2
+    tail -n 50 "$f" >&2
+  done
+  echo "----" >&2
+}
+
+# wait_ready NAME PID PORT EXPECTED_BACKENDS LOG...: waits until PORT serves HTTP through
+# the contender, then checks that the expected backends (e.g. "b1 b2") all answered. On
+# failure shows the contender's logs and exits.
+wait_ready() {
+  local name=$1 pid=$2 port=$3 expect=$4 seen="" i
+  shift 4
+  for i in $(seq 100); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      show_logs "$@"
+      die "$name exited during startup"
+    fi
+    if seen=$("$PY" "$TMP/probe.py" "$port" 4 2>/dev/null); then break; fi
+    seen=""
+    sleep 0.1
+  done
+  if [ -z "$seen" ]; then
+    show_logs "$@"
+    die "$name did not serve requests on 127.0.0.1:$port within 10 s"
+  fi
+  if [ "$seen" != "$expect" ]; then
+    echo "compare.sh: warning: $name answered from backends '$seen', expected '$expect'" >&2
+  fi
+}
+
+# ---------------------------------------------------------------------------------------
+# Start everything
+
+read -r P_B1 P_B2 P_GW P_NGINX P_HAPROXY <<<"$(free_ports 5)"
+declare -A PORT=([gw]=$P_GW [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [direct]=$P_B1)
+
+log "backends: 127.0.0.1:$P_B1 (b1), 127.0.0.1:$P_B2 (b2); workers=$WORKERS; tmp=$TMP"
+for b in 1 2; do
+  port_var=P_B$b
+  start "b$b" "$TMP/b$b.log" "$BACKEND" --listen "127.0.0.1:${!port_var}" --name "b$b" --mode http --threads 1
+  wait_ready "backend b$b" "$LAST_PID" "${!port_var}" "b$b" "$TMP/b$b.log"
+done
+
+if has_contender gw; then
+  # Release builds log little at "warn"; per-connection logging would skew the numbers.
+  cat >"$TMP/gw.json" <<EOF
+{
+  "workers": $WORKERS,
+  "log_level": "warn",
+  "shutdown_timeout_ms": 2000,
+  "shm": {"name": "$SHM_NAME", "max_upstreams": 64, "max_pools": 256, "max_hosts": 4096},
+  "state_file": "$TMP/gw.state.json",
+  "listeners": [{"name": "bench", "listen": "127.0.0.1:$P_GW", "protocol": "tcp",
+                 "upstream": "app", "backlog": 4096}],
+  "upstreams": [{"name": "app", "connect_timeout_ms": 2000, "idle_timeout_ms": 600000,
+                 "max_fails": 1, "fail_timeout_ms": 10000, "tries": 3,
+                 "pools": [{"id": "primary", "priority": 0, "method": "round_robin",
+                            "hosts": [{"id": "b1", "address": "127.0.0.1:$P_B1", "weight": 1},
+                                      {"id": "b2", "address": "127.0.0.1:$P_B2", "weight": 1}]}]}]
+}
+EOF
+  if ! "$GWD" -t -c "$TMP/gw.json" >"$TMP/gw-check.log" 2>&1; then
+    show_logs "$TMP/gw-check.log"
+    die "gwd rejected the generated config $TMP/gw.json"
+  fi
+  # Run from the temp dir so any relative path gwd might create lands there.
+  # shellcheck disable=SC2016  # $1/$@ belong to the inner shell
+  start gw "$TMP/gw.log" bash -c 'cd "$1" && shift && exec "$@"' _ "$TMP" "$GWD" -c "$TMP/gw.json" --foreground
+  wait_ready gw "$LAST_PID" "$P_GW" "b1 b2" "$TMP/gw.log"
+fi
+
+if has_contender nginx; then
+  mkdir -p "$TMP/nginx/logs"
+  cat >"$TMP/nginx/nginx.conf" <<EOF
+load_module $NGINX_STREAM_MODULE;
+daemon off;
+master_process on;
+worker_processes $WORKERS;
+worker_rlimit_nofile 20000;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events {
+    worker_connections 8192;
+}
+stream {
+    upstream backends {
+        server 127.0.0.1:$P_B1;
+        server 127.0.0.1:$P_B2;
+    }
+    server {
+        listen 127.0.0.1:$P_NGINX reuseport backlog=4096;
+        proxy_pass backends;
+        proxy_connect_timeout 2s;
+        proxy_timeout 10m;
+    }
+}
+EOF
+  # -e: log startup errors here instead of the system-wide error log.
+  start nginx "$TMP/nginx.log" nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf"
+  wait_ready nginx "$LAST_PID" "$P_NGINX" "b1 b2" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"
+fi
+
+if has_contender haproxy; then
+  cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread $WORKERS
+    maxconn 4096
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 10m
+    timeout server 10m
+
+frontend bench
+    bind 127.0.0.1:$P_HAPROXY
+    default_backend backends
+
+backend backends
+    balance roundrobin
+    server b1 127.0.0.1:$P_B1
+    server b2 127.0.0.1:$P_B2
+EOF
+  if ! haproxy -c -q -f "$TMP/haproxy.cfg" >"$TMP/haproxy-check.log" 2>&1; then
+    show_logs "$TMP/haproxy-check.log"
+    die "haproxy rejected the generated config"
+  fi
+  # -db: stay in the foreground, no daemon.
+  start haproxy "$TMP/haproxy.log" haproxy -db -f "$TMP/haproxy.cfg"
+  wait_ready haproxy "$LAST_PID" "$P_HAPROXY" "b1 b2" "$TMP/haproxy.log"
+fi
+
+# ---------------------------------------------------------------------------------------
+# Runs
+
+# Parses wrk --latency output into "rps p50_ms p99_ms errors".
+parse_wrk() {
+  awk '
+    function ms(v,   n, u) {
+      n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+      if (u == "us") return n / 1000
+      if (u == "ms") return n
+      if (u == "s")  return n * 1000
+      if (u == "m")  return n * 60000
+      if (u == "h")  return n * 3600000
+      return -1
+    }
+    /^Requests\/sec:/        { rps = $2 }
+    $1 == "50%"              { p50 = ms($2) }
+    $1 == "99%"              { p99 = ms($2) }
+    /^ *Socket errors:/      { gsub(/,/, ""); errors += $4 + $6 + $8 + $10 }
+    /Non-2xx or 3xx/         { errors += $NF }
+    END {
+      if (rps == "" || p50 == "" || p99 == "" || p50 < 0 || p99 < 0) exit 1
+      printf "%s %.3f %.3f %d\n", rps, p50, p99, errors
+    }' "$1"
+}
+
+RUNS="$TMP/runs.tsv"
+: >"$RUNS"
+n=${#CONTENDER_LIST[@]}
+log "l4: $ROUNDS rounds x ${DURATION}s, $CONNECTIONS connections, wrk -t$WRK_THREADS, contenders: ${CONTENDER_LIST[*]}"
+for ((r = 0; r < ROUNDS; r++)); do
+  for ((k = 0; k < n; k++)); do
+    c=${CONTENDER_LIST[(r + k) % n]}
+    out="$TMP/wrk-$r-$c.txt"
+    # Background + wait so INT/TERM are handled promptly instead of after the run.
+    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:${PORT[$c]}/" >"$out" 2>&1 &
+    WRK_PID=$!
+    wrk_rc=0
+    wait "$WRK_PID" || wrk_rc=$?
+    WRK_PID=""
+    if [ $wrk_rc -ne 0 ] || ! res=$(parse_wrk "$out"); then
+      show_logs "$out"
+      die "wrk through $c failed (round $((r + 1)))"
+    fi
+    read -r rps p50 p99 errs <<<"$res"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$((r + 1))" "$c" "$rps" "$p50" "$p99" "$errs" >>"$RUNS"
+    printf '[round %d/%d] %-8s req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms%s\n' \
+      "$((r + 1))" "$ROUNDS" "$c" "$rps" "$p50" "$p99" "$([ "$errs" = 0 ] || echo "  ($errs errors)")"
+    # A contender that died mid-run would otherwise show up only as wrk errors.
+    for pid in "${PIDS[@]}"; do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        show_logs "${PID_LOG[$pid]}"
+        die "${PID_NAME[$pid]} (pid $pid) exited during the benchmark"
+      fi
+    done
+  done
+done
+
+# ---------------------------------------------------------------------------------------
+# Summary: medians per contender, ratios to nginx; printed and appended to RESULTS.md.
+
+DATE=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
+KERNEL=$(uname -r)
+NPROC=$(nproc)
+# (wrk --version exits non-zero, hence the "|| true")
+VERSIONS="wrk $(wrk --version 2>&1 | awk 'NR==1{print $2}' || true)"
+has_contender nginx && VERSIONS+=", $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+has_contender haproxy && VERSIONS+=", haproxy $(haproxy -v | awk 'NR==1{print $3}')"
+GW_REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "uncommitted")
+
+# Values reach the Python code through the environment (quoted heredoc: no shell expansion).
+BENCH_ROUNDS=$ROUNDS BENCH_DURATION=$DURATION BENCH_CONNECTIONS=$CONNECTIONS \
+BENCH_WORKERS=$WORKERS BENCH_WRK_THREADS=$WRK_THREADS BENCH_DATE=$DATE BENCH_KERNEL=$KERNEL \
+BENCH_NPROC=$NPROC BENCH_VERSIONS=$VERSIONS BENCH_GW_REV=$GW_REV \
+"$PY" - "$RUNS" "$RESULTS_MD" "${CONTENDER_LIST[*]}" <<'EOF'
+import os, statistics, sys
+
+runs_file, results_md, order = sys.argv[1], sys.argv[2], sys.argv[3].split()
+env = os.environ
+rows = {}
+for line in open(runs_file):
+    _round, name, rps, p50, p99, errs = line.rstrip("\n").split("\t")
+    r = rows.setdefault(name, {"rps": [], "p50": [], "p99": [], "errors": 0})
+    r["rps"].append(float(rps))
+    r["p50"].append(float(p50))
+    r["p99"].append(float(p99))
+    r["errors"] += int(errs)
+
+med = {n: {k: statistics.median(v[k]) for k in ("rps", "p50", "p99")} for n, v in rows.items()}
+ref = med.get("nginx")
+
+def ratio(name, key):
+    if ref is None or ref[key] == 0:
+        return "n/a"
+    return "%.2f" % (med[name][key] / ref[key])
+
+header = ["contender", "req/s", "p50 ms", "p99 ms", "req/s vs nginx", "p99 vs nginx", "errors"]
+table = [[n, "%.0f" % med[n]["rps"], "%.3f" % med[n]["p50"], "%.3f" % med[n]["p99"],
+          ratio(n, "rps"), ratio(n, "p99"), str(rows[n]["errors"])] for n in order]
+
+widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
+def fmt(cells):
+    return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                     for i, (c, w) in enumerate(zip(cells, widths)))
+
+print()
+print("l4 medians over %s rounds (wrk -t%s -c%s -d%ss, workers %s):" % (
+    env["BENCH_ROUNDS"], env["BENCH_WRK_THREADS"], env["BENCH_CONNECTIONS"],
+    env["BENCH_DURATION"], env["BENCH_WORKERS"]))
+print(fmt(header))
+print(fmt(["-" * w for w in widths]))
+for row in table:
+    print(fmt(row))
+if "direct" in order:
+    print("(direct = wrk straight at backend b1, no proxy; the proxies spread load over b1 and b2)")
+
+new_file = not os.path.exists(results_md)
+with open(results_md, "a") as f:
+    if new_file:
+        f.write("# gw benchmark results\n\n"
+                "Appended by `bench/compare.sh`. Each section is one run: medians over the rounds of\n"
+                "`wrk --latency` through each contender over loopback. Every proxy uses the same\n"
+                "worker count and the same two single-threaded `gw-backend --mode http` servers;\n"
+                "\"direct\" is wrk straight at one backend. Ratios are relative to nginx (req/s: higher\n"
+                "is better; p99: lower is better). Errors are wrk socket errors plus non-2xx replies,\n"
+                "summed over the rounds.\n")
+    f.write("\n## l4, %s\n\n" % env["BENCH_DATE"])
+    f.write("kernel `%s`, nproc %s, rounds %s, duration %ss, connections %s, workers %s, "
+            "wrk threads %s, gw %s; %s\n\n" % (
+                env["BENCH_KERNEL"], env["BENCH_NPROC"], env["BENCH_ROUNDS"],
+                env["BENCH_DURATION"], env["BENCH_CONNECTIONS"], env["BENCH_WORKERS"],
+                env["BENCH_WRK_THREADS"], env["BENCH_GW_REV"], env["BENCH_VERSIONS"]))
+    f.write("| " + " | ".join(header) + " |\n")
+    f.write("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|\n")
+    for row in table:
+        f.write("| " + " | ".join(row) + " |\n")
+print("appended to %s" % results_md)
+EOF

@@ -1,0 +1,73 @@
+#pragma once
+// Smooth weighted round robin, nginx's algorithm
+// (ngx_http_upstream_round_robin.c, ngx_http_upstream_get_peer): each pick adds
+// every candidate's effective weight to its current weight, takes the largest
+// current weight and subtracts the total from it. Weights {a:5, b:1, c:1} give
+// a a b a c a a. A failure lowers the effective weight by weight / max_fails;
+// it recovers by one per pick that considers the host.
+//
+// State is per worker and indexed by the host's runtime slot; a tag per entry
+// resets it when a slot is given to another host. Pure: no I/O, no shm access.
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "gw/shm/table.hpp"
+
+namespace gw::balance {
+
+class RoundRobin {
+ public:
+  explicit RoundRobin(uint32_t max_hosts) : peers_(max_hosts) {}
+
+  /// Picks one of `candidates` (indices into `hosts`) for which `eligible(i)`
+  /// is true. Returns the host index, or -1 if none is eligible. Weight-0 hosts
+  /// are never picked.
+  template <typename Eligible>
+  int pick(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> candidates, Eligible&& eligible) noexcept {
+    Peer* best = nullptr;
+    int best_index = -1;
+    int64_t total = 0;
+    for (uint32_t i : candidates) {
+      const shm::HostRecord& h = hosts[i];
+      if (h.weight == 0 || !eligible(i)) continue;
+      Peer& p = peer(h);
+      p.current += p.effective;
+      total += p.effective;
+      if (p.effective < static_cast<int32_t>(h.weight)) ++p.effective;
+      if (!best || p.current > best->current) {
+        best = &p;
+        best_index = static_cast<int>(i);
+      }
+    }
+    if (best) best->current -= static_cast<int32_t>(total);
+    return best_index;
+  }
+
+  /// A connection to host (slot, tag, weight) failed: lower its effective
+  /// weight (nginx's `effective_weight -= weight / max_fails`).
+  void on_failure(uint32_t slot, uint32_t tag, uint32_t weight, uint32_t max_fails) noexcept {
+    if (max_fails == 0) return;
+    Peer& p = peers_[slot];
+    if (p.tag != tag) return;
+    p.effective -= static_cast<int32_t>(weight / max_fails);
+    if (p.effective < 0) p.effective = 0;
+  }
+
+ private:
+  struct Peer {
+    int32_t current = 0;
+    int32_t effective = 0;
+    uint32_t tag = 0;
+  };
+  Peer& peer(const shm::HostRecord& h) noexcept {
+    Peer& p = peers_[h.slot];
+    if (p.tag != h.tag) p = Peer{0, static_cast<int32_t>(h.weight), h.tag};
+    if (p.effective > static_cast<int32_t>(h.weight)) p.effective = static_cast<int32_t>(h.weight);
+    return p;
+  }
+  std::vector<Peer> peers_;
+};
+
+}  // namespace gw::balance

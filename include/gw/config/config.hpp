@@ -1,0 +1,84 @@
+#pragma once
+// The gateway configuration: JSON, parsed with simdjson, validated in full.
+// Every error names its JSON path ("upstreams[0].pools[0].hosts[1].weight:
+// expected an integer 0..1000, got string \"0\""); unknown keys are errors.
+// Boundary code: it may allocate and throw.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gw/core/address.hpp"
+#include "gw/core/log.hpp"
+#include "gw/shm/table.hpp"
+
+namespace gw::config {
+
+struct HostConf {
+  std::string id;
+  core::SockAddr address;
+  uint32_t weight = 1;
+};
+
+struct PoolConf {
+  std::string id;
+  int32_t priority = 0;
+  shm::Method method = shm::Method::round_robin;
+  std::vector<HostConf> hosts;
+};
+
+struct UpstreamConf {
+  std::string name;
+  uint32_t connect_timeout_ms = 2000;
+  uint32_t idle_timeout_ms = 600000;
+  uint32_t max_fails = 1;
+  uint32_t fail_timeout_ms = 10000;
+  uint32_t tries = 3;
+  std::vector<PoolConf> pools;
+};
+
+enum class Protocol { tcp };
+
+struct ListenerConf {
+  std::string name;
+  core::SockAddr listen;
+  Protocol protocol = Protocol::tcp;
+  std::string upstream;
+  int backlog = 511;
+};
+
+struct ShmConf {
+  std::string name = "gw";
+  shm::Caps caps;
+};
+
+struct Config {
+  std::string path;       ///< absolute path of the file it came from
+  int workers = 0;        ///< resolved: "auto" = number of online CPUs
+  std::string log_file;   ///< empty = stderr
+  core::LogLevel log_level = core::LogLevel::info;
+  uint32_t shutdown_timeout_ms = 10000;
+  ShmConf shm;
+  std::string state_file;  ///< absolute; empty = no persistence
+  std::vector<ListenerConf> listeners;
+  std::vector<UpstreamConf> upstreams;
+};
+
+struct LoadResult {
+  Config config;
+  std::vector<std::string> errors;  ///< "json.path: message"; empty = valid
+  bool ok() const noexcept { return errors.empty(); }
+};
+
+/// Reads and validates a config file.
+LoadResult load_file(const std::string& path);
+/// Validates JSON text; `path` is used for messages and relative paths only.
+LoadResult load_string(const std::string& json, const std::string& path = "<string>");
+
+/// Builds a table from the config's upstreams (hosts get no runtime slots yet).
+/// Throws shm::TableError if it does not fit the capacities.
+void build_table(const Config& c, shm::Table& t);
+/// Copies the upstream settings of `u` into a table record.
+shm::UpstreamRecord upstream_record(const UpstreamConf& u);
+
+}  // namespace gw::config

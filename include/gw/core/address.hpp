@@ -1,0 +1,30 @@
+#pragma once
+// A socket address that is plain old data, so it can live in shared memory.
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace gw::core {
+
+struct SockAddr {
+  uint16_t family = 0;  ///< AF_INET or AF_INET6; 0 = unset
+  uint16_t port = 0;    ///< host byte order
+  uint8_t ip[16] = {};  ///< network byte order; IPv4 uses the first 4 bytes
+
+  /// Fills a sockaddr_storage; returns its length.
+  socklen_t to_sockaddr(sockaddr_storage& out) const noexcept;
+  static SockAddr from_sockaddr(const sockaddr* sa) noexcept;
+  /// "127.0.0.1:80" or "[::1]:80".
+  std::string to_string() const;
+  bool operator==(const SockAddr&) const = default;
+};
+
+/// Parses "IPv4:PORT" or "[IPv6]:PORT" with a port 1..65535. On failure returns
+/// false and sets `why` to a short reason ("missing port", "bad IP address", ...).
+bool parse_address(std::string_view text, SockAddr& out, std::string& why);
+
+}  // namespace gw::core

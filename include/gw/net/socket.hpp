@@ -1,0 +1,25 @@
+#pragma once
+// Socket helpers. Start-up helpers throw; data-plane helpers return errno.
+
+#include <cstdint>
+
+#include "gw/core/address.hpp"
+#include "gw/core/fd.hpp"
+
+namespace gw::net {
+
+/// A non-blocking listening socket with SO_REUSEADDR and, if asked,
+/// SO_REUSEPORT. Throws std::runtime_error naming the address on failure.
+core::UniqueFd listen_tcp(const core::SockAddr& addr, int backlog, bool reuseport);
+
+/// Starts a non-blocking connect. Returns the fd (>= 0) and sets `err` to 0
+/// (connected), EINPROGRESS, or an errno; on failure returns -1.
+int connect_tcp(const core::SockAddr& addr, int& err) noexcept;
+
+/// SO_ERROR of a socket (0 = connected).
+int socket_error(int fd) noexcept;
+
+/// TCP_NODELAY on: a relay forwards what it got at once.
+void set_nodelay(int fd) noexcept;
+
+}  // namespace gw::net

@@ -1,0 +1,20 @@
+#pragma once
+// The master process: prepares the shm segment (create, or adopt and merge with
+// the state file), creates one SO_REUSEPORT socket per worker slot and
+// listener, forks the workers, respawns any that dies, logs events, and handles
+// signals (SIGTERM drain, SIGINT/SIGQUIT fast stop, SIGHUP logged and ignored).
+
+#include "gw/config/config.hpp"
+#include "gw/shm/segment.hpp"
+
+namespace gw::process {
+
+/// Creates or adopts the segment named in the config and publishes the merged
+/// table (config + the newest of segment and state file). Throws with a message
+/// for the operator. Used by the master at start-up; testable on its own.
+shm::Segment prepare_segment(const config::Config& cfg);
+
+/// Runs the master until it stops; returns the process exit code.
+int run_master(const config::Config& cfg);
+
+}  // namespace gw::process

@@ -1,0 +1,19 @@
+#pragma once
+// A worker process: one single-threaded epoll reactor serving its slot's
+// listening sockets (inherited from the master). It reads the routing table
+// from shm (one acquire load per new connection to see a change), relays
+// connections, and stops on SIGTERM (drain) or SIGINT/SIGQUIT (at once).
+
+#include <cstdint>
+#include <vector>
+
+#include "gw/config/config.hpp"
+#include "gw/shm/segment.hpp"
+
+namespace gw::process {
+
+/// Runs worker `slot` until it stops; returns its exit code. `listen_fds[i]` is
+/// this slot's socket for cfg.listeners[i]. Call in the forked child only.
+int run_worker(const config::Config& cfg, const shm::Segment& seg, uint32_t slot, const std::vector<int>& listen_fds);
+
+}  // namespace gw::process

@@ -1,0 +1,115 @@
+#pragma once
+// The L4 relay: accepted client connection → balancer pick → non-blocking
+// connect (timeout, passive failure, next host) → bytes both ways with
+// half-close, idle timeout and back-pressure (a side is read only while the
+// previous chunk from it has been written to the other side).
+//
+// Sessions live in a per-worker slab; epoll data packs {kind, generation,
+// index} so an event for a closed and reused session is recognised and
+// dropped. Buffers come from the worker's pool and are held only while bytes
+// are in flight. Single-threaded; noexcept; allocates nothing per connection.
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "gw/balance/balancer.hpp"
+#include "gw/balance/snapshot.hpp"
+#include "gw/net/buffer_pool.hpp"
+#include "gw/net/reactor.hpp"
+#include "gw/shm/segment.hpp"
+
+namespace gw::proxy {
+
+/// What the relay needs from its worker. The worker updates the pointers
+/// when the table changes and `now_ms` once per loop iteration.
+struct RelayEnv {
+  net::Epoll* epoll = nullptr;
+  net::TimerWheel* timers = nullptr;
+  net::BufferPool* buffers = nullptr;
+  const shm::Segment* seg = nullptr;
+  uint32_t worker = 0;
+  const balance::Snapshot* snap = nullptr;
+  balance::Balancer* balancer = nullptr;
+  std::span<const int> listener_upstream;  ///< listener index → upstream index in snap, -1 = none
+  uint64_t now_ms = 0;
+  bool table_changed = false;  ///< set by the worker on refresh; the relay records propagation
+};
+
+/// epoll data kinds (top two bits).
+inline constexpr uint64_t kKindWorker = 0;
+inline constexpr uint64_t kKindClient = 1;
+inline constexpr uint64_t kKindUpstream = 2;
+inline constexpr uint64_t event_kind(uint64_t data) { return data >> 62; }
+
+class TcpRelay {
+ public:
+  TcpRelay(RelayEnv& env, uint32_t max_sessions);
+
+  /// Takes ownership of an accepted, non-blocking client socket.
+  void accept(int fd, uint32_t listener) noexcept;
+  /// Handles an epoll event whose kind is client or upstream.
+  void on_event(uint64_t data, uint32_t events) noexcept;
+  /// Handles an expired session timer.
+  void on_timer(net::TimerNode& n) noexcept;
+  /// Closes every session (fast stop, or the drain timeout ran out).
+  void close_all() noexcept;
+
+  uint32_t active() const noexcept { return active_; }
+  bool full() const noexcept { return free_head_ == kNone; }
+
+ private:
+  static constexpr uint32_t kNone = ~0u;
+  static constexpr uint32_t kMaxTries = 16;
+
+  struct Pipe {
+    char* buf = nullptr;
+    uint32_t head = 0;
+    uint32_t tail = 0;
+    bool pending() const noexcept { return tail > head; }
+  };
+
+  enum class State : uint8_t { free, connecting, relay };
+
+  struct Session : net::TimerNode {
+    int cfd = -1;
+    int ufd = -1;
+    uint32_t gen = 0;
+    uint32_t next_free = kNone;
+    State state = State::free;
+    bool c_in = false, c_out = false, u_in = false, u_out = false;  // edge-triggered readiness
+    bool c_eof = false, u_eof = false;    // read side saw EOF
+    bool c_shut = false, u_shut = false;  // we shut down the write side
+    bool bound = false;                   // counted on host (slot, tag)
+    uint8_t attempts = 0;
+    uint16_t listener = 0;
+    uint32_t host_slot = 0, host_tag = 0, host_weight = 0;
+    uint32_t idle_ms = 0;
+    uint32_t tried[kMaxTries] = {};
+    Pipe c2u, u2c;
+  };
+
+  uint64_t data_of(const Session& s, uint64_t kind) const noexcept {
+    return (kind << 62) | (uint64_t{s.gen & 0x3fffffffu} << 32) | index_of(s);
+  }
+  uint32_t index_of(const Session& s) const noexcept { return static_cast<uint32_t>(&s - sessions_.data()); }
+
+  void connect_next(Session& s) noexcept;
+  void on_connected(Session& s) noexcept;
+  void on_connect_failed(Session& s, int err) noexcept;
+  void unbind(Session& s) noexcept;
+  void drive(Session& s) noexcept;
+  bool pump(int src, bool& src_in, bool& src_eof, Pipe& p, int dst, bool& dst_out, bool& dst_shut,
+            Session& s) noexcept;
+  void release(Pipe& p) noexcept;
+  void close_session(Session& s) noexcept;
+  void host_event(uint32_t slot, uint32_t tag, bool down, int err) noexcept;
+
+  RelayEnv& env_;
+  std::vector<Session> sessions_;
+  uint32_t free_head_ = kNone;
+  uint32_t active_ = 0;
+  uint64_t last_no_host_log_ms_ = 0;
+};
+
+}  // namespace gw::proxy

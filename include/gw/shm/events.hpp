@@ -1,0 +1,25 @@
+#pragma once
+// The event ring: a fixed array of entries in shm with an atomic head. Any
+// process may emit (gwctl for committed changes, workers for health changes,
+// the master for process events); readers tail it by sequence number.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "gw/shm/segment.hpp"
+
+namespace gw::shm {
+
+/// Appends an event. Lock-free; any process may call it.
+void emit_event(const Segment& seg, EventKind kind, uint64_t generation, std::string_view text) noexcept;
+
+enum class EventRead { ok, not_yet, lost };
+/// Reads event number `seqno`: ok, not written yet (or being written), or lost
+/// (overwritten by a newer event after the ring wrapped).
+EventRead read_event(const Segment& seg, uint64_t seqno, EventData& out) noexcept;
+
+/// "2026-11-21T23:40:00.123Z #12 gen=5 add host app/primary/c 127.0.0.1:8083 weight=1"
+std::string format_event(uint64_t seqno, const EventData& e);
+
+}  // namespace gw::shm

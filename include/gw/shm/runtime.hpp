@@ -1,0 +1,62 @@
+#pragma once
+// Runtime host state in shm: passive health (nginx's max_fails/fail_timeout,
+// global across workers) and per-worker connection counters.
+//
+// Passive health: a failure inside the window [last_fail, last_fail +
+// fail_timeout) adds to the window's count; one outside starts a new window.
+// When the count reaches max_fails the host is down until fail_timeout has
+// passed since the last failure; then connections may try it again. A success
+// clears the count and brings the host back up. Each transition is made by
+// exactly one caller (exchange on `health`), which emits the event.
+//
+// Every function takes the host's tag: state of a slot that has since been
+// given to another host is never touched.
+
+#include <cstdint>
+
+#include "gw/shm/segment.hpp"
+
+namespace gw::shm {
+
+struct HealthPolicy {
+  uint32_t max_fails;        ///< 0 = passive health off
+  uint32_t fail_timeout_ms;
+};
+
+/// May a new connection use this host now? Lock-free, any process.
+bool host_usable(const HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept;
+/// Counts a passive failure. Returns true if this call took the host down.
+bool record_failure(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept;
+/// Counts a success. Returns true if this call brought the host back up.
+bool record_success(HostRuntime& h, uint32_t tag) noexcept;
+/// Gives the slot to a new host (writer only, before publishing the table).
+void reset_slot(HostRuntime& h, uint32_t tag) noexcept;
+
+/// Worker side of the per-worker counters: one writer per row, so plain
+/// relaxed load + store. A row still holding another tag is reset first.
+inline void counter_open(HostCounter& c, uint32_t tag) noexcept {
+  if (c.tag.load(std::memory_order_relaxed) != tag) {
+    c.active.store(0, std::memory_order_relaxed);
+    c.total.store(0, std::memory_order_relaxed);
+    c.tag.store(tag, std::memory_order_relaxed);
+  }
+  c.active.store(c.active.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  c.total.store(c.total.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+inline void counter_close(HostCounter& c, uint32_t tag) noexcept {
+  if (c.tag.load(std::memory_order_relaxed) != tag) return;  // slot reused meanwhile
+  uint32_t a = c.active.load(std::memory_order_relaxed);
+  if (a > 0) c.active.store(a - 1, std::memory_order_relaxed);
+}
+
+struct HostTotals {
+  uint64_t active = 0;
+  uint64_t total = 0;
+};
+/// Sums the per-worker rows of a host slot that carry `tag`.
+HostTotals host_totals(const Segment& seg, uint32_t slot, uint32_t tag) noexcept;
+/// Zeroes a worker's active counts (the master, after that worker died and
+/// before it respawns it).
+void clear_worker_counters(const Segment& seg, uint32_t worker) noexcept;
+
+}  // namespace gw::shm

@@ -1,0 +1,201 @@
+#pragma once
+// The POSIX shared-memory segment: layout, creation, attachment and checks.
+//
+//   offset 0            SegmentHeader  (magic, ABI, sizes, writer lock, published, master pid)
+//   slot_offset[0]      SlotHeader + Table payload   ┐ double-buffered config, seqlock each
+//   slot_offset[1]      SlotHeader + Table payload   ┘ `published` names the live one
+//   runtime_offset      HostRuntime[max_hosts]       per-host health and failure state
+//   counters_offset     HostCounter[kMaxWorkers][max_hosts]  per-worker per-host counters
+//   workers_offset      WorkerRuntime[kMaxWorkers]
+//   events_offset       EventEntry[kEventCapacity]   the event ring
+//
+// Everything in the segment is trivially copyable or a lock-free atomic and is
+// addressed by offsets, never pointers: each process maps it at its own address.
+
+#include <pthread.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <stdexcept>
+#include <string>
+
+#include "gw/shm/table.hpp"
+
+namespace gw::shm {
+
+inline constexpr uint64_t kMagic = 0x31574753'4d485347ull;  // "GSHMSGW1" little-endian
+inline constexpr uint32_t kAbiVersion = 1;
+inline constexpr uint32_t kMaxWorkers = 64;
+inline constexpr uint32_t kEventCapacity = 4096;  // power of two
+inline constexpr size_t kPathCap = 512;
+
+static_assert(std::atomic<uint32_t>::is_always_lock_free && std::atomic<int32_t>::is_always_lock_free);
+
+struct SegmentHeader {
+  uint64_t magic;         ///< kMagic; written last at creation (release), so attachers see a complete header
+  uint32_t abi;           ///< kAbiVersion of the creator
+  uint32_t header_size;   ///< sizeof(SegmentHeader) of the creator
+  uint64_t total_size;    ///< bytes mapped
+  Caps caps;              ///< table capacities
+  uint32_t max_workers;   ///< kMaxWorkers of the creator
+  uint32_t event_capacity;
+  uint32_t reserved0;
+  uint64_t slot_offset[2];
+  uint64_t slot_payload;  ///< Table::bytes_for(caps)
+  uint64_t runtime_offset;
+  uint64_t counters_offset;
+  uint64_t workers_offset;
+  uint64_t events_offset;
+  char state_file[kPathCap];   ///< absolute path of the state file; empty = none
+  char config_file[kPathCap];  ///< absolute path of the config gwd runs with (for messages)
+
+  alignas(64) pthread_mutex_t writer_lock;  ///< robust, process-shared; held by one writer at a time
+
+  alignas(64) std::atomic<uint64_t> published;  ///< (generation << 1) | slot index of the live table
+  std::atomic<int32_t> master_pid;              ///< running gwd master; 0 when stopped
+  std::atomic<uint32_t> reserved1;
+  std::atomic<uint64_t> master_started_ms;      ///< wall clock of the master's start
+
+  alignas(64) std::atomic<uint64_t> event_head;  ///< next event sequence number to claim
+};
+
+struct alignas(64) SlotHeader {
+  std::atomic<uint64_t> seq;  ///< seqlock counter; odd while a writer writes the payload
+};
+
+/// Health and failure state of a host slot. Written by any worker (passive
+/// failures) and by the writer (reset on reuse).
+struct alignas(64) HostRuntime {
+  std::atomic<uint64_t> window_fails;  ///< (tag << 32) | failures in the current fail window
+  std::atomic<uint64_t> last_fail_ms;  ///< monotonic time of the last passive failure
+  std::atomic<uint64_t> failures;      ///< passive failures since the host got this slot
+  std::atomic<uint64_t> freed_ms;      ///< monotonic time the slot was freed; 0 = never used
+  std::atomic<uint32_t> tag;           ///< tag of the host owning the slot; 0 = none
+  std::atomic<uint32_t> health;        ///< kHealthUp / kHealthDown (passive)
+};
+inline constexpr uint32_t kHealthUp = 0;
+inline constexpr uint32_t kHealthDown = 1;
+
+/// Per-worker, per-host counters. Each row has exactly one writer (its worker),
+/// so updates are a relaxed load and store, no read-modify-write. Readers sum
+/// the rows whose tag matches the host's current tag.
+struct HostCounter {
+  std::atomic<uint32_t> tag;     ///< host tag these counts belong to
+  std::atomic<uint32_t> active;  ///< open relayed connections
+  std::atomic<uint64_t> total;   ///< connections routed
+};
+
+struct alignas(64) WorkerRuntime {
+  std::atomic<int32_t> pid;           ///< 0 = slot not running
+  std::atomic<uint32_t> reserved;
+  std::atomic<uint64_t> generation;   ///< table generation the worker routes with
+  std::atomic<uint64_t> applied_ns;   ///< monotonic ns of the first connection routed with `generation`
+  std::atomic<uint64_t> started_ms;   ///< wall clock
+  std::atomic<uint64_t> connections;  ///< open client connections
+  std::atomic<uint64_t> accepted;     ///< client connections accepted since start
+};
+
+/// One event. The payload is guarded by `seq` = 2*index+1 while written, 2*index+2 when complete.
+struct EventData {
+  uint64_t wall_ms;
+  uint64_t generation;
+  int32_t pid;
+  uint32_t kind;
+  char text[224];
+};
+static_assert(sizeof(EventData) % 8 == 0);
+struct alignas(64) EventEntry {
+  std::atomic<uint64_t> seq;
+  uint64_t words[sizeof(EventData) / 8];
+};
+
+enum class EventKind : uint32_t { config = 1, health = 2, process = 3 };
+
+/// Thrown when a segment cannot be created or attached; the message is for the operator.
+class SegmentError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// A mapping of the segment. Move-only; unmaps on destruction (never unlinks).
+class Segment {
+ public:
+  Segment() = default;
+  Segment(Segment&&) noexcept;
+  Segment& operator=(Segment&&) noexcept;
+  Segment(const Segment&) = delete;
+  Segment& operator=(const Segment&) = delete;
+  ~Segment();
+
+  /// Creates a new segment (fails if one exists). Initialises every field.
+  static Segment create(const std::string& name, const Caps& caps);
+  /// Attaches to an existing segment and validates it. Throws SegmentError with
+  /// a clear message: missing, not a gw segment, other ABI, truncated.
+  static Segment attach(const std::string& name);
+  /// Removes the name; existing mappings stay valid. Returns false if absent.
+  static bool unlink(const std::string& name) noexcept;
+  /// "/name" for shm_open; validates the name (throws SegmentError).
+  static std::string object_name(const std::string& name);
+  /// Checks a mapping of `size` bytes at `base`; returns an empty string or the reason.
+  static std::string validate(const void* base, size_t size);
+
+  bool valid() const noexcept { return base_ != nullptr; }
+  const std::string& name() const noexcept { return name_; }
+  SegmentHeader& header() const noexcept { return *reinterpret_cast<SegmentHeader*>(base_); }
+  const Caps& caps() const noexcept { return header().caps; }
+  SlotHeader& slot(int i) const noexcept { return *reinterpret_cast<SlotHeader*>(base_ + header().slot_offset[i]); }
+  uint64_t* slot_words(int i) const noexcept {
+    return reinterpret_cast<uint64_t*>(base_ + header().slot_offset[i] + sizeof(SlotHeader));
+  }
+  size_t slot_word_count() const noexcept { return header().slot_payload / 8; }
+  HostRuntime& host(uint32_t slot) const noexcept {
+    return reinterpret_cast<HostRuntime*>(base_ + header().runtime_offset)[slot];
+  }
+  HostCounter& counter(uint32_t worker, uint32_t slot) const noexcept {
+    return reinterpret_cast<HostCounter*>(base_ + header().counters_offset)[size_t{worker} * caps().max_hosts + slot];
+  }
+  WorkerRuntime& worker(uint32_t i) const noexcept {
+    return reinterpret_cast<WorkerRuntime*>(base_ + header().workers_offset)[i];
+  }
+  EventEntry& event(uint64_t seqno) const noexcept {
+    return reinterpret_cast<EventEntry*>(base_ + header().events_offset)[seqno & (kEventCapacity - 1)];
+  }
+
+  /// True if the master recorded in the header is alive.
+  bool master_alive() const noexcept;
+
+  static size_t layout_size(const Caps& caps, SegmentHeader* fill = nullptr) noexcept;
+
+ private:
+  std::string name_;
+  char* base_ = nullptr;
+  size_t size_ = 0;
+};
+
+/// Reads the published table into `out` (which must have the segment's caps).
+/// Lock-free: retries while a writer rewrites the slot being read. Returns the
+/// published word the copy corresponds to. Any process or thread may call it.
+uint64_t read_published(const Segment& seg, Table& out) noexcept;
+
+/// Per-process cache of the published table. check() is one acquire load.
+class TableReader {
+ public:
+  explicit TableReader(const Segment& seg) : seg_(&seg) {}
+  /// True if a newer table has been published since the last refresh().
+  bool stale() const noexcept {
+    return seg_->header().published.load(std::memory_order_acquire) != cached_;
+  }
+  /// Copies the live table into `out`; returns its generation.
+  uint64_t refresh(Table& out) noexcept {
+    cached_ = read_published(*seg_, out);
+    return out.header().generation;
+  }
+
+ private:
+  const Segment* seg_;
+  uint64_t cached_ = ~0ull;
+};
+
+}  // namespace gw::shm

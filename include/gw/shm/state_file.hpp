@@ -1,0 +1,53 @@
+#pragma once
+// The state file: every committed table, written atomically (temp file, fsync,
+// rename, fsync of the directory) before it is published, so that a change
+// gwctl reported as done survives a restart of gwd or of the machine.
+//
+// Format (JSON):
+//   {"gw_state": 1, "generation": 12, "updated": "2026-11-21T23:40:00.123Z",
+//    "upstreams": [{"name": "app", "pools": [{"id": "primary", "priority": 0,
+//        "method": "round_robin", "hosts": [{"id": "a", "address": "127.0.0.1:8081",
+//        "weight": 1, "down": false}]}]}]}
+// Upstream settings (timeouts, max_fails) are not stored: they come from the config.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gw/core/address.hpp"
+#include "gw/shm/table.hpp"
+
+namespace gw::shm {
+
+struct StateHost {
+  std::string id;
+  core::SockAddr addr;
+  uint32_t weight = 1;
+  bool down = false;
+};
+struct StatePool {
+  std::string id;
+  int32_t priority = 0;
+  Method method = Method::round_robin;
+  std::vector<StateHost> hosts;
+};
+struct StateUpstream {
+  std::string name;
+  std::vector<StatePool> pools;
+};
+struct State {
+  uint64_t generation = 0;
+  std::vector<StateUpstream> upstreams;
+};
+
+/// Serialises a table (pools and hosts of every upstream).
+std::string state_to_json(const Table& t);
+/// Extracts the state of a table.
+State state_from_table(const Table& t);
+/// Writes atomically. Throws std::runtime_error with the path and errno text.
+void write_state_file(const std::string& path, const std::string& json);
+/// Reads a state file. Returns false if it does not exist; throws
+/// std::runtime_error naming the file and the problem if it is unreadable or invalid.
+bool read_state_file(const std::string& path, State& out);
+
+}  // namespace gw::shm

@@ -1,0 +1,156 @@
+#pragma once
+// The routing table: upstreams, pools and hosts as plain old data with fixed
+// capacities. The same bytes are the payload of a shm config slot and a
+// process-local copy, so a reader copies it in one pass and a writer edits a
+// private copy before publishing it.
+//
+// Layout of the bytes (every part 8-byte aligned):
+//   TableHeader | UpstreamRecord[max_upstreams] | PoolRecord[max_pools] | HostRecord[max_hosts]
+// Records are dense: entries [0, n) are in use. Pools refer to their upstream
+// and hosts to their pool by index; removing an entry shifts the later ones.
+
+#include <cstddef>
+#include <cstring>
+#include <cstdint>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "gw/core/address.hpp"
+
+namespace gw::shm {
+
+inline constexpr size_t kNameCap = 48;  ///< names and ids: at most 47 bytes + NUL
+
+/// Capacities fixed when the segment is created (config `shm.*`).
+struct Caps {
+  uint32_t max_upstreams = 64;
+  uint32_t max_pools = 256;
+  uint32_t max_hosts = 4096;
+  bool operator==(const Caps&) const = default;
+};
+
+/// Balancing methods a pool can use. The numeric values are stored in shm.
+enum class Method : uint8_t { round_robin = 0 };
+/// Returns false for an unknown name.
+bool parse_method(std::string_view name, Method& out);
+const char* method_name(Method m);
+/// "round_robin" (comma separated list of every known method, for messages).
+std::string method_names();
+
+inline constexpr uint32_t kMaxWeight = 1000;
+
+struct TableHeader {
+  uint64_t generation;       ///< bumped by every committed change; 0 = never written
+  uint64_t updated_wall_ms;  ///< wall clock of the last commit
+  uint32_t n_upstreams;      ///< entries in use
+  uint32_t n_pools;
+  uint32_t n_hosts;
+  uint32_t next_tag;  ///< next runtime-slot tag to hand out (never 0)
+};
+
+struct UpstreamRecord {
+  char name[kNameCap];          ///< NUL-terminated
+  uint32_t connect_timeout_ms;  ///< upstream connect timeout
+  uint32_t idle_timeout_ms;     ///< relay idle timeout, both directions idle
+  uint32_t max_fails;           ///< passive failures within fail_timeout_ms that take a host out; 0 = never
+  uint32_t fail_timeout_ms;     ///< failure window and time out of rotation
+  uint32_t tries;               ///< connect attempts per client connection (1..16)
+  uint32_t reserved;
+};
+
+struct PoolRecord {
+  char id[kNameCap];  ///< unique within its upstream
+  int32_t priority;   ///< lower number = preferred
+  uint16_t upstream;  ///< index into the upstream records
+  uint8_t method;     ///< Method
+  uint8_t reserved;
+};
+
+struct HostRecord {
+  char id[kNameCap];      ///< unique within its pool
+  core::SockAddr addr;    ///< where to connect
+  uint16_t pool;          ///< index into the pool records
+  uint8_t admin_down;     ///< 1 after `gwctl down host`; only `gwctl up host` clears it
+  uint8_t reserved;
+  uint32_t weight;        ///< 0..kMaxWeight; 0 = takes no new connections
+  uint32_t slot;          ///< runtime slot (counters, health) of this host
+  uint32_t tag;           ///< tag the runtime slot carries while this host owns it
+  uint32_t reserved2;
+};
+
+static_assert(std::is_trivially_copyable_v<TableHeader> && sizeof(TableHeader) % 8 == 0);
+static_assert(std::is_trivially_copyable_v<UpstreamRecord> && sizeof(UpstreamRecord) % 8 == 0);
+static_assert(std::is_trivially_copyable_v<PoolRecord> && sizeof(PoolRecord) % 8 == 0);
+static_assert(std::is_trivially_copyable_v<HostRecord> && sizeof(HostRecord) % 8 == 0);
+
+/// A change that cannot be applied; the message is one line for the operator.
+class TableError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// Names and ids: 1..47 bytes of [A-Za-z0-9._:-]. Returns an empty string if
+/// valid, otherwise the reason.
+std::string check_name(std::string_view s);
+
+/// A process-local table. Not thread-safe; each process or thread owns its own.
+class Table {
+ public:
+  explicit Table(Caps caps);
+
+  static size_t bytes_for(const Caps& caps) noexcept;
+  size_t bytes() const noexcept { return words_.size() * 8; }
+  uint64_t* words() noexcept { return words_.data(); }
+  const uint64_t* words() const noexcept { return words_.data(); }
+  size_t word_count() const noexcept { return words_.size(); }
+  const Caps& caps() const noexcept { return caps_; }
+
+  TableHeader& header() noexcept { return *reinterpret_cast<TableHeader*>(words_.data()); }
+  const TableHeader& header() const noexcept { return *reinterpret_cast<const TableHeader*>(words_.data()); }
+  std::span<UpstreamRecord> upstreams() noexcept { return {ups_(), header().n_upstreams}; }
+  std::span<const UpstreamRecord> upstreams() const noexcept { return {ups_(), header().n_upstreams}; }
+  std::span<PoolRecord> pools() noexcept { return {pools_(), header().n_pools}; }
+  std::span<const PoolRecord> pools() const noexcept { return {pools_(), header().n_pools}; }
+  std::span<HostRecord> hosts() noexcept { return {hosts_(), header().n_hosts}; }
+  std::span<const HostRecord> hosts() const noexcept { return {hosts_(), header().n_hosts}; }
+
+  /// Lookups return -1 when absent.
+  int find_upstream(std::string_view name) const noexcept;
+  int find_pool(int upstream, std::string_view id) const noexcept;
+  int find_host(int pool, std::string_view id) const noexcept;
+  /// Hosts of a pool, in table order.
+  std::vector<int> pool_hosts(int pool) const;
+
+  /// Mutations. They validate and throw TableError with an operator-facing message.
+  int add_upstream(const UpstreamRecord& rec);
+  int add_pool(int upstream, std::string_view id, int32_t priority, Method method);
+  void remove_pool(int pool);
+  int add_host(int pool, std::string_view id, const core::SockAddr& addr, uint32_t weight);
+  void remove_host(int host);
+
+  /// "app/primary/a" for messages.
+  std::string host_path(int host) const;
+  std::string pool_path(int pool) const;
+
+  void clear() noexcept;
+
+ private:
+  UpstreamRecord* ups_() const noexcept;
+  PoolRecord* pools_() const noexcept;
+  HostRecord* hosts_() const noexcept;
+
+  Caps caps_;
+  std::vector<uint64_t> words_;
+};
+
+/// Copies a NUL-terminated name into a fixed field (the caller checked the length).
+void set_name(char (&dst)[kNameCap], std::string_view src) noexcept;
+inline std::string_view name_of(const char (&field)[kNameCap]) noexcept {
+  return {field, ::strnlen(field, kNameCap)};
+}
+
+}  // namespace gw::shm

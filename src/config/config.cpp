@@ -1,0 +1,263 @@
+#include "gw/config/config.hpp"
+
+#include <limits.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <simdjson.h>
+
+#include <cstdlib>
+#include <set>
+
+#include "config/json_util.hpp"
+#include "gw/shm/segment.hpp"
+
+namespace gw::config {
+namespace {
+
+using simdjson::dom::element;
+using simdjson::dom::object;
+
+std::string absolute(const std::string& p) {
+  if (p.empty() || p[0] == '/') return p;
+  char cwd[PATH_MAX];
+  if (!::getcwd(cwd, sizeof(cwd))) return p;
+  return std::string(cwd) + "/" + p;
+}
+
+void parse_hosts(Ctx& c, element arr, const std::string& path, PoolConf& pool) {
+  std::set<std::string> ids;
+  for_each_element(c, arr, path, [&](element e, const std::string& p) {
+    HostConf h;
+    bool has_id = false, has_addr = false;
+    for_each_field(c, e, p, [&](std::string_view k, element v, const std::string& kp) {
+      if (k == "id") has_id = get_name(c, v, kp, h.id);
+      else if (k == "address") has_addr = get_address(c, v, kp, h.address);
+      else if (k == "weight") get_u32(c, v, kp, 0, shm::kMaxWeight, h.weight);
+      else return false;
+      return true;
+    });
+    if (!has_id && !c.has_error_under(p + ".id")) c.error(p, "missing required key \"id\"");
+    if (!has_addr && !c.has_error_under(p + ".address")) c.error(p, "missing required key \"address\"");
+    if (has_id && !ids.insert(h.id).second) c.error(p + ".id", fmt::format("duplicate host id \"{}\" in pool \"{}\"", h.id, pool.id));
+    pool.hosts.push_back(std::move(h));
+  });
+}
+
+void parse_pools(Ctx& c, element arr, const std::string& path, UpstreamConf& up) {
+  std::set<std::string> ids;
+  for_each_element(c, arr, path, [&](element e, const std::string& p) {
+    PoolConf pool;
+    bool has_id = false;
+    element hosts;
+    bool has_hosts = false;
+    for_each_field(c, e, p, [&](std::string_view k, element v, const std::string& kp) {
+      if (k == "id") has_id = get_name(c, v, kp, pool.id);
+      else if (k == "priority") get_i32(c, v, kp, -1000000, 1000000, pool.priority);
+      else if (k == "method") get_method(c, v, kp, pool.method);
+      else if (k == "hosts") { hosts = v; has_hosts = true; }
+      else return false;
+      return true;
+    });
+    if (!has_id && !c.has_error_under(p + ".id")) c.error(p, "missing required key \"id\"");
+    if (has_id && !ids.insert(pool.id).second)
+      c.error(p + ".id", fmt::format("duplicate pool id \"{}\" in upstream \"{}\"", pool.id, up.name));
+    if (has_hosts) parse_hosts(c, hosts, p + ".hosts", pool);
+    up.pools.push_back(std::move(pool));
+  });
+}
+
+void parse_upstreams(Ctx& c, element arr, Config& cfg) {
+  std::set<std::string> names;
+  for_each_element(c, arr, "upstreams", [&](element e, const std::string& p) {
+    UpstreamConf up;
+    bool has_name = false;
+    element pools;
+    bool has_pools = false;
+    for_each_field(c, e, p, [&](std::string_view k, element v, const std::string& kp) {
+      if (k == "name") has_name = get_name(c, v, kp, up.name);
+      else if (k == "connect_timeout_ms") get_u32(c, v, kp, 1, 3600000, up.connect_timeout_ms);
+      else if (k == "idle_timeout_ms") get_u32(c, v, kp, 1, 86400000, up.idle_timeout_ms);
+      else if (k == "max_fails") get_u32(c, v, kp, 0, 1000, up.max_fails);
+      else if (k == "fail_timeout_ms") get_u32(c, v, kp, 1, 86400000, up.fail_timeout_ms);
+      else if (k == "tries") get_u32(c, v, kp, 1, 16, up.tries);
+      else if (k == "pools") { pools = v; has_pools = true; }
+      else return false;
+      return true;
+    });
+    if (!has_name && !c.has_error_under(p + ".name")) c.error(p, "missing required key \"name\"");
+    if (has_name && !names.insert(up.name).second) c.error(p + ".name", fmt::format("duplicate upstream name \"{}\"", up.name));
+    if (has_pools) parse_pools(c, pools, p + ".pools", up);
+    cfg.upstreams.push_back(std::move(up));
+  });
+}
+
+void parse_listeners(Ctx& c, element arr, Config& cfg) {
+  std::set<std::string> names;
+  for_each_element(c, arr, "listeners", [&](element e, const std::string& p) {
+    ListenerConf l;
+    bool has_name = false, has_listen = false, has_up = false;
+    for_each_field(c, e, p, [&](std::string_view k, element v, const std::string& kp) {
+      if (k == "name") has_name = get_name(c, v, kp, l.name);
+      else if (k == "listen") has_listen = get_address(c, v, kp, l.listen);
+      else if (k == "upstream") has_up = get_name(c, v, kp, l.upstream);
+      else if (k == "backlog") get_i32(c, v, kp, 1, 65535, l.backlog);
+      else if (k == "protocol") {
+        std::string s;
+        if (get_string(c, v, kp, s)) {
+          if (s == "tcp") l.protocol = Protocol::tcp;
+          else c.error(kp, fmt::format("expected \"tcp\", got \"{}\"", s));
+        }
+      } else return false;
+      return true;
+    });
+    if (!has_name && !c.has_error_under(p + ".name")) c.error(p, "missing required key \"name\"");
+    if (!has_listen && !c.has_error_under(p + ".listen")) c.error(p, "missing required key \"listen\"");
+    if (!has_up && !c.has_error_under(p + ".upstream")) c.error(p, "missing required key \"upstream\"");
+    if (has_name && !names.insert(l.name).second) c.error(p + ".name", fmt::format("duplicate listener name \"{}\"", l.name));
+    cfg.listeners.push_back(std::move(l));
+  });
+}
+
+void cross_check(Ctx& c, Config& cfg) {
+  for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+    const auto& l = cfg.listeners[i];
+    if (l.upstream.empty()) continue;
+    bool found = false;
+    for (const auto& u : cfg.upstreams) found |= u.name == l.upstream;
+    if (!found) c.error(fmt::format("listeners[{}].upstream", i), fmt::format("no upstream named \"{}\"", l.upstream));
+    for (size_t j = 0; j < i; ++j)
+      if (cfg.listeners[j].listen == l.listen && l.listen.family != 0)
+        c.error(fmt::format("listeners[{}].listen", i),
+                fmt::format("address {} is already used by listeners[{}]", l.listen.to_string(), j));
+  }
+  size_t pools = 0, hosts = 0;
+  for (const auto& u : cfg.upstreams) {
+    pools += u.pools.size();
+    for (const auto& p : u.pools) hosts += p.hosts.size();
+  }
+  const auto& caps = cfg.shm.caps;
+  if (cfg.upstreams.size() > caps.max_upstreams)
+    c.error("shm.max_upstreams", fmt::format("{} upstreams are configured, more than max_upstreams {}", cfg.upstreams.size(), caps.max_upstreams));
+  if (pools > caps.max_pools)
+    c.error("shm.max_pools", fmt::format("{} pools are configured, more than max_pools {}", pools, caps.max_pools));
+  if (hosts > caps.max_hosts)
+    c.error("shm.max_hosts", fmt::format("{} hosts are configured, more than max_hosts {}", hosts, caps.max_hosts));
+}
+
+LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
+  LoadResult r;
+  Config& cfg = r.config;
+  cfg.path = absolute(path);
+  Ctx c;
+  simdjson::dom::parser parser;
+  element root;
+  if (auto err = parser.parse(json).get(root)) {
+    r.errors.push_back(fmt::format("(document): invalid JSON: {}", simdjson::error_message(err)));
+    return r;
+  }
+  if (!root.is_object()) {
+    r.errors.push_back("(document): expected a JSON object at the top level");
+    return r;
+  }
+  long ncpu = ::sysconf(_SC_NPROCESSORS_ONLN);
+  cfg.workers = static_cast<int>(ncpu > 0 ? ncpu : 1);
+  bool has_listeners = false, has_upstreams = false;
+  element listeners, upstreams;
+  for_each_field(c, root, "", [&](std::string_view k, element v, const std::string& kp) {
+    if (k == "workers") {
+      std::string_view s;
+      if (v.get(s) == simdjson::SUCCESS) {
+        if (s != "auto") c.error(kp, fmt::format("expected \"auto\" or an integer 1..{}, got \"{}\"", shm::kMaxWorkers, s));
+      } else {
+        uint32_t n = 0;
+        if (get_u32(c, v, kp, 1, shm::kMaxWorkers, n, "\"auto\" or an integer")) cfg.workers = static_cast<int>(n);
+      }
+    } else if (k == "log_file") {
+      get_string(c, v, kp, cfg.log_file);
+    } else if (k == "log_level") {
+      std::string s;
+      if (get_string(c, v, kp, s) && !core::parse_log_level(s, cfg.log_level))
+        c.error(kp, fmt::format("expected one of debug, info, warn, error, got \"{}\"", s));
+    } else if (k == "shutdown_timeout_ms") {
+      get_u32(c, v, kp, 0, 86400000, cfg.shutdown_timeout_ms);
+    } else if (k == "state_file") {
+      get_string(c, v, kp, cfg.state_file);
+    } else if (k == "shm") {
+      for_each_field(c, v, kp, [&](std::string_view sk, element sv, const std::string& skp) {
+        if (sk == "name") {
+          std::string s;
+          if (get_string(c, sv, skp, s)) {
+            bool ok = !s.empty() && s.size() <= 200;
+            for (char ch : s)
+              ok &= (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-';
+            if (ok) cfg.shm.name = s;
+            else c.error(skp, fmt::format("expected 1..200 characters of [A-Za-z0-9._-], got \"{}\"", s));
+          }
+        } else if (sk == "max_upstreams") get_u32(c, sv, skp, 1, 65535, cfg.shm.caps.max_upstreams);
+        else if (sk == "max_pools") get_u32(c, sv, skp, 1, 65535, cfg.shm.caps.max_pools);
+        else if (sk == "max_hosts") get_u32(c, sv, skp, 1, 1u << 20, cfg.shm.caps.max_hosts);
+        else return false;
+        return true;
+      });
+    } else if (k == "listeners") {
+      listeners = v;
+      has_listeners = true;
+    } else if (k == "upstreams") {
+      upstreams = v;
+      has_upstreams = true;
+    } else {
+      return false;
+    }
+    return true;
+  });
+  if (has_upstreams) parse_upstreams(c, upstreams, cfg);
+  else c.error("upstreams", "missing required key");
+  if (has_listeners) parse_listeners(c, listeners, cfg);
+  else c.error("listeners", "missing required key");
+  cross_check(c, cfg);
+  cfg.state_file = absolute(cfg.state_file);
+  cfg.log_file = absolute(cfg.log_file);
+  r.errors = std::move(c.errors);
+  return r;
+}
+
+}  // namespace
+
+LoadResult load_string(const std::string& json, const std::string& path) {
+  return parse(simdjson::padded_string(json), path);
+}
+
+LoadResult load_file(const std::string& path) {
+  simdjson::padded_string json;
+  if (auto err = simdjson::padded_string::load(path).get(json)) {
+    LoadResult r;
+    r.errors.push_back(fmt::format("(file): cannot read: {}", simdjson::error_message(err)));
+    return r;
+  }
+  return parse(json, path);
+}
+
+shm::UpstreamRecord upstream_record(const UpstreamConf& u) {
+  shm::UpstreamRecord r{};
+  shm::set_name(r.name, u.name);
+  r.connect_timeout_ms = u.connect_timeout_ms;
+  r.idle_timeout_ms = u.idle_timeout_ms;
+  r.max_fails = u.max_fails;
+  r.fail_timeout_ms = u.fail_timeout_ms;
+  r.tries = u.tries;
+  return r;
+}
+
+void build_table(const Config& c, shm::Table& t) {
+  t.clear();
+  for (const auto& u : c.upstreams) {
+    int ui = t.add_upstream(upstream_record(u));
+    for (const auto& p : u.pools) {
+      int pi = t.add_pool(ui, p.id, p.priority, p.method);
+      for (const auto& h : p.hosts) t.add_host(pi, h.id, h.address, h.weight);
+    }
+  }
+}
+
+}  // namespace gw::config

@@ -1,0 +1,105 @@
+#include "config/json_util.hpp"
+
+#include <fmt/format.h>
+
+namespace gw::config {
+
+void Ctx::error(const std::string& path, const std::string& msg) { errors.push_back(path + ": " + msg); }
+
+bool Ctx::has_error_under(const std::string& path) const {
+  for (const auto& e : errors)
+    if (e.compare(0, path.size(), path) == 0) return true;
+  return false;
+}
+
+std::string join(const std::string& path, std::string_view key) {
+  return path.empty() ? std::string(key) : path + "." + std::string(key);
+}
+
+std::string describe(simdjson::dom::element e) {
+  using T = simdjson::dom::element_type;
+  switch (e.type()) {
+    case T::STRING: {
+      std::string_view s = e.get_string().value_unsafe();
+      if (s.size() > 40) return fmt::format("string \"{}...\"", s.substr(0, 40));
+      return fmt::format("string \"{}\"", s);
+    }
+    case T::INT64: return fmt::format("{}", e.get_int64().value_unsafe());
+    case T::UINT64: return fmt::format("{}", e.get_uint64().value_unsafe());
+    case T::DOUBLE: return fmt::format("{}", e.get_double().value_unsafe());
+    case T::BOOL: return e.get_bool().value_unsafe() ? "true" : "false";
+    case T::NULL_VALUE: return "null";
+    case T::ARRAY: return "an array";
+    case T::OBJECT: return "an object";
+  }
+  return "an unknown value";
+}
+
+bool get_string(Ctx& c, simdjson::dom::element v, const std::string& path, std::string& out) {
+  std::string_view s;
+  if (v.get(s) != simdjson::SUCCESS) {
+    c.error(path, "expected a string, got " + describe(v));
+    return false;
+  }
+  out = s;
+  return true;
+}
+
+bool get_name(Ctx& c, simdjson::dom::element v, const std::string& path, std::string& out) {
+  std::string s;
+  if (!get_string(c, v, path, s)) return false;
+  if (auto why = shm::check_name(s); !why.empty()) {
+    c.error(path, fmt::format("\"{}\" {}", s, why));
+    return false;
+  }
+  out = std::move(s);
+  return true;
+}
+
+bool get_address(Ctx& c, simdjson::dom::element v, const std::string& path, core::SockAddr& out) {
+  std::string s, why;
+  if (!get_string(c, v, path, s)) return false;
+  if (!core::parse_address(s, out, why)) {
+    c.error(path, fmt::format("bad address \"{}\": {}", s, why));
+    return false;
+  }
+  return true;
+}
+
+bool get_u32(Ctx& c, simdjson::dom::element v, const std::string& path, uint32_t min, uint32_t max, uint32_t& out,
+             const char* what) {
+  int64_t n = 0;
+  if (v.is_int64()) n = v.get_int64().value_unsafe();
+  else if (v.is_uint64()) n = INT64_MAX;
+  else {
+    c.error(path, fmt::format("expected {} {}..{}, got {}", what, min, max, describe(v)));
+    return false;
+  }
+  if (n < static_cast<int64_t>(min) || n > static_cast<int64_t>(max)) {
+    c.error(path, fmt::format("expected {} {}..{}, got {}", what, min, max, describe(v)));
+    return false;
+  }
+  out = static_cast<uint32_t>(n);
+  return true;
+}
+
+bool get_i32(Ctx& c, simdjson::dom::element v, const std::string& path, int32_t min, int32_t max, int32_t& out) {
+  if (!v.is_int64() || v.get_int64().value_unsafe() < min || v.get_int64().value_unsafe() > max) {
+    c.error(path, fmt::format("expected an integer {}..{}, got {}", min, max, describe(v)));
+    return false;
+  }
+  out = static_cast<int32_t>(v.get_int64().value_unsafe());
+  return true;
+}
+
+bool get_method(Ctx& c, simdjson::dom::element v, const std::string& path, shm::Method& out) {
+  std::string s;
+  if (!get_string(c, v, path, s)) return false;
+  if (!shm::parse_method(s, out)) {
+    c.error(path, fmt::format("unknown method \"{}\" (known: {})", s, shm::method_names()));
+    return false;
+  }
+  return true;
+}
+
+}  // namespace gw::config

@@ -1,0 +1,90 @@
+#include "gw/core/address.hpp"
+
+#include <arpa/inet.h>
+
+#include <charconv>
+#include <cstring>
+
+namespace gw::core {
+
+socklen_t SockAddr::to_sockaddr(sockaddr_storage& out) const noexcept {
+  std::memset(&out, 0, sizeof(out));
+  if (family == AF_INET6) {
+    auto* s = reinterpret_cast<sockaddr_in6*>(&out);
+    s->sin6_family = AF_INET6;
+    s->sin6_port = htons(port);
+    std::memcpy(&s->sin6_addr, ip, 16);
+    return sizeof(sockaddr_in6);
+  }
+  auto* s = reinterpret_cast<sockaddr_in*>(&out);
+  s->sin_family = AF_INET;
+  s->sin_port = htons(port);
+  std::memcpy(&s->sin_addr, ip, 4);
+  return sizeof(sockaddr_in);
+}
+
+SockAddr SockAddr::from_sockaddr(const sockaddr* sa) noexcept {
+  SockAddr a;
+  if (sa->sa_family == AF_INET6) {
+    const auto* s = reinterpret_cast<const sockaddr_in6*>(sa);
+    a.family = AF_INET6;
+    a.port = ntohs(s->sin6_port);
+    std::memcpy(a.ip, &s->sin6_addr, 16);
+  } else if (sa->sa_family == AF_INET) {
+    const auto* s = reinterpret_cast<const sockaddr_in*>(sa);
+    a.family = AF_INET;
+    a.port = ntohs(s->sin_port);
+    std::memcpy(a.ip, &s->sin_addr, 4);
+  }
+  return a;
+}
+
+std::string SockAddr::to_string() const {
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (family == AF_INET6) {
+    ::inet_ntop(AF_INET6, ip, buf, sizeof(buf));
+    return "[" + std::string(buf) + "]:" + std::to_string(port);
+  }
+  if (family == AF_INET) {
+    ::inet_ntop(AF_INET, ip, buf, sizeof(buf));
+    return std::string(buf) + ":" + std::to_string(port);
+  }
+  return "(unset)";
+}
+
+bool parse_address(std::string_view text, SockAddr& out, std::string& why) {
+  std::string_view host, port;
+  if (!text.empty() && text.front() == '[') {
+    auto close = text.find(']');
+    if (close == std::string_view::npos) { why = "missing ']' after an IPv6 address"; return false; }
+    host = text.substr(1, close - 1);
+    if (close + 1 >= text.size() || text[close + 1] != ':') { why = "missing port (expected [IPv6]:PORT)"; return false; }
+    port = text.substr(close + 2);
+  } else {
+    auto colon = text.rfind(':');
+    if (colon == std::string_view::npos) { why = "missing port (expected IP:PORT)"; return false; }
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  unsigned p = 0;
+  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+  if (port.empty() || ec != std::errc() || end != port.data() + port.size() || p == 0 || p > 65535) {
+    why = "port must be an integer 1..65535, got \"" + std::string(port) + "\"";
+    return false;
+  }
+  std::string h(host);
+  SockAddr a;
+  a.port = static_cast<uint16_t>(p);
+  if (::inet_pton(AF_INET, h.c_str(), a.ip) == 1) {
+    a.family = AF_INET;
+  } else if (::inet_pton(AF_INET6, h.c_str(), a.ip) == 1) {
+    a.family = AF_INET6;
+  } else {
+    why = "\"" + h + "\" is not an IPv4 or IPv6 address (host names are not resolved)";
+    return false;
+  }
+  out = a;
+  return true;
+}
+
+}  // namespace gw::core

@@ -1,0 +1,75 @@
+#include "gw/core/log.hpp"
+
+#include <fcntl.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <stdexcept>
+
+namespace gw::core {
+namespace {
+std::atomic<int> g_level{static_cast<int>(LogLevel::info)};
+int g_fd = STDERR_FILENO;
+char g_role[32] = "gw";
+
+const char* level_name(LogLevel l) {
+  switch (l) {
+    case LogLevel::debug: return "debug";
+    case LogLevel::info: return "info";
+    case LogLevel::warn: return "warn";
+    case LogLevel::error: return "error";
+  }
+  return "?";
+}
+}  // namespace
+
+bool parse_log_level(std::string_view s, LogLevel& out) {
+  if (s == "debug") out = LogLevel::debug;
+  else if (s == "info") out = LogLevel::info;
+  else if (s == "warn") out = LogLevel::warn;
+  else if (s == "error") out = LogLevel::error;
+  else return false;
+  return true;
+}
+
+void log_set_role(std::string_view role) {
+  size_t n = std::min(role.size(), sizeof(g_role) - 1);
+  std::memcpy(g_role, role.data(), n);
+  g_role[n] = '\0';
+}
+
+void log_set_level(LogLevel level) { g_level.store(static_cast<int>(level)); }
+LogLevel log_level() { return static_cast<LogLevel>(g_level.load(std::memory_order_relaxed)); }
+
+void log_open(const std::string& path) {
+  if (path.empty()) {
+    if (g_fd != STDERR_FILENO) ::close(g_fd);
+    g_fd = STDERR_FILENO;
+    return;
+  }
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error(fmt::format("cannot open log file {}: {}", path, std::strerror(errno)));
+  if (g_fd != STDERR_FILENO) ::close(g_fd);
+  g_fd = fd;
+}
+
+void log_write(LogLevel level, std::string_view text) noexcept {
+  char buf[1024];
+  timeval tv{};
+  ::gettimeofday(&tv, nullptr);
+  tm t{};
+  ::gmtime_r(&tv.tv_sec, &t);
+  auto r = fmt::format_to_n(buf, sizeof(buf) - 1, "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z {} {}[{}]: {}",
+                            t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
+                            tv.tv_usec / 1000, level_name(level), g_role, ::getpid(), text);
+  size_t n = std::min(r.size, sizeof(buf) - 1);
+  buf[n++] = '\n';
+  ssize_t w = ::write(g_fd, buf, n);
+  (void)w;
+}
+
+}  // namespace gw::core

@@ -1,0 +1,62 @@
+#include "gw/net/reactor.hpp"
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+namespace gw::net {
+
+Epoll::Epoll() : fd_(::epoll_create1(EPOLL_CLOEXEC)) {
+  if (!fd_) throw std::runtime_error(fmt::format("epoll_create1: {}", std::strerror(errno)));
+}
+
+int Epoll::add(int fd, uint32_t events, uint64_t data) noexcept {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = data;
+  return ::epoll_ctl(fd_.get(), EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : errno;
+}
+
+int Epoll::del(int fd) noexcept { return ::epoll_ctl(fd_.get(), EPOLL_CTL_DEL, fd, nullptr) == 0 ? 0 : errno; }
+
+int Epoll::wait(epoll_event* events, int max, int timeout_ms) noexcept {
+  int n = ::epoll_wait(fd_.get(), events, max, timeout_ms);
+  return n < 0 ? 0 : n;
+}
+
+TimerWheel::TimerWheel(uint64_t now_ms) noexcept : tick_(now_ms / kTickMs) {
+  for (auto& s : slots_) s.prev = s.next = &s;
+}
+
+void TimerWheel::link(TimerNode& n, uint64_t deadline_ms) noexcept {
+  uint64_t t = deadline_ms / kTickMs;
+  if (t < tick_) t = tick_;
+  TimerNode& head = slots_[t % kSlots];
+  n.next = &head;
+  n.prev = head.prev;
+  head.prev->next = &n;
+  head.prev = &n;
+  ++count_;
+}
+
+void TimerWheel::schedule(TimerNode& n, uint64_t deadline_ms) noexcept {
+  if (n.linked()) cancel(n);
+  n.deadline_ms = deadline_ms;
+  link(n, deadline_ms);
+}
+
+void TimerWheel::cancel(TimerNode& n) noexcept {
+  if (!n.linked()) return;
+  unlink_raw(n);
+  --count_;
+}
+
+int TimerWheel::timeout_ms(uint64_t now_ms) const noexcept {
+  if (count_ == 0) return -1;
+  uint64_t next = (tick_ + 1) * kTickMs;
+  return next > now_ms ? static_cast<int>(next - now_ms) : 1;
+}
+
+}  // namespace gw::net

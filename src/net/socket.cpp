@@ -1,0 +1,64 @@
+#include "gw/net/socket.hpp"
+
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+namespace gw::net {
+
+core::UniqueFd listen_tcp(const core::SockAddr& addr, int backlog, bool reuseport) {
+  sockaddr_storage ss;
+  socklen_t len = addr.to_sockaddr(ss);
+  core::UniqueFd fd(::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) throw std::runtime_error(fmt::format("socket() for {}: {}", addr.to_string(), std::strerror(errno)));
+  int one = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (reuseport && ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+    throw std::runtime_error(fmt::format("SO_REUSEPORT on {}: {}", addr.to_string(), std::strerror(errno)));
+  if (ss.ss_family == AF_INET6) ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0)
+    throw std::runtime_error(fmt::format("cannot bind {}: {}", addr.to_string(), std::strerror(errno)));
+  if (::listen(fd.get(), backlog) != 0)
+    throw std::runtime_error(fmt::format("cannot listen on {}: {}", addr.to_string(), std::strerror(errno)));
+  return fd;
+}
+
+int connect_tcp(const core::SockAddr& addr, int& err) noexcept {
+  sockaddr_storage ss;
+  socklen_t len = addr.to_sockaddr(ss);
+  int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    err = errno;
+    return -1;
+  }
+  set_nodelay(fd);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0) {
+    err = 0;
+  } else if (errno == EINPROGRESS) {
+    err = EINPROGRESS;
+  } else {
+    err = errno;
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+int socket_error(int fd) noexcept {
+  int e = 0;
+  socklen_t len = sizeof(e);
+  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) != 0) return errno;
+  return e;
+}
+
+void set_nodelay(int fd) noexcept {
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+}  // namespace gw::net

@@ -1,0 +1,338 @@
+#include "gw/process/master.hpp"
+
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <map>
+#include <memory>
+#include <stdexcept>
+
+#include "gw/core/clock.hpp"
+#include "gw/core/fd.hpp"
+#include "gw/core/log.hpp"
+#include "gw/net/socket.hpp"
+#include "gw/process/worker.hpp"
+#include "gw/shm/events.hpp"
+#include "gw/shm/runtime.hpp"
+#include "gw/shm/state_file.hpp"
+#include "gw/shm/writer.hpp"
+
+namespace gw::process {
+namespace {
+
+bool shm_exists(const std::string& name) {
+  struct stat st{};
+  return ::stat(("/dev/shm/" + name).c_str(), &st) == 0;
+}
+
+// Adds the pools and hosts of `su` under upstream `ui` of `t`.
+void add_state_upstream(shm::Table& t, int ui, const shm::StateUpstream& su) {
+  for (const auto& sp : su.pools) {
+    int pi = t.add_pool(ui, sp.id, sp.priority, sp.method);
+    for (const auto& sh : sp.hosts) {
+      int hi = t.add_host(pi, sh.id, sh.addr, sh.weight);
+      t.hosts()[static_cast<size_t>(hi)].admin_down = sh.down ? 1 : 0;
+    }
+  }
+}
+
+}  // namespace
+
+shm::Segment prepare_segment(const config::Config& cfg) {
+  const std::string& name = cfg.shm.name;
+  shm::Segment seg;
+  std::unique_ptr<shm::Table> seg_table;
+  if (shm_exists(name)) {
+    seg = shm::Segment::attach(name);  // throws a clear error for garbage or another ABI
+    if (seg.master_alive() && seg.header().master_pid.load() != ::getpid())
+      throw std::runtime_error(fmt::format("another gwd (pid {}) is running with shm \"{}\"; stop it first, or give this "
+                                           "one another shm.name",
+                                           seg.header().master_pid.load(), name));
+    seg_table = std::make_unique<shm::Table>(seg.caps());
+    shm::read_published(seg, *seg_table);
+  }
+
+  shm::State state;
+  bool have_state = !cfg.state_file.empty() && shm::read_state_file(cfg.state_file, state);
+
+  // The runtime source: whichever of segment and state file is newer. A state
+  // file newer than the segment means a writer died between persisting and
+  // publishing, or the segment is gone; either way the file holds the truth.
+  uint64_t seg_gen = seg_table ? seg_table->header().generation : 0;
+  enum class Source { config, segment, file } source = Source::config;
+  if (seg_table && seg_gen > 0 && seg_gen >= state.generation) source = Source::segment;
+  else if (have_state) source = Source::file;
+  shm::State src = source == Source::segment ? shm::state_from_table(*seg_table) : state;
+
+  shm::Table merged(cfg.shm.caps);
+  for (const auto& u : cfg.upstreams) {
+    int ui = merged.add_upstream(config::upstream_record(u));
+    const shm::StateUpstream* su = nullptr;
+    if (source != Source::config)
+      for (const auto& x : src.upstreams)
+        if (x.name == u.name) su = &x;
+    if (su) {
+      add_state_upstream(merged, ui, *su);
+    } else {
+      for (const auto& p : u.pools) {
+        int pi = merged.add_pool(ui, p.id, p.priority, p.method);
+        for (const auto& h : p.hosts) merged.add_host(pi, h.id, h.address, h.weight);
+      }
+    }
+  }
+  if (source != Source::config) {
+    for (const auto& x : src.upstreams)
+      if (merged.find_upstream(x.name) < 0)
+        GW_LOG_WARN("upstream \"{}\" from the runtime state is not in the config; its pools and hosts are dropped",
+                    x.name);
+  }
+
+  bool reuse = seg.valid() && seg.caps() == cfg.shm.caps;
+  if (seg.valid() && !reuse) {
+    GW_LOG_INFO("shm \"{}\" has other capacities than the config; recreating it", name);
+    seg = shm::Segment();
+    shm::Segment::unlink(name);
+  }
+  if (!reuse) seg = shm::Segment::create(name, cfg.shm.caps);
+
+  // Hosts keep their runtime slots (counters, health) only when the segment
+  // itself is the source; otherwise they get fresh slots.
+  if (reuse && source == Source::segment) {
+    for (auto& h : merged.hosts()) {
+      int u = seg_table->find_upstream(shm::name_of(merged.upstreams()[merged.pools()[h.pool].upstream].name));
+      int p = u < 0 ? -1 : seg_table->find_pool(u, shm::name_of(merged.pools()[h.pool].id));
+      int o = p < 0 ? -1 : seg_table->find_host(p, shm::name_of(h.id));
+      if (o >= 0) {
+        h.slot = seg_table->hosts()[static_cast<size_t>(o)].slot;
+        h.tag = seg_table->hosts()[static_cast<size_t>(o)].tag;
+      }
+    }
+  }
+
+  auto& hdr = seg.header();
+  std::memset(hdr.state_file, 0, sizeof(hdr.state_file));
+  std::memcpy(hdr.state_file, cfg.state_file.data(), std::min(cfg.state_file.size(), sizeof(hdr.state_file) - 1));
+  std::memset(hdr.config_file, 0, sizeof(hdr.config_file));
+  std::memcpy(hdr.config_file, cfg.path.data(), std::min(cfg.path.size(), sizeof(hdr.config_file) - 1));
+  for (uint32_t w = 0; w < shm::kMaxWorkers; ++w) {
+    seg.worker(w).pid.store(0);
+    shm::clear_worker_counters(seg, w);  // no worker of a previous run is alive
+  }
+
+  if (!cfg.state_file.empty()) {
+    std::string dir = cfg.state_file.substr(0, cfg.state_file.rfind('/'));
+    if (!dir.empty() && ::access(dir.c_str(), W_OK) != 0)
+      throw std::runtime_error(fmt::format("state_file directory {} is not writable: {}", dir, std::strerror(errno)));
+  }
+
+  const char* what = source == Source::segment ? "the shm segment" : source == Source::file ? "the state file" : "the config";
+  const uint64_t base_gen = std::max(seg_gen, state.generation);
+  shm::Writer writer(seg);
+  uint64_t gen = writer.commit([&](shm::Table& t, std::vector<std::string>& events) {
+    uint32_t next_tag = std::max(t.header().next_tag, 1u);
+    std::memcpy(t.words(), merged.words(), t.bytes());
+    t.header().generation = base_gen;
+    t.header().next_tag = next_tag;
+    events.push_back(fmt::format("start gwd pid={}: {} upstream(s), {} pool(s), {} host(s) from {}", ::getpid(),
+                                 t.upstreams().size(), t.pools().size(), t.hosts().size(), what));
+  });
+  GW_LOG_INFO("routing table generation {} from {} ({} host(s))", gen, what, merged.hosts().size());
+  return seg;
+}
+
+namespace {
+
+class Master {
+ public:
+  Master(const config::Config& cfg, shm::Segment seg) : cfg_(cfg), seg_(std::move(seg)) {}
+
+  int run() {
+    const int n = cfg_.workers;
+    // One socket per worker slot and listener, made here so a respawned worker
+    // inherits its slot's socket and its accept queue (nothing queued is lost).
+    fds_.resize(static_cast<size_t>(n));
+    for (int w = 0; w < n; ++w)
+      for (const auto& l : cfg_.listeners) fds_[static_cast<size_t>(w)].push_back(net::listen_tcp(l.listen, l.backlog, true));
+
+    sigset_t set;
+    sigemptyset(&set);
+    for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&set, s);
+    ::sigprocmask(SIG_BLOCK, &set, nullptr);
+    ::signal(SIGPIPE, SIG_IGN);
+
+    seg_.header().master_started_ms.store(core::wall_ms());
+    seg_.header().master_pid.store(::getpid(), std::memory_order_release);
+    event_cursor_ = seg_.header().event_head.load();
+
+    pids_.assign(static_cast<size_t>(n), 0);
+    started_ms_.assign(static_cast<size_t>(n), 0);
+    quick_deaths_.assign(static_cast<size_t>(n), 0);
+    for (int w = 0; w < n; ++w) spawn(static_cast<uint32_t>(w));
+    std::string addrs;
+    for (const auto& l : cfg_.listeners) addrs += fmt::format(" {}={}", l.name, l.listen.to_string());
+    GW_LOG_INFO("ready: {} worker(s), shm \"{}\", listeners:{}", n, cfg_.shm.name, addrs);
+
+    for (;;) {
+      timespec ts{0, 100 * 1000 * 1000};
+      siginfo_t si{};
+      int sig = ::sigtimedwait(&set, &si, &ts);
+      uint64_t now = core::monotonic_ms();
+      if (sig == SIGCHLD) reap(now);
+      else if (sig == SIGTERM) begin_stop(true, now);
+      else if (sig == SIGINT || sig == SIGQUIT) begin_stop(false, now);
+      else if (sig == SIGHUP) GW_LOG_WARN("SIGHUP: configuration reload is not implemented yet; ignored");
+      else if (sig == SIGUSR1 || sig == SIGUSR2) GW_LOG_INFO("signal {} ignored", sig);
+      respawn_due(now);
+      log_events();
+      if (stopping_) {
+        reap(now);
+        if (alive() == 0) break;
+        if (now >= kill_deadline_ms_) {
+          GW_LOG_WARN("workers still running after the stop deadline; killing them");
+          for (pid_t p : pids_)
+            if (p > 0) ::kill(p, SIGKILL);
+          kill_deadline_ms_ = now + 60000;
+        }
+      }
+    }
+    log_events();
+    seg_.header().master_pid.store(0, std::memory_order_release);
+    GW_LOG_INFO("stopped");
+    return 0;
+  }
+
+ private:
+  int alive() const {
+    int a = 0;
+    for (pid_t p : pids_) a += p > 0;
+    return a;
+  }
+
+  void spawn(uint32_t w) {
+    pid_t pid = ::fork();
+    if (pid < 0) {
+      GW_LOG_ERROR("fork: {}; retrying in 1 s", std::strerror(errno));
+      respawn_at_[w] = core::monotonic_ms() + 1000;
+      return;
+    }
+    if (pid == 0) {
+      // Child: if the master dies, drain and exit rather than serve unsupervised.
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (::getppid() == 1) ::_exit(0);
+      ::prctl(PR_SET_NAME, fmt::format("gwd-worker-{}", w).c_str());
+      core::log_set_role(fmt::format("worker {}", w));
+      sigset_t all;
+      sigemptyset(&all);
+      ::sigprocmask(SIG_SETMASK, &all, nullptr);
+      std::vector<int> mine;
+      for (size_t s = 0; s < fds_.size(); ++s)
+        for (auto& fd : fds_[s]) {
+          if (s == w) mine.push_back(fd.get());
+          else fd.reset();
+        }
+      int rc = run_worker(cfg_, seg_, w, mine);
+      ::_exit(rc);
+    }
+    pids_[w] = pid;
+    started_ms_[w] = core::monotonic_ms();
+    respawn_at_.erase(w);
+  }
+
+  void reap(uint64_t now) {
+    for (;;) {
+      int status = 0;
+      pid_t pid = ::waitpid(-1, &status, WNOHANG);
+      if (pid <= 0) return;
+      for (uint32_t w = 0; w < pids_.size(); ++w) {
+        if (pids_[w] != pid) continue;
+        pids_[w] = 0;
+        seg_.worker(w).pid.store(0, std::memory_order_release);
+        shm::clear_worker_counters(seg_, w);
+        std::string how = WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
+                                              : fmt::format("exited with code {}", WEXITSTATUS(status));
+        if (stopping_) {
+          GW_LOG_INFO("worker {} (pid {}) {}", w, pid, how);
+          break;
+        }
+        // Respawn at once, unless it keeps dying right after start.
+        quick_deaths_[w] = now - started_ms_[w] < 1000 ? quick_deaths_[w] + 1 : 0;
+        uint64_t delay = quick_deaths_[w] >= 3 ? 1000 : 0;
+        GW_LOG_WARN("worker {} (pid {}) {}; respawning{}", w, pid, how, delay ? " in 1 s" : "");
+        shm::emit_event(seg_, shm::EventKind::process, seg_.header().published.load() >> 1,
+                        fmt::format("worker {} pid={} {}; respawned", w, pid, how));
+        if (delay) respawn_at_[w] = now + delay;
+        else spawn(w);
+        break;
+      }
+    }
+  }
+
+  void respawn_due(uint64_t now) {
+    if (stopping_) return;
+    for (auto it = respawn_at_.begin(); it != respawn_at_.end();) {
+      uint32_t w = it->first;
+      if (now >= it->second && pids_[w] == 0) {
+        it = respawn_at_.erase(it);
+        spawn(w);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  void begin_stop(bool graceful, uint64_t now) {
+    if (stopping_ && graceful) return;
+    stopping_ = true;
+    // Close the master's copies of the listening sockets first: once the
+    // workers close theirs, the kernel stops queueing new connections.
+    fds_.clear();
+    GW_LOG_INFO("{}: stopping {}", graceful ? "SIGTERM" : "SIGINT/SIGQUIT", graceful ? "gracefully" : "now");
+    for (pid_t p : pids_)
+      if (p > 0) ::kill(p, graceful ? SIGTERM : SIGQUIT);
+    kill_deadline_ms_ = now + (graceful ? cfg_.shutdown_timeout_ms + 2000 : 2000);
+  }
+
+  void log_events() {
+    uint64_t head = seg_.header().event_head.load(std::memory_order_acquire);
+    while (event_cursor_ < head) {
+      shm::EventData e{};
+      auto r = shm::read_event(seg_, event_cursor_, e);
+      if (r == shm::EventRead::not_yet && ++stuck_rounds_ < 20) break;  // being written; next round
+      // (an entry still unwritten after 2 s belongs to a writer that died: skip it)
+      stuck_rounds_ = 0;
+      if (r == shm::EventRead::ok && e.pid != ::getpid() && e.kind != static_cast<uint32_t>(shm::EventKind::health))
+        GW_LOG_INFO("event: {}", e.text);  // workers log their own health events
+      ++event_cursor_;
+    }
+  }
+
+  const config::Config& cfg_;
+  shm::Segment seg_;
+  std::vector<std::vector<core::UniqueFd>> fds_;
+  std::vector<pid_t> pids_;
+  std::vector<uint64_t> started_ms_;
+  std::vector<uint32_t> quick_deaths_;
+  std::map<uint32_t, uint64_t> respawn_at_;
+  bool stopping_ = false;
+  uint64_t kill_deadline_ms_ = 0;
+  uint64_t event_cursor_ = 0;
+  int stuck_rounds_ = 0;
+};
+
+}  // namespace
+
+int run_master(const config::Config& cfg) {
+  shm::Segment seg = prepare_segment(cfg);
+  Master m(cfg, std::move(seg));
+  return m.run();
+}
+
+}  // namespace gw::process

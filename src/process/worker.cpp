@@ -1,0 +1,226 @@
+#include "gw/process/worker.hpp"
+
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+#include "gw/balance/balancer.hpp"
+#include "gw/balance/snapshot.hpp"
+#include "gw/core/clock.hpp"
+#include "gw/core/log.hpp"
+#include "gw/net/buffer_pool.hpp"
+#include "gw/net/reactor.hpp"
+#include "gw/proxy/tcp_relay.hpp"
+
+namespace gw::process {
+namespace {
+
+constexpr uint64_t kSignalIndex = 0xffffffffull;
+constexpr uint64_t kHousekeepingMs = 1000;
+constexpr uint64_t kAcceptPauseMs = 100;
+
+class Worker {
+ public:
+  Worker(const config::Config& cfg, const shm::Segment& seg, uint32_t slot, const std::vector<int>& fds)
+      : cfg_(cfg),
+        seg_(seg),
+        slot_(slot),
+        listen_fds_(fds),
+        timers_(core::monotonic_ms()),
+        reader_(seg),
+        cur_(std::make_unique<shm::Table>(seg.caps())),
+        next_(std::make_unique<shm::Table>(seg.caps())),
+        balancer_(seg.caps().max_hosts),
+        listener_upstream_(cfg.listeners.size(), -1),
+        relay_(env_, max_sessions()) {
+    env_.epoll = &epoll_;
+    env_.timers = &timers_;
+    env_.buffers = &buffers_;
+    env_.seg = &seg_;
+    env_.worker = slot_;
+    env_.snap = &snap_;
+    env_.balancer = &balancer_;
+    env_.listener_upstream = listener_upstream_;
+    env_.now_ms = core::monotonic_ms();
+  }
+
+  int run() {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int s : {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&set, s);
+    ::sigprocmask(SIG_BLOCK, &set, nullptr);
+    core::UniqueFd sfd(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
+    if (!sfd) {
+      GW_LOG_ERROR("signalfd: {}", std::strerror(errno));
+      return 1;
+    }
+    epoll_.add(sfd.get(), EPOLLIN, kSignalIndex);
+    for (size_t i = 0; i < listen_fds_.size(); ++i) epoll_.add(listen_fds_[i], EPOLLIN, i);
+
+    refresh();
+    auto& wr = seg_.worker(slot_);
+    wr.started_ms.store(core::wall_ms(), std::memory_order_relaxed);
+    wr.pid.store(::getpid(), std::memory_order_release);
+
+    epoll_event events[256];
+    uint64_t next_housekeeping = env_.now_ms + kHousekeepingMs;
+    for (;;) {
+      int timeout = timers_.timeout_ms(env_.now_ms);
+      int until_hk = static_cast<int>(next_housekeeping > env_.now_ms ? next_housekeeping - env_.now_ms : 0);
+      if (timeout < 0 || timeout > until_hk) timeout = until_hk;
+      int n = epoll_.wait(events, 256, timeout);
+      env_.now_ms = core::monotonic_ms();
+      for (int i = 0; i < n; ++i) {
+        uint64_t d = events[i].data.u64;
+        if (proxy::event_kind(d) != proxy::kKindWorker) {
+          relay_.on_event(d, events[i].events);
+        } else if (d == kSignalIndex) {
+          if (!on_signal(sfd.get())) return 0;
+        } else {
+          accept_on(static_cast<uint32_t>(d));
+        }
+      }
+      timers_.advance(env_.now_ms, [this](net::TimerNode& t) { relay_.on_timer(t); });
+      if (env_.now_ms >= next_housekeeping) {
+        next_housekeeping = env_.now_ms + kHousekeepingMs;
+        if (reader_.stale()) refresh();
+      }
+      if (accept_paused_ && env_.now_ms >= resume_accept_ms_) resume_accept();
+      if (draining_) {
+        if (relay_.active() == 0) {
+          GW_LOG_INFO("drained; exiting");
+          return 0;
+        }
+        if (env_.now_ms >= drain_deadline_ms_) {
+          GW_LOG_WARN("shutdown_timeout_ms ({}) passed with {} connection(s) open; closing them",
+                      cfg_.shutdown_timeout_ms, relay_.active());
+          relay_.close_all();
+          return 0;
+        }
+      }
+    }
+  }
+
+ private:
+  uint32_t max_sessions() const {
+    rlimit rl{};
+    ::getrlimit(RLIMIT_NOFILE, &rl);
+    uint64_t fds = rl.rlim_cur == RLIM_INFINITY ? 1048576 : rl.rlim_cur;
+    uint64_t n = fds > 64 ? (fds - 64) / 2 : 1;  // two sockets per session
+    return static_cast<uint32_t>(std::min<uint64_t>(n, 1u << 20));
+  }
+
+  void refresh() {
+    uint64_t gen = reader_.refresh(*next_);
+    std::swap(cur_, next_);
+    snap_.build(*cur_);
+    for (size_t i = 0; i < cfg_.listeners.size(); ++i)
+      listener_upstream_[i] = snap_.find_upstream(cfg_.listeners[i].upstream);
+    env_.table_changed = true;
+    seg_.worker(slot_).generation.store(gen, std::memory_order_release);
+  }
+
+  // Returns false when the worker must exit now.
+  bool on_signal(int sfd) {
+    signalfd_siginfo si{};
+    while (::read(sfd, &si, sizeof(si)) == sizeof(si)) {
+      switch (si.ssi_signo) {
+        case SIGTERM:
+          if (!draining_) {
+            GW_LOG_INFO("SIGTERM: stop accepting, draining {} connection(s) for up to {} ms", relay_.active(),
+                        cfg_.shutdown_timeout_ms);
+            stop_accepting();
+            // Closing this process's copies lets the kernel drop the sockets
+            // once the master has closed its own (it does so before SIGTERM).
+            for (int fd : listen_fds_) ::close(fd);
+            draining_ = true;
+            drain_deadline_ms_ = env_.now_ms + cfg_.shutdown_timeout_ms;
+          }
+          break;
+        case SIGINT:
+        case SIGQUIT:
+          relay_.close_all();
+          return false;
+        default:
+          break;  // SIGHUP, SIGUSR1/2: the master handles them
+      }
+    }
+    return true;
+  }
+
+  void accept_on(uint32_t li) {
+    int lfd = listen_fds_[li];
+    // Level-triggered listener: a bounded batch per wake keeps the loop fair.
+    for (int i = 0; i < 64 && !draining_; ++i) {
+      int fd = ::accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+          GW_LOG_ERROR("accept: {}; pausing accepts for {} ms", std::strerror(errno), kAcceptPauseMs);
+          pause_accept();
+        }
+        return;
+      }
+      if (reader_.stale()) refresh();  // one acquire load per new connection
+      if (relay_.full()) {
+        ::close(fd);
+        GW_LOG_WARN("all {} session slots in use; refused a connection", max_sessions());
+        continue;
+      }
+      relay_.accept(fd, li);
+    }
+  }
+
+  void stop_accepting() {
+    for (int fd : listen_fds_) epoll_.del(fd);
+  }
+  void pause_accept() {
+    stop_accepting();
+    accept_paused_ = true;
+    resume_accept_ms_ = env_.now_ms + kAcceptPauseMs;
+  }
+  void resume_accept() {
+    accept_paused_ = false;
+    if (draining_) return;
+    for (size_t i = 0; i < listen_fds_.size(); ++i) epoll_.add(listen_fds_[i], EPOLLIN, i);
+  }
+
+  const config::Config& cfg_;
+  const shm::Segment& seg_;
+  uint32_t slot_;
+  std::vector<int> listen_fds_;
+  net::Epoll epoll_;
+  net::TimerWheel timers_;
+  net::BufferPool buffers_;
+  shm::TableReader reader_;
+  std::unique_ptr<shm::Table> cur_, next_;
+  balance::Snapshot snap_;
+  balance::Balancer balancer_;
+  std::vector<int> listener_upstream_;
+  proxy::RelayEnv env_;
+  proxy::TcpRelay relay_;
+  bool draining_ = false;
+  uint64_t drain_deadline_ms_ = 0;
+  bool accept_paused_ = false;
+  uint64_t resume_accept_ms_ = 0;
+};
+
+}  // namespace
+
+int run_worker(const config::Config& cfg, const shm::Segment& seg, uint32_t slot, const std::vector<int>& listen_fds) {
+  try {
+    Worker w(cfg, seg, slot, listen_fds);
+    return w.run();
+  } catch (const std::exception& e) {
+    GW_LOG_ERROR("worker failed: {}", e.what());
+    return 1;
+  }
+}
+
+}  // namespace gw::process

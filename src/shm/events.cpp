@@ -1,0 +1,51 @@
+#include "gw/shm/events.hpp"
+
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+#include "gw/core/clock.hpp"
+#include "gw/shm/seqlock.hpp"
+
+namespace gw::shm {
+
+void emit_event(const Segment& seg, EventKind kind, uint64_t generation, std::string_view text) noexcept {
+  uint64_t n = seg.header().event_head.fetch_add(1, std::memory_order_acq_rel);
+  EventEntry& e = seg.event(n);
+  EventData d{};
+  d.wall_ms = core::wall_ms();
+  d.generation = generation;
+  d.pid = ::getpid();
+  d.kind = static_cast<uint32_t>(kind);
+  std::memcpy(d.text, text.data(), std::min(text.size(), sizeof(d.text) - 1));
+  uint64_t words[sizeof(EventData) / 8];
+  std::memcpy(words, &d, sizeof(d));
+  // The entry's seq encodes which event it holds: 2n+1 while written, 2n+2 after.
+  e.seq.store(2 * n + 1, std::memory_order_relaxed);
+  store_words(e.words, words, std::size(words));
+  e.seq.store(2 * n + 2, std::memory_order_release);
+}
+
+EventRead read_event(const Segment& seg, uint64_t n, EventData& out) noexcept {
+  EventEntry& e = seg.event(n);
+  uint64_t words[sizeof(EventData) / 8];
+  uint64_t s1 = e.seq.load(std::memory_order_acquire);
+  if (s1 > 2 * n + 2) return EventRead::lost;
+  if (s1 != 2 * n + 2) return EventRead::not_yet;
+  load_words(e.words, words, std::size(words));
+  uint64_t s2 = e.seq.load(std::memory_order_relaxed);
+  if (s2 != s1) return EventRead::lost;
+  std::memcpy(&out, words, sizeof(out));
+  out.text[sizeof(out.text) - 1] = '\0';
+  return EventRead::ok;
+}
+
+std::string format_event(uint64_t n, const EventData& e) {
+  char ts[40];
+  core::format_iso8601(e.wall_ms, ts, sizeof(ts));
+  return fmt::format("{} #{} gen={} {}", ts, n, e.generation, e.text);
+}
+
+}  // namespace gw::shm

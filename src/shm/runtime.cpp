@@ -1,0 +1,68 @@
+#include "gw/shm/runtime.hpp"
+
+namespace gw::shm {
+namespace {
+constexpr uint64_t pack(uint32_t tag, uint32_t n) { return (uint64_t{tag} << 32) | n; }
+constexpr uint32_t tag_of(uint64_t w) { return static_cast<uint32_t>(w >> 32); }
+constexpr uint32_t count_of(uint64_t w) { return static_cast<uint32_t>(w); }
+}  // namespace
+
+bool host_usable(const HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept {
+  if (p.max_fails == 0) return true;
+  if (h.health.load(std::memory_order_acquire) == kHealthUp) return true;
+  if (h.tag.load(std::memory_order_relaxed) != tag) return true;  // state belongs to another host
+  // Down: usable again once fail_timeout has passed since the last failure.
+  return now_ms - h.last_fail_ms.load(std::memory_order_relaxed) >= p.fail_timeout_ms;
+}
+
+bool record_failure(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept {
+  uint64_t w = h.window_fails.load(std::memory_order_relaxed);
+  uint32_t n;
+  for (;;) {
+    if (tag_of(w) != tag) return false;
+    uint64_t last = h.last_fail_ms.load(std::memory_order_relaxed);
+    n = count_of(w);
+    if (n != 0 && now_ms - last >= p.fail_timeout_ms) n = 0;  // the previous window ended
+    if (h.window_fails.compare_exchange_weak(w, pack(tag, n + 1), std::memory_order_acq_rel)) break;
+  }
+  h.last_fail_ms.store(now_ms, std::memory_order_release);
+  h.failures.fetch_add(1, std::memory_order_relaxed);
+  if (p.max_fails == 0 || n + 1 < p.max_fails) return false;
+  return h.health.exchange(kHealthDown, std::memory_order_acq_rel) == kHealthUp;
+}
+
+bool record_success(HostRuntime& h, uint32_t tag) noexcept {
+  uint64_t w = h.window_fails.load(std::memory_order_relaxed);
+  if (tag_of(w) != tag) return false;
+  if (count_of(w) != 0) h.window_fails.compare_exchange_strong(w, pack(tag, 0), std::memory_order_acq_rel);
+  if (h.health.load(std::memory_order_relaxed) == kHealthUp) return false;
+  return h.health.exchange(kHealthUp, std::memory_order_acq_rel) == kHealthDown;
+}
+
+void reset_slot(HostRuntime& h, uint32_t tag) noexcept {
+  h.window_fails.store(pack(tag, 0), std::memory_order_relaxed);
+  h.last_fail_ms.store(0, std::memory_order_relaxed);
+  h.failures.store(0, std::memory_order_relaxed);
+  h.health.store(kHealthUp, std::memory_order_relaxed);
+  h.tag.store(tag, std::memory_order_release);
+}
+
+HostTotals host_totals(const Segment& seg, uint32_t slot, uint32_t tag) noexcept {
+  HostTotals t;
+  for (uint32_t w = 0; w < kMaxWorkers; ++w) {
+    const HostCounter& c = seg.counter(w, slot);
+    if (c.tag.load(std::memory_order_relaxed) != tag) continue;
+    t.active += c.active.load(std::memory_order_relaxed);
+    t.total += c.total.load(std::memory_order_relaxed);
+  }
+  return t;
+}
+
+void clear_worker_counters(const Segment& seg, uint32_t worker) noexcept {
+  for (uint32_t i = 0; i < seg.caps().max_hosts; ++i) {
+    // Its connections died with it; totals stay, they are history.
+    seg.counter(worker, i).active.store(0, std::memory_order_relaxed);
+  }
+}
+
+}  // namespace gw::shm

@@ -1,0 +1,213 @@
+#include "gw/shm/segment.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+#include <new>
+#include <utility>
+
+#include "gw/core/fd.hpp"
+#include "gw/shm/seqlock.hpp"
+
+namespace gw::shm {
+namespace {
+
+size_t align64(size_t n) { return (n + 63) & ~size_t{63}; }
+
+}  // namespace
+
+size_t Segment::layout_size(const Caps& caps, SegmentHeader* h) noexcept {
+  size_t off = align64(sizeof(SegmentHeader));
+  size_t payload = align64(Table::bytes_for(caps));
+  size_t slot0 = off;
+  off += sizeof(SlotHeader) + payload;
+  size_t slot1 = off;
+  off += sizeof(SlotHeader) + payload;
+  size_t runtime = off;
+  off += sizeof(HostRuntime) * caps.max_hosts;
+  size_t counters = align64(off);
+  off = counters + sizeof(HostCounter) * size_t{kMaxWorkers} * caps.max_hosts;
+  size_t workers = align64(off);
+  off = workers + sizeof(WorkerRuntime) * kMaxWorkers;
+  size_t events = align64(off);
+  off = events + sizeof(EventEntry) * kEventCapacity;
+  size_t total = (off + 4095) & ~size_t{4095};
+  if (h) {
+    h->slot_offset[0] = slot0;
+    h->slot_offset[1] = slot1;
+    h->slot_payload = Table::bytes_for(caps);
+    h->runtime_offset = runtime;
+    h->counters_offset = counters;
+    h->workers_offset = workers;
+    h->events_offset = events;
+    h->total_size = total;
+  }
+  return total;
+}
+
+std::string Segment::object_name(const std::string& name) {
+  if (name.empty() || name.size() > 200)
+    throw SegmentError(fmt::format("shm name \"{}\" must be 1..200 characters", name));
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+              c == '_' || c == '-';
+    if (!ok) throw SegmentError(fmt::format("shm name \"{}\" may contain only letters, digits and . _ -", name));
+  }
+  return "/" + name;
+}
+
+Segment::Segment(Segment&& o) noexcept
+    : name_(std::move(o.name_)), base_(std::exchange(o.base_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+
+Segment& Segment::operator=(Segment&& o) noexcept {
+  if (this != &o) {
+    if (base_) ::munmap(base_, size_);
+    name_ = std::move(o.name_);
+    base_ = std::exchange(o.base_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+  }
+  return *this;
+}
+
+Segment::~Segment() {
+  if (base_) ::munmap(base_, size_);
+}
+
+Segment Segment::create(const std::string& name, const Caps& caps) {
+  std::string obj = object_name(name);
+  SegmentHeader layout{};
+  size_t size = layout_size(caps, &layout);
+  core::UniqueFd fd(::shm_open(obj.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!fd) throw SegmentError(fmt::format("cannot create shm {}: {}", obj, std::strerror(errno)));
+  if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
+    int e = errno;
+    ::shm_unlink(obj.c_str());
+    throw SegmentError(fmt::format("cannot size shm {} to {} bytes: {}", obj, size, std::strerror(e)));
+  }
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) {
+    int e = errno;
+    ::shm_unlink(obj.c_str());
+    throw SegmentError(fmt::format("cannot map shm {}: {}", obj, std::strerror(e)));
+  }
+  Segment seg;
+  seg.name_ = name;
+  seg.base_ = static_cast<char*>(p);
+  seg.size_ = size;
+
+  // ftruncate zero-fills, which is a valid initial state for every atomic and
+  // record. Construct the non-trivial members in place.
+  auto* h = new (p) SegmentHeader{};
+  h->abi = kAbiVersion;
+  h->header_size = sizeof(SegmentHeader);
+  h->caps = caps;
+  h->max_workers = kMaxWorkers;
+  h->event_capacity = kEventCapacity;
+  layout_size(caps, h);
+
+  pthread_mutexattr_t attr;
+  ::pthread_mutexattr_init(&attr);
+  ::pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  ::pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  int rc = ::pthread_mutex_init(&h->writer_lock, &attr);
+  ::pthread_mutexattr_destroy(&attr);
+  if (rc != 0) throw SegmentError(fmt::format("cannot initialise the writer lock: {}", std::strerror(rc)));
+
+  for (int i = 0; i < 2; ++i) new (&seg.slot(i)) SlotHeader{};
+  for (uint32_t i = 0; i < caps.max_hosts; ++i) new (&seg.host(i)) HostRuntime{};
+  for (uint32_t w = 0; w < kMaxWorkers; ++w) {
+    new (&seg.worker(w)) WorkerRuntime{};
+    for (uint32_t i = 0; i < caps.max_hosts; ++i) new (&seg.counter(w, i)) HostCounter{};
+  }
+  for (uint32_t i = 0; i < kEventCapacity; ++i) new (&seg.event(i)) EventEntry{};
+  // An empty table (generation 0) in slot 0 is published from the start.
+  std::atomic_ref<uint64_t>(h->magic).store(kMagic, std::memory_order_release);
+  return seg;
+}
+
+std::string Segment::validate(const void* base, size_t size) {
+  if (size < sizeof(uint64_t) * 2) return fmt::format("it is {} bytes, too small for a gw segment", size);
+  const auto* h = static_cast<const SegmentHeader*>(base);
+  uint64_t magic = std::atomic_ref<uint64_t>(const_cast<uint64_t&>(h->magic)).load(std::memory_order_acquire);
+  if (magic != kMagic) return fmt::format("it is not a gw segment (magic 0x{:016x})", magic);
+  if (h->abi != kAbiVersion)
+    return fmt::format("it has ABI version {}, this program speaks ABI version {}; use the gwctl and gwd of one build",
+                       h->abi, kAbiVersion);
+  if (size < sizeof(SegmentHeader) || h->header_size != sizeof(SegmentHeader))
+    return fmt::format("its header is {} bytes, expected {}", h->header_size, sizeof(SegmentHeader));
+  if (h->max_workers != kMaxWorkers || h->event_capacity != kEventCapacity)
+    return "its worker or event capacity differs from this build";
+  if (h->caps.max_hosts == 0 || h->caps.max_pools == 0 || h->caps.max_upstreams == 0 ||
+      h->caps.max_hosts > 1u << 20 || h->caps.max_pools > 65535 || h->caps.max_upstreams > 65535)
+    return "its capacities are out of range";
+  SegmentHeader expect{};
+  size_t want = layout_size(h->caps, &expect);
+  if (h->total_size != want || size != want || h->slot_offset[0] != expect.slot_offset[0] ||
+      h->slot_offset[1] != expect.slot_offset[1] || h->slot_payload != expect.slot_payload ||
+      h->runtime_offset != expect.runtime_offset || h->counters_offset != expect.counters_offset ||
+      h->workers_offset != expect.workers_offset || h->events_offset != expect.events_offset)
+    return fmt::format("its layout is inconsistent (size {} bytes, expected {})", size, want);
+  return {};
+}
+
+Segment Segment::attach(const std::string& name) {
+  std::string obj = object_name(name);
+  core::UniqueFd fd(::shm_open(obj.c_str(), O_RDWR | O_CLOEXEC, 0));
+  if (!fd) {
+    if (errno == ENOENT)
+      throw SegmentError(fmt::format("no running gateway: shm {} does not exist (is gwd running with shm.name \"{}\"?)",
+                                     obj, name));
+    throw SegmentError(fmt::format("cannot open shm {}: {}", obj, std::strerror(errno)));
+  }
+  struct stat st{};
+  if (::fstat(fd.get(), &st) != 0) throw SegmentError(fmt::format("cannot stat shm {}: {}", obj, std::strerror(errno)));
+  size_t size = static_cast<size_t>(st.st_size);
+  if (size == 0) throw SegmentError(fmt::format("shm {} is refused: it is empty, not a gw segment", obj));
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) throw SegmentError(fmt::format("cannot map shm {}: {}", obj, std::strerror(errno)));
+  Segment seg;
+  seg.name_ = name;
+  seg.base_ = static_cast<char*>(p);
+  seg.size_ = size;
+  if (auto why = validate(p, size); !why.empty())
+    throw SegmentError(fmt::format("shm {} is refused: {}", obj, why));
+  return seg;
+}
+
+bool Segment::unlink(const std::string& name) noexcept {
+  try {
+    return ::shm_unlink(object_name(name).c_str()) == 0;
+  } catch (...) {
+    return false;
+  }
+}
+
+bool Segment::master_alive() const noexcept {
+  int32_t pid = header().master_pid.load(std::memory_order_acquire);
+  if (pid <= 0) return false;
+  return ::kill(pid, 0) == 0 || errno == EPERM;
+}
+
+uint64_t read_published(const Segment& seg, Table& out) noexcept {
+  const size_t n = std::min(seg.slot_word_count(), out.word_count());
+  for (;;) {
+    uint64_t pub = seg.header().published.load(std::memory_order_acquire);
+    int idx = static_cast<int>(pub & 1);
+    if (seq_try_read(seg.slot(idx).seq, seg.slot_words(idx), out.words(), n)) {
+      // A consistent copy of that slot. If two commits happened meanwhile it
+      // holds a newer generation than `pub` says; report what was copied.
+      return (out.header().generation << 1) | static_cast<uint64_t>(idx);
+    }
+    // A writer is rewriting the slot we were about to read: it has already
+    // published the other one. Retry with the new `published`.
+  }
+}
+
+}  // namespace gw::shm

@@ -1,0 +1,145 @@
+#include "gw/shm/state_file.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <simdjson.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+#include "gw/core/clock.hpp"
+#include "gw/core/fd.hpp"
+
+namespace gw::shm {
+
+State state_from_table(const Table& t) {
+  State s;
+  s.generation = t.header().generation;
+  auto ups = t.upstreams();
+  auto pools = t.pools();
+  auto hosts = t.hosts();
+  for (size_t u = 0; u < ups.size(); ++u) {
+    StateUpstream su{std::string(name_of(ups[u].name)), {}};
+    for (size_t p = 0; p < pools.size(); ++p) {
+      if (pools[p].upstream != u) continue;
+      StatePool sp{std::string(name_of(pools[p].id)), pools[p].priority, static_cast<Method>(pools[p].method), {}};
+      for (const auto& h : hosts)
+        if (h.pool == p) sp.hosts.push_back({std::string(name_of(h.id)), h.addr, h.weight, h.admin_down != 0});
+      su.pools.push_back(std::move(sp));
+    }
+    s.upstreams.push_back(std::move(su));
+  }
+  return s;
+}
+
+std::string state_to_json(const Table& t) {
+  // Names and ids are restricted to [A-Za-z0-9._:-] (check_name) and addresses
+  // are formatted here, so nothing needs JSON escaping.
+  State s = state_from_table(t);
+  char ts[40];
+  core::format_iso8601(t.header().updated_wall_ms, ts, sizeof(ts));
+  std::string out = fmt::format("{{\"gw_state\": 1, \"generation\": {}, \"updated\": \"{}\", \"upstreams\": [", s.generation, ts);
+  for (size_t u = 0; u < s.upstreams.size(); ++u) {
+    const auto& su = s.upstreams[u];
+    out += fmt::format("{}\n  {{\"name\": \"{}\", \"pools\": [", u ? "," : "", su.name);
+    for (size_t p = 0; p < su.pools.size(); ++p) {
+      const auto& sp = su.pools[p];
+      out += fmt::format("{}\n    {{\"id\": \"{}\", \"priority\": {}, \"method\": \"{}\", \"hosts\": [", p ? "," : "", sp.id,
+                         sp.priority, method_name(sp.method));
+      for (size_t h = 0; h < sp.hosts.size(); ++h) {
+        const auto& sh = sp.hosts[h];
+        out += fmt::format("{}\n      {{\"id\": \"{}\", \"address\": \"{}\", \"weight\": {}, \"down\": {}}}", h ? "," : "",
+                           sh.id, sh.addr.to_string(), sh.weight, sh.down ? "true" : "false");
+      }
+      out += "]}";
+    }
+    out += "]}";
+  }
+  out += "]}\n";
+  return out;
+}
+
+void write_state_file(const std::string& path, const std::string& json) {
+  std::string dir = ".";
+  if (auto slash = path.rfind('/'); slash != std::string::npos) dir = slash == 0 ? "/" : path.substr(0, slash);
+  std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  auto fail = [&](const char* what) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    throw std::runtime_error(fmt::format("cannot write state file {}: {} failed: {}", path, what, std::strerror(e)));
+  };
+  {
+    core::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!fd) fail("open");
+    size_t off = 0;
+    while (off < json.size()) {
+      ssize_t n = ::write(fd.get(), json.data() + off, json.size() - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) fail("write");
+      off += static_cast<size_t>(n);
+    }
+    if (::fsync(fd.get()) != 0) fail("fsync");
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) fail("rename");
+  core::UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dfd) ::fsync(dfd.get());
+}
+
+bool read_state_file(const std::string& path, State& out) {
+  if (::access(path.c_str(), F_OK) != 0) return false;
+  simdjson::dom::parser parser;
+  simdjson::dom::element root;
+  auto bad = [&](const std::string& why) {
+    return std::runtime_error(fmt::format("state file {}: {}", path, why));
+  };
+  if (auto err = parser.load(path).get(root)) throw bad(simdjson::error_message(err));
+  State s;
+  int64_t version = 0;
+  if (root["gw_state"].get(version) || version != 1) throw bad("not a gw state file (\"gw_state\": 1 missing)");
+  uint64_t gen = 0;
+  if (root["generation"].get(gen)) throw bad("\"generation\" missing or not an integer");
+  s.generation = gen;
+  simdjson::dom::array ups;
+  if (root["upstreams"].get(ups)) throw bad("\"upstreams\" missing or not an array");
+  for (auto u : ups) {
+    StateUpstream su;
+    std::string_view name;
+    simdjson::dom::array pools;
+    if (u["name"].get(name) || u["pools"].get(pools)) throw bad("an upstream lacks \"name\" or \"pools\"");
+    su.name = name;
+    for (auto p : pools) {
+      StatePool sp;
+      std::string_view id, method;
+      int64_t prio = 0;
+      simdjson::dom::array hosts;
+      if (p["id"].get(id) || p["priority"].get(prio) || p["method"].get(method) || p["hosts"].get(hosts))
+        throw bad(fmt::format("a pool of upstream {} lacks id, priority, method or hosts", su.name));
+      sp.id = id;
+      sp.priority = static_cast<int32_t>(prio);
+      if (!parse_method(method, sp.method)) throw bad(fmt::format("unknown method \"{}\"", method));
+      for (auto h : hosts) {
+        StateHost sh;
+        std::string_view hid, addr;
+        uint64_t weight = 0;
+        bool down = false;
+        if (h["id"].get(hid) || h["address"].get(addr) || h["weight"].get(weight) || h["down"].get(down))
+          throw bad(fmt::format("a host of pool {}/{} lacks id, address, weight or down", su.name, sp.id));
+        std::string why;
+        if (!core::parse_address(addr, sh.addr, why)) throw bad(fmt::format("host {}: {}", hid, why));
+        sh.id = hid;
+        sh.weight = static_cast<uint32_t>(weight);
+        sh.down = down;
+        sp.hosts.push_back(std::move(sh));
+      }
+      su.pools.push_back(std::move(sp));
+    }
+    s.upstreams.push_back(std::move(su));
+  }
+  out = std::move(s);
+  return true;
+}
+
+}  // namespace gw::shm

@@ -1,0 +1,130 @@
+#include "gw/shm/writer.hpp"
+
+#include <pthread.h>
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+#include "gw/core/clock.hpp"
+#include "gw/core/log.hpp"
+#include "gw/shm/events.hpp"
+#include "gw/shm/runtime.hpp"
+#include "gw/shm/seqlock.hpp"
+#include "gw/shm/state_file.hpp"
+
+namespace gw::shm {
+
+namespace testing {
+void (*mid_write_hook)() = nullptr;
+}
+
+namespace {
+
+// Holds the robust writer mutex for one commit.
+class WriterLock {
+ public:
+  explicit WriterLock(pthread_mutex_t& m) : m_(m) {
+    timespec deadline{};
+    ::clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    int rc = ::pthread_mutex_timedlock(&m_, &deadline);
+    if (rc == EOWNERDEAD) {
+      // The previous writer died holding the lock. It published nothing that
+      // was not complete (see the commit order), so the table is consistent.
+      ::pthread_mutex_consistent(&m_);
+      GW_LOG_WARN("a previous writer died while holding the shm writer lock; recovered it");
+    } else if (rc == ETIMEDOUT) {
+      throw SegmentError("another writer has held the shm writer lock for 10 s; is a gwctl stopped (SIGSTOP)?");
+    } else if (rc != 0) {
+      throw SegmentError(fmt::format("cannot take the shm writer lock: {}", std::strerror(rc)));
+    }
+  }
+  ~WriterLock() { ::pthread_mutex_unlock(&m_); }
+  WriterLock(const WriterLock&) = delete;
+  WriterLock& operator=(const WriterLock&) = delete;
+
+ private:
+  pthread_mutex_t& m_;
+};
+
+}  // namespace
+
+void Writer::assign_slots(const Table& old, Table& t, uint64_t now_ms) {
+  const uint32_t cap = seg_->caps().max_hosts;
+  std::vector<uint8_t> used(cap, 0);
+  for (const auto& h : t.hosts())
+    if (h.tag != 0) used[h.slot] = 1;
+  for (auto& h : t.hosts()) {
+    if (h.tag != 0) continue;
+    // Pick a free slot: prefer one no connection still counts on, freed the
+    // longest ago (a never-used slot has freed_ms 0), so that stale counters of
+    // a removed host have drained before its slot is reused.
+    int64_t best = -1;
+    uint64_t best_freed = ~0ull;
+    bool best_idle = false;
+    for (uint32_t s = 0; s < cap; ++s) {
+      if (used[s]) continue;
+      const HostRuntime& r = seg_->host(s);
+      uint64_t freed = r.freed_ms.load(std::memory_order_relaxed);
+      bool idle = host_totals(*seg_, s, r.tag.load(std::memory_order_relaxed)).active == 0;
+      if (best < 0 || (idle && !best_idle) || (idle == best_idle && freed < best_freed)) {
+        best = s;
+        best_freed = freed;
+        best_idle = idle;
+        if (idle && freed == 0) break;
+      }
+    }
+    if (best < 0) throw TableError(fmt::format("host table is full (shm.max_hosts = {})", cap));
+    uint32_t tag = t.header().next_tag++;
+    if (t.header().next_tag == 0) t.header().next_tag = 1;
+    h.slot = static_cast<uint32_t>(best);
+    h.tag = tag;
+    used[h.slot] = 1;
+    reset_slot(seg_->host(h.slot), tag);
+  }
+  // Slots the old table used and the new one does not are now free.
+  for (const auto& h : old.hosts())
+    if (h.tag != 0 && !used[h.slot] && seg_->host(h.slot).tag.load(std::memory_order_relaxed) == h.tag)
+      seg_->host(h.slot).freed_ms.store(now_ms ? now_ms : 1, std::memory_order_relaxed);
+}
+
+uint64_t Writer::commit(const Change& change) {
+  SegmentHeader& hdr = seg_->header();
+  WriterLock lock(hdr.writer_lock);
+
+  const Caps caps = seg_->caps();
+  Table old(caps);
+  // With the lock held no other writer runs, so this read never retries.
+  uint64_t pub = read_published(*seg_, old);
+  Table t(caps);
+  std::memcpy(t.words(), old.words(), t.bytes());
+
+  std::vector<std::string> events;
+  change(t, events);
+
+  const uint64_t now = core::monotonic_ms();
+  assign_slots(old, t, now);
+  t.header().generation = old.header().generation + 1;
+  t.header().updated_wall_ms = core::wall_ms();
+
+  if (persist_ && hdr.state_file[0] != '\0') write_state_file(hdr.state_file, state_to_json(t));
+
+  const int target = static_cast<int>((pub & 1) ^ 1);
+  SlotHeader& slot = seg_->slot(target);
+  uint64_t* dst = seg_->slot_words(target);
+  const size_t n = t.word_count();
+  uint64_t done = seq_write_begin(slot.seq);
+  store_words(dst, t.words(), n / 2);
+  if (testing::mid_write_hook) testing::mid_write_hook();
+  store_words(dst + n / 2, t.words() + n / 2, n - n / 2);
+  seq_write_end(slot.seq, done);
+  hdr.published.store((t.header().generation << 1) | static_cast<uint64_t>(target), std::memory_order_release);
+
+  for (const auto& e : events) emit_event(*seg_, EventKind::config, t.header().generation, e);
+  return t.header().generation;
+}
+
+}  // namespace gw::shm

@@ -1,0 +1,150 @@
+#!/usr/bin/python3
+"""gwd -t -c: config validation with JSON paths in every error."""
+
+import copy
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gwtest  # noqa: E402
+from gwtest import GwTestCase, host, pool, tcp_listener  # noqa: E402
+
+
+class ConfigCheckTest(GwTestCase):
+    needs = ("gwd",)
+
+    def valid_config(self):
+        """The contract's full example, with every key, on free ports."""
+        return {
+            "workers": 2,
+            "log_file": "",
+            "log_level": "info",
+            "shutdown_timeout_ms": 10000,
+            "shm": {"name": self.shm_name(), "max_upstreams": 64, "max_pools": 256, "max_hosts": 4096},
+            "state_file": "state/gw.state.json",
+            "listeners": [tcp_listener("l4", "app", backlog=511)],
+            "upstreams": [{
+                "name": "app", "connect_timeout_ms": 2000, "idle_timeout_ms": 600000,
+                "max_fails": 1, "fail_timeout_ms": 10000, "tries": 3,
+                "pools": [pool("primary", [host("a", "127.0.0.1:8081", 1), host("b", "127.0.0.1:8082", 2)]),
+                          pool("backup", [host("c", "127.0.0.1:8083", 1)], priority=1)],
+            }],
+        }
+
+    def test_valid_config_ok(self):
+        cfg = self.valid_config()
+        path = gwtest.write_json(os.path.join(self.tmp, "good.json"), cfg)
+        r = gwtest.run_gwd_test(path)
+        self.assertEqual(r.returncode, 0, f"stdout={r.stdout!r} stderr={r.stderr!r}")
+        self.assertRegex(r.stdout, r"(?m)^ok$")
+        # a check starts nothing and creates no shm segment
+        self.assertFalse(os.path.exists(f"/dev/shm/{cfg['shm']['name']}"), "gwd -t created the shm segment")
+
+    def test_valid_config_auto_workers(self):
+        cfg = self.valid_config()
+        cfg["workers"] = "auto"
+        path = gwtest.write_json(os.path.join(self.tmp, "good.json"), cfg)
+        r = gwtest.run_gwd_test(path)
+        self.assertEqual(r.returncode, 0, f"stdout={r.stdout!r} stderr={r.stderr!r}")
+        self.assertRegex(r.stdout, r"(?m)^ok$")
+
+    def test_weight_as_string(self):
+        cfg = self.valid_config()
+        cfg["upstreams"][0]["pools"][0]["hosts"][1]["weight"] = "0"
+        self.assertConfigErrors(cfg, ["upstreams[0].pools[0].hosts[1].weight"])
+
+    def test_weight_out_of_range(self):
+        cfg = self.valid_config()
+        cfg["upstreams"][0]["pools"][1]["hosts"][0]["weight"] = -1
+        self.assertConfigErrors(cfg, ["upstreams[0].pools[1].hosts[0].weight"])
+
+    def test_unknown_keys(self):
+        cfg = self.valid_config()
+        cfg["listeners"][0]["frobnicate"] = True
+        cfg["upstreams"][0]["pools"][0]["hosts"][0]["colour"] = "red"
+        cfg["shm"]["size"] = 1
+        self.assertConfigErrors(cfg, ["listeners[0].frobnicate",
+                                      "upstreams[0].pools[0].hosts[0].colour",
+                                      "shm.size"])
+
+    def test_unknown_top_level_key(self):
+        cfg = self.valid_config()
+        cfg["bogus_key"] = 1
+        # the root may be spelled "bogus_key", ".bogus_key" or "$.bogus_key"
+        self.assertConfigErrors(cfg, [re.compile(r"(\$\.|\.)?bogus_key")])
+
+    def test_bad_addresses(self):
+        cfg = self.valid_config()
+        hs = cfg["upstreams"][0]["pools"][0]["hosts"]
+        hs[0]["address"] = "127.0.0.1"            # no port
+        hs[1]["address"] = "300.1.1.1:80"         # bad IP
+        cfg["upstreams"][0]["pools"][1]["hosts"][0]["address"] = "127.0.0.1:70000"   # bad port
+        cfg["listeners"][0]["listen"] = "1.2.3:80"
+        self.assertConfigErrors(cfg, ["upstreams[0].pools[0].hosts[0].address",
+                                      "upstreams[0].pools[0].hosts[1].address",
+                                      "upstreams[0].pools[1].hosts[0].address",
+                                      "listeners[0].listen"])
+
+    def test_duplicate_host_id(self):
+        cfg = self.valid_config()
+        cfg["upstreams"][0]["pools"][0]["hosts"][1]["id"] = "a"
+        # reported on the second host (the path may end in .id)
+        self.assertConfigErrors(cfg, [re.compile(r"upstreams\[0\]\.pools\[0\]\.hosts\[1\](\.id)?")])
+
+    def test_listener_unknown_upstream(self):
+        cfg = self.valid_config()
+        cfg["listeners"][0]["upstream"] = "nope"
+        self.assertConfigErrors(cfg, ["listeners[0].upstream"])
+
+    def test_bad_workers_and_shm_name(self):
+        for workers in (0, 65, "many"):
+            with self.subTest(workers=workers):
+                cfg = self.valid_config()
+                cfg["workers"] = workers
+                self.assertConfigErrors(cfg, ["workers"])
+        cfg = self.valid_config()
+        cfg["shm"]["name"] = "bad/name"
+        self.assertConfigErrors(cfg, ["shm.name"])
+
+    def test_invalid_json(self):
+        path_lines = self.assertConfigErrors(None, [], raw='{"workers": 1, "listeners": [')
+        self.assertGreaterEqual(len(path_lines), 1)
+        for raw in ('', 'not json', '{"workers": 1,}', '[]'):
+            with self.subTest(raw=raw):
+                lines = self.assertConfigErrors(None, [], raw=raw)
+                self.assertGreaterEqual(len(lines), 1, "no error printed")
+
+    def test_invalid_json_names_file(self):
+        path = os.path.join(self.tmp, "broken.json")
+        with open(path, "w") as f:
+            f.write('{"workers": 1,')
+        r = gwtest.run_gwd_test(path)
+        self.assertEqual(r.returncode, 1)
+        self.assertTrue(r.stderr.strip(), "nothing on stderr")
+        for line in r.stderr.splitlines():
+            if line.strip():
+                self.assertTrue(line.startswith(path + ": "), f"error line does not start with the file: {line!r}")
+
+    def test_missing_file(self):
+        path = os.path.join(self.tmp, "does-not-exist.json")
+        r = gwtest.run_gwd_test(path)
+        self.assertEqual(r.returncode, 1, f"stdout={r.stdout!r} stderr={r.stderr!r}")
+        self.assertIn(path, r.stderr)
+
+    def test_multiple_errors_all_printed(self):
+        cfg = self.valid_config()
+        cfg["upstreams"][0]["pools"][0]["hosts"][1]["weight"] = "0"
+        cfg["upstreams"][0]["pools"][0]["hosts"][0]["address"] = "1.2.3"
+        cfg["upstreams"][0]["pools"][1]["hosts"].append(copy.deepcopy(cfg["upstreams"][0]["pools"][1]["hosts"][0]))
+        cfg["listeners"][0]["upstream"] = "nope"
+        cfg["listeners"][0]["frobnicate"] = 1
+        self.assertConfigErrors(cfg, ["upstreams[0].pools[0].hosts[1].weight",
+                                      "upstreams[0].pools[0].hosts[0].address",
+                                      re.compile(r"upstreams\[0\]\.pools\[1\]\.hosts\[1\](\.id)?"),
+                                      "listeners[0].upstream",
+                                      "listeners[0].frobnicate"])
+
+
+if __name__ == "__main__":
+    gwtest.main()

@@ -1,0 +1,215 @@
+#!/usr/bin/python3
+"""gwctl: runtime changes take effect on the next connection; bad input is
+refused with one `gwctl:` line and changes nothing; events and status."""
+
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gwtest  # noqa: E402
+from gwtest import GwTestCase, T, host, pool  # noqa: E402
+
+N = 12   # connections per check; with 2 workers some worker gets >= 6 of them
+
+
+class GwctlTest(GwTestCase):
+
+    def start(self, pools, **kw):
+        kw.setdefault("workers", 2)
+        return self.gateway(self.make_config(pools, **kw))
+
+    def test_add_and_remove_host(self):
+        a, b, c = self.backend("a"), self.backend("b"), self.backend("c")
+        gw = self.start([pool("primary", [host("a", a)])])
+        self.assertNames(gw.port, N, {"a"})
+
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "b", b.address)
+        self.assertHost(gw, "app/primary/b", address=b.address, weight=1, admin="up")
+        self.assertNames(gw.port, N, {"a", "b"}, must_include={"b"})
+
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "c", c.address, "--weight", "3")
+        self.assertHost(gw, "app/primary/c", address=c.address, weight=3)
+        self.assertNames(gw.port, N, {"a", "b", "c"}, must_include={"c"})
+
+        self.assertGwctlOk(gw, "remove", "host", "app/primary", "a")
+        self.assertNoHost(gw, "app/primary/a")
+        before = a.count
+        self.assertNames(gw.port, N, {"b", "c"})
+        self.assertEqual(a.count, before, "removed host still got connections")
+
+        esc = re.escape
+        self.assertEvent(gw, rf"^add host app/primary/b {esc(b.address)} weight=1$")
+        self.assertEvent(gw, rf"^add host app/primary/c {esc(c.address)} weight=3$")
+        self.assertEvent(gw, r"^remove host app/primary/a$")
+
+    def test_down_and_up_host(self):
+        a, b = self.backend("a"), self.backend("b")
+        gw = self.start([pool("primary", [host("a", a), host("b", b)])],
+                        upstream_opts={"max_fails": 1, "fail_timeout_ms": 200})
+        self.assertNames(gw.port, N, {"a", "b"}, must_include={"a", "b"})
+
+        self.assertGwctlOk(gw, "down", "host", "app/primary", "a")
+        self.assertHost(gw, "app/primary/a", admin="down")
+        before = a.count
+        self.assertNames(gw.port, N, {"b"})
+        # still down well after fail_timeout_ms: only `up` brings it back
+        time.sleep(0.6)
+        self.assertNames(gw.port, N, {"b"})
+        self.assertHost(gw, "app/primary/a", admin="down")
+        self.assertEqual(a.count, before, "a host that is down got new connections")
+
+        self.assertGwctlOk(gw, "up", "host", "app/primary", "a")
+        self.assertHost(gw, "app/primary/a", admin="up")
+        self.assertNames(gw.port, N, {"a", "b"}, must_include={"a"})
+
+        self.assertEvent(gw, r"^down host app/primary/a$")
+        self.assertEvent(gw, r"^up host app/primary/a$")
+
+    def test_pools(self):
+        a, b = self.backend("a"), self.backend("b")
+        gw = self.start([pool("primary", [host("a", a)], priority=5)])
+
+        self.assertGwctlOk(gw, "add", "pool", "app", "backup", "--priority", "10")
+        p = gwtest.find_pool(gw.status(), "app/backup")
+        self.assertIsNotNone(p, "pool backup not in status")
+        self.assertEqual((p["priority"], p["method"], p["hosts"]), (10, "round_robin", []))
+        self.assertGwctlOk(gw, "add", "host", "app/backup", "b", b.address)
+        self.assertNames(gw.port, N, {"a"})            # primary still preferred
+
+        self.assertGwctlOk(gw, "set", "pool", "app", "backup", "--priority", "1", "--method", "round_robin")
+        self.assertEqual(gwtest.find_pool(gw.status(), "app/backup")["priority"], 1)
+        self.assertNames(gw.port, N, {"b"})            # now backup is preferred
+
+        self.assertGwctlOk(gw, "set", "pool", "app", "backup", "--priority", "7")
+        self.assertNames(gw.port, N, {"a"})
+
+        self.assertGwctlOk(gw, "down", "host", "app/primary", "a")
+        self.assertNames(gw.port, N, {"b"})            # failover when primary has no live host
+        self.assertGwctlOk(gw, "up", "host", "app/primary", "a")
+
+        self.assertGwctlOk(gw, "remove", "host", "app/backup", "b")
+        self.assertGwctlOk(gw, "remove", "pool", "app", "backup")
+        self.assertIsNone(gwtest.find_pool(gw.status(), "app/backup"))
+        self.assertNames(gw.port, N, {"a"})
+
+        self.assertEvent(gw, r"^add pool app/backup priority=10 method=round_robin$")
+        self.assertEvent(gw, r"^set pool app/backup priority=1 method=round_robin$")
+        self.assertEvent(gw, r"^remove pool app/backup$")
+
+    def test_bad_input_changes_nothing(self):
+        a, b = self.backend("a"), self.backend("b")
+        gw = self.start([pool("primary", [host("a", a), host("b", b)])])
+        free = f"127.0.0.1:{gwtest.free_port()}"
+        cases = [
+            ("unknown upstream", ["add", "host", "nope/primary", "x", free]),
+            ("unknown pool", ["add", "host", "app/nope", "x", free]),
+            ("unknown host (remove)", ["remove", "host", "app/primary", "nope"]),
+            ("unknown host (down)", ["down", "host", "app/primary", "nope"]),
+            ("unknown host (up)", ["up", "host", "app/primary", "nope"]),
+            ("unknown upstream (remove)", ["remove", "host", "nope/primary", "a"]),
+            ("duplicate host id", ["add", "host", "app/primary", "a", free]),
+            ("bad address", ["add", "host", "app/primary", "x", "1.2.3"]),
+            ("bad address no port", ["add", "host", "app/primary", "x", "127.0.0.1"]),
+            ("bad port", ["add", "host", "app/primary", "x", "127.0.0.1:70000"]),
+            ("weight out of range", ["add", "host", "app/primary", "x", free, "--weight", "5000"]),
+            ("weight not a number", ["add", "host", "app/primary", "x", free, "--weight", "abc"]),
+            ("duplicate pool", ["add", "pool", "app", "primary"]),
+            ("pool in unknown upstream", ["add", "pool", "nope", "x"]),
+            ("unknown method", ["add", "pool", "app", "x", "--method", "bogus"]),
+            ("remove non-empty pool", ["remove", "pool", "app", "primary"]),
+            ("remove unknown pool", ["remove", "pool", "app", "nope"]),
+            ("set unknown pool", ["set", "pool", "app", "nope", "--priority", "1"]),
+        ]
+        for what, args in cases:
+            with self.subTest(what):
+                self.assertGwctlError(gw, *args)
+        # and the gateway still serves exactly as before
+        self.assertNames(gw.port, N, {"a", "b"}, must_include={"a", "b"})
+
+    def test_full_capacity(self):
+        a, b, c = self.backend("a"), self.backend("b"), self.backend("c")
+        cfg = self.make_config([pool("primary", [host("a", a), host("b", b)])], workers=2,
+                               shm={"max_upstreams": 1, "max_pools": 2, "max_hosts": 2})
+        gw = self.gateway(cfg)
+        self.assertGwctlError(gw, "add", "host", "app/primary", "c", c.address)
+        # a freed slot can be used again
+        self.assertGwctlOk(gw, "remove", "host", "app/primary", "a")
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "c", c.address)
+        self.assertNames(gw.port, N, {"b", "c"}, must_include={"c"})
+        self.assertGwctlError(gw, "add", "host", "app/primary", "a", a.address)
+
+    def test_no_running_gateway(self):
+        missing = gwtest.unique_shm_name() + "-missing"
+        self.assertFalse(os.path.exists(f"/dev/shm/{missing}"))
+        self.assertGwctlError(None, "status", "--json", shm=missing)
+        self.assertGwctlError(None, "status", shm=missing)
+        self.assertGwctlError(None, "add", "host", "app/primary", "x", "127.0.0.1:9", shm=missing)
+        self.assertGwctlError(None, "events", shm=missing)
+        self.assertFalse(os.path.exists(f"/dev/shm/{missing}"), "gwctl created a shm segment")
+
+    def test_status_table_and_json(self):
+        a, b, c = self.backend("a"), self.backend("b"), self.backend("c")
+        gw = self.start([pool("primary", [host("alpha-host", a), host("bravo-host", b, 2)]),
+                         pool("dr-pool", [host("charlie-host", c)], priority=1)])
+        out = self.assertGwctlOk(gw, "status")
+        for word in ("app", "primary", "dr-pool", "alpha-host", "bravo-host", "charlie-host",
+                     a.address, b.address, c.address):
+            self.assertIn(word, out, f"`gwctl status` does not mention {word}:\n{out}")
+        st = gw.status()
+        self.assertEqual(st["shm"], gw.shm)
+        self.assertEqual(st["master_pid"], gw.pid)
+        self.assertEqual(len(st["workers"]), 2)
+        self.assertEqual(sorted(w["slot"] for w in st["workers"]), [0, 1])
+        self.assertIsInstance(st["generation"], int)
+        h = gwtest.find_host(st, "app/primary/bravo-host")
+        for key in ("id", "address", "weight", "admin", "health", "active", "total", "failures"):
+            self.assertIn(key, h)
+        self.assertEqual((h["address"], h["weight"], h["admin"], h["health"]), (b.address, 2, "up", "up"))
+        # counters: connections are counted per host
+        gwtest.names(gw.port, 6)
+
+        def total():
+            st = gw.status()
+            return sum(gwtest.find_host(st, f"app/primary/{x}")["total"] for x in ("alpha-host", "bravo-host"))
+        gwtest.wait_until(lambda: total() == 6, T(5), msg="total connections 6 in status")
+
+    def test_events(self):
+        a, b = self.backend("a"), self.backend("b")
+        gw = self.start([pool("primary", [host("a", a)])])
+        gen0 = gw.status()["generation"]
+        steps = [
+            (["add", "host", "app/primary", "b", b.address], f"add host app/primary/b {b.address} weight=1"),
+            (["down", "host", "app/primary", "b"], "down host app/primary/b"),
+            (["up", "host", "app/primary", "b"], "up host app/primary/b"),
+            (["add", "pool", "app", "backup", "--priority", "1"], "add pool app/backup priority=1 method=round_robin"),
+            (["set", "pool", "app", "backup", "--priority", "2"], "set pool app/backup priority=2 method=round_robin"),
+            (["remove", "pool", "app", "backup"], "remove pool app/backup"),
+            (["remove", "host", "app/primary", "b"], "remove host app/primary/b"),
+        ]
+        for args, _ in steps:
+            self.assertGwctlOk(gw, *args)
+        lines = gw.events()
+        parsed = []
+        for line in lines:
+            m = gwtest.EVENT_RE.match(line)
+            self.assertIsNotNone(m, f"malformed event line {line!r}")
+            parsed.append((int(m.group(1)), int(m.group(2)), m.group(3)))
+        seqs = [p[0] for p in parsed]
+        self.assertEqual(seqs, sorted(seqs), "event sequence numbers not increasing")
+        texts = [p[2] for p in parsed]
+        idx = []
+        for _, want in steps:
+            self.assertIn(want, texts, f"event {want!r} missing from:\n" + "\n".join(lines))
+            idx.append(texts.index(want))
+        self.assertEqual(idx, sorted(idx), "events out of order:\n" + "\n".join(lines))
+        gens = [parsed[i][1] for i in idx]
+        self.assertTrue(all(x < y for x, y in zip(gens, gens[1:])),
+                        f"each change should get a new, higher generation: {gens}")
+        self.assertGreater(gens[0], gen0)
+        self.assertEqual(gw.status()["generation"], gens[-1])
+
+
+if __name__ == "__main__":
+    gwtest.main()

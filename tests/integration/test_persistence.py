@@ -1,0 +1,109 @@
+#!/usr/bin/python3
+"""Changes made with gwctl survive a crash of every gw process (shm segment
+kept) and a reboot (shm segment gone; the state file restores them)."""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gwtest  # noqa: E402
+from gwtest import GwTestCase, T, host, pool  # noqa: E402
+
+N = 12
+
+
+class PersistenceTest(GwTestCase):
+
+    def make_changes(self, gw, b, c):
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "b", b.address, "--weight", "2")
+        self.assertGwctlOk(gw, "down", "host", "app/primary", "a")
+        self.assertGwctlOk(gw, "add", "pool", "app", "backup", "--priority", "3")
+        self.assertGwctlOk(gw, "add", "host", "app/backup", "c", c.address)
+
+    def assertChanges(self, gw, a, b, c, expect_snapshot=None):
+        st = gw.status()
+        self.assertHost(gw, "app/primary/a", address=a.address, admin="down")
+        self.assertHost(gw, "app/primary/b", address=b.address, weight=2, admin="up")
+        self.assertHost(gw, "app/backup/c", address=c.address, weight=1, admin="up")
+        p = gwtest.find_pool(st, "app/backup")
+        self.assertEqual(p["priority"], 3, p)
+        if expect_snapshot is not None:
+            snap = gwtest.table_snapshot(st)
+            snap.pop("generation")
+            self.assertEqual(snap, expect_snapshot)
+        # and the workers use it: a is down, so only b gets connections
+        before = a.count
+        self.assertNames(gw.port, N, {"b"})
+        self.assertEqual(a.count, before, "host a is down but got connections")
+
+    def crash(self, gw):
+        gw.kill_all()
+        self.assertIsNotNone(gw.proc.poll(), "gwd master survived SIGKILL")
+        self.assertFalse(gwtest.port_listening(gw.port), "listener still open after SIGKILL of every gw process")
+
+    def test_changes_survive_crash_and_reboot(self):
+        a, b, c = self.backend("a"), self.backend("b"), self.backend("c")
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=2)
+        gw = self.gateway(cfg)
+        shm_path = f"/dev/shm/{gw.shm}"
+        self.make_changes(gw, b, c)
+        snap = gwtest.table_snapshot(gw.status())
+        snap.pop("generation")
+        self.assertChanges(gw, a, b, c, snap)
+
+        state_file = cfg["state_file"]
+        self.assertTrue(os.path.exists(state_file), f"no state file {state_file} after committed changes")
+        with open(state_file) as f:
+            json.load(f)    # valid JSON (written atomically)
+
+        # 1. crash: SIGKILL every gw process; the shm segment stays
+        self.crash(gw)
+        self.assertTrue(os.path.exists(shm_path), f"{shm_path} vanished after SIGKILL")
+        gw.start()
+        self.assertChanges(gw, a, b, c, snap)
+
+        # 2. reboot: SIGKILL everything and remove the segment; the state file restores it
+        self.crash(gw)
+        os.unlink(shm_path)
+        gw.start()
+        self.assertTrue(os.path.exists(shm_path), "gwd did not create the shm segment")
+        self.assertChanges(gw, a, b, c, snap)
+
+        # 3. and changes made after the restore persist too
+        self.assertGwctlOk(gw, "up", "host", "app/primary", "a")
+        self.assertGwctlOk(gw, "remove", "host", "app/backup", "c")
+        self.crash(gw)
+        os.unlink(shm_path)
+        gw.start()
+        self.assertHost(gw, "app/primary/a", admin="up")
+        self.assertNoHost(gw, "app/backup/c")
+        self.assertNames(gw.port, N, {"a", "b"}, must_include={"a", "b"})
+
+    def test_graceful_restart_keeps_changes(self):
+        a, b, c = self.backend("a"), self.backend("b"), self.backend("c")
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1)
+        gw = self.gateway(cfg)
+        self.make_changes(gw, b, c)
+        self.assertEqual(gw.stop(), 0, "gwd exit code after SIGTERM")
+        gwtest.remove_shm(gw.shm)
+        gw.start()
+        self.assertChanges(gw, a, b, c)
+
+    def test_state_file_relative_path(self):
+        """A relative state_file is relative to gwd's current directory."""
+        a, b = self.backend("a"), self.backend("b")
+        os.mkdir(os.path.join(self.tmp, "state"))
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1,
+                               state_file="state/gw.state.json")
+        gw = self.gateway(cfg)       # the harness runs gwd in self.tmp
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "b", b.address)
+        self.assertTrue(os.path.exists(os.path.join(self.tmp, "state", "gw.state.json")))
+        self.crash(gw)
+        os.unlink(f"/dev/shm/{gw.shm}")
+        gw.start()
+        self.assertHost(gw, "app/primary/b", address=b.address)
+
+
+if __name__ == "__main__":
+    gwtest.main()

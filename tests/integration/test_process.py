@@ -1,0 +1,178 @@
+#!/usr/bin/python3
+"""Process management: graceful and fast stop, SIGHUP, worker respawn under load."""
+
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gwtest  # noqa: E402
+from gwtest import GwTestCase, T, host, pool  # noqa: E402
+
+RESPAWN_LIMIT = 0.100    # explicit requirement: a killed worker is replaced within 100 ms
+KILLS = 5
+MIN_AGE = 1.2            # seconds a victim has been running before we kill it
+
+
+class ProcessTest(GwTestCase):
+
+    def start(self, workers=2, **top):
+        n = self.backend("n", "name")
+        gw = self.gateway(self.make_config([pool("primary", [host("n", n)])], workers=workers, **top))
+        return gw, n
+
+    def open_relayed(self, gw):
+        s = gwtest.connect(gw.port, timeout=T(5))
+        self.addCleanup(s.close)
+        s.sendall(b"hi\n")
+        self.assertEqual(gwtest.recv_line(s), "n")
+        self.assertEqual(gwtest.recv_line(s), "hi")
+        return s
+
+    def test_sigterm_drains_open_connection(self):
+        gw, n = self.start(shutdown_timeout_ms=8000)
+        s = self.open_relayed(gw)
+        kids = gw.all_pids() - {gw.pid}
+        gw.send_signal(signal.SIGTERM)
+        # the open connection keeps working while gwd drains
+        for i in range(10):
+            time.sleep(0.1)
+            self.assertRoundTrip(s, f"still here {i}\n".encode())
+            self.assertIsNone(gw.proc.poll(), "gwd exited while a connection was still open")
+        s.close()
+        t_close = time.monotonic()
+        rc = gw.wait_exit(T(10))
+        took = time.monotonic() - t_close
+        self.assertIsNotNone(rc, "gwd did not exit after its last connection closed")
+        self.assertEqual(rc, 0, "exit code after a graceful stop")
+        self.assertLess(took, 4.0, f"gwd took {took:.2f}s to exit after the last connection closed "
+                                   "(it should not wait for shutdown_timeout_ms=8000)")
+        left = gwtest.wait_pids_gone(kids, T(5))
+        self.assertFalse(left, f"children left after gwd exited: {left}")
+        self.assertFalse(gwtest.port_listening(gw.port))
+
+    def test_sigterm_drain_limit(self):
+        """A connection that stays open is closed after shutdown_timeout_ms."""
+        gw, n = self.start(shutdown_timeout_ms=1000)
+        s = self.open_relayed(gw)
+        t0 = time.monotonic()
+        gw.send_signal(signal.SIGTERM)
+        rc = gw.wait_exit(1.0 + T(5))
+        took = time.monotonic() - t0
+        self.assertIsNotNone(rc, "gwd did not exit after shutdown_timeout_ms")
+        self.assertEqual(rc, 0, "exit code after a graceful stop")
+        self.assertGreater(took, 0.8, f"exited after {took:.2f}s without draining for shutdown_timeout_ms=1000")
+        self.assertConnectionClosed(s, T(2))
+
+    def test_fast_stop_signals(self):
+        for sig in (signal.SIGINT, signal.SIGQUIT):
+            with self.subTest(sig.name):
+                gw, n = self.start(shutdown_timeout_ms=10000)
+                s = self.open_relayed(gw)
+                kids = gw.all_pids() - {gw.pid}
+                t0 = time.monotonic()
+                gw.send_signal(sig)
+                rc = gw.wait_exit(T(5))
+                took = time.monotonic() - t0
+                self.assertIsNotNone(rc, f"gwd still running 5 s after {sig.name}")
+                self.assertLess(took, 2.0, f"{sig.name}: took {took:.2f}s, not an immediate stop")
+                left = gwtest.wait_pids_gone(kids, T(2))
+                self.assertFalse(left, f"children left after {sig.name}: {left}")
+                self.assertConnectionClosed(s, T(2))
+                n.stop()
+
+    def test_sighup_logged_and_ignored(self):
+        gw, n = self.start()
+        workers = sorted(gw.worker_pids())
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: "HUP" in gw.log_text()[log_before:].upper(), T(5),
+                          msg="a log line about SIGHUP")
+        time.sleep(0.3)
+        self.assertIsNone(gw.proc.poll(), "gwd exited on SIGHUP")
+        self.assertEqual(sorted(gw.worker_pids()), workers, "workers changed on SIGHUP")
+        self.assertEqual(gwtest.children(gw.pid) >= set(workers), True)
+        self.assertNames(gw.port, 6, {"n"})
+        self.assertEqual(gw.stop(), 0)
+
+    def live_workers(self, gw, want):
+        pids = gw.worker_pids()
+        kids = gwtest.children(gw.pid)
+        if len(pids) == want and all(p in kids for p in pids):
+            return pids
+        return None
+
+    def test_worker_respawn_under_load(self):
+        """SIGKILL a worker under load 5 times: a new worker appears within 100 ms and
+        no client connection fails, except those the killed worker itself held
+        (no process can save those: their sockets die with it)."""
+        gw, n = self.start(workers=2)
+        t_start = time.monotonic()
+        load = gwtest.LoadClient(gw.port, "n", threads=2).start()
+        self.addCleanup(load.stop)
+        gwtest.wait_until(lambda: load.count() >= 200, T(15), msg="200 connections of load")
+        self.assertEqual(load.errors, [], "errors before any kill")
+
+        excused = set()      # client ports of connections the victim held when it died
+        times = []
+        problems = []
+        born = {p: t_start for p in gw.worker_pids()}
+        for i in range(KILLS):
+            ws = gwtest.wait_until(lambda: self.live_workers(gw, 2), T(5), msg="2 live workers in status")
+            victim = ws[i % 2]
+            # Kill workers that have been up for a while: gwd rightly delays the
+            # respawn of a worker that keeps dying within 1 s of its start
+            # (crash-loop protection), which is not what this test is about.
+            age = time.monotonic() - born.get(victim, t_start)
+            if age < MIN_AGE:
+                time.sleep(MIN_AGE - age)
+            slot = [w["slot"] for w in gw.status()["workers"] if w["pid"] == victim][0]
+            before = gwtest.children(gw.pid, include_zombies=True)
+            # Freeze it first so the set of connections it holds cannot change, then kill.
+            os.kill(victim, signal.SIGSTOP)
+            gwtest.wait_until(lambda: gwtest.proc_state(victim) == "T", T(2), interval=0.001,
+                              msg=f"worker {victim} stopped")
+            held = gwtest.client_ports_held_by(victim, gw.port)
+            excused |= held
+            ok_before = load.count()
+            t0 = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            fresh = set()
+            while time.monotonic() - t0 < T(5):
+                fresh = gwtest.children(gw.pid, include_zombies=True) - before - {victim}
+                if fresh:
+                    break
+                time.sleep(0.001)
+            dt = time.monotonic() - t0
+            times.append(dt)
+            if not fresh:
+                problems.append(f"kill {i + 1}: no new child of the master within {T(5)}s")
+                break
+            new = fresh.pop()
+            born[new] = t0 + dt
+            gw.remember([new])
+            # the new worker takes the slot and serves
+            gwtest.wait_until(lambda: any(w["slot"] == slot and w["pid"] == new for w in gw.status()["workers"]),
+                              T(5), msg=f"new worker {new} in slot {slot} of status")
+            gwtest.wait_until(lambda: load.count() >= ok_before + 100, T(10), msg="load going on after the kill")
+            sys.stderr.write(f"[kill {i + 1}: worker {victim} (slot {slot}, {len(held)} open client "
+                             f"connections) -> {new} in {dt * 1000:.1f} ms] ")
+            time.sleep(0.2)
+        load.stop()
+        errors = [e for e in load.errors if e[0] not in excused]
+        sys.stderr.write(f"[{load.ok} connections ok, {len(load.errors)} failed, "
+                         f"{len(load.errors) - len(errors)} of them held by a killed worker] ")
+        slow = [f"{t * 1000:.1f} ms" for t in times if t >= RESPAWN_LIMIT]
+        if slow:
+            problems.append(f"respawn slower than {RESPAWN_LIMIT * 1000:.0f} ms: {slow} "
+                            f"(all: {[round(t * 1000, 1) for t in times]} ms)")
+        if errors:
+            problems.append(f"{len(errors)} client connections failed that the killed worker did not hold: "
+                            f"{errors[:10]}")
+        self.assertFalse(problems, "\n".join(problems))
+        self.assertGreater(load.ok, 500)
+
+
+if __name__ == "__main__":
+    gwtest.main()

@@ -1,0 +1,173 @@
+#!/usr/bin/python3
+"""TCP relay: bytes both ways, big transfers, half-close, balancing, failover,
+passive health, idle timeout."""
+
+import os
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gwtest  # noqa: E402
+from gwtest import GwTestCase, T, host, pool  # noqa: E402
+
+MB = 1024 * 1024
+
+
+def transfer(port, payload, read_delay=0.0, on_stalled=None):
+    """Sends payload through port to an echo backend while reading the echo.
+
+    The reader starts after read_delay seconds (then on_stalled() is called while
+    nothing is read). Returns (echoed bytes, seconds)."""
+    t0 = time.monotonic()
+    with gwtest.connect(port, timeout=T(30)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = []
+
+        def send():
+            try:
+                view = memoryview(payload)
+                for off in range(0, len(payload), 256 * 1024):
+                    s.sendall(view[off:off + 256 * 1024])
+                s.shutdown(socket.SHUT_WR)
+            except OSError as e:
+                err.append(e)
+        th = threading.Thread(target=send, daemon=True)
+        th.start()
+        if read_delay:
+            time.sleep(read_delay)
+            if on_stalled:
+                on_stalled()
+        buf = bytearray()
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            buf += chunk
+        th.join(T(30))
+        if err:
+            raise err[0]
+    return bytes(buf), time.monotonic() - t0
+
+
+class RelayTest(GwTestCase):
+
+    def test_bytes_both_ways(self):
+        a = self.backend("alpha", "name")
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a)])]))
+        with gwtest.connect(gw.port) as s:
+            s.sendall(b"first\n")
+            self.assertEqual(gwtest.recv_line(s), "alpha")       # backend -> client
+            self.assertEqual(gwtest.recv_line(s), "first")       # client -> backend -> client
+            blob = bytes(range(256)) * 64
+            self.assertRoundTrip(s, blob)                        # binary, all byte values
+            for i in range(20):
+                self.assertRoundTrip(s, f"msg {i}\n".encode())
+        self.assertEqual(a.count, 1)
+
+    def test_big_transfer_each_direction(self):
+        """20 MB up and 20 MB back through an echo backend arrive intact."""
+        e = self.backend("echo", "echo")
+        gw = self.gateway(self.make_config([pool("primary", [host("e", e)])]))
+        payload = os.urandom(20 * MB)
+        got, secs = transfer(gw.port, payload)
+        self.assertEqual(len(got), len(payload), "echoed length differs")
+        self.assertEqual(gwtest.sha256(got), gwtest.sha256(payload), "echoed bytes differ")
+        sys.stderr.write(f"[20 MB each way in {secs:.2f}s] ")
+
+    def test_back_pressure_slow_reader(self):
+        """A client that does not read: the gateway must stop reading instead of
+        buffering (its memory stays flat), and everything still arrives intact."""
+        e = self.backend("echo", "echo")
+        gw = self.gateway(self.make_config([pool("primary", [host("e", e)])]))
+        workers = gw.worker_pids()
+        rss0 = sum(gwtest.vm_rss_kb(p) for p in workers)
+        payload = os.urandom(32 * MB)
+        grown = []
+        got, _ = transfer(gw.port, payload, read_delay=2.0,
+                          on_stalled=lambda: grown.append(sum(gwtest.vm_rss_kb(p) for p in workers) - rss0))
+        self.assertEqual(gwtest.sha256(got), gwtest.sha256(payload), "echoed bytes differ")
+        self.assertLess(grown[0], 8 * 1024,
+                        f"worker RSS grew by {grown[0]} kB while the client did not read (no back-pressure?)")
+
+    def test_half_close(self):
+        """client SHUT_WR -> backend sees EOF -> backend's late reply arrives -> EOF."""
+        b = self.backend("late", "eof_reply")
+        gw = self.gateway(self.make_config([pool("primary", [host("b", b)])]))
+        with gwtest.connect(gw.port) as s:
+            s.sendall(b"x" * 1000)
+            s.shutdown(socket.SHUT_WR)
+            gwtest.wait_until(lambda: b.eofs == 1, T(5), msg="backend to see EOF")
+            self.assertEqual(gwtest.recv_line(s), "late got 1000 bytes")
+            self.assertEqual(s.recv(100), b"", "expected EOF after the reply")
+
+    def test_half_close_echo(self):
+        """Echo backend: after the client's SHUT_WR everything still comes back, then EOF."""
+        e = self.backend("echo", "echo")
+        gw = self.gateway(self.make_config([pool("primary", [host("e", e)])]))
+        with gwtest.connect(gw.port) as s:
+            payload = b"half-close " * 1000
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            self.assertEqual(gwtest.recv_all(s), payload)
+        gwtest.wait_until(lambda: e.eofs == 1, T(5), msg="backend to see EOF")
+
+    def test_backend_close_reaches_client(self):
+        """The backend closing after its reply is seen by the client as EOF."""
+        b = self.backend("late", "eof_reply")
+        gw = self.gateway(self.make_config([pool("primary", [host("b", b)])]))
+        with gwtest.connect(gw.port) as s:
+            s.shutdown(socket.SHUT_WR)
+            self.assertEqual(gwtest.recv_all(s), b"late got 0 bytes\n")
+
+    def test_smooth_weighted_round_robin(self):
+        a, b, c = self.backend("a"), self.backend("b"), self.backend("c")
+        gw = self.gateway(self.make_config(
+            [pool("primary", [host("a", a, 5), host("b", b, 1), host("c", c, 1)])], workers=1))
+        seq = gwtest.names(gw.port, 14)
+        self.assertEqual(seq, list("aabacaa") * 2)
+
+    def test_failover_to_backup_pool(self):
+        dead = gwtest.free_port()       # nothing listens there: connection refused
+        bk = self.backend("backup")
+        gw = self.gateway(self.make_config(
+            [pool("primary", [host("p1", dead)], priority=0),
+             pool("backup", [host("bk", bk)], priority=1)], workers=1))
+        self.assertNames(gw.port, 3, {"backup"})
+
+    def test_connect_failure_marks_host_down(self):
+        dead = gwtest.free_port()
+        live = self.backend("live")
+        gw = self.gateway(self.make_config(
+            [pool("primary", [host("dead", dead), host("live", live)])], workers=1,
+            upstream_opts={"max_fails": 1, "fail_timeout_ms": 30000}))
+        # every connection succeeds (the failed connect is retried on the live host)
+        self.assertNames(gw.port, 4, {"live"})
+        gwtest.wait_until(lambda: gwtest.find_host(gw.status(), "app/primary/dead")["health"] == "down",
+                          T(5), msg="dead host health down in status")
+        h = self.assertHost(gw, "app/primary/dead", health="down", admin="up")
+        self.assertGreaterEqual(h.get("failures", 0), 1, h)
+        self.assertHost(gw, "app/primary/live", health="up")
+        self.assertEvent(gw, r"^health down app/primary/dead\b")
+
+    def test_idle_timeout(self):
+        a = self.backend("a")
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a)])],
+                                           upstream_opts={"idle_timeout_ms": 300}))
+        # traffic keeps the connection alive past the timeout...
+        with gwtest.connect(gw.port) as s:
+            s.sendall(b"hi\n")
+            self.assertEqual(gwtest.recv_line(s), "a")
+            self.assertEqual(gwtest.recv_line(s), "hi")
+            for _ in range(10):
+                time.sleep(0.1)
+                self.assertRoundTrip(s, b"tick\n")
+            # ...and idleness closes it
+            t = self.assertConnectionClosed(s, T(5))
+            self.assertGreater(t, 0.2, f"closed after {t:.3f}s of idleness, before idle_timeout_ms=300")
+        gwtest.wait_until(lambda: a.active == 0, T(5), msg="backend side closed too")
+
+
+if __name__ == "__main__":
+    gwtest.main()

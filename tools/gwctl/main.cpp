@@ -1,0 +1,394 @@
+// gwctl: changes the routing table of a running gateway through shm, live,
+// and shows its state. Verb-noun commands; one line on stderr and a non-zero
+// exit for every error; a change is applied whole or not at all.
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <charconv>
+#include <cstdio>
+#include <optional>
+#include <thread>
+
+#include "gw/config/config.hpp"
+#include "gw/core/clock.hpp"
+#include "gw/core/log.hpp"
+#include "gw/shm/events.hpp"
+#include "gw/shm/runtime.hpp"
+#include "gw/shm/segment.hpp"
+#include "gw/shm/writer.hpp"
+
+namespace {
+
+using gw::shm::name_of;
+
+struct Failure : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Options {
+  std::string shm;
+  std::string config;
+  bool json = false;
+  bool follow = false;
+  std::string path;  // UPSTREAM/POOL or UPSTREAM
+  std::string id;
+  std::string address;
+  std::string weight;
+  std::string priority;
+  std::string method;
+};
+
+std::string shm_name(const Options& o) {
+  if (!o.shm.empty() && !o.config.empty()) throw Failure("give either --shm or -c, not both");
+  if (!o.shm.empty()) return o.shm;
+  if (!o.config.empty()) {
+    auto r = gw::config::load_file(o.config);
+    if (!r.ok()) throw Failure(fmt::format("{}: {} (and {} more error(s))", o.config, r.errors[0], r.errors.size() - 1));
+    return r.config.shm.name;
+  }
+  return "gw";
+}
+
+gw::shm::Segment attach(const Options& o, bool need_master) {
+  std::string name = shm_name(o);
+  gw::shm::Segment seg = gw::shm::Segment::attach(name);
+  if (need_master && !seg.master_alive()) {
+    int pid = seg.header().master_pid.load();
+    throw Failure(pid ? fmt::format("no running gateway on shm \"{}\" (its master, pid {}, is gone)", name, pid)
+                      : fmt::format("no running gateway on shm \"{}\" (gwd was stopped)", name));
+  }
+  return seg;
+}
+
+uint32_t parse_u32(const std::string& s, const char* what, uint32_t lo, uint32_t hi) {
+  uint32_t v = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || end != s.data() + s.size() || v < lo || v > hi)
+    throw Failure(fmt::format("{} must be an integer {}..{}, got \"{}\"", what, lo, hi, s));
+  return v;
+}
+
+int32_t parse_i32(const std::string& s, const char* what) {
+  int32_t v = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || end != s.data() + s.size() || v < -1000000 || v > 1000000)
+    throw Failure(fmt::format("{} must be an integer -1000000..1000000, got \"{}\"", what, s));
+  return v;
+}
+
+gw::shm::Method parse_method_arg(const std::string& s) {
+  gw::shm::Method m;
+  if (!gw::shm::parse_method(s, m))
+    throw Failure(fmt::format("unknown method \"{}\" (known: {})", s, gw::shm::method_names()));
+  return m;
+}
+
+// "app/primary" → ("app", "primary")
+std::pair<std::string, std::string> split_pool(const std::string& s) {
+  auto slash = s.find('/');
+  if (slash == std::string::npos || slash == 0 || slash + 1 == s.size() || s.find('/', slash + 1) != std::string::npos)
+    throw Failure(fmt::format("expected UPSTREAM/POOL, got \"{}\"", s));
+  return {s.substr(0, slash), s.substr(slash + 1)};
+}
+
+int find_upstream(const gw::shm::Table& t, const std::string& u) {
+  int i = t.find_upstream(u);
+  if (i < 0) throw gw::shm::TableError(fmt::format("unknown upstream \"{}\"", u));
+  return i;
+}
+int find_pool(const gw::shm::Table& t, const std::string& u, const std::string& p) {
+  int i = t.find_pool(find_upstream(t, u), p);
+  if (i < 0) throw gw::shm::TableError(fmt::format("unknown pool \"{}/{}\"", u, p));
+  return i;
+}
+int find_host(const gw::shm::Table& t, const std::string& u, const std::string& p, const std::string& h) {
+  int i = t.find_host(find_pool(t, u, p), h);
+  if (i < 0) throw gw::shm::TableError(fmt::format("unknown host \"{}/{}/{}\"", u, p, h));
+  return i;
+}
+
+int commit(const Options& o, const gw::shm::Writer::Change& change, const std::string& what) {
+  gw::shm::Segment seg = attach(o, true);
+  gw::shm::Writer w(seg);
+  uint64_t gen = w.commit(change);
+  fmt::print("ok: {} (generation {})\n", what, gen);
+  return 0;
+}
+
+std::string health_of(const gw::shm::Segment& seg, const gw::shm::Table& t, const gw::shm::HostRecord& h) {
+  const auto& up = t.upstreams()[t.pools()[h.pool].upstream];
+  bool ok = gw::shm::host_usable(seg.host(h.slot), h.tag, {up.max_fails, up.fail_timeout_ms}, gw::core::monotonic_ms());
+  return ok ? "up" : "down";
+}
+
+int cmd_status(const Options& o) {
+  gw::shm::Segment seg = attach(o, false);
+  gw::shm::Table t(seg.caps());
+  gw::shm::read_published(seg, t);
+  const auto& hdr = seg.header();
+  int master = seg.master_alive() ? hdr.master_pid.load() : 0;
+  struct W {
+    uint32_t slot;
+    int pid;
+    uint64_t gen, conns;
+  };
+  std::vector<W> workers;
+  for (uint32_t i = 0; i < gw::shm::kMaxWorkers; ++i) {
+    const auto& w = seg.worker(i);
+    int pid = w.pid.load();
+    if (pid > 0 && master) workers.push_back({i, pid, w.generation.load(), w.connections.load()});
+  }
+  auto hosts = t.hosts();
+  if (o.json) {
+    std::string out = fmt::format("{{\"shm\": \"{}\", \"generation\": {}, \"master_pid\": {}, \"workers\": [",
+                                  seg.name(), t.header().generation, master);
+    for (size_t i = 0; i < workers.size(); ++i)
+      out += fmt::format("{}{{\"slot\": {}, \"pid\": {}, \"generation\": {}, \"connections\": {}}}", i ? ", " : "",
+                         workers[i].slot, workers[i].pid, workers[i].gen, workers[i].conns);
+    out += "], \"upstreams\": [";
+    for (size_t u = 0; u < t.upstreams().size(); ++u) {
+      out += fmt::format("{}{{\"name\": \"{}\", \"pools\": [", u ? ", " : "", name_of(t.upstreams()[u].name));
+      bool first_pool = true;
+      for (size_t p = 0; p < t.pools().size(); ++p) {
+        const auto& pr = t.pools()[p];
+        if (pr.upstream != u) continue;
+        out += fmt::format("{}{{\"id\": \"{}\", \"priority\": {}, \"method\": \"{}\", \"hosts\": [", first_pool ? "" : ", ",
+                           name_of(pr.id), pr.priority, gw::shm::method_name(static_cast<gw::shm::Method>(pr.method)));
+        first_pool = false;
+        bool first_host = true;
+        for (const auto& h : hosts) {
+          if (h.pool != p) continue;
+          auto tot = gw::shm::host_totals(seg, h.slot, h.tag);
+          out += fmt::format(
+              "{}{{\"id\": \"{}\", \"address\": \"{}\", \"weight\": {}, \"admin\": \"{}\", \"health\": \"{}\", "
+              "\"active\": {}, \"total\": {}, \"failures\": {}}}",
+              first_host ? "" : ", ", name_of(h.id), h.addr.to_string(), h.weight, h.admin_down ? "down" : "up",
+              health_of(seg, t, h), tot.active, tot.total, seg.host(h.slot).failures.load());
+          first_host = false;
+        }
+        out += "]}";
+      }
+      out += "]}";
+    }
+    out += "]}\n";
+    fmt::print("{}", out);
+    return 0;
+  }
+  char ts[40];
+  gw::core::format_iso8601(t.header().updated_wall_ms, ts, sizeof(ts));
+  if (master)
+    fmt::print("gateway: shm \"{}\", master pid {}, {} worker(s), table generation {} (changed {})\n", seg.name(), master,
+               workers.size(), t.header().generation, ts);
+  else
+    fmt::print("gateway: shm \"{}\", master NOT RUNNING, table generation {} (changed {})\n", seg.name(),
+               t.header().generation, ts);
+  for (const auto& w : workers)
+    fmt::print("  worker {}: pid {}, generation {}, {} connection(s)\n", w.slot, w.pid, w.gen, w.conns);
+  fmt::print("\n{:<28} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", "UPSTREAM/POOL/HOST", "ADDRESS", "WEIGHT", "ADMIN",
+             "HEALTH", "ACTIVE", "TOTAL", "FAILURES");
+  for (size_t u = 0; u < t.upstreams().size(); ++u) {
+    const auto& ur = t.upstreams()[u];
+    fmt::print("{} (connect {} ms, idle {} ms, max_fails {} per {} ms, tries {})\n", name_of(ur.name),
+               ur.connect_timeout_ms, ur.idle_timeout_ms, ur.max_fails, ur.fail_timeout_ms, ur.tries);
+    for (size_t p = 0; p < t.pools().size(); ++p) {
+      const auto& pr = t.pools()[p];
+      if (pr.upstream != u) continue;
+      fmt::print("  {}/{} (priority {}, {})\n", name_of(ur.name), name_of(pr.id), pr.priority,
+                 gw::shm::method_name(static_cast<gw::shm::Method>(pr.method)));
+      for (size_t h = 0; h < hosts.size(); ++h) {
+        const auto& hr = hosts[h];
+        if (hr.pool != p) continue;
+        auto tot = gw::shm::host_totals(seg, hr.slot, hr.tag);
+        fmt::print("    {:<24} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", name_of(hr.id), hr.addr.to_string(),
+                   hr.weight, hr.admin_down ? "down" : "up", health_of(seg, t, hr), tot.active, tot.total,
+                   seg.host(hr.slot).failures.load());
+      }
+    }
+  }
+  return 0;
+}
+
+volatile sig_atomic_t g_stop = 0;
+
+int cmd_events(const Options& o) {
+  gw::shm::Segment seg = attach(o, false);
+  uint64_t head = seg.header().event_head.load(std::memory_order_acquire);
+  uint64_t cur = head > gw::shm::kEventCapacity ? head - gw::shm::kEventCapacity : 0;
+  ::signal(SIGINT, [](int) { g_stop = 1; });
+  ::signal(SIGTERM, [](int) { g_stop = 1; });
+  uint64_t stuck_since = 0;
+  for (;;) {
+    head = seg.header().event_head.load(std::memory_order_acquire);
+    while (cur < head) {
+      gw::shm::EventData e{};
+      auto r = gw::shm::read_event(seg, cur, e);
+      if (r == gw::shm::EventRead::not_yet) {
+        // Claimed but not yet complete; a writer that died mid-event never
+        // completes it, so skip it after a second.
+        uint64_t now = gw::core::monotonic_ms();
+        if (!stuck_since) stuck_since = now;
+        if (now - stuck_since < 1000) break;
+      } else if (r == gw::shm::EventRead::ok) {
+        fmt::print("{}\n", gw::shm::format_event(cur, e));
+      }
+      stuck_since = 0;
+      ++cur;
+    }
+    std::fflush(stdout);
+    if (!o.follow || g_stop) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  gw::core::log_set_role("gwctl");
+  gw::core::log_set_level(gw::core::LogLevel::warn);
+  Options o;
+  CLI::App app{"gwctl: inspect and change a running gw gateway, live"};
+  app.fallthrough();
+  app.require_subcommand(1);
+  app.add_option("--shm", o.shm, "shm segment name (shm.name in the config; default gw)");
+  app.add_option("-c,--config", o.config, "read the shm name from this config file");
+
+  auto* status = app.add_subcommand("status", "upstreams, pools, hosts and their state");
+  status->add_flag("--json", o.json, "machine-readable output");
+  auto* events = app.add_subcommand("events", "print the event log");
+  events->add_flag("-f,--follow", o.follow, "keep printing new events");
+
+  auto* add = app.add_subcommand("add", "add a host or a pool")->require_subcommand(1);
+  auto* remove = app.add_subcommand("remove", "remove a host or a pool")->require_subcommand(1);
+  auto* down = app.add_subcommand("down", "take a host out of rotation (until `up`)")->require_subcommand(1);
+  auto* up = app.add_subcommand("up", "put a host back into rotation")->require_subcommand(1);
+  auto* set = app.add_subcommand("set", "change a pool")->require_subcommand(1);
+
+  auto* add_host = add->add_subcommand("host", "add host UPSTREAM/POOL HOST_ID IP:PORT [--weight N]");
+  add_host->add_option("pool", o.path, "UPSTREAM/POOL")->required();
+  add_host->add_option("host", o.id, "host id")->required();
+  add_host->add_option("address", o.address, "IP:PORT")->required();
+  add_host->add_option("--weight", o.weight, "0..1000 (default 1)");
+  auto* add_pool = add->add_subcommand("pool", "add pool UPSTREAM POOL [--priority N] [--method M]");
+  add_pool->add_option("upstream", o.path, "UPSTREAM")->required();
+  add_pool->add_option("pool", o.id, "pool id")->required();
+  add_pool->add_option("--priority", o.priority, "lower is preferred (default 0)");
+  add_pool->add_option("--method", o.method, "balancing method (default round_robin)");
+  auto* rm_host = remove->add_subcommand("host", "remove host UPSTREAM/POOL HOST_ID");
+  rm_host->add_option("pool", o.path, "UPSTREAM/POOL")->required();
+  rm_host->add_option("host", o.id, "host id")->required();
+  auto* rm_pool = remove->add_subcommand("pool", "remove pool UPSTREAM POOL (it must have no hosts)");
+  rm_pool->add_option("upstream", o.path, "UPSTREAM")->required();
+  rm_pool->add_option("pool", o.id, "pool id")->required();
+  auto* down_host = down->add_subcommand("host", "down host UPSTREAM/POOL HOST_ID");
+  down_host->add_option("pool", o.path, "UPSTREAM/POOL")->required();
+  down_host->add_option("host", o.id, "host id")->required();
+  auto* up_host = up->add_subcommand("host", "up host UPSTREAM/POOL HOST_ID");
+  up_host->add_option("pool", o.path, "UPSTREAM/POOL")->required();
+  up_host->add_option("host", o.id, "host id")->required();
+  auto* set_pool = set->add_subcommand("pool", "set pool UPSTREAM POOL [--priority N] [--method M]");
+  set_pool->add_option("upstream", o.path, "UPSTREAM")->required();
+  set_pool->add_option("pool", o.id, "pool id")->required();
+  set_pool->add_option("--priority", o.priority, "lower is preferred");
+  set_pool->add_option("--method", o.method, "balancing method");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    fmt::print(stderr, "gwctl: {} (see gwctl --help)\n", e.what());
+    return 2;
+  }
+
+  try {
+    if (*status) return cmd_status(o);
+    if (*events) return cmd_events(o);
+    if (*add_host) {
+      auto [u, p] = split_pool(o.path);
+      gw::core::SockAddr addr;
+      std::string why;
+      if (!gw::core::parse_address(o.address, addr, why)) throw Failure(fmt::format("bad address \"{}\": {}", o.address, why));
+      uint32_t weight = o.weight.empty() ? 1 : parse_u32(o.weight, "--weight", 0, gw::shm::kMaxWeight);
+      std::string what = fmt::format("add host {}/{}/{} {} weight={}", u, p, o.id, addr.to_string(), weight);
+      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
+        t.add_host(find_pool(t, u, p), o.id, addr, weight);
+        ev.push_back(what);
+      }, what);
+    }
+    if (*rm_host) {
+      auto [u, p] = split_pool(o.path);
+      std::string what = fmt::format("remove host {}/{}/{}", u, p, o.id);
+      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
+        t.remove_host(find_host(t, u, p, o.id));
+        ev.push_back(what);
+      }, what);
+    }
+    if (*down_host || *up_host) {
+      auto [u, p] = split_pool(o.path);
+      bool to_down = static_cast<bool>(*down_host);
+      std::string what = fmt::format("{} host {}/{}/{}", to_down ? "down" : "up", u, p, o.id);
+      {
+        gw::shm::Segment seg = attach(o, true);
+        gw::shm::Table t(seg.caps());
+        gw::shm::read_published(seg, t);
+        int h = find_host(t, u, p, o.id);
+        if ((t.hosts()[static_cast<size_t>(h)].admin_down != 0) == to_down) {
+          fmt::print("ok: host {}/{}/{} is already {} (generation {})\n", u, p, o.id, to_down ? "down" : "up",
+                     t.header().generation);
+          return 0;
+        }
+      }
+      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
+        t.hosts()[static_cast<size_t>(find_host(t, u, p, o.id))].admin_down = to_down ? 1 : 0;
+        ev.push_back(what);
+      }, what);
+    }
+    if (*add_pool) {
+      int32_t prio = o.priority.empty() ? 0 : parse_i32(o.priority, "--priority");
+      gw::shm::Method m = o.method.empty() ? gw::shm::Method::round_robin : parse_method_arg(o.method);
+      std::string what = fmt::format("add pool {}/{} priority={} method={}", o.path, o.id, prio, gw::shm::method_name(m));
+      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
+        t.add_pool(find_upstream(t, o.path), o.id, prio, m);
+        ev.push_back(what);
+      }, what);
+    }
+    if (*rm_pool) {
+      std::string what = fmt::format("remove pool {}/{}", o.path, o.id);
+      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
+        t.remove_pool(find_pool(t, o.path, o.id));
+        ev.push_back(what);
+      }, what);
+    }
+    if (*set_pool) {
+      if (o.priority.empty() && o.method.empty()) throw Failure("set pool needs --priority and/or --method");
+      std::optional<int32_t> prio;
+      std::optional<gw::shm::Method> m;
+      if (!o.priority.empty()) prio = parse_i32(o.priority, "--priority");
+      if (!o.method.empty()) m = parse_method_arg(o.method);
+      std::string what;
+      gw::shm::Writer::Change change = [&](gw::shm::Table& t, std::vector<std::string>& ev) {
+        auto& pr = t.pools()[static_cast<size_t>(find_pool(t, o.path, o.id))];
+        if (prio) pr.priority = *prio;
+        if (m) pr.method = static_cast<uint8_t>(*m);
+        what = fmt::format("set pool {}/{} priority={} method={}", o.path, o.id, pr.priority,
+                           gw::shm::method_name(static_cast<gw::shm::Method>(pr.method)));
+        ev.push_back(what);
+      };
+      gw::shm::Segment seg = attach(o, true);
+      uint64_t gen = gw::shm::Writer(seg).commit(change);
+      fmt::print("ok: {} (generation {})\n", what, gen);
+      return 0;
+    }
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "gwctl: {}\n", e.what());
+    return 1;
+  }
+  return 2;
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs, with apt-get, whatever gw needs to build, test and benchmark that is
+# not already on the machine. Idempotent; prints nothing when nothing is missing.
+set -euo pipefail
+
+pkgs=(
+  # build
+  build-essential cmake pkg-config
+  liburing-dev libfmt-dev libcli11-dev libsimdjson-dev doctest-dev zlib1g-dev
+  # tests and benches
+  curl procps iproute2 nginx libnginx-mod-stream haproxy wrk
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  # dpkg-query prints "install ok installed" only for a fully installed package.
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup.sh: missing packages: ${missing[*]}; run as root (or install them) first" >&2
+  exit 1
+fi
+echo "setup.sh: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian enables and starts nginx and haproxy on install; gw's tests start their
+# own instances on free ports and must not find the default ones holding :80.
+for svc in nginx haproxy; do
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
+  if [ -x /etc/init.d/$svc ]; then /etc/init.d/$svc stop >/dev/null 2>&1 || true; fi
+done
+echo "setup.sh: done"
