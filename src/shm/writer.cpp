@@ -57,6 +57,7 @@ void Writer::assign_slots(const Table& old, Table& t, uint64_t now_ms) {
   std::vector<uint8_t> used(cap, 0);
   for (const auto& h : t.hosts())
     if (h.tag != 0) used[h.slot] = 1;
+  if (t.header().next_tag == 0) t.header().next_tag = 1;  // a fresh segment's table is all zeros
   for (auto& h : t.hosts()) {
     if (h.tag != 0) continue;
     // Pick a free slot: prefer one no connection still counts on, freed the

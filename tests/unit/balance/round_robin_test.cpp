@@ -1,0 +1,96 @@
+#include <doctest/doctest.h>
+
+#include <map>
+#include <string>
+
+#include "gw/balance/balancer.hpp"
+#include "gw/balance/snapshot.hpp"
+
+using namespace gw;
+
+namespace {
+struct Fixture {
+  shm::Table t{{2, 4, 16}};
+  balance::Snapshot snap;
+  Fixture() {
+    shm::UpstreamRecord r{};
+    shm::set_name(r.name, "app");
+    t.add_upstream(r);
+  }
+  int pool(const char* id, int prio) { return t.add_pool(0, id, prio, shm::Method::round_robin); }
+  void host(int p, const char* id, uint32_t w) {
+    int h = t.add_host(p, id, core::SockAddr{}, w);
+    t.hosts()[static_cast<size_t>(h)].slot = static_cast<uint32_t>(h);
+    t.hosts()[static_cast<size_t>(h)].tag = static_cast<uint32_t>(h) + 1;
+  }
+  std::string name(int h) { return std::string(shm::name_of(t.hosts()[static_cast<size_t>(h)].id)); }
+};
+}  // namespace
+
+TEST_SUITE("balance") {
+  TEST_CASE("smooth weighted round robin: {a:5, b:1, c:1} gives a a b a c a a") {
+    Fixture f;
+    int p = f.pool("primary", 0);
+    f.host(p, "a", 5);
+    f.host(p, "b", 1);
+    f.host(p, "c", 1);
+    f.snap.build(f.t);
+    balance::Balancer b(16);
+    std::string seq;
+    for (int i = 0; i < 14; ++i) seq += f.name(b.pick(f.snap, f.snap.upstreams()[0], [](uint32_t) { return true; }));
+    CHECK(seq == "aabacaaaabacaa");
+  }
+
+  TEST_CASE("weights are honoured over many picks; weight 0 and ineligible hosts get nothing") {
+    Fixture f;
+    int p = f.pool("primary", 0);
+    f.host(p, "a", 3);
+    f.host(p, "b", 2);
+    f.host(p, "z", 0);
+    f.host(p, "d", 5);
+    f.snap.build(f.t);
+    balance::Balancer b(16);
+    std::map<std::string, int> n;
+    for (int i = 0; i < 1000; ++i) ++n[f.name(b.pick(f.snap, f.snap.upstreams()[0], [](uint32_t h) { return h != 3; }))];
+    CHECK(n["a"] == 600);
+    CHECK(n["b"] == 400);
+    CHECK(n.count("z") == 0);
+    CHECK(n.count("d") == 0);
+  }
+
+  TEST_CASE("the lowest priority number with an eligible host wins; failover to the next pool") {
+    Fixture f;
+    int backup = f.pool("backup", 1);
+    int primary = f.pool("primary", 0);
+    f.host(backup, "c", 1);
+    f.host(primary, "a", 1);
+    f.host(primary, "b", 1);
+    f.snap.build(f.t);
+    balance::Balancer b(16);
+    const auto& u = f.snap.upstreams()[0];
+    for (int i = 0; i < 4; ++i) CHECK(f.name(b.pick(f.snap, u, [](uint32_t) { return true; })) != "c");
+    CHECK(f.name(b.pick(f.snap, u, [&](uint32_t i) { return f.name(static_cast<int>(i)) != "a"; })) == "b");
+    CHECK(f.name(b.pick(f.snap, u, [&](uint32_t i) { return f.name(static_cast<int>(i)) == "c"; })) == "c");
+    CHECK(b.pick(f.snap, u, [](uint32_t) { return false; }) == -1);
+  }
+
+  TEST_CASE("a failure lowers the effective weight, which recovers with picks (nginx)") {
+    Fixture f;
+    int p = f.pool("primary", 0);
+    f.host(p, "a", 4);
+    f.host(p, "b", 4);
+    f.snap.build(f.t);
+    balance::Balancer b(16);
+    const auto& u = f.snap.upstreams()[0];
+    auto all = [](uint32_t) { return true; };
+    b.pick(f.snap, u, all);  // initialise state
+    b.on_failure(0, 1, 4, 1);  // a: effective 4 → 0
+    std::string seq;
+    for (int i = 0; i < 6; ++i) seq += f.name(b.pick(f.snap, u, all));
+    // a's effective weight climbs 1, 2, 3, 4 while b's stays 4: b wins the first picks.
+    CHECK(seq.substr(0, 2) == "bb");
+    std::map<char, int> n;
+    for (int i = 0; i < 800; ++i) ++n[f.name(b.pick(f.snap, u, all))[0]];
+    CHECK(n['a'] == 400);
+  }
+}

@@ -1,0 +1,31 @@
+#include <doctest/doctest.h>
+
+#include "gw/core/address.hpp"
+
+using gw::core::parse_address;
+using gw::core::SockAddr;
+
+TEST_SUITE("core") {
+  TEST_CASE("parse_address accepts IPv4 and bracketed IPv6 with a port") {
+    SockAddr a;
+    std::string why;
+    REQUIRE(parse_address("127.0.0.1:8081", a, why));
+    CHECK(a.family == AF_INET);
+    CHECK(a.port == 8081);
+    CHECK(a.to_string() == "127.0.0.1:8081");
+    REQUIRE(parse_address("[::1]:443", a, why));
+    CHECK(a.family == AF_INET6);
+    CHECK(a.to_string() == "[::1]:443");
+  }
+
+  TEST_CASE("parse_address rejects bad input with a reason") {
+    SockAddr a;
+    std::string why;
+    for (const char* bad : {"1.2.3", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:70000", "127.0.0.1:8x", "host:80",
+                            "[::1:80", "[::1]80", "", ":80"}) {
+      CAPTURE(bad);
+      CHECK_FALSE(parse_address(bad, a, why));
+      CHECK_FALSE(why.empty());
+    }
+  }
+}

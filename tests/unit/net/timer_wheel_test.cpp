@@ -1,0 +1,61 @@
+#include <doctest/doctest.h>
+
+#include <vector>
+
+#include "gw/net/buffer_pool.hpp"
+#include "gw/net/reactor.hpp"
+
+using gw::net::TimerNode;
+using gw::net::TimerWheel;
+
+TEST_SUITE("net") {
+  TEST_CASE("timers expire at their deadline, in any order, including past one wheel turn") {
+    TimerWheel w(1000);
+    TimerNode a, b, c;
+    w.schedule(a, 1050);
+    w.schedule(b, 1020);
+    w.schedule(c, 1000 + 25000);  // 2.4 turns of the wheel
+    std::vector<TimerNode*> fired;
+    auto fire = [&](TimerNode& n) { fired.push_back(&n); };
+    w.advance(1019, fire);
+    CHECK(fired.empty());
+    w.advance(1020, fire);
+    REQUIRE(fired.size() == 1);
+    CHECK(fired[0] == &b);
+    w.advance(1100, fire);
+    CHECK(fired.size() == 2);
+    for (uint64_t t = 1100; t < 26000; t += 500) w.advance(t, fire);
+    CHECK(fired.size() == 2);
+    w.advance(26000, fire);
+    CHECK(fired.size() == 3);
+    CHECK(w.empty());
+  }
+
+  TEST_CASE("moving a deadline later is lazy and still exact; cancel unlinks") {
+    TimerWheel w(0);
+    TimerNode a, b;
+    w.schedule(a, 100);
+    w.schedule(b, 100);
+    a.deadline_ms = 5000;  // activity: no wheel operation
+    w.cancel(b);
+    int fired = 0;
+    w.advance(4990, [&](TimerNode&) { ++fired; });
+    CHECK(fired == 0);
+    CHECK(w.size() == 1);
+    w.advance(5000, [&](TimerNode& n) { fired += &n == &a; });
+    CHECK(fired == 1);
+    CHECK(w.timeout_ms(5000) == -1);
+  }
+
+  TEST_CASE("buffer pool reuses buffers and grows in chunks") {
+    gw::net::BufferPool p;
+    char* x = p.acquire();
+    REQUIRE(x != nullptr);
+    CHECK(p.in_use() == 1);
+    CHECK(p.capacity() == gw::net::BufferPool::kChunkBuffers);
+    p.release(x);
+    CHECK(p.acquire() == x);
+    gw::net::BufferPool bounded(1);
+    CHECK(bounded.acquire() != nullptr);  // the first chunk is allowed
+  }
+}

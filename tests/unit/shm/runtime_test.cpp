@@ -1,0 +1,52 @@
+#include <doctest/doctest.h>
+
+#include "../test_util.hpp"
+#include "gw/shm/runtime.hpp"
+
+using namespace gw::shm;
+using gw::testing::TempSegment;
+
+TEST_SUITE("shm") {
+  TEST_CASE("passive health follows max_fails within fail_timeout (injected clock)") {
+    TempSegment ts;
+    HostRuntime& h = ts.seg.host(0);
+    reset_slot(h, 7);
+    HealthPolicy p{2, 1000};
+    CHECK(host_usable(h, 7, p, 0));
+    CHECK_FALSE(record_failure(h, 7, p, 100));  // 1 of 2
+    CHECK(host_usable(h, 7, p, 100));
+    CHECK_FALSE(record_failure(h, 7, p, 1200));  // the window ended: 1 of 2 again
+    CHECK(record_failure(h, 7, p, 1300));        // 2 of 2: down, reported once
+    CHECK_FALSE(host_usable(h, 7, p, 1400));
+    CHECK_FALSE(host_usable(h, 7, p, 2299));
+    CHECK(host_usable(h, 7, p, 2300));           // fail_timeout passed: may be tried
+    CHECK(record_success(h, 7));                 // and is up again, reported once
+    CHECK_FALSE(record_success(h, 7));
+    CHECK(h.failures.load() == 3);
+  }
+
+  TEST_CASE("max_fails 0 never takes a host down; another tag's calls are ignored") {
+    TempSegment ts;
+    HostRuntime& h = ts.seg.host(1);
+    reset_slot(h, 3);
+    CHECK_FALSE(record_failure(h, 3, {0, 1000}, 10));
+    CHECK(host_usable(h, 3, {0, 1000}, 10));
+    CHECK_FALSE(record_failure(h, 99, {1, 1000}, 10));  // stale tag
+    CHECK(h.health.load() == kHealthUp);
+  }
+
+  TEST_CASE("per-worker counters sum over workers and drop a dead worker's active count") {
+    TempSegment ts;
+    counter_open(ts.seg.counter(0, 2), 5);
+    counter_open(ts.seg.counter(1, 2), 5);
+    counter_open(ts.seg.counter(1, 2), 5);
+    counter_close(ts.seg.counter(1, 2), 5);
+    auto t = host_totals(ts.seg, 2, 5);
+    CHECK(t.active == 2);
+    CHECK(t.total == 3);
+    clear_worker_counters(ts.seg, 0);
+    t = host_totals(ts.seg, 2, 5);
+    CHECK(t.active == 1);
+    CHECK(t.total == 3);
+  }
+}

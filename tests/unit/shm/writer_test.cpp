@@ -1,0 +1,131 @@
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "../test_util.hpp"
+#include "gw/shm/events.hpp"
+#include "gw/shm/runtime.hpp"
+#include "gw/shm/state_file.hpp"
+#include "gw/shm/writer.hpp"
+
+using namespace gw::shm;
+using gw::testing::TempSegment;
+
+namespace {
+gw::core::SockAddr addr(uint16_t port) {
+  gw::core::SockAddr a;
+  std::string why;
+  gw::core::parse_address("127.0.0.1:" + std::to_string(port), a, why);
+  return a;
+}
+void add_app(Writer& w) {
+  w.commit([](Table& t, std::vector<std::string>& ev) {
+    UpstreamRecord r{};
+    set_name(r.name, "app");
+    r.max_fails = 1;
+    r.fail_timeout_ms = 1000;
+    int u = t.add_upstream(r);
+    int p = t.add_pool(u, "primary", 0, Method::round_robin);
+    t.add_host(p, "a", addr(1), 1);
+    ev.push_back("init");
+  });
+}
+}  // namespace
+
+TEST_SUITE("shm") {
+  TEST_CASE("commit publishes a new generation that readers see") {
+    TempSegment ts;
+    Writer w(ts.seg);
+    w.set_persist(false);
+    TableReader r(ts.seg);
+    Table local(ts.seg.caps());
+    CHECK(r.stale());
+    CHECK(r.refresh(local) == 0);
+    CHECK_FALSE(r.stale());
+    add_app(w);
+    CHECK(r.stale());
+    CHECK(r.refresh(local) == 1);
+    REQUIRE(local.hosts().size() == 1);
+    CHECK(local.hosts()[0].tag != 0);
+    CHECK(ts.seg.host(local.hosts()[0].slot).tag.load() == local.hosts()[0].tag);
+    EventData e{};
+    REQUIRE(read_event(ts.seg, 0, e) == EventRead::ok);
+    CHECK(std::string(e.text) == "init");
+    CHECK(e.generation == 1);
+  }
+
+  TEST_CASE("a refused change publishes nothing") {
+    TempSegment ts;
+    Writer w(ts.seg);
+    w.set_persist(false);
+    add_app(w);
+    uint64_t before = ts.seg.header().published.load();
+    CHECK_THROWS_AS(w.commit([](Table& t, std::vector<std::string>&) {
+      t.add_host(0, "b", addr(2), 1);  // applied to the copy...
+      t.add_host(0, "a", addr(3), 1);  // ...then a duplicate: the whole change is refused
+    }), TableError);
+    CHECK(ts.seg.header().published.load() == before);
+    Table t(ts.seg.caps());
+    read_published(ts.seg, t);
+    CHECK(t.hosts().size() == 1);
+  }
+
+  TEST_CASE("a removed host's slot is reused only with a new tag and fresh state") {
+    TempSegment ts({1, 1, 1});
+    Writer w(ts.seg);
+    w.set_persist(false);
+    add_app(w);
+    Table t(ts.seg.caps());
+    read_published(ts.seg, t);
+    const uint32_t slot = t.hosts()[0].slot, old_tag = t.hosts()[0].tag;
+    HealthPolicy p{1, 1000};
+    CHECK(record_failure(ts.seg.host(slot), old_tag, p, 5000));
+    counter_open(ts.seg.counter(0, slot), old_tag);
+    w.commit([](Table& tt, std::vector<std::string>&) { tt.remove_host(0); });
+    w.commit([](Table& tt, std::vector<std::string>&) { tt.add_host(0, "b", addr(2), 1); });
+    read_published(ts.seg, t);
+    CHECK(t.hosts()[0].slot == slot);
+    CHECK(t.hosts()[0].tag != old_tag);
+    CHECK(ts.seg.host(slot).health.load() == kHealthUp);
+    CHECK(ts.seg.host(slot).failures.load() == 0);
+    CHECK(host_totals(ts.seg, slot, t.hosts()[0].tag).active == 0);
+    counter_close(ts.seg.counter(0, slot), old_tag);  // the old host's connection ends late: ignored
+    CHECK(host_totals(ts.seg, slot, t.hosts()[0].tag).active == 0);
+  }
+
+  TEST_CASE("commit writes the state file before publishing, and it reads back") {
+    TempSegment ts;
+    std::string path = "/tmp/gwunit-state-" + std::to_string(::getpid()) + ".json";
+    std::strncpy(ts.seg.header().state_file, path.c_str(), kPathCap - 1);
+    Writer w(ts.seg);
+    add_app(w);
+    w.commit([](Table& t, std::vector<std::string>&) { t.hosts()[0].admin_down = 1; });
+    State s;
+    REQUIRE(read_state_file(path, s));
+    CHECK(s.generation == 2);
+    REQUIRE(s.upstreams.size() == 1);
+    REQUIRE(s.upstreams[0].pools.size() == 1);
+    REQUIRE(s.upstreams[0].pools[0].hosts.size() == 1);
+    CHECK(s.upstreams[0].pools[0].hosts[0].down);
+    CHECK(s.upstreams[0].pools[0].hosts[0].addr.to_string() == "127.0.0.1:1");
+
+    // A state file that cannot be written refuses the change.
+    std::strncpy(ts.seg.header().state_file, "/nonexistent-dir/x.json", kPathCap - 1);
+    uint64_t before = ts.seg.header().published.load();
+    CHECK_THROWS_AS(w.commit([](Table& t, std::vector<std::string>&) { t.hosts()[0].admin_down = 0; }),
+                    std::runtime_error);
+    CHECK(ts.seg.header().published.load() == before);
+    ::unlink(path.c_str());
+  }
+
+  TEST_CASE("a corrupt state file is an error naming the file") {
+    std::string path = "/tmp/gwunit-bad-" + std::to_string(::getpid()) + ".json";
+    std::ofstream(path) << "{\"gw_state\": 1, \"generation\": \"x\"}";
+    State s;
+    CHECK_THROWS_WITH(read_state_file(path, s), doctest::Contains(path.c_str()));
+    ::unlink(path.c_str());
+    CHECK_FALSE(read_state_file(path, s));
+  }
+}

@@ -1,0 +1,25 @@
+#pragma once
+// Helpers shared by the unit tests.
+
+#include <unistd.h>
+
+#include <atomic>
+#include <string>
+
+#include "gw/shm/segment.hpp"
+
+namespace gw::testing {
+
+/// A uniquely named segment, unlinked at scope exit.
+struct TempSegment {
+  std::string name;
+  shm::Segment seg;
+  explicit TempSegment(shm::Caps caps = {4, 8, 16}) : name(unique_name()), seg(shm::Segment::create(name, caps)) {}
+  ~TempSegment() { shm::Segment::unlink(name); }
+  static std::string unique_name() {
+    static std::atomic<int> n{0};
+    return "gwunit-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
+  }
+};
+
+}  // namespace gw::testing
