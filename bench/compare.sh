@@ -411,11 +411,14 @@ VERSIONS="wrk $(wrk --version 2>&1 | awk 'NR==1{print $2}' || true)"
 has_contender nginx && VERSIONS+=", $(nginx -v 2>&1 | sed 's/^nginx version: //')"
 has_contender haproxy && VERSIONS+=", haproxy $(haproxy -v | awk 'NR==1{print $3}')"
 GW_REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "uncommitted")
+# Which build was measured: directory and CMake build type.
+BUILD_TYPE=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null || true)
+GW_BUILD="$BUILD_DIR (${BUILD_TYPE:-unknown build type})"
 
 # Values reach the Python code through the environment (quoted heredoc: no shell expansion).
 BENCH_ROUNDS=$ROUNDS BENCH_DURATION=$DURATION BENCH_CONNECTIONS=$CONNECTIONS \
 BENCH_WORKERS=$WORKERS BENCH_WRK_THREADS=$WRK_THREADS BENCH_DATE=$DATE BENCH_KERNEL=$KERNEL \
-BENCH_NPROC=$NPROC BENCH_VERSIONS=$VERSIONS BENCH_GW_REV=$GW_REV \
+BENCH_NPROC=$NPROC BENCH_VERSIONS=$VERSIONS BENCH_GW_REV=$GW_REV BENCH_GW_BUILD=$GW_BUILD \
 "$PY" - "$RUNS" "$RESULTS_MD" "${CONTENDER_LIST[*]}" <<'EOF'
 import os, statistics, sys
 
@@ -470,10 +473,11 @@ with open(results_md, "a") as f:
                 "summed over the rounds.\n")
     f.write("\n## l4, %s\n\n" % env["BENCH_DATE"])
     f.write("kernel `%s`, nproc %s, rounds %s, duration %ss, connections %s, workers %s, "
-            "wrk threads %s, gw %s; %s\n\n" % (
+            "wrk threads %s; gw %s, build %s; %s\n\n" % (
                 env["BENCH_KERNEL"], env["BENCH_NPROC"], env["BENCH_ROUNDS"],
                 env["BENCH_DURATION"], env["BENCH_CONNECTIONS"], env["BENCH_WORKERS"],
-                env["BENCH_WRK_THREADS"], env["BENCH_GW_REV"], env["BENCH_VERSIONS"]))
+                env["BENCH_WRK_THREADS"], env["BENCH_GW_REV"], env["BENCH_GW_BUILD"],
+                env["BENCH_VERSIONS"]))
     f.write("| " + " | ".join(header) + " |\n")
     f.write("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|\n")
     for row in table:

@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 
+#include <fmt/format.h>
+
 #include <charconv>
 #include <cstring>
 
@@ -43,11 +45,11 @@ std::string SockAddr::to_string() const {
   char buf[INET6_ADDRSTRLEN] = {};
   if (family == AF_INET6) {
     ::inet_ntop(AF_INET6, ip, buf, sizeof(buf));
-    return "[" + std::string(buf) + "]:" + std::to_string(port);
+    return fmt::format("[{}]:{}", buf, port);
   }
   if (family == AF_INET) {
     ::inet_ntop(AF_INET, ip, buf, sizeof(buf));
-    return std::string(buf) + ":" + std::to_string(port);
+    return fmt::format("{}:{}", buf, port);
   }
   return "(unset)";
 }
@@ -69,7 +71,7 @@ bool parse_address(std::string_view text, SockAddr& out, std::string& why) {
   unsigned p = 0;
   auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
   if (port.empty() || ec != std::errc() || end != port.data() + port.size() || p == 0 || p > 65535) {
-    why = "port must be an integer 1..65535, got \"" + std::string(port) + "\"";
+    why = fmt::format("port must be an integer 1..65535, got \"{}\"", port);
     return false;
   }
   std::string h(host);
@@ -80,7 +82,7 @@ bool parse_address(std::string_view text, SockAddr& out, std::string& why) {
   } else if (::inet_pton(AF_INET6, h.c_str(), a.ip) == 1) {
     a.family = AF_INET6;
   } else {
-    why = "\"" + h + "\" is not an IPv4 or IPv6 address (host names are not resolved)";
+    why = fmt::format("\"{}\" is not an IPv4 or IPv6 address (host names are not resolved)", h);
     return false;
   }
   out = a;

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Sets up (apt-get via tools/setup.sh), builds, and runs every test through ctest:
+# unit tests, the ThreadSanitizer shm stress test, the integration suite, and
+# the unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
+#
+#   tools/test.sh            everything
+#   tools/test.sh --no-asan  skip the sanitizer build
+# BUILD_DIR (default build) and ASAN_BUILD_DIR (default build-asan) pick the build directories.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+asan=1
+for a in "$@"; do
+  case "$a" in
+    --no-asan) asan=0 ;;
+    *) echo "usage: tools/test.sh [--no-asan]" >&2; exit 2 ;;
+  esac
+done
+build=${BUILD_DIR:-build}
+jobs=$(nproc)
+
+tools/setup.sh
+echo "== build ($build)"
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$build" -j"$jobs"
+echo "== tests"
+ctest --test-dir "$build" --output-on-failure --timeout 600
+
+if [ "$asan" = 1 ]; then
+  abuild=${ASAN_BUILD_DIR:-build-asan}
+  echo "== unit tests under AddressSanitizer + UndefinedBehaviorSanitizer ($abuild)"
+  cmake -S . -B "$abuild" -DCMAKE_BUILD_TYPE=Debug -DGW_SANITIZE=address,undefined >/dev/null
+  cmake --build "$abuild" -j"$jobs" --target gw_unit_tests
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 "$abuild/tests/gw_unit_tests"
+fi
+echo "== all tests passed"
