@@ -41,6 +41,7 @@ void TcpRelay::accept(int fd, uint32_t listener) noexcept {
   s.state = State::connecting;
   s.c_in = s.c_out = s.u_in = s.u_out = false;
   s.c_eof = s.u_eof = s.c_shut = s.u_shut = false;
+  s.c_hup = s.u_hup = false;
   s.bound = false;
   s.attempts = 0;
   s.listener = static_cast<uint16_t>(listener);
@@ -178,7 +179,9 @@ void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
   if (s.state == State::free || ((data >> 32) & 0x3fffffffu) != (s.gen & 0x3fffffffu)) return;  // stale
   const bool in = events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
   const bool out = events & (EPOLLOUT | EPOLLHUP | EPOLLERR);
+  const bool hup = events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR);
   if (event_kind(data) == kKindClient) {
+    if (hup) s.c_hup = true;
     if (in) s.c_in = true;
     if (out) s.c_out = true;
     if (s.state == State::connecting) {
@@ -204,6 +207,7 @@ void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
       connect_next(s);
       return;
     }
+    if (hup) s.u_hup = true;
     if (in) s.u_in = true;
     if (out) s.u_out = true;
   }
@@ -229,8 +233,8 @@ void TcpRelay::release(Pipe& p) noexcept {
   p = Pipe{};
 }
 
-bool TcpRelay::pump(int src, bool& src_in, bool& src_eof, Pipe& p, int dst, bool& dst_out, bool& dst_shut,
-                    Session& s) noexcept {
+bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p, int dst, bool& dst_out,
+                    bool& dst_shut, Session& s) noexcept {
   for (;;) {
     if (p.pending()) {
       if (!dst_out) break;
@@ -258,6 +262,11 @@ bool TcpRelay::pump(int src, bool& src_in, bool& src_eof, Pipe& p, int dst, bool
       p.head = 0;
       p.tail = static_cast<uint32_t>(n);
       s.deadline_ms = env_.now_ms + s.idle_ms;
+      // A short read emptied the socket's receive queue. With edge-triggered
+      // epoll the next arrival raises a new event, so the recv() that would
+      // only say EAGAIN is skipped (nginx does the same). Not after the peer's
+      // FIN was signalled: no further event would come to report the EOF.
+      if (static_cast<size_t>(n) < net::BufferPool::kBufferSize && !src_hup) src_in = false;
       continue;
     }
     if (n == 0) {
@@ -281,8 +290,8 @@ bool TcpRelay::pump(int src, bool& src_in, bool& src_eof, Pipe& p, int dst, bool
 }
 
 void TcpRelay::drive(Session& s) noexcept {
-  if (!pump(s.cfd, s.c_in, s.c_eof, s.c2u, s.ufd, s.u_out, s.u_shut, s) ||
-      !pump(s.ufd, s.u_in, s.u_eof, s.u2c, s.cfd, s.c_out, s.c_shut, s)) {
+  if (!pump(s.cfd, s.c_in, s.c_hup, s.c_eof, s.c2u, s.ufd, s.u_out, s.u_shut, s) ||
+      !pump(s.ufd, s.u_in, s.u_hup, s.u_eof, s.u2c, s.cfd, s.c_out, s.c_shut, s)) {
     close_session(s);
     return;
   }

@@ -80,6 +80,7 @@ class TcpRelay {
     bool c_in = false, c_out = false, u_in = false, u_out = false;  // edge-triggered readiness
     bool c_eof = false, u_eof = false;    // read side saw EOF
     bool c_shut = false, u_shut = false;  // we shut down the write side
+    bool c_hup = false, u_hup = false;    // epoll reported the peer's FIN (or an error)
     bool bound = false;                   // counted on host (slot, tag)
     uint8_t attempts = 0;
     uint16_t listener = 0;
@@ -99,7 +100,7 @@ class TcpRelay {
   void on_connect_failed(Session& s, int err) noexcept;
   void unbind(Session& s) noexcept;
   void drive(Session& s) noexcept;
-  bool pump(int src, bool& src_in, bool& src_eof, Pipe& p, int dst, bool& dst_out, bool& dst_shut,
+  bool pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p, int dst, bool& dst_out, bool& dst_shut,
             Session& s) noexcept;
   void release(Pipe& p) noexcept;
   void close_session(Session& s) noexcept;
