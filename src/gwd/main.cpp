@@ -42,7 +42,8 @@ int main(int argc, char** argv) {
     return gw::process::run_master(r.config);
   } catch (const std::exception& e) {
     GW_LOG_ERROR("{}", e.what());
-    fmt::print(stderr, "gwd: {}\n", e.what());
+    // The log may be a file; the operator starting gwd must see why it failed.
+    if (!r.config.log_file.empty()) fmt::print(stderr, "gwd: {}\n", e.what());
     return 1;
   }
 }

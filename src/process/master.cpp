@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -58,6 +59,16 @@ shm::Segment prepare_segment(const config::Config& cfg) {
                                            seg.header().master_pid.load(), name));
     seg_table = std::make_unique<shm::Table>(seg.caps());
     shm::read_published(seg, *seg_table);
+  }
+
+  if (!cfg.state_file.empty()) {
+    // Like nginx's temp paths: create the directory if it is missing.
+    std::filesystem::path dir = std::filesystem::path(cfg.state_file).parent_path();
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec || ::access(dir.c_str(), W_OK) != 0)
+      throw std::runtime_error(fmt::format("state_file directory {} is not writable: {}", dir.string(),
+                                           ec ? ec.message() : std::strerror(errno)));
   }
 
   shm::State state;
@@ -127,11 +138,6 @@ shm::Segment prepare_segment(const config::Config& cfg) {
     shm::clear_worker_counters(seg, w);  // no worker of a previous run is alive
   }
 
-  if (!cfg.state_file.empty()) {
-    std::string dir = cfg.state_file.substr(0, cfg.state_file.rfind('/'));
-    if (!dir.empty() && ::access(dir.c_str(), W_OK) != 0)
-      throw std::runtime_error(fmt::format("state_file directory {} is not writable: {}", dir, std::strerror(errno)));
-  }
 
   const char* what = source == Source::segment ? "the shm segment" : source == Source::file ? "the state file" : "the config";
   const uint64_t base_gen = std::max(seg_gen, state.generation);

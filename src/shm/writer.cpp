@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -108,7 +109,9 @@ uint64_t Writer::commit(const Change& change) {
 
   const uint64_t now = core::monotonic_ms();
   assign_slots(old, t, now);
-  t.header().generation = old.header().generation + 1;
+  // A change may raise the base (the master restoring a newer state file into
+  // a fresh segment); generations never go back.
+  t.header().generation = std::max(old.header().generation, t.header().generation) + 1;
   t.header().updated_wall_ms = core::wall_ms();
 
   if (persist_ && hdr.state_file[0] != '\0') write_state_file(hdr.state_file, state_to_json(t));

@@ -18,7 +18,6 @@ teardown, also when a test fails or the interpreter exits early.
 
 import atexit
 import ctypes
-import errno
 import hashlib
 import itertools
 import json
@@ -145,15 +144,6 @@ def proc_state(pid):
         return None
 
 
-def proc_ppid(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rindex(b")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def pid_alive(pid):
     """True for a running (not zombie) process."""
     if not pid or pid <= 0:
@@ -203,6 +193,62 @@ def wait_pids_gone(pids, timeout):
         if time.monotonic() > deadline:
             return alive
         time.sleep(0.01)
+
+
+_RESPAWN_PROBE = r"""
+import json, os, signal, sys, time
+master, victim, limit = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+before = set(int(x) for x in sys.argv[4].split(",") if x)
+def kids():
+    out = set()
+    try:
+        tasks = os.listdir(f"/proc/{master}/task")
+    except OSError:
+        return out
+    for t in tasks:
+        try:
+            with open(f"/proc/{master}/task/{t}/children") as f:
+                out.update(int(x) for x in f.read().split())
+        except OSError:
+            pass
+    return out
+print("ready", flush=True)
+sys.stdin.readline()
+t0 = time.monotonic()
+os.kill(victim, signal.SIGKILL)
+new = set()
+polls = 0
+while time.monotonic() - t0 < limit:
+    new = kids() - before - {victim}
+    polls += 1
+    if new:
+        break
+    time.sleep(0.001)
+dt = time.monotonic() - t0
+print(json.dumps({"dt": dt, "new": sorted(new), "polls": polls}), flush=True)
+"""
+
+
+def kill_and_time_respawn(master, victim, before, limit=5.0):
+    """SIGKILLs victim and measures, by polling the master's children every 1 ms,
+    how long until a new child appears. Runs in a separate, single-threaded
+    process so that this process's threads (load, backends) cannot delay the
+    measurement. Returns (seconds, new child pids)."""
+    p = subprocess.Popen([sys.executable, "-c", _RESPAWN_PROBE, str(master), str(victim), str(limit),
+                          ",".join(str(x) for x in before)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if p.stdout.readline().strip() != "ready":
+            raise AssertionError("respawn probe did not start")
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        out, _ = p.communicate(timeout=limit + T(10))
+        r = json.loads(out)
+        return r["dt"], set(r["new"])
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def vm_rss_kb(pid):
@@ -635,7 +681,6 @@ class Gateway:
         self.log_path = None
         self.logs = []
         self.known = {}   # pid -> session id of every gw process seen (all starts)
-        self.sids = set()
 
     def remember(self, pids):
         sid = self.pid
@@ -671,7 +716,6 @@ class Gateway:
                 [GWD, "-c", self.conf_path, "--foreground", *extra_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.dir, start_new_session=True, preexec_fn=_child_preexec)
-        self.sids.add(self.proc.pid)
         self.remember([self.proc.pid])
         if wait:
             self.wait_ready()
@@ -929,10 +973,15 @@ class GwTestCase(unittest.TestCase):
         self.addCleanup(self._teardown_all)
 
     def _failed(self):
-        outcome = getattr(self, "_outcome", None)
-        if outcome is None or not hasattr(outcome, "success"):
+        """Has this test failed so far? (Python 3.11 reports failures to the
+        result at once, so the cleanups can see them.)"""
+        result = getattr(getattr(self, "_outcome", None), "result", None)
+        if result is None:
             return True
-        return not outcome.success
+        for t, _ in list(getattr(result, "failures", [])) + list(getattr(result, "errors", [])):
+            if t is self or getattr(t, "test_case", None) is self:
+                return True
+        return False
 
     def _teardown_all(self):
         failed = self._failed()
@@ -1001,13 +1050,15 @@ class GwTestCase(unittest.TestCase):
 
     def make_config(self, pools, workers=1, upstream_opts=None, listeners=None, shm=None, **top):
         """A full config: one upstream `app` with the given pools, one tcp listener `l4`."""
+        shm_name = self.shm_name()
         cfg = {
             "workers": workers,
             "log_file": "",
             "log_level": "info",
             "shutdown_timeout_ms": 10000,
-            "shm": {"name": self.shm_name(), "max_upstreams": 8, "max_pools": 32, "max_hosts": 256},
-            "state_file": os.path.join(self.tmp, "gw.state.json"),
+            "shm": {"name": shm_name, "max_upstreams": 8, "max_pools": 32, "max_hosts": 256},
+            # one state file per config: a gateway restores its state file over the config
+            "state_file": os.path.join(self.tmp, f"{shm_name}.state.json"),
             "listeners": listeners if listeners is not None else [tcp_listener("l4", "app")],
             "upstreams": [upstream("app", pools, **(upstream_opts or {}))],
         }
@@ -1029,9 +1080,10 @@ class GwTestCase(unittest.TestCase):
         self.assertEqual(rc, 0, f"gwctl {' '.join(args)}: rc={rc}, stderr={err.strip()!r}")
         return out
 
-    def assertGwctlError(self, gw, *args, shm=None):
-        """gwctl fails: nonzero exit, exactly one stderr line starting with `gwctl:`,
-        and (with a running gateway) the table and the event ring are unchanged."""
+    def assertGwctlError(self, gw, *args, shm=None, rc_want=None):
+        """gwctl fails: nonzero exit (rc_want if given), exactly one stderr line
+        starting with `gwctl:`, and (with a running gateway) the table and the
+        event ring are unchanged."""
         before = events_before = None
         if gw is not None:
             before = table_snapshot(gw.status())
@@ -1041,6 +1093,8 @@ class GwTestCase(unittest.TestCase):
             rc, out, err = run_gwctl(*args, shm=shm)
         cmd = "gwctl " + " ".join(args)
         self.assertNotEqual(rc, 0, f"{cmd}: expected failure, got rc=0 stdout={out!r}")
+        if rc_want is not None:
+            self.assertEqual(rc, rc_want, f"{cmd}: exit code (stderr {err!r})")
         lines = [l for l in err.splitlines() if l.strip()]
         self.assertEqual(len(lines), 1, f"{cmd}: expected one stderr line, got {err!r}")
         self.assertTrue(lines[0].startswith("gwctl:"), f"{cmd}: stderr line must start with 'gwctl:': {lines[0]!r}")

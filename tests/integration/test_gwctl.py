@@ -2,8 +2,10 @@
 """gwctl: runtime changes take effect on the next connection; bad input is
 refused with one `gwctl:` line and changes nothing; events and status."""
 
+import json
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -124,7 +126,15 @@ class GwctlTest(GwTestCase):
         ]
         for what, args in cases:
             with self.subTest(what):
-                self.assertGwctlError(gw, *args)
+                self.assertGwctlError(gw, *args, rc_want=1)
+        usage = [
+            ("missing arguments", ["add", "host", "app/primary"]),
+            ("unknown command", ["frobnicate"]),
+            ("unknown option", ["status", "--frob"]),
+        ]
+        for what, args in usage:
+            with self.subTest(what):
+                self.assertGwctlError(gw, *args, rc_want=2)
         # and the gateway still serves exactly as before
         self.assertNames(gw.port, N, {"a", "b"}, must_include={"a", "b"})
 
@@ -148,6 +158,49 @@ class GwctlTest(GwTestCase):
         self.assertGwctlError(None, "add", "host", "app/primary", "x", "127.0.0.1:9", shm=missing)
         self.assertGwctlError(None, "events", shm=missing)
         self.assertFalse(os.path.exists(f"/dev/shm/{missing}"), "gwctl created a shm segment")
+
+    def test_config_option(self):
+        """`-c CONFIG` finds the gateway through the config's shm.name."""
+        a, b = self.backend("a"), self.backend("b")
+        gw = self.start([pool("primary", [host("a", a)])])
+        rc, out, err = gwtest.run_gwctl("add", "host", "app/primary", "b", b.address, config=gw.conf_path)
+        self.assertEqual(rc, 0, err)
+        rc, out, err = gwtest.run_gwctl("status", "--json", config=gw.conf_path)
+        self.assertEqual(rc, 0, err)
+        self.assertIsNotNone(gwtest.find_host(json.loads(out), "app/primary/b"))
+        self.assertNames(gw.port, N, {"a", "b"}, must_include={"b"})
+
+    def test_events_follow(self):
+        a, b = self.backend("a"), self.backend("b")
+        gw = self.start([pool("primary", [host("a", a)])])
+        p = subprocess.Popen(gwtest.gwctl_argv(["events", "--follow"], shm=gw.shm), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+        def cleanup():
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            p.stdout.close()
+            p.stderr.close()
+        self.addCleanup(cleanup)
+        os.set_blocking(p.stdout.fileno(), False)
+        buf = bytearray()
+
+        def saw(text):
+            try:
+                chunk = p.stdout.read()
+            except BlockingIOError:
+                chunk = None
+            if chunk:
+                buf.extend(chunk)
+            return text in buf.decode(errors="replace")
+        gwtest.wait_until(lambda: saw("start gwd"), T(5), msg="the start event in `events --follow`")
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "b", b.address)
+        gwtest.wait_until(lambda: saw(f"add host app/primary/b {b.address} weight=1"), T(5),
+                          msg="the new event in `events --follow`")
+        self.assertIsNone(p.poll(), "`events --follow` exited")
+        p.terminate()
+        self.assertIsNotNone(gwtest.wait_until(lambda: p.poll() is not None, T(5), msg="events --follow to exit"))
 
     def test_status_table_and_json(self):
         a, b, c = self.backend("a"), self.backend("b"), self.backend("c")

@@ -60,7 +60,18 @@ class PersistenceTest(GwTestCase):
         # 1. crash: SIGKILL every gw process; the shm segment stays
         self.crash(gw)
         self.assertTrue(os.path.exists(shm_path), f"{shm_path} vanished after SIGKILL")
+        # a change tried while no gateway runs either fails loudly or is kept
+        rc, out, err = gw.gwctl("add", "host", "app/primary", "offline", "127.0.0.1:9")
+        if rc != 0:
+            lines = [l for l in err.splitlines() if l.strip()]
+            self.assertEqual(len(lines), 1, err)
+            self.assertTrue(lines[0].startswith("gwctl:"), err)
         gw.start()
+        if rc != 0:
+            self.assertNoHost(gw, "app/primary/offline")
+        else:
+            self.assertHost(gw, "app/primary/offline")
+            self.assertGwctlOk(gw, "remove", "host", "app/primary", "offline")
         self.assertChanges(gw, a, b, c, snap)
 
         # 2. reboot: SIGKILL everything and remove the segment; the state file restores it
@@ -79,6 +90,29 @@ class PersistenceTest(GwTestCase):
         self.assertHost(gw, "app/primary/a", admin="up")
         self.assertNoHost(gw, "app/backup/c")
         self.assertNames(gw.port, N, {"a", "b"}, must_include={"a", "b"})
+
+    def test_generation_never_goes_back(self):
+        """The table generation keeps growing across a crash and a reboot (the
+        state file records it), so a generation seen once is never reused."""
+        a, b = self.backend("a"), self.backend("b")
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1)
+        gw = self.gateway(cfg)
+        for _ in range(3):
+            self.assertGwctlOk(gw, "down", "host", "app/primary", "a")
+            self.assertGwctlOk(gw, "up", "host", "app/primary", "a")
+        gen = gw.status()["generation"]
+        with open(cfg["state_file"]) as f:
+            self.assertEqual(json.load(f).get("generation"), gen, "state file generation")
+        self.crash(gw)
+        gw.start()
+        gen2 = gw.status()["generation"]
+        self.assertGreaterEqual(gen2, gen, "generation went backwards after a crash (segment kept)")
+        self.crash(gw)
+        os.unlink(f"/dev/shm/{gw.shm}")
+        gw.start()
+        gen3 = gw.status()["generation"]
+        self.assertGreaterEqual(gen3, gen2, f"generation went backwards after a reboot (state file had "
+                                            f"generation {gen2}, the restored table has {gen3})")
 
     def test_graceful_restart_keeps_changes(self):
         a, b, c = self.backend("a"), self.backend("b"), self.backend("c")

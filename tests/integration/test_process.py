@@ -13,6 +13,11 @@ from gwtest import GwTestCase, T, host, pool  # noqa: E402
 RESPAWN_LIMIT = 0.100    # explicit requirement: a killed worker is replaced within 100 ms
 KILLS = 5
 MIN_AGE = 1.2            # seconds a victim has been running before we kill it
+# A connection that the killed worker itself held open dies with it (the kernel
+# closes its sockets; no user-space design can save it). Those are identified
+# exactly (the worker is frozen with SIGSTOP, its sockets are read from /proc)
+# and excused; every other failure counts. GW_TEST_STRICT_KILL=1 excuses none.
+STRICT_KILL = os.environ.get("GW_TEST_STRICT_KILL") == "1"
 
 
 class ProcessTest(GwTestCase):
@@ -31,23 +36,28 @@ class ProcessTest(GwTestCase):
         return s
 
     def test_sigterm_drains_open_connection(self):
-        gw, n = self.start(shutdown_timeout_ms=8000)
+        gw, n = self.start(shutdown_timeout_ms=30000)
         s = self.open_relayed(gw)
         kids = gw.all_pids() - {gw.pid}
         gw.send_signal(signal.SIGTERM)
-        # the open connection keeps working while gwd drains
+        # the open connection keeps working while gwd drains...
         for i in range(10):
             time.sleep(0.1)
             self.assertRoundTrip(s, f"still here {i}\n".encode())
             self.assertIsNone(gw.proc.poll(), "gwd exited while a connection was still open")
+        # ...while new connections are no longer accepted (as nginx does)
+        gwtest.wait_until(lambda: not gwtest.port_listening(gw.port), T(5), msg="listener closed after SIGTERM")
+        with self.assertRaises(ConnectionRefusedError):
+            gwtest.connect(gw.port, timeout=T(2)).close()
+        self.assertRoundTrip(s, b"still alive\n")
         s.close()
         t_close = time.monotonic()
-        rc = gw.wait_exit(T(10))
+        rc = gw.wait_exit(T(20))
         took = time.monotonic() - t_close
         self.assertIsNotNone(rc, "gwd did not exit after its last connection closed")
         self.assertEqual(rc, 0, "exit code after a graceful stop")
-        self.assertLess(took, 4.0, f"gwd took {took:.2f}s to exit after the last connection closed "
-                                   "(it should not wait for shutdown_timeout_ms=8000)")
+        self.assertLess(took, T(10), f"gwd took {took:.2f}s to exit after the last connection closed "
+                                     "(it should not wait for shutdown_timeout_ms=30000)")
         left = gwtest.wait_pids_gone(kids, T(5))
         self.assertFalse(left, f"children left after gwd exited: {left}")
         self.assertFalse(gwtest.port_listening(gw.port))
@@ -68,7 +78,7 @@ class ProcessTest(GwTestCase):
     def test_fast_stop_signals(self):
         for sig in (signal.SIGINT, signal.SIGQUIT):
             with self.subTest(sig.name):
-                gw, n = self.start(shutdown_timeout_ms=10000)
+                gw, n = self.start(shutdown_timeout_ms=30000)
                 s = self.open_relayed(gw)
                 kids = gw.all_pids() - {gw.pid}
                 t0 = time.monotonic()
@@ -76,7 +86,8 @@ class ProcessTest(GwTestCase):
                 rc = gw.wait_exit(T(5))
                 took = time.monotonic() - t0
                 self.assertIsNotNone(rc, f"gwd still running 5 s after {sig.name}")
-                self.assertLess(took, 2.0, f"{sig.name}: took {took:.2f}s, not an immediate stop")
+                self.assertLess(took, T(3), f"{sig.name}: took {took:.2f}s, not an immediate stop "
+                                            "(shutdown_timeout_ms=30000)")
                 left = gwtest.wait_pids_gone(kids, T(2))
                 self.assertFalse(left, f"children left after {sig.name}: {left}")
                 self.assertConnectionClosed(s, T(2))
@@ -92,7 +103,7 @@ class ProcessTest(GwTestCase):
         time.sleep(0.3)
         self.assertIsNone(gw.proc.poll(), "gwd exited on SIGHUP")
         self.assertEqual(sorted(gw.worker_pids()), workers, "workers changed on SIGHUP")
-        self.assertEqual(gwtest.children(gw.pid) >= set(workers), True)
+        self.assertTrue(gwtest.children(gw.pid) >= set(workers), "a worker is gone after SIGHUP")
         self.assertNames(gw.port, 6, {"n"})
         self.assertEqual(gw.stop(), 0)
 
@@ -136,15 +147,8 @@ class ProcessTest(GwTestCase):
             held = gwtest.client_ports_held_by(victim, gw.port)
             excused |= held
             ok_before = load.count()
-            t0 = time.monotonic()
-            os.kill(victim, signal.SIGKILL)
-            fresh = set()
-            while time.monotonic() - t0 < T(5):
-                fresh = gwtest.children(gw.pid, include_zombies=True) - before - {victim}
-                if fresh:
-                    break
-                time.sleep(0.001)
-            dt = time.monotonic() - t0
+            dt, fresh = gwtest.kill_and_time_respawn(gw.pid, victim, before, limit=T(5))
+            t0 = time.monotonic() - dt
             times.append(dt)
             if not fresh:
                 problems.append(f"kill {i + 1}: no new child of the master within {T(5)}s")
@@ -160,16 +164,20 @@ class ProcessTest(GwTestCase):
                              f"connections) -> {new} in {dt * 1000:.1f} ms] ")
             time.sleep(0.2)
         load.stop()
-        errors = [e for e in load.errors if e[0] not in excused]
+        held_errors = [e for e in load.errors if e[0] in excused]
+        other_errors = [e for e in load.errors if e[0] not in excused]
         sys.stderr.write(f"[{load.ok} connections ok, {len(load.errors)} failed, "
-                         f"{len(load.errors) - len(errors)} of them held by a killed worker] ")
+                         f"{len(held_errors)} of them held by a killed worker] ")
         slow = [f"{t * 1000:.1f} ms" for t in times if t >= RESPAWN_LIMIT]
         if slow:
             problems.append(f"respawn slower than {RESPAWN_LIMIT * 1000:.0f} ms: {slow} "
                             f"(all: {[round(t * 1000, 1) for t in times]} ms)")
-        if errors:
-            problems.append(f"{len(errors)} client connections failed that the killed worker did not hold: "
-                            f"{errors[:10]}")
+        if other_errors:
+            problems.append(f"{len(other_errors)} client connections failed that the killed worker did not hold "
+                            f"(lost from an accept queue, or broken elsewhere): {other_errors[:10]}")
+        if STRICT_KILL and held_errors:
+            problems.append(f"GW_TEST_STRICT_KILL: {len(held_errors)} client connections held by a killed worker "
+                            f"failed: {held_errors[:10]}")
         self.assertFalse(problems, "\n".join(problems))
         self.assertGreater(load.ok, 500)
 
