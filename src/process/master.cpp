@@ -223,6 +223,7 @@ class Master {
   }
 
   void spawn(uint32_t w) {
+    const pid_t master = ::getpid();
     pid_t pid = ::fork();
     if (pid < 0) {
       GW_LOG_ERROR("fork: {}; retrying in 1 s", std::strerror(errno));
@@ -232,7 +233,7 @@ class Master {
     if (pid == 0) {
       // Child: if the master dies, drain and exit rather than serve unsupervised.
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-      if (::getppid() == 1) ::_exit(0);
+      if (::getppid() != master) ::_exit(0);  // the master died before prctl took effect
       ::prctl(PR_SET_NAME, fmt::format("gwd-worker-{}", w).c_str());
       core::log_set_role(fmt::format("worker {}", w));
       sigset_t all;

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <new>
 #include <utility>
@@ -192,7 +193,15 @@ bool Segment::unlink(const std::string& name) noexcept {
 bool Segment::master_alive() const noexcept {
   int32_t pid = header().master_pid.load(std::memory_order_acquire);
   if (pid <= 0) return false;
-  return ::kill(pid, 0) == 0 || errno == EPERM;
+  if (::kill(pid, 0) != 0 && errno != EPERM) return false;
+  // The recorded master may have died and its pid been reused by another
+  // program: a live gwd master's command name starts with "gwd".
+  char path[64], comm[32] = {};
+  std::snprintf(path, sizeof(path), "/proc/%d/comm", pid);
+  core::UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
+  if (!fd) return true;  // no /proc: trust kill()
+  ssize_t n = ::read(fd.get(), comm, sizeof(comm) - 1);
+  return n >= 3 && std::strncmp(comm, "gwd", 3) == 0;
 }
 
 uint64_t read_published(const Segment& seg, Table& out) noexcept {

@@ -317,6 +317,9 @@ def client_ports_held_by(pid, listen_port):
 
 _shm_counter = itertools.count(1)
 
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "WARNING: ThreadSanitizer")
+
 
 def free_port():
     """A loopback port that was free a moment ago (bind port 0, close)."""
@@ -993,6 +996,18 @@ class GwTestCase(unittest.TestCase):
                 gw.kill_all()
             except Exception as e:
                 problems.append(repr(e))
+            # A sanitizer build (tools/test.sh runs the suite under ASan+UBSan)
+            # reports into gwd's log; any report fails the test.
+            for path in gw.logs:
+                try:
+                    with open(path, "rb") as f:
+                        text = f.read().decode(errors="replace")
+                except OSError:
+                    continue
+                for marker in SANITIZER_MARKERS:
+                    if marker in text:
+                        problems.append(f"{marker!r} in {path}:\n{tail(text)}")
+                        break
         for b in self._backends:
             try:
                 b.stop()
