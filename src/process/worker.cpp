@@ -36,7 +36,7 @@ class Worker {
         reader_(seg),
         cur_(std::make_unique<shm::Table>(seg.caps())),
         next_(std::make_unique<shm::Table>(seg.caps())),
-        balancer_(seg.caps().max_hosts),
+        balancer_(seg.caps().max_hosts, (uint64_t{static_cast<uint32_t>(::getpid())} << 32) ^ core::monotonic_ns()),
         listener_upstream_(cfg.listeners.size(), -1),
         relay_(env_, max_sessions()) {
     env_.epoll = &epoll_;
@@ -44,6 +44,7 @@ class Worker {
     env_.buffers = &buffers_;
     env_.seg = &seg_;
     env_.worker = slot_;
+    env_.n_workers = static_cast<uint32_t>(cfg.workers);
     env_.snap = &snap_;
     env_.balancer = &balancer_;
     env_.listener_upstream = listener_upstream_;
@@ -120,6 +121,7 @@ class Worker {
     uint64_t gen = reader_.refresh(*next_);
     std::swap(cur_, next_);
     snap_.build(*cur_);
+    balancer_.rebuild(snap_);
     for (size_t i = 0; i < cfg_.listeners.size(); ++i)
       listener_upstream_[i] = snap_.find_upstream(cfg_.listeners[i].upstream);
     env_.table_changed = true;
@@ -158,7 +160,9 @@ class Worker {
     int lfd = listen_fds_[li];
     // Level-triggered listener: a bounded batch per wake keeps the loop fair.
     for (int i = 0; i < 64 && !draining_; ++i) {
-      int fd = ::accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      sockaddr_storage peer;
+      socklen_t plen = sizeof(peer);
+      int fd = ::accept4(lfd, reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) {
         if (errno == EINTR || errno == ECONNABORTED) continue;
         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -173,7 +177,7 @@ class Worker {
         GW_LOG_WARN("all {} session slots in use; refused a connection", max_sessions());
         continue;
       }
-      relay_.accept(fd, li);
+      relay_.accept(fd, li, reinterpret_cast<const sockaddr*>(&peer));
     }
   }
 

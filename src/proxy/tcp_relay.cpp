@@ -1,5 +1,6 @@
 #include "gw/proxy/tcp_relay.hpp"
 
+#include <arpa/inet.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -28,7 +29,7 @@ TcpRelay::TcpRelay(RelayEnv& env, uint32_t max_sessions) : env_(env), sessions_(
   }
 }
 
-void TcpRelay::accept(int fd, uint32_t listener) noexcept {
+void TcpRelay::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept {
   if (free_head_ == kNone) {
     ::close(fd);
     return;
@@ -47,6 +48,14 @@ void TcpRelay::accept(int fd, uint32_t listener) noexcept {
   s.listener = static_cast<uint16_t>(listener);
   s.c2u = Pipe{};
   s.u2c = Pipe{};
+  s.key_len = 0;
+  if (peer && peer->sa_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(peer);
+    if (::inet_ntop(AF_INET6, &a->sin6_addr, s.key, sizeof(s.key))) s.key_len = static_cast<uint8_t>(std::strlen(s.key));
+  } else if (peer && peer->sa_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(peer);
+    if (::inet_ntop(AF_INET, &a->sin_addr, s.key, sizeof(s.key))) s.key_len = static_cast<uint8_t>(std::strlen(s.key));
+  }
   net::set_nodelay(fd);
   auto& w = env_.seg->worker(env_.worker);
   w.connections.store(active_, std::memory_order_relaxed);
@@ -69,13 +78,29 @@ void TcpRelay::connect_next(Session& s) noexcept {
   auto hosts = snap.table().hosts();
   const uint32_t tries = std::min<uint32_t>(uv.tries, kMaxTries);
   while (s.attempts < tries) {
-    int h = env_.balancer->pick(snap, uv, [&](uint32_t i) noexcept {
+    bool fell_back = false;
+    auto eligible = [&](uint32_t i) noexcept {
       const shm::HostRecord& r = hosts[i];
       if (r.admin_down) return false;
       for (uint32_t k = 0; k < s.attempts; ++k)
         if (s.tried[k] == r.slot) return false;
       return shm::host_usable(env_.seg->host(r.slot), r.tag, uv.health, env_.now_ms);
-    });
+    };
+    auto load = [&](uint32_t i) noexcept {
+      // Active connections over every worker: one relaxed load per row.
+      const shm::HostRecord& r = hosts[i];
+      uint64_t n = 0;
+      for (uint32_t w = 0; w < env_.n_workers; ++w) {
+        const shm::HostCounter& c = env_.seg->counter(w, r.slot);
+        if (c.tag.load(std::memory_order_relaxed) == r.tag) n += c.active.load(std::memory_order_relaxed);
+      }
+      return n;
+    };
+    int h = env_.balancer->pick(snap, uv, std::string_view(s.key, s.key_len), eligible, load, &fell_back);
+    if (fell_back && s.attempts == 0) {
+      auto& w = env_.seg->worker(env_.worker);
+      w.hash_fallbacks.store(w.hash_fallbacks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
     if (h < 0) break;
     if (env_.table_changed) {
       // Propagation: the first connection this worker routes with a new table.
@@ -110,6 +135,10 @@ void TcpRelay::connect_next(Session& s) noexcept {
       env_.timers->schedule(s, env_.now_ms + uv.connect_timeout_ms);
     }
     return;
+  }
+  {
+    auto& w = env_.seg->worker(env_.worker);
+    w.no_host.store(w.no_host.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
   if (env_.now_ms - last_no_host_log_ms_ >= 1000) {
     last_no_host_log_ms_ = env_.now_ms;

@@ -7,22 +7,30 @@
 
 namespace gw::shm {
 
+namespace {
+constexpr const char* kMethodNames[kMethodCount] = {"round_robin", "chash",         "hash",   "crc32_mod",
+                                                    "maglev",      "least_conn",    "least_request", "random"};
+}  // namespace
+
 bool parse_method(std::string_view name, Method& out) {
-  if (name == "round_robin") {
-    out = Method::round_robin;
-    return true;
-  }
+  for (int i = 0; i < kMethodCount; ++i)
+    if (name == kMethodNames[i]) {
+      out = static_cast<Method>(i);
+      return true;
+    }
   return false;
 }
 
 const char* method_name(Method m) {
-  switch (m) {
-    case Method::round_robin: return "round_robin";
-  }
-  return "unknown";
+  auto i = static_cast<int>(m);
+  return i < kMethodCount ? kMethodNames[i] : "unknown";
 }
 
-std::string method_names() { return "round_robin"; }
+std::string method_names() {
+  std::string out;
+  for (int i = 0; i < kMethodCount; ++i) out += (i ? ", " : "") + std::string(kMethodNames[i]);
+  return out;
+}
 
 std::string check_name(std::string_view s) {
   if (s.empty()) return "must not be empty";

@@ -1,11 +1,27 @@
 #pragma once
-// Host selection for an upstream: the lowest-priority-number pool that has an
-// eligible host wins; inside it the pool's method picks. "Eligible" is the
-// caller's predicate (admin state, passive health, hosts already tried for
-// this connection), so the balancer stays a pure function over a snapshot.
+// Host selection for an upstream. The lowest-priority-number pool that has an
+// eligible host wins; inside it the pool's method picks (one file per method).
+// "Eligible" is the caller's predicate (admin state, health, hosts already
+// tried for this connection) and "load" its view of a host's active
+// connections over all workers, so the balancer stays a pure function over a
+// snapshot plus its own per-worker state (round-robin weights, rings, tables,
+// a random generator).
+//
+// Hash methods with no key fall back to round robin over the same pool and
+// report it through `fell_back`. A hash method whose key lands only on
+// ineligible hosts (after its bounded tries) also falls back to round robin,
+// as nginx does, without that report.
 
 #include <cstdint>
+#include <string_view>
+#include <vector>
 
+#include "gw/balance/chash.hpp"
+#include "gw/balance/hash.hpp"
+#include "gw/balance/least_conn.hpp"
+#include "gw/balance/maglev.hpp"
+#include "gw/balance/nginx_hash.hpp"
+#include "gw/balance/random.hpp"
 #include "gw/balance/round_robin.hpp"
 #include "gw/balance/snapshot.hpp"
 
@@ -13,21 +29,47 @@ namespace gw::balance {
 
 class Balancer {
  public:
-  explicit Balancer(uint32_t max_hosts) : rr_(max_hosts) {}
+  Balancer(uint32_t max_hosts, uint64_t seed) : rr_(max_hosts), rng_(seed) {}
+
+  /// Rebuilds the derived structures (chash rings, maglev tables) of every pool
+  /// that needs one. Call after each Snapshot::build(); allocates.
+  void rebuild(const Snapshot& s);
 
   /// Returns a host index into the snapshot's table, or -1 if no pool of the
   /// upstream has an eligible host. Hot path: no allocation.
-  template <typename Eligible>
-  int pick(const Snapshot& s, const UpstreamView& u, Eligible&& eligible) noexcept {
+  template <typename Eligible, typename Load>
+  int pick(const Snapshot& s, const UpstreamView& u, std::string_view key, Eligible&& eligible, Load&& load,
+           bool* fell_back = nullptr) noexcept {
     auto hosts = s.table().hosts();
     for (const PoolView& p : s.pools(u)) {
+      auto cands = s.hosts(p);
       int h = -1;
-      switch (p.method) {
-        case shm::Method::round_robin: h = rr_.pick(hosts, s.hosts(p), eligible); break;
+      if (shm::method_uses_key(p.method) && key.empty()) {
+        if (fell_back) *fell_back = true;
+        h = rr_.pick(hosts, cands, eligible);
+      } else {
+        const PoolState* st = state(s, p);
+        switch (p.method) {
+          case shm::Method::round_robin: h = rr_.pick(hosts, cands, eligible); break;
+          case shm::Method::chash: h = st ? st->ring.pick(key, eligible) : -1; break;
+          case shm::Method::hash: h = nginx_hash_pick(hosts, cands, key, eligible); break;
+          case shm::Method::crc32_mod: h = crc32_mod_pick(cands, key, eligible); break;
+          case shm::Method::maglev: h = st ? st->maglev.pick(key, eligible) : -1; break;
+          case shm::Method::least_conn: h = least_conn_pick(hosts, cands, eligible, load, rr_); break;
+          case shm::Method::least_request: h = p2c_pick(hosts, cands, eligible, load, rng_, rr_); break;
+          case shm::Method::random: h = weighted_random_pick(hosts, cands, eligible, rng_); break;
+        }
+        if (h < 0 && shm::method_uses_key(p.method)) h = rr_.pick(hosts, cands, eligible);
       }
       if (h >= 0) return h;
     }
     return -1;
+  }
+
+  /// Round-robin-only form (tests, and callers without keys or loads).
+  template <typename Eligible>
+  int pick(const Snapshot& s, const UpstreamView& u, Eligible&& eligible) noexcept {
+    return pick(s, u, std::string_view{}, eligible, [](uint32_t) { return uint64_t{0}; });
   }
 
   void on_failure(uint32_t slot, uint32_t tag, uint32_t weight, uint32_t max_fails) noexcept {
@@ -35,7 +77,18 @@ class Balancer {
   }
 
  private:
+  struct PoolState {
+    ChashRing ring;
+    MaglevTable maglev;
+  };
+  const PoolState* state(const Snapshot& s, const PoolView& p) const noexcept {
+    size_t i = s.index_of(p);
+    return i < pools_.size() ? &pools_[i] : nullptr;
+  }
+
   RoundRobin rr_;
+  Rng rng_;
+  std::vector<PoolState> pools_;  // indexed like Snapshot::all_pools()
 };
 
 }  // namespace gw::balance

@@ -41,6 +41,10 @@ class Snapshot {
     return {pools_.data() + u.first_pool, u.n_pools};
   }
   std::span<const uint32_t> hosts(const PoolView& p) const noexcept { return {hosts_.data() + p.first, p.count}; }
+  /// Every pool view of every upstream; a view's position here is its stable index
+  /// until the next build().
+  std::span<const PoolView> all_pools() const noexcept { return pools_; }
+  size_t index_of(const PoolView& p) const noexcept { return static_cast<size_t>(&p - pools_.data()); }
   int find_upstream(std::string_view name) const noexcept { return table_->find_upstream(name); }
 
  private:

@@ -9,6 +9,8 @@
 // dropped. Buffers come from the worker's pool and are held only while bytes
 // are in flight. Single-threaded; noexcept; allocates nothing per connection.
 
+#include <sys/socket.h>
+
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -29,6 +31,7 @@ struct RelayEnv {
   net::BufferPool* buffers = nullptr;
   const shm::Segment* seg = nullptr;
   uint32_t worker = 0;
+  uint32_t n_workers = 1;  ///< rows of the shm counter matrix that are in use
   const balance::Snapshot* snap = nullptr;
   balance::Balancer* balancer = nullptr;
   std::span<const int> listener_upstream;  ///< listener index → upstream index in snap, -1 = none
@@ -46,8 +49,9 @@ class TcpRelay {
  public:
   TcpRelay(RelayEnv& env, uint32_t max_sessions);
 
-  /// Takes ownership of an accepted, non-blocking client socket.
-  void accept(int fd, uint32_t listener) noexcept;
+  /// Takes ownership of an accepted, non-blocking client socket; `peer` is the
+  /// client's address (its IP is the hash key of hash methods).
+  void accept(int fd, uint32_t listener, const sockaddr* peer) noexcept;
   /// Handles an epoll event whose kind is client or upstream.
   void on_event(uint64_t data, uint32_t events) noexcept;
   /// Handles an expired session timer.
@@ -87,6 +91,8 @@ class TcpRelay {
     uint32_t host_slot = 0, host_tag = 0, host_weight = 0;
     uint32_t idle_ms = 0;
     uint32_t tried[kMaxTries] = {};
+    uint8_t key_len = 0;
+    char key[47] = {};  // the client IP as text, as nginx's $remote_addr
     Pipe c2u, u2c;
   };
 

@@ -95,7 +95,10 @@ struct alignas(64) WorkerRuntime {
   std::atomic<uint64_t> started_ms;   ///< wall clock
   std::atomic<uint64_t> connections;  ///< open client connections
   std::atomic<uint64_t> accepted;     ///< client connections accepted since start
+  std::atomic<uint64_t> hash_fallbacks;  ///< connections a hash method routed by round robin: no key
+  std::atomic<uint64_t> no_host;      ///< connections closed because no pool had a usable host
 };
+static_assert(sizeof(WorkerRuntime) == 64);
 
 /// One event. The payload is guarded by `seq` = 2*index+1 while written, 2*index+2 when complete.
 struct EventData {

@@ -34,7 +34,21 @@ struct Caps {
 };
 
 /// Balancing methods a pool can use. The numeric values are stored in shm.
-enum class Method : uint8_t { round_robin = 0 };
+enum class Method : uint8_t {
+  round_robin = 0,    ///< smooth weighted round robin (nginx)
+  chash = 1,          ///< ketama consistent hash, bit-compatible with nginx `hash $key consistent`
+  hash = 2,           ///< nginx `hash $key` (Cache::Memcached formula)
+  crc32_mod = 3,      ///< crc32(key) % number of hosts
+  maglev = 4,         ///< Maglev, weighted, table of 65537 entries
+  least_conn = 5,     ///< fewest active connections per weight, over all workers (shm counters)
+  least_request = 6,  ///< power of two random choices over the shm counters
+  random = 7,         ///< weighted random
+};
+inline constexpr int kMethodCount = 8;
+/// True for the methods that hash a key.
+constexpr bool method_uses_key(Method m) {
+  return m == Method::chash || m == Method::hash || m == Method::crc32_mod || m == Method::maglev;
+}
 /// Returns false for an unknown name.
 bool parse_method(std::string_view name, Method& out);
 const char* method_name(Method m);

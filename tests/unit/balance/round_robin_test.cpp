@@ -35,7 +35,7 @@ TEST_SUITE("balance") {
     f.host(p, "b", 1);
     f.host(p, "c", 1);
     f.snap.build(f.t);
-    balance::Balancer b(16);
+    balance::Balancer b(16, 1);
     std::string seq;
     for (int i = 0; i < 14; ++i) seq += f.name(b.pick(f.snap, f.snap.upstreams()[0], [](uint32_t) { return true; }));
     CHECK(seq == "aabacaaaabacaa");
@@ -49,7 +49,7 @@ TEST_SUITE("balance") {
     f.host(p, "z", 0);
     f.host(p, "d", 5);
     f.snap.build(f.t);
-    balance::Balancer b(16);
+    balance::Balancer b(16, 1);
     std::map<std::string, int> n;
     for (int i = 0; i < 1000; ++i) ++n[f.name(b.pick(f.snap, f.snap.upstreams()[0], [](uint32_t h) { return h != 3; }))];
     CHECK(n["a"] == 600);
@@ -66,7 +66,7 @@ TEST_SUITE("balance") {
     f.host(primary, "a", 1);
     f.host(primary, "b", 1);
     f.snap.build(f.t);
-    balance::Balancer b(16);
+    balance::Balancer b(16, 1);
     const auto& u = f.snap.upstreams()[0];
     for (int i = 0; i < 4; ++i) CHECK(f.name(b.pick(f.snap, u, [](uint32_t) { return true; })) != "c");
     CHECK(f.name(b.pick(f.snap, u, [&](uint32_t i) { return f.name(static_cast<int>(i)) != "a"; })) == "b");
@@ -80,7 +80,7 @@ TEST_SUITE("balance") {
     f.host(p, "a", 4);
     f.host(p, "b", 4);
     f.snap.build(f.t);
-    balance::Balancer b(16);
+    balance::Balancer b(16, 1);
     const auto& u = f.snap.upstreams()[0];
     auto all = [](uint32_t) { return true; };
     b.pick(f.snap, u, all);  // initialise state
