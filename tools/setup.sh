@@ -6,7 +6,7 @@ set -euo pipefail
 pkgs=(
   # build
   build-essential cmake pkg-config
-  liburing-dev libfmt-dev libcli11-dev libsimdjson-dev doctest-dev zlib1g-dev
+  liburing-dev libfmt-dev libcli11-dev libsimdjson-dev doctest-dev zlib1g-dev libbenchmark-dev
   # tests and benches
   curl procps iproute2 nginx libnginx-mod-stream haproxy wrk
 )

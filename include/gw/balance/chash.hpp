@@ -41,6 +41,9 @@ class ChashRing {
 
  private:
   std::vector<ChashPoint> points_;
+  // first_[b] = index of the first point whose hash >= b << 16, b in 0..65536:
+  // find() binary-searches only the points that share the key's top 16 bits.
+  std::vector<uint32_t> first_;
 };
 
 /// The key nginx hashes for a server: its address text split at the last ':'.

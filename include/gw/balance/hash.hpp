@@ -16,6 +16,12 @@ inline uint32_t crc32(std::string_view s, uint32_t crc = 0) noexcept {
       ::crc32(crc, reinterpret_cast<const Bytef*>(s.data()), static_cast<uInt>(s.size())));
 }
 
+/// crc32 continued from `crc` over the 4 little-endian bytes of `v`; equal to
+/// crc32(bytes, crc). Building a chash ring makes 160 of these per unit of
+/// weight (320k for 1,000 hosts of weight 2): inline, table-driven, they cost
+/// a few nanoseconds each where a zlib call costs tens.
+uint32_t crc32_u32le(uint32_t v, uint32_t crc) noexcept;
+
 /// A small, fast, seedable generator (xorshift64*), one per worker. Tests
 /// inject the seed, so every pick sequence is reproducible.
 class Rng {

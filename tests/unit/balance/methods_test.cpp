@@ -158,3 +158,15 @@ TEST_SUITE("balance") {
     CHECK(p.pick("", [](uint32_t) { return false; }, Pool::none) == "-");
   }
 }
+
+TEST_SUITE("balance") {
+  TEST_CASE("the inline 4-byte crc32 equals zlib's") {
+    uint32_t crc = balance::crc32("127.0.0.1");
+    for (uint32_t v : {0u, 1u, 0xdeadbeefu, 0xffffffffu, 0x01020304u}) {
+      const char le[4] = {static_cast<char>(v), static_cast<char>(v >> 8), static_cast<char>(v >> 16),
+                          static_cast<char>(v >> 24)};
+      CHECK(balance::crc32_u32le(v, crc) == balance::crc32(std::string_view(le, 4), crc));
+      CHECK(balance::crc32_u32le(v, 0) == balance::crc32(std::string_view(le, 4)));
+    }
+  }
+}
