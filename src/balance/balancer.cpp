@@ -13,6 +13,8 @@ void Balancer::rebuild(const Snapshot& s) {
     else st.ring = ChashRing{};
     if (p.method == shm::Method::maglev) st.maglev.build(hosts, s.hosts(p));
     else st.maglev = MaglevTable{};
+    if (p.method == shm::Method::round_robin) st.schedule = RoundRobin::build_schedule(hosts, s.hosts(p));
+    else st.schedule.clear();
   }
 }
 

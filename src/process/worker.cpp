@@ -49,6 +49,13 @@ class Worker {
     env_.balancer = &balancer_;
     env_.listener_upstream = listener_upstream_;
     env_.now_ms = core::monotonic_ms();
+    // Round-robin tickets are shared by all workers through shm.
+    balancer_.set_tickets(
+        [](void* ctx, uint32_t pool) -> std::atomic<uint64_t>* {
+          const auto* segment = static_cast<const shm::Segment*>(ctx);
+          return pool < segment->caps().max_pools ? &segment->pool(pool).ticket : nullptr;
+        },
+        const_cast<shm::Segment*>(&seg_));
   }
 
   int run() {

@@ -37,6 +37,8 @@ size_t Segment::layout_size(const Caps& caps, SegmentHeader* h) noexcept {
   off = counters + sizeof(HostCounter) * size_t{kMaxWorkers} * caps.max_hosts;
   size_t workers = align64(off);
   off = workers + sizeof(WorkerRuntime) * kMaxWorkers;
+  size_t pools = align64(off);
+  off = pools + sizeof(PoolRuntime) * caps.max_pools;
   size_t events = align64(off);
   off = events + sizeof(EventEntry) * kEventCapacity;
   size_t total = (off + 4095) & ~size_t{4095};
@@ -47,6 +49,7 @@ size_t Segment::layout_size(const Caps& caps, SegmentHeader* h) noexcept {
     h->runtime_offset = runtime;
     h->counters_offset = counters;
     h->workers_offset = workers;
+    h->pools_offset = pools;
     h->events_offset = events;
     h->total_size = total;
   }
@@ -127,6 +130,7 @@ Segment Segment::create(const std::string& name, const Caps& caps) {
     new (&seg.worker(w)) WorkerRuntime{};
     for (uint32_t i = 0; i < caps.max_hosts; ++i) new (&seg.counter(w, i)) HostCounter{};
   }
+  for (uint32_t i = 0; i < caps.max_pools; ++i) new (&seg.pool(i)) PoolRuntime{};
   for (uint32_t i = 0; i < kEventCapacity; ++i) new (&seg.event(i)) EventEntry{};
   // An empty table (generation 0) in slot 0 is published from the start.
   std::atomic_ref<uint64_t>(h->magic).store(kMagic, std::memory_order_release);
@@ -153,7 +157,8 @@ std::string Segment::validate(const void* base, size_t size) {
   if (h->total_size != want || size != want || h->slot_offset[0] != expect.slot_offset[0] ||
       h->slot_offset[1] != expect.slot_offset[1] || h->slot_payload != expect.slot_payload ||
       h->runtime_offset != expect.runtime_offset || h->counters_offset != expect.counters_offset ||
-      h->workers_offset != expect.workers_offset || h->events_offset != expect.events_offset)
+      h->workers_offset != expect.workers_offset || h->pools_offset != expect.pools_offset ||
+      h->events_offset != expect.events_offset)
     return fmt::format("its layout is inconsistent (size {} bytes, expected {})", size, want);
   return {};
 }

@@ -12,6 +12,7 @@
 // ineligible hosts (after its bounded tries) also falls back to round robin,
 // as nginx does, without that report.
 
+#include <atomic>
 #include <cstdint>
 #include <string_view>
 #include <vector>
@@ -30,6 +31,14 @@ namespace gw::balance {
 class Balancer {
  public:
   Balancer(uint32_t max_hosts, uint64_t seed) : rr_(max_hosts), rng_(seed) {}
+
+  /// Where round-robin tickets come from: `tickets[pool]` for the table's pool
+  /// index (the worker passes the shm counters, shared by all workers). Null =
+  /// counters private to this balancer.
+  void set_tickets(std::atomic<uint64_t>* (*source)(void* ctx, uint32_t pool), void* ctx) noexcept {
+    ticket_source_ = source;
+    ticket_ctx_ = ctx;
+  }
 
   /// Rebuilds the derived structures (chash rings, maglev tables) of every pool
   /// that needs one. Call after each Snapshot::build(); allocates.
@@ -50,7 +59,11 @@ class Balancer {
       } else {
         const PoolState* st = state(s, p);
         switch (p.method) {
-          case shm::Method::round_robin: h = rr_.pick(hosts, cands, eligible); break;
+          case shm::Method::round_robin:
+            h = st && !st->schedule.empty()
+                    ? rr_.pick_scheduled(hosts, st->schedule, [&] { return next_ticket(p.pool, *st); }, eligible, rng_)
+                    : rr_.pick(hosts, cands, eligible);
+            break;
           case shm::Method::chash: h = st ? st->ring.pick(key, eligible) : -1; break;
           case shm::Method::hash: h = nginx_hash_pick(hosts, cands, key, eligible); break;
           case shm::Method::crc32_mod: h = crc32_mod_pick(cands, key, eligible); break;
@@ -80,7 +93,15 @@ class Balancer {
   struct PoolState {
     ChashRing ring;
     MaglevTable maglev;
+    std::vector<uint32_t> schedule;  ///< round robin: one smooth WRR cycle
+    uint64_t local_ticket = 0;       ///< used when no shared ticket source is set
   };
+  uint64_t next_ticket(uint32_t pool, const PoolState& st) noexcept {
+    if (ticket_source_)
+      if (std::atomic<uint64_t>* t = ticket_source_(ticket_ctx_, pool))
+        return t->fetch_add(1, std::memory_order_relaxed);
+    return const_cast<PoolState&>(st).local_ticket++;
+  }
   const PoolState* state(const Snapshot& s, const PoolView& p) const noexcept {
     size_t i = s.index_of(p);
     return i < pools_.size() ? &pools_[i] : nullptr;
@@ -89,6 +110,8 @@ class Balancer {
   RoundRobin rr_;
   Rng rng_;
   std::vector<PoolState> pools_;  // indexed like Snapshot::all_pools()
+  std::atomic<uint64_t>* (*ticket_source_)(void*, uint32_t) = nullptr;
+  void* ticket_ctx_ = nullptr;
 };
 
 }  // namespace gw::balance

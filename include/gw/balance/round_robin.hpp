@@ -13,6 +13,7 @@
 #include <span>
 #include <vector>
 
+#include "gw/balance/hash.hpp"
 #include "gw/shm/table.hpp"
 
 namespace gw::balance {
@@ -44,6 +45,44 @@ class RoundRobin {
     if (best) best->current -= static_cast<int32_t>(total);
     return best_index;
   }
+
+  /// Global form: the pool's smooth WRR sequence is computed once per table
+  /// (build_schedule) and every worker walks the same sequence with tickets
+  /// drawn from one shared counter, so the weights hold over the pool as a
+  /// whole, not per worker. A host whose effective weight is lowered after a failure is
+  /// admitted with probability effective / weight, and each consideration
+  /// raises its effective weight by one, as nginx's recovery does.
+  template <typename Eligible, typename Ticket>
+  int pick_scheduled(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> schedule, Ticket&& ticket,
+                     Eligible&& eligible, Rng& rng) noexcept {
+    const size_t n = schedule.size();
+    int skipped = -1;
+    // An ineligible position is skipped by drawing the next ticket (not by
+    // taking the next position), so the eligible hosts keep their weights.
+    for (size_t k = 0; k < n; ++k) {
+      uint32_t i = schedule[ticket() % n];
+      const shm::HostRecord& h = hosts[i];
+      if (h.weight == 0 || !eligible(i)) continue;
+      Peer& p = peer(h);
+      if (p.effective < static_cast<int32_t>(h.weight)) {
+        const int32_t before = p.effective++;
+        if (static_cast<int64_t>(rng.below(h.weight)) >= before) {
+          if (skipped < 0) skipped = static_cast<int>(i);
+          continue;
+        }
+      }
+      return static_cast<int>(i);
+    }
+    return skipped;  // only recovering hosts are eligible: take the first
+  }
+
+  /// The smooth WRR sequence over `candidates` for one full cycle (sum of
+  /// weights / their gcd). Empty if that cycle is longer than `max_len` or
+  /// would take more than `max_work` steps to compute; callers then use the
+  /// per-worker pick().
+  static std::vector<uint32_t> build_schedule(std::span<const shm::HostRecord> hosts,
+                                              std::span<const uint32_t> candidates, size_t max_len = 65536,
+                                              size_t max_work = 1u << 23);
 
   /// A connection to host (slot, tag, weight) failed: lower its effective
   /// weight (nginx's `effective_weight -= weight / max_fails`).

@@ -7,6 +7,7 @@
 //   runtime_offset      HostRuntime[max_hosts]       per-host health and failure state
 //   counters_offset     HostCounter[kMaxWorkers][max_hosts]  per-worker per-host counters
 //   workers_offset      WorkerRuntime[kMaxWorkers]
+//   pools_offset        PoolRuntime[max_pools]       shared round-robin tickets
 //   events_offset       EventEntry[kEventCapacity]   the event ring
 //
 // Everything in the segment is trivially copyable or a lock-free atomic and is
@@ -26,7 +27,7 @@
 namespace gw::shm {
 
 inline constexpr uint64_t kMagic = 0x31574753'4d485347ull;  // "GSHMSGW1" little-endian
-inline constexpr uint32_t kAbiVersion = 1;
+inline constexpr uint32_t kAbiVersion = 2;
 inline constexpr uint32_t kMaxWorkers = 64;
 inline constexpr uint32_t kEventCapacity = 4096;  // power of two
 inline constexpr size_t kPathCap = 512;
@@ -47,6 +48,7 @@ struct SegmentHeader {
   uint64_t runtime_offset;
   uint64_t counters_offset;
   uint64_t workers_offset;
+  uint64_t pools_offset;
   uint64_t events_offset;
   char state_file[kPathCap];   ///< absolute path of the state file; empty = none
   char config_file[kPathCap];  ///< absolute path of the config gwd runs with (for messages)
@@ -99,6 +101,13 @@ struct alignas(64) WorkerRuntime {
   std::atomic<uint64_t> no_host;      ///< connections closed because no pool had a usable host
 };
 static_assert(sizeof(WorkerRuntime) == 64);
+
+/// Per-pool state shared by the workers, indexed by the pool's position in the
+/// table. A position that passes to another pool after a removal keeps its
+/// ticket counter: tickets only need to be shared, not to start at zero.
+struct alignas(64) PoolRuntime {
+  std::atomic<uint64_t> ticket;  ///< next position in the pool's round-robin schedule
+};
 
 /// One event. The payload is guarded by `seq` = 2*index+1 while written, 2*index+2 when complete.
 struct EventData {
@@ -161,6 +170,9 @@ class Segment {
   }
   WorkerRuntime& worker(uint32_t i) const noexcept {
     return reinterpret_cast<WorkerRuntime*>(base_ + header().workers_offset)[i];
+  }
+  PoolRuntime& pool(uint32_t i) const noexcept {
+    return reinterpret_cast<PoolRuntime*>(base_ + header().pools_offset)[i];
   }
   EventEntry& event(uint64_t seqno) const noexcept {
     return reinterpret_cast<EventEntry*>(base_ + header().events_offset)[seqno & (kEventCapacity - 1)];

@@ -1,6 +1,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <string>
 
@@ -168,5 +169,33 @@ TEST_SUITE("balance") {
       CHECK(balance::crc32_u32le(v, crc) == balance::crc32(std::string_view(le, 4), crc));
       CHECK(balance::crc32_u32le(v, 0) == balance::crc32(std::string_view(le, 4)));
     }
+  }
+}
+
+TEST_SUITE("balance") {
+  TEST_CASE("round robin with a shared ticket follows the weights over the pool, not per worker") {
+    // Two balancers (two workers) over the same table, tickets from one counter.
+    Pool w1(shm::Method::round_robin, {5, 3, 2});
+    Pool w2(shm::Method::round_robin, {5, 3, 2});
+    std::atomic<uint64_t> ticket{0};
+    auto source = [](void* ctx, uint32_t) { return static_cast<std::atomic<uint64_t>*>(ctx); };
+    w1.b.set_tickets(source, &ticket);
+    w2.b.set_tickets(source, &ticket);
+    std::map<std::string, int> n;
+    balance::Rng coin(3);
+    for (int i = 0; i < 10000; ++i) ++n[(coin.below(3) == 0 ? w1 : w2).pick("")];  // uneven split of traffic
+    CHECK(n["h0"] == 5000);
+    CHECK(n["h1"] == 3000);
+    CHECK(n["h2"] == 2000);
+  }
+
+  TEST_CASE("the round-robin schedule is nginx's smooth sequence, reduced by the weights' gcd") {
+    Pool p(shm::Method::round_robin, {10, 2, 2});
+    std::vector<uint32_t> cands = {0, 1, 2};
+    auto s = balance::RoundRobin::build_schedule(p.t.hosts(), cands);
+    std::string seq;
+    for (uint32_t i : s) seq += static_cast<char>('a' + i);
+    CHECK(seq == "aabacaa");
+    CHECK(balance::RoundRobin::build_schedule(p.t.hosts(), cands, 4).empty());  // too long: per-worker pick
   }
 }
