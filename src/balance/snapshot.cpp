@@ -18,7 +18,8 @@ void Snapshot::build(const shm::Table& t) {
   for (uint32_t u = 0; u < ups.size(); ++u) {
     UpstreamView uv{};
     uv.first_pool = static_cast<uint32_t>(pools_.size());
-    uv.health = {ups[u].max_fails, ups[u].fail_timeout_ms};
+    uv.health = {ups[u].max_fails, ups[u].fail_timeout_ms, ups[u].check.type != shm::kCheckNone,
+                 ups[u].check.unknown_usable != 0};
     uv.connect_timeout_ms = ups[u].connect_timeout_ms;
     uv.idle_timeout_ms = ups[u].idle_timeout_ms;
     uv.tries = ups[u].tries;

@@ -7,6 +7,7 @@
 #include <simdjson.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <set>
 
 #include "config/json_util.hpp"
@@ -67,6 +68,63 @@ void parse_pools(Ctx& c, element arr, const std::string& path, UpstreamConf& up)
   });
 }
 
+// "2xx,3xx" → bits 2 and 3.
+bool parse_expect(const std::string& s, uint16_t& mask) {
+  mask = 0;
+  size_t i = 0;
+  while (i < s.size()) {
+    if (i + 3 > s.size() || s[i] < '1' || s[i] > '5' || s[i + 1] != 'x' || s[i + 2] != 'x') return false;
+    mask = static_cast<uint16_t>(mask | (1u << (s[i] - '0')));
+    i += 3;
+    if (i < s.size() && s[i++] != ',') return false;
+  }
+  return mask != 0;
+}
+
+void parse_health(Ctx& c, element e, const std::string& path, shm::HealthCheck& hc) {
+  hc = shm::HealthCheck{};
+  hc.type = shm::kCheckTcp;
+  hc.unknown_usable = 1;
+  hc.expect_mask = (1u << 2) | (1u << 3);
+  hc.interval_ms = 2000;
+  hc.timeout_ms = 1000;
+  hc.rise = 2;
+  hc.fall = 3;
+  std::string p = "/";
+  for_each_field(c, e, path, [&](std::string_view k, element v, const std::string& kp) {
+    if (k == "type") {
+      std::string t;
+      if (get_string(c, v, kp, t)) {
+        if (t == "tcp") hc.type = shm::kCheckTcp;
+        else if (t == "http") hc.type = shm::kCheckHttp;
+        else c.error(kp, fmt::format("expected \"tcp\" or \"http\", got \"{}\"", t));
+      }
+    } else if (k == "path") {
+      if (get_string(c, v, kp, p) && (p.empty() || p[0] != '/' || p.size() >= sizeof(hc.path) ||
+                                      p.find_first_of(" \r\n\t") != std::string::npos))
+        c.error(kp, fmt::format("expected a path starting with / (no spaces, under {} bytes), got \"{}\"",
+                                sizeof(hc.path), p));
+    } else if (k == "expect_status") {
+      std::string x;
+      if (get_string(c, v, kp, x) && !parse_expect(x, hc.expect_mask))
+        c.error(kp, fmt::format("expected status classes like \"2xx,3xx\", got \"{}\"", x));
+    } else if (k == "interval_ms") get_u32(c, v, kp, 10, 3600000, hc.interval_ms);
+    else if (k == "timeout_ms") get_u32(c, v, kp, 1, 3600000, hc.timeout_ms);
+    else if (k == "rise") get_u32(c, v, kp, 1, 1000, hc.rise);
+    else if (k == "fall") get_u32(c, v, kp, 1, 1000, hc.fall);
+    else if (k == "unknown") {
+      std::string u;
+      if (get_string(c, v, kp, u)) {
+        if (u == "usable") hc.unknown_usable = 1;
+        else if (u == "unusable") hc.unknown_usable = 0;
+        else c.error(kp, fmt::format("expected \"usable\" or \"unusable\", got \"{}\"", u));
+      }
+    } else return false;
+    return true;
+  });
+  std::memcpy(hc.path, p.data(), std::min(p.size(), sizeof(hc.path) - 1));
+}
+
 void parse_upstreams(Ctx& c, element arr, Config& cfg) {
   std::set<std::string> names;
   for_each_element(c, arr, "upstreams", [&](element e, const std::string& p) {
@@ -81,6 +139,7 @@ void parse_upstreams(Ctx& c, element arr, Config& cfg) {
       else if (k == "max_fails") get_u32(c, v, kp, 0, 1000, up.max_fails);
       else if (k == "fail_timeout_ms") get_u32(c, v, kp, 1, 86400000, up.fail_timeout_ms);
       else if (k == "tries") get_u32(c, v, kp, 1, 16, up.tries);
+      else if (k == "health") parse_health(c, v, kp, up.check);
       else if (k == "pools") { pools = v; has_pools = true; }
       else return false;
       return true;
@@ -246,6 +305,7 @@ shm::UpstreamRecord upstream_record(const UpstreamConf& u) {
   r.max_fails = u.max_fails;
   r.fail_timeout_ms = u.fail_timeout_ms;
   r.tries = u.tries;
+  r.check = u.check;
   return r;
 }
 

@@ -20,6 +20,7 @@
 #include "gw/core/fd.hpp"
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
+#include "gw/process/checker.hpp"
 #include "gw/process/worker.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/runtime.hpp"
@@ -182,6 +183,8 @@ class Master {
     started_ms_.assign(static_cast<size_t>(n), 0);
     quick_deaths_.assign(static_cast<size_t>(n), 0);
     for (int w = 0; w < n; ++w) spawn(static_cast<uint32_t>(w));
+    for (const auto& u : cfg_.upstreams) want_checker_ |= u.check.type != shm::kCheckNone;
+    if (want_checker_) spawn_checker();
     std::string addrs;
     for (const auto& l : cfg_.listeners) addrs += fmt::format(" {}={}", l.name, l.listen.to_string());
     GW_LOG_INFO("ready: {} worker(s), shm \"{}\", listeners:{}", n, cfg_.shm.name, addrs);
@@ -205,6 +208,7 @@ class Master {
           GW_LOG_WARN("workers still running after the stop deadline; killing them");
           for (pid_t p : pids_)
             if (p > 0) ::kill(p, SIGKILL);
+          if (checker_ > 0) ::kill(checker_, SIGKILL);
           kill_deadline_ms_ = now + 60000;
         }
       }
@@ -217,7 +221,7 @@ class Master {
 
  private:
   int alive() const {
-    int a = 0;
+    int a = checker_ > 0;
     for (pid_t p : pids_) a += p > 0;
     return a;
   }
@@ -253,11 +257,48 @@ class Master {
     respawn_at_.erase(w);
   }
 
+  void spawn_checker() {
+    const pid_t master = ::getpid();
+    pid_t pid = ::fork();
+    if (pid < 0) {
+      GW_LOG_ERROR("fork (checker): {}; retrying in 1 s", std::strerror(errno));
+      checker_respawn_at_ = core::monotonic_ms() + 1000;
+      return;
+    }
+    if (pid == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (::getppid() != master) ::_exit(0);
+      ::prctl(PR_SET_NAME, "gwd-checker");
+      core::log_set_role("checker");
+      sigset_t all;
+      sigemptyset(&all);
+      ::sigprocmask(SIG_SETMASK, &all, nullptr);
+      fds_.clear();  // the checker accepts nothing
+      ::_exit(run_checker(cfg_, seg_));
+    }
+    checker_ = pid;
+    checker_started_ms_ = core::monotonic_ms();
+    checker_respawn_at_ = 0;
+  }
+
   void reap(uint64_t now) {
     for (;;) {
       int status = 0;
       pid_t pid = ::waitpid(-1, &status, WNOHANG);
       if (pid <= 0) return;
+      if (pid == checker_) {
+        checker_ = 0;
+        if (!stopping_) {
+          bool quick = now - checker_started_ms_ < 1000;
+          GW_LOG_WARN("health checker (pid {}) {}; respawning{}", pid,
+                      WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
+                                          : fmt::format("exited with code {}", WEXITSTATUS(status)),
+                      quick ? " in 1 s" : "");
+          if (quick) checker_respawn_at_ = now + 1000;
+          else spawn_checker();
+        }
+        continue;
+      }
       for (uint32_t w = 0; w < pids_.size(); ++w) {
         if (pids_[w] != pid) continue;
         pids_[w] = 0;
@@ -284,6 +325,7 @@ class Master {
 
   void respawn_due(uint64_t now) {
     if (stopping_) return;
+    if (want_checker_ && checker_ == 0 && checker_respawn_at_ && now >= checker_respawn_at_) spawn_checker();
     for (auto it = respawn_at_.begin(); it != respawn_at_.end();) {
       uint32_t w = it->first;
       if (now >= it->second && pids_[w] == 0) {
@@ -304,6 +346,7 @@ class Master {
     GW_LOG_INFO("{}: stopping {}", graceful ? "SIGTERM" : "SIGINT/SIGQUIT", graceful ? "gracefully" : "now");
     for (pid_t p : pids_)
       if (p > 0) ::kill(p, graceful ? SIGTERM : SIGQUIT);
+    if (checker_ > 0) ::kill(checker_, SIGQUIT);  // nothing to drain
     kill_deadline_ms_ = now + (graceful ? cfg_.shutdown_timeout_ms + 2000 : 2000);
   }
 
@@ -332,6 +375,10 @@ class Master {
   uint64_t kill_deadline_ms_ = 0;
   uint64_t event_cursor_ = 0;
   int stuck_rounds_ = 0;
+  bool want_checker_ = false;
+  pid_t checker_ = 0;
+  uint64_t checker_started_ms_ = 0;
+  uint64_t checker_respawn_at_ = 0;
 };
 
 }  // namespace

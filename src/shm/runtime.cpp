@@ -7,7 +7,21 @@ constexpr uint32_t tag_of(uint64_t w) { return static_cast<uint32_t>(w >> 32); }
 constexpr uint32_t count_of(uint64_t w) { return static_cast<uint32_t>(w); }
 }  // namespace
 
+uint32_t active_state(const HostRuntime& h, uint32_t tag) noexcept {
+  uint32_t a = h.active.load(std::memory_order_acquire);
+  return h.tag.load(std::memory_order_relaxed) == tag ? a : kActiveUnknown;
+}
+
+bool record_check(HostRuntime& h, uint32_t tag, uint32_t new_state) noexcept {
+  if (h.tag.load(std::memory_order_relaxed) != tag) return false;
+  return h.active.exchange(new_state, std::memory_order_acq_rel) != new_state;
+}
+
 bool host_usable(const HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept {
+  if (p.active) {
+    uint32_t a = active_state(h, tag);
+    if (a == kActiveDown || (a == kActiveUnknown && !p.unknown_usable)) return false;
+  }
   if (p.max_fails == 0) return true;
   if (h.health.load(std::memory_order_acquire) == kHealthUp) return true;
   if (h.tag.load(std::memory_order_relaxed) != tag) return true;  // state belongs to another host
@@ -44,6 +58,7 @@ void reset_slot(HostRuntime& h, uint32_t tag) noexcept {
   h.last_fail_ms.store(0, std::memory_order_relaxed);
   h.failures.store(0, std::memory_order_relaxed);
   h.health.store(kHealthUp, std::memory_order_relaxed);
+  h.active.store(kActiveUnknown, std::memory_order_relaxed);
   h.tag.store(tag, std::memory_order_release);
 }
 

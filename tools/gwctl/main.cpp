@@ -121,8 +121,10 @@ int commit(const Options& o, const gw::shm::Writer::Change& change, const std::s
 
 std::string health_of(const gw::shm::Segment& seg, const gw::shm::Table& t, const gw::shm::HostRecord& h) {
   const auto& up = t.upstreams()[t.pools()[h.pool].upstream];
-  bool ok = gw::shm::host_usable(seg.host(h.slot), h.tag, {up.max_fails, up.fail_timeout_ms}, gw::core::monotonic_ms());
-  return ok ? "up" : "down";
+  gw::shm::HealthPolicy p{up.max_fails, up.fail_timeout_ms, up.check.type != gw::shm::kCheckNone,
+                          up.check.unknown_usable != 0};
+  if (p.active && gw::shm::active_state(seg.host(h.slot), h.tag) == gw::shm::kActiveUnknown) return "unknown";
+  return gw::shm::host_usable(seg.host(h.slot), h.tag, p, gw::core::monotonic_ms()) ? "up" : "down";
 }
 
 int cmd_status(const Options& o) {

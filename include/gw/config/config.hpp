@@ -34,6 +34,7 @@ struct UpstreamConf {
   uint32_t max_fails = 1;
   uint32_t fail_timeout_ms = 10000;
   uint32_t tries = 3;
+  shm::HealthCheck check{};  ///< "health": active checks; type kCheckNone = off
   std::vector<PoolConf> pools;
 };
 

@@ -21,14 +21,22 @@ namespace gw::shm {
 struct HealthPolicy {
   uint32_t max_fails;        ///< 0 = passive health off
   uint32_t fail_timeout_ms;
+  bool active = false;         ///< active checks run for this upstream
+  bool unknown_usable = true;  ///< with active checks: may a host not yet checked be used?
 };
 
-/// May a new connection use this host now? Lock-free, any process.
+/// May a new connection use this host now? Passive state, and with active
+/// checks the checker's verdict. Lock-free, any process.
 bool host_usable(const HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept;
 /// Counts a passive failure. Returns true if this call took the host down.
 bool record_failure(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept;
 /// Counts a success. Returns true if this call brought the host back up.
 bool record_success(HostRuntime& h, uint32_t tag) noexcept;
+/// Sets the checker's verdict (checker only). Returns true if it changed.
+bool record_check(HostRuntime& h, uint32_t tag, uint32_t new_state) noexcept;
+/// The active state as seen by readers (kActiveUnknown when the slot has another tag).
+uint32_t active_state(const HostRuntime& h, uint32_t tag) noexcept;
+
 /// Gives the slot to a new host (writer only, before publishing the table).
 void reset_slot(HostRuntime& h, uint32_t tag) noexcept;
 

@@ -76,9 +76,15 @@ struct alignas(64) HostRuntime {
   std::atomic<uint64_t> freed_ms;      ///< monotonic time the slot was freed; 0 = never used
   std::atomic<uint32_t> tag;           ///< tag of the host owning the slot; 0 = none
   std::atomic<uint32_t> health;        ///< kHealthUp / kHealthDown (passive)
+  std::atomic<uint32_t> active;        ///< kActiveUnknown / kActiveUp / kActiveDown (the checker's verdict)
+  std::atomic<uint32_t> reserved;
 };
 inline constexpr uint32_t kHealthUp = 0;
 inline constexpr uint32_t kHealthDown = 1;
+inline constexpr uint32_t kActiveUnknown = 0;
+inline constexpr uint32_t kActiveUp = 1;
+inline constexpr uint32_t kActiveDown = 2;
+static_assert(sizeof(HostRuntime) == 64);
 
 /// Per-worker, per-host counters. Each row has exactly one writer (its worker),
 /// so updates are a relaxed load and store, no read-modify-write. Readers sum

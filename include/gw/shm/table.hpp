@@ -66,6 +66,21 @@ struct TableHeader {
   uint32_t next_tag;  ///< next runtime-slot tag to hand out (never 0)
 };
 
+/// Active health checks of an upstream's hosts, run by the checker process.
+struct HealthCheck {
+  uint8_t type;            ///< kCheckNone, kCheckTcp, kCheckHttp
+  uint8_t unknown_usable;  ///< may a host not yet checked take traffic? (default 1)
+  uint16_t expect_mask;    ///< http: bit N set = status class Nxx passes (default 2xx and 3xx)
+  uint32_t interval_ms;    ///< between two checks of a host
+  uint32_t timeout_ms;     ///< connect + answer
+  uint32_t rise;           ///< consecutive passes that bring a host up
+  uint32_t fall;           ///< consecutive failures that take it down
+  char path[68];           ///< http: request path, NUL-terminated
+};
+inline constexpr uint8_t kCheckNone = 0;
+inline constexpr uint8_t kCheckTcp = 1;
+inline constexpr uint8_t kCheckHttp = 2;
+
 struct UpstreamRecord {
   char name[kNameCap];          ///< NUL-terminated
   uint32_t connect_timeout_ms;  ///< upstream connect timeout
@@ -74,6 +89,7 @@ struct UpstreamRecord {
   uint32_t fail_timeout_ms;     ///< failure window and time out of rotation
   uint32_t tries;               ///< connect attempts per client connection (1..16)
   uint32_t reserved;
+  HealthCheck check;            ///< active health checks; type kCheckNone = off
 };
 
 struct PoolRecord {
@@ -97,6 +113,7 @@ struct HostRecord {
 };
 
 static_assert(std::is_trivially_copyable_v<TableHeader> && sizeof(TableHeader) % 8 == 0);
+static_assert(sizeof(HealthCheck) % 8 == 0);
 static_assert(std::is_trivially_copyable_v<UpstreamRecord> && sizeof(UpstreamRecord) % 8 == 0);
 static_assert(std::is_trivially_copyable_v<PoolRecord> && sizeof(PoolRecord) % 8 == 0);
 static_assert(std::is_trivially_copyable_v<HostRecord> && sizeof(HostRecord) % 8 == 0);

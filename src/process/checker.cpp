@@ -1,0 +1,217 @@
+#include "gw/process/checker.hpp"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "gw/core/clock.hpp"
+#include "gw/core/fd.hpp"
+#include "gw/core/log.hpp"
+#include "gw/net/socket.hpp"
+#include "gw/shm/events.hpp"
+#include "gw/shm/runtime.hpp"
+
+namespace gw::process {
+
+uint32_t CheckRuns::apply(bool ok, uint32_t current, uint32_t rise, uint32_t fall) noexcept {
+  if (ok) {
+    ++passes;
+    failures = 0;
+    if (current == shm::kActiveUnknown || (current == shm::kActiveDown && passes >= rise)) return shm::kActiveUp;
+  } else {
+    ++failures;
+    passes = 0;
+    if (current == shm::kActiveUnknown || (current == shm::kActiveUp && failures >= fall)) return shm::kActiveDown;
+  }
+  return current;
+}
+
+namespace {
+
+struct HostState {
+  uint32_t tag = 0;
+  uint64_t due_ms = 0;
+  bool in_flight = false;
+  CheckRuns runs;
+};
+
+struct Probe {
+  core::UniqueFd fd;
+  uint32_t slot = 0, tag = 0;
+  uint32_t upstream = 0;
+  uint64_t deadline_ms = 0;
+  bool connected = false;
+  std::string request;  // http: bytes still to send
+  std::string reply;    // http: the status line so far
+};
+
+class Checker {
+ public:
+  Checker(const config::Config& cfg, const shm::Segment& seg)
+      : cfg_(cfg), seg_(seg), reader_(seg), table_(std::make_unique<shm::Table>(seg.caps())),
+        hosts_(seg.caps().max_hosts) {}
+
+  int run() {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int s : {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&set, s);
+    ::sigprocmask(SIG_BLOCK, &set, nullptr);
+    core::UniqueFd sfd(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
+    std::vector<pollfd> pfds;
+    for (;;) {
+      const uint64_t now = core::monotonic_ms();
+      if (reader_.stale()) reader_.refresh(*table_);
+      start_due(now);
+      pfds.clear();
+      pfds.push_back({sfd.get(), POLLIN, 0});
+      for (auto& p : probes_) pfds.push_back({p->fd.get(), static_cast<short>(p->connected ? POLLIN | POLLOUT : POLLOUT), 0});
+      ::poll(pfds.data(), pfds.size(), 20);
+      if (pfds[0].revents) {
+        signalfd_siginfo si{};
+        while (::read(sfd.get(), &si, sizeof(si)) == sizeof(si))
+          if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT || si.ssi_signo == SIGQUIT) return 0;
+      }
+      const uint64_t after = core::monotonic_ms();
+      for (size_t i = probes_.size(); i-- > 0;) {
+        Probe& p = *probes_[i];
+        int err = 0;
+        bool done = false, ok = false;
+        if (pfds[i + 1].revents) done = step(p, ok, err);
+        if (!done && after >= p.deadline_ms) {
+          done = true;
+          ok = false;
+          err = ETIMEDOUT;
+        }
+        if (done) {
+          finish(p, ok, err, after);
+          probes_.erase(probes_.begin() + static_cast<long>(i));
+        }
+      }
+    }
+  }
+
+ private:
+  void start_due(uint64_t now) {
+    auto hosts = table_->hosts();
+    for (const auto& h : hosts) {
+      const auto& up = table_->upstreams()[table_->pools()[h.pool].upstream];
+      if (up.check.type == shm::kCheckNone) continue;
+      HostState& st = hosts_[h.slot];
+      if (st.tag != h.tag) st = HostState{h.tag, now, false, {}};  // a new host: check it at once
+      if (st.in_flight || now < st.due_ms) continue;
+      st.in_flight = true;
+      st.due_ms = now + up.check.interval_ms;
+      auto p = std::make_unique<Probe>();
+      p->slot = h.slot;
+      p->tag = h.tag;
+      p->upstream = table_->pools()[h.pool].upstream;
+      p->deadline_ms = now + up.check.timeout_ms;
+      if (up.check.type == shm::kCheckHttp)
+        p->request = fmt::format("GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: gw-health\r\nConnection: close\r\n\r\n",
+                                 up.check.path, h.addr.to_string());
+      int err = 0;
+      int fd = net::connect_tcp(h.addr, err);
+      if (fd < 0) {
+        finish(*p, false, err, now);
+        continue;
+      }
+      p->fd.reset(fd);
+      probes_.push_back(std::move(p));
+    }
+  }
+
+  // Advances a probe; returns true when it has a result.
+  bool step(Probe& p, bool& ok, int& err) {
+    if (!p.connected) {
+      err = net::socket_error(p.fd.get());
+      if (err != 0) return true;
+      p.connected = true;
+      if (p.request.empty()) {  // tcp check: the connect is the check
+        ok = true;
+        return true;
+      }
+    }
+    while (!p.request.empty()) {
+      ssize_t n = ::send(p.fd.get(), p.request.data(), p.request.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n < 0) {
+        if (errno == EAGAIN) return false;
+        err = errno;
+        return true;
+      }
+      p.request.erase(0, static_cast<size_t>(n));
+    }
+    char buf[256];
+    ssize_t n = ::recv(p.fd.get(), buf, sizeof(buf), MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EAGAIN) return false;
+      err = errno;
+      return true;
+    }
+    if (n == 0 && p.reply.size() < 12) {
+      err = ECONNRESET;
+      return true;
+    }
+    p.reply.append(buf, static_cast<size_t>(n));
+    if (p.reply.size() < 12) return false;
+    // "HTTP/1.x NNN"
+    const auto& up = table_->upstreams()[p.upstream];
+    char cls = p.reply[9];
+    ok = p.reply.compare(0, 5, "HTTP/") == 0 && cls >= '1' && cls <= '5' && (up.check.expect_mask & (1u << (cls - '0')));
+    if (!ok) err = EPROTO;
+    last_status_ = p.reply.substr(9, 3);
+    return true;
+  }
+
+  void finish(Probe& p, bool ok, int err, uint64_t now) {
+    HostState& st = hosts_[p.slot];
+    if (st.tag != p.tag) return;  // the host was removed meanwhile
+    st.in_flight = false;
+    st.due_ms = std::max(st.due_ms, now);
+    shm::HostRuntime& hr = seg_.host(p.slot);
+    const auto& check = table_->upstreams()[p.upstream].check;
+    uint32_t before = shm::active_state(hr, p.tag);
+    uint32_t after = st.runs.apply(ok, before, check.rise, check.fall);
+    if (after == before || !shm::record_check(hr, p.tag, after)) return;
+    std::string path = "(removed host)";
+    auto hosts = table_->hosts();
+    for (size_t i = 0; i < hosts.size(); ++i)
+      if (hosts[i].slot == p.slot && hosts[i].tag == p.tag) path = table_->host_path(static_cast<int>(i));
+    std::string why = ok ? fmt::format("active: {} passed check(s)", st.runs.passes)
+                         : fmt::format("active: {} failed check(s), last: {}", st.runs.failures,
+                                       err == EPROTO ? "HTTP status " + last_status_ : std::strerror(err));
+    std::string text = fmt::format("health {} {} ({})", after == shm::kActiveUp ? "up" : "down", path, why);
+    shm::emit_event(seg_, shm::EventKind::health, table_->header().generation, text);
+    GW_LOG_WARN("{}", text);
+  }
+
+  const config::Config& cfg_;
+  const shm::Segment& seg_;
+  shm::TableReader reader_;
+  std::unique_ptr<shm::Table> table_;
+  std::vector<HostState> hosts_;
+  std::vector<std::unique_ptr<Probe>> probes_;
+  std::string last_status_;
+};
+
+}  // namespace
+
+int run_checker(const config::Config& cfg, const shm::Segment& seg) {
+  try {
+    Checker c(cfg, seg);
+    return c.run();
+  } catch (const std::exception& e) {
+    GW_LOG_ERROR("checker failed: {}", e.what());
+    return 1;
+  }
+}
+
+}  // namespace gw::process

@@ -1,0 +1,140 @@
+#!/usr/bin/python3
+"""Active health checks through the real gwd: one checker process for the
+gateway, fall/rise with real backends stopped and restarted, `down` by hand
+survives passing checks, failover to the DR pool and back, HTTP status checks."""
+
+import os
+import socket
+import sys
+import threading
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gwtest  # noqa: E402
+from gwtest import GwTestCase, T, host, pool  # noqa: E402
+
+FAST = {"health": {"type": "tcp", "interval_ms": 100, "timeout_ms": 200, "rise": 2, "fall": 3}}
+
+
+def host_health(gw, hid):
+    for p in gw.status()["upstreams"][0]["pools"]:
+        for h in p["hosts"]:
+            if h["id"] == hid:
+                return h
+    raise AssertionError(f"no host {hid}")
+
+
+class StatusServer:
+    """Answers every HTTP request with a settable status code."""
+
+    def __init__(self):
+        self.status = 200
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((gwtest.LOOPBACK, 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.address = f"{gwtest.LOOPBACK}:{self.port}"
+        self._stop = False
+        self.requests = []
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            with c:
+                c.settimeout(2)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data:
+                        chunk = c.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                    self.requests.append(data.split(b"\r\n", 1)[0].decode())
+                    c.sendall(f"HTTP/1.1 {self.status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+                except OSError:
+                    pass
+
+    def stop(self):
+        self._stop = True
+        self.sock.close()
+        self.thread.join(2)
+
+
+class HealthTest(GwTestCase):
+
+    def test_down_after_fall_and_back_after_rise(self):
+        a, b = self.backend("a"), self.backend("b")
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a), host("b", b)])], upstream_opts=FAST))
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "up", T(5), msg="a checked up")
+        port = a.port
+        a.stop()
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "down", T(5), msg="a down after fall")
+        self.assertEqual(set(gwtest.names(gw.port, 6)), {"b"})
+        self.assertTrue(any("health down app/primary/a (active: 3 failed check(s)" in e for e in gw.events()),
+                        gw.events())
+        a2 = self.backend("a", port=port)
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "up", T(5), msg="a up after rise")
+        self.assertTrue(any("health up app/primary/a (active: 2 passed check(s))" in e for e in gw.events()))
+        self.assertEqual(set(gwtest.names(gw.port, 6)), {"a", "b"})
+        self.assertGreater(a2.count, 0)
+
+    def test_admin_down_survives_passing_checks(self):
+        a, b = self.backend("a"), self.backend("b")
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a), host("b", b)])], upstream_opts=FAST))
+        rc, _, err = gw.gwctl("down", "host", "app/primary", "a")
+        self.assertEqual(rc, 0, err)
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "up", T(5), msg="checks pass for a")
+        before = a.count
+        self.assertEqual(set(gwtest.names(gw.port, 10)), {"b"})
+        self.assertEqual(a.count, before)
+        self.assertEqual(host_health(gw, "a")["admin"], "down")
+
+    def test_failover_to_dr_pool_and_back(self):
+        a, dr = self.backend("a"), self.backend("dr")
+        gw = self.gateway(self.make_config(
+            [pool("primary", [host("a", a)], priority=0), pool("dr", [host("dr", dr)], priority=1)],
+            upstream_opts=FAST))
+        self.assertEqual(set(gwtest.names(gw.port, 3)), {"a"})
+        port = a.port
+        a.stop()
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "down", T(5), msg="primary down")
+        self.assertEqual(set(gwtest.names(gw.port, 3)), {"dr"})
+        self.backend("a", port=port)
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "up", T(5), msg="primary back")
+        self.assertEqual(set(gwtest.names(gw.port, 3)), {"a"})
+
+    def test_http_check_expects_a_status_class(self):
+        s = StatusServer()
+        self.addCleanup(s.stop)
+        b = self.backend("b")
+        opts = {"health": {"type": "http", "path": "/healthz", "expect_status": "2xx", "interval_ms": 100,
+                           "timeout_ms": 300, "rise": 1, "fall": 2}}
+        gw = self.gateway(self.make_config([pool("p", [host("s", s.address), host("b", b)])], upstream_opts=opts))
+        gwtest.wait_until(lambda: host_health(gw, "s")["health"] == "up", T(5), msg="http check passes")
+        self.assertTrue(s.requests and s.requests[0] == "GET /healthz HTTP/1.0", s.requests[:1])
+        s.status = 503
+        gwtest.wait_until(lambda: host_health(gw, "s")["health"] == "down", T(5), msg="503 fails the check")
+        self.assertTrue(any("last: HTTP status 503" in e for e in gw.events()), gw.events())
+        s.status = 204
+        gwtest.wait_until(lambda: host_health(gw, "s")["health"] == "up", T(5), msg="204 passes again")
+
+    def test_new_host_is_checked_at_once(self):
+        a = self.backend("a")
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a)])],
+                                           upstream_opts={"health": dict(FAST["health"], interval_ms=60000)}))
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "up", T(5), msg="a checked")
+        dead = gwtest.free_port()
+        rc, _, err = gw.gwctl("add", "host", "app/primary", "z", f"127.0.0.1:{dead}")
+        self.assertEqual(rc, 0, err)
+        # With a 60 s interval only the immediate first check can say this in time.
+        gwtest.wait_until(lambda: host_health(gw, "z")["health"] == "down", T(5), msg="new host checked at once")
+
+
+if __name__ == "__main__":
+    gwtest.main()
