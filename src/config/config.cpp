@@ -259,6 +259,13 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
         else return false;
         return true;
       });
+    } else if (k == "hooks") {
+      for_each_field(c, v, kp, [&](std::string_view hk, element hv, const std::string& hkp) {
+        if (hk == "host_down") get_string(c, hv, hkp, cfg.hook_host_down);
+        else if (hk == "host_up") get_string(c, hv, hkp, cfg.hook_host_up);
+        else return false;
+        return true;
+      });
     } else if (k == "listeners") {
       listeners = v;
       has_listeners = true;

@@ -181,14 +181,17 @@ class Checker {
     uint32_t before = shm::active_state(hr, p.tag);
     uint32_t after = st.runs.apply(ok, before, check.rise, check.fall);
     if (after == before || !shm::record_check(hr, p.tag, after)) return;
-    std::string path = "(removed host)";
+    std::string path = "(removed host)", address = "-";
     auto hosts = table_->hosts();
     for (size_t i = 0; i < hosts.size(); ++i)
-      if (hosts[i].slot == p.slot && hosts[i].tag == p.tag) path = table_->host_path(static_cast<int>(i));
+      if (hosts[i].slot == p.slot && hosts[i].tag == p.tag) {
+        path = table_->host_path(static_cast<int>(i));
+        address = hosts[i].addr.to_string();
+      }
     std::string why = ok ? fmt::format("active: {} passed check(s)", st.runs.passes)
                          : fmt::format("active: {} failed check(s), last: {}", st.runs.failures,
                                        err == EPROTO ? "HTTP status " + last_status_ : std::strerror(err));
-    std::string text = fmt::format("health {} {} ({})", after == shm::kActiveUp ? "up" : "down", path, why);
+    std::string text = fmt::format("host_{} {} {} ({})", after == shm::kActiveUp ? "up" : "down", path, address, why);
     shm::emit_event(seg_, shm::EventKind::health, table_->header().generation, text);
     GW_LOG_WARN("{}", text);
   }

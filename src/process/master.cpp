@@ -148,7 +148,7 @@ shm::Segment prepare_segment(const config::Config& cfg) {
     std::memcpy(t.words(), merged.words(), t.bytes());
     t.header().generation = base_gen;
     t.header().next_tag = next_tag;
-    events.push_back(fmt::format("start gwd pid={}: {} upstream(s), {} pool(s), {} host(s) from {}", ::getpid(),
+    events.push_back(fmt::format("gwd_started pid={}: {} upstream(s), {} pool(s), {} host(s) from {}", ::getpid(),
                                  t.upstreams().size(), t.pools().size(), t.hosts().size(), what));
   });
   GW_LOG_INFO("routing table generation {} from {} ({} host(s))", gen, what, merged.hosts().size());
@@ -201,6 +201,7 @@ class Master {
       else if (sig == SIGUSR1 || sig == SIGUSR2) GW_LOG_INFO("signal {} ignored", sig);
       respawn_due(now);
       log_events();
+      expire_hooks();
       if (stopping_) {
         reap(now);
         if (alive() == 0) break;
@@ -286,6 +287,14 @@ class Master {
       int status = 0;
       pid_t pid = ::waitpid(-1, &status, WNOHANG);
       if (pid <= 0) return;
+      if (auto hook = hooks_.find(pid); hook != hooks_.end()) {
+        hooks_.erase(hook);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+          GW_LOG_WARN("hook pid {} {}", pid,
+                      WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
+                                          : fmt::format("exited with code {}", WEXITSTATUS(status)));
+        continue;
+      }
       if (pid == checker_) {
         checker_ = 0;
         if (!stopping_) {
@@ -315,7 +324,7 @@ class Master {
         uint64_t delay = quick_deaths_[w] >= 3 ? 1000 : 0;
         GW_LOG_WARN("worker {} (pid {}) {}; respawning{}", w, pid, how, delay ? " in 1 s" : "");
         shm::emit_event(seg_, shm::EventKind::process, seg_.header().published.load() >> 1,
-                        fmt::format("worker {} pid={} {}; respawned", w, pid, how));
+                        fmt::format("worker_respawned {} pid={} {}", w, pid, how));
         if (delay) respawn_at_[w] = now + delay;
         else spawn(w);
         break;
@@ -358,10 +367,65 @@ class Master {
       if (r == shm::EventRead::not_yet && ++stuck_rounds_ < 20) break;  // being written; next round
       // (an entry still unwritten after 2 s belongs to a writer that died: skip it)
       stuck_rounds_ = 0;
-      if (r == shm::EventRead::ok && e.pid != ::getpid() && e.kind != static_cast<uint32_t>(shm::EventKind::health))
-        GW_LOG_INFO("event: {}", e.text);  // workers log their own health events
+      if (r == shm::EventRead::ok) {
+        if (e.pid != ::getpid() && e.kind != static_cast<uint32_t>(shm::EventKind::health))
+          GW_LOG_INFO("event: {}", e.text);  // workers and the checker log their own health events
+        run_hook(e.text);
+      }
       ++event_cursor_;
     }
+  }
+
+  // Hooks: "host_down app/primary/a 127.0.0.1:8081 (...)" runs hooks.host_down
+  // with GW_EVENT, GW_UPSTREAM, GW_POOL, GW_HOST and GW_ADDRESS set. The master
+  // forks and never waits for it: a slow hook is killed after kHookTimeoutMs,
+  // and at most kMaxHooks run at once.
+  static constexpr uint64_t kHookTimeoutMs = 60000;
+  static constexpr size_t kMaxHooks = 32;
+
+  void run_hook(std::string_view text) {
+    std::string_view kind = text.substr(0, text.find(' '));
+    const std::string& cmd = kind == "host_down" ? cfg_.hook_host_down : kind == "host_up" ? cfg_.hook_host_up : empty_;
+    if (cmd.empty()) return;
+    std::string_view rest = text.substr(std::min(text.size(), kind.size() + 1));
+    std::string_view path = rest.substr(0, rest.find(' '));
+    std::string_view tail = rest.substr(std::min(rest.size(), path.size() + 1));
+    std::string_view address = tail.substr(0, tail.find(' '));
+    size_t s1 = path.find('/'), s2 = path.find('/', s1 == std::string_view::npos ? path.size() : s1 + 1);
+    if (s1 == std::string_view::npos || s2 == std::string_view::npos) return;
+    if (hooks_.size() >= kMaxHooks) {
+      GW_LOG_WARN("hook for \"{}\" skipped: {} hooks are still running", text, hooks_.size());
+      return;
+    }
+    std::string env[] = {fmt::format("GW_EVENT={}", kind), fmt::format("GW_UPSTREAM={}", path.substr(0, s1)),
+                         fmt::format("GW_POOL={}", path.substr(s1 + 1, s2 - s1 - 1)),
+                         fmt::format("GW_HOST={}", path.substr(s2 + 1)), fmt::format("GW_ADDRESS={}", address)};
+    pid_t pid = ::fork();
+    if (pid < 0) {
+      GW_LOG_ERROR("hook for \"{}\": fork: {}", text, std::strerror(errno));
+      return;
+    }
+    if (pid == 0) {
+      sigset_t none;
+      sigemptyset(&none);
+      ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      fds_.clear();
+      ::setsid();
+      for (auto& kv : env) ::putenv(kv.data());
+      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    hooks_[pid] = core::monotonic_ms();
+  }
+
+  void expire_hooks() {
+    const uint64_t now = core::monotonic_ms();  // hooks may have started after the loop's `now`
+    for (auto& [pid, started] : hooks_)
+      if (now > started + kHookTimeoutMs) {
+        GW_LOG_WARN("hook pid {} ran for over {} ms; killing it", pid, kHookTimeoutMs);
+        ::kill(-pid, SIGKILL);
+        started = now;  // reaped through SIGCHLD
+      }
   }
 
   const config::Config& cfg_;
@@ -376,6 +440,8 @@ class Master {
   uint64_t event_cursor_ = 0;
   int stuck_rounds_ = 0;
   bool want_checker_ = false;
+  std::map<pid_t, uint64_t> hooks_;  // running hook → start time
+  const std::string empty_;
   pid_t checker_ = 0;
   uint64_t checker_started_ms_ = 0;
   uint64_t checker_respawn_at_ = 0;

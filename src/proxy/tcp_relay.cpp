@@ -151,12 +151,13 @@ void TcpRelay::connect_next(Session& s) noexcept {
 void TcpRelay::host_event(uint32_t slot, uint32_t tag, bool down, int err) noexcept {
   const shm::Table& t = env_.snap->table();
   auto hosts = t.hosts();
-  std::string path = "(removed host)";
+  std::string path = "(removed host)", address = "-";
   uint32_t max_fails = 0, fail_timeout = 0;
   for (size_t i = 0; i < hosts.size(); ++i) {
     if (hosts[i].slot == slot && hosts[i].tag == tag) {
       try {
         path = t.host_path(static_cast<int>(i));
+        address = hosts[i].addr.to_string();
       } catch (...) {
       }
       const auto& pool = t.pools()[hosts[i].pool];
@@ -167,9 +168,9 @@ void TcpRelay::host_event(uint32_t slot, uint32_t tag, bool down, int err) noexc
   }
   try {
     std::string text =
-        down ? fmt::format("health down {} (passive: {} failure(s) within {} ms, last: {})", path, max_fails,
-                           fail_timeout, std::strerror(err))
-             : fmt::format("health up {} (passive: a connection succeeded)", path);
+        down ? fmt::format("host_down {} {} (passive: {} failure(s) within {} ms, last: {})", path, address,
+                           max_fails, fail_timeout, std::strerror(err))
+             : fmt::format("host_up {} {} (passive: a connection succeeded)", path, address);
     shm::emit_event(*env_.seg, shm::EventKind::health, t.header().generation, text);
     GW_LOG_WARN("{}", text);
   } catch (...) {

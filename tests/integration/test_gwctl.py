@@ -42,9 +42,9 @@ class GwctlTest(GwTestCase):
         self.assertEqual(a.count, before, "removed host still got connections")
 
         esc = re.escape
-        self.assertEvent(gw, rf"^add host app/primary/b {esc(b.address)} weight=1$")
-        self.assertEvent(gw, rf"^add host app/primary/c {esc(c.address)} weight=3$")
-        self.assertEvent(gw, r"^remove host app/primary/a$")
+        self.assertEvent(gw, rf"^host_added app/primary/b {esc(b.address)} weight=1$")
+        self.assertEvent(gw, rf"^host_added app/primary/c {esc(c.address)} weight=3$")
+        self.assertEvent(gw, r"^host_removed app/primary/a \S+$")
 
     def test_down_and_up_host(self):
         a, b = self.backend("a"), self.backend("b")
@@ -66,8 +66,8 @@ class GwctlTest(GwTestCase):
         self.assertHost(gw, "app/primary/a", admin="up")
         self.assertNames(gw.port, N, {"a", "b"}, must_include={"a"})
 
-        self.assertEvent(gw, r"^down host app/primary/a$")
-        self.assertEvent(gw, r"^up host app/primary/a$")
+        self.assertEvent(gw, r"^host_down app/primary/a \S+ \(admin: gwctl down\)$")
+        self.assertEvent(gw, r"^host_up app/primary/a \S+ \(admin: gwctl up\)$")
 
     def test_pools(self):
         a, b = self.backend("a"), self.backend("b")
@@ -96,9 +96,9 @@ class GwctlTest(GwTestCase):
         self.assertIsNone(gwtest.find_pool(gw.status(), "app/backup"))
         self.assertNames(gw.port, N, {"a"})
 
-        self.assertEvent(gw, r"^add pool app/backup priority=10 method=round_robin$")
-        self.assertEvent(gw, r"^set pool app/backup priority=1 method=round_robin$")
-        self.assertEvent(gw, r"^remove pool app/backup$")
+        self.assertEvent(gw, r"^pool_changed app/backup added priority=10 method=round_robin$")
+        self.assertEvent(gw, r"^pool_changed app/backup priority=1 method=round_robin$")
+        self.assertEvent(gw, r"^pool_changed app/backup removed$")
 
     def test_bad_input_changes_nothing(self):
         a, b = self.backend("a"), self.backend("b")
@@ -194,9 +194,9 @@ class GwctlTest(GwTestCase):
             if chunk:
                 buf.extend(chunk)
             return text in buf.decode(errors="replace")
-        gwtest.wait_until(lambda: saw("start gwd"), T(5), msg="the start event in `events --follow`")
+        gwtest.wait_until(lambda: saw("gwd_started"), T(5), msg="the start event in `events --follow`")
         self.assertGwctlOk(gw, "add", "host", "app/primary", "b", b.address)
-        gwtest.wait_until(lambda: saw(f"add host app/primary/b {b.address} weight=1"), T(5),
+        gwtest.wait_until(lambda: saw(f"host_added app/primary/b {b.address} weight=1"), T(5),
                           msg="the new event in `events --follow`")
         self.assertIsNone(p.poll(), "`events --follow` exited")
         p.terminate()
@@ -233,13 +233,13 @@ class GwctlTest(GwTestCase):
         gw = self.start([pool("primary", [host("a", a)])])
         gen0 = gw.status()["generation"]
         steps = [
-            (["add", "host", "app/primary", "b", b.address], f"add host app/primary/b {b.address} weight=1"),
-            (["down", "host", "app/primary", "b"], "down host app/primary/b"),
-            (["up", "host", "app/primary", "b"], "up host app/primary/b"),
-            (["add", "pool", "app", "backup", "--priority", "1"], "add pool app/backup priority=1 method=round_robin"),
-            (["set", "pool", "app", "backup", "--priority", "2"], "set pool app/backup priority=2 method=round_robin"),
-            (["remove", "pool", "app", "backup"], "remove pool app/backup"),
-            (["remove", "host", "app/primary", "b"], "remove host app/primary/b"),
+            (["add", "host", "app/primary", "b", b.address], f"host_added app/primary/b {b.address} weight=1"),
+            (["down", "host", "app/primary", "b"], f"host_down app/primary/b {b.address} (admin: gwctl down)"),
+            (["up", "host", "app/primary", "b"], f"host_up app/primary/b {b.address} (admin: gwctl up)"),
+            (["add", "pool", "app", "backup", "--priority", "1"], "pool_changed app/backup added priority=1 method=round_robin"),
+            (["set", "pool", "app", "backup", "--priority", "2"], "pool_changed app/backup priority=2 method=round_robin"),
+            (["remove", "pool", "app", "backup"], "pool_changed app/backup removed"),
+            (["remove", "host", "app/primary", "b"], f"host_removed app/primary/b {b.address}"),
         ]
         for args, _ in steps:
             self.assertGwctlOk(gw, *args)

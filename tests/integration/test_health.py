@@ -76,11 +76,11 @@ class HealthTest(GwTestCase):
         a.stop()
         gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "down", T(5), msg="a down after fall")
         self.assertEqual(set(gwtest.names(gw.port, 6)), {"b"})
-        self.assertTrue(any("health down app/primary/a (active: 3 failed check(s)" in e for e in gw.events()),
+        self.assertTrue(any("host_down app/primary/a " + a.address + " (active: 3 failed check(s)" in e for e in gw.events()),
                         gw.events())
         a2 = self.backend("a", port=port)
         gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "up", T(5), msg="a up after rise")
-        self.assertTrue(any("health up app/primary/a (active: 2 passed check(s))" in e for e in gw.events()))
+        self.assertTrue(any("host_up app/primary/a " + a2.address + " (active: 2 passed check(s))" in e for e in gw.events()))
         self.assertEqual(set(gwtest.names(gw.port, 6)), {"a", "b"})
         self.assertGreater(a2.count, 0)
 
@@ -134,6 +134,31 @@ class HealthTest(GwTestCase):
         self.assertEqual(rc, 0, err)
         # With a 60 s interval only the immediate first check can say this in time.
         gwtest.wait_until(lambda: host_health(gw, "z")["health"] == "down", T(5), msg="new host checked at once")
+
+    def test_hooks_run_by_the_master_with_details_and_never_block(self):
+        a, b = self.backend("a"), self.backend("b")
+        out = os.path.join(self.tmp, "hooks.log")
+        line = '"$GW_EVENT $GW_UPSTREAM $GW_POOL $GW_HOST $GW_ADDRESS"'
+        hooks = {"host_down": f"sleep 30 & echo {line} >> {out}; sleep 20",  # slow on purpose
+                 "host_up": f"echo {line} >> {out}; exit 3"}                 # and failing
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a), host("b", b)])], hooks=hooks))
+        for verb in ("down", "up", "down", "up"):
+            rc, _, err = gw.gwctl(verb, "host", "app/primary", "a")
+            self.assertEqual(rc, 0, err)
+
+        def lines():
+            try:
+                with open(out) as f:
+                    return f.read().splitlines()
+            except FileNotFoundError:
+                return []
+        gwtest.wait_until(lambda: len(lines()) == 4, T(10), msg="4 hook runs")
+        self.assertEqual(sorted(lines()), sorted([f"host_down app primary a {a.address}",
+                                                  f"host_up app primary a {a.address}"] * 2))
+        # The slow hooks are still running; the gateway serves and changes go through.
+        self.assertEqual(set(gwtest.names(gw.port, 4)), {"a", "b"})
+        rc, _, err = gw.gwctl("down", "host", "app/primary", "b")
+        self.assertEqual(rc, 0, err)
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ class RelayTest(GwTestCase):
         h = self.assertHost(gw, "app/primary/dead", health="down", admin="up")
         self.assertGreaterEqual(h.get("failures", 0), 1, h)
         self.assertHost(gw, "app/primary/live", health="up")
-        self.assertEvent(gw, r"^health down app/primary/dead\b")
+        self.assertEvent(gw, r"^host_down app/primary/dead\b")
 
     def test_idle_timeout(self):
         a = self.backend("a")

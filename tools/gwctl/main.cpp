@@ -321,15 +321,16 @@ int main(int argc, char** argv) {
       std::string what = fmt::format("add host {}/{}/{} {} weight={}", u, p, o.id, addr.to_string(), weight);
       return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
         t.add_host(find_pool(t, u, p), o.id, addr, weight);
-        ev.push_back(what);
+        ev.push_back(fmt::format("host_added {}/{}/{} {} weight={}", u, p, o.id, addr.to_string(), weight));
       }, what);
     }
     if (*rm_host) {
       auto [u, p] = split_pool(o.path);
       std::string what = fmt::format("remove host {}/{}/{}", u, p, o.id);
       return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
-        t.remove_host(find_host(t, u, p, o.id));
-        ev.push_back(what);
+        int h = find_host(t, u, p, o.id);
+        ev.push_back(fmt::format("host_removed {}/{}/{} {}", u, p, o.id, t.hosts()[static_cast<size_t>(h)].addr.to_string()));
+        t.remove_host(h);
       }, what);
     }
     if (*down_host || *up_host) {
@@ -348,8 +349,10 @@ int main(int argc, char** argv) {
         }
       }
       return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
-        t.hosts()[static_cast<size_t>(find_host(t, u, p, o.id))].admin_down = to_down ? 1 : 0;
-        ev.push_back(what);
+        auto& rec = t.hosts()[static_cast<size_t>(find_host(t, u, p, o.id))];
+        rec.admin_down = to_down ? 1 : 0;
+        ev.push_back(fmt::format("host_{} {}/{}/{} {} (admin: gwctl {})", to_down ? "down" : "up", u, p, o.id,
+                                 rec.addr.to_string(), to_down ? "down" : "up"));
       }, what);
     }
     if (*add_pool) {
@@ -358,14 +361,15 @@ int main(int argc, char** argv) {
       std::string what = fmt::format("add pool {}/{} priority={} method={}", o.path, o.id, prio, gw::shm::method_name(m));
       return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
         t.add_pool(find_upstream(t, o.path), o.id, prio, m);
-        ev.push_back(what);
+        ev.push_back(fmt::format("pool_changed {}/{} added priority={} method={}", o.path, o.id, prio,
+                                 gw::shm::method_name(m)));
       }, what);
     }
     if (*rm_pool) {
       std::string what = fmt::format("remove pool {}/{}", o.path, o.id);
       return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
         t.remove_pool(find_pool(t, o.path, o.id));
-        ev.push_back(what);
+        ev.push_back(fmt::format("pool_changed {}/{} removed", o.path, o.id));
       }, what);
     }
     if (*set_pool) {
@@ -381,7 +385,8 @@ int main(int argc, char** argv) {
         if (m) pr.method = static_cast<uint8_t>(*m);
         what = fmt::format("set pool {}/{} priority={} method={}", o.path, o.id, pr.priority,
                            gw::shm::method_name(static_cast<gw::shm::Method>(pr.method)));
-        ev.push_back(what);
+        ev.push_back(fmt::format("pool_changed {}/{} priority={} method={}", o.path, o.id, pr.priority,
+                                 gw::shm::method_name(static_cast<gw::shm::Method>(pr.method))));
       };
       gw::shm::Segment seg = attach(o, true);
       uint64_t gen = gw::shm::Writer(seg).commit(change);

@@ -63,6 +63,8 @@ struct Config {
   std::string state_file;  ///< absolute; empty = no persistence
   std::vector<ListenerConf> listeners;
   std::vector<UpstreamConf> upstreams;
+  std::string hook_host_down;  ///< "hooks.host_down": shell command run by the master
+  std::string hook_host_up;    ///< "hooks.host_up"
 };
 
 struct LoadResult {
