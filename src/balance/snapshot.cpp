@@ -23,6 +23,8 @@ void Snapshot::build(const shm::Table& t) {
     uv.connect_timeout_ms = ups[u].connect_timeout_ms;
     uv.idle_timeout_ms = ups[u].idle_timeout_ms;
     uv.tries = ups[u].tries;
+    uv.slow_start_ms = ups[u].slow_start_ms;
+    uv.balance_factor = ups[u].balance_factor;
     for (uint32_t p = 0; p < pools.size(); ++p) {
       if (pools[p].upstream != u) continue;
       PoolView pv{p, static_cast<uint32_t>(hosts_.size()), static_cast<uint32_t>(by_pool[p].size()),

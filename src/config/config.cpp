@@ -140,6 +140,14 @@ void parse_upstreams(Ctx& c, element arr, Config& cfg) {
       else if (k == "fail_timeout_ms") get_u32(c, v, kp, 1, 86400000, up.fail_timeout_ms);
       else if (k == "tries") get_u32(c, v, kp, 1, 16, up.tries);
       else if (k == "health") parse_health(c, v, kp, up.check);
+      else if (k == "slow_start_ms") get_u32(c, v, kp, 0, 3600000, up.slow_start_ms);
+      else if (k == "hash_balance_factor") {
+        double f = 0;
+        if (v.is_number()) f = v.get_double().value_unsafe();
+        if (!v.is_number() || (f != 0 && (f < 1.0 || f > 10.0)))
+          c.error(kp, "expected 0 (off) or a number 1.0..10.0, got " + describe(v));
+        else up.balance_factor = static_cast<uint32_t>(f * 100 + 0.5);
+      }
       else if (k == "pools") { pools = v; has_pools = true; }
       else return false;
       return true;
@@ -313,6 +321,8 @@ shm::UpstreamRecord upstream_record(const UpstreamConf& u) {
   r.fail_timeout_ms = u.fail_timeout_ms;
   r.tries = u.tries;
   r.check = u.check;
+  r.slow_start_ms = u.slow_start_ms;
+  r.balance_factor = static_cast<uint16_t>(u.balance_factor);
   return r;
 }
 

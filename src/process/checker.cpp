@@ -181,6 +181,7 @@ class Checker {
     uint32_t before = shm::active_state(hr, p.tag);
     uint32_t after = st.runs.apply(ok, before, check.rise, check.fall);
     if (after == before || !shm::record_check(hr, p.tag, after)) return;
+    if (after == shm::kActiveUp && before == shm::kActiveDown) shm::mark_up(hr, p.tag, now);
     std::string path = "(removed host)", address = "-";
     auto hosts = table_->hosts();
     for (size_t i = 0; i < hosts.size(); ++i)

@@ -56,6 +56,11 @@ class Worker {
           return pool < segment->caps().max_pools ? &segment->pool(pool).ticket : nullptr;
         },
         const_cast<shm::Segment*>(&seg_));
+    balancer_.set_latency(
+        [](void* ctx, const shm::HostRecord& h) -> uint64_t {
+          return shm::latency_us(static_cast<const shm::Segment*>(ctx)->host(h.slot), h.tag);
+        },
+        const_cast<shm::Segment*>(&seg_));
   }
 
   int run() {

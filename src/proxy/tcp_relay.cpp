@@ -84,7 +84,14 @@ void TcpRelay::connect_next(Session& s) noexcept {
       if (r.admin_down) return false;
       for (uint32_t k = 0; k < s.attempts; ++k)
         if (s.tried[k] == r.slot) return false;
-      return shm::host_usable(env_.seg->host(r.slot), r.tag, uv.health, env_.now_ms);
+      const shm::HostRuntime& hr = env_.seg->host(r.slot);
+      if (!shm::host_usable(hr, r.tag, uv.health, env_.now_ms)) return false;
+      if (uv.slow_start_ms == 0) return true;
+      // Slow start: a host that just came back takes a growing share of its
+      // weight (never applied to hash methods: keys must not wander).
+      if (shm::method_uses_key(static_cast<shm::Method>(snap.table().pools()[r.pool].method))) return true;
+      uint32_t share = shm::slow_start_permille(hr, r.tag, r.weight, uv.slow_start_ms, env_.now_ms);
+      return share >= 1000 || rng_.below(1000) < share;
     };
     auto load = [&](uint32_t i) noexcept {
       // Active connections over every worker: one relaxed load per row.
@@ -116,6 +123,7 @@ void TcpRelay::connect_next(Session& s) noexcept {
     s.idle_ms = uv.idle_timeout_ms;
     shm::counter_open(env_.seg->counter(env_.worker, r.slot), r.tag);
     int err = 0;
+    s.connect_start_ns = core::monotonic_ns();
     int fd = net::connect_tcp(r.addr, err);
     if (fd < 0) {
       on_connect_failed(s, err);
@@ -195,7 +203,12 @@ void TcpRelay::unbind(Session& s) noexcept {
 }
 
 void TcpRelay::on_connected(Session& s) noexcept {
-  if (shm::record_success(env_.seg->host(s.host_slot), s.host_tag)) host_event(s.host_slot, s.host_tag, false, 0);
+  shm::HostRuntime& hr = env_.seg->host(s.host_slot);
+  shm::record_latency(hr, s.host_tag, (core::monotonic_ns() - s.connect_start_ns) / 1000, env_.now_ms);
+  if (shm::record_success(hr, s.host_tag)) {
+    shm::mark_up(hr, s.host_tag, env_.now_ms);
+    host_event(s.host_slot, s.host_tag, false, 0);
+  }
   s.state = State::relay;
   s.u_in = s.u_out = true;
   env_.timers->schedule(s, env_.now_ms + s.idle_ms);

@@ -1,5 +1,8 @@
 #include "gw/shm/runtime.hpp"
 
+#include <algorithm>
+#include <cmath>
+
 namespace gw::shm {
 namespace {
 constexpr uint64_t pack(uint32_t tag, uint32_t n) { return (uint64_t{tag} << 32) | n; }
@@ -51,6 +54,7 @@ bool record_success(HostRuntime& h, uint32_t tag) noexcept {
   if (count_of(w) != 0) h.window_fails.compare_exchange_strong(w, pack(tag, 0), std::memory_order_acq_rel);
   if (h.health.load(std::memory_order_relaxed) == kHealthUp) return false;
   return h.health.exchange(kHealthUp, std::memory_order_acq_rel) == kHealthDown;
+  // (the caller stamps up_since_ms for slow start when this returns true)
 }
 
 void reset_slot(HostRuntime& h, uint32_t tag) noexcept {
@@ -59,7 +63,41 @@ void reset_slot(HostRuntime& h, uint32_t tag) noexcept {
   h.failures.store(0, std::memory_order_relaxed);
   h.health.store(kHealthUp, std::memory_order_relaxed);
   h.active.store(kActiveUnknown, std::memory_order_relaxed);
+  h.up_since_ms.store(0, std::memory_order_relaxed);
+  h.ewma.store(0, std::memory_order_relaxed);
   h.tag.store(tag, std::memory_order_release);
+}
+
+uint32_t slow_start_permille(const HostRuntime& h, uint32_t tag, uint32_t weight, uint32_t slow_start_ms,
+                             uint64_t now_ms) noexcept {
+  if (slow_start_ms == 0 || h.tag.load(std::memory_order_relaxed) != tag) return 1000;
+  uint64_t up = h.up_since_ms.load(std::memory_order_relaxed);
+  if (up == 0 || now_ms >= up + slow_start_ms) return 1000;
+  // Linear from weight 1 to the full weight, as nginx's slow_start.
+  uint64_t floor = weight ? 1000 / weight : 1000;
+  uint64_t p = (now_ms - up) * 1000 / slow_start_ms;
+  return static_cast<uint32_t>(std::max<uint64_t>(std::max<uint64_t>(p, floor), 1));
+}
+
+void record_latency(HostRuntime& h, uint32_t tag, uint64_t sample_us, uint64_t now_ms) noexcept {
+  if (h.tag.load(std::memory_order_relaxed) != tag) return;
+  constexpr double kTauMs = 10000.0;
+  uint64_t w = h.ewma.load(std::memory_order_relaxed);
+  uint64_t old = w >> 32;
+  uint32_t last = static_cast<uint32_t>(w);
+  uint64_t next = sample_us;
+  if (old != 0 && sample_us < old) {
+    double dt = static_cast<uint32_t>(static_cast<uint32_t>(now_ms) - last);
+    double keep = std::exp(-dt / kTauMs);
+    next = static_cast<uint64_t>(static_cast<double>(old) * keep + static_cast<double>(sample_us) * (1.0 - keep));
+  }
+  next = std::clamp<uint64_t>(next, 1, 0xffffffffu);
+  h.ewma.store((next << 32) | static_cast<uint32_t>(now_ms), std::memory_order_relaxed);
+}
+
+uint64_t latency_us(const HostRuntime& h, uint32_t tag) noexcept {
+  if (h.tag.load(std::memory_order_relaxed) != tag) return 0;
+  return h.ewma.load(std::memory_order_relaxed) >> 32;
 }
 
 HostTotals host_totals(const Segment& seg, uint32_t slot, uint32_t tag) noexcept {

@@ -8,8 +8,8 @@
 namespace gw::shm {
 
 namespace {
-constexpr const char* kMethodNames[kMethodCount] = {"round_robin", "chash",         "hash",   "crc32_mod",
-                                                    "maglev",      "least_conn",    "least_request", "random"};
+constexpr const char* kMethodNames[kMethodCount] = {"round_robin", "chash",         "hash",   "crc32_mod", "maglev",
+                                                    "least_conn",  "least_request", "random", "ewma"};
 }  // namespace
 
 bool parse_method(std::string_view name, Method& out) {

@@ -87,6 +87,12 @@ void Writer::assign_slots(const Table& old, Table& t, uint64_t now_ms) {
     used[h.slot] = 1;
     reset_slot(seg_->host(h.slot), tag);
   }
+  // Hosts an admin `up` brings back start their slow start now.
+  std::vector<uint32_t> was_down(cap, 0);  // slot → tag of a host that was admin-down
+  for (const auto& o : old.hosts())
+    if (o.admin_down && o.tag != 0) was_down[o.slot] = o.tag;
+  for (const auto& h : t.hosts())
+    if (!h.admin_down && h.tag != 0 && was_down[h.slot] == h.tag) mark_up(seg_->host(h.slot), h.tag, now_ms);
   // Slots the old table used and the new one does not are now free.
   for (const auto& h : old.hosts())
     if (h.tag != 0 && !used[h.slot] && seg_->host(h.slot).tag.load(std::memory_order_relaxed) == h.tag)

@@ -39,6 +39,11 @@ class Balancer {
     ticket_source_ = source;
     ticket_ctx_ = ctx;
   }
+  /// Where `ewma` reads a host's latency (microseconds, 0 = unknown).
+  void set_latency(uint64_t (*source)(void* ctx, const shm::HostRecord& h), void* ctx) noexcept {
+    latency_source_ = source;
+    latency_ctx_ = ctx;
+  }
 
   /// Rebuilds the derived structures (chash rings, maglev tables) of every pool
   /// that needs one. Call after each Snapshot::build(); allocates.
@@ -64,13 +69,36 @@ class Balancer {
                     ? rr_.pick_scheduled(hosts, st->schedule, [&] { return next_ticket(p.pool, *st); }, eligible, rng_)
                     : rr_.pick(hosts, cands, eligible);
             break;
-          case shm::Method::chash: h = st ? st->ring.pick(key, eligible) : -1; break;
+          case shm::Method::chash:
+            if (!st) break;
+            if (u.balance_factor == 0) {
+              h = st->ring.pick(key, eligible);
+            } else {
+              // Bounded loads: skip hosts that would exceed factor x the mean
+              // load, walking the whole ring if need be (HAProxy, Envoy).
+              uint64_t total = 0, n = 0;
+              for (uint32_t i : cands)
+                if (hosts[i].weight && eligible(i)) total += load(i), ++n;
+              const uint64_t limit = n ? ((total + 1) * u.balance_factor + 100 * n - 1) / (100 * n) : 0;
+              h = st->ring.pick(key, [&](uint32_t i) noexcept { return eligible(i) && load(i) + 1 <= limit; },
+                                st->ring.size());
+            }
+            break;
           case shm::Method::hash: h = nginx_hash_pick(hosts, cands, key, eligible); break;
           case shm::Method::crc32_mod: h = crc32_mod_pick(cands, key, eligible); break;
           case shm::Method::maglev: h = st ? st->maglev.pick(key, eligible) : -1; break;
           case shm::Method::least_conn: h = least_conn_pick(hosts, cands, eligible, load, rr_); break;
           case shm::Method::least_request: h = p2c_pick(hosts, cands, eligible, load, rng_, rr_); break;
           case shm::Method::random: h = weighted_random_pick(hosts, cands, eligible, rng_); break;
+          case shm::Method::ewma: {
+            // Power of two choices by peak-EWMA latency x (active + 1) / weight.
+            auto cost = [&](uint32_t i) noexcept {
+              uint64_t lat = latency_source_ ? latency_source_(latency_ctx_, hosts[i]) : 0;
+              return (lat ? lat : 1) * (load(i) + 1);
+            };
+            h = p2c_pick(hosts, cands, eligible, cost, rng_, rr_);
+            break;
+          }
         }
         if (h < 0 && shm::method_uses_key(p.method)) h = rr_.pick(hosts, cands, eligible);
       }
@@ -112,6 +140,8 @@ class Balancer {
   std::vector<PoolState> pools_;  // indexed like Snapshot::all_pools()
   std::atomic<uint64_t>* (*ticket_source_)(void*, uint32_t) = nullptr;
   void* ticket_ctx_ = nullptr;
+  uint64_t (*latency_source_)(void*, const shm::HostRecord&) = nullptr;
+  void* latency_ctx_ = nullptr;
 };
 
 }  // namespace gw::balance

@@ -37,7 +37,7 @@ class ChashRing {
   /// the owners of the following points (nginx tries 20, then falls back to
   /// round robin: returns -1 so the caller does).
   template <typename Eligible>
-  int pick(std::string_view key, Eligible&& eligible) const noexcept;
+  int pick(std::string_view key, Eligible&& eligible, size_t max_tries = 20) const noexcept;
 
  private:
   std::vector<ChashPoint> points_;
@@ -56,10 +56,10 @@ uint32_t chash_base(std::string_view address) noexcept;
 namespace gw::balance {
 
 template <typename Eligible>
-int ChashRing::pick(std::string_view key, Eligible&& eligible) const noexcept {
+int ChashRing::pick(std::string_view key, Eligible&& eligible, size_t max_tries) const noexcept {
   if (points_.empty()) return -1;
   size_t i = find(crc32(key));
-  for (int tries = 0; tries < 20; ++tries, ++i) {
+  for (size_t tries = 0; tries < max_tries; ++tries, ++i) {
     uint32_t h = at(i).host;
     if (eligible(h)) return static_cast<int>(h);
   }

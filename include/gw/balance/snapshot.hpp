@@ -28,6 +28,8 @@ struct UpstreamView {
   uint32_t connect_timeout_ms;
   uint32_t idle_timeout_ms;
   uint32_t tries;
+  uint32_t slow_start_ms;   ///< 0 = off
+  uint32_t balance_factor;  ///< chash bounded loads, percent of the mean; 0 = off
 };
 
 class Snapshot {

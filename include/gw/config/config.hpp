@@ -35,6 +35,8 @@ struct UpstreamConf {
   uint32_t fail_timeout_ms = 10000;
   uint32_t tries = 3;
   shm::HealthCheck check{};  ///< "health": active checks; type kCheckNone = off
+  uint32_t slow_start_ms = 0;
+  uint32_t balance_factor = 0;  ///< "hash_balance_factor" x 100; 0 = off
   std::vector<PoolConf> pools;
 };
 

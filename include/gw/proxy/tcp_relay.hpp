@@ -90,6 +90,7 @@ class TcpRelay {
     uint16_t listener = 0;
     uint32_t host_slot = 0, host_tag = 0, host_weight = 0;
     uint32_t idle_ms = 0;
+    uint64_t connect_start_ns = 0;
     uint32_t tried[kMaxTries] = {};
     uint8_t key_len = 0;
     char key[47] = {};  // the client IP as text, as nginx's $remote_addr
@@ -117,6 +118,7 @@ class TcpRelay {
   uint32_t free_head_ = kNone;
   uint32_t active_ = 0;
   uint64_t last_no_host_log_ms_ = 0;
+  balance::Rng rng_{0x6777'7265'6c61'7921ull};  // slow-start admission
 };
 
 }  // namespace gw::proxy

@@ -37,6 +37,21 @@ bool record_check(HostRuntime& h, uint32_t tag, uint32_t new_state) noexcept;
 /// The active state as seen by readers (kActiveUnknown when the slot has another tag).
 uint32_t active_state(const HostRuntime& h, uint32_t tag) noexcept;
 
+/// Slow start: the host just came back (health or admin); its weight ramps from here.
+inline void mark_up(HostRuntime& h, uint32_t tag, uint64_t now_ms) noexcept {
+  if (h.tag.load(std::memory_order_relaxed) == tag) h.up_since_ms.store(now_ms ? now_ms : 1, std::memory_order_relaxed);
+}
+/// Slow start: the share of its weight (per mille, 1..1000) a host may take now.
+uint32_t slow_start_permille(const HostRuntime& h, uint32_t tag, uint32_t weight, uint32_t slow_start_ms,
+                             uint64_t now_ms) noexcept;
+
+/// Peak-EWMA of connect latency (tau 10 s): a sample above the average
+/// replaces it at once, lower samples pull it down with the elapsed time.
+/// Any worker may call it; concurrent updates keep one of them.
+void record_latency(HostRuntime& h, uint32_t tag, uint64_t sample_us, uint64_t now_ms) noexcept;
+/// The current peak-EWMA in microseconds (0 = no sample yet, or another tag).
+uint64_t latency_us(const HostRuntime& h, uint32_t tag) noexcept;
+
 /// Gives the slot to a new host (writer only, before publishing the table).
 void reset_slot(HostRuntime& h, uint32_t tag) noexcept;
 

@@ -78,6 +78,8 @@ struct alignas(64) HostRuntime {
   std::atomic<uint32_t> health;        ///< kHealthUp / kHealthDown (passive)
   std::atomic<uint32_t> active;        ///< kActiveUnknown / kActiveUp / kActiveDown (the checker's verdict)
   std::atomic<uint32_t> reserved;
+  std::atomic<uint64_t> up_since_ms;   ///< monotonic time the host last came back (slow start); 0 = never down
+  std::atomic<uint64_t> ewma;          ///< (peak-EWMA connect latency in us << 32) | low 32 bits of its update time in ms
 };
 inline constexpr uint32_t kHealthUp = 0;
 inline constexpr uint32_t kHealthDown = 1;

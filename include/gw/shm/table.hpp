@@ -43,8 +43,9 @@ enum class Method : uint8_t {
   least_conn = 5,     ///< fewest active connections per weight, over all workers (shm counters)
   least_request = 6,  ///< power of two random choices over the shm counters
   random = 7,         ///< weighted random
+  ewma = 8,           ///< power of two choices by peak-EWMA connect latency x (active + 1)
 };
-inline constexpr int kMethodCount = 8;
+inline constexpr int kMethodCount = 9;
 /// True for the methods that hash a key.
 constexpr bool method_uses_key(Method m) {
   return m == Method::chash || m == Method::hash || m == Method::crc32_mod || m == Method::maglev;
@@ -88,7 +89,10 @@ struct UpstreamRecord {
   uint32_t max_fails;           ///< passive failures within fail_timeout_ms that take a host out; 0 = never
   uint32_t fail_timeout_ms;     ///< failure window and time out of rotation
   uint32_t tries;               ///< connect attempts per client connection (1..16)
-  uint32_t reserved;
+  uint16_t balance_factor;      ///< chash bounded loads: max load = factor% of the mean; 0 = off
+  uint16_t reserved;
+  uint32_t slow_start_ms;       ///< a host coming back ramps its weight over this long; 0 = off
+  uint32_t reserved2;
   HealthCheck check;            ///< active health checks; type kCheckNone = off
 };
 

@@ -15,9 +15,10 @@ struct Pool {
   shm::Table t{{1, 1, 64}};
   balance::Snapshot snap;
   balance::Balancer b{64, 42};
-  explicit Pool(shm::Method m, std::vector<uint32_t> weights) {
+  explicit Pool(shm::Method m, std::vector<uint32_t> weights, uint16_t balance_factor = 0) {
     shm::UpstreamRecord r{};
     shm::set_name(r.name, "app");
+    r.balance_factor = balance_factor;
     t.add_upstream(r);
     t.add_pool(0, "p", 0, m);
     for (size_t i = 0; i < weights.size(); ++i) add(i, weights[i]);
@@ -197,5 +198,36 @@ TEST_SUITE("balance") {
     for (uint32_t i : s) seq += static_cast<char>('a' + i);
     CHECK(seq == "aabacaa");
     CHECK(balance::RoundRobin::build_schedule(p.t.hosts(), cands, 4).empty());  // too long: per-worker pick
+  }
+}
+
+TEST_SUITE("balance") {
+  TEST_CASE("chash with hash_balance_factor: no host carries more than factor x the mean") {
+    Pool p(shm::Method::chash, std::vector<uint32_t>(10, 1), 125);
+    std::vector<uint64_t> load(10, 0);
+    for (int i = 0; i < 1000; ++i) {
+      std::string h = p.pick(key(i), Pool::all, [&](uint32_t x) { return load[x]; });
+      ++load[static_cast<size_t>(std::stoi(h.substr(1)))];
+    }
+    uint64_t mx = *std::max_element(load.begin(), load.end());
+    MESSAGE("max load " << mx << " of 1000 keys over 10 hosts");
+    CHECK(mx <= 125);
+    // Without load the bound changes nothing: keys stay on their ketama host.
+    Pool plain(shm::Method::chash, std::vector<uint32_t>(10, 1));
+    for (int i = 0; i < 100; ++i) CHECK(p.pick(key(i)) == plain.pick(key(i)));
+  }
+
+  TEST_CASE("ewma: two choices, the lower latency x (active + 1) wins") {
+    Pool p(shm::Method::ewma, {1, 1});
+    std::vector<uint64_t> lat = {5000, 100};
+    p.b.set_latency([](void* ctx, const shm::HostRecord& h) { return (*static_cast<std::vector<uint64_t>*>(ctx))[h.slot]; },
+                    &lat);
+    std::map<std::string, int> n;
+    for (int i = 0; i < 100; ++i) ++n[p.pick("", Pool::all, Pool::none)];
+    CHECK(n["h1"] > 90);  // h0 only when both samples fall on it... which P2C avoids with 2 hosts
+    std::vector<uint64_t> active = {0, 100};  // h1 is fast but busy: 100 x 101 > 5000 x 1
+    n.clear();
+    for (int i = 0; i < 100; ++i) ++n[p.pick("", Pool::all, [&](uint32_t x) { return active[x]; })];
+    CHECK(n["h0"] > 90);
   }
 }

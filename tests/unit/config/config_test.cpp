@@ -91,3 +91,14 @@ TEST_SUITE("config") {
     CHECK(t.host_path(2) == "app/backup/c");
   }
 }
+
+TEST_SUITE("config") {
+  TEST_CASE("slow_start_ms and hash_balance_factor") {
+    auto ok = load_string(replace(kValid, R"("max_fails": 2,)", R"("max_fails": 2, "slow_start_ms": 30000, "hash_balance_factor": 1.25,)"));
+    REQUIRE(ok.errors.empty());
+    CHECK(ok.config.upstreams[0].slow_start_ms == 30000);
+    CHECK(ok.config.upstreams[0].balance_factor == 125);
+    auto bad = load_string(replace(kValid, R"("max_fails": 2,)", R"("max_fails": 2, "hash_balance_factor": 0.5,)"));
+    CHECK(has(bad.errors, "upstreams[0].hash_balance_factor: expected 0 (off) or a number 1.0..10.0, got 0.5"));
+  }
+}

@@ -50,3 +50,31 @@ TEST_SUITE("shm") {
     CHECK(t.total == 3);
   }
 }
+
+TEST_SUITE("shm") {
+  TEST_CASE("slow start ramps linearly from weight 1 to the full weight (injected clock)") {
+    TempSegment ts;
+    HostRuntime& h = ts.seg.host(2);
+    reset_slot(h, 4);
+    CHECK(slow_start_permille(h, 4, 10, 1000, 5000) == 1000);  // never down: full weight
+    mark_up(h, 4, 5000);
+    CHECK(slow_start_permille(h, 4, 10, 1000, 5000) == 100);   // weight 1 of 10
+    CHECK(slow_start_permille(h, 4, 10, 1000, 5500) == 500);
+    CHECK(slow_start_permille(h, 4, 10, 1000, 6000) == 1000);
+    CHECK(slow_start_permille(h, 4, 10, 0, 5500) == 1000);     // off
+  }
+
+  TEST_CASE("peak EWMA: a slower sample takes over at once, faster ones decay towards it") {
+    TempSegment ts;
+    HostRuntime& h = ts.seg.host(3);
+    reset_slot(h, 1);
+    CHECK(latency_us(h, 1) == 0);
+    record_latency(h, 1, 1000, 0);
+    CHECK(latency_us(h, 1) == 1000);
+    record_latency(h, 1, 5000, 10);
+    CHECK(latency_us(h, 1) == 5000);  // peak
+    record_latency(h, 1, 1000, 10010);  // 10 s later: weight e^-1 on the old value
+    CHECK(latency_us(h, 1) == doctest::Approx(1000 + 4000 * 0.3679).epsilon(0.01));
+    CHECK(latency_us(h, 2) == 0);  // another tag
+  }
+}
