@@ -107,6 +107,23 @@ class BalanceTest(GwTestCase):
         self.assertEqual(rc, 0, err)
         self.assertEqual(len(set(gwtest.names(gw.port, 4))), 2)
 
+    def test_no_usable_host_closes_at_once_and_is_counted(self):
+        a = self.backend("a")
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a)])], workers=1))
+        rc, _, err = gw.gwctl("down", "host", "app/primary", "a")
+        self.assertEqual(rc, 0, err)
+        with gwtest.connect(gw.port) as s:
+            s.settimeout(T(2))
+            self.assertEqual(s.recv(16), b"")  # closed at once, no bytes
+        gwtest.wait_until(lambda: gw.status()["workers"][0]["no_host"] == 1, T(5), msg="no_host counted")
+
+    def test_missing_key_fallback_is_counted(self):
+        """An IPv4 client always has a key; the counter stays 0 with chash."""
+        a, b = self.backend("a"), self.backend("b")
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a), host("b", b)], method="chash")]))
+        gwtest.names(gw.port, 3)
+        self.assertEqual(gw.status()["workers"][0]["hash_fallbacks"], 0)
+
 
 if __name__ == "__main__":
     gwtest.main()

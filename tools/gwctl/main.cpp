@@ -136,21 +136,26 @@ int cmd_status(const Options& o) {
   struct W {
     uint32_t slot;
     int pid;
-    uint64_t gen, conns;
+    uint64_t gen, conns, accepted, fallbacks, no_host;
   };
   std::vector<W> workers;
   for (uint32_t i = 0; i < gw::shm::kMaxWorkers; ++i) {
     const auto& w = seg.worker(i);
     int pid = w.pid.load();
-    if (pid > 0 && master) workers.push_back({i, pid, w.generation.load(), w.connections.load()});
+    if (pid > 0 && master)
+      workers.push_back({i, pid, w.generation.load(), w.connections.load(), w.accepted.load(), w.hash_fallbacks.load(),
+                         w.no_host.load()});
   }
   auto hosts = t.hosts();
   if (o.json) {
     std::string out = fmt::format("{{\"shm\": \"{}\", \"generation\": {}, \"master_pid\": {}, \"workers\": [",
                                   seg.name(), t.header().generation, master);
     for (size_t i = 0; i < workers.size(); ++i)
-      out += fmt::format("{}{{\"slot\": {}, \"pid\": {}, \"generation\": {}, \"connections\": {}}}", i ? ", " : "",
-                         workers[i].slot, workers[i].pid, workers[i].gen, workers[i].conns);
+      out += fmt::format(
+          "{}{{\"slot\": {}, \"pid\": {}, \"generation\": {}, \"connections\": {}, \"accepted\": {}, "
+          "\"hash_fallbacks\": {}, \"no_host\": {}}}",
+          i ? ", " : "", workers[i].slot, workers[i].pid, workers[i].gen, workers[i].conns, workers[i].accepted,
+          workers[i].fallbacks, workers[i].no_host);
     out += "], \"upstreams\": [";
     for (size_t u = 0; u < t.upstreams().size(); ++u) {
       out += fmt::format("{}{{\"name\": \"{}\", \"pools\": [", u ? ", " : "", name_of(t.upstreams()[u].name));
@@ -189,7 +194,8 @@ int cmd_status(const Options& o) {
     fmt::print("gateway: shm \"{}\", master NOT RUNNING, table generation {} (changed {})\n", seg.name(),
                t.header().generation, ts);
   for (const auto& w : workers)
-    fmt::print("  worker {}: pid {}, generation {}, {} connection(s)\n", w.slot, w.pid, w.gen, w.conns);
+    fmt::print("  worker {}: pid {}, generation {}, {} connection(s), {} accepted, {} hash fallback(s), {} without a host\n",
+               w.slot, w.pid, w.gen, w.conns, w.accepted, w.fallbacks, w.no_host);
   fmt::print("\n{:<28} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", "UPSTREAM/POOL/HOST", "ADDRESS", "WEIGHT", "ADMIN",
              "HEALTH", "ACTIVE", "TOTAL", "FAILURES");
   for (size_t u = 0; u < t.upstreams().size(); ++u) {
