@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <set>
@@ -228,7 +229,8 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
     return r;
   }
   long ncpu = ::sysconf(_SC_NPROCESSORS_ONLN);
-  cfg.workers = static_cast<int>(ncpu > 0 ? ncpu : 1);
+  // "auto": one worker per CPU, at most kMaxWorkers (the shm has that many worker rows).
+  cfg.workers = static_cast<int>(std::clamp<long>(ncpu, 1, shm::kMaxWorkers));
   bool has_listeners = false, has_upstreams = false;
   element listeners, upstreams;
   for_each_field(c, root, "", [&](std::string_view k, element v, const std::string& kp) {
@@ -291,6 +293,9 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
   else c.error("listeners", "missing required key");
   cross_check(c, cfg);
   cfg.state_file = absolute(cfg.state_file);
+  if (cfg.state_file.size() >= shm::kPathCap)
+    c.error("state_file", fmt::format("the absolute path is {} bytes; at most {} are supported", cfg.state_file.size(),
+                                      shm::kPathCap - 1));
   cfg.log_file = absolute(cfg.log_file);
   r.errors = std::move(c.errors);
   return r;

@@ -73,7 +73,12 @@ class Checker {
       start_due(now);
       pfds.clear();
       pfds.push_back({sfd.get(), POLLIN, 0});
-      for (auto& p : probes_) pfds.push_back({p->fd.get(), static_cast<short>(p->connected ? POLLIN | POLLOUT : POLLOUT), 0});
+      for (auto& p : probes_) {
+        // Connecting or sending: wait to write; then only to read (POLLOUT
+        // would be ready all the time and spin the loop).
+        short ev = !p->connected || !p->request.empty() ? POLLOUT : POLLIN;
+        pfds.push_back({p->fd.get(), ev, 0});
+      }
       ::poll(pfds.data(), pfds.size(), 20);
       if (pfds[0].revents) {
         signalfd_siginfo si{};

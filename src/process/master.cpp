@@ -1,6 +1,10 @@
 #include "gw/process/master.hpp"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -35,6 +39,15 @@ bool shm_exists(const std::string& name) {
   return ::stat(("/dev/shm/" + name).c_str(), &st) == 0;
 }
 
+// True if the object exists and is empty or its first 8 bytes (the magic) are zero.
+bool never_initialised(const std::string& name) {
+  core::UniqueFd fd(::open(("/dev/shm/" + name).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return false;
+  uint64_t magic = 1;
+  ssize_t n = ::pread(fd.get(), &magic, sizeof(magic), 0);
+  return n == 0 || (n == static_cast<ssize_t>(sizeof(magic)) && magic == 0);
+}
+
 // Adds the pools and hosts of `su` under upstream `ui` of `t`.
 void add_state_upstream(shm::Table& t, int ui, const shm::StateUpstream& su) {
   for (const auto& sp : su.pools) {
@@ -52,6 +65,13 @@ shm::Segment prepare_segment(const config::Config& cfg) {
   const std::string& name = cfg.shm.name;
   shm::Segment seg;
   std::unique_ptr<shm::Table> seg_table;
+  if (shm_exists(name) && never_initialised(name)) {
+    // A creation that died before its header was complete (magic still 0):
+    // nothing was ever published in it. Only a gwd creates segments, and the
+    // instance lock says none is running, so it is safe to start over.
+    GW_LOG_WARN("shm \"{}\" was never fully created (an earlier start died); recreating it", name);
+    shm::Segment::unlink(name);
+  }
   if (shm_exists(name)) {
     seg = shm::Segment::attach(name);  // throws a clear error for garbage or another ABI
     if (seg.master_alive() && seg.header().master_pid.load() != ::getpid())
@@ -450,6 +470,21 @@ class Master {
 }  // namespace
 
 int run_master(const config::Config& cfg) {
+  // One gwd per shm name: an flock held for the life of the master and, through
+  // fork, of its workers and checker. Two masters started at once cannot both
+  // pass, and a new master waits out the workers of one that was killed.
+  core::UniqueFd lock(::shm_open(("/" + cfg.shm.name + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!lock) throw std::runtime_error(fmt::format("cannot open the lock /dev/shm/{}.lock: {}", cfg.shm.name, std::strerror(errno)));
+  if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0)
+    throw std::runtime_error(fmt::format("another gwd is running with shm \"{}\" (or the workers of one that was killed "
+                                         "are still draining); stop it first, or give this one another shm.name",
+                                         cfg.shm.name));
+  // As nginx's worker_rlimit_nofile: the relay needs two descriptors per connection.
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+  }
   shm::Segment seg = prepare_segment(cfg);
   Master m(cfg, std::move(seg));
   return m.run();

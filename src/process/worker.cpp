@@ -186,7 +186,10 @@ class Worker {
       if (reader_.stale()) refresh();  // one acquire load per new connection
       if (relay_.full()) {
         ::close(fd);
-        GW_LOG_WARN("all {} session slots in use; refused a connection", max_sessions());
+        if (env_.now_ms - last_full_log_ms_ >= 1000) {
+          last_full_log_ms_ = env_.now_ms;
+          GW_LOG_WARN("all {} session slots in use (the open-files limit); refusing connections", max_sessions());
+        }
         continue;
       }
       relay_.accept(fd, li, reinterpret_cast<const sockaddr*>(&peer));
@@ -224,6 +227,7 @@ class Worker {
   bool draining_ = false;
   uint64_t drain_deadline_ms_ = 0;
   bool accept_paused_ = false;
+  uint64_t last_full_log_ms_ = 0;
   uint64_t resume_accept_ms_ = 0;
 };
 

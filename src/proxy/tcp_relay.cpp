@@ -79,6 +79,7 @@ void TcpRelay::connect_next(Session& s) noexcept {
   const uint32_t tries = std::min<uint32_t>(uv.tries, kMaxTries);
   while (s.attempts < tries) {
     bool fell_back = false;
+    bool ramp = true, ramped_out = false;
     auto eligible = [&](uint32_t i) noexcept {
       const shm::HostRecord& r = hosts[i];
       if (r.admin_down) return false;
@@ -90,8 +91,11 @@ void TcpRelay::connect_next(Session& s) noexcept {
       // Slow start: a host that just came back takes a growing share of its
       // weight (never applied to hash methods: keys must not wander).
       if (shm::method_uses_key(static_cast<shm::Method>(snap.table().pools()[r.pool].method))) return true;
+      if (!ramp) return true;
       uint32_t share = shm::slow_start_permille(hr, r.tag, r.weight, uv.slow_start_ms, env_.now_ms);
-      return share >= 1000 || rng_.below(1000) < share;
+      if (share >= 1000 || rng_.below(1000) < share) return true;
+      ramped_out = true;
+      return false;
     };
     auto load = [&](uint32_t i) noexcept {
       // Active connections over every worker: one relaxed load per row.
@@ -104,6 +108,11 @@ void TcpRelay::connect_next(Session& s) noexcept {
       return n;
     };
     int h = env_.balancer->pick(snap, uv, std::string_view(s.key, s.key_len), eligible, load, &fell_back);
+    if (h < 0 && ramped_out) {
+      // Slow start lowers a host's share; it never refuses the only usable host.
+      ramp = false;
+      h = env_.balancer->pick(snap, uv, std::string_view(s.key, s.key_len), eligible, load, &fell_back);
+    }
     if (fell_back && s.attempts == 0) {
       auto& w = env_.seg->worker(env_.worker);
       w.hash_fallbacks.store(w.hash_fallbacks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -123,6 +132,7 @@ void TcpRelay::connect_next(Session& s) noexcept {
     s.idle_ms = uv.idle_timeout_ms;
     shm::counter_open(env_.seg->counter(env_.worker, r.slot), r.tag);
     int err = 0;
+    s.u_in = s.u_out = s.u_hup = false;  // nothing carries over from a failed attempt
     s.connect_start_ns = core::monotonic_ns();
     int fd = net::connect_tcp(r.addr, err);
     if (fd < 0) {
@@ -185,12 +195,37 @@ void TcpRelay::host_event(uint32_t slot, uint32_t tag, bool down, int err) noexc
   }
 }
 
+namespace {
+// Errors that say something about the backend or the path to it. Others
+// (EMFILE, ENOBUFS, EADDRNOTAVAIL: out of ports, ...) are this machine's own
+// trouble and must not take a healthy host out for every worker.
+bool peer_error(int err) {
+  switch (err) {
+    case ECONNREFUSED: case ETIMEDOUT: case EHOSTUNREACH: case ENETUNREACH: case ECONNRESET:
+    case ECONNABORTED: case EHOSTDOWN: case ENETDOWN: case EPIPE: case EPROTO:
+      return true;
+    default:
+      return false;
+  }
+}
+}  // namespace
+
 void TcpRelay::on_connect_failed(Session& s, int err) noexcept {
   const balance::Snapshot& snap = *env_.snap;
   int ui = env_.listener_upstream[s.listener];
   const balance::UpstreamView& uv = snap.upstreams()[static_cast<size_t>(ui)];
   shm::HostRuntime& hr = env_.seg->host(s.host_slot);
   GW_LOG_DEBUG("connect to host slot {} failed: {}", s.host_slot, std::strerror(err));
+  if (!peer_error(err)) {
+    if (env_.now_ms - last_local_error_log_ms_ >= 1000) {
+      last_local_error_log_ms_ = env_.now_ms;
+      GW_LOG_ERROR("cannot connect upstream: {} (a local error: no host is blamed; the connection is closed)",
+                   std::strerror(err));
+    }
+    s.attempts = kMaxTries;  // another host would fail the same way
+    unbind(s);
+    return;
+  }
   if (shm::record_failure(hr, s.host_tag, uv.health, env_.now_ms)) host_event(s.host_slot, s.host_tag, true, err);
   env_.balancer->on_failure(s.host_slot, s.host_tag, s.host_weight, uv.health.max_fails);
   unbind(s);
@@ -239,6 +274,9 @@ void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
       int err = net::socket_error(s.ufd);
       if (err == 0) {
         env_.timers->cancel(s);
+        // The backend may already have sent data and closed: this event is the
+        // only report of its FIN (edge-triggered), so keep it.
+        if (hup) s.u_hup = true;
         on_connected(s);
         return;
       }

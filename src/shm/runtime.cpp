@@ -29,7 +29,10 @@ bool host_usable(const HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t no
   if (h.health.load(std::memory_order_acquire) == kHealthUp) return true;
   if (h.tag.load(std::memory_order_relaxed) != tag) return true;  // state belongs to another host
   // Down: usable again once fail_timeout has passed since the last failure.
-  return now_ms - h.last_fail_ms.load(std::memory_order_relaxed) >= p.fail_timeout_ms;
+  // (Workers' clocks are read at different moments: a last failure "after"
+  // now means it just happened.)
+  const uint64_t last = h.last_fail_ms.load(std::memory_order_relaxed);
+  return now_ms > last && now_ms - last >= p.fail_timeout_ms;
 }
 
 bool record_failure(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept {
@@ -39,7 +42,7 @@ bool record_failure(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_m
     if (tag_of(w) != tag) return false;
     uint64_t last = h.last_fail_ms.load(std::memory_order_relaxed);
     n = count_of(w);
-    if (n != 0 && now_ms - last >= p.fail_timeout_ms) n = 0;  // the previous window ended
+    if (n != 0 && now_ms > last && now_ms - last >= p.fail_timeout_ms) n = 0;  // the previous window ended
     if (h.window_fails.compare_exchange_weak(w, pack(tag, n + 1), std::memory_order_acq_rel)) break;
   }
   h.last_fail_ms.store(now_ms, std::memory_order_release);

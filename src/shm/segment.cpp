@@ -90,10 +90,12 @@ Segment Segment::create(const std::string& name, const Caps& caps) {
   size_t size = layout_size(caps, &layout);
   core::UniqueFd fd(::shm_open(obj.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!fd) throw SegmentError(fmt::format("cannot create shm {}: {}", obj, std::strerror(errno)));
-  if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
-    int e = errno;
+  // posix_fallocate reserves the pages: a /dev/shm too small fails here with a
+  // message instead of a SIGBUS when the pages are first touched.
+  if (int e = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(size)); e != 0) {
     ::shm_unlink(obj.c_str());
-    throw SegmentError(fmt::format("cannot size shm {} to {} bytes: {}", obj, size, std::strerror(e)));
+    throw SegmentError(fmt::format("cannot allocate shm {} of {} bytes: {} (is /dev/shm large enough?)", obj, size,
+                                   std::strerror(e)));
   }
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (p == MAP_FAILED) {
@@ -122,7 +124,10 @@ Segment Segment::create(const std::string& name, const Caps& caps) {
   ::pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
   int rc = ::pthread_mutex_init(&h->writer_lock, &attr);
   ::pthread_mutexattr_destroy(&attr);
-  if (rc != 0) throw SegmentError(fmt::format("cannot initialise the writer lock: {}", std::strerror(rc)));
+  if (rc != 0) {
+    ::shm_unlink(obj.c_str());
+    throw SegmentError(fmt::format("cannot initialise the writer lock: {}", std::strerror(rc)));
+  }
 
   for (int i = 0; i < 2; ++i) new (&seg.slot(i)) SlotHeader{};
   for (uint32_t i = 0; i < caps.max_hosts; ++i) new (&seg.host(i)) HostRuntime{};
@@ -214,10 +219,12 @@ uint64_t read_published(const Segment& seg, Table& out) noexcept {
   for (;;) {
     uint64_t pub = seg.header().published.load(std::memory_order_acquire);
     int idx = static_cast<int>(pub & 1);
-    if (seq_try_read(seg.slot(idx).seq, seg.slot_words(idx), out.words(), n)) {
-      // A consistent copy of that slot. If two commits happened meanwhile it
-      // holds a newer generation than `pub` says; report what was copied.
-      return (out.header().generation << 1) | static_cast<uint64_t>(idx);
+    if (seq_try_read(seg.slot(idx).seq, seg.slot_words(idx), out.words(), n) &&
+        out.header().generation == pub >> 1) {
+      // A consistent copy of the table `pub` names. (A consistent copy of
+      // another generation means the slot was rewritten meanwhile, perhaps by a
+      // writer that died before publishing it: read again.)
+      return pub;
     }
     // A writer is rewriting the slot we were about to read: it has already
     // published the other one. Retry with the new `published`.

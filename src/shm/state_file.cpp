@@ -118,6 +118,7 @@ bool read_state_file(const std::string& path, State& out) {
       if (p["id"].get(id) || p["priority"].get(prio) || p["method"].get(method) || p["hosts"].get(hosts))
         throw bad(fmt::format("a pool of upstream {} lacks id, priority, method or hosts", su.name));
       sp.id = id;
+      if (prio < -1000000 || prio > 1000000) throw bad(fmt::format("pool {}/{}: priority {} out of range", su.name, id, prio));
       sp.priority = static_cast<int32_t>(prio);
       if (!parse_method(method, sp.method)) throw bad(fmt::format("unknown method \"{}\"", method));
       for (auto h : hosts) {
@@ -130,6 +131,7 @@ bool read_state_file(const std::string& path, State& out) {
         std::string why;
         if (!core::parse_address(addr, sh.addr, why)) throw bad(fmt::format("host {}: {}", hid, why));
         sh.id = hid;
+        if (weight > kMaxWeight) throw bad(fmt::format("host {}: weight {} out of range 0..{}", hid, weight, kMaxWeight));
         sh.weight = static_cast<uint32_t>(weight);
         sh.down = down;
         sp.hosts.push_back(std::move(sh));

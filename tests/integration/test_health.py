@@ -161,6 +161,15 @@ class HealthTest(GwTestCase):
         rc, _, err = gw.gwctl("down", "host", "app/primary", "b")
         self.assertEqual(rc, 0, err)
 
+    def test_slow_start_never_refuses_the_only_host(self):
+        a = self.backend("a")
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a, 10)])],
+                                           upstream_opts={"slow_start_ms": 60000}))
+        for verb in ("down", "up"):
+            rc, _, err = gw.gwctl(verb, "host", "app/primary", "a")
+            self.assertEqual(rc, 0, err)
+        self.assertEqual(gwtest.names(gw.port, 20), ["a"] * 20)
+
 
 if __name__ == "__main__":
     gwtest.main()

@@ -2,6 +2,7 @@
 """Process management: graceful and fast stop, SIGHUP, worker respawn under load."""
 
 import os
+import subprocess
 import signal
 import sys
 import time
@@ -113,6 +114,15 @@ class ProcessTest(GwTestCase):
         if len(pids) == want and all(p in kids for p in pids):
             return pids
         return None
+
+    def test_second_gwd_on_the_same_shm_is_refused(self):
+        gw, _ = self.start(workers=1)
+        conf = gw.conf_path
+        r = subprocess.run([os.path.join(gwtest.BUILD_DIR, "gwd"), "-c", conf], capture_output=True, text=True,
+                           timeout=T(10))
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("another gwd is running", r.stderr)
+        self.assertEqual(len(gw.status()["workers"]), 1)  # the first one is untouched
 
     def test_worker_respawn_under_load(self):
         """SIGKILL a worker under load 5 times: a new worker appears within 100 ms and

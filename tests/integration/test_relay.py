@@ -196,6 +196,51 @@ class RelayTest(GwTestCase):
             self.fail("machine too busy: could not keep a 50 ms rhythm for 1 s")
         gwtest.wait_until(lambda: a.active == 0, T(5), msg="backend side closed too")
 
+    def test_backend_that_speaks_first_and_closes(self):
+        """A backend that sends a line and closes at once (a "too many connections"
+        banner): the FIN can arrive with the connect event; every client must get
+        the line and then EOF, not wait for the idle timeout."""
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((gwtest.LOOPBACK, 0))
+        srv.listen(512)
+        stop = threading.Event()
+
+        def serve():
+            srv.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    c, _ = srv.accept()
+                except OSError:
+                    continue
+                try:
+                    c.sendall(b"BUSY\n")
+                finally:
+                    c.close()
+        th = threading.Thread(target=serve, daemon=True)
+        th.start()
+        self.addCleanup(lambda: (stop.set(), th.join(2), srv.close()))
+        gw = self.gateway(self.make_config([pool("p", [host("x", srv.getsockname()[1])])], workers=1,
+                                           upstream_opts={"max_fails": 0}))
+        failures = []
+
+        def client(n):
+            for _ in range(n):
+                with gwtest.connect(gw.port, timeout=T(3)) as s:
+                    try:
+                        got = gwtest.recv_all(s)
+                    except socket.timeout:
+                        failures.append("no EOF within the timeout")
+                        continue
+                    if got != b"BUSY\n":
+                        failures.append(repr(got))
+        threads = [threading.Thread(target=client, args=(50,)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(T(60))
+        self.assertEqual(failures, [])
+
 
 if __name__ == "__main__":
     gwtest.main()

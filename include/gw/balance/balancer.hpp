@@ -85,7 +85,7 @@ class Balancer {
             }
             break;
           case shm::Method::hash: h = nginx_hash_pick(hosts, cands, key, eligible); break;
-          case shm::Method::crc32_mod: h = crc32_mod_pick(cands, key, eligible); break;
+          case shm::Method::crc32_mod: h = crc32_mod_pick(hosts, cands, key, eligible); break;
           case shm::Method::maglev: h = st ? st->maglev.pick(key, eligible) : -1; break;
           case shm::Method::least_conn: h = least_conn_pick(hosts, cands, eligible, load, rr_); break;
           case shm::Method::least_request: h = p2c_pick(hosts, cands, eligible, load, rng_, rr_); break;

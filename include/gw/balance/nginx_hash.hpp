@@ -53,13 +53,14 @@ int nginx_hash_pick(std::span<const shm::HostRecord> hosts, std::span<const uint
 /// crc32(key) % number of hosts (the classic OpenResty recipe); weights are
 /// ignored. An ineligible host passes the key to the next host in order.
 template <typename Eligible>
-int crc32_mod_pick(std::span<const uint32_t> candidates, std::string_view key, Eligible&& eligible) noexcept {
+int crc32_mod_pick(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> candidates, std::string_view key,
+                   Eligible&& eligible) noexcept {
   if (candidates.empty()) return -1;
-  const size_t n = candidates.size();
+  const size_t n = candidates.size();  // the modulus counts every host, as the recipe does
   const size_t first = crc32(key) % n;
   for (size_t k = 0; k < n; ++k) {
     uint32_t i = candidates[(first + k) % n];
-    if (eligible(i)) return static_cast<int>(i);
+    if (hosts[i].weight != 0 && eligible(i)) return static_cast<int>(i);  // weight 0: draining
   }
   return -1;
 }

@@ -59,8 +59,13 @@ class RoundRobin {
     int skipped = -1;
     // An ineligible position is skipped by drawing the next ticket (not by
     // taking the next position), so the eligible hosts keep their weights.
-    for (size_t k = 0; k < n; ++k) {
-      uint32_t i = schedule[ticket() % n];
+    uint64_t t = 0;
+    for (size_t k = 0; k < 2 * n; ++k) {
+      // The first n positions come from shared tickets; other workers drawing at
+      // the same time may leave this one only ineligible positions, so the next
+      // n are scanned locally from the last ticket: an eligible host is found.
+      t = k < n ? ticket() : t + 1;
+      uint32_t i = schedule[t % n];
       const shm::HostRecord& h = hosts[i];
       if (h.weight == 0 || !eligible(i)) continue;
       Peer& p = peer(h);

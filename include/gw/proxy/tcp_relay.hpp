@@ -118,6 +118,7 @@ class TcpRelay {
   uint32_t free_head_ = kNone;
   uint32_t active_ = 0;
   uint64_t last_no_host_log_ms_ = 0;
+  uint64_t last_local_error_log_ms_ = 0;
   balance::Rng rng_{0x6777'7265'6c61'7921ull};  // slow-start admission
 };
 

@@ -231,3 +231,21 @@ TEST_SUITE("balance") {
     CHECK(n["h0"] > 90);
   }
 }
+
+TEST_SUITE("balance") {
+  TEST_CASE("shared tickets that only land on an ineligible host still find the eligible one") {
+    Pool p(shm::Method::round_robin, {1, 1});
+    std::vector<uint32_t> schedule = {0, 1};
+    balance::RoundRobin rr(64);
+    balance::Rng rng(1);
+    // Other workers take every ticket of host h1: this worker only draws h0's, which is down.
+    int h = rr.pick_scheduled(p.t.hosts(), schedule, [] { return uint64_t{0}; },
+                              [](uint32_t i) { return i == 1; }, rng);
+    CHECK(h == 1);
+  }
+
+  TEST_CASE("crc32_mod never picks a weight-0 (draining) host") {
+    Pool p(shm::Method::crc32_mod, {0, 1});
+    for (int i = 0; i < 100; ++i) CHECK(p.pick(key(i)) == "h1");
+  }
+}
