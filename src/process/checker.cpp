@@ -19,6 +19,7 @@
 #include "gw/net/socket.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/runtime.hpp"
+#include "process/signals.hpp"
 
 namespace gw::process {
 
@@ -61,11 +62,7 @@ class Checker {
         hosts_(seg.caps().max_hosts) {}
 
   int run() {
-    sigset_t set;
-    sigemptyset(&set);
-    for (int s : {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&set, s);
-    ::sigprocmask(SIG_BLOCK, &set, nullptr);
-    core::UniqueFd sfd(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
+    core::UniqueFd sfd = child_signal_fd();
     std::vector<pollfd> pfds;
     for (;;) {
       const uint64_t now = core::monotonic_ms();

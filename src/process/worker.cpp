@@ -17,6 +17,7 @@
 #include "gw/net/buffer_pool.hpp"
 #include "gw/net/reactor.hpp"
 #include "gw/proxy/tcp_relay.hpp"
+#include "process/signals.hpp"
 
 namespace gw::process {
 namespace {
@@ -64,15 +65,7 @@ class Worker {
   }
 
   int run() {
-    sigset_t set;
-    sigemptyset(&set);
-    for (int s : {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&set, s);
-    ::sigprocmask(SIG_BLOCK, &set, nullptr);
-    core::UniqueFd sfd(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
-    if (!sfd) {
-      GW_LOG_ERROR("signalfd: {}", std::strerror(errno));
-      return 1;
-    }
+    core::UniqueFd sfd = child_signal_fd();
     epoll_.add(sfd.get(), EPOLLIN, kSignalIndex);
     for (size_t i = 0; i < listen_fds_.size(); ++i) epoll_.add(listen_fds_[i], EPOLLIN, i);
 
