@@ -154,7 +154,7 @@ cleanup() {
   # Stop in reverse start order: proxies before the backends they talk to.
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_tree "${PIDS[i]}"; done
   rm -rf "$TMP"
-  rm -f "/dev/shm/$SHM_NAME"
+  rm -f "/dev/shm/$SHM_NAME" "/dev/shm/$SHM_NAME.lock"
   exit "$rc"
 }
 trap cleanup EXIT

@@ -29,7 +29,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$tmp"
-  rm -f "/dev/shm/$shm"
+  rm -f "/dev/shm/$shm" "/dev/shm/$shm.lock"
 }
 trap cleanup EXIT
 

@@ -336,12 +336,12 @@ def unique_shm_name():
 
 
 def remove_shm(name):
-    try:
-        os.unlink(f"/dev/shm/{name}")
-    except FileNotFoundError:
-        pass
-    except OSError:
-        pass
+    """Removes the segment and gwd's instance lock beside it (NAME.lock)."""
+    for path in (f"/dev/shm/{name}", f"/dev/shm/{name}.lock"):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def wait_until(pred, timeout, interval=0.01, msg="condition"):
