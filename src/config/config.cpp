@@ -56,7 +56,7 @@ void parse_pools(Ctx& c, element arr, const std::string& path, UpstreamConf& up)
     for_each_field(c, e, p, [&](std::string_view k, element v, const std::string& kp) {
       if (k == "id") has_id = get_name(c, v, kp, pool.id);
       else if (k == "priority") get_i32(c, v, kp, -1000000, 1000000, pool.priority);
-      else if (k == "method") get_method(c, v, kp, pool.method);
+      else if (k == "method") pool.method_set = get_method(c, v, kp, pool.method);
       else if (k == "hosts") { hosts = v; has_hosts = true; }
       else return false;
       return true;
@@ -160,11 +160,80 @@ void parse_upstreams(Ctx& c, element arr, Config& cfg) {
   });
 }
 
+void parse_byte_list(Ctx& c, element v, const std::string& path, uint8_t (&allowed)[256]) {
+  for_each_element(c, v, path, [&](element e, const std::string& p) {
+    uint32_t b = 0;
+    if (get_u32(c, e, p, 0, 255, b)) allowed[b] = 1;
+  });
+}
+
+void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
+  proxy::FrameSpec& s = f.spec;
+  bool has_key = false;
+  for_each_field(c, e, path, [&](std::string_view k, element v, const std::string& kp) {
+    if (k == "header_size") get_u32(c, v, kp, 1, proxy::kMaxHeader, s.header_size);
+    else if (k == "length_offset") get_u32(c, v, kp, 0, proxy::kMaxHeader - 1, s.length_offset);
+    else if (k == "length_size") {
+      if (get_u32(c, v, kp, 1, 4, s.length_size) && s.length_size == 3)
+        c.error(kp, "expected 1, 2 or 4, got 3");
+    } else if (k == "byte_order") {
+      std::string b;
+      if (get_string(c, v, kp, b)) {
+        if (b == "big") s.big_endian = true;
+        else if (b == "little") s.big_endian = false;
+        else c.error(kp, fmt::format("expected \"big\" or \"little\", got \"{}\"", b));
+      }
+    } else if (k == "length_includes_header") {
+      if (!v.is_bool()) c.error(kp, "expected true or false, got " + describe(v));
+      else s.length_includes_header = v.get_bool().value_unsafe();
+    } else if (k == "max_body") get_u32(c, v, kp, 0, 16u << 20, s.max_body);
+    else if (k == "key") {
+      if (get_string(c, v, kp, s.key)) {
+        has_key = true;
+        if (s.key.empty()) c.error(kp, "expected a field name or a JSON pointer (\"/device/id\"), got \"\"");
+      }
+    } else if (k == "max_key") get_u32(c, v, kp, 1, proxy::kMaxKey, s.max_key);
+    else if (k == "max_depth") get_u32(c, v, kp, 1, 1024, s.max_depth);
+    else if (k == "first_frame_timeout_ms") get_u32(c, v, kp, 1, 3600000, f.first_frame_timeout_ms);
+    else if (k == "mode") {
+      std::string m;
+      if (get_string(c, v, kp, m)) {
+        if (m == "connection") f.mode = FrameMode::connection;
+        else if (m == "frame") f.mode = FrameMode::frame;
+        else c.error(kp, fmt::format("expected \"connection\" or \"frame\", got \"{}\"", m));
+      }
+    } else if (k == "type_offset") get_u32(c, v, kp, 0, proxy::kMaxHeader - 1, s.type_offset);
+    else if (k == "version_offset") get_u32(c, v, kp, 0, proxy::kMaxHeader - 1, s.version_offset);
+    else if (k == "allowed_types") {
+      s.check_types = true;
+      parse_byte_list(c, v, kp, s.allowed_types);
+    } else if (k == "allowed_versions") {
+      s.check_versions = true;
+      parse_byte_list(c, v, kp, s.allowed_versions);
+    } else return false;
+    return true;
+  });
+  (void)has_key;
+  if (c.has_error_under(path)) return;
+  if (s.length_offset + s.length_size > s.header_size)
+    c.error(path + ".length_offset",
+            fmt::format("the length field (offset {}, {} bytes) must lie inside the {}-byte header", s.length_offset,
+                        s.length_size, s.header_size));
+  if (s.check_types && s.type_offset >= s.header_size)
+    c.error(path + ".type_offset", fmt::format("offset {} is outside the {}-byte header", s.type_offset, s.header_size));
+  if (s.check_versions && s.version_offset >= s.header_size)
+    c.error(path + ".version_offset",
+            fmt::format("offset {} is outside the {}-byte header", s.version_offset, s.header_size));
+  if (s.length_size < 4 && !s.length_includes_header && s.max_body >= (1ull << (8 * s.length_size)))
+    s.max_body = static_cast<uint32_t>((1ull << (8 * s.length_size)) - 1);  // the field cannot say more
+}
+
 void parse_listeners(Ctx& c, element arr, Config& cfg) {
   std::set<std::string> names;
   for_each_element(c, arr, "listeners", [&](element e, const std::string& p) {
     ListenerConf l;
-    bool has_name = false, has_listen = false, has_up = false;
+    bool has_name = false, has_listen = false, has_up = false, has_frame = false, has_hash_key = false;
+    element frame;
     for_each_field(c, e, p, [&](std::string_view k, element v, const std::string& kp) {
       if (k == "name") has_name = get_name(c, v, kp, l.name);
       else if (k == "listen") has_listen = get_address(c, v, kp, l.listen);
@@ -174,8 +243,27 @@ void parse_listeners(Ctx& c, element arr, Config& cfg) {
         std::string s;
         if (get_string(c, v, kp, s)) {
           if (s == "tcp") l.protocol = Protocol::tcp;
-          else c.error(kp, fmt::format("expected \"tcp\", got \"{}\"", s));
+          else if (s == "frame") l.protocol = Protocol::frame;
+          else c.error(kp, fmt::format("expected \"tcp\" or \"frame\", got \"{}\"", s));
         }
+      } else if (k == "hash_key") {
+        std::string s;
+        if (get_string(c, v, kp, s)) {
+          has_hash_key = true;
+          if (s == "ip") l.hash_key = HashKey::ip;
+          else if (s == "frame") l.hash_key = HashKey::frame;
+          else c.error(kp, fmt::format("expected \"ip\" or \"frame\", got \"{}\"", s));
+        }
+      } else if (k == "on_host_remove") {
+        std::string s;
+        if (get_string(c, v, kp, s)) {
+          if (s == "keep") l.close_on_host_remove = false;
+          else if (s == "close") l.close_on_host_remove = true;
+          else c.error(kp, fmt::format("expected \"keep\" or \"close\", got \"{}\"", s));
+        }
+      } else if (k == "frame") {
+        frame = v;
+        has_frame = true;
       } else return false;
       return true;
     });
@@ -183,6 +271,16 @@ void parse_listeners(Ctx& c, element arr, Config& cfg) {
     if (!has_listen && !c.has_error_under(p + ".listen")) c.error(p, "missing required key \"listen\"");
     if (!has_up && !c.has_error_under(p + ".upstream")) c.error(p, "missing required key \"upstream\"");
     if (has_name && !names.insert(l.name).second) c.error(p + ".name", fmt::format("duplicate listener name \"{}\"", l.name));
+    if (l.protocol == Protocol::frame) {
+      if (has_frame) parse_frame(c, frame, p + ".frame", l.frame);
+      if (!has_hash_key) l.hash_key = HashKey::frame;
+    } else {
+      if (has_frame) c.error(p + ".frame", "only a listener with \"protocol\": \"frame\" takes frame settings");
+      if (l.hash_key == HashKey::frame)
+        c.error(p + ".hash_key", "\"frame\" needs \"protocol\": \"frame\"; a tcp listener hashes \"ip\"");
+    }
+    if (l.protocol == Protocol::frame && l.frame.mode == FrameMode::frame && l.hash_key != HashKey::frame)
+      c.error(p + ".hash_key", "frame.mode \"frame\" routes each frame by its key; hash_key must be \"frame\"");
     cfg.listeners.push_back(std::move(l));
   });
 }
@@ -194,6 +292,12 @@ void cross_check(Ctx& c, Config& cfg) {
     bool found = false;
     for (const auto& u : cfg.upstreams) found |= u.name == l.upstream;
     if (!found) c.error(fmt::format("listeners[{}].upstream", i), fmt::format("no upstream named \"{}\"", l.upstream));
+    // A frame listener routes by its key with ketama unless a pool says otherwise.
+    if (l.protocol == Protocol::frame && l.hash_key == HashKey::frame)
+      for (auto& u : cfg.upstreams)
+        if (u.name == l.upstream)
+          for (auto& p : u.pools)
+            if (!p.method_set) p.method = shm::Method::chash;
     for (size_t j = 0; j < i; ++j)
       if (cfg.listeners[j].listen == l.listen && l.listen.family != 0)
         c.error(fmt::format("listeners[{}].listen", i),

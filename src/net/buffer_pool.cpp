@@ -8,10 +8,10 @@ bool BufferPool::grow() noexcept {
   if (max_ != 0 && capacity() >= max_) return false;
   try {
     chunks_.reserve(chunks_.size() + 1);
-    std::unique_ptr<char[]> chunk(new (std::nothrow) char[kBufferSize * kChunkBuffers]);
+    std::unique_ptr<char[]> chunk(new (std::nothrow) char[size_ * chunk_buffers_]);
     if (!chunk) return false;
-    for (size_t i = 0; i < kChunkBuffers; ++i) {
-      auto* n = reinterpret_cast<FreeNode*>(chunk.get() + i * kBufferSize);
+    for (size_t i = 0; i < chunk_buffers_; ++i) {
+      auto* n = reinterpret_cast<FreeNode*>(chunk.get() + i * size_);
       n->next = free_;
       free_ = n;
     }

@@ -16,7 +16,10 @@
 #include "gw/core/log.hpp"
 #include "gw/net/buffer_pool.hpp"
 #include "gw/net/reactor.hpp"
+#include "gw/proxy/frame_mux.hpp"
+#include "gw/proxy/framer.hpp"
 #include "gw/proxy/tcp_relay.hpp"
+#include "gw/shm/runtime.hpp"
 #include "process/signals.hpp"
 
 namespace gw::process {
@@ -38,8 +41,29 @@ class Worker {
         cur_(std::make_unique<shm::Table>(seg.caps())),
         next_(std::make_unique<shm::Table>(seg.caps())),
         balancer_(seg.caps().max_hosts, (uint64_t{static_cast<uint32_t>(::getpid())} << 32) ^ core::monotonic_ns()),
-        listener_upstream_(cfg.listeners.size(), -1),
-        relay_(env_, max_sessions()) {
+        listeners_(cfg.listeners.size()),
+        live_tag_(seg.caps().max_hosts, 0),
+        relay_(env_, max_sessions()),
+        mux_(env_, max_sessions()) {
+    size_t frame_buffer = 0;
+    for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+      const config::ListenerConf& l = cfg.listeners[i];
+      proxy::ListenerRuntime& lr = listeners_[i];
+      lr.key_from_frame = l.hash_key == config::HashKey::frame;
+      lr.close_on_host_remove = l.close_on_host_remove;
+      any_close_on_remove_ |= l.close_on_host_remove;
+      if (l.protocol == config::Protocol::frame) {
+        framers_.push_back(std::make_unique<proxy::Framer>(l.frame.spec));
+        lr.framer = framers_.back().get();
+        lr.first_frame_timeout_ms = l.frame.first_frame_timeout_ms;
+        lr.per_frame = l.frame.mode == config::FrameMode::frame;
+        frame_buffer = std::max(frame_buffer, l.frame.spec.max_frame() + proxy::kPadding);
+      }
+    }
+    // Frames larger than a relay buffer get a whole-frame buffer while their
+    // first frame (or, per-frame, each frame) is read.
+    if (frame_buffer > net::BufferPool::kBufferSize)
+      frame_buffers_ = std::make_unique<net::BufferPool>(0, frame_buffer);
     env_.epoll = &epoll_;
     env_.timers = &timers_;
     env_.buffers = &buffers_;
@@ -48,7 +72,9 @@ class Worker {
     env_.n_workers = static_cast<uint32_t>(cfg.workers);
     env_.snap = &snap_;
     env_.balancer = &balancer_;
-    env_.listener_upstream = listener_upstream_;
+    env_.frame_buffers = frame_buffers_.get();
+    env_.listeners = listeners_;
+    env_.live_tag = live_tag_;
     env_.now_ms = core::monotonic_ms();
     // Round-robin tickets are shared by all workers through shm.
     balancer_.set_tickets(
@@ -84,7 +110,9 @@ class Worker {
       env_.now_ms = core::monotonic_ms();
       for (int i = 0; i < n; ++i) {
         uint64_t d = events[i].data.u64;
-        if (proxy::event_kind(d) != proxy::kKindWorker) {
+        if (proxy::event_kind(d) == proxy::kKindMux) {
+          mux_.on_event(d, events[i].events);
+        } else if (proxy::event_kind(d) != proxy::kKindWorker) {
           relay_.on_event(d, events[i].events);
         } else if (d == kSignalIndex) {
           if (!on_signal(sfd.get())) return 0;
@@ -92,21 +120,26 @@ class Worker {
           accept_on(static_cast<uint32_t>(d));
         }
       }
-      timers_.advance(env_.now_ms, [this](net::TimerNode& t) { relay_.on_timer(t); });
+      timers_.advance(env_.now_ms, [this](net::TimerNode& t) {
+        if (mux_.owns(t)) mux_.on_timer(t);
+        else relay_.on_timer(t);
+      });
       if (env_.now_ms >= next_housekeeping) {
         next_housekeeping = env_.now_ms + kHousekeepingMs;
         if (reader_.stale()) refresh();
+        else if (any_close_on_remove_) close_orphans();  // active checks may have taken a host down
       }
       if (accept_paused_ && env_.now_ms >= resume_accept_ms_) resume_accept();
       if (draining_) {
-        if (relay_.active() == 0) {
+        if (relay_.active() + mux_.active() == 0) {
           GW_LOG_INFO("drained; exiting");
           return 0;
         }
         if (env_.now_ms >= drain_deadline_ms_) {
           GW_LOG_WARN("shutdown_timeout_ms ({}) passed with {} connection(s) open; closing them",
-                      cfg_.shutdown_timeout_ms, relay_.active());
+                      cfg_.shutdown_timeout_ms, relay_.active() + mux_.active());
           relay_.close_all();
+          mux_.close_all();
           return 0;
         }
       }
@@ -128,9 +161,23 @@ class Worker {
     snap_.build(*cur_);
     balancer_.rebuild(snap_);
     for (size_t i = 0; i < cfg_.listeners.size(); ++i)
-      listener_upstream_[i] = snap_.find_upstream(cfg_.listeners[i].upstream);
+      listeners_[i].upstream = snap_.find_upstream(cfg_.listeners[i].upstream);
     env_.table_changed = true;
     seg_.worker(slot_).generation.store(gen, std::memory_order_release);
+    if (any_close_on_remove_) close_orphans();
+  }
+
+  // on_host_remove "close": which hosts still take traffic, then close the
+  // connections bound to the others.
+  void close_orphans() {
+    std::fill(live_tag_.begin(), live_tag_.end(), 0u);
+    for (const shm::HostRecord& h : cur_->hosts()) {
+      if (h.admin_down || h.slot >= live_tag_.size()) continue;
+      if (shm::active_state(seg_.host(h.slot), h.tag) == shm::kActiveDown) continue;
+      live_tag_[h.slot] = h.tag;
+    }
+    relay_.close_orphans();
+    mux_.close_orphans();
   }
 
   // Returns false when the worker must exit now.
@@ -153,6 +200,7 @@ class Worker {
         case SIGINT:
         case SIGQUIT:
           relay_.close_all();
+          mux_.close_all();
           return false;
         default:
           break;  // SIGHUP, SIGUSR1/2: the master handles them
@@ -177,7 +225,8 @@ class Worker {
         return;
       }
       if (reader_.stale()) refresh();  // one acquire load per new connection
-      if (relay_.full()) {
+      const bool per_frame = listeners_[li].per_frame;
+      if (per_frame ? mux_.full() : relay_.full()) {
         ::close(fd);
         if (env_.now_ms - last_full_log_ms_ >= 1000) {
           last_full_log_ms_ = env_.now_ms;
@@ -185,7 +234,8 @@ class Worker {
         }
         continue;
       }
-      relay_.accept(fd, li, reinterpret_cast<const sockaddr*>(&peer));
+      if (per_frame) mux_.accept(fd, li);
+      else relay_.accept(fd, li, reinterpret_cast<const sockaddr*>(&peer));
     }
   }
 
@@ -210,13 +260,18 @@ class Worker {
   net::Epoll epoll_;
   net::TimerWheel timers_;
   net::BufferPool buffers_;
+  std::unique_ptr<net::BufferPool> frame_buffers_;
+  std::vector<std::unique_ptr<proxy::Framer>> framers_;
   shm::TableReader reader_;
   std::unique_ptr<shm::Table> cur_, next_;
   balance::Snapshot snap_;
   balance::Balancer balancer_;
-  std::vector<int> listener_upstream_;
+  std::vector<proxy::ListenerRuntime> listeners_;
+  std::vector<uint32_t> live_tag_;
+  bool any_close_on_remove_ = false;
   proxy::RelayEnv env_;
   proxy::TcpRelay relay_;
+  proxy::FrameMux mux_;
   bool draining_ = false;
   uint64_t drain_deadline_ms_ = 0;
   bool accept_paused_ = false;

@@ -15,31 +15,39 @@
 #include "gw/net/socket.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/runtime.hpp"
+#include "proxy/relay_common.hpp"
 
 namespace gw::proxy {
 namespace {
 constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 }
 
-TcpRelay::TcpRelay(RelayEnv& env, uint32_t max_sessions) : env_(env), sessions_(max_sessions) {
-  // Free list in index order, so low indices are reused first (cache-warm).
-  for (uint32_t i = max_sessions; i-- > 0;) {
-    sessions_[i].next_free = free_head_;
-    free_head_ = i;
+TcpRelay::TcpRelay(RelayEnv& env, uint32_t max_sessions) : env_(env) {
+  // Reserved, not touched: a slot's memory is paid for when it is first used.
+  sessions_.reserve(max_sessions);
+}
+
+TcpRelay::Session* TcpRelay::new_session() noexcept {
+  if (free_head_ != kNone) {
+    Session& s = sessions_[free_head_];
+    free_head_ = s.next_free;
+    return &s;
   }
+  if (sessions_.size() == sessions_.capacity()) return nullptr;
+  sessions_.emplace_back();  // within the reservation: never reallocates
+  return &sessions_.back();
 }
 
 void TcpRelay::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept {
-  if (free_head_ == kNone) {
+  Session* sp = new_session();
+  if (!sp) {
     ::close(fd);
     return;
   }
-  Session& s = sessions_[free_head_];
-  free_head_ = s.next_free;
+  Session& s = *sp;
   ++active_;
   s.cfd = fd;
   s.ufd = -1;
-  s.state = State::connecting;
   s.c_in = s.c_out = s.u_in = s.u_out = false;
   s.c_eof = s.u_eof = s.c_shut = s.u_shut = false;
   s.c_hup = s.u_hup = false;
@@ -56,20 +64,98 @@ void TcpRelay::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept 
     const auto* a = reinterpret_cast<const sockaddr_in*>(peer);
     if (::inet_ntop(AF_INET, &a->sin_addr, s.key, sizeof(s.key))) s.key_len = static_cast<uint8_t>(std::strlen(s.key));
   }
+  const ListenerRuntime& l = env_.listeners[listener];
+  s.state = l.framer ? State::sniff : State::connecting;
   net::set_nodelay(fd);
   auto& w = env_.seg->worker(env_.worker);
   w.connections.store(active_, std::memory_order_relaxed);
-  w.accepted.store(w.accepted.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  bump(w.accepted);
   if (env_.epoll->add(fd, kSocketEvents, data_of(s, kKindClient)) != 0) {
     close_session(s);
+    return;
+  }
+  if (s.state == State::sniff) {
+    // Nothing is opened upstream until a whole, valid first frame is in.
+    env_.timers->schedule(s, env_.now_ms + l.first_frame_timeout_ms);
+    s.c_in = true;  // the first bytes may already be queued
+    sniff(s);
     return;
   }
   connect_next(s);
 }
 
+void TcpRelay::sniff(Session& s) noexcept {
+  const ListenerRuntime& l = env_.listeners[s.listener];
+  Framer& framer = *l.framer;
+  Pipe& p = s.c2u;
+  while (s.c_in) {
+    if (!p.buf) {
+      p.buf = env_.buffers->acquire();
+      if (!p.buf) {
+        close_session(s);  // out of buffer memory: refuse rather than stall
+        return;
+      }
+    }
+    const size_t cap = (p.big ? env_.frame_buffers->buffer_size() : net::BufferPool::kBufferSize) - kPadding;
+    if (p.tail == cap) {
+      // A valid header said the frame is larger than this buffer (a larger
+      // declared body is refused on the header alone): move to a frame buffer.
+      char* big = (!p.big && env_.frame_buffers) ? env_.frame_buffers->acquire() : nullptr;
+      if (!big) {
+        close_session(s);
+        return;
+      }
+      std::memcpy(big, p.buf, p.tail);
+      env_.buffers->release(p.buf);
+      p.buf = big;
+      p.big = true;
+      continue;
+    }
+    ssize_t n = ::recv(s.cfd, p.buf + p.tail, cap - p.tail, MSG_DONTWAIT);
+    if (n > 0) {
+      p.tail += static_cast<uint32_t>(n);
+      FrameDecision d = framer.inspect(reinterpret_cast<const uint8_t*>(p.buf), p.tail, l.key_from_frame);
+      if (d.kind == FrameDecision::Kind::reject) {
+        reject(s, d.error);
+        return;
+      }
+      if (d.kind == FrameDecision::Kind::frame) {
+        if (l.key_from_frame) {
+          std::memcpy(s.key, d.key.data(), d.key.size());
+          s.key_len = static_cast<uint8_t>(d.key.size());
+        }
+        // s.c_in stays as it is: bytes past the first frame wait in the
+        // socket (or in this buffer) and are relayed once a host is connected.
+        env_.timers->cancel(s);
+        s.state = State::connecting;
+        connect_next(s);
+        return;
+      }
+      continue;
+    }
+    if (n == 0) {
+      reject(s, framer.at_eof(p.tail));
+      return;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      s.c_in = false;
+      if (p.tail == 0) release(p);  // hold no buffer while nothing has arrived
+      return;
+    }
+    if (errno == EINTR) continue;
+    close_session(s);  // reset by the client
+    return;
+  }
+}
+
+void TcpRelay::reject(Session& s, FrameError e) noexcept {
+  count_reject(env_, e, s.cfd, last_reject_log_ms_);
+  close_session(s);
+}
+
 void TcpRelay::connect_next(Session& s) noexcept {
   const balance::Snapshot& snap = *env_.snap;
-  int ui = s.listener < env_.listener_upstream.size() ? env_.listener_upstream[s.listener] : -1;
+  int ui = s.listener < env_.listeners.size() ? env_.listeners[s.listener].upstream : -1;
   if (ui < 0) {
     close_session(s);
     return;
@@ -78,51 +164,9 @@ void TcpRelay::connect_next(Session& s) noexcept {
   auto hosts = snap.table().hosts();
   const uint32_t tries = std::min<uint32_t>(uv.tries, kMaxTries);
   while (s.attempts < tries) {
-    bool fell_back = false;
-    bool ramp = true, ramped_out = false;
-    auto eligible = [&](uint32_t i) noexcept {
-      const shm::HostRecord& r = hosts[i];
-      if (r.admin_down) return false;
-      for (uint32_t k = 0; k < s.attempts; ++k)
-        if (s.tried[k] == r.slot) return false;
-      const shm::HostRuntime& hr = env_.seg->host(r.slot);
-      if (!shm::host_usable(hr, r.tag, uv.health, env_.now_ms)) return false;
-      if (uv.slow_start_ms == 0) return true;
-      // Slow start: a host that just came back takes a growing share of its
-      // weight (never applied to hash methods: keys must not wander).
-      if (shm::method_uses_key(static_cast<shm::Method>(snap.table().pools()[r.pool].method))) return true;
-      if (!ramp) return true;
-      uint32_t share = shm::slow_start_permille(hr, r.tag, r.weight, uv.slow_start_ms, env_.now_ms);
-      if (share >= 1000 || rng_.below(1000) < share) return true;
-      ramped_out = true;
-      return false;
-    };
-    auto load = [&](uint32_t i) noexcept {
-      // Active connections over every worker: one relaxed load per row.
-      const shm::HostRecord& r = hosts[i];
-      uint64_t n = 0;
-      for (uint32_t w = 0; w < env_.n_workers; ++w) {
-        const shm::HostCounter& c = env_.seg->counter(w, r.slot);
-        if (c.tag.load(std::memory_order_relaxed) == r.tag) n += c.active.load(std::memory_order_relaxed);
-      }
-      return n;
-    };
-    int h = env_.balancer->pick(snap, uv, std::string_view(s.key, s.key_len), eligible, load, &fell_back);
-    if (h < 0 && ramped_out) {
-      // Slow start lowers a host's share; it never refuses the only usable host.
-      ramp = false;
-      h = env_.balancer->pick(snap, uv, std::string_view(s.key, s.key_len), eligible, load, &fell_back);
-    }
-    if (fell_back && s.attempts == 0) {
-      auto& w = env_.seg->worker(env_.worker);
-      w.hash_fallbacks.store(w.hash_fallbacks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    }
+    int h = pick_host(env_, ui, std::string_view(s.key, s.key_len), std::span<const uint32_t>(s.tried, s.attempts),
+                      rng_, s.attempts == 0);
     if (h < 0) break;
-    if (env_.table_changed) {
-      // Propagation: the first connection this worker routes with a new table.
-      env_.table_changed = false;
-      env_.seg->worker(env_.worker).applied_ns.store(core::monotonic_ns(), std::memory_order_release);
-    }
     const shm::HostRecord& r = hosts[static_cast<size_t>(h)];
     s.tried[s.attempts++] = r.slot;
     s.host_slot = r.slot;
@@ -154,67 +198,11 @@ void TcpRelay::connect_next(Session& s) noexcept {
     }
     return;
   }
-  {
-    auto& w = env_.seg->worker(env_.worker);
-    w.no_host.store(w.no_host.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  }
-  if (env_.now_ms - last_no_host_log_ms_ >= 1000) {
-    last_no_host_log_ms_ = env_.now_ms;
-    GW_LOG_WARN("upstream {}: no live host for a connection after {} attempt(s); closing it",
-                shm::name_of(snap.table().upstreams()[static_cast<size_t>(ui)].name), s.attempts);
-  }
+  count_no_host(env_, ui, s.attempts, last_no_host_log_ms_);
   close_session(s);
 }
 
-void TcpRelay::host_event(uint32_t slot, uint32_t tag, bool down, int err) noexcept {
-  const shm::Table& t = env_.snap->table();
-  auto hosts = t.hosts();
-  std::string path = "(removed host)", address = "-";
-  uint32_t max_fails = 0, fail_timeout = 0;
-  for (size_t i = 0; i < hosts.size(); ++i) {
-    if (hosts[i].slot == slot && hosts[i].tag == tag) {
-      try {
-        path = t.host_path(static_cast<int>(i));
-        address = hosts[i].addr.to_string();
-      } catch (...) {
-      }
-      const auto& pool = t.pools()[hosts[i].pool];
-      max_fails = t.upstreams()[pool.upstream].max_fails;
-      fail_timeout = t.upstreams()[pool.upstream].fail_timeout_ms;
-      break;
-    }
-  }
-  try {
-    std::string text =
-        down ? fmt::format("host_down {} {} (passive: {} failure(s) within {} ms, last: {})", path, address,
-                           max_fails, fail_timeout, std::strerror(err))
-             : fmt::format("host_up {} {} (passive: a connection succeeded)", path, address);
-    shm::emit_event(*env_.seg, shm::EventKind::health, t.header().generation, text);
-    GW_LOG_WARN("{}", text);
-  } catch (...) {
-  }
-}
-
-namespace {
-// Errors that say something about the backend or the path to it. Others
-// (EMFILE, ENOBUFS, EADDRNOTAVAIL: out of ports, ...) are this machine's own
-// trouble and must not take a healthy host out for every worker.
-bool peer_error(int err) {
-  switch (err) {
-    case ECONNREFUSED: case ETIMEDOUT: case EHOSTUNREACH: case ENETUNREACH: case ECONNRESET:
-    case ECONNABORTED: case EHOSTDOWN: case ENETDOWN: case EPIPE: case EPROTO:
-      return true;
-    default:
-      return false;
-  }
-}
-}  // namespace
-
 void TcpRelay::on_connect_failed(Session& s, int err) noexcept {
-  const balance::Snapshot& snap = *env_.snap;
-  int ui = env_.listener_upstream[s.listener];
-  const balance::UpstreamView& uv = snap.upstreams()[static_cast<size_t>(ui)];
-  shm::HostRuntime& hr = env_.seg->host(s.host_slot);
   GW_LOG_DEBUG("connect to host slot {} failed: {}", s.host_slot, std::strerror(err));
   if (!peer_error(err)) {
     if (env_.now_ms - last_local_error_log_ms_ >= 1000) {
@@ -226,8 +214,7 @@ void TcpRelay::on_connect_failed(Session& s, int err) noexcept {
     unbind(s);
     return;
   }
-  if (shm::record_failure(hr, s.host_tag, uv.health, env_.now_ms)) host_event(s.host_slot, s.host_tag, true, err);
-  env_.balancer->on_failure(s.host_slot, s.host_tag, s.host_weight, uv.health.max_fails);
+  record_connect_failure(env_, env_.listeners[s.listener].upstream, s.host_slot, s.host_tag, s.host_weight, err);
   unbind(s);
 }
 
@@ -238,12 +225,7 @@ void TcpRelay::unbind(Session& s) noexcept {
 }
 
 void TcpRelay::on_connected(Session& s) noexcept {
-  shm::HostRuntime& hr = env_.seg->host(s.host_slot);
-  shm::record_latency(hr, s.host_tag, (core::monotonic_ns() - s.connect_start_ns) / 1000, env_.now_ms);
-  if (shm::record_success(hr, s.host_tag)) {
-    shm::mark_up(hr, s.host_tag, env_.now_ms);
-    host_event(s.host_slot, s.host_tag, false, 0);
-  }
+  record_connect_success(env_, s.host_slot, s.host_tag, s.connect_start_ns);
   s.state = State::relay;
   s.u_in = s.u_out = true;
   env_.timers->schedule(s, env_.now_ms + s.idle_ms);
@@ -262,6 +244,14 @@ void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
     if (hup) s.c_hup = true;
     if (in) s.c_in = true;
     if (out) s.c_out = true;
+    if (s.state == State::sniff) {
+      if (events & EPOLLERR) {
+        close_session(s);
+        return;
+      }
+      if (in) sniff(s);
+      return;
+    }
     if (s.state == State::connecting) {
       // The client's bytes wait in its socket until the upstream is ready; a
       // client that vanishes meanwhile ends the attempt.
@@ -297,7 +287,9 @@ void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
 
 void TcpRelay::on_timer(net::TimerNode& n) noexcept {
   Session& s = static_cast<Session&>(n);
-  if (s.state == State::connecting) {
+  if (s.state == State::sniff) {
+    reject(s, FrameError::first_frame_timeout);
+  } else if (s.state == State::connecting) {
     env_.epoll->del(s.ufd);
     ::close(s.ufd);
     s.ufd = -1;
@@ -310,7 +302,7 @@ void TcpRelay::on_timer(net::TimerNode& n) noexcept {
 }
 
 void TcpRelay::release(Pipe& p) noexcept {
-  if (p.buf) env_.buffers->release(p.buf);
+  if (p.buf) (p.big ? env_.frame_buffers : env_.buffers)->release(p.buf);
   p = Pipe{};
 }
 
@@ -398,6 +390,20 @@ void TcpRelay::close_session(Session& s) noexcept {
 void TcpRelay::close_all() noexcept {
   for (auto& s : sessions_)
     if (s.state != State::free) close_session(s);
+}
+
+void TcpRelay::close_orphans() noexcept {
+  uint64_t closed = 0;
+  for (auto& s : sessions_) {
+    if (s.state != State::relay || !env_.listeners[s.listener].close_on_host_remove) continue;
+    if (s.host_slot < env_.live_tag.size() && env_.live_tag[s.host_slot] == s.host_tag) continue;
+    close_session(s);
+    ++closed;
+  }
+  if (closed) {
+    bump(env_.seg->worker(env_.worker).host_closed, closed);
+    GW_LOG_INFO("on_host_remove close: closed {} connection(s) whose host was removed or is down", closed);
+  }
 }
 
 }  // namespace gw::proxy

@@ -16,6 +16,7 @@
 #include "gw/config/config.hpp"
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
+#include "gw/proxy/framer.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/runtime.hpp"
 #include "gw/shm/segment.hpp"
@@ -136,16 +137,32 @@ int cmd_status(const Options& o) {
   struct W {
     uint32_t slot;
     int pid;
-    uint64_t gen, conns, accepted, fallbacks, no_host;
+    uint64_t gen, conns, accepted, fallbacks, no_host, frames, host_closed;
+    uint64_t rejects[gw::proxy::kFrameErrorCount];
   };
+  uint64_t reject_totals[gw::proxy::kFrameErrorCount] = {};
   std::vector<W> workers;
   for (uint32_t i = 0; i < gw::shm::kMaxWorkers; ++i) {
     const auto& w = seg.worker(i);
     int pid = w.pid.load();
-    if (pid > 0 && master)
-      workers.push_back({i, pid, w.generation.load(), w.connections.load(), w.accepted.load(), w.hash_fallbacks.load(),
-                         w.no_host.load()});
+    if (pid > 0 && master) {
+      W r{i, pid, w.generation.load(), w.connections.load(), w.accepted.load(), w.hash_fallbacks.load(),
+          w.no_host.load(), w.frames_routed.load(), w.host_closed.load(), {}};
+      for (size_t k = 1; k < gw::proxy::kFrameErrorCount; ++k) {
+        r.rejects[k] = w.frame_rejects[k].load();
+        reject_totals[k] += r.rejects[k];
+      }
+      workers.push_back(r);
+    }
   }
+  // {"header_truncated": 0, ...}: every reason, so scripts can rely on the keys.
+  auto rejects_json = [](const uint64_t* counts) {
+    std::string j = "{";
+    for (size_t k = 1; k < gw::proxy::kFrameErrorCount; ++k)
+      j += fmt::format("{}\"{}\": {}", k > 1 ? ", " : "", gw::proxy::frame_error_name(static_cast<gw::proxy::FrameError>(k)),
+                       counts[k]);
+    return j + "}";
+  };
   auto hosts = t.hosts();
   if (o.json) {
     std::string out = fmt::format("{{\"shm\": \"{}\", \"generation\": {}, \"master_pid\": {}, \"workers\": [",
@@ -153,10 +170,12 @@ int cmd_status(const Options& o) {
     for (size_t i = 0; i < workers.size(); ++i)
       out += fmt::format(
           "{}{{\"slot\": {}, \"pid\": {}, \"generation\": {}, \"connections\": {}, \"accepted\": {}, "
-          "\"hash_fallbacks\": {}, \"no_host\": {}}}",
+          "\"hash_fallbacks\": {}, \"no_host\": {}, \"frames_routed\": {}, \"host_closed\": {}, "
+          "\"frame_rejects\": {}}}",
           i ? ", " : "", workers[i].slot, workers[i].pid, workers[i].gen, workers[i].conns, workers[i].accepted,
-          workers[i].fallbacks, workers[i].no_host);
-    out += "], \"upstreams\": [";
+          workers[i].fallbacks, workers[i].no_host, workers[i].frames, workers[i].host_closed,
+          rejects_json(workers[i].rejects));
+    out += "], \"frame_rejects\": " + rejects_json(reject_totals) + ", \"upstreams\": [";
     for (size_t u = 0; u < t.upstreams().size(); ++u) {
       out += fmt::format("{}{{\"name\": \"{}\", \"pools\": [", u ? ", " : "", name_of(t.upstreams()[u].name));
       bool first_pool = true;
@@ -196,6 +215,18 @@ int cmd_status(const Options& o) {
   for (const auto& w : workers)
     fmt::print("  worker {}: pid {}, generation {}, {} connection(s), {} accepted, {} hash fallback(s), {} without a host\n",
                w.slot, w.pid, w.gen, w.conns, w.accepted, w.fallbacks, w.no_host);
+  {
+    std::string line;
+    for (size_t k = 1; k < gw::proxy::kFrameErrorCount; ++k)
+      if (reject_totals[k])
+        line += fmt::format("{}{} {}", line.empty() ? "" : ", ",
+                            gw::proxy::frame_error_name(static_cast<gw::proxy::FrameError>(k)), reject_totals[k]);
+    uint64_t frames = 0, closed = 0;
+    for (const auto& w : workers) frames += w.frames, closed += w.host_closed;
+    if (frames) fmt::print("  frames routed one by one (mode \"frame\"): {}\n", frames);
+    if (closed) fmt::print("  connections closed because their host went (on_host_remove \"close\"): {}\n", closed);
+    if (!line.empty()) fmt::print("  frame connections refused: {}\n", line);
+  }
   fmt::print("\n{:<28} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", "UPSTREAM/POOL/HOST", "ADDRESS", "WEIGHT", "ADMIN",
              "HEALTH", "ACTIVE", "TOTAL", "FAILURES");
   for (size_t u = 0; u < t.upstreams().size(); ++u) {

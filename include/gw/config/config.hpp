@@ -10,6 +10,7 @@
 
 #include "gw/core/address.hpp"
 #include "gw/core/log.hpp"
+#include "gw/proxy/framer.hpp"
 #include "gw/shm/table.hpp"
 
 namespace gw::config {
@@ -24,6 +25,7 @@ struct PoolConf {
   std::string id;
   int32_t priority = 0;
   shm::Method method = shm::Method::round_robin;
+  bool method_set = false;  ///< "method" was given (else a frame listener's upstream defaults to chash)
   std::vector<HostConf> hosts;
 };
 
@@ -40,7 +42,17 @@ struct UpstreamConf {
   std::vector<PoolConf> pools;
 };
 
-enum class Protocol { tcp };
+enum class Protocol { tcp, frame };
+/// What hash methods hash: the client IP, or the frame key.
+enum class HashKey { ip, frame };
+/// connection: route once, on the first frame; frame: route every frame.
+enum class FrameMode { connection, frame };
+
+struct FrameConf {
+  proxy::FrameSpec spec;
+  uint32_t first_frame_timeout_ms = 5000;
+  FrameMode mode = FrameMode::connection;
+};
 
 struct ListenerConf {
   std::string name;
@@ -48,6 +60,9 @@ struct ListenerConf {
   Protocol protocol = Protocol::tcp;
   std::string upstream;
   int backlog = 511;
+  HashKey hash_key = HashKey::ip;    ///< frame listeners default to HashKey::frame
+  bool close_on_host_remove = false;  ///< "on_host_remove": "close" (default "keep")
+  FrameConf frame;                    ///< protocol frame only
 };
 
 struct ShmConf {

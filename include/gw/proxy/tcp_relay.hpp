@@ -4,7 +4,12 @@
 // half-close, idle timeout and back-pressure (a side is read only while the
 // previous chunk from it has been written to the other side).
 //
-// Sessions live in a per-worker slab; epoll data packs {kind, generation,
+// A frame listener in connection mode first reads the whole first frame
+// (State::sniff, bounded by first_frame_timeout_ms), checks it and takes the
+// routing key from it, then replays every byte read so far to the chosen host.
+//
+// Sessions live in a per-worker slab, reserved up front and touched only as
+// it fills (an idle slot costs no memory); epoll data packs {kind, generation,
 // index} so an event for a closed and reused session is recognised and
 // dropped. Buffers come from the worker's pool and are held only while bytes
 // are in flight. Single-threaded; noexcept; allocates nothing per connection.
@@ -19,9 +24,21 @@
 #include "gw/balance/snapshot.hpp"
 #include "gw/net/buffer_pool.hpp"
 #include "gw/net/reactor.hpp"
+#include "gw/proxy/framer.hpp"
 #include "gw/shm/segment.hpp"
 
 namespace gw::proxy {
+
+/// A listener as the data plane sees it (the worker fills it from the config
+/// and the table).
+struct ListenerRuntime {
+  int upstream = -1;                 ///< upstream index in the snapshot, -1 = none
+  Framer* framer = nullptr;          ///< protocol frame: checks the first frame (connection mode)
+  bool key_from_frame = false;       ///< hash_key "frame" (else the client IP)
+  bool close_on_host_remove = false; ///< on_host_remove "close"
+  bool per_frame = false;            ///< frame mode "frame": FrameMux routes every frame
+  uint32_t first_frame_timeout_ms = 0;
+};
 
 /// What the relay needs from its worker. The worker updates the pointers
 /// when the table changes and `now_ms` once per loop iteration.
@@ -29,12 +46,16 @@ struct RelayEnv {
   net::Epoll* epoll = nullptr;
   net::TimerWheel* timers = nullptr;
   net::BufferPool* buffers = nullptr;
+  net::BufferPool* frame_buffers = nullptr;  ///< whole-frame buffers (frame listeners whose max frame exceeds a buffer)
   const shm::Segment* seg = nullptr;
   uint32_t worker = 0;
   uint32_t n_workers = 1;  ///< rows of the shm counter matrix that are in use
   const balance::Snapshot* snap = nullptr;
   balance::Balancer* balancer = nullptr;
-  std::span<const int> listener_upstream;  ///< listener index → upstream index in snap, -1 = none
+  std::span<const ListenerRuntime> listeners;  ///< by listener index
+  /// By host slot: the tag of the host that holds it if it still takes
+  /// traffic (in the table, not admin down, not down by active checks), else 0.
+  std::span<const uint32_t> live_tag;
   uint64_t now_ms = 0;
   bool table_changed = false;  ///< set by the worker on refresh; the relay records propagation
 };
@@ -43,6 +64,7 @@ struct RelayEnv {
 inline constexpr uint64_t kKindWorker = 0;
 inline constexpr uint64_t kKindClient = 1;
 inline constexpr uint64_t kKindUpstream = 2;
+inline constexpr uint64_t kKindMux = 3;  ///< per-frame routing (FrameMux)
 inline constexpr uint64_t event_kind(uint64_t data) { return data >> 62; }
 
 class TcpRelay {
@@ -58,9 +80,13 @@ class TcpRelay {
   void on_timer(net::TimerNode& n) noexcept;
   /// Closes every session (fast stop, or the drain timeout ran out).
   void close_all() noexcept;
+  /// on_host_remove "close": closes relayed sessions whose host no longer
+  /// takes traffic (env.live_tag). Called after a table change and on the
+  /// worker's housekeeping tick.
+  void close_orphans() noexcept;
 
   uint32_t active() const noexcept { return active_; }
-  bool full() const noexcept { return free_head_ == kNone; }
+  bool full() const noexcept { return free_head_ == kNone && sessions_.size() == sessions_.capacity(); }
 
  private:
   static constexpr uint32_t kNone = ~0u;
@@ -70,10 +96,12 @@ class TcpRelay {
     char* buf = nullptr;
     uint32_t head = 0;
     uint32_t tail = 0;
+    bool big = false;  ///< from env.frame_buffers
     bool pending() const noexcept { return tail > head; }
   };
 
-  enum class State : uint8_t { free, connecting, relay };
+  // sniff: a frame listener waits for the whole first frame (and its key).
+  enum class State : uint8_t { free, sniff, connecting, relay };
 
   struct Session : net::TimerNode {
     int cfd = -1;
@@ -93,7 +121,7 @@ class TcpRelay {
     uint64_t connect_start_ns = 0;
     uint32_t tried[kMaxTries] = {};
     uint8_t key_len = 0;
-    char key[47] = {};  // the client IP as text, as nginx's $remote_addr
+    char key[kMaxKey + 1] = {};  // the client IP as text (nginx's $remote_addr), or the frame key
     Pipe c2u, u2c;
   };
 
@@ -102,6 +130,9 @@ class TcpRelay {
   }
   uint32_t index_of(const Session& s) const noexcept { return static_cast<uint32_t>(&s - sessions_.data()); }
 
+  Session* new_session() noexcept;
+  void sniff(Session& s) noexcept;
+  void reject(Session& s, FrameError e) noexcept;
   void connect_next(Session& s) noexcept;
   void on_connected(Session& s) noexcept;
   void on_connect_failed(Session& s, int err) noexcept;
@@ -111,7 +142,6 @@ class TcpRelay {
             Session& s) noexcept;
   void release(Pipe& p) noexcept;
   void close_session(Session& s) noexcept;
-  void host_event(uint32_t slot, uint32_t tag, bool down, int err) noexcept;
 
   RelayEnv& env_;
   std::vector<Session> sessions_;
@@ -119,6 +149,7 @@ class TcpRelay {
   uint32_t active_ = 0;
   uint64_t last_no_host_log_ms_ = 0;
   uint64_t last_local_error_log_ms_ = 0;
+  uint64_t last_reject_log_ms_ = 0;
   balance::Rng rng_{0x6777'7265'6c61'7921ull};  // slow-start admission
 };
 

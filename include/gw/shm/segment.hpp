@@ -27,7 +27,7 @@
 namespace gw::shm {
 
 inline constexpr uint64_t kMagic = 0x31574753'4d485347ull;  // "GSHMSGW1" little-endian
-inline constexpr uint32_t kAbiVersion = 2;
+inline constexpr uint32_t kAbiVersion = 3;
 inline constexpr uint32_t kMaxWorkers = 64;
 inline constexpr uint32_t kEventCapacity = 4096;  // power of two
 inline constexpr size_t kPathCap = 512;
@@ -97,6 +97,10 @@ struct HostCounter {
   std::atomic<uint64_t> total;   ///< connections routed
 };
 
+/// Reasons a frame connection can be refused (proxy::FrameError has them;
+/// the shm layout only needs the count, with room to grow).
+inline constexpr size_t kFrameRejectKinds = 16;
+
 struct alignas(64) WorkerRuntime {
   std::atomic<int32_t> pid;           ///< 0 = slot not running
   std::atomic<uint32_t> reserved;
@@ -107,8 +111,12 @@ struct alignas(64) WorkerRuntime {
   std::atomic<uint64_t> accepted;     ///< client connections accepted since start
   std::atomic<uint64_t> hash_fallbacks;  ///< connections a hash method routed by round robin: no key
   std::atomic<uint64_t> no_host;      ///< connections closed because no pool had a usable host
+  // Frame listeners (second cache line on).
+  std::atomic<uint64_t> frames_routed;   ///< mode "frame": frames sent to a host
+  std::atomic<uint64_t> host_closed;     ///< connections closed because their host went (on_host_remove "close")
+  std::atomic<uint64_t> frame_rejects[kFrameRejectKinds];  ///< by proxy::FrameError (index 0 unused)
 };
-static_assert(sizeof(WorkerRuntime) == 64);
+static_assert(sizeof(WorkerRuntime) == 64 + 64 + 128);
 
 /// Per-pool state shared by the workers, indexed by the pool's position in the
 /// table. A position that passes to another pool after a removal keeps its

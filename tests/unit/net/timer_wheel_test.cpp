@@ -52,10 +52,25 @@ TEST_SUITE("net") {
     char* x = p.acquire();
     REQUIRE(x != nullptr);
     CHECK(p.in_use() == 1);
-    CHECK(p.capacity() == gw::net::BufferPool::kChunkBuffers);
+    CHECK(p.capacity() == gw::net::BufferPool::kChunkBytes / gw::net::BufferPool::kBufferSize);
     p.release(x);
     CHECK(p.acquire() == x);
     gw::net::BufferPool bounded(1);
     CHECK(bounded.acquire() != nullptr);  // the first chunk is allowed
+  }
+
+  TEST_CASE("buffer pool of large buffers: one per chunk, sizes rounded to 64") {
+    gw::net::BufferPool p(0, 65536 + 6 + 64);
+    CHECK(p.buffer_size() == 65664);
+    char* a = p.acquire();
+    char* b = p.acquire();
+    REQUIRE(a != nullptr);
+    REQUIRE(b != nullptr);
+    CHECK(a != b);
+    CHECK(p.capacity() == 2 * (gw::net::BufferPool::kChunkBytes / 65664));
+    a[65663] = 1;  // the whole buffer is usable
+    p.release(a);
+    p.release(b);
+    CHECK(p.in_use() == 0);
   }
 }

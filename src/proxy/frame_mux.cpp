@@ -1,0 +1,553 @@
+#include "gw/proxy/frame_mux.hpp"
+
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "gw/core/clock.hpp"
+#include "gw/core/log.hpp"
+#include "gw/net/socket.hpp"
+#include "gw/shm/runtime.hpp"
+#include "proxy/relay_common.hpp"
+
+namespace gw::proxy {
+namespace {
+constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+constexpr size_t kLinkBuffer = net::BufferPool::kBufferSize;
+}  // namespace
+
+FrameMux::FrameMux(RelayEnv& env, uint32_t max_devices) : env_(env) {
+  devices_.reserve(max_devices);  // touched only as it fills
+}
+
+void FrameMux::accept(int fd, uint32_t listener) noexcept {
+  Device* dp = nullptr;
+  if (free_head_ != kNone) {
+    dp = &devices_[free_head_];
+    free_head_ = dp->next_free;
+  } else if (devices_.size() < devices_.capacity()) {
+    devices_.emplace_back();  // within the reservation: never reallocates
+    dp = &devices_.back();
+  } else {
+    ::close(fd);
+    return;
+  }
+  Device& d = *dp;
+  d.fd = fd;
+  d.used = true;
+  d.in = true;  // the first bytes may already be queued
+  d.out = d.hup = d.eof = d.shut = false;
+  d.first = true;
+  d.listener = static_cast<uint16_t>(listener);
+  d.buf = nullptr;
+  d.big = false;
+  d.head = d.tail = 0;
+  d.front_link = -1;
+  d.front_attempts = 0;
+  d.front_len = d.front_sent = 0;
+  d.owner = -1;
+  d.next_owner = 0;
+  d.owner_left = 0;
+  d.links_shut = false;
+  d.last_activity_ms = env_.now_ms;
+  for (Link& k : d.links) k = Link{};
+  const ListenerRuntime& l = env_.listeners[listener];
+  d.idle_ms = l.upstream >= 0 ? env_.snap->upstreams()[static_cast<size_t>(l.upstream)].idle_timeout_ms : 60000;
+  d.first_deadline_ms = env_.now_ms + l.first_frame_timeout_ms;
+  ++active_;
+  net::set_nodelay(fd);
+  auto& w = env_.seg->worker(env_.worker);
+  w.connections.store(w.connections.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  bump(w.accepted);
+  if (env_.epoll->add(fd, kSocketEvents, data_of(d, 0)) != 0) {
+    close_device(d);
+    return;
+  }
+  env_.timers->schedule(d, d.first_deadline_ms);
+  drive(d);
+}
+
+void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
+  const uint32_t idx = static_cast<uint32_t>(data) >> 4;
+  const uint32_t sub = static_cast<uint32_t>(data) & 0xf;
+  if (idx >= devices_.size()) return;
+  Device& d = devices_[idx];
+  if (!d.used || ((data >> 32) & 0x3fffffffu) != (d.gen & 0x3fffffffu)) return;  // stale
+  const bool in = events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+  const bool out = events & (EPOLLOUT | EPOLLHUP | EPOLLERR);
+  const bool hup = events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+  if (sub == 0) {
+    if (events & EPOLLERR) {
+      close_device(d);
+      return;
+    }
+    if (hup) d.hup = true;
+    if (in) d.in = true;
+    if (out) d.out = true;
+  } else {
+    const int li = static_cast<int>(sub) - 1;
+    if (li >= static_cast<int>(kMaxLinks)) return;
+    Link& k = d.links[li];
+    if (k.fd < 0) return;
+    if (k.connecting) {
+      if (!out) return;
+      int err = net::socket_error(k.fd);
+      if (err != 0) {
+        link_failed(d, li, err);
+        if (d.used) drive(d);
+        return;
+      }
+      k.connecting = false;
+      record_connect_success(env_, k.slot, k.tag, k.connect_start_ns);
+    }
+    if (hup) k.hup = true;
+    if (in) k.in = true;
+    if (out) k.out = true;
+  }
+  drive(d);
+}
+
+void FrameMux::on_timer(net::TimerNode& n) noexcept {
+  Device& d = static_cast<Device&>(n);
+  if (!d.used) return;
+  const uint64_t now = env_.now_ms;
+  const int ui = env_.listeners[d.listener].upstream;
+  const uint32_t connect_ms =
+      ui >= 0 ? env_.snap->upstreams()[static_cast<size_t>(ui)].connect_timeout_ms : 1000;
+  for (int li = 0; li < static_cast<int>(kMaxLinks); ++li) {
+    Link& k = d.links[li];
+    if (k.fd >= 0 && k.connecting && now >= k.connect_start_ms + connect_ms) {
+      link_failed(d, li, ETIMEDOUT);
+      if (!d.used) return;
+    }
+  }
+  if (d.first && now >= d.first_deadline_ms) {
+    count_reject(env_, FrameError::first_frame_timeout, d.fd, last_reject_log_ms_);
+    close_device(d);
+    return;
+  }
+  if (!d.first && now >= d.last_activity_ms + d.idle_ms) {
+    GW_LOG_DEBUG("device {}: idle for {} ms; closing", index_of(d), d.idle_ms);
+    close_device(d);
+    return;
+  }
+  schedule(d);
+  drive(d);
+}
+
+void FrameMux::schedule(Device& d) noexcept {
+  uint64_t deadline = d.first ? d.first_deadline_ms : d.last_activity_ms + d.idle_ms;
+  const int ui = env_.listeners[d.listener].upstream;
+  if (ui >= 0) {
+    const uint32_t connect_ms = env_.snap->upstreams()[static_cast<size_t>(ui)].connect_timeout_ms;
+    for (const Link& k : d.links)
+      if (k.fd >= 0 && k.connecting) deadline = std::min<uint64_t>(deadline, k.connect_start_ms + connect_ms);
+  }
+  env_.timers->schedule(d, deadline);
+}
+
+void FrameMux::drive(Device& d) noexcept {
+  if (!pump_device_in(d)) return;
+  if (!pump_device_out(d)) return;
+  // The device said it is done and every frame it sent is out: pass the
+  // half-close on to each host, then finish once the hosts have answered.
+  if (d.eof && d.head == d.tail && d.front_link < 0) {
+    if (!d.links_shut) {
+      d.links_shut = true;
+      for (Link& k : d.links)
+        if (k.fd >= 0 && !k.connecting) ::shutdown(k.fd, SHUT_WR);
+    }
+    bool open = false;
+    for (const Link& k : d.links) open |= k.fd >= 0 && !k.connecting;
+    if (!open && d.owner < 0) {
+      close_device(d);
+      return;
+    }
+  }
+}
+
+bool FrameMux::pump_device_in(Device& d) noexcept {
+  const ListenerRuntime& l = env_.listeners[d.listener];
+  Framer& framer = *l.framer;
+  for (;;) {
+    if (d.tail > d.head) {
+      const bool routed = d.front_link >= 0;
+      FrameDecision fd = framer.inspect(reinterpret_cast<const uint8_t*>(d.buf + d.head), d.tail - d.head, !routed);
+      if (fd.kind == FrameDecision::Kind::reject) {
+        count_reject(env_, fd.error, d.fd, last_reject_log_ms_);
+        close_device(d);
+        return false;
+      }
+      if (fd.kind == FrameDecision::Kind::frame) {
+        if (d.first) {
+          d.first = false;
+          d.last_activity_ms = env_.now_ms;
+          schedule(d);
+        }
+        if (!routed) {
+          d.front_len = fd.frame_len;
+          d.front_sent = 0;
+          if (!route_front(d, fd.key)) return false;
+        }
+        Link& k = d.links[d.front_link];
+        if (k.connecting || !k.out) return true;  // resumes on the link's event
+        ssize_t n = ::send(k.fd, d.buf + d.head + d.front_sent, d.front_len - d.front_sent,
+                           MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+          d.front_sent += static_cast<uint32_t>(n);
+          d.last_activity_ms = k.last_used_ms = env_.now_ms;
+          if (d.front_sent == d.front_len) {
+            d.head += d.front_len;
+            d.front_link = -1;
+            d.front_attempts = 0;
+            d.front_len = d.front_sent = 0;
+            bump(env_.seg->worker(env_.worker).frames_routed);
+          }
+          continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+          k.out = false;
+          return true;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        // The link broke: the whole frame goes again, to a host picked afresh.
+        link_failed(d, d.front_link, n < 0 ? errno : EPIPE);
+        if (!d.used) return false;
+        continue;
+      }
+    }
+    // Need more bytes: keep the partial frame at the start of the buffer.
+    if (d.head == d.tail) {
+      d.head = d.tail = 0;
+      if (d.buf && (!d.in || d.eof)) release_device_buf(d);
+    } else if (d.head > 0) {
+      std::memmove(d.buf, d.buf + d.head, d.tail - d.head);
+      d.tail -= d.head;
+      d.head = 0;
+    }
+    if (d.eof || !d.in) return true;
+    if (!d.buf) {
+      d.buf = env_.buffers->acquire();
+      d.big = false;
+      if (!d.buf) {
+        close_device(d);
+        return false;
+      }
+    }
+    const size_t cap = (d.big ? env_.frame_buffers->buffer_size() : net::BufferPool::kBufferSize) - kPadding;
+    if (d.tail == cap) {
+      // A header accepted a frame larger than this buffer: move to a frame buffer.
+      char* big = (!d.big && env_.frame_buffers) ? env_.frame_buffers->acquire() : nullptr;
+      if (!big) {
+        close_device(d);
+        return false;
+      }
+      std::memcpy(big, d.buf, d.tail);
+      env_.buffers->release(d.buf);
+      d.buf = big;
+      d.big = true;
+      continue;
+    }
+    ssize_t n = ::recv(d.fd, d.buf + d.tail, cap - d.tail, MSG_DONTWAIT);
+    if (n > 0) {
+      d.tail += static_cast<uint32_t>(n);
+      d.last_activity_ms = env_.now_ms;
+      continue;
+    }
+    if (n == 0) {
+      d.eof = true;
+      if (d.tail > d.head) {
+        count_reject(env_, framer.at_eof(d.tail - d.head), d.fd, last_reject_log_ms_);
+        close_device(d);
+        return false;
+      }
+      return true;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      d.in = false;
+      continue;  // releases an empty buffer above
+    }
+    if (errno == EINTR) continue;
+    close_device(d);
+    return false;
+  }
+}
+
+bool FrameMux::route_front(Device& d, std::string_view key) noexcept {
+  const int ui = env_.listeners[d.listener].upstream;
+  if (ui < 0) {
+    close_device(d);
+    return false;
+  }
+  const balance::UpstreamView& uv = env_.snap->upstreams()[static_cast<size_t>(ui)];
+  auto hosts = env_.snap->table().hosts();
+  const uint32_t tries = std::min<uint32_t>(uv.tries, kMaxTries);
+  while (d.front_attempts < tries) {
+    int h = pick_host(env_, ui, key, std::span<const uint32_t>(d.front_tried, d.front_attempts), rng_,
+                      d.front_attempts == 0);
+    if (h < 0) break;
+    const shm::HostRecord& r = hosts[static_cast<size_t>(h)];
+    for (int li = 0; li < static_cast<int>(kMaxLinks); ++li) {
+      const Link& k = d.links[li];
+      if (k.fd >= 0 && k.slot == r.slot && k.tag == r.tag) {
+        d.front_link = static_cast<int8_t>(li);
+        return true;
+      }
+    }
+    d.front_tried[d.front_attempts++] = r.slot;
+    int li = open_link(d, r, ui);
+    if (!d.used) return false;
+    if (li >= 0) {
+      d.front_link = static_cast<int8_t>(li);
+      return true;
+    }
+  }
+  count_no_host(env_, ui, d.front_attempts, last_no_host_log_ms_);
+  close_device(d);
+  return false;
+}
+
+int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
+  int li = -1;
+  for (int i = 0; i < static_cast<int>(kMaxLinks) && li < 0; ++i)
+    if (d.links[i].fd < 0) li = i;
+  if (li < 0) {
+    // Every link is in use: let the least recently used idle one go.
+    uint64_t oldest = UINT64_MAX;
+    for (int i = 0; i < static_cast<int>(kMaxLinks); ++i) {
+      const Link& k = d.links[i];
+      if (i != d.owner && !k.connecting && k.head == k.tail && k.last_used_ms < oldest) {
+        oldest = k.last_used_ms;
+        li = i;
+      }
+    }
+    if (li < 0) {
+      if (env_.now_ms - last_link_log_ms_ >= 1000) {
+        last_link_log_ms_ = env_.now_ms;
+        GW_LOG_WARN("a device connection needs more than {} hosts at once; closing it", kMaxLinks);
+      }
+      close_device(d);
+      return -1;
+    }
+    close_link(d, li);
+  }
+  Link& k = d.links[li];
+  k = Link{};
+  k.slot = r.slot;
+  k.tag = r.tag;
+  k.weight = r.weight;
+  k.last_used_ms = env_.now_ms;
+  k.connect_start_ns = core::monotonic_ns();
+  k.connect_start_ms = env_.now_ms;
+  int err = 0;
+  int fd = net::connect_tcp(r.addr, err);
+  if (fd < 0) {
+    if (peer_error(err)) record_connect_failure(env_, ui, r.slot, r.tag, r.weight, err);
+    return -1;
+  }
+  shm::counter_open(env_.seg->counter(env_.worker, r.slot), r.tag);
+  k.fd = fd;
+  if (env_.epoll->add(fd, kSocketEvents, data_of(d, static_cast<uint32_t>(li) + 1)) != 0) {
+    close_link(d, li);
+    return -1;
+  }
+  if (err == 0) {
+    record_connect_success(env_, r.slot, r.tag, k.connect_start_ns);
+    k.out = true;
+  } else {
+    k.connecting = true;
+    schedule(d);  // the connect timeout may come before the device's own deadline
+  }
+  return li;
+}
+
+void FrameMux::link_failed(Device& d, int li, int err) noexcept {
+  Link& k = d.links[li];
+  if (k.connecting && peer_error(err))
+    record_connect_failure(env_, env_.listeners[d.listener].upstream, k.slot, k.tag, k.weight, err);
+  if (d.front_link == li) {
+    d.front_link = -1;
+    d.front_sent = 0;  // the host got part of it at most; it is sent whole elsewhere
+  }
+  close_link(d, li);
+}
+
+void FrameMux::close_link(Device& d, int li) noexcept {
+  Link& k = d.links[li];
+  if (k.fd < 0) return;
+  ::close(k.fd);
+  shm::counter_close(env_.seg->counter(env_.worker, k.slot), k.tag);
+  if (k.buf) env_.buffers->release(k.buf);
+  k = Link{};
+  if (d.front_link == li) {
+    d.front_link = -1;
+    d.front_sent = 0;
+  }
+  if (d.owner == li) {
+    // The host went away in the middle of a frame to the device: the device
+    // cannot be given the rest, so it is closed (it reconnects).
+    d.owner = -1;
+    if (d.owner_left > 0) close_device(d);
+    d.owner_left = 0;
+  }
+}
+
+bool FrameMux::pump_device_out(Device& d) noexcept {
+  const FrameSpec& spec = env_.listeners[d.listener].framer->spec();
+  for (int round = 0; round < 64; ++round) {
+    bool moved = false;
+    // Read from each host while its buffer has room.
+    for (int li = 0; li < static_cast<int>(kMaxLinks); ++li) {
+      Link& k = d.links[li];
+      if (k.fd < 0 || k.connecting) continue;
+      while (k.in && !k.eof) {
+        if (!k.buf) {
+          k.buf = env_.buffers->acquire();
+          if (!k.buf) break;
+        }
+        if (k.tail == kLinkBuffer && k.head > 0) {
+          std::memmove(k.buf, k.buf + k.head, k.tail - k.head);
+          k.tail -= k.head;
+          k.head = 0;
+        }
+        if (k.tail == kLinkBuffer) break;  // full: back-pressure on this host
+        ssize_t n = ::recv(k.fd, k.buf + k.tail, kLinkBuffer - k.tail, MSG_DONTWAIT);
+        if (n > 0) {
+          k.tail += static_cast<uint32_t>(n);
+          k.last_used_ms = d.last_activity_ms = env_.now_ms;
+          moved = true;
+        } else if (n == 0) {
+          k.eof = true;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          k.in = false;
+        } else if (errno != EINTR) {
+          k.eof = true;  // reset: what was read is still delivered
+        }
+      }
+      if (k.head == k.tail && k.buf) {
+        env_.buffers->release(k.buf);
+        k.buf = nullptr;
+        k.head = k.tail = 0;
+      }
+      if (k.eof && k.head == k.tail && d.owner != li) {
+        close_link(d, li);  // the host is done and everything it sent is out
+        if (!d.used) return false;
+        moved = true;
+      }
+    }
+    // Write frames to the device, one link at a time, whole frames only.
+    while (d.out) {
+      if (d.owner < 0) {
+        int pick = -1;
+        for (uint32_t i = 0; i < kMaxLinks && pick < 0; ++i) {
+          const int li = static_cast<int>((d.next_owner + i) % kMaxLinks);
+          const Link& k = d.links[li];
+          if (k.fd >= 0 && k.tail - k.head >= spec.header_size) pick = li;
+        }
+        if (pick < 0) break;
+        Link& k = d.links[pick];
+        uint32_t len = 0;
+        if (frame_length(spec, reinterpret_cast<const uint8_t*>(k.buf + k.head), k.tail - k.head, len) !=
+            FrameError::none) {
+          if (env_.now_ms - last_link_log_ms_ >= 1000) {
+            last_link_log_ms_ = env_.now_ms;
+            GW_LOG_WARN("host slot {} sent a frame with a bad header; closing its connection", k.slot);
+          }
+          close_link(d, pick);
+          if (!d.used) return false;
+          moved = true;
+          continue;
+        }
+        d.owner = static_cast<int8_t>(pick);
+        d.owner_left = len;
+        d.next_owner = static_cast<uint8_t>((pick + 1) % kMaxLinks);
+      }
+      Link& k = d.links[d.owner];
+      if (k.tail == k.head) {
+        if (k.eof) {
+          close_link(d, d.owner);  // cut off mid-frame: closes the device
+          if (!d.used) return false;
+        }
+        break;  // the rest of the frame has not come yet
+      }
+      const uint32_t chunk = std::min<uint32_t>(d.owner_left, k.tail - k.head);
+      ssize_t n = ::send(d.fd, k.buf + k.head, chunk, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        k.head += static_cast<uint32_t>(n);
+        d.owner_left -= static_cast<uint32_t>(n);
+        d.last_activity_ms = env_.now_ms;
+        moved = true;
+        if (d.owner_left == 0) d.owner = -1;
+        continue;
+      }
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        d.out = false;
+        break;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      close_device(d);
+      return false;
+    }
+    if (!moved) break;
+  }
+  return true;
+}
+
+void FrameMux::release_device_buf(Device& d) noexcept {
+  if (d.buf) (d.big ? env_.frame_buffers : env_.buffers)->release(d.buf);
+  d.buf = nullptr;
+  d.big = false;
+}
+
+void FrameMux::close_device(Device& d) noexcept {
+  if (!d.used) return;
+  d.used = false;  // first: close_link() below must not recurse into here
+  env_.timers->cancel(d);
+  for (int li = 0; li < static_cast<int>(kMaxLinks); ++li) {
+    Link& k = d.links[li];
+    if (k.fd < 0) continue;
+    ::close(k.fd);
+    shm::counter_close(env_.seg->counter(env_.worker, k.slot), k.tag);
+    if (k.buf) env_.buffers->release(k.buf);
+    k = Link{};
+  }
+  if (d.fd >= 0) ::close(d.fd);
+  d.fd = -1;
+  release_device_buf(d);
+  d.owner = d.front_link = -1;
+  ++d.gen;
+  d.next_free = free_head_;
+  free_head_ = index_of(d);
+  --active_;
+  auto& w = env_.seg->worker(env_.worker).connections;
+  const uint64_t c = w.load(std::memory_order_relaxed);
+  w.store(c ? c - 1 : 0, std::memory_order_relaxed);
+}
+
+void FrameMux::close_all() noexcept {
+  for (Device& d : devices_)
+    if (d.used) close_device(d);
+}
+
+void FrameMux::close_orphans() noexcept {
+  uint64_t closed = 0;
+  for (Device& d : devices_) {
+    if (!d.used || !env_.listeners[d.listener].close_on_host_remove) continue;
+    for (int li = 0; li < static_cast<int>(kMaxLinks) && d.used; ++li) {
+      const Link& k = d.links[li];
+      if (k.fd < 0 || (k.slot < env_.live_tag.size() && env_.live_tag[k.slot] == k.tag)) continue;
+      close_link(d, li);  // the next frames for its keys go to their new owner
+      ++closed;
+    }
+    if (d.used) drive(d);
+  }
+  if (closed) {
+    bump(env_.seg->worker(env_.worker).host_closed, closed);
+    GW_LOG_INFO("on_host_remove close: closed {} host connection(s) of per-frame devices", closed);
+  }
+}
+
+}  // namespace gw::proxy

@@ -1,0 +1,153 @@
+#include "proxy/relay_common.hpp"
+
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "gw/core/clock.hpp"
+#include "gw/core/log.hpp"
+#include "gw/shm/events.hpp"
+#include "gw/shm/runtime.hpp"
+
+namespace gw::proxy {
+
+static_assert(kFrameErrorCount <= shm::kFrameRejectKinds, "the shm worker row counts every frame reject reason");
+
+int pick_host(RelayEnv& env, int ui, std::string_view key, std::span<const uint32_t> tried, balance::Rng& rng,
+              bool first) noexcept {
+  const balance::Snapshot& snap = *env.snap;
+  const balance::UpstreamView& uv = snap.upstreams()[static_cast<size_t>(ui)];
+  auto hosts = snap.table().hosts();
+  bool fell_back = false;
+  bool ramp = true, ramped_out = false;
+  auto eligible = [&](uint32_t i) noexcept {
+    const shm::HostRecord& r = hosts[i];
+    if (r.admin_down) return false;
+    for (uint32_t t : tried)
+      if (t == r.slot) return false;
+    const shm::HostRuntime& hr = env.seg->host(r.slot);
+    if (!shm::host_usable(hr, r.tag, uv.health, env.now_ms)) return false;
+    if (uv.slow_start_ms == 0) return true;
+    // Slow start: a host that just came back takes a growing share of its
+    // weight (never applied to hash methods: keys must not wander).
+    if (shm::method_uses_key(static_cast<shm::Method>(snap.table().pools()[r.pool].method))) return true;
+    if (!ramp) return true;
+    uint32_t share = shm::slow_start_permille(hr, r.tag, r.weight, uv.slow_start_ms, env.now_ms);
+    if (share >= 1000 || rng.below(1000) < share) return true;
+    ramped_out = true;
+    return false;
+  };
+  auto load = [&](uint32_t i) noexcept {
+    // Active connections over every worker: one relaxed load per row.
+    const shm::HostRecord& r = hosts[i];
+    uint64_t n = 0;
+    for (uint32_t w = 0; w < env.n_workers; ++w) {
+      const shm::HostCounter& c = env.seg->counter(w, r.slot);
+      if (c.tag.load(std::memory_order_relaxed) == r.tag) n += c.active.load(std::memory_order_relaxed);
+    }
+    return n;
+  };
+  int h = env.balancer->pick(snap, uv, key, eligible, load, &fell_back);
+  if (h < 0 && ramped_out) {
+    ramp = false;
+    h = env.balancer->pick(snap, uv, key, eligible, load, &fell_back);
+  }
+  if (fell_back && first) bump(env.seg->worker(env.worker).hash_fallbacks);
+  if (h >= 0 && env.table_changed) {
+    // Propagation: the first connection this worker routes with a new table.
+    env.table_changed = false;
+    env.seg->worker(env.worker).applied_ns.store(core::monotonic_ns(), std::memory_order_release);
+  }
+  return h;
+}
+
+bool peer_error(int err) noexcept {
+  switch (err) {
+    case ECONNREFUSED: case ETIMEDOUT: case EHOSTUNREACH: case ENETUNREACH: case ECONNRESET:
+    case ECONNABORTED: case EHOSTDOWN: case ENETDOWN: case EPIPE: case EPROTO:
+      return true;
+    default:
+      return false;
+  }
+}
+
+namespace {
+
+void host_event(RelayEnv& env, uint32_t slot, uint32_t tag, bool down, int err) noexcept {
+  const shm::Table& t = env.snap->table();
+  auto hosts = t.hosts();
+  try {
+    std::string path = "(removed host)", address = "-";
+    uint32_t max_fails = 0, fail_timeout = 0;
+    for (size_t i = 0; i < hosts.size(); ++i) {
+      if (hosts[i].slot == slot && hosts[i].tag == tag) {
+        path = t.host_path(static_cast<int>(i));
+        address = hosts[i].addr.to_string();
+        const auto& pool = t.pools()[hosts[i].pool];
+        max_fails = t.upstreams()[pool.upstream].max_fails;
+        fail_timeout = t.upstreams()[pool.upstream].fail_timeout_ms;
+        break;
+      }
+    }
+    std::string text =
+        down ? fmt::format("host_down {} {} (passive: {} failure(s) within {} ms, last: {})", path, address,
+                           max_fails, fail_timeout, std::strerror(err))
+             : fmt::format("host_up {} {} (passive: a connection succeeded)", path, address);
+    shm::emit_event(*env.seg, shm::EventKind::health, t.header().generation, text);
+    GW_LOG_WARN("{}", text);
+  } catch (...) {
+  }
+}
+
+}  // namespace
+
+void record_connect_failure(RelayEnv& env, int ui, uint32_t slot, uint32_t tag, uint32_t weight, int err) noexcept {
+  const balance::UpstreamView& uv = env.snap->upstreams()[static_cast<size_t>(ui)];
+  if (shm::record_failure(env.seg->host(slot), tag, uv.health, env.now_ms)) host_event(env, slot, tag, true, err);
+  env.balancer->on_failure(slot, tag, weight, uv.health.max_fails);
+}
+
+void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t start_ns) noexcept {
+  shm::HostRuntime& hr = env.seg->host(slot);
+  shm::record_latency(hr, tag, (core::monotonic_ns() - start_ns) / 1000, env.now_ms);
+  if (shm::record_success(hr, tag)) {
+    shm::mark_up(hr, tag, env.now_ms);
+    host_event(env, slot, tag, false, 0);
+  }
+}
+
+void count_no_host(RelayEnv& env, int ui, uint32_t attempts, uint64_t& last_log_ms) noexcept {
+  bump(env.seg->worker(env.worker).no_host);
+  if (env.now_ms - last_log_ms >= 1000) {
+    last_log_ms = env.now_ms;
+    GW_LOG_WARN("upstream {}: no live host for a connection after {} attempt(s); closing it",
+                ui >= 0 ? shm::name_of(env.snap->table().upstreams()[static_cast<size_t>(ui)].name) : "(none)",
+                attempts);
+  }
+}
+
+void count_reject(RelayEnv& env, FrameError e, int fd, uint64_t& last_log_ms) noexcept {
+  auto& w = env.seg->worker(env.worker);
+  bump(w.frame_rejects[static_cast<size_t>(e)]);
+  if (env.now_ms - last_log_ms < 1000) return;
+  last_log_ms = env.now_ms;
+  char peer[INET6_ADDRSTRLEN + 8] = "?";
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (fd >= 0 && ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+    if (ss.ss_family == AF_INET)
+      ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, peer, sizeof(peer));
+    else if (ss.ss_family == AF_INET6)
+      ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, peer, sizeof(peer));
+  }
+  uint64_t total = 0;
+  for (size_t i = 1; i < kFrameErrorCount; ++i) total += w.frame_rejects[i].load(std::memory_order_relaxed);
+  GW_LOG_WARN("frame connection from {} refused: {} (this worker has refused {} so far; logged at most once a second)",
+              peer, frame_error_name(e), total);
+}
+
+}  // namespace gw::proxy

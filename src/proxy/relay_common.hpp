@@ -1,0 +1,45 @@
+#pragma once
+// What the L4 relay and the per-frame multiplexer share: host choice with the
+// relay's eligibility rules, connect outcomes recorded in shm (passive health,
+// latency, events), and frame-reject accounting. Worker thread only; noexcept.
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+#include "gw/proxy/framer.hpp"
+#include "gw/proxy/tcp_relay.hpp"
+
+namespace gw::proxy {
+
+/// Picks a host of upstream `ui` for `key`, skipping hosts whose slots are in
+/// `tried`. Applies admin state, health and slow start (which lowers a host's
+/// share but never refuses the only usable host). Returns a host index into
+/// the snapshot's table, or -1. Counts a hash fallback when `first` is set.
+int pick_host(RelayEnv& env, int ui, std::string_view key, std::span<const uint32_t> tried, balance::Rng& rng,
+              bool first) noexcept;
+
+/// Errors that say something about the backend or the path to it. Others
+/// (EMFILE, ENOBUFS, EADDRNOTAVAIL: out of ports, ...) are this machine's own
+/// trouble and must not take a healthy host out for every worker.
+bool peer_error(int err) noexcept;
+
+/// A connect to host (slot, tag) failed with a peer error: passive health,
+/// the balancer's effective weight, and a host_down event if this took it down.
+void record_connect_failure(RelayEnv& env, int ui, uint32_t slot, uint32_t tag, uint32_t weight, int err) noexcept;
+/// A connect succeeded after `start_ns`: latency sample, and host_up if it was down.
+void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t start_ns) noexcept;
+
+/// Counts a connection no pool could take (and logs it, at most once a second).
+void count_no_host(RelayEnv& env, int ui, uint32_t attempts, uint64_t& last_log_ms) noexcept;
+
+/// Counts a refused frame connection by reason, and logs it at most once a
+/// second per worker (with how many were not logged).
+void count_reject(RelayEnv& env, FrameError e, int fd, uint64_t& last_log_ms) noexcept;
+
+/// Increments a per-worker shm counter (single writer: relaxed load + store).
+inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
+  c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+}  // namespace gw::proxy
