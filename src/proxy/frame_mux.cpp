@@ -60,7 +60,7 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   ++active_;
   net::set_nodelay(fd);
   auto& w = env_.seg->worker(env_.worker);
-  w.connections.store(w.connections.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  bump(w.connections);
   bump(w.accepted);
   if (env_.epoll->add(fd, kSocketEvents, data_of(d, 0)) != 0) {
     close_device(d);

@@ -68,7 +68,7 @@ void TcpRelay::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept 
   s.state = l.framer ? State::sniff : State::connecting;
   net::set_nodelay(fd);
   auto& w = env_.seg->worker(env_.worker);
-  w.connections.store(active_, std::memory_order_relaxed);
+  bump(w.connections);  // shared with FrameMux: counted up and down, never stored
   bump(w.accepted);
   if (env_.epoll->add(fd, kSocketEvents, data_of(s, kKindClient)) != 0) {
     close_session(s);
@@ -134,7 +134,10 @@ void TcpRelay::sniff(Session& s) noexcept {
       continue;
     }
     if (n == 0) {
-      reject(s, framer.at_eof(p.tail));
+      // A connection closed before sending anything (a port probe) is not a
+      // bad frame; one closed inside a frame is.
+      if (p.tail == 0) close_session(s);
+      else reject(s, framer.at_eof(p.tail));
       return;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -384,7 +387,9 @@ void TcpRelay::close_session(Session& s) noexcept {
   s.next_free = free_head_;
   free_head_ = index_of(s);
   --active_;
-  env_.seg->worker(env_.worker).connections.store(active_, std::memory_order_relaxed);
+  auto& c = env_.seg->worker(env_.worker).connections;
+  const uint64_t n = c.load(std::memory_order_relaxed);
+  c.store(n ? n - 1 : 0, std::memory_order_relaxed);
 }
 
 void TcpRelay::close_all() noexcept {

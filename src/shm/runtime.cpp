@@ -119,6 +119,7 @@ void clear_worker_counters(const Segment& seg, uint32_t worker) noexcept {
     // Its connections died with it; totals stay, they are history.
     seg.counter(worker, i).active.store(0, std::memory_order_relaxed);
   }
+  seg.worker(worker).connections.store(0, std::memory_order_relaxed);
 }
 
 }  // namespace gw::shm
