@@ -237,7 +237,9 @@ Options ParseOptions(int argc, char** argv) {
   }
   for (const std::string& s : opt.src) {
     Address a;
-    if (!ParseAddress(s, false, &a)) UsageError("bad --src address: " + s);
+    if (!ParseAddress(s, false, &a) || PortOf(a) != 0) {
+      UsageError("bad --src address (want an IP without a port): " + s);
+    }
     if (a.addr.ss_family != opt.target_addr.addr.ss_family) {
       UsageError("--src " + s + " is not of the --target's address family");
     }
@@ -718,7 +720,7 @@ class Worker {
     c.login_time = WallTime16();
     size_t len = BuildFrame(frame, kTypeLogin, c.login_time, c.number);
     c.login_pending = true;
-    if (opt_.first_reply) {
+    if (opt_.first_reply || opt_.churn) {  // a churn cycle never sends heartbeats
       c.state = State::kLogin;
     } else {
       StartHeartbeats(slot, NowUs());
