@@ -67,7 +67,7 @@ struct FrameSpec {
   size_t max_frame() const noexcept { return size_t{header_size} + max_body; }
 };
 
-inline constexpr size_t kMaxKey = 255;
+inline constexpr size_t kMaxKey = 128;  // a session keeps a copy while it connects
 inline constexpr size_t kMaxHeader = 64;
 /// Bytes that must stay readable after a body handed to the JSON parser.
 inline constexpr size_t kPadding = 64;
