@@ -71,8 +71,8 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
 }
 
 void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
-  const uint32_t idx = static_cast<uint32_t>(data) >> 4;
-  const uint32_t sub = static_cast<uint32_t>(data) & 0xf;
+  const uint32_t idx = static_cast<uint32_t>(data) >> 6;
+  const uint32_t sub = static_cast<uint32_t>(data) & 0x3f;
   if (idx >= devices_.size()) return;
   Device& d = devices_[idx];
   if (!d.used || ((data >> 32) & 0x3fffffffu) != (d.gen & 0x3fffffffu)) return;  // stale
@@ -315,11 +315,14 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
   for (int i = 0; i < static_cast<int>(kMaxLinks) && li < 0; ++i)
     if (d.links[i].fd < 0) li = i;
   if (li < 0) {
-    // Every link is in use: let the least recently used idle one go.
+    // Every link is in use: let the least recently used one go, but only if
+    // it has been quiet long enough that its host owes nothing. Otherwise the
+    // device is closed (it reconnects) rather than losing answers silently.
     uint64_t oldest = UINT64_MAX;
     for (int i = 0; i < static_cast<int>(kMaxLinks); ++i) {
       const Link& k = d.links[i];
-      if (i != d.owner && !k.connecting && k.head == k.tail && k.last_used_ms < oldest) {
+      if (i != d.owner && i != d.front_link && !k.connecting && k.head == k.tail &&
+          k.last_used_ms + kLinkEvictIdleMs <= env_.now_ms && k.last_used_ms < oldest) {
         oldest = k.last_used_ms;
         li = i;
       }
@@ -327,7 +330,8 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
     if (li < 0) {
       if (env_.now_ms - last_link_log_ms_ >= 1000) {
         last_link_log_ms_ = env_.now_ms;
-        GW_LOG_WARN("a device connection needs more than {} hosts at once; closing it", kMaxLinks);
+        GW_LOG_WARN("a device connection in mode \"frame\" needs more than {} busy hosts at once; closing it",
+                    kMaxLinks);
       }
       close_device(d);
       return -1;

@@ -57,8 +57,10 @@ struct Framer::Json {
 
 Framer::Framer(const FrameSpec& spec) : spec_(spec), json_(std::make_unique<Json>()) {
   // One allocation, at start-up: documents up to max_body bytes, nested up to
-  // max_depth. parse() is then called without reallocation.
-  if (json_->parser.allocate(std::max<size_t>(spec_.max_body, 64), spec_.max_depth) != simdjson::SUCCESS)
+  // max_depth. parse() is then called without reallocation. simdjson counts
+  // the document root as a level of its own, hence the + 1: max_depth 1
+  // accepts {"devid": "x"}.
+  if (json_->parser.allocate(std::max<size_t>(spec_.max_body, 64), spec_.max_depth + 1) != simdjson::SUCCESS)
     throw std::runtime_error("cannot allocate the frame JSON parser");
 }
 

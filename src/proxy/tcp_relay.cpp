@@ -114,7 +114,8 @@ void TcpRelay::sniff(Session& s) noexcept {
     ssize_t n = ::recv(s.cfd, p.buf + p.tail, cap - p.tail, MSG_DONTWAIT);
     if (n > 0) {
       p.tail += static_cast<uint32_t>(n);
-      FrameDecision d = framer.inspect(reinterpret_cast<const uint8_t*>(p.buf), p.tail, l.key_from_frame);
+      // The whole first frame is checked, key included, whatever is hashed.
+      FrameDecision d = framer.inspect(reinterpret_cast<const uint8_t*>(p.buf), p.tail, true);
       if (d.kind == FrameDecision::Kind::reject) {
         reject(s, d.error);
         return;

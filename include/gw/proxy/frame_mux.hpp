@@ -23,7 +23,10 @@ namespace gw::proxy {
 
 class FrameMux {
  public:
-  static constexpr uint32_t kMaxLinks = 8;  ///< hosts one device connection may use at once
+  static constexpr uint32_t kMaxLinks = 32;  ///< hosts one device connection may use at once
+  /// A link may be let go for another host only after this long without
+  /// traffic either way (a host that still owes answers would lose them).
+  static constexpr uint64_t kLinkEvictIdleMs = 5000;
 
   FrameMux(RelayEnv& env, uint32_t max_devices);
 
@@ -87,7 +90,7 @@ class FrameMux {
   };
 
   uint64_t data_of(const Device& d, uint32_t sub) const noexcept {
-    return (kKindMux << 62) | (uint64_t{d.gen & 0x3fffffffu} << 32) | (uint64_t{index_of(d)} << 4) | sub;
+    return (kKindMux << 62) | (uint64_t{d.gen & 0x3fffffffu} << 32) | (uint64_t{index_of(d)} << 6) | sub;
   }
   uint32_t index_of(const Device& d) const noexcept { return static_cast<uint32_t>(&d - devices_.data()); }
 
