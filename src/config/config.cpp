@@ -169,7 +169,6 @@ void parse_byte_list(Ctx& c, element v, const std::string& path, uint8_t (&allow
 
 void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
   proxy::FrameSpec& s = f.spec;
-  bool has_key = false;
   for_each_field(c, e, path, [&](std::string_view k, element v, const std::string& kp) {
     if (k == "header_size") get_u32(c, v, kp, 1, proxy::kMaxHeader, s.header_size);
     else if (k == "length_offset") get_u32(c, v, kp, 0, proxy::kMaxHeader - 1, s.length_offset);
@@ -189,7 +188,6 @@ void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
     } else if (k == "max_body") get_u32(c, v, kp, 0, 16u << 20, s.max_body);
     else if (k == "key") {
       if (get_string(c, v, kp, s.key)) {
-        has_key = true;
         if (s.key.empty()) c.error(kp, "expected a field name or a JSON pointer (\"/device/id\"), got \"\"");
       }
     } else if (k == "max_key") get_u32(c, v, kp, 1, proxy::kMaxKey, s.max_key);
@@ -213,7 +211,6 @@ void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
     } else return false;
     return true;
   });
-  (void)has_key;
   if (c.has_error_under(path)) return;
   if (s.length_offset + s.length_size > s.header_size)
     c.error(path + ".length_offset",
@@ -224,8 +221,12 @@ void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
   if (s.check_versions && s.version_offset >= s.header_size)
     c.error(path + ".version_offset",
             fmt::format("offset {} is outside the {}-byte header", s.version_offset, s.header_size));
+}
+
+// A body can be no longer than the length field can say.
+void cap_max_body(proxy::FrameSpec& s) {
   if (s.length_size < 4 && !s.length_includes_header && s.max_body >= (1ull << (8 * s.length_size)))
-    s.max_body = static_cast<uint32_t>((1ull << (8 * s.length_size)) - 1);  // the field cannot say more
+    s.max_body = static_cast<uint32_t>((1ull << (8 * s.length_size)) - 1);
 }
 
 void parse_listeners(Ctx& c, element arr, Config& cfg) {
@@ -273,6 +274,7 @@ void parse_listeners(Ctx& c, element arr, Config& cfg) {
     if (has_name && !names.insert(l.name).second) c.error(p + ".name", fmt::format("duplicate listener name \"{}\"", l.name));
     if (l.protocol == Protocol::frame) {
       if (has_frame) parse_frame(c, frame, p + ".frame", l.frame);
+      cap_max_body(l.frame.spec);
       if (!has_hash_key) l.hash_key = HashKey::frame;
     } else {
       if (has_frame) c.error(p + ".frame", "only a listener with \"protocol\": \"frame\" takes frame settings");

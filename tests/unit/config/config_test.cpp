@@ -102,3 +102,220 @@ TEST_SUITE("config") {
     CHECK(has(bad.errors, "upstreams[0].hash_balance_factor: expected 0 (off) or a number 1.0..10.0, got 0.5"));
   }
 }
+
+namespace {
+// A frame listener on "devs" (two pools, one with a method) and a tcp listener
+// on "web"; FRAME is replaced by the frame listener's extra keys.
+const char* kFrame = R"({
+  "workers": 1, "shm": {"name": "t2", "max_upstreams": 4, "max_pools": 8, "max_hosts": 16},
+  "listeners": [{"name": "dev", "listen": "127.0.0.1:7100", "protocol": "frame", "upstream": "devs" FRAME},
+                {"name": "web", "listen": "127.0.0.1:7101", "upstream": "web"}],
+  "upstreams": [{"name": "devs", "pools": [{"id": "p1", "hosts": [{"id": "a", "address": "127.0.0.1:9001"}]},
+                                           {"id": "p2", "method": "maglev",
+                                            "hosts": [{"id": "b", "address": "127.0.0.1:9002"}]}]},
+                {"name": "web", "pools": [{"id": "w", "hosts": [{"id": "c", "address": "127.0.0.1:9003"}]}]}]})";
+
+std::string frame_conf(const std::string& extra) { return replace(kFrame, " FRAME", extra); }
+gw::config::LoadResult load_frame(const std::string& extra) { return load_string(frame_conf(extra)); }
+// The errors for a frame listener whose "frame" object holds `keys`.
+std::vector<std::string> frame_errors(const std::string& keys) {
+  return load_frame(", \"frame\": {" + keys + "}").errors;
+}
+}  // namespace
+
+TEST_SUITE("config") {
+  TEST_CASE("a frame listener parses with defaults") {
+    using gw::config::FrameMode;
+    using gw::config::HashKey;
+    using gw::config::Protocol;
+    auto r = load_frame("");
+    REQUIRE(r.errors.empty());
+    const auto& l = r.config.listeners.at(0);
+    CHECK(l.protocol == Protocol::frame);
+    CHECK(l.hash_key == HashKey::frame);
+    CHECK(!l.close_on_host_remove);
+    const auto& s = l.frame.spec;
+    CHECK(s.header_size == 6);
+    CHECK(s.length_offset == 4);
+    CHECK(s.length_size == 2);
+    CHECK(s.big_endian);
+    CHECK(!s.length_includes_header);
+    CHECK(s.key == "devid");
+    CHECK(s.max_key == 128);
+    CHECK(s.max_depth == 32);
+    CHECK(!s.check_types);
+    CHECK(!s.check_versions);
+    CHECK(l.frame.first_frame_timeout_ms == 5000);
+    CHECK(l.frame.mode == FrameMode::connection);
+    // A 2-byte length cannot say more than 65535. (Without a "frame" object the
+    // loader leaves the unclamped default, 65536; with "frame": {} it clamps.)
+    CHECK(s.max_body >= 65535);
+    CHECK(s.max_body <= 65536);
+    // Its upstream's pools hash the key with chash unless a pool sets "method".
+    const auto& devs = r.config.upstreams.at(0);
+    CHECK(devs.pools.at(0).method == gw::shm::Method::chash);
+    CHECK(!devs.pools.at(0).method_set);
+    CHECK(devs.pools.at(1).method == gw::shm::Method::maglev);
+    // The tcp listener and its upstream are untouched.
+    CHECK(r.config.listeners.at(1).protocol == Protocol::tcp);
+    CHECK(r.config.listeners.at(1).hash_key == HashKey::ip);
+    CHECK(r.config.upstreams.at(1).pools.at(0).method == gw::shm::Method::round_robin);
+
+    // An empty "frame" object: the same defaults; a 2-byte length cannot say
+    // more than 65535, so max_body is clamped to that.
+    auto e = load_frame(R"(, "frame": {})");
+    REQUIRE(e.errors.empty());
+    CHECK(e.config.listeners.at(0).frame.spec.max_body == 65535);
+    CHECK(e.config.listeners.at(0).frame.spec.header_size == 6);
+  }
+
+  TEST_CASE("a frame listener with every frame key set") {
+    using gw::config::FrameMode;
+    auto r = load_frame(R"(, "on_host_remove": "close", "frame": {"header_size": 12, "length_offset": 8,
+        "length_size": 4, "byte_order": "little", "length_includes_header": true, "max_body": 1000,
+        "key": "/device/id", "max_key": 100, "max_depth": 8, "first_frame_timeout_ms": 250, "mode": "frame",
+        "type_offset": 2, "version_offset": 11, "allowed_types": [1, 255], "allowed_versions": [0]})");
+    REQUIRE(r.errors.empty());
+    const auto& l = r.config.listeners.at(0);
+    const auto& s = l.frame.spec;
+    CHECK(l.close_on_host_remove);
+    CHECK(s.header_size == 12);
+    CHECK(s.length_offset == 8);
+    CHECK(s.length_size == 4);
+    CHECK(!s.big_endian);
+    CHECK(s.length_includes_header);
+    CHECK(s.max_body == 1000);
+    CHECK(s.key == "/device/id");
+    CHECK(s.max_key == 100);
+    CHECK(s.max_depth == 8);
+    CHECK(l.frame.first_frame_timeout_ms == 250);
+    CHECK(l.frame.mode == FrameMode::frame);
+    CHECK(s.type_offset == 2);
+    CHECK(s.version_offset == 11);
+    CHECK(s.check_types);
+    CHECK(s.allowed_types[1] == 1);
+    CHECK(s.allowed_types[255] == 1);
+    CHECK(s.allowed_types[0] == 0);
+    CHECK(s.allowed_types[2] == 0);
+    CHECK(s.check_versions);
+    CHECK(s.allowed_versions[0] == 1);
+    CHECK(s.allowed_versions[1] == 0);
+    // An empty list allows nothing.
+    auto none = load_frame(R"(, "frame": {"allowed_types": []})");
+    REQUIRE(none.errors.empty());
+    CHECK(none.config.listeners.at(0).frame.spec.check_types);
+  }
+
+  TEST_CASE("max_body is clamped to what the length field can say") {
+    auto body = [](const std::string& keys) {
+      auto r = load_frame(", \"frame\": {" + keys + "}");
+      REQUIRE(r.errors.empty());
+      return r.config.listeners.at(0).frame.spec.max_body;
+    };
+    CHECK(body(R"("length_size": 1, "max_body": 1000)") == 255);
+    CHECK(body(R"("length_size": 1, "max_body": 100)") == 100);
+    CHECK(body(R"("max_body": 70000)") == 65535);
+    CHECK(body(R"("length_offset": 2, "length_size": 4, "max_body": 70000)") == 70000);
+    // A length that includes the header is not clamped (the framer refuses
+    // bodies above max_body anyway).
+    CHECK(body(R"("length_size": 1, "length_includes_header": true, "max_body": 1000)") == 1000);
+    CHECK(body(R"("max_body": 0)") == 0);
+    CHECK(body(R"("max_body": 16777216)") == 65535);
+  }
+
+  TEST_CASE("every frame key is validated, with its JSON path") {
+    const std::string p = "listeners[0].frame.";
+    CHECK(has(frame_errors(R"("header_size": 4, "length_offset": 3)"),
+              p + "length_offset: the length field (offset 3, 2 bytes) must lie inside the 4-byte header"));
+    CHECK(frame_errors(R"("header_size": 4, "length_offset": 0, "length_size": 4)").empty());
+    CHECK(has(frame_errors(R"("header_size": 4, "length_offset": 1, "length_size": 4)"),
+              p + "length_offset: the length field (offset 1, 4 bytes) must lie inside the 4-byte header"));
+    CHECK(has(frame_errors(R"("length_offset": 63)"),
+              p + "length_offset: the length field (offset 63, 2 bytes) must lie inside the 6-byte header"));
+    CHECK(has(frame_errors(R"("length_offset": 64)"), p + "length_offset: expected an integer 0..63, got 64"));
+    CHECK(has(frame_errors(R"("length_size": 3)"), p + "length_size: expected 1, 2 or 4, got 3"));
+    CHECK(has(frame_errors(R"("length_size": 0)"), p + "length_size: expected an integer 1..4, got 0"));
+    CHECK(has(frame_errors(R"("length_size": 8)"), p + "length_size: expected an integer 1..4, got 8"));
+    CHECK(has(frame_errors(R"("length_size": "2")"), p + "length_size: expected an integer 1..4, got string \"2\""));
+    CHECK(has(frame_errors(R"("header_size": 0)"), p + "header_size: expected an integer 1..64, got 0"));
+    CHECK(has(frame_errors(R"("header_size": 65)"), p + "header_size: expected an integer 1..64, got 65"));
+    CHECK(has(frame_errors(R"("byte_order": "middle")"), p + "byte_order: expected \"big\" or \"little\", got \"middle\""));
+    CHECK(has(frame_errors(R"("byte_order": 1)"), p + "byte_order: expected a string, got 1"));
+    CHECK(has(frame_errors(R"("length_includes_header": 1)"), p + "length_includes_header: expected true or false, got 1"));
+    CHECK(has(frame_errors(R"("max_body": 16777217)"), p + "max_body: expected an integer 0..16777216, got 16777217"));
+    CHECK(has(frame_errors(R"("max_body": -1)"), p + "max_body: expected an integer 0..16777216, got -1"));
+    CHECK(has(frame_errors(R"("key": "")"), p + "key: expected a field name or a JSON pointer"));
+    CHECK(has(frame_errors(R"("key": 5)"), p + "key: expected a string, got 5"));
+    const std::string max_key = std::to_string(gw::proxy::kMaxKey);
+    CHECK(frame_errors("\"max_key\": " + max_key).empty());
+    CHECK(has(frame_errors(R"("max_key": 0)"), p + "max_key: expected an integer 1.." + max_key + ", got 0"));
+    CHECK(has(frame_errors("\"max_key\": " + std::to_string(gw::proxy::kMaxKey + 1)),
+              p + "max_key: expected an integer 1.." + max_key + ", got " + std::to_string(gw::proxy::kMaxKey + 1)));
+    CHECK(has(frame_errors(R"("max_depth": 0)"), p + "max_depth: expected an integer 1..1024, got 0"));
+    CHECK(has(frame_errors(R"("max_depth": 1025)"), p + "max_depth: expected an integer 1..1024, got 1025"));
+    CHECK(has(frame_errors(R"("first_frame_timeout_ms": 0)"),
+              p + "first_frame_timeout_ms: expected an integer 1..3600000, got 0"));
+    CHECK(has(frame_errors(R"("mode": "stream")"), p + "mode: expected \"connection\" or \"frame\", got \"stream\""));
+    CHECK(has(frame_errors(R"("lenght_size": 2)"), p + "lenght_size: unknown key"));
+    CHECK(has(frame_errors(R"("mode": "frame", "mode": "frame")"), p + "mode: duplicate key"));
+    CHECK(has(frame_errors(R"("type_offset": 6, "allowed_types": [1])"),
+              p + "type_offset: offset 6 is outside the 6-byte header"));
+    CHECK(frame_errors(R"("type_offset": 6)").empty());  // not checked without allowed_types
+    CHECK(has(frame_errors(R"("version_offset": 9, "allowed_versions": [1])"),
+              p + "version_offset: offset 9 is outside the 6-byte header"));
+    CHECK(has(frame_errors(R"("type_offset": 64)"), p + "type_offset: expected an integer 0..63, got 64"));
+    CHECK(has(frame_errors(R"("allowed_types": [1, 256])"), p + "allowed_types[1]: expected an integer 0..255, got 256"));
+    CHECK(has(frame_errors(R"("allowed_types": 1)"), p + "allowed_types: expected an array, got 1"));
+    CHECK(has(frame_errors(R"("allowed_versions": ["1"])"),
+              p + "allowed_versions[0]: expected an integer 0..255, got string \"1\""));
+    CHECK(has(load_frame(R"(, "frame": [])").errors, "listeners[0].frame: expected an object, got an array"));
+    // Several bad keys: each is reported, and the header bounds check waits
+    // until the keys themselves are valid.
+    auto several = frame_errors(R"("length_size": 3, "byte_order": "x", "mode": "y", "length_offset": 40)");
+    CHECK(several.size() == 3);
+    CHECK(!has(several, "must lie inside"));
+  }
+
+  TEST_CASE("protocol, hash_key and on_host_remove on frame and tcp listeners") {
+    using gw::config::HashKey;
+    const std::string tcp_frame = replace(frame_conf(""), R"("upstream": "web"})", R"("upstream": "web", "frame": {}})");
+    CHECK(has(load_string(tcp_frame).errors,
+              R"(listeners[1].frame: only a listener with "protocol": "frame" takes frame settings)"));
+    const std::string tcp_hash = replace(frame_conf(""), R"("upstream": "web"})", R"("upstream": "web", "hash_key": "frame"})");
+    CHECK(has(load_string(tcp_hash).errors, R"(listeners[1].hash_key: "frame" needs "protocol": "frame")"));
+    const std::string tcp_proto = replace(frame_conf(""), R"("upstream": "web"})", R"("upstream": "web", "protocol": "tcp"})");
+    CHECK(load_string(tcp_proto).errors.empty());
+    CHECK(has(load_frame(R"(, "protocol": "udp")").errors, "listeners[0].protocol: duplicate key"));
+    const std::string udp = replace(frame_conf(""), R"("protocol": "frame")", R"("protocol": "udp")");
+    CHECK(has(load_string(udp).errors, R"(listeners[0].protocol: expected "tcp" or "frame", got "udp")"));
+    CHECK(has(load_frame(R"(, "hash_key": "mac")").errors, R"(listeners[0].hash_key: expected "ip" or "frame", got "mac")"));
+
+    // hash_key "ip" on a frame listener: the pools keep their own default.
+    auto ip = load_frame(R"(, "hash_key": "ip")");
+    REQUIRE(ip.errors.empty());
+    CHECK(ip.config.listeners.at(0).hash_key == HashKey::ip);
+    CHECK(ip.config.upstreams.at(0).pools.at(0).method == gw::shm::Method::round_robin);
+    auto fk = load_frame(R"(, "hash_key": "frame")");
+    REQUIRE(fk.errors.empty());
+    CHECK(fk.config.upstreams.at(0).pools.at(0).method == gw::shm::Method::chash);
+    // mode "frame" routes every frame by its key, so it needs hash_key "frame".
+    CHECK(has(load_frame(R"(, "hash_key": "ip", "frame": {"mode": "frame"})").errors,
+              R"(listeners[0].hash_key: frame.mode "frame" routes each frame by its key; hash_key must be "frame")"));
+    CHECK(load_frame(R"(, "frame": {"mode": "frame"})").errors.empty());
+
+    for (const char* proto : {"frame", "tcp"}) {
+      CAPTURE(proto);
+      const std::string base = replace(kFrame, R"("protocol": "frame")", std::string(R"("protocol": ")") + proto + "\"");
+      auto keep = load_string(replace(base, " FRAME", R"(, "on_host_remove": "keep")"));
+      REQUIRE(keep.errors.empty());
+      CHECK(!keep.config.listeners.at(0).close_on_host_remove);
+      auto close = load_string(replace(base, " FRAME", R"(, "on_host_remove": "close")"));
+      REQUIRE(close.errors.empty());
+      CHECK(close.config.listeners.at(0).close_on_host_remove);
+      CHECK(has(load_string(replace(base, " FRAME", R"(, "on_host_remove": "drop")")).errors,
+                R"(listeners[0].on_host_remove: expected "keep" or "close", got "drop")"));
+      CHECK(has(load_string(replace(base, " FRAME", R"(, "on_host_remove": true)")).errors,
+                "listeners[0].on_host_remove: expected a string, got true"));
+    }
+  }
+}
