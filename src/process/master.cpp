@@ -126,6 +126,28 @@ shm::Segment prepare_segment(const config::Config& cfg) {
         GW_LOG_WARN("upstream \"{}\" from the runtime state is not in the config; its pools and hosts are dropped",
                     x.name);
   }
+  // Routes come from the config; their rules from the runtime state when it
+  // lists the route (a route whose rules were all removed stays empty), else
+  // from the config.
+  const bool state_rules = source != Source::config && src.has_routes;
+  for (const auto& l : cfg.listeners)
+    for (const auto& r : l.routes) {
+      int ri = merged.add_route(l.name, r.name);
+      const shm::StateRoute* sr = state_rules ? src.find_route(l.name, r.name) : nullptr;
+      for (const auto& rule : sr ? sr->rules : r.rules) {
+        if (merged.find_upstream(rule.upstream) < 0) {
+          GW_LOG_WARN("rule {}/{}/{} sends to upstream \"{}\", which is not in the config; the rule is dropped", l.name,
+                      r.name, rule.id, rule.upstream);
+          continue;
+        }
+        merged.add_rule(ri, rule);
+      }
+    }
+  if (state_rules)
+    for (const auto& x : src.routes)
+      if (merged.find_route(x.listener, x.name) < 0 && !x.rules.empty())
+        GW_LOG_WARN("route {}/{} from the runtime state is not in the config; its {} rule(s) are dropped", x.listener,
+                    x.name, x.rules.size());
 
   bool reuse = seg.valid() && seg.caps() == cfg.shm.caps;
   if (seg.valid() && !reuse) {

@@ -18,6 +18,7 @@
 #include "gw/net/reactor.hpp"
 #include "gw/proxy/frame_mux.hpp"
 #include "gw/proxy/framer.hpp"
+#include "gw/proxy/http_proxy.hpp"
 #include "gw/proxy/tcp_relay.hpp"
 #include "gw/shm/runtime.hpp"
 #include "process/signals.hpp"
@@ -44,13 +45,15 @@ class Worker {
         listeners_(cfg.listeners.size()),
         live_tag_(seg.caps().max_hosts, 0),
         relay_(env_, max_sessions()),
-        mux_(env_, max_sessions()) {
+        mux_(env_, max_sessions()),
+        http_(env_, cfg, max_sessions()) {
     size_t frame_buffer = 0;
     for (size_t i = 0; i < cfg.listeners.size(); ++i) {
       const config::ListenerConf& l = cfg.listeners[i];
       proxy::ListenerRuntime& lr = listeners_[i];
       lr.key_from_frame = l.hash_key == config::HashKey::frame;
       lr.close_on_host_remove = l.close_on_host_remove;
+      lr.http = l.protocol == config::Protocol::http;
       any_close_on_remove_ |= l.close_on_host_remove;
       if (l.protocol == config::Protocol::frame) {
         framers_.push_back(std::make_unique<proxy::Framer>(l.frame.spec));
@@ -110,9 +113,12 @@ class Worker {
       env_.now_ms = core::monotonic_ms();
       for (int i = 0; i < n; ++i) {
         uint64_t d = events[i].data.u64;
-        if (proxy::event_kind(d) == proxy::kKindMux) {
+        const uint64_t kind = proxy::event_kind(d);
+        if (kind == proxy::kKindMux) {
           mux_.on_event(d, events[i].events);
-        } else if (proxy::event_kind(d) != proxy::kKindWorker) {
+        } else if (kind == proxy::kKindHttpClient || kind == proxy::kKindHttpUp) {
+          http_.on_event(d, events[i].events);
+        } else if (kind != proxy::kKindWorker) {
           relay_.on_event(d, events[i].events);
         } else if (d == kSignalIndex) {
           if (!on_signal(sfd.get())) return 0;
@@ -122,6 +128,7 @@ class Worker {
       }
       timers_.advance(env_.now_ms, [this](net::TimerNode& t) {
         if (mux_.owns(t)) mux_.on_timer(t);
+        else if (http_.owns(t)) http_.on_timer(t);
         else relay_.on_timer(t);
       });
       if (env_.now_ms >= next_housekeeping) {
@@ -131,15 +138,16 @@ class Worker {
       }
       if (accept_paused_ && env_.now_ms >= resume_accept_ms_) resume_accept();
       if (draining_) {
-        if (relay_.active() + mux_.active() == 0) {
+        if (relay_.active() + mux_.active() + http_.active() == 0) {
           GW_LOG_INFO("drained; exiting");
           return 0;
         }
         if (env_.now_ms >= drain_deadline_ms_) {
           GW_LOG_WARN("shutdown_timeout_ms ({}) passed with {} connection(s) open; closing them",
-                      cfg_.shutdown_timeout_ms, relay_.active() + mux_.active());
+                      cfg_.shutdown_timeout_ms, relay_.active() + mux_.active() + http_.active());
           relay_.close_all();
           mux_.close_all();
+          http_.close_all();
           return 0;
         }
       }
@@ -162,6 +170,7 @@ class Worker {
     balancer_.rebuild(snap_);
     for (size_t i = 0; i < cfg_.listeners.size(); ++i)
       listeners_[i].upstream = snap_.find_upstream(cfg_.listeners[i].upstream);
+    http_.refresh();
     env_.table_changed = true;
     seg_.worker(slot_).generation.store(gen, std::memory_order_release);
     if (any_close_on_remove_) close_orphans();
@@ -187,9 +196,10 @@ class Worker {
       switch (si.ssi_signo) {
         case SIGTERM:
           if (!draining_) {
-            GW_LOG_INFO("SIGTERM: stop accepting, draining {} connection(s) for up to {} ms", relay_.active(),
-                        cfg_.shutdown_timeout_ms);
+            GW_LOG_INFO("SIGTERM: stop accepting, draining {} connection(s) for up to {} ms",
+                        relay_.active() + mux_.active() + http_.active(), cfg_.shutdown_timeout_ms);
             stop_accepting();
+            http_.drain();  // idle keep-alive connections close now, busy ones after their response
             // Closing this process's copies lets the kernel drop the sockets
             // once the master has closed its own (it does so before SIGTERM).
             for (int fd : listen_fds_) ::close(fd);
@@ -201,6 +211,7 @@ class Worker {
         case SIGQUIT:
           relay_.close_all();
           mux_.close_all();
+          http_.close_all();
           return false;
         default:
           break;  // SIGHUP, SIGUSR1/2: the master handles them
@@ -226,7 +237,8 @@ class Worker {
       }
       if (reader_.stale()) refresh();  // one acquire load per new connection
       const bool per_frame = listeners_[li].per_frame;
-      if (per_frame ? mux_.full() : relay_.full()) {
+      const bool http = listeners_[li].http;
+      if (http ? http_.full() : per_frame ? mux_.full() : relay_.full()) {
         ::close(fd);
         if (env_.now_ms - last_full_log_ms_ >= 1000) {
           last_full_log_ms_ = env_.now_ms;
@@ -234,7 +246,8 @@ class Worker {
         }
         continue;
       }
-      if (per_frame) mux_.accept(fd, li);
+      if (http) http_.accept(fd, li, reinterpret_cast<const sockaddr*>(&peer));
+      else if (per_frame) mux_.accept(fd, li);
       else relay_.accept(fd, li, reinterpret_cast<const sockaddr*>(&peer));
     }
   }
@@ -272,6 +285,7 @@ class Worker {
   proxy::RelayEnv env_;
   proxy::TcpRelay relay_;
   proxy::FrameMux mux_;
+  proxy::HttpProxy http_;
   bool draining_ = false;
   uint64_t drain_deadline_ms_ = 0;
   bool accept_paused_ = false;

@@ -240,7 +240,7 @@ void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
   uint32_t idx = static_cast<uint32_t>(data);
   if (idx >= sessions_.size()) return;
   Session& s = sessions_[idx];
-  if (s.state == State::free || ((data >> 32) & 0x3fffffffu) != (s.gen & 0x3fffffffu)) return;  // stale
+  if (s.state == State::free || !event_gen_is(data, s.gen)) return;  // stale
   const bool in = events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
   const bool out = events & (EPOLLOUT | EPOLLHUP | EPOLLERR);
   const bool hup = events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR);

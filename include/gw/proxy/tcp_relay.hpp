@@ -37,6 +37,7 @@ struct ListenerRuntime {
   bool key_from_frame = false;       ///< hash_key "frame" (else the client IP)
   bool close_on_host_remove = false; ///< on_host_remove "close"
   bool per_frame = false;            ///< frame mode "frame": FrameMux routes every frame
+  bool http = false;                 ///< protocol http: HttpProxy
   uint32_t first_frame_timeout_ms = 0;
 };
 
@@ -60,12 +61,21 @@ struct RelayEnv {
   bool table_changed = false;  ///< set by the worker on refresh; the relay records propagation
 };
 
-/// epoll data kinds (top two bits).
+/// epoll data: kind (top 3 bits) | generation (29 bits) | index (32 bits).
+/// The generation makes an event for a closed and reused slot recognisable.
 inline constexpr uint64_t kKindWorker = 0;
 inline constexpr uint64_t kKindClient = 1;
 inline constexpr uint64_t kKindUpstream = 2;
-inline constexpr uint64_t kKindMux = 3;  ///< per-frame routing (FrameMux)
-inline constexpr uint64_t event_kind(uint64_t data) { return data >> 62; }
+inline constexpr uint64_t kKindMux = 3;        ///< per-frame routing (FrameMux)
+inline constexpr uint64_t kKindHttpClient = 4;  ///< HttpProxy: a client connection
+inline constexpr uint64_t kKindHttpUp = 5;      ///< HttpProxy: an upstream connection
+inline constexpr uint32_t kGenMask = 0x1fffffffu;
+inline constexpr uint64_t event_kind(uint64_t data) { return data >> 61; }
+inline constexpr uint64_t event_data(uint64_t kind, uint32_t gen, uint32_t low) {
+  return (kind << 61) | (uint64_t{gen & kGenMask} << 32) | low;
+}
+/// Whether an event's generation is `gen`'s (else the slot was reused: stale).
+inline constexpr bool event_gen_is(uint64_t data, uint32_t gen) { return ((data >> 32) & kGenMask) == (gen & kGenMask); }
 
 class TcpRelay {
  public:
@@ -126,7 +136,7 @@ class TcpRelay {
   };
 
   uint64_t data_of(const Session& s, uint64_t kind) const noexcept {
-    return (kind << 62) | (uint64_t{s.gen & 0x3fffffffu} << 32) | index_of(s);
+    return event_data(kind, s.gen, index_of(s));
   }
   uint32_t index_of(const Session& s) const noexcept { return static_cast<uint32_t>(&s - sessions_.data()); }
 

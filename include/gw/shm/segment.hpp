@@ -27,7 +27,7 @@
 namespace gw::shm {
 
 inline constexpr uint64_t kMagic = 0x31574753'4d485347ull;  // "GSHMSGW1" little-endian
-inline constexpr uint32_t kAbiVersion = 3;
+inline constexpr uint32_t kAbiVersion = 4;  // 4: routes, rules and address blocks in the table
 inline constexpr uint32_t kMaxWorkers = 64;
 inline constexpr uint32_t kEventCapacity = 4096;  // power of two
 inline constexpr size_t kPathCap = 512;
@@ -100,6 +100,8 @@ struct HostCounter {
 /// Reasons a frame connection can be refused (proxy::FrameError has them;
 /// the shm layout only needs the count, with room to grow).
 inline constexpr size_t kFrameRejectKinds = 16;
+/// Outcomes of HTTP requests (proxy::HttpOutcome has them), with room to grow.
+inline constexpr size_t kHttpOutcomeKinds = 8;
 
 struct alignas(64) WorkerRuntime {
   std::atomic<int32_t> pid;           ///< 0 = slot not running
@@ -115,8 +117,15 @@ struct alignas(64) WorkerRuntime {
   std::atomic<uint64_t> frames_routed;   ///< mode "frame": frames sent to a host
   std::atomic<uint64_t> host_closed;     ///< connections closed because their host went (on_host_remove "close")
   std::atomic<uint64_t> frame_rejects[kFrameRejectKinds];  ///< by proxy::FrameError (index 0 unused)
+  // HTTP listeners (fifth cache line on).
+  std::atomic<uint64_t> http_requests;          ///< request heads parsed
+  std::atomic<uint64_t> http_retries;           ///< attempts after a request's first
+  std::atomic<uint64_t> http_keepalive_reused;  ///< requests sent over an idle upstream connection
+  std::atomic<uint64_t> http_tunnels;           ///< WebSocket/Upgrade tunnels opened (101)
+  std::atomic<uint64_t> http_outcomes[kHttpOutcomeKinds];  ///< by proxy::HttpOutcome (index 0: ok)
+  std::atomic<uint64_t> http_reserved[4];
 };
-static_assert(sizeof(WorkerRuntime) == 64 + 64 + 128);
+static_assert(sizeof(WorkerRuntime) == 64 + 64 + 128 + 128);
 
 /// Per-pool state shared by the workers, indexed by the pool's position in the
 /// table. A position that passes to another pool after a removal keeps its
