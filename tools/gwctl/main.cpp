@@ -8,7 +8,10 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <cerrno>
 #include <charconv>
+#include <cstring>
+#include <iterator>
 #include <cstdio>
 #include <optional>
 #include <thread>
@@ -17,6 +20,8 @@
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
 #include "gw/proxy/framer.hpp"
+#include "gw/proxy/http_proxy.hpp"
+#include "gw/shm/state_file.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/runtime.hpp"
 #include "gw/shm/segment.hpp"
@@ -41,6 +46,8 @@ struct Options {
   std::string weight;
   std::string priority;
   std::string method;
+  // rules
+  std::string listener, route, upstream, ip, ip_file, header, cookie, percent;
 };
 
 std::string shm_name(const Options& o) {
@@ -112,6 +119,86 @@ int find_host(const gw::shm::Table& t, const std::string& u, const std::string& 
   return i;
 }
 
+// The matchers and upstream of a rule from --ip, --ip-file, --header,
+// --cookie, --percent and --upstream.
+gw::shm::RuleSpec rule_from_options(const Options& o) {
+  gw::shm::RuleSpec r;
+  r.id = o.id;
+  r.upstream = o.upstream;
+  if (o.upstream.empty()) throw Failure("a rule needs --upstream NAME (where matching requests go)");
+  auto add_cidrs = [&](std::string_view list, const std::string& where) {
+    size_t i = 0;
+    while (i <= list.size()) {
+      size_t j = list.find_first_of(", \t\r\n", i);
+      if (j == std::string_view::npos) j = list.size();
+      std::string_view item = list.substr(i, j - i);
+      if (!item.empty() && item.front() != '#') {
+        gw::core::Cidr c;
+        std::string why;
+        if (!gw::core::parse_cidr(item, c, why)) throw Failure(fmt::format("{}: bad address \"{}\": {}", where, item, why));
+        r.cidrs.push_back(c);
+      }
+      i = j + 1;
+    }
+  };
+  if (!o.ip.empty()) add_cidrs(o.ip, "--ip");
+  if (!o.ip_file.empty()) {
+    std::FILE* f = std::fopen(o.ip_file.c_str(), "r");
+    if (!f) throw Failure(fmt::format("--ip-file {}: {}", o.ip_file, std::strerror(errno)));
+    std::string text;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
+    std::fclose(f);
+    // One block per line; '#' starts a comment line.
+    std::string cleaned;
+    size_t i = 0;
+    while (i < text.size()) {
+      size_t j = text.find('\n', i);
+      if (j == std::string::npos) j = text.size();
+      std::string line = text.substr(i, j - i);
+      if (auto hash = line.find('#'); hash != std::string::npos) line.resize(hash);
+      cleaned += line + "\n";
+      i = j + 1;
+    }
+    add_cidrs(cleaned, "--ip-file " + o.ip_file);
+    if (r.cidrs.empty()) throw Failure(fmt::format("--ip-file {}: no address in it", o.ip_file));
+  }
+  auto name_value = [](const std::string& s, const char* opt, std::string& name, std::string& value) {
+    auto eq = s.find('=');
+    if (eq == std::string::npos || eq == 0) throw Failure(fmt::format("{} expects NAME=VALUE, got \"{}\"", opt, s));
+    name = s.substr(0, eq);
+    value = s.substr(eq + 1);
+  };
+  if (!o.header.empty()) name_value(o.header, "--header", r.header_name, r.header_value);
+  if (!o.cookie.empty()) name_value(o.cookie, "--cookie", r.cookie_name, r.cookie_value);
+  if (!o.percent.empty()) {
+    double pct = -1;
+    auto [end, ec] = std::from_chars(o.percent.data(), o.percent.data() + o.percent.size(), pct);
+    if (ec != std::errc() || end != o.percent.data() + o.percent.size() || pct < 0 || pct > 100)
+      throw Failure(fmt::format("--percent must be a number 0..100, got \"{}\"", o.percent));
+    r.percent_bp = static_cast<int32_t>(pct * 100 + 0.5);
+  }
+  if (auto why = gw::shm::check_rule(r); !why.empty()) throw Failure(why);
+  return r;
+}
+
+int find_route(const gw::shm::Table& t, const std::string& l, const std::string& r) {
+  int i = t.find_route(l, r);
+  if (i < 0) {
+    bool listener = false;
+    for (const auto& rr : t.routes()) listener |= name_of(rr.listener) == l;
+    throw gw::shm::TableError(listener ? fmt::format("listener \"{}\" has no route \"{}\"", l, r)
+                                       : fmt::format("unknown listener \"{}\" (or it is not an http listener)", l));
+  }
+  return i;
+}
+int find_rule(const gw::shm::Table& t, const std::string& l, const std::string& r, const std::string& id) {
+  int i = t.find_rule(find_route(t, l, r), id);
+  if (i < 0) throw gw::shm::TableError(fmt::format("unknown rule \"{}/{}/{}\"", l, r, id));
+  return i;
+}
+
 int commit(const Options& o, const gw::shm::Writer::Change& change, const std::string& what) {
   gw::shm::Segment seg = attach(o, true);
   gw::shm::Writer w(seg);
@@ -139,7 +226,12 @@ int cmd_status(const Options& o) {
     int pid;
     uint64_t gen, conns, accepted, fallbacks, no_host, frames, host_closed;
     uint64_t rejects[gw::proxy::kFrameErrorCount];
+    uint64_t http_requests, http_retries, http_reused, http_tunnels;
+    uint64_t outcomes[gw::shm::kHttpOutcomeKinds];
   };
+  static constexpr const char* kOutcomeNames[] = {"ok", "bad_request", "no_route", "no_host", "bad_gateway",
+                                                  "gateway_timeout", "client_timeout"};
+  static_assert(std::size(kOutcomeNames) == static_cast<size_t>(gw::proxy::HttpOutcome::count));
   uint64_t reject_totals[gw::proxy::kFrameErrorCount] = {};
   std::vector<W> workers;
   for (uint32_t i = 0; i < gw::shm::kMaxWorkers; ++i) {
@@ -147,7 +239,9 @@ int cmd_status(const Options& o) {
     int pid = w.pid.load();
     if (pid > 0 && master) {
       W r{i, pid, w.generation.load(), w.connections.load(), w.accepted.load(), w.hash_fallbacks.load(),
-          w.no_host.load(), w.frames_routed.load(), w.host_closed.load(), {}};
+          w.no_host.load(), w.frames_routed.load(), w.host_closed.load(), {}, w.http_requests.load(),
+          w.http_retries.load(), w.http_keepalive_reused.load(), w.http_tunnels.load(), {}};
+      for (size_t k = 0; k < gw::shm::kHttpOutcomeKinds; ++k) r.outcomes[k] = w.http_outcomes[k].load();
       for (size_t k = 1; k < gw::proxy::kFrameErrorCount; ++k) {
         r.rejects[k] = w.frame_rejects[k].load();
         reject_totals[k] += r.rejects[k];
@@ -163,6 +257,28 @@ int cmd_status(const Options& o) {
                        counts[k]);
     return j + "}";
   };
+  auto http_json = [](const W& w) {
+    std::string j = fmt::format("{{\"requests\": {}, \"retries\": {}, \"keepalive_reused\": {}, \"tunnels\": {}",
+                                w.http_requests, w.http_retries, w.http_reused, w.http_tunnels);
+    for (size_t k = 1; k < std::size(kOutcomeNames); ++k) j += fmt::format(", \"{}\": {}", kOutcomeNames[k], w.outcomes[k]);
+    return j + "}";
+  };
+  auto routes_json = [&t]() {
+    std::string j = "[";
+    for (size_t r = 0; r < t.routes().size(); ++r) {
+      const auto& rr = t.routes()[r];
+      j += fmt::format("{}{{\"listener\": \"{}\", \"route\": \"{}\", \"rules\": [", r ? ", " : "", name_of(rr.listener),
+                       name_of(rr.name));
+      bool first = true;
+      for (size_t k = 0; k < t.rules().size(); ++k) {
+        if (t.rules()[k].route != r) continue;
+        j += (first ? "" : ", ") + gw::shm::rule_to_json(t.rule_spec(static_cast<int>(k)));
+        first = false;
+      }
+      j += "]}";
+    }
+    return j + "]";
+  };
   auto hosts = t.hosts();
   if (o.json) {
     std::string out = fmt::format("{{\"shm\": \"{}\", \"generation\": {}, \"master_pid\": {}, \"workers\": [",
@@ -171,10 +287,10 @@ int cmd_status(const Options& o) {
       out += fmt::format(
           "{}{{\"slot\": {}, \"pid\": {}, \"generation\": {}, \"connections\": {}, \"accepted\": {}, "
           "\"hash_fallbacks\": {}, \"no_host\": {}, \"frames_routed\": {}, \"host_closed\": {}, "
-          "\"frame_rejects\": {}}}",
+          "\"frame_rejects\": {}, \"http\": {}}}",
           i ? ", " : "", workers[i].slot, workers[i].pid, workers[i].gen, workers[i].conns, workers[i].accepted,
           workers[i].fallbacks, workers[i].no_host, workers[i].frames, workers[i].host_closed,
-          rejects_json(workers[i].rejects));
+          rejects_json(workers[i].rejects), http_json(workers[i]));
     out += "], \"frame_rejects\": " + rejects_json(reject_totals) + ", \"upstreams\": [";
     for (size_t u = 0; u < t.upstreams().size(); ++u) {
       out += fmt::format("{}{{\"name\": \"{}\", \"pools\": [", u ? ", " : "", name_of(t.upstreams()[u].name));
@@ -200,7 +316,7 @@ int cmd_status(const Options& o) {
       }
       out += "]}";
     }
-    out += "]}\n";
+    out += "], \"routes\": " + routes_json() + "}\n";
     fmt::print("{}", out);
     return 0;
   }
@@ -226,6 +342,19 @@ int cmd_status(const Options& o) {
     if (frames) fmt::print("  frames routed one by one (mode \"frame\"): {}\n", frames);
     if (closed) fmt::print("  connections closed because their host went (on_host_remove \"close\"): {}\n", closed);
     if (!line.empty()) fmt::print("  frame connections refused: {}\n", line);
+    W sum{};
+    for (const auto& w : workers) {
+      sum.http_requests += w.http_requests, sum.http_retries += w.http_retries, sum.http_reused += w.http_reused;
+      sum.http_tunnels += w.http_tunnels;
+      for (size_t k = 0; k < gw::shm::kHttpOutcomeKinds; ++k) sum.outcomes[k] += w.outcomes[k];
+    }
+    if (sum.http_requests) {
+      std::string answered;
+      for (size_t k = 1; k < std::size(kOutcomeNames); ++k)
+        if (sum.outcomes[k]) answered += fmt::format(", {} {}", kOutcomeNames[k], sum.outcomes[k]);
+      fmt::print("  http: {} request(s), {} retried attempt(s), {} over kept-alive upstream connections, {} tunnel(s){}\n",
+                 sum.http_requests, sum.http_retries, sum.http_reused, sum.http_tunnels, answered);
+    }
   }
   fmt::print("\n{:<28} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", "UPSTREAM/POOL/HOST", "ADDRESS", "WEIGHT", "ADMIN",
              "HEALTH", "ACTIVE", "TOTAL", "FAILURES");
@@ -245,6 +374,18 @@ int cmd_status(const Options& o) {
         fmt::print("    {:<24} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", name_of(hr.id), hr.addr.to_string(),
                    hr.weight, hr.admin_down ? "down" : "up", health_of(seg, t, hr), tot.active, tot.total,
                    seg.host(hr.slot).failures.load());
+      }
+    }
+  }
+  if (!t.routes().empty()) {
+    fmt::print("\n{:<28} {}\n", "LISTENER/ROUTE/RULE", "MATCH -> UPSTREAM (first match wins)");
+    for (size_t r = 0; r < t.routes().size(); ++r) {
+      const auto& rr = t.routes()[r];
+      fmt::print("{}/{}\n", name_of(rr.listener), name_of(rr.name));
+      for (size_t k = 0; k < t.rules().size(); ++k) {
+        if (t.rules()[k].route != r) continue;
+        auto spec = t.rule_spec(static_cast<int>(k));
+        fmt::print("  {:<26} {}\n", spec.id, gw::shm::describe_rule(spec));
       }
     }
   }
@@ -301,11 +442,11 @@ int main(int argc, char** argv) {
   auto* events = app.add_subcommand("events", "print the event log");
   events->add_flag("-f,--follow", o.follow, "keep printing new events");
 
-  auto* add = app.add_subcommand("add", "add a host or a pool")->require_subcommand(1);
-  auto* remove = app.add_subcommand("remove", "remove a host or a pool")->require_subcommand(1);
+  auto* add = app.add_subcommand("add", "add a host, a pool or a rule")->require_subcommand(1);
+  auto* remove = app.add_subcommand("remove", "remove a host, a pool or a rule")->require_subcommand(1);
   auto* down = app.add_subcommand("down", "take a host out of rotation (until `up`)")->require_subcommand(1);
   auto* up = app.add_subcommand("up", "put a host back into rotation")->require_subcommand(1);
-  auto* set = app.add_subcommand("set", "change a pool")->require_subcommand(1);
+  auto* set = app.add_subcommand("set", "change a pool or a rule")->require_subcommand(1);
 
   auto* add_host = add->add_subcommand("host", "add host UPSTREAM/POOL HOST_ID IP:PORT [--weight N]");
   add_host->add_option("pool", o.path, "UPSTREAM/POOL")->required();
@@ -334,6 +475,26 @@ int main(int argc, char** argv) {
   set_pool->add_option("pool", o.id, "pool id")->required();
   set_pool->add_option("--priority", o.priority, "lower is preferred");
   set_pool->add_option("--method", o.method, "balancing method");
+
+  auto rule_matchers = [&o](CLI::App* cmd) {
+    cmd->add_option("listener", o.listener, "http listener name")->required();
+    cmd->add_option("route", o.route, "route name")->required();
+    cmd->add_option("rule", o.id, "rule id")->required();
+    cmd->add_option("--upstream", o.upstream, "where matching requests go")->required();
+    cmd->add_option("--ip", o.ip, "client addresses: IP or IP/PREFIX, comma separated");
+    cmd->add_option("--ip-file", o.ip_file, "client addresses, one IP or IP/PREFIX per line ('#' comments)");
+    cmd->add_option("--header", o.header, "NAME=VALUE: a request header equals VALUE");
+    cmd->add_option("--cookie", o.cookie, "NAME=VALUE: a cookie equals VALUE");
+    cmd->add_option("--percent", o.percent, "0..100: a stable share of clients (hash of the route's key, else the client IP)");
+  };
+  auto* add_rule = add->add_subcommand("rule", "add rule LISTENER ROUTE RULE_ID --upstream U [matchers]: tried after the route's other rules");
+  rule_matchers(add_rule);
+  auto* set_rule = set->add_subcommand("rule", "set rule LISTENER ROUTE RULE_ID --upstream U [matchers]: replaces a rule in place");
+  rule_matchers(set_rule);
+  auto* rm_rule = remove->add_subcommand("rule", "remove rule LISTENER ROUTE RULE_ID");
+  rm_rule->add_option("listener", o.listener, "http listener name")->required();
+  rm_rule->add_option("route", o.route, "route name")->required();
+  rm_rule->add_option("rule", o.id, "rule id")->required();
 
   try {
     app.parse(argc, argv);
@@ -407,6 +568,24 @@ int main(int argc, char** argv) {
       return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
         t.remove_pool(find_pool(t, o.path, o.id));
         ev.push_back(fmt::format("pool_changed {}/{} removed", o.path, o.id));
+      }, what);
+    }
+    if (*add_rule || *set_rule) {
+      const bool replace = static_cast<bool>(*set_rule);
+      gw::shm::RuleSpec spec = rule_from_options(o);
+      std::string desc = gw::shm::describe_rule(spec);
+      std::string what = fmt::format("{} rule {}/{}/{} {}", replace ? "set" : "add", o.listener, o.route, o.id, desc);
+      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
+        if (replace) t.replace_rule(find_rule(t, o.listener, o.route, o.id), spec);
+        else t.add_rule(find_route(t, o.listener, o.route), spec);
+        ev.push_back(fmt::format("rule_changed {}/{}/{} {} {}", o.listener, o.route, o.id, replace ? "set" : "added", desc));
+      }, what);
+    }
+    if (*rm_rule) {
+      std::string what = fmt::format("remove rule {}/{}/{}", o.listener, o.route, o.id);
+      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
+        t.remove_rule(find_rule(t, o.listener, o.route, o.id));
+        ev.push_back(fmt::format("rule_changed {}/{}/{} removed", o.listener, o.route, o.id));
       }, what);
     }
     if (*set_pool) {
