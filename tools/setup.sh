@@ -8,7 +8,7 @@ pkgs=(
   build-essential cmake pkg-config
   liburing-dev libfmt-dev libcli11-dev libsimdjson-dev doctest-dev zlib1g-dev libbenchmark-dev
   # tests and benches
-  curl procps iproute2 nginx libnginx-mod-stream haproxy wrk
+  curl procps iproute2 nginx libnginx-mod-stream haproxy wrk python3-websockets
 )
 
 missing=()
