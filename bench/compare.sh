@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Compares gw's L4 (TCP) proxying with nginx (stream), HAProxy (mode tcp) and a direct
-# connection to one backend, using wrk over loopback.
+# Compares gw with nginx, HAProxy and a direct connection to one backend, using wrk over
+# loopback:
+#   l4  gw `tcp` listener, nginx stream, HAProxy mode tcp
+#   l7  gw `http` listener (upstream keep-alive), nginx http proxy_pass with a keepalive
+#       upstream (proxy_http_version 1.1), HAProxy mode http with http-reuse always
 #
-#   bench/compare.sh l4 [--rounds N] [--duration S] [--connections C] [--workers W]
+#   bench/compare.sh l4|l7 [--rounds N] [--duration S] [--connections C] [--workers W]
 #
 # Defaults: 5 rounds, 10 s per run, 50 connections, W = nproc workers/threads per proxy.
 # Environment:
@@ -28,7 +31,7 @@ PY=/usr/bin/python3
 
 usage() {
   cat >&2 <<EOF
-usage: bench/compare.sh l4 [--rounds N] [--duration S] [--connections C] [--workers W]
+usage: bench/compare.sh l4|l7 [--rounds N] [--duration S] [--connections C] [--workers W]
   defaults: --rounds 5 --duration 10 --connections 50 --workers \$(nproc)
   env: CONTENDERS="gw nginx haproxy direct"  GW_BUILD_DIR=DIR  GW_BACKEND=PATH
 EOF
@@ -42,7 +45,7 @@ log() { echo "== $*" >&2; }
 
 [ $# -ge 1 ] || usage
 MODE=$1; shift
-[ "$MODE" = l4 ] || { echo "compare.sh: unknown benchmark '$MODE' (only 'l4' exists)" >&2; usage; }
+case $MODE in l4|l7) ;; *) echo "compare.sh: unknown benchmark '$MODE' (l4 or l7)" >&2; usage ;; esac
 
 ROUNDS=5
 DURATION=10
@@ -86,7 +89,7 @@ command -v wrk >/dev/null || die "wrk not found (tools/setup.sh installs it)"
 [ -x "$PY" ] || die "$PY not found"
 if has_contender nginx; then
   command -v nginx >/dev/null || die "nginx not found"
-  [ -f "$NGINX_STREAM_MODULE" ] || die "$NGINX_STREAM_MODULE missing (package libnginx-mod-stream)"
+  [ "$MODE" = l7 ] || [ -f "$NGINX_STREAM_MODULE" ] || die "$NGINX_STREAM_MODULE missing (package libnginx-mod-stream)"
 fi
 if has_contender haproxy; then command -v haproxy >/dev/null || die "haproxy not found"; fi
 
@@ -262,7 +265,7 @@ if has_contender gw; then
   "shutdown_timeout_ms": 2000,
   "shm": {"name": "$SHM_NAME", "max_upstreams": 64, "max_pools": 256, "max_hosts": 4096},
   "state_file": "$TMP/gw.state.json",
-  "listeners": [{"name": "bench", "listen": "127.0.0.1:$P_GW", "protocol": "tcp",
+  "listeners": [{"name": "bench", "listen": "127.0.0.1:$P_GW", "protocol": "$([ "$MODE" = l7 ] && echo http || echo tcp)",
                  "upstream": "app", "backlog": 4096}],
   "upstreams": [{"name": "app", "connect_timeout_ms": 2000, "idle_timeout_ms": 600000,
                  "max_fails": 1, "fail_timeout_ms": 10000, "tries": 3,
@@ -283,6 +286,7 @@ fi
 
 if has_contender nginx; then
   mkdir -p "$TMP/nginx/logs"
+  if [ "$MODE" = l4 ]; then
   cat >"$TMP/nginx/nginx.conf" <<EOF
 load_module $NGINX_STREAM_MODULE;
 daemon off;
@@ -307,19 +311,61 @@ stream {
     }
 }
 EOF
+  else
+  # The usual production reverse proxy: keep-alive to the backends, no access log
+  # (gw writes none either), client keep-alive as wrk uses it.
+  cat >"$TMP/nginx/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes $WORKERS;
+worker_rlimit_nofile 20000;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events {
+    worker_connections 8192;
+}
+http {
+    access_log off;
+    keepalive_requests 100000;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    upstream backends {
+        server 127.0.0.1:$P_B1;
+        server 127.0.0.1:$P_B2;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$P_NGINX reuseport backlog=4096;
+        location / {
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 2s;
+        }
+    }
+}
+EOF
+  fi
   # -e: log startup errors here instead of the system-wide error log.
   start nginx "$TMP/nginx.log" nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf"
   wait_ready nginx "$LAST_PID" "$P_NGINX" "b1 b2" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"
 fi
 
 if has_contender haproxy; then
+  MODE_HAPROXY=tcp
+  HAPROXY_HTTP_OPTS=""
+  if [ "$MODE" = l7 ]; then
+    MODE_HAPROXY=http
+    HAPROXY_HTTP_OPTS=$'    option http-keep-alive\n    http-reuse always'
+  fi
   cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread $WORKERS
     maxconn 4096
 
 defaults
-    mode tcp
+    mode $MODE_HAPROXY
+$HAPROXY_HTTP_OPTS
     timeout connect 2s
     timeout client 10m
     timeout server 10m
@@ -371,7 +417,7 @@ parse_wrk() {
 RUNS="$TMP/runs.tsv"
 : >"$RUNS"
 n=${#CONTENDER_LIST[@]}
-log "l4: $ROUNDS rounds x ${DURATION}s, $CONNECTIONS connections, wrk -t$WRK_THREADS, contenders: ${CONTENDER_LIST[*]}"
+log "$MODE: $ROUNDS rounds x ${DURATION}s, $CONNECTIONS connections, wrk -t$WRK_THREADS, contenders: ${CONTENDER_LIST[*]}"
 for ((r = 0; r < ROUNDS; r++)); do
   for ((k = 0; k < n; k++)); do
     c=${CONTENDER_LIST[(r + k) % n]}
@@ -418,7 +464,7 @@ GW_BUILD="$BUILD_DIR (${BUILD_TYPE:-unknown build type})"
 # Values reach the Python code through the environment (quoted heredoc: no shell expansion).
 BENCH_ROUNDS=$ROUNDS BENCH_DURATION=$DURATION BENCH_CONNECTIONS=$CONNECTIONS \
 BENCH_WORKERS=$WORKERS BENCH_WRK_THREADS=$WRK_THREADS BENCH_DATE=$DATE BENCH_KERNEL=$KERNEL \
-BENCH_NPROC=$NPROC BENCH_VERSIONS=$VERSIONS BENCH_GW_REV=$GW_REV BENCH_GW_BUILD=$GW_BUILD \
+BENCH_NPROC=$NPROC BENCH_VERSIONS=$VERSIONS BENCH_GW_REV=$GW_REV BENCH_GW_BUILD=$GW_BUILD BENCH_MODE=$MODE \
 "$PY" - "$RUNS" "$RESULTS_MD" "${CONTENDER_LIST[*]}" <<'EOF'
 import os, statistics, sys
 
@@ -451,8 +497,8 @@ def fmt(cells):
                      for i, (c, w) in enumerate(zip(cells, widths)))
 
 print()
-print("l4 medians over %s rounds (wrk -t%s -c%s -d%ss, workers %s):" % (
-    env["BENCH_ROUNDS"], env["BENCH_WRK_THREADS"], env["BENCH_CONNECTIONS"],
+print("%s medians over %s rounds (wrk -t%s -c%s -d%ss, workers %s):" % (
+    env["BENCH_MODE"], env["BENCH_ROUNDS"], env["BENCH_WRK_THREADS"], env["BENCH_CONNECTIONS"],
     env["BENCH_DURATION"], env["BENCH_WORKERS"]))
 print(fmt(header))
 print(fmt(["-" * w for w in widths]))
@@ -471,7 +517,7 @@ with open(results_md, "a") as f:
                 "\"direct\" is wrk straight at one backend. Ratios are relative to nginx (req/s: higher\n"
                 "is better; p99: lower is better). Errors are wrk socket errors plus non-2xx replies,\n"
                 "summed over the rounds.\n")
-    f.write("\n## l4, %s\n\n" % env["BENCH_DATE"])
+    f.write("\n## %s, %s\n\n" % (env["BENCH_MODE"], env["BENCH_DATE"]))
     f.write("kernel `%s`, nproc %s, rounds %s, duration %ss, connections %s, workers %s, "
             "wrk threads %s; gw %s, build %s; %s\n\n" % (
                 env["BENCH_KERNEL"], env["BENCH_NPROC"], env["BENCH_ROUNDS"],

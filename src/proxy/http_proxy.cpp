@@ -695,6 +695,7 @@ void HttpProxy::drive(Conn& c) noexcept {
 // feeds the request body decoder. Returns whether anything happened.
 bool HttpProxy::read_client(Conn& c) noexcept {
   if (c.state == CState::head) {
+    if (c.scan < c.in.head || c.scan > c.in.tail) c.scan = c.in.head;  // the buffer was given back or moved
     // A pipelined request may already be whole in the buffer.
     if (c.in.size() > 0 && c.scan < c.in.tail) {
       const ListenerRt& l = listeners_[c.listener];
@@ -723,6 +724,7 @@ bool HttpProxy::read_client(Conn& c) noexcept {
       // having refused the head already.
       count(HttpOutcome::bad_request);
       c.state = CState::busy;
+      c.resp_started = c.resp_done = false;
       respond_error(c, 431, false);
       return true;
     }
@@ -831,6 +833,8 @@ void HttpProxy::parse_request(Conn& c) noexcept {
   if (st == http::ParseStatus::error) {
     count(HttpOutcome::bad_request);
     c.state = CState::busy;
+    c.resp_started = c.resp_done = false;
+    c.head_req = false;
     respond_error(c, http::error_status(p.error()), false);
     return;
   }
@@ -1641,7 +1645,8 @@ void HttpProxy::finish_request(Conn& c) noexcept {
   } else {
     c.started_ms = env_.now_ms;
   }
-  c.c_in = true;  // the next request may be queued in the socket
+  // c_in stays as it is: set if bytes were left in the socket while busy,
+  // and an edge-triggered event comes for anything that arrived since.
 }
 
 void HttpProxy::start_tunnel(Conn& c, UpConn& u) noexcept {
