@@ -27,4 +27,9 @@ struct SockAddr {
 /// false and sets `why` to a short reason ("missing port", "bad IP address", ...).
 bool parse_address(std::string_view text, SockAddr& out, std::string& why);
 
+/// Parses "http://IP:PORT" (an optional trailing "/" allowed) as etcd endpoints
+/// are written. Host names are not resolved and https is not supported; on
+/// failure returns false and sets `why`.
+bool parse_http_url(std::string_view url, SockAddr& out, std::string& why);
+
 }  // namespace gw::core
