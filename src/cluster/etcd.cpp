@@ -229,14 +229,16 @@ bool ResponseReader::finish() {
 
 namespace {
 
-std::string request_text(std::string_view path, const core::SockAddr& to, std::string_view body, bool close) {
-  // Grpc-Metadata-Hasleader: the gateway passes it to etcd as the "hasleader"
-  // gRPC metadata, so a member cut off from its cluster refuses (and a watch
-  // on it is cancelled) instead of serving a stale view.
+// One-shot requests close the connection (and ask for a leader: the gateway
+// passes Grpc-Metadata-Hasleader to etcd as the "hasleader" gRPC metadata, so
+// a member without a leader refuses at once and the next member is tried).
+// The watch stays open and does not ask: during an election it simply waits,
+// and the sync process's quorum probe finds a member cut off for good.
+std::string request_text(std::string_view path, const core::SockAddr& to, std::string_view body, bool oneshot) {
   return fmt::format(
-      "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
-      "Grpc-Metadata-Hasleader: true\r\n{}\r\n{}",
-      path, to.to_string(), body.size(), close ? "Connection: close\r\n" : "", body);
+      "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{}",
+      path, to.to_string(), body.size(), oneshot ? "Connection: close\r\nGrpc-Metadata-Hasleader: true\r\n" : "",
+      body);
 }
 
 int remaining_ms(uint64_t deadline) {
@@ -298,12 +300,25 @@ HttpReply http_post(const core::SockAddr& to, std::string_view path, std::string
 
 // ---------------------------------------------------------------- Etcd
 
-Etcd::Etcd(std::vector<std::string> urls, std::vector<core::SockAddr> addrs, uint32_t timeout_ms)
-    : urls_(std::move(urls)), addrs_(std::move(addrs)), timeout_ms_(timeout_ms) {
+Etcd::Etcd(std::vector<std::string> urls, std::vector<core::SockAddr> addrs, uint32_t timeout_ms, uint32_t retry_ms)
+    : urls_(std::move(urls)), addrs_(std::move(addrs)), timeout_ms_(timeout_ms), retry_ms_(retry_ms) {
   if (urls_.empty() || urls_.size() != addrs_.size()) throw EtcdError("no etcd endpoint given", false);
 }
 
 std::string Etcd::post(std::string_view path, std::string_view body) {
+  const uint64_t deadline = core::monotonic_ms() + retry_ms_;
+  for (;;) {
+    try {
+      return post_round(path, body);
+    } catch (const EtcdError& e) {
+      // Every member unavailable: an election, or a restart under way.
+      if (!e.unavailable() || core::monotonic_ms() + 100 >= deadline) throw;
+      ::poll(nullptr, 0, 100);
+    }
+  }
+}
+
+std::string Etcd::post_round(std::string_view path, std::string_view body) {
   std::string errors;
   for (size_t tries = 0; tries < urls_.size(); ++tries) {
     try {

@@ -31,6 +31,7 @@ struct Stop {};       // a stop signal arrived
 
 constexpr uint64_t kProbeIntervalMs = 1000;  // a quorum read on the watched member this often
 constexpr uint64_t kFirstBackoffMs = 100;
+constexpr int kProbeFailures = 3;  // probes failed in a row that end a watch
 
 class Sync {
  public:
@@ -191,7 +192,6 @@ class Sync {
       if (p[1].revents) {
         msgs.clear();
         watch_.read_available(msgs);
-        bool changed = false;
         for (const auto& m : msgs) {
           if (!m.error.empty()) throw EtcdError(fmt::format("etcd {}: watch failed: {}", etcd_.url(), m.error), true);
           if (m.canceled) {
@@ -209,14 +209,19 @@ class Sync {
             created = true;
             on_synced();
           }
-          for (const auto& ev : m.events) {
-            if (ev.is_delete) kv_.erase(ev.kv.key);
-            else kv_[ev.kv.key] = ev.kv.value;
-            rev_ = std::max(rev_, ev.kv.mod_revision);  // resume point: the last event applied
-            changed = true;
+          // One commit per etcd revision (a txn's keys share one), so the
+          // event log shows each change as it was made.
+          for (size_t i = 0; i < m.events.size();) {
+            const int64_t r = m.events[i].kv.mod_revision;
+            for (; i < m.events.size() && m.events[i].kv.mod_revision == r; ++i) {
+              const auto& ev = m.events[i];
+              if (ev.is_delete) kv_.erase(ev.kv.key);
+              else kv_[ev.kv.key] = ev.kv.value;
+            }
+            rev_ = std::max(rev_, r);  // the resume point: the last revision applied
+            apply();
           }
         }
-        if (changed) apply();
         cl_.contact_ms.store(core::wall_ms(), std::memory_order_relaxed);
       }
       now = core::monotonic_ms();
@@ -225,7 +230,17 @@ class Sync {
                                     cfg_.cluster.timeout_ms),
                         true);
       if (now >= next_probe) {
-        probe();
+        // An election makes a probe or two fail; a member cut off for good
+        // fails them all.
+        try {
+          probe();
+          probe_fails_ = 0;
+        } catch (const EtcdError&) {
+          if (++probe_fails_ >= kProbeFailures) {
+            probe_fails_ = 0;
+            throw;
+          }
+        }
         if (apply_failed_) apply();
         next_probe = core::monotonic_ms() + kProbeIntervalMs;
       }
@@ -306,6 +321,7 @@ class Sync {
   bool apply_failed_ = false;
   uint64_t backoff_ = kFirstBackoffMs;
   size_t fails_ = 0;
+  int probe_fails_ = 0;
   std::string last_error_;
   std::set<std::string> warned_;
 };

@@ -185,7 +185,7 @@ EtcdCtl etcd_ctl(const Options& o) {
   bool ok = prefix.size() >= 2 && prefix.size() <= 128 && prefix.front() == '/' && prefix.back() == '/';
   for (char ch : prefix) ok &= ch > ' ' && ch < 0x7f;
   if (!ok) throw Failure(fmt::format("--prefix must be 2..128 printable characters starting and ending with /, got \"{}\"", prefix));
-  return {gw::cluster::Etcd(urls, addrs, 3000), prefix};
+  return {gw::cluster::Etcd(urls, addrs, 3000, 5000), prefix};
 }
 
 std::optional<gw::cluster::KeyValue> etcd_get(EtcdCtl& c, const std::string& key) {
@@ -684,12 +684,12 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (*status) return cmd_status(o);
-    if (*events) return cmd_events(o);
-    if (*check) return cmd_check(o);
     const bool to_etcd = !o.etcd.empty();
     if (to_etcd && !(*add_host || *rm_host || *down_host || *up_host || *add_pool || *rm_pool || *set_pool))
       throw Failure("--etcd goes with a change (add/remove/down/up host, add/remove/set pool)");
+    if (*status) return cmd_status(o);
+    if (*events) return cmd_events(o);
+    if (*check) return cmd_check(o);
     if (*add_host) {
       auto [u, p] = split_pool(o.path);
       gw::core::SockAddr addr;

@@ -133,7 +133,11 @@ HttpReply http_post(const core::SockAddr& to, std::string_view path, std::string
 /// current member and moves on to the next while members are unavailable.
 class Etcd {
  public:
-  Etcd(std::vector<std::string> urls, std::vector<core::SockAddr> addrs, uint32_t timeout_ms);
+  /// retry_ms: how long post() goes on trying (every 100 ms) while every
+  /// member is unavailable (0: one round). A txn retried after "leader
+  /// changed" may have been applied: its compares then fail, and the caller
+  /// reports a conflict; nothing is applied twice.
+  Etcd(std::vector<std::string> urls, std::vector<core::SockAddr> addrs, uint32_t timeout_ms, uint32_t retry_ms = 0);
 
   RangeResult range(std::string_view key, std::string_view range_end = {}, bool count_only = false);
   TxnResult txn(const std::vector<Compare>& compares, const std::vector<Op>& success);
@@ -152,9 +156,12 @@ class Etcd {
   std::string post(std::string_view path, std::string_view body);
 
  private:
+  std::string post_round(std::string_view path, std::string_view body);
+
   std::vector<std::string> urls_;
   std::vector<core::SockAddr> addrs_;
   uint32_t timeout_ms_;
+  uint32_t retry_ms_;
   size_t current_ = 0;
 };
 
