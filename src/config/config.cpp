@@ -484,7 +484,48 @@ void parse_listeners(Ctx& c, element arr, Config& cfg) {
   });
 }
 
+void parse_cluster(Ctx& c, element e, const std::string& path, ClusterConf& cl) {
+  cl.enabled = true;
+  bool has_etcd = false;
+  for_each_field(c, e, path, [&](std::string_view k, element v, const std::string& kp) {
+    if (k == "etcd") {
+      has_etcd = true;
+      for_each_element(c, v, kp, [&](element u, const std::string& up) {
+        std::string url, why;
+        core::SockAddr addr;
+        if (!get_string(c, u, up, url)) return;
+        if (!core::parse_http_url(url, addr, why)) {
+          c.error(up, fmt::format("{}, got \"{}\"", why, url));
+          return;
+        }
+        for (const auto& a : cl.etcd_addrs)
+          if (a == addr) c.error(up, fmt::format("endpoint {} is listed twice", url));
+        if (!url.empty() && url.back() == '/') url.pop_back();
+        cl.etcd.push_back(url);
+        cl.etcd_addrs.push_back(addr);
+      });
+      if (!c.has_error_under(kp) && (cl.etcd.empty() || cl.etcd.size() > 16))
+        c.error(kp, fmt::format("expected 1..16 endpoint URLs, got {}", cl.etcd.size()));
+    } else if (k == "prefix") {
+      if (get_string(c, v, kp, cl.prefix)) {
+        bool ok = cl.prefix.size() >= 2 && cl.prefix.size() <= 128 && cl.prefix.front() == '/' && cl.prefix.back() == '/';
+        for (char ch : cl.prefix) ok &= ch > ' ' && ch < 0x7f;
+        if (!ok)
+          c.error(kp, fmt::format("expected 2..128 printable characters without spaces, starting and ending with "
+                                  "\"/\", got \"{}\"", cl.prefix));
+      }
+    } else if (k == "timeout_ms") get_u32(c, v, kp, 10, 60000, cl.timeout_ms);
+    else if (k == "reconnect_max_ms") get_u32(c, v, kp, 100, 600000, cl.reconnect_max_ms);
+    else return false;
+    return true;
+  });
+  if (!has_etcd && !c.has_error_under(path)) c.error(path, "missing required key \"etcd\"");
+}
+
 void cross_check(Ctx& c, Config& cfg) {
+  if (cfg.listeners.size() > shm::kMaxListeners)
+    c.error("listeners", fmt::format("{} listeners are configured; at most {} are supported", cfg.listeners.size(),
+                                     shm::kMaxListeners));
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
     const auto& l = cfg.listeners[i];
     if (l.upstream.empty()) continue;
@@ -613,6 +654,8 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
         else return false;
         return true;
       });
+    } else if (k == "cluster") {
+      parse_cluster(c, v, kp, cfg.cluster);
     } else if (k == "listeners") {
       listeners = v;
       has_listeners = true;

@@ -149,4 +149,27 @@ bool parse_cidr(std::string_view text, Cidr& out, std::string& why) {
   return true;
 }
 
+bool parse_http_url(std::string_view url, SockAddr& out, std::string& why) {
+  constexpr std::string_view kScheme = "http://";
+  if (url.substr(0, 8) == "https://") {
+    why = "https is not supported (gw talks plain HTTP to etcd; keep etcd on loopback or a private network)";
+    return false;
+  }
+  if (url.substr(0, kScheme.size()) != kScheme) {
+    why = "expected http://IP:PORT";
+    return false;
+  }
+  std::string_view rest = url.substr(kScheme.size());
+  if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  if (rest.find('/') != std::string_view::npos) {
+    why = "expected http://IP:PORT without a path";
+    return false;
+  }
+  if (!parse_address(rest, out, why)) {
+    why = "expected http://IP:PORT (host names are not resolved): " + why;
+    return false;
+  }
+  return true;
+}
+
 }  // namespace gw::core

@@ -25,7 +25,9 @@
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
 #include "gw/process/checker.hpp"
+#include "gw/process/sync.hpp"
 #include "gw/process/worker.hpp"
+#include "gw/shm/cluster.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/runtime.hpp"
 #include "gw/shm/state_file.hpp"
@@ -180,6 +182,25 @@ shm::Segment prepare_segment(const config::Config& cfg) {
     seg.worker(w).pid.store(0);
     shm::clear_worker_counters(seg, w);  // no worker of a previous run is alive
   }
+  // For `gwctl check`: how many workers should run, and where to connect.
+  hdr.workers.store(static_cast<uint32_t>(cfg.workers));
+  hdr.n_listeners = static_cast<uint32_t>(std::min<size_t>(cfg.listeners.size(), shm::kMaxListeners));
+  for (uint32_t i = 0; i < hdr.n_listeners; ++i) {
+    hdr.listeners[i] = shm::ListenerInfo{};
+    shm::set_name(hdr.listeners[i].name, cfg.listeners[i].name);
+    hdr.listeners[i].addr = cfg.listeners[i].listen;
+  }
+  // The etcd sync state starts over with each master.
+  auto& cl = hdr.cluster;
+  cl.sync_pid.store(0);
+  cl.revision.store(0);
+  cl.contact_ms.store(0);
+  cl.reconnects.store(0);
+  cl.relists.store(0);
+  cl.applied.store(0);
+  shm::set_cluster_text(cl, cfg.cluster.enabled ? cfg.cluster.etcd[0] : "", "");
+  cl.since_ms.store(core::wall_ms());
+  cl.state.store(cfg.cluster.enabled ? shm::kClusterConnecting : shm::kClusterOff, std::memory_order_release);
 
 
   const char* what = source == Source::segment ? "the shm segment" : source == Source::file ? "the state file" : "the config";
@@ -225,8 +246,10 @@ class Master {
     started_ms_.assign(static_cast<size_t>(n), 0);
     quick_deaths_.assign(static_cast<size_t>(n), 0);
     for (int w = 0; w < n; ++w) spawn(static_cast<uint32_t>(w));
-    for (const auto& u : cfg_.upstreams) want_checker_ |= u.check.type != shm::kCheckNone;
-    if (want_checker_) spawn_checker();
+    for (const auto& u : cfg_.upstreams) checker_.wanted |= u.check.type != shm::kCheckNone;
+    sync_.wanted = cfg_.cluster.enabled;
+    for (Aux* a : {&checker_, &sync_})
+      if (a->wanted) spawn_aux(*a);
     std::string addrs;
     for (const auto& l : cfg_.listeners) addrs += fmt::format(" {}={}", l.name, l.listen.to_string());
     GW_LOG_INFO("ready: {} worker(s), shm \"{}\", listeners:{}", n, cfg_.shm.name, addrs);
@@ -251,7 +274,8 @@ class Master {
           GW_LOG_WARN("workers still running after the stop deadline; killing them");
           for (pid_t p : pids_)
             if (p > 0) ::kill(p, SIGKILL);
-          if (checker_ > 0) ::kill(checker_, SIGKILL);
+          for (Aux* a : {&checker_, &sync_})
+            if (a->pid > 0) ::kill(a->pid, SIGKILL);
           kill_deadline_ms_ = now + 60000;
         }
       }
@@ -264,7 +288,7 @@ class Master {
 
  private:
   int alive() const {
-    int a = checker_ > 0;
+    int a = (checker_.pid > 0) + (sync_.pid > 0);
     for (pid_t p : pids_) a += p > 0;
     return a;
   }
@@ -300,28 +324,56 @@ class Master {
     respawn_at_.erase(w);
   }
 
-  void spawn_checker() {
+  // A helper child (the checker, the sync process): forked like a worker but
+  // without listening sockets, respawned when it dies (after 1 s if it died
+  // within a second of its start).
+  struct Aux {
+    const char* name;   // process name suffix and log role
+    const char* what;   // for log lines
+    int (*run)(const config::Config&, const shm::Segment&);
+    bool wanted = false;
+    pid_t pid = 0;
+    uint64_t started_ms = 0;
+    uint64_t respawn_at = 0;
+  };
+
+  void spawn_aux(Aux& a) {
     const pid_t master = ::getpid();
     pid_t pid = ::fork();
     if (pid < 0) {
-      GW_LOG_ERROR("fork (checker): {}; retrying in 1 s", std::strerror(errno));
-      checker_respawn_at_ = core::monotonic_ms() + 1000;
+      GW_LOG_ERROR("fork ({}): {}; retrying in 1 s", a.what, std::strerror(errno));
+      a.respawn_at = core::monotonic_ms() + 1000;
       return;
     }
     if (pid == 0) {
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);
       if (::getppid() != master) ::_exit(0);
-      ::prctl(PR_SET_NAME, "gwd-checker");
-      core::log_set_role("checker");
+      ::prctl(PR_SET_NAME, fmt::format("gwd-{}", a.name).c_str());
+      core::log_set_role(a.name);
       sigset_t all;
       sigemptyset(&all);
       ::sigprocmask(SIG_SETMASK, &all, nullptr);
-      fds_.clear();  // the checker accepts nothing
-      ::_exit(run_checker(cfg_, seg_));
+      fds_.clear();  // it accepts nothing
+      ::_exit(a.run(cfg_, seg_));
     }
-    checker_ = pid;
-    checker_started_ms_ = core::monotonic_ms();
-    checker_respawn_at_ = 0;
+    a.pid = pid;
+    a.started_ms = core::monotonic_ms();
+    a.respawn_at = 0;
+  }
+
+  // True if `pid` was that helper; respawns it.
+  bool reap_aux(Aux& a, pid_t pid, int status, uint64_t now) {
+    if (pid != a.pid) return false;
+    a.pid = 0;
+    if (stopping_) return true;
+    bool quick = now - a.started_ms < 1000;
+    GW_LOG_WARN("{} (pid {}) {}; respawning{}", a.what, pid,
+                WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
+                                    : fmt::format("exited with code {}", WEXITSTATUS(status)),
+                quick ? " in 1 s" : "");
+    if (quick) a.respawn_at = now + 1000;
+    else spawn_aux(a);
+    return true;
   }
 
   void reap(uint64_t now) {
@@ -337,19 +389,7 @@ class Master {
                                           : fmt::format("exited with code {}", WEXITSTATUS(status)));
         continue;
       }
-      if (pid == checker_) {
-        checker_ = 0;
-        if (!stopping_) {
-          bool quick = now - checker_started_ms_ < 1000;
-          GW_LOG_WARN("health checker (pid {}) {}; respawning{}", pid,
-                      WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
-                                          : fmt::format("exited with code {}", WEXITSTATUS(status)),
-                      quick ? " in 1 s" : "");
-          if (quick) checker_respawn_at_ = now + 1000;
-          else spawn_checker();
-        }
-        continue;
-      }
+      if (reap_aux(checker_, pid, status, now) || reap_aux(sync_, pid, status, now)) continue;
       for (uint32_t w = 0; w < pids_.size(); ++w) {
         if (pids_[w] != pid) continue;
         pids_[w] = 0;
@@ -376,7 +416,8 @@ class Master {
 
   void respawn_due(uint64_t now) {
     if (stopping_) return;
-    if (want_checker_ && checker_ == 0 && checker_respawn_at_ && now >= checker_respawn_at_) spawn_checker();
+    for (Aux* a : {&checker_, &sync_})
+      if (a->wanted && a->pid == 0 && a->respawn_at && now >= a->respawn_at) spawn_aux(*a);
     for (auto it = respawn_at_.begin(); it != respawn_at_.end();) {
       uint32_t w = it->first;
       if (now >= it->second && pids_[w] == 0) {
@@ -397,7 +438,8 @@ class Master {
     GW_LOG_INFO("{}: stopping {}", graceful ? "SIGTERM" : "SIGINT/SIGQUIT", graceful ? "gracefully" : "now");
     for (pid_t p : pids_)
       if (p > 0) ::kill(p, graceful ? SIGTERM : SIGQUIT);
-    if (checker_ > 0) ::kill(checker_, SIGQUIT);  // nothing to drain
+    for (Aux* a : {&checker_, &sync_})
+      if (a->pid > 0) ::kill(a->pid, SIGQUIT);  // nothing to drain
     kill_deadline_ms_ = now + (graceful ? cfg_.shutdown_timeout_ms + 2000 : 2000);
   }
 
@@ -481,12 +523,10 @@ class Master {
   uint64_t kill_deadline_ms_ = 0;
   uint64_t event_cursor_ = 0;
   int stuck_rounds_ = 0;
-  bool want_checker_ = false;
   std::map<pid_t, uint64_t> hooks_;  // running hook → start time
   const std::string empty_;
-  pid_t checker_ = 0;
-  uint64_t checker_started_ms_ = 0;
-  uint64_t checker_respawn_at_ = 0;
+  Aux checker_{"checker", "health checker", &run_checker};
+  Aux sync_{"sync", "etcd sync process", &run_sync};
 };
 
 }  // namespace

@@ -122,6 +122,16 @@ struct ShmConf {
   shm::Caps caps;
 };
 
+/// "cluster": the pools and hosts are shared with other nodes through etcd.
+struct ClusterConf {
+  bool enabled = false;               ///< the config has a "cluster" object
+  std::vector<std::string> etcd;      ///< endpoint URLs as given ("http://127.0.0.1:2379")
+  std::vector<core::SockAddr> etcd_addrs;  ///< the same, parsed
+  std::string prefix = "/gw/";        ///< every key gw reads or writes starts with this
+  uint32_t timeout_ms = 2000;         ///< connect and request timeout per etcd request
+  uint32_t reconnect_max_ms = 5000;   ///< cap of the reconnect backoff (starts at 100 ms, doubles)
+};
+
 struct Config {
   std::string path;       ///< absolute path of the file it came from
   int workers = 0;        ///< resolved: "auto" = number of online CPUs
@@ -134,6 +144,7 @@ struct Config {
   std::vector<UpstreamConf> upstreams;
   std::string hook_host_down;  ///< "hooks.host_down": shell command run by the master
   std::string hook_host_up;    ///< "hooks.host_up"
+  ClusterConf cluster;
 };
 
 struct LoadResult {

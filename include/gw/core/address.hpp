@@ -47,4 +47,9 @@ struct Cidr {
 /// "10.1.0.0/16" (a typo such as "10.1.2.3/16" is refused, not rounded).
 bool parse_cidr(std::string_view text, Cidr& out, std::string& why);
 
+/// Parses "http://IP:PORT" (an optional trailing "/" allowed) as etcd endpoints
+/// are written. Host names are not resolved and https is not supported; on
+/// failure returns false and sets `why`.
+bool parse_http_url(std::string_view url, SockAddr& out, std::string& why);
+
 }  // namespace gw::core

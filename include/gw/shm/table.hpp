@@ -221,6 +221,7 @@ class Table {
   std::span<const RouteRecord> routes() const noexcept { return {routes_(), header().n_routes}; }
   std::span<RuleRecord> rules() noexcept { return {rules_(), header().n_rules}; }
   std::span<const RuleRecord> rules() const noexcept { return {rules_(), header().n_rules}; }
+  std::span<core::Cidr> cidrs() noexcept { return {cidrs_(), header().n_cidrs}; }
   std::span<const core::Cidr> cidrs() const noexcept { return {cidrs_(), header().n_cidrs}; }
   /// The address blocks of rule `r`.
   std::span<const core::Cidr> rule_cidrs(const RuleRecord& r) const noexcept { return {cidrs_() + r.first_cidr, r.n_cidrs}; }
