@@ -186,6 +186,7 @@ SEEDS = {
     "resp_head": resp("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
                       method="HEAD"),
     "resp_connect_200": resp("HTTP/1.1 200 Connection established\r\n\r\n\x16\x03\x01", method="CONNECT"),
+    "resp_connect_204": resp("HTTP/1.1 204 No Content\r\n\r\n\x16\x03\x01\x00\x05hello", method="CONNECT"),
     "resp_connect_407": resp("HTTP/1.1 407 Proxy Auth\r\nContent-Length: 3\r\n\r\nabc", method="CONNECT"),
     "resp_no_reason": resp("HTTP/1.1 200\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n"),
     "resp_keepalive10": resp("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx"
