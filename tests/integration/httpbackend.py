@@ -453,6 +453,10 @@ class HttpBackend:
                 time.sleep(0.01)
                 continue
             c.settimeout(0.2)
+            try:
+                c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
             with self.lock:
                 self.connections += 1
                 cid = self.connections
@@ -653,7 +657,15 @@ class HttpBackend:
                 lines.append("Connection: keep-alive")
             eol = "\n" if action == "bare_lf" else "\r\n"
             head = (eol.join(lines) + eol + eol).encode("latin-1")
-            self._sendall(c, head, False)
+            if (body is not None and not no_body and framing != "chunked" and not reset_after_head
+                    and cfg["delay_body"] <= 0 and action == "normal"):
+                # a small JSON answer: head and body in one write
+                self._sendall(c, head + body, False)
+                with self.lock:
+                    self.body_bytes_sent += len(body)
+                no_body = True
+            else:
+                self._sendall(c, head, False)
             if reset_after_head:
                 return True
             sent = 0
