@@ -657,9 +657,22 @@ class WebSocketTest(GwTestCase):
                 r = read_response(Reader(s))
                 self.assertIsNotNone(r, f"{target}: no answer")
                 self.assertEqual(r.status, 502, f"{target}: {r}")
+        # HTTP/1.0 cannot upgrade (RFC 9110 7.8: Upgrade is ignored in 1.0):
+        # nothing asked upstream, and a 101 answer is invalid
+        n_heads = len(rb.heads)
+        with gwtest.connect(gw.port, timeout=T(10)) as s:
+            s.sendall(b"GET /raw HTTP/1.0\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Key: " + WS_KEY.encode() + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            r = read_response(Reader(s))
+            self.assertIsNotNone(r, "HTTP/1.0: no answer")
+            self.assertEqual(r.status, 502, f"HTTP/1.0 upgrade: {r}")
+        gwtest.wait_until(lambda: len(rb.heads) > n_heads, T(5), msg="the HTTP/1.0 request upstream")
+        fwd = rb.heads[-1].decode("latin-1").lower()
+        self.assertNotIn("\r\nupgrade:", fwd, f"an HTTP/1.0 request was forwarded with Upgrade: {fwd!r}")
+        self.assertNotRegex(fwd, r"\r\nconnection:[^\r]*upgrade", fwd)
         st = gw.status()
         self.assertEqual(sum_http(st, "tunnels"), 0)
-        self.assertEqual(sum_http(st, "bad_gateway"), 4)
+        self.assertEqual(sum_http(st, "bad_gateway"), 5)
 
     def test_101_without_upgrade_field_is_502(self):
         """A 101 that names no protocol (no Upgrade field) breaks RFC 9110
