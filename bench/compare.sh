@@ -15,6 +15,8 @@
 #   GW_BACKEND    path to a gw-backend binary to use instead of the build dir's
 #   GW_CMAKE_ARGS extra arguments for configuring build-release (e.g. "-DGW_WERROR=OFF")
 #   GW_RESULTS_FILE  where to append the results (default bench/RESULTS.md)
+#   RULE_CHANGES  l7: gray-rule changes made during one extra gw run (default 1000; 0 = none)
+#   RULES_DURATION  l7: length of that run in seconds (default 60)
 #
 # Every proxy gets the same two single-threaded gw-backend HTTP servers and the same worker
 # count. Rounds are interleaved and the starting contender rotates each round, so slow drift
@@ -104,7 +106,7 @@ GWD="$BUILD_DIR/gwd"
 BACKEND=${GW_BACKEND:-"$BUILD_DIR/gw-backend"}
 
 need_build=0
-if has_contender gw && [ ! -x "$GWD" ]; then need_build=1; fi
+if has_contender gw && { [ ! -x "$GWD" ] || [ ! -x "$BUILD_DIR/gwctl" ]; }; then need_build=1; fi
 if [ ! -x "$BACKEND" ]; then need_build=1; fi
 if [ $need_build = 1 ]; then
   [ $BUILD_ALLOWED = 1 ] || die "gwd or gw-backend missing in $BUILD_DIR (build it, or unset GW_BUILD_DIR)"
@@ -112,7 +114,7 @@ if [ $need_build = 1 ]; then
   build_log=$(mktemp /tmp/gwbench-build.XXXXXX)
   read -r -a extra_cmake_args <<<"${GW_CMAKE_ARGS:-}"
   if ! { cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "${extra_cmake_args[@]}" &&
-         cmake --build "$BUILD_DIR" -j2 --target gwd gw-backend; } >"$build_log" 2>&1; then
+         cmake --build "$BUILD_DIR" -j2 --target gwd gwctl gw-backend; } >"$build_log" 2>&1; then
     tail -n 40 "$build_log" >&2
     die "build failed (full log: $build_log); GW_BUILD_DIR=<dir> benchmarks an existing build"
   fi
@@ -257,21 +259,28 @@ for b in 1 2; do
 done
 
 if has_contender gw; then
+  gw_upstream() {  # NAME: an upstream over b1 and b2
+    printf '{"name": "%s", "connect_timeout_ms": 2000, "idle_timeout_ms": 600000,
+                 "max_fails": 1, "fail_timeout_ms": 10000, "tries": 3,
+                 "pools": [{"id": "primary", "priority": 0, "method": "round_robin",
+                            "hosts": [{"id": "b1", "address": "127.0.0.1:%s", "weight": 1},
+                                      {"id": "b2", "address": "127.0.0.1:%s", "weight": 1}]}]}' "$1" "$P_B1" "$P_B2"
+  }
+  GW_UPSTREAMS=$(gw_upstream app)
+  # l7: a second upstream over the same backends, where the gray rule that the
+  # rule-change round flips sends wrk's requests (the answers stay the same).
+  [ "$MODE" = l7 ] && GW_UPSTREAMS+=", $(gw_upstream pre)"
   # Release builds log little at "warn"; per-connection logging would skew the numbers.
   cat >"$TMP/gw.json" <<EOF
 {
   "workers": $WORKERS,
   "log_level": "warn",
   "shutdown_timeout_ms": 2000,
-  "shm": {"name": "$SHM_NAME", "max_upstreams": 64, "max_pools": 256, "max_hosts": 4096},
+  "shm": {"name": "$SHM_NAME", "max_upstreams": 64, "max_pools": 256, "max_hosts": 4096, "max_rule_cidrs": 8192},
   "state_file": "$TMP/gw.state.json",
   "listeners": [{"name": "bench", "listen": "127.0.0.1:$P_GW", "protocol": "$([ "$MODE" = l7 ] && echo http || echo tcp)",
                  "upstream": "app", "backlog": 4096}],
-  "upstreams": [{"name": "app", "connect_timeout_ms": 2000, "idle_timeout_ms": 600000,
-                 "max_fails": 1, "fail_timeout_ms": 10000, "tries": 3,
-                 "pools": [{"id": "primary", "priority": 0, "method": "round_robin",
-                            "hosts": [{"id": "b1", "address": "127.0.0.1:$P_B1", "weight": 1},
-                                      {"id": "b2", "address": "127.0.0.1:$P_B2", "weight": 1}]}]}]
+  "upstreams": [$GW_UPSTREAMS]
 }
 EOF
   if ! "$GWD" -t -c "$TMP/gw.json" >"$TMP/gw-check.log" 2>&1; then
@@ -446,6 +455,42 @@ for ((r = 0; r < ROUNDS; r++)); do
   done
 done
 
+# l7: one more gw round while gwctl changes a gray-release rule RULE_CHANGES times
+# (default 1000): the rule flips wrk's client address between the two upstreams, each
+# change a commit that every worker picks up on its next request. Reported on its
+# own row ("gw+rules"); the target is 0 failed requests.
+RULE_CHANGES=${RULE_CHANGES:-1000}
+RULES_DURATION=${RULES_DURATION:-60}  # each change is a gwctl process and an fsync'd state file: ~25/s here
+RULES_DONE=0
+if [ "$MODE" = l7 ] && has_contender gw && [ "$RULE_CHANGES" -gt 0 ]; then
+  GWCTL="$BUILD_DIR/gwctl"
+  [ -x "$GWCTL" ] || die "$GWCTL not found (build the gwctl target)"
+  "$GWCTL" --shm "$SHM_NAME" add rule bench default gray --ip 127.0.0.2 --upstream pre >/dev/null
+  out="$TMP/wrk-rules.txt"
+  wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${RULES_DURATION}s" --latency "http://127.0.0.1:$P_GW/" >"$out" 2>&1 &
+  WRK_PID=$!
+  for ((i = 0; i < RULE_CHANGES; i++)); do
+    if ((i % 2 == 0)); then ip=127.0.0.1; else ip=127.0.0.2,10.0.0.0/8; fi
+    "$GWCTL" --shm "$SHM_NAME" set rule bench default gray --ip "$ip" --upstream pre >/dev/null ||
+      die "gwctl set rule failed (change $i)"
+    kill -0 "$WRK_PID" 2>/dev/null || break
+  done
+  RULES_DONE=$i
+  wrk_rc=0
+  wait "$WRK_PID" || wrk_rc=$?
+  WRK_PID=""
+  if [ $wrk_rc -ne 0 ] || ! res=$(parse_wrk "$out"); then
+    show_logs "$out"
+    die "wrk through gw during the rule changes failed"
+  fi
+  read -r rps p50 p99 errs <<<"$res"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "rules" "gw+rules" "$rps" "$p50" "$p99" "$errs" >>"$RUNS"
+  printf '[rules]       gw+rules req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms  (%d rule changes in the run, %d errors)\n' \
+    "$rps" "$p50" "$p99" "$RULES_DONE" "$errs"
+  [ "$RULES_DONE" -ge "$RULE_CHANGES" ] ||
+    echo "compare.sh: warning: only $RULES_DONE of $RULE_CHANGES rule changes fit in the ${RULES_DURATION}s run" >&2
+fi
+
 # ---------------------------------------------------------------------------------------
 # Summary: medians per contender, ratios to nginx; printed and appended to RESULTS.md.
 
@@ -465,10 +510,13 @@ GW_BUILD="$BUILD_DIR (${BUILD_TYPE:-unknown build type})"
 BENCH_ROUNDS=$ROUNDS BENCH_DURATION=$DURATION BENCH_CONNECTIONS=$CONNECTIONS \
 BENCH_WORKERS=$WORKERS BENCH_WRK_THREADS=$WRK_THREADS BENCH_DATE=$DATE BENCH_KERNEL=$KERNEL \
 BENCH_NPROC=$NPROC BENCH_VERSIONS=$VERSIONS BENCH_GW_REV=$GW_REV BENCH_GW_BUILD=$GW_BUILD BENCH_MODE=$MODE \
+BENCH_RULES_DONE=$RULES_DONE \
 "$PY" - "$RUNS" "$RESULTS_MD" "${CONTENDER_LIST[*]}" <<'EOF'
 import os, statistics, sys
 
 runs_file, results_md, order = sys.argv[1], sys.argv[2], sys.argv[3].split()
+if int(os.environ.get("BENCH_RULES_DONE", "0")) > 0:
+    order.append("gw+rules")
 env = os.environ
 rows = {}
 for line in open(runs_file):
@@ -506,6 +554,8 @@ for row in table:
     print(fmt(row))
 if "direct" in order:
     print("(direct = wrk straight at backend b1, no proxy; the proxies spread load over b1 and b2)")
+if "gw+rules" in order:
+    print("(gw+rules = one more gw run while gwctl made %s gray-rule changes; its load is on the same 2 cores)" % env["BENCH_RULES_DONE"])
 
 new_file = not os.path.exists(results_md)
 with open(results_md, "a") as f:
@@ -528,5 +578,8 @@ with open(results_md, "a") as f:
     f.write("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|\n")
     for row in table:
         f.write("| " + " | ".join(row) + " |\n")
+    if "gw+rules" in order:
+        f.write("\ngw+rules: one more gw run while `gwctl set rule` made %s gray-release rule changes "
+                "(each flipping wrk's traffic between two upstreams); errors = failed requests.\n" % env["BENCH_RULES_DONE"])
 print("appended to %s" % results_md)
 EOF
