@@ -1368,8 +1368,10 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
       upstream_failed(c, kFailStatus, EPROTO);
       return;
     }
-    if (h.status == 101 && !(c.upgrade && h.upgrade)) {
-      upstream_failed(c, kFailInvalid, EPROTO);  // 101 without an upgrade asked and named
+    if (h.status == 101 && !(c.upgrade && !h.upgrade_protocols.empty())) {
+      // A 101 needs an upgrade asked for, and an Upgrade field naming the
+      // protocol switched to (RFC 9110 15.2.2).
+      upstream_failed(c, kFailInvalid, EPROTO);
       return;
     }
     c.resp_started = true;
