@@ -92,9 +92,30 @@ def get(port, path="/", headers=(), src="127.0.0.1"):
 class GrayTest(GwTestCase):
     needs = ("gwd", "gwctl", "gw-backend")
 
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        # one set of backends for the class: fewer processes to start on a busy machine
+        cls.backends = {}
+        try:
+            for n in ("prod", "pre", "edge"):
+                cls.backends[n] = gwtest.ExternalBackend(n, "http", threads=2)
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        for b in cls.backends.values():
+            b.stop()
+        super().tearDownClass()
+
     def setUp(self):
         super().setUp()
-        self.be = {n: self.external_backend(n, "http") for n in ("prod", "pre", "edge")}
+        self.be = self.backends
+        for n, b in self.be.items():
+            if b.proc.poll() is not None:
+                raise AssertionError(f"gw-backend {n} exited with {b.proc.returncode}")
 
     def gray_config(self, main_rules=None, api_rules=None, workers=1, main_hash="cookie:uid", shm=None):
         """Listener "web" (http): route "main" ("/", prod, hash key cookie:uid)
