@@ -111,6 +111,10 @@ class Worker {
       if (timeout < 0 || timeout > until_hk) timeout = until_hk;
       int n = epoll_.wait(events, 256, timeout);
       env_.now_ms = core::monotonic_ms();
+      // One acquire load per batch of events: a table change (a gwctl rule or
+      // host change) applies to the next request on an open keep-alive
+      // connection too, not only to new connections.
+      if (n > 0 && reader_.stale()) refresh();
       for (int i = 0; i < n; ++i) {
         uint64_t d = events[i].data.u64;
         const uint64_t kind = proxy::event_kind(d);

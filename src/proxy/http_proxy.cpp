@@ -892,6 +892,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
     path = "/";
   }
   if (auto q = path.find('?'); q != std::string_view::npos) path = path.substr(0, q);
+  if (path.empty()) path = "/";  // "http://host?q" has the empty path, that is "/" (RFC 9112 3.2.2)
 
   const int ri = match_route(l, host_without_port(host), path);
   if (ri < 0) {
@@ -1379,7 +1380,9 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     c.up_keep = h.keep_alive && h.body != http::BodyKind::until_close;
     c.resp_body.reset(h);
     c.dechunk = h.body == http::BodyKind::chunked && c.http10;
-    c.resp_close = !c.keep_alive || !h.keep_alive || h.body == http::BodyKind::until_close || c.dechunk || c.c_eof;
+    // Connection is hop-by-hop: a host that closes after a length-delimited
+    // answer does not close the client's connection.
+    c.resp_close = !c.keep_alive || h.body == http::BodyKind::until_close || c.dechunk || c.c_eof;
     // A response that ends before the request body does ends the connection:
     // the rest of the request cannot be told from the next one.
     if (!build_response_head(c, h)) {

@@ -204,7 +204,7 @@ gw::shm::RuleSpec rule_from_options(const Options& o) {
   if (!o.percent.empty()) {
     double pct = -1;
     auto [end, ec] = std::from_chars(o.percent.data(), o.percent.data() + o.percent.size(), pct);
-    if (ec != std::errc() || end != o.percent.data() + o.percent.size() || pct < 0 || pct > 100)
+    if (ec != std::errc() || end != o.percent.data() + o.percent.size() || !(pct >= 0 && pct <= 100))  // NaN too
       throw Failure(fmt::format("--percent must be a number 0..100, got \"{}\"", o.percent));
     r.percent_bp = static_cast<int32_t>(pct * 100 + 0.5);
   }

@@ -91,7 +91,7 @@ struct HttpConf {
   uint32_t keepalive_timeout_ms = 75000;      ///< idle between requests (keepalive_timeout): close
   uint32_t keepalive_requests = 1000;         ///< requests per client connection (keepalive_requests)
   uint32_t max_request_line = 8192;           ///< 414 above
-  uint32_t max_header_bytes = 16384;          ///< the request head; 431 above (at most 15 KiB + 1 KiB rewrite room)
+  uint32_t max_header_bytes = 15360;          ///< the request head; 431 above (a 16 KiB buffer keeps 1 KiB for the rewrite, as HAProxy's maxrewrite)
   uint32_t max_headers = 100;                 ///< field lines; 431 above
 };
 /// connection: route once, on the first frame; frame: route every frame.

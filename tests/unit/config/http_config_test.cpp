@@ -38,7 +38,7 @@ TEST_SUITE("config") {
     CHECK(l.routes[0].upstream == "app");
     CHECK(l.http.client_header_timeout_ms == 60000);
     CHECK(l.http.keepalive_timeout_ms == 75000);
-    CHECK(l.http.max_header_bytes == 16384);
+    CHECK(l.http.max_header_bytes == 15360);
     const auto& u = r.config.upstreams[0];
     CHECK(u.read_timeout_ms == 60000);
     CHECK(u.keepalive.max_idle == 64);
