@@ -439,6 +439,23 @@ void parse_listeners(Ctx& c, element arr, Config& cfg) {
       } else if (k == "routes") {
         routes = v;
         has_routes = true;
+      } else if (k == "access_log") {
+        for_each_field(c, v, kp, [&](std::string_view ak, element av, const std::string& akp) {
+          if (ak == "path") {
+            if (get_string(c, av, akp, l.access_log.path) && l.access_log.path.empty())
+              c.error(akp, "expected a file path, got \"\"");
+          } else if (ak == "format") {
+            std::string f;
+            if (get_string(c, av, akp, f)) {
+              if (f == "combined") l.access_log.format = 0;
+              else if (f == "main") l.access_log.format = 1;
+              else if (f == "json") l.access_log.format = 2;
+              else c.error(akp, fmt::format("expected \"combined\", \"main\" or \"json\", got \"{}\"", f));
+            }
+          } else return false;
+          return true;
+        });
+        if (l.access_log.path.empty() && !c.has_error_under(kp)) c.error(kp, "missing required key \"path\"");
       } else return false;
       return true;
     });
@@ -677,6 +694,14 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
     c.error("state_file", fmt::format("the absolute path is {} bytes; at most {} are supported", cfg.state_file.size(),
                                       shm::kPathCap - 1));
   cfg.log_file = absolute(cfg.log_file);
+  for (auto& l : cfg.listeners) {
+    if (l.access_log.path.empty()) continue;
+    l.access_log.path = absolute(l.access_log.path);
+    auto it = std::find(cfg.access_log_paths.begin(), cfg.access_log_paths.end(), l.access_log.path);
+    l.access_log.file = static_cast<uint8_t>(it - cfg.access_log_paths.begin());
+    if (it == cfg.access_log_paths.end()) cfg.access_log_paths.push_back(l.access_log.path);
+  }
+  if (cfg.access_log_paths.size() > 255) c.error("listeners", "more than 255 distinct access_log paths");
   r.errors = std::move(c.errors);
   return r;
 }

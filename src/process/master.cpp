@@ -16,6 +16,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <array>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -25,6 +26,7 @@
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
 #include "gw/process/checker.hpp"
+#include "gw/process/logger.hpp"
 #include "gw/process/sync.hpp"
 #include "gw/process/worker.hpp"
 #include "gw/shm/cluster.hpp"
@@ -238,6 +240,22 @@ class Master {
     ::sigprocmask(SIG_BLOCK, &set, nullptr);
     ::signal(SIGPIPE, SIG_IGN);
 
+    // Access logs: a socket per worker slot to the logger process (made here,
+    // so a respawned worker or logger finds its end), and the files checked now.
+    if (!cfg_.access_log_paths.empty()) {
+      for (const auto& path : cfg_.access_log_paths) ::close(open_access_log(path));
+      for (int w = 0; w < n; ++w) {
+        int sv[2];
+        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+          throw std::runtime_error(fmt::format("socketpair for the access log: {}", std::strerror(errno)));
+        int sndbuf = 4 << 20;  // room for bursts while the logger writes
+        ::setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+        log_rd_.emplace_back(sv[0]);
+        log_wr_.emplace_back(sv[1]);
+      }
+      logger_.wanted = true;
+    }
+
     seg_.header().master_started_ms.store(core::wall_ms());
     seg_.header().master_pid.store(::getpid(), std::memory_order_release);
     event_cursor_ = seg_.header().event_head.load();
@@ -248,7 +266,7 @@ class Master {
     for (int w = 0; w < n; ++w) spawn(static_cast<uint32_t>(w));
     for (const auto& u : cfg_.upstreams) checker_.wanted |= u.check.type != shm::kCheckNone;
     sync_.wanted = cfg_.cluster.enabled;
-    for (Aux* a : {&checker_, &sync_})
+    for (Aux* a : auxes())
       if (a->wanted) spawn_aux(*a);
     std::string addrs;
     for (const auto& l : cfg_.listeners) addrs += fmt::format(" {}={}", l.name, l.listen.to_string());
@@ -263,7 +281,8 @@ class Master {
       else if (sig == SIGTERM) begin_stop(true, now);
       else if (sig == SIGINT || sig == SIGQUIT) begin_stop(false, now);
       else if (sig == SIGHUP) GW_LOG_WARN("SIGHUP: configuration reload is not implemented yet; ignored");
-      else if (sig == SIGUSR1 || sig == SIGUSR2) GW_LOG_INFO("signal {} ignored", sig);
+      else if (sig == SIGUSR1) reopen_logs();
+      else if (sig == SIGUSR2) GW_LOG_INFO("signal {} ignored", sig);
       respawn_due(now);
       log_events();
       expire_hooks();
@@ -274,7 +293,7 @@ class Master {
           GW_LOG_WARN("workers still running after the stop deadline; killing them");
           for (pid_t p : pids_)
             if (p > 0) ::kill(p, SIGKILL);
-          for (Aux* a : {&checker_, &sync_})
+          for (Aux* a : auxes())
             if (a->pid > 0) ::kill(a->pid, SIGKILL);
           kill_deadline_ms_ = now + 60000;
         }
@@ -287,8 +306,25 @@ class Master {
   }
 
  private:
+
+  // SIGUSR1 (logrotate): the master, the workers and the logger reopen their files.
+  void reopen_logs() {
+    GW_LOG_INFO("SIGUSR1: reopening log files");
+    if (!cfg_.log_file.empty()) {
+      try {
+        core::log_open(cfg_.log_file);
+      } catch (const std::exception& e) {
+        GW_LOG_ERROR("{}", e.what());
+      }
+    }
+    for (pid_t p : pids_)
+      if (p > 0) ::kill(p, SIGUSR1);
+    for (Aux* a : auxes())
+      if (a->pid > 0) ::kill(a->pid, SIGUSR1);
+  }
+
   int alive() const {
-    int a = (checker_.pid > 0) + (sync_.pid > 0);
+    int a = (checker_.pid > 0) + (sync_.pid > 0) + (logger_.pid > 0);
     for (pid_t p : pids_) a += p > 0;
     return a;
   }
@@ -316,6 +352,10 @@ class Master {
           if (s == w) mine.push_back(fd.get());
           else fd.reset();
         }
+      log_rd_.clear();
+      for (size_t s = 0; s < log_wr_.size(); ++s)
+        if (s != w) log_wr_[s].reset();
+      if (w < log_wr_.size()) set_access_log_fd(log_wr_[w].get());
       int rc = run_worker(cfg_, seg_, w, mine);
       ::_exit(rc);
     }
@@ -337,6 +377,8 @@ class Master {
     uint64_t respawn_at = 0;
   };
 
+  std::array<Aux*, 3> auxes() { return {&checker_, &sync_, &logger_}; }
+
   void spawn_aux(Aux& a) {
     const pid_t master = ::getpid();
     pid_t pid = ::fork();
@@ -354,6 +396,13 @@ class Master {
       sigemptyset(&all);
       ::sigprocmask(SIG_SETMASK, &all, nullptr);
       fds_.clear();  // it accepts nothing
+      log_wr_.clear();
+      if (&a == &logger_) {
+        std::vector<int> socks;
+        for (auto& fd : log_rd_) socks.push_back(fd.get());
+        ::_exit(run_logger(socks, cfg_.access_log_paths));
+      }
+      log_rd_.clear();
       ::_exit(a.run(cfg_, seg_));
     }
     a.pid = pid;
@@ -389,7 +438,9 @@ class Master {
                                           : fmt::format("exited with code {}", WEXITSTATUS(status)));
         continue;
       }
-      if (reap_aux(checker_, pid, status, now) || reap_aux(sync_, pid, status, now)) continue;
+      if (reap_aux(checker_, pid, status, now) || reap_aux(sync_, pid, status, now) ||
+          reap_aux(logger_, pid, status, now))
+        continue;
       for (uint32_t w = 0; w < pids_.size(); ++w) {
         if (pids_[w] != pid) continue;
         pids_[w] = 0;
@@ -416,7 +467,7 @@ class Master {
 
   void respawn_due(uint64_t now) {
     if (stopping_) return;
-    for (Aux* a : {&checker_, &sync_})
+    for (Aux* a : auxes())
       if (a->wanted && a->pid == 0 && a->respawn_at && now >= a->respawn_at) spawn_aux(*a);
     for (auto it = respawn_at_.begin(); it != respawn_at_.end();) {
       uint32_t w = it->first;
@@ -440,6 +491,10 @@ class Master {
       if (p > 0) ::kill(p, graceful ? SIGTERM : SIGQUIT);
     for (Aux* a : {&checker_, &sync_})
       if (a->pid > 0) ::kill(a->pid, SIGQUIT);  // nothing to drain
+    // The logger writes the workers' last lines and exits when they have all
+    // closed their ends (the master's copies go now).
+    log_wr_.clear();
+    if (logger_.pid > 0) ::kill(logger_.pid, SIGTERM);
     kill_deadline_ms_ = now + (graceful ? cfg_.shutdown_timeout_ms + 2000 : 2000);
   }
 
@@ -527,6 +582,8 @@ class Master {
   const std::string empty_;
   Aux checker_{"checker", "health checker", &run_checker};
   Aux sync_{"sync", "etcd sync process", &run_sync};
+  Aux logger_{"logger", "access logger", nullptr};  // runs run_logger (see spawn_aux)
+  std::vector<core::UniqueFd> log_rd_, log_wr_;     // access-log sockets by worker slot: logger / worker ends
 };
 
 }  // namespace

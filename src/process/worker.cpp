@@ -16,6 +16,7 @@
 #include "gw/core/log.hpp"
 #include "gw/net/buffer_pool.hpp"
 #include "gw/net/reactor.hpp"
+#include "gw/proxy/access_log.hpp"
 #include "gw/proxy/frame_mux.hpp"
 #include "gw/proxy/framer.hpp"
 #include "gw/proxy/http_proxy.hpp"
@@ -25,6 +26,8 @@
 
 namespace gw::process {
 namespace {
+
+int g_access_log_fd = -1;
 
 constexpr uint64_t kSignalIndex = 0xffffffffull;
 constexpr uint64_t kHousekeepingMs = 1000;
@@ -54,6 +57,11 @@ class Worker {
       lr.key_from_frame = l.hash_key == config::HashKey::frame;
       lr.close_on_host_remove = l.close_on_host_remove;
       lr.http = l.protocol == config::Protocol::http;
+      lr.name = l.name.c_str();
+      if (!l.access_log.path.empty()) {
+        lr.log_file = l.access_log.file;
+        lr.log_format = l.access_log.format;
+      }
       any_close_on_remove_ |= l.close_on_host_remove;
       if (l.protocol == config::Protocol::frame) {
         framers_.push_back(std::make_unique<proxy::Framer>(l.frame.spec));
@@ -79,6 +87,8 @@ class Worker {
     env_.listeners = listeners_;
     env_.live_tag = live_tag_;
     env_.now_ms = core::monotonic_ms();
+    if (g_access_log_fd >= 0) access_log_.init(g_access_log_fd, cfg.access_log_paths.size());
+    env_.access_log = &access_log_;
     // Round-robin tickets are shared by all workers through shm.
     balancer_.set_tickets(
         [](void* ctx, uint32_t pool) -> std::atomic<uint64_t>* {
@@ -130,6 +140,7 @@ class Worker {
           accept_on(static_cast<uint32_t>(d));
         }
       }
+      access_log_.flush();  // once per round: the lines of every request this round ended
       timers_.advance(env_.now_ms, [this](net::TimerNode& t) {
         if (mux_.owns(t)) mux_.on_timer(t);
         else if (http_.owns(t)) http_.on_timer(t);
@@ -143,6 +154,7 @@ class Worker {
       if (accept_paused_ && env_.now_ms >= resume_accept_ms_) resume_accept();
       if (draining_) {
         if (relay_.active() + mux_.active() + http_.active() == 0) {
+          access_log_.flush();
           GW_LOG_INFO("drained; exiting");
           return 0;
         }
@@ -152,6 +164,7 @@ class Worker {
           relay_.close_all();
           mux_.close_all();
           http_.close_all();
+          access_log_.flush();
           return 0;
         }
       }
@@ -216,9 +229,20 @@ class Worker {
           relay_.close_all();
           mux_.close_all();
           http_.close_all();
+          access_log_.flush();
           return false;
+        case SIGUSR1:
+          // logrotate: the error log (access logs are the logger's).
+          if (!cfg_.log_file.empty()) {
+            try {
+              core::log_open(cfg_.log_file);
+            } catch (const std::exception& e) {
+              GW_LOG_ERROR("{}", e.what());
+            }
+          }
+          break;
         default:
-          break;  // SIGHUP, SIGUSR1/2: the master handles them
+          break;  // SIGHUP, SIGUSR2: the master handles them
       }
     }
     return true;
@@ -286,6 +310,7 @@ class Worker {
   std::vector<proxy::ListenerRuntime> listeners_;
   std::vector<uint32_t> live_tag_;
   bool any_close_on_remove_ = false;
+  proxy::AccessLog access_log_;
   proxy::RelayEnv env_;
   proxy::TcpRelay relay_;
   proxy::FrameMux mux_;
@@ -298,6 +323,8 @@ class Worker {
 };
 
 }  // namespace
+
+void set_access_log_fd(int fd) noexcept { g_access_log_fd = fd; }
 
 int run_worker(const config::Config& cfg, const shm::Segment& seg, uint32_t slot, const std::vector<int>& listen_fds) {
   try {

@@ -177,6 +177,9 @@ HttpProxy::HttpProxy(RelayEnv& env, const config::Config& cfg, uint32_t max_conn
     lr.conf = &l;
     lr.limits.max_start_line = l.http.max_request_line;
     lr.limits.max_head = l.http.max_header_bytes;
+    lr.log = !l.access_log.path.empty();
+    lr.log_file = l.access_log.file;
+    lr.log_format = static_cast<LogFormat>(l.access_log.format);
   }
 }
 
@@ -354,6 +357,7 @@ void HttpProxy::close_up(UpConn& u) noexcept {
 
 void HttpProxy::close_conn(Conn& c) noexcept {
   if (c.state == CState::free) return;
+  if (c.log_pending) log_request(c);
   if (c.up != kNone) {
     close_up(ups_[c.up]);
     c.up = kNone;
@@ -365,6 +369,7 @@ void HttpProxy::close_conn(Conn& c) noexcept {
   release(c.rq);
   release(c.rs);
   release(c.out);
+  release(c.lg);
   c.state = CState::free;
   ++c.gen;
   c.next_free = conn_free_;
@@ -835,6 +840,10 @@ void HttpProxy::parse_request(Conn& c) noexcept {
     c.state = CState::busy;
     c.resp_started = c.resp_done = false;
     c.head_req = false;
+    if (l.log) {
+      http::Head none;
+      log_begin(c, none);  // logged with "-" for the request
+    }
     respond_error(c, http::error_status(p.error()), false);
     return;
   }
@@ -867,6 +876,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   c.up_keep = false;
   c.last_status = 0;
   c.method = h.method;
+  if (l.log) log_begin(c, h);
 
   // The body: from right after the head; the head itself is done with once
   // the request head for the upstream is written below.
@@ -945,6 +955,14 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   // hashes the route's key when the request has one, else the client address.
   const int rule = match_rule(route, c, h, c.key_len ? std::string_view(c.key, c.key_len) : std::string_view(ip));
   c.rule = static_cast<int16_t>(rule);
+  if (rule >= 0 && c.lg.p) {
+    // The rule's id, for the access log (the rule may change before the request ends).
+    const std::string_view id = rules_[static_cast<size_t>(rule)].id;
+    const size_t n = std::min<size_t>(id.size(), kBufSize - c.lg.tail);
+    std::memcpy(c.lg.p + c.lg.tail, id.data(), n);
+    c.lg.tail += static_cast<uint32_t>(n);
+    c.lg_len[Conn::kRule] = static_cast<uint16_t>(n);
+  }
   c.upstream = static_cast<int16_t>(rule >= 0 ? rules_[static_cast<size_t>(rule)].upstream : route.upstream);
   if (c.upstream < 0) {
     // The route's upstream is not in the table: nothing can serve it.
@@ -1136,6 +1154,7 @@ void HttpProxy::connect_next(Conn& c) noexcept {
     const shm::HostRecord& r = hosts[static_cast<size_t>(h)];
     if (c.attempts > 0) bump(env_.seg->worker(env_.worker).http_retries);
     c.tried[c.attempts++] = r.slot;
+    c.up_addr = r.addr;
     c.rq.head = 0;          // (re)send the whole head
     c.sent = c.body_start;  // and the body from its first byte
     c.u_read_ms = c.u_write_ms = env_.now_ms;
@@ -1254,6 +1273,7 @@ bool HttpProxy::send_upstream(Conn& c, UpConn& u) noexcept {
       return true;
     }
     progress = true;
+    if (c.rq.head == 0) c.up_start_ms = env_.now_ms;  // this attempt's first byte
     c.u_write_ms = env_.now_ms;
     size_t left = static_cast<size_t>(n);
     const size_t from_head = std::min<size_t>(left, c.rq.size());
@@ -1355,6 +1375,7 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
         }
         std::memcpy(c.out.p + c.out.tail, c.rs.p + c.rs.head, h.head_len);
         c.out.tail += h.head_len;
+        c.head_bytes += h.head_len;
       }
       c.rs.head += h.head_len;
       c.scan = c.rs.head;
@@ -1377,6 +1398,9 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     }
     c.resp_started = true;
     release(c.rq);  // no retry from here on
+    c.up_status = h.status;
+    c.status_sent = h.status;
+    c.up_ms = static_cast<int64_t>(env_.now_ms - c.up_start_ms);
     c.up_keep = h.keep_alive && h.body != http::BodyKind::until_close;
     c.resp_body.reset(h);
     c.dechunk = h.body == http::BodyKind::chunked && c.http10;
@@ -1435,6 +1459,7 @@ bool HttpProxy::build_response_head(Conn& c, const http::Head& h) noexcept {
   }
   w.add("\r\n");
   if (w.overflow) return false;
+  c.head_bytes += w.len - c.out.tail;
   c.out.tail = w.len;
   return true;
 }
@@ -1547,6 +1572,7 @@ bool HttpProxy::flush_client(Conn& c) noexcept {
     }
     progress = true;
     c.c_write_ms = env_.now_ms;
+    c.client_bytes += static_cast<uint64_t>(n);
     size_t left = static_cast<size_t>(n);
     const size_t from_out = std::min<size_t>(left, c.out.size());
     c.out.head += static_cast<uint32_t>(from_out);
@@ -1602,6 +1628,8 @@ void HttpProxy::respond_error(Conn& c, int status, bool keep_alive) noexcept {
   w.add("Content-Length: ").num(body_len).add("\r\n");
   w.field("Connection", keep ? "keep-alive" : "close");
   w.add("\r\n");
+  c.head_bytes += w.len;
+  c.status_sent = static_cast<uint16_t>(status);
   if (!c.head_req) w.add(std::string_view(body, body_len));
   c.out.head = 0;
   c.out.tail = w.len;
@@ -1618,6 +1646,7 @@ void HttpProxy::respond_error(Conn& c, int status, bool keep_alive) noexcept {
 }
 
 void HttpProxy::finish_request(Conn& c) noexcept {
+  if (c.log_pending && c.state != CState::tunnel) log_request(c);
   if (c.up != kNone) {
     UpConn& u = ups_[c.up];
     // The upstream connection may carry another request if the exchange
@@ -1759,6 +1788,85 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
       return;
     }
   }
+}
+
+// ---------------------------------------------------------------------------
+// the access log
+
+void HttpProxy::log_begin(Conn& c, const http::Head& h) noexcept {
+  c.log_pending = true;
+  c.status_sent = c.up_status = 0;
+  c.head_bytes = 0;
+  c.client_bytes = 0;
+  c.up_ms = -1;
+  c.up_addr = core::SockAddr{};
+  std::fill(std::begin(c.lg_len), std::end(c.lg_len), uint16_t{0});
+  if (!acquire(c.lg)) return;  // logged without the request's text
+  c.lg.head = c.lg.tail = 0;
+  auto put = [&](Conn::LogField f, std::string_view v, size_t max) {
+    const size_t n = std::min({v.size(), max, static_cast<size_t>(kBufSize - c.lg.tail)});
+    std::memcpy(c.lg.p + c.lg.tail, v.data(), n);
+    c.lg.tail += static_cast<uint32_t>(n);
+    c.lg_len[f] = static_cast<uint16_t>(n);
+  };
+  if (h.method_name.empty()) return;  // a request refused before its line was read
+  std::string_view referer, agent;
+  for (const http::Field& f : h.fields) {
+    if (referer.empty() && iequals(f.name, "referer")) referer = f.value;
+    else if (agent.empty() && iequals(f.name, "user-agent")) agent = f.value;
+  }
+  put(Conn::kMethod, h.method_name, 64);
+  put(Conn::kTarget, h.target, 4096);
+  put(Conn::kVersion, h.version == http::Version::http10 ? "HTTP/1.0" : "HTTP/1.1", 8);
+  put(Conn::kReferer, referer, 1024);
+  put(Conn::kAgent, agent, 1024);
+  put(Conn::kHost, h.host, 256);
+}
+
+void HttpProxy::log_request(Conn& c) noexcept {
+  c.log_pending = false;
+  const ListenerRt& l = listeners_[c.listener];
+  if (!l.log || !env_.access_log || !env_.access_log->enabled()) return;
+  HttpLogEntry e;
+  e.wall_ms = core::wall_ms();
+  char client[INET6_ADDRSTRLEN] = "";
+  if (c.peer.family == AF_INET6) ::inet_ntop(AF_INET6, c.peer.ip, client, sizeof(client));
+  else if (c.peer.family == AF_INET) ::inet_ntop(AF_INET, c.peer.ip, client, sizeof(client));
+  e.client = client;
+  e.listener = l.conf->name;
+  if (c.lg.p) {
+    std::string_view parts[Conn::kLogFields];
+    uint32_t off = 0;
+    for (int f = 0; f < Conn::kLogFields; ++f) {
+      parts[f] = std::string_view(c.lg.p + off, c.lg_len[f]);
+      off += c.lg_len[f];
+    }
+    e.method = parts[Conn::kMethod];
+    e.target = parts[Conn::kTarget];
+    e.version = parts[Conn::kVersion];
+    e.referer = parts[Conn::kReferer];
+    e.user_agent = parts[Conn::kAgent];
+    e.host = parts[Conn::kHost];
+    e.rule = parts[Conn::kRule];
+  }
+  // No answer reached the client: nginx's 499 (the client went first).
+  e.status = c.status_sent ? c.status_sent : 499;
+  e.body_bytes = c.client_bytes > c.head_bytes ? c.client_bytes - c.head_bytes : 0;
+  e.request_ms = env_.now_ms >= c.started_ms ? env_.now_ms - c.started_ms : 0;
+  char up[INET6_ADDRSTRLEN + 8] = "";
+  if (c.up_addr.family != 0) {
+    char ipbuf[INET6_ADDRSTRLEN] = "";
+    ::inet_ntop(c.up_addr.family == AF_INET6 ? AF_INET6 : AF_INET, c.up_addr.ip, ipbuf, sizeof(ipbuf));
+    auto r = c.up_addr.family == AF_INET6 ? fmt::format_to_n(up, sizeof(up) - 1, "[{}]:{}", ipbuf, c.up_addr.port)
+                                          : fmt::format_to_n(up, sizeof(up) - 1, "{}:{}", ipbuf, c.up_addr.port);
+    e.upstream_addr = std::string_view(up, r.size);
+  }
+  e.upstream_status = c.up_status;
+  e.upstream_ms = c.up_ms;
+  if (c.route < routes_.size()) e.route = routes_[c.route].conf->name;
+  e.retries = c.attempts > 0 ? c.attempts - 1u : 0;
+  env_.access_log->log(l.log_file, l.log_format, e);
+  release(c.lg);
 }
 
 }  // namespace gw::proxy

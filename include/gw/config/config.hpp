@@ -103,6 +103,14 @@ struct FrameConf {
   FrameMode mode = FrameMode::connection;
 };
 
+/// "access_log" of a listener: where and how each request (http) or
+/// connection (tcp, frame) is logged.
+struct AccessLogConf {
+  std::string path;        ///< absolute; empty = no access log
+  uint8_t format = 0;      ///< proxy::LogFormat: 0 combined, 1 main, 2 json
+  uint8_t file = 0;        ///< index among the config's distinct access-log paths
+};
+
 struct ListenerConf {
   std::string name;
   core::SockAddr listen;
@@ -115,6 +123,7 @@ struct ListenerConf {
   FrameConf frame;                    ///< protocol frame only
   HttpConf http;                      ///< protocol http only
   std::vector<RouteConf> routes;      ///< protocol http: given, or one route "default" to `upstream`
+  AccessLogConf access_log;
 };
 
 struct ShmConf {
@@ -142,6 +151,7 @@ struct Config {
   std::string state_file;  ///< absolute; empty = no persistence
   std::vector<ListenerConf> listeners;
   std::vector<UpstreamConf> upstreams;
+  std::vector<std::string> access_log_paths;  ///< distinct access-log files (AccessLogConf::file indexes it)
   std::string hook_host_down;  ///< "hooks.host_down": shell command run by the master
   std::string hook_host_up;    ///< "hooks.host_up"
   ClusterConf cluster;

@@ -40,6 +40,7 @@
 #include "gw/config/config.hpp"
 #include "gw/core/address.hpp"
 #include "gw/http/parser.hpp"
+#include "gw/proxy/access_log.hpp"
 #include "gw/proxy/tcp_relay.hpp"
 
 namespace gw::proxy {
@@ -112,6 +113,9 @@ class HttpProxy {
   struct ListenerRt {
     const config::ListenerConf* conf = nullptr;
     http::Limits limits;
+    bool log = false;  ///< access_log set
+    uint8_t log_file = 0;
+    LogFormat log_format = LogFormat::combined;
     uint32_t first_route = 0, n_routes = 0;  ///< into routes_
   };
   struct UpstreamRt {
@@ -178,6 +182,19 @@ class HttpProxy {
     http::BodyDecoder resp_body;
     Buf in, rq, rs, out;
     char key[kMaxKey + 1] = {};
+    // Access log (only with access_log on): the request's text fields, kept
+    // in `lg` (a pool buffer held while the request is in flight).
+    enum LogField : uint8_t { kMethod, kTarget, kVersion, kReferer, kAgent, kHost, kRule, kLogFields };
+    Buf lg;
+    uint16_t lg_len[kLogFields] = {};
+    bool log_pending = false;    // a request began and is not logged yet
+    uint16_t status_sent = 0;    // the status of the answer the client got
+    uint16_t up_status = 0;      // the status a host answered with (0 = none)
+    uint32_t head_bytes = 0;     // bytes of response heads sent (not body)
+    uint64_t client_bytes = 0;   // bytes sent to the client for this request
+    uint64_t up_start_ms = 0;    // the request's first byte to the host that answered
+    int64_t up_ms = -1;          // → its response head
+    core::SockAddr up_addr;      // the last host tried
   };
 
   /// An upstream connection: owned by a Conn while it carries a request, on
@@ -244,6 +261,8 @@ class HttpProxy {
   UpConn* idle_take(uint32_t slot, uint32_t tag) noexcept;
 
   void drive(Conn& c) noexcept;
+  void log_begin(Conn& c, const http::Head& h) noexcept;
+  void log_request(Conn& c) noexcept;
   void count(HttpOutcome o) noexcept;
   bool acquire(Buf& b) noexcept;
   void release(Buf& b) noexcept;

@@ -38,6 +38,9 @@ struct ListenerRuntime {
   bool close_on_host_remove = false; ///< on_host_remove "close"
   bool per_frame = false;            ///< frame mode "frame": FrameMux routes every frame
   bool http = false;                 ///< protocol http: HttpProxy
+  int16_t log_file = -1;             ///< access_log: the file index, -1 = none
+  uint8_t log_format = 0;            ///< access_log: proxy::LogFormat
+  const char* name = "";             ///< the listener's name (access log)
   uint32_t first_frame_timeout_ms = 0;
 };
 
@@ -59,6 +62,7 @@ struct RelayEnv {
   std::span<const uint32_t> live_tag;
   uint64_t now_ms = 0;
   bool table_changed = false;  ///< set by the worker on refresh; the relay records propagation
+  class AccessLog* access_log = nullptr;  ///< the worker's; enabled() says if logging is on
 };
 
 /// epoll data: kind (top 3 bits) | generation (29 bits) | index (32 bits).
@@ -133,6 +137,12 @@ class TcpRelay {
     uint8_t key_len = 0;
     char key[kMaxKey + 1] = {};  // the client IP as text (nginx's $remote_addr), or the frame key
     Pipe c2u, u2c;
+    // For the access log: who, to where, how much, how long, how it ended.
+    core::SockAddr peer;
+    core::SockAddr host_addr;
+    uint64_t start_ms = 0;
+    uint64_t bytes_up = 0, bytes_down = 0;
+    const char* end = "closed";
   };
 
   uint64_t data_of(const Session& s, uint64_t kind) const noexcept {
@@ -152,6 +162,7 @@ class TcpRelay {
             Session& s) noexcept;
   void release(Pipe& p) noexcept;
   void close_session(Session& s) noexcept;
+  void log_session(const Session& s) noexcept;
 
   RelayEnv& env_;
   std::vector<Session> sessions_;
