@@ -455,7 +455,7 @@ void parse_listeners(Ctx& c, element arr, Config& cfg) {
           } else return false;
           return true;
         });
-        if (l.access_log.path.empty() && !c.has_error_under(kp)) c.error(kp, "missing required key \"path\"");
+        if (l.access_log.path.empty() && !c.has_error_under(kp + ".path")) c.error(kp, "missing required key \"path\"");
       } else return false;
       return true;
     });
