@@ -29,7 +29,7 @@ struct Out {
       len = cap;
       return;
     }
-    std::memcpy(p + len, s.data(), s.size());
+    if (!s.empty()) std::memcpy(p + len, s.data(), s.size());  // an empty view may be null
     len += s.size();
   }
   void num(uint64_t v) noexcept {

@@ -130,7 +130,7 @@ struct Writer {
       overflow = true;
       return *this;
     }
-    std::memcpy(p + len, s.data(), s.size());
+    if (!s.empty()) std::memcpy(p + len, s.data(), s.size());  // an empty view may be null
     len += static_cast<uint32_t>(s.size());
     return *this;
   }
@@ -949,7 +949,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   // Keys longer than kMaxKey are hashed by their first kMaxKey bytes; an
   // empty key is a missing key (round robin, counted).
   c.key_len = static_cast<uint8_t>(have_key ? std::min<size_t>(key.size(), kMaxKey) : 0);
-  std::memcpy(c.key, key.data(), c.key_len);
+  if (c.key_len) std::memcpy(c.key, key.data(), c.key_len);
 
   // Rules (first match wins), then the route's own upstream. A percentage
   // hashes the route's key when the request has one, else the client address.
@@ -959,7 +959,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
     // The rule's id, for the access log (the rule may change before the request ends).
     const std::string_view id = rules_[static_cast<size_t>(rule)].id;
     const size_t n = std::min<size_t>(id.size(), kBufSize - c.lg.tail);
-    std::memcpy(c.lg.p + c.lg.tail, id.data(), n);
+    if (n) std::memcpy(c.lg.p + c.lg.tail, id.data(), n);
     c.lg.tail += static_cast<uint32_t>(n);
     c.lg_len[Conn::kRule] = static_cast<uint16_t>(n);
   }
@@ -1805,7 +1805,7 @@ void HttpProxy::log_begin(Conn& c, const http::Head& h) noexcept {
   c.lg.head = c.lg.tail = 0;
   auto put = [&](Conn::LogField f, std::string_view v, size_t max) {
     const size_t n = std::min({v.size(), max, static_cast<size_t>(kBufSize - c.lg.tail)});
-    std::memcpy(c.lg.p + c.lg.tail, v.data(), n);
+    if (n) std::memcpy(c.lg.p + c.lg.tail, v.data(), n);  // (an empty view may hold a null pointer)
     c.lg.tail += static_cast<uint32_t>(n);
     c.lg_len[f] = static_cast<uint16_t>(n);
   };
