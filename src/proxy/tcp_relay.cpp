@@ -96,13 +96,13 @@ void TcpRelay::sniff(Session& s) noexcept {
         return;
       }
     }
-    const size_t cap = (p.big ? env_.frame_buffers->buffer_size() : net::BufferPool::kBufferSize) - kPadding;
+    const size_t cap = (p.big ? l.frame_buffers->buffer_size() : net::BufferPool::kBufferSize) - kPadding;
     if (p.tail == cap) {
       // A valid header said the frame is larger than this buffer (a larger
       // declared body is refused on the header alone): move to a frame buffer.
-      char* big = (!p.big && env_.frame_buffers) ? env_.frame_buffers->acquire() : nullptr;
+      char* big = p.big ? nullptr : acquire_frame_buffer(l);
       if (!big) {
-        close_session(s);
+        reject(s, FrameError::no_frame_buffer);
         return;
       }
       std::memcpy(big, p.buf, p.tail);
@@ -143,7 +143,7 @@ void TcpRelay::sniff(Session& s) noexcept {
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       s.c_in = false;
-      if (p.tail == 0) release(p);  // hold no buffer while nothing has arrived
+      if (p.tail == 0) release(s, p);  // hold no buffer while nothing has arrived
       return;
     }
     if (errno == EINTR) continue;
@@ -153,7 +153,7 @@ void TcpRelay::sniff(Session& s) noexcept {
 }
 
 void TcpRelay::reject(Session& s, FrameError e) noexcept {
-  count_reject(env_, e, s.cfd, last_reject_log_ms_);
+  count_reject(env_, e, s.cfd);
   close_session(s);
 }
 
@@ -305,8 +305,8 @@ void TcpRelay::on_timer(net::TimerNode& n) noexcept {
   }
 }
 
-void TcpRelay::release(Pipe& p) noexcept {
-  if (p.buf) (p.big ? env_.frame_buffers : env_.buffers)->release(p.buf);
+void TcpRelay::release(const Session& s, Pipe& p) noexcept {
+  if (p.buf) (p.big ? env_.listeners[s.listener].frame_buffers : env_.buffers)->release(p.buf);
   p = Pipe{};
 }
 
@@ -319,7 +319,7 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
       if (n > 0) {
         p.head += static_cast<uint32_t>(n);
         s.deadline_ms = env_.now_ms + s.idle_ms;  // lazy: the wheel re-files it when due
-        if (!p.pending()) release(p);
+        if (!p.pending()) release(s, p);
         continue;
       }
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -348,12 +348,12 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
     }
     if (n == 0) {
       src_eof = true;
-      release(p);
+      release(s, p);
       break;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       src_in = false;
-      release(p);
+      release(s, p);
       break;
     }
     if (errno == EINTR) continue;
@@ -380,8 +380,8 @@ void TcpRelay::close_session(Session& s) noexcept {
   if (s.cfd >= 0) ::close(s.cfd);
   if (s.ufd >= 0) ::close(s.ufd);
   s.cfd = s.ufd = -1;
-  release(s.c2u);
-  release(s.u2c);
+  release(s, s.c2u);
+  release(s, s.u2c);
   unbind(s);
   s.state = State::free;
   ++s.gen;

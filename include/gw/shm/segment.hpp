@@ -98,8 +98,10 @@ struct HostCounter {
 };
 
 /// Reasons a frame connection can be refused (proxy::FrameError has them;
-/// the shm layout only needs the count, with room to grow).
-inline constexpr size_t kFrameRejectKinds = 16;
+/// the shm layout only needs the count, with room to grow). 22 fills what was
+/// the tail padding of WorkerRuntime (it was 16): no field moved and the
+/// record is still 256 bytes, so the ABI version did not change.
+inline constexpr size_t kFrameRejectKinds = 22;
 
 struct alignas(64) WorkerRuntime {
   std::atomic<int32_t> pid;           ///< 0 = slot not running
