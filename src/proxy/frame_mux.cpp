@@ -47,7 +47,7 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   Device& d = *dp;
   d.fd = fd;
   d.used = true;
-  d.in = true;  // the first bytes may already be queued
+  d.in = false;  // the registration below reports bytes already queued, if any
   d.out = d.hup = d.eof = d.shut = false;
   d.first = true;
   d.listener = static_cast<uint16_t>(listener);
@@ -69,7 +69,7 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   d.idle_ms = l.upstream >= 0 ? env_.snap->upstreams()[static_cast<size_t>(l.upstream)].idle_timeout_ms : 60000;
   d.first_deadline_ms = env_.now_ms + l.first_frame_timeout_ms;
   ++active_;
-  net::set_nodelay(fd);
+  // TCP_NODELAY comes from the listening socket (accepted sockets inherit it).
   auto& w = env_.seg->worker(env_.worker);
   bump(w.connections);
   bump(w.accepted);
@@ -78,7 +78,6 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
     return;
   }
   env_.timers->schedule(d, d.first_deadline_ms);
-  drive(d);
 }
 
 void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {

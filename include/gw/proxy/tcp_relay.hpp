@@ -144,12 +144,12 @@ class TcpRelay {
   void sniff(Session& s) noexcept;
   void reject(Session& s, FrameError e) noexcept;
   void connect_next(Session& s) noexcept;
-  void on_connected(Session& s) noexcept;
+  void on_connected(Session& s, bool readable) noexcept;
   void on_connect_failed(Session& s, int err) noexcept;
   void unbind(Session& s) noexcept;
   void drive(Session& s) noexcept;
   bool pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p, int dst, bool& dst_out, bool& dst_shut,
-            Session& s) noexcept;
+            bool dst_done, Session& s) noexcept;
   void release(const Session& s, Pipe& p) noexcept;
   void close_session(Session& s) noexcept;
 
