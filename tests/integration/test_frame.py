@@ -1318,6 +1318,19 @@ class FrameTest(GwTestCase):
         self.assertEqual(worker_sum(st, "accepted"), 60)
         self.assertEqual(sum(st["frame_rejects"].values()), 0)
         self.assert_idle(gw)
+        # Several targets (how the benchmark reaches the backends directly):
+        # connection i goes to target i modulo 2.
+        for b in backends:
+            b.reset()
+        cmd = [exe, "--target", ",".join(b.address for b in backends), "-c", "20", "--connect-rate", "0", "-r", "2",
+               "-T", "1", "--devid-prefix", "direct-", "--json"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=T(30), stdin=subprocess.DEVNULL)
+        self.assertEqual(out.returncode, 0, f"gwload failed: {out.stderr[-1000:]}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        self.assertEqual((r["established"], r["errors"]), (20, 0))
+        for k, b in enumerate(backends):
+            self.assertEqual(b.stats()["devids"], sorted(f"direct-{i}" for i in range(k, 20, 2)),
+                             f"--target A,B: {b.name} gets connections {k}, {k + 2}, ...")
 
     # ------------------------------------------------------------------------
     # 7. JSON pointer keys
