@@ -100,6 +100,29 @@ def memory_kb(pids):
     return rss, pss
 
 
+def timewait_sockets():
+    """TCP sockets in TIME_WAIT (from `ss -s`), or 0 if unknown."""
+    try:
+        out = subprocess.run(["ss", "-s"], capture_output=True, text=True).stdout
+        return int(out.split("timewait", 1)[1].split(")", 1)[0].strip(" ,"))
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def settle(limit=5000, max_wait=120):
+    """Waits (up to max_wait s) until fewer than `limit` sockets are in TIME_WAIT.
+    Tens of thousands of them make every loopback connect() scan long lists of
+    used ports (kernel time that grows with each connection), which skews a
+    run that starts right after another."""
+    deadline = time.time() + max_wait
+    n = timewait_sockets()
+    if n >= limit:
+        log(f"waiting for {n} TIME_WAIT sockets to expire")
+    while n >= limit and time.time() < deadline:
+        time.sleep(2)
+        n = timewait_sockets()
+
+
 def stop(proc):
     if proc is None or proc.poll() is not None:
         return
@@ -226,8 +249,8 @@ stream {{
     def part_hold(self, backends):
         out = {}
         for mode in self.args.hold_modes.split(","):
+            settle()
             out[mode] = self.hold(backends, mode)
-            time.sleep(3)  # let the closed connections settle between the runs
         return out
 
     def hold(self, backends, mode):
@@ -421,6 +444,7 @@ def main():
         b.ensure_build()
         backends = b.start_backends(args.backends)
         for p in parts:
+            settle()
             results[p] = getattr(b, "part_" + p)(backends)
     finally:
         b.cleanup()
