@@ -267,7 +267,7 @@ stream {{
         srcs = [f"127.0.0.{i}" for i in range(2, 2 + max(2, -(-a.connections // 7000)))]
         cmd = [self.bin("gwload"), "--target", f"127.0.0.1:{port}", "--json", "--procs", str(procs),
                "-c", str(a.connections), "--connect-rate", str(a.connect_rate), "-r", str(a.hb_rate),
-               "-T", str(a.hold), "--src", ",".join(srcs)]
+               "-T", str(a.hold), "--timeout-ms", str(a.timeout_ms), "--src", ",".join(srcs)]
         load_log = open(os.path.join(self.tmp, f"hold-{mode}-gwload.log"), "w")
         load = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=load_log, text=True, start_new_session=True)
         self.procs.append(load)
@@ -421,6 +421,8 @@ def main():
     ap.add_argument("--workers", type=int, default=8, help="gw workers for the hold part")
     ap.add_argument("--hold-modes", default="connection,frame", help="listener modes the hold part runs")
     ap.add_argument("--connect-rate", type=int, default=5000)
+    ap.add_argument("--timeout-ms", type=int, default=5000,
+                    help="hold: gwload's limit for a login echo or a heartbeat reply (a shared, busy machine needs more)")
     ap.add_argument("--hb-rate", type=float, default=0.2, help="heartbeats per second per connection (hold)")
     ap.add_argument("--hold", type=int, default=30, help="seconds to hold every connection")
     ap.add_argument("--backends", type=int, default=8,
