@@ -314,8 +314,9 @@ stream {{
             order = ["gw", "direct"] if r % 2 == 0 else ["direct", "gw"]
             for who in order:
                 target = port if who == "gw" else direct
-                res = self.gwload(target, ["-c", str(n), "--connect-rate", "5000", "-r", "1", "-T",
-                                           str(a.duration)], f"rtt-{who}-{r}.log", procs=1,
+                res = self.gwload(target, ["-c", str(n), "--connect-rate", str(a.connect_rate), "-r", "1", "-T",
+                                           str(a.duration), "--timeout-ms", str(a.timeout_ms)],
+                                  f"rtt-{who}-{r}.log", procs=1,
                                   srcs=["127.0.0.2", "127.0.0.3"])
                 rows[who].append(res)
                 log(f"rtt round {r + 1} {who}: hb p50 {res['hb_latency_us']['p50']} us, "
@@ -420,9 +421,10 @@ def main():
     ap.add_argument("--connections", type=int, default=50000)
     ap.add_argument("--workers", type=int, default=8, help="gw workers for the hold part")
     ap.add_argument("--hold-modes", default="connection,frame", help="listener modes the hold part runs")
-    ap.add_argument("--connect-rate", type=int, default=5000)
+    ap.add_argument("--connect-rate", type=int, default=5000, help="hold and rtt: new connections per second")
     ap.add_argument("--timeout-ms", type=int, default=5000,
-                    help="hold: gwload's limit for a login echo or a heartbeat reply (a shared, busy machine needs more)")
+                    help="hold and rtt: gwload's limit for a login echo or a heartbeat reply (a shared, busy machine "
+                         "needs more)")
     ap.add_argument("--hb-rate", type=float, default=0.2, help="heartbeats per second per connection (hold)")
     ap.add_argument("--hold", type=int, default=30, help="seconds to hold every connection")
     ap.add_argument("--backends", type=int, default=8,
