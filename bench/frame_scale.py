@@ -314,7 +314,7 @@ stream {{
             order = ["gw", "direct"] if r % 2 == 0 else ["direct", "gw"]
             for who in order:
                 target = port if who == "gw" else direct
-                res = self.gwload(target, ["-c", str(n), "--connect-rate", str(a.connect_rate), "-r", "1", "-T",
+                res = self.gwload(target, ["-c", str(n), "--connect-rate", str(a.connect_rate), "-r", str(a.rtt_hb_rate), "-T",
                                            str(a.duration), "--timeout-ms", str(a.timeout_ms)],
                                   f"rtt-{who}-{r}.log", procs=1,
                                   srcs=["127.0.0.2", "127.0.0.3"])
@@ -379,7 +379,8 @@ def report(args, results, build):
                   "about 9.3 KB.", ""]
     if "rtt" in results:
         r = results["rtt"]
-        lines += [f"**Heartbeat round trip**, {r['connections']} connections at 1 heartbeat/s, {args.duration} s "
+        lines += [f"**Heartbeat round trip**, {r['connections']} connections at {args.rtt_hb_rate:g} heartbeat/s each, "
+                  f"{args.duration} s "
                   f"once every connection is up (replies during the ramp not counted), medians of {args.rounds} "
                   f"interleaved rounds; gw with 2 workers over {args.backends} backends, direct spread over the "
                   f"same {args.backends} backends:", "",
@@ -421,6 +422,7 @@ def main():
     ap.add_argument("--connections", type=int, default=50000)
     ap.add_argument("--workers", type=int, default=8, help="gw workers for the hold part")
     ap.add_argument("--hold-modes", default="connection,frame", help="listener modes the hold part runs")
+    ap.add_argument("--rtt-hb-rate", type=float, default=1.0, help="rtt: heartbeats per second per connection")
     ap.add_argument("--connect-rate", type=int, default=5000, help="hold and rtt: new connections per second")
     ap.add_argument("--timeout-ms", type=int, default=5000,
                     help="hold and rtt: gwload's limit for a login echo or a heartbeat reply (a shared, busy machine "
