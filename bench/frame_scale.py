@@ -2,11 +2,15 @@
 """The device-gateway benchmark (frame listeners), in three parts:
 
   hold   N concurrent device connections through gw (default 50,000) with
-         heartbeats; gw's memory per proxied idle connection (summed RSS and
-         PSS of the master and workers over the connections, and the growth
-         over an idle gateway).
-  rtt    heartbeat round trip through gw against straight to a backend,
-         interleaved rounds, same load.
+         heartbeats, once per listener mode (--hold-modes: "connection" routes
+         once per connection, "frame" routes every frame and keeps a link per
+         host); gw's memory per proxied idle connection (summed RSS and PSS of
+         the master and workers over the connections, and the growth over an
+         idle gateway).
+  rtt    heartbeat round trip through gw against straight to the same
+         backends (gwload spreads the direct connections over all of them),
+         interleaved rounds, same load; only replies after every connection
+         is up count.
   churn  first-frame routing throughput (new device connections per second:
          connect, login frame, its echo, close) through gw against nginx
          stream with the same backends and worker count, interleaved rounds.
@@ -15,7 +19,9 @@ Everything runs on loopback; backends are `gw-backend --mode device`, load is
 `gwload`. Prints a summary and appends it to bench/RESULTS.md.
 
   bench/frame_scale.py [--parts hold,rtt,churn] [--connections 50000]
-                       [--workers 8] [--rounds 3] [--duration 10]
+                       [--hold-modes connection,frame] [--workers 8]
+                       [--rounds 3] [--duration 10]
+  [--no-record]   print the summary without appending it to bench/RESULTS.md
   env: GW_BUILD_DIR (default build-release, built here in Release if missing)
 """
 
@@ -94,6 +100,29 @@ def memory_kb(pids):
     return rss, pss
 
 
+def timewait_sockets():
+    """TCP sockets in TIME_WAIT (from `ss -s`), or 0 if unknown."""
+    try:
+        out = subprocess.run(["ss", "-s"], capture_output=True, text=True).stdout
+        return int(out.split("timewait", 1)[1].split(")", 1)[0].strip(" ,"))
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def settle(limit=5000, max_wait=120):
+    """Waits (up to max_wait s) until fewer than `limit` sockets are in TIME_WAIT.
+    Tens of thousands of them make every loopback connect() scan long lists of
+    used ports (kernel time that grows with each connection), which skews a
+    run that starts right after another."""
+    deadline = time.time() + max_wait
+    n = timewait_sockets()
+    if n >= limit:
+        log(f"waiting for {n} TIME_WAIT sockets to expire")
+    while n >= limit and time.time() < deadline:
+        time.sleep(2)
+        n = timewait_sockets()
+
+
 def stop(proc):
     if proc is None or proc.poll() is not None:
         return
@@ -152,19 +181,19 @@ class Bench:
             wait_port(port, p, f"backend b{i}")
         return ports
 
-    def start_gw(self, backends, workers):
+    def start_gw(self, backends, workers, mode="connection"):
         port = free_ports(1)[0]
         cfg = {
             "workers": workers, "shm": {"name": self.shm}, "state_file": "", "log_level": "warn",
             "listeners": [{"name": "dev", "listen": f"127.0.0.1:{port}", "protocol": "frame", "upstream": "dev",
-                           "backlog": 4096}],
+                           "backlog": 4096, "frame": {"mode": mode}}],
             "upstreams": [{"name": "dev", "idle_timeout_ms": 3600000, "pools": [{"id": "p", "hosts": [
                 {"id": f"b{i}", "address": f"127.0.0.1:{bp}"} for i, bp in enumerate(backends)]}]}],
         }
-        path = os.path.join(self.tmp, f"gw-{workers}.json")
+        path = os.path.join(self.tmp, f"gw-{workers}-{mode}.json")
         with open(path, "w") as f:
             json.dump(cfg, f)
-        p = self.spawn([self.bin("gwd"), "-c", path], f"gwd-{workers}.log")
+        p = self.spawn([self.bin("gwd"), "-c", path], f"gwd-{workers}-{mode}.log")
         wait_port(port, p, "gwd")
         time.sleep(0.3)
         return p, port
@@ -200,8 +229,11 @@ stream {{
         wait_port(port, p, "nginx")
         return p, port
 
-    def gwload(self, port, extra, logname, procs=1, srcs=None):
-        cmd = [self.bin("gwload"), "--target", f"127.0.0.1:{port}", "--json", "--procs", str(procs)] + extra
+    def gwload(self, target, extra, logname, procs=1, srcs=None):
+        """target: a port on 127.0.0.1, or "IP:PORT[,IP:PORT...]"."""
+        if isinstance(target, int):
+            target = f"127.0.0.1:{target}"
+        cmd = [self.bin("gwload"), "--target", target, "--json", "--procs", str(procs)] + extra
         if srcs:
             cmd += ["--src", ",".join(srcs)]
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -215,11 +247,18 @@ stream {{
     # --- parts ---------------------------------------------------------------
 
     def part_hold(self, backends):
+        out = {}
+        for mode in self.args.hold_modes.split(","):
+            settle()
+            out[mode] = self.hold(backends, mode)
+        return out
+
+    def hold(self, backends, mode):
         a = self.args
-        gw, port = self.start_gw(backends, a.workers)
+        gw, port = self.start_gw(backends, a.workers, mode)
         pids = tree_pids(gw.pid)
         base_rss, base_pss = memory_kb(pids)
-        log(f"hold: {a.connections} device connections through gw ({a.workers} workers), "
+        log(f"hold ({mode} mode): {a.connections} device connections through gw ({a.workers} workers), "
             f"idle gateway RSS {base_rss} kB")
         procs = max(1, -(-a.connections // 15000))
         # connect() picks source ports of one parity first: past ~14k
@@ -228,8 +267,8 @@ stream {{
         srcs = [f"127.0.0.{i}" for i in range(2, 2 + max(2, -(-a.connections // 7000)))]
         cmd = [self.bin("gwload"), "--target", f"127.0.0.1:{port}", "--json", "--procs", str(procs),
                "-c", str(a.connections), "--connect-rate", str(a.connect_rate), "-r", str(a.hb_rate),
-               "-T", str(a.hold), "--src", ",".join(srcs)]
-        load_log = open(os.path.join(self.tmp, "hold-gwload.log"), "w")
+               "-T", str(a.hold), "--timeout-ms", str(a.timeout_ms), "--src", ",".join(srcs)]
+        load_log = open(os.path.join(self.tmp, f"hold-{mode}-gwload.log"), "w")
         load = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=load_log, text=True, start_new_session=True)
         self.procs.append(load)
         # Sample memory while every connection is up (halfway through the hold).
@@ -249,16 +288,16 @@ stream {{
                                                capture_output=True, text=True).stdout)
                 peak = (rss, pss, sum(w["connections"] for w in st["workers"]),
                         [w["connections"] for w in st["workers"]])
-                log(f"hold: {peak[2]} connections, gateway RSS {rss} kB, PSS {pss} kB")
+                log(f"hold ({mode} mode): {peak[2]} connections, gateway RSS {rss} kB, PSS {pss} kB")
         out, _ = load.communicate()
         res = json.loads(out.strip().splitlines()[-1])
         stop(gw)
         if peak is None:
             sys.exit(f"frame_scale: the gateway never held {a.connections} connections (last count {conns}); "
-                     f"see {self.tmp}/hold-gwload.log")
+                     f"see {self.tmp}/hold-{mode}-gwload.log")
         rss, pss, held, per_worker = peak
         return {
-            "connections": held, "per_worker": per_worker, "workers": a.workers,
+            "mode": mode, "connections": held, "per_worker": per_worker, "workers": a.workers,
             "rss_kb": rss, "pss_kb": pss, "idle_rss_kb": base_rss, "idle_pss_kb": base_pss,
             "rss_per_conn": rss * 1024 / held, "pss_per_conn": pss * 1024 / held,
             "delta_rss_per_conn": (rss - base_rss) * 1024 / held, "load": res,
@@ -269,12 +308,15 @@ stream {{
         gw, port = self.start_gw(backends, 2)
         n = min(a.connections, 10000)
         rows = {"gw": [], "direct": []}
+        # Direct: the same connections spread over the same backends gw uses.
+        direct = ",".join(f"127.0.0.1:{bp}" for bp in backends)
         for r in range(a.rounds):
             order = ["gw", "direct"] if r % 2 == 0 else ["direct", "gw"]
             for who in order:
-                target = port if who == "gw" else backends[0]
-                res = self.gwload(target, ["-c", str(n), "--connect-rate", "5000", "-r", "1", "-T",
-                                           str(a.duration)], f"rtt-{who}-{r}.log", procs=1,
+                target = port if who == "gw" else direct
+                res = self.gwload(target, ["-c", str(n), "--connect-rate", str(a.connect_rate), "-r", str(a.rtt_hb_rate), "-T",
+                                           str(a.duration), "--timeout-ms", str(a.timeout_ms)],
+                                  f"rtt-{who}-{r}.log", procs=1,
                                   srcs=["127.0.0.2", "127.0.0.3"])
                 rows[who].append(res)
                 log(f"rtt round {r + 1} {who}: hb p50 {res['hb_latency_us']['p50']} us, "
@@ -318,28 +360,34 @@ def report(args, results, build):
              f"kernel `{kernel}`, nproc {os.cpu_count()}, gw {rev}, build {build}; "
              f"`bench/frame_scale.py {' '.join(sys.argv[1:])}`", ""]
     if "hold" in results:
-        h = results["hold"]
-        ld = h["load"]
-        lines += [
-            f"**Hold**: {h['connections']} concurrent device connections through gw ({h['workers']} workers; "
-            f"per worker {h['per_worker']}), heartbeats at {args.hb_rate}/s each for {args.hold} s; gwload: "
-            f"{ld['established']} established, {ld['errors']} errors, connect rate {ld['connect_rate']:.0f}/s, "
-            f"heartbeat p50 {ld['hb_latency_us']['p50']} µs, p99 {ld['hb_latency_us']['p99']} µs.", "",
-            "| gateway memory | total | per connection |", "|---|---:|---:|",
-            f"| summed RSS (master + workers) | {h['rss_kb'] / 1024:.1f} MiB | **{h['rss_per_conn']:.0f} B** |",
-            f"| summed PSS | {h['pss_kb'] / 1024:.1f} MiB | {h['pss_per_conn']:.0f} B |",
-            f"| RSS growth over the idle gateway ({h['idle_rss_kb'] / 1024:.1f} MiB) | "
-            f"{(h['rss_kb'] - h['idle_rss_kb']) / 1024:.1f} MiB | {h['delta_rss_per_conn']:.0f} B |",
-            "", "Target ≤ 2 KiB per connection (summed RSS over connections); nginx stream measured here: about 9.3 KB.",
-            ""]
+        for mode, h in results["hold"].items():
+            ld = h["load"]
+            what = ("routed once, on the first frame" if mode == "connection"
+                    else "every frame routed by its own key, one link per host")
+            lines += [
+                f"**Hold, mode `{mode}`** ({what}): {h['connections']} concurrent device connections through gw "
+                f"({h['workers']} workers; per worker {h['per_worker']}), heartbeats at {args.hb_rate}/s each for "
+                f"{args.hold} s; gwload: {ld['established']} established, {ld['errors']} errors, connect rate "
+                f"{ld['connect_rate']:.0f}/s, hold heartbeat p50 {ld['hb_latency_us']['p50']} µs, "
+                f"p99 {ld['hb_latency_us']['p99']} µs (ramp: p99 {ld['hb_ramp_latency_us']['p99']} µs).", "",
+                "| gateway memory | total | per connection |", "|---|---:|---:|",
+                f"| summed RSS (master + workers) | {h['rss_kb'] / 1024:.1f} MiB | **{h['rss_per_conn']:.0f} B** |",
+                f"| summed PSS | {h['pss_kb'] / 1024:.1f} MiB | {h['pss_per_conn']:.0f} B |",
+                f"| RSS growth over the idle gateway ({h['idle_rss_kb'] / 1024:.1f} MiB) | "
+                f"{(h['rss_kb'] - h['idle_rss_kb']) / 1024:.1f} MiB | {h['delta_rss_per_conn']:.0f} B |", ""]
+        lines += ["Target ≤ 2 KiB per connection (summed RSS over connections); nginx stream measured here: "
+                  "about 9.3 KB.", ""]
     if "rtt" in results:
         r = results["rtt"]
-        lines += [f"**Heartbeat round trip**, {r['connections']} connections at 1 heartbeat/s, {args.duration} s, "
-                  f"medians of {args.rounds} interleaved rounds (gw with 2 workers):", "",
+        lines += [f"**Heartbeat round trip**, {r['connections']} connections at {args.rtt_hb_rate:g} heartbeat/s each, "
+                  f"{args.duration} s "
+                  f"once every connection is up (replies during the ramp not counted), medians of {args.rounds} "
+                  f"interleaved rounds; gw with 2 workers over {args.backends} backends, direct spread over the "
+                  f"same {args.backends} backends:", "",
                   "| path | hb p50 µs | hb p99 µs | hb p999 µs | errors |", "|---|---:|---:|---:|---:|"]
         for who in ("gw", "direct"):
             rs = r["rows"][who]
-            lines.append(f"| {'through gw' if who == 'gw' else 'direct to a backend'} | "
+            lines.append(f"| {'through gw' if who == 'gw' else 'direct to the backends'} | "
                          f"{med([x['hb_latency_us']['p50'] for x in rs]):.0f} | "
                          f"{med([x['hb_latency_us']['p99'] for x in rs]):.0f} | "
                          f"{med([x['hb_latency_us']['p999'] for x in rs]):.0f} | {sum(x['errors'] for x in rs)} |")
@@ -362,6 +410,8 @@ def report(args, results, build):
         lines.append("")
     text = "\n".join(lines) + "\n"
     print(text)
+    if args.no_record:
+        return
     with open(os.path.join(ROOT, "bench", "RESULTS.md"), "a") as f:
         f.write("\n" + text)
 
@@ -371,14 +421,23 @@ def main():
     ap.add_argument("--parts", default="hold,rtt,churn")
     ap.add_argument("--connections", type=int, default=50000)
     ap.add_argument("--workers", type=int, default=8, help="gw workers for the hold part")
-    ap.add_argument("--connect-rate", type=int, default=5000)
+    ap.add_argument("--hold-modes", default="connection,frame", help="listener modes the hold part runs")
+    ap.add_argument("--rtt-hb-rate", type=float, default=1.0, help="rtt: heartbeats per second per connection")
+    ap.add_argument("--connect-rate", type=int, default=5000, help="hold and rtt: new connections per second")
+    ap.add_argument("--timeout-ms", type=int, default=5000,
+                    help="hold and rtt: gwload's limit for a login echo or a heartbeat reply (a shared, busy machine "
+                         "needs more)")
     ap.add_argument("--hb-rate", type=float, default=0.2, help="heartbeats per second per connection (hold)")
     ap.add_argument("--hold", type=int, default=30, help="seconds to hold every connection")
     ap.add_argument("--backends", type=int, default=8,
                     help="device backends (gw's connections to each stay well under 14k ports)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--no-record", action="store_true", help="print only; do not append to bench/RESULTS.md")
     args = ap.parse_args()
+    for m in args.hold_modes.split(","):
+        if m not in ("connection", "frame"):
+            sys.exit(f"frame_scale: unknown hold mode {m!r} (connection, frame)")
     parts = [p for p in args.parts.split(",") if p]
     for p in parts:
         if p not in ("hold", "rtt", "churn"):
@@ -391,6 +450,7 @@ def main():
         b.ensure_build()
         backends = b.start_backends(args.backends)
         for p in parts:
+            settle()
             results[p] = getattr(b, "part_" + p)(backends)
     finally:
         b.cleanup()

@@ -237,6 +237,10 @@ void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
     } else if (k == "max_key") get_u32(c, v, kp, 1, proxy::kMaxKey, s.max_key);
     else if (k == "max_depth") get_u32(c, v, kp, 1, 1024, s.max_depth);
     else if (k == "first_frame_timeout_ms") get_u32(c, v, kp, 1, 3600000, f.first_frame_timeout_ms);
+    else if (k == "frame_timeout_ms") get_u32(c, v, kp, 1, 3600000, f.frame_timeout_ms);
+    else if (k == "max_links") get_u32(c, v, kp, 1, 32, f.max_links);
+    else if (k == "link_idle_ms") get_u32(c, v, kp, 1, 3600000, f.link_idle_ms);
+    else if (k == "max_frame_buffers") get_u32(c, v, kp, 1, 1u << 20, f.max_frame_buffers);
     else if (k == "mode") {
       std::string m;
       if (get_string(c, v, kp, m)) {

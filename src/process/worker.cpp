@@ -50,7 +50,6 @@ class Worker {
         relay_(env_, max_sessions()),
         mux_(env_, max_sessions()),
         http_(env_, cfg, max_sessions()) {
-    size_t frame_buffer = 0;
     for (size_t i = 0; i < cfg.listeners.size(); ++i) {
       const config::ListenerConf& l = cfg.listeners[i];
       proxy::ListenerRuntime& lr = listeners_[i];
@@ -68,13 +67,20 @@ class Worker {
         lr.framer = framers_.back().get();
         lr.first_frame_timeout_ms = l.frame.first_frame_timeout_ms;
         lr.per_frame = l.frame.mode == config::FrameMode::frame;
-        frame_buffer = std::max(frame_buffer, l.frame.spec.max_frame() + proxy::kPadding);
+        lr.frame_timeout_ms = l.frame.frame_timeout_ms;
+        lr.max_links = l.frame.max_links;
+        lr.link_idle_ms = l.frame.link_idle_ms;
+        // Frames larger than a relay buffer get a whole-frame buffer while the
+        // first frame (per-frame: each frame) is read; at most
+        // max_frame_buffers of them per listener in this worker.
+        const size_t frame_buffer = l.frame.spec.max_frame() + proxy::kPadding;
+        if (frame_buffer > net::BufferPool::kBufferSize) {
+          frame_buffers_.push_back(std::make_unique<net::BufferPool>(0, frame_buffer));
+          lr.frame_buffers = frame_buffers_.back().get();
+          lr.max_frame_buffers = l.frame.frame_buffer_limit();
+        }
       }
     }
-    // Frames larger than a relay buffer get a whole-frame buffer while their
-    // first frame (or, per-frame, each frame) is read.
-    if (frame_buffer > net::BufferPool::kBufferSize)
-      frame_buffers_ = std::make_unique<net::BufferPool>(0, frame_buffer);
     env_.epoll = &epoll_;
     env_.timers = &timers_;
     env_.buffers = &buffers_;
@@ -83,7 +89,6 @@ class Worker {
     env_.n_workers = static_cast<uint32_t>(cfg.workers);
     env_.snap = &snap_;
     env_.balancer = &balancer_;
-    env_.frame_buffers = frame_buffers_.get();
     env_.listeners = listeners_;
     env_.live_tag = live_tag_;
     env_.now_ms = core::monotonic_ms();
@@ -301,7 +306,7 @@ class Worker {
   net::Epoll epoll_;
   net::TimerWheel timers_;
   net::BufferPool buffers_;
-  std::unique_ptr<net::BufferPool> frame_buffers_;
+  std::vector<std::unique_ptr<net::BufferPool>> frame_buffers_;  // one per frame listener with big frames
   std::vector<std::unique_ptr<proxy::Framer>> framers_;
   shm::TableReader reader_;
   std::unique_ptr<shm::Table> cur_, next_;

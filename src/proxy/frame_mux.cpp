@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <new>
 
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
@@ -19,8 +20,16 @@ constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 constexpr size_t kLinkBuffer = net::BufferPool::kBufferSize;
 }  // namespace
 
-FrameMux::FrameMux(RelayEnv& env, uint32_t max_devices) : env_(env) {
+size_t FrameMux::device_bytes() noexcept { return sizeof(Device); }
+size_t FrameMux::link_block_bytes() noexcept { return sizeof(Link) * kBlockLinks; }
+
+FrameMux::FrameMux(RelayEnv& env, uint32_t max_devices) : env_(env), link_blocks_(0, sizeof(Link) * kBlockLinks) {
   devices_.reserve(max_devices);  // touched only as it fills
+}
+
+uint32_t FrameMux::max_links(const Device& d) const noexcept {
+  const uint32_t m = env_.listeners[d.listener].max_links;
+  return m == 0 ? kMaxLinks : std::min(m, kMaxLinks);
 }
 
 void FrameMux::accept(int fd, uint32_t listener) noexcept {
@@ -38,7 +47,7 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   Device& d = *dp;
   d.fd = fd;
   d.used = true;
-  d.in = true;  // the first bytes may already be queued
+  d.in = false;  // the registration below reports bytes already queued, if any
   d.out = d.hup = d.eof = d.shut = false;
   d.first = true;
   d.listener = static_cast<uint16_t>(listener);
@@ -52,13 +61,15 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   d.next_owner = 0;
   d.owner_left = 0;
   d.links_shut = false;
+  d.frame_deadline_ms = 0;
   d.last_activity_ms = env_.now_ms;
-  for (Link& k : d.links) k = Link{};
+  for (Link& k : d.inline_links) k = Link{};
+  d.more = nullptr;
   const ListenerRuntime& l = env_.listeners[listener];
   d.idle_ms = l.upstream >= 0 ? env_.snap->upstreams()[static_cast<size_t>(l.upstream)].idle_timeout_ms : 60000;
   d.first_deadline_ms = env_.now_ms + l.first_frame_timeout_ms;
   ++active_;
-  net::set_nodelay(fd);
+  // TCP_NODELAY comes from the listening socket (accepted sockets inherit it).
   auto& w = env_.seg->worker(env_.worker);
   bump(w.connections);
   bump(w.accepted);
@@ -67,7 +78,6 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
     return;
   }
   env_.timers->schedule(d, d.first_deadline_ms);
-  drive(d);
 }
 
 void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
@@ -89,8 +99,8 @@ void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
     if (out) d.out = true;
   } else {
     const int li = static_cast<int>(sub) - 1;
-    if (li >= static_cast<int>(kMaxLinks)) return;
-    Link& k = d.links[li];
+    if (li >= link_slots(d)) return;
+    Link& k = *link_at(d, li);
     if (k.fd < 0) return;
     if (k.connecting) {
       if (!out) return;
@@ -117,15 +127,22 @@ void FrameMux::on_timer(net::TimerNode& n) noexcept {
   const int ui = env_.listeners[d.listener].upstream;
   const uint32_t connect_ms =
       ui >= 0 ? env_.snap->upstreams()[static_cast<size_t>(ui)].connect_timeout_ms : 1000;
-  for (int li = 0; li < static_cast<int>(kMaxLinks); ++li) {
-    Link& k = d.links[li];
+  for (int li = 0; li < link_slots(d); ++li) {
+    Link& k = *link_at(d, li);
     if (k.fd >= 0 && k.connecting && now >= k.connect_start_ms + connect_ms) {
       link_failed(d, li, ETIMEDOUT);
       if (!d.used) return;
     }
   }
   if (d.first && now >= d.first_deadline_ms) {
-    count_reject(env_, FrameError::first_frame_timeout, d.fd, last_reject_log_ms_);
+    count_reject(env_, FrameError::first_frame_timeout, d.fd);
+    close_device(d);
+    return;
+  }
+  if (!d.first && d.frame_deadline_ms != 0 && now >= d.frame_deadline_ms) {
+    // A frame was started and not finished in time (a device dripping bytes
+    // would otherwise hold a whole-frame buffer for as long as it likes).
+    count_reject(env_, FrameError::frame_timeout, d.fd);
     close_device(d);
     return;
   }
@@ -140,11 +157,14 @@ void FrameMux::on_timer(net::TimerNode& n) noexcept {
 
 void FrameMux::schedule(Device& d) noexcept {
   uint64_t deadline = d.first ? d.first_deadline_ms : d.last_activity_ms + d.idle_ms;
+  if (!d.first && d.frame_deadline_ms != 0) deadline = std::min(deadline, d.frame_deadline_ms);
   const int ui = env_.listeners[d.listener].upstream;
   if (ui >= 0) {
     const uint32_t connect_ms = env_.snap->upstreams()[static_cast<size_t>(ui)].connect_timeout_ms;
-    for (const Link& k : d.links)
+    for (int li = 0; li < link_slots(d); ++li) {
+      const Link& k = *link_at(d, li);
       if (k.fd >= 0 && k.connecting) deadline = std::min<uint64_t>(deadline, k.connect_start_ms + connect_ms);
+    }
   }
   env_.timers->schedule(d, deadline);
 }
@@ -155,18 +175,20 @@ void FrameMux::drive(Device& d) noexcept {
   // The device said it is done and every frame it sent is out: pass the
   // half-close on to each host, then finish once the hosts have answered.
   if (d.eof && d.head == d.tail && d.front_link < 0) {
-    if (!d.links_shut) {
-      d.links_shut = true;
-      for (Link& k : d.links)
-        if (k.fd >= 0 && !k.connecting) ::shutdown(k.fd, SHUT_WR);
-    }
     bool open = false;
-    for (const Link& k : d.links) open |= k.fd >= 0 && !k.connecting;
+    for (int li = 0; li < link_slots(d); ++li) {
+      const Link& k = *link_at(d, li);
+      if (k.fd < 0 || k.connecting) continue;
+      if (!d.links_shut) ::shutdown(k.fd, SHUT_WR);
+      open = true;
+    }
+    d.links_shut = true;
     if (!open && d.owner < 0) {
       close_device(d);
       return;
     }
   }
+  trim_links(d);
 }
 
 bool FrameMux::pump_device_in(Device& d) noexcept {
@@ -177,7 +199,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
       const bool routed = d.front_link >= 0;
       FrameDecision fd = framer.inspect(reinterpret_cast<const uint8_t*>(d.buf + d.head), d.tail - d.head, !routed);
       if (fd.kind == FrameDecision::Kind::reject) {
-        count_reject(env_, fd.error, d.fd, last_reject_log_ms_);
+        count_reject(env_, fd.error, d.fd);
         close_device(d);
         return false;
       }
@@ -187,12 +209,13 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
           d.last_activity_ms = env_.now_ms;
           schedule(d);
         }
+        d.frame_deadline_ms = 0;  // whole: the next frame's clock starts when it is needed
         if (!routed) {
           d.front_len = fd.frame_len;
           d.front_sent = 0;
           if (!route_front(d, fd.key)) return false;
         }
-        Link& k = d.links[d.front_link];
+        Link& k = *link_at(d, d.front_link);
         if (k.connecting || !k.out) return true;  // resumes on the link's event
         ssize_t n = ::send(k.fd, d.buf + d.head + d.front_sent, d.front_len - d.front_sent,
                            MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -218,6 +241,12 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
         if (!d.used) return false;
         continue;
       }
+      // The frame at head is incomplete: the device owes the rest, within
+      // frame_timeout_ms (the first frame has first_frame_timeout_ms).
+      if (!d.first && d.frame_deadline_ms == 0) {
+        d.frame_deadline_ms = env_.now_ms + l.frame_timeout_ms;
+        schedule(d);
+      }
     }
     // Need more bytes: keep the partial frame at the start of the buffer.
     if (d.head == d.tail) {
@@ -237,11 +266,12 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
         return false;
       }
     }
-    const size_t cap = (d.big ? env_.frame_buffers->buffer_size() : net::BufferPool::kBufferSize) - kPadding;
+    const size_t cap = (d.big ? l.frame_buffers->buffer_size() : net::BufferPool::kBufferSize) - kPadding;
     if (d.tail == cap) {
       // A header accepted a frame larger than this buffer: move to a frame buffer.
-      char* big = (!d.big && env_.frame_buffers) ? env_.frame_buffers->acquire() : nullptr;
+      char* big = d.big ? nullptr : acquire_frame_buffer(l);
       if (!big) {
+        count_reject(env_, FrameError::no_frame_buffer, d.fd);
         close_device(d);
         return false;
       }
@@ -260,7 +290,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
     if (n == 0) {
       d.eof = true;
       if (d.tail > d.head) {
-        count_reject(env_, framer.at_eof(d.tail - d.head), d.fd, last_reject_log_ms_);
+        count_reject(env_, framer.at_eof(d.tail - d.head), d.fd);
         close_device(d);
         return false;
       }
@@ -290,8 +320,8 @@ bool FrameMux::route_front(Device& d, std::string_view key) noexcept {
                       d.front_attempts == 0);
     if (h < 0) break;
     const shm::HostRecord& r = hosts[static_cast<size_t>(h)];
-    for (int li = 0; li < static_cast<int>(kMaxLinks); ++li) {
-      const Link& k = d.links[li];
+    for (int li = 0; li < link_slots(d); ++li) {
+      const Link& k = *link_at(d, li);
       if (k.fd >= 0 && k.slot == r.slot && k.tag == r.tag) {
         d.front_link = static_cast<int8_t>(li);
         return true;
@@ -310,19 +340,33 @@ bool FrameMux::route_front(Device& d, std::string_view key) noexcept {
   return false;
 }
 
+// A free link slot: an inline one first, then the overflow block's (taken
+// from the pool when the device first needs more than kInlineLinks); -1 if
+// all max_links slots are open.
+int FrameMux::free_link_slot(Device& d) noexcept {
+  for (int i = 0; i < link_slots(d); ++i)
+    if (link_at(d, i)->fd < 0) return i;
+  if (d.more || max_links(d) <= kInlineLinks) return -1;
+  char* block = link_blocks_.acquire();
+  if (!block) return -1;  // out of memory: as if every slot were taken
+  for (uint32_t i = 0; i < kBlockLinks; ++i) new (block + i * sizeof(Link)) Link{};
+  d.more = std::launder(reinterpret_cast<Link*>(block));
+  return static_cast<int>(kInlineLinks);
+}
+
 int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
-  int li = -1;
-  for (int i = 0; i < static_cast<int>(kMaxLinks) && li < 0; ++i)
-    if (d.links[i].fd < 0) li = i;
+  int li = free_link_slot(d);
   if (li < 0) {
     // Every link is in use: let the least recently used one go, but only if
-    // it has been quiet long enough that its host owes nothing. Otherwise the
-    // device is closed (it reconnects) rather than losing answers silently.
+    // it has been quiet (no byte either way) for link_idle_ms. Otherwise the
+    // device is closed (it reconnects): gw cannot tell whether a busy host
+    // still owes answers.
+    const uint64_t quiet_ms = env_.listeners[d.listener].link_idle_ms;
     uint64_t oldest = UINT64_MAX;
-    for (int i = 0; i < static_cast<int>(kMaxLinks); ++i) {
-      const Link& k = d.links[i];
+    for (int i = 0; i < link_slots(d); ++i) {
+      const Link& k = *link_at(d, i);
       if (i != d.owner && i != d.front_link && !k.connecting && k.head == k.tail &&
-          k.last_used_ms + kLinkEvictIdleMs <= env_.now_ms && k.last_used_ms < oldest) {
+          k.last_used_ms + quiet_ms <= env_.now_ms && k.last_used_ms < oldest) {
         oldest = k.last_used_ms;
         li = i;
       }
@@ -330,15 +374,15 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
     if (li < 0) {
       if (env_.now_ms - last_link_log_ms_ >= 1000) {
         last_link_log_ms_ = env_.now_ms;
-        GW_LOG_WARN("a device connection in mode \"frame\" needs more than {} busy hosts at once; closing it",
-                    kMaxLinks);
+        GW_LOG_WARN("a device connection in mode \"frame\" needs more than {} busy hosts at once (max_links); "
+                    "closing it", max_links(d));
       }
       close_device(d);
       return -1;
     }
     close_link(d, li);
   }
-  Link& k = d.links[li];
+  Link& k = *link_at(d, li);
   k = Link{};
   k.slot = r.slot;
   k.tag = r.tag;
@@ -369,7 +413,7 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
 }
 
 void FrameMux::link_failed(Device& d, int li, int err) noexcept {
-  Link& k = d.links[li];
+  Link& k = *link_at(d, li);
   if (k.connecting && peer_error(err))
     record_connect_failure(env_, env_.listeners[d.listener].upstream, k.slot, k.tag, k.weight, err);
   if (d.front_link == li) {
@@ -380,7 +424,7 @@ void FrameMux::link_failed(Device& d, int li, int err) noexcept {
 }
 
 void FrameMux::close_link(Device& d, int li) noexcept {
-  Link& k = d.links[li];
+  Link& k = *link_at(d, li);
   if (k.fd < 0) return;
   ::close(k.fd);
   shm::counter_close(env_.seg->counter(env_.worker, k.slot), k.tag);
@@ -399,13 +443,23 @@ void FrameMux::close_link(Device& d, int li) noexcept {
   }
 }
 
+// Gives the overflow block back once none of its links is open. Called only
+// where no loop over the device's links is running (the end of drive()).
+void FrameMux::trim_links(Device& d) noexcept {
+  if (!d.more) return;
+  for (uint32_t i = 0; i < kBlockLinks; ++i)
+    if (d.more[i].fd >= 0) return;
+  link_blocks_.release(reinterpret_cast<char*>(d.more));
+  d.more = nullptr;
+}
+
 bool FrameMux::pump_device_out(Device& d) noexcept {
   const FrameSpec& spec = env_.listeners[d.listener].framer->spec();
   for (int round = 0; round < 64; ++round) {
     bool moved = false;
     // Read from each host while its buffer has room.
-    for (int li = 0; li < static_cast<int>(kMaxLinks); ++li) {
-      Link& k = d.links[li];
+    for (int li = 0; li < link_slots(d); ++li) {
+      Link& k = *link_at(d, li);
       if (k.fd < 0 || k.connecting) continue;
       while (k.in && !k.eof) {
         if (!k.buf) {
@@ -445,20 +499,23 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
     // Write frames to the device, one link at a time, whole frames only.
     while (d.out) {
       if (d.owner < 0) {
+        const int n_links = link_slots(d);
         int pick = -1;
-        for (uint32_t i = 0; i < kMaxLinks && pick < 0; ++i) {
-          const int li = static_cast<int>((d.next_owner + i) % kMaxLinks);
-          const Link& k = d.links[li];
+        for (int i = 0; i < n_links && pick < 0; ++i) {
+          const int li = (d.next_owner + i) % n_links;
+          const Link& k = *link_at(d, li);
           if (k.fd >= 0 && k.tail - k.head >= spec.header_size) pick = li;
         }
         if (pick < 0) break;
-        Link& k = d.links[pick];
-        uint32_t len = 0;
-        if (frame_length(spec, reinterpret_cast<const uint8_t*>(k.buf + k.head), k.tail - k.head, len) !=
-            FrameError::none) {
+        Link& k = *link_at(d, pick);
+        uint64_t len = 0;
+        // Only the length field delimits a host's frame: its type, version
+        // and size are the host's business, not the device rules'.
+        if (reply_length(spec, reinterpret_cast<const uint8_t*>(k.buf + k.head), len) != FrameError::none) {
           if (env_.now_ms - last_link_log_ms_ >= 1000) {
             last_link_log_ms_ = env_.now_ms;
-            GW_LOG_WARN("host slot {} sent a frame with a bad header; closing its connection", k.slot);
+            GW_LOG_WARN("host slot {} sent a frame whose length is smaller than its header; closing its connection",
+                        k.slot);
           }
           close_link(d, pick);
           if (!d.used) return false;
@@ -467,9 +524,9 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
         }
         d.owner = static_cast<int8_t>(pick);
         d.owner_left = len;
-        d.next_owner = static_cast<uint8_t>((pick + 1) % kMaxLinks);
+        d.next_owner = static_cast<uint8_t>((pick + 1) % n_links);
       }
-      Link& k = d.links[d.owner];
+      Link& k = *link_at(d, d.owner);
       if (k.tail == k.head) {
         if (k.eof) {
           close_link(d, d.owner);  // cut off mid-frame: closes the device
@@ -477,12 +534,12 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
         }
         break;  // the rest of the frame has not come yet
       }
-      const uint32_t chunk = std::min<uint32_t>(d.owner_left, k.tail - k.head);
+      const size_t chunk = static_cast<size_t>(std::min<uint64_t>(d.owner_left, k.tail - k.head));
       ssize_t n = ::send(d.fd, k.buf + k.head, chunk, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n > 0) {
         k.head += static_cast<uint32_t>(n);
-        d.owner_left -= static_cast<uint32_t>(n);
-        d.last_activity_ms = env_.now_ms;
+        d.owner_left -= static_cast<uint64_t>(n);
+        d.last_activity_ms = k.last_used_ms = env_.now_ms;
         moved = true;
         if (d.owner_left == 0) d.owner = -1;
         continue;
@@ -501,7 +558,7 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
 }
 
 void FrameMux::release_device_buf(Device& d) noexcept {
-  if (d.buf) (d.big ? env_.frame_buffers : env_.buffers)->release(d.buf);
+  if (d.buf) (d.big ? env_.listeners[d.listener].frame_buffers : env_.buffers)->release(d.buf);
   d.buf = nullptr;
   d.big = false;
 }
@@ -510,13 +567,17 @@ void FrameMux::close_device(Device& d) noexcept {
   if (!d.used) return;
   d.used = false;  // first: close_link() below must not recurse into here
   env_.timers->cancel(d);
-  for (int li = 0; li < static_cast<int>(kMaxLinks); ++li) {
-    Link& k = d.links[li];
+  for (int li = 0; li < link_slots(d); ++li) {
+    Link& k = *link_at(d, li);
     if (k.fd < 0) continue;
     ::close(k.fd);
     shm::counter_close(env_.seg->counter(env_.worker, k.slot), k.tag);
     if (k.buf) env_.buffers->release(k.buf);
     k = Link{};
+  }
+  if (d.more) {
+    link_blocks_.release(reinterpret_cast<char*>(d.more));
+    d.more = nullptr;
   }
   if (d.fd >= 0) ::close(d.fd);
   d.fd = -1;
@@ -540,8 +601,8 @@ void FrameMux::close_orphans() noexcept {
   uint64_t closed = 0;
   for (Device& d : devices_) {
     if (!d.used || !env_.listeners[d.listener].close_on_host_remove) continue;
-    for (int li = 0; li < static_cast<int>(kMaxLinks) && d.used; ++li) {
-      const Link& k = d.links[li];
+    for (int li = 0; d.used && li < link_slots(d); ++li) {
+      const Link& k = *link_at(d, li);
       if (k.fd < 0 || (k.slot < env_.live_tag.size() && env_.live_tag[k.slot] == k.tag)) continue;
       close_link(d, li);  // the next frames for its keys go to their new owner
       ++closed;

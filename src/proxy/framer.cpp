@@ -26,28 +26,48 @@ const char* frame_error_name(FrameError e) noexcept {
     case FrameError::key_empty: return "key_empty";
     case FrameError::key_too_long: return "key_too_long";
     case FrameError::key_bad_char: return "key_bad_char";
+    case FrameError::frame_timeout: return "frame_timeout";
+    case FrameError::no_frame_buffer: return "no_frame_buffer";
     case FrameError::count: break;
   }
   return "unknown";
 }
 
-FrameError frame_length(const FrameSpec& spec, const uint8_t* data, size_t len, uint32_t& frame_len) noexcept {
-  (void)len;  // the caller guarantees len >= header_size
-  if (spec.check_types && !spec.allowed_types[data[spec.type_offset]]) return FrameError::bad_type;
-  if (spec.check_versions && !spec.allowed_versions[data[spec.version_offset]]) return FrameError::bad_version;
+namespace {
+
+// The body length the header declares, or bad_length.
+FrameError declared_body(const FrameSpec& spec, const uint8_t* data, uint64_t& body) noexcept {
   const uint8_t* p = data + spec.length_offset;
   uint64_t n = 0;
   for (uint32_t i = 0; i < spec.length_size; ++i) {
     const uint32_t byte = spec.big_endian ? i : spec.length_size - 1 - i;
     n = (n << 8) | p[byte];
   }
-  uint64_t body = n;
+  body = n;
   if (spec.length_includes_header) {
     if (n < spec.header_size) return FrameError::bad_length;
     body = n - spec.header_size;
   }
+  return FrameError::none;
+}
+
+}  // namespace
+
+FrameError frame_length(const FrameSpec& spec, const uint8_t* data, size_t len, uint32_t& frame_len) noexcept {
+  (void)len;  // the caller guarantees len >= header_size
+  if (spec.check_types && !spec.allowed_types[data[spec.type_offset]]) return FrameError::bad_type;
+  if (spec.check_versions && !spec.allowed_versions[data[spec.version_offset]]) return FrameError::bad_version;
+  uint64_t body = 0;
+  if (FrameError e = declared_body(spec, data, body); e != FrameError::none) return e;
   if (body > spec.max_body) return FrameError::body_too_large;
   frame_len = static_cast<uint32_t>(spec.header_size + body);
+  return FrameError::none;
+}
+
+FrameError reply_length(const FrameSpec& spec, const uint8_t* data, uint64_t& frame_len) noexcept {
+  uint64_t body = 0;
+  if (FrameError e = declared_body(spec, data, body); e != FrameError::none) return e;
+  frame_len = spec.header_size + body;  // at most 64 + 2^32 - 1: no overflow
   return FrameError::none;
 }
 

@@ -130,11 +130,11 @@ void count_no_host(RelayEnv& env, int ui, uint32_t attempts, uint64_t& last_log_
   }
 }
 
-void count_reject(RelayEnv& env, FrameError e, int fd, uint64_t& last_log_ms) noexcept {
+void count_reject(RelayEnv& env, FrameError e, int fd) noexcept {
   auto& w = env.seg->worker(env.worker);
   bump(w.frame_rejects[static_cast<size_t>(e)]);
-  if (env.now_ms - last_log_ms < 1000) return;
-  last_log_ms = env.now_ms;
+  if (env.last_reject_log_ms != 0 && env.now_ms - env.last_reject_log_ms < 1000) return;
+  env.last_reject_log_ms = env.now_ms;
   char peer[INET6_ADDRSTRLEN + 8] = "?";
   sockaddr_storage ss{};
   socklen_t len = sizeof(ss);

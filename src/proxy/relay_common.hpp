@@ -34,8 +34,16 @@ void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t
 void count_no_host(RelayEnv& env, int ui, uint32_t attempts, uint64_t& last_log_ms) noexcept;
 
 /// Counts a refused frame connection by reason, and logs it at most once a
-/// second per worker (with how many were not logged).
-void count_reject(RelayEnv& env, FrameError e, int fd, uint64_t& last_log_ms) noexcept;
+/// second per worker (env.last_reject_log_ms, shared by the relay and
+/// FrameMux), with how many this worker has refused so far.
+void count_reject(RelayEnv& env, FrameError e, int fd) noexcept;
+
+/// A whole-frame buffer of listener `l`, or nullptr when the listener has
+/// none or its max_frame_buffers are all in use in this worker (or on OOM).
+inline char* acquire_frame_buffer(const ListenerRuntime& l) noexcept {
+  if (!l.frame_buffers || l.frame_buffers->in_use() >= l.max_frame_buffers) return nullptr;
+  return l.frame_buffers->acquire();
+}
 
 /// Increments a per-worker shm counter (single writer: relaxed load + store).
 inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {

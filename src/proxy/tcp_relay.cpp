@@ -21,6 +21,16 @@
 namespace gw::proxy {
 namespace {
 constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+
+// On loopback the TCP handshake completes inside connect(): the first bytes
+// can be sent at once instead of after the EPOLLOUT that reports it.
+bool loopback(const core::SockAddr& a) noexcept {
+  if (a.family == AF_INET) return a.ip[0] == 127;
+  if (a.family != AF_INET6) return false;
+  for (int i = 0; i < 15; ++i)
+    if (a.ip[i] != 0) return false;
+  return a.ip[15] == 1;
+}
 }
 
 TcpRelay::TcpRelay(RelayEnv& env, uint32_t max_sessions) : env_(env) {
@@ -72,7 +82,7 @@ void TcpRelay::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept 
   }
   const ListenerRuntime& l = env_.listeners[listener];
   s.state = l.framer ? State::sniff : State::connecting;
-  net::set_nodelay(fd);
+  // TCP_NODELAY comes from the listening socket (accepted sockets inherit it).
   auto& w = env_.seg->worker(env_.worker);
   bump(w.connections);  // shared with FrameMux: counted up and down, never stored
   bump(w.accepted);
@@ -81,10 +91,11 @@ void TcpRelay::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept 
     return;
   }
   if (s.state == State::sniff) {
-    // Nothing is opened upstream until a whole, valid first frame is in.
+    // Nothing is opened upstream until a whole, valid first frame is in. No
+    // recv() yet: a device sends its first frame after its connect completes,
+    // so it has rarely arrived already, and if it has, the edge-triggered
+    // registration above reports it on the next wait.
     env_.timers->schedule(s, env_.now_ms + l.first_frame_timeout_ms);
-    s.c_in = true;  // the first bytes may already be queued
-    sniff(s);
     return;
   }
   connect_next(s);
@@ -102,13 +113,13 @@ void TcpRelay::sniff(Session& s) noexcept {
         return;
       }
     }
-    const size_t cap = (p.big ? env_.frame_buffers->buffer_size() : net::BufferPool::kBufferSize) - kPadding;
+    const size_t cap = (p.big ? l.frame_buffers->buffer_size() : net::BufferPool::kBufferSize) - kPadding;
     if (p.tail == cap) {
       // A valid header said the frame is larger than this buffer (a larger
       // declared body is refused on the header alone): move to a frame buffer.
-      char* big = (!p.big && env_.frame_buffers) ? env_.frame_buffers->acquire() : nullptr;
+      char* big = p.big ? nullptr : acquire_frame_buffer(l);
       if (!big) {
-        close_session(s);
+        reject(s, FrameError::no_frame_buffer);
         return;
       }
       std::memcpy(big, p.buf, p.tail);
@@ -117,7 +128,8 @@ void TcpRelay::sniff(Session& s) noexcept {
       p.big = true;
       continue;
     }
-    ssize_t n = ::recv(s.cfd, p.buf + p.tail, cap - p.tail, MSG_DONTWAIT);
+    const size_t want = cap - p.tail;
+    ssize_t n = ::recv(s.cfd, p.buf + p.tail, want, MSG_DONTWAIT);
     if (n > 0) {
       p.tail += static_cast<uint32_t>(n);
       // The whole first frame is checked, key included, whatever is hashed.
@@ -131,8 +143,11 @@ void TcpRelay::sniff(Session& s) noexcept {
           std::memcpy(s.key, d.key.data(), d.key.size());
           s.key_len = static_cast<uint8_t>(d.key.size());
         }
-        // s.c_in stays as it is: bytes past the first frame wait in the
-        // socket (or in this buffer) and are relayed once a host is connected.
+        // Bytes past the first frame wait in the socket (or in this buffer)
+        // and are relayed once a host is connected. A short read emptied the
+        // socket: the next arrival raises a new (edge-triggered) event, so
+        // no recv() that could only say EAGAIN is made (as in pump()).
+        if (static_cast<size_t>(n) < want && !s.c_hup) s.c_in = false;
         env_.timers->cancel(s);
         s.state = State::connecting;
         connect_next(s);
@@ -149,7 +164,7 @@ void TcpRelay::sniff(Session& s) noexcept {
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       s.c_in = false;
-      if (p.tail == 0) release(p);  // hold no buffer while nothing has arrived
+      if (p.tail == 0) release(s, p);  // hold no buffer while nothing has arrived
       return;
     }
     if (errno == EINTR) continue;
@@ -159,7 +174,7 @@ void TcpRelay::sniff(Session& s) noexcept {
 }
 
 void TcpRelay::reject(Session& s, FrameError e) noexcept {
-  count_reject(env_, e, s.cfd, last_reject_log_ms_);
+  count_reject(env_, e, s.cfd);
   s.end = frame_error_name(e);
   close_session(s);
 }
@@ -204,10 +219,31 @@ void TcpRelay::connect_next(Session& s) noexcept {
       continue;
     }
     if (err == 0) {
-      on_connected(s);
-    } else {
-      env_.timers->schedule(s, env_.now_ms + uv.connect_timeout_ms);
+      on_connected(s, true);
+      return;
     }
+    if (s.c2u.pending() && loopback(r.addr)) {
+      // The sniffed first frame goes out at once if the handshake is done
+      // (on loopback it is, as a rule): no wait for EPOLLOUT and no SO_ERROR
+      // check. EAGAIN means still connecting; an error is a failed connect.
+      Pipe& p = s.c2u;
+      ssize_t n = ::send(fd, p.buf + p.head, p.tail - p.head, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        p.head += static_cast<uint32_t>(n);
+        s.bytes_up += static_cast<uint64_t>(n);
+        if (!p.pending()) release(s, p);
+        on_connected(s, false);  // nothing can have come back before the host had a byte
+        return;
+      }
+      if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        const int e = errno;
+        ::close(fd);
+        s.ufd = -1;
+        on_connect_failed(s, e);
+        continue;
+      }
+    }
+    env_.timers->schedule(s, env_.now_ms + uv.connect_timeout_ms);
     return;
   }
   count_no_host(env_, ui, s.attempts, last_no_host_log_ms_);
@@ -237,10 +273,11 @@ void TcpRelay::unbind(Session& s) noexcept {
   s.bound = false;
 }
 
-void TcpRelay::on_connected(Session& s) noexcept {
+void TcpRelay::on_connected(Session& s, bool readable) noexcept {
   record_connect_success(env_, s.host_slot, s.host_tag, s.connect_start_ns);
   s.state = State::relay;
-  s.u_in = s.u_out = true;
+  s.u_out = true;
+  s.u_in = readable;  // else the host's first bytes raise an (edge-triggered) event
   env_.timers->schedule(s, env_.now_ms + s.idle_ms);
   drive(s);
 }
@@ -274,13 +311,15 @@ void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
   } else {
     if (s.state == State::connecting) {
       if (!out) return;
-      int err = net::socket_error(s.ufd);
+      // Writable without an error: connected (a failed connect always comes
+      // with EPOLLERR or EPOLLHUP, and only then is SO_ERROR read).
+      int err = (events & (EPOLLERR | EPOLLHUP)) ? net::socket_error(s.ufd) : 0;
       if (err == 0) {
         env_.timers->cancel(s);
         // The backend may already have sent data and closed: this event is the
         // only report of its FIN (edge-triggered), so keep it.
         if (hup) s.u_hup = true;
-        on_connected(s);
+        on_connected(s, in);
         return;
       }
       env_.timers->cancel(s);
@@ -315,13 +354,13 @@ void TcpRelay::on_timer(net::TimerNode& n) noexcept {
   }
 }
 
-void TcpRelay::release(Pipe& p) noexcept {
-  if (p.buf) (p.big ? env_.frame_buffers : env_.buffers)->release(p.buf);
+void TcpRelay::release(const Session& s, Pipe& p) noexcept {
+  if (p.buf) (p.big ? env_.listeners[s.listener].frame_buffers : env_.buffers)->release(p.buf);
   p = Pipe{};
 }
 
 bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p, int dst, bool& dst_out,
-                    bool& dst_shut, Session& s) noexcept {
+                    bool& dst_shut, bool dst_done, Session& s) noexcept {
   for (;;) {
     if (p.pending()) {
       if (!dst_out) break;
@@ -330,7 +369,7 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
         p.head += static_cast<uint32_t>(n);
         (&p == &s.c2u ? s.bytes_up : s.bytes_down) += static_cast<uint64_t>(n);
         s.deadline_ms = env_.now_ms + s.idle_ms;  // lazy: the wheel re-files it when due
-        if (!p.pending()) release(p);
+        if (!p.pending()) release(s, p);
         continue;
       }
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -359,27 +398,30 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
     }
     if (n == 0) {
       src_eof = true;
-      release(p);
+      release(s, p);
       break;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       src_in = false;
-      release(p);
+      release(s, p);
       break;
     }
     if (errno == EINTR) continue;
     return false;  // reset or error: the relay ends
   }
   if (src_eof && !p.pending() && !dst_shut) {
-    ::shutdown(dst, SHUT_WR);  // half-close travels on
+    // Half-close travels on, unless dst is finished too (it sent its EOF and
+    // all of it was passed on): the session closes now, and close() sends
+    // the FIN (nothing is left unread on dst).
+    if (!dst_done) ::shutdown(dst, SHUT_WR);
     dst_shut = true;
   }
   return true;
 }
 
 void TcpRelay::drive(Session& s) noexcept {
-  if (!pump(s.cfd, s.c_in, s.c_hup, s.c_eof, s.c2u, s.ufd, s.u_out, s.u_shut, s) ||
-      !pump(s.ufd, s.u_in, s.u_hup, s.u_eof, s.u2c, s.cfd, s.c_out, s.c_shut, s)) {
+  if (!pump(s.cfd, s.c_in, s.c_hup, s.c_eof, s.c2u, s.ufd, s.u_out, s.u_shut, s.u_eof && s.c_shut, s) ||
+      !pump(s.ufd, s.u_in, s.u_hup, s.u_eof, s.u2c, s.cfd, s.c_out, s.c_shut, s.c_eof && s.u_shut, s)) {
     close_session(s);
     return;
   }
@@ -418,8 +460,8 @@ void TcpRelay::close_session(Session& s) noexcept {
   if (s.cfd >= 0) ::close(s.cfd);
   if (s.ufd >= 0) ::close(s.ufd);
   s.cfd = s.ufd = -1;
-  release(s.c2u);
-  release(s.u2c);
+  release(s, s.c2u);
+  release(s, s.u2c);
   unbind(s);
   s.state = State::free;
   ++s.gen;

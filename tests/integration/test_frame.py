@@ -15,15 +15,19 @@ routing (mode "frame") on one connection, strict stream parsing, order per
 host, frames_routed; every reject reason with its counter and no backend
 connection; JSON pointer keys; a dead owner's frames replayed to the next
 host; hash_key "ip"; a custom header layout; big frames and half-close in
-mode "frame"; many concurrent devices. Two known gw bugs are pinned as
-expected failures (max_depth off by one; a 9th host link evicting a link
-that still owes answers).
+mode "frame"; many concurrent devices; the per-device link limit (eviction of
+a quiet link, closing the device when none is quiet); host replies delimited
+by their length field only; rate-limited reject logging; the per-frame read
+deadline and the whole-frame buffer cap; maglev, round_robin and least_conn
+on frame listeners; gwload against gw.
 """
 
 import collections
 import concurrent.futures
+import datetime
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -127,6 +131,28 @@ def closed_within(sock, within):
             return time.monotonic() - t0
 
 
+def bytes_until_eof(sock, within):
+    """(bytes received, seconds) until the peer closes sock; seconds is None if
+    it is still open after `within`."""
+    t0 = time.monotonic()
+    deadline = t0 + within
+    got = bytearray()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return bytes(got), None
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            return bytes(got), None
+        except (ConnectionResetError, BrokenPipeError):
+            return bytes(got), time.monotonic() - t0
+        if not data:
+            return bytes(got), time.monotonic() - t0
+        got += data
+
+
 def no_more_bytes(sock, wait=0.3):
     """True if nothing arrives on sock within `wait` seconds (and it is not closed)."""
     sock.settimeout(wait)
@@ -137,10 +163,10 @@ def no_more_bytes(sock, wait=0.3):
     raise AssertionError(f"unexpected bytes after the last expected frame: {data[:100]!r}")
 
 
-def hashpick(hosts, keys):
-    """key -> host id as gw-hashpick computes it for method chash."""
+def hashpick(hosts, keys, method="chash"):
+    """key -> host id as gw-hashpick computes it for `method`."""
     exe = os.path.join(gwtest.BUILD_DIR, "gw-hashpick")
-    args = [exe, "--method", "chash"] + [
+    args = [exe, "--method", method] + [
         a for h in hosts for a in ("--host", f"{h['id']}={h['address']}:{h['weight']}")]
     out = subprocess.run(args, input="\n".join(keys) + "\n", capture_output=True, encoding="utf-8",
                          timeout=T(10), check=True).stdout
@@ -219,13 +245,13 @@ class DeviceBackend:
             pass
 
 
-class SlowDeviceBackend:
-    """A Python device backend that answers each heartbeat only after `delay`
-    seconds (so gw has frames in flight to it); echoes other frames."""
+class PushBackend:
+    """A Python device backend: for each whole frame it receives (as a
+    (type, version, time, body) tuple), it sends the frames `answer` returns."""
 
-    def __init__(self, name, delay):
+    def __init__(self, name, answer):
         self.name = name
-        self.delay = delay
+        self.answer = answer
         self.frames = 0
         self._stop = False
         self.sock = socket.socket()
@@ -239,7 +265,7 @@ class SlowDeviceBackend:
         self.thread.start()
 
     def __repr__(self):
-        return f"SlowDeviceBackend({self.name!r}, {self.address}, frames={self.frames})"
+        return f"PushBackend({self.name!r}, {self.address}, frames={self.frames})"
 
     def _accept(self):
         while not self._stop:
@@ -254,14 +280,9 @@ class SlowDeviceBackend:
         try:
             with c:
                 while True:
-                    ftype, ver, t, body = read_frame(c)
+                    f = read_frame(c)
                     self.frames += 1
-                    if ftype != HEARTBEAT:
-                        c.sendall(HDR.pack(ftype, ver, t, len(body)) + body)
-                        continue
-                    time.sleep(self.delay)
-                    devid = json.loads(body).get("devid", "")
-                    c.sendall(frame({"devid": devid, "backend": self.name}, HEARTBEAT, ver, t))
+                    c.sendall(b"".join(self.answer(f)))
         except (OSError, EOFError, ValueError):
             pass
 
@@ -416,25 +437,45 @@ class FrameTest(GwTestCase):
     # 3. adding a host moves ~1/(n+1) of the devids, all to the new host
 
     def test_add_host_moves_only_its_share_to_the_new_host(self):
+        """Reconnecting devices: about 1/(n+1) of 300 devids move, all to the new
+        host. Established connections (on_host_remove "keep", the default) of
+        devids that move stay on their host: their heartbeats across `gwctl add
+        host` keep reaching the same backend over the same connection."""
         backends = self.device_backends(["a", "b", "c", "d"])
         lst = frame_listener("dev")
         gw, hosts = self.frame_gateway(backends, [lst])
         port = port_of(lst)
-        devids = [f"sensor-{i}" for i in range(500)]
+        devids = [f"sensor-{i}" for i in range(300)]
         before = owners(port, devids)
-        self.assertEqual(set(before.values()), {"a", "b", "c", "d"}, "500 devids should use all 4 backends")
+        self.assertEqual(set(before.values()), {"a", "b", "c", "d"}, "300 devids should use all 4 backends")
 
         e = self.device_backend("e")
+        movers = [d for d, h in hashpick(hosts + [host("e", e.address)], devids).items() if h == "e"][:8]
+        self.assertEqual(len(movers), 8)
+        held = {}
+        for d in movers:
+            s = gwtest.connect(port)
+            self.addCleanup(s.close)
+            self.assertEqual(heartbeat(s, d, 1), before[d])
+            held[d] = s
         self.gwctl_ok(gw, "add", "host", "app/primary", "e", e.address)
         self.wait_workers_current(gw)
         after = owners(port, devids)
+        for t in (2, 3):
+            for d, s in held.items():
+                self.assertEqual(heartbeat(s, d, t), before[d], f"{d}: an established connection must stay on "
+                                                                f"{before[d]} after host e was added (keep)")
+        self.assertEqual({d: after[d] for d in movers}, {d: "e" for d in movers},
+                         "while the old connections stay, new connections of the same devids go to e")
+        for s in held.values():
+            s.close()
 
         moved = {d: (before[d], after[d]) for d in devids if before[d] != after[d]}
         wrong = {d: m for d, m in moved.items() if m[1] != "e"}
         self.assertEqual(wrong, {}, "a devid may only move to the new host e (old -> new)")
         ideal = len(devids) / 5
         self.assertTrue(0.5 * ideal <= len(moved) <= 1.6 * ideal,
-                        f"{len(moved)} of 500 devids moved; expected about 1/(n+1) = {ideal:.0f} "
+                        f"{len(moved)} of {len(devids)} devids moved; expected about 1/(n+1) = {ideal:.0f} "
                         f"(between {0.5 * ideal:.0f} and {1.6 * ideal:.0f})")
         hosts.append(host("e", e.address))
         self.assertEqual(after, hashpick(hosts, devids), "after the add: mapping differs from gw-hashpick")
@@ -633,45 +674,141 @@ class FrameTest(GwTestCase):
         self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
         self.assert_idle(gw)
 
-    def test_frame_mode_more_hosts_than_links_loses_no_answer(self):
-        """Mode "frame" keeps at most 8 host links per device. 9 heartbeats,
-        one per host (9 hosts that answer after 300 ms), in one segment: every
-        heartbeat is answered, or gw closes the connection (its documented
-        limit); it must never drop answers and stay open."""
-        slow = []
-        for i in range(9):
-            b = SlowDeviceBackend(f"s{i}", 0.3)
-            self._backends.append(b)
-            slow.append(b)
+    def test_frame_mode_link_limit_evicts_a_quiet_link_or_closes_the_device(self):
+        """Mode "frame" with max_links 2 and link_idle_ms 600, hosts a, b, c.
+        (1) Links to a and b both used just now, then a frame for c: no link
+        is quiet, so gw closes the device at once (well before 600 ms), sends
+        nothing more to it, and c never gets the frame. (2) A link to a quiet
+        for 0.9 s and one to b used just now: a frame for c closes the link
+        to a (the least recently used quiet one) and goes to c; b keeps its
+        link; a frame for a right after finds no quiet link and closes the
+        device, a never getting it."""
+        backends = self.device_backends(["a", "b", "c"])
+        mux = frame_listener("mux", frame_opts={"mode": "frame", "max_links": 2, "link_idle_ms": 600})
+        gw, hosts = self.frame_gateway(backends, [mux], workers=1)
+        a, b, c = backends
+        pick = hashpick(hosts, [f"link-{i}" for i in range(200)])
+        da, db, dc = (next(d for d in sorted(pick) if pick[d] == n) for n in ("a", "b", "c"))
+        port = port_of(mux)
+
+        def frames_seen():
+            return {x.name: x.stats()["frames"] for x in backends}
+
+        def open_links():
+            return {x.name: x.stats()["connections"] for x in backends}
+
+        # (1) no quiet link: the device connection is closed, nothing lost silently
+        with gwtest.connect(port) as s:
+            self.assertEqual(heartbeat(s, da, 1), "a")
+            self.assertEqual(heartbeat(s, db, 2), "b")
+            seen0 = frames_seen()
+            t0 = time.monotonic()
+            s.sendall(hb(dc, 3))
+            data, dt = bytes_until_eof(s, T(3))
+            self.assertIsNotNone(dt, "a frame for a 3rd host with max_links 2 and no quiet link: gw must close "
+                                     "the device connection")
+            self.assertEqual(data, b"", "nothing may reach the device after the frame it could not route")
+            self.assertLess(time.monotonic() - t0, 0.45, "the device must be closed at once, not after "
+                                                         "link_idle_ms")
+        time.sleep(0.2)
+        self.assertEqual(frames_seen(), seen0, "no host may receive the frame for c (nor anything else)")
+        gwtest.wait_until(lambda: open_links() == {"a": 0, "b": 0, "c": 0}, T(3), interval=0.05,
+                          msg="the device's links to a and b closed with it")
+
+        # (2) a link quiet for link_idle_ms makes room; a busy one never does
+        totals0 = host_totals(gw.status())
+        with gwtest.connect(port) as s:
+            self.assertEqual(heartbeat(s, da, 10), "a")
+            time.sleep(0.9)                            # a's link is now quiet (> 600 ms)
+            self.assertEqual(heartbeat(s, db, 11), "b")
+            self.assertEqual(heartbeat(s, dc, 12), "c", "the frame for c must take the quiet link's place")
+            gwtest.wait_until(lambda: open_links() == {"a": 0, "b": 1, "c": 1}, T(3), interval=0.05,
+                              msg="a's link closed (evicted); b's and c's open")
+            self.assertEqual(heartbeat(s, db, 13), "b", "b's link is kept and still used")
+            self.assertEqual(heartbeat(s, dc, 14), "c")
+            totals1 = host_totals(gw.status())
+            self.assertEqual({k: totals1[k] - totals0[k] for k in totals0}, {"a": 1, "b": 1, "c": 1},
+                             "one host connection each: b's and c's links were reused, not reopened")
+            seen0 = frames_seen()
+            s.sendall(hb(da, 15))                      # b and c both used within 600 ms
+            data, dt = bytes_until_eof(s, T(3))
+            self.assertIsNotNone(dt, "a frame for a with both links busy must close the device")
+            self.assertEqual(data, b"")
+        time.sleep(0.2)
+        self.assertEqual(frames_seen(), seen0, "a must not receive the frame that closed the device")
+        self.assertEqual(worker_sum(gw.status(), "frames_routed"), 2 + 5)
+        self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
+        self.assert_idle(gw)
+
+    def test_frame_mode_host_replies_are_delimited_by_length_only(self):
+        """Mode "frame" with allowed_types [1, 2, 3], allowed_versions [1] and
+        max_body 200: a host answering with type 0x7f, version 9 and a 60,000-byte
+        body (and a 0-byte one) is relayed whole; the device rules apply to what
+        devices send, not to what hosts send."""
+        big = PushBackend("push", lambda f: [HDR.pack(0x7F, 9, f[2], 60000) + bytes(range(256)) * 234 + b"x" * 96,
+                                             HDR.pack(0x80, 0, f[2], 0),
+                                             HDR.pack(*f[:3], len(f[3])) + f[3]])
+        self._backends.append(big)
+        mux = frame_listener("mux", frame_opts={"mode": "frame", "allowed_types": [1, 2, 3],
+                                                "allowed_versions": [1], "max_body": 200})
+        gw, _ = self.frame_gateway([big], [mux], workers=1)
+        with gwtest.connect(port_of(mux), timeout=T(10)) as s:
+            for t in (1, 2, 3):
+                f = hb(f"push-{t}", t)
+                s.sendall(f)
+                self.assertEqual(read_frame(s), (0x7F, 9, t, bytes(range(256)) * 234 + b"x" * 96),
+                                 "a host frame of another type, version and above max_body must arrive whole")
+                self.assertEqual(read_frame(s), (0x80, 0, t, b""), "an empty host frame of another type")
+                self.assertEqual(read_frame(s)[:3], (HEARTBEAT, 1, t), "and the echo after it")
+            no_more_bytes(s, 0.2)
+        self.assertEqual(big.frames, 3)
+        self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
+        self.assert_idle(gw)
+
+    def test_reject_logging_is_rate_limited_per_worker(self):
+        """Bad frames sent fast (about 2.3 s) to a connection-mode and a per-frame
+        listener on 2 workers: every one is counted, and each worker logs at
+        most one reject line per second (the relay and the per-frame
+        multiplexer share the limit), each line saying how many the worker
+        has refused so far."""
+        backends = self.device_backends(["a"])
+        conn = frame_listener("conn")
         mux = frame_listener("mux", frame_opts={"mode": "frame"})
-        gw, hosts = self.frame_gateway(slow, [mux], workers=1)
-        pick = hashpick(hosts, [f"probe-{i}" for i in range(400)])
-        one_each = {}
-        for d, h in pick.items():
-            one_each.setdefault(h, d)
-        self.assertEqual(len(one_each), 9)
-        devids = [one_each[b.name] for b in slow]
-        with gwtest.connect(port_of(mux)) as s:
-            s.sendall(b"".join(hb(d, i) for i, d in enumerate(devids)))
-            got = {}
-            closed = False
-            deadline = time.monotonic() + T(5)
-            while len(got) < len(devids) and time.monotonic() < deadline:
-                s.settimeout(max(0.05, deadline - time.monotonic()))
-                try:
-                    devid, backend, _ = read_heartbeat_reply(s)
-                except (EOFError, ConnectionResetError):
-                    closed = True
-                    break
-                except socket.timeout:
-                    break
-                got[devid] = backend
-        if not closed:
-            lost = sorted(set(devids) - set(got))
-            self.assertEqual(lost, [], f"{len(got)} of 9 heartbeats answered; lost {lost} while the "
-                                       f"connection stayed open (frames_routed "
-                                       f"{worker_sum(gw.status(), 'frames_routed')})")
-            self.assertEqual(got, {one_each[b.name]: b.name for b in slow})
+        gw, _ = self.frame_gateway(backends, [conn, mux], workers=2)
+        bad = frame('{"devid": oops}')
+        sent = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.3:
+            for port in (port_of(conn), port_of(mux)):
+                with gwtest.connect(port) as s:
+                    s.sendall(bad)
+                sent += 1
+        gwtest.wait_until(lambda: gw.status()["frame_rejects"]["bad_json"] == sent, T(5), interval=0.05,
+                          msg=f"bad_json == {sent}")
+        st = gw.status()
+        self.assertTrue(all(sum(w["frame_rejects"].values()) > 0 for w in st["workers"]),
+                        "both workers refused some connections")
+        line_re = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z warn worker \d+\[(\d+)\]: "
+                             r"frame connection from \S+ refused: (\w+) \(this worker has refused (\d+) so far")
+        per_pid = collections.defaultdict(list)
+        for line in gw.log_text().splitlines():
+            m = line_re.match(line)
+            if m:
+                ts = datetime.datetime.fromisoformat(m.group(1)).timestamp()
+                per_pid[int(m.group(2))].append((ts, m.group(3), int(m.group(4))))
+        worker_pids = {w["pid"]: w for w in st["workers"]}
+        self.assertEqual(set(per_pid), set(worker_pids), f"reject lines by pid: { {p: len(v) for p, v in per_pid.items()} }")
+        for pid, lines in per_pid.items():
+            gaps = [round(b[0] - a[0], 3) for a, b in zip(lines, lines[1:])]
+            self.assertTrue(all(g >= 0.99 for g in gaps), f"worker {pid}: reject lines closer than 1 s: {gaps}")
+            self.assertTrue(2 <= len(lines) <= 4, f"worker {pid}: {len(lines)} reject lines in ~2.3 s (want 2..4)")
+            self.assertEqual({r for _, r, _ in lines}, {"bad_json"})
+            counts = [n for _, _, n in lines]
+            self.assertEqual(counts, sorted(counts), f"worker {pid}: 'so far' counts must grow: {counts}")
+            refused = sum(worker_pids[pid]["frame_rejects"].values())
+            self.assertLessEqual(counts[-1], refused)
+            self.assertGreater(counts[-1], len(lines), f"worker {pid}: the count includes the unlogged refusals")
+        self.assert_idle(gw)
 
     def test_custom_header_layout(self):
         """An 8-byte header: magic, type at 2, version at 3, a little-endian u32
@@ -911,11 +1048,6 @@ class FrameTest(GwTestCase):
         self.assertEqual(gw.status()["frame_rejects"]["bad_type"], rej0["bad_type"] + 1)
         self.assert_idle(gw)
 
-    # Known framer bug (also a doctest::should_fail case in
-    # tests/unit/proxy/framer_test.cpp): simdjson counts one level more, so
-    # max_depth N accepts only N-1 levels and max_depth 1 refuses every object.
-    # Expected to fail until the framer is fixed; an unexpected success then
-    # fails the run, so remove this decorator with the fix.
     def test_json_depth_limit_boundary(self):
         """max_depth 4: nesting of exactly 4 is accepted, 5 is json_too_deep."""
         backends = self.device_backends(["a"])
@@ -1011,6 +1143,194 @@ class FrameTest(GwTestCase):
             self.assertIsNotNone(closed_within(s, T(3)), "hash_key ip: a frame without the key must be refused")
         gwtest.wait_until(lambda: gw.status()["frame_rejects"]["bad_json"] == 1 and
                           gw.status()["frame_rejects"]["key_missing"] == 1, T(3), msg="bad_json, key_missing == 1")
+
+    # ------------------------------------------------------------------------
+    # other balancing methods on frame listeners
+
+    def test_other_balancing_methods_on_frame_listeners(self):
+        """maglev (a hash method) over the frame key: a devid always lands on
+        the same backend, the one gw-hashpick --method maglev gives.
+        round_robin ignores the key: 30 connections of one devid split
+        10/10/10, and in mode "frame" 9 frames of one devid on one connection
+        split 3/3/3. least_conn ignores the key too: 6 held connections of one
+        devid take 2 per backend."""
+        backends = self.device_backends(["a", "b", "c"])
+        hosts = [host(b.name, b.address) for b in backends]
+        mg, rr, rrmux, lc = (frame_listener("mg", "mg"), frame_listener("rr", "rr"),
+                             frame_listener("rrmux", "rr", frame_opts={"mode": "frame"}), frame_listener("lc", "lc"))
+        cfg = self.make_config([dev_pool("primary", hosts)], workers=2, listeners=[mg, rr, rrmux, lc])
+        cfg["upstreams"] += [gwtest.upstream(n, [gwtest.pool("p", hosts, method=m)])
+                             for n, m in (("mg", "maglev"), ("rr", "round_robin"), ("lc", "least_conn"))]
+        gw = self.gateway(cfg)
+
+        devids = [f"mg-{i}" for i in range(40)]
+        want = hashpick(hosts, devids, "maglev")
+        self.assertEqual(set(want.values()), {"a", "b", "c"})
+        for _ in range(2):
+            self.assertEqual(owners(port_of(mg), devids), want, "maglev: devid -> backend, as gw-hashpick says")
+
+        got = collections.Counter(owner(port_of(rr), "one-devid") for _ in range(30))
+        self.assertEqual(got, {"a": 10, "b": 10, "c": 10}, "round_robin: 30 connections of one devid")
+        with gwtest.connect(port_of(rrmux)) as s:
+            s.sendall(b"".join(hb("one-devid", t) for t in range(9)))
+            got = collections.Counter(read_heartbeat_reply(s)[1] for _ in range(9))
+        self.assertEqual(got, {"a": 3, "b": 3, "c": 3}, "round_robin, mode frame: 9 frames of one devid")
+
+        held = []
+        for t in range(6):
+            s = gwtest.connect(port_of(lc))
+            self.addCleanup(s.close)
+            held.append(heartbeat(s, "one-devid", t))
+        self.assertEqual(collections.Counter(held), {"a": 2, "b": 2, "c": 2},
+                         f"least_conn: 6 held connections of one devid, in order {held}")
+        self.assertEqual(worker_sum(gw.status(), "hash_fallbacks"), 0)
+
+    # ------------------------------------------------------------------------
+    # bounded memory: the per-frame read deadline and the whole-frame buffer cap
+
+    def test_frame_timeout_bounds_each_later_frame(self):
+        """Mode "frame", frame_timeout_ms 500 (first_frame_timeout_ms 5000):
+        frames that each take 300 ms to drip in are fine however long the
+        connection lives, but a frame dripped past 500 ms closes the device
+        (frame_timeout), although a byte arrives every 100 ms."""
+        backends = self.device_backends(["a"])
+        mux = frame_listener("mux", frame_opts={"mode": "frame", "frame_timeout_ms": 500,
+                                                "first_frame_timeout_ms": 5000})
+        gw, _ = self.frame_gateway(backends, [mux], workers=1)
+        with gwtest.connect(port_of(mux)) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.assertEqual(heartbeat(s, "drip-1", 1), "a")
+            for t in (2, 3, 4):                         # 3 frames, 300 ms each: 900 ms in all
+                f = hb("drip-1", t)
+                for chunk in (f[:3], f[3:10], f[10:]):
+                    s.sendall(chunk)
+                    time.sleep(0.1)
+                self.assertEqual(read_heartbeat_reply(s, t)[0], "drip-1")
+            s.sendall(HDR.pack(HEARTBEAT, 1, 5, 50) + b"{")
+            t0 = time.monotonic()
+            closed = None
+            while closed is None and time.monotonic() - t0 < T(4):
+                try:
+                    s.sendall(b" ")
+                except OSError:
+                    closed = time.monotonic() - t0
+                    break
+                data, dt = bytes_until_eof(s, 0.1)
+                self.assertEqual(data, b"")
+                if dt is not None:
+                    closed = time.monotonic() - t0
+            self.assertIsNotNone(closed, "a frame dripped past frame_timeout_ms must close the device")
+            self.assertTrue(0.4 <= closed <= T(1.5), f"closed {closed:.2f}s after the frame started (want ~0.5)")
+        gwtest.wait_until(lambda: gw.status()["frame_rejects"]["frame_timeout"] == 1, T(3), msg="frame_timeout 1")
+        self.assertEqual(sum(gw.status()["frame_rejects"].values()), 1)
+        self.assert_idle(gw)
+
+    def test_whole_frame_buffers_are_capped_per_worker(self):
+        """max_frame_buffers 2, frames up to 60 KB (above the 16 KiB relay
+        buffers), one worker: two devices holding half-sent big frames take
+        both whole-frame buffers; a third is refused at once (no_frame_buffer)
+        and reaches no backend; once one frame is whole and sent its buffer is
+        free for the next device. In both modes, each listener with its own cap."""
+        echo = self.backend("echo", mode="echo")
+        dev = self.device_backend("d")
+        opts = {"max_body": 60000, "max_frame_buffers": 2}
+        conn = frame_listener("conn", frame_opts=dict(opts))
+        mux = frame_listener("mux", "dev", frame_opts=dict(opts, mode="frame"))
+        cfg = self.make_config([dev_pool("primary", [host("echo", echo.address)])], workers=1,
+                               listeners=[conn, mux])
+        cfg["upstreams"].append(gwtest.upstream("dev", [dev_pool("p", [host("d", dev.address)])]))
+        gw = self.gateway(cfg)
+
+        def big(devid, t):
+            return frame({"devid": devid, "blob": "z" * 50000}, DATA, 1, t)
+
+        for name, port in (("conn", port_of(conn)), ("mux", port_of(mux))):
+            frames = {k: big(f"{name}-{k}", k) for k in range(1, 5)}
+            half = 30000
+            s1, s2 = gwtest.connect(port), gwtest.connect(port)
+            self.addCleanup(s1.close)
+            self.addCleanup(s2.close)
+            s1.sendall(frames[1][:half])
+            s2.sendall(frames[2][:half])
+            time.sleep(0.3)                             # both moved into whole-frame buffers
+            rej0 = gw.status()["frame_rejects"]["no_frame_buffer"]
+            with gwtest.connect(port) as s3:
+                s3.sendall(frames[3][:half])
+                data, dt = bytes_until_eof(s3, T(3))
+                self.assertIsNotNone(dt, f"{name}: a 3rd big frame with max_frame_buffers 2 must be refused")
+                self.assertLess(dt, 1.0, f"{name}: refused at once")
+                self.assertEqual(data, b"")
+            self.assertEqual(gw.status()["frame_rejects"]["no_frame_buffer"], rej0 + 1, f"{name}: counted")
+            s1.sendall(frames[1][half:])
+            self.assertEqual(gwtest.recv_exact(s1, len(frames[1])), frames[1], f"{name}: frame 1 whole")
+            with gwtest.connect(port) as s4:           # frame 1's buffer is free again
+                s4.sendall(frames[4][:half])
+                time.sleep(0.2)
+                s4.sendall(frames[4][half:])
+                self.assertEqual(gwtest.recv_exact(s4, len(frames[4])), frames[4], f"{name}: frame 4 whole")
+            s2.sendall(frames[2][half:])
+            self.assertEqual(gwtest.recv_exact(s2, len(frames[2])), frames[2], f"{name}: frame 2 whole")
+            s1.close()
+            s2.close()
+        self.assertEqual(echo.count, 3, "conn: frames 1, 2 and 4 reached the echo backend, frame 3 nothing")
+        self.assertEqual(dev.stats()["frames"], 3, "mux: frames 1, 2 and 4 reached the device backend")
+        st = gw.status()
+        self.assertEqual({k: v for k, v in st["frame_rejects"].items() if v}, {"no_frame_buffer": 2})
+        self.assert_idle(gw)
+
+    # ------------------------------------------------------------------------
+    # gwload through gw
+
+    def test_gwload_through_gw(self):
+        """gwload (2 processes, 60 devices, 5 heartbeats/s each for 2 s) through
+        a frame listener to 2 device backends: its JSON report has every
+        device established, no error, a heartbeat rate near 300/s, hold
+        latencies in order, and the backends saw exactly its 60 devids, each
+        on its chash owner."""
+        backends = self.device_backends(["a", "b"])
+        lst = frame_listener("dev")
+        gw, hosts = self.frame_gateway(backends, [lst])
+        exe = os.path.join(gwtest.BUILD_DIR, "gwload")
+        cmd = [exe, "--target", f"{gwtest.LOOPBACK}:{port_of(lst)}", "-c", "60", "--connect-rate", "300", "-r", "5",
+               "-T", "2", "--procs", "2", "--devid-prefix", "gl-", "--json"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=T(30), stdin=subprocess.DEVNULL)
+        self.assertEqual(out.returncode, 0, f"gwload failed: {out.stderr[-1000:]}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        self.assertEqual((r["mode"], r["procs"], r["connections"], r["established"]), ("hold", 2, 60, 60))
+        self.assertEqual((r["errors"], r["connect_errors"], r["error_detail"]), (0, 0, {}))
+        self.assertTrue(0.1 <= r["ramp_s"] <= T(3), f"ramp {r['ramp_s']} s for 60 at 300/s")
+        self.assertTrue(1.9 <= r["duration_s"] <= T(3), r["duration_s"])
+        self.assertTrue(200 <= r["frames_per_s"] <= 400, f"hold replies/s {r['frames_per_s']} (want ~300)")
+        self.assertTrue(200 <= r["hb_sent_per_s"] <= 400, r["hb_sent_per_s"])
+        self.assertTrue(0 <= r["hb_sent"] - r["hb_received"] <= 60, (r["hb_sent"], r["hb_received"]))
+        hold, ramp, first = r["hb_latency_us"], r["hb_ramp_latency_us"], r["first_latency_us"]
+        self.assertEqual(hold["count"] + ramp["count"], r["hb_received"], "every reply timed, in one phase")
+        self.assertTrue(abs(hold["count"] - r["frames_per_s"] * r["duration_s"]) <= 5, (hold, r["frames_per_s"]))
+        self.assertEqual(first["count"], 60)
+        for name, h in (("hold", hold), ("first", first)):
+            self.assertTrue(0 < h["p50"] <= h["p99"] <= h["p999"] <= h["max"] < 5_000_000, f"{name}: {h}")
+            self.assertTrue(0 < h["mean"] <= h["max"], f"{name}: {h}")
+        want = hashpick(hosts, [f"gl-{i}" for i in range(60)])
+        for b in backends:
+            self.assertEqual(b.stats()["devids"], sorted(d for d, n in want.items() if n == b.name),
+                             f"devids seen by {b.name}")
+        st = gw.status()
+        self.assertEqual(worker_sum(st, "accepted"), 60)
+        self.assertEqual(sum(st["frame_rejects"].values()), 0)
+        self.assert_idle(gw)
+        # Several targets (how the benchmark reaches the backends directly):
+        # connection i goes to target i modulo 2.
+        for b in backends:
+            b.reset()
+        cmd = [exe, "--target", ",".join(b.address for b in backends), "-c", "20", "--connect-rate", "0", "-r", "2",
+               "-T", "1", "--devid-prefix", "direct-", "--json"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=T(30), stdin=subprocess.DEVNULL)
+        self.assertEqual(out.returncode, 0, f"gwload failed: {out.stderr[-1000:]}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        self.assertEqual((r["established"], r["errors"]), (20, 0))
+        for k, b in enumerate(backends):
+            self.assertEqual(b.stats()["devids"], sorted(f"direct-{i}" for i in range(k, 20, 2)),
+                             f"--target A,B: {b.name} gets connections {k}, {k + 2}, ...")
 
     # ------------------------------------------------------------------------
     # 7. JSON pointer keys

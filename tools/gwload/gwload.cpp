@@ -1,13 +1,14 @@
 // gwload: a tcpkali-style load generator for the device frame protocol (docs/tools.md).
 //
-//   gwload --target IP:PORT [-c N] [--connect-rate N] [-r R] [-T S] [--src A,B,...]
+//   gwload --target IP:PORT[,IP:PORT...] [-c N] [--connect-rate N] [-r R] [-T S] [--src A,B,...]
 //          [--procs N] [--devid-prefix P] [--devid-offset K] [--json] [--churn]
 //          [--first-reply|--no-first-reply] [--timeout-ms MS]
 //
 // Hold mode (default): open N connections at --connect-rate; each sends a login frame
 // (type 1) and waits for its echo, then sends heartbeats (type 2) at -r per second with a
-// random phase and times each reply. Once every connection is up (or has failed), hold for
-// -T seconds, then close everything and report.
+// random phase and times each reply. Once every connection is up (or has failed), in every
+// process, hold for -T seconds, then close everything and report. Heartbeat latency is
+// recorded separately for the ramp and the hold: the hold figures see no connection set-up.
 // Churn mode: each of the N slots loops connect -> login -> echo -> close for -T seconds.
 //
 // Frame: u8 type, u8 version, u16 time, u16 body_len (big-endian), then body_len bytes of
@@ -90,8 +91,11 @@ constexpr int kExitUsage = 2;
 constexpr size_t kErrnoSlots = 256;
 
 volatile std::sig_atomic_t g_stop = 0;
+// --procs N: the parent's SIGUSR1 once every worker has ramped up; workers hold only then.
+volatile std::sig_atomic_t g_hold_go = 0;
 
 void OnStopSignal(int) { g_stop = 1; }
+void OnHoldSignal(int) { g_hold_go = 1; }
 
 int64_t NowUs() {
   timespec ts{};
@@ -139,7 +143,7 @@ struct Options {
   bool first_reply = true;
   int64_t timeout_ms = 5000;
 
-  Address target_addr;
+  std::vector<Address> target_addrs;  // connection i goes to target_addrs[i % n]
   std::vector<Address> src_addrs;
 };
 
@@ -193,7 +197,9 @@ uint16_t PortOf(const Address& a) {
 Options ParseOptions(int argc, char** argv) {
   Options opt;
   CLI::App app{"gwload: load generator for the device frame protocol (docs/tools.md)", "gwload"};
-  app.add_option("--target", opt.target, "IP:PORT to connect to")->required();
+  app.add_option("--target", opt.target,
+                 "IP:PORT to connect to; several, comma-separated: connection i goes to the i-th modulo n")
+      ->required();
   app.add_option("-c,--connections", opt.connections, "connections (slots) in total")
       ->capture_default_str()
       ->check(CLI::Range(uint64_t{1}, uint64_t{100'000'000}));
@@ -232,15 +238,26 @@ Options ParseOptions(int argc, char** argv) {
     std::exit(rc == 0 ? kExitOk : kExitUsage);
   }
 
-  if (!ParseAddress(opt.target, true, &opt.target_addr) || PortOf(opt.target_addr) == 0) {
-    UsageError("bad --target (want IP:PORT or [IPv6]:PORT): " + opt.target);
+  for (size_t at = 0; at <= opt.target.size();) {
+    size_t comma = opt.target.find(',', at);
+    if (comma == std::string::npos) comma = opt.target.size();
+    std::string one = opt.target.substr(at, comma - at);
+    Address a;
+    if (!ParseAddress(one, true, &a) || PortOf(a) == 0) {
+      UsageError("bad --target (want IP:PORT or [IPv6]:PORT, comma-separated): " + one);
+    }
+    if (!opt.target_addrs.empty() && a.addr.ss_family != opt.target_addrs[0].addr.ss_family) {
+      UsageError("--target addresses must be of one address family");
+    }
+    opt.target_addrs.push_back(a);
+    at = comma + 1;
   }
   for (const std::string& s : opt.src) {
     Address a;
     if (!ParseAddress(s, false, &a) || PortOf(a) != 0) {
       UsageError("bad --src address (want an IP without a port): " + s);
     }
-    if (a.addr.ss_family != opt.target_addr.addr.ss_family) {
+    if (a.addr.ss_family != opt.target_addrs[0].addr.ss_family) {
       UsageError("--src " + s + " is not of the --target's address family");
     }
     opt.src_addrs.push_back(a);
@@ -286,8 +303,9 @@ struct Report {
   double hold_sent_per_s = 0;
   double hold_received_per_s = 0;
   double churn_per_s = 0;
-  Histogram first_latency;  // connect start -> login echo, us
-  Histogram hb_latency;     // heartbeat sent -> reply, us
+  Histogram first_latency;    // connect start -> login echo, us
+  Histogram hb_latency;       // heartbeat sent -> reply, us, replies during the hold
+  Histogram hb_ramp_latency;  // the same during the ramp (connections still being set up)
 
   uint64_t IoErrors() const {
     uint64_t n = 0;
@@ -324,6 +342,7 @@ struct Report {
     churn_per_s += o.churn_per_s;
     first_latency.Merge(o.first_latency);
     hb_latency.Merge(o.hb_latency);
+    hb_ramp_latency.Merge(o.hb_ramp_latency);
   }
 };
 static_assert(std::is_trivially_copyable_v<Report>);
@@ -352,7 +371,7 @@ struct Progress {
   uint64_t hb_received = 0;
   uint64_t errors = 0;
   uint32_t phase = kRamp;
-  uint32_t reserved = 0;
+  uint32_t ramp_done = 0;  // every connection of the worker is up or failed; it waits for the go
 };
 static_assert(std::is_trivially_copyable_v<Progress>);
 
@@ -511,9 +530,12 @@ class Worker {
  public:
   // Owns global connection indexes [first, first + count); connect_rate is this process's
   // share (0 = no limit).
+  // wait_for_go: hold only after the parent's SIGUSR1 (several processes ramp side by side;
+  // the hold starts when all of them are up).
   Worker(const Options& opt, uint64_t first, uint64_t count, double connect_rate,
-         ProgressSink sink)
+         ProgressSink sink, bool wait_for_go = false)
       : opt_(opt),
+        wait_for_go_(wait_for_go),
         first_(first),
         conns_(count),
         wheel_(&conns_),
@@ -592,11 +614,16 @@ class Worker {
 
   void UpdatePhase(int64_t now) {
     if (phase_ == kRamp && unresolved_ == 0) {
-      report_.ramp_s = static_cast<double>(now - base_us_) / 1e6;
-      if (open_ == 0) {
-        phase_ = kDone;  // nothing to hold
-        return;
+      if (!ramp_done_) {
+        ramp_done_ = true;
+        report_.ramp_s = static_cast<double>(now - base_us_) / 1e6;
+        if (open_ == 0) {
+          phase_ = kDone;  // nothing to hold
+          return;
+        }
+        if (wait_for_go_) SendProgress(now);  // the parent waits for every worker's word
       }
+      if (wait_for_go_ && g_hold_go == 0) return;  // still ramp: others are connecting
       phase_ = kHold;
       phase_start_us_ = now;
       phase_end_us_ = now + DurationUs();
@@ -608,7 +635,7 @@ class Worker {
 
   // Ends the run now (phase over, or a stop signal).
   void EndPhase(int64_t now) {
-    if (phase_ == kRamp) report_.ramp_s = static_cast<double>(now - base_us_) / 1e6;
+    if (phase_ == kRamp && !ramp_done_) report_.ramp_s = static_cast<double>(now - base_us_) / 1e6;
     if (phase_ == kHold || phase_ == kChurn) {
       report_.hold_s = static_cast<double>(now - phase_start_us_) / 1e6;
     }
@@ -632,6 +659,12 @@ class Worker {
 
   void MaybeProgress(int64_t now) {
     if (now < next_progress_us_) return;
+    uint64_t tick = SendProgress(now);
+    next_progress_us_ = base_us_ + static_cast<int64_t>(tick + 1) * kProgressUs;
+  }
+
+  // Sends a progress snapshot now; returns its tick.
+  uint64_t SendProgress(int64_t now) {
     Progress p;
     p.tick = static_cast<uint64_t>((now - base_us_) / kProgressUs);
     p.open = opt_.churn ? sockets_ : open_;
@@ -640,8 +673,9 @@ class Worker {
     p.hb_received = report_.hb_received;
     p.errors = report_.Errors();
     p.phase = phase_;
+    p.ramp_done = ramp_done_ ? 1 : 0;
     sink_(p);
-    next_progress_us_ = base_us_ + static_cast<int64_t>(p.tick + 1) * kProgressUs;
+    return p.tick;
   }
 
   int TimeoutMs(int64_t now) const {
@@ -680,7 +714,7 @@ class Worker {
     Conn& c = conns_[slot];
     ++report_.attempts;
     c.start_us = NowUs();
-    const Address& dst = opt_.target_addr;
+    const Address& dst = opt_.target_addrs[(first_ + slot) % opt_.target_addrs.size()];
     int fd = socket(dst.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return ConnectFailed(slot, errno);
     c.fd = fd;
@@ -1015,7 +1049,9 @@ class Worker {
         c.inflight_head = 0;
       }
       ++report_.hb_received;
-      report_.hb_latency.Record(static_cast<uint64_t>(now - sent));
+      // Only the hold's replies count as heartbeat latency: during the ramp the target is
+      // also busy setting up connections.
+      (phase_ == kHold ? report_.hb_latency : report_.hb_ramp_latency).Record(static_cast<uint64_t>(now - sent));
       if (DevidMatches(c, frame.substr(kFrameHeader))) return true;
     }
     ++report_.protocol;  // a frame we didn't ask for, or another device's answer
@@ -1075,6 +1111,8 @@ class Worker {
   }
 
   const Options& opt_;
+  bool wait_for_go_;
+  bool ramp_done_ = false;
   uint64_t first_;  // global index of slot 0
   std::vector<Conn> conns_;
   TimerWheel wheel_;
@@ -1180,7 +1218,8 @@ std::unique_ptr<Report> RunProcesses(const Options& opt) {
       auto report = std::make_unique<Report>();
       {
         Worker worker(opt, first, count, opt.connect_rate / static_cast<double>(procs),
-                      [out](const Progress& pr) { WriteMsg(out, kMsgProgress, &pr, sizeof(pr)); });
+                      [out](const Progress& pr) { WriteMsg(out, kMsgProgress, &pr, sizeof(pr)); },
+                      /*wait_for_go=*/true);
         *report = worker.Run();
       }
       bool ok = WriteMsg(out, kMsgReport, report.get(), sizeof(Report));
@@ -1194,6 +1233,7 @@ std::unique_ptr<Report> RunProcesses(const Options& opt) {
   ProgressPrinter printer(opt.connections);
   uint64_t next_tick = 1;
   bool forwarded = false;
+  bool go_sent = opt.churn;  // churn has no hold
   std::vector<char> buf(64 * 1024);
   for (;;) {
     if (g_stop != 0 && !forwarded) {
@@ -1226,6 +1266,21 @@ std::unique_ptr<Report> RunProcesses(const Options& opt) {
       }
       c->buf.append(buf.data(), static_cast<size_t>(got));
       ParseMessages(c);
+    }
+    // Every running worker has all its connections up (or failed): start the hold everywhere.
+    if (!go_sent) {
+      bool any = false, all = true;
+      for (const Child& c : children) {
+        if (c.report || c.fd < 0) continue;
+        any = true;
+        all = all && c.has_progress && c.latest.ramp_done != 0;
+      }
+      if (any && all) {
+        for (const Child& c : children) {
+          if (!c.report && c.fd >= 0) kill(c.pid, SIGUSR1);
+        }
+        go_sent = true;
+      }
     }
     // One merged progress line per second, once every running worker has reported it.
     uint64_t min_tick = std::numeric_limits<uint64_t>::max();
@@ -1317,12 +1372,13 @@ void PrintReport(const Options& opt, const Report& r) {
         R"({{"mode":"{}","target":"{}","procs":{},"connections":{},"established":{},)"
         R"("connect_errors":{},"errors":{},"error_detail":{},"connect_rate":{:.1f},"ramp_s":{:.3f},)"
         R"("hb_sent":{},"hb_received":{},"hb_sent_per_s":{:.1f},"frames_per_s":{:.1f},{})"
-        R"("first_latency_us":{},"hb_latency_us":{},"duration_s":{:.3f}}})"
+        R"("first_latency_us":{},"hb_latency_us":{},"hb_ramp_latency_us":{},"duration_s":{:.3f}}})"
         "\n",
         opt.churn ? "churn" : "hold", opt.target, opt.procs, r.connections, r.established,
         r.connect_errors, r.Errors(), ErrorDetailJson(r), connect_rate, r.ramp_s, r.hb_sent,
         r.hb_received, r.hold_sent_per_s, r.hold_received_per_s, churn,
-        LatencyJson(r.first_latency), LatencyJson(r.hb_latency), r.hold_s);
+        LatencyJson(r.first_latency), LatencyJson(r.hb_latency), LatencyJson(r.hb_ramp_latency),
+        r.hold_s);
     return;
   }
   fmt::print("gwload {} mode: {} connections to {} ({} process{})\n", opt.churn ? "churn" : "hold",
@@ -1341,7 +1397,10 @@ void PrintReport(const Options& opt, const Report& r) {
                r.hb_sent, r.hb_received, r.hold_s, r.hold_sent_per_s, r.hold_received_per_s);
   }
   fmt::print("  first frame    {}\n", LatencyText(r.first_latency));
-  if (!opt.churn) fmt::print("  heartbeat rtt  {}\n", LatencyText(r.hb_latency));
+  if (!opt.churn) {
+    fmt::print("  heartbeat rtt  {} (hold)\n", LatencyText(r.hb_latency));
+    fmt::print("                 {} (ramp)\n", LatencyText(r.hb_ramp_latency));
+  }
 }
 
 // Raises the soft descriptor limit to the hard one; returns the soft limit now in force.
@@ -1375,6 +1434,8 @@ int Main(int argc, char** argv) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, nullptr);  // no SA_RESTART: epoll_wait/poll return EINTR
   sigaction(SIGTERM, &sa, nullptr);
+  sa.sa_handler = OnHoldSignal;
+  sigaction(SIGUSR1, &sa, nullptr);  // before the fork: workers inherit it
   signal(SIGPIPE, SIG_IGN);  // belt and braces: every send() uses MSG_NOSIGNAL
 
   std::fprintf(stderr,

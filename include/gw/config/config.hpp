@@ -101,6 +101,19 @@ struct FrameConf {
   proxy::FrameSpec spec;
   uint32_t first_frame_timeout_ms = 5000;
   FrameMode mode = FrameMode::connection;
+  uint32_t frame_timeout_ms = 5000;  ///< mode frame: a later frame must be whole within this of its start
+  uint32_t max_links = 32;           ///< mode frame: host connections per device connection (1..32)
+  uint32_t link_idle_ms = 5000;      ///< mode frame: quiet time after which a link may make room for another
+  /// Whole-frame buffers per worker (frames above a 16 KiB relay buffer);
+  /// 0 = as many as fit in kFrameBufferBudget, at least 4.
+  uint32_t max_frame_buffers = 0;
+  static constexpr size_t kFrameBufferBudget = 32u << 20;
+  /// max_frame_buffers with the default applied.
+  uint32_t frame_buffer_limit() const noexcept {
+    if (max_frame_buffers) return max_frame_buffers;
+    const size_t n = kFrameBufferBudget / (spec.max_frame() + proxy::kPadding);
+    return static_cast<uint32_t>(n < 4 ? 4 : n);
+  }
 };
 
 /// "access_log" of a listener: where and how each request (http) or

@@ -8,8 +8,9 @@
 
 namespace gw::net {
 
-/// A non-blocking listening socket with SO_REUSEADDR and, if asked,
-/// SO_REUSEPORT. Throws std::runtime_error naming the address on failure.
+/// A non-blocking listening socket with SO_REUSEADDR, TCP_NODELAY (inherited
+/// by accepted sockets) and, if asked, SO_REUSEPORT. Throws
+/// std::runtime_error naming the address on failure.
 core::UniqueFd listen_tcp(const core::SockAddr& addr, int backlog, bool reuseport);
 
 /// Starts a non-blocking connect. Returns the fd (>= 0) and sets `err` to 0

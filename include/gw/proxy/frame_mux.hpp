@@ -6,14 +6,23 @@
 // Device → hosts: frames are taken whole from the device's buffer, checked
 // like a first frame (a bad one closes the device connection), and sent in
 // order; a frame waits while its link connects or pushes back, and the
-// frames behind it wait too, so order per device is kept.
-// Hosts → device: a link takes the device's write side at a frame boundary
-// and keeps it until its frame is out, so frames from several hosts are
-// never interleaved mid-frame.
+// frames behind it wait too, so order per device is kept. A frame must be
+// whole within frame_timeout_ms of its start.
+// Hosts → device: frames are delimited by the length field alone (the device
+// rules, allowed_types / allowed_versions / max_body, are not applied to
+// them) and streamed: a link takes the device's write side at a frame
+// boundary and keeps it until its frame is out, so frames from several hosts
+// are never interleaved mid-frame.
+// Links: at most frame.max_links per device. A new host takes the place of the
+// least recently used link quiet for link_idle_ms (nothing either way), or
+// else the device connection is closed. gw cannot know whether a host still
+// owes an answer (hosts push frames unprompted, and not every frame is
+// answered), so an answer a host sends after its link was let go is lost.
 //
 // Same slab, generation and back-pressure rules as TcpRelay. Worker thread
 // only; noexcept; allocates nothing per connection or frame.
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -23,10 +32,13 @@ namespace gw::proxy {
 
 class FrameMux {
  public:
-  static constexpr uint32_t kMaxLinks = 32;  ///< hosts one device connection may use at once
-  /// A link may be let go for another host only after this long without
-  /// traffic either way (a host that still owes answers would lose them).
-  static constexpr uint64_t kLinkEvictIdleMs = 5000;
+  /// The most host links one device connection may have (frame.max_links is 1..this).
+  static constexpr uint32_t kMaxLinks = 32;
+  /// Links kept in the device record itself. A device that needs more takes a
+  /// block of the other kMaxLinks - kInlineLinks from the worker's link pool,
+  /// and gives it back once none of them is open: an idle device that talks
+  /// to one or two hosts stays small.
+  static constexpr uint32_t kInlineLinks = 2;
 
   FrameMux(RelayEnv& env, uint32_t max_devices);
 
@@ -46,9 +58,16 @@ class FrameMux {
   uint32_t active() const noexcept { return active_; }
   bool full() const noexcept { return free_head_ == kNone && devices_.size() == devices_.capacity(); }
 
+  /// Bytes of one device record (its slab slot) and of one overflow link block.
+  static size_t device_bytes() noexcept;
+  static size_t link_block_bytes() noexcept;
+  /// Overflow link blocks in use (devices with more than kInlineLinks links).
+  size_t link_blocks_in_use() const noexcept { return link_blocks_.in_use(); }
+
  private:
   static constexpr uint32_t kNone = ~0u;
   static constexpr uint32_t kMaxTries = 16;
+  static constexpr uint32_t kBlockLinks = kMaxLinks - kInlineLinks;
 
   struct Link {
     int fd = -1;
@@ -59,7 +78,7 @@ class FrameMux {
     uint64_t connect_start_ms = 0;
     char* buf = nullptr;  // host → device bytes not yet written
     uint32_t head = 0, tail = 0;
-    uint64_t last_used_ms = 0;
+    uint64_t last_used_ms = 0;  // last byte either way
   };
 
   struct Device : net::TimerNode {
@@ -68,25 +87,27 @@ class FrameMux {
     uint32_t next_free = kNone;
     bool used = false;
     bool in = false, out = false, hup = false, eof = false, shut = false;
-    bool first = true;  // no whole frame yet: first_frame_timeout_ms applies
+    bool first = true;        // no whole frame yet: first_frame_timeout_ms applies
     bool links_shut = false;  // the device's EOF was passed on to the hosts
-    uint64_t first_deadline_ms = 0;
-    uint64_t last_activity_ms = 0;
+    bool big = false;         // buf is a whole-frame buffer
     uint16_t listener = 0;
     uint32_t idle_ms = 0;
+    uint64_t first_deadline_ms = 0;
+    uint64_t frame_deadline_ms = 0;  // the incomplete frame at head must be whole by then; 0 = none
+    uint64_t last_activity_ms = 0;
     char* buf = nullptr;  // device → hosts bytes
-    bool big = false;
     uint32_t head = 0, tail = 0;
     // The frame at `head`, once routed: its link, bytes sent, hosts tried.
     int8_t front_link = -1;
     uint8_t front_attempts = 0;
-    uint32_t front_len = 0, front_sent = 0;
-    uint32_t front_tried[kMaxTries] = {};
     // The link writing a frame to the device, and what is left of that frame.
     int8_t owner = -1;
     uint8_t next_owner = 0;  // round robin over links for fairness
-    uint32_t owner_left = 0;
-    Link links[kMaxLinks];
+    uint32_t front_len = 0, front_sent = 0;
+    uint64_t owner_left = 0;  // a host's frame may be as long as its length field says
+    uint32_t front_tried[kMaxTries] = {};
+    Link inline_links[kInlineLinks];
+    Link* more = nullptr;  // links kInlineLinks.. (a block from link_blocks_), while any is open
   };
 
   uint64_t data_of(const Device& d, uint32_t sub) const noexcept {
@@ -94,23 +115,37 @@ class FrameMux {
   }
   uint32_t index_of(const Device& d) const noexcept { return static_cast<uint32_t>(&d - devices_.data()); }
 
+  // Link li of d: inline, or in the overflow block (nullptr without one).
+  static Link* link_at(Device& d, int li) noexcept {
+    if (li < static_cast<int>(kInlineLinks)) return &d.inline_links[li];
+    return d.more ? &d.more[li - static_cast<int>(kInlineLinks)] : nullptr;
+  }
+  uint32_t max_links(const Device& d) const noexcept;
+  // Link slots d can use now: the inline ones, and the block's while it has one.
+  int link_slots(const Device& d) const noexcept {
+    const uint32_t m = max_links(d);
+    return static_cast<int>(d.more ? m : std::min(m, kInlineLinks));
+  }
+
   void drive(Device& d) noexcept;
   void schedule(Device& d) noexcept;
   bool pump_device_in(Device& d) noexcept;   // device → links; false = device closed
   bool pump_device_out(Device& d) noexcept;  // links → device; false = device closed
   bool route_front(Device& d, std::string_view key) noexcept;
   int open_link(Device& d, const shm::HostRecord& r, int ui) noexcept;
+  int free_link_slot(Device& d) noexcept;
   void link_failed(Device& d, int li, int err) noexcept;
   void close_link(Device& d, int li) noexcept;
+  void trim_links(Device& d) noexcept;
   void close_device(Device& d) noexcept;
   void release_device_buf(Device& d) noexcept;
 
   RelayEnv& env_;
   std::vector<Device> devices_;
+  net::BufferPool link_blocks_;  // overflow link blocks (kBlockLinks links each)
   uint32_t free_head_ = kNone;
   uint32_t active_ = 0;
   uint64_t last_no_host_log_ms_ = 0;
-  uint64_t last_reject_log_ms_ = 0;
   uint64_t last_link_log_ms_ = 0;
   balance::Rng rng_{0x6672'616d'656d'7578ull};
 };

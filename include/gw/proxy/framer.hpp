@@ -40,6 +40,8 @@ enum class FrameError : uint8_t {
   key_empty,
   key_too_long,         ///< above max_key bytes
   key_bad_char,         ///< a control character (below 0x20, or 0x7f) in the key
+  frame_timeout,        ///< mode "frame": a later frame not whole within frame_timeout_ms of its start
+  no_frame_buffer,      ///< a frame larger than a relay buffer, and this worker's max_frame_buffers are in use
   count
 };
 inline constexpr size_t kFrameErrorCount = static_cast<size_t>(FrameError::count);
@@ -81,9 +83,17 @@ struct FrameDecision {
   std::string_view key;    ///< kind == frame with a key: valid until the next call on the same Framer
 };
 
-/// Header only: the whole frame's length, or an error. `len` >= header_size.
-/// Used for frames coming back from hosts, whose bodies are not inspected.
+/// Header only, with the device-side rules (allowed_types, allowed_versions,
+/// max_body): the whole frame's length, or an error. `len` >= header_size.
 FrameError frame_length(const FrameSpec& spec, const uint8_t* data, size_t len, uint32_t& frame_len) noexcept;
+
+/// Frames coming back from hosts (mode "frame"): delimited by the length field
+/// alone. The device-side rules do not apply to them: a host may answer or
+/// push with any type or version, and with a body up to what the length field
+/// can say (replies are streamed, never buffered whole). The only error is
+/// bad_length (a length that includes the header but is smaller than it).
+/// `data` holds at least header_size bytes.
+FrameError reply_length(const FrameSpec& spec, const uint8_t* data, uint64_t& frame_len) noexcept;
 
 class Framer {
  public:

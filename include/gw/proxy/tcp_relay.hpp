@@ -42,6 +42,14 @@ struct ListenerRuntime {
   uint8_t log_format = 0;            ///< access_log: proxy::LogFormat
   const char* name = "";             ///< the listener's name (access log)
   uint32_t first_frame_timeout_ms = 0;
+  uint32_t frame_timeout_ms = 0;     ///< mode "frame": a later frame must be whole this long after it started
+  uint32_t max_links = 0;            ///< mode "frame": host connections per device connection
+  uint32_t link_idle_ms = 0;         ///< mode "frame": a link this quiet may make room for another host
+  /// Whole-frame buffers (header_size + max_body) for frames larger than a
+  /// relay buffer; null when every frame fits one. At most max_frame_buffers
+  /// in use at once in this worker.
+  net::BufferPool* frame_buffers = nullptr;
+  uint32_t max_frame_buffers = 0;
 };
 
 /// What the relay needs from its worker. The worker updates the pointers
@@ -50,7 +58,6 @@ struct RelayEnv {
   net::Epoll* epoll = nullptr;
   net::TimerWheel* timers = nullptr;
   net::BufferPool* buffers = nullptr;
-  net::BufferPool* frame_buffers = nullptr;  ///< whole-frame buffers (frame listeners whose max frame exceeds a buffer)
   const shm::Segment* seg = nullptr;
   uint32_t worker = 0;
   uint32_t n_workers = 1;  ///< rows of the shm counter matrix that are in use
@@ -63,6 +70,9 @@ struct RelayEnv {
   uint64_t now_ms = 0;
   bool table_changed = false;  ///< set by the worker on refresh; the relay records propagation
   class AccessLog* access_log = nullptr;  ///< the worker's; enabled() says if logging is on
+  /// When a refused frame connection was last logged: one limiter for the
+  /// relay and FrameMux, so the worker logs rejects at most once a second.
+  uint64_t last_reject_log_ms = 0;
 };
 
 /// epoll data: kind (top 3 bits) | generation (29 bits) | index (32 bits).
@@ -110,7 +120,7 @@ class TcpRelay {
     char* buf = nullptr;
     uint32_t head = 0;
     uint32_t tail = 0;
-    bool big = false;  ///< from env.frame_buffers
+    bool big = false;  ///< from the listener's frame_buffers
     bool pending() const noexcept { return tail > head; }
   };
 
@@ -154,13 +164,13 @@ class TcpRelay {
   void sniff(Session& s) noexcept;
   void reject(Session& s, FrameError e) noexcept;
   void connect_next(Session& s) noexcept;
-  void on_connected(Session& s) noexcept;
+  void on_connected(Session& s, bool readable) noexcept;
   void on_connect_failed(Session& s, int err) noexcept;
   void unbind(Session& s) noexcept;
   void drive(Session& s) noexcept;
   bool pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p, int dst, bool& dst_out, bool& dst_shut,
-            Session& s) noexcept;
-  void release(Pipe& p) noexcept;
+            bool dst_done, Session& s) noexcept;
+  void release(const Session& s, Pipe& p) noexcept;
   void close_session(Session& s) noexcept;
   void log_session(const Session& s) noexcept;
 
@@ -170,7 +180,6 @@ class TcpRelay {
   uint32_t active_ = 0;
   uint64_t last_no_host_log_ms_ = 0;
   uint64_t last_local_error_log_ms_ = 0;
-  uint64_t last_reject_log_ms_ = 0;
   balance::Rng rng_{0x6777'7265'6c61'7921ull};  // slow-start admission
 };
 

@@ -143,7 +143,7 @@ struct HostCounter {
 
 /// Reasons a frame connection can be refused (proxy::FrameError has them;
 /// the shm layout only needs the count, with room to grow).
-inline constexpr size_t kFrameRejectKinds = 16;
+inline constexpr size_t kFrameRejectKinds = 22;
 /// Outcomes of HTTP requests (proxy::HttpOutcome has them), with room to grow.
 inline constexpr size_t kHttpOutcomeKinds = 8;
 

@@ -147,6 +147,12 @@ TEST_SUITE("config") {
     CHECK(!s.check_versions);
     CHECK(l.frame.first_frame_timeout_ms == 5000);
     CHECK(l.frame.mode == FrameMode::connection);
+    CHECK(l.frame.frame_timeout_ms == 5000);
+    CHECK(l.frame.max_links == 32);
+    CHECK(l.frame.link_idle_ms == 5000);
+    CHECK(l.frame.max_frame_buffers == 0);
+    // The default whole-frame buffer limit: as many as fit in 32 MiB.
+    CHECK(l.frame.frame_buffer_limit() == (32u << 20) / (6 + l.frame.spec.max_body + gw::proxy::kPadding));
     // A 2-byte length cannot say more than 65535. (Without a "frame" object the
     // loader leaves the unclamped default, 65536; with "frame": {} it clamps.)
     CHECK(s.max_body >= 65535);
@@ -174,7 +180,8 @@ TEST_SUITE("config") {
     auto r = load_frame(R"(, "on_host_remove": "close", "frame": {"header_size": 12, "length_offset": 8,
         "length_size": 4, "byte_order": "little", "length_includes_header": true, "max_body": 1000,
         "key": "/device/id", "max_key": 100, "max_depth": 8, "first_frame_timeout_ms": 250, "mode": "frame",
-        "type_offset": 2, "version_offset": 11, "allowed_types": [1, 255], "allowed_versions": [0]})");
+        "type_offset": 2, "version_offset": 11, "allowed_types": [1, 255], "allowed_versions": [0],
+        "frame_timeout_ms": 750, "max_links": 3, "link_idle_ms": 400, "max_frame_buffers": 9})");
     REQUIRE(r.errors.empty());
     const auto& l = r.config.listeners.at(0);
     const auto& s = l.frame.spec;
@@ -190,6 +197,11 @@ TEST_SUITE("config") {
     CHECK(s.max_depth == 8);
     CHECK(l.frame.first_frame_timeout_ms == 250);
     CHECK(l.frame.mode == FrameMode::frame);
+    CHECK(l.frame.frame_timeout_ms == 750);
+    CHECK(l.frame.max_links == 3);
+    CHECK(l.frame.link_idle_ms == 400);
+    CHECK(l.frame.max_frame_buffers == 9);
+    CHECK(l.frame.frame_buffer_limit() == 9);
     CHECK(s.type_offset == 2);
     CHECK(s.version_offset == 11);
     CHECK(s.check_types);
@@ -221,6 +233,10 @@ TEST_SUITE("config") {
     CHECK(body(R"("length_size": 1, "length_includes_header": true, "max_body": 1000)") == 1000);
     CHECK(body(R"("max_body": 0)") == 0);
     CHECK(body(R"("max_body": 16777216)") == 65535);
+    // 16 MiB frames: the default whole-frame buffer limit is the floor of 4.
+    auto big = load_frame(R"(, "frame": {"length_offset": 2, "length_size": 4, "max_body": 16777216})");
+    REQUIRE(big.errors.empty());
+    CHECK(big.config.listeners.at(0).frame.frame_buffer_limit() == 4);
   }
 
   TEST_CASE("every frame key is validated, with its JSON path") {
@@ -256,6 +272,11 @@ TEST_SUITE("config") {
     CHECK(has(frame_errors(R"("first_frame_timeout_ms": 0)"),
               p + "first_frame_timeout_ms: expected an integer 1..3600000, got 0"));
     CHECK(has(frame_errors(R"("mode": "stream")"), p + "mode: expected \"connection\" or \"frame\", got \"stream\""));
+    CHECK(has(frame_errors(R"("frame_timeout_ms": 0)"), p + "frame_timeout_ms: expected an integer 1..3600000, got 0"));
+    CHECK(has(frame_errors(R"("max_links": 0)"), p + "max_links: expected an integer 1..32, got 0"));
+    CHECK(has(frame_errors(R"("max_links": 33)"), p + "max_links: expected an integer 1..32, got 33"));
+    CHECK(has(frame_errors(R"("link_idle_ms": 0)"), p + "link_idle_ms: expected an integer 1..3600000, got 0"));
+    CHECK(has(frame_errors(R"("max_frame_buffers": 0)"), p + "max_frame_buffers: expected an integer 1..1048576, got 0"));
     CHECK(has(frame_errors(R"("lenght_size": 2)"), p + "lenght_size: unknown key"));
     CHECK(has(frame_errors(R"("mode": "frame", "mode": "frame")"), p + "mode: duplicate key"));
     CHECK(has(frame_errors(R"("type_offset": 6, "allowed_types": [1])"),

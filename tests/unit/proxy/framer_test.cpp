@@ -183,6 +183,39 @@ TEST_SUITE("proxy/framer") {
     CHECK(gw::proxy::frame_length(s, h.data(), h.size(), n) == FrameError::body_too_large);
   }
 
+  TEST_CASE("frames from hosts: reply_length applies no device rule") {
+    FrameSpec s = strict_spec();  // allowed types and versions, a small max_body
+    s.max_body = 100;
+    uint64_t n = 0;
+    uint32_t n32 = 0;
+    // A type and a version the device may not send, a body above max_body:
+    // refused from a device, delimited as is from a host.
+    Bytes h = header(s, 65535, 0xee);
+    CHECK(gw::proxy::frame_length(s, h.data(), h.size(), n32) != FrameError::none);
+    CHECK(gw::proxy::reply_length(s, h.data(), n) == FrameError::none);
+    CHECK(n == 6 + 65535);
+    h = header(s, 0);
+    CHECK(gw::proxy::reply_length(s, h.data(), n) == FrameError::none);
+    CHECK(n == 6);
+    // A 4-byte length is taken whole (up to 4 GiB - 1 plus the header).
+    FrameSpec w;
+    w.header_size = 8;
+    w.length_offset = 4;
+    w.length_size = 4;
+    w.big_endian = false;
+    w.max_body = 10;
+    h = header(w, 0xffffffffu);
+    CHECK(gw::proxy::reply_length(w, h.data(), n) == FrameError::none);
+    CHECK(n == 8 + 0xffffffffull);
+    // A length that counts the header but is below it is the one error.
+    w.length_includes_header = true;
+    h = header(w, 7);
+    CHECK(gw::proxy::reply_length(w, h.data(), n) == FrameError::bad_length);
+    h = header(w, 8);
+    CHECK(gw::proxy::reply_length(w, h.data(), n) == FrameError::none);
+    CHECK(n == 8);
+  }
+
   TEST_CASE("the decision is the same at every split offset") {
     FrameSpec spec = strict_spec();
     Framer f(spec);
@@ -571,6 +604,8 @@ TEST_SUITE("proxy/framer") {
     CHECK(names.size() == gw::proxy::kFrameErrorCount);
     CHECK(std::string(gw::proxy::frame_error_name(FrameError::none)) == "none");
     CHECK(std::string(gw::proxy::frame_error_name(FrameError::key_bad_char)) == "key_bad_char");
+    CHECK(std::string(gw::proxy::frame_error_name(FrameError::frame_timeout)) == "frame_timeout");
+    CHECK(std::string(gw::proxy::frame_error_name(FrameError::no_frame_buffer)) == "no_frame_buffer");
     CHECK(std::string(gw::proxy::frame_error_name(FrameError::count)) == "unknown");
   }
 }
