@@ -10,6 +10,8 @@
 #include <cstring>
 #include <memory>
 
+#include "gw/api/conn_limiter.hpp"
+#include "gw/api/guard.hpp"
 #include "gw/balance/balancer.hpp"
 #include "gw/balance/snapshot.hpp"
 #include "gw/core/clock.hpp"
@@ -44,6 +46,8 @@ class Worker {
         balancer_(seg.caps().max_hosts, (uint64_t{static_cast<uint32_t>(::getpid())} << 32) ^ core::monotonic_ns()),
         listeners_(cfg.listeners.size()),
         live_tag_(seg.caps().max_hosts, 0),
+        limiter_(cfg, seg, slot),
+        guard_(cfg, seg, slot),
         relay_(env_, max_sessions()),
         mux_(env_, max_sessions()),
         http_(env_, cfg, max_sessions()) {
@@ -79,6 +83,8 @@ class Worker {
     env_.listeners = listeners_;
     env_.live_tag = live_tag_;
     env_.now_ms = core::monotonic_ms();
+    env_.conn_limiter = &limiter_;
+    env_.guard = &guard_;
     // Round-robin tickets are shared by all workers through shm.
     balancer_.set_tickets(
         [](void* ctx, uint32_t pool) -> std::atomic<uint64_t>* {
@@ -175,6 +181,7 @@ class Worker {
     for (size_t i = 0; i < cfg_.listeners.size(); ++i)
       listeners_[i].upstream = snap_.find_upstream(cfg_.listeners[i].upstream);
     http_.refresh();
+    guard_.refresh(*cur_);
     env_.table_changed = true;
     seg_.worker(slot_).generation.store(gen, std::memory_order_release);
     if (any_close_on_remove_) close_orphans();
@@ -250,6 +257,11 @@ class Worker {
         }
         continue;
       }
+      // limit_conn: over the address's max the connection is closed here, unread (counted).
+      if (!limiter_.admit(fd, li, reinterpret_cast<const sockaddr*>(&peer), env_.now_ms)) {
+        ::close(fd);
+        continue;
+      }
       if (http) http_.accept(fd, li, reinterpret_cast<const sockaddr*>(&peer));
       else if (per_frame) mux_.accept(fd, li);
       else relay_.accept(fd, li, reinterpret_cast<const sockaddr*>(&peer));
@@ -286,6 +298,8 @@ class Worker {
   std::vector<proxy::ListenerRuntime> listeners_;
   std::vector<uint32_t> live_tag_;
   bool any_close_on_remove_ = false;
+  api::ConnLimiter limiter_;
+  api::Guard guard_;
   proxy::RelayEnv env_;
   proxy::TcpRelay relay_;
   proxy::FrameMux mux_;

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "gw/api/conn_limiter.hpp"
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
@@ -518,6 +519,7 @@ void FrameMux::close_device(Device& d) noexcept {
     if (k.buf) env_.buffers->release(k.buf);
     k = Link{};
   }
+  api::release_conn(env_.conn_limiter, d.fd);  // limit_conn
   if (d.fd >= 0) ::close(d.fd);
   d.fd = -1;
   release_device_buf(d);

@@ -27,6 +27,11 @@
 #include "gw/proxy/framer.hpp"
 #include "gw/shm/segment.hpp"
 
+namespace gw::api {
+class ConnLimiter;
+class Guard;
+}  // namespace gw::api
+
 namespace gw::proxy {
 
 /// A listener as the data plane sees it (the worker fills it from the config
@@ -59,6 +64,8 @@ struct RelayEnv {
   std::span<const uint32_t> live_tag;
   uint64_t now_ms = 0;
   bool table_changed = false;  ///< set by the worker on refresh; the relay records propagation
+  api::ConnLimiter* conn_limiter = nullptr;  ///< limit_conn: told before a client socket is closed
+  api::Guard* guard = nullptr;               ///< http routes: auth and limit_req
 };
 
 /// epoll data: kind (top 3 bits) | generation (29 bits) | index (32 bits).
