@@ -1,5 +1,6 @@
 #include "gw/api/limit_table.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "gw/shm/segment.hpp"
@@ -37,6 +38,12 @@ RateParams RateParams::from(double rate, uint32_t burst) noexcept {
   const double us = 1e6 / rate;
   p.interval_us = us < 1 ? 1 : static_cast<uint64_t>(std::llround(us));
   p.tolerance_us = p.interval_us * burst;
+  // The config caps (burst + 1) / rate at a day; a TAT further ahead than
+  // kMaxAheadUs would read as a wrapped old one.
+  if (p.tolerance_us + p.interval_us > kMaxAheadUs - 1000000) {
+    p.interval_us = std::min<uint64_t>(p.interval_us, kMaxAheadUs - 1000000);
+    p.tolerance_us = kMaxAheadUs - 1000000 - p.interval_us;
+  }
   return p;
 }
 
