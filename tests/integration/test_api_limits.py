@@ -305,7 +305,9 @@ class ApiLimitsTest(GwTestCase):
         held = [self.open_tcp(port) for _ in range(2)]
         for s in held:
             self.assertRoundTrip(s)
-        self.assertTrue(closed_by_peer(self.open_tcp(port), T(3)))
+        refused = self.open_tcp(port)
+        self.assertTrue(closed_by_peer(refused, T(3)))
+        refused.close()
         self.assertEqual(gw.status()["limits"]["connections"], 2)
         victim = gw.status()["workers"][0]["pid"]
         os.kill(victim, 9)
