@@ -141,7 +141,7 @@ void Guard::bump(std::atomic<uint64_t> shm::GuardCounters::*field) noexcept {
 
 Verdict Guard::reject(int status, std::string_view header) noexcept {
   const size_t n = std::min(header.size(), sizeof(headers_));
-  std::memcpy(headers_, header.data(), n);
+  if (n) std::memcpy(headers_, header.data(), n);
   return {status, std::string_view(headers_, n)};
 }
 

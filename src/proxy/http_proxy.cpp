@@ -1618,7 +1618,7 @@ void HttpProxy::respond_error(Conn& c, int status, bool keep_alive, std::string_
   w.add("HTTP/1.1 ").num(static_cast<uint64_t>(status)).add(" ").add(reason).add("\r\n");
   w.field("Server", "gw").field("Date", std::string_view(date_, date_len_));
   w.field("Content-Type", "text/plain; charset=utf-8");
-  w.add(extra);
+  if (!extra.empty()) w.add(extra);
   w.add("Content-Length: ").num(body_len).add("\r\n");
   w.field("Connection", keep ? "keep-alive" : "close");
   w.add("\r\n");

@@ -20,7 +20,7 @@ struct ConsumerName {
   /// Names longer than kMaxConsumerName are cut (the config and the table refuse them).
   void set(std::string_view s) noexcept {
     len = static_cast<uint8_t>(s.size() < config::kMaxConsumerName ? s.size() : config::kMaxConsumerName);
-    std::memcpy(name, s.data(), len);
+    if (len) std::memcpy(name, s.data(), len);
     name[len] = '\0';
   }
 };
