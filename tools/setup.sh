@@ -7,8 +7,10 @@ pkgs=(
   # build
   build-essential cmake pkg-config
   liburing-dev libfmt-dev libcli11-dev libsimdjson-dev doctest-dev zlib1g-dev libbenchmark-dev
+  # the API-gateway guard: limit keys (XXH3), basic-auth (crypt_rn), jwt and key hashes (OpenSSL)
+  libxxhash-dev libcrypt-dev libssl-dev
   # tests and benches
-  curl procps iproute2 nginx libnginx-mod-stream haproxy wrk python3-websockets
+  curl procps iproute2 openssl nginx libnginx-mod-stream haproxy wrk python3-websockets
   # the cluster test starts its own 3-member etcd (etcd-client: etcdctl, for operators)
   etcd-server etcd-client
 )

@@ -36,6 +36,7 @@ bool reconcile(shm::Table& t, const Model& m, std::vector<std::string>& events, 
   std::copy(t.routes().begin(), t.routes().end(), nt.routes().begin());
   std::copy(t.rules().begin(), t.rules().end(), nt.rules().begin());
   std::copy(t.cidrs().begin(), t.cidrs().end(), nt.cidrs().begin());
+  std::copy(t.consumers().begin(), t.consumers().end(), nt.consumers().begin());  // key-auth consumers: local too
   std::vector<std::string> removed, changed, added;
 
   for (size_t ui = 0; ui < t.upstreams().size(); ++ui) {

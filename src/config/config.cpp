@@ -14,7 +14,9 @@
 #include <iterator>
 #include <set>
 
+#include "config/api_config.hpp"
 #include "config/json_util.hpp"
+#include "gw/api/hash.hpp"
 #include "gw/shm/segment.hpp"
 
 namespace gw::config {
@@ -376,6 +378,10 @@ void parse_routes(Ctx& c, element arr, const std::string& path, ListenerConf& l)
       } else if (k == "rules") {
         rules = v;
         has_rules = true;
+      } else if (k == "limit_req") {
+        parse_limit_req(c, v, kp, r.limit_req);
+      } else if (k == "auth") {
+        parse_auth(c, v, kp, r.auth);
       } else return false;
       return true;
     });
@@ -460,6 +466,9 @@ void parse_listeners(Ctx& c, element arr, Config& cfg) {
           return true;
         });
         if (l.access_log.path.empty() && !c.has_error_under(kp + ".path")) c.error(kp, "missing required key \"path\"");
+
+      } else if (k == "limit_conn") {
+        parse_limit_conn(c, v, kp, l.limit_conn);
       } else return false;
       return true;
     });
@@ -665,6 +674,13 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
         else if (sk == "max_routes") get_u32(c, sv, skp, 1, 65535, cfg.shm.caps.max_routes);
         else if (sk == "max_rules") get_u32(c, sv, skp, 1, 65535, cfg.shm.caps.max_rules);
         else if (sk == "max_rule_cidrs") get_u32(c, sv, skp, 1, 1u << 20, cfg.shm.caps.max_rule_cidrs);
+        else if (sk == "max_consumers") get_u32(c, sv, skp, 1, 65535, cfg.shm.caps.max_consumers);
+        else if (sk == "max_limit_keys") {
+          if (get_u32(c, sv, skp, shm::kLimitWays, 1u << 24, cfg.shm.caps.max_limit_keys) &&
+              cfg.shm.caps.max_limit_keys % shm::kLimitWays != 0)
+            c.error(skp, fmt::format("expected a multiple of {} (the table is {}-way set associative), got {}",
+                                     shm::kLimitWays, shm::kLimitWays, cfg.shm.caps.max_limit_keys));
+        }
         else return false;
         return true;
       });
@@ -677,6 +693,8 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
       });
     } else if (k == "cluster") {
       parse_cluster(c, v, kp, cfg.cluster);
+    } else if (k == "consumers") {
+      parse_consumers(c, v, kp, cfg.consumers);
     } else if (k == "listeners") {
       listeners = v;
       has_listeners = true;
@@ -693,6 +711,7 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
   if (has_listeners) parse_listeners(c, listeners, cfg);
   else c.error("listeners", "missing required key");
   cross_check(c, cfg);
+  check_guard(c, cfg);
   cfg.state_file = absolute(cfg.state_file);
   if (cfg.state_file.size() >= shm::kPathCap)
     c.error("state_file", fmt::format("the absolute path is {} bytes; at most {} are supported", cfg.state_file.size(),
@@ -754,6 +773,11 @@ void build_table(const Config& c, shm::Table& t) {
       int ri = t.add_route(l.name, r.name);
       for (const auto& rule : r.rules) t.add_rule(ri, rule);
     }
+  for (const auto& cc : c.consumers) {
+    uint8_t digest[shm::kSha256Len];
+    if (!api::sha256(cc.key, digest)) throw shm::TableError("SHA-256 failed");
+    t.add_consumer(cc.name, digest);
+  }
 }
 
 std::string hash_key_text(HashKey k, const std::string& name) {

@@ -21,6 +21,8 @@
 #include <memory>
 #include <stdexcept>
 
+#include "gw/api/hash.hpp"
+#include "gw/api/limit_table.hpp"
 #include "gw/core/clock.hpp"
 #include "gw/core/fd.hpp"
 #include "gw/core/log.hpp"
@@ -153,6 +155,18 @@ shm::Segment prepare_segment(const config::Config& cfg) {
         GW_LOG_WARN("route {}/{} from the runtime state is not in the config; its {} rule(s) are dropped", x.listener,
                     x.name, x.rules.size());
 
+  // key-auth consumers: from the runtime state when it lists them (a consumer
+  // removed with gwctl stays removed), else from the config.
+  if (source != Source::config && src.has_consumers) {
+    for (const auto& sc : src.consumers) merged.add_consumer(sc.name, sc.key_sha256);
+  } else {
+    for (const auto& cc : cfg.consumers) {
+      uint8_t digest[shm::kSha256Len];
+      if (!api::sha256(cc.key, digest)) throw std::runtime_error("SHA-256 failed");
+      merged.add_consumer(cc.name, digest);
+    }
+  }
+
   bool reuse = seg.valid() && seg.caps() == cfg.shm.caps;
   if (seg.valid() && !reuse) {
     GW_LOG_INFO("shm \"{}\" has other capacities than the config; recreating it", name);
@@ -184,6 +198,7 @@ shm::Segment prepare_segment(const config::Config& cfg) {
     seg.worker(w).pid.store(0);
     shm::clear_worker_counters(seg, w);  // no worker of a previous run is alive
   }
+  api::LimitTable::reset_conns(seg);  // their connections are gone too
   // For `gwctl check`: how many workers should run, and where to connect.
   hdr.workers.store(static_cast<uint32_t>(cfg.workers));
   hdr.n_listeners = static_cast<uint32_t>(std::min<size_t>(cfg.listeners.size(), shm::kMaxListeners));
@@ -446,6 +461,7 @@ class Master {
         pids_[w] = 0;
         seg_.worker(w).pid.store(0, std::memory_order_release);
         shm::clear_worker_counters(seg_, w);
+        api::LimitTable::release_worker(seg_, w);  // limit_conn counts of its connections
         std::string how = WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
                                               : fmt::format("exited with code {}", WEXITSTATUS(status));
         if (stopping_) {

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <memory>
 
+#include "gw/api/conn_limiter.hpp"
+#include "gw/api/guard.hpp"
 #include "gw/balance/balancer.hpp"
 #include "gw/balance/snapshot.hpp"
 #include "gw/core/clock.hpp"
@@ -47,6 +49,8 @@ class Worker {
         balancer_(seg.caps().max_hosts, (uint64_t{static_cast<uint32_t>(::getpid())} << 32) ^ core::monotonic_ns()),
         listeners_(cfg.listeners.size()),
         live_tag_(seg.caps().max_hosts, 0),
+        limiter_(cfg, seg, slot),
+        guard_(cfg, seg, slot),
         relay_(env_, max_sessions()),
         mux_(env_, max_sessions()),
         http_(env_, cfg, max_sessions()) {
@@ -94,6 +98,9 @@ class Worker {
     env_.now_ms = core::monotonic_ms();
     if (g_access_log_fd >= 0) access_log_.init(g_access_log_fd, cfg.access_log_paths.size());
     env_.access_log = &access_log_;
+
+    env_.conn_limiter = &limiter_;
+    env_.guard = &guard_;
     // Round-robin tickets are shared by all workers through shm.
     balancer_.set_tickets(
         [](void* ctx, uint32_t pool) -> std::atomic<uint64_t>* {
@@ -193,6 +200,7 @@ class Worker {
     for (size_t i = 0; i < cfg_.listeners.size(); ++i)
       listeners_[i].upstream = snap_.find_upstream(cfg_.listeners[i].upstream);
     http_.refresh();
+    guard_.refresh(*cur_);
     env_.table_changed = true;
     seg_.worker(slot_).generation.store(gen, std::memory_order_release);
     if (any_close_on_remove_) close_orphans();
@@ -279,6 +287,11 @@ class Worker {
         }
         continue;
       }
+      // limit_conn: over the address's max the connection is closed here, unread (counted).
+      if (!limiter_.admit(fd, li, reinterpret_cast<const sockaddr*>(&peer), env_.now_ms)) {
+        ::close(fd);
+        continue;
+      }
       if (http) http_.accept(fd, li, reinterpret_cast<const sockaddr*>(&peer));
       else if (per_frame) mux_.accept(fd, li);
       else relay_.accept(fd, li, reinterpret_cast<const sockaddr*>(&peer));
@@ -316,6 +329,9 @@ class Worker {
   std::vector<uint32_t> live_tag_;
   bool any_close_on_remove_ = false;
   proxy::AccessLog access_log_;
+
+  api::ConnLimiter limiter_;
+  api::Guard guard_;
   proxy::RelayEnv env_;
   proxy::TcpRelay relay_;
   proxy::FrameMux mux_;

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <new>
 
+#include "gw/api/conn_limiter.hpp"
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
@@ -579,6 +580,8 @@ void FrameMux::close_device(Device& d) noexcept {
     link_blocks_.release(reinterpret_cast<char*>(d.more));
     d.more = nullptr;
   }
+
+  api::release_conn(env_.conn_limiter, d.fd);  // limit_conn
   if (d.fd >= 0) ::close(d.fd);
   d.fd = -1;
   release_device_buf(d);

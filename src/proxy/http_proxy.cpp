@@ -13,6 +13,8 @@
 #include <cstring>
 #include <ctime>
 
+#include "gw/api/conn_limiter.hpp"
+#include "gw/api/guard.hpp"
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
@@ -43,6 +45,8 @@ constexpr uint8_t kFailStatus = 4;   // a status listed in retry.on
 const char* reason_phrase(int status) noexcept {
   switch (status) {
     case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 408: return "Request Timeout";
     case 414: return "URI Too Long";
@@ -363,6 +367,7 @@ void HttpProxy::close_conn(Conn& c) noexcept {
     c.up = kNone;
   }
   env_.timers->cancel(c);
+  api::release_conn(env_.conn_limiter, c.fd);  // limit_conn
   if (c.fd >= 0) ::close(c.fd);
   c.fd = -1;
   release(c.in);
@@ -878,6 +883,8 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   c.method = h.method;
   if (l.log) log_begin(c, h);
 
+  c.consumer.clear();
+
   // The body: from right after the head; the head itself is done with once
   // the request head for the upstream is written below.
   c.body_start = c.body_end = c.sent = c.in.head + h.head_len;
@@ -950,6 +957,17 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   // empty key is a missing key (round robin, counted).
   c.key_len = static_cast<uint8_t>(have_key ? std::min<size_t>(key.size(), kMaxKey) : 0);
   if (c.key_len) std::memcpy(c.key, key.data(), c.key_len);
+
+  // The route's guard: auth, then limit_req (gw::api::Guard), before the rules.
+  if (env_.guard && env_.guard->active(c.listener, static_cast<uint32_t>(ri) - l.first_route)) {
+    const api::Verdict v = env_.guard->check(c.listener, static_cast<uint32_t>(ri) - l.first_route,
+                                             {&h, target, std::string_view(ip)}, c.consumer, env_.now_ms);
+    if (v.status) {
+      pump_request_body(c);
+      respond_error(c, v.status, true, v.headers);
+      return;
+    }
+  }
 
   // Rules (first match wins), then the route's own upstream. A percentage
   // hashes the route's key when the request has one, else the client address.
@@ -1096,8 +1114,9 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
   else if (c.peer.family == AF_INET) ::inet_ntop(AF_INET, c.peer.ip, ip, sizeof(ip));
   for (const http::Field& f : h.fields) {
     if (f.hop_by_hop || f.id == http::FieldId::host || f.id == http::FieldId::content_length) continue;
-    if (iequals(f.name, "x-forwarded-for") || iequals(f.name, "x-real-ip") || iequals(f.name, "x-forwarded-proto"))
-      continue;  // written below
+    if (iequals(f.name, "x-forwarded-for") || iequals(f.name, "x-real-ip") || iequals(f.name, "x-forwarded-proto") ||
+        iequals(f.name, "x-consumer-username"))
+      continue;  // written below (a client's X-Consumer-Username is never passed on)
     w.field(f.name, f.value);
   }
   // X-Forwarded-For is appended to, as nginx's $proxy_add_x_forwarded_for:
@@ -1107,6 +1126,7 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
     if (iequals(f.name, "x-forwarded-for") && !f.value.empty()) w.add(f.value).add(", ");
   w.add(ip).add("\r\n");
   w.field("X-Real-IP", ip).field("X-Forwarded-Proto", "http");
+  if (c.consumer.len) w.field("X-Consumer-Username", c.consumer.view());
   switch (h.body) {
     case http::BodyKind::length:
       w.add("Content-Length: ").num(h.content_length).add("\r\n");
@@ -1589,7 +1609,7 @@ bool HttpProxy::flush_client(Conn& c) noexcept {
   return progress;
 }
 
-void HttpProxy::respond_error(Conn& c, int status, bool keep_alive) noexcept {
+void HttpProxy::respond_error(Conn& c, int status, bool keep_alive, std::string_view extra) noexcept {
   if (c.up != kNone) {
     close_up(ups_[c.up]);
     c.up = kNone;
@@ -1625,6 +1645,7 @@ void HttpProxy::respond_error(Conn& c, int status, bool keep_alive) noexcept {
   w.add("HTTP/1.1 ").num(static_cast<uint64_t>(status)).add(" ").add(reason).add("\r\n");
   w.field("Server", "gw").field("Date", std::string_view(date_, date_len_));
   w.field("Content-Type", "text/plain; charset=utf-8");
+  if (!extra.empty()) w.add(extra);
   w.add("Content-Length: ").num(body_len).add("\r\n");
   w.field("Connection", keep ? "keep-alive" : "close");
   w.add("\r\n");
@@ -1864,6 +1885,7 @@ void HttpProxy::log_request(Conn& c) noexcept {
   e.upstream_status = c.up_status;
   e.upstream_ms = c.up_ms;
   if (c.route < routes_.size()) e.route = routes_[c.route].conf->name;
+  e.consumer = c.consumer.view();
   e.retries = c.attempts > 0 ? c.attempts - 1u : 0;
   env_.access_log->log(l.log_file, l.log_format, e);
   release(c.lg);

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "gw/api/conn_limiter.hpp"
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
@@ -457,6 +458,7 @@ void TcpRelay::log_session(const Session& s) noexcept {
 void TcpRelay::close_session(Session& s) noexcept {
   if (env_.access_log && env_.access_log->enabled() && env_.listeners[s.listener].log_file >= 0) log_session(s);
   env_.timers->cancel(s);
+  api::release_conn(env_.conn_limiter, s.cfd);  // limit_conn
   if (s.cfd >= 0) ::close(s.cfd);
   if (s.ufd >= 0) ::close(s.ufd);
   s.cfd = s.ufd = -1;

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 #include <new>
 #include <utility>
 
+#include "gw/core/clock.hpp"
 #include "gw/core/fd.hpp"
 #include "gw/shm/seqlock.hpp"
 
@@ -41,6 +43,12 @@ size_t Segment::layout_size(const Caps& caps, SegmentHeader* h) noexcept {
   off = pools + sizeof(PoolRuntime) * caps.max_pools;
   size_t events = align64(off);
   off = events + sizeof(EventEntry) * kEventCapacity;
+  size_t limits = align64(off);
+  off = limits + sizeof(LimitEntry) * caps.max_limit_keys;
+  size_t held = align64(off);
+  off = held + sizeof(uint16_t) * size_t{kMaxWorkers} * caps.max_limit_keys;
+  size_t guard = align64(off);
+  off = guard + sizeof(GuardCounters) * kMaxWorkers;
   size_t total = (off + 4095) & ~size_t{4095};
   if (h) {
     h->slot_offset[0] = slot0;
@@ -51,6 +59,9 @@ size_t Segment::layout_size(const Caps& caps, SegmentHeader* h) noexcept {
     h->workers_offset = workers;
     h->pools_offset = pools;
     h->events_offset = events;
+    h->limits_offset = limits;
+    h->held_offset = held;
+    h->guard_offset = guard;
     h->total_size = total;
   }
   return total;
@@ -137,6 +148,15 @@ Segment Segment::create(const std::string& name, const Caps& caps) {
   }
   for (uint32_t i = 0; i < caps.max_pools; ++i) new (&seg.pool(i)) PoolRuntime{};
   for (uint32_t i = 0; i < kEventCapacity; ++i) new (&seg.event(i)) EventEntry{};
+  for (uint32_t i = 0; i < caps.max_limit_keys; ++i) new (&seg.limit_entries()[i]) LimitEntry{};
+  for (uint32_t w = 0; w < kMaxWorkers; ++w) {
+    new (&seg.guard(w)) GuardCounters{};
+    for (uint32_t i = 0; i < caps.max_limit_keys; ++i) new (&seg.limit_held(w)[i]) std::atomic<uint16_t>(0);
+  }
+  // The limit keys' hash seed: unpredictable, so that clients cannot choose
+  // keys that collide with another client's bucket.
+  if (::getrandom(&h->limit_seed, sizeof(h->limit_seed), 0) != static_cast<ssize_t>(sizeof(h->limit_seed)))
+    h->limit_seed = core::monotonic_ns() ^ (uint64_t{static_cast<uint32_t>(::getpid())} << 32) ^ reinterpret_cast<uintptr_t>(p);
   // An empty table (generation 0) in slot 0 is published from the start.
   std::atomic_ref<uint64_t>(h->magic).store(kMagic, std::memory_order_release);
   return seg;
@@ -156,7 +176,9 @@ std::string Segment::validate(const void* base, size_t size) {
     return "its worker or event capacity differs from this build";
   if (h->caps.max_hosts == 0 || h->caps.max_pools == 0 || h->caps.max_upstreams == 0 ||
       h->caps.max_hosts > 1u << 20 || h->caps.max_pools > 65535 || h->caps.max_upstreams > 65535 ||
-      h->caps.max_routes > 65535 || h->caps.max_rules > 65535 || h->caps.max_rule_cidrs > 1u << 20)
+      h->caps.max_routes > 65535 || h->caps.max_rules > 65535 || h->caps.max_rule_cidrs > 1u << 20 ||
+      h->caps.max_consumers > 65535 || h->caps.max_limit_keys == 0 || h->caps.max_limit_keys % kLimitWays != 0 ||
+      h->caps.max_limit_keys > 1u << 24)
     return "its capacities are out of range";
   SegmentHeader expect{};
   size_t want = layout_size(h->caps, &expect);
@@ -164,7 +186,8 @@ std::string Segment::validate(const void* base, size_t size) {
       h->slot_offset[1] != expect.slot_offset[1] || h->slot_payload != expect.slot_payload ||
       h->runtime_offset != expect.runtime_offset || h->counters_offset != expect.counters_offset ||
       h->workers_offset != expect.workers_offset || h->pools_offset != expect.pools_offset ||
-      h->events_offset != expect.events_offset)
+      h->events_offset != expect.events_offset || h->limits_offset != expect.limits_offset ||
+      h->held_offset != expect.held_offset || h->guard_offset != expect.guard_offset)
     return fmt::format("its layout is inconsistent (size {} bytes, expected {})", size, want);
   return {};
 }

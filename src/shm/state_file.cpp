@@ -41,6 +41,13 @@ State state_from_table(const Table& t) {
       if (rules[i].route == r) sr.rules.push_back(t.rule_spec(static_cast<int>(i)));
     s.routes.push_back(std::move(sr));
   }
+  s.has_consumers = true;
+  for (const auto& c : t.consumers()) {
+    StateConsumer sc;
+    sc.name = name_of(c.name);
+    std::memcpy(sc.key_sha256, c.key_sha256, kSha256Len);
+    s.consumers.push_back(std::move(sc));
+  }
   return s;
 }
 
@@ -102,6 +109,12 @@ std::string state_to_json(const Table& t) {
     out += fmt::format("{}\n  {{\"listener\": \"{}\", \"route\": \"{}\", \"rules\": [", r ? "," : "", sr.listener, sr.name);
     for (size_t i = 0; i < sr.rules.size(); ++i) out += fmt::format("{}\n    {}", i ? "," : "", rule_to_json(sr.rules[i]));
     out += "]}";
+  }
+  out += "],\n \"consumers\": [";
+  for (size_t i = 0; i < s.consumers.size(); ++i) {
+    std::string hex;
+    for (uint8_t b : s.consumers[i].key_sha256) hex += fmt::format("{:02x}", b);
+    out += fmt::format("{}\n  {{\"name\": \"{}\", \"key_sha256\": \"{}\"}}", i ? "," : "", s.consumers[i].name, hex);
   }
   out += "]}\n";
   return out;
@@ -203,6 +216,29 @@ bool read_state_file(const std::string& path, State& out) {
         sr.rules.push_back(std::move(spec));
       }
       s.routes.push_back(std::move(sr));
+    }
+  }
+  simdjson::dom::array consumers;
+  if (root["consumers"].get(consumers) == simdjson::SUCCESS) {
+    s.has_consumers = true;
+    for (auto c : consumers) {
+      std::string_view name, hex;
+      if (c["name"].get(name) || c["key_sha256"].get(hex)) throw bad("a consumer lacks \"name\" or \"key_sha256\"");
+      StateConsumer sc;
+      sc.name = name;
+      if (auto why = check_name(name); !why.empty()) throw bad(fmt::format("consumer name \"{}\" {}", name, why));
+      if (hex.size() != 2 * kSha256Len) throw bad(fmt::format("consumer {}: key_sha256 is not 64 hex digits", name));
+      for (size_t i = 0; i < kSha256Len; ++i) {
+        unsigned v = 0;
+        for (char ch : hex.substr(2 * i, 2)) {
+          v <<= 4;
+          if (ch >= '0' && ch <= '9') v |= static_cast<unsigned>(ch - '0');
+          else if (ch >= 'a' && ch <= 'f') v |= static_cast<unsigned>(ch - 'a' + 10);
+          else throw bad(fmt::format("consumer {}: key_sha256 is not 64 lower-case hex digits", name));
+        }
+        sc.key_sha256[i] = static_cast<uint8_t>(v);
+      }
+      s.consumers.push_back(std::move(sc));
     }
   }
   out = std::move(s);

@@ -51,7 +51,7 @@ void set_name(char (&dst)[kNameCap], std::string_view src) noexcept {
 size_t Table::bytes_for(const Caps& c) noexcept {
   return sizeof(TableHeader) + sizeof(UpstreamRecord) * c.max_upstreams + sizeof(PoolRecord) * c.max_pools +
          sizeof(HostRecord) * c.max_hosts + sizeof(RouteRecord) * c.max_routes + sizeof(RuleRecord) * c.max_rules +
-         sizeof(core::Cidr) * c.max_rule_cidrs;
+         sizeof(core::Cidr) * c.max_rule_cidrs + sizeof(ConsumerRecord) * c.max_consumers;
 }
 
 Table::Table(Caps caps) : caps_(caps), words_(bytes_for(caps) / 8, 0) {
@@ -77,6 +77,9 @@ RuleRecord* Table::rules_() const noexcept {
 }
 core::Cidr* Table::cidrs_() const noexcept {
   return reinterpret_cast<core::Cidr*>(rules_() + caps_.max_rules);
+}
+ConsumerRecord* Table::consumers_() const noexcept {
+  return reinterpret_cast<ConsumerRecord*>(cidrs_() + caps_.max_rule_cidrs);
 }
 
 void Table::clear() noexcept {
@@ -395,6 +398,34 @@ RuleSpec Table::rule_spec(int rule) const {
   }
   if (r.match & kMatchPercent) s.percent_bp = r.percent_bp;
   return s;
+}
+
+int Table::find_consumer(std::string_view name) const noexcept {
+  auto c = consumers();
+  for (size_t i = 0; i < c.size(); ++i)
+    if (name_of(c[i].name) == name) return static_cast<int>(i);
+  return -1;
+}
+
+int Table::add_consumer(std::string_view name, const uint8_t (&key_sha256)[kSha256Len]) {
+  if (auto why = check_name(name); !why.empty()) throw TableError(fmt::format("consumer name \"{}\" {}", name, why));
+  if (find_consumer(name) >= 0) throw TableError(fmt::format("consumer \"{}\" already exists", name));
+  for (const auto& c : consumers())
+    if (std::memcmp(c.key_sha256, key_sha256, kSha256Len) == 0)
+      throw TableError(fmt::format("consumer \"{}\" already has this key; a key must identify one consumer", name_of(c.name)));
+  if (header().n_consumers >= caps_.max_consumers)
+    throw TableError(fmt::format("consumer table is full (shm.max_consumers = {})", caps_.max_consumers));
+  ConsumerRecord& r = consumers_()[header().n_consumers];
+  r = ConsumerRecord{};
+  set_name(r.name, name);
+  std::memcpy(r.key_sha256, key_sha256, kSha256Len);
+  return static_cast<int>(header().n_consumers++);
+}
+
+void Table::remove_consumer(int consumer) {
+  ConsumerRecord* c = consumers_();
+  std::copy(c + consumer + 1, c + header().n_consumers, c + consumer);
+  --header().n_consumers;
 }
 
 }  // namespace gw::shm

@@ -18,6 +18,8 @@
 #include <optional>
 #include <thread>
 
+#include "gw/api/hash.hpp"
+#include "gw/api/limit_table.hpp"
 #include "gw/cluster/etcd.hpp"
 #include "gw/cluster/schema.hpp"
 #include "gw/config/config.hpp"
@@ -59,6 +61,8 @@ struct Options {
   std::vector<std::string> etcd;  // --etcd URL[,URL...]: write to etcd instead of shm
   std::string prefix;             // --prefix (default: the config's cluster.prefix, else /gw/)
   std::string timeout_ms = "1000";  // check: connect timeout per listener
+  // consumers
+  std::string key, key_file;
 };
 
 std::string json_escape(std::string_view s) {
@@ -561,6 +565,8 @@ int cmd_status(const Options& o) {
     uint64_t rejects[gw::proxy::kFrameErrorCount];
     uint64_t http_requests, http_retries, http_reused, http_tunnels;
     uint64_t outcomes[gw::shm::kHttpOutcomeKinds];
+    // the guard (limit_conn, limit_req, auth)
+    uint64_t conn_rejected, req_limited, limit_full, evictions, auth_ok, auth_failed, auth_forbidden, basic_cache_hits;
   };
   static constexpr const char* kOutcomeNames[] = {"ok", "bad_request", "no_route", "no_host", "bad_gateway",
                                                   "gateway_timeout", "client_timeout"};
@@ -573,8 +579,12 @@ int cmd_status(const Options& o) {
     if (pid > 0 && master) {
       W r{i, pid, w.generation.load(), w.connections.load(), w.accepted.load(), w.hash_fallbacks.load(),
           w.no_host.load(), w.frames_routed.load(), w.host_closed.load(), {}, w.http_requests.load(),
-          w.http_retries.load(), w.http_keepalive_reused.load(), w.http_tunnels.load(), {}};
+          w.http_retries.load(), w.http_keepalive_reused.load(), w.http_tunnels.load(), {}, 0, 0, 0, 0, 0, 0, 0, 0};
       for (size_t k = 0; k < gw::shm::kHttpOutcomeKinds; ++k) r.outcomes[k] = w.http_outcomes[k].load();
+      const auto& g = seg.guard(i);
+      r.conn_rejected = g.conn_rejected.load(), r.req_limited = g.req_limited.load(), r.limit_full = g.limit_full.load();
+      r.evictions = g.evictions.load(), r.auth_ok = g.auth_ok.load(), r.auth_failed = g.auth_failed.load();
+      r.auth_forbidden = g.auth_forbidden.load(), r.basic_cache_hits = g.basic_cache_hits.load();
       for (size_t k = 1; k < gw::proxy::kFrameErrorCount; ++k) {
         r.rejects[k] = w.frame_rejects[k].load();
         reject_totals[k] += r.rejects[k];
@@ -595,6 +605,20 @@ int cmd_status(const Options& o) {
                                 w.http_requests, w.http_retries, w.http_reused, w.http_tunnels);
     for (size_t k = 1; k < std::size(kOutcomeNames); ++k) j += fmt::format(", \"{}\": {}", kOutcomeNames[k], w.outcomes[k]);
     return j + "}";
+  };
+  auto guard_json = [](const W& w) {
+    return fmt::format(
+        "{{\"conn_rejected\": {}, \"req_limited\": {}, \"limit_full\": {}, \"evictions\": {}, \"auth_ok\": {}, "
+        "\"auth_failed\": {}, \"auth_forbidden\": {}, \"basic_cache_hits\": {}}}",
+        w.conn_rejected, w.req_limited, w.limit_full, w.evictions, w.auth_ok, w.auth_failed, w.auth_forbidden,
+        w.basic_cache_hits);
+  };
+  const gw::api::LimitTable::Stats lim = gw::api::LimitTable(seg.limit_entries(), seg.caps().max_limit_keys, nullptr, nullptr).stats();
+  auto consumers_json = [&t]() {
+    std::string j = "[";
+    for (size_t i = 0; i < t.consumers().size(); ++i)
+      j += fmt::format("{}{{\"name\": \"{}\"}}", i ? ", " : "", name_of(t.consumers()[i].name));
+    return j + "]";
   };
   auto routes_json = [&t]() {
     std::string j = "[";
@@ -620,10 +644,10 @@ int cmd_status(const Options& o) {
       out += fmt::format(
           "{}{{\"slot\": {}, \"pid\": {}, \"generation\": {}, \"connections\": {}, \"accepted\": {}, "
           "\"hash_fallbacks\": {}, \"no_host\": {}, \"frames_routed\": {}, \"host_closed\": {}, "
-          "\"frame_rejects\": {}, \"http\": {}}}",
+          "\"frame_rejects\": {}, \"http\": {}, \"guard\": {}}}",
           i ? ", " : "", workers[i].slot, workers[i].pid, workers[i].gen, workers[i].conns, workers[i].accepted,
           workers[i].fallbacks, workers[i].no_host, workers[i].frames, workers[i].host_closed,
-          rejects_json(workers[i].rejects), http_json(workers[i]));
+          rejects_json(workers[i].rejects), http_json(workers[i]), guard_json(workers[i]));
     out += "], \"frame_rejects\": " + rejects_json(reject_totals) + ", \"upstreams\": [";
     for (size_t u = 0; u < t.upstreams().size(); ++u) {
       out += fmt::format("{}{{\"name\": \"{}\", \"pools\": [", u ? ", " : "", name_of(t.upstreams()[u].name));
@@ -649,7 +673,10 @@ int cmd_status(const Options& o) {
       }
       out += "]}";
     }
-    out += "], \"routes\": " + routes_json() + "}\n";
+    out += "], \"routes\": " + routes_json() + ", \"consumers\": " + consumers_json() +
+           fmt::format(", \"limits\": {{\"capacity\": {}, \"used\": {}, \"pinned\": {}, \"connections\": {}}}",
+                       seg.caps().max_limit_keys, lim.used, lim.pinned, lim.conns) +
+           "}\n";
     fmt::print("{}", out);
     return 0;
   }
@@ -682,6 +709,20 @@ int cmd_status(const Options& o) {
       sum.http_tunnels += w.http_tunnels;
       for (size_t k = 0; k < gw::shm::kHttpOutcomeKinds; ++k) sum.outcomes[k] += w.outcomes[k];
     }
+    W g{};
+    for (const auto& w : workers) {
+      g.conn_rejected += w.conn_rejected, g.req_limited += w.req_limited, g.limit_full += w.limit_full;
+      g.evictions += w.evictions, g.auth_ok += w.auth_ok, g.auth_failed += w.auth_failed;
+      g.auth_forbidden += w.auth_forbidden, g.basic_cache_hits += w.basic_cache_hits;
+    }
+    if (g.conn_rejected || g.req_limited || g.limit_full || lim.used)
+      fmt::print("  limits: {} of {} entries in use ({} with open connections, {} connection(s)), {} eviction(s); "
+                 "{} connection(s) refused by limit_conn, {} request(s) answered 429, {} refused for a full set\n",
+                 lim.used, seg.caps().max_limit_keys, lim.pinned, lim.conns, g.evictions, g.conn_rejected,
+                 g.req_limited, g.limit_full);
+    if (g.auth_ok || g.auth_failed || g.auth_forbidden)
+      fmt::print("  auth: {} request(s) authenticated ({} basic-auth from the cache), {} answered 401, {} answered 403\n",
+                 g.auth_ok, g.basic_cache_hits, g.auth_failed, g.auth_forbidden);
     if (sum.http_requests) {
       std::string answered;
       for (size_t k = 1; k < std::size(kOutcomeNames); ++k)
@@ -710,6 +751,11 @@ int cmd_status(const Options& o) {
                    seg.host(hr.slot).failures.load());
       }
     }
+  }
+  if (!t.consumers().empty()) {
+    std::string names;
+    for (const auto& c : t.consumers()) names += fmt::format("{}{}", names.empty() ? "" : ", ", name_of(c.name));
+    fmt::print("\nCONSUMERS (key-auth; keys are kept as SHA-256 hashes only): {}\n", names);
   }
   if (!t.routes().empty()) {
     fmt::print("\n{:<28} {}\n", "LISTENER/ROUTE/RULE", "MATCH -> UPSTREAM (first match wins)");
@@ -832,6 +878,12 @@ int main(int argc, char** argv) {
   rule_matchers(add_rule);
   auto* set_rule = set->add_subcommand("rule", "set rule LISTENER ROUTE RULE_ID --upstream U [matchers]: replaces a rule in place");
   rule_matchers(set_rule);
+  auto* add_consumer = add->add_subcommand("consumer", "add consumer NAME --key KEY | --key-file FILE: a key-auth consumer");
+  add_consumer->add_option("consumer", o.id, "consumer name (passed upstream in X-Consumer-Username)")->required();
+  add_consumer->add_option("--key", o.key, "the API key (1..512 visible ASCII characters); only its SHA-256 is stored");
+  add_consumer->add_option("--key-file", o.key_file, "read the key from this file (one line), keeping it out of ps");
+  auto* rm_consumer = remove->add_subcommand("consumer", "remove consumer NAME");
+  rm_consumer->add_option("consumer", o.id, "consumer name")->required();
   auto* rm_rule = remove->add_subcommand("rule", "remove rule LISTENER ROUTE RULE_ID");
   rm_rule->add_option("listener", o.listener, "http listener name")->required();
   rm_rule->add_option("route", o.route, "route name")->required();
@@ -851,7 +903,7 @@ int main(int argc, char** argv) {
   try {
     const bool to_etcd = !o.etcd.empty();
     if (to_etcd && !(*add_host || *rm_host || *down_host || *up_host || *add_pool || *rm_pool || *set_pool))
-      throw Failure("--etcd goes with a change to pools or hosts (add/remove/down/up host, add/remove/set pool); rules are kept per node, changed without --etcd");
+      throw Failure("--etcd goes with a change to pools or hosts (add/remove/down/up host, add/remove/set pool); rules and consumers are kept per node, changed without --etcd");
     if (*status) return cmd_status(o);
     if (*events) return cmd_events(o);
     if (*check) return cmd_check(o);
@@ -945,6 +997,38 @@ int main(int argc, char** argv) {
         else t.add_rule(find_route(t, o.listener, o.route), spec);
         ev.push_back(fmt::format("rule_changed {}/{}/{} {} {}", o.listener, o.route, o.id, replace ? "set" : "added", desc));
       }, what, false);
+    }
+    if (*add_consumer) {
+      std::string key = o.key;
+      if (!o.key.empty() && !o.key_file.empty()) throw Failure("give either --key or --key-file, not both");
+      if (!o.key_file.empty()) {
+        std::FILE* f = std::fopen(o.key_file.c_str(), "r");
+        if (!f) throw Failure(fmt::format("--key-file {}: {}", o.key_file, std::strerror(errno)));
+        char buf[1024];
+        size_t n = std::fread(buf, 1, sizeof(buf), f);
+        std::fclose(f);
+        key.assign(buf, n);
+        while (!key.empty() && (key.back() == '\n' || key.back() == '\r')) key.pop_back();
+      }
+      if (key.empty()) throw Failure("add consumer needs --key KEY or --key-file FILE");
+      bool visible = key.size() <= gw::config::kMaxApiKey;
+      for (unsigned char ch : key) visible &= ch > 0x20 && ch < 0x7f;
+      if (!visible) throw Failure(fmt::format("the key must be 1..{} visible ASCII characters", gw::config::kMaxApiKey));
+      if (auto why = gw::shm::check_name(o.id); !why.empty()) throw Failure(fmt::format("consumer name \"{}\" {}", o.id, why));
+      uint8_t digest[gw::shm::kSha256Len];
+      if (!gw::api::sha256(key, digest)) throw Failure("SHA-256 failed");
+      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
+        t.add_consumer(o.id, digest);
+        ev.push_back(fmt::format("consumer_changed {} added", o.id));
+      }, fmt::format("add consumer {}", o.id), false);
+    }
+    if (*rm_consumer) {
+      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
+        int i = t.find_consumer(o.id);
+        if (i < 0) throw gw::shm::TableError(fmt::format("unknown consumer \"{}\"", o.id));
+        t.remove_consumer(i);
+        ev.push_back(fmt::format("consumer_changed {} removed", o.id));
+      }, fmt::format("remove consumer {}", o.id), false);
     }
     if (*rm_rule) {
       std::string what = fmt::format("remove rule {}/{}/{}", o.listener, o.route, o.id);

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "gw/config/api.hpp"
 #include "gw/core/address.hpp"
 #include "gw/core/log.hpp"
 #include "gw/proxy/framer.hpp"
@@ -81,6 +82,8 @@ struct RouteConf {
   bool hash_key_set = false;  ///< else the listener's
   std::string set_host;       ///< non-empty: the Host sent upstream
   std::vector<shm::RuleSpec> rules;  ///< initial rules; live ones are in shm
+  LimitReqConf limit_req;            ///< "limit_req": per-key request rate (shm, all workers)
+  AuthConf auth;                     ///< "auth": key-auth, basic-auth or jwt
 };
 
 /// Client-side HTTP settings of an http listener (nginx's names in brackets).
@@ -137,6 +140,8 @@ struct ListenerConf {
   HttpConf http;                      ///< protocol http only
   std::vector<RouteConf> routes;      ///< protocol http: given, or one route "default" to `upstream`
   AccessLogConf access_log;
+
+  LimitConnConf limit_conn;           ///< "limit_conn": concurrent connections per client address
 };
 
 struct ShmConf {
@@ -168,6 +173,7 @@ struct Config {
   std::string hook_host_down;  ///< "hooks.host_down": shell command run by the master
   std::string hook_host_up;    ///< "hooks.host_up"
   ClusterConf cluster;
+  std::vector<ConsumerConf> consumers;  ///< "consumers": initial key-auth consumers
 };
 
 struct LoadResult {

@@ -37,6 +37,7 @@
 #include <string_view>
 #include <vector>
 
+#include "gw/api/consumer.hpp"
 #include "gw/config/config.hpp"
 #include "gw/core/address.hpp"
 #include "gw/http/parser.hpp"
@@ -195,6 +196,8 @@ class HttpProxy {
     uint64_t up_start_ms = 0;    // the request's first byte to the host that answered
     int64_t up_ms = -1;          // → its response head
     core::SockAddr up_addr;      // the last host tried
+
+    api::ConsumerName consumer;  // who auth found for the current request (X-Consumer-Username, access log)
   };
 
   /// An upstream connection: owned by a Conn while it carries a request, on
@@ -229,7 +232,8 @@ class HttpProxy {
   void parse_request(Conn& c) noexcept;
   void start_request(Conn& c, const http::Head& h) noexcept;
   void finish_request(Conn& c) noexcept;
-  void respond_error(Conn& c, int status, bool keep_alive) noexcept;
+  /// `extra`: header lines to add ("Retry-After: 1\r\n"), e.g. from the guard.
+  void respond_error(Conn& c, int status, bool keep_alive, std::string_view extra = {}) noexcept;
   bool flush_client(Conn& c) noexcept;  // false: closed
   void pump_request_body(Conn& c) noexcept;
   void arm(Conn& c) noexcept;

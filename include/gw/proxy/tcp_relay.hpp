@@ -27,6 +27,11 @@
 #include "gw/proxy/framer.hpp"
 #include "gw/shm/segment.hpp"
 
+namespace gw::api {
+class ConnLimiter;
+class Guard;
+}  // namespace gw::api
+
 namespace gw::proxy {
 
 /// A listener as the data plane sees it (the worker fills it from the config
@@ -73,6 +78,9 @@ struct RelayEnv {
   /// When a refused frame connection was last logged: one limiter for the
   /// relay and FrameMux, so the worker logs rejects at most once a second.
   uint64_t last_reject_log_ms = 0;
+
+  api::ConnLimiter* conn_limiter = nullptr;  ///< limit_conn: told before a client socket is closed
+  api::Guard* guard = nullptr;               ///< http routes: auth and limit_req
 };
 
 /// epoll data: kind (top 3 bits) | generation (29 bits) | index (32 bits).

@@ -9,6 +9,9 @@
 //   workers_offset      WorkerRuntime[kMaxWorkers]
 //   pools_offset        PoolRuntime[max_pools]       shared round-robin tickets
 //   events_offset       EventEntry[kEventCapacity]   the event ring
+//   limits_offset       LimitEntry[max_limit_keys]   rate/connection limit table (8-way sets)
+//   held_offset         uint16_t[kMaxWorkers][max_limit_keys]  connections each worker holds per entry
+//   guard_offset        GuardCounters[kMaxWorkers]   per-worker limit and auth counters
 //
 // Everything in the segment is trivially copyable or a lock-free atomic and is
 // addressed by offsets, never pointers: each process maps it at its own address.
@@ -22,12 +25,15 @@
 #include <stdexcept>
 #include <string>
 
+#include "gw/shm/limits.hpp"
 #include "gw/shm/table.hpp"
 
 namespace gw::shm {
 
 inline constexpr uint64_t kMagic = 0x31574753'4d485347ull;  // "GSHMSGW1" little-endian
-inline constexpr uint32_t kAbiVersion = 5;  // 4: routes, rules and address blocks in the table; 5: SegmentHeader.workers, .listeners, .cluster
+// 4: routes, rules and address blocks in the table; 5: SegmentHeader.workers, .listeners, .cluster;
+// 7: Caps.max_consumers/.max_limit_keys, consumers in the table, the limit table, held counts, guard counters
+inline constexpr uint32_t kAbiVersion = 7;
 inline constexpr uint32_t kMaxWorkers = 64;
 inline constexpr uint32_t kEventCapacity = 4096;  // power of two
 inline constexpr size_t kPathCap = 512;
@@ -88,6 +94,10 @@ struct SegmentHeader {
   uint64_t workers_offset;
   uint64_t pools_offset;
   uint64_t events_offset;
+  uint64_t limits_offset;  ///< LimitEntry[caps.max_limit_keys]
+  uint64_t held_offset;    ///< uint16_t[kMaxWorkers][caps.max_limit_keys]
+  uint64_t guard_offset;   ///< GuardCounters[kMaxWorkers]
+  uint64_t limit_seed;     ///< random at creation: the seed of the limit keys' hash (XXH3)
   char state_file[kPathCap];   ///< absolute path of the state file; empty = none
   char config_file[kPathCap];  ///< absolute path of the config gwd runs with (for messages)
 
@@ -245,6 +255,14 @@ class Segment {
   }
   EventEntry& event(uint64_t seqno) const noexcept {
     return reinterpret_cast<EventEntry*>(base_ + header().events_offset)[seqno & (kEventCapacity - 1)];
+  }
+  LimitEntry* limit_entries() const noexcept { return reinterpret_cast<LimitEntry*>(base_ + header().limits_offset); }
+  /// Worker `w`'s row of held connection counts, one per limit entry.
+  std::atomic<uint16_t>* limit_held(uint32_t w) const noexcept {
+    return reinterpret_cast<std::atomic<uint16_t>*>(base_ + header().held_offset) + size_t{w} * caps().max_limit_keys;
+  }
+  GuardCounters& guard(uint32_t w) const noexcept {
+    return reinterpret_cast<GuardCounters*>(base_ + header().guard_offset)[w];
   }
 
   /// True if the master recorded in the header is alive.

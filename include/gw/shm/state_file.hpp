@@ -10,11 +10,14 @@
 //        "weight": 1, "down": false}]}]}]}
 //    "routes": [{"listener": "web", "route": "v1", "rules": [{"id": "canary",
 //        "upstream": "pre", "ip": ["127.0.0.2/32"], "header": {"name": "X-Canary",
-//        "value": "1"}, "cookie": {"name": "beta", "value": "yes"}, "percent": 5}]}]}
+//        "value": "1"}, "cookie": {"name": "beta", "value": "yes"}, "percent": 5}]}]
+//    "consumers": [{"name": "alice", "key_sha256": "64 hex digits"}]}
 // Upstream settings (timeouts, max_fails) are not stored: they come from the
 // config. "routes" lists every route of the table, also those without rules, so
 // that removing a route's last rule survives a restart; a file without
-// "routes" (an older gw) leaves the rules to the config.
+// "routes" (an older gw) leaves the rules to the config. "consumers" (key-auth)
+// holds only SHA-256 hashes of the keys; a file without it leaves the
+// consumers to the config.
 
 #include <cstdint>
 #include <string>
@@ -50,11 +53,17 @@ struct StateRoute {
   std::string name;
   std::vector<RuleSpec> rules;  ///< in order: the first match wins
 };
+struct StateConsumer {
+  std::string name;
+  uint8_t key_sha256[kSha256Len] = {};
+};
 struct State {
   uint64_t generation = 0;
   std::vector<StateUpstream> upstreams;
   bool has_routes = false;  ///< the source listed routes (else rules come from the config)
   std::vector<StateRoute> routes;
+  bool has_consumers = false;  ///< the source listed consumers (else they come from the config)
+  std::vector<StateConsumer> consumers;
   const StateRoute* find_route(std::string_view listener, std::string_view name) const noexcept {
     for (const auto& r : routes)
       if (r.listener == listener && r.name == name) return &r;

@@ -7,6 +7,7 @@
 // Layout of the bytes (every part 8-byte aligned):
 //   TableHeader | UpstreamRecord[max_upstreams] | PoolRecord[max_pools] | HostRecord[max_hosts]
 //   | RouteRecord[max_routes] | RuleRecord[max_rules] | core::Cidr[max_rule_cidrs]
+//   | ConsumerRecord[max_consumers]
 // Records are dense: entries [0, n) are in use. Pools refer to their upstream
 // and hosts to their pool by index; removing an entry shifts the later ones.
 // Routes (the HTTP listeners' routes, from the config) are named so that
@@ -38,6 +39,8 @@ struct Caps {
   uint32_t max_routes = 256;       ///< HTTP routes over all listeners
   uint32_t max_rules = 256;        ///< gray-release / traffic-split rules over all routes
   uint32_t max_rule_cidrs = 4096;  ///< client address blocks over all rules
+  uint32_t max_consumers = 1024;   ///< key-auth consumers (name + SHA-256 of the key)
+  uint32_t max_limit_keys = 65536; ///< rate/connection limit entries (a multiple of 8: 8-way sets)
   uint32_t reserved = 0;
   bool operator==(const Caps&) const = default;
 };
@@ -77,7 +80,7 @@ struct TableHeader {
   uint32_t n_routes;
   uint32_t n_rules;
   uint32_t n_cidrs;
-  uint32_t reserved;
+  uint32_t n_consumers;
 };
 
 /// Active health checks of an upstream's hosts, run by the checker process.
@@ -162,6 +165,14 @@ struct RuleRecord {
   char cookie_value[kRuleValueCap];
 };
 
+inline constexpr size_t kSha256Len = 32;
+/// A key-auth consumer: a name and the SHA-256 of its key (the key itself is
+/// never stored). Consumers are managed live (gwctl add/remove consumer).
+struct ConsumerRecord {
+  char name[kNameCap];             ///< unique; passed upstream in X-Consumer-Username
+  uint8_t key_sha256[kSha256Len];  ///< SHA-256 of the key; unique among consumers
+};
+
 /// A rule as text-level values, for adding one and for the state file.
 struct RuleSpec {
   std::string id;
@@ -182,6 +193,7 @@ static_assert(std::is_trivially_copyable_v<TableHeader> && sizeof(TableHeader) %
 static_assert(std::is_trivially_copyable_v<RouteRecord> && sizeof(RouteRecord) % 8 == 0);
 static_assert(std::is_trivially_copyable_v<RuleRecord> && sizeof(RuleRecord) % 8 == 0);
 static_assert(std::is_trivially_copyable_v<core::Cidr> && sizeof(core::Cidr) % 8 == 0);
+static_assert(std::is_trivially_copyable_v<ConsumerRecord> && sizeof(ConsumerRecord) % 8 == 0);
 static_assert(sizeof(HealthCheck) % 8 == 0);
 static_assert(std::is_trivially_copyable_v<UpstreamRecord> && sizeof(UpstreamRecord) % 8 == 0);
 static_assert(std::is_trivially_copyable_v<PoolRecord> && sizeof(PoolRecord) % 8 == 0);
@@ -223,6 +235,8 @@ class Table {
   std::span<const RuleRecord> rules() const noexcept { return {rules_(), header().n_rules}; }
   std::span<core::Cidr> cidrs() noexcept { return {cidrs_(), header().n_cidrs}; }
   std::span<const core::Cidr> cidrs() const noexcept { return {cidrs_(), header().n_cidrs}; }
+  std::span<ConsumerRecord> consumers() noexcept { return {consumers_(), header().n_consumers}; }
+  std::span<const ConsumerRecord> consumers() const noexcept { return {consumers_(), header().n_consumers}; }
   /// The address blocks of rule `r`.
   std::span<const core::Cidr> rule_cidrs(const RuleRecord& r) const noexcept { return {cidrs_() + r.first_cidr, r.n_cidrs}; }
 
@@ -232,6 +246,7 @@ class Table {
   int find_host(int pool, std::string_view id) const noexcept;
   int find_route(std::string_view listener, std::string_view name) const noexcept;
   int find_rule(int route, std::string_view id) const noexcept;
+  int find_consumer(std::string_view name) const noexcept;
   /// Hosts of a pool, in table order.
   std::vector<int> pool_hosts(int pool) const;
 
@@ -249,6 +264,9 @@ class Table {
   void replace_rule(int rule, const RuleSpec& spec);
   void remove_rule(int rule);
   RuleSpec rule_spec(int rule) const;
+  /// Adds a consumer; the name and the key's hash must both be new.
+  int add_consumer(std::string_view name, const uint8_t (&key_sha256)[kSha256Len]);
+  void remove_consumer(int consumer);
   /// "listener/route" and "listener/route/rule" for messages.
   std::string route_path(int route) const;
   std::string rule_path(int rule) const;
@@ -266,6 +284,7 @@ class Table {
   RouteRecord* routes_() const noexcept;
   RuleRecord* rules_() const noexcept;
   core::Cidr* cidrs_() const noexcept;
+  ConsumerRecord* consumers_() const noexcept;
   void fill_rule(RuleRecord& r, const RuleSpec& spec, uint32_t first_cidr);
 
   Caps caps_;

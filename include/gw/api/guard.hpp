@@ -1,0 +1,100 @@
+#pragma once
+// The guard of http routes: auth (key-auth, basic-auth, jwt, allow lists)
+// then limit_req, run by HttpProxy::start_request once a route matched:
+//
+//   route ─► auth ─ 401 (WWW-Authenticate) / 403 (allow list) ─► consumer
+//         ─► limit_req (key ip | header | consumer) ─ 429 (Retry-After) / 503 (table full)
+//         ─► rules ─► upstream
+//
+// key-auth consumers live in the shm table (gwctl add/remove consumer) as
+// SHA-256 hashes of their keys; refresh() copies them after each table
+// change. A presented key is hashed and compared with every consumer's hash
+// in constant time. limit_req buckets live in the shm limit table, shared
+// by all workers. A request without the limit key (the header is absent or
+// empty) is not limited, as nginx skips an empty key.
+//
+// One per worker; worker thread only; check() is noexcept and allocates
+// nothing (refresh() and the constructor do).
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gw/api/basic_auth.hpp"
+#include "gw/api/consumer.hpp"
+#include "gw/api/jwt.hpp"
+#include "gw/api/limit_table.hpp"
+#include "gw/config/config.hpp"
+#include "gw/http/parser.hpp"
+#include "gw/shm/segment.hpp"
+
+namespace gw::api {
+
+/// What the guard looks at in a request.
+struct GuardRequest {
+  const http::Head* head = nullptr;
+  std::string_view target;     ///< the request target as sent (for query arguments)
+  std::string_view client_ip;  ///< the client address as text (nginx's $remote_addr)
+};
+
+/// The guard's answer: pass (status 0), or the status to answer with and the
+/// extra header lines for it (valid until the next check()).
+struct Verdict {
+  int status = 0;
+  std::string_view headers;  ///< "WWW-Authenticate: ...\r\n", "Retry-After: 3\r\n"
+};
+
+class Guard {
+ public:
+  Guard(const config::Config& cfg, const shm::Segment& seg, uint32_t worker);
+  ~Guard();
+  Guard(const Guard&) = delete;
+  Guard& operator=(const Guard&) = delete;
+
+  /// Copies the key-auth consumers of a new table. Allocates.
+  void refresh(const shm::Table& t);
+  /// Whether route `route` (index in its listener's routes) has auth or limit_req.
+  bool active(uint32_t listener, uint32_t route) const noexcept {
+    return listener < routes_.size() && route < routes_[listener].size() && routes_[listener][route].active;
+  }
+  /// Runs auth and limit_req for a request of that route. Sets `consumer`
+  /// (cleared first) when auth found one. `now_ms`: monotonic.
+  Verdict check(uint32_t listener, uint32_t route, const GuardRequest& rq, ConsumerName& consumer,
+                uint64_t now_ms) noexcept;
+
+ private:
+  struct RouteGuard {
+    bool active = false;
+    const config::AuthConf* auth = nullptr;  ///< type none: no auth
+    std::unique_ptr<BasicAuth> basic;
+    std::unique_ptr<JwtVerifier> jwt;
+    const config::LimitReqConf* limit = nullptr;  ///< null: no limit_req
+    RateParams rate;
+    uint64_t scope = 0;
+  };
+  struct Consumer {
+    uint8_t digest[shm::kSha256Len];
+    char name[shm::kNameCap];
+  };
+
+  Verdict authenticate(const RouteGuard& g, const GuardRequest& rq, ConsumerName& consumer) noexcept;
+  Verdict reject(int status, std::string_view header) noexcept;
+  void bump(std::atomic<uint64_t> shm::GuardCounters::*field) noexcept;
+
+  const shm::Segment& seg_;
+  uint64_t seed_;
+  LimitTable table_;
+  shm::GuardCounters& counters_;
+  std::vector<std::vector<RouteGuard>> routes_;  ///< by listener, route
+  std::vector<Consumer> consumers_;
+  std::unique_ptr<JwtScratch> jwt_scratch_;
+  std::unique_ptr<BasicCache> basic_cache_;
+  char headers_[256] = {};
+  char creds_[kMaxBasicCredentials] = {};
+};
+
+}  // namespace gw::api

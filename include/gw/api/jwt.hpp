@@ -1,0 +1,89 @@
+#pragma once
+// JWT verification (RFC 7519, JWS compact serialization RFC 7515) for the
+// "jwt" auth of a route: HS256 (HMAC-SHA256) or RS256 (RSASSA-PKCS1-v1_5
+// with SHA-256), with OpenSSL; the JSON of header and claims with simdjson.
+//
+//   token = b64url(header) "." b64url(claims) "." b64url(signature)
+//   1. three parts, each canonical base64url, the whole at most kMaxJwt bytes
+//   2. header: an object whose "alg" is exactly the configured algorithm
+//      ("none", and HS256 when RS256 is configured, are refused: no algorithm
+//      confusion); a "crit" header is refused (no extension is understood)
+//   3. signature over "header.claims" (before the claims are parsed)
+//   4. claims: "exp" (now > exp + leeway: expired), "nbf" (now + leeway < nbf:
+//      not yet valid), "iss" and "aud" when configured, and the consumer claim
+//      (default "sub"): a string of 1..63 visible characters
+//
+// One JwtVerifier per route (built at start-up); one JwtScratch per worker.
+// verify() is noexcept and allocation-free after warm-up (the simdjson
+// parser's buffers are allocated up front; OpenSSL may use its own malloc).
+
+#include <simdjson.h>
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "gw/config/api.hpp"
+
+typedef struct evp_pkey_st EVP_PKEY;
+typedef struct evp_md_ctx_st EVP_MD_CTX;
+
+namespace gw::api {
+
+inline constexpr size_t kMaxJwt = 8192;  ///< longest token accepted
+
+enum class JwtError : uint8_t {
+  ok = 0,
+  missing,        ///< no token in the request
+  malformed,      ///< not three canonical base64url parts, or too long
+  bad_header,     ///< the header is not a JSON object, or has "crit"
+  bad_algorithm,  ///< "alg" is not the configured algorithm
+  bad_signature,
+  bad_claims,     ///< the claims are not a JSON object, or exp/nbf are not numbers
+  expired,
+  not_yet_valid,
+  bad_issuer,
+  bad_audience,
+  no_consumer,    ///< the consumer claim is missing or not a usable name
+};
+const char* jwt_error_name(JwtError e) noexcept;
+
+/// Per-worker buffers for verification.
+class JwtScratch {
+ public:
+  JwtScratch();
+  ~JwtScratch();
+  JwtScratch(const JwtScratch&) = delete;
+  JwtScratch& operator=(const JwtScratch&) = delete;
+
+ private:
+  friend class JwtVerifier;
+  simdjson::dom::parser parser_;
+  EVP_MD_CTX* md_ = nullptr;
+  char header_[kMaxJwt + simdjson::SIMDJSON_PADDING];
+  char claims_[kMaxJwt + simdjson::SIMDJSON_PADDING];
+  unsigned char sig_[1024];
+};
+
+class JwtVerifier {
+ public:
+  /// Throws std::runtime_error if the RS256 key does not load (the config
+  /// loader checked it already).
+  explicit JwtVerifier(const config::AuthConf& conf);
+  ~JwtVerifier();
+  JwtVerifier(const JwtVerifier&) = delete;
+  JwtVerifier& operator=(const JwtVerifier&) = delete;
+
+  /// Verifies `token` at wall-clock second `now_s`. On ok, `consumer` is the
+  /// consumer claim's value, valid until the next verify() with `scratch`.
+  JwtError verify(std::string_view token, int64_t now_s, JwtScratch& scratch, std::string_view& consumer) const noexcept;
+
+ private:
+  bool check_signature(std::string_view signed_part, const unsigned char* sig, size_t sig_len,
+                       JwtScratch& scratch) const noexcept;
+
+  const config::AuthConf& conf_;
+  EVP_PKEY* key_ = nullptr;  ///< RS256
+};
+
+}  // namespace gw::api

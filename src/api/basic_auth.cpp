@@ -1,0 +1,73 @@
+#include "gw/api/basic_auth.hpp"
+
+#include <crypt.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <sys/random.h>
+
+#include <cstring>
+#include <stdexcept>
+
+namespace gw::api {
+
+BasicCache::BasicCache() : crypt_(std::make_unique<crypt_data>()) {
+  if (::getrandom(salt_, sizeof(salt_), 0) != static_cast<ssize_t>(sizeof(salt_)))
+    throw std::runtime_error("getrandom failed");
+}
+
+BasicCache::~BasicCache() = default;
+
+BasicAuth::BasicAuth(const config::AuthConf& conf, uint64_t scope) : users_(conf.users), scope_(scope) {}
+
+BasicAuth::Result BasicAuth::verify(std::string_view credentials, BasicCache& cache,
+                                    std::string_view& user) const noexcept {
+  const size_t colon = credentials.find(':');
+  if (colon == std::string_view::npos || credentials.size() > kMaxBasicCredentials) return Result::bad;
+  const std::string_view name = credentials.substr(0, colon), password = credentials.substr(colon + 1);
+  const std::pair<std::string, std::string>* u = nullptr;
+  for (const auto& p : users_)
+    if (p.first == name) u = &p;
+  if (!u || password.find('\0') != std::string_view::npos) return Result::bad;
+
+  // The cache key: SHA-256(salt | scope | credentials).
+  uint8_t digest[32];
+  unsigned int dlen = 0;
+  {
+    char buf[sizeof(cache.salt_) + sizeof(scope_) + kMaxBasicCredentials];
+    std::memcpy(buf, cache.salt_, sizeof(cache.salt_));
+    std::memcpy(buf + sizeof(cache.salt_), &scope_, sizeof(scope_));
+    std::memcpy(buf + sizeof(cache.salt_) + sizeof(scope_), credentials.data(), credentials.size());
+    if (EVP_Digest(buf, sizeof(cache.salt_) + sizeof(scope_) + credentials.size(), digest, &dlen, EVP_sha256(),
+                   nullptr) != 1)
+      return Result::bad;
+  }
+  uint32_t set = 0;
+  std::memcpy(&set, digest, sizeof(set));
+  BasicCache::Entry* ways = cache.entries_ + (set % BasicCache::kCacheSets) * BasicCache::kCacheWays;
+  for (uint32_t w = 0; w < BasicCache::kCacheWays; ++w)
+    if (ways[w].stamp && CRYPTO_memcmp(ways[w].digest, digest, sizeof(digest)) == 0) {
+      ways[w].stamp = ++cache.clock_;
+      user = u->first;
+      return Result::cached;
+    }
+
+  // crypt_rn wants a NUL-terminated phrase.
+  std::memcpy(cache.phrase_, password.data(), password.size());
+  cache.phrase_[password.size()] = '\0';
+  const char* out = crypt_rn(cache.phrase_, u->second.c_str(), cache.crypt_.get(), sizeof(crypt_data));
+  std::memset(cache.phrase_, 0, password.size());
+  if (!out || std::strlen(out) != u->second.size() ||
+      CRYPTO_memcmp(out, u->second.data(), u->second.size()) != 0)
+    return Result::bad;
+
+  // Remember it: the empty or least recently used way of its set.
+  BasicCache::Entry* victim = &ways[0];
+  for (uint32_t w = 1; w < BasicCache::kCacheWays; ++w)
+    if (ways[w].stamp < victim->stamp) victim = &ways[w];
+  std::memcpy(victim->digest, digest, sizeof(digest));
+  victim->stamp = ++cache.clock_;
+  user = u->first;
+  return Result::ok;
+}
+
+}  // namespace gw::api

@@ -1,0 +1,249 @@
+#include "gw/api/guard.hpp"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+#include "gw/api/base64.hpp"
+#include "gw/api/hash.hpp"
+#include "gw/core/clock.hpp"
+
+namespace gw::api {
+namespace {
+
+std::string_view trim(std::string_view v) noexcept {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  return v;
+}
+
+// The value of query argument `name` (as sent: not percent-decoded).
+bool query_arg(std::string_view target, std::string_view name, std::string_view& value) noexcept {
+  const size_t q = target.find('?');
+  if (q == std::string_view::npos) return false;
+  std::string_view query = target.substr(q + 1);
+  if (const size_t hash = query.find('#'); hash != std::string_view::npos) query = query.substr(0, hash);
+  while (!query.empty()) {
+    const size_t amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    const size_t eq = pair.find('=');
+    if (pair.substr(0, eq) == name) {
+      value = eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1);
+      return true;
+    }
+  }
+  return false;
+}
+
+bool cookie(const http::Head& h, std::string_view name, std::string_view& value) noexcept {
+  for (const http::Field& f : h.fields) {
+    if (!http::iequals(f.name, "cookie")) continue;
+    std::string_view rest = f.value;
+    while (!rest.empty()) {
+      const size_t semi = rest.find(';');
+      const std::string_view pair = trim(rest.substr(0, semi));
+      rest = semi == std::string_view::npos ? std::string_view{} : rest.substr(semi + 1);
+      const size_t eq = pair.find('=');
+      if (eq != std::string_view::npos && pair.substr(0, eq) == name) {
+        value = trim(pair.substr(eq + 1));
+        if (value.size() >= 2 && value.front() == '"' && value.back() == '"') value = value.substr(1, value.size() - 2);
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+// "Scheme credentials" of an Authorization field, scheme case-insensitive.
+bool auth_scheme(const http::Head& h, std::string_view scheme, std::string_view& credentials) noexcept {
+  const http::Field* f = http::find_field(h, "authorization");
+  if (!f) return false;
+  const std::string_view v = trim(f->value);
+  if (v.size() <= scheme.size() || !http::iequals(v.substr(0, scheme.size()), scheme) || v[scheme.size()] != ' ')
+    return false;
+  credentials = trim(v.substr(scheme.size() + 1));
+  return true;
+}
+
+// The credential of key-auth or jwt, from where the config says.
+std::string_view credential(const config::AuthConf& a, const GuardRequest& rq) noexcept {
+  std::string_view v;
+  switch (a.from) {
+    case config::CredFrom::header:
+      if (const http::Field* f = http::find_field(*rq.head, a.from_name)) v = trim(f->value);
+      break;
+    case config::CredFrom::query:
+      query_arg(rq.target, a.from_name, v);
+      break;
+    case config::CredFrom::cookie:
+      cookie(*rq.head, a.from_name, v);
+      break;
+    case config::CredFrom::bearer:
+      auth_scheme(*rq.head, "Bearer", v);
+      break;
+  }
+  return v;
+}
+
+}  // namespace
+
+Guard::Guard(const config::Config& cfg, const shm::Segment& seg, uint32_t worker)
+    : seg_(seg), seed_(seg.header().limit_seed), table_(seg, worker), counters_(seg.guard(worker)) {
+  bool jwt = false, basic = false;
+  routes_.resize(cfg.listeners.size());
+  for (size_t li = 0; li < cfg.listeners.size(); ++li) {
+    const config::ListenerConf& l = cfg.listeners[li];
+    routes_[li].resize(l.routes.size());
+    for (size_t ri = 0; ri < l.routes.size(); ++ri) {
+      const config::RouteConf& rc = l.routes[ri];
+      RouteGuard& g = routes_[li][ri];
+      const uint64_t scope = scope_id(fmt::format("req/{}/{}", l.name, rc.name));
+      if (rc.auth.type != config::AuthType::none) {
+        g.active = true;
+        g.auth = &rc.auth;
+        if (rc.auth.type == config::AuthType::basic) {
+          g.basic = std::make_unique<BasicAuth>(rc.auth, scope);
+          basic = true;
+        } else if (rc.auth.type == config::AuthType::jwt) {
+          g.jwt = std::make_unique<JwtVerifier>(rc.auth);
+          jwt = true;
+        }
+      }
+      if (rc.limit_req.on) {
+        g.active = true;
+        g.limit = &rc.limit_req;
+        g.rate = RateParams::from(rc.limit_req.rate, rc.limit_req.burst);
+        g.scope = scope;
+      }
+    }
+  }
+  if (jwt) jwt_scratch_ = std::make_unique<JwtScratch>();
+  if (basic) basic_cache_ = std::make_unique<BasicCache>();
+}
+
+Guard::~Guard() = default;
+
+void Guard::refresh(const shm::Table& t) {
+  consumers_.clear();
+  for (const shm::ConsumerRecord& c : t.consumers()) {
+    Consumer k;
+    std::memcpy(k.digest, c.key_sha256, sizeof(k.digest));
+    std::memcpy(k.name, c.name, sizeof(k.name));
+    consumers_.push_back(k);
+  }
+}
+
+void Guard::bump(std::atomic<uint64_t> shm::GuardCounters::*field) noexcept {
+  auto& c = counters_.*field;
+  c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
+Verdict Guard::reject(int status, std::string_view header) noexcept {
+  const size_t n = std::min(header.size(), sizeof(headers_));
+  if (n) std::memcpy(headers_, header.data(), n);
+  return {status, std::string_view(headers_, n)};
+}
+
+Verdict Guard::authenticate(const RouteGuard& g, const GuardRequest& rq, ConsumerName& consumer) noexcept {
+  const config::AuthConf& a = *g.auth;
+  switch (a.type) {
+    case config::AuthType::none:
+      return {};
+    case config::AuthType::key: {
+      const std::string_view key = credential(a, rq);
+      uint8_t digest[shm::kSha256Len];
+      if (key.empty() || key.size() > config::kMaxApiKey || !sha256(key, digest)) break;
+      // Every consumer is compared, each in constant time: the time taken
+      // says nothing about which hash matched, or how much of it.
+      const Consumer* found = nullptr;
+      for (const Consumer& c : consumers_)
+        if (equal_ct(c.digest, digest, sizeof(digest))) found = &c;
+      if (!found) break;
+      consumer.set(shm::name_of(found->name));
+      return {};
+    }
+    case config::AuthType::basic: {
+      std::string_view b64, user;
+      if (!auth_scheme(*rq.head, "Basic", b64)) break;
+      const ptrdiff_t n = base64_decode(b64, creds_, sizeof(creds_));
+      if (n <= 0) break;
+      const BasicAuth::Result r = g.basic->verify(std::string_view(creds_, static_cast<size_t>(n)), *basic_cache_, user);
+      std::memset(creds_, 0, static_cast<size_t>(n));
+      if (r == BasicAuth::Result::bad) break;
+      if (r == BasicAuth::Result::cached) bump(&shm::GuardCounters::basic_cache_hits);
+      consumer.set(user);
+      return {};
+    }
+    case config::AuthType::jwt: {
+      const std::string_view token = credential(a, rq);
+      std::string_view who;
+      const JwtError e = g.jwt->verify(token, static_cast<int64_t>(core::wall_ms() / 1000), *jwt_scratch_, who);
+      if (e == JwtError::ok) {
+        consumer.set(who);
+        return {};
+      }
+      bump(&shm::GuardCounters::auth_failed);
+      char buf[160];
+      const auto r = e == JwtError::missing
+                         ? fmt::format_to_n(buf, sizeof(buf), "WWW-Authenticate: Bearer realm=\"gw\"\r\n")
+                         : fmt::format_to_n(buf, sizeof(buf),
+                                            "WWW-Authenticate: Bearer realm=\"gw\", error=\"invalid_token\", "
+                                            "error_description=\"{}\"\r\n",
+                                            jwt_error_name(e));
+      return reject(401, std::string_view(buf, r.size));
+    }
+  }
+  bump(&shm::GuardCounters::auth_failed);
+  return reject(401, a.type == config::AuthType::basic ? "WWW-Authenticate: Basic realm=\"gw\", charset=\"UTF-8\"\r\n"
+                                                       : "WWW-Authenticate: Key realm=\"gw\"\r\n");
+}
+
+Verdict Guard::check(uint32_t listener, uint32_t route, const GuardRequest& rq, ConsumerName& consumer,
+                     uint64_t now_ms) noexcept {
+  consumer.clear();
+  if (!active(listener, route)) return {};
+  const RouteGuard& g = routes_[listener][route];
+  if (g.auth) {
+    const Verdict v = authenticate(g, rq, consumer);
+    if (v.status) {
+      consumer.clear();
+      return v;
+    }
+    if (!g.auth->allow.empty()) {
+      bool allowed = false;
+      for (const std::string& name : g.auth->allow) allowed |= name == consumer.view();
+      if (!allowed) {
+        bump(&shm::GuardCounters::auth_forbidden);
+        return reject(403, {});
+      }
+    }
+    bump(&shm::GuardCounters::auth_ok);
+  }
+  if (g.limit) {
+    std::string_view key;
+    switch (g.limit->key) {
+      case config::LimitReqConf::Key::ip:
+        key = rq.client_ip;
+        break;
+      case config::LimitReqConf::Key::header:
+        if (const http::Field* f = http::find_field(*rq.head, g.limit->header)) key = trim(f->value);
+        break;
+      case config::LimitReqConf::Key::consumer:
+        key = consumer.view();
+        break;
+    }
+    if (key.empty()) return {};  // no key: not limited (nginx skips an empty key)
+    const ReqDecision d = table_.take(limit_hash(seed_, g.scope, key), g.rate, core::monotonic_ns() / 1000, now_ms);
+    if (d.result == LimitResult::limited) {
+      char buf[48];
+      const uint64_t secs = (d.wait_us + 999999) / 1000000;
+      const auto r = fmt::format_to_n(buf, sizeof(buf), "Retry-After: {}\r\n", secs ? secs : 1);
+      return reject(429, std::string_view(buf, r.size));
+    }
+    if (d.result == LimitResult::full) return reject(503, {});
+  }
+  return {};
+}
+
+}  // namespace gw::api

@@ -1,0 +1,137 @@
+#include "gw/api/jwt.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/pem.h>
+
+#include <stdexcept>
+
+#include "gw/api/base64.hpp"
+
+namespace gw::api {
+
+const char* jwt_error_name(JwtError e) noexcept {
+  switch (e) {
+    case JwtError::ok: return "ok";
+    case JwtError::missing: return "missing";
+    case JwtError::malformed: return "malformed";
+    case JwtError::bad_header: return "bad_header";
+    case JwtError::bad_algorithm: return "bad_algorithm";
+    case JwtError::bad_signature: return "bad_signature";
+    case JwtError::bad_claims: return "bad_claims";
+    case JwtError::expired: return "expired";
+    case JwtError::not_yet_valid: return "not_yet_valid";
+    case JwtError::bad_issuer: return "bad_issuer";
+    case JwtError::bad_audience: return "bad_audience";
+    case JwtError::no_consumer: return "no_consumer";
+  }
+  return "?";
+}
+
+JwtScratch::JwtScratch() : md_(EVP_MD_CTX_new()) {
+  if (!md_ || parser_.allocate(kMaxJwt) != simdjson::SUCCESS) throw std::runtime_error("cannot allocate JWT buffers");
+}
+
+JwtScratch::~JwtScratch() { EVP_MD_CTX_free(md_); }
+
+JwtVerifier::JwtVerifier(const config::AuthConf& conf) : conf_(conf) {
+  if (conf.alg != config::JwtAlg::rs256) return;
+  BIO* bio = BIO_new_mem_buf(conf.public_key_pem.data(), static_cast<int>(conf.public_key_pem.size()));
+  if (bio) key_ = PEM_read_bio_PUBKEY(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  if (!key_ || EVP_PKEY_base_id(key_) != EVP_PKEY_RSA) {
+    EVP_PKEY_free(key_);
+    throw std::runtime_error("jwt: the RS256 public key does not load");
+  }
+}
+
+JwtVerifier::~JwtVerifier() { EVP_PKEY_free(key_); }
+
+bool JwtVerifier::check_signature(std::string_view signed_part, const unsigned char* sig, size_t sig_len,
+                                  JwtScratch& scratch) const noexcept {
+  if (conf_.alg == config::JwtAlg::hs256) {
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int mac_len = 0;
+    if (!HMAC(EVP_sha256(), conf_.secret.data(), static_cast<int>(conf_.secret.size()),
+              reinterpret_cast<const unsigned char*>(signed_part.data()), signed_part.size(), mac, &mac_len))
+      return false;
+    return sig_len == mac_len && CRYPTO_memcmp(mac, sig, mac_len) == 0;
+  }
+  EVP_MD_CTX* ctx = scratch.md_;
+  bool ok = EVP_DigestVerifyInit(ctx, nullptr, EVP_sha256(), nullptr, key_) == 1 &&
+            EVP_DigestVerify(ctx, sig, sig_len, reinterpret_cast<const unsigned char*>(signed_part.data()),
+                             signed_part.size()) == 1;
+  EVP_MD_CTX_reset(ctx);
+  return ok;
+}
+
+JwtError JwtVerifier::verify(std::string_view token, int64_t now_s, JwtScratch& s,
+                             std::string_view& consumer) const noexcept {
+  if (token.empty()) return JwtError::missing;
+  if (token.size() > kMaxJwt) return JwtError::malformed;
+  const size_t dot1 = token.find('.');
+  const size_t dot2 = dot1 == std::string_view::npos ? dot1 : token.find('.', dot1 + 1);
+  if (dot2 == std::string_view::npos || token.find('.', dot2 + 1) != std::string_view::npos) return JwtError::malformed;
+  const std::string_view h64 = token.substr(0, dot1), c64 = token.substr(dot1 + 1, dot2 - dot1 - 1),
+                         s64 = token.substr(dot2 + 1);
+  if (h64.empty() || c64.empty() || s64.empty()) return JwtError::malformed;
+  const ptrdiff_t hn = base64url_decode(h64, s.header_, kMaxJwt);
+  const ptrdiff_t cn = base64url_decode(c64, s.claims_, kMaxJwt);
+  const ptrdiff_t sn = base64url_decode(s64, reinterpret_cast<char*>(s.sig_), sizeof(s.sig_));
+  if (hn <= 0 || cn <= 0 || sn <= 0) return JwtError::malformed;
+
+  // The header: only "alg" matters, and it must be the configured one.
+  {
+    simdjson::dom::element root;
+    simdjson::dom::object obj;
+    if (s.parser_.parse(s.header_, static_cast<size_t>(hn), false).get(root) || root.get(obj)) return JwtError::bad_header;
+    std::string_view alg;
+    if (obj["alg"].get(alg)) return JwtError::bad_algorithm;
+    if (alg != (conf_.alg == config::JwtAlg::hs256 ? "HS256" : "RS256")) return JwtError::bad_algorithm;
+    simdjson::dom::element crit;
+    if (obj["crit"].get(crit) == simdjson::SUCCESS) return JwtError::bad_header;
+  }
+  if (!check_signature(token.substr(0, dot2), s.sig_, static_cast<size_t>(sn), s)) return JwtError::bad_signature;
+
+  simdjson::dom::element root;
+  simdjson::dom::object claims;
+  if (s.parser_.parse(s.claims_, static_cast<size_t>(cn), false).get(root) || root.get(claims)) return JwtError::bad_claims;
+  const double now = static_cast<double>(now_s), leeway = conf_.leeway_s;
+  simdjson::dom::element v;
+  if (claims["exp"].get(v) == simdjson::SUCCESS) {
+    double exp = 0;
+    if (v.get(exp)) return JwtError::bad_claims;
+    if (now > exp + leeway) return JwtError::expired;
+  }
+  if (claims["nbf"].get(v) == simdjson::SUCCESS) {
+    double nbf = 0;
+    if (v.get(nbf)) return JwtError::bad_claims;
+    if (now + leeway < nbf) return JwtError::not_yet_valid;
+  }
+  if (!conf_.issuer.empty()) {
+    std::string_view iss;
+    if (claims["iss"].get(iss) || iss != conf_.issuer) return JwtError::bad_issuer;
+  }
+  if (!conf_.audience.empty()) {
+    bool ok = false;
+    std::string_view aud;
+    simdjson::dom::array list;
+    if (claims["aud"].get(aud) == simdjson::SUCCESS) {
+      ok = aud == conf_.audience;
+    } else if (claims["aud"].get(list) == simdjson::SUCCESS) {
+      for (auto item : list)
+        if (item.get(aud) == simdjson::SUCCESS && aud == conf_.audience) ok = true;
+    }
+    if (!ok) return JwtError::bad_audience;
+  }
+  std::string_view who;
+  if (claims[conf_.consumer_claim].get(who) || who.empty() || who.size() > config::kMaxConsumerName)
+    return JwtError::no_consumer;
+  for (unsigned char ch : who)
+    if (ch <= 0x20 || ch >= 0x7f) return JwtError::no_consumer;
+  consumer = who;
+  return JwtError::ok;
+}
+
+}  // namespace gw::api

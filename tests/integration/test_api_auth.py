@@ -1,0 +1,323 @@
+#!/usr/bin/python3
+"""Auth per route (issue 6): key-auth, basic-auth, jwt (HS256, RS256), allow lists.
+
+Accept and reject paths of each method with the WWW-Authenticate of each;
+key-auth consumers from the config and added/removed live with gwctl
+(status shows names, never keys; events; persisted as SHA-256 hashes across
+a restart whose shm segment is gone); 403 for a consumer outside an allow
+list; the consumer name reaching the backend in X-Consumer-Username and a
+client's spoofed one always removed; basic-auth with bcrypt and SHA-crypt
+and the worker's verification cache on a keep-alive connection; jwt tokens
+made here with hmac/hashlib (HS256) and the openssl CLI (RS256): good,
+bad signature, expired, not yet valid, alg none, missing; limit_req keyed
+by the consumer.
+"""
+
+import base64
+import ctypes
+import hashlib
+import hmac
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gwtest  # noqa: E402
+from gwtest import GwTestCase, T, host, pool, upstream  # noqa: E402
+from httpbackend import HttpBackend, Reader, read_response  # noqa: E402
+
+_crypt = ctypes.CDLL("libcrypt.so.1")
+_crypt.crypt.restype = ctypes.c_char_p
+_crypt.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+_crypt.crypt_gensalt.restype = ctypes.c_char_p
+_crypt.crypt_gensalt.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]
+
+
+def crypt_hash(password, prefix, cost):
+    salt = _crypt.crypt_gensalt(prefix.encode(), cost, None, 0)
+    return _crypt.crypt(password.encode(), salt).decode()
+
+
+def b64url(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def hs256(claims, secret, header=None):
+    h = b64url(json.dumps(header or {"alg": "HS256", "typ": "JWT"}).encode())
+    c = b64url(json.dumps(claims).encode())
+    sig = hmac.new(secret.encode(), f"{h}.{c}".encode(), hashlib.sha256).digest()
+    return f"{h}.{c}.{b64url(sig)}"
+
+
+def openssl(*args, data=None):
+    r = subprocess.run(["openssl", *args], input=data, capture_output=True, timeout=T(30))
+    if r.returncode != 0:
+        raise AssertionError(f"openssl {' '.join(args)}: {r.stderr.decode()}")
+    return r.stdout
+
+
+def rs256(claims, key_path):
+    h = b64url(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+    c = b64url(json.dumps(claims).encode())
+    sig = openssl("dgst", "-sha256", "-sign", key_path, data=f"{h}.{c}".encode())
+    return f"{h}.{c}.{b64url(sig)}"
+
+
+class Client:
+    def __init__(self, port):
+        self.sock = socket.create_connection((gwtest.LOOPBACK, port), timeout=T(10))
+        self.rd = Reader(self.sock)
+
+    def get(self, path, headers=()):
+        h = "".join(f"{n}: {v}\r\n" for n, v in headers)
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: auth.test\r\n{h}\r\n".encode())
+        r = read_response(self.rd)
+        if r is None:
+            raise AssertionError("gw closed the connection")
+        return r
+
+    def close(self):
+        self.sock.close()
+
+
+def consumer_seen(r):
+    """X-Consumer-Username values the backend received (from its JSON echo)."""
+    return [v for n, v in r.json()["headers"] if n.lower() == "x-consumer-username"]
+
+
+SECRET = "a-very-secret-hs256-key-of-32-bytes"
+
+
+class ApiAuthTest(GwTestCase):
+    needs = ("gwd", "gwctl")
+
+    def setUp(self):
+        super().setUp()
+        self.be = HttpBackend("auth")
+        self.addCleanup(self.be.stop)
+
+    def config(self, routes, consumers=None, workers=1):
+        shm_name = self.shm_name()
+        cfg = {
+            "workers": workers, "log_file": "", "log_level": "info", "shutdown_timeout_ms": 3000,
+            "shm": {"name": shm_name, "max_upstreams": 4, "max_pools": 4, "max_hosts": 8, "max_limit_keys": 1024},
+            "state_file": os.path.join(self.tmp, f"{shm_name}.state.json"),
+            "listeners": [{"name": "web", "listen": f"{gwtest.LOOPBACK}:{gwtest.free_port()}", "protocol": "http",
+                           "routes": routes}],
+            "upstreams": [upstream("app", [pool("p", [host("h", self.be.address)])])],
+        }
+        if consumers is not None:
+            cfg["consumers"] = consumers
+        return cfg
+
+    def guard(self, gw):
+        tot = {}
+        for w in gw.status()["workers"]:
+            for k, v in w["guard"].items():
+                tot[k] = tot.get(k, 0) + v
+        return tot
+
+    def assert401(self, r, challenge):
+        self.assertEqual(r.status, 401, r)
+        self.assertEqual(r.header("WWW-Authenticate"), challenge)
+        self.assertEqual(r.conn_tokens(), ["keep-alive"])
+
+    # ------------------------------------------------------------------ key-auth
+
+    def test_key_auth_consumers_live_and_persisted(self):
+        routes = [{"name": "key", "path": "/key/", "upstream": "app", "auth": {"type": "key-auth"}},
+                  {"name": "q", "path": "/q/", "upstream": "app", "auth": {"type": "key-auth", "query": "api_key"}},
+                  {"name": "only", "path": "/only/", "upstream": "app", "auth": {"type": "key-auth", "allow": ["bob"]}},
+                  {"name": "open", "path": "/", "upstream": "app"}]
+        gw = self.gateway(self.config(routes, consumers=[{"name": "alice", "key": "alice-key-0001"}]))
+        c = Client(gw.port)
+        key_challenge = 'Key realm="gw"'
+        self.assert401(c.get("/key/"), key_challenge)
+        self.assert401(c.get("/key/", [("apikey", "wrong")]), key_challenge)
+        self.assert401(c.get("/key/", [("apikey", "alice-key-000")]), key_challenge)  # a prefix is not the key
+        r = c.get("/key/", [("apikey", "alice-key-0001"), ("X-Consumer-Username", "admin")])
+        self.assertEqual(r.status, 200)
+        self.assertEqual(consumer_seen(r), ["alice"], "the spoofed X-Consumer-Username must be replaced")
+        r = c.get("/q/x?a=1&api_key=alice-key-0001")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(consumer_seen(r), ["alice"])
+        self.assert401(c.get("/q/x?api_key=nope"), key_challenge)
+        # An open route never passes a client's X-Consumer-Username on.
+        r = c.get("/", [("X-Consumer-Username", "admin"), ("x-consumer-username", "root")])
+        self.assertEqual(r.status, 200)
+        self.assertEqual(consumer_seen(r), [])
+        # allow list: alice is known but not allowed
+        r = c.get("/only/", [("apikey", "alice-key-0001")])
+        self.assertEqual(r.status, 403)
+        self.assertIsNone(r.header("WWW-Authenticate"))
+
+        # Live: add bob, remove alice.
+        out = self.assertGwctlOk(gw, "add", "consumer", "bob", "--key", "bob-key-0002")
+        self.assertIn("ok: add consumer bob", out)
+        self.assertEqual(c.get("/only/", [("apikey", "bob-key-0002")]).status, 200)
+        r = c.get("/key/", [("apikey", "bob-key-0002")])
+        self.assertEqual(consumer_seen(r), ["bob"])
+        keyfile = os.path.join(self.tmp, "carol.key")
+        with open(keyfile, "w") as f:
+            f.write("carol-key-0003\n")
+        self.assertGwctlOk(gw, "add", "consumer", "carol", "--key-file", keyfile)
+        self.assertEqual(consumer_seen(c.get("/key/", [("apikey", "carol-key-0003")])), ["carol"])
+        self.assertGwctlOk(gw, "remove", "consumer", "alice")
+        self.assert401(c.get("/key/", [("apikey", "alice-key-0001")]), key_challenge)
+        st = gw.status()
+        self.assertEqual([x["name"] for x in st["consumers"]], ["bob", "carol"])
+        rc, text, _ = gw.gwctl("status")
+        self.assertIn("CONSUMERS", text)
+        for secret in ("bob-key-0002", "carol-key-0003", "alice-key-0001"):
+            self.assertNotIn(secret, text + json.dumps(st))
+        self.assertEvent(gw, r"^consumer_changed bob added$")
+        self.assertEvent(gw, r"^consumer_changed alice removed$")
+        # Bad input changes nothing.
+        self.assertGwctlError(gw, "add", "consumer", "bob", "--key", "other-key")
+        self.assertGwctlError(gw, "add", "consumer", "dave", "--key", "bob-key-0002")
+        self.assertGwctlError(gw, "add", "consumer", "bad/name", "--key", "k")
+        self.assertGwctlError(gw, "add", "consumer", "dave", "--key", "has space")
+        self.assertGwctlError(gw, "add", "consumer", "dave")
+        self.assertGwctlError(gw, "remove", "consumer", "nobody")
+        c.close()
+
+        # The state file holds hashes only; a restart without the segment (a
+        # reboot) keeps bob and carol, and alice stays removed although the
+        # config lists her.
+        with open(gw.config["state_file"]) as f:
+            state = f.read()
+        self.assertNotIn("bob-key-0002", state)
+        self.assertIn(hashlib.sha256(b"bob-key-0002").hexdigest(), state)
+        gw.stop()
+        gwtest.remove_shm(gw.shm)
+        gw.start()
+        c = Client(gw.port)
+        self.assertEqual(consumer_seen(c.get("/key/", [("apikey", "bob-key-0002")])), ["bob"])
+        self.assertEqual(c.get("/key/", [("apikey", "carol-key-0003")]).status, 200)
+        self.assert401(c.get("/key/", [("apikey", "alice-key-0001")]), key_challenge)
+        g = self.guard(gw)
+        self.assertEqual(g["auth_ok"], 2)
+        self.assertEqual(g["auth_failed"], 1)
+        c.close()
+
+    # ------------------------------------------------------------------ basic-auth
+
+    def test_basic_auth_bcrypt_sha_crypt_and_cache(self):
+        users = {"alice": crypt_hash("wonderland", "$2b$", 10), "bob": crypt_hash("builder:42", "$6$", 5000)}
+        routes = [{"name": "b", "upstream": "app", "auth": {"type": "basic-auth", "users": users}}]
+        gw = self.gateway(self.config(routes))
+        c = Client(gw.port)
+        challenge = 'Basic realm="gw", charset="UTF-8"'
+
+        def basic(u, p):
+            return [("Authorization", "Basic " + base64.b64encode(f"{u}:{p}".encode()).decode())]
+        self.assert401(c.get("/"), challenge)
+        self.assert401(c.get("/", basic("alice", "wrong")), challenge)
+        self.assert401(c.get("/", basic("mallory", "wonderland")), challenge)
+        self.assert401(c.get("/", [("Authorization", "Basic !!!")]), challenge)
+        self.assert401(c.get("/", [("Authorization", "Bearer abc")]), challenge)
+        r = c.get("/", basic("alice", "wonderland") + [("X-Consumer-Username", "bob")])
+        self.assertEqual(r.status, 200)
+        self.assertEqual(consumer_seen(r), ["alice"])
+        self.assertEqual(consumer_seen(c.get("/", basic("bob", "builder:42"))), ["bob"])
+        # A keep-alive client pays bcrypt once: the next 30 requests are answered from the cache.
+        t0 = time.monotonic()
+        for _ in range(30):
+            self.assertEqual(c.get("/", basic("alice", "wonderland")).status, 200)
+        took = time.monotonic() - t0
+        g = self.guard(gw)
+        self.assertEqual(g["basic_cache_hits"], 30)
+        self.assertEqual(g["auth_failed"], 5)
+        self.assertEqual(g["auth_ok"], 32)
+        sys.stderr.write(f"[basic-auth] 30 cached verifications in {took * 1000:.0f} ms\n")
+        c.close()
+
+    # ------------------------------------------------------------------ jwt
+
+    def test_jwt_hs256_and_consumer_rate_limit(self):
+        routes = [{"name": "j", "upstream": "app", "auth": {"type": "jwt", "algorithm": "HS256", "secret": SECRET},
+                   "limit_req": {"key": "consumer", "rate": 0.1, "burst": 1}},
+                  {"name": "c", "path": "/cookie/", "upstream": "app",
+                   "auth": {"type": "jwt", "algorithm": "HS256", "secret": SECRET, "cookie": "jwt", "leeway_s": 0}}]
+        gw = self.gateway(self.config(routes))
+        c = Client(gw.port)
+        now = int(time.time())
+
+        def bearer(tok):
+            return [("Authorization", f"Bearer {tok}")]
+        self.assert401(c.get("/"), 'Bearer realm="gw"')
+        invalid = 'Bearer realm="gw", error="invalid_token", error_description="{}"'
+        good = hs256({"sub": "alice", "exp": now + 300}, SECRET)
+        r = c.get("/", bearer(good) + [("X-Consumer-Username", "root")])
+        self.assertEqual(r.status, 200)
+        self.assertEqual(consumer_seen(r), ["alice"])
+        tampered = good[:-2] + ("AA" if good[-2:] != "AA" else "BA")
+        self.assert401(c.get("/", bearer(tampered)), invalid.format("bad_signature"))
+        self.assert401(c.get("/", bearer(hs256({"sub": "alice"}, "another-secret-of-enough-length"))),
+                       invalid.format("bad_signature"))
+        self.assert401(c.get("/", bearer(hs256({"sub": "alice", "exp": now - 600}, SECRET))), invalid.format("expired"))
+        self.assert401(c.get("/", bearer(hs256({"sub": "alice", "nbf": now + 600}, SECRET))),
+                       invalid.format("not_yet_valid"))
+        none = b64url(b'{"alg":"none"}') + "." + b64url(json.dumps({"sub": "alice"}).encode()) + "."
+        self.assert401(c.get("/", bearer(none)), invalid.format("malformed"))
+        self.assert401(c.get("/", bearer(hs256({"sub": "alice"}, SECRET, header={"alg": "none"}))),
+                       invalid.format("bad_algorithm"))
+        # Within the leeway (60 s by default) an expired token still passes.
+        self.assertEqual(c.get("/", bearer(hs256({"sub": "bob", "exp": now - 20}, SECRET))).status, 200)
+        # limit_req keyed by the consumer: alice had 1 request, burst 1 lets one more, then 429; bob has his own.
+        self.assertEqual(c.get("/", bearer(good)).status, 200)
+        r = c.get("/", bearer(good))
+        self.assertEqual(r.status, 429)
+        self.assertIn(r.header("Retry-After"), ("9", "10"))
+        self.assertEqual(c.get("/", bearer(hs256({"sub": "bob"}, SECRET))).status, 200)
+        # A token from a cookie, no leeway.
+        r = c.get("/cookie/", [("Cookie", f"a=1; jwt={hs256({'sub': 'carol', 'exp': now + 60}, SECRET)}")])
+        self.assertEqual(consumer_seen(r), ["carol"])
+        self.assert401(c.get("/cookie/", [("Cookie", f"jwt={hs256({'sub': 'carol', 'exp': now - 5}, SECRET)}")]),
+                       invalid.format("expired"))
+        c.close()
+
+    def test_jwt_rs256_from_openssl(self):
+        key, pub, other = (os.path.join(self.tmp, n) for n in ("key.pem", "pub.pem", "other.pem"))
+        openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key)
+        openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", other)
+        openssl("pkey", "-in", key, "-pubout", "-out", pub)
+        routes = [{"name": "r", "upstream": "app",
+                   "auth": {"type": "jwt", "algorithm": "RS256", "public_key": "@" + pub, "issuer": "idp",
+                            "audience": "gw", "consumer_claim": "client_id", "allow": ["svc-a"]}}]
+        gw = self.gateway(self.config(routes))
+        c = Client(gw.port)
+        now = int(time.time())
+        claims = {"client_id": "svc-a", "iss": "idp", "aud": ["x", "gw"], "exp": now + 120}
+        r = c.get("/", [("Authorization", "Bearer " + rs256(claims, key))])
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(consumer_seen(r), ["svc-a"])
+        invalid = 'Bearer realm="gw", error="invalid_token", error_description="{}"'
+        self.assert401(c.get("/", [("Authorization", "Bearer " + rs256(claims, other))]), invalid.format("bad_signature"))
+        self.assert401(c.get("/", [("Authorization", "Bearer " + rs256(dict(claims, iss="evil"), key))]),
+                       invalid.format("bad_issuer"))
+        self.assert401(c.get("/", [("Authorization", "Bearer " + rs256(dict(claims, aud="web"), key))]),
+                       invalid.format("bad_audience"))
+        # HS256 "signed" with the public key's PEM: algorithm confusion, refused.
+        with open(pub) as f:
+            pem = f.read()
+        self.assert401(c.get("/", [("Authorization", "Bearer " + hs256(claims, pem))]), invalid.format("bad_algorithm"))
+        # Authenticated but not allowed: 403.
+        self.assertEqual(c.get("/", [("Authorization", "Bearer " + rs256(dict(claims, client_id="svc-b"), key))]).status,
+                         403)
+        c.close()
+
+    def test_config_errors(self):
+        cfg = self.config([{"name": "a", "upstream": "app", "auth": {"type": "basic-auth", "users": {"x": "plain"}}},
+                           {"name": "b", "path": "/b", "upstream": "app",
+                            "auth": {"type": "jwt", "algorithm": "RS256", "public_key": "not a key"}}],
+                          consumers=[{"name": "x", "key": ""}])
+        self.assertConfigErrors(cfg, ["listeners[0].routes[0].auth.users.x", "listeners[0].routes[1].auth.public_key",
+                                      "consumers[0].key"])
+
+
+if __name__ == "__main__":
+    gwtest.main()

@@ -1,0 +1,256 @@
+#include <doctest/doctest.h>
+
+#include <crypt.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+
+#include <memory>
+#include <string>
+
+#include "gw/api/base64.hpp"
+#include "gw/api/basic_auth.hpp"
+#include "gw/api/hash.hpp"
+#include "gw/api/jwt.hpp"
+#include "gw/config/api.hpp"
+
+using gw::api::base64_decode;
+using gw::api::base64url_decode;
+using gw::api::base64url_encode;
+using gw::api::JwtError;
+
+namespace {
+
+std::string b64url(std::string_view s) { return base64url_encode(s); }
+
+std::string hs256_token(const std::string& header, const std::string& claims, const std::string& secret) {
+  const std::string signing = b64url(header) + "." + b64url(claims);
+  unsigned char mac[32];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()), reinterpret_cast<const unsigned char*>(signing.data()),
+       signing.size(), mac, &len);
+  return signing + "." + b64url(std::string_view(reinterpret_cast<char*>(mac), len));
+}
+
+struct RsaKey {
+  EVP_PKEY* key = EVP_RSA_gen(2048);
+  ~RsaKey() { EVP_PKEY_free(key); }
+  std::string public_pem() const {
+    BIO* bio = BIO_new(BIO_s_mem());
+    PEM_write_bio_PUBKEY(bio, key);
+    char* p = nullptr;
+    long n = BIO_get_mem_data(bio, &p);
+    std::string out(p, static_cast<size_t>(n));
+    BIO_free(bio);
+    return out;
+  }
+  std::string sign(const std::string& header, const std::string& claims) const {
+    const std::string signing = b64url(header) + "." + b64url(claims);
+    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+    size_t len = 0;
+    EVP_DigestSignInit(ctx, nullptr, EVP_sha256(), nullptr, key);
+    EVP_DigestSign(ctx, nullptr, &len, reinterpret_cast<const unsigned char*>(signing.data()), signing.size());
+    std::string sig(len, '\0');
+    EVP_DigestSign(ctx, reinterpret_cast<unsigned char*>(sig.data()), &len,
+                   reinterpret_cast<const unsigned char*>(signing.data()), signing.size());
+    EVP_MD_CTX_free(ctx);
+    sig.resize(len);
+    return signing + "." + b64url(sig);
+  }
+};
+
+constexpr int64_t kNow = 1800000000;
+const std::string kSecret = "0123456789abcdef0123456789abcdef";
+const std::string kHs = R"({"alg":"HS256","typ":"JWT"})";
+
+gw::config::AuthConf hs_conf() {
+  gw::config::AuthConf a;
+  a.type = gw::config::AuthType::jwt;
+  a.alg = gw::config::JwtAlg::hs256;
+  a.secret = kSecret;
+  return a;
+}
+
+JwtError verify(const gw::config::AuthConf& a, const std::string& token, std::string* who = nullptr,
+                int64_t now = kNow) {
+  static gw::api::JwtScratch scratch;
+  gw::api::JwtVerifier v(a);
+  std::string_view consumer;
+  JwtError e = v.verify(token, now, scratch, consumer);
+  if (who) *who = std::string(consumer);
+  return e;
+}
+
+std::string claims(const std::string& extra) { return R"({"sub":"alice")" + extra + "}"; }
+
+}  // namespace
+
+TEST_SUITE("api") {
+  TEST_CASE("base64url: RFC 4648 vectors, no padding, canonical only") {
+    char out[64];
+    CHECK(base64url_decode("", out, sizeof(out)) == 0);
+    CHECK(base64url_decode("Zg", out, sizeof(out)) == 1);
+    CHECK(std::string(out, 1) == "f");
+    CHECK(base64url_decode("Zm9vYmFy", out, sizeof(out)) == 6);
+    CHECK(std::string(out, 6) == "foobar");
+    CHECK(base64url_decode("Zm9vYg", out, sizeof(out)) == 4);
+    CHECK(base64url_decode("-_8", out, sizeof(out)) == 2);  // 0xfb 0xff
+    CHECK(static_cast<unsigned char>(out[0]) == 0xfb);
+    CHECK(base64url_decode("Zg==", out, sizeof(out)) == -1);   // padding is not base64url
+    CHECK(base64url_decode("Zm9vY", out, sizeof(out)) == -1);  // length 4n+1
+    CHECK(base64url_decode("Zh", out, sizeof(out)) == -1);     // non-zero padding bits
+    CHECK(base64url_decode("+/8", out, sizeof(out)) == -1);    // the standard alphabet
+    CHECK(base64url_decode("Zm9v YmFy", out, sizeof(out)) == -1);
+    CHECK(base64url_decode("Zm9vYmFy", out, 5) == -1);  // does not fit
+    CHECK(b64url("foobar") == "Zm9vYmFy");
+    CHECK(b64url(std::string("\xfb\xff", 2)) == "-_8");
+  }
+
+  TEST_CASE("base64 (Basic credentials): padding required") {
+    char out[64];
+    auto n = base64_decode("QWxhZGRpbjpvcGVuIHNlc2FtZQ==", out, sizeof(out));
+    REQUIRE(n == 19);
+    CHECK(std::string(out, 19) == "Aladdin:open sesame");
+    CHECK(base64_decode("QWxhZGRpbjpvcGVuIHNlc2FtZQ", out, sizeof(out)) == -1);
+    CHECK(base64_decode("QW=x", out, sizeof(out)) == -1);
+    CHECK(base64_decode("Zm9vYmFy", out, sizeof(out)) == 6);
+  }
+
+  TEST_CASE("hashes: seeded limit keys, SHA-256, hex, constant-time compare") {
+    const uint64_t s1 = gw::api::scope_id("req/web/api"), s2 = gw::api::scope_id("req/web/other");
+    CHECK(gw::api::limit_hash(1, s1, "1.2.3.4") == gw::api::limit_hash(1, s1, "1.2.3.4"));
+    CHECK(gw::api::limit_hash(1, s1, "1.2.3.4") != gw::api::limit_hash(2, s1, "1.2.3.4"));  // the seed matters
+    CHECK(gw::api::limit_hash(1, s1, "1.2.3.4") != gw::api::limit_hash(1, s2, "1.2.3.4"));  // so does the scope
+    CHECK(gw::api::limit_hash(1, s1, "1.2.3.4") != gw::api::limit_hash(1, s1, "1.2.3.5"));
+    uint8_t d[32];
+    REQUIRE(gw::api::sha256("abc", d));
+    CHECK(gw::api::to_hex(d) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    uint8_t back[32];
+    CHECK(gw::api::from_hex(gw::api::to_hex(d), back));
+    CHECK(gw::api::equal_ct(d, back, 32));
+    back[31] ^= 1;
+    CHECK_FALSE(gw::api::equal_ct(d, back, 32));
+    CHECK_FALSE(gw::api::from_hex("xyz", back));
+  }
+
+  TEST_CASE("jwt HS256: a good token passes and names its consumer") {
+    std::string who;
+    CHECK(verify(hs_conf(), hs256_token(kHs, claims(R"(,"exp":1800000100)"), kSecret), &who) == JwtError::ok);
+    CHECK(who == "alice");
+    // Claims may come in any order; other claims are ignored.
+    CHECK(verify(hs_conf(), hs256_token(kHs, R"({"x":[1,{"y":2}],"sub":"bob","iat":1})", kSecret), &who) == JwtError::ok);
+    CHECK(who == "bob");
+  }
+
+  TEST_CASE("jwt: a bad signature, another secret, a changed claim") {
+    const std::string good = hs256_token(kHs, claims(""), kSecret);
+    std::string flipped = good;
+    flipped.back() = flipped.back() == 'A' ? 'Q' : 'A';
+    CHECK(verify(hs_conf(), flipped) != JwtError::ok);
+    CHECK(verify(hs_conf(), hs256_token(kHs, claims(""), kSecret + "x")) == JwtError::bad_signature);
+    // The claims of another token under this token's signature.
+    const std::string other = hs256_token(kHs, R"({"sub":"mallory"})", kSecret);
+    const std::string spliced = good.substr(0, good.find('.') + 1) + other.substr(other.find('.') + 1, other.rfind('.') - other.find('.') - 1) +
+                                good.substr(good.rfind('.'));
+    CHECK(verify(hs_conf(), spliced) == JwtError::bad_signature);
+  }
+
+  TEST_CASE("jwt: exp and nbf with the leeway") {
+    auto a = hs_conf();  // leeway 60
+    CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow - 100)), kSecret)) == JwtError::expired);
+    CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow - 30)), kSecret)) == JwtError::ok);
+    CHECK(verify(a, hs256_token(kHs, claims(",\"nbf\":" + std::to_string(kNow + 100)), kSecret)) == JwtError::not_yet_valid);
+    CHECK(verify(a, hs256_token(kHs, claims(",\"nbf\":" + std::to_string(kNow + 30)), kSecret)) == JwtError::ok);
+    a.leeway_s = 0;
+    CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow - 1)), kSecret)) == JwtError::expired);
+    CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow)), kSecret)) == JwtError::ok);
+    CHECK(verify(a, hs256_token(kHs, claims(",\"nbf\":" + std::to_string(kNow + 1)), kSecret)) == JwtError::not_yet_valid);
+    CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":1800000000.5"), kSecret)) == JwtError::ok);  // NumericDate may be fractional
+    CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":\"soon\""), kSecret)) == JwtError::bad_claims);
+  }
+
+  TEST_CASE("jwt: alg none and algorithm confusion are refused") {
+    // "none" with an empty signature, and with a valid HS256 signature.
+    const std::string none = b64url(R"({"alg":"none"})") + "." + b64url(claims("")) + ".";
+    CHECK(verify(hs_conf(), none) == JwtError::malformed);
+    CHECK(verify(hs_conf(), hs256_token(R"({"alg":"none"})", claims(""), kSecret)) == JwtError::bad_algorithm);
+    CHECK(verify(hs_conf(), hs256_token(R"({"alg":"hs256"})", claims(""), kSecret)) == JwtError::bad_algorithm);
+    CHECK(verify(hs_conf(), hs256_token(R"({"typ":"JWT"})", claims(""), kSecret)) == JwtError::bad_algorithm);
+    // RS256 configured: an HS256 token MACed with the public key's PEM text is refused.
+    RsaKey rsa;
+    gw::config::AuthConf a;
+    a.type = gw::config::AuthType::jwt;
+    a.alg = gw::config::JwtAlg::rs256;
+    a.public_key_pem = rsa.public_pem();
+    CHECK(verify(a, hs256_token(kHs, claims(""), a.public_key_pem)) == JwtError::bad_algorithm);
+    std::string who;
+    CHECK(verify(a, rsa.sign(R"({"alg":"RS256","typ":"JWT"})", claims("")), &who) == JwtError::ok);
+    CHECK(who == "alice");
+    RsaKey other;
+    CHECK(verify(a, other.sign(R"({"alg":"RS256"})", claims(""))) == JwtError::bad_signature);
+    CHECK(verify(a, rsa.sign(R"({"alg":"RS256","crit":["exp"]})", claims(""))) == JwtError::bad_header);
+  }
+
+  TEST_CASE("jwt: issuer, audience, the consumer claim") {
+    auto a = hs_conf();
+    a.issuer = "https://id.example";
+    a.audience = "gw";
+    CHECK(verify(a, hs256_token(kHs, claims(R"(,"iss":"https://id.example","aud":"gw")"), kSecret)) == JwtError::ok);
+    CHECK(verify(a, hs256_token(kHs, claims(R"(,"iss":"https://id.example","aud":["x","gw"])"), kSecret)) == JwtError::ok);
+    CHECK(verify(a, hs256_token(kHs, claims(R"(,"iss":"https://evil","aud":"gw")"), kSecret)) == JwtError::bad_issuer);
+    CHECK(verify(a, hs256_token(kHs, claims(R"(,"iss":"https://id.example","aud":"other")"), kSecret)) == JwtError::bad_audience);
+    CHECK(verify(a, hs256_token(kHs, claims(R"(,"iss":"https://id.example")"), kSecret)) == JwtError::bad_audience);
+    auto b = hs_conf();
+    b.consumer_claim = "client_id";
+    std::string who;
+    CHECK(verify(b, hs256_token(kHs, R"({"client_id":"svc-7"})", kSecret), &who) == JwtError::ok);
+    CHECK(who == "svc-7");
+    CHECK(verify(b, hs256_token(kHs, R"({"sub":"alice"})", kSecret)) == JwtError::no_consumer);
+    CHECK(verify(hs_conf(), hs256_token(kHs, R"({"sub":42})", kSecret)) == JwtError::no_consumer);
+    CHECK(verify(hs_conf(), hs256_token(kHs, R"({"sub":"a b"})", kSecret)) == JwtError::no_consumer);
+  }
+
+  TEST_CASE("jwt: malformed tokens") {
+    const std::string good = hs256_token(kHs, claims(""), kSecret);
+    CHECK(verify(hs_conf(), "") == JwtError::missing);
+    CHECK(verify(hs_conf(), "abc") == JwtError::malformed);
+    CHECK(verify(hs_conf(), good.substr(0, good.rfind('.'))) == JwtError::malformed);
+    CHECK(verify(hs_conf(), good + ".x") == JwtError::malformed);
+    CHECK(verify(hs_conf(), good + "=") == JwtError::malformed);
+    CHECK(verify(hs_conf(), std::string(9000, 'a') + "." + "b.c") == JwtError::malformed);
+    CHECK(verify(hs_conf(), hs256_token("[1,2]", claims(""), kSecret)) == JwtError::bad_header);
+    CHECK(verify(hs_conf(), hs256_token("{not json", claims(""), kSecret)) == JwtError::bad_header);
+    CHECK(verify(hs_conf(), hs256_token(kHs, "[]", kSecret)) == JwtError::bad_claims);
+  }
+
+  TEST_CASE("basic-auth: bcrypt and SHA-crypt, the worker cache") {
+    char salt[64];
+    REQUIRE(crypt_gensalt_rn("$2b$", 4, nullptr, 0, salt, sizeof(salt)));
+    struct crypt_data cd {};
+    const std::string bcrypt = crypt_r("s3cret", salt, &cd);
+    REQUIRE(crypt_gensalt_rn("$6$", 5000, nullptr, 0, salt, sizeof(salt)));
+    const std::string sha512 = crypt_r("hunter2:x", salt, &cd);
+    gw::config::AuthConf a;
+    a.type = gw::config::AuthType::basic;
+    a.users = {{"alice", bcrypt}, {"bob", sha512}};
+    gw::api::BasicAuth auth(a, 1);
+    gw::api::BasicCache cache;
+    std::string_view user;
+    using R = gw::api::BasicAuth::Result;
+    CHECK(auth.verify("alice:s3cret", cache, user) == R::ok);
+    CHECK(user == "alice");
+    CHECK(auth.verify("alice:s3cret", cache, user) == R::cached);
+    CHECK(auth.verify("bob:hunter2:x", cache, user) == R::ok);  // a password may hold ':'
+    CHECK(user == "bob");
+    CHECK(auth.verify("alice:wrong", cache, user) == R::bad);
+    CHECK(auth.verify("alice:wrong", cache, user) == R::bad);  // failures are never cached
+    CHECK(auth.verify("carol:s3cret", cache, user) == R::bad);
+    CHECK(auth.verify("alice", cache, user) == R::bad);
+    CHECK(auth.verify("bob:s3cret", cache, user) == R::bad);  // alice's password is not bob's
+    // Another route with the same users shares the cache without sharing entries.
+    gw::api::BasicAuth other(a, 2);
+    CHECK(other.verify("alice:s3cret", cache, user) == R::ok);
+    CHECK(other.verify("alice:s3cret", cache, user) == R::cached);
+  }
+}
