@@ -1,14 +1,18 @@
 #include "gw/process/worker.hpp"
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <stdexcept>
 
 #include "gw/balance/balancer.hpp"
 #include "gw/balance/snapshot.hpp"
@@ -19,6 +23,7 @@
 #include "gw/proxy/frame_mux.hpp"
 #include "gw/proxy/framer.hpp"
 #include "gw/proxy/tcp_relay.hpp"
+#include "gw/proxy/uring_relay.hpp"
 #include "gw/shm/runtime.hpp"
 #include "process/signals.hpp"
 
@@ -92,61 +97,155 @@ class Worker {
 
   int run() {
     core::UniqueFd sfd = child_signal_fd();
-    epoll_.add(sfd.get(), EPOLLIN, kSignalIndex);
-    for (size_t i = 0; i < listen_fds_.size(); ++i) epoll_.add(listen_fds_[i], EPOLLIN, i);
+    sfd_ = sfd.get();
+    epoll_.add(sfd_, EPOLLIN, kSignalIndex);
 
     refresh();
     auto& wr = seg_.worker(slot_);
-    wr.started_ms.store(core::wall_ms(), std::memory_order_relaxed);
+    wr.started_ms.store(core::wall_ms(), std::memory_order_release);
     wr.pid.store(::getpid(), std::memory_order_release);
 
-    epoll_event events[256];
-    uint64_t next_housekeeping = env_.now_ms + kHousekeepingMs;
-    for (;;) {
-      int timeout = timers_.timeout_ms(env_.now_ms);
-      int until_hk = static_cast<int>(next_housekeeping > env_.now_ms ? next_housekeeping - env_.now_ms : 0);
-      if (timeout < 0 || timeout > until_hk) timeout = until_hk;
-      int n = epoll_.wait(events, 256, timeout);
-      env_.now_ms = core::monotonic_ms();
-      for (int i = 0; i < n; ++i) {
-        uint64_t d = events[i].data.u64;
-        if (proxy::event_kind(d) == proxy::kKindMux) {
-          mux_.on_event(d, events[i].events);
-        } else if (proxy::event_kind(d) != proxy::kKindWorker) {
-          relay_.on_event(d, events[i].events);
-        } else if (d == kSignalIndex) {
-          if (!on_signal(sfd.get())) return 0;
-        } else {
-          accept_on(static_cast<uint32_t>(d));
-        }
-      }
-      timers_.advance(env_.now_ms, [this](net::TimerNode& t) {
-        if (mux_.owns(t)) mux_.on_timer(t);
-        else relay_.on_timer(t);
-      });
-      if (env_.now_ms >= next_housekeeping) {
-        next_housekeeping = env_.now_ms + kHousekeepingMs;
-        if (reader_.stale()) refresh();
-        else if (any_close_on_remove_) close_orphans();  // active checks may have taken a host down
-      }
-      if (accept_paused_ && env_.now_ms >= resume_accept_ms_) resume_accept();
-      if (draining_) {
-        if (relay_.active() + mux_.active() == 0) {
-          GW_LOG_INFO("drained; exiting");
-          return 0;
-        }
-        if (env_.now_ms >= drain_deadline_ms_) {
-          GW_LOG_WARN("shutdown_timeout_ms ({}) passed with {} connection(s) open; closing them",
-                      cfg_.shutdown_timeout_ms, relay_.active() + mux_.active());
-          relay_.close_all();
-          mux_.close_all();
-          return 0;
-        }
-      }
-    }
+    next_housekeeping_ = env_.now_ms + kHousekeepingMs;
+    if (cfg_.event_engine == config::EventEngine::io_uring && start_uring()) return run_uring();
+    for (size_t i = 0; i < listen_fds_.size(); ++i) epoll_.add(listen_fds_[i], EPOLLIN, i);
+    return run_epoll();
   }
 
  private:
+  // ---- the two engines' loops; what they dispatch to is shared below
+
+  int run_epoll() {
+    epoll_event events[kMaxEvents];
+    for (;;) {
+      int n = epoll_.wait(events, kMaxEvents, next_timeout());
+      env_.now_ms = core::monotonic_ms();
+      if (!dispatch(events, n)) return 0;
+      if (!tick()) return 0;
+    }
+  }
+
+  // io_uring: native L4 relay (tcp listeners, frame listeners in connection
+  // mode) on completions; everything readiness-based (the signalfd, per-frame
+  // listeners and FrameMux) stays in the epoll set, which is nested in the
+  // ring as one poll request. One io_uring_enter per iteration submits and waits.
+  bool start_uring() {
+    try {
+      ring_ = std::make_unique<net::Ring>(kRingEntries);
+      bufring_ = std::make_unique<net::BufRing>(kRingBuffers, kRingBufferSize);
+      if (int e = bufring_->attach(ring_->raw(), 0); e < 0)
+        throw std::runtime_error(fmt::format("cannot register the buffer ring: {}", std::strerror(-e)));
+      urelay_ = std::make_unique<proxy::UringRelay>(env_, *ring_, *bufring_, max_sessions());
+    } catch (const std::exception& e) {
+      GW_LOG_WARN("event_engine io_uring: {}; this worker uses epoll", e.what());
+      urelay_.reset();
+      bufring_.reset();
+      ring_.reset();
+      return false;
+    }
+    native_.assign(listen_fds_.size(), false);
+    accept_armed_.assign(listen_fds_.size(), false);
+    for (size_t i = 0; i < listen_fds_.size(); ++i) {
+      native_[i] = !listeners_[i].per_frame;
+      if (!native_[i]) epoll_.add(listen_fds_[i], EPOLLIN, i);
+    }
+    arm_accepts();
+    return true;
+  }
+
+  int run_uring() {
+    epoll_event events[kMaxEvents];
+    bool epoll_armed = false;
+    for (;;) {
+      if (!epoll_armed) {
+        // One-shot, re-armed after each dispatch: a poll checks the epoll
+        // set's ready list when armed, so level-triggered fds that
+        // epoll_wait re-queued (a listener with a backlog left) fire again.
+        io_uring_sqe* sqe = ring_->sqe();
+        io_uring_prep_poll_add(sqe, epoll_.fd(), POLLIN);
+        io_uring_sqe_set_data64(sqe, net::pack_tag(proxy::uring_op::kEpoll, 0, 0));
+        epoll_armed = true;
+      }
+      urelay_->flush();
+      ring_->submit_and_wait(next_timeout());
+      env_.now_ms = core::monotonic_ms();
+      bool epoll_ready = false;
+      ring_->drain([&](const io_uring_cqe& c) {
+        const uint8_t op = net::tag_op(c.user_data);
+        if (op >= proxy::uring_op::kRelayFirst) urelay_->on_completion(c.user_data, c.res, c.flags);
+        else if (op == proxy::uring_op::kAccept) on_accept_completion(net::tag_slot(c.user_data), c.res, c.flags);
+        else if (op == proxy::uring_op::kEpoll) epoll_ready = true, epoll_armed = false;
+      });
+      if (epoll_ready) {
+        int n = epoll_.wait(events, kMaxEvents, 0);
+        if (!dispatch(events, n)) return 0;
+      }
+      if (!tick()) return 0;
+    }
+  }
+
+  int next_timeout() const {
+    int timeout = timers_.timeout_ms(env_.now_ms);
+    int until_hk = static_cast<int>(next_housekeeping_ > env_.now_ms ? next_housekeeping_ - env_.now_ms : 0);
+    if (timeout < 0 || timeout > until_hk) timeout = until_hk;
+    return timeout;
+  }
+
+  // Readiness events (both engines). Returns false when the worker must exit now.
+  bool dispatch(const epoll_event* events, int n) {
+    for (int i = 0; i < n; ++i) {
+      uint64_t d = events[i].data.u64;
+      if (proxy::event_kind(d) == proxy::kKindMux) {
+        mux_.on_event(d, events[i].events);
+      } else if (proxy::event_kind(d) != proxy::kKindWorker) {
+        relay_.on_event(d, events[i].events);
+      } else if (d == kSignalIndex) {
+        if (!on_signal(sfd_)) return false;
+      } else {
+        accept_on(static_cast<uint32_t>(d));
+      }
+    }
+    return true;
+  }
+
+  // Timers, housekeeping, accept pauses and the drain, once per iteration
+  // (both engines). Returns false when the worker must exit now.
+  bool tick() {
+    timers_.advance(env_.now_ms, [this](net::TimerNode& t) {
+      if (mux_.owns(t)) mux_.on_timer(t);
+      else if (urelay_ && urelay_->owns(t)) urelay_->on_timer(t);
+      else relay_.on_timer(t);
+    });
+    if (env_.now_ms >= next_housekeeping_) {
+      next_housekeeping_ = env_.now_ms + kHousekeepingMs;
+      if (reader_.stale()) refresh();
+      else if (any_close_on_remove_) close_orphans();  // active checks may have taken a host down
+    }
+    if (accept_paused_ && env_.now_ms >= resume_accept_ms_) resume_accept();
+    if (draining_) {
+      if (active() == 0 && accepts_in_flight() == 0) {
+        GW_LOG_INFO("drained; exiting");
+        return false;
+      }
+      if (env_.now_ms >= drain_deadline_ms_) {
+        GW_LOG_WARN("shutdown_timeout_ms ({}) passed with {} connection(s) open; closing them",
+                    cfg_.shutdown_timeout_ms, active());
+        close_all();
+        return false;
+      }
+    }
+    return true;
+  }
+
+  uint32_t active() const { return relay_.active() + mux_.active() + (urelay_ ? urelay_->active() : 0); }
+  void close_all() {
+    relay_.close_all();
+    mux_.close_all();
+    if (urelay_) {
+      urelay_->close_all();
+      ring_->submit();  // the closes go out before the process does
+    }
+  }
+
   uint32_t max_sessions() const {
     rlimit rl{};
     ::getrlimit(RLIMIT_NOFILE, &rl);
@@ -178,6 +277,7 @@ class Worker {
     }
     relay_.close_orphans();
     mux_.close_orphans();
+    if (urelay_) urelay_->close_orphans();
   }
 
   // Returns false when the worker must exit now.
@@ -187,7 +287,7 @@ class Worker {
       switch (si.ssi_signo) {
         case SIGTERM:
           if (!draining_) {
-            GW_LOG_INFO("SIGTERM: stop accepting, draining {} connection(s) for up to {} ms", relay_.active(),
+            GW_LOG_INFO("SIGTERM: stop accepting, draining {} connection(s) for up to {} ms", active(),
                         cfg_.shutdown_timeout_ms);
             stop_accepting();
             // Closing this process's copies lets the kernel drop the sockets
@@ -199,8 +299,7 @@ class Worker {
           break;
         case SIGINT:
         case SIGQUIT:
-          relay_.close_all();
-          mux_.close_all();
+          close_all();
           return false;
         default:
           break;  // SIGHUP, SIGUSR1/2: the master handles them
@@ -239,8 +338,66 @@ class Worker {
     }
   }
 
+  // io_uring: one multishot accept per native listener.
+  void arm_accepts() {
+    for (size_t i = 0; i < listen_fds_.size(); ++i) {
+      if (!native_[i] || accept_armed_[i]) continue;
+      io_uring_sqe* sqe = ring_->sqe();
+      // Blocking sockets: io_uring polls them itself. TCP_NODELAY comes from
+      // the listening socket.
+      io_uring_prep_multishot_accept(sqe, listen_fds_[i], nullptr, nullptr, SOCK_CLOEXEC);
+      io_uring_sqe_set_data64(sqe, net::pack_tag(proxy::uring_op::kAccept, static_cast<uint32_t>(i), 0));
+      accept_armed_[i] = true;
+    }
+  }
+
+  void on_accept_completion(uint32_t li, int32_t res, uint32_t flags) {
+    if (li >= listen_fds_.size()) return;
+    if (!(flags & IORING_CQE_F_MORE)) accept_armed_[li] = false;
+    if (res >= 0) {
+      if (reader_.stale()) refresh();  // one acquire load per new connection
+      if (urelay_->full()) {
+        ::close(res);
+        if (env_.now_ms - last_full_log_ms_ >= 1000) {
+          last_full_log_ms_ = env_.now_ms;
+          GW_LOG_WARN("all {} session slots in use (the open-files limit); refusing connections", max_sessions());
+        }
+      } else {
+        urelay_->accept(res, li);
+      }
+    } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
+      if (!accept_paused_)
+        GW_LOG_ERROR("accept: {}; pausing accepts for {} ms", std::strerror(-res), kAcceptPauseMs);
+      pause_accept();
+      return;
+    }
+    // A multishot accept that ended (an error, or a full completion queue) is
+    // armed again, unless accepting stopped.
+    if (!accept_armed_[li] && !accept_paused_ && !draining_) arm_accepts();
+  }
+
+  // Multishot accepts not yet known to have ended (a drain waits for them:
+  // a connection accepted just before the cancel is still served).
+  uint32_t accepts_in_flight() const {
+    uint32_t n = 0;
+    for (bool a : accept_armed_) n += a;
+    return n;
+  }
+
   void stop_accepting() {
-    for (int fd : listen_fds_) epoll_.del(fd);
+    for (size_t i = 0; i < listen_fds_.size(); ++i) {
+      if (!native_.empty() && native_[i]) {
+        if (!accept_armed_[i]) continue;
+        io_uring_sqe* sqe = ring_->sqe();
+        io_uring_prep_cancel64(sqe, net::pack_tag(proxy::uring_op::kAccept, static_cast<uint32_t>(i), 0), 0);
+        io_uring_sqe_set_data64(sqe, net::pack_tag(proxy::uring_op::kIgnore, 0, 0));
+        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+      } else {
+        epoll_.del(listen_fds_[i]);
+      }
+    }
+    // Now, so that a listening socket closed right after has no request left.
+    if (ring_) ring_->submit();
   }
   void pause_accept() {
     stop_accepting();
@@ -250,8 +407,15 @@ class Worker {
   void resume_accept() {
     accept_paused_ = false;
     if (draining_) return;
-    for (size_t i = 0; i < listen_fds_.size(); ++i) epoll_.add(listen_fds_[i], EPOLLIN, i);
+    for (size_t i = 0; i < listen_fds_.size(); ++i)
+      if (native_.empty() || !native_[i]) epoll_.add(listen_fds_[i], EPOLLIN, i);
+    if (ring_) arm_accepts();
   }
+
+  static constexpr int kMaxEvents = 256;
+  static constexpr unsigned kRingEntries = 2048;    // SQEs (CQ: 4x)
+  static constexpr uint32_t kRingBuffers = 256;     // provided receive buffers per worker...
+  static constexpr uint32_t kRingBufferSize = 16384;  // ...of this size (4 MiB, touched as used)
 
   const config::Config& cfg_;
   const shm::Segment& seg_;
@@ -272,6 +436,14 @@ class Worker {
   proxy::RelayEnv env_;
   proxy::TcpRelay relay_;
   proxy::FrameMux mux_;
+  // io_uring engine (null under epoll)
+  std::unique_ptr<net::Ring> ring_;
+  std::unique_ptr<net::BufRing> bufring_;
+  std::unique_ptr<proxy::UringRelay> urelay_;
+  std::vector<bool> native_;        // by listener: accepted by the ring
+  std::vector<bool> accept_armed_;  // by listener: a multishot accept is in flight
+  int sfd_ = -1;
+  uint64_t next_housekeeping_ = 0;
   bool draining_ = false;
   uint64_t drain_deadline_ms_ = 0;
   bool accept_paused_ = false;

@@ -58,7 +58,6 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   d.idle_ms = l.upstream >= 0 ? env_.snap->upstreams()[static_cast<size_t>(l.upstream)].idle_timeout_ms : 60000;
   d.first_deadline_ms = env_.now_ms + l.first_frame_timeout_ms;
   ++active_;
-  net::set_nodelay(fd);
   auto& w = env_.seg->worker(env_.worker);
   bump(w.connections);
   bump(w.accepted);

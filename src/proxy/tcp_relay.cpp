@@ -66,7 +66,6 @@ void TcpRelay::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept 
   }
   const ListenerRuntime& l = env_.listeners[listener];
   s.state = l.framer ? State::sniff : State::connecting;
-  net::set_nodelay(fd);
   auto& w = env_.seg->worker(env_.worker);
   bump(w.connections);  // shared with FrameMux: counted up and down, never stored
   bump(w.accepted);

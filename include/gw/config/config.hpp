@@ -70,9 +70,14 @@ struct ShmConf {
   shm::Caps caps;
 };
 
+/// How a worker waits for I/O: readiness (epoll) or completions (io_uring;
+/// falls back to epoll with a warning where the kernel lacks what it needs).
+enum class EventEngine { epoll, io_uring };
+
 struct Config {
   std::string path;       ///< absolute path of the file it came from
   int workers = 0;        ///< resolved: "auto" = number of online CPUs
+  EventEngine event_engine = EventEngine::epoll;  ///< "event_engine"
   std::string log_file;   ///< empty = stderr
   core::LogLevel log_level = core::LogLevel::info;
   uint32_t shutdown_timeout_ms = 10000;
