@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Compares gw's L4 (TCP) proxying with nginx (stream), HAProxy (mode tcp) and a direct
-# connection to one backend, using wrk over loopback.
+# Compares gw's L4 (TCP) proxying (epoll and io_uring engines) with nginx (stream), HAProxy
+# (mode tcp) and a direct connection to one backend, using wrk over loopback.
 #
 #   bench/compare.sh l4 [--rounds N] [--duration S] [--connections C] [--workers W]
 #
 # Defaults: 5 rounds, 10 s per run, 50 connections, W = nproc workers/threads per proxy.
 # Environment:
-#   CONTENDERS    which contenders to run, in round-1 order (default "gw nginx haproxy direct")
+#   CONTENDERS    which contenders to run, in round-1 order
+#                 (default "gw gw-uring nginx haproxy direct"; gw = epoll engine, gw-uring = io_uring)
 #   GW_BUILD_DIR  build dir holding gwd and gw-backend (default: build-release, which is
 #                 configured and built in Release mode if gwd is missing)
 #   GW_BACKEND    path to a gw-backend binary to use instead of the build dir's
@@ -30,7 +31,7 @@ usage() {
   cat >&2 <<EOF
 usage: bench/compare.sh l4 [--rounds N] [--duration S] [--connections C] [--workers W]
   defaults: --rounds 5 --duration 10 --connections 50 --workers \$(nproc)
-  env: CONTENDERS="gw nginx haproxy direct"  GW_BUILD_DIR=DIR  GW_BACKEND=PATH
+  env: CONTENDERS="gw gw-uring nginx haproxy direct"  GW_BUILD_DIR=DIR  GW_BACKEND=PATH
 EOF
   exit 2
 }
@@ -68,12 +69,13 @@ while [ $# -gt 0 ]; do
 done
 [ "$WORKERS" -le 64 ] || die "--workers must be <= 64 (gw's limit)"
 
-read -r -a CONTENDER_LIST <<<"${CONTENDERS:-gw nginx haproxy direct}"
+read -r -a CONTENDER_LIST <<<"${CONTENDERS:-gw gw-uring nginx haproxy direct}"
 [ ${#CONTENDER_LIST[@]} -gt 0 ] || die "CONTENDERS is empty"
 for c in "${CONTENDER_LIST[@]}"; do
-  case $c in gw|nginx|haproxy|direct) ;; *) die "unknown contender '$c' (gw nginx haproxy direct)" ;; esac
+  case $c in gw|gw-uring|nginx|haproxy|direct) ;; *) die "unknown contender '$c' (gw gw-uring nginx haproxy direct)" ;; esac
 done
 has_contender() { local c; for c in "${CONTENDER_LIST[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
+has_gw() { has_contender gw || has_contender gw-uring; }
 
 # wrk refuses fewer connections than threads.
 WRK_THREADS=2
@@ -101,7 +103,7 @@ GWD="$BUILD_DIR/gwd"
 BACKEND=${GW_BACKEND:-"$BUILD_DIR/gw-backend"}
 
 need_build=0
-if has_contender gw && [ ! -x "$GWD" ]; then need_build=1; fi
+if has_gw && [ ! -x "$GWD" ]; then need_build=1; fi
 if [ ! -x "$BACKEND" ]; then need_build=1; fi
 if [ $need_build = 1 ]; then
   [ $BUILD_ALLOWED = 1 ] || die "gwd or gw-backend missing in $BUILD_DIR (build it, or unset GW_BUILD_DIR)"
@@ -115,7 +117,7 @@ if [ $need_build = 1 ]; then
   fi
   rm -f "$build_log"
 fi
-if has_contender gw; then [ -x "$GWD" ] || die "$GWD not found after build"; fi
+if has_gw; then [ -x "$GWD" ] || die "$GWD not found after build"; fi
 [ -x "$BACKEND" ] || die "$BACKEND not found"
 
 # Proxies may need many descriptors; raise the soft limit as far as allowed.
@@ -154,7 +156,7 @@ cleanup() {
   # Stop in reverse start order: proxies before the backends they talk to.
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_tree "${PIDS[i]}"; done
   rm -rf "$TMP"
-  rm -f "/dev/shm/$SHM_NAME" "/dev/shm/$SHM_NAME.lock"
+  rm -f "/dev/shm/$SHM_NAME" "/dev/shm/$SHM_NAME.lock" "/dev/shm/$SHM_NAME-u" "/dev/shm/$SHM_NAME-u.lock"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -243,8 +245,8 @@ wait_ready() {
 # ---------------------------------------------------------------------------------------
 # Start everything
 
-read -r P_B1 P_B2 P_GW P_NGINX P_HAPROXY <<<"$(free_ports 5)"
-declare -A PORT=([gw]=$P_GW [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [direct]=$P_B1)
+read -r P_B1 P_B2 P_GW P_GWU P_NGINX P_HAPROXY <<<"$(free_ports 6)"
+declare -A PORT=([gw]=$P_GW [gw-uring]=$P_GWU [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [direct]=$P_B1)
 
 log "backends: 127.0.0.1:$P_B1 (b1), 127.0.0.1:$P_B2 (b2); workers=$WORKERS; tmp=$TMP"
 for b in 1 2; do
@@ -253,16 +255,20 @@ for b in 1 2; do
   wait_ready "backend b$b" "$LAST_PID" "${!port_var}" "b$b" "$TMP/b$b.log"
 done
 
-if has_contender gw; then
-  # Release builds log little at "warn"; per-connection logging would skew the numbers.
-  cat >"$TMP/gw.json" <<EOF
+# start_gw NAME PORT ENGINE SHM: one gwd instance with the given event engine.
+start_gw() {
+  local name=$1 port=$2 engine=$3 shm=$4 conf="$TMP/$1.json"
+  # "warn" in the steady state (the start-up line naming the engine is always printed);
+  # per-connection logging would skew the numbers.
+  cat >"$conf" <<EOF
 {
   "workers": $WORKERS,
+  "event_engine": "$engine",
   "log_level": "warn",
   "shutdown_timeout_ms": 2000,
-  "shm": {"name": "$SHM_NAME", "max_upstreams": 64, "max_pools": 256, "max_hosts": 4096},
-  "state_file": "$TMP/gw.state.json",
-  "listeners": [{"name": "bench", "listen": "127.0.0.1:$P_GW", "protocol": "tcp",
+  "shm": {"name": "$shm", "max_upstreams": 64, "max_pools": 256, "max_hosts": 4096},
+  "state_file": "$TMP/$name.state.json",
+  "listeners": [{"name": "bench", "listen": "127.0.0.1:$port", "protocol": "tcp",
                  "upstream": "app", "backlog": 4096}],
   "upstreams": [{"name": "app", "connect_timeout_ms": 2000, "idle_timeout_ms": 600000,
                  "max_fails": 1, "fail_timeout_ms": 10000, "tries": 3,
@@ -271,15 +277,24 @@ if has_contender gw; then
                                       {"id": "b2", "address": "127.0.0.1:$P_B2", "weight": 1}]}]}]
 }
 EOF
-  if ! "$GWD" -t -c "$TMP/gw.json" >"$TMP/gw-check.log" 2>&1; then
-    show_logs "$TMP/gw-check.log"
-    die "gwd rejected the generated config $TMP/gw.json"
+  if ! "$GWD" -t -c "$conf" >"$TMP/$name-check.log" 2>&1; then
+    show_logs "$TMP/$name-check.log"
+    die "gwd rejected the generated config $conf"
   fi
   # Run from the temp dir so any relative path gwd might create lands there.
   # shellcheck disable=SC2016  # $1/$@ belong to the inner shell
-  start gw "$TMP/gw.log" bash -c 'cd "$1" && shift && exec "$@"' _ "$TMP" "$GWD" -c "$TMP/gw.json" --foreground
-  wait_ready gw "$LAST_PID" "$P_GW" "b1 b2" "$TMP/gw.log"
-fi
+  start "$name" "$TMP/$name.log" bash -c 'cd "$1" && shift && exec "$@"' _ "$TMP" "$GWD" -c "$conf" --foreground
+  wait_ready "$name" "$LAST_PID" "$port" "b1 b2" "$TMP/$name.log"
+  # gwd falls back to epoll (with a warning) where io_uring is missing: that would
+  # measure the wrong engine.
+  if grep -q "event_engine io_uring" "$TMP/$name.log"; then
+    show_logs "$TMP/$name.log"
+    die "$name is not running the $engine engine"
+  fi
+}
+
+if has_contender gw; then start_gw gw "$P_GW" epoll "$SHM_NAME"; fi
+if has_contender gw-uring; then start_gw gw-uring "$P_GWU" io_uring "$SHM_NAME-u"; fi
 
 if has_contender nginx; then
   mkdir -p "$TMP/nginx/logs"
@@ -388,7 +403,7 @@ for ((r = 0; r < ROUNDS; r++)); do
     fi
     read -r rps p50 p99 errs <<<"$res"
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$((r + 1))" "$c" "$rps" "$p50" "$p99" "$errs" >>"$RUNS"
-    printf '[round %d/%d] %-8s req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms%s\n' \
+    printf '[round %d/%d] %-9s req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms%s\n' \
       "$((r + 1))" "$ROUNDS" "$c" "$rps" "$p50" "$p99" "$([ "$errs" = 0 ] || echo "  ($errs errors)")"
     # A contender that died mid-run would otherwise show up only as wrk errors.
     for pid in "${PIDS[@]}"; do
@@ -460,6 +475,11 @@ for row in table:
     print(fmt(row))
 if "direct" in order:
     print("(direct = wrk straight at backend b1, no proxy; the proxies spread load over b1 and b2)")
+engines = None
+if "gw" in med and "gw-uring" in med and med["gw"]["rps"] and med["gw"]["p99"]:
+    engines = "gw-uring vs gw (epoll): req/s %.2f, p99 %.2f" % (
+        med["gw-uring"]["rps"] / med["gw"]["rps"], med["gw-uring"]["p99"] / med["gw"]["p99"])
+    print(engines)
 
 new_file = not os.path.exists(results_md)
 with open(results_md, "a") as f:
@@ -482,5 +502,7 @@ with open(results_md, "a") as f:
     f.write("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|\n")
     for row in table:
         f.write("| " + " | ".join(row) + " |\n")
+    if engines:
+        f.write("\n" + engines + "\n")
 print("appended to %s" % results_md)
 EOF

@@ -134,7 +134,10 @@ class Worker {
       bufring_ = std::make_unique<net::BufRing>(kRingBuffers, kRingBufferSize);
       if (int e = bufring_->attach(ring_->raw(), 0); e < 0)
         throw std::runtime_error(fmt::format("cannot register the buffer ring: {}", std::strerror(-e)));
-      urelay_ = std::make_unique<proxy::UringRelay>(env_, *ring_, *bufring_, max_sessions());
+      const bool recv_limit = net::uring_recv_limit_supported();
+      if (!recv_limit && slot_ == 0)
+        GW_LOG_INFO("io_uring: no multishot receive byte limit (Linux 6.17); back-pressure cancels receives instead");
+      urelay_ = std::make_unique<proxy::UringRelay>(env_, *ring_, *bufring_, max_sessions(), recv_limit);
     } catch (const std::exception& e) {
       GW_LOG_WARN("event_engine io_uring: {}; this worker uses epoll", e.what());
       urelay_.reset();

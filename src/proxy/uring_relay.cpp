@@ -16,8 +16,8 @@
 
 namespace gw::proxy {
 
-UringRelay::UringRelay(RelayEnv& env, net::Ring& ring, net::BufRing& bufs, uint32_t max_sessions)
-    : env_(env), ring_(ring), bufs_(bufs), next_(bufs.count(), kNoBuf), len_(bufs.count(), 0) {
+UringRelay::UringRelay(RelayEnv& env, net::Ring& ring, net::BufRing& bufs, uint32_t max_sessions, bool recv_limit)
+    : env_(env), ring_(ring), bufs_(bufs), recv_limit_(recv_limit), next_(bufs.count(), kNoBuf), len_(bufs.count(), 0) {
   // Reserved, not touched: a slot's memory is paid for when it is first used.
   sessions_.reserve(max_sessions);
 }
@@ -285,14 +285,6 @@ void UringRelay::on_completion(uint64_t t, int32_t res, uint32_t flags) noexcept
       --s.t_ops;
       maybe_retire(s);
       break;
-    case kShutUpstream:
-      --s.u_ops;
-      maybe_retire(s);
-      break;
-    case kShutClient:
-      --s.c_ops;
-      maybe_retire(s);
-      break;
     default: break;
   }
 }
@@ -303,6 +295,8 @@ void UringRelay::arm_recv(Session& s, bool client) noexcept {
   io_uring_prep_recv_multishot(sqe, client ? s.cfd : s.ufd, nullptr, 0, 0);
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = bufs_.group();
+  // The byte limit (optlen): what brings the FIFO up to kHighWater buffers.
+  if (recv_limit_) sqe->file_index = (kHighWater - d.queued) * bufs_.size();
   io_uring_sqe_set_data64(sqe, tag(s, client ? kRecvClient : kRecvUpstream));
   ++(client ? s.c_ops : s.u_ops);
   d.recv = kArmed;
@@ -426,10 +420,9 @@ void UringRelay::pump(Session& s, bool c2u) noexcept {
         close_session(s);  // both ways done: the close carries this FIN
         return;
       }
-      io_uring_sqe* sqe = ring_.sqe();
-      io_uring_prep_shutdown(sqe, dst, SHUT_WR);
-      io_uring_sqe_set_data64(sqe, tag(s, c2u ? kShutUpstream : kShutClient));
-      ++(c2u ? s.u_ops : s.c_ops);
+      // A direct call: IORING_OP_SHUTDOWN always runs in an io-wq thread
+      // (a thread wake-up per half-close), this is one short syscall.
+      ::shutdown(dst, SHUT_WR);
     }
     return;
   }

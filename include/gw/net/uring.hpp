@@ -149,4 +149,10 @@ class Ring {
 /// one line saying what is missing.
 std::string uring_unsupported() noexcept;
 
+/// Does the kernel honour a byte limit on a multishot receive (the SQE's
+/// optlen, which liburing 2.3 calls file_index; Linux 6.17)? The receive then
+/// ends, without IORING_CQE_F_MORE, once that many bytes came in. Older
+/// kernels refuse the SQE with -EINVAL.
+bool uring_recv_limit_supported() noexcept;
+
 }  // namespace gw::net

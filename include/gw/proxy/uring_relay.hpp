@@ -12,9 +12,12 @@
 //         ▲                                                  │ done
 //         └───────────── recycle(bid), publish() ◄───────────┘
 //
-// A side's receive stays armed while fewer than kHighWater buffers wait to be
-// written to the other side; at kHighWater it is cancelled (back-pressure) and
-// re-armed once the FIFO is down to kLowWater. A receive that finds the buffer
+// Back-pressure: a side's receive is armed only while at most kLowWater
+// buffers wait to be written to the other side, and ends by itself once it has
+// brought in what fills the FIFO to kHighWater buffers (a multishot byte limit,
+// Linux 6.17; a burst already in the socket cannot overrun it). Where the
+// kernel lacks that limit, and for data that trickles in, the receive is also
+// cancelled when the FIFO reaches kHighWater. A receive that finds the buffer
 // ring empty (-ENOBUFS) waits on the starved list until buffers come back.
 // Idle connections hold no buffer at all.
 //
@@ -51,8 +54,9 @@ class UringRelay {
   static constexpr uint16_t kHighWater = 4;  ///< buffers queued per direction before its receive is paused
   static constexpr uint16_t kLowWater = 1;   ///< ... and re-armed
 
-  /// `bufs` must be attached to `ring`.
-  UringRelay(RelayEnv& env, net::Ring& ring, net::BufRing& bufs, uint32_t max_sessions);
+  /// `bufs` must be attached to `ring`. `recv_limit`: the kernel has the
+  /// multishot receive byte limit (net::uring_recv_limit_supported()).
+  UringRelay(RelayEnv& env, net::Ring& ring, net::BufRing& bufs, uint32_t max_sessions, bool recv_limit);
 
   /// Takes an accepted client socket (blocking mode; io_uring drives it).
   void accept(int fd, uint32_t listener) noexcept;
@@ -87,8 +91,6 @@ class UringRelay {
     kSendClient,    // upstream → client bytes
     kConnect,
     kLinkTimeout,
-    kShutUpstream,
-    kShutClient,
   };
   enum class State : uint8_t { free, sniff, connecting, relay, closing };
   enum Recv : uint8_t { kIdle, kArmed, kCancelling };
@@ -160,6 +162,7 @@ class UringRelay {
   RelayEnv& env_;
   net::Ring& ring_;
   net::BufRing& bufs_;
+  bool recv_limit_;
   std::vector<uint16_t> next_;  // by buffer id: the next buffer in its FIFO
   std::vector<uint32_t> len_;   // by buffer id: bytes it holds
   std::vector<Session> sessions_;
