@@ -355,6 +355,8 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
         else if (s == "io_uring") cfg.event_engine = EventEngine::io_uring;
         else c.error(kp, fmt::format("expected \"epoll\" or \"io_uring\", got \"{}\"", s));
       }
+    } else if (k == "splice_after_bytes") {
+      get_u32(c, v, kp, 0, 1u << 30, cfg.splice_after_bytes);
     } else if (k == "log_file") {
       get_string(c, v, kp, cfg.log_file);
     } else if (k == "log_level") {

@@ -48,6 +48,7 @@ class Worker {
         balancer_(seg.caps().max_hosts, (uint64_t{static_cast<uint32_t>(::getpid())} << 32) ^ core::monotonic_ns()),
         listeners_(cfg.listeners.size()),
         live_tag_(seg.caps().max_hosts, 0),
+        pipes_(cfg.splice_after_bytes ? max_pipes() : 0),
         relay_(env_, max_sessions()),
         mux_(env_, max_sessions()) {
     size_t frame_buffer = 0;
@@ -78,6 +79,8 @@ class Worker {
     env_.snap = &snap_;
     env_.balancer = &balancer_;
     env_.frame_buffers = frame_buffers_.get();
+    env_.pipes = &pipes_;
+    env_.splice_after = cfg.splice_after_bytes;
     env_.listeners = listeners_;
     env_.live_tag = live_tag_;
     env_.now_ms = core::monotonic_ms();
@@ -249,11 +252,17 @@ class Worker {
     }
   }
 
-  uint32_t max_sessions() const {
+  static uint64_t fd_limit() {
     rlimit rl{};
     ::getrlimit(RLIMIT_NOFILE, &rl);
-    uint64_t fds = rl.rlim_cur == RLIM_INFINITY ? 1048576 : rl.rlim_cur;
-    uint64_t n = fds > 64 ? (fds - 64) / 2 : 1;  // two sockets per session
+    return rl.rlim_cur == RLIM_INFINITY ? 1048576 : rl.rlim_cur;
+  }
+  // splice(2) pipes: two descriptors each, at most 1/16 of the descriptors.
+  static uint32_t max_pipes() { return static_cast<uint32_t>(std::min<uint64_t>(fd_limit() / 16, 1024)); }
+  uint32_t max_sessions() const {
+    uint64_t fds = fd_limit();
+    uint64_t reserved = 64 + 2 * uint64_t{pipes_.max()};
+    uint64_t n = fds > reserved + 2 ? (fds - reserved) / 2 : 1;  // two sockets per session
     return static_cast<uint32_t>(std::min<uint64_t>(n, 1u << 20));
   }
 
@@ -346,9 +355,8 @@ class Worker {
     for (size_t i = 0; i < listen_fds_.size(); ++i) {
       if (!native_[i] || accept_armed_[i]) continue;
       io_uring_sqe* sqe = ring_->sqe();
-      // Blocking sockets: io_uring polls them itself. TCP_NODELAY comes from
-      // the listening socket.
-      io_uring_prep_multishot_accept(sqe, listen_fds_[i], nullptr, nullptr, SOCK_CLOEXEC);
+      // TCP_NODELAY comes from the listening socket.
+      io_uring_prep_multishot_accept(sqe, listen_fds_[i], nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       io_uring_sqe_set_data64(sqe, net::pack_tag(proxy::uring_op::kAccept, static_cast<uint32_t>(i), 0));
       accept_armed_[i] = true;
     }
@@ -437,6 +445,7 @@ class Worker {
   std::vector<uint32_t> live_tag_;
   bool any_close_on_remove_ = false;
   proxy::RelayEnv env_;
+  net::PipePool pipes_;
   proxy::TcpRelay relay_;
   proxy::FrameMux mux_;
   // io_uring engine (null under epoll)

@@ -1,6 +1,7 @@
 #include "gw/proxy/tcp_relay.hpp"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -142,7 +143,7 @@ void TcpRelay::sniff(Session& s) noexcept {
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       s.c_in = false;
-      if (p.tail == 0) release(p);  // hold no buffer while nothing has arrived
+      if (p.tail == 0) release_buf(p);  // hold no buffer while nothing has arrived
       return;
     }
     if (errno == EINTR) continue;
@@ -304,8 +305,16 @@ void TcpRelay::on_timer(net::TimerNode& n) noexcept {
   }
 }
 
-void TcpRelay::release(Pipe& p) noexcept {
+void TcpRelay::release_buf(Pipe& p) noexcept {
   if (p.buf) (p.big ? env_.frame_buffers : env_.buffers)->release(p.buf);
+  p.buf = nullptr;
+  p.head = p.tail = 0;
+  p.big = false;
+}
+
+void TcpRelay::release(Pipe& p) noexcept {
+  release_buf(p);
+  if (p.pipe) env_.pipes->release(p.pipe, p.piped == 0);
   p = Pipe{};
 }
 
@@ -314,11 +323,14 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
   for (;;) {
     if (p.pending()) {
       if (!dst_out) break;
-      ssize_t n = ::send(dst, p.buf + p.head, p.tail - p.head, MSG_NOSIGNAL | MSG_DONTWAIT);
+      ssize_t n = p.piped ? ::splice(p.pipe.r, nullptr, dst, nullptr, p.piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+                          : ::send(dst, p.buf + p.head, p.tail - p.head, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n > 0) {
-        p.head += static_cast<uint32_t>(n);
+        p.moved += static_cast<uint64_t>(n);
+        if (p.piped) p.piped -= static_cast<uint32_t>(n);
+        else p.head += static_cast<uint32_t>(n);
         s.deadline_ms = env_.now_ms + s.idle_ms;  // lazy: the wheel re-files it when due
-        if (!p.pending()) release(p);
+        if (!p.pending()) release_buf(p);
         continue;
       }
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -329,6 +341,29 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
       return false;
     }
     if (src_eof || !src_in) break;
+    // Bulk: past splice_after bytes this direction moves through a pipe (no
+    // copy through user space), if the pool has one.
+    if (!p.pipe && env_.splice_after && p.moved >= env_.splice_after && !p.buf) p.pipe = env_.pipes->acquire();
+    if (p.pipe) {
+      ssize_t n = ::splice(src, nullptr, p.pipe.w, nullptr, net::PipePool::kCapacity, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        // No short-read shortcut here: a splice also stops when the pipe's
+        // slots are full, with bytes still in the socket.
+        p.piped = static_cast<uint32_t>(n);
+        s.deadline_ms = env_.now_ms + s.idle_ms;
+        continue;
+      }
+      if (n == 0) {
+        src_eof = true;
+        break;
+      }
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        src_in = false;
+        break;
+      }
+      if (errno == EINTR) continue;
+      return false;
+    }
     if (!p.buf) {
       p.buf = env_.buffers->acquire();
       if (!p.buf) return false;
@@ -347,12 +382,12 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
     }
     if (n == 0) {
       src_eof = true;
-      release(p);
+      release_buf(p);
       break;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       src_in = false;
-      release(p);
+      release_buf(p);
       break;
     }
     if (errno == EINTR) continue;

@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -186,8 +188,9 @@ void UringRelay::connect_next(Session& s) noexcept {
     s.connect_start_ns = core::monotonic_ns();
     sockaddr_storage ss;
     const socklen_t alen = r.addr.to_sockaddr(ss);
-    // Blocking mode: io_uring polls the socket itself.
-    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    // Non-blocking: io_uring polls it all the same, and splice(2) calls on
+    // it (bulk mode) must never block.
+    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
       on_connect_failed(s, errno);
       continue;
@@ -285,6 +288,10 @@ void UringRelay::on_completion(uint64_t t, int32_t res, uint32_t flags) noexcept
       --s.t_ops;
       maybe_retire(s);
       break;
+    case kPollClientIn: on_poll(s, true, false); break;
+    case kPollUpstreamIn: on_poll(s, false, false); break;
+    case kPollUpstreamOut: on_poll(s, true, true); break;
+    case kPollClientOut: on_poll(s, false, true); break;
     default: break;
   }
 }
@@ -304,7 +311,8 @@ void UringRelay::arm_recv(Session& s, bool client) noexcept {
 
 void UringRelay::maybe_arm(Session& s, bool client) noexcept {
   Dir& d = client ? s.c2u : s.u2c;
-  if (d.recv != kIdle || d.eof || d.starved || d.queued > kLowWater) return;
+  if (d.recv != kIdle || d.eof || d.starved || d.pipe || d.queued > kLowWater) return;
+  if (start_splice(s, client)) return;  // pump() moves on to the pipe once the FIFO is out
   const bool ok = client ? (s.state == State::sniff || s.state == State::connecting || s.state == State::relay)
                          : s.state == State::relay;
   if (ok) arm_recv(s, client);
@@ -395,6 +403,7 @@ void UringRelay::on_send(Session& s, bool c2u, int32_t res) noexcept {
     d.off += static_cast<uint32_t>(res);
     if (d.off >= len_[d.head]) pop_front(d);
   }
+  d.moved += static_cast<uint64_t>(res);
   s.deadline_ms = env_.now_ms + s.idle_ms;
   maybe_arm(s, c2u);
   pump(s, c2u);
@@ -412,18 +421,11 @@ void UringRelay::pump(Session& s, bool c2u) noexcept {
   } else if (d.head != kNoBuf) {
     p = bufs_.buf(d.head) + d.off;
     n = len_[d.head] - d.off;
+  } else if (d.pipe) {
+    splice_pump(s, c2u);
+    return;
   } else {
-    if (d.eof && !d.shut) {
-      d.shut = true;
-      const Dir& o = c2u ? s.u2c : s.c2u;
-      if (o.eof && o.shut) {
-        close_session(s);  // both ways done: the close carries this FIN
-        return;
-      }
-      // A direct call: IORING_OP_SHUTDOWN always runs in an io-wq thread
-      // (a thread wake-up per half-close), this is one short syscall.
-      ::shutdown(dst, SHUT_WR);
-    }
+    finish_dir(s, c2u);
     return;
   }
   io_uring_sqe* sqe = ring_.sqe();
@@ -432,6 +434,110 @@ void UringRelay::pump(Session& s, bool c2u) noexcept {
   io_uring_sqe_set_data64(sqe, tag(s, c2u ? kSendUpstream : kSendClient));
   ++(c2u ? s.u_ops : s.c_ops);
   d.sending = true;
+}
+
+// Nothing of this direction is left in flight: pass its EOF on.
+void UringRelay::finish_dir(Session& s, bool c2u) noexcept {
+  Dir& d = c2u ? s.c2u : s.u2c;
+  if (!d.eof || d.shut) return;
+  d.shut = true;
+  const Dir& o = c2u ? s.u2c : s.c2u;
+  if (o.eof && o.shut) {
+    close_session(s);  // both ways done: the close carries this FIN
+    return;
+  }
+  // A direct call: IORING_OP_SHUTDOWN always runs in an io-wq thread
+  // (a thread wake-up per half-close), this is one short syscall.
+  ::shutdown(c2u ? s.ufd : s.cfd, SHUT_WR);
+}
+
+// ---------------------------------------------------------------------------
+// Bulk directions: splice(2) through a pipe
+
+bool UringRelay::start_splice(Session& s, bool c2u) noexcept {
+  Dir& d = c2u ? s.c2u : s.u2c;
+  if (!env_.splice_after || d.moved < env_.splice_after || s.state != State::relay || d.pipe) return false;
+  d.pipe = env_.pipes->acquire();
+  if (!d.pipe) return false;  // the pool is at its bound: keep copying
+  d.piped = 0;
+  pump(s, c2u);  // the pipe takes over once what is queued has been sent
+  return true;
+}
+
+void UringRelay::arm_poll(Session& s, bool c2u, bool out) noexcept {
+  Dir& d = c2u ? s.c2u : s.u2c;
+  bool& armed = out ? d.poll_out : d.poll_in;
+  if (armed) return;
+  // The source is the client for c2u; the destination the other one.
+  const bool on_client = out ? !c2u : c2u;
+  io_uring_sqe* sqe = ring_.sqe();
+  io_uring_prep_poll_add(sqe, on_client ? s.cfd : s.ufd, out ? POLLOUT : (POLLIN | POLLRDHUP));
+  const Op op = out ? (c2u ? kPollUpstreamOut : kPollClientOut) : (c2u ? kPollClientIn : kPollUpstreamIn);
+  io_uring_sqe_set_data64(sqe, tag(s, op));
+  ++(on_client ? s.c_ops : s.u_ops);
+  armed = true;
+}
+
+void UringRelay::on_poll(Session& s, bool c2u, bool out) noexcept {
+  Dir& d = c2u ? s.c2u : s.u2c;
+  (out ? d.poll_out : d.poll_in) = false;
+  --((out ? !c2u : c2u) ? s.c_ops : s.u_ops);
+  if (s.state == State::closing) {
+    maybe_retire(s);
+    return;
+  }
+  splice_pump(s, c2u);
+}
+
+void UringRelay::splice_pump(Session& s, bool c2u) noexcept {
+  Dir& d = c2u ? s.c2u : s.u2c;
+  if (s.state != State::relay) return;
+  const int src = c2u ? s.cfd : s.ufd;
+  const int dst = c2u ? s.ufd : s.cfd;
+  // Bounded, so that one fast stream cannot hold the loop: after this many
+  // rounds a (level-triggered) poll brings it back next iteration.
+  for (int round = 0; round < 16; ++round) {
+    if (d.piped) {
+      if (d.poll_out) return;
+      ssize_t n = ::splice(d.pipe.r, nullptr, dst, nullptr, d.piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        d.piped -= static_cast<uint32_t>(n);
+        d.moved += static_cast<uint64_t>(n);
+        s.deadline_ms = env_.now_ms + s.idle_ms;
+        continue;
+      }
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        arm_poll(s, c2u, true);  // back-pressure: the source waits too
+        return;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      close_session(s);
+      return;
+    }
+    if (d.eof) {
+      finish_dir(s, c2u);
+      return;
+    }
+    if (d.poll_in) return;
+    ssize_t n = ::splice(src, nullptr, d.pipe.w, nullptr, net::PipePool::kCapacity, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      d.piped = static_cast<uint32_t>(n);
+      s.deadline_ms = env_.now_ms + s.idle_ms;
+      continue;
+    }
+    if (n == 0) {
+      d.eof = true;
+      continue;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      arm_poll(s, c2u, false);
+      return;
+    }
+    if (errno == EINTR) continue;
+    close_session(s);  // reset or error: the relay ends
+    return;
+  }
+  arm_poll(s, c2u, d.piped != 0);
 }
 
 void UringRelay::enqueue(Dir& d, uint16_t bid, uint32_t len) noexcept {
@@ -514,6 +620,11 @@ void UringRelay::on_timer(net::TimerNode& n) noexcept {
 }
 
 void UringRelay::release_dir(Dir& d) noexcept {
+  if (d.pipe) {
+    env_.pipes->release(d.pipe, d.piped == 0);  // no operation in flight uses it
+    d.pipe = net::PipeFds{};
+    d.piped = 0;
+  }
   // Keeps only what a send in flight still reads; on_send gives that back.
   if (d.extra && !d.sending) {
     (d.extra_big ? env_.frame_buffers : env_.buffers)->release(d.extra);

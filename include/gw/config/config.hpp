@@ -78,6 +78,9 @@ struct Config {
   std::string path;       ///< absolute path of the file it came from
   int workers = 0;        ///< resolved: "auto" = number of online CPUs
   EventEngine event_engine = EventEngine::epoll;  ///< "event_engine"
+  /// "splice_after_bytes": an L4 direction that has carried this many bytes
+  /// moves the rest with splice(2) through a pipe; 0 = always copy.
+  uint32_t splice_after_bytes = 262144;
   std::string log_file;   ///< empty = stderr
   core::LogLevel log_level = core::LogLevel::info;
   uint32_t shutdown_timeout_ms = 10000;

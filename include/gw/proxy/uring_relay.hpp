@@ -21,6 +21,12 @@
 // ring empty (-ENOBUFS) waits on the starved list until buffers come back.
 // Idle connections hold no buffer at all.
 //
+// Bulk: a direction that has carried env.splice_after bytes stops receiving
+// into ring buffers and moves the rest with splice(2) through a pipe, driven
+// by one-shot IORING_OP_POLL_ADD (readable source, writable destination); at
+// most one pipe's worth is in flight, so back-pressure holds the same way.
+// (IORING_OP_SPLICE itself would block an io-wq thread per waiting socket.)
+//
 // Connects are IORING_OP_CONNECT linked to an IORING_OP_LINK_TIMEOUT. Closing
 // a session cancels what it still has in flight (cancel by fd, hard-linked to
 // the close); the slot is reused only after its last completion, and tags
@@ -58,7 +64,7 @@ class UringRelay {
   /// multishot receive byte limit (net::uring_recv_limit_supported()).
   UringRelay(RelayEnv& env, net::Ring& ring, net::BufRing& bufs, uint32_t max_sessions, bool recv_limit);
 
-  /// Takes an accepted client socket (blocking mode; io_uring drives it).
+  /// Takes an accepted, non-blocking client socket.
   void accept(int fd, uint32_t listener) noexcept;
   /// A completion whose tag op is >= uring_op::kRelayFirst.
   void on_completion(uint64_t tag, int32_t res, uint32_t flags) noexcept;
@@ -91,6 +97,10 @@ class UringRelay {
     kSendClient,    // upstream → client bytes
     kConnect,
     kLinkTimeout,
+    kPollClientIn,     // splice mode: the client has bytes (client → upstream)
+    kPollUpstreamIn,   // the upstream has bytes (upstream → client)
+    kPollUpstreamOut,  // the upstream takes bytes again (client → upstream)
+    kPollClientOut,    // the client takes bytes again (upstream → client)
   };
   enum class State : uint8_t { free, sniff, connecting, relay, closing };
   enum Recv : uint8_t { kIdle, kArmed, kCancelling };
@@ -109,6 +119,11 @@ class UringRelay {
     char* extra = nullptr;      // a pool buffer sent before the FIFO (a sniffed first frame)
     uint32_t extra_off = 0, extra_len = 0;
     uint32_t starve_prev = kNone, starve_next = kNone;  // starved list, by side id (slot * 2 + side)
+    uint64_t moved = 0;       // bytes written to the destination so far
+    net::PipeFds pipe;        // splice mode
+    uint32_t piped = 0;       // bytes in the pipe
+    bool poll_in = false;     // splice mode: waiting for the source
+    bool poll_out = false;    // splice mode: waiting for the destination
   };
 
   struct Session : net::TimerNode {
@@ -150,6 +165,11 @@ class UringRelay {
   void arm_recv(Session& s, bool client) noexcept;
   void maybe_arm(Session& s, bool client) noexcept;
   void pump(Session& s, bool client_to_upstream) noexcept;
+  void finish_dir(Session& s, bool client_to_upstream) noexcept;
+  bool start_splice(Session& s, bool client_to_upstream) noexcept;
+  void splice_pump(Session& s, bool client_to_upstream) noexcept;
+  void arm_poll(Session& s, bool client_to_upstream, bool out) noexcept;
+  void on_poll(Session& s, bool client_to_upstream, bool out) noexcept;
   void enqueue(Dir& d, uint16_t bid, uint32_t len) noexcept;
   void pop_front(Dir& d) noexcept;
   void starve(Session& s, bool client) noexcept;

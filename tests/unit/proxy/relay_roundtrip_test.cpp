@@ -62,11 +62,12 @@ struct Env {
   balance::Balancer bal{ts.seg.caps().max_hosts, 7};
   net::TimerWheel timers{core::monotonic_ms()};
   net::BufferPool buffers;
+  net::PipePool pipes{8};
   std::vector<proxy::ListenerRuntime> listeners = std::vector<proxy::ListenerRuntime>(1);
   std::vector<uint32_t> live_tag;
   proxy::RelayEnv env;
 
-  Env(uint16_t port, uint32_t idle_ms, uint32_t tries = 3) {
+  Env(uint16_t port, uint32_t idle_ms, uint32_t tries = 3, uint64_t splice_after = 0) {
     shm::Writer w(ts.seg);
     w.set_persist(false);
     w.commit([&](shm::Table& t, std::vector<std::string>& ev) {
@@ -93,6 +94,8 @@ struct Env {
     live_tag.assign(ts.seg.caps().max_hosts, 0);
     env.timers = &timers;
     env.buffers = &buffers;
+    env.pipes = &pipes;
+    env.splice_after = splice_after;
     env.seg = &ts.seg;
     env.snap = &snap;
     env.balancer = &bal;
@@ -114,7 +117,10 @@ struct UringEngine {
     REQUIRE(bufs.attach(ring.raw(), 0) == 0);
     relay = std::make_unique<proxy::UringRelay>(e.env, ring, bufs, 64, net::uring_recv_limit_supported());
   }
-  void accept(int fd) { relay->accept(fd, 0); }
+  void accept(int fd) {
+    set_nonblock(fd);  // as the worker's multishot accept makes them
+    relay->accept(fd, 0);
+  }
   void step(int timeout_ms) {
     relay->flush();
     ring.submit_and_wait(timeout_ms);
@@ -126,7 +132,10 @@ struct UringEngine {
   }
   uint32_t active() const { return relay->active(); }
   /// Nothing open, nothing owed by the kernel, every buffer back.
-  bool idle() const { return relay->active() == 0 && relay->retiring() == 0 && bufs.out() == 0 && e.buffers.in_use() == 0; }
+  bool idle() const {
+    return relay->active() == 0 && relay->retiring() == 0 && bufs.out() == 0 && e.buffers.in_use() == 0 &&
+           e.pipes.in_use() == 0;
+  }
   /// Buffers holding bytes the relay has read but not yet written on.
   size_t held() const { return bufs.out() + e.buffers.in_use(); }
   // kHighWater (4) buffers, and one more: the receive's byte limit is checked
@@ -159,7 +168,7 @@ struct EpollEngine {
     e.timers.advance(e.env.now_ms, [&](net::TimerNode& t) { relay->on_timer(t); });
   }
   uint32_t active() const { return relay->active(); }
-  bool idle() const { return relay->active() == 0 && e.buffers.in_use() == 0; }
+  bool idle() const { return relay->active() == 0 && e.buffers.in_use() == 0 && e.pipes.in_use() == 0; }
   size_t held() const { return e.buffers.in_use(); }
   static constexpr size_t kMaxHeldPerDirection = 1;
   bool strict() const { return true; }
@@ -231,9 +240,9 @@ bool stall_then_flow(E& eng, int from, int to, const std::string& data) {
 }
 
 template <typename E>
-void round_trip_back_pressure_half_close() {
+void round_trip_back_pressure_half_close(uint64_t splice_after) {
   Upstream up;
-  Env env(up.port, 600000);
+  Env env(up.port, 600000, 3, splice_after);
   E eng(env);
   int sv[2];
   REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
@@ -261,6 +270,8 @@ void round_trip_back_pressure_half_close() {
   // sent; then the reader reads and everything arrives, in order.
   CHECK(stall_then_flow(eng, client, ufd, pattern(8u << 20, 1)));
   CHECK(stall_then_flow(eng, ufd, client, pattern(8u << 20, 2)));
+  // Past splice_after bytes both directions move through pipes.
+  CHECK(env.pipes.in_use() == (splice_after ? 2u : 0u));
 
   // Half-close: the client's EOF reaches the upstream, which still answers.
   REQUIRE(::shutdown(client, SHUT_WR) == 0);
@@ -328,9 +339,9 @@ void refused_connect_fails_the_host() {
 /// After warm-up, new connections and requests through the relay allocate
 /// nothing: 1,000 connections with 10 request/response pairs each.
 template <typename E>
-void no_allocation_per_connection_or_request() {
+void no_allocation_per_connection_or_request(uint64_t splice_after) {
   Upstream up;
-  Env env(up.port, 600000);
+  Env env(up.port, 600000, 3, splice_after);
   E eng(env);
   char buf[256];
   uint64_t bad = 0;
@@ -382,14 +393,16 @@ TEST_SUITE("proxy") {
     CHECK(gw::testing::allocations() - before == 2);
   }
   TEST_CASE("relay round trip, back-pressure, half-close and teardown (epoll)") {
-    round_trip_back_pressure_half_close<EpollEngine>();
+    round_trip_back_pressure_half_close<EpollEngine>(0);
   }
+  TEST_CASE("relay round trip with splice past 64 KiB (epoll)") { round_trip_back_pressure_half_close<EpollEngine>(65536); }
   TEST_CASE("relay idle timeout (epoll)") { idle_timeout_closes<EpollEngine>(); }
   TEST_CASE("relay refused connect: passive failure, no host left (epoll)") {
     refused_connect_fails_the_host<EpollEngine>();
   }
   TEST_CASE("relay allocates nothing per connection or request after warm-up (epoll)") {
-    no_allocation_per_connection_or_request<EpollEngine>();
+    no_allocation_per_connection_or_request<EpollEngine>(0);
+    no_allocation_per_connection_or_request<EpollEngine>(16);  // every connection splices after 16 bytes
   }
 
   TEST_CASE("relay round trip, back-pressure, half-close and teardown (io_uring)") {
@@ -397,7 +410,11 @@ TEST_SUITE("proxy") {
       MESSAGE("io_uring unavailable here, skipped: " << why);
       return;
     }
-    round_trip_back_pressure_half_close<UringEngine>();
+    round_trip_back_pressure_half_close<UringEngine>(0);
+  }
+  TEST_CASE("relay round trip with splice past 64 KiB (io_uring)") {
+    if (!net::uring_unsupported().empty()) return;
+    round_trip_back_pressure_half_close<UringEngine>(65536);
   }
   TEST_CASE("relay idle timeout (io_uring)") {
     if (!net::uring_unsupported().empty()) return;
@@ -409,6 +426,7 @@ TEST_SUITE("proxy") {
   }
   TEST_CASE("relay allocates nothing per connection or request after warm-up (io_uring)") {
     if (!net::uring_unsupported().empty()) return;
-    no_allocation_per_connection_or_request<UringEngine>();
+    no_allocation_per_connection_or_request<UringEngine>(0);
+    no_allocation_per_connection_or_request<UringEngine>(16);
   }
 }
