@@ -18,12 +18,14 @@ PipeFds PipePool::acquire() noexcept {
   if (!free_.empty()) {
     PipeFds p = free_.back();
     free_.pop_back();
+    ++acquired_;
     return p;
   }
   if (open_ >= max_) return {};
   int fds[2];
   if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return {};
   ++open_;
+  ++acquired_;
   return PipeFds{fds[0], fds[1]};
 }
 

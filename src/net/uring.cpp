@@ -10,8 +10,6 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
-#include <span>
-#include <cstdlib>
 
 namespace gw::net {
 
@@ -104,9 +102,7 @@ Ring::Ring(unsigned sq_entries) {
   const unsigned tries[] = {IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
                             IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN, 0};
   int r = -EINVAL;
-  const char* exp = ::getenv("GW_EXP_SETUP");  // EXPERIMENT
-  int start = exp ? std::atoi(exp) : 0;
-  for (unsigned f : std::span(tries).subspan(start)) {
+  for (unsigned f : tries) {
     r = setup(sq_entries, f, &ring_);
     if (r != -EINVAL) break;
   }

@@ -330,7 +330,14 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
         if (p.piped) p.piped -= static_cast<uint32_t>(n);
         else p.head += static_cast<uint32_t>(n);
         s.deadline_ms = env_.now_ms + s.idle_ms;  // lazy: the wheel re-files it when due
-        if (!p.pending()) release_buf(p);
+        if (!p.pending()) {
+          release_buf(p);
+          if (p.pipe && !p.burst) {
+            // The burst is over: small reads go back to plain copies.
+            env_.pipes->release(p.pipe, true);
+            p.pipe = net::PipeFds{};
+          }
+        }
         continue;
       }
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -341,15 +348,18 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
       return false;
     }
     if (src_eof || !src_in) break;
-    // Bulk: past splice_after bytes this direction moves through a pipe (no
-    // copy through user space), if the pool has one.
-    if (!p.pipe && env_.splice_after && p.moved >= env_.splice_after && !p.buf) p.pipe = env_.pipes->acquire();
+    // Bulk: past splice_after bytes, while reads fill whole buffers, this
+    // direction moves through a pipe (no copy through user space), if the
+    // pool has one. Small messages stay with recv/send.
+    if (!p.pipe && p.burst && env_.splice_after && p.moved >= env_.splice_after && !p.buf)
+      p.pipe = env_.pipes->acquire();
     if (p.pipe) {
       ssize_t n = ::splice(src, nullptr, p.pipe.w, nullptr, net::PipePool::kCapacity, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n > 0) {
         // No short-read shortcut here: a splice also stops when the pipe's
         // slots are full, with bytes still in the socket.
         p.piped = static_cast<uint32_t>(n);
+        p.burst = static_cast<size_t>(n) >= net::BufferPool::kBufferSize;
         s.deadline_ms = env_.now_ms + s.idle_ms;
         continue;
       }
@@ -372,6 +382,7 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
     if (n > 0) {
       p.head = 0;
       p.tail = static_cast<uint32_t>(n);
+      p.burst = static_cast<size_t>(n) == net::BufferPool::kBufferSize;
       s.deadline_ms = env_.now_ms + s.idle_ms;
       // A short read emptied the socket's receive queue. With edge-triggered
       // epoll the next arrival raises a new event, so the recv() that would

@@ -340,6 +340,7 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
       if (s.state == State::closing) return;
     } else {
       if (s.state == State::relay) s.deadline_ms = env_.now_ms + s.idle_ms;  // lazy: re-filed when due
+      d.burst = static_cast<uint32_t>(res) == bufs_.size();
       enqueue(d, bid, static_cast<uint32_t>(res));
       if (d.queued >= kHighWater && d.recv == kArmed) {
         // Back-pressure: the other side has not taken what came before.
@@ -456,7 +457,8 @@ void UringRelay::finish_dir(Session& s, bool c2u) noexcept {
 
 bool UringRelay::start_splice(Session& s, bool c2u) noexcept {
   Dir& d = c2u ? s.c2u : s.u2c;
-  if (!env_.splice_after || d.moved < env_.splice_after || s.state != State::relay || d.pipe) return false;
+  if (!env_.splice_after || !d.burst || d.moved < env_.splice_after || s.state != State::relay || d.pipe)
+    return false;
   d.pipe = env_.pipes->acquire();
   if (!d.pipe) return false;  // the pool is at its bound: keep copying
   d.piped = 0;
@@ -504,6 +506,13 @@ void UringRelay::splice_pump(Session& s, bool c2u) noexcept {
         d.piped -= static_cast<uint32_t>(n);
         d.moved += static_cast<uint64_t>(n);
         s.deadline_ms = env_.now_ms + s.idle_ms;
+        if (d.piped == 0 && !d.burst && !d.eof) {
+          // The burst is over: small reads go back to ring buffers.
+          env_.pipes->release(d.pipe, true);
+          d.pipe = net::PipeFds{};
+          maybe_arm(s, c2u);
+          return;
+        }
         continue;
       }
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -522,6 +531,7 @@ void UringRelay::splice_pump(Session& s, bool c2u) noexcept {
     ssize_t n = ::splice(src, nullptr, d.pipe.w, nullptr, net::PipePool::kCapacity, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
       d.piped = static_cast<uint32_t>(n);
+      d.burst = static_cast<uint32_t>(n) >= bufs_.size();
       s.deadline_ms = env_.now_ms + s.idle_ms;
       continue;
     }

@@ -80,7 +80,7 @@ struct Config {
   EventEngine event_engine = EventEngine::epoll;  ///< "event_engine"
   /// "splice_after_bytes": an L4 direction that has carried this many bytes
   /// moves the rest with splice(2) through a pipe; 0 = always copy.
-  uint32_t splice_after_bytes = 262144;
+  uint32_t splice_after_bytes = 16384;
   std::string log_file;   ///< empty = stderr
   core::LogLevel log_level = core::LogLevel::info;
   uint32_t shutdown_timeout_ms = 10000;

@@ -31,6 +31,8 @@ class PipePool {
 
   uint32_t open() const noexcept { return open_; }
   uint32_t in_use() const noexcept { return open_ - static_cast<uint32_t>(free_.size()); }
+  /// Pipes handed out so far (tests, statistics).
+  uint64_t acquired() const noexcept { return acquired_; }
   uint32_t max() const noexcept { return max_; }
   /// Bytes one splice into an empty pipe may move (the pipe's capacity).
   static constexpr uint32_t kCapacity = 64 * 1024;
@@ -39,6 +41,7 @@ class PipePool {
   std::vector<PipeFds> free_;
   uint32_t open_ = 0;
   uint32_t max_;
+  uint64_t acquired_ = 0;
 };
 
 }  // namespace gw::net

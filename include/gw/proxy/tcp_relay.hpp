@@ -48,8 +48,9 @@ struct RelayEnv {
   net::TimerWheel* timers = nullptr;
   net::BufferPool* buffers = nullptr;
   net::BufferPool* frame_buffers = nullptr;  ///< whole-frame buffers (frame listeners whose max frame exceeds a buffer)
-  /// splice(2): a direction that has carried `splice_after` bytes moves the
-  /// rest through a pipe from `pipes` (null or 0: always copy).
+  /// splice(2): a direction that has carried `splice_after` bytes and reads
+  /// full buffers (a burst of bulk data) moves through a pipe from `pipes`
+  /// until a read comes back short (null or 0: always copy).
   net::PipePool* pipes = nullptr;
   uint64_t splice_after = 0;
   const shm::Segment* seg = nullptr;
@@ -107,6 +108,7 @@ class TcpRelay {
     uint32_t piped = 0;   ///< bytes in the pipe
     net::PipeFds pipe;    ///< splice mode
     uint64_t moved = 0;   ///< bytes written on so far
+    bool burst = false;   ///< the last read filled a whole buffer or pipe (bulk data is queued)
     bool pending() const noexcept { return tail > head || piped > 0; }
   };
 

@@ -21,8 +21,9 @@
 // ring empty (-ENOBUFS) waits on the starved list until buffers come back.
 // Idle connections hold no buffer at all.
 //
-// Bulk: a direction that has carried env.splice_after bytes stops receiving
-// into ring buffers and moves the rest with splice(2) through a pipe, driven
+// Bulk: a direction that has carried env.splice_after bytes and receives full
+// buffers (a burst) stops receiving into ring buffers and moves its bytes with
+// splice(2) through a pipe until a read comes back short, driven
 // by one-shot IORING_OP_POLL_ADD (readable source, writable destination); at
 // most one pipe's worth is in flight, so back-pressure holds the same way.
 // (IORING_OP_SPLICE itself would block an io-wq thread per waiting socket.)
@@ -124,6 +125,7 @@ class UringRelay {
     uint32_t piped = 0;       // bytes in the pipe
     bool poll_in = false;     // splice mode: waiting for the source
     bool poll_out = false;    // splice mode: waiting for the destination
+    bool burst = false;       // the last read filled a whole buffer or pipe
   };
 
   struct Session : net::TimerNode {

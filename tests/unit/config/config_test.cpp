@@ -56,8 +56,8 @@ TEST_SUITE("config") {
     CHECK(has(r.errors, "event_engine: expected a string"));
   }
 
-  TEST_CASE("splice_after_bytes: 256 KiB by default, 0 turns splicing off, range checked") {
-    CHECK(load_string(kValid).config.splice_after_bytes == 262144);
+  TEST_CASE("splice_after_bytes: 16 KiB by default, 0 turns splicing off, range checked") {
+    CHECK(load_string(kValid).config.splice_after_bytes == 16384);
     auto r = load_string(replace(kValid, R"("workers": 2)", R"("workers": 2, "splice_after_bytes": 0)"));
     REQUIRE(r.errors.empty());
     CHECK(r.config.splice_after_bytes == 0);
