@@ -7,9 +7,12 @@
 #include <fmt/format.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+
+#include "gw/core/log.hpp"
 
 namespace gw::net {
 
@@ -115,9 +118,16 @@ Ring::~Ring() { io_uring_queue_exit(&ring_); }
 
 io_uring_sqe* Ring::sqe() noexcept {
   io_uring_sqe* s = io_uring_get_sqe(&ring_);
-  if (s) return s;
-  io_uring_submit(&ring_);
-  return io_uring_get_sqe(&ring_);
+  for (int attempt = 0; !s && attempt < 1000; ++attempt) {
+    int r = io_uring_submit(&ring_);
+    if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) break;
+    s = io_uring_get_sqe(&ring_);
+  }
+  if (!s) {
+    GW_LOG_ERROR("io_uring: the submission queue does not drain; aborting the worker");
+    std::abort();
+  }
+  return s;
 }
 
 int Ring::submit_and_wait(int timeout_ms) noexcept {

@@ -107,8 +107,9 @@ class Ring {
   Ring(const Ring&) = delete;
   Ring& operator=(const Ring&) = delete;
 
-  /// A free SQE, zeroed by the prep helpers; submits what is queued if the SQ
-  /// is full (never returns nullptr unless the ring is broken).
+  /// A free SQE (the prep helpers fill all of it); submits what is queued if
+  /// the SQ is full. Never returns nullptr: a ring that takes no submission
+  /// at all is beyond repair, and the worker aborts (the master respawns it).
   io_uring_sqe* sqe() noexcept;
   /// Makes sure the next `n` sqe() calls come from one submission (a linked
   /// chain must not be split by a submit in its middle).
@@ -122,17 +123,23 @@ class Ring {
   /// Submits queued SQEs without waiting.
   int submit() noexcept;
 
-  /// Calls fn(const io_uring_cqe&) for every ready completion and marks them seen.
+  /// Calls fn(const io_uring_cqe&) for every ready completion and marks them
+  /// seen, 64 at a time (so the kernel can move overflowed completions in
+  /// while fn queues new work). Returns how many.
   template <typename Fn>
   unsigned drain(Fn&& fn) noexcept {
-    unsigned head, n = 0;
-    io_uring_cqe* cqe;
-    io_uring_for_each_cqe(&ring_, head, cqe) {
-      fn(*cqe);
-      ++n;
+    unsigned total = 0;
+    for (;;) {
+      unsigned head, n = 0;
+      io_uring_cqe* cqe;
+      io_uring_for_each_cqe(&ring_, head, cqe) {
+        fn(*cqe);
+        if (++n == 64) break;
+      }
+      if (n == 0) return total;
+      io_uring_cq_advance(&ring_, n);
+      total += n;
     }
-    io_uring_cq_advance(&ring_, n);
-    return n;
   }
 
   io_uring* raw() noexcept { return &ring_; }
