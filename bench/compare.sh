@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Compares gw's L4 (TCP) proxying (epoll and io_uring engines) with nginx (stream), HAProxy
-# (mode tcp) and a direct connection to one backend, using wrk over loopback.
+# Compares gw (epoll and io_uring engines) with nginx, HAProxy and a direct connection to one
+# backend, using wrk over loopback:
+#   l4  gw `tcp` listener, nginx stream, HAProxy mode tcp
+#   l7  gw `http` listener (upstream keep-alive), nginx http proxy_pass with a keepalive
+#       upstream (proxy_http_version 1.1), HAProxy mode http with http-reuse always
 #
-#   bench/compare.sh l4 [--rounds N] [--duration S] [--connections C] [--workers W]
+#   bench/compare.sh l4|l7 [--rounds N] [--duration S] [--connections C] [--workers W]
 #
 # Defaults: 5 rounds, 10 s per run, 50 connections, W = nproc workers/threads per proxy.
 # Environment:
@@ -13,6 +16,8 @@
 #   GW_BACKEND    path to a gw-backend binary to use instead of the build dir's
 #   GW_CMAKE_ARGS extra arguments for configuring build-release (e.g. "-DGW_WERROR=OFF")
 #   GW_RESULTS_FILE  where to append the results (default bench/RESULTS.md)
+#   RULE_CHANGES  l7: gray-rule changes made during one extra gw run (default 1000; 0 = none)
+#   RULES_DURATION  l7: length of that run in seconds (default 60)
 #
 # Every proxy gets the same two single-threaded gw-backend HTTP servers and the same worker
 # count. Rounds are interleaved and the starting contender rotates each round, so slow drift
@@ -29,7 +34,7 @@ PY=/usr/bin/python3
 
 usage() {
   cat >&2 <<EOF
-usage: bench/compare.sh l4 [--rounds N] [--duration S] [--connections C] [--workers W]
+usage: bench/compare.sh l4|l7 [--rounds N] [--duration S] [--connections C] [--workers W]
   defaults: --rounds 5 --duration 10 --connections 50 --workers \$(nproc)
   env: CONTENDERS="gw gw-uring nginx haproxy direct"  GW_BUILD_DIR=DIR  GW_BACKEND=PATH
 EOF
@@ -43,7 +48,7 @@ log() { echo "== $*" >&2; }
 
 [ $# -ge 1 ] || usage
 MODE=$1; shift
-[ "$MODE" = l4 ] || { echo "compare.sh: unknown benchmark '$MODE' (only 'l4' exists)" >&2; usage; }
+case $MODE in l4|l7) ;; *) echo "compare.sh: unknown benchmark '$MODE' (l4 or l7)" >&2; usage ;; esac
 
 ROUNDS=5
 DURATION=10
@@ -88,7 +93,7 @@ command -v wrk >/dev/null || die "wrk not found (tools/setup.sh installs it)"
 [ -x "$PY" ] || die "$PY not found"
 if has_contender nginx; then
   command -v nginx >/dev/null || die "nginx not found"
-  [ -f "$NGINX_STREAM_MODULE" ] || die "$NGINX_STREAM_MODULE missing (package libnginx-mod-stream)"
+  [ "$MODE" = l7 ] || [ -f "$NGINX_STREAM_MODULE" ] || die "$NGINX_STREAM_MODULE missing (package libnginx-mod-stream)"
 fi
 if has_contender haproxy; then command -v haproxy >/dev/null || die "haproxy not found"; fi
 
@@ -103,7 +108,7 @@ GWD="$BUILD_DIR/gwd"
 BACKEND=${GW_BACKEND:-"$BUILD_DIR/gw-backend"}
 
 need_build=0
-if has_gw && [ ! -x "$GWD" ]; then need_build=1; fi
+if has_gw && { [ ! -x "$GWD" ] || [ ! -x "$BUILD_DIR/gwctl" ]; }; then need_build=1; fi
 if [ ! -x "$BACKEND" ]; then need_build=1; fi
 if [ $need_build = 1 ]; then
   [ $BUILD_ALLOWED = 1 ] || die "gwd or gw-backend missing in $BUILD_DIR (build it, or unset GW_BUILD_DIR)"
@@ -111,7 +116,7 @@ if [ $need_build = 1 ]; then
   build_log=$(mktemp /tmp/gwbench-build.XXXXXX)
   read -r -a extra_cmake_args <<<"${GW_CMAKE_ARGS:-}"
   if ! { cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "${extra_cmake_args[@]}" &&
-         cmake --build "$BUILD_DIR" -j2 --target gwd gw-backend; } >"$build_log" 2>&1; then
+         cmake --build "$BUILD_DIR" -j2 --target gwd gwctl gw-backend; } >"$build_log" 2>&1; then
     tail -n 40 "$build_log" >&2
     die "build failed (full log: $build_log); GW_BUILD_DIR=<dir> benchmarks an existing build"
   fi
@@ -255,26 +260,33 @@ for b in 1 2; do
   wait_ready "backend b$b" "$LAST_PID" "${!port_var}" "b$b" "$TMP/b$b.log"
 done
 
-# start_gw NAME PORT ENGINE SHM: one gwd instance with the given event engine.
+gw_upstream() {  # NAME: an upstream over b1 and b2
+  printf '{"name": "%s", "connect_timeout_ms": 2000, "idle_timeout_ms": 600000,
+               "max_fails": 1, "fail_timeout_ms": 10000, "tries": 3,
+               "pools": [{"id": "primary", "priority": 0, "method": "round_robin",
+                          "hosts": [{"id": "b1", "address": "127.0.0.1:%s", "weight": 1},
+                                    {"id": "b2", "address": "127.0.0.1:%s", "weight": 1}]}]}' "$1" "$P_B1" "$P_B2"
+}
+GW_UPSTREAMS=$(gw_upstream app)
+# l7: a second upstream over the same backends, where the gray rule that the
+# rule-change round flips sends wrk's requests (the answers stay the same).
+[ "$MODE" = l7 ] && GW_UPSTREAMS+=", $(gw_upstream pre)"
+
+# start_gw NAME PORT ENGINE SHM: one gwd with the given event engine.
 start_gw() {
   local name=$1 port=$2 engine=$3 shm=$4 conf="$TMP/$1.json"
-  # "warn" in the steady state (the start-up line naming the engine is always printed);
-  # per-connection logging would skew the numbers.
+  # Release builds log little at "warn"; per-connection logging would skew the numbers.
   cat >"$conf" <<EOF
 {
   "workers": $WORKERS,
   "event_engine": "$engine",
   "log_level": "warn",
   "shutdown_timeout_ms": 2000,
-  "shm": {"name": "$shm", "max_upstreams": 64, "max_pools": 256, "max_hosts": 4096},
+  "shm": {"name": "$shm", "max_upstreams": 64, "max_pools": 256, "max_hosts": 4096, "max_rule_cidrs": 8192},
   "state_file": "$TMP/$name.state.json",
-  "listeners": [{"name": "bench", "listen": "127.0.0.1:$port", "protocol": "tcp",
+  "listeners": [{"name": "bench", "listen": "127.0.0.1:$port", "protocol": "$([ "$MODE" = l7 ] && echo http || echo tcp)",
                  "upstream": "app", "backlog": 4096}],
-  "upstreams": [{"name": "app", "connect_timeout_ms": 2000, "idle_timeout_ms": 600000,
-                 "max_fails": 1, "fail_timeout_ms": 10000, "tries": 3,
-                 "pools": [{"id": "primary", "priority": 0, "method": "round_robin",
-                            "hosts": [{"id": "b1", "address": "127.0.0.1:$P_B1", "weight": 1},
-                                      {"id": "b2", "address": "127.0.0.1:$P_B2", "weight": 1}]}]}]
+  "upstreams": [$GW_UPSTREAMS]
 }
 EOF
   if ! "$GWD" -t -c "$conf" >"$TMP/$name-check.log" 2>&1; then
@@ -298,6 +310,7 @@ if has_contender gw-uring; then start_gw gw-uring "$P_GWU" io_uring "$SHM_NAME-u
 
 if has_contender nginx; then
   mkdir -p "$TMP/nginx/logs"
+  if [ "$MODE" = l4 ]; then
   cat >"$TMP/nginx/nginx.conf" <<EOF
 load_module $NGINX_STREAM_MODULE;
 daemon off;
@@ -322,19 +335,61 @@ stream {
     }
 }
 EOF
+  else
+  # The usual production reverse proxy: keep-alive to the backends, no access log
+  # (gw writes none either), client keep-alive as wrk uses it.
+  cat >"$TMP/nginx/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes $WORKERS;
+worker_rlimit_nofile 20000;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events {
+    worker_connections 8192;
+}
+http {
+    access_log off;
+    keepalive_requests 100000;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    upstream backends {
+        server 127.0.0.1:$P_B1;
+        server 127.0.0.1:$P_B2;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$P_NGINX reuseport backlog=4096;
+        location / {
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 2s;
+        }
+    }
+}
+EOF
+  fi
   # -e: log startup errors here instead of the system-wide error log.
   start nginx "$TMP/nginx.log" nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf"
   wait_ready nginx "$LAST_PID" "$P_NGINX" "b1 b2" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"
 fi
 
 if has_contender haproxy; then
+  MODE_HAPROXY=tcp
+  HAPROXY_HTTP_OPTS=""
+  if [ "$MODE" = l7 ]; then
+    MODE_HAPROXY=http
+    HAPROXY_HTTP_OPTS=$'    option http-keep-alive\n    http-reuse always'
+  fi
   cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread $WORKERS
     maxconn 4096
 
 defaults
-    mode tcp
+    mode $MODE_HAPROXY
+$HAPROXY_HTTP_OPTS
     timeout connect 2s
     timeout client 10m
     timeout server 10m
@@ -386,7 +441,7 @@ parse_wrk() {
 RUNS="$TMP/runs.tsv"
 : >"$RUNS"
 n=${#CONTENDER_LIST[@]}
-log "l4: $ROUNDS rounds x ${DURATION}s, $CONNECTIONS connections, wrk -t$WRK_THREADS, contenders: ${CONTENDER_LIST[*]}"
+log "$MODE: $ROUNDS rounds x ${DURATION}s, $CONNECTIONS connections, wrk -t$WRK_THREADS, contenders: ${CONTENDER_LIST[*]}"
 for ((r = 0; r < ROUNDS; r++)); do
   for ((k = 0; k < n; k++)); do
     c=${CONTENDER_LIST[(r + k) % n]}
@@ -415,6 +470,42 @@ for ((r = 0; r < ROUNDS; r++)); do
   done
 done
 
+# l7: one more gw round while gwctl changes a gray-release rule RULE_CHANGES times
+# (default 1000): the rule flips wrk's client address between the two upstreams, each
+# change a commit that every worker picks up on its next request. Reported on its
+# own row ("gw+rules"); the target is 0 failed requests.
+RULE_CHANGES=${RULE_CHANGES:-1000}
+RULES_DURATION=${RULES_DURATION:-60}  # each change is a gwctl process and an fsync'd state file: ~25/s here
+RULES_DONE=0
+if [ "$MODE" = l7 ] && has_contender gw && [ "$RULE_CHANGES" -gt 0 ]; then
+  GWCTL="$BUILD_DIR/gwctl"
+  [ -x "$GWCTL" ] || die "$GWCTL not found (build the gwctl target)"
+  "$GWCTL" --shm "$SHM_NAME" add rule bench default gray --ip 127.0.0.2 --upstream pre >/dev/null
+  out="$TMP/wrk-rules.txt"
+  wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${RULES_DURATION}s" --latency "http://127.0.0.1:$P_GW/" >"$out" 2>&1 &
+  WRK_PID=$!
+  for ((i = 0; i < RULE_CHANGES; i++)); do
+    if ((i % 2 == 0)); then ip=127.0.0.1; else ip=127.0.0.2,10.0.0.0/8; fi
+    "$GWCTL" --shm "$SHM_NAME" set rule bench default gray --ip "$ip" --upstream pre >/dev/null ||
+      die "gwctl set rule failed (change $i)"
+    kill -0 "$WRK_PID" 2>/dev/null || break
+  done
+  RULES_DONE=$i
+  wrk_rc=0
+  wait "$WRK_PID" || wrk_rc=$?
+  WRK_PID=""
+  if [ $wrk_rc -ne 0 ] || ! res=$(parse_wrk "$out"); then
+    show_logs "$out"
+    die "wrk through gw during the rule changes failed"
+  fi
+  read -r rps p50 p99 errs <<<"$res"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "rules" "gw+rules" "$rps" "$p50" "$p99" "$errs" >>"$RUNS"
+  printf '[rules]       gw+rules req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms  (%d rule changes in the run, %d errors)\n' \
+    "$rps" "$p50" "$p99" "$RULES_DONE" "$errs"
+  [ "$RULES_DONE" -ge "$RULE_CHANGES" ] ||
+    echo "compare.sh: warning: only $RULES_DONE of $RULE_CHANGES rule changes fit in the ${RULES_DURATION}s run" >&2
+fi
+
 # ---------------------------------------------------------------------------------------
 # Summary: medians per contender, ratios to nginx; printed and appended to RESULTS.md.
 
@@ -433,11 +524,14 @@ GW_BUILD="$BUILD_DIR (${BUILD_TYPE:-unknown build type})"
 # Values reach the Python code through the environment (quoted heredoc: no shell expansion).
 BENCH_ROUNDS=$ROUNDS BENCH_DURATION=$DURATION BENCH_CONNECTIONS=$CONNECTIONS \
 BENCH_WORKERS=$WORKERS BENCH_WRK_THREADS=$WRK_THREADS BENCH_DATE=$DATE BENCH_KERNEL=$KERNEL \
-BENCH_NPROC=$NPROC BENCH_VERSIONS=$VERSIONS BENCH_GW_REV=$GW_REV BENCH_GW_BUILD=$GW_BUILD \
+BENCH_NPROC=$NPROC BENCH_VERSIONS=$VERSIONS BENCH_GW_REV=$GW_REV BENCH_GW_BUILD=$GW_BUILD BENCH_MODE=$MODE \
+BENCH_RULES_DONE=$RULES_DONE \
 "$PY" - "$RUNS" "$RESULTS_MD" "${CONTENDER_LIST[*]}" <<'EOF'
 import os, statistics, sys
 
 runs_file, results_md, order = sys.argv[1], sys.argv[2], sys.argv[3].split()
+if int(os.environ.get("BENCH_RULES_DONE", "0")) > 0:
+    order.append("gw+rules")
 env = os.environ
 rows = {}
 for line in open(runs_file):
@@ -466,8 +560,8 @@ def fmt(cells):
                      for i, (c, w) in enumerate(zip(cells, widths)))
 
 print()
-print("l4 medians over %s rounds (wrk -t%s -c%s -d%ss, workers %s):" % (
-    env["BENCH_ROUNDS"], env["BENCH_WRK_THREADS"], env["BENCH_CONNECTIONS"],
+print("%s medians over %s rounds (wrk -t%s -c%s -d%ss, workers %s):" % (
+    env["BENCH_MODE"], env["BENCH_ROUNDS"], env["BENCH_WRK_THREADS"], env["BENCH_CONNECTIONS"],
     env["BENCH_DURATION"], env["BENCH_WORKERS"]))
 print(fmt(header))
 print(fmt(["-" * w for w in widths]))
@@ -475,6 +569,8 @@ for row in table:
     print(fmt(row))
 if "direct" in order:
     print("(direct = wrk straight at backend b1, no proxy; the proxies spread load over b1 and b2)")
+if "gw+rules" in order:
+    print("(gw+rules = one more gw run while gwctl made %s gray-rule changes; its load is on the same 2 cores)" % env["BENCH_RULES_DONE"])
 engines = None
 if "gw" in med and "gw-uring" in med and med["gw"]["rps"] and med["gw"]["p99"]:
     engines = "gw-uring vs gw (epoll): req/s %.2f, p99 %.2f" % (
@@ -491,7 +587,7 @@ with open(results_md, "a") as f:
                 "\"direct\" is wrk straight at one backend. Ratios are relative to nginx (req/s: higher\n"
                 "is better; p99: lower is better). Errors are wrk socket errors plus non-2xx replies,\n"
                 "summed over the rounds.\n")
-    f.write("\n## l4, %s\n\n" % env["BENCH_DATE"])
+    f.write("\n## %s, %s\n\n" % (env["BENCH_MODE"], env["BENCH_DATE"]))
     f.write("kernel `%s`, nproc %s, rounds %s, duration %ss, connections %s, workers %s, "
             "wrk threads %s; gw %s, build %s; %s\n\n" % (
                 env["BENCH_KERNEL"], env["BENCH_NPROC"], env["BENCH_ROUNDS"],
@@ -504,5 +600,8 @@ with open(results_md, "a") as f:
         f.write("| " + " | ".join(row) + " |\n")
     if engines:
         f.write("\n" + engines + "\n")
+    if "gw+rules" in order:
+        f.write("\ngw+rules: one more gw run while `gwctl set rule` made %s gray-release rule changes "
+                "(each flipping wrk's traffic between two upstreams); errors = failed requests.\n" % env["BENCH_RULES_DONE"])
 print("appended to %s" % results_md)
 EOF

@@ -8,7 +8,9 @@ pkgs=(
   build-essential cmake pkg-config
   liburing-dev libfmt-dev libcli11-dev libsimdjson-dev doctest-dev zlib1g-dev libbenchmark-dev
   # tests and benches
-  curl procps iproute2 nginx libnginx-mod-stream haproxy wrk
+  curl procps iproute2 nginx libnginx-mod-stream haproxy wrk python3-websockets
+  # the cluster test starts its own 3-member etcd (etcd-client: etcdctl, for operators)
+  etcd-server etcd-client
 )
 
 missing=()
@@ -28,9 +30,10 @@ echo "setup.sh: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# Debian enables and starts nginx and haproxy on install; gw's tests start their
-# own instances on free ports and must not find the default ones holding :80.
-for svc in nginx haproxy; do
+# Debian enables and starts nginx, haproxy and etcd on install; gw's tests start
+# their own instances on free ports and must not find the default ones holding
+# :80 or :2379.
+for svc in nginx haproxy etcd; do
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
   if [ -x /etc/init.d/$svc ]; then /etc/init.d/$svc stop >/dev/null 2>&1 || true; fi
 done

@@ -9,6 +9,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <cctype>
+#include <charconv>
+#include <iterator>
 #include <set>
 
 #include "config/json_util.hpp"
@@ -126,6 +129,43 @@ void parse_health(Ctx& c, element e, const std::string& path, shm::HealthCheck& 
   std::memcpy(hc.path, p.data(), std::min(p.size(), sizeof(hc.path) - 1));
 }
 
+void parse_keepalive(Ctx& c, element e, const std::string& path, UpstreamConf::Keepalive& k) {
+  for_each_field(c, e, path, [&](std::string_view key, element v, const std::string& kp) {
+    if (key == "max_idle") get_u32(c, v, kp, 0, 100000, k.max_idle);
+    else if (key == "idle_timeout_ms") get_u32(c, v, kp, 1, 86400000, k.idle_timeout_ms);
+    else if (key == "max_requests") get_u32(c, v, kp, 1, 1000000000, k.max_requests);
+    else return false;
+    return true;
+  });
+}
+
+void parse_retry(Ctx& c, element e, const std::string& path, UpstreamConf::Retry& r) {
+  for_each_field(c, e, path, [&](std::string_view key, element v, const std::string& kp) {
+    if (key == "on") {
+      r.on_error = r.on_timeout = r.on_invalid = false;
+      std::fill(std::begin(r.status), std::end(r.status), 0);
+      for_each_element(c, v, kp, [&](element item, const std::string& ip) {
+        std::string t;
+        if (!get_string(c, item, ip, t)) return;
+        auto set = [&](uint32_t st) { r.status[(st - 400) / 64] |= uint64_t{1} << ((st - 400) % 64); };
+        uint32_t code = 0;
+        auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), code);
+        if (t == "error") r.on_error = true;
+        else if (t == "timeout") r.on_timeout = true;
+        else if (t == "invalid_response") r.on_invalid = true;
+        else if (t == "4xx" || t == "5xx") for (uint32_t st = t[0] == '4' ? 400 : 500; st < (t[0] == '4' ? 500u : 600u); ++st) set(st);
+        else if (ec == std::errc() && end == t.data() + t.size() && code >= 400 && code <= 599) set(code);
+        else
+          c.error(ip, fmt::format("expected \"error\", \"timeout\", \"invalid_response\", \"4xx\", \"5xx\" or a "
+                                  "status 400..599 as a string, got \"{}\"", t));
+      });
+    } else if (key == "tries") get_u32(c, v, kp, 1, 16, r.tries);
+    else if (key == "timeout_ms") get_u32(c, v, kp, 0, 86400000, r.timeout_ms);
+    else return false;
+    return true;
+  });
+}
+
 void parse_upstreams(Ctx& c, element arr, Config& cfg) {
   std::set<std::string> names;
   for_each_element(c, arr, "upstreams", [&](element e, const std::string& p) {
@@ -150,6 +190,10 @@ void parse_upstreams(Ctx& c, element arr, Config& cfg) {
         else up.balance_factor = static_cast<uint32_t>(f * 100 + 0.5);
       }
       else if (k == "pools") { pools = v; has_pools = true; }
+      else if (k == "read_timeout_ms") get_u32(c, v, kp, 1, 86400000, up.read_timeout_ms);
+      else if (k == "send_timeout_ms") get_u32(c, v, kp, 1, 86400000, up.send_timeout_ms);
+      else if (k == "keepalive") parse_keepalive(c, v, kp, up.keepalive);
+      else if (k == "retry") parse_retry(c, v, kp, up.retry);
       else return false;
       return true;
     });
@@ -229,12 +273,136 @@ void cap_max_body(proxy::FrameSpec& s) {
     s.max_body = static_cast<uint32_t>((1ull << (8 * s.length_size)) - 1);
 }
 
+void parse_http(Ctx& c, element e, const std::string& path, HttpConf& h) {
+  for_each_field(c, e, path, [&](std::string_view k, element v, const std::string& kp) {
+    if (k == "client_header_timeout_ms") get_u32(c, v, kp, 1, 86400000, h.client_header_timeout_ms);
+    else if (k == "client_body_timeout_ms") get_u32(c, v, kp, 1, 86400000, h.client_body_timeout_ms);
+    else if (k == "send_timeout_ms") get_u32(c, v, kp, 1, 86400000, h.send_timeout_ms);
+    else if (k == "keepalive_timeout_ms") get_u32(c, v, kp, 0, 86400000, h.keepalive_timeout_ms);
+    else if (k == "keepalive_requests") get_u32(c, v, kp, 1, 1000000000, h.keepalive_requests);
+    else if (k == "max_request_line") get_u32(c, v, kp, 64, 15 * 1024, h.max_request_line);
+    else if (k == "max_header_bytes") get_u32(c, v, kp, 256, 15 * 1024, h.max_header_bytes);
+    else if (k == "max_headers") get_u32(c, v, kp, 1, 1000, h.max_headers);
+    else return false;
+    return true;
+  });
+}
+
+// One rule of a route's "rules": {"id", "upstream", "ip": [...], "header":
+// "NAME=VALUE", "cookie": "NAME=VALUE", "percent": N}.
+void parse_rule(Ctx& c, element e, const std::string& p, shm::RuleSpec& r) {
+  bool has_id = false, has_up = false;
+  auto name_value = [&](element v, const std::string& kp, std::string& name, std::string& value) {
+    std::string t;
+    if (!get_string(c, v, kp, t)) return;
+    auto eq = t.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      c.error(kp, fmt::format("expected \"NAME=VALUE\", got \"{}\"", t));
+      return;
+    }
+    name = t.substr(0, eq);
+    value = t.substr(eq + 1);
+  };
+  for_each_field(c, e, p, [&](std::string_view k, element v, const std::string& kp) {
+    if (k == "id") has_id = get_name(c, v, kp, r.id);
+    else if (k == "upstream") has_up = get_name(c, v, kp, r.upstream);
+    else if (k == "ip") {
+      for_each_element(c, v, kp, [&](element item, const std::string& ip) {
+        std::string t, why;
+        core::Cidr cidr;
+        if (!get_string(c, item, ip, t)) return;
+        if (!core::parse_cidr(t, cidr, why)) c.error(ip, why);
+        else r.cidrs.push_back(cidr);
+      });
+    } else if (k == "header") name_value(v, kp, r.header_name, r.header_value);
+    else if (k == "cookie") name_value(v, kp, r.cookie_name, r.cookie_value);
+    else if (k == "percent") {
+      double f = -1;
+      if (v.is_number()) f = v.get_double().value_unsafe();
+      if (f < 0 || f > 100) c.error(kp, "expected a number 0..100, got " + describe(v));
+      else r.percent_bp = static_cast<int32_t>(f * 100 + 0.5);
+    } else return false;
+    return true;
+  });
+  if (!has_id && !c.has_error_under(p + ".id")) c.error(p, "missing required key \"id\"");
+  if (!has_up && !c.has_error_under(p + ".upstream")) c.error(p, "missing required key \"upstream\"");
+  if (!c.has_error_under(p) && has_id && has_up)
+    if (auto why = shm::check_rule(r); !why.empty()) c.error(p, why);
+}
+
+void parse_routes(Ctx& c, element arr, const std::string& path, ListenerConf& l) {
+  std::set<std::string> names;
+  for_each_element(c, arr, path, [&](element e, const std::string& p) {
+    RouteConf r;
+    bool has_name = false, has_up = false;
+    element rules;
+    bool has_rules = false;
+    for_each_field(c, e, p, [&](std::string_view k, element v, const std::string& kp) {
+      if (k == "name") has_name = get_name(c, v, kp, r.name);
+      else if (k == "upstream") has_up = get_name(c, v, kp, r.upstream);
+      else if (k == "host") {
+        if (get_string(c, v, kp, r.host)) {
+          std::string why;
+          for (char& ch : r.host) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+          std::string_view h = r.host;
+          if (h.starts_with("*.")) h.remove_prefix(2);
+          bool ok = !h.empty() && h.size() < 256;
+          for (char ch : h)
+            ok &= (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' ||
+                  ch == ':' || ch == '[' || ch == ']';
+          if (r.host != "*" && !ok)
+            c.error(kp, fmt::format("expected a host name, \"*.suffix\" or \"*\", got \"{}\"", r.host));
+        }
+      } else if (k == "path") {
+        if (get_string(c, v, kp, r.path) &&
+            (r.path.empty() || r.path[0] != '/' || r.path.find_first_of(" \t\r\n?#") != std::string::npos ||
+             r.path.size() > 1024))
+          c.error(kp, fmt::format("expected a path prefix starting with / (no spaces, '?' or '#'), got \"{}\"", r.path));
+      } else if (k == "hash_key") {
+        std::string t, why;
+        if (get_string(c, v, kp, t)) {
+          r.hash_key_set = true;
+          if (!parse_hash_key(t, r.hash_key, r.hash_key_name, why)) c.error(kp, why);
+          else if (r.hash_key == HashKey::frame) c.error(kp, "\"frame\" needs \"protocol\": \"frame\"");
+        }
+      } else if (k == "set_host") {
+        if (get_string(c, v, kp, r.set_host) &&
+            (r.set_host.empty() || r.set_host.find_first_of(" \t\r\n,") != std::string::npos || r.set_host.size() > 255))
+          c.error(kp, fmt::format("expected a host[:port] for the Host header, got \"{}\"", r.set_host));
+      } else if (k == "rules") {
+        rules = v;
+        has_rules = true;
+      } else return false;
+      return true;
+    });
+    if (!has_name && !c.has_error_under(p + ".name")) c.error(p, "missing required key \"name\"");
+    if (!has_up && !c.has_error_under(p + ".upstream")) c.error(p, "missing required key \"upstream\"");
+    if (has_name && !names.insert(r.name).second) c.error(p + ".name", fmt::format("duplicate route name \"{}\"", r.name));
+    if (has_rules) {
+      std::set<std::string> ids;
+      for_each_element(c, rules, p + ".rules", [&](element re, const std::string& rp) {
+        shm::RuleSpec rule;
+        parse_rule(c, re, rp, rule);
+        if (!rule.id.empty() && !ids.insert(rule.id).second)
+          c.error(rp + ".id", fmt::format("duplicate rule id \"{}\" in route \"{}\"", rule.id, r.name));
+        r.rules.push_back(std::move(rule));
+      });
+    }
+    for (const auto& o : l.routes)
+      if (o.host == r.host && o.path == r.path && has_name)
+        c.error(p, fmt::format("route \"{}\" has the same host and path as route \"{}\"", r.name, o.name));
+    l.routes.push_back(std::move(r));
+  });
+  if (l.routes.empty() && !c.has_error_under(path)) c.error(path, "expected at least one route");
+}
+
 void parse_listeners(Ctx& c, element arr, Config& cfg) {
   std::set<std::string> names;
   for_each_element(c, arr, "listeners", [&](element e, const std::string& p) {
     ListenerConf l;
     bool has_name = false, has_listen = false, has_up = false, has_frame = false, has_hash_key = false;
-    element frame;
+    bool has_http = false, has_routes = false;
+    element frame, http, routes;
     for_each_field(c, e, p, [&](std::string_view k, element v, const std::string& kp) {
       if (k == "name") has_name = get_name(c, v, kp, l.name);
       else if (k == "listen") has_listen = get_address(c, v, kp, l.listen);
@@ -245,15 +413,15 @@ void parse_listeners(Ctx& c, element arr, Config& cfg) {
         if (get_string(c, v, kp, s)) {
           if (s == "tcp") l.protocol = Protocol::tcp;
           else if (s == "frame") l.protocol = Protocol::frame;
-          else c.error(kp, fmt::format("expected \"tcp\" or \"frame\", got \"{}\"", s));
+          else if (s == "http") l.protocol = Protocol::http;
+          else c.error(kp, fmt::format("expected \"tcp\", \"frame\" or \"http\", got \"{}\"", s));
         }
       } else if (k == "hash_key") {
         std::string s;
+        std::string why;
         if (get_string(c, v, kp, s)) {
           has_hash_key = true;
-          if (s == "ip") l.hash_key = HashKey::ip;
-          else if (s == "frame") l.hash_key = HashKey::frame;
-          else c.error(kp, fmt::format("expected \"ip\" or \"frame\", got \"{}\"", s));
+          if (!parse_hash_key(s, l.hash_key, l.hash_key_name, why)) c.error(kp, why);
         }
       } else if (k == "on_host_remove") {
         std::string s;
@@ -265,12 +433,58 @@ void parse_listeners(Ctx& c, element arr, Config& cfg) {
       } else if (k == "frame") {
         frame = v;
         has_frame = true;
+      } else if (k == "http") {
+        http = v;
+        has_http = true;
+      } else if (k == "routes") {
+        routes = v;
+        has_routes = true;
+      } else if (k == "access_log") {
+        for_each_field(c, v, kp, [&](std::string_view ak, element av, const std::string& akp) {
+          if (ak == "path") {
+            if (get_string(c, av, akp, l.access_log.path) && l.access_log.path.empty())
+              c.error(akp, "expected a file path, got \"\"");
+          } else if (ak == "format") {
+            std::string f;
+            if (get_string(c, av, akp, f)) {
+              if (f == "combined") l.access_log.format = 0;
+              else if (f == "main") l.access_log.format = 1;
+              else if (f == "json") l.access_log.format = 2;
+              else c.error(akp, fmt::format("expected \"combined\", \"main\" or \"json\", got \"{}\"", f));
+            }
+          } else return false;
+          return true;
+        });
+        if (l.access_log.path.empty() && !c.has_error_under(kp + ".path")) c.error(kp, "missing required key \"path\"");
       } else return false;
       return true;
     });
     if (!has_name && !c.has_error_under(p + ".name")) c.error(p, "missing required key \"name\"");
     if (!has_listen && !c.has_error_under(p + ".listen")) c.error(p, "missing required key \"listen\"");
-    if (!has_up && !c.has_error_under(p + ".upstream")) c.error(p, "missing required key \"upstream\"");
+    if (l.protocol == Protocol::http) {
+      if (has_http) parse_http(c, http, p + ".http", l.http);
+      if (has_routes && has_up)
+        c.error(p + ".routes", "give either \"upstream\" (every request goes there) or \"routes\", not both");
+      else if (has_routes) parse_routes(c, routes, p + ".routes", l);
+      else if (has_up) {
+        RouteConf r;
+        r.name = "default";
+        r.upstream = l.upstream;
+        l.routes.push_back(std::move(r));
+      } else if (!c.has_error_under(p + ".upstream") && !c.has_error_under(p + ".routes"))
+        c.error(p, "missing required key \"upstream\" or \"routes\"");
+      for (auto& r : l.routes)
+        if (!r.hash_key_set) {
+          r.hash_key = l.hash_key;
+          r.hash_key_name = l.hash_key_name;
+        }
+    } else {
+      if (!has_up && !c.has_error_under(p + ".upstream")) c.error(p, "missing required key \"upstream\"");
+      if (has_http) c.error(p + ".http", "only a listener with \"protocol\": \"http\" takes http settings");
+      if (has_routes) c.error(p + ".routes", "only a listener with \"protocol\": \"http\" has routes");
+      if (l.hash_key != HashKey::ip && l.hash_key != HashKey::frame)
+        c.error(p + ".hash_key", fmt::format("\"{}\" needs \"protocol\": \"http\"", hash_key_text(l.hash_key, l.hash_key_name)));
+    }
     if (has_name && !names.insert(l.name).second) c.error(p + ".name", fmt::format("duplicate listener name \"{}\"", l.name));
     if (l.protocol == Protocol::frame) {
       if (has_frame) parse_frame(c, frame, p + ".frame", l.frame);
@@ -279,7 +493,7 @@ void parse_listeners(Ctx& c, element arr, Config& cfg) {
     } else {
       if (has_frame) c.error(p + ".frame", "only a listener with \"protocol\": \"frame\" takes frame settings");
       if (l.hash_key == HashKey::frame)
-        c.error(p + ".hash_key", "\"frame\" needs \"protocol\": \"frame\"; a tcp listener hashes \"ip\"");
+        c.error(p + ".hash_key", "\"frame\" needs \"protocol\": \"frame\"");
     }
     if (l.protocol == Protocol::frame && l.frame.mode == FrameMode::frame && l.hash_key != HashKey::frame)
       c.error(p + ".hash_key", "frame.mode \"frame\" routes each frame by its key; hash_key must be \"frame\"");
@@ -287,7 +501,48 @@ void parse_listeners(Ctx& c, element arr, Config& cfg) {
   });
 }
 
+void parse_cluster(Ctx& c, element e, const std::string& path, ClusterConf& cl) {
+  cl.enabled = true;
+  bool has_etcd = false;
+  for_each_field(c, e, path, [&](std::string_view k, element v, const std::string& kp) {
+    if (k == "etcd") {
+      has_etcd = true;
+      for_each_element(c, v, kp, [&](element u, const std::string& up) {
+        std::string url, why;
+        core::SockAddr addr;
+        if (!get_string(c, u, up, url)) return;
+        if (!core::parse_http_url(url, addr, why)) {
+          c.error(up, fmt::format("{}, got \"{}\"", why, url));
+          return;
+        }
+        for (const auto& a : cl.etcd_addrs)
+          if (a == addr) c.error(up, fmt::format("endpoint {} is listed twice", url));
+        if (!url.empty() && url.back() == '/') url.pop_back();
+        cl.etcd.push_back(url);
+        cl.etcd_addrs.push_back(addr);
+      });
+      if (!c.has_error_under(kp) && (cl.etcd.empty() || cl.etcd.size() > 16))
+        c.error(kp, fmt::format("expected 1..16 endpoint URLs, got {}", cl.etcd.size()));
+    } else if (k == "prefix") {
+      if (get_string(c, v, kp, cl.prefix)) {
+        bool ok = cl.prefix.size() >= 2 && cl.prefix.size() <= 128 && cl.prefix.front() == '/' && cl.prefix.back() == '/';
+        for (char ch : cl.prefix) ok &= ch > ' ' && ch < 0x7f;
+        if (!ok)
+          c.error(kp, fmt::format("expected 2..128 printable characters without spaces, starting and ending with "
+                                  "\"/\", got \"{}\"", cl.prefix));
+      }
+    } else if (k == "timeout_ms") get_u32(c, v, kp, 10, 60000, cl.timeout_ms);
+    else if (k == "reconnect_max_ms") get_u32(c, v, kp, 100, 600000, cl.reconnect_max_ms);
+    else return false;
+    return true;
+  });
+  if (!has_etcd && !c.has_error_under(path)) c.error(path, "missing required key \"etcd\"");
+}
+
 void cross_check(Ctx& c, Config& cfg) {
+  if (cfg.listeners.size() > shm::kMaxListeners)
+    c.error("listeners", fmt::format("{} listeners are configured; at most {} are supported", cfg.listeners.size(),
+                                     shm::kMaxListeners));
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
     const auto& l = cfg.listeners[i];
     if (l.upstream.empty()) continue;
@@ -305,6 +560,30 @@ void cross_check(Ctx& c, Config& cfg) {
         c.error(fmt::format("listeners[{}].listen", i),
                 fmt::format("address {} is already used by listeners[{}]", l.listen.to_string(), j));
   }
+  size_t routes = 0, rules = 0, cidrs = 0;
+  auto upstream_known = [&](const std::string& name) {
+    for (const auto& u : cfg.upstreams)
+      if (u.name == name) return true;
+    return false;
+  };
+  for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+    const auto& l = cfg.listeners[i];
+    if (l.protocol != Protocol::http) continue;
+    for (size_t r = 0; r < l.routes.size(); ++r) {
+      const auto& rc = l.routes[r];
+      ++routes;
+      // The implicit route of `upstream` was checked above.
+      if (!rc.upstream.empty() && !upstream_known(rc.upstream) && !(rc.name == "default" && l.routes.size() == 1 && rc.upstream == l.upstream))
+        c.error(fmt::format("listeners[{}].routes[{}].upstream", i, r), fmt::format("no upstream named \"{}\"", rc.upstream));
+      for (size_t k = 0; k < rc.rules.size(); ++k) {
+        ++rules;
+        cidrs += rc.rules[k].cidrs.size();
+        if (!rc.rules[k].upstream.empty() && !upstream_known(rc.rules[k].upstream))
+          c.error(fmt::format("listeners[{}].routes[{}].rules[{}].upstream", i, r, k),
+                  fmt::format("no upstream named \"{}\"", rc.rules[k].upstream));
+      }
+    }
+  }
   size_t pools = 0, hosts = 0;
   for (const auto& u : cfg.upstreams) {
     pools += u.pools.size();
@@ -317,6 +596,13 @@ void cross_check(Ctx& c, Config& cfg) {
     c.error("shm.max_pools", fmt::format("{} pools are configured, more than max_pools {}", pools, caps.max_pools));
   if (hosts > caps.max_hosts)
     c.error("shm.max_hosts", fmt::format("{} hosts are configured, more than max_hosts {}", hosts, caps.max_hosts));
+  if (routes > caps.max_routes)
+    c.error("shm.max_routes", fmt::format("{} routes are configured, more than max_routes {}", routes, caps.max_routes));
+  if (rules > caps.max_rules)
+    c.error("shm.max_rules", fmt::format("{} rules are configured, more than max_rules {}", rules, caps.max_rules));
+  if (cidrs > caps.max_rule_cidrs)
+    c.error("shm.max_rule_cidrs",
+            fmt::format("{} address blocks are configured, more than max_rule_cidrs {}", cidrs, caps.max_rule_cidrs));
 }
 
 LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
@@ -381,6 +667,9 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
         } else if (sk == "max_upstreams") get_u32(c, sv, skp, 1, 65535, cfg.shm.caps.max_upstreams);
         else if (sk == "max_pools") get_u32(c, sv, skp, 1, 65535, cfg.shm.caps.max_pools);
         else if (sk == "max_hosts") get_u32(c, sv, skp, 1, 1u << 20, cfg.shm.caps.max_hosts);
+        else if (sk == "max_routes") get_u32(c, sv, skp, 1, 65535, cfg.shm.caps.max_routes);
+        else if (sk == "max_rules") get_u32(c, sv, skp, 1, 65535, cfg.shm.caps.max_rules);
+        else if (sk == "max_rule_cidrs") get_u32(c, sv, skp, 1, 1u << 20, cfg.shm.caps.max_rule_cidrs);
         else return false;
         return true;
       });
@@ -391,6 +680,8 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
         else return false;
         return true;
       });
+    } else if (k == "cluster") {
+      parse_cluster(c, v, kp, cfg.cluster);
     } else if (k == "listeners") {
       listeners = v;
       has_listeners = true;
@@ -412,6 +703,14 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
     c.error("state_file", fmt::format("the absolute path is {} bytes; at most {} are supported", cfg.state_file.size(),
                                       shm::kPathCap - 1));
   cfg.log_file = absolute(cfg.log_file);
+  for (auto& l : cfg.listeners) {
+    if (l.access_log.path.empty()) continue;
+    l.access_log.path = absolute(l.access_log.path);
+    auto it = std::find(cfg.access_log_paths.begin(), cfg.access_log_paths.end(), l.access_log.path);
+    l.access_log.file = static_cast<uint8_t>(it - cfg.access_log_paths.begin());
+    if (it == cfg.access_log_paths.end()) cfg.access_log_paths.push_back(l.access_log.path);
+  }
+  if (cfg.access_log_paths.size() > 255) c.error("listeners", "more than 255 distinct access_log paths");
   r.errors = std::move(c.errors);
   return r;
 }
@@ -455,6 +754,51 @@ void build_table(const Config& c, shm::Table& t) {
       for (const auto& h : p.hosts) t.add_host(pi, h.id, h.address, h.weight);
     }
   }
+  for (const auto& l : c.listeners)
+    for (const auto& r : l.routes) {
+      int ri = t.add_route(l.name, r.name);
+      for (const auto& rule : r.rules) t.add_rule(ri, rule);
+    }
+}
+
+std::string hash_key_text(HashKey k, const std::string& name) {
+  switch (k) {
+    case HashKey::ip: return "ip";
+    case HashKey::frame: return "frame";
+    case HashKey::header: return "header:" + name;
+    case HashKey::cookie: return "cookie:" + name;
+    case HashKey::arg: return "arg:" + name;
+    case HashKey::uri: return "uri";
+  }
+  return "?";
+}
+
+bool parse_hash_key(std::string_view text, HashKey& kind, std::string& name, std::string& why) {
+  name.clear();
+  if (text == "ip") kind = HashKey::ip;
+  else if (text == "frame") kind = HashKey::frame;
+  else if (text == "uri") kind = HashKey::uri;
+  else {
+    auto colon = text.find(':');
+    std::string_view prefix = text.substr(0, colon == std::string_view::npos ? text.size() : colon);
+    std::string_view n = colon == std::string_view::npos ? std::string_view{} : text.substr(colon + 1);
+    if (prefix == "header") kind = HashKey::header;
+    else if (prefix == "cookie") kind = HashKey::cookie;
+    else if (prefix == "arg") kind = HashKey::arg;
+    else {
+      why = fmt::format("expected \"ip\", \"frame\", \"uri\", \"header:NAME\", \"cookie:NAME\" or \"arg:NAME\", got \"{}\"", text);
+      return false;
+    }
+    bool ok = !n.empty() && n.size() <= 64;
+    for (char ch : n)
+      ok &= ch > 0x20 && ch < 0x7f && ch != ':' && ch != ';' && ch != '=' && ch != '&' && ch != ',' && ch != '"';
+    if (!ok) {
+      why = fmt::format("\"{}:\" needs a name of 1..64 visible characters (no : ; = & , \"), got \"{}\"", prefix, n);
+      return false;
+    }
+    name = n;
+  }
+  return true;
 }
 
 }  // namespace gw::config

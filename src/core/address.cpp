@@ -89,4 +89,87 @@ bool parse_address(std::string_view text, SockAddr& out, std::string& why) {
   return true;
 }
 
+bool Cidr::contains(const SockAddr& a) const noexcept {
+  const uint8_t* ip_bytes = a.ip;
+  uint16_t fam = a.family;
+  // ::ffff:a.b.c.d (a dual-stack listener's IPv4 client) is matched as IPv4.
+  static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (fam == AF_INET6 && family == AF_INET && std::memcmp(a.ip, kMapped, 12) == 0) {
+    ip_bytes = a.ip + 12;
+    fam = AF_INET;
+  }
+  if (fam != family) return false;
+  const unsigned whole = prefix / 8, rest = prefix % 8;
+  if (std::memcmp(ip_bytes, ip, whole) != 0) return false;
+  if (rest == 0) return true;
+  const auto mask = static_cast<uint8_t>(0xff00u >> rest);
+  return (ip_bytes[whole] & mask) == ip[whole];
+}
+
+std::string Cidr::to_string() const {
+  char buf[INET6_ADDRSTRLEN] = {};
+  ::inet_ntop(family == AF_INET6 ? AF_INET6 : AF_INET, ip, buf, sizeof(buf));
+  return fmt::format("{}/{}", buf, prefix);
+}
+
+bool parse_cidr(std::string_view text, Cidr& out, std::string& why) {
+  std::string_view host = text, len;
+  if (auto slash = text.find('/'); slash != std::string_view::npos) {
+    host = text.substr(0, slash);
+    len = text.substr(slash + 1);
+  }
+  std::string h(host);
+  Cidr c;
+  unsigned max = 0;
+  if (::inet_pton(AF_INET, h.c_str(), c.ip) == 1) {
+    c.family = AF_INET;
+    max = 32;
+  } else if (::inet_pton(AF_INET6, h.c_str(), c.ip) == 1) {
+    c.family = AF_INET6;
+    max = 128;
+  } else {
+    why = fmt::format("\"{}\" is not an IPv4 or IPv6 address", h);
+    return false;
+  }
+  unsigned p = max;
+  if (text.find('/') != std::string_view::npos) {
+    auto [end, ec] = std::from_chars(len.data(), len.data() + len.size(), p);
+    if (len.empty() || ec != std::errc() || end != len.data() + len.size() || p > max) {
+      why = fmt::format("prefix length must be an integer 0..{}, got \"{}\"", max, len);
+      return false;
+    }
+  }
+  c.prefix = static_cast<uint8_t>(p);
+  for (unsigned bit = p; bit < max; ++bit)
+    if (c.ip[bit / 8] & (0x80u >> (bit % 8))) {
+      why = fmt::format("\"{}\" has bits set past its /{} prefix", text, p);
+      return false;
+    }
+  out = c;
+  return true;
+}
+
+bool parse_http_url(std::string_view url, SockAddr& out, std::string& why) {
+  constexpr std::string_view kScheme = "http://";
+  if (url.substr(0, 8) == "https://") {
+    why = "https is not supported (gw talks plain HTTP to etcd; keep etcd on loopback or a private network)";
+    return false;
+  }
+  if (url.substr(0, kScheme.size()) != kScheme) {
+    why = "expected http://IP:PORT";
+    return false;
+  }
+  std::string_view rest = url.substr(kScheme.size());
+  if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  if (rest.find('/') != std::string_view::npos) {
+    why = "expected http://IP:PORT without a path";
+    return false;
+  }
+  if (!parse_address(rest, out, why)) {
+    why = "expected http://IP:PORT (host names are not resolved): " + why;
+    return false;
+  }
+  return true;
+}
+
 }  // namespace gw::core

@@ -771,13 +771,15 @@ Error Parser::finish() noexcept {
     h.expect_continue = v11 && expect_continue_seen_;
     h.keep_alive = !conn_close_ && (v11 || conn_keep_alive_);
   } else {
-    // RFC 9112 6.3, in order.
+    // RFC 9112 6.3. Any 2xx to CONNECT is a tunnel (RFC 9110 9.3.6), 204
+    // included: rule 1 (no body) and rule 2 (tunnel) both apply to it, so
+    // CONNECT is decided first.
     const uint16_t s = h.status;
-    if (request_method_ == Method::head || s < 200 || s == 204 || s == 304) {
-      h.body = BodyKind::none;
-    } else if (request_method_ == Method::connect && s < 300) {
+    if (request_method_ == Method::connect && s >= 200 && s < 300) {
       h.body = BodyKind::none;
       h.tunnel = true;
+    } else if (request_method_ == Method::head || s < 200 || s == 204 || s == 304) {
+      h.body = BodyKind::none;
     } else if (te_seen_) {
       h.body = te_chunked_last_ ? BodyKind::chunked : BodyKind::until_close;
     } else {

@@ -1,5 +1,7 @@
 #include "gw/net/socket.hpp"
 
+#include <poll.h>
+
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
@@ -46,6 +48,21 @@ int connect_tcp(const core::SockAddr& addr, int& err) noexcept {
     err = EINPROGRESS;
   } else {
     err = errno;
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+int connect_wait(const core::SockAddr& addr, uint32_t timeout_ms, int& err) noexcept {
+  int fd = connect_tcp(addr, err);
+  if (fd < 0 || err == 0) return fd;
+  pollfd p{fd, POLLOUT, 0};
+  int n;
+  do n = ::poll(&p, 1, static_cast<int>(timeout_ms));
+  while (n < 0 && errno == EINTR);
+  err = n == 0 ? ETIMEDOUT : n < 0 ? errno : socket_error(fd);
+  if (err != 0) {
     ::close(fd);
     return -1;
   }

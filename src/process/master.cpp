@@ -16,6 +16,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <array>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -26,7 +27,10 @@
 #include "gw/net/socket.hpp"
 #include "gw/net/uring.hpp"
 #include "gw/process/checker.hpp"
+#include "gw/process/logger.hpp"
+#include "gw/process/sync.hpp"
 #include "gw/process/worker.hpp"
+#include "gw/shm/cluster.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/runtime.hpp"
 #include "gw/shm/state_file.hpp"
@@ -127,6 +131,28 @@ shm::Segment prepare_segment(const config::Config& cfg) {
         GW_LOG_WARN("upstream \"{}\" from the runtime state is not in the config; its pools and hosts are dropped",
                     x.name);
   }
+  // Routes come from the config; their rules from the runtime state when it
+  // lists the route (a route whose rules were all removed stays empty), else
+  // from the config.
+  const bool state_rules = source != Source::config && src.has_routes;
+  for (const auto& l : cfg.listeners)
+    for (const auto& r : l.routes) {
+      int ri = merged.add_route(l.name, r.name);
+      const shm::StateRoute* sr = state_rules ? src.find_route(l.name, r.name) : nullptr;
+      for (const auto& rule : sr ? sr->rules : r.rules) {
+        if (merged.find_upstream(rule.upstream) < 0) {
+          GW_LOG_WARN("rule {}/{}/{} sends to upstream \"{}\", which is not in the config; the rule is dropped", l.name,
+                      r.name, rule.id, rule.upstream);
+          continue;
+        }
+        merged.add_rule(ri, rule);
+      }
+    }
+  if (state_rules)
+    for (const auto& x : src.routes)
+      if (merged.find_route(x.listener, x.name) < 0 && !x.rules.empty())
+        GW_LOG_WARN("route {}/{} from the runtime state is not in the config; its {} rule(s) are dropped", x.listener,
+                    x.name, x.rules.size());
 
   bool reuse = seg.valid() && seg.caps() == cfg.shm.caps;
   if (seg.valid() && !reuse) {
@@ -159,6 +185,25 @@ shm::Segment prepare_segment(const config::Config& cfg) {
     seg.worker(w).pid.store(0);
     shm::clear_worker_counters(seg, w);  // no worker of a previous run is alive
   }
+  // For `gwctl check`: how many workers should run, and where to connect.
+  hdr.workers.store(static_cast<uint32_t>(cfg.workers));
+  hdr.n_listeners = static_cast<uint32_t>(std::min<size_t>(cfg.listeners.size(), shm::kMaxListeners));
+  for (uint32_t i = 0; i < hdr.n_listeners; ++i) {
+    hdr.listeners[i] = shm::ListenerInfo{};
+    shm::set_name(hdr.listeners[i].name, cfg.listeners[i].name);
+    hdr.listeners[i].addr = cfg.listeners[i].listen;
+  }
+  // The etcd sync state starts over with each master.
+  auto& cl = hdr.cluster;
+  cl.sync_pid.store(0);
+  cl.revision.store(0);
+  cl.contact_ms.store(0);
+  cl.reconnects.store(0);
+  cl.relists.store(0);
+  cl.applied.store(0);
+  shm::set_cluster_text(cl, cfg.cluster.enabled ? cfg.cluster.etcd[0] : "", "");
+  cl.since_ms.store(core::wall_ms());
+  cl.state.store(cfg.cluster.enabled ? shm::kClusterConnecting : shm::kClusterOff, std::memory_order_release);
 
 
   const char* what = source == Source::segment ? "the shm segment" : source == Source::file ? "the state file" : "the config";
@@ -196,6 +241,22 @@ class Master {
     ::sigprocmask(SIG_BLOCK, &set, nullptr);
     ::signal(SIGPIPE, SIG_IGN);
 
+    // Access logs: a socket per worker slot to the logger process (made here,
+    // so a respawned worker or logger finds its end), and the files checked now.
+    if (!cfg_.access_log_paths.empty()) {
+      for (const auto& path : cfg_.access_log_paths) ::close(open_access_log(path));
+      for (int w = 0; w < n; ++w) {
+        int sv[2];
+        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+          throw std::runtime_error(fmt::format("socketpair for the access log: {}", std::strerror(errno)));
+        int sndbuf = 4 << 20;  // room for bursts while the logger writes
+        ::setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+        log_rd_.emplace_back(sv[0]);
+        log_wr_.emplace_back(sv[1]);
+      }
+      logger_.wanted = true;
+    }
+
     seg_.header().master_started_ms.store(core::wall_ms());
     seg_.header().master_pid.store(::getpid(), std::memory_order_release);
     event_cursor_ = seg_.header().event_head.load();
@@ -204,8 +265,10 @@ class Master {
     started_ms_.assign(static_cast<size_t>(n), 0);
     quick_deaths_.assign(static_cast<size_t>(n), 0);
     for (int w = 0; w < n; ++w) spawn(static_cast<uint32_t>(w));
-    for (const auto& u : cfg_.upstreams) want_checker_ |= u.check.type != shm::kCheckNone;
-    if (want_checker_) spawn_checker();
+    for (const auto& u : cfg_.upstreams) checker_.wanted |= u.check.type != shm::kCheckNone;
+    sync_.wanted = cfg_.cluster.enabled;
+    for (Aux* a : auxes())
+      if (a->wanted) spawn_aux(*a);
     std::string addrs;
     for (const auto& l : cfg_.listeners) addrs += fmt::format(" {}={}", l.name, l.listen.to_string());
     GW_LOG_INFO("ready: {} worker(s), engine {}, shm \"{}\", listeners:{}", n,
@@ -220,7 +283,8 @@ class Master {
       else if (sig == SIGTERM) begin_stop(true, now);
       else if (sig == SIGINT || sig == SIGQUIT) begin_stop(false, now);
       else if (sig == SIGHUP) GW_LOG_WARN("SIGHUP: configuration reload is not implemented yet; ignored");
-      else if (sig == SIGUSR1 || sig == SIGUSR2) GW_LOG_INFO("signal {} ignored", sig);
+      else if (sig == SIGUSR1) reopen_logs();
+      else if (sig == SIGUSR2) GW_LOG_INFO("signal {} ignored", sig);
       respawn_due(now);
       log_events();
       expire_hooks();
@@ -231,7 +295,8 @@ class Master {
           GW_LOG_WARN("workers still running after the stop deadline; killing them");
           for (pid_t p : pids_)
             if (p > 0) ::kill(p, SIGKILL);
-          if (checker_ > 0) ::kill(checker_, SIGKILL);
+          for (Aux* a : auxes())
+            if (a->pid > 0) ::kill(a->pid, SIGKILL);
           kill_deadline_ms_ = now + 60000;
         }
       }
@@ -243,8 +308,25 @@ class Master {
   }
 
  private:
+
+  // SIGUSR1 (logrotate): the master, the workers and the logger reopen their files.
+  void reopen_logs() {
+    GW_LOG_INFO("SIGUSR1: reopening log files");
+    if (!cfg_.log_file.empty()) {
+      try {
+        core::log_open(cfg_.log_file);
+      } catch (const std::exception& e) {
+        GW_LOG_ERROR("{}", e.what());
+      }
+    }
+    for (pid_t p : pids_)
+      if (p > 0) ::kill(p, SIGUSR1);
+    for (Aux* a : auxes())
+      if (a->pid > 0) ::kill(a->pid, SIGUSR1);
+  }
+
   int alive() const {
-    int a = checker_ > 0;
+    int a = (checker_.pid > 0) + (sync_.pid > 0) + (logger_.pid > 0);
     for (pid_t p : pids_) a += p > 0;
     return a;
   }
@@ -272,6 +354,10 @@ class Master {
           if (s == w) mine.push_back(fd.get());
           else fd.reset();
         }
+      log_rd_.clear();
+      for (size_t s = 0; s < log_wr_.size(); ++s)
+        if (s != w) log_wr_[s].reset();
+      if (w < log_wr_.size()) set_access_log_fd(log_wr_[w].get());
       int rc = run_worker(cfg_, seg_, w, mine);
       ::_exit(rc);
     }
@@ -280,28 +366,65 @@ class Master {
     respawn_at_.erase(w);
   }
 
-  void spawn_checker() {
+  // A helper child (the checker, the sync process): forked like a worker but
+  // without listening sockets, respawned when it dies (after 1 s if it died
+  // within a second of its start).
+  struct Aux {
+    const char* name;   // process name suffix and log role
+    const char* what;   // for log lines
+    int (*run)(const config::Config&, const shm::Segment&);
+    bool wanted = false;
+    pid_t pid = 0;
+    uint64_t started_ms = 0;
+    uint64_t respawn_at = 0;
+  };
+
+  std::array<Aux*, 3> auxes() { return {&checker_, &sync_, &logger_}; }
+
+  void spawn_aux(Aux& a) {
     const pid_t master = ::getpid();
     pid_t pid = ::fork();
     if (pid < 0) {
-      GW_LOG_ERROR("fork (checker): {}; retrying in 1 s", std::strerror(errno));
-      checker_respawn_at_ = core::monotonic_ms() + 1000;
+      GW_LOG_ERROR("fork ({}): {}; retrying in 1 s", a.what, std::strerror(errno));
+      a.respawn_at = core::monotonic_ms() + 1000;
       return;
     }
     if (pid == 0) {
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);
       if (::getppid() != master) ::_exit(0);
-      ::prctl(PR_SET_NAME, "gwd-checker");
-      core::log_set_role("checker");
+      ::prctl(PR_SET_NAME, fmt::format("gwd-{}", a.name).c_str());
+      core::log_set_role(a.name);
       sigset_t all;
       sigemptyset(&all);
       ::sigprocmask(SIG_SETMASK, &all, nullptr);
-      fds_.clear();  // the checker accepts nothing
-      ::_exit(run_checker(cfg_, seg_));
+      fds_.clear();  // it accepts nothing
+      log_wr_.clear();
+      if (&a == &logger_) {
+        std::vector<int> socks;
+        for (auto& fd : log_rd_) socks.push_back(fd.get());
+        ::_exit(run_logger(socks, cfg_.access_log_paths));
+      }
+      log_rd_.clear();
+      ::_exit(a.run(cfg_, seg_));
     }
-    checker_ = pid;
-    checker_started_ms_ = core::monotonic_ms();
-    checker_respawn_at_ = 0;
+    a.pid = pid;
+    a.started_ms = core::monotonic_ms();
+    a.respawn_at = 0;
+  }
+
+  // True if `pid` was that helper; respawns it.
+  bool reap_aux(Aux& a, pid_t pid, int status, uint64_t now) {
+    if (pid != a.pid) return false;
+    a.pid = 0;
+    if (stopping_) return true;
+    bool quick = now - a.started_ms < 1000;
+    GW_LOG_WARN("{} (pid {}) {}; respawning{}", a.what, pid,
+                WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
+                                    : fmt::format("exited with code {}", WEXITSTATUS(status)),
+                quick ? " in 1 s" : "");
+    if (quick) a.respawn_at = now + 1000;
+    else spawn_aux(a);
+    return true;
   }
 
   void reap(uint64_t now) {
@@ -317,19 +440,9 @@ class Master {
                                           : fmt::format("exited with code {}", WEXITSTATUS(status)));
         continue;
       }
-      if (pid == checker_) {
-        checker_ = 0;
-        if (!stopping_) {
-          bool quick = now - checker_started_ms_ < 1000;
-          GW_LOG_WARN("health checker (pid {}) {}; respawning{}", pid,
-                      WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
-                                          : fmt::format("exited with code {}", WEXITSTATUS(status)),
-                      quick ? " in 1 s" : "");
-          if (quick) checker_respawn_at_ = now + 1000;
-          else spawn_checker();
-        }
+      if (reap_aux(checker_, pid, status, now) || reap_aux(sync_, pid, status, now) ||
+          reap_aux(logger_, pid, status, now))
         continue;
-      }
       for (uint32_t w = 0; w < pids_.size(); ++w) {
         if (pids_[w] != pid) continue;
         pids_[w] = 0;
@@ -356,7 +469,8 @@ class Master {
 
   void respawn_due(uint64_t now) {
     if (stopping_) return;
-    if (want_checker_ && checker_ == 0 && checker_respawn_at_ && now >= checker_respawn_at_) spawn_checker();
+    for (Aux* a : auxes())
+      if (a->wanted && a->pid == 0 && a->respawn_at && now >= a->respawn_at) spawn_aux(*a);
     for (auto it = respawn_at_.begin(); it != respawn_at_.end();) {
       uint32_t w = it->first;
       if (now >= it->second && pids_[w] == 0) {
@@ -377,7 +491,12 @@ class Master {
     GW_LOG_INFO("{}: stopping {}", graceful ? "SIGTERM" : "SIGINT/SIGQUIT", graceful ? "gracefully" : "now");
     for (pid_t p : pids_)
       if (p > 0) ::kill(p, graceful ? SIGTERM : SIGQUIT);
-    if (checker_ > 0) ::kill(checker_, SIGQUIT);  // nothing to drain
+    for (Aux* a : {&checker_, &sync_})
+      if (a->pid > 0) ::kill(a->pid, SIGQUIT);  // nothing to drain
+    // The logger writes the workers' last lines and exits when they have all
+    // closed their ends (the master's copies go now).
+    log_wr_.clear();
+    if (logger_.pid > 0) ::kill(logger_.pid, SIGTERM);
     kill_deadline_ms_ = now + (graceful ? cfg_.shutdown_timeout_ms + 2000 : 2000);
   }
 
@@ -461,12 +580,12 @@ class Master {
   uint64_t kill_deadline_ms_ = 0;
   uint64_t event_cursor_ = 0;
   int stuck_rounds_ = 0;
-  bool want_checker_ = false;
   std::map<pid_t, uint64_t> hooks_;  // running hook → start time
   const std::string empty_;
-  pid_t checker_ = 0;
-  uint64_t checker_started_ms_ = 0;
-  uint64_t checker_respawn_at_ = 0;
+  Aux checker_{"checker", "health checker", &run_checker};
+  Aux sync_{"sync", "etcd sync process", &run_sync};
+  Aux logger_{"logger", "access logger", nullptr};  // runs run_logger (see spawn_aux)
+  std::vector<core::UniqueFd> log_rd_, log_wr_;     // access-log sockets by worker slot: logger / worker ends
 };
 
 }  // namespace

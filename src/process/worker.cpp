@@ -20,8 +20,10 @@
 #include "gw/core/log.hpp"
 #include "gw/net/buffer_pool.hpp"
 #include "gw/net/reactor.hpp"
+#include "gw/proxy/access_log.hpp"
 #include "gw/proxy/frame_mux.hpp"
 #include "gw/proxy/framer.hpp"
+#include "gw/proxy/http_proxy.hpp"
 #include "gw/proxy/tcp_relay.hpp"
 #include "gw/proxy/uring_relay.hpp"
 #include "gw/shm/runtime.hpp"
@@ -29,6 +31,8 @@
 
 namespace gw::process {
 namespace {
+
+int g_access_log_fd = -1;
 
 constexpr uint64_t kSignalIndex = 0xffffffffull;
 constexpr uint64_t kHousekeepingMs = 1000;
@@ -50,13 +54,20 @@ class Worker {
         live_tag_(seg.caps().max_hosts, 0),
         pipes_(cfg.splice_after_bytes ? max_pipes() : 0),
         relay_(env_, max_sessions()),
-        mux_(env_, max_sessions()) {
+        mux_(env_, max_sessions()),
+        http_(env_, cfg, max_sessions()) {
     size_t frame_buffer = 0;
     for (size_t i = 0; i < cfg.listeners.size(); ++i) {
       const config::ListenerConf& l = cfg.listeners[i];
       proxy::ListenerRuntime& lr = listeners_[i];
       lr.key_from_frame = l.hash_key == config::HashKey::frame;
       lr.close_on_host_remove = l.close_on_host_remove;
+      lr.http = l.protocol == config::Protocol::http;
+      lr.name = l.name.c_str();
+      if (!l.access_log.path.empty()) {
+        lr.log_file = l.access_log.file;
+        lr.log_format = l.access_log.format;
+      }
       any_close_on_remove_ |= l.close_on_host_remove;
       if (l.protocol == config::Protocol::frame) {
         framers_.push_back(std::make_unique<proxy::Framer>(l.frame.spec));
@@ -84,6 +95,8 @@ class Worker {
     env_.listeners = listeners_;
     env_.live_tag = live_tag_;
     env_.now_ms = core::monotonic_ms();
+    if (g_access_log_fd >= 0) access_log_.init(g_access_log_fd, cfg.access_log_paths.size());
+    env_.access_log = &access_log_;
     // Round-robin tickets are shared by all workers through shm.
     balancer_.set_tickets(
         [](void* ctx, uint32_t pool) -> std::atomic<uint64_t>* {
@@ -105,7 +118,7 @@ class Worker {
 
     refresh();
     auto& wr = seg_.worker(slot_);
-    wr.started_ms.store(core::wall_ms(), std::memory_order_release);
+    wr.started_ms.store(core::wall_ms(), std::memory_order_relaxed);
     wr.pid.store(::getpid(), std::memory_order_release);
 
     next_housekeeping_ = env_.now_ms + kHousekeepingMs;
@@ -128,9 +141,10 @@ class Worker {
   }
 
   // io_uring: native L4 relay (tcp listeners, frame listeners in connection
-  // mode) on completions; everything readiness-based (the signalfd, per-frame
-  // listeners and FrameMux) stays in the epoll set, which is nested in the
-  // ring as one poll request. One io_uring_enter per iteration submits and waits.
+  // mode) on completions; everything readiness-based (the signalfd, http and
+  // per-frame listeners, HttpProxy, FrameMux) stays in the epoll set, which
+  // is nested in the ring as one poll request. One io_uring_enter per
+  // iteration submits and waits.
   bool start_uring() {
     try {
       ring_ = std::make_unique<net::Ring>(kRingEntries);
@@ -151,7 +165,7 @@ class Worker {
     native_.assign(listen_fds_.size(), false);
     accept_armed_.assign(listen_fds_.size(), false);
     for (size_t i = 0; i < listen_fds_.size(); ++i) {
-      native_[i] = !listeners_[i].per_frame;
+      native_[i] = !listeners_[i].per_frame && !listeners_[i].http;
       if (!native_[i]) epoll_.add(listen_fds_[i], EPOLLIN, i);
     }
     arm_accepts();
@@ -175,7 +189,7 @@ class Worker {
       ring_->submit_and_wait(next_timeout());
       env_.now_ms = core::monotonic_ms();
       bool epoll_ready = false;
-      ring_->drain([&](const io_uring_cqe& c) {
+      const unsigned completions = ring_->drain([&](const io_uring_cqe& c) {
         const uint8_t op = net::tag_op(c.user_data);
         if (op >= proxy::uring_op::kRelayFirst) urelay_->on_completion(c.user_data, c.res, c.flags);
         else if (op == proxy::uring_op::kAccept) on_accept_completion(net::tag_slot(c.user_data), c.res, c.flags);
@@ -184,6 +198,8 @@ class Worker {
       if (epoll_ready) {
         int n = epoll_.wait(events, kMaxEvents, 0);
         if (!dispatch(events, n)) return 0;
+      } else if (completions > 0 && reader_.stale()) {
+        refresh();  // as dispatch() does once per batch
       }
       if (!tick()) return 0;
     }
@@ -198,11 +214,18 @@ class Worker {
 
   // Readiness events (both engines). Returns false when the worker must exit now.
   bool dispatch(const epoll_event* events, int n) {
+    // One acquire load per batch of events: a table change (a gwctl rule or
+    // host change) applies to the next request on an open keep-alive
+    // connection too, not only to new connections.
+    if (n > 0 && reader_.stale()) refresh();
     for (int i = 0; i < n; ++i) {
       uint64_t d = events[i].data.u64;
-      if (proxy::event_kind(d) == proxy::kKindMux) {
+      const uint64_t kind = proxy::event_kind(d);
+      if (kind == proxy::kKindMux) {
         mux_.on_event(d, events[i].events);
-      } else if (proxy::event_kind(d) != proxy::kKindWorker) {
+      } else if (kind == proxy::kKindHttpClient || kind == proxy::kKindHttpUp) {
+        http_.on_event(d, events[i].events);
+      } else if (kind != proxy::kKindWorker) {
         relay_.on_event(d, events[i].events);
       } else if (d == kSignalIndex) {
         if (!on_signal(sfd_)) return false;
@@ -213,11 +236,13 @@ class Worker {
     return true;
   }
 
-  // Timers, housekeeping, accept pauses and the drain, once per iteration
-  // (both engines). Returns false when the worker must exit now.
+  // Access log, timers, housekeeping, accept pauses and the drain, once per
+  // iteration (both engines). Returns false when the worker must exit now.
   bool tick() {
+    access_log_.flush();  // once per round: the lines of every request this round ended
     timers_.advance(env_.now_ms, [this](net::TimerNode& t) {
       if (mux_.owns(t)) mux_.on_timer(t);
+      else if (http_.owns(t)) http_.on_timer(t);
       else if (urelay_ && urelay_->owns(t)) urelay_->on_timer(t);
       else relay_.on_timer(t);
     });
@@ -229,6 +254,7 @@ class Worker {
     if (accept_paused_ && env_.now_ms >= resume_accept_ms_) resume_accept();
     if (draining_) {
       if (active() == 0 && accepts_in_flight() == 0) {
+        access_log_.flush();
         GW_LOG_INFO("drained; exiting");
         return false;
       }
@@ -242,14 +268,18 @@ class Worker {
     return true;
   }
 
-  uint32_t active() const { return relay_.active() + mux_.active() + (urelay_ ? urelay_->active() : 0); }
+  uint32_t active() const {
+    return relay_.active() + mux_.active() + http_.active() + (urelay_ ? urelay_->active() : 0);
+  }
   void close_all() {
     relay_.close_all();
     mux_.close_all();
+    http_.close_all();
     if (urelay_) {
       urelay_->close_all();
       ring_->submit();  // the closes go out before the process does
     }
+    access_log_.flush();
   }
 
   static uint64_t fd_limit() {
@@ -273,6 +303,7 @@ class Worker {
     balancer_.rebuild(snap_);
     for (size_t i = 0; i < cfg_.listeners.size(); ++i)
       listeners_[i].upstream = snap_.find_upstream(cfg_.listeners[i].upstream);
+    http_.refresh();
     env_.table_changed = true;
     seg_.worker(slot_).generation.store(gen, std::memory_order_release);
     if (any_close_on_remove_) close_orphans();
@@ -302,6 +333,7 @@ class Worker {
             GW_LOG_INFO("SIGTERM: stop accepting, draining {} connection(s) for up to {} ms", active(),
                         cfg_.shutdown_timeout_ms);
             stop_accepting();
+            http_.drain();  // idle keep-alive connections close now, busy ones after their response
             // Closing this process's copies lets the kernel drop the sockets
             // once the master has closed its own (it does so before SIGTERM).
             for (int fd : listen_fds_) ::close(fd);
@@ -313,8 +345,18 @@ class Worker {
         case SIGQUIT:
           close_all();
           return false;
+        case SIGUSR1:
+          // logrotate: the error log (access logs are the logger's).
+          if (!cfg_.log_file.empty()) {
+            try {
+              core::log_open(cfg_.log_file);
+            } catch (const std::exception& e) {
+              GW_LOG_ERROR("{}", e.what());
+            }
+          }
+          break;
         default:
-          break;  // SIGHUP, SIGUSR1/2: the master handles them
+          break;  // SIGHUP, SIGUSR2: the master handles them
       }
     }
     return true;
@@ -337,7 +379,8 @@ class Worker {
       }
       if (reader_.stale()) refresh();  // one acquire load per new connection
       const bool per_frame = listeners_[li].per_frame;
-      if (per_frame ? mux_.full() : relay_.full()) {
+      const bool http = listeners_[li].http;
+      if (http ? http_.full() : per_frame ? mux_.full() : relay_.full()) {
         ::close(fd);
         if (env_.now_ms - last_full_log_ms_ >= 1000) {
           last_full_log_ms_ = env_.now_ms;
@@ -345,7 +388,8 @@ class Worker {
         }
         continue;
       }
-      if (per_frame) mux_.accept(fd, li);
+      if (http) http_.accept(fd, li, reinterpret_cast<const sockaddr*>(&peer));
+      else if (per_frame) mux_.accept(fd, li);
       else relay_.accept(fd, li, reinterpret_cast<const sockaddr*>(&peer));
     }
   }
@@ -444,10 +488,12 @@ class Worker {
   std::vector<proxy::ListenerRuntime> listeners_;
   std::vector<uint32_t> live_tag_;
   bool any_close_on_remove_ = false;
+  proxy::AccessLog access_log_;
   proxy::RelayEnv env_;
   net::PipePool pipes_;
   proxy::TcpRelay relay_;
   proxy::FrameMux mux_;
+  proxy::HttpProxy http_;
   // io_uring engine (null under epoll)
   std::unique_ptr<net::Ring> ring_;
   std::unique_ptr<net::BufRing> bufring_;
@@ -464,6 +510,8 @@ class Worker {
 };
 
 }  // namespace
+
+void set_access_log_fd(int fd) noexcept { g_access_log_fd = fd; }
 
 int run_worker(const config::Config& cfg, const shm::Segment& seg, uint32_t slot, const std::vector<int>& listen_fds) {
   try {

@@ -74,7 +74,7 @@ void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
   const uint32_t sub = static_cast<uint32_t>(data) & 0x3f;
   if (idx >= devices_.size()) return;
   Device& d = devices_[idx];
-  if (!d.used || ((data >> 32) & 0x3fffffffu) != (d.gen & 0x3fffffffu)) return;  // stale
+  if (!d.used || !event_gen_is(data, d.gen)) return;  // stale
   const bool in = events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
   const bool out = events & (EPOLLOUT | EPOLLHUP | EPOLLERR);
   const bool hup = events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR);

@@ -14,6 +14,7 @@
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
+#include "gw/proxy/access_log.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/runtime.hpp"
 #include "proxy/relay_common.hpp"
@@ -58,6 +59,11 @@ void TcpRelay::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept 
   s.c2u = Pipe{};
   s.u2c = Pipe{};
   s.key_len = 0;
+  s.peer = peer ? core::SockAddr::from_sockaddr(peer) : core::SockAddr{};
+  s.host_addr = core::SockAddr{};
+  s.start_ms = env_.now_ms;
+  s.bytes_up = s.bytes_down = 0;
+  s.end = "closed";
   if (peer && peer->sa_family == AF_INET6) {
     const auto* a = reinterpret_cast<const sockaddr_in6*>(peer);
     if (::inet_ntop(AF_INET6, &a->sin6_addr, s.key, sizeof(s.key))) s.key_len = static_cast<uint8_t>(std::strlen(s.key));
@@ -154,6 +160,7 @@ void TcpRelay::sniff(Session& s) noexcept {
 
 void TcpRelay::reject(Session& s, FrameError e) noexcept {
   count_reject(env_, e, s.cfd, last_reject_log_ms_);
+  s.end = frame_error_name(e);
   close_session(s);
 }
 
@@ -173,6 +180,7 @@ void TcpRelay::connect_next(Session& s) noexcept {
     if (h < 0) break;
     const shm::HostRecord& r = hosts[static_cast<size_t>(h)];
     s.tried[s.attempts++] = r.slot;
+    s.host_addr = r.addr;
     s.host_slot = r.slot;
     s.host_tag = r.tag;
     s.host_weight = r.weight;
@@ -203,6 +211,7 @@ void TcpRelay::connect_next(Session& s) noexcept {
     return;
   }
   count_no_host(env_, ui, s.attempts, last_no_host_log_ms_);
+  s.end = "no_host";
   close_session(s);
 }
 
@@ -240,7 +249,7 @@ void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
   uint32_t idx = static_cast<uint32_t>(data);
   if (idx >= sessions_.size()) return;
   Session& s = sessions_[idx];
-  if (s.state == State::free || ((data >> 32) & 0x3fffffffu) != (s.gen & 0x3fffffffu)) return;  // stale
+  if (s.state == State::free || !event_gen_is(data, s.gen)) return;  // stale
   const bool in = events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
   const bool out = events & (EPOLLOUT | EPOLLHUP | EPOLLERR);
   const bool hup = events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR);
@@ -301,6 +310,7 @@ void TcpRelay::on_timer(net::TimerNode& n) noexcept {
     connect_next(s);
   } else if (s.state == State::relay) {
     GW_LOG_DEBUG("session {}: idle for {} ms; closing", index_of(s), s.idle_ms);
+    s.end = "idle_timeout";
     close_session(s);
   }
 }
@@ -327,6 +337,7 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
                           : ::send(dst, p.buf + p.head, p.tail - p.head, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n > 0) {
         p.moved += static_cast<uint64_t>(n);
+        (&p == &s.c2u ? s.bytes_up : s.bytes_down) += static_cast<uint64_t>(n);
         if (p.piped) p.piped -= static_cast<uint32_t>(n);
         else p.head += static_cast<uint32_t>(n);
         s.deadline_ms = env_.now_ms + s.idle_ms;  // lazy: the wheel re-files it when due
@@ -420,7 +431,13 @@ void TcpRelay::drive(Session& s) noexcept {
   if (s.c_eof && s.u_eof && s.c_shut && s.u_shut) close_session(s);
 }
 
+void TcpRelay::log_session(const Session& s) noexcept {
+  log_stream(env_, s.listener, s.peer, s.state == State::relay ? &s.host_addr : nullptr, s.bytes_up, s.bytes_down,
+             s.start_ms, std::string_view(s.key, s.key_len), s.end);
+}
+
 void TcpRelay::close_session(Session& s) noexcept {
+  if (env_.access_log && env_.access_log->enabled() && env_.listeners[s.listener].log_file >= 0) log_session(s);
   env_.timers->cancel(s);
   if (s.cfd >= 0) ::close(s.cfd);
   if (s.ufd >= 0) ::close(s.ufd);

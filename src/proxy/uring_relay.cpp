@@ -43,12 +43,14 @@ bool UringRelay::upstream_uses_key(int ui) const noexcept {
   return false;
 }
 
-void UringRelay::peer_key(Session& s, int fd) noexcept {
+void UringRelay::fetch_peer(Session& s, int fd, bool want_key) noexcept {
   // Multishot accept reports no address; it is asked for only when a pool of
-  // the upstream hashes the client IP.
+  // the upstream hashes the client IP, or the listener has an access log.
   sockaddr_storage ss{};
   socklen_t len = sizeof(ss);
   if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return;
+  s.peer = core::SockAddr::from_sockaddr(reinterpret_cast<const sockaddr*>(&ss));
+  if (!want_key) return;
   const void* ip = nullptr;
   if (ss.ss_family == AF_INET) ip = &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr;
   else if (ss.ss_family == AF_INET6) ip = &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr;
@@ -72,12 +74,17 @@ void UringRelay::accept(int fd, uint32_t listener) noexcept {
   s.c2u = Dir{};
   s.u2c = Dir{};
   s.key_len = 0;
+  s.peer = core::SockAddr{};
+  s.host_addr = core::SockAddr{};
+  s.start_ms = env_.now_ms;
+  s.end = "closed";
   const ListenerRuntime& l = env_.listeners[listener];
   s.state = l.framer ? State::sniff : State::connecting;
   auto& w = env_.seg->worker(env_.worker);
   bump(w.connections);  // shared with TcpRelay and FrameMux: counted up and down
   bump(w.accepted);
-  if (!l.key_from_frame && upstream_uses_key(l.upstream)) peer_key(s, fd);
+  const bool want_key = !l.key_from_frame && upstream_uses_key(l.upstream);
+  if (want_key || logging(l)) fetch_peer(s, fd, want_key);
   arm_recv(s, true);
   if (s.state == State::sniff) {
     // Nothing is opened upstream until a whole, valid first frame is in.
@@ -157,6 +164,7 @@ void UringRelay::sniff(Session& s, uint16_t bid, uint32_t len) noexcept {
 
 void UringRelay::reject(Session& s, FrameError e) noexcept {
   count_reject(env_, e, s.cfd, last_reject_log_ms_);
+  s.end = frame_error_name(e);
   close_session(s);
 }
 
@@ -179,6 +187,7 @@ void UringRelay::connect_next(Session& s) noexcept {
     if (h < 0) break;
     const shm::HostRecord& r = hosts[static_cast<size_t>(h)];
     s.tried[s.attempts++] = r.slot;
+    s.host_addr = r.addr;
     s.host_slot = r.slot;
     s.host_tag = r.tag;
     s.host_weight = r.weight;
@@ -214,6 +223,7 @@ void UringRelay::connect_next(Session& s) noexcept {
     return;
   }
   count_no_host(env_, ui, s.attempts, last_no_host_log_ms_);
+  s.end = "no_host";
   close_session(s);
 }
 
@@ -625,6 +635,7 @@ void UringRelay::on_timer(net::TimerNode& n) noexcept {
     reject(s, FrameError::first_frame_timeout);
   } else if (s.state == State::relay) {
     GW_LOG_DEBUG("session {}: idle for {} ms; closing", index_of(s), s.idle_ms);
+    s.end = "idle_timeout";
     close_session(s);
   }
 }
@@ -677,6 +688,9 @@ void UringRelay::close_fd(int fd, bool in_flight) noexcept {
 
 void UringRelay::close_session(Session& s) noexcept {
   if (s.state == State::free || s.state == State::closing) return;
+  if (logging(env_.listeners[s.listener]))
+    log_stream(env_, s.listener, s.peer, s.state == State::relay ? &s.host_addr : nullptr, s.c2u.moved, s.u2c.moved,
+               s.start_ms, std::string_view(s.key, s.key_len), s.end);
   env_.timers->cancel(s);
   unstarve(s, true);
   unstarve(s, false);

@@ -155,7 +155,8 @@ std::string Segment::validate(const void* base, size_t size) {
   if (h->max_workers != kMaxWorkers || h->event_capacity != kEventCapacity)
     return "its worker or event capacity differs from this build";
   if (h->caps.max_hosts == 0 || h->caps.max_pools == 0 || h->caps.max_upstreams == 0 ||
-      h->caps.max_hosts > 1u << 20 || h->caps.max_pools > 65535 || h->caps.max_upstreams > 65535)
+      h->caps.max_hosts > 1u << 20 || h->caps.max_pools > 65535 || h->caps.max_upstreams > 65535 ||
+      h->caps.max_routes > 65535 || h->caps.max_rules > 65535 || h->caps.max_rule_cidrs > 1u << 20)
     return "its capacities are out of range";
   SegmentHeader expect{};
   size_t want = layout_size(h->caps, &expect);

@@ -32,7 +32,45 @@ State state_from_table(const Table& t) {
     }
     s.upstreams.push_back(std::move(su));
   }
+  s.has_routes = true;
+  auto routes = t.routes();
+  for (size_t r = 0; r < routes.size(); ++r) {
+    StateRoute sr{std::string(name_of(routes[r].listener)), std::string(name_of(routes[r].name)), {}};
+    auto rules = t.rules();
+    for (size_t i = 0; i < rules.size(); ++i)
+      if (rules[i].route == r) sr.rules.push_back(t.rule_spec(static_cast<int>(i)));
+    s.routes.push_back(std::move(sr));
+  }
   return s;
+}
+
+namespace {
+
+// Rule values may hold any visible ASCII, '"' and '\\' included.
+std::string json_string(std::string_view v) {
+  std::string out = "\"";
+  for (char c : v) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
+std::string rule_to_json(const RuleSpec& r) {
+  std::string out = fmt::format("{{\"id\": \"{}\", \"upstream\": \"{}\"", r.id, r.upstream);
+  if (!r.cidrs.empty()) {
+    out += ", \"ip\": [";
+    for (size_t i = 0; i < r.cidrs.size(); ++i) out += fmt::format("{}\"{}\"", i ? ", " : "", r.cidrs[i].to_string());
+    out += "]";
+  }
+  if (!r.header_name.empty())
+    out += fmt::format(", \"header\": {{\"name\": \"{}\", \"value\": {}}}", r.header_name, json_string(r.header_value));
+  if (!r.cookie_name.empty())
+    out += fmt::format(", \"cookie\": {{\"name\": \"{}\", \"value\": {}}}", r.cookie_name, json_string(r.cookie_value));
+  if (r.percent_bp >= 0) out += fmt::format(", \"percent\": {}", r.percent_bp / 100.0);
+  return out + "}";
 }
 
 std::string state_to_json(const Table& t) {
@@ -56,6 +94,13 @@ std::string state_to_json(const Table& t) {
       }
       out += "]}";
     }
+    out += "]}";
+  }
+  out += "],\n \"routes\": [";
+  for (size_t r = 0; r < s.routes.size(); ++r) {
+    const auto& sr = s.routes[r];
+    out += fmt::format("{}\n  {{\"listener\": \"{}\", \"route\": \"{}\", \"rules\": [", r ? "," : "", sr.listener, sr.name);
+    for (size_t i = 0; i < sr.rules.size(); ++i) out += fmt::format("{}\n    {}", i ? "," : "", rule_to_json(sr.rules[i]));
     out += "]}";
   }
   out += "]}\n";
@@ -140,7 +185,75 @@ bool read_state_file(const std::string& path, State& out) {
     }
     s.upstreams.push_back(std::move(su));
   }
+  simdjson::dom::array routes;
+  if (root["routes"].get(routes) == simdjson::SUCCESS) {
+    s.has_routes = true;
+    for (auto r : routes) {
+      StateRoute sr;
+      std::string_view listener, name;
+      simdjson::dom::array rules;
+      if (r["listener"].get(listener) || r["route"].get(name) || r["rules"].get(rules))
+        throw bad("a route lacks \"listener\", \"route\" or \"rules\"");
+      sr.listener = listener;
+      sr.name = name;
+      for (auto e : rules) {
+        std::string why;
+        RuleSpec spec;
+        if (!rule_from_json(e, spec, why)) throw bad(fmt::format("route {}/{}: {}", sr.listener, sr.name, why));
+        sr.rules.push_back(std::move(spec));
+      }
+      s.routes.push_back(std::move(sr));
+    }
+  }
   out = std::move(s);
+  return true;
+}
+
+bool rule_from_json(simdjson::dom::element e, RuleSpec& spec, std::string& why) {
+  std::string_view id, upstream;
+  if (e["id"].get(id) || e["upstream"].get(upstream)) {
+    why = "a rule lacks \"id\" or \"upstream\"";
+    return false;
+  }
+  spec = RuleSpec{};
+  spec.id = id;
+  spec.upstream = upstream;
+  simdjson::dom::array ips;
+  if (e["ip"].get(ips) == simdjson::SUCCESS) {
+    for (auto ip : ips) {
+      std::string_view text;
+      core::Cidr c;
+      std::string w;
+      if (ip.get(text) || !core::parse_cidr(text, c, w)) {
+        why = fmt::format("rule {}: bad address block: {}", spec.id, w.empty() ? "not a string" : w);
+        return false;
+      }
+      spec.cidrs.push_back(c);
+    }
+  }
+  for (const char* which : {"header", "cookie"}) {
+    simdjson::dom::element m;
+    if (e[which].get(m) != simdjson::SUCCESS) continue;
+    std::string_view n, v;
+    if (m["name"].get(n) || m["value"].get(v)) {
+      why = fmt::format("rule {}: \"{}\" lacks \"name\" or \"value\"", spec.id, which);
+      return false;
+    }
+    (which[0] == 'h' ? spec.header_name : spec.cookie_name) = n;
+    (which[0] == 'h' ? spec.header_value : spec.cookie_value) = v;
+  }
+  double pct = 0;
+  if (e["percent"].get(pct) == simdjson::SUCCESS) {
+    if (pct < 0 || pct > 100) {
+      why = fmt::format("rule {}: percent {} is not 0..100", spec.id, pct);
+      return false;
+    }
+    spec.percent_bp = static_cast<int32_t>(pct * 100 + 0.5);
+  }
+  if (auto w = check_rule(spec); !w.empty()) {
+    why = fmt::format("rule {}: {}", spec.id, w);
+    return false;
+  }
   return true;
 }
 

@@ -50,7 +50,8 @@ void set_name(char (&dst)[kNameCap], std::string_view src) noexcept {
 
 size_t Table::bytes_for(const Caps& c) noexcept {
   return sizeof(TableHeader) + sizeof(UpstreamRecord) * c.max_upstreams + sizeof(PoolRecord) * c.max_pools +
-         sizeof(HostRecord) * c.max_hosts;
+         sizeof(HostRecord) * c.max_hosts + sizeof(RouteRecord) * c.max_routes + sizeof(RuleRecord) * c.max_rules +
+         sizeof(core::Cidr) * c.max_rule_cidrs;
 }
 
 Table::Table(Caps caps) : caps_(caps), words_(bytes_for(caps) / 8, 0) {
@@ -66,6 +67,16 @@ PoolRecord* Table::pools_() const noexcept {
 }
 HostRecord* Table::hosts_() const noexcept {
   return reinterpret_cast<HostRecord*>(pools_() + caps_.max_pools);
+}
+
+RouteRecord* Table::routes_() const noexcept {
+  return reinterpret_cast<RouteRecord*>(hosts_() + caps_.max_hosts);
+}
+RuleRecord* Table::rules_() const noexcept {
+  return reinterpret_cast<RuleRecord*>(routes_() + caps_.max_routes);
+}
+core::Cidr* Table::cidrs_() const noexcept {
+  return reinterpret_cast<core::Cidr*>(rules_() + caps_.max_rules);
 }
 
 void Table::clear() noexcept {
@@ -167,6 +178,223 @@ void Table::remove_host(int host) {
   HostRecord* h = hosts_();
   std::copy(h + host + 1, h + header().n_hosts, h + host);
   --header().n_hosts;
+}
+
+namespace {
+
+// A header field name: a token (RFC 9110 5.6.2).
+bool is_token(std::string_view s) {
+  if (s.empty()) return false;
+  for (unsigned char c : s) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos;
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// A value to compare with: visible ASCII and inner spaces, no leading or
+// trailing whitespace (the proxy compares trimmed values).
+std::string check_value(std::string_view what, std::string_view v, bool cookie) {
+  if (v.size() >= kRuleValueCap) return fmt::format("{} value is longer than {} bytes", what, kRuleValueCap - 1);
+  for (unsigned char c : v) {
+    if (c < 0x20 || c == 0x7f || (cookie && (c == ';' || c == ' ' || c == ',')))
+      return fmt::format("{} value \"{}\" has a character that cannot appear in a {}", what, v,
+                         cookie ? "cookie value" : "header value");
+  }
+  if (!v.empty() && (v.front() == ' ' || v.back() == ' '))
+    return fmt::format("{} value \"{}\" starts or ends with a space", what, v);
+  return {};
+}
+
+}  // namespace
+
+std::string check_rule(const RuleSpec& r) {
+  if (auto why = check_name(r.id); !why.empty()) return fmt::format("rule id \"{}\" {}", r.id, why);
+  if (auto why = check_name(r.upstream); !why.empty()) return fmt::format("upstream name \"{}\" {}", r.upstream, why);
+  if (r.cidrs.empty() && r.header_name.empty() && r.cookie_name.empty() && r.percent_bp < 0)
+    return "a rule needs at least one matcher (ip, header, cookie or percent)";
+  if (r.cidrs.size() > 65535) return "a rule takes at most 65535 address blocks";
+  for (const auto& c : r.cidrs)
+    if (c.family != AF_INET && c.family != AF_INET6) return "an address block is unset";
+  if (!r.header_name.empty()) {
+    if (!is_token(r.header_name) || r.header_name.size() >= kNameCap)
+      return fmt::format("header name \"{}\" is not a field name (a token of at most {} bytes)", r.header_name,
+                         kNameCap - 1);
+    if (auto why = check_value("header", r.header_value, false); !why.empty()) return why;
+  }
+  if (!r.cookie_name.empty()) {
+    if (!is_token(r.cookie_name) || r.cookie_name.size() >= kNameCap)
+      return fmt::format("cookie name \"{}\" is not a token of at most {} bytes", r.cookie_name, kNameCap - 1);
+    if (auto why = check_value("cookie", r.cookie_value, true); !why.empty()) return why;
+  }
+  if (r.percent_bp > static_cast<int32_t>(kPercentScale)) return "percent must be 0..100";
+  return {};
+}
+
+std::string describe_rule(const RuleSpec& r) {
+  std::string out;
+  auto add = [&](const std::string& part) { out += (out.empty() ? "" : " ") + part; };
+  if (!r.cidrs.empty()) {
+    std::string ips;
+    for (size_t i = 0; i < r.cidrs.size(); ++i) {
+      if (i == 8 && r.cidrs.size() > 10) {
+        ips += fmt::format(",... ({} in all)", r.cidrs.size());
+        break;
+      }
+      ips += (i ? "," : "") + r.cidrs[i].to_string();
+    }
+    add("ip=" + ips);
+  }
+  if (!r.header_name.empty()) add(fmt::format("header={}={}", r.header_name, r.header_value));
+  if (!r.cookie_name.empty()) add(fmt::format("cookie={}={}", r.cookie_name, r.cookie_value));
+  if (r.percent_bp >= 0) add(fmt::format("percent={}", r.percent_bp / 100.0));
+  add("-> " + r.upstream);
+  return out;
+}
+
+int Table::find_route(std::string_view listener, std::string_view name) const noexcept {
+  auto r = routes();
+  for (size_t i = 0; i < r.size(); ++i)
+    if (name_of(r[i].listener) == listener && name_of(r[i].name) == name) return static_cast<int>(i);
+  return -1;
+}
+
+int Table::find_rule(int route, std::string_view id) const noexcept {
+  auto r = rules();
+  for (size_t i = 0; i < r.size(); ++i)
+    if (r[i].route == route && name_of(r[i].id) == id) return static_cast<int>(i);
+  return -1;
+}
+
+std::string Table::route_path(int route) const {
+  const auto& r = routes()[static_cast<size_t>(route)];
+  return fmt::format("{}/{}", name_of(r.listener), name_of(r.name));
+}
+
+std::string Table::rule_path(int rule) const {
+  const auto& r = rules()[static_cast<size_t>(rule)];
+  return fmt::format("{}/{}", route_path(r.route), name_of(r.id));
+}
+
+int Table::add_route(std::string_view listener, std::string_view name) {
+  if (auto why = check_name(listener); !why.empty()) throw TableError(fmt::format("listener name \"{}\" {}", listener, why));
+  if (auto why = check_name(name); !why.empty()) throw TableError(fmt::format("route name \"{}\" {}", name, why));
+  if (find_route(listener, name) >= 0) throw TableError(fmt::format("route {}/{} already exists", listener, name));
+  if (header().n_routes >= caps_.max_routes)
+    throw TableError(fmt::format("route table is full (shm.max_routes = {})", caps_.max_routes));
+  RouteRecord& r = routes_()[header().n_routes];
+  r = RouteRecord{};
+  set_name(r.listener, listener);
+  set_name(r.name, name);
+  return static_cast<int>(header().n_routes++);
+}
+
+void Table::fill_rule(RuleRecord& r, const RuleSpec& spec, uint32_t first_cidr) {
+  auto set_value = [](char (&dst)[kRuleValueCap], std::string_view v) {
+    std::memset(dst, 0, kRuleValueCap);
+    std::memcpy(dst, v.data(), std::min(v.size(), kRuleValueCap - 1));
+  };
+  const uint16_t route = r.route;
+  r = RuleRecord{};
+  r.route = route;
+  set_name(r.id, spec.id);
+  set_name(r.upstream, spec.upstream);
+  if (!spec.cidrs.empty()) {
+    r.match |= kMatchIp;
+    r.first_cidr = first_cidr;
+    r.n_cidrs = static_cast<uint16_t>(spec.cidrs.size());
+    std::copy(spec.cidrs.begin(), spec.cidrs.end(), cidrs_() + first_cidr);
+  }
+  if (!spec.header_name.empty()) {
+    r.match |= kMatchHeader;
+    set_name(r.header_name, spec.header_name);
+    set_value(r.header_value, spec.header_value);
+  }
+  if (!spec.cookie_name.empty()) {
+    r.match |= kMatchCookie;
+    set_name(r.cookie_name, spec.cookie_name);
+    set_value(r.cookie_value, spec.cookie_value);
+  }
+  if (spec.percent_bp >= 0) {
+    r.match |= kMatchPercent;
+    r.percent_bp = static_cast<uint16_t>(spec.percent_bp);
+  }
+}
+
+int Table::add_rule(int route, const RuleSpec& spec) {
+  if (auto why = check_rule(spec); !why.empty()) throw TableError(why);
+  if (route < 0 || static_cast<uint32_t>(route) >= header().n_routes) throw TableError("no such route");
+  if (find_rule(route, spec.id) >= 0) throw TableError(fmt::format("rule {}/{} already exists", route_path(route), spec.id));
+  if (find_upstream(spec.upstream) < 0) throw TableError(fmt::format("no upstream named \"{}\"", spec.upstream));
+  if (header().n_rules >= caps_.max_rules)
+    throw TableError(fmt::format("rule table is full (shm.max_rules = {})", caps_.max_rules));
+  if (header().n_cidrs + spec.cidrs.size() > caps_.max_rule_cidrs)
+    throw TableError(fmt::format("address block table is full: {} in use, {} more asked, shm.max_rule_cidrs = {}",
+                                 header().n_cidrs, spec.cidrs.size(), caps_.max_rule_cidrs));
+  RuleRecord& r = rules_()[header().n_rules];
+  r.route = static_cast<uint16_t>(route);
+  fill_rule(r, spec, header().n_cidrs);
+  header().n_cidrs += static_cast<uint32_t>(spec.cidrs.size());
+  return static_cast<int>(header().n_rules++);
+}
+
+void Table::remove_rule(int rule) {
+  RuleRecord* r = rules_();
+  const uint32_t first = r[rule].first_cidr, n = r[rule].n_cidrs;
+  if (n) {
+    core::Cidr* c = cidrs_();
+    std::copy(c + first + n, c + header().n_cidrs, c + first);
+    header().n_cidrs -= n;
+    for (uint32_t i = 0; i < header().n_rules; ++i)
+      if (r[i].n_cidrs && r[i].first_cidr > first) r[i].first_cidr -= n;
+  }
+  std::copy(r + rule + 1, r + header().n_rules, r + rule);
+  --header().n_rules;
+}
+
+void Table::replace_rule(int rule, const RuleSpec& spec) {
+  if (auto why = check_rule(spec); !why.empty()) throw TableError(why);
+  RuleRecord& cur = rules_()[rule];
+  if (name_of(cur.id) != spec.id) throw TableError("replace_rule: the id differs");
+  if (find_upstream(spec.upstream) < 0) throw TableError(fmt::format("no upstream named \"{}\"", spec.upstream));
+  if (header().n_cidrs - cur.n_cidrs + spec.cidrs.size() > caps_.max_rule_cidrs)
+    throw TableError(fmt::format("address block table is full: {} in use, shm.max_rule_cidrs = {}", header().n_cidrs,
+                                 caps_.max_rule_cidrs));
+  // Drop the old blocks, then append the new ones: the record keeps its place.
+  const uint32_t first = cur.first_cidr, n = cur.n_cidrs;
+  RuleRecord* r = rules_();
+  if (n) {
+    core::Cidr* c = cidrs_();
+    std::copy(c + first + n, c + header().n_cidrs, c + first);
+    header().n_cidrs -= n;
+    for (uint32_t i = 0; i < header().n_rules; ++i)
+      if (r[i].n_cidrs && r[i].first_cidr > first) r[i].first_cidr -= n;
+  }
+  fill_rule(cur, spec, header().n_cidrs);
+  header().n_cidrs += static_cast<uint32_t>(spec.cidrs.size());
+}
+
+RuleSpec Table::rule_spec(int rule) const {
+  const RuleRecord& r = rules()[static_cast<size_t>(rule)];
+  RuleSpec s;
+  s.id = name_of(r.id);
+  s.upstream = name_of(r.upstream);
+  auto value = [](const char (&f)[kRuleValueCap]) { return std::string(f, ::strnlen(f, kRuleValueCap)); };
+  if (r.match & kMatchIp) {
+    auto c = rule_cidrs(r);
+    s.cidrs.assign(c.begin(), c.end());
+  }
+  if (r.match & kMatchHeader) {
+    s.header_name = name_of(r.header_name);
+    s.header_value = value(r.header_value);
+  }
+  if (r.match & kMatchCookie) {
+    s.cookie_name = name_of(r.cookie_name);
+    s.cookie_value = value(r.cookie_value);
+  }
+  if (r.match & kMatchPercent) s.percent_bp = r.percent_bp;
+  return s;
 }
 
 }  // namespace gw::shm

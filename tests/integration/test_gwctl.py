@@ -5,6 +5,8 @@ refused with one `gwctl:` line and changes nothing; events and status."""
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -262,6 +264,47 @@ class GwctlTest(GwTestCase):
                         f"each change should get a new, higher generation: {gens}")
         self.assertGreater(gens[0], gen0)
         self.assertEqual(gw.status()["generation"], gens[-1])
+
+    def test_check(self):
+        """gwctl check (keepalived's vrrp_script): 0 while master, workers and
+        listeners are fine; 1 with a one-line reason otherwise."""
+        a = self.backend("a")
+        missing = gwtest.unique_shm_name() + "-missing"
+        rc, line = self.assertGwctlError(None, "check", shm=missing, rc_want=1)
+        self.assertIn("no running gateway", line)
+
+        gw = self.start([pool("primary", [host("a", a)])], workers=1,
+                        listeners=[gwtest.tcp_listener("l4", "app", backlog=1)])
+        rc, out, err = gw.gwctl("check")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, rf"^ok: master pid {gw.pid}, 1 worker\(s\) running, 1 listener\(s\) accepting\n$")
+
+        # A hung worker: its accept queue fills up, new connects time out.
+        wpid = gw.worker_pids()[0]
+        os.kill(wpid, signal.SIGSTOP)
+        held = []
+        try:
+            for _ in range(8):
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", gw.port))
+                held.append(s)
+            time.sleep(0.2)
+            rc, out, err = gw.gwctl("check", "--timeout-ms", "300")
+            self.assertEqual(rc, 1, out)
+            self.assertRegex(err.strip(), rf"^gwctl: check failed: listener l4 \(127\.0\.0\.1:{gw.port}\) does not accept "
+                                          r"connections: connect timed out$")
+        finally:
+            os.kill(wpid, signal.SIGCONT)
+            for s in held:
+                s.close()
+        gwtest.wait_until(lambda: gw.gwctl("check")[0] == 0, T(5), msg="check ok again")
+
+        # The master gone (its workers drain and exit on their own).
+        os.kill(gw.pid, signal.SIGKILL)
+        gw.proc.wait(T(5))
+        rc, line = self.assertGwctlError(None, "check", shm=gw.shm, rc_want=1)
+        self.assertRegex(line, rf"^gwctl: check failed: the master \(pid {gw.pid}\) is not running$")
 
 
 if __name__ == "__main__":

@@ -5,18 +5,30 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdlib>
+
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <cerrno>
 #include <charconv>
+#include <cstring>
+#include <iterator>
 #include <cstdio>
 #include <optional>
 #include <thread>
 
+#include "gw/cluster/etcd.hpp"
+#include "gw/cluster/schema.hpp"
 #include "gw/config/config.hpp"
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
+#include "gw/net/socket.hpp"
 #include "gw/proxy/framer.hpp"
+#include "gw/proxy/http_proxy.hpp"
+#include "gw/shm/state_file.hpp"
+
+#include "gw/shm/cluster.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/runtime.hpp"
 #include "gw/shm/segment.hpp"
@@ -41,7 +53,23 @@ struct Options {
   std::string weight;
   std::string priority;
   std::string method;
+  // rules
+  std::string listener, route, upstream, ip, ip_file, header, cookie, percent;
+
+  std::vector<std::string> etcd;  // --etcd URL[,URL...]: write to etcd instead of shm
+  std::string prefix;             // --prefix (default: the config's cluster.prefix, else /gw/)
+  std::string timeout_ms = "1000";  // check: connect timeout per listener
 };
+
+std::string json_escape(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\', out += c;
+    else if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", static_cast<int>(c));
+    else out += c;
+  }
+  return out;
+}
 
 std::string shm_name(const Options& o) {
   if (!o.shm.empty() && !o.config.empty()) throw Failure("give either --shm or -c, not both");
@@ -54,7 +82,9 @@ std::string shm_name(const Options& o) {
   return "gw";
 }
 
-gw::shm::Segment attach(const Options& o, bool need_master) {
+// shared: the change is to pools or hosts, which a clustered gateway takes
+// from etcd (rules stay local to each node).
+gw::shm::Segment attach(const Options& o, bool need_master, bool shared = true) {
   std::string name = shm_name(o);
   gw::shm::Segment seg = gw::shm::Segment::attach(name);
   if (need_master && !seg.master_alive()) {
@@ -62,6 +92,12 @@ gw::shm::Segment attach(const Options& o, bool need_master) {
     throw Failure(pid ? fmt::format("no running gateway on shm \"{}\" (its master, pid {}, is gone)", name, pid)
                       : fmt::format("no running gateway on shm \"{}\" (gwd was stopped)", name));
   }
+  // need_master: a change. etcd is the source of truth of a clustered gateway:
+  // a local change would be undone by the next etcd change.
+  if (need_master && shared && seg.header().cluster.state.load() != gw::shm::kClusterOff)
+    throw Failure(fmt::format("the gateway on shm \"{}\" takes its pools and hosts from etcd (cluster in its config); "
+                              "change them with gwctl --etcd URL ...",
+                              name));
   return seg;
 }
 
@@ -112,12 +148,396 @@ int find_host(const gw::shm::Table& t, const std::string& u, const std::string& 
   return i;
 }
 
-int commit(const Options& o, const gw::shm::Writer::Change& change, const std::string& what) {
-  gw::shm::Segment seg = attach(o, true);
+// The matchers and upstream of a rule from --ip, --ip-file, --header,
+// --cookie, --percent and --upstream.
+gw::shm::RuleSpec rule_from_options(const Options& o) {
+  gw::shm::RuleSpec r;
+  r.id = o.id;
+  r.upstream = o.upstream;
+  if (o.upstream.empty()) throw Failure("a rule needs --upstream NAME (where matching requests go)");
+  auto add_cidrs = [&](std::string_view list, const std::string& where) {
+    size_t i = 0;
+    while (i <= list.size()) {
+      size_t j = list.find_first_of(", \t\r\n", i);
+      if (j == std::string_view::npos) j = list.size();
+      std::string_view item = list.substr(i, j - i);
+      if (!item.empty() && item.front() != '#') {
+        gw::core::Cidr c;
+        std::string why;
+        if (!gw::core::parse_cidr(item, c, why)) throw Failure(fmt::format("{}: bad address \"{}\": {}", where, item, why));
+        r.cidrs.push_back(c);
+      }
+      i = j + 1;
+    }
+  };
+  if (!o.ip.empty()) add_cidrs(o.ip, "--ip");
+  if (!o.ip_file.empty()) {
+    std::FILE* f = std::fopen(o.ip_file.c_str(), "r");
+    if (!f) throw Failure(fmt::format("--ip-file {}: {}", o.ip_file, std::strerror(errno)));
+    std::string text;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
+    std::fclose(f);
+    // One block per line; '#' starts a comment line.
+    std::string cleaned;
+    size_t i = 0;
+    while (i < text.size()) {
+      size_t j = text.find('\n', i);
+      if (j == std::string::npos) j = text.size();
+      std::string line = text.substr(i, j - i);
+      if (auto hash = line.find('#'); hash != std::string::npos) line.resize(hash);
+      cleaned += line + "\n";
+      i = j + 1;
+    }
+    add_cidrs(cleaned, "--ip-file " + o.ip_file);
+    if (r.cidrs.empty()) throw Failure(fmt::format("--ip-file {}: no address in it", o.ip_file));
+  }
+  auto name_value = [](const std::string& s, const char* opt, std::string& name, std::string& value) {
+    auto eq = s.find('=');
+    if (eq == std::string::npos || eq == 0) throw Failure(fmt::format("{} expects NAME=VALUE, got \"{}\"", opt, s));
+    name = s.substr(0, eq);
+    value = s.substr(eq + 1);
+  };
+  if (!o.header.empty()) name_value(o.header, "--header", r.header_name, r.header_value);
+  if (!o.cookie.empty()) name_value(o.cookie, "--cookie", r.cookie_name, r.cookie_value);
+  if (!o.percent.empty()) {
+    double pct = -1;
+    auto [end, ec] = std::from_chars(o.percent.data(), o.percent.data() + o.percent.size(), pct);
+    if (ec != std::errc() || end != o.percent.data() + o.percent.size() || !(pct >= 0 && pct <= 100))  // NaN too
+      throw Failure(fmt::format("--percent must be a number 0..100, got \"{}\"", o.percent));
+    r.percent_bp = static_cast<int32_t>(pct * 100 + 0.5);
+  }
+  if (auto why = gw::shm::check_rule(r); !why.empty()) throw Failure(why);
+  return r;
+}
+
+int find_route(const gw::shm::Table& t, const std::string& l, const std::string& r) {
+  int i = t.find_route(l, r);
+  if (i < 0) {
+    bool listener = false;
+    for (const auto& rr : t.routes()) listener |= name_of(rr.listener) == l;
+    throw gw::shm::TableError(listener ? fmt::format("listener \"{}\" has no route \"{}\"", l, r)
+                                       : fmt::format("unknown listener \"{}\" (or it is not an http listener)", l));
+  }
+  return i;
+}
+int find_rule(const gw::shm::Table& t, const std::string& l, const std::string& r, const std::string& id) {
+  int i = t.find_rule(find_route(t, l, r), id);
+  if (i < 0) throw gw::shm::TableError(fmt::format("unknown rule \"{}/{}/{}\"", l, r, id));
+  return i;
+}
+
+int commit(const Options& o, const gw::shm::Writer::Change& change, const std::string& what, bool shared = true) {
+  gw::shm::Segment seg = attach(o, true, shared);
   gw::shm::Writer w(seg);
   uint64_t gen = w.commit(change);
   fmt::print("ok: {} (generation {})\n", what, gen);
   return 0;
+}
+
+// ---------------------------------------------------------------- gwctl --etcd
+//
+// Every change reads the keys it depends on, then writes with one txn whose
+// compares say "nothing I read has changed" (mod_revision equal, or
+// create_revision 0 for a key that must not exist yet). Two operators changing
+// the same thing at once: one txn fails, and that gwctl says so and changes
+// nothing. Changes to different keys both land.
+
+struct EtcdCtl {
+  gw::cluster::Etcd etcd;
+  std::string prefix;
+};
+
+EtcdCtl etcd_ctl(const Options& o) {
+  std::vector<std::string> urls;
+  std::vector<gw::core::SockAddr> addrs;
+  for (const auto& arg : o.etcd) {
+    size_t start = 0;
+    for (;;) {
+      size_t comma = arg.find(',', start);
+      std::string url = arg.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      gw::core::SockAddr a;
+      std::string why;
+      if (!gw::core::parse_http_url(url, a, why)) throw Failure(fmt::format("--etcd \"{}\": {}", url, why));
+      urls.push_back(url);
+      addrs.push_back(a);
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  }
+  std::string prefix = o.prefix;
+  if (prefix.empty() && !o.config.empty()) {
+    auto r = gw::config::load_file(o.config);
+    if (!r.ok()) throw Failure(fmt::format("{}: {}", o.config, r.errors[0]));
+    if (r.config.cluster.enabled) prefix = r.config.cluster.prefix;
+  }
+  if (prefix.empty()) prefix = "/gw/";
+  bool ok = prefix.size() >= 2 && prefix.size() <= 128 && prefix.front() == '/' && prefix.back() == '/';
+  for (char ch : prefix) ok &= ch > ' ' && ch < 0x7f;
+  if (!ok) throw Failure(fmt::format("--prefix must be 2..128 printable characters starting and ending with /, got \"{}\"", prefix));
+  return {gw::cluster::Etcd(urls, addrs, 3000, 5000), prefix};
+}
+
+std::optional<gw::cluster::KeyValue> etcd_get(EtcdCtl& c, const std::string& key) {
+  auto r = c.etcd.range(key);
+  if (r.kvs.empty()) return std::nullopt;
+  return r.kvs[0];
+}
+
+// Tests widen the window between the read and the txn to make two writers
+// overlap for sure (GW_TEST_ETCD_TXN_DELAY_MS).
+void test_delay() {
+  if (const char* d = std::getenv("GW_TEST_ETCD_TXN_DELAY_MS"))
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(d)));
+}
+
+[[noreturn]] void conflict(const std::string& what, const std::string& key) {
+  throw Failure(fmt::format("{}: etcd key {} was changed by another writer while this command ran; nothing was "
+                            "changed, run it again",
+                            what, key));
+}
+
+gw::cluster::KeyValue etcd_pool(EtcdCtl& c, const std::string& u, const std::string& p) {
+  if (auto kv = etcd_get(c, gw::cluster::pool_key(c.prefix, u, p))) return *kv;
+  if (!etcd_get(c, gw::cluster::upstream_key(c.prefix, u)))
+    throw gw::shm::TableError(fmt::format("unknown upstream \"{}\" in etcd (prefix {})", u, c.prefix));
+  throw gw::shm::TableError(fmt::format("unknown pool \"{}/{}\" in etcd", u, p));
+}
+
+gw::cluster::KeyValue etcd_host(EtcdCtl& c, const std::string& u, const std::string& p, const std::string& h) {
+  if (auto kv = etcd_get(c, gw::cluster::host_key(c.prefix, u, p, h))) return *kv;
+  etcd_pool(c, u, p);
+  throw gw::shm::TableError(fmt::format("unknown host \"{}/{}/{}\" in etcd", u, p, h));
+}
+
+template <typename Spec, typename Decode>
+Spec decode_or_fail(const gw::cluster::KeyValue& kv, Decode decode) {
+  Spec spec;
+  std::string why;
+  if (!decode(kv.value, spec, why)) throw Failure(fmt::format("etcd key {} holds an invalid value: {}", kv.key, why));
+  return spec;
+}
+
+void check_names(std::initializer_list<std::pair<const char*, const std::string*>> names) {
+  for (auto [what, name] : names)
+    if (auto why = gw::shm::check_name(*name); !why.empty()) throw Failure(fmt::format("{} \"{}\" {}", what, *name, why));
+}
+
+int etcd_done(const std::string& what, int64_t rev) {
+  fmt::print("ok: {} (etcd revision {})\n", what, rev);
+  return 0;
+}
+
+using gw::cluster::Compare;
+using Target = gw::cluster::Compare::Target;
+
+int etcd_add_host(EtcdCtl& c, const std::string& u, const std::string& p, const std::string& h,
+                  const gw::core::SockAddr& addr, uint32_t weight) {
+  check_names({{"upstream name", &u}, {"pool id", &p}, {"host id", &h}});
+  const std::string what = fmt::format("add host {}/{}/{} {} weight={}", u, p, h, addr.to_string(), weight);
+  const std::string hk = gw::cluster::host_key(c.prefix, u, p, h);
+  auto pool = etcd_pool(c, u, p);
+  if (etcd_get(c, hk)) throw gw::shm::TableError(fmt::format("host {}/{}/{} already exists", u, p, h));
+  test_delay();
+  auto r = c.etcd.txn({{hk, "", Target::create_revision, 0}, {pool.key, "", Target::create_revision, pool.create_revision}},
+                      {{false, hk, gw::cluster::encode_host({addr, weight, false})}});
+  if (!r.succeeded) {
+    if (etcd_get(c, hk))
+      throw gw::shm::TableError(fmt::format("host {}/{}/{} already exists (another writer added it meanwhile)", u, p, h));
+    conflict(what, pool.key);
+  }
+  return etcd_done(what, r.revision);
+}
+
+int etcd_remove_host(EtcdCtl& c, const std::string& u, const std::string& p, const std::string& h) {
+  check_names({{"upstream name", &u}, {"pool id", &p}, {"host id", &h}});
+  const std::string what = fmt::format("remove host {}/{}/{}", u, p, h);
+  auto kv = etcd_host(c, u, p, h);
+  test_delay();
+  auto r = c.etcd.txn({{kv.key, "", Target::mod_revision, kv.mod_revision}}, {{true, kv.key, ""}});
+  if (!r.succeeded) conflict(what, kv.key);
+  return etcd_done(what, r.revision);
+}
+
+int etcd_down_up(EtcdCtl& c, const std::string& u, const std::string& p, const std::string& h, bool down) {
+  check_names({{"upstream name", &u}, {"pool id", &p}, {"host id", &h}});
+  const std::string what = fmt::format("{} host {}/{}/{}", down ? "down" : "up", u, p, h);
+  auto kv = etcd_host(c, u, p, h);
+  auto spec = decode_or_fail<gw::cluster::HostSpec>(kv, gw::cluster::decode_host);
+  if (spec.down == down) {
+    fmt::print("ok: host {}/{}/{} is already {} (etcd revision {})\n", u, p, h, down ? "down" : "up", kv.mod_revision);
+    return 0;
+  }
+  spec.down = down;
+  test_delay();
+  auto r = c.etcd.txn({{kv.key, "", Target::mod_revision, kv.mod_revision}},
+                      {{false, kv.key, gw::cluster::encode_host(spec)}});
+  if (!r.succeeded) conflict(what, kv.key);
+  return etcd_done(what, r.revision);
+}
+
+int etcd_add_pool(EtcdCtl& c, const std::string& u, const std::string& p, int32_t prio, gw::shm::Method m) {
+  check_names({{"upstream name", &u}, {"pool id", &p}});
+  const std::string what = fmt::format("add pool {}/{} priority={} method={}", u, p, prio, gw::shm::method_name(m));
+  const std::string pk = gw::cluster::pool_key(c.prefix, u, p);
+  auto up = etcd_get(c, gw::cluster::upstream_key(c.prefix, u));
+  if (!up) throw gw::shm::TableError(fmt::format("unknown upstream \"{}\" in etcd (prefix {})", u, c.prefix));
+  if (etcd_get(c, pk)) throw gw::shm::TableError(fmt::format("pool {}/{} already exists", u, p));
+  test_delay();
+  auto r = c.etcd.txn({{pk, "", Target::create_revision, 0}, {up->key, "", Target::create_revision, up->create_revision}},
+                      {{false, pk, gw::cluster::encode_pool({prio, m})}});
+  if (!r.succeeded) {
+    if (etcd_get(c, pk))
+      throw gw::shm::TableError(fmt::format("pool {}/{} already exists (another writer added it meanwhile)", u, p));
+    conflict(what, up->key);
+  }
+  return etcd_done(what, r.revision);
+}
+
+int etcd_remove_pool(EtcdCtl& c, const std::string& u, const std::string& p) {
+  check_names({{"upstream name", &u}, {"pool id", &p}});
+  const std::string what = fmt::format("remove pool {}/{}", u, p);
+  auto kv = etcd_pool(c, u, p);
+  const std::string hp = gw::cluster::hosts_prefix(c.prefix, u, p), he = gw::cluster::prefix_end(hp);
+  auto hosts = [&] { return c.etcd.range(hp, he, true).count; };
+  if (int64_t n = hosts(); n > 0)
+    throw gw::shm::TableError(fmt::format("pool {}/{} still has {} host(s); remove them first", u, p, n));
+  test_delay();
+  auto r = c.etcd.txn({{kv.key, "", Target::mod_revision, kv.mod_revision}, {hp, he, Target::create_revision, 0}},
+                      {{true, kv.key, ""}});
+  if (!r.succeeded) {
+    if (int64_t n = hosts(); n > 0)
+      throw gw::shm::TableError(
+          fmt::format("pool {}/{} still has {} host(s) (another writer added them meanwhile); remove them first", u, p, n));
+    conflict(what, kv.key);
+  }
+  return etcd_done(what, r.revision);
+}
+
+int etcd_set_pool(EtcdCtl& c, const std::string& u, const std::string& p, std::optional<int32_t> prio,
+                  std::optional<gw::shm::Method> m) {
+  check_names({{"upstream name", &u}, {"pool id", &p}});
+  auto kv = etcd_pool(c, u, p);
+  auto spec = decode_or_fail<gw::cluster::PoolSpec>(kv, gw::cluster::decode_pool);
+  if (prio) spec.priority = *prio;
+  if (m) spec.method = *m;
+  const std::string what =
+      fmt::format("set pool {}/{} priority={} method={}", u, p, spec.priority, gw::shm::method_name(spec.method));
+  test_delay();
+  auto r = c.etcd.txn({{kv.key, "", Target::mod_revision, kv.mod_revision}},
+                      {{false, kv.key, gw::cluster::encode_pool(spec)}});
+  if (!r.succeeded) conflict(what, kv.key);
+  return etcd_done(what, r.revision);
+}
+
+// ---------------------------------------------------------------- gwctl check
+
+bool process_alive(int pid) {
+  if (pid <= 0 || (::kill(pid, 0) != 0 && errno != EPERM)) return false;
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+  FILE* f = std::fopen(path, "r");
+  if (!f) return true;
+  char buf[512] = {};
+  size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  const char* paren = std::strrchr(buf, ')');
+  return !(paren && paren + 2 < buf + n && (paren[2] == 'Z' || paren[2] == 'X'));  // a zombie is dead
+}
+
+int cmd_check(const Options& o) {
+  uint32_t timeout = parse_u32(o.timeout_ms, "--timeout-ms", 1, 60000);
+  gw::shm::Segment seg = gw::shm::Segment::attach(shm_name(o));
+  const auto& hdr = seg.header();
+  if (!seg.master_alive()) {
+    int pid = hdr.master_pid.load();
+    throw Failure(pid ? fmt::format("check failed: the master (pid {}) is not running", pid)
+                      : "check failed: gwd is stopped");
+  }
+  const uint32_t n = std::min(hdr.workers.load(), gw::shm::kMaxWorkers);
+  for (uint32_t w = 0; w < n; ++w) {
+    int pid = seg.worker(w).pid.load(std::memory_order_acquire);
+    if (!process_alive(pid))
+      throw Failure(pid > 0 ? fmt::format("check failed: worker {} (pid {}) is not running", w, pid)
+                            : fmt::format("check failed: worker {} is not running", w));
+  }
+  const uint32_t nl = std::min(hdr.n_listeners, gw::shm::kMaxListeners);
+  for (uint32_t i = 0; i < nl; ++i) {
+    const auto& l = hdr.listeners[i];
+    gw::core::SockAddr a = l.addr;
+    // A wildcard listener is checked on loopback.
+    static const uint8_t zero[16] = {};
+    if (std::memcmp(a.ip, zero, a.family == AF_INET ? 4 : 16) == 0) {
+      std::memset(a.ip, 0, sizeof(a.ip));
+      if (a.family == AF_INET) a.ip[0] = 127, a.ip[3] = 1;
+      else a.ip[15] = 1;
+    }
+    int err = 0;
+    int fd = gw::net::connect_wait(a, timeout, err);
+    if (fd < 0)
+      throw Failure(fmt::format("check failed: listener {} ({}) does not accept connections: {}", name_of(l.name),
+                                l.addr.to_string(), err == ETIMEDOUT ? "connect timed out" : std::strerror(err)));
+    ::close(fd);
+  }
+  fmt::print("ok: master pid {}, {} worker(s) running, {} listener(s) accepting\n", hdr.master_pid.load(), n, nl);
+  return 0;
+}
+
+// ---------------------------------------------------------------- status: cluster
+
+struct ClusterView {
+  bool on = false;
+  uint32_t state = 0;
+  uint64_t revision = 0, since_ms = 0, contact_ms = 0, reconnects = 0, relists = 0, applied = 0;
+  int sync_pid = 0;
+  gw::shm::ClusterText text{};
+};
+
+ClusterView cluster_view(const gw::shm::Segment& seg) {
+  const auto& c = seg.header().cluster;
+  ClusterView v;
+  v.state = c.state.load(std::memory_order_acquire);
+  v.on = v.state != gw::shm::kClusterOff;
+  v.revision = c.revision.load();
+  v.since_ms = c.since_ms.load();
+  v.contact_ms = c.contact_ms.load();
+  v.reconnects = c.reconnects.load();
+  v.relists = c.relists.load();
+  v.applied = c.applied.load();
+  v.sync_pid = c.sync_pid.load();
+  v.text = gw::shm::read_cluster_text(c);
+  return v;
+}
+
+std::string iso(uint64_t ms) {
+  if (!ms) return "";
+  char ts[40];
+  gw::core::format_iso8601(ms, ts, sizeof(ts));
+  return ts;
+}
+
+std::string cluster_json(const ClusterView& v) {
+  if (!v.on) return "null";
+  return fmt::format(
+      "{{\"state\": \"{}\", \"revision\": {}, \"endpoint\": \"{}\", \"since\": \"{}\", \"last_contact\": \"{}\", "
+      "\"error\": \"{}\", \"sync_pid\": {}, \"reconnects\": {}, \"relists\": {}, \"applied\": {}}}",
+      gw::shm::cluster_state_name(v.state), v.revision, json_escape(v.text.endpoint), iso(v.since_ms),
+      iso(v.contact_ms), json_escape(v.text.error), v.sync_pid, v.reconnects, v.relists, v.applied);
+}
+
+std::string cluster_line(const ClusterView& v) {
+  std::string err = v.text.error[0] ? fmt::format("; last error: {}", v.text.error) : "";
+  switch (v.state) {
+    case gw::shm::kClusterSynced:
+      return fmt::format("cluster: etcd synced at revision {} ({}), since {}{}", v.revision, v.text.endpoint,
+                         iso(v.since_ms), err);
+    case gw::shm::kClusterDisconnected:
+      return fmt::format("cluster: etcd DISCONNECTED since {}, reconnecting; serving the table of revision {}{}",
+                         iso(v.since_ms), v.revision, err);
+    default:
+      return fmt::format("cluster: etcd connecting ({}) since {}{}", v.text.endpoint, iso(v.since_ms), err);
+  }
 }
 
 std::string health_of(const gw::shm::Segment& seg, const gw::shm::Table& t, const gw::shm::HostRecord& h) {
@@ -139,7 +559,12 @@ int cmd_status(const Options& o) {
     int pid;
     uint64_t gen, conns, accepted, fallbacks, no_host, frames, host_closed;
     uint64_t rejects[gw::proxy::kFrameErrorCount];
+    uint64_t http_requests, http_retries, http_reused, http_tunnels;
+    uint64_t outcomes[gw::shm::kHttpOutcomeKinds];
   };
+  static constexpr const char* kOutcomeNames[] = {"ok", "bad_request", "no_route", "no_host", "bad_gateway",
+                                                  "gateway_timeout", "client_timeout"};
+  static_assert(std::size(kOutcomeNames) == static_cast<size_t>(gw::proxy::HttpOutcome::count));
   uint64_t reject_totals[gw::proxy::kFrameErrorCount] = {};
   std::vector<W> workers;
   for (uint32_t i = 0; i < gw::shm::kMaxWorkers; ++i) {
@@ -147,7 +572,9 @@ int cmd_status(const Options& o) {
     int pid = w.pid.load();
     if (pid > 0 && master) {
       W r{i, pid, w.generation.load(), w.connections.load(), w.accepted.load(), w.hash_fallbacks.load(),
-          w.no_host.load(), w.frames_routed.load(), w.host_closed.load(), {}};
+          w.no_host.load(), w.frames_routed.load(), w.host_closed.load(), {}, w.http_requests.load(),
+          w.http_retries.load(), w.http_keepalive_reused.load(), w.http_tunnels.load(), {}};
+      for (size_t k = 0; k < gw::shm::kHttpOutcomeKinds; ++k) r.outcomes[k] = w.http_outcomes[k].load();
       for (size_t k = 1; k < gw::proxy::kFrameErrorCount; ++k) {
         r.rejects[k] = w.frame_rejects[k].load();
         reject_totals[k] += r.rejects[k];
@@ -163,18 +590,40 @@ int cmd_status(const Options& o) {
                        counts[k]);
     return j + "}";
   };
+  auto http_json = [](const W& w) {
+    std::string j = fmt::format("{{\"requests\": {}, \"retries\": {}, \"keepalive_reused\": {}, \"tunnels\": {}",
+                                w.http_requests, w.http_retries, w.http_reused, w.http_tunnels);
+    for (size_t k = 1; k < std::size(kOutcomeNames); ++k) j += fmt::format(", \"{}\": {}", kOutcomeNames[k], w.outcomes[k]);
+    return j + "}";
+  };
+  auto routes_json = [&t]() {
+    std::string j = "[";
+    for (size_t r = 0; r < t.routes().size(); ++r) {
+      const auto& rr = t.routes()[r];
+      j += fmt::format("{}{{\"listener\": \"{}\", \"route\": \"{}\", \"rules\": [", r ? ", " : "", name_of(rr.listener),
+                       name_of(rr.name));
+      bool first = true;
+      for (size_t k = 0; k < t.rules().size(); ++k) {
+        if (t.rules()[k].route != r) continue;
+        j += (first ? "" : ", ") + gw::shm::rule_to_json(t.rule_spec(static_cast<int>(k)));
+        first = false;
+      }
+      j += "]}";
+    }
+    return j + "]";
+  };
   auto hosts = t.hosts();
   if (o.json) {
-    std::string out = fmt::format("{{\"shm\": \"{}\", \"generation\": {}, \"master_pid\": {}, \"workers\": [",
-                                  seg.name(), t.header().generation, master);
+    std::string out = fmt::format("{{\"shm\": \"{}\", \"generation\": {}, \"master_pid\": {}, \"cluster\": {}, \"workers\": [",
+                                  seg.name(), t.header().generation, master, cluster_json(cluster_view(seg)));
     for (size_t i = 0; i < workers.size(); ++i)
       out += fmt::format(
           "{}{{\"slot\": {}, \"pid\": {}, \"generation\": {}, \"connections\": {}, \"accepted\": {}, "
           "\"hash_fallbacks\": {}, \"no_host\": {}, \"frames_routed\": {}, \"host_closed\": {}, "
-          "\"frame_rejects\": {}}}",
+          "\"frame_rejects\": {}, \"http\": {}}}",
           i ? ", " : "", workers[i].slot, workers[i].pid, workers[i].gen, workers[i].conns, workers[i].accepted,
           workers[i].fallbacks, workers[i].no_host, workers[i].frames, workers[i].host_closed,
-          rejects_json(workers[i].rejects));
+          rejects_json(workers[i].rejects), http_json(workers[i]));
     out += "], \"frame_rejects\": " + rejects_json(reject_totals) + ", \"upstreams\": [";
     for (size_t u = 0; u < t.upstreams().size(); ++u) {
       out += fmt::format("{}{{\"name\": \"{}\", \"pools\": [", u ? ", " : "", name_of(t.upstreams()[u].name));
@@ -200,7 +649,7 @@ int cmd_status(const Options& o) {
       }
       out += "]}";
     }
-    out += "]}\n";
+    out += "], \"routes\": " + routes_json() + "}\n";
     fmt::print("{}", out);
     return 0;
   }
@@ -212,6 +661,7 @@ int cmd_status(const Options& o) {
   else
     fmt::print("gateway: shm \"{}\", master NOT RUNNING, table generation {} (changed {})\n", seg.name(),
                t.header().generation, ts);
+  if (ClusterView cv = cluster_view(seg); cv.on) fmt::print("{}\n", cluster_line(cv));
   for (const auto& w : workers)
     fmt::print("  worker {}: pid {}, generation {}, {} connection(s), {} accepted, {} hash fallback(s), {} without a host\n",
                w.slot, w.pid, w.gen, w.conns, w.accepted, w.fallbacks, w.no_host);
@@ -226,6 +676,19 @@ int cmd_status(const Options& o) {
     if (frames) fmt::print("  frames routed one by one (mode \"frame\"): {}\n", frames);
     if (closed) fmt::print("  connections closed because their host went (on_host_remove \"close\"): {}\n", closed);
     if (!line.empty()) fmt::print("  frame connections refused: {}\n", line);
+    W sum{};
+    for (const auto& w : workers) {
+      sum.http_requests += w.http_requests, sum.http_retries += w.http_retries, sum.http_reused += w.http_reused;
+      sum.http_tunnels += w.http_tunnels;
+      for (size_t k = 0; k < gw::shm::kHttpOutcomeKinds; ++k) sum.outcomes[k] += w.outcomes[k];
+    }
+    if (sum.http_requests) {
+      std::string answered;
+      for (size_t k = 1; k < std::size(kOutcomeNames); ++k)
+        if (sum.outcomes[k]) answered += fmt::format(", {} {}", kOutcomeNames[k], sum.outcomes[k]);
+      fmt::print("  http: {} request(s), {} retried attempt(s), {} over kept-alive upstream connections, {} tunnel(s){}\n",
+                 sum.http_requests, sum.http_retries, sum.http_reused, sum.http_tunnels, answered);
+    }
   }
   fmt::print("\n{:<28} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", "UPSTREAM/POOL/HOST", "ADDRESS", "WEIGHT", "ADMIN",
              "HEALTH", "ACTIVE", "TOTAL", "FAILURES");
@@ -248,8 +711,21 @@ int cmd_status(const Options& o) {
       }
     }
   }
+  if (!t.routes().empty()) {
+    fmt::print("\n{:<28} {}\n", "LISTENER/ROUTE/RULE", "MATCH -> UPSTREAM (first match wins)");
+    for (size_t r = 0; r < t.routes().size(); ++r) {
+      const auto& rr = t.routes()[r];
+      fmt::print("{}/{}\n", name_of(rr.listener), name_of(rr.name));
+      for (size_t k = 0; k < t.rules().size(); ++k) {
+        if (t.rules()[k].route != r) continue;
+        auto spec = t.rule_spec(static_cast<int>(k));
+        fmt::print("  {:<26} {}\n", spec.id, gw::shm::describe_rule(spec));
+      }
+    }
+  }
   return 0;
 }
+
 
 volatile sig_atomic_t g_stop = 0;
 
@@ -294,18 +770,24 @@ int main(int argc, char** argv) {
   app.fallthrough();
   app.require_subcommand(1);
   app.add_option("--shm", o.shm, "shm segment name (shm.name in the config; default gw)");
-  app.add_option("-c,--config", o.config, "read the shm name from this config file");
+  app.add_option("-c,--config", o.config, "read the shm name (and, with --etcd, cluster.prefix) from this config file");
+  app.add_option("--etcd", o.etcd, "change etcd (URL[,URL...], e.g. http://127.0.0.1:2379) instead of local shm")
+      ->type_name("URL");
+  app.add_option("--prefix", o.prefix, "with --etcd: the key prefix (default: the config's cluster.prefix, else /gw/)");
 
   auto* status = app.add_subcommand("status", "upstreams, pools, hosts and their state");
   status->add_flag("--json", o.json, "machine-readable output");
+  auto* check = app.add_subcommand("check", "exit 0 if the master and every worker run and every listener accepts "
+                                             "(for keepalived's vrrp_script), else 1 with the reason");
+  check->add_option("--timeout-ms", o.timeout_ms, "connect timeout per listener (default 1000)");
   auto* events = app.add_subcommand("events", "print the event log");
   events->add_flag("-f,--follow", o.follow, "keep printing new events");
 
-  auto* add = app.add_subcommand("add", "add a host or a pool")->require_subcommand(1);
-  auto* remove = app.add_subcommand("remove", "remove a host or a pool")->require_subcommand(1);
+  auto* add = app.add_subcommand("add", "add a host, a pool or a rule")->require_subcommand(1);
+  auto* remove = app.add_subcommand("remove", "remove a host, a pool or a rule")->require_subcommand(1);
   auto* down = app.add_subcommand("down", "take a host out of rotation (until `up`)")->require_subcommand(1);
   auto* up = app.add_subcommand("up", "put a host back into rotation")->require_subcommand(1);
-  auto* set = app.add_subcommand("set", "change a pool")->require_subcommand(1);
+  auto* set = app.add_subcommand("set", "change a pool or a rule")->require_subcommand(1);
 
   auto* add_host = add->add_subcommand("host", "add host UPSTREAM/POOL HOST_ID IP:PORT [--weight N]");
   add_host->add_option("pool", o.path, "UPSTREAM/POOL")->required();
@@ -335,6 +817,26 @@ int main(int argc, char** argv) {
   set_pool->add_option("--priority", o.priority, "lower is preferred");
   set_pool->add_option("--method", o.method, "balancing method");
 
+  auto rule_matchers = [&o](CLI::App* cmd) {
+    cmd->add_option("listener", o.listener, "http listener name")->required();
+    cmd->add_option("route", o.route, "route name")->required();
+    cmd->add_option("rule", o.id, "rule id")->required();
+    cmd->add_option("--upstream", o.upstream, "where matching requests go")->required();
+    cmd->add_option("--ip", o.ip, "client addresses: IP or IP/PREFIX, comma separated");
+    cmd->add_option("--ip-file", o.ip_file, "client addresses, one IP or IP/PREFIX per line ('#' comments)");
+    cmd->add_option("--header", o.header, "NAME=VALUE: a request header equals VALUE");
+    cmd->add_option("--cookie", o.cookie, "NAME=VALUE: a cookie equals VALUE");
+    cmd->add_option("--percent", o.percent, "0..100: a stable share of clients (hash of the route's key, else the client IP)");
+  };
+  auto* add_rule = add->add_subcommand("rule", "add rule LISTENER ROUTE RULE_ID --upstream U [matchers]: tried after the route's other rules");
+  rule_matchers(add_rule);
+  auto* set_rule = set->add_subcommand("rule", "set rule LISTENER ROUTE RULE_ID --upstream U [matchers]: replaces a rule in place");
+  rule_matchers(set_rule);
+  auto* rm_rule = remove->add_subcommand("rule", "remove rule LISTENER ROUTE RULE_ID");
+  rm_rule->add_option("listener", o.listener, "http listener name")->required();
+  rm_rule->add_option("route", o.route, "route name")->required();
+  rm_rule->add_option("rule", o.id, "rule id")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -347,14 +849,22 @@ int main(int argc, char** argv) {
   }
 
   try {
+    const bool to_etcd = !o.etcd.empty();
+    if (to_etcd && !(*add_host || *rm_host || *down_host || *up_host || *add_pool || *rm_pool || *set_pool))
+      throw Failure("--etcd goes with a change to pools or hosts (add/remove/down/up host, add/remove/set pool); rules are kept per node, changed without --etcd");
     if (*status) return cmd_status(o);
     if (*events) return cmd_events(o);
+    if (*check) return cmd_check(o);
     if (*add_host) {
       auto [u, p] = split_pool(o.path);
       gw::core::SockAddr addr;
       std::string why;
       if (!gw::core::parse_address(o.address, addr, why)) throw Failure(fmt::format("bad address \"{}\": {}", o.address, why));
       uint32_t weight = o.weight.empty() ? 1 : parse_u32(o.weight, "--weight", 0, gw::shm::kMaxWeight);
+      if (to_etcd) {
+        EtcdCtl c = etcd_ctl(o);
+        return etcd_add_host(c, u, p, o.id, addr, weight);
+      }
       std::string what = fmt::format("add host {}/{}/{} {} weight={}", u, p, o.id, addr.to_string(), weight);
       return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
         t.add_host(find_pool(t, u, p), o.id, addr, weight);
@@ -363,6 +873,10 @@ int main(int argc, char** argv) {
     }
     if (*rm_host) {
       auto [u, p] = split_pool(o.path);
+      if (to_etcd) {
+        EtcdCtl c = etcd_ctl(o);
+        return etcd_remove_host(c, u, p, o.id);
+      }
       std::string what = fmt::format("remove host {}/{}/{}", u, p, o.id);
       return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
         int h = find_host(t, u, p, o.id);
@@ -373,6 +887,10 @@ int main(int argc, char** argv) {
     if (*down_host || *up_host) {
       auto [u, p] = split_pool(o.path);
       bool to_down = static_cast<bool>(*down_host);
+      if (to_etcd) {
+        EtcdCtl c = etcd_ctl(o);
+        return etcd_down_up(c, u, p, o.id, to_down);
+      }
       std::string what = fmt::format("{} host {}/{}/{}", to_down ? "down" : "up", u, p, o.id);
       {
         gw::shm::Segment seg = attach(o, true);
@@ -395,6 +913,10 @@ int main(int argc, char** argv) {
     if (*add_pool) {
       int32_t prio = o.priority.empty() ? 0 : parse_i32(o.priority, "--priority");
       gw::shm::Method m = o.method.empty() ? gw::shm::Method::round_robin : parse_method_arg(o.method);
+      if (to_etcd) {
+        EtcdCtl c = etcd_ctl(o);
+        return etcd_add_pool(c, o.path, o.id, prio, m);
+      }
       std::string what = fmt::format("add pool {}/{} priority={} method={}", o.path, o.id, prio, gw::shm::method_name(m));
       return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
         t.add_pool(find_upstream(t, o.path), o.id, prio, m);
@@ -403,11 +925,33 @@ int main(int argc, char** argv) {
       }, what);
     }
     if (*rm_pool) {
+      if (to_etcd) {
+        EtcdCtl c = etcd_ctl(o);
+        return etcd_remove_pool(c, o.path, o.id);
+      }
       std::string what = fmt::format("remove pool {}/{}", o.path, o.id);
       return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
         t.remove_pool(find_pool(t, o.path, o.id));
         ev.push_back(fmt::format("pool_changed {}/{} removed", o.path, o.id));
       }, what);
+    }
+    if (*add_rule || *set_rule) {
+      const bool replace = static_cast<bool>(*set_rule);
+      gw::shm::RuleSpec spec = rule_from_options(o);
+      std::string desc = gw::shm::describe_rule(spec);
+      std::string what = fmt::format("{} rule {}/{}/{} {}", replace ? "set" : "add", o.listener, o.route, o.id, desc);
+      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
+        if (replace) t.replace_rule(find_rule(t, o.listener, o.route, o.id), spec);
+        else t.add_rule(find_route(t, o.listener, o.route), spec);
+        ev.push_back(fmt::format("rule_changed {}/{}/{} {} {}", o.listener, o.route, o.id, replace ? "set" : "added", desc));
+      }, what, false);
+    }
+    if (*rm_rule) {
+      std::string what = fmt::format("remove rule {}/{}/{}", o.listener, o.route, o.id);
+      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
+        t.remove_rule(find_rule(t, o.listener, o.route, o.id));
+        ev.push_back(fmt::format("rule_changed {}/{}/{} removed", o.listener, o.route, o.id));
+      }, what, false);
     }
     if (*set_pool) {
       if (o.priority.empty() && o.method.empty()) throw Failure("set pool needs --priority and/or --method");
@@ -415,6 +959,10 @@ int main(int argc, char** argv) {
       std::optional<gw::shm::Method> m;
       if (!o.priority.empty()) prio = parse_i32(o.priority, "--priority");
       if (!o.method.empty()) m = parse_method_arg(o.method);
+      if (to_etcd) {
+        EtcdCtl c = etcd_ctl(o);
+        return etcd_set_pool(c, o.path, o.id, prio, m);
+      }
       std::string what;
       gw::shm::Writer::Change change = [&](gw::shm::Table& t, std::vector<std::string>& ev) {
         auto& pr = t.pools()[static_cast<size_t>(find_pool(t, o.path, o.id))];

@@ -40,11 +40,60 @@ struct UpstreamConf {
   uint32_t slow_start_ms = 0;
   uint32_t balance_factor = 0;  ///< "hash_balance_factor" x 100; 0 = off
   std::vector<PoolConf> pools;
+
+  // HTTP (used by http listeners only).
+  uint32_t read_timeout_ms = 60000;  ///< waiting for the response head, and between two reads of it (proxy_read_timeout)
+  uint32_t send_timeout_ms = 60000;  ///< between two writes of the request to the host (proxy_send_timeout)
+  struct Keepalive {
+    uint32_t max_idle = 64;           ///< idle connections kept per host per worker; 0 = no keep-alive
+    uint32_t idle_timeout_ms = 60000;  ///< an idle connection is closed after this
+    uint32_t max_requests = 1000;     ///< requests over one connection, then it is closed
+  } keepalive;
+  struct Retry {
+    bool on_error = true;    ///< connect error, reset or close before a response
+    bool on_timeout = true;  ///< connect or read timeout before a response
+    bool on_invalid = false;  ///< an invalid response head
+    uint64_t status[4] = {};  ///< bit (s - 400) set: retry on status s (400..599)
+    bool retries_status(uint32_t s) const noexcept {
+      return s >= 400 && s < 600 && ((status[(s - 400) / 64] >> ((s - 400) % 64)) & 1);
+    }
+    uint32_t tries = 0;       ///< attempts per request; 0 = the upstream's `tries`
+    uint32_t timeout_ms = 0;  ///< no new attempt after this long since the first; 0 = no limit
+  } retry;
 };
 
-enum class Protocol { tcp, frame };
-/// What hash methods hash: the client IP, or the frame key.
-enum class HashKey { ip, frame };
+enum class Protocol { tcp, frame, http };
+/// What hash methods hash: the client IP, the frame key, or (http) a part of
+/// the request.
+enum class HashKey { ip, frame, header, cookie, arg, uri };
+/// "ip", "frame", "header:NAME", ... (for messages and status).
+std::string hash_key_text(HashKey k, const std::string& name);
+
+/// One route of an http listener. The most specific host wins (exact, then
+/// the longest "*.suffix", then "*"), then the longest path prefix.
+struct RouteConf {
+  std::string name;
+  std::string host = "*";   ///< "api.example.com", "*.example.com" or "*" (lower case)
+  std::string path = "/";   ///< path prefix
+  std::string upstream;
+  HashKey hash_key = HashKey::ip;
+  std::string hash_key_name;  ///< header, cookie or argument name
+  bool hash_key_set = false;  ///< else the listener's
+  std::string set_host;       ///< non-empty: the Host sent upstream
+  std::vector<shm::RuleSpec> rules;  ///< initial rules; live ones are in shm
+};
+
+/// Client-side HTTP settings of an http listener (nginx's names in brackets).
+struct HttpConf {
+  uint32_t client_header_timeout_ms = 60000;  ///< the whole request head (client_header_timeout): 408
+  uint32_t client_body_timeout_ms = 60000;    ///< between two reads of the body (client_body_timeout): 408
+  uint32_t send_timeout_ms = 60000;           ///< between two writes to the client (send_timeout): close
+  uint32_t keepalive_timeout_ms = 75000;      ///< idle between requests (keepalive_timeout): close
+  uint32_t keepalive_requests = 1000;         ///< requests per client connection (keepalive_requests)
+  uint32_t max_request_line = 8192;           ///< 414 above
+  uint32_t max_header_bytes = 15360;          ///< the request head; 431 above (a 16 KiB buffer keeps 1 KiB for the rewrite, as HAProxy's maxrewrite)
+  uint32_t max_headers = 100;                 ///< field lines; 431 above
+};
 /// connection: route once, on the first frame; frame: route every frame.
 enum class FrameMode { connection, frame };
 
@@ -54,6 +103,14 @@ struct FrameConf {
   FrameMode mode = FrameMode::connection;
 };
 
+/// "access_log" of a listener: where and how each request (http) or
+/// connection (tcp, frame) is logged.
+struct AccessLogConf {
+  std::string path;        ///< absolute; empty = no access log
+  uint8_t format = 0;      ///< proxy::LogFormat: 0 combined, 1 main, 2 json
+  uint8_t file = 0;        ///< index among the config's distinct access-log paths
+};
+
 struct ListenerConf {
   std::string name;
   core::SockAddr listen;
@@ -61,8 +118,12 @@ struct ListenerConf {
   std::string upstream;
   int backlog = 511;
   HashKey hash_key = HashKey::ip;    ///< frame listeners default to HashKey::frame
+  std::string hash_key_name;          ///< http: header, cookie or argument name
   bool close_on_host_remove = false;  ///< "on_host_remove": "close" (default "keep")
   FrameConf frame;                    ///< protocol frame only
+  HttpConf http;                      ///< protocol http only
+  std::vector<RouteConf> routes;      ///< protocol http: given, or one route "default" to `upstream`
+  AccessLogConf access_log;
 };
 
 struct ShmConf {
@@ -74,12 +135,23 @@ struct ShmConf {
 /// falls back to epoll with a warning where the kernel lacks what it needs).
 enum class EventEngine { epoll, io_uring };
 
+/// "cluster": the pools and hosts are shared with other nodes through etcd.
+struct ClusterConf {
+  bool enabled = false;               ///< the config has a "cluster" object
+  std::vector<std::string> etcd;      ///< endpoint URLs as given ("http://127.0.0.1:2379")
+  std::vector<core::SockAddr> etcd_addrs;  ///< the same, parsed
+  std::string prefix = "/gw/";        ///< every key gw reads or writes starts with this
+  uint32_t timeout_ms = 2000;         ///< connect and request timeout per etcd request
+  uint32_t reconnect_max_ms = 5000;   ///< cap of the reconnect backoff (starts at 100 ms, doubles)
+};
+
 struct Config {
   std::string path;       ///< absolute path of the file it came from
   int workers = 0;        ///< resolved: "auto" = number of online CPUs
   EventEngine event_engine = EventEngine::epoll;  ///< "event_engine"
   /// "splice_after_bytes": an L4 direction that has carried this many bytes
-  /// moves the rest with splice(2) through a pipe; 0 = always copy.
+  /// moves its bursts (reads that fill whole buffers) with splice(2) through
+  /// a pipe; 0 = always copy.
   uint32_t splice_after_bytes = 16384;
   std::string log_file;   ///< empty = stderr
   core::LogLevel log_level = core::LogLevel::info;
@@ -88,8 +160,10 @@ struct Config {
   std::string state_file;  ///< absolute; empty = no persistence
   std::vector<ListenerConf> listeners;
   std::vector<UpstreamConf> upstreams;
+  std::vector<std::string> access_log_paths;  ///< distinct access-log files (AccessLogConf::file indexes it)
   std::string hook_host_down;  ///< "hooks.host_down": shell command run by the master
   std::string hook_host_up;    ///< "hooks.host_up"
+  ClusterConf cluster;
 };
 
 struct LoadResult {
@@ -103,7 +177,11 @@ LoadResult load_file(const std::string& path);
 /// Validates JSON text; `path` is used for messages and relative paths only.
 LoadResult load_string(const std::string& json, const std::string& path = "<string>");
 
-/// Builds a table from the config's upstreams (hosts get no runtime slots yet).
+/// Parses a hash key ("ip", "frame", "header:NAME", "cookie:NAME", "arg:NAME",
+/// "uri"). Returns false with `why`.
+bool parse_hash_key(std::string_view text, HashKey& kind, std::string& name, std::string& why);
+
+/// Builds a table from the config's upstreams, routes and rules (hosts get no runtime slots yet).
 /// Throws shm::TableError if it does not fit the capacities.
 void build_table(const Config& c, shm::Table& t);
 /// Copies the upstream settings of `u` into a table record.

@@ -27,4 +27,29 @@ struct SockAddr {
 /// false and sets `why` to a short reason ("missing port", "bad IP address", ...).
 bool parse_address(std::string_view text, SockAddr& out, std::string& why);
 
+/// An address block ("10.0.0.0/8", "127.0.0.2", "::1/128"): plain old data,
+/// so it can live in shared memory. A bare address is a /32 (or /128).
+struct Cidr {
+  uint8_t family = 0;   ///< AF_INET or AF_INET6 (both fit a byte); 0 = unset
+  uint8_t prefix = 0;   ///< leading bits that must match
+  uint8_t ip[16] = {};  ///< network byte order, bits past the prefix zero
+  uint8_t reserved[6] = {};
+
+  /// Whether `a` (AF_INET or AF_INET6; an IPv4-mapped IPv6 address counts as
+  /// IPv4) lies in the block. Data plane: noexcept, no allocation.
+  bool contains(const SockAddr& a) const noexcept;
+  /// "10.0.0.0/8".
+  std::string to_string() const;
+  bool operator==(const Cidr&) const = default;
+};
+
+/// Parses "IP" or "IP/PREFIX". Bits past the prefix must be zero, as in
+/// "10.1.0.0/16" (a typo such as "10.1.2.3/16" is refused, not rounded).
+bool parse_cidr(std::string_view text, Cidr& out, std::string& why);
+
+/// Parses "http://IP:PORT" (an optional trailing "/" allowed) as etcd endpoints
+/// are written. Host names are not resolved and https is not supported; on
+/// failure returns false and sets `why`.
+bool parse_http_url(std::string_view url, SockAddr& out, std::string& why);
+
 }  // namespace gw::core

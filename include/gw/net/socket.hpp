@@ -16,6 +16,11 @@ core::UniqueFd listen_tcp(const core::SockAddr& addr, int backlog, bool reusepor
 /// (connected), EINPROGRESS, or an errno; on failure returns -1.
 int connect_tcp(const core::SockAddr& addr, int& err) noexcept;
 
+/// Connects within timeout_ms (blocking the caller in poll). Returns a
+/// connected non-blocking fd, or -1 with `err` set (ETIMEDOUT on timeout).
+/// For the control plane (gwctl check, the etcd client), not the data plane.
+int connect_wait(const core::SockAddr& addr, uint32_t timeout_ms, int& err) noexcept;
+
 /// SO_ERROR of a socket (0 = connected).
 int socket_error(int fd) noexcept;
 

@@ -16,4 +16,8 @@ namespace gw::process {
 /// this slot's socket for cfg.listeners[i]. Call in the forked child only.
 int run_worker(const config::Config& cfg, const shm::Segment& seg, uint32_t slot, const std::vector<int>& listen_fds);
 
+/// The worker's end of its access-log socket (the master sets it in the
+/// forked child before run_worker; -1 = no access logs).
+void set_access_log_fd(int fd) noexcept;
+
 }  // namespace gw::process

@@ -90,7 +90,7 @@ class FrameMux {
   };
 
   uint64_t data_of(const Device& d, uint32_t sub) const noexcept {
-    return (kKindMux << 62) | (uint64_t{d.gen & 0x3fffffffu} << 32) | (uint64_t{index_of(d)} << 6) | sub;
+    return event_data(kKindMux, d.gen, (index_of(d) << 6) | sub);
   }
   uint32_t index_of(const Device& d) const noexcept { return static_cast<uint32_t>(&d - devices_.data()); }
 

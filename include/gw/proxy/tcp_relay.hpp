@@ -38,6 +38,10 @@ struct ListenerRuntime {
   bool key_from_frame = false;       ///< hash_key "frame" (else the client IP)
   bool close_on_host_remove = false; ///< on_host_remove "close"
   bool per_frame = false;            ///< frame mode "frame": FrameMux routes every frame
+  bool http = false;                 ///< protocol http: HttpProxy
+  int16_t log_file = -1;             ///< access_log: the file index, -1 = none
+  uint8_t log_format = 0;            ///< access_log: proxy::LogFormat
+  const char* name = "";             ///< the listener's name (access log)
   uint32_t first_frame_timeout_ms = 0;
 };
 
@@ -64,14 +68,24 @@ struct RelayEnv {
   std::span<const uint32_t> live_tag;
   uint64_t now_ms = 0;
   bool table_changed = false;  ///< set by the worker on refresh; the relay records propagation
+  class AccessLog* access_log = nullptr;  ///< the worker's; enabled() says if logging is on
 };
 
-/// epoll data kinds (top two bits).
+/// epoll data: kind (top 3 bits) | generation (29 bits) | index (32 bits).
+/// The generation makes an event for a closed and reused slot recognisable.
 inline constexpr uint64_t kKindWorker = 0;
 inline constexpr uint64_t kKindClient = 1;
 inline constexpr uint64_t kKindUpstream = 2;
-inline constexpr uint64_t kKindMux = 3;  ///< per-frame routing (FrameMux)
-inline constexpr uint64_t event_kind(uint64_t data) { return data >> 62; }
+inline constexpr uint64_t kKindMux = 3;        ///< per-frame routing (FrameMux)
+inline constexpr uint64_t kKindHttpClient = 4;  ///< HttpProxy: a client connection
+inline constexpr uint64_t kKindHttpUp = 5;      ///< HttpProxy: an upstream connection
+inline constexpr uint32_t kGenMask = 0x1fffffffu;
+inline constexpr uint64_t event_kind(uint64_t data) { return data >> 61; }
+inline constexpr uint64_t event_data(uint64_t kind, uint32_t gen, uint32_t low) {
+  return (kind << 61) | (uint64_t{gen & kGenMask} << 32) | low;
+}
+/// Whether an event's generation is `gen`'s (else the slot was reused: stale).
+inline constexpr bool event_gen_is(uint64_t data, uint32_t gen) { return ((data >> 32) & kGenMask) == (gen & kGenMask); }
 
 class TcpRelay {
  public:
@@ -135,10 +149,16 @@ class TcpRelay {
     uint8_t key_len = 0;
     char key[kMaxKey + 1] = {};  // the client IP as text (nginx's $remote_addr), or the frame key
     Pipe c2u, u2c;
+    // For the access log: who, to where, how much, how long, how it ended.
+    core::SockAddr peer;
+    core::SockAddr host_addr;
+    uint64_t start_ms = 0;
+    uint64_t bytes_up = 0, bytes_down = 0;
+    const char* end = "closed";
   };
 
   uint64_t data_of(const Session& s, uint64_t kind) const noexcept {
-    return (kind << 62) | (uint64_t{s.gen & 0x3fffffffu} << 32) | index_of(s);
+    return event_data(kind, s.gen, index_of(s));
   }
   uint32_t index_of(const Session& s) const noexcept { return static_cast<uint32_t>(&s - sessions_.data()); }
 
@@ -155,6 +175,7 @@ class TcpRelay {
   void release_buf(Pipe& p) noexcept;
   void release(Pipe& p) noexcept;
   void close_session(Session& s) noexcept;
+  void log_session(const Session& s) noexcept;
 
   RelayEnv& env_;
   std::vector<Session> sessions_;

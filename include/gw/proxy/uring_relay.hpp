@@ -44,6 +44,7 @@
 #include "gw/net/buffer_pool.hpp"
 #include "gw/net/reactor.hpp"
 #include "gw/net/uring.hpp"
+#include "gw/proxy/access_log.hpp"
 #include "gw/proxy/tcp_relay.hpp"
 
 namespace gw::proxy {
@@ -148,14 +149,22 @@ class UringRelay {
     uint8_t key_len = 0;
     char key[kMaxKey + 1] = {};
     Dir c2u, u2c;
+    // For the access log: who, to where, since when, how it ended (bytes: Dir::moved).
+    core::SockAddr peer;
+    core::SockAddr host_addr;
+    uint64_t start_ms = 0;
+    const char* end = "closed";
   };
 
   uint32_t index_of(const Session& s) const noexcept { return static_cast<uint32_t>(&s - sessions_.data()); }
   uint64_t tag(const Session& s, Op op) const noexcept { return net::pack_tag(op, index_of(s), s.gen); }
 
   Session* new_session() noexcept;
-  void peer_key(Session& s, int fd) noexcept;
+  void fetch_peer(Session& s, int fd, bool want_key) noexcept;
   bool upstream_uses_key(int ui) const noexcept;
+  bool logging(const ListenerRuntime& l) const noexcept {
+    return env_.access_log && env_.access_log->enabled() && l.log_file >= 0;
+  }
   void sniff(Session& s, uint16_t bid, uint32_t len) noexcept;
   void reject(Session& s, FrameError e) noexcept;
   void connect_next(Session& s) noexcept;

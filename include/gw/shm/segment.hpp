@@ -27,12 +27,50 @@
 namespace gw::shm {
 
 inline constexpr uint64_t kMagic = 0x31574753'4d485347ull;  // "GSHMSGW1" little-endian
-inline constexpr uint32_t kAbiVersion = 3;
+inline constexpr uint32_t kAbiVersion = 5;  // 4: routes, rules and address blocks in the table; 5: SegmentHeader.workers, .listeners, .cluster
 inline constexpr uint32_t kMaxWorkers = 64;
 inline constexpr uint32_t kEventCapacity = 4096;  // power of two
 inline constexpr size_t kPathCap = 512;
+inline constexpr uint32_t kMaxListeners = 64;  ///< listeners a config may have (the header lists them)
 
 static_assert(std::atomic<uint32_t>::is_always_lock_free && std::atomic<int32_t>::is_always_lock_free);
+
+/// A listening address of the running master, for `gwctl check`. Written by the
+/// master before it stores master_pid (release); read after loading it.
+struct ListenerInfo {
+  char name[kNameCap];   ///< the listener's name
+  core::SockAddr addr;   ///< where it listens
+  uint32_t reserved;
+};
+static_assert(std::is_trivially_copyable_v<ListenerInfo> && sizeof(ListenerInfo) % 8 == 0);
+
+/// Where the sync process stands with etcd (config `cluster`).
+inline constexpr uint32_t kClusterOff = 0;           ///< no `cluster` in the config
+inline constexpr uint32_t kClusterConnecting = 1;    ///< not synced yet since the master started
+inline constexpr uint32_t kClusterSynced = 2;        ///< watching; the table holds etcd's state up to `revision`
+inline constexpr uint32_t kClusterDisconnected = 3;  ///< lost etcd; serving the last good table, reconnecting
+
+/// Text of the sync state, copied through ClusterRuntime::text_seq (seqlock).
+struct ClusterText {
+  char endpoint[64];  ///< URL of the etcd member in use (or last tried)
+  char error[184];    ///< the last error, or empty
+};
+static_assert(sizeof(ClusterText) % 8 == 0);
+
+/// The sync process's state. One writer (the sync process; the master resets it
+/// at start); any process reads it (gwctl status).
+struct alignas(64) ClusterRuntime {
+  std::atomic<uint32_t> state;        ///< kCluster*
+  std::atomic<int32_t> sync_pid;      ///< the sync process; 0 = none
+  std::atomic<uint64_t> revision;     ///< the etcd revision the table reflects (last change applied)
+  std::atomic<uint64_t> since_ms;     ///< wall clock of the last state change
+  std::atomic<uint64_t> contact_ms;   ///< wall clock of the last successful exchange with etcd
+  std::atomic<uint64_t> reconnects;   ///< watch (re)connections since the master started
+  std::atomic<uint64_t> relists;      ///< full re-lists (start, compaction) since the master started
+  std::atomic<uint64_t> applied;      ///< table commits made from etcd
+  std::atomic<uint64_t> text_seq;     ///< seqlock over text_words
+  uint64_t text_words[sizeof(ClusterText) / 8];  ///< ClusterText, copied with store_words/load_words
+};
 
 struct SegmentHeader {
   uint64_t magic;         ///< kMagic; written last at creation (release), so attachers see a complete header
@@ -57,10 +95,16 @@ struct SegmentHeader {
 
   alignas(64) std::atomic<uint64_t> published;  ///< (generation << 1) | slot index of the live table
   std::atomic<int32_t> master_pid;              ///< running gwd master; 0 when stopped
-  std::atomic<uint32_t> reserved1;
+  std::atomic<uint32_t> workers;                ///< worker slots the master runs (0..workers-1)
   std::atomic<uint64_t> master_started_ms;      ///< wall clock of the master's start
 
   alignas(64) std::atomic<uint64_t> event_head;  ///< next event sequence number to claim
+
+  alignas(64) ClusterRuntime cluster;  ///< etcd sync state (state kClusterOff without `cluster`)
+
+  uint32_t n_listeners;                      ///< entries of `listeners` in use
+  uint32_t reserved2;
+  ListenerInfo listeners[kMaxListeners];     ///< the master's listening addresses
 };
 
 struct alignas(64) SlotHeader {
@@ -100,6 +144,8 @@ struct HostCounter {
 /// Reasons a frame connection can be refused (proxy::FrameError has them;
 /// the shm layout only needs the count, with room to grow).
 inline constexpr size_t kFrameRejectKinds = 16;
+/// Outcomes of HTTP requests (proxy::HttpOutcome has them), with room to grow.
+inline constexpr size_t kHttpOutcomeKinds = 8;
 
 struct alignas(64) WorkerRuntime {
   std::atomic<int32_t> pid;           ///< 0 = slot not running
@@ -115,8 +161,15 @@ struct alignas(64) WorkerRuntime {
   std::atomic<uint64_t> frames_routed;   ///< mode "frame": frames sent to a host
   std::atomic<uint64_t> host_closed;     ///< connections closed because their host went (on_host_remove "close")
   std::atomic<uint64_t> frame_rejects[kFrameRejectKinds];  ///< by proxy::FrameError (index 0 unused)
+  // HTTP listeners (fifth cache line on).
+  std::atomic<uint64_t> http_requests;          ///< request heads parsed
+  std::atomic<uint64_t> http_retries;           ///< attempts after a request's first
+  std::atomic<uint64_t> http_keepalive_reused;  ///< requests sent over an idle upstream connection
+  std::atomic<uint64_t> http_tunnels;           ///< WebSocket/Upgrade tunnels opened (101)
+  std::atomic<uint64_t> http_outcomes[kHttpOutcomeKinds];  ///< by proxy::HttpOutcome (index 0: ok)
+  std::atomic<uint64_t> http_reserved[4];
 };
-static_assert(sizeof(WorkerRuntime) == 64 + 64 + 128);
+static_assert(sizeof(WorkerRuntime) == 64 + 64 + 128 + 128);
 
 /// Per-pool state shared by the workers, indexed by the pool's position in the
 /// table. A position that passes to another pool after a removal keeps its

@@ -8,7 +8,13 @@
 //    "upstreams": [{"name": "app", "pools": [{"id": "primary", "priority": 0,
 //        "method": "round_robin", "hosts": [{"id": "a", "address": "127.0.0.1:8081",
 //        "weight": 1, "down": false}]}]}]}
-// Upstream settings (timeouts, max_fails) are not stored: they come from the config.
+//    "routes": [{"listener": "web", "route": "v1", "rules": [{"id": "canary",
+//        "upstream": "pre", "ip": ["127.0.0.2/32"], "header": {"name": "X-Canary",
+//        "value": "1"}, "cookie": {"name": "beta", "value": "yes"}, "percent": 5}]}]}
+// Upstream settings (timeouts, max_fails) are not stored: they come from the
+// config. "routes" lists every route of the table, also those without rules, so
+// that removing a route's last rule survives a restart; a file without
+// "routes" (an older gw) leaves the rules to the config.
 
 #include <cstdint>
 #include <string>
@@ -16,6 +22,10 @@
 
 #include "gw/core/address.hpp"
 #include "gw/shm/table.hpp"
+
+namespace simdjson::dom {
+class element;
+}
 
 namespace gw::shm {
 
@@ -35,9 +45,21 @@ struct StateUpstream {
   std::string name;
   std::vector<StatePool> pools;
 };
+struct StateRoute {
+  std::string listener;
+  std::string name;
+  std::vector<RuleSpec> rules;  ///< in order: the first match wins
+};
 struct State {
   uint64_t generation = 0;
   std::vector<StateUpstream> upstreams;
+  bool has_routes = false;  ///< the source listed routes (else rules come from the config)
+  std::vector<StateRoute> routes;
+  const StateRoute* find_route(std::string_view listener, std::string_view name) const noexcept {
+    for (const auto& r : routes)
+      if (r.listener == listener && r.name == name) return &r;
+    return nullptr;
+  }
 };
 
 /// Serialises a table (pools and hosts of every upstream).
@@ -49,5 +71,10 @@ void write_state_file(const std::string& path, const std::string& json);
 /// Reads a state file. Returns false if it does not exist; throws
 /// std::runtime_error naming the file and the problem if it is unreadable or invalid.
 bool read_state_file(const std::string& path, State& out);
+
+/// Reads a rule object of the state file's form. Returns false with `why`.
+bool rule_from_json(simdjson::dom::element e, RuleSpec& spec, std::string& why);
+/// One rule as a JSON object (the state file's form; also gwctl status --json).
+std::string rule_to_json(const RuleSpec& r);
 
 }  // namespace gw::shm

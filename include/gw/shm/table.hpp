@@ -6,8 +6,13 @@
 //
 // Layout of the bytes (every part 8-byte aligned):
 //   TableHeader | UpstreamRecord[max_upstreams] | PoolRecord[max_pools] | HostRecord[max_hosts]
+//   | RouteRecord[max_routes] | RuleRecord[max_rules] | core::Cidr[max_rule_cidrs]
 // Records are dense: entries [0, n) are in use. Pools refer to their upstream
 // and hosts to their pool by index; removing an entry shifts the later ones.
+// Routes (the HTTP listeners' routes, from the config) are named so that
+// rules can refer to them; a route's rules are the rule records that name it,
+// in table order (first match wins), and a rule's client-address blocks are
+// n_cidrs consecutive Cidr records from first_cidr.
 
 #include <cstddef>
 #include <cstring>
@@ -30,6 +35,10 @@ struct Caps {
   uint32_t max_upstreams = 64;
   uint32_t max_pools = 256;
   uint32_t max_hosts = 4096;
+  uint32_t max_routes = 256;       ///< HTTP routes over all listeners
+  uint32_t max_rules = 256;        ///< gray-release / traffic-split rules over all routes
+  uint32_t max_rule_cidrs = 4096;  ///< client address blocks over all rules
+  uint32_t reserved = 0;
   bool operator==(const Caps&) const = default;
 };
 
@@ -65,6 +74,10 @@ struct TableHeader {
   uint32_t n_pools;
   uint32_t n_hosts;
   uint32_t next_tag;  ///< next runtime-slot tag to hand out (never 0)
+  uint32_t n_routes;
+  uint32_t n_rules;
+  uint32_t n_cidrs;
+  uint32_t reserved;
 };
 
 /// Active health checks of an upstream's hosts, run by the checker process.
@@ -116,7 +129,59 @@ struct HostRecord {
   uint32_t reserved2;
 };
 
+/// An HTTP route, named so that rules can refer to it. Routes come from the
+/// config (the master adds them at start); only their rules change live.
+struct RouteRecord {
+  char listener[kNameCap];  ///< the http listener's name
+  char name[kNameCap];      ///< the route's name, unique within the listener
+};
+
+inline constexpr size_t kRuleValueCap = 128;  ///< header and cookie values: at most 127 bytes + NUL
+inline constexpr uint8_t kMatchIp = 1;        ///< the client address lies in one of the rule's blocks
+inline constexpr uint8_t kMatchHeader = 2;    ///< a request header equals a value
+inline constexpr uint8_t kMatchCookie = 4;    ///< a cookie equals a value
+inline constexpr uint8_t kMatchPercent = 8;   ///< a stable share of clients (hash of the client key)
+inline constexpr uint32_t kPercentScale = 10000;  ///< percent_bp is in basis points
+
+/// A gray-release / traffic-split rule: when every matcher in `match` holds,
+/// the request goes to `upstream` instead of the route's. Rules of a route are
+/// tried in table order; the first match wins.
+struct RuleRecord {
+  char id[kNameCap];             ///< unique within its route
+  char upstream[kNameCap];       ///< upstream name (resolved by the reader)
+  uint16_t route;                ///< index into the route records
+  uint8_t match;                 ///< kMatch* bits; at least one
+  uint8_t reserved;
+  uint16_t percent_bp;           ///< kMatchPercent: 0..10000 basis points of clients
+  uint16_t n_cidrs;              ///< kMatchIp: number of address blocks
+  uint32_t first_cidr;           ///< kMatchIp: index of the first block
+  uint32_t reserved2;
+  char header_name[kNameCap];    ///< kMatchHeader: field name (a token)
+  char header_value[kRuleValueCap];
+  char cookie_name[kNameCap];    ///< kMatchCookie
+  char cookie_value[kRuleValueCap];
+};
+
+/// A rule as text-level values, for adding one and for the state file.
+struct RuleSpec {
+  std::string id;
+  std::string upstream;
+  std::vector<core::Cidr> cidrs;  ///< empty = no address matcher
+  std::string header_name, header_value;  ///< empty name = no header matcher
+  std::string cookie_name, cookie_value;  ///< empty name = no cookie matcher
+  int32_t percent_bp = -1;                ///< -1 = no percentage matcher
+};
+
+/// Checks the matchers of a spec (names, values, ranges; at least one
+/// matcher). Returns an empty string if valid, otherwise the reason.
+std::string check_rule(const RuleSpec& r);
+/// "ip=10.0.0.0/8,127.0.0.2/32 header=X-Canary:1 percent=5" for messages and status.
+std::string describe_rule(const RuleSpec& r);
+
 static_assert(std::is_trivially_copyable_v<TableHeader> && sizeof(TableHeader) % 8 == 0);
+static_assert(std::is_trivially_copyable_v<RouteRecord> && sizeof(RouteRecord) % 8 == 0);
+static_assert(std::is_trivially_copyable_v<RuleRecord> && sizeof(RuleRecord) % 8 == 0);
+static_assert(std::is_trivially_copyable_v<core::Cidr> && sizeof(core::Cidr) % 8 == 0);
 static_assert(sizeof(HealthCheck) % 8 == 0);
 static_assert(std::is_trivially_copyable_v<UpstreamRecord> && sizeof(UpstreamRecord) % 8 == 0);
 static_assert(std::is_trivially_copyable_v<PoolRecord> && sizeof(PoolRecord) % 8 == 0);
@@ -152,11 +217,21 @@ class Table {
   std::span<const PoolRecord> pools() const noexcept { return {pools_(), header().n_pools}; }
   std::span<HostRecord> hosts() noexcept { return {hosts_(), header().n_hosts}; }
   std::span<const HostRecord> hosts() const noexcept { return {hosts_(), header().n_hosts}; }
+  std::span<RouteRecord> routes() noexcept { return {routes_(), header().n_routes}; }
+  std::span<const RouteRecord> routes() const noexcept { return {routes_(), header().n_routes}; }
+  std::span<RuleRecord> rules() noexcept { return {rules_(), header().n_rules}; }
+  std::span<const RuleRecord> rules() const noexcept { return {rules_(), header().n_rules}; }
+  std::span<core::Cidr> cidrs() noexcept { return {cidrs_(), header().n_cidrs}; }
+  std::span<const core::Cidr> cidrs() const noexcept { return {cidrs_(), header().n_cidrs}; }
+  /// The address blocks of rule `r`.
+  std::span<const core::Cidr> rule_cidrs(const RuleRecord& r) const noexcept { return {cidrs_() + r.first_cidr, r.n_cidrs}; }
 
   /// Lookups return -1 when absent.
   int find_upstream(std::string_view name) const noexcept;
   int find_pool(int upstream, std::string_view id) const noexcept;
   int find_host(int pool, std::string_view id) const noexcept;
+  int find_route(std::string_view listener, std::string_view name) const noexcept;
+  int find_rule(int route, std::string_view id) const noexcept;
   /// Hosts of a pool, in table order.
   std::vector<int> pool_hosts(int pool) const;
 
@@ -166,6 +241,17 @@ class Table {
   void remove_pool(int pool);
   int add_host(int pool, std::string_view id, const core::SockAddr& addr, uint32_t weight);
   void remove_host(int host);
+  int add_route(std::string_view listener, std::string_view name);
+  /// Appends a rule to `route` (it is tried after the route's other rules).
+  /// The upstream must exist in the table.
+  int add_rule(int route, const RuleSpec& spec);
+  /// Replaces the matchers and upstream of rule `rule`, keeping its place.
+  void replace_rule(int rule, const RuleSpec& spec);
+  void remove_rule(int rule);
+  RuleSpec rule_spec(int rule) const;
+  /// "listener/route" and "listener/route/rule" for messages.
+  std::string route_path(int route) const;
+  std::string rule_path(int rule) const;
 
   /// "app/primary/a" for messages.
   std::string host_path(int host) const;
@@ -177,6 +263,10 @@ class Table {
   UpstreamRecord* ups_() const noexcept;
   PoolRecord* pools_() const noexcept;
   HostRecord* hosts_() const noexcept;
+  RouteRecord* routes_() const noexcept;
+  RuleRecord* rules_() const noexcept;
+  core::Cidr* cidrs_() const noexcept;
+  void fill_rule(RuleRecord& r, const RuleSpec& spec, uint32_t first_cidr);
 
   Caps caps_;
   std::vector<uint64_t> words_;

@@ -307,8 +307,8 @@ TEST_SUITE("config") {
     CHECK(load_string(tcp_proto).errors.empty());
     CHECK(has(load_frame(R"(, "protocol": "udp")").errors, "listeners[0].protocol: duplicate key"));
     const std::string udp = replace(frame_conf(""), R"("protocol": "frame")", R"("protocol": "udp")");
-    CHECK(has(load_string(udp).errors, R"(listeners[0].protocol: expected "tcp" or "frame", got "udp")"));
-    CHECK(has(load_frame(R"(, "hash_key": "mac")").errors, R"(listeners[0].hash_key: expected "ip" or "frame", got "mac")"));
+    CHECK(has(load_string(udp).errors, R"(listeners[0].protocol: expected "tcp", "frame" or "http", got "udp")"));
+    CHECK(has(load_frame(R"(, "hash_key": "mac")").errors, R"(listeners[0].hash_key: expected "ip", "frame", "uri", "header:NAME", "cookie:NAME" or "arg:NAME", got "mac")"));
 
     // hash_key "ip" on a frame listener: the pools keep their own default.
     auto ip = load_frame(R"(, "hash_key": "ip")");

@@ -1119,4 +1119,20 @@ TEST_SUITE("http/parser") {
     REQUIRE(c.size() == 1);
     CHECK(c[0].head.tunnel);
   }
+
+  TEST_CASE("CONNECT answered with any 2xx, 204 included, starts a tunnel (RFC 9110 9.3.6)") {
+    // 204 has no body (RFC 9112 6.3 rule 1), but to CONNECT it is still a 2xx:
+    // the bytes after the head are the tunnel, not the next response.
+    const H h = check_ok("HTTP/1.1 204 No Content\r\n\r\n", response_to(Method::connect));
+    CHECK(h.tunnel);
+    CHECK(h.body == BodyKind::none);
+    const auto m = check_conversation("HTTP/1.1 204 No Content\r\n\r\n\x16\x03\x01\x00\x05hello",
+                                      response_to(Method::connect));
+    REQUIRE(m.size() == 1);
+    CHECK(m[0].head.tunnel);
+    // Not 2xx: no tunnel (1xx is interim, 304 ends the message).
+    CHECK_FALSE(check_ok("HTTP/1.1 100 Continue\r\n\r\n", response_to(Method::connect)).tunnel);
+    CHECK_FALSE(check_ok("HTTP/1.1 304 Not Modified\r\n\r\n", response_to(Method::connect)).tunnel);
+    CHECK(check_ok("HTTP/1.1 299 X\r\nContent-Length: 9\r\n\r\n", response_to(Method::connect)).tunnel);
+  }
 }

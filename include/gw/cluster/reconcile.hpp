@@ -1,0 +1,27 @@
+#pragma once
+// Makes a routing table hold exactly what etcd holds: the one place where the
+// etcd model turns into shm table changes, used for the first list, every
+// watch batch and every re-list after compaction, always as one commit.
+
+#include <string>
+#include <vector>
+
+#include "gw/cluster/schema.hpp"
+#include "gw/shm/table.hpp"
+
+namespace gw::cluster {
+
+/// Rewrites, in `t`, the pools and hosts of every upstream of `t` that `m` has
+/// an upstream key for, so that they are exactly the model's: pools ordered by
+/// id, hosts by id within their pool. Upstreams `m` does not name keep theirs;
+/// upstream records (settings from the node's config) are never touched. A host
+/// that keeps its pool, id and address keeps its runtime slot (counters,
+/// health); one whose address changed gets a new slot. Appends one event text
+/// per logical change (host_added, host_removed, host_changed, host_down,
+/// host_up, pool_changed), in the format gwctl's events use, and one warning per
+/// model upstream this node's config does not have. Returns false (and leaves
+/// `t` untouched) if nothing would change. Throws shm::TableError if the result
+/// does not fit the table's capacities.
+bool reconcile(shm::Table& t, const Model& m, std::vector<std::string>& events, std::vector<std::string>& warnings);
+
+}  // namespace gw::cluster

@@ -1,0 +1,121 @@
+#include "gw/cluster/reconcile.hpp"
+
+#include <algorithm>
+#include <fmt/format.h>
+
+#include <cstring>
+
+namespace gw::cluster {
+
+using shm::name_of;
+
+namespace {
+
+template <typename T>
+bool same_span(std::span<const T> a, std::span<const T> b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size_bytes()) == 0);
+}
+
+// Equal entries in use (the bytes past them may hold leftovers of removals).
+bool same_entries(const shm::Table& a, const shm::Table& b) {
+  return same_span(a.upstreams(), b.upstreams()) && same_span(a.pools(), b.pools()) && same_span(a.hosts(), b.hosts());
+}
+
+}  // namespace
+
+bool reconcile(shm::Table& t, const Model& m, std::vector<std::string>& events, std::vector<std::string>& warnings) {
+  for (const auto& [u, present] : m.upstreams)
+    if (present && t.find_upstream(u) < 0)
+      warnings.push_back(fmt::format("upstream \"{}\" in etcd is not in this node's config; ignored", u));
+
+  shm::Table nt(t.caps());
+  nt.header() = t.header();
+  nt.header().n_upstreams = nt.header().n_pools = nt.header().n_hosts = 0;
+  // Routes and their rules are not shared through etcd: they stay as they are
+  // (the header copied their counts; the records follow).
+  std::copy(t.routes().begin(), t.routes().end(), nt.routes().begin());
+  std::copy(t.rules().begin(), t.rules().end(), nt.rules().begin());
+  std::copy(t.cidrs().begin(), t.cidrs().end(), nt.cidrs().begin());
+  std::vector<std::string> removed, changed, added;
+
+  for (size_t ui = 0; ui < t.upstreams().size(); ++ui) {
+    const shm::UpstreamRecord ur = t.upstreams()[ui];
+    const std::string uname(name_of(ur.name));
+    const int nu = nt.add_upstream(ur);
+    if (!m.upstreams.count(uname)) {
+      // Not shared through etcd: copied as it is.
+      for (size_t pi = 0; pi < t.pools().size(); ++pi) {
+        const auto& pr = t.pools()[pi];
+        if (pr.upstream != ui) continue;
+        int np = nt.add_pool(nu, name_of(pr.id), pr.priority, static_cast<shm::Method>(pr.method));
+        for (int hi : t.pool_hosts(static_cast<int>(pi))) {
+          const auto& hr = t.hosts()[static_cast<size_t>(hi)];
+          int nh = nt.add_host(np, name_of(hr.id), hr.addr, hr.weight);
+          auto& x = nt.hosts()[static_cast<size_t>(nh)];
+          x = hr;
+          x.pool = static_cast<uint16_t>(np);
+        }
+      }
+      continue;
+    }
+    // Removed pools and hosts first (their events come first).
+    for (size_t pi = 0; pi < t.pools().size(); ++pi) {
+      const auto& pr = t.pools()[pi];
+      if (pr.upstream != ui) continue;
+      const std::string pid(name_of(pr.id));
+      const bool pool_stays = m.pools.count({uname, pid}) != 0;
+      for (int hi : t.pool_hosts(static_cast<int>(pi))) {
+        const auto& hr = t.hosts()[static_cast<size_t>(hi)];
+        auto it = m.hosts.find({uname, pid, std::string(name_of(hr.id))});
+        if (!pool_stays || it == m.hosts.end() || it->second.addr != hr.addr)
+          removed.push_back(fmt::format("host_removed {}/{}/{} {}", uname, pid, name_of(hr.id), hr.addr.to_string()));
+      }
+      if (!pool_stays) removed.push_back(fmt::format("pool_changed {}/{} removed", uname, pid));
+    }
+    // The new pools and hosts, in key order.
+    for (auto pit = m.pools.lower_bound({uname, ""}); pit != m.pools.end() && pit->first.first == uname; ++pit) {
+      const std::string& pid = pit->first.second;
+      const PoolSpec& ps = pit->second;
+      const int op = t.find_pool(static_cast<int>(ui), pid);
+      if (op < 0) {
+        changed.push_back(fmt::format("pool_changed {}/{} added priority={} method={}", uname, pid, ps.priority,
+                                      shm::method_name(ps.method)));
+      } else {
+        const auto& opr = t.pools()[static_cast<size_t>(op)];
+        if (opr.priority != ps.priority || opr.method != static_cast<uint8_t>(ps.method))
+          changed.push_back(fmt::format("pool_changed {}/{} priority={} method={}", uname, pid, ps.priority,
+                                        shm::method_name(ps.method)));
+      }
+      const int np = nt.add_pool(nu, pid, ps.priority, ps.method);
+      for (auto hit = m.hosts.lower_bound({uname, pid, ""});
+           hit != m.hosts.end() && std::get<0>(hit->first) == uname && std::get<1>(hit->first) == pid; ++hit) {
+        const std::string& hid = std::get<2>(hit->first);
+        const HostSpec& hs = hit->second;
+        const int nh = nt.add_host(np, hid, hs.addr, hs.weight);
+        auto& x = nt.hosts()[static_cast<size_t>(nh)];
+        x.admin_down = hs.down ? 1 : 0;
+        const int oh = op < 0 ? -1 : t.find_host(op, hid);
+        const shm::HostRecord* old = oh < 0 ? nullptr : &t.hosts()[static_cast<size_t>(oh)];
+        const std::string path = fmt::format("{}/{}/{}", uname, pid, hid), addr = hs.addr.to_string();
+        if (old && old->addr == hs.addr) {
+          x.slot = old->slot;  // the same host: keeps its counters and health
+          x.tag = old->tag;
+          if (old->weight != hs.weight) changed.push_back(fmt::format("host_changed {} {} weight={}", path, addr, hs.weight));
+          if ((old->admin_down != 0) != hs.down)
+            changed.push_back(fmt::format("host_{} {} {} (admin: etcd)", hs.down ? "down" : "up", path, addr));
+        } else {
+          added.push_back(fmt::format("host_added {} {} weight={}", path, addr, hs.weight));
+          if (hs.down) added.push_back(fmt::format("host_down {} {} (admin: etcd)", path, addr));
+        }
+      }
+    }
+  }
+  if (removed.empty() && changed.empty() && added.empty() && same_entries(nt, t)) return false;
+  std::memcpy(t.words(), nt.words(), t.bytes());
+  // (No event when only the order changed: the first sync after a start from
+  // the config puts pools and hosts in key order.)
+  for (auto* v : {&removed, &changed, &added}) events.insert(events.end(), v->begin(), v->end());
+  return true;
+}
+
+}  // namespace gw::cluster

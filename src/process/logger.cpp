@@ -1,0 +1,111 @@
+#include "gw/process/logger.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+
+#include "gw/core/fd.hpp"
+#include "gw/core/log.hpp"
+#include "process/signals.hpp"
+
+namespace gw::process {
+
+int open_access_log(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error(fmt::format("cannot open access log {}: {}", path, std::strerror(errno)));
+  return fd;
+}
+
+int run_logger(const std::vector<int>& socks, const std::vector<std::string>& paths) {
+  std::vector<int> files(paths.size(), -1);
+  auto open_all = [&] {
+    for (size_t i = 0; i < paths.size(); ++i) {
+      try {
+        int fd = open_access_log(paths[i]);
+        if (files[i] >= 0) ::close(files[i]);
+        files[i] = fd;
+      } catch (const std::exception& e) {
+        GW_LOG_ERROR("{} (lines for it are dropped until it opens)", e.what());
+      }
+    }
+  };
+  open_all();
+  core::UniqueFd sfd = child_signal_fd();
+  std::vector<pollfd> pfds;
+  pfds.push_back({sfd.get(), POLLIN, 0});
+  for (int s : socks) pfds.push_back({s, POLLIN, 0});
+  size_t open_socks = socks.size();
+  auto buf = std::make_unique<char[]>(256 * 1024);
+  uint64_t write_errors = 0;
+  bool quit = false;
+  while (!quit && open_socks > 0) {
+    if (::poll(pfds.data(), pfds.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      GW_LOG_ERROR("poll: {}", std::strerror(errno));
+      return 1;
+    }
+    if (pfds[0].revents & POLLIN) {
+      signalfd_siginfo si{};
+      while (::read(sfd.get(), &si, sizeof(si)) == sizeof(si)) {
+        if (si.ssi_signo == SIGUSR1) {
+          GW_LOG_INFO("SIGUSR1: reopening {} access log(s)", paths.size());
+          open_all();
+        } else if (si.ssi_signo == SIGQUIT || si.ssi_signo == SIGINT) {
+          quit = true;
+        }
+        // SIGTERM: keep going until the workers have closed their ends (their
+        // last lines still arrive), as the master stops them.
+      }
+    }
+    for (size_t i = 1; i < pfds.size(); ++i) {
+      if (pfds[i].fd < 0 || !(pfds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      for (;;) {
+        ssize_t n = ::recv(pfds[i].fd, buf.get(), 256 * 1024, MSG_DONTWAIT);
+        if (n > 1) {
+          const auto file = static_cast<uint8_t>(buf[0]);
+          if (file < files.size() && files[file] >= 0) {
+            const char* p = buf.get() + 1;
+            size_t left = static_cast<size_t>(n - 1);
+            while (left > 0) {
+              ssize_t w = ::write(files[file], p, left);
+              if (w < 0 && errno == EINTR) continue;
+              if (w <= 0) {
+                if (write_errors++ % 1000 == 0)
+                  GW_LOG_ERROR("access log {}: write: {} ({} failed write(s) so far)", paths[file],
+                               std::strerror(errno), write_errors);
+                break;
+              }
+              p += w;
+              left -= static_cast<size_t>(w);
+            }
+          }
+          continue;
+        }
+        if (n == 0) {
+          // Every writer of this slot is gone (the gateway is stopping).
+          pfds[i].fd = -1;
+          --open_socks;
+          break;
+        }
+        if (n == 1) continue;
+        if (errno == EINTR) continue;
+        break;  // EAGAIN
+      }
+    }
+  }
+  for (int fd : files)
+    if (fd >= 0) ::close(fd);
+  return 0;
+}
+
+}  // namespace gw::process

@@ -1,0 +1,341 @@
+#include "gw/process/sync.hpp"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "gw/cluster/etcd.hpp"
+#include "gw/cluster/reconcile.hpp"
+#include "gw/cluster/schema.hpp"
+#include "gw/core/clock.hpp"
+#include "gw/core/log.hpp"
+#include "gw/shm/cluster.hpp"
+#include "gw/shm/writer.hpp"
+#include "process/signals.hpp"
+
+namespace gw::process {
+namespace {
+
+using cluster::EtcdError;
+
+struct NoChange {};   // thrown out of a writer change that changes nothing: nothing is published
+struct Relist {};     // the watch's start revision was compacted
+struct Stop {};       // a stop signal arrived
+
+constexpr uint64_t kProbeIntervalMs = 1000;  // a quorum read on the watched member this often
+constexpr uint64_t kFirstBackoffMs = 100;
+constexpr int kProbeFailures = 3;  // probes failed in a row that end a watch
+
+class Sync {
+ public:
+  Sync(const config::Config& cfg, const shm::Segment& seg)
+      : cfg_(cfg), seg_(seg), cl_(seg.header().cluster),
+        etcd_(cfg.cluster.etcd, cfg.cluster.etcd_addrs, cfg.cluster.timeout_ms), prefix_(cfg.cluster.prefix),
+        end_(cluster::prefix_end(prefix_)) {}
+
+  int run() {
+    sfd_ = child_signal_fd();
+    cl_.sync_pid.store(::getpid(), std::memory_order_release);
+    try {
+      for (;;) {
+        bool all_tried = false;
+        try {
+          if (!listed_) {
+            all_tried = true;  // a request fails only once every member has
+            relist();
+            all_tried = false;
+          }
+          open_watch();
+          serve();
+        } catch (const Relist&) {
+          listed_ = false;
+          continue;  // at once: etcd is there
+        } catch (const EtcdError& e) {
+          if (!failed(e.what(), all_tried)) continue;  // another member may take over at once
+        }
+        wait(backoff_);
+        backoff_ = std::min<uint64_t>(backoff_ * 2, cfg_.cluster.reconnect_max_ms);
+      }
+    } catch (const Stop&) {
+      cl_.sync_pid.store(0, std::memory_order_release);
+      return 0;
+    }
+  }
+
+ private:
+  // ------------------------------------------------------------ listing
+
+  void relist() {
+    cluster::RangeResult r = etcd_.range(prefix_, end_);
+    load(r);
+    if (seed_missing()) {
+      r = etcd_.range(prefix_, end_);
+      load(r);
+    }
+    rev_ = r.revision;
+    listed_ = true;
+    cl_.relists.fetch_add(1, std::memory_order_relaxed);
+    GW_LOG_INFO("listed {} key(s) under {} at etcd revision {} from {}", kv_.size(), prefix_, rev_, etcd_.url());
+    apply();
+  }
+
+  void load(const cluster::RangeResult& r) {
+    kv_.clear();
+    for (const auto& kv : r.kvs) kv_[kv.key] = kv.value;
+  }
+
+  // An upstream of this node's table that etcd does not have yet goes into
+  // etcd from this table, in one txn that only succeeds while etcd still has
+  // nothing of it (so of several nodes starting at once, one seeds it).
+  // Returns true if it tried.
+  bool seed_missing() {
+    std::vector<std::string> warnings;
+    cluster::Model m = cluster::build_model(prefix_, kv_, warnings);
+    shm::Table t(seg_.caps());
+    shm::read_published(seg_, t);
+    bool tried = false;
+    for (size_t ui = 0; ui < t.upstreams().size(); ++ui) {
+      const std::string u(shm::name_of(t.upstreams()[ui].name));
+      if (m.upstreams.count(u)) continue;
+      const std::string ukey = cluster::upstream_key(prefix_, u), children = cluster::upstream_children_prefix(prefix_, u);
+      std::vector<cluster::Compare> cmp = {
+          {ukey, "", cluster::Compare::Target::create_revision, 0},
+          {children, cluster::prefix_end(children), cluster::Compare::Target::create_revision, 0}};
+      std::vector<cluster::Op> ops = {{false, ukey, "{}"}};
+      size_t hosts = 0;
+      for (size_t pi = 0; pi < t.pools().size(); ++pi) {
+        const auto& pr = t.pools()[pi];
+        if (pr.upstream != ui) continue;
+        const std::string pid(shm::name_of(pr.id));
+        ops.push_back({false, cluster::pool_key(prefix_, u, pid),
+                       cluster::encode_pool({pr.priority, static_cast<shm::Method>(pr.method)})});
+        for (int hi : t.pool_hosts(static_cast<int>(pi))) {
+          const auto& h = t.hosts()[static_cast<size_t>(hi)];
+          ops.push_back({false, cluster::host_key(prefix_, u, pid, shm::name_of(h.id)),
+                         cluster::encode_host({h.addr, h.weight, h.admin_down != 0})});
+          ++hosts;
+        }
+      }
+      tried = true;
+      try {
+        auto res = etcd_.txn(cmp, ops);
+        if (res.succeeded)
+          GW_LOG_INFO("seeded etcd with upstream \"{}\" from this node's table ({} key(s), {} host(s)) at revision {}", u,
+                      ops.size(), hosts, res.revision);
+        else
+          GW_LOG_INFO("upstream \"{}\" was seeded in etcd by another node meanwhile", u);
+      } catch (const EtcdError& e) {
+        if (e.unavailable()) throw;
+        // e.g. more operations than etcd's --max-txn-ops (default 128)
+        GW_LOG_ERROR("cannot seed upstream \"{}\" into etcd ({} operations): {}", u, ops.size(), e.what());
+      }
+    }
+    return tried;
+  }
+
+  // ------------------------------------------------------------ applying
+
+  void apply() {
+    std::vector<std::string> warnings;
+    cluster::Model m = cluster::build_model(prefix_, kv_, warnings);
+    std::string error;
+    try {
+      uint64_t gen = shm::Writer(seg_).commit([&](shm::Table& t, std::vector<std::string>& events) {
+        if (!cluster::reconcile(t, m, events, warnings)) throw NoChange{};
+      });
+      cl_.applied.fetch_add(1, std::memory_order_relaxed);
+      GW_LOG_INFO("table generation {} from etcd revision {}", gen, rev_);
+    } catch (const NoChange&) {
+    } catch (const std::exception& e) {
+      // Capacity, or the state file: the table keeps the last good state; the
+      // next etcd change or the next probe tries again.
+      error = fmt::format("etcd revision {} not applied: {}", rev_, e.what());
+      GW_LOG_ERROR("{}", error);
+    }
+    apply_failed_ = !error.empty();
+    if (error != last_error_) {
+      shm::set_cluster_text(cl_, etcd_.url(), error);
+      last_error_ = error;
+    }
+    std::set<std::string> now(warnings.begin(), warnings.end());
+    for (const auto& w : now)
+      if (!warned_.count(w)) GW_LOG_WARN("{}", w);
+    warned_ = std::move(now);
+    if (!apply_failed_) cl_.revision.store(static_cast<uint64_t>(rev_), std::memory_order_release);
+  }
+
+  // ------------------------------------------------------------ watching
+
+  void open_watch() {
+    watch_.open(etcd_.addr(), etcd_.url(), cluster::watch_create_request(prefix_, end_, rev_ + 1),
+                cfg_.cluster.timeout_ms);
+  }
+
+  void serve() {
+    bool created = false;
+    const uint64_t create_deadline = core::monotonic_ms() + cfg_.cluster.timeout_ms;
+    uint64_t next_probe = core::monotonic_ms() + kProbeIntervalMs;
+    std::vector<cluster::WatchMessage> msgs;
+    for (;;) {
+      uint64_t now = core::monotonic_ms();
+      pollfd p[2] = {{sfd_.get(), POLLIN, 0}, {watch_.fd(), POLLIN, 0}};
+      uint64_t until = created ? next_probe : std::min(next_probe, create_deadline);
+      ::poll(p, 2, static_cast<int>(until > now ? until - now : 0));
+      check_stop();
+      if (p[1].revents) {
+        msgs.clear();
+        watch_.read_available(msgs);
+        for (const auto& m : msgs) {
+          if (!m.error.empty()) throw EtcdError(fmt::format("etcd {}: watch failed: {}", etcd_.url(), m.error), true);
+          if (m.canceled) {
+            watch_.close();
+            if (m.compact_revision > 0) {
+              GW_LOG_WARN("etcd compacted its history up to revision {} (this node had applied {}); listing again",
+                          m.compact_revision, rev_);
+              throw Relist{};
+            }
+            throw EtcdError(fmt::format("etcd {}: watch cancelled: {}", etcd_.url(),
+                                        m.cancel_reason.empty() ? "no reason given" : m.cancel_reason),
+                            true);
+          }
+          if (m.created && !created) {
+            created = true;
+            on_synced();
+          }
+          // One commit per etcd revision (a txn's keys share one), so the
+          // event log shows each change as it was made.
+          for (size_t i = 0; i < m.events.size();) {
+            const int64_t r = m.events[i].kv.mod_revision;
+            for (; i < m.events.size() && m.events[i].kv.mod_revision == r; ++i) {
+              const auto& ev = m.events[i];
+              if (ev.is_delete) kv_.erase(ev.kv.key);
+              else kv_[ev.kv.key] = ev.kv.value;
+            }
+            rev_ = std::max(rev_, r);  // the resume point: the last revision applied
+            apply();
+          }
+        }
+        cl_.contact_ms.store(core::wall_ms(), std::memory_order_relaxed);
+      }
+      now = core::monotonic_ms();
+      if (!created && now >= create_deadline)
+        throw EtcdError(fmt::format("etcd {}: the watch was not confirmed within {} ms", etcd_.url(),
+                                    cfg_.cluster.timeout_ms),
+                        true);
+      if (now >= next_probe) {
+        // An election makes a probe or two fail; a member cut off for good
+        // fails them all.
+        try {
+          probe();
+          probe_fails_ = 0;
+        } catch (const EtcdError&) {
+          if (++probe_fails_ >= kProbeFailures) {
+            probe_fails_ = 0;
+            throw;
+          }
+        }
+        if (apply_failed_) apply();
+        next_probe = core::monotonic_ms() + kProbeIntervalMs;
+      }
+    }
+  }
+
+  // A quorum read on the member being watched: a member that is up but cut off
+  // from its cluster (or stopped) would otherwise keep a silent watch open.
+  void probe() {
+    cluster::HttpReply r = cluster::http_post(etcd_.addr(), "/v3/kv/range", cluster::range_request(prefix_, end_, true),
+                                              cfg_.cluster.timeout_ms);
+    if (r.status != 200) {
+      int code = 0;
+      throw EtcdError(fmt::format("etcd {}: HTTP {}: {}", etcd_.url(), r.status, cluster::error_message(r.body, code)),
+                      true);
+    }
+    cl_.contact_ms.store(core::wall_ms(), std::memory_order_relaxed);
+  }
+
+  void on_synced() {
+    fails_ = 0;
+    backoff_ = kFirstBackoffMs;
+    cl_.reconnects.fetch_add(1, std::memory_order_relaxed);
+    cl_.contact_ms.store(core::wall_ms(), std::memory_order_relaxed);
+    if (!apply_failed_) {
+      shm::set_cluster_text(cl_, etcd_.url(), "");
+      last_error_.clear();
+    }
+    if (cl_.state.load() != shm::kClusterSynced)
+      GW_LOG_INFO("etcd: synced at revision {}, watching {} on {}", rev_, prefix_, etcd_.url());
+    shm::set_cluster_state(cl_, shm::kClusterSynced, core::wall_ms());
+  }
+
+  // Returns true when every member has failed in a row (the caller waits out
+  // the backoff); false to try the next member at once.
+  bool failed(const std::string& what, bool all_tried) {
+    watch_.close();
+    const std::string from = etcd_.url();
+    etcd_.next();
+    if (!all_tried && ++fails_ < cfg_.cluster.etcd.size()) {
+      GW_LOG_WARN("{}; trying {}", what, etcd_.url());
+      return false;
+    }
+    fails_ = 0;
+    if (cl_.state.load() != shm::kClusterDisconnected || what != last_error_)
+      GW_LOG_WARN("etcd unreachable, serving the last good table (revision {}): {}", rev_, what);
+    shm::set_cluster_text(cl_, from, what);
+    last_error_ = what;
+    shm::set_cluster_state(cl_, shm::kClusterDisconnected, core::wall_ms());
+    return true;
+  }
+
+  void check_stop() {
+    signalfd_siginfo si{};
+    while (::read(sfd_.get(), &si, sizeof(si)) == sizeof(si))
+      if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT || si.ssi_signo == SIGQUIT) throw Stop{};
+  }
+
+  void wait(uint64_t ms) {
+    const uint64_t until = core::monotonic_ms() + ms;
+    for (uint64_t now; (now = core::monotonic_ms()) < until;) {
+      pollfd p{sfd_.get(), POLLIN, 0};
+      ::poll(&p, 1, static_cast<int>(until - now));
+      check_stop();
+    }
+  }
+
+  const config::Config& cfg_;
+  const shm::Segment& seg_;
+  shm::ClusterRuntime& cl_;
+  cluster::Etcd etcd_;
+  const std::string prefix_, end_;
+  core::UniqueFd sfd_;
+  cluster::WatchStream watch_;
+  std::map<std::string, std::string> kv_;  ///< the mirror of etcd's keys under the prefix
+  int64_t rev_ = 0;                        ///< the revision kv_ reflects
+  bool listed_ = false;
+  bool apply_failed_ = false;
+  uint64_t backoff_ = kFirstBackoffMs;
+  size_t fails_ = 0;
+  int probe_fails_ = 0;
+  std::string last_error_;
+  std::set<std::string> warned_;
+};
+
+}  // namespace
+
+int run_sync(const config::Config& cfg, const shm::Segment& seg) {
+  try {
+    Sync s(cfg, seg);
+    return s.run();
+  } catch (const std::exception& e) {
+    GW_LOG_ERROR("sync failed: {}", e.what());
+    return 1;
+  }
+}
+
+}  // namespace gw::process

@@ -1,0 +1,339 @@
+#include "gw/proxy/access_log.hpp"
+
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+#include <fmt/format.h>
+
+namespace gw::proxy {
+
+namespace {
+
+// A bounded writer: appends until the buffer is full, then only remembers
+// that it overflowed (the line is then not logged rather than cut).
+struct Out {
+  char* p;
+  size_t len = 0;
+  size_t cap;
+  bool overflow = false;
+  void put(char c) noexcept {
+    if (len < cap) p[len++] = c;
+    else overflow = true;
+  }
+  void add(std::string_view s) noexcept {
+    if (s.size() > cap - len) {
+      overflow = true;
+      len = cap;
+      return;
+    }
+    std::memcpy(p + len, s.data(), s.size());
+    len += s.size();
+  }
+  void num(uint64_t v) noexcept {
+    char tmp[24];
+    auto r = fmt::format_to_n(tmp, sizeof(tmp), "{}", v);
+    add(std::string_view(tmp, r.size));
+  }
+  void inum(int64_t v) noexcept {
+    if (v < 0) {
+      put('-');
+      v = -v;
+    }
+    num(static_cast<uint64_t>(v));
+  }
+  // Seconds with milliseconds, as nginx's $request_time: "0.002".
+  void secs(uint64_t ms) noexcept {
+    num(ms / 1000);
+    put('.');
+    char frac[4] = {static_cast<char>('0' + ms % 1000 / 100), static_cast<char>('0' + ms % 100 / 10),
+                    static_cast<char>('0' + ms % 10), 0};
+    add(std::string_view(frac, 3));
+  }
+  // nginx escapes '"', '\' and bytes outside 0x20..0x7e as \xHH in log values;
+  // an empty value is "-".
+  void logval(std::string_view s) noexcept {
+    if (s.empty()) {
+      put('-');
+      return;
+    }
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    for (unsigned char c : s) {
+      if (c == '"' || c == '\\' || c < 0x20 || c > 0x7e) {
+        put('\\');
+        put('x');
+        put(kHex[c >> 4]);
+        put(kHex[c & 15]);
+      } else {
+        put(static_cast<char>(c));
+      }
+    }
+  }
+  // A JSON string; bytes >= 0x80 (the target may hold any) become \u00XX, so
+  // the line is valid UTF-8 whatever the client sent.
+  void jstr(std::string_view s) noexcept {
+    static constexpr char kHex[] = "0123456789abcdef";
+    put('"');
+    for (unsigned char c : s) {
+      if (c == '"' || c == '\\') {
+        put('\\');
+        put(static_cast<char>(c));
+      } else if (c < 0x20 || c > 0x7e) {
+        add("\\u00");
+        put(kHex[c >> 4]);
+        put(kHex[c & 15]);
+      } else {
+        put(static_cast<char>(c));
+      }
+    }
+    put('"');
+  }
+  void jfield(std::string_view name, std::string_view value, bool first = false) noexcept {
+    if (!first) put(',');
+    jstr(name);
+    put(':');
+    jstr(value);
+  }
+  void jnum(std::string_view name, int64_t v) noexcept {
+    put(',');
+    jstr(name);
+    put(':');
+    inum(v);
+  }
+};
+
+// "28/Nov/2026:01:36:03 +0000", nginx's $time_local (gw logs in UTC).
+void time_local(Out& o, uint64_t wall_ms) noexcept {
+  const time_t t = static_cast<time_t>(wall_ms / 1000);
+  tm tmv{};
+  ::gmtime_r(&t, &tmv);
+  char buf[40];
+  size_t n = std::strftime(buf, sizeof(buf), "%d/%b/%Y:%H:%M:%S +0000", &tmv);
+  o.add(std::string_view(buf, n));
+}
+
+// "2026-11-28T01:36:03.123Z".
+void time_iso(Out& o, uint64_t wall_ms) noexcept {
+  const time_t t = static_cast<time_t>(wall_ms / 1000);
+  tm tmv{};
+  ::gmtime_r(&t, &tmv);
+  char buf[40];
+  size_t n = std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tmv);
+  o.add(std::string_view(buf, n));
+  auto r = fmt::format_to_n(buf, sizeof(buf), ".{:03}Z", wall_ms % 1000);
+  o.add(std::string_view(buf, r.size));
+}
+
+}  // namespace
+
+size_t AccessLog::format(char* buf, size_t cap, LogFormat f, const HttpLogEntry& e) noexcept {
+  Out o{buf, 0, cap};
+  if (f == LogFormat::json) {
+    o.put('{');
+    o.jstr("time");
+    o.put(':');
+    o.put('"');
+    time_iso(o, e.wall_ms);
+    o.put('"');
+    o.jfield("client", e.client);
+    o.jfield("listener", e.listener);
+    o.jfield("method", e.method);
+    o.jfield("target", e.target);
+    o.jfield("version", e.version);
+    o.jfield("host", e.host);
+    o.jnum("status", e.status);
+    o.jnum("bytes", static_cast<int64_t>(e.body_bytes));
+    o.jnum("request_time_ms", static_cast<int64_t>(e.request_ms));
+    o.jfield("referer", e.referer);
+    o.jfield("user_agent", e.user_agent);
+    o.jfield("upstream_addr", e.upstream_addr);
+    o.jnum("upstream_status", e.upstream_status);
+    o.jnum("upstream_time_ms", e.upstream_ms);
+    o.jfield("route", e.route);
+    o.jfield("rule", e.rule);
+    o.jfield("consumer", e.consumer);
+    o.jnum("retries", e.retries);
+    o.put('}');
+    return o.overflow ? 0 : o.len;
+  }
+  // combined: $remote_addr - $remote_user [$time_local] "$request" $status
+  //           $body_bytes_sent "$http_referer" "$http_user_agent"
+  o.logval(e.client);
+  o.add(" - ");
+  o.logval(e.consumer);
+  o.add(" [");
+  time_local(o, e.wall_ms);
+  o.add("] \"");
+  if (e.method.empty()) {
+    o.put('-');
+  } else {
+    o.logval(e.method);
+    o.put(' ');
+    o.logval(e.target);
+    o.put(' ');
+    o.logval(e.version);
+  }
+  o.add("\" ");
+  o.num(static_cast<uint64_t>(e.status));
+  o.put(' ');
+  o.num(e.body_bytes);
+  o.add(" \"");
+  o.logval(e.referer);
+  o.add("\" \"");
+  o.logval(e.user_agent);
+  o.put('"');
+  if (f == LogFormat::main) {
+    o.add(" rt=");
+    o.secs(e.request_ms);
+    o.add(" uaddr=");
+    o.logval(e.upstream_addr);
+    o.add(" ustatus=");
+    if (e.upstream_status) o.num(static_cast<uint64_t>(e.upstream_status));
+    else o.put('-');
+    o.add(" urt=");
+    if (e.upstream_ms >= 0) o.secs(static_cast<uint64_t>(e.upstream_ms));
+    else o.put('-');
+    o.add(" route=");
+    o.logval(e.route);
+    o.add(" rule=");
+    o.logval(e.rule);
+    o.add(" consumer=");
+    o.logval(e.consumer);
+    o.add(" retries=");
+    o.num(e.retries);
+    o.add(" host=\"");
+    o.logval(e.host);
+    o.put('"');
+  }
+  return o.overflow ? 0 : o.len;
+}
+
+size_t AccessLog::format(char* buf, size_t cap, LogFormat f, const StreamLogEntry& e) noexcept {
+  Out o{buf, 0, cap};
+  if (f == LogFormat::json) {
+    o.put('{');
+    o.jstr("time");
+    o.put(':');
+    o.put('"');
+    time_iso(o, e.wall_ms);
+    o.put('"');
+    o.jfield("client", e.client);
+    o.jfield("listener", e.listener);
+    o.jfield("protocol", e.protocol);
+    o.jfield("upstream_addr", e.upstream_addr);
+    o.jnum("bytes_in", static_cast<int64_t>(e.bytes_in));
+    o.jnum("bytes_out", static_cast<int64_t>(e.bytes_out));
+    o.jnum("duration_ms", static_cast<int64_t>(e.duration_ms));
+    o.jfield("frame_key", e.frame_key);
+    o.jfield("end", e.reason);
+    o.put('}');
+    return o.overflow ? 0 : o.len;
+  }
+  // nginx stream's usual log_format, with gw's names:
+  // $remote_addr [$time_local] PROTOCOL listener in out time upstream key end
+  o.logval(e.client);
+  o.add(" [");
+  time_local(o, e.wall_ms);
+  o.add("] ");
+  o.logval(e.protocol);
+  o.add(" listener=");
+  o.logval(e.listener);
+  o.add(" in=");
+  o.num(e.bytes_in);
+  o.add(" out=");
+  o.num(e.bytes_out);
+  o.add(" time=");
+  o.secs(e.duration_ms);
+  o.add(" upstream=\"");
+  o.logval(e.upstream_addr);
+  o.add("\" key=\"");
+  o.logval(e.frame_key);
+  o.add("\" end=");
+  o.logval(e.reason);
+  return o.overflow ? 0 : o.len;
+}
+
+void AccessLog::init(int fd, size_t files) {
+  fd_ = fd;
+  files_.clear();
+  files_.resize(files);
+  for (File& f : files_) {
+    f.chunks.resize(kMaxChunks);
+    for (Chunk& c : f.chunks) c.data = std::make_unique<char[]>(kChunkBytes);
+  }
+}
+
+char* AccessLog::reserve(uint8_t file, size_t n) noexcept {
+  if (file >= files_.size() || n + 1 > kChunkBytes) return nullptr;
+  File& f = files_[file];
+  if (f.count > 0) {
+    Chunk& last = f.chunks[(f.head + f.count - 1) % kMaxChunks];
+    if (last.len + n <= kChunkBytes) return last.data.get() + last.len;
+  }
+  if (f.count == kMaxChunks) return nullptr;  // the logger is behind: drop
+  Chunk& c = f.chunks[(f.head + f.count) % kMaxChunks];
+  ++f.count;
+  c.data[0] = static_cast<char>(file);
+  c.len = 1;
+  return c.data.get() + 1;
+}
+
+void AccessLog::commit(uint8_t file, size_t n) noexcept {
+  File& f = files_[file];
+  f.chunks[(f.head + f.count - 1) % kMaxChunks].len += static_cast<uint32_t>(n);
+}
+
+void AccessLog::log(uint8_t file, LogFormat f, const HttpLogEntry& e) noexcept {
+  if (fd_ < 0) return;
+  size_t n = format(line_, sizeof(line_) - 1, f, e);
+  if (n == 0) {
+    ++dropped_;  // longer than a line may be (an 8 KiB target, say)
+    return;
+  }
+  line_[n++] = '\n';
+  char* dst = reserve(file, n);
+  if (!dst) {
+    ++dropped_;
+    return;
+  }
+  std::memcpy(dst, line_, n);
+  commit(file, n);
+}
+
+void AccessLog::log(uint8_t file, LogFormat f, const StreamLogEntry& e) noexcept {
+  if (fd_ < 0) return;
+  size_t n = format(line_, sizeof(line_) - 1, f, e);
+  if (n == 0) {
+    ++dropped_;
+    return;
+  }
+  line_[n++] = '\n';
+  char* dst = reserve(file, n);
+  if (!dst) {
+    ++dropped_;
+    return;
+  }
+  std::memcpy(dst, line_, n);
+  commit(file, n);
+}
+
+void AccessLog::flush() noexcept {
+  if (fd_ < 0) return;
+  for (File& f : files_) {
+    while (f.count > 0) {
+      Chunk& c = f.chunks[f.head];
+      if (c.len > 1) {
+        ssize_t n = ::send(fd_, c.data.get(), c.len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return;  // EAGAIN: the logger is behind; the chunks wait (EPIPE: it is being respawned)
+      }
+      c.len = 0;
+      f.head = (f.head + 1) % kMaxChunks;
+      --f.count;
+    }
+  }
+}
+
+}  // namespace gw::proxy

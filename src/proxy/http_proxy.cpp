@@ -1,0 +1,1872 @@
+#include "gw/proxy/http_proxy.hpp"
+
+#include <arpa/inet.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+#include "gw/core/clock.hpp"
+#include "gw/core/log.hpp"
+#include "gw/net/socket.hpp"
+#include "gw/shm/runtime.hpp"
+#include "proxy/relay_common.hpp"
+
+namespace gw::proxy {
+
+static_assert(static_cast<size_t>(HttpOutcome::count) <= shm::kHttpOutcomeKinds);
+
+namespace {
+
+constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+constexpr uint32_t kBufSize = static_cast<uint32_t>(net::BufferPool::kBufferSize);
+/// After an error answer the connection is shut for writing and read (and
+/// discarded) for at most this long, so that unread request bytes do not
+/// turn our FIN into a reset that destroys the answer (nginx lingering_close).
+constexpr uint64_t kLingerMs = 2000;
+/// A response head must fit the response buffer.
+constexpr http::Limits kResponseLimits{8192, kBufSize, 4096, 8192};
+
+// Why an attempt failed (retry.on and the answer when no retry is left).
+constexpr uint8_t kFailError = 1;    // connect error, reset, close before the response
+constexpr uint8_t kFailTimeout = 2;  // connect, send or read timeout
+constexpr uint8_t kFailInvalid = 3;  // an invalid response head
+constexpr uint8_t kFailStatus = 4;   // a status listed in retry.on
+
+const char* reason_phrase(int status) noexcept {
+  switch (status) {
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 414: return "URI Too Long";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Error";
+  }
+}
+
+bool idempotent(http::Method m) noexcept {
+  // RFC 9110 9.2.2.
+  switch (m) {
+    case http::Method::get: case http::Method::head: case http::Method::put: case http::Method::delete_:
+    case http::Method::options: case http::Method::trace:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool iequals(std::string_view a, std::string_view b) noexcept { return http::iequals(a, b); }
+
+bool iends_with(std::string_view s, std::string_view suffix) noexcept {
+  return s.size() >= suffix.size() && iequals(s.substr(s.size() - suffix.size()), suffix);
+}
+
+/// "Example.com:8080" → "Example.com"; "[::1]:80" → "[::1]"; one trailing dot dropped.
+std::string_view host_without_port(std::string_view h) noexcept {
+  if (!h.empty() && h.front() == '[') {
+    auto close = h.find(']');
+    return close == std::string_view::npos ? h : h.substr(0, close + 1);
+  }
+  if (auto colon = h.rfind(':'); colon != std::string_view::npos) h = h.substr(0, colon);
+  if (!h.empty() && h.back() == '.') h.remove_suffix(1);
+  return h;
+}
+
+/// The value of cookie `name` in a Cookie field value ("a=1; b=2"), if present.
+bool find_cookie(std::string_view header, std::string_view name, std::string_view& value) noexcept {
+  while (!header.empty()) {
+    auto semi = header.find(';');
+    std::string_view pair = header.substr(0, semi);
+    header = semi == std::string_view::npos ? std::string_view{} : header.substr(semi + 1);
+    while (!pair.empty() && (pair.front() == ' ' || pair.front() == '\t')) pair.remove_prefix(1);
+    auto eq = pair.find('=');
+    if (eq == std::string_view::npos || pair.substr(0, eq) != name) continue;
+    value = pair.substr(eq + 1);
+    while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
+    if (value.size() >= 2 && value.front() == '"' && value.back() == '"') value = value.substr(1, value.size() - 2);
+    return true;
+  }
+  return false;
+}
+
+/// The value of query argument `name` (raw, as nginx's $arg_NAME), if present.
+bool find_arg(std::string_view query, std::string_view name, std::string_view& value) noexcept {
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    auto eq = pair.find('=');
+    std::string_view k = pair.substr(0, eq);
+    if (k.size() == name.size() && iequals(k, name)) {  // nginx compares $arg_ names case-insensitively
+      value = eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1);
+      return true;
+    }
+  }
+  return false;
+}
+
+/// Appends to a fixed buffer; remembers an overflow instead of failing each call.
+struct Writer {
+  char* p;
+  uint32_t len;
+  uint32_t cap;
+  bool overflow = false;
+  Writer& add(std::string_view s) noexcept {
+    if (overflow || s.size() > cap - len) {
+      overflow = true;
+      return *this;
+    }
+    std::memcpy(p + len, s.data(), s.size());
+    len += static_cast<uint32_t>(s.size());
+    return *this;
+  }
+  Writer& num(uint64_t v) noexcept {
+    char tmp[24];
+    auto r = fmt::format_to_n(tmp, sizeof(tmp), "{}", v);
+    return add(std::string_view(tmp, r.size));
+  }
+  Writer& field(std::string_view name, std::string_view value) noexcept {
+    return add(name).add(": ").add(value).add("\r\n");
+  }
+};
+
+/// Whether `buf[from, to)` holds the end of a head: LF followed by CRLF or LF
+/// (a bare-LF head is then rejected by the parser). `from` may point just
+/// past an LF seen by an earlier scan.
+bool head_end_in(const char* buf, uint32_t start, uint32_t from, uint32_t to) noexcept {
+  uint32_t i = from > start + 2 ? from - 2 : start;
+  while (i < to) {
+    const void* lf = std::memchr(buf + i, '\n', to - i);
+    if (!lf) return false;
+    uint32_t at = static_cast<uint32_t>(static_cast<const char*>(lf) - buf);
+    if (at + 1 < to && buf[at + 1] == '\n') return true;
+    if (at + 2 < to && buf[at + 1] == '\r' && buf[at + 2] == '\n') return true;
+    i = at + 1;
+  }
+  return false;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// set-up
+
+HttpProxy::HttpProxy(RelayEnv& env, const config::Config& cfg, uint32_t max_conns) : env_(env), cfg_(cfg) {
+  // Reserved, not touched: a slot's memory is paid for when it is first used.
+  conns_.reserve(max_conns);
+  ups_.reserve(max_conns);
+  fields_.resize(kMaxFields);
+  listeners_.resize(cfg.listeners.size());
+  for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+    const config::ListenerConf& l = cfg.listeners[i];
+    ListenerRt& lr = listeners_[i];
+    lr.conf = &l;
+    lr.limits.max_start_line = l.http.max_request_line;
+    lr.limits.max_head = l.http.max_header_bytes;
+    lr.log = !l.access_log.path.empty();
+    lr.log_file = l.access_log.file;
+    lr.log_format = static_cast<LogFormat>(l.access_log.format);
+  }
+}
+
+void HttpProxy::refresh() {
+  if (idle_head_.empty()) {
+    // The worker fills env_ after constructing its parts: size here.
+    idle_head_.assign(env_.seg->caps().max_hosts, kNone);
+    idle_count_.assign(env_.seg->caps().max_hosts, 0);
+  }
+  const balance::Snapshot& snap = *env_.snap;
+  const shm::Table& t = snap.table();
+  routes_.clear();
+  rules_.clear();
+  for (size_t li = 0; li < cfg_.listeners.size(); ++li) {
+    const config::ListenerConf& l = cfg_.listeners[li];
+    ListenerRt& lr = listeners_[li];
+    lr.first_route = static_cast<uint32_t>(routes_.size());
+    lr.n_routes = 0;
+    if (l.protocol != config::Protocol::http) continue;
+    for (const config::RouteConf& rc : l.routes) {
+      RouteRt r;
+      r.conf = &rc;
+      if (rc.host == "*") {
+        r.host_kind = HostKind::any;
+      } else if (rc.host.starts_with("*.")) {
+        r.host_kind = HostKind::suffix;
+        r.host = std::string_view(rc.host).substr(1);  // ".example.com"
+      } else {
+        r.host_kind = HostKind::exact;
+        r.host = rc.host;
+      }
+      r.upstream = snap.find_upstream(rc.upstream);
+      r.first_rule = static_cast<uint32_t>(rules_.size());
+      const int ti = t.find_route(l.name, rc.name);
+      auto recs = t.rules();
+      for (size_t k = 0; ti >= 0 && k < recs.size(); ++k) {
+        const shm::RuleRecord& rec = recs[k];
+        if (rec.route != ti) continue;
+        RuleRt rr;
+        rr.id = shm::name_of(rec.id);
+        rr.upstream = snap.find_upstream(shm::name_of(rec.upstream));
+        rr.match = rec.match;
+        rr.percent_bp = rec.percent_bp;
+        rr.first_cidr = rec.first_cidr;
+        rr.n_cidrs = rec.n_cidrs;
+        rr.header_name = shm::name_of(rec.header_name);
+        rr.header_value = std::string_view(rec.header_value, ::strnlen(rec.header_value, shm::kRuleValueCap));
+        rr.cookie_name = shm::name_of(rec.cookie_name);
+        rr.cookie_value = std::string_view(rec.cookie_value, ::strnlen(rec.cookie_value, shm::kRuleValueCap));
+        rules_.push_back(rr);
+      }
+      r.n_rules = static_cast<uint32_t>(rules_.size()) - r.first_rule;
+      routes_.push_back(r);
+      ++lr.n_routes;
+    }
+  }
+  // Settings the table does not carry come from the config, by name.
+  upstreams_.assign(snap.upstreams().size(), UpstreamRt{});
+  auto recs = t.upstreams();
+  for (size_t u = 0; u < recs.size() && u < upstreams_.size(); ++u) {
+    for (const auto& uc : cfg_.upstreams)
+      if (uc.name == shm::name_of(recs[u].name)) upstreams_[u].conf = &uc;
+    const uint32_t tries = upstreams_[u].conf && upstreams_[u].conf->retry.tries ? upstreams_[u].conf->retry.tries
+                                                                                   : snap.upstreams()[u].tries;
+    upstreams_[u].tries = std::clamp<uint32_t>(tries, 1, kMaxTries);
+  }
+  // Idle upstream connections to hosts that left the table (or whose slot
+  // now belongs to another host) are closed.
+  std::vector<uint32_t> live(idle_head_.size(), 0);
+  for (const shm::HostRecord& h : t.hosts())
+    if (h.slot < live.size()) live[h.slot] = h.tag;
+  for (uint32_t slot = 0; slot < idle_head_.size(); ++slot) {
+    uint32_t i = idle_head_[slot];
+    while (i != kNone) {
+      UpConn& u = ups_[i];
+      i = u.idle_next;
+      if (live[slot] != u.host_tag) close_up(u);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// buffers and bookkeeping
+
+bool HttpProxy::acquire(Buf& b) noexcept {
+  if (b.p) return true;
+  b.p = env_.buffers->acquire();
+  b.head = b.tail = 0;
+  return b.p != nullptr;
+}
+
+void HttpProxy::release(Buf& b) noexcept {
+  if (b.p) env_.buffers->release(b.p);
+  b = Buf{};
+}
+
+void HttpProxy::count(HttpOutcome o) noexcept { bump(env_.seg->worker(env_.worker).http_outcomes[static_cast<size_t>(o)]); }
+
+HttpProxy::Conn* HttpProxy::new_conn() noexcept {
+  if (conn_free_ != kNone) {
+    Conn& c = conns_[conn_free_];
+    conn_free_ = c.next_free;
+    return &c;
+  }
+  if (conns_.size() == conns_.capacity()) return nullptr;
+  conns_.emplace_back();  // within the reservation: never reallocates
+  return &conns_.back();
+}
+
+HttpProxy::UpConn* HttpProxy::new_up() noexcept {
+  if (up_free_ != kNone) {
+    UpConn& u = ups_[up_free_];
+    up_free_ = u.next_free;
+    return &u;
+  }
+  if (ups_.size() == ups_.capacity()) return nullptr;
+  ups_.emplace_back();
+  return &ups_.back();
+}
+
+bool HttpProxy::owns(const net::TimerNode& n) const noexcept {
+  const auto* p = reinterpret_cast<const char*>(&n);
+  const auto* c0 = reinterpret_cast<const char*>(conns_.data());
+  const auto* u0 = reinterpret_cast<const char*>(ups_.data());
+  return (p >= c0 && p < c0 + conns_.size() * sizeof(Conn)) || (p >= u0 && p < u0 + ups_.size() * sizeof(UpConn));
+}
+
+// ---------------------------------------------------------------------------
+// accept and close
+
+void HttpProxy::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept {
+  Conn* cp = new_conn();
+  if (!cp) {
+    ::close(fd);
+    return;
+  }
+  Conn& c = *cp;
+  const uint32_t gen = c.gen;
+  c = Conn{};
+  c.gen = gen;
+  c.fd = fd;
+  c.state = CState::head;
+  c.listener = static_cast<uint16_t>(listener);
+  if (peer) c.peer = core::SockAddr::from_sockaddr(peer);
+  c.c_read_ms = env_.now_ms;
+  ++active_;
+  net::set_nodelay(fd);
+  auto& w = env_.seg->worker(env_.worker);
+  bump(w.connections);
+  bump(w.accepted);
+  if (env_.epoll->add(fd, kSocketEvents, conn_data(c)) != 0) {
+    close_conn(c);
+    return;
+  }
+  c.c_in = true;  // a request may already be queued
+  drive(c);
+}
+
+void HttpProxy::close_up(UpConn& u) noexcept {
+  if (u.state == UState::free) return;
+  if (u.state == UState::idle) idle_unlink(u);
+  if (u.bound) {
+    shm::counter_close(env_.seg->counter(env_.worker, u.host_slot), u.host_tag);
+    u.bound = false;
+  }
+  env_.timers->cancel(u);
+  if (u.fd >= 0) ::close(u.fd);
+  u.fd = -1;
+  u.state = UState::free;
+  u.owner = kNone;
+  ++u.gen;
+  u.next_free = up_free_;
+  up_free_ = index_of(u);
+}
+
+void HttpProxy::close_conn(Conn& c) noexcept {
+  if (c.state == CState::free) return;
+  if (c.log_pending) log_request(c);
+  if (c.up != kNone) {
+    close_up(ups_[c.up]);
+    c.up = kNone;
+  }
+  env_.timers->cancel(c);
+  if (c.fd >= 0) ::close(c.fd);
+  c.fd = -1;
+  release(c.in);
+  release(c.rq);
+  release(c.rs);
+  release(c.out);
+  release(c.lg);
+  c.state = CState::free;
+  ++c.gen;
+  c.next_free = conn_free_;
+  conn_free_ = index_of(c);
+  --active_;
+  auto& w = env_.seg->worker(env_.worker);
+  w.connections.store(w.connections.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+}
+
+void HttpProxy::close_all() noexcept {
+  for (Conn& c : conns_) close_conn(c);
+  for (UpConn& u : ups_) close_up(u);
+}
+
+void HttpProxy::drain() noexcept {
+  draining_ = true;
+  for (Conn& c : conns_) {
+    if (c.state == CState::head && c.in.size() == 0) close_conn(c);  // idle keep-alive
+    else c.keep_alive = false;
+  }
+  for (UpConn& u : ups_)
+    if (u.state == UState::idle) close_up(u);
+}
+
+// ---------------------------------------------------------------------------
+// the keep-alive lists: one per host slot, most recently idle first
+
+void HttpProxy::idle_push(UpConn& u) noexcept {
+  const uint32_t i = index_of(u);
+  u.state = UState::idle;
+  u.owner = kNone;
+  u.idle_prev = kNone;
+  u.idle_next = idle_head_[u.host_slot];
+  if (u.idle_next != kNone) ups_[u.idle_next].idle_prev = i;
+  idle_head_[u.host_slot] = i;
+  ++idle_count_[u.host_slot];
+}
+
+void HttpProxy::idle_unlink(UpConn& u) noexcept {
+  if (u.idle_prev != kNone) ups_[u.idle_prev].idle_next = u.idle_next;
+  else idle_head_[u.host_slot] = u.idle_next;
+  if (u.idle_next != kNone) ups_[u.idle_next].idle_prev = u.idle_prev;
+  u.idle_prev = u.idle_next = kNone;
+  --idle_count_[u.host_slot];
+}
+
+HttpProxy::UpConn* HttpProxy::idle_take(uint32_t slot, uint32_t tag) noexcept {
+  while (slot < idle_head_.size() && idle_head_[slot] != kNone) {
+    UpConn& u = ups_[idle_head_[slot]];
+    idle_unlink(u);
+    env_.timers->cancel(u);
+    // A connection the host closed (or wrote to) while idle must not carry a
+    // request: its event may still be queued behind this one, so look.
+    char b;
+    ssize_t n = u.host_tag == tag && !u.u_hup ? ::recv(u.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) : 0;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return &u;
+    u.state = UState::busy;  // close_up() must not unlink it again
+    close_up(u);
+  }
+  return nullptr;
+}
+
+void HttpProxy::release_up(UpConn& u, bool reusable) noexcept {
+  if (u.bound) {
+    shm::counter_close(env_.seg->counter(env_.worker, u.host_slot), u.host_tag);
+    u.bound = false;
+  }
+  const UpstreamRt* ur =
+      u.upstream >= 0 && static_cast<size_t>(u.upstream) < upstreams_.size() ? &upstreams_[static_cast<size_t>(u.upstream)] : nullptr;
+  const config::UpstreamConf* uc = ur ? ur->conf : nullptr;
+  if (!reusable || !uc || draining_ || uc->keepalive.max_idle == 0 || u.requests >= uc->keepalive.max_requests ||
+      u.u_hup) {
+    close_up(u);
+    return;
+  }
+  // Over max_idle: the connection idle longest goes.
+  if (idle_count_[u.host_slot] >= uc->keepalive.max_idle) {
+    uint32_t i = idle_head_[u.host_slot], last = kNone;
+    while (i != kNone) {
+      last = i;
+      i = ups_[i].idle_next;
+    }
+    if (last != kNone) close_up(ups_[last]);
+  }
+  idle_push(u);
+  env_.timers->schedule(u, env_.now_ms + uc->keepalive.idle_timeout_ms);
+}
+
+// ---------------------------------------------------------------------------
+// events and timers
+
+void HttpProxy::on_event(uint64_t data, uint32_t events) noexcept {
+  const uint32_t idx = static_cast<uint32_t>(data);
+  const bool hup = events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR);
+  if (event_kind(data) == kKindHttpClient) {
+    if (idx >= conns_.size()) return;
+    Conn& c = conns_[idx];
+    if (c.state == CState::free || !event_gen_is(data, c.gen)) return;  // stale
+    if (events & EPOLLIN) c.c_in = true;
+    if (events & EPOLLOUT) c.c_out = true;
+    if (hup) {
+      c.c_hup = true;
+      c.c_in = true;  // the FIN or the error is read like data
+    }
+    drive(c);
+    return;
+  }
+  if (idx >= ups_.size()) return;
+  UpConn& u = ups_[idx];
+  if (u.state == UState::free || !event_gen_is(data, u.gen)) return;
+  if (events & EPOLLIN) u.u_in = true;
+  if (events & EPOLLOUT) u.u_out = true;
+  if (hup) {
+    u.u_hup = true;
+    u.u_in = true;
+  }
+  if (u.state == UState::idle) {
+    // An idle connection has nothing to say: data or a FIN means it is done.
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) close_up(u);
+    return;
+  }
+  if (u.owner == kNone) return;
+  Conn& c = conns_[u.owner];
+  if (u.state == UState::connecting) {
+    if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
+    const int err = net::socket_error(u.fd);
+    if (err != 0) {
+      upstream_failed(c, kFailError, err);
+      if (c.state != CState::free) drive(c);
+      return;
+    }
+    on_connected(c, u);
+  }
+  drive(c);
+}
+
+void HttpProxy::on_timer(net::TimerNode& n) noexcept {
+  const auto* p = reinterpret_cast<const char*>(&n);
+  const auto* u0 = reinterpret_cast<const char*>(ups_.data());
+  if (p >= u0 && p < u0 + ups_.size() * sizeof(UpConn)) {
+    UpConn& u = static_cast<UpConn&>(n);
+    if (u.state == UState::idle) close_up(u);  // keepalive.idle_timeout_ms
+    return;
+  }
+  Conn& c = static_cast<Conn&>(n);
+  const uint64_t now = env_.now_ms;
+  const config::HttpConf& hc = listeners_[c.listener].conf->http;
+  switch (c.state) {
+    case CState::free:
+      return;
+    case CState::head:
+      if (c.in.size() > 0 && now >= c.started_ms + hc.client_header_timeout_ms) {
+        count(HttpOutcome::client_timeout);
+        respond_error(c, 408, false);
+        if (c.state != CState::free) drive(c);
+        return;
+      }
+      if (c.in.size() == 0) {
+        close_conn(c);  // keepalive_timeout_ms
+        return;
+      }
+      break;
+    case CState::busy: {
+      UpConn* u = c.up != kNone ? &ups_[c.up] : nullptr;
+      const config::UpstreamConf* uc =
+          c.upstream >= 0 && static_cast<size_t>(c.upstream) < upstreams_.size() ? upstreams_[static_cast<size_t>(c.upstream)].conf : nullptr;
+      if (u && uc) {
+        const balance::UpstreamView& uv = env_.snap->upstreams()[static_cast<size_t>(c.upstream)];
+        const bool timed_out =
+            (u->state == UState::connecting && now >= c.u_write_ms + uv.connect_timeout_ms) ||
+            (u->state == UState::busy && !c.resp_done && now >= std::max(c.u_read_ms, c.u_write_ms) + uc->read_timeout_ms) ||
+            (u->state == UState::busy && !u->u_out && now >= c.u_write_ms + uc->send_timeout_ms &&
+             (c.rq.size() > 0 || c.sent < c.body_end));
+        if (timed_out) {
+          if (c.resp_started) {
+            close_conn(c);  // mid-response: nothing to answer with
+            return;
+          }
+          upstream_failed(c, kFailTimeout, ETIMEDOUT);
+          if (c.state != CState::free) drive(c);
+          return;
+        }
+      }
+      if (!c.req_body_done && now >= c.c_read_ms + hc.client_body_timeout_ms) {
+        count(HttpOutcome::client_timeout);
+        if (c.resp_started) close_conn(c);
+        else respond_error(c, 408, false);
+        if (c.state != CState::free) drive(c);
+        return;
+      }
+      if (!c.c_out && (c.out.size() > 0 || c.rs.head < c.rs_dec) && now >= c.c_write_ms + hc.send_timeout_ms) {
+        close_conn(c);
+        return;
+      }
+      break;
+    }
+    case CState::tunnel: {
+      const uint32_t idle = c.upstream >= 0 ? env_.snap->upstreams()[static_cast<size_t>(c.upstream)].idle_timeout_ms : 60000;
+      if (now >= std::max({c.c_read_ms, c.c_write_ms, c.u_read_ms, c.u_write_ms}) + idle) {
+        close_conn(c);
+        return;
+      }
+      break;
+    }
+    case CState::closing:
+      if (now >= c.started_ms + kLingerMs) {
+        close_conn(c);
+        return;
+      }
+      break;
+  }
+  arm(c);
+}
+
+void HttpProxy::arm(Conn& c) noexcept {
+  if (c.state == CState::free) return;
+  const config::HttpConf& hc = listeners_[c.listener].conf->http;
+  uint64_t d = ~0ull;
+  auto at = [&d](uint64_t t) { d = std::min(d, t); };
+  switch (c.state) {
+    case CState::free:
+      return;
+    case CState::head:
+      if (c.in.size() > 0) at(c.started_ms + hc.client_header_timeout_ms);
+      else at(c.c_read_ms + hc.keepalive_timeout_ms);
+      break;
+    case CState::busy: {
+      const UpConn* u = c.up != kNone ? &ups_[c.up] : nullptr;
+      const config::UpstreamConf* uc =
+          c.upstream >= 0 && static_cast<size_t>(c.upstream) < upstreams_.size() ? upstreams_[static_cast<size_t>(c.upstream)].conf : nullptr;
+      if (u && uc) {
+        if (u->state == UState::connecting)
+          at(c.u_write_ms + env_.snap->upstreams()[static_cast<size_t>(c.upstream)].connect_timeout_ms);
+        if (u->state == UState::busy && !c.resp_done) at(std::max(c.u_read_ms, c.u_write_ms) + uc->read_timeout_ms);
+        if (u->state == UState::busy && !u->u_out && (c.rq.size() > 0 || c.sent < c.body_end))
+          at(c.u_write_ms + uc->send_timeout_ms);
+      }
+      if (!c.req_body_done) at(c.c_read_ms + hc.client_body_timeout_ms);
+      if (!c.c_out && (c.out.size() > 0 || c.rs.head < c.rs_dec)) at(c.c_write_ms + hc.send_timeout_ms);
+      break;
+    }
+    case CState::tunnel: {
+      const uint32_t idle = c.upstream >= 0 ? env_.snap->upstreams()[static_cast<size_t>(c.upstream)].idle_timeout_ms : 60000;
+      at(std::max({c.c_read_ms, c.c_write_ms, c.u_read_ms, c.u_write_ms}) + idle);
+      break;
+    }
+    case CState::closing:
+      at(c.started_ms + kLingerMs);
+      break;
+  }
+  if (d == ~0ull) env_.timers->cancel(c);
+  else if (!c.linked() || c.deadline_ms != d) env_.timers->schedule(c, d);
+}
+
+// ---------------------------------------------------------------------------
+// the client side
+
+void HttpProxy::drive(Conn& c) noexcept {
+  const uint32_t gen = c.gen;
+  for (;;) {
+    bool progress = false;
+    switch (c.state) {
+      case CState::free:
+        return;
+      case CState::head:
+        progress = read_client(c);
+        break;
+      case CState::busy: {
+        if (!c.req_body_done && c.c_in) progress |= read_client(c);
+        if (c.state != CState::busy || c.gen != gen) break;
+        if (c.req_body_done && c.c_hup && c.c_in) progress |= read_client(c);  // a FIN or reset while waiting
+        if (c.state != CState::busy || c.gen != gen) break;
+        UpConn* u = c.up != kNone ? &ups_[c.up] : nullptr;
+        if (u && u->state == UState::busy && u->u_out && (c.rq.size() > 0 || c.sent < c.body_end)) {
+          progress |= send_upstream(c, *u);
+          if (c.state != CState::busy || c.gen != gen) break;
+        }
+        u = c.up != kNone ? &ups_[c.up] : nullptr;
+        if (u && u->state == UState::busy && u->u_in && !c.resp_done) {
+          progress |= read_upstream(c, *u);
+          if (c.state != CState::busy || c.gen != gen) break;
+        }
+        if (c.c_out && (c.out.size() > 0 || c.rs.head < c.rs_dec)) {
+          progress |= flush_client(c);
+          if (c.state != CState::busy || c.gen != gen) break;
+        }
+        if (c.resp_done && c.out.size() == 0 && c.rs.head >= c.rs_dec) {
+          finish_request(c);
+          progress = true;
+        }
+        break;
+      }
+      case CState::tunnel:
+        pump_tunnel(c, ups_[c.up]);  // runs each side until it would block
+        break;
+      case CState::closing:
+        progress = flush_client(c);
+        if (c.state != CState::closing || c.gen != gen) break;
+        if (c.out.size() == 0) {
+          if (!c.shut_wr) {
+            ::shutdown(c.fd, SHUT_WR);
+            c.shut_wr = true;
+          }
+          // Read and drop whatever the client still sends, until its FIN.
+          char sink[4096];
+          while (c.c_in) {
+            ssize_t n = ::recv(c.fd, sink, sizeof(sink), MSG_DONTWAIT);
+            if (n > 0) continue;
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+              c.c_in = false;
+              break;
+            }
+            close_conn(c);  // FIN or error: done
+            return;
+          }
+        }
+        progress = false;
+        break;
+    }
+    if (c.state == CState::free || c.gen != gen) return;
+    if (!progress) break;
+  }
+  arm(c);
+}
+
+// Reads from the client into `in`. In state head it also parses; in busy it
+// feeds the request body decoder. Returns whether anything happened.
+bool HttpProxy::read_client(Conn& c) noexcept {
+  if (c.state == CState::head) {
+    if (c.scan < c.in.head || c.scan > c.in.tail) c.scan = c.in.head;  // the buffer was given back or moved
+    // A pipelined request may already be whole in the buffer.
+    if (c.in.size() > 0 && c.scan < c.in.tail) {
+      const ListenerRt& l = listeners_[c.listener];
+      const bool end = head_end_in(c.in.p, c.in.head, c.scan, c.in.tail);
+      c.scan = c.in.tail;
+      if (end || c.in.size() >= l.limits.max_head) {
+        parse_request(c);
+        return true;
+      }
+    }
+    if (!c.c_in) return false;
+    if (!acquire(c.in)) {
+      close_conn(c);  // out of buffer memory
+      return false;
+    }
+    if (c.in.head > 0) {  // the previous request's bytes are done with
+      const uint32_t n = c.in.size();
+      std::memmove(c.in.p, c.in.p + c.in.head, n);
+      c.scan -= c.in.head;
+      c.in.head = 0;
+      c.in.tail = n;
+    }
+    const uint32_t room = kBufSize - c.in.tail;
+    if (room == 0) {
+      // Only leading empty lines can fill the buffer without the parser
+      // having refused the head already.
+      count(HttpOutcome::bad_request);
+      c.state = CState::busy;
+      c.resp_started = c.resp_done = false;
+      respond_error(c, 431, false);
+      return true;
+    }
+    const ssize_t n = ::recv(c.fd, c.in.p + c.in.tail, room, MSG_DONTWAIT);
+    if (n > 0) {
+      if (c.in.size() == 0) c.started_ms = env_.now_ms;
+      c.in.tail += static_cast<uint32_t>(n);
+      c.c_read_ms = env_.now_ms;
+      if (static_cast<uint32_t>(n) < room && !c.c_hup) c.c_in = false;  // edge-triggered: a short read drained it
+      return true;
+    }
+    if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+      close_conn(c);  // the client is gone; an unfinished head is dropped as nginx does
+      return false;
+    }
+    if (errno == EINTR) return true;
+    c.c_in = false;
+    if (c.in.size() == 0) release(c.in);  // an idle keep-alive connection holds no buffer
+    return false;
+  }
+
+  // busy: the request body, or a FIN/reset while waiting for the response.
+  if (!acquire(c.in)) {
+    close_conn(c);
+    return false;
+  }
+  if (c.in.tail == kBufSize) {
+    // Make room: drop bytes already sent upstream, unless a retry may need
+    // them; then give up on retries rather than stall.
+    uint32_t keep = c.retryable ? c.body_start : c.sent;
+    if (keep == 0 && c.retryable && c.sent > 0) {
+      c.retryable = false;
+      keep = c.sent;
+    }
+    if (keep == 0) return false;  // full of unsent bytes: back-pressure
+    std::memmove(c.in.p, c.in.p + keep, c.in.tail - keep);
+    c.in.tail -= keep;
+    c.body_end -= keep;
+    c.sent -= keep;
+    c.body_start = c.body_start > keep ? c.body_start - keep : 0;
+  }
+  if (c.req_body_done) {
+    // Only a FIN or reset is of interest now; pipelined bytes may follow in
+    // the socket and are read once this request is done.
+    char b;
+    const ssize_t n = ::recv(c.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0) {
+      c.c_eof = true;        // a half-close after a whole request is not an abort (HAProxy's default)
+      c.keep_alive = false;  // but no further request can come
+      c.c_in = false;
+      c.c_hup = false;
+      return false;
+    }
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      close_conn(c);  // reset by the client: abort
+      return false;
+    }
+    c.c_in = false;
+    c.c_hup = false;
+    return false;
+  }
+  const uint32_t room = kBufSize - c.in.tail;
+  const ssize_t n = ::recv(c.fd, c.in.p + c.in.tail, room, MSG_DONTWAIT);
+  if (n > 0) {
+    c.in.tail += static_cast<uint32_t>(n);
+    c.c_read_ms = env_.now_ms;
+    if (static_cast<uint32_t>(n) < room && !c.c_hup) c.c_in = false;
+    pump_request_body(c);
+    return true;
+  }
+  if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+    // The body ended early: the request is incomplete; nothing can be answered.
+    close_conn(c);
+    return false;
+  }
+  if (errno == EINTR) return true;
+  c.c_in = false;
+  return false;
+}
+
+// Runs the request body decoder over the bytes read so far.
+void HttpProxy::pump_request_body(Conn& c) noexcept {
+  while (!c.req_body_done && c.body_end < c.in.tail) {
+    http::BodyStep st = c.req_body.decode(std::string_view(c.in.p + c.body_end, c.in.tail - c.body_end));
+    c.body_end += static_cast<uint32_t>(st.consumed);
+    if (st.status == http::BodyStatus::done) {
+      c.req_body_done = true;
+    } else if (st.status == http::BodyStatus::error) {
+      count(HttpOutcome::bad_request);
+      if (c.resp_started) close_conn(c);
+      else respond_error(c, 400, false);
+      return;
+    } else if (st.consumed == 0) {
+      break;
+    }
+  }
+  if (c.req_body.done()) c.req_body_done = true;
+}
+
+void HttpProxy::parse_request(Conn& c) noexcept {
+  const ListenerRt& l = listeners_[c.listener];
+  http::Parser p(http::Parser::Kind::request, std::span<http::Field>(fields_.data(), l.conf->http.max_headers), l.limits);
+  const http::ParseStatus st = p.parse(std::string_view(c.in.p + c.in.head, c.in.size()));
+  if (st == http::ParseStatus::need_more) return;  // more bytes are needed: read on
+  bump(env_.seg->worker(env_.worker).http_requests);
+  if (st == http::ParseStatus::error) {
+    count(HttpOutcome::bad_request);
+    c.state = CState::busy;
+    c.resp_started = c.resp_done = false;
+    c.head_req = false;
+    if (l.log) {
+      http::Head none;
+      log_begin(c, none);  // logged with "-" for the request
+    }
+    respond_error(c, http::error_status(p.error()), false);
+    return;
+  }
+  start_request(c, p.head());
+}
+
+void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
+  const ListenerRt& l = listeners_[c.listener];
+  c.state = CState::busy;
+  ++c.requests;
+  c.http10 = h.version == http::Version::http10;
+  c.head_req = h.method == http::Method::head;
+  c.idempotent = idempotent(h.method);
+  c.upgrade = h.upgrade;
+  c.keep_alive = h.keep_alive && !draining_ && c.requests < l.conf->http.keepalive_requests &&
+                 l.conf->http.keepalive_timeout_ms > 0;
+  c.expect_continue = h.expect_continue;
+  c.resp_started = c.resp_done = c.dechunk = c.resp_close = false;
+  c.req_body_done = false;
+  c.retryable = true;
+  c.attempts = 0;
+  c.last_fail = kFailError;
+  c.rule = -1;
+  c.upstream = -1;
+  c.route = 0xffff;
+  c.first_try_ms = env_.now_ms;
+  c.u_read_ms = c.u_write_ms = c.c_write_ms = env_.now_ms;
+  c.rs_dec = 0;
+  c.scan = 0;  // now searches the response buffer
+  c.up_keep = false;
+  c.last_status = 0;
+  c.method = h.method;
+  if (l.log) log_begin(c, h);
+
+  // The body: from right after the head; the head itself is done with once
+  // the request head for the upstream is written below.
+  c.body_start = c.body_end = c.sent = c.in.head + h.head_len;
+  c.req_body.reset(h);
+
+  if (h.method == http::Method::connect) {
+    // A reverse proxy does not open tunnels to arbitrary authorities.
+    count(HttpOutcome::bad_request);
+    respond_error(c, 501, false);
+    return;
+  }
+
+  // Host and path: an absolute-form target names them itself (RFC 9112 3.2.2).
+  std::string_view host = h.host, target = h.target, path = h.target;
+  if (h.target_form == http::TargetForm::absolute) {
+    std::string_view rest = target.substr(target.find("://") + 3);
+    auto slash = rest.find_first_of("/?");
+    host = rest.substr(0, slash);
+    target = slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
+    path = target;
+  } else if (h.target_form == http::TargetForm::asterisk) {
+    path = "/";
+  }
+  if (auto q = path.find('?'); q != std::string_view::npos) path = path.substr(0, q);
+  if (path.empty()) path = "/";  // "http://host?q" has the empty path, that is "/" (RFC 9112 3.2.2)
+
+  const int ri = match_route(l, host_without_port(host), path);
+  if (ri < 0) {
+    count(HttpOutcome::no_route);
+    pump_request_body(c);
+    respond_error(c, 404, true);
+    return;
+  }
+  c.route = static_cast<uint16_t>(ri);
+  const RouteRt& route = routes_[static_cast<size_t>(ri)];
+
+  // The hash key (also the client key of percentage rules).
+  std::string_view key;
+  bool have_key = false;
+  char ip[64];
+  const config::RouteConf& rc = *route.conf;
+  switch (rc.hash_key) {
+    case config::HashKey::ip:
+    case config::HashKey::frame:
+      break;
+    case config::HashKey::header:
+      if (const http::Field* f = http::find_field(h, rc.hash_key_name)) key = f->value, have_key = true;
+      break;
+    case config::HashKey::cookie:
+      for (const http::Field& f : h.fields)
+        if (iequals(f.name, "cookie") && find_cookie(f.value, rc.hash_key_name, key)) {
+          have_key = true;
+          break;
+        }
+      break;
+    case config::HashKey::arg:
+      if (auto q = target.find('?'); q != std::string_view::npos) have_key = find_arg(target.substr(q + 1), rc.hash_key_name, key);
+      break;
+    case config::HashKey::uri:
+      key = h.target;  // nginx's $request_uri: the target as sent
+      have_key = true;
+      break;
+  }
+  // The client address as nginx's $remote_addr writes it.
+  ip[0] = '\0';
+  if (c.peer.family == AF_INET6) ::inet_ntop(AF_INET6, c.peer.ip, ip, sizeof(ip));
+  else if (c.peer.family == AF_INET) ::inet_ntop(AF_INET, c.peer.ip, ip, sizeof(ip));
+  if (rc.hash_key == config::HashKey::ip) key = ip, have_key = true;
+  // Keys longer than kMaxKey are hashed by their first kMaxKey bytes; an
+  // empty key is a missing key (round robin, counted).
+  c.key_len = static_cast<uint8_t>(have_key ? std::min<size_t>(key.size(), kMaxKey) : 0);
+  std::memcpy(c.key, key.data(), c.key_len);
+
+  // Rules (first match wins), then the route's own upstream. A percentage
+  // hashes the route's key when the request has one, else the client address.
+  const int rule = match_rule(route, c, h, c.key_len ? std::string_view(c.key, c.key_len) : std::string_view(ip));
+  c.rule = static_cast<int16_t>(rule);
+  if (rule >= 0 && c.lg.p) {
+    // The rule's id, for the access log (the rule may change before the request ends).
+    const std::string_view id = rules_[static_cast<size_t>(rule)].id;
+    const size_t n = std::min<size_t>(id.size(), kBufSize - c.lg.tail);
+    std::memcpy(c.lg.p + c.lg.tail, id.data(), n);
+    c.lg.tail += static_cast<uint32_t>(n);
+    c.lg_len[Conn::kRule] = static_cast<uint16_t>(n);
+  }
+  c.upstream = static_cast<int16_t>(rule >= 0 ? rules_[static_cast<size_t>(rule)].upstream : route.upstream);
+  if (c.upstream < 0) {
+    // The route's upstream is not in the table: nothing can serve it.
+    count(HttpOutcome::no_host);
+    bump(env_.seg->worker(env_.worker).no_host);
+    pump_request_body(c);
+    respond_error(c, 503, true);
+    return;
+  }
+
+  if (!build_request_head(c, h, route)) {
+    count(HttpOutcome::bad_request);
+    respond_error(c, 431, false);
+    return;
+  }
+  c.in.head = c.body_start;  // the head's bytes are no longer needed
+  pump_request_body(c);
+  if (c.state != CState::busy) return;
+  connect_next(c);
+}
+
+int HttpProxy::match_route(const ListenerRt& l, std::string_view host, std::string_view path) const noexcept {
+  // The most specific host pattern first: exact, the longest "*.suffix", "*".
+  int best_rank = -1;
+  std::string_view best_host;
+  for (uint32_t i = 0; i < l.n_routes; ++i) {
+    const RouteRt& r = routes_[l.first_route + i];
+    int rank = -1;
+    switch (r.host_kind) {
+      case HostKind::exact:
+        if (iequals(host, r.host)) rank = 3 << 16;
+        break;
+      case HostKind::suffix:
+        if (host.size() > r.host.size() && iends_with(host, r.host)) rank = (2 << 16) + static_cast<int>(r.host.size());
+        break;
+      case HostKind::any:
+        rank = 1 << 16;
+        break;
+    }
+    if (rank > best_rank) {
+      best_rank = rank;
+      best_host = r.host;
+    }
+  }
+  if (best_rank < 0) return -1;
+  // Then the longest path prefix among that host's routes.
+  int best = -1;
+  size_t best_len = 0;
+  for (uint32_t i = 0; i < l.n_routes; ++i) {
+    const RouteRt& r = routes_[l.first_route + i];
+    const int rank = r.host_kind == HostKind::exact ? 3 << 16
+                     : r.host_kind == HostKind::suffix ? (2 << 16) + static_cast<int>(r.host.size())
+                                                       : 1 << 16;
+    if (rank != best_rank || r.host != best_host) continue;
+    const std::string& prefix = r.conf->path;
+    if (path.starts_with(prefix) && (best < 0 || prefix.size() > best_len)) {
+      best = static_cast<int>(l.first_route + i);
+      best_len = prefix.size();
+    }
+  }
+  return best;
+}
+
+int HttpProxy::match_rule(const RouteRt& r, const Conn& c, const http::Head& h,
+                          std::string_view client_key) const noexcept {
+  for (uint32_t k = 0; k < r.n_rules; ++k) {
+    const RuleRt& rule = rules_[r.first_rule + k];
+    if (rule.upstream < 0) continue;
+    if (rule.match & shm::kMatchIp) {
+      auto cidrs = env_.snap->table().cidrs();
+      bool in = false;
+      for (uint32_t i = 0; i < rule.n_cidrs && !in; ++i)
+        in = rule.first_cidr + i < cidrs.size() && cidrs[rule.first_cidr + i].contains(c.peer);
+      if (!in) continue;
+    }
+    if (rule.match & shm::kMatchHeader) {
+      bool ok = false;
+      for (const http::Field& f : h.fields)
+        if (iequals(f.name, rule.header_name) && f.value == rule.header_value) {
+          ok = true;
+          break;
+        }
+      if (!ok) continue;
+    }
+    if (rule.match & shm::kMatchCookie) {
+      bool ok = false;
+      std::string_view v;
+      for (const http::Field& f : h.fields)
+        if (iequals(f.name, "cookie") && find_cookie(f.value, rule.cookie_name, v) && v == rule.cookie_value) {
+          ok = true;
+          break;
+        }
+      if (!ok) continue;
+    }
+    if (rule.match & shm::kMatchPercent) {
+      // A stable share: the same client key always falls on the same side.
+      const uint32_t bucket = balance::chash_crc32(client_key) % shm::kPercentScale;
+      if (bucket >= rule.percent_bp) continue;
+    }
+    return static_cast<int>(r.first_rule + k);
+  }
+  return -1;
+}
+
+bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& route) noexcept {
+  if (!acquire(c.rq)) return false;
+  Writer w{c.rq.p, 0, kBufSize};
+  std::string_view target = h.target;
+  std::string_view host = h.has_host ? h.host : std::string_view{};
+  if (h.target_form == http::TargetForm::absolute) {
+    std::string_view rest = target.substr(target.find("://") + 3);
+    auto slash = rest.find_first_of("/?");
+    host = rest.substr(0, slash);
+    target = slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
+    if (!target.empty() && target.front() == '?') {
+      w.add(h.method_name).add(" /").add(target).add(" HTTP/1.1\r\n");
+      target = {};
+    }
+  }
+  if (!target.empty()) w.add(h.method_name).add(" ").add(target).add(" HTTP/1.1\r\n");
+  if (!route.conf->set_host.empty()) host = route.conf->set_host;
+  char addr[64];
+  if (host.empty()) {
+    // An HTTP/1.0 request without Host: name the listener's address.
+    auto r = fmt::format_to_n(addr, sizeof(addr) - 1, "{}", listeners_[c.listener].conf->listen.to_string());
+    host = std::string_view(addr, r.size);
+  }
+  w.field("Host", host);
+  char ip[64] = {};
+  if (c.peer.family == AF_INET6) ::inet_ntop(AF_INET6, c.peer.ip, ip, sizeof(ip));
+  else if (c.peer.family == AF_INET) ::inet_ntop(AF_INET, c.peer.ip, ip, sizeof(ip));
+  for (const http::Field& f : h.fields) {
+    if (f.hop_by_hop || f.id == http::FieldId::host || f.id == http::FieldId::content_length) continue;
+    if (iequals(f.name, "x-forwarded-for") || iequals(f.name, "x-real-ip") || iequals(f.name, "x-forwarded-proto"))
+      continue;  // written below
+    w.field(f.name, f.value);
+  }
+  // X-Forwarded-For is appended to, as nginx's $proxy_add_x_forwarded_for:
+  // the client's lines merged into one, then this client's address.
+  w.add("X-Forwarded-For: ");
+  for (const http::Field& f : h.fields)
+    if (iequals(f.name, "x-forwarded-for") && !f.value.empty()) w.add(f.value).add(", ");
+  w.add(ip).add("\r\n");
+  w.field("X-Real-IP", ip).field("X-Forwarded-Proto", "http");
+  switch (h.body) {
+    case http::BodyKind::length:
+      w.add("Content-Length: ").num(h.content_length).add("\r\n");
+      break;
+    case http::BodyKind::chunked:
+      // The codings as the client sent them (chunked last): the body is
+      // forwarded with its framing.
+      for (const http::Field& f : h.fields)
+        if (f.id == http::FieldId::transfer_encoding) w.field("Transfer-Encoding", f.value);
+      break;
+    default:
+      break;
+  }
+  const config::UpstreamConf* uc = upstreams_[static_cast<size_t>(c.upstream)].conf;
+  if (h.upgrade) {
+    w.field("Connection", "upgrade").field("Upgrade", h.upgrade_protocols);
+  } else if (!uc || uc->keepalive.max_idle == 0) {
+    w.field("Connection", "close");
+  }
+  w.add("\r\n");
+  if (w.overflow) return false;
+  c.rq.head = 0;
+  c.rq.tail = w.len;
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// the upstream side
+
+void HttpProxy::connect_next(Conn& c) noexcept {
+  const balance::Snapshot& snap = *env_.snap;
+  const int ui = c.upstream;
+  if (ui < 0 || static_cast<size_t>(ui) >= snap.upstreams().size()) {
+    respond_error(c, 503, true);
+    return;
+  }
+  const UpstreamRt& ur = upstreams_[static_cast<size_t>(ui)];
+  const config::UpstreamConf* uc = ur.conf;
+  auto hosts = snap.table().hosts();
+  while (c.attempts < ur.tries) {
+    if (c.attempts > 0 && uc && uc->retry.timeout_ms && env_.now_ms - c.first_try_ms >= uc->retry.timeout_ms) break;
+    const int h = pick_host(env_, ui, std::string_view(c.key, c.key_len),
+                            std::span<const uint32_t>(c.tried, c.attempts), rng_, c.attempts == 0);
+    if (h < 0) break;
+    const shm::HostRecord& r = hosts[static_cast<size_t>(h)];
+    if (c.attempts > 0) bump(env_.seg->worker(env_.worker).http_retries);
+    c.tried[c.attempts++] = r.slot;
+    c.up_addr = r.addr;
+    c.rq.head = 0;          // (re)send the whole head
+    c.sent = c.body_start;  // and the body from its first byte
+    c.u_read_ms = c.u_write_ms = env_.now_ms;
+    if (UpConn* idle = idle_take(r.slot, r.tag)) {
+      UpConn& u = *idle;
+      u.state = UState::busy;
+      u.owner = index_of(c);
+      u.reused = true;
+      u.upstream = static_cast<int16_t>(ui);
+      u.bound = true;
+      u.u_out = true;  // an idle connection's send buffer is empty
+      ++u.requests;
+      shm::counter_open(env_.seg->counter(env_.worker, r.slot), r.tag);
+      c.up = index_of(u);
+      bump(env_.seg->worker(env_.worker).http_keepalive_reused);
+      return;  // drive() sends
+    }
+    UpConn* up = new_up();
+    if (!up) {
+      c.last_fail = kFailError;
+      break;
+    }
+    UpConn& u = *up;
+    const uint32_t gen = u.gen;
+    u = UpConn{};
+    u.gen = gen;
+    u.owner = index_of(c);
+    u.upstream = static_cast<int16_t>(ui);
+    u.host_slot = r.slot;
+    u.host_tag = r.tag;
+    u.host_weight = r.weight;
+    u.requests = 1;
+    u.connect_start_ns = core::monotonic_ns();
+    int err = 0;
+    const int fd = net::connect_tcp(r.addr, err);
+    if (fd < 0) {
+      u.state = UState::busy;  // so that close_up() frees the slot
+      close_up(u);
+      if (!peer_error(err)) {
+        if (env_.now_ms - last_error_log_ms_ >= 1000) {
+          last_error_log_ms_ = env_.now_ms;
+          GW_LOG_ERROR("cannot connect upstream: {} (a local error: no host is blamed)", std::strerror(err));
+        }
+        c.last_fail = kFailError;
+        break;
+      }
+      record_connect_failure(env_, ui, r.slot, r.tag, r.weight, err);
+      c.last_fail = kFailError;
+      if (!uc || !uc->retry.on_error) break;
+      continue;
+    }
+    u.fd = fd;
+    u.state = UState::connecting;
+    shm::counter_open(env_.seg->counter(env_.worker, r.slot), r.tag);
+    u.bound = true;
+    c.up = index_of(u);
+    if (env_.epoll->add(fd, kSocketEvents, up_data(u)) != 0) {
+      const int e = errno;
+      close_up(u);
+      c.up = kNone;
+      c.last_fail = kFailError;
+      GW_LOG_ERROR("epoll_ctl on an upstream socket: {}", std::strerror(e));
+      break;
+    }
+    if (err == 0) on_connected(c, u);
+    return;
+  }
+  if (c.attempts == 0) {
+    count(HttpOutcome::no_host);
+    count_no_host(env_, ui, c.attempts, last_no_host_log_ms_);
+    respond_error(c, 503, true);
+    return;
+  }
+  answer_failure(c);
+}
+
+void HttpProxy::answer_failure(Conn& c) noexcept {
+  if (c.last_fail == kFailTimeout) {
+    count(HttpOutcome::gateway_timeout);
+    respond_error(c, 504, true);
+  } else if (c.last_fail == kFailStatus && c.last_status >= 500) {
+    // Every host answered with a status listed in retry.on: pass the last one on.
+    count(HttpOutcome::bad_gateway);
+    respond_error(c, c.last_status, true);
+  } else {
+    count(HttpOutcome::bad_gateway);
+    respond_error(c, 502, true);
+  }
+}
+
+void HttpProxy::on_connected(Conn& c, UpConn& u) noexcept {
+  record_connect_success(env_, u.host_slot, u.host_tag, u.connect_start_ns);
+  u.state = UState::busy;
+  u.u_out = true;
+  c.u_write_ms = c.u_read_ms = env_.now_ms;
+}
+
+bool HttpProxy::send_upstream(Conn& c, UpConn& u) noexcept {
+  bool progress = false;
+  while (c.rq.size() > 0 || c.sent < c.body_end) {
+    iovec iov[2];
+    int n_iov = 0;
+    if (c.rq.size() > 0) iov[n_iov++] = {c.rq.p + c.rq.head, c.rq.size()};
+    if (c.sent < c.body_end) iov[n_iov++] = {c.in.p + c.sent, c.body_end - c.sent};
+    msghdr m{};
+    m.msg_iov = iov;
+    m.msg_iovlen = static_cast<size_t>(n_iov);
+    const ssize_t n = ::sendmsg(u.fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        u.u_out = false;
+        return progress;
+      }
+      upstream_failed(c, kFailError, errno);
+      return true;
+    }
+    progress = true;
+    if (c.rq.head == 0) c.up_start_ms = env_.now_ms;  // this attempt's first byte
+    c.u_write_ms = env_.now_ms;
+    size_t left = static_cast<size_t>(n);
+    const size_t from_head = std::min<size_t>(left, c.rq.size());
+    c.rq.head += static_cast<uint32_t>(from_head);
+    left -= from_head;
+    c.sent += static_cast<uint32_t>(left);
+  }
+  return progress;
+}
+
+bool HttpProxy::read_upstream(Conn& c, UpConn& u) noexcept {
+  if (!acquire(c.rs)) {
+    close_conn(c);
+    return false;
+  }
+  if (c.rs.tail == kBufSize) {
+    if (c.rs.head == 0) {
+      if (c.resp_started) return false;  // the client has not taken the buffer yet: back-pressure
+      upstream_failed(c, kFailInvalid, EPROTO);  // a response head larger than the buffer
+      return true;
+    }
+    const uint32_t n = c.rs.tail - c.rs.head;
+    std::memmove(c.rs.p, c.rs.p + c.rs.head, n);
+    c.rs_dec = c.rs_dec > c.rs.head ? c.rs_dec - c.rs.head : 0;
+    c.scan = c.scan > c.rs.head ? c.scan - c.rs.head : 0;
+    c.rs.head = 0;
+    c.rs.tail = n;
+  }
+  const ssize_t n = ::recv(u.fd, c.rs.p + c.rs.tail, kBufSize - c.rs.tail, MSG_DONTWAIT);
+  if (n > 0) {
+    const uint32_t room = kBufSize - c.rs.tail;
+    c.rs.tail += static_cast<uint32_t>(n);
+    c.u_read_ms = env_.now_ms;
+    if (static_cast<uint32_t>(n) < room && !u.u_hup) u.u_in = false;
+    if (!c.resp_started) parse_response(c, u);
+    else forward_response_body(c, u);
+    return true;
+  }
+  if (n < 0 && errno == EINTR) return true;
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    u.u_in = false;
+    return false;
+  }
+  // The upstream closed (or reset).
+  const int err = n == 0 ? 0 : errno;
+  u.u_in = false;
+  u.u_hup = true;
+  if (!c.resp_started) {
+    upstream_failed(c, kFailError, err ? err : ECONNRESET);
+    return true;
+  }
+  // Mid-body: a close ends a read-until-close body; any other body is cut.
+  if (c.resp_body.finish() == http::Error::none) {
+    c.resp_done = true;
+    c.resp_close = true;
+  } else {
+    if (env_.now_ms - last_error_log_ms_ >= 1000) {
+      last_error_log_ms_ = env_.now_ms;
+      GW_LOG_WARN("upstream closed in the middle of a response body; closing the client connection");
+    }
+    // Send what we have, then close: the client sees a short body.
+    c.resp_done = true;
+    c.resp_close = true;
+    c.keep_alive = false;
+  }
+  if (c.up != kNone) {
+    close_up(ups_[c.up]);
+    c.up = kNone;
+  }
+  return true;
+}
+
+void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
+  for (;;) {
+    if (c.rs.size() == 0) return;
+    const bool end = head_end_in(c.rs.p, c.rs.head, std::max(c.scan, c.rs.head), c.rs.tail);
+    c.scan = c.rs.tail;
+    if (!end) return;
+    http::Parser p(http::Parser::Kind::response, std::span<http::Field>(fields_.data(), fields_.size()), kResponseLimits);
+    p.reset(c.method);
+    const http::ParseStatus st = p.parse(std::string_view(c.rs.p + c.rs.head, c.rs.size()));
+    if (st == http::ParseStatus::need_more) return;
+    if (st == http::ParseStatus::error) {
+      if (env_.now_ms - last_error_log_ms_ >= 1000) {
+        last_error_log_ms_ = env_.now_ms;
+        GW_LOG_WARN("invalid response head from host slot {}: {}", u.host_slot, http::error_name(p.error()));
+      }
+      upstream_failed(c, kFailInvalid, EPROTO);
+      return;
+    }
+    const http::Head& h = p.head();
+    if (h.informational()) {
+      // 100 Continue and friends go to HTTP/1.1 clients as they are; the
+      // final response follows on the same connection.
+      if (!c.http10) {
+        if (!acquire(c.out) || c.out.tail + h.head_len > kBufSize) {
+          upstream_failed(c, kFailInvalid, EPROTO);
+          return;
+        }
+        std::memcpy(c.out.p + c.out.tail, c.rs.p + c.rs.head, h.head_len);
+        c.out.tail += h.head_len;
+        c.head_bytes += h.head_len;
+      }
+      c.rs.head += h.head_len;
+      c.scan = c.rs.head;
+      continue;
+    }
+    const UpstreamRt& ur = upstreams_[static_cast<size_t>(c.upstream)];
+    if (ur.conf && ur.conf->retry.retries_status(h.status) && c.attempts < ur.tries && c.retryable && c.idempotent &&
+        (!ur.conf->retry.timeout_ms || env_.now_ms - c.first_try_ms < ur.conf->retry.timeout_ms) &&
+        c.out.size() == 0) {
+      // A status listed in retry.on: a failure of this host; try another.
+      c.last_status = h.status;
+      upstream_failed(c, kFailStatus, EPROTO);
+      return;
+    }
+    if (h.status == 101 && !(c.upgrade && !h.upgrade_protocols.empty())) {
+      // A 101 needs an upgrade asked for, and an Upgrade field naming the
+      // protocol switched to (RFC 9110 15.2.2).
+      upstream_failed(c, kFailInvalid, EPROTO);
+      return;
+    }
+    c.resp_started = true;
+    release(c.rq);  // no retry from here on
+    c.up_status = h.status;
+    c.status_sent = h.status;
+    c.up_ms = static_cast<int64_t>(env_.now_ms - c.up_start_ms);
+    c.up_keep = h.keep_alive && h.body != http::BodyKind::until_close;
+    c.resp_body.reset(h);
+    c.dechunk = h.body == http::BodyKind::chunked && c.http10;
+    // Connection is hop-by-hop: a host that closes after a length-delimited
+    // answer does not close the client's connection.
+    c.resp_close = !c.keep_alive || h.body == http::BodyKind::until_close || c.dechunk || c.c_eof;
+    // A response that ends before the request body does ends the connection:
+    // the rest of the request cannot be told from the next one.
+    if (!build_response_head(c, h)) {
+      c.resp_started = false;
+      upstream_failed(c, kFailInvalid, EPROTO);
+      return;
+    }
+    c.rs.head += h.head_len;
+    c.rs_dec = c.rs.head;
+    if (h.status == 101) {
+      start_tunnel(c, u);
+      return;
+    }
+    forward_response_body(c, u);
+    return;
+  }
+}
+
+bool HttpProxy::build_response_head(Conn& c, const http::Head& h) noexcept {
+  if (!acquire(c.out)) return false;
+  Writer w{c.out.p, c.out.tail, kBufSize};
+  char status[4] = {static_cast<char>('0' + h.status / 100), static_cast<char>('0' + h.status / 10 % 10),
+                    static_cast<char>('0' + h.status % 10), 0};
+  w.add("HTTP/1.1 ").add(std::string_view(status, 3)).add(" ").add(h.reason).add("\r\n");
+  const bool no_body = h.body == http::BodyKind::none;
+  for (const http::Field& f : h.fields) {
+    if (f.hop_by_hop) continue;
+    // A bodiless response (HEAD, 204, 304) keeps the Content-Length it
+    // describes; otherwise the framing below replaces it.
+    if (f.id == http::FieldId::content_length && !no_body) continue;
+    w.field(f.name, f.value);
+  }
+  if (h.status == 101) {
+    w.field("Connection", "upgrade").field("Upgrade", h.upgrade_protocols);
+  } else {
+    switch (h.body) {
+      case http::BodyKind::length:
+        w.add("Content-Length: ").num(h.content_length).add("\r\n");
+        break;
+      case http::BodyKind::chunked:
+        if (!c.dechunk)
+          for (const http::Field& f : h.fields)
+            if (f.id == http::FieldId::transfer_encoding) w.field("Transfer-Encoding", f.value);
+        break;
+      default:
+        break;
+    }
+    if (c.resp_close) w.field("Connection", "close");
+    else if (c.http10) w.field("Connection", "keep-alive");
+  }
+  w.add("\r\n");
+  if (w.overflow) return false;
+  c.head_bytes += w.len - c.out.tail;
+  c.out.tail = w.len;
+  return true;
+}
+
+void HttpProxy::forward_response_body(Conn& c, UpConn& u) noexcept {
+  // Decode what arrived. Raw bytes are forwarded as they are (the framing
+  // stays: the head says the same); for an HTTP/1.0 client a chunked body is
+  // de-chunked in place: data moves down over the framing it followed.
+  while (!c.resp_done && c.rs_dec < c.rs.tail) {
+    const uint32_t from = c.rs_dec;
+    http::BodyStep st = c.resp_body.decode(std::string_view(c.rs.p + from, c.rs.tail - from));
+    if (c.dechunk) {
+      // Keep [rs.head, rs_dec) = data to send, [rs_dec, tail) = not decoded.
+      if (!st.data.empty()) std::memmove(c.rs.p + c.rs_dec, st.data.data(), st.data.size());
+      const uint32_t consumed = static_cast<uint32_t>(st.consumed), data = static_cast<uint32_t>(st.data.size());
+      std::memmove(c.rs.p + c.rs_dec + data, c.rs.p + from + consumed, c.rs.tail - from - consumed);
+      c.rs.tail -= consumed - data;
+      c.rs_dec += data;
+    } else {
+      c.rs_dec += static_cast<uint32_t>(st.consumed);
+    }
+    if (st.status == http::BodyStatus::done) {
+      c.resp_done = true;
+      if (c.rs_dec < c.rs.tail) {
+        // Bytes after the response: the upstream is not to be trusted again.
+        c.rs.tail = c.rs_dec;
+        u.u_hup = true;
+      }
+    } else if (st.status == http::BodyStatus::error) {
+      if (env_.now_ms - last_error_log_ms_ >= 1000) {
+        last_error_log_ms_ = env_.now_ms;
+        GW_LOG_WARN("invalid response body from host slot {}: {}", u.host_slot, http::error_name(st.error));
+      }
+      c.rs.tail = c.rs_dec;
+      c.resp_done = true;
+      c.resp_close = true;
+      c.keep_alive = false;
+      u.u_hup = true;
+    } else if (st.consumed == 0) {
+      break;
+    }
+  }
+  if (c.resp_body.done()) c.resp_done = true;
+}
+
+void HttpProxy::upstream_failed(Conn& c, uint8_t kind, int err) noexcept {
+  if (c.up == kNone) return;
+  UpConn& u = ups_[c.up];
+  const int ui = c.upstream;
+  // A kept-alive connection that the host closed as it was reused is the
+  // known keep-alive race, not a failure of the host (nginx does the same).
+  const bool stale = u.reused && kind == kFailError && c.rs.tail == 0;
+  if (!stale && (kind != kFailError || peer_error(err) || err == 0))
+    record_connect_failure(env_, ui, u.host_slot, u.host_tag, u.host_weight, err ? err : ECONNRESET);
+  close_up(u);
+  c.up = kNone;
+  // Whatever the host sent is dropped.
+  c.rs.head = c.rs.tail = 0;
+  c.rs_dec = 0;
+  c.scan = 0;
+  release(c.out);
+  c.last_fail = kind;
+  if (c.resp_started) {
+    close_conn(c);
+    return;
+  }
+  const bool sent_any = c.rq.head > 0 || c.sent > c.body_start;
+  const config::UpstreamConf* uc = upstreams_[static_cast<size_t>(ui)].conf;
+  bool allowed = c.retryable && (c.idempotent || !sent_any) && uc != nullptr;
+  if (allowed && !stale) {
+    switch (kind) {
+      case kFailError: allowed = uc->retry.on_error; break;
+      case kFailTimeout: allowed = uc->retry.on_timeout; break;
+      case kFailInvalid: allowed = uc->retry.on_invalid; break;
+      default: break;  // kFailStatus: checked by the caller
+    }
+  }
+  if (stale && allowed && c.attempts > 0) --c.attempts;  // the host may be tried again, on a new connection
+  if (allowed) {
+    connect_next(c);
+    return;
+  }
+  answer_failure(c);
+}
+
+// ---------------------------------------------------------------------------
+// answers, the end of a request, tunnels
+
+bool HttpProxy::flush_client(Conn& c) noexcept {
+  bool progress = false;
+  for (;;) {
+    const uint32_t rs_pending = c.state == CState::closing ? 0 : (c.rs_dec > c.rs.head ? c.rs_dec - c.rs.head : 0);
+    if (c.out.size() == 0 && rs_pending == 0) break;
+    iovec iov[2];
+    int n_iov = 0;
+    if (c.out.size() > 0) iov[n_iov++] = {c.out.p + c.out.head, c.out.size()};
+    if (rs_pending > 0) iov[n_iov++] = {c.rs.p + c.rs.head, rs_pending};
+    msghdr m{};
+    m.msg_iov = iov;
+    m.msg_iovlen = static_cast<size_t>(n_iov);
+    const ssize_t n = ::sendmsg(c.fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        c.c_out = false;
+        break;
+      }
+      close_conn(c);  // the client is gone
+      return false;
+    }
+    progress = true;
+    c.c_write_ms = env_.now_ms;
+    c.client_bytes += static_cast<uint64_t>(n);
+    size_t left = static_cast<size_t>(n);
+    const size_t from_out = std::min<size_t>(left, c.out.size());
+    c.out.head += static_cast<uint32_t>(from_out);
+    left -= from_out;
+    c.rs.head += static_cast<uint32_t>(left);
+  }
+  if (c.out.p && c.out.size() == 0) release(c.out);
+  if (c.rs.p && c.rs.head == c.rs.tail) {
+    // Everything read has gone out: start the buffer over (or give it back).
+    c.rs.head = c.rs.tail = 0;
+    c.rs_dec = 0;
+    if (c.resp_started) release(c.rs);
+  }
+  return progress;
+}
+
+void HttpProxy::respond_error(Conn& c, int status, bool keep_alive) noexcept {
+  if (c.up != kNone) {
+    close_up(ups_[c.up]);
+    c.up = kNone;
+  }
+  if (c.resp_started) {
+    close_conn(c);  // the response has begun: nothing else can be said
+    return;
+  }
+  release(c.rq);
+  c.rs.head = c.rs.tail = 0;
+  c.rs_dec = 0;
+  release(c.rs);
+  release(c.out);
+  if (!acquire(c.out)) {
+    close_conn(c);
+    return;
+  }
+  // Keep the connection only if the request was read whole (what follows is
+  // the next request) and both sides allow it.
+  const bool keep = keep_alive && c.keep_alive && c.req_body_done && !c.c_eof && !draining_;
+  const char* reason = reason_phrase(status);
+  // A Date is due on every response (RFC 9110 6.6.1); one formatting per second.
+  const time_t now = static_cast<time_t>(core::wall_ms() / 1000);
+  if (now != date_second_) {
+    tm t{};
+    ::gmtime_r(&now, &t);
+    date_len_ = static_cast<uint32_t>(std::strftime(date_, sizeof(date_), "%a, %d %b %Y %H:%M:%S GMT", &t));
+    date_second_ = now;
+  }
+  char body[64];
+  const auto body_len = fmt::format_to_n(body, sizeof(body), "{} {}\n", status, reason).size;
+  Writer w{c.out.p, 0, kBufSize};
+  w.add("HTTP/1.1 ").num(static_cast<uint64_t>(status)).add(" ").add(reason).add("\r\n");
+  w.field("Server", "gw").field("Date", std::string_view(date_, date_len_));
+  w.field("Content-Type", "text/plain; charset=utf-8");
+  w.add("Content-Length: ").num(body_len).add("\r\n");
+  w.field("Connection", keep ? "keep-alive" : "close");
+  w.add("\r\n");
+  c.head_bytes += w.len;
+  c.status_sent = static_cast<uint16_t>(status);
+  if (!c.head_req) w.add(std::string_view(body, body_len));
+  c.out.head = 0;
+  c.out.tail = w.len;
+  c.resp_started = true;
+  c.resp_done = true;
+  if (keep) {
+    c.state = CState::busy;
+    c.resp_close = false;
+  } else {
+    c.state = CState::closing;
+    c.started_ms = env_.now_ms;  // the linger deadline counts from here
+    c.c_out = true;               // try at once; EAGAIN clears it
+  }
+}
+
+void HttpProxy::finish_request(Conn& c) noexcept {
+  if (c.log_pending && c.state != CState::tunnel) log_request(c);
+  if (c.up != kNone) {
+    UpConn& u = ups_[c.up];
+    // The upstream connection may carry another request if the exchange
+    // ended cleanly on both sides.
+    const bool reusable = u.state == UState::busy && c.req_body_done && c.sent == c.body_end && c.rq.size() == 0 &&
+                          !u.u_hup && c.resp_body.kind() != http::BodyKind::until_close && !c.upgrade &&
+                          c.resp_body.done();
+    c.up = kNone;
+    release_up(u, reusable && c.up_keep);
+  }
+  release(c.rq);
+  release(c.out);
+  c.rs.head = c.rs.tail = 0;
+  c.rs_dec = 0;
+  release(c.rs);
+  const bool keep = c.keep_alive && !c.resp_close && c.req_body_done && !c.c_eof && !draining_;
+  if (!keep) {
+    // Our FIN after the response; unread pipelined bytes are drained for a while.
+    c.state = CState::closing;
+    c.started_ms = env_.now_ms;
+    c.c_out = true;
+    return;
+  }
+  c.state = CState::head;
+  c.in.head = c.body_end;
+  c.scan = c.in.head;
+  c.c_read_ms = env_.now_ms;
+  if (c.in.size() == 0) {
+    release(c.in);
+  } else {
+    c.started_ms = env_.now_ms;
+  }
+  // c_in stays as it is: set if bytes were left in the socket while busy,
+  // and an edge-triggered event comes for anything that arrived since.
+}
+
+void HttpProxy::start_tunnel(Conn& c, UpConn& u) noexcept {
+  // The bytes after the 101 head (the server's first frames) follow the head
+  // out; the client's bytes after its request (it may not wait) go upstream.
+  bump(env_.seg->worker(env_.worker).http_tunnels);
+  c.state = CState::tunnel;
+  c.tunnel_c_eof = c.tunnel_u_eof = c.tunnel_c_shut = c.tunnel_u_shut = false;
+  c.in.head = c.body_end;
+  c.c_read_ms = c.c_write_ms = c.u_read_ms = c.u_write_ms = env_.now_ms;
+  c.c_in = c.c_out = true;
+  u.u_in = u.u_out = true;
+}
+
+void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
+  // Client → upstream through `in`, upstream → client through `out` then
+  // `rs`, until both sides would block; half-closes pass through.
+  const uint32_t gen = c.gen;
+  for (bool moved = true; moved;) {
+    moved = false;
+    // client → upstream
+    if (c.in.size() > 0 && u.u_out) {
+      const ssize_t n = ::send(u.fd, c.in.p + c.in.head, c.in.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n > 0) {
+        c.in.head += static_cast<uint32_t>(n);
+        c.u_write_ms = env_.now_ms;
+        moved = true;
+        if (c.in.size() == 0) {
+          c.in.head = c.in.tail = 0;
+          release(c.in);
+        }
+      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        u.u_out = false;
+      } else if (!(n < 0 && errno == EINTR)) {
+        close_conn(c);
+        return;
+      }
+    }
+    if (c.in.size() == 0 && c.tunnel_c_eof && !c.tunnel_u_shut) {
+      ::shutdown(u.fd, SHUT_WR);
+      c.tunnel_u_shut = true;
+    }
+    if (c.in.size() == 0 && c.c_in && !c.tunnel_c_eof) {
+      if (!acquire(c.in)) {
+        close_conn(c);
+        return;
+      }
+      const ssize_t n = ::recv(c.fd, c.in.p, kBufSize, MSG_DONTWAIT);
+      if (n > 0) {
+        c.in.head = 0;
+        c.in.tail = static_cast<uint32_t>(n);
+        c.c_read_ms = env_.now_ms;
+        moved = true;
+      } else if (n == 0) {
+        c.tunnel_c_eof = true;
+        moved = true;
+      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        c.c_in = false;
+      } else if (errno != EINTR) {
+        close_conn(c);
+        return;
+      }
+      if (c.in.size() == 0 && c.in.p) release(c.in);
+    }
+    // upstream → client
+    if ((c.out.size() > 0 || c.rs.size() > 0) && c.c_out) {
+      c.rs_dec = c.rs.tail;  // everything read is to be sent
+      const size_t before = c.out.size() + c.rs.size();
+      flush_client(c);
+      if (c.state == CState::free || c.gen != gen) return;
+      if (c.out.size() + c.rs.size() < before) {
+        moved = true;
+        c.u_read_ms = std::max(c.u_read_ms, c.c_write_ms);
+      }
+    }
+    if (c.out.size() == 0 && c.rs.size() == 0 && c.tunnel_u_eof && !c.tunnel_c_shut) {
+      ::shutdown(c.fd, SHUT_WR);
+      c.tunnel_c_shut = true;
+    }
+    if (c.out.size() == 0 && c.rs.size() == 0 && u.u_in && !c.tunnel_u_eof) {
+      if (!acquire(c.rs)) {
+        close_conn(c);
+        return;
+      }
+      const ssize_t n = ::recv(u.fd, c.rs.p, kBufSize, MSG_DONTWAIT);
+      if (n > 0) {
+        c.rs.head = 0;
+        c.rs.tail = static_cast<uint32_t>(n);
+        c.rs_dec = c.rs.tail;
+        c.u_read_ms = env_.now_ms;
+        moved = true;
+      } else if (n == 0) {
+        c.tunnel_u_eof = true;
+        moved = true;
+      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        u.u_in = false;
+      } else if (errno != EINTR) {
+        close_conn(c);
+        return;
+      }
+      if (c.rs.size() == 0 && c.rs.p) release(c.rs);
+    }
+    if (c.tunnel_c_shut && c.tunnel_u_shut) {
+      close_conn(c);  // both directions ended
+      return;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// the access log
+
+void HttpProxy::log_begin(Conn& c, const http::Head& h) noexcept {
+  c.log_pending = true;
+  c.status_sent = c.up_status = 0;
+  c.head_bytes = 0;
+  c.client_bytes = 0;
+  c.up_ms = -1;
+  c.up_addr = core::SockAddr{};
+  std::fill(std::begin(c.lg_len), std::end(c.lg_len), uint16_t{0});
+  if (!acquire(c.lg)) return;  // logged without the request's text
+  c.lg.head = c.lg.tail = 0;
+  auto put = [&](Conn::LogField f, std::string_view v, size_t max) {
+    const size_t n = std::min({v.size(), max, static_cast<size_t>(kBufSize - c.lg.tail)});
+    std::memcpy(c.lg.p + c.lg.tail, v.data(), n);
+    c.lg.tail += static_cast<uint32_t>(n);
+    c.lg_len[f] = static_cast<uint16_t>(n);
+  };
+  if (h.method_name.empty()) return;  // a request refused before its line was read
+  std::string_view referer, agent;
+  for (const http::Field& f : h.fields) {
+    if (referer.empty() && iequals(f.name, "referer")) referer = f.value;
+    else if (agent.empty() && iequals(f.name, "user-agent")) agent = f.value;
+  }
+  put(Conn::kMethod, h.method_name, 64);
+  put(Conn::kTarget, h.target, 4096);
+  put(Conn::kVersion, h.version == http::Version::http10 ? "HTTP/1.0" : "HTTP/1.1", 8);
+  put(Conn::kReferer, referer, 1024);
+  put(Conn::kAgent, agent, 1024);
+  put(Conn::kHost, h.host, 256);
+}
+
+void HttpProxy::log_request(Conn& c) noexcept {
+  c.log_pending = false;
+  const ListenerRt& l = listeners_[c.listener];
+  if (!l.log || !env_.access_log || !env_.access_log->enabled()) return;
+  HttpLogEntry e;
+  e.wall_ms = core::wall_ms();
+  char client[INET6_ADDRSTRLEN] = "";
+  if (c.peer.family == AF_INET6) ::inet_ntop(AF_INET6, c.peer.ip, client, sizeof(client));
+  else if (c.peer.family == AF_INET) ::inet_ntop(AF_INET, c.peer.ip, client, sizeof(client));
+  e.client = client;
+  e.listener = l.conf->name;
+  if (c.lg.p) {
+    std::string_view parts[Conn::kLogFields];
+    uint32_t off = 0;
+    for (int f = 0; f < Conn::kLogFields; ++f) {
+      parts[f] = std::string_view(c.lg.p + off, c.lg_len[f]);
+      off += c.lg_len[f];
+    }
+    e.method = parts[Conn::kMethod];
+    e.target = parts[Conn::kTarget];
+    e.version = parts[Conn::kVersion];
+    e.referer = parts[Conn::kReferer];
+    e.user_agent = parts[Conn::kAgent];
+    e.host = parts[Conn::kHost];
+    e.rule = parts[Conn::kRule];
+  }
+  // No answer reached the client: nginx's 499 (the client went first).
+  e.status = c.status_sent ? c.status_sent : 499;
+  e.body_bytes = c.client_bytes > c.head_bytes ? c.client_bytes - c.head_bytes : 0;
+  e.request_ms = env_.now_ms >= c.started_ms ? env_.now_ms - c.started_ms : 0;
+  char up[INET6_ADDRSTRLEN + 8] = "";
+  if (c.up_addr.family != 0) {
+    char ipbuf[INET6_ADDRSTRLEN] = "";
+    ::inet_ntop(c.up_addr.family == AF_INET6 ? AF_INET6 : AF_INET, c.up_addr.ip, ipbuf, sizeof(ipbuf));
+    auto r = c.up_addr.family == AF_INET6 ? fmt::format_to_n(up, sizeof(up) - 1, "[{}]:{}", ipbuf, c.up_addr.port)
+                                          : fmt::format_to_n(up, sizeof(up) - 1, "{}:{}", ipbuf, c.up_addr.port);
+    e.upstream_addr = std::string_view(up, r.size);
+  }
+  e.upstream_status = c.up_status;
+  e.upstream_ms = c.up_ms;
+  if (c.route < routes_.size()) e.route = routes_[c.route].conf->name;
+  e.retries = c.attempts > 0 ? c.attempts - 1u : 0;
+  env_.access_log->log(l.log_file, l.log_format, e);
+  release(c.lg);
+}
+
+}  // namespace gw::proxy

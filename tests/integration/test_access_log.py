@@ -1,0 +1,260 @@
+"""Access logs: http requests and tcp/frame connections, in the combined, main
+and json formats; lines parse back with the right values; SIGUSR1 reopens the
+files (logrotate); a stopped logger never stalls the workers."""
+
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gwtest  # noqa: E402
+import httpbackend as hb  # noqa: E402
+from gwtest import GwTestCase, T, free_port, host, pool, upstream, wait_until  # noqa: E402
+
+LO = "127.0.0.1"
+
+# nginx's combined: $remote_addr - $remote_user [$time_local] "$request" $status
+# $body_bytes_sent "$http_referer" "$http_user_agent"
+COMBINED = re.compile(
+    r'^(?P<client>\S+) - (?P<user>\S+) \[(?P<time>\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} \+0000)\] '
+    r'"(?P<request>[^"]*)" (?P<status>\d{3}) (?P<bytes>\d+) "(?P<referer>[^"]*)" "(?P<agent>[^"]*)"'
+    r'(?P<rest>.*)$')
+MAIN_REST = re.compile(
+    r'^ rt=(?P<rt>\d+\.\d{3}) uaddr=(?P<uaddr>\S+) ustatus=(?P<ustatus>\S+) urt=(?P<urt>\S+) '
+    r'route=(?P<route>\S+) rule=(?P<rule>\S+) consumer=(?P<consumer>\S+) retries=(?P<retries>\d+) '
+    r'host="(?P<host>[^"]*)"$')
+
+
+def http_listener(name, log, fmt, **extra):
+    l = {"name": name, "listen": f"{LO}:{free_port()}", "protocol": "http",
+         "access_log": {"path": log, "format": fmt}}
+    l.update(extra)
+    return l
+
+
+def read_lines(path):
+    try:
+        with open(path, "rb") as f:
+            return [l.decode() for l in f.read().splitlines()]
+    except FileNotFoundError:
+        return []
+
+
+class AccessLogTest(GwTestCase):
+    needs = ("gwd", "gwctl", "gw-backend")
+
+    def setUp(self):
+        super().setUp()
+        self.backends_ = []
+
+    def hb(self, name, **kw):
+        b = hb.HttpBackend(name, **kw)
+        self.addCleanup(b.stop)
+        return b
+
+    def wait_lines(self, path, n, timeout=None):
+        got = []
+
+        def enough():
+            got[:] = read_lines(path)
+            return len(got) >= n
+        wait_until(enough, timeout or T(5), msg=f"{n} line(s) in {path}")
+        return got
+
+    def test_http_lines_in_every_format_parse_back(self):
+        a = self.hb("alpha")
+        pre = self.hb("pre")
+        logs = {f: os.path.join(self.tmp, f"{f}.log") for f in ("combined", "main", "json")}
+        routes = [{"name": "api", "path": "/api/", "upstream": "app",
+                   "rules": [{"id": "canary", "header": "X-Canary=1", "upstream": "pre"}]},
+                  {"name": "rest", "upstream": "app"}]
+        listeners = [http_listener(f"web_{f}", logs[f], f, routes=routes) for f in logs]
+        cfg = self.make_config([pool("p", [host("a", a.address)])], listeners=listeners)
+        cfg["upstreams"].append(upstream("pre", [pool("p", [host("c", pre.address)])]))
+        gw = self.gateway(cfg)
+        ports = {f: int(l["listen"].rsplit(":", 1)[1]) for f, l in zip(logs, listeners)}
+        for f, port in ports.items():
+            r = hb.request(port, "GET", "/api/x?q=\"1\"", headers=[("Host", "h.example"), ("Referer", "http://r/"),
+                                                                 ("User-Agent", "ua \"quoted\"")])
+            self.assertEqual(r.status, 200)
+            body_len = len(r.body)
+            r2 = hb.request(port, "GET", "/api/other", headers=[("Host", "h.example"), ("X-Canary", "1")])
+            self.assertEqual(r2.status, 200)
+            self.assertEqual(r2.json()["backend"], "pre")
+            r3 = hb.request(port, "GET", "/x", headers=[("Host", "a"), ("Host", "b")], host=None)
+            self.assertEqual(r3.status, 400)
+            lines = self.wait_lines(logs[f], 3)
+            self.assertEqual(len(lines), 3, lines)
+            if f == "json":
+                recs = [json.loads(l) for l in lines]
+                j = recs[0]
+                self.assertEqual((j["client"], j["method"], j["target"], j["version"]), (LO, "GET", "/api/x?q=\"1\"", "HTTP/1.1"))
+                self.assertEqual((j["status"], j["bytes"], j["host"]), (200, body_len, "h.example"))
+                self.assertEqual((j["referer"], j["user_agent"]), ("http://r/", "ua \"quoted\""))
+                self.assertEqual(j["upstream_addr"], a.address)
+                self.assertEqual((j["upstream_status"], j["route"], j["rule"], j["retries"]), (200, "api", "", 0))
+                self.assertGreaterEqual(j["upstream_time_ms"], 0)
+                self.assertGreaterEqual(j["request_time_ms"], j["upstream_time_ms"])
+                self.assertEqual(j["listener"], "web_json")
+                self.assertRegex(j["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+                self.assertEqual((recs[1]["rule"], recs[1]["route"], recs[1]["upstream_addr"]), ("canary", "api", pre.address))
+                self.assertEqual((recs[2]["status"], recs[2]["method"], recs[2]["upstream_addr"]), (400, "", ""))
+                continue
+            m = COMBINED.match(lines[0])
+            self.assertIsNotNone(m, lines[0])
+            # nginx escapes '"' in values as \x22
+            self.assertEqual(m["request"], 'GET /api/x?q=\\x221\\x22 HTTP/1.1')
+            self.assertEqual((m["client"], m["status"], int(m["bytes"])), (LO, "200", body_len))
+            self.assertEqual((m["referer"], m["agent"]), ("http://r/", "ua \\x22quoted\\x22"))
+            m3 = COMBINED.match(lines[2])
+            self.assertEqual((m3["request"], m3["status"], m3["referer"]), ("-", "400", "-"))
+            if f == "combined":
+                self.assertEqual(m["rest"], "", "combined is exactly nginx's")
+                continue
+            x = MAIN_REST.match(m["rest"])
+            self.assertIsNotNone(x, m["rest"])
+            self.assertEqual((x["uaddr"], x["ustatus"], x["route"], x["rule"], x["retries"], x["host"]),
+                             (a.address, "200", "api", "-", "0", "h.example"))
+            x2 = MAIN_REST.match(COMBINED.match(lines[1])["rest"])
+            self.assertEqual((x2["rule"], x2["uaddr"]), ("canary", pre.address))
+            x3 = MAIN_REST.match(m3["rest"])
+            self.assertEqual((x3["uaddr"], x3["ustatus"], x3["urt"]), ("-", "-", "-"))
+
+    def test_retries_and_failures_are_logged(self):
+        a = self.hb("alpha")
+        dead = free_port()  # nothing listens: refused, then the next host answers
+        log = os.path.join(self.tmp, "r.log")
+        cfg = self.make_config([pool("p", [host("dead", dead), host("a", a.address)])],
+                               listeners=[http_listener("web", log, "json", upstream="app")])
+        cfg["upstreams"][0]["pools"][0]["method"] = "round_robin"
+        gw = self.gateway(cfg)
+        port = gw.ports[0]
+        statuses = []
+        for _ in range(4):
+            statuses.append(hb.request(port, "GET", "/").status)
+        self.assertEqual(statuses, [200] * 4)
+        recs = [json.loads(l) for l in self.wait_lines(log, 4)]
+        self.assertTrue(all(r["upstream_addr"] == a.address for r in recs), recs)
+        self.assertIn(1, [r["retries"] for r in recs], recs)  # the refused host was tried first once
+        # all hosts gone: 502 logged without an upstream status
+        a.stop()
+        gw.gwctl("down", "host", "app/p", "dead")
+        r = hb.request(port, "GET", "/")
+        self.assertEqual(r.status, 502)
+        last = json.loads(self.wait_lines(log, 5)[-1])
+        self.assertEqual((last["status"], last["upstream_status"], last["upstream_time_ms"]), (502, 0, -1))
+
+    def test_tcp_and_frame_connections_logged_when_they_close(self):
+        echo = gwtest.Backend("echo", mode="echo")
+        self._backends.append(echo)
+        log = os.path.join(self.tmp, "stream.log")
+        tcp = {"name": "l4", "listen": f"{LO}:{free_port()}", "protocol": "tcp", "upstream": "app",
+               "access_log": {"path": log, "format": "json"}}
+        frame = {"name": "dev", "listen": f"{LO}:{free_port()}", "protocol": "frame", "upstream": "app",
+                 "hash_key": "frame", "access_log": {"path": log, "format": "main"}}
+        cfg = self.make_config([pool("p", [host("e", echo)], method="chash")], listeners=[tcp, frame])
+        gw = self.gateway(cfg)
+        p_tcp, p_frame = gw.ports
+        with socket.create_connection((LO, p_tcp)) as s:
+            s.sendall(b"x" * 1000)
+            got = b""
+            while len(got) < 1000:
+                got += s.recv(65536)
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):
+                pass
+        body = b'{"devid": "dev-42"}'
+        fr = struct.pack(">BBHH", 1, 1, 0, len(body)) + body
+        with socket.create_connection((LO, p_frame)) as s:
+            s.sendall(fr)
+            got = b""
+            while len(got) < len(fr):
+                got += s.recv(65536)
+        lines = self.wait_lines(log, 2)
+        j = json.loads(next(l for l in lines if l.startswith("{")))
+        self.assertEqual((j["protocol"], j["listener"], j["bytes_in"], j["bytes_out"], j["end"]),
+                         ("tcp", "l4", 1000, 1000, "closed"))
+        self.assertEqual(j["upstream_addr"], echo.address)
+        m = next(l for l in lines if not l.startswith("{"))
+        self.assertRegex(m, r'^127\.0\.0\.1 \[\d{2}/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] frame listener=dev '
+                            rf'in={len(fr)} out={len(fr)} time=\d+\.\d{{3}} upstream="{re.escape(echo.address)}" '
+                            r'key="dev-42" end=closed$')
+
+    def test_sigusr1_reopens_the_files(self):
+        a = self.hb("alpha")
+        log = os.path.join(self.tmp, "access.log")
+        cfg = self.make_config([pool("p", [host("a", a.address)])],
+                               listeners=[http_listener("web", log, "combined", upstream="app")])
+        gw = self.gateway(cfg)
+        port = gw.ports[0]
+        self.assertEqual(hb.request(port, "GET", "/before").status, 200)
+        self.wait_lines(log, 1)
+        os.rename(log, log + ".1")
+        self.assertEqual(hb.request(port, "GET", "/between").status, 200)
+        wait_until(lambda: len(read_lines(log + ".1")) == 2, T(5), msg="a line into the renamed file")
+        os.kill(gw.pid, signal.SIGUSR1)
+        wait_until(lambda: os.path.exists(log), T(5), msg="the access log reopened")
+        self.assertEqual(hb.request(port, "GET", "/after").status, 200)
+        lines = self.wait_lines(log, 1)
+        self.assertIn("GET /after HTTP/1.1", lines[0])
+        self.assertEqual(len(read_lines(log + ".1")), 2)
+        wait_until(lambda: "SIGUSR1: reopening" in gw.log_text(), T(5), msg="the reopen logged")
+
+    def test_a_stopped_logger_never_stalls_the_workers(self):
+        a = self.hb("alpha")
+        log = os.path.join(self.tmp, "access.log")
+        cfg = self.make_config([pool("p", [host("a", a.address)])],
+                               listeners=[http_listener("web", log, "main", upstream="app",
+                                                        http={"keepalive_requests": 100000})])
+        gw = self.gateway(cfg)
+        port = gw.ports[0]
+        self.assertEqual(hb.request(port, "GET", "/warm").status, 200)
+        self.wait_lines(log, 1)
+        def comm(p):
+            with open(f"/proc/{p}/comm") as f:
+                return f.read().strip()
+        logger = [p for p in gw.children() if comm(p) == "gwd-logger"]
+        self.assertEqual(len(logger), 1, gw.children())
+        os.kill(logger[0], signal.SIGSTOP)
+        try:
+            # Far more than the socket and the worker's staging hold: requests must
+            # keep being answered promptly; lines beyond the queue are dropped.
+            t0 = time.monotonic()
+            n = 0
+            with socket.create_connection((LO, port)) as s:
+                s.settimeout(T(5))
+                reader = hb.Reader(s)
+                pad = "p" * 3000
+                for i in range(3000):
+                    s.sendall(f"GET /{i}/{pad} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                    r = hb.read_response(reader)
+                    self.assertIsNotNone(r)
+                    self.assertEqual(r.status, 200)
+                    n += 1
+            elapsed = time.monotonic() - t0
+            self.assertEqual(n, 3000)
+            self.assertLess(elapsed, T(30), "requests stalled while the logger was stopped")
+        finally:
+            os.kill(logger[0], signal.SIGCONT)
+        # The queued lines arrive once it runs again (at least the socket's worth).
+        lines = self.wait_lines(log, 200, timeout=T(10))
+        self.assertGreater(len(lines), 200)
+        self.assertLessEqual(len(lines), 3001)
+        for l in lines[:50]:
+            self.assertIsNotNone(COMBINED.match(l), l)
+
+    def test_config_errors(self):
+        base = self.make_config([pool("p", [host("a", 1)])],
+                                listeners=[{"name": "web", "listen": f"{LO}:{free_port()}", "protocol": "http",
+                                            "upstream": "app", "access_log": {"format": "xml", "buffer": 1}}])
+        self.assertConfigErrors(base, ["listeners[0].access_log.format", "listeners[0].access_log.buffer",
+                                       "listeners[0].access_log"])
+
+
+if __name__ == "__main__":
+    gwtest.main()

@@ -1,0 +1,422 @@
+#!/usr/bin/python3
+"""Cluster: three gw nodes share pools and hosts through a 3-member etcd
+cluster started here (Debian's etcd-server, loopback ports, data in the test's
+temp dir). gwctl --etcd changes are routed by every node within 1 s; losing one
+member changes nothing; losing all of them leaves the nodes serving and saying
+so; a node that was cut off resumes from its last revision, or re-lists after
+compaction, and ends with exactly etcd's state, each change applied once;
+concurrent writers never lose each other's change."""
+
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gwtest  # noqa: E402
+from gwtest import GwTestCase, T, host, pool  # noqa: E402
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+def b64(s):
+    return base64.b64encode(s.encode()).decode()
+
+
+class EtcdCluster:
+    """Three etcd members on free loopback ports, data dirs under `tmp`."""
+
+    def __init__(self, tmp, n=3):
+        self.tmp = tmp
+        self.n = n
+        self.client = [gwtest.free_port() for _ in range(n)]
+        self.peer = [gwtest.free_port() for _ in range(n)]
+        self.procs = [None] * n
+        self.urls = [f"http://127.0.0.1:{p}" for p in self.client]
+        self.initial = ",".join(f"m{i}=http://127.0.0.1:{self.peer[i]}" for i in range(n))
+        self.token = f"gwtest-{os.getpid()}-{self.client[0]}"
+
+    def start(self, i):
+        log = open(os.path.join(self.tmp, f"etcd-m{i}.log"), "ab")
+        self.procs[i] = subprocess.Popen(
+            [ETCD, "--name", f"m{i}", "--data-dir", os.path.join(self.tmp, f"etcd-m{i}"),
+             "--listen-client-urls", self.urls[i], "--advertise-client-urls", self.urls[i],
+             "--listen-peer-urls", f"http://127.0.0.1:{self.peer[i]}",
+             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer[i]}",
+             "--initial-cluster", self.initial, "--initial-cluster-state", "new",
+             "--initial-cluster-token", self.token,
+             "--heartbeat-interval", "50", "--election-timeout", "500"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=gwtest._child_preexec)
+        log.close()
+
+    def start_all(self):
+        for i in range(self.n):
+            self.start(i)
+        self.wait_healthy(range(self.n))
+
+    def kill(self, i):
+        p = self.procs[i]
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait(T(10))
+        self.procs[i] = None
+
+    def stop_all(self):
+        for i in range(self.n):
+            self.kill(i)
+
+    def healthy(self, i):
+        try:
+            with urllib.request.urlopen(self.urls[i] + "/health", timeout=1) as r:
+                return json.loads(r.read()).get("health") == "true"
+        except (OSError, ValueError):
+            return False
+
+    def wait_healthy(self, members):
+        for i in members:
+            gwtest.wait_until(lambda: self.healthy(i), T(20), interval=0.05, msg=f"etcd member m{i} healthy")
+
+    def post(self, path, body, member=None):
+        members = [member] if member is not None else range(self.n)
+        last = None
+        for i in members:
+            if self.procs[i] is None:
+                continue
+            req = urllib.request.Request(self.urls[i] + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=T(5)) as r:
+                    return json.loads(r.read())
+            except (OSError, urllib.error.HTTPError) as e:
+                last = e
+        raise AssertionError(f"no etcd member answered {path}: {last!r}")
+
+    def get_prefix(self, prefix):
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        r = self.post("/v3/kv/range", {"key": b64(prefix), "range_end": b64(end)})
+        kvs = {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
+               for kv in r.get("kvs", [])}
+        return int(r["header"]["revision"]), kvs
+
+    def put(self, key, value):
+        return self.post("/v3/kv/put", {"key": b64(key), "value": b64(value)})
+
+    def compact(self, revision):
+        return self.post("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+
+
+class ClusterTest(GwTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        if not os.access(ETCD, os.X_OK):
+            raise __import__("unittest").SkipTest(f"etcd is not installed ({ETCD} missing; tools/setup.sh installs etcd-server)")
+
+    def setUp(self):
+        super().setUp()
+        self.etcd = EtcdCluster(self.tmp)
+        self.addCleanup(self._stop_etcd)
+        self.etcd.start_all()
+        self.prefix = f"/gwtest-{os.getpid()}-{self._testMethodName}/"
+        self.a = self.backend("a")
+
+    def _stop_etcd(self):
+        self.etcd.stop_all()
+        if self._failed():
+            for i in range(self.etcd.n):
+                try:
+                    with open(os.path.join(self.tmp, f"etcd-m{i}.log"), "rb") as f:
+                        sys.stderr.write(f"--- etcd m{i} ---\n{gwtest.tail(f.read().decode(errors='replace'), 30)}\n")
+                except OSError:
+                    pass
+
+    # -- nodes
+    def node(self, i, n=3):
+        urls = self.etcd.urls[i % n:] + self.etcd.urls[:i % n]   # node i prefers member i
+        cfg = self.make_config([pool("primary", [host("a", self.a)])], workers=1,
+                               cluster={"etcd": urls, "prefix": self.prefix, "timeout_ms": 1000,
+                                        "reconnect_max_ms": 500})
+        gw = gwtest.Gateway(self, cfg, conf_name=f"node{i}.json")
+        self._gateways.append(gw)
+        return gw.start()
+
+    def nodes(self, n=3):
+        gws = [self.node(i) for i in range(n)]
+        for gw in gws:
+            self.wait_state(gw, "synced")
+        return gws
+
+    def cluster(self, gw):
+        return gw.status()["cluster"]
+
+    def wait_state(self, gw, state, timeout=None):
+        seen = {}
+
+        def ok():
+            seen.update(self.cluster(gw) or {})
+            return seen.get("state") == state
+        try:
+            gwtest.wait_until(ok, timeout or T(10), interval=0.05, msg=f"{gw.shm} cluster state {state}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; last cluster status {seen}")
+        return seen
+
+    def sync_pid(self, gw):
+        pid = self.cluster(gw)["sync_pid"]
+        self.assertIn(pid, gw.children(), "sync_pid is not a child of the master")
+        return pid
+
+    def ctl_etcd(self, *args, member=None, env=None):
+        urls = self.etcd.urls if member is None else [self.etcd.urls[member]]
+        argv = [gwtest.GWCTL, *args, "--etcd", ",".join(urls), "--prefix", self.prefix]
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+
+    def etcd_ok(self, *args, member=None):
+        p = self.ctl_etcd(*args, member=member)
+        out, err = p.communicate(timeout=T(15))
+        self.assertEqual(p.returncode, 0, f"gwctl {' '.join(args)} --etcd: {err.strip()}")
+        self.assertRegex(out, r"^ok: .* \(etcd revision \d+\)\n$")
+        return out
+
+    def assert_one_line_error(self, rc, err, what):
+        self.assertEqual(rc, 1, f"{what}: rc={rc} stderr={err!r}")
+        lines = [l for l in err.splitlines() if l.strip()]
+        self.assertEqual(len(lines), 1, f"{what}: expected one stderr line, got {err!r}")
+        self.assertTrue(lines[0].startswith("gwctl: "), lines[0])
+        return lines[0]
+
+    def routes_to(self, gw, name, tries=4):
+        return name in gwtest.names(gw.port, tries)
+
+    def wait_routed(self, gws, name, timeout):
+        t0 = time.monotonic()
+        pending = list(gws)
+        while pending:
+            pending = [gw for gw in pending if not self.routes_to(gw, name)]
+            if pending and time.monotonic() - t0 > timeout:
+                self.fail(f"{name} not routed by {[g.shm for g in pending]} within {timeout:.1f}s")
+        return time.monotonic() - t0
+
+    def config_of(self, gw):
+        """The shared part of a node's table: pools and hosts (no generation, no counters)."""
+        snap = gwtest.table_snapshot(gw.status())
+        return snap["upstreams"]
+
+    def assert_same_tables(self, gws):
+        want = self.config_of(gws[0])
+        for gw in gws[1:]:
+            gwtest.wait_until(lambda: self.config_of(gw) == want, T(5), interval=0.05,
+                              msg=f"{gw.shm} to hold the table of {gws[0].shm}: {want}")
+
+    def count_events(self, gw, text):
+        return sum(1 for t in gw.event_texts() if t == text)
+
+    # ------------------------------------------------------------------ tests
+
+    def test_seed_propagate_and_lose_one_member(self):
+        gws = self.nodes()
+        rev, kvs = self.etcd.get_prefix(self.prefix)
+        self.assertEqual(kvs.get(self.prefix + "upstreams/app"), "{}")
+        self.assertEqual(json.loads(kvs[self.prefix + "upstreams/app/pools/primary/hosts/a"]),
+                         {"address": self.a.address, "weight": 1, "down": False})
+        seeded = sum("seeded etcd with upstream \"app\"" in gw.log_text() for gw in gws)
+        self.assertEqual(seeded, 1, "exactly one node seeds an empty prefix")
+        for gw in gws:
+            self.assertEqual(gw.gwctl("check")[0], 0)
+            self.assertTrue(self.routes_to(gw, "a"))
+
+        b = self.backend("b")
+        self.etcd_ok("add", "host", "app/primary", "b", b.address, member=0)
+        dt = self.wait_routed(gws, "b", T(1.0))
+        sys.stderr.write(f"[cluster] add host routed by 3 nodes in {dt * 1000:.0f} ms\n")
+        for gw in gws:
+            self.assertEvent(gw, rf"^host_added app/primary/b {re.escape(b.address)} weight=1$")
+
+        # Kill node 0's member: node 0 moves to another member; nothing else changes.
+        self.etcd.kill(0)
+        for gw in gws:
+            self.assertTrue(self.routes_to(gw, "a") or self.routes_to(gw, "b"))
+        c = self.backend("c")
+        self.etcd_ok("add", "host", "app/primary", "c", c.address, member=1)
+        dt = self.wait_routed(gws, "c", T(1.0))
+        sys.stderr.write(f"[cluster] with a member down, routed by 3 nodes in {dt * 1000:.0f} ms\n")
+        for gw in gws:
+            st = self.wait_state(gw, "synced")
+            self.assertNotEqual(st["endpoint"], self.etcd.urls[0], f"{gw.shm} still on the dead member")
+            self.assertEqual(self.count_events(gw, f"host_added app/primary/c {c.address} weight=1"), 1)
+        self.assert_same_tables(gws)
+
+    def test_all_members_down_then_resume_without_loss(self):
+        gws = self.nodes()
+        b = self.backend("b")
+        self.etcd.stop_all()
+        for gw in gws:
+            st = self.wait_state(gw, "disconnected", T(10))
+            self.assertTrue(st["error"], st)
+            self.assertTrue(st["since"], st)
+            self.assertTrue(self.routes_to(gw, "a"), "a node stopped serving when etcd went away")
+            _, out, _ = gw.gwctl("status")
+            self.assertRegex(out, r"(?m)^cluster: etcd DISCONNECTED since \S+, reconnecting; serving the table of revision \d+")
+            self.assertEqual(gw.gwctl("check")[0], 0, "gwctl check must not fail over because of etcd")
+        p = self.ctl_etcd("add", "host", "app/primary", "b", b.address)
+        out, err = p.communicate(timeout=T(30))
+        self.assertIn("etcd", self.assert_one_line_error(p.returncode, err, "gwctl --etcd with etcd down"))
+
+        for i in range(3):
+            self.etcd.start(i)
+        self.etcd.wait_healthy(range(3))
+        for gw in gws:
+            self.wait_state(gw, "synced", T(10))
+
+        # Cut node 2 off while changes are made: stop its sync process, kill
+        # the member it watches, change things through another member, let
+        # it go on. It must reconnect elsewhere and resume from its last
+        # revision + 1 (no re-list), applying each change exactly once.
+        victim = gws[2]
+        relists = self.cluster(victim)["relists"]
+        spid = self.sync_pid(victim)
+        os.kill(spid, signal.SIGSTOP)
+        try:
+            self.etcd.kill(2)
+            self.etcd_ok("add", "host", "app/primary", "b", b.address, member=0)
+            self.etcd_ok("down", "host", "app/primary", "a", member=0)
+            self.etcd_ok("add", "pool", "app", "dr", "--priority", "5", member=1)
+            self.etcd_ok("set", "pool", "app", "dr", "--priority", "7", "--method", "chash", member=1)
+            self.wait_routed(gws[:2], "b", T(1.0))
+            self.assertTrue(self.routes_to(victim, "a"), "the stopped node changed its table")
+        finally:
+            os.kill(spid, signal.SIGCONT)
+        self.wait_routed([victim], "b", T(5))
+        self.assert_same_tables(gws)
+        st = self.wait_state(victim, "synced")
+        self.assertEqual(st["relists"], relists, "resumed by re-listing, not from the last revision")
+        self.assertEqual(st["revision"], self.etcd.get_prefix(self.prefix)[0])
+        for text in (f"host_added app/primary/b {b.address} weight=1",
+                     f"host_down app/primary/a {self.a.address} (admin: etcd)",
+                     "pool_changed app/dr added priority=5 method=round_robin",
+                     "pool_changed app/dr priority=7 method=chash"):
+            for gw in gws:
+                self.assertEqual(self.count_events(gw, text), 1, f"{gw.shm}: event {text!r} not exactly once")
+        self.assertFalse(self.routes_to(victim, "a"), "a is down in etcd")
+
+    def test_compaction_then_relist(self):
+        gws = self.nodes()
+        b = self.backend("b")
+        victim = gws[2]
+        relists = self.cluster(victim)["relists"]
+        spid = self.sync_pid(victim)
+        os.kill(spid, signal.SIGSTOP)
+        try:
+            self.etcd.kill(2)
+            self.etcd_ok("add", "host", "app/primary", "b", b.address, member=0)
+            self.etcd_ok("remove", "host", "app/primary", "a", member=0)
+            self.etcd_ok("set", "pool", "app", "primary", "--priority", "3", member=0)
+            rev, _ = self.etcd.get_prefix(self.prefix)
+            self.etcd.compact(rev)
+        finally:
+            os.kill(spid, signal.SIGCONT)
+        gwtest.wait_until(lambda: self.cluster(victim)["relists"] > relists, T(10), interval=0.05,
+                          msg="a re-list after compaction")
+        self.assertIn("compacted its history", victim.log_text())
+        self.assert_same_tables(gws)
+        self.wait_routed([victim], "b", T(2))
+        self.assertEqual(gwtest.find_pool(victim.status(), "app/primary")["priority"], 3)
+        self.assertIsNone(gwtest.find_host(victim.status(), "app/primary/a"))
+        for text in (f"host_added app/primary/b {b.address} weight=1", f"host_removed app/primary/a {self.a.address}",
+                     "pool_changed app/primary priority=3 method=round_robin"):
+            self.assertEqual(self.count_events(victim, text), 1, f"event {text!r} not exactly once")
+        # and the watch goes on after the re-list
+        c = self.backend("c")
+        self.etcd_ok("add", "host", "app/primary", "c", c.address, member=1)
+        self.wait_routed(gws, "c", T(1.0))
+
+    def test_concurrent_writers(self):
+        gws = self.nodes(1)
+        gw = gws[0]
+        slow = {"GW_TEST_ETCD_TXN_DELAY_MS": "400"}   # both read before either writes
+
+        def race(args1, args2):
+            p1 = self.ctl_etcd(*args1, env=slow)
+            p2 = self.ctl_etcd(*args2, env=slow)
+            r = []
+            for p in (p1, p2):
+                out, err = p.communicate(timeout=T(20))
+                r.append((p.returncode, out, err))
+            return r
+
+        # the same key: exactly one add lands, the other says why
+        r = race(["add", "host", "app/primary", "x", "127.0.0.1:9001"], ["add", "host", "app/primary", "x", "127.0.0.1:9002"])
+        ok = [x for x in r if x[0] == 0]
+        self.assertEqual(len(ok), 1, r)
+        bad = [x for x in r if x[0] != 0][0]
+        self.assertIn("already exists", self.assert_one_line_error(bad[0], bad[2], "second add"))
+        winner = "127.0.0.1:9001" if r[0][0] == 0 else "127.0.0.1:9002"
+        gwtest.wait_until(lambda: (gwtest.find_host(gw.status(), "app/primary/x") or {}).get("address") == winner,
+                          T(2), msg=f"x at {winner}")
+
+        # read-modify-write of one pool: one fails clearly, nothing is lost silently
+        r = race(["set", "pool", "app", "primary", "--priority", "5"], ["set", "pool", "app", "primary", "--method", "chash"])
+        self.assertEqual(sorted(x[0] for x in r), [0, 1], r)
+        bad = [x for x in r if x[0] != 0][0]
+        self.assertIn("changed by another writer", self.assert_one_line_error(bad[0], bad[2], "second set"))
+        want = (5, "round_robin") if r[0][0] == 0 else (0, "chash")
+        gwtest.wait_until(lambda: (lambda p: (p["priority"], p["method"]))(gwtest.find_pool(gw.status(), "app/primary")) == want,
+                          T(2), msg=f"pool primary {want}")
+
+        # different keys: both land
+        r = race(["add", "host", "app/primary", "y", "127.0.0.1:9003"], ["add", "host", "app/primary", "z", "127.0.0.1:9004"])
+        self.assertEqual([x[0] for x in r], [0, 0], r)
+        for h in ("y", "z"):
+            gwtest.wait_until(lambda: gwtest.find_host(gw.status(), f"app/primary/{h}"), T(2), msg=f"host {h}")
+
+        # removing an empty pool while a host is added to it: never a host without its pool
+        self.etcd_ok("add", "pool", "app", "tmp")
+        r = race(["remove", "pool", "app", "tmp"], ["add", "host", "app/tmp", "t", "127.0.0.1:9005"])
+        self.assertEqual(sorted(x[0] for x in r), [0, 1], r)
+        bad = [x for x in r if x[0] != 0][0]
+        self.assert_one_line_error(bad[0], bad[2], "the losing writer")
+        _, kvs = self.etcd.get_prefix(self.prefix)
+        has_pool = self.prefix + "upstreams/app/pools/tmp" in kvs
+        has_host = self.prefix + "upstreams/app/pools/tmp/hosts/t" in kvs
+        self.assertEqual(has_pool, has_host, kvs)
+        self.assertEqual(has_pool, r[1][0] == 0)
+
+    def test_local_changes_refused_and_bad_input(self):
+        gw = self.nodes(1)[0]
+        rc, _, err = gw.gwctl("add", "host", "app/primary", "x", "127.0.0.1:9001")
+        self.assertIn("takes its pools and hosts from etcd", self.assert_one_line_error(rc, err, "local add"))
+        cases = [
+            (["add", "host", "app/primary", "x", "127.0.0.1:9001", "--etcd", "https://127.0.0.1:1"], "https is not supported"),
+            (["add", "host", "app/primary", "x", "127.0.0.1:9001", "--etcd", "http://localhost:2379"], "host names are not resolved"),
+            (["add", "host", "app/nope", "x", "127.0.0.1:9001", "--etcd", self.etcd.urls[0], "--prefix", self.prefix], "unknown pool"),
+            (["add", "host", "nope/p", "x", "127.0.0.1:9001", "--etcd", self.etcd.urls[0], "--prefix", self.prefix], "unknown upstream"),
+            (["remove", "host", "app/primary", "nope", "--etcd", self.etcd.urls[0], "--prefix", self.prefix], "unknown host"),
+            (["remove", "pool", "app", "primary", "--etcd", self.etcd.urls[0], "--prefix", self.prefix], "still has 1 host(s)"),
+            (["add", "host", "app/primary", "x", "1.2.3", "--etcd", self.etcd.urls[0], "--prefix", self.prefix], "bad address"),
+            (["status", "--etcd", self.etcd.urls[0]], "--etcd goes with a change"),
+            (["add", "host", "app/primary", "x", "127.0.0.1:9001", "--etcd", f"http://127.0.0.1:{gwtest.free_port()}"], "cannot connect"),
+        ]
+        for args, want in cases:
+            with self.subTest(args=args):
+                rc, out, err = gwtest.run_gwctl(*args, timeout=T(15))
+                self.assertIn(want, self.assert_one_line_error(rc, err, " ".join(args)))
+        _, kvs = self.etcd.get_prefix(self.prefix)
+        self.assertEqual(len(kvs), 3, f"bad input changed etcd: {kvs}")
+        # a value no schema accepts is ignored by the nodes, with a warning
+        self.etcd.put(self.prefix + "upstreams/app/pools/primary/hosts/bad", '{"address": "nope"}')
+        gwtest.wait_until(lambda: "hosts/bad ignored" in gw.log_text(), T(5), msg="a warning about the bad value")
+        self.assertTrue(self.routes_to(gw, "a"))
+
+
+if __name__ == "__main__":
+    gwtest.main()

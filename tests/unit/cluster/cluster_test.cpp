@@ -1,0 +1,370 @@
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "gw/cluster/base64.hpp"
+#include "gw/cluster/etcd.hpp"
+#include "gw/cluster/reconcile.hpp"
+#include "gw/cluster/schema.hpp"
+#include "gw/config/config.hpp"
+
+using namespace gw::cluster;
+
+namespace {
+
+gw::core::SockAddr addr(const char* s) {
+  gw::core::SockAddr a;
+  std::string why;
+  REQUIRE(gw::core::parse_address(s, a, why));
+  return a;
+}
+
+// A table with upstream "app" (pools primary: a, b; backup: c) and "other" (pool p: x).
+gw::shm::Table sample() {
+  gw::shm::Table t({4, 8, 16});
+  gw::shm::UpstreamRecord u{};
+  gw::shm::set_name(u.name, "app");
+  int ui = t.add_upstream(u);
+  int p = t.add_pool(ui, "primary", 0, gw::shm::Method::round_robin);
+  int b = t.add_pool(ui, "backup", 1, gw::shm::Method::round_robin);
+  t.add_host(p, "a", addr("127.0.0.1:1001"), 1);
+  t.add_host(p, "b", addr("127.0.0.1:1002"), 2);
+  t.add_host(b, "c", addr("127.0.0.1:1003"), 1);
+  gw::shm::set_name(u.name, "other");
+  int oi = t.add_upstream(u);
+  t.add_host(t.add_pool(oi, "p", 0, gw::shm::Method::chash), "x", addr("127.0.0.1:2001"), 1);
+  uint32_t tag = 1;
+  for (auto& h : t.hosts()) h.slot = tag - 1, h.tag = tag++;
+  return t;
+}
+
+std::map<std::string, std::string> kv_of(const gw::shm::Table& t, const std::string& up) {
+  std::map<std::string, std::string> kv;
+  int ui = t.find_upstream(up);
+  kv[upstream_key("/gw/", up)] = "{}";
+  for (size_t pi = 0; pi < t.pools().size(); ++pi) {
+    const auto& pr = t.pools()[pi];
+    if (pr.upstream != ui) continue;
+    std::string pid(gw::shm::name_of(pr.id));
+    kv[pool_key("/gw/", up, pid)] = encode_pool({pr.priority, static_cast<gw::shm::Method>(pr.method)});
+    for (int hi : t.pool_hosts(static_cast<int>(pi))) {
+      const auto& h = t.hosts()[static_cast<size_t>(hi)];
+      kv[host_key("/gw/", up, pid, gw::shm::name_of(h.id))] = encode_host({h.addr, h.weight, h.admin_down != 0});
+    }
+  }
+  return kv;
+}
+
+bool contains(const std::vector<std::string>& v, const std::string& s) {
+  for (const auto& x : v)
+    if (x == s) return true;
+  return false;
+}
+
+}  // namespace
+
+TEST_SUITE("cluster") {
+  TEST_CASE("base64 round trips and refuses bad input") {
+    CHECK(base64_encode("") == "");
+    CHECK(base64_encode("f") == "Zg==");
+    CHECK(base64_encode("fo") == "Zm8=");
+    CHECK(base64_encode("foo") == "Zm9v");
+    CHECK(base64_encode("/gw/upstreams/app") == "L2d3L3Vwc3RyZWFtcy9hcHA=");
+    std::string all;
+    for (int i = 0; i < 256; ++i) all += static_cast<char>(i);
+    for (size_t n = 0; n < all.size(); n += 37) {
+      std::string out;
+      REQUIRE(base64_decode(base64_encode(all.substr(0, n)), out));
+      CHECK(out == all.substr(0, n));
+    }
+    std::string out;
+    CHECK(base64_decode("aGVsbG8=", out));
+    CHECK(out == "hello");
+    CHECK_FALSE(base64_decode("aGVsbG8", out));    // length
+    CHECK_FALSE(base64_decode("aGV$bG8=", out));   // alphabet
+    CHECK_FALSE(base64_decode("a===", out));       // too much padding
+    CHECK_FALSE(base64_decode("Zh==", out));       // non-zero leftover bits
+    CHECK_FALSE(base64_decode("Zg==Zg==", out));   // padding in the middle
+  }
+
+  TEST_CASE("key schema: encode, parse, prefix end") {
+    CHECK(upstream_key("/gw/", "app") == "/gw/upstreams/app");
+    CHECK(pool_key("/gw/", "app", "primary") == "/gw/upstreams/app/pools/primary");
+    CHECK(host_key("/gw/", "app", "primary", "a") == "/gw/upstreams/app/pools/primary/hosts/a");
+    CHECK(hosts_prefix("/gw/", "app", "primary") == "/gw/upstreams/app/pools/primary/hosts/");
+    CHECK(prefix_end("/gw/") == "/gw0");
+    CHECK(prefix_end(std::string("a\xff", 2)) == "b");
+    CHECK(prefix_end(std::string("\xff", 1)) == std::string(1, '\0'));
+    Key k;
+    std::string why;
+    REQUIRE(parse_key("/gw/", "/gw/upstreams/app/pools/primary/hosts/a:1", k, why));
+    CHECK(k.kind == KeyKind::host);
+    CHECK((k.upstream == "app" && k.pool == "primary" && k.host == "a:1"));
+    REQUIRE(parse_key("/gw/", "/gw/upstreams/app/pools/p", k, why));
+    CHECK((k.kind == KeyKind::pool && k.pool == "p"));
+    REQUIRE(parse_key("/gw/", "/gw/upstreams/app", k, why));
+    CHECK(k.kind == KeyKind::upstream);
+    for (const char* bad : {"/gw/upstreams", "/gw/upstreams/app/pools", "/gw/upstreams/app/x/p",
+                            "/gw/upstreams/app/pools/p/hosts", "/gw/upstreams/app/pools/p/hosts/h/x",
+                            "/gw/upstreams//pools/p", "/gw/upstreams/a b", "/gw/other/app", "/other/upstreams/app"}) {
+      CAPTURE(bad);
+      CHECK_FALSE(parse_key("/gw/", bad, k, why));
+      CHECK_FALSE(why.empty());
+    }
+  }
+
+  TEST_CASE("values: encode, decode, strict errors") {
+    HostSpec h{addr("127.0.0.1:8081"), 7, true}, back;
+    std::string why;
+    REQUIRE(decode_host(encode_host(h), back, why));
+    CHECK(back == h);
+    REQUIRE(decode_host(R"({"address": "[::1]:80"})", back, why));
+    CHECK((back.weight == 1 && !back.down));
+    CHECK_FALSE(decode_host(R"({"weight": 1})", back, why));
+    CHECK(why == "address: missing required key");
+    CHECK_FALSE(decode_host(R"({"address": "127.0.0.1:8081", "weight": 1001})", back, why));
+    CHECK(why.rfind("weight:", 0) == 0);
+    CHECK_FALSE(decode_host(R"({"address": "127.0.0.1:99999"})", back, why));
+    CHECK_FALSE(decode_host(R"({"address": "127.0.0.1:1", "colour": 1})", back, why));
+    CHECK(why == "colour: unknown key");
+    CHECK_FALSE(decode_host(R"({"address": "127.0.0.1:1", "address": "127.0.0.1:2"})", back, why));
+    CHECK_FALSE(decode_host("[1]", back, why));
+    CHECK_FALSE(decode_host("{", back, why));
+    PoolSpec p{-5, gw::shm::Method::maglev}, pb;
+    REQUIRE(decode_pool(encode_pool(p), pb, why));
+    CHECK(pb == p);
+    REQUIRE(decode_pool("{}", pb, why));
+    CHECK(pb == PoolSpec{});
+    CHECK_FALSE(decode_pool(R"({"method": "bogus"})", pb, why));
+    CHECK_FALSE(decode_pool(R"({"priority": "1"})", pb, why));
+  }
+
+  TEST_CASE("model: orphans and bad values are left out with a warning") {
+    std::map<std::string, std::string> kv = {
+        {"/gw/upstreams/app", "{}"},
+        {"/gw/upstreams/app/pools/p", R"({"priority": 1})"},
+        {"/gw/upstreams/app/pools/p/hosts/a", R"({"address": "127.0.0.1:1"})"},
+        {"/gw/upstreams/app/pools/p/hosts/bad", R"({"address": "nope"})"},
+        {"/gw/upstreams/app/pools/gone/hosts/b", R"({"address": "127.0.0.1:2"})"},
+        {"/gw/upstreams/ghost/pools/q", "{}"},
+        {"/gw/junk", "x"},
+    };
+    std::vector<std::string> warnings;
+    Model m = build_model("/gw/", kv, warnings);
+    CHECK(m.upstreams.size() == 1);
+    CHECK(m.pools.size() == 1);
+    CHECK(m.hosts.size() == 1);
+    CHECK(m.pools.at({"app", "p"}).priority == 1);
+    CHECK(warnings.size() == 4);
+  }
+
+  TEST_CASE("reconcile: the same state changes nothing, keeps other upstreams") {
+    gw::shm::Table t = sample();
+    std::vector<std::string> warnings, events;
+    Model m = build_model("/gw/", kv_of(t, "app"), warnings);
+    // key order is pools by id: backup before primary, so the first reconcile reorders
+    bool changed = reconcile(t, m, events, warnings);
+    CHECK(changed);
+    CHECK(events.empty());
+    CHECK(gw::shm::name_of(t.pools()[0].id) == "backup");
+    events.clear();
+    CHECK_FALSE(reconcile(t, m, events, warnings));
+    CHECK(events.empty());
+    CHECK(warnings.empty());
+    // "other" is not in etcd: untouched, slot included
+    int x = t.find_host(t.find_pool(t.find_upstream("other"), "p"), "x");
+    REQUIRE(x >= 0);
+    CHECK(t.hosts()[static_cast<size_t>(x)].tag == 4);
+  }
+
+  TEST_CASE("reconcile keeps the routes and gray-release rules (they are not shared through etcd)") {
+    gw::shm::Table t = sample();
+    int r = t.add_route("web", "root");
+    gw::shm::RuleSpec rule;
+    rule.id = "canary";
+    rule.upstream = "other";
+    gw::core::Cidr c;
+    std::string why;
+    REQUIRE(gw::core::parse_cidr("127.0.0.16/28", c, why));
+    rule.cidrs = {c, c};
+    rule.percent_bp = 250;
+    t.add_rule(r, rule);
+    auto kv = kv_of(t, "app");
+    kv["/gw/upstreams/app/pools/primary/hosts/d"] = R"({"address": "127.0.0.1:1004"})";
+    std::vector<std::string> warnings, events;
+    Model m = build_model("/gw/", kv, warnings);
+    REQUIRE(reconcile(t, m, events, warnings));
+    REQUIRE(t.routes().size() == 1);
+    CHECK(t.find_route("web", "root") == 0);
+    REQUIRE(t.rules().size() == 1);
+    auto back = t.rule_spec(0);
+    CHECK(back.id == "canary");
+    CHECK(back.upstream == "other");
+    CHECK(back.percent_bp == 250);
+    REQUIRE(back.cidrs.size() == 2);
+    CHECK(back.cidrs[1].to_string() == "127.0.0.16/28");
+  }
+
+  TEST_CASE("reconcile: add, remove, change in one pass") {
+    gw::shm::Table t = sample();
+    auto kv = kv_of(t, "app");
+    kv.erase("/gw/upstreams/app/pools/primary/hosts/a");                                           // removed
+    kv["/gw/upstreams/app/pools/primary/hosts/b"] = R"({"address": "127.0.0.1:1002", "weight": 5, "down": true})";  // changed
+    kv["/gw/upstreams/app/pools/primary/hosts/d"] = R"({"address": "127.0.0.1:1004"})";          // added
+    kv["/gw/upstreams/app/pools/backup/hosts/c"] = R"({"address": "127.0.0.1:1999"})";           // moved address
+    kv["/gw/upstreams/app/pools/backup"] = R"({"priority": 3, "method": "maglev"})";
+    kv["/gw/upstreams/app/pools/new"] = R"({})";
+    kv["/gw/upstreams/ghost"] = "{}";
+    std::vector<std::string> warnings, events;
+    Model m = build_model("/gw/", kv, warnings);
+    REQUIRE(reconcile(t, m, events, warnings));
+    CHECK(contains(events, "host_removed app/primary/a 127.0.0.1:1001"));
+    CHECK(contains(events, "host_changed app/primary/b 127.0.0.1:1002 weight=5"));
+    CHECK(contains(events, "host_down app/primary/b 127.0.0.1:1002 (admin: etcd)"));
+    CHECK(contains(events, "host_added app/primary/d 127.0.0.1:1004 weight=1"));
+    CHECK(contains(events, "host_removed app/backup/c 127.0.0.1:1003"));
+    CHECK(contains(events, "host_added app/backup/c 127.0.0.1:1999 weight=1"));
+    CHECK(contains(events, "pool_changed app/backup priority=3 method=maglev"));
+    CHECK(contains(events, "pool_changed app/new added priority=0 method=round_robin"));
+    CHECK(events.size() == 8);
+    CHECK(contains(warnings, "upstream \"ghost\" in etcd is not in this node's config; ignored"));
+    int app = t.find_upstream("app");
+    int primary = t.find_pool(app, "primary");
+    const auto& b = t.hosts()[static_cast<size_t>(t.find_host(primary, "b"))];
+    CHECK((b.weight == 5 && b.admin_down == 1 && b.tag == 2));            // kept its slot
+    CHECK(t.hosts()[static_cast<size_t>(t.find_host(primary, "d"))].tag == 0);  // the writer assigns one
+    CHECK(t.hosts()[static_cast<size_t>(t.find_host(t.find_pool(app, "backup"), "c"))].tag == 0);  // new address: new slot
+    CHECK(t.find_host(primary, "a") < 0);
+    CHECK(t.upstreams().size() == 2);
+    // and now it is in sync
+    events.clear();
+    CHECK_FALSE(reconcile(t, m, events, warnings));
+  }
+
+  TEST_CASE("reconcile: a pool removed with its hosts; capacity errors throw") {
+    gw::shm::Table t = sample();
+    auto kv = kv_of(t, "app");
+    kv.erase("/gw/upstreams/app/pools/backup");
+    kv.erase("/gw/upstreams/app/pools/backup/hosts/c");
+    std::vector<std::string> warnings, events;
+    REQUIRE(reconcile(t, build_model("/gw/", kv, warnings), events, warnings));
+    CHECK(events == std::vector<std::string>{"host_removed app/backup/c 127.0.0.1:1003", "pool_changed app/backup removed"});
+    for (int i = 0; i < 20; ++i)
+      kv["/gw/upstreams/app/pools/primary/hosts/n" + std::to_string(i)] = R"({"address": "127.0.0.1:3000"})";
+    gw::shm::Table before = t;
+    CHECK_THROWS_AS(reconcile(t, build_model("/gw/", kv, warnings), events, warnings), gw::shm::TableError);
+  }
+
+  TEST_CASE("request bodies") {
+    CHECK(range_request("/gw/", "/gw0") == R"({"key": "L2d3Lw==", "range_end": "L2d3MA=="})");
+    CHECK(range_request("k", "", true) == R"({"key": "aw==", "count_only": true})");
+    CHECK(watch_create_request("/gw/", "/gw0", 8) ==
+          R"({"create_request": {"key": "L2d3Lw==", "range_end": "L2d3MA==", "start_revision": "8"}})");
+    CHECK(txn_request({{"a", "", Compare::Target::create_revision, 0}, {"b", "c", Compare::Target::mod_revision, 5}},
+                      {{false, "a", "v"}, {true, "b", ""}}) ==
+          R"({"compare": [{"key": "YQ==", "target": "CREATE", "result": "EQUAL", "create_revision": "0"}, )"
+          R"({"key": "Yg==", "range_end": "Yw==", "target": "MOD", "result": "EQUAL", "mod_revision": "5"}], )"
+          R"("success": [{"request_put": {"key": "YQ==", "value": "dg=="}}, {"request_delete_range": {"key": "Yg=="}}]})");
+  }
+
+  TEST_CASE("response parsers (as etcd 3.4's gateway answers)") {
+    auto r = parse_range_response(
+        R"({"header":{"cluster_id":"1","member_id":"2","revision":"7","raft_term":"2"},)"
+        R"("kvs":[{"key":"L2d3L2E=","create_revision":"2","mod_revision":"5","version":"3","value":"aGVsbG8="}],"count":"1"})");
+    CHECK(r.revision == 7);
+    CHECK(r.count == 1);
+    REQUIRE(r.kvs.size() == 1);
+    CHECK((r.kvs[0].key == "/gw/a" && r.kvs[0].value == "hello"));
+    CHECK((r.kvs[0].create_revision == 2 && r.kvs[0].mod_revision == 5 && r.kvs[0].version == 3));
+    CHECK(parse_range_response(R"({"header":{"revision":"3"}})").kvs.empty());
+    CHECK(parse_txn_response(R"({"header":{"revision":"3"},"succeeded":true,"responses":[]})").succeeded);
+    CHECK_FALSE(parse_txn_response(R"({"header":{"revision":"3"}})").succeeded);
+    CHECK_THROWS_AS(parse_range_response("not json"), EtcdError);
+    CHECK_THROWS_AS(parse_range_response(R"({"kvs":[{"key":"@@@"}]})"), EtcdError);
+    int code = 0;
+    CHECK(error_message(R"({"error":"etcdserver: mvcc: required revision has been compacted","code":11})", code) ==
+          "etcdserver: mvcc: required revision has been compacted");
+    CHECK(code == 11);
+  }
+
+  TEST_CASE("watch messages: created, events, delete, compaction, stream error") {
+    auto m = parse_watch_message(R"({"result":{"header":{"revision":"3"},"created":true}})");
+    CHECK((m.created && !m.canceled && m.events.empty() && m.revision == 3));
+    m = parse_watch_message(
+        R"({"result":{"header":{"revision":"5"},"events":[{"kv":{"key":"L2d3L2E=","create_revision":"2","mod_revision":"4","version":"2","value":"eA=="}},)"
+        R"({"type":"DELETE","kv":{"key":"L2d3L2I=","mod_revision":"5"}}]}})");
+    REQUIRE(m.events.size() == 2);
+    CHECK((!m.events[0].is_delete && m.events[0].kv.key == "/gw/a" && m.events[0].kv.value == "x" &&
+           m.events[0].kv.mod_revision == 4));
+    CHECK((m.events[1].is_delete && m.events[1].kv.key == "/gw/b" && m.events[1].kv.mod_revision == 5));
+    m = parse_watch_message(R"({"result":{"header":{"raft_term":"2"},"canceled":true,"compact_revision":"5"}})");
+    CHECK((m.canceled && m.compact_revision == 5));
+    m = parse_watch_message(R"({"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader"}})");
+    CHECK(m.error == "etcdserver: no leader");
+    CHECK_THROWS_AS(parse_watch_message(R"({"result":{"events":[{"type":"BOGUS","kv":{}}]}})"), EtcdError);
+    CHECK_THROWS_AS(parse_watch_message(R"({"nothing":1})"), EtcdError);
+  }
+
+  TEST_CASE("HTTP response reader: chunked stream split anywhere") {
+    const std::string wire =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "8\r\n{\"a\":1}\n\r\n5\r\n{\"b\":\r\n3\r\n2}\n\r\n";
+    for (size_t split = 1; split < wire.size(); ++split) {
+      ResponseReader r;
+      std::string body;
+      CHECK_FALSE(r.feed(wire.substr(0, split), body));
+      CHECK_FALSE(r.feed(wire.substr(split), body));
+      CHECK(r.status() == 200);
+      CHECK(body == "{\"a\":1}\n{\"b\":2}\n");
+    }
+    ResponseReader r;
+    std::string body;
+    CHECK(r.feed("HTTP/1.1 400 Bad Request\r\nContent-Length: 4\r\n\r\nnope", body));
+    CHECK((r.status() == 400 && body == "nope"));
+    ResponseReader bad;
+    CHECK_THROWS_AS(bad.feed("garbage\r\n\r\n", body), EtcdError);
+  }
+}
+
+TEST_SUITE("config") {
+  TEST_CASE("cluster: valid, defaults, and every error with its path") {
+    auto with = [](const std::string& cluster) {
+      return gw::config::load_string(
+          R"({"cluster": )" + cluster +
+          R"(, "listeners": [{"name": "l", "listen": "127.0.0.1:1", "upstream": "app"}], "upstreams": [{"name": "app"}]})");
+    };
+    auto r = with(R"({"etcd": ["http://127.0.0.1:2379", "http://127.0.0.2:2379/"]})");
+    REQUIRE(r.errors.empty());
+    CHECK(r.config.cluster.enabled);
+    CHECK(r.config.cluster.etcd == std::vector<std::string>{"http://127.0.0.1:2379", "http://127.0.0.2:2379"});
+    CHECK(r.config.cluster.prefix == "/gw/");
+    CHECK(r.config.cluster.reconnect_max_ms == 5000);
+    CHECK_FALSE(gw::config::load_string(R"({"listeners": [], "upstreams": []})").config.cluster.enabled);
+    struct Case {
+      const char* cluster;
+      const char* error;
+    } cases[] = {
+        {R"({})", "cluster: missing required key \"etcd\""},
+        {R"({"etcd": []})", "cluster.etcd: expected 1..16 endpoint URLs, got 0"},
+        {R"({"etcd": "http://127.0.0.1:2379"})", "cluster.etcd: expected an array"},
+        {R"({"etcd": ["https://127.0.0.1:2379"]})", "cluster.etcd[0]: https is not supported"},
+        {R"({"etcd": ["http://localhost:2379"]})", "cluster.etcd[0]: expected http://IP:PORT (host names are not resolved)"},
+        {R"({"etcd": ["http://127.0.0.1:2379/v3"]})", "cluster.etcd[0]: expected http://IP:PORT without a path"},
+        {R"({"etcd": ["http://127.0.0.1:1", "http://127.0.0.1:1"]})", "cluster.etcd[1]: endpoint http://127.0.0.1:1 is listed twice"},
+        {R"({"etcd": [2379]})", "cluster.etcd[0]: expected a string"},
+        {R"({"etcd": ["http://127.0.0.1:1"], "prefix": "gw"})", "cluster.prefix: expected 2..128"},
+        {R"({"etcd": ["http://127.0.0.1:1"], "prefix": "/g w/"})", "cluster.prefix: expected 2..128"},
+        {R"({"etcd": ["http://127.0.0.1:1"], "reconnect_max_ms": 5})", "cluster.reconnect_max_ms: expected an integer 100..600000"},
+        {R"({"etcd": ["http://127.0.0.1:1"], "timeout_ms": 0})", "cluster.timeout_ms: expected an integer 10..60000"},
+        {R"({"etcd": ["http://127.0.0.1:1"], "colour": 1})", "cluster.colour: unknown key"},
+        {R"([])", "cluster: expected an object"},
+    };
+    for (const auto& c : cases) {
+      CAPTURE(c.cluster);
+      auto e = with(c.cluster).errors;
+      bool found = false;
+      for (const auto& x : e) found |= x.rfind(c.error, 0) == 0;
+      CHECK_MESSAGE(found, (e.empty() ? std::string("no error") : e[0]));
+    }
+  }
+}

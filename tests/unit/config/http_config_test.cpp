@@ -1,0 +1,157 @@
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <string>
+
+#include "gw/config/config.hpp"
+
+using gw::config::HashKey;
+using gw::config::load_string;
+
+namespace {
+std::string with_listener(const std::string& listener, const std::string& upstream_extra = "") {
+  return R"({"workers": 1, "shm": {"name": "h1"},
+  "listeners": [)" + listener + R"(],
+  "upstreams": [{"name": "app")" + upstream_extra + R"(, "pools": [{"id": "p", "hosts": [{"id": "a", "address": "127.0.0.1:8081"}]}]},
+                {"name": "pre", "pools": [{"id": "p", "hosts": [{"id": "c", "address": "127.0.0.1:8083"}]}]}]})";
+}
+bool has(const std::vector<std::string>& errors, const std::string& needle) {
+  return std::any_of(errors.begin(), errors.end(), [&](const std::string& e) { return e.find(needle) != std::string::npos; });
+}
+std::string all(const std::vector<std::string>& errors) {
+  std::string s;
+  for (const auto& e : errors) s += e + "\n";
+  return s;
+}
+}  // namespace
+
+TEST_SUITE("config") {
+  TEST_CASE("an http listener with only an upstream gets one catch-all route and the defaults") {
+    auto r = load_string(with_listener(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http", "upstream": "app"})"));
+    REQUIRE_MESSAGE(r.ok(), all(r.errors));
+    const auto& l = r.config.listeners[0];
+    CHECK(l.protocol == gw::config::Protocol::http);
+    REQUIRE(l.routes.size() == 1);
+    CHECK(l.routes[0].name == "default");
+    CHECK(l.routes[0].host == "*");
+    CHECK(l.routes[0].path == "/");
+    CHECK(l.routes[0].upstream == "app");
+    CHECK(l.http.client_header_timeout_ms == 60000);
+    CHECK(l.http.keepalive_timeout_ms == 75000);
+    CHECK(l.http.max_header_bytes == 15360);
+    const auto& u = r.config.upstreams[0];
+    CHECK(u.read_timeout_ms == 60000);
+    CHECK(u.keepalive.max_idle == 64);
+    CHECK(u.retry.on_error);
+    CHECK(u.retry.on_timeout);
+    CHECK_FALSE(u.retry.retries_status(503));
+  }
+
+  TEST_CASE("routes, rules, hash keys and upstream HTTP settings parse") {
+    auto r = load_string(with_listener(
+        R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http", "hash_key": "cookie:sid",
+            "http": {"client_header_timeout_ms": 500, "keepalive_requests": 10, "max_headers": 20},
+            "routes": [{"name": "v1", "host": "API.Example.com", "path": "/v1/", "upstream": "app", "hash_key": "arg:k",
+                        "set_host": "backend.internal",
+                        "rules": [{"id": "canary", "ip": ["127.0.0.2", "127.0.0.16/28"], "upstream": "pre"},
+                                  {"id": "hdr", "header": "X-Canary=1", "cookie": "beta=yes", "percent": 5.5, "upstream": "pre"}]},
+                       {"name": "any", "upstream": "app"}]})",
+        R"(, "read_timeout_ms": 1500, "keepalive": {"max_idle": 0, "max_requests": 5},
+            "retry": {"on": ["error", "503", "4xx"], "tries": 2, "timeout_ms": 3000})"));
+    REQUIRE_MESSAGE(r.ok(), all(r.errors));
+    const auto& l = r.config.listeners[0];
+    CHECK(l.http.client_header_timeout_ms == 500);
+    CHECK(l.http.keepalive_requests == 10);
+    CHECK(l.http.max_headers == 20);
+    REQUIRE(l.routes.size() == 2);
+    const auto& v1 = l.routes[0];
+    CHECK(v1.host == "api.example.com");
+    CHECK(v1.hash_key == HashKey::arg);
+    CHECK(v1.hash_key_name == "k");
+    CHECK(v1.set_host == "backend.internal");
+    REQUIRE(v1.rules.size() == 2);
+    CHECK(v1.rules[0].cidrs.size() == 2);
+    CHECK(v1.rules[1].header_name == "X-Canary");
+    CHECK(v1.rules[1].header_value == "1");
+    CHECK(v1.rules[1].cookie_name == "beta");
+    CHECK(v1.rules[1].percent_bp == 550);
+    CHECK(l.routes[1].hash_key == HashKey::cookie);  // the listener's
+    CHECK(l.routes[1].hash_key_name == "sid");
+    const auto& u = r.config.upstreams[0];
+    CHECK(u.read_timeout_ms == 1500);
+    CHECK(u.keepalive.max_idle == 0);
+    CHECK(u.keepalive.max_requests == 5);
+    CHECK(u.retry.on_error);
+    CHECK_FALSE(u.retry.on_timeout);
+    CHECK(u.retry.retries_status(503));
+    CHECK_FALSE(u.retry.retries_status(502));
+    CHECK(u.retry.retries_status(404));
+    CHECK(u.retry.tries == 2);
+    CHECK(u.retry.timeout_ms == 3000);
+
+    gw::shm::Table t(r.config.shm.caps);
+    gw::config::build_table(r.config, t);
+    CHECK(t.routes().size() == 2);
+    CHECK(t.rules().size() == 2);
+    CHECK(t.cidrs().size() == 2);
+    CHECK(t.find_rule(t.find_route("web", "v1"), "hdr") == 1);
+  }
+
+  TEST_CASE("http settings, routes and rules: every error names its path") {
+    auto bad = [](const std::string& listener, const std::string& ups = "") { return load_string(with_listener(listener, ups)).errors; };
+    auto e = bad(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http"})");
+    CHECK(has(e, R"(listeners[0]: missing required key "upstream" or "routes")"));
+    e = bad(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http", "upstream": "app", "routes": [{"name": "r", "upstream": "app"}]})");
+    CHECK(has(e, R"(listeners[0].routes: give either "upstream" (every request goes there) or "routes", not both)"));
+    e = bad(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http",
+                "routes": [{"name": "r", "upstream": "nope", "path": "v1"},
+                           {"name": "r", "upstream": "app", "host": "a b"},
+                           {"name": "s", "upstream": "app", "hash_key": "header:"},
+                           {"name": "t", "upstream": "app", "hash_key": "frame"}]})");
+    CHECK_MESSAGE(has(e, R"(listeners[0].routes[0].path: expected a path prefix starting with / (no spaces, '?' or '#'), got "v1")"), all(e));
+    CHECK(has(e, R"(listeners[0].routes[0].upstream: no upstream named "nope")"));
+    CHECK(has(e, R"(listeners[0].routes[1].name: duplicate route name "r")"));
+    CHECK(has(e, R"(listeners[0].routes[1].host: expected a host name, "*.suffix" or "*", got "a b")"));
+    CHECK(has(e, R"(listeners[0].routes[2].hash_key: "header:" needs a name)"));
+    CHECK(has(e, R"(listeners[0].routes[3].hash_key: "frame" needs "protocol": "frame")"));
+    e = bad(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http",
+                "routes": [{"name": "r", "upstream": "app", "rules": [
+                  {"id": "a", "upstream": "pre"},
+                  {"id": "b", "upstream": "zzz", "ip": ["10.0.0.1/8"]},
+                  {"id": "a", "upstream": "pre", "percent": 101},
+                  {"id": "d", "upstream": "pre", "header": "novalue"}]}]})");
+    CHECK_MESSAGE(has(e, R"(listeners[0].routes[0].rules[0]: a rule needs at least one matcher (ip, header, cookie or percent))"), all(e));
+    CHECK(has(e, R"(listeners[0].routes[0].rules[1].ip[0]: "10.0.0.1/8" has bits set past its /8 prefix)"));
+    CHECK(has(e, R"(listeners[0].routes[0].rules[2].percent: expected a number 0..100, got 101)"));
+    CHECK(has(e, R"(listeners[0].routes[0].rules[2].id: duplicate rule id "a" in route "r")"));
+    CHECK(has(e, R"(listeners[0].routes[0].rules[3].header: expected "NAME=VALUE", got "novalue")"));
+    e = bad(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http", "upstream": "app",
+                "http": {"max_header_bytes": 20000, "max_headers": 0, "keepalive_timout_ms": 1}})");
+    CHECK(has(e, "listeners[0].http.max_header_bytes: expected an integer 256..15360, got 20000"));
+    CHECK(has(e, "listeners[0].http.max_headers: expected an integer 1..1000, got 0"));
+    CHECK(has(e, "listeners[0].http.keepalive_timout_ms: unknown key"));
+    e = bad(R"({"name": "l4", "listen": "127.0.0.1:8080", "protocol": "tcp", "upstream": "app", "hash_key": "uri",
+                "routes": [], "http": {}})");
+    CHECK(has(e, R"(listeners[0].hash_key: "uri" needs "protocol": "http")"));
+    CHECK(has(e, R"(listeners[0].routes: only a listener with "protocol": "http" has routes)"));
+    CHECK(has(e, R"(listeners[0].http: only a listener with "protocol": "http" takes http settings)"));
+    e = bad(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http", "upstream": "app"})",
+            R"(, "retry": {"on": ["eror", "600", 503]}, "keepalive": {"max_idle": -1})");
+    CHECK_MESSAGE(has(e, R"(upstreams[0].retry.on[0]: expected "error", "timeout", "invalid_response", "4xx", "5xx" or a status 400..599 as a string, got "eror")"), all(e));
+    CHECK(has(e, R"(upstreams[0].retry.on[1]: expected)"));
+    CHECK(has(e, R"(upstreams[0].retry.on[2]: expected a string, got 503)"));
+    CHECK(has(e, "upstreams[0].keepalive.max_idle: expected an integer 0..100000, got -1"));
+  }
+
+  TEST_CASE("route and rule counts must fit the shm capacities") {
+    auto r = load_string(R"({"shm": {"name": "h2", "max_routes": 1, "max_rules": 1, "max_rule_cidrs": 1},
+      "listeners": [{"name": "web", "listen": "127.0.0.1:8080", "protocol": "http",
+                     "routes": [{"name": "a", "upstream": "app", "rules": [{"id": "x", "ip": ["10.0.0.0/8", "11.0.0.0/8"], "upstream": "app"},
+                                                                           {"id": "y", "percent": 1, "upstream": "app"}]},
+                                {"name": "b", "path": "/b", "upstream": "app"}]}],
+      "upstreams": [{"name": "app", "pools": []}]})");
+    CHECK_MESSAGE(has(r.errors, "shm.max_routes: 2 routes are configured, more than max_routes 1"), all(r.errors));
+    CHECK(has(r.errors, "shm.max_rules: 2 rules are configured, more than max_rules 1"));
+    CHECK(has(r.errors, "shm.max_rule_cidrs: 2 address blocks are configured, more than max_rule_cidrs 1"));
+  }
+}
