@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Compares gw with nginx, HAProxy and a direct connection to one backend, using wrk over
-# loopback:
+# Compares gw (epoll and io_uring engines) with nginx, HAProxy and a direct connection to one
+# backend, using wrk over loopback:
 #   l4  gw `tcp` listener, nginx stream, HAProxy mode tcp
 #   l7  gw `http` listener (upstream keep-alive), nginx http proxy_pass with a keepalive
 #       upstream (proxy_http_version 1.1), HAProxy mode http with http-reuse always
@@ -9,7 +9,8 @@
 #
 # Defaults: 5 rounds, 10 s per run, 50 connections, W = nproc workers/threads per proxy.
 # Environment:
-#   CONTENDERS    which contenders to run, in round-1 order (default "gw nginx haproxy direct")
+#   CONTENDERS    which contenders to run, in round-1 order
+#                 (default "gw gw-uring nginx haproxy direct"; gw = epoll engine, gw-uring = io_uring)
 #   GW_BUILD_DIR  build dir holding gwd and gw-backend (default: build-release, which is
 #                 configured and built in Release mode if gwd is missing)
 #   GW_BACKEND    path to a gw-backend binary to use instead of the build dir's
@@ -23,6 +24,10 @@
 # of the machine (thermal, noisy neighbours) does not always hit the same contender. The
 # summary uses medians over rounds and is appended to bench/RESULTS.md.
 #
+# Each run also records the contender's CPU time per request (its processes and threads,
+# from /proc/PID/task/*/schedstat: nanoseconds, whatever else the machine runs), the figure
+# that stays meaningful when other load on the machine moves req/s around.
+#
 # Only loopback (127.0.0.1) is used. Everything started here is stopped on exit.
 set -euo pipefail
 
@@ -35,7 +40,7 @@ usage() {
   cat >&2 <<EOF
 usage: bench/compare.sh l4|l7 [--rounds N] [--duration S] [--connections C] [--workers W]
   defaults: --rounds 5 --duration 10 --connections 50 --workers \$(nproc)
-  env: CONTENDERS="gw nginx haproxy direct"  GW_BUILD_DIR=DIR  GW_BACKEND=PATH
+  env: CONTENDERS="gw gw-uring nginx haproxy direct"  GW_BUILD_DIR=DIR  GW_BACKEND=PATH
 EOF
   exit 2
 }
@@ -73,12 +78,13 @@ while [ $# -gt 0 ]; do
 done
 [ "$WORKERS" -le 64 ] || die "--workers must be <= 64 (gw's limit)"
 
-read -r -a CONTENDER_LIST <<<"${CONTENDERS:-gw nginx haproxy direct}"
+read -r -a CONTENDER_LIST <<<"${CONTENDERS:-gw gw-uring nginx haproxy direct}"
 [ ${#CONTENDER_LIST[@]} -gt 0 ] || die "CONTENDERS is empty"
 for c in "${CONTENDER_LIST[@]}"; do
-  case $c in gw|nginx|haproxy|direct) ;; *) die "unknown contender '$c' (gw nginx haproxy direct)" ;; esac
+  case $c in gw|gw-uring|nginx|haproxy|direct) ;; *) die "unknown contender '$c' (gw gw-uring nginx haproxy direct)" ;; esac
 done
 has_contender() { local c; for c in "${CONTENDER_LIST[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
+has_gw() { has_contender gw || has_contender gw-uring; }
 
 # wrk refuses fewer connections than threads.
 WRK_THREADS=2
@@ -106,7 +112,7 @@ GWD="$BUILD_DIR/gwd"
 BACKEND=${GW_BACKEND:-"$BUILD_DIR/gw-backend"}
 
 need_build=0
-if has_contender gw && { [ ! -x "$GWD" ] || [ ! -x "$BUILD_DIR/gwctl" ]; }; then need_build=1; fi
+if has_gw && { [ ! -x "$GWD" ] || [ ! -x "$BUILD_DIR/gwctl" ]; }; then need_build=1; fi
 if [ ! -x "$BACKEND" ]; then need_build=1; fi
 if [ $need_build = 1 ]; then
   [ $BUILD_ALLOWED = 1 ] || die "gwd or gw-backend missing in $BUILD_DIR (build it, or unset GW_BUILD_DIR)"
@@ -120,7 +126,7 @@ if [ $need_build = 1 ]; then
   fi
   rm -f "$build_log"
 fi
-if has_contender gw; then [ -x "$GWD" ] || die "$GWD not found after build"; fi
+if has_gw; then [ -x "$GWD" ] || die "$GWD not found after build"; fi
 [ -x "$BACKEND" ] || die "$BACKEND not found"
 
 # Proxies may need many descriptors; raise the soft limit as far as allowed.
@@ -159,7 +165,7 @@ cleanup() {
   # Stop in reverse start order: proxies before the backends they talk to.
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_tree "${PIDS[i]}"; done
   rm -rf "$TMP"
-  rm -f "/dev/shm/$SHM_NAME" "/dev/shm/$SHM_NAME.lock"
+  rm -f "/dev/shm/$SHM_NAME" "/dev/shm/$SHM_NAME.lock" "/dev/shm/$SHM_NAME-u" "/dev/shm/$SHM_NAME-u.lock"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -248,8 +254,9 @@ wait_ready() {
 # ---------------------------------------------------------------------------------------
 # Start everything
 
-read -r P_B1 P_B2 P_GW P_NGINX P_HAPROXY <<<"$(free_ports 5)"
-declare -A PORT=([gw]=$P_GW [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [direct]=$P_B1)
+declare -A CPID=()  # contender -> the pid whose process tree is the proxy (CPU per request)
+read -r P_B1 P_B2 P_GW P_GWU P_NGINX P_HAPROXY <<<"$(free_ports 6)"
+declare -A PORT=([gw]=$P_GW [gw-uring]=$P_GWU [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [direct]=$P_B1)
 
 log "backends: 127.0.0.1:$P_B1 (b1), 127.0.0.1:$P_B2 (b2); workers=$WORKERS; tmp=$TMP"
 for b in 1 2; do
@@ -258,40 +265,54 @@ for b in 1 2; do
   wait_ready "backend b$b" "$LAST_PID" "${!port_var}" "b$b" "$TMP/b$b.log"
 done
 
-if has_contender gw; then
-  gw_upstream() {  # NAME: an upstream over b1 and b2
-    printf '{"name": "%s", "connect_timeout_ms": 2000, "idle_timeout_ms": 600000,
-                 "max_fails": 1, "fail_timeout_ms": 10000, "tries": 3,
-                 "pools": [{"id": "primary", "priority": 0, "method": "round_robin",
-                            "hosts": [{"id": "b1", "address": "127.0.0.1:%s", "weight": 1},
-                                      {"id": "b2", "address": "127.0.0.1:%s", "weight": 1}]}]}' "$1" "$P_B1" "$P_B2"
-  }
-  GW_UPSTREAMS=$(gw_upstream app)
-  # l7: a second upstream over the same backends, where the gray rule that the
-  # rule-change round flips sends wrk's requests (the answers stay the same).
-  [ "$MODE" = l7 ] && GW_UPSTREAMS+=", $(gw_upstream pre)"
+gw_upstream() {  # NAME: an upstream over b1 and b2
+  printf '{"name": "%s", "connect_timeout_ms": 2000, "idle_timeout_ms": 600000,
+               "max_fails": 1, "fail_timeout_ms": 10000, "tries": 3,
+               "pools": [{"id": "primary", "priority": 0, "method": "round_robin",
+                          "hosts": [{"id": "b1", "address": "127.0.0.1:%s", "weight": 1},
+                                    {"id": "b2", "address": "127.0.0.1:%s", "weight": 1}]}]}' "$1" "$P_B1" "$P_B2"
+}
+GW_UPSTREAMS=$(gw_upstream app)
+# l7: a second upstream over the same backends, where the gray rule that the
+# rule-change round flips sends wrk's requests (the answers stay the same).
+[ "$MODE" = l7 ] && GW_UPSTREAMS+=", $(gw_upstream pre)"
+
+# start_gw NAME PORT ENGINE SHM: one gwd with the given event engine.
+start_gw() {
+  local name=$1 port=$2 engine=$3 shm=$4 conf="$TMP/$1.json"
   # Release builds log little at "warn"; per-connection logging would skew the numbers.
-  cat >"$TMP/gw.json" <<EOF
+  cat >"$conf" <<EOF
 {
   "workers": $WORKERS,
+  "event_engine": "$engine",
   "log_level": "warn",
   "shutdown_timeout_ms": 2000,
-  "shm": {"name": "$SHM_NAME", "max_upstreams": 64, "max_pools": 256, "max_hosts": 4096, "max_rule_cidrs": 8192},
-  "state_file": "$TMP/gw.state.json",
-  "listeners": [{"name": "bench", "listen": "127.0.0.1:$P_GW", "protocol": "$([ "$MODE" = l7 ] && echo http || echo tcp)",
+  "shm": {"name": "$shm", "max_upstreams": 64, "max_pools": 256, "max_hosts": 4096, "max_rule_cidrs": 8192},
+  "state_file": "$TMP/$name.state.json",
+  "listeners": [{"name": "bench", "listen": "127.0.0.1:$port", "protocol": "$([ "$MODE" = l7 ] && echo http || echo tcp)",
                  "upstream": "app", "backlog": 4096}],
   "upstreams": [$GW_UPSTREAMS]
 }
 EOF
-  if ! "$GWD" -t -c "$TMP/gw.json" >"$TMP/gw-check.log" 2>&1; then
-    show_logs "$TMP/gw-check.log"
-    die "gwd rejected the generated config $TMP/gw.json"
+  if ! "$GWD" -t -c "$conf" >"$TMP/$name-check.log" 2>&1; then
+    show_logs "$TMP/$name-check.log"
+    die "gwd rejected the generated config $conf"
   fi
   # Run from the temp dir so any relative path gwd might create lands there.
   # shellcheck disable=SC2016  # $1/$@ belong to the inner shell
-  start gw "$TMP/gw.log" bash -c 'cd "$1" && shift && exec "$@"' _ "$TMP" "$GWD" -c "$TMP/gw.json" --foreground
-  wait_ready gw "$LAST_PID" "$P_GW" "b1 b2" "$TMP/gw.log"
-fi
+  start "$name" "$TMP/$name.log" bash -c 'cd "$1" && shift && exec "$@"' _ "$TMP" "$GWD" -c "$conf" --foreground
+  wait_ready "$name" "$LAST_PID" "$port" "b1 b2" "$TMP/$name.log"
+  CPID[$name]=$LAST_PID
+  # gwd falls back to epoll (with a warning) where io_uring is missing: that would
+  # measure the wrong engine.
+  if grep -q "event_engine io_uring" "$TMP/$name.log"; then
+    show_logs "$TMP/$name.log"
+    die "$name is not running the $engine engine"
+  fi
+}
+
+if has_contender gw; then start_gw gw "$P_GW" epoll "$SHM_NAME"; fi
+if has_contender gw-uring; then start_gw gw-uring "$P_GWU" io_uring "$SHM_NAME-u"; fi
 
 if has_contender nginx; then
   mkdir -p "$TMP/nginx/logs"
@@ -358,6 +379,7 @@ EOF
   # -e: log startup errors here instead of the system-wide error log.
   start nginx "$TMP/nginx.log" nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf"
   wait_ready nginx "$LAST_PID" "$P_NGINX" "b1 b2" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"
+  CPID[nginx]=$LAST_PID
 fi
 
 if has_contender haproxy; then
@@ -395,12 +417,39 @@ EOF
   # -db: stay in the foreground, no daemon.
   start haproxy "$TMP/haproxy.log" haproxy -db -f "$TMP/haproxy.cfg"
   wait_ready haproxy "$LAST_PID" "$P_HAPROXY" "b1 b2" "$TMP/haproxy.log"
+  CPID[haproxy]=$LAST_PID
 fi
 
 # ---------------------------------------------------------------------------------------
 # Runs
 
 # Parses wrk --latency output into "rps p50_ms p99_ms errors".
+# cpu_ns PID: CPU nanoseconds so far of PID, its threads and its descendants.
+cpu_ns() {
+  "$PY" - "$1" <<'EOF'
+import os, sys
+todo, seen, total = [int(sys.argv[1])], set(), 0
+while todo:
+    p = todo.pop()
+    if p in seen:
+        continue
+    seen.add(p)
+    try:
+        tasks = os.listdir(f"/proc/{p}/task")
+    except OSError:
+        continue
+    for t in tasks:
+        try:
+            with open(f"/proc/{p}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+            with open(f"/proc/{p}/task/{t}/children") as f:
+                todo.extend(int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            pass
+print(total)
+EOF
+}
+
 parse_wrk() {
   awk '
     function ms(v,   n, u) {
@@ -413,13 +462,14 @@ parse_wrk() {
       return -1
     }
     /^Requests\/sec:/        { rps = $2 }
+    / requests in /          { reqs = $1 }
     $1 == "50%"              { p50 = ms($2) }
     $1 == "99%"              { p99 = ms($2) }
     /^ *Socket errors:/      { gsub(/,/, ""); errors += $4 + $6 + $8 + $10 }
     /Non-2xx or 3xx/         { errors += $NF }
     END {
       if (rps == "" || p50 == "" || p99 == "" || p50 < 0 || p99 < 0) exit 1
-      printf "%s %.3f %.3f %d\n", rps, p50, p99, errors
+      printf "%s %.3f %.3f %d %d\n", rps, p50, p99, errors, reqs
     }' "$1"
 }
 
@@ -431,6 +481,8 @@ for ((r = 0; r < ROUNDS; r++)); do
   for ((k = 0; k < n; k++)); do
     c=${CONTENDER_LIST[(r + k) % n]}
     out="$TMP/wrk-$r-$c.txt"
+    cpu0=0
+    [ -n "${CPID[$c]:-}" ] && cpu0=$(cpu_ns "${CPID[$c]}")
     # Background + wait so INT/TERM are handled promptly instead of after the run.
     wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:${PORT[$c]}/" >"$out" 2>&1 &
     WRK_PID=$!
@@ -441,10 +493,16 @@ for ((r = 0; r < ROUNDS; r++)); do
       show_logs "$out"
       die "wrk through $c failed (round $((r + 1)))"
     fi
-    read -r rps p50 p99 errs <<<"$res"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$((r + 1))" "$c" "$rps" "$p50" "$p99" "$errs" >>"$RUNS"
-    printf '[round %d/%d] %-8s req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms%s\n' \
-      "$((r + 1))" "$ROUNDS" "$c" "$rps" "$p50" "$p99" "$([ "$errs" = 0 ] || echo "  ($errs errors)")"
+    read -r rps p50 p99 errs reqs <<<"$res"
+    cpu_us=-1
+    if [ -n "${CPID[$c]:-}" ] && [ "$reqs" -gt 0 ]; then
+      cpu1=$(cpu_ns "${CPID[$c]}")
+      cpu_us=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" 'BEGIN { printf "%.2f", (b - a) / 1000 / n }')
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$((r + 1))" "$c" "$rps" "$p50" "$p99" "$errs" "$cpu_us" >>"$RUNS"
+    printf '[round %d/%d] %-9s req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms  cpu %6s us/req%s\n' \
+      "$((r + 1))" "$ROUNDS" "$c" "$rps" "$p50" "$p99" "$([ "$cpu_us" = -1 ] && echo - || echo "$cpu_us")" \
+      "$([ "$errs" = 0 ] || echo "  ($errs errors)")"
     # A contender that died mid-run would otherwise show up only as wrk errors.
     for pid in "${PIDS[@]}"; do
       if ! kill -0 "$pid" 2>/dev/null; then
@@ -484,7 +542,7 @@ if [ "$MODE" = l7 ] && has_contender gw && [ "$RULE_CHANGES" -gt 0 ]; then
     die "wrk through gw during the rule changes failed"
   fi
   read -r rps p50 p99 errs <<<"$res"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "rules" "gw+rules" "$rps" "$p50" "$p99" "$errs" >>"$RUNS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "rules" "gw+rules" "$rps" "$p50" "$p99" "$errs" -1 >>"$RUNS"
   printf '[rules]       gw+rules req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms  (%d rule changes in the run, %d errors)\n' \
     "$rps" "$p50" "$p99" "$RULES_DONE" "$errs"
   [ "$RULES_DONE" -ge "$RULE_CHANGES" ] ||
@@ -520,24 +578,30 @@ if int(os.environ.get("BENCH_RULES_DONE", "0")) > 0:
 env = os.environ
 rows = {}
 for line in open(runs_file):
-    _round, name, rps, p50, p99, errs = line.rstrip("\n").split("\t")
-    r = rows.setdefault(name, {"rps": [], "p50": [], "p99": [], "errors": 0})
+    _round, name, rps, p50, p99, errs, cpu = line.rstrip("\n").split("\t")
+    r = rows.setdefault(name, {"rps": [], "p50": [], "p99": [], "cpu": [], "errors": 0})
     r["rps"].append(float(rps))
     r["p50"].append(float(p50))
     r["p99"].append(float(p99))
+    if float(cpu) >= 0:
+        r["cpu"].append(float(cpu))
     r["errors"] += int(errs)
 
-med = {n: {k: statistics.median(v[k]) for k in ("rps", "p50", "p99")} for n, v in rows.items()}
+med = {n: {k: statistics.median(v[k]) if v[k] else None for k in ("rps", "p50", "p99", "cpu")} for n, v in rows.items()}
 ref = med.get("nginx")
 
 def ratio(name, key):
-    if ref is None or ref[key] == 0:
+    if ref is None or not ref[key] or med[name][key] is None:
         return "n/a"
     return "%.2f" % (med[name][key] / ref[key])
 
-header = ["contender", "req/s", "p50 ms", "p99 ms", "req/s vs nginx", "p99 vs nginx", "errors"]
+def cpu(name):
+    return "%.2f" % med[name]["cpu"] if med[name]["cpu"] is not None else "-"
+
+header = ["contender", "req/s", "p50 ms", "p99 ms", "req/s vs nginx", "p99 vs nginx", "cpu us/req", "cpu vs nginx",
+          "errors"]
 table = [[n, "%.0f" % med[n]["rps"], "%.3f" % med[n]["p50"], "%.3f" % med[n]["p99"],
-          ratio(n, "rps"), ratio(n, "p99"), str(rows[n]["errors"])] for n in order]
+          ratio(n, "rps"), ratio(n, "p99"), cpu(n), ratio(n, "cpu"), str(rows[n]["errors"])] for n in order]
 
 widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
 def fmt(cells):
@@ -556,6 +620,13 @@ if "direct" in order:
     print("(direct = wrk straight at backend b1, no proxy; the proxies spread load over b1 and b2)")
 if "gw+rules" in order:
     print("(gw+rules = one more gw run while gwctl made %s gray-rule changes; its load is on the same 2 cores)" % env["BENCH_RULES_DONE"])
+engines = None
+if "gw" in med and "gw-uring" in med and med["gw"]["rps"] and med["gw"]["p99"]:
+    engines = "gw-uring vs gw (epoll): req/s %.2f, p99 %.2f" % (
+        med["gw-uring"]["rps"] / med["gw"]["rps"], med["gw-uring"]["p99"] / med["gw"]["p99"])
+    if med["gw"]["cpu"] and med["gw-uring"]["cpu"] is not None:
+        engines += ", cpu/req %.2f" % (med["gw-uring"]["cpu"] / med["gw"]["cpu"])
+    print(engines)
 
 new_file = not os.path.exists(results_md)
 with open(results_md, "a") as f:
@@ -569,7 +640,8 @@ with open(results_md, "a") as f:
                 "summed over the rounds.\n")
     f.write("\n## %s, %s\n\n" % (env["BENCH_MODE"], env["BENCH_DATE"]))
     f.write("kernel `%s`, nproc %s, rounds %s, duration %ss, connections %s, workers %s, "
-            "wrk threads %s; gw %s, build %s; %s\n\n" % (
+            "wrk threads %s; gw %s, build %s; %s; cpu us/req = the proxy's processes' CPU time "
+            "per request\n\n" % (
                 env["BENCH_KERNEL"], env["BENCH_NPROC"], env["BENCH_ROUNDS"],
                 env["BENCH_DURATION"], env["BENCH_CONNECTIONS"], env["BENCH_WORKERS"],
                 env["BENCH_WRK_THREADS"], env["BENCH_GW_REV"], env["BENCH_GW_BUILD"],
@@ -578,6 +650,8 @@ with open(results_md, "a") as f:
     f.write("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|\n")
     for row in table:
         f.write("| " + " | ".join(row) + " |\n")
+    if engines:
+        f.write("\n" + engines + "\n")
     if "gw+rules" in order:
         f.write("\ngw+rules: one more gw run while `gwctl set rule` made %s gray-release rule changes "
                 "(each flipping wrk's traffic between two upstreams); errors = failed requests.\n" % env["BENCH_RULES_DONE"])

@@ -647,6 +647,15 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
         uint32_t n = 0;
         if (get_u32(c, v, kp, 1, shm::kMaxWorkers, n, "\"auto\" or an integer")) cfg.workers = static_cast<int>(n);
       }
+    } else if (k == "event_engine") {
+      std::string s;
+      if (get_string(c, v, kp, s)) {
+        if (s == "epoll") cfg.event_engine = EventEngine::epoll;
+        else if (s == "io_uring") cfg.event_engine = EventEngine::io_uring;
+        else c.error(kp, fmt::format("expected \"epoll\" or \"io_uring\", got \"{}\"", s));
+      }
+    } else if (k == "splice_after_bytes") {
+      get_u32(c, v, kp, 0, 1u << 30, cfg.splice_after_bytes);
     } else if (k == "log_file") {
       get_string(c, v, kp, cfg.log_file);
     } else if (k == "log_level") {

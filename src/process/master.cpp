@@ -27,6 +27,7 @@
 #include "gw/core/fd.hpp"
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
+#include "gw/net/uring.hpp"
 #include "gw/process/checker.hpp"
 #include "gw/process/logger.hpp"
 #include "gw/process/sync.hpp"
@@ -285,7 +286,8 @@ class Master {
       if (a->wanted) spawn_aux(*a);
     std::string addrs;
     for (const auto& l : cfg_.listeners) addrs += fmt::format(" {}={}", l.name, l.listen.to_string());
-    GW_LOG_INFO("ready: {} worker(s), shm \"{}\", listeners:{}", n, cfg_.shm.name, addrs);
+    GW_LOG_INFO("ready: {} worker(s), engine {}, shm \"{}\", listeners:{}", n,
+                cfg_.event_engine == config::EventEngine::io_uring ? "io_uring" : "epoll", cfg_.shm.name, addrs);
 
     for (;;) {
       timespec ts{0, 100 * 1000 * 1000};
@@ -620,8 +622,18 @@ int run_master(const config::Config& cfg) {
     rl.rlim_cur = rl.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &rl);
   }
-  shm::Segment seg = prepare_segment(cfg);
-  Master m(cfg, std::move(seg));
+  // io_uring: checked once, here, so that every worker runs the same engine
+  // and a kernel without what the engine needs is reported in one line.
+  config::Config effective = cfg;
+  if (cfg.event_engine == config::EventEngine::io_uring) {
+    std::string why = net::uring_unsupported();
+    if (!why.empty()) {
+      GW_LOG_WARN("event_engine io_uring is not available: {}; using epoll", why);
+      effective.event_engine = config::EventEngine::epoll;
+    }
+  }
+  shm::Segment seg = prepare_segment(effective);
+  Master m(effective, std::move(seg));
   return m.run();
 }
 

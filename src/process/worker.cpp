@@ -1,14 +1,18 @@
 #include "gw/process/worker.hpp"
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <stdexcept>
 
 #include "gw/api/conn_limiter.hpp"
 #include "gw/api/guard.hpp"
@@ -23,6 +27,7 @@
 #include "gw/proxy/framer.hpp"
 #include "gw/proxy/http_proxy.hpp"
 #include "gw/proxy/tcp_relay.hpp"
+#include "gw/proxy/uring_relay.hpp"
 #include "gw/shm/runtime.hpp"
 #include "process/signals.hpp"
 
@@ -51,6 +56,7 @@ class Worker {
         live_tag_(seg.caps().max_hosts, 0),
         limiter_(cfg, seg, slot),
         guard_(cfg, seg, slot),
+        pipes_(cfg.splice_after_bytes ? max_pipes() : 0),
         relay_(env_, max_sessions()),
         mux_(env_, max_sessions()),
         http_(env_, cfg, max_sessions()) {
@@ -93,6 +99,8 @@ class Worker {
     env_.n_workers = static_cast<uint32_t>(cfg.workers);
     env_.snap = &snap_;
     env_.balancer = &balancer_;
+    env_.pipes = &pipes_;
+    env_.splice_after = cfg.splice_after_bytes;
     env_.listeners = listeners_;
     env_.live_tag = live_tag_;
     env_.now_ms = core::monotonic_ms();
@@ -117,78 +125,186 @@ class Worker {
 
   int run() {
     core::UniqueFd sfd = child_signal_fd();
-    epoll_.add(sfd.get(), EPOLLIN, kSignalIndex);
-    for (size_t i = 0; i < listen_fds_.size(); ++i) epoll_.add(listen_fds_[i], EPOLLIN, i);
+    sfd_ = sfd.get();
+    epoll_.add(sfd_, EPOLLIN, kSignalIndex);
 
     refresh();
     auto& wr = seg_.worker(slot_);
     wr.started_ms.store(core::wall_ms(), std::memory_order_relaxed);
     wr.pid.store(::getpid(), std::memory_order_release);
 
-    epoll_event events[256];
-    uint64_t next_housekeeping = env_.now_ms + kHousekeepingMs;
-    for (;;) {
-      int timeout = timers_.timeout_ms(env_.now_ms);
-      int until_hk = static_cast<int>(next_housekeeping > env_.now_ms ? next_housekeeping - env_.now_ms : 0);
-      if (timeout < 0 || timeout > until_hk) timeout = until_hk;
-      int n = epoll_.wait(events, 256, timeout);
-      env_.now_ms = core::monotonic_ms();
-      // One acquire load per batch of events: a table change (a gwctl rule or
-      // host change) applies to the next request on an open keep-alive
-      // connection too, not only to new connections.
-      if (n > 0 && reader_.stale()) refresh();
-      for (int i = 0; i < n; ++i) {
-        uint64_t d = events[i].data.u64;
-        const uint64_t kind = proxy::event_kind(d);
-        if (kind == proxy::kKindMux) {
-          mux_.on_event(d, events[i].events);
-        } else if (kind == proxy::kKindHttpClient || kind == proxy::kKindHttpUp) {
-          http_.on_event(d, events[i].events);
-        } else if (kind != proxy::kKindWorker) {
-          relay_.on_event(d, events[i].events);
-        } else if (d == kSignalIndex) {
-          if (!on_signal(sfd.get())) return 0;
-        } else {
-          accept_on(static_cast<uint32_t>(d));
-        }
-      }
-      access_log_.flush();  // once per round: the lines of every request this round ended
-      timers_.advance(env_.now_ms, [this](net::TimerNode& t) {
-        if (mux_.owns(t)) mux_.on_timer(t);
-        else if (http_.owns(t)) http_.on_timer(t);
-        else relay_.on_timer(t);
-      });
-      if (env_.now_ms >= next_housekeeping) {
-        next_housekeeping = env_.now_ms + kHousekeepingMs;
-        if (reader_.stale()) refresh();
-        else if (any_close_on_remove_) close_orphans();  // active checks may have taken a host down
-      }
-      if (accept_paused_ && env_.now_ms >= resume_accept_ms_) resume_accept();
-      if (draining_) {
-        if (relay_.active() + mux_.active() + http_.active() == 0) {
-          access_log_.flush();
-          GW_LOG_INFO("drained; exiting");
-          return 0;
-        }
-        if (env_.now_ms >= drain_deadline_ms_) {
-          GW_LOG_WARN("shutdown_timeout_ms ({}) passed with {} connection(s) open; closing them",
-                      cfg_.shutdown_timeout_ms, relay_.active() + mux_.active() + http_.active());
-          relay_.close_all();
-          mux_.close_all();
-          http_.close_all();
-          access_log_.flush();
-          return 0;
-        }
-      }
-    }
+    next_housekeeping_ = env_.now_ms + kHousekeepingMs;
+    if (cfg_.event_engine == config::EventEngine::io_uring && start_uring()) return run_uring();
+    for (size_t i = 0; i < listen_fds_.size(); ++i) epoll_.add(listen_fds_[i], EPOLLIN, i);
+    return run_epoll();
   }
 
  private:
-  uint32_t max_sessions() const {
+  // ---- the two engines' loops; what they dispatch to is shared below
+
+  int run_epoll() {
+    epoll_event events[kMaxEvents];
+    for (;;) {
+      int n = epoll_.wait(events, kMaxEvents, next_timeout());
+      env_.now_ms = core::monotonic_ms();
+      if (!dispatch(events, n)) return 0;
+      if (!tick()) return 0;
+    }
+  }
+
+  // io_uring: native L4 relay (tcp listeners, frame listeners in connection
+  // mode) on completions; everything readiness-based (the signalfd, http and
+  // per-frame listeners, HttpProxy, FrameMux) stays in the epoll set, which
+  // is nested in the ring as one poll request. One io_uring_enter per
+  // iteration submits and waits.
+  bool start_uring() {
+    try {
+      ring_ = std::make_unique<net::Ring>(kRingEntries);
+      bufring_ = std::make_unique<net::BufRing>(kRingBuffers, kRingBufferSize);
+      if (int e = bufring_->attach(ring_->raw(), 0); e < 0)
+        throw std::runtime_error(fmt::format("cannot register the buffer ring: {}", std::strerror(-e)));
+      const bool recv_limit = net::uring_recv_limit_supported();
+      if (!recv_limit && slot_ == 0)
+        GW_LOG_INFO("io_uring: no multishot receive byte limit (Linux 6.17); back-pressure cancels receives instead");
+      urelay_ = std::make_unique<proxy::UringRelay>(env_, *ring_, *bufring_, max_sessions(), recv_limit);
+    } catch (const std::exception& e) {
+      GW_LOG_WARN("event_engine io_uring: {}; this worker uses epoll", e.what());
+      urelay_.reset();
+      bufring_.reset();
+      ring_.reset();
+      return false;
+    }
+    native_.assign(listen_fds_.size(), false);
+    accept_armed_.assign(listen_fds_.size(), false);
+    for (size_t i = 0; i < listen_fds_.size(); ++i) {
+      native_[i] = !listeners_[i].per_frame && !listeners_[i].http;
+      if (!native_[i]) epoll_.add(listen_fds_[i], EPOLLIN, i);
+    }
+    arm_accepts();
+    return true;
+  }
+
+  int run_uring() {
+    epoll_event events[kMaxEvents];
+    bool epoll_armed = false;
+    for (;;) {
+      if (!epoll_armed) {
+        // One-shot, re-armed after each dispatch: a poll checks the epoll
+        // set's ready list when armed, so level-triggered fds that
+        // epoll_wait re-queued (a listener with a backlog left) fire again.
+        io_uring_sqe* sqe = ring_->sqe();
+        io_uring_prep_poll_add(sqe, epoll_.fd(), POLLIN);
+        io_uring_sqe_set_data64(sqe, net::pack_tag(proxy::uring_op::kEpoll, 0, 0));
+        epoll_armed = true;
+      }
+      urelay_->flush();
+      ring_->submit_and_wait(next_timeout());
+      env_.now_ms = core::monotonic_ms();
+      bool epoll_ready = false;
+      const unsigned completions = ring_->drain([&](const io_uring_cqe& c) {
+        const uint8_t op = net::tag_op(c.user_data);
+        if (op >= proxy::uring_op::kRelayFirst) urelay_->on_completion(c.user_data, c.res, c.flags);
+        else if (op == proxy::uring_op::kAccept) on_accept_completion(net::tag_slot(c.user_data), c.res, c.flags);
+        else if (op == proxy::uring_op::kEpoll) epoll_ready = true, epoll_armed = false;
+      });
+      if (epoll_ready) {
+        int n = epoll_.wait(events, kMaxEvents, 0);
+        if (!dispatch(events, n)) return 0;
+      } else if (completions > 0 && reader_.stale()) {
+        refresh();  // as dispatch() does once per batch
+      }
+      if (!tick()) return 0;
+    }
+  }
+
+  int next_timeout() const {
+    int timeout = timers_.timeout_ms(env_.now_ms);
+    int until_hk = static_cast<int>(next_housekeeping_ > env_.now_ms ? next_housekeeping_ - env_.now_ms : 0);
+    if (timeout < 0 || timeout > until_hk) timeout = until_hk;
+    return timeout;
+  }
+
+  // Readiness events (both engines). Returns false when the worker must exit now.
+  bool dispatch(const epoll_event* events, int n) {
+    // One acquire load per batch of events: a table change (a gwctl rule or
+    // host change) applies to the next request on an open keep-alive
+    // connection too, not only to new connections.
+    if (n > 0 && reader_.stale()) refresh();
+    for (int i = 0; i < n; ++i) {
+      uint64_t d = events[i].data.u64;
+      const uint64_t kind = proxy::event_kind(d);
+      if (kind == proxy::kKindMux) {
+        mux_.on_event(d, events[i].events);
+      } else if (kind == proxy::kKindHttpClient || kind == proxy::kKindHttpUp) {
+        http_.on_event(d, events[i].events);
+      } else if (kind != proxy::kKindWorker) {
+        relay_.on_event(d, events[i].events);
+      } else if (d == kSignalIndex) {
+        if (!on_signal(sfd_)) return false;
+      } else {
+        accept_on(static_cast<uint32_t>(d));
+      }
+    }
+    return true;
+  }
+
+  // Access log, timers, housekeeping, accept pauses and the drain, once per
+  // iteration (both engines). Returns false when the worker must exit now.
+  bool tick() {
+    access_log_.flush();  // once per round: the lines of every request this round ended
+    timers_.advance(env_.now_ms, [this](net::TimerNode& t) {
+      if (mux_.owns(t)) mux_.on_timer(t);
+      else if (http_.owns(t)) http_.on_timer(t);
+      else if (urelay_ && urelay_->owns(t)) urelay_->on_timer(t);
+      else relay_.on_timer(t);
+    });
+    if (env_.now_ms >= next_housekeeping_) {
+      next_housekeeping_ = env_.now_ms + kHousekeepingMs;
+      if (reader_.stale()) refresh();
+      else if (any_close_on_remove_) close_orphans();  // active checks may have taken a host down
+    }
+    if (accept_paused_ && env_.now_ms >= resume_accept_ms_) resume_accept();
+    if (draining_) {
+      if (active() == 0 && accepts_in_flight() == 0) {
+        access_log_.flush();
+        GW_LOG_INFO("drained; exiting");
+        return false;
+      }
+      if (env_.now_ms >= drain_deadline_ms_) {
+        GW_LOG_WARN("shutdown_timeout_ms ({}) passed with {} connection(s) open; closing them",
+                    cfg_.shutdown_timeout_ms, active());
+        close_all();
+        return false;
+      }
+    }
+    return true;
+  }
+
+  uint32_t active() const {
+    return relay_.active() + mux_.active() + http_.active() + (urelay_ ? urelay_->active() : 0);
+  }
+  void close_all() {
+    relay_.close_all();
+    mux_.close_all();
+    http_.close_all();
+    if (urelay_) {
+      urelay_->close_all();
+      ring_->submit();  // the closes go out before the process does
+    }
+    access_log_.flush();
+  }
+
+  static uint64_t fd_limit() {
     rlimit rl{};
     ::getrlimit(RLIMIT_NOFILE, &rl);
-    uint64_t fds = rl.rlim_cur == RLIM_INFINITY ? 1048576 : rl.rlim_cur;
-    uint64_t n = fds > 64 ? (fds - 64) / 2 : 1;  // two sockets per session
+    return rl.rlim_cur == RLIM_INFINITY ? 1048576 : rl.rlim_cur;
+  }
+  // splice(2) pipes: two descriptors each, at most 1/16 of the descriptors.
+  static uint32_t max_pipes() { return static_cast<uint32_t>(std::min<uint64_t>(fd_limit() / 16, 1024)); }
+  uint32_t max_sessions() const {
+    uint64_t fds = fd_limit();
+    uint64_t reserved = 64 + 2 * uint64_t{pipes_.max()};
+    uint64_t n = fds > reserved + 2 ? (fds - reserved) / 2 : 1;  // two sockets per session
     return static_cast<uint32_t>(std::min<uint64_t>(n, 1u << 20));
   }
 
@@ -217,6 +333,7 @@ class Worker {
     }
     relay_.close_orphans();
     mux_.close_orphans();
+    if (urelay_) urelay_->close_orphans();
   }
 
   // Returns false when the worker must exit now.
@@ -226,8 +343,8 @@ class Worker {
       switch (si.ssi_signo) {
         case SIGTERM:
           if (!draining_) {
-            GW_LOG_INFO("SIGTERM: stop accepting, draining {} connection(s) for up to {} ms",
-                        relay_.active() + mux_.active() + http_.active(), cfg_.shutdown_timeout_ms);
+            GW_LOG_INFO("SIGTERM: stop accepting, draining {} connection(s) for up to {} ms", active(),
+                        cfg_.shutdown_timeout_ms);
             stop_accepting();
             http_.drain();  // idle keep-alive connections close now, busy ones after their response
             // Closing this process's copies lets the kernel drop the sockets
@@ -239,10 +356,7 @@ class Worker {
           break;
         case SIGINT:
         case SIGQUIT:
-          relay_.close_all();
-          mux_.close_all();
-          http_.close_all();
-          access_log_.flush();
+          close_all();
           return false;
         case SIGUSR1:
           // logrotate: the error log (access logs are the logger's).
@@ -298,8 +412,65 @@ class Worker {
     }
   }
 
+  // io_uring: one multishot accept per native listener.
+  void arm_accepts() {
+    for (size_t i = 0; i < listen_fds_.size(); ++i) {
+      if (!native_[i] || accept_armed_[i]) continue;
+      io_uring_sqe* sqe = ring_->sqe();
+      // TCP_NODELAY comes from the listening socket.
+      io_uring_prep_multishot_accept(sqe, listen_fds_[i], nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      io_uring_sqe_set_data64(sqe, net::pack_tag(proxy::uring_op::kAccept, static_cast<uint32_t>(i), 0));
+      accept_armed_[i] = true;
+    }
+  }
+
+  void on_accept_completion(uint32_t li, int32_t res, uint32_t flags) {
+    if (li >= listen_fds_.size()) return;
+    if (!(flags & IORING_CQE_F_MORE)) accept_armed_[li] = false;
+    if (res >= 0) {
+      if (reader_.stale()) refresh();  // one acquire load per new connection
+      if (urelay_->full()) {
+        ::close(res);
+        if (env_.now_ms - last_full_log_ms_ >= 1000) {
+          last_full_log_ms_ = env_.now_ms;
+          GW_LOG_WARN("all {} session slots in use (the open-files limit); refusing connections", max_sessions());
+        }
+      } else {
+        urelay_->accept(res, li);
+      }
+    } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
+      if (!accept_paused_)
+        GW_LOG_ERROR("accept: {}; pausing accepts for {} ms", std::strerror(-res), kAcceptPauseMs);
+      pause_accept();
+      return;
+    }
+    // A multishot accept that ended (an error, or a full completion queue) is
+    // armed again, unless accepting stopped.
+    if (!accept_armed_[li] && !accept_paused_ && !draining_) arm_accepts();
+  }
+
+  // Multishot accepts not yet known to have ended (a drain waits for them:
+  // a connection accepted just before the cancel is still served).
+  uint32_t accepts_in_flight() const {
+    uint32_t n = 0;
+    for (bool a : accept_armed_) n += a;
+    return n;
+  }
+
   void stop_accepting() {
-    for (int fd : listen_fds_) epoll_.del(fd);
+    for (size_t i = 0; i < listen_fds_.size(); ++i) {
+      if (!native_.empty() && native_[i]) {
+        if (!accept_armed_[i]) continue;
+        io_uring_sqe* sqe = ring_->sqe();
+        io_uring_prep_cancel64(sqe, net::pack_tag(proxy::uring_op::kAccept, static_cast<uint32_t>(i), 0), 0);
+        io_uring_sqe_set_data64(sqe, net::pack_tag(proxy::uring_op::kIgnore, 0, 0));
+        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+      } else {
+        epoll_.del(listen_fds_[i]);
+      }
+    }
+    // Now, so that a listening socket closed right after has no request left.
+    if (ring_) ring_->submit();
   }
   void pause_accept() {
     stop_accepting();
@@ -309,8 +480,15 @@ class Worker {
   void resume_accept() {
     accept_paused_ = false;
     if (draining_) return;
-    for (size_t i = 0; i < listen_fds_.size(); ++i) epoll_.add(listen_fds_[i], EPOLLIN, i);
+    for (size_t i = 0; i < listen_fds_.size(); ++i)
+      if (native_.empty() || !native_[i]) epoll_.add(listen_fds_[i], EPOLLIN, i);
+    if (ring_) arm_accepts();
   }
+
+  static constexpr int kMaxEvents = 256;
+  static constexpr unsigned kRingEntries = 2048;    // SQEs (CQ: 4x)
+  static constexpr uint32_t kRingBuffers = 256;     // provided receive buffers per worker...
+  static constexpr uint32_t kRingBufferSize = 16384;  // ...of this size (4 MiB, touched as used)
 
   const config::Config& cfg_;
   const shm::Segment& seg_;
@@ -333,9 +511,18 @@ class Worker {
   api::ConnLimiter limiter_;
   api::Guard guard_;
   proxy::RelayEnv env_;
+  net::PipePool pipes_;
   proxy::TcpRelay relay_;
   proxy::FrameMux mux_;
   proxy::HttpProxy http_;
+  // io_uring engine (null under epoll)
+  std::unique_ptr<net::Ring> ring_;
+  std::unique_ptr<net::BufRing> bufring_;
+  std::unique_ptr<proxy::UringRelay> urelay_;
+  std::vector<bool> native_;        // by listener: accepted by the ring
+  std::vector<bool> accept_armed_;  // by listener: a multishot accept is in flight
+  int sfd_ = -1;
+  uint64_t next_housekeeping_ = 0;
   bool draining_ = false;
   uint64_t drain_deadline_ms_ = 0;
   bool accept_paused_ = false;

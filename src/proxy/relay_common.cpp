@@ -10,6 +10,7 @@
 
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
+#include "gw/proxy/access_log.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/runtime.hpp"
 
@@ -148,6 +149,34 @@ void count_reject(RelayEnv& env, FrameError e, int fd) noexcept {
   for (size_t i = 1; i < kFrameErrorCount; ++i) total += w.frame_rejects[i].load(std::memory_order_relaxed);
   GW_LOG_WARN("frame connection from {} refused: {} (this worker has refused {} so far; logged at most once a second)",
               peer, frame_error_name(e), total);
+}
+
+void log_stream(RelayEnv& env, uint16_t listener, const core::SockAddr& peer, const core::SockAddr* host,
+                uint64_t bytes_up, uint64_t bytes_down, uint64_t start_ms, std::string_view key,
+                const char* reason) noexcept {
+  const ListenerRuntime& l = env.listeners[listener];
+  char client[64] = "", host_text[64] = "";
+  auto text = [](const core::SockAddr& a, char* buf, size_t cap, bool port) -> std::string_view {
+    if (a.family == 0) return {};
+    char ip[INET6_ADDRSTRLEN] = "";
+    ::inet_ntop(a.family == AF_INET6 ? AF_INET6 : AF_INET, a.ip, ip, sizeof(ip));
+    if (!port) return std::string_view(buf, static_cast<size_t>(fmt::format_to_n(buf, cap - 1, "{}", ip).size));
+    auto r = a.family == AF_INET6 ? fmt::format_to_n(buf, cap - 1, "[{}]:{}", ip, a.port)
+                                  : fmt::format_to_n(buf, cap - 1, "{}:{}", ip, a.port);
+    return std::string_view(buf, r.size);
+  };
+  StreamLogEntry e;
+  e.wall_ms = core::wall_ms();
+  e.client = text(peer, client, sizeof(client), false);
+  e.listener = l.name;
+  e.protocol = l.framer ? "frame" : "tcp";
+  e.upstream_addr = host ? text(*host, host_text, sizeof(host_text), true) : std::string_view{};
+  e.bytes_in = bytes_up;
+  e.bytes_out = bytes_down;
+  e.duration_ms = env.now_ms - start_ms;
+  if (l.framer && l.key_from_frame) e.frame_key = key;
+  e.reason = reason;
+  env.access_log->log(static_cast<uint8_t>(l.log_file), static_cast<LogFormat>(l.log_format), e);
 }
 
 }  // namespace gw::proxy

@@ -45,6 +45,13 @@ inline char* acquire_frame_buffer(const ListenerRuntime& l) noexcept {
   return l.frame_buffers->acquire();
 }
 
+/// Writes a stream (tcp/frame) access-log line for a connection of listener
+/// `listener` that ends now: `host` is the connected host (null: none), `key`
+/// the routing key (logged for frame listeners that hash it).
+void log_stream(RelayEnv& env, uint16_t listener, const core::SockAddr& peer, const core::SockAddr* host,
+                uint64_t bytes_up, uint64_t bytes_down, uint64_t start_ms, std::string_view key,
+                const char* reason) noexcept;
+
 /// Increments a per-worker shm counter (single writer: relaxed load + store).
 inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
   c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);

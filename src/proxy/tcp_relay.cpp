@@ -1,6 +1,7 @@
 #include "gw/proxy/tcp_relay.hpp"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -165,7 +166,7 @@ void TcpRelay::sniff(Session& s) noexcept {
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       s.c_in = false;
-      if (p.tail == 0) release(s, p);  // hold no buffer while nothing has arrived
+      if (p.tail == 0) release_buf(s, p);  // hold no buffer while nothing has arrived
       return;
     }
     if (errno == EINTR) continue;
@@ -355,8 +356,16 @@ void TcpRelay::on_timer(net::TimerNode& n) noexcept {
   }
 }
 
-void TcpRelay::release(const Session& s, Pipe& p) noexcept {
+void TcpRelay::release_buf(const Session& s, Pipe& p) noexcept {
   if (p.buf) (p.big ? env_.listeners[s.listener].frame_buffers : env_.buffers)->release(p.buf);
+  p.buf = nullptr;
+  p.head = p.tail = 0;
+  p.big = false;
+}
+
+void TcpRelay::release(const Session& s, Pipe& p) noexcept {
+  release_buf(s, p);
+  if (p.pipe) env_.pipes->release(p.pipe, p.piped == 0);
   p = Pipe{};
 }
 
@@ -365,12 +374,22 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
   for (;;) {
     if (p.pending()) {
       if (!dst_out) break;
-      ssize_t n = ::send(dst, p.buf + p.head, p.tail - p.head, MSG_NOSIGNAL | MSG_DONTWAIT);
+      ssize_t n = p.piped ? ::splice(p.pipe.r, nullptr, dst, nullptr, p.piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+                          : ::send(dst, p.buf + p.head, p.tail - p.head, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n > 0) {
-        p.head += static_cast<uint32_t>(n);
+        p.moved += static_cast<uint64_t>(n);
         (&p == &s.c2u ? s.bytes_up : s.bytes_down) += static_cast<uint64_t>(n);
+        if (p.piped) p.piped -= static_cast<uint32_t>(n);
+        else p.head += static_cast<uint32_t>(n);
         s.deadline_ms = env_.now_ms + s.idle_ms;  // lazy: the wheel re-files it when due
-        if (!p.pending()) release(s, p);
+        if (!p.pending()) {
+          release_buf(s, p);
+          if (p.pipe && !p.burst) {
+            // The burst is over: small reads go back to plain copies.
+            env_.pipes->release(p.pipe, true);
+            p.pipe = net::PipeFds{};
+          }
+        }
         continue;
       }
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -381,6 +400,32 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
       return false;
     }
     if (src_eof || !src_in) break;
+    // Bulk: past splice_after bytes, while reads fill whole buffers, this
+    // direction moves through a pipe (no copy through user space), if the
+    // pool has one. Small messages stay with recv/send.
+    if (!p.pipe && p.burst && env_.splice_after && p.moved >= env_.splice_after && !p.buf)
+      p.pipe = env_.pipes->acquire();
+    if (p.pipe) {
+      ssize_t n = ::splice(src, nullptr, p.pipe.w, nullptr, net::PipePool::kCapacity, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        // No short-read shortcut here: a splice also stops when the pipe's
+        // slots are full, with bytes still in the socket.
+        p.piped = static_cast<uint32_t>(n);
+        p.burst = static_cast<size_t>(n) >= net::BufferPool::kBufferSize;
+        s.deadline_ms = env_.now_ms + s.idle_ms;
+        continue;
+      }
+      if (n == 0) {
+        src_eof = true;
+        break;
+      }
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        src_in = false;
+        break;
+      }
+      if (errno == EINTR) continue;
+      return false;
+    }
     if (!p.buf) {
       p.buf = env_.buffers->acquire();
       if (!p.buf) return false;
@@ -389,6 +434,7 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
     if (n > 0) {
       p.head = 0;
       p.tail = static_cast<uint32_t>(n);
+      p.burst = static_cast<size_t>(n) == net::BufferPool::kBufferSize;
       s.deadline_ms = env_.now_ms + s.idle_ms;
       // A short read emptied the socket's receive queue. With edge-triggered
       // epoll the next arrival raises a new event, so the recv() that would
@@ -399,12 +445,12 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
     }
     if (n == 0) {
       src_eof = true;
-      release(s, p);
+      release_buf(s, p);
       break;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       src_in = false;
-      release(s, p);
+      release_buf(s, p);
       break;
     }
     if (errno == EINTR) continue;
@@ -430,29 +476,8 @@ void TcpRelay::drive(Session& s) noexcept {
 }
 
 void TcpRelay::log_session(const Session& s) noexcept {
-  const ListenerRuntime& l = env_.listeners[s.listener];
-  char client[64] = "", host[64] = "";
-  auto text = [](const core::SockAddr& a, char* buf, size_t cap, bool port) -> std::string_view {
-    if (a.family == 0) return {};
-    char ip[INET6_ADDRSTRLEN] = "";
-    ::inet_ntop(a.family == AF_INET6 ? AF_INET6 : AF_INET, a.ip, ip, sizeof(ip));
-    if (!port) return std::string_view(buf, static_cast<size_t>(fmt::format_to_n(buf, cap - 1, "{}", ip).size));
-    auto r = a.family == AF_INET6 ? fmt::format_to_n(buf, cap - 1, "[{}]:{}", ip, a.port)
-                                  : fmt::format_to_n(buf, cap - 1, "{}:{}", ip, a.port);
-    return std::string_view(buf, r.size);
-  };
-  StreamLogEntry e;
-  e.wall_ms = core::wall_ms();
-  e.client = text(s.peer, client, sizeof(client), false);
-  e.listener = l.name;
-  e.protocol = l.framer ? "frame" : "tcp";
-  e.upstream_addr = s.state == State::relay ? text(s.host_addr, host, sizeof(host), true) : std::string_view{};
-  e.bytes_in = s.bytes_up;
-  e.bytes_out = s.bytes_down;
-  e.duration_ms = env_.now_ms - s.start_ms;
-  if (l.framer && l.key_from_frame) e.frame_key = std::string_view(s.key, s.key_len);
-  e.reason = s.end;
-  env_.access_log->log(static_cast<uint8_t>(l.log_file), static_cast<LogFormat>(l.log_format), e);
+  log_stream(env_, s.listener, s.peer, s.state == State::relay ? &s.host_addr : nullptr, s.bytes_up, s.bytes_down,
+             s.start_ms, std::string_view(s.key, s.key_len), s.end);
 }
 
 void TcpRelay::close_session(Session& s) noexcept {

@@ -11,6 +11,10 @@ Only the Python 3.11 standard library is used. Environment:
   GW_TEST_TIMEOUT_SCALE   multiply every generous timeout (not the 100 ms
                           respawn requirement) on a very slow machine
   GW_TEST_VERBOSE=1       dump gateway logs even for passing tests
+  GW_ENGINE               event_engine written into every generated gateway
+                          config that does not set one ("epoll" or "io_uring";
+                          unset = the config default, epoll). ctest runs the
+                          suite once per engine.
 
 Everything that waits is bounded; every process started here is killed at
 teardown, also when a test fails or the interpreter exits early.
@@ -40,6 +44,9 @@ GW_BACKEND = os.path.join(BUILD_DIR, "gw-backend")
 SCALE = float(os.environ.get("GW_TEST_TIMEOUT_SCALE") or "1")
 KEEP = os.environ.get("GW_TEST_KEEP") == "1"
 VERBOSE = os.environ.get("GW_TEST_VERBOSE") == "1"
+ENGINE = os.environ.get("GW_ENGINE") or None
+if ENGINE not in (None, "epoll", "io_uring"):
+    raise SystemExit(f"GW_ENGINE must be epoll or io_uring, not {ENGINE!r}")
 LOOPBACK = "127.0.0.1"
 
 # Event lines of `gwctl events`: "2026-11-21T23:40:00.123Z #12 gen=5 <text>".
@@ -679,6 +686,8 @@ class Gateway:
         self.dir = tc.tmp
         self.config = config
         self.shm = config["shm"]["name"]
+        if ENGINE and "event_engine" not in config:
+            config["event_engine"] = ENGINE
         self.conf_path = write_json(os.path.join(self.dir, conf_name), config)
         self.proc = None
         self.log_path = None
@@ -747,6 +756,11 @@ class Gateway:
             ok = "ready" in self.log_text()
             if not ok:
                 last = "no 'ready' line in the log"
+            if ok and ENGINE == "io_uring" and self.config.get("event_engine") == "io_uring" \
+                    and "engine io_uring" not in self.log_text():
+                # The engine under test must really run (gwd falls back to
+                # epoll, with a warning, on a kernel without what it needs).
+                self._fail("gwd did not start the io_uring engine")
             if ok:
                 missing = [p for p in self.ports if not port_listening(p)]
                 if missing:

@@ -4,11 +4,15 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdint>
 #include <string>
 
 #include "gw/shm/segment.hpp"
 
 namespace gw::testing {
+
+/// Global operator new calls so far in this process (tests/unit/alloc_count.cpp).
+uint64_t allocations() noexcept;
 
 /// A uniquely named segment, unlinked at scope exit.
 struct TempSegment {

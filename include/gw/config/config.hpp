@@ -149,6 +149,10 @@ struct ShmConf {
   shm::Caps caps;
 };
 
+/// How a worker waits for I/O: readiness (epoll) or completions (io_uring;
+/// falls back to epoll with a warning where the kernel lacks what it needs).
+enum class EventEngine { epoll, io_uring };
+
 /// "cluster": the pools and hosts are shared with other nodes through etcd.
 struct ClusterConf {
   bool enabled = false;               ///< the config has a "cluster" object
@@ -162,6 +166,11 @@ struct ClusterConf {
 struct Config {
   std::string path;       ///< absolute path of the file it came from
   int workers = 0;        ///< resolved: "auto" = number of online CPUs
+  EventEngine event_engine = EventEngine::epoll;  ///< "event_engine"
+  /// "splice_after_bytes": an L4 direction that has carried this many bytes
+  /// moves its bursts (reads that fill whole buffers) with splice(2) through
+  /// a pipe; 0 = always copy.
+  uint32_t splice_after_bytes = 16384;
   std::string log_file;   ///< empty = stderr
   core::LogLevel log_level = core::LogLevel::info;
   uint32_t shutdown_timeout_ms = 10000;

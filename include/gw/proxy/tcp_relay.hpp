@@ -23,6 +23,7 @@
 #include "gw/balance/balancer.hpp"
 #include "gw/balance/snapshot.hpp"
 #include "gw/net/buffer_pool.hpp"
+#include "gw/net/pipe_pool.hpp"
 #include "gw/net/reactor.hpp"
 #include "gw/proxy/framer.hpp"
 #include "gw/shm/segment.hpp"
@@ -63,6 +64,11 @@ struct RelayEnv {
   net::Epoll* epoll = nullptr;
   net::TimerWheel* timers = nullptr;
   net::BufferPool* buffers = nullptr;
+  /// splice(2): a direction that has carried `splice_after` bytes and reads
+  /// full buffers (a burst of bulk data) moves through a pipe from `pipes`
+  /// until a read comes back short (null or 0: always copy).
+  net::PipePool* pipes = nullptr;
+  uint64_t splice_after = 0;
   const shm::Segment* seg = nullptr;
   uint32_t worker = 0;
   uint32_t n_workers = 1;  ///< rows of the shm counter matrix that are in use
@@ -124,12 +130,18 @@ class TcpRelay {
   static constexpr uint32_t kNone = ~0u;
   static constexpr uint32_t kMaxTries = 16;
 
+  /// One direction's bytes in flight: a buffer, or (splice mode, once the
+  /// direction has carried env.splice_after bytes) a pipe.
   struct Pipe {
     char* buf = nullptr;
     uint32_t head = 0;
     uint32_t tail = 0;
-    bool big = false;  ///< from the listener's frame_buffers
-    bool pending() const noexcept { return tail > head; }
+    bool big = false;     ///< from the listener's frame_buffers
+    uint32_t piped = 0;   ///< bytes in the pipe
+    net::PipeFds pipe;    ///< splice mode
+    uint64_t moved = 0;   ///< bytes written on so far
+    bool burst = false;   ///< the last read filled a whole buffer or pipe (bulk data is queued)
+    bool pending() const noexcept { return tail > head || piped > 0; }
   };
 
   // sniff: a frame listener waits for the whole first frame (and its key).
@@ -178,6 +190,7 @@ class TcpRelay {
   void drive(Session& s) noexcept;
   bool pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p, int dst, bool& dst_out, bool& dst_shut,
             bool dst_done, Session& s) noexcept;
+  void release_buf(const Session& s, Pipe& p) noexcept;
   void release(const Session& s, Pipe& p) noexcept;
   void close_session(Session& s) noexcept;
   void log_session(const Session& s) noexcept;

@@ -45,6 +45,26 @@ TEST_SUITE("config") {
     CHECK(c.upstreams[0].pools[1].priority == 1);
   }
 
+  TEST_CASE("event_engine: epoll by default, io_uring, and bad values with their JSON path") {
+    CHECK(load_string(kValid).config.event_engine == gw::config::EventEngine::epoll);
+    auto r = load_string(replace(kValid, R"("workers": 2)", R"("workers": 2, "event_engine": "io_uring")"));
+    REQUIRE(r.errors.empty());
+    CHECK(r.config.event_engine == gw::config::EventEngine::io_uring);
+    r = load_string(replace(kValid, R"("workers": 2)", R"("workers": 2, "event_engine": "kqueue")"));
+    CHECK(has(r.errors, R"(event_engine: expected "epoll" or "io_uring", got "kqueue")"));
+    r = load_string(replace(kValid, R"("workers": 2)", R"("workers": 2, "event_engine": 1)"));
+    CHECK(has(r.errors, "event_engine: expected a string"));
+  }
+
+  TEST_CASE("splice_after_bytes: 16 KiB by default, 0 turns splicing off, range checked") {
+    CHECK(load_string(kValid).config.splice_after_bytes == 16384);
+    auto r = load_string(replace(kValid, R"("workers": 2)", R"("workers": 2, "splice_after_bytes": 0)"));
+    REQUIRE(r.errors.empty());
+    CHECK(r.config.splice_after_bytes == 0);
+    r = load_string(replace(kValid, R"("workers": 2)", R"("workers": 2, "splice_after_bytes": -1)"));
+    CHECK(has(r.errors, "splice_after_bytes: expected an integer 0..1073741824"));
+  }
+
   TEST_CASE("a string weight is reported with its JSON path and value") {
     auto r = load_string(replace(kValid, R"("address": "127.0.0.1:8082")", R"("address": "127.0.0.1:8082", "weight": "0")"));
     CHECK(has(r.errors, R"(upstreams[0].pools[0].hosts[1].weight: expected an integer 0..1000, got string "0")"));

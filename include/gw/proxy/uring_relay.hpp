@@ -1,0 +1,209 @@
+#pragma once
+// The L4 relay on io_uring: the same semantics as TcpRelay (balancer pick,
+// connect with connect_timeout_ms, passive failure and the next host, half
+// close both ways, idle_timeout_ms, back-pressure, shm counters,
+// on_host_remove "close", frame listeners in connection mode), driven by
+// completions instead of readiness.
+//
+// Per session and direction (client → upstream, upstream → client):
+//
+//   multishot recv ──cqe──► FIFO of ring buffers ──one send at a time──► dst
+//   (buffer ring)           (linked through next_[bid])      │
+//         ▲                                                  │ done
+//         └───────────── recycle(bid), publish() ◄───────────┘
+//
+// Back-pressure: a side's receive is armed only while at most kLowWater
+// buffers wait to be written to the other side, and ends by itself once it has
+// brought in what fills the FIFO to kHighWater buffers (a multishot byte limit,
+// Linux 6.17; a burst already in the socket cannot overrun it). Where the
+// kernel lacks that limit, and for data that trickles in, the receive is also
+// cancelled when the FIFO reaches kHighWater. A receive that finds the buffer
+// ring empty (-ENOBUFS) waits on the starved list until buffers come back.
+// Idle connections hold no buffer at all.
+//
+// Bulk: a direction that has carried env.splice_after bytes and receives full
+// buffers (a burst) stops receiving into ring buffers and moves its bytes with
+// splice(2) through a pipe until a read comes back short, driven
+// by one-shot IORING_OP_POLL_ADD (readable source, writable destination); at
+// most one pipe's worth is in flight, so back-pressure holds the same way.
+// (IORING_OP_SPLICE itself would block an io-wq thread per waiting socket.)
+//
+// Connects are IORING_OP_CONNECT linked to an IORING_OP_LINK_TIMEOUT. Closing
+// a session cancels what it still has in flight (cancel by fd, hard-linked to
+// the close); the slot is reused only after its last completion, and tags
+// carry the slot's generation besides.
+//
+// Worker thread only; noexcept; allocates nothing per connection.
+
+#include <linux/time_types.h>
+#include <netinet/in.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "gw/net/buffer_pool.hpp"
+#include "gw/net/reactor.hpp"
+#include "gw/net/uring.hpp"
+#include "gw/proxy/access_log.hpp"
+#include "gw/proxy/tcp_relay.hpp"
+
+namespace gw::proxy {
+
+/// Tag ops (net::pack_tag) of the io_uring worker loop.
+namespace uring_op {
+inline constexpr uint8_t kIgnore = 0;  ///< cancels, closes: nothing to do
+inline constexpr uint8_t kAccept = 1;  ///< multishot accept; slot = listener index
+inline constexpr uint8_t kEpoll = 2;   ///< multishot poll on the worker's epoll fd
+inline constexpr uint8_t kRelayFirst = 16;  ///< this op and above belong to UringRelay
+}  // namespace uring_op
+
+class UringRelay {
+ public:
+  static constexpr uint16_t kHighWater = 4;  ///< buffers queued per direction before its receive is paused
+  static constexpr uint16_t kLowWater = 1;   ///< ... and re-armed
+
+  /// `bufs` must be attached to `ring`. `recv_limit`: the kernel has the
+  /// multishot receive byte limit (net::uring_recv_limit_supported()).
+  UringRelay(RelayEnv& env, net::Ring& ring, net::BufRing& bufs, uint32_t max_sessions, bool recv_limit);
+
+  /// Takes an accepted, non-blocking client socket.
+  void accept(int fd, uint32_t listener) noexcept;
+  /// A completion whose tag op is >= uring_op::kRelayFirst.
+  void on_completion(uint64_t tag, int32_t res, uint32_t flags) noexcept;
+  bool owns(const net::TimerNode& n) const noexcept {
+    const auto* p = static_cast<const void*>(&n);
+    return p >= static_cast<const void*>(sessions_.data()) &&
+           p < static_cast<const void*>(sessions_.data() + sessions_.capacity());
+  }
+  void on_timer(net::TimerNode& n) noexcept;
+  /// Once per loop iteration, before the ring is submitted: hands recycled
+  /// buffers to the kernel and re-arms receives that starved.
+  void flush() noexcept;
+  void close_all() noexcept;
+  void close_orphans() noexcept;
+
+  uint32_t active() const noexcept { return active_; }
+  /// Closed sessions whose slots still wait for completions.
+  uint32_t retiring() const noexcept { return retiring_; }
+  bool full() const noexcept { return free_head_ == kNone && sessions_.size() == sessions_.capacity(); }
+
+ private:
+  static constexpr uint32_t kNone = ~0u;
+  static constexpr uint16_t kNoBuf = 0xffff;
+  static constexpr uint32_t kMaxTries = 16;
+
+  enum Op : uint8_t {
+    kRecvClient = uring_op::kRelayFirst,
+    kRecvUpstream,
+    kSendUpstream,  // client → upstream bytes
+    kSendClient,    // upstream → client bytes
+    kConnect,
+    kLinkTimeout,
+    kPollClientIn,     // splice mode: the client has bytes (client → upstream)
+    kPollUpstreamIn,   // the upstream has bytes (upstream → client)
+    kPollUpstreamOut,  // the upstream takes bytes again (client → upstream)
+    kPollClientOut,    // the client takes bytes again (upstream → client)
+  };
+  enum class State : uint8_t { free, sniff, connecting, relay, closing };
+  enum Recv : uint8_t { kIdle, kArmed, kCancelling };
+
+  /// Bytes read from one side waiting to be written to the other.
+  struct Dir {
+    uint16_t head = kNoBuf, tail = kNoBuf;  // FIFO of ring buffer ids
+    uint16_t queued = 0;
+    uint8_t recv = kIdle;
+    bool sending = false;  // a send of the front is in flight
+    bool eof = false;      // the source said EOF
+    bool shut = false;     // the destination's write side was shut down
+    bool starved = false;  // on the starved list
+    bool extra_big = false;
+    uint32_t off = 0;           // bytes of the front buffer already sent
+    char* extra = nullptr;      // a pool buffer sent before the FIFO (a sniffed first frame)
+    uint32_t extra_off = 0, extra_len = 0;
+    uint32_t starve_prev = kNone, starve_next = kNone;  // starved list, by side id (slot * 2 + side)
+    uint64_t moved = 0;       // bytes written to the destination so far
+    net::PipeFds pipe;        // splice mode
+    uint32_t piped = 0;       // bytes in the pipe
+    bool poll_in = false;     // splice mode: waiting for the source
+    bool poll_out = false;    // splice mode: waiting for the destination
+    bool burst = false;       // the last read filled a whole buffer or pipe
+  };
+
+  struct Session : net::TimerNode {
+    int cfd = -1;
+    int ufd = -1;
+    uint32_t gen = 0;
+    uint32_t next_free = kNone;
+    State state = State::free;
+    uint8_t c_ops = 0, u_ops = 0, t_ops = 0;  // completions owed on the client fd, the upstream fd, timeouts
+    bool bound = false;
+    uint8_t attempts = 0;
+    uint16_t listener = 0;
+    uint32_t host_slot = 0, host_tag = 0, host_weight = 0;
+    uint32_t idle_ms = 0;
+    uint64_t connect_start_ns = 0;
+    __kernel_timespec connect_ts{};
+    sockaddr_in6 addr{};  // the connect target (read by the kernel at submission)
+    uint32_t addr_len = 0;
+    uint32_t tried[kMaxTries] = {};
+    uint8_t key_len = 0;
+    char key[kMaxKey + 1] = {};
+    Dir c2u, u2c;
+    // For the access log: who, to where, since when, how it ended (bytes: Dir::moved).
+    core::SockAddr peer;
+    core::SockAddr host_addr;
+    uint64_t start_ms = 0;
+    const char* end = "closed";
+  };
+
+  uint32_t index_of(const Session& s) const noexcept { return static_cast<uint32_t>(&s - sessions_.data()); }
+  uint64_t tag(const Session& s, Op op) const noexcept { return net::pack_tag(op, index_of(s), s.gen); }
+
+  Session* new_session() noexcept;
+  void fetch_peer(Session& s, int fd, bool want_key) noexcept;
+  bool upstream_uses_key(int ui) const noexcept;
+  bool logging(const ListenerRuntime& l) const noexcept {
+    return env_.access_log && env_.access_log->enabled() && l.log_file >= 0;
+  }
+  void sniff(Session& s, uint16_t bid, uint32_t len) noexcept;
+  void reject(Session& s, FrameError e) noexcept;
+  void connect_next(Session& s) noexcept;
+  void on_connect(Session& s, int32_t res) noexcept;
+  void on_connect_failed(Session& s, int err) noexcept;
+  void unbind(Session& s) noexcept;
+  void on_recv(Session& s, bool client, int32_t res, uint32_t flags) noexcept;
+  void on_send(Session& s, bool client_to_upstream, int32_t res) noexcept;
+  void arm_recv(Session& s, bool client) noexcept;
+  void maybe_arm(Session& s, bool client) noexcept;
+  void pump(Session& s, bool client_to_upstream) noexcept;
+  void finish_dir(Session& s, bool client_to_upstream) noexcept;
+  bool start_splice(Session& s, bool client_to_upstream) noexcept;
+  void splice_pump(Session& s, bool client_to_upstream) noexcept;
+  void arm_poll(Session& s, bool client_to_upstream, bool out) noexcept;
+  void on_poll(Session& s, bool client_to_upstream, bool out) noexcept;
+  void enqueue(Dir& d, uint16_t bid, uint32_t len) noexcept;
+  void pop_front(Dir& d) noexcept;
+  void starve(Session& s, bool client) noexcept;
+  void unstarve(Session& s, bool client) noexcept;
+  void release_dir(const Session& s, Dir& d) noexcept;
+  void close_fd(int fd, bool in_flight) noexcept;
+  void close_session(Session& s) noexcept;
+  void maybe_retire(Session& s) noexcept;
+
+  RelayEnv& env_;
+  net::Ring& ring_;
+  net::BufRing& bufs_;
+  bool recv_limit_;
+  std::vector<uint16_t> next_;  // by buffer id: the next buffer in its FIFO
+  std::vector<uint32_t> len_;   // by buffer id: bytes it holds
+  std::vector<Session> sessions_;
+  uint32_t free_head_ = kNone;
+  uint32_t active_ = 0;
+  uint32_t retiring_ = 0;
+  uint32_t starved_head_ = kNone, starved_tail_ = kNone;
+  uint64_t last_no_host_log_ms_ = 0;
+  uint64_t last_local_error_log_ms_ = 0;
+  balance::Rng rng_{0x7572'696e'6772'6c79ull};  // slow-start admission
+};
+
+}  // namespace gw::proxy

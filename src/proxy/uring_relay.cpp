@@ -1,0 +1,741 @@
+#include "gw/proxy/uring_relay.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "gw/core/clock.hpp"
+#include "gw/core/log.hpp"
+#include "gw/net/socket.hpp"
+#include "gw/shm/runtime.hpp"
+#include "proxy/relay_common.hpp"
+
+namespace gw::proxy {
+
+UringRelay::UringRelay(RelayEnv& env, net::Ring& ring, net::BufRing& bufs, uint32_t max_sessions, bool recv_limit)
+    : env_(env), ring_(ring), bufs_(bufs), recv_limit_(recv_limit), next_(bufs.count(), kNoBuf), len_(bufs.count(), 0) {
+  // Reserved, not touched: a slot's memory is paid for when it is first used.
+  sessions_.reserve(max_sessions);
+}
+
+UringRelay::Session* UringRelay::new_session() noexcept {
+  if (free_head_ != kNone) {
+    Session& s = sessions_[free_head_];
+    free_head_ = s.next_free;
+    return &s;
+  }
+  if (sessions_.size() == sessions_.capacity()) return nullptr;
+  sessions_.emplace_back();  // within the reservation: never reallocates
+  return &sessions_.back();
+}
+
+bool UringRelay::upstream_uses_key(int ui) const noexcept {
+  if (ui < 0) return false;
+  const balance::Snapshot& snap = *env_.snap;
+  for (const balance::PoolView& p : snap.pools(snap.upstreams()[static_cast<size_t>(ui)]))
+    if (shm::method_uses_key(p.method)) return true;
+  return false;
+}
+
+void UringRelay::fetch_peer(Session& s, int fd, bool want_key) noexcept {
+  // Multishot accept reports no address; it is asked for only when a pool of
+  // the upstream hashes the client IP, or the listener has an access log.
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return;
+  s.peer = core::SockAddr::from_sockaddr(reinterpret_cast<const sockaddr*>(&ss));
+  if (!want_key) return;
+  const void* ip = nullptr;
+  if (ss.ss_family == AF_INET) ip = &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr;
+  else if (ss.ss_family == AF_INET6) ip = &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr;
+  if (ip && ::inet_ntop(ss.ss_family, ip, s.key, sizeof(s.key))) s.key_len = static_cast<uint8_t>(std::strlen(s.key));
+}
+
+void UringRelay::accept(int fd, uint32_t listener) noexcept {
+  Session* sp = new_session();
+  if (!sp) {
+    ::close(fd);
+    return;
+  }
+  Session& s = *sp;
+  ++active_;
+  s.cfd = fd;
+  s.ufd = -1;
+  s.c_ops = s.u_ops = s.t_ops = 0;
+  s.bound = false;
+  s.attempts = 0;
+  s.listener = static_cast<uint16_t>(listener);
+  s.c2u = Dir{};
+  s.u2c = Dir{};
+  s.key_len = 0;
+  s.peer = core::SockAddr{};
+  s.host_addr = core::SockAddr{};
+  s.start_ms = env_.now_ms;
+  s.end = "closed";
+  const ListenerRuntime& l = env_.listeners[listener];
+  s.state = l.framer ? State::sniff : State::connecting;
+  auto& w = env_.seg->worker(env_.worker);
+  bump(w.connections);  // shared with TcpRelay and FrameMux: counted up and down
+  bump(w.accepted);
+  const bool want_key = !l.key_from_frame && upstream_uses_key(l.upstream);
+  if (want_key || logging(l)) fetch_peer(s, fd, want_key);
+  arm_recv(s, true);
+  if (s.state == State::sniff) {
+    // Nothing is opened upstream until a whole, valid first frame is in.
+    env_.timers->schedule(s, env_.now_ms + l.first_frame_timeout_ms);
+    return;
+  }
+  connect_next(s);
+}
+
+// ---------------------------------------------------------------------------
+// Frame listeners: the first frame
+
+void UringRelay::sniff(Session& s, uint16_t bid, uint32_t len) noexcept {
+  const ListenerRuntime& l = env_.listeners[s.listener];
+  Framer& framer = *l.framer;
+  Dir& d = s.c2u;
+  const char* src = bufs_.buf(bid);
+  uint32_t used = 0;
+  while (used < len) {
+    if (!d.extra) {
+      d.extra = env_.buffers->acquire();
+      if (!d.extra) {
+        bufs_.recycle(bid);
+        close_session(s);  // out of buffer memory: refuse rather than stall
+        return;
+      }
+      d.extra_off = d.extra_len = 0;
+      d.extra_big = false;
+    }
+    const size_t cap = (d.extra_big ? l.frame_buffers->buffer_size() : net::BufferPool::kBufferSize) - kPadding;
+    if (d.extra_len == cap) {
+      // A valid header said the frame is larger than this buffer (a larger
+      // declared body is refused on the header alone): move to a frame buffer,
+      // within the listener's max_frame_buffers.
+      char* big = d.extra_big ? nullptr : acquire_frame_buffer(l);
+      if (!big) {
+        bufs_.recycle(bid);
+        reject(s, FrameError::no_frame_buffer);
+        return;
+      }
+      std::memcpy(big, d.extra, d.extra_len);
+      env_.buffers->release(d.extra);
+      d.extra = big;
+      d.extra_big = true;
+      continue;
+    }
+    const uint32_t n = static_cast<uint32_t>(std::min<size_t>(len - used, cap - d.extra_len));
+    std::memcpy(d.extra + d.extra_len, src + used, n);
+    d.extra_len += n;
+    used += n;
+    FrameDecision dec = framer.inspect(reinterpret_cast<const uint8_t*>(d.extra), d.extra_len, true);
+    if (dec.kind == FrameDecision::Kind::reject) {
+      bufs_.recycle(bid);
+      reject(s, dec.error);
+      return;
+    }
+    if (dec.kind == FrameDecision::Kind::frame) {
+      if (l.key_from_frame) {
+        std::memcpy(s.key, dec.key.data(), dec.key.size());
+        s.key_len = static_cast<uint8_t>(dec.key.size());
+      }
+      // Everything read so far is replayed to the host: the sniff buffer,
+      // then what did not fit of this chunk.
+      if (used < len) {
+        enqueue(d, bid, len);
+        d.off = used;
+      } else {
+        bufs_.recycle(bid);
+      }
+      env_.timers->cancel(s);
+      s.state = State::connecting;
+      connect_next(s);
+      return;
+    }
+  }
+  bufs_.recycle(bid);
+}
+
+void UringRelay::reject(Session& s, FrameError e) noexcept {
+  count_reject(env_, e, s.cfd);
+  s.end = frame_error_name(e);
+  close_session(s);
+}
+
+// ---------------------------------------------------------------------------
+// Upstream connects
+
+void UringRelay::connect_next(Session& s) noexcept {
+  const balance::Snapshot& snap = *env_.snap;
+  int ui = s.listener < env_.listeners.size() ? env_.listeners[s.listener].upstream : -1;
+  if (ui < 0) {
+    close_session(s);
+    return;
+  }
+  const balance::UpstreamView& uv = snap.upstreams()[static_cast<size_t>(ui)];
+  auto hosts = snap.table().hosts();
+  const uint32_t tries = std::min<uint32_t>(uv.tries, kMaxTries);
+  while (s.attempts < tries) {
+    int h = pick_host(env_, ui, std::string_view(s.key, s.key_len), std::span<const uint32_t>(s.tried, s.attempts),
+                      rng_, s.attempts == 0);
+    if (h < 0) break;
+    const shm::HostRecord& r = hosts[static_cast<size_t>(h)];
+    s.tried[s.attempts++] = r.slot;
+    s.host_addr = r.addr;
+    s.host_slot = r.slot;
+    s.host_tag = r.tag;
+    s.host_weight = r.weight;
+    s.bound = true;
+    s.idle_ms = uv.idle_timeout_ms;
+    shm::counter_open(env_.seg->counter(env_.worker, r.slot), r.tag);
+    s.connect_start_ns = core::monotonic_ns();
+    sockaddr_storage ss;
+    const socklen_t alen = r.addr.to_sockaddr(ss);
+    // Non-blocking: io_uring polls it all the same, and splice(2) calls on
+    // it (bulk mode) must never block.
+    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      on_connect_failed(s, errno);
+      continue;
+    }
+    net::set_nodelay(fd);
+    s.ufd = fd;
+    std::memcpy(&s.addr, &ss, std::min<size_t>(alen, sizeof(s.addr)));
+    s.addr_len = alen;
+    s.connect_ts.tv_sec = uv.connect_timeout_ms / 1000;
+    s.connect_ts.tv_nsec = static_cast<long long>(uv.connect_timeout_ms % 1000) * 1000000;
+    ring_.reserve(2);  // the connect and its timeout go in one submission
+    io_uring_sqe* sqe = ring_.sqe();
+    io_uring_prep_connect(sqe, fd, reinterpret_cast<const sockaddr*>(&s.addr), s.addr_len);
+    sqe->flags |= IOSQE_IO_LINK;
+    io_uring_sqe_set_data64(sqe, tag(s, kConnect));
+    ++s.u_ops;
+    sqe = ring_.sqe();
+    io_uring_prep_link_timeout(sqe, &s.connect_ts, 0);
+    io_uring_sqe_set_data64(sqe, tag(s, kLinkTimeout));
+    ++s.t_ops;
+    return;
+  }
+  count_no_host(env_, ui, s.attempts, last_no_host_log_ms_);
+  s.end = "no_host";
+  close_session(s);
+}
+
+void UringRelay::on_connect(Session& s, int32_t res) noexcept {
+  --s.u_ops;
+  if (s.state != State::connecting) {
+    maybe_retire(s);
+    return;
+  }
+  if (res == 0) {
+    record_connect_success(env_, s.host_slot, s.host_tag, s.connect_start_ns);
+    s.state = State::relay;
+    env_.timers->schedule(s, env_.now_ms + s.idle_ms);
+    arm_recv(s, false);
+    pump(s, true);  // what the client sent meanwhile, and its EOF
+    return;
+  }
+  // -ECANCELED: the linked timeout fired first.
+  const int err = res == -ECANCELED ? ETIMEDOUT : -res;
+  ::close(s.ufd);  // nothing else is in flight on it
+  s.ufd = -1;
+  on_connect_failed(s, err);
+  connect_next(s);
+}
+
+void UringRelay::on_connect_failed(Session& s, int err) noexcept {
+  GW_LOG_DEBUG("connect to host slot {} failed: {}", s.host_slot, std::strerror(err));
+  if (!peer_error(err)) {
+    if (env_.now_ms - last_local_error_log_ms_ >= 1000) {
+      last_local_error_log_ms_ = env_.now_ms;
+      GW_LOG_ERROR("cannot connect upstream: {} (a local error: no host is blamed; the connection is closed)",
+                   std::strerror(err));
+    }
+    s.attempts = kMaxTries;  // another host would fail the same way
+    unbind(s);
+    return;
+  }
+  record_connect_failure(env_, env_.listeners[s.listener].upstream, s.host_slot, s.host_tag, s.host_weight, err);
+  unbind(s);
+}
+
+void UringRelay::unbind(Session& s) noexcept {
+  if (!s.bound) return;
+  shm::counter_close(env_.seg->counter(env_.worker, s.host_slot), s.host_tag);
+  s.bound = false;
+}
+
+// ---------------------------------------------------------------------------
+// Completions
+
+void UringRelay::on_completion(uint64_t t, int32_t res, uint32_t flags) noexcept {
+  const uint32_t idx = net::tag_slot(t);
+  Session* sp = idx < sessions_.size() ? &sessions_[idx] : nullptr;
+  if (!sp || sp->state == State::free || !net::tag_current(t, sp->gen)) {
+    // Cannot happen while slots wait for their last completion; a buffer
+    // that came with one still goes back to the ring.
+    if (flags & IORING_CQE_F_BUFFER) {
+      const auto bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+      if (bufs_.taken(bid)) bufs_.recycle(bid);
+    }
+    GW_LOG_DEBUG("stale completion op {} slot {} gen {}", net::tag_op(t), idx, net::tag_gen(t));
+    return;
+  }
+  Session& s = *sp;
+  switch (net::tag_op(t)) {
+    case kRecvClient: on_recv(s, true, res, flags); break;
+    case kRecvUpstream: on_recv(s, false, res, flags); break;
+    case kSendUpstream: on_send(s, true, res); break;
+    case kSendClient: on_send(s, false, res); break;
+    case kConnect: on_connect(s, res); break;
+    case kLinkTimeout:
+      --s.t_ops;
+      maybe_retire(s);
+      break;
+    case kPollClientIn: on_poll(s, true, false); break;
+    case kPollUpstreamIn: on_poll(s, false, false); break;
+    case kPollUpstreamOut: on_poll(s, true, true); break;
+    case kPollClientOut: on_poll(s, false, true); break;
+    default: break;
+  }
+}
+
+void UringRelay::arm_recv(Session& s, bool client) noexcept {
+  Dir& d = client ? s.c2u : s.u2c;
+  io_uring_sqe* sqe = ring_.sqe();
+  io_uring_prep_recv_multishot(sqe, client ? s.cfd : s.ufd, nullptr, 0, 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = bufs_.group();
+  // The byte limit (optlen): what brings the FIFO up to kHighWater buffers.
+  if (recv_limit_) sqe->file_index = (kHighWater - d.queued) * bufs_.size();
+  io_uring_sqe_set_data64(sqe, tag(s, client ? kRecvClient : kRecvUpstream));
+  ++(client ? s.c_ops : s.u_ops);
+  d.recv = kArmed;
+}
+
+void UringRelay::maybe_arm(Session& s, bool client) noexcept {
+  Dir& d = client ? s.c2u : s.u2c;
+  if (d.recv != kIdle || d.eof || d.starved || d.pipe || d.queued > kLowWater) return;
+  if (start_splice(s, client)) return;  // pump() moves on to the pipe once the FIFO is out
+  const bool ok = client ? (s.state == State::sniff || s.state == State::connecting || s.state == State::relay)
+                         : s.state == State::relay;
+  if (ok) arm_recv(s, client);
+}
+
+void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) noexcept {
+  Dir& d = client ? s.c2u : s.u2c;
+  if (!(flags & IORING_CQE_F_MORE)) {
+    d.recv = kIdle;
+    --(client ? s.c_ops : s.u_ops);
+  }
+  uint16_t bid = kNoBuf;
+  if (flags & IORING_CQE_F_BUFFER) {
+    bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+    bufs_.taken(bid);
+  }
+  if (s.state == State::closing) {
+    if (bid != kNoBuf) bufs_.recycle(bid);
+    maybe_retire(s);
+    return;
+  }
+  if (res > 0 && bid != kNoBuf) {
+    if (s.state == State::sniff) {
+      sniff(s, bid, static_cast<uint32_t>(res));
+      if (s.state == State::closing) return;
+    } else {
+      if (s.state == State::relay) s.deadline_ms = env_.now_ms + s.idle_ms;  // lazy: re-filed when due
+      d.burst = static_cast<uint32_t>(res) == bufs_.size();
+      enqueue(d, bid, static_cast<uint32_t>(res));
+      if (d.queued >= kHighWater && d.recv == kArmed) {
+        // Back-pressure: the other side has not taken what came before.
+        io_uring_sqe* sqe = ring_.sqe();
+        io_uring_prep_cancel64(sqe, tag(s, client ? kRecvClient : kRecvUpstream), 0);
+        io_uring_sqe_set_data64(sqe, net::pack_tag(uring_op::kIgnore, 0, 0));
+        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+        d.recv = kCancelling;
+      }
+      pump(s, client);
+      if (s.state == State::closing) return;
+    }
+  } else if (res == 0) {
+    d.eof = true;
+    if (s.state == State::sniff) {
+      // A connection closed before sending anything (a port probe) is not a
+      // bad frame; one closed inside a frame is.
+      if (!d.extra || d.extra_len == 0) close_session(s);
+      else reject(s, env_.listeners[s.listener].framer->at_eof(d.extra_len));
+      return;
+    }
+    pump(s, client);  // the half-close travels on once the queue is out
+    if (s.state == State::closing) return;
+  } else if (res == -ENOBUFS) {
+    starve(s, client);  // re-armed by flush() once buffers come back
+  } else if (res != -ECANCELED) {
+    close_session(s);  // reset or error: the relay ends
+    return;
+  }
+  if (d.recv == kIdle) maybe_arm(s, client);
+}
+
+void UringRelay::on_send(Session& s, bool c2u, int32_t res) noexcept {
+  Dir& d = c2u ? s.c2u : s.u2c;
+  --(c2u ? s.u_ops : s.c_ops);
+  d.sending = false;
+  if (s.state == State::closing) {
+    // The one buffer the kernel was still reading from.
+    if (d.extra) {
+      (d.extra_big ? env_.listeners[s.listener].frame_buffers : env_.buffers)->release(d.extra);
+      d.extra = nullptr;
+    } else if (d.head != kNoBuf) {
+      pop_front(d);
+    }
+    maybe_retire(s);
+    return;
+  }
+  if (res <= 0) {
+    close_session(s);
+    return;
+  }
+  if (d.extra) {
+    d.extra_off += static_cast<uint32_t>(res);
+    if (d.extra_off >= d.extra_len) {
+      (d.extra_big ? env_.listeners[s.listener].frame_buffers : env_.buffers)->release(d.extra);
+      d.extra = nullptr;
+      d.extra_off = d.extra_len = 0;
+      d.extra_big = false;
+    }
+  } else if (d.head != kNoBuf) {
+    d.off += static_cast<uint32_t>(res);
+    if (d.off >= len_[d.head]) pop_front(d);
+  }
+  d.moved += static_cast<uint64_t>(res);
+  s.deadline_ms = env_.now_ms + s.idle_ms;
+  maybe_arm(s, c2u);
+  pump(s, c2u);
+}
+
+void UringRelay::pump(Session& s, bool c2u) noexcept {
+  Dir& d = c2u ? s.c2u : s.u2c;
+  if (s.state != State::relay || d.sending) return;
+  const int dst = c2u ? s.ufd : s.cfd;
+  const char* p;
+  uint32_t n;
+  if (d.extra) {
+    p = d.extra + d.extra_off;
+    n = d.extra_len - d.extra_off;
+  } else if (d.head != kNoBuf) {
+    p = bufs_.buf(d.head) + d.off;
+    n = len_[d.head] - d.off;
+  } else if (d.pipe) {
+    splice_pump(s, c2u);
+    return;
+  } else {
+    finish_dir(s, c2u);
+    return;
+  }
+  io_uring_sqe* sqe = ring_.sqe();
+  // MSG_WAITALL: the kernel finishes a short send itself.
+  io_uring_prep_send(sqe, dst, p, n, MSG_NOSIGNAL | MSG_WAITALL);
+  io_uring_sqe_set_data64(sqe, tag(s, c2u ? kSendUpstream : kSendClient));
+  ++(c2u ? s.u_ops : s.c_ops);
+  d.sending = true;
+}
+
+// Nothing of this direction is left in flight: pass its EOF on.
+void UringRelay::finish_dir(Session& s, bool c2u) noexcept {
+  Dir& d = c2u ? s.c2u : s.u2c;
+  if (!d.eof || d.shut) return;
+  d.shut = true;
+  const Dir& o = c2u ? s.u2c : s.c2u;
+  if (o.eof && o.shut) {
+    close_session(s);  // both ways done: the close carries this FIN
+    return;
+  }
+  // A direct call: IORING_OP_SHUTDOWN always runs in an io-wq thread
+  // (a thread wake-up per half-close), this is one short syscall.
+  ::shutdown(c2u ? s.ufd : s.cfd, SHUT_WR);
+}
+
+// ---------------------------------------------------------------------------
+// Bulk directions: splice(2) through a pipe
+
+bool UringRelay::start_splice(Session& s, bool c2u) noexcept {
+  Dir& d = c2u ? s.c2u : s.u2c;
+  if (!env_.splice_after || !d.burst || d.moved < env_.splice_after || s.state != State::relay || d.pipe)
+    return false;
+  d.pipe = env_.pipes->acquire();
+  if (!d.pipe) return false;  // the pool is at its bound: keep copying
+  d.piped = 0;
+  pump(s, c2u);  // the pipe takes over once what is queued has been sent
+  return true;
+}
+
+void UringRelay::arm_poll(Session& s, bool c2u, bool out) noexcept {
+  Dir& d = c2u ? s.c2u : s.u2c;
+  bool& armed = out ? d.poll_out : d.poll_in;
+  if (armed) return;
+  // The source is the client for c2u; the destination the other one.
+  const bool on_client = out ? !c2u : c2u;
+  io_uring_sqe* sqe = ring_.sqe();
+  io_uring_prep_poll_add(sqe, on_client ? s.cfd : s.ufd, out ? POLLOUT : (POLLIN | POLLRDHUP));
+  const Op op = out ? (c2u ? kPollUpstreamOut : kPollClientOut) : (c2u ? kPollClientIn : kPollUpstreamIn);
+  io_uring_sqe_set_data64(sqe, tag(s, op));
+  ++(on_client ? s.c_ops : s.u_ops);
+  armed = true;
+}
+
+void UringRelay::on_poll(Session& s, bool c2u, bool out) noexcept {
+  Dir& d = c2u ? s.c2u : s.u2c;
+  (out ? d.poll_out : d.poll_in) = false;
+  --((out ? !c2u : c2u) ? s.c_ops : s.u_ops);
+  if (s.state == State::closing) {
+    maybe_retire(s);
+    return;
+  }
+  splice_pump(s, c2u);
+}
+
+void UringRelay::splice_pump(Session& s, bool c2u) noexcept {
+  Dir& d = c2u ? s.c2u : s.u2c;
+  if (s.state != State::relay) return;
+  const int src = c2u ? s.cfd : s.ufd;
+  const int dst = c2u ? s.ufd : s.cfd;
+  // Bounded, so that one fast stream cannot hold the loop: after this many
+  // rounds a (level-triggered) poll brings it back next iteration.
+  for (int round = 0; round < 16; ++round) {
+    if (d.piped) {
+      if (d.poll_out) return;
+      ssize_t n = ::splice(d.pipe.r, nullptr, dst, nullptr, d.piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        d.piped -= static_cast<uint32_t>(n);
+        d.moved += static_cast<uint64_t>(n);
+        s.deadline_ms = env_.now_ms + s.idle_ms;
+        if (d.piped == 0 && !d.burst && !d.eof) {
+          // The burst is over: small reads go back to ring buffers.
+          env_.pipes->release(d.pipe, true);
+          d.pipe = net::PipeFds{};
+          maybe_arm(s, c2u);
+          return;
+        }
+        continue;
+      }
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        arm_poll(s, c2u, true);  // back-pressure: the source waits too
+        return;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      close_session(s);
+      return;
+    }
+    if (d.eof) {
+      finish_dir(s, c2u);
+      return;
+    }
+    if (d.poll_in) return;
+    ssize_t n = ::splice(src, nullptr, d.pipe.w, nullptr, net::PipePool::kCapacity, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      d.piped = static_cast<uint32_t>(n);
+      d.burst = static_cast<uint32_t>(n) >= bufs_.size();
+      s.deadline_ms = env_.now_ms + s.idle_ms;
+      continue;
+    }
+    if (n == 0) {
+      d.eof = true;
+      continue;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      arm_poll(s, c2u, false);
+      return;
+    }
+    if (errno == EINTR) continue;
+    close_session(s);  // reset or error: the relay ends
+    return;
+  }
+  arm_poll(s, c2u, d.piped != 0);
+}
+
+void UringRelay::enqueue(Dir& d, uint16_t bid, uint32_t len) noexcept {
+  len_[bid] = len;
+  next_[bid] = kNoBuf;
+  if (d.tail != kNoBuf) next_[d.tail] = bid;
+  else d.head = bid;
+  d.tail = bid;
+  ++d.queued;
+}
+
+void UringRelay::pop_front(Dir& d) noexcept {
+  const uint16_t bid = d.head;
+  d.head = next_[bid];
+  if (d.head == kNoBuf) d.tail = kNoBuf;
+  --d.queued;
+  d.off = 0;
+  bufs_.recycle(bid);
+}
+
+// ---------------------------------------------------------------------------
+// Starved receives (the buffer ring ran dry)
+
+void UringRelay::starve(Session& s, bool client) noexcept {
+  Dir& d = client ? s.c2u : s.u2c;
+  if (d.starved) return;
+  const uint32_t id = index_of(s) * 2 + (client ? 0 : 1);
+  d.starved = true;
+  d.starve_next = kNone;
+  d.starve_prev = starved_tail_;
+  if (starved_tail_ != kNone) {
+    Session& t = sessions_[starved_tail_ / 2];
+    ((starved_tail_ & 1) ? t.u2c : t.c2u).starve_next = id;
+  } else {
+    starved_head_ = id;
+  }
+  starved_tail_ = id;
+}
+
+void UringRelay::unstarve(Session& s, bool client) noexcept {
+  Dir& d = client ? s.c2u : s.u2c;
+  if (!d.starved) return;
+  auto dir_of = [this](uint32_t id) -> Dir& {
+    Session& o = sessions_[id / 2];
+    return (id & 1) ? o.u2c : o.c2u;
+  };
+  if (d.starve_prev != kNone) dir_of(d.starve_prev).starve_next = d.starve_next;
+  else starved_head_ = d.starve_next;
+  if (d.starve_next != kNone) dir_of(d.starve_next).starve_prev = d.starve_prev;
+  else starved_tail_ = d.starve_prev;
+  d.starve_prev = d.starve_next = kNone;
+  d.starved = false;
+}
+
+void UringRelay::flush() noexcept {
+  bufs_.publish();
+  // Each re-armed receive needs at least one buffer; wake no more than there are.
+  uint32_t budget = bufs_.in_kernel();
+  while (starved_head_ != kNone && budget > 0) {
+    const uint32_t id = starved_head_;
+    Session& s = sessions_[id / 2];
+    const bool client = (id & 1) == 0;
+    unstarve(s, client);
+    maybe_arm(s, client);
+    --budget;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Timers and closing
+
+void UringRelay::on_timer(net::TimerNode& n) noexcept {
+  Session& s = static_cast<Session&>(n);
+  if (s.state == State::sniff) {
+    reject(s, FrameError::first_frame_timeout);
+  } else if (s.state == State::relay) {
+    GW_LOG_DEBUG("session {}: idle for {} ms; closing", index_of(s), s.idle_ms);
+    s.end = "idle_timeout";
+    close_session(s);
+  }
+}
+
+void UringRelay::release_dir(const Session& s, Dir& d) noexcept {
+  if (d.pipe) {
+    env_.pipes->release(d.pipe, d.piped == 0);  // no operation in flight uses it
+    d.pipe = net::PipeFds{};
+    d.piped = 0;
+  }
+  // Keeps only what a send in flight still reads; on_send gives that back.
+  if (d.extra && !d.sending) {
+    (d.extra_big ? env_.listeners[s.listener].frame_buffers : env_.buffers)->release(d.extra);
+    d.extra = nullptr;
+  }
+  const bool keep_head = d.sending && !d.extra;
+  uint16_t b = keep_head && d.head != kNoBuf ? next_[d.head] : d.head;
+  while (b != kNoBuf) {
+    const uint16_t nb = next_[b];
+    bufs_.recycle(b);
+    b = nb;
+  }
+  if (keep_head && d.head != kNoBuf) {
+    next_[d.head] = kNoBuf;
+    d.tail = d.head;
+    d.queued = 1;
+  } else {
+    d.head = d.tail = kNoBuf;
+    d.queued = 0;
+  }
+}
+
+void UringRelay::close_fd(int fd, bool in_flight) noexcept {
+  if (fd < 0) return;
+  if (in_flight) {
+    // Cancel what is still queued on the socket, then close it; the close
+    // runs whatever the cancel found (hard link), and the fd number stays
+    // ours until then, so the cancel cannot hit a newer socket.
+    ring_.reserve(2);
+    io_uring_sqe* sqe = ring_.sqe();
+    io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+    sqe->flags |= IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS;
+    io_uring_sqe_set_data64(sqe, net::pack_tag(uring_op::kIgnore, 0, 0));
+  }
+  io_uring_sqe* sqe = ring_.sqe();
+  io_uring_prep_close(sqe, fd);
+  sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+  io_uring_sqe_set_data64(sqe, net::pack_tag(uring_op::kIgnore, 0, 0));
+}
+
+void UringRelay::close_session(Session& s) noexcept {
+  if (s.state == State::free || s.state == State::closing) return;
+  if (logging(env_.listeners[s.listener]))
+    log_stream(env_, s.listener, s.peer, s.state == State::relay ? &s.host_addr : nullptr, s.c2u.moved, s.u2c.moved,
+               s.start_ms, std::string_view(s.key, s.key_len), s.end);
+  env_.timers->cancel(s);
+  unstarve(s, true);
+  unstarve(s, false);
+  release_dir(s, s.c2u);
+  release_dir(s, s.u2c);
+  close_fd(s.cfd, s.c_ops > 0);
+  close_fd(s.ufd, s.u_ops > 0);
+  s.cfd = s.ufd = -1;
+  unbind(s);
+  s.state = State::closing;
+  --active_;
+  ++retiring_;
+  auto& c = env_.seg->worker(env_.worker).connections;
+  const uint64_t n = c.load(std::memory_order_relaxed);
+  c.store(n ? n - 1 : 0, std::memory_order_relaxed);
+  maybe_retire(s);
+}
+
+void UringRelay::maybe_retire(Session& s) noexcept {
+  if (s.state != State::closing || s.c_ops || s.u_ops || s.t_ops) return;
+  s.state = State::free;
+  ++s.gen;
+  s.next_free = free_head_;
+  free_head_ = index_of(s);
+  --retiring_;
+}
+
+void UringRelay::close_all() noexcept {
+  for (auto& s : sessions_)
+    if (s.state != State::free && s.state != State::closing) close_session(s);
+}
+
+void UringRelay::close_orphans() noexcept {
+  uint64_t closed = 0;
+  for (auto& s : sessions_) {
+    if (s.state != State::relay || !env_.listeners[s.listener].close_on_host_remove) continue;
+    if (s.host_slot < env_.live_tag.size() && env_.live_tag[s.host_slot] == s.host_tag) continue;
+    close_session(s);
+    ++closed;
+  }
+  if (closed) {
+    bump(env_.seg->worker(env_.worker).host_closed, closed);
+    GW_LOG_INFO("on_host_remove close: closed {} connection(s) whose host was removed or is down", closed);
+  }
+}
+
+}  // namespace gw::proxy
