@@ -435,6 +435,8 @@ class Worker {
           last_full_log_ms_ = env_.now_ms;
           GW_LOG_WARN("all {} session slots in use (the open-files limit); refusing connections", max_sessions());
         }
+      } else if (cfg_.listeners[li].limit_conn.on && !admit_accepted(res, li)) {
+        ::close(res);  // limit_conn: over the address's max (counted)
       } else {
         urelay_->accept(res, li);
       }
@@ -447,6 +449,15 @@ class Worker {
     // A multishot accept that ended (an error, or a full completion queue) is
     // armed again, unless accepting stopped.
     if (!accept_armed_[li] && !accept_paused_ && !draining_) arm_accepts();
+  }
+
+  // limit_conn for a connection the multishot accept took (it gives no
+  // address: ask the socket).
+  bool admit_accepted(int fd, uint32_t li) {
+    sockaddr_storage peer{};
+    socklen_t len = sizeof(peer);
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return false;  // already gone
+    return limiter_.admit(fd, li, reinterpret_cast<const sockaddr*>(&peer), env_.now_ms);
   }
 
   // Multishot accepts not yet known to have ended (a drain waits for them:

@@ -14,6 +14,7 @@
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
 #include "gw/shm/runtime.hpp"
+#include "gw/api/conn_limiter.hpp"
 #include "proxy/relay_common.hpp"
 
 namespace gw::proxy {
@@ -697,6 +698,7 @@ void UringRelay::close_session(Session& s) noexcept {
   unstarve(s, false);
   release_dir(s, s.c2u);
   release_dir(s, s.u2c);
+  api::release_conn(env_.conn_limiter, s.cfd);  // limit_conn
   close_fd(s.cfd, s.c_ops > 0);
   close_fd(s.ufd, s.u_ops > 0);
   s.cfd = s.ufd = -1;
