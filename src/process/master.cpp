@@ -24,6 +24,7 @@
 #include "gw/core/fd.hpp"
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
+#include "gw/process/admin.hpp"
 #include "gw/process/checker.hpp"
 #include "gw/process/sync.hpp"
 #include "gw/process/worker.hpp"
@@ -151,13 +152,15 @@ shm::Segment prepare_segment(const config::Config& cfg) {
         GW_LOG_WARN("route {}/{} from the runtime state is not in the config; its {} rule(s) are dropped", x.listener,
                     x.name, x.rules.size());
 
-  bool reuse = seg.valid() && seg.caps() == cfg.shm.caps;
+  // The stats matrices have a row per worker: a segment made for fewer workers is made again.
+  const uint32_t stat_workers = static_cast<uint32_t>(cfg.workers);
+  bool reuse = seg.valid() && seg.caps() == cfg.shm.caps && seg.stat_workers() >= stat_workers;
   if (seg.valid() && !reuse) {
-    GW_LOG_INFO("shm \"{}\" has other capacities than the config; recreating it", name);
+    GW_LOG_INFO("shm \"{}\" has other capacities or fewer worker rows than the config; recreating it", name);
     seg = shm::Segment();
     shm::Segment::unlink(name);
   }
-  if (!reuse) seg = shm::Segment::create(name, cfg.shm.caps);
+  if (!reuse) seg = shm::Segment::create(name, cfg.shm.caps, stat_workers);
 
   // Hosts keep their runtime slots (counters, health) only when the segment
   // itself is the source; otherwise they get fresh slots.
@@ -182,6 +185,7 @@ shm::Segment prepare_segment(const config::Config& cfg) {
     seg.worker(w).pid.store(0);
     shm::clear_worker_counters(seg, w);  // no worker of a previous run is alive
   }
+  shm::clear_listener_stats(seg);  // listener rows are by config index: this config's start at 0
   // For `gwctl check`: how many workers should run, and where to connect.
   hdr.workers.store(static_cast<uint32_t>(cfg.workers));
   hdr.n_listeners = static_cast<uint32_t>(std::min<size_t>(cfg.listeners.size(), shm::kMaxListeners));
@@ -231,6 +235,12 @@ class Master {
     fds_.resize(static_cast<size_t>(n));
     for (int w = 0; w < n; ++w)
       for (const auto& l : cfg_.listeners) fds_[static_cast<size_t>(w)].push_back(net::listen_tcp(l.listen, l.backlog, true));
+    // The admin server's socket, made here too: a port in use stops gwd now,
+    // and a respawned admin server inherits the accept queue.
+    if (cfg_.admin.enabled) {
+      admin_fd_ = net::listen_tcp(cfg_.admin.listen, 128, false);
+      admin_.fd = admin_fd_.get();
+    }
 
     sigset_t set;
     sigemptyset(&set);
@@ -248,10 +258,12 @@ class Master {
     for (int w = 0; w < n; ++w) spawn(static_cast<uint32_t>(w));
     for (const auto& u : cfg_.upstreams) checker_.wanted |= u.check.type != shm::kCheckNone;
     sync_.wanted = cfg_.cluster.enabled;
-    for (Aux* a : {&checker_, &sync_})
+    admin_.wanted = cfg_.admin.enabled;
+    for (Aux* a : {&checker_, &sync_, &admin_})
       if (a->wanted) spawn_aux(*a);
     std::string addrs;
     for (const auto& l : cfg_.listeners) addrs += fmt::format(" {}={}", l.name, l.listen.to_string());
+    if (cfg_.admin.enabled) addrs += fmt::format(" (admin {})", cfg_.admin.listen.to_string());
     GW_LOG_INFO("ready: {} worker(s), shm \"{}\", listeners:{}", n, cfg_.shm.name, addrs);
 
     for (;;) {
@@ -274,7 +286,7 @@ class Master {
           GW_LOG_WARN("workers still running after the stop deadline; killing them");
           for (pid_t p : pids_)
             if (p > 0) ::kill(p, SIGKILL);
-          for (Aux* a : {&checker_, &sync_})
+          for (Aux* a : {&checker_, &sync_, &admin_})
             if (a->pid > 0) ::kill(a->pid, SIGKILL);
           kill_deadline_ms_ = now + 60000;
         }
@@ -288,7 +300,7 @@ class Master {
 
  private:
   int alive() const {
-    int a = (checker_.pid > 0) + (sync_.pid > 0);
+    int a = (checker_.pid > 0) + (sync_.pid > 0) + (admin_.pid > 0);
     for (pid_t p : pids_) a += p > 0;
     return a;
   }
@@ -316,6 +328,7 @@ class Master {
           if (s == w) mine.push_back(fd.get());
           else fd.reset();
         }
+      admin_fd_.reset();  // the admin server's, not a worker's
       int rc = run_worker(cfg_, seg_, w, mine);
       ::_exit(rc);
     }
@@ -324,13 +337,15 @@ class Master {
     respawn_at_.erase(w);
   }
 
-  // A helper child (the checker, the sync process): forked like a worker but
-  // without listening sockets, respawned when it dies (after 1 s if it died
+  // A helper child (the checker, the sync process, the admin server): forked
+  // like a worker but without the workers' listening sockets (the admin
+  // server gets its own, `fd`), respawned when it dies (after 1 s if it died
   // within a second of its start).
   struct Aux {
     const char* name;   // process name suffix and log role
     const char* what;   // for log lines
-    int (*run)(const config::Config&, const shm::Segment&);
+    int (*run)(const config::Config&, const shm::Segment&, int fd);
+    int fd = -1;        // a listening socket it keeps (the admin server's), else -1
     bool wanted = false;
     pid_t pid = 0;
     uint64_t started_ms = 0;
@@ -353,8 +368,9 @@ class Master {
       sigset_t all;
       sigemptyset(&all);
       ::sigprocmask(SIG_SETMASK, &all, nullptr);
-      fds_.clear();  // it accepts nothing
-      ::_exit(a.run(cfg_, seg_));
+      fds_.clear();  // it accepts nothing of the workers'
+      if (a.fd < 0) admin_fd_.reset();
+      ::_exit(a.run(cfg_, seg_, a.fd));
     }
     a.pid = pid;
     a.started_ms = core::monotonic_ms();
@@ -389,7 +405,8 @@ class Master {
                                           : fmt::format("exited with code {}", WEXITSTATUS(status)));
         continue;
       }
-      if (reap_aux(checker_, pid, status, now) || reap_aux(sync_, pid, status, now)) continue;
+      if (reap_aux(checker_, pid, status, now) || reap_aux(sync_, pid, status, now) || reap_aux(admin_, pid, status, now))
+        continue;
       for (uint32_t w = 0; w < pids_.size(); ++w) {
         if (pids_[w] != pid) continue;
         pids_[w] = 0;
@@ -416,7 +433,7 @@ class Master {
 
   void respawn_due(uint64_t now) {
     if (stopping_) return;
-    for (Aux* a : {&checker_, &sync_})
+    for (Aux* a : {&checker_, &sync_, &admin_})
       if (a->wanted && a->pid == 0 && a->respawn_at && now >= a->respawn_at) spawn_aux(*a);
     for (auto it = respawn_at_.begin(); it != respawn_at_.end();) {
       uint32_t w = it->first;
@@ -435,10 +452,11 @@ class Master {
     // Close the master's copies of the listening sockets first: once the
     // workers close theirs, the kernel stops queueing new connections.
     fds_.clear();
+    admin_fd_.reset();
     GW_LOG_INFO("{}: stopping {}", graceful ? "SIGTERM" : "SIGINT/SIGQUIT", graceful ? "gracefully" : "now");
     for (pid_t p : pids_)
       if (p > 0) ::kill(p, graceful ? SIGTERM : SIGQUIT);
-    for (Aux* a : {&checker_, &sync_})
+    for (Aux* a : {&checker_, &sync_, &admin_})
       if (a->pid > 0) ::kill(a->pid, SIGQUIT);  // nothing to drain
     kill_deadline_ms_ = now + (graceful ? cfg_.shutdown_timeout_ms + 2000 : 2000);
   }
@@ -494,6 +512,7 @@ class Master {
       sigemptyset(&none);
       ::sigprocmask(SIG_SETMASK, &none, nullptr);
       fds_.clear();
+      admin_fd_.reset();
       ::setsid();
       for (auto& kv : env) ::putenv(kv.data());
       ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
@@ -525,8 +544,12 @@ class Master {
   int stuck_rounds_ = 0;
   std::map<pid_t, uint64_t> hooks_;  // running hook → start time
   const std::string empty_;
-  Aux checker_{"checker", "health checker", &run_checker};
-  Aux sync_{"sync", "etcd sync process", &run_sync};
+  core::UniqueFd admin_fd_;  // the admin server's listening socket
+  Aux checker_{"checker", "health checker",
+               [](const config::Config& c, const shm::Segment& s, int) { return run_checker(c, s); }};
+  Aux sync_{"sync", "etcd sync process",
+            [](const config::Config& c, const shm::Segment& s, int) { return run_sync(c, s); }};
+  Aux admin_{"admin", "admin server", &run_admin};
 };
 
 }  // namespace

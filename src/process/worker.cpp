@@ -22,6 +22,7 @@
 #include "gw/proxy/tcp_relay.hpp"
 #include "gw/shm/runtime.hpp"
 #include "process/signals.hpp"
+#include "proxy/metrics.hpp"
 
 namespace gw::process {
 namespace {
@@ -244,6 +245,7 @@ class Worker {
       const bool http = listeners_[li].http;
       if (http ? http_.full() : per_frame ? mux_.full() : relay_.full()) {
         ::close(fd);
+        proxy::metrics::listener_reject(env_, li, shm::kRejectNoSlot);
         if (env_.now_ms - last_full_log_ms_ >= 1000) {
           last_full_log_ms_ = env_.now_ms;
           GW_LOG_WARN("all {} session slots in use (the open-files limit); refusing connections", max_sessions());

@@ -11,6 +11,7 @@
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
 #include "gw/shm/runtime.hpp"
+#include "proxy/metrics.hpp"
 #include "proxy/relay_common.hpp"
 
 namespace gw::proxy {
@@ -62,6 +63,7 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   auto& w = env_.seg->worker(env_.worker);
   bump(w.connections);
   bump(w.accepted);
+  metrics::listener_open(env_, listener);
   if (env_.epoll->add(fd, kSocketEvents, data_of(d, 0)) != 0) {
     close_device(d);
     return;
@@ -125,7 +127,7 @@ void FrameMux::on_timer(net::TimerNode& n) noexcept {
     }
   }
   if (d.first && now >= d.first_deadline_ms) {
-    count_reject(env_, FrameError::first_frame_timeout, d.fd, last_reject_log_ms_);
+    count_reject(env_, d.listener, FrameError::first_frame_timeout, d.fd, last_reject_log_ms_);
     close_device(d);
     return;
   }
@@ -177,7 +179,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
       const bool routed = d.front_link >= 0;
       FrameDecision fd = framer.inspect(reinterpret_cast<const uint8_t*>(d.buf + d.head), d.tail - d.head, !routed);
       if (fd.kind == FrameDecision::Kind::reject) {
-        count_reject(env_, fd.error, d.fd, last_reject_log_ms_);
+        count_reject(env_, d.listener, fd.error, d.fd, last_reject_log_ms_);
         close_device(d);
         return false;
       }
@@ -260,7 +262,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
     if (n == 0) {
       d.eof = true;
       if (d.tail > d.head) {
-        count_reject(env_, framer.at_eof(d.tail - d.head), d.fd, last_reject_log_ms_);
+        count_reject(env_, d.listener, framer.at_eof(d.tail - d.head), d.fd, last_reject_log_ms_);
         close_device(d);
         return false;
       }
@@ -305,7 +307,7 @@ bool FrameMux::route_front(Device& d, std::string_view key) noexcept {
       return true;
     }
   }
-  count_no_host(env_, ui, d.front_attempts, last_no_host_log_ms_);
+  count_no_host(env_, d.listener, ui, d.front_attempts, last_no_host_log_ms_);
   close_device(d);
   return false;
 }
@@ -526,6 +528,7 @@ void FrameMux::close_device(Device& d) noexcept {
   d.next_free = free_head_;
   free_head_ = index_of(d);
   --active_;
+  metrics::listener_close(env_, d.listener);
   auto& w = env_.seg->worker(env_.worker).connections;
   const uint64_t c = w.load(std::memory_order_relaxed);
   w.store(c ? c - 1 : 0, std::memory_order_relaxed);

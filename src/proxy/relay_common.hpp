@@ -30,12 +30,13 @@ void record_connect_failure(RelayEnv& env, int ui, uint32_t slot, uint32_t tag, 
 /// A connect succeeded after `start_ns`: latency sample, and host_up if it was down.
 void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t start_ns) noexcept;
 
-/// Counts a connection no pool could take (and logs it, at most once a second).
-void count_no_host(RelayEnv& env, int ui, uint32_t attempts, uint64_t& last_log_ms) noexcept;
+/// Counts a connection of listener `listener` no pool could take (and logs
+/// it, at most once a second).
+void count_no_host(RelayEnv& env, uint32_t listener, int ui, uint32_t attempts, uint64_t& last_log_ms) noexcept;
 
-/// Counts a refused frame connection by reason, and logs it at most once a
-/// second per worker (with how many were not logged).
-void count_reject(RelayEnv& env, FrameError e, int fd, uint64_t& last_log_ms) noexcept;
+/// Counts a refused frame connection of listener `listener` by reason, and
+/// logs it at most once a second per worker (with how many were not logged).
+void count_reject(RelayEnv& env, uint32_t listener, FrameError e, int fd, uint64_t& last_log_ms) noexcept;
 
 /// Increments a per-worker shm counter (single writer: relaxed load + store).
 inline void bump(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
