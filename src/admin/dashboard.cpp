@@ -28,6 +28,7 @@ constexpr std::string_view kPage = R"GWHTML(<!DOCTYPE html>
   header .fact b { color: #fff; font-weight: 600; }
   #conn.ok { color: #7ee2b8; } #conn.bad { color: #ff9c94; }
   main { padding: 16px 20px; display: grid; gap: 16px; }
+  #upstreams { display: grid; gap: 16px; }
   section { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; }
   h2 { font-size: 15px; margin: 0 0 8px; }
   h2 small { color: var(--dim); font-weight: normal; margin-left: 8px; }
