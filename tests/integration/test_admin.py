@@ -377,6 +377,40 @@ def session_pids(sid):
 # ----------------------------------------------------------------------------
 # the tests
 
+class StrictParserTest(unittest.TestCase):
+    """The parser the metrics are checked with refuses what the format refuses."""
+
+    GOOD = ('# HELP a_total A.\n# TYPE a_total counter\na_total{x="1",y="q\\"\\\\\\n"} 3\n'
+            '# HELP h_seconds H.\n# TYPE h_seconds histogram\n'
+            'h_seconds_bucket{le="0.1"} 1\nh_seconds_bucket{le="+Inf"} 2\nh_seconds_sum 0.5\nh_seconds_count 2\n')
+
+    def test_good_and_bad(self):
+        p = parse_prometheus(self.GOOD)
+        self.assertEqual(metric(p, "a_total", x="1", y='q"\\\n'), 3)
+        self.assertEqual(p["families"], {"a_total": "counter", "h_seconds": "histogram"})
+        bad = {
+            "no final newline": self.GOOD[:-1],
+            "sample before TYPE": "a 1\n",
+            "bad escape": '# TYPE a gauge\na{x="\\t"} 1\n',
+            "unterminated value": '# TYPE a gauge\na{x="1} 1\n',
+            "duplicate series": "# TYPE a gauge\na 1\na 2\n",
+            "family in two groups": "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\n# HELP a again\n",
+            "interleaved sample": "# TYPE a gauge\n# TYPE b gauge\na 1\n",
+            "negative counter": "# TYPE a_total counter\na_total -1\n",
+            "bad value": "# TYPE a gauge\na one\n",
+            "unknown type": "# TYPE a meter\na 1\n",
+            "stray comment": "# hello\n",
+            "no +Inf": '# TYPE h histogram\nh_bucket{le="1"} 1\nh_sum 1\nh_count 1\n',
+            "not cumulative": '# TYPE h histogram\nh_bucket{le="1"} 2\nh_bucket{le="+Inf"} 1\nh_sum 1\nh_count 1\n',
+            "count != +Inf": '# TYPE h histogram\nh_bucket{le="+Inf"} 1\nh_sum 1\nh_count 2\n',
+            "empty line": "# TYPE a gauge\n\na 1\n",
+        }
+        for why, text in bad.items():
+            with self.subTest(why):
+                with self.assertRaises(PromError):
+                    parse_prometheus(text)
+
+
 class AdminTest(GwTestCase):
 
     def http_backend(self, name, **kw):
