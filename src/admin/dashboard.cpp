@@ -209,17 +209,19 @@ function renderHeader(st) {
   document.body.setAttribute("data-generation", String(st.generation));
 }
 
-async function pollEvents() {
-  let url = "/events?limit=200";
-  if (eventsNext !== null) url += "&since=" + eventsNext;
-  const res = await fetch(url, {cache: "no-store"});
+async function getEvents(query) {
+  const res = await fetch("/events?" + query, {cache: "no-store"});
   if (!res.ok) throw new Error("/events: HTTP " + res.status);
-  const ev = await res.json();
+  return res.json();
+}
+
+async function pollEvents() {
   if (eventsNext === null) {
-    // First poll: the newest 50 only.
-    const skip = Math.max(0, ev.events.length - 50);
-    ev.events = ev.events.slice(skip);
+    // First poll: start 50 events before the head (a `since` past the head answers the head).
+    const probe = await getEvents("since=18446744073709551615&limit=1");
+    eventsNext = Math.max(0, probe.head - 50);
   }
+  const ev = await getEvents("since=" + eventsNext + "&limit=200");
   eventsNext = ev.next;
   for (const e of ev.events) eventLines.push(e.time + " #" + e.seq + " gen=" + e.generation + " " + e.text);
   while (eventLines.length > 200) eventLines.shift();

@@ -3,6 +3,7 @@
 // segment, the API handler and the data plane's metric helpers.
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <string>
 
@@ -506,6 +507,20 @@ TEST_SUITE("admin") {
     proxy::metrics::host_connected(env, a.slot, a.tag + 1000, 10);
     CHECK(shm::host_stats_totals(ts.seg, a.slot, a.tag).connect.count() == 0);
     CHECK(shm::host_stats_totals(ts.seg, a.slot, a.tag + 1000).connect.count() == 1);
+  }
+
+  TEST_CASE("events: paging, a since past the head, events the ring overwrote") {
+    TempSegment ts;
+    for (int i = 0; i < 5; ++i) shm::emit_event(ts.seg, shm::EventKind::config, 1, "e" + std::to_string(i));
+    CHECK(events_json(ts.seg, 3, 10).ends_with("\"text\": \"e4\"}]}"));
+    CHECK(events_json(ts.seg, 3, 10).starts_with("{\"head\": 5, \"next\": 5, \"lost\": 0, \"events\": [{\"seq\": 3, "));
+    CHECK(events_json(ts.seg, 0, 2).starts_with("{\"head\": 5, \"next\": 2, \"lost\": 0, "));
+    CHECK(events_json(ts.seg, ~0ull, 1) == "{\"head\": 5, \"next\": 5, \"lost\": 0, \"events\": []}");
+    for (uint32_t i = 5; i < shm::kEventCapacity + 10; ++i) shm::emit_event(ts.seg, shm::EventKind::health, 1, "x");
+    const std::string j = events_json(ts.seg, 0, 1);
+    CHECK(j.starts_with(fmt::format("{{\"head\": {}, \"next\": 11, \"lost\": 10, \"events\": [{{\"seq\": 10, ",
+                                    shm::kEventCapacity + 10)));
+    CHECK(j.find("\"kind\": \"health\", \"text\": \"x\"") != std::string::npos);
   }
 
   TEST_CASE("admin config") {
