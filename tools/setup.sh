@@ -13,6 +13,8 @@ pkgs=(
   curl procps iproute2 openssl nginx libnginx-mod-stream haproxy wrk python3-websockets
   # the cluster test starts its own 3-member etcd (etcd-client: etcdctl, for operators)
   etcd-server etcd-client
+  # the admin test: promtool (checks GET /metrics) and headless Chromium (the dashboard)
+  prometheus chromium
 )
 
 missing=()
@@ -32,10 +34,10 @@ echo "setup.sh: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# Debian enables and starts nginx, haproxy and etcd on install; gw's tests start
-# their own instances on free ports and must not find the default ones holding
-# :80 or :2379.
-for svc in nginx haproxy etcd; do
+# Debian enables and starts nginx, haproxy, etcd and prometheus on install; gw's
+# tests start their own instances on free ports and must not find the default
+# ones holding :80, :2379 or :9090 (only promtool is used from prometheus).
+for svc in nginx haproxy etcd prometheus; do
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
   if [ -x /etc/init.d/$svc ]; then /etc/init.d/$svc stop >/dev/null 2>&1 || true; fi
 done

@@ -552,6 +552,32 @@ void parse_cluster(Ctx& c, element e, const std::string& path, ClusterConf& cl) 
   if (!has_etcd && !c.has_error_under(path)) c.error(path, "missing required key \"etcd\"");
 }
 
+void parse_admin(Ctx& c, element e, const std::string& path, AdminConf& a) {
+  a.enabled = true;
+  bool has_listen = false;
+  for_each_field(c, e, path, [&](std::string_view k, element v, const std::string& kp) {
+    if (k == "listen") {
+      has_listen = get_address(c, v, kp, a.listen);
+    } else if (k == "token") {
+      if (get_string(c, v, kp, a.token)) {
+        bool ok = a.token.size() >= 16 && a.token.size() <= 256;
+        for (char ch : a.token) ok &= ch > ' ' && ch < 0x7f;
+        if (!ok) {
+          c.error(kp, fmt::format("expected 16..256 printable ASCII characters without spaces, got {} character(s)",
+                                  a.token.size()));
+          a.token.clear();
+        }
+      }
+    } else if (k == "timeout_ms") {
+      get_u32(c, v, kp, 100, 3600000, a.timeout_ms);
+    } else {
+      return false;
+    }
+    return true;
+  });
+  if (!has_listen && !c.has_error_under(path + ".listen")) c.error(path, "missing required key \"listen\"");
+}
+
 void cross_check(Ctx& c, Config& cfg) {
   if (cfg.listeners.size() > shm::kMaxListeners)
     c.error("listeners", fmt::format("{} listeners are configured; at most {} are supported", cfg.listeners.size(),
@@ -573,6 +599,10 @@ void cross_check(Ctx& c, Config& cfg) {
         c.error(fmt::format("listeners[{}].listen", i),
                 fmt::format("address {} is already used by listeners[{}]", l.listen.to_string(), j));
   }
+  if (cfg.admin.enabled && cfg.admin.listen.family != 0)
+    for (size_t i = 0; i < cfg.listeners.size(); ++i)
+      if (cfg.listeners[i].listen == cfg.admin.listen)
+        c.error("admin.listen", fmt::format("address {} is already used by listeners[{}]", cfg.admin.listen.to_string(), i));
   size_t routes = 0, rules = 0, cidrs = 0;
   auto upstream_known = [&](const std::string& name) {
     for (const auto& u : cfg.upstreams)
@@ -704,6 +734,8 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
       parse_cluster(c, v, kp, cfg.cluster);
     } else if (k == "consumers") {
       parse_consumers(c, v, kp, cfg.consumers);
+    } else if (k == "admin") {
+      parse_admin(c, v, kp, cfg.admin);
     } else if (k == "listeners") {
       listeners = v;
       has_listeners = true;
@@ -739,6 +771,10 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
 }
 
 }  // namespace
+
+void parse_rule_object(Ctx& c, simdjson::dom::element e, const std::string& path, shm::RuleSpec& r) {
+  parse_rule(c, e, path, r);
+}
 
 LoadResult load_string(const std::string& json, const std::string& path) {
   return parse(simdjson::padded_string(json), path);

@@ -63,4 +63,9 @@ bool get_u32(Ctx& c, simdjson::dom::element v, const std::string& path, uint32_t
 bool get_i32(Ctx& c, simdjson::dom::element v, const std::string& path, int32_t min, int32_t max, int32_t& out);
 bool get_method(Ctx& c, simdjson::dom::element v, const std::string& path, shm::Method& out);
 
+/// One gray-release rule in the config's form (listeners[].routes[].rules[]:
+/// {"id", "upstream", "ip": [...], "header": "N=V", "cookie": "N=V",
+/// "percent"}), validated in full; also the admin API's rule body.
+void parse_rule_object(Ctx& c, simdjson::dom::element e, const std::string& path, shm::RuleSpec& r);
+
 }  // namespace gw::config

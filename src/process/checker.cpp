@@ -78,9 +78,7 @@ class Checker {
       }
       ::poll(pfds.data(), pfds.size(), 20);
       if (pfds[0].revents) {
-        signalfd_siginfo si{};
-        while (::read(sfd.get(), &si, sizeof(si)) == sizeof(si))
-          if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT || si.ssi_signo == SIGQUIT) return 0;
+        if (drain_child_signals(sfd.get(), cfg_.log_file)) return 0;
       }
       const uint64_t after = core::monotonic_ms();
       for (size_t i = probes_.size(); i-- > 0;) {

@@ -28,6 +28,7 @@
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
 #include "gw/net/uring.hpp"
+#include "gw/process/admin.hpp"
 #include "gw/process/checker.hpp"
 #include "gw/process/logger.hpp"
 #include "gw/process/sync.hpp"
@@ -168,13 +169,15 @@ shm::Segment prepare_segment(const config::Config& cfg) {
     }
   }
 
-  bool reuse = seg.valid() && seg.caps() == cfg.shm.caps;
+  // The stats matrices have a row per worker: a segment made for fewer workers is made again.
+  const uint32_t stat_workers = static_cast<uint32_t>(cfg.workers);
+  bool reuse = seg.valid() && seg.caps() == cfg.shm.caps && seg.stat_workers() >= stat_workers;
   if (seg.valid() && !reuse) {
-    GW_LOG_INFO("shm \"{}\" has other capacities than the config; recreating it", name);
+    GW_LOG_INFO("shm \"{}\" has other capacities or fewer worker rows than the config; recreating it", name);
     seg = shm::Segment();
     shm::Segment::unlink(name);
   }
-  if (!reuse) seg = shm::Segment::create(name, cfg.shm.caps);
+  if (!reuse) seg = shm::Segment::create(name, cfg.shm.caps, stat_workers);
 
   // Hosts keep their runtime slots (counters, health) only when the segment
   // itself is the source; otherwise they get fresh slots.
@@ -200,6 +203,7 @@ shm::Segment prepare_segment(const config::Config& cfg) {
     shm::clear_worker_counters(seg, w);  // no worker of a previous run is alive
   }
   api::LimitTable::reset_conns(seg);  // their connections are gone too
+  shm::clear_listener_stats(seg);  // listener rows are by config index: this config's start at 0
   // For `gwctl check`: how many workers should run, and where to connect.
   hdr.workers.store(static_cast<uint32_t>(cfg.workers));
   hdr.n_listeners = static_cast<uint32_t>(std::min<size_t>(cfg.listeners.size(), shm::kMaxListeners));
@@ -249,6 +253,12 @@ class Master {
     fds_.resize(static_cast<size_t>(n));
     for (int w = 0; w < n; ++w)
       for (const auto& l : cfg_.listeners) fds_[static_cast<size_t>(w)].push_back(net::listen_tcp(l.listen, l.backlog, true));
+    // The admin server's socket, made here too: a port in use stops gwd now,
+    // and a respawned admin server inherits the accept queue.
+    if (cfg_.admin.enabled) {
+      admin_fd_ = net::listen_tcp(cfg_.admin.listen, 128, false);
+      admin_.fd = admin_fd_.get();
+    }
 
     sigset_t set;
     sigemptyset(&set);
@@ -282,10 +292,12 @@ class Master {
     for (int w = 0; w < n; ++w) spawn(static_cast<uint32_t>(w));
     for (const auto& u : cfg_.upstreams) checker_.wanted |= u.check.type != shm::kCheckNone;
     sync_.wanted = cfg_.cluster.enabled;
+    admin_.wanted = cfg_.admin.enabled;
     for (Aux* a : auxes())
       if (a->wanted) spawn_aux(*a);
     std::string addrs;
     for (const auto& l : cfg_.listeners) addrs += fmt::format(" {}={}", l.name, l.listen.to_string());
+    if (cfg_.admin.enabled) addrs += fmt::format(" (admin {})", cfg_.admin.listen.to_string());
     GW_LOG_INFO("ready: {} worker(s), engine {}, shm \"{}\", listeners:{}", n,
                 cfg_.event_engine == config::EventEngine::io_uring ? "io_uring" : "epoll", cfg_.shm.name, addrs);
 
@@ -341,7 +353,7 @@ class Master {
   }
 
   int alive() const {
-    int a = (checker_.pid > 0) + (sync_.pid > 0) + (logger_.pid > 0);
+    int a = (checker_.pid > 0) + (sync_.pid > 0) + (logger_.pid > 0) + (admin_.pid > 0);
     for (pid_t p : pids_) a += p > 0;
     return a;
   }
@@ -373,6 +385,7 @@ class Master {
       for (size_t s = 0; s < log_wr_.size(); ++s)
         if (s != w) log_wr_[s].reset();
       if (w < log_wr_.size()) set_access_log_fd(log_wr_[w].get());
+      admin_fd_.reset();  // the admin server's, not a worker's
       int rc = run_worker(cfg_, seg_, w, mine);
       ::_exit(rc);
     }
@@ -381,20 +394,22 @@ class Master {
     respawn_at_.erase(w);
   }
 
-  // A helper child (the checker, the sync process): forked like a worker but
-  // without listening sockets, respawned when it dies (after 1 s if it died
+  // A helper child (the checker, the sync process, the admin server): forked
+  // like a worker but without the workers' listening sockets (the admin
+  // server gets its own, `fd`), respawned when it dies (after 1 s if it died
   // within a second of its start).
   struct Aux {
     const char* name;   // process name suffix and log role
     const char* what;   // for log lines
-    int (*run)(const config::Config&, const shm::Segment&);
+    int (*run)(const config::Config&, const shm::Segment&, int fd);
+    int fd = -1;        // a listening socket it keeps (the admin server's), else -1
     bool wanted = false;
     pid_t pid = 0;
     uint64_t started_ms = 0;
     uint64_t respawn_at = 0;
   };
 
-  std::array<Aux*, 3> auxes() { return {&checker_, &sync_, &logger_}; }
+  std::array<Aux*, 4> auxes() { return {&checker_, &sync_, &logger_, &admin_}; }
 
   void spawn_aux(Aux& a) {
     const pid_t master = ::getpid();
@@ -412,7 +427,7 @@ class Master {
       sigset_t all;
       sigemptyset(&all);
       ::sigprocmask(SIG_SETMASK, &all, nullptr);
-      fds_.clear();  // it accepts nothing
+      fds_.clear();  // it accepts nothing of the workers'
       log_wr_.clear();
       if (&a == &logger_) {
         std::vector<int> socks;
@@ -420,7 +435,8 @@ class Master {
         ::_exit(run_logger(socks, cfg_.access_log_paths));
       }
       log_rd_.clear();
-      ::_exit(a.run(cfg_, seg_));
+      if (a.fd < 0) admin_fd_.reset();
+      ::_exit(a.run(cfg_, seg_, a.fd));
     }
     a.pid = pid;
     a.started_ms = core::monotonic_ms();
@@ -456,7 +472,7 @@ class Master {
         continue;
       }
       if (reap_aux(checker_, pid, status, now) || reap_aux(sync_, pid, status, now) ||
-          reap_aux(logger_, pid, status, now))
+          reap_aux(logger_, pid, status, now) || reap_aux(admin_, pid, status, now))
         continue;
       for (uint32_t w = 0; w < pids_.size(); ++w) {
         if (pids_[w] != pid) continue;
@@ -504,10 +520,11 @@ class Master {
     // Close the master's copies of the listening sockets first: once the
     // workers close theirs, the kernel stops queueing new connections.
     fds_.clear();
+    admin_fd_.reset();
     GW_LOG_INFO("{}: stopping {}", graceful ? "SIGTERM" : "SIGINT/SIGQUIT", graceful ? "gracefully" : "now");
     for (pid_t p : pids_)
       if (p > 0) ::kill(p, graceful ? SIGTERM : SIGQUIT);
-    for (Aux* a : {&checker_, &sync_})
+    for (Aux* a : {&checker_, &sync_, &admin_})
       if (a->pid > 0) ::kill(a->pid, SIGQUIT);  // nothing to drain
     // The logger writes the workers' last lines and exits when they have all
     // closed their ends (the master's copies go now).
@@ -567,6 +584,7 @@ class Master {
       sigemptyset(&none);
       ::sigprocmask(SIG_SETMASK, &none, nullptr);
       fds_.clear();
+      admin_fd_.reset();
       ::setsid();
       for (auto& kv : env) ::putenv(kv.data());
       ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
@@ -598,9 +616,13 @@ class Master {
   int stuck_rounds_ = 0;
   std::map<pid_t, uint64_t> hooks_;  // running hook → start time
   const std::string empty_;
-  Aux checker_{"checker", "health checker", &run_checker};
-  Aux sync_{"sync", "etcd sync process", &run_sync};
+  core::UniqueFd admin_fd_;  // the admin server's listening socket
+  Aux checker_{"checker", "health checker",
+               [](const config::Config& c, const shm::Segment& s, int) { return run_checker(c, s); }};
+  Aux sync_{"sync", "etcd sync process",
+            [](const config::Config& c, const shm::Segment& s, int) { return run_sync(c, s); }};
   Aux logger_{"logger", "access logger", nullptr};  // runs run_logger (see spawn_aux)
+  Aux admin_{"admin", "admin server", &run_admin};
   std::vector<core::UniqueFd> log_rd_, log_wr_;     // access-log sockets by worker slot: logger / worker ends
 };
 

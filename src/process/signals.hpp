@@ -1,5 +1,5 @@
 #pragma once
-// Signal handling shared by the worker and the checker: the stop and control
+// Signal handling shared by the worker and the auxiliary processes: the stop and control
 // signals are blocked and delivered through a signalfd in the process's event
 // loop, so no handler ever runs asynchronously.
 
@@ -11,8 +11,10 @@
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 
 #include "gw/core/fd.hpp"
+#include "gw/core/log.hpp"
 
 namespace gw::process {
 
@@ -26,6 +28,25 @@ inline core::UniqueFd child_signal_fd() {
   core::UniqueFd fd(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
   if (!fd) throw std::runtime_error(fmt::format("signalfd: {}", std::strerror(errno)));
   return fd;
+}
+
+/// Reads every pending signal from `sfd` (a child_signal_fd): SIGUSR1 reopens
+/// the error log `log_file` (logrotate; empty = stderr, nothing to do).
+/// Returns true when a stop signal (SIGTERM, SIGINT, SIGQUIT) was among them.
+inline bool drain_child_signals(int sfd, const std::string& log_file) {
+  bool stop = false;
+  signalfd_siginfo si{};
+  while (::read(sfd, &si, sizeof(si)) == sizeof(si)) {
+    if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT || si.ssi_signo == SIGQUIT) stop = true;
+    if (si.ssi_signo == SIGUSR1 && !log_file.empty()) {
+      try {
+        core::log_open(log_file);
+      } catch (const std::exception& e) {
+        GW_LOG_ERROR("{}", e.what());
+      }
+    }
+  }
+  return stop;
 }
 
 }  // namespace gw::process

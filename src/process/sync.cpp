@@ -294,9 +294,7 @@ class Sync {
   }
 
   void check_stop() {
-    signalfd_siginfo si{};
-    while (::read(sfd_.get(), &si, sizeof(si)) == sizeof(si))
-      if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT || si.ssi_signo == SIGQUIT) throw Stop{};
+    if (drain_child_signals(sfd_.get(), cfg_.log_file)) throw Stop{};
   }
 
   void wait(uint64_t ms) {

@@ -30,6 +30,7 @@
 #include "gw/proxy/uring_relay.hpp"
 #include "gw/shm/runtime.hpp"
 #include "process/signals.hpp"
+#include "proxy/metrics.hpp"
 
 namespace gw::process {
 namespace {
@@ -395,6 +396,7 @@ class Worker {
       const bool http = listeners_[li].http;
       if (http ? http_.full() : per_frame ? mux_.full() : relay_.full()) {
         ::close(fd);
+        proxy::metrics::listener_reject(env_, li, shm::kRejectNoSlot);
         if (env_.now_ms - last_full_log_ms_ >= 1000) {
           last_full_log_ms_ = env_.now_ms;
           GW_LOG_WARN("all {} session slots in use (the open-files limit); refusing connections", max_sessions());
@@ -404,6 +406,7 @@ class Worker {
       // limit_conn: over the address's max the connection is closed here, unread (counted).
       if (!limiter_.admit(fd, li, reinterpret_cast<const sockaddr*>(&peer), env_.now_ms)) {
         ::close(fd);
+        proxy::metrics::listener_reject(env_, li, shm::kRejectLimitConn);
         continue;
       }
       if (http) http_.accept(fd, li, reinterpret_cast<const sockaddr*>(&peer));
@@ -431,12 +434,14 @@ class Worker {
       if (reader_.stale()) refresh();  // one acquire load per new connection
       if (urelay_->full()) {
         ::close(res);
+        proxy::metrics::listener_reject(env_, li, shm::kRejectNoSlot);
         if (env_.now_ms - last_full_log_ms_ >= 1000) {
           last_full_log_ms_ = env_.now_ms;
           GW_LOG_WARN("all {} session slots in use (the open-files limit); refusing connections", max_sessions());
         }
       } else if (cfg_.listeners[li].limit_conn.on && !admit_accepted(res, li)) {
         ::close(res);  // limit_conn: over the address's max (counted)
+        proxy::metrics::listener_reject(env_, li, shm::kRejectLimitConn);
       } else {
         urelay_->accept(res, li);
       }

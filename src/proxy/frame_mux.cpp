@@ -13,6 +13,7 @@
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
 #include "gw/shm/runtime.hpp"
+#include "proxy/metrics.hpp"
 #include "proxy/relay_common.hpp"
 
 namespace gw::proxy {
@@ -74,6 +75,7 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   auto& w = env_.seg->worker(env_.worker);
   bump(w.connections);
   bump(w.accepted);
+  metrics::listener_open(env_, listener);
   if (env_.epoll->add(fd, kSocketEvents, data_of(d, 0)) != 0) {
     close_device(d);
     return;
@@ -136,14 +138,14 @@ void FrameMux::on_timer(net::TimerNode& n) noexcept {
     }
   }
   if (d.first && now >= d.first_deadline_ms) {
-    count_reject(env_, FrameError::first_frame_timeout, d.fd);
+    count_reject(env_, d.listener, FrameError::first_frame_timeout, d.fd);
     close_device(d);
     return;
   }
   if (!d.first && d.frame_deadline_ms != 0 && now >= d.frame_deadline_ms) {
     // A frame was started and not finished in time (a device dripping bytes
     // would otherwise hold a whole-frame buffer for as long as it likes).
-    count_reject(env_, FrameError::frame_timeout, d.fd);
+    count_reject(env_, d.listener, FrameError::frame_timeout, d.fd);
     close_device(d);
     return;
   }
@@ -200,7 +202,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
       const bool routed = d.front_link >= 0;
       FrameDecision fd = framer.inspect(reinterpret_cast<const uint8_t*>(d.buf + d.head), d.tail - d.head, !routed);
       if (fd.kind == FrameDecision::Kind::reject) {
-        count_reject(env_, fd.error, d.fd);
+        count_reject(env_, d.listener, fd.error, d.fd);
         close_device(d);
         return false;
       }
@@ -272,7 +274,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
       // A header accepted a frame larger than this buffer: move to a frame buffer.
       char* big = d.big ? nullptr : acquire_frame_buffer(l);
       if (!big) {
-        count_reject(env_, FrameError::no_frame_buffer, d.fd);
+        count_reject(env_, d.listener, FrameError::no_frame_buffer, d.fd);
         close_device(d);
         return false;
       }
@@ -291,7 +293,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
     if (n == 0) {
       d.eof = true;
       if (d.tail > d.head) {
-        count_reject(env_, framer.at_eof(d.tail - d.head), d.fd);
+        count_reject(env_, d.listener, framer.at_eof(d.tail - d.head), d.fd);
         close_device(d);
         return false;
       }
@@ -336,7 +338,7 @@ bool FrameMux::route_front(Device& d, std::string_view key) noexcept {
       return true;
     }
   }
-  count_no_host(env_, ui, d.front_attempts, last_no_host_log_ms_);
+  count_no_host(env_, d.listener, ui, d.front_attempts, last_no_host_log_ms_);
   close_device(d);
   return false;
 }
@@ -590,6 +592,7 @@ void FrameMux::close_device(Device& d) noexcept {
   d.next_free = free_head_;
   free_head_ = index_of(d);
   --active_;
+  metrics::listener_close(env_, d.listener);
   auto& w = env_.seg->worker(env_.worker).connections;
   const uint64_t c = w.load(std::memory_order_relaxed);
   w.store(c ? c - 1 : 0, std::memory_order_relaxed);

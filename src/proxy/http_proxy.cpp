@@ -19,6 +19,7 @@
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
 #include "gw/shm/runtime.hpp"
+#include "proxy/metrics.hpp"
 #include "proxy/relay_common.hpp"
 
 namespace gw::proxy {
@@ -334,6 +335,7 @@ void HttpProxy::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept
   auto& w = env_.seg->worker(env_.worker);
   bump(w.connections);
   bump(w.accepted);
+  metrics::listener_open(env_, listener);
   if (env_.epoll->add(fd, kSocketEvents, conn_data(c)) != 0) {
     close_conn(c);
     return;
@@ -380,6 +382,7 @@ void HttpProxy::close_conn(Conn& c) noexcept {
   c.next_free = conn_free_;
   conn_free_ = index_of(c);
   --active_;
+  metrics::listener_close(env_, c.listener);
   auto& w = env_.seg->worker(env_.worker);
   w.connections.store(w.connections.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
 }
@@ -840,6 +843,7 @@ void HttpProxy::parse_request(Conn& c) noexcept {
   const http::ParseStatus st = p.parse(std::string_view(c.in.p + c.in.head, c.in.size()));
   if (st == http::ParseStatus::need_more) return;  // more bytes are needed: read on
   bump(env_.seg->worker(env_.worker).http_requests);
+  metrics::http_request(env_, c.listener);
   if (st == http::ParseStatus::error) {
     count(HttpOutcome::bad_request);
     c.state = CState::busy;
@@ -981,6 +985,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
     c.lg.tail += static_cast<uint32_t>(n);
     c.lg_len[Conn::kRule] = static_cast<uint16_t>(n);
   }
+  if (rule >= 0) metrics::rule_hit(env_, rules_[static_cast<size_t>(rule)].id);
   c.upstream = static_cast<int16_t>(rule >= 0 ? rules_[static_cast<size_t>(rule)].upstream : route.upstream);
   if (c.upstream < 0) {
     // The route's upstream is not in the table: nothing can serve it.
@@ -1188,6 +1193,7 @@ void HttpProxy::connect_next(Conn& c) noexcept {
       u.u_out = true;  // an idle connection's send buffer is empty
       ++u.requests;
       shm::counter_open(env_.seg->counter(env_.worker, r.slot), r.tag);
+      u.connect_start_ns = core::monotonic_ns();  // this attempt's start, for its response time
       c.up = index_of(u);
       bump(env_.seg->worker(env_.worker).http_keepalive_reused);
       return;  // drive() sends
@@ -1244,7 +1250,7 @@ void HttpProxy::connect_next(Conn& c) noexcept {
   }
   if (c.attempts == 0) {
     count(HttpOutcome::no_host);
-    count_no_host(env_, ui, c.attempts, last_no_host_log_ms_);
+    count_no_host(env_, c.listener, ui, c.attempts, last_no_host_log_ms_);
     respond_error(c, 503, true);
     return;
   }
@@ -1401,6 +1407,7 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
       c.scan = c.rs.head;
       continue;
     }
+    metrics::host_response(env_, u.host_slot, u.host_tag, h.status, u.connect_start_ns);
     const UpstreamRt& ur = upstreams_[static_cast<size_t>(c.upstream)];
     if (ur.conf && ur.conf->retry.retries_status(h.status) && c.attempts < ur.tries && c.retryable && c.idempotent &&
         (!ur.conf->retry.timeout_ms || env_.now_ms - c.first_try_ms < ur.conf->retry.timeout_ms) &&
@@ -1618,6 +1625,7 @@ void HttpProxy::respond_error(Conn& c, int status, bool keep_alive, std::string_
     close_conn(c);  // the response has begun: nothing else can be said
     return;
   }
+  metrics::http_error(env_, c.listener, status);
   release(c.rq);
   c.rs.head = c.rs.tail = 0;
   c.rs_dec = 0;

@@ -13,10 +13,12 @@
 #include "gw/proxy/access_log.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/runtime.hpp"
+#include "proxy/metrics.hpp"
 
 namespace gw::proxy {
 
 static_assert(kFrameErrorCount <= shm::kFrameRejectKinds, "the shm worker row counts every frame reject reason");
+static_assert(kFrameErrorCount <= shm::kRejectNoHost, "frame reasons come first in ListenerStats::rejects");
 
 int pick_host(RelayEnv& env, int ui, std::string_view key, std::span<const uint32_t> tried, balance::Rng& rng,
               bool first) noexcept {
@@ -114,15 +116,18 @@ void record_connect_failure(RelayEnv& env, int ui, uint32_t slot, uint32_t tag, 
 
 void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t start_ns) noexcept {
   shm::HostRuntime& hr = env.seg->host(slot);
-  shm::record_latency(hr, tag, (core::monotonic_ns() - start_ns) / 1000, env.now_ms);
+  const uint64_t us = (core::monotonic_ns() - start_ns) / 1000;
+  shm::record_latency(hr, tag, us, env.now_ms);
+  metrics::host_connected(env, slot, tag, us);
   if (shm::record_success(hr, tag)) {
     shm::mark_up(hr, tag, env.now_ms);
     host_event(env, slot, tag, false, 0);
   }
 }
 
-void count_no_host(RelayEnv& env, int ui, uint32_t attempts, uint64_t& last_log_ms) noexcept {
+void count_no_host(RelayEnv& env, uint32_t listener, int ui, uint32_t attempts, uint64_t& last_log_ms) noexcept {
   bump(env.seg->worker(env.worker).no_host);
+  metrics::listener_reject(env, listener, shm::kRejectNoHost);
   if (env.now_ms - last_log_ms >= 1000) {
     last_log_ms = env.now_ms;
     GW_LOG_WARN("upstream {}: no live host for a connection after {} attempt(s); closing it",
@@ -131,9 +136,10 @@ void count_no_host(RelayEnv& env, int ui, uint32_t attempts, uint64_t& last_log_
   }
 }
 
-void count_reject(RelayEnv& env, FrameError e, int fd) noexcept {
+void count_reject(RelayEnv& env, uint32_t listener, FrameError e, int fd) noexcept {
   auto& w = env.seg->worker(env.worker);
   bump(w.frame_rejects[static_cast<size_t>(e)]);
+  metrics::listener_reject(env, listener, static_cast<size_t>(e));
   if (env.last_reject_log_ms != 0 && env.now_ms - env.last_reject_log_ms < 1000) return;
   env.last_reject_log_ms = env.now_ms;
   char peer[INET6_ADDRSTRLEN + 8] = "?";

@@ -30,13 +30,14 @@ void record_connect_failure(RelayEnv& env, int ui, uint32_t slot, uint32_t tag, 
 /// A connect succeeded after `start_ns`: latency sample, and host_up if it was down.
 void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t start_ns) noexcept;
 
-/// Counts a connection no pool could take (and logs it, at most once a second).
-void count_no_host(RelayEnv& env, int ui, uint32_t attempts, uint64_t& last_log_ms) noexcept;
+/// Counts a connection of listener `listener` no pool could take (and logs
+/// it, at most once a second).
+void count_no_host(RelayEnv& env, uint32_t listener, int ui, uint32_t attempts, uint64_t& last_log_ms) noexcept;
 
-/// Counts a refused frame connection by reason, and logs it at most once a
-/// second per worker (env.last_reject_log_ms, shared by the relay and
-/// FrameMux), with how many this worker has refused so far.
-void count_reject(RelayEnv& env, FrameError e, int fd) noexcept;
+/// Counts a refused frame connection of listener `listener` by reason, and
+/// logs it at most once a second per worker (env.last_reject_log_ms, shared
+/// by the relay and FrameMux), with how many this worker has refused so far.
+void count_reject(RelayEnv& env, uint32_t listener, FrameError e, int fd) noexcept;
 
 /// A whole-frame buffer of listener `l`, or nullptr when the listener has
 /// none or its max_frame_buffers are all in use in this worker (or on OOM).

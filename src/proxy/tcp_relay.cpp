@@ -18,6 +18,7 @@
 #include "gw/proxy/access_log.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/runtime.hpp"
+#include "proxy/metrics.hpp"
 #include "proxy/relay_common.hpp"
 
 namespace gw::proxy {
@@ -88,6 +89,7 @@ void TcpRelay::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept 
   auto& w = env_.seg->worker(env_.worker);
   bump(w.connections);  // shared with FrameMux: counted up and down, never stored
   bump(w.accepted);
+  metrics::listener_open(env_, listener);
   if (env_.epoll->add(fd, kSocketEvents, data_of(s, kKindClient)) != 0) {
     close_session(s);
     return;
@@ -176,7 +178,7 @@ void TcpRelay::sniff(Session& s) noexcept {
 }
 
 void TcpRelay::reject(Session& s, FrameError e) noexcept {
-  count_reject(env_, e, s.cfd);
+  count_reject(env_, s.listener, e, s.cfd);
   s.end = frame_error_name(e);
   close_session(s);
 }
@@ -248,7 +250,7 @@ void TcpRelay::connect_next(Session& s) noexcept {
     env_.timers->schedule(s, env_.now_ms + uv.connect_timeout_ms);
     return;
   }
-  count_no_host(env_, ui, s.attempts, last_no_host_log_ms_);
+  count_no_host(env_, s.listener, ui, s.attempts, last_no_host_log_ms_);
   s.end = "no_host";
   close_session(s);
 }
@@ -495,6 +497,7 @@ void TcpRelay::close_session(Session& s) noexcept {
   s.next_free = free_head_;
   free_head_ = index_of(s);
   --active_;
+  metrics::listener_close(env_, s.listener);
   auto& c = env_.seg->worker(env_.worker).connections;
   const uint64_t n = c.load(std::memory_order_relaxed);
   c.store(n ? n - 1 : 0, std::memory_order_relaxed);

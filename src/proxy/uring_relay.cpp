@@ -15,6 +15,7 @@
 #include "gw/net/socket.hpp"
 #include "gw/shm/runtime.hpp"
 #include "gw/api/conn_limiter.hpp"
+#include "proxy/metrics.hpp"
 #include "proxy/relay_common.hpp"
 
 namespace gw::proxy {
@@ -84,6 +85,7 @@ void UringRelay::accept(int fd, uint32_t listener) noexcept {
   auto& w = env_.seg->worker(env_.worker);
   bump(w.connections);  // shared with TcpRelay and FrameMux: counted up and down
   bump(w.accepted);
+  metrics::listener_open(env_, listener);
   const bool want_key = !l.key_from_frame && upstream_uses_key(l.upstream);
   if (want_key || logging(l)) fetch_peer(s, fd, want_key);
   arm_recv(s, true);
@@ -165,7 +167,7 @@ void UringRelay::sniff(Session& s, uint16_t bid, uint32_t len) noexcept {
 }
 
 void UringRelay::reject(Session& s, FrameError e) noexcept {
-  count_reject(env_, e, s.cfd);
+  count_reject(env_, s.listener, e, s.cfd);
   s.end = frame_error_name(e);
   close_session(s);
 }
@@ -224,7 +226,7 @@ void UringRelay::connect_next(Session& s) noexcept {
     ++s.t_ops;
     return;
   }
-  count_no_host(env_, ui, s.attempts, last_no_host_log_ms_);
+  count_no_host(env_, s.listener, ui, s.attempts, last_no_host_log_ms_);
   s.end = "no_host";
   close_session(s);
 }
@@ -706,6 +708,7 @@ void UringRelay::close_session(Session& s) noexcept {
   s.state = State::closing;
   --active_;
   ++retiring_;
+  metrics::listener_close(env_, s.listener);
   auto& c = env_.seg->worker(env_.worker).connections;
   const uint64_t n = c.load(std::memory_order_relaxed);
   c.store(n ? n - 1 : 0, std::memory_order_relaxed);

@@ -119,7 +119,63 @@ void clear_worker_counters(const Segment& seg, uint32_t worker) noexcept {
     // Its connections died with it; totals stay, they are history.
     seg.counter(worker, i).active.store(0, std::memory_order_relaxed);
   }
+  if (worker < seg.stat_workers())
+    for (uint32_t l = 0; l < kMaxListeners; ++l) seg.listener_stats(worker, l).active.store(0, std::memory_order_relaxed);
   seg.worker(worker).connections.store(0, std::memory_order_relaxed);
+}
+
+namespace {
+void add_histogram(HistogramTotals& t, const LatencyHistogram& h) noexcept {
+  for (size_t i = 0; i <= kLatencyBuckets; ++i) t.buckets[i] += h.buckets[i].load(std::memory_order_relaxed);
+  t.sum_us += h.sum_us.load(std::memory_order_relaxed);
+}
+}  // namespace
+
+HostStatsTotals host_stats_totals(const Segment& seg, uint32_t slot, uint32_t tag) noexcept {
+  HostStatsTotals t;
+  for (uint32_t w = 0; w < seg.stat_workers(); ++w) {
+    const HostStats& s = seg.host_stats(w, slot);
+    if (s.tag.load(std::memory_order_relaxed) != tag) continue;
+    for (size_t c = 0; c < 5; ++c) t.responses[c] += s.responses[c].load(std::memory_order_relaxed);
+    add_histogram(t.connect, s.connect);
+    add_histogram(t.response, s.response);
+  }
+  return t;
+}
+
+ListenerTotals listener_totals(const Segment& seg, uint32_t listener) noexcept {
+  ListenerTotals t;
+  for (uint32_t w = 0; w < seg.stat_workers(); ++w) {
+    const ListenerStats& s = seg.listener_stats(w, listener);
+    t.accepted += s.accepted.load(std::memory_order_relaxed);
+    t.active += s.active.load(std::memory_order_relaxed);
+    t.http_requests += s.http_requests.load(std::memory_order_relaxed);
+    for (size_t i = 0; i < kListenerRejectKinds; ++i) t.rejects[i] += s.rejects[i].load(std::memory_order_relaxed);
+    for (size_t i = 0; i < kHttpCodeSlots; ++i) t.http_errors[i] += s.http_errors[i].load(std::memory_order_relaxed);
+  }
+  return t;
+}
+
+uint64_t rule_hits(const Segment& seg, uint32_t slot, uint32_t tag) noexcept {
+  uint64_t n = 0;
+  if (slot >= seg.caps().max_rules) return 0;
+  for (uint32_t w = 0; w < seg.stat_workers(); ++w) {
+    const RuleStats& s = seg.rule_stats(w, slot);
+    if (s.tag.load(std::memory_order_relaxed) == tag) n += s.hits.load(std::memory_order_relaxed);
+  }
+  return n;
+}
+
+void clear_listener_stats(const Segment& seg) noexcept {
+  for (uint32_t w = 0; w < seg.stat_workers(); ++w)
+    for (uint32_t l = 0; l < kMaxListeners; ++l) {
+      ListenerStats& s = seg.listener_stats(w, l);
+      s.accepted.store(0, std::memory_order_relaxed);
+      s.active.store(0, std::memory_order_relaxed);
+      s.http_requests.store(0, std::memory_order_relaxed);
+      for (auto& r : s.rejects) r.store(0, std::memory_order_relaxed);
+      for (auto& e : s.http_errors) e.store(0, std::memory_order_relaxed);
+    }
 }
 
 }  // namespace gw::shm

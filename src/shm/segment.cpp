@@ -26,7 +26,7 @@ size_t align64(size_t n) { return (n + 63) & ~size_t{63}; }
 
 }  // namespace
 
-size_t Segment::layout_size(const Caps& caps, SegmentHeader* h) noexcept {
+size_t Segment::layout_size(const Caps& caps, uint32_t stat_workers, SegmentHeader* h) noexcept {
   size_t off = align64(sizeof(SegmentHeader));
   size_t payload = align64(Table::bytes_for(caps));
   size_t slot0 = off;
@@ -49,6 +49,12 @@ size_t Segment::layout_size(const Caps& caps, SegmentHeader* h) noexcept {
   off = held + sizeof(uint16_t) * size_t{kMaxWorkers} * caps.max_limit_keys;
   size_t guard = align64(off);
   off = guard + sizeof(GuardCounters) * kMaxWorkers;
+  size_t host_stats = align64(off);
+  off = host_stats + sizeof(HostStats) * size_t{stat_workers} * caps.max_hosts;
+  size_t listener_stats = align64(off);
+  off = listener_stats + sizeof(ListenerStats) * size_t{stat_workers} * kMaxListeners;
+  size_t rule_stats = align64(off);
+  off = rule_stats + sizeof(RuleStats) * size_t{stat_workers} * caps.max_rules;
   size_t total = (off + 4095) & ~size_t{4095};
   if (h) {
     h->slot_offset[0] = slot0;
@@ -62,6 +68,10 @@ size_t Segment::layout_size(const Caps& caps, SegmentHeader* h) noexcept {
     h->limits_offset = limits;
     h->held_offset = held;
     h->guard_offset = guard;
+    h->host_stats_offset = host_stats;
+    h->listener_stats_offset = listener_stats;
+    h->rule_stats_offset = rule_stats;
+    h->stat_workers = stat_workers;
     h->total_size = total;
   }
   return total;
@@ -95,10 +105,12 @@ Segment::~Segment() {
   if (base_) ::munmap(base_, size_);
 }
 
-Segment Segment::create(const std::string& name, const Caps& caps) {
+Segment Segment::create(const std::string& name, const Caps& caps, uint32_t stat_workers) {
   std::string obj = object_name(name);
+  if (stat_workers == 0 || stat_workers > kMaxWorkers)
+    throw SegmentError(fmt::format("stats rows for {} workers: expected 1..{}", stat_workers, kMaxWorkers));
   SegmentHeader layout{};
-  size_t size = layout_size(caps, &layout);
+  size_t size = layout_size(caps, stat_workers, &layout);
   core::UniqueFd fd(::shm_open(obj.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!fd) throw SegmentError(fmt::format("cannot create shm {}: {}", obj, std::strerror(errno)));
   // posix_fallocate reserves the pages: a /dev/shm too small fails here with a
@@ -127,7 +139,7 @@ Segment Segment::create(const std::string& name, const Caps& caps) {
   h->caps = caps;
   h->max_workers = kMaxWorkers;
   h->event_capacity = kEventCapacity;
-  layout_size(caps, h);
+  layout_size(caps, stat_workers, h);
 
   pthread_mutexattr_t attr;
   ::pthread_mutexattr_init(&attr);
@@ -157,6 +169,11 @@ Segment Segment::create(const std::string& name, const Caps& caps) {
   // keys that collide with another client's bucket.
   if (::getrandom(&h->limit_seed, sizeof(h->limit_seed), 0) != static_cast<ssize_t>(sizeof(h->limit_seed)))
     h->limit_seed = core::monotonic_ns() ^ (uint64_t{static_cast<uint32_t>(::getpid())} << 32) ^ reinterpret_cast<uintptr_t>(p);
+  for (uint32_t w = 0; w < stat_workers; ++w) {
+    for (uint32_t i = 0; i < caps.max_hosts; ++i) new (&seg.host_stats(w, i)) HostStats{};
+    for (uint32_t i = 0; i < kMaxListeners; ++i) new (&seg.listener_stats(w, i)) ListenerStats{};
+    for (uint32_t i = 0; i < caps.max_rules; ++i) new (&seg.rule_stats(w, i)) RuleStats{};
+  }
   // An empty table (generation 0) in slot 0 is published from the start.
   std::atomic_ref<uint64_t>(h->magic).store(kMagic, std::memory_order_release);
   return seg;
@@ -180,14 +197,17 @@ std::string Segment::validate(const void* base, size_t size) {
       h->caps.max_consumers > 65535 || h->caps.max_limit_keys == 0 || h->caps.max_limit_keys % kLimitWays != 0 ||
       h->caps.max_limit_keys > 1u << 24)
     return "its capacities are out of range";
+  if (h->stat_workers == 0 || h->stat_workers > kMaxWorkers) return "its stats rows are out of range";
   SegmentHeader expect{};
-  size_t want = layout_size(h->caps, &expect);
+  size_t want = layout_size(h->caps, h->stat_workers, &expect);
   if (h->total_size != want || size != want || h->slot_offset[0] != expect.slot_offset[0] ||
       h->slot_offset[1] != expect.slot_offset[1] || h->slot_payload != expect.slot_payload ||
       h->runtime_offset != expect.runtime_offset || h->counters_offset != expect.counters_offset ||
       h->workers_offset != expect.workers_offset || h->pools_offset != expect.pools_offset ||
       h->events_offset != expect.events_offset || h->limits_offset != expect.limits_offset ||
-      h->held_offset != expect.held_offset || h->guard_offset != expect.guard_offset)
+      h->held_offset != expect.held_offset || h->guard_offset != expect.guard_offset ||
+      h->host_stats_offset != expect.host_stats_offset || h->listener_stats_offset != expect.listener_stats_offset ||
+      h->rule_stats_offset != expect.rule_stats_offset)
     return fmt::format("its layout is inconsistent (size {} bytes, expected {})", size, want);
   return {};
 }

@@ -129,9 +129,9 @@ std::string Table::host_path(int host) const {
 int Table::add_upstream(const UpstreamRecord& rec) {
   std::string_view name = name_of(rec.name);
   if (auto why = check_name(name); !why.empty()) throw TableError(fmt::format("upstream name \"{}\" {}", name, why));
-  if (find_upstream(name) >= 0) throw TableError(fmt::format("upstream \"{}\" already exists", name));
+  if (find_upstream(name) >= 0) throw TableError(fmt::format("upstream \"{}\" already exists", name), TableError::Kind::exists);
   if (header().n_upstreams >= caps_.max_upstreams)
-    throw TableError(fmt::format("upstream table is full (shm.max_upstreams = {})", caps_.max_upstreams));
+    throw TableError(fmt::format("upstream table is full (shm.max_upstreams = {})", caps_.max_upstreams), TableError::Kind::full);
   ups_()[header().n_upstreams] = rec;
   return static_cast<int>(header().n_upstreams++);
 }
@@ -139,9 +139,10 @@ int Table::add_upstream(const UpstreamRecord& rec) {
 int Table::add_pool(int upstream, std::string_view id, int32_t priority, Method method) {
   if (auto why = check_name(id); !why.empty()) throw TableError(fmt::format("pool id \"{}\" {}", id, why));
   if (find_pool(upstream, id) >= 0)
-    throw TableError(fmt::format("pool {}/{} already exists", name_of(upstreams()[static_cast<size_t>(upstream)].name), id));
+    throw TableError(fmt::format("pool {}/{} already exists", name_of(upstreams()[static_cast<size_t>(upstream)].name), id),
+                     TableError::Kind::exists);
   if (header().n_pools >= caps_.max_pools)
-    throw TableError(fmt::format("pool table is full (shm.max_pools = {})", caps_.max_pools));
+    throw TableError(fmt::format("pool table is full (shm.max_pools = {})", caps_.max_pools), TableError::Kind::full);
   PoolRecord& p = pools_()[header().n_pools];
   p = PoolRecord{};
   set_name(p.id, id);
@@ -154,7 +155,8 @@ int Table::add_pool(int upstream, std::string_view id, int32_t priority, Method 
 void Table::remove_pool(int pool) {
   auto n = pool_hosts(pool).size();
   if (n != 0)
-    throw TableError(fmt::format("pool {} still has {} host(s); remove them first", pool_path(pool), n));
+    throw TableError(fmt::format("pool {} still has {} host(s); remove them first", pool_path(pool), n),
+                     TableError::Kind::not_empty);
   PoolRecord* p = pools_();
   std::copy(p + pool + 1, p + header().n_pools, p + pool);
   --header().n_pools;
@@ -164,10 +166,10 @@ void Table::remove_pool(int pool) {
 
 int Table::add_host(int pool, std::string_view id, const core::SockAddr& addr, uint32_t weight) {
   if (auto why = check_name(id); !why.empty()) throw TableError(fmt::format("host id \"{}\" {}", id, why));
-  if (find_host(pool, id) >= 0) throw TableError(fmt::format("host {}/{} already exists", pool_path(pool), id));
+  if (find_host(pool, id) >= 0) throw TableError(fmt::format("host {}/{} already exists", pool_path(pool), id), TableError::Kind::exists);
   if (weight > kMaxWeight) throw TableError(fmt::format("weight must be 0..{}, got {}", kMaxWeight, weight));
   if (header().n_hosts >= caps_.max_hosts)
-    throw TableError(fmt::format("host table is full (shm.max_hosts = {})", caps_.max_hosts));
+    throw TableError(fmt::format("host table is full (shm.max_hosts = {})", caps_.max_hosts), TableError::Kind::full);
   HostRecord& h = hosts_()[header().n_hosts];
   h = HostRecord{};
   set_name(h.id, id);
@@ -283,9 +285,9 @@ std::string Table::rule_path(int rule) const {
 int Table::add_route(std::string_view listener, std::string_view name) {
   if (auto why = check_name(listener); !why.empty()) throw TableError(fmt::format("listener name \"{}\" {}", listener, why));
   if (auto why = check_name(name); !why.empty()) throw TableError(fmt::format("route name \"{}\" {}", name, why));
-  if (find_route(listener, name) >= 0) throw TableError(fmt::format("route {}/{} already exists", listener, name));
+  if (find_route(listener, name) >= 0) throw TableError(fmt::format("route {}/{} already exists", listener, name), TableError::Kind::exists);
   if (header().n_routes >= caps_.max_routes)
-    throw TableError(fmt::format("route table is full (shm.max_routes = {})", caps_.max_routes));
+    throw TableError(fmt::format("route table is full (shm.max_routes = {})", caps_.max_routes), TableError::Kind::full);
   RouteRecord& r = routes_()[header().n_routes];
   r = RouteRecord{};
   set_name(r.listener, listener);
@@ -327,14 +329,14 @@ void Table::fill_rule(RuleRecord& r, const RuleSpec& spec, uint32_t first_cidr) 
 
 int Table::add_rule(int route, const RuleSpec& spec) {
   if (auto why = check_rule(spec); !why.empty()) throw TableError(why);
-  if (route < 0 || static_cast<uint32_t>(route) >= header().n_routes) throw TableError("no such route");
-  if (find_rule(route, spec.id) >= 0) throw TableError(fmt::format("rule {}/{} already exists", route_path(route), spec.id));
+  if (route < 0 || static_cast<uint32_t>(route) >= header().n_routes) throw TableError("no such route", TableError::Kind::not_found);
+  if (find_rule(route, spec.id) >= 0) throw TableError(fmt::format("rule {}/{} already exists", route_path(route), spec.id), TableError::Kind::exists);
   if (find_upstream(spec.upstream) < 0) throw TableError(fmt::format("no upstream named \"{}\"", spec.upstream));
   if (header().n_rules >= caps_.max_rules)
-    throw TableError(fmt::format("rule table is full (shm.max_rules = {})", caps_.max_rules));
+    throw TableError(fmt::format("rule table is full (shm.max_rules = {})", caps_.max_rules), TableError::Kind::full);
   if (header().n_cidrs + spec.cidrs.size() > caps_.max_rule_cidrs)
     throw TableError(fmt::format("address block table is full: {} in use, {} more asked, shm.max_rule_cidrs = {}",
-                                 header().n_cidrs, spec.cidrs.size(), caps_.max_rule_cidrs));
+                                 header().n_cidrs, spec.cidrs.size(), caps_.max_rule_cidrs), TableError::Kind::full);
   RuleRecord& r = rules_()[header().n_rules];
   r.route = static_cast<uint16_t>(route);
   fill_rule(r, spec, header().n_cidrs);
@@ -363,7 +365,7 @@ void Table::replace_rule(int rule, const RuleSpec& spec) {
   if (find_upstream(spec.upstream) < 0) throw TableError(fmt::format("no upstream named \"{}\"", spec.upstream));
   if (header().n_cidrs - cur.n_cidrs + spec.cidrs.size() > caps_.max_rule_cidrs)
     throw TableError(fmt::format("address block table is full: {} in use, shm.max_rule_cidrs = {}", header().n_cidrs,
-                                 caps_.max_rule_cidrs));
+                                 caps_.max_rule_cidrs), TableError::Kind::full);
   // Drop the old blocks, then append the new ones: the record keeps its place.
   const uint32_t first = cur.first_cidr, n = cur.n_cidrs;
   RuleRecord* r = rules_();
@@ -374,7 +376,11 @@ void Table::replace_rule(int rule, const RuleSpec& spec) {
     for (uint32_t i = 0; i < header().n_rules; ++i)
       if (r[i].n_cidrs && r[i].first_cidr > first) r[i].first_cidr -= n;
   }
+  // The rule keeps its hit counters: it is the same rule with new matchers.
+  const uint32_t stat_tag = cur.stat_tag, stat_slot = cur.stat_slot;
   fill_rule(cur, spec, header().n_cidrs);
+  cur.stat_tag = stat_tag;
+  cur.stat_slot = stat_slot;
   header().n_cidrs += static_cast<uint32_t>(spec.cidrs.size());
 }
 
@@ -409,12 +415,15 @@ int Table::find_consumer(std::string_view name) const noexcept {
 
 int Table::add_consumer(std::string_view name, const uint8_t (&key_sha256)[kSha256Len]) {
   if (auto why = check_name(name); !why.empty()) throw TableError(fmt::format("consumer name \"{}\" {}", name, why));
-  if (find_consumer(name) >= 0) throw TableError(fmt::format("consumer \"{}\" already exists", name));
+  if (find_consumer(name) >= 0)
+    throw TableError(fmt::format("consumer \"{}\" already exists", name), TableError::Kind::exists);
   for (const auto& c : consumers())
     if (std::memcmp(c.key_sha256, key_sha256, kSha256Len) == 0)
-      throw TableError(fmt::format("consumer \"{}\" already has this key; a key must identify one consumer", name_of(c.name)));
+      throw TableError(fmt::format("consumer \"{}\" already has this key; a key must identify one consumer", name_of(c.name)),
+                       TableError::Kind::exists);
   if (header().n_consumers >= caps_.max_consumers)
-    throw TableError(fmt::format("consumer table is full (shm.max_consumers = {})", caps_.max_consumers));
+    throw TableError(fmt::format("consumer table is full (shm.max_consumers = {})", caps_.max_consumers),
+                     TableError::Kind::full);
   ConsumerRecord& r = consumers_()[header().n_consumers];
   r = ConsumerRecord{};
   set_name(r.name, name);

@@ -79,7 +79,7 @@ void Writer::assign_slots(const Table& old, Table& t, uint64_t now_ms) {
         if (idle && freed == 0) break;
       }
     }
-    if (best < 0) throw TableError(fmt::format("host table is full (shm.max_hosts = {})", cap));
+    if (best < 0) throw TableError(fmt::format("host table is full (shm.max_hosts = {})", cap), TableError::Kind::full);
     uint32_t tag = t.header().next_tag++;
     if (t.header().next_tag == 0) t.header().next_tag = 1;
     h.slot = static_cast<uint32_t>(best);
@@ -93,6 +93,23 @@ void Writer::assign_slots(const Table& old, Table& t, uint64_t now_ms) {
     if (o.admin_down && o.tag != 0) was_down[o.slot] = o.tag;
   for (const auto& h : t.hosts())
     if (!h.admin_down && h.tag != 0 && was_down[h.slot] == h.tag) mark_up(seg_->host(h.slot), h.tag, now_ms);
+  // Rules get a column of the hit counters (RuleStats) with a tag of their
+  // own: a worker's counts for a removed rule are never shown for the rule
+  // that later takes its column.
+  const uint32_t rule_cap = seg_->caps().max_rules;
+  std::vector<uint8_t> rule_used(rule_cap, 0);
+  for (const auto& r : t.rules())
+    if (r.stat_tag != 0 && r.stat_slot < rule_cap) rule_used[r.stat_slot] = 1;
+  uint32_t next_free = 0;
+  for (auto& r : t.rules()) {
+    if (r.stat_tag != 0 && r.stat_slot < rule_cap) continue;
+    while (next_free < rule_cap && rule_used[next_free]) ++next_free;
+    if (next_free == rule_cap) throw TableError(fmt::format("rule table is full (shm.max_rules = {})", rule_cap), TableError::Kind::full);
+    r.stat_slot = next_free;
+    r.stat_tag = t.header().next_tag++;
+    if (t.header().next_tag == 0) t.header().next_tag = 1;
+    rule_used[next_free] = 1;
+  }
   // Slots the old table used and the new one does not are now free.
   for (const auto& h : old.hosts())
     if (h.tag != 0 && !used[h.slot] && seg_->host(h.slot).tag.load(std::memory_order_relaxed) == h.tag)

@@ -147,7 +147,13 @@ class GrayTest(GwTestCase):
 
     # -- helpers
     def routes(self, gw):
-        return {(r["listener"], r["route"]): r["rules"] for r in gw.status()["routes"]}
+        """The rules of each route as specified (their "hits" counters left out)."""
+        return {(r["listener"], r["route"]): [{k: v for k, v in rule.items() if k != "hits"} for rule in r["rules"]]
+                for r in gw.status()["routes"]}
+
+    def hits(self, gw, route="main"):
+        """{rule id: requests it matched} from gwctl status --json."""
+        return {rule["id"]: rule["hits"] for r in gw.status()["routes"] if r["route"] == route for rule in r["rules"]}
 
     def rule_ids(self, gw, route="main"):
         return [r["id"] for r in self.routes(gw)[("web", route)]]
@@ -308,6 +314,9 @@ class GrayTest(GwTestCase):
         self.assertEqual(wrong[:10], [], f"{len(wrong)} keys wrong at 12.34%")
         self.assertEqual(self.routes(gw)[("web", "main")],
                          [{"id": "pct", "upstream": "pre", "percent": 12.34}])
+        # Every request sent to "pre" was a hit of the rule ("set rule" keeps its counter).
+        sent_pre = sum(sum(v == "pre" for v in d.values()) for d in (first, again, half, frac))
+        self.assertEqual(self.hits(gw), {"pct": sent_pre})
         self.rule(gw, "set", "pct", "--percent", "0", "--upstream", "pre")
         self.assertEqual(set(sides(keys[:400]).values()), {"prod"}, "percent 0")
         self.rule(gw, "set", "pct", "--percent", "100", "--upstream", "pre")

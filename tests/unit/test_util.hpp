@@ -18,7 +18,7 @@ uint64_t allocations() noexcept;
 struct TempSegment {
   std::string name;
   shm::Segment seg;
-  explicit TempSegment(shm::Caps caps = {4, 8, 16}) : name(unique_name()), seg(shm::Segment::create(name, caps)) {}
+  explicit TempSegment(shm::Caps caps = {4, 8, 16}) : name(unique_name()), seg(shm::Segment::create(name, caps, 4)) {}
   ~TempSegment() { shm::Segment::unlink(name); }
   static std::string unique_name() {
     static std::atomic<int> n{0};

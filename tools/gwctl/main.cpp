@@ -20,6 +20,7 @@
 
 #include "gw/api/hash.hpp"
 #include "gw/api/limit_table.hpp"
+#include "gw/admin/status.hpp"
 #include "gw/cluster/etcd.hpp"
 #include "gw/cluster/schema.hpp"
 #include "gw/config/config.hpp"
@@ -32,6 +33,7 @@
 
 #include "gw/shm/cluster.hpp"
 #include "gw/shm/events.hpp"
+#include "gw/shm/ops.hpp"
 #include "gw/shm/runtime.hpp"
 #include "gw/shm/segment.hpp"
 #include "gw/shm/writer.hpp"
@@ -65,16 +67,6 @@ struct Options {
   std::string key, key_file;
 };
 
-std::string json_escape(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\', out += c;
-    else if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", static_cast<int>(c));
-    else out += c;
-  }
-  return out;
-}
-
 std::string shm_name(const Options& o) {
   if (!o.shm.empty() && !o.config.empty()) throw Failure("give either --shm or -c, not both");
   if (!o.shm.empty()) return o.shm;
@@ -88,7 +80,7 @@ std::string shm_name(const Options& o) {
 
 // shared: the change is to pools or hosts, which a clustered gateway takes
 // from etcd (rules stay local to each node).
-gw::shm::Segment attach(const Options& o, bool need_master, bool shared = true) {
+gw::shm::Segment attach(const Options& o, bool need_master) {
   std::string name = shm_name(o);
   gw::shm::Segment seg = gw::shm::Segment::attach(name);
   if (need_master && !seg.master_alive()) {
@@ -96,12 +88,8 @@ gw::shm::Segment attach(const Options& o, bool need_master, bool shared = true) 
     throw Failure(pid ? fmt::format("no running gateway on shm \"{}\" (its master, pid {}, is gone)", name, pid)
                       : fmt::format("no running gateway on shm \"{}\" (gwd was stopped)", name));
   }
-  // need_master: a change. etcd is the source of truth of a clustered gateway:
-  // a local change would be undone by the next etcd change.
-  if (need_master && shared && seg.header().cluster.state.load() != gw::shm::kClusterOff)
-    throw Failure(fmt::format("the gateway on shm \"{}\" takes its pools and hosts from etcd (cluster in its config); "
-                              "change them with gwctl --etcd URL ...",
-                              name));
+  // (A change to pools or hosts of a clustered gateway is refused by shm::ops:
+  // etcd is its source of truth, and a local change would be undone.)
   return seg;
 }
 
@@ -134,22 +122,6 @@ std::pair<std::string, std::string> split_pool(const std::string& s) {
   if (slash == std::string::npos || slash == 0 || slash + 1 == s.size() || s.find('/', slash + 1) != std::string::npos)
     throw Failure(fmt::format("expected UPSTREAM/POOL, got \"{}\"", s));
   return {s.substr(0, slash), s.substr(slash + 1)};
-}
-
-int find_upstream(const gw::shm::Table& t, const std::string& u) {
-  int i = t.find_upstream(u);
-  if (i < 0) throw gw::shm::TableError(fmt::format("unknown upstream \"{}\"", u));
-  return i;
-}
-int find_pool(const gw::shm::Table& t, const std::string& u, const std::string& p) {
-  int i = t.find_pool(find_upstream(t, u), p);
-  if (i < 0) throw gw::shm::TableError(fmt::format("unknown pool \"{}/{}\"", u, p));
-  return i;
-}
-int find_host(const gw::shm::Table& t, const std::string& u, const std::string& p, const std::string& h) {
-  int i = t.find_host(find_pool(t, u, p), h);
-  if (i < 0) throw gw::shm::TableError(fmt::format("unknown host \"{}/{}/{}\"", u, p, h));
-  return i;
 }
 
 // The matchers and upstream of a rule from --ip, --ip-file, --header,
@@ -216,27 +188,9 @@ gw::shm::RuleSpec rule_from_options(const Options& o) {
   return r;
 }
 
-int find_route(const gw::shm::Table& t, const std::string& l, const std::string& r) {
-  int i = t.find_route(l, r);
-  if (i < 0) {
-    bool listener = false;
-    for (const auto& rr : t.routes()) listener |= name_of(rr.listener) == l;
-    throw gw::shm::TableError(listener ? fmt::format("listener \"{}\" has no route \"{}\"", l, r)
-                                       : fmt::format("unknown listener \"{}\" (or it is not an http listener)", l));
-  }
-  return i;
-}
-int find_rule(const gw::shm::Table& t, const std::string& l, const std::string& r, const std::string& id) {
-  int i = t.find_rule(find_route(t, l, r), id);
-  if (i < 0) throw gw::shm::TableError(fmt::format("unknown rule \"{}/{}/{}\"", l, r, id));
-  return i;
-}
-
-int commit(const Options& o, const gw::shm::Writer::Change& change, const std::string& what, bool shared = true) {
-  gw::shm::Segment seg = attach(o, true, shared);
-  gw::shm::Writer w(seg);
-  uint64_t gen = w.commit(change);
-  fmt::print("ok: {} (generation {})\n", what, gen);
+// Prints a verb's result as gwctl always has: "ok: WHAT (generation N)".
+int report(const gw::shm::ops::Result& r) {
+  fmt::print("ok: {} (generation {})\n", r.what, r.generation);
   return 0;
 }
 
@@ -490,79 +444,21 @@ int cmd_check(const Options& o) {
 
 // ---------------------------------------------------------------- status: cluster
 
-struct ClusterView {
-  bool on = false;
-  uint32_t state = 0;
-  uint64_t revision = 0, since_ms = 0, contact_ms = 0, reconnects = 0, relists = 0, applied = 0;
-  int sync_pid = 0;
-  gw::shm::ClusterText text{};
-};
-
-ClusterView cluster_view(const gw::shm::Segment& seg) {
-  const auto& c = seg.header().cluster;
-  ClusterView v;
-  v.state = c.state.load(std::memory_order_acquire);
-  v.on = v.state != gw::shm::kClusterOff;
-  v.revision = c.revision.load();
-  v.since_ms = c.since_ms.load();
-  v.contact_ms = c.contact_ms.load();
-  v.reconnects = c.reconnects.load();
-  v.relists = c.relists.load();
-  v.applied = c.applied.load();
-  v.sync_pid = c.sync_pid.load();
-  v.text = gw::shm::read_cluster_text(c);
-  return v;
-}
-
-std::string iso(uint64_t ms) {
-  if (!ms) return "";
-  char ts[40];
-  gw::core::format_iso8601(ms, ts, sizeof(ts));
-  return ts;
-}
-
-std::string cluster_json(const ClusterView& v) {
-  if (!v.on) return "null";
-  return fmt::format(
-      "{{\"state\": \"{}\", \"revision\": {}, \"endpoint\": \"{}\", \"since\": \"{}\", \"last_contact\": \"{}\", "
-      "\"error\": \"{}\", \"sync_pid\": {}, \"reconnects\": {}, \"relists\": {}, \"applied\": {}}}",
-      gw::shm::cluster_state_name(v.state), v.revision, json_escape(v.text.endpoint), iso(v.since_ms),
-      iso(v.contact_ms), json_escape(v.text.error), v.sync_pid, v.reconnects, v.relists, v.applied);
-}
-
-std::string cluster_line(const ClusterView& v) {
-  std::string err = v.text.error[0] ? fmt::format("; last error: {}", v.text.error) : "";
-  switch (v.state) {
-    case gw::shm::kClusterSynced:
-      return fmt::format("cluster: etcd synced at revision {} ({}), since {}{}", v.revision, v.text.endpoint,
-                         iso(v.since_ms), err);
-    case gw::shm::kClusterDisconnected:
-      return fmt::format("cluster: etcd DISCONNECTED since {}, reconnecting; serving the table of revision {}{}",
-                         iso(v.since_ms), v.revision, err);
-    default:
-      return fmt::format("cluster: etcd connecting ({}) since {}{}", v.text.endpoint, iso(v.since_ms), err);
-  }
-}
-
-std::string health_of(const gw::shm::Segment& seg, const gw::shm::Table& t, const gw::shm::HostRecord& h) {
-  const auto& up = t.upstreams()[t.pools()[h.pool].upstream];
-  gw::shm::HealthPolicy p{up.max_fails, up.fail_timeout_ms, up.check.type != gw::shm::kCheckNone,
-                          up.check.unknown_usable != 0};
-  if (p.active && gw::shm::active_state(seg.host(h.slot), h.tag) == gw::shm::kActiveUnknown) return "unknown";
-  return gw::shm::host_usable(seg.host(h.slot), h.tag, p, gw::core::monotonic_ms()) ? "up" : "down";
-}
-
 int cmd_status(const Options& o) {
   gw::shm::Segment seg = attach(o, false);
   gw::shm::Table t(seg.caps());
   gw::shm::read_published(seg, t);
+  if (o.json) {
+    // One function builds it for gwctl and the admin server's GET /status.
+    fmt::print("{}\n", gw::admin::status_json(seg, t));
+    return 0;
+  }
   const auto& hdr = seg.header();
   int master = seg.master_alive() ? hdr.master_pid.load() : 0;
   struct W {
     uint32_t slot;
     int pid;
     uint64_t gen, conns, accepted, fallbacks, no_host, frames, host_closed;
-    uint64_t rejects[gw::proxy::kFrameErrorCount];
     uint64_t http_requests, http_retries, http_reused, http_tunnels;
     uint64_t outcomes[gw::shm::kHttpOutcomeKinds];
     // the guard (limit_conn, limit_req, auth)
@@ -578,108 +474,20 @@ int cmd_status(const Options& o) {
     int pid = w.pid.load();
     if (pid > 0 && master) {
       W r{i, pid, w.generation.load(), w.connections.load(), w.accepted.load(), w.hash_fallbacks.load(),
-          w.no_host.load(), w.frames_routed.load(), w.host_closed.load(), {}, w.http_requests.load(),
+          w.no_host.load(), w.frames_routed.load(), w.host_closed.load(), w.http_requests.load(),
           w.http_retries.load(), w.http_keepalive_reused.load(), w.http_tunnels.load(), {}, 0, 0, 0, 0, 0, 0, 0, 0};
       for (size_t k = 0; k < gw::shm::kHttpOutcomeKinds; ++k) r.outcomes[k] = w.http_outcomes[k].load();
       const auto& g = seg.guard(i);
       r.conn_rejected = g.conn_rejected.load(), r.req_limited = g.req_limited.load(), r.limit_full = g.limit_full.load();
       r.evictions = g.evictions.load(), r.auth_ok = g.auth_ok.load(), r.auth_failed = g.auth_failed.load();
       r.auth_forbidden = g.auth_forbidden.load(), r.basic_cache_hits = g.basic_cache_hits.load();
-      for (size_t k = 1; k < gw::proxy::kFrameErrorCount; ++k) {
-        r.rejects[k] = w.frame_rejects[k].load();
-        reject_totals[k] += r.rejects[k];
-      }
+      for (size_t k = 1; k < gw::proxy::kFrameErrorCount; ++k) reject_totals[k] += w.frame_rejects[k].load();
       workers.push_back(r);
     }
   }
-  // {"header_truncated": 0, ...}: every reason, so scripts can rely on the keys.
-  auto rejects_json = [](const uint64_t* counts) {
-    std::string j = "{";
-    for (size_t k = 1; k < gw::proxy::kFrameErrorCount; ++k)
-      j += fmt::format("{}\"{}\": {}", k > 1 ? ", " : "", gw::proxy::frame_error_name(static_cast<gw::proxy::FrameError>(k)),
-                       counts[k]);
-    return j + "}";
-  };
-  auto http_json = [](const W& w) {
-    std::string j = fmt::format("{{\"requests\": {}, \"retries\": {}, \"keepalive_reused\": {}, \"tunnels\": {}",
-                                w.http_requests, w.http_retries, w.http_reused, w.http_tunnels);
-    for (size_t k = 1; k < std::size(kOutcomeNames); ++k) j += fmt::format(", \"{}\": {}", kOutcomeNames[k], w.outcomes[k]);
-    return j + "}";
-  };
-  auto guard_json = [](const W& w) {
-    return fmt::format(
-        "{{\"conn_rejected\": {}, \"req_limited\": {}, \"limit_full\": {}, \"evictions\": {}, \"auth_ok\": {}, "
-        "\"auth_failed\": {}, \"auth_forbidden\": {}, \"basic_cache_hits\": {}}}",
-        w.conn_rejected, w.req_limited, w.limit_full, w.evictions, w.auth_ok, w.auth_failed, w.auth_forbidden,
-        w.basic_cache_hits);
-  };
-  const gw::api::LimitTable::Stats lim = gw::api::LimitTable(seg.limit_entries(), seg.caps().max_limit_keys, nullptr, nullptr).stats();
-  auto consumers_json = [&t]() {
-    std::string j = "[";
-    for (size_t i = 0; i < t.consumers().size(); ++i)
-      j += fmt::format("{}{{\"name\": \"{}\"}}", i ? ", " : "", name_of(t.consumers()[i].name));
-    return j + "]";
-  };
-  auto routes_json = [&t]() {
-    std::string j = "[";
-    for (size_t r = 0; r < t.routes().size(); ++r) {
-      const auto& rr = t.routes()[r];
-      j += fmt::format("{}{{\"listener\": \"{}\", \"route\": \"{}\", \"rules\": [", r ? ", " : "", name_of(rr.listener),
-                       name_of(rr.name));
-      bool first = true;
-      for (size_t k = 0; k < t.rules().size(); ++k) {
-        if (t.rules()[k].route != r) continue;
-        j += (first ? "" : ", ") + gw::shm::rule_to_json(t.rule_spec(static_cast<int>(k)));
-        first = false;
-      }
-      j += "]}";
-    }
-    return j + "]";
-  };
+  const gw::api::LimitTable::Stats lim =
+      gw::api::LimitTable(seg.limit_entries(), seg.caps().max_limit_keys, nullptr, nullptr).stats();
   auto hosts = t.hosts();
-  if (o.json) {
-    std::string out = fmt::format("{{\"shm\": \"{}\", \"generation\": {}, \"master_pid\": {}, \"cluster\": {}, \"workers\": [",
-                                  seg.name(), t.header().generation, master, cluster_json(cluster_view(seg)));
-    for (size_t i = 0; i < workers.size(); ++i)
-      out += fmt::format(
-          "{}{{\"slot\": {}, \"pid\": {}, \"generation\": {}, \"connections\": {}, \"accepted\": {}, "
-          "\"hash_fallbacks\": {}, \"no_host\": {}, \"frames_routed\": {}, \"host_closed\": {}, "
-          "\"frame_rejects\": {}, \"http\": {}, \"guard\": {}}}",
-          i ? ", " : "", workers[i].slot, workers[i].pid, workers[i].gen, workers[i].conns, workers[i].accepted,
-          workers[i].fallbacks, workers[i].no_host, workers[i].frames, workers[i].host_closed,
-          rejects_json(workers[i].rejects), http_json(workers[i]), guard_json(workers[i]));
-    out += "], \"frame_rejects\": " + rejects_json(reject_totals) + ", \"upstreams\": [";
-    for (size_t u = 0; u < t.upstreams().size(); ++u) {
-      out += fmt::format("{}{{\"name\": \"{}\", \"pools\": [", u ? ", " : "", name_of(t.upstreams()[u].name));
-      bool first_pool = true;
-      for (size_t p = 0; p < t.pools().size(); ++p) {
-        const auto& pr = t.pools()[p];
-        if (pr.upstream != u) continue;
-        out += fmt::format("{}{{\"id\": \"{}\", \"priority\": {}, \"method\": \"{}\", \"hosts\": [", first_pool ? "" : ", ",
-                           name_of(pr.id), pr.priority, gw::shm::method_name(static_cast<gw::shm::Method>(pr.method)));
-        first_pool = false;
-        bool first_host = true;
-        for (const auto& h : hosts) {
-          if (h.pool != p) continue;
-          auto tot = gw::shm::host_totals(seg, h.slot, h.tag);
-          out += fmt::format(
-              "{}{{\"id\": \"{}\", \"address\": \"{}\", \"weight\": {}, \"admin\": \"{}\", \"health\": \"{}\", "
-              "\"active\": {}, \"total\": {}, \"failures\": {}}}",
-              first_host ? "" : ", ", name_of(h.id), h.addr.to_string(), h.weight, h.admin_down ? "down" : "up",
-              health_of(seg, t, h), tot.active, tot.total, seg.host(h.slot).failures.load());
-          first_host = false;
-        }
-        out += "]}";
-      }
-      out += "]}";
-    }
-    out += "], \"routes\": " + routes_json() + ", \"consumers\": " + consumers_json() +
-           fmt::format(", \"limits\": {{\"capacity\": {}, \"used\": {}, \"pinned\": {}, \"connections\": {}}}",
-                       seg.caps().max_limit_keys, lim.used, lim.pinned, lim.conns) +
-           "}\n";
-    fmt::print("{}", out);
-    return 0;
-  }
   char ts[40];
   gw::core::format_iso8601(t.header().updated_wall_ms, ts, sizeof(ts));
   if (master)
@@ -688,7 +496,7 @@ int cmd_status(const Options& o) {
   else
     fmt::print("gateway: shm \"{}\", master NOT RUNNING, table generation {} (changed {})\n", seg.name(),
                t.header().generation, ts);
-  if (ClusterView cv = cluster_view(seg); cv.on) fmt::print("{}\n", cluster_line(cv));
+  if (auto cv = gw::admin::cluster_view(seg); cv.on) fmt::print("{}\n", gw::admin::cluster_line(cv));
   for (const auto& w : workers)
     fmt::print("  worker {}: pid {}, generation {}, {} connection(s), {} accepted, {} hash fallback(s), {} without a host\n",
                w.slot, w.pid, w.gen, w.conns, w.accepted, w.fallbacks, w.no_host);
@@ -747,7 +555,7 @@ int cmd_status(const Options& o) {
         if (hr.pool != p) continue;
         auto tot = gw::shm::host_totals(seg, hr.slot, hr.tag);
         fmt::print("    {:<24} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", name_of(hr.id), hr.addr.to_string(),
-                   hr.weight, hr.admin_down ? "down" : "up", health_of(seg, t, hr), tot.active, tot.total,
+                   hr.weight, hr.admin_down ? "down" : "up", gw::admin::host_health(seg, t, hr), tot.active, tot.total,
                    seg.host(hr.slot).failures.load());
       }
     }
@@ -917,11 +725,7 @@ int main(int argc, char** argv) {
         EtcdCtl c = etcd_ctl(o);
         return etcd_add_host(c, u, p, o.id, addr, weight);
       }
-      std::string what = fmt::format("add host {}/{}/{} {} weight={}", u, p, o.id, addr.to_string(), weight);
-      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
-        t.add_host(find_pool(t, u, p), o.id, addr, weight);
-        ev.push_back(fmt::format("host_added {}/{}/{} {} weight={}", u, p, o.id, addr.to_string(), weight));
-      }, what);
+      return report(gw::shm::ops::add_host(attach(o, true), u, p, o.id, addr, weight));
     }
     if (*rm_host) {
       auto [u, p] = split_pool(o.path);
@@ -929,12 +733,7 @@ int main(int argc, char** argv) {
         EtcdCtl c = etcd_ctl(o);
         return etcd_remove_host(c, u, p, o.id);
       }
-      std::string what = fmt::format("remove host {}/{}/{}", u, p, o.id);
-      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
-        int h = find_host(t, u, p, o.id);
-        ev.push_back(fmt::format("host_removed {}/{}/{} {}", u, p, o.id, t.hosts()[static_cast<size_t>(h)].addr.to_string()));
-        t.remove_host(h);
-      }, what);
+      return report(gw::shm::ops::remove_host(attach(o, true), u, p, o.id));
     }
     if (*down_host || *up_host) {
       auto [u, p] = split_pool(o.path);
@@ -943,24 +742,7 @@ int main(int argc, char** argv) {
         EtcdCtl c = etcd_ctl(o);
         return etcd_down_up(c, u, p, o.id, to_down);
       }
-      std::string what = fmt::format("{} host {}/{}/{}", to_down ? "down" : "up", u, p, o.id);
-      {
-        gw::shm::Segment seg = attach(o, true);
-        gw::shm::Table t(seg.caps());
-        gw::shm::read_published(seg, t);
-        int h = find_host(t, u, p, o.id);
-        if ((t.hosts()[static_cast<size_t>(h)].admin_down != 0) == to_down) {
-          fmt::print("ok: host {}/{}/{} is already {} (generation {})\n", u, p, o.id, to_down ? "down" : "up",
-                     t.header().generation);
-          return 0;
-        }
-      }
-      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
-        auto& rec = t.hosts()[static_cast<size_t>(find_host(t, u, p, o.id))];
-        rec.admin_down = to_down ? 1 : 0;
-        ev.push_back(fmt::format("host_{} {}/{}/{} {} (admin: gwctl {})", to_down ? "down" : "up", u, p, o.id,
-                                 rec.addr.to_string(), to_down ? "down" : "up"));
-      }, what);
+      return report(gw::shm::ops::set_host_down(attach(o, true), u, p, o.id, to_down, "gwctl"));
     }
     if (*add_pool) {
       int32_t prio = o.priority.empty() ? 0 : parse_i32(o.priority, "--priority");
@@ -969,34 +751,21 @@ int main(int argc, char** argv) {
         EtcdCtl c = etcd_ctl(o);
         return etcd_add_pool(c, o.path, o.id, prio, m);
       }
-      std::string what = fmt::format("add pool {}/{} priority={} method={}", o.path, o.id, prio, gw::shm::method_name(m));
-      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
-        t.add_pool(find_upstream(t, o.path), o.id, prio, m);
-        ev.push_back(fmt::format("pool_changed {}/{} added priority={} method={}", o.path, o.id, prio,
-                                 gw::shm::method_name(m)));
-      }, what);
+      return report(gw::shm::ops::add_pool(attach(o, true), o.path, o.id, prio, m));
     }
     if (*rm_pool) {
       if (to_etcd) {
         EtcdCtl c = etcd_ctl(o);
         return etcd_remove_pool(c, o.path, o.id);
       }
-      std::string what = fmt::format("remove pool {}/{}", o.path, o.id);
-      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
-        t.remove_pool(find_pool(t, o.path, o.id));
-        ev.push_back(fmt::format("pool_changed {}/{} removed", o.path, o.id));
-      }, what);
+      return report(gw::shm::ops::remove_pool(attach(o, true), o.path, o.id));
     }
     if (*add_rule || *set_rule) {
       const bool replace = static_cast<bool>(*set_rule);
       gw::shm::RuleSpec spec = rule_from_options(o);
-      std::string desc = gw::shm::describe_rule(spec);
-      std::string what = fmt::format("{} rule {}/{}/{} {}", replace ? "set" : "add", o.listener, o.route, o.id, desc);
-      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
-        if (replace) t.replace_rule(find_rule(t, o.listener, o.route, o.id), spec);
-        else t.add_rule(find_route(t, o.listener, o.route), spec);
-        ev.push_back(fmt::format("rule_changed {}/{}/{} {} {}", o.listener, o.route, o.id, replace ? "set" : "added", desc));
-      }, what, false);
+      gw::shm::Segment seg = attach(o, true);
+      return report(replace ? gw::shm::ops::set_rule(seg, o.listener, o.route, spec)
+                            : gw::shm::ops::add_rule(seg, o.listener, o.route, spec));
     }
     if (*add_consumer) {
       std::string key = o.key;
@@ -1017,26 +786,10 @@ int main(int argc, char** argv) {
       if (auto why = gw::shm::check_name(o.id); !why.empty()) throw Failure(fmt::format("consumer name \"{}\" {}", o.id, why));
       uint8_t digest[gw::shm::kSha256Len];
       if (!gw::api::sha256(key, digest)) throw Failure("SHA-256 failed");
-      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
-        t.add_consumer(o.id, digest);
-        ev.push_back(fmt::format("consumer_changed {} added", o.id));
-      }, fmt::format("add consumer {}", o.id), false);
+      return report(gw::shm::ops::add_consumer(attach(o, true), o.id, digest));
     }
-    if (*rm_consumer) {
-      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
-        int i = t.find_consumer(o.id);
-        if (i < 0) throw gw::shm::TableError(fmt::format("unknown consumer \"{}\"", o.id));
-        t.remove_consumer(i);
-        ev.push_back(fmt::format("consumer_changed {} removed", o.id));
-      }, fmt::format("remove consumer {}", o.id), false);
-    }
-    if (*rm_rule) {
-      std::string what = fmt::format("remove rule {}/{}/{}", o.listener, o.route, o.id);
-      return commit(o, [&](gw::shm::Table& t, std::vector<std::string>& ev) {
-        t.remove_rule(find_rule(t, o.listener, o.route, o.id));
-        ev.push_back(fmt::format("rule_changed {}/{}/{} removed", o.listener, o.route, o.id));
-      }, what, false);
-    }
+    if (*rm_consumer) return report(gw::shm::ops::remove_consumer(attach(o, true), o.id));
+    if (*rm_rule) return report(gw::shm::ops::remove_rule(attach(o, true), o.listener, o.route, o.id));
     if (*set_pool) {
       if (o.priority.empty() && o.method.empty()) throw Failure("set pool needs --priority and/or --method");
       std::optional<int32_t> prio;
@@ -1047,20 +800,7 @@ int main(int argc, char** argv) {
         EtcdCtl c = etcd_ctl(o);
         return etcd_set_pool(c, o.path, o.id, prio, m);
       }
-      std::string what;
-      gw::shm::Writer::Change change = [&](gw::shm::Table& t, std::vector<std::string>& ev) {
-        auto& pr = t.pools()[static_cast<size_t>(find_pool(t, o.path, o.id))];
-        if (prio) pr.priority = *prio;
-        if (m) pr.method = static_cast<uint8_t>(*m);
-        what = fmt::format("set pool {}/{} priority={} method={}", o.path, o.id, pr.priority,
-                           gw::shm::method_name(static_cast<gw::shm::Method>(pr.method)));
-        ev.push_back(fmt::format("pool_changed {}/{} priority={} method={}", o.path, o.id, pr.priority,
-                                 gw::shm::method_name(static_cast<gw::shm::Method>(pr.method))));
-      };
-      gw::shm::Segment seg = attach(o, true);
-      uint64_t gen = gw::shm::Writer(seg).commit(change);
-      fmt::print("ok: {} (generation {})\n", what, gen);
-      return 0;
+      return report(gw::shm::ops::set_pool(attach(o, true), o.path, o.id, prio, m));
     }
   } catch (const std::exception& e) {
     fmt::print(stderr, "gwctl: {}\n", e.what());

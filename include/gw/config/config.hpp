@@ -163,6 +163,15 @@ struct ClusterConf {
   uint32_t reconnect_max_ms = 5000;   ///< cap of the reconnect backoff (starts at 100 ms, doubles)
 };
 
+/// "admin": the admin server (metrics, status, the admin API, the dashboard),
+/// served by a child process of the master.
+struct AdminConf {
+  bool enabled = false;      ///< the config has an "admin" object
+  core::SockAddr listen;     ///< "listen": IP:PORT
+  std::string token;         ///< "token": bearer token for writes; empty = writes refused (403)
+  uint32_t timeout_ms = 10000;  ///< "timeout_ms": a request head, body gaps, write gaps, keep-alive idle
+};
+
 struct Config {
   std::string path;       ///< absolute path of the file it came from
   int workers = 0;        ///< resolved: "auto" = number of online CPUs
@@ -183,6 +192,7 @@ struct Config {
   std::string hook_host_up;    ///< "hooks.host_up"
   ClusterConf cluster;
   std::vector<ConsumerConf> consumers;  ///< "consumers": initial key-auth consumers
+  AdminConf admin;
 };
 
 struct LoadResult {

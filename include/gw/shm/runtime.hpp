@@ -78,6 +78,35 @@ struct HostTotals {
 };
 /// Sums the per-worker rows of a host slot that carry `tag`.
 HostTotals host_totals(const Segment& seg, uint32_t slot, uint32_t tag) noexcept;
+/// A row of the stats matrices as the workers' sum (readers: the admin server, gwctl).
+struct HistogramTotals {
+  uint64_t buckets[kLatencyBuckets + 1] = {};  ///< not cumulative, as stored
+  uint64_t sum_us = 0;
+  uint64_t count() const noexcept {
+    uint64_t n = 0;
+    for (uint64_t b : buckets) n += b;
+    return n;
+  }
+};
+struct HostStatsTotals {
+  uint64_t responses[5] = {};  ///< 1xx..5xx
+  HistogramTotals connect, response;
+};
+/// Sums the HostStats rows of a host slot that carry `tag`.
+HostStatsTotals host_stats_totals(const Segment& seg, uint32_t slot, uint32_t tag) noexcept;
+
+struct ListenerTotals {
+  uint64_t accepted = 0, active = 0, http_requests = 0;
+  uint64_t rejects[kListenerRejectKinds] = {};
+  uint64_t http_errors[kHttpCodeSlots] = {};
+};
+/// Sums the ListenerStats rows of listener `listener` (its index in the config).
+ListenerTotals listener_totals(const Segment& seg, uint32_t listener) noexcept;
+/// Sums the RuleStats rows of a rule's column that carry its tag.
+uint64_t rule_hits(const Segment& seg, uint32_t slot, uint32_t tag) noexcept;
+/// Zeroes every ListenerStats row (the master, at start: listener indexes are the config's).
+void clear_listener_stats(const Segment& seg) noexcept;
+
 /// Zeroes a worker's active counts (the master, after that worker died and
 /// before it respawns it).
 void clear_worker_counters(const Segment& seg, uint32_t worker) noexcept;

@@ -12,6 +12,15 @@
 //   limits_offset       LimitEntry[max_limit_keys]   rate/connection limit table (8-way sets)
 //   held_offset         uint16_t[kMaxWorkers][max_limit_keys]  connections each worker holds per entry
 //   guard_offset        GuardCounters[kMaxWorkers]   per-worker limit and auth counters
+//   host_stats_offset   HostStats[stat_workers][max_hosts]       per-worker per-host responses, latency
+//   listener_stats_offset ListenerStats[stat_workers][kMaxListeners]  per-worker per-listener counters
+//   rule_stats_offset   RuleStats[stat_workers][max_rules]       per-worker per-rule hits
+//
+// The three stats matrices (ABI 8) are written by the workers only, one writer
+// per row (the worker of that row): a relaxed load and store per update, never
+// a locked instruction. Readers (the admin server, gwctl) sum the rows.
+// stat_workers is the config's worker count when the segment was created; a
+// master with more workers recreates the segment.
 //
 // Everything in the segment is trivially copyable or a lock-free atomic and is
 // addressed by offsets, never pointers: each process maps it at its own address.
@@ -21,6 +30,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -33,7 +43,9 @@ namespace gw::shm {
 inline constexpr uint64_t kMagic = 0x31574753'4d485347ull;  // "GSHMSGW1" little-endian
 // 4: routes, rules and address blocks in the table; 5: SegmentHeader.workers, .listeners, .cluster;
 // 7: Caps.max_consumers/.max_limit_keys, consumers in the table, the limit table, held counts, guard counters
-inline constexpr uint32_t kAbiVersion = 7;
+// 8: stats matrices (HostStats, ListenerStats, RuleStats), SegmentHeader.stat_workers and their
+//    offsets, RuleRecord.stat_slot / stat_tag
+inline constexpr uint32_t kAbiVersion = 8;
 inline constexpr uint32_t kMaxWorkers = 64;
 inline constexpr uint32_t kEventCapacity = 4096;  // power of two
 inline constexpr size_t kPathCap = 512;
@@ -86,7 +98,7 @@ struct SegmentHeader {
   Caps caps;              ///< table capacities
   uint32_t max_workers;   ///< kMaxWorkers of the creator
   uint32_t event_capacity;
-  uint32_t reserved0;
+  uint32_t stat_workers;  ///< rows of the stats matrices (HostStats, ListenerStats, RuleStats)
   uint64_t slot_offset[2];
   uint64_t slot_payload;  ///< Table::bytes_for(caps)
   uint64_t runtime_offset;
@@ -98,6 +110,9 @@ struct SegmentHeader {
   uint64_t held_offset;    ///< uint16_t[kMaxWorkers][caps.max_limit_keys]
   uint64_t guard_offset;   ///< GuardCounters[kMaxWorkers]
   uint64_t limit_seed;     ///< random at creation: the seed of the limit keys' hash (XXH3)
+  uint64_t host_stats_offset;
+  uint64_t listener_stats_offset;
+  uint64_t rule_stats_offset;
   char state_file[kPathCap];   ///< absolute path of the state file; empty = none
   char config_file[kPathCap];  ///< absolute path of the config gwd runs with (for messages)
 
@@ -150,6 +165,78 @@ struct HostCounter {
   std::atomic<uint32_t> active;  ///< open relayed connections
   std::atomic<uint64_t> total;   ///< connections routed
 };
+
+/// Latency histogram buckets: upper bounds in microseconds (Prometheus `le`,
+/// inclusive). Fixed: changing them changes the shm layout.
+inline constexpr uint64_t kLatencyBoundsUs[] = {500,    1000,    2500,    5000,    10000,   25000,   50000,
+                                                100000, 250000,  500000,  1000000, 2500000, 5000000, 10000000};
+inline constexpr size_t kLatencyBuckets = std::size(kLatencyBoundsUs);
+
+/// One latency histogram row. Buckets are not cumulative: bucket i counts
+/// samples in (bound[i-1], bound[i]]; the last counts those above every bound.
+/// The reader makes them cumulative. count = the sum of the buckets.
+struct LatencyHistogram {
+  std::atomic<uint64_t> buckets[kLatencyBuckets + 1];
+  std::atomic<uint64_t> sum_us;  ///< sum of the samples in microseconds
+};
+
+/// Per-worker, per-host statistics (the admin server's metrics). One writer
+/// per row (its worker): relaxed load + store. Like HostCounter, a row whose
+/// tag is not the host's belongs to an earlier owner of the slot: the worker
+/// zeroes it when it first counts for the new tag; readers skip it.
+struct alignas(64) HostStats {
+  std::atomic<uint32_t> tag;           ///< host tag these counts belong to
+  std::atomic<uint32_t> reserved;
+  std::atomic<uint64_t> responses[5];  ///< http: response heads from the host by class, 1xx..5xx
+  std::atomic<uint64_t> reserved2[2];
+  LatencyHistogram connect;            ///< every successful connect: connect time
+  LatencyHistogram response;           ///< http: attempt start (connect included) to the response head
+};
+static_assert(sizeof(HostStats) == 64 + 2 * sizeof(LatencyHistogram) && sizeof(LatencyHistogram) == 128);
+
+/// Why a listener refused or closed a connection without serving it (index
+/// into ListenerStats::rejects). 1..23 are the frame reasons (proxy::FrameError
+/// values); the rest follow.
+inline constexpr size_t kRejectNoHost = 24;     ///< no pool had a usable host
+inline constexpr size_t kRejectNoSlot = 25;     ///< the worker's connection slots were all in use
+inline constexpr size_t kRejectLimitConn = 26;  ///< limit_conn: the address was over its max
+inline constexpr size_t kListenerRejectKinds = 28;  ///< room to grow
+/// gw's own HTTP answers (errors) by status code; see http_code_index().
+inline constexpr size_t kHttpCodeSlots = 32;
+
+/// Per-worker, per-listener counters, indexed by the listener's position in
+/// the config. One writer per row (its worker). The master zeroes them all at
+/// start (a listener index means another listener in another config) and a
+/// dead worker's `active`.
+struct alignas(64) ListenerStats {
+  std::atomic<uint64_t> accepted;       ///< connections accepted
+  std::atomic<uint64_t> active;         ///< connections open now
+  std::atomic<uint64_t> http_requests;  ///< http: request heads parsed
+  std::atomic<uint64_t> reserved;
+  std::atomic<uint64_t> rejects[kListenerRejectKinds];  ///< by kReject* / frame reason
+  std::atomic<uint64_t> http_errors[kHttpCodeSlots];    ///< http: answers gw made itself, by http_code_index()
+};
+static_assert(sizeof(ListenerStats) == 512);
+
+/// The status codes counted in ListenerStats::http_errors, by slot; slot 0
+/// counts any other code, and slots past the list are unused.
+inline constexpr uint16_t kHttpCodes[kHttpCodeSlots] = {0,   400, 401, 403, 404, 405, 408, 411, 413, 414, 415,
+                                                        429, 431, 494, 499, 500, 501, 502, 503, 504, 505};
+/// The slot of `status` in ListenerStats::http_errors (0 = another code).
+constexpr size_t http_code_index(int status) noexcept {
+  for (size_t i = 1; i < kHttpCodeSlots; ++i)
+    if (kHttpCodes[i] == status) return i;
+  return 0;
+}
+
+/// Per-worker, per-rule hits, indexed by RuleRecord::stat_slot and checked
+/// against RuleRecord::stat_tag as HostStats is.
+struct RuleStats {
+  std::atomic<uint32_t> tag;
+  std::atomic<uint32_t> reserved;
+  std::atomic<uint64_t> hits;  ///< requests the rule matched (and sent to its upstream)
+};
+static_assert(sizeof(RuleStats) == 16);
 
 /// Reasons a frame connection can be refused (proxy::FrameError has them;
 /// the shm layout only needs the count, with room to grow).
@@ -221,7 +308,8 @@ class Segment {
   ~Segment();
 
   /// Creates a new segment (fails if one exists). Initialises every field.
-  static Segment create(const std::string& name, const Caps& caps);
+  /// `stat_workers`: rows of the stats matrices (the config's worker count).
+  static Segment create(const std::string& name, const Caps& caps, uint32_t stat_workers);
   /// Attaches to an existing segment and validates it. Throws SegmentError with
   /// a clear message: missing, not a gw segment, other ABI, truncated.
   static Segment attach(const std::string& name);
@@ -253,6 +341,18 @@ class Segment {
   PoolRuntime& pool(uint32_t i) const noexcept {
     return reinterpret_cast<PoolRuntime*>(base_ + header().pools_offset)[i];
   }
+  /// Stats rows; `worker` < header().stat_workers.
+  HostStats& host_stats(uint32_t worker, uint32_t slot) const noexcept {
+    return reinterpret_cast<HostStats*>(base_ + header().host_stats_offset)[size_t{worker} * caps().max_hosts + slot];
+  }
+  ListenerStats& listener_stats(uint32_t worker, uint32_t listener) const noexcept {
+    return reinterpret_cast<ListenerStats*>(base_ + header().listener_stats_offset)[size_t{worker} * kMaxListeners +
+                                                                                     listener];
+  }
+  RuleStats& rule_stats(uint32_t worker, uint32_t slot) const noexcept {
+    return reinterpret_cast<RuleStats*>(base_ + header().rule_stats_offset)[size_t{worker} * caps().max_rules + slot];
+  }
+  uint32_t stat_workers() const noexcept { return header().stat_workers; }
   EventEntry& event(uint64_t seqno) const noexcept {
     return reinterpret_cast<EventEntry*>(base_ + header().events_offset)[seqno & (kEventCapacity - 1)];
   }
@@ -268,7 +368,7 @@ class Segment {
   /// True if the master recorded in the header is alive.
   bool master_alive() const noexcept;
 
-  static size_t layout_size(const Caps& caps, SegmentHeader* fill = nullptr) noexcept;
+  static size_t layout_size(const Caps& caps, uint32_t stat_workers, SegmentHeader* fill = nullptr) noexcept;
 
  private:
   std::string name_;

@@ -158,6 +158,8 @@ struct RuleRecord {
   uint16_t percent_bp;           ///< kMatchPercent: 0..10000 basis points of clients
   uint16_t n_cidrs;              ///< kMatchIp: number of address blocks
   uint32_t first_cidr;           ///< kMatchIp: index of the first block
+  uint32_t stat_tag;             ///< tag of its hit counters (RuleStats); 0 = not assigned yet (the writer assigns it)
+  uint32_t stat_slot;            ///< its RuleStats column, < max_rules
   uint32_t reserved2;
   char header_name[kNameCap];    ///< kMatchHeader: field name (a token)
   char header_value[kRuleValueCap];
@@ -200,9 +202,22 @@ static_assert(std::is_trivially_copyable_v<PoolRecord> && sizeof(PoolRecord) % 8
 static_assert(std::is_trivially_copyable_v<HostRecord> && sizeof(HostRecord) % 8 == 0);
 
 /// A change that cannot be applied; the message is one line for the operator.
+/// The kind says why, for callers that map it to a status (the admin API).
 class TableError : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  enum class Kind : uint8_t {
+    invalid,    ///< a bad name, value or matcher
+    not_found,  ///< an upstream, pool, host, route or rule that does not exist
+    exists,     ///< an add of something that already exists
+    not_empty,  ///< a pool that still has hosts
+    full,       ///< a table capacity (shm.max_*) is reached
+    refused,    ///< the gateway takes this part of the table from elsewhere (etcd)
+  };
+  explicit TableError(const std::string& what, Kind kind = Kind::invalid) : std::runtime_error(what), kind_(kind) {}
+  Kind kind() const noexcept { return kind_; }
+
+ private:
+  Kind kind_;
 };
 
 /// Names and ids: 1..47 bytes of [A-Za-z0-9._:-]. Returns an empty string if

@@ -56,7 +56,7 @@ TEST_SUITE("shm") {
     // A real segment whose ABI field says 2.
     Segment::unlink(name);
     {
-      Segment s = Segment::create(name, {2, 2, 2});
+      Segment s = Segment::create(name, {2, 2, 2}, 2);
       s.header().abi = kAbiVersion + 1;
     }
     CHECK(what(name).find("ABI version " + std::to_string(kAbiVersion + 1) + ", this program speaks ABI version " +
@@ -64,7 +64,7 @@ TEST_SUITE("shm") {
 
     // A real segment cut short.
     Segment::unlink(name);
-    { Segment s = Segment::create(name, {2, 2, 2}); }
+    { Segment s = Segment::create(name, {2, 2, 2}, 2); }
     int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
     REQUIRE(::ftruncate(fd, 4096) == 0);
     ::close(fd);

@@ -1,0 +1,59 @@
+#pragma once
+// The gateway's state as JSON: what `gwctl status --json` prints and the admin
+// server's GET /status answers (one function, so the two never differ), the
+// parts of it that the admin API's GET endpoints answer, and the event ring.
+//
+// Boundary code (gwctl, the admin process): allocates and may throw.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "gw/shm/segment.hpp"
+#include "gw/shm/table.hpp"
+
+namespace gw::admin {
+
+/// A JSON string's contents: quotes, backslashes and control characters escaped.
+std::string json_escape(std::string_view s);
+/// "2026-11-21T23:40:00.123Z"; "" for 0.
+std::string iso_time(uint64_t wall_ms);
+
+/// The etcd sync state, read once.
+struct ClusterView {
+  bool on = false;
+  uint32_t state = 0;
+  uint64_t revision = 0, since_ms = 0, contact_ms = 0, reconnects = 0, relists = 0, applied = 0;
+  int sync_pid = 0;
+  shm::ClusterText text{};
+};
+ClusterView cluster_view(const shm::Segment& seg);
+/// null, or the "cluster" object of the status.
+std::string cluster_json(const ClusterView& v);
+/// The `cluster:` line of `gwctl status`.
+std::string cluster_line(const ClusterView& v);
+
+/// "up", "down" (admin state aside: passive health or the checker keep it
+/// out) or "unknown" (active checks have not decided yet).
+const char* host_health(const shm::Segment& seg, const shm::Table& t, const shm::HostRecord& h);
+
+/// The whole status document (gwctl status --json, GET /status), one line.
+std::string status_json(const shm::Segment& seg);
+/// Reads the published table into `t` and returns status_json's document for it.
+std::string status_json(const shm::Segment& seg, const shm::Table& t);
+
+/// Parts of the status document, for the admin API's GET endpoints.
+std::string host_json(const shm::Segment& seg, const shm::Table& t, int host);
+std::string pool_json(const shm::Segment& seg, const shm::Table& t, int pool);
+std::string upstream_json(const shm::Segment& seg, const shm::Table& t, int upstream);
+std::string rule_json(const shm::Segment& seg, const shm::Table& t, int rule);
+/// {"listener", "route", "rules": [...]}.
+std::string route_json(const shm::Segment& seg, const shm::Table& t, int route);
+
+/// The event ring from sequence number `since` on, at most `limit` events:
+/// {"head": H, "next": N, "lost": L, "events": [{"seq", "time", "generation",
+/// "pid", "kind", "text"}]}. `next` is the `since` of the following call;
+/// `lost` counts events the ring overwrote before they could be read.
+std::string events_json(const shm::Segment& seg, uint64_t since, uint32_t limit);
+
+}  // namespace gw::admin

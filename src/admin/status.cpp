@@ -1,0 +1,260 @@
+#include "gw/admin/status.hpp"
+
+#include <fmt/format.h>
+
+#include <iterator>
+#include <memory>
+#include <vector>
+
+#include "gw/api/limit_table.hpp"
+#include "gw/core/clock.hpp"
+#include "gw/proxy/framer.hpp"
+#include "gw/proxy/http_proxy.hpp"
+#include "gw/shm/cluster.hpp"
+#include "gw/shm/events.hpp"
+#include "gw/shm/runtime.hpp"
+#include "gw/shm/state_file.hpp"
+
+namespace gw::admin {
+
+using shm::name_of;
+
+namespace {
+
+// proxy::HttpOutcome by value; a new outcome must be named here (and below in
+// the metrics) before it builds.
+constexpr const char* kOutcomeNames[] = {"ok",          "bad_request",     "no_route",      "no_host",
+                                         "bad_gateway", "gateway_timeout", "client_timeout"};
+static_assert(std::size(kOutcomeNames) == static_cast<size_t>(proxy::HttpOutcome::count));
+
+}  // namespace
+
+std::string json_escape(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\', out += c;
+    else if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", static_cast<int>(c));
+    else out += c;
+  }
+  return out;
+}
+
+std::string iso_time(uint64_t ms) {
+  if (!ms) return "";
+  char ts[40];
+  core::format_iso8601(ms, ts, sizeof(ts));
+  return ts;
+}
+
+ClusterView cluster_view(const shm::Segment& seg) {
+  const auto& c = seg.header().cluster;
+  ClusterView v;
+  v.state = c.state.load(std::memory_order_acquire);
+  v.on = v.state != shm::kClusterOff;
+  v.revision = c.revision.load();
+  v.since_ms = c.since_ms.load();
+  v.contact_ms = c.contact_ms.load();
+  v.reconnects = c.reconnects.load();
+  v.relists = c.relists.load();
+  v.applied = c.applied.load();
+  v.sync_pid = c.sync_pid.load();
+  v.text = shm::read_cluster_text(c);
+  return v;
+}
+
+std::string cluster_json(const ClusterView& v) {
+  if (!v.on) return "null";
+  return fmt::format(
+      "{{\"state\": \"{}\", \"revision\": {}, \"endpoint\": \"{}\", \"since\": \"{}\", \"last_contact\": \"{}\", "
+      "\"error\": \"{}\", \"sync_pid\": {}, \"reconnects\": {}, \"relists\": {}, \"applied\": {}}}",
+      shm::cluster_state_name(v.state), v.revision, json_escape(v.text.endpoint), iso_time(v.since_ms),
+      iso_time(v.contact_ms), json_escape(v.text.error), v.sync_pid, v.reconnects, v.relists, v.applied);
+}
+
+std::string cluster_line(const ClusterView& v) {
+  std::string err = v.text.error[0] ? fmt::format("; last error: {}", v.text.error) : "";
+  switch (v.state) {
+    case shm::kClusterSynced:
+      return fmt::format("cluster: etcd synced at revision {} ({}), since {}{}", v.revision, v.text.endpoint,
+                         iso_time(v.since_ms), err);
+    case shm::kClusterDisconnected:
+      return fmt::format("cluster: etcd DISCONNECTED since {}, reconnecting; serving the table of revision {}{}",
+                         iso_time(v.since_ms), v.revision, err);
+    default:
+      return fmt::format("cluster: etcd connecting ({}) since {}{}", v.text.endpoint, iso_time(v.since_ms), err);
+  }
+}
+
+const char* host_health(const shm::Segment& seg, const shm::Table& t, const shm::HostRecord& h) {
+  const auto& up = t.upstreams()[t.pools()[h.pool].upstream];
+  shm::HealthPolicy p{up.max_fails, up.fail_timeout_ms, up.check.type != shm::kCheckNone, up.check.unknown_usable != 0};
+  if (p.active && shm::active_state(seg.host(h.slot), h.tag) == shm::kActiveUnknown) return "unknown";
+  return shm::host_usable(seg.host(h.slot), h.tag, p, core::monotonic_ms()) ? "up" : "down";
+}
+
+std::string host_json(const shm::Segment& seg, const shm::Table& t, int host) {
+  const shm::HostRecord& h = t.hosts()[static_cast<size_t>(host)];
+  auto tot = shm::host_totals(seg, h.slot, h.tag);
+  auto st = shm::host_stats_totals(seg, h.slot, h.tag);
+  return fmt::format(
+      "{{\"id\": \"{}\", \"address\": \"{}\", \"weight\": {}, \"admin\": \"{}\", \"health\": \"{}\", "
+      "\"active\": {}, \"total\": {}, \"failures\": {}, \"responses\": {{\"1xx\": {}, \"2xx\": {}, \"3xx\": {}, "
+      "\"4xx\": {}, \"5xx\": {}}}}}",
+      name_of(h.id), h.addr.to_string(), h.weight, h.admin_down ? "down" : "up", host_health(seg, t, h), tot.active,
+      tot.total, seg.host(h.slot).failures.load(), st.responses[0], st.responses[1], st.responses[2], st.responses[3],
+      st.responses[4]);
+}
+
+std::string pool_json(const shm::Segment& seg, const shm::Table& t, int pool) {
+  const auto& pr = t.pools()[static_cast<size_t>(pool)];
+  std::string out = fmt::format("{{\"id\": \"{}\", \"priority\": {}, \"method\": \"{}\", \"hosts\": [", name_of(pr.id),
+                                pr.priority, shm::method_name(static_cast<shm::Method>(pr.method)));
+  bool first = true;
+  auto hosts = t.hosts();
+  for (size_t h = 0; h < hosts.size(); ++h) {
+    if (hosts[h].pool != static_cast<uint32_t>(pool)) continue;
+    out += (first ? "" : ", ") + host_json(seg, t, static_cast<int>(h));
+    first = false;
+  }
+  return out + "]}";
+}
+
+std::string upstream_json(const shm::Segment& seg, const shm::Table& t, int upstream) {
+  std::string out =
+      fmt::format("{{\"name\": \"{}\", \"pools\": [", name_of(t.upstreams()[static_cast<size_t>(upstream)].name));
+  bool first = true;
+  for (size_t p = 0; p < t.pools().size(); ++p) {
+    if (t.pools()[p].upstream != static_cast<uint32_t>(upstream)) continue;
+    out += (first ? "" : ", ") + pool_json(seg, t, static_cast<int>(p));
+    first = false;
+  }
+  return out + "]}";
+}
+
+std::string rule_json(const shm::Segment& seg, const shm::Table& t, int rule) {
+  std::string j = shm::rule_to_json(t.rule_spec(rule));
+  const shm::RuleRecord& r = t.rules()[static_cast<size_t>(rule)];
+  j.pop_back();  // the closing brace
+  return j + fmt::format(", \"hits\": {}}}", shm::rule_hits(seg, r.stat_slot, r.stat_tag));
+}
+
+std::string route_json(const shm::Segment& seg, const shm::Table& t, int route) {
+  const auto& rr = t.routes()[static_cast<size_t>(route)];
+  std::string j = fmt::format("{{\"listener\": \"{}\", \"route\": \"{}\", \"rules\": [", name_of(rr.listener),
+                              name_of(rr.name));
+  bool first = true;
+  for (size_t k = 0; k < t.rules().size(); ++k) {
+    if (t.rules()[k].route != static_cast<uint32_t>(route)) continue;
+    j += (first ? "" : ", ") + rule_json(seg, t, static_cast<int>(k));
+    first = false;
+  }
+  return j + "]}";
+}
+
+std::string status_json(const shm::Segment& seg) {
+  auto t = std::make_unique<shm::Table>(seg.caps());
+  shm::read_published(seg, *t);
+  return status_json(seg, *t);
+}
+
+std::string status_json(const shm::Segment& seg, const shm::Table& t) {
+  const auto& hdr = seg.header();
+  const int master = seg.master_alive() ? hdr.master_pid.load() : 0;
+  uint64_t reject_totals[proxy::kFrameErrorCount] = {};
+  // {"header_truncated": 0, ...}: every reason, so scripts can rely on the keys.
+  auto rejects_json = [](const uint64_t* counts) {
+    std::string j = "{";
+    for (size_t k = 1; k < proxy::kFrameErrorCount; ++k)
+      j += fmt::format("{}\"{}\": {}", k > 1 ? ", " : "", proxy::frame_error_name(static_cast<proxy::FrameError>(k)),
+                       counts[k]);
+    return j + "}";
+  };
+  std::string workers;
+  for (uint32_t i = 0; i < shm::kMaxWorkers && master; ++i) {
+    const auto& w = seg.worker(i);
+    const int pid = w.pid.load();
+    if (pid <= 0) continue;
+    uint64_t rejects[proxy::kFrameErrorCount] = {};
+    for (size_t k = 1; k < proxy::kFrameErrorCount; ++k) {
+      rejects[k] = w.frame_rejects[k].load();
+      reject_totals[k] += rejects[k];
+    }
+    std::string http = fmt::format("{{\"requests\": {}, \"retries\": {}, \"keepalive_reused\": {}, \"tunnels\": {}",
+                                   w.http_requests.load(), w.http_retries.load(), w.http_keepalive_reused.load(),
+                                   w.http_tunnels.load());
+    for (size_t k = 1; k < std::size(kOutcomeNames); ++k)
+      http += fmt::format(", \"{}\": {}", kOutcomeNames[k], w.http_outcomes[k].load());
+    http += "}";
+    const auto& g = seg.guard(i);
+    const std::string guard = fmt::format(
+        "{{\"conn_rejected\": {}, \"req_limited\": {}, \"limit_full\": {}, \"evictions\": {}, \"auth_ok\": {}, "
+        "\"auth_failed\": {}, \"auth_forbidden\": {}, \"basic_cache_hits\": {}}}",
+        g.conn_rejected.load(), g.req_limited.load(), g.limit_full.load(), g.evictions.load(), g.auth_ok.load(),
+        g.auth_failed.load(), g.auth_forbidden.load(), g.basic_cache_hits.load());
+    workers += fmt::format(
+        "{}{{\"slot\": {}, \"pid\": {}, \"generation\": {}, \"connections\": {}, \"accepted\": {}, "
+        "\"hash_fallbacks\": {}, \"no_host\": {}, \"frames_routed\": {}, \"host_closed\": {}, "
+        "\"frame_rejects\": {}, \"http\": {}, \"guard\": {}}}",
+        workers.empty() ? "" : ", ", i, pid, w.generation.load(), w.connections.load(), w.accepted.load(),
+        w.hash_fallbacks.load(), w.no_host.load(), w.frames_routed.load(), w.host_closed.load(), rejects_json(rejects),
+        http, guard);
+  }
+  std::string out = fmt::format("{{\"shm\": \"{}\", \"generation\": {}, \"master_pid\": {}, \"cluster\": {}, \"workers\": [",
+                                seg.name(), t.header().generation, master, cluster_json(cluster_view(seg)));
+  out += workers;
+  out += "], \"frame_rejects\": " + rejects_json(reject_totals) + ", \"upstreams\": [";
+  for (size_t u = 0; u < t.upstreams().size(); ++u) out += (u ? ", " : "") + upstream_json(seg, t, static_cast<int>(u));
+  out += "], \"routes\": [";
+  for (size_t r = 0; r < t.routes().size(); ++r) out += (r ? ", " : "") + route_json(seg, t, static_cast<int>(r));
+  out += "], \"consumers\": [";
+  for (size_t i = 0; i < t.consumers().size(); ++i)
+    out += fmt::format("{}{{\"name\": \"{}\"}}", i ? ", " : "", json_escape(name_of(t.consumers()[i].name)));
+  const api::LimitTable::Stats lim =
+      api::LimitTable(seg.limit_entries(), seg.caps().max_limit_keys, nullptr, nullptr).stats();
+  out += fmt::format("], \"limits\": {{\"capacity\": {}, \"used\": {}, \"pinned\": {}, \"connections\": {}}}",
+                     seg.caps().max_limit_keys, lim.used, lim.pinned, lim.conns);
+  return out + "}";
+}
+
+std::string events_json(const shm::Segment& seg, uint64_t since, uint32_t limit) {
+  const uint64_t head = seg.header().event_head.load(std::memory_order_acquire);
+  uint64_t cur = since;
+  uint64_t lost = 0;
+  if (head > shm::kEventCapacity && cur < head - shm::kEventCapacity) {
+    lost = head - shm::kEventCapacity - cur;
+    cur = head - shm::kEventCapacity;
+  }
+  if (cur > head) cur = head;  // a `since` from the future (another gateway's numbers)
+  std::string events;
+  uint32_t n = 0;
+  for (; cur < head && n < limit; ++cur) {
+    shm::EventData e{};
+    auto r = shm::read_event(seg, cur, e);
+    if (r == shm::EventRead::not_yet) {
+      // Being written (the next call gets it), unless a later event was
+      // completed over a second ago: then its writer died mid-event.
+      shm::EventData later{};
+      if (cur + 1 < head && shm::read_event(seg, cur + 1, later) == shm::EventRead::ok &&
+          later.wall_ms + 1000 < core::wall_ms()) {
+        ++lost;
+        continue;
+      }
+      break;
+    }
+    if (r == shm::EventRead::lost) {
+      ++lost;
+      continue;
+    }
+    const char* kind = e.kind == static_cast<uint32_t>(shm::EventKind::config)   ? "config"
+                       : e.kind == static_cast<uint32_t>(shm::EventKind::health) ? "health"
+                                                                                   : "process";
+    events += fmt::format("{}{{\"seq\": {}, \"time\": \"{}\", \"generation\": {}, \"pid\": {}, \"kind\": \"{}\", "
+                          "\"text\": \"{}\"}}",
+                          n ? ", " : "", cur, iso_time(e.wall_ms), e.generation, e.pid, kind, json_escape(e.text));
+    ++n;
+  }
+  return fmt::format("{{\"head\": {}, \"next\": {}, \"lost\": {}, \"events\": [{}]}}", head, cur, lost, events);
+}
+
+}  // namespace gw::admin

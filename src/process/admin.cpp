@@ -1,0 +1,339 @@
+#include "gw/process/admin.hpp"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <memory>
+#include <vector>
+
+#include "gw/admin/api.hpp"
+#include "gw/admin/status.hpp"
+#include "gw/core/clock.hpp"
+#include "gw/core/fd.hpp"
+#include "gw/core/log.hpp"
+#include "gw/http/parser.hpp"
+#include "gw/net/socket.hpp"
+#include "process/signals.hpp"
+
+namespace gw::process {
+namespace {
+
+constexpr size_t kMaxConns = 128;
+constexpr size_t kMaxFields = 64;
+constexpr http::Limits kLimits{4096, 8192, 1024, 4096};  // start line, head, chunk line, trailer
+constexpr size_t kMaxBody = 64 * 1024;
+constexpr size_t kInCap = 8192 + kMaxBody + 16384;  // never buffer more unprocessed input than this
+constexpr uint32_t kMaxRequests = 1000;
+constexpr uint64_t kLingerMs = 2000;
+
+const char* reason(int status) {
+  switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 505: return "HTTP Version Not Supported";
+    case 507: return "Insufficient Storage";
+    default: return "Unknown";
+  }
+}
+
+std::string http_date() {
+  char buf[64];
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  ::gmtime_r(&now, &tm);
+  std::strftime(buf, sizeof(buf), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  return buf;
+}
+
+struct Conn {
+  core::UniqueFd fd;
+  enum class State : uint8_t { head, body, linger } state = State::head;
+  std::string in;    // bytes read and not yet consumed
+  std::string out;   // bytes to send, from out_off
+  size_t out_off = 0;
+  uint64_t deadline_ms = 0;
+  bool close_after = false;  // close (lingering) once `out` is sent
+  bool eof = false;          // the client's FIN was read: answer what is buffered, then close
+  uint32_t requests = 0;
+  // The request whose body is being read.
+  std::string method, target, authorization;
+  bool keep_alive = false, head_request = false;
+  http::BodyDecoder body_dec;
+  std::string body;
+  bool pending() const noexcept { return out_off < out.size(); }
+};
+
+class AdminServer {
+ public:
+  AdminServer(const config::Config& cfg, const shm::Segment& seg, int listen_fd)
+      : cfg_(cfg), api_(seg, cfg), listen_fd_(listen_fd), fields_(kMaxFields) {}
+
+  int run() {
+    core::UniqueFd sfd = child_signal_fd();
+    std::vector<pollfd> pfds;
+    GW_LOG_INFO("admin server on {} ({} token: writes {})", cfg_.admin.listen.to_string(),
+                cfg_.admin.token.empty() ? "no" : "a", cfg_.admin.token.empty() ? "refused" : "allowed");
+    for (;;) {
+      pfds.clear();
+      pfds.push_back({sfd.get(), POLLIN, 0});
+      pfds.push_back({listen_fd_, POLLIN, 0});
+      for (auto& c : conns_) {
+        short ev = 0;
+        if (c->pending()) ev = POLLOUT;  // back-pressure: nothing more is read until the answer is out
+        else if (!c->eof && c->in.size() < kInCap) ev = POLLIN;
+        pfds.push_back({c->fd.get(), ev, 0});
+      }
+      int timeout = 1000;
+      const uint64_t now0 = core::monotonic_ms();
+      for (auto& c : conns_)
+        timeout = static_cast<int>(std::min<uint64_t>(static_cast<uint64_t>(timeout),
+                                                      c->deadline_ms > now0 ? c->deadline_ms - now0 : 0));
+      ::poll(pfds.data(), pfds.size(), timeout);
+      if (pfds[0].revents) {
+        if (drain_child_signals(sfd.get(), cfg_.log_file)) return 0;
+      }
+      // Connections first (their pollfds are by position), then new ones.
+      const size_t n = conns_.size();
+      for (size_t i = 0; i < n; ++i) {
+        if (const short rev = pfds[i + 2].revents) on_ready(*conns_[i], rev);
+      }
+      const uint64_t now = core::monotonic_ms();
+      for (auto& c : conns_)
+        if (c->fd && now >= c->deadline_ms) c->fd.reset();  // timed out (a slow or idle client)
+      std::erase_if(conns_, [](const std::unique_ptr<Conn>& c) { return !c->fd; });
+      if (pfds[1].revents) accept_all();
+    }
+  }
+
+ private:
+  void accept_all() {
+    for (int i = 0; i < 64; ++i) {
+      int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) GW_LOG_WARN("admin: accept: {}", std::strerror(errno));
+        return;
+      }
+      if (conns_.size() >= kMaxConns) {
+        // Every slot is taken (slow or idle clients): the one nearest its
+        // deadline goes, so that no set of idle connections locks the API out.
+        auto victim = std::min_element(conns_.begin(), conns_.end(),
+                                       [](const auto& a, const auto& b) { return a->deadline_ms < b->deadline_ms; });
+        conns_.erase(victim);
+      }
+      auto c = std::make_unique<Conn>();
+      c->fd.reset(fd);
+      net::set_nodelay(fd);
+      c->deadline_ms = core::monotonic_ms() + cfg_.admin.timeout_ms;
+      conns_.push_back(std::move(c));
+    }
+  }
+
+  void on_ready(Conn& c, short rev) {
+    if (rev & POLLNVAL) {
+      c.fd.reset();
+      return;
+    }
+    if (c.pending() && (rev & (POLLOUT | POLLERR | POLLHUP))) {
+      if (!flush(c)) return;
+    }
+    if (!c.pending() && (rev & (POLLIN | POLLERR | POLLHUP))) {
+      if (!read_in(c)) return;
+    }
+    process(c);
+    // A half-closed client whose buffered requests are all answered (or
+    // whose last request is cut short) is done.
+    if (c.fd && c.eof && !c.pending() && c.state != Conn::State::linger) c.fd.reset();
+  }
+
+  // Reads what the socket has; false if the connection was closed.
+  bool read_in(Conn& c) {
+    char buf[16384];
+    for (;;) {
+      if (c.in.size() >= kInCap) return true;
+      const ssize_t n = ::recv(c.fd.get(), buf, std::min(sizeof(buf), kInCap - c.in.size()), MSG_DONTWAIT);
+      if (n > 0) {
+        if (c.state == Conn::State::linger) continue;  // drained and dropped
+        c.in.append(buf, static_cast<size_t>(n));
+        if (c.state == Conn::State::body) c.deadline_ms = core::monotonic_ms() + cfg_.admin.timeout_ms;
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+      if (n == 0 && c.state != Conn::State::linger) {
+        // A half-close: the requests already in are answered, then the connection closes.
+        c.eof = true;
+        return true;
+      }
+      c.fd.reset();  // a reset, or the end of a lingering close
+      return false;
+    }
+  }
+
+  // Sends what it can of `out`; false if the connection was closed.
+  bool flush(Conn& c) {
+    while (c.pending()) {
+      const ssize_t n = ::send(c.fd.get(), c.out.data() + c.out_off, c.out.size() - c.out_off, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n > 0) {
+        c.out_off += static_cast<size_t>(n);
+        c.deadline_ms = core::monotonic_ms() + cfg_.admin.timeout_ms;
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+      c.fd.reset();
+      return false;
+    }
+    c.out.clear();
+    c.out_off = 0;
+    if (c.close_after && c.state != Conn::State::linger) {
+      // Our FIN; the client's unread bytes are drained for a while so that
+      // they do not turn the FIN into a reset that destroys the answer.
+      ::shutdown(c.fd.get(), SHUT_WR);
+      c.state = Conn::State::linger;
+      c.in.clear();
+      c.deadline_ms = core::monotonic_ms() + std::min<uint64_t>(kLingerMs, cfg_.admin.timeout_ms);
+    }
+    return true;
+  }
+
+  void process(Conn& c) {
+    while (c.fd && !c.pending() && !c.close_after) {
+      if (c.state == Conn::State::head) {
+        if (c.in.empty()) return;
+        http::Parser p(http::Parser::Kind::request, std::span<http::Field>(fields_.data(), fields_.size()), kLimits);
+        const http::ParseStatus st = p.parse(c.in);
+        if (st == http::ParseStatus::need_more) return;
+        if (st == http::ParseStatus::error) {
+          respond(c, admin::error_response(http::error_status(p.error()),
+                                           fmt::format("bad request: {}", http::error_name(p.error()))),
+                  false, true);
+          continue;
+        }
+        const http::Head& h = p.head();
+        c.method = h.method_name;
+        c.target = h.target;
+        const http::Field* auth = http::find_field(h, "authorization");
+        c.authorization = auth ? auth->value : std::string_view();
+        c.keep_alive = h.keep_alive && c.requests + 1 < kMaxRequests;
+        c.head_request = h.method == http::Method::head;
+        c.body.clear();
+        if (h.body == http::BodyKind::length && h.content_length > kMaxBody) {
+          c.in.clear();
+          respond(c, admin::error_response(413, fmt::format("the body is {} bytes; at most {} are accepted",
+                                                            h.content_length, kMaxBody)),
+                  false, true);
+          continue;
+        }
+        if (h.target_form != http::TargetForm::origin) {
+          c.in.clear();
+          respond(c, admin::error_response(400, "expected a path (origin-form request target)"), false, true);
+          continue;
+        }
+        const bool expect_continue = h.expect_continue;
+        c.body_dec.reset(h, kLimits);
+        c.in.erase(0, h.head_len);
+        c.state = Conn::State::body;
+        c.deadline_ms = core::monotonic_ms() + cfg_.admin.timeout_ms;
+        if (expect_continue && !c.body_dec.done() && c.in.empty()) c.out = "HTTP/1.1 100 Continue\r\n\r\n";
+        if (!flush(c)) return;
+        continue;
+      }
+      if (c.state == Conn::State::body) {
+        std::string_view in = c.in;
+        size_t used = 0;
+        while (!c.body_dec.done() && !in.empty()) {
+          http::BodyStep s = c.body_dec.decode(in);
+          c.body.append(s.data);
+          in.remove_prefix(s.consumed);
+          used += s.consumed;
+          if (s.status == http::BodyStatus::error) {
+            c.in.clear();
+            respond(c, admin::error_response(400, fmt::format("bad request body: {}", http::error_name(s.error))), false,
+                    true);
+            break;
+          }
+          if (c.body.size() > kMaxBody) {
+            c.in.clear();
+            respond(c, admin::error_response(413, fmt::format("the body is over {} bytes", kMaxBody)), false, true);
+            break;
+          }
+          if (s.status == http::BodyStatus::done) break;
+        }
+        if (c.close_after) return;
+        c.in.erase(0, used);
+        if (!c.body_dec.done()) return;  // more body to come
+        admin::Request rq{c.method, c.target, c.authorization, c.body};
+        admin::Response rs = api_.handle(rq);
+        respond(c, rs, c.keep_alive, false);
+        continue;
+      }
+      return;  // linger: nothing to process
+    }
+  }
+
+  // Queues an answer and starts sending it. `abort`: the request was not
+  // read whole; the connection closes after the answer.
+  void respond(Conn& c, const admin::Response& r, bool keep_alive, bool abort) {
+    const bool close = abort || !keep_alive;
+    ++c.requests;
+    std::string head = fmt::format("HTTP/1.1 {} {}\r\nDate: {}\r\nServer: gw-admin\r\nContent-Type: {}\r\n"
+                                   "Content-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
+                                   r.status, reason(r.status), http_date(), r.content_type, r.body.size());
+    if (!r.allow.empty()) head += fmt::format("Allow: {}\r\n", r.allow);
+    if (!r.www_authenticate.empty()) head += fmt::format("WWW-Authenticate: {}\r\n", r.www_authenticate);
+    if (close) head += "Connection: close\r\n";
+    head += "\r\n";
+    c.out += head;
+    if (!c.head_request) c.out += r.body;
+    c.state = Conn::State::head;
+    c.close_after = close;
+    c.head_request = false;
+    c.deadline_ms = core::monotonic_ms() + cfg_.admin.timeout_ms;  // the next head (and idle) from here
+    if (r.status >= 500) GW_LOG_WARN("admin: {} {} -> {}", c.method, c.target, r.status);
+    flush(c);
+  }
+
+  const config::Config& cfg_;
+  admin::Api api_;
+  int listen_fd_;
+  std::vector<http::Field> fields_;
+  std::vector<std::unique_ptr<Conn>> conns_;
+};
+
+}  // namespace
+
+int run_admin(const config::Config& cfg, const shm::Segment& seg, int listen_fd) {
+  try {
+    AdminServer s(cfg, seg, listen_fd);
+    return s.run();
+  } catch (const std::exception& e) {
+    GW_LOG_ERROR("admin server failed: {}", e.what());
+    return 1;
+  }
+}
+
+}  // namespace gw::process

@@ -1,0 +1,134 @@
+#pragma once
+// What the data plane counts for the admin server's GET /metrics: small
+// inline helpers, each called from one line of the relay, the frame
+// multiplexer, the HTTP proxy or the worker.
+//
+// Every helper updates a row of a stats matrix in shm (HostStats,
+// ListenerStats, RuleStats; see include/gw/shm/segment.hpp) that only this
+// worker writes (row env.worker): a relaxed load and a relaxed store, never a
+// locked instruction, no allocation, no system call. A row whose tag is not
+// the host's (rule's) belongs to an earlier owner of the slot and is zeroed
+// first, as shm::counter_open does for HostCounter.
+//
+// Worker thread only; noexcept.
+
+#include <atomic>
+#include <cstdint>
+#include <string_view>
+
+#include "gw/core/clock.hpp"
+#include "gw/proxy/tcp_relay.hpp"
+#include "gw/shm/segment.hpp"
+
+namespace gw::proxy::metrics {
+
+namespace detail {
+
+inline void add(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
+  c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+/// The row of this worker for listener `l`, or null (no row: a segment with
+/// fewer stats rows than workers, or an index past the table).
+inline shm::ListenerStats* listener_row(const RelayEnv& env, uint32_t l) noexcept {
+  if (env.worker >= env.seg->stat_workers() || l >= shm::kMaxListeners) return nullptr;
+  return &env.seg->listener_stats(env.worker, l);
+}
+
+inline void zero(shm::LatencyHistogram& h) noexcept {
+  for (auto& b : h.buckets) b.store(0, std::memory_order_relaxed);
+  h.sum_us.store(0, std::memory_order_relaxed);
+}
+
+/// This worker's row for host (slot, tag), taken over from an earlier owner if needed.
+inline shm::HostStats* host_row(const RelayEnv& env, uint32_t slot, uint32_t tag) noexcept {
+  if (env.worker >= env.seg->stat_workers() || slot >= env.seg->caps().max_hosts) return nullptr;
+  shm::HostStats& s = env.seg->host_stats(env.worker, slot);
+  if (s.tag.load(std::memory_order_relaxed) != tag) {
+    for (auto& r : s.responses) r.store(0, std::memory_order_relaxed);
+    zero(s.connect);
+    zero(s.response);
+    s.tag.store(tag, std::memory_order_relaxed);
+  }
+  return &s;
+}
+
+/// Counts one sample in its bucket (le is inclusive, as Prometheus says).
+inline void observe(shm::LatencyHistogram& h, uint64_t us) noexcept {
+  size_t i = 0;
+  while (i < shm::kLatencyBuckets && us > shm::kLatencyBoundsUs[i]) ++i;
+  add(h.buckets[i]);
+  add(h.sum_us, us);
+}
+
+}  // namespace detail
+
+/// A connection was accepted on listener `listener` and is now open.
+inline void listener_open(RelayEnv& env, uint32_t listener) noexcept {
+  if (shm::ListenerStats* s = detail::listener_row(env, listener)) {
+    detail::add(s->accepted);
+    detail::add(s->active);
+  }
+}
+
+/// A connection of listener `listener` that listener_open() counted is closed.
+inline void listener_close(RelayEnv& env, uint32_t listener) noexcept {
+  if (shm::ListenerStats* s = detail::listener_row(env, listener)) {
+    const uint64_t a = s->active.load(std::memory_order_relaxed);
+    s->active.store(a ? a - 1 : 0, std::memory_order_relaxed);
+  }
+}
+
+/// A connection of listener `listener` was refused or closed unserved;
+/// `reason` is a proxy::FrameError value (1..23), shm::kRejectNoHost,
+/// shm::kRejectNoSlot or shm::kRejectLimitConn.
+inline void listener_reject(RelayEnv& env, uint32_t listener, size_t reason) noexcept {
+  shm::ListenerStats* s = detail::listener_row(env, listener);
+  if (s && reason < shm::kListenerRejectKinds) detail::add(s->rejects[reason]);
+}
+
+/// An http listener parsed a request head.
+inline void http_request(RelayEnv& env, uint32_t listener) noexcept {
+  if (shm::ListenerStats* s = detail::listener_row(env, listener)) detail::add(s->http_requests);
+}
+
+/// An http listener answered a request itself (an error page) with `status`.
+inline void http_error(RelayEnv& env, uint32_t listener, int status) noexcept {
+  if (shm::ListenerStats* s = detail::listener_row(env, listener)) detail::add(s->http_errors[shm::http_code_index(status)]);
+}
+
+/// A gray-release rule matched a request. `rule_id` is the rule's id as the
+/// HTTP proxy holds it: a view of RuleRecord::id in the worker's snapshot
+/// table, which locates the record (a view from anywhere else counts nothing).
+inline void rule_hit(RelayEnv& env, std::string_view rule_id) noexcept {
+  if (env.worker >= env.seg->stat_workers()) return;
+  auto rules = env.snap->table().rules();
+  const auto base = reinterpret_cast<uintptr_t>(rules.data());
+  const auto p = reinterpret_cast<uintptr_t>(rule_id.data());
+  if (p < base || p >= base + rules.size_bytes()) return;
+  const shm::RuleRecord& r = rules[(p - base) / sizeof(shm::RuleRecord)];
+  if (reinterpret_cast<uintptr_t>(r.id) != p || r.stat_tag == 0 || r.stat_slot >= env.seg->caps().max_rules) return;
+  shm::RuleStats& s = env.seg->rule_stats(env.worker, r.stat_slot);
+  if (s.tag.load(std::memory_order_relaxed) != r.stat_tag) {
+    s.hits.store(0, std::memory_order_relaxed);
+    s.tag.store(r.stat_tag, std::memory_order_relaxed);
+  }
+  detail::add(s.hits);
+}
+
+/// A connect to host (slot, tag) succeeded after `us` microseconds (every listener kind).
+inline void host_connected(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t us) noexcept {
+  if (shm::HostStats* s = detail::host_row(env, slot, tag)) detail::observe(s->connect, us);
+}
+
+/// An http host answered with a response head of `status`; the attempt
+/// (connect included, for a new connection) began at monotonic `start_ns`.
+inline void host_response(RelayEnv& env, uint32_t slot, uint32_t tag, int status, uint64_t start_ns) noexcept {
+  shm::HostStats* s = detail::host_row(env, slot, tag);
+  if (!s) return;
+  if (status >= 100 && status < 600) detail::add(s->responses[status / 100 - 1]);
+  const uint64_t now = core::monotonic_ns();
+  if (start_ns != 0 && now >= start_ns) detail::observe(s->response, (now - start_ns) / 1000);
+}
+
+}  // namespace gw::proxy::metrics

@@ -1,0 +1,192 @@
+#include "gw/shm/ops.hpp"
+
+#include <fmt/format.h>
+
+#include <memory>
+
+#include "gw/shm/writer.hpp"
+
+namespace gw::shm::ops {
+
+using Kind = TableError::Kind;
+
+int find_upstream(const Table& t, const std::string& u) {
+  int i = t.find_upstream(u);
+  if (i < 0) throw TableError(fmt::format("unknown upstream \"{}\"", u), Kind::not_found);
+  return i;
+}
+
+int find_pool(const Table& t, const std::string& u, const std::string& p) {
+  int i = t.find_pool(find_upstream(t, u), p);
+  if (i < 0) throw TableError(fmt::format("unknown pool \"{}/{}\"", u, p), Kind::not_found);
+  return i;
+}
+
+int find_host(const Table& t, const std::string& u, const std::string& p, const std::string& h) {
+  int i = t.find_host(find_pool(t, u, p), h);
+  if (i < 0) throw TableError(fmt::format("unknown host \"{}/{}/{}\"", u, p, h), Kind::not_found);
+  return i;
+}
+
+int find_route(const Table& t, const std::string& l, const std::string& r) {
+  int i = t.find_route(l, r);
+  if (i < 0) {
+    bool listener = false;
+    for (const auto& rr : t.routes()) listener |= name_of(rr.listener) == l;
+    throw TableError(listener ? fmt::format("listener \"{}\" has no route \"{}\"", l, r)
+                              : fmt::format("unknown listener \"{}\" (or it is not an http listener)", l),
+                     Kind::not_found);
+  }
+  return i;
+}
+
+int find_rule(const Table& t, const std::string& l, const std::string& r, const std::string& id) {
+  int i = t.find_rule(find_route(t, l, r), id);
+  if (i < 0) throw TableError(fmt::format("unknown rule \"{}/{}/{}\"", l, r, id), Kind::not_found);
+  return i;
+}
+
+void check_not_clustered(const Segment& seg) {
+  if (seg.header().cluster.state.load() != kClusterOff)
+    throw TableError(fmt::format("the gateway on shm \"{}\" takes its pools and hosts from etcd (cluster in its config); "
+                                 "change them with gwctl --etcd URL ...",
+                                 seg.name()),
+                     Kind::refused);
+}
+
+namespace {
+
+Result commit(const Segment& seg, const Writer::Change& change, std::string what) {
+  Writer w(seg);
+  Result r;
+  r.generation = w.commit(change);
+  r.what = std::move(what);
+  return r;
+}
+
+}  // namespace
+
+Result add_host(const Segment& seg, const std::string& u, const std::string& p, const std::string& id,
+                const core::SockAddr& addr, uint32_t weight) {
+  check_not_clustered(seg);
+  std::string what = fmt::format("add host {}/{}/{} {} weight={}", u, p, id, addr.to_string(), weight);
+  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
+    t.add_host(find_pool(t, u, p), id, addr, weight);
+    ev.push_back(fmt::format("host_added {}/{}/{} {} weight={}", u, p, id, addr.to_string(), weight));
+  }, what);
+}
+
+Result remove_host(const Segment& seg, const std::string& u, const std::string& p, const std::string& id) {
+  check_not_clustered(seg);
+  std::string what = fmt::format("remove host {}/{}/{}", u, p, id);
+  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
+    int h = find_host(t, u, p, id);
+    ev.push_back(fmt::format("host_removed {}/{}/{} {}", u, p, id, t.hosts()[static_cast<size_t>(h)].addr.to_string()));
+    t.remove_host(h);
+  }, what);
+}
+
+Result set_host_down(const Segment& seg, const std::string& u, const std::string& p, const std::string& id, bool down,
+                     std::string_view origin) {
+  check_not_clustered(seg);
+  {
+    auto t = std::make_unique<Table>(seg.caps());
+    read_published(seg, *t);
+    int h = find_host(*t, u, p, id);
+    if ((t->hosts()[static_cast<size_t>(h)].admin_down != 0) == down) {
+      Result r;
+      r.generation = t->header().generation;
+      r.what = fmt::format("host {}/{}/{} is already {}", u, p, id, down ? "down" : "up");
+      r.changed = false;
+      return r;
+    }
+  }
+  const char* verb = down ? "down" : "up";
+  std::string what = fmt::format("{} host {}/{}/{}", verb, u, p, id);
+  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
+    auto& rec = t.hosts()[static_cast<size_t>(find_host(t, u, p, id))];
+    rec.admin_down = down ? 1 : 0;
+    ev.push_back(fmt::format("host_{} {}/{}/{} {} (admin: {} {})", verb, u, p, id, rec.addr.to_string(), origin, verb));
+  }, what);
+}
+
+Result add_pool(const Segment& seg, const std::string& u, const std::string& p, int32_t priority, Method method) {
+  check_not_clustered(seg);
+  std::string what = fmt::format("add pool {}/{} priority={} method={}", u, p, priority, method_name(method));
+  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
+    t.add_pool(find_upstream(t, u), p, priority, method);
+    ev.push_back(fmt::format("pool_changed {}/{} added priority={} method={}", u, p, priority, method_name(method)));
+  }, what);
+}
+
+Result remove_pool(const Segment& seg, const std::string& u, const std::string& p) {
+  check_not_clustered(seg);
+  std::string what = fmt::format("remove pool {}/{}", u, p);
+  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
+    t.remove_pool(find_pool(t, u, p));
+    ev.push_back(fmt::format("pool_changed {}/{} removed", u, p));
+  }, what);
+}
+
+Result set_pool(const Segment& seg, const std::string& u, const std::string& p, std::optional<int32_t> priority,
+                std::optional<Method> method) {
+  if (!priority && !method) throw TableError("set pool needs a priority and/or a method");
+  check_not_clustered(seg);
+  std::string what;
+  Writer w(seg);
+  Result r;
+  r.generation = w.commit([&](Table& t, std::vector<std::string>& ev) {
+    auto& pr = t.pools()[static_cast<size_t>(find_pool(t, u, p))];
+    if (priority) pr.priority = *priority;
+    if (method) pr.method = static_cast<uint8_t>(*method);
+    const char* m = method_name(static_cast<Method>(pr.method));
+    what = fmt::format("set pool {}/{} priority={} method={}", u, p, pr.priority, m);
+    ev.push_back(fmt::format("pool_changed {}/{} priority={} method={}", u, p, pr.priority, m));
+  });
+  r.what = std::move(what);
+  return r;
+}
+
+Result add_rule(const Segment& seg, const std::string& l, const std::string& r, const RuleSpec& spec) {
+  std::string desc = describe_rule(spec);
+  std::string what = fmt::format("add rule {}/{}/{} {}", l, r, spec.id, desc);
+  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
+    t.add_rule(find_route(t, l, r), spec);
+    ev.push_back(fmt::format("rule_changed {}/{}/{} added {}", l, r, spec.id, desc));
+  }, what);
+}
+
+Result set_rule(const Segment& seg, const std::string& l, const std::string& r, const RuleSpec& spec) {
+  std::string desc = describe_rule(spec);
+  std::string what = fmt::format("set rule {}/{}/{} {}", l, r, spec.id, desc);
+  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
+    t.replace_rule(find_rule(t, l, r, spec.id), spec);
+    ev.push_back(fmt::format("rule_changed {}/{}/{} set {}", l, r, spec.id, desc));
+  }, what);
+}
+
+Result remove_rule(const Segment& seg, const std::string& l, const std::string& r, const std::string& id) {
+  std::string what = fmt::format("remove rule {}/{}/{}", l, r, id);
+  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
+    t.remove_rule(find_rule(t, l, r, id));
+    ev.push_back(fmt::format("rule_changed {}/{}/{} removed", l, r, id));
+  }, what);
+}
+
+Result add_consumer(const Segment& seg, const std::string& name, const uint8_t (&key_sha256)[kSha256Len]) {
+  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
+    t.add_consumer(name, key_sha256);
+    ev.push_back(fmt::format("consumer_changed {} added", name));
+  }, fmt::format("add consumer {}", name));
+}
+
+Result remove_consumer(const Segment& seg, const std::string& name) {
+  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
+    const int i = t.find_consumer(name);
+    if (i < 0) throw TableError(fmt::format("unknown consumer \"{}\"", name), TableError::Kind::not_found);
+    t.remove_consumer(i);
+    ev.push_back(fmt::format("consumer_changed {} removed", name));
+  }, fmt::format("remove consumer {}", name));
+}
+
+}  // namespace gw::shm::ops

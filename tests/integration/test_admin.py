@@ -1,0 +1,921 @@
+#!/usr/bin/python3
+"""The admin server (config "admin"): GET /metrics checked by a strict
+Prometheus text-format parser (and promtool when installed) while real
+traffic flows through tcp, http and frame listeners; GET /status against
+`gwctl status --json`; the admin API's writes seen by gwctl and gwctl's by the
+API; every 4xx answer; bad and slow clients; the admin process killed and
+respawned; and the dashboard rendered by headless Chromium, updating after
+`gwctl down host` (its screenshot goes to the build's test-output directory).
+
+Python standard library only (Chromium is driven over its DevTools protocol
+with a small WebSocket client written here)."""
+
+import base64
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.parse
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gwtest  # noqa: E402
+import httpbackend as hb  # noqa: E402
+from gwtest import GwTestCase, T, free_port, pool, upstream, wait_until  # noqa: E402
+
+LO = "127.0.0.1"
+TOKEN = "test-admin-token-0123456789"
+PROMTOOL = shutil.which("promtool") or ("/usr/bin/promtool" if os.access("/usr/bin/promtool", os.X_OK) else None)
+CHROMIUM = "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
+OUTPUT_DIR = os.environ.get("GW_TEST_OUTPUT_DIR") or os.path.join(gwtest.BUILD_DIR, "test-output")
+
+
+# ----------------------------------------------------------------------------
+# a strict parser of the Prometheus text exposition format 0.0.4
+
+NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+TYPES = ("counter", "gauge", "histogram", "summary", "untyped")
+
+
+class PromError(AssertionError):
+    pass
+
+
+def _parse_value(text, where):
+    if text in ("+Inf", "Inf"):
+        return math.inf
+    if text == "-Inf":
+        return -math.inf
+    if text == "NaN":
+        return math.nan
+    if not re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?", text):
+        raise PromError(f"{where}: bad value {text!r}")
+    return float(text)
+
+
+def _parse_labels(s, i, where):
+    """Parses {a="x",b="y"} from s[i] == '{'; returns (dict, index after '}')."""
+    labels = {}
+    i += 1
+    while True:
+        if i < len(s) and s[i] == "}":
+            return labels, i + 1
+        m = LABEL_RE.match(s, i)
+        if not m:
+            raise PromError(f"{where}: bad label name at {s[i:i + 20]!r}")
+        name = m.group(0)
+        i = m.end()
+        if s[i:i + 2] != '="':
+            raise PromError(f"{where}: expected =\" after label {name}")
+        i += 2
+        val = []
+        while True:
+            if i >= len(s):
+                raise PromError(f"{where}: unterminated label value")
+            c = s[i]
+            if c == "\\":
+                nxt = s[i + 1:i + 2]
+                if nxt == "\\":
+                    val.append("\\")
+                elif nxt == '"':
+                    val.append('"')
+                elif nxt == "n":
+                    val.append("\n")
+                else:
+                    raise PromError(f"{where}: bad escape \\{nxt} in a label value")
+                i += 2
+            elif c == '"':
+                i += 1
+                break
+            elif c == "\n":
+                raise PromError(f"{where}: raw newline in a label value")
+            else:
+                val.append(c)
+                i += 1
+        if name in labels:
+            raise PromError(f"{where}: label {name} twice")
+        labels[name] = "".join(val)
+        if i < len(s) and s[i] == ",":
+            i += 1
+            continue
+        if i < len(s) and s[i] == "}":
+            return labels, i + 1
+        raise PromError(f"{where}: expected , or }} after a label")
+
+
+def parse_prometheus(text):
+    """Parses and checks an exposition; returns {"families": {name: type},
+    "samples": {(name, frozenset(labels.items())): value}}. Raises PromError."""
+    if not text.endswith("\n"):
+        raise PromError("the exposition does not end with a newline")
+    families = {}      # name -> type
+    helps = set()
+    done = set()       # families whose group has ended
+    current = None
+    samples = {}
+    hist = {}          # (family, labels without le) -> [(le, value)], plus _sum/_count
+    for n, line in enumerate(text.split("\n")[:-1], 1):
+        where = f"line {n}"
+        if line == "":
+            raise PromError(f"{where}: empty line")
+        if line.startswith("#"):
+            m = re.fullmatch(r"# (HELP|TYPE) (\S+) ?(.*)", line)
+            if not m:
+                raise PromError(f"{where}: a comment that is not HELP or TYPE: {line!r}")
+            kind, name, rest = m.groups()
+            if not NAME_RE.fullmatch(name):
+                raise PromError(f"{where}: bad metric name {name!r}")
+            if name in done:
+                raise PromError(f"{where}: family {name} appears in two groups")
+            if current != name and current is not None:
+                done.add(current)
+            current = name
+            if kind == "HELP":
+                if name in helps:
+                    raise PromError(f"{where}: HELP {name} twice")
+                if re.search(r"\\[^\\n]", rest.replace("\\\\", "")):
+                    raise PromError(f"{where}: bad escape in HELP")
+                helps.add(name)
+            else:
+                if name in families:
+                    raise PromError(f"{where}: TYPE {name} twice")
+                if rest not in TYPES:
+                    raise PromError(f"{where}: unknown type {rest!r}")
+                families[name] = rest
+            continue
+        m = NAME_RE.match(line)
+        if not m:
+            raise PromError(f"{where}: bad sample line {line!r}")
+        name = m.group(0)
+        i = m.end()
+        labels = {}
+        if i < len(line) and line[i] == "{":
+            labels, i = _parse_labels(line, i, where)
+        if line[i:i + 1] != " ":
+            raise PromError(f"{where}: expected a space before the value")
+        parts = line[i + 1:].split(" ")
+        if len(parts) not in (1, 2):
+            raise PromError(f"{where}: expected a value and an optional timestamp")
+        value = _parse_value(parts[0], where)
+        fam = name
+        ftype = families.get(name)
+        for suffix in ("_bucket", "_sum", "_count"):
+            base = name[:-len(suffix)]
+            if name.endswith(suffix) and families.get(base) == "histogram":
+                fam, ftype = base, "histogram"
+        if ftype is None:
+            raise PromError(f"{where}: sample {name} before (or without) its TYPE line")
+        if fam != current:
+            raise PromError(f"{where}: sample of {fam} inside the group of {current}")
+        if ftype == "counter" and not value >= 0:
+            raise PromError(f"{where}: counter {name} is {value}")
+        key = (name, frozenset(labels.items()))
+        if key in samples:
+            raise PromError(f"{where}: series {name}{labels} twice")
+        samples[key] = value
+        if ftype == "histogram":
+            if name == fam:
+                raise PromError(f"{where}: histogram {fam} sample without a suffix")
+            rest = {k: v for k, v in labels.items() if k != "le"}
+            h = hist.setdefault((fam, frozenset(rest.items())), {"buckets": [], "sum": None, "count": None})
+            if name.endswith("_bucket"):
+                if "le" not in labels:
+                    raise PromError(f"{where}: bucket without le")
+                h["buckets"].append((_parse_value(labels["le"], where), value))
+            elif name.endswith("_sum"):
+                h["sum"] = value
+            else:
+                h["count"] = value
+    for (fam, rest), h in hist.items():
+        b = h["buckets"]
+        where = f"histogram {fam}{dict(rest)}"
+        if not b or b[-1][0] != math.inf:
+            raise PromError(f"{where}: no +Inf bucket last")
+        if any(b[k][0] >= b[k + 1][0] for k in range(len(b) - 1)):
+            raise PromError(f"{where}: le bounds not ascending")
+        if any(b[k][1] > b[k + 1][1] for k in range(len(b) - 1)):
+            raise PromError(f"{where}: buckets not cumulative")
+        if h["count"] is None or h["sum"] is None:
+            raise PromError(f"{where}: _sum or _count missing")
+        if h["count"] != b[-1][1]:
+            raise PromError(f"{where}: _count {h['count']} != +Inf bucket {b[-1][1]}")
+    return {"families": families, "samples": samples}
+
+
+def metric(parsed, name, **labels):
+    """The value of one series (labels must match exactly), or None."""
+    return parsed["samples"].get((name, frozenset(labels.items())))
+
+
+def metric_sum(parsed, name, **labels):
+    """Sum over the series of `name` whose labels include `labels`."""
+    total = 0
+    for (n, ls), v in parsed["samples"].items():
+        d = dict(ls)
+        if n == name and all(d.get(k) == v2 for k, v2 in labels.items()):
+            total += v
+    return total
+
+
+# ----------------------------------------------------------------------------
+# HTTP to the admin server
+
+class Admin:
+    def __init__(self, port):
+        self.port = port
+
+    def req(self, method, path, body=None, token=None, headers=(), timeout=None):
+        hs = list(headers)
+        if token is not None:
+            hs.append(("Authorization", f"Bearer {token}"))
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+        elif isinstance(body, str):
+            body = body.encode()
+        return hb.request(self.port, method, path, headers=hs, body=body, host=f"{LO}:{self.port}",
+                          timeout=timeout or T(10))
+
+    def get_json(self, path):
+        r = self.req("GET", path)
+        if r.status != 200:
+            raise AssertionError(f"GET {path}: {r.status} {r.body!r}")
+        return json.loads(r.body)
+
+    def metrics(self):
+        r = self.req("GET", "/metrics")
+        if r.status != 200:
+            raise AssertionError(f"GET /metrics: {r.status} {r.body[:300]!r}")
+        if r.header("Content-Type") != "text/plain; version=0.0.4; charset=utf-8":
+            raise AssertionError(f"GET /metrics Content-Type {r.header('Content-Type')!r}")
+        text = r.body.decode()
+        parsed = parse_prometheus(text)
+        if PROMTOOL:
+            p = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True,
+                               timeout=T(30))
+            if p.returncode != 0 or p.stdout.strip() or p.stderr.strip():
+                raise AssertionError(f"promtool check metrics: rc={p.returncode} {p.stdout}{p.stderr}")
+        return parsed
+
+
+def frame(body, ftype=1, version=1):
+    return struct.pack(">BBHH", ftype, version, 0, len(body)) + body
+
+
+# ----------------------------------------------------------------------------
+# Chromium over the DevTools protocol: a minimal WebSocket client (RFC 6455)
+
+class CDP:
+    def __init__(self, ws_url, timeout):
+        u = urllib.parse.urlparse(ws_url)
+        self.sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {u.path} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                          .encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = self.sock.recv(4096)
+            if not d:
+                raise AssertionError("DevTools closed the WebSocket handshake")
+            buf += d
+        head, self.buf = buf.split(b"\r\n\r\n", 1)
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise AssertionError(f"DevTools WebSocket handshake: {head[:200]!r}")
+        self.next_id = 1
+
+    def _send(self, payload, opcode=1):
+        mask = os.urandom(4)
+        n = len(payload)
+        hdr = bytes([0x80 | opcode])
+        if n < 126:
+            hdr += bytes([0x80 | n])
+        elif n < 65536:
+            hdr += bytes([0x80 | 126]) + struct.pack(">H", n)
+        else:
+            hdr += bytes([0x80 | 127]) + struct.pack(">Q", n)
+        self.sock.sendall(hdr + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def _read(self, n):
+        while len(self.buf) < n:
+            d = self.sock.recv(1 << 16)
+            if not d:
+                raise AssertionError("DevTools closed the WebSocket")
+            self.buf += d
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _message(self):
+        parts = []
+        while True:
+            b0, b1 = self._read(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack(">H", self._read(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", self._read(8))[0]
+            mask = self._read(4) if b1 & 0x80 else None
+            data = self._read(n)
+            if mask:
+                data = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+            op = b0 & 0x0F
+            if op == 9:
+                self._send(data, 10)
+                continue
+            if op == 8:
+                raise AssertionError("DevTools sent a close frame")
+            if op in (0, 1, 2):
+                parts.append(data)
+                if b0 & 0x80:
+                    return json.loads(b"".join(parts))
+
+    def call(self, method, **params):
+        mid = self.next_id
+        self.next_id += 1
+        self._send(json.dumps({"id": mid, "method": method, "params": params}).encode())
+        while True:
+            m = self._message()
+            if m.get("id") == mid:
+                if "error" in m:
+                    raise AssertionError(f"{method}: {m['error']}")
+                return m.get("result", {})
+
+    def evaluate(self, expr):
+        r = self.call("Runtime.evaluate", expression=expr, returnByValue=True)
+        return r.get("result", {}).get("value")
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def session_pids(sid):
+    """Processes whose session id is sid (Chromium and every child it forked)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and gwtest.proc_sid(int(d)) == sid and gwtest.pid_alive(int(d)):
+            out.append(int(d))
+    return out
+
+
+# ----------------------------------------------------------------------------
+# the tests
+
+class StrictParserTest(unittest.TestCase):
+    """The parser the metrics are checked with refuses what the format refuses."""
+
+    GOOD = ('# HELP a_total A.\n# TYPE a_total counter\na_total{x="1",y="q\\"\\\\\\n"} 3\n'
+            '# HELP h_seconds H.\n# TYPE h_seconds histogram\n'
+            'h_seconds_bucket{le="0.1"} 1\nh_seconds_bucket{le="+Inf"} 2\nh_seconds_sum 0.5\nh_seconds_count 2\n')
+
+    def test_good_and_bad(self):
+        p = parse_prometheus(self.GOOD)
+        self.assertEqual(metric(p, "a_total", x="1", y='q"\\\n'), 3)
+        self.assertEqual(p["families"], {"a_total": "counter", "h_seconds": "histogram"})
+        bad = {
+            "no final newline": self.GOOD[:-1],
+            "sample before TYPE": "a 1\n",
+            "bad escape": '# TYPE a gauge\na{x="\\t"} 1\n',
+            "unterminated value": '# TYPE a gauge\na{x="1} 1\n',
+            "duplicate series": "# TYPE a gauge\na 1\na 2\n",
+            "family in two groups": "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\n# HELP a again\n",
+            "interleaved sample": "# TYPE a gauge\n# TYPE b gauge\na 1\n",
+            "negative counter": "# TYPE a_total counter\na_total -1\n",
+            "bad value": "# TYPE a gauge\na one\n",
+            "unknown type": "# TYPE a meter\na 1\n",
+            "stray comment": "# hello\n",
+            "no +Inf": '# TYPE h histogram\nh_bucket{le="1"} 1\nh_sum 1\nh_count 1\n',
+            "not cumulative": '# TYPE h histogram\nh_bucket{le="1"} 2\nh_bucket{le="+Inf"} 1\nh_sum 1\nh_count 1\n',
+            "count != +Inf": '# TYPE h histogram\nh_bucket{le="+Inf"} 1\nh_sum 1\nh_count 2\n',
+            "empty line": "# TYPE a gauge\n\na 1\n",
+        }
+        for why, text in bad.items():
+            with self.subTest(why):
+                with self.assertRaises(PromError):
+                    parse_prometheus(text)
+
+
+class AdminTest(GwTestCase):
+
+    def http_backend(self, name, **kw):
+        b = hb.HttpBackend(name, **kw)
+        self._backends.append(b)
+        return b
+
+    def admin_gateway(self, token=TOKEN, workers=2, shm=None, extra=None, timeout_ms=1000):
+        """Upstreams app (a, b), pre (c) and devs; listeners l4 (tcp), web (http) and dev (frame)."""
+        self.a = self.http_backend("a")
+        self.b = self.http_backend("b")
+        self.c = self.http_backend("c")
+        admin = {"listen": f"{LO}:{free_port()}", "timeout_ms": timeout_ms}
+        if token:
+            admin["token"] = token
+        listeners = [
+            gwtest.tcp_listener("l4", "app"),
+            {"name": "web", "listen": f"{LO}:{free_port()}", "protocol": "http", "upstream": "app"},
+            {"name": "dev", "listen": f"{LO}:{free_port()}", "protocol": "frame", "upstream": "devs"},
+        ]
+        cfg = self.make_config([pool("primary", [gwtest.host("a", self.a.address), gwtest.host("b", self.b.address)])],
+                               workers=workers, listeners=listeners, shm=shm, admin=admin)
+        cfg["upstreams"].append(upstream("pre", [pool("main", [gwtest.host("c", self.c.address)])]))
+        cfg["upstreams"].append(upstream("devs", [pool("main", [gwtest.host("x", f"{LO}:{free_port()}")])]))
+        if extra:
+            cfg.update(extra)
+        gw = self.gateway(cfg)
+        gw.admin = Admin(int(admin["listen"].rsplit(":", 1)[1]))
+        gw.web = cfg["listeners"][1]["listen"].rsplit(":", 1)[1]
+        gw.dev = cfg["listeners"][2]["listen"].rsplit(":", 1)[1]
+        wait_until(lambda: self._admin_up(gw), T(10), msg="the admin server answers")
+        return gw
+
+    def _admin_up(self, gw):
+        try:
+            return gw.admin.req("GET", "/status", timeout=T(2)).status == 200
+        except OSError:
+            return False
+
+    def assertApiError(self, gw, status, method, path, body=None, token=TOKEN, headers=(), message=None):
+        """An error answer: the status, {"error": one line}, and nothing changed."""
+        before = gwtest.table_snapshot(gw.status())
+        events = len(gw.events())
+        r = gw.admin.req(method, path, body=body, token=token, headers=headers)
+        self.assertEqual(r.status, status, f"{method} {path}: {r.status} {r.body!r}")
+        self.assertEqual(r.header("Content-Type"), "application/json")
+        j = json.loads(r.body)
+        self.assertEqual(list(j), ["error"], r.body)
+        self.assertNotIn("\n", j["error"])
+        self.assertTrue(j["error"])
+        if message is not None:
+            self.assertEqual(j["error"], message)
+        self.assertEqual(gwtest.table_snapshot(gw.status()), before, f"{method} {path} changed the table")
+        self.assertEqual(len(gw.events()), events, f"{method} {path} emitted an event")
+        return r, j["error"]
+
+    # ------------------------------------------------------------------ metrics
+
+    def test_metrics_parse_and_move_with_traffic(self):
+        gw = self.admin_gateway()
+        m0 = gw.admin.metrics()
+        for fam in ("gw_listener_accepted_total", "gw_listener_active", "gw_listener_rejected_total",
+                    "gw_upstream_host_requests_total", "gw_upstream_host_responses_total",
+                    "gw_upstream_host_failures_total", "gw_upstream_host_active", "gw_upstream_host_health",
+                    "gw_upstream_host_admin_up", "gw_upstream_host_connect_seconds",
+                    "gw_upstream_host_response_seconds", "gw_rule_hits_total", "gw_worker_accepted_total",
+                    "gw_worker_http_outcomes_total"):
+            self.assertIn(fam, m0["families"])
+        self.assertEqual(m0["families"]["gw_upstream_host_connect_seconds"], "histogram")
+        self.assertEqual(metric(m0, "gw_upstream_host_admin_up", upstream="app", pool="primary", host="a",
+                                address=self.a.address), 1)
+        self.assertEqual(metric(m0, "gw_upstream_host_health", upstream="app", pool="primary", host="a",
+                                address=self.a.address, state="up"), 1)
+
+        # A rule through the API, so that rule hits move too.
+        r = gw.admin.req("POST", "/listeners/web/routes/default/rules",
+                         {"id": "canary", "upstream": "pre", "header": "X-Canary=1"}, token=TOKEN)
+        self.assertEqual(r.status, 201, r.body)
+
+        n_http, n_tcp = 12, 6
+        for i in range(n_http):
+            r = hb.request(int(gw.web), "GET", f"/x{i}")
+            self.assertEqual(r.status, 200)
+        for i in range(n_tcp):
+            r = hb.request(gw.port, "GET", f"/y{i}")  # an HTTP request relayed at L4
+            self.assertEqual(r.status, 200)
+        for _ in range(3):
+            self.assertEqual(hb.request(int(gw.web), "GET", "/c", headers=[("X-Canary", "1")]).status, 200)
+        self.assertEqual(hb.request(int(gw.web), "GET", "/e", headers=[("X-Be-Status", "503")]).status, 503)
+        with socket.create_connection((LO, int(gw.web)), timeout=T(5)) as s:  # gw answers 400 itself
+            s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+            self.assertEqual(hb.read_response(s).status, 400)
+        with socket.create_connection((LO, int(gw.dev)), timeout=T(5)) as s:  # a bad first frame
+            s.sendall(frame(b"{not json"))
+            self.assertEqual(s.recv(100), b"")
+        held = socket.create_connection((LO, gw.port), timeout=T(5))  # an open L4 connection
+        try:
+            def moved():
+                m = gw.admin.metrics()
+                return metric(m, "gw_listener_active", listener="l4", protocol="tcp") == 1 and m
+            m1 = wait_until(moved, T(5), msg="an open tcp connection in gw_listener_active")
+            d = lambda name, **l: metric_sum(m1, name, **l) - metric_sum(m0, name, **l)  # noqa: E731
+            self.assertEqual(d("gw_listener_accepted_total", listener="web"), n_http + 3 + 1 + 1)
+            self.assertEqual(d("gw_listener_accepted_total", listener="l4"), n_tcp + 1)
+            self.assertEqual(d("gw_listener_accepted_total", listener="dev"), 1)
+            self.assertEqual(d("gw_listener_http_requests_total", listener="web"), n_http + 3 + 1 + 1)
+            self.assertEqual(metric(m1, "gw_listener_http_errors_total", listener="web", protocol="http", code="400"),
+                             1)
+            self.assertEqual(metric(m1, "gw_listener_rejected_total", listener="dev", protocol="frame",
+                                    reason="bad_json"), 1)
+            self.assertEqual(metric_sum(m1, "gw_worker_frame_rejects_total", reason="bad_json"), 1)
+            # Hosts: app's two got the http requests (not the canary ones) and the tcp connections.
+            self.assertEqual(d("gw_upstream_host_requests_total", upstream="app"), n_http + 1 + n_tcp + 1)
+            self.assertEqual(d("gw_upstream_host_requests_total", upstream="pre"), 3)
+            self.assertEqual(d("gw_upstream_host_responses_total", upstream="app", **{"class": "2xx"}), n_http)
+            self.assertEqual(d("gw_upstream_host_responses_total", upstream="app", **{"class": "5xx"}), 1)
+            self.assertEqual(d("gw_upstream_host_responses_total", upstream="pre", **{"class": "2xx"}), 3)
+            self.assertEqual(d("gw_upstream_host_response_seconds_count", upstream="app"), n_http + 1)
+            self.assertGreater(d("gw_upstream_host_response_seconds_sum", upstream="app"), 0)
+            # Every tcp connection connects; http connections may be reused (keep-alive).
+            self.assertGreaterEqual(d("gw_upstream_host_connect_seconds_count", upstream="app"), n_tcp + 1)
+            self.assertEqual(metric_sum(m1, "gw_upstream_host_active", upstream="app"), 1)
+            self.assertEqual(metric(m1, "gw_rule_hits_total", listener="web", route="default", rule="canary",
+                                    upstream="pre"), 3)
+            self.assertEqual(d("gw_worker_accepted_total"), n_http + n_tcp + 3 + 1 + 1 + 1 + 1)
+        finally:
+            held.close()
+        m2 = wait_until(lambda: (lambda m: metric(m, "gw_listener_active", listener="l4", protocol="tcp") == 0 and m)(
+            gw.admin.metrics()), T(5), msg="the tcp connection closed in gw_listener_active")
+        self.assertEqual(metric_sum(m2, "gw_upstream_host_active", upstream="app"), 0)
+
+        # Admin state and health gauges follow gwctl.
+        self.assertGwctlOk(gw, "down", "host", "app/primary", "b")
+        m3 = gw.admin.metrics()
+        self.assertEqual(metric(m3, "gw_upstream_host_admin_up", upstream="app", pool="primary", host="b",
+                                address=self.b.address), 0)
+        self.assertEqual(metric(m3, "gw_upstream_hosts_usable", upstream="app"), 1)
+        self.b.stop()
+        for _ in range(2):
+            hb.request(gw.port, "GET", "/z")  # b is down by admin; a serves
+        self.assertGwctlOk(gw, "up", "host", "app/primary", "b")
+        # b is stopped: a connection to it fails and passive health takes it down.
+        wait_until(lambda: (hb.request(gw.port, "GET", "/w").status == 200 and
+                            metric(gw.admin.metrics(), "gw_upstream_host_health", upstream="app", pool="primary",
+                                   host="b", address=self.b.address, state="down") == 1),
+                   T(10), msg="host b down in gw_upstream_host_health")
+        m4 = gw.admin.metrics()
+        self.assertGreaterEqual(metric(m4, "gw_upstream_host_failures_total", upstream="app", pool="primary",
+                                       host="b", address=self.b.address), 1)
+
+    # ------------------------------------------------------------------ API <-> gwctl
+
+    def test_api_and_gwctl_see_each_others_writes(self):
+        gw = self.admin_gateway()
+        api = gw.admin
+        # GET /status is gwctl status --json (the same function builds both).
+        st_api, st_ctl = api.get_json("/status"), gw.status()
+        self.assertEqual(gwtest.table_snapshot(st_api), gwtest.table_snapshot(st_ctl))
+        self.assertEqual(set(st_api), set(st_ctl))
+
+        # API writes -> gwctl.
+        r = api.req("POST", "/upstreams/app/pools/primary/hosts", {"id": "d", "address": f"{LO}:9", "weight": 7},
+                    token=TOKEN)
+        self.assertEqual(r.status, 201, r.body)
+        self.assertEqual(r.json()["message"], f"add host app/primary/d {LO}:9 weight=7")
+        self.assertHost(gw, "app/primary/d", address=f"{LO}:9", weight=7, admin="up")
+        r = api.req("POST", "/upstreams/app/pools/primary/hosts/d/down", token=TOKEN)
+        self.assertEqual((r.status, r.json()["changed"]), (200, True))
+        self.assertHost(gw, "app/primary/d", admin="down")
+        r = api.req("POST", "/upstreams/app/pools/primary/hosts/d/down", token=TOKEN)
+        self.assertEqual(r.json(), {"ok": True, "changed": False, "message": "host app/primary/d is already down",
+                                    "generation": gw.status()["generation"]})
+        self.assertEvent(gw, rf"^host_down app/primary/d {LO}:9 \(admin: api down\)$")
+        self.assertEqual(api.req("POST", "/upstreams/app/pools", {"id": "dr", "priority": 5}, token=TOKEN).status, 201)
+        self.assertEqual(api.req("PUT", "/upstreams/app/pools/dr", {"method": "least_conn"}, token=TOKEN).status, 200)
+        p = gwtest.find_pool(gw.status(), "app/dr")
+        self.assertEqual((p["priority"], p["method"]), (5, "least_conn"))
+        self.assertEqual(api.req("POST", "/listeners/web/routes/default/rules",
+                                 {"id": "gray", "upstream": "pre", "ip": ["127.0.0.2", "10.0.0.0/8"], "percent": 5},
+                                 token=TOKEN).status, 201)
+        rules = gw.status()["routes"][0]["rules"]
+        self.assertEqual([(x["id"], x["upstream"], x["ip"], x["percent"]) for x in rules],
+                         [("gray", "pre", ["127.0.0.2/32", "10.0.0.0/8"], 5)])
+        self.assertEqual(api.req("PUT", "/listeners/web/routes/default/rules/gray",
+                                 {"upstream": "pre", "cookie": "beta=yes"}, token=TOKEN).status, 200)
+        rules = gw.status()["routes"][0]["rules"]
+        self.assertEqual(rules[0]["cookie"], {"name": "beta", "value": "yes"})
+        self.assertNotIn("ip", rules[0])
+        rc, out, err = gw.gwctl("status")
+        self.assertIn("gray", out)
+        # The state file has what the API did (the same writer path persists it).
+        with open(gw.config["state_file"]) as f:
+            state = json.load(f)
+        hosts = [h["id"] for u in state["upstreams"] if u["name"] == "app" for p in u["pools"] for h in p["hosts"]]
+        self.assertIn("d", hosts)
+
+        # gwctl writes -> API.
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "e", f"{LO}:10", "--weight", "3")
+        self.assertEqual(api.get_json("/upstreams/app/pools/primary/hosts/e")["weight"], 3)
+        self.assertGwctlOk(gw, "down", "host", "app/primary", "a")
+        self.assertEqual(api.get_json("/upstreams/app/pools/primary/hosts/a")["admin"], "down")
+        self.assertGwctlOk(gw, "remove", "host", "app/primary", "e")
+        self.assertEqual(api.req("GET", "/upstreams/app/pools/primary/hosts/e").status, 404)
+        self.assertGwctlOk(gw, "remove", "rule", "web", "default", "gray")
+        self.assertEqual(api.get_json("/listeners/web/routes/default/rules")["rules"], [])
+        self.assertGwctlOk(gw, "set", "pool", "app", "dr", "--priority", "9")
+        self.assertEqual(api.get_json("/upstreams/app/pools/dr")["priority"], 9)
+
+        # API removes; events both ways; /events paging.
+        self.assertEqual(api.req("DELETE", "/upstreams/app/pools/dr", token=TOKEN).status, 200)
+        self.assertEqual(api.req("DELETE", "/upstreams/app/pools/primary/hosts/d", token=TOKEN).status, 200)
+        self.assertNoHost(gw, "app/primary/d")
+        texts = gw.event_texts()
+        ev = api.get_json("/events?since=0")
+        self.assertEqual([e["text"] for e in ev["events"]], texts)
+        self.assertEqual(ev["next"], len(texts))
+        self.assertEqual([e["seq"] for e in ev["events"]], list(range(len(texts))))
+        tail = api.get_json(f"/events?since={len(texts) - 2}&limit=1")
+        self.assertEqual([e["text"] for e in tail["events"]], texts[-2:-1])
+        self.assertEqual(api.get_json(f"/events?since={len(texts)}")["events"], [])
+
+    # ------------------------------------------------------------------ 4xx
+
+    def test_every_error_answer(self):
+        gw = self.admin_gateway(shm={"max_hosts": 5, "max_pools": 4})
+        api = gw.admin
+        good = {"id": "d", "address": f"{LO}:9"}
+        H = "/upstreams/app/pools/primary/hosts"
+        # 400
+        self.assertApiError(gw, 400, "POST", H, "{not json")
+        self.assertApiError(gw, 400, "POST", H, "[1]", message="body: expected a JSON object, got an array")
+        self.assertApiError(gw, 400, "POST", H, {"id": "d"}, message="body: missing required key \"address\"")
+        self.assertApiError(gw, 400, "POST", H, {"id": "d", "address": f"{LO}:9", "weight": 5000},
+                            message="body.weight: expected an integer 0..1000, got 5000")
+        self.assertApiError(gw, 400, "POST", H, {"id": "d", "address": f"{LO}:9", "colour": 1},
+                            message="body.colour: unknown key")
+        self.assertApiError(gw, 400, "POST", H, {"id": "d", "address": f"{LO}:70000"},
+                            message=f"body.address: bad address \"{LO}:70000\": port must be an integer 1..65535, "
+                                    "got \"70000\"")
+        self.assertApiError(gw, 400, "POST", "/upstreams/app/pools", {"id": "x", "method": "fastest"})
+        self.assertApiError(gw, 400, "PUT", "/upstreams/app/pools/primary", {})
+        self.assertApiError(gw, 400, "POST", "/listeners/web/routes/default/rules", {"id": "r", "upstream": "pre"},
+                            message="body: a rule needs at least one matcher (ip, header, cookie or percent)")
+        self.assertApiError(gw, 400, "PUT", "/listeners/web/routes/default/rules/r",
+                            {"id": "other", "upstream": "pre", "percent": 1})
+        self.assertApiError(gw, 400, "GET", "/events?since=-1")
+        self.assertApiError(gw, 400, "GET", "/upstreams/a%2Fb", token=None)
+        # 401, with WWW-Authenticate
+        r, _ = self.assertApiError(gw, 401, "POST", H, good, token=None,
+                                   message="this needs the admin token: send Authorization: Bearer TOKEN")
+        self.assertEqual(r.header("WWW-Authenticate"), 'Bearer realm="gw"')
+        r, _ = self.assertApiError(gw, 401, "POST", H, good, token=TOKEN[:-1] + "X", message="invalid admin token")
+        self.assertEqual(r.header("WWW-Authenticate"), 'Bearer realm="gw", error="invalid_token"')
+        self.assertApiError(gw, 401, "POST", H, good, token=TOKEN + "0")
+        self.assertApiError(gw, 401, "DELETE", H + "/a", token=None, headers=[("Authorization", f"Basic {TOKEN}")])
+        # 404
+        self.assertApiError(gw, 404, "GET", "/nope", token=None, message="no such endpoint: /nope")
+        self.assertApiError(gw, 404, "POST", "/upstreams/nope/pools/primary/hosts", good,
+                            message="unknown upstream \"nope\"")
+        self.assertApiError(gw, 404, "POST", "/upstreams/app/pools/nope/hosts", good, message="unknown pool \"app/nope\"")
+        self.assertApiError(gw, 404, "DELETE", H + "/zz", message="unknown host \"app/primary/zz\"")
+        self.assertApiError(gw, 404, "POST", H + "/zz/down", message="unknown host \"app/primary/zz\"")
+        self.assertApiError(gw, 404, "POST", "/listeners/web/routes/nope/rules",
+                            {"id": "r", "upstream": "pre", "percent": 1},
+                            message="listener \"web\" has no route \"nope\"")
+        self.assertApiError(gw, 404, "DELETE", "/listeners/web/routes/default/rules/ghost",
+                            message="unknown rule \"web/default/ghost\"")
+        # 405, with Allow
+        r, _ = self.assertApiError(gw, 405, "DELETE", "/metrics")
+        self.assertEqual(r.header("Allow"), "GET, HEAD")
+        r, _ = self.assertApiError(gw, 405, "PUT", H + "/a")
+        self.assertEqual(r.header("Allow"), "GET, HEAD, DELETE")
+        r, _ = self.assertApiError(gw, 405, "GET", H + "/a/down", token=None)
+        self.assertEqual(r.header("Allow"), "POST")
+        # 409: duplicates, a pool that still has hosts
+        self.assertApiError(gw, 409, "POST", H, {"id": "a", "address": f"{LO}:9"},
+                            message="host app/primary/a already exists")
+        self.assertApiError(gw, 409, "POST", "/upstreams/app/pools", {"id": "primary"},
+                            message="pool app/primary already exists")
+        self.assertApiError(gw, 409, "DELETE", "/upstreams/app/pools/primary",
+                            message="pool app/primary still has 2 host(s); remove them first")
+        # 507: the host table is full (5 slots: a, b, c, x + one).
+        self.assertEqual(api.req("POST", H, good, token=TOKEN).status, 201)
+        self.assertApiError(gw, 507, "POST", H, {"id": "e", "address": f"{LO}:9"},
+                            message="host table is full (shm.max_hosts = 5)")
+        # 413, 414, 431: the server's limits (the connection closes after them).
+        big = json.dumps({"id": "f", "address": f"{LO}:9", "pad": "x" * 70000})
+        r, _ = self.assertApiError(gw, 413, "POST", H, big)
+        self.assertEqual(r.header("Connection"), "close")
+        with socket.create_connection((LO, api.port), timeout=T(5)) as s:  # chunked, growing past the limit
+            s.sendall(f"POST {H} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                      "Transfer-Encoding: chunked\r\n\r\n".encode())
+            try:
+                for _ in range(10):
+                    s.sendall(b"4000\r\n" + b"x" * 0x4000 + b"\r\n")
+            except OSError:
+                pass
+            self.assertEqual(hb.read_response(s).status, 413)
+        self.assertApiError(gw, 414, "GET", "/" + "x" * 5000, token=None)
+        self.assertApiError(gw, 431, "GET", "/status", token=None, headers=[("X-Pad", "y" * 9000)])
+        # The gateway still answers and serves.
+        self.assertEqual(api.req("GET", "/status").status, 200)
+        self.assertEqual(hb.request(gw.port, "GET", "/").status, 200)
+
+    def test_writes_refused_without_token_and_on_a_clustered_node(self):
+        gw = self.admin_gateway(token=None)
+        r, msg = self.assertApiError(gw, 403, "POST", "/upstreams/app/pools/primary/hosts/a/down", token=TOKEN)
+        self.assertEqual(msg, "writes are disabled: the gateway's config has no admin.token")
+        self.assertEqual(gw.admin.req("GET", "/").status, 200)  # reads need no token
+        self.assertEqual(gw.admin.req("GET", "/metrics").status, 200)
+
+        # A clustered node (etcd unreachable here: it serves and keeps trying):
+        # pool and host writes are refused as gwctl refuses them; rules stay local.
+        gw2 = self.admin_gateway(extra={"cluster": {"etcd": [f"http://{LO}:{free_port()}"]}})
+        r, msg = self.assertApiError(gw2, 409, "POST", "/upstreams/app/pools/primary/hosts/a/down")
+        rc, _, err = gw2.gwctl("down", "host", "app/primary", "a")
+        self.assertEqual(rc, 1)
+        self.assertEqual(err.strip(), "gwctl: " + msg)
+        r = gw2.admin.req("POST", "/listeners/web/routes/default/rules", {"id": "r", "upstream": "pre", "percent": 1},
+                          token=TOKEN)
+        self.assertEqual(r.status, 201, r.body)
+
+    # ------------------------------------------------------------------ the server itself
+
+    def test_bad_and_slow_clients_do_not_hang_the_server(self):
+        gw = self.admin_gateway(timeout_ms=1000)
+        api = gw.admin
+        # Idle connections and ones that send half a head (slowloris).
+        idle = [socket.create_connection((LO, api.port), timeout=T(5)) for _ in range(20)]
+        slow = []
+        for _ in range(10):
+            s = socket.create_connection((LO, api.port), timeout=T(5))
+            s.sendall(b"GET /met")
+            slow.append(s)
+        t0 = time.monotonic()
+        self.assertEqual(api.req("GET", "/metrics").status, 200)
+        self.assertLess(time.monotonic() - t0, T(2))
+        # They are closed by admin.timeout_ms (1 s), not held forever.
+        for s in idle[:3] + slow[:3]:
+            self.assertConnectionClosed(s, T(4))
+        for s in idle + slow:
+            s.close()
+        # More connections than slots (128): the newest request is still served.
+        flood = [socket.create_connection((LO, api.port), timeout=T(5)) for _ in range(140)]
+        try:
+            self.assertEqual(api.req("GET", "/status").status, 200)
+        finally:
+            for s in flood:
+                s.close()
+        # Garbage: 400 and close.
+        with socket.create_connection((LO, api.port), timeout=T(5)) as s:
+            s.sendall(b"\x16\x03\x01\x02\x00garbage\r\n\r\n")
+            r = hb.read_response(s)
+            self.assertEqual(r.status, 400)
+            self.assertEqual(s.recv(100), b"")
+        # Keep-alive, pipelining, HEAD, a half-closed client, Expect: 100-continue.
+        with socket.create_connection((LO, api.port), timeout=T(5)) as s:
+            rd = hb.Reader(s)
+            s.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\nHEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+            r1 = hb.read_response(rd)
+            r2 = hb.read_response(rd, "HEAD")
+            r3 = hb.read_response(rd)
+            self.assertEqual((r1.status, r2.status, r3.status), (200, 200, 404))
+            self.assertEqual(json.loads(r1.body)["shm"], gw.shm)
+            self.assertEqual(r2.body, b"")
+            self.assertGreater(int(r2.header("Content-Length")), 1000)
+            s.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertEqual(hb.read_response(rd).status, 200)
+        with socket.create_connection((LO, api.port), timeout=T(5)) as s:
+            s.sendall(b"GET /events HTTP/1.0\r\n\r\n")
+            s.shutdown(socket.SHUT_WR)
+            r = hb.read_response(s)
+            self.assertEqual(r.status, 200)
+            self.assertIn("events", json.loads(r.body))
+        r = api.req("POST", "/upstreams/app/pools/primary/hosts/a/down", token=TOKEN,
+                    headers=[("Expect", "100-continue")], body=b"")
+        self.assertEqual(r.status, 200)
+        with socket.create_connection((LO, api.port), timeout=T(5)) as s:
+            body = json.dumps({"id": "q", "address": f"{LO}:9"}).encode()
+            s.sendall(f"POST /upstreams/app/pools/primary/hosts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                      f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode())
+            rd = hb.Reader(s)
+            self.assertTrue(rd.read_head().startswith(b"HTTP/1.1 100 Continue"))
+            s.sendall(body)
+            self.assertEqual(hb.read_response(rd).status, 201)
+        # A body that never comes: closed after the timeout; the server serves others meanwhile.
+        with socket.create_connection((LO, api.port), timeout=T(5)) as s:
+            s.sendall(f"POST /upstreams/app/pools HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                      "Content-Length: 100\r\n\r\n{".encode())
+            self.assertEqual(api.req("GET", "/status").status, 200)
+            self.assertConnectionClosed(s, T(4))
+        # The admin process killed: the master respawns it; the data plane never noticed.
+        pid = next(p for p in gw.children() if read_text(f"/proc/{p}/comm").strip() == "gwd-admin")
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: self._admin_up(gw), T(5), msg="the admin server is respawned")
+        self.assertEqual(hb.request(gw.port, "GET", "/").status, 200)
+        self.assertNotIn(pid, gw.children())
+
+    # ------------------------------------------------------------------ dashboard
+
+    @unittest.skipUnless(CHROMIUM, "Debian chromium is not installed (tools/setup.sh installs it)")
+    def test_dashboard_in_headless_chromium(self):
+        gw = self.admin_gateway()
+        for i in range(5):
+            hb.request(int(gw.web), "GET", f"/d{i}")
+        profile = tempfile.mkdtemp(prefix="gw-chromium-", dir=self.tmp)
+        url = f"http://{LO}:{gw.admin.port}/"
+        log = open(os.path.join(self.tmp, "chromium.log"), "wb")
+        proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1200,900",
+             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", url],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=gwtest._child_preexec)
+        log.close()
+        cdp = None
+
+        def stop_chromium():
+            if cdp:
+                try:
+                    cdp.call("Browser.close")
+                except (AssertionError, OSError):
+                    pass
+                cdp.close()
+            deadline = time.monotonic() + T(10)
+            while time.monotonic() < deadline:
+                pids = session_pids(proc.pid)
+                if not pids:
+                    break
+                for p in pids:
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except OSError:
+                        pass
+                time.sleep(0.05)
+            try:
+                proc.wait(T(10))
+            except subprocess.TimeoutExpired:
+                pass
+            for p in session_pids(proc.pid):
+                gwtest.reap(p)
+            left = session_pids(proc.pid)
+            if left:
+                raise AssertionError(f"chromium processes left: {left}")
+        self.addCleanup(stop_chromium)
+
+        port_file = os.path.join(profile, "DevToolsActivePort")
+        wait_until(lambda: os.path.exists(port_file) and read_text(port_file).count("\n") >= 1, T(20),
+                   msg="Chromium's DevToolsActivePort")
+        devtools = int(read_text(port_file).split("\n")[0])
+
+        def page_target():
+            with urllib.request.urlopen(f"http://{LO}:{devtools}/json/list", timeout=T(5)) as f:
+                for t in json.load(f):
+                    if t.get("type") == "page" and t.get("url", "").startswith(url):
+                        return t["webSocketDebuggerUrl"]
+            return None
+        ws = wait_until(page_target, T(20), msg="the dashboard page in Chromium")
+        cdp = CDP(ws, T(10))
+        cdp.call("Runtime.enable")
+
+        def cell(host, col):
+            return cdp.evaluate(f'(() => {{ const e = document.querySelector(\'tr[data-host="{host}"] .{col}\'); '
+                                f'return e ? e.textContent : null; }})()')
+        wait_until(lambda: cell("app/primary/a", "admin") == "up", T(20), msg="the dashboard renders host a")
+        self.assertEqual(cell("app/primary/b", "address"), self.b.address)
+        self.assertEqual(cell("pre/main/c", "health"), "up")
+        self.assertEqual(cdp.evaluate("document.getElementById('shm').textContent"), gw.shm)
+        # Traffic shows as a rate after two polls.
+        for i in range(20):
+            hb.request(int(gw.web), "GET", f"/r{i}")
+        wait_until(lambda: (cell("app/primary/a", "rps") or "-") not in ("-", "0.0"), T(5),
+                   msg="a request rate on the dashboard")
+
+        # gwctl down host: the page shows it within a couple of seconds (it polls once a second).
+        self.assertGwctlOk(gw, "down", "host", "app/primary", "a")
+        t0 = time.monotonic()
+        wait_until(lambda: cell("app/primary/a", "admin") == "down", T(5), interval=0.05,
+                   msg="the dashboard shows host a down")
+        self.assertLess(time.monotonic() - t0, T(2.5))
+        self.assertEqual(cell("app/primary/b", "admin"), "up")
+        wait_until(lambda: "host_down app/primary/a" in (cdp.evaluate(
+            "document.getElementById('events').textContent") or ""), T(3), msg="the event on the dashboard")
+        self.assertIn("live", cdp.evaluate("document.getElementById('conn').textContent"))
+        # No request for anything but the admin server (no CDN, no fonts).
+        resources = cdp.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+        self.assertTrue(all(r.startswith(url) for r in resources), resources)
+
+        # The viewport the screenshot shows: 1200 x 900 CSS pixels, whatever the
+        # headless window's own frame takes.
+        cdp.call("Emulation.setDeviceMetricsOverride", width=1200, height=900, deviceScaleFactor=1, mobile=False)
+        wait_until(lambda: cdp.evaluate("window.innerHeight") == 900, T(5), msg="the 1200x900 viewport")
+        shot = cdp.call("Page.captureScreenshot", format="png")
+        png = base64.b64decode(shot["data"])
+        self.assertEqual(png[:8], b"\x89PNG\r\n\x1a\n")
+        width, height = struct.unpack(">II", png[16:24])
+        self.assertEqual((width, height), (1200, 900))
+        os.makedirs(OUTPUT_DIR, exist_ok=True)
+        path = os.path.join(OUTPUT_DIR, "admin-dashboard.png")
+        with open(path, "wb") as f:
+            f.write(png)
+        sys.stderr.write(f"\n[test_admin] dashboard screenshot: {path}\n")
+
+
+if __name__ == "__main__":
+    gwtest.main()

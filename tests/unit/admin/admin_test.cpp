@@ -1,0 +1,550 @@
+// The admin server's pure pieces: the Prometheus text writer, the path
+// router, the JSON bodies, the constant-time compare; and, on a real (test)
+// segment, the API handler and the data plane's metric helpers.
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <string>
+
+#include "../test_util.hpp"
+#include "gw/admin/api.hpp"
+#include "gw/admin/prom.hpp"
+#include "gw/admin/status.hpp"
+#include "gw/balance/snapshot.hpp"
+#include "gw/config/config.hpp"
+#include "gw/shm/events.hpp"
+#include "gw/shm/ops.hpp"
+#include "gw/shm/runtime.hpp"
+#include "gw/shm/writer.hpp"
+#include "proxy/metrics.hpp"
+
+using namespace gw;
+using namespace gw::admin;
+using gw::testing::TempSegment;
+
+namespace {
+
+core::SockAddr addr(const char* text) {
+  core::SockAddr a;
+  std::string why;
+  REQUIRE(core::parse_address(text, a, why));
+  return a;
+}
+
+// upstreams app (pool primary: a, b) and pre; an http listener web with route default.
+void seed(const shm::Segment& seg) {
+  shm::Writer w(seg);
+  w.set_persist(false);
+  w.commit([](shm::Table& t, std::vector<std::string>& ev) {
+    for (const char* name : {"app", "pre"}) {
+      shm::UpstreamRecord r{};
+      shm::set_name(r.name, name);
+      r.max_fails = 1;
+      r.fail_timeout_ms = 1000;
+      r.tries = 1;
+      t.add_upstream(r);
+    }
+    int p = t.add_pool(0, "primary", 0, shm::Method::round_robin);
+    t.add_host(p, "a", addr("127.0.0.1:1001"), 1);
+    t.add_host(p, "b", addr("127.0.0.1:1002"), 2);
+    t.add_pool(1, "main", 0, shm::Method::round_robin);
+    t.add_route("web", "default");
+    ev.push_back("seeded");
+  });
+}
+
+config::Config admin_config(const std::string& token) {
+  std::string json = R"({"upstreams": [{"name": "app", "pools": []}, {"name": "pre", "pools": []}],
+    "listeners": [{"name": "web", "listen": "127.0.0.1:18080", "protocol": "http", "upstream": "app"},
+                  {"name": "l4", "listen": "127.0.0.1:18081", "upstream": "app"}],
+    "admin": {"listen": "127.0.0.1:19900")";
+  if (!token.empty()) json += R"(, "token": ")" + token + "\"";
+  json += "}}";
+  auto r = config::load_string(json);
+  REQUIRE_MESSAGE(r.ok(), (r.errors.empty() ? "" : r.errors[0]));
+  return r.config;
+}
+
+const std::string kToken = "0123456789abcdef-secret";
+
+Response call(Api& api, std::string_view method, std::string_view target, std::string_view body = {},
+              std::string_view auth = {}) {
+  return api.handle(Request{method, target, auth, body});
+}
+
+}  // namespace
+
+TEST_SUITE("admin") {
+  TEST_CASE("prometheus escaping and values") {
+    CHECK(prom_escape_label("plain") == "plain");
+    CHECK(prom_escape_label("a\\b\"c\nd") == "a\\\\b\\\"c\\nd");
+    CHECK(prom_escape_help("x \\ \"y\"\nz") == "x \\\\ \"y\"\\nz");  // quotes stay in HELP
+    CHECK(prom_value(0) == "0");
+    CHECK(prom_value(42) == "42");
+    CHECK(prom_value(0.0005) == "0.0005");
+    CHECK(prom_value(2.5) == "2.5");
+    CHECK(prom_value(1.0 / 0.0) == "+Inf");
+    CHECK(prom_value(-1.0 / 0.0) == "-Inf");
+    CHECK(prom_value(0.0 / 0.0) == "NaN");
+  }
+
+  TEST_CASE("prometheus writer: families, labels, histograms") {
+    PromWriter w;
+    w.family("gw_x_total", "counter", "Things.\nTwo lines \\ here.");
+    const Label l[] = {{"listener", "we\"b"}, {"path", "a\\b"}};
+    w.sample("gw_x_total", l, 7);
+    w.sample("gw_x_total", 3);
+    w.family("gw_lat_seconds", "histogram", "Latency.");
+    const double bounds[] = {0.001, 0.01, 0.1};
+    const uint64_t counts[] = {2, 0, 5, 1};  // not cumulative; the last: above 0.1
+    const Label hl[] = {{"host", "a"}};
+    w.histogram("gw_lat_seconds", hl, bounds, counts, 1.25);
+    CHECK(w.text() ==
+          "# HELP gw_x_total Things.\\nTwo lines \\\\ here.\n"
+          "# TYPE gw_x_total counter\n"
+          "gw_x_total{listener=\"we\\\"b\",path=\"a\\\\b\"} 7\n"
+          "gw_x_total 3\n"
+          "# HELP gw_lat_seconds Latency.\n"
+          "# TYPE gw_lat_seconds histogram\n"
+          "gw_lat_seconds_bucket{host=\"a\",le=\"0.001\"} 2\n"
+          "gw_lat_seconds_bucket{host=\"a\",le=\"0.01\"} 2\n"
+          "gw_lat_seconds_bucket{host=\"a\",le=\"0.1\"} 7\n"
+          "gw_lat_seconds_bucket{host=\"a\",le=\"+Inf\"} 8\n"
+          "gw_lat_seconds_sum{host=\"a\"} 1.25\n"
+          "gw_lat_seconds_count{host=\"a\"} 8\n");
+  }
+
+  TEST_CASE("constant-time compare") {
+    CHECK(constant_time_equal("secret-token", "secret-token"));
+    CHECK_FALSE(constant_time_equal("Secret-token", "secret-token"));
+    CHECK_FALSE(constant_time_equal("secret-tokeN", "secret-token"));
+    CHECK_FALSE(constant_time_equal("secret-toke", "secret-token"));
+    CHECK_FALSE(constant_time_equal("secret-token-", "secret-token"));
+    CHECK_FALSE(constant_time_equal("", "secret-token"));
+    CHECK_FALSE(constant_time_equal("secret-token", ""));
+    CHECK(constant_time_equal("", ""));
+    // A prefix padded with NUL bytes is not the secret either.
+    CHECK_FALSE(constant_time_equal(std::string_view("secret\0\0\0\0\0\0", 12), "secret"));
+    CHECK_FALSE(constant_time_equal("secret", std::string_view("secret\0", 7)));
+  }
+
+  TEST_CASE("router: endpoints, methods, Allow, writes") {
+    auto m = route_request("GET", "/");
+    CHECK(m.endpoint == Endpoint::dashboard);
+    CHECK(m.method_allowed);
+    CHECK_FALSE(m.write);
+    CHECK(route_request("GET", "/metrics").endpoint == Endpoint::metrics);
+    CHECK(route_request("HEAD", "/status/").endpoint == Endpoint::status);
+    CHECK(route_request("GET", "/events").endpoint == Endpoint::events);
+    CHECK(route_request("GET", "/nope").endpoint == Endpoint::not_found);
+    CHECK(route_request("GET", "/statusx").endpoint == Endpoint::not_found);
+    CHECK(route_request("GET", "status").endpoint == Endpoint::not_found);
+    CHECK(route_request("GET", "/upstreams/a/b").endpoint == Endpoint::not_found);
+    CHECK(route_request("GET", "/upstreams/a/pools/p/hosts/h/sideways").endpoint == Endpoint::not_found);
+    CHECK(route_request("GET", "/a/b/c/d/e/f/g/h/i/j").endpoint == Endpoint::not_found);
+
+    m = route_request("DELETE", "/status");
+    CHECK(m.endpoint == Endpoint::status);
+    CHECK_FALSE(m.method_allowed);
+    CHECK(m.allow == "GET, HEAD");
+
+    m = route_request("POST", "/upstreams/app/pools/primary/hosts");
+    CHECK(m.endpoint == Endpoint::hosts);
+    CHECK(m.method_allowed);
+    CHECK(m.write);
+    CHECK(m.params[0] == "app");
+    CHECK(m.params[1] == "primary");
+
+    m = route_request("PUT", "/upstreams/app/pools/primary/hosts/a");
+    CHECK(m.endpoint == Endpoint::host);
+    CHECK_FALSE(m.method_allowed);
+    CHECK(m.allow == "GET, HEAD, DELETE");
+    CHECK(m.params[2] == "a");
+
+    m = route_request("POST", "/upstreams/app/pools/primary/hosts/a/down");
+    CHECK(m.endpoint == Endpoint::host_down);
+    CHECK(m.write);
+    m = route_request("GET", "/upstreams/app/pools/primary/hosts/a/up");
+    CHECK(m.endpoint == Endpoint::host_up);
+    CHECK_FALSE(m.method_allowed);
+    CHECK(m.allow == "POST");
+
+    m = route_request("PUT", "/upstreams/app/pools/primary");
+    CHECK(m.endpoint == Endpoint::pool);
+    CHECK(m.write);
+    m = route_request("POST", "/upstreams/app/pools");
+    CHECK(m.endpoint == Endpoint::pools);
+    CHECK(m.write);
+
+    m = route_request("PUT", "/listeners/web/routes/default/rules/canary");
+    CHECK(m.endpoint == Endpoint::rule);
+    CHECK(m.write);
+    CHECK(m.params[0] == "web");
+    CHECK(m.params[1] == "default");
+    CHECK(m.params[2] == "canary");
+    CHECK(route_request("GET", "/listeners/web/routes/default/rules").endpoint == Endpoint::rules);
+    CHECK(route_request("GET", "/listeners/web/routes/default").endpoint == Endpoint::not_found);
+
+    // Percent-decoding of names; bad escapes, NUL and '/' are refused.
+    m = route_request("GET", "/upstreams/a%3Ab");
+    CHECK(m.params[0] == "a:b");
+    CHECK_FALSE(m.bad_path);
+    CHECK(route_request("GET", "/upstreams/a%2Fb").bad_path);
+    CHECK(route_request("GET", "/upstreams/a%00").bad_path);
+    CHECK(route_request("GET", "/upstreams/a%4").bad_path);
+    CHECK(route_request("GET", "/upstreams/a%zz").bad_path);
+    CHECK(route_request("GET", "/upstreams//pools").bad_path);
+  }
+
+  TEST_CASE("query arguments") {
+    CHECK(query_arg("since=3&limit=10", "since") == "3");
+    CHECK(query_arg("since=3&limit=10", "limit") == "10");
+    CHECK_FALSE(query_arg("since=3", "limit").has_value());
+    CHECK(query_arg("flag&x=1", "flag") == "");
+    CHECK_FALSE(query_arg("", "since").has_value());
+  }
+
+  TEST_CASE("host bodies") {
+    HostBody b;
+    CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:8083", "weight": 5})", b) == "");
+    CHECK(b.id == "c");
+    CHECK(b.address == addr("127.0.0.1:8083"));
+    CHECK(b.weight == 5);
+    HostBody d;
+    CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:8083"})", d) == "");
+    CHECK(d.weight == 1);
+    HostBody e;
+    CHECK(parse_host_body(R"({"address": "127.0.0.1:8083"})", e) == "body: missing required key \"id\"");
+    CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:8083", "weight": 5000})", e) ==
+          "body.weight: expected an integer 0..1000, got 5000");
+    CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:70000"})", e) ==
+          "body.address: bad address \"127.0.0.1:70000\": port must be an integer 1..65535, got \"70000\"");
+    CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:1", "wieght": 1})", e) == "body.wieght: unknown key");
+    CHECK(parse_host_body(R"({"id": "c d", "address": "127.0.0.1:1"})", e).starts_with("body.id: "));
+    CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:1", "id": "d"})", e) == "body.id: duplicate key");
+    CHECK(parse_host_body(R"([1, 2])", e) == "body: expected a JSON object, got an array");
+    CHECK(parse_host_body("", e) == "body: expected a JSON object, got an empty body");
+    CHECK(parse_host_body(R"({"id": )", e).starts_with("body: invalid JSON: "));
+    // Several errors at once, one line.
+    CHECK(parse_host_body(R"({"weight": "x"})", e) ==
+          "body.weight: expected an integer 0..1000, got string \"x\"; body: missing required key \"id\"; "
+          "body: missing required key \"address\"");
+  }
+
+  TEST_CASE("pool bodies") {
+    PoolBody p;
+    CHECK(parse_pool_body(R"({"id": "dr", "priority": 1, "method": "chash"})", true, p) == "");
+    CHECK(p.id == "dr");
+    CHECK(p.priority == 1);
+    CHECK(p.method == shm::Method::chash);
+    PoolBody q;
+    CHECK(parse_pool_body(R"({"priority": 3})", false, q) == "");
+    CHECK(q.priority == 3);
+    CHECK_FALSE(q.method.has_value());
+    PoolBody r;
+    CHECK(parse_pool_body(R"({})", false, r) == "body: set pool needs \"priority\" and/or \"method\"");
+    CHECK(parse_pool_body(R"({"id": "x", "priority": 1})", false, r) == "body.id: unknown key");
+    CHECK(parse_pool_body(R"({"priority": 1})", true, r) == "body: missing required key \"id\"");
+    CHECK(parse_pool_body(R"({"id": "x", "method": "fastest"})", true, r).starts_with(
+        "body.method: unknown method \"fastest\" (known: "));
+  }
+
+  TEST_CASE("rule bodies") {
+    shm::RuleSpec s;
+    CHECK(parse_rule_body(R"({"id": "canary", "upstream": "pre", "ip": ["127.0.0.2", "10.0.0.0/8"],
+                               "header": "X-Canary=1", "cookie": "beta=yes", "percent": 5})",
+                          "", s) == "");
+    CHECK(s.id == "canary");
+    CHECK(s.upstream == "pre");
+    REQUIRE(s.cidrs.size() == 2);
+    CHECK(s.cidrs[1].to_string() == "10.0.0.0/8");
+    CHECK(s.header_name == "X-Canary");
+    CHECK(s.header_value == "1");
+    CHECK(s.cookie_name == "beta");
+    CHECK(s.percent_bp == 500);
+    // set rule: the id comes from the path.
+    shm::RuleSpec t;
+    CHECK(parse_rule_body(R"({"upstream": "pre", "percent": 50})", "canary", t) == "");
+    CHECK(t.id == "canary");
+    CHECK(t.percent_bp == 5000);
+    CHECK(parse_rule_body(R"({"id": "canary", "upstream": "pre", "percent": 1})", "canary", t) == "");
+    CHECK(parse_rule_body(R"({"id": "other", "upstream": "pre", "percent": 1})", "canary", t) ==
+          "body.id: \"other\" differs from the rule in the path, \"canary\"");
+    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre"})", "", t) == "body: a rule needs at least one matcher (ip, header, cookie or percent)");
+    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "header": "novalue"})", "", t) ==
+          "body.header: expected \"NAME=VALUE\", got \"novalue\"");
+    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "percent": 101})", "", t) ==
+          "body.percent: expected a number 0..100, got 101");
+    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "ip": ["10.1.2.3/16"]})", "", t).starts_with("body.ip[0]: "));
+    CHECK(parse_rule_body(R"({"upstream": "pre", "percent": 1})", "", t) == "body: missing required key \"id\"");
+  }
+
+  TEST_CASE("the API on a segment: reads, writes, tokens, errors") {
+    TempSegment ts;
+    seed(ts.seg);
+    const config::Config cfg = admin_config(kToken);
+    Api api(ts.seg, cfg);
+    const std::string bearer = "Bearer " + kToken;
+
+    auto r = call(api, "GET", "/status");
+    CHECK(r.status == 200);
+    CHECK(r.body.find("\"id\": \"a\", \"address\": \"127.0.0.1:1001\"") != std::string::npos);
+    CHECK(r.body == status_json(ts.seg) + "\n");  // the same document as gwctl status --json
+
+    CHECK(call(api, "GET", "/").content_type == "text/html; charset=utf-8");
+    CHECK(call(api, "GET", "/metrics").content_type == "text/plain; version=0.0.4; charset=utf-8");
+    CHECK(call(api, "GET", "/upstreams/app/pools/primary/hosts/b").body.starts_with("{\"id\": \"b\", \"address\": \"127.0.0.1:1002\", \"weight\": 2"));
+    CHECK(call(api, "GET", "/upstreams/nope").status == 404);
+    CHECK(call(api, "GET", "/upstreams/nope").body == "{\"error\": \"unknown upstream \\\"nope\\\"\"}\n");
+    CHECK(call(api, "GET", "/upstreams/app/pools/primary/hosts/z").body == "{\"error\": \"unknown host \\\"app/primary/z\\\"\"}\n");
+    CHECK(call(api, "GET", "/nope").status == 404);
+    CHECK(call(api, "GET", "/events?since=x").status == 400);
+    CHECK(call(api, "GET", "/events?limit=0").status == 400);
+    CHECK(call(api, "GET", "/events?since=0&limit=1").body.find("\"text\": \"seeded\"") != std::string::npos);
+
+    // 405 with Allow.
+    r = call(api, "PATCH", "/upstreams/app/pools/primary");
+    CHECK(r.status == 405);
+    CHECK(r.allow == "GET, HEAD, PUT, DELETE");
+
+    const std::string host_c = R"({"id": "c", "address": "127.0.0.1:1003", "weight": 3})";
+    // 401: no token, another scheme, a wrong token (same length and not).
+    r = call(api, "POST", "/upstreams/app/pools/primary/hosts", host_c);
+    CHECK(r.status == 401);
+    CHECK(r.www_authenticate == "Bearer realm=\"gw\"");
+    CHECK(call(api, "POST", "/upstreams/app/pools/primary/hosts", host_c, "Basic " + kToken).status == 401);
+    std::string wrong = kToken;
+    wrong.back() = 'X';
+    r = call(api, "POST", "/upstreams/app/pools/primary/hosts", host_c, "Bearer " + wrong);
+    CHECK(r.status == 401);
+    CHECK(r.www_authenticate == "Bearer realm=\"gw\", error=\"invalid_token\"");
+    CHECK(call(api, "POST", "/upstreams/app/pools/primary/hosts", host_c, "Bearer " + kToken + "x").status == 401);
+    CHECK(call(api, "POST", "/upstreams/app/pools/primary/hosts", host_c, "Bearer").status == 401);
+
+    // The writes: through shm::ops, the same events as gwctl.
+    r = call(api, "POST", "/upstreams/app/pools/primary/hosts", host_c, bearer);
+    CHECK(r.status == 201);
+    CHECK(r.body.find("\"message\": \"add host app/primary/c 127.0.0.1:1003 weight=3\"") != std::string::npos);
+    shm::Table t(ts.seg.caps());
+    shm::read_published(ts.seg, t);
+    CHECK(t.find_host(0, "c") >= 0);
+    CHECK(call(api, "POST", "/upstreams/app/pools/primary/hosts", host_c, "bearer " + kToken).status == 409);
+    CHECK(call(api, "POST", "/upstreams/app/pools/nope/hosts", host_c, bearer).status == 404);
+    CHECK(call(api, "POST", "/upstreams/app/pools/primary/hosts", R"({"id": "d"})", bearer).status == 400);
+
+    r = call(api, "POST", "/upstreams/app/pools/primary/hosts/c/down", "", bearer);
+    CHECK(r.status == 200);
+    CHECK(r.body.find("\"changed\": true") != std::string::npos);
+    r = call(api, "POST", "/upstreams/app/pools/primary/hosts/c/down", "", bearer);
+    CHECK(r.body.find("\"changed\": false, \"message\": \"host app/primary/c is already down\"") != std::string::npos);
+    bool saw_event = false;
+    for (uint64_t i = 0; i < ts.seg.header().event_head.load(); ++i) {
+      shm::EventData e{};
+      if (shm::read_event(ts.seg, i, e) == shm::EventRead::ok &&
+          std::string(e.text) == "host_down app/primary/c 127.0.0.1:1003 (admin: api down)")
+        saw_event = true;
+    }
+    CHECK(saw_event);
+
+    CHECK(call(api, "POST", "/upstreams/app/pools", R"({"id": "dr", "priority": 1})", bearer).status == 201);
+    CHECK(call(api, "PUT", "/upstreams/app/pools/dr", R"({"method": "chash"})", bearer).status == 200);
+    CHECK(call(api, "POST", "/upstreams/app/pools", R"({"id": "dr"})", bearer).status == 409);
+    CHECK(call(api, "DELETE", "/upstreams/app/pools/primary", "", bearer).status == 409);  // not empty
+    CHECK(call(api, "DELETE", "/upstreams/app/pools/dr", "", bearer).status == 200);
+    CHECK(call(api, "DELETE", "/upstreams/app/pools/primary/hosts/c", "", bearer).status == 200);
+    CHECK(call(api, "DELETE", "/upstreams/app/pools/primary/hosts/c", "", bearer).status == 404);
+
+    // Rules.
+    const std::string rule = R"({"id": "canary", "upstream": "pre", "header": "X-Canary=1"})";
+    CHECK(call(api, "POST", "/listeners/web/routes/default/rules", rule, bearer).status == 201);
+    CHECK(call(api, "POST", "/listeners/web/routes/default/rules", rule, bearer).status == 409);
+    CHECK(call(api, "POST", "/listeners/web/routes/nope/rules", rule, bearer).status == 404);
+    CHECK(call(api, "POST", "/listeners/nope/routes/default/rules", rule, bearer).body ==
+          "{\"error\": \"unknown listener \\\"nope\\\" (or it is not an http listener)\"}\n");
+    CHECK(call(api, "PUT", "/listeners/web/routes/default/rules/canary", R"({"upstream": "pre", "percent": 10})", bearer)
+              .status == 200);
+    r = call(api, "GET", "/listeners/web/routes/default/rules/canary");
+    CHECK(r.body == "{\"id\": \"canary\", \"upstream\": \"pre\", \"percent\": 10, \"hits\": 0}\n");
+    CHECK(call(api, "PUT", "/listeners/web/routes/default/rules/ghost", R"({"upstream": "pre", "percent": 10})", bearer)
+              .status == 404);
+    CHECK(call(api, "POST", "/listeners/web/routes/default/rules", R"({"id": "x", "upstream": "nope", "percent": 1})",
+               bearer).status == 400);
+    CHECK(call(api, "DELETE", "/listeners/web/routes/default/rules/canary", "", bearer).status == 200);
+  }
+
+  TEST_CASE("the API: writes disabled without a token; full tables are 507; a clustered node refuses") {
+    TempSegment ts(shm::Caps{4, 8, 2});  // two hosts at most
+    seed(ts.seg);
+    const config::Config no_token = admin_config("");
+    Api ro(ts.seg, no_token);
+    auto r = call(ro, "POST", "/upstreams/app/pools/primary/hosts/a/down", "", "Bearer whatever");
+    CHECK(r.status == 403);
+    CHECK(r.body == "{\"error\": \"writes are disabled: the gateway's config has no admin.token\"}\n");
+    CHECK(call(ro, "GET", "/status").status == 200);
+
+    const config::Config cfg = admin_config(kToken);
+    Api api(ts.seg, cfg);
+    r = call(api, "POST", "/upstreams/app/pools/primary/hosts", R"({"id": "c", "address": "127.0.0.1:1003"})",
+             "Bearer " + kToken);
+    CHECK(r.status == 507);
+    CHECK(r.body == "{\"error\": \"host table is full (shm.max_hosts = 2)\"}\n");
+
+    ts.seg.header().cluster.state.store(shm::kClusterSynced);
+    r = call(api, "POST", "/upstreams/app/pools/primary/hosts/a/down", "", "Bearer " + kToken);
+    CHECK(r.status == 409);
+    CHECK(r.body.find("takes its pools and hosts from etcd") != std::string::npos);
+    // Rules stay local to each node.
+    CHECK(call(api, "POST", "/listeners/web/routes/default/rules", R"({"id": "x", "upstream": "pre", "percent": 1})",
+               "Bearer " + kToken).status == 201);
+  }
+
+  TEST_CASE("data plane helpers: listener, host and rule rows") {
+    TempSegment ts;
+    seed(ts.seg);
+    shm::ops::add_rule(ts.seg, "web", "default", [] {
+      shm::RuleSpec s;
+      s.id = "five";
+      s.upstream = "pre";
+      s.percent_bp = 500;
+      return s;
+    }());
+    shm::Table t(ts.seg.caps());
+    shm::read_published(ts.seg, t);
+    balance::Snapshot snap;
+    snap.build(t);
+    proxy::RelayEnv env;
+    env.seg = &ts.seg;
+    env.snap = &snap;
+    env.worker = 1;
+
+    proxy::metrics::listener_open(env, 0);
+    proxy::metrics::listener_open(env, 0);
+    proxy::metrics::listener_close(env, 0);
+    proxy::metrics::listener_reject(env, 1, shm::kRejectNoHost);
+    proxy::metrics::http_request(env, 0);
+    proxy::metrics::http_error(env, 0, 503);
+    proxy::metrics::http_error(env, 0, 418);  // not listed: "other"
+    env.worker = 0;
+    proxy::metrics::listener_open(env, 0);
+    auto lt = shm::listener_totals(ts.seg, 0);
+    CHECK(lt.accepted == 3);
+    CHECK(lt.active == 2);
+    CHECK(lt.http_requests == 1);
+    CHECK(lt.http_errors[shm::http_code_index(503)] == 1);
+    CHECK(lt.http_errors[0] == 1);
+    CHECK(shm::listener_totals(ts.seg, 1).rejects[shm::kRejectNoHost] == 1);
+    shm::clear_worker_counters(ts.seg, 1);  // worker 1 died: its connections are gone
+    CHECK(shm::listener_totals(ts.seg, 0).active == 1);
+    CHECK(shm::listener_totals(ts.seg, 0).accepted == 3);
+
+    const shm::HostRecord& a = t.hosts()[0];
+    proxy::metrics::host_connected(env, a.slot, a.tag, 400);      // <= 0.5 ms
+    proxy::metrics::host_connected(env, a.slot, a.tag, 1000);     // <= 1 ms (le is inclusive)
+    proxy::metrics::host_connected(env, a.slot, a.tag, 20000000); // above every bound
+    proxy::metrics::host_response(env, a.slot, a.tag, 503, core::monotonic_ns());
+    proxy::metrics::host_response(env, a.slot, a.tag, 200, core::monotonic_ns());
+    auto st = shm::host_stats_totals(ts.seg, a.slot, a.tag);
+    CHECK(st.connect.buckets[0] == 1);
+    CHECK(st.connect.buckets[1] == 1);
+    CHECK(st.connect.buckets[shm::kLatencyBuckets] == 1);
+    CHECK(st.connect.count() == 3);
+    CHECK(st.connect.sum_us == 20001400);
+    CHECK(st.responses[1] == 1);
+    CHECK(st.responses[4] == 1);
+    CHECK(st.response.count() == 2);
+
+    // Rule hits: by the id view the HTTP proxy holds (into the snapshot's table).
+    REQUIRE(t.rules().size() == 1);
+    const shm::RuleRecord& rr = t.rules()[0];
+    CHECK(rr.stat_tag != 0);
+    proxy::metrics::rule_hit(env, shm::name_of(rr.id));
+    proxy::metrics::rule_hit(env, shm::name_of(rr.id));
+    proxy::metrics::rule_hit(env, "five");  // a view from elsewhere counts nothing
+    CHECK(shm::rule_hits(ts.seg, rr.stat_slot, rr.stat_tag) == 2);
+
+    // set rule keeps the counters; remove + add gives fresh ones.
+    shm::RuleSpec s;
+    s.id = "five";
+    s.upstream = "pre";
+    s.percent_bp = 700;
+    shm::ops::set_rule(ts.seg, "web", "default", s);
+    shm::Table t2(ts.seg.caps());
+    shm::read_published(ts.seg, t2);
+    CHECK(t2.rules()[0].stat_tag == rr.stat_tag);
+    CHECK(shm::rule_hits(ts.seg, t2.rules()[0].stat_slot, t2.rules()[0].stat_tag) == 2);
+    shm::ops::remove_rule(ts.seg, "web", "default", "five");
+    shm::ops::add_rule(ts.seg, "web", "default", s);
+    shm::Table t3(ts.seg.caps());
+    shm::read_published(ts.seg, t3);
+    CHECK(t3.rules()[0].stat_tag != rr.stat_tag);
+    CHECK(shm::rule_hits(ts.seg, t3.rules()[0].stat_slot, t3.rules()[0].stat_tag) == 0);
+
+    // The metrics text carries them.
+    const config::Config cfg = admin_config(kToken);
+    const std::string text = metrics_text(ts.seg, t, cfg);
+    CHECK(text.find("gw_listener_accepted_total{listener=\"web\",protocol=\"http\"} 3\n") != std::string::npos);
+    CHECK(text.find("gw_listener_active{listener=\"web\",protocol=\"http\"} 1\n") != std::string::npos);
+    CHECK(text.find("gw_listener_rejected_total{listener=\"l4\",protocol=\"tcp\",reason=\"no_host\"} 1\n") !=
+          std::string::npos);
+    CHECK(text.find("gw_listener_http_errors_total{listener=\"web\",protocol=\"http\",code=\"503\"} 1\n") !=
+          std::string::npos);
+    CHECK(text.find("gw_upstream_host_responses_total{upstream=\"app\",pool=\"primary\",host=\"a\",address=\"127.0.0.1:"
+                    "1001\",class=\"5xx\"} 1\n") != std::string::npos);
+    CHECK(text.find("gw_upstream_host_connect_seconds_bucket{upstream=\"app\",pool=\"primary\",host=\"a\",address="
+                    "\"127.0.0.1:1001\",le=\"0.001\"} 2\n") != std::string::npos);
+    CHECK(text.find("gw_upstream_host_connect_seconds_count{upstream=\"app\",pool=\"primary\",host=\"a\",address="
+                    "\"127.0.0.1:1001\"} 3\n") != std::string::npos);
+    CHECK(text.find("gw_upstream_host_connect_seconds_sum{upstream=\"app\",pool=\"primary\",host=\"a\",address="
+                    "\"127.0.0.1:1001\"} 20.0014\n") != std::string::npos);
+    CHECK(text.find("gw_rule_hits_total{listener=\"web\",route=\"default\",rule=\"five\",upstream=\"pre\"} 2\n") !=
+          std::string::npos);
+    // Each family's HELP and TYPE appear once.
+    CHECK(text.find("# TYPE gw_upstream_host_connect_seconds histogram\n") ==
+          text.rfind("# TYPE gw_upstream_host_connect_seconds histogram\n"));
+
+    // Another tag on the slot (the host was removed, the slot reused): the row starts over.
+    proxy::metrics::host_connected(env, a.slot, a.tag + 1000, 10);
+    CHECK(shm::host_stats_totals(ts.seg, a.slot, a.tag).connect.count() == 0);
+    CHECK(shm::host_stats_totals(ts.seg, a.slot, a.tag + 1000).connect.count() == 1);
+  }
+
+  TEST_CASE("events: paging, a since past the head, events the ring overwrote") {
+    TempSegment ts;
+    for (int i = 0; i < 5; ++i) shm::emit_event(ts.seg, shm::EventKind::config, 1, "e" + std::to_string(i));
+    CHECK(events_json(ts.seg, 3, 10).ends_with("\"text\": \"e4\"}]}"));
+    CHECK(events_json(ts.seg, 3, 10).starts_with("{\"head\": 5, \"next\": 5, \"lost\": 0, \"events\": [{\"seq\": 3, "));
+    CHECK(events_json(ts.seg, 0, 2).starts_with("{\"head\": 5, \"next\": 2, \"lost\": 0, "));
+    CHECK(events_json(ts.seg, ~0ull, 1) == "{\"head\": 5, \"next\": 5, \"lost\": 0, \"events\": []}");
+    for (uint32_t i = 5; i < shm::kEventCapacity + 10; ++i) shm::emit_event(ts.seg, shm::EventKind::health, 1, "x");
+    const std::string j = events_json(ts.seg, 0, 1);
+    CHECK(j.starts_with(fmt::format("{{\"head\": {}, \"next\": 11, \"lost\": 10, \"events\": [{{\"seq\": 10, ",
+                                    shm::kEventCapacity + 10)));
+    CHECK(j.find("\"kind\": \"health\", \"text\": \"x\"") != std::string::npos);
+  }
+
+  TEST_CASE("admin config") {
+    auto bad = [](const std::string& admin) {
+      std::string json = R"({"upstreams": [{"name": "app", "pools": []}],
+        "listeners": [{"name": "l4", "listen": "127.0.0.1:18081", "upstream": "app"}], "admin": )" + admin + "}";
+      return config::load_string(json).errors;
+    };
+    CHECK(bad(R"({"listen": "127.0.0.1:9900"})").empty());
+    CHECK(bad(R"({"listen": "127.0.0.1:9900", "token": "0123456789abcdef", "timeout_ms": 1000})").empty());
+    auto e = bad(R"({"listen": "127.0.0.1:9900", "tokn": "x"})");
+    REQUIRE(e.size() == 1);
+    CHECK(e[0] == "admin.tokn: unknown key");
+    e = bad(R"({"token": "0123456789abcdef"})");
+    REQUIRE(e.size() == 1);
+    CHECK(e[0] == "admin: missing required key \"listen\"");
+    e = bad(R"({"listen": "127.0.0.1:9900", "token": "short"})");
+    REQUIRE(e.size() == 1);
+    CHECK(e[0] == "admin.token: expected 16..256 printable ASCII characters without spaces, got 5 character(s)");
+    e = bad(R"({"listen": "127.0.0.1:18081"})");
+    REQUIRE(e.size() == 1);
+    CHECK(e[0] == "admin.listen: address 127.0.0.1:18081 is already used by listeners[0]");
+    e = bad(R"({"listen": "nowhere"})");
+    REQUIRE(e.size() == 1);
+    CHECK(e[0].starts_with("admin.listen: bad address \"nowhere\""));
+  }
+}
