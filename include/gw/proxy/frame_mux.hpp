@@ -138,6 +138,31 @@ class FrameMux {
   void close_link(Device& d, int li) noexcept;
   void trim_links(Device& d) noexcept;
   void close_device(Device& d) noexcept;
+  /// Counts a refused device by reason (count_reject), notes the reason for
+  /// its access-log line, and closes it.
+  void reject(Device& d, FrameError e) noexcept;
+
+  // The access log of per-frame devices: what a line needs that the device
+  // record does not keep (so that a listener without access_log pays nothing).
+  // By device index, grown with devices_ within the same reservation, on the
+  // first device of a listener that logs.
+  struct DeviceLog {
+    uint64_t start_ms = 0;
+    uint64_t bytes_up = 0;    // frame bytes sent to hosts
+    uint64_t bytes_down = 0;  // bytes sent to the device
+    const char* end = "closed";
+    core::SockAddr peer;      // the device's address
+    uint8_t key_len = 0;
+    char key[kMaxKey] = {};   // the first frame's key
+  };
+  DeviceLog* log_of(const Device& d) noexcept {
+    const uint32_t i = index_of(d);
+    return i < logs_.size() && logs_[i].start_ms != 0 ? &logs_[i] : nullptr;
+  }
+  void note_end(Device& d, const char* why) noexcept {
+    if (DeviceLog* g = log_of(d)) g->end = why;
+  }
+  std::vector<DeviceLog> logs_;
   void release_device_buf(Device& d) noexcept;
 
   RelayEnv& env_;
