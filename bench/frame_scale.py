@@ -4,7 +4,7 @@
   hold   N concurrent device connections through gw (default 50,000) with
          heartbeats, once per listener mode (--hold-modes: "connection" routes
          once per connection, "frame" routes every frame and keeps a link per
-         host); gw's memory per proxied idle connection (summed RSS and PSS of
+         host; "tcp" is a plain L4 listener); gw's memory per proxied idle connection (summed RSS and PSS of
          the master and workers over the connections, and the growth over an
          idle gateway).
   rtt    heartbeat round trip through gw against straight to the same
@@ -185,7 +185,10 @@ class Bench:
         port = free_ports(1)[0]
         cfg = {
             "workers": workers, "shm": {"name": self.shm}, "state_file": "", "log_level": "warn",
-            "listeners": [{"name": "dev", "listen": f"127.0.0.1:{port}", "protocol": "frame", "upstream": "dev",
+            # mode "tcp": a plain L4 listener (round robin), the same devices and backends.
+            "listeners": [{"name": "dev", "listen": f"127.0.0.1:{port}", "protocol": "tcp", "upstream": "dev",
+                           "backlog": 4096} if mode == "tcp" else
+                          {"name": "dev", "listen": f"127.0.0.1:{port}", "protocol": "frame", "upstream": "dev",
                            "backlog": 4096, "frame": {"mode": mode}}],
             "upstreams": [{"name": "dev", "idle_timeout_ms": 3600000, "pools": [{"id": "p", "hosts": [
                 {"id": f"b{i}", "address": f"127.0.0.1:{bp}"} for i, bp in enumerate(backends)]}]}],
@@ -362,8 +365,9 @@ def report(args, results, build):
     if "hold" in results:
         for mode, h in results["hold"].items():
             ld = h["load"]
-            what = ("routed once, on the first frame" if mode == "connection"
-                    else "every frame routed by its own key, one link per host")
+            what = {"connection": "routed once, on the first frame",
+                    "frame": "every frame routed by its own key, one link per host",
+                    "tcp": "a plain tcp listener, round robin: an idle L4 proxied connection"}[mode]
             lines += [
                 f"**Hold, mode `{mode}`** ({what}): {h['connections']} concurrent device connections through gw "
                 f"({h['workers']} workers; per worker {h['per_worker']}), heartbeats at {args.hb_rate}/s each for "
@@ -436,8 +440,8 @@ def main():
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to bench/RESULTS.md")
     args = ap.parse_args()
     for m in args.hold_modes.split(","):
-        if m not in ("connection", "frame"):
-            sys.exit(f"frame_scale: unknown hold mode {m!r} (connection, frame)")
+        if m not in ("connection", "frame", "tcp"):
+            sys.exit(f"frame_scale: unknown hold mode {m!r} (connection, frame, tcp)")
     parts = [p for p in args.parts.split(",") if p]
     for p in parts:
         if p not in ("hold", "rtt", "churn"):
