@@ -142,12 +142,23 @@ class ClusterTest(GwTestCase):
     # -- nodes
     def node(self, i, n=3):
         urls = self.etcd.urls[i % n:] + self.etcd.urls[:i % n]   # node i prefers member i
+        admin_port = gwtest.free_port()
         cfg = self.make_config([pool("primary", [host("a", self.a)])], workers=1,
                                cluster={"etcd": urls, "prefix": self.prefix, "timeout_ms": 1000,
-                                        "reconnect_max_ms": 500})
+                                        "reconnect_max_ms": 500},
+                               admin={"listen": f"127.0.0.1:{admin_port}"})
         gw = gwtest.Gateway(self, cfg, conf_name=f"node{i}.json")
+        gw.admin_port = admin_port
         self._gateways.append(gw)
         return gw.start()
+
+    def cluster_metrics(self, gw):
+        """The gw_cluster_* samples of the node's GET /metrics: {"state": ..., "revision": N}."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{gw.admin_port}/metrics", timeout=T(5)) as r:
+            text = r.read().decode()
+        states = re.findall(r'(?m)^gw_cluster_state\{state="(\w+)"\} 1$', text)
+        rev = re.search(r"(?m)^gw_cluster_revision (\d+)$", text)
+        return {"state": states[0] if len(states) == 1 else states, "revision": int(rev.group(1)) if rev else None}
 
     def nodes(self, n=3):
         gws = [self.node(i) for i in range(n)]
@@ -268,6 +279,7 @@ class ClusterTest(GwTestCase):
             _, out, _ = gw.gwctl("status")
             self.assertRegex(out, r"(?m)^cluster: etcd DISCONNECTED since \S+, reconnecting; serving the table of revision \d+")
             self.assertEqual(gw.gwctl("check")[0], 0, "gwctl check must not fail over because of etcd")
+            self.assertEqual(self.cluster_metrics(gw)["state"], "disconnected", "GET /metrics: gw_cluster_state")
         p = self.ctl_etcd("add", "host", "app/primary", "b", b.address)
         out, err = p.communicate(timeout=T(30))
         self.assertIn("etcd", self.assert_one_line_error(p.returncode, err, "gwctl --etcd with etcd down"))
@@ -277,6 +289,9 @@ class ClusterTest(GwTestCase):
         self.etcd.wait_healthy(range(3))
         for gw in gws:
             self.wait_state(gw, "synced", T(10))
+            m = self.cluster_metrics(gw)
+            self.assertEqual(m["state"], "synced", "GET /metrics: gw_cluster_state after etcd came back")
+            self.assertGreater(m["revision"], 0)
 
         # Cut node 2 off while changes are made: stop its sync process, kill
         # the member it watches, change things through another member, let
