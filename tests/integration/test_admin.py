@@ -418,7 +418,7 @@ class AdminTest(GwTestCase):
         self._backends.append(b)
         return b
 
-    def admin_gateway(self, token=TOKEN, workers=2, shm=None, extra=None, timeout_ms=1000):
+    def admin_gateway(self, token=TOKEN, workers=2, shm=None, extra=None, timeout_ms=1000, l4=None):
         """Upstreams app (a, b), pre (c) and devs; listeners l4 (tcp), web (http) and dev (frame)."""
         self.a = self.http_backend("a")
         self.b = self.http_backend("b")
@@ -427,7 +427,7 @@ class AdminTest(GwTestCase):
         if token:
             admin["token"] = token
         listeners = [
-            gwtest.tcp_listener("l4", "app"),
+            dict(gwtest.tcp_listener("l4", "app"), **(l4 or {})),
             {"name": "web", "listen": f"{LO}:{free_port()}", "protocol": "http", "upstream": "app"},
             {"name": "dev", "listen": f"{LO}:{free_port()}", "protocol": "frame", "upstream": "devs"},
         ]
@@ -468,6 +468,35 @@ class AdminTest(GwTestCase):
         return r, j["error"]
 
     # ------------------------------------------------------------------ metrics
+
+    def test_limit_metrics(self):
+        # limit_conn on the tcp listener: the refusal shows as a listener
+        # reject, in the guard's per-worker counter, and in the limit table.
+        gw = self.admin_gateway(l4={"limit_conn": {"key": "ip", "max": 2}})
+        m0 = gw.admin.metrics()
+        self.assertEqual(metric(m0, "gw_limit_entries", state="capacity"),
+                         gw.status()["limits"]["capacity"])
+        self.assertEqual(metric(m0, "gw_listener_rejected_total", listener="l4", protocol="tcp",
+                                reason="limit_conn"), 0)
+        held = [socket.create_connection((LO, gw.port)) for _ in range(2)]
+        try:
+            wait_until(lambda: metric(gw.admin.metrics(), "gw_limit_connections") == 2, T(5),
+                       msg="gw_limit_connections == 2")
+            extra = socket.create_connection((LO, gw.port))
+            extra.settimeout(T(5))
+            self.assertEqual(extra.recv(1), b"", "the third connection from one address must be closed")
+            extra.close()
+            m1 = gw.admin.metrics()
+            self.assertEqual(metric(m1, "gw_listener_rejected_total", listener="l4", protocol="tcp",
+                                    reason="limit_conn"), 1)
+            self.assertEqual(metric_sum(m1, "gw_worker_limit_conn_rejected_total"), 1)
+            self.assertGreaterEqual(metric(m1, "gw_limit_entries", state="pinned"), 1)
+        finally:
+            for c in held:
+                c.close()
+        wait_until(lambda: metric(gw.admin.metrics(), "gw_limit_connections") == 0, T(5),
+                   msg="gw_limit_connections back to 0")
+        self.assertIn("gw_worker_auth_total", gw.admin.metrics()["families"])
 
     def test_metrics_parse_and_move_with_traffic(self):
         gw = self.admin_gateway()
