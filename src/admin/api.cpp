@@ -7,6 +7,8 @@
 #include <cstring>
 
 #include "config/json_util.hpp"
+#include "gw/api/hash.hpp"
+#include "gw/config/api.hpp"
 #include "gw/admin/prom.hpp"
 #include "gw/admin/status.hpp"
 #include "gw/core/log.hpp"
@@ -101,6 +103,10 @@ RouteMatch route_request(std::string_view method, std::string_view path) {
     else if (n == 6 && lit(2, "pools") && lit(4, "hosts")) m.endpoint = Endpoint::host, allow = "GET, HEAD, DELETE";
     else if (n == 7 && lit(2, "pools") && lit(4, "hosts") && lit(6, "down")) m.endpoint = Endpoint::host_down, allow = "POST";
     else if (n == 7 && lit(2, "pools") && lit(4, "hosts") && lit(6, "up")) m.endpoint = Endpoint::host_up, allow = "POST";
+  } else if (lit(0, "consumers") && n <= 2) {
+    if (n == 2) param(1, 0);
+    if (n == 1) m.endpoint = Endpoint::consumers, allow = "GET, HEAD, POST";
+    else m.endpoint = Endpoint::consumer, allow = "GET, HEAD, DELETE";
   } else if (lit(0, "listeners") && n >= 5 && lit(2, "routes") && lit(4, "rules")) {
     param(1, 0);
     param(3, 1);
@@ -200,6 +206,30 @@ std::string parse_pool_body(std::string_view json, bool need_id, PoolBody& out) 
   if (need_id && !has_id && !c.has_error_under("body.id")) c.error("body", "missing required key \"id\"");
   if (!need_id && c.errors.empty() && !out.priority && !out.method)
     c.error("body", "set pool needs \"priority\" and/or \"method\"");
+  return join_errors(c.errors);
+}
+
+std::string parse_consumer_body(std::string_view json, ConsumerBody& out) {
+  simdjson::dom::parser parser;
+  element root;
+  if (auto err = parse_object(parser, json, root); !err.empty()) return err;
+  config::Ctx c;
+  bool has_name = false, has_key = false;
+  config::for_each_field(c, root, "body", [&](std::string_view k, element v, const std::string& kp) {
+    if (k == "name") {
+      has_name = config::get_name(c, v, kp, out.name);
+    } else if (k == "key") {
+      if (config::get_string(c, v, kp, out.key)) {
+        if (config::valid_api_key(out.key)) has_key = true;
+        else c.error(kp, fmt::format("expected a key of 1..{} visible ASCII characters", config::kMaxApiKey));
+      }
+    } else {
+      return false;
+    }
+    return true;
+  });
+  if (!has_name && !c.has_error_under("body.name")) c.error("body", "missing required key \"name\"");
+  if (!has_key && !c.has_error_under("body.key")) c.error("body", "missing required key \"key\"");
   return join_errors(c.errors);
 }
 
@@ -411,6 +441,19 @@ Response Api::read(const RouteMatch& m, std::string_view query) {
       const auto& t = table();
       return json_response(200, rule_json(seg_, t, shm::ops::find_rule(t, p[0], p[1], p[2])));
     }
+    case Endpoint::consumers: {  // names only: keys are kept as SHA-256 hashes
+      const auto& t = table();
+      std::string j = "{\"consumers\": [";
+      for (size_t i = 0; i < t.consumers().size(); ++i)
+        j += fmt::format("{}{{\"name\": \"{}\"}}", i ? ", " : "", json_escape(shm::name_of(t.consumers()[i].name)));
+      return json_response(200, j + "]}");
+    }
+    case Endpoint::consumer: {
+      const auto& t = table();
+      if (t.find_consumer(p[0]) < 0)
+        throw shm::TableError(fmt::format("unknown consumer \"{}\"", p[0]), shm::TableError::Kind::not_found);
+      return json_response(200, fmt::format("{{\"name\": \"{}\"}}", json_escape(p[0])));
+    }
     default: break;
   }
   return error_response(404, "no such endpoint");
@@ -442,6 +485,15 @@ Response Api::write(const Request& r, const RouteMatch& m) {
     case Endpoint::host_down:
     case Endpoint::host_up:
       return done(200, shm::ops::set_host_down(seg_, p[0], p[1], p[2], m.endpoint == Endpoint::host_down, "api"));
+    case Endpoint::consumers: {  // POST: add consumer (only the key's SHA-256 is kept)
+      ConsumerBody b;
+      if (auto err = parse_consumer_body(r.body, b); !err.empty()) return error_response(400, err);
+      uint8_t digest[shm::kSha256Len];
+      if (!api::sha256(b.key, digest)) return error_response(500, "SHA-256 failed");
+      return done(201, shm::ops::add_consumer(seg_, b.name, digest));
+    }
+    case Endpoint::consumer:  // DELETE
+      return done(200, shm::ops::remove_consumer(seg_, p[0]));
     case Endpoint::rules: {  // POST: add rule
       shm::RuleSpec spec;
       if (auto err = parse_rule_body(r.body, "", spec); !err.empty()) return error_response(400, err);

@@ -35,12 +35,6 @@ bool iequals(std::string_view a, std::string_view b) {
   return true;
 }
 
-bool visible_ascii(std::string_view s) {
-  for (unsigned char ch : s)
-    if (ch <= 0x20 || ch >= 0x7f) return false;
-  return true;
-}
-
 // A header field name (a token, RFC 9110 5.6.2), a cookie or query argument name.
 bool token_ok(std::string_view s) {
   if (s.empty() || s.size() > 64) return false;
@@ -300,7 +294,7 @@ void parse_consumers(Ctx& c, element e, const std::string& path, std::vector<Con
       if (k == "name") has_name = get_name(c, v, kp, cc.name);
       else if (k == "key") {
         if (get_string(c, v, kp, cc.key)) {
-          if (cc.key.empty() || cc.key.size() > kMaxApiKey || !visible_ascii(cc.key))
+          if (!valid_api_key(cc.key))
             c.error(kp, fmt::format("expected a key of 1..{} visible ASCII characters", kMaxApiKey));
           else
             has_key = true;

@@ -648,6 +648,28 @@ class AdminTest(GwTestCase):
         self.assertGwctlOk(gw, "set", "pool", "app", "dr", "--priority", "9")
         self.assertEqual(api.get_json("/upstreams/app/pools/dr")["priority"], 9)
 
+        # key-auth consumers, both ways (names only: keys are kept as SHA-256).
+        r = api.req("POST", "/consumers", {"name": "alice", "key": "alice-key-1"}, token=TOKEN)
+        self.assertEqual((r.status, r.json()["message"]), (201, "add consumer alice"), r.body)
+        self.assertEqual(gw.status()["consumers"], [{"name": "alice"}])
+        self.assertNotIn("alice-key-1", json.dumps(gw.status()))
+        self.assertGwctlOk(gw, "add", "consumer", "bob", "--key", "bob-key-2")
+        self.assertEqual(api.get_json("/consumers")["consumers"], [{"name": "alice"}, {"name": "bob"}])
+        self.assertEqual(api.get_json("/consumers/bob"), {"name": "bob"})
+        self.assertApiError(gw, 409, "POST", "/consumers", {"name": "carol", "key": "bob-key-2"},
+                            message="consumer \"bob\" already has this key; a key must identify one consumer")
+        self.assertApiError(gw, 409, "POST", "/consumers", {"name": "bob", "key": "other"},
+                            message="consumer \"bob\" already exists")
+        self.assertApiError(gw, 400, "POST", "/consumers", {"name": "carol", "key": "a b"},
+                            message="body.key: expected a key of 1..512 visible ASCII characters")
+        self.assertEqual(api.req("DELETE", "/consumers/alice", token=TOKEN).status, 200)
+        self.assertApiError(gw, 404, "DELETE", "/consumers/alice", message="unknown consumer \"alice\"")
+        self.assertEqual(api.req("GET", "/consumers/alice").status, 404)
+        self.assertGwctlOk(gw, "remove", "consumer", "bob")
+        self.assertEqual(api.get_json("/consumers")["consumers"], [])
+        self.assertEvent(gw, r"^consumer_changed alice added$")
+        self.assertEvent(gw, r"^consumer_changed bob removed$")
+
         # API removes; events both ways; /events paging.
         self.assertEqual(api.req("DELETE", "/upstreams/app/pools/dr", token=TOKEN).status, 200)
         self.assertEqual(api.req("DELETE", "/upstreams/app/pools/primary/hosts/d", token=TOKEN).status, 200)

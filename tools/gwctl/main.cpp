@@ -780,9 +780,7 @@ int main(int argc, char** argv) {
         while (!key.empty() && (key.back() == '\n' || key.back() == '\r')) key.pop_back();
       }
       if (key.empty()) throw Failure("add consumer needs --key KEY or --key-file FILE");
-      bool visible = key.size() <= gw::config::kMaxApiKey;
-      for (unsigned char ch : key) visible &= ch > 0x20 && ch < 0x7f;
-      if (!visible) throw Failure(fmt::format("the key must be 1..{} visible ASCII characters", gw::config::kMaxApiKey));
+      if (!gw::config::valid_api_key(key)) throw Failure(fmt::format("the key must be 1..{} visible ASCII characters", gw::config::kMaxApiKey));
       if (auto why = gw::shm::check_name(o.id); !why.empty()) throw Failure(fmt::format("consumer name \"{}\" {}", o.id, why));
       uint8_t digest[gw::shm::kSha256Len];
       if (!gw::api::sha256(key, digest)) throw Failure("SHA-256 failed");

@@ -60,6 +60,8 @@ enum class Endpoint : uint8_t {
   routes,     ///< /routes
   rules,      ///< /listeners/L/routes/R/rules
   rule,       ///< /listeners/L/routes/R/rules/ID
+  consumers,  ///< /consumers
+  consumer,   ///< /consumers/NAME
 };
 
 struct RouteMatch {
@@ -81,6 +83,10 @@ struct HostBody {
   core::SockAddr address;
   uint32_t weight = 1;
 };
+struct ConsumerBody {
+  std::string name;
+  std::string key;
+};
 struct PoolBody {
   std::string id;
   std::optional<int32_t> priority;
@@ -94,6 +100,8 @@ std::string parse_pool_body(std::string_view json, bool need_id, PoolBody& out);
 /// The config's rule form. `path_id` (set rule): the id from the path; the
 /// body may repeat it but not name another.
 std::string parse_rule_body(std::string_view json, std::string_view path_id, shm::RuleSpec& out);
+/// {"name", "key"}: a key-auth consumer (the key as config::valid_api_key says).
+std::string parse_consumer_body(std::string_view json, ConsumerBody& out);
 
 struct Request {
   std::string_view method;

@@ -64,4 +64,13 @@ inline constexpr size_t kMaxConsumerName = 63;
 /// Longest key-auth key.
 inline constexpr size_t kMaxApiKey = 512;
 
+/// A key-auth key as the config, gwctl and the admin API accept it: 1..kMaxApiKey
+/// visible ASCII characters (no space, no control character).
+inline bool valid_api_key(std::string_view key) noexcept {
+  if (key.empty() || key.size() > kMaxApiKey) return false;
+  for (unsigned char ch : key)
+    if (ch <= 0x20 || ch >= 0x7f) return false;
+  return true;
+}
+
 }  // namespace gw::config

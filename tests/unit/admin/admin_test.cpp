@@ -280,6 +280,25 @@ TEST_SUITE("admin") {
     CHECK(parse_rule_body(R"({"upstream": "pre", "percent": 1})", "", t) == "body: missing required key \"id\"");
   }
 
+  TEST_CASE("consumer bodies and routes") {
+    ConsumerBody b;
+    CHECK(parse_consumer_body(R"({"name": "alice", "key": "k-123"})", b) == "");
+    CHECK((b.name == "alice" && b.key == "k-123"));
+    ConsumerBody x;
+    CHECK(parse_consumer_body(R"({"name": "alice"})", x) == "body: missing required key \"key\"");
+    CHECK(parse_consumer_body(R"({"name": "alice", "key": "has space"})", x) ==
+          "body.key: expected a key of 1..512 visible ASCII characters");
+    CHECK(parse_consumer_body(R"({"name": "alice", "key": ""})", x) ==
+          "body.key: expected a key of 1..512 visible ASCII characters");
+    CHECK(parse_consumer_body(R"({"name": "alice", "key": "k", "extra": 1})", x) == "body.extra: unknown key");
+    CHECK(route_request("POST", "/consumers").endpoint == Endpoint::consumers);
+    CHECK(route_request("POST", "/consumers").write);
+    CHECK(route_request("GET", "/consumers/alice").endpoint == Endpoint::consumer);
+    CHECK(route_request("DELETE", "/consumers/alice").write);
+    CHECK(route_request("PUT", "/consumers/alice").allow == "GET, HEAD, DELETE");
+    CHECK(route_request("GET", "/consumers/a/b").endpoint == Endpoint::not_found);
+  }
+
   TEST_CASE("the API on a segment: reads, writes, tokens, errors") {
     TempSegment ts;
     seed(ts.seg);
