@@ -393,21 +393,23 @@ done
 # Descriptors per nginx worker: as many as the limit allows (10,000 frame clients need
 # ~12,500 per worker with two workers; see the connection counts above).
 NGINX_WORKER_CONNECTIONS=$((NOFILE - 256))
-# Idle keep-alive connections each nginx worker keeps to the backends (l7, lua): enough for
-# every client connection of the largest count, as gw's and HAProxy's pools are not capped
-# lower either; nginx's usual "keepalive 64" would close and reopen backend connections at
-# 1,000 clients.
+# Idle keep-alive connections each worker keeps to the backends (l7): enough for every
+# client connection of the 1,000 count, the same for nginx and lua ("keepalive", per worker)
+# and gw ("keepalive.max_idle", per host per worker, so half); HAProxy's pool is not capped.
+# The usual 64 (nginx's example, gw's default) would close and reopen backend connections
+# at 1,000 clients. Requests per backend connection stay at both defaults, 1000.
 NGINX_KEEPALIVE=1024
 
 gw_upstream() {  # NAME: an upstream over b1 and b2
   # frame: no "method": a frame upstream defaults to chash over the devid of the login frame.
-  local method='"method": "round_robin", '
+  local method='"method": "round_robin", ' keepalive=""
   [ "$MODE" = frame ] && method=""
-  printf '{"name": "%s", "connect_timeout_ms": 2000, "idle_timeout_ms": 600000,
+  [ "$MODE" = l7 ] && keepalive="\"keepalive\": {\"max_idle\": $((NGINX_KEEPALIVE / 2))},"
+  printf '{"name": "%s", "connect_timeout_ms": 2000, "idle_timeout_ms": 600000, %s
                "max_fails": 1, "fail_timeout_ms": 10000, "tries": 3,
                "pools": [{"id": "primary", "priority": 0, %s
                           "hosts": [{"id": "b1", "address": "127.0.0.1:%s", "weight": 1},
-                                    {"id": "b2", "address": "127.0.0.1:%s", "weight": 1}]}]}' "$1" "$method" "$P_B1" "$P_B2"
+                                    {"id": "b2", "address": "127.0.0.1:%s", "weight": 1}]}]}' "$1" "$keepalive" "$method" "$P_B1" "$P_B2"
 }
 GW_UPSTREAMS=$(gw_upstream app)
 # l7: a second upstream over the same backends, where the gray rule that the
@@ -627,21 +629,24 @@ fi
 # ---------------------------------------------------------------------------------------
 # Runs
 
-# procstat cpu|rss PID: of PID, its threads and its descendants, the CPU nanoseconds so far
-# (cpu) or the summed resident set size in KiB (rss; shared pages count once per process,
-# as `ps` shows them).
+# procstat cpu|mem PID: of PID, its threads and its descendants, the CPU nanoseconds so far
+# (cpu), or "RSS PSS": the summed resident set size in KiB (shared pages, such as gw's shm
+# tables or nginx's shared zones, count once per process, as `ps` shows them) and the summed
+# proportional set size (shared pages split between the processes that map them).
 cat >"$TMP/procstat.py" <<'EOF'
 import os, sys
-what, todo, seen, total = sys.argv[1], [int(sys.argv[2])], set(), 0
+what, todo, seen, total, pss = sys.argv[1], [int(sys.argv[2])], set(), 0, 0
 while todo:
     p = todo.pop()
     if p in seen:
         continue
     seen.add(p)
-    if what == "rss":
+    if what == "mem":
         try:
             with open(f"/proc/{p}/status") as f:
                 total += next((int(l.split()[1]) for l in f if l.startswith("VmRSS:")), 0)
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                pss += next((int(l.split()[1]) for l in f if l.startswith("Pss:")), 0)
         except (OSError, ValueError):
             pass
     try:
@@ -657,10 +662,10 @@ while todo:
                 todo.extend(int(x) for x in f.read().split())
         except (OSError, ValueError):
             pass
-print(total)
+print(total, pss) if what == "mem" else print(total)
 EOF
 cpu_ns() { "$PY" "$TMP/procstat.py" cpu "$1"; }
-rss_kb() { "$PY" "$TMP/procstat.py" rss "$1"; }
+mem_kb() { "$PY" "$TMP/procstat.py" mem "$1"; }
 
 # parse_wrk FILE: wrk --latency output -> "rps p50_ms p99_ms errors requests".
 parse_wrk() {
@@ -731,11 +736,11 @@ check_alive() {  # a contender that died mid-run would otherwise show up only as
 }
 
 # runs.tsv: connections, round, contender, req/s, p50 ms, p99 ms, errors, cpu us/req (-1:
-# none), RSS KiB (-1: none).
+# none), RSS KiB and PSS KiB (-1: none).
 RUNS="$TMP/runs.tsv"
 : >"$RUNS"
 n=${#CONTENDER_LIST[@]}
-# RSS is sampled this long into each run (90%): the load's connections are all open.
+# Memory is sampled this long into each run (90%): the load's connections are all open.
 RSS_AT=$(awk -v d="$DURATION" 'BEGIN { printf "%.1f", d * 0.9 }')
 START_EPOCH=$(date +%s)
 for conns in "${COUNTS[@]}"; do
@@ -749,7 +754,7 @@ for conns in "${COUNTS[@]}"; do
       [ -n "${CPID[$c]:-}" ] && cpu0=$(cpu_ns "${CPID[$c]}")
       load "$c" "$conns" "$DURATION" "$out"
       if [ -n "${CPID[$c]:-}" ]; then
-        (sleep "$RSS_AT"; rss_kb "${CPID[$c]}" >"$out.rss") &
+        (sleep "$RSS_AT"; mem_kb "${CPID[$c]}" >"$out.mem") &
         rss_pid=$!
       fi
       load_rc=0
@@ -766,9 +771,9 @@ for conns in "${COUNTS[@]}"; do
         cpu1=$(cpu_ns "${CPID[$c]}")
         cpu_us=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" 'BEGIN { printf "%.2f", (b - a) / 1000 / n }')
       fi
-      rss=-1
-      [ -s "$out.rss" ] && rss=$(cat "$out.rss")
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "$((r + 1))" "$c" "$rps" "$p50" "$p99" "$errs" "$cpu_us" "$rss" >>"$RUNS"
+      rss=-1 pss=-1
+      [ -s "$out.mem" ] && read -r rss pss <"$out.mem"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "$((r + 1))" "$c" "$rps" "$p50" "$p99" "$errs" "$cpu_us" "$rss" "$pss" >>"$RUNS"
       printf '[c=%d round %d/%d] %-9s req/s %10.0f  p50 %8.3f ms  p99 %8.3f ms  cpu %6s us/req  rss %6s MiB%s\n' \
         "$conns" "$((r + 1))" "$ROUNDS" "$c" "$rps" "$p50" "$p99" "$([ "$cpu_us" = -1 ] && echo - || echo "$cpu_us")" \
         "$([ "$rss" = -1 ] && echo - || awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }')" \
@@ -810,7 +815,7 @@ if [ "$MODE" = l7 ] && has_contender gw && [ "$RULE_CHANGES" -gt 0 ]; then
     die "wrk through gw during the rule changes failed"
   fi
   read -r rps p50 p99 errs reqs <<<"$res"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "rules" "gw+rules" "$rps" "$p50" "$p99" "$errs" -1 -1 >>"$RUNS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "rules" "gw+rules" "$rps" "$p50" "$p99" "$errs" -1 -1 -1 >>"$RUNS"
   printf '[rules]       gw+rules req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms  (%d rule changes in the run, %d errors)\n' \
     "$rps" "$p50" "$p99" "$RULES_DONE" "$errs"
   [ "$RULES_DONE" -ge "$RULE_CHANGES" ] ||
@@ -837,7 +842,12 @@ fi
 { has_contender nginx || has_contender lua; } && VERSIONS+=", $(nginx -v 2>&1 | sed 's/^nginx version: //')"
 has_contender lua && VERSIONS+=", lua-nginx-module $(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null || echo '?') + lua-resty-core $(dpkg-query -W -f='${Version}' lua-resty-core 2>/dev/null || echo '?')"
 has_contender haproxy && VERSIONS+=", haproxy $(haproxy -v | awk 'NR==1{print $3}')"
-GW_REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "uncommitted")
+# "-dirty" for local changes, except the results this script writes (an earlier mode of
+# `all` has appended to RESULTS.md by now).
+GW_REV=$(git -C "$ROOT" describe --always 2>/dev/null || echo "uncommitted")
+if [ -n "$(git -C "$ROOT" status --porcelain -- . ':!bench/RESULTS.md' ':!bench/results' 2>/dev/null)" ]; then
+  GW_REV+="-dirty"
+fi
 # Which build was measured: directory and CMake build type.
 BUILD_TYPE=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null || true)
 GW_BUILD="$BUILD_DIR (${BUILD_TYPE:-unknown build type})"
@@ -859,10 +869,10 @@ env = os.environ
 mode = env["BENCH_MODE"]
 if int(env.get("BENCH_RULES_DONE", "0")) > 0:
     order.append("gw+rules")
-KEYS = ("rps", "p50", "p99", "cpu", "rss")
+KEYS = ("rps", "p50", "p99", "cpu", "rss", "pss")
 rows = {}     # connections -> contender -> lists of values
 for line in open(runs_file):
-    conns, _round, name, rps, p50, p99, errs, cpu, rss = line.rstrip("\n").split("\t")
+    conns, _round, name, rps, p50, p99, errs, cpu, rss, pss = line.rstrip("\n").split("\t")
     r = rows.setdefault(int(conns), {}).setdefault(name, {k: [] for k in KEYS} | {"errors": 0})
     r["rps"].append(float(rps))
     r["p50"].append(float(p50))
@@ -871,6 +881,8 @@ for line in open(runs_file):
         r["cpu"].append(float(cpu))
     if float(rss) >= 0:
         r["rss"].append(float(rss) / 1024)  # MiB
+    if float(pss) >= 0:
+        r["pss"].append(float(pss) / 1024)
     r["errors"] += int(errs)
 counts = sorted(rows)
 med = {c: {n: {k: statistics.median(v[k]) if v[k] else None for k in KEYS} for n, v in rows[c].items()}
@@ -890,7 +902,7 @@ def table(c):
     m = med[c]
     ref = m.get("nginx")
     header = ["contender", UNIT, "p50 ms", "p99 ms", UNIT + " vs nginx", "p99 vs nginx", "cpu us/req",
-              "cpu vs nginx", "RSS MiB", "errors"]
+              "cpu vs nginx", "RSS MiB", "PSS MiB", "errors"]
     out = []
     for n in order:
         if n not in m:
@@ -900,7 +912,8 @@ def table(c):
                     fmt_ratio(v["rps"], ref and ref["rps"]), fmt_ratio(v["p99"], ref and ref["p99"]),
                     "%.2f" % v["cpu"] if v["cpu"] is not None else "-",
                     fmt_ratio(v["cpu"], ref and ref["cpu"]),
-                    "%.1f" % v["rss"] if v["rss"] is not None else "-", str(rows[c][n]["errors"])])
+                    "%.1f" % v["rss"] if v["rss"] is not None else "-",
+                    "%.1f" % v["pss"] if v["pss"] is not None else "-", str(rows[c][n]["errors"])])
     return header, out
 
 def targets(c):
@@ -950,7 +963,8 @@ def describe(c):
 WHAT = {"l4": "L4 (tcp relay)", "l7": "L7 (HTTP reverse proxy)", "frame": "frame (first-frame routing)"}[mode]
 meta = ("%s; kernel `%s`, %s × %s, %s RAM; %s rounds × %ss per contender and connection count, interleaved, "
         "rotating start; %s workers each; gw %s, build %s; %s. cpu us/req = the contender's processes' CPU "
-        "time per request; RSS = summed RSS of its processes near the end of a run. nginx/lua keepalive "
+        "time per request; RSS = summed RSS of its processes (master and workers) at 90%% of a run, "
+        "shared pages counted in every process that maps them; PSS splits those. nginx/lua keepalive "
         "pool %s per worker." % (
             env["BENCH_DATE"], env["BENCH_KERNEL"], env["BENCH_NPROC"], env["BENCH_CPU"], env["BENCH_MEM"],
             env["BENCH_ROUNDS"], env["BENCH_DURATION"], env["BENCH_WORKERS"], env["BENCH_GW_REV"],
@@ -1012,9 +1026,8 @@ if shutil.which("gnuplot"):
           'set output "%s.png"' % base,
           'set datafile missing "-"',
           'set style data histograms', 'set style histogram clustered gap 1', 'set style fill solid 0.85 border -1',
-          'set boxwidth 0.9', 'set grid ytics', 'set key top left', 'set xlabel "connections"',
-          # headroom above the tallest bar for the key
-          'set offsets 0, 0, graph 0.4, 0',
+          'set boxwidth 0.9', 'set grid ytics', 'set key outside top center horizontal',
+          'set xlabel "connections"',
           'set multiplot layout 2,2 title "gw %s, %s, %s (medians of %s rounds; one run, so only ratios count)"'
           % (WHAT, env["BENCH_DATE"], env["BENCH_GW_REV"], env["BENCH_ROUNDS"])]
     for i, (key, title) in enumerate(panels):
