@@ -961,17 +961,20 @@ def describe(c):
     return "wrk -t%d -c%d -d%ss --latency, HTTP/1.1 keep-alive" % (1 if c < 2 else 2, c, env["BENCH_DURATION"])
 
 WHAT = {"l4": "L4 (tcp relay)", "l7": "L7 (HTTP reverse proxy)", "frame": "frame (first-frame routing)"}[mode]
-meta = ("%s; kernel `%s`, %s × %s, %s RAM; %s rounds × %ss per contender and connection count, interleaved, "
+meta = ("%s; kernel `%s`, %s × %s, %s RAM; %s round(s) × %ss per contender and connection count, interleaved, "
         "rotating start; %s workers each; gw %s, build %s; %s. cpu us/req = the contender's processes' CPU "
         "time per request; RSS = summed RSS of its processes (master and workers) at 90%% of a run, "
-        "shared pages counted in every process that maps them; PSS splits those. nginx/lua keepalive "
-        "pool %s per worker." % (
+        "shared pages counted in every process that maps them; PSS splits those.%s" % (
             env["BENCH_DATE"], env["BENCH_KERNEL"], env["BENCH_NPROC"], env["BENCH_CPU"], env["BENCH_MEM"],
             env["BENCH_ROUNDS"], env["BENCH_DURATION"], env["BENCH_WORKERS"], env["BENCH_GW_REV"],
-            env["BENCH_GW_BUILD"], env["BENCH_VERSIONS"], env["BENCH_NGINX_KEEPALIVE"]))
+            env["BENCH_GW_BUILD"], env["BENCH_VERSIONS"],
+            " Idle backend connections kept per worker: %s (nginx, lua, gw)." % env["BENCH_NGINX_KEEPALIVE"]
+            if mode == "l7" else ""))
 notes = []
 if "direct" in order:
-    notes.append("direct = the load straight at the backends, no proxy (wrk: backend b1 only; gwload: both).")
+    notes.append("direct = the load straight at the backends, no proxy (%s)."
+                 % ("gwload spread over both" if mode == "frame" else "wrk takes one URL: backend b1 only, where the "
+                    "proxies spread the load over b1 and b2"))
 if mode == "frame":
     notes.append("gw routes each connection on the devid of its login frame (chash); nginx stream cannot read "
                   "the frame and hashes the client address (`hash $remote_addr consistent`).")
@@ -998,7 +1001,7 @@ for c in counts:
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
     def fmt(cells):
         return "  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(cells, widths)))
-    console += ["", "%s, %d connections, medians over %s rounds (%s):" % (mode, c, env["BENCH_ROUNDS"], describe(c)),
+    console += ["", "%s, %d connections, medians over %s round(s) (%s):" % (mode, c, env["BENCH_ROUNDS"], describe(c)),
                 fmt(header), fmt(["-" * w for w in widths])] + [fmt(row) for row in body] + targets(c)
 md += notes
 print("\n".join(console + [""] + notes))
@@ -1026,9 +1029,9 @@ if shutil.which("gnuplot"):
           'set output "%s.png"' % base,
           'set datafile missing "-"',
           'set style data histograms', 'set style histogram clustered gap 1', 'set style fill solid 0.85 border -1',
-          'set boxwidth 0.9', 'set grid ytics', 'set key outside top center horizontal',
+          'set boxwidth 0.9', 'set grid ytics', 'set key outside below center horizontal',
           'set xlabel "connections"',
-          'set multiplot layout 2,2 title "gw %s, %s, %s (medians of %s rounds; one run, so only ratios count)"'
+          'set multiplot layout 2,2 title "gw %s, %s, %s (medians of %s round(s); one run, so only ratios count)"'
           % (WHAT, env["BENCH_DATE"], env["BENCH_GW_REV"], env["BENCH_ROUNDS"])]
     for i, (key, title) in enumerate(panels):
         gp.append('set title "%s"' % title)
