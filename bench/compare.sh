@@ -1,46 +1,76 @@
 #!/usr/bin/env bash
-# Compares gw (epoll and io_uring engines) with nginx, HAProxy and a direct connection to one
-# backend, using wrk over loopback:
-#   l4  gw `tcp` listener, nginx stream, HAProxy mode tcp
-#   l7  gw `http` listener (upstream keep-alive), nginx http proxy_pass with a keepalive
-#       upstream (proxy_http_version 1.1), HAProxy mode http with http-reuse always
+# Compares gw (epoll and io_uring engines) with nginx, HAProxy, an OpenResty-style Lua
+# balancer and a direct connection to the backends, over loopback:
+#   l4     wrk through gw's `tcp` listener, nginx stream, HAProxy mode tcp
+#   l7     wrk through gw's `http` listener (upstream keep-alive), nginx http proxy_pass with a
+#          keepalive upstream (proxy_http_version 1.1), HAProxy mode http with http-reuse
+#          always, and `lua`: nginx http with balancer_by_lua_block picking b1 or b2 by a
+#          counter in a lua_shared_dict (round robin), keepalive upstream (Debian
+#          libnginx-mod-http-lua + lua-resty-core: the OpenResty setup gw replaces)
+#   frame  first-frame routing: gwload --churn, each client looping new connection → login
+#          frame → echo → close (bench/frame_scale.py's churn part, in this harness), through
+#          gw's `frame` listener (routes on the devid in the login frame) and nginx stream
+#          (`hash $remote_addr consistent`: it cannot read the frame without Lua), to two
+#          `gw-backend --mode device` servers; direct = gwload spread over both backends
+#   all    l4, then l7, then frame, each a separate run with the same options
 #
-#   bench/compare.sh l4|l7 [--rounds N] [--duration S] [--connections C] [--workers W]
+#   bench/compare.sh l4|l7|frame|all [--rounds N] [--duration S] [--connections C1,C2,...]
+#                                    [--workers W]
 #
-# Defaults: 5 rounds, 10 s per run, 50 connections, W = nproc workers/threads per proxy.
+# Defaults: 5 rounds, 10 s per run, W = nproc workers/threads per proxy, connections
+# "50,1000" (l4, l7) and "50,1000,10000" (frame). Each connection count is a table of its
+# own, with its own interleaved rounds. A count is skipped, with the reason printed and
+# recorded, when a proxy worker would need more descriptors than the hard RLIMIT_NOFILE
+# (20,000 here): 10,000 frame clients through 2 workers is ~10,000 client + upstream
+# sockets per worker, which fits; one gwload process holds the 10,000 client sockets.
+# Frame clients come from 127.0.0.2..127.0.0.9, so that no (source, destination) address
+# pair runs short of ports with TIME_WAIT, and nginx's address hash has 8 keys to spread.
 # Environment:
-#   CONTENDERS    which contenders to run, in round-1 order
-#                 (default "gw gw-uring nginx haproxy direct"; gw = epoll engine, gw-uring = io_uring)
-#   GW_BUILD_DIR  build dir holding gwd and gw-backend (default: build-release, which is
-#                 configured and built in Release mode if gwd is missing)
+#   CONTENDERS    which contenders to run, in round-1 order (default l4 "gw gw-uring nginx
+#                 haproxy direct", l7 "gw gw-uring nginx haproxy lua direct", frame "gw
+#                 gw-uring nginx direct"; gw = epoll engine, gw-uring = io_uring)
+#   GW_BUILD_DIR  build dir holding gwd, gwctl, gw-backend and gwload (default: build-release,
+#                 which is configured and built in Release mode if one is missing)
 #   GW_BACKEND    path to a gw-backend binary to use instead of the build dir's
 #   GW_CMAKE_ARGS extra arguments for configuring build-release (e.g. "-DGW_WERROR=OFF")
 #   GW_RESULTS_FILE  where to append the results (default bench/RESULTS.md)
-#   RULE_CHANGES  l7: gray-rule changes made during one extra gw run (default 1000; 0 = none)
+#   GW_RESULTS_DIR   where the run's markdown tables and PNG chart go (default bench/results:
+#                    MODE-YYYYMMDD-HHMM.{md,png}, and latest-MODE.{md,png} copies)
+#   RULE_CHANGES  l7: gray-rule changes made during one extra gw run at the first connection
+#                 count (default 1000; 0 = none)
 #   RULES_DURATION  l7: length of that run in seconds (default 60)
 #
-# Every proxy gets the same two single-threaded gw-backend HTTP servers and the same worker
+# Every proxy gets the same two single-threaded gw-backend servers and the same worker
 # count. Rounds are interleaved and the starting contender rotates each round, so slow drift
 # of the machine (thermal, noisy neighbours) does not always hit the same contender. The
-# summary uses medians over rounds and is appended to bench/RESULTS.md.
+# summary uses medians over rounds; it is appended to bench/RESULTS.md and written, with a
+# gnuplot chart, under bench/results/.
 #
 # Each run also records the contender's CPU time per request (its processes and threads,
 # from /proc/PID/task/*/schedstat: nanoseconds, whatever else the machine runs), the figure
-# that stays meaningful when other load on the machine moves req/s around.
+# that stays meaningful when other load on the machine moves req/s around, and its memory:
+# the summed RSS of its processes (master and workers), sampled near the end of each run
+# while the load's connections are still open. Frame "requests" are completed churn cycles
+# (connect, login, echo, close); its p50/p99 are the login frame's round trip.
 #
-# Only loopback (127.0.0.1) is used. Everything started here is stopped on exit.
+# Only loopback (127.0.0.0/8) is used. Everything started here is stopped on exit.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RESULTS_MD=${GW_RESULTS_FILE:-"$ROOT/bench/RESULTS.md"}
-NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
+RESULTS_DIR=${GW_RESULTS_DIR:-"$ROOT/bench/results"}
+NGINX_MODULES=/usr/lib/nginx/modules
+NGINX_STREAM_MODULE=$NGINX_MODULES/ngx_stream_module.so
+NGINX_NDK_MODULE=$NGINX_MODULES/ndk_http_module.so
+NGINX_LUA_MODULE=$NGINX_MODULES/ngx_http_lua_module.so
+LUA_RESTY_CORE=/usr/share/lua/5.1/resty/core.lua
 PY=/usr/bin/python3
 
 usage() {
   cat >&2 <<EOF
-usage: bench/compare.sh l4|l7 [--rounds N] [--duration S] [--connections C] [--workers W]
-  defaults: --rounds 5 --duration 10 --connections 50 --workers \$(nproc)
-  env: CONTENDERS="gw gw-uring nginx haproxy direct"  GW_BUILD_DIR=DIR  GW_BACKEND=PATH
+usage: bench/compare.sh l4|l7|frame|all [--rounds N] [--duration S] [--connections C1,C2,...] [--workers W]
+  defaults: --rounds 5 --duration 10 --connections 50,1000 (frame: 50,1000,10000) --workers \$(nproc)
+  env: CONTENDERS="gw gw-uring nginx haproxy lua direct"  GW_BUILD_DIR=DIR  GW_BACKEND=PATH
 EOF
   exit 2
 }
@@ -52,21 +82,37 @@ log() { echo "== $*" >&2; }
 
 [ $# -ge 1 ] || usage
 MODE=$1; shift
-case $MODE in l4|l7) ;; *) echo "compare.sh: unknown benchmark '$MODE' (l4 or l7)" >&2; usage ;; esac
+case $MODE in
+  l4|l7|frame) ;;
+  all)
+    # Each mode is its own run (its own contenders, backends and tables); a failed mode
+    # does not stop the next one, but makes the exit status non-zero.
+    all_rc=0
+    for m in l4 l7 frame; do
+      bash "${BASH_SOURCE[0]}" "$m" "$@" || { all_rc=1; echo "compare.sh: $m failed" >&2; }
+    done
+    exit $all_rc ;;
+  -h|--help) usage ;;
+  *) echo "compare.sh: unknown benchmark '$MODE' (l4, l7, frame or all)" >&2; usage ;;
+esac
 
 ROUNDS=5
 DURATION=10
-CONNECTIONS=50
+if [ "$MODE" = frame ]; then CONNECTIONS=50,1000,10000; else CONNECTIONS=50,1000; fi
 WORKERS=$(nproc)
 while [ $# -gt 0 ]; do
   case $1 in
-    --rounds|--duration|--connections|--workers)
+    --connections)
+      [ $# -ge 2 ] || usage
+      [[ $2 =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "$1 needs a comma list of positive integers, got '$2'"
+      CONNECTIONS=$2
+      shift 2 ;;
+    --rounds|--duration|--workers)
       [ $# -ge 2 ] || usage
       [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1 needs a positive integer, got '$2'"
       case $1 in
         --rounds) ROUNDS=$2 ;;
         --duration) DURATION=${2} ;;
-        --connections) CONNECTIONS=$2 ;;
         --workers) WORKERS=$2 ;;
       esac
       shift 2 ;;
@@ -78,26 +124,68 @@ while [ $# -gt 0 ]; do
 done
 [ "$WORKERS" -le 64 ] || die "--workers must be <= 64 (gw's limit)"
 
-read -r -a CONTENDER_LIST <<<"${CONTENDERS:-gw gw-uring nginx haproxy direct}"
+case $MODE in
+  l4) DEFAULT_CONTENDERS="gw gw-uring nginx haproxy direct" ;;
+  l7) DEFAULT_CONTENDERS="gw gw-uring nginx haproxy lua direct" ;;
+  frame) DEFAULT_CONTENDERS="gw gw-uring nginx direct" ;;
+esac
+read -r -a CONTENDER_LIST <<<"${CONTENDERS:-$DEFAULT_CONTENDERS}"
 [ ${#CONTENDER_LIST[@]} -gt 0 ] || die "CONTENDERS is empty"
 for c in "${CONTENDER_LIST[@]}"; do
-  case $c in gw|gw-uring|nginx|haproxy|direct) ;; *) die "unknown contender '$c' (gw gw-uring nginx haproxy direct)" ;; esac
+  case $c in
+    gw|gw-uring|nginx|direct) ;;
+    haproxy) [ "$MODE" != frame ] || die "haproxy is not a frame contender (like nginx stream it cannot read a frame; nginx stands for both)" ;;
+    lua) [ "$MODE" = l7 ] || die "the lua contender is l7 only (balancer_by_lua in an http upstream)" ;;
+    *) die "unknown contender '$c' (gw gw-uring nginx haproxy lua direct)" ;;
+  esac
 done
 has_contender() { local c; for c in "${CONTENDER_LIST[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
 has_gw() { has_contender gw || has_contender gw-uring; }
 
-# wrk refuses fewer connections than threads.
-WRK_THREADS=2
-[ "$CONNECTIONS" -ge 2 ] || WRK_THREADS=1
+# Connection counts, and which of them fit the descriptor limit. The soft limit is raised
+# to the hard one here, and every process started below inherits it.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+[ "$NOFILE" = unlimited ] && NOFILE=1048576
+IFS=, read -r -a COUNT_ARGS <<<"$CONNECTIONS"
+COUNTS=()
+SKIPPED=()  # "why" for each skipped count, for the report
+for conns in "${COUNT_ARGS[@]}"; do
+  # A proxy worker holds a client and an upstream socket per connection; reuseport and
+  # gw's accept spread are not exact, hence a quarter more than an even share. (The load
+  # generator holds one socket per connection, fewer than that.)
+  need=$(( (2 * conns * 5 / 4 + WORKERS - 1) / WORKERS + 64 ))
+  if [ "$need" -gt "$NOFILE" ]; then
+    why="$conns connections: need ~$need descriptors per proxy worker ($WORKERS workers), RLIMIT_NOFILE is $NOFILE"
+    echo "compare.sh: skipping $why" >&2
+    SKIPPED+=("$why")
+  else
+    COUNTS+=("$conns")
+  fi
+done
+[ ${#COUNTS[@]} -gt 0 ] || die "no connection count fits the descriptor limit"
+# Frame clients: source addresses 127.0.0.2..127.0.0.9, round robin over connections.
+FRAME_SRCS=$(seq -s, -f '127.0.0.%g' 2 9)
 
 # ---------------------------------------------------------------------------------------
 # Tools and binaries
 
-command -v wrk >/dev/null || die "wrk not found (tools/setup.sh installs it)"
+if [ "$MODE" = frame ]; then
+  LOAD_TOOL=gwload
+else
+  command -v wrk >/dev/null || die "wrk not found (tools/setup.sh installs it)"
+  LOAD_TOOL=wrk
+fi
 [ -x "$PY" ] || die "$PY not found"
-if has_contender nginx; then
+command -v gnuplot >/dev/null || echo "compare.sh: warning: gnuplot not found (package gnuplot-nox): no chart" >&2
+if has_contender nginx || has_contender lua; then
   command -v nginx >/dev/null || die "nginx not found"
   [ "$MODE" = l7 ] || [ -f "$NGINX_STREAM_MODULE" ] || die "$NGINX_STREAM_MODULE missing (package libnginx-mod-stream)"
+fi
+if has_contender lua; then
+  for f in "$NGINX_NDK_MODULE" "$NGINX_LUA_MODULE" "$LUA_RESTY_CORE"; do
+    [ -f "$f" ] || die "$f missing (packages libnginx-mod-http-lua, lua-resty-core; tools/setup.sh), or run without the lua contender: CONTENDERS=\"gw gw-uring nginx haproxy direct\""
+  done
 fi
 if has_contender haproxy; then command -v haproxy >/dev/null || die "haproxy not found"; fi
 
@@ -109,28 +197,31 @@ else
   BUILD_ALLOWED=1
 fi
 GWD="$BUILD_DIR/gwd"
+GWLOAD="$BUILD_DIR/gwload"
 BACKEND=${GW_BACKEND:-"$BUILD_DIR/gw-backend"}
 
-need_build=0
-if has_gw && { [ ! -x "$GWD" ] || [ ! -x "$BUILD_DIR/gwctl" ]; }; then need_build=1; fi
-if [ ! -x "$BACKEND" ]; then need_build=1; fi
-if [ $need_build = 1 ]; then
-  [ $BUILD_ALLOWED = 1 ] || die "gwd or gw-backend missing in $BUILD_DIR (build it, or unset GW_BUILD_DIR)"
+# Our own build dir is configured once and brought up to date on every run (a no-op when
+# nothing changed), so the gw revision in the report is the one measured.
+if [ $BUILD_ALLOWED = 1 ]; then
   log "building gw (Release) in $BUILD_DIR"
   build_log=$(mktemp /tmp/gwbench-build.XXXXXX)
   read -r -a extra_cmake_args <<<"${GW_CMAKE_ARGS:-}"
-  if ! { cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "${extra_cmake_args[@]}" &&
-         cmake --build "$BUILD_DIR" -j2 --target gwd gwctl gw-backend; } >"$build_log" 2>&1; then
+  configure=(true)
+  [ -f "$BUILD_DIR/CMakeCache.txt" ] && [ ${#extra_cmake_args[@]} -eq 0 ] ||
+    configure=(cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "${extra_cmake_args[@]}")
+  if ! { "${configure[@]}" &&
+         cmake --build "$BUILD_DIR" -j2 --target gwd gwctl gw-backend gwload; } >"$build_log" 2>&1; then
     tail -n 40 "$build_log" >&2
     die "build failed (full log: $build_log); GW_BUILD_DIR=<dir> benchmarks an existing build"
   fi
   rm -f "$build_log"
 fi
-if has_gw; then [ -x "$GWD" ] || die "$GWD not found after build"; fi
+if has_gw; then
+  [ -x "$GWD" ] || die "$GWD not found"
+  [ -x "$BUILD_DIR/gwctl" ] || die "$BUILD_DIR/gwctl not found"
+fi
 [ -x "$BACKEND" ] || die "$BACKEND not found"
-
-# Proxies may need many descriptors; raise the soft limit as far as allowed.
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+[ "$MODE" != frame ] || [ -x "$GWLOAD" ] || die "$GWLOAD not found"
 
 # ---------------------------------------------------------------------------------------
 # Process bookkeeping and cleanup
@@ -196,13 +287,37 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
-# Probe: one HTTP request per fresh connection; prints the backend names that answered.
+# Probe: one exchange per fresh connection; prints the backend names that answered.
+# http: a GET, answered "backend NAME". frame: a login frame (echoed), then a heartbeat,
+# answered {"devid": ..., "backend": NAME} (the frame layout is in tools/backend).
 cat >"$TMP/probe.py" <<'EOF'
-import socket, sys
-port, count = int(sys.argv[1]), int(sys.argv[2])
+import json, socket, struct, sys
+mode, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+def frame(kind, body):
+    return struct.pack(">BBHH", kind, 1, 0, len(body)) + body
+
+def read_frame(s):
+    data = b""
+    while len(data) < 6 or len(data) < 6 + struct.unpack(">H", data[4:6])[0]:
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("connection closed after %r" % data[:200])
+        data += chunk
+    return data[0], data[6:]
+
 names = []
-for _ in range(count):
+for i in range(count):
     with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        if mode == "frame":
+            body = json.dumps({"devid": "probe-%d" % i}).encode()
+            s.sendall(frame(1, body))
+            if read_frame(s) != (1, body):
+                sys.exit("the login frame was not echoed")
+            s.sendall(frame(2, body))
+            kind, reply = read_frame(s)
+            names.append(json.loads(reply)["backend"])
+            continue
         s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
         data = b""
         while True:
@@ -216,6 +331,8 @@ for _ in range(count):
     names.append(body.decode().split()[1])
 print(" ".join(sorted(set(names))))
 EOF
+PROBE_MODE=http
+[ "$MODE" = frame ] && PROBE_MODE=frame
 
 show_logs() {
   local f
@@ -227,9 +344,10 @@ show_logs() {
   echo "----" >&2
 }
 
-# wait_ready NAME PID PORT EXPECTED_BACKENDS LOG...: waits until PORT serves HTTP through
-# the contender, then checks that the expected backends (e.g. "b1 b2") all answered. On
-# failure shows the contender's logs and exits.
+# wait_ready NAME PID PORT EXPECTED_BACKENDS LOG...: waits until PORT serves HTTP (frame:
+# the device protocol) through the contender, then checks that the expected backends (e.g.
+# "b1 b2") all answered; "" skips that check (address and devid hashing need not reach
+# both backends in 4 probes). On failure shows the contender's logs and exits.
 wait_ready() {
   local name=$1 pid=$2 port=$3 expect=$4 seen="" i
   shift 4
@@ -238,7 +356,7 @@ wait_ready() {
       show_logs "$@"
       die "$name exited during startup"
     fi
-    if seen=$("$PY" "$TMP/probe.py" "$port" 4 2>/dev/null); then break; fi
+    if seen=$("$PY" "$TMP/probe.py" "$PROBE_MODE" "$port" 4 2>/dev/null); then break; fi
     seen=""
     sleep 0.1
   done
@@ -246,7 +364,7 @@ wait_ready() {
     show_logs "$@"
     die "$name did not serve requests on 127.0.0.1:$port within 10 s"
   fi
-  if [ "$seen" != "$expect" ]; then
+  if [ -n "$expect" ] && [ "$seen" != "$expect" ]; then
     echo "compare.sh: warning: $name answered from backends '$seen', expected '$expect'" >&2
   fi
 }
@@ -254,28 +372,61 @@ wait_ready() {
 # ---------------------------------------------------------------------------------------
 # Start everything
 
-declare -A CPID=()  # contender -> the pid whose process tree is the proxy (CPU per request)
-read -r P_B1 P_B2 P_GW P_GWU P_NGINX P_HAPROXY <<<"$(free_ports 6)"
-declare -A PORT=([gw]=$P_GW [gw-uring]=$P_GWU [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [direct]=$P_B1)
+declare -A CPID=()  # contender -> the pid whose process tree is the proxy (CPU, RSS)
+read -r P_B1 P_B2 P_GW P_GWU P_NGINX P_HAPROXY P_LUA <<<"$(free_ports 7)"
+declare -A PORT=([gw]=$P_GW [gw-uring]=$P_GWU [nginx]=$P_NGINX [haproxy]=$P_HAPROXY [lua]=$P_LUA [direct]=$P_B1)
+# What the load generator aims at: wrk one URL; gwload a list of addresses. Direct is one
+# backend for wrk (it takes one URL) and both backends for gwload.
+declare -A TARGET=()
+for c in "${CONTENDER_LIST[@]}"; do TARGET[$c]="127.0.0.1:${PORT[$c]}"; done
+[ "$MODE" = frame ] && TARGET[direct]="127.0.0.1:$P_B1,127.0.0.1:$P_B2"
 
-log "backends: 127.0.0.1:$P_B1 (b1), 127.0.0.1:$P_B2 (b2); workers=$WORKERS; tmp=$TMP"
+BACKEND_MODE=http
+[ "$MODE" = frame ] && BACKEND_MODE=device
+log "backends ($BACKEND_MODE): 127.0.0.1:$P_B1 (b1), 127.0.0.1:$P_B2 (b2); workers=$WORKERS; tmp=$TMP"
 for b in 1 2; do
   port_var=P_B$b
-  start "b$b" "$TMP/b$b.log" "$BACKEND" --listen "127.0.0.1:${!port_var}" --name "b$b" --mode http --threads 1
+  start "b$b" "$TMP/b$b.log" "$BACKEND" --listen "127.0.0.1:${!port_var}" --name "b$b" --mode "$BACKEND_MODE" --threads 1
   wait_ready "backend b$b" "$LAST_PID" "${!port_var}" "b$b" "$TMP/b$b.log"
 done
 
+# Descriptors per nginx worker: as many as the limit allows (10,000 frame clients need
+# ~12,500 per worker with two workers; see the connection counts above).
+NGINX_WORKER_CONNECTIONS=$((NOFILE - 256))
+# Idle keep-alive connections each worker keeps to the backends (l7): enough for every
+# client connection of the 1,000 count, the same for nginx and lua ("keepalive", per worker)
+# and gw ("keepalive.max_idle", per host per worker, so half); HAProxy's pool is not capped.
+# The usual 64 (nginx's example, gw's default) would close and reopen backend connections
+# at 1,000 clients. Requests per backend connection stay at both defaults, 1000.
+NGINX_KEEPALIVE=1024
+
 gw_upstream() {  # NAME: an upstream over b1 and b2
-  printf '{"name": "%s", "connect_timeout_ms": 2000, "idle_timeout_ms": 600000,
+  # frame: no "method": a frame upstream defaults to chash over the devid of the login frame.
+  local method='"method": "round_robin", ' keepalive=""
+  [ "$MODE" = frame ] && method=""
+  [ "$MODE" = l7 ] && keepalive="\"keepalive\": {\"max_idle\": $((NGINX_KEEPALIVE / 2))},"
+  printf '{"name": "%s", "connect_timeout_ms": 2000, "idle_timeout_ms": 600000, %s
                "max_fails": 1, "fail_timeout_ms": 10000, "tries": 3,
-               "pools": [{"id": "primary", "priority": 0, "method": "round_robin",
+               "pools": [{"id": "primary", "priority": 0, %s
                           "hosts": [{"id": "b1", "address": "127.0.0.1:%s", "weight": 1},
-                                    {"id": "b2", "address": "127.0.0.1:%s", "weight": 1}]}]}' "$1" "$P_B1" "$P_B2"
+                                    {"id": "b2", "address": "127.0.0.1:%s", "weight": 1}]}]}' "$1" "$keepalive" "$method" "$P_B1" "$P_B2"
 }
 GW_UPSTREAMS=$(gw_upstream app)
 # l7: a second upstream over the same backends, where the gray rule that the
 # rule-change round flips sends wrk's requests (the answers stay the same).
 [ "$MODE" = l7 ] && GW_UPSTREAMS+=", $(gw_upstream pre)"
+case $MODE in
+  l4) GW_LISTENER='"protocol": "tcp"' ;;
+  # keepalive_requests as nginx's below (gw's default, 1000, would close wrk's connections
+  # 1000 times as often as nginx and HAProxy do).
+  l7) GW_LISTENER='"protocol": "http", "http": {"keepalive_requests": 100000}' ;;
+  # Routed once, on the login frame, as nginx stream routes a connection once.
+  frame) GW_LISTENER='"protocol": "frame", "frame": {"mode": "connection"}' ;;
+esac
+# The backends each contender answered from at startup: frame routing hashes (a devid, an
+# address), so 4 probes need not reach both.
+EXPECT_BACKENDS="b1 b2"
+[ "$MODE" = frame ] && EXPECT_BACKENDS=""
 
 # start_gw NAME PORT ENGINE SHM: one gwd with the given event engine.
 start_gw() {
@@ -289,7 +440,7 @@ start_gw() {
   "shutdown_timeout_ms": 2000,
   "shm": {"name": "$shm", "max_upstreams": 64, "max_pools": 256, "max_hosts": 4096, "max_rule_cidrs": 8192},
   "state_file": "$TMP/$name.state.json",
-  "listeners": [{"name": "bench", "listen": "127.0.0.1:$port", "protocol": "$([ "$MODE" = l7 ] && echo http || echo tcp)",
+  "listeners": [{"name": "bench", "listen": "127.0.0.1:$port", $GW_LISTENER,
                  "upstream": "app", "backlog": 4096}],
   "upstreams": [$GW_UPSTREAMS]
 }
@@ -301,7 +452,7 @@ EOF
   # Run from the temp dir so any relative path gwd might create lands there.
   # shellcheck disable=SC2016  # $1/$@ belong to the inner shell
   start "$name" "$TMP/$name.log" bash -c 'cd "$1" && shift && exec "$@"' _ "$TMP" "$GWD" -c "$conf" --foreground
-  wait_ready "$name" "$LAST_PID" "$port" "b1 b2" "$TMP/$name.log"
+  wait_ready "$name" "$LAST_PID" "$port" "$EXPECT_BACKENDS" "$TMP/$name.log"
   CPID[$name]=$LAST_PID
   # gwd falls back to epoll (with a warning) where io_uring is missing: that would
   # measure the wrong engine.
@@ -314,22 +465,44 @@ EOF
 if has_contender gw; then start_gw gw "$P_GW" epoll "$SHM_NAME"; fi
 if has_contender gw-uring; then start_gw gw-uring "$P_GWU" io_uring "$SHM_NAME-u"; fi
 
-if has_contender nginx; then
-  mkdir -p "$TMP/nginx/logs"
-  if [ "$MODE" = l4 ]; then
-  cat >"$TMP/nginx/nginx.conf" <<EOF
-load_module $NGINX_STREAM_MODULE;
+# nginx_head LOAD_MODULES...: the main context every nginx contender shares.
+nginx_head() {
+  local m
+  for m in "$@"; do echo "load_module $m;"; done
+  cat <<EOF
 daemon off;
 master_process on;
 worker_processes $WORKERS;
-worker_rlimit_nofile 20000;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/logs/error.log warn;
+worker_rlimit_nofile $NOFILE;
+error_log logs/error.log warn;
+pid logs/nginx.pid;
 events {
-    worker_connections 8192;
+    worker_connections $NGINX_WORKER_CONNECTIONS;
 }
+EOF
+}
+
+# start_nginx NAME PORT: runs $TMP/NAME/nginx.conf (written by the caller) with prefix
+# $TMP/NAME.
+start_nginx() {
+  local name=$1 port=$2 d="$TMP/$1"
+  # -e: log startup errors here instead of the system-wide error log.
+  start "$name" "$TMP/$name.log" nginx -p "$d" -e "$d/logs/error.log" -c "$d/nginx.conf"
+  wait_ready "$name" "$LAST_PID" "$port" "$EXPECT_BACKENDS" "$TMP/$name.log" "$d/logs/error.log"
+  CPID[$name]=$LAST_PID
+}
+
+if has_contender nginx; then
+  mkdir -p "$TMP/nginx/logs"
+  if [ "$MODE" != l7 ]; then
+  # frame: nginx stream cannot read the login frame (not without Lua), so it keeps each
+  # client on one backend by its address, the nearest it has to device affinity.
+  NGINX_HASH=""
+  [ "$MODE" = frame ] && NGINX_HASH="hash \$remote_addr consistent;"
+  { nginx_head "$NGINX_STREAM_MODULE"; cat <<EOF
 stream {
     upstream backends {
+        $NGINX_HASH
         server 127.0.0.1:$P_B1;
         server 127.0.0.1:$P_B2;
     }
@@ -341,19 +514,11 @@ stream {
     }
 }
 EOF
+  } >"$TMP/nginx/nginx.conf"
   else
   # The usual production reverse proxy: keep-alive to the backends, no access log
   # (gw writes none either), client keep-alive as wrk uses it.
-  cat >"$TMP/nginx/nginx.conf" <<EOF
-daemon off;
-master_process on;
-worker_processes $WORKERS;
-worker_rlimit_nofile 20000;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/logs/error.log warn;
-events {
-    worker_connections 8192;
-}
+  { nginx_head; cat <<EOF
 http {
     access_log off;
     keepalive_requests 100000;
@@ -362,7 +527,7 @@ http {
     upstream backends {
         server 127.0.0.1:$P_B1;
         server 127.0.0.1:$P_B2;
-        keepalive 64;
+        keepalive $NGINX_KEEPALIVE;
     }
     server {
         listen 127.0.0.1:$P_NGINX reuseport backlog=4096;
@@ -375,11 +540,52 @@ http {
     }
 }
 EOF
+  } >"$TMP/nginx/nginx.conf"
   fi
-  # -e: log startup errors here instead of the system-wide error log.
-  start nginx "$TMP/nginx.log" nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf"
-  wait_ready nginx "$LAST_PID" "$P_NGINX" "b1 b2" "$TMP/nginx.log" "$TMP/nginx/logs/error.log"
-  CPID[nginx]=$LAST_PID
+  start_nginx nginx "$P_NGINX"
+fi
+
+# lua: the OpenResty way of balancing, on Debian's nginx: balancer_by_lua_block picks the
+# backend for every request from a counter in a lua_shared_dict (shared by the workers, so
+# the round robin is global, as gw's is), and the keepalive pool sits behind it. The
+# "server" line is a placeholder nginx requires; the Lua code always sets the peer.
+if has_contender lua; then
+  mkdir -p "$TMP/lua/logs"
+  { nginx_head "$NGINX_NDK_MODULE" "$NGINX_LUA_MODULE"; cat <<EOF
+http {
+    access_log off;
+    keepalive_requests 100000;
+    client_body_temp_path $TMP/lua/body;
+    proxy_temp_path $TMP/lua/proxy;
+    lua_package_path "/usr/share/lua/5.1/?.lua;;";
+    lua_shared_dict balancer 1m;
+    upstream backends {
+        server 127.0.0.1:$P_B1;
+        balancer_by_lua_block {
+            local balancer = require "ngx.balancer"
+            local n = ngx.shared.balancer:incr("rr", 1, 0)
+            local port = (n % 2 == 1) and $P_B1 or $P_B2
+            local ok, err = balancer.set_current_peer("127.0.0.1", port)
+            if not ok then
+                ngx.log(ngx.ERR, "set_current_peer: ", err)
+                return ngx.exit(500)
+            end
+        }
+        keepalive $NGINX_KEEPALIVE;
+    }
+    server {
+        listen 127.0.0.1:$P_LUA reuseport backlog=4096;
+        location / {
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 2s;
+        }
+    }
+}
+EOF
+  } >"$TMP/lua/nginx.conf"
+  start_nginx lua "$P_LUA"
 fi
 
 if has_contender haproxy; then
@@ -416,40 +622,52 @@ EOF
   fi
   # -db: stay in the foreground, no daemon.
   start haproxy "$TMP/haproxy.log" haproxy -db -f "$TMP/haproxy.cfg"
-  wait_ready haproxy "$LAST_PID" "$P_HAPROXY" "b1 b2" "$TMP/haproxy.log"
+  wait_ready haproxy "$LAST_PID" "$P_HAPROXY" "$EXPECT_BACKENDS" "$TMP/haproxy.log"
   CPID[haproxy]=$LAST_PID
 fi
 
 # ---------------------------------------------------------------------------------------
 # Runs
 
-# Parses wrk --latency output into "rps p50_ms p99_ms errors".
-# cpu_ns PID: CPU nanoseconds so far of PID, its threads and its descendants.
-cpu_ns() {
-  "$PY" - "$1" <<'EOF'
+# procstat cpu|mem PID: of PID, its threads and its descendants, the CPU nanoseconds so far
+# (cpu), or "RSS PSS": the summed resident set size in KiB (shared pages, such as gw's shm
+# tables or nginx's shared zones, count once per process, as `ps` shows them) and the summed
+# proportional set size (shared pages split between the processes that map them).
+cat >"$TMP/procstat.py" <<'EOF'
 import os, sys
-todo, seen, total = [int(sys.argv[1])], set(), 0
+what, todo, seen, total, pss = sys.argv[1], [int(sys.argv[2])], set(), 0, 0
 while todo:
     p = todo.pop()
     if p in seen:
         continue
     seen.add(p)
+    if what == "mem":
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next((int(l.split()[1]) for l in f if l.startswith("VmRSS:")), 0)
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                pss += next((int(l.split()[1]) for l in f if l.startswith("Pss:")), 0)
+        except (OSError, ValueError):
+            pass
     try:
         tasks = os.listdir(f"/proc/{p}/task")
     except OSError:
         continue
     for t in tasks:
         try:
-            with open(f"/proc/{p}/task/{t}/schedstat") as f:
-                total += int(f.read().split()[0])
+            if what == "cpu":
+                with open(f"/proc/{p}/task/{t}/schedstat") as f:
+                    total += int(f.read().split()[0])
             with open(f"/proc/{p}/task/{t}/children") as f:
                 todo.extend(int(x) for x in f.read().split())
         except (OSError, ValueError):
             pass
-print(total)
+print(total, pss) if what == "mem" else print(total)
 EOF
-}
+cpu_ns() { "$PY" "$TMP/procstat.py" cpu "$1"; }
+mem_kb() { "$PY" "$TMP/procstat.py" mem "$1"; }
 
+# parse_wrk FILE: wrk --latency output -> "rps p50_ms p99_ms errors requests".
 parse_wrk() {
   awk '
     function ms(v,   n, u) {
@@ -473,60 +691,115 @@ parse_wrk() {
     }' "$1"
 }
 
+# parse_gwload FILE: gwload --churn --json output (the report is its last line) -> the same
+# fields: churn cycles/s, login round trip p50 and p99 in ms, errors, cycles.
+parse_gwload() {
+  "$PY" - "$1" <<'EOF'
+import json, sys
+try:
+    r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+    lat = r["first_latency_us"]
+    print("%.1f %.3f %.3f %d %d" % (r["churn_connects_per_s"], lat["p50"] / 1000, lat["p99"] / 1000,
+                                    r["errors"], r["churn_connects"]))
+except (OSError, ValueError, IndexError, KeyError):
+    sys.exit(1)
+EOF
+}
+
+# load CONTENDER CONNECTIONS SECONDS OUT: runs the load generator at the contender, output
+# in OUT. In the background, with its pid in WRK_PID, so that INT/TERM are handled promptly
+# instead of after the run.
+load() {
+  local c=$1 conns=$2 secs=$3 out=$4 threads=2
+  if [ "$MODE" = frame ]; then
+    # --connect-rate 0: every client starts at once and loops; --timeout-ms: a login echo
+    # slower than this is an error (10,000 clients on 2 shared cores see seconds).
+    "$GWLOAD" --target "${TARGET[$c]}" --json --churn -c "$conns" --connect-rate 0 -T "$secs" \
+      --timeout-ms 30000 --src "$FRAME_SRCS" >"$out" 2>"$out.err" &
+  else
+    # wrk refuses fewer connections than threads.
+    [ "$conns" -ge 2 ] || threads=1
+    wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "http://${TARGET[$c]}/" >"$out" 2>&1 &
+  fi
+  WRK_PID=$!
+}
+parse_load() { if [ "$MODE" = frame ]; then parse_gwload "$1"; else parse_wrk "$1"; fi; }
+
+check_alive() {  # a contender that died mid-run would otherwise show up only as errors
+  local pid
+  for pid in "${PIDS[@]}"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      show_logs "${PID_LOG[$pid]}"
+      die "${PID_NAME[$pid]} (pid $pid) exited during the benchmark"
+    fi
+  done
+}
+
+# runs.tsv: connections, round, contender, req/s, p50 ms, p99 ms, errors, cpu us/req (-1:
+# none), RSS KiB and PSS KiB (-1: none).
 RUNS="$TMP/runs.tsv"
 : >"$RUNS"
 n=${#CONTENDER_LIST[@]}
-log "$MODE: $ROUNDS rounds x ${DURATION}s, $CONNECTIONS connections, wrk -t$WRK_THREADS, contenders: ${CONTENDER_LIST[*]}"
-for ((r = 0; r < ROUNDS; r++)); do
-  for ((k = 0; k < n; k++)); do
-    c=${CONTENDER_LIST[(r + k) % n]}
-    out="$TMP/wrk-$r-$c.txt"
-    cpu0=0
-    [ -n "${CPID[$c]:-}" ] && cpu0=$(cpu_ns "${CPID[$c]}")
-    # Background + wait so INT/TERM are handled promptly instead of after the run.
-    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:${PORT[$c]}/" >"$out" 2>&1 &
-    WRK_PID=$!
-    wrk_rc=0
-    wait "$WRK_PID" || wrk_rc=$?
-    WRK_PID=""
-    if [ $wrk_rc -ne 0 ] || ! res=$(parse_wrk "$out"); then
-      show_logs "$out"
-      die "wrk through $c failed (round $((r + 1)))"
-    fi
-    read -r rps p50 p99 errs reqs <<<"$res"
-    cpu_us=-1
-    if [ -n "${CPID[$c]:-}" ] && [ "$reqs" -gt 0 ]; then
-      cpu1=$(cpu_ns "${CPID[$c]}")
-      cpu_us=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" 'BEGIN { printf "%.2f", (b - a) / 1000 / n }')
-    fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$((r + 1))" "$c" "$rps" "$p50" "$p99" "$errs" "$cpu_us" >>"$RUNS"
-    printf '[round %d/%d] %-9s req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms  cpu %6s us/req%s\n' \
-      "$((r + 1))" "$ROUNDS" "$c" "$rps" "$p50" "$p99" "$([ "$cpu_us" = -1 ] && echo - || echo "$cpu_us")" \
-      "$([ "$errs" = 0 ] || echo "  ($errs errors)")"
-    # A contender that died mid-run would otherwise show up only as wrk errors.
-    for pid in "${PIDS[@]}"; do
-      if ! kill -0 "$pid" 2>/dev/null; then
-        show_logs "${PID_LOG[$pid]}"
-        die "${PID_NAME[$pid]} (pid $pid) exited during the benchmark"
+# Memory is sampled this long into each run (90%): the load's connections are all open.
+RSS_AT=$(awk -v d="$DURATION" 'BEGIN { printf "%.1f", d * 0.9 }')
+START_EPOCH=$(date +%s)
+for conns in "${COUNTS[@]}"; do
+  log "$MODE: $conns connections, $ROUNDS rounds x ${DURATION}s, $LOAD_TOOL, contenders: ${CONTENDER_LIST[*]}"
+  for ((r = 0; r < ROUNDS; r++)); do
+    for ((k = 0; k < n; k++)); do
+      c=${CONTENDER_LIST[(r + k) % n]}
+      out="$TMP/load-$conns-$r-$c.txt"
+      cpu0=0
+      rss_pid=""
+      [ -n "${CPID[$c]:-}" ] && cpu0=$(cpu_ns "${CPID[$c]}")
+      load "$c" "$conns" "$DURATION" "$out"
+      if [ -n "${CPID[$c]:-}" ]; then
+        (sleep "$RSS_AT"; mem_kb "${CPID[$c]}" >"$out.mem") &
+        rss_pid=$!
       fi
+      load_rc=0
+      wait "$WRK_PID" || load_rc=$?
+      WRK_PID=""
+      [ -z "$rss_pid" ] || wait "$rss_pid" || true
+      if [ $load_rc -ne 0 ] || ! res=$(parse_load "$out"); then
+        show_logs "$out" "$out.err"
+        die "$LOAD_TOOL through $c failed ($conns connections, round $((r + 1)))"
+      fi
+      read -r rps p50 p99 errs reqs <<<"$res"
+      cpu_us=-1
+      if [ -n "${CPID[$c]:-}" ] && [ "$reqs" -gt 0 ]; then
+        cpu1=$(cpu_ns "${CPID[$c]}")
+        cpu_us=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" 'BEGIN { printf "%.2f", (b - a) / 1000 / n }')
+      fi
+      rss=-1 pss=-1
+      [ -s "$out.mem" ] && read -r rss pss <"$out.mem"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "$((r + 1))" "$c" "$rps" "$p50" "$p99" "$errs" "$cpu_us" "$rss" "$pss" >>"$RUNS"
+      printf '[c=%d round %d/%d] %-9s req/s %10.0f  p50 %8.3f ms  p99 %8.3f ms  cpu %6s us/req  rss %6s MiB%s\n' \
+        "$conns" "$((r + 1))" "$ROUNDS" "$c" "$rps" "$p50" "$p99" "$([ "$cpu_us" = -1 ] && echo - || echo "$cpu_us")" \
+        "$([ "$rss" = -1 ] && echo - || awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }')" \
+        "$([ "$errs" = 0 ] || echo "  ($errs errors)")"
+      check_alive
+      # frame: the run's closed connections sit in TIME_WAIT; let the next contender start
+      # from a similar state.
+      [ "$MODE" != frame ] || sleep 1
     done
   done
 done
+ELAPSED=$(( $(date +%s) - START_EPOCH ))
 
-# l7: one more gw round while gwctl changes a gray-release rule RULE_CHANGES times
-# (default 1000): the rule flips wrk's client address between the two upstreams, each
-# change a commit that every worker picks up on its next request. Reported on its
-# own row ("gw+rules"); the target is 0 failed requests.
+# l7: one more gw round, at the first connection count, while gwctl changes a gray-release
+# rule RULE_CHANGES times (default 1000): the rule flips wrk's client address between the
+# two upstreams, each change a commit that every worker picks up on its next request.
+# Reported on its own row ("gw+rules"); the target is 0 failed requests.
 RULE_CHANGES=${RULE_CHANGES:-1000}
 RULES_DURATION=${RULES_DURATION:-60}  # each change is a gwctl process and an fsync'd state file: ~25/s here
 RULES_DONE=0
 if [ "$MODE" = l7 ] && has_contender gw && [ "$RULE_CHANGES" -gt 0 ]; then
   GWCTL="$BUILD_DIR/gwctl"
-  [ -x "$GWCTL" ] || die "$GWCTL not found (build the gwctl target)"
+  conns=${COUNTS[0]}
   "$GWCTL" --shm "$SHM_NAME" add rule bench default gray --ip 127.0.0.2 --upstream pre >/dev/null
   out="$TMP/wrk-rules.txt"
-  wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${RULES_DURATION}s" --latency "http://127.0.0.1:$P_GW/" >"$out" 2>&1 &
-  WRK_PID=$!
+  load gw "$conns" "$RULES_DURATION" "$out"
   for ((i = 0; i < RULE_CHANGES; i++)); do
     if ((i % 2 == 0)); then ip=127.0.0.1; else ip=127.0.0.2,10.0.0.0/8; fi
     "$GWCTL" --shm "$SHM_NAME" set rule bench default gray --ip "$ip" --upstream pre >/dev/null ||
@@ -534,15 +807,15 @@ if [ "$MODE" = l7 ] && has_contender gw && [ "$RULE_CHANGES" -gt 0 ]; then
     kill -0 "$WRK_PID" 2>/dev/null || break
   done
   RULES_DONE=$i
-  wrk_rc=0
-  wait "$WRK_PID" || wrk_rc=$?
+  load_rc=0
+  wait "$WRK_PID" || load_rc=$?
   WRK_PID=""
-  if [ $wrk_rc -ne 0 ] || ! res=$(parse_wrk "$out"); then
+  if [ $load_rc -ne 0 ] || ! res=$(parse_wrk "$out"); then
     show_logs "$out"
     die "wrk through gw during the rule changes failed"
   fi
-  read -r rps p50 p99 errs <<<"$res"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "rules" "gw+rules" "$rps" "$p50" "$p99" "$errs" -1 >>"$RUNS"
+  read -r rps p50 p99 errs reqs <<<"$res"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "rules" "gw+rules" "$rps" "$p50" "$p99" "$errs" -1 -1 -1 >>"$RUNS"
   printf '[rules]       gw+rules req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms  (%d rule changes in the run, %d errors)\n' \
     "$rps" "$p50" "$p99" "$RULES_DONE" "$errs"
   [ "$RULES_DONE" -ge "$RULE_CHANGES" ] ||
@@ -550,110 +823,254 @@ if [ "$MODE" = l7 ] && has_contender gw && [ "$RULE_CHANGES" -gt 0 ]; then
 fi
 
 # ---------------------------------------------------------------------------------------
-# Summary: medians per contender, ratios to nginx; printed and appended to RESULTS.md.
+# Summary: medians per connection count and contender, ratios to the peers; printed,
+# appended to RESULTS.md, and written as bench/results/MODE-STAMP.{md,png} (gnuplot) with
+# latest-MODE.{md,png} copies.
 
 DATE=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
+STAMP=$(date -u '+%Y%m%d-%H%M')
 KERNEL=$(uname -r)
 NPROC=$(nproc)
-# (wrk --version exits non-zero, hence the "|| true")
-VERSIONS="wrk $(wrk --version 2>&1 | awk 'NR==1{print $2}' || true)"
-has_contender nginx && VERSIONS+=", $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+MEM_TOTAL=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+if [ "$MODE" = frame ]; then
+  VERSIONS="gwload (this tree)"
+else
+  # (wrk --version exits non-zero, hence the "|| true")
+  VERSIONS="wrk $(wrk --version 2>&1 | awk 'NR==1{print $2}' || true)"
+fi
+{ has_contender nginx || has_contender lua; } && VERSIONS+=", $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+has_contender lua && VERSIONS+=", lua-nginx-module $(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null || echo '?') + lua-resty-core $(dpkg-query -W -f='${Version}' lua-resty-core 2>/dev/null || echo '?')"
 has_contender haproxy && VERSIONS+=", haproxy $(haproxy -v | awk 'NR==1{print $3}')"
-GW_REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "uncommitted")
+# "-dirty" for local changes, except the results this script writes (an earlier mode of
+# `all` has appended to RESULTS.md by now).
+GW_REV=$(git -C "$ROOT" describe --always 2>/dev/null || echo "uncommitted")
+if [ -n "$(git -C "$ROOT" status --porcelain -- . ':!bench/RESULTS.md' ':!bench/results' 2>/dev/null)" ]; then
+  GW_REV+="-dirty"
+fi
 # Which build was measured: directory and CMake build type.
 BUILD_TYPE=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null || true)
 GW_BUILD="$BUILD_DIR (${BUILD_TYPE:-unknown build type})"
+GW_BUILD=${GW_BUILD#"$ROOT/"}
+mkdir -p "$RESULTS_DIR"
+SKIPPED_TEXT=$(printf '%s\n' "${SKIPPED[@]+"${SKIPPED[@]}"}")
 
 # Values reach the Python code through the environment (quoted heredoc: no shell expansion).
-BENCH_ROUNDS=$ROUNDS BENCH_DURATION=$DURATION BENCH_CONNECTIONS=$CONNECTIONS \
-BENCH_WORKERS=$WORKERS BENCH_WRK_THREADS=$WRK_THREADS BENCH_DATE=$DATE BENCH_KERNEL=$KERNEL \
-BENCH_NPROC=$NPROC BENCH_VERSIONS=$VERSIONS BENCH_GW_REV=$GW_REV BENCH_GW_BUILD=$GW_BUILD BENCH_MODE=$MODE \
-BENCH_RULES_DONE=$RULES_DONE \
+BENCH_ROUNDS=$ROUNDS BENCH_DURATION=$DURATION BENCH_WORKERS=$WORKERS BENCH_DATE=$DATE \
+BENCH_STAMP=$STAMP BENCH_KERNEL=$KERNEL BENCH_NPROC=$NPROC BENCH_CPU=$CPU_MODEL BENCH_MEM=$MEM_TOTAL \
+BENCH_VERSIONS=$VERSIONS BENCH_GW_REV=$GW_REV BENCH_GW_BUILD=$GW_BUILD BENCH_MODE=$MODE \
+BENCH_RULES_DONE=$RULES_DONE BENCH_SKIPPED=$SKIPPED_TEXT BENCH_ELAPSED=$ELAPSED BENCH_RESULTS_DIR=$RESULTS_DIR \
+BENCH_TMP=$TMP BENCH_NGINX_KEEPALIVE=$NGINX_KEEPALIVE BENCH_RULES_DURATION=$RULES_DURATION \
 "$PY" - "$RUNS" "$RESULTS_MD" "${CONTENDER_LIST[*]}" <<'EOF'
-import os, statistics, sys
+import os, shutil, statistics, subprocess, sys
 
 runs_file, results_md, order = sys.argv[1], sys.argv[2], sys.argv[3].split()
-if int(os.environ.get("BENCH_RULES_DONE", "0")) > 0:
-    order.append("gw+rules")
 env = os.environ
-rows = {}
+mode = env["BENCH_MODE"]
+if int(env.get("BENCH_RULES_DONE", "0")) > 0:
+    order.append("gw+rules")
+KEYS = ("rps", "p50", "p99", "cpu", "rss", "pss")
+rows = {}     # connections -> contender -> lists of values
 for line in open(runs_file):
-    _round, name, rps, p50, p99, errs, cpu = line.rstrip("\n").split("\t")
-    r = rows.setdefault(name, {"rps": [], "p50": [], "p99": [], "cpu": [], "errors": 0})
+    conns, _round, name, rps, p50, p99, errs, cpu, rss, pss = line.rstrip("\n").split("\t")
+    r = rows.setdefault(int(conns), {}).setdefault(name, {k: [] for k in KEYS} | {"errors": 0})
     r["rps"].append(float(rps))
     r["p50"].append(float(p50))
     r["p99"].append(float(p99))
     if float(cpu) >= 0:
         r["cpu"].append(float(cpu))
+    if float(rss) >= 0:
+        r["rss"].append(float(rss) / 1024)  # MiB
+    if float(pss) >= 0:
+        r["pss"].append(float(pss) / 1024)
     r["errors"] += int(errs)
+counts = sorted(rows)
+med = {c: {n: {k: statistics.median(v[k]) if v[k] else None for k in KEYS} for n, v in rows[c].items()}
+       for c in counts}
 
-med = {n: {k: statistics.median(v[k]) if v[k] else None for k in ("rps", "p50", "p99", "cpu")} for n, v in rows.items()}
-ref = med.get("nginx")
+PEERS = [p for p in ("nginx", "haproxy", "lua") if p in order]
+PEER_LABEL = {"nginx": {"l4": "nginx stream", "l7": "nginx", "frame": "nginx stream"}[mode],
+              "haproxy": "HAProxy", "lua": "lua (balancer_by_lua)"}
+# The issue's targets: req/s ratio each gw engine must reach against each peer.
+TARGET = {"l4": {"nginx": 1.3}, "l7": {"nginx": 1.5, "haproxy": 1.5}, "frame": {"nginx": 1.3}}[mode]
+UNIT = "conn/s" if mode == "frame" else "req/s"
 
-def ratio(name, key):
-    if ref is None or not ref[key] or med[name][key] is None:
-        return "n/a"
-    return "%.2f" % (med[name][key] / ref[key])
+def fmt_ratio(a, b):
+    return "%.2f" % (a / b) if a is not None and b else "n/a"
 
-def cpu(name):
-    return "%.2f" % med[name]["cpu"] if med[name]["cpu"] is not None else "-"
+def table(c):
+    m = med[c]
+    ref = m.get("nginx")
+    header = ["contender", UNIT, "p50 ms", "p99 ms", UNIT + " vs nginx", "p99 vs nginx", "cpu us/req",
+              "cpu vs nginx", "RSS MiB", "PSS MiB", "errors"]
+    out = []
+    for n in order:
+        if n not in m:
+            continue
+        v = m[n]
+        out.append([n, "%.0f" % v["rps"], "%.3f" % v["p50"], "%.3f" % v["p99"],
+                    fmt_ratio(v["rps"], ref and ref["rps"]), fmt_ratio(v["p99"], ref and ref["p99"]),
+                    "%.2f" % v["cpu"] if v["cpu"] is not None else "-",
+                    fmt_ratio(v["cpu"], ref and ref["cpu"]),
+                    "%.1f" % v["rss"] if v["rss"] is not None else "-",
+                    "%.1f" % v["pss"] if v["pss"] is not None else "-", str(rows[c][n]["errors"])])
+    return header, out
 
-header = ["contender", "req/s", "p50 ms", "p99 ms", "req/s vs nginx", "p99 vs nginx", "cpu us/req", "cpu vs nginx",
-          "errors"]
-table = [[n, "%.0f" % med[n]["rps"], "%.3f" % med[n]["p50"], "%.3f" % med[n]["p99"],
-          ratio(n, "rps"), ratio(n, "p99"), cpu(n), ratio(n, "cpu"), str(rows[n]["errors"])] for n in order]
+def targets(c):
+    """Lines saying, for each gw engine, its ratios to each peer and whether the targets hold."""
+    m = med[c]
+    lines = []
+    peers = [p for p in PEERS if p in m]
+    best_p99 = min((m[p]["p99"] for p in peers), default=None)
+    for g in ("gw", "gw-uring"):
+        if g not in m:
+            continue
+        parts = []
+        for p in peers:
+            ratio = m[g]["rps"] / m[p]["rps"]
+            want = TARGET.get(p)
+            part = "vs %s %s %.2f×" % (p, UNIT, ratio)
+            if want:
+                part += " (target %.1f×: %s)" % (want, "met" if ratio >= want else
+                                                 "missed by %.0f%%" % ((want - ratio) / want * 100))
+            if m[g]["cpu"] is not None and m[p]["cpu"]:
+                part += ", cpu/req %.2f×" % (m[g]["cpu"] / m[p]["cpu"])
+            if m[g]["rss"] is not None and m[p]["rss"]:
+                part += ", RSS %.2f×" % (m[g]["rss"] / m[p]["rss"])
+            parts.append(part)
+        if best_p99:
+            ratio = m[g]["p99"] / best_p99
+            parts.append("p99 %.2f× the best peer's (target ≤ 1: %s)" % (
+                ratio, "met" if ratio <= 1 else "missed by %.0f%%" % ((ratio - 1) * 100)))
+        lines.append("- **%s**: %s" % (g, "; ".join(parts)))
+    if "gw" in m and "gw-uring" in m:
+        ratio = m["gw-uring"]["rps"] / m["gw"]["rps"]
+        line = "- **gw-uring vs gw (epoll)**: %s %.2f, p99 %.2f" % (UNIT, ratio, m["gw-uring"]["p99"] / m["gw"]["p99"])
+        if m["gw"]["cpu"] and m["gw-uring"]["cpu"] is not None:
+            line += ", cpu/req %.2f" % (m["gw-uring"]["cpu"] / m["gw"]["cpu"])
+        if c >= 1000:
+            line += " (target at ≥1,000 connections: io_uring ≥ epoll, %s)" % (
+                "met" if ratio >= 1 else "missed by %.0f%%" % ((1 - ratio) * 100))
+        lines.append(line)
+    return lines
 
-widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
-def fmt(cells):
-    return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                     for i, (c, w) in enumerate(zip(cells, widths)))
+def describe(c):
+    if mode == "frame":
+        return ("gwload --churn -c %d: %d clients each looping connect → login frame → echo → close for %ss, "
+                "from 127.0.0.2..9; p50/p99 = login round trip" % (c, c, env["BENCH_DURATION"]))
+    return "wrk -t%d -c%d -d%ss --latency, HTTP/1.1 keep-alive" % (1 if c < 2 else 2, c, env["BENCH_DURATION"])
 
-print()
-print("%s medians over %s rounds (wrk -t%s -c%s -d%ss, workers %s):" % (
-    env["BENCH_MODE"], env["BENCH_ROUNDS"], env["BENCH_WRK_THREADS"], env["BENCH_CONNECTIONS"],
-    env["BENCH_DURATION"], env["BENCH_WORKERS"]))
-print(fmt(header))
-print(fmt(["-" * w for w in widths]))
-for row in table:
-    print(fmt(row))
+WHAT = {"l4": "L4 (tcp relay)", "l7": "L7 (HTTP reverse proxy)", "frame": "frame (first-frame routing)"}[mode]
+meta = ("%s; kernel `%s`, %s × %s, %s RAM; %s round(s) × %ss per contender and connection count, interleaved, "
+        "rotating start; %s workers each; gw %s, build %s; %s. cpu us/req = the contender's processes' CPU "
+        "time per request; RSS = summed RSS of its processes (master and workers) at 90%% of a run, "
+        "shared pages counted in every process that maps them; PSS splits those.%s" % (
+            env["BENCH_DATE"], env["BENCH_KERNEL"], env["BENCH_NPROC"], env["BENCH_CPU"], env["BENCH_MEM"],
+            env["BENCH_ROUNDS"], env["BENCH_DURATION"], env["BENCH_WORKERS"], env["BENCH_GW_REV"],
+            env["BENCH_GW_BUILD"], env["BENCH_VERSIONS"],
+            " Idle backend connections kept per worker: %s (nginx, lua, gw)." % env["BENCH_NGINX_KEEPALIVE"]
+            if mode == "l7" else ""))
+notes = []
 if "direct" in order:
-    print("(direct = wrk straight at backend b1, no proxy; the proxies spread load over b1 and b2)")
+    notes.append("direct = the load straight at the backends, no proxy (%s)."
+                 % ("gwload spread over both" if mode == "frame" else "wrk takes one URL: backend b1 only, where the "
+                    "proxies spread the load over b1 and b2"))
+if mode == "frame":
+    notes.append("gw routes each connection on the devid of its login frame (chash); nginx stream cannot read "
+                  "the frame and hashes the client address (`hash $remote_addr consistent`).")
 if "gw+rules" in order:
-    print("(gw+rules = one more gw run while gwctl made %s gray-rule changes; its load is on the same 2 cores)" % env["BENCH_RULES_DONE"])
-engines = None
-if "gw" in med and "gw-uring" in med and med["gw"]["rps"] and med["gw"]["p99"]:
-    engines = "gw-uring vs gw (epoll): req/s %.2f, p99 %.2f" % (
-        med["gw-uring"]["rps"] / med["gw"]["rps"], med["gw-uring"]["p99"] / med["gw"]["p99"])
-    if med["gw"]["cpu"] and med["gw-uring"]["cpu"] is not None:
-        engines += ", cpu/req %.2f" % (med["gw-uring"]["cpu"] / med["gw"]["cpu"])
-    print(engines)
+    notes.append("gw+rules = one more gw run (%ss) while `gwctl set rule` made %s gray-release rule changes, "
+                 "each flipping wrk's traffic between two upstreams; errors = failed requests."
+                 % (env["BENCH_RULES_DURATION"], env["BENCH_RULES_DONE"]))
+skipped = [s for s in env.get("BENCH_SKIPPED", "").splitlines() if s]
+for s in skipped:
+    notes.append("Skipped: " + s + ".")
+
+md = []
+console = []
+for c in counts:
+    header, body = table(c)
+    md.append("### %s connections\n" % f"{c:,}")
+    md.append(describe(c) + "\n")
+    md.append("| " + " | ".join(header) + " |")
+    md.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    md += ["| " + " | ".join(row) + " |" for row in body]
+    md.append("")
+    md += targets(c)
+    md.append("")
+    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
+    def fmt(cells):
+        return "  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(cells, widths)))
+    console += ["", "%s, %d connections, medians over %s round(s) (%s):" % (mode, c, env["BENCH_ROUNDS"], describe(c)),
+                fmt(header), fmt(["-" * w for w in widths])] + [fmt(row) for row in body] + targets(c)
+md += notes
+print("\n".join(console + [""] + notes))
+
+# Chart: one panel per measure, bars grouped by connection count, one colour per contender.
+names = [n for n in order if any(n in rows[c] for c in counts) and n != "gw+rules"]
+out_dir = env["BENCH_RESULTS_DIR"]
+base = os.path.join(out_dir, "%s-%s" % (mode, env["BENCH_STAMP"]))
+png = None
+if shutil.which("gnuplot"):
+    dat = os.path.join(env["BENCH_TMP"], "chart.dat")
+    with open(dat, "w") as f:
+        for key in ("rps", "p99", "cpu", "rss"):
+            f.write("connections " + " ".join(names) + "\n")
+            for c in counts:
+                vals = []
+                for n in names:
+                    v = med[c].get(n, {}).get(key)
+                    vals.append("%.4g" % v if v is not None else "-")
+                f.write("%d %s\n" % (c, " ".join(vals)))
+            f.write("\n\n")
+    panels = [("rps", UNIT + " (higher is better)"), ("p99", "p99 ms, log scale (lower is better)"),
+              ("cpu", "CPU us per request (lower is better)"), ("rss", "RSS MiB (lower is better)")]
+    gp = ['set terminal pngcairo size 1400,900 font "sans,10"',
+          'set output "%s.png"' % base,
+          'set datafile missing "-"',
+          'set style data histograms', 'set style histogram clustered gap 1', 'set style fill solid 0.85 border -1',
+          'set boxwidth 0.9', 'set grid ytics', 'set key outside below center horizontal',
+          'set xlabel "connections"',
+          'set multiplot layout 2,2 title "gw %s, %s, %s (medians of %s round(s); one run, so only ratios count)"'
+          % (WHAT, env["BENCH_DATE"], env["BENCH_GW_REV"], env["BENCH_ROUNDS"])]
+    for i, (key, title) in enumerate(panels):
+        gp.append('set title "%s"' % title)
+        # p99 spans milliseconds to seconds across connection counts: log scale.
+        gp.append('set logscale y; set yrange [*:*]' if key == "p99" else 'unset logscale y; set yrange [0:*]')
+        gp.append('plot for [i=2:%d] "%s" index %d using i:xtic(1) title columnheader(i)' % (len(names) + 1, dat, i))
+    gp.append("unset multiplot")
+    res = subprocess.run(["gnuplot"], input="\n".join(gp) + "\n", capture_output=True, text=True)
+    if res.returncode == 0 and os.path.exists(base + ".png"):
+        png = base + ".png"
+    else:
+        print("compare.sh: gnuplot failed: %s" % res.stderr[-1000:], file=sys.stderr)
+
+title = "# %s: gw vs its peers\n" % WHAT
+doc = [title, meta, ""]
+if png:
+    doc += ["![%s chart](%s)" % (mode, os.path.basename(png)), ""]
+doc += md
+with open(base + ".md", "w") as f:
+    f.write("\n".join(doc) + "\n")
+shutil.copyfile(base + ".md", os.path.join(out_dir, "latest-%s.md" % mode))
+if png:
+    shutil.copyfile(png, os.path.join(out_dir, "latest-%s.png" % mode))
+    # the copy's image link points at its own file
+    latest = os.path.join(out_dir, "latest-%s.md" % mode)
+    text = open(latest).read().replace("(%s)" % os.path.basename(png), "(latest-%s.png)" % mode)
+    open(latest, "w").write(text)
 
 new_file = not os.path.exists(results_md)
 with open(results_md, "a") as f:
     if new_file:
         f.write("# gw benchmark results\n\n"
                 "Appended by `bench/compare.sh`. Each section is one run: medians over the rounds of\n"
-                "`wrk --latency` through each contender over loopback. Every proxy uses the same\n"
-                "worker count and the same two single-threaded `gw-backend --mode http` servers;\n"
-                "\"direct\" is wrk straight at one backend. Ratios are relative to nginx (req/s: higher\n"
-                "is better; p99: lower is better). Errors are wrk socket errors plus non-2xx replies,\n"
-                "summed over the rounds.\n")
-    f.write("\n## %s, %s\n\n" % (env["BENCH_MODE"], env["BENCH_DATE"]))
-    f.write("kernel `%s`, nproc %s, rounds %s, duration %ss, connections %s, workers %s, "
-            "wrk threads %s; gw %s, build %s; %s; cpu us/req = the proxy's processes' CPU time "
-            "per request\n\n" % (
-                env["BENCH_KERNEL"], env["BENCH_NPROC"], env["BENCH_ROUNDS"],
-                env["BENCH_DURATION"], env["BENCH_CONNECTIONS"], env["BENCH_WORKERS"],
-                env["BENCH_WRK_THREADS"], env["BENCH_GW_REV"], env["BENCH_GW_BUILD"],
-                env["BENCH_VERSIONS"]))
-    f.write("| " + " | ".join(header) + " |\n")
-    f.write("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|\n")
-    for row in table:
-        f.write("| " + " | ".join(row) + " |\n")
-    if engines:
-        f.write("\n" + engines + "\n")
-    if "gw+rules" in order:
-        f.write("\ngw+rules: one more gw run while `gwctl set rule` made %s gray-release rule changes "
-                "(each flipping wrk's traffic between two upstreams); errors = failed requests.\n" % env["BENCH_RULES_DONE"])
-print("appended to %s" % results_md)
+                "the load through each contender over loopback. Every proxy uses the same\n"
+                "worker count and the same two single-threaded `gw-backend` servers.\n"
+                "Ratios are relative to nginx (req/s: higher is better; p99: lower is better).\n"
+                "Errors are socket errors plus non-2xx replies, summed over the rounds.\n")
+    f.write("\n## %s, %s\n\n" % (mode, env["BENCH_DATE"]))
+    f.write(meta + " Table and chart: `bench/results/%s.md`.\n\n" % os.path.basename(base))
+    f.write("\n".join(md).replace("### ", "#### ") + "\n")
+print("wrote %s.md%s; appended to %s" % (base, " and .png" if png else "", results_md))
 EOF

@@ -14,6 +14,9 @@
   churn  first-frame routing throughput (new device connections per second:
          connect, login frame, its echo, close) through gw against nginx
          stream with the same backends and worker count, interleaved rounds.
+         `bench/compare.sh frame` runs the same gwload --churn load in the
+         shared harness: gw with both engines, nginx, direct, at 50, 1,000 and
+         10,000 clients, with CPU per connection, RSS and a chart.
 
 Everything runs on loopback; backends are `gw-backend --mode device`, load is
 `gwload`. Prints a summary and appends it to bench/RESULTS.md.

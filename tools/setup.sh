@@ -11,6 +11,9 @@ pkgs=(
   libxxhash-dev libcrypt-dev libssl-dev
   # tests and benches
   curl procps iproute2 openssl nginx libnginx-mod-stream haproxy wrk python3-websockets
+  # bench/compare.sh: the OpenResty-style l7 contender (balancer_by_lua + lua_shared_dict on
+  # Debian's nginx; pulls libnginx-mod-http-ndk and libluajit2) and its PNG charts
+  libnginx-mod-http-lua lua-resty-core gnuplot-nox
   # the cluster test starts its own 3-member etcd (etcd-client: etcdctl, for operators)
   etcd-server etcd-client
   # the admin test: promtool (checks GET /metrics) and headless Chromium (the dashboard)
