@@ -329,6 +329,11 @@ void HttpProxy::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept
   c.state = CState::head;
   c.listener = static_cast<uint16_t>(listener);
   if (peer) c.peer = core::SockAddr::from_sockaddr(peer);
+  // Its text once per connection (inet_ntop formats IPv4 with sprintf): the
+  // hash key, X-Forwarded-For, X-Real-IP and the access log use it.
+  if ((c.peer.family == AF_INET || c.peer.family == AF_INET6) &&
+      ::inet_ntop(c.peer.family == AF_INET6 ? AF_INET6 : AF_INET, c.peer.ip, c.ip, sizeof(c.ip)))
+    c.ip_len = static_cast<uint8_t>(std::strlen(c.ip));
   c.c_read_ms = env_.now_ms;
   ++active_;
   net::set_nodelay(fd);
@@ -928,7 +933,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   // The hash key (also the client key of percentage rules).
   std::string_view key;
   bool have_key = false;
-  char ip[64];
+  const std::string_view ip(c.ip, c.ip_len);
   const config::RouteConf& rc = *route.conf;
   switch (rc.hash_key) {
     case config::HashKey::ip:
@@ -953,9 +958,6 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
       break;
   }
   // The client address as nginx's $remote_addr writes it.
-  ip[0] = '\0';
-  if (c.peer.family == AF_INET6) ::inet_ntop(AF_INET6, c.peer.ip, ip, sizeof(ip));
-  else if (c.peer.family == AF_INET) ::inet_ntop(AF_INET, c.peer.ip, ip, sizeof(ip));
   if (rc.hash_key == config::HashKey::ip) key = ip, have_key = true;
   // Keys longer than kMaxKey are hashed by their first kMaxKey bytes; an
   // empty key is a missing key (round robin, counted).
@@ -965,7 +967,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   // The route's guard: auth, then limit_req (gw::api::Guard), before the rules.
   if (env_.guard && env_.guard->active(c.listener, static_cast<uint32_t>(ri) - l.first_route)) {
     const api::Verdict v = env_.guard->check(c.listener, static_cast<uint32_t>(ri) - l.first_route,
-                                             {&h, target, std::string_view(ip)}, c.consumer, env_.now_ms);
+                                             {&h, target, ip}, c.consumer, env_.now_ms);
     if (v.status) {
       pump_request_body(c);
       respond_error(c, v.status, true, v.headers);
@@ -975,7 +977,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
 
   // Rules (first match wins), then the route's own upstream. A percentage
   // hashes the route's key when the request has one, else the client address.
-  const int rule = match_rule(route, c, h, c.key_len ? std::string_view(c.key, c.key_len) : std::string_view(ip));
+  const int rule = match_rule(route, c, h, c.key_len ? std::string_view(c.key, c.key_len) : ip);
   c.rule = static_cast<int16_t>(rule);
   if (rule >= 0 && c.lg.p) {
     // The rule's id, for the access log (the rule may change before the request ends).
@@ -1114,9 +1116,7 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
     host = std::string_view(addr, r.size);
   }
   w.field("Host", host);
-  char ip[64] = {};
-  if (c.peer.family == AF_INET6) ::inet_ntop(AF_INET6, c.peer.ip, ip, sizeof(ip));
-  else if (c.peer.family == AF_INET) ::inet_ntop(AF_INET, c.peer.ip, ip, sizeof(ip));
+  const std::string_view ip(c.ip, c.ip_len);
   for (const http::Field& f : h.fields) {
     if (f.hop_by_hop || f.id == http::FieldId::host || f.id == http::FieldId::content_length) continue;
     if (iequals(f.name, "x-forwarded-for") || iequals(f.name, "x-real-ip") || iequals(f.name, "x-forwarded-proto") ||
@@ -1858,10 +1858,7 @@ void HttpProxy::log_request(Conn& c) noexcept {
   if (!l.log || !env_.access_log || !env_.access_log->enabled()) return;
   HttpLogEntry e;
   e.wall_ms = core::wall_ms();
-  char client[INET6_ADDRSTRLEN] = "";
-  if (c.peer.family == AF_INET6) ::inet_ntop(AF_INET6, c.peer.ip, client, sizeof(client));
-  else if (c.peer.family == AF_INET) ::inet_ntop(AF_INET, c.peer.ip, client, sizeof(client));
-  e.client = client;
+  e.client = std::string_view(c.ip, c.ip_len);
   e.listener = l.conf->name;
   if (c.lg.p) {
     std::string_view parts[Conn::kLogFields];

@@ -179,6 +179,8 @@ class HttpProxy {
     uint32_t rs_dec = 0;        // in `rs`: end of the bytes the response decoder consumed
     uint32_t tried[kMaxTries] = {};
     core::SockAddr peer;
+    char ip[46] = {};    // the client address as text (nginx's $remote_addr), made once at accept
+    uint8_t ip_len = 0;
     http::BodyDecoder req_body;
     http::BodyDecoder resp_body;
     Buf in, rq, rs, out;
