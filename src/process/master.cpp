@@ -67,7 +67,116 @@ void add_state_upstream(shm::Table& t, int ui, const shm::StateUpstream& su) {
   }
 }
 
+// The routing table of `cfg` with the runtime changes of `src` (null: the
+// config alone): an upstream the runtime state lists keeps its pools and
+// hosts from there (hosts added, removed or downed with gwctl stay so), the
+// same for route rules and key-auth consumers; the rest comes from the config.
+// Used at start (src: the segment or the state file) and by a reload (src:
+// the live table). Throws shm::TableError if it does not fit the capacities.
+shm::Table merge_runtime(const config::Config& cfg, const shm::State* src) {
+  shm::Table merged(cfg.shm.caps);
+  for (const auto& u : cfg.upstreams) {
+    int ui = merged.add_upstream(config::upstream_record(u));
+    const shm::StateUpstream* su = nullptr;
+    if (src)
+      for (const auto& x : src->upstreams)
+        if (x.name == u.name) su = &x;
+    if (su) {
+      add_state_upstream(merged, ui, *su);
+    } else {
+      for (const auto& p : u.pools) {
+        int pi = merged.add_pool(ui, p.id, p.priority, p.method);
+        for (const auto& h : p.hosts) merged.add_host(pi, h.id, h.address, h.weight);
+      }
+    }
+  }
+  if (src) {
+    for (const auto& x : src->upstreams)
+      if (merged.find_upstream(x.name) < 0)
+        GW_LOG_WARN("upstream \"{}\" from the runtime state is not in the config; its pools and hosts are dropped",
+                    x.name);
+  }
+  // Routes come from the config; their rules from the runtime state when it
+  // lists the route (a route whose rules were all removed stays empty), else
+  // from the config.
+  const bool state_rules = src && src->has_routes;
+  for (const auto& l : cfg.listeners)
+    for (const auto& r : l.routes) {
+      int ri = merged.add_route(l.name, r.name);
+      const shm::StateRoute* sr = state_rules ? src->find_route(l.name, r.name) : nullptr;
+      for (const auto& rule : sr ? sr->rules : r.rules) {
+        if (merged.find_upstream(rule.upstream) < 0) {
+          GW_LOG_WARN("rule {}/{}/{} sends to upstream \"{}\", which is not in the config; the rule is dropped", l.name,
+                      r.name, rule.id, rule.upstream);
+          continue;
+        }
+        merged.add_rule(ri, rule);
+      }
+    }
+  if (state_rules)
+    for (const auto& x : src->routes)
+      if (merged.find_route(x.listener, x.name) < 0 && !x.rules.empty())
+        GW_LOG_WARN("route {}/{} from the runtime state is not in the config; its {} rule(s) are dropped", x.listener,
+                    x.name, x.rules.size());
+
+  // key-auth consumers: from the runtime state when it lists them (a consumer
+  // removed with gwctl stays removed), else from the config.
+  if (src && src->has_consumers) {
+    for (const auto& sc : src->consumers) merged.add_consumer(sc.name, sc.key_sha256);
+  } else {
+    for (const auto& cc : cfg.consumers) {
+      uint8_t digest[shm::kSha256Len];
+      if (!api::sha256(cc.key, digest)) throw std::runtime_error("SHA-256 failed");
+      merged.add_consumer(cc.name, digest);
+    }
+  }
+  return merged;
+}
+
+// Hosts of `merged` that `live` has too (same upstream, pool and id) keep
+// their runtime slots there: their counters, health and connections go on.
+void keep_runtime_slots(shm::Table& merged, const shm::Table& live) {
+  for (auto& h : merged.hosts()) {
+    int u = live.find_upstream(shm::name_of(merged.upstreams()[merged.pools()[h.pool].upstream].name));
+    int p = u < 0 ? -1 : live.find_pool(u, shm::name_of(merged.pools()[h.pool].id));
+    int o = p < 0 ? -1 : live.find_host(p, shm::name_of(h.id));
+    if (o >= 0) {
+      h.slot = live.hosts()[static_cast<size_t>(o)].slot;
+      h.tag = live.hosts()[static_cast<size_t>(o)].tag;
+    }
+  }
+}
+
+// The listeners' addresses, for `gwctl check`.
+void publish_listeners(shm::SegmentHeader& hdr, const config::Config& cfg) {
+  hdr.n_listeners = static_cast<uint32_t>(std::min<size_t>(cfg.listeners.size(), shm::kMaxListeners));
+  for (uint32_t i = 0; i < hdr.n_listeners; ++i) {
+    hdr.listeners[i] = shm::ListenerInfo{};
+    shm::set_name(hdr.listeners[i].name, cfg.listeners[i].name);
+    hdr.listeners[i].addr = cfg.listeners[i].listen;
+  }
+}
+
+// The etcd sync state starts over with each master (and each reload: the
+// sync process is started again).
+void reset_cluster_state(shm::SegmentHeader& hdr, const config::Config& cfg) {
+  auto& cl = hdr.cluster;
+  cl.sync_pid.store(0);
+  cl.revision.store(0);
+  cl.contact_ms.store(0);
+  cl.reconnects.store(0);
+  cl.relists.store(0);
+  cl.applied.store(0);
+  shm::set_cluster_text(cl, cfg.cluster.enabled ? cfg.cluster.etcd[0] : "", "");
+  cl.since_ms.store(core::wall_ms());
+  cl.state.store(cfg.cluster.enabled ? shm::kClusterConnecting : shm::kClusterOff, std::memory_order_release);
+}
+
 }  // namespace
+
+uint32_t stat_rows_for(int workers) noexcept {
+  return static_cast<uint32_t>(std::min<int64_t>(int64_t{workers} * 2, shm::kMaxWorkers));
+}
 
 shm::Segment prepare_segment(const config::Config& cfg) {
   const std::string& name = cfg.shm.name;
@@ -112,65 +221,12 @@ shm::Segment prepare_segment(const config::Config& cfg) {
   else if (have_state) source = Source::file;
   shm::State src = source == Source::segment ? shm::state_from_table(*seg_table) : state;
 
-  shm::Table merged(cfg.shm.caps);
-  for (const auto& u : cfg.upstreams) {
-    int ui = merged.add_upstream(config::upstream_record(u));
-    const shm::StateUpstream* su = nullptr;
-    if (source != Source::config)
-      for (const auto& x : src.upstreams)
-        if (x.name == u.name) su = &x;
-    if (su) {
-      add_state_upstream(merged, ui, *su);
-    } else {
-      for (const auto& p : u.pools) {
-        int pi = merged.add_pool(ui, p.id, p.priority, p.method);
-        for (const auto& h : p.hosts) merged.add_host(pi, h.id, h.address, h.weight);
-      }
-    }
-  }
-  if (source != Source::config) {
-    for (const auto& x : src.upstreams)
-      if (merged.find_upstream(x.name) < 0)
-        GW_LOG_WARN("upstream \"{}\" from the runtime state is not in the config; its pools and hosts are dropped",
-                    x.name);
-  }
-  // Routes come from the config; their rules from the runtime state when it
-  // lists the route (a route whose rules were all removed stays empty), else
-  // from the config.
-  const bool state_rules = source != Source::config && src.has_routes;
-  for (const auto& l : cfg.listeners)
-    for (const auto& r : l.routes) {
-      int ri = merged.add_route(l.name, r.name);
-      const shm::StateRoute* sr = state_rules ? src.find_route(l.name, r.name) : nullptr;
-      for (const auto& rule : sr ? sr->rules : r.rules) {
-        if (merged.find_upstream(rule.upstream) < 0) {
-          GW_LOG_WARN("rule {}/{}/{} sends to upstream \"{}\", which is not in the config; the rule is dropped", l.name,
-                      r.name, rule.id, rule.upstream);
-          continue;
-        }
-        merged.add_rule(ri, rule);
-      }
-    }
-  if (state_rules)
-    for (const auto& x : src.routes)
-      if (merged.find_route(x.listener, x.name) < 0 && !x.rules.empty())
-        GW_LOG_WARN("route {}/{} from the runtime state is not in the config; its {} rule(s) are dropped", x.listener,
-                    x.name, x.rules.size());
+  shm::Table merged = merge_runtime(cfg, source == Source::config ? nullptr : &src);
 
-  // key-auth consumers: from the runtime state when it lists them (a consumer
-  // removed with gwctl stays removed), else from the config.
-  if (source != Source::config && src.has_consumers) {
-    for (const auto& sc : src.consumers) merged.add_consumer(sc.name, sc.key_sha256);
-  } else {
-    for (const auto& cc : cfg.consumers) {
-      uint8_t digest[shm::kSha256Len];
-      if (!api::sha256(cc.key, digest)) throw std::runtime_error("SHA-256 failed");
-      merged.add_consumer(cc.name, digest);
-    }
-  }
-
-  // The stats matrices have a row per worker: a segment made for fewer workers is made again.
-  const uint32_t stat_workers = static_cast<uint32_t>(cfg.workers);
+  // The stats matrices have a row per worker, twice over: a reload starts a new
+  // generation while the old one drains, each in rows of its own. A segment
+  // made with fewer rows is made again.
+  const uint32_t stat_workers = stat_rows_for(cfg.workers);
   bool reuse = seg.valid() && seg.caps() == cfg.shm.caps && seg.stat_workers() >= stat_workers;
   if (seg.valid() && !reuse) {
     GW_LOG_INFO("shm \"{}\" has other capacities or fewer worker rows than the config; recreating it", name);
@@ -181,17 +237,7 @@ shm::Segment prepare_segment(const config::Config& cfg) {
 
   // Hosts keep their runtime slots (counters, health) only when the segment
   // itself is the source; otherwise they get fresh slots.
-  if (reuse && source == Source::segment) {
-    for (auto& h : merged.hosts()) {
-      int u = seg_table->find_upstream(shm::name_of(merged.upstreams()[merged.pools()[h.pool].upstream].name));
-      int p = u < 0 ? -1 : seg_table->find_pool(u, shm::name_of(merged.pools()[h.pool].id));
-      int o = p < 0 ? -1 : seg_table->find_host(p, shm::name_of(h.id));
-      if (o >= 0) {
-        h.slot = seg_table->hosts()[static_cast<size_t>(o)].slot;
-        h.tag = seg_table->hosts()[static_cast<size_t>(o)].tag;
-      }
-    }
-  }
+  if (reuse && source == Source::segment) keep_runtime_slots(merged, *seg_table);
 
   auto& hdr = seg.header();
   std::memset(hdr.state_file, 0, sizeof(hdr.state_file));
@@ -200,30 +246,15 @@ shm::Segment prepare_segment(const config::Config& cfg) {
   std::memcpy(hdr.config_file, cfg.path.data(), std::min(cfg.path.size(), sizeof(hdr.config_file) - 1));
   for (uint32_t w = 0; w < shm::kMaxWorkers; ++w) {
     seg.worker(w).pid.store(0);
+    seg.worker(w).flags.store(0);
     shm::clear_worker_counters(seg, w);  // no worker of a previous run is alive
   }
   api::LimitTable::reset_conns(seg);  // their connections are gone too
   shm::clear_listener_stats(seg);  // listener rows are by config index: this config's start at 0
   // For `gwctl check`: how many workers should run, and where to connect.
   hdr.workers.store(static_cast<uint32_t>(cfg.workers));
-  hdr.n_listeners = static_cast<uint32_t>(std::min<size_t>(cfg.listeners.size(), shm::kMaxListeners));
-  for (uint32_t i = 0; i < hdr.n_listeners; ++i) {
-    hdr.listeners[i] = shm::ListenerInfo{};
-    shm::set_name(hdr.listeners[i].name, cfg.listeners[i].name);
-    hdr.listeners[i].addr = cfg.listeners[i].listen;
-  }
-  // The etcd sync state starts over with each master.
-  auto& cl = hdr.cluster;
-  cl.sync_pid.store(0);
-  cl.revision.store(0);
-  cl.contact_ms.store(0);
-  cl.reconnects.store(0);
-  cl.relists.store(0);
-  cl.applied.store(0);
-  shm::set_cluster_text(cl, cfg.cluster.enabled ? cfg.cluster.etcd[0] : "", "");
-  cl.since_ms.store(core::wall_ms());
-  cl.state.store(cfg.cluster.enabled ? shm::kClusterConnecting : shm::kClusterOff, std::memory_order_release);
-
+  publish_listeners(hdr, cfg);
+  reset_cluster_state(hdr, cfg);
 
   const char* what = source == Source::segment ? "the shm segment" : source == Source::file ? "the state file" : "the config";
   const uint64_t base_gen = std::max(seg_gen, state.generation);
@@ -242,14 +273,28 @@ shm::Segment prepare_segment(const config::Config& cfg) {
 
 namespace {
 
+// io_uring: checked once, by the master, so that every worker runs the same
+// engine and a kernel without what the engine needs is reported in one line.
+config::Config effective_config(config::Config cfg) {
+  if (cfg.event_engine == config::EventEngine::io_uring) {
+    std::string why = net::uring_unsupported();
+    if (!why.empty()) {
+      GW_LOG_WARN("event_engine io_uring is not available: {}; using epoll", why);
+      cfg.event_engine = config::EventEngine::epoll;
+    }
+  }
+  return cfg;
+}
+
 class Master {
  public:
-  Master(const config::Config& cfg, shm::Segment seg) : cfg_(cfg), seg_(std::move(seg)) {}
+  Master(config::Config cfg, shm::Segment seg) : cfg_(std::move(cfg)), seg_(std::move(seg)) {}
 
   int run() {
     const int n = cfg_.workers;
     // One socket per worker slot and listener, made here so a respawned worker
-    // inherits its slot's socket and its accept queue (nothing queued is lost).
+    // (or, after a reload, the new worker of the slot) inherits its slot's
+    // socket and its accept queue (nothing queued is lost).
     fds_.resize(static_cast<size_t>(n));
     for (int w = 0; w < n; ++w)
       for (const auto& l : cfg_.listeners) fds_[static_cast<size_t>(w)].push_back(net::listen_tcp(l.listen, l.backlog, true));
@@ -262,39 +307,25 @@ class Master {
 
     sigset_t set;
     sigemptyset(&set);
-    for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&set, s);
+    // SIGWINCH too (the master ignores it): a worker inherits it blocked, so
+    // the one that retires it (a reload right after its start) waits in its
+    // signalfd rather than being lost before the worker made one.
+    for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&set, s);
     ::sigprocmask(SIG_BLOCK, &set, nullptr);
     ::signal(SIGPIPE, SIG_IGN);
 
     // Access logs: a socket per worker slot to the logger process (made here,
     // so a respawned worker or logger finds its end), and the files checked now.
-    if (!cfg_.access_log_paths.empty()) {
-      for (const auto& path : cfg_.access_log_paths) ::close(open_access_log(path));
-      for (int w = 0; w < n; ++w) {
-        int sv[2];
-        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
-          throw std::runtime_error(fmt::format("socketpair for the access log: {}", std::strerror(errno)));
-        int sndbuf = 4 << 20;  // room for bursts while the logger writes
-        ::setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
-        log_rd_.emplace_back(sv[0]);
-        log_wr_.emplace_back(sv[1]);
-      }
-      logger_.wanted = true;
-    }
+    open_access_logs(cfg_, log_rd_, log_wr_);
+    logger_.wanted = !cfg_.access_log_paths.empty();
 
     seg_.header().master_started_ms.store(core::wall_ms());
     seg_.header().master_pid.store(::getpid(), std::memory_order_release);
     event_cursor_ = seg_.header().event_head.load();
 
-    pids_.assign(static_cast<size_t>(n), 0);
-    started_ms_.assign(static_cast<size_t>(n), 0);
-    quick_deaths_.assign(static_cast<size_t>(n), 0);
-    for (int w = 0; w < n; ++w) spawn(static_cast<uint32_t>(w));
-    for (const auto& u : cfg_.upstreams) checker_.wanted |= u.check.type != shm::kCheckNone;
-    sync_.wanted = cfg_.cluster.enabled;
-    admin_.wanted = cfg_.admin.enabled;
-    for (Aux* a : auxes())
-      if (a->wanted) spawn_aux(*a);
+    rows_.resize(static_cast<size_t>(n));
+    for (int w = 0; w < n; ++w) rows_[static_cast<size_t>(w)] = static_cast<uint32_t>(w);
+    start_generation();
     std::string addrs;
     for (const auto& l : cfg_.listeners) addrs += fmt::format(" {}={}", l.name, l.listen.to_string());
     if (cfg_.admin.enabled) addrs += fmt::format(" (admin {})", cfg_.admin.listen.to_string());
@@ -309,10 +340,15 @@ class Master {
       if (sig == SIGCHLD) reap(now);
       else if (sig == SIGTERM) begin_stop(true, now);
       else if (sig == SIGINT || sig == SIGQUIT) begin_stop(false, now);
-      else if (sig == SIGHUP) GW_LOG_WARN("SIGHUP: configuration reload is not implemented yet; ignored");
+      else if (sig == SIGHUP) reload(now);
       else if (sig == SIGUSR1) reopen_logs();
       else if (sig == SIGUSR2) GW_LOG_INFO("signal {} ignored", sig);
+      if (retry_reload_) {
+        retry_reload_ = false;
+        reload(now);  // a deferred reload: rows were freed
+      }
       respawn_due(now);
+      expire_retiring(now);
       log_events();
       expire_hooks();
       if (stopping_) {
@@ -324,6 +360,8 @@ class Master {
             if (p > 0) ::kill(p, SIGKILL);
           for (Aux* a : auxes())
             if (a->pid > 0) ::kill(a->pid, SIGKILL);
+          for (const auto& [p, r] : retiring_) ::kill(p, SIGKILL);
+          for (const auto& [p, t] : retiring_aux_) ::kill(p, SIGKILL);
           kill_deadline_ms_ = now + 60000;
         }
       }
@@ -335,6 +373,228 @@ class Master {
   }
 
  private:
+  // Access-log sockets by worker slot for `cfg` (none without access logs);
+  // the files are opened once to check them. Throws with a message.
+  static void open_access_logs(const config::Config& cfg, std::vector<core::UniqueFd>& rd,
+                               std::vector<core::UniqueFd>& wr) {
+    if (cfg.access_log_paths.empty()) return;
+    for (const auto& path : cfg.access_log_paths) ::close(open_access_log(path));
+    for (int w = 0; w < cfg.workers; ++w) {
+      int sv[2];
+      if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+        throw std::runtime_error(fmt::format("socketpair for the access log: {}", std::strerror(errno)));
+      int sndbuf = 4 << 20;  // room for bursts while the logger writes
+      ::setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+      rd.emplace_back(sv[0]);
+      wr.emplace_back(sv[1]);
+    }
+  }
+
+  // Forks the workers of cfg_ (in rows_) and the helpers it wants.
+  void start_generation() {
+    const size_t n = static_cast<size_t>(cfg_.workers);
+    pids_.assign(n, 0);
+    started_ms_.assign(n, 0);
+    quick_deaths_.assign(n, 0);
+    respawn_at_.clear();
+    for (uint32_t w = 0; w < n; ++w) {
+      auto& wr = seg_.worker(rows_[w]);
+      wr.flags.store(0, std::memory_order_relaxed);
+      shm::clear_worker_counters(seg_, rows_[w]);
+      spawn(w);
+    }
+    checker_.wanted = false;
+    for (const auto& u : cfg_.upstreams) checker_.wanted |= u.check.type != shm::kCheckNone;
+    sync_.wanted = cfg_.cluster.enabled;
+    admin_.wanted = cfg_.admin.enabled;
+    logger_.wanted = !cfg_.access_log_paths.empty();
+    admin_.fd = admin_fd_.get();
+    for (Aux* a : auxes()) {
+      a->respawn_at = 0;
+      if (a->wanted) spawn_aux(*a);
+    }
+  }
+
+  // ---- reload (SIGHUP)
+  //
+  //   read + validate the file ─ errors: log each, keep running
+  //   refuse what needs a restart (shm name or capacities, state_file, rows)
+  //   open new listening sockets, access-log sockets  ─ failure: keep running
+  //   merge the config into the live table (one commit) ─ failure: keep running
+  //   ── from here nothing fails ──
+  //   fork the new workers (same-address listeners: the same sockets) and helpers
+  //   SIGWINCH the old workers (stop accepting, drain for their
+  //   worker_shutdown_timeout_ms), SIGQUIT/SIGTERM the old helpers
+
+  // Why `next` cannot be applied without a restart; empty if it can.
+  std::string restart_needed(const config::Config& next) const {
+    if (next.shm.name != cfg_.shm.name)
+      return fmt::format("shm.name changed (\"{}\" -> \"{}\")", cfg_.shm.name, next.shm.name);
+    if (!(next.shm.caps == seg_.caps())) return "the shm capacities (shm.max_*) changed";
+    if (next.state_file != cfg_.state_file)
+      return fmt::format("state_file changed (\"{}\" -> \"{}\")", cfg_.state_file, next.state_file);
+    const uint32_t rows = seg_.stat_workers();
+    if (static_cast<uint32_t>(next.workers + cfg_.workers) > rows)
+      return fmt::format("{} workers: the shm segment has worker rows for {} running + new workers, {} are running",
+                         next.workers, rows, cfg_.workers);
+    return {};
+  }
+
+  // Rows (< stat_workers) no worker of any generation holds, lowest first.
+  std::vector<uint32_t> free_rows() const {
+    std::vector<bool> busy(seg_.stat_workers(), false);
+    for (uint32_t r : rows_)
+      if (r < busy.size()) busy[r] = true;
+    for (const auto& [p, r] : retiring_)
+      if (r.row < busy.size()) busy[r.row] = true;
+    std::vector<uint32_t> out;
+    for (uint32_t r = 0; r < busy.size(); ++r)
+      if (!busy[r]) out.push_back(r);
+    return out;
+  }
+
+  void reload(uint64_t now) {
+    if (stopping_) return;
+    GW_LOG_INFO("SIGHUP: reloading {}", cfg_.path);
+    config::LoadResult r = config::load_file(cfg_.path);
+    if (!r.ok()) {
+      for (const auto& e : r.errors) GW_LOG_ERROR("reload: {}: {}", cfg_.path, e);
+      GW_LOG_ERROR("reload failed: {} error(s) in {}; the running configuration stays", r.errors.size(), cfg_.path);
+      reload_pending_ = false;
+      return;
+    }
+    config::Config next = effective_config(std::move(r.config));
+    if (std::string why = restart_needed(next); !why.empty()) {
+      GW_LOG_ERROR("reload refused: {}; a restart of gwd is needed for that; the running configuration stays", why);
+      reload_pending_ = false;
+      return;
+    }
+    std::vector<uint32_t> rows = free_rows();
+    if (rows.size() < static_cast<size_t>(next.workers)) {
+      // Held by the workers of an earlier reload that are still draining.
+      if (!reload_pending_)
+        GW_LOG_WARN("reload deferred: {} worker(s) of an earlier reload are still draining; it runs when they exit "
+                    "(within their worker_shutdown_timeout_ms)",
+                    retiring_.size());
+      reload_pending_ = true;
+      return;
+    }
+    reload_pending_ = false;
+    rows.resize(static_cast<size_t>(next.workers));
+
+    // Sockets first: a port that cannot be bound leaves everything as it is.
+    const size_t n_old = fds_.size();
+    std::vector<std::vector<core::UniqueFd>> fds(static_cast<size_t>(next.workers));
+    std::vector<int> reuse(next.listeners.size(), -1);  // new listener -> old listener index with the same address
+    for (size_t i = 0; i < next.listeners.size(); ++i)
+      for (size_t j = 0; j < cfg_.listeners.size(); ++j)
+        if (cfg_.listeners[j].listen == next.listeners[i].listen) reuse[i] = static_cast<int>(j);
+    core::UniqueFd admin_fd;
+    const bool admin_same = next.admin.enabled && cfg_.admin.enabled && next.admin.listen == cfg_.admin.listen;
+    std::vector<core::UniqueFd> log_rd, log_wr;
+    try {
+      for (size_t w = 0; w < fds.size(); ++w)
+        for (size_t i = 0; i < next.listeners.size(); ++i)
+          fds[w].push_back(w < n_old && reuse[i] >= 0
+                               ? core::UniqueFd()
+                               : net::listen_tcp(next.listeners[i].listen, next.listeners[i].backlog, true));
+      if (next.admin.enabled && !admin_same) admin_fd = net::listen_tcp(next.admin.listen, 128, false);
+      open_access_logs(next, log_rd, log_wr);
+      commit_reload(next);
+    } catch (const std::exception& e) {
+      GW_LOG_ERROR("reload failed: {}; the running configuration stays", e.what());
+      return;
+    }
+
+    // ---- nothing fails from here
+    for (size_t w = 0; w < fds.size(); ++w)
+      for (size_t i = 0; i < next.listeners.size(); ++i)
+        if (!fds[w][i]) fds[w][i] = std::move(fds_[w][static_cast<size_t>(reuse[i])]);
+    // The master's copies of sockets no listener uses any more close now: the
+    // old workers close theirs as they start draining, so the kernel drops
+    // them (a closed port refuses rather than queueing for nobody).
+    fds_ = std::move(fds);
+    if (next.admin.enabled && !admin_same) admin_fd_ = std::move(admin_fd);
+    else if (!next.admin.enabled) admin_fd_.reset();
+    // The old logger keeps its ends and writes the old workers' last lines.
+    log_rd_ = std::move(log_rd);
+    log_wr_ = std::move(log_wr);
+
+    std::vector<std::pair<pid_t, uint32_t>> old_workers;
+    for (size_t w = 0; w < pids_.size(); ++w)
+      if (pids_[w] > 0) old_workers.emplace_back(pids_[w], rows_[w]);
+    const uint64_t old_kill_at = now + cfg_.worker_shutdown_timeout_ms + 5000;
+    std::vector<std::pair<Aux*, pid_t>> old_aux;
+    for (Aux* a : auxes())
+      if (a->pid > 0) old_aux.emplace_back(a, a->pid);
+
+    const int old_n = cfg_.workers;
+    if (next.log_file != cfg_.log_file) {
+      try {
+        core::log_open(next.log_file);
+      } catch (const std::exception& e) {
+        GW_LOG_ERROR("reload: {} (logging goes on where it went)", e.what());
+      }
+    }
+    core::log_set_level(next.log_level);
+    cfg_ = std::move(next);
+    auto& hdr = seg_.header();
+    hdr.workers.store(static_cast<uint32_t>(cfg_.workers));
+    publish_listeners(hdr, cfg_);
+    reset_cluster_state(hdr, cfg_);
+    rows_ = std::move(rows);
+    for (auto& [a, pid] : old_aux) {
+      retiring_aux_[pid] = old_kill_at;
+      a->pid = 0;
+    }
+    start_generation();  // the new workers serve before the old ones stop accepting
+    for (const auto& [pid, row] : old_workers) {
+      seg_.worker(row).flags.store(shm::kWorkerRetiring, std::memory_order_release);
+      retiring_[pid] = Retiring{row, old_kill_at};
+      ::kill(pid, SIGWINCH);
+    }
+    for (const auto& [a, pid] : old_aux)
+      ::kill(pid, a == &logger_ ? SIGTERM : SIGQUIT);  // the logger: after the old workers' last lines
+    std::string addrs;
+    for (const auto& l : cfg_.listeners) addrs += fmt::format(" {}={}", l.name, l.listen.to_string());
+    GW_LOG_INFO("reloaded: {} worker(s) started, {} old worker(s) draining (from {}), listeners:{}", cfg_.workers,
+                old_workers.size(), old_n, addrs);
+  }
+
+  // The reload's one table commit: the new config merged with the live table
+  // (read under the writer lock, so a concurrent gwctl change is not lost).
+  void commit_reload(const config::Config& next) {
+    shm::Writer writer(seg_);
+    uint64_t gen = writer.commit([&](shm::Table& t, std::vector<std::string>& events) {
+      const shm::State live = shm::state_from_table(t);
+      shm::Table merged = merge_runtime(next, &live);
+      keep_runtime_slots(merged, t);
+      const uint64_t generation = t.header().generation;
+      const uint32_t next_tag = std::max(t.header().next_tag, 1u);
+      std::memcpy(t.words(), merged.words(), t.bytes());
+      t.header().generation = generation;
+      t.header().next_tag = next_tag;
+      events.push_back(fmt::format("config_reloaded pid={}: {} upstream(s), {} pool(s), {} host(s)", ::getpid(),
+                                   t.upstreams().size(), t.pools().size(), t.hosts().size()));
+    });
+    GW_LOG_INFO("reload: routing table generation {}", gen);
+  }
+
+  // Old workers and helpers past their deadline (worker_shutdown_timeout_ms
+  // plus a margin: a worker closes its connections itself at the limit).
+  void expire_retiring(uint64_t now) {
+    for (auto& [pid, r] : retiring_)
+      if (now >= r.kill_at) {
+        GW_LOG_WARN("old worker pid {} still running after worker_shutdown_timeout_ms; killing it", pid);
+        ::kill(pid, SIGKILL);
+        r.kill_at = now + 60000;
+      }
+    for (auto& [pid, kill_at] : retiring_aux_)
+      if (now >= kill_at) {
+        ::kill(pid, SIGKILL);
+        kill_at = now + 60000;
+      }
+  }
 
   // SIGUSR1 (logrotate): the master, the workers and the logger reopen their files.
   void reopen_logs() {
@@ -355,7 +615,7 @@ class Master {
   int alive() const {
     int a = (checker_.pid > 0) + (sync_.pid > 0) + (logger_.pid > 0) + (admin_.pid > 0);
     for (pid_t p : pids_) a += p > 0;
-    return a;
+    return a + static_cast<int>(retiring_.size() + retiring_aux_.size());
   }
 
   void spawn(uint32_t w) {
@@ -371,10 +631,13 @@ class Master {
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);
       if (::getppid() != master) ::_exit(0);  // the master died before prctl took effect
       ::prctl(PR_SET_NAME, fmt::format("gwd-worker-{}", w).c_str());
-      core::log_set_role(fmt::format("worker {}", w));
-      sigset_t all;
-      sigemptyset(&all);
-      ::sigprocmask(SIG_SETMASK, &all, nullptr);
+      core::log_set_role(fmt::format("worker {}", rows_[w]));
+      // The worker's control signals stay blocked: one sent before its
+      // signalfd exists is read from it, not lost (or fatal).
+      sigset_t ctl;
+      sigemptyset(&ctl);
+      for (int s : {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&ctl, s);
+      ::sigprocmask(SIG_SETMASK, &ctl, nullptr);
       std::vector<int> mine;
       for (size_t s = 0; s < fds_.size(); ++s)
         for (auto& fd : fds_[s]) {
@@ -386,7 +649,7 @@ class Master {
         if (s != w) log_wr_[s].reset();
       if (w < log_wr_.size()) set_access_log_fd(log_wr_[w].get());
       admin_fd_.reset();  // the admin server's, not a worker's
-      int rc = run_worker(cfg_, seg_, w, mine);
+      int rc = run_worker(cfg_, seg_, rows_[w], mine);
       ::_exit(rc);
     }
     pids_[w] = pid;
@@ -471,15 +734,25 @@ class Master {
                                           : fmt::format("exited with code {}", WEXITSTATUS(status)));
         continue;
       }
+      if (retiring_aux_.erase(pid)) continue;  // a helper of the configuration before a reload
+      if (auto old = retiring_.find(pid); old != retiring_.end()) {
+        const uint32_t row = old->second.row;
+        retiring_.erase(old);
+        release_row(row);
+        GW_LOG_INFO("old worker (pid {}) {}; {} still draining", pid,
+                    WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
+                                        : fmt::format("exited with code {}", WEXITSTATUS(status)),
+                    retiring_.size());
+        retry_reload_ |= reload_pending_;
+        continue;
+      }
       if (reap_aux(checker_, pid, status, now) || reap_aux(sync_, pid, status, now) ||
           reap_aux(logger_, pid, status, now) || reap_aux(admin_, pid, status, now))
         continue;
       for (uint32_t w = 0; w < pids_.size(); ++w) {
         if (pids_[w] != pid) continue;
         pids_[w] = 0;
-        seg_.worker(w).pid.store(0, std::memory_order_release);
-        shm::clear_worker_counters(seg_, w);
-        api::LimitTable::release_worker(seg_, w);  // limit_conn counts of its connections
+        release_row(rows_[w]);
         std::string how = WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
                                               : fmt::format("exited with code {}", WEXITSTATUS(status));
         if (stopping_) {
@@ -497,6 +770,14 @@ class Master {
         break;
       }
     }
+  }
+
+  // A worker exited: its row's connection counts and limit_conn holds go.
+  void release_row(uint32_t row) {
+    seg_.worker(row).pid.store(0, std::memory_order_release);
+    seg_.worker(row).flags.store(0, std::memory_order_relaxed);
+    shm::clear_worker_counters(seg_, row);
+    api::LimitTable::release_worker(seg_, row);  // limit_conn counts of its connections
   }
 
   void respawn_due(uint64_t now) {
@@ -524,13 +805,18 @@ class Master {
     GW_LOG_INFO("{}: stopping {}", graceful ? "SIGTERM" : "SIGINT/SIGQUIT", graceful ? "gracefully" : "now");
     for (pid_t p : pids_)
       if (p > 0) ::kill(p, graceful ? SIGTERM : SIGQUIT);
+    // Old workers of a reload drain already (within their own limit); a
+    // fast stop ends them too.
+    if (!graceful)
+      for (const auto& [p, r] : retiring_) ::kill(p, SIGQUIT);
+    for (const auto& [p, t] : retiring_aux_) ::kill(p, SIGQUIT);
     for (Aux* a : {&checker_, &sync_, &admin_})
       if (a->pid > 0) ::kill(a->pid, SIGQUIT);  // nothing to drain
     // The logger writes the workers' last lines and exits when they have all
     // closed their ends (the master's copies go now).
     log_wr_.clear();
     if (logger_.pid > 0) ::kill(logger_.pid, SIGTERM);
-    kill_deadline_ms_ = now + (graceful ? cfg_.shutdown_timeout_ms + 2000 : 2000);
+    kill_deadline_ms_ = now + (graceful ? std::max(cfg_.shutdown_timeout_ms, cfg_.worker_shutdown_timeout_ms) + 2000 : 2000);
   }
 
   void log_events() {
@@ -603,8 +889,17 @@ class Master {
       }
   }
 
-  const config::Config& cfg_;
+  config::Config cfg_;  // the running configuration (a reload replaces it)
   shm::Segment seg_;
+  std::vector<uint32_t> rows_;  // by worker slot: the shm row of its worker (stats, counters)
+  struct Retiring {
+    uint32_t row;      // its shm row, free again when it exits
+    uint64_t kill_at;  // SIGKILL if still running then
+  };
+  std::map<pid_t, Retiring> retiring_;      // workers of a configuration before a reload, draining
+  std::map<pid_t, uint64_t> retiring_aux_;  // helpers of one, stopping → kill deadline
+  bool reload_pending_ = false;  // a reload waits for rows that draining workers hold
+  bool retry_reload_ = false;    // ...and one of them just exited
   std::vector<std::vector<core::UniqueFd>> fds_;
   std::vector<pid_t> pids_;
   std::vector<uint64_t> started_ms_;
@@ -644,18 +939,9 @@ int run_master(const config::Config& cfg) {
     rl.rlim_cur = rl.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &rl);
   }
-  // io_uring: checked once, here, so that every worker runs the same engine
-  // and a kernel without what the engine needs is reported in one line.
-  config::Config effective = cfg;
-  if (cfg.event_engine == config::EventEngine::io_uring) {
-    std::string why = net::uring_unsupported();
-    if (!why.empty()) {
-      GW_LOG_WARN("event_engine io_uring is not available: {}; using epoll", why);
-      effective.event_engine = config::EventEngine::epoll;
-    }
-  }
+  config::Config effective = effective_config(cfg);
   shm::Segment seg = prepare_segment(effective);
-  Master m(effective, std::move(seg));
+  Master m(std::move(effective), std::move(seg));
   return m.run();
 }
 

@@ -97,7 +97,9 @@ class Worker {
     env_.buffers = &buffers_;
     env_.seg = &seg_;
     env_.worker = slot_;
-    env_.n_workers = static_cast<uint32_t>(cfg.workers);
+    // Rows of the per-worker counters to sum (least_conn): after a reload a
+    // generation may use any stats row, and the one before it others.
+    env_.n_workers = seg.stat_workers();
     env_.snap = &snap_;
     env_.balancer = &balancer_;
     env_.pipes = &pipes_;
@@ -272,8 +274,8 @@ class Worker {
         return false;
       }
       if (env_.now_ms >= drain_deadline_ms_) {
-        GW_LOG_WARN("shutdown_timeout_ms ({}) passed with {} connection(s) open; closing them",
-                    cfg_.shutdown_timeout_ms, active());
+        GW_LOG_WARN("{} ({}) passed with {} connection(s) open; closing them", drain_limit_name_, drain_limit_ms_,
+                    active());
         close_all();
         return false;
       }
@@ -343,17 +345,12 @@ class Worker {
     while (::read(sfd, &si, sizeof(si)) == sizeof(si)) {
       switch (si.ssi_signo) {
         case SIGTERM:
-          if (!draining_) {
-            GW_LOG_INFO("SIGTERM: stop accepting, draining {} connection(s) for up to {} ms", active(),
-                        cfg_.shutdown_timeout_ms);
-            stop_accepting();
-            http_.drain();  // idle keep-alive connections close now, busy ones after their response
-            // Closing this process's copies lets the kernel drop the sockets
-            // once the master has closed its own (it does so before SIGTERM).
-            for (int fd : listen_fds_) ::close(fd);
-            draining_ = true;
-            drain_deadline_ms_ = env_.now_ms + cfg_.shutdown_timeout_ms;
-          }
+          begin_drain("SIGTERM", "shutdown_timeout_ms", cfg_.shutdown_timeout_ms);
+          break;
+        case SIGWINCH:
+          // A reload: a new generation of workers serves the listening
+          // sockets; this one finishes what it has.
+          begin_drain("SIGWINCH (reload)", "worker_shutdown_timeout_ms", cfg_.worker_shutdown_timeout_ms);
           break;
         case SIGINT:
         case SIGQUIT:
@@ -374,6 +371,23 @@ class Worker {
       }
     }
     return true;
+  }
+
+  // Stop accepting and finish the open connections within `limit_ms`, then
+  // exit (tick() checks). `why` and `limit_name` are for the log.
+  void begin_drain(const char* why, const char* limit_name, uint32_t limit_ms) {
+    if (draining_) return;
+    GW_LOG_INFO("{}: stop accepting, draining {} connection(s) for up to {} ms", why, active(), limit_ms);
+    stop_accepting();
+    http_.drain();  // idle keep-alive connections close soon, busy ones after their response
+    // Closing this process's copies lets the kernel drop the sockets once
+    // the master has closed its own (it does so before SIGTERM); after a
+    // reload the master and the new workers keep them open.
+    for (int fd : listen_fds_) ::close(fd);
+    draining_ = true;
+    drain_limit_name_ = limit_name;
+    drain_limit_ms_ = limit_ms;
+    drain_deadline_ms_ = env_.now_ms + limit_ms;
   }
 
   void accept_on(uint32_t li) {
@@ -541,6 +555,8 @@ class Worker {
   uint64_t next_housekeeping_ = 0;
   bool draining_ = false;
   uint64_t drain_deadline_ms_ = 0;
+  const char* drain_limit_name_ = "";  // the config key that set the drain limit (for the log)
+  uint32_t drain_limit_ms_ = 0;
   bool accept_paused_ = false;
   uint64_t last_full_log_ms_ = 0;
   uint64_t resume_accept_ms_ = 0;

@@ -2,7 +2,8 @@
 // The master process: prepares the shm segment (create, or adopt and merge with
 // the state file), creates one SO_REUSEPORT socket per worker slot and
 // listener, forks the workers, respawns any that dies, logs events, and handles
-// signals (SIGTERM drain, SIGINT/SIGQUIT fast stop, SIGHUP logged and ignored).
+// signals (SIGTERM drain, SIGINT/SIGQUIT fast stop, SIGHUP reload, SIGUSR1
+// reopen logs).
 
 #include "gw/config/config.hpp"
 #include "gw/shm/segment.hpp"
@@ -13,6 +14,10 @@ namespace gw::process {
 /// table (config + the newest of segment and state file). Throws with a message
 /// for the operator. Used by the master at start-up; testable on its own.
 shm::Segment prepare_segment(const config::Config& cfg);
+
+/// Rows of the stats matrices a segment gets for `workers` workers: two
+/// generations (the running one and the one a reload starts) side by side.
+uint32_t stat_rows_for(int workers) noexcept;
 
 /// Runs the master until it stops; returns the process exit code.
 int run_master(const config::Config& cfg);
