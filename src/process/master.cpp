@@ -178,7 +178,7 @@ uint32_t stat_rows_for(int workers) noexcept {
   return static_cast<uint32_t>(std::min<int64_t>(int64_t{workers} * 2, shm::kMaxWorkers));
 }
 
-shm::Segment prepare_segment(const config::Config& cfg) {
+shm::Segment prepare_segment(const config::Config& cfg, pid_t upgrade_from) {
   const std::string& name = cfg.shm.name;
   shm::Segment seg;
   std::unique_ptr<shm::Table> seg_table;
@@ -191,7 +191,8 @@ shm::Segment prepare_segment(const config::Config& cfg) {
   }
   if (shm_exists(name)) {
     seg = shm::Segment::attach(name);  // throws a clear error for garbage or another ABI
-    if (seg.master_alive() && seg.header().master_pid.load() != ::getpid())
+    const pid_t owner = seg.header().master_pid.load();
+    if (seg.master_alive() && owner != ::getpid() && !(upgrade_from > 0 && owner == upgrade_from))
       throw std::runtime_error(fmt::format("another gwd (pid {}) is running with shm \"{}\"; stop it first, or give this "
                                            "one another shm.name",
                                            seg.header().master_pid.load(), name));
@@ -228,6 +229,9 @@ shm::Segment prepare_segment(const config::Config& cfg) {
   // made with fewer rows is made again.
   const uint32_t stat_workers = stat_rows_for(cfg.workers);
   bool reuse = seg.valid() && seg.caps() == cfg.shm.caps && seg.stat_workers() >= stat_workers;
+  if (upgrade_from > 0 && !reuse)
+    throw std::runtime_error(fmt::format("binary upgrade: the running shm segment \"{}\" {}; a restart is needed",
+                                         name, seg.valid() ? "has other capacities or too few worker rows" : "is missing"));
   if (seg.valid() && !reuse) {
     GW_LOG_INFO("shm \"{}\" has other capacities or fewer worker rows than the config; recreating it", name);
     seg = shm::Segment();
@@ -245,12 +249,17 @@ shm::Segment prepare_segment(const config::Config& cfg) {
   std::memset(hdr.config_file, 0, sizeof(hdr.config_file));
   std::memcpy(hdr.config_file, cfg.path.data(), std::min(cfg.path.size(), sizeof(hdr.config_file) - 1));
   for (uint32_t w = 0; w < shm::kMaxWorkers; ++w) {
+    // A binary upgrade: the old master's workers run on in their rows.
+    const pid_t pid = seg.worker(w).pid.load();
+    if (upgrade_from > 0 && pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH)) continue;
     seg.worker(w).pid.store(0);
     seg.worker(w).flags.store(0);
     shm::clear_worker_counters(seg, w);  // no worker of a previous run is alive
   }
-  api::LimitTable::reset_conns(seg);  // their connections are gone too
-  shm::clear_listener_stats(seg);  // listener rows are by config index: this config's start at 0
+  if (upgrade_from == 0) {
+    api::LimitTable::reset_conns(seg);  // their connections are gone too
+    shm::clear_listener_stats(seg);  // listener rows are by config index: this config's start at 0
+  }
   // For `gwctl check`: how many workers should run, and where to connect.
   hdr.workers.store(static_cast<uint32_t>(cfg.workers));
   publish_listeners(hdr, cfg);
@@ -286,24 +295,108 @@ config::Config effective_config(config::Config cfg) {
   return cfg;
 }
 
+// What a master started by a binary upgrade (SIGUSR2) inherits from the old
+// one, from the environment variable GW_UPGRADE:
+//   "ppid=PID lock=FD [admin=ADDR@FD] l=SLOT@ADDR@FD ..."
+// (the instance lock's descriptor, the admin server's socket, and each worker
+// slot's listening socket with its address).
+struct Inherited {
+  pid_t parent = 0;  // the old master; 0 = not an upgrade
+  int lock_fd = -1;
+  std::string admin_addr;
+  int admin_fd = -1;
+  struct Listen {
+    size_t slot;
+    std::string addr;
+    int fd;
+  };
+  std::vector<Listen> listeners;
+};
+
+constexpr const char* kUpgradeEnv = "GW_UPGRADE";
+
+Inherited parse_inherited(const char* text) {
+  Inherited in;
+  auto fail = [&] { return std::runtime_error(fmt::format("{}: malformed value \"{}\"", kUpgradeEnv, text)); };
+  auto num = [&](std::string_view v) {
+    long long n = 0;
+    if (v.empty() || v.size() > 10) throw fail();
+    for (char c : v) {
+      if (c < '0' || c > '9') throw fail();
+      n = n * 10 + (c - '0');
+    }
+    return n;
+  };
+  std::string_view all(text);
+  while (!all.empty()) {
+    size_t sp = all.find(' ');
+    std::string_view tok = all.substr(0, sp);
+    all = sp == std::string_view::npos ? std::string_view() : all.substr(sp + 1);
+    if (tok.empty()) continue;
+    size_t eq = tok.find('=');
+    if (eq == std::string_view::npos) throw fail();
+    std::string_view k = tok.substr(0, eq), v = tok.substr(eq + 1);
+    if (k == "ppid") {
+      in.parent = static_cast<pid_t>(num(v));
+    } else if (k == "lock") {
+      in.lock_fd = static_cast<int>(num(v));
+    } else if (k == "admin") {
+      size_t at = v.rfind('@');
+      if (at == std::string_view::npos) throw fail();
+      in.admin_addr = std::string(v.substr(0, at));
+      in.admin_fd = static_cast<int>(num(v.substr(at + 1)));
+    } else if (k == "l") {
+      size_t a1 = v.find('@'), a2 = v.rfind('@');
+      if (a1 == std::string_view::npos || a2 == a1) throw fail();
+      in.listeners.push_back({static_cast<size_t>(num(v.substr(0, a1))), std::string(v.substr(a1 + 1, a2 - a1 - 1)),
+                              static_cast<int>(num(v.substr(a2 + 1)))});
+    } else {
+      throw fail();
+    }
+  }
+  if (in.parent <= 0 || in.lock_fd < 0) throw fail();
+  return in;
+}
+
 class Master {
  public:
-  Master(config::Config cfg, shm::Segment seg) : cfg_(std::move(cfg)), seg_(std::move(seg)) {}
+  Master(config::Config cfg, shm::Segment seg, std::vector<std::string> argv, int lock_fd, Inherited inherited)
+      : cfg_(std::move(cfg)),
+        seg_(std::move(seg)),
+        argv_(std::move(argv)),
+        lock_fd_(lock_fd),
+        inherited_(std::move(inherited)) {}
 
   int run() {
     const int n = cfg_.workers;
     // One socket per worker slot and listener, made here so a respawned worker
     // (or, after a reload, the new worker of the slot) inherits its slot's
     // socket and its accept queue (nothing queued is lost).
+    // After a binary upgrade they are the old master's (same slot and
+    // address), so nothing queued in them is lost either.
     fds_.resize(static_cast<size_t>(n));
     for (int w = 0; w < n; ++w)
-      for (const auto& l : cfg_.listeners) fds_[static_cast<size_t>(w)].push_back(net::listen_tcp(l.listen, l.backlog, true));
+      for (const auto& l : cfg_.listeners) {
+        core::UniqueFd fd = take_inherited(static_cast<size_t>(w), l.listen);
+        fds_[static_cast<size_t>(w)].push_back(fd ? std::move(fd) : net::listen_tcp(l.listen, l.backlog, true));
+      }
     // The admin server's socket, made here too: a port in use stops gwd now,
     // and a respawned admin server inherits the accept queue.
     if (cfg_.admin.enabled) {
-      admin_fd_ = net::listen_tcp(cfg_.admin.listen, 128, false);
+      if (inherited_.admin_fd >= 0 && inherited_.admin_addr == cfg_.admin.listen.to_string()) {
+        admin_fd_ = core::UniqueFd(inherited_.admin_fd);
+        inherited_.admin_fd = -1;
+      } else {
+        admin_fd_ = net::listen_tcp(cfg_.admin.listen, 128, false);
+      }
       admin_.fd = admin_fd_.get();
     }
+    // Inherited sockets this config has no use for.
+    for (auto& l : inherited_.listeners)
+      if (l.fd >= 0) ::close(l.fd);
+    if (inherited_.admin_fd >= 0) ::close(inherited_.admin_fd);
+    inherited_.listeners.clear();
+    inherited_.admin_fd = -1;
 
     sigset_t set;
     sigemptyset(&set);
@@ -323,9 +416,16 @@ class Master {
     seg_.header().master_pid.store(::getpid(), std::memory_order_release);
     event_cursor_ = seg_.header().event_head.load();
 
+    // Rows 0..n-1 at a plain start; after a binary upgrade those the old
+    // master's workers do not use.
+    rows_ = free_rows();
+    if (rows_.size() < static_cast<size_t>(n))
+      throw std::runtime_error(fmt::format("binary upgrade: {} free worker row(s) in the shm segment, {} needed (workers of "
+                                           "an earlier reload still draining?); a restart is needed, or retry later",
+                                           rows_.size(), n));
     rows_.resize(static_cast<size_t>(n));
-    for (int w = 0; w < n; ++w) rows_[static_cast<size_t>(w)] = static_cast<uint32_t>(w);
     start_generation();
+    notify_parent_ = inherited_.parent > 0;
     std::string addrs;
     for (const auto& l : cfg_.listeners) addrs += fmt::format(" {}={}", l.name, l.listen.to_string());
     if (cfg_.admin.enabled) addrs += fmt::format(" (admin {})", cfg_.admin.listen.to_string());
@@ -342,7 +442,9 @@ class Master {
       else if (sig == SIGINT || sig == SIGQUIT) begin_stop(false, now);
       else if (sig == SIGHUP) reload(now);
       else if (sig == SIGUSR1) reopen_logs();
-      else if (sig == SIGUSR2) GW_LOG_INFO("signal {} ignored", sig);
+      else if (sig == SIGUSR2) start_upgrade();
+      else if (sig == SIGWINCH && upgrade_pid_ > 0 && si.si_pid == upgrade_pid_) hand_over(now);
+      if (notify_parent_) tell_parent_ready();
       if (retry_reload_) {
         retry_reload_ = false;
         reload(now);  // a deferred reload: rows were freed
@@ -367,12 +469,27 @@ class Master {
       }
     }
     log_events();
-    seg_.header().master_pid.store(0, std::memory_order_release);
+    // (after a binary upgrade the segment is the new master's)
+    pid_t self = ::getpid();
+    seg_.header().master_pid.compare_exchange_strong(self, 0, std::memory_order_acq_rel);
     GW_LOG_INFO("stopped");
     return 0;
   }
 
  private:
+  // The old master's socket for `slot` and `addr` (binary upgrade), if any.
+  core::UniqueFd take_inherited(size_t slot, const core::SockAddr& addr) {
+    const std::string a = addr.to_string();
+    for (auto& l : inherited_.listeners)
+      if (l.fd >= 0 && l.slot == slot && l.addr == a) {
+        core::UniqueFd fd(l.fd);
+        l.fd = -1;
+        ::fcntl(fd.get(), F_SETFD, FD_CLOEXEC);
+        return fd;
+      }
+    return core::UniqueFd();
+  }
+
   // Access-log sockets by worker slot for `cfg` (none without access logs);
   // the files are opened once to check them. Throws with a message.
   static void open_access_logs(const config::Config& cfg, std::vector<core::UniqueFd>& rd,
@@ -440,6 +557,12 @@ class Master {
     return {};
   }
 
+  bool is_ours(pid_t pid) const {
+    for (pid_t p : pids_)
+      if (p == pid) return true;
+    return retiring_.count(pid) > 0;
+  }
+
   // Rows (< stat_workers) no worker of any generation holds, lowest first.
   std::vector<uint32_t> free_rows() const {
     std::vector<bool> busy(seg_.stat_workers(), false);
@@ -447,6 +570,12 @@ class Master {
       if (r < busy.size()) busy[r] = true;
     for (const auto& [p, r] : retiring_)
       if (r.row < busy.size()) busy[r.row] = true;
+    // Rows of another master's workers (the old master's, right after a
+    // binary upgrade) until they exit.
+    for (uint32_t r = 0; r < busy.size(); ++r) {
+      const pid_t pid = seg_.worker(r).pid.load(std::memory_order_acquire);
+      if (pid > 0 && !is_ours(pid) && (::kill(pid, 0) == 0 || errno != ESRCH)) busy[r] = true;
+    }
     std::vector<uint32_t> out;
     for (uint32_t r = 0; r < busy.size(); ++r)
       if (!busy[r]) out.push_back(r);
@@ -578,6 +707,75 @@ class Master {
                                    t.upstreams().size(), t.pools().size(), t.hosts().size()));
     });
     GW_LOG_INFO("reload: routing table generation {}", gen);
+  }
+
+  // ---- binary upgrade (SIGUSR2), nginx-style
+  //
+  //   old master: fork + exec argv_ with GW_UPGRADE naming the inherited fds
+  //   new master: adopts the segment as it is, takes the sockets, starts its
+  //               workers in free rows; once they run: SIGWINCH to the old one
+  //   old master: SIGTERM to its workers (stop accepting, drain), then exits
+  // If the new master exits before that, the old one goes on as before.
+
+  void start_upgrade() {
+    if (stopping_ || upgrade_pid_ > 0 || argv_.empty()) {
+      GW_LOG_WARN("SIGUSR2: binary upgrade {}; ignored",
+                  stopping_ ? "while stopping" : upgrade_pid_ > 0 ? "already in progress" : "without a command line");
+      return;
+    }
+    std::string env = fmt::format("ppid={} lock={}", ::getpid(), lock_fd_);
+    std::vector<int> pass{lock_fd_};
+    if (admin_fd_) {
+      env += fmt::format(" admin={}@{}", cfg_.admin.listen.to_string(), admin_fd_.get());
+      pass.push_back(admin_fd_.get());
+    }
+    for (size_t w = 0; w < fds_.size(); ++w)
+      for (size_t i = 0; i < fds_[w].size() && i < cfg_.listeners.size(); ++i) {
+        env += fmt::format(" l={}@{}@{}", w, cfg_.listeners[i].listen.to_string(), fds_[w][i].get());
+        pass.push_back(fds_[w][i].get());
+      }
+    std::vector<char*> args;
+    for (auto& a : argv_) args.push_back(a.data());
+    args.push_back(nullptr);
+    pid_t pid = ::fork();
+    if (pid < 0) {
+      GW_LOG_ERROR("SIGUSR2: binary upgrade: fork: {}", std::strerror(errno));
+      return;
+    }
+    if (pid == 0) {
+      for (int fd : pass) ::fcntl(fd, F_SETFD, 0);  // these cross the exec; nothing else does
+      sigset_t none;
+      sigemptyset(&none);
+      ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      ::setenv(kUpgradeEnv, env.c_str(), 1);
+      ::execvp(args[0], args.data());
+      std::fprintf(stderr, "gwd: binary upgrade: exec %s: %s\n", args[0], std::strerror(errno));
+      ::_exit(127);
+    }
+    upgrade_pid_ = pid;
+    GW_LOG_INFO("SIGUSR2: binary upgrade: started {} (pid {}); this master serves until it is ready", argv_[0], pid);
+  }
+
+  // New master: its workers run (each wrote its pid into its row): the old
+  // master may stop its own.
+  void tell_parent_ready() {
+    for (size_t w = 0; w < rows_.size(); ++w)
+      if (pids_[w] <= 0 || seg_.worker(rows_[w]).pid.load(std::memory_order_acquire) != pids_[w]) return;
+    notify_parent_ = false;
+    if (::getppid() != inherited_.parent) {
+      GW_LOG_WARN("binary upgrade: the old master (pid {}) is gone", inherited_.parent);
+      return;
+    }
+    ::kill(inherited_.parent, SIGWINCH);
+    GW_LOG_INFO("binary upgrade: serving; the old master (pid {}) drains and exits", inherited_.parent);
+  }
+
+  // Old master: the new one serves.
+  void hand_over(uint64_t now) {
+    if (stopping_) return;
+    handed_over_ = true;
+    GW_LOG_INFO("binary upgrade: the new master (pid {}) serves; stopping this one's workers gracefully", upgrade_pid_);
+    begin_stop(true, now);
   }
 
   // Old workers and helpers past their deadline (worker_shutdown_timeout_ms
@@ -734,6 +932,14 @@ class Master {
                                           : fmt::format("exited with code {}", WEXITSTATUS(status)));
         continue;
       }
+      if (pid == upgrade_pid_) {
+        upgrade_pid_ = 0;
+        std::string how = WIFSIGNALED(status) ? fmt::format("was killed by signal {}", WTERMSIG(status))
+                                              : fmt::format("exited with code {}", WEXITSTATUS(status));
+        if (handed_over_) GW_LOG_INFO("the new master (pid {}) {}", pid, how);
+        else GW_LOG_ERROR("binary upgrade failed: the new master (pid {}) {}; this one goes on serving", pid, how);
+        continue;
+      }
       if (retiring_aux_.erase(pid)) continue;  // a helper of the configuration before a reload
       if (auto old = retiring_.find(pid); old != retiring_.end()) {
         const uint32_t row = old->second.row;
@@ -802,7 +1008,8 @@ class Master {
     // workers close theirs, the kernel stops queueing new connections.
     fds_.clear();
     admin_fd_.reset();
-    GW_LOG_INFO("{}: stopping {}", graceful ? "SIGTERM" : "SIGINT/SIGQUIT", graceful ? "gracefully" : "now");
+    GW_LOG_INFO("{}: stopping {}", handed_over_ ? "binary upgrade" : graceful ? "SIGTERM" : "SIGINT/SIGQUIT",
+                graceful ? "gracefully" : "now");
     for (pid_t p : pids_)
       if (p > 0) ::kill(p, graceful ? SIGTERM : SIGQUIT);
     // Old workers of a reload drain already (within their own limit); a
@@ -830,7 +1037,7 @@ class Master {
       if (r == shm::EventRead::ok) {
         if (e.pid != ::getpid() && e.kind != static_cast<uint32_t>(shm::EventKind::health))
           GW_LOG_INFO("event: {}", e.text);  // workers and the checker log their own health events
-        run_hook(e.text);
+        if (!handed_over_) run_hook(e.text);  // after a binary upgrade, the new master runs them
       }
       ++event_cursor_;
     }
@@ -898,6 +1105,12 @@ class Master {
   };
   std::map<pid_t, Retiring> retiring_;      // workers of a configuration before a reload, draining
   std::map<pid_t, uint64_t> retiring_aux_;  // helpers of one, stopping → kill deadline
+  std::vector<std::string> argv_;  // gwd's command line, executed on SIGUSR2
+  int lock_fd_;                    // the instance lock (passed on to a new master)
+  Inherited inherited_;            // from the old master, after a binary upgrade
+  bool notify_parent_ = false;     // new master: tell the old one when the workers run
+  pid_t upgrade_pid_ = 0;          // old master: the new master it started
+  bool handed_over_ = false;       // old master: the new one serves; this one stops
   bool reload_pending_ = false;  // a reload waits for rows that draining workers hold
   bool retry_reload_ = false;    // ...and one of them just exited
   std::vector<std::vector<core::UniqueFd>> fds_;
@@ -923,12 +1136,23 @@ class Master {
 
 }  // namespace
 
-int run_master(const config::Config& cfg) {
+int run_master(const config::Config& cfg, const std::vector<std::string>& argv) {
+  // A binary upgrade: what the old master passed on (and no one after us sees it).
+  Inherited inherited;
+  if (const char* up = ::getenv(kUpgradeEnv)) {
+    inherited = parse_inherited(up);
+    ::unsetenv(kUpgradeEnv);
+  }
   // One gwd per shm name: an flock held for the life of the master and, through
   // fork, of its workers and checker. Two masters started at once cannot both
-  // pass, and a new master waits out the workers of one that was killed.
-  core::UniqueFd lock(::shm_open(("/" + cfg.shm.name + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  // pass, and a new master waits out the workers of one that was killed. A
+  // master started by a binary upgrade shares the old master's lock (the same
+  // open file, inherited).
+  core::UniqueFd lock(inherited.parent > 0
+                          ? inherited.lock_fd
+                          : ::shm_open(("/" + cfg.shm.name + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   if (!lock) throw std::runtime_error(fmt::format("cannot open the lock /dev/shm/{}.lock: {}", cfg.shm.name, std::strerror(errno)));
+  ::fcntl(lock.get(), F_SETFD, FD_CLOEXEC);
   if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0)
     throw std::runtime_error(fmt::format("another gwd is running with shm \"{}\" (or the workers of one that was killed "
                                          "are still draining); stop it first, or give this one another shm.name",
@@ -940,8 +1164,12 @@ int run_master(const config::Config& cfg) {
     ::setrlimit(RLIMIT_NOFILE, &rl);
   }
   config::Config effective = effective_config(cfg);
-  shm::Segment seg = prepare_segment(effective);
-  Master m(std::move(effective), std::move(seg));
+  shm::Segment seg = prepare_segment(effective, inherited.parent);
+  // The command line for a later upgrade: argv[0] made absolute if it is a
+  // path (gwd may be started from another directory than the next one's).
+  std::vector<std::string> args = argv;
+  if (!args.empty() && args[0].find('/') != std::string::npos) args[0] = std::filesystem::absolute(args[0]).string();
+  Master m(std::move(effective), std::move(seg), std::move(args), lock.get(), std::move(inherited));
   return m.run();
 }
 

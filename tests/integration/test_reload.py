@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """SIGHUP reload: a new generation of workers on the same listening sockets,
-the old one drains; invalid configs are refused; gwctl changes survive."""
+the old one drains; invalid configs are refused; gwctl changes survive.
+SIGUSR2 binary upgrade: a new master inherits the sockets, the old one drains."""
 
 import json
 import os
@@ -321,6 +322,84 @@ class ReloadTest(GwTestCase):
         self.assertFalse(gwtest.wait_pids_gone(first, T(5)))
         wait_until(lambda: len(gw.worker_pids()) == 1, T(10), msg="one worker")
         self.assertNames(gw.port, 4, {"n"})
+        self.assertEqual(gw.stop(), 0)
+
+    def test_binary_upgrade_under_load(self):
+        """SIGUSR2: a new master (the binary, executed again) inherits the
+        listening sockets and starts its workers; the old master drains and
+        exits. No request or connection fails across it."""
+        if not os.access(WRK, os.X_OK):
+            self.skipTest("wrk is not installed")
+        n = self.backend("n", "name")
+        web = self.external_backend("w", mode="http", threads=2)
+        gw = self.gateway(self.config(n, web))
+        web_port = gw.ports[1]
+        old_master = gw.pid
+        old = gw.all_pids() - {old_master}
+        gw.remember(old)
+        tcp = gwtest.LoadClient(gw.port, "n", threads=1).start()
+        self.addCleanup(tcp.stop)
+        ka = KeepAliveClient(web_port, threads=1).start()
+        self.addCleanup(ka.stop)
+        wrk = subprocess.Popen([WRK, "-t1", "-c8", "-d60s", "--timeout", "5s", f"http://{LO}:{web_port}/"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True, preexec_fn=gwtest._child_preexec)
+        self.addCleanup(lambda: wrk.poll() is None and wrk.kill())
+        wait_until(lambda: tcp.count() >= 20 and ka.count() >= 20, T(10), msg="load running")
+        gw.send_signal(signal.SIGUSR2)
+        new_master = wait_until(lambda: gw.status().get("master_pid") not in (old_master, None, 0)
+                                and gw.status()["master_pid"], T(15), msg="a new master in status")
+        gw.remember([new_master])
+        rc = gw.wait_exit(T(20))
+        self.assertEqual(rc, 0, "the old master's exit code after the upgrade")
+        self.assertFalse(gwtest.wait_pids_gone(old, T(10)), "the old master's children are still running")
+        before = (tcp.count(), ka.count())
+        wait_until(lambda: tcp.count() > before[0] + 20 and ka.count() > before[1] + 20, T(10),
+                   msg="load going on after the old master exited")
+        wrk.send_signal(signal.SIGINT)
+        out, _ = wrk.communicate(timeout=T(20))
+        tcp.stop()
+        ka.stop()
+        m = re.search(r"(\d+) requests in", out)
+        self.assertIsNotNone(m, out)
+        sys.stderr.write(f"[binary upgrade: wrk {m.group(1)} requests, keep-alive client {ka.ok}, "
+                         f"tcp {tcp.ok} connections] ")
+        self.assertNotIn("Socket errors", out, f"wrk saw socket errors:\n{out}")
+        self.assertNotIn("Non-2xx", out, f"wrk saw failed responses:\n{out}")
+        self.assertEqual(tcp.errors, [], "tcp connections failed across the upgrade")
+        self.assertEqual(ka.errors, [], "keep-alive requests failed across the upgrade")
+        # the new master runs the gateway: its workers in status, gwctl check ok
+        new_workers = gwtest.children(new_master)
+        gw.remember(new_workers)
+        ws = gw.worker_pids()
+        self.assertEqual(len(ws), 2)
+        self.assertTrue(set(ws) <= new_workers, f"workers {ws} are not children of the new master {new_workers}")
+        rc, out, err = gw.gwctl("check")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(gw.log_text(), r"binary upgrade: serving; the old master \(pid %d\) drains and exits" % old_master)
+        self.assertNames(gw.port, 4, {"n"})
+        # and it stops like any master
+        os.kill(new_master, signal.SIGTERM)
+        self.assertFalse(gwtest.wait_pids_gone({new_master} | new_workers, T(15)), "the new master did not stop")
+        self.assertFalse(gwtest.port_listening(gw.port))
+
+    def test_binary_upgrade_that_fails_keeps_the_old_master(self):
+        n = self.backend("n", "name")
+        cfg = self.config(n)
+        gw = self.gateway(cfg)
+        workers = sorted(gw.worker_pids())
+        bad = json.loads(json.dumps(cfg))
+        bad["shm"]["max_hosts"] = 512  # the running segment cannot take it
+        write_json(gw.conf_path, bad)
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGUSR2)
+        wait_until(lambda: "binary upgrade failed" in gw.log_text()[log_before:], T(10), msg="upgrade failure logged")
+        self.assertRegex(gw.log_text()[log_before:], r"binary upgrade: the running shm segment .* a restart is needed")
+        self.assertEqual(gw.status()["master_pid"], gw.pid)
+        self.assertEqual(sorted(gw.worker_pids()), workers)
+        self.assertNames(gw.port, 4, {"n"})
+        rc, out, err = gw.gwctl("check")
+        self.assertEqual(rc, 0, err)
         self.assertEqual(gw.stop(), 0)
 
     def test_access_log_across_reload(self):
