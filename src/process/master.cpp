@@ -282,6 +282,19 @@ shm::Segment prepare_segment(const config::Config& cfg, pid_t upgrade_from) {
 
 namespace {
 
+// "killed by signal 9" / "exited with code 1", for the log.
+std::string exit_text(int status) {
+  return WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
+                             : fmt::format("exited with code {}", WEXITSTATUS(status));
+}
+
+// " l4=127.0.0.1:7000 web=..." for the log.
+std::string listener_text(const config::Config& cfg) {
+  std::string out;
+  for (const auto& l : cfg.listeners) out += fmt::format(" {}={}", l.name, l.listen.to_string());
+  return out;
+}
+
 // io_uring: checked once, by the master, so that every worker runs the same
 // engine and a kernel without what the engine needs is reported in one line.
 config::Config effective_config(config::Config cfg) {
@@ -426,8 +439,7 @@ class Master {
     rows_.resize(static_cast<size_t>(n));
     start_generation();
     notify_parent_ = inherited_.parent > 0;
-    std::string addrs;
-    for (const auto& l : cfg_.listeners) addrs += fmt::format(" {}={}", l.name, l.listen.to_string());
+    std::string addrs = listener_text(cfg_);
     if (cfg_.admin.enabled) addrs += fmt::format(" (admin {})", cfg_.admin.listen.to_string());
     GW_LOG_INFO("ready: {} worker(s), engine {}, shm \"{}\", listeners:{}", n,
                 cfg_.event_engine == config::EventEngine::io_uring ? "io_uring" : "epoll", cfg_.shm.name, addrs);
@@ -684,10 +696,8 @@ class Master {
     }
     for (const auto& [a, pid] : old_aux)
       ::kill(pid, a == &logger_ ? SIGTERM : SIGQUIT);  // the logger: after the old workers' last lines
-    std::string addrs;
-    for (const auto& l : cfg_.listeners) addrs += fmt::format(" {}={}", l.name, l.listen.to_string());
     GW_LOG_INFO("reloaded: {} worker(s) started, {} old worker(s) draining (from {}), listeners:{}", cfg_.workers,
-                old_workers.size(), old_n, addrs);
+                old_workers.size(), old_n, listener_text(cfg_));
   }
 
   // The reload's one table commit: the new config merged with the live table
@@ -910,10 +920,7 @@ class Master {
     a.pid = 0;
     if (stopping_) return true;
     bool quick = now - a.started_ms < 1000;
-    GW_LOG_WARN("{} (pid {}) {}; respawning{}", a.what, pid,
-                WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
-                                    : fmt::format("exited with code {}", WEXITSTATUS(status)),
-                quick ? " in 1 s" : "");
+    GW_LOG_WARN("{} (pid {}) {}; respawning{}", a.what, pid, exit_text(status), quick ? " in 1 s" : "");
     if (quick) a.respawn_at = now + 1000;
     else spawn_aux(a);
     return true;
@@ -927,15 +934,12 @@ class Master {
       if (auto hook = hooks_.find(pid); hook != hooks_.end()) {
         hooks_.erase(hook);
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-          GW_LOG_WARN("hook pid {} {}", pid,
-                      WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
-                                          : fmt::format("exited with code {}", WEXITSTATUS(status)));
+          GW_LOG_WARN("hook pid {} {}", pid, exit_text(status));
         continue;
       }
       if (pid == upgrade_pid_) {
         upgrade_pid_ = 0;
-        std::string how = WIFSIGNALED(status) ? fmt::format("was killed by signal {}", WTERMSIG(status))
-                                              : fmt::format("exited with code {}", WEXITSTATUS(status));
+        const std::string how = exit_text(status);
         if (handed_over_) GW_LOG_INFO("the new master (pid {}) {}", pid, how);
         else GW_LOG_ERROR("binary upgrade failed: the new master (pid {}) {}; this one goes on serving", pid, how);
         continue;
@@ -945,10 +949,7 @@ class Master {
         const uint32_t row = old->second.row;
         retiring_.erase(old);
         release_row(row);
-        GW_LOG_INFO("old worker (pid {}) {}; {} still draining", pid,
-                    WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
-                                        : fmt::format("exited with code {}", WEXITSTATUS(status)),
-                    retiring_.size());
+        GW_LOG_INFO("old worker (pid {}) {}; {} still draining", pid, exit_text(status), retiring_.size());
         retry_reload_ |= reload_pending_;
         continue;
       }
@@ -959,8 +960,7 @@ class Master {
         if (pids_[w] != pid) continue;
         pids_[w] = 0;
         release_row(rows_[w]);
-        std::string how = WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
-                                              : fmt::format("exited with code {}", WEXITSTATUS(status));
+        std::string how = exit_text(status);
         if (stopping_) {
           GW_LOG_INFO("worker {} (pid {}) {}", w, pid, how);
           break;
