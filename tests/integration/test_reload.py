@@ -350,6 +350,7 @@ class ReloadTest(GwTestCase):
         new_master = wait_until(lambda: gw.status().get("master_pid") not in (old_master, None, 0)
                                 and gw.status()["master_pid"], T(15), msg="a new master in status")
         gw.remember([new_master])
+        gw.remember(gwtest.children(new_master))  # (not children of gw.proc: teardown finds them here)
         rc = gw.wait_exit(T(20))
         self.assertEqual(rc, 0, "the old master's exit code after the upgrade")
         self.assertFalse(gwtest.wait_pids_gone(old, T(10)), "the old master's children are still running")
