@@ -666,7 +666,7 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
   long ncpu = ::sysconf(_SC_NPROCESSORS_ONLN);
   // "auto": one worker per CPU, at most kMaxWorkers (the shm has that many worker rows).
   cfg.workers = static_cast<int>(std::clamp<long>(ncpu, 1, shm::kMaxWorkers));
-  bool has_listeners = false, has_upstreams = false;
+  bool has_listeners = false, has_upstreams = false, has_worker_shutdown = false;
   element listeners, upstreams;
   for_each_field(c, root, "", [&](std::string_view k, element v, const std::string& kp) {
     if (k == "workers") {
@@ -694,6 +694,8 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
         c.error(kp, fmt::format("expected one of debug, info, warn, error, got \"{}\"", s));
     } else if (k == "shutdown_timeout_ms") {
       get_u32(c, v, kp, 0, 86400000, cfg.shutdown_timeout_ms);
+    } else if (k == "worker_shutdown_timeout_ms") {
+      has_worker_shutdown = get_u32(c, v, kp, 0, 86400000, cfg.worker_shutdown_timeout_ms);
     } else if (k == "state_file") {
       get_string(c, v, kp, cfg.state_file);
     } else if (k == "shm") {
@@ -747,6 +749,7 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
     }
     return true;
   });
+  if (!has_worker_shutdown) cfg.worker_shutdown_timeout_ms = cfg.shutdown_timeout_ms;
   if (has_upstreams) parse_upstreams(c, upstreams, cfg);
   else c.error("upstreams", "missing required key");
   if (has_listeners) parse_listeners(c, listeners, cfg);

@@ -39,7 +39,7 @@ int main(int argc, char** argv) {
     gw::core::log_set_role("master");
     gw::core::log_set_level(r.config.log_level);
     gw::core::log_open(r.config.log_file);
-    return gw::process::run_master(r.config);
+    return gw::process::run_master(r.config, std::vector<std::string>(argv, argv + argc));
   } catch (const std::exception& e) {
     GW_LOG_ERROR("{}", e.what());
     // The log may be a file; the operator starting gwd must see why it failed.

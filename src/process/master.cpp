@@ -67,9 +67,118 @@ void add_state_upstream(shm::Table& t, int ui, const shm::StateUpstream& su) {
   }
 }
 
+// The routing table of `cfg` with the runtime changes of `src` (null: the
+// config alone): an upstream the runtime state lists keeps its pools and
+// hosts from there (hosts added, removed or downed with gwctl stay so), the
+// same for route rules and key-auth consumers; the rest comes from the config.
+// Used at start (src: the segment or the state file) and by a reload (src:
+// the live table). Throws shm::TableError if it does not fit the capacities.
+shm::Table merge_runtime(const config::Config& cfg, const shm::State* src) {
+  shm::Table merged(cfg.shm.caps);
+  for (const auto& u : cfg.upstreams) {
+    int ui = merged.add_upstream(config::upstream_record(u));
+    const shm::StateUpstream* su = nullptr;
+    if (src)
+      for (const auto& x : src->upstreams)
+        if (x.name == u.name) su = &x;
+    if (su) {
+      add_state_upstream(merged, ui, *su);
+    } else {
+      for (const auto& p : u.pools) {
+        int pi = merged.add_pool(ui, p.id, p.priority, p.method);
+        for (const auto& h : p.hosts) merged.add_host(pi, h.id, h.address, h.weight);
+      }
+    }
+  }
+  if (src) {
+    for (const auto& x : src->upstreams)
+      if (merged.find_upstream(x.name) < 0)
+        GW_LOG_WARN("upstream \"{}\" from the runtime state is not in the config; its pools and hosts are dropped",
+                    x.name);
+  }
+  // Routes come from the config; their rules from the runtime state when it
+  // lists the route (a route whose rules were all removed stays empty), else
+  // from the config.
+  const bool state_rules = src && src->has_routes;
+  for (const auto& l : cfg.listeners)
+    for (const auto& r : l.routes) {
+      int ri = merged.add_route(l.name, r.name);
+      const shm::StateRoute* sr = state_rules ? src->find_route(l.name, r.name) : nullptr;
+      for (const auto& rule : sr ? sr->rules : r.rules) {
+        if (merged.find_upstream(rule.upstream) < 0) {
+          GW_LOG_WARN("rule {}/{}/{} sends to upstream \"{}\", which is not in the config; the rule is dropped", l.name,
+                      r.name, rule.id, rule.upstream);
+          continue;
+        }
+        merged.add_rule(ri, rule);
+      }
+    }
+  if (state_rules)
+    for (const auto& x : src->routes)
+      if (merged.find_route(x.listener, x.name) < 0 && !x.rules.empty())
+        GW_LOG_WARN("route {}/{} from the runtime state is not in the config; its {} rule(s) are dropped", x.listener,
+                    x.name, x.rules.size());
+
+  // key-auth consumers: from the runtime state when it lists them (a consumer
+  // removed with gwctl stays removed), else from the config.
+  if (src && src->has_consumers) {
+    for (const auto& sc : src->consumers) merged.add_consumer(sc.name, sc.key_sha256);
+  } else {
+    for (const auto& cc : cfg.consumers) {
+      uint8_t digest[shm::kSha256Len];
+      if (!api::sha256(cc.key, digest)) throw std::runtime_error("SHA-256 failed");
+      merged.add_consumer(cc.name, digest);
+    }
+  }
+  return merged;
+}
+
+// Hosts of `merged` that `live` has too (same upstream, pool and id) keep
+// their runtime slots there: their counters, health and connections go on.
+void keep_runtime_slots(shm::Table& merged, const shm::Table& live) {
+  for (auto& h : merged.hosts()) {
+    int u = live.find_upstream(shm::name_of(merged.upstreams()[merged.pools()[h.pool].upstream].name));
+    int p = u < 0 ? -1 : live.find_pool(u, shm::name_of(merged.pools()[h.pool].id));
+    int o = p < 0 ? -1 : live.find_host(p, shm::name_of(h.id));
+    if (o >= 0) {
+      h.slot = live.hosts()[static_cast<size_t>(o)].slot;
+      h.tag = live.hosts()[static_cast<size_t>(o)].tag;
+    }
+  }
+}
+
+// The listeners' addresses, for `gwctl check`.
+void publish_listeners(shm::SegmentHeader& hdr, const config::Config& cfg) {
+  hdr.n_listeners = static_cast<uint32_t>(std::min<size_t>(cfg.listeners.size(), shm::kMaxListeners));
+  for (uint32_t i = 0; i < hdr.n_listeners; ++i) {
+    hdr.listeners[i] = shm::ListenerInfo{};
+    shm::set_name(hdr.listeners[i].name, cfg.listeners[i].name);
+    hdr.listeners[i].addr = cfg.listeners[i].listen;
+  }
+}
+
+// The etcd sync state starts over with each master (and each reload: the
+// sync process is started again).
+void reset_cluster_state(shm::SegmentHeader& hdr, const config::Config& cfg) {
+  auto& cl = hdr.cluster;
+  cl.sync_pid.store(0);
+  cl.revision.store(0);
+  cl.contact_ms.store(0);
+  cl.reconnects.store(0);
+  cl.relists.store(0);
+  cl.applied.store(0);
+  shm::set_cluster_text(cl, cfg.cluster.enabled ? cfg.cluster.etcd[0] : "", "");
+  cl.since_ms.store(core::wall_ms());
+  cl.state.store(cfg.cluster.enabled ? shm::kClusterConnecting : shm::kClusterOff, std::memory_order_release);
+}
+
 }  // namespace
 
-shm::Segment prepare_segment(const config::Config& cfg) {
+uint32_t stat_rows_for(int workers) noexcept {
+  return static_cast<uint32_t>(std::min<int64_t>(int64_t{workers} * 2, shm::kMaxWorkers));
+}
+
+shm::Segment prepare_segment(const config::Config& cfg, pid_t upgrade_from) {
   const std::string& name = cfg.shm.name;
   shm::Segment seg;
   std::unique_ptr<shm::Table> seg_table;
@@ -82,7 +191,8 @@ shm::Segment prepare_segment(const config::Config& cfg) {
   }
   if (shm_exists(name)) {
     seg = shm::Segment::attach(name);  // throws a clear error for garbage or another ABI
-    if (seg.master_alive() && seg.header().master_pid.load() != ::getpid())
+    const pid_t owner = seg.header().master_pid.load();
+    if (seg.master_alive() && owner != ::getpid() && !(upgrade_from > 0 && owner == upgrade_from))
       throw std::runtime_error(fmt::format("another gwd (pid {}) is running with shm \"{}\"; stop it first, or give this "
                                            "one another shm.name",
                                            seg.header().master_pid.load(), name));
@@ -112,66 +222,16 @@ shm::Segment prepare_segment(const config::Config& cfg) {
   else if (have_state) source = Source::file;
   shm::State src = source == Source::segment ? shm::state_from_table(*seg_table) : state;
 
-  shm::Table merged(cfg.shm.caps);
-  for (const auto& u : cfg.upstreams) {
-    int ui = merged.add_upstream(config::upstream_record(u));
-    const shm::StateUpstream* su = nullptr;
-    if (source != Source::config)
-      for (const auto& x : src.upstreams)
-        if (x.name == u.name) su = &x;
-    if (su) {
-      add_state_upstream(merged, ui, *su);
-    } else {
-      for (const auto& p : u.pools) {
-        int pi = merged.add_pool(ui, p.id, p.priority, p.method);
-        for (const auto& h : p.hosts) merged.add_host(pi, h.id, h.address, h.weight);
-      }
-    }
-  }
-  if (source != Source::config) {
-    for (const auto& x : src.upstreams)
-      if (merged.find_upstream(x.name) < 0)
-        GW_LOG_WARN("upstream \"{}\" from the runtime state is not in the config; its pools and hosts are dropped",
-                    x.name);
-  }
-  // Routes come from the config; their rules from the runtime state when it
-  // lists the route (a route whose rules were all removed stays empty), else
-  // from the config.
-  const bool state_rules = source != Source::config && src.has_routes;
-  for (const auto& l : cfg.listeners)
-    for (const auto& r : l.routes) {
-      int ri = merged.add_route(l.name, r.name);
-      const shm::StateRoute* sr = state_rules ? src.find_route(l.name, r.name) : nullptr;
-      for (const auto& rule : sr ? sr->rules : r.rules) {
-        if (merged.find_upstream(rule.upstream) < 0) {
-          GW_LOG_WARN("rule {}/{}/{} sends to upstream \"{}\", which is not in the config; the rule is dropped", l.name,
-                      r.name, rule.id, rule.upstream);
-          continue;
-        }
-        merged.add_rule(ri, rule);
-      }
-    }
-  if (state_rules)
-    for (const auto& x : src.routes)
-      if (merged.find_route(x.listener, x.name) < 0 && !x.rules.empty())
-        GW_LOG_WARN("route {}/{} from the runtime state is not in the config; its {} rule(s) are dropped", x.listener,
-                    x.name, x.rules.size());
+  shm::Table merged = merge_runtime(cfg, source == Source::config ? nullptr : &src);
 
-  // key-auth consumers: from the runtime state when it lists them (a consumer
-  // removed with gwctl stays removed), else from the config.
-  if (source != Source::config && src.has_consumers) {
-    for (const auto& sc : src.consumers) merged.add_consumer(sc.name, sc.key_sha256);
-  } else {
-    for (const auto& cc : cfg.consumers) {
-      uint8_t digest[shm::kSha256Len];
-      if (!api::sha256(cc.key, digest)) throw std::runtime_error("SHA-256 failed");
-      merged.add_consumer(cc.name, digest);
-    }
-  }
-
-  // The stats matrices have a row per worker: a segment made for fewer workers is made again.
-  const uint32_t stat_workers = static_cast<uint32_t>(cfg.workers);
+  // The stats matrices have a row per worker, twice over: a reload starts a new
+  // generation while the old one drains, each in rows of its own. A segment
+  // made with fewer rows is made again.
+  const uint32_t stat_workers = stat_rows_for(cfg.workers);
   bool reuse = seg.valid() && seg.caps() == cfg.shm.caps && seg.stat_workers() >= stat_workers;
+  if (upgrade_from > 0 && !reuse)
+    throw std::runtime_error(fmt::format("binary upgrade: the running shm segment \"{}\" {}; a restart is needed",
+                                         name, seg.valid() ? "has other capacities or too few worker rows" : "is missing"));
   if (seg.valid() && !reuse) {
     GW_LOG_INFO("shm \"{}\" has other capacities or fewer worker rows than the config; recreating it", name);
     seg = shm::Segment();
@@ -181,17 +241,7 @@ shm::Segment prepare_segment(const config::Config& cfg) {
 
   // Hosts keep their runtime slots (counters, health) only when the segment
   // itself is the source; otherwise they get fresh slots.
-  if (reuse && source == Source::segment) {
-    for (auto& h : merged.hosts()) {
-      int u = seg_table->find_upstream(shm::name_of(merged.upstreams()[merged.pools()[h.pool].upstream].name));
-      int p = u < 0 ? -1 : seg_table->find_pool(u, shm::name_of(merged.pools()[h.pool].id));
-      int o = p < 0 ? -1 : seg_table->find_host(p, shm::name_of(h.id));
-      if (o >= 0) {
-        h.slot = seg_table->hosts()[static_cast<size_t>(o)].slot;
-        h.tag = seg_table->hosts()[static_cast<size_t>(o)].tag;
-      }
-    }
-  }
+  if (reuse && source == Source::segment) keep_runtime_slots(merged, *seg_table);
 
   auto& hdr = seg.header();
   std::memset(hdr.state_file, 0, sizeof(hdr.state_file));
@@ -199,31 +249,21 @@ shm::Segment prepare_segment(const config::Config& cfg) {
   std::memset(hdr.config_file, 0, sizeof(hdr.config_file));
   std::memcpy(hdr.config_file, cfg.path.data(), std::min(cfg.path.size(), sizeof(hdr.config_file) - 1));
   for (uint32_t w = 0; w < shm::kMaxWorkers; ++w) {
+    // A binary upgrade: the old master's workers run on in their rows.
+    const pid_t pid = seg.worker(w).pid.load();
+    if (upgrade_from > 0 && pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH)) continue;
     seg.worker(w).pid.store(0);
+    seg.worker(w).flags.store(0);
     shm::clear_worker_counters(seg, w);  // no worker of a previous run is alive
   }
-  api::LimitTable::reset_conns(seg);  // their connections are gone too
-  shm::clear_listener_stats(seg);  // listener rows are by config index: this config's start at 0
+  if (upgrade_from == 0) {
+    api::LimitTable::reset_conns(seg);  // their connections are gone too
+    shm::clear_listener_stats(seg);  // listener rows are by config index: this config's start at 0
+  }
   // For `gwctl check`: how many workers should run, and where to connect.
   hdr.workers.store(static_cast<uint32_t>(cfg.workers));
-  hdr.n_listeners = static_cast<uint32_t>(std::min<size_t>(cfg.listeners.size(), shm::kMaxListeners));
-  for (uint32_t i = 0; i < hdr.n_listeners; ++i) {
-    hdr.listeners[i] = shm::ListenerInfo{};
-    shm::set_name(hdr.listeners[i].name, cfg.listeners[i].name);
-    hdr.listeners[i].addr = cfg.listeners[i].listen;
-  }
-  // The etcd sync state starts over with each master.
-  auto& cl = hdr.cluster;
-  cl.sync_pid.store(0);
-  cl.revision.store(0);
-  cl.contact_ms.store(0);
-  cl.reconnects.store(0);
-  cl.relists.store(0);
-  cl.applied.store(0);
-  shm::set_cluster_text(cl, cfg.cluster.enabled ? cfg.cluster.etcd[0] : "", "");
-  cl.since_ms.store(core::wall_ms());
-  cl.state.store(cfg.cluster.enabled ? shm::kClusterConnecting : shm::kClusterOff, std::memory_order_release);
-
+  publish_listeners(hdr, cfg);
+  reset_cluster_state(hdr, cfg);
 
   const char* what = source == Source::segment ? "the shm segment" : source == Source::file ? "the state file" : "the config";
   const uint64_t base_gen = std::max(seg_gen, state.generation);
@@ -242,61 +282,164 @@ shm::Segment prepare_segment(const config::Config& cfg) {
 
 namespace {
 
+// "killed by signal 9" / "exited with code 1", for the log.
+std::string exit_text(int status) {
+  return WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
+                             : fmt::format("exited with code {}", WEXITSTATUS(status));
+}
+
+// " l4=127.0.0.1:7000 web=..." for the log.
+std::string listener_text(const config::Config& cfg) {
+  std::string out;
+  for (const auto& l : cfg.listeners) out += fmt::format(" {}={}", l.name, l.listen.to_string());
+  return out;
+}
+
+// io_uring: checked once, by the master, so that every worker runs the same
+// engine and a kernel without what the engine needs is reported in one line.
+config::Config effective_config(config::Config cfg) {
+  if (cfg.event_engine == config::EventEngine::io_uring) {
+    std::string why = net::uring_unsupported();
+    if (!why.empty()) {
+      GW_LOG_WARN("event_engine io_uring is not available: {}; using epoll", why);
+      cfg.event_engine = config::EventEngine::epoll;
+    }
+  }
+  return cfg;
+}
+
+// What a master started by a binary upgrade (SIGUSR2) inherits from the old
+// one, from the environment variable GW_UPGRADE:
+//   "ppid=PID lock=FD [admin=ADDR@FD] l=SLOT@ADDR@FD ..."
+// (the instance lock's descriptor, the admin server's socket, and each worker
+// slot's listening socket with its address).
+struct Inherited {
+  pid_t parent = 0;  // the old master; 0 = not an upgrade
+  int lock_fd = -1;
+  std::string admin_addr;
+  int admin_fd = -1;
+  struct Listen {
+    size_t slot;
+    std::string addr;
+    int fd;
+  };
+  std::vector<Listen> listeners;
+};
+
+constexpr const char* kUpgradeEnv = "GW_UPGRADE";
+
+Inherited parse_inherited(const char* text) {
+  Inherited in;
+  auto fail = [&] { return std::runtime_error(fmt::format("{}: malformed value \"{}\"", kUpgradeEnv, text)); };
+  auto num = [&](std::string_view v) {
+    long long n = 0;
+    if (v.empty() || v.size() > 10) throw fail();
+    for (char c : v) {
+      if (c < '0' || c > '9') throw fail();
+      n = n * 10 + (c - '0');
+    }
+    return n;
+  };
+  std::string_view all(text);
+  while (!all.empty()) {
+    size_t sp = all.find(' ');
+    std::string_view tok = all.substr(0, sp);
+    all = sp == std::string_view::npos ? std::string_view() : all.substr(sp + 1);
+    if (tok.empty()) continue;
+    size_t eq = tok.find('=');
+    if (eq == std::string_view::npos) throw fail();
+    std::string_view k = tok.substr(0, eq), v = tok.substr(eq + 1);
+    if (k == "ppid") {
+      in.parent = static_cast<pid_t>(num(v));
+    } else if (k == "lock") {
+      in.lock_fd = static_cast<int>(num(v));
+    } else if (k == "admin") {
+      size_t at = v.rfind('@');
+      if (at == std::string_view::npos) throw fail();
+      in.admin_addr = std::string(v.substr(0, at));
+      in.admin_fd = static_cast<int>(num(v.substr(at + 1)));
+    } else if (k == "l") {
+      size_t a1 = v.find('@'), a2 = v.rfind('@');
+      if (a1 == std::string_view::npos || a2 == a1) throw fail();
+      in.listeners.push_back({static_cast<size_t>(num(v.substr(0, a1))), std::string(v.substr(a1 + 1, a2 - a1 - 1)),
+                              static_cast<int>(num(v.substr(a2 + 1)))});
+    } else {
+      throw fail();
+    }
+  }
+  if (in.parent <= 0 || in.lock_fd < 0) throw fail();
+  return in;
+}
+
 class Master {
  public:
-  Master(const config::Config& cfg, shm::Segment seg) : cfg_(cfg), seg_(std::move(seg)) {}
+  Master(config::Config cfg, shm::Segment seg, std::vector<std::string> argv, int lock_fd, Inherited inherited)
+      : cfg_(std::move(cfg)),
+        seg_(std::move(seg)),
+        argv_(std::move(argv)),
+        lock_fd_(lock_fd),
+        inherited_(std::move(inherited)) {}
 
   int run() {
     const int n = cfg_.workers;
     // One socket per worker slot and listener, made here so a respawned worker
-    // inherits its slot's socket and its accept queue (nothing queued is lost).
+    // (or, after a reload, the new worker of the slot) inherits its slot's
+    // socket and its accept queue (nothing queued is lost).
+    // After a binary upgrade they are the old master's (same slot and
+    // address), so nothing queued in them is lost either.
     fds_.resize(static_cast<size_t>(n));
     for (int w = 0; w < n; ++w)
-      for (const auto& l : cfg_.listeners) fds_[static_cast<size_t>(w)].push_back(net::listen_tcp(l.listen, l.backlog, true));
+      for (const auto& l : cfg_.listeners) {
+        core::UniqueFd fd = take_inherited(static_cast<size_t>(w), l.listen);
+        fds_[static_cast<size_t>(w)].push_back(fd ? std::move(fd) : net::listen_tcp(l.listen, l.backlog, true));
+      }
     // The admin server's socket, made here too: a port in use stops gwd now,
     // and a respawned admin server inherits the accept queue.
     if (cfg_.admin.enabled) {
-      admin_fd_ = net::listen_tcp(cfg_.admin.listen, 128, false);
+      if (inherited_.admin_fd >= 0 && inherited_.admin_addr == cfg_.admin.listen.to_string()) {
+        admin_fd_ = core::UniqueFd(inherited_.admin_fd);
+        inherited_.admin_fd = -1;
+      } else {
+        admin_fd_ = net::listen_tcp(cfg_.admin.listen, 128, false);
+      }
       admin_.fd = admin_fd_.get();
     }
+    // Inherited sockets this config has no use for.
+    for (auto& l : inherited_.listeners)
+      if (l.fd >= 0) ::close(l.fd);
+    if (inherited_.admin_fd >= 0) ::close(inherited_.admin_fd);
+    inherited_.listeners.clear();
+    inherited_.admin_fd = -1;
 
     sigset_t set;
     sigemptyset(&set);
-    for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&set, s);
+    // SIGWINCH too (the master ignores it): a worker inherits it blocked, so
+    // the one that retires it (a reload right after its start) waits in its
+    // signalfd rather than being lost before the worker made one.
+    for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&set, s);
     ::sigprocmask(SIG_BLOCK, &set, nullptr);
     ::signal(SIGPIPE, SIG_IGN);
 
     // Access logs: a socket per worker slot to the logger process (made here,
     // so a respawned worker or logger finds its end), and the files checked now.
-    if (!cfg_.access_log_paths.empty()) {
-      for (const auto& path : cfg_.access_log_paths) ::close(open_access_log(path));
-      for (int w = 0; w < n; ++w) {
-        int sv[2];
-        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
-          throw std::runtime_error(fmt::format("socketpair for the access log: {}", std::strerror(errno)));
-        int sndbuf = 4 << 20;  // room for bursts while the logger writes
-        ::setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
-        log_rd_.emplace_back(sv[0]);
-        log_wr_.emplace_back(sv[1]);
-      }
-      logger_.wanted = true;
-    }
+    open_access_logs(cfg_, log_rd_, log_wr_);
+    logger_.wanted = !cfg_.access_log_paths.empty();
 
     seg_.header().master_started_ms.store(core::wall_ms());
     seg_.header().master_pid.store(::getpid(), std::memory_order_release);
     event_cursor_ = seg_.header().event_head.load();
 
-    pids_.assign(static_cast<size_t>(n), 0);
-    started_ms_.assign(static_cast<size_t>(n), 0);
-    quick_deaths_.assign(static_cast<size_t>(n), 0);
-    for (int w = 0; w < n; ++w) spawn(static_cast<uint32_t>(w));
-    for (const auto& u : cfg_.upstreams) checker_.wanted |= u.check.type != shm::kCheckNone;
-    sync_.wanted = cfg_.cluster.enabled;
-    admin_.wanted = cfg_.admin.enabled;
-    for (Aux* a : auxes())
-      if (a->wanted) spawn_aux(*a);
-    std::string addrs;
-    for (const auto& l : cfg_.listeners) addrs += fmt::format(" {}={}", l.name, l.listen.to_string());
+    // Rows 0..n-1 at a plain start; after a binary upgrade those the old
+    // master's workers do not use.
+    rows_ = free_rows();
+    if (rows_.size() < static_cast<size_t>(n))
+      throw std::runtime_error(fmt::format("binary upgrade: {} free worker row(s) in the shm segment, {} needed (workers of "
+                                           "an earlier reload still draining?); a restart is needed, or retry later",
+                                           rows_.size(), n));
+    rows_.resize(static_cast<size_t>(n));
+    start_generation();
+    notify_parent_ = inherited_.parent > 0;
+    std::string addrs = listener_text(cfg_);
     if (cfg_.admin.enabled) addrs += fmt::format(" (admin {})", cfg_.admin.listen.to_string());
     GW_LOG_INFO("ready: {} worker(s), engine {}, shm \"{}\", listeners:{}", n,
                 cfg_.event_engine == config::EventEngine::io_uring ? "io_uring" : "epoll", cfg_.shm.name, addrs);
@@ -309,10 +452,17 @@ class Master {
       if (sig == SIGCHLD) reap(now);
       else if (sig == SIGTERM) begin_stop(true, now);
       else if (sig == SIGINT || sig == SIGQUIT) begin_stop(false, now);
-      else if (sig == SIGHUP) GW_LOG_WARN("SIGHUP: configuration reload is not implemented yet; ignored");
+      else if (sig == SIGHUP) reload(now);
       else if (sig == SIGUSR1) reopen_logs();
-      else if (sig == SIGUSR2) GW_LOG_INFO("signal {} ignored", sig);
+      else if (sig == SIGUSR2) start_upgrade();
+      else if (sig == SIGWINCH && upgrade_pid_ > 0 && si.si_pid == upgrade_pid_) hand_over(now);
+      if (notify_parent_) tell_parent_ready();
+      if (retry_reload_) {
+        retry_reload_ = false;
+        reload(now);  // a deferred reload: rows were freed
+      }
       respawn_due(now);
+      expire_retiring(now);
       log_events();
       expire_hooks();
       if (stopping_) {
@@ -324,17 +474,335 @@ class Master {
             if (p > 0) ::kill(p, SIGKILL);
           for (Aux* a : auxes())
             if (a->pid > 0) ::kill(a->pid, SIGKILL);
+          for (const auto& [p, r] : retiring_) ::kill(p, SIGKILL);
+          for (const auto& [p, t] : retiring_aux_) ::kill(p, SIGKILL);
           kill_deadline_ms_ = now + 60000;
         }
       }
     }
     log_events();
-    seg_.header().master_pid.store(0, std::memory_order_release);
+    // (after a binary upgrade the segment is the new master's)
+    pid_t self = ::getpid();
+    seg_.header().master_pid.compare_exchange_strong(self, 0, std::memory_order_acq_rel);
     GW_LOG_INFO("stopped");
     return 0;
   }
 
  private:
+  // The old master's socket for `slot` and `addr` (binary upgrade), if any.
+  core::UniqueFd take_inherited(size_t slot, const core::SockAddr& addr) {
+    const std::string a = addr.to_string();
+    for (auto& l : inherited_.listeners)
+      if (l.fd >= 0 && l.slot == slot && l.addr == a) {
+        core::UniqueFd fd(l.fd);
+        l.fd = -1;
+        ::fcntl(fd.get(), F_SETFD, FD_CLOEXEC);
+        return fd;
+      }
+    return core::UniqueFd();
+  }
+
+  // Access-log sockets by worker slot for `cfg` (none without access logs);
+  // the files are opened once to check them. Throws with a message.
+  static void open_access_logs(const config::Config& cfg, std::vector<core::UniqueFd>& rd,
+                               std::vector<core::UniqueFd>& wr) {
+    if (cfg.access_log_paths.empty()) return;
+    for (const auto& path : cfg.access_log_paths) ::close(open_access_log(path));
+    for (int w = 0; w < cfg.workers; ++w) {
+      int sv[2];
+      if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+        throw std::runtime_error(fmt::format("socketpair for the access log: {}", std::strerror(errno)));
+      int sndbuf = 4 << 20;  // room for bursts while the logger writes
+      ::setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+      rd.emplace_back(sv[0]);
+      wr.emplace_back(sv[1]);
+    }
+  }
+
+  // Forks the workers of cfg_ (in rows_) and the helpers it wants.
+  void start_generation() {
+    const size_t n = static_cast<size_t>(cfg_.workers);
+    pids_.assign(n, 0);
+    started_ms_.assign(n, 0);
+    quick_deaths_.assign(n, 0);
+    respawn_at_.clear();
+    for (uint32_t w = 0; w < n; ++w) {
+      auto& wr = seg_.worker(rows_[w]);
+      wr.flags.store(0, std::memory_order_relaxed);
+      shm::clear_worker_counters(seg_, rows_[w]);
+      spawn(w);
+    }
+    checker_.wanted = false;
+    for (const auto& u : cfg_.upstreams) checker_.wanted |= u.check.type != shm::kCheckNone;
+    sync_.wanted = cfg_.cluster.enabled;
+    admin_.wanted = cfg_.admin.enabled;
+    logger_.wanted = !cfg_.access_log_paths.empty();
+    admin_.fd = admin_fd_.get();
+    for (Aux* a : auxes()) {
+      a->respawn_at = 0;
+      if (a->wanted) spawn_aux(*a);
+    }
+  }
+
+  // ---- reload (SIGHUP)
+  //
+  //   read + validate the file ─ errors: log each, keep running
+  //   refuse what needs a restart (shm name or capacities, state_file, rows)
+  //   open new listening sockets, access-log sockets  ─ failure: keep running
+  //   merge the config into the live table (one commit) ─ failure: keep running
+  //   ── from here nothing fails ──
+  //   fork the new workers (same-address listeners: the same sockets) and helpers
+  //   SIGWINCH the old workers (stop accepting, drain for their
+  //   worker_shutdown_timeout_ms), SIGQUIT/SIGTERM the old helpers
+
+  // Why `next` cannot be applied without a restart; empty if it can.
+  std::string restart_needed(const config::Config& next) const {
+    if (next.shm.name != cfg_.shm.name)
+      return fmt::format("shm.name changed (\"{}\" -> \"{}\")", cfg_.shm.name, next.shm.name);
+    if (!(next.shm.caps == seg_.caps())) return "the shm capacities (shm.max_*) changed";
+    if (next.state_file != cfg_.state_file)
+      return fmt::format("state_file changed (\"{}\" -> \"{}\")", cfg_.state_file, next.state_file);
+    const uint32_t rows = seg_.stat_workers();
+    if (static_cast<uint32_t>(next.workers + cfg_.workers) > rows)
+      return fmt::format("{} workers: the shm segment has worker rows for {} running + new workers, {} are running",
+                         next.workers, rows, cfg_.workers);
+    return {};
+  }
+
+  bool is_ours(pid_t pid) const {
+    for (pid_t p : pids_)
+      if (p == pid) return true;
+    return retiring_.count(pid) > 0;
+  }
+
+  // Rows (< stat_workers) no worker of any generation holds, lowest first.
+  std::vector<uint32_t> free_rows() const {
+    std::vector<bool> busy(seg_.stat_workers(), false);
+    for (uint32_t r : rows_)
+      if (r < busy.size()) busy[r] = true;
+    for (const auto& [p, r] : retiring_)
+      if (r.row < busy.size()) busy[r.row] = true;
+    // Rows of another master's workers (the old master's, right after a
+    // binary upgrade) until they exit.
+    for (uint32_t r = 0; r < busy.size(); ++r) {
+      const pid_t pid = seg_.worker(r).pid.load(std::memory_order_acquire);
+      if (pid > 0 && !is_ours(pid) && (::kill(pid, 0) == 0 || errno != ESRCH)) busy[r] = true;
+    }
+    std::vector<uint32_t> out;
+    for (uint32_t r = 0; r < busy.size(); ++r)
+      if (!busy[r]) out.push_back(r);
+    return out;
+  }
+
+  void reload(uint64_t now) {
+    if (stopping_) return;
+    GW_LOG_INFO("SIGHUP: reloading {}", cfg_.path);
+    config::LoadResult r = config::load_file(cfg_.path);
+    if (!r.ok()) {
+      for (const auto& e : r.errors) GW_LOG_ERROR("reload: {}: {}", cfg_.path, e);
+      GW_LOG_ERROR("reload failed: {} error(s) in {}; the running configuration stays", r.errors.size(), cfg_.path);
+      reload_pending_ = false;
+      return;
+    }
+    config::Config next = effective_config(std::move(r.config));
+    if (std::string why = restart_needed(next); !why.empty()) {
+      GW_LOG_ERROR("reload refused: {}; a restart of gwd is needed for that; the running configuration stays", why);
+      reload_pending_ = false;
+      return;
+    }
+    std::vector<uint32_t> rows = free_rows();
+    if (rows.size() < static_cast<size_t>(next.workers)) {
+      // Held by the workers of an earlier reload that are still draining.
+      if (!reload_pending_)
+        GW_LOG_WARN("reload deferred: {} worker(s) of an earlier reload are still draining; it runs when they exit "
+                    "(within their worker_shutdown_timeout_ms)",
+                    retiring_.size());
+      reload_pending_ = true;
+      return;
+    }
+    reload_pending_ = false;
+    rows.resize(static_cast<size_t>(next.workers));
+
+    // Sockets first: a port that cannot be bound leaves everything as it is.
+    const size_t n_old = fds_.size();
+    std::vector<std::vector<core::UniqueFd>> fds(static_cast<size_t>(next.workers));
+    std::vector<int> reuse(next.listeners.size(), -1);  // new listener -> old listener index with the same address
+    for (size_t i = 0; i < next.listeners.size(); ++i)
+      for (size_t j = 0; j < cfg_.listeners.size(); ++j)
+        if (cfg_.listeners[j].listen == next.listeners[i].listen) reuse[i] = static_cast<int>(j);
+    core::UniqueFd admin_fd;
+    const bool admin_same = next.admin.enabled && cfg_.admin.enabled && next.admin.listen == cfg_.admin.listen;
+    std::vector<core::UniqueFd> log_rd, log_wr;
+    try {
+      for (size_t w = 0; w < fds.size(); ++w)
+        for (size_t i = 0; i < next.listeners.size(); ++i)
+          fds[w].push_back(w < n_old && reuse[i] >= 0
+                               ? core::UniqueFd()
+                               : net::listen_tcp(next.listeners[i].listen, next.listeners[i].backlog, true));
+      if (next.admin.enabled && !admin_same) admin_fd = net::listen_tcp(next.admin.listen, 128, false);
+      open_access_logs(next, log_rd, log_wr);
+      commit_reload(next);
+    } catch (const std::exception& e) {
+      GW_LOG_ERROR("reload failed: {}; the running configuration stays", e.what());
+      return;
+    }
+
+    // ---- nothing fails from here
+    for (size_t w = 0; w < fds.size(); ++w)
+      for (size_t i = 0; i < next.listeners.size(); ++i)
+        if (!fds[w][i]) fds[w][i] = std::move(fds_[w][static_cast<size_t>(reuse[i])]);
+    // The master's copies of sockets no listener uses any more close now: the
+    // old workers close theirs as they start draining, so the kernel drops
+    // them (a closed port refuses rather than queueing for nobody).
+    fds_ = std::move(fds);
+    if (next.admin.enabled && !admin_same) admin_fd_ = std::move(admin_fd);
+    else if (!next.admin.enabled) admin_fd_.reset();
+    // The old logger keeps its ends and writes the old workers' last lines.
+    log_rd_ = std::move(log_rd);
+    log_wr_ = std::move(log_wr);
+
+    std::vector<std::pair<pid_t, uint32_t>> old_workers;
+    for (size_t w = 0; w < pids_.size(); ++w)
+      if (pids_[w] > 0) old_workers.emplace_back(pids_[w], rows_[w]);
+    const uint64_t old_kill_at = now + cfg_.worker_shutdown_timeout_ms + 5000;
+    std::vector<std::pair<Aux*, pid_t>> old_aux;
+    for (Aux* a : auxes())
+      if (a->pid > 0) old_aux.emplace_back(a, a->pid);
+
+    const int old_n = cfg_.workers;
+    if (next.log_file != cfg_.log_file) {
+      try {
+        core::log_open(next.log_file);
+      } catch (const std::exception& e) {
+        GW_LOG_ERROR("reload: {} (logging goes on where it went)", e.what());
+      }
+    }
+    core::log_set_level(next.log_level);
+    cfg_ = std::move(next);
+    auto& hdr = seg_.header();
+    hdr.workers.store(static_cast<uint32_t>(cfg_.workers));
+    publish_listeners(hdr, cfg_);
+    reset_cluster_state(hdr, cfg_);
+    rows_ = std::move(rows);
+    for (auto& [a, pid] : old_aux) {
+      retiring_aux_[pid] = old_kill_at;
+      a->pid = 0;
+    }
+    start_generation();  // the new workers serve before the old ones stop accepting
+    for (const auto& [pid, row] : old_workers) {
+      seg_.worker(row).flags.store(shm::kWorkerRetiring, std::memory_order_release);
+      retiring_[pid] = Retiring{row, old_kill_at};
+      ::kill(pid, SIGWINCH);
+    }
+    for (const auto& [a, pid] : old_aux)
+      ::kill(pid, a == &logger_ ? SIGTERM : SIGQUIT);  // the logger: after the old workers' last lines
+    GW_LOG_INFO("reloaded: {} worker(s) started, {} old worker(s) draining (from {}), listeners:{}", cfg_.workers,
+                old_workers.size(), old_n, listener_text(cfg_));
+  }
+
+  // The reload's one table commit: the new config merged with the live table
+  // (read under the writer lock, so a concurrent gwctl change is not lost).
+  void commit_reload(const config::Config& next) {
+    shm::Writer writer(seg_);
+    uint64_t gen = writer.commit([&](shm::Table& t, std::vector<std::string>& events) {
+      const shm::State live = shm::state_from_table(t);
+      shm::Table merged = merge_runtime(next, &live);
+      keep_runtime_slots(merged, t);
+      const uint64_t generation = t.header().generation;
+      const uint32_t next_tag = std::max(t.header().next_tag, 1u);
+      std::memcpy(t.words(), merged.words(), t.bytes());
+      t.header().generation = generation;
+      t.header().next_tag = next_tag;
+      events.push_back(fmt::format("config_reloaded pid={}: {} upstream(s), {} pool(s), {} host(s)", ::getpid(),
+                                   t.upstreams().size(), t.pools().size(), t.hosts().size()));
+    });
+    GW_LOG_INFO("reload: routing table generation {}", gen);
+  }
+
+  // ---- binary upgrade (SIGUSR2), nginx-style
+  //
+  //   old master: fork + exec argv_ with GW_UPGRADE naming the inherited fds
+  //   new master: adopts the segment as it is, takes the sockets, starts its
+  //               workers in free rows; once they run: SIGWINCH to the old one
+  //   old master: SIGTERM to its workers (stop accepting, drain), then exits
+  // If the new master exits before that, the old one goes on as before.
+
+  void start_upgrade() {
+    if (stopping_ || upgrade_pid_ > 0 || argv_.empty()) {
+      GW_LOG_WARN("SIGUSR2: binary upgrade {}; ignored",
+                  stopping_ ? "while stopping" : upgrade_pid_ > 0 ? "already in progress" : "without a command line");
+      return;
+    }
+    std::string env = fmt::format("ppid={} lock={}", ::getpid(), lock_fd_);
+    std::vector<int> pass{lock_fd_};
+    if (admin_fd_) {
+      env += fmt::format(" admin={}@{}", cfg_.admin.listen.to_string(), admin_fd_.get());
+      pass.push_back(admin_fd_.get());
+    }
+    for (size_t w = 0; w < fds_.size(); ++w)
+      for (size_t i = 0; i < fds_[w].size() && i < cfg_.listeners.size(); ++i) {
+        env += fmt::format(" l={}@{}@{}", w, cfg_.listeners[i].listen.to_string(), fds_[w][i].get());
+        pass.push_back(fds_[w][i].get());
+      }
+    std::vector<char*> args;
+    for (auto& a : argv_) args.push_back(a.data());
+    args.push_back(nullptr);
+    pid_t pid = ::fork();
+    if (pid < 0) {
+      GW_LOG_ERROR("SIGUSR2: binary upgrade: fork: {}", std::strerror(errno));
+      return;
+    }
+    if (pid == 0) {
+      for (int fd : pass) ::fcntl(fd, F_SETFD, 0);  // these cross the exec; nothing else does
+      sigset_t none;
+      sigemptyset(&none);
+      ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      ::setenv(kUpgradeEnv, env.c_str(), 1);
+      ::execvp(args[0], args.data());
+      std::fprintf(stderr, "gwd: binary upgrade: exec %s: %s\n", args[0], std::strerror(errno));
+      ::_exit(127);
+    }
+    upgrade_pid_ = pid;
+    GW_LOG_INFO("SIGUSR2: binary upgrade: started {} (pid {}); this master serves until it is ready", argv_[0], pid);
+  }
+
+  // New master: its workers run (each wrote its pid into its row): the old
+  // master may stop its own.
+  void tell_parent_ready() {
+    for (size_t w = 0; w < rows_.size(); ++w)
+      if (pids_[w] <= 0 || seg_.worker(rows_[w]).pid.load(std::memory_order_acquire) != pids_[w]) return;
+    notify_parent_ = false;
+    if (::getppid() != inherited_.parent) {
+      GW_LOG_WARN("binary upgrade: the old master (pid {}) is gone", inherited_.parent);
+      return;
+    }
+    ::kill(inherited_.parent, SIGWINCH);
+    GW_LOG_INFO("binary upgrade: serving; the old master (pid {}) drains and exits", inherited_.parent);
+  }
+
+  // Old master: the new one serves.
+  void hand_over(uint64_t now) {
+    if (stopping_) return;
+    handed_over_ = true;
+    GW_LOG_INFO("binary upgrade: the new master (pid {}) serves; stopping this one's workers gracefully", upgrade_pid_);
+    begin_stop(true, now);
+  }
+
+  // Old workers and helpers past their deadline (worker_shutdown_timeout_ms
+  // plus a margin: a worker closes its connections itself at the limit).
+  void expire_retiring(uint64_t now) {
+    for (auto& [pid, r] : retiring_)
+      if (now >= r.kill_at) {
+        GW_LOG_WARN("old worker pid {} still running after worker_shutdown_timeout_ms; killing it", pid);
+        ::kill(pid, SIGKILL);
+        r.kill_at = now + 60000;
+      }
+    for (auto& [pid, kill_at] : retiring_aux_)
+      if (now >= kill_at) {
+        ::kill(pid, SIGKILL);
+        kill_at = now + 60000;
+      }
+  }
 
   // SIGUSR1 (logrotate): the master, the workers and the logger reopen their files.
   void reopen_logs() {
@@ -355,7 +823,7 @@ class Master {
   int alive() const {
     int a = (checker_.pid > 0) + (sync_.pid > 0) + (logger_.pid > 0) + (admin_.pid > 0);
     for (pid_t p : pids_) a += p > 0;
-    return a;
+    return a + static_cast<int>(retiring_.size() + retiring_aux_.size());
   }
 
   void spawn(uint32_t w) {
@@ -371,10 +839,13 @@ class Master {
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);
       if (::getppid() != master) ::_exit(0);  // the master died before prctl took effect
       ::prctl(PR_SET_NAME, fmt::format("gwd-worker-{}", w).c_str());
-      core::log_set_role(fmt::format("worker {}", w));
-      sigset_t all;
-      sigemptyset(&all);
-      ::sigprocmask(SIG_SETMASK, &all, nullptr);
+      core::log_set_role(fmt::format("worker {}", rows_[w]));
+      // The worker's control signals stay blocked: one sent before its
+      // signalfd exists is read from it, not lost (or fatal).
+      sigset_t ctl;
+      sigemptyset(&ctl);
+      for (int s : {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&ctl, s);
+      ::sigprocmask(SIG_SETMASK, &ctl, nullptr);
       std::vector<int> mine;
       for (size_t s = 0; s < fds_.size(); ++s)
         for (auto& fd : fds_[s]) {
@@ -386,7 +857,7 @@ class Master {
         if (s != w) log_wr_[s].reset();
       if (w < log_wr_.size()) set_access_log_fd(log_wr_[w].get());
       admin_fd_.reset();  // the admin server's, not a worker's
-      int rc = run_worker(cfg_, seg_, w, mine);
+      int rc = run_worker(cfg_, seg_, rows_[w], mine);
       ::_exit(rc);
     }
     pids_[w] = pid;
@@ -449,10 +920,7 @@ class Master {
     a.pid = 0;
     if (stopping_) return true;
     bool quick = now - a.started_ms < 1000;
-    GW_LOG_WARN("{} (pid {}) {}; respawning{}", a.what, pid,
-                WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
-                                    : fmt::format("exited with code {}", WEXITSTATUS(status)),
-                quick ? " in 1 s" : "");
+    GW_LOG_WARN("{} (pid {}) {}; respawning{}", a.what, pid, exit_text(status), quick ? " in 1 s" : "");
     if (quick) a.respawn_at = now + 1000;
     else spawn_aux(a);
     return true;
@@ -466,9 +934,23 @@ class Master {
       if (auto hook = hooks_.find(pid); hook != hooks_.end()) {
         hooks_.erase(hook);
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-          GW_LOG_WARN("hook pid {} {}", pid,
-                      WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
-                                          : fmt::format("exited with code {}", WEXITSTATUS(status)));
+          GW_LOG_WARN("hook pid {} {}", pid, exit_text(status));
+        continue;
+      }
+      if (pid == upgrade_pid_) {
+        upgrade_pid_ = 0;
+        const std::string how = exit_text(status);
+        if (handed_over_) GW_LOG_INFO("the new master (pid {}) {}", pid, how);
+        else GW_LOG_ERROR("binary upgrade failed: the new master (pid {}) {}; this one goes on serving", pid, how);
+        continue;
+      }
+      if (retiring_aux_.erase(pid)) continue;  // a helper of the configuration before a reload
+      if (auto old = retiring_.find(pid); old != retiring_.end()) {
+        const uint32_t row = old->second.row;
+        retiring_.erase(old);
+        release_row(row);
+        GW_LOG_INFO("old worker (pid {}) {}; {} still draining", pid, exit_text(status), retiring_.size());
+        retry_reload_ |= reload_pending_;
         continue;
       }
       if (reap_aux(checker_, pid, status, now) || reap_aux(sync_, pid, status, now) ||
@@ -477,11 +959,8 @@ class Master {
       for (uint32_t w = 0; w < pids_.size(); ++w) {
         if (pids_[w] != pid) continue;
         pids_[w] = 0;
-        seg_.worker(w).pid.store(0, std::memory_order_release);
-        shm::clear_worker_counters(seg_, w);
-        api::LimitTable::release_worker(seg_, w);  // limit_conn counts of its connections
-        std::string how = WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status))
-                                              : fmt::format("exited with code {}", WEXITSTATUS(status));
+        release_row(rows_[w]);
+        std::string how = exit_text(status);
         if (stopping_) {
           GW_LOG_INFO("worker {} (pid {}) {}", w, pid, how);
           break;
@@ -497,6 +976,14 @@ class Master {
         break;
       }
     }
+  }
+
+  // A worker exited: its row's connection counts and limit_conn holds go.
+  void release_row(uint32_t row) {
+    seg_.worker(row).pid.store(0, std::memory_order_release);
+    seg_.worker(row).flags.store(0, std::memory_order_relaxed);
+    shm::clear_worker_counters(seg_, row);
+    api::LimitTable::release_worker(seg_, row);  // limit_conn counts of its connections
   }
 
   void respawn_due(uint64_t now) {
@@ -521,16 +1008,22 @@ class Master {
     // workers close theirs, the kernel stops queueing new connections.
     fds_.clear();
     admin_fd_.reset();
-    GW_LOG_INFO("{}: stopping {}", graceful ? "SIGTERM" : "SIGINT/SIGQUIT", graceful ? "gracefully" : "now");
+    GW_LOG_INFO("{}: stopping {}", handed_over_ ? "binary upgrade" : graceful ? "SIGTERM" : "SIGINT/SIGQUIT",
+                graceful ? "gracefully" : "now");
     for (pid_t p : pids_)
       if (p > 0) ::kill(p, graceful ? SIGTERM : SIGQUIT);
+    // Old workers of a reload drain already (within their own limit); a
+    // fast stop ends them too.
+    if (!graceful)
+      for (const auto& [p, r] : retiring_) ::kill(p, SIGQUIT);
+    for (const auto& [p, t] : retiring_aux_) ::kill(p, SIGQUIT);
     for (Aux* a : {&checker_, &sync_, &admin_})
       if (a->pid > 0) ::kill(a->pid, SIGQUIT);  // nothing to drain
     // The logger writes the workers' last lines and exits when they have all
     // closed their ends (the master's copies go now).
     log_wr_.clear();
     if (logger_.pid > 0) ::kill(logger_.pid, SIGTERM);
-    kill_deadline_ms_ = now + (graceful ? cfg_.shutdown_timeout_ms + 2000 : 2000);
+    kill_deadline_ms_ = now + (graceful ? std::max(cfg_.shutdown_timeout_ms, cfg_.worker_shutdown_timeout_ms) + 2000 : 2000);
   }
 
   void log_events() {
@@ -544,7 +1037,7 @@ class Master {
       if (r == shm::EventRead::ok) {
         if (e.pid != ::getpid() && e.kind != static_cast<uint32_t>(shm::EventKind::health))
           GW_LOG_INFO("event: {}", e.text);  // workers and the checker log their own health events
-        run_hook(e.text);
+        if (!handed_over_) run_hook(e.text);  // after a binary upgrade, the new master runs them
       }
       ++event_cursor_;
     }
@@ -603,8 +1096,23 @@ class Master {
       }
   }
 
-  const config::Config& cfg_;
+  config::Config cfg_;  // the running configuration (a reload replaces it)
   shm::Segment seg_;
+  std::vector<uint32_t> rows_;  // by worker slot: the shm row of its worker (stats, counters)
+  struct Retiring {
+    uint32_t row;      // its shm row, free again when it exits
+    uint64_t kill_at;  // SIGKILL if still running then
+  };
+  std::map<pid_t, Retiring> retiring_;      // workers of a configuration before a reload, draining
+  std::map<pid_t, uint64_t> retiring_aux_;  // helpers of one, stopping → kill deadline
+  std::vector<std::string> argv_;  // gwd's command line, executed on SIGUSR2
+  int lock_fd_;                    // the instance lock (passed on to a new master)
+  Inherited inherited_;            // from the old master, after a binary upgrade
+  bool notify_parent_ = false;     // new master: tell the old one when the workers run
+  pid_t upgrade_pid_ = 0;          // old master: the new master it started
+  bool handed_over_ = false;       // old master: the new one serves; this one stops
+  bool reload_pending_ = false;  // a reload waits for rows that draining workers hold
+  bool retry_reload_ = false;    // ...and one of them just exited
   std::vector<std::vector<core::UniqueFd>> fds_;
   std::vector<pid_t> pids_;
   std::vector<uint64_t> started_ms_;
@@ -628,12 +1136,23 @@ class Master {
 
 }  // namespace
 
-int run_master(const config::Config& cfg) {
+int run_master(const config::Config& cfg, const std::vector<std::string>& argv) {
+  // A binary upgrade: what the old master passed on (and no one after us sees it).
+  Inherited inherited;
+  if (const char* up = ::getenv(kUpgradeEnv)) {
+    inherited = parse_inherited(up);
+    ::unsetenv(kUpgradeEnv);
+  }
   // One gwd per shm name: an flock held for the life of the master and, through
   // fork, of its workers and checker. Two masters started at once cannot both
-  // pass, and a new master waits out the workers of one that was killed.
-  core::UniqueFd lock(::shm_open(("/" + cfg.shm.name + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  // pass, and a new master waits out the workers of one that was killed. A
+  // master started by a binary upgrade shares the old master's lock (the same
+  // open file, inherited).
+  core::UniqueFd lock(inherited.parent > 0
+                          ? inherited.lock_fd
+                          : ::shm_open(("/" + cfg.shm.name + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   if (!lock) throw std::runtime_error(fmt::format("cannot open the lock /dev/shm/{}.lock: {}", cfg.shm.name, std::strerror(errno)));
+  ::fcntl(lock.get(), F_SETFD, FD_CLOEXEC);
   if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0)
     throw std::runtime_error(fmt::format("another gwd is running with shm \"{}\" (or the workers of one that was killed "
                                          "are still draining); stop it first, or give this one another shm.name",
@@ -644,18 +1163,13 @@ int run_master(const config::Config& cfg) {
     rl.rlim_cur = rl.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &rl);
   }
-  // io_uring: checked once, here, so that every worker runs the same engine
-  // and a kernel without what the engine needs is reported in one line.
-  config::Config effective = cfg;
-  if (cfg.event_engine == config::EventEngine::io_uring) {
-    std::string why = net::uring_unsupported();
-    if (!why.empty()) {
-      GW_LOG_WARN("event_engine io_uring is not available: {}; using epoll", why);
-      effective.event_engine = config::EventEngine::epoll;
-    }
-  }
-  shm::Segment seg = prepare_segment(effective);
-  Master m(effective, std::move(seg));
+  config::Config effective = effective_config(cfg);
+  shm::Segment seg = prepare_segment(effective, inherited.parent);
+  // The command line for a later upgrade: argv[0] made absolute if it is a
+  // path (gwd may be started from another directory than the next one's).
+  std::vector<std::string> args = argv;
+  if (!args.empty() && args[0].find('/') != std::string::npos) args[0] = std::filesystem::absolute(args[0]).string();
+  Master m(std::move(effective), std::move(seg), std::move(args), lock.get(), std::move(inherited));
   return m.run();
 }
 

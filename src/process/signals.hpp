@@ -18,12 +18,13 @@
 
 namespace gw::process {
 
-/// Blocks SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1 and SIGUSR2 and returns a
-/// non-blocking signalfd for them. Throws std::runtime_error on failure.
+/// Blocks SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2 and SIGWINCH (the
+/// master retires a worker generation with it) and returns a non-blocking
+/// signalfd for them. Throws std::runtime_error on failure.
 inline core::UniqueFd child_signal_fd() {
   sigset_t set;
   sigemptyset(&set);
-  for (int s : {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&set, s);
+  for (int s : {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&set, s);
   ::sigprocmask(SIG_BLOCK, &set, nullptr);
   core::UniqueFd fd(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
   if (!fd) throw std::runtime_error(fmt::format("signalfd: {}", std::strerror(errno)));

@@ -97,7 +97,9 @@ class Worker {
     env_.buffers = &buffers_;
     env_.seg = &seg_;
     env_.worker = slot_;
-    env_.n_workers = static_cast<uint32_t>(cfg.workers);
+    // Rows of the per-worker counters to sum (least_conn): after a reload a
+    // generation may use any stats row, and the one before it others.
+    env_.n_workers = seg.stat_workers();
     env_.snap = &snap_;
     env_.balancer = &balancer_;
     env_.pipes = &pipes_;
@@ -272,8 +274,8 @@ class Worker {
         return false;
       }
       if (env_.now_ms >= drain_deadline_ms_) {
-        GW_LOG_WARN("shutdown_timeout_ms ({}) passed with {} connection(s) open; closing them",
-                    cfg_.shutdown_timeout_ms, active());
+        GW_LOG_WARN("{} ({}) passed with {} connection(s) open; closing them", drain_limit_name_, drain_limit_ms_,
+                    active());
         close_all();
         return false;
       }
@@ -343,17 +345,12 @@ class Worker {
     while (::read(sfd, &si, sizeof(si)) == sizeof(si)) {
       switch (si.ssi_signo) {
         case SIGTERM:
-          if (!draining_) {
-            GW_LOG_INFO("SIGTERM: stop accepting, draining {} connection(s) for up to {} ms", active(),
-                        cfg_.shutdown_timeout_ms);
-            stop_accepting();
-            http_.drain();  // idle keep-alive connections close now, busy ones after their response
-            // Closing this process's copies lets the kernel drop the sockets
-            // once the master has closed its own (it does so before SIGTERM).
-            for (int fd : listen_fds_) ::close(fd);
-            draining_ = true;
-            drain_deadline_ms_ = env_.now_ms + cfg_.shutdown_timeout_ms;
-          }
+          begin_drain("SIGTERM", "shutdown_timeout_ms", cfg_.shutdown_timeout_ms);
+          break;
+        case SIGWINCH:
+          // A reload: a new generation of workers serves the listening
+          // sockets; this one finishes what it has.
+          begin_drain("SIGWINCH (reload)", "worker_shutdown_timeout_ms", cfg_.worker_shutdown_timeout_ms);
           break;
         case SIGINT:
         case SIGQUIT:
@@ -374,6 +371,31 @@ class Worker {
       }
     }
     return true;
+  }
+
+  // Stop accepting and finish the open connections within `limit_ms`, then
+  // exit (tick() checks). `why` and `limit_name` are for the log.
+  void begin_drain(const char* why, const char* limit_name, uint32_t limit_ms) {
+    if (draining_) return;
+    GW_LOG_INFO("{}: stop accepting, draining {} connection(s) for up to {} ms", why, active(), limit_ms);
+    stop_accepting();
+    http_.drain();  // idle keep-alive connections close soon, busy ones after their response
+    // Closing this process's copies lets the kernel drop the sockets once
+    // the master has closed its own (it does so before SIGTERM); after a
+    // reload the master and the new workers keep them open. A listener whose
+    // ring accept is still being cancelled closes when that ends.
+    draining_ = true;
+    for (size_t i = 0; i < listen_fds_.size(); ++i) {
+      if (!native_.empty() && native_[i]) {
+        if (!accept_armed_[i]) close_native_listener(static_cast<uint32_t>(i));
+      } else {
+        ::close(listen_fds_[i]);
+        listen_fds_[i] = -1;
+      }
+    }
+    drain_limit_name_ = limit_name;
+    drain_limit_ms_ = limit_ms;
+    drain_deadline_ms_ = env_.now_ms + limit_ms;
   }
 
   void accept_on(uint32_t li) {
@@ -431,29 +453,58 @@ class Worker {
     if (li >= listen_fds_.size()) return;
     if (!(flags & IORING_CQE_F_MORE)) accept_armed_[li] = false;
     if (res >= 0) {
-      if (reader_.stale()) refresh();  // one acquire load per new connection
-      if (urelay_->full()) {
-        ::close(res);
-        proxy::metrics::listener_reject(env_, li, shm::kRejectNoSlot);
-        if (env_.now_ms - last_full_log_ms_ >= 1000) {
-          last_full_log_ms_ = env_.now_ms;
-          GW_LOG_WARN("all {} session slots in use (the open-files limit); refusing connections", max_sessions());
-        }
-      } else if (cfg_.listeners[li].limit_conn.on && !admit_accepted(res, li)) {
-        ::close(res);  // limit_conn: over the address's max (counted)
-        proxy::metrics::listener_reject(env_, li, shm::kRejectLimitConn);
-      } else {
-        urelay_->accept(res, li);
-      }
+      take_accepted(li, res);
     } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
       if (!accept_paused_)
         GW_LOG_ERROR("accept: {}; pausing accepts for {} ms", std::strerror(-res), kAcceptPauseMs);
       pause_accept();
-      return;
+      if (!draining_) return;
     }
+    // Draining: the listener's last accept is done; what is queued is taken now.
+    if (!accept_armed_[li] && draining_) close_native_listener(li);
     // A multishot accept that ended (an error, or a full completion queue) is
     // armed again, unless accepting stopped.
     if (!accept_armed_[li] && !accept_paused_ && !draining_) arm_accepts();
+  }
+
+  // A connection the ring (or close_native_listener) accepted on listener `li`.
+  void take_accepted(uint32_t li, int fd) {
+    if (reader_.stale()) refresh();  // one acquire load per new connection
+    if (urelay_->full()) {
+      ::close(fd);
+      proxy::metrics::listener_reject(env_, li, shm::kRejectNoSlot);
+      if (env_.now_ms - last_full_log_ms_ >= 1000) {
+        last_full_log_ms_ = env_.now_ms;
+        GW_LOG_WARN("all {} session slots in use (the open-files limit); refusing connections", max_sessions());
+      }
+    } else if (cfg_.listeners[li].limit_conn.on && !admit_accepted(fd, li)) {
+      ::close(fd);  // limit_conn: over the address's max (counted)
+      proxy::metrics::listener_reject(env_, li, shm::kRejectLimitConn);
+    } else {
+      urelay_->accept(fd, li);
+    }
+  }
+
+  // Draining, io_uring: the listener's multishot accept has ended. After a
+  // reload or a binary upgrade another process's ring waits on the same
+  // socket. The kernel wakes one accept waiter per connection, so a wake-up
+  // that this ring took while its accept was being cancelled is lost for the
+  // other: the connection would sit in the queue until the next one arrives.
+  // So what is queued now is accepted and served here, then the socket closes.
+  void close_native_listener(uint32_t li) {
+    int& fd = listen_fds_[li];
+    if (fd < 0) return;
+    for (;;) {
+      int c = ::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (c >= 0) {
+        take_accepted(li, c);
+        continue;
+      }
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      break;  // EAGAIN (or EMFILE: what is left is the other workers')
+    }
+    ::close(fd);
+    fd = -1;
   }
 
   // limit_conn for a connection the multishot accept took (it gives no
@@ -481,7 +532,7 @@ class Worker {
         io_uring_prep_cancel64(sqe, net::pack_tag(proxy::uring_op::kAccept, static_cast<uint32_t>(i), 0), 0);
         io_uring_sqe_set_data64(sqe, net::pack_tag(proxy::uring_op::kIgnore, 0, 0));
         sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-      } else {
+      } else if (listen_fds_[i] >= 0) {
         epoll_.del(listen_fds_[i]);
       }
     }
@@ -541,6 +592,8 @@ class Worker {
   uint64_t next_housekeeping_ = 0;
   bool draining_ = false;
   uint64_t drain_deadline_ms_ = 0;
+  const char* drain_limit_name_ = "";  // the config key that set the drain limit (for the log)
+  uint32_t drain_limit_ms_ = 0;
   bool accept_paused_ = false;
   uint64_t last_full_log_ms_ = 0;
   uint64_t resume_accept_ms_ = 0;

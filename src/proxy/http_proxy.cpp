@@ -34,6 +34,11 @@ constexpr uint32_t kBufSize = static_cast<uint32_t>(net::BufferPool::kBufferSize
 /// discarded) for at most this long, so that unread request bytes do not
 /// turn our FIN into a reset that destroys the answer (nginx lingering_close).
 constexpr uint64_t kLingerMs = 2000;
+// Draining: an idle keep-alive connection is closed once it has been idle this
+// long. Closing it at once races with a request the client may be sending
+// (it would see a reset); a client that is using it sends its next request
+// within this time and gets the response with "Connection: close".
+constexpr uint64_t kDrainIdleMs = 1000;
 /// A response head must fit the response buffer.
 constexpr http::Limits kResponseLimits{8192, kBufSize, 4096, 8192};
 
@@ -400,8 +405,12 @@ void HttpProxy::close_all() noexcept {
 void HttpProxy::drain() noexcept {
   draining_ = true;
   for (Conn& c : conns_) {
-    if (c.state == CState::head && c.in.size() == 0) close_conn(c);  // idle keep-alive
-    else c.keep_alive = false;
+    if (c.state == CState::head && c.in.size() == 0) {  // idle keep-alive
+      if (env_.now_ms >= c.c_read_ms + kDrainIdleMs) close_conn(c);
+      else arm(c);  // closes at c_read_ms + kDrainIdleMs unless a request comes
+    } else {
+      c.keep_alive = false;
+    }
   }
   for (UpConn& u : ups_)
     if (u.state == UState::idle) close_up(u);
@@ -541,7 +550,7 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
         return;
       }
       if (c.in.size() == 0) {
-        close_conn(c);  // keepalive_timeout_ms
+        close_conn(c);  // keepalive_timeout_ms (draining: kDrainIdleMs)
         return;
       }
       break;
@@ -607,7 +616,7 @@ void HttpProxy::arm(Conn& c) noexcept {
       return;
     case CState::head:
       if (c.in.size() > 0) at(c.started_ms + hc.client_header_timeout_ms);
-      else at(c.c_read_ms + hc.keepalive_timeout_ms);
+      else at(c.c_read_ms + (draining_ ? std::min<uint64_t>(hc.keepalive_timeout_ms, kDrainIdleMs) : hc.keepalive_timeout_ms));
       break;
     case CState::busy: {
       const UpConn* u = c.up != kNone ? &ups_[c.up] : nullptr;

@@ -125,7 +125,8 @@ def proc_sid(pid):
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-        return int(data[data.rindex(b")") + 2:].split()[4])
+        # after "(comm) ": state ppid pgrp session tty_nr ...
+        return int(data[data.rindex(b")") + 2:].split()[3])
     except (OSError, ValueError, IndexError):
         return None
 

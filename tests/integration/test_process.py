@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Process management: graceful and fast stop, SIGHUP, worker respawn under load."""
+"""Process management: graceful and fast stop, SIGHUP, worker respawn under load, master SIGKILLed."""
 
 import os
 import subprocess
@@ -94,17 +94,52 @@ class ProcessTest(GwTestCase):
                 self.assertConnectionClosed(s, T(2))
                 n.stop()
 
-    def test_sighup_logged_and_ignored(self):
+    def test_sighup_reloads(self):
+        """SIGHUP starts new workers on the same sockets; the old ones exit
+        (the reload itself is tested in test_reload.py)."""
         gw, n = self.start()
-        workers = sorted(gw.worker_pids())
+        workers = set(gw.worker_pids())
         log_before = len(gw.log_text())
         gw.send_signal(signal.SIGHUP)
-        gwtest.wait_until(lambda: "HUP" in gw.log_text()[log_before:].upper(), T(5),
-                          msg="a log line about SIGHUP")
-        time.sleep(0.3)
+        gwtest.wait_until(lambda: "reloaded:" in gw.log_text()[log_before:], T(5), msg="a 'reloaded:' log line")
+        gwtest.wait_until(lambda: not (set(gw.worker_pids()) & workers) and len(gw.worker_pids()) == 2, T(10),
+                          msg="new workers only")
+        self.assertFalse(gwtest.wait_pids_gone(workers, T(5)), "old workers still running after the reload")
         self.assertIsNone(gw.proc.poll(), "gwd exited on SIGHUP")
-        self.assertEqual(sorted(gw.worker_pids()), workers, "workers changed on SIGHUP")
-        self.assertTrue(gwtest.children(gw.pid) >= set(workers), "a worker is gone after SIGHUP")
+        self.assertNames(gw.port, 6, {"n"})
+        self.assertEqual(gw.stop(), 0)
+
+    def test_master_sigkill_workers_drain_and_exit(self):
+        """SIGKILL the master: its workers notice (PR_SET_PDEATHSIG), stop
+        accepting, finish their open connections and exit; a new gwd on the same
+        shm is refused while they drain, so two generations never serve at once."""
+        gw, n = self.start(workers=2, shutdown_timeout_ms=30000)
+        s = self.open_relayed(gw)
+        kids = gw.all_pids() - {gw.pid}
+        gw.remember(kids)
+        self.assertGreaterEqual(len(kids), 2)
+        os.kill(gw.pid, signal.SIGKILL)
+        gw.proc.wait(T(5))
+        # they stop accepting: the port closes (the master's copies died with it)
+        gwtest.wait_until(lambda: not gwtest.port_listening(gw.port), T(5), msg="listener closed after the master died")
+        with self.assertRaises(ConnectionRefusedError):
+            gwtest.connect(gw.port, timeout=T(2)).close()
+        # the open connection goes on while they drain
+        for i in range(3):
+            self.assertRoundTrip(s, f"still here {i}\n".encode())
+            time.sleep(0.1)
+        self.assertTrue(any(gwtest.pid_alive(p) for p in kids), "the workers exited with a connection open")
+        # a second master is refused until they are gone
+        r = subprocess.run([os.path.join(gwtest.BUILD_DIR, "gwd"), "-c", gw.conf_path], capture_output=True, text=True,
+                           timeout=T(10))
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("still draining", r.stderr)
+        # the last connection closes: they exit
+        s.close()
+        left = gwtest.wait_pids_gone(kids, T(10))
+        self.assertFalse(left, f"processes left after the master died and the connection closed: {left}")
+        # and a new gwd starts and serves
+        gw.start()
         self.assertNames(gw.port, 6, {"n"})
         self.assertEqual(gw.stop(), 0)
 

@@ -413,13 +413,17 @@ int cmd_check(const Options& o) {
     throw Failure(pid ? fmt::format("check failed: the master (pid {}) is not running", pid)
                       : "check failed: gwd is stopped");
   }
+  // The master assigns each worker a row; after a reload the new workers use
+  // other rows than the old ones, which drain (kWorkerRetiring) and exit.
   const uint32_t n = std::min(hdr.workers.load(), gw::shm::kMaxWorkers);
-  for (uint32_t w = 0; w < n; ++w) {
-    int pid = seg.worker(w).pid.load(std::memory_order_acquire);
-    if (!process_alive(pid))
-      throw Failure(pid > 0 ? fmt::format("check failed: worker {} (pid {}) is not running", w, pid)
-                            : fmt::format("check failed: worker {} is not running", w));
+  uint32_t running = 0;
+  for (uint32_t w = 0; w < gw::shm::kMaxWorkers; ++w) {
+    const auto& row = seg.worker(w);
+    int pid = row.pid.load(std::memory_order_acquire);
+    if (pid > 0 && !(row.flags.load(std::memory_order_relaxed) & gw::shm::kWorkerRetiring) && process_alive(pid))
+      ++running;
   }
+  if (running < n) throw Failure(fmt::format("check failed: {} of {} workers are running", running, n));
   const uint32_t nl = std::min(hdr.n_listeners, gw::shm::kMaxListeners);
   for (uint32_t i = 0; i < nl; ++i) {
     const auto& l = hdr.listeners[i];

@@ -182,7 +182,10 @@ struct Config {
   uint32_t splice_after_bytes = 16384;
   std::string log_file;   ///< empty = stderr
   core::LogLevel log_level = core::LogLevel::info;
-  uint32_t shutdown_timeout_ms = 10000;
+  uint32_t shutdown_timeout_ms = 10000;  ///< SIGTERM: how long workers drain before closing what is left
+  /// "worker_shutdown_timeout_ms": after a reload (SIGHUP), how long the old
+  /// workers drain before closing what is left; default = shutdown_timeout_ms.
+  uint32_t worker_shutdown_timeout_ms = 10000;
   ShmConf shm;
   std::string state_file;  ///< absolute; empty = no persistence
   std::vector<ListenerConf> listeners;

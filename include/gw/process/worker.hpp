@@ -2,7 +2,10 @@
 // A worker process: one single-threaded epoll reactor serving its slot's
 // listening sockets (inherited from the master). It reads the routing table
 // from shm (one acquire load per new connection to see a change), relays
-// connections, and stops on SIGTERM (drain) or SIGINT/SIGQUIT (at once).
+// connections, and stops on SIGTERM (drain for shutdown_timeout_ms), SIGWINCH
+// (a reload retires it: drain for worker_shutdown_timeout_ms) or SIGINT/SIGQUIT
+// (at once). `slot` given to run_worker is its row in the shm segment (the
+// master assigns rows; after a reload they differ from the socket slots).
 
 #include <cstdint>
 #include <vector>

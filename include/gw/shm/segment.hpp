@@ -19,8 +19,10 @@
 // The three stats matrices (ABI 8) are written by the workers only, one writer
 // per row (the worker of that row): a relaxed load and store per update, never
 // a locked instruction. Readers (the admin server, gwctl) sum the rows.
-// stat_workers is the config's worker count when the segment was created; a
-// master with more workers recreates the segment.
+// stat_workers is twice the config's worker count when the segment was created
+// (at most kMaxWorkers): a reload starts a new generation of workers in rows
+// the draining one does not use. A master needing more recreates the segment.
+// A worker's row is not its listening-socket slot: the master assigns rows.
 //
 // Everything in the segment is trivially copyable or a lock-free atomic and is
 // addressed by offsets, never pointers: each process maps it at its own address.
@@ -98,7 +100,7 @@ struct SegmentHeader {
   Caps caps;              ///< table capacities
   uint32_t max_workers;   ///< kMaxWorkers of the creator
   uint32_t event_capacity;
-  uint32_t stat_workers;  ///< rows of the stats matrices (HostStats, ListenerStats, RuleStats)
+  uint32_t stat_workers;  ///< rows of the stats matrices (HostStats, ListenerStats, RuleStats); workers use rows below it
   uint64_t slot_offset[2];
   uint64_t slot_payload;  ///< Table::bytes_for(caps)
   uint64_t runtime_offset;
@@ -246,7 +248,7 @@ inline constexpr size_t kHttpOutcomeKinds = 8;
 
 struct alignas(64) WorkerRuntime {
   std::atomic<int32_t> pid;           ///< 0 = slot not running
-  std::atomic<uint32_t> reserved;
+  std::atomic<uint32_t> flags;        ///< kWorkerRetiring: draining after a reload (set by the master)
   std::atomic<uint64_t> generation;   ///< table generation the worker routes with
   std::atomic<uint64_t> applied_ns;   ///< monotonic ns of the first connection routed with `generation`
   std::atomic<uint64_t> started_ms;   ///< wall clock
@@ -267,6 +269,9 @@ struct alignas(64) WorkerRuntime {
   std::atomic<uint64_t> http_reserved[4];
 };
 static_assert(sizeof(WorkerRuntime) == 64 + 64 + 128 + 128);
+/// WorkerRuntime::flags: the worker belongs to a generation that a reload
+/// replaced; it accepts nothing and exits when its connections are done.
+inline constexpr uint32_t kWorkerRetiring = 1;
 
 /// Per-pool state shared by the workers, indexed by the pool's position in the
 /// table. A position that passes to another pool after a removal keeps its
@@ -308,7 +313,7 @@ class Segment {
   ~Segment();
 
   /// Creates a new segment (fails if one exists). Initialises every field.
-  /// `stat_workers`: rows of the stats matrices (the config's worker count).
+  /// `stat_workers`: rows of the stats matrices (the master asks for twice its workers).
   static Segment create(const std::string& name, const Caps& caps, uint32_t stat_workers);
   /// Attaches to an existing segment and validates it. Throws SegmentError with
   /// a clear message: missing, not a gw segment, other ABI, truncated.

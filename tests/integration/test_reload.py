@@ -1,0 +1,444 @@
+#!/usr/bin/python3
+"""SIGHUP reload: a new generation of workers on the same listening sockets,
+the old one drains; invalid configs are refused; gwctl changes survive.
+SIGUSR2 binary upgrade: a new master inherits the sockets, the old one drains."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gwtest  # noqa: E402
+import httpbackend as hb  # noqa: E402
+from gwtest import GwTestCase, T, host, pool, upstream, tcp_listener, free_port, wait_until, write_json  # noqa: E402
+
+LO = gwtest.LOOPBACK
+RELOADS = 20
+WRK = "/usr/bin/wrk"
+
+
+class KeepAliveClient:
+    """Threads that send HTTP/1.1 requests over keep-alive connections, as a
+    careful client does: a request that fails before any byte of its response
+    on a connection that already carried one (the server closed an idle
+    connection) is sent again on a new connection (RFC 9112 9.3.1); every
+    other failure counts."""
+
+    def __init__(self, port, threads=2):
+        self.port = port
+        self.ok = 0
+        self.reconnects = 0
+        self.errors = []
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        for t in self.threads:
+            t.join(T(15))
+
+    def count(self):
+        with self.lock:
+            return self.ok
+
+    def _run(self):
+        sock, used = None, False
+        while not self._stop.is_set():
+            try:
+                if sock is None:
+                    sock, used = hb.connect(self.port, timeout=T(10)), False
+                try:
+                    sock.sendall(b"GET /ka HTTP/1.1\r\nHost: test\r\n\r\n")
+                    resp = hb.read_response(sock)
+                except (ConnectionResetError, BrokenPipeError):
+                    if not used:
+                        raise
+                    resp = None
+                if resp is None:
+                    if not used:
+                        raise AssertionError("EOF before a response on a new connection")
+                    # closed while idle: retry on a new connection
+                    sock.close()
+                    sock = None
+                    with self.lock:
+                        self.reconnects += 1
+                    continue
+                if resp.status != 200:
+                    raise AssertionError(f"status {resp.status}")
+                used = True
+                with self.lock:
+                    self.ok += 1
+                if (resp.header("connection") or "").lower() == "close":
+                    sock.close()
+                    sock = None
+            except (OSError, AssertionError, hb.HttpError) as e:
+                with self.lock:
+                    self.errors.append(f"{time.monotonic():.3f} {e!r}")
+                if sock is not None:
+                    sock.close()
+                sock = None
+        if sock is not None:
+            sock.close()
+
+
+class ReloadTest(GwTestCase):
+    needs = ("gwd", "gwctl", "gw-backend")
+
+    def config(self, n, web=None, workers=2, **top):
+        """tcp listener l4 -> upstream app (python name backend n); with `web`
+        (a gw-backend in http mode) also http listener web -> upstream web."""
+        cfg = self.make_config([pool("primary", [host("n", n)])], workers=workers, **top)
+        if web is not None:
+            cfg["upstreams"].append(upstream("web", [pool("primary", [host("w", web.address)])]))
+            cfg["listeners"].append({"name": "web", "listen": f"{LO}:{free_port()}", "protocol": "http",
+                                     "upstream": "web", "backlog": 1024})
+        return cfg
+
+    def rewrite(self, gw, cfg):
+        gw.config = cfg
+        if gwtest.ENGINE and "event_engine" not in cfg:
+            cfg["event_engine"] = gwtest.ENGINE
+        write_json(gw.conf_path, cfg)
+
+    def reload(self, gw, expect_ok=True):
+        """SIGHUP, then wait for the new generation and for the old one to exit."""
+        old = set(gw.worker_pids())
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        if not expect_ok:
+            wait_until(lambda: re.search(r"reload (failed|refused)", gw.log_text()[log_before:]), T(10),
+                       msg="reload failed/refused in the log")
+            return old
+        wait_until(lambda: "reloaded:" in gw.log_text()[log_before:], T(10), msg="'reloaded:' in the log")
+        want = gw.expected_workers()
+
+        def settled():
+            ws = gw.worker_pids()
+            kids = gwtest.children(gw.pid)
+            return len(ws) == want and not (set(ws) & old) and all(p in kids for p in ws)
+        wait_until(settled, T(20), interval=0.05, msg="new workers only (old ones drained and exited)")
+        new = set(gw.worker_pids())
+        gw.remember(new)
+        self.assertFalse(new & old)
+        return old
+
+    # ------------------------------------------------------------------
+
+    def test_reloads_under_load_lose_nothing(self):
+        """20 SIGHUP reloads while wrk (HTTP keep-alive), a keep-alive client and
+        short TCP connections run: no failed request or connection."""
+        if not os.access(WRK, os.X_OK):
+            self.skipTest("wrk is not installed")
+        n = self.backend("n", "name")
+        web = self.external_backend("w", mode="http", threads=2)
+        cfg = self.config(n, web)
+        gw = self.gateway(cfg)
+        web_port = gw.ports[1]
+        self.assertEqual(hb.request(web_port, "GET", "/").status, 200)
+        tcp = gwtest.LoadClient(gw.port, "n", threads=1).start()
+        self.addCleanup(tcp.stop)
+        ka = KeepAliveClient(web_port, threads=1).start()
+        self.addCleanup(ka.stop)
+        wrk = subprocess.Popen([WRK, "-t1", "-c8", "-d120s", "--timeout", "5s", f"http://{LO}:{web_port}/"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True, preexec_fn=gwtest._child_preexec)
+        self.addCleanup(lambda: wrk.poll() is None and wrk.kill())
+        wait_until(lambda: tcp.count() >= 20 and ka.count() >= 20, T(10), msg="load running")
+        for i in range(RELOADS):
+            before = (tcp.count(), ka.count())
+            # alternate a setting, so each reload really applies a new config
+            cfg["upstreams"][0]["connect_timeout_ms"] = 2000 + (i % 2)
+            self.rewrite(gw, cfg)
+            self.reload(gw)
+            wait_until(lambda: tcp.count() > before[0] and ka.count() > before[1], T(10),
+                       msg=f"load going on after reload {i + 1}")
+        time.sleep(0.3)
+        wrk.send_signal(signal.SIGINT)
+        out, _ = wrk.communicate(timeout=T(20))
+        tcp.stop()
+        ka.stop()
+        m = re.search(r"(\d+) requests in", out)
+        self.assertIsNotNone(m, out)
+        requests = int(m.group(1))
+        sys.stderr.write(f"[{RELOADS} reloads: wrk {requests} requests, keep-alive client {ka.ok} "
+                         f"({ka.reconnects} idle closes retried), tcp {tcp.ok} connections] ")
+        self.assertNotIn("Socket errors", out, f"wrk saw socket errors:\n{out}")
+        self.assertNotIn("Non-2xx", out, f"wrk saw failed responses:\n{out}")
+        self.assertGreater(requests, 1000, out)
+        self.assertEqual(tcp.errors, [], "tcp connections failed across reloads")
+        self.assertEqual(ka.errors, [], "keep-alive requests failed across reloads")
+        self.assertEqual(len(re.findall(r"reloaded:", gw.log_text())), RELOADS)
+        self.assertEqual(gw.stop(), 0)
+
+    def test_invalid_config_keeps_the_old_one(self):
+        n = self.backend("n", "name")
+        cfg = self.config(n)
+        gw = self.gateway(cfg)
+        workers = sorted(gw.worker_pids())
+        bad = json.loads(json.dumps(cfg))
+        bad["workers"] = "many"
+        bad["listeners"][0]["listen"] = "127.0.0.1:99999"
+        write_json(gw.conf_path, bad)
+        log_before = len(gw.log_text())
+        self.reload(gw, expect_ok=False)
+        log = gw.log_text()[log_before:]
+        self.assertRegex(log, r"reload: \S+: workers: ")
+        self.assertRegex(log, r"reload: \S+: listeners\[0\]\.listen: ")
+        self.assertRegex(log, r"reload failed: 2 error\(s\) in \S+; the running configuration stays")
+        self.assertEqual(sorted(gw.worker_pids()), workers, "workers changed on a failed reload")
+        self.assertNames(gw.port, 6, {"n"})
+        # the old config still applies in full, and a fixed file reloads
+        self.rewrite(gw, cfg)
+        self.reload(gw)
+        self.assertNames(gw.port, 6, {"n"})
+        self.assertEqual(gw.stop(), 0)
+
+    def test_capacity_change_is_refused(self):
+        n = self.backend("n", "name")
+        cfg = self.config(n, workers=1)
+        gw = self.gateway(cfg)
+        workers = sorted(gw.worker_pids())
+        for change, why in ((lambda c: c["shm"].update(max_hosts=512), r"shm capacities"),
+                            (lambda c: c.update(workers=3), r"3 workers: the shm segment has worker rows for 2")):
+            bad = json.loads(json.dumps(cfg))
+            change(bad)
+            write_json(gw.conf_path, bad)
+            log_before = len(gw.log_text())
+            self.reload(gw, expect_ok=False)
+            self.assertRegex(gw.log_text()[log_before:], r"reload refused: .*" + why + r".*restart")
+            self.assertEqual(sorted(gw.worker_pids()), workers)
+            self.assertNames(gw.port, 4, {"n"})
+        self.assertEqual(gw.stop(), 0)
+
+    def test_listener_added_and_removed_by_reload(self):
+        n, m = self.backend("n", "name"), self.backend("m", "name")
+        cfg = self.config(n)
+        gw = self.gateway(cfg)
+        old_port = gw.port
+        added = json.loads(json.dumps(cfg))
+        added["upstreams"].append(upstream("other", [pool("p", [host("m", m)])]))
+        added["listeners"].append(tcp_listener("l4b", "other"))
+        self.rewrite(gw, added)
+        self.reload(gw)
+        new_port = gw.ports[1]
+        self.assertNames(new_port, 6, {"m"})
+        self.assertNames(old_port, 6, {"n"})
+        rc, out, err = gw.gwctl("check")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("2 listener(s)", out)
+        # and removed again: the port closes once the old workers are gone
+        self.rewrite(gw, cfg)
+        self.reload(gw)
+        wait_until(lambda: not gwtest.port_listening(new_port), T(5), msg="removed listener closed")
+        with self.assertRaises(ConnectionRefusedError):
+            gwtest.connect(new_port, timeout=T(2)).close()
+        self.assertNames(old_port, 6, {"n"})
+        self.assertEqual(gw.stop(), 0)
+
+    def test_gwctl_changes_survive_reload(self):
+        a, b, c = self.backend("a", "name"), self.backend("b", "name"), self.backend("c", "name")
+        cfg = self.config(a)
+        cfg["upstreams"][0]["pools"][0]["hosts"] = [host("a", a), host("b", b)]
+        gw = self.gateway(cfg)
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "c", c.address)
+        self.assertGwctlOk(gw, "down", "host", "app/primary", "a")
+        self.assertNames(gw.port, 8, {"b", "c"}, must_include={"b", "c"})
+        gen = gw.status()["generation"]
+        # the new config changes an upstream setting; the pools and hosts stay the live ones
+        cfg["upstreams"][0]["tries"] = 2
+        self.rewrite(gw, cfg)
+        self.reload(gw)
+        self.assertHost(gw, "app/primary/c", address=c.address, admin="up")
+        self.assertHost(gw, "app/primary/a", admin="down")
+        self.assertHost(gw, "app/primary/b", admin="up")
+        self.assertGreater(gw.status()["generation"], gen)
+        self.assertNames(gw.port, 8, {"b", "c"}, must_include={"b", "c"})
+        self.assertEvent(gw, r"^config_reloaded pid=\d+: 1 upstream\(s\), 1 pool\(s\), 3 host\(s\)$")
+        # and a gwctl change after the reload works as before
+        self.assertGwctlOk(gw, "up", "host", "app/primary", "a")
+        self.assertNames(gw.port, 12, {"a", "b", "c"}, must_include={"a"})
+        self.assertEqual(gw.stop(), 0)
+
+    def test_long_lived_connection_closed_after_worker_shutdown_timeout(self):
+        n = self.backend("n", "name")
+        cfg = self.config(n, shutdown_timeout_ms=30000, worker_shutdown_timeout_ms=1500)
+        gw = self.gateway(cfg)
+        s = gwtest.connect(gw.port, timeout=T(5))
+        self.addCleanup(s.close)
+        s.sendall(b"hi\n")
+        self.assertEqual(gwtest.recv_line(s), "n")
+        self.assertEqual(gwtest.recv_line(s), "hi")
+        old = set(gw.worker_pids())
+        log_before = len(gw.log_text())
+        t0 = time.monotonic()
+        gw.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded:" in gw.log_text()[log_before:], T(10), msg="'reloaded:' in the log")
+        # the new workers serve new connections while the old one drains...
+        self.assertNames(gw.port, 4, {"n"})
+        self.assertRoundTrip(s, b"still here\n")
+        self.assertTrue(old & gwtest.children(gw.pid), "the old worker holding the connection is gone early")
+        # ...and closes it after worker_shutdown_timeout_ms (not shutdown_timeout_ms)
+        self.assertConnectionClosed(s, 1.5 + T(5))
+        took = time.monotonic() - t0
+        self.assertGreater(took, 1.2, f"closed after {took:.2f}s, before worker_shutdown_timeout_ms=1500")
+        left = gwtest.wait_pids_gone(old, T(5))
+        self.assertFalse(left, f"old workers still running: {left}")
+        self.assertRegex(gw.log_text(), r"worker_shutdown_timeout_ms \(1500\) passed with 1 connection\(s\) open")
+        self.assertNames(gw.port, 4, {"n"})
+        self.assertEqual(gw.stop(), 0)
+
+    def test_reload_waits_for_rows_held_by_draining_workers(self):
+        """workers=1 gives the segment 2 worker rows: a second reload while the
+        first one's old worker still drains waits for it, then runs."""
+        n = self.backend("n", "name")
+        cfg = self.config(n, workers=1, worker_shutdown_timeout_ms=1500)
+        gw = self.gateway(cfg)
+        s = gwtest.connect(gw.port, timeout=T(5))
+        self.addCleanup(s.close)
+        s.sendall(b"hi\n")
+        self.assertEqual(gwtest.recv_line(s), "n")
+        self.assertEqual(gwtest.recv_line(s), "hi")
+        first = set(gw.worker_pids())
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded:" in gw.log_text()[log_before:], T(10), msg="first reload")
+        gw.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload deferred" in gw.log_text()[log_before:], T(10), msg="second reload deferred")
+        self.assertNames(gw.port, 4, {"n"})  # the first reload's worker serves meanwhile
+        self.assertConnectionClosed(s, 1.5 + T(5))  # worker_shutdown_timeout_ms
+        wait_until(lambda: gw.log_text()[log_before:].count("reloaded:") == 2, T(10), msg="second reload ran")
+        self.assertFalse(gwtest.wait_pids_gone(first, T(5)))
+        wait_until(lambda: len(gw.worker_pids()) == 1, T(10), msg="one worker")
+        self.assertNames(gw.port, 4, {"n"})
+        self.assertEqual(gw.stop(), 0)
+
+    def test_binary_upgrade_under_load(self):
+        """SIGUSR2: a new master (the binary, executed again) inherits the
+        listening sockets and starts its workers; the old master drains and
+        exits. No request or connection fails across it."""
+        if not os.access(WRK, os.X_OK):
+            self.skipTest("wrk is not installed")
+        n = self.backend("n", "name")
+        web = self.external_backend("w", mode="http", threads=2)
+        gw = self.gateway(self.config(n, web))
+        web_port = gw.ports[1]
+        old_master = gw.pid
+        old = gw.all_pids() - {old_master}
+        gw.remember(old)
+        tcp = gwtest.LoadClient(gw.port, "n", threads=1).start()
+        self.addCleanup(tcp.stop)
+        ka = KeepAliveClient(web_port, threads=1).start()
+        self.addCleanup(ka.stop)
+        wrk = subprocess.Popen([WRK, "-t1", "-c8", "-d60s", "--timeout", "5s", f"http://{LO}:{web_port}/"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True, preexec_fn=gwtest._child_preexec)
+        self.addCleanup(lambda: wrk.poll() is None and wrk.kill())
+        wait_until(lambda: tcp.count() >= 20 and ka.count() >= 20, T(10), msg="load running")
+        gw.send_signal(signal.SIGUSR2)
+        new_master = wait_until(lambda: gw.status().get("master_pid") not in (old_master, None, 0)
+                                and gw.status()["master_pid"], T(15), msg="a new master in status")
+        gw.remember([new_master])
+        gw.remember(gwtest.children(new_master))  # (not children of gw.proc: teardown finds them here)
+        rc = gw.wait_exit(T(20))
+        self.assertEqual(rc, 0, "the old master's exit code after the upgrade")
+        self.assertFalse(gwtest.wait_pids_gone(old, T(10)), "the old master's children are still running")
+        before = (tcp.count(), ka.count())
+        wait_until(lambda: tcp.count() > before[0] + 20 and ka.count() > before[1] + 20, T(10),
+                   msg="load going on after the old master exited")
+        wrk.send_signal(signal.SIGINT)
+        out, _ = wrk.communicate(timeout=T(20))
+        tcp.stop()
+        ka.stop()
+        m = re.search(r"(\d+) requests in", out)
+        self.assertIsNotNone(m, out)
+        sys.stderr.write(f"[binary upgrade: wrk {m.group(1)} requests, keep-alive client {ka.ok}, "
+                         f"tcp {tcp.ok} connections] ")
+        self.assertNotIn("Socket errors", out, f"wrk saw socket errors:\n{out}")
+        self.assertNotIn("Non-2xx", out, f"wrk saw failed responses:\n{out}")
+        self.assertEqual(tcp.errors, [], "tcp connections failed across the upgrade")
+        self.assertEqual(ka.errors, [], "keep-alive requests failed across the upgrade")
+        # the new master runs the gateway: its workers in status, gwctl check ok
+        new_workers = gwtest.children(new_master)
+        gw.remember(new_workers)
+        ws = gw.worker_pids()
+        self.assertEqual(len(ws), 2)
+        self.assertTrue(set(ws) <= new_workers, f"workers {ws} are not children of the new master {new_workers}")
+        rc, out, err = gw.gwctl("check")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(gw.log_text(), r"binary upgrade: serving; the old master \(pid %d\) drains and exits" % old_master)
+        self.assertNames(gw.port, 4, {"n"})
+        # and it stops like any master
+        os.kill(new_master, signal.SIGTERM)
+        self.assertFalse(gwtest.wait_pids_gone({new_master} | new_workers, T(15)), "the new master did not stop")
+        self.assertFalse(gwtest.port_listening(gw.port))
+
+    def test_binary_upgrade_that_fails_keeps_the_old_master(self):
+        n = self.backend("n", "name")
+        cfg = self.config(n)
+        gw = self.gateway(cfg)
+        workers = sorted(gw.worker_pids())
+        bad = json.loads(json.dumps(cfg))
+        bad["shm"]["max_hosts"] = 512  # the running segment cannot take it
+        write_json(gw.conf_path, bad)
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGUSR2)
+        wait_until(lambda: "binary upgrade failed" in gw.log_text()[log_before:], T(10), msg="upgrade failure logged")
+        self.assertRegex(gw.log_text()[log_before:], r"binary upgrade: the running shm segment .* a restart is needed")
+        self.assertEqual(gw.status()["master_pid"], gw.pid)
+        self.assertEqual(sorted(gw.worker_pids()), workers)
+        self.assertNames(gw.port, 4, {"n"})
+        rc, out, err = gw.gwctl("check")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(gw.stop(), 0)
+
+    def test_access_log_across_reload(self):
+        web = self.external_backend("w", mode="http")
+        n = self.backend("n", "name")
+        cfg = self.config(n, web)
+        log = os.path.join(self.tmp, "access.log")
+        cfg["listeners"][1]["access_log"] = {"path": log, "format": "combined"}
+        gw = self.gateway(cfg)
+        web_port = gw.ports[1]
+        for i in range(3):
+            self.assertEqual(hb.request(web_port, "GET", f"/before/{i}").status, 200)
+        self.reload(gw)
+        for i in range(3):
+            self.assertEqual(hb.request(web_port, "GET", f"/after/{i}").status, 200)
+
+        def lines():
+            try:
+                with open(log) as f:
+                    return f.read()
+            except FileNotFoundError:
+                return ""
+        wait_until(lambda: len(re.findall(r'"GET /(before|after)/\d', lines())) == 6, T(5),
+                   msg="6 access log lines, 3 from before the reload and 3 after")
+        # one logger runs (the old one exited with the old workers)
+        def loggers():
+            out = []
+            for p in gwtest.children(gw.pid):
+                try:
+                    with open(f"/proc/{p}/comm") as f:
+                        if f.read().strip() == "gwd-logger":
+                            out.append(p)
+                except OSError:
+                    pass
+            return out
+        wait_until(lambda: len(loggers()) == 1, T(5), msg="one logger process")
+        self.assertEqual(gw.stop(), 0)
+
+
+if __name__ == "__main__":
+    gwtest.main()
