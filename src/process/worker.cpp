@@ -408,7 +408,7 @@ class Worker {
       if (fd < 0) {
         if (errno == EINTR || errno == ECONNABORTED) continue;
         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-          GW_LOG_ERROR("accept: {}; pausing accepts for {} ms", std::strerror(errno), kAcceptPauseMs);
+          log_accept_pause(errno);
           pause_accept();
         }
         return;
@@ -455,8 +455,7 @@ class Worker {
     if (res >= 0) {
       take_accepted(li, res);
     } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
-      if (!accept_paused_)
-        GW_LOG_ERROR("accept: {}; pausing accepts for {} ms", std::strerror(-res), kAcceptPauseMs);
+      if (!accept_paused_) log_accept_pause(-res);
       pause_accept();
       if (!draining_) return;
     }
@@ -539,6 +538,15 @@ class Worker {
     // Now, so that a listening socket closed right after has no request left.
     if (ring_) ring_->submit();
   }
+  // At most one line a second while the limit holds (a pause ends every
+  // kAcceptPauseMs, and the next accept may fail again).
+  void log_accept_pause(int err) {
+    ++accept_pauses_;
+    if (last_pause_log_ms_ != 0 && env_.now_ms - last_pause_log_ms_ < 1000) return;
+    last_pause_log_ms_ = env_.now_ms;
+    GW_LOG_ERROR("accept: {}; pausing accepts for {} ms ({} pause(s) so far)", std::strerror(err), kAcceptPauseMs,
+                 accept_pauses_);
+  }
   void pause_accept() {
     stop_accepting();
     accept_paused_ = true;
@@ -595,6 +603,8 @@ class Worker {
   const char* drain_limit_name_ = "";  // the config key that set the drain limit (for the log)
   uint32_t drain_limit_ms_ = 0;
   bool accept_paused_ = false;
+  uint64_t accept_pauses_ = 0;       // EMFILE/ENFILE/ENOBUFS/ENOMEM pauses, for the log
+  uint64_t last_pause_log_ms_ = 0;
   uint64_t last_full_log_ms_ = 0;
   uint64_t resume_accept_ms_ = 0;
 };

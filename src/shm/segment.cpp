@@ -217,7 +217,9 @@ Segment Segment::attach(const std::string& name) {
   core::UniqueFd fd(::shm_open(obj.c_str(), O_RDWR | O_CLOEXEC, 0));
   if (!fd) {
     if (errno == ENOENT)
-      throw SegmentError(fmt::format("no running gateway: shm {} does not exist (is gwd running with shm.name \"{}\"?)",
+      throw SegmentError(fmt::format("no running gateway: shm {} does not exist (is gwd running with shm.name \"{}\"? "
+                                     "If it is, its segment was removed while it ran: it goes on serving its last "
+                                     "table, and a restart makes a new segment)",
                                      obj, name));
     throw SegmentError(fmt::format("cannot open shm {}: {}", obj, std::strerror(errno)));
   }
