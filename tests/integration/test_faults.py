@@ -2,8 +2,12 @@
 """Process faults: the shm segment unlinked under a running gateway, and the
 fd limit (EMFILE) reached by a worker."""
 
+import json
 import os
+import random
 import re
+import signal
+import subprocess
 import resource
 import socket
 import sys
@@ -77,6 +81,32 @@ class FaultTest(GwTestCase):
         self.assertTrue(os.path.exists(path))
         self.round_trip(gw.port)
         self.assertEqual(gw.gwctl("status")[0], 0)
+
+    def test_gwctl_sigkilled_mid_write(self):
+        # gwctl writers SIGKILLed at random points of their commit: the
+        # published table and the state file are always whole, and the next
+        # write succeeds (the writer lock is robust: a dead owner's is taken over).
+        gw = self.echo_gateway(workers=2)
+        rng = random.Random(8)
+        state_path = gw.config["state_file"]
+        killed = 0
+        for i in range(60):
+            argv = gwtest.gwctl_argv(("add", "host", "app/p", f"k{i}", f"{LO}:{20000 + i}"), gw.shm, None)
+            p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0, 0.008))
+            p.kill()
+            killed += p.wait() == -signal.SIGKILL
+            st = gw.status()  # parses: a whole table
+            hosts = {h["id"]: h for u in st["upstreams"] for p_ in u["pools"] for h in p_["hosts"]}
+            if f"k{i}" in hosts:  # either all of the change or none of it
+                self.assertEqual(hosts[f"k{i}"]["address"], f"{LO}:{20000 + i}")
+            with open(state_path) as sf:
+                json.load(sf)  # the state file is never half-written
+        self.assertGreater(killed, 10, "too few writers were killed before they finished to prove anything")
+        # The next writes succeed, and what is published is what gwctl reads.
+        self.assertEqual(gw.gwctl("add", "host", "app/p", "after", f"{LO}:19999")[0], 0)
+        self.assertEqual(gw.gwctl("down", "host", "app/p", "after")[0], 0)
+        self.round_trip(gw.port, b"still serving\n")
 
     def test_emfile_pauses_accepts_and_recovers(self):
         if gwtest.ENGINE == "io_uring":
