@@ -18,6 +18,8 @@ pkgs=(
   etcd-server etcd-client
   # the admin test: promtool (checks GET /metrics) and headless Chromium (the dashboard)
   prometheus chromium
+  # test_slow_clients: slowloris and slow-read clients
+  slowhttptest
 )
 
 missing=()
