@@ -89,7 +89,7 @@ std::string_view credential(const config::AuthConf& a, const GuardRequest& rq) n
 }  // namespace
 
 Guard::Guard(const config::Config& cfg, const shm::Segment& seg, uint32_t worker)
-    : seg_(seg), seed_(seg.header().limit_seed), table_(seg, worker), counters_(seg.guard(worker)) {
+    : seed_(seg.header().limit_seed), table_(seg, worker), counters_(seg.guard(worker)) {
   bool jwt = false, basic = false;
   routes_.resize(cfg.listeners.size());
   for (size_t li = 0; li < cfg.listeners.size(); ++li) {

@@ -85,7 +85,6 @@ class Guard {
   Verdict reject(int status, std::string_view header) noexcept;
   void bump(std::atomic<uint64_t> shm::GuardCounters::*field) noexcept;
 
-  const shm::Segment& seg_;
   uint64_t seed_;
   LimitTable table_;
   shm::GuardCounters& counters_;
