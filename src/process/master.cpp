@@ -56,6 +56,19 @@ bool never_initialised(const std::string& name) {
   return n == 0 || (n == static_cast<ssize_t>(sizeof(magic)) && magic == 0);
 }
 
+// The ABI version of a gw segment that another build made (gw's magic, a
+// different ABI), else 0 (this build's, not gw's, or unreadable).
+uint32_t other_build_abi(const std::string& name) {
+  core::UniqueFd fd(::open(("/dev/shm/" + name).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return 0;
+  struct {
+    uint64_t magic;
+    uint32_t abi;
+  } head{};
+  if (::pread(fd.get(), &head, sizeof(head), 0) != static_cast<ssize_t>(sizeof(head))) return 0;
+  return head.magic == shm::kMagic && head.abi != shm::kAbiVersion ? head.abi : 0;
+}
+
 // Adds the pools and hosts of `su` under upstream `ui` of `t`.
 void add_state_upstream(shm::Table& t, int ui, const shm::StateUpstream& su) {
   for (const auto& sp : su.pools) {
@@ -187,6 +200,17 @@ shm::Segment prepare_segment(const config::Config& cfg, pid_t upgrade_from) {
     // nothing was ever published in it. Only a gwd creates segments, and the
     // instance lock says none is running, so it is safe to start over.
     GW_LOG_WARN("shm \"{}\" was never fully created (an earlier start died); recreating it", name);
+    shm::Segment::unlink(name);
+  }
+  if (const uint32_t abi = upgrade_from > 0 ? 0 : other_build_abi(name); abi != 0) {
+    // Left by a gwd of another build (an upgrade with a stop and a start): no
+    // gwd runs on it (this one holds the instance lock), and its layout is not
+    // this build's. Runtime changes come back from the state file, if any.
+    GW_LOG_WARN("shm \"{}\" was made by another gw build (ABI {}, this one speaks {}) and no gwd runs on it; "
+                "recreating it{}",
+                name, abi, shm::kAbiVersion,
+                cfg.state_file.empty() ? " (no state_file: gwctl changes made since the config are not kept)"
+                                       : fmt::format(" (gwctl changes come back from {})", cfg.state_file));
     shm::Segment::unlink(name);
   }
   if (shm_exists(name)) {

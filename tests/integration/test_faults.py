@@ -6,10 +6,11 @@ import json
 import os
 import random
 import re
-import signal
-import subprocess
 import resource
+import signal
 import socket
+import struct
+import subprocess
 import sys
 import time
 
@@ -81,6 +82,34 @@ class FaultTest(GwTestCase):
         self.assertTrue(os.path.exists(path))
         self.round_trip(gw.port)
         self.assertEqual(gw.gwctl("status")[0], 0)
+
+    def test_segment_of_another_build_is_replaced(self):
+        # A segment a gwd of another build left (another ABI, no gwd running):
+        # replaced with a warning, and gwctl changes come back from the state file.
+        echo = gwtest.Backend("echo", mode="echo")
+        self._backends.append(echo)
+        cfg = self.make_config([pool("p", [host("e", echo)])])
+        gw = self.gateway(cfg)
+        self.assertEqual(gw.gwctl("down", "host", "app/p", "e")[0], 0)
+        self.assertEqual(gw.gwctl("add", "host", "app/p", "f", echo.address)[0], 0)
+        self.assertEqual(gw.stop(), 0)
+        path = f"/dev/shm/{gw.shm}"
+        with open(path, "wb") as f:
+            f.write(struct.pack("<QI", 0x31574753_4d485347, 5) + bytes(4096 - 12))
+        gw.start()
+        self.assertIn("was made by another gw build (ABI 5", gw.log_text())
+        self.assertEqual(gwtest.find_host(gw.status(), "app/p/e")["admin"], "down")
+        self.round_trip(gw.port, b"via f\n")
+        # Not a gw segment at all: refused, never replaced.
+        self.assertEqual(gw.stop(), 0)
+        with open(path, "wb") as f:
+            f.write(b"not a gw segment" + bytes(4080))
+        gw.start(wait=False)
+        self.assertIsNotNone(gw.wait_exit(T(10)), "gwd must refuse a foreign shm object")
+        self.assertIn("is refused: it is not a gw segment", gw.log_text())
+        with open(path, "rb") as f:
+            self.assertTrue(f.read().startswith(b"not a gw segment"), "a foreign shm object was changed")
+        os.unlink(path)
 
     def test_gwctl_sigkilled_mid_write(self):
         # gwctl writers SIGKILLed at random points of their commit: the
