@@ -266,7 +266,22 @@ class Worker {
       if (reader_.stale()) refresh();
       else if (any_close_on_remove_) close_orphans();  // active checks may have taken a host down
     }
-    if (accept_paused_ && env_.now_ms >= resume_accept_ms_) resume_accept();
+    if (env_.fd_shortage) {
+      // A relay found no descriptor for an upstream socket. Accepting more
+      // would only take clients that cannot be served; and under io_uring a
+      // multishot accept keeps the open-files limit it was armed with, so
+      // only a pause and a fresh accept apply a limit lowered since.
+      const int err = env_.fd_shortage;
+      env_.fd_shortage = 0;
+      if (accept_paused_) {
+        resume_accept_ms_ = env_.now_ms + kAcceptPauseMs;  // still short: stay paused
+      } else if (!draining_) {
+        log_accept_pause(err, "upstream socket");
+        pause_accept();
+      }
+    } else if (accept_paused_ && env_.now_ms >= resume_accept_ms_) {
+      resume_accept();
+    }
     if (draining_) {
       if (active() == 0 && accepts_in_flight() == 0) {
         access_log_.flush();
@@ -540,11 +555,11 @@ class Worker {
   }
   // At most one line a second while the limit holds (a pause ends every
   // kAcceptPauseMs, and the next accept may fail again).
-  void log_accept_pause(int err) {
+  void log_accept_pause(int err, const char* where = "accept") {
     ++accept_pauses_;
     if (last_pause_log_ms_ != 0 && env_.now_ms - last_pause_log_ms_ < 1000) return;
     last_pause_log_ms_ = env_.now_ms;
-    GW_LOG_ERROR("accept: {}; pausing accepts for {} ms ({} pause(s) so far)", std::strerror(err), kAcceptPauseMs,
+    GW_LOG_ERROR("{}: {}; pausing accepts for {} ms ({} pause(s) so far)", where, std::strerror(err), kAcceptPauseMs,
                  accept_pauses_);
   }
   void pause_accept() {

@@ -78,6 +78,13 @@ bool peer_error(int err) noexcept {
   }
 }
 
+bool wait_for_fd(RelayEnv& env, int err, uint64_t& wait_until_ms, uint64_t limit_ms) noexcept {
+  if (err != EMFILE && err != ENFILE) return false;
+  env.fd_shortage = err;
+  if (wait_until_ms == 0) wait_until_ms = env.now_ms + limit_ms;
+  return env.now_ms < wait_until_ms;
+}
+
 namespace {
 
 void host_event(RelayEnv& env, uint32_t slot, uint32_t tag, bool down, int err) noexcept {

@@ -24,6 +24,18 @@ int pick_host(RelayEnv& env, int ui, std::string_view key, std::span<const uint3
 /// trouble and must not take a healthy host out for every worker.
 bool peer_error(int err) noexcept;
 
+/// How long a session whose upstream socket() found no free descriptor waits
+/// before it tries again (the worker's accept pause is as long).
+inline constexpr uint64_t kFdWaitMs = 100;
+
+/// socket() for an upstream failed with `err`. If that is a shortage of
+/// descriptors (EMFILE, ENFILE: the open-files limit, lowered while gw runs or
+/// used by something else), nothing is wrong with the host and the client
+/// need not be dropped: the worker is told to pause accepting, and the result
+/// says whether the session may wait and try again (until `limit_ms` after
+/// its first wait, kept in `wait_until_ms`; 0 = not waiting yet).
+bool wait_for_fd(RelayEnv& env, int err, uint64_t& wait_until_ms, uint64_t limit_ms) noexcept;
+
 /// A connect to host (slot, tag) failed with a peer error: passive health,
 /// the balancer's effective weight, and a host_down event if this took it down.
 void record_connect_failure(RelayEnv& env, int ui, uint32_t slot, uint32_t tag, uint32_t weight, int err) noexcept;

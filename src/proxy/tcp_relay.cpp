@@ -66,6 +66,8 @@ void TcpRelay::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept 
   s.c_eof = s.u_eof = s.c_shut = s.u_shut = false;
   s.c_hup = s.u_hup = false;
   s.bound = false;
+  s.fd_wait = false;
+  s.fd_wait_until_ms = 0;
   s.attempts = 0;
   s.listener = static_cast<uint16_t>(listener);
   s.c2u = Pipe{};
@@ -211,6 +213,14 @@ void TcpRelay::connect_next(Session& s) noexcept {
     s.connect_start_ns = core::monotonic_ns();
     int fd = net::connect_tcp(r.addr, err);
     if (fd < 0) {
+      if (wait_for_fd(env_, err, s.fd_wait_until_ms, uv.connect_timeout_ms)) {
+        // No descriptor: not the host's fault. Try again (any host) soon.
+        unbind(s);
+        --s.attempts;
+        s.fd_wait = true;
+        env_.timers->schedule(s, env_.now_ms + kFdWaitMs);
+        return;
+      }
       on_connect_failed(s, err);
       continue;
     }
@@ -345,6 +355,9 @@ void TcpRelay::on_timer(net::TimerNode& n) noexcept {
   Session& s = static_cast<Session&>(n);
   if (s.state == State::sniff) {
     reject(s, FrameError::first_frame_timeout);
+  } else if (s.state == State::connecting && s.fd_wait) {
+    s.fd_wait = false;
+    connect_next(s);
   } else if (s.state == State::connecting) {
     env_.epoll->del(s.ufd);
     ::close(s.ufd);

@@ -71,6 +71,8 @@ void UringRelay::accept(int fd, uint32_t listener) noexcept {
   s.ufd = -1;
   s.c_ops = s.u_ops = s.t_ops = 0;
   s.bound = false;
+  s.fd_wait = false;
+  s.fd_wait_until_ms = 0;
   s.attempts = 0;
   s.listener = static_cast<uint16_t>(listener);
   s.c2u = Dir{};
@@ -205,7 +207,16 @@ void UringRelay::connect_next(Session& s) noexcept {
     // it (bulk mode) must never block.
     int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-      on_connect_failed(s, errno);
+      const int err = errno;
+      if (wait_for_fd(env_, err, s.fd_wait_until_ms, uv.connect_timeout_ms)) {
+        // No descriptor: not the host's fault. Try again (any host) soon.
+        unbind(s);
+        --s.attempts;
+        s.fd_wait = true;
+        env_.timers->schedule(s, env_.now_ms + kFdWaitMs);
+        return;
+      }
+      on_connect_failed(s, err);
       continue;
     }
     net::set_nodelay(fd);
@@ -637,6 +648,9 @@ void UringRelay::on_timer(net::TimerNode& n) noexcept {
   Session& s = static_cast<Session&>(n);
   if (s.state == State::sniff) {
     reject(s, FrameError::first_frame_timeout);
+  } else if (s.state == State::connecting && s.fd_wait) {
+    s.fd_wait = false;
+    connect_next(s);
   } else if (s.state == State::relay) {
     GW_LOG_DEBUG("session {}: idle for {} ms; closing", index_of(s), s.idle_ms);
     s.end = "idle_timeout";

@@ -85,6 +85,11 @@ struct RelayEnv {
   /// relay and FrameMux, so the worker logs rejects at most once a second.
   uint64_t last_reject_log_ms = 0;
 
+  /// Set (to the errno) by a relay whose socket() for an upstream failed for
+  /// want of a descriptor (EMFILE, ENFILE): the worker then pauses accepting,
+  /// as when accept itself fails so, and clears it.
+  int fd_shortage = 0;
+
   api::ConnLimiter* conn_limiter = nullptr;  ///< limit_conn: told before a client socket is closed
   api::Guard* guard = nullptr;               ///< http routes: auth and limit_req
 };
@@ -158,11 +163,13 @@ class TcpRelay {
     bool c_shut = false, u_shut = false;  // we shut down the write side
     bool c_hup = false, u_hup = false;    // epoll reported the peer's FIN (or an error)
     bool bound = false;                   // counted on host (slot, tag)
+    bool fd_wait = false;                 // connecting: the timer is a wait for a free descriptor
     uint8_t attempts = 0;
     uint16_t listener = 0;
     uint32_t host_slot = 0, host_tag = 0, host_weight = 0;
     uint32_t idle_ms = 0;
     uint64_t connect_start_ns = 0;
+    uint64_t fd_wait_until_ms = 0;  // see wait_for_fd (relay_common.hpp)
     uint32_t tried[kMaxTries] = {};
     uint8_t key_len = 0;
     char key[kMaxKey + 1] = {};  // the client IP as text (nginx's $remote_addr), or the frame key

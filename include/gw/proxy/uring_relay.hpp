@@ -137,11 +137,13 @@ class UringRelay {
     State state = State::free;
     uint8_t c_ops = 0, u_ops = 0, t_ops = 0;  // completions owed on the client fd, the upstream fd, timeouts
     bool bound = false;
+    bool fd_wait = false;  // connecting: the timer is a wait for a free descriptor
     uint8_t attempts = 0;
     uint16_t listener = 0;
     uint32_t host_slot = 0, host_tag = 0, host_weight = 0;
     uint32_t idle_ms = 0;
     uint64_t connect_start_ns = 0;
+    uint64_t fd_wait_until_ms = 0;  // see wait_for_fd (relay_common.hpp)
     __kernel_timespec connect_ts{};
     sockaddr_in6 addr{};  // the connect target (read by the kernel at submission)
     uint32_t addr_len = 0;
