@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up (apt-get via tools/setup.sh), builds, and runs every test through ctest:
-# unit tests, the ThreadSanitizer shm stress test and the integration suite;
+# unit tests, the ThreadSanitizer shm and reactor stress tests and the integration suite;
 # then the unit and integration tests again on an AddressSanitizer +
 # UndefinedBehaviorSanitizer build.
 #
