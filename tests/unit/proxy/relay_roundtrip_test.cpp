@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -337,6 +338,84 @@ void refused_connect_fails_the_host() {
   ::close(sv[1]);
 }
 
+/// The open-files limit lowered to the lowest free descriptor number: the
+/// next socket() fails with EMFILE. Restored at scope exit.
+struct NoFreeFds {
+  rlimit saved{};
+  NoFreeFds() {
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
+    int probe = ::dup(0);
+    REQUIRE(probe >= 0);
+    ::close(probe);
+    rlimit low = saved;
+    low.rlim_cur = static_cast<rlim_t>(probe);
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+  }
+  ~NoFreeFds() { restore(); }
+  void restore() { ::setrlimit(RLIMIT_NOFILE, &saved); }
+};
+
+/// socket() for the upstream meets EMFILE: the client is kept, the worker is
+/// told (fd_shortage), no host is blamed, and the connect goes through once a
+/// descriptor is free. A wait past connect_timeout_ms closes the client, still
+/// blaming no host.
+template <typename E>
+void upstream_emfile_waits_for_a_descriptor() {
+  Upstream up;
+  Env env(up.port, 600000);  // connect_timeout_ms 1000
+  E eng(env);
+  const uint32_t slot = env.host().slot;
+  {
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    set_nonblock(sv[1]);
+    NoFreeFds limit;
+    eng.accept(sv[0]);
+    CHECK(env.env.fd_shortage == EMFILE);
+    env.env.fd_shortage = 0;
+    const uint64_t until = core::monotonic_ms() + 300;
+    std::string got;
+    bool open = true;
+    while (core::monotonic_ms() < until && open) {
+      eng.step(1);
+      open = drain(sv[1], got);
+    }
+    CHECK(open);  // the client waits
+    CHECK(eng.active() == 1);
+    CHECK(env.env.fd_shortage == EMFILE);  // said again at each try
+    CHECK(up.accept() < 0);
+    limit.restore();
+    int ufd = -1;
+    REQUIRE(step_until(eng, [&] { return (ufd = up.accept()) >= 0; }));
+    REQUIRE(::send(sv[1], "ping", 4, 0) == 4);
+    std::string at_up;
+    REQUIRE(step_until(eng, [&] { drain(ufd, at_up); return at_up.size() >= 4; }));
+    CHECK(at_up == "ping");
+    ::close(sv[1]);
+    ::close(ufd);
+    REQUIRE(step_until(eng, [&] { return eng.idle(); }));
+    for (int i = 0; i < 3; ++i) eng.step(1);  // io_uring: the queued closes go out
+  }
+  {
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    set_nonblock(sv[1]);
+    NoFreeFds limit;
+    const uint64_t start = core::monotonic_ms();
+    eng.accept(sv[0]);
+    std::string got;
+    REQUIRE(step_until(eng, [&] { return !drain(sv[1], got); }));  // closed at last
+    const uint64_t waited = core::monotonic_ms() - start;
+    CHECK(waited >= 900);  // connect_timeout_ms, on a 100 ms retry grid
+    CHECK(waited < 3000);
+    CHECK(up.accept() < 0);  // no socket() got through meanwhile
+    limit.restore();
+    ::close(sv[1]);
+    REQUIRE(step_until(eng, [&] { return eng.idle(); }));
+  }
+  CHECK(env.ts.seg.host(slot).failures.load() == 0);  // the host was never blamed
+}
+
 /// After warm-up, new connections and requests through the relay allocate
 /// nothing: 1,000 connections with 10 request/response pairs each.
 template <typename E>
@@ -402,6 +481,9 @@ TEST_SUITE("proxy") {
   TEST_CASE("relay refused connect: passive failure, no host left (epoll)") {
     refused_connect_fails_the_host<EpollEngine>();
   }
+  TEST_CASE("relay: upstream socket() at EMFILE waits for a descriptor (epoll)") {
+    upstream_emfile_waits_for_a_descriptor<EpollEngine>();
+  }
   TEST_CASE("relay allocates nothing per connection or request after warm-up (epoll)") {
     no_allocation_per_connection_or_request<EpollEngine>(0);
     no_allocation_per_connection_or_request<EpollEngine>(16);  // every connection splices after 16 bytes
@@ -425,6 +507,10 @@ TEST_SUITE("proxy") {
   TEST_CASE("relay refused connect: passive failure, no host left (io_uring)") {
     if (!net::uring_unsupported().empty()) return;
     refused_connect_fails_the_host<UringEngine>();
+  }
+  TEST_CASE("relay: upstream socket() at EMFILE waits for a descriptor (io_uring)") {
+    if (!net::uring_unsupported().empty()) return;
+    upstream_emfile_waits_for_a_descriptor<UringEngine>();
   }
   TEST_CASE("relay allocates nothing per connection or request after warm-up (io_uring)") {
     if (!net::uring_unsupported().empty()) return;
