@@ -24,6 +24,10 @@ int pick_host(RelayEnv& env, int ui, std::string_view key, std::span<const uint3
 /// trouble and must not take a healthy host out for every worker.
 bool peer_error(int err) noexcept;
 
+/// Session::attempts after a local error (see peer_error): no host is tried
+/// again, and the connection is closed as `local_error`, not `no_host`.
+inline constexpr uint8_t kAttemptsLocalError = 0xff;
+
 /// How long a session whose upstream socket() found no free descriptor waits
 /// before it tries again (the worker's accept pause is as long).
 inline constexpr uint64_t kFdWaitMs = 100;

@@ -237,8 +237,15 @@ void UringRelay::connect_next(Session& s) noexcept {
     ++s.t_ops;
     return;
   }
-  count_no_host(env_, s.listener, ui, s.attempts, last_no_host_log_ms_);
-  s.end = "no_host";
+  if (s.attempts == kAttemptsLocalError) {
+    // Logged by on_connect_failed. The worker is out of descriptors (or
+    // ports, or memory), as when no connection slot is left.
+    metrics::listener_reject(env_, s.listener, shm::kRejectNoSlot);
+    s.end = "local_error";
+  } else {
+    count_no_host(env_, s.listener, ui, s.attempts, last_no_host_log_ms_);
+    s.end = "no_host";
+  }
   close_session(s);
 }
 
@@ -272,7 +279,7 @@ void UringRelay::on_connect_failed(Session& s, int err) noexcept {
       GW_LOG_ERROR("cannot connect upstream: {} (a local error: no host is blamed; the connection is closed)",
                    std::strerror(err));
     }
-    s.attempts = kMaxTries;  // another host would fail the same way
+    s.attempts = kAttemptsLocalError;  // another host would fail the same way
     unbind(s);
     return;
   }

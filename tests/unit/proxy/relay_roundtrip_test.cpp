@@ -414,6 +414,7 @@ void upstream_emfile_waits_for_a_descriptor() {
     REQUIRE(step_until(eng, [&] { return eng.idle(); }));
   }
   CHECK(env.ts.seg.host(slot).failures.load() == 0);  // the host was never blamed
+  CHECK(env.ts.seg.worker(0).no_host.load() == 0);     // nor said to be missing
 }
 
 /// After warm-up, new connections and requests through the relay allocate
