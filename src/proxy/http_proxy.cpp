@@ -190,6 +190,7 @@ HttpProxy::HttpProxy(RelayEnv& env, const config::Config& cfg, uint32_t max_conn
     lr.log = !l.access_log.path.empty();
     lr.log_file = l.access_log.file;
     lr.log_format = static_cast<LogFormat>(l.access_log.format);
+    lr.listen_text = l.listen.to_string();
   }
 }
 
@@ -1118,12 +1119,7 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
   }
   if (!target.empty()) w.add(h.method_name).add(" ").add(target).add(" HTTP/1.1\r\n");
   if (!route.conf->set_host.empty()) host = route.conf->set_host;
-  char addr[64];
-  if (host.empty()) {
-    // An HTTP/1.0 request without Host: name the listener's address.
-    auto r = fmt::format_to_n(addr, sizeof(addr) - 1, "{}", listeners_[c.listener].conf->listen.to_string());
-    host = std::string_view(addr, r.size);
-  }
+  if (host.empty()) host = listeners_[c.listener].listen_text;  // HTTP/1.0 without Host: the listener's address
   w.field("Host", host);
   const std::string_view ip(c.ip, c.ip_len);
   for (const http::Field& f : h.fields) {

@@ -1026,6 +1026,11 @@ class ClientKeepAliveTest(HttpCase):
             self.assertIn("close", r.conn_tokens())
             self.assertEqual(r.body, hb.pattern_bytes(100000))
             self.assertTrue(c.eof_within(T(3)))
+        with Client(gw.port) as c:     # HTTP/1.0 may omit Host: the listener's address is sent
+            r = c.request("GET", "/nohost", version="HTTP/1.0", host=None)
+            self.assertEqual(r.status, 200)
+            hosts = [v for n, v in r.json()["headers"] if n.lower() == "host"]
+            self.assertEqual(hosts, [f"127.0.0.1:{gw.port}"])
 
     def test_keepalive_requests_limit(self):
         a = self.hb("alpha")

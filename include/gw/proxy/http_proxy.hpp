@@ -118,6 +118,7 @@ class HttpProxy {
     uint8_t log_file = 0;
     LogFormat log_format = LogFormat::combined;
     uint32_t first_route = 0, n_routes = 0;  ///< into routes_
+    std::string listen_text;  ///< the Host sent for an HTTP/1.0 request without one
   };
   struct UpstreamRt {
     const config::UpstreamConf* conf = nullptr;  ///< settings not kept in shm
