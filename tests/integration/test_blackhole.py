@@ -30,7 +30,9 @@ Cases (max_fails 1 unless said):
       dark: the GET goes to the good host after read_timeout_ms (timeout is
       in the default retry.on), or 504 when retry.on lacks it; alone, the
       answer to a request already at the host is lost: 504 after
-      read_timeout_ms; each is one failure of the host. tcp: gw cannot tell
+      read_timeout_ms; a POST whose body was streaming to it: 504 after
+      send_timeout_ms, not retried on the fallback pool; each is one failure
+      of the host. tcp: gw cannot tell
       a dark peer from a quiet one, so idle_timeout_ms closes the session and
       the host is not blamed (as nginx's stream proxy_timeout).
   rule removed:  passive, the host is used again after fail_timeout_ms and
@@ -42,6 +44,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 NETNS_ENV = "GW_TEST_NETNS"      # set (to the outer namespace's id) in the re-executed process
@@ -229,6 +232,7 @@ class BlackholeCase(HttpCase):
         h = self.bad_host(gw)
         self.assertEqual(h["failures"], failures, f"passive failures of the blackholed host: {h}")
         self.assertEqual(h["health"], "down", f"max_fails 1: the blackholed host is out: {h}")
+        self.assertEqual(h["active"], 0, f"a timed-out attempt still counts as an active connection: {h}")
 
     def assertDropped(self, before):
         self.assertGreater(NFT.dropped(), before, "the nft rules dropped nothing: the fault was not the blackhole")
@@ -374,6 +378,50 @@ class HttpBlackholeTest(BlackholeCase):
         self.assertDown(gw)
         d = delta(http_totals(gw), before)
         self.assertEqual((d["gateway_timeout"], d["retries"]), (1, 0), d)
+
+    def test_upload_blackholed_mid_body_504(self):
+        # The host goes dark while a POST body streams to it: once the socket
+        # buffer is full nothing more is written, send_timeout_ms ends it
+        # (read_timeout_ms stays long), and a POST already sent is not retried
+        # on the fallback pool's host (a GET would be: timeout is in retry.on).
+        bad, good = self.hb("bad", host=DEAD), self.hb("good")
+        gw = self.http_gw([pool("p", [host("bad", bad)]), pool("q", [host("good", good)], priority=1)],
+                          upstream_opts={"max_fails": 1, "fail_timeout_ms": 60000, "send_timeout_ms": READ_MS})
+        before = http_totals(gw)
+        size = 64 << 20
+        sent = [0]
+        with hb.connect(gw.port, T(10)) as s:
+            s.sendall(f"POST /up HTTP/1.1\r\nHost: test\r\nContent-Length: {size}\r\n\r\n".encode())
+
+            def pump():
+                piece = b"u" * 65536
+                try:
+                    while sent[0] < size:
+                        s.sendall(piece)
+                        sent[0] += len(piece)
+                        time.sleep(0.001)
+                except OSError:
+                    pass    # gw answered and closed
+            th = threading.Thread(target=pump, daemon=True)
+            th.start()
+            self.addCleanup(th.join, T(5))
+            bad.wait_requests(1, T(5))
+            time.sleep(0.05)
+            NFT.drop(bad.address)
+            at_drop = sent[0]
+            t0 = time.monotonic()
+            r = hb.read_response(s, "POST")
+            dt = time.monotonic() - t0
+        self.assertLess(at_drop, size // 2, "the rule went in after most of the body: not mid-body")
+        self.assertGwError(r, 504)
+        self.assertGreaterEqual(dt, READ_MS / 1000 - EARLY, "504 before send_timeout_ms")
+        self.assertLess(dt, T(READ_MS / 1000 + 2.5))
+        self.assertDown(gw)
+        self.assertEqual((bad.requests, bad.responses, good.requests), (1, 0, 0))
+        d = delta(http_totals(gw), before)
+        self.assertEqual((d["gateway_timeout"], d["retries"]), (1, 0), d)
+        # The GET that follows goes to the fallback pool (bad is down).
+        self.assertBackend(get(gw.port, "/after"), "good")
 
     def test_back_after_fail_timeout(self):
         bad, good = self.hb("bad", host=DEAD), self.hb("good")
