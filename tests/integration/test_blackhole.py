@@ -114,7 +114,7 @@ CONNECT_MS = 400
 READ_MS = 500
 FAIL_MS = 1500
 IDLE_MS = 800
-EARLY = 0.05                # a timeout may fire this much before its nominal time (timer wheel ticks)
+EARLY = 0.05                # slack: gw stamps times with its loop clock, read before our own
 TIMED_OUT = r"last: Connection timed out\)"
 
 
