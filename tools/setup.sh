@@ -20,6 +20,9 @@ pkgs=(
   prometheus chromium
   # test_slow_clients: slowloris and slow-read clients
   slowhttptest
+  # test_blackhole: nft drops a backend's packets inside the test's own network
+  # namespace (unshare, from util-linux, is always installed)
+  nftables
 )
 
 missing=()

@@ -7,7 +7,9 @@ one, with GET (idempotent: retried on the faults in the default retry.on) and
 checks the faulty host is then left alone while it is down.
 
 The finer cases (POST not retried after it was sent, retry.on lists, the tries
-and timeout bounds, 504 timings) are in test_http.py's RetryTest."""
+and timeout bounds, 504 timings) are in test_http.py's RetryTest. A blackholed
+host (packets dropped by nftables, at connect and on an established
+connection, for http and tcp listeners) is test_blackhole.py's."""
 
 import os
 import sys
@@ -16,14 +18,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gwtest  # noqa: E402
 import httpbackend as hb  # noqa: E402
 from gwtest import T, free_port, pool  # noqa: E402
-from test_http import Blackhole, HttpCase, get, host  # noqa: E402
+from test_http import HttpCase, get, host  # noqa: E402
 
 # fault -> (backend keywords, upstream options, status of the first request
 # that meets the fault, whether another host is tried, whether the fault is a
 # passive failure of the host)
 FAULTS = {
     "refused": (None, {}, 200, True, True),
-    "blackholed": ("blackhole", {"connect_timeout_ms": 300}, 200, True, True),
     "reset before the response head": ({"action": "reset_after_head"}, {}, 200, True, True),
     "closed before the response head": ({"action": "close_after_head"}, {}, 200, True, True),
     "slow (past read_timeout_ms)": ({"delay_head": 5}, {"read_timeout_ms": 300}, 200, True, True),
@@ -41,10 +42,6 @@ class BackendFaultTest(HttpCase):
         good = self.hb("good")
         if kw is None:
             bad_addr, bad = f"127.0.0.1:{free_port()}", None
-        elif kw == "blackhole":
-            bh = Blackhole()
-            self.addCleanup(bh.stop)
-            bad_addr, bad = bh.address, None
         else:
             bad = self.hb("bad", **kw)
             bad_addr = bad.address
