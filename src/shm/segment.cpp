@@ -313,7 +313,7 @@ uint64_t read_published(const Segment& seg, Table& out, const char** refused) no
       // another generation means the slot was rewritten meanwhile, perhaps by a
       // writer that died before publishing it: read again.) Its counts and
       // indexes are checked before anyone indexes with them.
-      if (const char* why = check_table(out)) return refuse(out, pub, refused, why);
+      if (const char* why = validate_table(out)) return refuse(out, pub, refused, why);
       if (refused) *refused = nullptr;
       return pub;
     }

@@ -126,7 +126,7 @@ bool valid_value(const char (&f)[kRuleValueCap]) noexcept {
 
 }  // namespace
 
-const char* check_table(const Table& t) noexcept {
+const char* validate_table(const Table& t) noexcept {
   const TableHeader& h = t.header();
   const Caps& c = t.caps();
   if (h.n_upstreams > c.max_upstreams || h.n_pools > c.max_pools || h.n_hosts > c.max_hosts ||

@@ -389,7 +389,7 @@ class Segment {
 /// Lock-free: retries while a writer rewrites the slot being read. Returns the
 /// published word the copy corresponds to. Any process or thread may call it.
 ///
-/// A table that fails check_table(), or a published slot that stays mid-write
+/// A table that fails validate_table(), or a published slot that stays mid-write
 /// or holds another generation (a corrupt segment, or a foreign writer), is
 /// refused: `out` is left empty (generation 0) and `*refused` (when given) names
 /// the problem; otherwise `*refused` is set to nullptr.

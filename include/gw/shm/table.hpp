@@ -315,7 +315,7 @@ class Table {
 /// readers (which index arrays with these values) must not use it. Returns
 /// nullptr, or a static string saying what is wrong. Any process; no
 /// allocation, linear in the records in use.
-const char* check_table(const Table& t) noexcept;
+const char* validate_table(const Table& t) noexcept;
 
 /// Copies a NUL-terminated name into a fixed field (the caller checked the length).
 void set_name(char (&dst)[kNameCap], std::string_view src) noexcept;

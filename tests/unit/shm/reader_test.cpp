@@ -78,7 +78,7 @@ std::string refusal(const Segment& seg) {
 }  // namespace
 
 TEST_SUITE("shm") {
-  TEST_CASE("a consistent table passes check_table") {
+  TEST_CASE("a consistent table passes validate_table") {
     TempSegment s;
     fill(s.seg);
     CHECK(refusal(s.seg) == "");
