@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Long libFuzzer runs of gw's fuzz targets, with clang (Debian's clang + libFuzzer):
 #
-#   tools/fuzz.sh framer|http|config [SECONDS]     (default 300 s)
+#   tools/fuzz.sh framer|http|config|shm [SECONDS]     (default 300 s)
 #
 # Builds build-fuzz (clang, the libFuzzer targets), runs the target on a copy of
 # its seed corpus (tests/fuzz/corpus/NAME) plus new inputs under
@@ -15,7 +15,9 @@ case "$target" in
   framer) bin=gw_framer_fuzz; extra=() ;;
   http) bin=gw_http_parser_fuzz; extra=(-max_len=4096) ;;
   config) bin=gw_config_fuzz; extra=(-max_len=8192) ;;
-  *) echo "usage: tools/fuzz.sh framer|http|config [SECONDS]" >&2; exit 2 ;;
+  # The seeds are small segments' bytes (tests/fuzz/make_shm_corpus.cpp).
+  shm) bin=gw_shm_fuzz; extra=(-max_len=262144 -timeout=10) ;;
+  *) echo "usage: tools/fuzz.sh framer|http|config|shm [SECONDS]" >&2; exit 2 ;;
 esac
 command -v clang++ >/dev/null || { echo "tools/fuzz.sh: clang++ is missing (apt-get install clang)" >&2; exit 1; }
 corpus=tests/fuzz/corpus/$target

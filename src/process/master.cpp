@@ -221,7 +221,17 @@ shm::Segment prepare_segment(const config::Config& cfg, pid_t upgrade_from) {
                                            "one another shm.name",
                                            seg.header().master_pid.load(), name));
     seg_table = std::make_unique<shm::Table>(seg.caps());
-    shm::read_published(seg, *seg_table);
+    const char* refused = nullptr;
+    shm::read_published(seg, *seg_table, &refused);
+    if (refused) {
+      // Not a table any gw writer publishes: start over from the state file
+      // and the config, as for a segment of another build.
+      GW_LOG_WARN("shm \"{}\" holds an inconsistent routing table ({}); recreating it", name,
+                  refused);
+      seg_table.reset();
+      seg = shm::Segment();
+      shm::Segment::unlink(name);
+    }
   }
 
   if (!cfg.state_file.empty()) {
@@ -1052,6 +1062,11 @@ class Master {
 
   void log_events() {
     uint64_t head = seg_.header().event_head.load(std::memory_order_acquire);
+    // Entries older than the ring are overwritten: never walk more than one
+    // ring's worth (a head that jumped, from a buggy or foreign writer, would
+    // otherwise keep this loop going for as long as the numbers differ).
+    if (head > event_cursor_ && head - event_cursor_ > shm::kEventCapacity)
+      event_cursor_ = head - shm::kEventCapacity;
     while (event_cursor_ < head) {
       shm::EventData e{};
       auto r = shm::read_event(seg_, event_cursor_, e);

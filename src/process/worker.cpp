@@ -327,9 +327,19 @@ class Worker {
   }
 
   void refresh() {
-    uint64_t gen = reader_.refresh(*next_);
+    const char* refused = nullptr;
+    uint64_t gen = reader_.refresh(*next_, &refused);
+    if (refused) {
+      // A corrupt or foreign table (not one of gw's writers): keep routing with
+      // the last good one (at start, the empty table read_published left). The
+      // next publish is read again.
+      GW_LOG_ERROR("the published routing table is refused: {}; keeping generation {}", refused,
+                   cur_->header().generation);
+      if (snap_built_) return;
+    }
     std::swap(cur_, next_);
     snap_.build(*cur_);
+    snap_built_ = true;
     balancer_.rebuild(snap_);
     for (size_t i = 0; i < cfg_.listeners.size(); ++i)
       listeners_[i].upstream = snap_.find_upstream(cfg_.listeners[i].upstream);
@@ -591,6 +601,7 @@ class Worker {
   std::vector<std::unique_ptr<proxy::Framer>> framers_;
   shm::TableReader reader_;
   std::unique_ptr<shm::Table> cur_, next_;
+  bool snap_built_ = false;  ///< refresh() has built snap_ once
   balance::Snapshot snap_;
   balance::Balancer balancer_;
   std::vector<proxy::ListenerRuntime> listeners_;

@@ -223,11 +223,17 @@ Segment Segment::attach(const std::string& name) {
                                      obj, name));
     throw SegmentError(fmt::format("cannot open shm {}: {}", obj, std::strerror(errno)));
   }
+  return attach_fd(fd.get(), name);
+}
+
+Segment Segment::attach_fd(int fd, const std::string& name) {
+  const std::string obj = "/" + name;
   struct stat st{};
-  if (::fstat(fd.get(), &st) != 0) throw SegmentError(fmt::format("cannot stat shm {}: {}", obj, std::strerror(errno)));
+  if (::fstat(fd, &st) != 0)
+    throw SegmentError(fmt::format("cannot stat shm {}: {}", obj, std::strerror(errno)));
   size_t size = static_cast<size_t>(st.st_size);
   if (size == 0) throw SegmentError(fmt::format("shm {} is refused: it is empty, not a gw segment", obj));
-  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) throw SegmentError(fmt::format("cannot map shm {}: {}", obj, std::strerror(errno)));
   Segment seg;
   seg.name_ = name;
@@ -260,16 +266,55 @@ bool Segment::master_alive() const noexcept {
   return n >= 3 && std::strncmp(comm, "gwd", 3) == 0;
 }
 
-uint64_t read_published(const Segment& seg, Table& out) noexcept {
+namespace {
+
+// A reader refuses the published table: `out` becomes an empty table
+// (generation 0) and `refused` says why.
+uint64_t refuse(Table& out, uint64_t pub, const char** refused, const char* why) noexcept {
+  out.clear();
+  if (refused) *refused = why;
+  return pub;
+}
+
+}  // namespace
+
+uint64_t read_published(const Segment& seg, Table& out, const char** refused) noexcept {
   const size_t n = std::min(seg.slot_word_count(), out.word_count());
+  // Retries with the same `published` word: a writer only rewrites a slot after
+  // publishing the other one, so a slot that `published` still names and that
+  // is mid-write, or holds another generation, stays so only if the segment is
+  // corrupt (or written by a foreign process). The checks before the copy are
+  // two loads, so the bound costs microseconds, and only for such a segment.
+  constexpr int kMaxSameRetries = 4096;
+  uint64_t last = ~0ull;
+  int same = 0;
   for (;;) {
     uint64_t pub = seg.header().published.load(std::memory_order_acquire);
+    if (pub == last) {
+      if (++same >= kMaxSameRetries)
+        return refuse(out, pub, refused,
+                      "the published slot stays mid-write or holds another generation");
+    } else {
+      last = pub;
+      same = 0;
+    }
     int idx = static_cast<int>(pub & 1);
-    if (seq_try_read(seg.slot(idx).seq, seg.slot_words(idx), out.words(), n) &&
-        out.header().generation == pub >> 1) {
+    const std::atomic<uint64_t>& seq = seg.slot(idx).seq;
+    const uint64_t* words = seg.slot_words(idx);
+    // TableHeader::generation is the payload's first word.
+    const uint64_t s = seq.load(std::memory_order_acquire);
+    if ((s & 1) ||
+        std::atomic_ref<uint64_t>(*const_cast<uint64_t*>(words)).load(std::memory_order_acquire) !=
+            pub >> 1 ||
+        seq.load(std::memory_order_relaxed) != s)
+      continue;
+    if (seq_try_read(seq, words, out.words(), n) && out.header().generation == pub >> 1) {
       // A consistent copy of the table `pub` names. (A consistent copy of
       // another generation means the slot was rewritten meanwhile, perhaps by a
-      // writer that died before publishing it: read again.)
+      // writer that died before publishing it: read again.) Its counts and
+      // indexes are checked before anyone indexes with them.
+      if (const char* why = validate_table(out)) return refuse(out, pub, refused, why);
+      if (refused) *refused = nullptr;
       return pub;
     }
     // A writer is rewriting the slot we were about to read: it has already

@@ -87,6 +87,96 @@ void Table::clear() noexcept {
   header().next_tag = 1;
 }
 
+namespace {
+
+// check_name() without allocating: 1..47 bytes of [A-Za-z0-9._:-], NUL-terminated.
+bool valid_name(const char (&f)[kNameCap]) noexcept {
+  size_t n = 0;
+  for (; n < kNameCap && f[n] != '\0'; ++n) {
+    const char c = f[n];
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-' || c == ':';
+    if (!ok) return false;
+  }
+  return n > 0 && n < kNameCap;
+}
+
+bool is_token_char(unsigned char c) noexcept {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         (c != '\0' && std::strchr("!#$%&'*+-.^_`|~", c) != nullptr);
+}
+
+// A matcher's field name (a token, NUL-terminated) as check_rule() wants it.
+bool valid_token(const char (&f)[kNameCap]) noexcept {
+  size_t n = 0;
+  for (; n < kNameCap && f[n] != '\0'; ++n)
+    if (!is_token_char(static_cast<unsigned char>(f[n]))) return false;
+  return n > 0 && n < kNameCap;
+}
+
+// A matcher's value: NUL-terminated, no control characters (check_value()).
+bool valid_value(const char (&f)[kRuleValueCap]) noexcept {
+  for (size_t n = 0; n < kRuleValueCap; ++n) {
+    const auto c = static_cast<unsigned char>(f[n]);
+    if (c == 0) return true;
+    if (c < 0x20 || c == 0x7f) return false;
+  }
+  return false;
+}
+
+}  // namespace
+
+const char* validate_table(const Table& t) noexcept {
+  const TableHeader& h = t.header();
+  const Caps& c = t.caps();
+  if (h.n_upstreams > c.max_upstreams || h.n_pools > c.max_pools || h.n_hosts > c.max_hosts ||
+      h.n_routes > c.max_routes || h.n_rules > c.max_rules || h.n_cidrs > c.max_rule_cidrs ||
+      h.n_consumers > c.max_consumers)
+    return "a record count exceeds its capacity";
+  for (const auto& u : t.upstreams()) {
+    if (!valid_name(u.name)) return "an upstream name is not a valid name";
+    if (u.check.type > kCheckHttp) return "an upstream has an unknown health check type";
+    if (::strnlen(u.check.path, sizeof(u.check.path)) == sizeof(u.check.path))
+      return "an upstream's health check path is not terminated";
+  }
+  for (const auto& p : t.pools()) {
+    if (!valid_name(p.id)) return "a pool id is not a valid name";
+    if (p.upstream >= h.n_upstreams) return "a pool names an upstream that does not exist";
+    if (p.method >= kMethodCount) return "a pool has an unknown balancing method";
+  }
+  for (const auto& x : t.hosts()) {
+    if (!valid_name(x.id)) return "a host id is not a valid name";
+    if (x.pool >= h.n_pools) return "a host names a pool that does not exist";
+    if (x.slot >= c.max_hosts) return "a host's runtime slot is out of range";
+    if (x.weight > kMaxWeight) return "a host's weight is out of range";
+  }
+  for (const auto& r : t.routes())
+    if (!valid_name(r.listener) || !valid_name(r.name))
+      return "a route's listener or name is not a valid name";
+  for (const auto& r : t.rules()) {
+    if (!valid_name(r.id) || !valid_name(r.upstream))
+      return "a rule's id or upstream is not a valid name";
+    if (r.route >= h.n_routes) return "a rule names a route that does not exist";
+    if (r.match == 0 || (r.match & ~(kMatchIp | kMatchHeader | kMatchCookie | kMatchPercent)) != 0)
+      return "a rule has no matcher or an unknown one";
+    if (uint64_t{r.first_cidr} + r.n_cidrs > h.n_cidrs)
+      return "a rule's address blocks are out of range";
+    if ((r.match & kMatchIp) && r.n_cidrs == 0) return "a rule's address matcher has no blocks";
+    if ((r.match & kMatchHeader) && (!valid_token(r.header_name) || !valid_value(r.header_value)))
+      return "a rule's header matcher is invalid";
+    if ((r.match & kMatchCookie) && (!valid_token(r.cookie_name) || !valid_value(r.cookie_value)))
+      return "a rule's cookie matcher is invalid";
+    if (r.percent_bp > kPercentScale) return "a rule's percentage is out of range";
+    if (r.stat_tag != 0 && r.stat_slot >= c.max_rules) return "a rule's stats slot is out of range";
+  }
+  for (const auto& b : t.cidrs())
+    if (!((b.family == AF_INET && b.prefix <= 32) || (b.family == AF_INET6 && b.prefix <= 128)))
+      return "an address block has an unknown family or prefix length";
+  for (const auto& x : t.consumers())
+    if (!valid_name(x.name)) return "a consumer name is not a valid name";
+  return nullptr;
+}
+
 int Table::find_upstream(std::string_view name) const noexcept {
   auto u = upstreams();
   for (size_t i = 0; i < u.size(); ++i)

@@ -123,7 +123,15 @@ uint64_t Writer::commit(const Change& change) {
   const Caps caps = seg_->caps();
   Table old(caps);
   // With the lock held no other writer runs, so this read never retries.
-  uint64_t pub = read_published(*seg_, old);
+  const char* refused = nullptr;
+  uint64_t pub = read_published(*seg_, old, &refused);
+  // A change applied to an empty stand-in would publish (and persist) a table
+  // that lost everything: refuse instead. gwd rebuilds such a segment at start.
+  if (refused)
+    throw SegmentError(fmt::format(
+        "the published table is inconsistent ({}); restart gwd to rebuild it from the state "
+        "file and the config",
+        refused));
   Table t(caps);
   std::memcpy(t.words(), old.words(), t.bytes());
 

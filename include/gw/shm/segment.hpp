@@ -318,6 +318,10 @@ class Segment {
   /// Attaches to an existing segment and validates it. Throws SegmentError with
   /// a clear message: missing, not a gw segment, other ABI, truncated.
   static Segment attach(const std::string& name);
+  /// attach() after shm_open: maps the object open at `fd` (which the caller
+  /// keeps) and validates it. `name` is for messages. The fuzz target and tests
+  /// pass a memfd.
+  static Segment attach_fd(int fd, const std::string& name);
   /// Removes the name; existing mappings stay valid. Returns false if absent.
   static bool unlink(const std::string& name) noexcept;
   /// "/name" for shm_open; validates the name (throws SegmentError).
@@ -384,7 +388,12 @@ class Segment {
 /// Reads the published table into `out` (which must have the segment's caps).
 /// Lock-free: retries while a writer rewrites the slot being read. Returns the
 /// published word the copy corresponds to. Any process or thread may call it.
-uint64_t read_published(const Segment& seg, Table& out) noexcept;
+///
+/// A table that fails validate_table(), or a published slot that stays mid-write
+/// or holds another generation (a corrupt segment, or a foreign writer), is
+/// refused: `out` is left empty (generation 0) and `*refused` (when given) names
+/// the problem; otherwise `*refused` is set to nullptr.
+uint64_t read_published(const Segment& seg, Table& out, const char** refused = nullptr) noexcept;
 
 /// Per-process cache of the published table. check() is one acquire load.
 class TableReader {
@@ -394,9 +403,11 @@ class TableReader {
   bool stale() const noexcept {
     return seg_->header().published.load(std::memory_order_acquire) != cached_;
   }
-  /// Copies the live table into `out`; returns its generation.
-  uint64_t refresh(Table& out) noexcept {
-    cached_ = read_published(*seg_, out);
+  /// Copies the live table into `out`; returns its generation. A refused table
+  /// (see read_published) counts as read: stale() stays false until the next
+  /// publish, and `*refused` names the problem.
+  uint64_t refresh(Table& out, const char** refused = nullptr) noexcept {
+    cached_ = read_published(*seg_, out, refused);
     return out.header().generation;
   }
 

@@ -306,6 +306,17 @@ class Table {
   std::vector<uint64_t> words_;
 };
 
+/// Whether a table read from shared memory can be used: counts within the
+/// capacities, every index (host → pool → upstream, rule → route, a rule's
+/// address blocks, runtime and stats slots) naming an existing record, enum
+/// values known, names and ids as check_name() allows them and NUL-terminated,
+/// rule matchers as check_rule() allows them. The writers only ever publish such
+/// tables; a table that fails comes from a buggy or foreign process, and
+/// readers (which index arrays with these values) must not use it. Returns
+/// nullptr, or a static string saying what is wrong. Any process; no
+/// allocation, linear in the records in use.
+const char* validate_table(const Table& t) noexcept;
+
 /// Copies a NUL-terminated name into a fixed field (the caller checked the length).
 void set_name(char (&dst)[kNameCap], std::string_view src) noexcept;
 inline std::string_view name_of(const char (&field)[kNameCap]) noexcept {
