@@ -8,6 +8,7 @@
 
 #include "gw/api/limit_table.hpp"
 #include "gw/core/clock.hpp"
+#include "gw/core/utf8.hpp"
 #include "gw/proxy/framer.hpp"
 #include "gw/proxy/http_proxy.hpp"
 #include "gw/shm/cluster.hpp"
@@ -32,10 +33,28 @@ static_assert(std::size(kOutcomeNames) == static_cast<size_t>(proxy::HttpOutcome
 std::string json_escape(std::string_view s) {
   std::string out;
   out.reserve(s.size());
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\', out += c;
-    else if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", static_cast<int>(c));
-    else out += c;
+  for (size_t i = 0; i < s.size();) {
+    const char c = s[i];
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (u < 0x20) {
+      out += fmt::format("\\u{:04x}", static_cast<int>(u));
+    } else if (u >= 0x80) {
+      // Texts from outside (an etcd error, a foreign segment) may not be
+      // UTF-8, which JSON must be: a byte that starts no well-formed sequence
+      // becomes U+FFFD.
+      if (const size_t n = core::utf8_sequence(s.substr(i))) {
+        out.append(s.substr(i, n));
+        i += n;
+        continue;
+      }
+      out += "\\ufffd";
+    } else {
+      out += c;
+    }
+    ++i;
   }
   return out;
 }

@@ -53,7 +53,8 @@ State state_from_table(const Table& t) {
 
 namespace {
 
-// Rule values may hold any visible ASCII, '"' and '\\' included.
+// Rule values may hold any visible character, '"' and '\\' included (UTF-8:
+// check_rule() refuses other bytes, and they could not be read back).
 std::string json_string(std::string_view v) {
   std::string out = "\"";
   for (char c : v) {

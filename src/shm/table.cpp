@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "gw/core/utf8.hpp"
+
 namespace gw::shm {
 
 namespace {
@@ -114,11 +116,11 @@ bool valid_token(const char (&f)[kNameCap]) noexcept {
   return n > 0 && n < kNameCap;
 }
 
-// A matcher's value: NUL-terminated, no control characters (check_value()).
+// A matcher's value: NUL-terminated, no control characters, UTF-8 (check_value()).
 bool valid_value(const char (&f)[kRuleValueCap]) noexcept {
   for (size_t n = 0; n < kRuleValueCap; ++n) {
     const auto c = static_cast<unsigned char>(f[n]);
-    if (c == 0) return true;
+    if (c == 0) return core::utf8_valid(std::string_view(f, n));
     if (c < 0x20 || c == 0x7f) return false;
   }
   return false;
@@ -299,6 +301,8 @@ std::string check_value(std::string_view what, std::string_view v, bool cookie) 
   }
   if (!v.empty() && (v.front() == ' ' || v.back() == ' '))
     return fmt::format("{} value \"{}\" starts or ends with a space", what, v);
+  // The state file and the status documents are JSON, which is UTF-8.
+  if (!core::utf8_valid(v)) return fmt::format("{} value is not valid UTF-8", what);
   return {};
 }
 

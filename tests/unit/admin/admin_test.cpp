@@ -567,3 +567,15 @@ TEST_SUITE("admin") {
     CHECK(e[0].starts_with("admin.listen: bad address \"nowhere\""));
   }
 }
+
+TEST_CASE("json_escape: quotes, controls, and only well-formed UTF-8 passes") {
+  CHECK(json_escape("a\"b\\c") == "a\\\"b\\\\c");
+  CHECK(json_escape(std::string("\n\x01", 2)) == "\\u000a\\u0001");
+  CHECK(json_escape("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80") == "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+  CHECK(json_escape("\xff") == "\\ufffd");                  // never a UTF-8 byte
+  CHECK(json_escape("\xc3") == "\\ufffd");                  // cut short
+  CHECK(json_escape("\xc0\xaf") == "\\ufffd\\ufffd");       // overlong '/'
+  CHECK(json_escape("\xed\xa0\x80") == "\\ufffd\\ufffd\\ufffd");  // a surrogate
+  CHECK(json_escape("\xf4\x90\x80\x80") == "\\ufffd\\ufffd\\ufffd\\ufffd");  // past U+10FFFF
+  CHECK(json_escape("a\xe2\x82z") == "a\\ufffd\\ufffdz");   // a bad continuation
+}

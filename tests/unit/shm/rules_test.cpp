@@ -93,6 +93,12 @@ TEST_SUITE("shm") {
     bad_value.cookie_name = "beta";
     bad_value.cookie_value = "a;b";
     CHECK_THROWS_AS(t.add_rule(r, bad_value), TableError);
+    RuleSpec not_utf8 = none;  // the state file is JSON: it could not be read back
+    not_utf8.header_name = "X-Canary";
+    not_utf8.header_value = "caf\xe9";
+    CHECK_THROWS_WITH_AS(t.add_rule(r, not_utf8), "header value is not valid UTF-8", TableError);
+    not_utf8.header_value = "caf\xc3\xa9";  // UTF-8 is fine
+    CHECK(check_rule(not_utf8).empty());
     RuleSpec pct = none;
     pct.percent_bp = 10001;
     CHECK_THROWS_WITH_AS(t.add_rule(r, pct), "percent must be 0..100", TableError);
