@@ -68,6 +68,6 @@ results=bench/RESULTS.md
   echo
   echo "## propagation $(date -u +%Y-%m-%dT%H:%MZ) ($(uname -r), $(nproc) cores)"
   echo
-  echo "\`bench/propagation.sh --rounds $rounds --workers $workers\`: commit → first connection each worker routes"
+  echo "\`bench/propagation.sh --rounds $rounds --workers $workers\`: commit start → first connection each worker routes"
   echo "with the new table, over $rounds rounds × $workers workers: median **${median} µs**, p99 ${p99} µs (target < 1 ms median: $target)."
 } >>"$results"
