@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstddef>
 #include <cstring>
 #include <new>
 #include <utility>
@@ -278,6 +279,9 @@ uint64_t refuse(Table& out, uint64_t pub, const char** refused, const char* why)
 
 }  // namespace
 
+// read_published checks a slot's generation before copying it: the first word.
+static_assert(offsetof(TableHeader, generation) == 0, "read_published reads the generation as word 0");
+
 uint64_t read_published(const Segment& seg, Table& out, const char** refused) noexcept {
   const size_t n = std::min(seg.slot_word_count(), out.word_count());
   // Retries with the same `published` word: a writer only rewrites a slot after
@@ -301,7 +305,7 @@ uint64_t read_published(const Segment& seg, Table& out, const char** refused) no
     int idx = static_cast<int>(pub & 1);
     const std::atomic<uint64_t>& seq = seg.slot(idx).seq;
     const uint64_t* words = seg.slot_words(idx);
-    // TableHeader::generation is the payload's first word.
+    // TableHeader::generation is the payload's first word (asserted below).
     const uint64_t s = seq.load(std::memory_order_acquire);
     if ((s & 1) ||
         std::atomic_ref<uint64_t>(*const_cast<uint64_t*>(words)).load(std::memory_order_acquire) !=
