@@ -4,7 +4,7 @@
 
 #include <cstring>
 
-#include "gw/api/base64.hpp"
+#include "gw/core/base64.hpp"
 #include "gw/api/hash.hpp"
 #include "gw/core/clock.hpp"
 
@@ -166,7 +166,7 @@ Verdict Guard::authenticate(const RouteGuard& g, const GuardRequest& rq, Consume
     case config::AuthType::basic: {
       std::string_view b64, user;
       if (!auth_scheme(*rq.head, "Basic", b64)) break;
-      const ptrdiff_t n = base64_decode(b64, creds_, sizeof(creds_));
+      const ptrdiff_t n = core::base64_decode(b64, creds_, sizeof(creds_));
       if (n <= 0) break;
       const BasicAuth::Result r = g.basic->verify(std::string_view(creds_, static_cast<size_t>(n)), *basic_cache_, user);
       std::memset(creds_, 0, static_cast<size_t>(n));

@@ -7,7 +7,7 @@
 
 #include <stdexcept>
 
-#include "gw/api/base64.hpp"
+#include "gw/core/base64.hpp"
 
 namespace gw::api {
 
@@ -76,9 +76,9 @@ JwtError JwtVerifier::verify(std::string_view token, int64_t now_s, JwtScratch& 
   const std::string_view h64 = token.substr(0, dot1), c64 = token.substr(dot1 + 1, dot2 - dot1 - 1),
                          s64 = token.substr(dot2 + 1);
   if (h64.empty() || c64.empty() || s64.empty()) return JwtError::malformed;
-  const ptrdiff_t hn = base64url_decode(h64, s.header_, kMaxJwt);
-  const ptrdiff_t cn = base64url_decode(c64, s.claims_, kMaxJwt);
-  const ptrdiff_t sn = base64url_decode(s64, reinterpret_cast<char*>(s.sig_), sizeof(s.sig_));
+  const ptrdiff_t hn = core::base64url_decode(h64, s.header_, kMaxJwt);
+  const ptrdiff_t cn = core::base64url_decode(c64, s.claims_, kMaxJwt);
+  const ptrdiff_t sn = core::base64url_decode(s64, reinterpret_cast<char*>(s.sig_), sizeof(s.sig_));
   if (hn <= 0 || cn <= 0 || sn <= 0) return JwtError::malformed;
 
   // The header: only "alg" matters, and it must be the configured one.

@@ -10,7 +10,7 @@
 #include <charconv>
 #include <cstring>
 
-#include "gw/cluster/base64.hpp"
+#include "gw/core/base64.hpp"
 #include "gw/core/clock.hpp"
 #include "gw/net/socket.hpp"
 
@@ -22,7 +22,7 @@ using simdjson::dom::element;
 
 namespace {
 
-std::string b64(std::string_view s) { return base64_encode(s); }
+std::string b64(std::string_view s) { return core::base64_encode(s); }
 
 [[noreturn]] void bad(std::string_view what, std::string_view json) {
   throw EtcdError(fmt::format("etcd answered with unexpected JSON ({}): {:.200}", what, json), false);
@@ -56,7 +56,7 @@ std::string get_b64(element obj, std::string_view key, std::string_view json) {
   std::string_view s;
   if (obj[key].get(s) != simdjson::SUCCESS) return {};
   std::string out;
-  if (!base64_decode(s, out)) bad(fmt::format("{} is not base64", key), json);
+  if (!core::base64_decode(s, out)) bad(fmt::format("{} is not base64", key), json);
   return out;
 }
 

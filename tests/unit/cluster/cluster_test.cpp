@@ -2,7 +2,6 @@
 
 #include <string>
 
-#include "gw/cluster/base64.hpp"
 #include "gw/cluster/etcd.hpp"
 #include "gw/cluster/reconcile.hpp"
 #include "gw/cluster/schema.hpp"
@@ -64,29 +63,6 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
 }  // namespace
 
 TEST_SUITE("cluster") {
-  TEST_CASE("base64 round trips and refuses bad input") {
-    CHECK(base64_encode("") == "");
-    CHECK(base64_encode("f") == "Zg==");
-    CHECK(base64_encode("fo") == "Zm8=");
-    CHECK(base64_encode("foo") == "Zm9v");
-    CHECK(base64_encode("/gw/upstreams/app") == "L2d3L3Vwc3RyZWFtcy9hcHA=");
-    std::string all;
-    for (int i = 0; i < 256; ++i) all += static_cast<char>(i);
-    for (size_t n = 0; n < all.size(); n += 37) {
-      std::string out;
-      REQUIRE(base64_decode(base64_encode(all.substr(0, n)), out));
-      CHECK(out == all.substr(0, n));
-    }
-    std::string out;
-    CHECK(base64_decode("aGVsbG8=", out));
-    CHECK(out == "hello");
-    CHECK_FALSE(base64_decode("aGVsbG8", out));    // length
-    CHECK_FALSE(base64_decode("aGV$bG8=", out));   // alphabet
-    CHECK_FALSE(base64_decode("a===", out));       // too much padding
-    CHECK_FALSE(base64_decode("Zh==", out));       // non-zero leftover bits
-    CHECK_FALSE(base64_decode("Zg==Zg==", out));   // padding in the middle
-  }
-
   TEST_CASE("key schema: encode, parse, prefix end") {
     CHECK(upstream_key("/gw/", "app") == "/gw/upstreams/app");
     CHECK(pool_key("/gw/", "app", "primary") == "/gw/upstreams/app/pools/primary");
