@@ -91,9 +91,6 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   d.first_deadline_ms = env_.now_ms + l.first_frame_timeout_ms;
   ++active_;
   // TCP_NODELAY comes from the listening socket (accepted sockets inherit it).
-  auto& w = env_.seg->worker(env_.worker);
-  bump(w.connections);
-  bump(w.accepted);
   metrics::listener_open(env_, listener);
   if (env_.epoll->add(fd, kSocketEvents, data_of(d, 0)) != 0) {
     close_device(d);
@@ -627,9 +624,6 @@ void FrameMux::close_device(Device& d) noexcept {
   free_head_ = index_of(d);
   --active_;
   metrics::listener_close(env_, d.listener);
-  auto& w = env_.seg->worker(env_.worker).connections;
-  const uint64_t c = w.load(std::memory_order_relaxed);
-  w.store(c ? c - 1 : 0, std::memory_order_relaxed);
 }
 
 void FrameMux::close_all() noexcept {
@@ -649,10 +643,7 @@ void FrameMux::close_orphans() noexcept {
     }
     if (d.used) drive(d);
   }
-  if (closed) {
-    bump(env_.seg->worker(env_.worker).host_closed, closed);
-    GW_LOG_INFO("on_host_remove close: closed {} host connection(s) of per-frame devices", closed);
-  }
+  count_orphans(env_, closed, "per-frame host connection(s)");
 }
 
 }  // namespace gw::proxy

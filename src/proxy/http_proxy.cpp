@@ -343,9 +343,6 @@ void HttpProxy::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept
   c.c_read_ms = env_.now_ms;
   ++active_;
   net::set_nodelay(fd);
-  auto& w = env_.seg->worker(env_.worker);
-  bump(w.connections);
-  bump(w.accepted);
   metrics::listener_open(env_, listener);
   if (env_.epoll->add(fd, kSocketEvents, conn_data(c)) != 0) {
     close_conn(c);
@@ -394,8 +391,6 @@ void HttpProxy::close_conn(Conn& c) noexcept {
   conn_free_ = index_of(c);
   --active_;
   metrics::listener_close(env_, c.listener);
-  auto& w = env_.seg->worker(env_.worker);
-  w.connections.store(w.connections.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
 }
 
 void HttpProxy::close_all() noexcept {

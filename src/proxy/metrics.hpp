@@ -63,8 +63,13 @@ inline void observe(shm::LatencyHistogram& h, uint64_t us) noexcept {
 
 }  // namespace detail
 
-/// A connection was accepted on listener `listener` and is now open.
+/// A connection was accepted on listener `listener` and is now open: counted
+/// in the listener's row and in the worker's totals (WorkerRuntime
+/// connections and accepted, which every proxy of the worker shares).
 inline void listener_open(RelayEnv& env, uint32_t listener) noexcept {
+  auto& w = env.seg->worker(env.worker);
+  detail::add(w.connections);
+  detail::add(w.accepted);
   if (shm::ListenerStats* s = detail::listener_row(env, listener)) {
     detail::add(s->accepted);
     detail::add(s->active);
@@ -73,6 +78,9 @@ inline void listener_open(RelayEnv& env, uint32_t listener) noexcept {
 
 /// A connection of listener `listener` that listener_open() counted is closed.
 inline void listener_close(RelayEnv& env, uint32_t listener) noexcept {
+  auto& c = env.seg->worker(env.worker).connections;
+  const uint64_t n = c.load(std::memory_order_relaxed);
+  c.store(n ? n - 1 : 0, std::memory_order_relaxed);
   if (shm::ListenerStats* s = detail::listener_row(env, listener)) {
     const uint64_t a = s->active.load(std::memory_order_relaxed);
     s->active.store(a ? a - 1 : 0, std::memory_order_relaxed);

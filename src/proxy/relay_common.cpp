@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -66,6 +67,86 @@ int pick_host(RelayEnv& env, int ui, std::string_view key, std::span<const uint3
     env.seg->worker(env.worker).applied_ns.store(core::monotonic_ns(), std::memory_order_release);
   }
   return h;
+}
+
+bool upstream_uses_key(const RelayEnv& env, int ui) noexcept {
+  if (ui < 0) return false;
+  const balance::Snapshot& snap = *env.snap;
+  for (const balance::PoolView& p : snap.pools(snap.upstreams()[static_cast<size_t>(ui)]))
+    if (shm::method_uses_key(p.method)) return true;
+  return false;
+}
+
+const shm::HostRecord* bind_next_host(RelayEnv& env, StreamRoute& r, int ui, const balance::UpstreamView& uv,
+                                      balance::Rng& rng) noexcept {
+  const uint32_t tries = std::min<uint32_t>(uv.tries, StreamRoute::kMaxTries);
+  if (r.attempts >= tries) return nullptr;  // kAttemptsLocalError too
+  const int h = pick_host(env, ui, r.key_view(), std::span<const uint32_t>(r.tried, r.attempts), rng, r.attempts == 0);
+  if (h < 0) return nullptr;
+  const shm::HostRecord& rec = env.snap->table().hosts()[static_cast<size_t>(h)];
+  r.tried[r.attempts++] = rec.slot;
+  r.host_addr = rec.addr;
+  r.host_slot = rec.slot;
+  r.host_tag = rec.tag;
+  r.host_weight = rec.weight;
+  r.bound = true;
+  r.idle_ms = uv.idle_timeout_ms;
+  shm::counter_open(env.seg->counter(env.worker, rec.slot), rec.tag);
+  r.connect_start_ns = core::monotonic_ns();
+  return &rec;
+}
+
+void unbind_host(RelayEnv& env, StreamRoute& r) noexcept {
+  if (!r.bound) return;
+  shm::counter_close(env.seg->counter(env.worker, r.host_slot), r.host_tag);
+  r.bound = false;
+}
+
+bool start_fd_wait(RelayEnv& env, StreamRoute& r, int err, uint32_t connect_timeout_ms) noexcept {
+  if (!wait_for_fd(env, err, r.fd_wait_until_ms, connect_timeout_ms)) return false;
+  // No descriptor: not the host's fault. The caller tries again (any host) soon.
+  unbind_host(env, r);
+  --r.attempts;
+  r.fd_wait = true;
+  return true;
+}
+
+void connect_failed(RelayEnv& env, StreamRoute& r, int err, uint64_t& last_log_ms) noexcept {
+  GW_LOG_DEBUG("connect to host slot {} failed: {}", r.host_slot, std::strerror(err));
+  if (peer_error(err)) {
+    record_connect_failure(env, env.listeners[r.listener].upstream, r.host_slot, r.host_tag, r.host_weight, err);
+  } else {
+    if (env.now_ms - last_log_ms >= 1000) {
+      last_log_ms = env.now_ms;
+      GW_LOG_ERROR("cannot connect upstream: {} (a local error: no host is blamed; the connection is closed)",
+                   std::strerror(err));
+    }
+    r.attempts = kAttemptsLocalError;  // another host would fail the same way
+  }
+  unbind_host(env, r);
+}
+
+void count_unrouted(RelayEnv& env, StreamRoute& r, int ui, uint64_t& last_no_host_log_ms) noexcept {
+  if (r.attempts == kAttemptsLocalError) {
+    // Logged by connect_failed. The worker is out of descriptors (or ports,
+    // or memory), as when no connection slot is left.
+    metrics::listener_reject(env, r.listener, shm::kRejectNoSlot);
+    r.end = "local_error";
+  } else {
+    count_no_host(env, r.listener, ui, r.attempts, last_no_host_log_ms);
+    r.end = "no_host";
+  }
+}
+
+bool route_orphaned(const RelayEnv& env, const StreamRoute& r) noexcept {
+  if (!env.listeners[r.listener].close_on_host_remove) return false;
+  return r.host_slot >= env.live_tag.size() || env.live_tag[r.host_slot] != r.host_tag;
+}
+
+void count_orphans(RelayEnv& env, uint64_t closed, std::string_view what) noexcept {
+  if (!closed) return;
+  bump(env.seg->worker(env.worker).host_closed, closed);
+  GW_LOG_INFO("on_host_remove close: closed {} {} whose host was removed or is down", closed, what);
 }
 
 bool peer_error(int err) noexcept {

@@ -50,6 +50,38 @@ void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t
 /// it, at most once a second).
 void count_no_host(RelayEnv& env, uint32_t listener, int ui, uint32_t attempts, uint64_t& last_log_ms) noexcept;
 
+/// Whether a pool of upstream `ui` hashes the routing key (so a client's
+/// address must be formatted as text for it).
+bool upstream_uses_key(const RelayEnv& env, int ui) noexcept;
+
+/// Binds `r` to the next host of upstream `ui` (the snapshot's `uv`) that it
+/// has not tried: records the try, counts the session active on the host and
+/// starts the connect clock. nullptr when the tries are used up or no host is
+/// usable.
+const shm::HostRecord* bind_next_host(RelayEnv& env, StreamRoute& r, int ui, const balance::UpstreamView& uv,
+                                      balance::Rng& rng) noexcept;
+/// Undoes bind_next_host's count on the host (no-op when not bound).
+void unbind_host(RelayEnv& env, StreamRoute& r) noexcept;
+/// socket() for the bound host failed with `err`. If that was a shortage of
+/// descriptors the session may wait out (wait_for_fd), the try is given back,
+/// the host unbound and fd_wait set: the caller arms a kFdWaitMs timer and
+/// returns. Else false, and the caller goes on to connect_failed.
+bool start_fd_wait(RelayEnv& env, StreamRoute& r, int err, uint32_t connect_timeout_ms) noexcept;
+/// The connect to the bound host failed with `err`: passive health for a
+/// peer error (record_connect_failure); a local error ends the tries
+/// (kAttemptsLocalError) and is logged at most once a second (`last_log_ms`).
+/// Unbinds either way.
+void connect_failed(RelayEnv& env, StreamRoute& r, int err, uint64_t& last_log_ms) noexcept;
+/// No host took the session (connect_next ran out): counted as a no_slot
+/// reject after a local error, else as no_host (count_no_host); sets r.end.
+/// The caller closes the session.
+void count_unrouted(RelayEnv& env, StreamRoute& r, int ui, uint64_t& last_no_host_log_ms) noexcept;
+/// Whether an on_host_remove "close" listener's relayed session `r` lost its
+/// host (removed, down, or the slot reused).
+bool route_orphaned(const RelayEnv& env, const StreamRoute& r) noexcept;
+/// Counts and logs the sessions close_orphans() closed (`what` names them).
+void count_orphans(RelayEnv& env, uint64_t closed, std::string_view what) noexcept;
+
 /// Counts a refused frame connection of listener `listener` by reason, and
 /// logs it at most once a second per worker (env.last_reject_log_ms, shared
 /// by the relay and FrameMux), with how many this worker has refused so far.

@@ -65,32 +65,20 @@ void TcpRelay::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept 
   s.c_in = s.c_out = s.u_in = s.u_out = false;
   s.c_eof = s.u_eof = s.c_shut = s.u_shut = false;
   s.c_hup = s.u_hup = false;
-  s.bound = false;
-  s.fd_wait = false;
-  s.fd_wait_until_ms = 0;
-  s.attempts = 0;
-  s.listener = static_cast<uint16_t>(listener);
+  s.reset(static_cast<uint16_t>(listener), env_.now_ms);
   s.c2u = Pipe{};
   s.u2c = Pipe{};
-  s.key_len = 0;
-  s.peer = peer ? core::SockAddr::from_sockaddr(peer) : core::SockAddr{};
-  s.host_addr = core::SockAddr{};
-  s.start_ms = env_.now_ms;
   s.bytes_up = s.bytes_down = 0;
-  s.end = "closed";
-  if (peer && peer->sa_family == AF_INET6) {
-    const auto* a = reinterpret_cast<const sockaddr_in6*>(peer);
-    if (::inet_ntop(AF_INET6, &a->sin6_addr, s.key, sizeof(s.key))) s.key_len = static_cast<uint8_t>(std::strlen(s.key));
-  } else if (peer && peer->sa_family == AF_INET) {
-    const auto* a = reinterpret_cast<const sockaddr_in*>(peer);
-    if (::inet_ntop(AF_INET, &a->sin_addr, s.key, sizeof(s.key))) s.key_len = static_cast<uint8_t>(std::strlen(s.key));
-  }
+  if (peer) s.peer = core::SockAddr::from_sockaddr(peer);
   const ListenerRuntime& l = env_.listeners[listener];
+  // The client IP as text only for a pool that hashes it (glibc's inet_ntop
+  // formats with sprintf).
+  if (s.peer.family != 0 && !l.key_from_frame && upstream_uses_key(env_, l.upstream)) {
+    if (::inet_ntop(s.peer.family == AF_INET6 ? AF_INET6 : AF_INET, s.peer.ip, s.key, sizeof(s.key)))
+      s.key_len = static_cast<uint8_t>(std::strlen(s.key));
+  }
   s.state = l.framer ? State::sniff : State::connecting;
   // TCP_NODELAY comes from the listening socket (accepted sockets inherit it).
-  auto& w = env_.seg->worker(env_.worker);
-  bump(w.connections);  // shared with FrameMux: counted up and down, never stored
-  bump(w.accepted);
   metrics::listener_open(env_, listener);
   if (env_.epoll->add(fd, kSocketEvents, data_of(s, kKindClient)) != 0) {
     close_session(s);
@@ -193,35 +181,17 @@ void TcpRelay::connect_next(Session& s) noexcept {
     return;
   }
   const balance::UpstreamView& uv = snap.upstreams()[static_cast<size_t>(ui)];
-  auto hosts = snap.table().hosts();
-  const uint32_t tries = std::min<uint32_t>(uv.tries, kMaxTries);
-  while (s.attempts < tries) {
-    int h = pick_host(env_, ui, std::string_view(s.key, s.key_len), std::span<const uint32_t>(s.tried, s.attempts),
-                      rng_, s.attempts == 0);
-    if (h < 0) break;
-    const shm::HostRecord& r = hosts[static_cast<size_t>(h)];
-    s.tried[s.attempts++] = r.slot;
-    s.host_addr = r.addr;
-    s.host_slot = r.slot;
-    s.host_tag = r.tag;
-    s.host_weight = r.weight;
-    s.bound = true;
-    s.idle_ms = uv.idle_timeout_ms;
-    shm::counter_open(env_.seg->counter(env_.worker, r.slot), r.tag);
+  while (const shm::HostRecord* rp = bind_next_host(env_, s, ui, uv, rng_)) {
+    const shm::HostRecord& r = *rp;
     int err = 0;
     s.u_in = s.u_out = s.u_hup = false;  // nothing carries over from a failed attempt
-    s.connect_start_ns = core::monotonic_ns();
     int fd = net::connect_tcp(r.addr, err);
     if (fd < 0) {
-      if (wait_for_fd(env_, err, s.fd_wait_until_ms, uv.connect_timeout_ms)) {
-        // No descriptor: not the host's fault. Try again (any host) soon.
-        unbind(s);
-        --s.attempts;
-        s.fd_wait = true;
+      if (start_fd_wait(env_, s, err, uv.connect_timeout_ms)) {
         env_.timers->schedule(s, env_.now_ms + kFdWaitMs);
         return;
       }
-      on_connect_failed(s, err);
+      connect_failed(env_, s, err, last_local_error_log_ms_);
       continue;
     }
     s.ufd = fd;
@@ -229,7 +199,7 @@ void TcpRelay::connect_next(Session& s) noexcept {
       int e = errno;
       ::close(fd);
       s.ufd = -1;
-      on_connect_failed(s, e);
+      connect_failed(env_, s, e, last_local_error_log_ms_);
       continue;
     }
     if (err == 0) {
@@ -253,45 +223,15 @@ void TcpRelay::connect_next(Session& s) noexcept {
         const int e = errno;
         ::close(fd);
         s.ufd = -1;
-        on_connect_failed(s, e);
+        connect_failed(env_, s, e, last_local_error_log_ms_);
         continue;
       }
     }
     env_.timers->schedule(s, env_.now_ms + uv.connect_timeout_ms);
     return;
   }
-  if (s.attempts == kAttemptsLocalError) {
-    // Logged by on_connect_failed. The worker is out of descriptors (or
-    // ports, or memory), as when no connection slot is left.
-    metrics::listener_reject(env_, s.listener, shm::kRejectNoSlot);
-    s.end = "local_error";
-  } else {
-    count_no_host(env_, s.listener, ui, s.attempts, last_no_host_log_ms_);
-    s.end = "no_host";
-  }
+  count_unrouted(env_, s, ui, last_no_host_log_ms_);
   close_session(s);
-}
-
-void TcpRelay::on_connect_failed(Session& s, int err) noexcept {
-  GW_LOG_DEBUG("connect to host slot {} failed: {}", s.host_slot, std::strerror(err));
-  if (!peer_error(err)) {
-    if (env_.now_ms - last_local_error_log_ms_ >= 1000) {
-      last_local_error_log_ms_ = env_.now_ms;
-      GW_LOG_ERROR("cannot connect upstream: {} (a local error: no host is blamed; the connection is closed)",
-                   std::strerror(err));
-    }
-    s.attempts = kAttemptsLocalError;  // another host would fail the same way
-    unbind(s);
-    return;
-  }
-  record_connect_failure(env_, env_.listeners[s.listener].upstream, s.host_slot, s.host_tag, s.host_weight, err);
-  unbind(s);
-}
-
-void TcpRelay::unbind(Session& s) noexcept {
-  if (!s.bound) return;
-  shm::counter_close(env_.seg->counter(env_.worker, s.host_slot), s.host_tag);
-  s.bound = false;
 }
 
 void TcpRelay::on_connected(Session& s, bool readable) noexcept {
@@ -347,7 +287,7 @@ void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
       env_.epoll->del(s.ufd);
       ::close(s.ufd);
       s.ufd = -1;
-      on_connect_failed(s, err);
+      connect_failed(env_, s, err, last_local_error_log_ms_);
       connect_next(s);
       return;
     }
@@ -369,7 +309,7 @@ void TcpRelay::on_timer(net::TimerNode& n) noexcept {
     env_.epoll->del(s.ufd);
     ::close(s.ufd);
     s.ufd = -1;
-    on_connect_failed(s, ETIMEDOUT);
+    connect_failed(env_, s, ETIMEDOUT, last_local_error_log_ms_);
     connect_next(s);
   } else if (s.state == State::relay) {
     GW_LOG_DEBUG("session {}: idle for {} ms; closing", index_of(s), s.idle_ms);
@@ -499,7 +439,7 @@ void TcpRelay::drive(Session& s) noexcept {
 
 void TcpRelay::log_session(const Session& s) noexcept {
   log_stream(env_, s.listener, s.peer, s.state == State::relay ? &s.host_addr : nullptr, s.bytes_up, s.bytes_down,
-             s.start_ms, std::string_view(s.key, s.key_len), s.end);
+             s.start_ms, s.key_view(), s.end);
 }
 
 void TcpRelay::close_session(Session& s) noexcept {
@@ -511,16 +451,13 @@ void TcpRelay::close_session(Session& s) noexcept {
   s.cfd = s.ufd = -1;
   release(s, s.c2u);
   release(s, s.u2c);
-  unbind(s);
+  unbind_host(env_, s);
   s.state = State::free;
   ++s.gen;
   s.next_free = free_head_;
   free_head_ = index_of(s);
   --active_;
   metrics::listener_close(env_, s.listener);
-  auto& c = env_.seg->worker(env_.worker).connections;
-  const uint64_t n = c.load(std::memory_order_relaxed);
-  c.store(n ? n - 1 : 0, std::memory_order_relaxed);
 }
 
 void TcpRelay::close_all() noexcept {
@@ -531,15 +468,11 @@ void TcpRelay::close_all() noexcept {
 void TcpRelay::close_orphans() noexcept {
   uint64_t closed = 0;
   for (auto& s : sessions_) {
-    if (s.state != State::relay || !env_.listeners[s.listener].close_on_host_remove) continue;
-    if (s.host_slot < env_.live_tag.size() && env_.live_tag[s.host_slot] == s.host_tag) continue;
+    if (s.state != State::relay || !route_orphaned(env_, s)) continue;
     close_session(s);
     ++closed;
   }
-  if (closed) {
-    bump(env_.seg->worker(env_.worker).host_closed, closed);
-    GW_LOG_INFO("on_host_remove close: closed {} connection(s) whose host was removed or is down", closed);
-  }
+  count_orphans(env_, closed, "connection(s)");
 }
 
 }  // namespace gw::proxy

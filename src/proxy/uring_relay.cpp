@@ -37,14 +37,6 @@ UringRelay::Session* UringRelay::new_session() noexcept {
   return &sessions_.back();
 }
 
-bool UringRelay::upstream_uses_key(int ui) const noexcept {
-  if (ui < 0) return false;
-  const balance::Snapshot& snap = *env_.snap;
-  for (const balance::PoolView& p : snap.pools(snap.upstreams()[static_cast<size_t>(ui)]))
-    if (shm::method_uses_key(p.method)) return true;
-  return false;
-}
-
 void UringRelay::fetch_peer(Session& s, int fd, bool want_key) noexcept {
   // Multishot accept reports no address; it is asked for only when a pool of
   // the upstream hashes the client IP, or the listener has an access log.
@@ -70,25 +62,13 @@ void UringRelay::accept(int fd, uint32_t listener) noexcept {
   s.cfd = fd;
   s.ufd = -1;
   s.c_ops = s.u_ops = s.t_ops = 0;
-  s.bound = false;
-  s.fd_wait = false;
-  s.fd_wait_until_ms = 0;
-  s.attempts = 0;
-  s.listener = static_cast<uint16_t>(listener);
+  s.reset(static_cast<uint16_t>(listener), env_.now_ms);
   s.c2u = Dir{};
   s.u2c = Dir{};
-  s.key_len = 0;
-  s.peer = core::SockAddr{};
-  s.host_addr = core::SockAddr{};
-  s.start_ms = env_.now_ms;
-  s.end = "closed";
   const ListenerRuntime& l = env_.listeners[listener];
   s.state = l.framer ? State::sniff : State::connecting;
-  auto& w = env_.seg->worker(env_.worker);
-  bump(w.connections);  // shared with TcpRelay and FrameMux: counted up and down
-  bump(w.accepted);
   metrics::listener_open(env_, listener);
-  const bool want_key = !l.key_from_frame && upstream_uses_key(l.upstream);
+  const bool want_key = !l.key_from_frame && upstream_uses_key(env_, l.upstream);
   if (want_key || logging(l)) fetch_peer(s, fd, want_key);
   arm_recv(s, true);
   if (s.state == State::sniff) {
@@ -185,22 +165,8 @@ void UringRelay::connect_next(Session& s) noexcept {
     return;
   }
   const balance::UpstreamView& uv = snap.upstreams()[static_cast<size_t>(ui)];
-  auto hosts = snap.table().hosts();
-  const uint32_t tries = std::min<uint32_t>(uv.tries, kMaxTries);
-  while (s.attempts < tries) {
-    int h = pick_host(env_, ui, std::string_view(s.key, s.key_len), std::span<const uint32_t>(s.tried, s.attempts),
-                      rng_, s.attempts == 0);
-    if (h < 0) break;
-    const shm::HostRecord& r = hosts[static_cast<size_t>(h)];
-    s.tried[s.attempts++] = r.slot;
-    s.host_addr = r.addr;
-    s.host_slot = r.slot;
-    s.host_tag = r.tag;
-    s.host_weight = r.weight;
-    s.bound = true;
-    s.idle_ms = uv.idle_timeout_ms;
-    shm::counter_open(env_.seg->counter(env_.worker, r.slot), r.tag);
-    s.connect_start_ns = core::monotonic_ns();
+  while (const shm::HostRecord* rp = bind_next_host(env_, s, ui, uv, rng_)) {
+    const shm::HostRecord& r = *rp;
     sockaddr_storage ss;
     const socklen_t alen = r.addr.to_sockaddr(ss);
     // Non-blocking: io_uring polls it all the same, and splice(2) calls on
@@ -208,15 +174,11 @@ void UringRelay::connect_next(Session& s) noexcept {
     int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
       const int err = errno;
-      if (wait_for_fd(env_, err, s.fd_wait_until_ms, uv.connect_timeout_ms)) {
-        // No descriptor: not the host's fault. Try again (any host) soon.
-        unbind(s);
-        --s.attempts;
-        s.fd_wait = true;
+      if (start_fd_wait(env_, s, err, uv.connect_timeout_ms)) {
         env_.timers->schedule(s, env_.now_ms + kFdWaitMs);
         return;
       }
-      on_connect_failed(s, err);
+      connect_failed(env_, s, err, last_local_error_log_ms_);
       continue;
     }
     net::set_nodelay(fd);
@@ -237,15 +199,7 @@ void UringRelay::connect_next(Session& s) noexcept {
     ++s.t_ops;
     return;
   }
-  if (s.attempts == kAttemptsLocalError) {
-    // Logged by on_connect_failed. The worker is out of descriptors (or
-    // ports, or memory), as when no connection slot is left.
-    metrics::listener_reject(env_, s.listener, shm::kRejectNoSlot);
-    s.end = "local_error";
-  } else {
-    count_no_host(env_, s.listener, ui, s.attempts, last_no_host_log_ms_);
-    s.end = "no_host";
-  }
+  count_unrouted(env_, s, ui, last_no_host_log_ms_);
   close_session(s);
 }
 
@@ -267,30 +221,8 @@ void UringRelay::on_connect(Session& s, int32_t res) noexcept {
   const int err = res == -ECANCELED ? ETIMEDOUT : -res;
   ::close(s.ufd);  // nothing else is in flight on it
   s.ufd = -1;
-  on_connect_failed(s, err);
+  connect_failed(env_, s, err, last_local_error_log_ms_);
   connect_next(s);
-}
-
-void UringRelay::on_connect_failed(Session& s, int err) noexcept {
-  GW_LOG_DEBUG("connect to host slot {} failed: {}", s.host_slot, std::strerror(err));
-  if (!peer_error(err)) {
-    if (env_.now_ms - last_local_error_log_ms_ >= 1000) {
-      last_local_error_log_ms_ = env_.now_ms;
-      GW_LOG_ERROR("cannot connect upstream: {} (a local error: no host is blamed; the connection is closed)",
-                   std::strerror(err));
-    }
-    s.attempts = kAttemptsLocalError;  // another host would fail the same way
-    unbind(s);
-    return;
-  }
-  record_connect_failure(env_, env_.listeners[s.listener].upstream, s.host_slot, s.host_tag, s.host_weight, err);
-  unbind(s);
-}
-
-void UringRelay::unbind(Session& s) noexcept {
-  if (!s.bound) return;
-  shm::counter_close(env_.seg->counter(env_.worker, s.host_slot), s.host_tag);
-  s.bound = false;
 }
 
 // ---------------------------------------------------------------------------
@@ -715,7 +647,7 @@ void UringRelay::close_session(Session& s) noexcept {
   if (s.state == State::free || s.state == State::closing) return;
   if (logging(env_.listeners[s.listener]))
     log_stream(env_, s.listener, s.peer, s.state == State::relay ? &s.host_addr : nullptr, s.c2u.moved, s.u2c.moved,
-               s.start_ms, std::string_view(s.key, s.key_len), s.end);
+               s.start_ms, s.key_view(), s.end);
   env_.timers->cancel(s);
   unstarve(s, true);
   unstarve(s, false);
@@ -725,14 +657,11 @@ void UringRelay::close_session(Session& s) noexcept {
   close_fd(s.cfd, s.c_ops > 0);
   close_fd(s.ufd, s.u_ops > 0);
   s.cfd = s.ufd = -1;
-  unbind(s);
+  unbind_host(env_, s);
   s.state = State::closing;
   --active_;
   ++retiring_;
   metrics::listener_close(env_, s.listener);
-  auto& c = env_.seg->worker(env_.worker).connections;
-  const uint64_t n = c.load(std::memory_order_relaxed);
-  c.store(n ? n - 1 : 0, std::memory_order_relaxed);
   maybe_retire(s);
 }
 
@@ -753,15 +682,11 @@ void UringRelay::close_all() noexcept {
 void UringRelay::close_orphans() noexcept {
   uint64_t closed = 0;
   for (auto& s : sessions_) {
-    if (s.state != State::relay || !env_.listeners[s.listener].close_on_host_remove) continue;
-    if (s.host_slot < env_.live_tag.size() && env_.live_tag[s.host_slot] == s.host_tag) continue;
+    if (s.state != State::relay || !route_orphaned(env_, s)) continue;
     close_session(s);
     ++closed;
   }
-  if (closed) {
-    bump(env_.seg->worker(env_.worker).host_closed, closed);
-    GW_LOG_INFO("on_host_remove close: closed {} connection(s) whose host was removed or is down", closed);
-  }
+  count_orphans(env_, closed, "connection(s)");
 }
 
 }  // namespace gw::proxy

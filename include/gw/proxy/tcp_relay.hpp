@@ -18,10 +18,12 @@
 
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "gw/balance/balancer.hpp"
 #include "gw/balance/snapshot.hpp"
+#include "gw/core/address.hpp"
 #include "gw/net/buffer_pool.hpp"
 #include "gw/net/pipe_pool.hpp"
 #include "gw/net/reactor.hpp"
@@ -94,6 +96,43 @@ struct RelayEnv {
   api::Guard* guard = nullptr;               ///< http routes: auth and limit_req
 };
 
+/// The upstream side of an L4 (tcp or frame) session that does not depend on
+/// the event engine: the routing key, the hosts tried so far, the host it is
+/// bound to (counted as an active connection of that host) and what its
+/// access-log line will say. TcpRelay's and UringRelay's sessions derive from
+/// it; the functions in src/proxy/relay_common.hpp work on it.
+struct StreamRoute {
+  static constexpr uint32_t kMaxTries = 16;
+
+  bool bound = false;    ///< counted on host (host_slot, host_tag)
+  bool fd_wait = false;  ///< connecting: the timer is a wait for a free descriptor
+  uint8_t attempts = 0;  ///< hosts tried; kAttemptsLocalError after a local error
+  uint8_t key_len = 0;
+  uint16_t listener = 0;
+  uint32_t host_slot = 0, host_tag = 0, host_weight = 0;
+  uint32_t idle_ms = 0;            ///< the upstream's idle_timeout_ms
+  uint64_t connect_start_ns = 0;   ///< the current attempt's (connect latency)
+  uint64_t fd_wait_until_ms = 0;   ///< see wait_for_fd (relay_common.hpp)
+  uint64_t start_ms = 0;           ///< accepted at (access log)
+  uint32_t tried[kMaxTries] = {};  ///< host slots tried
+  char key[kMaxKey + 1] = {};      ///< the client IP as text (nginx's $remote_addr), or the frame key
+  core::SockAddr peer;             ///< the client (access log)
+  core::SockAddr host_addr;        ///< the host (access log)
+  const char* end = "closed";      ///< how the session ended (access log)
+
+  std::string_view key_view() const noexcept { return {key, key_len}; }
+  /// Made ready for a client of `l` accepted at `now`.
+  void reset(uint16_t l, uint64_t now) noexcept {
+    bound = fd_wait = false;
+    attempts = key_len = 0;
+    listener = l;
+    fd_wait_until_ms = 0;
+    start_ms = now;
+    peer = host_addr = core::SockAddr{};
+    end = "closed";
+  }
+};
+
 /// epoll data: kind (top 3 bits) | generation (29 bits) | index (32 bits).
 /// The generation makes an event for a closed and reused slot recognisable.
 inline constexpr uint64_t kKindWorker = 0;
@@ -133,7 +172,6 @@ class TcpRelay {
 
  private:
   static constexpr uint32_t kNone = ~0u;
-  static constexpr uint32_t kMaxTries = 16;
 
   /// One direction's bytes in flight: a buffer, or (splice mode, once the
   /// direction has carried env.splice_after bytes) a pipe.
@@ -152,7 +190,7 @@ class TcpRelay {
   // sniff: a frame listener waits for the whole first frame (and its key).
   enum class State : uint8_t { free, sniff, connecting, relay };
 
-  struct Session : net::TimerNode {
+  struct Session : net::TimerNode, StreamRoute {
     int cfd = -1;
     int ufd = -1;
     uint32_t gen = 0;
@@ -162,24 +200,8 @@ class TcpRelay {
     bool c_eof = false, u_eof = false;    // read side saw EOF
     bool c_shut = false, u_shut = false;  // we shut down the write side
     bool c_hup = false, u_hup = false;    // epoll reported the peer's FIN (or an error)
-    bool bound = false;                   // counted on host (slot, tag)
-    bool fd_wait = false;                 // connecting: the timer is a wait for a free descriptor
-    uint8_t attempts = 0;
-    uint16_t listener = 0;
-    uint32_t host_slot = 0, host_tag = 0, host_weight = 0;
-    uint32_t idle_ms = 0;
-    uint64_t connect_start_ns = 0;
-    uint64_t fd_wait_until_ms = 0;  // see wait_for_fd (relay_common.hpp)
-    uint32_t tried[kMaxTries] = {};
-    uint8_t key_len = 0;
-    char key[kMaxKey + 1] = {};  // the client IP as text (nginx's $remote_addr), or the frame key
     Pipe c2u, u2c;
-    // For the access log: who, to where, how much, how long, how it ended.
-    core::SockAddr peer;
-    core::SockAddr host_addr;
-    uint64_t start_ms = 0;
-    uint64_t bytes_up = 0, bytes_down = 0;
-    const char* end = "closed";
+    uint64_t bytes_up = 0, bytes_down = 0;  // for the access log
   };
 
   uint64_t data_of(const Session& s, uint64_t kind) const noexcept {
@@ -192,8 +214,6 @@ class TcpRelay {
   void reject(Session& s, FrameError e) noexcept;
   void connect_next(Session& s) noexcept;
   void on_connected(Session& s, bool readable) noexcept;
-  void on_connect_failed(Session& s, int err) noexcept;
-  void unbind(Session& s) noexcept;
   void drive(Session& s) noexcept;
   bool pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p, int dst, bool& dst_out, bool& dst_shut,
             bool dst_done, Session& s) noexcept;

@@ -90,7 +90,6 @@ class UringRelay {
  private:
   static constexpr uint32_t kNone = ~0u;
   static constexpr uint16_t kNoBuf = 0xffff;
-  static constexpr uint32_t kMaxTries = 16;
 
   enum Op : uint8_t {
     kRecvClient = uring_op::kRelayFirst,
@@ -129,33 +128,17 @@ class UringRelay {
     bool burst = false;       // the last read filled a whole buffer or pipe
   };
 
-  struct Session : net::TimerNode {
+  struct Session : net::TimerNode, StreamRoute {
     int cfd = -1;
     int ufd = -1;
     uint32_t gen = 0;
     uint32_t next_free = kNone;
     State state = State::free;
     uint8_t c_ops = 0, u_ops = 0, t_ops = 0;  // completions owed on the client fd, the upstream fd, timeouts
-    bool bound = false;
-    bool fd_wait = false;  // connecting: the timer is a wait for a free descriptor
-    uint8_t attempts = 0;
-    uint16_t listener = 0;
-    uint32_t host_slot = 0, host_tag = 0, host_weight = 0;
-    uint32_t idle_ms = 0;
-    uint64_t connect_start_ns = 0;
-    uint64_t fd_wait_until_ms = 0;  // see wait_for_fd (relay_common.hpp)
     __kernel_timespec connect_ts{};
     sockaddr_in6 addr{};  // the connect target (read by the kernel at submission)
     uint32_t addr_len = 0;
-    uint32_t tried[kMaxTries] = {};
-    uint8_t key_len = 0;
-    char key[kMaxKey + 1] = {};
-    Dir c2u, u2c;
-    // For the access log: who, to where, since when, how it ended (bytes: Dir::moved).
-    core::SockAddr peer;
-    core::SockAddr host_addr;
-    uint64_t start_ms = 0;
-    const char* end = "closed";
+    Dir c2u, u2c;  // the access log's byte counts are Dir::moved
   };
 
   uint32_t index_of(const Session& s) const noexcept { return static_cast<uint32_t>(&s - sessions_.data()); }
@@ -163,7 +146,6 @@ class UringRelay {
 
   Session* new_session() noexcept;
   void fetch_peer(Session& s, int fd, bool want_key) noexcept;
-  bool upstream_uses_key(int ui) const noexcept;
   bool logging(const ListenerRuntime& l) const noexcept {
     return env_.access_log && env_.access_log->enabled() && l.log_file >= 0;
   }
@@ -171,8 +153,6 @@ class UringRelay {
   void reject(Session& s, FrameError e) noexcept;
   void connect_next(Session& s) noexcept;
   void on_connect(Session& s, int32_t res) noexcept;
-  void on_connect_failed(Session& s, int err) noexcept;
-  void unbind(Session& s) noexcept;
   void on_recv(Session& s, bool client, int32_t res, uint32_t flags) noexcept;
   void on_send(Session& s, bool client_to_upstream, int32_t res) noexcept;
   void arm_recv(Session& s, bool client) noexcept;
