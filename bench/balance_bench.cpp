@@ -48,8 +48,9 @@ void BM_pick(benchmark::State& state, shm::Method m) {
   for (size_t i = 0; i < load.size(); ++i) load[i] = (i * 7919) % 13;
   size_t k = 0;
   for (auto _ : state) {
-    int h = f.b.pick(f.snap, u, f.keys[k++ & 1023], [](uint32_t) noexcept { return true; },
-                     [&](uint32_t i) noexcept { return load[i]; });
+    int h = f.b.pick(
+        f.snap, u, f.keys[k++ & 1023], [](uint32_t) noexcept { return true; },
+        [&](uint32_t i) noexcept { return load[i]; });
     benchmark::DoNotOptimize(h);
   }
 }
@@ -59,8 +60,7 @@ void BM_rebuild(benchmark::State& state, shm::Method m) {
   for (auto _ : state) f.b.rebuild(f.snap);
 }
 
-#define GW_PICK(name, method) \
-  BENCHMARK_CAPTURE(BM_pick, name, shm::Method::method)->Arg(10)->Arg(100)->Arg(1000)
+#define GW_PICK(name, method) BENCHMARK_CAPTURE(BM_pick, name, shm::Method::method)->Arg(10)->Arg(100)->Arg(1000)
 GW_PICK(round_robin, round_robin);
 GW_PICK(chash, chash);
 GW_PICK(hash, hash);

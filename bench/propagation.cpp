@@ -13,8 +13,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -119,12 +119,14 @@ int main(int argc, char** argv) {
   std::sort(samples.begin(), samples.end());
   auto pct = [&](double q) { return samples[std::min(samples.size() - 1, static_cast<size_t>(q * samples.size()))]; };
   if (json)
-    fmt::print("{{\"rounds\": {}, \"workers\": {}, \"samples\": {}, \"median_us\": {:.1f}, \"p90_us\": {:.1f}, "
-               "\"p99_us\": {:.1f}, \"max_us\": {:.1f}, \"connections\": {}}}\n",
-               rounds, workers, samples.size(), pct(0.5), pct(0.9), pct(0.99), samples.back(), conns.load());
+    fmt::print(
+        "{{\"rounds\": {}, \"workers\": {}, \"samples\": {}, \"median_us\": {:.1f}, \"p90_us\": {:.1f}, "
+        "\"p99_us\": {:.1f}, \"max_us\": {:.1f}, \"connections\": {}}}\n",
+        rounds, workers, samples.size(), pct(0.5), pct(0.9), pct(0.99), samples.back(), conns.load());
   else
-    fmt::print("propagation over {} rounds x {} workers: median {:.1f} us, p90 {:.1f} us, p99 {:.1f} us, max {:.1f} us "
-               "({} client connections)\n",
-               rounds, workers, pct(0.5), pct(0.9), pct(0.99), samples.back(), conns.load());
+    fmt::print(
+        "propagation over {} rounds x {} workers: median {:.1f} us, p90 {:.1f} us, p99 {:.1f} us, max {:.1f} us "
+        "({} client connections)\n",
+        rounds, workers, pct(0.5), pct(0.9), pct(0.99), samples.back(), conns.load());
   return 0;
 }

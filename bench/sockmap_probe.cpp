@@ -187,8 +187,8 @@ int main(int argc, char** argv) {
     else if (opt == "--backend") backend_port = v;
     else if (opt == "--workers") workers = v;
   }
-  if (listen_port <= 0 || listen_port > 65535 || backend_port <= 0 || backend_port > 65535 ||
-      workers < 1 || workers > 64) {
+  if (listen_port <= 0 || listen_port > 65535 || backend_port <= 0 || backend_port > 65535 || workers < 1 ||
+      workers > 64) {
     std::fprintf(stderr, "usage: gw-sockmap-probe --listen PORT --backend PORT [--workers N]\n");
     return 2;
   }

@@ -82,7 +82,8 @@ size_t relay(Method m, int in, int out, char* buf, int pipefd[2]) {
       if (n <= 0) break;
       ssize_t left = n;
       while (left > 0) {
-        ssize_t w = ::splice(pipefd[0], nullptr, out, nullptr, static_cast<size_t>(left), SPLICE_F_MOVE | SPLICE_F_MORE);
+        ssize_t w =
+            ::splice(pipefd[0], nullptr, out, nullptr, static_cast<size_t>(left), SPLICE_F_MOVE | SPLICE_F_MORE);
         if (w <= 0) return total;
         left -= w;
       }
@@ -201,7 +202,9 @@ int main(int argc, char** argv) {
   for (Method m : methods) std::printf(" %22s", name(m));
   std::printf("\n");
   for (size_t size : sizes) {
-    std::printf("%-10s", (size >= (1u << 20) ? std::to_string(size >> 20) + " MiB" : std::to_string(size >> 10) + " KiB").c_str());
+    std::printf(
+        "%-10s",
+        (size >= (1u << 20) ? std::to_string(size >> 20) + " MiB" : std::to_string(size >> 10) + " KiB").c_str());
     for (Method m : methods) {
       Cell c = run(m, size, budget, body);
       std::printf(" %10.3f / %9.0f", c.cpu_ms_per_mib, c.mib_per_s);

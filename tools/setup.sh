@@ -20,6 +20,8 @@ pkgs=(
   prometheus chromium
   # test_slow_clients: slowloris and slow-read clients
   slowhttptest
+  # the format test (tools/format.sh --check against .clang-format)
+  clang-format
   # test_blackhole: nft drops a backend's packets inside the test's own network
   # namespace (unshare, from util-linux, is always installed)
   nftables

@@ -7,10 +7,10 @@
 #include <cstring>
 
 #include "config/json_util.hpp"
-#include "gw/api/hash.hpp"
-#include "gw/config/api.hpp"
 #include "gw/admin/prom.hpp"
 #include "gw/admin/status.hpp"
+#include "gw/api/hash.hpp"
+#include "gw/config/api.hpp"
 #include "gw/core/log.hpp"
 #include "gw/http/parser.hpp"
 #include "gw/shm/ops.hpp"
@@ -32,7 +32,9 @@ bool constant_time_equal(std::string_view given, std::string_view secret) noexce
 
 namespace {
 
-bool is_read(std::string_view m) { return m == "GET" || m == "HEAD"; }
+bool is_read(std::string_view m) {
+  return m == "GET" || m == "HEAD";
+}
 
 // Decodes %XX; refuses bad escapes, NUL and '/' (a name never holds them).
 bool decode_segment(std::string_view in, std::string& out) {
@@ -101,8 +103,10 @@ RouteMatch route_request(std::string_view method, std::string_view path) {
     else if (n == 4 && lit(2, "pools")) m.endpoint = Endpoint::pool, allow = "GET, HEAD, PUT, DELETE";
     else if (n == 5 && lit(2, "pools") && lit(4, "hosts")) m.endpoint = Endpoint::hosts, allow = "GET, HEAD, POST";
     else if (n == 6 && lit(2, "pools") && lit(4, "hosts")) m.endpoint = Endpoint::host, allow = "GET, HEAD, DELETE";
-    else if (n == 7 && lit(2, "pools") && lit(4, "hosts") && lit(6, "down")) m.endpoint = Endpoint::host_down, allow = "POST";
-    else if (n == 7 && lit(2, "pools") && lit(4, "hosts") && lit(6, "up")) m.endpoint = Endpoint::host_up, allow = "POST";
+    else if (n == 7 && lit(2, "pools") && lit(4, "hosts") && lit(6, "down"))
+      m.endpoint = Endpoint::host_down, allow = "POST";
+    else if (n == 7 && lit(2, "pools") && lit(4, "hosts") && lit(6, "up"))
+      m.endpoint = Endpoint::host_up, allow = "POST";
   } else if (lit(0, "consumers") && n <= 2) {
     if (n == 2) param(1, 0);
     if (n == 1) m.endpoint = Endpoint::consumers, allow = "GET, HEAD, POST";
@@ -158,7 +162,8 @@ std::string join_errors(const std::vector<std::string>& errors) {
 std::string parse_object(simdjson::dom::parser& parser, std::string_view json, element& root) {
   if (json.empty()) return "body: expected a JSON object, got an empty body";
   simdjson::padded_string padded(json);
-  if (auto err = parser.parse(padded).get(root)) return fmt::format("body: invalid JSON: {}", simdjson::error_message(err));
+  if (auto err = parser.parse(padded).get(root))
+    return fmt::format("body: invalid JSON: {}", simdjson::error_message(err));
   if (!root.is_object()) return "body: expected a JSON object, got " + config::describe(root);
   return "";
 }
@@ -318,7 +323,8 @@ Response Api::handle(const Request& r) {
     if (m.endpoint == Endpoint::not_found) return error_response(404, fmt::format("no such endpoint: {}", path));
     if (m.bad_path) return error_response(400, "a path segment is not a valid name (bad %-escape, NUL or /)");
     if (!m.method_allowed) {
-      Response e = error_response(405, fmt::format("method {} is not allowed on {} (allowed: {})", r.method, path, m.allow));
+      Response e =
+          error_response(405, fmt::format("method {} is not allowed on {} (allowed: {})", r.method, path, m.allow));
       e.allow = m.allow;
       return e;
     }
@@ -388,7 +394,8 @@ Response Api::read(const RouteMatch& m, std::string_view query) {
     case Endpoint::upstreams: {
       const auto& t = table();
       std::string j = "{\"upstreams\": [";
-      for (size_t u = 0; u < t.upstreams().size(); ++u) j += (u ? ", " : "") + upstream_json(seg_, t, static_cast<int>(u));
+      for (size_t u = 0; u < t.upstreams().size(); ++u)
+        j += (u ? ", " : "") + upstream_json(seg_, t, static_cast<int>(u));
       return json_response(200, j + "]}");
     }
     case Endpoint::upstream: {

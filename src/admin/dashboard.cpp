@@ -259,6 +259,8 @@ poll();
 
 }  // namespace
 
-std::string_view dashboard_html() noexcept { return kPage; }
+std::string_view dashboard_html() noexcept {
+  return kPage;
+}
 
 }  // namespace gw::admin

@@ -8,9 +8,9 @@
 #include <vector>
 
 #include "gw/admin/status.hpp"
+#include "gw/api/limit_table.hpp"
 #include "gw/proxy/framer.hpp"
 #include "gw/proxy/http_proxy.hpp"
-#include "gw/api/limit_table.hpp"
 #include "gw/shm/cluster.hpp"
 #include "gw/shm/limits.hpp"
 #include "gw/shm/runtime.hpp"
@@ -163,7 +163,8 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
   };
   std::vector<WorkerSnap> workers;
   for (uint32_t i = 0; i < shm::kMaxWorkers; ++i)
-    if (seg.worker(i).pid.load(std::memory_order_acquire) > 0) workers.push_back({std::to_string(i), &seg.worker(i), i});
+    if (seg.worker(i).pid.load(std::memory_order_acquire) > 0)
+      workers.push_back({std::to_string(i), &seg.worker(i), i});
   auto worker_family = [&](const char* name, const char* type, const char* help, auto get) {
     w.family(name, type, help);
     for (const auto& ws : workers) w.sample(name, {{"worker", ws.slot}}, get(*ws.w));
@@ -259,7 +260,8 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
     w.sample("gw_listener_active", {{"listener", l.name}, {"protocol", l.protocol}}, l.tot.active);
   w.family("gw_listener_rejected_total", "counter",
            "Connections the listener refused or closed unserved, by reason: the frame reasons (frame listeners), "
-           "no_host (no pool had a usable host), no_slot (the worker's connection slots were all in use), limit_conn (the client address was over the "
+           "no_host (no pool had a usable host), no_slot (the worker's connection slots were all in use), limit_conn "
+           "(the client address was over the "
            "listener's limit_conn max).");
   for (const auto& l : listeners) {
     if (l.kind == config::Protocol::frame)
@@ -280,7 +282,8 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
   w.family("gw_listener_http_requests_total", "counter", "HTTP request heads parsed on the listener.");
   for (const auto& l : listeners)
     if (l.kind == config::Protocol::http)
-      w.sample("gw_listener_http_requests_total", {{"listener", l.name}, {"protocol", l.protocol}}, l.tot.http_requests);
+      w.sample("gw_listener_http_requests_total", {{"listener", l.name}, {"protocol", l.protocol}},
+               l.tot.http_requests);
   w.family("gw_listener_http_errors_total", "counter",
            "HTTP answers the gateway made itself (400, 404, 408, 502, 503, 504, ...), by status code; "
            "code \"other\" counts codes not listed.");

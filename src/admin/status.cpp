@@ -100,8 +100,7 @@ std::string cluster_line(const ClusterView& v) {
     case shm::kClusterDisconnected:
       return fmt::format("cluster: etcd DISCONNECTED since {}, reconnecting; serving the table of revision {}{}",
                          iso_time(v.since_ms), v.revision, err);
-    default:
-      return fmt::format("cluster: etcd connecting ({}) since {}{}", v.text.endpoint, iso_time(v.since_ms), err);
+    default: return fmt::format("cluster: etcd connecting ({}) since {}{}", v.text.endpoint, iso_time(v.since_ms), err);
   }
 }
 
@@ -160,8 +159,8 @@ std::string rule_json(const shm::Segment& seg, const shm::Table& t, int rule) {
 
 std::string route_json(const shm::Segment& seg, const shm::Table& t, int route) {
   const auto& rr = t.routes()[static_cast<size_t>(route)];
-  std::string j = fmt::format("{{\"listener\": \"{}\", \"route\": \"{}\", \"rules\": [", name_of(rr.listener),
-                              name_of(rr.name));
+  std::string j =
+      fmt::format("{{\"listener\": \"{}\", \"route\": \"{}\", \"rules\": [", name_of(rr.listener), name_of(rr.name));
   bool first = true;
   for (size_t k = 0; k < t.rules().size(); ++k) {
     if (t.rules()[k].route != static_cast<uint32_t>(route)) continue;
@@ -219,8 +218,9 @@ std::string status_json(const shm::Segment& seg, const shm::Table& t) {
         w.hash_fallbacks.load(), w.no_host.load(), w.frames_routed.load(), w.host_closed.load(), rejects_json(rejects),
         http, guard);
   }
-  std::string out = fmt::format("{{\"shm\": \"{}\", \"generation\": {}, \"master_pid\": {}, \"cluster\": {}, \"workers\": [",
-                                seg.name(), t.header().generation, master, cluster_json(cluster_view(seg)));
+  std::string out =
+      fmt::format("{{\"shm\": \"{}\", \"generation\": {}, \"master_pid\": {}, \"cluster\": {}, \"workers\": [",
+                  seg.name(), t.header().generation, master, cluster_json(cluster_view(seg)));
   out += workers;
   out += "], \"frame_rejects\": " + rejects_json(reject_totals) + ", \"upstreams\": [";
   for (size_t u = 0; u < t.upstreams().size(); ++u) out += (u ? ", " : "") + upstream_json(seg, t, static_cast<int>(u));
@@ -267,10 +267,11 @@ std::string events_json(const shm::Segment& seg, uint64_t since, uint32_t limit)
     }
     const char* kind = e.kind == static_cast<uint32_t>(shm::EventKind::config)   ? "config"
                        : e.kind == static_cast<uint32_t>(shm::EventKind::health) ? "health"
-                                                                                   : "process";
-    events += fmt::format("{}{{\"seq\": {}, \"time\": \"{}\", \"generation\": {}, \"pid\": {}, \"kind\": \"{}\", "
-                          "\"text\": \"{}\"}}",
-                          n ? ", " : "", cur, iso_time(e.wall_ms), e.generation, e.pid, kind, json_escape(e.text));
+                                                                                 : "process";
+    events += fmt::format(
+        "{}{{\"seq\": {}, \"time\": \"{}\", \"generation\": {}, \"pid\": {}, \"kind\": \"{}\", "
+        "\"text\": \"{}\"}}",
+        n ? ", " : "", cur, iso_time(e.wall_ms), e.generation, e.pid, kind, json_escape(e.text));
     ++n;
   }
   return fmt::format("{{\"head\": {}, \"next\": {}, \"lost\": {}, \"events\": [{}]}}", head, cur, lost, events);

@@ -56,8 +56,7 @@ BasicAuth::Result BasicAuth::verify(std::string_view credentials, BasicCache& ca
   cache.phrase_[password.size()] = '\0';
   const char* out = crypt_rn(cache.phrase_, u->second.c_str(), cache.crypt_.get(), sizeof(crypt_data));
   std::memset(cache.phrase_, 0, password.size());
-  if (!out || std::strlen(out) != u->second.size() ||
-      CRYPTO_memcmp(out, u->second.data(), u->second.size()) != 0)
+  if (!out || std::strlen(out) != u->second.size() || CRYPTO_memcmp(out, u->second.data(), u->second.size()) != 0)
     return Result::bad;
 
   // Remember it: the empty or least recently used way of its set.

@@ -27,8 +27,8 @@ ConnLimiter::ConnLimiter(const config::Config& cfg, const shm::Segment& seg, uin
   ::getrlimit(RLIMIT_NOFILE, &rl);
   n_fds_ = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (1u << 24) ? (1u << 24) : rl.rlim_cur;
   // Untouched pages cost nothing: the array is paid for as descriptors are used.
-  void* p = ::mmap(nullptr, n_fds_ * sizeof(uint32_t), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+  void* p = ::mmap(nullptr, n_fds_ * sizeof(uint32_t), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) {
     n_fds_ = 0;
     throw std::runtime_error("cannot map the limit_conn ticket array");

@@ -4,8 +4,8 @@
 
 #include <cstring>
 
-#include "gw/core/base64.hpp"
 #include "gw/api/hash.hpp"
+#include "gw/core/base64.hpp"
 #include "gw/core/clock.hpp"
 
 namespace gw::api {
@@ -73,15 +73,9 @@ std::string_view credential(const config::AuthConf& a, const GuardRequest& rq) n
     case config::CredFrom::header:
       if (const http::Field* f = http::find_field(*rq.head, a.from_name)) v = trim(f->value);
       break;
-    case config::CredFrom::query:
-      query_arg(rq.target, a.from_name, v);
-      break;
-    case config::CredFrom::cookie:
-      cookie(*rq.head, a.from_name, v);
-      break;
-    case config::CredFrom::bearer:
-      auth_scheme(*rq.head, "Bearer", v);
-      break;
+    case config::CredFrom::query: query_arg(rq.target, a.from_name, v); break;
+    case config::CredFrom::cookie: cookie(*rq.head, a.from_name, v); break;
+    case config::CredFrom::bearer: auth_scheme(*rq.head, "Bearer", v); break;
   }
   return v;
 }
@@ -148,8 +142,7 @@ Verdict Guard::reject(int status, std::string_view header) noexcept {
 Verdict Guard::authenticate(const RouteGuard& g, const GuardRequest& rq, ConsumerName& consumer) noexcept {
   const config::AuthConf& a = *g.auth;
   switch (a.type) {
-    case config::AuthType::none:
-      return {};
+    case config::AuthType::none: return {};
     case config::AuthType::key: {
       const std::string_view key = credential(a, rq);
       uint8_t digest[shm::kSha256Len];
@@ -168,7 +161,8 @@ Verdict Guard::authenticate(const RouteGuard& g, const GuardRequest& rq, Consume
       if (!auth_scheme(*rq.head, "Basic", b64)) break;
       const ptrdiff_t n = core::base64_decode(b64, creds_, sizeof(creds_));
       if (n <= 0) break;
-      const BasicAuth::Result r = g.basic->verify(std::string_view(creds_, static_cast<size_t>(n)), *basic_cache_, user);
+      const BasicAuth::Result r =
+          g.basic->verify(std::string_view(creds_, static_cast<size_t>(n)), *basic_cache_, user);
       std::memset(creds_, 0, static_cast<size_t>(n));
       if (r == BasicAuth::Result::bad) break;
       if (r == BasicAuth::Result::cached) bump(&shm::GuardCounters::basic_cache_hits);
@@ -223,15 +217,11 @@ Verdict Guard::check(uint32_t listener, uint32_t route, const GuardRequest& rq, 
   if (g.limit) {
     std::string_view key;
     switch (g.limit->key) {
-      case config::LimitReqConf::Key::ip:
-        key = rq.client_ip;
-        break;
+      case config::LimitReqConf::Key::ip: key = rq.client_ip; break;
       case config::LimitReqConf::Key::header:
         if (const http::Field* f = http::find_field(*rq.head, g.limit->header)) key = trim(f->value);
         break;
-      case config::LimitReqConf::Key::consumer:
-        key = consumer.view();
-        break;
+      case config::LimitReqConf::Key::consumer: key = consumer.view(); break;
     }
     if (key.empty()) return {};  // no key: not limited (nginx skips an empty key)
     const ReqDecision d = table_.take(limit_hash(seed_, g.scope, key), g.rate, core::monotonic_ns() / 1000, now_ms);

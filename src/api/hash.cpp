@@ -6,7 +6,9 @@
 
 namespace gw::api {
 
-uint64_t scope_id(std::string_view name) noexcept { return XXH3_64bits(name.data(), name.size()); }
+uint64_t scope_id(std::string_view name) noexcept {
+  return XXH3_64bits(name.data(), name.size());
+}
 
 uint64_t limit_hash(uint64_t seed, uint64_t scope, std::string_view key) noexcept {
   // The scope perturbs the seed: the same key in two scopes hashes apart.
@@ -44,6 +46,8 @@ bool from_hex(std::string_view hex, uint8_t (&out)[shm::kSha256Len]) noexcept {
   return true;
 }
 
-bool equal_ct(const void* a, const void* b, size_t n) noexcept { return CRYPTO_memcmp(a, b, n) == 0; }
+bool equal_ct(const void* a, const void* b, size_t n) noexcept {
+  return CRYPTO_memcmp(a, b, n) == 0;
+}
 
 }  // namespace gw::api

@@ -33,7 +33,9 @@ JwtScratch::JwtScratch() : md_(EVP_MD_CTX_new()) {
   if (!md_ || parser_.allocate(kMaxJwt) != simdjson::SUCCESS) throw std::runtime_error("cannot allocate JWT buffers");
 }
 
-JwtScratch::~JwtScratch() { EVP_MD_CTX_free(md_); }
+JwtScratch::~JwtScratch() {
+  EVP_MD_CTX_free(md_);
+}
 
 JwtVerifier::JwtVerifier(const config::AuthConf& conf) : conf_(conf) {
   if (conf.alg != config::JwtAlg::rs256) return;
@@ -46,7 +48,9 @@ JwtVerifier::JwtVerifier(const config::AuthConf& conf) : conf_(conf) {
   }
 }
 
-JwtVerifier::~JwtVerifier() { EVP_PKEY_free(key_); }
+JwtVerifier::~JwtVerifier() {
+  EVP_PKEY_free(key_);
+}
 
 bool JwtVerifier::check_signature(std::string_view signed_part, const unsigned char* sig, size_t sig_len,
                                   JwtScratch& scratch) const noexcept {
@@ -85,7 +89,8 @@ JwtError JwtVerifier::verify(std::string_view token, int64_t now_s, JwtScratch& 
   {
     simdjson::dom::element root;
     simdjson::dom::object obj;
-    if (s.parser_.parse(s.header_, static_cast<size_t>(hn), false).get(root) || root.get(obj)) return JwtError::bad_header;
+    if (s.parser_.parse(s.header_, static_cast<size_t>(hn), false).get(root) || root.get(obj))
+      return JwtError::bad_header;
     std::string_view alg;
     if (obj["alg"].get(alg)) return JwtError::bad_algorithm;
     if (alg != (conf_.alg == config::JwtAlg::hs256 ? "HS256" : "RS256")) return JwtError::bad_algorithm;
@@ -96,7 +101,8 @@ JwtError JwtVerifier::verify(std::string_view token, int64_t now_s, JwtScratch& 
 
   simdjson::dom::element root;
   simdjson::dom::object claims;
-  if (s.parser_.parse(s.claims_, static_cast<size_t>(cn), false).get(root) || root.get(claims)) return JwtError::bad_claims;
+  if (s.parser_.parse(s.claims_, static_cast<size_t>(cn), false).get(root) || root.get(claims))
+    return JwtError::bad_claims;
   const double now = static_cast<double>(now_s), leeway = conf_.leeway_s;
   simdjson::dom::element v;
   if (claims["exp"].get(v) == simdjson::SUCCESS) {

@@ -19,7 +19,9 @@ constexpr uint64_t kMaxIdleMs = 86400ull * 1000;
 /// CAS retries before a lookup gives up (each failure is another worker's progress).
 constexpr int kMaxRetries = 64;
 
-constexpr uint64_t fp_of(uint64_t key) noexcept { return key >> 24; }
+constexpr uint64_t fp_of(uint64_t key) noexcept {
+  return key >> 24;
+}
 
 // The TAT a state word holds, as an absolute time near now_us.
 uint64_t decode_tat(uint64_t state, uint64_t now_us) noexcept {
@@ -120,7 +122,7 @@ ReqDecision LimitTable::take(uint64_t h, RateParams p, uint64_t now_us, uint64_t
         tat = now_ms > e->used_ms.load(std::memory_order_relaxed) + kMaxIdleMs ? 0 : decode_tat(s, now_us);
       } else if (fp_of(e->key.load(std::memory_order_acquire)) != fp) {
         break;  // the entry went to another key meanwhile: look again
-      }  // else: just claimed (by us or another worker), no state yet: a full bucket
+      }         // else: just claimed (by us or another worker), no state yet: a full bucket
       const GcraStep step = gcra(tat, now_us, p);
       if (!step.allowed) {
         e->used_ms.store(now_ms, std::memory_order_relaxed);
@@ -167,7 +169,9 @@ ConnTicket LimitTable::acquire_conn(uint64_t h, uint32_t max, uint64_t now_ms) n
       e->used_ms.store(now_ms, std::memory_order_relaxed);
     }
     const uint32_t idx = static_cast<uint32_t>(e - entries_);
-    if (held_) held_[idx].store(static_cast<uint16_t>(held_[idx].load(std::memory_order_relaxed) + 1), std::memory_order_relaxed);
+    if (held_)
+      held_[idx].store(static_cast<uint16_t>(held_[idx].load(std::memory_order_relaxed) + 1),
+                       std::memory_order_relaxed);
     return {LimitResult::allowed, idx + 1};
   }
   bump(&shm::GuardCounters::limit_full);
@@ -194,7 +198,9 @@ uint32_t LimitTable::conns(uint64_t h) const noexcept {
   return e ? static_cast<uint32_t>(e->key.load(std::memory_order_acquire) & kConnMask) : 0;
 }
 
-bool LimitTable::contains(uint64_t h) const noexcept { return find(limit_fingerprint(h), set_of(h)) != nullptr; }
+bool LimitTable::contains(uint64_t h) const noexcept {
+  return find(limit_fingerprint(h), set_of(h)) != nullptr;
+}
 
 LimitTable::Stats LimitTable::stats() const noexcept {
   Stats s;

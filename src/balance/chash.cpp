@@ -77,17 +77,19 @@ void for_each_point(std::span<const shm::HostRecord> hosts, std::span<const uint
 /// Sort buffers, shared by the rings a thread builds (a worker rebuilds its
 /// rings one after the other): each grows to the largest ring and stays.
 struct Scratch {
-  std::vector<uint32_t> states;  ///< per candidate: the CRC register after HOST "\0" PORT
-  std::vector<uint32_t> start;   ///< start[b]: points whose hash's top 16 bits are < b (b in 0..65536)
-  std::vector<uint64_t> by_top;  ///< points as hash << 32 | ordinal, grouped by the hash's top 8 bits
+  std::vector<uint32_t> states;      ///< per candidate: the CRC register after HOST "\0" PORT
+  std::vector<uint32_t> start;       ///< start[b]: points whose hash's top 16 bits are < b (b in 0..65536)
+  std::vector<uint64_t> by_top;      ///< points as hash << 32 | ordinal, grouped by the hash's top 8 bits
   std::vector<uint64_t> tmp, group;  ///< one top-8 group, being sorted
-  std::vector<size_t> dups;      ///< where (before dedup) the points dropped as duplicates were
+  std::vector<size_t> dups;          ///< where (before dedup) the points dropped as duplicates were
 };
 thread_local Scratch tl_scratch;
 
 }  // namespace
 
-uint32_t crc32_u32le(uint32_t v, uint32_t crc) noexcept { return crc_step(~crc, v); }
+uint32_t crc32_u32le(uint32_t v, uint32_t crc) noexcept {
+  return crc_step(~crc, v);
+}
 
 uint32_t chash_base(std::string_view server) noexcept {
   // nginx: the port is the run of digits after the last ':'; the host is what

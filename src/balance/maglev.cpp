@@ -5,8 +5,7 @@
 
 namespace gw::balance {
 
-void MaglevTable::build(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> candidates,
-                        uint32_t size) {
+void MaglevTable::build(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> candidates, uint32_t size) {
   hosts_.clear();
   table_.clear();
   struct Entry {

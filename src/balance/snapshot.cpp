@@ -27,8 +27,8 @@ void Snapshot::build(const shm::Table& t) {
     uv.balance_factor = ups[u].balance_factor;
     for (uint32_t p = 0; p < pools.size(); ++p) {
       if (pools[p].upstream != u) continue;
-      PoolView pv{p, static_cast<uint32_t>(hosts_.size()), static_cast<uint32_t>(by_pool[p].size()),
-                  pools[p].priority, static_cast<shm::Method>(pools[p].method)};
+      PoolView pv{p, static_cast<uint32_t>(hosts_.size()), static_cast<uint32_t>(by_pool[p].size()), pools[p].priority,
+                  static_cast<shm::Method>(pools[p].method)};
       hosts_.insert(hosts_.end(), by_pool[p].begin(), by_pool[p].end());
       pools_.push_back(pv);
     }

@@ -22,7 +22,9 @@ using simdjson::dom::element;
 
 namespace {
 
-std::string b64(std::string_view s) { return core::base64_encode(s); }
+std::string b64(std::string_view s) {
+  return core::base64_encode(s);
+}
 
 [[noreturn]] void bad(std::string_view what, std::string_view json) {
   throw EtcdError(fmt::format("etcd answered with unexpected JSON ({}): {:.200}", what, json), false);
@@ -235,10 +237,9 @@ namespace {
 // The watch stays open and does not ask: during an election it simply waits,
 // and the sync process's quorum probe finds a member cut off for good.
 std::string request_text(std::string_view path, const core::SockAddr& to, std::string_view body, bool oneshot) {
-  return fmt::format(
-      "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{}",
-      path, to.to_string(), body.size(), oneshot ? "Connection: close\r\nGrpc-Metadata-Hasleader: true\r\n" : "",
-      body);
+  return fmt::format("POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{}",
+                     path, to.to_string(), body.size(),
+                     oneshot ? "Connection: close\r\nGrpc-Metadata-Hasleader: true\r\n" : "", body);
 }
 
 int remaining_ms(uint64_t deadline) {
@@ -348,7 +349,9 @@ TxnResult Etcd::txn(const std::vector<Compare>& compares, const std::vector<Op>&
   return parse_txn_response(post("/v3/kv/txn", txn_request(compares, success)));
 }
 
-void Etcd::compact(int64_t revision) { post("/v3/kv/compaction", fmt::format("{{\"revision\": \"{}\"}}", revision)); }
+void Etcd::compact(int64_t revision) {
+  post("/v3/kv/compaction", fmt::format("{{\"revision\": \"{}\"}}", revision));
+}
 
 // ---------------------------------------------------------------- WatchStream
 
@@ -390,8 +393,9 @@ void WatchStream::read_available(std::vector<WatchMessage>& out) {
       return;
     }
     int code = 0;
-    throw EtcdError(fmt::format("etcd {}: watch: HTTP {}: {}", url_, reader_->status(), error_message(pending_ + body, code)),
-                    true);
+    throw EtcdError(
+        fmt::format("etcd {}: watch: HTTP {}: {}", url_, reader_->status(), error_message(pending_ + body, code)),
+        true);
   }
   pending_ += body;
   size_t start = 0;

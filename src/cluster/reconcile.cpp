@@ -1,7 +1,7 @@
 #include "gw/cluster/reconcile.hpp"
 
-#include <algorithm>
 #include <fmt/format.h>
+#include <algorithm>
 
 #include <cstring>
 
@@ -101,7 +101,8 @@ bool reconcile(shm::Table& t, const Model& m, std::vector<std::string>& events, 
         if (old && old->addr == hs.addr) {
           x.slot = old->slot;  // the same host: keeps its counters and health
           x.tag = old->tag;
-          if (old->weight != hs.weight) changed.push_back(fmt::format("host_changed {} {} weight={}", path, addr, hs.weight));
+          if (old->weight != hs.weight)
+            changed.push_back(fmt::format("host_changed {} {} weight={}", path, addr, hs.weight));
           if ((old->admin_down != 0) != hs.down)
             changed.push_back(fmt::format("host_{} {} {} (admin: etcd)", hs.down ? "down" : "up", path, addr));
         } else {

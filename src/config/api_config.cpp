@@ -1,8 +1,8 @@
 #include "config/api_config.hpp"
 
 #include <crypt.h>
-#include <openssl/pem.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 
 #include <fmt/format.h>
 
@@ -110,8 +110,7 @@ void parse_allow(Ctx& c, element v, const std::string& kp, std::vector<std::stri
     if (!get_string(c, item, ip, n)) return;
     if (!consumer_name_ok(n))
       c.error(ip, fmt::format("expected a consumer name (1..{} visible characters), got \"{}\"", kMaxConsumerName, n));
-    else
-      allow.push_back(n);
+    else allow.push_back(n);
   });
   if (allow.empty() && !c.has_error_under(kp)) c.error(kp, "expected at least one consumer name");
 }
@@ -130,16 +129,14 @@ void parse_limit_req(Ctx& c, element e, const std::string& path, LimitReqConf& o
       else if (s.rfind("header:", 0) == 0 && token_ok(s.substr(7))) {
         out.key = LimitReqConf::Key::header;
         out.header = s.substr(7);
-      } else
-        c.error(kp, fmt::format("expected \"ip\", \"header:NAME\" or \"consumer\", got \"{}\"", s));
+      } else c.error(kp, fmt::format("expected \"ip\", \"header:NAME\" or \"consumer\", got \"{}\"", s));
     } else if (k == "rate") {
       has_rate = true;
       double r = 0;
       if (v.is_number()) r = v.get_double().value_unsafe();
       if (!v.is_number() || !(r >= 0.001 && r <= 1e6))
         c.error(kp, "expected requests per second, a number 0.001..1000000, got " + describe(v));
-      else
-        out.rate = r;
+      else out.rate = r;
     } else if (k == "burst") {
       get_u32(c, v, kp, 0, 1000000, out.burst);
     } else {
@@ -296,15 +293,15 @@ void parse_consumers(Ctx& c, element e, const std::string& path, std::vector<Con
         if (get_string(c, v, kp, cc.key)) {
           if (!valid_api_key(cc.key))
             c.error(kp, fmt::format("expected a key of 1..{} visible ASCII characters", kMaxApiKey));
-          else
-            has_key = true;
+          else has_key = true;
         }
       } else return false;
       return true;
     });
     if (!has_name && !c.has_error_under(p + ".name")) c.error(p, "missing required key \"name\"");
     if (!has_key && !c.has_error_under(p + ".key")) c.error(p, "missing required key \"key\"");
-    if (has_name && !names.insert(cc.name).second) c.error(p + ".name", fmt::format("duplicate consumer \"{}\"", cc.name));
+    if (has_name && !names.insert(cc.name).second)
+      c.error(p + ".name", fmt::format("duplicate consumer \"{}\"", cc.name));
     if (has_key && !keys.insert(cc.key).second) c.error(p + ".key", "another consumer has the same key");
     out.push_back(std::move(cc));
   });
@@ -319,8 +316,8 @@ void check_guard(Ctx& c, const Config& cfg) {
                 "\"consumer\" needs \"auth\" on the route (the consumer is who auth found)");
     }
   if (cfg.consumers.size() > cfg.shm.caps.max_consumers)
-    c.error("consumers", fmt::format("{} consumers are configured, more than shm.max_consumers {}", cfg.consumers.size(),
-                                     cfg.shm.caps.max_consumers));
+    c.error("consumers", fmt::format("{} consumers are configured, more than shm.max_consumers {}",
+                                     cfg.consumers.size(), cfg.shm.caps.max_consumers));
 }
 
 }  // namespace gw::config

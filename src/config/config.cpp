@@ -7,10 +7,10 @@
 #include <simdjson.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <cctype>
 #include <charconv>
+#include <cstdlib>
+#include <cstring>
 #include <iterator>
 #include <set>
 
@@ -46,7 +46,8 @@ void parse_hosts(Ctx& c, element arr, const std::string& path, PoolConf& pool) {
     });
     if (!has_id && !c.has_error_under(p + ".id")) c.error(p, "missing required key \"id\"");
     if (!has_addr && !c.has_error_under(p + ".address")) c.error(p, "missing required key \"address\"");
-    if (has_id && !ids.insert(h.id).second) c.error(p + ".id", fmt::format("duplicate host id \"{}\" in pool \"{}\"", h.id, pool.id));
+    if (has_id && !ids.insert(h.id).second)
+      c.error(p + ".id", fmt::format("duplicate host id \"{}\" in pool \"{}\"", h.id, pool.id));
     pool.hosts.push_back(std::move(h));
   });
 }
@@ -62,8 +63,10 @@ void parse_pools(Ctx& c, element arr, const std::string& path, UpstreamConf& up)
       if (k == "id") has_id = get_name(c, v, kp, pool.id);
       else if (k == "priority") get_i32(c, v, kp, -1000000, 1000000, pool.priority);
       else if (k == "method") pool.method_set = get_method(c, v, kp, pool.method);
-      else if (k == "hosts") { hosts = v; has_hosts = true; }
-      else return false;
+      else if (k == "hosts") {
+        hosts = v;
+        has_hosts = true;
+      } else return false;
       return true;
     });
     if (!has_id && !c.has_error_under(p + ".id")) c.error(p, "missing required key \"id\"");
@@ -106,8 +109,8 @@ void parse_health(Ctx& c, element e, const std::string& path, shm::HealthCheck& 
         else c.error(kp, fmt::format("expected \"tcp\" or \"http\", got \"{}\"", t));
       }
     } else if (k == "path") {
-      if (get_string(c, v, kp, p) && (p.empty() || p[0] != '/' || p.size() >= sizeof(hc.path) ||
-                                      p.find_first_of(" \r\n\t") != std::string::npos))
+      if (get_string(c, v, kp, p) &&
+          (p.empty() || p[0] != '/' || p.size() >= sizeof(hc.path) || p.find_first_of(" \r\n\t") != std::string::npos))
         c.error(kp, fmt::format("expected a path starting with / (no spaces, under {} bytes), got \"{}\"",
                                 sizeof(hc.path), p));
     } else if (k == "expect_status") {
@@ -155,11 +158,13 @@ void parse_retry(Ctx& c, element e, const std::string& path, UpstreamConf::Retry
         if (t == "error") r.on_error = true;
         else if (t == "timeout") r.on_timeout = true;
         else if (t == "invalid_response") r.on_invalid = true;
-        else if (t == "4xx" || t == "5xx") for (uint32_t st = t[0] == '4' ? 400 : 500; st < (t[0] == '4' ? 500u : 600u); ++st) set(st);
+        else if (t == "4xx" || t == "5xx")
+          for (uint32_t st = t[0] == '4' ? 400 : 500; st < (t[0] == '4' ? 500u : 600u); ++st) set(st);
         else if (ec == std::errc() && end == t.data() + t.size() && code >= 400 && code <= 599) set(code);
         else
           c.error(ip, fmt::format("expected \"error\", \"timeout\", \"invalid_response\", \"4xx\", \"5xx\" or a "
-                                  "status 400..599 as a string, got \"{}\"", t));
+                                  "status 400..599 as a string, got \"{}\"",
+                                  t));
       });
     } else if (key == "tries") get_u32(c, v, kp, 1, 16, r.tries);
     else if (key == "timeout_ms") get_u32(c, v, kp, 0, 86400000, r.timeout_ms);
@@ -190,9 +195,10 @@ void parse_upstreams(Ctx& c, element arr, Config& cfg) {
         if (!v.is_number() || (f != 0 && (f < 1.0 || f > 10.0)))
           c.error(kp, "expected 0 (off) or a number 1.0..10.0, got " + describe(v));
         else up.balance_factor = static_cast<uint32_t>(f * 100 + 0.5);
-      }
-      else if (k == "pools") { pools = v; has_pools = true; }
-      else if (k == "read_timeout_ms") get_u32(c, v, kp, 1, 86400000, up.read_timeout_ms);
+      } else if (k == "pools") {
+        pools = v;
+        has_pools = true;
+      } else if (k == "read_timeout_ms") get_u32(c, v, kp, 1, 86400000, up.read_timeout_ms);
       else if (k == "send_timeout_ms") get_u32(c, v, kp, 1, 86400000, up.send_timeout_ms);
       else if (k == "keepalive") parse_keepalive(c, v, kp, up.keepalive);
       else if (k == "retry") parse_retry(c, v, kp, up.retry);
@@ -200,7 +206,8 @@ void parse_upstreams(Ctx& c, element arr, Config& cfg) {
       return true;
     });
     if (!has_name && !c.has_error_under(p + ".name")) c.error(p, "missing required key \"name\"");
-    if (has_name && !names.insert(up.name).second) c.error(p + ".name", fmt::format("duplicate upstream name \"{}\"", up.name));
+    if (has_name && !names.insert(up.name).second)
+      c.error(p + ".name", fmt::format("duplicate upstream name \"{}\"", up.name));
     if (has_pools) parse_pools(c, pools, p + ".pools", up);
     cfg.upstreams.push_back(std::move(up));
   });
@@ -219,8 +226,7 @@ void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
     if (k == "header_size") get_u32(c, v, kp, 1, proxy::kMaxHeader, s.header_size);
     else if (k == "length_offset") get_u32(c, v, kp, 0, proxy::kMaxHeader - 1, s.length_offset);
     else if (k == "length_size") {
-      if (get_u32(c, v, kp, 1, 4, s.length_size) && s.length_size == 3)
-        c.error(kp, "expected 1, 2 or 4, got 3");
+      if (get_u32(c, v, kp, 1, 4, s.length_size) && s.length_size == 3) c.error(kp, "expected 1, 2 or 4, got 3");
     } else if (k == "byte_order") {
       std::string b;
       if (get_string(c, v, kp, b)) {
@@ -267,7 +273,8 @@ void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
             fmt::format("the length field (offset {}, {} bytes) must lie inside the {}-byte header", s.length_offset,
                         s.length_size, s.header_size));
   if (s.check_types && s.type_offset >= s.header_size)
-    c.error(path + ".type_offset", fmt::format("offset {} is outside the {}-byte header", s.type_offset, s.header_size));
+    c.error(path + ".type_offset",
+            fmt::format("offset {} is outside the {}-byte header", s.type_offset, s.header_size));
   if (s.check_versions && s.version_offset >= s.header_size)
     c.error(path + ".version_offset",
             fmt::format("offset {} is outside the {}-byte header", s.version_offset, s.header_size));
@@ -363,7 +370,8 @@ void parse_routes(Ctx& c, element arr, const std::string& path, ListenerConf& l)
         if (get_string(c, v, kp, r.path) &&
             (r.path.empty() || r.path[0] != '/' || r.path.find_first_of(" \t\r\n?#") != std::string::npos ||
              r.path.size() > 1024))
-          c.error(kp, fmt::format("expected a path prefix starting with / (no spaces, '?' or '#'), got \"{}\"", r.path));
+          c.error(kp,
+                  fmt::format("expected a path prefix starting with / (no spaces, '?' or '#'), got \"{}\"", r.path));
       } else if (k == "hash_key") {
         std::string t, why;
         if (get_string(c, v, kp, t)) {
@@ -373,7 +381,8 @@ void parse_routes(Ctx& c, element arr, const std::string& path, ListenerConf& l)
         }
       } else if (k == "set_host") {
         if (get_string(c, v, kp, r.set_host) &&
-            (r.set_host.empty() || r.set_host.find_first_of(" \t\r\n,") != std::string::npos || r.set_host.size() > 255))
+            (r.set_host.empty() || r.set_host.find_first_of(" \t\r\n,") != std::string::npos ||
+             r.set_host.size() > 255))
           c.error(kp, fmt::format("expected a host[:port] for the Host header, got \"{}\"", r.set_host));
       } else if (k == "rules") {
         rules = v;
@@ -387,7 +396,8 @@ void parse_routes(Ctx& c, element arr, const std::string& path, ListenerConf& l)
     });
     if (!has_name && !c.has_error_under(p + ".name")) c.error(p, "missing required key \"name\"");
     if (!has_up && !c.has_error_under(p + ".upstream")) c.error(p, "missing required key \"upstream\"");
-    if (has_name && !names.insert(r.name).second) c.error(p + ".name", fmt::format("duplicate route name \"{}\"", r.name));
+    if (has_name && !names.insert(r.name).second)
+      c.error(p + ".name", fmt::format("duplicate route name \"{}\"", r.name));
     if (has_rules) {
       std::set<std::string> ids;
       for_each_element(c, rules, p + ".rules", [&](element re, const std::string& rp) {
@@ -496,17 +506,18 @@ void parse_listeners(Ctx& c, element arr, Config& cfg) {
       if (has_http) c.error(p + ".http", "only a listener with \"protocol\": \"http\" takes http settings");
       if (has_routes) c.error(p + ".routes", "only a listener with \"protocol\": \"http\" has routes");
       if (l.hash_key != HashKey::ip && l.hash_key != HashKey::frame)
-        c.error(p + ".hash_key", fmt::format("\"{}\" needs \"protocol\": \"http\"", hash_key_text(l.hash_key, l.hash_key_name)));
+        c.error(p + ".hash_key",
+                fmt::format("\"{}\" needs \"protocol\": \"http\"", hash_key_text(l.hash_key, l.hash_key_name)));
     }
-    if (has_name && !names.insert(l.name).second) c.error(p + ".name", fmt::format("duplicate listener name \"{}\"", l.name));
+    if (has_name && !names.insert(l.name).second)
+      c.error(p + ".name", fmt::format("duplicate listener name \"{}\"", l.name));
     if (l.protocol == Protocol::frame) {
       if (has_frame) parse_frame(c, frame, p + ".frame", l.frame);
       cap_max_body(l.frame.spec);
       if (!has_hash_key) l.hash_key = HashKey::frame;
     } else {
       if (has_frame) c.error(p + ".frame", "only a listener with \"protocol\": \"frame\" takes frame settings");
-      if (l.hash_key == HashKey::frame)
-        c.error(p + ".hash_key", "\"frame\" needs \"protocol\": \"frame\"");
+      if (l.hash_key == HashKey::frame) c.error(p + ".hash_key", "\"frame\" needs \"protocol\": \"frame\"");
     }
     if (l.protocol == Protocol::frame && l.frame.mode == FrameMode::frame && l.hash_key != HashKey::frame)
       c.error(p + ".hash_key", "frame.mode \"frame\" routes each frame by its key; hash_key must be \"frame\"");
@@ -538,11 +549,13 @@ void parse_cluster(Ctx& c, element e, const std::string& path, ClusterConf& cl) 
         c.error(kp, fmt::format("expected 1..16 endpoint URLs, got {}", cl.etcd.size()));
     } else if (k == "prefix") {
       if (get_string(c, v, kp, cl.prefix)) {
-        bool ok = cl.prefix.size() >= 2 && cl.prefix.size() <= 128 && cl.prefix.front() == '/' && cl.prefix.back() == '/';
+        bool ok =
+            cl.prefix.size() >= 2 && cl.prefix.size() <= 128 && cl.prefix.front() == '/' && cl.prefix.back() == '/';
         for (char ch : cl.prefix) ok &= ch > ' ' && ch < 0x7f;
         if (!ok)
           c.error(kp, fmt::format("expected 2..128 printable characters without spaces, starting and ending with "
-                                  "\"/\", got \"{}\"", cl.prefix));
+                                  "\"/\", got \"{}\"",
+                                  cl.prefix));
       }
     } else if (k == "timeout_ms") get_u32(c, v, kp, 10, 60000, cl.timeout_ms);
     else if (k == "reconnect_max_ms") get_u32(c, v, kp, 100, 600000, cl.reconnect_max_ms);
@@ -602,7 +615,8 @@ void cross_check(Ctx& c, Config& cfg) {
   if (cfg.admin.enabled && cfg.admin.listen.family != 0)
     for (size_t i = 0; i < cfg.listeners.size(); ++i)
       if (cfg.listeners[i].listen == cfg.admin.listen)
-        c.error("admin.listen", fmt::format("address {} is already used by listeners[{}]", cfg.admin.listen.to_string(), i));
+        c.error("admin.listen",
+                fmt::format("address {} is already used by listeners[{}]", cfg.admin.listen.to_string(), i));
   size_t routes = 0, rules = 0, cidrs = 0;
   auto upstream_known = [&](const std::string& name) {
     for (const auto& u : cfg.upstreams)
@@ -616,8 +630,10 @@ void cross_check(Ctx& c, Config& cfg) {
       const auto& rc = l.routes[r];
       ++routes;
       // The implicit route of `upstream` was checked above.
-      if (!rc.upstream.empty() && !upstream_known(rc.upstream) && !(rc.name == "default" && l.routes.size() == 1 && rc.upstream == l.upstream))
-        c.error(fmt::format("listeners[{}].routes[{}].upstream", i, r), fmt::format("no upstream named \"{}\"", rc.upstream));
+      if (!rc.upstream.empty() && !upstream_known(rc.upstream) &&
+          !(rc.name == "default" && l.routes.size() == 1 && rc.upstream == l.upstream))
+        c.error(fmt::format("listeners[{}].routes[{}].upstream", i, r),
+                fmt::format("no upstream named \"{}\"", rc.upstream));
       for (size_t k = 0; k < rc.rules.size(); ++k) {
         ++rules;
         cidrs += rc.rules[k].cidrs.size();
@@ -634,13 +650,15 @@ void cross_check(Ctx& c, Config& cfg) {
   }
   const auto& caps = cfg.shm.caps;
   if (cfg.upstreams.size() > caps.max_upstreams)
-    c.error("shm.max_upstreams", fmt::format("{} upstreams are configured, more than max_upstreams {}", cfg.upstreams.size(), caps.max_upstreams));
+    c.error("shm.max_upstreams", fmt::format("{} upstreams are configured, more than max_upstreams {}",
+                                             cfg.upstreams.size(), caps.max_upstreams));
   if (pools > caps.max_pools)
     c.error("shm.max_pools", fmt::format("{} pools are configured, more than max_pools {}", pools, caps.max_pools));
   if (hosts > caps.max_hosts)
     c.error("shm.max_hosts", fmt::format("{} hosts are configured, more than max_hosts {}", hosts, caps.max_hosts));
   if (routes > caps.max_routes)
-    c.error("shm.max_routes", fmt::format("{} routes are configured, more than max_routes {}", routes, caps.max_routes));
+    c.error("shm.max_routes",
+            fmt::format("{} routes are configured, more than max_routes {}", routes, caps.max_routes));
   if (rules > caps.max_rules)
     c.error("shm.max_rules", fmt::format("{} rules are configured, more than max_rules {}", rules, caps.max_rules));
   if (cidrs > caps.max_rule_cidrs)
@@ -672,7 +690,8 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
     if (k == "workers") {
       std::string_view s;
       if (v.get(s) == simdjson::SUCCESS) {
-        if (s != "auto") c.error(kp, fmt::format("expected \"auto\" or an integer 1..{}, got \"{}\"", shm::kMaxWorkers, s));
+        if (s != "auto")
+          c.error(kp, fmt::format("expected \"auto\" or an integer 1..{}, got \"{}\"", shm::kMaxWorkers, s));
       } else {
         uint32_t n = 0;
         if (get_u32(c, v, kp, 1, shm::kMaxWorkers, n, "\"auto\" or an integer")) cfg.workers = static_cast<int>(n);
@@ -705,7 +724,8 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
           if (get_string(c, sv, skp, s)) {
             bool ok = !s.empty() && s.size() <= 200;
             for (char ch : s)
-              ok &= (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-';
+              ok &= (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+                    ch == '_' || ch == '-';
             if (ok) cfg.shm.name = s;
             else c.error(skp, fmt::format("expected 1..200 characters of [A-Za-z0-9._-], got \"{}\"", s));
           }
@@ -721,8 +741,7 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
               cfg.shm.caps.max_limit_keys % shm::kLimitWays != 0)
             c.error(skp, fmt::format("expected a multiple of {} (the table is {}-way set associative), got {}",
                                      shm::kLimitWays, shm::kLimitWays, cfg.shm.caps.max_limit_keys));
-        }
-        else return false;
+        } else return false;
         return true;
       });
     } else if (k == "hooks") {
@@ -853,7 +872,8 @@ bool parse_hash_key(std::string_view text, HashKey& kind, std::string& name, std
     else if (prefix == "cookie") kind = HashKey::cookie;
     else if (prefix == "arg") kind = HashKey::arg;
     else {
-      why = fmt::format("expected \"ip\", \"frame\", \"uri\", \"header:NAME\", \"cookie:NAME\" or \"arg:NAME\", got \"{}\"", text);
+      why = fmt::format(
+          "expected \"ip\", \"frame\", \"uri\", \"header:NAME\", \"cookie:NAME\" or \"arg:NAME\", got \"{}\"", text);
       return false;
     }
     bool ok = !n.empty() && n.size() <= 64;

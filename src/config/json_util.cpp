@@ -4,7 +4,9 @@
 
 namespace gw::config {
 
-void Ctx::error(const std::string& path, const std::string& msg) { errors.push_back(path + ": " + msg); }
+void Ctx::error(const std::string& path, const std::string& msg) {
+  errors.push_back(path + ": " + msg);
+}
 
 bool Ctx::has_error_under(const std::string& path) const {
   for (const auto& e : errors)

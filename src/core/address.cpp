@@ -58,13 +58,22 @@ bool parse_address(std::string_view text, SockAddr& out, std::string& why) {
   std::string_view host, port;
   if (!text.empty() && text.front() == '[') {
     auto close = text.find(']');
-    if (close == std::string_view::npos) { why = "missing ']' after an IPv6 address"; return false; }
+    if (close == std::string_view::npos) {
+      why = "missing ']' after an IPv6 address";
+      return false;
+    }
     host = text.substr(1, close - 1);
-    if (close + 1 >= text.size() || text[close + 1] != ':') { why = "missing port (expected [IPv6]:PORT)"; return false; }
+    if (close + 1 >= text.size() || text[close + 1] != ':') {
+      why = "missing port (expected [IPv6]:PORT)";
+      return false;
+    }
     port = text.substr(close + 2);
   } else {
     auto colon = text.rfind(':');
-    if (colon == std::string_view::npos) { why = "missing port (expected IP:PORT)"; return false; }
+    if (colon == std::string_view::npos) {
+      why = "missing port (expected IP:PORT)";
+      return false;
+    }
     host = text.substr(0, colon);
     port = text.substr(colon + 1);
   }

@@ -68,7 +68,9 @@ std::string_view unpad(std::string_view in) noexcept {
 
 }  // namespace
 
-ptrdiff_t base64url_decode(std::string_view in, char* out, size_t cap) noexcept { return decode(in, out, cap, true); }
+ptrdiff_t base64url_decode(std::string_view in, char* out, size_t cap) noexcept {
+  return decode(in, out, cap, true);
+}
 
 ptrdiff_t base64_decode(std::string_view in, char* out, size_t cap) noexcept {
   if (in.size() % 4 != 0) return -1;
@@ -84,8 +86,12 @@ bool base64_decode(std::string_view in, std::string& out) {
   return n >= 0;
 }
 
-std::string base64_encode(std::string_view in) { return encode(in, kStandard, true); }
+std::string base64_encode(std::string_view in) {
+  return encode(in, kStandard, true);
+}
 
-std::string base64url_encode(std::string_view in) { return encode(in, kUrl, false); }
+std::string base64url_encode(std::string_view in) {
+  return encode(in, kUrl, false);
+}
 
 }  // namespace gw::core

@@ -42,8 +42,12 @@ void log_set_role(std::string_view role) {
   g_role[n] = '\0';
 }
 
-void log_set_level(LogLevel level) { g_level.store(static_cast<int>(level)); }
-LogLevel log_level() { return static_cast<LogLevel>(g_level.load(std::memory_order_relaxed)); }
+void log_set_level(LogLevel level) {
+  g_level.store(static_cast<int>(level));
+}
+LogLevel log_level() {
+  return static_cast<LogLevel>(g_level.load(std::memory_order_relaxed));
+}
 
 void log_open(const std::string& path) {
   if (path.empty()) {
@@ -64,8 +68,8 @@ void log_write(LogLevel level, std::string_view text) noexcept {
   tm t{};
   ::gmtime_r(&tv.tv_sec, &t);
   auto r = fmt::format_to_n(buf, sizeof(buf) - 1, "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z {} {}[{}]: {}",
-                            t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
-                            tv.tv_usec / 1000, level_name(level), g_role, ::getpid(), text);
+                            t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, tv.tv_usec / 1000,
+                            level_name(level), g_role, ::getpid(), text);
   size_t n = std::min(r.size, sizeof(buf) - 1);
   buf[n++] = '\n';
   ssize_t w = ::write(g_fd, buf, n);

@@ -1,8 +1,8 @@
 // gwd: the gateway master. `gwd -c FILE` runs in the foreground (as systemd
 // expects); `gwd -t -c FILE` checks the configuration.
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <exception>

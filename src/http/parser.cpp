@@ -12,8 +12,8 @@ namespace {
 // Character classes (RFC 9110 5.6.2 tchar, 5.5 field-vchar, RFC 3986 host).
 enum : uint8_t {
   kTchar = 1,
-  kValue = 2,     // field value / reason phrase: VCHAR, obs-text, SP, HTAB
-  kTarget = 4,    // request-target: VCHAR, obs-text
+  kValue = 2,   // field value / reason phrase: VCHAR, obs-text, SP, HTAB
+  kTarget = 4,  // request-target: VCHAR, obs-text
   kHex = 8,
   kDigit = 16,
   kHostChar = 32,  // unreserved / sub-delims
@@ -49,9 +49,15 @@ constexpr std::array<uint8_t, 256> make_classes() {
 
 constexpr std::array<uint8_t, 256> kClass = make_classes();
 
-inline bool is(char c, uint8_t cls) noexcept { return (kClass[static_cast<unsigned char>(c)] & cls) != 0; }
-inline bool ows(char c) noexcept { return c == ' ' || c == '\t'; }
-inline char lower(char c) noexcept { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + ('a' - 'A')) : c; }
+inline bool is(char c, uint8_t cls) noexcept {
+  return (kClass[static_cast<unsigned char>(c)] & cls) != 0;
+}
+inline bool ows(char c) noexcept {
+  return c == ' ' || c == '\t';
+}
+inline char lower(char c) noexcept {
+  return c >= 'A' && c <= 'Z' ? static_cast<char>(c + ('a' - 'A')) : c;
+}
 
 inline unsigned hex_value(char c) noexcept {
   if (c >= '0' && c <= '9') return static_cast<unsigned>(c - '0');

@@ -5,7 +5,9 @@
 
 namespace gw::net {
 
-PipePool::PipePool(uint32_t max_pipes) : max_(max_pipes) { free_.reserve(max_pipes); }
+PipePool::PipePool(uint32_t max_pipes) : max_(max_pipes) {
+  free_.reserve(max_pipes);
+}
 
 PipePool::~PipePool() {
   for (PipeFds p : free_) {

@@ -19,7 +19,9 @@ int Epoll::add(int fd, uint32_t events, uint64_t data) noexcept {
   return ::epoll_ctl(fd_.get(), EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : errno;
 }
 
-int Epoll::del(int fd) noexcept { return ::epoll_ctl(fd_.get(), EPOLL_CTL_DEL, fd, nullptr) == 0 ? 0 : errno; }
+int Epoll::del(int fd) noexcept {
+  return ::epoll_ctl(fd_.get(), EPOLL_CTL_DEL, fd, nullptr) == 0 ? 0 : errno;
+}
 
 int Epoll::wait(epoll_event* events, int max, int timeout_ms) noexcept {
   int n = ::epoll_wait(fd_.get(), events, max, timeout_ms);

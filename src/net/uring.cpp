@@ -114,7 +114,9 @@ Ring::Ring(unsigned sq_entries) {
   io_uring_register_ring_fd(&ring_);
 }
 
-Ring::~Ring() { io_uring_queue_exit(&ring_); }
+Ring::~Ring() {
+  io_uring_queue_exit(&ring_);
+}
 
 io_uring_sqe* Ring::sqe() noexcept {
   io_uring_sqe* s = io_uring_get_sqe(&ring_);
@@ -139,7 +141,9 @@ int Ring::submit_and_wait(int timeout_ms) noexcept {
   return io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
 }
 
-int Ring::submit() noexcept { return io_uring_submit(&ring_); }
+int Ring::submit() noexcept {
+  return io_uring_submit(&ring_);
+}
 
 // ---------------------------------------------------------------------------
 // Probe

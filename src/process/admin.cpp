@@ -71,8 +71,8 @@ std::string http_date() {
 struct Conn {
   core::UniqueFd fd;
   enum class State : uint8_t { head, body, linger } state = State::head;
-  std::string in;    // bytes read and not yet consumed
-  std::string out;   // bytes to send, from out_off
+  std::string in;   // bytes read and not yet consumed
+  std::string out;  // bytes to send, from out_off
   size_t out_off = 0;
   uint64_t deadline_ms = 0;
   bool close_after = false;  // close (lingering) once `out` is sent
@@ -109,8 +109,8 @@ class AdminServer {
       int timeout = 1000;
       const uint64_t now0 = core::monotonic_ms();
       for (auto& c : conns_)
-        timeout = static_cast<int>(std::min<uint64_t>(static_cast<uint64_t>(timeout),
-                                                      c->deadline_ms > now0 ? c->deadline_ms - now0 : 0));
+        timeout = static_cast<int>(
+            std::min<uint64_t>(static_cast<uint64_t>(timeout), c->deadline_ms > now0 ? c->deadline_ms - now0 : 0));
       ::poll(pfds.data(), pfds.size(), timeout);
       if (pfds[0].revents) {
         if (drain_child_signals(sfd.get(), cfg_.log_file)) return 0;
@@ -196,7 +196,8 @@ class AdminServer {
   // Sends what it can of `out`; false if the connection was closed.
   bool flush(Conn& c) {
     while (c.pending()) {
-      const ssize_t n = ::send(c.fd.get(), c.out.data() + c.out_off, c.out.size() - c.out_off, MSG_DONTWAIT | MSG_NOSIGNAL);
+      const ssize_t n =
+          ::send(c.fd.get(), c.out.data() + c.out_off, c.out.size() - c.out_off, MSG_DONTWAIT | MSG_NOSIGNAL);
       if (n > 0) {
         c.out_off += static_cast<size_t>(n);
         c.deadline_ms = core::monotonic_ms() + cfg_.admin.timeout_ms;
@@ -228,8 +229,9 @@ class AdminServer {
         const http::ParseStatus st = p.parse(c.in);
         if (st == http::ParseStatus::need_more) return;
         if (st == http::ParseStatus::error) {
-          respond(c, admin::error_response(http::error_status(p.error()),
-                                           fmt::format("bad request: {}", http::error_name(p.error()))),
+          respond(c,
+                  admin::error_response(http::error_status(p.error()),
+                                        fmt::format("bad request: {}", http::error_name(p.error()))),
                   false, true);
           continue;
         }
@@ -243,8 +245,9 @@ class AdminServer {
         c.body.clear();
         if (h.body == http::BodyKind::length && h.content_length > kMaxBody) {
           c.in.clear();
-          respond(c, admin::error_response(413, fmt::format("the body is {} bytes; at most {} are accepted",
-                                                            h.content_length, kMaxBody)),
+          respond(c,
+                  admin::error_response(
+                      413, fmt::format("the body is {} bytes; at most {} are accepted", h.content_length, kMaxBody)),
                   false, true);
           continue;
         }
@@ -272,8 +275,8 @@ class AdminServer {
           used += s.consumed;
           if (s.status == http::BodyStatus::error) {
             c.in.clear();
-            respond(c, admin::error_response(400, fmt::format("bad request body: {}", http::error_name(s.error))), false,
-                    true);
+            respond(c, admin::error_response(400, fmt::format("bad request body: {}", http::error_name(s.error))),
+                    false, true);
             break;
           }
           if (c.body.size() > kMaxBody) {
@@ -300,9 +303,10 @@ class AdminServer {
   void respond(Conn& c, const admin::Response& r, bool keep_alive, bool abort) {
     const bool close = abort || !keep_alive;
     ++c.requests;
-    std::string head = fmt::format("HTTP/1.1 {} {}\r\nDate: {}\r\nServer: gw-admin\r\nContent-Type: {}\r\n"
-                                   "Content-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
-                                   r.status, reason(r.status), http_date(), r.content_type, r.body.size());
+    std::string head = fmt::format(
+        "HTTP/1.1 {} {}\r\nDate: {}\r\nServer: gw-admin\r\nContent-Type: {}\r\n"
+        "Content-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
+        r.status, reason(r.status), http_date(), r.content_type, r.body.size());
     if (!r.allow.empty()) head += fmt::format("Allow: {}\r\n", r.allow);
     if (!r.www_authenticate.empty()) head += fmt::format("WWW-Authenticate: {}\r\n", r.www_authenticate);
     if (close) head += "Connection: close\r\n";

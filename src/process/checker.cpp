@@ -58,7 +58,10 @@ struct Probe {
 class Checker {
  public:
   Checker(const config::Config& cfg, const shm::Segment& seg)
-      : cfg_(cfg), seg_(seg), reader_(seg), table_(std::make_unique<shm::Table>(seg.caps())),
+      : cfg_(cfg),
+        seg_(seg),
+        reader_(seg),
+        table_(std::make_unique<shm::Table>(seg.caps())),
         hosts_(seg.caps().max_hosts) {}
 
   int run() {
@@ -165,7 +168,8 @@ class Checker {
     // "HTTP/1.x NNN"
     const auto& up = table_->upstreams()[p.upstream];
     char cls = p.reply[9];
-    ok = p.reply.compare(0, 5, "HTTP/") == 0 && cls >= '1' && cls <= '5' && (up.check.expect_mask & (1u << (cls - '0')));
+    ok =
+        p.reply.compare(0, 5, "HTTP/") == 0 && cls >= '1' && cls <= '5' && (up.check.expect_mask & (1u << (cls - '0')));
     if (!ok) err = EPROTO;
     last_status_ = p.reply.substr(9, 3);
     return true;

@@ -4,19 +4,19 @@
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
-#include <array>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -43,7 +43,7 @@ namespace gw::process {
 namespace {
 
 bool shm_exists(const std::string& name) {
-  struct stat st{};
+  struct stat st {};
   return ::stat(("/dev/shm/" + name).c_str(), &st) == 0;
 }
 
@@ -206,28 +206,29 @@ shm::Segment prepare_segment(const config::Config& cfg, pid_t upgrade_from) {
     // Left by a gwd of another build (an upgrade with a stop and a start): no
     // gwd runs on it (this one holds the instance lock), and its layout is not
     // this build's. Runtime changes come back from the state file, if any.
-    GW_LOG_WARN("shm \"{}\" was made by another gw build (ABI {}, this one speaks {}) and no gwd runs on it; "
-                "recreating it{}",
-                name, abi, shm::kAbiVersion,
-                cfg.state_file.empty() ? " (no state_file: gwctl changes made since the config are not kept)"
-                                       : fmt::format(" (gwctl changes come back from {})", cfg.state_file));
+    GW_LOG_WARN(
+        "shm \"{}\" was made by another gw build (ABI {}, this one speaks {}) and no gwd runs on it; "
+        "recreating it{}",
+        name, abi, shm::kAbiVersion,
+        cfg.state_file.empty() ? " (no state_file: gwctl changes made since the config are not kept)"
+                               : fmt::format(" (gwctl changes come back from {})", cfg.state_file));
     shm::Segment::unlink(name);
   }
   if (shm_exists(name)) {
     seg = shm::Segment::attach(name);  // throws a clear error for garbage or another ABI
     const pid_t owner = seg.header().master_pid.load();
     if (seg.master_alive() && owner != ::getpid() && !(upgrade_from > 0 && owner == upgrade_from))
-      throw std::runtime_error(fmt::format("another gwd (pid {}) is running with shm \"{}\"; stop it first, or give this "
-                                           "one another shm.name",
-                                           seg.header().master_pid.load(), name));
+      throw std::runtime_error(
+          fmt::format("another gwd (pid {}) is running with shm \"{}\"; stop it first, or give this "
+                      "one another shm.name",
+                      seg.header().master_pid.load(), name));
     seg_table = std::make_unique<shm::Table>(seg.caps());
     const char* refused = nullptr;
     shm::read_published(seg, *seg_table, &refused);
     if (refused) {
       // Not a table any gw writer publishes: start over from the state file
       // and the config, as for a segment of another build.
-      GW_LOG_WARN("shm \"{}\" holds an inconsistent routing table ({}); recreating it", name,
-                  refused);
+      GW_LOG_WARN("shm \"{}\" holds an inconsistent routing table ({}); recreating it", name, refused);
       seg_table.reset();
       seg = shm::Segment();
       shm::Segment::unlink(name);
@@ -264,8 +265,8 @@ shm::Segment prepare_segment(const config::Config& cfg, pid_t upgrade_from) {
   const uint32_t stat_workers = stat_rows_for(cfg.workers);
   bool reuse = seg.valid() && seg.caps() == cfg.shm.caps && seg.stat_workers() >= stat_workers;
   if (upgrade_from > 0 && !reuse)
-    throw std::runtime_error(fmt::format("binary upgrade: the running shm segment \"{}\" {}; a restart is needed",
-                                         name, seg.valid() ? "has other capacities or too few worker rows" : "is missing"));
+    throw std::runtime_error(fmt::format("binary upgrade: the running shm segment \"{}\" {}; a restart is needed", name,
+                                         seg.valid() ? "has other capacities or too few worker rows" : "is missing"));
   if (seg.valid() && !reuse) {
     GW_LOG_INFO("shm \"{}\" has other capacities or fewer worker rows than the config; recreating it", name);
     seg = shm::Segment();
@@ -292,14 +293,16 @@ shm::Segment prepare_segment(const config::Config& cfg, pid_t upgrade_from) {
   }
   if (upgrade_from == 0) {
     api::LimitTable::reset_conns(seg);  // their connections are gone too
-    shm::clear_listener_stats(seg);  // listener rows are by config index: this config's start at 0
+    shm::clear_listener_stats(seg);     // listener rows are by config index: this config's start at 0
   }
   // For `gwctl check`: how many workers should run, and where to connect.
   hdr.workers.store(static_cast<uint32_t>(cfg.workers));
   publish_listeners(hdr, cfg);
   reset_cluster_state(hdr, cfg);
 
-  const char* what = source == Source::segment ? "the shm segment" : source == Source::file ? "the state file" : "the config";
+  const char* what = source == Source::segment ? "the shm segment"
+                     : source == Source::file  ? "the state file"
+                                               : "the config";
   const uint64_t base_gen = std::max(seg_gen, state.generation);
   shm::Writer writer(seg);
   uint64_t gen = writer.commit([&](shm::Table& t, std::vector<std::string>& events) {
@@ -467,9 +470,10 @@ class Master {
     // master's workers do not use.
     rows_ = free_rows();
     if (rows_.size() < static_cast<size_t>(n))
-      throw std::runtime_error(fmt::format("binary upgrade: {} free worker row(s) in the shm segment, {} needed (workers of "
-                                           "an earlier reload still draining?); a restart is needed, or retry later",
-                                           rows_.size(), n));
+      throw std::runtime_error(
+          fmt::format("binary upgrade: {} free worker row(s) in the shm segment, {} needed (workers of "
+                      "an earlier reload still draining?); a restart is needed, or retry later",
+                      rows_.size(), n));
     rows_.resize(static_cast<size_t>(n));
     start_generation();
     notify_parent_ = inherited_.parent > 0;
@@ -648,9 +652,10 @@ class Master {
     if (rows.size() < static_cast<size_t>(next.workers)) {
       // Held by the workers of an earlier reload that are still draining.
       if (!reload_pending_)
-        GW_LOG_WARN("reload deferred: {} worker(s) of an earlier reload are still draining; it runs when they exit "
-                    "(within their worker_shutdown_timeout_ms)",
-                    retiring_.size());
+        GW_LOG_WARN(
+            "reload deferred: {} worker(s) of an earlier reload are still draining; it runs when they exit "
+            "(within their worker_shutdown_timeout_ms)",
+            retiring_.size());
       reload_pending_ = true;
       return;
     }
@@ -763,8 +768,9 @@ class Master {
 
   void start_upgrade() {
     if (stopping_ || upgrade_pid_ > 0 || argv_.empty()) {
-      GW_LOG_WARN("SIGUSR2: binary upgrade {}; ignored",
-                  stopping_ ? "while stopping" : upgrade_pid_ > 0 ? "already in progress" : "without a command line");
+      GW_LOG_WARN("SIGUSR2: binary upgrade {}; ignored", stopping_          ? "while stopping"
+                                                         : upgrade_pid_ > 0 ? "already in progress"
+                                                                            : "without a command line");
       return;
     }
     std::string env = fmt::format("ppid={} lock={}", ::getpid(), lock_fd_);
@@ -904,10 +910,10 @@ class Master {
   // server gets its own, `fd`), respawned when it dies (after 1 s if it died
   // within a second of its start).
   struct Aux {
-    const char* name;   // process name suffix and log role
-    const char* what;   // for log lines
+    const char* name;  // process name suffix and log role
+    const char* what;  // for log lines
     int (*run)(const config::Config&, const shm::Segment&, int fd);
-    int fd = -1;        // a listening socket it keeps (the admin server's), else -1
+    int fd = -1;  // a listening socket it keeps (the admin server's), else -1
     bool wanted = false;
     pid_t pid = 0;
     uint64_t started_ms = 0;
@@ -967,8 +973,7 @@ class Master {
       if (pid <= 0) return;
       if (auto hook = hooks_.find(pid); hook != hooks_.end()) {
         hooks_.erase(hook);
-        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-          GW_LOG_WARN("hook pid {} {}", pid, exit_text(status));
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) GW_LOG_WARN("hook pid {} {}", pid, exit_text(status));
         continue;
       }
       if (pid == upgrade_pid_) {
@@ -1042,7 +1047,10 @@ class Master {
     // workers close theirs, the kernel stops queueing new connections.
     fds_.clear();
     admin_fd_.reset();
-    GW_LOG_INFO("{}: stopping {}", handed_over_ ? "binary upgrade" : graceful ? "SIGTERM" : "SIGINT/SIGQUIT",
+    GW_LOG_INFO("{}: stopping {}",
+                handed_over_ ? "binary upgrade"
+                : graceful   ? "SIGTERM"
+                             : "SIGINT/SIGQUIT",
                 graceful ? "gracefully" : "now");
     for (pid_t p : pids_)
       if (p > 0) ::kill(p, graceful ? SIGTERM : SIGQUIT);
@@ -1057,7 +1065,8 @@ class Master {
     // closed their ends (the master's copies go now).
     log_wr_.clear();
     if (logger_.pid > 0) ::kill(logger_.pid, SIGTERM);
-    kill_deadline_ms_ = now + (graceful ? std::max(cfg_.shutdown_timeout_ms, cfg_.worker_shutdown_timeout_ms) + 2000 : 2000);
+    kill_deadline_ms_ =
+        now + (graceful ? std::max(cfg_.shutdown_timeout_ms, cfg_.worker_shutdown_timeout_ms) + 2000 : 2000);
   }
 
   void log_events() {
@@ -1065,8 +1074,7 @@ class Master {
     // Entries older than the ring are overwritten: never walk more than one
     // ring's worth (a head that jumped, from a buggy or foreign writer, would
     // otherwise keep this loop going for as long as the numbers differ).
-    if (head > event_cursor_ && head - event_cursor_ > shm::kEventCapacity)
-      event_cursor_ = head - shm::kEventCapacity;
+    if (head > event_cursor_ && head - event_cursor_ > shm::kEventCapacity) event_cursor_ = head - shm::kEventCapacity;
     while (event_cursor_ < head) {
       shm::EventData e{};
       auto r = shm::read_event(seg_, event_cursor_, e);
@@ -1075,7 +1083,7 @@ class Master {
       stuck_rounds_ = 0;
       if (r == shm::EventRead::ok) {
         if (e.pid != ::getpid() && e.kind != static_cast<uint32_t>(shm::EventKind::health))
-          GW_LOG_INFO("event: {}", e.text);  // workers and the checker log their own health events
+          GW_LOG_INFO("event: {}", e.text);   // workers and the checker log their own health events
         if (!handed_over_) run_hook(e.text);  // after a binary upgrade, the new master runs them
       }
       ++event_cursor_;
@@ -1144,14 +1152,14 @@ class Master {
   };
   std::map<pid_t, Retiring> retiring_;      // workers of a configuration before a reload, draining
   std::map<pid_t, uint64_t> retiring_aux_;  // helpers of one, stopping → kill deadline
-  std::vector<std::string> argv_;  // gwd's command line, executed on SIGUSR2
-  int lock_fd_;                    // the instance lock (passed on to a new master)
-  Inherited inherited_;            // from the old master, after a binary upgrade
-  bool notify_parent_ = false;     // new master: tell the old one when the workers run
-  pid_t upgrade_pid_ = 0;          // old master: the new master it started
-  bool handed_over_ = false;       // old master: the new one serves; this one stops
-  bool reload_pending_ = false;  // a reload waits for rows that draining workers hold
-  bool retry_reload_ = false;    // ...and one of them just exited
+  std::vector<std::string> argv_;           // gwd's command line, executed on SIGUSR2
+  int lock_fd_;                             // the instance lock (passed on to a new master)
+  Inherited inherited_;                     // from the old master, after a binary upgrade
+  bool notify_parent_ = false;              // new master: tell the old one when the workers run
+  pid_t upgrade_pid_ = 0;                   // old master: the new master it started
+  bool handed_over_ = false;                // old master: the new one serves; this one stops
+  bool reload_pending_ = false;             // a reload waits for rows that draining workers hold
+  bool retry_reload_ = false;               // ...and one of them just exited
   std::vector<std::vector<core::UniqueFd>> fds_;
   std::vector<pid_t> pids_;
   std::vector<uint64_t> started_ms_;
@@ -1170,7 +1178,7 @@ class Master {
             [](const config::Config& c, const shm::Segment& s, int) { return run_sync(c, s); }};
   Aux logger_{"logger", "access logger", nullptr};  // runs run_logger (see spawn_aux)
   Aux admin_{"admin", "admin server", &run_admin};
-  std::vector<core::UniqueFd> log_rd_, log_wr_;     // access-log sockets by worker slot: logger / worker ends
+  std::vector<core::UniqueFd> log_rd_, log_wr_;  // access-log sockets by worker slot: logger / worker ends
 };
 
 }  // namespace
@@ -1190,12 +1198,15 @@ int run_master(const config::Config& cfg, const std::vector<std::string>& argv) 
   core::UniqueFd lock(inherited.parent > 0
                           ? inherited.lock_fd
                           : ::shm_open(("/" + cfg.shm.name + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-  if (!lock) throw std::runtime_error(fmt::format("cannot open the lock /dev/shm/{}.lock: {}", cfg.shm.name, std::strerror(errno)));
+  if (!lock)
+    throw std::runtime_error(
+        fmt::format("cannot open the lock /dev/shm/{}.lock: {}", cfg.shm.name, std::strerror(errno)));
   ::fcntl(lock.get(), F_SETFD, FD_CLOEXEC);
   if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0)
-    throw std::runtime_error(fmt::format("another gwd is running with shm \"{}\" (or the workers of one that was killed "
-                                         "are still draining); stop it first, or give this one another shm.name",
-                                         cfg.shm.name));
+    throw std::runtime_error(
+        fmt::format("another gwd is running with shm \"{}\" (or the workers of one that was killed "
+                    "are still draining); stop it first, or give this one another shm.name",
+                    cfg.shm.name));
   // As nginx's worker_rlimit_nofile: the relay needs two descriptors per connection.
   rlimit rl{};
   if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

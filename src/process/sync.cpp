@@ -25,9 +25,9 @@ namespace {
 
 using cluster::EtcdError;
 
-struct NoChange {};   // thrown out of a writer change that changes nothing: nothing is published
-struct Relist {};     // the watch's start revision was compacted
-struct Stop {};       // a stop signal arrived
+struct NoChange {};  // thrown out of a writer change that changes nothing: nothing is published
+struct Relist {};    // the watch's start revision was compacted
+struct Stop {};      // a stop signal arrived
 
 constexpr uint64_t kProbeIntervalMs = 1000;  // a quorum read on the watched member this often
 constexpr uint64_t kFirstBackoffMs = 100;
@@ -36,8 +36,11 @@ constexpr int kProbeFailures = 3;  // probes failed in a row that end a watch
 class Sync {
  public:
   Sync(const config::Config& cfg, const shm::Segment& seg)
-      : cfg_(cfg), seg_(seg), cl_(seg.header().cluster),
-        etcd_(cfg.cluster.etcd, cfg.cluster.etcd_addrs, cfg.cluster.timeout_ms), prefix_(cfg.cluster.prefix),
+      : cfg_(cfg),
+        seg_(seg),
+        cl_(seg.header().cluster),
+        etcd_(cfg.cluster.etcd, cfg.cluster.etcd_addrs, cfg.cluster.timeout_ms),
+        prefix_(cfg.cluster.prefix),
         end_(cluster::prefix_end(prefix_)) {}
 
   int run() {
@@ -104,7 +107,8 @@ class Sync {
     for (size_t ui = 0; ui < t.upstreams().size(); ++ui) {
       const std::string u(shm::name_of(t.upstreams()[ui].name));
       if (m.upstreams.count(u)) continue;
-      const std::string ukey = cluster::upstream_key(prefix_, u), children = cluster::upstream_children_prefix(prefix_, u);
+      const std::string ukey = cluster::upstream_key(prefix_, u),
+                        children = cluster::upstream_children_prefix(prefix_, u);
       std::vector<cluster::Compare> cmp = {
           {ukey, "", cluster::Compare::Target::create_revision, 0},
           {children, cluster::prefix_end(children), cluster::Compare::Target::create_revision, 0}};
@@ -127,10 +131,9 @@ class Sync {
       try {
         auto res = etcd_.txn(cmp, ops);
         if (res.succeeded)
-          GW_LOG_INFO("seeded etcd with upstream \"{}\" from this node's table ({} key(s), {} host(s)) at revision {}", u,
-                      ops.size(), hosts, res.revision);
-        else
-          GW_LOG_INFO("upstream \"{}\" was seeded in etcd by another node meanwhile", u);
+          GW_LOG_INFO("seeded etcd with upstream \"{}\" from this node's table ({} key(s), {} host(s)) at revision {}",
+                      u, ops.size(), hosts, res.revision);
+        else GW_LOG_INFO("upstream \"{}\" was seeded in etcd by another node meanwhile", u);
       } catch (const EtcdError& e) {
         if (e.unavailable()) throw;
         // e.g. more operations than etcd's --max-txn-ops (default 128)
@@ -226,9 +229,9 @@ class Sync {
       }
       now = core::monotonic_ms();
       if (!created && now >= create_deadline)
-        throw EtcdError(fmt::format("etcd {}: the watch was not confirmed within {} ms", etcd_.url(),
-                                    cfg_.cluster.timeout_ms),
-                        true);
+        throw EtcdError(
+            fmt::format("etcd {}: the watch was not confirmed within {} ms", etcd_.url(), cfg_.cluster.timeout_ms),
+            true);
       if (now >= next_probe) {
         // An election makes a probe or two fail; a member cut off for good
         // fails them all.

@@ -369,18 +369,14 @@ class Worker {
     signalfd_siginfo si{};
     while (::read(sfd, &si, sizeof(si)) == sizeof(si)) {
       switch (si.ssi_signo) {
-        case SIGTERM:
-          begin_drain("SIGTERM", "shutdown_timeout_ms", cfg_.shutdown_timeout_ms);
-          break;
+        case SIGTERM: begin_drain("SIGTERM", "shutdown_timeout_ms", cfg_.shutdown_timeout_ms); break;
         case SIGWINCH:
           // A reload: a new generation of workers serves the listening
           // sockets; this one finishes what it has.
           begin_drain("SIGWINCH (reload)", "worker_shutdown_timeout_ms", cfg_.worker_shutdown_timeout_ms);
           break;
         case SIGINT:
-        case SIGQUIT:
-          close_all();
-          return false;
+        case SIGQUIT: close_all(); return false;
         case SIGUSR1:
           // logrotate: the error log (access logs are the logger's).
           if (!cfg_.log_file.empty()) {
@@ -391,8 +387,7 @@ class Worker {
             }
           }
           break;
-        default:
-          break;  // SIGHUP, SIGUSR2: the master handles them
+        default: break;  // SIGHUP, SIGUSR2: the master handles them
       }
     }
     return true;
@@ -586,8 +581,8 @@ class Worker {
   }
 
   static constexpr int kMaxEvents = 256;
-  static constexpr unsigned kRingEntries = 2048;    // SQEs (CQ: 4x)
-  static constexpr uint32_t kRingBuffers = 256;     // provided receive buffers per worker...
+  static constexpr unsigned kRingEntries = 2048;      // SQEs (CQ: 4x)
+  static constexpr uint32_t kRingBuffers = 256;       // provided receive buffers per worker...
   static constexpr uint32_t kRingBufferSize = 16384;  // ...of this size (4 MiB, touched as used)
 
   const config::Config& cfg_;
@@ -629,7 +624,7 @@ class Worker {
   const char* drain_limit_name_ = "";  // the config key that set the drain limit (for the log)
   uint32_t drain_limit_ms_ = 0;
   bool accept_paused_ = false;
-  uint64_t accept_pauses_ = 0;       // EMFILE/ENFILE/ENOBUFS/ENOMEM pauses, for the log
+  uint64_t accept_pauses_ = 0;  // EMFILE/ENFILE/ENOBUFS/ENOMEM pauses, for the log
   uint64_t last_pause_log_ms_ = 0;
   uint64_t last_full_log_ms_ = 0;
   uint64_t resume_accept_ms_ = 0;
@@ -637,7 +632,9 @@ class Worker {
 
 }  // namespace
 
-void set_access_log_fd(int fd) noexcept { g_access_log_fd = fd; }
+void set_access_log_fd(int fd) noexcept {
+  g_access_log_fd = fd;
+}
 
 int run_worker(const config::Config& cfg, const shm::Segment& seg, uint32_t slot, const std::vector<int>& listen_fds) {
   try {

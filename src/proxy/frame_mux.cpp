@@ -9,10 +9,10 @@
 #include <new>
 
 #include "gw/api/conn_limiter.hpp"
-#include "gw/proxy/access_log.hpp"
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
+#include "gw/proxy/access_log.hpp"
 #include "gw/shm/runtime.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/relay_common.hpp"
@@ -23,8 +23,12 @@ constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 constexpr size_t kLinkBuffer = net::BufferPool::kBufferSize;
 }  // namespace
 
-size_t FrameMux::device_bytes() noexcept { return sizeof(Device); }
-size_t FrameMux::link_block_bytes() noexcept { return sizeof(Link) * kBlockLinks; }
+size_t FrameMux::device_bytes() noexcept {
+  return sizeof(Device);
+}
+size_t FrameMux::link_block_bytes() noexcept {
+  return sizeof(Link) * kBlockLinks;
+}
 
 FrameMux::FrameMux(RelayEnv& env, uint32_t max_devices) : env_(env), link_blocks_(0, sizeof(Link) * kBlockLinks) {
   devices_.reserve(max_devices);  // touched only as it fills
@@ -144,8 +148,7 @@ void FrameMux::on_timer(net::TimerNode& n) noexcept {
   if (!d.used) return;
   const uint64_t now = env_.now_ms;
   const int ui = env_.listeners[d.listener].upstream;
-  const uint32_t connect_ms =
-      ui >= 0 ? env_.snap->upstreams()[static_cast<size_t>(ui)].connect_timeout_ms : 1000;
+  const uint32_t connect_ms = ui >= 0 ? env_.snap->upstreams()[static_cast<size_t>(ui)].connect_timeout_ms : 1000;
   for (int li = 0; li < link_slots(d); ++li) {
     Link& k = *link_at(d, li);
     if (k.fd >= 0 && k.connecting && now >= k.connect_start_ms + connect_ms) {
@@ -238,8 +241,8 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
         }
         Link& k = *link_at(d, d.front_link);
         if (k.connecting || !k.out) return true;  // resumes on the link's event
-        ssize_t n = ::send(k.fd, d.buf + d.head + d.front_sent, d.front_len - d.front_sent,
-                           MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n =
+            ::send(k.fd, d.buf + d.head + d.front_sent, d.front_len - d.front_sent, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
           d.front_sent += static_cast<uint32_t>(n);
           if (DeviceLog* g = log_of(d)) g->bytes_up += static_cast<uint64_t>(n);
@@ -395,8 +398,10 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
     if (li < 0) {
       if (env_.now_ms - last_link_log_ms_ >= 1000) {
         last_link_log_ms_ = env_.now_ms;
-        GW_LOG_WARN("a device connection in mode \"frame\" needs more than {} busy hosts at once (max_links); "
-                    "closing it", max_links(d));
+        GW_LOG_WARN(
+            "a device connection in mode \"frame\" needs more than {} busy hosts at once (max_links); "
+            "closing it",
+            max_links(d));
       }
       close_device(d);
       return -1;

@@ -71,15 +71,19 @@ const char* reason_phrase(int status) noexcept {
 bool idempotent(http::Method m) noexcept {
   // RFC 9110 9.2.2.
   switch (m) {
-    case http::Method::get: case http::Method::head: case http::Method::put: case http::Method::delete_:
-    case http::Method::options: case http::Method::trace:
-      return true;
-    default:
-      return false;
+    case http::Method::get:
+    case http::Method::head:
+    case http::Method::put:
+    case http::Method::delete_:
+    case http::Method::options:
+    case http::Method::trace: return true;
+    default: return false;
   }
 }
 
-bool iequals(std::string_view a, std::string_view b) noexcept { return http::iequals(a, b); }
+bool iequals(std::string_view a, std::string_view b) noexcept {
+  return http::iequals(a, b);
+}
 
 bool iends_with(std::string_view s, std::string_view suffix) noexcept {
   return s.size() >= suffix.size() && iequals(s.substr(s.size() - suffix.size()), suffix);
@@ -254,7 +258,7 @@ void HttpProxy::refresh() {
     for (const auto& uc : cfg_.upstreams)
       if (uc.name == shm::name_of(recs[u].name)) upstreams_[u].conf = &uc;
     const uint32_t tries = upstreams_[u].conf && upstreams_[u].conf->retry.tries ? upstreams_[u].conf->retry.tries
-                                                                                   : snap.upstreams()[u].tries;
+                                                                                 : snap.upstreams()[u].tries;
     upstreams_[u].tries = std::clamp<uint32_t>(tries, 1, kMaxTries);
   }
   // Idle upstream connections to hosts that left the table (or whose slot
@@ -287,7 +291,9 @@ void HttpProxy::release(Buf& b) noexcept {
   b = Buf{};
 }
 
-void HttpProxy::count(HttpOutcome o) noexcept { bump(env_.seg->worker(env_.worker).http_outcomes[static_cast<size_t>(o)]); }
+void HttpProxy::count(HttpOutcome o) noexcept {
+  bump(env_.seg->worker(env_.worker).http_outcomes[static_cast<size_t>(o)]);
+}
 
 HttpProxy::Conn* HttpProxy::new_conn() noexcept {
   if (conn_free_ != kNone) {
@@ -455,8 +461,9 @@ void HttpProxy::release_up(UpConn& u, bool reusable) noexcept {
     shm::counter_close(env_.seg->counter(env_.worker, u.host_slot), u.host_tag);
     u.bound = false;
   }
-  const UpstreamRt* ur =
-      u.upstream >= 0 && static_cast<size_t>(u.upstream) < upstreams_.size() ? &upstreams_[static_cast<size_t>(u.upstream)] : nullptr;
+  const UpstreamRt* ur = u.upstream >= 0 && static_cast<size_t>(u.upstream) < upstreams_.size()
+                             ? &upstreams_[static_cast<size_t>(u.upstream)]
+                             : nullptr;
   const config::UpstreamConf* uc = ur ? ur->conf : nullptr;
   if (!reusable || !uc || draining_ || uc->keepalive.max_idle == 0 || u.requests >= uc->keepalive.max_requests ||
       u.u_hup) {
@@ -536,8 +543,7 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
   const uint64_t now = env_.now_ms;
   const config::HttpConf& hc = listeners_[c.listener].conf->http;
   switch (c.state) {
-    case CState::free:
-      return;
+    case CState::free: return;
     case CState::head:
       if (c.in.size() > 0 && now >= c.started_ms + hc.client_header_timeout_ms) {
         count(HttpOutcome::client_timeout);
@@ -552,15 +558,16 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
       break;
     case CState::busy: {
       UpConn* u = c.up != kNone ? &ups_[c.up] : nullptr;
-      const config::UpstreamConf* uc =
-          c.upstream >= 0 && static_cast<size_t>(c.upstream) < upstreams_.size() ? upstreams_[static_cast<size_t>(c.upstream)].conf : nullptr;
+      const config::UpstreamConf* uc = c.upstream >= 0 && static_cast<size_t>(c.upstream) < upstreams_.size()
+                                           ? upstreams_[static_cast<size_t>(c.upstream)].conf
+                                           : nullptr;
       if (u && uc) {
         const balance::UpstreamView& uv = env_.snap->upstreams()[static_cast<size_t>(c.upstream)];
-        const bool timed_out =
-            (u->state == UState::connecting && now >= c.u_write_ms + uv.connect_timeout_ms) ||
-            (u->state == UState::busy && !c.resp_done && now >= std::max(c.u_read_ms, c.u_write_ms) + uc->read_timeout_ms) ||
-            (u->state == UState::busy && !u->u_out && now >= c.u_write_ms + uc->send_timeout_ms &&
-             (c.rq.size() > 0 || c.sent < c.body_end));
+        const bool timed_out = (u->state == UState::connecting && now >= c.u_write_ms + uv.connect_timeout_ms) ||
+                               (u->state == UState::busy && !c.resp_done &&
+                                now >= std::max(c.u_read_ms, c.u_write_ms) + uc->read_timeout_ms) ||
+                               (u->state == UState::busy && !u->u_out && now >= c.u_write_ms + uc->send_timeout_ms &&
+                                (c.rq.size() > 0 || c.sent < c.body_end));
         if (timed_out) {
           if (c.resp_started) {
             close_conn(c);  // mid-response: nothing to answer with
@@ -585,7 +592,8 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
       break;
     }
     case CState::tunnel: {
-      const uint32_t idle = c.upstream >= 0 ? env_.snap->upstreams()[static_cast<size_t>(c.upstream)].idle_timeout_ms : 60000;
+      const uint32_t idle =
+          c.upstream >= 0 ? env_.snap->upstreams()[static_cast<size_t>(c.upstream)].idle_timeout_ms : 60000;
       if (now >= std::max({c.c_read_ms, c.c_write_ms, c.u_read_ms, c.u_write_ms}) + idle) {
         close_conn(c);
         return;
@@ -608,16 +616,18 @@ void HttpProxy::arm(Conn& c) noexcept {
   uint64_t d = ~0ull;
   auto at = [&d](uint64_t t) { d = std::min(d, t); };
   switch (c.state) {
-    case CState::free:
-      return;
+    case CState::free: return;
     case CState::head:
       if (c.in.size() > 0) at(c.started_ms + hc.client_header_timeout_ms);
-      else at(c.c_read_ms + (draining_ ? std::min<uint64_t>(hc.keepalive_timeout_ms, kDrainIdleMs) : hc.keepalive_timeout_ms));
+      else
+        at(c.c_read_ms +
+           (draining_ ? std::min<uint64_t>(hc.keepalive_timeout_ms, kDrainIdleMs) : hc.keepalive_timeout_ms));
       break;
     case CState::busy: {
       const UpConn* u = c.up != kNone ? &ups_[c.up] : nullptr;
-      const config::UpstreamConf* uc =
-          c.upstream >= 0 && static_cast<size_t>(c.upstream) < upstreams_.size() ? upstreams_[static_cast<size_t>(c.upstream)].conf : nullptr;
+      const config::UpstreamConf* uc = c.upstream >= 0 && static_cast<size_t>(c.upstream) < upstreams_.size()
+                                           ? upstreams_[static_cast<size_t>(c.upstream)].conf
+                                           : nullptr;
       if (u && uc) {
         if (u->state == UState::connecting)
           at(c.u_write_ms + env_.snap->upstreams()[static_cast<size_t>(c.upstream)].connect_timeout_ms);
@@ -630,13 +640,12 @@ void HttpProxy::arm(Conn& c) noexcept {
       break;
     }
     case CState::tunnel: {
-      const uint32_t idle = c.upstream >= 0 ? env_.snap->upstreams()[static_cast<size_t>(c.upstream)].idle_timeout_ms : 60000;
+      const uint32_t idle =
+          c.upstream >= 0 ? env_.snap->upstreams()[static_cast<size_t>(c.upstream)].idle_timeout_ms : 60000;
       at(std::max({c.c_read_ms, c.c_write_ms, c.u_read_ms, c.u_write_ms}) + idle);
       break;
     }
-    case CState::closing:
-      at(c.started_ms + kLingerMs);
-      break;
+    case CState::closing: at(c.started_ms + kLingerMs); break;
   }
   if (d == ~0ull) env_.timers->cancel(c);
   else if (!c.linked() || c.deadline_ms != d) env_.timers->schedule(c, d);
@@ -650,11 +659,8 @@ void HttpProxy::drive(Conn& c) noexcept {
   for (;;) {
     bool progress = false;
     switch (c.state) {
-      case CState::free:
-        return;
-      case CState::head:
-        progress = read_client(c);
-        break;
+      case CState::free: return;
+      case CState::head: progress = read_client(c); break;
       case CState::busy: {
         if (!c.req_body_done && c.c_in) progress |= read_client(c);
         if (c.state != CState::busy || c.gen != gen) break;
@@ -849,7 +855,8 @@ void HttpProxy::pump_request_body(Conn& c) noexcept {
 
 void HttpProxy::parse_request(Conn& c) noexcept {
   const ListenerRt& l = listeners_[c.listener];
-  http::Parser p(http::Parser::Kind::request, std::span<http::Field>(fields_.data(), l.conf->http.max_headers), l.limits);
+  http::Parser p(http::Parser::Kind::request, std::span<http::Field>(fields_.data(), l.conf->http.max_headers),
+                 l.limits);
   const http::ParseStatus st = p.parse(std::string_view(c.in.p + c.in.head, c.in.size()));
   if (st == http::ParseStatus::need_more) return;  // more bytes are needed: read on
   bump(env_.seg->worker(env_.worker).http_requests);
@@ -942,8 +949,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   const config::RouteConf& rc = *route.conf;
   switch (rc.hash_key) {
     case config::HashKey::ip:
-    case config::HashKey::frame:
-      break;
+    case config::HashKey::frame: break;
     case config::HashKey::header:
       if (const http::Field* f = http::find_field(h, rc.hash_key_name)) key = f->value, have_key = true;
       break;
@@ -955,7 +961,8 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
         }
       break;
     case config::HashKey::arg:
-      if (auto q = target.find('?'); q != std::string_view::npos) have_key = find_arg(target.substr(q + 1), rc.hash_key_name, key);
+      if (auto q = target.find('?'); q != std::string_view::npos)
+        have_key = find_arg(target.substr(q + 1), rc.hash_key_name, key);
       break;
     case config::HashKey::uri:
       key = h.target;  // nginx's $request_uri: the target as sent
@@ -971,8 +978,8 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
 
   // The route's guard: auth, then limit_req (gw::api::Guard), before the rules.
   if (env_.guard && env_.guard->active(c.listener, static_cast<uint32_t>(ri) - l.first_route)) {
-    const api::Verdict v = env_.guard->check(c.listener, static_cast<uint32_t>(ri) - l.first_route,
-                                             {&h, target, ip}, c.consumer, env_.now_ms);
+    const api::Verdict v = env_.guard->check(c.listener, static_cast<uint32_t>(ri) - l.first_route, {&h, target, ip},
+                                             c.consumer, env_.now_ms);
     if (v.status) {
       pump_request_body(c);
       respond_error(c, v.status, true, v.headers);
@@ -1028,9 +1035,7 @@ int HttpProxy::match_route(const ListenerRt& l, std::string_view host, std::stri
       case HostKind::suffix:
         if (host.size() > r.host.size() && iends_with(host, r.host)) rank = (2 << 16) + static_cast<int>(r.host.size());
         break;
-      case HostKind::any:
-        rank = 1 << 16;
-        break;
+      case HostKind::any: rank = 1 << 16; break;
     }
     if (rank > best_rank) {
       best_rank = rank;
@@ -1043,7 +1048,7 @@ int HttpProxy::match_route(const ListenerRt& l, std::string_view host, std::stri
   size_t best_len = 0;
   for (uint32_t i = 0; i < l.n_routes; ++i) {
     const RouteRt& r = routes_[l.first_route + i];
-    const int rank = r.host_kind == HostKind::exact ? 3 << 16
+    const int rank = r.host_kind == HostKind::exact    ? 3 << 16
                      : r.host_kind == HostKind::suffix ? (2 << 16) + static_cast<int>(r.host.size())
                                                        : 1 << 16;
     if (rank != best_rank || r.host != best_host) continue;
@@ -1133,17 +1138,14 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
   w.field("X-Real-IP", ip).field("X-Forwarded-Proto", "http");
   if (c.consumer.len) w.field("X-Consumer-Username", c.consumer.view());
   switch (h.body) {
-    case http::BodyKind::length:
-      w.add("Content-Length: ").num(h.content_length).add("\r\n");
-      break;
+    case http::BodyKind::length: w.add("Content-Length: ").num(h.content_length).add("\r\n"); break;
     case http::BodyKind::chunked:
       // The codings as the client sent them (chunked last): the body is
       // forwarded with its framing.
       for (const http::Field& f : h.fields)
         if (f.id == http::FieldId::transfer_encoding) w.field("Transfer-Encoding", f.value);
       break;
-    default:
-      break;
+    default: break;
   }
   const config::UpstreamConf* uc = upstreams_[static_cast<size_t>(c.upstream)].conf;
   if (h.upgrade) {
@@ -1317,7 +1319,7 @@ bool HttpProxy::read_upstream(Conn& c, UpConn& u) noexcept {
   }
   if (c.rs.tail == kBufSize) {
     if (c.rs.head == 0) {
-      if (c.resp_started) return false;  // the client has not taken the buffer yet: back-pressure
+      if (c.resp_started) return false;          // the client has not taken the buffer yet: back-pressure
       upstream_failed(c, kFailInvalid, EPROTO);  // a response head larger than the buffer
       return true;
     }
@@ -1378,7 +1380,8 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     const bool end = head_end_in(c.rs.p, c.rs.head, std::max(c.scan, c.rs.head), c.rs.tail);
     c.scan = c.rs.tail;
     if (!end) return;
-    http::Parser p(http::Parser::Kind::response, std::span<http::Field>(fields_.data(), fields_.size()), kResponseLimits);
+    http::Parser p(http::Parser::Kind::response, std::span<http::Field>(fields_.data(), fields_.size()),
+                   kResponseLimits);
     p.reset(c.method);
     const http::ParseStatus st = p.parse(std::string_view(c.rs.p + c.rs.head, c.rs.size()));
     if (st == http::ParseStatus::need_more) return;
@@ -1410,8 +1413,7 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     metrics::host_response(env_, u.host_slot, u.host_tag, h.status, u.connect_start_ns);
     const UpstreamRt& ur = upstreams_[static_cast<size_t>(c.upstream)];
     if (ur.conf && ur.conf->retry.retries_status(h.status) && c.attempts < ur.tries && c.retryable && c.idempotent &&
-        (!ur.conf->retry.timeout_ms || env_.now_ms - c.first_try_ms < ur.conf->retry.timeout_ms) &&
-        c.out.size() == 0) {
+        (!ur.conf->retry.timeout_ms || env_.now_ms - c.first_try_ms < ur.conf->retry.timeout_ms) && c.out.size() == 0) {
       // A status listed in retry.on: a failure of this host; try another.
       c.last_status = h.status;
       upstream_failed(c, kFailStatus, EPROTO);
@@ -1470,16 +1472,13 @@ bool HttpProxy::build_response_head(Conn& c, const http::Head& h) noexcept {
     w.field("Connection", "upgrade").field("Upgrade", h.upgrade_protocols);
   } else {
     switch (h.body) {
-      case http::BodyKind::length:
-        w.add("Content-Length: ").num(h.content_length).add("\r\n");
-        break;
+      case http::BodyKind::length: w.add("Content-Length: ").num(h.content_length).add("\r\n"); break;
       case http::BodyKind::chunked:
         if (!c.dechunk)
           for (const http::Field& f : h.fields)
             if (f.id == http::FieldId::transfer_encoding) w.field("Transfer-Encoding", f.value);
         break;
-      default:
-        break;
+      default: break;
     }
     if (c.resp_close) w.field("Connection", "close");
     else if (c.http10) w.field("Connection", "keep-alive");
@@ -1670,7 +1669,7 @@ void HttpProxy::respond_error(Conn& c, int status, bool keep_alive, std::string_
   } else {
     c.state = CState::closing;
     c.started_ms = env_.now_ms;  // the linger deadline counts from here
-    c.c_out = true;               // try at once; EAGAIN clears it
+    c.c_out = true;              // try at once; EAGAIN clears it
   }
 }
 

@@ -102,7 +102,8 @@ inline void http_request(RelayEnv& env, uint32_t listener) noexcept {
 
 /// An http listener answered a request itself (an error page) with `status`.
 inline void http_error(RelayEnv& env, uint32_t listener, int status) noexcept {
-  if (shm::ListenerStats* s = detail::listener_row(env, listener)) detail::add(s->http_errors[shm::http_code_index(status)]);
+  if (shm::ListenerStats* s = detail::listener_row(env, listener))
+    detail::add(s->http_errors[shm::http_code_index(status)]);
 }
 
 /// A gray-release rule matched a request. `rule_id` is the rule's id as the

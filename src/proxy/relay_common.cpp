@@ -151,11 +151,17 @@ void count_orphans(RelayEnv& env, uint64_t closed, std::string_view what) noexce
 
 bool peer_error(int err) noexcept {
   switch (err) {
-    case ECONNREFUSED: case ETIMEDOUT: case EHOSTUNREACH: case ENETUNREACH: case ECONNRESET:
-    case ECONNABORTED: case EHOSTDOWN: case ENETDOWN: case EPIPE: case EPROTO:
-      return true;
-    default:
-      return false;
+    case ECONNREFUSED:
+    case ETIMEDOUT:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+    case ECONNRESET:
+    case ECONNABORTED:
+    case EHOSTDOWN:
+    case ENETDOWN:
+    case EPIPE:
+    case EPROTO: return true;
+    default: return false;
   }
 }
 
@@ -184,10 +190,9 @@ void host_event(RelayEnv& env, uint32_t slot, uint32_t tag, bool down, int err) 
         break;
       }
     }
-    std::string text =
-        down ? fmt::format("host_down {} {} (passive: {} failure(s) within {} ms, last: {})", path, address,
-                           max_fails, fail_timeout, std::strerror(err))
-             : fmt::format("host_up {} {} (passive: a connection succeeded)", path, address);
+    std::string text = down ? fmt::format("host_down {} {} (passive: {} failure(s) within {} ms, last: {})", path,
+                                          address, max_fails, fail_timeout, std::strerror(err))
+                            : fmt::format("host_up {} {} (passive: a connection succeeded)", path, address);
     shm::emit_event(*env.seg, shm::EventKind::health, t.header().generation, text);
     GW_LOG_WARN("{}", text);
   } catch (...) {

@@ -34,7 +34,7 @@ bool loopback(const core::SockAddr& a) noexcept {
     if (a.ip[i] != 0) return false;
   return a.ip[15] == 1;
 }
-}
+}  // namespace
 
 TcpRelay::TcpRelay(RelayEnv& env, uint32_t max_sessions) : env_(env) {
   // Reserved, not touched: a slot's memory is paid for when it is first used.
@@ -331,8 +331,8 @@ void TcpRelay::release(const Session& s, Pipe& p) noexcept {
   p = Pipe{};
 }
 
-bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p, int dst, bool& dst_out,
-                    bool& dst_shut, bool dst_done, Session& s) noexcept {
+bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p, int dst, bool& dst_out, bool& dst_shut,
+                    bool dst_done, Session& s) noexcept {
   for (;;) {
     if (p.pending()) {
       if (!dst_out) break;
@@ -368,7 +368,8 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
     if (!p.pipe && p.burst && env_.splice_after && p.moved >= env_.splice_after && !p.buf)
       p.pipe = env_.pipes->acquire();
     if (p.pipe) {
-      ssize_t n = ::splice(src, nullptr, p.pipe.w, nullptr, net::PipePool::kCapacity, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      ssize_t n =
+          ::splice(src, nullptr, p.pipe.w, nullptr, net::PipePool::kCapacity, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n > 0) {
         // No short-read shortcut here: a splice also stops when the pipe's
         // slots are full, with bytes still in the socket.

@@ -1,8 +1,8 @@
 #include "gw/proxy/uring_relay.hpp"
 
 #include <arpa/inet.h>
-#include <netinet/in.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -10,11 +10,11 @@
 #include <cerrno>
 #include <cstring>
 
+#include "gw/api/conn_limiter.hpp"
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
 #include "gw/net/socket.hpp"
 #include "gw/shm/runtime.hpp"
-#include "gw/api/conn_limiter.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/relay_common.hpp"
 
@@ -421,8 +421,7 @@ void UringRelay::finish_dir(Session& s, bool c2u) noexcept {
 
 bool UringRelay::start_splice(Session& s, bool c2u) noexcept {
   Dir& d = c2u ? s.c2u : s.u2c;
-  if (!env_.splice_after || !d.burst || d.moved < env_.splice_after || s.state != State::relay || d.pipe)
-    return false;
+  if (!env_.splice_after || !d.burst || d.moved < env_.splice_after || s.state != State::relay || d.pipe) return false;
   d.pipe = env_.pipes->acquire();
   if (!d.pipe) return false;  // the pool is at its bound: keep copying
   d.piped = 0;

@@ -48,10 +48,11 @@ int find_rule(const Table& t, const std::string& l, const std::string& r, const 
 
 void check_not_clustered(const Segment& seg) {
   if (seg.header().cluster.state.load() != kClusterOff)
-    throw TableError(fmt::format("the gateway on shm \"{}\" takes its pools and hosts from etcd (cluster in its config); "
-                                 "change them with gwctl --etcd URL ...",
-                                 seg.name()),
-                     Kind::refused);
+    throw TableError(
+        fmt::format("the gateway on shm \"{}\" takes its pools and hosts from etcd (cluster in its config); "
+                    "change them with gwctl --etcd URL ...",
+                    seg.name()),
+        Kind::refused);
 }
 
 namespace {
@@ -70,20 +71,27 @@ Result add_host(const Segment& seg, const std::string& u, const std::string& p, 
                 const core::SockAddr& addr, uint32_t weight) {
   check_not_clustered(seg);
   std::string what = fmt::format("add host {}/{}/{} {} weight={}", u, p, id, addr.to_string(), weight);
-  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
-    t.add_host(find_pool(t, u, p), id, addr, weight);
-    ev.push_back(fmt::format("host_added {}/{}/{} {} weight={}", u, p, id, addr.to_string(), weight));
-  }, what);
+  return commit(
+      seg,
+      [&](Table& t, std::vector<std::string>& ev) {
+        t.add_host(find_pool(t, u, p), id, addr, weight);
+        ev.push_back(fmt::format("host_added {}/{}/{} {} weight={}", u, p, id, addr.to_string(), weight));
+      },
+      what);
 }
 
 Result remove_host(const Segment& seg, const std::string& u, const std::string& p, const std::string& id) {
   check_not_clustered(seg);
   std::string what = fmt::format("remove host {}/{}/{}", u, p, id);
-  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
-    int h = find_host(t, u, p, id);
-    ev.push_back(fmt::format("host_removed {}/{}/{} {}", u, p, id, t.hosts()[static_cast<size_t>(h)].addr.to_string()));
-    t.remove_host(h);
-  }, what);
+  return commit(
+      seg,
+      [&](Table& t, std::vector<std::string>& ev) {
+        int h = find_host(t, u, p, id);
+        ev.push_back(
+            fmt::format("host_removed {}/{}/{} {}", u, p, id, t.hosts()[static_cast<size_t>(h)].addr.to_string()));
+        t.remove_host(h);
+      },
+      what);
 }
 
 Result set_host_down(const Segment& seg, const std::string& u, const std::string& p, const std::string& id, bool down,
@@ -103,29 +111,40 @@ Result set_host_down(const Segment& seg, const std::string& u, const std::string
   }
   const char* verb = down ? "down" : "up";
   std::string what = fmt::format("{} host {}/{}/{}", verb, u, p, id);
-  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
-    auto& rec = t.hosts()[static_cast<size_t>(find_host(t, u, p, id))];
-    rec.admin_down = down ? 1 : 0;
-    ev.push_back(fmt::format("host_{} {}/{}/{} {} (admin: {} {})", verb, u, p, id, rec.addr.to_string(), origin, verb));
-  }, what);
+  return commit(
+      seg,
+      [&](Table& t, std::vector<std::string>& ev) {
+        auto& rec = t.hosts()[static_cast<size_t>(find_host(t, u, p, id))];
+        rec.admin_down = down ? 1 : 0;
+        ev.push_back(
+            fmt::format("host_{} {}/{}/{} {} (admin: {} {})", verb, u, p, id, rec.addr.to_string(), origin, verb));
+      },
+      what);
 }
 
 Result add_pool(const Segment& seg, const std::string& u, const std::string& p, int32_t priority, Method method) {
   check_not_clustered(seg);
   std::string what = fmt::format("add pool {}/{} priority={} method={}", u, p, priority, method_name(method));
-  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
-    t.add_pool(find_upstream(t, u), p, priority, method);
-    ev.push_back(fmt::format("pool_changed {}/{} added priority={} method={}", u, p, priority, method_name(method)));
-  }, what);
+  return commit(
+      seg,
+      [&](Table& t, std::vector<std::string>& ev) {
+        t.add_pool(find_upstream(t, u), p, priority, method);
+        ev.push_back(
+            fmt::format("pool_changed {}/{} added priority={} method={}", u, p, priority, method_name(method)));
+      },
+      what);
 }
 
 Result remove_pool(const Segment& seg, const std::string& u, const std::string& p) {
   check_not_clustered(seg);
   std::string what = fmt::format("remove pool {}/{}", u, p);
-  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
-    t.remove_pool(find_pool(t, u, p));
-    ev.push_back(fmt::format("pool_changed {}/{} removed", u, p));
-  }, what);
+  return commit(
+      seg,
+      [&](Table& t, std::vector<std::string>& ev) {
+        t.remove_pool(find_pool(t, u, p));
+        ev.push_back(fmt::format("pool_changed {}/{} removed", u, p));
+      },
+      what);
 }
 
 Result set_pool(const Segment& seg, const std::string& u, const std::string& p, std::optional<int32_t> priority,
@@ -150,43 +169,58 @@ Result set_pool(const Segment& seg, const std::string& u, const std::string& p, 
 Result add_rule(const Segment& seg, const std::string& l, const std::string& r, const RuleSpec& spec) {
   std::string desc = describe_rule(spec);
   std::string what = fmt::format("add rule {}/{}/{} {}", l, r, spec.id, desc);
-  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
-    t.add_rule(find_route(t, l, r), spec);
-    ev.push_back(fmt::format("rule_changed {}/{}/{} added {}", l, r, spec.id, desc));
-  }, what);
+  return commit(
+      seg,
+      [&](Table& t, std::vector<std::string>& ev) {
+        t.add_rule(find_route(t, l, r), spec);
+        ev.push_back(fmt::format("rule_changed {}/{}/{} added {}", l, r, spec.id, desc));
+      },
+      what);
 }
 
 Result set_rule(const Segment& seg, const std::string& l, const std::string& r, const RuleSpec& spec) {
   std::string desc = describe_rule(spec);
   std::string what = fmt::format("set rule {}/{}/{} {}", l, r, spec.id, desc);
-  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
-    t.replace_rule(find_rule(t, l, r, spec.id), spec);
-    ev.push_back(fmt::format("rule_changed {}/{}/{} set {}", l, r, spec.id, desc));
-  }, what);
+  return commit(
+      seg,
+      [&](Table& t, std::vector<std::string>& ev) {
+        t.replace_rule(find_rule(t, l, r, spec.id), spec);
+        ev.push_back(fmt::format("rule_changed {}/{}/{} set {}", l, r, spec.id, desc));
+      },
+      what);
 }
 
 Result remove_rule(const Segment& seg, const std::string& l, const std::string& r, const std::string& id) {
   std::string what = fmt::format("remove rule {}/{}/{}", l, r, id);
-  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
-    t.remove_rule(find_rule(t, l, r, id));
-    ev.push_back(fmt::format("rule_changed {}/{}/{} removed", l, r, id));
-  }, what);
+  return commit(
+      seg,
+      [&](Table& t, std::vector<std::string>& ev) {
+        t.remove_rule(find_rule(t, l, r, id));
+        ev.push_back(fmt::format("rule_changed {}/{}/{} removed", l, r, id));
+      },
+      what);
 }
 
 Result add_consumer(const Segment& seg, const std::string& name, const uint8_t (&key_sha256)[kSha256Len]) {
-  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
-    t.add_consumer(name, key_sha256);
-    ev.push_back(fmt::format("consumer_changed {} added", name));
-  }, fmt::format("add consumer {}", name));
+  return commit(
+      seg,
+      [&](Table& t, std::vector<std::string>& ev) {
+        t.add_consumer(name, key_sha256);
+        ev.push_back(fmt::format("consumer_changed {} added", name));
+      },
+      fmt::format("add consumer {}", name));
 }
 
 Result remove_consumer(const Segment& seg, const std::string& name) {
-  return commit(seg, [&](Table& t, std::vector<std::string>& ev) {
-    const int i = t.find_consumer(name);
-    if (i < 0) throw TableError(fmt::format("unknown consumer \"{}\"", name), TableError::Kind::not_found);
-    t.remove_consumer(i);
-    ev.push_back(fmt::format("consumer_changed {} removed", name));
-  }, fmt::format("remove consumer {}", name));
+  return commit(
+      seg,
+      [&](Table& t, std::vector<std::string>& ev) {
+        const int i = t.find_consumer(name);
+        if (i < 0) throw TableError(fmt::format("unknown consumer \"{}\"", name), TableError::Kind::not_found);
+        t.remove_consumer(i);
+        ev.push_back(fmt::format("consumer_changed {} removed", name));
+      },
+      fmt::format("remove consumer {}", name));
 }
 
 }  // namespace gw::shm::ops

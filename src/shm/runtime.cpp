@@ -5,9 +5,15 @@
 
 namespace gw::shm {
 namespace {
-constexpr uint64_t pack(uint32_t tag, uint32_t n) { return (uint64_t{tag} << 32) | n; }
-constexpr uint32_t tag_of(uint64_t w) { return static_cast<uint32_t>(w >> 32); }
-constexpr uint32_t count_of(uint64_t w) { return static_cast<uint32_t>(w); }
+constexpr uint64_t pack(uint32_t tag, uint32_t n) {
+  return (uint64_t{tag} << 32) | n;
+}
+constexpr uint32_t tag_of(uint64_t w) {
+  return static_cast<uint32_t>(w >> 32);
+}
+constexpr uint32_t count_of(uint64_t w) {
+  return static_cast<uint32_t>(w);
+}
 }  // namespace
 
 uint32_t active_state(const HostRuntime& h, uint32_t tag) noexcept {
@@ -120,7 +126,8 @@ void clear_worker_counters(const Segment& seg, uint32_t worker) noexcept {
     seg.counter(worker, i).active.store(0, std::memory_order_relaxed);
   }
   if (worker < seg.stat_workers())
-    for (uint32_t l = 0; l < kMaxListeners; ++l) seg.listener_stats(worker, l).active.store(0, std::memory_order_relaxed);
+    for (uint32_t l = 0; l < kMaxListeners; ++l)
+      seg.listener_stats(worker, l).active.store(0, std::memory_order_relaxed);
   seg.worker(worker).connections.store(0, std::memory_order_relaxed);
 }
 

@@ -10,8 +10,8 @@
 #include <fmt/format.h>
 
 #include <cerrno>
-#include <cstdio>
 #include <cstddef>
+#include <cstdio>
 #include <cstring>
 #include <new>
 #include <utility>
@@ -23,7 +23,9 @@
 namespace gw::shm {
 namespace {
 
-size_t align64(size_t n) { return (n + 63) & ~size_t{63}; }
+size_t align64(size_t n) {
+  return (n + 63) & ~size_t{63};
+}
 
 }  // namespace
 
@@ -82,8 +84,8 @@ std::string Segment::object_name(const std::string& name) {
   if (name.empty() || name.size() > 200)
     throw SegmentError(fmt::format("shm name \"{}\" must be 1..200 characters", name));
   for (char c : name) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-              c == '_' || c == '-';
+    bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
     if (!ok) throw SegmentError(fmt::format("shm name \"{}\" may contain only letters, digits and . _ -", name));
   }
   return "/" + name;
@@ -118,8 +120,8 @@ Segment Segment::create(const std::string& name, const Caps& caps, uint32_t stat
   // message instead of a SIGBUS when the pages are first touched.
   if (int e = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(size)); e != 0) {
     ::shm_unlink(obj.c_str());
-    throw SegmentError(fmt::format("cannot allocate shm {} of {} bytes: {} (is /dev/shm large enough?)", obj, size,
-                                   std::strerror(e)));
+    throw SegmentError(
+        fmt::format("cannot allocate shm {} of {} bytes: {} (is /dev/shm large enough?)", obj, size, std::strerror(e)));
   }
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (p == MAP_FAILED) {
@@ -169,7 +171,8 @@ Segment Segment::create(const std::string& name, const Caps& caps, uint32_t stat
   // The limit keys' hash seed: unpredictable, so that clients cannot choose
   // keys that collide with another client's bucket.
   if (::getrandom(&h->limit_seed, sizeof(h->limit_seed), 0) != static_cast<ssize_t>(sizeof(h->limit_seed)))
-    h->limit_seed = core::monotonic_ns() ^ (uint64_t{static_cast<uint32_t>(::getpid())} << 32) ^ reinterpret_cast<uintptr_t>(p);
+    h->limit_seed =
+        core::monotonic_ns() ^ (uint64_t{static_cast<uint32_t>(::getpid())} << 32) ^ reinterpret_cast<uintptr_t>(p);
   for (uint32_t w = 0; w < stat_workers; ++w) {
     for (uint32_t i = 0; i < caps.max_hosts; ++i) new (&seg.host_stats(w, i)) HostStats{};
     for (uint32_t i = 0; i < kMaxListeners; ++i) new (&seg.listener_stats(w, i)) ListenerStats{};
@@ -192,11 +195,10 @@ std::string Segment::validate(const void* base, size_t size) {
     return fmt::format("its header is {} bytes, expected {}", h->header_size, sizeof(SegmentHeader));
   if (h->max_workers != kMaxWorkers || h->event_capacity != kEventCapacity)
     return "its worker or event capacity differs from this build";
-  if (h->caps.max_hosts == 0 || h->caps.max_pools == 0 || h->caps.max_upstreams == 0 ||
-      h->caps.max_hosts > 1u << 20 || h->caps.max_pools > 65535 || h->caps.max_upstreams > 65535 ||
-      h->caps.max_routes > 65535 || h->caps.max_rules > 65535 || h->caps.max_rule_cidrs > 1u << 20 ||
-      h->caps.max_consumers > 65535 || h->caps.max_limit_keys == 0 || h->caps.max_limit_keys % kLimitWays != 0 ||
-      h->caps.max_limit_keys > 1u << 24)
+  if (h->caps.max_hosts == 0 || h->caps.max_pools == 0 || h->caps.max_upstreams == 0 || h->caps.max_hosts > 1u << 20 ||
+      h->caps.max_pools > 65535 || h->caps.max_upstreams > 65535 || h->caps.max_routes > 65535 ||
+      h->caps.max_rules > 65535 || h->caps.max_rule_cidrs > 1u << 20 || h->caps.max_consumers > 65535 ||
+      h->caps.max_limit_keys == 0 || h->caps.max_limit_keys % kLimitWays != 0 || h->caps.max_limit_keys > 1u << 24)
     return "its capacities are out of range";
   if (h->stat_workers == 0 || h->stat_workers > kMaxWorkers) return "its stats rows are out of range";
   SegmentHeader expect{};
@@ -218,10 +220,11 @@ Segment Segment::attach(const std::string& name) {
   core::UniqueFd fd(::shm_open(obj.c_str(), O_RDWR | O_CLOEXEC, 0));
   if (!fd) {
     if (errno == ENOENT)
-      throw SegmentError(fmt::format("no running gateway: shm {} does not exist (is gwd running with shm.name \"{}\"? "
-                                     "If it is, its segment was removed while it ran: it goes on serving its last "
-                                     "table, and a restart makes a new segment)",
-                                     obj, name));
+      throw SegmentError(
+          fmt::format("no running gateway: shm {} does not exist (is gwd running with shm.name \"{}\"? "
+                      "If it is, its segment was removed while it ran: it goes on serving its last "
+                      "table, and a restart makes a new segment)",
+                      obj, name));
     throw SegmentError(fmt::format("cannot open shm {}: {}", obj, std::strerror(errno)));
   }
   return attach_fd(fd.get(), name);
@@ -229,9 +232,8 @@ Segment Segment::attach(const std::string& name) {
 
 Segment Segment::attach_fd(int fd, const std::string& name) {
   const std::string obj = "/" + name;
-  struct stat st{};
-  if (::fstat(fd, &st) != 0)
-    throw SegmentError(fmt::format("cannot stat shm {}: {}", obj, std::strerror(errno)));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw SegmentError(fmt::format("cannot stat shm {}: {}", obj, std::strerror(errno)));
   size_t size = static_cast<size_t>(st.st_size);
   if (size == 0) throw SegmentError(fmt::format("shm {} is refused: it is empty, not a gw segment", obj));
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -240,8 +242,7 @@ Segment Segment::attach_fd(int fd, const std::string& name) {
   seg.name_ = name;
   seg.base_ = static_cast<char*>(p);
   seg.size_ = size;
-  if (auto why = validate(p, size); !why.empty())
-    throw SegmentError(fmt::format("shm {} is refused: {}", obj, why));
+  if (auto why = validate(p, size); !why.empty()) throw SegmentError(fmt::format("shm {} is refused: {}", obj, why));
   return seg;
 }
 
@@ -296,8 +297,7 @@ uint64_t read_published(const Segment& seg, Table& out, const char** refused) no
     uint64_t pub = seg.header().published.load(std::memory_order_acquire);
     if (pub == last) {
       if (++same >= kMaxSameRetries)
-        return refuse(out, pub, refused,
-                      "the published slot stays mid-write or holds another generation");
+        return refuse(out, pub, refused, "the published slot stays mid-write or holds another generation");
     } else {
       last = pub;
       same = 0;
@@ -308,8 +308,7 @@ uint64_t read_published(const Segment& seg, Table& out, const char** refused) no
     // TableHeader::generation is the payload's first word (asserted below).
     const uint64_t s = seq.load(std::memory_order_acquire);
     if ((s & 1) ||
-        std::atomic_ref<uint64_t>(*const_cast<uint64_t*>(words)).load(std::memory_order_acquire) !=
-            pub >> 1 ||
+        std::atomic_ref<uint64_t>(*const_cast<uint64_t*>(words)).load(std::memory_order_acquire) != pub >> 1 ||
         seq.load(std::memory_order_relaxed) != s)
       continue;
     if (seq_try_read(seq, words, out.words(), n) && out.header().generation == pub >> 1) {

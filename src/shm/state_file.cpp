@@ -87,18 +87,19 @@ std::string state_to_json(const Table& t) {
   State s = state_from_table(t);
   char ts[40];
   core::format_iso8601(t.header().updated_wall_ms, ts, sizeof(ts));
-  std::string out = fmt::format("{{\"gw_state\": 1, \"generation\": {}, \"updated\": \"{}\", \"upstreams\": [", s.generation, ts);
+  std::string out =
+      fmt::format("{{\"gw_state\": 1, \"generation\": {}, \"updated\": \"{}\", \"upstreams\": [", s.generation, ts);
   for (size_t u = 0; u < s.upstreams.size(); ++u) {
     const auto& su = s.upstreams[u];
     out += fmt::format("{}\n  {{\"name\": \"{}\", \"pools\": [", u ? "," : "", su.name);
     for (size_t p = 0; p < su.pools.size(); ++p) {
       const auto& sp = su.pools[p];
-      out += fmt::format("{}\n    {{\"id\": \"{}\", \"priority\": {}, \"method\": \"{}\", \"hosts\": [", p ? "," : "", sp.id,
-                         sp.priority, method_name(sp.method));
+      out += fmt::format("{}\n    {{\"id\": \"{}\", \"priority\": {}, \"method\": \"{}\", \"hosts\": [", p ? "," : "",
+                         sp.id, sp.priority, method_name(sp.method));
       for (size_t h = 0; h < sp.hosts.size(); ++h) {
         const auto& sh = sp.hosts[h];
-        out += fmt::format("{}\n      {{\"id\": \"{}\", \"address\": \"{}\", \"weight\": {}, \"down\": {}}}", h ? "," : "",
-                           sh.id, sh.addr.to_string(), sh.weight, sh.down ? "true" : "false");
+        out += fmt::format("{}\n      {{\"id\": \"{}\", \"address\": \"{}\", \"weight\": {}, \"down\": {}}}",
+                           h ? "," : "", sh.id, sh.addr.to_string(), sh.weight, sh.down ? "true" : "false");
       }
       out += "]}";
     }
@@ -107,8 +108,10 @@ std::string state_to_json(const Table& t) {
   out += "],\n \"routes\": [";
   for (size_t r = 0; r < s.routes.size(); ++r) {
     const auto& sr = s.routes[r];
-    out += fmt::format("{}\n  {{\"listener\": \"{}\", \"route\": \"{}\", \"rules\": [", r ? "," : "", sr.listener, sr.name);
-    for (size_t i = 0; i < sr.rules.size(); ++i) out += fmt::format("{}\n    {}", i ? "," : "", rule_to_json(sr.rules[i]));
+    out += fmt::format("{}\n  {{\"listener\": \"{}\", \"route\": \"{}\", \"rules\": [", r ? "," : "", sr.listener,
+                       sr.name);
+    for (size_t i = 0; i < sr.rules.size(); ++i)
+      out += fmt::format("{}\n    {}", i ? "," : "", rule_to_json(sr.rules[i]));
     out += "]}";
   }
   out += "],\n \"consumers\": [";
@@ -151,9 +154,7 @@ bool read_state_file(const std::string& path, State& out) {
   if (::access(path.c_str(), F_OK) != 0) return false;
   simdjson::dom::parser parser;
   simdjson::dom::element root;
-  auto bad = [&](const std::string& why) {
-    return std::runtime_error(fmt::format("state file {}: {}", path, why));
-  };
+  auto bad = [&](const std::string& why) { return std::runtime_error(fmt::format("state file {}: {}", path, why)); };
   if (auto err = parser.load(path).get(root)) throw bad(simdjson::error_message(err));
   State s;
   int64_t version = 0;
@@ -177,7 +178,8 @@ bool read_state_file(const std::string& path, State& out) {
       if (p["id"].get(id) || p["priority"].get(prio) || p["method"].get(method) || p["hosts"].get(hosts))
         throw bad(fmt::format("a pool of upstream {} lacks id, priority, method or hosts", su.name));
       sp.id = id;
-      if (prio < -1000000 || prio > 1000000) throw bad(fmt::format("pool {}/{}: priority {} out of range", su.name, id, prio));
+      if (prio < -1000000 || prio > 1000000)
+        throw bad(fmt::format("pool {}/{}: priority {} out of range", su.name, id, prio));
       sp.priority = static_cast<int32_t>(prio);
       if (!parse_method(method, sp.method)) throw bad(fmt::format("unknown method \"{}\"", method));
       for (auto h : hosts) {
@@ -190,7 +192,8 @@ bool read_state_file(const std::string& path, State& out) {
         std::string why;
         if (!core::parse_address(addr, sh.addr, why)) throw bad(fmt::format("host {}: {}", hid, why));
         sh.id = hid;
-        if (weight > kMaxWeight) throw bad(fmt::format("host {}: weight {} out of range 0..{}", hid, weight, kMaxWeight));
+        if (weight > kMaxWeight)
+          throw bad(fmt::format("host {}: weight {} out of range 0..{}", hid, weight, kMaxWeight));
         sh.weight = static_cast<uint32_t>(weight);
         sh.down = down;
         sp.hosts.push_back(std::move(sh));

@@ -38,8 +38,8 @@ std::string check_name(std::string_view s) {
   if (s.empty()) return "must not be empty";
   if (s.size() >= kNameCap) return fmt::format("longer than {} bytes", kNameCap - 1);
   for (char c : s) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-              c == '_' || c == '-' || c == ':';
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-' || c == ':';
     if (!ok) return "may contain only letters, digits and . _ - :";
   }
   return {};
@@ -96,8 +96,8 @@ bool valid_name(const char (&f)[kNameCap]) noexcept {
   size_t n = 0;
   for (; n < kNameCap && f[n] != '\0'; ++n) {
     const char c = f[n];
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '.' || c == '_' || c == '-' || c == ':';
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                    c == '_' || c == '-' || c == ':';
     if (!ok) return false;
   }
   return n > 0 && n < kNameCap;
@@ -153,16 +153,13 @@ const char* validate_table(const Table& t) noexcept {
     if (x.weight > kMaxWeight) return "a host's weight is out of range";
   }
   for (const auto& r : t.routes())
-    if (!valid_name(r.listener) || !valid_name(r.name))
-      return "a route's listener or name is not a valid name";
+    if (!valid_name(r.listener) || !valid_name(r.name)) return "a route's listener or name is not a valid name";
   for (const auto& r : t.rules()) {
-    if (!valid_name(r.id) || !valid_name(r.upstream))
-      return "a rule's id or upstream is not a valid name";
+    if (!valid_name(r.id) || !valid_name(r.upstream)) return "a rule's id or upstream is not a valid name";
     if (r.route >= h.n_routes) return "a rule names a route that does not exist";
     if (r.match == 0 || (r.match & ~(kMatchIp | kMatchHeader | kMatchCookie | kMatchPercent)) != 0)
       return "a rule has no matcher or an unknown one";
-    if (uint64_t{r.first_cidr} + r.n_cidrs > h.n_cidrs)
-      return "a rule's address blocks are out of range";
+    if (uint64_t{r.first_cidr} + r.n_cidrs > h.n_cidrs) return "a rule's address blocks are out of range";
     if ((r.match & kMatchIp) && r.n_cidrs == 0) return "a rule's address matcher has no blocks";
     if ((r.match & kMatchHeader) && (!valid_token(r.header_name) || !valid_value(r.header_value)))
       return "a rule's header matcher is invalid";
@@ -221,9 +218,11 @@ std::string Table::host_path(int host) const {
 int Table::add_upstream(const UpstreamRecord& rec) {
   std::string_view name = name_of(rec.name);
   if (auto why = check_name(name); !why.empty()) throw TableError(fmt::format("upstream name \"{}\" {}", name, why));
-  if (find_upstream(name) >= 0) throw TableError(fmt::format("upstream \"{}\" already exists", name), TableError::Kind::exists);
+  if (find_upstream(name) >= 0)
+    throw TableError(fmt::format("upstream \"{}\" already exists", name), TableError::Kind::exists);
   if (header().n_upstreams >= caps_.max_upstreams)
-    throw TableError(fmt::format("upstream table is full (shm.max_upstreams = {})", caps_.max_upstreams), TableError::Kind::full);
+    throw TableError(fmt::format("upstream table is full (shm.max_upstreams = {})", caps_.max_upstreams),
+                     TableError::Kind::full);
   ups_()[header().n_upstreams] = rec;
   return static_cast<int>(header().n_upstreams++);
 }
@@ -231,8 +230,9 @@ int Table::add_upstream(const UpstreamRecord& rec) {
 int Table::add_pool(int upstream, std::string_view id, int32_t priority, Method method) {
   if (auto why = check_name(id); !why.empty()) throw TableError(fmt::format("pool id \"{}\" {}", id, why));
   if (find_pool(upstream, id) >= 0)
-    throw TableError(fmt::format("pool {}/{} already exists", name_of(upstreams()[static_cast<size_t>(upstream)].name), id),
-                     TableError::Kind::exists);
+    throw TableError(
+        fmt::format("pool {}/{} already exists", name_of(upstreams()[static_cast<size_t>(upstream)].name), id),
+        TableError::Kind::exists);
   if (header().n_pools >= caps_.max_pools)
     throw TableError(fmt::format("pool table is full (shm.max_pools = {})", caps_.max_pools), TableError::Kind::full);
   PoolRecord& p = pools_()[header().n_pools];
@@ -258,7 +258,8 @@ void Table::remove_pool(int pool) {
 
 int Table::add_host(int pool, std::string_view id, const core::SockAddr& addr, uint32_t weight) {
   if (auto why = check_name(id); !why.empty()) throw TableError(fmt::format("host id \"{}\" {}", id, why));
-  if (find_host(pool, id) >= 0) throw TableError(fmt::format("host {}/{} already exists", pool_path(pool), id), TableError::Kind::exists);
+  if (find_host(pool, id) >= 0)
+    throw TableError(fmt::format("host {}/{} already exists", pool_path(pool), id), TableError::Kind::exists);
   if (weight > kMaxWeight) throw TableError(fmt::format("weight must be 0..{}, got {}", kMaxWeight, weight));
   if (header().n_hosts >= caps_.max_hosts)
     throw TableError(fmt::format("host table is full (shm.max_hosts = {})", caps_.max_hosts), TableError::Kind::full);
@@ -377,11 +378,14 @@ std::string Table::rule_path(int rule) const {
 }
 
 int Table::add_route(std::string_view listener, std::string_view name) {
-  if (auto why = check_name(listener); !why.empty()) throw TableError(fmt::format("listener name \"{}\" {}", listener, why));
+  if (auto why = check_name(listener); !why.empty())
+    throw TableError(fmt::format("listener name \"{}\" {}", listener, why));
   if (auto why = check_name(name); !why.empty()) throw TableError(fmt::format("route name \"{}\" {}", name, why));
-  if (find_route(listener, name) >= 0) throw TableError(fmt::format("route {}/{} already exists", listener, name), TableError::Kind::exists);
+  if (find_route(listener, name) >= 0)
+    throw TableError(fmt::format("route {}/{} already exists", listener, name), TableError::Kind::exists);
   if (header().n_routes >= caps_.max_routes)
-    throw TableError(fmt::format("route table is full (shm.max_routes = {})", caps_.max_routes), TableError::Kind::full);
+    throw TableError(fmt::format("route table is full (shm.max_routes = {})", caps_.max_routes),
+                     TableError::Kind::full);
   RouteRecord& r = routes_()[header().n_routes];
   r = RouteRecord{};
   set_name(r.listener, listener);
@@ -390,7 +394,7 @@ int Table::add_route(std::string_view listener, std::string_view name) {
 }
 
 void Table::fill_rule(RuleRecord& r, const RuleSpec& spec, uint32_t first_cidr) {
-  auto set_value = [](char (&dst)[kRuleValueCap], std::string_view v) {
+  auto set_value = [](char(&dst)[kRuleValueCap], std::string_view v) {
     std::memset(dst, 0, kRuleValueCap);
     std::memcpy(dst, v.data(), std::min(v.size(), kRuleValueCap - 1));
   };
@@ -423,14 +427,17 @@ void Table::fill_rule(RuleRecord& r, const RuleSpec& spec, uint32_t first_cidr) 
 
 int Table::add_rule(int route, const RuleSpec& spec) {
   if (auto why = check_rule(spec); !why.empty()) throw TableError(why);
-  if (route < 0 || static_cast<uint32_t>(route) >= header().n_routes) throw TableError("no such route", TableError::Kind::not_found);
-  if (find_rule(route, spec.id) >= 0) throw TableError(fmt::format("rule {}/{} already exists", route_path(route), spec.id), TableError::Kind::exists);
+  if (route < 0 || static_cast<uint32_t>(route) >= header().n_routes)
+    throw TableError("no such route", TableError::Kind::not_found);
+  if (find_rule(route, spec.id) >= 0)
+    throw TableError(fmt::format("rule {}/{} already exists", route_path(route), spec.id), TableError::Kind::exists);
   if (find_upstream(spec.upstream) < 0) throw TableError(fmt::format("no upstream named \"{}\"", spec.upstream));
   if (header().n_rules >= caps_.max_rules)
     throw TableError(fmt::format("rule table is full (shm.max_rules = {})", caps_.max_rules), TableError::Kind::full);
   if (header().n_cidrs + spec.cidrs.size() > caps_.max_rule_cidrs)
     throw TableError(fmt::format("address block table is full: {} in use, {} more asked, shm.max_rule_cidrs = {}",
-                                 header().n_cidrs, spec.cidrs.size(), caps_.max_rule_cidrs), TableError::Kind::full);
+                                 header().n_cidrs, spec.cidrs.size(), caps_.max_rule_cidrs),
+                     TableError::Kind::full);
   RuleRecord& r = rules_()[header().n_rules];
   r.route = static_cast<uint16_t>(route);
   fill_rule(r, spec, header().n_cidrs);
@@ -459,7 +466,8 @@ void Table::replace_rule(int rule, const RuleSpec& spec) {
   if (find_upstream(spec.upstream) < 0) throw TableError(fmt::format("no upstream named \"{}\"", spec.upstream));
   if (header().n_cidrs - cur.n_cidrs + spec.cidrs.size() > caps_.max_rule_cidrs)
     throw TableError(fmt::format("address block table is full: {} in use, shm.max_rule_cidrs = {}", header().n_cidrs,
-                                 caps_.max_rule_cidrs), TableError::Kind::full);
+                                 caps_.max_rule_cidrs),
+                     TableError::Kind::full);
   // Drop the old blocks, then append the new ones: the record keeps its place.
   const uint32_t first = cur.first_cidr, n = cur.n_cidrs;
   RuleRecord* r = rules_();
@@ -483,7 +491,7 @@ RuleSpec Table::rule_spec(int rule) const {
   RuleSpec s;
   s.id = name_of(r.id);
   s.upstream = name_of(r.upstream);
-  auto value = [](const char (&f)[kRuleValueCap]) { return std::string(f, ::strnlen(f, kRuleValueCap)); };
+  auto value = [](const char(&f)[kRuleValueCap]) { return std::string(f, ::strnlen(f, kRuleValueCap)); };
   if (r.match & kMatchIp) {
     auto c = rule_cidrs(r);
     s.cidrs.assign(c.begin(), c.end());
@@ -513,8 +521,9 @@ int Table::add_consumer(std::string_view name, const uint8_t (&key_sha256)[kSha2
     throw TableError(fmt::format("consumer \"{}\" already exists", name), TableError::Kind::exists);
   for (const auto& c : consumers())
     if (std::memcmp(c.key_sha256, key_sha256, kSha256Len) == 0)
-      throw TableError(fmt::format("consumer \"{}\" already has this key; a key must identify one consumer", name_of(c.name)),
-                       TableError::Kind::exists);
+      throw TableError(
+          fmt::format("consumer \"{}\" already has this key; a key must identify one consumer", name_of(c.name)),
+          TableError::Kind::exists);
   if (header().n_consumers >= caps_.max_consumers)
     throw TableError(fmt::format("consumer table is full (shm.max_consumers = {})", caps_.max_consumers),
                      TableError::Kind::full);

@@ -104,7 +104,8 @@ void Writer::assign_slots(const Table& old, Table& t, uint64_t now_ms) {
   for (auto& r : t.rules()) {
     if (r.stat_tag != 0 && r.stat_slot < rule_cap) continue;
     while (next_free < rule_cap && rule_used[next_free]) ++next_free;
-    if (next_free == rule_cap) throw TableError(fmt::format("rule table is full (shm.max_rules = {})", rule_cap), TableError::Kind::full);
+    if (next_free == rule_cap)
+      throw TableError(fmt::format("rule table is full (shm.max_rules = {})", rule_cap), TableError::Kind::full);
     r.stat_slot = next_free;
     r.stat_tag = t.header().next_tag++;
     if (t.header().next_tag == 0) t.header().next_tag = 1;
@@ -128,10 +129,10 @@ uint64_t Writer::commit(const Change& change) {
   // A change applied to an empty stand-in would publish (and persist) a table
   // that lost everything: refuse instead. gwd rebuilds such a segment at start.
   if (refused)
-    throw SegmentError(fmt::format(
-        "the published table is inconsistent ({}); restart gwd to rebuild it from the state "
-        "file and the config",
-        refused));
+    throw SegmentError(
+        fmt::format("the published table is inconsistent ({}); restart gwd to rebuild it from the state "
+                    "file and the config",
+                    refused));
   Table t(caps);
   std::memcpy(t.words(), old.words(), t.bytes());
 

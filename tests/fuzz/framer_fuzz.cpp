@@ -51,8 +51,8 @@ namespace {
   std::fprintf(stderr, "framer_fuzz.cpp:%d: %s (prefix length %zu)\n", line, what, len);
   std::abort();
 }
-#define FUZZ_CHECK(cond, len) \
-  do {                        \
+#define FUZZ_CHECK(cond, len)                  \
+  do {                                         \
     if (!(cond)) fail(#cond, (len), __LINE__); \
   } while (0)
 
@@ -64,7 +64,9 @@ struct R {
   bool operator==(const R&) const = default;
 };
 
-R of(const FrameDecision& d) { return R{d.kind, d.error, d.frame_len, std::string(d.key)}; }
+R of(const FrameDecision& d) {
+  return R{d.kind, d.error, d.frame_len, std::string(d.key)};
+}
 
 uint8_t garbage(size_t i, unsigned seed) {
   static constexpr char kJunk[] = "9}\"]e1,{x\x7f\\u0\xff\x00 ";

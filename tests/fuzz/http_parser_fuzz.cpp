@@ -99,9 +99,9 @@ namespace {
   std::fprintf(stderr, "http_parser_fuzz.cpp:%d: check failed: %s\n", line, what);
   std::abort();
 }
-#define FUZZ_CHECK(cond)                   \
-  do {                                     \
-    if (!(cond)) fail(#cond, __LINE__);    \
+#define FUZZ_CHECK(cond)                \
+  do {                                  \
+    if (!(cond)) fail(#cond, __LINE__); \
   } while (0)
 
 // ---------------------------------------------------------------------------
@@ -465,7 +465,8 @@ HeadR parse_whole(const Ctx& ctx, const char* s, size_t n) {
 
 // What a prefix of `len` bytes must give.
 void check_prefix_outcome(const HeadR& whole, const HeadR& got, size_t len) {
-  if (whole.status == ParseStatus::need_more || len <= whole.decided_at()) FUZZ_CHECK(got.status == ParseStatus::need_more);
+  if (whole.status == ParseStatus::need_more || len <= whole.decided_at())
+    FUZZ_CHECK(got.status == ParseStatus::need_more);
   else FUZZ_CHECK(got == whole);
 }
 
@@ -551,7 +552,8 @@ BodyStep step(const Ctx& ctx, BodyDecoder& d, std::string_view in) {
   const BodyKind kind = d.kind();
   const BodyStep s = d.decode(in);
   FUZZ_CHECK(s.consumed <= in.size());
-  if (!s.data.empty()) FUZZ_CHECK(s.data.data() >= in.data() && s.data.data() + s.data.size() <= in.data() + s.consumed);
+  if (!s.data.empty())
+    FUZZ_CHECK(s.data.data() >= in.data() && s.data.data() + s.data.size() <= in.data() + s.consumed);
   if (s.status == BodyStatus::more && !in.empty()) FUZZ_CHECK(s.consumed > 0);
   if (in.empty()) FUZZ_CHECK(s.consumed == 0 && s.data.empty());
   if (s.status == BodyStatus::error) {

@@ -236,8 +236,7 @@ int main(int argc, char** argv) {
          for (uint32_t i = 0; i < 4; ++i) s.event(i).seq.store(~uint64_t{0} - i);
          std::memset(s.event(0).words, 0xff, sizeof(s.event(0).words));
        }},
-      {"events-head-ahead",
-       [](const Segment& s) { s.header().event_head.store(kEventCapacity + 5); }},
+      {"events-head-ahead", [](const Segment& s) { s.header().event_head.store(kEventCapacity + 5); }},
       {"cluster-garbage",
        [](const Segment& s) {
          s.header().cluster.state.store(7);

@@ -63,8 +63,8 @@ void check_json(const std::string& doc, const char* what) {
   static simdjson::dom::parser parser;
   auto r = parser.parse(doc);
   if (r.error() != simdjson::SUCCESS) {
-    std::fprintf(stderr, "shm_fuzz: %s is not JSON (%s): %s\n", what,
-                 simdjson::error_message(r.error()), doc.substr(0, 300).c_str());
+    std::fprintf(stderr, "shm_fuzz: %s is not JSON (%s): %s\n", what, simdjson::error_message(r.error()),
+                 doc.substr(0, 300).c_str());
     std::abort();
   }
 }
@@ -91,15 +91,12 @@ void use_table(const shm::Segment& seg, const shm::Table& t) {
   for (const auto& u : snap.upstreams()) {
     for (const auto& p : snap.pools(u))
       for (uint32_t h : snap.hosts(p))
-        if (h >= hosts.size() || hosts[h].pool != p.pool)
-          fail("a snapshot pool lists a host of another pool");
+        if (h >= hosts.size() || hosts[h].pool != p.pool) fail("a snapshot pool lists a host of another pool");
     auto eligible = [&](uint32_t h) noexcept {
       const auto& r = hosts[h];
       return !r.admin_down && shm::host_usable(seg.host(r.slot), r.tag, u.health, 1000);
     };
-    auto load = [&](uint32_t h) noexcept {
-      return shm::host_totals(seg, hosts[h].slot, hosts[h].tag).active;
-    };
+    auto load = [&](uint32_t h) noexcept { return shm::host_totals(seg, hosts[h].slot, hosts[h].tag).active; };
     for (const char* key : {"", "client-1", "10.0.0.7"}) {
       const int h = bal.pick(snap, u, key, eligible, load);
       if (h >= static_cast<int>(hosts.size())) fail("a pick returned a host out of range");
@@ -202,8 +199,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size >= sizeof(shm::SegmentHeader)) {
     shm::SegmentHeader h;
     std::memcpy(static_cast<void*>(&h), data, sizeof(h));
-    if (h.stat_workers <= shm::kMaxWorkers && h.caps.max_hosts <= 1u << 20 &&
-        h.caps.max_limit_keys <= 1u << 24 && h.caps.max_rule_cidrs <= 1u << 20) {
+    if (h.stat_workers <= shm::kMaxWorkers && h.caps.max_hosts <= 1u << 20 && h.caps.max_limit_keys <= 1u << 24 &&
+        h.caps.max_rule_cidrs <= 1u << 20) {
       const size_t want = shm::Segment::layout_size(h.caps, h.stat_workers);
       if (want > kMaxSegment) return 0;
       if (want >= size) total = want;
@@ -211,8 +208,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   if (total == 0) return 0;
   const int fd = memfd();
-  if (::ftruncate(fd, 0) != 0 || ::ftruncate(fd, static_cast<off_t>(total)) != 0)
-    fail("ftruncate failed");
+  if (::ftruncate(fd, 0) != 0 || ::ftruncate(fd, static_cast<off_t>(total)) != 0) fail("ftruncate failed");
   if (::pwrite(fd, data, size, 0) != static_cast<ssize_t>(size)) fail("pwrite failed");
   shm::Segment seg;
   try {
@@ -229,12 +225,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   reader.refresh(t, &refused);
   if (reader.stale()) fail("a reader is stale right after refresh");
   if (refused) {
-    if (t.header().generation != 0 || !t.hosts().empty() || !t.upstreams().empty() ||
-        !t.rules().empty())
+    if (t.header().generation != 0 || !t.hosts().empty() || !t.upstreams().empty() || !t.rules().empty())
       fail("a refused table is not empty");
   } else {
-    if (shm::validate_table(t) != nullptr)
-      fail("read_published accepted a table validate_table refuses");
+    if (shm::validate_table(t) != nullptr) fail("read_published accepted a table validate_table refuses");
     use_table(seg, t);
     const std::string state = shm::state_to_json(t);
     static simdjson::dom::parser parser;

@@ -189,8 +189,7 @@ struct UringLoop {
   std::unique_ptr<proxy::UringRelay> relay;
   explicit UringLoop(WorkerSide& ws) : w(ws) {
     REQUIRE(bufs.attach(ring.raw(), 0) == 0);
-    relay = std::make_unique<proxy::UringRelay>(w.env, ring, bufs, 256,
-                                                net::uring_recv_limit_supported());
+    relay = std::make_unique<proxy::UringRelay>(w.env, ring, bufs, 256, net::uring_recv_limit_supported());
   }
   void accept(int fd) { relay->accept(fd, 0); }
   void step() {
@@ -198,8 +197,7 @@ struct UringLoop {
     ring.submit_and_wait(1);
     w.env.now_ms = core::monotonic_ms();
     ring.drain([&](const io_uring_cqe& c) {
-      if (net::tag_op(c.user_data) >= proxy::uring_op::kRelayFirst)
-        relay->on_completion(c.user_data, c.res, c.flags);
+      if (net::tag_op(c.user_data) >= proxy::uring_op::kRelayFirst) relay->on_completion(c.user_data, c.res, c.flags);
     });
     w.timers.advance(w.env.now_ms, [&](net::TimerNode& n) { relay->on_timer(n); });
   }
@@ -273,24 +271,12 @@ void run_engine() {
     for (uint64_t i = 0; !stop.load(); ++i) {
       try {
         switch (i % 6) {
-          case 0:
-            shm::ops::set_host_down(ts.seg, "app", "p", "h2", true, "(stress)");
-            break;
-          case 1:
-            shm::ops::add_host(ts.seg, "app", "p", "h3", a3, 2);
-            break;
-          case 2:
-            shm::ops::set_host_down(ts.seg, "app", "p", "h2", false, "(stress)");
-            break;
-          case 3:
-            shm::ops::set_pool(ts.seg, "app", "p", std::nullopt, shm::Method::least_conn);
-            break;
-          case 4:
-            shm::ops::remove_host(ts.seg, "app", "p", "h3");
-            break;
-          default:
-            shm::ops::set_pool(ts.seg, "app", "p", std::nullopt, shm::Method::round_robin);
-            break;
+          case 0: shm::ops::set_host_down(ts.seg, "app", "p", "h2", true, "(stress)"); break;
+          case 1: shm::ops::add_host(ts.seg, "app", "p", "h3", a3, 2); break;
+          case 2: shm::ops::set_host_down(ts.seg, "app", "p", "h2", false, "(stress)"); break;
+          case 3: shm::ops::set_pool(ts.seg, "app", "p", std::nullopt, shm::Method::least_conn); break;
+          case 4: shm::ops::remove_host(ts.seg, "app", "p", "h3"); break;
+          default: shm::ops::set_pool(ts.seg, "app", "p", std::nullopt, shm::Method::round_robin); break;
         }
         writes.fetch_add(1);
       } catch (const std::exception& e) {
@@ -346,10 +332,8 @@ void run_engine() {
           }
         }
         ::close(fd);
-        if (got == msg)
-          trips.fetch_add(1);
-        else
-          failures.fetch_add(1);
+        if (got == msg) trips.fetch_add(1);
+        else failures.fetch_add(1);
       }
     });
   for (auto& t : clients) t.join();
@@ -361,10 +345,9 @@ void run_engine() {
   follower.join();
   ::close(lfd);
 
-  MESSAGE(std::string(Loop::kName)
-          << ": " << trips.load() << " round trips, " << writes.load() << " table changes, "
-          << ws.refreshes << " refreshes, " << statuses.load() << " status renders, "
-          << events.load() << " events read");
+  MESSAGE(std::string(Loop::kName) << ": " << trips.load() << " round trips, " << writes.load() << " table changes, "
+                                   << ws.refreshes << " refreshes, " << statuses.load() << " status renders, "
+                                   << events.load() << " events read");
   CHECK(failures.load() == 0);
   CHECK(trips.load() > 50);
   CHECK(writes.load() > 20);

@@ -213,8 +213,8 @@ struct Responses {
   explicit Responses(const std::string& name) {
     std::string body = "backend " + name + "\n";
     auto head = [&](bool close) {
-      return "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size()) +
-             "\r\nContent-Type: text/plain\r\n" + (close ? "Connection: close\r\n" : "") + "\r\n";
+      return "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size()) + "\r\nContent-Type: text/plain\r\n" +
+             (close ? "Connection: close\r\n" : "") + "\r\n";
     };
     ok = head(false) + body;
     ok_close = head(true) + body;
@@ -222,8 +222,7 @@ struct Responses {
     ok_head_close = head(true);
     auto error = [](const char* status) {
       std::string text = std::string(status) + "\n";
-      return "HTTP/1.1 " + std::string(status) +
-             "\r\nContent-Length: " + std::to_string(text.size()) +
+      return "HTTP/1.1 " + std::string(status) + "\r\nContent-Length: " + std::to_string(text.size()) +
              "\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n" + text;
     };
     bad_request = error("400 Bad Request");
@@ -347,8 +346,8 @@ class JsonScan {
       }
     }
     const char* start = p_;
-    while (p_ < end_ && (std::isalnum(static_cast<unsigned char>(*p_)) != 0 || *p_ == '-' ||
-                         *p_ == '+' || *p_ == '.')) {
+    while (p_ < end_ &&
+           (std::isalnum(static_cast<unsigned char>(*p_)) != 0 || *p_ == '-' || *p_ == '+' || *p_ == '.')) {
       ++p_;
     }
     return p_ != start;
@@ -478,8 +477,8 @@ struct Conn : Handle {
 class Loop {
  public:
   // `counters` is this thread's slot in `shared`.
-  Loop(const Options& opt, const Responses& responses, Shared* shared, ThreadCounters* counters,
-       int listen_fd, int stop_fd)
+  Loop(const Options& opt, const Responses& responses, Shared* shared, ThreadCounters* counters, int listen_fd,
+       int stop_fd)
       : opt_(opt),
         resp_(responses),
         shared_(shared),
@@ -516,14 +515,9 @@ class Loop {
       for (int i = 0; i < n; ++i) {
         auto* h = static_cast<Handle*>(evs[i].data.ptr);
         switch (h->kind) {
-          case Kind::kStop:
-            return;  // stop eventfd is never read, so every thread sees it
-          case Kind::kListener:
-            Accept();
-            break;
-          case Kind::kConn:
-            OnConn(static_cast<Conn*>(h), evs[i].events);
-            break;
+          case Kind::kStop: return;  // stop eventfd is never read, so every thread sees it
+          case Kind::kListener: Accept(); break;
+          case Kind::kConn: OnConn(static_cast<Conn*>(h), evs[i].events); break;
         }
       }
       Housekeeping();
@@ -960,8 +954,7 @@ class Loop {
 
 class StatsServer {
  public:
-  StatsServer(Shared* shared, int listen_fd, int stop_fd)
-      : shared_(shared), listen_fd_(listen_fd), stop_fd_(stop_fd) {}
+  StatsServer(Shared* shared, int listen_fd, int stop_fd) : shared_(shared), listen_fd_(listen_fd), stop_fd_(stop_fd) {}
 
   // Runs on the stats thread until the stop eventfd becomes readable.
   void Run() {
@@ -1025,8 +1018,7 @@ class StatsServer {
       frames += shared_->counters[i].frames.load(std::memory_order_relaxed);
     }
     std::vector<std::string> ids = shared_->devids.Snapshot();
-    std::string body = "{\"name\":\"" + shared_->name_json +
-                       "\",\"connections\":" + std::to_string(connections) +
+    std::string body = "{\"name\":\"" + shared_->name_json + "\",\"connections\":" + std::to_string(connections) +
                        ",\"frames\":" + std::to_string(frames) + ",\"devids\":[";
     for (size_t i = 0; i < ids.size(); ++i) {
       if (i > 0) body += ',';
@@ -1040,8 +1032,8 @@ class StatsServer {
 
   static void Send(int fd, std::string_view status, std::string_view body) {
     std::string out = "HTTP/1.1 " + std::string(status) +
-                      "\r\nContent-Type: application/json\r\nContent-Length: " +
-                      std::to_string(body.size() + 1) + "\r\nConnection: close\r\n\r\n";
+                      "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size() + 1) +
+                      "\r\nConnection: close\r\n\r\n";
     out.append(body);
     out += '\n';
     size_t off = 0;
@@ -1187,13 +1179,9 @@ int main(int argc, char** argv) {
   }
 
   // Print the address as given, but with the real port if 0 was requested.
-  std::string shown =
-      opt.listen.substr(0, opt.listen.rfind(':') + 1) + std::to_string(PortOf(addr));
-  const char* mode_name = opt.mode == Mode::kHttp   ? "http"
-                          : opt.mode == Mode::kEcho ? "echo"
-                                                    : "device";
-  std::fprintf(stderr, "gw-backend %s listening on %s mode=%s\n", opt.name.c_str(), shown.c_str(),
-               mode_name);
+  std::string shown = opt.listen.substr(0, opt.listen.rfind(':') + 1) + std::to_string(PortOf(addr));
+  const char* mode_name = opt.mode == Mode::kHttp ? "http" : opt.mode == Mode::kEcho ? "echo" : "device";
+  std::fprintf(stderr, "gw-backend %s listening on %s mode=%s\n", opt.name.c_str(), shown.c_str(), mode_name);
   if (stats_fd >= 0) {
     std::fprintf(stderr, "gw-backend %s stats on %s\n", opt.name.c_str(), opt.stats.c_str());
   }

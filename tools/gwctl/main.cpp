@@ -7,20 +7,20 @@
 
 #include <cstdlib>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 #include <iterator>
-#include <cstdio>
 #include <optional>
 #include <thread>
 
+#include "gw/admin/status.hpp"
 #include "gw/api/hash.hpp"
 #include "gw/api/limit_table.hpp"
-#include "gw/admin/status.hpp"
 #include "gw/cluster/etcd.hpp"
 #include "gw/cluster/schema.hpp"
 #include "gw/config/config.hpp"
@@ -60,8 +60,8 @@ struct Options {
   // rules
   std::string listener, route, upstream, ip, ip_file, header, cookie, percent;
 
-  std::vector<std::string> etcd;  // --etcd URL[,URL...]: write to etcd instead of shm
-  std::string prefix;             // --prefix (default: the config's cluster.prefix, else /gw/)
+  std::vector<std::string> etcd;    // --etcd URL[,URL...]: write to etcd instead of shm
+  std::string prefix;               // --prefix (default: the config's cluster.prefix, else /gw/)
   std::string timeout_ms = "1000";  // check: connect timeout per listener
   // consumers
   std::string key, key_file;
@@ -72,7 +72,8 @@ std::string shm_name(const Options& o) {
   if (!o.shm.empty()) return o.shm;
   if (!o.config.empty()) {
     auto r = gw::config::load_file(o.config);
-    if (!r.ok()) throw Failure(fmt::format("{}: {} (and {} more error(s))", o.config, r.errors[0], r.errors.size() - 1));
+    if (!r.ok())
+      throw Failure(fmt::format("{}: {} (and {} more error(s))", o.config, r.errors[0], r.errors.size() - 1));
     return r.config.shm.name;
   }
   return "gw";
@@ -140,7 +141,8 @@ gw::shm::RuleSpec rule_from_options(const Options& o) {
       if (!item.empty() && item.front() != '#') {
         gw::core::Cidr c;
         std::string why;
-        if (!gw::core::parse_cidr(item, c, why)) throw Failure(fmt::format("{}: bad address \"{}\": {}", where, item, why));
+        if (!gw::core::parse_cidr(item, c, why))
+          throw Failure(fmt::format("{}: bad address \"{}\": {}", where, item, why));
         r.cidrs.push_back(c);
       }
       i = j + 1;
@@ -233,7 +235,9 @@ EtcdCtl etcd_ctl(const Options& o) {
   if (prefix.empty()) prefix = "/gw/";
   bool ok = prefix.size() >= 2 && prefix.size() <= 128 && prefix.front() == '/' && prefix.back() == '/';
   for (char ch : prefix) ok &= ch > ' ' && ch < 0x7f;
-  if (!ok) throw Failure(fmt::format("--prefix must be 2..128 printable characters starting and ending with /, got \"{}\"", prefix));
+  if (!ok)
+    throw Failure(
+        fmt::format("--prefix must be 2..128 printable characters starting and ending with /, got \"{}\"", prefix));
   return {gw::cluster::Etcd(urls, addrs, 3000, 5000), prefix};
 }
 
@@ -251,9 +255,10 @@ void test_delay() {
 }
 
 [[noreturn]] void conflict(const std::string& what, const std::string& key) {
-  throw Failure(fmt::format("{}: etcd key {} was changed by another writer while this command ran; nothing was "
-                            "changed, run it again",
-                            what, key));
+  throw Failure(
+      fmt::format("{}: etcd key {} was changed by another writer while this command ran; nothing was "
+                  "changed, run it again",
+                  what, key));
 }
 
 gw::cluster::KeyValue etcd_pool(EtcdCtl& c, const std::string& u, const std::string& p) {
@@ -279,7 +284,8 @@ Spec decode_or_fail(const gw::cluster::KeyValue& kv, Decode decode) {
 
 void check_names(std::initializer_list<std::pair<const char*, const std::string*>> names) {
   for (auto [what, name] : names)
-    if (auto why = gw::shm::check_name(*name); !why.empty()) throw Failure(fmt::format("{} \"{}\" {}", what, *name, why));
+    if (auto why = gw::shm::check_name(*name); !why.empty())
+      throw Failure(fmt::format("{} \"{}\" {}", what, *name, why));
 }
 
 int etcd_done(const std::string& what, int64_t rev) {
@@ -298,11 +304,13 @@ int etcd_add_host(EtcdCtl& c, const std::string& u, const std::string& p, const 
   auto pool = etcd_pool(c, u, p);
   if (etcd_get(c, hk)) throw gw::shm::TableError(fmt::format("host {}/{}/{} already exists", u, p, h));
   test_delay();
-  auto r = c.etcd.txn({{hk, "", Target::create_revision, 0}, {pool.key, "", Target::create_revision, pool.create_revision}},
-                      {{false, hk, gw::cluster::encode_host({addr, weight, false})}});
+  auto r =
+      c.etcd.txn({{hk, "", Target::create_revision, 0}, {pool.key, "", Target::create_revision, pool.create_revision}},
+                 {{false, hk, gw::cluster::encode_host({addr, weight, false})}});
   if (!r.succeeded) {
     if (etcd_get(c, hk))
-      throw gw::shm::TableError(fmt::format("host {}/{}/{} already exists (another writer added it meanwhile)", u, p, h));
+      throw gw::shm::TableError(
+          fmt::format("host {}/{}/{} already exists (another writer added it meanwhile)", u, p, h));
     conflict(what, pool.key);
   }
   return etcd_done(what, r.revision);
@@ -343,8 +351,9 @@ int etcd_add_pool(EtcdCtl& c, const std::string& u, const std::string& p, int32_
   if (!up) throw gw::shm::TableError(fmt::format("unknown upstream \"{}\" in etcd (prefix {})", u, c.prefix));
   if (etcd_get(c, pk)) throw gw::shm::TableError(fmt::format("pool {}/{} already exists", u, p));
   test_delay();
-  auto r = c.etcd.txn({{pk, "", Target::create_revision, 0}, {up->key, "", Target::create_revision, up->create_revision}},
-                      {{false, pk, gw::cluster::encode_pool({prio, m})}});
+  auto r =
+      c.etcd.txn({{pk, "", Target::create_revision, 0}, {up->key, "", Target::create_revision, up->create_revision}},
+                 {{false, pk, gw::cluster::encode_pool({prio, m})}});
   if (!r.succeeded) {
     if (etcd_get(c, pk))
       throw gw::shm::TableError(fmt::format("pool {}/{} already exists (another writer added it meanwhile)", u, p));
@@ -366,8 +375,8 @@ int etcd_remove_pool(EtcdCtl& c, const std::string& u, const std::string& p) {
                       {{true, kv.key, ""}});
   if (!r.succeeded) {
     if (int64_t n = hosts(); n > 0)
-      throw gw::shm::TableError(
-          fmt::format("pool {}/{} still has {} host(s) (another writer added them meanwhile); remove them first", u, p, n));
+      throw gw::shm::TableError(fmt::format(
+          "pool {}/{} still has {} host(s) (another writer added them meanwhile); remove them first", u, p, n));
     conflict(what, kv.key);
   }
   return etcd_done(what, r.revision);
@@ -468,8 +477,8 @@ int cmd_status(const Options& o) {
     // the guard (limit_conn, limit_req, auth)
     uint64_t conn_rejected, req_limited, limit_full, evictions, auth_ok, auth_failed, auth_forbidden, basic_cache_hits;
   };
-  static constexpr const char* kOutcomeNames[] = {"ok", "bad_request", "no_route", "no_host", "bad_gateway",
-                                                  "gateway_timeout", "client_timeout"};
+  static constexpr const char* kOutcomeNames[] = {"ok",          "bad_request",     "no_route",      "no_host",
+                                                  "bad_gateway", "gateway_timeout", "client_timeout"};
   static_assert(std::size(kOutcomeNames) == static_cast<size_t>(gw::proxy::HttpOutcome::count));
   uint64_t reject_totals[gw::proxy::kFrameErrorCount] = {};
   std::vector<W> workers;
@@ -477,12 +486,32 @@ int cmd_status(const Options& o) {
     const auto& w = seg.worker(i);
     int pid = w.pid.load();
     if (pid > 0 && master) {
-      W r{i, pid, w.generation.load(), w.connections.load(), w.accepted.load(), w.hash_fallbacks.load(),
-          w.no_host.load(), w.frames_routed.load(), w.host_closed.load(), w.http_requests.load(),
-          w.http_retries.load(), w.http_keepalive_reused.load(), w.http_tunnels.load(), {}, 0, 0, 0, 0, 0, 0, 0, 0};
+      W r{i,
+          pid,
+          w.generation.load(),
+          w.connections.load(),
+          w.accepted.load(),
+          w.hash_fallbacks.load(),
+          w.no_host.load(),
+          w.frames_routed.load(),
+          w.host_closed.load(),
+          w.http_requests.load(),
+          w.http_retries.load(),
+          w.http_keepalive_reused.load(),
+          w.http_tunnels.load(),
+          {},
+          0,
+          0,
+          0,
+          0,
+          0,
+          0,
+          0,
+          0};
       for (size_t k = 0; k < gw::shm::kHttpOutcomeKinds; ++k) r.outcomes[k] = w.http_outcomes[k].load();
       const auto& g = seg.guard(i);
-      r.conn_rejected = g.conn_rejected.load(), r.req_limited = g.req_limited.load(), r.limit_full = g.limit_full.load();
+      r.conn_rejected = g.conn_rejected.load(), r.req_limited = g.req_limited.load(),
+      r.limit_full = g.limit_full.load();
       r.evictions = g.evictions.load(), r.auth_ok = g.auth_ok.load(), r.auth_failed = g.auth_failed.load();
       r.auth_forbidden = g.auth_forbidden.load(), r.basic_cache_hits = g.basic_cache_hits.load();
       for (size_t k = 1; k < gw::proxy::kFrameErrorCount; ++k) reject_totals[k] += w.frame_rejects[k].load();
@@ -495,15 +524,16 @@ int cmd_status(const Options& o) {
   char ts[40];
   gw::core::format_iso8601(t.header().updated_wall_ms, ts, sizeof(ts));
   if (master)
-    fmt::print("gateway: shm \"{}\", master pid {}, {} worker(s), table generation {} (changed {})\n", seg.name(), master,
-               workers.size(), t.header().generation, ts);
+    fmt::print("gateway: shm \"{}\", master pid {}, {} worker(s), table generation {} (changed {})\n", seg.name(),
+               master, workers.size(), t.header().generation, ts);
   else
     fmt::print("gateway: shm \"{}\", master NOT RUNNING, table generation {} (changed {})\n", seg.name(),
                t.header().generation, ts);
   if (auto cv = gw::admin::cluster_view(seg); cv.on) fmt::print("{}\n", gw::admin::cluster_line(cv));
   for (const auto& w : workers)
-    fmt::print("  worker {}: pid {}, generation {}, {} connection(s), {} accepted, {} hash fallback(s), {} without a host\n",
-               w.slot, w.pid, w.gen, w.conns, w.accepted, w.fallbacks, w.no_host);
+    fmt::print(
+        "  worker {}: pid {}, generation {}, {} connection(s), {} accepted, {} hash fallback(s), {} without a host\n",
+        w.slot, w.pid, w.gen, w.conns, w.accepted, w.fallbacks, w.no_host);
   {
     std::string line;
     for (size_t k = 1; k < gw::proxy::kFrameErrorCount; ++k)
@@ -528,23 +558,26 @@ int cmd_status(const Options& o) {
       g.auth_forbidden += w.auth_forbidden, g.basic_cache_hits += w.basic_cache_hits;
     }
     if (g.conn_rejected || g.req_limited || g.limit_full || lim.used)
-      fmt::print("  limits: {} of {} entries in use ({} with open connections, {} connection(s)), {} eviction(s); "
-                 "{} connection(s) refused by limit_conn, {} request(s) answered 429, {} refused for a full set\n",
-                 lim.used, seg.caps().max_limit_keys, lim.pinned, lim.conns, g.evictions, g.conn_rejected,
-                 g.req_limited, g.limit_full);
+      fmt::print(
+          "  limits: {} of {} entries in use ({} with open connections, {} connection(s)), {} eviction(s); "
+          "{} connection(s) refused by limit_conn, {} request(s) answered 429, {} refused for a full set\n",
+          lim.used, seg.caps().max_limit_keys, lim.pinned, lim.conns, g.evictions, g.conn_rejected, g.req_limited,
+          g.limit_full);
     if (g.auth_ok || g.auth_failed || g.auth_forbidden)
-      fmt::print("  auth: {} request(s) authenticated ({} basic-auth from the cache), {} answered 401, {} answered 403\n",
-                 g.auth_ok, g.basic_cache_hits, g.auth_failed, g.auth_forbidden);
+      fmt::print(
+          "  auth: {} request(s) authenticated ({} basic-auth from the cache), {} answered 401, {} answered 403\n",
+          g.auth_ok, g.basic_cache_hits, g.auth_failed, g.auth_forbidden);
     if (sum.http_requests) {
       std::string answered;
       for (size_t k = 1; k < std::size(kOutcomeNames); ++k)
         if (sum.outcomes[k]) answered += fmt::format(", {} {}", kOutcomeNames[k], sum.outcomes[k]);
-      fmt::print("  http: {} request(s), {} retried attempt(s), {} over kept-alive upstream connections, {} tunnel(s){}\n",
-                 sum.http_requests, sum.http_retries, sum.http_reused, sum.http_tunnels, answered);
+      fmt::print(
+          "  http: {} request(s), {} retried attempt(s), {} over kept-alive upstream connections, {} tunnel(s){}\n",
+          sum.http_requests, sum.http_retries, sum.http_reused, sum.http_tunnels, answered);
     }
   }
-  fmt::print("\n{:<28} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", "UPSTREAM/POOL/HOST", "ADDRESS", "WEIGHT", "ADMIN",
-             "HEALTH", "ACTIVE", "TOTAL", "FAILURES");
+  fmt::print("\n{:<28} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", "UPSTREAM/POOL/HOST", "ADDRESS", "WEIGHT",
+             "ADMIN", "HEALTH", "ACTIVE", "TOTAL", "FAILURES");
   for (size_t u = 0; u < t.upstreams().size(); ++u) {
     const auto& ur = t.upstreams()[u];
     fmt::print("{} (connect {} ms, idle {} ms, max_fails {} per {} ms, tries {})\n", name_of(ur.name),
@@ -583,7 +616,6 @@ int cmd_status(const Options& o) {
   }
   return 0;
 }
-
 
 volatile sig_atomic_t g_stop = 0;
 
@@ -635,8 +667,9 @@ int main(int argc, char** argv) {
 
   auto* status = app.add_subcommand("status", "upstreams, pools, hosts and their state");
   status->add_flag("--json", o.json, "machine-readable output");
-  auto* check = app.add_subcommand("check", "exit 0 if the master and every worker run and every listener accepts "
-                                             "(for keepalived's vrrp_script), else 1 with the reason");
+  auto* check = app.add_subcommand("check",
+                                   "exit 0 if the master and every worker run and every listener accepts "
+                                   "(for keepalived's vrrp_script), else 1 with the reason");
   check->add_option("--timeout-ms", o.timeout_ms, "connect timeout per listener (default 1000)");
   auto* events = app.add_subcommand("events", "print the event log");
   events->add_flag("-f,--follow", o.follow, "keep printing new events");
@@ -684,13 +717,17 @@ int main(int argc, char** argv) {
     cmd->add_option("--ip-file", o.ip_file, "client addresses, one IP or IP/PREFIX per line ('#' comments)");
     cmd->add_option("--header", o.header, "NAME=VALUE: a request header equals VALUE");
     cmd->add_option("--cookie", o.cookie, "NAME=VALUE: a cookie equals VALUE");
-    cmd->add_option("--percent", o.percent, "0..100: a stable share of clients (hash of the route's key, else the client IP)");
+    cmd->add_option("--percent", o.percent,
+                    "0..100: a stable share of clients (hash of the route's key, else the client IP)");
   };
-  auto* add_rule = add->add_subcommand("rule", "add rule LISTENER ROUTE RULE_ID --upstream U [matchers]: tried after the route's other rules");
+  auto* add_rule = add->add_subcommand(
+      "rule", "add rule LISTENER ROUTE RULE_ID --upstream U [matchers]: tried after the route's other rules");
   rule_matchers(add_rule);
-  auto* set_rule = set->add_subcommand("rule", "set rule LISTENER ROUTE RULE_ID --upstream U [matchers]: replaces a rule in place");
+  auto* set_rule =
+      set->add_subcommand("rule", "set rule LISTENER ROUTE RULE_ID --upstream U [matchers]: replaces a rule in place");
   rule_matchers(set_rule);
-  auto* add_consumer = add->add_subcommand("consumer", "add consumer NAME --key KEY | --key-file FILE: a key-auth consumer");
+  auto* add_consumer =
+      add->add_subcommand("consumer", "add consumer NAME --key KEY | --key-file FILE: a key-auth consumer");
   add_consumer->add_option("consumer", o.id, "consumer name (passed upstream in X-Consumer-Username)")->required();
   add_consumer->add_option("--key", o.key, "the API key (1..512 visible ASCII characters); only its SHA-256 is stored");
   add_consumer->add_option("--key-file", o.key_file, "read the key from this file (one line), keeping it out of ps");
@@ -715,7 +752,9 @@ int main(int argc, char** argv) {
   try {
     const bool to_etcd = !o.etcd.empty();
     if (to_etcd && !(*add_host || *rm_host || *down_host || *up_host || *add_pool || *rm_pool || *set_pool))
-      throw Failure("--etcd goes with a change to pools or hosts (add/remove/down/up host, add/remove/set pool); rules and consumers are kept per node, changed without --etcd");
+      throw Failure(
+          "--etcd goes with a change to pools or hosts (add/remove/down/up host, add/remove/set pool); rules and "
+          "consumers are kept per node, changed without --etcd");
     if (*status) return cmd_status(o);
     if (*events) return cmd_events(o);
     if (*check) return cmd_check(o);
@@ -723,7 +762,8 @@ int main(int argc, char** argv) {
       auto [u, p] = split_pool(o.path);
       gw::core::SockAddr addr;
       std::string why;
-      if (!gw::core::parse_address(o.address, addr, why)) throw Failure(fmt::format("bad address \"{}\": {}", o.address, why));
+      if (!gw::core::parse_address(o.address, addr, why))
+        throw Failure(fmt::format("bad address \"{}\": {}", o.address, why));
       uint32_t weight = o.weight.empty() ? 1 : parse_u32(o.weight, "--weight", 0, gw::shm::kMaxWeight);
       if (to_etcd) {
         EtcdCtl c = etcd_ctl(o);
@@ -784,8 +824,10 @@ int main(int argc, char** argv) {
         while (!key.empty() && (key.back() == '\n' || key.back() == '\r')) key.pop_back();
       }
       if (key.empty()) throw Failure("add consumer needs --key KEY or --key-file FILE");
-      if (!gw::config::valid_api_key(key)) throw Failure(fmt::format("the key must be 1..{} visible ASCII characters", gw::config::kMaxApiKey));
-      if (auto why = gw::shm::check_name(o.id); !why.empty()) throw Failure(fmt::format("consumer name \"{}\" {}", o.id, why));
+      if (!gw::config::valid_api_key(key))
+        throw Failure(fmt::format("the key must be 1..{} visible ASCII characters", gw::config::kMaxApiKey));
+      if (auto why = gw::shm::check_name(o.id); !why.empty())
+        throw Failure(fmt::format("consumer name \"{}\" {}", o.id, why));
       uint8_t digest[gw::shm::kSha256Len];
       if (!gw::api::sha256(key, digest)) throw Failure("SHA-256 failed");
       return report(gw::shm::ops::add_consumer(attach(o, true), o.id, digest));

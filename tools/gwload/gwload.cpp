@@ -35,8 +35,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <cerrno>
@@ -94,8 +94,12 @@ volatile std::sig_atomic_t g_stop = 0;
 // --procs N: the parent's SIGUSR1 once every worker has ramped up; workers hold only then.
 volatile std::sig_atomic_t g_hold_go = 0;
 
-void OnStopSignal(int) { g_stop = 1; }
-void OnHoldSignal(int) { g_hold_go = 1; }
+void OnStopSignal(int) {
+  g_stop = 1;
+}
+void OnHoldSignal(int) {
+  g_hold_go = 1;
+}
 
 int64_t NowUs() {
   timespec ts{};
@@ -154,14 +158,13 @@ bool ParseAddress(const std::string& text, bool port_required, Address* out) {
   unsigned port = 0;
   size_t colon = text.rfind(':');
   bool bracketed = !text.empty() && text.front() == '[';
-  bool has_port = colon != std::string::npos &&
-                  (bracketed ? colon > 0 && text[colon - 1] == ']' : text.find(':') == colon);
+  bool has_port =
+      colon != std::string::npos && (bracketed ? colon > 0 && text[colon - 1] == ']' : text.find(':') == colon);
   if (has_port) {
     host = text.substr(0, colon);
     std::string_view port_text = std::string_view(text).substr(colon + 1);
     auto [ptr, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-    if (port_text.empty() || ec != std::errc() || ptr != port_text.data() + port_text.size() ||
-        port > 65535) {
+    if (port_text.empty() || ec != std::errc() || ptr != port_text.data() + port_text.size() || port > 65535) {
       return false;
     }
   } else if (port_required) {
@@ -203,32 +206,26 @@ Options ParseOptions(int argc, char** argv) {
   app.add_option("-c,--connections", opt.connections, "connections (slots) in total")
       ->capture_default_str()
       ->check(CLI::Range(uint64_t{1}, uint64_t{100'000'000}));
-  app.add_option("--connect-rate", opt.connect_rate,
-                 "new connections per second over all processes (0 = no limit)")
+  app.add_option("--connect-rate", opt.connect_rate, "new connections per second over all processes (0 = no limit)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("-r,--rate", opt.rate, "heartbeats per second per connection (0 = none)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  app.add_option("-T,--duration", opt.duration,
-                 "seconds to hold once all connections are up (churn: seconds to churn)")
+  app.add_option("-T,--duration", opt.duration, "seconds to hold once all connections are up (churn: seconds to churn)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--src", opt.src, "source IPs to bind to, round robin over connections")
-      ->delimiter(',');
+  app.add_option("--src", opt.src, "source IPs to bind to, round robin over connections")->delimiter(',');
   app.add_option("--procs", opt.procs, "worker processes, each with an equal share")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
-  app.add_option("--devid-prefix", opt.devid_prefix, "devid of connection i is PREFIX<K+i>")
-      ->capture_default_str();
-  app.add_option("--devid-offset", opt.devid_offset, "K: the first connection's number")
-      ->capture_default_str();
+  app.add_option("--devid-prefix", opt.devid_prefix, "devid of connection i is PREFIX<K+i>")->capture_default_str();
+  app.add_option("--devid-offset", opt.devid_offset, "K: the first connection's number")->capture_default_str();
   app.add_flag("--json", opt.json, "print the final report as one JSON object on stdout");
   app.add_flag("--churn", opt.churn, "loop connect/login/echo/close instead of holding");
   app.add_flag("--first-reply,!--no-first-reply", opt.first_reply,
                "wait for the login echo before sending heartbeats (default on)");
-  app.add_option("--timeout-ms", opt.timeout_ms,
-                 "connect+login and per-reply timeout; counts an error")
+  app.add_option("--timeout-ms", opt.timeout_ms, "connect+login and per-reply timeout; counts an error")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{3'600'000}));
   try {
@@ -269,8 +266,7 @@ Options ParseOptions(int argc, char** argv) {
       UsageError("--devid-prefix must not contain control characters, '\"' or '\\'");
     }
   }
-  if (!std::isfinite(opt.rate) || !std::isfinite(opt.connect_rate) ||
-      !std::isfinite(opt.duration)) {
+  if (!std::isfinite(opt.rate) || !std::isfinite(opt.connect_rate) || !std::isfinite(opt.duration)) {
     UsageError("rates and durations must be finite");
   }
   if (opt.rate > 0 && opt.rate < 1e-3) UsageError("--rate must be 0 or at least 0.001");
@@ -313,9 +309,7 @@ struct Report {
     return n;
   }
 
-  uint64_t Errors() const {
-    return connect_errors + resets + eofs + timeouts + protocol + IoErrors() + workers_lost;
-  }
+  uint64_t Errors() const { return connect_errors + resets + eofs + timeouts + protocol + IoErrors() + workers_lost; }
 
   void Merge(const Report& o) {
     connections += o.connections;
@@ -351,14 +345,10 @@ enum Phase : uint32_t { kRamp = 0, kHold = 1, kChurn = 2, kDone = 3 };
 
 const char* PhaseName(uint32_t phase) {
   switch (phase) {
-    case kRamp:
-      return "ramp";
-    case kHold:
-      return "hold";
-    case kChurn:
-      return "churn";
-    default:
-      return "done";
+    case kRamp: return "ramp";
+    case kHold: return "hold";
+    case kChurn: return "churn";
+    default: return "done";
   }
 }
 
@@ -385,8 +375,7 @@ class ProgressPrinter {
     auto per_s = [dt](uint64_t now, uint64_t before) {
       return static_cast<uint64_t>(std::llround(static_cast<double>(now - std::min(now, before)) / dt));
     };
-    std::fprintf(stderr,
-                 "t=%llus conns=%llu/%llu connects/s=%llu frames/s=%llu errors=%llu phase=%s\n",
+    std::fprintf(stderr, "t=%llus conns=%llu/%llu connects/s=%llu frames/s=%llu errors=%llu phase=%s\n",
                  static_cast<unsigned long long>(p.tick), static_cast<unsigned long long>(p.open),
                  static_cast<unsigned long long>(total_),
                  static_cast<unsigned long long>(per_s(p.established, last_.established)),
@@ -414,7 +403,7 @@ enum class State : uint8_t {
 
 struct Conn {
   int fd = -1;
-  uint32_t gen = 0;  // bumped on every close; part of the epoll tag
+  uint32_t gen = 0;     // bumped on every close; part of the epoll tag
   uint64_t number = 0;  // devid number: --devid-offset + global index
   State state = State::kIdle;
   bool login_pending = false;  // login sent, echo not yet received
@@ -532,8 +521,8 @@ class Worker {
   // share (0 = no limit).
   // wait_for_go: hold only after the parent's SIGUSR1 (several processes ramp side by side;
   // the hold starts when all of them are up).
-  Worker(const Options& opt, uint64_t first, uint64_t count, double connect_rate,
-         ProgressSink sink, bool wait_for_go = false)
+  Worker(const Options& opt, uint64_t first, uint64_t count, double connect_rate, ProgressSink sink,
+         bool wait_for_go = false)
       : opt_(opt),
         wait_for_go_(wait_for_go),
         first_(first),
@@ -606,9 +595,7 @@ class Worker {
   int64_t TickOf(int64_t us) const { return (us - base_us_) / 1000; }
   int64_t TickCeil(int64_t us) const { return (us - base_us_ + 999) / 1000; }
 
-  static uint64_t Tag(uint32_t slot, uint32_t gen) {
-    return static_cast<uint64_t>(gen) << 32 | slot;
-  }
+  static uint64_t Tag(uint32_t slot, uint32_t gen) { return static_cast<uint64_t>(gen) << 32 | slot; }
 
   // --- phases -------------------------------------------------------------------------
 
@@ -801,8 +788,7 @@ class Worker {
     bool login_late = (c.state == State::kConnecting || c.state == State::kLogin || c.login_pending) &&
                       now >= c.start_us + timeout_us_;
     if (login_late && c.state == State::kConnecting) return ConnectFailed(slot, ETIMEDOUT);
-    bool reply_late = c.inflight_head < c.inflight.size() &&
-                      now >= c.inflight[c.inflight_head] + timeout_us_;
+    bool reply_late = c.inflight_head < c.inflight.size() && now >= c.inflight[c.inflight_head] + timeout_us_;
     if (login_late || reply_late) {
       ++report_.timeouts;
       return Drop(slot);
@@ -817,9 +803,7 @@ class Worker {
 
   // --- frames -------------------------------------------------------------------------
 
-  static uint16_t WallTime16() {
-    return static_cast<uint16_t>(static_cast<uint64_t>(std::time(nullptr)) & 0xffff);
-  }
+  static uint16_t WallTime16() { return static_cast<uint16_t>(static_cast<uint64_t>(std::time(nullptr)) & 0xffff); }
 
   // Writes the devid (prefix + number) at `out`; returns its end.
   char* PutDevid(char* out, uint64_t number) const {
@@ -863,8 +847,8 @@ class Worker {
     ++p;
     char want[kMaxPrefix + 24];
     auto want_len = static_cast<size_t>(PutDevid(want, c.number) - want);
-    return body.substr(p, want_len) == std::string_view(want, want_len) &&
-           p + want_len < body.size() && body[p + want_len] == '"';
+    return body.substr(p, want_len) == std::string_view(want, want_len) && p + want_len < body.size() &&
+           body[p + want_len] == '"';
   }
 
   bool SendHeartbeat(uint32_t slot) {
@@ -1004,8 +988,8 @@ class Worker {
   bool OnFrames(uint32_t slot, std::string_view buf, size_t* used) {
     size_t pos = 0;
     while (buf.size() - pos >= kFrameHeader) {
-      size_t body_len = static_cast<size_t>(static_cast<uint8_t>(buf[pos + 4])) << 8 |
-                        static_cast<uint8_t>(buf[pos + 5]);
+      size_t body_len =
+          static_cast<size_t>(static_cast<uint8_t>(buf[pos + 4])) << 8 | static_cast<uint8_t>(buf[pos + 5]);
       if (buf.size() - pos < kFrameHeader + body_len) break;
       if (!OnFrame(slot, buf.substr(pos, kFrameHeader + body_len))) return false;
       pos += kFrameHeader + body_len;
@@ -1217,9 +1201,10 @@ std::unique_ptr<Report> RunProcesses(const Options& opt) {
       int out = fds[1];
       auto report = std::make_unique<Report>();
       {
-        Worker worker(opt, first, count, opt.connect_rate / static_cast<double>(procs),
-                      [out](const Progress& pr) { WriteMsg(out, kMsgProgress, &pr, sizeof(pr)); },
-                      /*wait_for_go=*/true);
+        Worker worker(
+            opt, first, count, opt.connect_rate / static_cast<double>(procs),
+            [out](const Progress& pr) { WriteMsg(out, kMsgProgress, &pr, sizeof(pr)); },
+            /*wait_for_go=*/true);
         *report = worker.Run();
       }
       bool ok = WriteMsg(out, kMsgReport, report.get(), sizeof(Report));
@@ -1318,8 +1303,7 @@ std::unique_ptr<Report> RunProcesses(const Options& opt) {
     if (c.report) {
       merged->Merge(*c.report);
     } else {
-      std::fprintf(stderr, "gwload: worker %d ended without a report (status %d)\n",
-                   static_cast<int>(c.pid), status);
+      std::fprintf(stderr, "gwload: worker %d ended without a report (status %d)\n", static_cast<int>(c.pid), status);
       ++merged->workers_lost;
     }
   }
@@ -1348,53 +1332,46 @@ std::string ErrorDetailJson(const Report& r) {
 }
 
 std::string LatencyJson(const Histogram& h) {
-  return fmt::format(R"({{"count":{},"p50":{},"p99":{},"p999":{},"max":{},"mean":{:.1f}}})",
-                     h.Count(), h.Quantile(0.5), h.Quantile(0.99), h.Quantile(0.999), h.Max(),
-                     h.Mean());
+  return fmt::format(R"({{"count":{},"p50":{},"p99":{},"p999":{},"max":{},"mean":{:.1f}}})", h.Count(), h.Quantile(0.5),
+                     h.Quantile(0.99), h.Quantile(0.999), h.Max(), h.Mean());
 }
 
 std::string LatencyText(const Histogram& h) {
-  return fmt::format("p50={}us p99={}us p999={}us max={}us mean={:.0f}us (n={})", h.Quantile(0.5),
-                     h.Quantile(0.99), h.Quantile(0.999), h.Max(), h.Mean(), h.Count());
+  return fmt::format("p50={}us p99={}us p999={}us max={}us mean={:.0f}us (n={})", h.Quantile(0.5), h.Quantile(0.99),
+                     h.Quantile(0.999), h.Max(), h.Mean(), h.Count());
 }
 
 void PrintReport(const Options& opt, const Report& r) {
-  double connect_rate = opt.churn ? r.churn_per_s
-                        : r.ramp_s > 0 ? static_cast<double>(r.established) / r.ramp_s
-                                       : 0.0;
+  double connect_rate = opt.churn ? r.churn_per_s : r.ramp_s > 0 ? static_cast<double>(r.established) / r.ramp_s : 0.0;
   if (opt.json) {
     std::string churn;
     if (opt.churn) {
-      churn = fmt::format(R"("churn_connects":{},"churn_connects_per_s":{:.1f},)", r.established,
-                          r.churn_per_s);
+      churn = fmt::format(R"("churn_connects":{},"churn_connects_per_s":{:.1f},)", r.established, r.churn_per_s);
     }
-    fmt::print(
-        R"({{"mode":"{}","target":"{}","procs":{},"connections":{},"established":{},)"
-        R"("connect_errors":{},"errors":{},"error_detail":{},"connect_rate":{:.1f},"ramp_s":{:.3f},)"
-        R"("hb_sent":{},"hb_received":{},"hb_sent_per_s":{:.1f},"frames_per_s":{:.1f},{})"
-        R"("first_latency_us":{},"hb_latency_us":{},"hb_ramp_latency_us":{},"duration_s":{:.3f}}})"
-        "\n",
-        opt.churn ? "churn" : "hold", opt.target, opt.procs, r.connections, r.established,
-        r.connect_errors, r.Errors(), ErrorDetailJson(r), connect_rate, r.ramp_s, r.hb_sent,
-        r.hb_received, r.hold_sent_per_s, r.hold_received_per_s, churn,
-        LatencyJson(r.first_latency), LatencyJson(r.hb_latency), LatencyJson(r.hb_ramp_latency),
-        r.hold_s);
+    fmt::print(R"({{"mode":"{}","target":"{}","procs":{},"connections":{},"established":{},)"
+               R"("connect_errors":{},"errors":{},"error_detail":{},"connect_rate":{:.1f},"ramp_s":{:.3f},)"
+               R"("hb_sent":{},"hb_received":{},"hb_sent_per_s":{:.1f},"frames_per_s":{:.1f},{})"
+               R"("first_latency_us":{},"hb_latency_us":{},"hb_ramp_latency_us":{},"duration_s":{:.3f}}})"
+               "\n",
+               opt.churn ? "churn" : "hold", opt.target, opt.procs, r.connections, r.established, r.connect_errors,
+               r.Errors(), ErrorDetailJson(r), connect_rate, r.ramp_s, r.hb_sent, r.hb_received, r.hold_sent_per_s,
+               r.hold_received_per_s, churn, LatencyJson(r.first_latency), LatencyJson(r.hb_latency),
+               LatencyJson(r.hb_ramp_latency), r.hold_s);
     return;
   }
-  fmt::print("gwload {} mode: {} connections to {} ({} process{})\n", opt.churn ? "churn" : "hold",
-             r.connections, opt.target, opt.procs, opt.procs == 1 ? "" : "es");
+  fmt::print("gwload {} mode: {} connections to {} ({} process{})\n", opt.churn ? "churn" : "hold", r.connections,
+             opt.target, opt.procs, opt.procs == 1 ? "" : "es");
   if (opt.churn) {
-    fmt::print("  churn          {} login round trips in {:.2f}s: {:.0f} connects/s\n",
-               r.established, r.hold_s, r.churn_per_s);
+    fmt::print("  churn          {} login round trips in {:.2f}s: {:.0f} connects/s\n", r.established, r.hold_s,
+               r.churn_per_s);
   } else {
-    fmt::print("  established    {}/{} in {:.2f}s: {:.0f} connects/s\n", r.established,
-               r.connections, r.ramp_s, connect_rate);
+    fmt::print("  established    {}/{} in {:.2f}s: {:.0f} connects/s\n", r.established, r.connections, r.ramp_s,
+               connect_rate);
   }
-  fmt::print("  errors         {} (connect {}): {}\n", r.Errors(), r.connect_errors,
-             ErrorDetailJson(r));
+  fmt::print("  errors         {} (connect {}): {}\n", r.Errors(), r.connect_errors, ErrorDetailJson(r));
   if (!opt.churn) {
-    fmt::print("  heartbeats     sent {} received {}; hold {:.2f}s: {:.0f} sent/s {:.0f} received/s\n",
-               r.hb_sent, r.hb_received, r.hold_s, r.hold_sent_per_s, r.hold_received_per_s);
+    fmt::print("  heartbeats     sent {} received {}; hold {:.2f}s: {:.0f} sent/s {:.0f} received/s\n", r.hb_sent,
+               r.hb_received, r.hold_s, r.hold_sent_per_s, r.hold_received_per_s);
   }
   fmt::print("  first frame    {}\n", LatencyText(r.first_latency));
   if (!opt.churn) {
@@ -1423,10 +1400,10 @@ int Main(int argc, char** argv) {
   uint64_t per_proc = (opt.connections + procs - 1) / procs;
   if (per_proc + kSpareFds > fd_limit) {
     uint64_t usable = fd_limit > kSpareFds ? fd_limit - kSpareFds : 1;
-    UsageError(fmt::format(
-        "{} connections per process need {} descriptors but RLIMIT_NOFILE is {}; use --procs {} "
-        "or more",
-        per_proc, per_proc + kSpareFds, fd_limit, (opt.connections + usable - 1) / usable));
+    UsageError(
+        fmt::format("{} connections per process need {} descriptors but RLIMIT_NOFILE is {}; use --procs {} "
+                    "or more",
+                    per_proc, per_proc + kSpareFds, fd_limit, (opt.connections + usable - 1) / usable));
   }
 
   struct sigaction sa {};
@@ -1436,21 +1413,19 @@ int Main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   sa.sa_handler = OnHoldSignal;
   sigaction(SIGUSR1, &sa, nullptr);  // before the fork: workers inherit it
-  signal(SIGPIPE, SIG_IGN);  // belt and braces: every send() uses MSG_NOSIGNAL
+  signal(SIGPIPE, SIG_IGN);          // belt and braces: every send() uses MSG_NOSIGNAL
 
   std::fprintf(stderr,
                "gwload: %s %llu connections to %s, %d process%s, connect-rate %g/s, %g hb/s per "
                "connection, %gs\n",
-               opt.churn ? "churn" : "hold", static_cast<unsigned long long>(opt.connections),
-               opt.target.c_str(), opt.procs, opt.procs == 1 ? "" : "es", opt.connect_rate,
-               opt.rate, opt.duration);
+               opt.churn ? "churn" : "hold", static_cast<unsigned long long>(opt.connections), opt.target.c_str(),
+               opt.procs, opt.procs == 1 ? "" : "es", opt.connect_rate, opt.rate, opt.duration);
 
   std::unique_ptr<Report> report;
   if (opt.procs == 1) {
     ProgressPrinter printer(opt.connections);
     report = std::make_unique<Report>();
-    Worker worker(opt, 0, opt.connections, opt.connect_rate,
-                  [&printer](const Progress& p) { printer.Print(p); });
+    Worker worker(opt, 0, opt.connections, opt.connect_rate, [&printer](const Progress& p) { printer.Print(p); });
     *report = worker.Run();
   } else {
     report = RunProcesses(opt);
@@ -1463,4 +1438,6 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace gwload
 
-int main(int argc, char** argv) { return gwload::Main(argc, argv); }
+int main(int argc, char** argv) {
+  return gwload::Main(argc, argv);
+}

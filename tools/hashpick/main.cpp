@@ -5,8 +5,8 @@
 //   gw-hashpick --method chash --host a=127.0.0.1:8081:2 --host b=127.0.0.1:8082 < keys
 //   → one line per key: KEY<TAB>HOST_ID
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <iostream>
 #include <string>
@@ -59,7 +59,8 @@ int main(int argc, char** argv) {
   b.rebuild(snap);
   std::string key;
   while (std::getline(std::cin, key)) {
-    int h = b.pick(snap, snap.upstreams()[0], key, [](uint32_t) { return true; }, [](uint32_t) { return uint64_t{0}; });
+    int h = b.pick(
+        snap, snap.upstreams()[0], key, [](uint32_t) { return true; }, [](uint32_t) { return uint64_t{0}; });
     fmt::print("{}\t{}\n", key, h < 0 ? "-" : std::string(gw::shm::name_of(t.hosts()[static_cast<size_t>(h)].id)));
   }
   return 0;

@@ -66,11 +66,11 @@ enum class Endpoint : uint8_t {
 
 struct RouteMatch {
   Endpoint endpoint = Endpoint::not_found;
-  std::string params[3];     ///< percent-decoded segments: U, P, H or L, R, ID
+  std::string params[3];  ///< percent-decoded segments: U, P, H or L, R, ID
   bool method_allowed = false;
-  std::string allow;         ///< the endpoint's methods, for a 405's Allow
-  bool write = false;        ///< an allowed method that changes the table (needs the token)
-  bool bad_path = false;     ///< a segment that does not decode (bad %XX, NUL, '/')
+  std::string allow;      ///< the endpoint's methods, for a 405's Allow
+  bool write = false;     ///< an allowed method that changes the table (needs the token)
+  bool bad_path = false;  ///< a segment that does not decode (bad %XX, NUL, '/')
 };
 /// Routes `path` (no query; "/status/" is "/status"). Pure.
 RouteMatch route_request(std::string_view method, std::string_view path);

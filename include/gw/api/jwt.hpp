@@ -39,12 +39,12 @@ enum class JwtError : uint8_t {
   bad_header,     ///< the header is not a JSON object, or has "crit"
   bad_algorithm,  ///< "alg" is not the configured algorithm
   bad_signature,
-  bad_claims,     ///< the claims are not a JSON object, or exp/nbf are not numbers
+  bad_claims,  ///< the claims are not a JSON object, or exp/nbf are not numbers
   expired,
   not_yet_valid,
   bad_issuer,
   bad_audience,
-  no_consumer,    ///< the consumer claim is missing or not a usable name
+  no_consumer,  ///< the consumer claim is missing or not a usable name
 };
 const char* jwt_error_name(JwtError e) noexcept;
 
@@ -76,7 +76,8 @@ class JwtVerifier {
 
   /// Verifies `token` at wall-clock second `now_s`. On ok, `consumer` is the
   /// consumer claim's value, valid until the next verify() with `scratch`.
-  JwtError verify(std::string_view token, int64_t now_s, JwtScratch& scratch, std::string_view& consumer) const noexcept;
+  JwtError verify(std::string_view token, int64_t now_s, JwtScratch& scratch,
+                  std::string_view& consumer) const noexcept;
 
  private:
   bool check_signature(std::string_view signed_part, const unsigned char* sig, size_t sig_len,

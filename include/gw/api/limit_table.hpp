@@ -104,9 +104,7 @@ class LimitTable {
   /// Takes a way of `set` for `fp` with `conns` connections. nullptr and
   /// full=true if every way is pinned; nullptr and full=false on a lost race.
   shm::LimitEntry* claim(uint64_t fp, uint32_t set, uint32_t conns, uint64_t now_ms, bool& full) noexcept;
-  uint32_t set_of(uint64_t h) const noexcept {
-    return static_cast<uint32_t>(((h & 0xffffffffu) * sets_) >> 32);
-  }
+  uint32_t set_of(uint64_t h) const noexcept { return static_cast<uint32_t>(((h & 0xffffffffu) * sets_) >> 32); }
   void bump(std::atomic<uint64_t> shm::GuardCounters::*field) noexcept;
 
   shm::LimitEntry* entries_ = nullptr;

@@ -66,7 +66,8 @@ class Balancer {
         switch (p.method) {
           case shm::Method::round_robin:
             h = st && !st->schedule.empty()
-                    ? rr_.pick_scheduled(hosts, st->schedule, [&] { return next_ticket(p.pool, *st); }, eligible, rng_)
+                    ? rr_.pick_scheduled(
+                          hosts, st->schedule, [&] { return next_ticket(p.pool, *st); }, eligible, rng_)
                     : rr_.pick(hosts, cands, eligible);
             break;
           case shm::Method::chash:
@@ -80,8 +81,8 @@ class Balancer {
               for (uint32_t i : cands)
                 if (hosts[i].weight && eligible(i)) total += load(i), ++n;
               const uint64_t limit = n ? ((total + 1) * u.balance_factor + 100 * n - 1) / (100 * n) : 0;
-              h = st->ring.pick(key, [&](uint32_t i) noexcept { return eligible(i) && load(i) + 1 <= limit; },
-                                st->ring.size());
+              h = st->ring.pick(
+                  key, [&](uint32_t i) noexcept { return eligible(i) && load(i) + 1 <= limit; }, st->ring.size());
             }
             break;
           case shm::Method::hash: h = nginx_hash_pick(hosts, cands, key, eligible); break;

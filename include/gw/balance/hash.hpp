@@ -12,8 +12,7 @@ namespace gw::balance {
 
 /// crc32 of `s`, continuing from `crc` (0 to start): crc32(crc32(0,a),b) == crc32(0,a+b).
 inline uint32_t crc32(std::string_view s, uint32_t crc = 0) noexcept {
-  return static_cast<uint32_t>(
-      ::crc32(crc, reinterpret_cast<const Bytef*>(s.data()), static_cast<uInt>(s.size())));
+  return static_cast<uint32_t>(::crc32(crc, reinterpret_cast<const Bytef*>(s.data()), static_cast<uInt>(s.size())));
 }
 
 /// crc32 continued from `crc` over the 4 little-endian bytes of `v`; equal to

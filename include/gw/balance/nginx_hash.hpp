@@ -23,8 +23,8 @@
 namespace gw::balance {
 
 template <typename Eligible>
-int nginx_hash_pick(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> candidates,
-                    std::string_view key, Eligible&& eligible) noexcept {
+int nginx_hash_pick(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> candidates, std::string_view key,
+                    Eligible&& eligible) noexcept {
   uint64_t total = 0;
   for (uint32_t i : candidates) total += hosts[i].weight;
   if (total == 0) return -1;

@@ -14,15 +14,15 @@
 namespace gw::balance {
 
 struct PoolView {
-  uint32_t pool;         ///< index into the table's pool records
-  uint32_t first;        ///< first entry in Snapshot::hosts
-  uint32_t count;        ///< number of hosts
+  uint32_t pool;   ///< index into the table's pool records
+  uint32_t first;  ///< first entry in Snapshot::hosts
+  uint32_t count;  ///< number of hosts
   int32_t priority;
   shm::Method method;
 };
 
 struct UpstreamView {
-  uint32_t first_pool;   ///< first entry in Snapshot::pools (sorted by priority, then table order)
+  uint32_t first_pool;  ///< first entry in Snapshot::pools (sorted by priority, then table order)
   uint32_t n_pools;
   shm::HealthPolicy health;
   uint32_t connect_timeout_ms;

@@ -59,13 +59,13 @@ struct WatchEvent {
 
 /// One message of the watch stream.
 struct WatchMessage {
-  int64_t revision = 0;           ///< header revision
-  bool created = false;           ///< the answer to the create request
-  bool canceled = false;          ///< the watch ended (compaction, or an error)
-  int64_t compact_revision = 0;   ///< canceled because start_revision was compacted: re-list
+  int64_t revision = 0;          ///< header revision
+  bool created = false;          ///< the answer to the create request
+  bool canceled = false;         ///< the watch ended (compaction, or an error)
+  int64_t compact_revision = 0;  ///< canceled because start_revision was compacted: re-list
   std::string cancel_reason;
-  std::string error;              ///< the stream failed ({"error": ...}); the text
-  std::vector<WatchEvent> events; ///< in revision order
+  std::string error;               ///< the stream failed ({"error": ...}); the text
+  std::vector<WatchEvent> events;  ///< in revision order
 };
 
 /// A comparison of a txn; every one is "target == value". With range_end set,

@@ -66,7 +66,7 @@ bool decode_host(std::string_view json, HostSpec& out, std::string& why);
 
 /// What etcd holds under the prefix, parsed and checked for consistency.
 struct Model {
-  std::map<std::string, bool> upstreams;                                         ///< upstream name → present
+  std::map<std::string, bool> upstreams;                                        ///< upstream name → present
   std::map<std::pair<std::string, std::string>, PoolSpec> pools;                ///< (upstream, pool)
   std::map<std::tuple<std::string, std::string, std::string>, HostSpec> hosts;  ///< (upstream, pool, host)
 };

@@ -42,11 +42,11 @@ struct AuthConf {
   std::vector<std::pair<std::string, std::string>> users;
   // jwt
   JwtAlg alg = JwtAlg::hs256;
-  std::string secret;          ///< HS256 key
-  std::string public_key_pem;  ///< RS256 key (PEM text; "@/path" was read at load)
-  uint32_t leeway_s = 60;      ///< exp and nbf tolerate this much clock skew
-  std::string issuer;          ///< non-empty: "iss" must equal it
-  std::string audience;        ///< non-empty: "aud" must equal it or list it
+  std::string secret;                  ///< HS256 key
+  std::string public_key_pem;          ///< RS256 key (PEM text; "@/path" was read at load)
+  uint32_t leeway_s = 60;              ///< exp and nbf tolerate this much clock skew
+  std::string issuer;                  ///< non-empty: "iss" must equal it
+  std::string audience;                ///< non-empty: "aud" must equal it or list it
   std::string consumer_claim = "sub";  ///< the claim that names the consumer
   /// Non-empty: only these consumers pass; others get 403.
   std::vector<std::string> allow;

@@ -43,16 +43,17 @@ struct UpstreamConf {
   std::vector<PoolConf> pools;
 
   // HTTP (used by http listeners only).
-  uint32_t read_timeout_ms = 60000;  ///< waiting for the response head, and between two reads of it (proxy_read_timeout)
+  uint32_t read_timeout_ms =
+      60000;  ///< waiting for the response head, and between two reads of it (proxy_read_timeout)
   uint32_t send_timeout_ms = 60000;  ///< between two writes of the request to the host (proxy_send_timeout)
   struct Keepalive {
-    uint32_t max_idle = 64;           ///< idle connections kept per host per worker; 0 = no keep-alive
+    uint32_t max_idle = 64;            ///< idle connections kept per host per worker; 0 = no keep-alive
     uint32_t idle_timeout_ms = 60000;  ///< an idle connection is closed after this
-    uint32_t max_requests = 1000;     ///< requests over one connection, then it is closed
+    uint32_t max_requests = 1000;      ///< requests over one connection, then it is closed
   } keepalive;
   struct Retry {
-    bool on_error = true;    ///< connect error, reset or close before a response
-    bool on_timeout = true;  ///< connect or read timeout before a response
+    bool on_error = true;     ///< connect error, reset or close before a response
+    bool on_timeout = true;   ///< connect or read timeout before a response
     bool on_invalid = false;  ///< an invalid response head
     uint64_t status[4] = {};  ///< bit (s - 400) set: retry on status s (400..599)
     bool retries_status(uint32_t s) const noexcept {
@@ -74,13 +75,13 @@ std::string hash_key_text(HashKey k, const std::string& name);
 /// the longest "*.suffix", then "*"), then the longest path prefix.
 struct RouteConf {
   std::string name;
-  std::string host = "*";   ///< "api.example.com", "*.example.com" or "*" (lower case)
-  std::string path = "/";   ///< path prefix
+  std::string host = "*";  ///< "api.example.com", "*.example.com" or "*" (lower case)
+  std::string path = "/";  ///< path prefix
   std::string upstream;
   HashKey hash_key = HashKey::ip;
-  std::string hash_key_name;  ///< header, cookie or argument name
-  bool hash_key_set = false;  ///< else the listener's
-  std::string set_host;       ///< non-empty: the Host sent upstream
+  std::string hash_key_name;         ///< header, cookie or argument name
+  bool hash_key_set = false;         ///< else the listener's
+  std::string set_host;              ///< non-empty: the Host sent upstream
   std::vector<shm::RuleSpec> rules;  ///< initial rules; live ones are in shm
   LimitReqConf limit_req;            ///< "limit_req": per-key request rate (shm, all workers)
   AuthConf auth;                     ///< "auth": key-auth, basic-auth or jwt
@@ -94,8 +95,9 @@ struct HttpConf {
   uint32_t keepalive_timeout_ms = 75000;      ///< idle between requests (keepalive_timeout): close
   uint32_t keepalive_requests = 1000;         ///< requests per client connection (keepalive_requests)
   uint32_t max_request_line = 8192;           ///< 414 above
-  uint32_t max_header_bytes = 15360;          ///< the request head; 431 above (a 16 KiB buffer keeps 1 KiB for the rewrite, as HAProxy's maxrewrite)
-  uint32_t max_headers = 100;                 ///< field lines; 431 above
+  uint32_t max_header_bytes =
+      15360;  ///< the request head; 431 above (a 16 KiB buffer keeps 1 KiB for the rewrite, as HAProxy's maxrewrite)
+  uint32_t max_headers = 100;  ///< field lines; 431 above
 };
 /// connection: route once, on the first frame; frame: route every frame.
 enum class FrameMode { connection, frame };
@@ -122,9 +124,9 @@ struct FrameConf {
 /// "access_log" of a listener: where and how each request (http) or
 /// connection (tcp, frame) is logged.
 struct AccessLogConf {
-  std::string path;        ///< absolute; empty = no access log
-  uint8_t format = 0;      ///< proxy::LogFormat: 0 combined, 1 main, 2 json
-  uint8_t file = 0;        ///< index among the config's distinct access-log paths
+  std::string path;    ///< absolute; empty = no access log
+  uint8_t format = 0;  ///< proxy::LogFormat: 0 combined, 1 main, 2 json
+  uint8_t file = 0;    ///< index among the config's distinct access-log paths
 };
 
 struct ListenerConf {
@@ -133,7 +135,7 @@ struct ListenerConf {
   Protocol protocol = Protocol::tcp;
   std::string upstream;
   int backlog = 511;
-  HashKey hash_key = HashKey::ip;    ///< frame listeners default to HashKey::frame
+  HashKey hash_key = HashKey::ip;     ///< frame listeners default to HashKey::frame
   std::string hash_key_name;          ///< http: header, cookie or argument name
   bool close_on_host_remove = false;  ///< "on_host_remove": "close" (default "keep")
   FrameConf frame;                    ///< protocol frame only
@@ -141,7 +143,7 @@ struct ListenerConf {
   std::vector<RouteConf> routes;      ///< protocol http: given, or one route "default" to `upstream`
   AccessLogConf access_log;
 
-  LimitConnConf limit_conn;           ///< "limit_conn": concurrent connections per client address
+  LimitConnConf limit_conn;  ///< "limit_conn": concurrent connections per client address
 };
 
 struct ShmConf {
@@ -155,32 +157,32 @@ enum class EventEngine { epoll, io_uring };
 
 /// "cluster": the pools and hosts are shared with other nodes through etcd.
 struct ClusterConf {
-  bool enabled = false;               ///< the config has a "cluster" object
-  std::vector<std::string> etcd;      ///< endpoint URLs as given ("http://127.0.0.1:2379")
+  bool enabled = false;                    ///< the config has a "cluster" object
+  std::vector<std::string> etcd;           ///< endpoint URLs as given ("http://127.0.0.1:2379")
   std::vector<core::SockAddr> etcd_addrs;  ///< the same, parsed
-  std::string prefix = "/gw/";        ///< every key gw reads or writes starts with this
-  uint32_t timeout_ms = 2000;         ///< connect and request timeout per etcd request
-  uint32_t reconnect_max_ms = 5000;   ///< cap of the reconnect backoff (starts at 100 ms, doubles)
+  std::string prefix = "/gw/";             ///< every key gw reads or writes starts with this
+  uint32_t timeout_ms = 2000;              ///< connect and request timeout per etcd request
+  uint32_t reconnect_max_ms = 5000;        ///< cap of the reconnect backoff (starts at 100 ms, doubles)
 };
 
 /// "admin": the admin server (metrics, status, the admin API, the dashboard),
 /// served by a child process of the master.
 struct AdminConf {
-  bool enabled = false;      ///< the config has an "admin" object
-  core::SockAddr listen;     ///< "listen": IP:PORT
-  std::string token;         ///< "token": bearer token for writes; empty = writes refused (403)
+  bool enabled = false;         ///< the config has an "admin" object
+  core::SockAddr listen;        ///< "listen": IP:PORT
+  std::string token;            ///< "token": bearer token for writes; empty = writes refused (403)
   uint32_t timeout_ms = 10000;  ///< "timeout_ms": a request head, body gaps, write gaps, keep-alive idle
 };
 
 struct Config {
-  std::string path;       ///< absolute path of the file it came from
-  int workers = 0;        ///< resolved: "auto" = number of online CPUs
+  std::string path;                               ///< absolute path of the file it came from
+  int workers = 0;                                ///< resolved: "auto" = number of online CPUs
   EventEngine event_engine = EventEngine::epoll;  ///< "event_engine"
   /// "splice_after_bytes": an L4 direction that has carried this many bytes
   /// moves its bursts (reads that fill whole buffers) with splice(2) through
   /// a pipe; 0 = always copy.
   uint32_t splice_after_bytes = 16384;
-  std::string log_file;   ///< empty = stderr
+  std::string log_file;  ///< empty = stderr
   core::LogLevel log_level = core::LogLevel::info;
   uint32_t shutdown_timeout_ms = 10000;  ///< SIGTERM: how long workers drain before closing what is left
   /// "worker_shutdown_timeout_ms": after a reload (SIGHUP), how long the old
@@ -191,8 +193,8 @@ struct Config {
   std::vector<ListenerConf> listeners;
   std::vector<UpstreamConf> upstreams;
   std::vector<std::string> access_log_paths;  ///< distinct access-log files (AccessLogConf::file indexes it)
-  std::string hook_host_down;  ///< "hooks.host_down": shell command run by the master
-  std::string hook_host_up;    ///< "hooks.host_up"
+  std::string hook_host_down;                 ///< "hooks.host_down": shell command run by the master
+  std::string hook_host_up;                   ///< "hooks.host_up"
   ClusterConf cluster;
   std::vector<ConsumerConf> consumers;  ///< "consumers": initial key-auth consumers
   AdminConf admin;

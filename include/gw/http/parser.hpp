@@ -198,16 +198,16 @@ struct Head {
   std::string_view host;  ///< requests: the Host value (may be empty)
 
   BodyKind body = BodyKind::none;
-  uint64_t content_length = 0;          ///< body == length
-  bool content_length_merged = false;   ///< several identical values were merged into one
-  bool keep_alive = false;              ///< the connection may carry another message after this one
-  bool upgrade = false;                 ///< request: HTTP/1.1, Connection: upgrade and an Upgrade field;
-                                        ///< response: 101 Switching Protocols
-  bool websocket = false;               ///< upgrade, and Upgrade lists "websocket"
-  std::string_view upgrade_protocols;   ///< the first Upgrade field's value
-  bool expect_continue = false;         ///< HTTP/1.1 request with Expect: 100-continue
-  bool expect_other = false;            ///< an Expect value other than 100-continue (the proxy may answer 417)
-  bool tunnel = false;                  ///< response: 101, or 2xx to CONNECT: the bytes after the head are a tunnel
+  uint64_t content_length = 0;         ///< body == length
+  bool content_length_merged = false;  ///< several identical values were merged into one
+  bool keep_alive = false;             ///< the connection may carry another message after this one
+  bool upgrade = false;                ///< request: HTTP/1.1, Connection: upgrade and an Upgrade field;
+                                       ///< response: 101 Switching Protocols
+  bool websocket = false;              ///< upgrade, and Upgrade lists "websocket"
+  std::string_view upgrade_protocols;  ///< the first Upgrade field's value
+  bool expect_continue = false;        ///< HTTP/1.1 request with Expect: 100-continue
+  bool expect_other = false;           ///< an Expect value other than 100-continue (the proxy may answer 417)
+  bool tunnel = false;                 ///< response: 101, or 2xx to CONNECT: the bytes after the head are a tunnel
 
   uint32_t head_len = 0;  ///< bytes of the head, leading empty lines and the final CRLF included
 
@@ -375,8 +375,8 @@ class BodyDecoder {
     until_close,
     size_first,
     size,
-    ext_bws,        // BWS, then ';' must follow
-    ext_name_bws,   // BWS after ';', before the name
+    ext_bws,       // BWS, then ';' must follow
+    ext_name_bws,  // BWS after ';', before the name
     ext_name,
     ext_eq_bws,     // BWS after the name: '=' or ';'
     ext_value_bws,  // BWS after '='
@@ -403,7 +403,7 @@ class BodyDecoder {
   State state_ = State::done;
   Error error_ = Error::none;
   uint64_t remaining_ = 0;
-  uint32_t line_len_ = 0;      // chunk line bytes so far
+  uint32_t line_len_ = 0;  // chunk line bytes so far
   uint32_t trailer_bytes_ = 0;
   uint32_t trailer_fields_ = 0;
   uint32_t max_chunk_line_ = Limits{}.max_chunk_line;

@@ -29,11 +29,19 @@ inline constexpr uint32_t kTagGenMask = 0xffffffu;
 constexpr uint64_t pack_tag(uint8_t op, uint32_t slot, uint32_t gen) noexcept {
   return (uint64_t{op} << 56) | (uint64_t{gen & kTagGenMask} << 32) | slot;
 }
-constexpr uint8_t tag_op(uint64_t tag) noexcept { return static_cast<uint8_t>(tag >> 56); }
-constexpr uint32_t tag_gen(uint64_t tag) noexcept { return static_cast<uint32_t>(tag >> 32) & kTagGenMask; }
-constexpr uint32_t tag_slot(uint64_t tag) noexcept { return static_cast<uint32_t>(tag); }
+constexpr uint8_t tag_op(uint64_t tag) noexcept {
+  return static_cast<uint8_t>(tag >> 56);
+}
+constexpr uint32_t tag_gen(uint64_t tag) noexcept {
+  return static_cast<uint32_t>(tag >> 32) & kTagGenMask;
+}
+constexpr uint32_t tag_slot(uint64_t tag) noexcept {
+  return static_cast<uint32_t>(tag);
+}
 /// Does `tag` name generation `gen` (compared in the tag's 24 bits)?
-constexpr bool tag_current(uint64_t tag, uint32_t gen) noexcept { return tag_gen(tag) == (gen & kTagGenMask); }
+constexpr bool tag_current(uint64_t tag, uint32_t gen) noexcept {
+  return tag_gen(tag) == (gen & kTagGenMask);
+}
 
 /// A ring of equal-sized buffers provided to the kernel (IORING_REGISTER_PBUF_RING).
 /// A multishot receive takes the buffer at the ring's head for each chunk it

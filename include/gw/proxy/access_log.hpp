@@ -24,16 +24,16 @@ enum class LogFormat : uint8_t { combined, main, json };
 
 /// What one HTTP request leaves in the log. Views must stay valid during log().
 struct HttpLogEntry {
-  uint64_t wall_ms = 0;             ///< when the response ended
-  std::string_view client;          ///< client address text
+  uint64_t wall_ms = 0;                      ///< when the response ended
+  std::string_view client;                   ///< client address text
   std::string_view method, target, version;  ///< "GET", "/x?y", "HTTP/1.1"; empty if the request line was not read
-  int status = 0;                   ///< status sent to the client (0: none, the connection was closed)
-  uint64_t body_bytes = 0;          ///< response body bytes sent to the client
-  uint64_t request_ms = 0;          ///< first request byte → last response byte
+  int status = 0;                            ///< status sent to the client (0: none, the connection was closed)
+  uint64_t body_bytes = 0;                   ///< response body bytes sent to the client
+  uint64_t request_ms = 0;                   ///< first request byte → last response byte
   std::string_view referer, user_agent, host;
-  std::string_view upstream_addr;   ///< the last host tried ("" = none)
-  int upstream_status = 0;          ///< 0 = no response from a host
-  int64_t upstream_ms = -1;         ///< request sent → response head, -1 = none
+  std::string_view upstream_addr;  ///< the last host tried ("" = none)
+  int upstream_status = 0;         ///< 0 = no response from a host
+  int64_t upstream_ms = -1;        ///< request sent → response head, -1 = none
   std::string_view route, rule, consumer;
   uint32_t retries = 0;
   std::string_view listener;
@@ -44,8 +44,8 @@ struct StreamLogEntry {
   uint64_t wall_ms = 0;
   std::string_view client, listener, protocol;  ///< protocol "tcp" or "frame"
   std::string_view upstream_addr;               ///< "" = no host was connected
-  uint64_t bytes_in = 0;   ///< client → host
-  uint64_t bytes_out = 0;  ///< host → client
+  uint64_t bytes_in = 0;                        ///< client → host
+  uint64_t bytes_out = 0;                       ///< host → client
   uint64_t duration_ms = 0;
   std::string_view frame_key;  ///< frame listeners: the routing key
   std::string_view reason;     ///< how it ended: "closed", "no_host", "timeout", a frame reject reason, ...

@@ -151,9 +151,9 @@ class FrameMux {
     uint64_t bytes_up = 0;    // frame bytes sent to hosts
     uint64_t bytes_down = 0;  // bytes sent to the device
     const char* end = "closed";
-    core::SockAddr peer;      // the device's address
+    core::SockAddr peer;  // the device's address
     uint8_t key_len = 0;
-    char key[kMaxKey] = {};   // the first frame's key
+    char key[kMaxKey] = {};  // the first frame's key
   };
   DeviceLog* log_of(const Device& d) noexcept {
     const uint32_t i = index_of(d);

@@ -49,12 +49,12 @@ namespace gw::proxy {
 /// Why the proxy answered a request itself, or closed it (counted per worker).
 enum class HttpOutcome : uint8_t {
   ok = 0,
-  bad_request,     ///< 400/414/431/501/505 from the parser
-  no_route,        ///< 404
-  no_host,         ///< 503: no pool has a usable host
-  bad_gateway,     ///< 502: connect errors, resets, invalid responses, tries used up
-  gateway_timeout, ///< 504
-  client_timeout,  ///< 408: head or body too slow
+  bad_request,      ///< 400/414/431/501/505 from the parser
+  no_route,         ///< 404
+  no_host,          ///< 503: no pool has a usable host
+  bad_gateway,      ///< 502: connect errors, resets, invalid responses, tries used up
+  gateway_timeout,  ///< 504
+  client_timeout,   ///< 408: head or body too slow
   count
 };
 
@@ -107,8 +107,8 @@ class HttpProxy {
   struct RouteRt {
     const config::RouteConf* conf = nullptr;
     HostKind host_kind = HostKind::any;
-    std::string_view host;  ///< exact: the name; suffix: ".example.com"
-    int upstream = -1;      ///< snapshot index; -1 = gone (503)
+    std::string_view host;                 ///< exact: the name; suffix: ".example.com"
+    int upstream = -1;                     ///< snapshot index; -1 = gone (503)
     uint32_t first_rule = 0, n_rules = 0;  ///< into rules_
   };
   struct ListenerRt {
@@ -118,7 +118,7 @@ class HttpProxy {
     uint8_t log_file = 0;
     LogFormat log_format = LogFormat::combined;
     uint32_t first_route = 0, n_routes = 0;  ///< into routes_
-    std::string listen_text;  ///< the Host sent for an HTTP/1.0 request without one
+    std::string listen_text;                 ///< the Host sent for an HTTP/1.0 request without one
   };
   struct UpstreamRt {
     const config::UpstreamConf* conf = nullptr;  ///< settings not kept in shm
@@ -143,27 +143,27 @@ class HttpProxy {
     CState state = CState::free;
     uint16_t listener = 0;
     bool c_in = false, c_out = false, c_hup = false;  // edge-triggered readiness
-    bool c_eof = false;         // the client's FIN was read
-    bool shut_wr = false;       // we sent our FIN (closing)
-    bool keep_alive = false;    // this request allows another after it
+    bool c_eof = false;                               // the client's FIN was read
+    bool shut_wr = false;                             // we sent our FIN (closing)
+    bool keep_alive = false;                          // this request allows another after it
     bool http10 = false;
-    bool head_req = false;      // HEAD: the response has no body
+    bool head_req = false;  // HEAD: the response has no body
     bool idempotent = false;
-    bool upgrade = false;       // an Upgrade request (forwarded with its Upgrade header)
-    bool req_body_done = false; // every body byte of the request is in `in` (maybe not yet sent)
-    bool retryable = false;     // every body byte sent so far is still in `in`
-    bool resp_started = false;  // the response head was written to `out`: no retry from here
+    bool upgrade = false;        // an Upgrade request (forwarded with its Upgrade header)
+    bool req_body_done = false;  // every body byte of the request is in `in` (maybe not yet sent)
+    bool retryable = false;      // every body byte sent so far is still in `in`
+    bool resp_started = false;   // the response head was written to `out`: no retry from here
     bool resp_done = false;
-    bool dechunk = false;       // chunked response to an HTTP/1.0 client
-    bool resp_close = false;    // close the client after this response
+    bool dechunk = false;     // chunked response to an HTTP/1.0 client
+    bool resp_close = false;  // close the client after this response
     bool expect_continue = false;
-    bool up_keep = false;       // the response lets the upstream connection carry another request
-    bool tunnel_c_eof = false, tunnel_u_eof = false;    // tunnel: FIN read from the client / the upstream
+    bool up_keep = false;                             // the response lets the upstream connection carry another request
+    bool tunnel_c_eof = false, tunnel_u_eof = false;  // tunnel: FIN read from the client / the upstream
     bool tunnel_c_shut = false, tunnel_u_shut = false;  // tunnel: FIN passed on to the client / the upstream
     uint8_t attempts = 0;
     uint8_t key_len = 0;
-    uint8_t last_fail = 0;      // kFail* of the last failed attempt
-    uint16_t last_status = 0;   // kFailStatus: the status the host answered
+    uint8_t last_fail = 0;     // kFail* of the last failed attempt
+    uint16_t last_status = 0;  // kFailStatus: the status the host answered
     http::Method method = http::Method::get;
     uint32_t scan = 0;          // head end search: bytes before this were looked at
     uint16_t route = 0xffff;    // index into routes_
@@ -177,10 +177,10 @@ class HttpProxy {
     uint64_t started_ms = 0;    // first byte of the current request (header timeout)
     uint64_t first_try_ms = 0;  // retry.timeout_ms
     uint64_t c_read_ms = 0, c_write_ms = 0, u_read_ms = 0, u_write_ms = 0;  // last progress each way
-    uint32_t rs_dec = 0;        // in `rs`: end of the bytes the response decoder consumed
+    uint32_t rs_dec = 0;  // in `rs`: end of the bytes the response decoder consumed
     uint32_t tried[kMaxTries] = {};
     core::SockAddr peer;
-    char ip[46] = {};    // the client address as text (nginx's $remote_addr), made once at accept
+    char ip[46] = {};  // the client address as text (nginx's $remote_addr), made once at accept
     uint8_t ip_len = 0;
     http::BodyDecoder req_body;
     http::BodyDecoder resp_body;
@@ -191,14 +191,14 @@ class HttpProxy {
     enum LogField : uint8_t { kMethod, kTarget, kVersion, kReferer, kAgent, kHost, kRule, kLogFields };
     Buf lg;
     uint16_t lg_len[kLogFields] = {};
-    bool log_pending = false;    // a request began and is not logged yet
-    uint16_t status_sent = 0;    // the status of the answer the client got
-    uint16_t up_status = 0;      // the status a host answered with (0 = none)
-    uint32_t head_bytes = 0;     // bytes of response heads sent (not body)
-    uint64_t client_bytes = 0;   // bytes sent to the client for this request
-    uint64_t up_start_ms = 0;    // the request's first byte to the host that answered
-    int64_t up_ms = -1;          // → its response head
-    core::SockAddr up_addr;      // the last host tried
+    bool log_pending = false;   // a request began and is not logged yet
+    uint16_t status_sent = 0;   // the status of the answer the client got
+    uint16_t up_status = 0;     // the status a host answered with (0 = none)
+    uint32_t head_bytes = 0;    // bytes of response heads sent (not body)
+    uint64_t client_bytes = 0;  // bytes sent to the client for this request
+    uint64_t up_start_ms = 0;   // the request's first byte to the host that answered
+    int64_t up_ms = -1;         // → its response head
+    core::SockAddr up_addr;     // the last host tried
 
     api::ConsumerName consumer;  // who auth found for the current request (X-Consumer-Username, access log)
   };
@@ -212,9 +212,9 @@ class HttpProxy {
     uint32_t next_free = kNone;
     UState state = UState::free;
     bool u_in = false, u_out = false, u_hup = false;
-    bool reused = false;      // taken from the idle list for this request
-    bool bound = false;       // counted as active on its host
-    uint32_t owner = kNone;   // Conn index
+    bool reused = false;     // taken from the idle list for this request
+    bool bound = false;      // counted as active on its host
+    uint32_t owner = kNone;  // Conn index
     uint32_t host_slot = 0, host_tag = 0, host_weight = 0;
     int16_t upstream = -1;
     uint32_t requests = 0;
@@ -289,8 +289,8 @@ class HttpProxy {
   std::vector<uint32_t> idle_count_;  // by host slot
   uint32_t active_ = 0;
   bool draining_ = false;
-  std::vector<http::Field> fields_;   // the head being parsed (one at a time)
-  char date_[40] = {};                // the Date of our own answers, formatted once a second
+  std::vector<http::Field> fields_;  // the head being parsed (one at a time)
+  char date_[40] = {};               // the Date of our own answers, formatted once a second
   uint32_t date_len_ = 0;
   int64_t date_second_ = -1;
   uint64_t last_no_host_log_ms_ = 0;

@@ -40,19 +40,19 @@ namespace gw::proxy {
 /// A listener as the data plane sees it (the worker fills it from the config
 /// and the table).
 struct ListenerRuntime {
-  int upstream = -1;                 ///< upstream index in the snapshot, -1 = none
-  Framer* framer = nullptr;          ///< protocol frame: checks the first frame (connection mode)
-  bool key_from_frame = false;       ///< hash_key "frame" (else the client IP)
-  bool close_on_host_remove = false; ///< on_host_remove "close"
-  bool per_frame = false;            ///< frame mode "frame": FrameMux routes every frame
-  bool http = false;                 ///< protocol http: HttpProxy
-  int16_t log_file = -1;             ///< access_log: the file index, -1 = none
-  uint8_t log_format = 0;            ///< access_log: proxy::LogFormat
-  const char* name = "";             ///< the listener's name (access log)
+  int upstream = -1;                  ///< upstream index in the snapshot, -1 = none
+  Framer* framer = nullptr;           ///< protocol frame: checks the first frame (connection mode)
+  bool key_from_frame = false;        ///< hash_key "frame" (else the client IP)
+  bool close_on_host_remove = false;  ///< on_host_remove "close"
+  bool per_frame = false;             ///< frame mode "frame": FrameMux routes every frame
+  bool http = false;                  ///< protocol http: HttpProxy
+  int16_t log_file = -1;              ///< access_log: the file index, -1 = none
+  uint8_t log_format = 0;             ///< access_log: proxy::LogFormat
+  const char* name = "";              ///< the listener's name (access log)
   uint32_t first_frame_timeout_ms = 0;
-  uint32_t frame_timeout_ms = 0;     ///< mode "frame": a later frame must be whole this long after it started
-  uint32_t max_links = 0;            ///< mode "frame": host connections per device connection
-  uint32_t link_idle_ms = 0;         ///< mode "frame": a link this quiet may make room for another host
+  uint32_t frame_timeout_ms = 0;  ///< mode "frame": a later frame must be whole this long after it started
+  uint32_t max_links = 0;         ///< mode "frame": host connections per device connection
+  uint32_t link_idle_ms = 0;      ///< mode "frame": a link this quiet may make room for another host
   /// Whole-frame buffers (header_size + max_body) for frames larger than a
   /// relay buffer; null when every frame fits one. At most max_frame_buffers
   /// in use at once in this worker.
@@ -81,7 +81,7 @@ struct RelayEnv {
   /// traffic (in the table, not admin down, not down by active checks), else 0.
   std::span<const uint32_t> live_tag;
   uint64_t now_ms = 0;
-  bool table_changed = false;  ///< set by the worker on refresh; the relay records propagation
+  bool table_changed = false;             ///< set by the worker on refresh; the relay records propagation
   class AccessLog* access_log = nullptr;  ///< the worker's; enabled() says if logging is on
   /// When a refused frame connection was last logged: one limiter for the
   /// relay and FrameMux, so the worker logs rejects at most once a second.
@@ -138,16 +138,20 @@ struct StreamRoute {
 inline constexpr uint64_t kKindWorker = 0;
 inline constexpr uint64_t kKindClient = 1;
 inline constexpr uint64_t kKindUpstream = 2;
-inline constexpr uint64_t kKindMux = 3;        ///< per-frame routing (FrameMux)
+inline constexpr uint64_t kKindMux = 3;         ///< per-frame routing (FrameMux)
 inline constexpr uint64_t kKindHttpClient = 4;  ///< HttpProxy: a client connection
 inline constexpr uint64_t kKindHttpUp = 5;      ///< HttpProxy: an upstream connection
 inline constexpr uint32_t kGenMask = 0x1fffffffu;
-inline constexpr uint64_t event_kind(uint64_t data) { return data >> 61; }
+inline constexpr uint64_t event_kind(uint64_t data) {
+  return data >> 61;
+}
 inline constexpr uint64_t event_data(uint64_t kind, uint32_t gen, uint32_t low) {
   return (kind << 61) | (uint64_t{gen & kGenMask} << 32) | low;
 }
 /// Whether an event's generation is `gen`'s (else the slot was reused: stale).
-inline constexpr bool event_gen_is(uint64_t data, uint32_t gen) { return ((data >> 32) & kGenMask) == (gen & kGenMask); }
+inline constexpr bool event_gen_is(uint64_t data, uint32_t gen) {
+  return ((data >> 32) & kGenMask) == (gen & kGenMask);
+}
 
 class TcpRelay {
  public:
@@ -179,11 +183,11 @@ class TcpRelay {
     char* buf = nullptr;
     uint32_t head = 0;
     uint32_t tail = 0;
-    bool big = false;     ///< from the listener's frame_buffers
-    uint32_t piped = 0;   ///< bytes in the pipe
-    net::PipeFds pipe;    ///< splice mode
-    uint64_t moved = 0;   ///< bytes written on so far
-    bool burst = false;   ///< the last read filled a whole buffer or pipe (bulk data is queued)
+    bool big = false;    ///< from the listener's frame_buffers
+    uint32_t piped = 0;  ///< bytes in the pipe
+    net::PipeFds pipe;   ///< splice mode
+    uint64_t moved = 0;  ///< bytes written on so far
+    bool burst = false;  ///< the last read filled a whole buffer or pipe (bulk data is queued)
     bool pending() const noexcept { return tail > head || piped > 0; }
   };
 
@@ -197,16 +201,14 @@ class TcpRelay {
     uint32_t next_free = kNone;
     State state = State::free;
     bool c_in = false, c_out = false, u_in = false, u_out = false;  // edge-triggered readiness
-    bool c_eof = false, u_eof = false;    // read side saw EOF
-    bool c_shut = false, u_shut = false;  // we shut down the write side
-    bool c_hup = false, u_hup = false;    // epoll reported the peer's FIN (or an error)
+    bool c_eof = false, u_eof = false;                              // read side saw EOF
+    bool c_shut = false, u_shut = false;                            // we shut down the write side
+    bool c_hup = false, u_hup = false;                              // epoll reported the peer's FIN (or an error)
     Pipe c2u, u2c;
     uint64_t bytes_up = 0, bytes_down = 0;  // for the access log
   };
 
-  uint64_t data_of(const Session& s, uint64_t kind) const noexcept {
-    return event_data(kind, s.gen, index_of(s));
-  }
+  uint64_t data_of(const Session& s, uint64_t kind) const noexcept { return event_data(kind, s.gen, index_of(s)); }
   uint32_t index_of(const Session& s) const noexcept { return static_cast<uint32_t>(&s - sessions_.data()); }
 
   Session* new_session() noexcept;

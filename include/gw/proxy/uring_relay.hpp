@@ -51,9 +51,9 @@ namespace gw::proxy {
 
 /// Tag ops (net::pack_tag) of the io_uring worker loop.
 namespace uring_op {
-inline constexpr uint8_t kIgnore = 0;  ///< cancels, closes: nothing to do
-inline constexpr uint8_t kAccept = 1;  ///< multishot accept; slot = listener index
-inline constexpr uint8_t kEpoll = 2;   ///< multishot poll on the worker's epoll fd
+inline constexpr uint8_t kIgnore = 0;       ///< cancels, closes: nothing to do
+inline constexpr uint8_t kAccept = 1;       ///< multishot accept; slot = listener index
+inline constexpr uint8_t kEpoll = 2;        ///< multishot poll on the worker's epoll fd
 inline constexpr uint8_t kRelayFirst = 16;  ///< this op and above belong to UringRelay
 }  // namespace uring_op
 
@@ -116,16 +116,16 @@ class UringRelay {
     bool shut = false;     // the destination's write side was shut down
     bool starved = false;  // on the starved list
     bool extra_big = false;
-    uint32_t off = 0;           // bytes of the front buffer already sent
-    char* extra = nullptr;      // a pool buffer sent before the FIFO (a sniffed first frame)
+    uint32_t off = 0;       // bytes of the front buffer already sent
+    char* extra = nullptr;  // a pool buffer sent before the FIFO (a sniffed first frame)
     uint32_t extra_off = 0, extra_len = 0;
     uint32_t starve_prev = kNone, starve_next = kNone;  // starved list, by side id (slot * 2 + side)
-    uint64_t moved = 0;       // bytes written to the destination so far
-    net::PipeFds pipe;        // splice mode
-    uint32_t piped = 0;       // bytes in the pipe
-    bool poll_in = false;     // splice mode: waiting for the source
-    bool poll_out = false;    // splice mode: waiting for the destination
-    bool burst = false;       // the last read filled a whole buffer or pipe
+    uint64_t moved = 0;                                 // bytes written to the destination so far
+    net::PipeFds pipe;                                  // splice mode
+    uint32_t piped = 0;                                 // bytes in the pipe
+    bool poll_in = false;                               // splice mode: waiting for the source
+    bool poll_out = false;                              // splice mode: waiting for the destination
+    bool burst = false;                                 // the last read filled a whole buffer or pipe
   };
 
   struct Session : net::TimerNode, StreamRoute {

@@ -35,13 +35,13 @@ static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uint16_t
 /// per row (its worker): relaxed load + store. The master zeroes nothing here:
 /// they are history, shown by `gwctl status`.
 struct alignas(64) GuardCounters {
-  std::atomic<uint64_t> conn_rejected;   ///< connections closed at accept by limit_conn
-  std::atomic<uint64_t> req_limited;     ///< requests answered 429 by limit_req
-  std::atomic<uint64_t> limit_full;      ///< limit lookups that found every way of the set pinned (refused)
-  std::atomic<uint64_t> evictions;       ///< limit entries this worker took over from another key (LRU)
-  std::atomic<uint64_t> auth_ok;         ///< requests authenticated
-  std::atomic<uint64_t> auth_failed;     ///< requests answered 401
-  std::atomic<uint64_t> auth_forbidden;  ///< requests answered 403 (allow list)
+  std::atomic<uint64_t> conn_rejected;     ///< connections closed at accept by limit_conn
+  std::atomic<uint64_t> req_limited;       ///< requests answered 429 by limit_req
+  std::atomic<uint64_t> limit_full;        ///< limit lookups that found every way of the set pinned (refused)
+  std::atomic<uint64_t> evictions;         ///< limit entries this worker took over from another key (LRU)
+  std::atomic<uint64_t> auth_ok;           ///< requests authenticated
+  std::atomic<uint64_t> auth_failed;       ///< requests answered 401
+  std::atomic<uint64_t> auth_forbidden;    ///< requests answered 403 (allow list)
   std::atomic<uint64_t> basic_cache_hits;  ///< basic-auth verifications answered from the worker's cache
 };
 static_assert(sizeof(GuardCounters) == 64);

@@ -19,7 +19,7 @@
 namespace gw::shm {
 
 struct HealthPolicy {
-  uint32_t max_fails;        ///< 0 = passive health off
+  uint32_t max_fails;  ///< 0 = passive health off
   uint32_t fail_timeout_ms;
   bool active = false;         ///< active checks run for this upstream
   bool unknown_usable = true;  ///< with active checks: may a host not yet checked be used?

@@ -58,8 +58,8 @@ static_assert(std::atomic<uint32_t>::is_always_lock_free && std::atomic<int32_t>
 /// A listening address of the running master, for `gwctl check`. Written by the
 /// master before it stores master_pid (release); read after loading it.
 struct ListenerInfo {
-  char name[kNameCap];   ///< the listener's name
-  core::SockAddr addr;   ///< where it listens
+  char name[kNameCap];  ///< the listener's name
+  core::SockAddr addr;  ///< where it listens
   uint32_t reserved;
 };
 static_assert(std::is_trivially_copyable_v<ListenerInfo> && sizeof(ListenerInfo) % 8 == 0);
@@ -80,27 +80,28 @@ static_assert(sizeof(ClusterText) % 8 == 0);
 /// The sync process's state. One writer (the sync process; the master resets it
 /// at start); any process reads it (gwctl status).
 struct alignas(64) ClusterRuntime {
-  std::atomic<uint32_t> state;        ///< kCluster*
-  std::atomic<int32_t> sync_pid;      ///< the sync process; 0 = none
-  std::atomic<uint64_t> revision;     ///< the etcd revision the table reflects (last change applied)
-  std::atomic<uint64_t> since_ms;     ///< wall clock of the last state change
-  std::atomic<uint64_t> contact_ms;   ///< wall clock of the last successful exchange with etcd
-  std::atomic<uint64_t> reconnects;   ///< watch (re)connections since the master started
-  std::atomic<uint64_t> relists;      ///< full re-lists (start, compaction) since the master started
-  std::atomic<uint64_t> applied;      ///< table commits made from etcd
-  std::atomic<uint64_t> text_seq;     ///< seqlock over text_words
+  std::atomic<uint32_t> state;                   ///< kCluster*
+  std::atomic<int32_t> sync_pid;                 ///< the sync process; 0 = none
+  std::atomic<uint64_t> revision;                ///< the etcd revision the table reflects (last change applied)
+  std::atomic<uint64_t> since_ms;                ///< wall clock of the last state change
+  std::atomic<uint64_t> contact_ms;              ///< wall clock of the last successful exchange with etcd
+  std::atomic<uint64_t> reconnects;              ///< watch (re)connections since the master started
+  std::atomic<uint64_t> relists;                 ///< full re-lists (start, compaction) since the master started
+  std::atomic<uint64_t> applied;                 ///< table commits made from etcd
+  std::atomic<uint64_t> text_seq;                ///< seqlock over text_words
   uint64_t text_words[sizeof(ClusterText) / 8];  ///< ClusterText, copied with store_words/load_words
 };
 
 struct SegmentHeader {
-  uint64_t magic;         ///< kMagic; written last at creation (release), so attachers see a complete header
-  uint32_t abi;           ///< kAbiVersion of the creator
-  uint32_t header_size;   ///< sizeof(SegmentHeader) of the creator
-  uint64_t total_size;    ///< bytes mapped
-  Caps caps;              ///< table capacities
-  uint32_t max_workers;   ///< kMaxWorkers of the creator
+  uint64_t magic;        ///< kMagic; written last at creation (release), so attachers see a complete header
+  uint32_t abi;          ///< kAbiVersion of the creator
+  uint32_t header_size;  ///< sizeof(SegmentHeader) of the creator
+  uint64_t total_size;   ///< bytes mapped
+  Caps caps;             ///< table capacities
+  uint32_t max_workers;  ///< kMaxWorkers of the creator
   uint32_t event_capacity;
-  uint32_t stat_workers;  ///< rows of the stats matrices (HostStats, ListenerStats, RuleStats); workers use rows below it
+  uint32_t
+      stat_workers;  ///< rows of the stats matrices (HostStats, ListenerStats, RuleStats); workers use rows below it
   uint64_t slot_offset[2];
   uint64_t slot_payload;  ///< Table::bytes_for(caps)
   uint64_t runtime_offset;
@@ -129,9 +130,9 @@ struct SegmentHeader {
 
   alignas(64) ClusterRuntime cluster;  ///< etcd sync state (state kClusterOff without `cluster`)
 
-  uint32_t n_listeners;                      ///< entries of `listeners` in use
+  uint32_t n_listeners;  ///< entries of `listeners` in use
   uint32_t reserved2;
-  ListenerInfo listeners[kMaxListeners];     ///< the master's listening addresses
+  ListenerInfo listeners[kMaxListeners];  ///< the master's listening addresses
 };
 
 struct alignas(64) SlotHeader {
@@ -149,8 +150,8 @@ struct alignas(64) HostRuntime {
   std::atomic<uint32_t> health;        ///< kHealthUp / kHealthDown (passive)
   std::atomic<uint32_t> active;        ///< kActiveUnknown / kActiveUp / kActiveDown (the checker's verdict)
   std::atomic<uint32_t> reserved;
-  std::atomic<uint64_t> up_since_ms;   ///< monotonic time the host last came back (slow start); 0 = never down
-  std::atomic<uint64_t> ewma;          ///< (peak-EWMA connect latency in us << 32) | low 32 bits of its update time in ms
+  std::atomic<uint64_t> up_since_ms;  ///< monotonic time the host last came back (slow start); 0 = never down
+  std::atomic<uint64_t> ewma;  ///< (peak-EWMA connect latency in us << 32) | low 32 bits of its update time in ms
 };
 inline constexpr uint32_t kHealthUp = 0;
 inline constexpr uint32_t kHealthDown = 1;
@@ -170,8 +171,8 @@ struct HostCounter {
 
 /// Latency histogram buckets: upper bounds in microseconds (Prometheus `le`,
 /// inclusive). Fixed: changing them changes the shm layout.
-inline constexpr uint64_t kLatencyBoundsUs[] = {500,    1000,    2500,    5000,    10000,   25000,   50000,
-                                                100000, 250000,  500000,  1000000, 2500000, 5000000, 10000000};
+inline constexpr uint64_t kLatencyBoundsUs[] = {500,    1000,   2500,   5000,    10000,   25000,   50000,
+                                                100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000};
 inline constexpr size_t kLatencyBuckets = std::size(kLatencyBoundsUs);
 
 /// One latency histogram row. Buckets are not cumulative: bucket i counts
@@ -187,21 +188,21 @@ struct LatencyHistogram {
 /// tag is not the host's belongs to an earlier owner of the slot: the worker
 /// zeroes it when it first counts for the new tag; readers skip it.
 struct alignas(64) HostStats {
-  std::atomic<uint32_t> tag;           ///< host tag these counts belong to
+  std::atomic<uint32_t> tag;  ///< host tag these counts belong to
   std::atomic<uint32_t> reserved;
   std::atomic<uint64_t> responses[5];  ///< http: response heads from the host by class, 1xx..5xx
   std::atomic<uint64_t> reserved2[2];
-  LatencyHistogram connect;            ///< every successful connect: connect time
-  LatencyHistogram response;           ///< http: attempt start (connect included) to the response head
+  LatencyHistogram connect;   ///< every successful connect: connect time
+  LatencyHistogram response;  ///< http: attempt start (connect included) to the response head
 };
 static_assert(sizeof(HostStats) == 64 + 2 * sizeof(LatencyHistogram) && sizeof(LatencyHistogram) == 128);
 
 /// Why a listener refused or closed a connection without serving it (index
 /// into ListenerStats::rejects). 1..23 are the frame reasons (proxy::FrameError
 /// values); the rest follow.
-inline constexpr size_t kRejectNoHost = 24;     ///< no pool had a usable host
-inline constexpr size_t kRejectNoSlot = 25;     ///< the worker's connection slots were all in use
-inline constexpr size_t kRejectLimitConn = 26;  ///< limit_conn: the address was over its max
+inline constexpr size_t kRejectNoHost = 24;         ///< no pool had a usable host
+inline constexpr size_t kRejectNoSlot = 25;         ///< the worker's connection slots were all in use
+inline constexpr size_t kRejectLimitConn = 26;      ///< limit_conn: the address was over its max
 inline constexpr size_t kListenerRejectKinds = 28;  ///< room to grow
 /// gw's own HTTP answers (errors) by status code; see http_code_index().
 inline constexpr size_t kHttpCodeSlots = 32;
@@ -247,24 +248,24 @@ inline constexpr size_t kFrameRejectKinds = 22;
 inline constexpr size_t kHttpOutcomeKinds = 8;
 
 struct alignas(64) WorkerRuntime {
-  std::atomic<int32_t> pid;           ///< 0 = slot not running
-  std::atomic<uint32_t> flags;        ///< kWorkerRetiring: draining after a reload (set by the master)
-  std::atomic<uint64_t> generation;   ///< table generation the worker routes with
-  std::atomic<uint64_t> applied_ns;   ///< monotonic ns of the first connection routed with `generation`
-  std::atomic<uint64_t> started_ms;   ///< wall clock
-  std::atomic<uint64_t> connections;  ///< open client connections
-  std::atomic<uint64_t> accepted;     ///< client connections accepted since start
+  std::atomic<int32_t> pid;              ///< 0 = slot not running
+  std::atomic<uint32_t> flags;           ///< kWorkerRetiring: draining after a reload (set by the master)
+  std::atomic<uint64_t> generation;      ///< table generation the worker routes with
+  std::atomic<uint64_t> applied_ns;      ///< monotonic ns of the first connection routed with `generation`
+  std::atomic<uint64_t> started_ms;      ///< wall clock
+  std::atomic<uint64_t> connections;     ///< open client connections
+  std::atomic<uint64_t> accepted;        ///< client connections accepted since start
   std::atomic<uint64_t> hash_fallbacks;  ///< connections a hash method routed by round robin: no key
-  std::atomic<uint64_t> no_host;      ///< connections closed because no pool had a usable host
+  std::atomic<uint64_t> no_host;         ///< connections closed because no pool had a usable host
   // Frame listeners (second cache line on).
-  std::atomic<uint64_t> frames_routed;   ///< mode "frame": frames sent to a host
-  std::atomic<uint64_t> host_closed;     ///< connections closed because their host went (on_host_remove "close")
+  std::atomic<uint64_t> frames_routed;  ///< mode "frame": frames sent to a host
+  std::atomic<uint64_t> host_closed;    ///< connections closed because their host went (on_host_remove "close")
   std::atomic<uint64_t> frame_rejects[kFrameRejectKinds];  ///< by proxy::FrameError (index 0 unused)
   // HTTP listeners (fifth cache line on).
-  std::atomic<uint64_t> http_requests;          ///< request heads parsed
-  std::atomic<uint64_t> http_retries;           ///< attempts after a request's first
-  std::atomic<uint64_t> http_keepalive_reused;  ///< requests sent over an idle upstream connection
-  std::atomic<uint64_t> http_tunnels;           ///< WebSocket/Upgrade tunnels opened (101)
+  std::atomic<uint64_t> http_requests;                     ///< request heads parsed
+  std::atomic<uint64_t> http_retries;                      ///< attempts after a request's first
+  std::atomic<uint64_t> http_keepalive_reused;             ///< requests sent over an idle upstream connection
+  std::atomic<uint64_t> http_tunnels;                      ///< WebSocket/Upgrade tunnels opened (101)
   std::atomic<uint64_t> http_outcomes[kHttpOutcomeKinds];  ///< by proxy::HttpOutcome (index 0: ok)
   std::atomic<uint64_t> http_reserved[4];
 };
@@ -355,8 +356,8 @@ class Segment {
     return reinterpret_cast<HostStats*>(base_ + header().host_stats_offset)[size_t{worker} * caps().max_hosts + slot];
   }
   ListenerStats& listener_stats(uint32_t worker, uint32_t listener) const noexcept {
-    return reinterpret_cast<ListenerStats*>(base_ + header().listener_stats_offset)[size_t{worker} * kMaxListeners +
-                                                                                     listener];
+    return reinterpret_cast<ListenerStats*>(base_ +
+                                            header().listener_stats_offset)[size_t{worker} * kMaxListeners + listener];
   }
   RuleStats& rule_stats(uint32_t worker, uint32_t slot) const noexcept {
     return reinterpret_cast<RuleStats*>(base_ + header().rule_stats_offset)[size_t{worker} * caps().max_rules + slot];
@@ -400,9 +401,7 @@ class TableReader {
  public:
   explicit TableReader(const Segment& seg) : seg_(&seg) {}
   /// True if a newer table has been published since the last refresh().
-  bool stale() const noexcept {
-    return seg_->header().published.load(std::memory_order_acquire) != cached_;
-  }
+  bool stale() const noexcept { return seg_->header().published.load(std::memory_order_acquire) != cached_; }
   /// Copies the live table into `out`; returns its generation. A refused table
   /// (see read_published) counts as read: stale() stays false until the next
   /// publish, and `*refused` names the problem.

@@ -59,8 +59,7 @@ inline void seq_write(std::atomic<uint64_t>& seq, uint64_t* shared, const uint64
 
 /// Reader side, one attempt. Returns true and fills `local` if the copy is
 /// consistent; false if a writer was active (the caller retries or gives up).
-inline bool seq_try_read(const std::atomic<uint64_t>& seq, const uint64_t* shared, uint64_t* local,
-                         size_t n) noexcept {
+inline bool seq_try_read(const std::atomic<uint64_t>& seq, const uint64_t* shared, uint64_t* local, size_t n) noexcept {
   uint64_t s1 = seq.load(std::memory_order_acquire);
   if (s1 & 1) return false;
   load_words(shared, local, n);

@@ -16,8 +16,8 @@
 // n_cidrs consecutive Cidr records from first_cidr.
 
 #include <cstddef>
-#include <cstring>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -36,11 +36,11 @@ struct Caps {
   uint32_t max_upstreams = 64;
   uint32_t max_pools = 256;
   uint32_t max_hosts = 4096;
-  uint32_t max_routes = 256;       ///< HTTP routes over all listeners
-  uint32_t max_rules = 256;        ///< gray-release / traffic-split rules over all routes
-  uint32_t max_rule_cidrs = 4096;  ///< client address blocks over all rules
-  uint32_t max_consumers = 1024;   ///< key-auth consumers (name + SHA-256 of the key)
-  uint32_t max_limit_keys = 65536; ///< rate/connection limit entries (a multiple of 8: 8-way sets)
+  uint32_t max_routes = 256;        ///< HTTP routes over all listeners
+  uint32_t max_rules = 256;         ///< gray-release / traffic-split rules over all routes
+  uint32_t max_rule_cidrs = 4096;   ///< client address blocks over all rules
+  uint32_t max_consumers = 1024;    ///< key-auth consumers (name + SHA-256 of the key)
+  uint32_t max_limit_keys = 65536;  ///< rate/connection limit entries (a multiple of 8: 8-way sets)
   uint32_t reserved = 0;
   bool operator==(const Caps&) const = default;
 };
@@ -107,9 +107,9 @@ struct UpstreamRecord {
   uint32_t tries;               ///< connect attempts per client connection (1..16)
   uint16_t balance_factor;      ///< chash bounded loads: max load = factor% of the mean; 0 = off
   uint16_t reserved;
-  uint32_t slow_start_ms;       ///< a host coming back ramps its weight over this long; 0 = off
+  uint32_t slow_start_ms;  ///< a host coming back ramps its weight over this long; 0 = off
   uint32_t reserved2;
-  HealthCheck check;            ///< active health checks; type kCheckNone = off
+  HealthCheck check;  ///< active health checks; type kCheckNone = off
 };
 
 struct PoolRecord {
@@ -121,14 +121,14 @@ struct PoolRecord {
 };
 
 struct HostRecord {
-  char id[kNameCap];      ///< unique within its pool
-  core::SockAddr addr;    ///< where to connect
-  uint16_t pool;          ///< index into the pool records
-  uint8_t admin_down;     ///< 1 after `gwctl down host`; only `gwctl up host` clears it
+  char id[kNameCap];    ///< unique within its pool
+  core::SockAddr addr;  ///< where to connect
+  uint16_t pool;        ///< index into the pool records
+  uint8_t admin_down;   ///< 1 after `gwctl down host`; only `gwctl up host` clears it
   uint8_t reserved;
-  uint32_t weight;        ///< 0..kMaxWeight; 0 = takes no new connections
-  uint32_t slot;          ///< runtime slot (counters, health) of this host
-  uint32_t tag;           ///< tag the runtime slot carries while this host owns it
+  uint32_t weight;  ///< 0..kMaxWeight; 0 = takes no new connections
+  uint32_t slot;    ///< runtime slot (counters, health) of this host
+  uint32_t tag;     ///< tag the runtime slot carries while this host owns it
   uint32_t reserved2;
 };
 
@@ -139,31 +139,31 @@ struct RouteRecord {
   char name[kNameCap];      ///< the route's name, unique within the listener
 };
 
-inline constexpr size_t kRuleValueCap = 128;  ///< header and cookie values: at most 127 bytes + NUL
-inline constexpr uint8_t kMatchIp = 1;        ///< the client address lies in one of the rule's blocks
-inline constexpr uint8_t kMatchHeader = 2;    ///< a request header equals a value
-inline constexpr uint8_t kMatchCookie = 4;    ///< a cookie equals a value
-inline constexpr uint8_t kMatchPercent = 8;   ///< a stable share of clients (hash of the client key)
+inline constexpr size_t kRuleValueCap = 128;      ///< header and cookie values: at most 127 bytes + NUL
+inline constexpr uint8_t kMatchIp = 1;            ///< the client address lies in one of the rule's blocks
+inline constexpr uint8_t kMatchHeader = 2;        ///< a request header equals a value
+inline constexpr uint8_t kMatchCookie = 4;        ///< a cookie equals a value
+inline constexpr uint8_t kMatchPercent = 8;       ///< a stable share of clients (hash of the client key)
 inline constexpr uint32_t kPercentScale = 10000;  ///< percent_bp is in basis points
 
 /// A gray-release / traffic-split rule: when every matcher in `match` holds,
 /// the request goes to `upstream` instead of the route's. Rules of a route are
 /// tried in table order; the first match wins.
 struct RuleRecord {
-  char id[kNameCap];             ///< unique within its route
-  char upstream[kNameCap];       ///< upstream name (resolved by the reader)
-  uint16_t route;                ///< index into the route records
-  uint8_t match;                 ///< kMatch* bits; at least one
+  char id[kNameCap];        ///< unique within its route
+  char upstream[kNameCap];  ///< upstream name (resolved by the reader)
+  uint16_t route;           ///< index into the route records
+  uint8_t match;            ///< kMatch* bits; at least one
   uint8_t reserved;
-  uint16_t percent_bp;           ///< kMatchPercent: 0..10000 basis points of clients
-  uint16_t n_cidrs;              ///< kMatchIp: number of address blocks
-  uint32_t first_cidr;           ///< kMatchIp: index of the first block
-  uint32_t stat_tag;             ///< tag of its hit counters (RuleStats); 0 = not assigned yet (the writer assigns it)
-  uint32_t stat_slot;            ///< its RuleStats column, < max_rules
+  uint16_t percent_bp;  ///< kMatchPercent: 0..10000 basis points of clients
+  uint16_t n_cidrs;     ///< kMatchIp: number of address blocks
+  uint32_t first_cidr;  ///< kMatchIp: index of the first block
+  uint32_t stat_tag;    ///< tag of its hit counters (RuleStats); 0 = not assigned yet (the writer assigns it)
+  uint32_t stat_slot;   ///< its RuleStats column, < max_rules
   uint32_t reserved2;
-  char header_name[kNameCap];    ///< kMatchHeader: field name (a token)
+  char header_name[kNameCap];  ///< kMatchHeader: field name (a token)
   char header_value[kRuleValueCap];
-  char cookie_name[kNameCap];    ///< kMatchCookie
+  char cookie_name[kNameCap];  ///< kMatchCookie
   char cookie_value[kRuleValueCap];
 };
 
@@ -179,7 +179,7 @@ struct ConsumerRecord {
 struct RuleSpec {
   std::string id;
   std::string upstream;
-  std::vector<core::Cidr> cidrs;  ///< empty = no address matcher
+  std::vector<core::Cidr> cidrs;          ///< empty = no address matcher
   std::string header_name, header_value;  ///< empty name = no header matcher
   std::string cookie_name, cookie_value;  ///< empty name = no cookie matcher
   int32_t percent_bp = -1;                ///< -1 = no percentage matcher
@@ -253,7 +253,9 @@ class Table {
   std::span<ConsumerRecord> consumers() noexcept { return {consumers_(), header().n_consumers}; }
   std::span<const ConsumerRecord> consumers() const noexcept { return {consumers_(), header().n_consumers}; }
   /// The address blocks of rule `r`.
-  std::span<const core::Cidr> rule_cidrs(const RuleRecord& r) const noexcept { return {cidrs_() + r.first_cidr, r.n_cidrs}; }
+  std::span<const core::Cidr> rule_cidrs(const RuleRecord& r) const noexcept {
+    return {cidrs_() + r.first_cidr, r.n_cidrs};
+  }
 
   /// Lookups return -1 when absent.
   int find_upstream(std::string_view name) const noexcept;

@@ -246,8 +246,8 @@ TEST_SUITE("admin") {
     CHECK(parse_pool_body(R"({})", false, r) == "body: set pool needs \"priority\" and/or \"method\"");
     CHECK(parse_pool_body(R"({"id": "x", "priority": 1})", false, r) == "body.id: unknown key");
     CHECK(parse_pool_body(R"({"priority": 1})", true, r) == "body: missing required key \"id\"");
-    CHECK(parse_pool_body(R"({"id": "x", "method": "fastest"})", true, r).starts_with(
-        "body.method: unknown method \"fastest\" (known: "));
+    CHECK(parse_pool_body(R"({"id": "x", "method": "fastest"})", true, r)
+              .starts_with("body.method: unknown method \"fastest\" (known: "));
   }
 
   TEST_CASE("rule bodies") {
@@ -271,12 +271,14 @@ TEST_SUITE("admin") {
     CHECK(parse_rule_body(R"({"id": "canary", "upstream": "pre", "percent": 1})", "canary", t) == "");
     CHECK(parse_rule_body(R"({"id": "other", "upstream": "pre", "percent": 1})", "canary", t) ==
           "body.id: \"other\" differs from the rule in the path, \"canary\"");
-    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre"})", "", t) == "body: a rule needs at least one matcher (ip, header, cookie or percent)");
+    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre"})", "", t) ==
+          "body: a rule needs at least one matcher (ip, header, cookie or percent)");
     CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "header": "novalue"})", "", t) ==
           "body.header: expected \"NAME=VALUE\", got \"novalue\"");
     CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "percent": 101})", "", t) ==
           "body.percent: expected a number 0..100, got 101");
-    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "ip": ["10.1.2.3/16"]})", "", t).starts_with("body.ip[0]: "));
+    CHECK(
+        parse_rule_body(R"({"id": "r", "upstream": "pre", "ip": ["10.1.2.3/16"]})", "", t).starts_with("body.ip[0]: "));
     CHECK(parse_rule_body(R"({"upstream": "pre", "percent": 1})", "", t) == "body: missing required key \"id\"");
   }
 
@@ -313,10 +315,12 @@ TEST_SUITE("admin") {
 
     CHECK(call(api, "GET", "/").content_type == "text/html; charset=utf-8");
     CHECK(call(api, "GET", "/metrics").content_type == "text/plain; version=0.0.4; charset=utf-8");
-    CHECK(call(api, "GET", "/upstreams/app/pools/primary/hosts/b").body.starts_with("{\"id\": \"b\", \"address\": \"127.0.0.1:1002\", \"weight\": 2"));
+    CHECK(call(api, "GET", "/upstreams/app/pools/primary/hosts/b")
+              .body.starts_with("{\"id\": \"b\", \"address\": \"127.0.0.1:1002\", \"weight\": 2"));
     CHECK(call(api, "GET", "/upstreams/nope").status == 404);
     CHECK(call(api, "GET", "/upstreams/nope").body == "{\"error\": \"unknown upstream \\\"nope\\\"\"}\n");
-    CHECK(call(api, "GET", "/upstreams/app/pools/primary/hosts/z").body == "{\"error\": \"unknown host \\\"app/primary/z\\\"\"}\n");
+    CHECK(call(api, "GET", "/upstreams/app/pools/primary/hosts/z").body ==
+          "{\"error\": \"unknown host \\\"app/primary/z\\\"\"}\n");
     CHECK(call(api, "GET", "/nope").status == 404);
     CHECK(call(api, "GET", "/events?since=x").status == 400);
     CHECK(call(api, "GET", "/events?limit=0").status == 400);
@@ -381,14 +385,16 @@ TEST_SUITE("admin") {
     CHECK(call(api, "POST", "/listeners/web/routes/nope/rules", rule, bearer).status == 404);
     CHECK(call(api, "POST", "/listeners/nope/routes/default/rules", rule, bearer).body ==
           "{\"error\": \"unknown listener \\\"nope\\\" (or it is not an http listener)\"}\n");
-    CHECK(call(api, "PUT", "/listeners/web/routes/default/rules/canary", R"({"upstream": "pre", "percent": 10})", bearer)
-              .status == 200);
+    CHECK(
+        call(api, "PUT", "/listeners/web/routes/default/rules/canary", R"({"upstream": "pre", "percent": 10})", bearer)
+            .status == 200);
     r = call(api, "GET", "/listeners/web/routes/default/rules/canary");
     CHECK(r.body == "{\"id\": \"canary\", \"upstream\": \"pre\", \"percent\": 10, \"hits\": 0}\n");
     CHECK(call(api, "PUT", "/listeners/web/routes/default/rules/ghost", R"({"upstream": "pre", "percent": 10})", bearer)
               .status == 404);
     CHECK(call(api, "POST", "/listeners/web/routes/default/rules", R"({"id": "x", "upstream": "nope", "percent": 1})",
-               bearer).status == 400);
+               bearer)
+              .status == 400);
     CHECK(call(api, "DELETE", "/listeners/web/routes/default/rules/canary", "", bearer).status == 200);
   }
 
@@ -415,7 +421,8 @@ TEST_SUITE("admin") {
     CHECK(r.body.find("takes its pools and hosts from etcd") != std::string::npos);
     // Rules stay local to each node.
     CHECK(call(api, "POST", "/listeners/web/routes/default/rules", R"({"id": "x", "upstream": "pre", "percent": 1})",
-               "Bearer " + kToken).status == 201);
+               "Bearer " + kToken)
+              .status == 201);
   }
 
   TEST_CASE("data plane helpers: listener, host and rule rows") {
@@ -458,9 +465,9 @@ TEST_SUITE("admin") {
     CHECK(shm::listener_totals(ts.seg, 0).accepted == 3);
 
     const shm::HostRecord& a = t.hosts()[0];
-    proxy::metrics::host_connected(env, a.slot, a.tag, 400);      // <= 0.5 ms
-    proxy::metrics::host_connected(env, a.slot, a.tag, 1000);     // <= 1 ms (le is inclusive)
-    proxy::metrics::host_connected(env, a.slot, a.tag, 20000000); // above every bound
+    proxy::metrics::host_connected(env, a.slot, a.tag, 400);       // <= 0.5 ms
+    proxy::metrics::host_connected(env, a.slot, a.tag, 1000);      // <= 1 ms (le is inclusive)
+    proxy::metrics::host_connected(env, a.slot, a.tag, 20000000);  // above every bound
     proxy::metrics::host_response(env, a.slot, a.tag, 503, core::monotonic_ns());
     proxy::metrics::host_response(env, a.slot, a.tag, 200, core::monotonic_ns());
     auto st = shm::host_stats_totals(ts.seg, a.slot, a.tag);
@@ -545,7 +552,8 @@ TEST_SUITE("admin") {
   TEST_CASE("admin config") {
     auto bad = [](const std::string& admin) {
       std::string json = R"({"upstreams": [{"name": "app", "pools": []}],
-        "listeners": [{"name": "l4", "listen": "127.0.0.1:18081", "upstream": "app"}], "admin": )" + admin + "}";
+        "listeners": [{"name": "l4", "listen": "127.0.0.1:18081", "upstream": "app"}], "admin": )" +
+                         admin + "}";
       return config::load_string(json).errors;
     };
     CHECK(bad(R"({"listen": "127.0.0.1:9900"})").empty());
@@ -572,10 +580,10 @@ TEST_CASE("json_escape: quotes, controls, and only well-formed UTF-8 passes") {
   CHECK(json_escape("a\"b\\c") == "a\\\"b\\\\c");
   CHECK(json_escape(std::string("\n\x01", 2)) == "\\u000a\\u0001");
   CHECK(json_escape("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80") == "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
-  CHECK(json_escape("\xff") == "\\ufffd");                  // never a UTF-8 byte
-  CHECK(json_escape("\xc3") == "\\ufffd");                  // cut short
-  CHECK(json_escape("\xc0\xaf") == "\\ufffd\\ufffd");       // overlong '/'
-  CHECK(json_escape("\xed\xa0\x80") == "\\ufffd\\ufffd\\ufffd");  // a surrogate
+  CHECK(json_escape("\xff") == "\\ufffd");                                   // never a UTF-8 byte
+  CHECK(json_escape("\xc3") == "\\ufffd");                                   // cut short
+  CHECK(json_escape("\xc0\xaf") == "\\ufffd\\ufffd");                        // overlong '/'
+  CHECK(json_escape("\xed\xa0\x80") == "\\ufffd\\ufffd\\ufffd");             // a surrogate
   CHECK(json_escape("\xf4\x90\x80\x80") == "\\ufffd\\ufffd\\ufffd\\ufffd");  // past U+10FFFF
-  CHECK(json_escape("a\xe2\x82z") == "a\\ufffd\\ufffdz");   // a bad continuation
+  CHECK(json_escape("a\xe2\x82z") == "a\\ufffd\\ufffdz");                    // a bad continuation
 }

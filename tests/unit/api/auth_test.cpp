@@ -9,24 +9,26 @@
 #include <memory>
 #include <string>
 
-#include "gw/core/base64.hpp"
 #include "gw/api/basic_auth.hpp"
 #include "gw/api/hash.hpp"
 #include "gw/api/jwt.hpp"
 #include "gw/config/api.hpp"
+#include "gw/core/base64.hpp"
 
 using gw::api::JwtError;
 
 namespace {
 
-std::string b64url(std::string_view s) { return gw::core::base64url_encode(s); }
+std::string b64url(std::string_view s) {
+  return gw::core::base64url_encode(s);
+}
 
 std::string hs256_token(const std::string& header, const std::string& claims, const std::string& secret) {
   const std::string signing = b64url(header) + "." + b64url(claims);
   unsigned char mac[32];
   unsigned int len = 0;
-  HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()), reinterpret_cast<const unsigned char*>(signing.data()),
-       signing.size(), mac, &len);
+  HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
+       reinterpret_cast<const unsigned char*>(signing.data()), signing.size(), mac, &len);
   return signing + "." + b64url(std::string_view(reinterpret_cast<char*>(mac), len));
 }
 
@@ -79,7 +81,9 @@ JwtError verify(const gw::config::AuthConf& a, const std::string& token, std::st
   return e;
 }
 
-std::string claims(const std::string& extra) { return R"({"sub":"alice")" + extra + "}"; }
+std::string claims(const std::string& extra) {
+  return R"({"sub":"alice")" + extra + "}";
+}
 
 }  // namespace
 
@@ -106,7 +110,8 @@ TEST_SUITE("api") {
     CHECK(verify(hs_conf(), hs256_token(kHs, claims(R"(,"exp":1800000100)"), kSecret), &who) == JwtError::ok);
     CHECK(who == "alice");
     // Claims may come in any order; other claims are ignored.
-    CHECK(verify(hs_conf(), hs256_token(kHs, R"({"x":[1,{"y":2}],"sub":"bob","iat":1})", kSecret), &who) == JwtError::ok);
+    CHECK(verify(hs_conf(), hs256_token(kHs, R"({"x":[1,{"y":2}],"sub":"bob","iat":1})", kSecret), &who) ==
+          JwtError::ok);
     CHECK(who == "bob");
   }
 
@@ -118,7 +123,8 @@ TEST_SUITE("api") {
     CHECK(verify(hs_conf(), hs256_token(kHs, claims(""), kSecret + "x")) == JwtError::bad_signature);
     // The claims of another token under this token's signature.
     const std::string other = hs256_token(kHs, R"({"sub":"mallory"})", kSecret);
-    const std::string spliced = good.substr(0, good.find('.') + 1) + other.substr(other.find('.') + 1, other.rfind('.') - other.find('.') - 1) +
+    const std::string spliced = good.substr(0, good.find('.') + 1) +
+                                other.substr(other.find('.') + 1, other.rfind('.') - other.find('.') - 1) +
                                 good.substr(good.rfind('.'));
     CHECK(verify(hs_conf(), spliced) == JwtError::bad_signature);
   }
@@ -127,13 +133,16 @@ TEST_SUITE("api") {
     auto a = hs_conf();  // leeway 60
     CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow - 100)), kSecret)) == JwtError::expired);
     CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow - 30)), kSecret)) == JwtError::ok);
-    CHECK(verify(a, hs256_token(kHs, claims(",\"nbf\":" + std::to_string(kNow + 100)), kSecret)) == JwtError::not_yet_valid);
+    CHECK(verify(a, hs256_token(kHs, claims(",\"nbf\":" + std::to_string(kNow + 100)), kSecret)) ==
+          JwtError::not_yet_valid);
     CHECK(verify(a, hs256_token(kHs, claims(",\"nbf\":" + std::to_string(kNow + 30)), kSecret)) == JwtError::ok);
     a.leeway_s = 0;
     CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow - 1)), kSecret)) == JwtError::expired);
     CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow)), kSecret)) == JwtError::ok);
-    CHECK(verify(a, hs256_token(kHs, claims(",\"nbf\":" + std::to_string(kNow + 1)), kSecret)) == JwtError::not_yet_valid);
-    CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":1800000000.5"), kSecret)) == JwtError::ok);  // NumericDate may be fractional
+    CHECK(verify(a, hs256_token(kHs, claims(",\"nbf\":" + std::to_string(kNow + 1)), kSecret)) ==
+          JwtError::not_yet_valid);
+    CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":1800000000.5"), kSecret)) ==
+          JwtError::ok);  // NumericDate may be fractional
     CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":\"soon\""), kSecret)) == JwtError::bad_claims);
   }
 
@@ -164,9 +173,11 @@ TEST_SUITE("api") {
     a.issuer = "https://id.example";
     a.audience = "gw";
     CHECK(verify(a, hs256_token(kHs, claims(R"(,"iss":"https://id.example","aud":"gw")"), kSecret)) == JwtError::ok);
-    CHECK(verify(a, hs256_token(kHs, claims(R"(,"iss":"https://id.example","aud":["x","gw"])"), kSecret)) == JwtError::ok);
+    CHECK(verify(a, hs256_token(kHs, claims(R"(,"iss":"https://id.example","aud":["x","gw"])"), kSecret)) ==
+          JwtError::ok);
     CHECK(verify(a, hs256_token(kHs, claims(R"(,"iss":"https://evil","aud":"gw")"), kSecret)) == JwtError::bad_issuer);
-    CHECK(verify(a, hs256_token(kHs, claims(R"(,"iss":"https://id.example","aud":"other")"), kSecret)) == JwtError::bad_audience);
+    CHECK(verify(a, hs256_token(kHs, claims(R"(,"iss":"https://id.example","aud":"other")"), kSecret)) ==
+          JwtError::bad_audience);
     CHECK(verify(a, hs256_token(kHs, claims(R"(,"iss":"https://id.example")"), kSecret)) == JwtError::bad_audience);
     auto b = hs_conf();
     b.consumer_claim = "client_id";

@@ -15,12 +15,15 @@ using gw::config::load_string;
 namespace {
 std::string conf(const std::string& route_extra, const std::string& listener_extra = "", const std::string& top = "") {
   return R"({"workers": 1, "shm": {"name": "g1"})" + top + R"(,
-  "listeners": [{"name": "web", "listen": "127.0.0.1:8080", "protocol": "http")" + listener_extra + R"(,
-                 "routes": [{"name": "api", "path": "/", "upstream": "app")" + route_extra + R"(}]}],
+  "listeners": [{"name": "web", "listen": "127.0.0.1:8080", "protocol": "http")" +
+         listener_extra + R"(,
+                 "routes": [{"name": "api", "path": "/", "upstream": "app")" +
+         route_extra + R"(}]}],
   "upstreams": [{"name": "app", "pools": [{"id": "p", "hosts": [{"id": "a", "address": "127.0.0.1:8081"}]}]}]})";
 }
 bool has(const std::vector<std::string>& errors, const std::string& needle) {
-  return std::any_of(errors.begin(), errors.end(), [&](const std::string& e) { return e.find(needle) != std::string::npos; });
+  return std::any_of(errors.begin(), errors.end(),
+                     [&](const std::string& e) { return e.find(needle) != std::string::npos; });
 }
 std::string all(const std::vector<std::string>& errors) {
   std::string s;
@@ -39,7 +42,8 @@ TEST_SUITE("config") {
   TEST_CASE("limit_req, limit_conn, auth and consumers load") {
     const std::string hash = bcrypt("pw");
     auto r = load_string(conf(R"(, "limit_req": {"key": "header:X-Api-Key", "rate": 0.5, "burst": 3},
-                                   "auth": {"type": "basic-auth", "users": {"alice": ")" + hash + R"("}, "allow": ["alice"]})",
+                                   "auth": {"type": "basic-auth", "users": {"alice": ")" +
+                                  hash + R"("}, "allow": ["alice"]})",
                               R"(, "limit_conn": {"key": "ip", "max": 10})",
                               R"(, "consumers": [{"name": "k1", "key": "secret-1"}])"));
     REQUIRE_MESSAGE(r.ok(), all(r.errors));
@@ -84,32 +88,50 @@ TEST_SUITE("config") {
 
   TEST_CASE("guard config errors name their JSON path") {
     auto e = [](const std::string& json) { return load_string(json).errors; };
-    CHECK(has(e(conf(R"(, "limit_req": {"rate": 0})")), "listeners[0].routes[0].limit_req.rate: expected requests per second"));
-    CHECK(has(e(conf(R"(, "limit_req": {"burst": 1})")), "listeners[0].routes[0].limit_req: missing required key \"rate\""));
-    CHECK(has(e(conf(R"(, "limit_req": {"rate": 1, "key": "cookie:x"})")), "limit_req.key: expected \"ip\", \"header:NAME\" or \"consumer\""));
+    CHECK(has(e(conf(R"(, "limit_req": {"rate": 0})")),
+              "listeners[0].routes[0].limit_req.rate: expected requests per second"));
+    CHECK(has(e(conf(R"(, "limit_req": {"burst": 1})")),
+              "listeners[0].routes[0].limit_req: missing required key \"rate\""));
+    CHECK(has(e(conf(R"(, "limit_req": {"rate": 1, "key": "cookie:x"})")),
+              "limit_req.key: expected \"ip\", \"header:NAME\" or \"consumer\""));
     CHECK(has(e(conf(R"(, "limit_req": {"rate": 0.001, "burst": 100})")), "limit_req.burst: (burst + 1) / rate"));
-    CHECK(has(e(conf(R"(, "limit_req": {"rate": 1, "key": "consumer"})")), "limit_req.key: \"consumer\" needs \"auth\""));
+    CHECK(
+        has(e(conf(R"(, "limit_req": {"rate": 1, "key": "consumer"})")), "limit_req.key: \"consumer\" needs \"auth\""));
     CHECK(has(e(conf(R"(, "limit_req": {"rate": 1, "nodelay": true})")), "limit_req.nodelay: unknown key"));
-    CHECK(has(e(conf("", R"(, "limit_conn": {"key": "ip"})")), "listeners[0].limit_conn: missing required key \"max\""));
-    CHECK(has(e(conf("", R"(, "limit_conn": {"max": 0})")), "listeners[0].limit_conn.max: expected an integer 1..65535"));
+    CHECK(
+        has(e(conf("", R"(, "limit_conn": {"key": "ip"})")), "listeners[0].limit_conn: missing required key \"max\""));
+    CHECK(
+        has(e(conf("", R"(, "limit_conn": {"max": 0})")), "listeners[0].limit_conn.max: expected an integer 1..65535"));
     CHECK(has(e(conf("", R"(, "limit_conn": {"max": 1, "key": "header:x"})")), "limit_conn.key: expected \"ip\""));
     CHECK(has(e(conf(R"(, "auth": {"type": "oauth"})")), "routes[0].auth.type: expected \"key-auth\""));
     CHECK(has(e(conf(R"(, "auth": {"header": "x"})")), "routes[0].auth: missing required key \"type\""));
     CHECK(has(e(conf(R"(, "auth": {"type": "jwt", "algorithm": "HS256"})")), "routes[0].auth: HS256 needs \"secret\""));
-    CHECK(has(e(conf(R"(, "auth": {"type": "jwt", "algorithm": "none", "secret": "0123456789abcdef"})")), "auth.algorithm: expected \"HS256\" or \"RS256\""));
-    CHECK(has(e(conf(R"(, "auth": {"type": "jwt", "algorithm": "HS256", "secret": "short"})")), "auth.secret: expected a secret of at least 16 bytes"));
-    CHECK(has(e(conf(R"(, "auth": {"type": "jwt", "algorithm": "RS256", "public_key": "nope"})")), "auth.public_key: not a PEM public key"));
-    CHECK(has(e(conf(R"(, "auth": {"type": "jwt", "algorithm": "RS256", "public_key": "@/nonexistent/key.pem"})")), "auth.public_key: cannot read"));
-    CHECK(has(e(conf(R"(, "auth": {"type": "basic-auth", "users": {"alice": "plain"}})")), "auth.users.alice: expected a bcrypt"));
-    CHECK(has(e(conf(R"(, "auth": {"type": "basic-auth", "users": {"alice": "$2b$10$short"}})")), "auth.users.alice: this crypt hash is"));
+    CHECK(has(e(conf(R"(, "auth": {"type": "jwt", "algorithm": "none", "secret": "0123456789abcdef"})")),
+              "auth.algorithm: expected \"HS256\" or \"RS256\""));
+    CHECK(has(e(conf(R"(, "auth": {"type": "jwt", "algorithm": "HS256", "secret": "short"})")),
+              "auth.secret: expected a secret of at least 16 bytes"));
+    CHECK(has(e(conf(R"(, "auth": {"type": "jwt", "algorithm": "RS256", "public_key": "nope"})")),
+              "auth.public_key: not a PEM public key"));
+    CHECK(has(e(conf(R"(, "auth": {"type": "jwt", "algorithm": "RS256", "public_key": "@/nonexistent/key.pem"})")),
+              "auth.public_key: cannot read"));
+    CHECK(has(e(conf(R"(, "auth": {"type": "basic-auth", "users": {"alice": "plain"}})")),
+              "auth.users.alice: expected a bcrypt"));
+    CHECK(has(e(conf(R"(, "auth": {"type": "basic-auth", "users": {"alice": "$2b$10$short"}})")),
+              "auth.users.alice: this crypt hash is"));
     CHECK(has(e(conf(R"(, "auth": {"type": "basic-auth"})")), "routes[0].auth: missing required key \"users\""));
-    CHECK(has(e(conf(R"(, "auth": {"type": "key-auth", "header": "a", "query": "b"})")), "routes[0].auth: give at most one of"));
+    CHECK(has(e(conf(R"(, "auth": {"type": "key-auth", "header": "a", "query": "b"})")),
+              "routes[0].auth: give at most one of"));
     CHECK(has(e(conf(R"(, "auth": {"type": "key-auth", "users": {}})")), "auth.users: unknown key"));
-    CHECK(has(e(conf(R"(, "auth": {"type": "key-auth", "allow": []})")), "auth.allow: expected at least one consumer name"));
-    CHECK(has(e(conf("", "", R"(, "consumers": [{"name": "a", "key": "k"}, {"name": "a", "key": "j"}])")), "consumers[1].name: duplicate consumer"));
-    CHECK(has(e(conf("", "", R"(, "consumers": [{"name": "a", "key": "k"}, {"name": "b", "key": "k"}])")), "consumers[1].key: another consumer has the same key"));
-    CHECK(has(e(conf("", "", R"(, "consumers": [{"name": "a", "key": "has space"}])")), "consumers[0].key: expected a key of 1..512"));
-    CHECK(has(e(R"({"shm": {"max_limit_keys": 100}, "listeners": [], "upstreams": []})"), "shm.max_limit_keys: expected a multiple of 8"));
+    CHECK(has(e(conf(R"(, "auth": {"type": "key-auth", "allow": []})")),
+              "auth.allow: expected at least one consumer name"));
+    CHECK(has(e(conf("", "", R"(, "consumers": [{"name": "a", "key": "k"}, {"name": "a", "key": "j"}])")),
+              "consumers[1].name: duplicate consumer"));
+    CHECK(has(e(conf("", "", R"(, "consumers": [{"name": "a", "key": "k"}, {"name": "b", "key": "k"}])")),
+              "consumers[1].key: another consumer has the same key"));
+    CHECK(has(e(conf("", "", R"(, "consumers": [{"name": "a", "key": "has space"}])")),
+              "consumers[0].key: expected a key of 1..512"));
+    CHECK(has(e(R"({"shm": {"max_limit_keys": 100}, "listeners": [], "upstreams": []})"),
+              "shm.max_limit_keys: expected a multiple of 8"));
   }
 
   TEST_CASE("consumers in the table: unique names and keys, capacity, state file round trip") {

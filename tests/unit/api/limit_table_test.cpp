@@ -6,9 +6,9 @@
 #include <thread>
 #include <vector>
 
+#include "../test_util.hpp"
 #include "gw/api/hash.hpp"
 #include "gw/api/limit_table.hpp"
-#include "../test_util.hpp"
 
 using gw::api::gcra;
 using gw::api::LimitResult;
@@ -30,7 +30,9 @@ struct Mem {
 };
 
 // A hash that lands in set 0 of any table (low 32 bits zero), distinct by n.
-uint64_t in_set0(uint64_t n) { return (n + 1) << 32; }
+uint64_t in_set0(uint64_t n) {
+  return (n + 1) << 32;
+}
 
 constexpr uint64_t kS = 1000000;  // one second in µs
 
@@ -139,7 +141,8 @@ TEST_SUITE("api") {
       tickets.push_back(c.entry);
     }
     // One free way: request keys take turns on it, the pinned ones stay.
-    for (uint64_t k = 0; k < 100; ++k) REQUIRE(t.take(in_set0(1000 + k), p, kS, 100 + k).result == LimitResult::allowed);
+    for (uint64_t k = 0; k < 100; ++k)
+      REQUIRE(t.take(in_set0(1000 + k), p, kS, 100 + k).result == LimitResult::allowed);
     for (uint64_t i = 0; i < 7; ++i) CHECK(t.conns(in_set0(i)) == 1);
     CHECK(t.stats().pinned == 7);
     // The last way pinned too: the set is full for new keys of either kind.

@@ -206,9 +206,11 @@ TEST_SUITE("balance") {
     CHECK(ring.pick(key, yes) == static_cast<int>(pts.front().host));
     // No eligible host: -1 after max_tries, including a walk round the whole ring.
     CHECK(ring.pick("k", [](uint32_t) { return false; }) == -1);
-    CHECK(ring.pick("k", [](uint32_t) { return false; }, ring.size() * 2) == -1);
+    CHECK(ring.pick(
+              "k", [](uint32_t) { return false; }, ring.size() * 2) == -1);
     // Only one eligible host, far along: found when the walk covers the ring.
-    CHECK(ring.pick("k", [](uint32_t h) { return h == 13; }, ring.size()) == 13);
+    CHECK(ring.pick(
+              "k", [](uint32_t h) { return h == 13; }, ring.size()) == 13);
 
     balance::ChashRing none;
     CHECK(none.pick("k", yes) == -1);

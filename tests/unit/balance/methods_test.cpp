@@ -45,7 +45,9 @@ struct Pool {
   static bool all(uint32_t) { return true; }
   static uint64_t none(uint32_t) { return 0; }
 };
-std::string key(int i) { return "key-" + std::to_string(i); }
+std::string key(int i) {
+  return "key-" + std::to_string(i);
+}
 }  // namespace
 
 TEST_SUITE("balance") {
@@ -77,7 +79,8 @@ TEST_SUITE("balance") {
       int moved_other = 0;
       for (int i = 0; i < 2000; ++i) {
         std::string a = p.pick(key(i));
-        std::string b = p.pick(key(i), [&](uint32_t h) { return h != 2; }, Pool::none);
+        std::string b = p.pick(
+            key(i), [&](uint32_t h) { return h != 2; }, Pool::none);
         CHECK(b != "h2");
         if (a != "h2" && a != b) ++moved_other;
       }
@@ -113,7 +116,8 @@ TEST_SUITE("balance") {
     CHECK(n["h1"] < n["h0"] * 3.5);
     Pool c(shm::Method::crc32_mod, {1, 1, 1});
     CHECK(c.pick("abc") == "h" + std::to_string(balance::crc32("abc") % 3));
-    CHECK(c.pick("abc", [](uint32_t i) { return i != balance::crc32("abc") % 3; }, Pool::none) ==
+    CHECK(c.pick(
+              "abc", [](uint32_t i) { return i != balance::crc32("abc") % 3; }, Pool::none) ==
           "h" + std::to_string((balance::crc32("abc") + 1) % 3));
   }
 
@@ -157,7 +161,8 @@ TEST_SUITE("balance") {
     std::map<std::string, int> n;
     for (int i = 0; i < 50000; ++i) ++n[p.pick("")];
     CHECK(n["h1"] / double(n["h0"]) == doctest::Approx(4.0).epsilon(0.05));
-    CHECK(p.pick("", [](uint32_t) { return false; }, Pool::none) == "-");
+    CHECK(p.pick(
+              "", [](uint32_t) { return false; }, Pool::none) == "-");
   }
 }
 
@@ -220,11 +225,11 @@ TEST_SUITE("balance") {
   TEST_CASE("ewma: two choices, the lower latency x (active + 1) wins") {
     Pool p(shm::Method::ewma, {1, 1});
     std::vector<uint64_t> lat = {5000, 100};
-    p.b.set_latency([](void* ctx, const shm::HostRecord& h) { return (*static_cast<std::vector<uint64_t>*>(ctx))[h.slot]; },
-                    &lat);
+    p.b.set_latency(
+        [](void* ctx, const shm::HostRecord& h) { return (*static_cast<std::vector<uint64_t>*>(ctx))[h.slot]; }, &lat);
     std::map<std::string, int> n;
     for (int i = 0; i < 100; ++i) ++n[p.pick("", Pool::all, Pool::none)];
-    CHECK(n["h1"] > 90);  // h0 only when both samples fall on it... which P2C avoids with 2 hosts
+    CHECK(n["h1"] > 90);                      // h0 only when both samples fall on it... which P2C avoids with 2 hosts
     std::vector<uint64_t> active = {0, 100};  // h1 is fast but busy: 100 x 101 > 5000 x 1
     n.clear();
     for (int i = 0; i < 100; ++i) ++n[p.pick("", Pool::all, [&](uint32_t x) { return active[x]; })];
@@ -239,8 +244,8 @@ TEST_SUITE("balance") {
     balance::RoundRobin rr(64);
     balance::Rng rng(1);
     // Other workers take every ticket of host h1: this worker only draws h0's, which is down.
-    int h = rr.pick_scheduled(p.t.hosts(), schedule, [] { return uint64_t{0}; },
-                              [](uint32_t i) { return i == 1; }, rng);
+    int h = rr.pick_scheduled(
+        p.t.hosts(), schedule, [] { return uint64_t{0}; }, [](uint32_t i) { return i == 1; }, rng);
     CHECK(h == 1);
   }
 

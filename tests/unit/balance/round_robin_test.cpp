@@ -51,7 +51,8 @@ TEST_SUITE("balance") {
     f.snap.build(f.t);
     balance::Balancer b(16, 1);
     std::map<std::string, int> n;
-    for (int i = 0; i < 1000; ++i) ++n[f.name(b.pick(f.snap, f.snap.upstreams()[0], [](uint32_t h) { return h != 3; }))];
+    for (int i = 0; i < 1000; ++i)
+      ++n[f.name(b.pick(f.snap, f.snap.upstreams()[0], [](uint32_t h) { return h != 3; }))];
     CHECK(n["a"] == 600);
     CHECK(n["b"] == 400);
     CHECK(n.count("z") == 0);
@@ -83,7 +84,7 @@ TEST_SUITE("balance") {
     balance::Balancer b(16, 1);
     const auto& u = f.snap.upstreams()[0];
     auto all = [](uint32_t) { return true; };
-    b.pick(f.snap, u, all);  // initialise state
+    b.pick(f.snap, u, all);    // initialise state
     b.on_failure(0, 1, 4, 1);  // a: effective 4 → 0
     std::string seq;
     for (int i = 0; i < 6; ++i) seq += f.name(b.pick(f.snap, u, all));

@@ -184,10 +184,11 @@ TEST_SUITE("cluster") {
   TEST_CASE("reconcile: add, remove, change in one pass") {
     gw::shm::Table t = sample();
     auto kv = kv_of(t, "app");
-    kv.erase("/gw/upstreams/app/pools/primary/hosts/a");                                           // removed
-    kv["/gw/upstreams/app/pools/primary/hosts/b"] = R"({"address": "127.0.0.1:1002", "weight": 5, "down": true})";  // changed
-    kv["/gw/upstreams/app/pools/primary/hosts/d"] = R"({"address": "127.0.0.1:1004"})";          // added
-    kv["/gw/upstreams/app/pools/backup/hosts/c"] = R"({"address": "127.0.0.1:1999"})";           // moved address
+    kv.erase("/gw/upstreams/app/pools/primary/hosts/a");  // removed
+    kv["/gw/upstreams/app/pools/primary/hosts/b"] =
+        R"({"address": "127.0.0.1:1002", "weight": 5, "down": true})";                   // changed
+    kv["/gw/upstreams/app/pools/primary/hosts/d"] = R"({"address": "127.0.0.1:1004"})";  // added
+    kv["/gw/upstreams/app/pools/backup/hosts/c"] = R"({"address": "127.0.0.1:1999"})";   // moved address
     kv["/gw/upstreams/app/pools/backup"] = R"({"priority": 3, "method": "maglev"})";
     kv["/gw/upstreams/app/pools/new"] = R"({})";
     kv["/gw/upstreams/ghost"] = "{}";
@@ -207,9 +208,10 @@ TEST_SUITE("cluster") {
     int app = t.find_upstream("app");
     int primary = t.find_pool(app, "primary");
     const auto& b = t.hosts()[static_cast<size_t>(t.find_host(primary, "b"))];
-    CHECK((b.weight == 5 && b.admin_down == 1 && b.tag == 2));            // kept its slot
+    CHECK((b.weight == 5 && b.admin_down == 1 && b.tag == 2));                  // kept its slot
     CHECK(t.hosts()[static_cast<size_t>(t.find_host(primary, "d"))].tag == 0);  // the writer assigns one
-    CHECK(t.hosts()[static_cast<size_t>(t.find_host(t.find_pool(app, "backup"), "c"))].tag == 0);  // new address: new slot
+    CHECK(t.hosts()[static_cast<size_t>(t.find_host(t.find_pool(app, "backup"), "c"))].tag ==
+          0);  // new address: new slot
     CHECK(t.find_host(primary, "a") < 0);
     CHECK(t.upstreams().size() == 2);
     // and now it is in sync
@@ -224,7 +226,8 @@ TEST_SUITE("cluster") {
     kv.erase("/gw/upstreams/app/pools/backup/hosts/c");
     std::vector<std::string> warnings, events;
     REQUIRE(reconcile(t, build_model("/gw/", kv, warnings), events, warnings));
-    CHECK(events == std::vector<std::string>{"host_removed app/backup/c 127.0.0.1:1003", "pool_changed app/backup removed"});
+    CHECK(events ==
+          std::vector<std::string>{"host_removed app/backup/c 127.0.0.1:1003", "pool_changed app/backup removed"});
     for (int i = 0; i < 20; ++i)
       kv["/gw/upstreams/app/pools/primary/hosts/n" + std::to_string(i)] = R"({"address": "127.0.0.1:3000"})";
     gw::shm::Table before = t;
@@ -236,11 +239,12 @@ TEST_SUITE("cluster") {
     CHECK(range_request("k", "", true) == R"({"key": "aw==", "count_only": true})");
     CHECK(watch_create_request("/gw/", "/gw0", 8) ==
           R"({"create_request": {"key": "L2d3Lw==", "range_end": "L2d3MA==", "start_revision": "8"}})");
-    CHECK(txn_request({{"a", "", Compare::Target::create_revision, 0}, {"b", "c", Compare::Target::mod_revision, 5}},
-                      {{false, "a", "v"}, {true, "b", ""}}) ==
-          R"({"compare": [{"key": "YQ==", "target": "CREATE", "result": "EQUAL", "create_revision": "0"}, )"
-          R"({"key": "Yg==", "range_end": "Yw==", "target": "MOD", "result": "EQUAL", "mod_revision": "5"}], )"
-          R"("success": [{"request_put": {"key": "YQ==", "value": "dg=="}}, {"request_delete_range": {"key": "Yg=="}}]})");
+    CHECK(
+        txn_request({{"a", "", Compare::Target::create_revision, 0}, {"b", "c", Compare::Target::mod_revision, 5}},
+                    {{false, "a", "v"}, {true, "b", ""}}) ==
+        R"({"compare": [{"key": "YQ==", "target": "CREATE", "result": "EQUAL", "create_revision": "0"}, )"
+        R"({"key": "Yg==", "range_end": "Yw==", "target": "MOD", "result": "EQUAL", "mod_revision": "5"}], )"
+        R"("success": [{"request_put": {"key": "YQ==", "value": "dg=="}}, {"request_delete_range": {"key": "Yg=="}}]})");
   }
 
   TEST_CASE("response parsers (as etcd 3.4's gateway answers)") {
@@ -324,13 +328,16 @@ TEST_SUITE("config") {
         {R"({"etcd": []})", "cluster.etcd: expected 1..16 endpoint URLs, got 0"},
         {R"({"etcd": "http://127.0.0.1:2379"})", "cluster.etcd: expected an array"},
         {R"({"etcd": ["https://127.0.0.1:2379"]})", "cluster.etcd[0]: https is not supported"},
-        {R"({"etcd": ["http://localhost:2379"]})", "cluster.etcd[0]: expected http://IP:PORT (host names are not resolved)"},
+        {R"({"etcd": ["http://localhost:2379"]})",
+         "cluster.etcd[0]: expected http://IP:PORT (host names are not resolved)"},
         {R"({"etcd": ["http://127.0.0.1:2379/v3"]})", "cluster.etcd[0]: expected http://IP:PORT without a path"},
-        {R"({"etcd": ["http://127.0.0.1:1", "http://127.0.0.1:1"]})", "cluster.etcd[1]: endpoint http://127.0.0.1:1 is listed twice"},
+        {R"({"etcd": ["http://127.0.0.1:1", "http://127.0.0.1:1"]})",
+         "cluster.etcd[1]: endpoint http://127.0.0.1:1 is listed twice"},
         {R"({"etcd": [2379]})", "cluster.etcd[0]: expected a string"},
         {R"({"etcd": ["http://127.0.0.1:1"], "prefix": "gw"})", "cluster.prefix: expected 2..128"},
         {R"({"etcd": ["http://127.0.0.1:1"], "prefix": "/g w/"})", "cluster.prefix: expected 2..128"},
-        {R"({"etcd": ["http://127.0.0.1:1"], "reconnect_max_ms": 5})", "cluster.reconnect_max_ms: expected an integer 100..600000"},
+        {R"({"etcd": ["http://127.0.0.1:1"], "reconnect_max_ms": 5})",
+         "cluster.reconnect_max_ms: expected an integer 100..600000"},
         {R"({"etcd": ["http://127.0.0.1:1"], "timeout_ms": 0})", "cluster.timeout_ms: expected an integer 10..60000"},
         {R"({"etcd": ["http://127.0.0.1:1"], "colour": 1})", "cluster.colour: unknown key"},
         {R"([])", "cluster: expected an object"},

@@ -19,7 +19,8 @@ const char* kValid = R"({
               {"id": "backup", "priority": 1, "hosts": [{"id": "c", "address": "127.0.0.1:8083"}]}]}]})";
 
 bool has(const std::vector<std::string>& errors, const std::string& needle) {
-  return std::any_of(errors.begin(), errors.end(), [&](const std::string& e) { return e.find(needle) != std::string::npos; });
+  return std::any_of(errors.begin(), errors.end(),
+                     [&](const std::string& e) { return e.find(needle) != std::string::npos; });
 }
 std::string replace(std::string s, const std::string& from, const std::string& to) {
   auto p = s.find(from);
@@ -66,7 +67,8 @@ TEST_SUITE("config") {
   }
 
   TEST_CASE("a string weight is reported with its JSON path and value") {
-    auto r = load_string(replace(kValid, R"("address": "127.0.0.1:8082")", R"("address": "127.0.0.1:8082", "weight": "0")"));
+    auto r =
+        load_string(replace(kValid, R"("address": "127.0.0.1:8082")", R"("address": "127.0.0.1:8082", "weight": "0")"));
     CHECK(has(r.errors, R"(upstreams[0].pools[0].hosts[1].weight: expected an integer 0..1000, got string "0")"));
   }
 
@@ -114,7 +116,8 @@ TEST_SUITE("config") {
 
 TEST_SUITE("config") {
   TEST_CASE("slow_start_ms and hash_balance_factor") {
-    auto ok = load_string(replace(kValid, R"("max_fails": 2,)", R"("max_fails": 2, "slow_start_ms": 30000, "hash_balance_factor": 1.25,)"));
+    auto ok = load_string(replace(kValid, R"("max_fails": 2,)",
+                                  R"("max_fails": 2, "slow_start_ms": 30000, "hash_balance_factor": 1.25,)"));
     REQUIRE(ok.errors.empty());
     CHECK(ok.config.upstreams[0].slow_start_ms == 30000);
     CHECK(ok.config.upstreams[0].balance_factor == 125);
@@ -135,8 +138,12 @@ const char* kFrame = R"({
                                             "hosts": [{"id": "b", "address": "127.0.0.1:9002"}]}]},
                 {"name": "web", "pools": [{"id": "w", "hosts": [{"id": "c", "address": "127.0.0.1:9003"}]}]}]})";
 
-std::string frame_conf(const std::string& extra) { return replace(kFrame, " FRAME", extra); }
-gw::config::LoadResult load_frame(const std::string& extra) { return load_string(frame_conf(extra)); }
+std::string frame_conf(const std::string& extra) {
+  return replace(kFrame, " FRAME", extra);
+}
+gw::config::LoadResult load_frame(const std::string& extra) {
+  return load_string(frame_conf(extra));
+}
 // The errors for a frame listener whose "frame" object holds `keys`.
 std::vector<std::string> frame_errors(const std::string& keys) {
   return load_frame(", \"frame\": {" + keys + "}").errors;
@@ -275,9 +282,11 @@ TEST_SUITE("config") {
     CHECK(has(frame_errors(R"("length_size": "2")"), p + "length_size: expected an integer 1..4, got string \"2\""));
     CHECK(has(frame_errors(R"("header_size": 0)"), p + "header_size: expected an integer 1..64, got 0"));
     CHECK(has(frame_errors(R"("header_size": 65)"), p + "header_size: expected an integer 1..64, got 65"));
-    CHECK(has(frame_errors(R"("byte_order": "middle")"), p + "byte_order: expected \"big\" or \"little\", got \"middle\""));
+    CHECK(has(frame_errors(R"("byte_order": "middle")"),
+              p + "byte_order: expected \"big\" or \"little\", got \"middle\""));
     CHECK(has(frame_errors(R"("byte_order": 1)"), p + "byte_order: expected a string, got 1"));
-    CHECK(has(frame_errors(R"("length_includes_header": 1)"), p + "length_includes_header: expected true or false, got 1"));
+    CHECK(has(frame_errors(R"("length_includes_header": 1)"),
+              p + "length_includes_header: expected true or false, got 1"));
     CHECK(has(frame_errors(R"("max_body": 16777217)"), p + "max_body: expected an integer 0..16777216, got 16777217"));
     CHECK(has(frame_errors(R"("max_body": -1)"), p + "max_body: expected an integer 0..16777216, got -1"));
     CHECK(has(frame_errors(R"("key": "")"), p + "key: expected a field name or a JSON pointer"));
@@ -296,7 +305,8 @@ TEST_SUITE("config") {
     CHECK(has(frame_errors(R"("max_links": 0)"), p + "max_links: expected an integer 1..32, got 0"));
     CHECK(has(frame_errors(R"("max_links": 33)"), p + "max_links: expected an integer 1..32, got 33"));
     CHECK(has(frame_errors(R"("link_idle_ms": 0)"), p + "link_idle_ms: expected an integer 1..3600000, got 0"));
-    CHECK(has(frame_errors(R"("max_frame_buffers": 0)"), p + "max_frame_buffers: expected an integer 1..1048576, got 0"));
+    CHECK(
+        has(frame_errors(R"("max_frame_buffers": 0)"), p + "max_frame_buffers: expected an integer 1..1048576, got 0"));
     CHECK(has(frame_errors(R"("lenght_size": 2)"), p + "lenght_size: unknown key"));
     CHECK(has(frame_errors(R"("mode": "frame", "mode": "frame")"), p + "mode: duplicate key"));
     CHECK(has(frame_errors(R"("type_offset": 6, "allowed_types": [1])"),
@@ -305,7 +315,8 @@ TEST_SUITE("config") {
     CHECK(has(frame_errors(R"("version_offset": 9, "allowed_versions": [1])"),
               p + "version_offset: offset 9 is outside the 6-byte header"));
     CHECK(has(frame_errors(R"("type_offset": 64)"), p + "type_offset: expected an integer 0..63, got 64"));
-    CHECK(has(frame_errors(R"("allowed_types": [1, 256])"), p + "allowed_types[1]: expected an integer 0..255, got 256"));
+    CHECK(
+        has(frame_errors(R"("allowed_types": [1, 256])"), p + "allowed_types[1]: expected an integer 0..255, got 256"));
     CHECK(has(frame_errors(R"("allowed_types": 1)"), p + "allowed_types: expected an array, got 1"));
     CHECK(has(frame_errors(R"("allowed_versions": ["1"])"),
               p + "allowed_versions[0]: expected an integer 0..255, got string \"1\""));
@@ -319,17 +330,22 @@ TEST_SUITE("config") {
 
   TEST_CASE("protocol, hash_key and on_host_remove on frame and tcp listeners") {
     using gw::config::HashKey;
-    const std::string tcp_frame = replace(frame_conf(""), R"("upstream": "web"})", R"("upstream": "web", "frame": {}})");
+    const std::string tcp_frame =
+        replace(frame_conf(""), R"("upstream": "web"})", R"("upstream": "web", "frame": {}})");
     CHECK(has(load_string(tcp_frame).errors,
               R"(listeners[1].frame: only a listener with "protocol": "frame" takes frame settings)"));
-    const std::string tcp_hash = replace(frame_conf(""), R"("upstream": "web"})", R"("upstream": "web", "hash_key": "frame"})");
+    const std::string tcp_hash =
+        replace(frame_conf(""), R"("upstream": "web"})", R"("upstream": "web", "hash_key": "frame"})");
     CHECK(has(load_string(tcp_hash).errors, R"(listeners[1].hash_key: "frame" needs "protocol": "frame")"));
-    const std::string tcp_proto = replace(frame_conf(""), R"("upstream": "web"})", R"("upstream": "web", "protocol": "tcp"})");
+    const std::string tcp_proto =
+        replace(frame_conf(""), R"("upstream": "web"})", R"("upstream": "web", "protocol": "tcp"})");
     CHECK(load_string(tcp_proto).errors.empty());
     CHECK(has(load_frame(R"(, "protocol": "udp")").errors, "listeners[0].protocol: duplicate key"));
     const std::string udp = replace(frame_conf(""), R"("protocol": "frame")", R"("protocol": "udp")");
     CHECK(has(load_string(udp).errors, R"(listeners[0].protocol: expected "tcp", "frame" or "http", got "udp")"));
-    CHECK(has(load_frame(R"(, "hash_key": "mac")").errors, R"(listeners[0].hash_key: expected "ip", "frame", "uri", "header:NAME", "cookie:NAME" or "arg:NAME", got "mac")"));
+    CHECK(has(
+        load_frame(R"(, "hash_key": "mac")").errors,
+        R"(listeners[0].hash_key: expected "ip", "frame", "uri", "header:NAME", "cookie:NAME" or "arg:NAME", got "mac")"));
 
     // hash_key "ip" on a frame listener: the pools keep their own default.
     auto ip = load_frame(R"(, "hash_key": "ip")");
@@ -346,7 +362,8 @@ TEST_SUITE("config") {
 
     for (const char* proto : {"frame", "tcp"}) {
       CAPTURE(proto);
-      const std::string base = replace(kFrame, R"("protocol": "frame")", std::string(R"("protocol": ")") + proto + "\"");
+      const std::string base =
+          replace(kFrame, R"("protocol": "frame")", std::string(R"("protocol": ")") + proto + "\"");
       auto keep = load_string(replace(base, " FRAME", R"(, "on_host_remove": "keep")"));
       REQUIRE(keep.errors.empty());
       CHECK(!keep.config.listeners.at(0).close_on_host_remove);

@@ -11,12 +11,15 @@ using gw::config::load_string;
 namespace {
 std::string with_listener(const std::string& listener, const std::string& upstream_extra = "") {
   return R"({"workers": 1, "shm": {"name": "h1"},
-  "listeners": [)" + listener + R"(],
-  "upstreams": [{"name": "app")" + upstream_extra + R"(, "pools": [{"id": "p", "hosts": [{"id": "a", "address": "127.0.0.1:8081"}]}]},
+  "listeners": [)" +
+         listener + R"(],
+  "upstreams": [{"name": "app")" +
+         upstream_extra + R"(, "pools": [{"id": "p", "hosts": [{"id": "a", "address": "127.0.0.1:8081"}]}]},
                 {"name": "pre", "pools": [{"id": "p", "hosts": [{"id": "c", "address": "127.0.0.1:8083"}]}]}]})";
 }
 bool has(const std::vector<std::string>& errors, const std::string& needle) {
-  return std::any_of(errors.begin(), errors.end(), [&](const std::string& e) { return e.find(needle) != std::string::npos; });
+  return std::any_of(errors.begin(), errors.end(),
+                     [&](const std::string& e) { return e.find(needle) != std::string::npos; });
 }
 std::string all(const std::vector<std::string>& errors) {
   std::string s;
@@ -27,7 +30,8 @@ std::string all(const std::vector<std::string>& errors) {
 
 TEST_SUITE("config") {
   TEST_CASE("an http listener with only an upstream gets one catch-all route and the defaults") {
-    auto r = load_string(with_listener(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http", "upstream": "app"})"));
+    auto r = load_string(
+        with_listener(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http", "upstream": "app"})"));
     REQUIRE_MESSAGE(r.ok(), all(r.errors));
     const auto& l = r.config.listeners[0];
     CHECK(l.protocol == gw::config::Protocol::http);
@@ -98,17 +102,23 @@ TEST_SUITE("config") {
   }
 
   TEST_CASE("http settings, routes and rules: every error names its path") {
-    auto bad = [](const std::string& listener, const std::string& ups = "") { return load_string(with_listener(listener, ups)).errors; };
+    auto bad = [](const std::string& listener, const std::string& ups = "") {
+      return load_string(with_listener(listener, ups)).errors;
+    };
     auto e = bad(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http"})");
     CHECK(has(e, R"(listeners[0]: missing required key "upstream" or "routes")"));
-    e = bad(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http", "upstream": "app", "routes": [{"name": "r", "upstream": "app"}]})");
+    e = bad(
+        R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http", "upstream": "app", "routes": [{"name": "r", "upstream": "app"}]})");
     CHECK(has(e, R"(listeners[0].routes: give either "upstream" (every request goes there) or "routes", not both)"));
     e = bad(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http",
                 "routes": [{"name": "r", "upstream": "nope", "path": "v1"},
                            {"name": "r", "upstream": "app", "host": "a b"},
                            {"name": "s", "upstream": "app", "hash_key": "header:"},
                            {"name": "t", "upstream": "app", "hash_key": "frame"}]})");
-    CHECK_MESSAGE(has(e, R"(listeners[0].routes[0].path: expected a path prefix starting with / (no spaces, '?' or '#'), got "v1")"), all(e));
+    CHECK_MESSAGE(
+        has(e,
+            R"(listeners[0].routes[0].path: expected a path prefix starting with / (no spaces, '?' or '#'), got "v1")"),
+        all(e));
     CHECK(has(e, R"(listeners[0].routes[0].upstream: no upstream named "nope")"));
     CHECK(has(e, R"(listeners[0].routes[1].name: duplicate route name "r")"));
     CHECK(has(e, R"(listeners[0].routes[1].host: expected a host name, "*.suffix" or "*", got "a b")"));
@@ -120,7 +130,9 @@ TEST_SUITE("config") {
                   {"id": "b", "upstream": "zzz", "ip": ["10.0.0.1/8"]},
                   {"id": "a", "upstream": "pre", "percent": 101},
                   {"id": "d", "upstream": "pre", "header": "novalue"}]}]})");
-    CHECK_MESSAGE(has(e, R"(listeners[0].routes[0].rules[0]: a rule needs at least one matcher (ip, header, cookie or percent))"), all(e));
+    CHECK_MESSAGE(
+        has(e, R"(listeners[0].routes[0].rules[0]: a rule needs at least one matcher (ip, header, cookie or percent))"),
+        all(e));
     CHECK(has(e, R"(listeners[0].routes[0].rules[1].ip[0]: "10.0.0.1/8" has bits set past its /8 prefix)"));
     CHECK(has(e, R"(listeners[0].routes[0].rules[2].percent: expected a number 0..100, got 101)"));
     CHECK(has(e, R"(listeners[0].routes[0].rules[2].id: duplicate rule id "a" in route "r")"));
@@ -137,7 +149,10 @@ TEST_SUITE("config") {
     CHECK(has(e, R"(listeners[0].http: only a listener with "protocol": "http" takes http settings)"));
     e = bad(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http", "upstream": "app"})",
             R"(, "retry": {"on": ["eror", "600", 503]}, "keepalive": {"max_idle": -1})");
-    CHECK_MESSAGE(has(e, R"(upstreams[0].retry.on[0]: expected "error", "timeout", "invalid_response", "4xx", "5xx" or a status 400..599 as a string, got "eror")"), all(e));
+    CHECK_MESSAGE(
+        has(e,
+            R"(upstreams[0].retry.on[0]: expected "error", "timeout", "invalid_response", "4xx", "5xx" or a status 400..599 as a string, got "eror")"),
+        all(e));
     CHECK(has(e, R"(upstreams[0].retry.on[1]: expected)"));
     CHECK(has(e, R"(upstreams[0].retry.on[2]: expected a string, got 503)"));
     CHECK(has(e, "upstreams[0].keepalive.max_idle: expected an integer 0..100000, got -1"));

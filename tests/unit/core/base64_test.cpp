@@ -56,11 +56,11 @@ TEST_SUITE("core") {
     std::string out;
     CHECK(base64_decode("aGVsbG8=", out));
     CHECK(out == "hello");
-    CHECK_FALSE(base64_decode("aGVsbG8", out));    // length
-    CHECK_FALSE(base64_decode("aGV$bG8=", out));   // alphabet
-    CHECK_FALSE(base64_decode("a===", out));       // too much padding
-    CHECK_FALSE(base64_decode("Zh==", out));       // non-zero leftover bits
-    CHECK_FALSE(base64_decode("Zg==Zg==", out));   // padding in the middle
+    CHECK_FALSE(base64_decode("aGVsbG8", out));   // length
+    CHECK_FALSE(base64_decode("aGV$bG8=", out));  // alphabet
+    CHECK_FALSE(base64_decode("a===", out));      // too much padding
+    CHECK_FALSE(base64_decode("Zh==", out));      // non-zero leftover bits
+    CHECK_FALSE(base64_decode("Zg==Zg==", out));  // padding in the middle
   }
 
   TEST_CASE("base64 into a caller's buffer: the same answers as into a string") {

@@ -223,8 +223,10 @@ struct B {
 
 std::ostream& operator<<(std::ostream& os, const B& b) {
   return os << "{data " << b.data.size() << " bytes, consumed " << b.consumed << ", "
-            << (b.status == BodyStatus::more ? "more" : b.status == BodyStatus::done ? "done" : "error") << " "
-            << gw::http::error_name(b.error) << "}";
+            << (b.status == BodyStatus::more   ? "more"
+                : b.status == BodyStatus::done ? "done"
+                                               : "error")
+            << " " << gw::http::error_name(b.error) << "}";
 }
 
 // Feeds `in` in pieces that end at `cuts`, each piece in its own buffer (the
@@ -236,7 +238,8 @@ B decode(BodyDecoder d, std::string_view in, std::vector<size_t> cuts = {}, bool
   size_t at = 0;
   for (size_t cut : cuts) {
     if (cut < at) continue;
-    std::vector<char> piece(in.begin() + static_cast<std::ptrdiff_t>(at), in.begin() + static_cast<std::ptrdiff_t>(cut));
+    std::vector<char> piece(in.begin() + static_cast<std::ptrdiff_t>(at),
+                            in.begin() + static_cast<std::ptrdiff_t>(cut));
     std::string_view rest(piece.data(), piece.size());
     at = cut;
     for (;;) {
@@ -394,7 +397,8 @@ TEST_SUITE("http/parser") {
   // Valid requests: what the proxy reads from them
 
   TEST_CASE("a GET: request line, fields as views, host, keep-alive, no body") {
-    const std::string msg = "GET /a/b?c=d HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: t/1.0\r\nAccept:  */* \r\n\r\n";
+    const std::string msg =
+        "GET /a/b?c=d HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: t/1.0\r\nAccept:  */* \r\n\r\n";
     const H h = check_ok(msg);
     CHECK(h.method == Method::get);
     CHECK(h.method_name == "GET");
@@ -462,10 +466,10 @@ TEST_SUITE("http/parser") {
   }
 
   TEST_CASE("hop-by-hop: Connection options and the fixed list; never Host or Content-Length") {
-    const H h = check_ok(
-        req("Host: a\r\nConnection: X-Foo, , keep-alive\r\nConnection: host,Content-Length\r\nX-Foo: 1\r\n"
-            "x-foo: 2\r\nX-Bar: 3\r\nKeep-Alive: timeout=5\r\nProxy-Connection: x\r\nTE: trailers\r\n"
-            "Upgrade: h2c\r\nContent-Length: 0"));
+    const H h =
+        check_ok(req("Host: a\r\nConnection: X-Foo, , keep-alive\r\nConnection: host,Content-Length\r\nX-Foo: 1\r\n"
+                     "x-foo: 2\r\nX-Bar: 3\r\nKeep-Alive: timeout=5\r\nProxy-Connection: x\r\nTE: trailers\r\n"
+                     "Upgrade: h2c\r\nContent-Length: 0"));
     CHECK(h.options == std::vector<std::string>{"X-Foo", "keep-alive", "host", "Content-Length"});
     for (const auto& f : h.fields) {
       CAPTURE(f.name);
@@ -479,15 +483,16 @@ TEST_SUITE("http/parser") {
   }
 
   TEST_CASE("upgrade: Connection upgrade and Upgrade websocket, HTTP/1.1 only") {
-    const H ws = check_ok(req("Host: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n"
-                              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13"));
+    const H ws =
+        check_ok(req("Host: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13"));
     CHECK(ws.upgrade);
     CHECK(ws.websocket);
     CHECK(ws.upgrade_protocols == "WebSocket");
     const H h2c = check_ok(req("Host: a\r\nConnection: upgrade\r\nUpgrade: h2c, foo/2"));
     CHECK(h2c.upgrade);
     CHECK_FALSE(h2c.websocket);
-    CHECK_FALSE(check_ok(req("Host: a\r\nUpgrade: websocket")).upgrade);  // not named in Connection
+    CHECK_FALSE(check_ok(req("Host: a\r\nUpgrade: websocket")).upgrade);   // not named in Connection
     CHECK_FALSE(check_ok(req("Host: a\r\nConnection: upgrade")).upgrade);  // no Upgrade field
     CHECK_FALSE(check_ok(req("Connection: upgrade\r\nUpgrade: websocket", "GET / HTTP/1.0")).upgrade);
   }
@@ -556,7 +561,9 @@ TEST_SUITE("http/parser") {
   }
 
   TEST_CASE("Transfer-Encoding: chunked last or 400, unknown codings 501, disguises rejected") {
-    auto te = [](std::string_view v) { return req("Host: a\r\nTransfer-Encoding: "s + std::string(v), "POST / HTTP/1.1"); };
+    auto te = [](std::string_view v) {
+      return req("Host: a\r\nTransfer-Encoding: "s + std::string(v), "POST / HTTP/1.1");
+    };
     for (const char* ok : {"chunked", "Chunked", "CHUNKED", "gzip, chunked", "gzip;level=9 , chunked",
                            "x-gzip,deflate,compress,x-compress,chunked", ", chunked", "chunked ,", "\tchunked\t",
                            "gzip ; q=\"a \\\" b\", chunked"}) {
@@ -565,15 +572,17 @@ TEST_SUITE("http/parser") {
     }
     CHECK(check_ok(req("Host: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked")).body == BodyKind::chunked);
 
-    for (const char* bad : {"chunked, identity", "chunked, gzip", "xchunked", "chunkedx", "identity", "gzip",
-                            "chunked, chunked", "chunked;a=b", "\"chunked\"", "chunked chunked", "chunked;",
-                            "gzip;=1, chunked", "gzip;a, chunked", "gzip;a=\"x, chunked", "", " , ", "chunked/1.1",
-                            "chunked\\"}) {
+    for (const char* bad :
+         {"chunked, identity", "chunked, gzip", "xchunked", "chunkedx", "identity", "gzip", "chunked, chunked",
+          "chunked;a=b", "\"chunked\"", "chunked chunked", "chunked;", "gzip;=1, chunked", "gzip;a, chunked",
+          "gzip;a=\"x, chunked", "", " , ", "chunked/1.1", "chunked\\"}) {
       CAPTURE(bad);
       check_rejected(te(bad), Error::bad_transfer_encoding, 400);
     }
-    check_rejected(req("Host: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip"), Error::bad_transfer_encoding, 400);
-    check_rejected(req("Host: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked"), Error::bad_transfer_encoding, 400);
+    check_rejected(req("Host: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip"),
+                   Error::bad_transfer_encoding, 400);
+    check_rejected(req("Host: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked"),
+                   Error::bad_transfer_encoding, 400);
 
     for (const char* unknown : {"identity, chunked", "xchunked, chunked", "br, chunked", "foo;a=\"b c\", chunked"}) {
       CAPTURE(unknown);
@@ -587,7 +596,9 @@ TEST_SUITE("http/parser") {
     check_rejected(req("Host: a\r\n Transfer-Encoding: chunked"), Error::obs_fold, 400);
     check_rejected(req(" Transfer-Encoding: chunked\r\nHost: a"), Error::obs_fold, 400);
     check_rejected(req("Host: a\r\nTransfer-Encoding: chunked\x0b"), Error::bad_field_value, 400);
-    check_rejected(req("Host: a\r\nTransfer-Encoding: \x0c" "chunked"), Error::bad_field_value, 400);
+    check_rejected(req("Host: a\r\nTransfer-Encoding: \x0c"
+                       "chunked"),
+                   Error::bad_field_value, 400);
     check_rejected(req("Host: a\r\nTransfer-Encoding: chunked\r\r\n"), Error::bare_cr, 400);
     check_rejected(req("Host: a\r\nTransfer-Encoding:\nchunked"), Error::bare_lf, 400);
     check_rejected(req("Host: a\r\nTransfer-Encoding: chunked\x00"s), Error::bad_field_value, 400);
@@ -616,7 +627,9 @@ TEST_SUITE("http/parser") {
     check_rejected(req("Host: a\r\nX-A: b\r\n\tc"), Error::obs_fold, 400);
     check_rejected(req("Host: a\r\nX-A: b\rc"), Error::bare_cr, 400);
     check_rejected(req("Host: a\r\nX-A: b\nc: d"), Error::bare_lf, 400);
-    check_rejected(req("Host: a\r\nX-A: b\x00" "c"s), Error::bad_field_value, 400);
+    check_rejected(req("Host: a\r\nX-A: b\x00"
+                       "c"s),
+                   Error::bad_field_value, 400);
     check_rejected(req("Host: a\r\nX-A: b\x7f"), Error::bad_field_value, 400);
     check_rejected(req("Host: a\r\nX-A: \x01"), Error::bad_field_value, 400);
     check_rejected(req("Host: a\r\n: b"), Error::bad_field_name, 400);
@@ -658,7 +671,10 @@ TEST_SUITE("http/parser") {
     check_rejected(req("Host: a", "GET / HTTP/2.0"), Error::version_not_supported, 505);
     check_rejected(req("Host: a", "GET / HTTP/0.9"), Error::version_not_supported, 505);
     check_rejected(req("Host: a", "GET / HTTP/3.1"), Error::version_not_supported, 505);
-    check_rejected(req("Host: a", "GET /a\x01" "b HTTP/1.1"), Error::bad_target, 400);
+    check_rejected(req("Host: a",
+                       "GET /a\x01"
+                       "b HTTP/1.1"),
+                   Error::bad_target, 400);
     check_rejected(req("Host: a", "GET /a\x7f HTTP/1.1"), Error::bad_target, 400);
     check_rejected(req("Host: a", "GET a HTTP/1.1"), Error::bad_target, 400);
     check_rejected(req("Host: a", "GET 1http://a/ HTTP/1.1"), Error::bad_target, 400);
@@ -802,8 +818,8 @@ TEST_SUITE("http/parser") {
           BodyKind::chunked);
 
     for (const char* none : {"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
-                             "HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
-                             "HTTP/1.1 100 Continue\r\n\r\n", "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"}) {
+                             "HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n", "HTTP/1.1 100 Continue\r\n\r\n",
+                             "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"}) {
       CAPTURE(none);
       const H h = check_ok(none, response_to());
       CHECK(h.body == BodyKind::none);
@@ -836,7 +852,8 @@ TEST_SUITE("http/parser") {
     CHECK(v10.version == Version::http10);
     CHECK_FALSE(v10.keep_alive);
     CHECK(check_ok("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n", response_to()).keep_alive);
-    CHECK_FALSE(check_ok("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", response_to()).keep_alive);
+    CHECK_FALSE(
+        check_ok("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", response_to()).keep_alive);
   }
 
   TEST_CASE("responses: reason phrases, and the status line without SP before an empty reason") {
@@ -849,9 +866,9 @@ TEST_SUITE("http/parser") {
 
   TEST_CASE("responses: malformed (the proxy answers 502)") {
     const Opts o = response_to();
-    for (const char* bad : {"HTTP/1.1 99 X\r\n\r\n", "HTTP/1.1 600 X\r\n\r\n", "HTTP/1.1 099 X\r\n\r\n",
-                            "HTTP/1.1 2000 X\r\n\r\n", "HTTP/1.1 20x X\r\n\r\n", "HTTP/1.1  200 X\r\n\r\n",
-                            "HTTP/1.1 200 O\x01K\r\n\r\n", "HTTP/1.1\r\n\r\n"}) {
+    for (const char* bad :
+         {"HTTP/1.1 99 X\r\n\r\n", "HTTP/1.1 600 X\r\n\r\n", "HTTP/1.1 099 X\r\n\r\n", "HTTP/1.1 2000 X\r\n\r\n",
+          "HTTP/1.1 20x X\r\n\r\n", "HTTP/1.1  200 X\r\n\r\n", "HTTP/1.1 200 O\x01K\r\n\r\n", "HTTP/1.1\r\n\r\n"}) {
       CAPTURE(bad);
       const H h = check_splits(bad, o);
       CHECK(h.status == ParseStatus::error);
@@ -860,11 +877,13 @@ TEST_SUITE("http/parser") {
     check_rejected("HTTP/2.0 200 OK\r\n\r\n", Error::version_not_supported, 505, o);
     check_rejected("HTTP/2 200 OK\r\n\r\n", Error::bad_version, 400, o);
     check_rejected("HTTP/1.1 200 OK\nContent-Length: 0\n\n", Error::bare_lf, 400, o);
-    check_rejected("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", Error::te_and_cl, 400, o);
+    check_rejected("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", Error::te_and_cl, 400,
+                   o);
     check_rejected("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Error::te_in_http10, 400, o);
     check_rejected("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
                    Error::conflicting_content_length, 400, o);
-    check_rejected("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", Error::bad_transfer_encoding, 400, o);
+    check_rejected("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", Error::bad_transfer_encoding, 400,
+                   o);
     // Host is not looked at in responses.
     check_ok("HTTP/1.1 200 OK\r\nHost: a\r\nHost: b c\r\nContent-Length: 0\r\n\r\n", o);
     Opts small = o;
@@ -1002,7 +1021,9 @@ TEST_SUITE("http/parser") {
         {"0\r\n X: y\r\n\r\n", Error::obs_fold},
         {"0\r\nX: y\r\n z\r\n\r\n", Error::obs_fold},
         {"0\r\nX: y\nZ: w\r\n\r\n", Error::bare_lf},
-        {"0\r\nX: a\x00" "b\r\n\r\n"s, Error::bad_field_value},
+        {"0\r\nX: a\x00"
+         "b\r\n\r\n"s,
+         Error::bad_field_value},
         {"0\r\nX\r\n\r\n", Error::bad_field_name},
         {"0\r\n: y\r\n\r\n", Error::bad_field_name},
         {"0\r\nX: y\r\n\rZ", Error::bare_cr},
@@ -1028,7 +1049,10 @@ TEST_SUITE("http/parser") {
     const B line = check_body_splits(chunked_decoder(l), "3;abcdefghijk=lmn\r\nabc\r\n0\r\n\r\n");
     CHECK(line.error == Error::chunk_line_too_long);
     CHECK(gw::http::error_status(line.error) == 400);
-    CHECK(check_body_splits(chunked_decoder(l), "0000000000000000" "3\r\nabc\r\n").error == Error::chunk_line_too_long);
+    CHECK(check_body_splits(chunked_decoder(l),
+                            "0000000000000000"
+                            "3\r\nabc\r\n")
+              .error == Error::chunk_line_too_long);
     CHECK(check_body_splits(chunked_decoder(l), "0\r\nX: 012345678\r\n\r\n").status == BodyStatus::done);  // 16 bytes
     const B trailer = check_body_splits(chunked_decoder(l), "0\r\nX: 0123456789\r\n\r\n");
     CHECK(trailer.error == Error::trailer_too_large);
@@ -1050,12 +1074,14 @@ TEST_SUITE("http/parser") {
 
   TEST_CASE("pipelined requests: heads and bodies at every split offset") {
     const std::string body2 = "a=1&b=2";
-    const std::string stream = "GET /one HTTP/1.1\r\nHost: a.example\r\n\r\n"
-                               "POST /two HTTP/1.1\r\nHost: a.example\r\nContent-Length: 7\r\n\r\n" + body2 +
-                               "\r\n"  // a stray CRLF between messages is skipped
-                               "PUT /three HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n"
-                               "4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\n"
-                               "GET /four HTTP/1.0\r\n\r\n";
+    const std::string stream =
+        "GET /one HTTP/1.1\r\nHost: a.example\r\n\r\n"
+        "POST /two HTTP/1.1\r\nHost: a.example\r\nContent-Length: 7\r\n\r\n" +
+        body2 +
+        "\r\n"  // a stray CRLF between messages is skipped
+        "PUT /three HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\n"
+        "GET /four HTTP/1.0\r\n\r\n";
     const auto msgs = check_conversation(stream);
     REQUIRE(msgs.size() == 4);
     CHECK(msgs[0].head.target == "/one");
@@ -1071,16 +1097,18 @@ TEST_SUITE("http/parser") {
   }
 
   TEST_CASE("a pipelined bad request stops the conversation at the same place") {
-    const std::string stream = "GET /ok HTTP/1.1\r\nHost: a\r\n\r\n"
-                               "POST /smuggle HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
-                               "0\r\n\r\nGET /hidden HTTP/1.1\r\nHost: a\r\n\r\n";
+    const std::string stream =
+        "GET /ok HTTP/1.1\r\nHost: a\r\n\r\n"
+        "POST /smuggle HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "0\r\n\r\nGET /hidden HTTP/1.1\r\nHost: a\r\n\r\n";
     const auto msgs = check_conversation(stream);
     REQUIRE(msgs.size() == 2);
     CHECK(msgs[0].head.ok());
     CHECK(msgs[1].head.error == Error::te_and_cl);
 
-    const std::string bad_chunk = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                  "3\r\nabc\r\n0\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    const std::string bad_chunk =
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "3\r\nabc\r\n0\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
     const auto m2 = check_conversation(bad_chunk);
     REQUIRE(m2.size() == 1);
     CHECK(m2[0].body == "abc");
@@ -1088,14 +1116,15 @@ TEST_SUITE("http/parser") {
   }
 
   TEST_CASE("responses in a row: HEAD, 100 Continue, chunked with trailers, until close") {
-    const std::string stream = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"  // to HEAD: no body
-                               "HTTP/1.1 100 Continue\r\n\r\n"
-                               "HTTP/1.1 201 Created\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
-                               "3\r\nabc\r\n0\r\nServer-Timing: db;dur=53\r\n\r\n"
-                               "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
-                               "HTTP/1.0 200 OK\r\n\r\nuntil\r\nclose";
-    const auto msgs = check_conversation(stream, response_to(),
-                                         {Method::head, Method::post, Method::post, Method::get, Method::get});
+    const std::string stream =
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"  // to HEAD: no body
+        "HTTP/1.1 100 Continue\r\n\r\n"
+        "HTTP/1.1 201 Created\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        "3\r\nabc\r\n0\r\nServer-Timing: db;dur=53\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+        "HTTP/1.0 200 OK\r\n\r\nuntil\r\nclose";
+    const auto msgs =
+        check_conversation(stream, response_to(), {Method::head, Method::post, Method::post, Method::get, Method::get});
     REQUIRE(msgs.size() == 5);
     CHECK(msgs[0].head.content_length == 5);
     CHECK(msgs[0].body.empty());
@@ -1109,8 +1138,9 @@ TEST_SUITE("http/parser") {
   }
 
   TEST_CASE("upgrade and CONNECT: the head ends the parsed part of the stream") {
-    const std::string ws = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-                           "\x81\x05hello";
+    const std::string ws =
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        "\x81\x05hello";
     const auto m = check_conversation(ws, response_to());
     REQUIRE(m.size() == 1);
     CHECK(m[0].head.tunnel);
@@ -1126,8 +1156,8 @@ TEST_SUITE("http/parser") {
     const H h = check_ok("HTTP/1.1 204 No Content\r\n\r\n", response_to(Method::connect));
     CHECK(h.tunnel);
     CHECK(h.body == BodyKind::none);
-    const auto m = check_conversation("HTTP/1.1 204 No Content\r\n\r\n\x16\x03\x01\x00\x05hello",
-                                      response_to(Method::connect));
+    const auto m =
+        check_conversation("HTTP/1.1 204 No Content\r\n\r\n\x16\x03\x01\x00\x05hello", response_to(Method::connect));
     REQUIRE(m.size() == 1);
     CHECK(m[0].head.tunnel);
     // Not 2xx: no tunnel (1xx is interim, 304 ends the message).

@@ -68,7 +68,7 @@ TEST_SUITE("net") {
     REQUIRE(b != nullptr);
     CHECK(a != b);
     CHECK(p.capacity() == gw::net::BufferPool::kChunkBytes / 65664);  // both from the first chunk
-    a[65663] = 1;  // the whole buffer is usable
+    a[65663] = 1;                                                     // the whole buffer is usable
     p.release(a);
     p.release(b);
     CHECK(p.in_use() == 0);

@@ -48,7 +48,8 @@ TEST_SUITE("process") {
   TEST_CASE("the health block is parsed and validated") {
     auto cfg = [](const std::string& health) {
       return R"({"listeners": [{"name": "l", "listen": "127.0.0.1:1", "upstream": "u"}],
-                 "upstreams": [{"name": "u", "health": )" + health + R"(, "pools": []}]})";
+                 "upstreams": [{"name": "u", "health": )" +
+             health + R"(, "pools": []}]})";
     };
     auto r = config::load_string(cfg(R"({"type": "http", "path": "/hz", "expect_status": "2xx,4xx",
                                          "interval_ms": 500, "rise": 4, "unknown": "unusable"})"));

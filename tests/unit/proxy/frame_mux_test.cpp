@@ -13,7 +13,6 @@ TEST_SUITE("proxy/frame_mux") {
     CHECK(FrameMux::kInlineLinks < FrameMux::kMaxLinks);
     CHECK(FrameMux::device_bytes() <= 512);
     CHECK(FrameMux::link_block_bytes() >= (FrameMux::kMaxLinks - FrameMux::kInlineLinks) * 32);
-    MESSAGE("device record ", FrameMux::device_bytes(), " B, overflow link block ", FrameMux::link_block_bytes(),
-            " B");
+    MESSAGE("device record ", FrameMux::device_bytes(), " B, overflow link block ", FrameMux::link_block_bytes(), " B");
   }
 }

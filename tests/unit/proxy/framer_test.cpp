@@ -36,10 +36,18 @@ std::ostream& operator<<(std::ostream& os, const R& r) {
             << r.key << "\"}";
 }
 
-R of(const FrameDecision& d) { return R{d.kind, d.error, d.frame_len, std::string(d.key)}; }
-R need_more(uint32_t total = 0) { return R{Kind::need_more, FrameError::none, total, {}}; }
-R ok(uint32_t len, std::string key) { return R{Kind::frame, FrameError::none, len, std::move(key)}; }
-R rejected(FrameError e, uint32_t len = 0) { return R{Kind::reject, e, len, {}}; }
+R of(const FrameDecision& d) {
+  return R{d.kind, d.error, d.frame_len, std::string(d.key)};
+}
+R need_more(uint32_t total = 0) {
+  return R{Kind::need_more, FrameError::none, total, {}};
+}
+R ok(uint32_t len, std::string key) {
+  return R{Kind::frame, FrameError::none, len, std::move(key)};
+}
+R rejected(FrameError e, uint32_t len = 0) {
+  return R{Kind::reject, e, len, {}};
+}
 
 Bytes operator+(Bytes a, const Bytes& b) {
   a.insert(a.end(), b.begin(), b.end());
@@ -89,7 +97,9 @@ R decide_n(Framer& f, const Bytes& bytes, size_t len, bool want_key = true) {
   std::copy(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(len), buf.begin());
   return of(f.inspect(buf.data(), len, want_key));
 }
-R decide(Framer& f, const Bytes& bytes, bool want_key = true) { return decide_n(f, bytes, bytes.size(), want_key); }
+R decide(Framer& f, const Bytes& bytes, bool want_key = true) {
+  return decide_n(f, bytes, bytes.size(), want_key);
+}
 
 // The decision for a stream whose whole first frame gives `first`: checks
 // every prefix of `s` (and the EOF error for each prefix that needs more).
@@ -420,7 +430,7 @@ TEST_SUITE("proxy/framer") {
     CHECK(decide(f, frame6(R"({"Devid":"a"})")).error == FrameError::key_missing);
     CHECK(decide(f, frame6(R"({})")).error == FrameError::key_missing);
     CHECK(decide(f, frame6(R"({"x":{"devid":"a"}})")).error == FrameError::key_missing);  // not top level
-    CHECK(decide(f, frame6(R"(["devid","a"])")).error == FrameError::key_missing);      // an array
+    CHECK(decide(f, frame6(R"(["devid","a"])")).error == FrameError::key_missing);        // an array
     CHECK(decide(f, frame6(R"([{"devid":"a"}])")).error == FrameError::key_missing);
     CHECK(decide(f, frame6(R"("devid")")).error == FrameError::key_missing);  // a scalar document
     CHECK(decide(f, frame6("12")).error == FrameError::key_missing);
@@ -436,8 +446,8 @@ TEST_SUITE("proxy/framer") {
     CHECK(decide(f, frame6(R"({"devid":"éééé"})")).key == "éééé");
     // Escapes are counted after unescaping.
     CHECK(decide(f, frame6(R"({"devid":"\u0041\u0042\u0043\u0044\u0045\u0046\u0047\u0048"})")).key == "ABCDEFGH");
-    for (const char* v : {R"("a\u0001")", R"("\u0000")", R"("a\tb")", R"("a\nb")", R"("\u001f")", R"("a\u007f")",
-                          "\"a\x7f\""}) {
+    for (const char* v :
+         {R"("a\u0001")", R"("\u0000")", R"("a\tb")", R"("a\nb")", R"("\u001f")", R"("a\u007f")", "\"a\x7f\""}) {
       CAPTURE(v);
       CHECK(decide(f, frame6(std::string(R"({"devid":)") + v + "}")).error == FrameError::key_bad_char);
     }

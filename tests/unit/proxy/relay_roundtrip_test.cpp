@@ -34,7 +34,9 @@ using gw::testing::TempSegment;
 
 namespace {
 
-void set_nonblock(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
+void set_nonblock(int fd) {
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
 
 /// A non-blocking TCP listener on 127.0.0.1:0 standing in for the backend.
 struct Upstream {
@@ -144,7 +146,6 @@ struct UringEngine {
   // already in the socket may overrun the cancel: not checked then.)
   static constexpr size_t kMaxHeldPerDirection = 5;
   bool strict() const { return net::uring_recv_limit_supported(); }
-  
 };
 
 /// The epoll engine.
@@ -224,8 +225,9 @@ bool stall_then_flow(E& eng, int from, int to, const std::string& data) {
     eng.step(0);
     peak = std::max(peak, eng.held());
   }
-  INFO(std::string(E::kName) << ": " << sent << " of " << data.size() << " bytes sent before the writer stalled; the relay held "
-                << peak << " buffer(s) at most");
+  INFO(std::string(E::kName) << ": " << sent << " of " << data.size()
+                             << " bytes sent before the writer stalled; the relay held " << peak
+                             << " buffer(s) at most");
   CHECK(sent < data.size());  // it did stall
   std::string got;
   bool flowed = step_until(eng, [&] {
@@ -258,11 +260,17 @@ void round_trip_back_pressure_half_close(uint64_t splice_after) {
   // Bytes both ways.
   REQUIRE(::send(client, "hello", 5, 0) == 5);
   std::string got;
-  REQUIRE(step_until(eng, [&] { drain(ufd, got); return got.size() >= 5; }));
+  REQUIRE(step_until(eng, [&] {
+    drain(ufd, got);
+    return got.size() >= 5;
+  }));
   CHECK(got == "hello");
   REQUIRE(::send(ufd, "world", 5, 0) == 5);
   got.clear();
-  REQUIRE(step_until(eng, [&] { drain(client, got); return got.size() >= 5; }));
+  REQUIRE(step_until(eng, [&] {
+    drain(client, got);
+    return got.size() >= 5;
+  }));
   CHECK(got == "world");
 
   // Back-pressure, each way: the reader reads nothing and the writer writes
@@ -284,7 +292,10 @@ void round_trip_back_pressure_half_close(uint64_t splice_after) {
   ::close(ufd);
   got.clear();
   bool eof = false;
-  REQUIRE(step_until(eng, [&] { eof = !drain(client, got); return eof; }));
+  REQUIRE(step_until(eng, [&] {
+    eof = !drain(client, got);
+    return eof;
+  }));
   CHECK(got == "late reply");
 
   // Both ways closed: the session ends and gives everything back.
@@ -389,7 +400,10 @@ void upstream_emfile_waits_for_a_descriptor() {
     REQUIRE(step_until(eng, [&] { return (ufd = up.accept()) >= 0; }));
     REQUIRE(::send(sv[1], "ping", 4, 0) == 4);
     std::string at_up;
-    REQUIRE(step_until(eng, [&] { drain(ufd, at_up); return at_up.size() >= 4; }));
+    REQUIRE(step_until(eng, [&] {
+      drain(ufd, at_up);
+      return at_up.size() >= 4;
+    }));
     CHECK(at_up == "ping");
     ::close(sv[1]);
     ::close(ufd);
@@ -414,7 +428,7 @@ void upstream_emfile_waits_for_a_descriptor() {
     REQUIRE(step_until(eng, [&] { return eng.idle(); }));
   }
   CHECK(env.ts.seg.host(slot).failures.load() == 0);  // the host was never blamed
-  CHECK(env.ts.seg.worker(0).no_host.load() == 0);     // nor said to be missing
+  CHECK(env.ts.seg.worker(0).no_host.load() == 0);    // nor said to be missing
 }
 
 /// After warm-up, new connections and requests through the relay allocate
@@ -477,8 +491,12 @@ TEST_SUITE("proxy") {
   TEST_CASE("relay round trip, back-pressure, half-close and teardown (epoll)") {
     round_trip_back_pressure_half_close<EpollEngine>(0);
   }
-  TEST_CASE("relay round trip with splice past 64 KiB (epoll)") { round_trip_back_pressure_half_close<EpollEngine>(65536); }
-  TEST_CASE("relay idle timeout (epoll)") { idle_timeout_closes<EpollEngine>(); }
+  TEST_CASE("relay round trip with splice past 64 KiB (epoll)") {
+    round_trip_back_pressure_half_close<EpollEngine>(65536);
+  }
+  TEST_CASE("relay idle timeout (epoll)") {
+    idle_timeout_closes<EpollEngine>();
+  }
   TEST_CASE("relay refused connect: passive failure, no host left (epoll)") {
     refused_connect_fails_the_host<EpollEngine>();
   }

@@ -84,8 +84,7 @@ TEST_SUITE("shm") {
     CHECK(refusal(s.seg) == "");
   }
 
-  TEST_CASE(
-      "read_published refuses a table whose counts, indexes, enums or names cannot be trusted") {
+  TEST_CASE("read_published refuses a table whose counts, indexes, enums or names cannot be trusted") {
     struct Case {
       const char* what;
       std::function<void(Table&)> fn;
@@ -98,39 +97,26 @@ TEST_SUITE("shm") {
     // of a 16-byte address, names printed unescaped into JSON, an unterminated
     // check path formatted as a C string.
     const Case cases[] = {
-        {"host count", [](Table& t) { t.header().n_hosts = 1000; },
-         "a record count exceeds its capacity"},
-        {"upstream count", [](Table& t) { t.header().n_upstreams = ~0u; },
-         "a record count exceeds its capacity"},
-        {"host pool", [](Table& t) { t.hosts()[1].pool = 200; },
-         "a host names a pool that does not exist"},
-        {"host slot", [](Table& t) { t.hosts()[0].slot = 9999; },
-         "a host's runtime slot is out of range"},
-        {"host weight", [](Table& t) { t.hosts()[0].weight = 4'000'000'000u; },
-         "a host's weight is out of range"},
-        {"pool upstream", [](Table& t) { t.pools()[1].upstream = 77; },
-         "a pool names an upstream that does not exist"},
-        {"pool method", [](Table& t) { t.pools()[0].method = 42; },
-         "a pool has an unknown balancing method"},
-        {"rule route", [](Table& t) { t.rules()[0].route = 9; },
-         "a rule names a route that does not exist"},
+        {"host count", [](Table& t) { t.header().n_hosts = 1000; }, "a record count exceeds its capacity"},
+        {"upstream count", [](Table& t) { t.header().n_upstreams = ~0u; }, "a record count exceeds its capacity"},
+        {"host pool", [](Table& t) { t.hosts()[1].pool = 200; }, "a host names a pool that does not exist"},
+        {"host slot", [](Table& t) { t.hosts()[0].slot = 9999; }, "a host's runtime slot is out of range"},
+        {"host weight", [](Table& t) { t.hosts()[0].weight = 4'000'000'000u; }, "a host's weight is out of range"},
+        {"pool upstream", [](Table& t) { t.pools()[1].upstream = 77; }, "a pool names an upstream that does not exist"},
+        {"pool method", [](Table& t) { t.pools()[0].method = 42; }, "a pool has an unknown balancing method"},
+        {"rule route", [](Table& t) { t.rules()[0].route = 9; }, "a rule names a route that does not exist"},
         {"rule blocks", [](Table& t) { t.rules()[0].first_cidr = 0xfffffff0u; },
          "a rule's address blocks are out of range"},
-        {"rule stats slot", [](Table& t) { t.rules()[0].stat_slot = 999; },
-         "a rule's stats slot is out of range"},
+        {"rule stats slot", [](Table& t) { t.rules()[0].stat_slot = 999; }, "a rule's stats slot is out of range"},
         {"block prefix", [](Table& t) { t.cidrs()[0].prefix = 200; },
          "an address block has an unknown family or prefix length"},
-        {"host id", [](Table& t) { std::memset(t.hosts()[0].id, 'h', kNameCap); },
-         "a host id is not a valid name"},
+        {"host id", [](Table& t) { std::memset(t.hosts()[0].id, 'h', kNameCap); }, "a host id is not a valid name"},
         {"upstream name", [](Table& t) { std::strcpy(t.upstreams()[0].name, "a\"b"); },
          "an upstream name is not a valid name"},
         {"check path",
-         [](Table& t) {
-           std::memset(t.upstreams()[0].check.path, '/', sizeof(t.upstreams()[0].check.path));
-         },
+         [](Table& t) { std::memset(t.upstreams()[0].check.path, '/', sizeof(t.upstreams()[0].check.path)); },
          "an upstream's health check path is not terminated"},
-        {"consumer name", [](Table& t) { t.consumers()[0].name[0] = '\0'; },
-         "a consumer name is not a valid name"},
+        {"consumer name", [](Table& t) { t.consumers()[0].name[0] = '\0'; }, "a consumer name is not a valid name"},
     };
     for (const Case& c : cases) {
       CAPTURE(c.what);

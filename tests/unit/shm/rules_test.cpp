@@ -82,7 +82,8 @@ TEST_SUITE("shm") {
     RuleSpec none;
     none.id = "x";
     none.upstream = "pre";
-    CHECK_THROWS_WITH_AS(t.add_rule(r, none), "a rule needs at least one matcher (ip, header, cookie or percent)", TableError);
+    CHECK_THROWS_WITH_AS(t.add_rule(r, none), "a rule needs at least one matcher (ip, header, cookie or percent)",
+                         TableError);
     CHECK_THROWS_WITH_AS(t.add_rule(r, ip_rule("x", {"10.0.0.0/8"}, "nope")), "no upstream named \"nope\"", TableError);
     RuleSpec bad_header = none;
     bad_header.header_name = "X Bad";
@@ -150,6 +151,7 @@ TEST_SUITE("shm") {
     CHECK(back.percent_bp == 550);
     REQUIRE(back.cidrs.size() == 2);
     CHECK(back.cidrs[1].to_string() == "fd00::/8");
-    CHECK(describe_rule(back) == "ip=127.0.0.2/32,fd00::/8 header=X-Canary=say \"hi\" \\ there cookie=beta=yes percent=5.5 -> pre");
+    CHECK(describe_rule(back) ==
+          "ip=127.0.0.2/32,fd00::/8 header=X-Canary=say \"hi\" \\ there cookie=beta=yes percent=5.5 -> pre");
   }
 }

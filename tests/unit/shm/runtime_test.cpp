@@ -19,8 +19,8 @@ TEST_SUITE("shm") {
     CHECK(record_failure(h, 7, p, 1300));        // 2 of 2: down, reported once
     CHECK_FALSE(host_usable(h, 7, p, 1400));
     CHECK_FALSE(host_usable(h, 7, p, 2299));
-    CHECK(host_usable(h, 7, p, 2300));           // fail_timeout passed: may be tried
-    CHECK(record_success(h, 7));                 // and is up again, reported once
+    CHECK(host_usable(h, 7, p, 2300));  // fail_timeout passed: may be tried
+    CHECK(record_success(h, 7));        // and is up again, reported once
     CHECK_FALSE(record_success(h, 7));
     CHECK(h.failures.load() == 3);
   }
@@ -58,10 +58,10 @@ TEST_SUITE("shm") {
     reset_slot(h, 4);
     CHECK(slow_start_permille(h, 4, 10, 1000, 5000) == 1000);  // never down: full weight
     mark_up(h, 4, 5000);
-    CHECK(slow_start_permille(h, 4, 10, 1000, 5000) == 100);   // weight 1 of 10
+    CHECK(slow_start_permille(h, 4, 10, 1000, 5000) == 100);  // weight 1 of 10
     CHECK(slow_start_permille(h, 4, 10, 1000, 5500) == 500);
     CHECK(slow_start_permille(h, 4, 10, 1000, 6000) == 1000);
-    CHECK(slow_start_permille(h, 4, 10, 0, 5500) == 1000);     // off
+    CHECK(slow_start_permille(h, 4, 10, 0, 5500) == 1000);  // off
   }
 
   TEST_CASE("peak EWMA: a slower sample takes over at once, faster ones decay towards it") {
@@ -72,7 +72,7 @@ TEST_SUITE("shm") {
     record_latency(h, 1, 1000, 0);
     CHECK(latency_us(h, 1) == 1000);
     record_latency(h, 1, 5000, 10);
-    CHECK(latency_us(h, 1) == 5000);  // peak
+    CHECK(latency_us(h, 1) == 5000);    // peak
     record_latency(h, 1, 1000, 10010);  // 10 s later: weight e^-1 on the old value
     CHECK(latency_us(h, 1) == doctest::Approx(1000 + 4000 * 0.3679).epsilon(0.01));
     CHECK(latency_us(h, 2) == 0);  // another tag

@@ -50,7 +50,8 @@ inline std::string check_table(const shm::Table& t) {
     if (h.addr.port != gen % 60000 + 1) return "port does not match generation " + std::to_string(gen);
   }
   if (t.caps().max_routes == 0 || t.caps().max_rules == 0 || t.caps().max_rule_cidrs == 0) return "";
-  if (t.rules().size() != 1 || t.cidrs().size() != 1) return "rule count does not match generation " + std::to_string(gen);
+  if (t.rules().size() != 1 || t.cidrs().size() != 1)
+    return "rule count does not match generation " + std::to_string(gen);
   const auto& r = t.rules()[0];
   if (shm::name_of(r.id) != "r" + std::to_string(gen % 97) || r.percent_bp != gen % 10001 ||
       t.rule_cidrs(r)[0].prefix != gen % 33)

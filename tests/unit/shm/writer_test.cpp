@@ -65,7 +65,8 @@ TEST_SUITE("shm") {
     CHECK_THROWS_AS(w.commit([](Table& t, std::vector<std::string>&) {
       t.add_host(0, "b", addr(2), 1);  // applied to the copy...
       t.add_host(0, "a", addr(3), 1);  // ...then a duplicate: the whole change is refused
-    }), TableError);
+    }),
+                    TableError);
     CHECK(ts.seg.header().published.load() == before);
     Table t(ts.seg.caps());
     read_published(ts.seg, t);

@@ -44,7 +44,7 @@ TEST_SUITE("tools/gwload_histogram") {
     CHECK(h.Mean() == doctest::Approx((n - 1) / 2.0));
     CHECK(h.Quantile(0.5) == n / 2 - 1);  // rank 128 of 0..255 is 127
     CHECK(h.Quantile(1.0) == n - 1);
-    CHECK(h.Quantile(0.0) == 0);          // rank clamps to 1: the smallest value
+    CHECK(h.Quantile(0.0) == 0);  // rank clamps to 1: the smallest value
     for (uint64_t v = 0; v < n; ++v) {
       CHECK(Histogram::Index(v) == v);
       CHECK(Histogram::UpperBound(Histogram::Index(v)) == v);
