@@ -7,8 +7,9 @@ pkgs=(
   # build
   build-essential cmake pkg-config
   liburing-dev libfmt-dev libcli11-dev libsimdjson-dev doctest-dev zlib1g-dev libbenchmark-dev
-  # the API-gateway guard: limit keys (XXH3), basic-auth (crypt_rn), jwt and key hashes (OpenSSL)
-  libxxhash-dev libcrypt-dev libssl-dev
+  # the API-gateway guard: limit keys (XXH3), basic-auth (crypt_rn), jwt RS256 and key hashes
+  # (OpenSSL), jwt HS256 (nettle)
+  libxxhash-dev libcrypt-dev libssl-dev nettle-dev
   # tests and benches
   curl procps iproute2 openssl nginx libnginx-mod-stream haproxy wrk python3-websockets
   # bench/compare.sh: the OpenResty-style l7 contender (balancer_by_lua + lua_shared_dict on

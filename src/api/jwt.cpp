@@ -1,8 +1,8 @@
 #include "gw/api/jwt.hpp"
 
+#include <nettle/hmac.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/pem.h>
 
 #include <stdexcept>
@@ -38,6 +38,15 @@ JwtScratch::~JwtScratch() {
 }
 
 JwtVerifier::JwtVerifier(const config::AuthConf& conf) : conf_(conf) {
+  if (conf.alg == config::JwtAlg::hs256) {
+    // HS256 uses nettle rather than OpenSSL: OpenSSL 3's HMAC() fetches the
+    // algorithm (a lock) and allocates about 13 times per call, and even a
+    // reused EVP_MAC_CTX allocates; a nettle context is a plain struct,
+    // keyed here once and copied per verification.
+    hmac_ = std::make_unique<hmac_sha256_ctx>();
+    hmac_sha256_set_key(hmac_.get(), conf.secret.size(), reinterpret_cast<const uint8_t*>(conf.secret.data()));
+    return;
+  }
   if (conf.alg != config::JwtAlg::rs256) return;
   BIO* bio = BIO_new_mem_buf(conf.public_key_pem.data(), static_cast<int>(conf.public_key_pem.size()));
   if (bio) key_ = PEM_read_bio_PUBKEY(bio, nullptr, nullptr, nullptr);
@@ -55,12 +64,11 @@ JwtVerifier::~JwtVerifier() {
 bool JwtVerifier::check_signature(std::string_view signed_part, const unsigned char* sig, size_t sig_len,
                                   JwtScratch& scratch) const noexcept {
   if (conf_.alg == config::JwtAlg::hs256) {
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int mac_len = 0;
-    if (!HMAC(EVP_sha256(), conf_.secret.data(), static_cast<int>(conf_.secret.size()),
-              reinterpret_cast<const unsigned char*>(signed_part.data()), signed_part.size(), mac, &mac_len))
-      return false;
-    return sig_len == mac_len && CRYPTO_memcmp(mac, sig, mac_len) == 0;
+    hmac_sha256_ctx ctx = *hmac_;  // a copy: verify() stays const and reentrant
+    hmac_sha256_update(&ctx, signed_part.size(), reinterpret_cast<const uint8_t*>(signed_part.data()));
+    uint8_t mac[SHA256_DIGEST_SIZE];
+    hmac_sha256_digest(&ctx, sizeof(mac), mac);
+    return sig_len == sizeof(mac) && CRYPTO_memcmp(mac, sig, sizeof(mac)) == 0;
   }
   EVP_MD_CTX* ctx = scratch.md_;
   bool ok = EVP_DigestVerifyInit(ctx, nullptr, EVP_sha256(), nullptr, key_) == 1 &&

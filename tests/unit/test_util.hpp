@@ -13,6 +13,10 @@ namespace gw::testing {
 
 /// Global operator new calls so far in this process (tests/unit/alloc_count.cpp).
 uint64_t allocations() noexcept;
+/// OpenSSL's malloc and realloc calls so far, if openssl_counted() (its
+/// allocation hook was installed before its first allocation).
+uint64_t openssl_allocations() noexcept;
+bool openssl_counted() noexcept;
 
 /// A uniquely named segment, unlinked at scope exit.
 struct TempSegment {

@@ -1,7 +1,8 @@
 #pragma once
 // JWT verification (RFC 7519, JWS compact serialization RFC 7515) for the
-// "jwt" auth of a route: HS256 (HMAC-SHA256) or RS256 (RSASSA-PKCS1-v1_5
-// with SHA-256), with OpenSSL; the JSON of header and claims with simdjson.
+// "jwt" auth of a route: HS256 (HMAC-SHA256, with nettle) or RS256
+// (RSASSA-PKCS1-v1_5 with SHA-256, with OpenSSL); the JSON of header and
+// claims with simdjson.
 //
 //   token = b64url(header) "." b64url(claims) "." b64url(signature)
 //   1. three parts, each canonical base64url, the whole at most kMaxJwt bytes
@@ -14,8 +15,10 @@
 //      (default "sub"): a string of 1..63 visible characters
 //
 // One JwtVerifier per route (built at start-up); one JwtScratch per worker.
-// verify() is noexcept and allocation-free after warm-up (the simdjson
-// parser's buffers are allocated up front; OpenSSL may use its own malloc).
+// verify() is noexcept. With HS256 it allocates nothing and takes no lock
+// (the HMAC key schedule is computed once; the simdjson parser's buffers are
+// allocated up front). With RS256, OpenSSL 3 allocates inside the RSA
+// operation (its EVP layer has no allocation-free verify).
 
 #include <simdjson.h>
 
@@ -27,6 +30,7 @@
 
 typedef struct evp_pkey_st EVP_PKEY;
 typedef struct evp_md_ctx_st EVP_MD_CTX;
+struct hmac_sha256_ctx;
 
 namespace gw::api {
 
@@ -84,7 +88,8 @@ class JwtVerifier {
                        JwtScratch& scratch) const noexcept;
 
   const config::AuthConf& conf_;
-  EVP_PKEY* key_ = nullptr;  ///< RS256
+  EVP_PKEY* key_ = nullptr;                ///< RS256
+  std::unique_ptr<hmac_sha256_ctx> hmac_;  ///< HS256: keyed with the secret
 };
 
 }  // namespace gw::api

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "../test_util.hpp"
 #include "gw/api/basic_auth.hpp"
 #include "gw/api/hash.hpp"
 #include "gw/api/jwt.hpp"
@@ -113,6 +114,34 @@ TEST_SUITE("api") {
     CHECK(verify(hs_conf(), hs256_token(kHs, R"({"x":[1,{"y":2}],"sub":"bob","iat":1})", kSecret), &who) ==
           JwtError::ok);
     CHECK(who == "bob");
+  }
+
+  TEST_CASE("jwt HS256: verification allocates nothing, in gw or in OpenSSL") {
+    REQUIRE(gw::testing::openssl_counted());
+    // A secret longer than SHA-256's 64-byte block is hashed first (RFC 2104).
+    for (const std::string& secret : {kSecret, std::string(100, 'k')}) {
+      gw::config::AuthConf conf = hs_conf();
+      conf.secret = secret;
+      gw::api::JwtVerifier v(conf);
+      gw::api::JwtScratch scratch;
+      const std::string good = hs256_token(kHs, claims(R"(,"exp":1800000100)"), secret);
+      const std::string bad = hs256_token(kHs, claims(""), secret + "x");
+      std::string_view who;
+      REQUIRE(v.verify(good, kNow, scratch, who) == JwtError::ok);  // warm-up
+      const uint64_t signing = gw::testing::openssl_allocations();
+      (void)hs256_token(kHs, claims(""), secret);
+      CHECK(gw::testing::openssl_allocations() > signing);  // the hook sees OpenSSL's own HMAC() allocate
+      const uint64_t news = gw::testing::allocations(), openssl = gw::testing::openssl_allocations();
+      int ok = 0, refused = 0;
+      for (int i = 0; i < 10000; ++i) {
+        ok += v.verify(good, kNow, scratch, who) == JwtError::ok;
+        refused += v.verify(bad, kNow, scratch, who) == JwtError::bad_signature;
+      }
+      CHECK(ok == 10000);
+      CHECK(refused == 10000);
+      CHECK(gw::testing::allocations() == news);
+      CHECK(gw::testing::openssl_allocations() == openssl);
+    }
   }
 
   TEST_CASE("jwt: a bad signature, another secret, a changed claim") {
