@@ -18,7 +18,8 @@
 // verify() is noexcept. With HS256 it allocates nothing and takes no lock
 // (the HMAC key schedule is computed once; the simdjson parser's buffers are
 // allocated up front). With RS256, OpenSSL 3 allocates inside the RSA
-// operation (its EVP layer has no allocation-free verify).
+// operation (its EVP layer has no allocation-free verify), and the verifier's
+// prepared OpenSSL context is used: one JwtVerifier per worker thread.
 
 #include <simdjson.h>
 
@@ -29,7 +30,7 @@
 #include "gw/config/api.hpp"
 
 typedef struct evp_pkey_st EVP_PKEY;
-typedef struct evp_md_ctx_st EVP_MD_CTX;
+typedef struct evp_pkey_ctx_st EVP_PKEY_CTX;
 struct hmac_sha256_ctx;
 
 namespace gw::api {
@@ -56,14 +57,12 @@ const char* jwt_error_name(JwtError e) noexcept;
 class JwtScratch {
  public:
   JwtScratch();
-  ~JwtScratch();
   JwtScratch(const JwtScratch&) = delete;
   JwtScratch& operator=(const JwtScratch&) = delete;
 
  private:
   friend class JwtVerifier;
   simdjson::dom::parser parser_;
-  EVP_MD_CTX* md_ = nullptr;
   char header_[kMaxJwt + simdjson::SIMDJSON_PADDING];
   char claims_[kMaxJwt + simdjson::SIMDJSON_PADDING];
   unsigned char sig_[1024];
@@ -84,11 +83,11 @@ class JwtVerifier {
                   std::string_view& consumer) const noexcept;
 
  private:
-  bool check_signature(std::string_view signed_part, const unsigned char* sig, size_t sig_len,
-                       JwtScratch& scratch) const noexcept;
+  bool check_signature(std::string_view signed_part, const unsigned char* sig, size_t sig_len) const noexcept;
 
   const config::AuthConf& conf_;
   EVP_PKEY* key_ = nullptr;                ///< RS256
+  EVP_PKEY_CTX* verify_ctx_ = nullptr;     ///< RS256: set up for PKCS#1 v1.5 with SHA-256
   std::unique_ptr<hmac_sha256_ctx> hmac_;  ///< HS256: keyed with the secret
 };
 
