@@ -93,10 +93,19 @@ shm::LimitEntry* LimitTable::claim(uint64_t fp, uint32_t set, uint32_t conns, ui
     full = true;
     return nullptr;
   }
+  // An evicted key's bucket goes with it. Its state word carries that key's
+  // 24-bit tag, which the new key's tag equals once in 16.7 million evictions;
+  // left in place, the new key would inherit the old bucket. The word is
+  // cleared only if it is still what it was before the claim: a worker that
+  // has meanwhile taken a token for the new key keeps it (a plain store could
+  // erase it and admit one request too many), and a worker still on the old
+  // key sees its own CAS fail and looks again.
+  uint64_t old_state = victim->state.load(std::memory_order_acquire);
   if (!victim->key.compare_exchange_strong(victim_key, fp << 24 | conns, std::memory_order_acq_rel,
                                            std::memory_order_acquire))
     return nullptr;  // another worker took it first: look again
   victim->used_ms.store(now_ms, std::memory_order_relaxed);
+  victim->state.compare_exchange_strong(old_state, 0, std::memory_order_acq_rel, std::memory_order_acquire);
   if (victim_key != 0) bump(&shm::GuardCounters::evictions);
   return victim;
 }

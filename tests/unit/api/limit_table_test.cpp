@@ -4,6 +4,7 @@
 #include <memory>
 #include <random>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "../test_util.hpp"
@@ -128,6 +129,31 @@ TEST_SUITE("api") {
     CHECK(t.take(in_set0(0), p, kS, 23).result == LimitResult::allowed);
     CHECK(t.take(in_set0(7), p, kS, 24).result == LimitResult::limited);
     CHECK(t.stats().used == 8);
+  }
+
+  TEST_CASE("limit table: a new key never inherits the bucket of the key it evicted") {
+    // Two keys of set 0 whose 24-bit state tags are equal (about one eviction in 16.7
+    // million meets such a pair by chance). The second evicts the first; the evicted
+    // key's state word must not pass for the new key's bucket.
+    std::unordered_map<uint64_t, uint64_t> seen;  // tag -> n
+    uint64_t a = 0, b = 0;
+    for (uint64_t n = 0; b == 0; ++n) {
+      const uint64_t tag = gw::api::limit_tag(gw::api::limit_fingerprint(in_set0(n)));
+      if (auto [it, fresh] = seen.emplace(tag, n); !fresh) {
+        a = it->second;
+        b = n;
+      }
+    }
+    Mem m(8);  // one set
+    LimitTable t = m.table();
+    const RateParams p = RateParams::from(0.01, 0);  // one request per 100 s
+    REQUIRE(t.take(in_set0(a), p, kS, 1).result == LimitResult::allowed);
+    CHECK(t.take(in_set0(a), p, kS, 2).result == LimitResult::limited);
+    for (uint64_t i = 1; i <= 7; ++i)  // fill the set with keys of other tags
+      REQUIRE(t.take(in_set0(b + i), p, kS, 2 + i).result == LimitResult::allowed);
+    CHECK(t.take(in_set0(b), p, kS, 20).result == LimitResult::allowed);  // evicts a: a fresh bucket
+    CHECK_FALSE(t.contains(in_set0(a)));
+    CHECK(t.take(in_set0(b), p, kS, 21).result == LimitResult::limited);  // and it is b's own now
   }
 
   TEST_CASE("limit table: entries with open connections are never evicted") {
