@@ -1130,6 +1130,29 @@ class UpstreamKeepAliveTest(HttpCase):
         self.assertEqual(a.requests, 15)
         self.assertEqual(gwtest.find_host(gw.status(), "app/p/a")["failures"], 0, "the keep-alive race blamed the host")
 
+    def test_idle_close_queued_behind_request(self):
+        """The backend's FIN on the idle connection and the next request reach the worker in one
+        epoll batch, the request first: a POST (never retried once sent) must not be sent on the
+        dead connection. The worker is frozen while both happen."""
+        a = self.hb("alpha", idle_close=0.6)
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        (wpid,) = gw.worker_pids()
+        with Client(gw.port) as c:
+            self.assertBackend(c.request("POST", "/1", body=b"one"), "alpha")
+            os.kill(wpid, signal.SIGSTOP)
+            try:
+                c.send(raw_request("POST", "/2", [("Host", "test"), ("Content-Length", "3")], b"two"))
+                wait_until(lambda: a.closes >= 1, T(3), msg="the backend to close the idle connection")
+                time.sleep(0.05)
+            finally:
+                os.kill(wpid, signal.SIGCONT)
+            r = c.response("POST")
+            self.assertIsNotNone(r, "the client connection was closed")
+            self.assertEqual(r.status, 200, f"{r.status} {r.headers}")
+            self.assertBackend(r, "alpha")
+        self.assertEqual(a.requests, 2, "a request was sent on a dead connection")
+        self.assertEqual(a.connections, 2)
+
 
 # ----------------------------------------------------------------------------
 # 8. retries
