@@ -207,9 +207,9 @@ std::string status_json(const shm::Segment& seg, const shm::Table& t) {
     const auto& g = seg.guard(i);
     const std::string guard = fmt::format(
         "{{\"conn_rejected\": {}, \"req_limited\": {}, \"limit_full\": {}, \"evictions\": {}, \"auth_ok\": {}, "
-        "\"auth_failed\": {}, \"auth_forbidden\": {}, \"basic_cache_hits\": {}}}",
+        "\"auth_failed\": {}, \"auth_forbidden\": {}, \"basic_cache_hits\": {}, \"jwt_cache_hits\": {}}}",
         g.conn_rejected.load(), g.req_limited.load(), g.limit_full.load(), g.evictions.load(), g.auth_ok.load(),
-        g.auth_failed.load(), g.auth_forbidden.load(), g.basic_cache_hits.load());
+        g.auth_failed.load(), g.auth_forbidden.load(), g.basic_cache_hits.load(), g.jwt_cache_hits.load());
     workers += fmt::format(
         "{}{{\"slot\": {}, \"pid\": {}, \"generation\": {}, \"connections\": {}, \"accepted\": {}, "
         "\"hash_fallbacks\": {}, \"no_host\": {}, \"frames_routed\": {}, \"host_closed\": {}, "

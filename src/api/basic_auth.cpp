@@ -1,8 +1,8 @@
 #include "gw/api/basic_auth.hpp"
 
 #include <crypt.h>
+#include <nettle/sha2.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <sys/random.h>
 
 #include <cstring>
@@ -29,17 +29,16 @@ BasicAuth::Result BasicAuth::verify(std::string_view credentials, BasicCache& ca
     if (p.first == name) u = &p;
   if (!u || password.find('\0') != std::string_view::npos) return Result::bad;
 
-  // The cache key: SHA-256(salt | scope | credentials).
-  uint8_t digest[32];
-  unsigned int dlen = 0;
+  // The cache key: SHA-256(salt | scope | credentials), with nettle (OpenSSL's
+  // EVP_Digest allocates per call, and this runs on every request).
+  uint8_t digest[SHA256_DIGEST_SIZE];
   {
-    char buf[sizeof(cache.salt_) + sizeof(scope_) + kMaxBasicCredentials];
-    std::memcpy(buf, cache.salt_, sizeof(cache.salt_));
-    std::memcpy(buf + sizeof(cache.salt_), &scope_, sizeof(scope_));
-    std::memcpy(buf + sizeof(cache.salt_) + sizeof(scope_), credentials.data(), credentials.size());
-    if (EVP_Digest(buf, sizeof(cache.salt_) + sizeof(scope_) + credentials.size(), digest, &dlen, EVP_sha256(),
-                   nullptr) != 1)
-      return Result::bad;
+    sha256_ctx h;
+    sha256_init(&h);
+    sha256_update(&h, sizeof(cache.salt_), cache.salt_);
+    sha256_update(&h, sizeof(scope_), reinterpret_cast<const uint8_t*>(&scope_));
+    sha256_update(&h, credentials.size(), reinterpret_cast<const uint8_t*>(credentials.data()));
+    sha256_digest(&h, sizeof(digest), digest);
   }
   uint32_t set = 0;
   std::memcpy(&set, digest, sizeof(set));

@@ -172,7 +172,10 @@ Verdict Guard::authenticate(const RouteGuard& g, const GuardRequest& rq, Consume
     case config::AuthType::jwt: {
       const std::string_view token = credential(a, rq);
       std::string_view who;
-      const JwtError e = g.jwt->verify(token, static_cast<int64_t>(core::wall_ms() / 1000), *jwt_scratch_, who);
+      bool cached = false;
+      const JwtError e =
+          g.jwt->verify(token, static_cast<int64_t>(core::wall_ms() / 1000), *jwt_scratch_, who, &cached);
+      if (cached) bump(&shm::GuardCounters::jwt_cache_hits);
       if (e == JwtError::ok) {
         consumer.set(who);
         return {};

@@ -1,7 +1,7 @@
 #include "gw/api/hash.hpp"
 
+#include <nettle/sha2.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <xxhash.h>
 
 namespace gw::api {
@@ -16,8 +16,15 @@ uint64_t limit_hash(uint64_t seed, uint64_t scope, std::string_view key) noexcep
 }
 
 bool sha256(std::string_view data, uint8_t (&out)[shm::kSha256Len]) noexcept {
-  unsigned int len = 0;
-  return EVP_Digest(data.data(), data.size(), out, &len, EVP_sha256(), nullptr) == 1 && len == shm::kSha256Len;
+  // nettle, not OpenSSL's EVP_Digest: key-auth hashes the presented key on every
+  // request, and EVP_Digest allocates a digest context (and fetches the
+  // algorithm) per call; a nettle context is a plain struct on the stack.
+  static_assert(shm::kSha256Len == SHA256_DIGEST_SIZE);
+  sha256_ctx ctx;
+  sha256_init(&ctx);
+  sha256_update(&ctx, data.size(), reinterpret_cast<const uint8_t*>(data.data()));
+  sha256_digest(&ctx, shm::kSha256Len, out);
+  return true;
 }
 
 std::string to_hex(const uint8_t (&digest)[shm::kSha256Len]) {

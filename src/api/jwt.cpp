@@ -8,6 +8,8 @@
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
 
+#include <cstring>
+#include <limits>
 #include <stdexcept>
 
 #include "gw/core/base64.hpp"
@@ -36,7 +38,9 @@ JwtScratch::JwtScratch() {
   if (parser_.allocate(kMaxJwt) != simdjson::SUCCESS) throw std::runtime_error("cannot allocate JWT buffers");
 }
 
-JwtVerifier::JwtVerifier(const config::AuthConf& conf) : conf_(conf) {
+JwtVerifier::JwtVerifier(const config::AuthConf& conf)
+    // Value-initialised: every stamp 0, every entry empty.
+    : conf_(conf), cache_(std::make_unique<CachedToken[]>(kTokenSets * kTokenWays)) {
   if (conf.alg == config::JwtAlg::hs256) {
     // HS256 uses nettle rather than OpenSSL: OpenSSL 3's HMAC() fetches the
     // algorithm (a lock) and allocates about 13 times per call, and even a
@@ -93,10 +97,41 @@ bool JwtVerifier::check_signature(std::string_view signed_part, const unsigned c
   return ok;
 }
 
-JwtError JwtVerifier::verify(std::string_view token, int64_t now_s, JwtScratch& s,
-                             std::string_view& consumer) const noexcept {
+JwtError JwtVerifier::check_times(double exp, double nbf, int64_t now_s) const noexcept {
+  const double now = static_cast<double>(now_s), leeway = conf_.leeway_s;
+  if (now > exp + leeway) return JwtError::expired;
+  if (now + leeway < nbf) return JwtError::not_yet_valid;
+  return JwtError::ok;
+}
+
+JwtError JwtVerifier::verify(std::string_view token, int64_t now_s, JwtScratch& s, std::string_view& consumer,
+                             bool* cached) noexcept {
+  if (cached) *cached = false;
   if (token.empty()) return JwtError::missing;
   if (token.size() > kMaxJwt) return JwtError::malformed;
+
+  // A token that verified before is answered from the cache (its times
+  // checked again: it may have expired since).
+  uint8_t digest[SHA256_DIGEST_SIZE];
+  CachedToken* ways = nullptr;
+  {
+    sha256_ctx h;
+    sha256_init(&h);
+    sha256_update(&h, token.size(), reinterpret_cast<const uint8_t*>(token.data()));
+    sha256_digest(&h, sizeof(digest), digest);
+    uint32_t set = 0;
+    std::memcpy(&set, digest, sizeof(set));
+    ways = &cache_[(set % kTokenSets) * kTokenWays];
+    for (uint32_t w = 0; w < kTokenWays; ++w) {
+      CachedToken& e = ways[w];
+      if (e.stamp == 0 || CRYPTO_memcmp(e.digest, digest, sizeof(digest)) != 0) continue;
+      e.stamp = ++cache_clock_;
+      if (cached) *cached = true;
+      const JwtError t = check_times(e.exp, e.nbf, now_s);
+      if (t == JwtError::ok) consumer = std::string_view(e.who, e.who_len);
+      return t;
+    }
+  }
   const size_t dot1 = token.find('.');
   const size_t dot2 = dot1 == std::string_view::npos ? dot1 : token.find('.', dot1 + 1);
   if (dot2 == std::string_view::npos || token.find('.', dot2 + 1) != std::string_view::npos) return JwtError::malformed;
@@ -126,18 +161,12 @@ JwtError JwtVerifier::verify(std::string_view token, int64_t now_s, JwtScratch& 
   simdjson::dom::object claims;
   if (s.parser_.parse(s.claims_, static_cast<size_t>(cn), false).get(root) || root.get(claims))
     return JwtError::bad_claims;
-  const double now = static_cast<double>(now_s), leeway = conf_.leeway_s;
   simdjson::dom::element v;
-  if (claims["exp"].get(v) == simdjson::SUCCESS) {
-    double exp = 0;
-    if (v.get(exp)) return JwtError::bad_claims;
-    if (now > exp + leeway) return JwtError::expired;
-  }
-  if (claims["nbf"].get(v) == simdjson::SUCCESS) {
-    double nbf = 0;
-    if (v.get(nbf)) return JwtError::bad_claims;
-    if (now + leeway < nbf) return JwtError::not_yet_valid;
-  }
+  double exp = std::numeric_limits<double>::infinity(), nbf = -std::numeric_limits<double>::infinity();
+  if (claims["exp"].get(v) == simdjson::SUCCESS && v.get(exp)) return JwtError::bad_claims;
+  if (check_times(exp, nbf, now_s) == JwtError::expired) return JwtError::expired;  // before "nbf" is looked at
+  if (claims["nbf"].get(v) == simdjson::SUCCESS && v.get(nbf)) return JwtError::bad_claims;
+  if (const JwtError t = check_times(exp, nbf, now_s); t != JwtError::ok) return t;
   if (!conf_.issuer.empty()) {
     std::string_view iss;
     if (claims["iss"].get(iss) || iss != conf_.issuer) return JwtError::bad_issuer;
@@ -160,6 +189,20 @@ JwtError JwtVerifier::verify(std::string_view token, int64_t now_s, JwtScratch& 
   for (unsigned char ch : who)
     if (ch <= 0x20 || ch >= 0x7f) return JwtError::no_consumer;
   consumer = who;
+  {
+    // Remember it: the empty or least recently used way of its set. A token
+    // that expired or is not yet valid is not kept (it returned above); one
+    // kept and later expired is answered "expired" from here, as in full.
+    CachedToken* victim = &ways[0];
+    for (uint32_t w = 1; w < kTokenWays; ++w)
+      if (ways[w].stamp < victim->stamp) victim = &ways[w];
+    std::memcpy(victim->digest, digest, sizeof(digest));
+    victim->exp = exp;
+    victim->nbf = nbf;
+    victim->who_len = static_cast<uint8_t>(who.size());
+    std::memcpy(victim->who, who.data(), who.size());
+    victim->stamp = ++cache_clock_;
+  }
   return JwtError::ok;
 }
 

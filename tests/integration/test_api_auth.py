@@ -292,9 +292,16 @@ class ApiAuthTest(GwTestCase):
         c = Client(gw.port)
         now = int(time.time())
         claims = {"client_id": "svc-a", "iss": "idp", "aud": ["x", "gw"], "exp": now + 120}
-        r = c.get("/", [("Authorization", "Bearer " + rs256(claims, key))])
+        token = rs256(claims, key)
+        r = c.get("/", [("Authorization", "Bearer " + token)])
         self.assertEqual(r.status, 200, r)
         self.assertEqual(consumer_seen(r), ["svc-a"])
+        # The same token again skips the RSA operation: answered from the worker's cache.
+        for _ in range(5):
+            r = c.get("/", [("Authorization", "Bearer " + token)])
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(consumer_seen(r), ["svc-a"])
+        self.assertEqual(self.guard(gw)["jwt_cache_hits"], 5)
         invalid = 'Bearer realm="gw", error="invalid_token", error_description="{}"'
         self.assert401(c.get("/", [("Authorization", "Bearer " + rs256(claims, other))]), invalid.format("bad_signature"))
         self.assert401(c.get("/", [("Authorization", "Bearer " + rs256(dict(claims, iss="evil"), key))]),

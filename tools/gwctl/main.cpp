@@ -475,7 +475,8 @@ int cmd_status(const Options& o) {
     uint64_t http_requests, http_retries, http_reused, http_tunnels;
     uint64_t outcomes[gw::shm::kHttpOutcomeKinds];
     // the guard (limit_conn, limit_req, auth)
-    uint64_t conn_rejected, req_limited, limit_full, evictions, auth_ok, auth_failed, auth_forbidden, basic_cache_hits;
+    uint64_t conn_rejected, req_limited, limit_full, evictions, auth_ok, auth_failed, auth_forbidden, basic_cache_hits,
+        jwt_cache_hits;
   };
   static constexpr const char* kOutcomeNames[] = {"ok",          "bad_request",     "no_route",      "no_host",
                                                   "bad_gateway", "gateway_timeout", "client_timeout"};
@@ -507,13 +508,15 @@ int cmd_status(const Options& o) {
           0,
           0,
           0,
+          0,
           0};
       for (size_t k = 0; k < gw::shm::kHttpOutcomeKinds; ++k) r.outcomes[k] = w.http_outcomes[k].load();
       const auto& g = seg.guard(i);
       r.conn_rejected = g.conn_rejected.load(), r.req_limited = g.req_limited.load(),
       r.limit_full = g.limit_full.load();
       r.evictions = g.evictions.load(), r.auth_ok = g.auth_ok.load(), r.auth_failed = g.auth_failed.load();
-      r.auth_forbidden = g.auth_forbidden.load(), r.basic_cache_hits = g.basic_cache_hits.load();
+      r.auth_forbidden = g.auth_forbidden.load(), r.basic_cache_hits = g.basic_cache_hits.load(),
+      r.jwt_cache_hits = g.jwt_cache_hits.load();
       for (size_t k = 1; k < gw::proxy::kFrameErrorCount; ++k) reject_totals[k] += w.frame_rejects[k].load();
       workers.push_back(r);
     }
@@ -555,7 +558,8 @@ int cmd_status(const Options& o) {
     for (const auto& w : workers) {
       g.conn_rejected += w.conn_rejected, g.req_limited += w.req_limited, g.limit_full += w.limit_full;
       g.evictions += w.evictions, g.auth_ok += w.auth_ok, g.auth_failed += w.auth_failed;
-      g.auth_forbidden += w.auth_forbidden, g.basic_cache_hits += w.basic_cache_hits;
+      g.auth_forbidden += w.auth_forbidden, g.basic_cache_hits += w.basic_cache_hits,
+          g.jwt_cache_hits += w.jwt_cache_hits;
     }
     if (g.conn_rejected || g.req_limited || g.limit_full || lim.used)
       fmt::print(
@@ -565,8 +569,9 @@ int cmd_status(const Options& o) {
           g.limit_full);
     if (g.auth_ok || g.auth_failed || g.auth_forbidden)
       fmt::print(
-          "  auth: {} request(s) authenticated ({} basic-auth from the cache), {} answered 401, {} answered 403\n",
-          g.auth_ok, g.basic_cache_hits, g.auth_failed, g.auth_forbidden);
+          "  auth: {} request(s) authenticated ({} basic-auth and {} jwt from the cache), {} answered 401, {} answered "
+          "403\n",
+          g.auth_ok, g.basic_cache_hits, g.jwt_cache_hits, g.auth_failed, g.auth_forbidden);
     if (sum.http_requests) {
       std::string answered;
       for (size_t k = 1; k < std::size(kOutcomeNames); ++k)

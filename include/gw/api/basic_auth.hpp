@@ -12,7 +12,8 @@
 // costs a crypt), so a route with basic-auth should be rate limited by
 // address in front (limit_conn) where password guessing is a concern.
 //
-// Worker thread only; noexcept after construction; no allocation.
+// Worker thread only; noexcept after construction; a cache hit allocates
+// nothing (the cache key is hashed with nettle).
 
 #include <cstdint>
 #include <memory>

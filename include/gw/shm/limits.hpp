@@ -43,7 +43,8 @@ struct alignas(64) GuardCounters {
   std::atomic<uint64_t> auth_failed;       ///< requests answered 401
   std::atomic<uint64_t> auth_forbidden;    ///< requests answered 403 (allow list)
   std::atomic<uint64_t> basic_cache_hits;  ///< basic-auth verifications answered from the worker's cache
+  std::atomic<uint64_t> jwt_cache_hits;    ///< JWTs answered from the worker's cache (ok or expired)
 };
-static_assert(sizeof(GuardCounters) == 64);
+static_assert(sizeof(GuardCounters) == 128);
 
 }  // namespace gw::shm

@@ -47,7 +47,7 @@ inline constexpr uint64_t kMagic = 0x31574753'4d485347ull;  // "GSHMSGW1" little
 // 7: Caps.max_consumers/.max_limit_keys, consumers in the table, the limit table, held counts, guard counters
 // 8: stats matrices (HostStats, ListenerStats, RuleStats), SegmentHeader.stat_workers and their
 //    offsets, RuleRecord.stat_slot / stat_tag
-inline constexpr uint32_t kAbiVersion = 8;
+inline constexpr uint32_t kAbiVersion = 9;
 inline constexpr uint32_t kMaxWorkers = 64;
 inline constexpr uint32_t kEventCapacity = 4096;  // power of two
 inline constexpr size_t kPathCap = 512;
