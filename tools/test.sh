@@ -32,7 +32,10 @@ if [ "$asan" = 1 ]; then
   cmake -S . -B "$abuild" -DCMAKE_BUILD_TYPE=Debug -DGW_SANITIZE=address,undefined >/dev/null
   cmake --build "$abuild" -j"$jobs"
   # Reports go to gwd's log, where the integration harness looks for them.
+  # GW_TEST_TIMEOUT_SCALE doubles the tests' T() waits (how long a test waits
+  # for something to happen, never how soon): a Debug build under ASan runs
+  # gwd 2-5 times slower.
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-    ctest --test-dir "$abuild" --output-on-failure --timeout 600
+    GW_TEST_TIMEOUT_SCALE=${GW_TEST_TIMEOUT_SCALE:-2} ctest --test-dir "$abuild" --output-on-failure --timeout 600
 fi
 echo "== all tests passed"
