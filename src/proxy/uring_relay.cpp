@@ -4,11 +4,9 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -22,36 +20,10 @@
 
 namespace gw::proxy {
 
-UringRelay::UringRelay(RelayEnv& env, net::Ring& ring, net::BufRing& bufs, uint32_t max_sessions, bool recv_limit,
-                       bool fixed_files)
+UringRelay::UringRelay(RelayEnv& env, net::Ring& ring, net::BufRing& bufs, uint32_t max_sessions, bool recv_limit)
     : env_(env), ring_(ring), bufs_(bufs), recv_limit_(recv_limit), next_(bufs.count(), kNoBuf), len_(bufs.count(), 0) {
   // Reserved, not touched: a slot's memory is paid for when it is first used.
   sessions_.reserve(max_sessions);
-  // One table slot per fd number this process may hold; an fd at or above
-  // it (the limit raised later) is used plainly.
-  rlimit rl{};
-  if (fixed_files && ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 0) {
-    const auto n = static_cast<uint32_t>(std::min<rlim_t>(rl.rlim_cur, kMaxFixedFiles));
-    const int r = io_uring_register_files_sparse(ring_.raw(), n);
-    if (r == 0) fixed_files_ = n;
-    else GW_LOG_DEBUG("io_uring: no registered file table ({}); plain fds", std::strerror(-r));
-  }
-}
-
-UringRelay::~UringRelay() {
-  if (fixed_files_) io_uring_unregister_files(ring_.raw());
-}
-
-bool UringRelay::install(int* fd) noexcept {
-  if (static_cast<uint32_t>(*fd) >= fixed_files_) return false;
-  // Read by the kernel when the SQE is submitted, which is before any later
-  // SQE of this worker is (submission is in order, and the update is done
-  // inline): the receive or send that follows finds the slot filled.
-  io_uring_sqe* sqe = ring_.sqe();
-  io_uring_prep_files_update(sqe, fd, 1, *fd);
-  sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-  io_uring_sqe_set_data64(sqe, net::pack_tag(uring_op::kIgnore, 0, 0));
-  return true;
 }
 
 UringRelay::Session* UringRelay::new_session() noexcept {
@@ -89,8 +61,6 @@ void UringRelay::accept(int fd, uint32_t listener) noexcept {
   ++active_;
   s.cfd = fd;
   s.ufd = -1;
-  s.cfix = install(&s.cfd);
-  s.ufix = false;
   s.c_ops = s.u_ops = s.t_ops = 0;
   s.reset(static_cast<uint16_t>(listener), env_.now_ms);
   s.c2u = Dir{};
@@ -241,7 +211,6 @@ void UringRelay::on_connect(Session& s, int32_t res) noexcept {
   }
   if (res == 0) {
     record_connect_success(env_, s.host_slot, s.host_tag, s.connect_start_ns);
-    s.ufix = install(&s.ufd);
     s.state = State::relay;
     env_.timers->schedule(s, env_.now_ms + s.idle_ms);
     arm_recv(s, false);
@@ -295,7 +264,7 @@ void UringRelay::arm_recv(Session& s, bool client) noexcept {
   Dir& d = client ? s.c2u : s.u2c;
   io_uring_sqe* sqe = ring_.sqe();
   io_uring_prep_recv_multishot(sqe, client ? s.cfd : s.ufd, nullptr, 0, 0);
-  sqe->flags |= IOSQE_BUFFER_SELECT | ((client ? s.cfix : s.ufix) ? IOSQE_FIXED_FILE : 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = bufs_.group();
   // The byte limit (optlen): what brings the FIFO up to kHighWater buffers.
   if (recv_limit_) sqe->file_index = (kHighWater - d.queued) * bufs_.size();
@@ -427,7 +396,6 @@ void UringRelay::pump(Session& s, bool c2u) noexcept {
   io_uring_sqe* sqe = ring_.sqe();
   // MSG_WAITALL: the kernel finishes a short send itself.
   io_uring_prep_send(sqe, dst, p, n, MSG_NOSIGNAL | MSG_WAITALL);
-  if (c2u ? s.ufix : s.cfix) sqe->flags |= IOSQE_FIXED_FILE;
   io_uring_sqe_set_data64(sqe, tag(s, c2u ? kSendUpstream : kSendClient));
   ++(c2u ? s.u_ops : s.c_ops);
   d.sending = true;
@@ -656,24 +624,15 @@ void UringRelay::release_dir(const Session& s, Dir& d) noexcept {
   }
 }
 
-void UringRelay::close_fd(int fd, bool fixed, bool in_flight) noexcept {
+void UringRelay::close_fd(int fd, bool in_flight) noexcept {
   if (fd < 0) return;
-  ring_.reserve(1 + (in_flight ? 1 : 0) + (fixed ? 1 : 0));
   if (in_flight) {
     // Cancel what is still queued on the socket, then close it; the close
     // runs whatever the cancel found (hard link), and the fd number stays
-    // ours until then, so the cancel cannot hit a newer socket. Cancel by
-    // fd matches the file, so it finds fixed-file operations too.
+    // ours until then, so the cancel cannot hit a newer socket.
+    ring_.reserve(2);
     io_uring_sqe* sqe = ring_.sqe();
     io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
-    sqe->flags |= IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS;
-    io_uring_sqe_set_data64(sqe, net::pack_tag(uring_op::kIgnore, 0, 0));
-  }
-  if (fixed) {
-    // The table's reference goes first: the fd's close below then drops the
-    // last one and sends the FIN.
-    io_uring_sqe* sqe = ring_.sqe();
-    io_uring_prep_close_direct(sqe, static_cast<unsigned>(fd));
     sqe->flags |= IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS;
     io_uring_sqe_set_data64(sqe, net::pack_tag(uring_op::kIgnore, 0, 0));
   }
@@ -694,10 +653,9 @@ void UringRelay::close_session(Session& s) noexcept {
   release_dir(s, s.c2u);
   release_dir(s, s.u2c);
   api::release_conn(env_.conn_limiter, s.cfd);  // limit_conn
-  close_fd(s.cfd, s.cfix, s.c_ops > 0);
-  close_fd(s.ufd, s.ufix, s.u_ops > 0);
+  close_fd(s.cfd, s.c_ops > 0);
+  close_fd(s.ufd, s.u_ops > 0);
   s.cfd = s.ufd = -1;
-  s.cfix = s.ufix = false;
   unbind_host(env_, s);
   s.state = State::closing;
   --active_;

@@ -33,17 +33,6 @@
 // the close); the slot is reused only after its last completion, and tags
 // carry the slot's generation besides.
 //
-// Registered files: the relay registers a sparse file table (one slot per
-// possible fd, up to RLIMIT_NOFILE) and installs each client socket, and each
-// upstream socket once connected, at the index equal to its fd number, with
-// an IORING_OP_FILES_UPDATE queued in the same submission (no system call of
-// its own). Receives and sends then name the table slot (IOSQE_FIXED_FILE),
-// so the kernel skips the fd lookup and reference count per operation. The
-// fd itself stays open for what is not an SQE (setsockopt, shutdown, splice,
-// polls); closing removes the slot before the fd, in one hard-linked chain,
-// so the FIN goes out with the close. Without a table (an old kernel, a ring
-// that has one already) plain fds are used.
-//
 // Worker thread only; noexcept; allocates nothing per connection.
 
 #include <linux/time_types.h>
@@ -75,13 +64,7 @@ class UringRelay {
 
   /// `bufs` must be attached to `ring`. `recv_limit`: the kernel has the
   /// multishot receive byte limit (net::uring_recv_limit_supported()).
-  /// `fixed_files`: register a file table on `ring` (see above); false, or a
-  /// table the kernel refuses, uses plain fds.
-  UringRelay(RelayEnv& env, net::Ring& ring, net::BufRing& bufs, uint32_t max_sessions, bool recv_limit,
-             bool fixed_files = true);
-  ~UringRelay();
-  UringRelay(const UringRelay&) = delete;
-  UringRelay& operator=(const UringRelay&) = delete;
+  UringRelay(RelayEnv& env, net::Ring& ring, net::BufRing& bufs, uint32_t max_sessions, bool recv_limit);
 
   /// Takes an accepted, non-blocking client socket.
   void accept(int fd, uint32_t listener) noexcept;
@@ -102,15 +85,10 @@ class UringRelay {
   uint32_t active() const noexcept { return active_; }
   /// Closed sessions whose slots still wait for completions.
   uint32_t retiring() const noexcept { return retiring_; }
-  /// Slots of the registered file table (0: the relay uses plain fds).
-  uint32_t fixed_files() const noexcept { return fixed_files_; }
   bool full() const noexcept { return free_head_ == kNone && sessions_.size() == sessions_.capacity(); }
 
  private:
   static constexpr uint32_t kNone = ~0u;
-  /// Registered file table bound (the kernel keeps about 16 bytes a slot:
-  /// 1 MiB per worker at most); fds above it are used plainly.
-  static constexpr uint32_t kMaxFixedFiles = 65536;
   static constexpr uint16_t kNoBuf = 0xffff;
 
   enum Op : uint8_t {
@@ -153,7 +131,6 @@ class UringRelay {
   struct Session : net::TimerNode, StreamRoute {
     int cfd = -1;
     int ufd = -1;
-    bool cfix = false, ufix = false;  // installed in the registered file table (index = the fd)
     uint32_t gen = 0;
     uint32_t next_free = kNone;
     State state = State::free;
@@ -191,8 +168,7 @@ class UringRelay {
   void starve(Session& s, bool client) noexcept;
   void unstarve(Session& s, bool client) noexcept;
   void release_dir(const Session& s, Dir& d) noexcept;
-  bool install(int* fd) noexcept;
-  void close_fd(int fd, bool fixed, bool in_flight) noexcept;
+  void close_fd(int fd, bool in_flight) noexcept;
   void close_session(Session& s) noexcept;
   void maybe_retire(Session& s) noexcept;
 
@@ -200,7 +176,6 @@ class UringRelay {
   net::Ring& ring_;
   net::BufRing& bufs_;
   bool recv_limit_;
-  uint32_t fixed_files_ = 0;    // registered file table slots (0: none)
   std::vector<uint16_t> next_;  // by buffer id: the next buffer in its FIFO
   std::vector<uint32_t> len_;   // by buffer id: bytes it holds
   std::vector<Session> sessions_;

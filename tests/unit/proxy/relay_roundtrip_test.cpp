@@ -109,21 +109,16 @@ struct Env {
   const shm::HostRecord& host() const { return table.hosts()[0]; }
 };
 
-/// The io_uring engine, as the worker drives it; `Fixed`: with its
-/// registered file table (the worker's way), else on plain fds.
-template <bool Fixed>
-struct UringEngineT {
-  static constexpr const char* kName = Fixed ? "io_uring" : "io_uring, plain fds";
+/// The io_uring engine, as the worker drives it.
+struct UringEngine {
+  static constexpr const char* kName = "io_uring";
   Env& e;
   net::Ring ring{256};
   net::BufRing bufs{256, 4096};  // far more than back-pressure may hold: the ring is not what bounds it
   std::unique_ptr<proxy::UringRelay> relay;
-  explicit UringEngineT(Env& env) : e(env) {
+  explicit UringEngine(Env& env) : e(env) {
     REQUIRE(bufs.attach(ring.raw(), 0) == 0);
-    relay = std::make_unique<proxy::UringRelay>(e.env, ring, bufs, 64, net::uring_recv_limit_supported(), Fixed);
-    // Else the fixed-file path would go untested without a word.
-    if (Fixed) REQUIRE(relay->fixed_files() > 0);
-    else REQUIRE(relay->fixed_files() == 0);
+    relay = std::make_unique<proxy::UringRelay>(e.env, ring, bufs, 64, net::uring_recv_limit_supported());
   }
   void accept(int fd) {
     set_nonblock(fd);  // as the worker's multishot accept makes them
@@ -152,9 +147,6 @@ struct UringEngineT {
   static constexpr size_t kMaxHeldPerDirection = 5;
   bool strict() const { return net::uring_recv_limit_supported(); }
 };
-
-using UringEngine = UringEngineT<true>;
-using UringPlainEngine = UringEngineT<false>;
 
 /// The epoll engine.
 struct EpollEngine {
@@ -543,16 +535,5 @@ TEST_SUITE("proxy") {
     if (!net::uring_unsupported().empty()) return;
     no_allocation_per_connection_or_request<UringEngine>(0);
     no_allocation_per_connection_or_request<UringEngine>(16);
-  }
-  // Without the registered file table (a kernel or ring that refuses one).
-  TEST_CASE("relay round trip, back-pressure, half-close and teardown (io_uring, plain fds)") {
-    if (!net::uring_unsupported().empty()) return;
-    round_trip_back_pressure_half_close<UringPlainEngine>(0);
-    round_trip_back_pressure_half_close<UringPlainEngine>(65536);
-  }
-  TEST_CASE("relay idle timeout and refused connect (io_uring, plain fds)") {
-    if (!net::uring_unsupported().empty()) return;
-    idle_timeout_closes<UringPlainEngine>();
-    refused_connect_fails_the_host<UringPlainEngine>();
   }
 }
