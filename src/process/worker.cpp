@@ -161,6 +161,19 @@ class Worker {
   // is nested in the ring as one poll request. One io_uring_enter per
   // iteration submits and waits.
   bool start_uring() {
+    // With no listener that runs natively on the ring (all http, or frame in
+    // frame mode), the ring would only wrap the epoll set: one more system
+    // call and a re-armed poll per wake-up, for the same readiness dispatch.
+    // Such a worker runs the epoll loop itself.
+    bool any_native = false;
+    for (const proxy::ListenerRuntime& l : listeners_) any_native = any_native || (!l.per_frame && !l.http);
+    if (!any_native) {
+      if (slot_ == 0)
+        GW_LOG_INFO(
+            "event_engine io_uring: no tcp listener or frame listener in connection mode runs natively on the "
+            "ring; the workers run their http and per-frame listeners on the epoll loop");
+      return false;
+    }
     try {
       ring_ = std::make_unique<net::Ring>(kRingEntries);
       bufring_ = std::make_unique<net::BufRing>(kRingBuffers, kRingBufferSize);

@@ -150,6 +150,48 @@ class ProcessTest(GwTestCase):
             return pids
         return None
 
+    def test_io_uring_ring_only_where_a_listener_runs_on_it(self):
+        # Under event_engine io_uring, tcp listeners run natively on the ring;
+        # http listeners are readiness-based, so a worker with nothing else
+        # runs the plain epoll loop and holds no ring.
+        if gwtest.ENGINE != "io_uring":
+            self.skipTest("checks the io_uring engine (GW_ENGINE=io_uring)")
+
+        def rings(pid):
+            n = 0
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    n += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[io_uring]"
+                except OSError:
+                    pass  # closed meanwhile
+            return n
+
+        web = self.external_backend("web", "http")
+        http_only = self.make_config(
+            [pool("primary", [host("web", web.address)])], workers=2, event_engine="io_uring",
+            listeners=[{"name": "web", "listen": f"127.0.0.1:{gwtest.free_port()}", "protocol": "http",
+                        "upstream": "app"}])
+        gw = self.gateway(http_only)
+        # worker 0 logs it as it starts, just after it shows in gwctl status
+        gwtest.wait_until(lambda: "per-frame listeners on the epoll loop" in gw.log_text(), T(5),
+                          msg="worker 0's line on running the epoll loop")
+        for pid in gw.worker_pids():
+            self.assertEqual(rings(pid), 0, f"worker {pid} of an http-only gateway holds an io_uring ring")
+        out = subprocess.run(["curl", "-sS", "-m", str(T(5)), f"http://127.0.0.1:{gw.port}/"],
+                             capture_output=True, text=True, timeout=T(10))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("web", out.stdout)
+
+        mixed = self.make_config(
+            [pool("primary", [host("web", web.address)])], workers=2, event_engine="io_uring",
+            listeners=[gwtest.tcp_listener("l4", "app"),
+                       {"name": "web", "listen": f"127.0.0.1:{gwtest.free_port()}", "protocol": "http",
+                        "upstream": "app"}])
+        gw2 = self.gateway(mixed)
+        self.assertNotIn("on the epoll loop", gw2.log_text())
+        for pid in gw2.worker_pids():  # the ring is set up just after the worker shows in status
+            gwtest.wait_until(lambda: rings(pid) == 1, T(5), msg=f"worker {pid} (a tcp listener) to hold one ring")
+
     def test_second_gwd_on_the_same_shm_is_refused(self):
         gw, _ = self.start(workers=1)
         conf = gw.conf_path
