@@ -100,6 +100,11 @@ std::string_view host_without_port(std::string_view h) noexcept {
   return h;
 }
 
+/// An absolute-form target's path and query (maybe empty): what follows its authority.
+std::string_view after_authority(const http::Head& h) noexcept {
+  return h.target.substr(static_cast<size_t>(h.authority.data() - h.target.data()) + h.authority.size());
+}
+
 /// The value of cookie `name` in a Cookie field value ("a=1; b=2"), if present.
 bool find_cookie(std::string_view header, std::string_view name, std::string_view& value) noexcept {
   while (!header.empty()) {
@@ -921,10 +926,9 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   // Host and path: an absolute-form target names them itself (RFC 9112 3.2.2).
   std::string_view host = h.host, target = h.target, path = h.target;
   if (h.target_form == http::TargetForm::absolute) {
-    std::string_view rest = target.substr(target.find("://") + 3);
-    auto slash = rest.find_first_of("/?");
-    host = rest.substr(0, slash);
-    target = slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
+    host = h.authority;
+    target = after_authority(h);
+    if (target.empty()) target = "/";
     path = target;
   } else if (h.target_form == http::TargetForm::asterisk) {
     path = "/";
@@ -1108,16 +1112,13 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
   std::string_view target = h.target;
   std::string_view host = h.has_host ? h.host : std::string_view{};
   if (h.target_form == http::TargetForm::absolute) {
-    std::string_view rest = target.substr(target.find("://") + 3);
-    auto slash = rest.find_first_of("/?");
-    host = rest.substr(0, slash);
-    target = slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
-    if (!target.empty() && target.front() == '?') {
-      w.add(h.method_name).add(" /").add(target).add(" HTTP/1.1\r\n");
-      target = {};
-    }
+    host = h.authority;
+    target = after_authority(h);
   }
-  if (!target.empty()) w.add(h.method_name).add(" ").add(target).add(" HTTP/1.1\r\n");
+  // An absolute-form target's empty path ("http://a", "http://a?q") is "/" in origin-form.
+  w.add(h.method_name).add(" ");
+  if (target.empty() || target.front() == '?') w.add("/");
+  w.add(target).add(" HTTP/1.1\r\n");
   if (!route.conf->set_host.empty()) host = route.conf->set_host;
   if (host.empty()) host = listeners_[c.listener].listen_text;  // HTTP/1.0 without Host: the listener's address
   w.field("Host", host);

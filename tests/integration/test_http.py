@@ -550,6 +550,12 @@ RFC_CASES = [
     ("too_many_headers", b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(30)) + b"\r\n", 431),
     ("http2_request_line", b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
     ("http3_request_line", b"GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505),
+    # absolute-form: the authority becomes Host, so it must be a valid host[:port] with a host
+    ("absolute_no_authority", b"GET http:foo HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("absolute_empty_host", b"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("absolute_port_only", b"GET http://:80/x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("absolute_userinfo", b"GET http://u:p@a/x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("absolute_bad_host", b"GET http://a%zz/x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("connect_method", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 501),
 ]
 
