@@ -1115,9 +1115,11 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
     host = h.authority;
     target = after_authority(h);
   }
-  // An absolute-form target's empty path ("http://a", "http://a?q") is "/" in origin-form.
+  // An absolute-form target's empty path ("http://a", "http://a?q") is "/" in
+  // origin-form, but "OPTIONS http://a" asks about the server: "*" (RFC 9112 3.2.4).
   w.add(h.method_name).add(" ");
-  if (target.empty() || target.front() == '?') w.add("/");
+  if (target.empty() && h.method == http::Method::options) w.add("*");
+  else if (target.empty() || target.front() == '?') w.add("/");
   w.add(target).add(" HTTP/1.1\r\n");
   if (!route.conf->set_host.empty()) host = route.conf->set_host;
   if (host.empty()) host = listeners_[c.listener].listen_text;  // HTTP/1.0 without Host: the listener's address

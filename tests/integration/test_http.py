@@ -699,6 +699,14 @@ class HeaderRewriteTest(HttpCase):
             c.send(raw_request("GET", "http://abs.example", [("Host", "abs.example")]))
             j = self.assertBackend(c.response(), "beta")
             self.assertEqual(j["target"], "/")
+            # OPTIONS with an empty path and no query is about the server: "*" (RFC 9112 3.2.4)
+            c.send(raw_request("OPTIONS", "http://abs.example:8001", [("Host", "abs.example:8001")]))
+            j = self.assertBackend(c.response("OPTIONS"), "beta")
+            self.assertEqual((j["method"], j["target"]), ("OPTIONS", "*"))
+            self.assertEqual(hb.hall(j["headers"], "Host"), ["abs.example:8001"])
+            for t, want in (("http://abs.example/", "/"), ("http://abs.example?q", "/?q")):
+                c.send(raw_request("OPTIONS", t, [("Host", "abs.example")]))
+                self.assertEqual(self.assertBackend(c.response("OPTIONS"), "beta")["target"], want, t)
 
 
 # ----------------------------------------------------------------------------
