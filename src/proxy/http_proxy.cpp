@@ -1716,11 +1716,12 @@ void HttpProxy::finish_request(Conn& c) noexcept {
 
 void HttpProxy::start_tunnel(Conn& c, UpConn& u) noexcept {
   // The bytes after the 101 head (the server's first frames) follow the head
-  // out; the client's bytes after its request (it may not wait) go upstream.
+  // out; the client's bytes after its request (it may not wait) go upstream,
+  // behind any request body bytes not sent yet: from `sent`, not `body_end`.
   bump(env_.seg->worker(env_.worker).http_tunnels);
   c.state = CState::tunnel;
   c.tunnel_c_eof = c.tunnel_u_eof = c.tunnel_c_shut = c.tunnel_u_shut = false;
-  c.in.head = c.body_end;
+  c.in.head = c.sent;
   c.c_read_ms = c.c_write_ms = c.u_read_ms = c.u_write_ms = env_.now_ms;
   c.c_in = c.c_out = true;
   u.u_in = u.u_out = true;
