@@ -1474,15 +1474,13 @@ bool HttpProxy::build_response_head(Conn& c, const http::Head& h) noexcept {
   if (h.status == 101) {
     w.field("Connection", "upgrade").field("Upgrade", h.upgrade_protocols);
   } else {
-    switch (h.body) {
-      case http::BodyKind::length: w.add("Content-Length: ").num(h.content_length).add("\r\n"); break;
-      case http::BodyKind::chunked:
-        if (!c.dechunk)
-          for (const http::Field& f : h.fields)
-            if (f.id == http::FieldId::transfer_encoding) w.field("Transfer-Encoding", f.value);
-        break;
-      default: break;
-    }
+    // The body goes as it came, so do its transfer codings: chunked (unless
+    // de-chunked for HTTP/1.0), and codings without chunked last (gzip, ...,
+    // delimited by the close) for HTTP/1.1 clients, which can undo them.
+    if (h.body == http::BodyKind::length) w.add("Content-Length: ").num(h.content_length).add("\r\n");
+    if ((h.body == http::BodyKind::chunked && !c.dechunk) || (h.body == http::BodyKind::until_close && !c.http10))
+      for (const http::Field& f : h.fields)
+        if (f.id == http::FieldId::transfer_encoding) w.field("Transfer-Encoding", f.value);
     if (c.resp_close) w.field("Connection", "close");
     else if (c.http10) w.field("Connection", "keep-alive");
   }

@@ -361,6 +361,21 @@ class BasicProxyTest(HttpCase):
             self.assertEqual(j["target"], "/after")
             self.assertEqual(j["seq"], 4)
 
+    def test_transfer_coding_without_chunked_kept(self):
+        """A response whose transfer codings do not end in chunked is read until
+        the close and forwarded as it came, so its Transfer-Encoding must stay
+        (RFC 9112 6.1, 7): without it the client takes the coded bytes as content."""
+        a = self.hb("alpha", framing="close", body_size=5000, headers=[("Transfer-Encoding", "gzip")])
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        with Client(gw.port) as c:
+            c.send(raw_request("GET", "/gz"))
+            head = c.rd.read_head()
+            self.assertIsNotNone(head)
+            self.assertIn(b"\r\nTransfer-Encoding: gzip\r\n", head, head)
+            self.assertNotIn(b"Content-Length", head, head)
+            self.assertIn(b"\r\nConnection: close\r\n", head, head)
+            self.assertEqual(c.rd.read_to_eof(), hb.pattern_bytes(5000))
+
     def test_100_continue_relayed(self):
         a = self.hb("alpha")
         gw = self.http_gw([pool("p", [host("a", a)])])
