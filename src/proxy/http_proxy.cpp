@@ -1466,9 +1466,9 @@ bool HttpProxy::build_response_head(Conn& c, const http::Head& h) noexcept {
   const bool no_body = h.body == http::BodyKind::none;
   for (const http::Field& f : h.fields) {
     if (f.hop_by_hop) continue;
-    // A bodiless response (HEAD, 204, 304) keeps the Content-Length it
-    // describes; otherwise the framing below replaces it.
-    if (f.id == http::FieldId::content_length && !no_body) continue;
+    // A bodiless response (HEAD, 304) keeps the Content-Length it describes;
+    // otherwise the framing below replaces it. A 204 has none (RFC 9110 8.6).
+    if (f.id == http::FieldId::content_length && (!no_body || h.status == 204)) continue;
     w.field(f.name, f.value);
   }
   if (h.status == 101) {

@@ -360,6 +360,14 @@ class BasicProxyTest(HttpCase):
             j = self.assertBackend(c.request("GET", "/after"), "alpha")   # the connection is in sync
             self.assertEqual(j["target"], "/after")
             self.assertEqual(j["seq"], 4)
+        # a Content-Length from the host: dropped on a 204 (RFC 9110 8.6: never sent with 204),
+        # kept on a 304, where it describes the representation
+        a.set(headers=[("Content-Length", "5")])
+        with Client(gw.port) as c:
+            for st, method, want in ((204, "GET", None), (304, "GET", "5"), (204, "HEAD", None), (304, "HEAD", "5")):
+                r = c.request(method, f"/cl{st}", headers=[("X-Be-Status", str(st))])
+                self.assertEqual((r.status, r.header("Content-Length")), (st, want), f"{method} {st}: {r.headers}")
+                self.assertEqual(r.body, b"")
 
     def test_transfer_coding_without_chunked_kept(self):
         """A response whose transfer codings do not end in chunked is read until
