@@ -1398,16 +1398,25 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     }
     const http::Head& h = p.head();
     if (h.informational()) {
-      // 100 Continue and friends go to HTTP/1.1 clients as they are; the
-      // final response follows on the same connection.
+      // 100 Continue and friends go to HTTP/1.1 clients (never to HTTP/1.0
+      // ones, RFC 9110 15.2) less their hop-by-hop fields, as a final head
+      // does; the final response follows on the same connection.
       if (!c.http10) {
-        if (!acquire(c.out) || c.out.tail + h.head_len > kBufSize) {
+        if (!acquire(c.out)) {
           upstream_failed(c, kFailInvalid, EPROTO);
           return;
         }
-        std::memcpy(c.out.p + c.out.tail, c.rs.p + c.rs.head, h.head_len);
-        c.out.tail += h.head_len;
-        c.head_bytes += h.head_len;
+        Writer w{c.out.p, c.out.tail, kBufSize};
+        w.add("HTTP/1.1 ").num(h.status).add(" ").add(h.reason).add("\r\n");
+        for (const http::Field& f : h.fields)
+          if (!f.hop_by_hop && f.id != http::FieldId::content_length) w.field(f.name, f.value);
+        w.add("\r\n");
+        if (w.overflow) {
+          upstream_failed(c, kFailInvalid, EPROTO);
+          return;
+        }
+        c.head_bytes += w.len - c.out.tail;
+        c.out.tail = w.len;
       }
       c.rs.head += h.head_len;
       c.scan = c.rs.head;

@@ -677,6 +677,33 @@ class HeaderRewriteTest(HttpCase):
             self.assertNotIn("close", r.conn_tokens())
             self.assertEqual(c.request("GET", "/2").status, 200, "the client connection stays usable")
 
+    def test_hop_by_hop_removed_interim_response(self):
+        """A 1xx is a message too: the fields its Connection names, Connection
+        itself and Keep-Alive are not relayed (RFC 9110 7.6.1); the rest are."""
+        lst = socket.socket()
+        lst.bind((LO, 0))
+        lst.listen(4)
+        self.addCleanup(lst.close)
+
+        def serve():
+            c, _ = lst.accept()
+            with c:
+                hb.Reader(c).read_head()
+                c.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n"
+                          b"Connection: X-Hop, close\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n"
+                          b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                time.sleep(T(1))
+        th = threading.Thread(target=serve, daemon=True)
+        th.start()
+        gw = self.http_gw([pool("p", [host("a", f"{LO}:{lst.getsockname()[1]}")])])
+        with Client(gw.port) as c:
+            c.send(raw_request("GET", "/hints"))
+            self.assertEqual(c.rd.read_head(),
+                             b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
+            r = c.response()
+            self.assertEqual((r.status, r.body), (200, b"ok"))
+        th.join(T(5))
+
     def test_forwarded_headers(self):
         a = self.hb("alpha")
         gw = self.http_gw([pool("p", [host("a", a)])])
