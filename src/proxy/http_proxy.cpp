@@ -1447,9 +1447,10 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     c.dechunk = h.body == http::BodyKind::chunked && c.http10;
     // Connection is hop-by-hop: a host that closes after a length-delimited
     // answer does not close the client's connection.
-    c.resp_close = !c.keep_alive || h.body == http::BodyKind::until_close || c.dechunk || c.c_eof;
-    // A response that ends before the request body does ends the connection:
-    // the rest of the request cannot be told from the next one.
+    // A response that comes before the whole request body ends the connection
+    // (finish_request), since the rest of the request cannot be told from the
+    // next one: say so, or the client may send its next request into the close.
+    c.resp_close = !c.keep_alive || h.body == http::BodyKind::until_close || c.dechunk || c.c_eof || !c.req_body_done;
     if (!build_response_head(c, h)) {
       c.resp_started = false;
       upstream_failed(c, kFailInvalid, EPROTO);

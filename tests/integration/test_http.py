@@ -384,6 +384,25 @@ class BasicProxyTest(HttpCase):
             self.assertIn(b"\r\nConnection: close\r\n", head, head)
             self.assertEqual(c.rd.read_to_eof(), hb.pattern_bytes(5000))
 
+    def test_early_response_says_close(self):
+        """A host that answers before the request body is all there (413, 401, ...):
+        gw closes the client connection after that answer, as it cannot tell the
+        rest of the body from a next request, and the answer says so."""
+        a = self.hb("alpha", status=413, read_body=False)
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        with Client(gw.port) as c:
+            c.send(raw_request("POST", "/up", [("Host", "t"), ("Content-Length", "100000")], b"x" * 1000))
+            r = c.response("POST")
+            self.assertEqual(r.status, 413)
+            self.assertIn("close", r.conn_tokens(), f"no Connection: close before the close: {r.headers}")
+            self.assertTrue(c.eof_within(T(5)))
+        # a body that is all there keeps the connection
+        with Client(gw.port) as c:
+            r = c.request("POST", "/small", body=b"y" * 1000)
+            self.assertEqual(r.status, 413)
+            self.assertNotIn("close", r.conn_tokens())
+            self.assertEqual(c.request("GET", "/next").status, 413)
+
     def test_100_continue_relayed(self):
         a = self.hb("alpha")
         gw = self.http_gw([pool("p", [host("a", a)])])
