@@ -1474,13 +1474,17 @@ bool HttpProxy::build_response_head(Conn& c, const http::Head& h) noexcept {
                     static_cast<char>('0' + h.status % 10), 0};
   w.add("HTTP/1.1 ").add(std::string_view(status, 3)).add(" ").add(h.reason).add("\r\n");
   const bool no_body = h.body == http::BodyKind::none;
+  bool has_date = false;
   for (const http::Field& f : h.fields) {
     if (f.hop_by_hop) continue;
+    has_date = has_date || iequals(f.name, "date");
     // A bodiless response (HEAD, 304) keeps the Content-Length it describes;
     // otherwise the framing below replaces it. A 204 has none (RFC 9110 8.6).
     if (f.id == http::FieldId::content_length && (!no_body || h.status == 204)) continue;
     w.field(f.name, f.value);
   }
+  // A recipient with a clock adds the Date a host left out (RFC 9110 6.6.1).
+  if (!has_date) w.field("Date", http_date());
   if (h.status == 101) {
     w.field("Connection", "upgrade").field("Upgrade", h.upgrade_protocols);
   } else {
@@ -1626,6 +1630,17 @@ bool HttpProxy::flush_client(Conn& c) noexcept {
   return progress;
 }
 
+std::string_view HttpProxy::http_date() noexcept {
+  const time_t now = static_cast<time_t>(core::wall_ms() / 1000);
+  if (now != date_second_) {
+    tm t{};
+    ::gmtime_r(&now, &t);
+    date_len_ = static_cast<uint32_t>(std::strftime(date_, sizeof(date_), "%a, %d %b %Y %H:%M:%S GMT", &t));
+    date_second_ = now;
+  }
+  return {date_, date_len_};
+}
+
 void HttpProxy::respond_error(Conn& c, int status, bool keep_alive, std::string_view extra) noexcept {
   if (c.up != kNone) {
     close_up(ups_[c.up]);
@@ -1649,19 +1664,11 @@ void HttpProxy::respond_error(Conn& c, int status, bool keep_alive, std::string_
   // the next request) and both sides allow it.
   const bool keep = keep_alive && c.keep_alive && c.req_body_done && !c.c_eof && !draining_;
   const char* reason = reason_phrase(status);
-  // A Date is due on every response (RFC 9110 6.6.1); one formatting per second.
-  const time_t now = static_cast<time_t>(core::wall_ms() / 1000);
-  if (now != date_second_) {
-    tm t{};
-    ::gmtime_r(&now, &t);
-    date_len_ = static_cast<uint32_t>(std::strftime(date_, sizeof(date_), "%a, %d %b %Y %H:%M:%S GMT", &t));
-    date_second_ = now;
-  }
   char body[64];
   const auto body_len = fmt::format_to_n(body, sizeof(body), "{} {}\n", status, reason).size;
   Writer w{c.out.p, 0, kBufSize};
   w.add("HTTP/1.1 ").num(static_cast<uint64_t>(status)).add(" ").add(reason).add("\r\n");
-  w.field("Server", "gw").field("Date", std::string_view(date_, date_len_));
+  w.field("Server", "gw").field("Date", http_date());
   w.field("Content-Type", "text/plain; charset=utf-8");
   if (!extra.empty()) w.add(extra);
   w.add("Content-Length: ").num(body_len).add("\r\n");

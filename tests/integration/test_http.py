@@ -7,6 +7,7 @@ The behaviour checked is gw's HTTP spec (protocol "http" listeners); every
 test asserts exact statuses, headers, bodies and counts. Backends are
 httpbackend.HttpBackend (threaded, in this process)."""
 
+import email.utils
 import hashlib
 import json
 import http.client
@@ -722,6 +723,22 @@ class HeaderRewriteTest(HttpCase):
             r = c.response()
             self.assertEqual((r.status, r.body), (200, b"ok"))
         th.join(T(5))
+
+    def test_date_added_when_missing(self):
+        """RFC 9110 6.6.1: a recipient with a clock that forwards a response
+        without Date adds one; a host's own Date is passed on as it is."""
+        a = self.hb("alpha")
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        with Client(gw.port) as c:
+            for target, st in (("/plain", "200"), ("/nc", "204"), ("/chunk", "200")):
+                hs = [("X-Be-Status", st)] + ([("X-Be-Framing", "chunked")] if target == "/chunk" else [])
+                r = c.request("GET", target, headers=hs)
+                dates = [v for n, v in r.headers if n.lower() == "date"]
+                self.assertEqual(len(dates), 1, f"{target}: {r.headers}")
+                self.assertLess(abs(email.utils.parsedate_to_datetime(dates[0]).timestamp() - time.time()), 5)
+            a.set(headers=[("Date", "Sun, 06 Nov 1994 08:49:37 GMT")])
+            r = c.request("GET", "/own")
+            self.assertEqual([v for n, v in r.headers if n.lower() == "date"], ["Sun, 06 Nov 1994 08:49:37 GMT"])
 
     def test_forwarded_headers(self):
         a = self.hb("alpha")
