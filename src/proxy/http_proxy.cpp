@@ -1479,8 +1479,8 @@ bool HttpProxy::build_response_head(Conn& c, const http::Head& h) noexcept {
     if (f.hop_by_hop) continue;
     has_date = has_date || iequals(f.name, "date");
     // A bodiless response (HEAD, 304) keeps the Content-Length it describes;
-    // otherwise the framing below replaces it. A 204 has none (RFC 9110 8.6).
-    if (f.id == http::FieldId::content_length && (!no_body || h.status == 204)) continue;
+    // otherwise the framing below replaces it. A 101 or 204 has none (RFC 9110 8.6).
+    if (f.id == http::FieldId::content_length && (!no_body || h.status == 101 || h.status == 204)) continue;
     w.field(f.name, f.value);
   }
   // A recipient with a clock adds the Date a host left out (RFC 9110 6.6.1).

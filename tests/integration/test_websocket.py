@@ -544,7 +544,7 @@ class WebSocketTest(GwTestCase):
         right behind its request (sent before the 101) pass through; after the
         101 any bytes pass unchanged; the client's FIN reaches the backend and
         the backend's late reply and FIN come back."""
-        rb = self.raw_backend("raw", ws_101(b"X-Backend: raw\r\n") + b"EARLY-SERVER-BYTES")
+        rb = self.raw_backend("raw", ws_101(b"X-Backend: raw\r\nContent-Length: 0\r\n") + b"EARLY-SERVER-BYTES")
         gw = self.http_gw({"app": ([("r", rb.address)], {})})
         with gwtest.connect(gw.port, timeout=T(10)) as s:
             s.sendall(upgrade_request() + b"EARLY-CLIENT-BYTES")
@@ -555,6 +555,7 @@ class WebSocketTest(GwTestCase):
             self.assertIn("upgrade", (hget(headers, "Connection") or "").lower(), headers)
             self.assertEqual(hget(headers, "Sec-WebSocket-Accept"), WS_ACCEPT, headers)
             self.assertEqual(hget(headers, "X-Backend"), "raw", headers)
+            self.assertIsNone(hget(headers, "Content-Length"), f"a 1xx never has one (RFC 9110 8.6): {headers}")
             want = b"EARLY-SERVER-BYTES" + b"EARLY-CLIENT-BYTES"
             self.assertEqual(rd.read_exact(len(want)), want)
             # bytes that look like HTTP are not parsed any more: this is a tunnel
