@@ -816,8 +816,13 @@ bool HttpProxy::read_client(Conn& c) noexcept {
       close_conn(c);  // reset by the client: abort
       return false;
     }
-    c.c_in = false;
-    c.c_hup = false;
+    // n > 0: pipelined bytes, maybe a FIN behind them. Both flags stay set:
+    // no new edge comes for either, and the head state reads them once this
+    // request is done.
+    if (n < 0) {
+      c.c_in = false;
+      c.c_hup = false;
+    }
     return false;
   }
   const uint32_t room = kBufSize - c.in.tail;

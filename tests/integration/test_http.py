@@ -1512,6 +1512,23 @@ class FlowTest(HttpCase):
             j = self.assertBackend(c.response("POST"), "alpha")
             self.assertEqual(j["body_sha256"], hashlib.sha256(body).hexdigest())
 
+    def test_half_close_behind_request_sent_while_busy(self):
+        """The next request and the FIN arrive while gw waits for the previous
+        answer: that request is answered (and not left until keepalive_timeout)."""
+        a = self.hb("alpha", delay_head=0.5)
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        with Client(gw.port, timeout=T(3)) as c:
+            c.send(raw_request("GET", "/first"))
+            wait_until(lambda: a.requests == 1, T(5), msg="the first request upstream")
+            c.send(raw_request("GET", "/second"))
+            c.s.shutdown(socket.SHUT_WR)
+            self.assertEqual(self.assertBackend(c.response(), "alpha")["target"], "/first")
+            r = c.response()
+            self.assertIsNotNone(r, "no answer to the request sent before the FIN")
+            self.assertEqual(self.assertBackend(r, "alpha")["target"], "/second")
+            self.assertIn("close", r.conn_tokens(), r.headers)
+            self.assertTrue(c.eof_within(T(3)))
+
     def test_graceful_stop(self):
         a = self.hb("alpha", delay_head=1.0, body_size=200000)
         gw = self.http_gw([pool("p", [host("a", a)])])
