@@ -740,6 +740,10 @@ bool HttpProxy::read_client(Conn& c) noexcept {
         return true;
       }
     }
+    if (c.c_eof) {
+      close_conn(c);  // the FIN came before the rest of this head: it is dropped, as nginx does
+      return false;
+    }
     if (!c.c_in) return false;
     if (!acquire(c.in)) {
       close_conn(c);  // out of buffer memory
@@ -806,8 +810,9 @@ bool HttpProxy::read_client(Conn& c) noexcept {
     char b;
     const ssize_t n = ::recv(c.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n == 0) {
-      c.c_eof = true;        // a half-close after a whole request is not an abort (HAProxy's default)
-      c.keep_alive = false;  // but no further request can come
+      // A half-close after a whole request is not an abort (HAProxy's
+      // default); requests already buffered are answered, then we close.
+      c.c_eof = true;
       c.c_in = false;
       c.c_hup = false;
       return false;
@@ -1455,7 +1460,8 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     // A response that comes before the whole request body ends the connection
     // (finish_request), since the rest of the request cannot be told from the
     // next one: say so, or the client may send its next request into the close.
-    c.resp_close = !c.keep_alive || h.body == http::BodyKind::until_close || c.dechunk || c.c_eof || !c.req_body_done;
+    c.resp_close = !c.keep_alive || h.body == http::BodyKind::until_close || c.dechunk || c.eof_after_request() ||
+                   !c.req_body_done;
     if (!build_response_head(c, h)) {
       c.resp_started = false;
       upstream_failed(c, kFailInvalid, EPROTO);
@@ -1667,7 +1673,7 @@ void HttpProxy::respond_error(Conn& c, int status, bool keep_alive, std::string_
   }
   // Keep the connection only if the request was read whole (what follows is
   // the next request) and both sides allow it.
-  const bool keep = keep_alive && c.keep_alive && c.req_body_done && !c.c_eof && !draining_;
+  const bool keep = keep_alive && c.keep_alive && c.req_body_done && !c.eof_after_request() && !draining_;
   const char* reason = reason_phrase(status);
   char body[64];
   const auto body_len = fmt::format_to_n(body, sizeof(body), "{} {}\n", status, reason).size;
@@ -1713,7 +1719,7 @@ void HttpProxy::finish_request(Conn& c) noexcept {
   c.rs.head = c.rs.tail = 0;
   c.rs_dec = 0;
   release(c.rs);
-  const bool keep = c.keep_alive && !c.resp_close && c.req_body_done && !c.c_eof && !draining_;
+  const bool keep = c.keep_alive && !c.resp_close && c.req_body_done && !c.eof_after_request() && !draining_;
   if (!keep) {
     // Our FIN after the response; unread pipelined bytes are drained for a while.
     c.state = CState::closing;

@@ -1512,6 +1512,22 @@ class FlowTest(HttpCase):
             j = self.assertBackend(c.response("POST"), "alpha")
             self.assertEqual(j["body_sha256"], hashlib.sha256(body).hexdigest())
 
+    def test_half_close_after_pipelined_requests(self):
+        """Requests pipelined before the client's FIN are all answered, in order;
+        the last answer says Connection: close, then gw closes."""
+        a = self.hb("alpha", delay_head=0.3)
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        with Client(gw.port) as c:
+            c.send(raw_request("POST", "/p1", [("Host", "t"), ("Content-Length", "3")], b"abc") +
+                   raw_request("GET", "/p2") + raw_request("GET", "/p3"))
+            c.s.shutdown(socket.SHUT_WR)
+            for t in ("/p1", "/p2", "/p3"):
+                r = c.response("POST" if t == "/p1" else "GET")
+                self.assertIsNotNone(r, f"no answer to {t}, pipelined before the FIN")
+                self.assertEqual(self.assertBackend(r, "alpha")["target"], t)
+            self.assertIn("close", r.conn_tokens(), r.headers)
+            self.assertTrue(c.eof_within(T(3)), "the connection must close after the last response")
+
     def test_half_close_behind_request_sent_while_busy(self):
         """The next request and the FIN arrive while gw waits for the previous
         answer: that request is answered (and not left until keepalive_timeout)."""

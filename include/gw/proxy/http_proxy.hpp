@@ -201,6 +201,11 @@ class HttpProxy {
     core::SockAddr up_addr;     // the last host tried
 
     api::ConsumerName consumer;  // who auth found for the current request (X-Consumer-Username, access log)
+
+    /// The client's FIN was read and no byte after the current request is
+    /// buffered: no request can follow it. (Requests pipelined before the FIN
+    /// are still answered.)
+    bool eof_after_request() const noexcept { return c_eof && in.tail <= body_end; }
   };
 
   /// An upstream connection: owned by a Conn while it carries a request, on
