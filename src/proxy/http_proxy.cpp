@@ -163,6 +163,39 @@ struct Writer {
   }
 };
 
+/// Writes the Transfer-Encoding of `h` (which the parser accepted) as one
+/// field line in a canonical form: no empty list elements or OWS, "chunked"
+/// in lower case, several field lines joined. "chunked,", ", CHUNKED" and
+/// "Transfer-Encoding: gzip" + "Transfer-Encoding: Chunked" mean the same to
+/// gw, but not to every host; a host that misreads the framing gw forwards
+/// takes the body for a request (smuggling). Other codings keep their text.
+void write_transfer_codings(Writer& w, const http::Head& h) noexcept {
+  w.add("Transfer-Encoding: ");
+  bool first = true;
+  for (const http::Field& f : h.fields) {
+    if (f.id != http::FieldId::transfer_encoding) continue;
+    const std::string_view v = f.value;
+    size_t i = 0;
+    while (i < v.size()) {
+      // One list element: up to a comma outside a quoted-string (a parameter value).
+      const size_t from = i;
+      for (bool quoted = false; i < v.size() && (quoted || v[i] != ','); ++i) {
+        if (v[i] == '"') quoted = !quoted;
+        else if (quoted && v[i] == '\\') ++i;
+      }
+      std::string_view e = v.substr(from, std::min(i, v.size()) - from);
+      ++i;  // the comma
+      while (!e.empty() && (e.front() == ' ' || e.front() == '\t')) e.remove_prefix(1);
+      while (!e.empty() && (e.back() == ' ' || e.back() == '\t')) e.remove_suffix(1);
+      if (e.empty()) continue;
+      if (!first) w.add(", ");
+      first = false;
+      w.add(iequals(e, "chunked") ? std::string_view("chunked") : e);
+    }
+  }
+  w.add("\r\n");
+}
+
 /// Whether `buf[from, to)` holds the end of a head: LF followed by CRLF or LF
 /// (a bare-LF head is then rejected by the parser). `from` may point just
 /// past an LF seen by an earlier scan.
@@ -1153,10 +1186,8 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
   switch (h.body) {
     case http::BodyKind::length: w.add("Content-Length: ").num(h.content_length).add("\r\n"); break;
     case http::BodyKind::chunked:
-      // The codings as the client sent them (chunked last): the body is
-      // forwarded with its framing.
-      for (const http::Field& f : h.fields)
-        if (f.id == http::FieldId::transfer_encoding) w.field("Transfer-Encoding", f.value);
+      // The client's codings (chunked last): the body is forwarded with its framing.
+      write_transfer_codings(w, h);
       break;
     default: break;
   }
@@ -1504,8 +1535,7 @@ bool HttpProxy::build_response_head(Conn& c, const http::Head& h) noexcept {
     // delimited by the close) for HTTP/1.1 clients, which can undo them.
     if (h.body == http::BodyKind::length) w.add("Content-Length: ").num(h.content_length).add("\r\n");
     if ((h.body == http::BodyKind::chunked && !c.dechunk) || (h.body == http::BodyKind::until_close && !c.http10))
-      for (const http::Field& f : h.fields)
-        if (f.id == http::FieldId::transfer_encoding) w.field("Transfer-Encoding", f.value);
+      write_transfer_codings(w, h);
     if (c.resp_close) w.field("Connection", "close");
     else if (c.http10) w.field("Connection", "keep-alive");
   }

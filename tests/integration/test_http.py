@@ -341,6 +341,17 @@ class BasicProxyTest(HttpCase):
             j = self.assertBackend(c.response(), "alpha")
             self.assertEqual([v for n, v in j["headers"] if n.lower() == "transfer-encoding"], ["gzip, chunked"])
             self.assertEqual(j["body_len"], 3)
+            # spellings that mean chunked (RFC 9110 5.6.1: empty list elements, case) go upstream
+            # as plain "chunked", one line: a host must not read other framing than gw did
+            for tes, want in (([("Transfer-Encoding", "chunked,")], "chunked"),
+                              ([("Transfer-Encoding", " , CHUNKED")], "chunked"),
+                              ([("Transfer-Encoding", "Chunked , ")], "chunked"),
+                              ([("Transfer-Encoding", "gzip,"), ("Transfer-Encoding", ",Chunked")], "gzip, chunked"),
+                              ([("Transfer-Encoding", 'gzip;x="a,b" ,chunked')], 'gzip;x="a,b", chunked')):
+                c.send(raw_request("POST", "/te", [("Host", "t")] + tes, chunked([b"abcd"])))
+                j = self.assertBackend(c.response("POST"), "alpha")
+                self.assertEqual([v for n, v in j["headers"] if n.lower() == "transfer-encoding"], [want], tes)
+                self.assertEqual((j["body_len"], j["chunks"]), (4, [4, 0]), tes)
             # chunked response to an HTTP/1.1 client: passed on chunked
             r = c.request("GET", "/r", headers=[("X-Be-Framing", "chunked"), ("X-Be-Body-Size", "200000"),
                                                 ("X-Be-Chunk-Size", "7000")])
