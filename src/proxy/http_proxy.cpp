@@ -169,8 +169,9 @@ struct Writer {
 /// "Transfer-Encoding: gzip" + "Transfer-Encoding: Chunked" mean the same to
 /// gw, but not to every host; a host that misreads the framing gw forwards
 /// takes the body for a request (smuggling). Other codings keep their text.
+/// Writes nothing when `h` has no coding (a response read until the close
+/// that had no Transfer-Encoding at all).
 void write_transfer_codings(Writer& w, const http::Head& h) noexcept {
-  w.add("Transfer-Encoding: ");
   bool first = true;
   for (const http::Field& f : h.fields) {
     if (f.id != http::FieldId::transfer_encoding) continue;
@@ -188,12 +189,12 @@ void write_transfer_codings(Writer& w, const http::Head& h) noexcept {
       while (!e.empty() && (e.front() == ' ' || e.front() == '\t')) e.remove_prefix(1);
       while (!e.empty() && (e.back() == ' ' || e.back() == '\t')) e.remove_suffix(1);
       if (e.empty()) continue;
-      if (!first) w.add(", ");
+      w.add(first ? "Transfer-Encoding: " : ", ");
       first = false;
       w.add(iequals(e, "chunked") ? std::string_view("chunked") : e);
     }
   }
-  w.add("\r\n");
+  if (!first) w.add("\r\n");
 }
 
 /// Whether `buf[from, to)` holds the end of a head: LF followed by CRLF or LF

@@ -396,6 +396,21 @@ class BasicProxyTest(HttpCase):
             self.assertIn(b"\r\nConnection: close\r\n", head, head)
             self.assertEqual(c.rd.read_to_eof(), hb.pattern_bytes(5000))
 
+    def test_response_until_close_without_codings(self):
+        """A response with neither Content-Length nor Transfer-Encoding is read
+        until the close and forwarded with Connection: close, and no
+        Transfer-Encoding field appears (gw once sent an empty one)."""
+        a = self.hb("alpha", framing="close", body_size=3000)
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        with Client(gw.port) as c:
+            c.send(raw_request("GET", "/plain"))
+            head = c.rd.read_head()
+            self.assertIsNotNone(head)
+            self.assertNotIn(b"Transfer-Encoding", head, head)
+            self.assertNotIn(b"Content-Length", head, head)
+            self.assertIn(b"\r\nConnection: close\r\n", head, head)
+            self.assertEqual(c.rd.read_to_eof(), hb.pattern_bytes(3000))
+
     def test_early_response_says_close(self):
         """A host that answers before the request body is all there (413, 401, ...):
         gw closes the client connection after that answer, as it cannot tell the
