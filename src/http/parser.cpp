@@ -614,6 +614,16 @@ Error Parser::on_target() noexcept {
   } else if (t[0] == '/') {
     head_.target_form = TargetForm::origin;
   } else if (has_scheme(t)) {
+    // scheme "://" authority [path] ["?" query]. The authority replaces Host
+    // and routes the request, so it is held to Host's grammar, and it must
+    // name a host: an empty one is invalid (RFC 9110 4.2.1) and so is
+    // userinfo (4.2.4; '@' is not a host character).
+    const size_t colon = t.find(':');
+    if (t.substr(colon, 3) != "://") return Error::bad_target;
+    const size_t from = colon + 3;
+    const std::string_view a = t.substr(from, t.find_first_of("/?", from) - from);
+    if (a.empty() || a[0] == ':' || !valid_host(a, false)) return Error::bad_target;
+    head_.authority = a;
     head_.target_form = TargetForm::absolute;
   } else {
     return Error::bad_target;

@@ -100,6 +100,11 @@ std::string_view host_without_port(std::string_view h) noexcept {
   return h;
 }
 
+/// An absolute-form target's path and query (maybe empty): what follows its authority.
+std::string_view after_authority(const http::Head& h) noexcept {
+  return h.target.substr(static_cast<size_t>(h.authority.data() - h.target.data()) + h.authority.size());
+}
+
 /// The value of cookie `name` in a Cookie field value ("a=1; b=2"), if present.
 bool find_cookie(std::string_view header, std::string_view name, std::string_view& value) noexcept {
   while (!header.empty()) {
@@ -157,6 +162,40 @@ struct Writer {
     return add(name).add(": ").add(value).add("\r\n");
   }
 };
+
+/// Writes the Transfer-Encoding of `h` (which the parser accepted) as one
+/// field line in a canonical form: no empty list elements or OWS, "chunked"
+/// in lower case, several field lines joined. "chunked,", ", CHUNKED" and
+/// "Transfer-Encoding: gzip" + "Transfer-Encoding: Chunked" mean the same to
+/// gw, but not to every host; a host that misreads the framing gw forwards
+/// takes the body for a request (smuggling). Other codings keep their text.
+/// Writes nothing when `h` has no coding (a response read until the close
+/// that had no Transfer-Encoding at all).
+void write_transfer_codings(Writer& w, const http::Head& h) noexcept {
+  bool first = true;
+  for (const http::Field& f : h.fields) {
+    if (f.id != http::FieldId::transfer_encoding) continue;
+    const std::string_view v = f.value;
+    size_t i = 0;
+    while (i < v.size()) {
+      // One list element: up to a comma outside a quoted-string (a parameter value).
+      const size_t from = i;
+      for (bool quoted = false; i < v.size() && (quoted || v[i] != ','); ++i) {
+        if (v[i] == '"') quoted = !quoted;
+        else if (quoted && v[i] == '\\') ++i;
+      }
+      std::string_view e = v.substr(from, std::min(i, v.size()) - from);
+      ++i;  // the comma
+      while (!e.empty() && (e.front() == ' ' || e.front() == '\t')) e.remove_prefix(1);
+      while (!e.empty() && (e.back() == ' ' || e.back() == '\t')) e.remove_suffix(1);
+      if (e.empty()) continue;
+      w.add(first ? "Transfer-Encoding: " : ", ");
+      first = false;
+      w.add(iequals(e, "chunked") ? std::string_view("chunked") : e);
+    }
+  }
+  if (!first) w.add("\r\n");
+}
 
 /// Whether `buf[from, to)` holds the end of a head: LF followed by CRLF or LF
 /// (a bare-LF head is then rejected by the parser). `from` may point just
@@ -735,6 +774,10 @@ bool HttpProxy::read_client(Conn& c) noexcept {
         return true;
       }
     }
+    if (c.c_eof) {
+      close_conn(c);  // the FIN came before the rest of this head: it is dropped, as nginx does
+      return false;
+    }
     if (!c.c_in) return false;
     if (!acquire(c.in)) {
       close_conn(c);  // out of buffer memory
@@ -801,8 +844,9 @@ bool HttpProxy::read_client(Conn& c) noexcept {
     char b;
     const ssize_t n = ::recv(c.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n == 0) {
-      c.c_eof = true;        // a half-close after a whole request is not an abort (HAProxy's default)
-      c.keep_alive = false;  // but no further request can come
+      // A half-close after a whole request is not an abort (HAProxy's
+      // default); requests already buffered are answered, then we close.
+      c.c_eof = true;
       c.c_in = false;
       c.c_hup = false;
       return false;
@@ -811,8 +855,13 @@ bool HttpProxy::read_client(Conn& c) noexcept {
       close_conn(c);  // reset by the client: abort
       return false;
     }
-    c.c_in = false;
-    c.c_hup = false;
+    // n > 0: pipelined bytes, maybe a FIN behind them. Both flags stay set:
+    // no new edge comes for either, and the head state reads them once this
+    // request is done.
+    if (n < 0) {
+      c.c_in = false;
+      c.c_hup = false;
+    }
     return false;
   }
   const uint32_t room = kBufSize - c.in.tail;
@@ -921,10 +970,9 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   // Host and path: an absolute-form target names them itself (RFC 9112 3.2.2).
   std::string_view host = h.host, target = h.target, path = h.target;
   if (h.target_form == http::TargetForm::absolute) {
-    std::string_view rest = target.substr(target.find("://") + 3);
-    auto slash = rest.find_first_of("/?");
-    host = rest.substr(0, slash);
-    target = slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
+    host = h.authority;
+    target = after_authority(h);
+    if (target.empty()) target = "/";
     path = target;
   } else if (h.target_form == http::TargetForm::asterisk) {
     path = "/";
@@ -1108,16 +1156,15 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
   std::string_view target = h.target;
   std::string_view host = h.has_host ? h.host : std::string_view{};
   if (h.target_form == http::TargetForm::absolute) {
-    std::string_view rest = target.substr(target.find("://") + 3);
-    auto slash = rest.find_first_of("/?");
-    host = rest.substr(0, slash);
-    target = slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
-    if (!target.empty() && target.front() == '?') {
-      w.add(h.method_name).add(" /").add(target).add(" HTTP/1.1\r\n");
-      target = {};
-    }
+    host = h.authority;
+    target = after_authority(h);
   }
-  if (!target.empty()) w.add(h.method_name).add(" ").add(target).add(" HTTP/1.1\r\n");
+  // An absolute-form target's empty path ("http://a", "http://a?q") is "/" in
+  // origin-form, but "OPTIONS http://a" asks about the server: "*" (RFC 9112 3.2.4).
+  w.add(h.method_name).add(" ");
+  if (target.empty() && h.method == http::Method::options) w.add("*");
+  else if (target.empty() || target.front() == '?') w.add("/");
+  w.add(target).add(" HTTP/1.1\r\n");
   if (!route.conf->set_host.empty()) host = route.conf->set_host;
   if (host.empty()) host = listeners_[c.listener].listen_text;  // HTTP/1.0 without Host: the listener's address
   w.field("Host", host);
@@ -1140,10 +1187,8 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
   switch (h.body) {
     case http::BodyKind::length: w.add("Content-Length: ").num(h.content_length).add("\r\n"); break;
     case http::BodyKind::chunked:
-      // The codings as the client sent them (chunked last): the body is
-      // forwarded with its framing.
-      for (const http::Field& f : h.fields)
-        if (f.id == http::FieldId::transfer_encoding) w.field("Transfer-Encoding", f.value);
+      // The client's codings (chunked last): the body is forwarded with its framing.
+      write_transfer_codings(w, h);
       break;
     default: break;
   }
@@ -1395,16 +1440,25 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     }
     const http::Head& h = p.head();
     if (h.informational()) {
-      // 100 Continue and friends go to HTTP/1.1 clients as they are; the
-      // final response follows on the same connection.
+      // 100 Continue and friends go to HTTP/1.1 clients (never to HTTP/1.0
+      // ones, RFC 9110 15.2) less their hop-by-hop fields, as a final head
+      // does; the final response follows on the same connection.
       if (!c.http10) {
-        if (!acquire(c.out) || c.out.tail + h.head_len > kBufSize) {
+        if (!acquire(c.out)) {
           upstream_failed(c, kFailInvalid, EPROTO);
           return;
         }
-        std::memcpy(c.out.p + c.out.tail, c.rs.p + c.rs.head, h.head_len);
-        c.out.tail += h.head_len;
-        c.head_bytes += h.head_len;
+        Writer w{c.out.p, c.out.tail, kBufSize};
+        w.add("HTTP/1.1 ").num(h.status).add(" ").add(h.reason).add("\r\n");
+        for (const http::Field& f : h.fields)
+          if (!f.hop_by_hop && f.id != http::FieldId::content_length) w.field(f.name, f.value);
+        w.add("\r\n");
+        if (w.overflow) {
+          upstream_failed(c, kFailInvalid, EPROTO);
+          return;
+        }
+        c.head_bytes += w.len - c.out.tail;
+        c.out.tail = w.len;
       }
       c.rs.head += h.head_len;
       c.scan = c.rs.head;
@@ -1435,9 +1489,11 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     c.dechunk = h.body == http::BodyKind::chunked && c.http10;
     // Connection is hop-by-hop: a host that closes after a length-delimited
     // answer does not close the client's connection.
-    c.resp_close = !c.keep_alive || h.body == http::BodyKind::until_close || c.dechunk || c.c_eof;
-    // A response that ends before the request body does ends the connection:
-    // the rest of the request cannot be told from the next one.
+    // A response that comes before the whole request body ends the connection
+    // (finish_request), since the rest of the request cannot be told from the
+    // next one: say so, or the client may send its next request into the close.
+    c.resp_close = !c.keep_alive || h.body == http::BodyKind::until_close || c.dechunk || c.eof_after_request() ||
+                   !c.req_body_done;
     if (!build_response_head(c, h)) {
       c.resp_started = false;
       upstream_failed(c, kFailInvalid, EPROTO);
@@ -1461,25 +1517,26 @@ bool HttpProxy::build_response_head(Conn& c, const http::Head& h) noexcept {
                     static_cast<char>('0' + h.status % 10), 0};
   w.add("HTTP/1.1 ").add(std::string_view(status, 3)).add(" ").add(h.reason).add("\r\n");
   const bool no_body = h.body == http::BodyKind::none;
+  bool has_date = false;
   for (const http::Field& f : h.fields) {
     if (f.hop_by_hop) continue;
-    // A bodiless response (HEAD, 204, 304) keeps the Content-Length it
-    // describes; otherwise the framing below replaces it.
-    if (f.id == http::FieldId::content_length && !no_body) continue;
+    has_date = has_date || iequals(f.name, "date");
+    // A bodiless response (HEAD, 304) keeps the Content-Length it describes;
+    // otherwise the framing below replaces it. A 101 or 204 has none (RFC 9110 8.6).
+    if (f.id == http::FieldId::content_length && (!no_body || h.status == 101 || h.status == 204)) continue;
     w.field(f.name, f.value);
   }
+  // A recipient with a clock adds the Date a host left out (RFC 9110 6.6.1).
+  if (!has_date) w.field("Date", http_date());
   if (h.status == 101) {
     w.field("Connection", "upgrade").field("Upgrade", h.upgrade_protocols);
   } else {
-    switch (h.body) {
-      case http::BodyKind::length: w.add("Content-Length: ").num(h.content_length).add("\r\n"); break;
-      case http::BodyKind::chunked:
-        if (!c.dechunk)
-          for (const http::Field& f : h.fields)
-            if (f.id == http::FieldId::transfer_encoding) w.field("Transfer-Encoding", f.value);
-        break;
-      default: break;
-    }
+    // The body goes as it came, so do its transfer codings: chunked (unless
+    // de-chunked for HTTP/1.0), and codings without chunked last (gzip, ...,
+    // delimited by the close) for HTTP/1.1 clients, which can undo them.
+    if (h.body == http::BodyKind::length) w.add("Content-Length: ").num(h.content_length).add("\r\n");
+    if ((h.body == http::BodyKind::chunked && !c.dechunk) || (h.body == http::BodyKind::until_close && !c.http10))
+      write_transfer_codings(w, h);
     if (c.resp_close) w.field("Connection", "close");
     else if (c.http10) w.field("Connection", "keep-alive");
   }
@@ -1615,6 +1672,17 @@ bool HttpProxy::flush_client(Conn& c) noexcept {
   return progress;
 }
 
+std::string_view HttpProxy::http_date() noexcept {
+  const time_t now = static_cast<time_t>(core::wall_ms() / 1000);
+  if (now != date_second_) {
+    tm t{};
+    ::gmtime_r(&now, &t);
+    date_len_ = static_cast<uint32_t>(std::strftime(date_, sizeof(date_), "%a, %d %b %Y %H:%M:%S GMT", &t));
+    date_second_ = now;
+  }
+  return {date_, date_len_};
+}
+
 void HttpProxy::respond_error(Conn& c, int status, bool keep_alive, std::string_view extra) noexcept {
   if (c.up != kNone) {
     close_up(ups_[c.up]);
@@ -1636,21 +1704,13 @@ void HttpProxy::respond_error(Conn& c, int status, bool keep_alive, std::string_
   }
   // Keep the connection only if the request was read whole (what follows is
   // the next request) and both sides allow it.
-  const bool keep = keep_alive && c.keep_alive && c.req_body_done && !c.c_eof && !draining_;
+  const bool keep = keep_alive && c.keep_alive && c.req_body_done && !c.eof_after_request() && !draining_;
   const char* reason = reason_phrase(status);
-  // A Date is due on every response (RFC 9110 6.6.1); one formatting per second.
-  const time_t now = static_cast<time_t>(core::wall_ms() / 1000);
-  if (now != date_second_) {
-    tm t{};
-    ::gmtime_r(&now, &t);
-    date_len_ = static_cast<uint32_t>(std::strftime(date_, sizeof(date_), "%a, %d %b %Y %H:%M:%S GMT", &t));
-    date_second_ = now;
-  }
   char body[64];
   const auto body_len = fmt::format_to_n(body, sizeof(body), "{} {}\n", status, reason).size;
   Writer w{c.out.p, 0, kBufSize};
   w.add("HTTP/1.1 ").num(static_cast<uint64_t>(status)).add(" ").add(reason).add("\r\n");
-  w.field("Server", "gw").field("Date", std::string_view(date_, date_len_));
+  w.field("Server", "gw").field("Date", http_date());
   w.field("Content-Type", "text/plain; charset=utf-8");
   if (!extra.empty()) w.add(extra);
   w.add("Content-Length: ").num(body_len).add("\r\n");
@@ -1690,7 +1750,7 @@ void HttpProxy::finish_request(Conn& c) noexcept {
   c.rs.head = c.rs.tail = 0;
   c.rs_dec = 0;
   release(c.rs);
-  const bool keep = c.keep_alive && !c.resp_close && c.req_body_done && !c.c_eof && !draining_;
+  const bool keep = c.keep_alive && !c.resp_close && c.req_body_done && !c.eof_after_request() && !draining_;
   if (!keep) {
     // Our FIN after the response; unread pipelined bytes are drained for a while.
     c.state = CState::closing;
@@ -1713,11 +1773,12 @@ void HttpProxy::finish_request(Conn& c) noexcept {
 
 void HttpProxy::start_tunnel(Conn& c, UpConn& u) noexcept {
   // The bytes after the 101 head (the server's first frames) follow the head
-  // out; the client's bytes after its request (it may not wait) go upstream.
+  // out; the client's bytes after its request (it may not wait) go upstream,
+  // behind any request body bytes not sent yet: from `sent`, not `body_end`.
   bump(env_.seg->worker(env_.worker).http_tunnels);
   c.state = CState::tunnel;
   c.tunnel_c_eof = c.tunnel_u_eof = c.tunnel_c_shut = c.tunnel_u_shut = false;
-  c.in.head = c.body_end;
+  c.in.head = c.sent;
   c.c_read_ms = c.c_write_ms = c.u_read_ms = c.u_write_ms = env_.now_ms;
   c.c_in = c.c_out = true;
   u.u_in = u.u_out = true;

@@ -7,6 +7,7 @@ The behaviour checked is gw's HTTP spec (protocol "http" listeners); every
 test asserts exact statuses, headers, bodies and counts. Backends are
 httpbackend.HttpBackend (threaded, in this process)."""
 
+import email.utils
 import hashlib
 import json
 import http.client
@@ -340,6 +341,17 @@ class BasicProxyTest(HttpCase):
             j = self.assertBackend(c.response(), "alpha")
             self.assertEqual([v for n, v in j["headers"] if n.lower() == "transfer-encoding"], ["gzip, chunked"])
             self.assertEqual(j["body_len"], 3)
+            # spellings that mean chunked (RFC 9110 5.6.1: empty list elements, case) go upstream
+            # as plain "chunked", one line: a host must not read other framing than gw did
+            for tes, want in (([("Transfer-Encoding", "chunked,")], "chunked"),
+                              ([("Transfer-Encoding", " , CHUNKED")], "chunked"),
+                              ([("Transfer-Encoding", "Chunked , ")], "chunked"),
+                              ([("Transfer-Encoding", "gzip,"), ("Transfer-Encoding", ",Chunked")], "gzip, chunked"),
+                              ([("Transfer-Encoding", 'gzip;x="a,b" ,chunked')], 'gzip;x="a,b", chunked')):
+                c.send(raw_request("POST", "/te", [("Host", "t")] + tes, chunked([b"abcd"])))
+                j = self.assertBackend(c.response("POST"), "alpha")
+                self.assertEqual([v for n, v in j["headers"] if n.lower() == "transfer-encoding"], [want], tes)
+                self.assertEqual((j["body_len"], j["chunks"]), (4, [4, 0]), tes)
             # chunked response to an HTTP/1.1 client: passed on chunked
             r = c.request("GET", "/r", headers=[("X-Be-Framing", "chunked"), ("X-Be-Body-Size", "200000"),
                                                 ("X-Be-Chunk-Size", "7000")])
@@ -360,6 +372,63 @@ class BasicProxyTest(HttpCase):
             j = self.assertBackend(c.request("GET", "/after"), "alpha")   # the connection is in sync
             self.assertEqual(j["target"], "/after")
             self.assertEqual(j["seq"], 4)
+        # a Content-Length from the host: dropped on a 204 (RFC 9110 8.6: never sent with 204),
+        # kept on a 304, where it describes the representation
+        a.set(headers=[("Content-Length", "5")])
+        with Client(gw.port) as c:
+            for st, method, want in ((204, "GET", None), (304, "GET", "5"), (204, "HEAD", None), (304, "HEAD", "5")):
+                r = c.request(method, f"/cl{st}", headers=[("X-Be-Status", str(st))])
+                self.assertEqual((r.status, r.header("Content-Length")), (st, want), f"{method} {st}: {r.headers}")
+                self.assertEqual(r.body, b"")
+
+    def test_transfer_coding_without_chunked_kept(self):
+        """A response whose transfer codings do not end in chunked is read until
+        the close and forwarded as it came, so its Transfer-Encoding must stay
+        (RFC 9112 6.1, 7): without it the client takes the coded bytes as content."""
+        a = self.hb("alpha", framing="close", body_size=5000, headers=[("Transfer-Encoding", "gzip")])
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        with Client(gw.port) as c:
+            c.send(raw_request("GET", "/gz"))
+            head = c.rd.read_head()
+            self.assertIsNotNone(head)
+            self.assertIn(b"\r\nTransfer-Encoding: gzip\r\n", head, head)
+            self.assertNotIn(b"Content-Length", head, head)
+            self.assertIn(b"\r\nConnection: close\r\n", head, head)
+            self.assertEqual(c.rd.read_to_eof(), hb.pattern_bytes(5000))
+
+    def test_response_until_close_without_codings(self):
+        """A response with neither Content-Length nor Transfer-Encoding is read
+        until the close and forwarded with Connection: close, and no
+        Transfer-Encoding field appears (gw once sent an empty one)."""
+        a = self.hb("alpha", framing="close", body_size=3000)
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        with Client(gw.port) as c:
+            c.send(raw_request("GET", "/plain"))
+            head = c.rd.read_head()
+            self.assertIsNotNone(head)
+            self.assertNotIn(b"Transfer-Encoding", head, head)
+            self.assertNotIn(b"Content-Length", head, head)
+            self.assertIn(b"\r\nConnection: close\r\n", head, head)
+            self.assertEqual(c.rd.read_to_eof(), hb.pattern_bytes(3000))
+
+    def test_early_response_says_close(self):
+        """A host that answers before the request body is all there (413, 401, ...):
+        gw closes the client connection after that answer, as it cannot tell the
+        rest of the body from a next request, and the answer says so."""
+        a = self.hb("alpha", status=413, read_body=False)
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        with Client(gw.port) as c:
+            c.send(raw_request("POST", "/up", [("Host", "t"), ("Content-Length", "100000")], b"x" * 1000))
+            r = c.response("POST")
+            self.assertEqual(r.status, 413)
+            self.assertIn("close", r.conn_tokens(), f"no Connection: close before the close: {r.headers}")
+            self.assertTrue(c.eof_within(T(5)))
+        # a body that is all there keeps the connection
+        with Client(gw.port) as c:
+            r = c.request("POST", "/small", body=b"y" * 1000)
+            self.assertEqual(r.status, 413)
+            self.assertNotIn("close", r.conn_tokens())
+            self.assertEqual(c.request("GET", "/next").status, 413)
 
     def test_100_continue_relayed(self):
         a = self.hb("alpha")
@@ -550,6 +619,12 @@ RFC_CASES = [
     ("too_many_headers", b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(30)) + b"\r\n", 431),
     ("http2_request_line", b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
     ("http3_request_line", b"GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505),
+    # absolute-form: the authority becomes Host, so it must be a valid host[:port] with a host
+    ("absolute_no_authority", b"GET http:foo HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("absolute_empty_host", b"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("absolute_port_only", b"GET http://:80/x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("absolute_userinfo", b"GET http://u:p@a/x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("absolute_bad_host", b"GET http://a%zz/x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("connect_method", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 501),
 ]
 
@@ -648,6 +723,49 @@ class HeaderRewriteTest(HttpCase):
             self.assertNotIn("close", r.conn_tokens())
             self.assertEqual(c.request("GET", "/2").status, 200, "the client connection stays usable")
 
+    def test_hop_by_hop_removed_interim_response(self):
+        """A 1xx is a message too: the fields its Connection names, Connection
+        itself and Keep-Alive are not relayed (RFC 9110 7.6.1); the rest are."""
+        lst = socket.socket()
+        lst.bind((LO, 0))
+        lst.listen(4)
+        self.addCleanup(lst.close)
+
+        def serve():
+            c, _ = lst.accept()
+            with c:
+                hb.Reader(c).read_head()
+                c.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n"
+                          b"Connection: X-Hop, close\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n"
+                          b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                time.sleep(T(1))
+        th = threading.Thread(target=serve, daemon=True)
+        th.start()
+        gw = self.http_gw([pool("p", [host("a", f"{LO}:{lst.getsockname()[1]}")])])
+        with Client(gw.port) as c:
+            c.send(raw_request("GET", "/hints"))
+            self.assertEqual(c.rd.read_head(),
+                             b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
+            r = c.response()
+            self.assertEqual((r.status, r.body), (200, b"ok"))
+        th.join(T(5))
+
+    def test_date_added_when_missing(self):
+        """RFC 9110 6.6.1: a recipient with a clock that forwards a response
+        without Date adds one; a host's own Date is passed on as it is."""
+        a = self.hb("alpha")
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        with Client(gw.port) as c:
+            for target, st in (("/plain", "200"), ("/nc", "204"), ("/chunk", "200")):
+                hs = [("X-Be-Status", st)] + ([("X-Be-Framing", "chunked")] if target == "/chunk" else [])
+                r = c.request("GET", target, headers=hs)
+                dates = [v for n, v in r.headers if n.lower() == "date"]
+                self.assertEqual(len(dates), 1, f"{target}: {r.headers}")
+                self.assertLess(abs(email.utils.parsedate_to_datetime(dates[0]).timestamp() - time.time()), 5)
+            a.set(headers=[("Date", "Sun, 06 Nov 1994 08:49:37 GMT")])
+            r = c.request("GET", "/own")
+            self.assertEqual([v for n, v in r.headers if n.lower() == "date"], ["Sun, 06 Nov 1994 08:49:37 GMT"])
+
     def test_forwarded_headers(self):
         a = self.hb("alpha")
         gw = self.http_gw([pool("p", [host("a", a)])])
@@ -693,6 +811,14 @@ class HeaderRewriteTest(HttpCase):
             c.send(raw_request("GET", "http://abs.example", [("Host", "abs.example")]))
             j = self.assertBackend(c.response(), "beta")
             self.assertEqual(j["target"], "/")
+            # OPTIONS with an empty path and no query is about the server: "*" (RFC 9112 3.2.4)
+            c.send(raw_request("OPTIONS", "http://abs.example:8001", [("Host", "abs.example:8001")]))
+            j = self.assertBackend(c.response("OPTIONS"), "beta")
+            self.assertEqual((j["method"], j["target"]), ("OPTIONS", "*"))
+            self.assertEqual(hb.hall(j["headers"], "Host"), ["abs.example:8001"])
+            for t, want in (("http://abs.example/", "/"), ("http://abs.example?q", "/?q")):
+                c.send(raw_request("OPTIONS", t, [("Host", "abs.example")]))
+                self.assertEqual(self.assertBackend(c.response("OPTIONS"), "beta")["target"], want, t)
 
 
 # ----------------------------------------------------------------------------
@@ -1411,6 +1537,39 @@ class FlowTest(HttpCase):
             c.s.shutdown(socket.SHUT_WR)
             j = self.assertBackend(c.response("POST"), "alpha")
             self.assertEqual(j["body_sha256"], hashlib.sha256(body).hexdigest())
+
+    def test_half_close_after_pipelined_requests(self):
+        """Requests pipelined before the client's FIN are all answered, in order;
+        the last answer says Connection: close, then gw closes."""
+        a = self.hb("alpha", delay_head=0.3)
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        with Client(gw.port) as c:
+            c.send(raw_request("POST", "/p1", [("Host", "t"), ("Content-Length", "3")], b"abc") +
+                   raw_request("GET", "/p2") + raw_request("GET", "/p3"))
+            c.s.shutdown(socket.SHUT_WR)
+            for t in ("/p1", "/p2", "/p3"):
+                r = c.response("POST" if t == "/p1" else "GET")
+                self.assertIsNotNone(r, f"no answer to {t}, pipelined before the FIN")
+                self.assertEqual(self.assertBackend(r, "alpha")["target"], t)
+            self.assertIn("close", r.conn_tokens(), r.headers)
+            self.assertTrue(c.eof_within(T(3)), "the connection must close after the last response")
+
+    def test_half_close_behind_request_sent_while_busy(self):
+        """The next request and the FIN arrive while gw waits for the previous
+        answer: that request is answered (and not left until keepalive_timeout)."""
+        a = self.hb("alpha", delay_head=0.5)
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        with Client(gw.port, timeout=T(3)) as c:
+            c.send(raw_request("GET", "/first"))
+            wait_until(lambda: a.requests == 1, T(5), msg="the first request upstream")
+            c.send(raw_request("GET", "/second"))
+            c.s.shutdown(socket.SHUT_WR)
+            self.assertEqual(self.assertBackend(c.response(), "alpha")["target"], "/first")
+            r = c.response()
+            self.assertIsNotNone(r, "no answer to the request sent before the FIN")
+            self.assertEqual(self.assertBackend(r, "alpha")["target"], "/second")
+            self.assertIn("close", r.conn_tokens(), r.headers)
+            self.assertTrue(c.eof_within(T(3)))
 
     def test_graceful_stop(self):
         a = self.hb("alpha", delay_head=1.0, body_size=200000)

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gwtest  # noqa: E402
 from gwtest import GwTestCase, T, host, pool, upstream  # noqa: E402
 from httpbackend import HttpBackend, Reader, parse_head, hget, read_response  # noqa: E402
+from httpbackend import pattern_bytes as hb_pattern  # noqa: E402
 
 try:
     import websockets
@@ -543,7 +544,7 @@ class WebSocketTest(GwTestCase):
         right behind its request (sent before the 101) pass through; after the
         101 any bytes pass unchanged; the client's FIN reaches the backend and
         the backend's late reply and FIN come back."""
-        rb = self.raw_backend("raw", ws_101(b"X-Backend: raw\r\n") + b"EARLY-SERVER-BYTES")
+        rb = self.raw_backend("raw", ws_101(b"X-Backend: raw\r\nContent-Length: 0\r\n") + b"EARLY-SERVER-BYTES")
         gw = self.http_gw({"app": ([("r", rb.address)], {})})
         with gwtest.connect(gw.port, timeout=T(10)) as s:
             s.sendall(upgrade_request() + b"EARLY-CLIENT-BYTES")
@@ -554,6 +555,7 @@ class WebSocketTest(GwTestCase):
             self.assertIn("upgrade", (hget(headers, "Connection") or "").lower(), headers)
             self.assertEqual(hget(headers, "Sec-WebSocket-Accept"), WS_ACCEPT, headers)
             self.assertEqual(hget(headers, "X-Backend"), "raw", headers)
+            self.assertIsNone(hget(headers, "Content-Length"), f"a 1xx never has one (RFC 9110 8.6): {headers}")
             want = b"EARLY-SERVER-BYTES" + b"EARLY-CLIENT-BYTES"
             self.assertEqual(rd.read_exact(len(want)), want)
             # bytes that look like HTTP are not parsed any more: this is a tunnel
@@ -567,6 +569,48 @@ class WebSocketTest(GwTestCase):
             self.assertEqual(rd.read_to_eof(), b"", "expected EOF after the backend's FIN")
         self.assertEqual(len(rb.heads), 1)
         self.assertEqual(rb.received[0], b"EARLY-CLIENT-BYTES" + blob)
+
+    def test_upgrade_request_body_not_yet_sent_reaches_backend(self):
+        """An Upgrade request with a body the backend does not read before its
+        101: body bytes gw had read but not yet sent upstream when the 101
+        came go on through the tunnel, none dropped, in order."""
+        body = hb_pattern(8 * MiB)
+        lst = socket.socket()
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # a small window: gw's sends block soon
+        lst.bind((gwtest.LOOPBACK, 0))
+        lst.listen(4)
+        self.addCleanup(lst.close)
+        got = {}
+
+        def serve():
+            c, _ = lst.accept()
+            c.settimeout(T(20))
+            with c:
+                rd = Reader(c)
+                got["head"] = rd.read_head()
+                time.sleep(0.3)            # gw fills this socket and its buffer: its sends block
+                c.sendall(ws_101())
+                got["bytes"] = rd.read_to_eof()
+        th = threading.Thread(target=serve, daemon=True)
+        th.start()
+        gw = self.http_gw({"app": ([("r", f"{gwtest.LOOPBACK}:{lst.getsockname()[1]}")], {"max_fails": 0})})
+        with gwtest.connect(gw.port, timeout=T(20)) as s:
+            def send():
+                try:
+                    s.sendall(upgrade_request(extra=f"Content-Length: {len(body)}\r\n") + body + b"TAIL")
+                    s.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            start, _ = parse_head(Reader(s).read_head())
+            self.assertTrue(start.startswith("HTTP/1.1 101 "), start)
+            th.join(T(30))
+            sender.join(T(5))
+        self.assertFalse(th.is_alive(), "the backend did not see the client's FIN")
+        data = got["bytes"]
+        self.assertEqual(len(data), len(body) + 4, "body bytes lost or added between the request and the tunnel")
+        self.assertTrue(data == body + b"TAIL", "the bytes upstream differ from the body the client sent")
 
     # ------------------------------------------------------------------------
     # the smuggling guard

@@ -38,8 +38,10 @@
 //     everywhere: start line, header and trailer lines, chunk lines.
 //   - exactly one SP between the parts of the request line (400); method a
 //     token (400); target without CTL or SP (obs-text allowed) and of the form
-//     its method allows (400); version exactly "HTTP/" DIGIT "." DIGIT (else
-//     400); a major version other than 1 answers 505; HTTP/1.2..1.9 are
+//     its method allows (400); an absolute-form target is scheme "://"
+//     authority, the authority a uri-host[:port] with a non-empty host and no
+//     userinfo (RFC 9110 4.2.1, 4.2.4), else 400; version exactly
+//     "HTTP/" DIGIT "." DIGIT (else 400); a major version other than 1 answers 505; HTTP/1.2..1.9 are
 //     handled as 1.1 (RFC 9110 2.5).
 //   - empty lines (CRLF) before the start line are skipped (RFC 9112 2.2); they
 //     count toward max_head.
@@ -187,6 +189,7 @@ struct Head {
   std::string_view method_name;
   std::string_view target;
   TargetForm target_form = TargetForm::origin;
+  std::string_view authority;  ///< absolute-form: the target's host[:port] (it replaces Host, RFC 9112 3.2.2)
   // status line (responses)
   uint16_t status = 0;
   std::string_view reason;

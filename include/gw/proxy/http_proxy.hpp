@@ -201,6 +201,11 @@ class HttpProxy {
     core::SockAddr up_addr;     // the last host tried
 
     api::ConsumerName consumer;  // who auth found for the current request (X-Consumer-Username, access log)
+
+    /// The client's FIN was read and no byte after the current request is
+    /// buffered: no request can follow it. (Requests pipelined before the FIN
+    /// are still answered.)
+    bool eof_after_request() const noexcept { return c_eof && in.tail <= body_end; }
   };
 
   /// An upstream connection: owned by a Conn while it carries a request, on
@@ -237,6 +242,8 @@ class HttpProxy {
   void finish_request(Conn& c) noexcept;
   /// `extra`: header lines to add ("Retry-After: 1\r\n"), e.g. from the guard.
   void respond_error(Conn& c, int status, bool keep_alive, std::string_view extra = {}) noexcept;
+  /// The current time as an HTTP-date (RFC 9110 5.6.7), formatted at most once a second.
+  std::string_view http_date() noexcept;
   bool flush_client(Conn& c) noexcept;  // false: closed
   void pump_request_body(Conn& c) noexcept;
   void arm(Conn& c) noexcept;
@@ -290,7 +297,7 @@ class HttpProxy {
   uint32_t active_ = 0;
   bool draining_ = false;
   std::vector<http::Field> fields_;  // the head being parsed (one at a time)
-  char date_[40] = {};               // the Date of our own answers, formatted once a second
+  char date_[40] = {};               // http_date(): the Date of our answers and of hosts' without one
   uint32_t date_len_ = 0;
   int64_t date_second_ = -1;
   uint64_t last_no_host_log_ms_ = 0;

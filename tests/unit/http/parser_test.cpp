@@ -49,6 +49,7 @@ struct H {
   Method method = Method::other;
   std::string method_name, target;
   TargetForm form = TargetForm::origin;
+  std::string authority;
   uint16_t code = 0;
   std::string reason;
   Version version = Version::http11;
@@ -93,6 +94,7 @@ H snap(const Parser& p, ParseStatus st) {
   r.method_name = h.method_name;
   r.target = h.target;
   r.form = h.target_form;
+  r.authority = h.authority;
   r.code = h.status;
   r.reason = h.reason;
   r.version = h.version;
@@ -436,6 +438,12 @@ TEST_SUITE("http/parser") {
 
     const H abs = check_ok(req("Host: a", "GET http://a.example/x?y HTTP/1.1"));
     CHECK(abs.form == TargetForm::absolute);
+    CHECK(abs.authority == "a.example");
+    CHECK(check_ok(req("Host: a", "GET HTTP://a.example:8080 HTTP/1.1")).authority == "a.example:8080");
+    CHECK(check_ok(req("Host: a", "GET https://a.example?q HTTP/1.1")).authority == "a.example");
+    CHECK(check_ok(req("Host: a", "GET http://[::1]:80/ HTTP/1.1")).authority == "[::1]:80");
+    CHECK(check_ok(req("Host: a", "OPTIONS http://a.example HTTP/1.1")).authority == "a.example");
+    CHECK(check_ok(req("Host: a", "GET /x HTTP/1.1")).authority.empty());
     const H conn = check_ok(req("Host: a.example:443", "CONNECT a.example:443 HTTP/1.1"));
     CHECK(conn.form == TargetForm::authority);
     CHECK(conn.method == Method::connect);
@@ -678,6 +686,18 @@ TEST_SUITE("http/parser") {
     check_rejected(req("Host: a", "GET /a\x7f HTTP/1.1"), Error::bad_target, 400);
     check_rejected(req("Host: a", "GET a HTTP/1.1"), Error::bad_target, 400);
     check_rejected(req("Host: a", "GET 1http://a/ HTTP/1.1"), Error::bad_target, 400);
+    // absolute-form: the authority replaces Host, so it must be a host[:port] with a host
+    check_rejected(req("Host: a", "GET http:foo HTTP/1.1"), Error::bad_target, 400);
+    check_rejected(req("Host: a", "GET mailto:a@b HTTP/1.1"), Error::bad_target, 400);
+    check_rejected(req("Host: a", "GET http:/a/x HTTP/1.1"), Error::bad_target, 400);
+    check_rejected(req("Host: a", "GET http:///x HTTP/1.1"), Error::bad_target, 400);
+    check_rejected(req("Host: a", "GET http:// HTTP/1.1"), Error::bad_target, 400);
+    check_rejected(req("Host: a", "GET http://?q HTTP/1.1"), Error::bad_target, 400);
+    check_rejected(req("Host: a", "GET http://:80/x HTTP/1.1"), Error::bad_target, 400);
+    check_rejected(req("Host: a", "GET http://u:p@a.example/x HTTP/1.1"), Error::bad_target, 400);
+    check_rejected(req("Host: a", "GET http://a%zz/x HTTP/1.1"), Error::bad_target, 400);
+    check_rejected(req("Host: a", "GET http://a:8x/x HTTP/1.1"), Error::bad_target, 400);
+    check_rejected(req("Host: a", "GET http://a#f HTTP/1.1"), Error::bad_target, 400);
     check_rejected(req("Host: a", "GET * HTTP/1.1"), Error::bad_target, 400);
     check_rejected(req("Host: a", "CONNECT / HTTP/1.1"), Error::bad_target, 400);
     check_rejected(req("Host: a", "CONNECT a.example HTTP/1.1"), Error::bad_target, 400);
