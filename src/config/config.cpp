@@ -296,7 +296,10 @@ void parse_http(Ctx& c, element e, const std::string& path, HttpConf& h) {
     else if (k == "max_request_line") get_u32(c, v, kp, 64, 15 * 1024, h.max_request_line);
     else if (k == "max_header_bytes") get_u32(c, v, kp, 256, 15 * 1024, h.max_header_bytes);
     else if (k == "max_headers") get_u32(c, v, kp, 1, 1000, h.max_headers);
-    else return false;
+    else if (k == "underscores_in_headers") {
+      if (!v.is_bool()) c.error(kp, "expected true or false, got " + describe(v));
+      else h.underscores_in_headers = v.get_bool().value_unsafe();
+    } else return false;
     return true;
   });
 }

@@ -1169,8 +1169,10 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
   if (host.empty()) host = listeners_[c.listener].listen_text;  // HTTP/1.0 without Host: the listener's address
   w.field("Host", host);
   const std::string_view ip(c.ip, c.ip_len);
+  const bool underscores = listeners_[c.listener].conf->http.underscores_in_headers;
   for (const http::Field& f : h.fields) {
     if (f.hop_by_hop || f.id == http::FieldId::host || f.id == http::FieldId::content_length) continue;
+    if (!underscores && f.name.find('_') != std::string_view::npos) continue;  // as nginx does by default
     if (iequals(f.name, "x-forwarded-for") || iequals(f.name, "x-real-ip") || iequals(f.name, "x-forwarded-proto") ||
         iequals(f.name, "x-consumer-username"))
       continue;  // written below (a client's X-Consumer-Username is never passed on)

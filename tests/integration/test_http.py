@@ -789,6 +789,26 @@ class HeaderRewriteTest(HttpCase):
             self.assertEqual(j["version"], "HTTP/1.1")
             self.assertEqual(hb.hall(j["headers"], "Host"), ["h10"])
 
+    def test_underscore_fields_dropped(self):
+        """As nginx by default: request fields whose names hold '_' are not passed
+        upstream, since CGI, WSGI and PHP hosts read '-' and '_' alike
+        ("X_Consumer_Username" would pass for the field gw sets);
+        http.underscores_in_headers: true passes them."""
+        a = self.hb("alpha")
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        hs = [("X_Consumer_Username", "mallory"), ("Content_Length", "5"), ("X-Plain", "1"), ("Foo_Bar", "2")]
+        with Client(gw.port) as c:
+            j = self.assertBackend(c.request("GET", "/u", headers=hs), "alpha")
+            names = [n.lower() for n, _ in j["headers"]]
+            for n in ("x_consumer_username", "content_length", "foo_bar"):
+                self.assertNotIn(n, names, j["headers"])
+            self.assertEqual(hb.hall(j["headers"], "X-Plain"), ["1"])
+        gw2 = self.http_gw([pool("p", [host("a", a)])], http={"underscores_in_headers": True})
+        with Client(gw2.port) as c:
+            j = self.assertBackend(c.request("GET", "/u", headers=hs), "alpha")
+            self.assertEqual(hb.hall(j["headers"], "Foo_Bar"), ["2"])
+            self.assertEqual(hb.hall(j["headers"], "X_Consumer_Username"), ["mallory"])
+
     def test_set_host_and_absolute_form(self):
         a = self.hb("alpha")
         b = self.hb("beta")

@@ -98,6 +98,11 @@ struct HttpConf {
   uint32_t max_header_bytes =
       15360;  ///< the request head; 431 above (a 16 KiB buffer keeps 1 KiB for the rewrite, as HAProxy's maxrewrite)
   uint32_t max_headers = 100;  ///< field lines; 431 above
+  /// Pass request fields whose names hold '_' upstream (nginx's
+  /// underscores_in_headers). Off, they are dropped: CGI, WSGI and PHP turn
+  /// '-' into '_', so "X_Consumer_Username" would reach such a host as the
+  /// X-Consumer-Username gw sets, and "Content_Length" as Content-Length.
+  bool underscores_in_headers = false;
 };
 /// connection: route once, on the first frame; frame: route every frame.
 enum class FrameMode { connection, frame };

@@ -67,6 +67,7 @@ TEST_SUITE("config") {
     CHECK(l.http.client_header_timeout_ms == 500);
     CHECK(l.http.keepalive_requests == 10);
     CHECK(l.http.max_headers == 20);
+    CHECK_FALSE(l.http.underscores_in_headers);  // nginx's default
     REQUIRE(l.routes.size() == 2);
     const auto& v1 = l.routes[0];
     CHECK(v1.host == "api.example.com");
@@ -107,6 +108,14 @@ TEST_SUITE("config") {
     };
     auto e = bad(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http"})");
     CHECK(has(e, R"(listeners[0]: missing required key "upstream" or "routes")"));
+    e = bad(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http", "upstream": "app",
+                "http": {"underscores_in_headers": "yes"}})");
+    CHECK_MESSAGE(has(e, R"(listeners[0].http.underscores_in_headers: expected true or false, got string "yes")"),
+                  all(e));
+    auto ok = load_string(with_listener(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http",
+        "upstream": "app", "http": {"underscores_in_headers": true}})"));
+    REQUIRE_MESSAGE(ok.ok(), all(ok.errors));
+    CHECK(ok.config.listeners[0].http.underscores_in_headers);
     e = bad(
         R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http", "upstream": "app", "routes": [{"name": "r", "upstream": "app"}]})");
     CHECK(has(e, R"(listeners[0].routes: give either "upstream" (every request goes there) or "routes", not both)"));
