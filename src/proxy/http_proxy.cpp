@@ -932,7 +932,11 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   c.http10 = h.version == http::Version::http10;
   c.head_req = h.method == http::Method::head;
   c.idempotent = idempotent(h.method);
-  c.upgrade = h.upgrade;
+  // Only WebSocket becomes a tunnel. Any other Upgrade (h2c above all) is
+  // forwarded as a plain request without it: a tunnel to a host speaking
+  // another protocol would carry later requests past routes, rules, auth
+  // and limits ("h2c smuggling").
+  c.upgrade = h.websocket;
   c.keep_alive = h.keep_alive && !draining_ && c.requests < l.conf->http.keepalive_requests &&
                  l.conf->http.keepalive_timeout_ms > 0;
   c.expect_continue = h.expect_continue;
@@ -1195,8 +1199,8 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
     default: break;
   }
   const config::UpstreamConf* uc = upstreams_[static_cast<size_t>(c.upstream)].conf;
-  if (h.upgrade) {
-    w.field("Connection", "upgrade").field("Upgrade", h.upgrade_protocols);
+  if (c.upgrade) {
+    w.field("Connection", "upgrade").field("Upgrade", "websocket");  // not the rest of the client's list
   } else if (!uc || uc->keepalive.max_idle == 0) {
     w.field("Connection", "close");
   }
@@ -1475,9 +1479,10 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
       upstream_failed(c, kFailStatus, EPROTO);
       return;
     }
-    if (h.status == 101 && !(c.upgrade && !h.upgrade_protocols.empty())) {
+    if (h.status == 101 && !(c.upgrade && h.websocket)) {
       // A 101 needs an upgrade asked for, and an Upgrade field naming the
-      // protocol switched to (RFC 9110 15.2.2).
+      // protocol switched to (RFC 9110 15.2.2): the one gw asked for,
+      // websocket (a host MUST NOT switch to another, 7.8).
       upstream_failed(c, kFailInvalid, EPROTO);
       return;
     }

@@ -718,6 +718,59 @@ class WebSocketTest(GwTestCase):
         self.assertEqual(sum_http(st, "tunnels"), 0)
         self.assertEqual(sum_http(st, "bad_gateway"), 5)
 
+    def test_only_websocket_becomes_a_tunnel(self):
+        """Upgrade: h2c (or any protocol but websocket) is forwarded as a plain
+        request without it, so no tunnel can carry later requests past gw's
+        routes, auth and limits (h2c smuggling); a host's 101 to it is a 502.
+        Of a list, only websocket is asked for upstream, and a 101 must name it."""
+        h2c = (b"GET /h2 HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+               b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
+        sw_h2c = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+        rb = self.raw_backend("raw", sw_h2c)
+        ok = self.http_backend("ok")
+        ws = self.raw_backend("ws", ws_101())
+        gw = self.http_gw({"raw": ([("r", rb.address)], {"tries": 1, "max_fails": 0}),
+                           "ok": ([("o", ok.address)], {}),
+                           "ws": ([("w", ws.address)], {})},
+                          routes=[{"name": "raw", "path": "/h2", "upstream": "raw"},
+                                  {"name": "ok", "path": "/plain", "upstream": "ok"},
+                                  {"name": "ws", "path": "/chat", "upstream": "ws"}])
+        # a host that switches to h2c anyway: 502, nothing tunnelled, no Upgrade sent
+        with gwtest.connect(gw.port, timeout=T(10)) as s:
+            s.sendall(h2c)
+            r = read_response(Reader(s))
+            self.assertIsNotNone(r)
+            self.assertEqual(r.status, 502, r)
+        fwd = rb.heads[-1].decode("latin-1").lower()
+        self.assertNotIn("\r\nupgrade:", fwd, fwd)
+        self.assertNotRegex(fwd, r"\r\nconnection:[^\r]*upgrade", fwd)
+        self.assertNotIn("http2-settings", fwd, "a field named in Connection is hop-by-hop")
+        # a host that ignores it: an ordinary answer on a connection that stays HTTP
+        with gwtest.connect(gw.port, timeout=T(10)) as s:
+            s.sendall(h2c.replace(b"/h2", b"/plain"))
+            rd = Reader(s)
+            r = read_response(rd)
+            self.assertIsNotNone(r)
+            self.assertEqual(r.status, 200, r)
+            s.sendall(b"GET /plain/2 HTTP/1.1\r\nHost: ws.test\r\n\r\n")
+            self.assertEqual(read_response(rd).status, 200, "the connection stays HTTP")
+        # of "h2c, websocket" only websocket is asked for; the tunnel works
+        with gwtest.connect(gw.port, timeout=T(10)) as s:
+            s.sendall(upgrade_request().replace(b"Upgrade: websocket", b"Upgrade: h2c, websocket"))
+            rd = Reader(s)
+            start, _ = parse_head(rd.read_head())
+            self.assertTrue(start.startswith("HTTP/1.1 101 "), start)
+            s.sendall(b"ping")
+            self.assertEqual(rd.read_exact(4), b"ping")
+        self.assertRegex(ws.heads[-1].decode("latin-1"), r"\r\nUpgrade: websocket\r\n")
+        # and a 101 naming another protocol than the websocket asked for is a 502
+        with gwtest.connect(gw.port, timeout=T(10)) as s:
+            s.sendall(upgrade_request(target="/h2"))
+            r = read_response(Reader(s))
+            self.assertIsNotNone(r)
+            self.assertEqual(r.status, 502, r)
+        self.assertEqual(sum_http(gw.status(), "tunnels"), 1)
+
     def test_101_without_upgrade_field_is_502(self):
         """A 101 that names no protocol (no Upgrade field) breaks RFC 9110
         15.2.2 ("The server MUST generate an Upgrade header field"): an invalid
