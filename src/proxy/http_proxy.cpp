@@ -1070,6 +1070,12 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   c.in.head = c.body_start;  // the head's bytes are no longer needed
   pump_request_body(c);
   if (c.state != CState::busy) return;
+  if (c.c_eof && !c.req_body_done) {
+    // A request pipelined before the client's FIN whose body is cut short by
+    // it: the rest can never come, so it is not sent anywhere.
+    close_conn(c);
+    return;
+  }
   connect_next(c);
 }
 
@@ -1479,7 +1485,11 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
       upstream_failed(c, kFailStatus, EPROTO);
       return;
     }
-    if (h.status == 101 && !(c.upgrade && h.websocket)) {
+    // An answer before the whole request head went out (a host that answers
+    // early while gw's send was blocked): the connection carries half a head,
+    // so it cannot carry another request, nor a tunnel.
+    const bool head_unsent = c.rq.size() > 0;
+    if (h.status == 101 && (!(c.upgrade && h.websocket) || head_unsent)) {
       // A 101 needs an upgrade asked for, and an Upgrade field naming the
       // protocol switched to (RFC 9110 15.2.2): the one gw asked for,
       // websocket (a host MUST NOT switch to another, 7.8).
@@ -1491,7 +1501,7 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     c.up_status = h.status;
     c.status_sent = h.status;
     c.up_ms = static_cast<int64_t>(env_.now_ms - c.up_start_ms);
-    c.up_keep = h.keep_alive && h.body != http::BodyKind::until_close;
+    c.up_keep = h.keep_alive && h.body != http::BodyKind::until_close && !head_unsent;
     c.resp_body.reset(h);
     c.dechunk = h.body == http::BodyKind::chunked && c.http10;
     // Connection is hop-by-hop: a host that closes after a length-delimited
@@ -1536,7 +1546,7 @@ bool HttpProxy::build_response_head(Conn& c, const http::Head& h) noexcept {
   // A recipient with a clock adds the Date a host left out (RFC 9110 6.6.1).
   if (!has_date) w.field("Date", http_date());
   if (h.status == 101) {
-    w.field("Connection", "upgrade").field("Upgrade", h.upgrade_protocols);
+    w.field("Connection", "upgrade").field("Upgrade", "websocket");  // the one protocol asked for (and checked)
   } else {
     // The body goes as it came, so do its transfer codings: chunked (unless
     // de-chunked for HTTP/1.0), and codings without chunked last (gzip, ...,

@@ -1574,6 +1574,22 @@ class FlowTest(HttpCase):
             self.assertIn("close", r.conn_tokens(), r.headers)
             self.assertTrue(c.eof_within(T(3)), "the connection must close after the last response")
 
+    def test_half_close_cuts_a_pipelined_body(self):
+        """A request pipelined before the FIN whose body the FIN cuts short can
+        never be whole: it is not sent upstream, and gw closes at once after
+        answering the requests before it."""
+        a = self.hb("alpha", delay_head=0.3)
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        with Client(gw.port) as c:
+            c.send(raw_request("GET", "/a") +
+                   raw_request("POST", "/b", [("Host", "t"), ("Content-Length", "10")], b"abc"))
+            c.s.shutdown(socket.SHUT_WR)
+            r = c.response()
+            self.assertIsNotNone(r, "no answer to the request before the cut one")
+            self.assertEqual(self.assertBackend(r, "alpha")["target"], "/a")
+            self.assertTrue(c.eof_within(T(3)), "gw must close: the cut request can never be whole")
+        self.assertEqual(a.requests, 1, "the cut request went upstream")
+
     def test_half_close_behind_request_sent_while_busy(self):
         """The next request and the FIN arrive while gw waits for the previous
         answer: that request is answered (and not left until keepalive_timeout)."""

@@ -729,12 +729,16 @@ class WebSocketTest(GwTestCase):
         rb = self.raw_backend("raw", sw_h2c)
         ok = self.http_backend("ok")
         ws = self.raw_backend("ws", ws_101())
+        # a 101 with two Upgrade lines, websocket on the second: the client is told websocket
+        ws2 = self.raw_backend("ws2", ws_101().replace(b"Upgrade: websocket\r\n", b"Upgrade: foo\r\nUpgrade: websocket\r\n"))
         gw = self.http_gw({"raw": ([("r", rb.address)], {"tries": 1, "max_fails": 0}),
                            "ok": ([("o", ok.address)], {}),
-                           "ws": ([("w", ws.address)], {})},
+                           "ws": ([("w", ws.address)], {}),
+                           "ws2": ([("w2", ws2.address)], {})},
                           routes=[{"name": "raw", "path": "/h2", "upstream": "raw"},
                                   {"name": "ok", "path": "/plain", "upstream": "ok"},
-                                  {"name": "ws", "path": "/chat", "upstream": "ws"}])
+                                  {"name": "ws", "path": "/chat", "upstream": "ws"},
+                                  {"name": "ws2", "path": "/two", "upstream": "ws2"}])
         # a host that switches to h2c anyway: 502, nothing tunnelled, no Upgrade sent
         with gwtest.connect(gw.port, timeout=T(10)) as s:
             s.sendall(h2c)
@@ -763,13 +767,18 @@ class WebSocketTest(GwTestCase):
             s.sendall(b"ping")
             self.assertEqual(rd.read_exact(4), b"ping")
         self.assertRegex(ws.heads[-1].decode("latin-1"), r"\r\nUpgrade: websocket\r\n")
+        with gwtest.connect(gw.port, timeout=T(10)) as s:
+            s.sendall(upgrade_request(target="/two"))
+            start, headers = parse_head(Reader(s).read_head())
+            self.assertTrue(start.startswith("HTTP/1.1 101 "), start)
+            self.assertEqual(hget(headers, "Upgrade"), "websocket", headers)
         # and a 101 naming another protocol than the websocket asked for is a 502
         with gwtest.connect(gw.port, timeout=T(10)) as s:
             s.sendall(upgrade_request(target="/h2"))
             r = read_response(Reader(s))
             self.assertIsNotNone(r)
             self.assertEqual(r.status, 502, r)
-        self.assertEqual(sum_http(gw.status(), "tunnels"), 1)
+        self.assertEqual(sum_http(gw.status(), "tunnels"), 2)
 
     def test_101_without_upgrade_field_is_502(self):
         """A 101 that names no protocol (no Upgrade field) breaks RFC 9110
