@@ -13,11 +13,12 @@ namespace {
 enum : uint8_t {
   kTchar = 1,
   kValue = 2,   // field value / reason phrase: VCHAR, obs-text, SP, HTAB
-  kTarget = 4,  // request-target: VCHAR, obs-text
+  kTarget = 4,  // request-target: VCHAR except '#', obs-text
   kHex = 8,
   kDigit = 16,
   kHostChar = 32,  // unreserved / sub-delims
   kQdtext = 64,    // quoted-string text
+  kVchar = 128,    // VCHAR, obs-text (the second octet of a quoted-pair)
 };
 
 constexpr bool in_set(const char* s, int c) {
@@ -36,7 +37,11 @@ constexpr std::array<uint8_t, 256> make_classes() {
     uint8_t v = 0;
     if (alpha || digit || in_set("!#$%&'*+-.^_`|~", c)) v |= kTchar;
     if (vchar || obs_text || c == ' ' || c == '\t') v |= kValue;
-    if (vchar || obs_text) v |= kTarget;
+    // A fragment is the client's own (RFC 9110 4.2.5): never part of a
+    // request-target (RFC 9112 3.2). A '#' is refused, as HAProxy does, rather
+    // than forwarded to a host that may read the path differently.
+    if ((vchar || obs_text) && c != '#') v |= kTarget;
+    if (vchar || obs_text) v |= kVchar;
     if (digit || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')) v |= kHex;
     if (digit) v |= kDigit;
     if (alpha || digit || in_set("-._~!$&'()*+,;=", c)) v |= kHostChar;
@@ -90,7 +95,7 @@ size_t skip_quoted(std::string_view v, size_t i) noexcept {
     if (c == '\\') {
       if (++i == v.size()) return std::string_view::npos;
       const char e = v[i];
-      if (!(ows(e) || is(e, kTarget))) return std::string_view::npos;
+      if (!(ows(e) || is(e, kVchar))) return std::string_view::npos;
     } else if (!is(c, kQdtext)) {
       return std::string_view::npos;
     }
@@ -970,7 +975,7 @@ BodyStep BodyDecoder::chunked(std::string_view in) noexcept {
         else if (!is(c, kQdtext)) return bad(c, Error::bad_chunk_extension);
         break;
       case State::ext_quoted_pair:  // quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text )
-        if (!(ows(c) || is(c, kTarget))) return bad(c, Error::bad_chunk_extension);
+        if (!(ows(c) || is(c, kVchar))) return bad(c, Error::bad_chunk_extension);
         next = State::ext_quoted;
         break;
       case State::ext_after_quote:

@@ -47,6 +47,8 @@ constexpr uint8_t kFailError = 1;    // connect error, reset, close before the r
 constexpr uint8_t kFailTimeout = 2;  // connect, send or read timeout
 constexpr uint8_t kFailInvalid = 3;  // an invalid response head
 constexpr uint8_t kFailStatus = 4;   // a status listed in retry.on
+// A valid answer gw cannot pass to this client (not the host's failure, not retried).
+constexpr uint8_t kFailUnsendable = 5;
 
 const char* reason_phrase(int status) noexcept {
   switch (status) {
@@ -195,6 +197,15 @@ void write_transfer_codings(Writer& w, const http::Head& h) noexcept {
     }
   }
   if (!first) w.add("\r\n");
+}
+
+/// Whether `h` has a Transfer-Encoding field that names a coding (the parser
+/// accepts an empty one on a response read until the close).
+bool has_transfer_coding(const http::Head& h) noexcept {
+  for (const http::Field& f : h.fields)
+    if (f.id == http::FieldId::transfer_encoding && f.value.find_first_not_of(" \t,") != std::string_view::npos)
+      return true;
+  return false;
 }
 
 /// Whether `buf[from, to)` holds the end of a head: LF followed by CRLF or LF
@@ -1496,6 +1507,19 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
       upstream_failed(c, kFailInvalid, EPROTO);
       return;
     }
+    if (c.http10 && h.body == http::BodyKind::until_close && has_transfer_coding(h)) {
+      // A coding other than chunked (gzip, ...) delimited by the close: an
+      // HTTP/1.0 client cannot be told of it (no Transfer-Encoding to HTTP/1.0,
+      // RFC 9112 6.1) and gw does not undo it, so the client would get coded
+      // bytes it takes for the content. 502, as nginx answers every such coding.
+      if (env_.now_ms - last_error_log_ms_ >= 1000) {
+        last_error_log_ms_ = env_.now_ms;
+        GW_LOG_WARN("host slot {} answered an HTTP/1.0 client with a transfer coding gw cannot pass on: 502",
+                    u.host_slot);
+      }
+      upstream_failed(c, kFailUnsendable, EPROTO);
+      return;
+    }
     c.resp_started = true;
     release(c.rq);  // no retry from here on
     c.up_status = h.status;
@@ -1612,7 +1636,7 @@ void HttpProxy::upstream_failed(Conn& c, uint8_t kind, int err) noexcept {
   // A kept-alive connection that the host closed as it was reused is the
   // known keep-alive race, not a failure of the host (nginx does the same).
   const bool stale = u.reused && kind == kFailError && c.rs.tail == 0;
-  if (!stale && (kind != kFailError || peer_error(err) || err == 0))
+  if (!stale && kind != kFailUnsendable && (kind != kFailError || peer_error(err) || err == 0))
     record_connect_failure(env_, ui, u.host_slot, u.host_tag, u.host_weight, err ? err : ECONNRESET);
   close_up(u);
   c.up = kNone;
@@ -1634,6 +1658,7 @@ void HttpProxy::upstream_failed(Conn& c, uint8_t kind, int err) noexcept {
       case kFailError: allowed = uc->retry.on_error; break;
       case kFailTimeout: allowed = uc->retry.on_timeout; break;
       case kFailInvalid: allowed = uc->retry.on_invalid; break;
+      case kFailUnsendable: allowed = false; break;
       default: break;  // kFailStatus: checked by the caller
     }
   }

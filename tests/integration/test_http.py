@@ -396,6 +396,39 @@ class BasicProxyTest(HttpCase):
             self.assertIn(b"\r\nConnection: close\r\n", head, head)
             self.assertEqual(c.rd.read_to_eof(), hb.pattern_bytes(5000))
 
+    def test_transfer_coding_to_http10_client_is_502(self):
+        """An HTTP/1.0 client cannot be sent Transfer-Encoding (RFC 9112 6.1) and gw
+        does not undo gzip, so such an answer becomes a 502 rather than coded bytes the
+        client would take as content; the host, whose answer was valid, is not blamed,
+        and an HTTP/1.1 client of the same host still gets the coded answer."""
+        a = self.hb("alpha", framing="close", body_size=500, headers=[("Transfer-Encoding", "gzip")])
+        gw = self.http_gw([pool("p", [host("a", a)])], upstream_opts={"max_fails": 1})
+        with Client(gw.port) as c:
+            c.send(raw_request("GET", "/gz10", version="HTTP/1.0"))
+            head = c.rd.read_head()
+            self.assertIsNotNone(head)
+            self.assertTrue(head.startswith(b"HTTP/1.1 502 "), head)
+            self.assertNotIn(b"Transfer-Encoding", head, head)
+        self.assertEqual(gwtest.find_host(gw.status(), "app/p/a")["failures"], 0, "the host was blamed")
+        with Client(gw.port) as c:
+            c.send(raw_request("GET", "/gz11"))
+            head = c.rd.read_head()
+            self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+            self.assertIn(b"\r\nTransfer-Encoding: gzip\r\n", head, head)
+            self.assertEqual(c.rd.read_to_eof(), hb.pattern_bytes(500))
+
+    def test_fragment_in_target_is_400(self):
+        """A '#' never belongs in a request-target (RFC 9112 3.2): 400, nothing forwarded."""
+        a = self.hb("alpha")
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        for target in ("/a#f", "/a?x=1#/../admin", "http://test/x#y"):
+            with Client(gw.port) as c:
+                c.send(raw_request("GET", target))
+                head = c.rd.read_head()
+                self.assertIsNotNone(head, target)
+                self.assertTrue(head.startswith(b"HTTP/1.1 400 "), (target, head))
+        self.assertEqual(a.requests, 0, "forwarded")
+
     def test_response_until_close_without_codings(self):
         """A response with neither Content-Length nor Transfer-Encoding is read
         until the close and forwarded with Connection: close, and no

@@ -574,7 +574,7 @@ TEST_SUITE("http/parser") {
     };
     for (const char* ok : {"chunked", "Chunked", "CHUNKED", "gzip, chunked", "gzip;level=9 , chunked",
                            "x-gzip,deflate,compress,x-compress,chunked", ", chunked", "chunked ,", "\tchunked\t",
-                           "gzip ; q=\"a \\\" b\", chunked"}) {
+                           "gzip ; q=\"a \\\" b\", chunked", "gzip;q=\"\\#\",chunked"}) {
       CAPTURE(ok);
       CHECK(check_ok(te(ok)).body == BodyKind::chunked);
     }
@@ -685,6 +685,9 @@ TEST_SUITE("http/parser") {
                    Error::bad_target, 400);
     check_rejected(req("Host: a", "GET /a\x7f HTTP/1.1"), Error::bad_target, 400);
     check_rejected(req("Host: a", "GET a HTTP/1.1"), Error::bad_target, 400);
+    check_rejected(req("Host: a", "GET /a#f HTTP/1.1"), Error::bad_target, 400);  // a fragment
+    check_rejected(req("Host: a", "GET /a?q=1# HTTP/1.1"), Error::bad_target, 400);
+    check_rejected(req("Host: a", "GET http://a/x#f HTTP/1.1"), Error::bad_target, 400);
     check_rejected(req("Host: a", "GET 1http://a/ HTTP/1.1"), Error::bad_target, 400);
     // absolute-form: the authority replaces Host, so it must be a host[:port] with a host
     check_rejected(req("Host: a", "GET http:foo HTTP/1.1"), Error::bad_target, 400);
@@ -951,7 +954,7 @@ TEST_SUITE("http/parser") {
     std::string enc;
     enc += chunk(body.substr(0, 1));
     enc += chunk(body.substr(1, 16), ";name=value");
-    enc += chunk(body.substr(17, 100), " ; a ; b = \"q\\\"uo;ted\" ;c=d");
+    enc += chunk(body.substr(17, 100), " ; a ; b = \"q\\\"uo;ted\\#\" ;c=d");  // any VCHAR may be quoted, '#' too
     enc += chunk(body.substr(117, 200), ";x=\"\t \x80\xff\"");
     enc += "00000" + chunk(body.substr(317));  // leading zeros in the size
     enc += "0;last=1\r\nX-Checksum: abc\r\nX-Empty:\r\nX-Tab:\tv\t\r\n\r\n";
