@@ -245,19 +245,26 @@ shm::Segment prepare_segment(const config::Config& cfg, pid_t upgrade_from) {
                                            ec ? ec.message() : std::strerror(errno)));
   }
 
-  shm::State state;
-  bool have_state = !cfg.state_file.empty() && shm::read_state_file(cfg.state_file, state);
-
   // The runtime source: whichever of segment and state file is newer. A state
-  // file newer than the segment means a writer died between persisting and
-  // publishing, or the segment is gone; either way the file holds the truth.
-  uint64_t seg_gen = seg_table ? seg_table->header().generation : 0;
+  // file newer than the segment means the segment is gone (a reboot) or was
+  // made again, so the file holds the truth. (A file that a writer stopped
+  // before its publish left ahead of a live segment is put back by the next
+  // writer, Writer::repair, before this runs under the lock below.)
   enum class Source { config, segment, file } source = Source::config;
-  if (seg_table && seg_gen > 0 && seg_gen >= state.generation) source = Source::segment;
-  else if (have_state) source = Source::file;
-  shm::State src = source == Source::segment ? shm::state_from_table(*seg_table) : state;
-
-  shm::Table merged = merge_runtime(cfg, source == Source::config ? nullptr : &src);
+  auto plan = [&](const shm::Table* live, const shm::State* file_state) {
+    const uint64_t seg_gen = live ? live->header().generation : 0;
+    source = Source::config;
+    if (live && seg_gen > 0 && seg_gen >= (file_state ? file_state->generation : 0)) source = Source::segment;
+    else if (file_state) source = Source::file;
+    const shm::State src = source == Source::segment ? shm::state_from_table(*live)
+                           : file_state              ? *file_state
+                                                     : shm::State{};
+    return merge_runtime(cfg, source == Source::config ? nullptr : &src);
+  };
+  shm::State state;
+  const bool have_state = !cfg.state_file.empty() && shm::read_state_file(cfg.state_file, state);
+  uint64_t base_gen = std::max(seg_table ? seg_table->header().generation : 0, state.generation);
+  shm::Table merged = plan(seg_table.get(), have_state ? &state : nullptr);
 
   // The stats matrices have a row per worker, twice over: a reload starts a new
   // generation while the old one drains, each in rows of its own. A segment
@@ -273,10 +280,6 @@ shm::Segment prepare_segment(const config::Config& cfg, pid_t upgrade_from) {
     shm::Segment::unlink(name);
   }
   if (!reuse) seg = shm::Segment::create(name, cfg.shm.caps, stat_workers);
-
-  // Hosts keep their runtime slots (counters, health) only when the segment
-  // itself is the source; otherwise they get fresh slots.
-  if (reuse && source == Source::segment) keep_runtime_slots(merged, *seg_table);
 
   auto& hdr = seg.header();
   std::memset(hdr.state_file, 0, sizeof(hdr.state_file));
@@ -300,12 +303,23 @@ shm::Segment prepare_segment(const config::Config& cfg, pid_t upgrade_from) {
   publish_listeners(hdr, cfg);
   reset_cluster_state(hdr, cfg);
 
-  const char* what = source == Source::segment ? "the shm segment"
-                     : source == Source::file  ? "the state file"
-                                               : "the config";
-  const uint64_t base_gen = std::max(seg_gen, state.generation);
+  const char* what = "the config";
   shm::Writer writer(seg);
   uint64_t gen = writer.commit([&](shm::Table& t, std::vector<std::string>& events) {
+    if (reuse) {
+      // Decided again from what is live now that the lock is ours: during a
+      // binary upgrade the old master, its admin API and gwctl commit until
+      // this moment, and a change made after the reads above must not be
+      // copied over (nor its state file).
+      shm::State now{};
+      const bool have_now = !cfg.state_file.empty() && shm::read_state_file(cfg.state_file, now);
+      merged = plan(&t, have_now ? &now : nullptr);
+      base_gen = std::max(t.header().generation, now.generation);
+      // Hosts keep their runtime slots (counters, health) only when the
+      // segment itself is the source; otherwise they get fresh slots.
+      if (source == Source::segment) keep_runtime_slots(merged, t);
+    }
+    what = source == Source::segment ? "the shm segment" : source == Source::file ? "the state file" : "the config";
     uint32_t next_tag = std::max(t.header().next_tag, 1u);
     std::memcpy(t.words(), merged.words(), t.bytes());
     t.header().generation = base_gen;

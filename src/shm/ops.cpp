@@ -2,8 +2,6 @@
 
 #include <fmt/format.h>
 
-#include <memory>
-
 #include "gw/shm/writer.hpp"
 
 namespace gw::shm::ops {
@@ -97,29 +95,29 @@ Result remove_host(const Segment& seg, const std::string& u, const std::string& 
 Result set_host_down(const Segment& seg, const std::string& u, const std::string& p, const std::string& id, bool down,
                      std::string_view origin) {
   check_not_clustered(seg);
-  {
-    auto t = std::make_unique<Table>(seg.caps());
-    read_published(seg, *t);
-    int h = find_host(*t, u, p, id);
-    if ((t->hosts()[static_cast<size_t>(h)].admin_down != 0) == down) {
-      Result r;
-      r.generation = t->header().generation;
-      r.what = fmt::format("host {}/{}/{} is already {}", u, p, id, down ? "down" : "up");
-      r.changed = false;
-      return r;
-    }
-  }
   const char* verb = down ? "down" : "up";
-  std::string what = fmt::format("{} host {}/{}/{}", verb, u, p, id);
-  return commit(
+  bool already = false;
+  // "Already down" is decided under the writer lock like a change, after the
+  // repair of anything a stopped writer left: an answer of 0 is as durable as
+  // a commit (a state file a killed writer left "down" is put back first).
+  Result r = commit(
       seg,
       [&](Table& t, std::vector<std::string>& ev) {
         auto& rec = t.hosts()[static_cast<size_t>(find_host(t, u, p, id))];
+        if ((rec.admin_down != 0) == down) {
+          already = true;
+          throw Writer::Unchanged{};
+        }
         rec.admin_down = down ? 1 : 0;
         ev.push_back(
             fmt::format("host_{} {}/{}/{} {} (admin: {} {})", verb, u, p, id, rec.addr.to_string(), origin, verb));
       },
-      what);
+      fmt::format("{} host {}/{}/{}", verb, u, p, id));
+  if (already) {
+    r.what = fmt::format("host {}/{}/{} is already {}", u, p, id, verb);
+    r.changed = false;
+  }
+  return r;
 }
 
 Result add_pool(const Segment& seg, const std::string& u, const std::string& p, int32_t priority, Method method) {

@@ -1,6 +1,7 @@
 #include "gw/shm/state_file.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -146,12 +147,30 @@ void write_state_file(const std::string& path, const std::string& json) {
     if (::fsync(fd.get()) != 0) fail("fsync");
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) fail("rename");
+  // The rename is durable only once the directory is: until then a crash may
+  // bring back the previous file. A failure here is the commit's failure (its
+  // writer publishes nothing; the next one rewrites the file from the live
+  // table, see Writer::repair).
   core::UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dfd) ::fsync(dfd.get());
+  if (!dfd) fail("open of its directory");
+  if (::fsync(dfd.get()) != 0) fail("fsync of its directory");
 }
 
 bool read_state_file(const std::string& path, State& out) {
-  if (::access(path.c_str(), F_OK) != 0) return false;
+  // Only a file that is not there means "no state yet". Anything else (EACCES,
+  // EIO, a symlink: gw replaces the file by rename, which would replace the
+  // link, and a dangling one may be a volume not mounted yet) stops gwd:
+  // starting from the config would overwrite every persisted change.
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return false;
+    throw std::runtime_error(fmt::format("state file {}: {}", path, std::strerror(errno)));
+  }
+  if (S_ISLNK(st.st_mode))
+    throw std::runtime_error(fmt::format(
+        "state file {} is a symbolic link; gw replaces the file by rename, so point state_file at the file itself",
+        path));
+  if (!S_ISREG(st.st_mode)) throw std::runtime_error(fmt::format("state file {}: not a regular file", path));
   simdjson::dom::parser parser;
   simdjson::dom::element root;
   auto bad = [&](const std::string& why) { return std::runtime_error(fmt::format("state file {}: {}", path, why)); };

@@ -34,8 +34,10 @@ class WriterLock {
     int rc = ::pthread_mutex_timedlock(&m_, &deadline);
     if (rc == EOWNERDEAD) {
       // The previous writer died holding the lock. It published nothing that
-      // was not complete (see the commit order), so the table is consistent.
+      // was not complete (see the commit order), so the table is consistent;
+      // what else it left is repaired by the caller (owner_died()).
       ::pthread_mutex_consistent(&m_);
+      owner_died_ = true;
       GW_LOG_WARN("a previous writer died while holding the shm writer lock; recovered it");
     } else if (rc == ETIMEDOUT) {
       throw SegmentError("another writer has held the shm writer lock for 10 s; is a gwctl stopped (SIGSTOP)?");
@@ -46,14 +48,16 @@ class WriterLock {
   ~WriterLock() { ::pthread_mutex_unlock(&m_); }
   WriterLock(const WriterLock&) = delete;
   WriterLock& operator=(const WriterLock&) = delete;
+  bool owner_died() const noexcept { return owner_died_; }
 
  private:
   pthread_mutex_t& m_;
+  bool owner_died_ = false;
 };
 
 }  // namespace
 
-void Writer::assign_slots(const Table& old, Table& t, uint64_t now_ms) {
+void Writer::assign_slots(const Table& old, Table& t, uint64_t now_ms, std::vector<SlotReset>& resets) {
   const uint32_t cap = seg_->caps().max_hosts;
   std::vector<uint8_t> used(cap, 0);
   for (const auto& h : t.hosts())
@@ -85,7 +89,9 @@ void Writer::assign_slots(const Table& old, Table& t, uint64_t now_ms) {
     h.slot = static_cast<uint32_t>(best);
     h.tag = tag;
     used[h.slot] = 1;
-    reset_slot(seg_->host(h.slot), tag);
+    // The slot may still be a live host's (one this change removes): its
+    // runtime is reset only once this commit cannot fail any more.
+    resets.push_back({h.slot, tag});
   }
   // Hosts an admin `up` brings back start their slow start now.
   std::vector<uint32_t> was_down(cap, 0);  // slot → tag of a host that was admin-down
@@ -117,6 +123,24 @@ void Writer::assign_slots(const Table& old, Table& t, uint64_t now_ms) {
       seg_->host(h.slot).freed_ms.store(now_ms ? now_ms : 1, std::memory_order_relaxed);
 }
 
+void Writer::repair(const Table& live) {
+  SegmentHeader& hdr = seg_->header();
+  // Nothing ever published (generation 0: a fresh segment whose first commit,
+  // the master's, stopped): the state file is the only record; keep it.
+  if (live.header().generation == 0) return;
+  GW_LOG_WARN(
+      "a writer stopped in the middle of a commit (it was persisting generation {}); the state file and "
+      "runtime slots are put back in step with the live generation {}",
+      hdr.persisting.load(), live.header().generation);
+  if (persist_ && hdr.state_file[0] != '\0') write_state_file(hdr.state_file, state_to_json(live));
+  // Slots it gave to new hosts before it stopped belong to live hosts again.
+  for (const auto& h : live.hosts()) {
+    if (h.tag == 0 || h.slot >= seg_->caps().max_hosts) continue;
+    if (seg_->host(h.slot).tag.load(std::memory_order_relaxed) != h.tag) reset_slot(seg_->host(h.slot), h.tag);
+  }
+  hdr.persisting.store(live.header().generation);
+}
+
 uint64_t Writer::commit(const Change& change) {
   SegmentHeader& hdr = seg_->header();
   WriterLock lock(hdr.writer_lock);
@@ -133,20 +157,32 @@ uint64_t Writer::commit(const Change& change) {
         fmt::format("the published table is inconsistent ({}); restart gwd to rebuild it from the state "
                     "file and the config",
                     refused));
+  // A writer that stopped between its state file and its publish (killed,
+  // or its directory fsync failed) left a state file ahead of the live table.
+  if (lock.owner_died() || hdr.persisting.load() > old.header().generation) repair(old);
   Table t(caps);
   std::memcpy(t.words(), old.words(), t.bytes());
 
   std::vector<std::string> events;
-  change(t, events);
+  try {
+    change(t, events);
+  } catch (const Unchanged&) {
+    return old.header().generation;
+  }
 
   const uint64_t now = core::monotonic_ms();
-  assign_slots(old, t, now);
+  std::vector<SlotReset> resets;
+  assign_slots(old, t, now, resets);
   // A change may raise the base (the master restoring a newer state file into
   // a fresh segment); generations never go back.
   t.header().generation = std::max(old.header().generation, t.header().generation) + 1;
   t.header().updated_wall_ms = core::wall_ms();
 
-  if (persist_ && hdr.state_file[0] != '\0') write_state_file(hdr.state_file, state_to_json(t));
+  if (persist_ && hdr.state_file[0] != '\0') {
+    hdr.persisting.store(t.header().generation);
+    write_state_file(hdr.state_file, state_to_json(t));
+  }
+  for (const SlotReset& r : resets) reset_slot(seg_->host(r.slot), r.tag);
 
   const int target = static_cast<int>((pub & 1) ^ 1);
   SlotHeader& slot = seg_->slot(target);

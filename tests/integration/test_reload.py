@@ -384,6 +384,57 @@ class ReloadTest(GwTestCase):
         self.assertFalse(gwtest.wait_pids_gone({new_master} | new_workers, T(15)), "the new master did not stop")
         self.assertFalse(gwtest.port_listening(gw.port))
 
+    def test_binary_upgrades_lose_no_gwctl_change(self):
+        """gwctl keeps adding hosts while the master is upgraded (SIGUSR2) three
+        times over: every add that returned 0 is live afterwards and in the state
+        file. (The new master once merged a table it read before taking the writer
+        lock, and copied it over the changes the old master's writers made in
+        between: some acknowledged adds were lost in every upgrade.)"""
+        n = self.backend("n", "name")
+        cfg = self.config(n)
+        cfg["shm"]["max_hosts"] = 2048
+        gw = self.gateway(cfg)
+        acked, failed = [], []
+        stop = threading.Event()
+
+        def adder():
+            i = 0
+            while not stop.is_set():
+                i += 1
+                rc, _, err = gw.gwctl("add", "host", "app/primary", f"h{i}", f"{LO}:{20000 + i % 1000}")
+                (acked if rc == 0 else failed).append((f"h{i}", err.strip()))
+        t = threading.Thread(target=adder, daemon=True)
+        t.start()
+        self.addCleanup(stop.set)
+        master = gw.pid
+        for _ in range(3):
+            wait_until(lambda: len(acked) >= 5, T(10), msg="gwctl adds going on")
+            before = len(acked)
+            os.kill(master, signal.SIGUSR2)
+            new_master = wait_until(lambda: gw.status().get("master_pid") not in (master, None, 0)
+                                    and gw.status()["master_pid"], T(15), msg="a new master in status")
+            gw.remember([new_master])
+            self.assertFalse(gwtest.wait_pids_gone({master}, T(20)), "the old master did not exit")
+            gw.remember(gwtest.children(new_master))
+            master = new_master
+            wait_until(lambda: len(acked) >= before + 5, T(10), msg="gwctl adds going on after the upgrade")
+        stop.set()
+        t.join(T(15))
+        sys.stderr.write(f"[{len(acked)} adds acknowledged, {len(failed)} refused] ")
+        st = gw.status()
+        live = {h["id"] for u in st["upstreams"] for p in u["pools"] for h in p["hosts"]}
+        with open(cfg["state_file"]) as f:
+            saved = json.load(f)
+        persisted = {h["id"] for u in saved["upstreams"] for p in u["pools"] for h in p["hosts"]}
+        ids = [h for h, _ in acked]
+        self.assertEqual([h for h in ids if h not in live], [], "acknowledged adds missing from the live table")
+        self.assertEqual([h for h in ids if h not in persisted], [], "acknowledged adds missing from the state file")
+        # a refusal is only ever "the master is changing" (the upgrade's window), never a lost write
+        for h, err in failed:
+            self.assertNotIn(h, live | persisted, f"refused add {h} was applied: {err}")
+        os.kill(master, signal.SIGTERM)
+        self.assertFalse(gwtest.wait_pids_gone({master} | gwtest.children(master), T(15)), "the last master did not stop")
+
     def test_binary_upgrade_that_fails_keeps_the_old_master(self):
         n = self.backend("n", "name")
         cfg = self.config(n)

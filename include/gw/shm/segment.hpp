@@ -125,6 +125,12 @@ struct SegmentHeader {
   std::atomic<int32_t> master_pid;              ///< running gwd master; 0 when stopped
   std::atomic<uint32_t> workers;                ///< worker slots the master runs (0..workers-1)
   std::atomic<uint64_t> master_started_ms;      ///< wall clock of the master's start
+  /// The generation a writer is persisting (set before its state file is
+  /// written, under the writer lock). Above the published generation, a writer
+  /// stopped between its state file and its publish: the next writer puts the
+  /// file (and the runtime slots) back in step with the live table. It sits in
+  /// what was padding, so segments of earlier builds read 0 here: none.
+  std::atomic<uint64_t> persisting;
 
   alignas(64) std::atomic<uint64_t> event_head;  ///< next event sequence number to claim
 

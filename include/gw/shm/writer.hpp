@@ -4,14 +4,22 @@
 //
 //   lock (robust mutex; a dead holder's lock is recovered)
 //   copy the live table into private memory, apply the change, validate
+//   repair what a stopped writer left (below)
 //   assign runtime slots to new hosts, bump the generation
-//   write the state file (atomic rename)          ─ fails → nothing published
+//   persisting = gen; write the state file (atomic rename)  ─ fails → nothing published
+//   give new hosts their runtime slots
 //   write the inactive slot under its seqlock
 //   published.store(gen << 1 | slot, release)     ─ the change is live here
 //   emit events, unlock
 //
 // A writer SIGKILLed at any point before the publishing store has published
 // nothing; readers keep the last committed table and the next writer proceeds.
+// It may have renamed its state file into place, and given slots of hosts that
+// are still live to its new hosts: the next writer (which sees the lock's owner
+// died, or `persisting` above the published generation) rewrites the state file
+// from the live table and gives those hosts their slots back before anything
+// else, so a change that was never live never comes back at a restart, and no
+// live host loses its health tracking.
 
 #include <functional>
 #include <string>
@@ -35,6 +43,12 @@ class Writer {
   /// line per logical change to `events`. Throws TableError to refuse.
   using Change = std::function<void(Table& t, std::vector<std::string>& events)>;
 
+  /// Thrown by a Change that finds nothing to do (a host already down): the
+  /// commit publishes nothing and returns the published generation. The check
+  /// runs under the lock, after any repair, so its answer is as durable as a
+  /// commit's.
+  struct Unchanged {};
+
   /// Applies `change` atomically. Returns the new generation. Throws TableError
   /// (the change is invalid), SegmentError (lock), or std::runtime_error (state
   /// file); in every case nothing was published.
@@ -44,7 +58,15 @@ class Writer {
   void set_persist(bool on) noexcept { persist_ = on; }
 
  private:
-  void assign_slots(const Table& old, Table& t, uint64_t now_ms);
+  struct SlotReset {
+    uint32_t slot, tag;
+  };
+  /// Gives new hosts of `t` their slots (and tags); the slots' runtime is reset
+  /// later, through `resets`, once the state file is written.
+  void assign_slots(const Table& old, Table& t, uint64_t now_ms, std::vector<SlotReset>& resets);
+  /// After a writer stopped mid-commit: the state file and runtime slots back
+  /// in step with the published table `live`.
+  void repair(const Table& live);
 
   const Segment* seg_;
   bool persist_ = true;

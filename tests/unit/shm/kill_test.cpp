@@ -9,6 +9,9 @@
 #include <random>
 
 #include "../test_util.hpp"
+#include "gw/shm/ops.hpp"
+#include "gw/shm/runtime.hpp"
+#include "gw/shm/state_file.hpp"
 #include "gw/shm/writer.hpp"
 #include "torn_check.hpp"
 
@@ -68,6 +71,84 @@ TEST_SUITE("shm") {
     read_published(ts.seg, t);
     CHECK(t.header().generation == 3);
     CHECK(check_table(t) == "");
+  }
+
+  TEST_CASE("a writer killed after its state file, before its publish: the next writer puts both back in step") {
+    // The commit order persists before it publishes, so a writer killed in
+    // between leaves a state file ahead of the live table, and may have given a
+    // live host's slot to its new host. Neither may outlive the next writer:
+    // an "already up" answered from the live table must not be undone by a
+    // restart that reads the file, and the live host keeps its health tracking.
+    TempSegment ts({1, 1, 1});
+    const std::string path = "/tmp/gwunit-torn-" + std::to_string(::getpid()) + ".json";
+    std::strncpy(ts.seg.header().state_file, path.c_str(), kPathCap - 1);
+    Writer w(ts.seg);
+    w.commit([](Table& t, std::vector<std::string>&) {
+      UpstreamRecord r{};
+      set_name(r.name, "app");
+      r.max_fails = 5;
+      r.fail_timeout_ms = 10000;
+      gw::core::SockAddr a;
+      std::string why;
+      REQUIRE(gw::core::parse_address("127.0.0.1:1", a, why));
+      t.add_host(t.add_pool(t.add_upstream(r), "primary", 0, Method::round_robin), "a", a, 1);
+    });
+    Table live(ts.seg.caps());
+    read_published(ts.seg, live);
+    const uint32_t slot = live.hosts()[0].slot, tag = live.hosts()[0].tag;
+    const uint64_t gen = live.header().generation;
+    HealthPolicy hp{5, 10000};
+    record_failure(ts.seg.host(slot), tag, hp, 1000);
+    REQUIRE(ts.seg.host(slot).failures.load() == 1);
+
+    int pipefd[2];
+    REQUIRE(::pipe(pipefd) == 0);
+    pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      g_ready_fd = pipefd[1];
+      gw::shm::testing::mid_write_hook = stall_mid_write;
+      Writer cw(ts.seg);
+      // "a" replaced by a host of the same id at another address, admin-down:
+      // the new host takes a's slot (the only one); the writer then stalls
+      // inside its publish, after persisting.
+      cw.commit([](Table& t, std::vector<std::string>&) {
+        gw::core::SockAddr b;
+        std::string why;
+        gw::core::parse_address("127.0.0.1:2", b, why);
+        t.remove_host(0);
+        t.add_host(0, "a", b, 1);
+        t.hosts()[0].admin_down = 1;
+      });
+      ::_exit(0);  // not reached
+    }
+    char c = 0;
+    REQUIRE(::read(pipefd[0], &c, 1) == 1);  // persisted, slot given away, publish not done
+    ::kill(child, SIGKILL);
+    ::waitpid(child, nullptr, 0);
+    ::close(pipefd[0]);
+    ::close(pipefd[1]);
+    State torn;
+    REQUIRE(read_state_file(path, torn));
+    CHECK(torn.generation == gen + 1);  // the file is ahead of the live table
+    REQUIRE(torn.upstreams.at(0).pools.at(0).hosts.size() == 1);
+    CHECK(torn.upstreams[0].pools[0].hosts[0].down);
+    CHECK(ts.seg.host(slot).tag.load() != tag);  // a's slot was given to the new host
+
+    // "up a": already up in the live table, answered under the lock after the repair.
+    const ops::Result r = ops::set_host_down(ts.seg, "app", "primary", "a", false, "test");
+    CHECK_FALSE(r.changed);
+    CHECK(r.generation == gen);
+    State s;
+    REQUIRE(read_state_file(path, s));
+    CHECK(s.generation == gen);
+    CHECK_FALSE(s.upstreams.at(0).pools.at(0).hosts.at(0).down);
+    CHECK(s.upstreams[0].pools[0].hosts[0].addr.to_string() == "127.0.0.1:1");
+    CHECK(ts.seg.host(slot).tag.load() == tag);  // a tracks its health again
+    CHECK(record_failure(ts.seg.host(slot), tag, hp, 2000) == false);
+    CHECK(ts.seg.host(slot).failures.load() == 1);
+    CHECK(ts.seg.header().persisting.load() == gen);
+    ::unlink(path.c_str());
   }
 
   TEST_CASE("writers killed at random points never leave a torn or lost committed table") {

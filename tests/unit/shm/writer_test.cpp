@@ -1,4 +1,5 @@
 #include <doctest/doctest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -119,6 +120,63 @@ TEST_SUITE("shm") {
                     std::runtime_error);
     CHECK(ts.seg.header().published.load() == before);
     ::unlink(path.c_str());
+  }
+
+  TEST_CASE("a commit that fails to persist leaves every live host's slot as it was") {
+    // The new host of a change that also removes one may take the removed
+    // host's slot; if the commit then fails, that host is still live, and its
+    // slot must still count its failures and carry its health.
+    TempSegment ts({1, 1, 1});
+    Writer w(ts.seg);
+    w.set_persist(false);
+    add_app(w);
+    Table t(ts.seg.caps());
+    read_published(ts.seg, t);
+    const uint32_t slot = t.hosts()[0].slot, tag = t.hosts()[0].tag;
+    HealthPolicy p{1, 1000};
+    CHECK(record_failure(ts.seg.host(slot), tag, p, 5000));  // down
+    w.set_persist(true);
+    std::strncpy(ts.seg.header().state_file, "/nonexistent-dir/x.json", kPathCap - 1);
+    const uint64_t before = ts.seg.header().published.load();
+    CHECK_THROWS_AS(w.commit([](Table& tt, std::vector<std::string>&) {
+      tt.remove_host(0);
+      tt.add_host(0, "b", addr(2), 1);
+    }),
+                    std::runtime_error);
+    CHECK(ts.seg.header().published.load() == before);
+    CHECK(ts.seg.host(slot).tag.load() == tag);
+    CHECK(ts.seg.host(slot).health.load() == kHealthDown);
+    CHECK(ts.seg.host(slot).failures.load() == 1);
+    // The next writer (state file fixed) repairs what the failed one left and goes on.
+    const std::string path = "/tmp/gwunit-state2-" + std::to_string(::getpid()) + ".json";
+    std::strncpy(ts.seg.header().state_file, path.c_str(), kPathCap - 1);
+    CHECK(ts.seg.header().persisting.load() > (before >> 1));
+    CHECK(w.commit([](Table& tt, std::vector<std::string>&) { tt.hosts()[0].weight = 2; }) == (before >> 1) + 1);
+    CHECK(ts.seg.host(slot).tag.load() == tag);
+    CHECK(ts.seg.host(slot).failures.load() == 1);
+    ::unlink(path.c_str());
+  }
+
+  TEST_CASE("Unchanged: a change with nothing to do publishes nothing") {
+    TempSegment ts;
+    Writer w(ts.seg);
+    w.set_persist(false);
+    add_app(w);
+    const uint64_t before = ts.seg.header().published.load();
+    CHECK(w.commit([](Table&, std::vector<std::string>&) { throw Writer::Unchanged{}; }) == (before >> 1));
+    CHECK(ts.seg.header().published.load() == before);
+  }
+
+  TEST_CASE("a state file path that is not a plain file is refused, only a missing one means none") {
+    const std::string dir = "/tmp/gwunit-sf-" + std::to_string(::getpid());
+    REQUIRE(::mkdir(dir.c_str(), 0700) == 0);
+    State s;
+    CHECK_FALSE(read_state_file(dir + "/none.json", s));
+    REQUIRE(::symlink((dir + "/gone.json").c_str(), (dir + "/dangling.json").c_str()) == 0);
+    CHECK_THROWS_WITH(read_state_file(dir + "/dangling.json", s), doctest::Contains("symbolic link"));
+    CHECK_THROWS_WITH(read_state_file(dir, s), doctest::Contains("not a regular file"));
+    ::unlink((dir + "/dangling.json").c_str());
+    ::rmdir(dir.c_str());
   }
 
   TEST_CASE("a corrupt state file is an error naming the file") {
