@@ -993,8 +993,15 @@ class Master {
       if (pid == upgrade_pid_) {
         upgrade_pid_ = 0;
         const std::string how = exit_text(status);
-        if (handed_over_) GW_LOG_INFO("the new master (pid {}) {}", pid, how);
-        else GW_LOG_ERROR("binary upgrade failed: the new master (pid {}) {}; this one goes on serving", pid, how);
+        if (handed_over_) {
+          GW_LOG_INFO("the new master (pid {}) {}", pid, how);
+        } else {
+          GW_LOG_ERROR("binary upgrade failed: the new master (pid {}) {}; this one goes on serving", pid, how);
+          // It may have claimed the segment before it failed: gwctl refuses
+          // changes while the master named there is gone.
+          pid_t failed = pid;
+          seg_.header().master_pid.compare_exchange_strong(failed, ::getpid(), std::memory_order_acq_rel);
+        }
         continue;
       }
       if (retiring_aux_.erase(pid)) continue;  // a helper of the configuration before a reload

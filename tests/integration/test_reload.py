@@ -435,6 +435,31 @@ class ReloadTest(GwTestCase):
         os.kill(master, signal.SIGTERM)
         self.assertFalse(gwtest.wait_pids_gone({master} | gwtest.children(master), T(15)), "the last master did not stop")
 
+    def test_binary_upgrade_failing_for_rows_leaves_gwctl_working(self):
+        """A new master that fails after it claimed the segment (no free worker
+        rows: a reload's old worker still drains) hands it back: gwctl changes
+        go on working against the old master (they were refused, the master
+        named in the segment being gone)."""
+        n = self.backend("n", "name")
+        cfg = self.config(n, workers=1, worker_shutdown_timeout_ms=30000)
+        gw = self.gateway(cfg)
+        s = gwtest.connect(gw.port, timeout=T(5))
+        self.addCleanup(s.close)
+        s.sendall(b"hi\n")
+        self.assertEqual(gwtest.recv_line(s), "n")
+        self.assertEqual(gwtest.recv_line(s), "hi")
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)  # the old worker drains, holding its row: both rows in use
+        wait_until(lambda: "reloaded:" in gw.log_text()[log_before:], T(10), msg="reload")
+        gw.send_signal(signal.SIGUSR2)
+        wait_until(lambda: "binary upgrade failed" in gw.log_text()[log_before:], T(15), msg="upgrade failure logged")
+        self.assertRegex(gw.log_text()[log_before:], r"free worker row\(s\)")
+        self.assertEqual(gw.status()["master_pid"], gw.pid)
+        self.assertGwctlOk(gw, "down", "host", "app/primary", "n")
+        self.assertHost(gw, "app/primary/n", admin="down")
+        s.close()
+        self.assertEqual(gw.stop(), 0)
+
     def test_binary_upgrade_that_fails_keeps_the_old_master(self):
         n = self.backend("n", "name")
         cfg = self.config(n)
