@@ -9,6 +9,7 @@
 
 #include "gw/admin/status.hpp"
 #include "gw/api/limit_table.hpp"
+#include "gw/core/clock.hpp"
 #include "gw/proxy/framer.hpp"
 #include "gw/proxy/http_proxy.hpp"
 #include "gw/shm/cluster.hpp"
@@ -316,7 +317,7 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
     s.counts = shm::host_totals(seg, h.slot, h.tag);
     s.stats = shm::host_stats_totals(seg, h.slot, h.tag);
     s.failures = seg.host(h.slot).tag.load() == h.tag ? seg.host(h.slot).failures.load() : 0;
-    s.ewma_us = shm::latency_us(seg.host(h.slot), h.tag);
+    s.ewma_us = shm::latency_us(seg.host(h.slot), h.tag, core::monotonic_ms());
     ++up_hosts[p.upstream];
     if (s.admin_up && std::string_view(s.health) == "up") ++up_usable[p.upstream];
     hosts.push_back(std::move(s));

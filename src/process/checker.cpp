@@ -48,7 +48,6 @@ struct HostState {
 struct Probe {
   core::UniqueFd fd;
   uint32_t slot = 0, tag = 0;
-  uint32_t upstream = 0;
   uint64_t deadline_ms = 0;
   bool connected = false;
   std::string request;  // http: bytes still to send
@@ -116,7 +115,6 @@ class Checker {
       auto p = std::make_unique<Probe>();
       p->slot = h.slot;
       p->tag = h.tag;
-      p->upstream = table_->pools()[h.pool].upstream;
       p->deadline_ms = now + up.check.timeout_ms;
       if (up.check.type == shm::kCheckHttp)
         p->request = fmt::format("GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: gw-health\r\nConnection: close\r\n\r\n",
@@ -130,6 +128,13 @@ class Checker {
       p->fd.reset(fd);
       probes_.push_back(std::move(p));
     }
+  }
+
+  // The upstream of the host holding (slot, tag) in the current table, or null.
+  const shm::UpstreamRecord* upstream_of(uint32_t slot, uint32_t tag) const noexcept {
+    for (const auto& h : table_->hosts())
+      if (h.slot == slot && h.tag == tag) return &table_->upstreams()[table_->pools()[h.pool].upstream];
+    return nullptr;
   }
 
   // Advances a probe; returns true when it has a result.
@@ -165,11 +170,12 @@ class Checker {
     }
     p.reply.append(buf, static_cast<size_t>(n));
     if (p.reply.size() < 12) return false;
-    // "HTTP/1.x NNN"
-    const auto& up = table_->upstreams()[p.upstream];
+    // "HTTP/1.x NNN", judged by the host's upstream as the table now has it
+    // (a host removed meanwhile: a failed check of nobody, dropped in finish).
+    const shm::UpstreamRecord* up = upstream_of(p.slot, p.tag);
     char cls = p.reply[9];
-    ok =
-        p.reply.compare(0, 5, "HTTP/") == 0 && cls >= '1' && cls <= '5' && (up.check.expect_mask & (1u << (cls - '0')));
+    ok = up && p.reply.compare(0, 5, "HTTP/") == 0 && cls >= '1' && cls <= '5' &&
+         (up->check.expect_mask & (1u << (cls - '0')));
     if (!ok) err = EPROTO;
     last_status_ = p.reply.substr(9, 3);
     return true;
@@ -180,8 +186,12 @@ class Checker {
     if (st.tag != p.tag) return;  // the host was removed meanwhile
     st.in_flight = false;
     st.due_ms = std::max(st.due_ms, now);
+    // The upstream is looked up again: a table refresh since the probe began
+    // may have moved or removed upstreams (their index is not the host's).
+    const shm::UpstreamRecord* up = upstream_of(p.slot, p.tag);
+    if (!up) return;
     shm::HostRuntime& hr = seg_.host(p.slot);
-    const auto& check = table_->upstreams()[p.upstream].check;
+    const auto& check = up->check;
     uint32_t before = shm::active_state(hr, p.tag);
     uint32_t after = st.runs.apply(ok, before, check.rise, check.fall);
     if (after == before || !shm::record_check(hr, p.tag, after)) return;

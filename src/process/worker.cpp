@@ -121,9 +121,10 @@ class Worker {
         const_cast<shm::Segment*>(&seg_));
     balancer_.set_latency(
         [](void* ctx, const shm::HostRecord& h) -> uint64_t {
-          return shm::latency_us(static_cast<const shm::Segment*>(ctx)->host(h.slot), h.tag);
+          const auto* env = static_cast<const proxy::RelayEnv*>(ctx);
+          return shm::latency_us(env->seg->host(h.slot), h.tag, env->now_ms);
         },
-        const_cast<shm::Segment*>(&seg_));
+        &env_);
   }
 
   int run() {

@@ -1331,9 +1331,10 @@ void HttpProxy::answer_failure(Conn& c) noexcept {
   if (c.last_fail == kFailTimeout) {
     count(HttpOutcome::gateway_timeout);
     respond_error(c, 504, true);
-  } else if (c.last_fail == kFailStatus && c.last_status >= 500) {
-    // Every host answered with a status listed in retry.on: pass the last one on.
-    count(HttpOutcome::bad_gateway);
+  } else if (c.last_fail == kFailStatus && c.last_status >= 400) {
+    // Every host answered with a status listed in retry.on: pass the last one
+    // on (as nginx answers with the status of its last proxy_next_upstream try).
+    if (c.last_status >= 500) count(HttpOutcome::bad_gateway);
     respond_error(c, c.last_status, true);
   } else {
     count(HttpOutcome::bad_gateway);
@@ -1342,7 +1343,8 @@ void HttpProxy::answer_failure(Conn& c) noexcept {
 }
 
 void HttpProxy::on_connected(Conn& c, UpConn& u) noexcept {
-  record_connect_success(env_, u.host_slot, u.host_tag, u.connect_start_ns);
+  // Only the latency here: the response decides whether the host did well.
+  record_connect_success(env_, u.host_slot, u.host_tag, u.connect_start_ns, false);
   u.state = UState::busy;
   u.u_out = true;
   c.u_write_ms = c.u_read_ms = env_.now_ms;
@@ -1489,9 +1491,11 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     }
     metrics::host_response(env_, u.host_slot, u.host_tag, h.status, u.connect_start_ns);
     const UpstreamRt& ur = upstreams_[static_cast<size_t>(c.upstream)];
-    if (ur.conf && ur.conf->retry.retries_status(h.status) && c.attempts < ur.tries && c.retryable && c.idempotent &&
+    const bool listed = ur.conf && ur.conf->retry.retries_status(h.status);
+    if (listed && c.attempts < ur.tries && c.retryable && c.idempotent &&
         (!ur.conf->retry.timeout_ms || env_.now_ms - c.first_try_ms < ur.conf->retry.timeout_ms) && c.out.size() == 0) {
-      // A status listed in retry.on: a failure of this host; try another.
+      // A status listed in retry.on: try another host (a 5xx is also a
+      // failure of this one, see upstream_failed).
       c.last_status = h.status;
       upstream_failed(c, kFailStatus, EPROTO);
       return;
@@ -1520,6 +1524,14 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
       upstream_failed(c, kFailUnsendable, EPROTO);
       return;
     }
+    // Passive health: a listed 5xx is a failure even with no try left (as
+    // lua-resty-upstream's status_codes); any other answer is a success,
+    // which brings a host on trial back. A 4xx is the request's doing, never
+    // the host's (nginx does not count 403 or 404 either): a client asking
+    // for missing paths must not take hosts out.
+    if (listed && h.status >= 500)
+      record_connect_failure(env_, c.upstream, u.host_slot, u.host_tag, u.host_weight, EPROTO);
+    else record_host_success(env_, u.host_slot, u.host_tag);
     c.resp_started = true;
     release(c.rq);  // no retry from here on
     c.up_status = h.status;
@@ -1636,7 +1648,8 @@ void HttpProxy::upstream_failed(Conn& c, uint8_t kind, int err) noexcept {
   // A kept-alive connection that the host closed as it was reused is the
   // known keep-alive race, not a failure of the host (nginx does the same).
   const bool stale = u.reused && kind == kFailError && c.rs.tail == 0;
-  if (!stale && kind != kFailUnsendable && (kind != kFailError || peer_error(err) || err == 0))
+  const bool blame = kind == kFailStatus ? c.last_status >= 500 : kind != kFailUnsendable;
+  if (!stale && blame && (kind != kFailError || peer_error(err) || err == 0))
     record_connect_failure(env_, ui, u.host_slot, u.host_tag, u.host_weight, err ? err : ECONNRESET);
   close_up(u);
   c.up = kNone;

@@ -55,12 +55,21 @@ int pick_host(RelayEnv& env, int ui, std::string_view key, std::span<const uint3
     }
     return n;
   };
-  int h = env.balancer->pick(snap, uv, key, eligible, load, &fell_back);
-  if (h < 0 && ramped_out) {
+  // A pool whose usable hosts the ramp all turned away is picked from again
+  // without it before the next pool is tried: slow start shapes the share of
+  // a host inside its pool and never sends traffic to a backup pool while
+  // this one has a usable host.
+  auto unramp = [&]() noexcept {
+    if (!ramped_out) return false;
+    ramped_out = false;
     ramp = false;
-    h = env.balancer->pick(snap, uv, key, eligible, load, &fell_back);
-  }
+    return true;
+  };
+  const int h = env.balancer->pick(snap, uv, key, eligible, load, &fell_back, unramp);
   if (fell_back && first) bump(env.seg->worker(env.worker).hash_fallbacks);
+  // A down host past its fail_timeout was usable for this pick: this
+  // connection is its one trial (no-op for a host that is up).
+  if (h >= 0) shm::claim_trial(env.seg->host(hosts[h].slot), hosts[h].tag, uv.health, env.now_ms);
   if (h >= 0 && env.table_changed) {
     // Propagation: the first connection this worker routes with a new table.
     env.table_changed = false;
@@ -207,15 +216,19 @@ void record_connect_failure(RelayEnv& env, int ui, uint32_t slot, uint32_t tag, 
   env.balancer->on_failure(slot, tag, weight, uv.health.max_fails);
 }
 
-void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t start_ns) noexcept {
+void record_host_success(RelayEnv& env, uint32_t slot, uint32_t tag) noexcept {
   shm::HostRuntime& hr = env.seg->host(slot);
-  const uint64_t us = (core::monotonic_ns() - start_ns) / 1000;
-  shm::record_latency(hr, tag, us, env.now_ms);
-  metrics::host_connected(env, slot, tag, us);
   if (shm::record_success(hr, tag)) {
     shm::mark_up(hr, tag, env.now_ms);
     host_event(env, slot, tag, false, 0);
   }
+}
+
+void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t start_ns, bool success) noexcept {
+  const uint64_t us = (core::monotonic_ns() - start_ns) / 1000;
+  shm::record_latency(env.seg->host(slot), tag, us, env.now_ms);
+  metrics::host_connected(env, slot, tag, us);
+  if (success) record_host_success(env, slot, tag);
 }
 
 void count_no_host(RelayEnv& env, uint32_t listener, int ui, uint32_t attempts, uint64_t& last_log_ms) noexcept {

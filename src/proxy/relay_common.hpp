@@ -44,7 +44,15 @@ bool wait_for_fd(RelayEnv& env, int err, uint64_t& wait_until_ms, uint64_t limit
 /// the balancer's effective weight, and a host_down event if this took it down.
 void record_connect_failure(RelayEnv& env, int ui, uint32_t slot, uint32_t tag, uint32_t weight, int err) noexcept;
 /// A connect succeeded after `start_ns`: latency sample, and host_up if it was down.
-void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t start_ns) noexcept;
+/// A connect to the host succeeded: its latency sample and metrics, and (with
+/// `success`, the L4 and frame relays, for which the connect is the outcome)
+/// a success for passive health. The HTTP proxy passes false and counts a
+/// success at the response (a host that accepts and never answers is not a
+/// healthy one).
+void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t start_ns,
+                            bool success = true) noexcept;
+/// A success for passive health (a down host's trial succeeded: it comes back).
+void record_host_success(RelayEnv& env, uint32_t slot, uint32_t tag) noexcept;
 
 /// Counts a connection of listener `listener` no pool could take (and logs
 /// it, at most once a second).

@@ -14,6 +14,7 @@ constexpr uint32_t tag_of(uint64_t w) {
 constexpr uint32_t count_of(uint64_t w) {
   return static_cast<uint32_t>(w);
 }
+constexpr double kTauMs = 10000.0;  // peak-EWMA decay time
 }  // namespace
 
 uint32_t active_state(const HostRuntime& h, uint32_t tag) noexcept {
@@ -60,10 +61,22 @@ bool record_failure(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_m
 bool record_success(HostRuntime& h, uint32_t tag) noexcept {
   uint64_t w = h.window_fails.load(std::memory_order_relaxed);
   if (tag_of(w) != tag) return false;
-  if (count_of(w) != 0) h.window_fails.compare_exchange_strong(w, pack(tag, 0), std::memory_order_acq_rel);
+  // An up host's window keeps its failures: successes between them do not
+  // hide a host that fails every other request (nginx clears its count only
+  // after a trial, too).
   if (h.health.load(std::memory_order_relaxed) == kHealthUp) return false;
+  if (count_of(w) != 0) h.window_fails.compare_exchange_strong(w, pack(tag, 0), std::memory_order_acq_rel);
   return h.health.exchange(kHealthUp, std::memory_order_acq_rel) == kHealthDown;
   // (the caller stamps up_since_ms for slow start when this returns true)
+}
+
+bool claim_trial(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept {
+  if (p.max_fails == 0 || h.health.load(std::memory_order_acquire) == kHealthUp) return false;
+  if (h.tag.load(std::memory_order_relaxed) != tag) return false;
+  uint64_t last = h.last_fail_ms.load(std::memory_order_relaxed);
+  if (!(now_ms > last && now_ms - last >= p.fail_timeout_ms)) return false;
+  // One winner over all workers: the others now see the host out again.
+  return h.last_fail_ms.compare_exchange_strong(last, now_ms, std::memory_order_acq_rel);
 }
 
 void reset_slot(HostRuntime& h, uint32_t tag) noexcept {
@@ -90,7 +103,6 @@ uint32_t slow_start_permille(const HostRuntime& h, uint32_t tag, uint32_t weight
 
 void record_latency(HostRuntime& h, uint32_t tag, uint64_t sample_us, uint64_t now_ms) noexcept {
   if (h.tag.load(std::memory_order_relaxed) != tag) return;
-  constexpr double kTauMs = 10000.0;
   uint64_t w = h.ewma.load(std::memory_order_relaxed);
   uint64_t old = w >> 32;
   uint32_t last = static_cast<uint32_t>(w);
@@ -104,9 +116,14 @@ void record_latency(HostRuntime& h, uint32_t tag, uint64_t sample_us, uint64_t n
   h.ewma.store((next << 32) | static_cast<uint32_t>(now_ms), std::memory_order_relaxed);
 }
 
-uint64_t latency_us(const HostRuntime& h, uint32_t tag) noexcept {
+uint64_t latency_us(const HostRuntime& h, uint32_t tag, uint64_t now_ms) noexcept {
   if (h.tag.load(std::memory_order_relaxed) != tag) return 0;
-  return h.ewma.load(std::memory_order_relaxed) >> 32;
+  const uint64_t w = h.ewma.load(std::memory_order_relaxed);
+  const uint64_t value = w >> 32;
+  const uint32_t dt = static_cast<uint32_t>(now_ms) - static_cast<uint32_t>(w);
+  if (value == 0 || dt == 0 || dt > 0x80000000u) return value;  // (a store "after" now: another worker's clock)
+  const double decayed = static_cast<double>(value) * std::exp(-static_cast<double>(dt) / kTauMs);
+  return std::max<uint64_t>(1, static_cast<uint64_t>(decayed));
 }
 
 HostTotals host_totals(const Segment& seg, uint32_t slot, uint32_t tag) noexcept {

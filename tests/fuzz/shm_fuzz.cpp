@@ -83,7 +83,7 @@ void use_table(const shm::Segment& seg, const shm::Table& t) {
       const_cast<shm::Segment*>(&seg));
   bal.set_latency(
       [](void* ctx, const shm::HostRecord& h) -> uint64_t {
-        return shm::latency_us(static_cast<const shm::Segment*>(ctx)->host(h.slot), h.tag);
+        return shm::latency_us(static_cast<const shm::Segment*>(ctx)->host(h.slot), h.tag, 1000);
       },
       const_cast<shm::Segment*>(&seg));
   bal.rebuild(snap);

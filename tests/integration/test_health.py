@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gwtest  # noqa: E402
@@ -169,6 +170,94 @@ class HealthTest(GwTestCase):
             rc, _, err = gw.gwctl(verb, "host", "app/primary", "a")
             self.assertEqual(rc, 0, err)
         self.assertEqual(gwtest.names(gw.port, 20), ["a"] * 20)
+
+    def test_slow_start_keeps_traffic_in_the_primary_pool(self):
+        """A primary host ramping up after `up` still takes all the traffic of
+        its pool: slow start shapes its share within the pool and never sends
+        connections to the backup pool (it once sent ~99% there at the start of
+        the ramp)."""
+        a, dr = self.backend("a"), self.backend("dr")
+        gw = self.gateway(self.make_config(
+            [pool("primary", [host("a", a, 10)], priority=0), pool("dr", [host("dr", dr)], priority=1)],
+            upstream_opts={"slow_start_ms": 60000}))
+        for verb in ("down", "up"):
+            rc, _, err = gw.gwctl(verb, "host", "app/primary", "a")
+            self.assertEqual(rc, 0, err)
+        self.assertEqual(gwtest.names(gw.port, 20), ["a"] * 20)
+
+    def test_http_host_that_accepts_and_never_answers_is_taken_out(self):
+        """max_fails counts read timeouts even though every connect succeeds (a
+        connect is no success over HTTP: the answer is), so a hung host goes
+        down after max_fails; after fail_timeout exactly one request tries it
+        (over all workers), and its timeout keeps it out again."""
+        good = StatusServer()
+        self.addCleanup(good.stop)
+        hung = socket.socket()
+        hung.bind((gwtest.LOOPBACK, 0))
+        hung.listen(256)  # accepts (the kernel does), never answers
+        self.addCleanup(hung.close)
+        hung_addr = f"{gwtest.LOOPBACK}:{hung.getsockname()[1]}"
+        web = gwtest.free_port()
+        cfg = self.make_config(
+            [pool("p", [host("good", good.address), host("hung", hung_addr)])], workers=2,
+            upstream_opts={"max_fails": 2, "fail_timeout_ms": 1500, "read_timeout_ms": 300,
+                           "keepalive": {"max_idle": 0, "idle_timeout_ms": 1000, "max_requests": 1}},
+            listeners=[{"name": "web", "listen": f"{gwtest.LOOPBACK}:{web}", "protocol": "http",
+                        "upstream": "app"}])
+        gw = self.gateway(cfg)
+
+        def slow_requests(n):
+            slow = 0
+            for _ in range(n):
+                t0 = time.monotonic()
+                with socket.create_connection((gwtest.LOOPBACK, web), timeout=T(10)) as c:
+                    c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    data = b""
+                    while chunk := c.recv(4096):
+                        data += chunk
+                self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data[:100])  # retried on good
+                slow += time.monotonic() - t0 >= 0.25
+            return slow
+
+        self.assertLessEqual(slow_requests(30), 2, "requests kept waiting on the hung host")
+        self.assertEqual(host_health(gw, "hung")["health"], "down")
+        self.assertEqual(host_health(gw, "good")["health"], "up")
+        time.sleep(1.6)  # fail_timeout: one trial, which times out
+        self.assertEqual(slow_requests(12), 1, "not exactly one trial of the hung host")
+        self.assertEqual(host_health(gw, "hung")["health"], "down")
+        self.assertEqual(host_health(gw, "hung")["failures"], 3)
+
+    def test_404_is_not_a_failure_of_the_host(self):
+        """retry.on may list 4xx statuses (tried elsewhere), but a 4xx is the
+        request's doing: it never counts against the host (nginx does not count
+        403 or 404 either), so clients asking for missing paths cannot take
+        hosts out. A listed 5xx does count, even with no try left."""
+        srv = StatusServer()
+        self.addCleanup(srv.stop)
+        srv.status = 404
+        web = gwtest.free_port()
+        cfg = self.make_config(
+            [pool("p", [host("a", srv.address)])],
+            upstream_opts={"max_fails": 1, "fail_timeout_ms": 60000, "retry": {"on": ["404", "503"]}},
+            listeners=[{"name": "web", "listen": f"{gwtest.LOOPBACK}:{web}", "protocol": "http",
+                        "upstream": "app"}])
+        gw = self.gateway(cfg)
+        for _ in range(3):
+            self.assertEqual(_status(web), 404)
+        self.assertEqual(host_health(gw, "a")["health"], "up")
+        self.assertEqual(host_health(gw, "a")["failures"], 0)
+        srv.status = 503
+        self.assertEqual(_status(web), 503)
+        self.assertEqual(host_health(gw, "a")["health"], "down")
+
+
+def _status(port):
+    with socket.create_connection((gwtest.LOOPBACK, port), timeout=T(10)) as c:
+        c.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := c.recv(4096):
+            data += chunk
+    return int(data.split(b" ", 2)[1])
 
 
 if __name__ == "__main__":

@@ -50,12 +50,28 @@ class Balancer {
   void rebuild(const Snapshot& s);
 
   /// Returns a host index into the snapshot's table, or -1 if no pool of the
-  /// upstream has an eligible host. Hot path: no allocation.
-  template <typename Eligible, typename Load>
+  /// upstream has an eligible host. `retry_pool()` is asked when a pool gave
+  /// none: true picks from that pool once more (the caller relaxed its
+  /// eligibility: slow start) before the next pool. Hot path: no allocation.
+  template <typename Eligible, typename Load, typename Retry = bool (*)() noexcept>
   int pick(const Snapshot& s, const UpstreamView& u, std::string_view key, Eligible&& eligible, Load&& load,
-           bool* fell_back = nullptr) noexcept {
-    auto hosts = s.table().hosts();
+           bool* fell_back = nullptr, Retry&& retry_pool = no_retry) noexcept {
     for (const PoolView& p : s.pools(u)) {
+      int h = pick_pool(s, u, p, key, eligible, load, fell_back);
+      if (h < 0 && retry_pool()) h = pick_pool(s, u, p, key, eligible, load, fell_back);
+      if (h >= 0) return h;
+    }
+    return -1;
+  }
+
+ private:
+  static bool no_retry() noexcept { return false; }
+
+  template <typename Eligible, typename Load>
+  int pick_pool(const Snapshot& s, const UpstreamView& u, const PoolView& p, std::string_view key, Eligible& eligible,
+                Load& load, bool* fell_back) noexcept {
+    auto hosts = s.table().hosts();
+    {
       auto cands = s.hosts(p);
       int h = -1;
       if (shm::method_uses_key(p.method) && key.empty()) {
@@ -65,10 +81,17 @@ class Balancer {
         const PoolState* st = state(s, p);
         switch (p.method) {
           case shm::Method::round_robin:
-            h = st && !st->schedule.empty()
-                    ? rr_.pick_scheduled(
-                          hosts, st->schedule, [&] { return next_ticket(p.pool, *st); }, eligible, rng_)
-                    : rr_.pick(hosts, cands, eligible);
+            if (st && !st->schedule.empty()) {
+              // A few shared tickets (the pool-wide sequence); when they land on
+              // down hosts only (a pool mostly out: failover), this worker's
+              // own smooth WRR over the eligible hosts, at a cost of one pass
+              // over the pool rather than a walk of the whole cycle.
+              h = rr_.pick_scheduled(
+                  hosts, st->schedule, [&] { return next_ticket(p.pool, *st); }, eligible, rng_, 2 * cands.size() + 2);
+              if (h < 0) h = rr_.pick(hosts, cands, eligible);
+            } else {
+              h = rr_.pick(hosts, cands, eligible);
+            }
             break;
           case shm::Method::chash:
             if (!st) break;
@@ -77,12 +100,18 @@ class Balancer {
             } else {
               // Bounded loads: skip hosts that would exceed factor x the mean
               // load, walking the whole ring if need be (HAProxy, Envoy).
-              uint64_t total = 0, n = 0;
+              // A host's limit is its weight's share of factor x (load + 1).
+              uint64_t total = 0, weights = 0;
               for (uint32_t i : cands)
-                if (hosts[i].weight && eligible(i)) total += load(i), ++n;
-              const uint64_t limit = n ? ((total + 1) * u.balance_factor + 100 * n - 1) / (100 * n) : 0;
+                if (hosts[i].weight && eligible(i)) total += load(i), weights += hosts[i].weight;
+              if (weights == 0) break;  // none eligible: no walk of the whole ring
+              const uint64_t scaled = (total + 1) * u.balance_factor, den = 100 * weights;
               h = st->ring.pick(
-                  key, [&](uint32_t i) noexcept { return eligible(i) && load(i) + 1 <= limit; }, st->ring.size());
+                  key,
+                  [&](uint32_t i) noexcept {
+                    return eligible(i) && (load(i) + 1) * den <= scaled * hosts[i].weight + den - 1;
+                  },
+                  st->ring.size());
             }
             break;
           case shm::Method::hash: h = nginx_hash_pick(hosts, cands, key, eligible); break;
@@ -103,11 +132,11 @@ class Balancer {
         }
         if (h < 0 && shm::method_uses_key(p.method)) h = rr_.pick(hosts, cands, eligible);
       }
-      if (h >= 0) return h;
+      return h;
     }
-    return -1;
   }
 
+ public:
   /// Round-robin-only form (tests, and callers without keys or loads).
   template <typename Eligible>
   int pick(const Snapshot& s, const UpstreamView& u, Eligible&& eligible) noexcept {

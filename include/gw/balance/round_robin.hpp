@@ -9,6 +9,7 @@
 // State is per worker and indexed by the host's runtime slot; a tag per entry
 // resets it when a slot is given to another host. Pure: no I/O, no shm access.
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -52,20 +53,19 @@ class RoundRobin {
   /// whole, not per worker. A host whose effective weight is lowered after a failure is
   /// admitted with probability effective / weight, and each consideration
   /// raises its effective weight by one, as nginx's recovery does.
+  /// At most `max_draws` tickets are drawn (a small multiple of the pool's
+  /// hosts: each is an atomic on a shared line): -1 when they all landed on
+  /// ineligible positions (the pool mostly down, or other workers took the
+  /// eligible ones); the caller then picks from the eligible hosts itself.
   template <typename Eligible, typename Ticket>
   int pick_scheduled(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> schedule, Ticket&& ticket,
-                     Eligible&& eligible, Rng& rng) noexcept {
+                     Eligible&& eligible, Rng& rng, size_t max_draws) noexcept {
     const size_t n = schedule.size();
     int skipped = -1;
     // An ineligible position is skipped by drawing the next ticket (not by
     // taking the next position), so the eligible hosts keep their weights.
-    uint64_t t = 0;
-    for (size_t k = 0; k < 2 * n; ++k) {
-      // The first n positions come from shared tickets; other workers drawing at
-      // the same time may leave this one only ineligible positions, so the next
-      // n are scanned locally from the last ticket: an eligible host is found.
-      t = k < n ? ticket() : t + 1;
-      uint32_t i = schedule[t % n];
+    for (size_t k = 0; k < std::min(n, max_draws); ++k) {
+      uint32_t i = schedule[ticket() % n];
       const shm::HostRecord& h = hosts[i];
       if (h.weight == 0 || !eligible(i)) continue;
       Peer& p = peer(h);
@@ -78,7 +78,7 @@ class RoundRobin {
       }
       return static_cast<int>(i);
     }
-    return skipped;  // only recovering hosts are eligible: take the first
+    return skipped;  // only recovering hosts came up: take the first
   }
 
   /// The smooth WRR sequence over `candidates` for one full cycle (sum of

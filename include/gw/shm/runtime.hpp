@@ -2,12 +2,17 @@
 // Runtime host state in shm: passive health (nginx's max_fails/fail_timeout,
 // global across workers) and per-worker connection counters.
 //
-// Passive health: a failure inside the window [last_fail, last_fail +
-// fail_timeout) adds to the window's count; one outside starts a new window.
-// When the count reaches max_fails the host is down until fail_timeout has
-// passed since the last failure; then connections may try it again. A success
-// clears the count and brings the host back up. Each transition is made by
-// exactly one caller (exchange on `health`), which emits the event.
+// Passive health, as nginx's max_fails/fail_timeout: a failure inside the
+// window [last_fail, last_fail + fail_timeout) adds to the window's count; one
+// outside starts a new window. Successes in between do not clear it (a host
+// that accepts connections and then times out every request must still reach
+// max_fails). When the count reaches max_fails the host is down until
+// fail_timeout has passed since the last failure; then ONE connection, over
+// all workers, tries it (claim_trial moves last_fail to now, so the host stays
+// out for everyone else), and that trial's success clears the count and
+// brings it back up; its failure keeps it out for another fail_timeout. Each
+// transition is made by exactly one caller (exchange on `health`), which
+// emits the event.
 //
 // Every function takes the host's tag: state of a slot that has since been
 // given to another host is never touched.
@@ -30,8 +35,15 @@ struct HealthPolicy {
 bool host_usable(const HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept;
 /// Counts a passive failure. Returns true if this call took the host down.
 bool record_failure(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept;
-/// Counts a success. Returns true if this call brought the host back up.
+/// Counts a success: a down host (its trial succeeded) comes back up with a
+/// clear count; an up host's count is left alone. Returns true if this call
+/// brought the host back up.
 bool record_success(HostRuntime& h, uint32_t tag) noexcept;
+/// A connection is about to try host `h`, picked as usable: if it is down and
+/// its fail_timeout has passed, this connection takes the one trial (the host
+/// stays out for every other connection for another fail_timeout, or until the
+/// trial succeeds). Returns true if this call took the trial.
+bool claim_trial(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept;
 /// Sets the checker's verdict (checker only). Returns true if it changed.
 bool record_check(HostRuntime& h, uint32_t tag, uint32_t new_state) noexcept;
 /// The active state as seen by readers (kActiveUnknown when the slot has another tag).
@@ -49,8 +61,11 @@ uint32_t slow_start_permille(const HostRuntime& h, uint32_t tag, uint32_t weight
 /// replaces it at once, lower samples pull it down with the elapsed time.
 /// Any worker may call it; concurrent updates keep one of them.
 void record_latency(HostRuntime& h, uint32_t tag, uint64_t sample_us, uint64_t now_ms) noexcept;
-/// The current peak-EWMA in microseconds (0 = no sample yet, or another tag).
-uint64_t latency_us(const HostRuntime& h, uint32_t tag) noexcept;
+/// The peak-EWMA in microseconds at `now_ms`: the last value decayed by the
+/// time since it was stored (as if a zero sample had arrived), so one slow
+/// connect does not keep a host from being picked, and so sampled again, for
+/// good (0 = no sample yet, or another tag).
+uint64_t latency_us(const HostRuntime& h, uint32_t tag, uint64_t now_ms) noexcept;
 
 /// Gives the slot to a new host (writer only, before publishing the table).
 void reset_slot(HostRuntime& h, uint32_t tag) noexcept;

@@ -244,9 +244,51 @@ TEST_SUITE("balance") {
     balance::RoundRobin rr(64);
     balance::Rng rng(1);
     // Other workers take every ticket of host h1: this worker only draws h0's, which is down.
-    int h = rr.pick_scheduled(
-        p.t.hosts(), schedule, [] { return uint64_t{0}; }, [](uint32_t i) { return i == 1; }, rng);
-    CHECK(h == 1);
+    auto only_h1 = [](uint32_t i) { return i == 1; };
+    CHECK(rr.pick_scheduled(
+              p.t.hosts(), schedule, [] { return uint64_t{0}; }, only_h1, rng, 6) == -1);
+    // The balancer then picks from the pool's eligible hosts itself.
+    CHECK(p.pick("", only_h1, Pool::none) == "h1");
+  }
+
+  TEST_CASE("round robin over a pool that is mostly or all down costs a pass over its hosts, not its cycle") {
+    // Weights near 1000 make a smooth WRR cycle of ~2,000 positions; only the
+    // weight-1 host is up (a primary pool failing over). The old walk drew a
+    // shared ticket per position, up to the whole cycle, per pick.
+    Pool p(shm::Method::round_robin, {1000, 999, 1});
+    size_t calls = 0;
+    auto only_h2 = [&](uint32_t i) {
+      ++calls;
+      return i == 2;
+    };
+    for (int i = 0; i < 100; ++i) CHECK(p.pick("", only_h2, Pool::none) == "h2");
+    CHECK(calls <= 100 * 20);
+    calls = 0;
+    auto none_up = [&](uint32_t) {
+      ++calls;
+      return false;
+    };
+    for (int i = 0; i < 100; ++i) CHECK(p.pick("", none_up, Pool::none) == "-");
+    CHECK(calls <= 100 * 20);
+  }
+
+  TEST_CASE("chash bounded loads: a host's limit follows its weight; none eligible gives up at once") {
+    // factor 125%, weights 3:1, 7 connections open 6:1 plus the new one: the
+    // mean-based limit (ceil(8 x 1.25 / 2) = 5) would refuse the weight-3 host
+    // at 6; its weighted share (ceil(8 x 1.25 x 3/4) = 8) takes it.
+    Pool p(shm::Method::chash, {3, 1}, 125);
+    std::map<uint32_t, uint64_t> load{{0, 6}, {1, 1}};
+    auto loads = [&](uint32_t i) { return load[i]; };
+    int to_h0 = 0;
+    for (int i = 0; i < 200; ++i) to_h0 += p.pick(key(i), Pool::all, loads) == "h0";
+    CHECK(to_h0 > 100);  // h0 still takes its own keys (3/4 of the ring)
+    size_t calls = 0;
+    auto none_up = [&](uint32_t) {
+      ++calls;
+      return false;
+    };
+    CHECK(p.pick("k", none_up, loads) == "-");
+    CHECK(calls < 10);  // (the old walk went round the whole ring, 160 points per weight unit)
   }
 
   TEST_CASE("crc32_mod never picks a weight-0 (draining) host") {

@@ -25,6 +25,40 @@ TEST_SUITE("shm") {
     CHECK(h.failures.load() == 3);
   }
 
+  TEST_CASE("successes between failures do not clear the window (a host that accepts, then times out)") {
+    TempSegment ts;
+    HostRuntime& h = ts.seg.host(0);
+    reset_slot(h, 7);
+    HealthPolicy p{3, 10000};
+    for (uint64_t t = 100; t < 400; t += 100) {
+      CHECK_FALSE(record_success(h, 7));  // the connect, or another request, succeeded
+      CHECK(record_failure(h, 7, p, t) == (t == 300));
+    }
+    CHECK_FALSE(host_usable(h, 7, p, 500));
+  }
+
+  TEST_CASE("after fail_timeout one connection over all workers tries a down host") {
+    TempSegment ts;
+    HostRuntime& h = ts.seg.host(0);
+    reset_slot(h, 7);
+    HealthPolicy p{1, 1000};
+    CHECK(record_failure(h, 7, p, 100));     // down
+    CHECK_FALSE(claim_trial(h, 7, p, 900));  // not yet
+    CHECK(host_usable(h, 7, p, 1100));
+    CHECK(claim_trial(h, 7, p, 1100));  // the trial: one caller...
+    CHECK_FALSE(claim_trial(h, 7, p, 1100));
+    CHECK_FALSE(host_usable(h, 7, p, 1150));  // ...everyone else waits for it
+    CHECK_FALSE(host_usable(h, 7, p, 2099));
+    // It failed: out for another fail_timeout, then one more trial.
+    CHECK_FALSE(record_failure(h, 7, p, 1200));  // (already down: no second event)
+    CHECK_FALSE(host_usable(h, 7, p, 2199));
+    CHECK(claim_trial(h, 7, p, 2200));
+    CHECK(record_success(h, 7));  // it succeeded: up, with a clear count
+    CHECK(host_usable(h, 7, p, 2201));
+    CHECK_FALSE(claim_trial(h, 7, p, 5000));  // an up host has no trial
+    CHECK_FALSE(claim_trial(h, 8, p, 5000));  // nor another tag's
+  }
+
   TEST_CASE("max_fails 0 never takes a host down; another tag's calls are ignored") {
     TempSegment ts;
     HostRuntime& h = ts.seg.host(1);
@@ -68,13 +102,24 @@ TEST_SUITE("shm") {
     TempSegment ts;
     HostRuntime& h = ts.seg.host(3);
     reset_slot(h, 1);
-    CHECK(latency_us(h, 1) == 0);
+    CHECK(latency_us(h, 1, 0) == 0);
     record_latency(h, 1, 1000, 0);
-    CHECK(latency_us(h, 1) == 1000);
+    CHECK(latency_us(h, 1, 0) == 1000);
     record_latency(h, 1, 5000, 10);
-    CHECK(latency_us(h, 1) == 5000);    // peak
-    record_latency(h, 1, 1000, 10010);  // 10 s later: weight e^-1 on the old value
-    CHECK(latency_us(h, 1) == doctest::Approx(1000 + 4000 * 0.3679).epsilon(0.01));
-    CHECK(latency_us(h, 2) == 0);  // another tag
+    CHECK(latency_us(h, 1, 10) == 5000);  // peak
+    record_latency(h, 1, 1000, 10010);    // 10 s later: weight e^-1 on the old value
+    CHECK(latency_us(h, 1, 10010) == doctest::Approx(1000 + 4000 * 0.3679).epsilon(0.01));
+    CHECK(latency_us(h, 2, 10010) == 0);  // another tag
+  }
+
+  TEST_CASE("peak EWMA decays while no sample comes: one slow connect does not shut a host out") {
+    TempSegment ts;
+    HostRuntime& h = ts.seg.host(3);
+    reset_slot(h, 1);
+    record_latency(h, 1, 1000000, 5000);  // a lost SYN: 1 s
+    CHECK(latency_us(h, 1, 5000) == 1000000);
+    CHECK(latency_us(h, 1, 15000) == doctest::Approx(367879).epsilon(0.01));  // tau 10 s
+    CHECK(latency_us(h, 1, 65000) < 3000);
+    CHECK(latency_us(h, 1, 4000) == 1000000);  // a reader whose clock is behind: no decay
   }
 }
