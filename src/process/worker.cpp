@@ -298,6 +298,10 @@ class Worker {
     }
     if (draining_) {
       if (active() == 0 && accepts_in_flight() == 0) {
+        // The cancels and closes of the last sessions, queued in this tick,
+        // go out before the process does (the kernel would close those
+        // sockets only when it tears the ring down).
+        if (ring_) ring_->submit();
         access_log_.flush();
         GW_LOG_INFO("drained; exiting");
         return false;

@@ -133,6 +133,12 @@ void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
         if (d.used) drive(d);
         return;
       }
+      // The event may be one of the link this slot held before (closed, and
+      // this one opened, within one epoll batch): SO_ERROR is 0 while a
+      // connect is still in progress too, so ask whether it has a peer.
+      sockaddr_storage peer{};
+      socklen_t peer_len = sizeof(peer);
+      if (::getpeername(k.fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) return;  // its own event comes
       k.connecting = false;
       record_connect_success(env_, k.slot, k.tag, k.connect_start_ns);
     }
@@ -511,6 +517,19 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
           k.eof = true;  // reset: what was read is still delivered
         }
       }
+      if (k.eof && d.owner != li && k.tail > k.head && k.tail - k.head < spec.header_size) {
+        // The host closed inside a frame header: no byte of that frame has
+        // reached the device, and none can be framed; it goes with the link.
+        if (env_.now_ms - last_link_log_ms_ >= 1000) {
+          last_link_log_ms_ = env_.now_ms;
+          GW_LOG_WARN("host slot {} closed its connection inside a frame header ({} of {} bytes); dropped", k.slot,
+                      k.tail - k.head, spec.header_size);
+        }
+        close_link(d, li);
+        if (!d.used) return false;
+        moved = true;
+        continue;
+      }
       if (k.head == k.tail && k.buf) {
         env_.buffers->release(k.buf);
         k.buf = nullptr;
@@ -579,8 +598,12 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
       close_device(d);
       return false;
     }
-    if (!moved) break;
+    if (!moved) return true;
   }
+  // The round cap (one device must not hold the loop) was reached with bytes
+  // still moving: with edge-triggered epoll no event comes again for what
+  // hosts have already queued, so the timer brings the device back next tick.
+  env_.timers->schedule(d, env_.now_ms);
   return true;
 }
 

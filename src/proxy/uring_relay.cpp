@@ -70,8 +70,8 @@ void UringRelay::accept(int fd, uint32_t listener) noexcept {
   metrics::listener_open(env_, listener);
   const bool want_key = !l.key_from_frame && upstream_uses_key(env_, l.upstream);
   if (want_key || logging(l)) fetch_peer(s, fd, want_key);
-  arm_recv(s, true);
   if (s.state == State::sniff) {
+    arm_recv(s, true);
     // Nothing is opened upstream until a whole, valid first frame is in.
     env_.timers->schedule(s, env_.now_ms + l.first_frame_timeout_ms);
     return;
@@ -214,7 +214,8 @@ void UringRelay::on_connect(Session& s, int32_t res) noexcept {
     s.state = State::relay;
     env_.timers->schedule(s, env_.now_ms + s.idle_ms);
     arm_recv(s, false);
-    pump(s, true);  // what the client sent meanwhile, and its EOF
+    maybe_arm(s, true);  // the client's bytes, from now on
+    pump(s, true);       // what a sniffed first frame left, and an EOF
     return;
   }
   // -ECANCELED: the linked timeout fired first.
@@ -277,8 +278,11 @@ void UringRelay::maybe_arm(Session& s, bool client) noexcept {
   Dir& d = client ? s.c2u : s.u2c;
   if (d.recv != kIdle || d.eof || d.starved || d.pipe || d.queued > kLowWater) return;
   if (start_splice(s, client)) return;  // pump() moves on to the pipe once the FIFO is out
-  const bool ok = client ? (s.state == State::sniff || s.state == State::connecting || s.state == State::relay)
-                         : s.state == State::relay;
+  // The client is not read while its upstream connect is pending (as the
+  // epoll relay): a receive armed then takes ring buffers that only a
+  // connect can give back, and a few hundred clients of a blackholed host
+  // would hold the worker's whole ring (every other connection starved).
+  const bool ok = client ? (s.state == State::sniff || s.state == State::relay) : s.state == State::relay;
   if (ok) arm_recv(s, client);
 }
 

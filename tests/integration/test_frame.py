@@ -776,6 +776,49 @@ class FrameTest(GwTestCase):
         self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
         self.assert_idle(gw)
 
+    def test_frame_mode_host_closing_inside_a_header_drops_its_link(self):
+        """A host that sends part of a frame header and closes: nothing of that
+        frame reached the device, so the link is closed (and logged) and the
+        device stays; the link used to stay open, holding its descriptor and the
+        host's active count until the idle timeout."""
+        class HalfHeader:
+            def __init__(self):
+                self.name = "half"
+                self.sock = socket.socket()
+                self.sock.bind((gwtest.LOOPBACK, 0))
+                self.sock.listen(16)
+                self.address = f"{gwtest.LOOPBACK}:{self.sock.getsockname()[1]}"
+                self.thread = threading.Thread(target=self._run, daemon=True)
+                self.thread.start()
+
+            def _run(self):
+                try:
+                    while True:
+                        c, _ = self.sock.accept()
+                        with c:
+                            read_frame(c)
+                            c.sendall(b"\x01\x01\x00")  # 3 bytes of a header, then the close
+                except OSError:
+                    pass
+
+            def stop(self):
+                self.sock.close()
+        half = HalfHeader()
+        self._backends.append(half)
+        mux = frame_listener("mux", frame_opts={"mode": "frame"})
+        gw, _ = self.frame_gateway([half], [mux], workers=1)
+        with gwtest.connect(port_of(mux), timeout=T(10)) as s:
+            s.sendall(hb("half-1", 1))
+            gwtest.wait_until(lambda: "closed its connection inside a frame header" in gw.log_text(), T(5),
+                              msg="the cut header logged")
+
+            def link_gone():
+                st = gw.status()
+                return all(h["active"] == 0 for u in st["upstreams"] for p in u["pools"] for h in p["hosts"])
+            gwtest.wait_until(link_gone, T(5), interval=0.05, msg="the host's link closed")
+            self.assertEqual(worker_sum(gw.status(), "connections"), 1, "the device was closed")
+        self.assert_idle(gw)
+
     def test_reject_logging_is_rate_limited_per_worker(self):
         """Bad frames sent fast (about 2.3 s) to a connection-mode and a per-frame
         listener on 2 workers: every one is counted, and each worker logs at

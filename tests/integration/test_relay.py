@@ -161,6 +161,36 @@ class RelayTest(GwTestCase):
         self.assertHost(gw, "app/primary/live", health="up")
         self.assertEvent(gw, r"^host_down app/primary/dead\b")
 
+    def test_clients_of_a_blackholed_host_do_not_stall_other_connections(self):
+        """300 clients of a host whose connects hang (its accept queue is full:
+        SYNs dropped) each send a few bytes; a connection through another
+        listener to a live host is still answered at once. Under io_uring the
+        clients' receives used to be armed before the connect, each holding a
+        buffer of the worker's shared ring until its connect timed out: the
+        ring ran dry and every connection of the worker waited."""
+        echo = self.backend("echo", "echo")
+        hole = socket.socket()
+        hole.bind((gwtest.LOOPBACK, 0))
+        hole.listen(0)  # never accepted: once full, the kernel drops the SYNs
+        self.addCleanup(hole.close)
+        cfg = self.make_config([pool("p", [host("hole", f"{gwtest.LOOPBACK}:{hole.getsockname()[1]}")])],
+                               upstream_opts={"connect_timeout_ms": 15000, "tries": 1, "max_fails": 0})
+        cfg["upstreams"].append(gwtest.upstream("live", [pool("p", [host("e", echo)])]))
+        cfg["listeners"].append(gwtest.tcp_listener("l2", "live"))
+        gw = self.gateway(cfg)
+        clients = []
+        self.addCleanup(lambda: [c.close() for c in clients])
+        for _ in range(300):
+            c = gwtest.connect(gw.port, timeout=T(5))
+            c.sendall(b"x" * 27)
+            clients.append(c)
+        time.sleep(0.3)  # the accepts and receives of all 300 are done
+        t0 = time.monotonic()
+        with gwtest.connect(gw.ports[1], timeout=T(10)) as s:
+            s.sendall(b"ping\n")
+            self.assertEqual(gwtest.recv_line(s), "ping")
+        self.assertLess(time.monotonic() - t0, 2.0, "a live host's connection waited on the blackholed clients")
+
     def test_idle_timeout(self):
         a = self.backend("a")
         gw = self.gateway(self.make_config([pool("primary", [host("a", a)])],
