@@ -80,6 +80,49 @@ std::string_view credential(const config::AuthConf& a, const GuardRequest& rq) n
   return v;
 }
 
+// How often the carrier of the route's credential appears in the request.
+// Twice is refused (400, as nginx answers a second Authorization): gw checks
+// the first, and a host that reads the other would act on what gw never checked.
+size_t credential_count(const config::AuthConf& a, const GuardRequest& rq) noexcept {
+  size_t n = 0;
+  auto fields = [&](std::string_view name) {
+    for (const http::Field& f : rq.head->fields) n += http::iequals(f.name, name);
+  };
+  if (a.type == config::AuthType::basic || a.from == config::CredFrom::bearer) {
+    fields("authorization");
+    return n;
+  }
+  switch (a.from) {
+    case config::CredFrom::header: fields(a.from_name); break;
+    case config::CredFrom::query: {
+      const size_t q = rq.target.find('?');
+      std::string_view query = q == std::string_view::npos ? std::string_view{} : rq.target.substr(q + 1);
+      while (!query.empty()) {
+        const size_t amp = query.find('&');
+        const std::string_view pair = query.substr(0, amp);
+        query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+        n += pair.substr(0, pair.find('=')) == a.from_name;
+      }
+      break;
+    }
+    case config::CredFrom::cookie:
+      for (const http::Field& f : rq.head->fields) {
+        if (!http::iequals(f.name, "cookie")) continue;
+        std::string_view rest = f.value;
+        while (!rest.empty()) {
+          const size_t semi = rest.find(';');
+          const std::string_view pair = trim(rest.substr(0, semi));
+          rest = semi == std::string_view::npos ? std::string_view{} : rest.substr(semi + 1);
+          const size_t eq = pair.find('=');
+          n += eq != std::string_view::npos && pair.substr(0, eq) == a.from_name;
+        }
+      }
+      break;
+    case config::CredFrom::bearer: break;
+  }
+  return n;
+}
+
 }  // namespace
 
 Guard::Guard(const config::Config& cfg, const shm::Segment& seg, uint32_t worker)
@@ -201,7 +244,18 @@ Verdict Guard::check(uint32_t listener, uint32_t route, const GuardRequest& rq, 
   consumer.clear();
   if (!active(listener, route)) return {};
   const RouteGuard& g = routes_[listener][route];
+  // limit_req keyed by the client or a header comes before auth, as nginx's
+  // preaccess phase before its access phase: a client sending bad passwords
+  // is limited before each one costs a crypt() on the worker's thread.
+  // Keyed by the consumer, it needs auth first.
+  const bool limit_first = g.limit && g.limit->key != config::LimitReqConf::Key::consumer;
+  if (limit_first)
+    if (const Verdict v = limit(g, rq, consumer, now_ms); v.status) return v;
   if (g.auth) {
+    if (credential_count(*g.auth, rq) > 1) {
+      bump(&shm::GuardCounters::auth_failed);
+      return reject(400, {});
+    }
     const Verdict v = authenticate(g, rq, consumer);
     if (v.status) {
       consumer.clear();
@@ -217,25 +271,29 @@ Verdict Guard::check(uint32_t listener, uint32_t route, const GuardRequest& rq, 
     }
     bump(&shm::GuardCounters::auth_ok);
   }
-  if (g.limit) {
-    std::string_view key;
-    switch (g.limit->key) {
-      case config::LimitReqConf::Key::ip: key = rq.client_ip; break;
-      case config::LimitReqConf::Key::header:
-        if (const http::Field* f = http::find_field(*rq.head, g.limit->header)) key = trim(f->value);
-        break;
-      case config::LimitReqConf::Key::consumer: key = consumer.view(); break;
-    }
-    if (key.empty()) return {};  // no key: not limited (nginx skips an empty key)
-    const ReqDecision d = table_.take(limit_hash(seed_, g.scope, key), g.rate, core::monotonic_ns() / 1000, now_ms);
-    if (d.result == LimitResult::limited) {
-      char buf[48];
-      const uint64_t secs = (d.wait_us + 999999) / 1000000;
-      const auto r = fmt::format_to_n(buf, sizeof(buf), "Retry-After: {}\r\n", secs ? secs : 1);
-      return reject(429, std::string_view(buf, r.size));
-    }
-    if (d.result == LimitResult::full) return reject(503, {});
+  if (g.limit && !limit_first) return limit(g, rq, consumer, now_ms);
+  return {};
+}
+
+Verdict Guard::limit(const RouteGuard& g, const GuardRequest& rq, const ConsumerName& consumer,
+                     uint64_t now_ms) noexcept {
+  std::string_view key;
+  switch (g.limit->key) {
+    case config::LimitReqConf::Key::ip: key = rq.client_ip; break;
+    case config::LimitReqConf::Key::header:
+      if (const http::Field* f = http::find_field(*rq.head, g.limit->header)) key = trim(f->value);
+      break;
+    case config::LimitReqConf::Key::consumer: key = consumer.view(); break;
   }
+  if (key.empty()) return {};  // no key: not limited (nginx skips an empty key)
+  const ReqDecision d = table_.take(limit_hash(seed_, g.scope, key), g.rate, core::monotonic_ns() / 1000, now_ms);
+  if (d.result == LimitResult::limited) {
+    char buf[48];
+    const uint64_t secs = (d.wait_us + 999999) / 1000000;
+    const auto r = fmt::format_to_n(buf, sizeof(buf), "Retry-After: {}\r\n", secs ? secs : 1);
+    return reject(429, std::string_view(buf, r.size));
+  }
+  if (d.result == LimitResult::full) return reject(503, {});
   return {};
 }
 

@@ -107,6 +107,74 @@ std::string_view after_authority(const http::Head& h) noexcept {
   return h.target.substr(static_cast<size_t>(h.authority.data() - h.target.data()) + h.authority.size());
 }
 
+/// Field names equal as a CGI gateway sees them: case-insensitive, '_' = '-'.
+bool names_alike(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    char x = a[i] >= 'A' && a[i] <= 'Z' ? static_cast<char>(a[i] + 32) : a[i];
+    char y = b[i] >= 'A' && b[i] <= 'Z' ? static_cast<char>(b[i] + 32) : b[i];
+    if (x == '_') x = '-';
+    if (y == '_') y = '-';
+    if (x != y) return false;
+  }
+  return true;
+}
+
+int hex_digit(char c) noexcept {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/// The path as routes match it, written to `out` (room for raw.size() bytes):
+/// %XX decoded, runs of '/' merged, "." and ".." segments resolved, as nginx
+/// normalises $uri for its locations. Matching the raw target let
+/// "/x/../admin/x", "//admin/x" or "/%61dmin/x" pass a route in front of
+/// "/admin/" (its auth and limits) to a host that reads them as /admin/x.
+/// Returns the length, or -1 for a path no host should get: a bad or NUL
+/// %-escape, or ".." above the root. `raw` starts with '/'.
+int normalize_path(std::string_view raw, char* out) noexcept {
+  // Decode and merge slashes.
+  size_t n = 0;
+  for (size_t i = 0; i < raw.size(); ++i) {
+    char ch = raw[i];
+    if (ch == '%') {
+      if (i + 2 >= raw.size()) return -1;
+      const int hi = hex_digit(raw[i + 1]), lo = hex_digit(raw[i + 2]);
+      if (hi < 0 || lo < 0) return -1;
+      ch = static_cast<char>(hi * 16 + lo);
+      if (ch == '\0') return -1;
+      i += 2;
+    }
+    if (ch == '/' && n > 0 && out[n - 1] == '/') continue;
+    out[n++] = ch;
+  }
+  // Dot segments: out[0, w) is the result so far ("" or "/a/b", no trailing
+  // '/'); segments only move left, so the pass can run in place.
+  size_t w = 0, r = 0;
+  bool trailing = false;
+  while (r < n) {
+    const size_t s = r + 1;  // out[r] == '/'
+    size_t e = s;
+    while (e < n && out[e] != '/') ++e;
+    const std::string_view seg(out + s, e - s);
+    trailing = e == n && (seg.empty() || seg == "." || seg == "..");
+    if (seg == "..") {
+      if (w == 0) return -1;  // above the root
+      while (w > 0 && out[w - 1] != '/') --w;
+      --w;  // the '/' before the dropped segment
+    } else if (!seg.empty() && seg != ".") {
+      out[w++] = '/';
+      std::memmove(out + w, out + s, seg.size());
+      w += seg.size();
+    }
+    r = e;
+  }
+  if (trailing || w == 0) out[w++] = '/';
+  return static_cast<int>(w);
+}
+
 /// The value of cookie `name` in a Cookie field value ("a=1; b=2"), if present.
 bool find_cookie(std::string_view header, std::string_view name, std::string_view& value) noexcept {
   while (!header.empty()) {
@@ -994,6 +1062,16 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   }
   if (auto q = path.find('?'); q != std::string_view::npos) path = path.substr(0, q);
   if (path.empty()) path = "/";  // "http://host?q" has the empty path, that is "/" (RFC 9112 3.2.2)
+  // Routes (and so their auth and limits) match the normalised path; the
+  // target goes to the host as sent (nginx's proxy_pass without a URI).
+  const int path_len = normalize_path(path, path_buf_.data());
+  if (path_len < 0) {
+    count(HttpOutcome::bad_request);
+    pump_request_body(c);
+    respond_error(c, 400, true);
+    return;
+  }
+  path = std::string_view(path_buf_.data(), static_cast<size_t>(path_len));
 
   const int ri = match_route(l, host_without_port(host), path);
   if (ri < 0) {
@@ -1194,9 +1272,12 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
   for (const http::Field& f : h.fields) {
     if (f.hop_by_hop || f.id == http::FieldId::host || f.id == http::FieldId::content_length) continue;
     if (!underscores && f.name.find('_') != std::string_view::npos) continue;  // as nginx does by default
-    if (iequals(f.name, "x-forwarded-for") || iequals(f.name, "x-real-ip") || iequals(f.name, "x-forwarded-proto") ||
-        iequals(f.name, "x-consumer-username"))
-      continue;  // written below (a client's X-Consumer-Username is never passed on)
+    // Written below (a client's X-Consumer-Username is never passed on). With
+    // underscores allowed, X_Real_IP reaches a CGI/WSGI/PHP host as the same
+    // HTTP_X_REAL_IP: '_' matches '-' here.
+    if (names_alike(f.name, "x-forwarded-for") || names_alike(f.name, "x-real-ip") ||
+        names_alike(f.name, "x-forwarded-proto") || names_alike(f.name, "x-consumer-username"))
+      continue;
     w.field(f.name, f.value);
   }
   // X-Forwarded-For is appended to, as nginx's $proxy_add_x_forwarded_for:

@@ -21,6 +21,7 @@ teardown, also when a test fails or the interpreter exits early.
 """
 
 import atexit
+import collections
 import ctypes
 import hashlib
 import itertools
@@ -329,14 +330,25 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime
                      "WARNING: ThreadSanitizer")
 
 
+_recent_ports = collections.deque(maxlen=512)
+
+
 def free_port():
-    """A loopback port that was free a moment ago (bind port 0, close)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+    """A loopback port that was free a moment ago (bind port 0, close), and not
+    one this process handed out recently: the kernel may give the same port to
+    two calls in a row, and two listeners of one config then share it
+    (SO_REUSEPORT), each getting the other's connections."""
+    for _ in range(64):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        if port not in _recent_ports:
+            _recent_ports.append(port)
+            return port
+    raise AssertionError("no free loopback port that was not handed out recently")
 
 
 def unique_shm_name():

@@ -280,6 +280,68 @@ class ApiAuthTest(GwTestCase):
                        invalid.format("expired"))
         c.close()
 
+    def test_routes_match_the_normalised_path(self):
+        """A route's auth cannot be stepped around by spelling its path another
+        way: routes match the path with %XX decoded, slashes merged and dot
+        segments resolved (nginx's $uri), so each of these reaches /admin/'s
+        key-auth, while the target goes to the host as sent. A path that climbs
+        above the root, or a bad %-escape, is a 400."""
+        routes = [{"name": "adm", "path": "/admin/", "upstream": "app", "auth": {"type": "key-auth"}},
+                  {"name": "open", "path": "/", "upstream": "app"}]
+        gw = self.gateway(self.config(routes, consumers=[{"name": "alice", "key": "alice-key-0001"}]))
+        c = Client(gw.port)
+        for p in ("/admin/x", "/x/../admin/x", "//admin/x", "/%61dmin/x", "/./admin/x", "/admin/./x",
+                  "/x/..%2Fadmin/x", "/admin//x?q=1"):
+            self.assert401(c.get(p), 'Key realm="gw"')
+            r = c.get(p, [("apikey", "alice-key-0001")])
+            self.assertEqual(r.status, 200, p)
+            self.assertEqual(r.json()["target"], p, "the target is forwarded as sent")
+        self.assertEqual(c.get("/x/y/../../z").status, 200)
+        c.close()
+        for p in ("/..", "/a/../../admin/x", "/%zz", "/a%00b", "/a%2"):
+            c = Client(gw.port)
+            self.assertEqual(c.get(p).status, 400, p)
+            c.close()
+
+    def test_a_second_credential_is_refused(self):
+        """gw checks the first credential; a host that reads another one would act
+        on what gw never checked, so two Authorization fields, two key headers, a
+        key argument or cookie given twice get 400 (nginx refuses a second
+        Authorization too)."""
+        routes = [{"name": "k", "path": "/k/", "upstream": "app", "auth": {"type": "key-auth"}},
+                  {"name": "q", "path": "/q/", "upstream": "app", "auth": {"type": "key-auth", "query": "key"}},
+                  {"name": "j", "path": "/j/", "upstream": "app",
+                   "auth": {"type": "jwt", "algorithm": "HS256", "secret": SECRET}}]
+        gw = self.gateway(self.config(routes, consumers=[{"name": "alice", "key": "alice-key-0001"}]))
+        c = Client(gw.port)
+        self.assertEqual(c.get("/k/", [("apikey", "alice-key-0001")]).status, 200)
+        self.assertEqual(c.get("/k/", [("apikey", "alice-key-0001"), ("APIKEY", "evil")]).status, 400)
+        self.assertEqual(c.get("/q/?key=alice-key-0001").status, 200)
+        self.assertEqual(c.get("/q/?key=alice-key-0001&key=evil").status, 400)
+        good = hs256({"sub": "alice", "exp": time.time() + 600}, SECRET)
+        forged = hs256({"sub": "root", "exp": time.time() + 600}, "x" * 32)
+        self.assertEqual(c.get("/j/", [("Authorization", "Bearer " + good)]).status, 200)
+        r = c.get("/j/", [("Authorization", "Bearer " + good), ("Authorization", "Bearer " + forged)])
+        self.assertEqual(r.status, 400)
+        c.close()
+
+    def test_limit_req_by_ip_comes_before_basic_auth(self):
+        """A client sending wrong passwords is limited before each one costs a
+        crypt() (nginx's limit_req runs in the preaccess phase, auth_basic in
+        access): with rate 1/s and burst 1, 10 pipelined bad requests get 401,
+        401 and then 429, and only those two were checked."""
+        users = {"alice": crypt_hash("wonderland", "$2b$", 8)}
+        routes = [{"name": "b", "path": "/b/", "upstream": "app", "auth": {"type": "basic-auth", "users": users},
+                   "limit_req": {"key": "ip", "rate": 1, "burst": 1}}]
+        gw = self.gateway(self.config(routes))
+        bad = base64.b64encode(b"alice:nope").decode()
+        with socket.create_connection((gwtest.LOOPBACK, gw.port), timeout=T(20)) as s:
+            s.sendall(f"GET /b/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {bad}\r\n\r\n".encode() * 10)
+            rd = Reader(s)
+            statuses = [read_response(rd).status for _ in range(10)]
+        self.assertEqual(statuses, [401, 401] + [429] * 8)
+        self.assertEqual(self.guard(gw)["auth_failed"], 2)
+
     def test_jwt_rs256_from_openssl(self):
         key, pub, other = (os.path.join(self.tmp, n) for n in ("key.pem", "pub.pem", "other.pem"))
         openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key)

@@ -82,6 +82,7 @@ class Guard {
   };
 
   Verdict authenticate(const RouteGuard& g, const GuardRequest& rq, ConsumerName& consumer) noexcept;
+  Verdict limit(const RouteGuard& g, const GuardRequest& rq, const ConsumerName& consumer, uint64_t now_ms) noexcept;
   Verdict reject(int status, std::string_view header) noexcept;
   void bump(std::atomic<uint64_t> shm::GuardCounters::*field) noexcept;
 

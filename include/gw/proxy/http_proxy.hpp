@@ -32,6 +32,7 @@
 
 #include <sys/socket.h>
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <string_view>
@@ -298,6 +299,8 @@ class HttpProxy {
   bool draining_ = false;
   std::vector<http::Field> fields_;  // the head being parsed (one at a time)
   char date_[40] = {};               // http_date(): the Date of our answers and of hosts' without one
+  // The normalised path of the request being routed (a head fits one buffer).
+  std::array<char, net::BufferPool::kBufferSize> path_buf_{};
   uint32_t date_len_ = 0;
   int64_t date_second_ = -1;
   uint64_t last_no_host_log_ms_ = 0;
