@@ -69,25 +69,46 @@ shm::LimitEntry* LimitTable::find(uint64_t fp, uint32_t set) const noexcept {
   return nullptr;
 }
 
-shm::LimitEntry* LimitTable::claim(uint64_t fp, uint32_t set, uint32_t conns, uint64_t now_ms, bool& full) noexcept {
+shm::LimitEntry* LimitTable::claim(uint64_t fp, uint32_t set, uint32_t conns, uint64_t now_ms, uint64_t now_us,
+                                   bool& full) noexcept {
   full = false;
   shm::LimitEntry* e = entries_ + size_t{set} * shm::kLimitWays;
-  shm::LimitEntry* victim = nullptr;
-  uint64_t victim_key = 0, oldest = ~0ull;
+  // The victim: an empty way; else the least recently used key with nothing
+  // to lose (a full bucket again, no state yet, or idle for a day: a new entry
+  // starts full too); else, as nginx when its zone runs out, the least
+  // recently used key. Keys still paying off their requests are thus the last
+  // to go: a flood of new keys (another route's, say) that refill in time
+  // cannot reset a limited key's bucket. Open connections are never evicted.
+  shm::LimitEntry *victim = nullptr, *spare = nullptr;
+  uint64_t victim_key = 0, spare_key = 0, oldest = ~0ull, oldest_spare = ~0ull;
+  bool empty = false;
   for (uint32_t w = 0; w < shm::kLimitWays; ++w) {
     const uint64_t k = e[w].key.load(std::memory_order_acquire);
     if (k == 0) {  // an empty way: the first one, so that racing claimers pick the same
       victim = &e[w];
       victim_key = 0;
+      empty = true;
       break;
     }
     if (k & kConnMask) continue;  // open connections: never evicted
     const uint64_t used = e[w].used_ms.load(std::memory_order_relaxed);
+    const uint64_t st = e[w].state.load(std::memory_order_acquire);
+    const bool refilled =
+        (st >> 40) != limit_tag(fp_of(k)) || now_ms > used + kMaxIdleMs || decode_tat(st, now_us) <= now_us;
+    if (refilled && used < oldest_spare) {
+      oldest_spare = used;
+      spare = &e[w];
+      spare_key = k;
+    }
     if (used < oldest) {
       oldest = used;
       victim = &e[w];
       victim_key = k;
     }
+  }
+  if (!empty && spare) {
+    victim = spare;
+    victim_key = spare_key;
   }
   if (!victim) {
     full = true;
@@ -117,7 +138,7 @@ ReqDecision LimitTable::take(uint64_t h, RateParams p, uint64_t now_us, uint64_t
     shm::LimitEntry* e = find(fp, set);
     if (!e) {
       bool full = false;
-      e = claim(fp, set, 0, now_ms, full);
+      e = claim(fp, set, 0, now_ms, now_us, full);
       if (full) {
         bump(&shm::GuardCounters::limit_full);
         return {LimitResult::full, 0};
@@ -158,7 +179,7 @@ ConnTicket LimitTable::acquire_conn(uint64_t h, uint32_t max, uint64_t now_ms) n
     shm::LimitEntry* e = find(fp, set);
     if (!e) {
       bool full = false;
-      e = claim(fp, set, 1, now_ms, full);
+      e = claim(fp, set, 1, now_ms, now_ms * 1000, full);
       if (full) {
         bump(&shm::GuardCounters::limit_full);
         return {LimitResult::full, 0};

@@ -101,9 +101,13 @@ class LimitTable {
 
  private:
   shm::LimitEntry* find(uint64_t fp, uint32_t set) const noexcept;
-  /// Takes a way of `set` for `fp` with `conns` connections. nullptr and
-  /// full=true if every way is pinned; nullptr and full=false on a lost race.
-  shm::LimitEntry* claim(uint64_t fp, uint32_t set, uint32_t conns, uint64_t now_ms, bool& full) noexcept;
+  /// Takes a way of `set` for `fp` with `conns` connections: an empty one,
+  /// else the least recently used of the keys with nothing to lose (a full
+  /// bucket, no open connection). nullptr and full=true if there is none (every
+  /// way has open connections or a bucket still refilling); nullptr and
+  /// full=false on a lost race.
+  shm::LimitEntry* claim(uint64_t fp, uint32_t set, uint32_t conns, uint64_t now_ms, uint64_t now_us,
+                         bool& full) noexcept;
   uint32_t set_of(uint64_t h) const noexcept { return static_cast<uint32_t>(((h & 0xffffffffu) * sets_) >> 32); }
   void bump(std::atomic<uint64_t> shm::GuardCounters::*field) noexcept;
 

@@ -156,6 +156,30 @@ TEST_SUITE("api") {
     CHECK(t.take(in_set0(b), p, kS, 21).result == LimitResult::limited);  // and it is b's own now
   }
 
+  TEST_CASE("limit table: a flood of new keys whose buckets refill evicts them, not a limited key") {
+    // One set. Key s (another route: one request per 100 s) is limited; then
+    // 3,000 new keys of a fast route (1,000/s: their buckets are full again a
+    // millisecond later) come through the same set. They take turns on the
+    // other ways; s keeps its entry and stays limited (with plain LRU the
+    // flood evicted it, and its next request passed with a fresh bucket).
+    Mem m(8);
+    LimitTable t = m.table();
+    const RateParams slow = RateParams::from(0.01, 0), fast = RateParams::from(1000, 0);
+    uint64_t us = kS, ms = 1;
+    REQUIRE(t.take(in_set0(0), slow, us, ms).result == LimitResult::allowed);
+    for (uint64_t k = 1; k <= 3000; ++k) {
+      us += 2000;  // 2 ms apart
+      REQUIRE(t.take(in_set0(k), fast, us, ++ms).result == LimitResult::allowed);
+    }
+    CHECK(t.contains(in_set0(0)));
+    CHECK(t.take(in_set0(0), slow, us, ++ms).result == LimitResult::limited);
+    // When no way has anything to spare, the least recently used one goes, as
+    // nginx does when its zone runs out: capacity is never refused for that.
+    for (uint64_t k = 1; k <= 8; ++k)
+      REQUIRE(t.take(in_set0(10000 + k), slow, us, ++ms).result == LimitResult::allowed);
+    CHECK_FALSE(t.contains(in_set0(0)));
+  }
+
   TEST_CASE("limit table: entries with open connections are never evicted") {
     Mem m(64);
     LimitTable t = m.table();
