@@ -12,6 +12,15 @@ namespace gw::proxy {
 
 namespace {
 
+// Escaped bytes a value may take in a line (see Out::logval): the worst line
+// (every other field at its longest, JSON's field names) stays under the
+// 8 KiB line, so a client cannot keep its request out of the log by filling
+// its target or headers with bytes that escape long.
+constexpr size_t kTargetBudget = 4096;
+constexpr size_t kFieldBudget = 1024;  // Referer, User-Agent
+constexpr size_t kHostBudget = 512;
+constexpr size_t kMethodBudget = 256;
+
 // A bounded writer: appends until the buffer is full, then only remembers
 // that it overflowed (the line is then not logged rather than cut).
 struct Out {
@@ -19,6 +28,7 @@ struct Out {
   size_t len = 0;
   size_t cap;
   bool overflow = false;
+  static constexpr size_t kNoBudget = ~size_t{0};
   void put(char c) noexcept {
     if (len < cap) p[len++] = c;
     else overflow = true;
@@ -53,15 +63,28 @@ struct Out {
     add(std::string_view(frac, 3));
   }
   // nginx escapes '"', '\' and bytes outside 0x20..0x7e as \xHH in log values;
-  // an empty value is "-".
-  void logval(std::string_view s) noexcept {
+  // an empty value is "-". At most `budget` bytes are written: a value whose
+  // escaped form is longer ends in "..." (escaping makes a value up to 4 times
+  // longer, 6 in JSON; the line must still fit, or it would not be logged).
+  void logval(std::string_view s, size_t budget = kNoBudget) noexcept {
     if (s.empty()) {
       put('-');
       return;
     }
     static constexpr char kHex[] = "0123456789ABCDEF";
-    for (unsigned char c : s) {
-      if (c == '"' || c == '\\' || c < 0x20 || c > 0x7e) {
+    auto escapes = [](unsigned char c) { return c == '"' || c == '\\' || c < 0x20 || c > 0x7e; };
+    size_t need = 0;
+    if (budget != kNoBudget)
+      for (unsigned char c : s) need += escapes(c) ? 4 : 1;
+    const size_t end = need > budget ? len + budget : kNoBudget;  // (need: 0 without a budget)
+    for (size_t i = 0; i < s.size(); ++i) {
+      const unsigned char c = static_cast<unsigned char>(s[i]);
+      const bool esc = escapes(c);
+      if (end != kNoBudget && len + (esc ? 4 : 1) + (i + 1 < s.size() ? 3 : 0) > end) {
+        add("...");
+        return;
+      }
+      if (esc) {
         put('\\');
         put('x');
         put(kHex[c >> 4]);
@@ -72,11 +95,22 @@ struct Out {
     }
   }
   // A JSON string; bytes >= 0x80 (the target may hold any) become \u00XX, so
-  // the line is valid UTF-8 whatever the client sent.
-  void jstr(std::string_view s) noexcept {
+  // the line is valid UTF-8 whatever the client sent. `budget` as logval's.
+  void jstr(std::string_view s, size_t budget = kNoBudget) noexcept {
     static constexpr char kHex[] = "0123456789abcdef";
     put('"');
-    for (unsigned char c : s) {
+    auto width = [](unsigned char c) -> size_t { return c == '"' || c == '\\' ? 2 : c < 0x20 || c > 0x7e ? 6 : 1; };
+    size_t need = 0;
+    if (budget != kNoBudget)
+      for (unsigned char c : s) need += width(c);
+    const size_t end = need > budget ? len + budget : kNoBudget;
+    for (size_t i = 0; i < s.size(); ++i) {
+      const unsigned char c = static_cast<unsigned char>(s[i]);
+      const size_t w = width(c);
+      if (end != kNoBudget && len + w + (i + 1 < s.size() ? 3 : 0) > end) {
+        add("...");
+        break;
+      }
       if (c == '"' || c == '\\') {
         put('\\');
         put(static_cast<char>(c));
@@ -90,11 +124,11 @@ struct Out {
     }
     put('"');
   }
-  void jfield(std::string_view name, std::string_view value, bool first = false) noexcept {
-    if (!first) put(',');
+  void jfield(std::string_view name, std::string_view value, size_t budget = kNoBudget) noexcept {
+    put(',');
     jstr(name);
     put(':');
-    jstr(value);
+    jstr(value, budget);
   }
   void jnum(std::string_view name, int64_t v) noexcept {
     put(',');
@@ -139,15 +173,15 @@ size_t AccessLog::format(char* buf, size_t cap, LogFormat f, const HttpLogEntry&
     o.put('"');
     o.jfield("client", e.client);
     o.jfield("listener", e.listener);
-    o.jfield("method", e.method);
-    o.jfield("target", e.target);
+    o.jfield("method", e.method, kMethodBudget);
+    o.jfield("target", e.target, kTargetBudget);
     o.jfield("version", e.version);
-    o.jfield("host", e.host);
+    o.jfield("host", e.host, kHostBudget);
     o.jnum("status", e.status);
     o.jnum("bytes", static_cast<int64_t>(e.body_bytes));
     o.jnum("request_time_ms", static_cast<int64_t>(e.request_ms));
-    o.jfield("referer", e.referer);
-    o.jfield("user_agent", e.user_agent);
+    o.jfield("referer", e.referer, kFieldBudget);
+    o.jfield("user_agent", e.user_agent, kFieldBudget);
     o.jfield("upstream_addr", e.upstream_addr);
     o.jnum("upstream_status", e.upstream_status);
     o.jnum("upstream_time_ms", e.upstream_ms);
@@ -169,9 +203,9 @@ size_t AccessLog::format(char* buf, size_t cap, LogFormat f, const HttpLogEntry&
   if (e.method.empty()) {
     o.put('-');
   } else {
-    o.logval(e.method);
+    o.logval(e.method, kMethodBudget);
     o.put(' ');
-    o.logval(e.target);
+    o.logval(e.target, kTargetBudget);
     o.put(' ');
     o.logval(e.version);
   }
@@ -180,9 +214,9 @@ size_t AccessLog::format(char* buf, size_t cap, LogFormat f, const HttpLogEntry&
   o.put(' ');
   o.num(e.body_bytes);
   o.add(" \"");
-  o.logval(e.referer);
+  o.logval(e.referer, kFieldBudget);
   o.add("\" \"");
-  o.logval(e.user_agent);
+  o.logval(e.user_agent, kFieldBudget);
   o.put('"');
   if (f == LogFormat::main) {
     o.add(" rt=");
@@ -204,7 +238,7 @@ size_t AccessLog::format(char* buf, size_t cap, LogFormat f, const HttpLogEntry&
     o.add(" retries=");
     o.num(e.retries);
     o.add(" host=\"");
-    o.logval(e.host);
+    o.logval(e.host, kHostBudget);
     o.put('"');
   }
   return o.overflow ? 0 : o.len;
