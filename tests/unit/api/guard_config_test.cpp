@@ -90,6 +90,9 @@ TEST_SUITE("config") {
     auto e = [](const std::string& json) { return load_string(json).errors; };
     CHECK(has(e(conf(R"(, "limit_req": {"rate": 0})")),
               "listeners[0].routes[0].limit_req.rate: expected requests per second"));
+    CHECK(has(e(conf(R"(, "limit_req": {"rate": 700000})")),
+              "limit_req.rate: expected requests per second, a number 0.001..100000, got 700000"));
+    CHECK(e(conf(R"(, "limit_req": {"rate": 100000})")).empty());
     CHECK(has(e(conf(R"(, "limit_req": {"burst": 1})")),
               "listeners[0].routes[0].limit_req: missing required key \"rate\""));
     CHECK(has(e(conf(R"(, "limit_req": {"rate": 1, "key": "cookie:x"})")),
