@@ -71,69 +71,67 @@ class Balancer {
   int pick_pool(const Snapshot& s, const UpstreamView& u, const PoolView& p, std::string_view key, Eligible& eligible,
                 Load& load, bool* fell_back) noexcept {
     auto hosts = s.table().hosts();
-    {
-      auto cands = s.hosts(p);
-      int h = -1;
-      if (shm::method_uses_key(p.method) && key.empty()) {
-        if (fell_back) *fell_back = true;
-        h = rr_.pick(hosts, cands, eligible);
-      } else {
-        const PoolState* st = state(s, p);
-        switch (p.method) {
-          case shm::Method::round_robin:
-            if (st && !st->schedule.empty()) {
-              // A few shared tickets (the pool-wide sequence); when they land on
-              // down hosts only (a pool mostly out: failover), this worker's
-              // own smooth WRR over the eligible hosts, at a cost of one pass
-              // over the pool rather than a walk of the whole cycle.
-              h = rr_.pick_scheduled(
-                  hosts, st->schedule, [&] { return next_ticket(p.pool, *st); }, eligible, rng_, 2 * cands.size() + 2);
-              if (h < 0) h = rr_.pick(hosts, cands, eligible);
-            } else {
-              h = rr_.pick(hosts, cands, eligible);
-            }
-            break;
-          case shm::Method::chash:
-            if (!st) break;
-            if (u.balance_factor == 0) {
-              h = st->ring.pick(key, eligible);
-            } else {
-              // Bounded loads: skip hosts that would exceed factor x the mean
-              // load, walking the whole ring if need be (HAProxy, Envoy).
-              // A host's limit is its weight's share of factor x (load + 1).
-              uint64_t total = 0, weights = 0;
-              for (uint32_t i : cands)
-                if (hosts[i].weight && eligible(i)) total += load(i), weights += hosts[i].weight;
-              if (weights == 0) break;  // none eligible: no walk of the whole ring
-              const uint64_t scaled = (total + 1) * u.balance_factor, den = 100 * weights;
-              h = st->ring.pick(
-                  key,
-                  [&](uint32_t i) noexcept {
-                    return eligible(i) && (load(i) + 1) * den <= scaled * hosts[i].weight + den - 1;
-                  },
-                  st->ring.size());
-            }
-            break;
-          case shm::Method::hash: h = nginx_hash_pick(hosts, cands, key, eligible); break;
-          case shm::Method::crc32_mod: h = crc32_mod_pick(hosts, cands, key, eligible); break;
-          case shm::Method::maglev: h = st ? st->maglev.pick(key, eligible) : -1; break;
-          case shm::Method::least_conn: h = least_conn_pick(hosts, cands, eligible, load, rr_); break;
-          case shm::Method::least_request: h = p2c_pick(hosts, cands, eligible, load, rng_, rr_); break;
-          case shm::Method::random: h = weighted_random_pick(hosts, cands, eligible, rng_); break;
-          case shm::Method::ewma: {
-            // Power of two choices by peak-EWMA latency x (active + 1) / weight.
-            auto cost = [&](uint32_t i) noexcept {
-              uint64_t lat = latency_source_ ? latency_source_(latency_ctx_, hosts[i]) : 0;
-              return (lat ? lat : 1) * (load(i) + 1);
-            };
-            h = p2c_pick(hosts, cands, eligible, cost, rng_, rr_);
-            break;
+    auto cands = s.hosts(p);
+    int h = -1;
+    if (shm::method_uses_key(p.method) && key.empty()) {
+      if (fell_back) *fell_back = true;
+      h = rr_.pick(hosts, cands, eligible);
+    } else {
+      const PoolState* st = state(s, p);
+      switch (p.method) {
+        case shm::Method::round_robin:
+          if (st && !st->schedule.empty()) {
+            // A few shared tickets (the pool-wide sequence); when they land on
+            // down hosts only (a pool mostly out: failover), this worker's
+            // own smooth WRR over the eligible hosts, at a cost of one pass
+            // over the pool rather than a walk of the whole cycle.
+            h = rr_.pick_scheduled(
+                hosts, st->schedule, [&] { return next_ticket(p.pool, *st); }, eligible, rng_, 2 * cands.size() + 2);
+            if (h < 0) h = rr_.pick(hosts, cands, eligible);
+          } else {
+            h = rr_.pick(hosts, cands, eligible);
           }
+          break;
+        case shm::Method::chash:
+          if (!st) break;
+          if (u.balance_factor == 0) {
+            h = st->ring.pick(key, eligible);
+          } else {
+            // Bounded loads: skip hosts that would exceed factor x the mean
+            // load, walking the whole ring if need be (HAProxy, Envoy).
+            // A host's limit is its weight's share of factor x (load + 1).
+            uint64_t total = 0, weights = 0;
+            for (uint32_t i : cands)
+              if (hosts[i].weight && eligible(i)) total += load(i), weights += hosts[i].weight;
+            if (weights == 0) break;  // none eligible: no walk of the whole ring
+            const uint64_t scaled = (total + 1) * u.balance_factor, den = 100 * weights;
+            h = st->ring.pick(
+                key,
+                [&](uint32_t i) noexcept {
+                  return eligible(i) && (load(i) + 1) * den <= scaled * hosts[i].weight + den - 1;
+                },
+                st->ring.size());
+          }
+          break;
+        case shm::Method::hash: h = nginx_hash_pick(hosts, cands, key, eligible); break;
+        case shm::Method::crc32_mod: h = crc32_mod_pick(hosts, cands, key, eligible); break;
+        case shm::Method::maglev: h = st ? st->maglev.pick(key, eligible) : -1; break;
+        case shm::Method::least_conn: h = least_conn_pick(hosts, cands, eligible, load, rr_); break;
+        case shm::Method::least_request: h = p2c_pick(hosts, cands, eligible, load, rng_, rr_); break;
+        case shm::Method::random: h = weighted_random_pick(hosts, cands, eligible, rng_); break;
+        case shm::Method::ewma: {
+          // Power of two choices by peak-EWMA latency x (active + 1) / weight.
+          auto cost = [&](uint32_t i) noexcept {
+            uint64_t lat = latency_source_ ? latency_source_(latency_ctx_, hosts[i]) : 0;
+            return (lat ? lat : 1) * (load(i) + 1);
+          };
+          h = p2c_pick(hosts, cands, eligible, cost, rng_, rr_);
+          break;
         }
-        if (h < 0 && shm::method_uses_key(p.method)) h = rr_.pick(hosts, cands, eligible);
       }
-      return h;
+      if (h < 0 && shm::method_uses_key(p.method)) h = rr_.pick(hosts, cands, eligible);
     }
+    return h;
   }
 
  public:
