@@ -45,9 +45,13 @@ class Balancer {
     latency_ctx_ = ctx;
   }
 
-  /// Rebuilds the derived structures (chash rings, maglev tables) of every pool
-  /// that needs one. Call after each Snapshot::build(); allocates.
+  /// Rebuilds the derived structures (chash rings, maglev tables, round-robin
+  /// schedules) of the pools whose method or hosts (their table positions,
+  /// addresses, ids and weights) changed; the others keep theirs. Call after
+  /// each Snapshot::build(); allocates.
   void rebuild(const Snapshot& s);
+  /// Pools the last rebuild() built anew (tests).
+  size_t last_rebuilt() const noexcept { return last_rebuilt_; }
 
   /// Returns a host index into the snapshot's table, or -1 if no pool of the
   /// upstream has an eligible host. `retry_pool()` is asked when a pool gave
@@ -151,6 +155,7 @@ class Balancer {
     MaglevTable maglev;
     std::vector<uint32_t> schedule;  ///< round robin: one smooth WRR cycle
     uint64_t local_ticket = 0;       ///< used when no shared ticket source is set
+    uint64_t sig = 0;                ///< what the derived structures were built from (rebuild)
   };
   uint64_t next_ticket(uint32_t pool, const PoolState& st) noexcept {
     if (ticket_source_)
@@ -165,6 +170,7 @@ class Balancer {
 
   RoundRobin rr_;
   Rng rng_;
+  size_t last_rebuilt_ = 0;
   std::vector<PoolState> pools_;  // indexed like Snapshot::all_pools()
   std::atomic<uint64_t>* (*ticket_source_)(void*, uint32_t) = nullptr;
   void* ticket_ctx_ = nullptr;

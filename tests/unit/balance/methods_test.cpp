@@ -291,6 +291,57 @@ TEST_SUITE("balance") {
     CHECK(calls < 10);  // (the old walk went round the whole ring, 160 points per weight unit)
   }
 
+  TEST_CASE("rebuild keeps the rings and schedules of pools whose hosts did not change") {
+    shm::Table t{{1, 2, 64}};
+    shm::UpstreamRecord r{};
+    shm::set_name(r.name, "app");
+    t.add_upstream(r);
+    t.add_pool(0, "a", 0, shm::Method::chash);
+    t.add_pool(0, "b", 1, shm::Method::round_robin);
+    for (int i = 0; i < 6; ++i) {
+      core::SockAddr a;
+      std::string why;
+      core::parse_address("127.0.0.1:" + std::to_string(9100 + i), a, why);
+      const int h = t.add_host(i < 3 ? 0 : 1, "h" + std::to_string(i), a, 100);
+      t.hosts()[static_cast<size_t>(h)].slot = static_cast<uint32_t>(h);
+      t.hosts()[static_cast<size_t>(h)].tag = static_cast<uint32_t>(h) + 1;
+    }
+    balance::Snapshot snap;
+    balance::Balancer b{64, 1};
+    snap.build(t);
+    b.rebuild(snap);
+    CHECK(b.last_rebuilt() == 2);
+    std::vector<int> before;
+    for (int i = 0; i < 200; ++i) before.push_back(b.pick(snap, snap.upstreams()[0], key(i), Pool::all, Pool::none));
+    // An admin down (eligibility, not structure): nothing is rebuilt.
+    t.hosts()[4].admin_down = 1;
+    snap.build(t);
+    b.rebuild(snap);
+    CHECK(b.last_rebuilt() == 0);
+    // A weight in pool b: only b. Pool a's ring still maps every key the same.
+    t.hosts()[4].weight = 7;
+    snap.build(t);
+    b.rebuild(snap);
+    CHECK(b.last_rebuilt() == 1);
+    for (int i = 0; i < 200; ++i)
+      CHECK(b.pick(snap, snap.upstreams()[0], key(i), Pool::all, Pool::none) == before[static_cast<size_t>(i)]);
+    // A host added to pool a: a is rebuilt (and b, whose hosts' positions moved
+    // only if the table renumbered them).
+    core::SockAddr a;
+    std::string why;
+    core::parse_address("127.0.0.1:9200", a, why);
+    const int h = t.add_host(0, "h9", a, 100);
+    t.hosts()[static_cast<size_t>(h)].slot = static_cast<uint32_t>(h);
+    t.hosts()[static_cast<size_t>(h)].tag = 99;
+    snap.build(t);
+    b.rebuild(snap);
+    CHECK(b.last_rebuilt() >= 1);
+    int moved = 0;
+    for (int i = 0; i < 200; ++i)
+      moved += b.pick(snap, snap.upstreams()[0], key(i), Pool::all, Pool::none) != before[static_cast<size_t>(i)];
+    CHECK(moved > 0);  // the new host took its share
+  }
+
   TEST_CASE("crc32_mod never picks a weight-0 (draining) host") {
     Pool p(shm::Method::crc32_mod, {0, 1});
     for (int i = 0; i < 100; ++i) CHECK(p.pick(key(i)) == "h1");
