@@ -7,8 +7,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <new>
 
 #include "gw/api/conn_limiter.hpp"
 #include "gw/core/clock.hpp"
@@ -19,6 +21,26 @@
 #include "proxy/relay_common.hpp"
 
 namespace gw::proxy {
+
+namespace {
+
+// The head of each pool buffer of a spill (Dir::spill); the data follows at
+// kSpillData. The chain's first buffer also keeps the chain's tail.
+struct SpillHdr {
+  char* next;
+  char* tail;
+  uint32_t len;  // data bytes in this buffer
+  uint32_t off;  // ... of which already sent
+};
+constexpr uint32_t kSpillData = 32;
+static_assert(sizeof(SpillHdr) <= kSpillData);
+constexpr uint32_t kSpillCap = static_cast<uint32_t>(net::BufferPool::kBufferSize) - kSpillData;
+
+SpillHdr& spill_hdr(char* b) noexcept {
+  return *std::launder(reinterpret_cast<SpillHdr*>(b));
+}
+
+}  // namespace
 
 UringRelay::UringRelay(RelayEnv& env, net::Ring& ring, net::BufRing& bufs, uint32_t max_sessions, bool recv_limit)
     : env_(env), ring_(ring), bufs_(bufs), recv_limit_(recv_limit), next_(bufs.count(), kNoBuf), len_(bufs.count(), 0) {
@@ -268,7 +290,8 @@ void UringRelay::arm_recv(Session& s, bool client) noexcept {
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = bufs_.group();
   // The byte limit (optlen): what brings the FIFO up to kHighWater buffers.
-  if (recv_limit_) sqe->file_index = (kHighWater - d.queued) * bufs_.size();
+  if (recv_limit_)
+    sqe->file_index = (kHighWater - std::min<uint32_t>(kHighWater - 1, d.queued + d.spilled)) * bufs_.size();
   io_uring_sqe_set_data64(sqe, tag(s, client ? kRecvClient : kRecvUpstream));
   ++(client ? s.c_ops : s.u_ops);
   d.recv = kArmed;
@@ -276,7 +299,7 @@ void UringRelay::arm_recv(Session& s, bool client) noexcept {
 
 void UringRelay::maybe_arm(Session& s, bool client) noexcept {
   Dir& d = client ? s.c2u : s.u2c;
-  if (d.recv != kIdle || d.eof || d.starved || d.pipe || d.queued > kLowWater) return;
+  if (d.recv != kIdle || d.eof || d.starved || d.pipe || d.queued + d.spilled > kLowWater) return;
   if (start_splice(s, client)) return;  // pump() moves on to the pipe once the FIFO is out
   // The client is not read while its upstream connect is pending (as the
   // epoll relay): a receive armed then takes ring buffers that only a
@@ -310,14 +333,10 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
       if (s.state == State::relay) s.deadline_ms = env_.now_ms + s.idle_ms;  // lazy: re-filed when due
       d.burst = static_cast<uint32_t>(res) == bufs_.size();
       enqueue(d, bid, static_cast<uint32_t>(res));
-      if (d.queued >= kHighWater && d.recv == kArmed) {
-        // Back-pressure: the other side has not taken what came before.
-        io_uring_sqe* sqe = ring_.sqe();
-        io_uring_prep_cancel64(sqe, tag(s, client ? kRecvClient : kRecvUpstream), 0);
-        io_uring_sqe_set_data64(sqe, net::pack_tag(uring_op::kIgnore, 0, 0));
-        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-        d.recv = kCancelling;
-      }
+      // Behind a spill (the destination was blocked): copied out at once,
+      // so that the ring buffer goes back to the kernel.
+      if (d.spill) spill_fifo(d);
+      pause_if_full(s, client);
       pump(s, client);
       if (s.state == State::closing) return;
     }
@@ -346,20 +365,27 @@ void UringRelay::on_send(Session& s, bool c2u, int32_t res) noexcept {
   --(c2u ? s.u_ops : s.c_ops);
   d.sending = false;
   if (s.state == State::closing) {
-    // The one buffer the kernel was still reading from.
+    // The one buffer the kernel was still reading from (see pump() for the order).
     if (d.extra) {
       (d.extra_big ? env_.listeners[s.listener].frame_buffers : env_.buffers)->release(d.extra);
       d.extra = nullptr;
+    } else if (d.spill) {
+      pop_spill(d);
     } else if (d.head != kNoBuf) {
       pop_front(d);
     }
     maybe_retire(s);
     return;
   }
+  if (res == -EAGAIN || res == -EWOULDBLOCK) {
+    blocked(s, c2u);  // the destination's socket buffer is full
+    return;
+  }
   if (res <= 0) {
     close_session(s);
     return;
   }
+  bool rest = false;  // the destination took only part of it: its buffer is full
   if (d.extra) {
     d.extra_off += static_cast<uint32_t>(res);
     if (d.extra_off >= d.extra_len) {
@@ -367,26 +393,65 @@ void UringRelay::on_send(Session& s, bool c2u, int32_t res) noexcept {
       d.extra = nullptr;
       d.extra_off = d.extra_len = 0;
       d.extra_big = false;
+    } else {
+      rest = true;
     }
+  } else if (d.spill) {
+    SpillHdr& h = spill_hdr(d.spill);
+    h.off += static_cast<uint32_t>(res);
+    if (h.off >= h.len) pop_spill(d);
+    else rest = true;
   } else if (d.head != kNoBuf) {
     d.off += static_cast<uint32_t>(res);
     if (d.off >= len_[d.head]) pop_front(d);
+    else rest = true;
   }
   d.moved += static_cast<uint64_t>(res);
   s.deadline_ms = env_.now_ms + s.idle_ms;
+  if (rest) {
+    blocked(s, c2u);
+    return;
+  }
   maybe_arm(s, c2u);
   pump(s, c2u);
 }
 
+// The destination of this direction takes no more for now: what waits for it
+// moves out of the shared ring into the worker's pool, and POLLOUT resumes it.
+void UringRelay::blocked(Session& s, bool c2u) noexcept {
+  Dir& d = c2u ? s.c2u : s.u2c;
+  spill_fifo(d);
+  pause_if_full(s, c2u);
+  arm_poll(s, c2u, true);
+}
+
+void UringRelay::pause_if_full(Session& s, bool client) noexcept {
+  Dir& d = client ? s.c2u : s.u2c;
+  if (d.queued + d.spilled < kHighWater || d.recv != kArmed) return;
+  // Back-pressure: the other side has not taken what came before.
+  io_uring_sqe* sqe = ring_.sqe();
+  io_uring_prep_cancel64(sqe, tag(s, client ? kRecvClient : kRecvUpstream), 0);
+  io_uring_sqe_set_data64(sqe, net::pack_tag(uring_op::kIgnore, 0, 0));
+  sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+  d.recv = kCancelling;
+}
+
+// Sends, in this order: `extra` (a sniffed first frame), the spill, the FIFO;
+// then the pipe (bulk mode); then the EOF. Only the first of them that holds
+// bytes can have a send in flight.
 void UringRelay::pump(Session& s, bool c2u) noexcept {
   Dir& d = c2u ? s.c2u : s.u2c;
-  if (s.state != State::relay || d.sending) return;
+  if (s.state != State::relay || d.sending || d.poll_out) return;  // poll_out: waiting for the destination
   const int dst = c2u ? s.ufd : s.cfd;
-  const char* p;
+  char* p;
   uint32_t n;
   if (d.extra) {
     p = d.extra + d.extra_off;
     n = d.extra_len - d.extra_off;
+  } else if (d.spill) {
+    const SpillHdr& h = spill_hdr(d.spill);
+    p = d.spill + kSpillData + h.off;
+    n = h.len - h.off;
   } else if (d.head != kNoBuf) {
     p = bufs_.buf(d.head) + d.off;
     n = len_[d.head] - d.off;
@@ -398,8 +463,9 @@ void UringRelay::pump(Session& s, bool c2u) noexcept {
     return;
   }
   io_uring_sqe* sqe = ring_.sqe();
-  // MSG_WAITALL: the kernel finishes a short send itself.
-  io_uring_prep_send(sqe, dst, p, n, MSG_NOSIGNAL | MSG_WAITALL);
+  // MSG_DONTWAIT: a full destination answers at once (-EAGAIN or a short
+  // count), and blocked() moves what waits out of the ring.
+  io_uring_prep_send(sqe, dst, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
   io_uring_sqe_set_data64(sqe, tag(s, c2u ? kSendUpstream : kSendClient));
   ++(c2u ? s.u_ops : s.c_ops);
   d.sending = true;
@@ -455,7 +521,7 @@ void UringRelay::on_poll(Session& s, bool c2u, bool out) noexcept {
     maybe_retire(s);
     return;
   }
-  splice_pump(s, c2u);
+  pump(s, c2u);  // a spill or the FIFO first, then the pipe
 }
 
 void UringRelay::splice_pump(Session& s, bool c2u) noexcept {
@@ -524,6 +590,43 @@ void UringRelay::enqueue(Dir& d, uint16_t bid, uint32_t len) noexcept {
   else d.head = bid;
   d.tail = bid;
   ++d.queued;
+}
+
+void UringRelay::spill_fifo(Dir& d) noexcept {
+  while (d.head != kNoBuf) {
+    const char* src = bufs_.buf(d.head) + d.off;
+    uint32_t n = len_[d.head] - d.off;
+    while (n > 0) {
+      char* t = d.spill ? spill_hdr(d.spill).tail : nullptr;
+      if (!t || spill_hdr(t).len == kSpillCap) {
+        char* b = env_.buffers->acquire();
+        if (!b) return;  // out of buffer memory: the rest waits in the ring, as without a spill
+        ::new (b) SpillHdr{nullptr, nullptr, 0, 0};
+        if (t) spill_hdr(t).next = b;
+        else d.spill = b;
+        spill_hdr(d.spill).tail = b;
+        ++d.spilled;
+        t = b;
+      }
+      SpillHdr& h = spill_hdr(t);
+      const uint32_t k = std::min(n, kSpillCap - h.len);
+      std::memcpy(t + kSpillData + h.len, src, k);
+      h.len += k;
+      src += k;
+      n -= k;
+      d.off += k;
+    }
+    pop_front(d);
+  }
+}
+
+void UringRelay::pop_spill(Dir& d) noexcept {
+  char* b = d.spill;
+  char* next = spill_hdr(b).next;
+  if (next) spill_hdr(next).tail = spill_hdr(b).tail;
+  d.spill = next;
+  --d.spilled;
+  env_.buffers->release(b);
 }
 
 void UringRelay::pop_front(Dir& d) noexcept {
@@ -611,7 +714,22 @@ void UringRelay::release_dir(const Session& s, Dir& d) noexcept {
     (d.extra_big ? env_.listeners[s.listener].frame_buffers : env_.buffers)->release(d.extra);
     d.extra = nullptr;
   }
-  const bool keep_head = d.sending && !d.extra;
+  const bool keep_spill = d.sending && !d.extra && d.spill;
+  char* sb = keep_spill ? spill_hdr(d.spill).next : d.spill;
+  while (sb) {
+    char* next = spill_hdr(sb).next;
+    env_.buffers->release(sb);
+    sb = next;
+  }
+  if (keep_spill) {
+    spill_hdr(d.spill).next = nullptr;
+    spill_hdr(d.spill).tail = d.spill;
+    d.spilled = 1;
+  } else {
+    d.spill = nullptr;
+    d.spilled = 0;
+  }
+  const bool keep_head = d.sending && !d.extra && !d.spill;
   uint16_t b = keep_head && d.head != kNoBuf ? next_[d.head] : d.head;
   while (b != kNoBuf) {
     const uint16_t nb = next_[b];

@@ -191,6 +191,51 @@ class RelayTest(GwTestCase):
             self.assertEqual(gwtest.recv_line(s), "ping")
         self.assertLess(time.monotonic() - t0, 2.0, "a live host's connection waited on the blackholed clients")
 
+    def test_clients_that_stop_reading_do_not_stall_other_connections(self):
+        """150 clients send bulk data to an echo host and never read the echo:
+        both directions of each session stall (the client does not read, so
+        the host stops reading). A connection through another listener is
+        still answered at once. Under io_uring a blocked send held its ring
+        buffers (up to 4 per direction) until the session moved or timed
+        out, and some 32 such sessions left the worker's shared ring dry;
+        they now wait in the worker's own buffers, as under epoll."""
+        echo = self.backend("echo", "echo")
+        live = self.backend("live", "echo")
+        # Copies only (no splice), so that every stalled byte sits in gw's buffers.
+        cfg = self.make_config([pool("p", [host("e", echo)])], splice_after_bytes=0)
+        cfg["upstreams"].append(gwtest.upstream("live", [pool("p", [host("l", live)])]))
+        cfg["listeners"].append(gwtest.tcp_listener("l2", "live"))
+        gw = self.gateway(cfg)
+        clients = []
+        self.addCleanup(lambda: [c.close() for c in clients])
+        blob = b"s" * (64 * 1024)
+
+        def stuff(c):
+            # Send until nothing more is taken for a while: every buffer on
+            # the way (the host's, gw's, the kernel's) is full.
+            c.setblocking(False)
+            idle_since = time.monotonic()
+            while time.monotonic() - idle_since < 1.0:
+                try:
+                    c.send(blob)
+                    idle_since = time.monotonic()
+                except BlockingIOError:
+                    time.sleep(0.02)
+                except OSError:
+                    return
+        for _ in range(150):
+            clients.append(gwtest.connect(gw.port, timeout=T(5)))
+        threads = [threading.Thread(target=stuff, args=(c,), daemon=True) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(T(60))
+        t0 = time.monotonic()
+        with gwtest.connect(gw.ports[1], timeout=T(10)) as s:
+            s.sendall(b"ping\n")
+            self.assertEqual(gwtest.recv_line(s), "ping")
+        self.assertLess(time.monotonic() - t0, 2.0, "a live host's connection waited on the stalled sessions")
+
     def test_idle_timeout(self):
         a = self.backend("a")
         gw = self.gateway(self.make_config([pool("primary", [host("a", a)])],

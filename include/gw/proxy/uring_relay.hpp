@@ -21,6 +21,15 @@
 // ring empty (-ENOBUFS) waits on the starved list until buffers come back.
 // Idle connections hold no buffer at all.
 //
+// Blocked destinations: sends are MSG_DONTWAIT, so a destination that does not
+// read answers -EAGAIN (or a short count) at once instead of parking the send,
+// and with it a ring buffer, in the kernel. What is queued then moves into the
+// worker's own pool buffers (the spill, packed), the ring buffers go back to
+// the kernel at once, and a one-shot POLLOUT brings the direction back. A
+// stalled peer therefore holds at most kHighWater pool buffers per direction
+// and none of the ring, which the worker's other sessions share. (A kernel
+// that ignored MSG_DONTWAIT on io_uring sends would park the send as before.)
+//
 // Bulk: a direction that has carried env.splice_after bytes and receives full
 // buffers (a burst) stops receiving into ring buffers and moves its bytes with
 // splice(2) through a pipe until a read comes back short, driven
@@ -126,6 +135,8 @@ class UringRelay {
     bool poll_in = false;                               // splice mode: waiting for the source
     bool poll_out = false;                              // splice mode: waiting for the destination
     bool burst = false;                                 // the last read filled a whole buffer or pipe
+    uint8_t spilled = 0;                                // pool buffers in the spill
+    char* spill = nullptr;  // bytes sent after `extra`, before the FIFO: a chain of pool buffers (SpillHdr)
   };
 
   struct Session : net::TimerNode, StreamRoute {
@@ -164,6 +175,10 @@ class UringRelay {
   void arm_poll(Session& s, bool client_to_upstream, bool out) noexcept;
   void on_poll(Session& s, bool client_to_upstream, bool out) noexcept;
   void enqueue(Dir& d, uint16_t bid, uint32_t len) noexcept;
+  void spill_fifo(Dir& d) noexcept;
+  void pop_spill(Dir& d) noexcept;
+  void blocked(Session& s, bool client_to_upstream) noexcept;
+  void pause_if_full(Session& s, bool client) noexcept;
   void pop_front(Dir& d) noexcept;
   void starve(Session& s, bool client) noexcept;
   void unstarve(Session& s, bool client) noexcept;

@@ -141,6 +141,8 @@ struct UringEngine {
   }
   /// Buffers holding bytes the relay has read but not yet written on.
   size_t held() const { return bufs.out() + e.buffers.in_use(); }
+  /// Of those, the ones taken from the ring that every session shares.
+  size_t shared_held() const { return bufs.out(); }
   // kHighWater (4) buffers, and one more: the receive's byte limit is checked
   // after a buffer is filled. (Without the limit, Linux < 6.17, a burst
   // already in the socket may overrun the cancel: not checked then.)
@@ -172,6 +174,7 @@ struct EpollEngine {
   uint32_t active() const { return relay->active(); }
   bool idle() const { return relay->active() == 0 && e.buffers.in_use() == 0 && e.pipes.in_use() == 0; }
   size_t held() const { return e.buffers.in_use(); }
+  size_t shared_held() const { return 0; }
   static constexpr size_t kMaxHeldPerDirection = 1;
   bool strict() const { return true; }
 };
@@ -229,6 +232,10 @@ bool stall_then_flow(E& eng, int from, int to, const std::string& data) {
                              << " bytes sent before the writer stalled; the relay held " << peak
                              << " buffer(s) at most");
   CHECK(sent < data.size());  // it did stall
+  // A stalled direction keeps nothing of the shared buffer ring (io_uring):
+  // what waits for the reader has moved to the worker's own buffers, so that
+  // stalled peers cannot starve the worker's other sessions.
+  CHECK(eng.shared_held() == 0);
   std::string got;
   bool flowed = step_until(eng, [&] {
     push();
