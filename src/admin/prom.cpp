@@ -252,7 +252,7 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
   std::vector<ListenerSnap> listeners;
   for (size_t i = 0; i < cfg.listeners.size() && i < shm::kMaxListeners; ++i)
     listeners.push_back({cfg.listeners[i].name, protocol_name(cfg.listeners[i].protocol), cfg.listeners[i].protocol,
-                         cfg.listeners[i].limit_conn.on, shm::listener_totals(seg, static_cast<uint32_t>(i))});
+                         cfg.listeners[i].limit_conn.on, shm::listener_totals(seg, cfg.listeners[i].stats_row)});
   w.family("gw_listener_accepted_total", "counter", "Connections the listener accepted.");
   for (const auto& l : listeners)
     w.sample("gw_listener_accepted_total", {{"listener", l.name}, {"protocol", l.protocol}}, l.tot.accepted);

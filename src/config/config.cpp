@@ -524,6 +524,7 @@ void parse_listeners(Ctx& c, element arr, Config& cfg) {
     }
     if (l.protocol == Protocol::frame && l.frame.mode == FrameMode::frame && l.hash_key != HashKey::frame)
       c.error(p + ".hash_key", "frame.mode \"frame\" routes each frame by its key; hash_key must be \"frame\"");
+    l.stats_row = static_cast<uint32_t>(cfg.listeners.size());  // the master assigns the row it runs with
     cfg.listeners.push_back(std::move(l));
   });
 }

@@ -160,15 +160,56 @@ void keep_runtime_slots(shm::Table& merged, const shm::Table& live) {
   }
 }
 
-// The listeners' addresses, for `gwctl check`.
-void publish_listeners(shm::SegmentHeader& hdr, const config::Config& cfg) {
-  hdr.n_listeners = static_cast<uint32_t>(std::min<size_t>(cfg.listeners.size(), shm::kMaxListeners));
-  for (uint32_t i = 0; i < hdr.n_listeners; ++i) {
+}  // namespace
+
+void publish_listeners(const shm::Segment& seg, config::Config& cfg, bool keep, ListenerRowTimes& free_at,
+                       uint64_t now_ms, uint64_t old_gone_ms) {
+  constexpr uint32_t kNoRow = ~0u;
+  shm::SegmentHeader& hdr = seg.header();
+  std::array<bool, shm::kMaxListeners> old_row{};  // rows the running config's workers count in
+  std::array<bool, shm::kMaxListeners> taken{};
+  const uint32_t n_old = keep ? std::min(hdr.n_listeners, shm::kMaxListeners) : 0;
+  const size_t n = std::min<size_t>(cfg.listeners.size(), shm::kMaxListeners);
+  std::vector<uint32_t> row(n, kNoRow);
+  for (uint32_t j = 0; j < n_old; ++j) {
+    const uint32_t r = shm::listener_stats_row(hdr.listeners[j], j);
+    old_row[r] = true;
+    for (size_t i = 0; i < n; ++i)
+      if (row[i] == kNoRow && !taken[r] && cfg.listeners[i].name == shm::name_of(hdr.listeners[j].name)) {
+        row[i] = r;  // the same listener: its counters go on
+        taken[r] = true;
+        break;
+      }
+  }
+  // A row given up now is free again once the old workers that count in it
+  // have gone (they drain up to worker_shutdown_timeout_ms).
+  for (uint32_t r = 0; r < shm::kMaxListeners; ++r)
+    if (old_row[r] && !taken[r]) free_at[r] = old_gone_ms;
+  for (size_t i = 0; i < n; ++i) {
+    if (row[i] != kNoRow) continue;
+    // A new listener: a row no worker counts in, else one whose workers may
+    // still be draining (more than 64 listeners changed within a drain).
+    for (int pass = 0; pass < 3 && row[i] == kNoRow; ++pass)
+      for (uint32_t r = 0; r < shm::kMaxListeners; ++r)
+        if (!taken[r] && (pass == 2 || !old_row[r]) && (pass >= 1 || free_at[r] <= now_ms)) {
+          row[i] = r;
+          break;
+        }
+    taken[row[i]] = true;
+    shm::clear_listener_row(seg, row[i]);  // starts at 0, not at what a removed listener left
+  }
+  // The listeners' addresses for `gwctl check`, and their rows for a binary upgrade.
+  hdr.n_listeners = static_cast<uint32_t>(n);
+  for (uint32_t i = 0; i < n; ++i) {
     hdr.listeners[i] = shm::ListenerInfo{};
     shm::set_name(hdr.listeners[i].name, cfg.listeners[i].name);
     hdr.listeners[i].addr = cfg.listeners[i].listen;
+    hdr.listeners[i].stats_row = row[i] + 1;
+    cfg.listeners[i].stats_row = row[i];
   }
 }
+
+namespace {
 
 // The etcd sync state starts over with each master (and each reload: the
 // sync process is started again).
@@ -191,7 +232,7 @@ uint32_t stat_rows_for(int workers) noexcept {
   return static_cast<uint32_t>(std::min<int64_t>(int64_t{workers} * 2, shm::kMaxWorkers));
 }
 
-shm::Segment prepare_segment(const config::Config& cfg, pid_t upgrade_from) {
+shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRowTimes* row_free_at) {
   const std::string& name = cfg.shm.name;
   shm::Segment seg;
   std::unique_ptr<shm::Table> seg_table;
@@ -300,7 +341,12 @@ shm::Segment prepare_segment(const config::Config& cfg, pid_t upgrade_from) {
   }
   // For `gwctl check`: how many workers should run, and where to connect.
   hdr.workers.store(static_cast<uint32_t>(cfg.workers));
-  publish_listeners(hdr, cfg);
+  ListenerRowTimes free_at{};
+  // A binary upgrade: the old master's workers count in the rows of its
+  // listeners until it quits, so rows it gives up stay out of use.
+  const uint64_t now_ms = core::monotonic_ms();
+  publish_listeners(seg, cfg, upgrade_from != 0, free_at, now_ms, upgrade_from != 0 ? UINT64_MAX : now_ms);
+  if (row_free_at) *row_free_at = free_at;
   reset_cluster_state(hdr, cfg);
 
   const char* what = "the config";
@@ -424,12 +470,14 @@ Inherited parse_inherited(const char* text) {
 
 class Master {
  public:
-  Master(config::Config cfg, shm::Segment seg, std::vector<std::string> argv, int lock_fd, Inherited inherited)
+  Master(config::Config cfg, shm::Segment seg, std::vector<std::string> argv, int lock_fd, Inherited inherited,
+         const ListenerRowTimes& row_free_at)
       : cfg_(std::move(cfg)),
         seg_(std::move(seg)),
         argv_(std::move(argv)),
         lock_fd_(lock_fd),
-        inherited_(std::move(inherited)) {}
+        inherited_(std::move(inherited)),
+        row_free_at_(row_free_at) {}
 
   int run() {
     const int n = cfg_.workers;
@@ -734,7 +782,7 @@ class Master {
     cfg_ = std::move(next);
     auto& hdr = seg_.header();
     hdr.workers.store(static_cast<uint32_t>(cfg_.workers));
-    publish_listeners(hdr, cfg_);
+    publish_listeners(seg_, cfg_, true, row_free_at_, now, old_kill_at);
     reset_cluster_state(hdr, cfg_);
     rows_ = std::move(rows);
     for (auto& [a, pid] : old_aux) {
@@ -1176,6 +1224,7 @@ class Master {
   std::vector<std::string> argv_;           // gwd's command line, executed on SIGUSR2
   int lock_fd_;                             // the instance lock (passed on to a new master)
   Inherited inherited_;                     // from the old master, after a binary upgrade
+  ListenerRowTimes row_free_at_;            // when each listener stats row is free again (publish_listeners)
   bool notify_parent_ = false;              // new master: tell the old one when the workers run
   pid_t upgrade_pid_ = 0;                   // old master: the new master it started
   bool handed_over_ = false;                // old master: the new one serves; this one stops
@@ -1235,12 +1284,13 @@ int run_master(const config::Config& cfg, const std::vector<std::string>& argv) 
     ::setrlimit(RLIMIT_NOFILE, &rl);
   }
   config::Config effective = effective_config(cfg);
-  shm::Segment seg = prepare_segment(effective, inherited.parent);
+  ListenerRowTimes row_free_at{};
+  shm::Segment seg = prepare_segment(effective, inherited.parent, &row_free_at);
   // The command line for a later upgrade: argv[0] made absolute if it is a
   // path (gwd may be started from another directory than the next one's).
   std::vector<std::string> args = argv;
   if (!args.empty() && args[0].find('/') != std::string::npos) args[0] = std::filesystem::absolute(args[0]).string();
-  Master m(std::move(effective), std::move(seg), std::move(args), lock.get(), std::move(inherited));
+  Master m(std::move(effective), std::move(seg), std::move(args), lock.get(), std::move(inherited), row_free_at);
   return m.run();
 }
 

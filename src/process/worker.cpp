@@ -68,6 +68,7 @@ class Worker {
       lr.close_on_host_remove = l.close_on_host_remove;
       lr.http = l.protocol == config::Protocol::http;
       lr.name = l.name.c_str();
+      lr.stats_row = l.stats_row;
       if (!l.access_log.path.empty()) {
         lr.log_file = l.access_log.file;
         lr.log_format = l.access_log.format;

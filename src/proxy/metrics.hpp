@@ -29,10 +29,11 @@ inline void add(std::atomic<uint64_t>& c, uint64_t n = 1) noexcept {
 }
 
 /// The row of this worker for listener `l`, or null (no row: a segment with
-/// fewer stats rows than workers, or an index past the table).
+/// fewer stats rows than workers, or an index past the listeners).
 inline shm::ListenerStats* listener_row(const RelayEnv& env, uint32_t l) noexcept {
-  if (env.worker >= env.seg->stat_workers() || l >= shm::kMaxListeners) return nullptr;
-  return &env.seg->listener_stats(env.worker, l);
+  if (env.worker >= env.seg->stat_workers() || l >= env.listeners.size()) return nullptr;
+  const uint32_t row = env.listeners[l].stats_row;
+  return row < shm::kMaxListeners ? &env.seg->listener_stats(env.worker, row) : nullptr;
 }
 
 inline void zero(shm::LatencyHistogram& h) noexcept {

@@ -190,16 +190,20 @@ uint64_t rule_hits(const Segment& seg, uint32_t slot, uint32_t tag) noexcept {
   return n;
 }
 
+void clear_listener_row(const Segment& seg, uint32_t row) noexcept {
+  if (row >= kMaxListeners) return;
+  for (uint32_t w = 0; w < seg.stat_workers(); ++w) {
+    ListenerStats& s = seg.listener_stats(w, row);
+    s.accepted.store(0, std::memory_order_relaxed);
+    s.active.store(0, std::memory_order_relaxed);
+    s.http_requests.store(0, std::memory_order_relaxed);
+    for (auto& r : s.rejects) r.store(0, std::memory_order_relaxed);
+    for (auto& e : s.http_errors) e.store(0, std::memory_order_relaxed);
+  }
+}
+
 void clear_listener_stats(const Segment& seg) noexcept {
-  for (uint32_t w = 0; w < seg.stat_workers(); ++w)
-    for (uint32_t l = 0; l < kMaxListeners; ++l) {
-      ListenerStats& s = seg.listener_stats(w, l);
-      s.accepted.store(0, std::memory_order_relaxed);
-      s.active.store(0, std::memory_order_relaxed);
-      s.http_requests.store(0, std::memory_order_relaxed);
-      for (auto& r : s.rejects) r.store(0, std::memory_order_relaxed);
-      for (auto& e : s.http_errors) e.store(0, std::memory_order_relaxed);
-    }
+  for (uint32_t l = 0; l < kMaxListeners; ++l) clear_listener_row(seg, l);
 }
 
 }  // namespace gw::shm

@@ -247,6 +247,51 @@ class ReloadTest(GwTestCase):
         self.assertNames(old_port, 6, {"n"})
         self.assertEqual(gw.stop(), 0)
 
+    def test_listener_counters_follow_their_listener_across_reloads(self):
+        """The listener counters of /metrics are kept by listener name: a
+        reload that reorders the listeners, adds one in front and later
+        removes one moves no listener's history to another (the rows were by
+        config index: the reordered listeners swapped their counts)."""
+        n, m = self.backend("n", "name"), self.backend("m", "name")
+        admin_port = free_port()
+        cfg = self.config(n, admin={"listen": f"{LO}:{admin_port}"})
+        cfg["upstreams"].append(upstream("other", [pool("p", [host("m", m)])]))
+        cfg["listeners"].append(tcp_listener("l4b", "other"))
+        gw = self.gateway(cfg)
+        port_a, port_b = gw.ports[0], gw.ports[1]
+
+        def accepted():
+            import urllib.request
+            try:
+                with urllib.request.urlopen(f"http://{LO}:{admin_port}/metrics", timeout=T(5)) as r:
+                    text = r.read().decode()
+            except OSError:
+                return None
+            return {k: int(v) for k, v in re.findall(r'^gw_listener_accepted_total\{listener="([^"]+)"[^}]*\} (\d+)$',
+                                                       text, re.M)}
+        wait_until(lambda: accepted() is not None, T(10), msg="the admin server answers")
+        self.assertNames(port_a, 5, {"n"})
+        wait_until(lambda: accepted().get("l4") == 5, T(5), msg="5 connections counted on l4")
+        self.assertEqual(accepted().get("l4b"), 0)
+
+        # l4b first, then l4, and a new listener l4c in front of both
+        moved = json.loads(json.dumps(cfg))
+        moved["listeners"] = [tcp_listener("l4c", "other"), moved["listeners"][1], moved["listeners"][0]]
+        self.rewrite(gw, moved)
+        self.reload(gw)
+        self.assertEqual(accepted(), {"l4c": 0, "l4b": 0, "l4": 5})
+        self.assertNames(port_b, 2, {"m"})
+        wait_until(lambda: accepted().get("l4b") == 2, T(5), msg="2 connections counted on l4b")
+        self.assertEqual(accepted(), {"l4c": 0, "l4b": 2, "l4": 5})
+
+        # l4 removed, then a listener of another name added: it starts at 0
+        again = json.loads(json.dumps(moved))
+        again["listeners"] = [moved["listeners"][1], tcp_listener("l4d", "app")]
+        self.rewrite(gw, again)
+        self.reload(gw)
+        self.assertEqual(accepted(), {"l4b": 2, "l4d": 0})
+        self.assertEqual(gw.stop(), 0)
+
     def test_gwctl_changes_survive_reload(self):
         a, b, c = self.backend("a", "name"), self.backend("b", "name"), self.backend("c", "name")
         cfg = self.config(a)

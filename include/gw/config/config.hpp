@@ -149,6 +149,11 @@ struct ListenerConf {
   AccessLogConf access_log;
 
   LimitConnConf limit_conn;  ///< "limit_conn": concurrent connections per client address
+  /// Not from the file: the listener's row of the shm ListenerStats matrix.
+  /// The loader sets its index; the master assigns the row it runs with
+  /// before it forks the workers and the admin server (a listener keeps its
+  /// row, by name, across reloads).
+  uint32_t stats_row = 0;
 };
 
 struct ShmConf {

@@ -7,6 +7,8 @@
 
 #include <sys/types.h>
 
+#include <array>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -21,7 +23,22 @@ namespace gw::process {
 /// `upgrade_from`: the pid of the master this one replaces (a binary upgrade,
 /// SIGUSR2): its segment is adopted as it is (never recreated) and the rows of
 /// its running workers are left alone.
-shm::Segment prepare_segment(const config::Config& cfg, pid_t upgrade_from = 0);
+/// When each ListenerStats row is free again (monotonic ms): see publish_listeners().
+using ListenerRowTimes = std::array<uint64_t, shm::kMaxListeners>;
+
+/// It also gives each listener its stats row (publish_listeners(); `cfg` is
+/// updated), and `row_free_at`, if given, receives the rows' times.
+shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from = 0, ListenerRowTimes* row_free_at = nullptr);
+
+/// Gives each listener of `cfg` its row of the ListenerStats matrix
+/// (cfg.listeners[i].stats_row) and publishes the listeners' names, addresses
+/// and rows in the segment header. `keep`: the header lists the listeners of a
+/// running config (a reload, a binary upgrade): a listener of the same name
+/// keeps its row, so its counters go on; a new one takes a cleared row that no
+/// running worker counts in, preferring rows whose `free_at` has passed
+/// (`now_ms`). The rows the running config gives up get `old_gone_ms`.
+void publish_listeners(const shm::Segment& seg, config::Config& cfg, bool keep, ListenerRowTimes& free_at,
+                       uint64_t now_ms, uint64_t old_gone_ms);
 
 /// Rows of the stats matrices a segment gets for `workers` workers: two
 /// generations (the running one and the one a reload starts) side by side.

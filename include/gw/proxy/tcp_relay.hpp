@@ -49,6 +49,7 @@ struct ListenerRuntime {
   int16_t log_file = -1;              ///< access_log: the file index, -1 = none
   uint8_t log_format = 0;             ///< access_log: proxy::LogFormat
   const char* name = "";              ///< the listener's name (access log)
+  uint32_t stats_row = 0;             ///< its row of the ListenerStats matrix (config::ListenerConf::stats_row)
   uint32_t first_frame_timeout_ms = 0;
   uint32_t frame_timeout_ms = 0;  ///< mode "frame": a later frame must be whole this long after it started
   uint32_t max_links = 0;         ///< mode "frame": host connections per device connection

@@ -121,6 +121,8 @@ ListenerTotals listener_totals(const Segment& seg, uint32_t listener) noexcept;
 uint64_t rule_hits(const Segment& seg, uint32_t slot, uint32_t tag) noexcept;
 /// Zeroes every ListenerStats row (the master, at start: listener indexes are the config's).
 void clear_listener_stats(const Segment& seg) noexcept;
+/// Zeroes one row of every worker (a row a new listener takes).
+void clear_listener_row(const Segment& seg, uint32_t row) noexcept;
 
 /// Zeroes a worker's active counts (the master, after that worker died and
 /// before it respawns it).

@@ -60,9 +60,16 @@ static_assert(std::atomic<uint32_t>::is_always_lock_free && std::atomic<int32_t>
 struct ListenerInfo {
   char name[kNameCap];  ///< the listener's name
   core::SockAddr addr;  ///< where it listens
-  uint32_t reserved;
+  /// 1 + the listener's row of the ListenerStats matrix (kept by name across
+  /// reloads and binary upgrades); 0 = its index (a master of an earlier build).
+  uint32_t stats_row;
 };
 static_assert(std::is_trivially_copyable_v<ListenerInfo> && sizeof(ListenerInfo) % 8 == 0);
+
+/// The ListenerStats row of the `index`-th listener the header lists.
+inline uint32_t listener_stats_row(const ListenerInfo& l, uint32_t index) noexcept {
+  return l.stats_row == 0 || l.stats_row > kMaxListeners ? index : l.stats_row - 1;
+}
 
 /// Where the sync process stands with etcd (config `cluster`).
 inline constexpr uint32_t kClusterOff = 0;           ///< no `cluster` in the config

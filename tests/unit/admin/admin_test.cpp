@@ -443,6 +443,9 @@ TEST_SUITE("admin") {
     env.seg = &ts.seg;
     env.snap = &snap;
     env.worker = 1;
+    std::vector<proxy::ListenerRuntime> lrs(2);
+    lrs[1].stats_row = 1;
+    env.listeners = lrs;
 
     proxy::metrics::listener_open(env, 0);
     proxy::metrics::listener_open(env, 0);
