@@ -312,42 +312,64 @@ const shm::Table& Api::table() {
   return *table_;
 }
 
+namespace {
+std::pair<std::string_view, std::string_view> split_target(std::string_view target) {
+  std::string_view path = target, query;
+  if (auto q = path.find('?'); q != std::string_view::npos) {
+    query = path.substr(q + 1);
+    path = path.substr(0, q);
+  }
+  return {path, query};
+}
+}  // namespace
+
+std::optional<Response> Api::precheck(const Request& r) {
+  try {
+    const auto [path, query] = split_target(r.target);
+    return precheck(r, route_request(r.method, path), path);
+  } catch (const std::exception& e) {
+    return error_response(500, e.what());
+  }
+}
+
+std::optional<Response> Api::precheck(const Request& r, const RouteMatch& m, std::string_view path) const {
+  if (m.endpoint == Endpoint::not_found) return error_response(404, fmt::format("no such endpoint: {}", path));
+  if (m.bad_path) return error_response(400, "a path segment is not a valid name (bad %-escape, NUL or /)");
+  if (!m.method_allowed) {
+    Response e =
+        error_response(405, fmt::format("method {} is not allowed on {} (allowed: {})", r.method, path, m.allow));
+    e.allow = m.allow;
+    return e;
+  }
+  if (!m.write) return std::nullopt;
+  // Writes: the token.
+  if (cfg_.admin.token.empty())
+    return error_response(403, "writes are disabled: the gateway's config has no admin.token");
+  std::string_view auth = r.authorization;
+  auto sp = auth.find(' ');
+  std::string_view scheme = auth.substr(0, sp);
+  std::string_view given = sp == std::string_view::npos ? std::string_view() : auth.substr(sp + 1);
+  while (!given.empty() && (given.front() == ' ' || given.front() == '\t')) given.remove_prefix(1);
+  const bool bearer = http::iequals(scheme, "Bearer");
+  if (auth.empty() || !bearer || given.empty()) {
+    Response e = error_response(401, "this needs the admin token: send Authorization: Bearer TOKEN");
+    e.www_authenticate = "Bearer realm=\"gw\"";
+    return e;
+  }
+  if (!constant_time_equal(given, cfg_.admin.token)) {
+    Response e = error_response(401, "invalid admin token");
+    e.www_authenticate = "Bearer realm=\"gw\", error=\"invalid_token\"";
+    return e;
+  }
+  return std::nullopt;
+}
+
 Response Api::handle(const Request& r) {
   try {
-    std::string_view path = r.target, query;
-    if (auto q = path.find('?'); q != std::string_view::npos) {
-      query = path.substr(q + 1);
-      path = path.substr(0, q);
-    }
+    const auto [path, query] = split_target(r.target);
     RouteMatch m = route_request(r.method, path);
-    if (m.endpoint == Endpoint::not_found) return error_response(404, fmt::format("no such endpoint: {}", path));
-    if (m.bad_path) return error_response(400, "a path segment is not a valid name (bad %-escape, NUL or /)");
-    if (!m.method_allowed) {
-      Response e =
-          error_response(405, fmt::format("method {} is not allowed on {} (allowed: {})", r.method, path, m.allow));
-      e.allow = m.allow;
-      return e;
-    }
+    if (std::optional<Response> refused = precheck(r, m, path)) return std::move(*refused);
     if (!m.write) return read(m, query);
-    // Writes: the token.
-    if (cfg_.admin.token.empty())
-      return error_response(403, "writes are disabled: the gateway's config has no admin.token");
-    std::string_view auth = r.authorization;
-    auto sp = auth.find(' ');
-    std::string_view scheme = auth.substr(0, sp);
-    std::string_view given = sp == std::string_view::npos ? std::string_view() : auth.substr(sp + 1);
-    while (!given.empty() && (given.front() == ' ' || given.front() == '\t')) given.remove_prefix(1);
-    const bool bearer = http::iequals(scheme, "Bearer");
-    if (auth.empty() || !bearer || given.empty()) {
-      Response e = error_response(401, "this needs the admin token: send Authorization: Bearer TOKEN");
-      e.www_authenticate = "Bearer realm=\"gw\"";
-      return e;
-    }
-    if (!constant_time_equal(given, cfg_.admin.token)) {
-      Response e = error_response(401, "invalid admin token");
-      e.www_authenticate = "Bearer realm=\"gw\", error=\"invalid_token\"";
-      return e;
-    }
     return write(r, m);
   } catch (const shm::TableError& e) {
     return error_response(status_of(e.kind()), e.what());

@@ -135,8 +135,9 @@ function renderUpstreams(st, now) {
       pr.appendChild(c); body.appendChild(pr);
       for (const h of p.hosts) {
         const key = u.name + "/" + p.id + "/" + h.id;
+        // A 5xx listed in retry.on is a failure too: counted once.
         const r5 = h.responses ? h.responses["5xx"] : 0;
-        const rt = rate("h:" + key, now, {total: h.total, errors: h.failures + r5});
+        const rt = rate("h:" + key, now, {total: h.total, errors: h.failures - (h.status_failures || 0) + r5});
         const row = el("tr", {"data-host": key});
         row.appendChild(td(h.id, "id"));
         row.appendChild(td(h.address, "address"));

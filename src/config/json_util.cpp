@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 namespace gw::config {
 
 void Ctx::error(const std::string& path, const std::string& msg) {
@@ -28,7 +30,13 @@ std::string describe(simdjson::dom::element e) {
     }
     case T::INT64: return fmt::format("{}", e.get_int64().value_unsafe());
     case T::UINT64: return fmt::format("{}", e.get_uint64().value_unsafe());
-    case T::DOUBLE: return fmt::format("{}", e.get_double().value_unsafe());
+    case T::DOUBLE: {
+      // 1.0 and 1e3 would print as 1 and 1000, which look like the integers
+      // they were refused as: a whole number is shown with its ".0".
+      const double d = e.get_double().value_unsafe();
+      if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 1e15) return fmt::format("{:.1f}", d);
+      return fmt::format("{}", d);
+    }
     case T::BOOL: return e.get_bool().value_unsafe() ? "true" : "false";
     case T::NULL_VALUE: return "null";
     case T::ARRAY: return "an array";

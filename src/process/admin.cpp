@@ -34,6 +34,7 @@ constexpr size_t kMaxBody = 64 * 1024;
 constexpr size_t kInCap = 8192 + kMaxBody + 16384;  // never buffer more unprocessed input than this
 constexpr uint32_t kMaxRequests = 1000;
 constexpr uint64_t kLingerMs = 2000;
+constexpr uint64_t kEvictGraceMs = 1000;  // see evict_one()
 
 const char* reason(int status) {
   switch (status) {
@@ -75,12 +76,13 @@ struct Conn {
   std::string out;  // bytes to send, from out_off
   size_t out_off = 0;
   uint64_t deadline_ms = 0;
+  uint64_t request_ms = 0;   // when the current request (or the wait for the next one) began
   bool close_after = false;  // close (lingering) once `out` is sent
   bool eof = false;          // the client's FIN was read: answer what is buffered, then close
   uint32_t requests = 0;
   // The request whose body is being read.
   std::string method, target, authorization;
-  bool keep_alive = false, head_request = false;
+  bool keep_alive = false, head_request = false, http10 = false;
   http::BodyDecoder body_dec;
   std::string body;
   bool pending() const noexcept { return out_off < out.size(); }
@@ -137,19 +139,34 @@ class AdminServer {
         if (errno != EAGAIN && errno != EWOULDBLOCK) GW_LOG_WARN("admin: accept: {}", std::strerror(errno));
         return;
       }
-      if (conns_.size() >= kMaxConns) {
-        // Every slot is taken (slow or idle clients): the one nearest its
-        // deadline goes, so that no set of idle connections locks the API out.
-        auto victim = std::min_element(conns_.begin(), conns_.end(),
-                                       [](const auto& a, const auto& b) { return a->deadline_ms < b->deadline_ms; });
-        conns_.erase(victim);
-      }
+      const uint64_t now = core::monotonic_ms();
+      if (conns_.size() >= kMaxConns) evict_one(now);
       auto c = std::make_unique<Conn>();
       c->fd.reset(fd);
       net::set_nodelay(fd);
-      c->deadline_ms = core::monotonic_ms() + cfg_.admin.timeout_ms;
+      c->request_ms = now;
+      c->deadline_ms = now + cfg_.admin.timeout_ms;
       conns_.push_back(std::move(c));
     }
+  }
+
+  // Every slot is taken (slow or idle clients): the connection whose request
+  // (or idle wait) began longest ago goes, one being answered last. A request
+  // has a fixed time for its head and one for its body (trickled bytes do not
+  // extend them), so holding slots means making requests; and a connection
+  // younger than the grace period goes only if every other one is younger
+  // still. No set of slow or idle clients locks the API out.
+  void evict_one(uint64_t now) {
+    const uint64_t grace = std::min<uint64_t>(kEvictGraceMs, cfg_.admin.timeout_ms);
+    auto rank = [&](const std::unique_ptr<Conn>& c) {
+      // Lower goes first: idle or reading and past the grace period, then
+      // younger ones, then those with an answer on its way out.
+      const int cls = c->pending() ? 2 : (now - c->request_ms >= grace ? 0 : 1);
+      return std::pair<int, uint64_t>(cls, c->request_ms);
+    };
+    auto victim =
+        std::min_element(conns_.begin(), conns_.end(), [&](const auto& a, const auto& b) { return rank(a) < rank(b); });
+    conns_.erase(victim);
   }
 
   void on_ready(Conn& c, short rev) {
@@ -178,7 +195,6 @@ class AdminServer {
       if (n > 0) {
         if (c.state == Conn::State::linger) continue;  // drained and dropped
         c.in.append(buf, static_cast<size_t>(n));
-        if (c.state == Conn::State::body) c.deadline_ms = core::monotonic_ms() + cfg_.admin.timeout_ms;
         continue;
       }
       if (n < 0 && errno == EINTR) continue;
@@ -241,6 +257,7 @@ class AdminServer {
         const http::Field* auth = http::find_field(h, "authorization");
         c.authorization = auth ? auth->value : std::string_view();
         c.keep_alive = h.keep_alive && c.requests + 1 < kMaxRequests;
+        c.http10 = h.version == http::Version::http10;
         c.head_request = h.method == http::Method::head;
         c.body.clear();
         if (h.body == http::BodyKind::length && h.content_length > kMaxBody) {
@@ -260,7 +277,19 @@ class AdminServer {
         c.body_dec.reset(h, kLimits);
         c.in.erase(0, h.head_len);
         c.state = Conn::State::body;
+        // The whole body within timeout_ms of its head (not per read: a
+        // trickle does not keep a slot).
         c.deadline_ms = core::monotonic_ms() + cfg_.admin.timeout_ms;
+        if (!c.body_dec.done()) {
+          // Refused whatever the body says (no such endpoint, no token):
+          // answered now, before the client sends it or is asked to.
+          admin::Request pre{c.method, c.target, c.authorization, {}};
+          if (std::optional<admin::Response> refused = api_.precheck(pre)) {
+            c.in.clear();
+            respond(c, *refused, false, true);
+            continue;
+          }
+        }
         if (expect_continue && !c.body_dec.done() && c.in.empty()) c.out = "HTTP/1.1 100 Continue\r\n\r\n";
         if (!flush(c)) return;
         continue;
@@ -310,13 +339,15 @@ class AdminServer {
     if (!r.allow.empty()) head += fmt::format("Allow: {}\r\n", r.allow);
     if (!r.www_authenticate.empty()) head += fmt::format("WWW-Authenticate: {}\r\n", r.www_authenticate);
     if (close) head += "Connection: close\r\n";
+    else if (c.http10) head += "Connection: keep-alive\r\n";  // else an HTTP/1.0 client waits for our close
     head += "\r\n";
     c.out += head;
     if (!c.head_request) c.out += r.body;
     c.state = Conn::State::head;
     c.close_after = close;
     c.head_request = false;
-    c.deadline_ms = core::monotonic_ms() + cfg_.admin.timeout_ms;  // the next head (and idle) from here
+    c.request_ms = core::monotonic_ms();
+    c.deadline_ms = c.request_ms + cfg_.admin.timeout_ms;  // the next head (and idle) from here
     if (r.status >= 500) GW_LOG_WARN("admin: {} {} -> {}", c.method, c.target, r.status);
     flush(c);
   }

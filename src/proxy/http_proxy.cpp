@@ -1610,9 +1610,12 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     // which brings a host on trial back. A 4xx is the request's doing, never
     // the host's (nginx does not count 403 or 404 either): a client asking
     // for missing paths must not take hosts out.
-    if (listed && h.status >= 500)
+    if (listed && h.status >= 500) {
       record_connect_failure(env_, c.upstream, u.host_slot, u.host_tag, u.host_weight, EPROTO);
-    else record_host_success(env_, u.host_slot, u.host_tag);
+      metrics::host_status_failure(env_, u.host_slot, u.host_tag);
+    } else {
+      record_host_success(env_, u.host_slot, u.host_tag);
+    }
     c.resp_started = true;
     release(c.rq);  // no retry from here on
     c.up_status = h.status;
@@ -1730,8 +1733,10 @@ void HttpProxy::upstream_failed(Conn& c, uint8_t kind, int err) noexcept {
   // known keep-alive race, not a failure of the host (nginx does the same).
   const bool stale = u.reused && kind == kFailError && c.rs.tail == 0;
   const bool blame = kind == kFailStatus ? c.last_status >= 500 : kind != kFailUnsendable;
-  if (!stale && blame && (kind != kFailError || peer_error(err) || err == 0))
+  if (!stale && blame && (kind != kFailError || peer_error(err) || err == 0)) {
     record_connect_failure(env_, ui, u.host_slot, u.host_tag, u.host_weight, err ? err : ECONNRESET);
+    if (kind == kFailStatus) metrics::host_status_failure(env_, u.host_slot, u.host_tag);
+  }
   close_up(u);
   c.up = kNone;
   // Whatever the host sent is dropped.

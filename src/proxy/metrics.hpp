@@ -47,6 +47,7 @@ inline shm::HostStats* host_row(const RelayEnv& env, uint32_t slot, uint32_t tag
   shm::HostStats& s = env.seg->host_stats(env.worker, slot);
   if (s.tag.load(std::memory_order_relaxed) != tag) {
     for (auto& r : s.responses) r.store(0, std::memory_order_relaxed);
+    s.status_failures.store(0, std::memory_order_relaxed);
     zero(s.connect);
     zero(s.response);
     s.tag.store(tag, std::memory_order_relaxed);
@@ -139,6 +140,12 @@ inline void host_response(RelayEnv& env, uint32_t slot, uint32_t tag, int status
   if (status >= 100 && status < 600) detail::add(s->responses[status / 100 - 1]);
   const uint64_t now = core::monotonic_ns();
   if (start_ns != 0 && now >= start_ns) detail::observe(s->response, (now - start_ns) / 1000);
+}
+
+/// A 5xx answer of the host, listed in retry.on, counted as a passive failure
+/// of the host as well (so that an error rate counts it once).
+inline void host_status_failure(RelayEnv& env, uint32_t slot, uint32_t tag) noexcept {
+  if (shm::HostStats* s = detail::host_row(env, slot, tag)) detail::add(s->status_failures);
 }
 
 }  // namespace gw::proxy::metrics

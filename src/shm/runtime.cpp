@@ -161,6 +161,7 @@ HostStatsTotals host_stats_totals(const Segment& seg, uint32_t slot, uint32_t ta
     const HostStats& s = seg.host_stats(w, slot);
     if (s.tag.load(std::memory_order_relaxed) != tag) continue;
     for (size_t c = 0; c < 5; ++c) t.responses[c] += s.responses[c].load(std::memory_order_relaxed);
+    t.status_failures += s.status_failures.load(std::memory_order_relaxed);
     add_histogram(t.connect, s.connect);
     add_histogram(t.response, s.response);
   }

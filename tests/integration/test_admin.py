@@ -20,6 +20,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import sys
 import tempfile
 import time
@@ -860,6 +861,87 @@ class AdminTest(GwTestCase):
         wait_until(lambda: self._admin_up(gw), T(5), msg="the admin server is respawned")
         self.assertEqual(hb.request(gw.port, "GET", "/").status, 200)
         self.assertNotIn(pid, gw.children())
+
+    def test_trickled_bodies_do_not_lock_clients_out(self):
+        """128 connections each trickle a request body (a byte every 20 ms)
+        and one more connects every round: a client whose request comes 60 ms
+        after its connect is still answered. The slot of the connection
+        nearest its deadline used to go, and a trickled byte pushed that
+        deadline out: the client was always the one evicted."""
+        gw = self.admin_gateway(timeout_ms=1000)
+        port = gw.admin.port
+        head = b"GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n"
+        stop = threading.Event()
+        held = []
+
+        def new():
+            s = socket.create_connection((LO, port), timeout=T(5))
+            s.sendall(head)
+            return s
+
+        def attacker():
+            while not stop.is_set():
+                for s in list(held):
+                    try:
+                        s.send(b"a")
+                    except OSError:
+                        held.remove(s)
+                        s.close()
+                try:
+                    held.append(new())
+                except OSError:
+                    pass
+                time.sleep(0.02)
+        for _ in range(128):
+            held.append(new())
+        th = threading.Thread(target=attacker, daemon=True)
+        th.start()
+        answered = []
+        try:
+            time.sleep(1.0)
+            for _ in range(10):
+                with socket.create_connection((LO, port), timeout=T(5)) as s:
+                    time.sleep(0.06)
+                    try:
+                        s.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        r = hb.read_response(s)
+                        answered.append(r.status if r else "closed unanswered")
+                    except (OSError, EOFError, AssertionError) as e:
+                        answered.append(repr(e))
+        finally:
+            stop.set()
+            th.join(T(5))
+            for s in held:
+                s.close()
+        self.assertEqual(answered, [200] * 10)
+
+    def test_refused_before_the_body_and_http10_keep_alive(self):
+        """A write without the token is refused once its head is in: no 100
+        Continue, and no body read first. An HTTP/1.0 keep-alive request is
+        answered with Connection: keep-alive (it used to get none, so a 1.0
+        client waited for a close that came only at the timeout)."""
+        gw = self.admin_gateway(timeout_ms=5000)
+        port = gw.admin.port
+        with socket.create_connection((LO, port), timeout=T(5)) as s:
+            s.sendall(b"POST /upstreams/app/pools HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n"
+                      b"Expect: 100-continue\r\n\r\n")
+            r = hb.read_response(s)
+            self.assertEqual(r.status, 401, r.body)
+            self.assertEqual(r.header("Connection"), "close")
+        with socket.create_connection((LO, port), timeout=T(5)) as s:
+            s.sendall(b"PUT /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n")
+            self.assertEqual(hb.read_response(s).status, 404)
+        with socket.create_connection((LO, port), timeout=T(5)) as s:
+            rd = hb.Reader(s)
+            for _ in range(2):
+                s.sendall(b"GET /events HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                r = hb.read_response(rd)
+                self.assertEqual(r.status, 200)
+                self.assertEqual((r.header("Connection") or "").lower(), "keep-alive")
+            s.sendall(b"GET /events HTTP/1.0\r\n\r\n")
+            r = hb.read_response(rd)
+            self.assertEqual(r.header("Connection"), "close")
+            self.assertEqual(s.recv(100), b"")
 
     # ------------------------------------------------------------------ dashboard
 

@@ -104,7 +104,8 @@ struct HistogramTotals {
   }
 };
 struct HostStatsTotals {
-  uint64_t responses[5] = {};  ///< 1xx..5xx
+  uint64_t responses[5] = {};    ///< 1xx..5xx
+  uint64_t status_failures = 0;  ///< 5xx answers that also counted as passive failures
   HistogramTotals connect, response;
 };
 /// Sums the HostStats rows of a host slot that carry `tag`.

@@ -204,7 +204,11 @@ struct alignas(64) HostStats {
   std::atomic<uint32_t> tag;  ///< host tag these counts belong to
   std::atomic<uint32_t> reserved;
   std::atomic<uint64_t> responses[5];  ///< http: response heads from the host by class, 1xx..5xx
-  std::atomic<uint64_t> reserved2[2];
+  /// http: of those, 5xx answers listed in retry.on, which also count as
+  /// passive failures (HostRuntime::failures) of the host. (A builder of an
+  /// earlier build left it 0.)
+  std::atomic<uint64_t> status_failures;
+  std::atomic<uint64_t> reserved2;
   LatencyHistogram connect;   ///< every successful connect: connect time
   LatencyHistogram response;  ///< http: attempt start (connect included) to the response head
 };

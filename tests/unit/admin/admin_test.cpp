@@ -472,8 +472,10 @@ TEST_SUITE("admin") {
     proxy::metrics::host_connected(env, a.slot, a.tag, 1000);      // <= 1 ms (le is inclusive)
     proxy::metrics::host_connected(env, a.slot, a.tag, 20000000);  // above every bound
     proxy::metrics::host_response(env, a.slot, a.tag, 503, core::monotonic_ns());
+    proxy::metrics::host_status_failure(env, a.slot, a.tag);  // the 503 was listed in retry.on
     proxy::metrics::host_response(env, a.slot, a.tag, 200, core::monotonic_ns());
     auto st = shm::host_stats_totals(ts.seg, a.slot, a.tag);
+    CHECK(st.status_failures == 1);
     CHECK(st.connect.buckets[0] == 1);
     CHECK(st.connect.buckets[1] == 1);
     CHECK(st.connect.buckets[shm::kLatencyBuckets] == 1);

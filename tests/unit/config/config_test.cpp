@@ -87,6 +87,15 @@ TEST_SUITE("config") {
     CHECK(r.errors.size() == 5);
   }
 
+  TEST_CASE("a whole number written as a fraction or with an exponent is shown as one") {
+    auto with_weight = [](const char* w) {
+      return load_string(replace(kValid, R"("weight": 5)", std::string(R"("weight": )") + w)).errors;
+    };
+    CHECK(has(with_weight("1.0"), "upstreams[0].pools[0].hosts[0].weight: expected an integer 0..1000, got 1.0"));
+    CHECK(has(with_weight("1e3"), "upstreams[0].pools[0].hosts[0].weight: expected an integer 0..1000, got 1000.0"));
+    CHECK(has(with_weight("2.5"), "upstreams[0].pools[0].hosts[0].weight: expected an integer 0..1000, got 2.5"));
+  }
+
   TEST_CASE("invalid JSON, missing keys and wrong types") {
     CHECK(has(load_string("{").errors, "invalid JSON"));
     CHECK(has(load_string("[]").errors, "expected a JSON object"));
