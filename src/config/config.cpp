@@ -730,8 +730,11 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
             for (char ch : s)
               ok &= (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
                     ch == '_' || ch == '-';
-            if (ok) cfg.shm.name = s;
-            else c.error(skp, fmt::format("expected 1..200 characters of [A-Za-z0-9._-], got \"{}\"", s));
+            if (!ok) c.error(skp, fmt::format("expected 1..200 characters of [A-Za-z0-9._-], got \"{}\"", s));
+            else if (s.ends_with(".lock") || s == "." || s == "..")
+              // NAME.lock is the lock file of instance NAME, beside its segment.
+              c.error(skp, fmt::format("\"{}\" is not a segment name (NAME.lock is the lock file of NAME)", s));
+            else cfg.shm.name = s;
           }
         } else if (sk == "max_upstreams") get_u32(c, sv, skp, 1, 65535, cfg.shm.caps.max_upstreams);
         else if (sk == "max_pools") get_u32(c, sv, skp, 1, 65535, cfg.shm.caps.max_pools);

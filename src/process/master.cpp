@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <set>
 #include <stdexcept>
 
 #include "gw/api/hash.hpp"
@@ -198,14 +199,19 @@ void publish_listeners(const shm::Segment& seg, config::Config& cfg, bool keep, 
     taken[row[i]] = true;
     shm::clear_listener_row(seg, row[i]);  // starts at 0, not at what a removed listener left
   }
+  for (size_t i = 0; i < n; ++i) cfg.listeners[i].stats_row = row[i];
+  write_listener_header(hdr, cfg);
+}
+
+void write_listener_header(shm::SegmentHeader& hdr, const config::Config& cfg) {
   // The listeners' addresses for `gwctl check`, and their rows for a binary upgrade.
+  const size_t n = std::min<size_t>(cfg.listeners.size(), shm::kMaxListeners);
   hdr.n_listeners = static_cast<uint32_t>(n);
   for (uint32_t i = 0; i < n; ++i) {
     hdr.listeners[i] = shm::ListenerInfo{};
     shm::set_name(hdr.listeners[i].name, cfg.listeners[i].name);
     hdr.listeners[i].addr = cfg.listeners[i].listen;
-    hdr.listeners[i].stats_row = row[i] + 1;
-    cfg.listeners[i].stats_row = row[i];
+    hdr.listeners[i].stats_row = cfg.listeners[i].stats_row + 1;
   }
 }
 
@@ -497,6 +503,7 @@ class Master {
     if (cfg_.admin.enabled) {
       if (inherited_.admin_fd >= 0 && inherited_.admin_addr == cfg_.admin.listen.to_string()) {
         admin_fd_ = core::UniqueFd(inherited_.admin_fd);
+        ::fcntl(admin_fd_.get(), F_SETFD, FD_CLOEXEC);  // as the inherited listeners (take_inherited)
         inherited_.admin_fd = -1;
       } else {
         admin_fd_ = net::listen_tcp(cfg_.admin.listen, 128, false);
@@ -557,6 +564,12 @@ class Master {
       else if (sig == SIGUSR2) start_upgrade();
       else if (sig == SIGWINCH && upgrade_pid_ > 0 && si.si_pid == upgrade_pid_) hand_over(now);
       if (notify_parent_) tell_parent_ready();
+      if (reload_pending_ && now >= pending_check_ms_) {
+        // Rows are also freed by workers that are not this master's children
+        // (the old master's, after a binary upgrade): looked for every 250 ms.
+        pending_check_ms_ = now + 250;
+        if (free_rows().size() >= pending_workers_) retry_reload_ = true;
+      }
       if (retry_reload_) {
         retry_reload_ = false;
         reload(now);  // a deferred reload: rows were freed
@@ -694,8 +707,25 @@ class Master {
     return out;
   }
 
+  size_t draining_rows() const {
+    const size_t busy = seg_.stat_workers() - free_rows().size();
+    return busy > rows_.size() ? busy - rows_.size() : 0;
+  }
+
   void reload(uint64_t now) {
     if (stopping_) return;
+    if (upgrade_pid_ > 0) {
+      // The new master picks its rows as it starts, and this one would see
+      // them as free until its workers run: two generations in one row, and
+      // an upgrade that never completes. Run it if the upgrade fails; once
+      // the new master serves, reload that one.
+      GW_LOG_WARN(
+          "SIGHUP: a binary upgrade (pid {}) is in progress; the reload runs here if it fails (once it "
+          "serves, send SIGHUP to the new master)",
+          upgrade_pid_);
+      reload_after_upgrade_ = true;
+      return;
+    }
     GW_LOG_INFO("SIGHUP: reloading {}", cfg_.path);
     config::LoadResult r = config::load_file(cfg_.path);
     if (!r.ok()) {
@@ -715,10 +745,11 @@ class Master {
       // Held by the workers of an earlier reload that are still draining.
       if (!reload_pending_)
         GW_LOG_WARN(
-            "reload deferred: {} worker(s) of an earlier reload are still draining; it runs when they exit "
-            "(within their worker_shutdown_timeout_ms)",
-            retiring_.size());
+            "reload deferred: {} worker(s) of an earlier reload or of the master this one replaced are still "
+            "draining; it runs when they exit (within their worker_shutdown_timeout_ms)",
+            draining_rows());
       reload_pending_ = true;
+      pending_workers_ = static_cast<size_t>(next.workers);
       return;
     }
     reload_pending_ = false;
@@ -795,8 +826,10 @@ class Master {
       retiring_[pid] = Retiring{row, old_kill_at};
       ::kill(pid, SIGWINCH);
     }
-    for (const auto& [a, pid] : old_aux)
+    for (const auto& [a, pid] : old_aux) {
       ::kill(pid, a == &logger_ ? SIGTERM : SIGQUIT);  // the logger: after the old workers' last lines
+      if (a == &logger_) retiring_loggers_.insert(pid);
+    }
     GW_LOG_INFO("reloaded: {} worker(s) started, {} old worker(s) draining (from {}), listeners:{}", cfg_.workers,
                 old_workers.size(), old_n, listener_text(cfg_));
   }
@@ -882,6 +915,26 @@ class Master {
     GW_LOG_INFO("binary upgrade: serving; the old master (pid {}) drains and exits", inherited_.parent);
   }
 
+  // Old master: the new master failed after it had published its config (a
+  // port it could not bind, no free rows, ...): this one's config goes back
+  // in (merged with the live table, as a reload does), and so do its
+  // listeners and worker count in the header. (Hosts that gwctl added to an
+  // upstream the new config dropped went with that upstream.)
+  void undo_failed_upgrade() {
+    auto& hdr = seg_.header();
+    write_listener_header(hdr, cfg_);
+    hdr.workers.store(static_cast<uint32_t>(cfg_.workers));
+    try {
+      commit_reload(cfg_);
+    } catch (const std::exception& e) {
+      GW_LOG_ERROR("binary upgrade failed: cannot put this master's config back in the table: {}", e.what());
+    }
+    if (reload_after_upgrade_) {
+      reload_after_upgrade_ = false;
+      retry_reload_ = true;  // the SIGHUP that came meanwhile
+    }
+  }
+
   // Old master: the new one serves.
   void hand_over(uint64_t now) {
     if (stopping_) return;
@@ -920,6 +973,10 @@ class Master {
       if (p > 0) ::kill(p, SIGUSR1);
     for (Aux* a : auxes())
       if (a->pid > 0) ::kill(a->pid, SIGUSR1);
+    // The old generation of a reload too: it may drain for hours
+    // (worker_shutdown_timeout_ms) and would write into the rotated files.
+    for (const auto& [p, r] : retiring_) ::kill(p, SIGUSR1);
+    for (const auto& [p, t] : retiring_aux_) ::kill(p, SIGUSR1);
   }
 
   int alive() const {
@@ -1003,6 +1060,7 @@ class Master {
       fds_.clear();  // it accepts nothing of the workers'
       log_wr_.clear();
       if (&a == &logger_) {
+        admin_fd_.reset();  // the admin server's
         std::vector<int> socks;
         for (auto& fd : log_rd_) socks.push_back(fd.get());
         ::_exit(run_logger(socks, cfg_.access_log_paths));
@@ -1049,10 +1107,14 @@ class Master {
           // changes while the master named there is gone.
           pid_t failed = pid;
           seg_.header().master_pid.compare_exchange_strong(failed, ::getpid(), std::memory_order_acq_rel);
+          undo_failed_upgrade();
         }
         continue;
       }
-      if (retiring_aux_.erase(pid)) continue;  // a helper of the configuration before a reload
+      if (retiring_aux_.erase(pid)) {  // a helper of the configuration before a reload
+        retiring_loggers_.erase(pid);
+        continue;
+      }
       if (auto old = retiring_.find(pid); old != retiring_.end()) {
         const uint32_t row = old->second.row;
         retiring_.erase(old);
@@ -1127,7 +1189,10 @@ class Master {
     // fast stop ends them too.
     if (!graceful)
       for (const auto& [p, r] : retiring_) ::kill(p, SIGQUIT);
-    for (const auto& [p, t] : retiring_aux_) ::kill(p, SIGQUIT);
+    // Old helpers stop now, but an old logger (told to stop at the reload)
+    // still writes the draining workers' last lines on a graceful stop.
+    for (const auto& [p, t] : retiring_aux_)
+      if (!graceful || !retiring_loggers_.count(p)) ::kill(p, SIGQUIT);
     for (Aux* a : {&checker_, &sync_, &admin_})
       if (a->pid > 0) ::kill(a->pid, SIGQUIT);  // nothing to drain
     // The logger writes the workers' last lines and exits when they have all
@@ -1221,6 +1286,10 @@ class Master {
   };
   std::map<pid_t, Retiring> retiring_;      // workers of a configuration before a reload, draining
   std::map<pid_t, uint64_t> retiring_aux_;  // helpers of one, stopping → kill deadline
+  std::set<pid_t> retiring_loggers_;        // ...of which loggers (they drain, as workers do)
+  uint64_t pending_check_ms_ = 0;           // reload_pending_: when free rows are looked for again
+  size_t pending_workers_ = 0;              // ...and how many the deferred reload needs
+  bool reload_after_upgrade_ = false;       // a SIGHUP came during a binary upgrade
   std::vector<std::string> argv_;           // gwd's command line, executed on SIGUSR2
   int lock_fd_;                             // the instance lock (passed on to a new master)
   Inherited inherited_;                     // from the old master, after a binary upgrade
@@ -1254,6 +1323,15 @@ class Master {
 }  // namespace
 
 int run_master(const config::Config& cfg, const std::vector<std::string>& argv) {
+  // The control signals wait (in the master's sigtimedwait) from the first
+  // moment: a SIGHUP or SIGUSR1 sent while the segment and the sockets are
+  // set up would otherwise kill gwd by their default action.
+  {
+    sigset_t ctl;
+    sigemptyset(&ctl);
+    for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&ctl, s);
+    ::sigprocmask(SIG_BLOCK, &ctl, nullptr);
+  }
   // A binary upgrade: what the old master passed on (and no one after us sees it).
   Inherited inherited;
   if (const char* up = ::getenv(kUpgradeEnv)) {

@@ -524,6 +524,87 @@ class ReloadTest(GwTestCase):
         self.assertEqual(rc, 0, err)
         self.assertEqual(gw.stop(), 0)
 
+    def test_binary_upgrade_failing_on_a_port_puts_the_old_config_back(self):
+        """The new master published its config, then failed to bind a port:
+        the old master serves on with its own config, not the new table (its
+        listener used to lose its upstream, renamed by the new config)."""
+        n = self.backend("n", "name")
+        cfg = self.config(n)
+        gw = self.gateway(cfg)
+        self.assertNames(gw.port, 2, {"n"})
+        busy = socket.socket()  # a port in use, without SO_REUSEPORT
+        busy.bind((LO, 0))
+        busy.listen(1)
+        self.addCleanup(busy.close)
+        bad = json.loads(json.dumps(cfg))
+        bad["upstreams"][0]["name"] = "app2"
+        bad["listeners"][0]["upstream"] = "app2"
+        bad["listeners"].append(tcp_listener("extra", "app2", port=busy.getsockname()[1]))
+        write_json(gw.conf_path, bad)
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGUSR2)
+        wait_until(lambda: "binary upgrade failed" in gw.log_text()[log_before:], T(10), msg="upgrade failure logged")
+        self.assertEqual(gw.status()["master_pid"], gw.pid)
+        self.assertEqual([u["name"] for u in gw.status()["upstreams"]], ["app"])
+        self.assertNames(gw.port, 4, {"n"})
+        rc, out, err = gw.gwctl("check")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("1 listener(s)", out)
+        self.assertEqual(gw.stop(), 0)
+
+    def test_sighup_to_the_old_master_during_an_upgrade_waits(self):
+        """A SIGHUP to the old master while its new one starts: the reload
+        used to take the rows the new master had picked but its workers had
+        not yet written, and the upgrade never completed (two masters served
+        on). It is put off; the upgrade completes."""
+        n = self.backend("n", "name")
+        for delay in (0.004, 0.008):
+            cfg = self.config(n, workers=1)
+            gw = self.gateway(cfg)
+            old = gw.pid
+            log_before = len(gw.log_text())
+            os.kill(old, signal.SIGUSR2)
+            time.sleep(delay)
+            os.kill(old, signal.SIGHUP)
+            self.assertEqual(gw.wait_exit(T(10)), 0, "the old master did not hand over and exit")
+            self.assertIn("a binary upgrade", gw.log_text()[log_before:])
+            new = gw.status()["master_pid"]
+            self.assertNotEqual(new, old)
+            gw.remember([new])
+            gw.remember(gwtest.children(new))
+            self.assertNames(gw.port, 2, {"n"})
+            os.kill(new, signal.SIGTERM)
+            gwtest.wait_pids_gone({new}, T(10))
+
+    def test_reload_deferred_in_an_upgraded_master_runs_when_the_old_workers_go(self):
+        """A master started by a binary upgrade, reloaded while the old
+        master's worker still drains (its row is busy): the reload runs once
+        that worker exits. It used to wait for one of its own workers to
+        exit, which never came."""
+        n = self.backend("n", "name")
+        cfg = self.config(n, workers=1, shutdown_timeout_ms=4000)
+        gw = self.gateway(cfg)
+        held = gwtest.connect(gw.port)
+        self.assertEqual(gwtest.recv_line(held), "n")  # kept by the old master's worker
+        old = gw.pid
+        gw.send_signal(signal.SIGUSR2)
+        wait_until(lambda: gw.status().get("master_pid") not in (old, None, 0), T(15), msg="the new master")
+        new = gw.status()["master_pid"]
+        gw.remember([new])
+        wait_until(lambda: "serving; the old master" in gw.log_text(), T(10), msg="the upgrade completed")
+        gw.remember(gwtest.children(new))
+        more = json.loads(json.dumps(cfg))
+        more["listeners"].append(tcp_listener("l5", "app"))
+        write_json(gw.conf_path, more)
+        os.kill(new, signal.SIGHUP)
+        wait_until(lambda: "reload deferred" in gw.log_text(), T(10), msg="the reload deferred")
+        held.close()  # the old worker exits
+        port5 = int(more["listeners"][1]["listen"].rsplit(":", 1)[1])
+        wait_until(lambda: gwtest.port_listening(port5), T(10), msg="the reload ran: the new listener listens")
+        gw.remember(gwtest.children(new))
+        os.kill(new, signal.SIGTERM)
+        gwtest.wait_pids_gone({new}, T(10))
+
     def test_access_log_across_reload(self):
         web = self.external_backend("w", mode="http")
         n = self.backend("n", "name")

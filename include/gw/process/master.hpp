@@ -39,6 +39,8 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from = 0, Listen
 /// (`now_ms`). The rows the running config gives up get `old_gone_ms`.
 void publish_listeners(const shm::Segment& seg, config::Config& cfg, bool keep, ListenerRowTimes& free_at,
                        uint64_t now_ms, uint64_t old_gone_ms);
+/// Writes the listeners of `cfg`, with the rows they have, into the header.
+void write_listener_header(shm::SegmentHeader& hdr, const config::Config& cfg);
 
 /// Rows of the stats matrices a segment gets for `workers` workers: two
 /// generations (the running one and the one a reload starts) side by side.

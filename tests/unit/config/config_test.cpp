@@ -87,6 +87,12 @@ TEST_SUITE("config") {
     CHECK(r.errors.size() == 5);
   }
 
+  TEST_CASE("shm.name: NAME.lock is another instance's lock file") {
+    auto errs = load_string(replace(kValid, R"("name": "t1")", R"("name": "gw.lock")")).errors;
+    CHECK(has(errs, "shm.name: \"gw.lock\" is not a segment name (NAME.lock is the lock file of NAME)"));
+    CHECK(load_string(replace(kValid, R"("name": "t1")", R"("name": "gw.locks")")).ok());
+  }
+
   TEST_CASE("a whole number written as a fraction or with an exponent is shown as one") {
     auto with_weight = [](const char* w) {
       return load_string(replace(kValid, R"("weight": 5)", std::string(R"("weight": )") + w)).errors;
