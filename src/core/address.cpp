@@ -83,6 +83,10 @@ bool parse_address(std::string_view text, SockAddr& out, std::string& why) {
     why = fmt::format("port must be an integer 1..65535, got \"{}\"", port);
     return false;
   }
+  if (host.find('\0') != std::string_view::npos) {
+    why = "the host part has a NUL byte";  // inet_pton would read only up to it
+    return false;
+  }
   std::string h(host);
   SockAddr a;
   a.port = static_cast<uint16_t>(p);

@@ -71,6 +71,10 @@ void log_write(LogLevel level, std::string_view text) noexcept {
                             t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, tv.tv_usec / 1000,
                             level_name(level), g_role, ::getpid(), text);
   size_t n = std::min(r.size, sizeof(buf) - 1);
+  // One record, one line: a control character in the text (a value from
+  // etcd, a request, a file) cannot forge another line.
+  for (size_t i = 0; i < n; ++i)
+    if ((static_cast<unsigned char>(buf[i]) < 0x20 && buf[i] != '\t') || buf[i] == 0x7f) buf[i] = '?';
   buf[n++] = '\n';
   ssize_t w = ::write(g_fd, buf, n);
   (void)w;

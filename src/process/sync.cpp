@@ -209,6 +209,9 @@ class Sync {
                             true);
           }
           if (m.created && !created) {
+            // A watch from a revision etcd has not reached is accepted: etcd
+            // came back behind this node (a wiped data dir, an older snapshot).
+            behind_check(m.revision);
             created = true;
             on_synced();
           }
@@ -261,6 +264,20 @@ class Sync {
                       true);
     }
     cl_.contact_ms.store(core::wall_ms(), std::memory_order_relaxed);
+    behind_check(cluster::parse_range_response(r.body).revision);
+  }
+
+  // etcd's store revision only grows; one below what this node has applied
+  // means etcd lost or rewound its history (a wiped data dir, a restore from
+  // an older snapshot). A watch resumed at this node's revision would wait
+  // for revisions that mean something else, and what was written below it
+  // would never be seen: list everything again instead.
+  void behind_check(int64_t etcd_revision) {
+    if (etcd_revision <= 0 || etcd_revision >= rev_) return;
+    GW_LOG_WARN("etcd {} is at revision {}, below the {} this node applied (a wiped or restored etcd?); listing again",
+                etcd_.url(), etcd_revision, rev_);
+    watch_.close();
+    throw Relist{};
   }
 
   void on_synced() {

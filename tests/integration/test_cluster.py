@@ -432,6 +432,33 @@ class ClusterTest(GwTestCase):
         gwtest.wait_until(lambda: "hosts/bad ignored" in gw.log_text(), T(5), msg="a warning about the bad value")
         self.assertTrue(self.routes_to(gw, "a"))
 
+    def test_etcd_back_at_a_lower_revision_is_listed_again(self):
+        """etcd (one member here) comes back with its data dir wiped: its
+        revision starts over, below what the node applied. The node used to
+        resume its watch at its old revision, say "synced", and never see a
+        change made below it (a host added and acknowledged by gwctl --etcd
+        was never routed). Now it lists again."""
+        self.etcd.stop_all()
+        solo = os.path.join(self.tmp, "solo")
+        os.makedirs(solo)
+        self.etcd = EtcdCluster(solo, n=1)
+        self.etcd.start_all()
+        gw = self.node(0, n=1)
+        self.wait_state(gw, "synced")
+        for i in range(6):
+            self.etcd_ok("down" if i % 2 == 0 else "up", "host", "app/primary", "a")
+        self.assertGreater(self.cluster(gw)["revision"], 4)
+        self.etcd.kill(0)
+        shutil.rmtree(os.path.join(solo, "etcd-m0"))
+        self.etcd.start(0)
+        self.etcd.wait_healthy([0])
+        # The node lists the empty prefix again (and seeds it from its table).
+        gwtest.wait_until(lambda: "below the" in gw.log_text(), T(10), msg="the rewound etcd noticed")
+        self.wait_state(gw, "synced")
+        b = self.backend("b")
+        self.etcd_ok("add", "host", "app/primary", "b", b.address)
+        self.wait_routed([gw], "b", T(5))
+
 
 if __name__ == "__main__":
     gwtest.main()

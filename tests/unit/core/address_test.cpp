@@ -27,5 +27,9 @@ TEST_SUITE("core") {
       CHECK_FALSE(parse_address(bad, a, why));
       CHECK_FALSE(why.empty());
     }
+    // A NUL inside the host part (a JSON "\u0000" from etcd or the admin
+    // API): inet_pton would see only what comes before it.
+    CHECK_FALSE(parse_address(std::string_view("127.0.0.1\0junk:80", 17), a, why));
+    CHECK(why == "the host part has a NUL byte");
   }
 }
