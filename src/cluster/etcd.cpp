@@ -308,6 +308,7 @@ Etcd::Etcd(std::vector<std::string> urls, std::vector<core::SockAddr> addrs, uin
 
 std::string Etcd::post(std::string_view path, std::string_view body) {
   const uint64_t deadline = core::monotonic_ms() + retry_ms_;
+  attempts_ = 0;
   for (;;) {
     try {
       return post_round(path, body);
@@ -323,6 +324,7 @@ std::string Etcd::post_round(std::string_view path, std::string_view body) {
   std::string errors;
   for (size_t tries = 0; tries < urls_.size(); ++tries) {
     try {
+      ++attempts_;
       HttpReply r = http_post(addrs_[current_], path, body, timeout_ms_);
       if (r.status == 200) return std::move(r.body);
       int code = 0;
@@ -346,7 +348,9 @@ RangeResult Etcd::range(std::string_view key, std::string_view range_end, bool c
 }
 
 TxnResult Etcd::txn(const std::vector<Compare>& compares, const std::vector<Op>& success) {
-  return parse_txn_response(post("/v3/kv/txn", txn_request(compares, success)));
+  TxnResult r = parse_txn_response(post("/v3/kv/txn", txn_request(compares, success)));
+  r.resent = attempts_ > 1;
+  return r;
 }
 
 void Etcd::compact(int64_t revision) {

@@ -14,7 +14,9 @@ import re
 import shutil
 import signal
 import subprocess
+import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -111,6 +113,54 @@ class EtcdCluster:
 
     def compact(self, revision):
         return self.post("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+
+
+class DropTxnProxy:
+    """An HTTP proxy to one etcd member that forwards every request, but
+    answers the first /v3/kv/txn by closing the connection once etcd has
+    applied it: an answer lost after the change was made."""
+
+    def __init__(self, target_url):
+        self.target = target_url
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.dropped = 0
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def close(self):
+        self.sock.close()
+
+    def _loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        with c:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = c.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, body = data.split(b"\r\n\r\n", 1)
+            n = next(int(l.split(b":", 1)[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length"))
+            while len(body) < n:
+                body += c.recv(65536)
+            path = head.split(b" ")[1].decode()
+            req = urllib.request.Request(self.target + path, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=T(5)) as r:
+                out, status = r.read(), r.status
+            if path == "/v3/kv/txn" and self.dropped == 0:
+                self.dropped += 1
+                return  # applied by etcd; the client never hears
+            c.sendall(b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                      b"Connection: close\r\n\r\n" % (status, len(out)) + out)
 
 
 class ClusterTest(GwTestCase):
@@ -458,6 +508,40 @@ class ClusterTest(GwTestCase):
         b = self.backend("b")
         self.etcd_ok("add", "host", "app/primary", "b", b.address)
         self.wait_routed([gw], "b", T(5))
+
+    def test_gwctl_etcd_change_whose_answer_was_lost(self):
+        """etcd applied the txn, and its answer was lost: gwctl sends it to the
+        next member, where its compares fail on its own write. It used to say
+        "nothing was changed" (or "already exists") for a change it made; it
+        now finds its change in etcd and reports it done."""
+        gw = self.node(0)
+        self.wait_state(gw, "synced")
+        b = self.backend("b")
+        self.etcd_ok("add", "host", "app/primary", "b", b.address)
+        for args, key_after in ((("remove", "host", "app/primary", "b"), None),
+                                (("add", "host", "app/primary", "c", f"{gwtest.LOOPBACK}:9"), "c")):
+            proxy = DropTxnProxy(self.etcd.urls[0])
+            self.addCleanup(proxy.close)
+            argv = [gwtest.GWCTL, *args, "--etcd", f"{proxy.url},{self.etcd.urls[1]}", "--prefix", self.prefix]
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=T(30), stdin=subprocess.DEVNULL)
+            self.assertEqual(proxy.dropped, 1, "the proxy dropped no answer")
+            self.assertEqual(p.returncode, 0, f"gwctl {' '.join(args)}: {p.stderr.strip()}")
+            self.assertRegex(p.stdout, r"^ok: .* \(etcd revision \d+\)\n$")
+        _, kvs = self.etcd.get_prefix(self.prefix)
+        self.assertNotIn(self.prefix + "upstreams/app/pools/primary/hosts/b", kvs)
+        self.assertIn(self.prefix + "upstreams/app/pools/primary/hosts/c", kvs)
+
+    def test_gwctl_etcd_refuses_hosts_under_a_missing_upstream_key(self):
+        """The upstream key alone deleted: every node ignores that upstream's
+        pools and hosts, so gwctl --etcd must not acknowledge a host added
+        there (it said ok, and no node ever routed it)."""
+        gw = self.node(0)
+        self.wait_state(gw, "synced")
+        self.etcd.post("/v3/kv/deleterange", {"key": b64(self.prefix + "upstreams/app")})
+        p = self.ctl_etcd("add", "host", "app/primary", "b", f"{gwtest.LOOPBACK}:9")
+        out, err = p.communicate(timeout=T(15))
+        line = self.assert_one_line_error(p.returncode, err, "add host under a missing upstream key")
+        self.assertIn('unknown upstream "app" in etcd', line)
 
 
 if __name__ == "__main__":

@@ -254,23 +254,63 @@ void test_delay() {
     std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(d)));
 }
 
-[[noreturn]] void conflict(const std::string& what, const std::string& key) {
+using gw::cluster::Compare;
+using Target = gw::cluster::Compare::Target;
+
+[[noreturn]] void conflict(const std::string& what, const std::string& key, bool resent = false) {
+  if (resent)
+    throw Failure(
+        fmt::format("{}: etcd key {} was changed by another writer while this command ran; an answer from etcd "
+                    "was lost and the request sent again, so this command's change may have been applied before "
+                    "that writer's: check with gwctl status --etcd",
+                    what, key));
   throw Failure(
       fmt::format("{}: etcd key {} was changed by another writer while this command ran; nothing was "
                   "changed, run it again",
                   what, key));
 }
 
-gw::cluster::KeyValue etcd_pool(EtcdCtl& c, const std::string& u, const std::string& p) {
+// The txn of this command, sent again after an answer was lost, found its
+// compares broken: if every key now holds what the command wrote, the first
+// attempt ran (the answer was what got lost), and the command succeeded.
+// Returns the store revision then, or 0.
+int64_t applied_before(EtcdCtl& c, const std::vector<gw::cluster::Op>& ops) {
+  int64_t rev = 0;
+  for (const auto& op : ops) {
+    auto r = c.etcd.range(op.key);
+    if (op.is_delete ? !r.kvs.empty() : (r.kvs.empty() || r.kvs[0].value != op.value)) return 0;
+    rev = std::max(rev, op.is_delete ? r.revision : r.kvs[0].mod_revision);
+  }
+  return rev;
+}
+
+// Runs the command's txn; a resent txn that had run already counts as done.
+gw::cluster::TxnResult run_txn(EtcdCtl& c, const std::vector<Compare>& cmp, const std::vector<gw::cluster::Op>& ops) {
+  gw::cluster::TxnResult r = c.etcd.txn(cmp, ops);
+  if (!r.succeeded && r.resent)
+    if (int64_t rev = applied_before(c, ops)) {
+      r.succeeded = true;
+      r.revision = rev;
+    }
+  return r;
+}
+
+// The pool's key, and in `up` its upstream's: a pool or host under an
+// upstream key that is gone is ignored by every node, so a change to it would
+// be acknowledged and never applied. The txns compare the upstream key's
+// create_revision for the same reason.
+gw::cluster::KeyValue etcd_pool(EtcdCtl& c, const std::string& u, const std::string& p, gw::cluster::KeyValue& up) {
+  auto ukv = etcd_get(c, gw::cluster::upstream_key(c.prefix, u));
+  if (!ukv) throw gw::shm::TableError(fmt::format("unknown upstream \"{}\" in etcd (prefix {})", u, c.prefix));
+  up = *ukv;
   if (auto kv = etcd_get(c, gw::cluster::pool_key(c.prefix, u, p))) return *kv;
-  if (!etcd_get(c, gw::cluster::upstream_key(c.prefix, u)))
-    throw gw::shm::TableError(fmt::format("unknown upstream \"{}\" in etcd (prefix {})", u, c.prefix));
   throw gw::shm::TableError(fmt::format("unknown pool \"{}/{}\" in etcd", u, p));
 }
 
-gw::cluster::KeyValue etcd_host(EtcdCtl& c, const std::string& u, const std::string& p, const std::string& h) {
+gw::cluster::KeyValue etcd_host(EtcdCtl& c, const std::string& u, const std::string& p, const std::string& h,
+                                gw::cluster::KeyValue& up) {
+  etcd_pool(c, u, p, up);
   if (auto kv = etcd_get(c, gw::cluster::host_key(c.prefix, u, p, h))) return *kv;
-  etcd_pool(c, u, p);
   throw gw::shm::TableError(fmt::format("unknown host \"{}/{}/{}\" in etcd", u, p, h));
 }
 
@@ -293,25 +333,25 @@ int etcd_done(const std::string& what, int64_t rev) {
   return 0;
 }
 
-using gw::cluster::Compare;
-using Target = gw::cluster::Compare::Target;
-
 int etcd_add_host(EtcdCtl& c, const std::string& u, const std::string& p, const std::string& h,
                   const gw::core::SockAddr& addr, uint32_t weight) {
   check_names({{"upstream name", &u}, {"pool id", &p}, {"host id", &h}});
   const std::string what = fmt::format("add host {}/{}/{} {} weight={}", u, p, h, addr.to_string(), weight);
   const std::string hk = gw::cluster::host_key(c.prefix, u, p, h);
-  auto pool = etcd_pool(c, u, p);
+  gw::cluster::KeyValue up;
+  auto pool = etcd_pool(c, u, p, up);
   if (etcd_get(c, hk)) throw gw::shm::TableError(fmt::format("host {}/{}/{} already exists", u, p, h));
   test_delay();
-  auto r =
-      c.etcd.txn({{hk, "", Target::create_revision, 0}, {pool.key, "", Target::create_revision, pool.create_revision}},
-                 {{false, hk, gw::cluster::encode_host({addr, weight, false})}});
+  auto r = run_txn(c,
+                   {{hk, "", Target::create_revision, 0},
+                    {pool.key, "", Target::create_revision, pool.create_revision},
+                    {up.key, "", Target::create_revision, up.create_revision}},
+                   {{false, hk, gw::cluster::encode_host({addr, weight, false})}});
   if (!r.succeeded) {
     if (etcd_get(c, hk))
       throw gw::shm::TableError(
           fmt::format("host {}/{}/{} already exists (another writer added it meanwhile)", u, p, h));
-    conflict(what, pool.key);
+    conflict(what, pool.key, r.resent);
   }
   return etcd_done(what, r.revision);
 }
@@ -319,17 +359,22 @@ int etcd_add_host(EtcdCtl& c, const std::string& u, const std::string& p, const 
 int etcd_remove_host(EtcdCtl& c, const std::string& u, const std::string& p, const std::string& h) {
   check_names({{"upstream name", &u}, {"pool id", &p}, {"host id", &h}});
   const std::string what = fmt::format("remove host {}/{}/{}", u, p, h);
-  auto kv = etcd_host(c, u, p, h);
+  gw::cluster::KeyValue up;
+  auto kv = etcd_host(c, u, p, h, up);
   test_delay();
-  auto r = c.etcd.txn({{kv.key, "", Target::mod_revision, kv.mod_revision}}, {{true, kv.key, ""}});
-  if (!r.succeeded) conflict(what, kv.key);
+  auto r = run_txn(
+      c,
+      {{kv.key, "", Target::mod_revision, kv.mod_revision}, {up.key, "", Target::create_revision, up.create_revision}},
+      {{true, kv.key, ""}});
+  if (!r.succeeded) conflict(what, kv.key, r.resent);
   return etcd_done(what, r.revision);
 }
 
 int etcd_down_up(EtcdCtl& c, const std::string& u, const std::string& p, const std::string& h, bool down) {
   check_names({{"upstream name", &u}, {"pool id", &p}, {"host id", &h}});
   const std::string what = fmt::format("{} host {}/{}/{}", down ? "down" : "up", u, p, h);
-  auto kv = etcd_host(c, u, p, h);
+  gw::cluster::KeyValue up;
+  auto kv = etcd_host(c, u, p, h, up);
   auto spec = decode_or_fail<gw::cluster::HostSpec>(kv, gw::cluster::decode_host);
   if (spec.down == down) {
     fmt::print("ok: host {}/{}/{} is already {} (etcd revision {})\n", u, p, h, down ? "down" : "up", kv.mod_revision);
@@ -337,9 +382,11 @@ int etcd_down_up(EtcdCtl& c, const std::string& u, const std::string& p, const s
   }
   spec.down = down;
   test_delay();
-  auto r = c.etcd.txn({{kv.key, "", Target::mod_revision, kv.mod_revision}},
-                      {{false, kv.key, gw::cluster::encode_host(spec)}});
-  if (!r.succeeded) conflict(what, kv.key);
+  auto r = run_txn(
+      c,
+      {{kv.key, "", Target::mod_revision, kv.mod_revision}, {up.key, "", Target::create_revision, up.create_revision}},
+      {{false, kv.key, gw::cluster::encode_host(spec)}});
+  if (!r.succeeded) conflict(what, kv.key, r.resent);
   return etcd_done(what, r.revision);
 }
 
@@ -352,12 +399,12 @@ int etcd_add_pool(EtcdCtl& c, const std::string& u, const std::string& p, int32_
   if (etcd_get(c, pk)) throw gw::shm::TableError(fmt::format("pool {}/{} already exists", u, p));
   test_delay();
   auto r =
-      c.etcd.txn({{pk, "", Target::create_revision, 0}, {up->key, "", Target::create_revision, up->create_revision}},
-                 {{false, pk, gw::cluster::encode_pool({prio, m})}});
+      run_txn(c, {{pk, "", Target::create_revision, 0}, {up->key, "", Target::create_revision, up->create_revision}},
+              {{false, pk, gw::cluster::encode_pool({prio, m})}});
   if (!r.succeeded) {
     if (etcd_get(c, pk))
       throw gw::shm::TableError(fmt::format("pool {}/{} already exists (another writer added it meanwhile)", u, p));
-    conflict(what, up->key);
+    conflict(what, up->key, r.resent);
   }
   return etcd_done(what, r.revision);
 }
@@ -365,19 +412,20 @@ int etcd_add_pool(EtcdCtl& c, const std::string& u, const std::string& p, int32_
 int etcd_remove_pool(EtcdCtl& c, const std::string& u, const std::string& p) {
   check_names({{"upstream name", &u}, {"pool id", &p}});
   const std::string what = fmt::format("remove pool {}/{}", u, p);
-  auto kv = etcd_pool(c, u, p);
+  gw::cluster::KeyValue up;
+  auto kv = etcd_pool(c, u, p, up);
   const std::string hp = gw::cluster::hosts_prefix(c.prefix, u, p), he = gw::cluster::prefix_end(hp);
   auto hosts = [&] { return c.etcd.range(hp, he, true).count; };
   if (int64_t n = hosts(); n > 0)
     throw gw::shm::TableError(fmt::format("pool {}/{} still has {} host(s); remove them first", u, p, n));
   test_delay();
-  auto r = c.etcd.txn({{kv.key, "", Target::mod_revision, kv.mod_revision}, {hp, he, Target::create_revision, 0}},
-                      {{true, kv.key, ""}});
+  auto r = run_txn(c, {{kv.key, "", Target::mod_revision, kv.mod_revision}, {hp, he, Target::create_revision, 0}},
+                   {{true, kv.key, ""}});
   if (!r.succeeded) {
     if (int64_t n = hosts(); n > 0)
       throw gw::shm::TableError(fmt::format(
           "pool {}/{} still has {} host(s) (another writer added them meanwhile); remove them first", u, p, n));
-    conflict(what, kv.key);
+    conflict(what, kv.key, r.resent);
   }
   return etcd_done(what, r.revision);
 }
@@ -385,16 +433,19 @@ int etcd_remove_pool(EtcdCtl& c, const std::string& u, const std::string& p) {
 int etcd_set_pool(EtcdCtl& c, const std::string& u, const std::string& p, std::optional<int32_t> prio,
                   std::optional<gw::shm::Method> m) {
   check_names({{"upstream name", &u}, {"pool id", &p}});
-  auto kv = etcd_pool(c, u, p);
+  gw::cluster::KeyValue up;
+  auto kv = etcd_pool(c, u, p, up);
   auto spec = decode_or_fail<gw::cluster::PoolSpec>(kv, gw::cluster::decode_pool);
   if (prio) spec.priority = *prio;
   if (m) spec.method = *m;
   const std::string what =
       fmt::format("set pool {}/{} priority={} method={}", u, p, spec.priority, gw::shm::method_name(spec.method));
   test_delay();
-  auto r = c.etcd.txn({{kv.key, "", Target::mod_revision, kv.mod_revision}},
-                      {{false, kv.key, gw::cluster::encode_pool(spec)}});
-  if (!r.succeeded) conflict(what, kv.key);
+  auto r = run_txn(
+      c,
+      {{kv.key, "", Target::mod_revision, kv.mod_revision}, {up.key, "", Target::create_revision, up.create_revision}},
+      {{false, kv.key, gw::cluster::encode_pool(spec)}});
+  if (!r.succeeded) conflict(what, kv.key, r.resent);
   return etcd_done(what, r.revision);
 }
 

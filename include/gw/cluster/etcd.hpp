@@ -50,6 +50,9 @@ struct RangeResult {
 struct TxnResult {
   bool succeeded = false;  ///< the compares held and the success ops ran
   int64_t revision = 0;
+  /// The txn was sent more than once (an attempt failed or went unanswered):
+  /// an earlier attempt may have run, so failed compares may be its own doing.
+  bool resent = false;
 };
 
 struct WatchEvent {
@@ -134,9 +137,9 @@ HttpReply http_post(const core::SockAddr& to, std::string_view path, std::string
 class Etcd {
  public:
   /// retry_ms: how long post() goes on trying (every 100 ms) while every
-  /// member is unavailable (0: one round). A txn retried after "leader
-  /// changed" may have been applied: its compares then fail, and the caller
-  /// reports a conflict; nothing is applied twice.
+  /// member is unavailable (0: one round). A txn retried after a lost answer
+  /// or "leader changed" may have been applied: its compares then fail
+  /// (TxnResult::resent tells the caller to look); nothing is applied twice.
   Etcd(std::vector<std::string> urls, std::vector<core::SockAddr> addrs, uint32_t timeout_ms, uint32_t retry_ms = 0);
 
   RangeResult range(std::string_view key, std::string_view range_end = {}, bool count_only = false);
@@ -157,6 +160,7 @@ class Etcd {
 
  private:
   std::string post_round(std::string_view path, std::string_view body);
+  uint32_t attempts_ = 0;  // requests sent by the last post()
 
   std::vector<std::string> urls_;
   std::vector<core::SockAddr> addrs_;
