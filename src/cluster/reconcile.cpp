@@ -23,7 +23,32 @@ bool same_entries(const shm::Table& a, const shm::Table& b) {
 
 }  // namespace
 
-bool reconcile(shm::Table& t, const Model& m, std::vector<std::string>& events, std::vector<std::string>& warnings) {
+bool reconcile(shm::Table& t, const Model& model, std::vector<std::string>& events,
+               std::vector<std::string>& warnings) {
+  // Keys whose value did not parse: what this node has for them stays (a
+  // typo in etcd must not take a pool and its hosts off every node).
+  const Model* mp = &model;
+  Model held;
+  if (!model.held_pools.empty() || !model.held_hosts.empty()) {
+    held = model;
+    for (const auto& [u, p] : model.held_pools) {
+      const int ui = t.find_upstream(u);
+      const int pi = ui < 0 ? -1 : t.find_pool(ui, p);
+      if (pi < 0) continue;  // nothing to keep: the pool is not here
+      const auto& pr = t.pools()[static_cast<size_t>(pi)];
+      held.pools[{u, p}] = PoolSpec{pr.priority, static_cast<shm::Method>(pr.method)};
+    }
+    for (const auto& [u, p, h] : model.held_hosts) {
+      const int ui = t.find_upstream(u);
+      const int pi = ui < 0 ? -1 : t.find_pool(ui, p);
+      const int hi = pi < 0 ? -1 : t.find_host(pi, h);
+      if (hi < 0 || !held.pools.count({u, p})) continue;
+      const auto& hr = t.hosts()[static_cast<size_t>(hi)];
+      held.hosts[{u, p, h}] = HostSpec{hr.addr, hr.weight, hr.admin_down != 0};
+    }
+    mp = &held;
+  }
+  const Model& m = *mp;
   for (const auto& [u, present] : m.upstreams)
     if (present && t.find_upstream(u) < 0)
       warnings.push_back(fmt::format("upstream \"{}\" in etcd is not in this node's config; ignored", u));

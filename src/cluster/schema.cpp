@@ -210,12 +210,20 @@ Model build_model(std::string_view prefix, const std::map<std::string, std::stri
       else m.upstreams[k.upstream] = true;
     } else if (k.kind == KeyKind::pool) {
       PoolSpec p;
-      if (!decode_pool(value, p, why)) warnings.push_back(fmt::format("etcd key {} ignored: {}", key, why));
-      else m.pools[{k.upstream, k.pool}] = p;
+      if (decode_pool(value, p, why)) {
+        m.pools[{k.upstream, k.pool}] = p;
+      } else {
+        warnings.push_back(fmt::format("etcd key {} not applied: {}; the node keeps the pool as it has it", key, why));
+        m.held_pools.insert({k.upstream, k.pool});
+      }
     } else {
       HostSpec h;
-      if (!decode_host(value, h, why)) warnings.push_back(fmt::format("etcd key {} ignored: {}", key, why));
-      else hosts.push_back({key, k, h});
+      if (decode_host(value, h, why)) {
+        hosts.push_back({key, k, h});
+      } else {
+        warnings.push_back(fmt::format("etcd key {} not applied: {}; the node keeps the host as it has it", key, why));
+        m.held_hosts.insert({k.upstream, k.pool, k.host});
+      }
     }
   }
   for (auto it = m.pools.begin(); it != m.pools.end();) {
@@ -228,8 +236,12 @@ Model build_model(std::string_view prefix, const std::map<std::string, std::stri
       ++it;
     }
   }
+  std::erase_if(m.held_pools, [&](const auto& p) { return !m.upstreams.count(p.first); });
+  std::erase_if(m.held_hosts, [&](const auto& h) {
+    return !m.pools.count({std::get<0>(h), std::get<1>(h)}) && !m.held_pools.count({std::get<0>(h), std::get<1>(h)});
+  });
   for (auto& ph : hosts) {
-    if (!m.pools.count({ph.k.upstream, ph.k.pool})) {
+    if (!m.pools.count({ph.k.upstream, ph.k.pool}) && !m.held_pools.count({ph.k.upstream, ph.k.pool})) {
       warnings.push_back(fmt::format("etcd key {} ignored: its pool key {} is missing", ph.key,
                                      pool_key(prefix, ph.k.upstream, ph.k.pool)));
       continue;

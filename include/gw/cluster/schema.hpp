@@ -13,6 +13,7 @@
 // by every node alike, so all nodes still build the same table.
 
 #include <map>
+#include <set>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -69,12 +70,16 @@ struct Model {
   std::map<std::string, bool> upstreams;                                        ///< upstream name → present
   std::map<std::pair<std::string, std::string>, PoolSpec> pools;                ///< (upstream, pool)
   std::map<std::tuple<std::string, std::string, std::string>, HostSpec> hosts;  ///< (upstream, pool, host)
+  /// Keys present whose value does not parse (a typo, a newer gw's field):
+  /// reconcile() keeps what the node has for them rather than remove them.
+  std::set<std::pair<std::string, std::string>> held_pools;
+  std::set<std::tuple<std::string, std::string, std::string>> held_hosts;
 };
 
 /// Builds the model from raw key → value pairs (keys with the prefix). Keys
-/// outside the schema, values that do not parse, pools without their upstream
-/// key and hosts without their pool key are left out, each with a line in
-/// `warnings`.
+/// outside the schema, pools without their upstream key and hosts without
+/// their pool key are left out; a pool or host whose value does not parse is
+/// held (Model::held_*); each with a line in `warnings`.
 Model build_model(std::string_view prefix, const std::map<std::string, std::string>& kv,
                   std::vector<std::string>& warnings);
 

@@ -131,7 +131,36 @@ TEST_SUITE("cluster") {
     CHECK(m.pools.size() == 1);
     CHECK(m.hosts.size() == 1);
     CHECK(m.pools.at({"app", "p"}).priority == 1);
+    CHECK(m.held_hosts.count({"app", "p", "bad"}) == 1);  // present, value unreadable: held
     CHECK(warnings.size() == 4);
+  }
+
+  TEST_CASE("reconcile: a pool or host whose etcd value does not parse keeps what the node has") {
+    gw::shm::Table t = sample();
+    std::vector<std::string> warnings, events;
+    auto kv = kv_of(t, "app");
+    reconcile(t, build_model("/gw/", kv, warnings), events, warnings);  // key order
+    events.clear();
+    // A typo in the pool's method, a field from a newer gw in host a, and a
+    // real change (b's weight) at the same time.
+    kv[pool_key("/gw/", "app", "primary")] = R"({"priority": 0, "method": "roundrobin"})";
+    kv[host_key("/gw/", "app", "primary", "a")] = R"({"address": "127.0.0.1:1001", "weight": 1, "zone": "x"})";
+    kv[host_key("/gw/", "app", "primary", "b")] = encode_host({addr("127.0.0.1:1002"), 7, false});
+    warnings.clear();
+    Model m = build_model("/gw/", kv, warnings);
+    CHECK(warnings.size() == 2);
+    CHECK(reconcile(t, m, events, warnings));
+    CHECK(events == std::vector<std::string>{"host_changed app/primary/b 127.0.0.1:1002 weight=7"});
+    const int pi = t.find_pool(t.find_upstream("app"), "primary");
+    REQUIRE(pi >= 0);
+    CHECK(t.find_host(pi, "a") >= 0);  // kept, slot and all
+    CHECK(t.hosts()[static_cast<size_t>(t.find_host(pi, "a"))].tag == 1);
+    CHECK(t.pool_hosts(pi).size() == 2);
+    // Deleted for real: then it goes.
+    kv.erase(host_key("/gw/", "app", "primary", "a"));
+    events.clear();
+    CHECK(reconcile(t, build_model("/gw/", kv, warnings), events, warnings));
+    CHECK(events == std::vector<std::string>{"host_removed app/primary/a 127.0.0.1:1001"});
   }
 
   TEST_CASE("reconcile: the same state changes nothing, keeps other upstreams") {
