@@ -95,24 +95,42 @@ class Sync {
   }
 
   // An upstream of this node's table that etcd does not have yet goes into
-  // etcd from this table, in one txn that only succeeds while etcd still has
-  // nothing of it (so of several nodes starting at once, one seeds it).
-  // Returns true if it tried.
+  // etcd from this table. Nodes take an upstream from etcd only once its
+  // upstream key is there, so the key goes last: the pools and hosts first,
+  // in txns of at most kSeedBatch puts (etcd refuses more than --max-txn-ops,
+  // 128 by default, in one), the first of them only while etcd has nothing
+  // under the upstream (so of several nodes starting at once, one seeds it),
+  // every one only while the upstream key is still absent. Returns true if it
+  // tried.
+  static constexpr size_t kSeedBatch = 100;
+
   bool seed_missing() {
     std::vector<std::string> warnings;
     cluster::Model m = cluster::build_model(prefix_, kv_, warnings);
     shm::Table t(seg_.caps());
     shm::read_published(seg_, t);
     bool tried = false;
+    seed_error_.clear();
+    seed_upstream_.clear();
     for (size_t ui = 0; ui < t.upstreams().size(); ++ui) {
       const std::string u(shm::name_of(t.upstreams()[ui].name));
       if (m.upstreams.count(u)) continue;
       const std::string ukey = cluster::upstream_key(prefix_, u),
                         children = cluster::upstream_children_prefix(prefix_, u);
-      std::vector<cluster::Compare> cmp = {
-          {ukey, "", cluster::Compare::Target::create_revision, 0},
-          {children, cluster::prefix_end(children), cluster::Compare::Target::create_revision, 0}};
-      std::vector<cluster::Op> ops = {{false, ukey, "{}"}};
+      if (kv_.lower_bound(children) != kv_.end() && kv_.lower_bound(children)->first.starts_with(children)) {
+        // Pools or hosts without their upstream key: a seed that did not
+        // finish (its node stopped), or keys written by hand. Not taken over:
+        // another node may be seeding right now.
+        seed_error_ = fmt::format(
+            "etcd has keys under {} but not the upstream key {} (another node seeding it, or a seed that did not "
+            "finish): the upstream stays local until the key is there; if it never comes, delete {} in etcd to "
+            "have it seeded again",
+            children, ukey, children);
+        seed_upstream_ = u;
+        GW_LOG_WARN("{}", seed_error_);
+        continue;
+      }
+      std::vector<cluster::Op> ops;
       size_t hosts = 0;
       for (size_t pi = 0; pi < t.pools().size(); ++pi) {
         const auto& pr = t.pools()[pi];
@@ -127,17 +145,31 @@ class Sync {
           ++hosts;
         }
       }
+      ops.push_back({false, ukey, "{}"});  // last
       tried = true;
       try {
-        auto res = etcd_.txn(cmp, ops);
-        if (res.succeeded)
+        int64_t revision = 0;
+        bool lost = false;
+        for (size_t at = 0; at < ops.size() && !lost; at += kSeedBatch) {
+          std::vector<cluster::Compare> cmp = {{ukey, "", cluster::Compare::Target::create_revision, 0}};
+          if (at == 0)
+            cmp.push_back({children, cluster::prefix_end(children), cluster::Compare::Target::create_revision, 0});
+          const std::vector<cluster::Op> batch(
+              ops.begin() + static_cast<std::ptrdiff_t>(at),
+              ops.begin() + static_cast<std::ptrdiff_t>(std::min(ops.size(), at + kSeedBatch)));
+          auto res = etcd_.txn(cmp, batch);
+          lost = !res.succeeded;
+          revision = res.revision;
+        }
+        if (!lost)
           GW_LOG_INFO("seeded etcd with upstream \"{}\" from this node's table ({} key(s), {} host(s)) at revision {}",
-                      u, ops.size(), hosts, res.revision);
+                      u, ops.size(), hosts, revision);
         else GW_LOG_INFO("upstream \"{}\" was seeded in etcd by another node meanwhile", u);
       } catch (const EtcdError& e) {
         if (e.unavailable()) throw;
-        // e.g. more operations than etcd's --max-txn-ops (default 128)
-        GW_LOG_ERROR("cannot seed upstream \"{}\" into etcd ({} operations): {}", u, ops.size(), e.what());
+        seed_error_ = fmt::format("cannot seed upstream \"{}\" into etcd ({} operations): {}", u, ops.size(), e.what());
+        seed_upstream_ = u;
+        GW_LOG_ERROR("{}", seed_error_);
       }
     }
     return tried;
@@ -148,6 +180,10 @@ class Sync {
   void apply() {
     std::vector<std::string> warnings;
     cluster::Model m = cluster::build_model(prefix_, kv_, warnings);
+    if (!seed_upstream_.empty() && m.upstreams.count(seed_upstream_)) {
+      seed_error_.clear();  // seeded after all (by another node)
+      seed_upstream_.clear();
+    }
     std::string error;
     try {
       uint64_t gen = shm::Writer(seg_).commit([&](shm::Table& t, std::vector<std::string>& events) {
@@ -163,9 +199,10 @@ class Sync {
       GW_LOG_ERROR("{}", error);
     }
     apply_failed_ = !error.empty();
-    if (error != last_error_) {
-      shm::set_cluster_text(cl_, etcd_.url(), error);
-      last_error_ = error;
+    const std::string& shown = error.empty() ? seed_error_ : error;
+    if (shown != last_error_) {
+      shm::set_cluster_text(cl_, etcd_.url(), shown);
+      last_error_ = shown;
     }
     std::set<std::string> now(warnings.begin(), warnings.end());
     for (const auto& w : now)
@@ -286,8 +323,8 @@ class Sync {
     cl_.reconnects.fetch_add(1, std::memory_order_relaxed);
     cl_.contact_ms.store(core::wall_ms(), std::memory_order_relaxed);
     if (!apply_failed_) {
-      shm::set_cluster_text(cl_, etcd_.url(), "");
-      last_error_.clear();
+      shm::set_cluster_text(cl_, etcd_.url(), seed_error_);
+      last_error_ = seed_error_;
     }
     if (cl_.state.load() != shm::kClusterSynced)
       GW_LOG_INFO("etcd: synced at revision {}, watching {} on {}", rev_, prefix_, etcd_.url());
@@ -341,6 +378,8 @@ class Sync {
   size_t fails_ = 0;
   int probe_fails_ = 0;
   std::string last_error_;
+  std::string seed_error_;     // why an upstream of this node could not be seeded (shown in the status)...
+  std::string seed_upstream_;  // ...and which (cleared once etcd has it)
   std::set<std::string> warned_;
 };
 

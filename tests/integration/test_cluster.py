@@ -477,9 +477,9 @@ class ClusterTest(GwTestCase):
                 self.assertIn(want, self.assert_one_line_error(rc, err, " ".join(args)))
         _, kvs = self.etcd.get_prefix(self.prefix)
         self.assertEqual(len(kvs), 3, f"bad input changed etcd: {kvs}")
-        # a value no schema accepts is ignored by the nodes, with a warning
+        # a value no schema accepts is not applied by the nodes, with a warning
         self.etcd.put(self.prefix + "upstreams/app/pools/primary/hosts/bad", '{"address": "nope"}')
-        gwtest.wait_until(lambda: "hosts/bad ignored" in gw.log_text(), T(5), msg="a warning about the bad value")
+        gwtest.wait_until(lambda: "hosts/bad not applied" in gw.log_text(), T(5), msg="a warning about the bad value")
         self.assertTrue(self.routes_to(gw, "a"))
 
     def test_etcd_back_at_a_lower_revision_is_listed_again(self):
@@ -542,6 +542,30 @@ class ClusterTest(GwTestCase):
         out, err = p.communicate(timeout=T(15))
         line = self.assert_one_line_error(p.returncode, err, "add host under a missing upstream key")
         self.assertIn('unknown upstream "app" in etcd', line)
+
+    def test_an_upstream_larger_than_one_txn_is_seeded(self):
+        """130 hosts: more puts than etcd takes in one txn (--max-txn-ops,
+        128 by default). The seed used to fail (logged only), and then the
+        upstream could be changed neither locally nor with --etcd. It now goes
+        in batches, the upstream key last."""
+        hosts = [host("a", self.a)] + [host(f"h{i:03d}", f"{gwtest.LOOPBACK}:{20000 + i}") for i in range(130)]
+        admin_port = gwtest.free_port()
+        cfg = self.make_config([pool("primary", hosts)], workers=1, shm={"max_hosts": 256},
+                               cluster={"etcd": self.etcd.urls, "prefix": self.prefix, "timeout_ms": 1000,
+                                        "reconnect_max_ms": 500},
+                               admin={"listen": f"127.0.0.1:{admin_port}"})
+        gw = gwtest.Gateway(self, cfg, conf_name="big.json")
+        gw.admin_port = admin_port
+        self._gateways.append(gw)
+        gw.start()
+        st = self.wait_state(gw, "synced")
+        self.assertEqual(st.get("error", ""), "", st)
+        _, kvs = self.etcd.get_prefix(self.prefix)
+        self.assertIn(self.prefix + "upstreams/app", kvs)
+        self.assertEqual(sum(k.startswith(self.prefix + "upstreams/app/pools/primary/hosts/") for k in kvs), 131)
+        self.etcd_ok("down", "host", "app/primary", "h000")
+        gwtest.wait_until(lambda: gwtest.find_host(gw.status(), "app/primary/h000")["admin"] == "down", T(5),
+                          msg="h000 down from etcd")
 
 
 if __name__ == "__main__":
