@@ -33,6 +33,22 @@ core::UniqueFd listen_tcp(const core::SockAddr& addr, int backlog, bool reusepor
   return fd;
 }
 
+void check_address_free(const core::SockAddr& addr) {
+  sockaddr_storage ss;
+  socklen_t len = addr.to_sockaddr(ss);
+  core::UniqueFd fd(::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) throw std::runtime_error(fmt::format("socket() for {}: {}", addr.to_string(), std::strerror(errno)));
+  int one = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));  // as listen_tcp: TIME_WAIT is no obstacle
+  if (ss.ss_family == AF_INET6) ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) == 0) return;
+  if (errno == EADDRINUSE)
+    throw std::runtime_error(fmt::format(
+        "cannot bind {}: the address is in use by another process (another gwd, or any program listening there)",
+        addr.to_string()));
+  throw std::runtime_error(fmt::format("cannot bind {}: {}", addr.to_string(), std::strerror(errno)));
+}
+
 int connect_tcp(const core::SockAddr& addr, int& err) noexcept {
   sockaddr_storage ss;
   socklen_t len = addr.to_sockaddr(ss);

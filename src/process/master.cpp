@@ -496,6 +496,7 @@ class Master {
     for (int w = 0; w < n; ++w)
       for (const auto& l : cfg_.listeners) {
         core::UniqueFd fd = take_inherited(static_cast<size_t>(w), l.listen);
+        if (!fd && w == 0) net::check_address_free(l.listen);  // a new address: no one else may listen there
         fds_[static_cast<size_t>(w)].push_back(fd ? std::move(fd) : net::listen_tcp(l.listen, l.backlog, true));
       }
     // The admin server's socket, made here too: a port in use stops gwd now,
@@ -766,6 +767,8 @@ class Master {
     const bool admin_same = next.admin.enabled && cfg_.admin.enabled && next.admin.listen == cfg_.admin.listen;
     std::vector<core::UniqueFd> log_rd, log_wr;
     try {
+      for (size_t i = 0; i < next.listeners.size(); ++i)
+        if (reuse[i] < 0) net::check_address_free(next.listeners[i].listen);  // a new address: nobody else's
       for (size_t w = 0; w < fds.size(); ++w)
         for (size_t i = 0; i < next.listeners.size(); ++i)
           fds[w].push_back(w < n_old && reuse[i] >= 0

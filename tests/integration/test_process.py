@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Process management: graceful and fast stop, SIGHUP, worker respawn under load, master SIGKILLed."""
 
+import json
 import os
+import socket
 import subprocess
 import signal
 import sys
@@ -200,6 +202,37 @@ class ProcessTest(GwTestCase):
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("another gwd is running", r.stderr)
         self.assertEqual(len(gw.status()["workers"]), 1)  # the first one is untouched
+
+    def test_second_gwd_on_the_same_port_is_refused(self):
+        """Another gwd (another shm.name) on a port this one listens on: its
+        SO_REUSEPORT sockets used to join this one's group, and the kernel
+        split the connections between the two. It is refused, at start and
+        on a reload that adds the port."""
+        gw, _ = self.start(workers=1)
+        other = json.loads(json.dumps(gw.config))
+        other["shm"]["name"] = gw.shm + "-b"
+        other["state_file"] = ""
+        path = os.path.join(self.tmp, "other.json")
+        gwtest.write_json(path, other)
+        r = subprocess.run([os.path.join(gwtest.BUILD_DIR, "gwd"), "-c", path], capture_output=True, text=True,
+                           timeout=T(10))
+        gwtest.remove_shm(gw.shm + "-b")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(f"cannot bind {gw.config['listeners'][0]['listen']}: the address is in use by another process",
+                      r.stderr)
+        # A reload that adds a port another program listens on fails; the old config stays.
+        busy = socket.socket()
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        busy.bind((gwtest.LOOPBACK, 0))
+        busy.listen(1)
+        self.addCleanup(busy.close)
+        more = json.loads(json.dumps(gw.config))
+        more["listeners"].append(gwtest.tcp_listener("l4b", "app", port=busy.getsockname()[1]))
+        gwtest.write_json(gw.conf_path, more)
+        before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: "reload failed" in gw.log_text()[before:], T(10), msg="the reload failed")
+        self.assertIn("in use by another process", gw.log_text()[before:])
 
     def test_worker_respawn_under_load(self):
         """SIGKILL a worker under load 5 times: a new worker appears within 100 ms and

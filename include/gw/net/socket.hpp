@@ -12,6 +12,12 @@ namespace gw::net {
 /// by accepted sockets) and, if asked, SO_REUSEPORT. Throws
 /// std::runtime_error naming the address on failure.
 core::UniqueFd listen_tcp(const core::SockAddr& addr, int backlog, bool reuseport);
+/// Throws unless `addr` can be bound without SO_REUSEPORT: a listener of
+/// another process there (another gwd, any SO_REUSEPORT socket of the same
+/// user) would otherwise share the port with us, and the kernel would split
+/// its connections between the two. Called before a new address's sockets
+/// are made (a race with a process binding it meanwhile remains).
+void check_address_free(const core::SockAddr& addr);
 
 /// Starts a non-blocking connect. Returns the fd (>= 0) and sets `err` to 0
 /// (connected), EINPROGRESS, or an errno; on failure returns -1.
