@@ -4,12 +4,60 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <exception>
+#include <filesystem>
+#include <string>
+#include <vector>
 
 #include "gw/config/config.hpp"
 #include "gw/core/log.hpp"
 #include "gw/process/master.hpp"
+
+namespace {
+
+// `gwd -t` also checks the files gwd would open at start (nginx -t opens its
+// logs): a config that passes the test and then fails to start is worse than
+// one that fails the test. Nothing is created. `what` names the key.
+void check_writable(const std::string& what, const std::string& path, bool regular_only,
+                    std::vector<std::string>& errors) {
+  if (path.empty()) return;
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) errors.push_back(fmt::format("{}: {} is a directory", what, path));
+    else if (regular_only && !S_ISREG(st.st_mode))
+      errors.push_back(fmt::format("{}: {} is not a regular file", what, path));
+    else if (::access(path.c_str(), W_OK) != 0)
+      errors.push_back(fmt::format("{}: cannot write {}: {}", what, path, std::strerror(errno)));
+    if (!regular_only) return;  // a log: written in place
+  } else if (errno != ENOENT) {
+    errors.push_back(fmt::format("{}: {}: {}", what, path, std::strerror(errno)));
+    return;
+  }
+  // Created (logs) or replaced by a rename (the state file) in its directory,
+  // which gwd creates for the state file: then its nearest existing ancestor
+  // must take it.
+  std::filesystem::path d = std::filesystem::path(path).parent_path();
+  if (d.empty()) d = ".";
+  if (regular_only) {
+    std::error_code ec;
+    while (!std::filesystem::exists(d, ec) && d.has_parent_path() && d != d.parent_path()) d = d.parent_path();
+  }
+  const std::string dir = d.string();
+  struct stat ds {};
+  if (::stat(dir.c_str(), &ds) != 0)
+    errors.push_back(fmt::format("{}: the directory {} of {}: {}", what, dir, path, std::strerror(errno)));
+  else if (!S_ISDIR(ds.st_mode)) errors.push_back(fmt::format("{}: {} is not a directory", what, dir));
+  else if (::access(dir.c_str(), W_OK | X_OK) != 0)
+    errors.push_back(fmt::format("{}: cannot write in {}: {}", what, dir, std::strerror(errno)));
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"gwd: load-balancing gateway (master process)"};
@@ -32,6 +80,15 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (test) {
+    std::vector<std::string> errors;
+    check_writable("log_file", r.config.log_file, false, errors);
+    for (const auto& path : r.config.access_log_paths) check_writable("access_log", path, false, errors);
+    check_writable("state_file", r.config.state_file, true, errors);
+    if (!errors.empty()) {
+      for (const auto& e : errors) fmt::print(stderr, "{}: {}\n", config_path, e);
+      fmt::print(stderr, "{}: {} error(s)\n", config_path, errors.size());
+      return 1;
+    }
     fmt::print("ok\n");
     return 0;
   }

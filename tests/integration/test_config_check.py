@@ -41,6 +41,29 @@ class ConfigCheckTest(GwTestCase):
         # a check starts nothing and creates no shm segment
         self.assertFalse(os.path.exists(f"/dev/shm/{cfg['shm']['name']}"), "gwd -t created the shm segment")
 
+    def test_files_gwd_cannot_write_fail_the_check(self):
+        """gwd -t said ok for a log file, an access log or a state file that
+        gwd then failed to open at start; it checks them now (creating
+        nothing), as nginx -t opens its logs."""
+        cfg = self.valid_config()
+        os.makedirs(os.path.join(self.tmp, "adir"))
+        cfg["log_file"] = os.path.join(self.tmp, "no-such-dir", "gw.log")
+        cfg["state_file"] = os.path.join(self.tmp, "adir")
+        cfg["listeners"][0]["access_log"] = {"path": os.path.join(self.tmp, "nope", "access.log")}
+        path = gwtest.write_json(os.path.join(self.tmp, "files.json"), cfg)
+        r = gwtest.run_gwd_test(path)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("log_file: the directory", r.stderr)
+        self.assertIn("access_log: the directory", r.stderr)
+        self.assertIn("state_file: " + os.path.join(self.tmp, "adir") + " is a directory", r.stderr)
+        self.assertIn("3 error(s)", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "no-such-dir")))
+        # A state file in directories that do not exist yet is fine: gwd creates them.
+        cfg = self.valid_config()
+        cfg["state_file"] = os.path.join(self.tmp, "new", "deeper", "gw.state.json")
+        r = gwtest.run_gwd_test(gwtest.write_json(os.path.join(self.tmp, "files2.json"), cfg))
+        self.assertEqual(r.returncode, 0, r.stderr)
+
     def test_valid_config_auto_workers(self):
         cfg = self.valid_config()
         cfg["workers"] = "auto"
