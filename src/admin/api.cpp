@@ -80,7 +80,16 @@ RouteMatch route_request(std::string_view method, std::string_view path) {
   }
   auto lit = [&](size_t i, std::string_view s) { return i < n && seg[i] == s; };
   auto param = [&](size_t i, size_t k) {
-    if (!decode_segment(seg[i], m.params[k])) m.bad_path = true;
+    if (m.bad_path) return;
+    if (!decode_segment(seg[i], m.params[k])) {
+      m.bad_path = true;
+      m.bad_why = fmt::format("path segment \"{}\": a bad %-escape, an empty segment, NUL or /", seg[i]);
+    } else if (std::string why = shm::check_name(m.params[k]); !why.empty()) {
+      // Not a name any upstream, pool, host, listener, route, rule or
+      // consumer can have: a 400 that says so, rather than a 404.
+      m.bad_path = true;
+      m.bad_why = fmt::format("path segment \"{}\" {}", m.params[k], why);
+    }
   };
   const char* allow = "";
   if (n == 0) {
@@ -266,6 +275,8 @@ std::string parse_rule_body(std::string_view json, std::string_view path_id, shm
 
 // ---------------------------------------------------------------- answers
 
+TableRefused::TableRefused(const char* why) : std::runtime_error(why) {}
+
 Response error_response(int status, std::string_view message) {
   Response r;
   r.status = status;
@@ -308,7 +319,11 @@ Api::Api(const shm::Segment& seg, const config::Config& cfg)
 Api::~Api() = default;
 
 const shm::Table& Api::table() {
-  shm::read_published(seg_, *table_);
+  const char* refused = nullptr;
+  shm::read_published(seg_, *table_, &refused);
+  // A table that fails validation is not served as an empty one (every
+  // upstream "unknown", an empty status): the caller answers 503.
+  if (refused) throw TableRefused(refused);
   return *table_;
 }
 
@@ -334,7 +349,7 @@ std::optional<Response> Api::precheck(const Request& r) {
 
 std::optional<Response> Api::precheck(const Request& r, const RouteMatch& m, std::string_view path) const {
   if (m.endpoint == Endpoint::not_found) return error_response(404, fmt::format("no such endpoint: {}", path));
-  if (m.bad_path) return error_response(400, "a path segment is not a valid name (bad %-escape, NUL or /)");
+  if (m.bad_path) return error_response(400, m.bad_why);
   if (!m.method_allowed) {
     Response e =
         error_response(405, fmt::format("method {} is not allowed on {} (allowed: {})", r.method, path, m.allow));
@@ -373,6 +388,9 @@ Response Api::handle(const Request& r) {
     return write(r, m);
   } catch (const shm::TableError& e) {
     return error_response(status_of(e.kind()), e.what());
+  } catch (const TableRefused& e) {
+    GW_LOG_ERROR("admin: {} {}: the shm table is refused: {}", r.method, r.target, e.what());
+    return error_response(503, fmt::format("the gateway's shm table fails validation: {}", e.what()));
   } catch (const std::exception& e) {
     GW_LOG_ERROR("admin: {} {}: {}", r.method, r.target, e.what());
     return error_response(500, e.what());

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 
@@ -70,7 +71,8 @@ struct RouteMatch {
   bool method_allowed = false;
   std::string allow;      ///< the endpoint's methods, for a 405's Allow
   bool write = false;     ///< an allowed method that changes the table (needs the token)
-  bool bad_path = false;  ///< a segment that does not decode (bad %XX, NUL, '/')
+  bool bad_path = false;  ///< a segment that does not decode (bad %XX, NUL, '/') or is not a name
+  std::string bad_why;    ///< ...and why, for the 400
 };
 /// Routes `path` (no query; "/status/" is "/status"). Pure.
 RouteMatch route_request(std::string_view method, std::string_view path);
@@ -120,6 +122,11 @@ struct Response {
 
 /// {"error": "..."} with status.
 Response error_response(int status, std::string_view message);
+
+/// The live table failed validation (read_published refused it): 503.
+struct TableRefused : std::runtime_error {
+  explicit TableRefused(const char* why);
+};
 
 class Api {
  public:

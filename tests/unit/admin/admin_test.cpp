@@ -16,6 +16,7 @@
 #include "gw/shm/events.hpp"
 #include "gw/shm/ops.hpp"
 #include "gw/shm/runtime.hpp"
+#include "gw/shm/seqlock.hpp"
 #include "gw/shm/writer.hpp"
 #include "proxy/metrics.hpp"
 
@@ -195,6 +196,11 @@ TEST_SUITE("admin") {
     CHECK(route_request("GET", "/upstreams/a%4").bad_path);
     CHECK(route_request("GET", "/upstreams/a%zz").bad_path);
     CHECK(route_request("GET", "/upstreams//pools").bad_path);
+    // Decoded, but not a name anything can have: 400 with the reason, not 404.
+    RouteMatch sp = route_request("GET", "/upstreams/a%20b");
+    CHECK(sp.bad_path);
+    CHECK(sp.bad_why == "path segment \"a b\" may contain only letters, digits and . _ - :");
+    CHECK(route_request("PUT", "/listeners/web/routes/default/rules/r%3Cx%3E").bad_path);
   }
 
   TEST_CASE("query arguments") {
@@ -423,6 +429,25 @@ TEST_SUITE("admin") {
     CHECK(call(api, "POST", "/listeners/web/routes/default/rules", R"({"id": "x", "upstream": "pre", "percent": 1})",
                "Bearer " + kToken)
               .status == 201);
+  }
+
+  TEST_CASE("the API: a table that fails validation is a 503, not an empty gateway") {
+    TempSegment ts;
+    seed(ts.seg);
+    const config::Config cfg = admin_config(kToken);
+    Api api(ts.seg, cfg);
+    CHECK(call(api, "GET", "/upstreams/app").status == 200);
+    // A foreign writer's table: a host in a pool that does not exist.
+    shm::Table t(ts.seg.caps());
+    const uint64_t pub = shm::read_published(ts.seg, t);
+    t.hosts()[0].pool = 200;
+    shm::store_words(ts.seg.slot_words(static_cast<int>(pub & 1)), t.words(), t.word_count());
+    for (const char* path : {"/upstreams/app", "/status", "/metrics"}) {
+      CAPTURE(path);
+      auto r = call(api, "GET", path);
+      CHECK(r.status == 503);
+      CHECK(r.body.find("fails validation: a host names a pool that does not exist") != std::string::npos);
+    }
   }
 
   TEST_CASE("data plane helpers: listener, host and rule rows") {
