@@ -177,26 +177,57 @@ class Sync {
 
   // ------------------------------------------------------------ applying
 
-  void apply() {
+  // Watched revisions, each with its events, applied in one commit.
+  using Steps = std::vector<std::pair<int64_t, std::vector<const cluster::WatchEvent*>>>;
+
+  // Reconciles the table to kv_ in one commit; with `steps`, kv_ takes each
+  // watched revision in turn and the table is reconciled after each (so the
+  // event log shows every change as it was made), still in one commit: one
+  // table generation and one state file write for a burst.
+  void apply(const Steps* steps = nullptr) {
     std::vector<std::string> warnings;
-    cluster::Model m = cluster::build_model(prefix_, kv_, warnings);
-    if (!seed_upstream_.empty() && m.upstreams.count(seed_upstream_)) {
-      seed_error_.clear();  // seeded after all (by another node)
-      seed_upstream_.clear();
-    }
+    cluster::Model m;
+    if (!steps) m = cluster::build_model(prefix_, kv_, warnings);
+    size_t next_step = 0;
+    auto advance = [&] {  // kv_ and rev_ take the next step
+      const auto& [rev, evs] = (*steps)[next_step++];
+      for (const cluster::WatchEvent* ev : evs) {
+        if (ev->is_delete) kv_.erase(ev->kv.key);
+        else kv_[ev->kv.key] = ev->kv.value;
+      }
+      rev_ = std::max(rev_, rev);  // the resume point: the last revision taken
+    };
     std::string error;
     try {
       uint64_t gen = shm::Writer(seg_).commit([&](shm::Table& t, std::vector<std::string>& events) {
-        if (!cluster::reconcile(t, m, events, warnings)) throw NoChange{};
+        bool changed = false;
+        if (!steps) {
+          changed = cluster::reconcile(t, m, events, warnings);
+        } else {
+          while (next_step < steps->size()) {
+            advance();
+            warnings.clear();  // the last revision's are the ones that hold
+            m = cluster::build_model(prefix_, kv_, warnings);
+            changed |= cluster::reconcile(t, m, events, warnings);
+          }
+        }
+        if (!changed) throw NoChange{};
       });
       cl_.applied.fetch_add(1, std::memory_order_relaxed);
       GW_LOG_INFO("table generation {} from etcd revision {}", gen, rev_);
     } catch (const NoChange&) {
     } catch (const std::exception& e) {
       // Capacity, or the state file: the table keeps the last good state; the
-      // next etcd change or the next probe tries again.
+      // next etcd change or the next probe tries again (kv_ has every step).
       error = fmt::format("etcd revision {} not applied: {}", rev_, e.what());
       GW_LOG_ERROR("{}", error);
+    }
+    // A failed commit still takes every step into kv_: the watch goes on past
+    // them, and the retry reconciles to all of them.
+    while (steps && next_step < steps->size()) advance();
+    if (!seed_upstream_.empty() && m.upstreams.count(seed_upstream_)) {
+      seed_error_.clear();  // seeded after all (by another node)
+      seed_upstream_.clear();
     }
     apply_failed_ = !error.empty();
     const std::string& shown = error.empty() ? seed_error_ : error;
@@ -223,6 +254,7 @@ class Sync {
     const uint64_t create_deadline = core::monotonic_ms() + cfg_.cluster.timeout_ms;
     uint64_t next_probe = core::monotonic_ms() + kProbeIntervalMs;
     std::vector<cluster::WatchMessage> msgs;
+    Steps steps;
     for (;;) {
       uint64_t now = core::monotonic_ms();
       pollfd p[2] = {{sfd_.get(), POLLIN, 0}, {watch_.fd(), POLLIN, 0}};
@@ -252,18 +284,17 @@ class Sync {
             created = true;
             on_synced();
           }
-          // One commit per etcd revision (a txn's keys share one), so the
-          // event log shows each change as it was made.
-          for (size_t i = 0; i < m.events.size();) {
-            const int64_t r = m.events[i].kv.mod_revision;
-            for (; i < m.events.size() && m.events[i].kv.mod_revision == r; ++i) {
-              const auto& ev = m.events[i];
-              if (ev.is_delete) kv_.erase(ev.kv.key);
-              else kv_[ev.kv.key] = ev.kv.value;
-            }
-            rev_ = std::max(rev_, r);  // the resume point: the last revision applied
-            apply();
+          // A txn's keys share one revision; a message carries all of it.
+          for (const auto& ev : m.events) {
+            if (steps.empty() || steps.back().first != ev.kv.mod_revision) steps.push_back({ev.kv.mod_revision, {}});
+            steps.back().second.push_back(&ev);
           }
+        }
+        // What one read brought is one commit (a burst is one table generation
+        // and one state file write, not a publish and two fsyncs per revision).
+        if (!steps.empty()) {
+          apply(&steps);
+          steps.clear();
         }
         cl_.contact_ms.store(core::wall_ms(), std::memory_order_relaxed);
       }
