@@ -275,6 +275,15 @@ void parse_auth(Ctx& c, element e, const std::string& path, AuthConf& out) {
   if (sources > 1) c.error(path, "give at most one of \"header\", \"query\" and \"cookie\"");
   if (out.type == AuthType::basic && !has_users && !c.has_error_under(path + ".users"))
     c.error(path, "missing required key \"users\"");
+  // basic-auth's consumers are its users, fixed here: a name in "allow" that
+  // is not one of them is a typo that would deny everyone it meant to let in.
+  // (key-auth consumers change at run time, jwt's come from a claim.)
+  if (out.type == AuthType::basic && !out.users.empty())
+    for (const auto& name : out.allow) {
+      bool known = false;
+      for (const auto& u : out.users) known |= u.first == name;
+      if (!known) c.error(path + ".allow", fmt::format("\"{}\" is not one of this route's users", name));
+    }
   if (out.type == AuthType::jwt && !c.has_error_under(path + ".algorithm")) {
     if (!has_alg) c.error(path, "missing required key \"algorithm\" (\"HS256\" or \"RS256\")");
     else if (out.alg == JwtAlg::hs256 && !has_secret) c.error(path, "HS256 needs \"secret\"");

@@ -932,6 +932,10 @@ class Master {
     } catch (const std::exception& e) {
       GW_LOG_ERROR("binary upgrade failed: cannot put this master's config back in the table: {}", e.what());
     }
+    // The new master reset the cluster state (and its sync process took the
+    // commits over): this master's sync process starts over, listing again.
+    if (sync_.pid > 0) ::kill(sync_.pid, SIGQUIT);
+    reset_cluster_state(hdr, cfg_);
     if (reload_after_upgrade_) {
       reload_after_upgrade_ = false;
       retry_reload_ = true;  // the SIGHUP that came meanwhile
@@ -1204,6 +1208,10 @@ class Master {
     if (logger_.pid > 0) ::kill(logger_.pid, SIGTERM);
     kill_deadline_ms_ =
         now + (graceful ? std::max(cfg_.shutdown_timeout_ms, cfg_.worker_shutdown_timeout_ms) + 2000 : 2000);
+    // Old workers of a reload drain within the limit of their own config,
+    // which may be longer than this one's.
+    if (graceful)
+      for (const auto& [p, r] : retiring_) kill_deadline_ms_ = std::max(kill_deadline_ms_, r.kill_at);
   }
 
   void log_events() {

@@ -67,7 +67,9 @@ class Sync {
         backoff_ = std::min<uint64_t>(backoff_ * 2, cfg_.cluster.reconnect_max_ms);
       }
     } catch (const Stop&) {
-      cl_.sync_pid.store(0, std::memory_order_release);
+      // Only if still ours: after a reload the new sync process has put its own.
+      pid_t self = ::getpid();
+      cl_.sync_pid.compare_exchange_strong(self, 0, std::memory_order_acq_rel);
       return 0;
     }
   }
@@ -200,6 +202,10 @@ class Sync {
     std::string error;
     try {
       uint64_t gen = shm::Writer(seg_).commit([&](shm::Table& t, std::vector<std::string>& events) {
+        // A sync process of the config before a reload (stopping) must not
+        // commit after the new one started: decided under the writer lock,
+        // which the new one's commits take too.
+        if (cl_.sync_pid.load(std::memory_order_acquire) != ::getpid()) throw NoChange{};
         bool changed = false;
         if (!steps) {
           changed = cluster::reconcile(t, m, events, warnings);

@@ -122,6 +122,11 @@ TEST_SUITE("config") {
     CHECK(has(e(conf(R"(, "auth": {"type": "basic-auth", "users": {"alice": "$2b$10$short"}})")),
               "auth.users.alice: this crypt hash is"));
     CHECK(has(e(conf(R"(, "auth": {"type": "basic-auth"})")), "routes[0].auth: missing required key \"users\""));
+    // basic-auth's consumers are its users: an allow name that is none of them is a typo.
+    const std::string hash2 = bcrypt("pw");
+    CHECK(
+        has(e(conf(R"(, "auth": {"type": "basic-auth", "users": {"alice": ")" + hash2 + R"("}, "allow": ["alcie"]})")),
+            "routes[0].auth.allow: \"alcie\" is not one of this route's users"));
     CHECK(has(e(conf(R"(, "auth": {"type": "key-auth", "header": "a", "query": "b"})")),
               "routes[0].auth: give at most one of"));
     CHECK(has(e(conf(R"(, "auth": {"type": "key-auth", "users": {}})")), "auth.users: unknown key"));
