@@ -605,6 +605,39 @@ class ReloadTest(GwTestCase):
         os.kill(new, signal.SIGTERM)
         gwtest.wait_pids_gone({new}, T(10))
 
+    def test_draining_workers_logs_survive_sigterm_and_rotation(self):
+        """Connections held by the old workers of a reload: after a log
+        rotation (rename, SIGUSR1) their lines go to the new files, and a
+        SIGTERM before they end loses none of them. The old workers and
+        logger were not told to reopen, and SIGTERM stopped the old logger
+        at once."""
+        n = self.backend("n", "name")
+        acc = os.path.join(self.tmp, "acc.log")
+        cfg = self.config(n, workers=1, worker_shutdown_timeout_ms=20000, shutdown_timeout_ms=20000)
+        cfg["listeners"][0]["access_log"] = {"path": acc}
+        gw = self.gateway(cfg)
+        held = []
+        for _ in range(3):
+            s = gwtest.connect(gw.port)
+            self.assertEqual(gwtest.recv_line(s), "n")
+            held.append(s)
+        gw.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded:" in gw.log_text(), T(10), msg="reloaded")
+        os.rename(acc, acc + ".1")
+        gw.send_signal(signal.SIGUSR1)
+        wait_until(lambda: os.path.exists(acc), T(5), msg="the access log reopened")
+        time.sleep(0.3)  # the old generation reopens too
+        held[0].close()  # ended before the stop: its line goes to the new file
+        time.sleep(0.3)
+        gw.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        for s in held[1:]:
+            s.close()  # ended while the gateway stops
+        self.assertEqual(gw.wait_exit(T(30)), 0)
+        with open(acc) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 3, f"access log after rotation: {lines}")
+
     def test_access_log_across_reload(self):
         web = self.external_backend("w", mode="http")
         n = self.backend("n", "name")
