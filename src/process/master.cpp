@@ -327,6 +327,20 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
     shm::Segment::unlink(name);
   }
   if (!reuse) seg = shm::Segment::create(name, cfg.shm.caps, stat_workers);
+  if (upgrade_from > 0) {
+    // The rows the old master's workers leave free (Master::run takes them):
+    // too few is a failure to find now, before this config is published.
+    uint32_t free = 0;
+    for (uint32_t r = 0; r < seg.stat_workers(); ++r) {
+      const pid_t pid = seg.worker(r).pid.load(std::memory_order_acquire);
+      free += !(pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH));
+    }
+    if (free < static_cast<uint32_t>(cfg.workers))
+      throw std::runtime_error(
+          fmt::format("binary upgrade: {} free worker row(s) in the shm segment, {} needed (workers of "
+                      "an earlier reload still draining?); a restart is needed, or retry later",
+                      free, cfg.workers));
+  }
 
   auto& hdr = seg.header();
   std::memset(hdr.state_file, 0, sizeof(hdr.state_file));
@@ -430,6 +444,21 @@ struct Inherited {
 };
 
 constexpr const char* kUpgradeEnv = "GW_UPGRADE";
+
+// A binary upgrade: what can fail once this master has published its config
+// in the segment (which the old master would then have to undo) is tried
+// first: the addresses it does not inherit, and the access logs. (The worker
+// rows are checked in prepare_segment, before its commit.)
+void preflight_upgrade(const config::Config& cfg, const Inherited& in) {
+  for (const auto& l : cfg.listeners) {
+    const std::string a = l.listen.to_string();
+    bool inherited = false;
+    for (const auto& il : in.listeners) inherited |= il.addr == a;
+    if (!inherited) net::check_address_free(l.listen);
+  }
+  if (cfg.admin.enabled && in.admin_addr != cfg.admin.listen.to_string()) net::check_address_free(cfg.admin.listen);
+  for (const auto& path : cfg.access_log_paths) ::close(open_access_log(path));
+}
 
 Inherited parse_inherited(const char* text) {
   Inherited in;
@@ -1373,6 +1402,7 @@ int run_master(const config::Config& cfg, const std::vector<std::string>& argv) 
     ::setrlimit(RLIMIT_NOFILE, &rl);
   }
   config::Config effective = effective_config(cfg);
+  if (inherited.parent > 0) preflight_upgrade(effective, inherited);
   ListenerRowTimes row_free_at{};
   shm::Segment seg = prepare_segment(effective, inherited.parent, &row_free_at);
   // The command line for a later upgrade: argv[0] made absolute if it is a
