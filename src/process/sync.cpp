@@ -226,8 +226,12 @@ class Sync {
       // Capacity, or the state file: the table keeps the last good state; the
       // next etcd change or the next probe tries again (kv_ has every step).
       error = fmt::format("etcd revision {} not applied: {}", rev_, e.what());
-      GW_LOG_ERROR("{}", error);
+      // Retried each second (the probe): logged when the reason changes.
+      if (e.what() != last_apply_reason_)
+        GW_LOG_ERROR("{} (retried every second; logged again if the reason changes)", error);
+      last_apply_reason_ = e.what();
     }
+    if (error.empty()) last_apply_reason_.clear();
     // A failed commit still takes every step into kv_: the watch goes on past
     // them, and the retry reconciles to all of them.
     while (steps && next_step < steps->size()) advance();
@@ -415,8 +419,9 @@ class Sync {
   size_t fails_ = 0;
   int probe_fails_ = 0;
   std::string last_error_;
-  std::string seed_error_;     // why an upstream of this node could not be seeded (shown in the status)...
-  std::string seed_upstream_;  // ...and which (cleared once etcd has it)
+  std::string last_apply_reason_;  // why the last apply failed (logged once per reason)
+  std::string seed_error_;         // why an upstream of this node could not be seeded (shown in the status)...
+  std::string seed_upstream_;      // ...and which (cleared once etcd has it)
   std::set<std::string> warned_;
 };
 
