@@ -2,6 +2,7 @@
 """gwctl: runtime changes take effect on the next connection; bad input is
 refused with one `gwctl:` line and changes nothing; events and status."""
 
+import http.client
 import json
 import os
 import re
@@ -125,6 +126,14 @@ class GwctlTest(GwTestCase):
             ("remove non-empty pool", ["remove", "pool", "app", "primary"]),
             ("remove unknown pool", ["remove", "pool", "app", "nope"]),
             ("set unknown pool", ["set", "pool", "app", "nope", "--priority", "1"]),
+            # a name with a newline: still one line on stderr
+            ("newline in a host id", ["add", "host", "app/primary", "a\nb", free]),
+            ("newline in an upstream", ["add", "host", "app\n/primary", "x", free]),
+            ("newline in an address", ["add", "host", "app/primary", "x", free + "\nfoo"]),
+            # an empty value is not the default (an unset shell variable)
+            ("empty weight", ["add", "host", "app/primary", "x", free, "--weight", ""]),
+            ("empty priority", ["add", "pool", "app", "x", "--priority", ""]),
+            ("empty method", ["add", "pool", "app", "x", "--method", ""]),
         ]
         for what, args in cases:
             with self.subTest(what):
@@ -203,6 +212,61 @@ class GwctlTest(GwTestCase):
         self.assertIsNone(p.poll(), "`events --follow` exited")
         p.terminate()
         self.assertIsNotNone(gwtest.wait_until(lambda: p.poll() is not None, T(5), msg="events --follow to exit"))
+
+    def test_empty_shm_is_not_the_default_gateway(self):
+        rc, out, err = gwtest.run_gwctl("--shm", "", "status")
+        self.assertEqual(rc, 1, out)
+        self.assertEqual(err.strip(), "gwctl: --shm: an empty value")
+
+    def test_events_follow_reports_lost_events_and_follows_a_new_segment(self):
+        """A follower that falls more than the ring (4,096 events) behind
+        says how many it lost (they used to vanish silently), and one whose
+        gwd made its segment again (new capacities) follows the new one (it
+        used to stay on the unlinked one and print nothing more)."""
+        a = self.backend("a")
+        admin_port = gwtest.free_port()
+        gw = self.start([pool("primary", [host("a", a)])], admin={"listen": f"127.0.0.1:{admin_port}",
+                                                                  "token": "t0123456789abcdef"})
+        out_path = os.path.join(self.tmp, "follow.out")
+        out = open(out_path, "wb")
+
+        def followed():
+            with open(out_path, "rb") as f:
+                return f.read()
+        p = subprocess.Popen(gwtest.gwctl_argv(["events", "--follow"], shm=gw.shm), stdout=out,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(), out.close()))
+        gwtest.wait_until(lambda: b"gwd_started" in followed(), T(5), msg="the follower runs")
+        os.kill(p.pid, signal.SIGSTOP)
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=T(10))
+            for i in range(4200):
+                conn.request("POST", f"/upstreams/app/pools/primary/hosts/a/{'down' if i % 2 == 0 else 'up'}",
+                             headers={"Authorization": "Bearer t0123456789abcdef"})
+                r = conn.getresponse()
+                r.read()
+                self.assertEqual(r.status, 200)
+            conn.close()
+        finally:
+            os.kill(p.pid, signal.SIGCONT)
+        gwtest.wait_until(lambda: followed().count(b"host_") >= 4000, T(20),
+                          msg="the follower catches up")
+        # gwd stopped and started with other capacities: the segment is made again
+        self.assertEqual(gw.stop(), 0)
+        gw.config["shm"]["max_hosts"] = gw.config["shm"]["max_hosts"] * 2
+        gwtest.write_json(gw.conf_path, gw.config)
+        gw.start()
+        b = self.backend("b")
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "b", b.address)
+        gwtest.wait_until(lambda: f"host_added app/primary/b {b.address}".encode() in followed(),
+                          T(10), msg="the follower sees the new segment's events")
+        p.terminate()
+        _, err = p.communicate(timeout=T(5))
+        err = err.decode()
+        m = re.search(r"gwctl: (\d+) event\(s\) lost: the ring \(4096 entries\) wrapped", err)
+        self.assertIsNotNone(m, err)
+        self.assertGreater(int(m.group(1)), 0)
+        self.assertIn("was made again (gwd restarted); following the new segment", err)
 
     def test_status_table_and_json(self):
         a, b, c = self.backend("a"), self.backend("b"), self.backend("c")

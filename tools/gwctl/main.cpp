@@ -3,6 +3,7 @@
 // exit for every error; a change is applied whole or not at all.
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -511,7 +512,11 @@ int cmd_check(const Options& o) {
 int cmd_status(const Options& o) {
   gw::shm::Segment seg = attach(o, false);
   gw::shm::Table t(seg.caps());
-  gw::shm::read_published(seg, t);
+  const char* refused = nullptr;
+  gw::shm::read_published(seg, t, &refused);
+  if (refused)
+    throw Failure(
+        fmt::format("the published table of shm \"{}\" is inconsistent ({}); nothing to show", seg.name(), refused));
   if (o.json) {
     // One function builds it for gwctl and the admin server's GET /status.
     fmt::print("{}\n", gw::admin::status_json(seg, t));
@@ -675,38 +680,109 @@ int cmd_status(const Options& o) {
 
 volatile sig_atomic_t g_stop = 0;
 
+// The identity of the segment's file (it is made again when gwd recreates it).
+std::pair<dev_t, ino_t> segment_file_id(const std::string& name) {
+  struct stat st {};
+  if (::stat(("/dev/shm/" + name).c_str(), &st) != 0) return {0, 0};
+  return {st.st_dev, st.st_ino};
+}
+
 int cmd_events(const Options& o) {
+  const std::string name = shm_name(o);
+  auto file_id = segment_file_id(name);
   gw::shm::Segment seg = attach(o, false);
   uint64_t head = seg.header().event_head.load(std::memory_order_acquire);
   uint64_t cur = head > gw::shm::kEventCapacity ? head - gw::shm::kEventCapacity : 0;
   ::signal(SIGINT, [](int) { g_stop = 1; });
   ::signal(SIGTERM, [](int) { g_stop = 1; });
-  uint64_t stuck_since = 0;
+  uint64_t stuck_since = 0, lost = 0, next_file_check = 0;
+  auto report_lost = [&] {
+    if (!lost) return;
+    std::fflush(stdout);
+    fmt::print(stderr, "gwctl: {} event(s) lost: the ring ({} entries) wrapped before they were read\n", lost,
+               gw::shm::kEventCapacity);
+    lost = 0;
+  };
   for (;;) {
     head = seg.header().event_head.load(std::memory_order_acquire);
+    if (head > cur + gw::shm::kEventCapacity) {  // fell behind by more than the ring
+      lost += head - gw::shm::kEventCapacity - cur;
+      cur = head - gw::shm::kEventCapacity;
+    }
     while (cur < head) {
       gw::shm::EventData e{};
       auto r = gw::shm::read_event(seg, cur, e);
       if (r == gw::shm::EventRead::not_yet) {
         // Claimed but not yet complete; a writer that died mid-event never
-        // completes it, so skip it after a second.
+        // completes it, so skip it after a second (also without --follow:
+        // the events after it must not stay hidden).
         uint64_t now = gw::core::monotonic_ms();
         if (!stuck_since) stuck_since = now;
-        if (now - stuck_since < 1000) break;
+        if (now - stuck_since < 1000) {
+          if (o.follow) break;
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+          continue;
+        }
       } else if (r == gw::shm::EventRead::ok) {
         fmt::print("{}\n", gw::shm::format_event(cur, e));
+      } else {
+        ++lost;
       }
       stuck_since = 0;
       ++cur;
     }
+    report_lost();
     std::fflush(stdout);
     if (!o.follow || g_stop) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    // gwd may make the segment again (new capacities, another ABI, a restart
+    // after it was removed): follow the new one.
+    const uint64_t now = gw::core::monotonic_ms();
+    if (now >= next_file_check) {
+      next_file_check = now + 1000;
+      const auto id = segment_file_id(name);
+      if (id.second != 0 && id != file_id) {
+        try {
+          gw::shm::Segment fresh = attach(o, false);
+          seg = std::move(fresh);
+          file_id = id;
+          cur = 0;
+          stuck_since = 0;
+          fmt::print(stderr, "gwctl: shm \"{}\" was made again (gwd restarted); following the new segment\n", name);
+        } catch (const std::exception&) {
+          // Being made (not valid yet): tried again in a second.
+        }
+      }
+    }
   }
   return 0;
 }
 
 }  // namespace
+
+// An empty value given on purpose or by an unset variable ("--shm $NAME") is
+// refused, never taken for the default (which could be another gateway).
+void reject_empty(const CLI::App& a) {
+  for (const CLI::Option* opt : a.get_options()) {
+    if (opt->count() == 0 || opt->get_items_expected_max() == 0) continue;  // not given, or a flag
+    for (const auto& v : opt->results())
+      if (v.empty()) throw Failure(fmt::format("{}: an empty value", opt->get_name()));
+  }
+  for (const CLI::App* sub : a.get_subcommands()) reject_empty(*sub);
+}
+
+// One line on stderr, whatever the message quotes back (a name with a newline).
+std::string one_line(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else if (c == '\t') out += "\\t";
+    else if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
+    else out += static_cast<char>(c);
+  }
+  return out;
+}
 
 int main(int argc, char** argv) {
   gw::core::log_set_role("gwctl");
@@ -801,11 +877,12 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    fmt::print(stderr, "gwctl: {} (see gwctl --help)\n", e.what());
+    fmt::print(stderr, "gwctl: {} (see gwctl --help)\n", one_line(e.what()));
     return 2;
   }
 
   try {
+    reject_empty(app);
     const bool to_etcd = !o.etcd.empty();
     if (to_etcd && !(*add_host || *rm_host || *down_host || *up_host || *add_pool || *rm_pool || *set_pool))
       throw Failure(
@@ -903,7 +980,7 @@ int main(int argc, char** argv) {
       return report(gw::shm::ops::set_pool(attach(o, true), o.path, o.id, prio, m));
     }
   } catch (const std::exception& e) {
-    fmt::print(stderr, "gwctl: {}\n", e.what());
+    fmt::print(stderr, "gwctl: {}\n", one_line(e.what()));
     return 1;
   }
   return 2;
