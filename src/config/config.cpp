@@ -1,5 +1,9 @@
 #include "gw/config/config.hpp"
 
+#include <cerrno>
+
+#include <sys/stat.h>
+
 #include <limits.h>
 #include <unistd.h>
 
@@ -813,7 +817,13 @@ LoadResult load_file(const std::string& path) {
   simdjson::padded_string json;
   if (auto err = simdjson::padded_string::load(path).get(json)) {
     LoadResult r;
-    r.errors.push_back(fmt::format("(file): cannot read: {}", simdjson::error_message(err)));
+    // simdjson says only "Error reading the file": the reason, from the system.
+    std::string why = simdjson::error_message(err);
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) why = std::strerror(errno);
+    else if (S_ISDIR(st.st_mode)) why = "it is a directory";
+    else if (::access(path.c_str(), R_OK) != 0) why = std::strerror(errno);
+    r.errors.push_back(fmt::format("(file): cannot read: {}", why));
     return r;
   }
   return parse(json, path);

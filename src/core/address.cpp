@@ -76,6 +76,11 @@ bool parse_address(std::string_view text, SockAddr& out, std::string& why) {
     }
     host = text.substr(0, colon);
     port = text.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos) {
+      // "fe80::1:8080": an address and a port, or an address alone?
+      why = "an IPv6 address goes in brackets: [IPv6]:PORT";
+      return false;
+    }
   }
   unsigned p = 0;
   auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);

@@ -926,7 +926,11 @@ BodyStep BodyDecoder::chunked(std::string_view in) noexcept {
         break;
       case State::size:
         if (is(c, kHex)) {
-          if (remaining_ > (std::numeric_limits<uint64_t>::max() >> 4)) return fail(Error::bad_chunk_size);
+          // At most 16 digits (leading zeros included) and 2^63 - 1, as
+          // Content-Length: a size no backend can read differently (one that
+          // keeps fewer digits or a signed 64-bit size), nginx's limit too.
+          if (line_len_ > 16 || remaining_ > (static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) >> 4))
+            return fail(Error::bad_chunk_size);
           remaining_ = (remaining_ << 4) | hex_value(c);
         } else if (c == '\r') {
           next = State::size_lf;

@@ -1019,7 +1019,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   c.keep_alive = h.keep_alive && !draining_ && c.requests < l.conf->http.keepalive_requests &&
                  l.conf->http.keepalive_timeout_ms > 0;
   c.expect_continue = h.expect_continue;
-  c.resp_started = c.resp_done = c.dechunk = c.resp_close = false;
+  c.resp_started = c.resp_done = c.dechunk = c.resp_close = c.up_cut = false;
   c.req_body_done = false;
   c.retryable = true;
   c.attempts = 0;
@@ -1068,6 +1068,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   if (path_len < 0) {
     count(HttpOutcome::bad_request);
     pump_request_body(c);
+    if (c.state != CState::busy) return;  // the body itself was bad: answered (400) and closed
     respond_error(c, 400, true);
     return;
   }
@@ -1077,6 +1078,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   if (ri < 0) {
     count(HttpOutcome::no_route);
     pump_request_body(c);
+    if (c.state != CState::busy) return;  // the body itself was bad: answered (400) and closed
     respond_error(c, 404, true);
     return;
   }
@@ -1123,6 +1125,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
                                              c.consumer, env_.now_ms);
     if (v.status) {
       pump_request_body(c);
+      if (c.state != CState::busy) return;  // the body itself was bad: answered (400) and closed
       respond_error(c, v.status, true, v.headers);
       return;
     }
@@ -1147,6 +1150,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
     count(HttpOutcome::no_host);
     bump(env_.seg->worker(env_.worker).no_host);
     pump_request_body(c);
+    if (c.state != CState::busy) return;  // the body itself was bad: answered (400) and closed
     respond_error(c, 503, true);
     return;
   }
@@ -1433,6 +1437,10 @@ void HttpProxy::on_connected(Conn& c, UpConn& u) noexcept {
 
 bool HttpProxy::send_upstream(Conn& c, UpConn& u) noexcept {
   bool progress = false;
+  if (c.up_cut) {
+    c.sent = c.body_end;  // dropped: see parse_response
+    return false;
+  }
   while (c.rq.size() > 0 || c.sent < c.body_end) {
     iovec iov[2];
     int n_iov = 0;
@@ -1585,6 +1593,10 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     // early while gw's send was blocked): the connection carries half a head,
     // so it cannot carry another request, nor a tunnel.
     const bool head_unsent = c.rq.size() > 0;
+    // The host has half a head: body bytes sent after it would be read as
+    // the rest of the head, or as a request of their own that never passed
+    // routing or auth. Nothing more goes to it (the body is read and dropped).
+    if (head_unsent) c.up_cut = true;
     if (h.status == 101 && (!(c.upgrade && h.websocket) || head_unsent)) {
       // A 101 needs an upgrade asked for, and an Upgrade field naming the
       // protocol switched to (RFC 9110 15.2.2): the one gw asked for,
@@ -1829,8 +1841,10 @@ void HttpProxy::respond_error(Conn& c, int status, bool keep_alive, std::string_
     close_up(ups_[c.up]);
     c.up = kNone;
   }
-  if (c.resp_started) {
-    close_conn(c);  // the response has begun: nothing else can be said
+  if (c.resp_started || (c.out.size() > 0 && c.out.head > 0)) {
+    // The response has begun, or an interim (1xx) head is half sent:
+    // nothing else can be said.
+    close_conn(c);
     return;
   }
   metrics::http_error(env_, c.listener, status);

@@ -19,7 +19,15 @@ void emit_event(const Segment& seg, EventKind kind, uint64_t generation, std::st
   d.generation = generation;
   d.pid = ::getpid();
   d.kind = static_cast<uint32_t>(kind);
-  std::memcpy(d.text, text.data(), std::min(text.size(), sizeof(d.text) - 1));
+  if (text.size() <= sizeof(d.text) - 1) {
+    std::memcpy(d.text, text.data(), text.size());
+  } else {
+    // Cut where a UTF-8 character starts, and say so.
+    size_t cut = sizeof(d.text) - 4;
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xc0) == 0x80) --cut;
+    std::memcpy(d.text, text.data(), cut);
+    std::memcpy(d.text + cut, "...", 3);
+  }
   uint64_t words[sizeof(EventData) / 8];
   std::memcpy(words, &d, sizeof(d));
   // The entry's seq encodes which event it holds: 2n+1 while written, 2n+2 after.

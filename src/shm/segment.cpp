@@ -265,7 +265,16 @@ bool Segment::master_alive() const noexcept {
   core::UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
   if (!fd) return true;  // no /proc: trust kill()
   ssize_t n = ::read(fd.get(), comm, sizeof(comm) - 1);
-  return n >= 3 && std::strncmp(comm, "gwd", 3) == 0;
+  if (n < 3 || std::strncmp(comm, "gwd", 3) != 0) return false;
+  // A master killed but not reaped yet (no init to reap it at once) is a
+  // zombie: gone, whatever kill() says.
+  char stat[256] = {};
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+  core::UniqueFd sfd(::open(path, O_RDONLY | O_CLOEXEC));
+  if (!sfd) return true;
+  n = ::read(sfd.get(), stat, sizeof(stat) - 1);
+  const char* close = n > 0 ? std::strrchr(stat, ')') : nullptr;  // "pid (comm) S ..."
+  return !(close && close[1] == ' ' && (close[2] == 'Z' || close[2] == 'X'));
 }
 
 namespace {

@@ -957,6 +957,19 @@ class RouteTest(SharedGwCase):
         self.assertEqual(d["no_route"], 3)
         self.assertEqual(d["requests"], 4)
 
+    def test_refused_request_with_a_bad_body_still_gets_its_answer(self):
+        """A request refused before it is sent (no route, a path above the
+        root) whose chunked body is already bad: 400, then close. The body's
+        400 used to be dropped by the refusal's own answer (nothing at all)."""
+        strict_port = self.gw.ports[1]
+        for target, host_name in (("/x/a", "nope.example"), ("/../x", "only.example")):
+            with self.subTest(target=target):
+                with Client(strict_port) as c:
+                    c.send(f"POST {target} HTTP/1.1\r\nHost: {host_name}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           "5\r\nhelloXX".encode())
+                    r = c.response()
+                    self.assertGwError(r, 400, close=True)
+
     def test_no_usable_host_503(self):
         self.assertGwctlOk(self.gw, "down", "host", "u_empty/p", "empty")
         before = http_totals(self.gw)

@@ -74,7 +74,9 @@ std::string shm_name(const Options& o) {
   if (!o.config.empty()) {
     auto r = gw::config::load_file(o.config);
     if (!r.ok())
-      throw Failure(fmt::format("{}: {} (and {} more error(s))", o.config, r.errors[0], r.errors.size() - 1));
+      throw Failure(r.errors.size() == 1 ? fmt::format("{}: {}", o.config, r.errors[0])
+                                         : fmt::format("{}: {} (and {} more error(s); gwd -t -c {} lists them)",
+                                                       o.config, r.errors[0], r.errors.size() - 1, o.config));
     return r.config.shm.name;
   }
   return "gw";
@@ -157,7 +159,10 @@ gw::shm::RuleSpec rule_from_options(const Options& o) {
     char buf[4096];
     size_t n;
     while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
+    const bool failed = std::ferror(f) != 0;
+    const int err = errno;
     std::fclose(f);
+    if (failed) throw Failure(fmt::format("--ip-file {}: {}", o.ip_file, std::strerror(err)));
     // One block per line; '#' starts a comment line.
     std::string cleaned;
     size_t i = 0;
@@ -884,6 +889,7 @@ int main(int argc, char** argv) {
   try {
     reject_empty(app);
     const bool to_etcd = !o.etcd.empty();
+    if (!o.prefix.empty() && !to_etcd) throw Failure("--prefix goes with --etcd (it names etcd keys)");
     if (to_etcd && !(*add_host || *rm_host || *down_host || *up_host || *add_pool || *rm_pool || *set_pool))
       throw Failure(
           "--etcd goes with a change to pools or hosts (add/remove/down/up host, add/remove/set pool); rules and "
@@ -952,9 +958,13 @@ int main(int argc, char** argv) {
         if (!f) throw Failure(fmt::format("--key-file {}: {}", o.key_file, std::strerror(errno)));
         char buf[1024];
         size_t n = std::fread(buf, 1, sizeof(buf), f);
+        const bool failed = std::ferror(f) != 0;
+        const int err = errno;
         std::fclose(f);
+        if (failed) throw Failure(fmt::format("--key-file {}: {}", o.key_file, std::strerror(err)));
         key.assign(buf, n);
         while (!key.empty() && (key.back() == '\n' || key.back() == '\r')) key.pop_back();
+        if (key.empty()) throw Failure(fmt::format("--key-file {}: no key in it (an empty file)", o.key_file));
       }
       if (key.empty()) throw Failure("add consumer needs --key KEY or --key-file FILE");
       if (!gw::config::valid_api_key(key))

@@ -157,6 +157,7 @@ class HttpProxy {
     bool resp_done = false;
     bool dechunk = false;     // chunked response to an HTTP/1.0 client
     bool resp_close = false;  // close the client after this response
+    bool up_cut = false;      // the host answered before the whole request head went out: nothing more is sent to it
     bool expect_continue = false;
     bool up_keep = false;                             // the response lets the upstream connection carry another request
     bool tunnel_c_eof = false, tunnel_u_eof = false;  // tunnel: FIN read from the client / the upstream

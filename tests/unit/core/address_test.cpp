@@ -31,5 +31,12 @@ TEST_SUITE("core") {
     // API): inet_pton would see only what comes before it.
     CHECK_FALSE(parse_address(std::string_view("127.0.0.1\0junk:80", 17), a, why));
     CHECK(why == "the host part has a NUL byte");
+    // An IPv6 address without brackets: "fe80::1:8080" could be an address
+    // with port 8080 or an address alone.
+    for (const char* bad : {"::1:9000", "fe80::1:8080", "::ffff:127.0.0.1:9003"}) {
+      CAPTURE(bad);
+      CHECK_FALSE(parse_address(bad, a, why));
+      CHECK(why == "an IPv6 address goes in brackets: [IPv6]:PORT");
+    }
   }
 }

@@ -13,10 +13,8 @@ SockAddr ip(const char* text) {
   SockAddr a;
   std::string why;
   std::string t = text;
-  REQUIRE(gw::core::parse_address(
-      t.find(':') != std::string::npos && t.front() != '[' && t.find('.') == std::string::npos ? "[" + t + "]:1"
-                                                                                               : t + ":1",
-      a, why));
+  REQUIRE(gw::core::parse_address(t.find(':') != std::string::npos && t.front() != '[' ? "[" + t + "]:1" : t + ":1", a,
+                                  why));
   return a;
 }
 }  // namespace
