@@ -33,7 +33,7 @@ core::UniqueFd listen_tcp(const core::SockAddr& addr, int backlog, bool reusepor
   return fd;
 }
 
-void check_address_free(const core::SockAddr& addr) {
+void check_address_free(const core::SockAddr& addr, const std::vector<core::SockAddr>& ours) {
   sockaddr_storage ss;
   socklen_t len = addr.to_sockaddr(ss);
   core::UniqueFd fd(::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -42,6 +42,9 @@ void check_address_free(const core::SockAddr& addr) {
   ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));  // as listen_tcp: TIME_WAIT is no obstacle
   if (ss.ss_family == AF_INET6) ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
   if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) == 0) return;
+  if (errno == EADDRINUSE)
+    for (const auto& o : ours)
+      if (!(o == addr) && o.port == addr.port && o.family == addr.family) return;  // overlaps one of ours
   if (errno == EADDRINUSE)
     throw std::runtime_error(fmt::format(
         "cannot bind {}: the address is in use by another process (another gwd, or any program listening there)",

@@ -450,13 +450,21 @@ constexpr const char* kUpgradeEnv = "GW_UPGRADE";
 // first: the addresses it does not inherit, and the access logs. (The worker
 // rows are checked in prepare_segment, before its commit.)
 void preflight_upgrade(const config::Config& cfg, const Inherited& in) {
+  std::vector<core::SockAddr> ours;
+  for (const auto& l : cfg.listeners) ours.push_back(l.listen);
+  for (const auto& il : in.listeners) {
+    core::SockAddr a;
+    std::string why;
+    if (core::parse_address(il.addr, a, why)) ours.push_back(a);
+  }
   for (const auto& l : cfg.listeners) {
     const std::string a = l.listen.to_string();
     bool inherited = false;
     for (const auto& il : in.listeners) inherited |= il.addr == a;
-    if (!inherited) net::check_address_free(l.listen);
+    if (!inherited) net::check_address_free(l.listen, ours);
   }
-  if (cfg.admin.enabled && in.admin_addr != cfg.admin.listen.to_string()) net::check_address_free(cfg.admin.listen);
+  if (cfg.admin.enabled && in.admin_addr != cfg.admin.listen.to_string())
+    net::check_address_free(cfg.admin.listen, ours);
   for (const auto& path : cfg.access_log_paths) ::close(open_access_log(path));
 }
 
@@ -522,10 +530,17 @@ class Master {
     // After a binary upgrade they are the old master's (same slot and
     // address), so nothing queued in them is lost either.
     fds_.resize(static_cast<size_t>(n));
+    std::vector<core::SockAddr> ours;
+    for (const auto& l : cfg_.listeners) ours.push_back(l.listen);
+    for (const auto& il : inherited_.listeners) {
+      core::SockAddr a;
+      std::string why;
+      if (core::parse_address(il.addr, a, why)) ours.push_back(a);
+    }
     for (int w = 0; w < n; ++w)
       for (const auto& l : cfg_.listeners) {
         core::UniqueFd fd = take_inherited(static_cast<size_t>(w), l.listen);
-        if (!fd && w == 0) net::check_address_free(l.listen);  // a new address: no one else may listen there
+        if (!fd && w == 0) net::check_address_free(l.listen, ours);  // a new address: no one else may listen there
         fds_[static_cast<size_t>(w)].push_back(fd ? std::move(fd) : net::listen_tcp(l.listen, l.backlog, true));
       }
     // The admin server's socket, made here too: a port in use stops gwd now,
@@ -754,6 +769,7 @@ class Master {
           "serves, send SIGHUP to the new master)",
           upgrade_pid_);
       reload_after_upgrade_ = true;
+      reload_pending_ = false;  // (not retried every 250 ms meanwhile)
       return;
     }
     GW_LOG_INFO("SIGHUP: reloading {}", cfg_.path);
@@ -796,8 +812,11 @@ class Master {
     const bool admin_same = next.admin.enabled && cfg_.admin.enabled && next.admin.listen == cfg_.admin.listen;
     std::vector<core::UniqueFd> log_rd, log_wr;
     try {
+      std::vector<core::SockAddr> ours;
+      for (const auto& l : cfg_.listeners) ours.push_back(l.listen);
+      for (const auto& l : next.listeners) ours.push_back(l.listen);
       for (size_t i = 0; i < next.listeners.size(); ++i)
-        if (reuse[i] < 0) net::check_address_free(next.listeners[i].listen);  // a new address: nobody else's
+        if (reuse[i] < 0) net::check_address_free(next.listeners[i].listen, ours);  // a new address: nobody else's
       for (size_t w = 0; w < fds.size(); ++w)
         for (size_t i = 0; i < next.listeners.size(); ++i)
           fds[w].push_back(w < n_old && reuse[i] >= 0
@@ -952,6 +971,23 @@ class Master {
   // in (merged with the live table, as a reload does), and so do its
   // listeners and worker count in the header. (Hosts that gwctl added to an
   // upstream the new config dropped went with that upstream.)
+  // The segment header still says what this master published (listeners, rows,
+  // worker count, its sync process).
+  bool header_is_ours() const {
+    const auto& hdr = seg_.header();
+    if (hdr.workers.load() != static_cast<uint32_t>(cfg_.workers)) return false;
+    if (cfg_.cluster.enabled && hdr.cluster.sync_pid.load() != sync_.pid) return false;
+    const size_t n = std::min<size_t>(cfg_.listeners.size(), shm::kMaxListeners);
+    if (hdr.n_listeners != n) return false;
+    for (size_t i = 0; i < n; ++i) {
+      const auto& l = hdr.listeners[i];
+      if (shm::name_of(l.name) != cfg_.listeners[i].name || !(l.addr == cfg_.listeners[i].listen) ||
+          l.stats_row != cfg_.listeners[i].stats_row + 1)
+        return false;
+    }
+    return true;
+  }
+
   void undo_failed_upgrade() {
     auto& hdr = seg_.header();
     write_listener_header(hdr, cfg_);
@@ -1142,8 +1178,15 @@ class Master {
           // It may have claimed the segment before it failed: gwctl refuses
           // changes while the master named there is gone.
           pid_t failed = pid;
-          seg_.header().master_pid.compare_exchange_strong(failed, ::getpid(), std::memory_order_acq_rel);
-          undo_failed_upgrade();
+          const bool claimed =
+              seg_.header().master_pid.compare_exchange_strong(failed, ::getpid(), std::memory_order_acq_rel);
+          // A new master that failed before it touched the segment (a bad
+          // config, another ABI) left nothing to undo.
+          if (claimed || !header_is_ours()) undo_failed_upgrade();
+          else if (reload_after_upgrade_) {
+            reload_after_upgrade_ = false;
+            retry_reload_ = true;  // the SIGHUP that came meanwhile
+          }
         }
         continue;
       }

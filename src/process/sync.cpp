@@ -31,7 +31,8 @@ struct Stop {};      // a stop signal arrived
 
 constexpr uint64_t kProbeIntervalMs = 1000;  // a quorum read on the watched member this often
 constexpr uint64_t kFirstBackoffMs = 100;
-constexpr int kProbeFailures = 3;  // probes failed in a row that end a watch
+constexpr int kProbeFailures = 3;          // probes failed in a row that end a watch
+constexpr uint64_t kCommitBudgetMs = 200;  // watched revisions reconciled in one commit: at most this long
 
 class Sync {
  public:
@@ -200,36 +201,44 @@ class Sync {
       rev_ = std::max(rev_, rev);  // the resume point: the last revision taken
     };
     std::string error;
-    try {
-      uint64_t gen = shm::Writer(seg_).commit([&](shm::Table& t, std::vector<std::string>& events) {
-        // A sync process of the config before a reload (stopping) must not
-        // commit after the new one started: decided under the writer lock,
-        // which the new one's commits take too.
-        if (cl_.sync_pid.load(std::memory_order_acquire) != ::getpid()) throw NoChange{};
-        bool changed = false;
-        if (!steps) {
-          changed = cluster::reconcile(t, m, events, warnings);
-        } else {
-          while (next_step < steps->size()) {
-            advance();
-            warnings.clear();  // the last revision's are the ones that hold
-            m = cluster::build_model(prefix_, kv_, warnings);
-            changed |= cluster::reconcile(t, m, events, warnings);
+    for (bool more = true; more && error.empty();) {
+      try {
+        uint64_t gen = shm::Writer(seg_).commit([&](shm::Table& t, std::vector<std::string>& events) {
+          // A sync process of the config before a reload (stopping) must not
+          // commit after the new one started: decided under the writer lock,
+          // which the new one's commits take too.
+          if (cl_.sync_pid.load(std::memory_order_acquire) != ::getpid()) throw NoChange{};
+          bool changed = false;
+          if (!steps) {
+            changed = cluster::reconcile(t, m, events, warnings);
+          } else {
+            const uint64_t start = core::monotonic_ms();
+            while (next_step < steps->size()) {
+              advance();
+              warnings.clear();  // the last revision's are the ones that hold
+              m = cluster::build_model(prefix_, kv_, warnings);
+              changed |= cluster::reconcile(t, m, events, warnings);
+              // The writer lock is held for a bounded time: the rest of a long
+              // backlog is the next commit (gwctl, the admin API and reloads
+              // get the lock in between).
+              if (core::monotonic_ms() - start >= kCommitBudgetMs) break;
+            }
           }
-        }
-        if (!changed) throw NoChange{};
-      });
-      cl_.applied.fetch_add(1, std::memory_order_relaxed);
-      GW_LOG_INFO("table generation {} from etcd revision {}", gen, rev_);
-    } catch (const NoChange&) {
-    } catch (const std::exception& e) {
-      // Capacity, or the state file: the table keeps the last good state; the
-      // next etcd change or the next probe tries again (kv_ has every step).
-      error = fmt::format("etcd revision {} not applied: {}", rev_, e.what());
-      // Retried each second (the probe): logged when the reason changes.
-      if (e.what() != last_apply_reason_)
-        GW_LOG_ERROR("{} (retried every second; logged again if the reason changes)", error);
-      last_apply_reason_ = e.what();
+          if (!changed) throw NoChange{};
+        });
+        cl_.applied.fetch_add(1, std::memory_order_relaxed);
+        GW_LOG_INFO("table generation {} from etcd revision {}", gen, rev_);
+      } catch (const NoChange&) {
+      } catch (const std::exception& e) {
+        // Capacity, or the state file: the table keeps the last good state; the
+        // next etcd change or the next probe tries again (kv_ has every step).
+        error = fmt::format("etcd revision {} not applied: {}", rev_, e.what());
+        // Retried each second (the probe): logged when the reason changes.
+        if (e.what() != last_apply_reason_)
+          GW_LOG_ERROR("{} (retried every second; logged again if the reason changes)", error);
+        last_apply_reason_ = e.what();
+      }
+      more = steps && next_step < steps->size();
     }
     if (error.empty()) last_apply_reason_.clear();
     // A failed commit still takes every step into kv_: the watch goes on past
@@ -289,8 +298,10 @@ class Sync {
           }
           if (m.created && !created) {
             // A watch from a revision etcd has not reached is accepted: etcd
-            // came back behind this node (a wiped data dir, an older snapshot).
-            behind_check(m.revision);
+            // came back behind this node (a wiped data dir, an older snapshot)?
+            // The member's header may only lag its leader: a linearizable
+            // read (the probe) decides.
+            if (m.revision > 0 && m.revision < rev_) probe();
             created = true;
             on_synced();
           }

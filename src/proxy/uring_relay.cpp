@@ -333,9 +333,10 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
       if (s.state == State::relay) s.deadline_ms = env_.now_ms + s.idle_ms;  // lazy: re-filed when due
       d.burst = static_cast<uint32_t>(res) == bufs_.size();
       enqueue(d, bid, static_cast<uint32_t>(res));
-      // Behind a spill (the destination was blocked): copied out at once,
-      // so that the ring buffer goes back to the kernel.
-      if (d.spill) spill_fifo(d);
+      // Behind a spill, or a blocked destination (a sniffed first frame
+      // waiting in `extra`): copied out at once, so that the ring buffer
+      // goes back to the kernel.
+      if (d.spill || d.poll_out) spill_fifo(d);
       pause_if_full(s, client);
       pump(s, client);
       if (s.state == State::closing) return;
@@ -598,7 +599,10 @@ void UringRelay::spill_fifo(Dir& d) noexcept {
     uint32_t n = len_[d.head] - d.off;
     while (n > 0) {
       char* t = d.spill ? spill_hdr(d.spill).tail : nullptr;
-      if (!t || spill_hdr(t).len == kSpillCap) {
+      // Not appended to the buffer a send is reading (its length is what
+      // tells a complete send from a short one).
+      const bool in_flight = t && t == d.spill && d.sending && !d.extra;
+      if (!t || in_flight || spill_hdr(t).len == kSpillCap) {
         char* b = env_.buffers->acquire();
         if (!b) return;  // out of buffer memory: the rest waits in the ring, as without a spill
         ::new (b) SpillHdr{nullptr, nullptr, 0, 0};

@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import signal
@@ -233,6 +234,29 @@ class ProcessTest(GwTestCase):
         gw.send_signal(signal.SIGHUP)
         gwtest.wait_until(lambda: "reload failed" in gw.log_text()[before:], T(10), msg="the reload failed")
         self.assertIn("in use by another process", gw.log_text()[before:])
+
+    def test_a_listener_may_move_between_the_wildcard_and_one_address_of_its_port(self):
+        """0.0.0.0:P to 127.0.0.1:P by a reload: the new address overlaps this
+        gwd's own socket, which is not "another process" (the check for
+        those refused it)."""
+        gw, _ = self.start(workers=1)
+        port = gwtest.free_port()
+        wide = json.loads(json.dumps(gw.config))
+        wide["listeners"][0]["listen"] = f"0.0.0.0:{port}"
+        gwtest.write_json(gw.conf_path, wide)
+        before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: "reloaded:" in gw.log_text()[before:], T(10), msg="reloaded on 0.0.0.0")
+        narrow = json.loads(json.dumps(wide))
+        narrow["listeners"][0]["listen"] = f"{gwtest.LOOPBACK}:{port}"
+        gwtest.write_json(gw.conf_path, narrow)
+        before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: re.search("reloaded:|reload failed", gw.log_text()[before:]), T(10),
+                          msg="the second reload")
+        self.assertIn("reloaded:", gw.log_text()[before:])
+        with gwtest.connect(port) as s:
+            self.assertEqual(gwtest.recv_line(s), "n")
 
     def test_worker_respawn_under_load(self):
         """SIGKILL a worker under load 5 times: a new worker appears within 100 ms and

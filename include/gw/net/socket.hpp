@@ -1,4 +1,6 @@
 #pragma once
+
+#include <vector>
 // Socket helpers. Start-up helpers throw; data-plane helpers return errno.
 
 #include <cstdint>
@@ -16,8 +18,11 @@ core::UniqueFd listen_tcp(const core::SockAddr& addr, int backlog, bool reusepor
 /// another process there (another gwd, any SO_REUSEPORT socket of the same
 /// user) would otherwise share the port with us, and the kernel would split
 /// its connections between the two. Called before a new address's sockets
-/// are made (a race with a process binding it meanwhile remains).
-void check_address_free(const core::SockAddr& addr);
+/// are made (a race with a process binding it meanwhile remains). `ours`:
+/// addresses this gwd listens on or will: one of them on the same port and
+/// family (0.0.0.0:P beside 127.0.0.1:P) also makes the bind fail, and then
+/// the port is taken to be ours.
+void check_address_free(const core::SockAddr& addr, const std::vector<core::SockAddr>& ours);
 
 /// Starts a non-blocking connect. Returns the fd (>= 0) and sets `err` to 0
 /// (connected), EINPROGRESS, or an errno; on failure returns -1.
