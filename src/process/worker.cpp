@@ -248,6 +248,7 @@ class Worker {
     // host change) applies to the next request on an open keep-alive
     // connection too, not only to new connections.
     if (n > 0 && reader_.stale()) refresh();
+    http_.close_idle_in(events, n);  // before any event can reuse a dead one
     for (int i = 0; i < n; ++i) {
       uint64_t d = events[i].data.u64;
       const uint64_t kind = proxy::event_kind(d);

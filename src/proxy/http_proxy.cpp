@@ -39,6 +39,10 @@ constexpr uint64_t kLingerMs = 2000;
 // (it would see a reset); a client that is using it sends its next request
 // within this time and gets the response with "Connection: close".
 constexpr uint64_t kDrainIdleMs = 1000;
+/// An idle upstream connection is checked with MSG_PEEK before reuse once it
+/// has been idle this long, whatever the request (see idle_take). Far below
+/// any keep-alive timeout a host is likely to have (nginx 75 s, Node 5 s).
+constexpr uint64_t kPeekAfterIdleMs = 50;
 /// A response head must fit the response buffer.
 constexpr http::Limits kResponseLimits{8192, kBufSize, 4096, 8192};
 
@@ -544,6 +548,7 @@ void HttpProxy::idle_push(UpConn& u) noexcept {
   u.state = UState::idle;
   u.owner = kNone;
   u.idle_prev = kNone;
+  u.idle_since_ms = env_.now_ms;
   u.idle_next = idle_head_[u.host_slot];
   if (u.idle_next != kNone) ups_[u.idle_next].idle_prev = i;
   idle_head_[u.host_slot] = i;
@@ -558,16 +563,30 @@ void HttpProxy::idle_unlink(UpConn& u) noexcept {
   --idle_count_[u.host_slot];
 }
 
-HttpProxy::UpConn* HttpProxy::idle_take(uint32_t slot, uint32_t tag) noexcept {
+HttpProxy::UpConn* HttpProxy::idle_take(uint32_t slot, uint32_t tag, bool transparent) noexcept {
   while (slot < idle_head_.size() && idle_head_[slot] != kNone) {
     UpConn& u = ups_[idle_head_[slot]];
     idle_unlink(u);
     env_.timers->cancel(u);
-    // A connection the host closed (or wrote to) while idle must not carry a
-    // request: its event may still be queued behind this one, so look.
-    char b;
-    ssize_t n = u.host_tag == tag && !u.u_hup ? ::recv(u.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) : 0;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return &u;
+    if (u.host_tag == tag && !u.u_hup) {
+      // A connection the host closed (or wrote to) while idle must not carry a
+      // request. close_idle_in() has closed those whose event is in this
+      // batch; one whose FIN came after the batch was read is looked at with
+      // a MSG_PEEK, a system call per request, only where it matters:
+      //  - the request could not go again (a POST, or a body no longer all
+      //    in the buffer): a dead connection would cost it a 502;
+      //  - the connection has been idle a while, long enough for the host's
+      //    own keep-alive timeout, which may write a 408 before its FIN that
+      //    would pass for the answer.
+      // A request that can go again, on a connection idle only briefly, is
+      // sent at once (nginx and HAProxy never look): if the host closed it
+      // meanwhile, the failure is retried on a new connection and the host is
+      // not blamed (upstream_failed, "stale").
+      if (transparent && env_.now_ms - u.idle_since_ms < kPeekAfterIdleMs) return &u;
+      char b;
+      const ssize_t n = ::recv(u.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return &u;
+    }
     u.state = UState::busy;  // close_up() must not unlink it again
     close_up(u);
   }
@@ -603,6 +622,19 @@ void HttpProxy::release_up(UpConn& u, bool reusable) noexcept {
 
 // ---------------------------------------------------------------------------
 // events and timers
+
+void HttpProxy::close_idle_in(const epoll_event* events, int n) noexcept {
+  for (int i = 0; i < n; ++i) {
+    const uint64_t data = events[i].data.u64;
+    if (event_kind(data) != kKindHttpUp) continue;
+    const uint32_t idx = static_cast<uint32_t>(data);
+    if (idx >= ups_.size()) continue;
+    UpConn& u = ups_[idx];
+    if (u.state == UState::idle && event_gen_is(data, u.gen) &&
+        (events[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+      close_up(u);  // its event, dispatched later, is then stale
+  }
+}
 
 void HttpProxy::on_event(uint64_t data, uint32_t events) noexcept {
   const uint32_t idx = static_cast<uint32_t>(data);
@@ -1338,7 +1370,7 @@ void HttpProxy::connect_next(Conn& c) noexcept {
     c.rq.head = 0;          // (re)send the whole head
     c.sent = c.body_start;  // and the body from its first byte
     c.u_read_ms = c.u_write_ms = env_.now_ms;
-    if (UpConn* idle = idle_take(r.slot, r.tag)) {
+    if (UpConn* idle = idle_take(r.slot, r.tag, c.idempotent && c.retryable && c.req_body_done)) {
       UpConn& u = *idle;
       u.state = UState::busy;
       u.owner = index_of(c);

@@ -1351,6 +1351,41 @@ class UpstreamKeepAliveTest(HttpCase):
         self.assertEqual(a.requests, 2, "a request was sent on a dead connection")
         self.assertEqual(a.connections, 2)
 
+    def test_idle_close_queued_behind_get(self):
+        """As above with a GET, within 50 ms of the last answer: gw reuses such a connection
+        for a request that can go again without a MSG_PEEK. The FIN's event, in the same
+        batch behind the request, still closes the idle connection before the request is
+        dispatched (close_idle_in): the GET goes on a new connection, and is not sent on the
+        dead one to be retried. The worker is frozen for about 25 ms."""
+        a = self.hb("alpha", idle_close=0.02)
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        (wpid,) = gw.worker_pids()
+        before = http_totals(gw)
+        with Client(gw.port) as c:
+            self.assertBackend(c.request("GET", "/1"), "alpha")
+            os.kill(wpid, signal.SIGSTOP)
+            try:
+                # Stopped for real: a worker still on its way out of epoll_wait could take the
+                # request alone in a batch of its own.
+                wait_until(lambda: gwtest.proc_state(wpid) == "T", T(2), interval=0.001, msg="the worker to stop")
+                c.send(raw_request("GET", "/2", [("Host", "test")]))
+                deadline = time.monotonic() + T(3)
+                while a.closes < 1 and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                self.assertEqual(a.closes, 1, "the backend did not close the idle connection")
+                time.sleep(0.002)  # the FIN reaches gw's socket
+            finally:
+                os.kill(wpid, signal.SIGCONT)
+            r = c.response("GET")
+            self.assertIsNotNone(r, "the client connection was closed")
+            self.assertEqual(r.status, 200, f"{r.status} {r.headers}")
+            self.assertBackend(r, "alpha")
+        self.assertEqual(a.requests, 2)
+        self.assertEqual(a.connections, 2)
+        d = delta(http_totals(gw), before)
+        self.assertEqual(d["keepalive_reused"], 0, "the request took the connection the host had closed")
+        self.assertEqual(gwtest.find_host(gw.status(), "app/p/a")["failures"], 0)
+
 
 # ----------------------------------------------------------------------------
 # 8. retries

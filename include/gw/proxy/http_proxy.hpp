@@ -30,6 +30,7 @@
 // Single-threaded (the worker's); noexcept; no allocation per request after
 // warm-up (refresh() allocates, on a table change).
 
+#include <sys/epoll.h>
 #include <sys/socket.h>
 
 #include <array>
@@ -76,6 +77,10 @@ class HttpProxy {
   void accept(int fd, uint32_t listener, const sockaddr* peer) noexcept;
   /// An epoll event of kind kKindHttpClient or kKindHttpUp.
   void on_event(uint64_t data, uint32_t events) noexcept;
+  /// Before a batch of readiness events is dispatched: closes the idle
+  /// upstream connections it reports data, a FIN or an error on, so that no
+  /// event of the batch can take one for a request.
+  void close_idle_in(const epoll_event* events, int n) noexcept;
   /// An expired timer of this proxy (see owns()).
   void on_timer(net::TimerNode& n) noexcept;
   bool owns(const net::TimerNode& n) const noexcept;
@@ -226,6 +231,7 @@ class HttpProxy {
     int16_t upstream = -1;
     uint32_t requests = 0;
     uint32_t idle_prev = kNone, idle_next = kNone;  // on the host's idle list
+    uint64_t idle_since_ms = 0;                     // when it went on the idle list
     uint64_t connect_start_ns = 0;
   };
 
@@ -274,7 +280,9 @@ class HttpProxy {
   void pump_tunnel(Conn& c, UpConn& u) noexcept;
   void idle_push(UpConn& u) noexcept;
   void idle_unlink(UpConn& u) noexcept;
-  UpConn* idle_take(uint32_t slot, uint32_t tag) noexcept;
+  /// `transparent`: the request can go again on a new connection if this one
+  /// turns out dead (see idle_take).
+  UpConn* idle_take(uint32_t slot, uint32_t tag, bool transparent) noexcept;
 
   void drive(Conn& c) noexcept;
   void log_begin(Conn& c, const http::Head& h) noexcept;
