@@ -1140,7 +1140,9 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
         have_key = find_arg(target.substr(q + 1), rc.hash_key_name, key);
       break;
     case config::HashKey::uri:
-      key = h.target;  // nginx's $request_uri: the target as sent
+      // nginx's $request_uri: the target as sent, from its path on when it
+      // came in absolute form (http://host/p?q hashes as /p?q).
+      key = target;
       have_key = true;
       break;
   }

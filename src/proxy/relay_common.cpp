@@ -28,6 +28,7 @@ int pick_host(RelayEnv& env, int ui, std::string_view key, std::span<const uint3
   auto hosts = snap.table().hosts();
   bool fell_back = false;
   bool ramp = true, ramped_out = false;
+  uint64_t ramp_seed = 0;  // drawn when first needed: one draw per pick
   auto eligible = [&](uint32_t i) noexcept {
     const shm::HostRecord& r = hosts[i];
     if (r.admin_down) return false;
@@ -41,7 +42,14 @@ int pick_host(RelayEnv& env, int ui, std::string_view key, std::span<const uint3
     if (shm::method_uses_key(static_cast<shm::Method>(snap.table().pools()[r.pool].method))) return true;
     if (!ramp) return true;
     uint32_t share = shm::slow_start_permille(hr, r.tag, r.weight, uv.slow_start_ms, env.now_ms);
-    if (share >= 1000 || rng.below(1000) < share) return true;
+    if (share >= 1000) return true;
+    // In or out for the whole pick, however often the method asks (weighted
+    // random sums the weights, then walks them; least_conn looks at ties
+    // again): a fresh draw per question made random's two passes disagree and
+    // left a ramping host almost nothing. One draw per pick, mixed with the
+    // slot, decides each host on its own.
+    if (ramp_seed == 0) ramp_seed = rng.next() | 1;
+    if (balance::mix64(ramp_seed ^ r.slot) % 1000 < share) return true;
     ramped_out = true;
     return false;
   };

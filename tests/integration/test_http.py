@@ -1033,6 +1033,15 @@ class HashKeyTest(SharedGwCase):
     def test_uri_key(self):
         self.sticky(lambda k: (f"/u/{k}?q=1", []))
 
+    def test_uri_key_absolute_form(self):
+        """nginx's $request_uri of "GET http://test/u/k?q=1" is "/u/k?q=1": both forms of one
+        target hash alike (the scheme and authority used to be hashed too)."""
+        seen = self.sticky(lambda k: (f"/u/{k}?q=1", []))
+        for k, backends in seen.items():
+            r = get(self.gw.port, f"http://test/u/{k}?q=1")
+            self.assertEqual(r.status, 200)
+            self.assertEqual({r.json()["backend"]}, backends, f"key {k}: absolute form went elsewhere")
+
     def test_missing_key_round_robin_counted(self):
         before = http_totals(self.gw)
         got = [get(self.gw.port, t, headers=hs).json()["backend"]

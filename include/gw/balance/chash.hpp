@@ -94,10 +94,12 @@ class ChashRing {
   const ChashPoint& at(size_t i) const noexcept { return points_[i % n_]; }
 
   /// Picks for `key`: the owner of the key's point, or, if it is not eligible,
-  /// the owners of the following points (nginx tries 20, then falls back to
-  /// round robin: returns -1 so the caller does).
+  /// the owners of the following points: 21 points in all, as nginx
+  /// (ngx_http_upstream_get_chash_peer gives up once its tries count, raised
+  /// after each unusable point, passes 20), then round robin: returns -1 so the
+  /// caller does.
   template <typename Eligible>
-  int pick(std::string_view key, Eligible&& eligible, size_t max_tries = 20) const noexcept;
+  int pick(std::string_view key, Eligible&& eligible, size_t max_tries = 21) const noexcept;
 
  private:
   /// find() compares kWindow point hashes at a time; points_ ends with

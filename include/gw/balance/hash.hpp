@@ -21,6 +21,16 @@ inline uint32_t crc32(std::string_view s, uint32_t crc = 0) noexcept {
 /// a few nanoseconds each where a zlib call costs tens.
 uint32_t crc32_u32le(uint32_t v, uint32_t crc) noexcept;
 
+/// splitmix64's finaliser: a bijection of 64 bits whose outputs look
+/// independent for inputs that differ in a few bits (seed ^ slot).
+inline uint64_t mix64(uint64_t x) noexcept {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
 /// A small, fast, seedable generator (xorshift64*), one per worker. Tests
 /// inject the seed, so every pick sequence is reproducible.
 class Rng {

@@ -1,0 +1,109 @@
+// pick_host(): what every listener kind asks the balancer through, with
+// passive health, slow start and the hosts already tried.
+
+#include <doctest/doctest.h>
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "../test_util.hpp"
+#include "gw/balance/balancer.hpp"
+#include "gw/balance/snapshot.hpp"
+#include "gw/net/buffer_pool.hpp"
+#include "gw/net/reactor.hpp"
+#include "gw/proxy/tcp_relay.hpp"
+#include "gw/shm/runtime.hpp"
+#include "gw/shm/writer.hpp"
+#include "proxy/relay_common.hpp"
+
+using namespace gw;
+
+namespace {
+
+/// One upstream, one pool of three hosts of weight 10 with `method`, slow
+/// start over 1000 ms, in a temp segment; the clock is injected (now_ms).
+struct PickEnv {
+  testing::TempSegment ts;
+  shm::Table table{ts.seg.caps()};
+  balance::Snapshot snap;
+  balance::Balancer bal{ts.seg.caps().max_hosts, 7};
+  net::TimerWheel timers{0};
+  net::BufferPool buffers;
+  std::vector<proxy::ListenerRuntime> listeners = std::vector<proxy::ListenerRuntime>(1);
+  std::vector<uint32_t> live_tag;
+  proxy::RelayEnv env;
+
+  explicit PickEnv(shm::Method method) {
+    shm::Writer w(ts.seg);
+    w.set_persist(false);
+    w.commit([&](shm::Table& t, std::vector<std::string>& ev) {
+      shm::UpstreamRecord r{};
+      shm::set_name(r.name, "app");
+      r.connect_timeout_ms = 1000;
+      r.idle_timeout_ms = 1000;
+      r.max_fails = 1;
+      r.fail_timeout_ms = 10000;
+      r.tries = 3;
+      r.slow_start_ms = 1000;
+      int u = t.add_upstream(r);
+      int p = t.add_pool(u, "p", 0, method);
+      for (int i = 0; i < 3; ++i) {
+        core::SockAddr a;
+        std::string why;
+        REQUIRE(core::parse_address("127.0.0.1:" + std::to_string(8001 + i), a, why));
+        t.add_host(p, std::string(1, static_cast<char>('a' + i)), a, 10);
+      }
+      ev.push_back("init");
+    });
+    shm::TableReader reader(ts.seg);
+    reader.refresh(table);
+    snap.build(table);
+    bal.rebuild(snap);
+    listeners[0].upstream = snap.find_upstream("app");
+    live_tag.assign(ts.seg.caps().max_hosts, 0);
+    env.timers = &timers;
+    env.buffers = &buffers;
+    env.seg = &ts.seg;
+    env.snap = &snap;
+    env.balancer = &bal;
+    env.listeners = listeners;
+    env.live_tag = live_tag;
+    env.now_ms = 100000;
+  }
+  const shm::HostRecord& host(int i) const { return table.hosts()[static_cast<size_t>(i)]; }
+};
+
+}  // namespace
+
+TEST_SUITE("proxy") {
+  TEST_CASE("slow start: a ramping host gets its share under every method that asks twice") {
+    // Host c came back 500 ms ago with slow start over 1000 ms: it takes half
+    // its weight, in or out for a whole pick. Expected share of c: 1/2 x 1/3.
+    // A fresh draw each time the method asked (random sums the weights, then
+    // walks them) gave c under 9% with random.
+    // (round_robin is left out: its smooth weights make up a skipped turn later, so c
+    // gets about 20% there.)
+    for (shm::Method m : {shm::Method::random, shm::Method::least_conn}) {
+      CAPTURE(static_cast<int>(m));
+      PickEnv e(m);
+      const shm::HostRecord& c = e.host(2);
+      shm::mark_up(e.ts.seg.host(c.slot), c.tag, e.env.now_ms - 500);
+      REQUIRE(shm::slow_start_permille(e.ts.seg.host(c.slot), c.tag, c.weight, 1000, e.env.now_ms) == 500);
+      balance::Rng rng(42);
+      std::array<int, 3> got{};
+      const int ui = e.snap.find_upstream("app");
+      constexpr int kPicks = 30000;
+      for (int k = 0; k < kPicks; ++k) {
+        const int h = proxy::pick_host(e.env, ui, {}, {}, rng, true);
+        REQUIRE(h >= 0);
+        ++got[static_cast<size_t>(h)];
+      }
+      const double share_c = static_cast<double>(got[2]) / kPicks;
+      CHECK(share_c > 0.15);
+      CHECK(share_c < 0.185);
+      CHECK(got[0] > kPicks * 0.38);  // a and b split the rest
+      CHECK(got[1] > kPicks * 0.38);
+    }
+  }
+}
