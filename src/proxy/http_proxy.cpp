@@ -1148,10 +1148,10 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   }
   // The client address as nginx's $remote_addr writes it.
   if (rc.hash_key == config::HashKey::ip) key = ip, have_key = true;
-  // Keys longer than kMaxKey are hashed by their first kMaxKey bytes; an
-  // empty key is a missing key (round robin, counted).
-  c.key_len = static_cast<uint8_t>(have_key ? std::min<size_t>(key.size(), kMaxKey) : 0);
-  if (c.key_len) std::memcpy(c.key, key.data(), c.key_len);
+  // Kept as its CRC32 and length, which is all the hash methods need: a key
+  // of any length hashes as nginx hashes it, and the head may go before a
+  // retry picks again. An empty key is a missing key (round robin, counted).
+  c.key = have_key ? balance::HashKey::of(key) : balance::HashKey{};
 
   // The route's guard: auth, then limit_req (gw::api::Guard), before the rules.
   if (env_.guard && env_.guard->active(c.listener, static_cast<uint32_t>(ri) - l.first_route)) {
@@ -1167,7 +1167,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
 
   // Rules (first match wins), then the route's own upstream. A percentage
   // hashes the route's key when the request has one, else the client address.
-  const int rule = match_rule(route, c, h, c.key_len ? std::string_view(c.key, c.key_len) : ip);
+  const int rule = match_rule(route, c, h, c.key.empty() ? balance::HashKey::of(ip) : c.key);
   c.rule = static_cast<int16_t>(rule);
   if (rule >= 0 && c.lg.p) {
     // The rule's id, for the access log (the rule may change before the request ends).
@@ -1247,7 +1247,7 @@ int HttpProxy::match_route(const ListenerRt& l, std::string_view host, std::stri
 }
 
 int HttpProxy::match_rule(const RouteRt& r, const Conn& c, const http::Head& h,
-                          std::string_view client_key) const noexcept {
+                          balance::HashKey client_key) const noexcept {
   for (uint32_t k = 0; k < r.n_rules; ++k) {
     const RuleRt& rule = rules_[r.first_rule + k];
     if (rule.upstream < 0) continue;
@@ -1279,7 +1279,7 @@ int HttpProxy::match_rule(const RouteRt& r, const Conn& c, const http::Head& h,
     }
     if (rule.match & shm::kMatchPercent) {
       // A stable share: the same client key always falls on the same side.
-      const uint32_t bucket = balance::chash_crc32(client_key) % shm::kPercentScale;
+      const uint32_t bucket = client_key.crc % shm::kPercentScale;
       if (bucket >= rule.percent_bp) continue;
     }
     return static_cast<int>(r.first_rule + k);
@@ -1362,8 +1362,7 @@ void HttpProxy::connect_next(Conn& c) noexcept {
   auto hosts = snap.table().hosts();
   while (c.attempts < ur.tries) {
     if (c.attempts > 0 && uc && uc->retry.timeout_ms && env_.now_ms - c.first_try_ms >= uc->retry.timeout_ms) break;
-    const int h = pick_host(env_, ui, std::string_view(c.key, c.key_len),
-                            std::span<const uint32_t>(c.tried, c.attempts), rng_, c.attempts == 0);
+    const int h = pick_host(env_, ui, c.key, std::span<const uint32_t>(c.tried, c.attempts), rng_, c.attempts == 0);
     if (h < 0) break;
     const shm::HostRecord& r = hosts[static_cast<size_t>(h)];
     if (c.attempts > 0) bump(env_.seg->worker(env_.worker).http_retries);

@@ -21,7 +21,7 @@ namespace gw::proxy {
 static_assert(kFrameErrorCount <= shm::kFrameRejectKinds, "the shm worker row counts every frame reject reason");
 static_assert(kFrameErrorCount <= shm::kRejectNoHost, "frame reasons come first in ListenerStats::rejects");
 
-int pick_host(RelayEnv& env, int ui, std::string_view key, std::span<const uint32_t> tried, balance::Rng& rng,
+int pick_host(RelayEnv& env, int ui, balance::HashKey key, std::span<const uint32_t> tried, balance::Rng& rng,
               bool first) noexcept {
   const balance::Snapshot& snap = *env.snap;
   const balance::UpstreamView& uv = snap.upstreams()[static_cast<size_t>(ui)];

@@ -7,6 +7,7 @@
 #include <span>
 #include <string_view>
 
+#include "gw/balance/hash.hpp"
 #include "gw/proxy/framer.hpp"
 #include "gw/proxy/tcp_relay.hpp"
 
@@ -16,8 +17,12 @@ namespace gw::proxy {
 /// `tried`. Applies admin state, health and slow start (which lowers a host's
 /// share but never refuses the only usable host). Returns a host index into
 /// the snapshot's table, or -1. Counts a hash fallback when `first` is set.
-int pick_host(RelayEnv& env, int ui, std::string_view key, std::span<const uint32_t> tried, balance::Rng& rng,
+int pick_host(RelayEnv& env, int ui, balance::HashKey key, std::span<const uint32_t> tried, balance::Rng& rng,
               bool first) noexcept;
+inline int pick_host(RelayEnv& env, int ui, std::string_view key, std::span<const uint32_t> tried, balance::Rng& rng,
+                     bool first) noexcept {
+  return pick_host(env, ui, balance::HashKey::of(key), tried, rng, first);
+}
 
 /// Errors that say something about the backend or the path to it. Others
 /// (EMFILE, ENOBUFS, EADDRNOTAVAIL: out of ports, ...) are this machine's own

@@ -1119,6 +1119,9 @@ http {{
         gw = self.http_gw([pool("p", [host(f"n{i}", b, w) for i, (b, w) in enumerate(zip(bs, weights))],
                                 method="chash")], hash_key="arg:k")
         keys = [f"user-{i}" for i in range(280)] + [f"a%20b{i}" for i in range(10)] + [f"K{i}.x_y~" for i in range(10)]
+        # Keys past 128 bytes with a common first 128 (gw hashed only those, so all of
+        # them went to one host).
+        keys += ["p" * 128 + f"-{i}" for i in range(30)] + [f"{i}-" + "q" * (100 + 37 * i) for i in range(30)]
 
         def picks(port):
             out = {}

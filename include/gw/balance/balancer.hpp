@@ -60,6 +60,11 @@ class Balancer {
   template <typename Eligible, typename Load, typename Retry = bool (*)() noexcept>
   int pick(const Snapshot& s, const UpstreamView& u, std::string_view key, Eligible&& eligible, Load&& load,
            bool* fell_back = nullptr, Retry&& retry_pool = no_retry) noexcept {
+    return pick(s, u, HashKey::of(key), eligible, load, fell_back, retry_pool);
+  }
+  template <typename Eligible, typename Load, typename Retry = bool (*)() noexcept>
+  int pick(const Snapshot& s, const UpstreamView& u, HashKey key, Eligible&& eligible, Load&& load,
+           bool* fell_back = nullptr, Retry&& retry_pool = no_retry) noexcept {
     for (const PoolView& p : s.pools(u)) {
       int h = pick_pool(s, u, p, key, eligible, load, fell_back);
       if (h < 0 && retry_pool()) h = pick_pool(s, u, p, key, eligible, load, fell_back);
@@ -72,7 +77,7 @@ class Balancer {
   static bool no_retry() noexcept { return false; }
 
   template <typename Eligible, typename Load>
-  int pick_pool(const Snapshot& s, const UpstreamView& u, const PoolView& p, std::string_view key, Eligible& eligible,
+  int pick_pool(const Snapshot& s, const UpstreamView& u, const PoolView& p, HashKey key, Eligible& eligible,
                 Load& load, bool* fell_back) noexcept {
     auto hosts = s.table().hosts();
     auto cands = s.hosts(p);
@@ -142,7 +147,7 @@ class Balancer {
   /// Round-robin-only form (tests, and callers without keys or loads).
   template <typename Eligible>
   int pick(const Snapshot& s, const UpstreamView& u, Eligible&& eligible) noexcept {
-    return pick(s, u, std::string_view{}, eligible, [](uint32_t) { return uint64_t{0}; });
+    return pick(s, u, HashKey{}, eligible, [](uint32_t) { return uint64_t{0}; });
   }
 
   void on_failure(uint32_t slot, uint32_t tag, uint32_t weight, uint32_t max_fails) noexcept {

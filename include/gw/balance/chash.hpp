@@ -13,7 +13,9 @@
 // an inline slicing-by-8 CRC32, reads one prefix-index entry and compares 8
 // consecutive point hashes: no allocation, no lock, no division.
 
+#include <algorithm>
 #include <bit>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <span>
@@ -25,54 +27,6 @@
 #include "gw/shm/table.hpp"
 
 namespace gw::balance {
-
-namespace detail {
-// The reflected IEEE 802.3 tables (polynomial 0xedb88320, zlib's and nginx's
-// CRC32) for slicing-by-8: t[0] is the byte-at-a-time table, t[k][i] is the
-// CRC of byte i followed by k zero bytes.
-struct Crc32Tables {
-  uint32_t t[8][256];
-  constexpr Crc32Tables() : t() {
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
-      t[0][i] = c;
-    }
-    for (int k = 1; k < 8; ++k)
-      for (uint32_t i = 0; i < 256; ++i) t[k][i] = (t[k - 1][i] >> 8) ^ t[0][t[k - 1][i] & 0xff];
-  }
-};
-inline constexpr Crc32Tables kCrc32{};
-}  // namespace detail
-
-/// crc32 of `s` (zlib's crc32(0, s), nginx's ngx_crc32_long), for keys.
-/// Keys are short (addresses, ids, paths): inline slicing-by-8 hashes a
-/// 12-byte key in about a third of the time of a call to zlib, whose set-up
-/// dominates there; zlib's braided loop only wins past several hundred bytes.
-inline uint32_t chash_crc32(std::string_view s) noexcept {
-  if (std::endian::native != std::endian::little || s.size() >= 512) return crc32(s);
-  const auto& t = detail::kCrc32.t;
-  const char* p = s.data();
-  size_t n = s.size();
-  uint32_t c = 0xffffffffu;
-  for (; n >= 8; n -= 8, p += 8) {
-    uint64_t v;
-    std::memcpy(&v, p, 8);
-    v ^= c;
-    c = t[7][v & 0xff] ^ t[6][(v >> 8) & 0xff] ^ t[5][(v >> 16) & 0xff] ^ t[4][(v >> 24) & 0xff] ^
-        t[3][(v >> 32) & 0xff] ^ t[2][(v >> 40) & 0xff] ^ t[1][(v >> 48) & 0xff] ^ t[0][v >> 56];
-  }
-  if (n >= 4) {
-    uint32_t v;
-    std::memcpy(&v, p, 4);
-    v ^= c;
-    c = t[3][v & 0xff] ^ t[2][(v >> 8) & 0xff] ^ t[1][(v >> 16) & 0xff] ^ t[0][v >> 24];
-    n -= 4;
-    p += 4;
-  }
-  for (; n; --n, ++p) c = t[0][(c ^ static_cast<unsigned char>(*p)) & 0xff] ^ (c >> 8);
-  return ~c;
-}
 
 struct ChashPoint {
   uint32_t hash;
@@ -99,7 +53,11 @@ class ChashRing {
   /// after each unusable point, passes 20), then round robin: returns -1 so the
   /// caller does.
   template <typename Eligible>
-  int pick(std::string_view key, Eligible&& eligible, size_t max_tries = 21) const noexcept;
+  int pick(HashKey key, Eligible&& eligible, size_t max_tries = 21) const noexcept;
+  template <typename Eligible>
+  int pick(std::string_view key, Eligible&& eligible, size_t max_tries = 21) const noexcept {
+    return pick(HashKey::of(key), eligible, max_tries);
+  }
 
  private:
   /// find() compares kWindow point hashes at a time; points_ ends with
@@ -134,10 +92,10 @@ inline size_t ChashRing::find(uint32_t hash) const noexcept {
 }
 
 template <typename Eligible>
-int ChashRing::pick(std::string_view key, Eligible&& eligible, size_t max_tries) const noexcept {
+int ChashRing::pick(HashKey key, Eligible&& eligible, size_t max_tries) const noexcept {
   const size_t n = n_;
   if (n == 0) return -1;
-  size_t i = find(chash_crc32(key));
+  size_t i = find(key.crc);
   if (i == n) i = 0;
   for (size_t tries = 0; tries < max_tries; ++tries) {
     const uint32_t h = points_[i].host;

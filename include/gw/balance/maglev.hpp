@@ -32,8 +32,12 @@ class MaglevTable {
   /// (up to 32), else -1 and the caller falls back.
   template <typename Eligible>
   int pick(std::string_view key, Eligible&& eligible) const noexcept {
+    return pick(HashKey::of(key), eligible);
+  }
+  template <typename Eligible>
+  int pick(HashKey key, Eligible&& eligible) const noexcept {
     if (table_.empty()) return -1;
-    uint32_t e = crc32(key) % size();
+    uint32_t e = key.crc % size();
     for (int k = 0; k < 32; ++k, e = (e + 1) % size()) {
       uint32_t h = owner(e);
       if (eligible(h)) return static_cast<int>(h);

@@ -168,7 +168,6 @@ class HttpProxy {
     bool tunnel_c_eof = false, tunnel_u_eof = false;  // tunnel: FIN read from the client / the upstream
     bool tunnel_c_shut = false, tunnel_u_shut = false;  // tunnel: FIN passed on to the client / the upstream
     uint8_t attempts = 0;
-    uint8_t key_len = 0;
     uint8_t last_fail = 0;     // kFail* of the last failed attempt
     uint16_t last_status = 0;  // kFailStatus: the status the host answered
     http::Method method = http::Method::get;
@@ -192,7 +191,7 @@ class HttpProxy {
     http::BodyDecoder req_body;
     http::BodyDecoder resp_body;
     Buf in, rq, rs, out;
-    char key[kMaxKey + 1] = {};
+    balance::HashKey key;  // the request's hash key (empty: none), hashed whole
     // Access log (only with access_log on): the request's text fields, kept
     // in `lg` (a pool buffer held while the request is in flight).
     enum LogField : uint8_t { kMethod, kTarget, kVersion, kReferer, kAgent, kHost, kRule, kLogFields };
@@ -259,7 +258,7 @@ class HttpProxy {
 
   // routing
   int match_route(const ListenerRt& l, std::string_view host, std::string_view path) const noexcept;
-  int match_rule(const RouteRt& r, const Conn& c, const http::Head& h, std::string_view client_key) const noexcept;
+  int match_rule(const RouteRt& r, const Conn& c, const http::Head& h, balance::HashKey client_key) const noexcept;
   bool build_request_head(Conn& c, const http::Head& h, const RouteRt& r) noexcept;
 
   // upstream side

@@ -121,6 +121,46 @@ TEST_SUITE("balance") {
           "h" + std::to_string((balance::crc32("abc") + 1) % 3));
   }
 
+  TEST_CASE("hash rehashes from the key's CRC32 exactly as nginx does from its text, at any length") {
+    // nginx's ngx_http_upstream_get_hash_peer on the key's text: try n hashes
+    // decimal(n) followed by the key. gw keeps only the key's CRC32 and length
+    // (crc32_combine for the rehashes): the same picks, long keys included.
+    const std::vector<uint32_t> weights = {1, 2, 3, 1, 5};
+    Pool p(shm::Method::hash, weights);
+    auto model = [&](const std::string& k, uint32_t refused) {
+      uint64_t total = 0, acc = 0;
+      for (uint32_t w : weights) total += w;
+      for (unsigned n = 0; n <= 20; ++n) {
+        const std::string text = (n ? std::to_string(n) : "") + k;
+        acc += (balance::crc32(text) >> 16) & 0x7fff;
+        uint64_t w = acc % total;
+        for (uint32_t i = 0; i < weights.size(); ++i) {
+          if (w < weights[i]) {
+            if (!(refused >> i & 1)) return "h" + std::to_string(i);
+            break;
+          }
+          w -= weights[i];
+        }
+      }
+      return std::string("-");
+    };
+    for (size_t len : {1, 7, 64, 127, 128, 129, 300, 511, 512, 513, 4000}) {
+      for (int i = 0; i < 20; ++i) {
+        std::string k = std::to_string(i) + "/";
+        while (k.size() < len) k += static_cast<char>('a' + (k.size() * 7 + static_cast<size_t>(i)) % 26);
+        k.resize(len);
+        for (uint32_t refused : {0u, 1u, 0b10110u, 0b11011u}) {
+          CAPTURE(len);
+          CAPTURE(refused);
+          const std::string m = model(k, refused);
+          if (m == "-") continue;  // 21 refusals: round robin, not the hash
+          CHECK(p.pick(
+                    k, [&](uint32_t h) { return !(refused >> h & 1); }, Pool::none) == m);
+        }
+      }
+    }
+  }
+
   TEST_CASE("a hash method without a key falls back to round robin and says so") {
     Pool p(shm::Method::chash, {1, 1});
     bool fb = false;

@@ -95,7 +95,7 @@ TEST_SUITE("proxy") {
       const int ui = e.snap.find_upstream("app");
       constexpr int kPicks = 30000;
       for (int k = 0; k < kPicks; ++k) {
-        const int h = proxy::pick_host(e.env, ui, {}, {}, rng, true);
+        const int h = proxy::pick_host(e.env, ui, balance::HashKey{}, {}, rng, true);
         REQUIRE(h >= 0);
         ++got[static_cast<size_t>(h)];
       }
