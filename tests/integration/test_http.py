@@ -1111,6 +1111,28 @@ http {{
             stop()
         self.fail("nginx did not start")
 
+    def picks(self, port, keys, repeat=1):
+        """{key: backend} for GET /p?x=1&k=KEY on one keep-alive connection; with repeat > 1
+        each key is asked that many times in a row and the value is the list of answers."""
+        out = {}
+        conn = http.client.HTTPConnection(LO, port, timeout=T(10))
+        try:
+            for k in keys:
+                got = []
+                for _ in range(repeat):
+                    conn.request("GET", f"/p?x=1&k={k}")
+                    r = conn.getresponse()
+                    body = r.read()
+                    self.assertEqual(r.status, 200, f"port {port} key {k}: {body[:200]!r}")
+                    got.append(json.loads(body)["backend"])
+                    if r.will_close:
+                        conn.close()
+                        conn = http.client.HTTPConnection(LO, port, timeout=T(10))
+                out[k] = got[0] if repeat == 1 else got
+        finally:
+            conn.close()
+        return out
+
     def test_same_backend_as_nginx(self):
         weights = [1, 2, 3]
         bs = [self.hb(f"n{i}") for i in range(3)]
@@ -1123,27 +1145,34 @@ http {{
         # them went to one host).
         keys += ["p" * 128 + f"-{i}" for i in range(30)] + [f"{i}-" + "q" * (100 + 37 * i) for i in range(30)]
 
-        def picks(port):
-            out = {}
-            conn = http.client.HTTPConnection(LO, port, timeout=T(10))
-            try:
-                for k in keys:
-                    conn.request("GET", f"/p?x=1&k={k}")
-                    r = conn.getresponse()
-                    body = r.read()
-                    self.assertEqual(r.status, 200, f"port {port} key {k}: {body[:200]!r}")
-                    out[k] = json.loads(body)["backend"]
-                    if r.will_close:
-                        conn.close()
-                        conn = http.client.HTTPConnection(LO, port, timeout=T(10))
-            finally:
-                conn.close()
-            return out
-        ngx = picks(nport)
-        gwp = picks(gw.port)
+        ngx = self.picks(nport, keys)
+        gwp = self.picks(gw.port, keys)
         self.assertEqual(len(set(ngx.values())), 3, "nginx did not use every backend")
         diff = [(k, ngx[k], gwp[k]) for k in keys if ngx[k] != gwp[k]]
         self.assertFalse(diff, f"{len(diff)} of {len(keys)} keys differ (key, nginx, gw): {diff[:10]}")
+
+    def test_same_backend_as_nginx_most_hosts_down(self):
+        """20 hosts, 18 of them down (nginx `down`, gwctl down host): a key whose point is a
+        down host's walks on over the following points, 21 in all, then falls back to round
+        robin, in both. Keys that nginx hashes (the same host twice in a row; round robin
+        alternates between the two live hosts) must go to that host in gw too."""
+        live = [self.hb(f"n{i}") for i in range(2)]
+        addrs = [b.address for b in live] + [f"{LO}:{free_port()}" for _ in range(18)]
+        servers = "\n".join(f"        server {a}{'' if i < 2 else ' down'};" for i, a in enumerate(addrs))
+        nport = self.start_nginx(servers)
+        gw = self.http_gw([pool("p", [host(f"h{i}", a) for i, a in enumerate(addrs)], method="chash")],
+                          hash_key="arg:k")
+        for i in range(2, 20):
+            rc, _, err = gw.gwctl("down", "host", "app/p", f"h{i}")
+            self.assertEqual(rc, 0, err)
+        keys = [f"key{i}" for i in range(400)]
+        ngx = self.picks(nport, keys, repeat=2)
+        gwp = self.picks(gw.port, keys, repeat=2)
+        hashed = [k for k in keys if ngx[k][0] == ngx[k][1]]
+        self.assertGreater(len(hashed), 200, "nginx hashed few keys: the test shows little")
+        self.assertLess(len(hashed), len(keys), "nginx fell back on no key: the 21-point limit is not exercised")
+        diff = [(k, ngx[k], gwp[k]) for k in hashed if gwp[k] != ngx[k]]
+        self.assertFalse(diff, f"{len(diff)} of {len(hashed)} hashed keys differ (key, nginx, gw): {diff[:10]}")
 
 
 # ----------------------------------------------------------------------------
