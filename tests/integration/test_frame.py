@@ -17,7 +17,8 @@ connection; JSON pointer keys; a dead owner's frames replayed to the next
 host; hash_key "ip"; a custom header layout; big frames and half-close in
 mode "frame"; many concurrent devices; the per-device link limit (eviction of
 a quiet link, closing the device when none is quiet); host replies delimited
-by their length field only; rate-limited reject logging; the per-frame read
+by their length field only; a host stalled inside a frame to the device cut
+off after frame_timeout_ms without progress; rate-limited reject logging; the per-frame read
 deadline and the whole-frame buffer cap; maglev, round_robin and least_conn
 on frame listeners; gwload against gw.
 """
@@ -283,6 +284,47 @@ class PushBackend:
                     f = read_frame(c)
                     self.frames += 1
                     c.sendall(b"".join(self.answer(f)))
+        except (OSError, EOFError, ValueError):
+            pass
+
+    def stop(self):
+        self._stop = True
+        self.sock.close()
+        self.thread.join(T(2))
+
+
+class ScriptBackend:
+    """A Python device backend that calls `behaviour(conn, frame)` for each
+    whole frame it receives, in the connection's own thread (so it may sleep
+    between sends, or stop sending)."""
+
+    def __init__(self, name, behaviour):
+        self.name = name
+        self.behaviour = behaviour
+        self._stop = False
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((gwtest.LOOPBACK, 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.address = f"{gwtest.LOOPBACK}:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        c.settimeout(T(30))
+        try:
+            with c:
+                while True:
+                    self.behaviour(c, read_frame(c))
         except (OSError, EOFError, ValueError):
             pass
 
@@ -817,6 +859,68 @@ class FrameTest(GwTestCase):
                 return all(h["active"] == 0 for u in st["upstreams"] for p in u["pools"] for h in p["hosts"])
             gwtest.wait_until(link_gone, T(5), interval=0.05, msg="the host's link closed")
             self.assertEqual(worker_sum(gw.status(), "connections"), 1, "the device was closed")
+        self.assert_idle(gw)
+
+    def test_frame_mode_host_stalled_mid_frame_is_cut_off_after_frame_timeout(self):
+        """Mode "frame", frame_timeout_ms 1000, hosts "slow" (a Python host)
+        and "b": a host that answers slowly but steadily (a 60-byte frame in
+        six parts 0.2 s apart, 1.2 s in all) keeps the device's write side; a
+        host that stops inside its frame (16 of 106 bytes, then nothing) is
+        cut off after ~1 s without progress, like a host that closes
+        mid-frame: its link and the device connection are closed (the device
+        has part of a frame that cannot be finished). Host b's answers used
+        to wait behind it for good while the device's own heartbeats kept the
+        idle timeout away."""
+        def slow(c, f):
+            ftype, ver, t, body = f
+            if b"stall" in body:
+                c.sendall(HDR.pack(9, 1, t, 100) + b"x" * 10)   # a frame started, never finished
+                return
+            whole = HDR.pack(9, 1, t, 54) + b"y" * 54
+            for i in range(0, len(whole), 10):
+                c.sendall(whole[i:i + 10])
+                time.sleep(0.2)
+        sb = ScriptBackend("slow", slow)
+        self._backends.append(sb)
+        b = self.device_backend("b")
+        mux = frame_listener("mux", frame_opts={"mode": "frame", "frame_timeout_ms": 1000})
+        gw, hosts = self.frame_gateway([sb, b], [mux], workers=1)
+        pick = hashpick(hosts, [f"dev-{i}" for i in range(200)])
+        ks = [k for k, h in pick.items() if h == "slow"][:2]
+        kb = next(k for k, h in pick.items() if h == "b")
+
+        with gwtest.connect(port_of(mux), timeout=T(10)) as s:
+            self.assertEqual(heartbeat(s, kb, 1), "b")
+            # slow but steady: 1.2 s for one frame, never 1 s without a byte
+            s.sendall(frame({"devid": ks[0], "drip": 1}, DATA, 1, 2))
+            self.assertEqual(read_frame(s), (9, 1, 2, b"y" * 54), "a slow host frame arrives whole")
+            self.assertEqual(heartbeat(s, kb, 3), "b")
+            # stalled: 16 bytes of a 106-byte frame, then nothing
+            s.sendall(frame({"devid": ks[1], "stall": 1}, DATA, 1, 4))
+            self.assertEqual(gwtest.recv_exact(s, 16), HDR.pack(9, 1, 4, 100) + b"x" * 10)
+            t0 = time.monotonic()
+            closed = None
+            answered = 0
+            for i in range(int(T(4) / 0.1)):   # heartbeats to b meanwhile, as a device would
+                try:
+                    s.sendall(hb(kb, 100 + i))
+                except OSError:
+                    closed = time.monotonic() - t0
+                    break
+                data, dt = bytes_until_eof(s, 0.1)
+                answered += len(data)
+                if dt is not None:
+                    closed = time.monotonic() - t0
+                    break
+            self.assertIsNotNone(closed, "a host stalled mid-frame must be cut off after frame_timeout_ms "
+                                         "(it held b's answers to the device)")
+            self.assertEqual(answered, 0, "nothing may follow a frame that was cut (b's answers wait behind it)")
+            self.assertTrue(0.8 <= closed <= T(3), f"closed {closed:.2f}s after the host stalled (want ~1)")
+        self.assertIn("inside a frame to a device", gw.log_text())
+        # a new device connection works as before
+        with gwtest.connect(port_of(mux), timeout=T(10)) as s:
+            self.assertEqual(heartbeat(s, kb, 1), "b")
+        self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
         self.assert_idle(gw)
 
     def test_reject_logging_is_rate_limited_per_worker(self):

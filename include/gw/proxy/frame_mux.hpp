@@ -12,7 +12,11 @@
 // rules, allowed_types / allowed_versions / max_body, are not applied to
 // them) and streamed: a link takes the device's write side at a frame
 // boundary and keeps it until its frame is out, so frames from several hosts
-// are never interleaved mid-frame.
+// are never interleaved mid-frame. A link that holds the write side and
+// sends nothing for frame_timeout_ms while the device waits for the rest of
+// its frame is closed, and so is the device (it has part of a frame that
+// cannot be finished); otherwise one stalled host would hold every other
+// host's frames to that device for good.
 // Links: at most frame.max_links per device. A new host takes the place of the
 // least recently used link quiet for link_idle_ms (nothing either way), or
 // else the device connection is closed. gw cannot know whether a host still
@@ -105,6 +109,10 @@ class FrameMux {
     uint8_t next_owner = 0;  // round robin over links for fairness
     uint32_t front_len = 0, front_sent = 0;
     uint64_t owner_left = 0;  // a host's frame may be as long as its length field says
+    // The owner's last progress (a byte of its frame read from the host or
+    // written to the device): with nothing of it buffered, the owner must
+    // send more within frame_timeout_ms of this.
+    uint64_t owner_progress_ms = 0;
     uint32_t front_tried[kMaxTries] = {};
     Link inline_links[kInlineLinks];
     Link* more = nullptr;  // links kInlineLinks.. (a block from link_blocks_), while any is open
@@ -131,6 +139,9 @@ class FrameMux {
   void schedule(Device& d) noexcept;
   bool pump_device_in(Device& d) noexcept;   // device → links; false = device closed
   bool pump_device_out(Device& d) noexcept;  // links → device; false = device closed
+  // The owner's deadline while the device waits for the rest of its frame
+  // (nothing of it buffered, nothing known to be readable); 0 = none.
+  uint64_t owner_deadline(Device& d) noexcept;
   bool route_front(Device& d, std::string_view key) noexcept;
   int open_link(Device& d, const shm::HostRecord& r, int ui) noexcept;
   int free_link_slot(Device& d) noexcept;
