@@ -60,6 +60,7 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   d.listener = static_cast<uint16_t>(listener);
   d.buf = nullptr;
   d.big = false;
+  d.again = false;
   d.head = d.tail = 0;
   d.front_link = -1;
   d.front_attempts = 0;
@@ -153,6 +154,7 @@ void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
 void FrameMux::on_timer(net::TimerNode& n) noexcept {
   Device& d = static_cast<Device&>(n);
   if (!d.used) return;
+  clear_again(d);  // drive() below sets it again if it stops at a cap
   const uint64_t now = env_.now_ms;
   const int ui = env_.listeners[d.listener].upstream;
   const uint32_t connect_ms = ui >= 0 ? env_.snap->upstreams()[static_cast<size_t>(ui)].connect_timeout_ms : 1000;
@@ -211,10 +213,12 @@ void FrameMux::schedule(Device& d) noexcept {
       if (k.fd >= 0 && k.connecting) deadline = std::min<uint64_t>(deadline, k.connect_start_ms + connect_ms);
     }
   }
+  if (d.again) deadline = env_.now_ms;  // the rest of a capped drive(), next loop iteration
   env_.timers->schedule(d, deadline);
 }
 
 void FrameMux::drive(Device& d) noexcept {
+  clear_again(d);  // set again below if a pump stops at its cap
   if (!pump_device_in(d)) return;
   if (!pump_device_out(d)) return;
   // The device said it is done and every frame it sent is out: pass the
@@ -234,12 +238,23 @@ void FrameMux::drive(Device& d) noexcept {
     }
   }
   trim_links(d);
+  // A pump stopped at its cap with bytes left: with edge-triggered epoll no
+  // event comes again for them, so the timer brings the device back (busy()
+  // keeps the loop from sleeping until then).
+  if (d.again) schedule(d);
 }
 
 bool FrameMux::pump_device_in(Device& d) noexcept {
   const ListenerRuntime& l = env_.listeners[d.listener];
   Framer& framer = *l.framer;
+  uint32_t frames = 0, bytes = 0;  // this call's, against kInFrames / kInBytes
   for (;;) {
+    if (frames >= kInFrames || bytes >= kInBytes) {
+      // One device must not hold the worker (a backlog of small frames is
+      // read and routed far faster than it drains): the rest next iteration.
+      set_again(d);
+      return true;
+    }
     if (d.tail > d.head) {
       const bool routed = d.front_link >= 0;
       FrameDecision fd = framer.inspect(reinterpret_cast<const uint8_t*>(d.buf + d.head), d.tail - d.head, !routed);
@@ -277,6 +292,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
             d.front_attempts = 0;
             d.front_len = d.front_sent = 0;
             bump(env_.seg->worker(env_.worker).frames_routed);
+            ++frames;
           }
           continue;
         }
@@ -332,6 +348,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
     ssize_t n = ::recv(d.fd, d.buf + d.tail, cap - d.tail, MSG_DONTWAIT);
     if (n > 0) {
       d.tail += static_cast<uint32_t>(n);
+      bytes += static_cast<uint32_t>(n);
       d.last_activity_ms = env_.now_ms;
       continue;
     }
@@ -625,9 +642,8 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
     if (!moved) return true;
   }
   // The round cap (one device must not hold the loop) was reached with bytes
-  // still moving: with edge-triggered epoll no event comes again for what
-  // hosts have already queued, so the timer brings the device back next tick.
-  env_.timers->schedule(d, env_.now_ms);
+  // still moving: drive() has the timer bring it back (see pump_device_in).
+  set_again(d);
   return true;
 }
 
@@ -654,6 +670,7 @@ void FrameMux::reject(Device& d, FrameError e) noexcept {
 void FrameMux::close_device(Device& d) noexcept {
   if (!d.used) return;
   d.used = false;  // first: close_link() below must not recurse into here
+  clear_again(d);
   if (DeviceLog* g = log_of(d)) {
     // One line per device connection: no single host (each frame had its own).
     log_stream(env_, d.listener, g->peer, nullptr, g->bytes_up, g->bytes_down, g->start_ms,

@@ -18,7 +18,8 @@ host; hash_key "ip"; a custom header layout; big frames and half-close in
 mode "frame"; many concurrent devices; the per-device link limit (eviction of
 a quiet link, closing the device when none is quiet); host replies delimited
 by their length field only; a host stalled inside a frame to the device cut
-off after frame_timeout_ms without progress; rate-limited reject logging; the per-frame read
+off after frame_timeout_ms without progress; a device streaming a backlog
+does not starve another device of the same worker; rate-limited reject logging; the per-frame read
 deadline and the whole-frame buffer cap; maglev, round_robin and least_conn
 on frame listeners; gwload against gw.
 """
@@ -326,6 +327,48 @@ class ScriptBackend:
                 while True:
                     self.behaviour(c, read_frame(c))
         except (OSError, EOFError, ValueError):
+            pass
+
+    def stop(self):
+        self._stop = True
+        self.sock.close()
+        self.thread.join(T(2))
+
+
+class SinkBackend:
+    """A host that reads whatever it is sent as fast as it can (no framing, no
+    answer) and counts the bytes."""
+
+    def __init__(self, name):
+        self.name = name
+        self.received = 0
+        self._stop = False
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((gwtest.LOOPBACK, 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.address = f"{gwtest.LOOPBACK}:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            with c:
+                while True:
+                    n = len(c.recv(1 << 20))
+                    if n == 0:
+                        return
+                    self.received += n
+        except OSError:
             pass
 
     def stop(self):
@@ -920,6 +963,63 @@ class FrameTest(GwTestCase):
         # a new device connection works as before
         with gwtest.connect(port_of(mux), timeout=T(10)) as s:
             self.assertEqual(heartbeat(s, kb, 1), "b")
+        self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
+        self.assert_idle(gw)
+
+    def test_frame_mode_a_streaming_device_does_not_starve_the_others(self):
+        """Mode "frame", one worker: device A streams small frames (87 bytes)
+        as fast as it can for 2.5 s to a host that reads them at once; device
+        B meanwhile does heartbeat round trips to another host. Each of B's
+        round trips is answered within 1 s (they take milliseconds): one
+        device's backlog is taken in bounded slices. Reading a device used to
+        go on until its socket was empty, so B waited as long as A kept it
+        full. Every byte A sent reaches the sink, in whole frames. A tcp
+        listener is there too, so that under io_uring the worker runs the
+        ring with the per-frame devices on its nested epoll loop."""
+        sink = SinkBackend("sink")
+        self._backends.append(sink)
+        b = self.device_backend("b")
+        mux = frame_listener("mux", frame_opts={"mode": "frame"})
+        gw, hosts = self.frame_gateway([sink, b], [mux, gwtest.tcp_listener("l4", "app")], workers=1)
+        pick = hashpick(hosts, [f"dev-{i}" for i in range(100)])
+        ka = next(k for k, h in pick.items() if h == "sink")
+        kb = next(k for k, h in pick.items() if h == "b")
+        with gwtest.connect(port_of(mux), timeout=T(10)) as bs, gwtest.connect(port_of(mux), timeout=T(30)) as a:
+            self.assertEqual(heartbeat(bs, kb, 1), "b")
+            first = hb(ka, 1)
+            a.sendall(first)          # A's link to the sink is open before the stream starts
+            gwtest.wait_until(lambda: sink.received == len(first), T(5), msg="A's first frame at the sink")
+            one = frame({"devid": ka, "p": "x" * 60}, DATA, 1, 7)
+            chunk = one * ((1 << 20) // len(one))
+            sent = [len(first)]
+
+            def stream():
+                end = time.monotonic() + T(2.5)
+                while time.monotonic() < end:
+                    a.sendall(chunk)
+                    sent[0] += len(chunk)
+            writer = threading.Thread(target=stream)
+            writer.start()
+            time.sleep(0.05)
+            rtts = []
+            try:
+                i = 0
+                while writer.is_alive():
+                    t0 = time.monotonic()
+                    bs.sendall(hb(kb, 100 + i % 1000))
+                    self.assertEqual(read_heartbeat_reply(bs, 100 + i % 1000)[0], kb)
+                    rtts.append(time.monotonic() - t0)
+                    i += 1
+                    time.sleep(0.02)
+            finally:
+                writer.join()
+            self.assertGreater(sent[0], 20 * len(chunk), "A's stream was not much of a stream")
+            self.assertLessEqual(max(rtts), T(1), f"B's slowest round trip while A streamed {sent[0] >> 20} MiB: "
+                                                  f"{max(rtts):.2f}s ({len(rtts)} round trips)")
+            self.assertGreaterEqual(len(rtts), 3, "B's round trips while A streamed")
+            gwtest.wait_until(lambda: sink.received == sent[0], T(10), interval=0.05,
+                              msg=f"every byte A sent at the sink ({sent[0]})")
+            self.assertEqual(heartbeat(bs, kb, 2), "b")
         self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
         self.assert_idle(gw)
 
