@@ -236,6 +236,9 @@ class Worker {
   }
 
   int next_timeout() const {
+    // A per-frame device stopped at a cap with bytes left: its timer is due
+    // now (it would otherwise wait for the next 10 ms tick).
+    if (mux_.busy()) return 0;
     int timeout = timers_.timeout_ms(env_.now_ms);
     int until_hk = static_cast<int>(next_housekeeping_ > env_.now_ms ? next_housekeeping_ - env_.now_ms : 0);
     if (timeout < 0 || timeout > until_hk) timeout = until_hk;

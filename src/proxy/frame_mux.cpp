@@ -60,6 +60,7 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   d.listener = static_cast<uint16_t>(listener);
   d.buf = nullptr;
   d.big = false;
+  d.again = false;
   d.head = d.tail = 0;
   d.front_link = -1;
   d.front_attempts = 0;
@@ -67,6 +68,7 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   d.owner = -1;
   d.next_owner = 0;
   d.owner_left = 0;
+  d.owner_progress_ms = 0;
   d.links_shut = false;
   d.frame_deadline_ms = 0;
   d.last_activity_ms = env_.now_ms;
@@ -152,6 +154,7 @@ void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
 void FrameMux::on_timer(net::TimerNode& n) noexcept {
   Device& d = static_cast<Device&>(n);
   if (!d.used) return;
+  clear_again(d);  // drive() below sets it again if it stops at a cap
   const uint64_t now = env_.now_ms;
   const int ui = env_.listeners[d.listener].upstream;
   const uint32_t connect_ms = ui >= 0 ? env_.snap->upstreams()[static_cast<size_t>(ui)].connect_timeout_ms : 1000;
@@ -172,6 +175,22 @@ void FrameMux::on_timer(net::TimerNode& n) noexcept {
     reject(d, FrameError::frame_timeout);
     return;
   }
+  if (const uint64_t od = owner_deadline(d); od != 0 && now >= od) {
+    // The host that holds the device's write side stopped inside its frame:
+    // as if it had closed there (the device cannot be given the rest), and
+    // the other hosts' frames no longer wait behind it.
+    const Link& k = *link_at(d, d.owner);
+    if (now - last_link_log_ms_ >= 1000) {
+      last_link_log_ms_ = now;
+      GW_LOG_WARN(
+          "host slot {} sent nothing for {} ms (frame_timeout_ms) inside a frame to a device ({} bytes of it "
+          "left); closing its connection and the device's",
+          k.slot, env_.listeners[d.listener].frame_timeout_ms, d.owner_left);
+    }
+    note_end(d, "host_frame_timeout");
+    close_link(d, d.owner);  // owner_left > 0: closes the device
+    return;
+  }
   if (!d.first && now >= d.last_activity_ms + d.idle_ms) {
     GW_LOG_DEBUG("device {}: idle for {} ms; closing", index_of(d), d.idle_ms);
     note_end(d, "idle_timeout");
@@ -185,6 +204,7 @@ void FrameMux::on_timer(net::TimerNode& n) noexcept {
 void FrameMux::schedule(Device& d) noexcept {
   uint64_t deadline = d.first ? d.first_deadline_ms : d.last_activity_ms + d.idle_ms;
   if (!d.first && d.frame_deadline_ms != 0) deadline = std::min(deadline, d.frame_deadline_ms);
+  if (const uint64_t od = owner_deadline(d); od != 0) deadline = std::min(deadline, od);
   const int ui = env_.listeners[d.listener].upstream;
   if (ui >= 0) {
     const uint32_t connect_ms = env_.snap->upstreams()[static_cast<size_t>(ui)].connect_timeout_ms;
@@ -193,10 +213,12 @@ void FrameMux::schedule(Device& d) noexcept {
       if (k.fd >= 0 && k.connecting) deadline = std::min<uint64_t>(deadline, k.connect_start_ms + connect_ms);
     }
   }
+  if (d.again) deadline = env_.now_ms;  // the rest of a capped drive(), next loop iteration
   env_.timers->schedule(d, deadline);
 }
 
 void FrameMux::drive(Device& d) noexcept {
+  clear_again(d);  // set again below if a pump stops at its cap
   if (!pump_device_in(d)) return;
   if (!pump_device_out(d)) return;
   // The device said it is done and every frame it sent is out: pass the
@@ -216,12 +238,23 @@ void FrameMux::drive(Device& d) noexcept {
     }
   }
   trim_links(d);
+  // A pump stopped at its cap with bytes left: with edge-triggered epoll no
+  // event comes again for them, so the timer brings the device back (busy()
+  // keeps the loop from sleeping until then).
+  if (d.again) schedule(d);
 }
 
 bool FrameMux::pump_device_in(Device& d) noexcept {
   const ListenerRuntime& l = env_.listeners[d.listener];
   Framer& framer = *l.framer;
+  uint32_t frames = 0, bytes = 0;  // this call's, against kInFrames / kInBytes
   for (;;) {
+    if (frames >= kInFrames || bytes >= kInBytes) {
+      // One device must not hold the worker (a backlog of small frames is
+      // read and routed far faster than it drains): the rest next iteration.
+      set_again(d);
+      return true;
+    }
     if (d.tail > d.head) {
       const bool routed = d.front_link >= 0;
       FrameDecision fd = framer.inspect(reinterpret_cast<const uint8_t*>(d.buf + d.head), d.tail - d.head, !routed);
@@ -259,6 +292,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
             d.front_attempts = 0;
             d.front_len = d.front_sent = 0;
             bump(env_.seg->worker(env_.worker).frames_routed);
+            ++frames;
           }
           continue;
         }
@@ -314,6 +348,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
     ssize_t n = ::recv(d.fd, d.buf + d.tail, cap - d.tail, MSG_DONTWAIT);
     if (n > 0) {
       d.tail += static_cast<uint32_t>(n);
+      bytes += static_cast<uint32_t>(n);
       d.last_activity_ms = env_.now_ms;
       continue;
     }
@@ -508,6 +543,7 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
         if (n > 0) {
           k.tail += static_cast<uint32_t>(n);
           k.last_used_ms = d.last_activity_ms = env_.now_ms;
+          if (li == d.owner) d.owner_progress_ms = env_.now_ms;
           moved = true;
         } else if (n == 0) {
           k.eof = true;
@@ -569,6 +605,7 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
         }
         d.owner = static_cast<int8_t>(pick);
         d.owner_left = len;
+        d.owner_progress_ms = env_.now_ms;
         d.next_owner = static_cast<uint8_t>((pick + 1) % n_links);
       }
       Link& k = *link_at(d, d.owner);
@@ -576,8 +613,12 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
         if (k.eof) {
           close_link(d, d.owner);  // cut off mid-frame: closes the device
           if (!d.used) return false;
+          break;
         }
-        break;  // the rest of the frame has not come yet
+        // The rest of the frame has not come yet: the host owes it within
+        // frame_timeout_ms (without progress), or it loses the write side.
+        if (const uint64_t od = owner_deadline(d); od != 0 && (!d.linked() || d.deadline_ms > od)) schedule(d);
+        break;
       }
       const size_t chunk = static_cast<size_t>(std::min<uint64_t>(d.owner_left, k.tail - k.head));
       ssize_t n = ::send(d.fd, k.buf + k.head, chunk, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -585,7 +626,7 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
         k.head += static_cast<uint32_t>(n);
         d.owner_left -= static_cast<uint64_t>(n);
         if (DeviceLog* g = log_of(d)) g->bytes_down += static_cast<uint64_t>(n);
-        d.last_activity_ms = k.last_used_ms = env_.now_ms;
+        d.last_activity_ms = k.last_used_ms = d.owner_progress_ms = env_.now_ms;
         moved = true;
         if (d.owner_left == 0) d.owner = -1;
         continue;
@@ -601,10 +642,17 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
     if (!moved) return true;
   }
   // The round cap (one device must not hold the loop) was reached with bytes
-  // still moving: with edge-triggered epoll no event comes again for what
-  // hosts have already queued, so the timer brings the device back next tick.
-  env_.timers->schedule(d, env_.now_ms);
+  // still moving: drive() has the timer bring it back (see pump_device_in).
+  set_again(d);
   return true;
+}
+
+uint64_t FrameMux::owner_deadline(Device& d) noexcept {
+  if (d.owner < 0 || d.owner_left == 0) return 0;
+  const Link& k = *link_at(d, d.owner);
+  // Bytes of it buffered, or readable: gw (or the device) is the one behind.
+  if (k.fd < 0 || k.tail > k.head || (k.in && !k.eof)) return 0;
+  return d.owner_progress_ms + env_.listeners[d.listener].frame_timeout_ms;
 }
 
 void FrameMux::release_device_buf(Device& d) noexcept {
@@ -622,6 +670,7 @@ void FrameMux::reject(Device& d, FrameError e) noexcept {
 void FrameMux::close_device(Device& d) noexcept {
   if (!d.used) return;
   d.used = false;  // first: close_link() below must not recurse into here
+  clear_again(d);
   if (DeviceLog* g = log_of(d)) {
     // One line per device connection: no single host (each frame had its own).
     log_stream(env_, d.listener, g->peer, nullptr, g->bytes_up, g->bytes_down, g->start_ms,

@@ -154,15 +154,20 @@ void UringRelay::sniff(Session& s, uint16_t bid, uint32_t len) noexcept {
         s.key_len = static_cast<uint8_t>(dec.key.size());
       }
       // Everything read so far is replayed to the host: the sniff buffer,
-      // then what did not fit of this chunk.
+      // then what did not fit of this chunk (moved to the pool: no ring
+      // buffer is held while the connect is pending, however long it takes).
       if (used < len) {
         enqueue(d, bid, len);
         d.off = used;
+        spill_fifo(d);
       } else {
         bufs_.recycle(bid);
       }
       env_.timers->cancel(s);
       s.state = State::connecting;
+      // The client is not read while connecting (see maybe_arm()): the
+      // receive armed for sniffing stops here, and on_connect() re-arms it.
+      if (d.recv == kArmed) cancel_recv(s, true);
       connect_next(s);
       return;
     }
@@ -333,10 +338,11 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
       if (s.state == State::relay) s.deadline_ms = env_.now_ms + s.idle_ms;  // lazy: re-filed when due
       d.burst = static_cast<uint32_t>(res) == bufs_.size();
       enqueue(d, bid, static_cast<uint32_t>(res));
-      // Behind a spill, or a blocked destination (a sniffed first frame
-      // waiting in `extra`): copied out at once, so that the ring buffer
-      // goes back to the kernel.
-      if (d.spill || d.poll_out) spill_fifo(d);
+      // Behind a spill, a blocked destination (a sniffed first frame
+      // waiting in `extra`), or a pending connect (bytes the cancelled
+      // sniffing receive had already brought in): copied out at once, so
+      // that the ring buffer goes back to the kernel.
+      if (d.spill || d.poll_out || s.state == State::connecting) spill_fifo(d);
       pause_if_full(s, client);
       pump(s, client);
       if (s.state == State::closing) return;
@@ -429,7 +435,11 @@ void UringRelay::blocked(Session& s, bool c2u) noexcept {
 void UringRelay::pause_if_full(Session& s, bool client) noexcept {
   Dir& d = client ? s.c2u : s.u2c;
   if (d.queued + d.spilled < kHighWater || d.recv != kArmed) return;
-  // Back-pressure: the other side has not taken what came before.
+  cancel_recv(s, client);  // back-pressure: the other side has not taken what came before
+}
+
+void UringRelay::cancel_recv(Session& s, bool client) noexcept {
+  Dir& d = client ? s.c2u : s.u2c;
   io_uring_sqe* sqe = ring_.sqe();
   io_uring_prep_cancel64(sqe, tag(s, client ? kRecvClient : kRecvUpstream), 0);
   io_uring_sqe_set_data64(sqe, net::pack_tag(uring_op::kIgnore, 0, 0));

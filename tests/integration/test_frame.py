@@ -17,7 +17,9 @@ connection; JSON pointer keys; a dead owner's frames replayed to the next
 host; hash_key "ip"; a custom header layout; big frames and half-close in
 mode "frame"; many concurrent devices; the per-device link limit (eviction of
 a quiet link, closing the device when none is quiet); host replies delimited
-by their length field only; rate-limited reject logging; the per-frame read
+by their length field only; a host stalled inside a frame to the device cut
+off after frame_timeout_ms without progress; a device streaming a backlog
+does not starve another device of the same worker; rate-limited reject logging; the per-frame read
 deadline and the whole-frame buffer cap; maglev, round_robin and least_conn
 on frame listeners; gwload against gw.
 """
@@ -284,6 +286,89 @@ class PushBackend:
                     self.frames += 1
                     c.sendall(b"".join(self.answer(f)))
         except (OSError, EOFError, ValueError):
+            pass
+
+    def stop(self):
+        self._stop = True
+        self.sock.close()
+        self.thread.join(T(2))
+
+
+class ScriptBackend:
+    """A Python device backend that calls `behaviour(conn, frame)` for each
+    whole frame it receives, in the connection's own thread (so it may sleep
+    between sends, or stop sending)."""
+
+    def __init__(self, name, behaviour):
+        self.name = name
+        self.behaviour = behaviour
+        self._stop = False
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((gwtest.LOOPBACK, 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.address = f"{gwtest.LOOPBACK}:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        c.settimeout(T(30))
+        try:
+            with c:
+                while True:
+                    self.behaviour(c, read_frame(c))
+        except (OSError, EOFError, ValueError):
+            pass
+
+    def stop(self):
+        self._stop = True
+        self.sock.close()
+        self.thread.join(T(2))
+
+
+class SinkBackend:
+    """A host that reads whatever it is sent as fast as it can (no framing, no
+    answer) and counts the bytes."""
+
+    def __init__(self, name):
+        self.name = name
+        self.received = 0
+        self._stop = False
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((gwtest.LOOPBACK, 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.address = f"{gwtest.LOOPBACK}:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            with c:
+                while True:
+                    n = len(c.recv(1 << 20))
+                    if n == 0:
+                        return
+                    self.received += n
+        except OSError:
             pass
 
     def stop(self):
@@ -817,6 +902,125 @@ class FrameTest(GwTestCase):
                 return all(h["active"] == 0 for u in st["upstreams"] for p in u["pools"] for h in p["hosts"])
             gwtest.wait_until(link_gone, T(5), interval=0.05, msg="the host's link closed")
             self.assertEqual(worker_sum(gw.status(), "connections"), 1, "the device was closed")
+        self.assert_idle(gw)
+
+    def test_frame_mode_host_stalled_mid_frame_is_cut_off_after_frame_timeout(self):
+        """Mode "frame", frame_timeout_ms 1000, hosts "slow" (a Python host)
+        and "b": a host that answers slowly but steadily (a 60-byte frame in
+        six parts 0.2 s apart, 1.2 s in all) keeps the device's write side; a
+        host that stops inside its frame (16 of 106 bytes, then nothing) is
+        cut off after ~1 s without progress, like a host that closes
+        mid-frame: its link and the device connection are closed (the device
+        has part of a frame that cannot be finished). Host b's answers used
+        to wait behind it for good while the device's own heartbeats kept the
+        idle timeout away."""
+        def slow(c, f):
+            ftype, ver, t, body = f
+            if b"stall" in body:
+                c.sendall(HDR.pack(9, 1, t, 100) + b"x" * 10)   # a frame started, never finished
+                return
+            whole = HDR.pack(9, 1, t, 54) + b"y" * 54
+            for i in range(0, len(whole), 10):
+                c.sendall(whole[i:i + 10])
+                time.sleep(0.2)
+        sb = ScriptBackend("slow", slow)
+        self._backends.append(sb)
+        b = self.device_backend("b")
+        mux = frame_listener("mux", frame_opts={"mode": "frame", "frame_timeout_ms": 1000})
+        gw, hosts = self.frame_gateway([sb, b], [mux], workers=1)
+        pick = hashpick(hosts, [f"dev-{i}" for i in range(200)])
+        ks = [k for k, h in pick.items() if h == "slow"][:2]
+        kb = next(k for k, h in pick.items() if h == "b")
+
+        with gwtest.connect(port_of(mux), timeout=T(10)) as s:
+            self.assertEqual(heartbeat(s, kb, 1), "b")
+            # slow but steady: 1.2 s for one frame, never 1 s without a byte
+            s.sendall(frame({"devid": ks[0], "drip": 1}, DATA, 1, 2))
+            self.assertEqual(read_frame(s), (9, 1, 2, b"y" * 54), "a slow host frame arrives whole")
+            self.assertEqual(heartbeat(s, kb, 3), "b")
+            # stalled: 16 bytes of a 106-byte frame, then nothing
+            s.sendall(frame({"devid": ks[1], "stall": 1}, DATA, 1, 4))
+            self.assertEqual(gwtest.recv_exact(s, 16), HDR.pack(9, 1, 4, 100) + b"x" * 10)
+            t0 = time.monotonic()
+            closed = None
+            answered = 0
+            for i in range(int(T(4) / 0.1)):   # heartbeats to b meanwhile, as a device would
+                try:
+                    s.sendall(hb(kb, 100 + i))
+                except OSError:
+                    closed = time.monotonic() - t0
+                    break
+                data, dt = bytes_until_eof(s, 0.1)
+                answered += len(data)
+                if dt is not None:
+                    closed = time.monotonic() - t0
+                    break
+            self.assertIsNotNone(closed, "a host stalled mid-frame must be cut off after frame_timeout_ms "
+                                         "(it held b's answers to the device)")
+            self.assertEqual(answered, 0, "nothing may follow a frame that was cut (b's answers wait behind it)")
+            self.assertTrue(0.8 <= closed <= T(3), f"closed {closed:.2f}s after the host stalled (want ~1)")
+        self.assertIn("inside a frame to a device", gw.log_text())
+        # a new device connection works as before
+        with gwtest.connect(port_of(mux), timeout=T(10)) as s:
+            self.assertEqual(heartbeat(s, kb, 1), "b")
+        self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
+        self.assert_idle(gw)
+
+    def test_frame_mode_a_streaming_device_does_not_starve_the_others(self):
+        """Mode "frame", one worker: device A streams small frames (87 bytes)
+        as fast as it can for 2.5 s to a host that reads them at once; device
+        B meanwhile does heartbeat round trips to another host. Each of B's
+        round trips is answered within 1 s (they take milliseconds): one
+        device's backlog is taken in bounded slices. Reading a device used to
+        go on until its socket was empty, so B waited as long as A kept it
+        full. Every byte A sent reaches the sink, in whole frames. A tcp
+        listener is there too, so that under io_uring the worker runs the
+        ring with the per-frame devices on its nested epoll loop."""
+        sink = SinkBackend("sink")
+        self._backends.append(sink)
+        b = self.device_backend("b")
+        mux = frame_listener("mux", frame_opts={"mode": "frame"})
+        gw, hosts = self.frame_gateway([sink, b], [mux, gwtest.tcp_listener("l4", "app")], workers=1)
+        pick = hashpick(hosts, [f"dev-{i}" for i in range(100)])
+        ka = next(k for k, h in pick.items() if h == "sink")
+        kb = next(k for k, h in pick.items() if h == "b")
+        with gwtest.connect(port_of(mux), timeout=T(10)) as bs, gwtest.connect(port_of(mux), timeout=T(30)) as a:
+            self.assertEqual(heartbeat(bs, kb, 1), "b")
+            first = hb(ka, 1)
+            a.sendall(first)          # A's link to the sink is open before the stream starts
+            gwtest.wait_until(lambda: sink.received == len(first), T(5), msg="A's first frame at the sink")
+            one = frame({"devid": ka, "p": "x" * 60}, DATA, 1, 7)
+            chunk = one * ((1 << 20) // len(one))
+            sent = [len(first)]
+
+            def stream():
+                end = time.monotonic() + T(2.5)
+                while time.monotonic() < end:
+                    a.sendall(chunk)
+                    sent[0] += len(chunk)
+            writer = threading.Thread(target=stream)
+            writer.start()
+            time.sleep(0.05)
+            rtts = []
+            try:
+                i = 0
+                while writer.is_alive():
+                    t0 = time.monotonic()
+                    bs.sendall(hb(kb, 100 + i % 1000))
+                    self.assertEqual(read_heartbeat_reply(bs, 100 + i % 1000)[0], kb)
+                    rtts.append(time.monotonic() - t0)
+                    i += 1
+                    time.sleep(0.02)
+            finally:
+                writer.join()
+            self.assertGreater(sent[0], 20 * len(chunk), "A's stream was not much of a stream")
+            self.assertLessEqual(max(rtts), T(1), f"B's slowest round trip while A streamed {sent[0] >> 20} MiB: "
+                                                  f"{max(rtts):.2f}s ({len(rtts)} round trips)")
+            self.assertGreaterEqual(len(rtts), 3, "B's round trips while A streamed")
+            gwtest.wait_until(lambda: sink.received == sent[0], T(10), interval=0.05,
+                              msg=f"every byte A sent at the sink ({sent[0]})")
+            self.assertEqual(heartbeat(bs, kb, 2), "b")
+        self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
         self.assert_idle(gw)
 
     def test_reject_logging_is_rate_limited_per_worker(self):

@@ -7,12 +7,19 @@
 // like a first frame (a bad one closes the device connection), and sent in
 // order; a frame waits while its link connects or pushes back, and the
 // frames behind it wait too, so order per device is kept. A frame must be
-// whole within frame_timeout_ms of its start.
+// whole within frame_timeout_ms of its start. One call takes at most
+// kInFrames frames or kInBytes bytes from a device (as one takes at most 64
+// rounds of host bytes): a device streaming a backlog must not hold the
+// worker; the rest waits for the next loop iteration (see busy()).
 // Hosts → device: frames are delimited by the length field alone (the device
 // rules, allowed_types / allowed_versions / max_body, are not applied to
 // them) and streamed: a link takes the device's write side at a frame
 // boundary and keeps it until its frame is out, so frames from several hosts
-// are never interleaved mid-frame.
+// are never interleaved mid-frame. A link that holds the write side and
+// sends nothing for frame_timeout_ms while the device waits for the rest of
+// its frame is closed, and so is the device (it has part of a frame that
+// cannot be finished); otherwise one stalled host would hold every other
+// host's frames to that device for good.
 // Links: at most frame.max_links per device. A new host takes the place of the
 // least recently used link quiet for link_idle_ms (nothing either way), or
 // else the device connection is closed. gw cannot know whether a host still
@@ -56,6 +63,10 @@ class FrameMux {
   void close_orphans() noexcept;
 
   uint32_t active() const noexcept { return active_; }
+  /// Some device stopped at a per-call cap with bytes left (edge-triggered:
+  /// no event comes for them); its timer is due now, so the worker's loop
+  /// must not sleep before its next timer pass.
+  bool busy() const noexcept { return again_ > 0; }
   bool full() const noexcept { return free_head_ == kNone && devices_.size() == devices_.capacity(); }
 
   /// Bytes of one device record (its slab slot) and of one overflow link block.
@@ -68,6 +79,9 @@ class FrameMux {
   static constexpr uint32_t kNone = ~0u;
   static constexpr uint32_t kMaxTries = 16;
   static constexpr uint32_t kBlockLinks = kMaxLinks - kInlineLinks;
+  // Per drive() of one device: frames routed from it, bytes read from it.
+  static constexpr uint32_t kInFrames = 64;
+  static constexpr uint32_t kInBytes = 256 * 1024;
 
   struct Link {
     int fd = -1;
@@ -90,6 +104,7 @@ class FrameMux {
     bool first = true;        // no whole frame yet: first_frame_timeout_ms applies
     bool links_shut = false;  // the device's EOF was passed on to the hosts
     bool big = false;         // buf is a whole-frame buffer
+    bool again = false;       // stopped at a cap with work left: its timer is due now (counted in again_)
     uint16_t listener = 0;
     uint32_t idle_ms = 0;
     uint64_t first_deadline_ms = 0;
@@ -105,6 +120,10 @@ class FrameMux {
     uint8_t next_owner = 0;  // round robin over links for fairness
     uint32_t front_len = 0, front_sent = 0;
     uint64_t owner_left = 0;  // a host's frame may be as long as its length field says
+    // The owner's last progress (a byte of its frame read from the host or
+    // written to the device): with nothing of it buffered, the owner must
+    // send more within frame_timeout_ms of this.
+    uint64_t owner_progress_ms = 0;
     uint32_t front_tried[kMaxTries] = {};
     Link inline_links[kInlineLinks];
     Link* more = nullptr;  // links kInlineLinks.. (a block from link_blocks_), while any is open
@@ -128,9 +147,20 @@ class FrameMux {
   }
 
   void drive(Device& d) noexcept;
+  void set_again(Device& d) noexcept {
+    again_ += !d.again;
+    d.again = true;
+  }
+  void clear_again(Device& d) noexcept {
+    again_ -= d.again;
+    d.again = false;
+  }
   void schedule(Device& d) noexcept;
   bool pump_device_in(Device& d) noexcept;   // device → links; false = device closed
   bool pump_device_out(Device& d) noexcept;  // links → device; false = device closed
+  // The owner's deadline while the device waits for the rest of its frame
+  // (nothing of it buffered, nothing known to be readable); 0 = none.
+  uint64_t owner_deadline(Device& d) noexcept;
   bool route_front(Device& d, std::string_view key) noexcept;
   int open_link(Device& d, const shm::HostRecord& r, int ui) noexcept;
   int free_link_slot(Device& d) noexcept;
@@ -170,6 +200,7 @@ class FrameMux {
   net::BufferPool link_blocks_;  // overflow link blocks (kBlockLinks links each)
   uint32_t free_head_ = kNone;
   uint32_t active_ = 0;
+  uint32_t again_ = 0;  // devices with `again` set
   uint64_t last_no_host_log_ms_ = 0;
   uint64_t last_link_log_ms_ = 0;
   balance::Rng rng_{0x6672'616d'656d'7578ull};

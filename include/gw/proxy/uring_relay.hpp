@@ -29,6 +29,10 @@
 // stalled peer therefore holds at most kHighWater pool buffers per direction
 // and none of the ring, which the worker's other sessions share. (A kernel
 // that ignored MSG_DONTWAIT on io_uring sends would park the send as before.)
+// The same holds while a sniffed first frame waits for its connect: the
+// client's receive is cancelled once the frame is whole, and what it brought
+// in meanwhile is spilled, so a host whose connects hang cannot make its
+// clients hold the ring.
 //
 // Bulk: a direction that has carried env.splice_after bytes and receives full
 // buffers (a burst) stops receiving into ring buffers and moves its bytes with
@@ -179,6 +183,7 @@ class UringRelay {
   void pop_spill(Dir& d) noexcept;
   void blocked(Session& s, bool client_to_upstream) noexcept;
   void pause_if_full(Session& s, bool client) noexcept;
+  void cancel_recv(Session& s, bool client) noexcept;  // an armed receive; maybe_arm() re-arms it later
   void pop_front(Dir& d) noexcept;
   void starve(Session& s, bool client) noexcept;
   void unstarve(Session& s, bool client) noexcept;
