@@ -236,8 +236,8 @@ class Worker {
   }
 
   int next_timeout() const {
-    // A per-frame device stopped at a cap with bytes left: its timer is due
-    // now (it would otherwise wait for the next 10 ms tick).
+    // A per-frame device stopped at a cap with bytes left: tick() drives it
+    // in the next iteration, which must not wait.
     if (mux_.busy()) return 0;
     int timeout = timers_.timeout_ms(env_.now_ms);
     int until_hk = static_cast<int>(next_housekeeping_ > env_.now_ms ? next_housekeeping_ - env_.now_ms : 0);
@@ -273,7 +273,8 @@ class Worker {
   // Access log, timers, housekeeping, accept pauses and the drain, once per
   // iteration (both engines). Returns false when the worker must exit now.
   bool tick() {
-    access_log_.flush();  // once per round: the lines of every request this round ended
+    if (mux_.busy()) mux_.run_again();  // per-frame devices that stopped at a cap
+    access_log_.flush();                // once per round: the lines of every request this round ended
     timers_.advance(env_.now_ms, [this](net::TimerNode& t) {
       if (mux_.owns(t)) mux_.on_timer(t);
       else if (http_.owns(t)) http_.on_timer(t);

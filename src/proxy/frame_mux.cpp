@@ -32,6 +32,19 @@ size_t FrameMux::link_block_bytes() noexcept {
 
 FrameMux::FrameMux(RelayEnv& env, uint32_t max_devices) : env_(env), link_blocks_(0, sizeof(Link) * kBlockLinks) {
   devices_.reserve(max_devices);  // touched only as it fills
+  // A slot is on the list at most once (Device::listed), so it never grows
+  // past this: no allocation when a device stops at a cap.
+  again_list_.reserve(max_devices);
+}
+
+void FrameMux::run_again() noexcept {
+  const size_t n = again_list_.size();  // drive() may append: those wait for the next call
+  for (size_t i = 0; i < n; ++i) {
+    Device& d = devices_[again_list_[i]];
+    d.listed = false;
+    if (d.used && d.again) drive(d);  // clears `again`; a device that stops at a cap again is listed anew
+  }
+  again_list_.erase(again_list_.begin(), again_list_.begin() + static_cast<std::ptrdiff_t>(n));
 }
 
 uint32_t FrameMux::max_links(const Device& d) const noexcept {
@@ -154,7 +167,6 @@ void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
 void FrameMux::on_timer(net::TimerNode& n) noexcept {
   Device& d = static_cast<Device&>(n);
   if (!d.used) return;
-  clear_again(d);  // drive() below sets it again if it stops at a cap
   const uint64_t now = env_.now_ms;
   const int ui = env_.listeners[d.listener].upstream;
   const uint32_t connect_ms = ui >= 0 ? env_.snap->upstreams()[static_cast<size_t>(ui)].connect_timeout_ms : 1000;
@@ -213,7 +225,6 @@ void FrameMux::schedule(Device& d) noexcept {
       if (k.fd >= 0 && k.connecting) deadline = std::min<uint64_t>(deadline, k.connect_start_ms + connect_ms);
     }
   }
-  if (d.again) deadline = env_.now_ms;  // the rest of a capped drive(), next loop iteration
   env_.timers->schedule(d, deadline);
 }
 
@@ -238,10 +249,10 @@ void FrameMux::drive(Device& d) noexcept {
     }
   }
   trim_links(d);
-  // A pump stopped at its cap with bytes left: with edge-triggered epoll no
-  // event comes again for them, so the timer brings the device back (busy()
-  // keeps the loop from sleeping until then).
-  if (d.again) schedule(d);
+  // A pump that stopped at its cap with bytes left put the device on the
+  // again list: with edge-triggered epoll no event comes for those bytes, so
+  // the worker's next iteration drives it (run_again(); busy() keeps the
+  // loop from sleeping).
 }
 
 bool FrameMux::pump_device_in(Device& d) noexcept {

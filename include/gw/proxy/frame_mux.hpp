@@ -64,9 +64,12 @@ class FrameMux {
 
   uint32_t active() const noexcept { return active_; }
   /// Some device stopped at a per-call cap with bytes left (edge-triggered:
-  /// no event comes for them); its timer is due now, so the worker's loop
-  /// must not sleep before its next timer pass.
+  /// no event comes for them): the worker's loop must not sleep, and calls
+  /// run_again() once per iteration.
   bool busy() const noexcept { return again_ > 0; }
+  /// Drives the devices that stopped at a cap, once each (those that stop at
+  /// it again wait for the next iteration).
+  void run_again() noexcept;
   bool full() const noexcept { return free_head_ == kNone && devices_.size() == devices_.capacity(); }
 
   /// Bytes of one device record (its slab slot) and of one overflow link block.
@@ -104,7 +107,8 @@ class FrameMux {
     bool first = true;        // no whole frame yet: first_frame_timeout_ms applies
     bool links_shut = false;  // the device's EOF was passed on to the hosts
     bool big = false;         // buf is a whole-frame buffer
-    bool again = false;       // stopped at a cap with work left: its timer is due now (counted in again_)
+    bool again = false;       // stopped at a cap with work left (counted in again_)
+    bool listed = false;      // its slot is on again_list_ (kept across reuse of the slot)
     uint16_t listener = 0;
     uint32_t idle_ms = 0;
     uint64_t first_deadline_ms = 0;
@@ -148,8 +152,11 @@ class FrameMux {
 
   void drive(Device& d) noexcept;
   void set_again(Device& d) noexcept {
-    again_ += !d.again;
+    if (d.again) return;
     d.again = true;
+    ++again_;
+    if (!d.listed) again_list_.push_back(index_of(d));  // at most one entry per slot: within the reservation
+    d.listed = true;
   }
   void clear_again(Device& d) noexcept {
     again_ -= d.again;
@@ -200,7 +207,8 @@ class FrameMux {
   net::BufferPool link_blocks_;  // overflow link blocks (kBlockLinks links each)
   uint32_t free_head_ = kNone;
   uint32_t active_ = 0;
-  uint32_t again_ = 0;  // devices with `again` set
+  uint32_t again_ = 0;                // devices with `again` set
+  std::vector<uint32_t> again_list_;  // their indices, in the order they stopped
   uint64_t last_no_host_log_ms_ = 0;
   uint64_t last_link_log_ms_ = 0;
   balance::Rng rng_{0x6672'616d'656d'7578ull};
