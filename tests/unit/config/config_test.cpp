@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "config/json_util.hpp"
 #include "gw/config/config.hpp"
 
 using gw::config::load_string;
@@ -390,5 +391,45 @@ TEST_SUITE("config") {
       CHECK(has(load_string(replace(base, " FRAME", R"(, "on_host_remove": true)")).errors,
                 "listeners[0].on_host_remove: expected a string, got true"));
     }
+  }
+
+  TEST_CASE("a misspelt key does not hide a missing one; errors stay on one line; strings are cut between characters") {
+    // "ids" is not under "id": both are reported.
+    auto r = load_string(replace(kValid, R"({"id": "b", )", R"({"ids": "b", )"));
+    CHECK(has(r.errors, "upstreams[0].pools[0].hosts[1].ids: unknown key"));
+    CHECK(has(r.errors, R"(upstreams[0].pools[0].hosts[1]: missing required key "id")"));
+    // A bad id is still not followed by "missing".
+    r = load_string(replace(kValid, R"({"id": "b", )", R"({"id": 5, )"));
+    CHECK(has(r.errors, "upstreams[0].pools[0].hosts[1].id: expected a string"));
+    CHECK(!has(r.errors, "missing required key"));
+    gw::config::Ctx c;
+    c.error("listeners[10].upstream", "x");
+    CHECK(c.has_error_under("listeners[10]"));
+    CHECK(c.has_error_under("listeners[10].upstream"));
+    CHECK(!c.has_error_under("listeners[1]"));
+    CHECK(!c.has_error_under("listeners[10].up"));
+    c.error("a.b[2]", "y");
+    CHECK(c.has_error_under("a.b"));
+    CHECK(!c.has_error_under("a.b[2]x"));
+
+    // Control characters in keys and values are escaped.
+    r = load_string(replace(kValid, R"("weight": 5)", R"("weig\nht": 5, "weight": "a\tb\u0001")"));
+    CHECK(has(r.errors, R"(upstreams[0].pools[0].hosts[0].weig\nht: unknown key)"));
+    CHECK(
+        has(r.errors, R"(upstreams[0].pools[0].hosts[0].weight: expected an integer 0..1000, got string "a\tb\x01")"));
+    for (const auto& e : r.errors) {
+      CAPTURE(e);
+      CHECK(std::none_of(e.begin(), e.end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20; }));
+    }
+
+    // 39 ASCII bytes and then 2-byte characters: byte 40 is inside one.
+    const std::string text = std::string(39, 'a') + "\u00e9\u00e9";
+    r = load_string(replace(kValid, R"("weight": 5)", R"("weight": ")" + text + "\""));
+    CHECK(has(r.errors, "got string \"" + std::string(39, 'a') + "...\""));
+    r = load_string(replace(
+        kValid, R"("weight": 5)",
+        R"("weight": "a)" + std::string(20, 'x') + "\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\""));
+    CHECK(has(r.errors,
+              "got string \"a" + std::string(20, 'x') + "\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9...\""));
   }
 }
