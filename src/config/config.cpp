@@ -350,6 +350,88 @@ void parse_rule(Ctx& c, element e, const std::string& p, shm::RuleSpec& r) {
     if (auto why = shm::check_rule(r); !why.empty()) c.error(p, why);
 }
 
+// Why route host `h` (lower case) can never match, or "". The router matches
+// the request's Host without its port and without one trailing dot (a
+// bracketed IPv6 literal keeps its brackets), so a route host with either
+// would hold a route, its auth and its limits that no request reaches.
+std::string route_host_why(std::string_view h) {
+  if (h == "*") return {};
+  const std::string_view name = h.starts_with("*.") ? h.substr(2) : h;
+  const auto expected = [&] { return fmt::format("expected a host name, \"*.suffix\" or \"*\", got \"{}\"", h); };
+  if (name.empty() || name.size() >= 256) return expected();
+  if (name.front() == '[') {
+    // An IPv6 literal: "[" hex digits, ':' and '.' "]", and no wildcard.
+    bool ok = name.size() == h.size() && name.size() > 2 && name.back() == ']';
+    for (char ch : name.substr(1, name.size() - 2))
+      ok &= (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || ch == ':' || ch == '.';
+    if (ok) return {};
+    if (name.find("]:") != std::string_view::npos)
+      return fmt::format("expected a host without a port (requests are matched by their Host without it), got \"{}\"",
+                         h);
+    return fmt::format("expected a host name, \"*.suffix\", \"*\" or an IPv6 literal \"[::1]\", got \"{}\"", h);
+  }
+  for (char ch : name)
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' || ch == ':'))
+      return expected();
+  if (name.find(':') != std::string_view::npos)
+    return fmt::format("expected a host without a port (requests are matched by their Host without it), got \"{}\"", h);
+  if (name.back() == '.')
+    return fmt::format(
+        "expected a host without a trailing dot (requests are matched by their Host without it), got \"{}\"", h);
+  return {};
+}
+
+// Why route path `p` can never match, or "". Requests are matched by their
+// path after normalize_path (src/proxy/http_proxy.cpp): %XX decoded, "//"
+// merged, "." and ".." segments resolved; such a path never holds "//",
+// "/./" or "/../". A final "." or ".." can still match as a prefix ("/a/."
+// of "/a/.well-known"). A '%' is refused: "/%61dmin/" would never match
+// "/admin/", and a literal '%' only comes from "%25".
+std::string route_path_why(std::string_view p) {
+  if (p.empty() || p[0] != '/' || p.find_first_of(" \t\r\n?#") != std::string_view::npos || p.size() > 1024)
+    return fmt::format("expected a path prefix starting with / (no spaces, '?' or '#'), got \"{}\"", p);
+  if (p.find('%') != std::string_view::npos)
+    return fmt::format("expected a decoded path without '%' (requests are matched after %XX decoding), got \"{}\"", p);
+  if (p.find("//") != std::string_view::npos || p.find("/./") != std::string_view::npos ||
+      p.find("/../") != std::string_view::npos)
+    return fmt::format(
+        "expected a path without \"//\", \"/./\" or \"/../\" (requests are matched after these are "
+        "resolved), got \"{}\"",
+        p);
+  return {};
+}
+
+// Whether `s` is a host name or IP literal with an optional ":port", fit for
+// a Host field (no control characters, spaces, commas or non-ASCII bytes).
+bool host_port_ok(std::string_view s) {
+  if (s.empty() || s.size() > 255) return false;
+  std::string_view host = s, port;
+  if (s.front() == '[') {
+    const auto close = s.find(']');
+    if (close == std::string_view::npos || close < 3) return false;
+    for (char ch : s.substr(1, close - 1))
+      if (!std::isxdigit(static_cast<unsigned char>(ch)) && ch != ':' && ch != '.') return false;
+    host = {};
+    if (close + 1 < s.size()) {
+      if (s[close + 1] != ':') return false;
+      port = s.substr(close + 2);
+      if (port.empty()) return false;
+    }
+  } else if (const auto colon = s.rfind(':'); colon != std::string_view::npos) {
+    host = s.substr(0, colon);
+    port = s.substr(colon + 1);
+    if (host.empty() || port.empty()) return false;
+  }
+  for (char ch : host)
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '.' && ch != '_') return false;
+  if (!port.empty()) {
+    uint32_t n = 0;
+    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), n);
+    if (ec != std::errc() || end != port.data() + port.size() || port.size() > 5 || n == 0 || n > 65535) return false;
+  }
+  return true;
+}
+
 void parse_routes(Ctx& c, element arr, const std::string& path, ListenerConf& l) {
   std::set<std::string> names;
   for_each_element(c, arr, path, [&](element e, const std::string& p) {
@@ -362,23 +444,12 @@ void parse_routes(Ctx& c, element arr, const std::string& path, ListenerConf& l)
       else if (k == "upstream") has_up = get_name(c, v, kp, r.upstream);
       else if (k == "host") {
         if (get_string(c, v, kp, r.host)) {
-          std::string why;
           for (char& ch : r.host) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-          std::string_view h = r.host;
-          if (h.starts_with("*.")) h.remove_prefix(2);
-          bool ok = !h.empty() && h.size() < 256;
-          for (char ch : h)
-            ok &= (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' ||
-                  ch == ':' || ch == '[' || ch == ']';
-          if (r.host != "*" && !ok)
-            c.error(kp, fmt::format("expected a host name, \"*.suffix\" or \"*\", got \"{}\"", r.host));
+          if (auto why = route_host_why(r.host); !why.empty()) c.error(kp, why);
         }
       } else if (k == "path") {
-        if (get_string(c, v, kp, r.path) &&
-            (r.path.empty() || r.path[0] != '/' || r.path.find_first_of(" \t\r\n?#") != std::string::npos ||
-             r.path.size() > 1024))
-          c.error(kp,
-                  fmt::format("expected a path prefix starting with / (no spaces, '?' or '#'), got \"{}\"", r.path));
+        if (get_string(c, v, kp, r.path))
+          if (auto why = route_path_why(r.path); !why.empty()) c.error(kp, why);
       } else if (k == "hash_key") {
         std::string t, why;
         if (get_string(c, v, kp, t)) {
@@ -387,10 +458,10 @@ void parse_routes(Ctx& c, element arr, const std::string& path, ListenerConf& l)
           else if (r.hash_key == HashKey::frame) c.error(kp, "\"frame\" needs \"protocol\": \"frame\"");
         }
       } else if (k == "set_host") {
-        if (get_string(c, v, kp, r.set_host) &&
-            (r.set_host.empty() || r.set_host.find_first_of(" \t\r\n,") != std::string::npos ||
-             r.set_host.size() > 255))
-          c.error(kp, fmt::format("expected a host[:port] for the Host header, got \"{}\"", r.set_host));
+        if (get_string(c, v, kp, r.set_host) && !host_port_ok(r.set_host))
+          c.error(kp, fmt::format("expected a host name or IP literal with an optional :port for the Host header, "
+                                  "got \"{}\"",
+                                  r.set_host));
       } else if (k == "rules") {
         rules = v;
         has_rules = true;
