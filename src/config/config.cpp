@@ -217,11 +217,28 @@ void parse_upstreams(Ctx& c, element arr, Config& cfg) {
   });
 }
 
+// An empty list would refuse every frame: refused itself.
 void parse_byte_list(Ctx& c, element v, const std::string& path, uint8_t (&allowed)[256]) {
+  size_t n = 0;
   for_each_element(c, v, path, [&](element e, const std::string& p) {
+    ++n;
     uint32_t b = 0;
     if (get_u32(c, e, p, 0, 255, b)) allowed[b] = 1;
   });
+  if (n == 0 && v.is_array()) c.error(path, "expected at least one value, got []");
+}
+
+// Why frame.key `k` cannot be used, or "". A key starting with '/' is a JSON
+// pointer (RFC 6901) that simdjson's at_pointer takes: '~' only in "~0" and
+// "~1" (any other escape fails every lookup, so every frame would be refused).
+// Any other key is a top-level field name, taken as is.
+std::string frame_key_why(std::string_view k) {
+  if (k.empty()) return "expected a field name or a JSON pointer (\"/device/id\"), got \"\"";
+  if (k.front() != '/') return {};
+  for (size_t i = 0; i < k.size(); ++i)
+    if (k[i] == '~' && (i + 1 == k.size() || (k[i + 1] != '0' && k[i + 1] != '1')))
+      return fmt::format("expected a JSON pointer whose '~' escapes are \"~0\" or \"~1\", got \"{}\"", k);
+  return {};
 }
 
 void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
@@ -243,9 +260,8 @@ void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
       else s.length_includes_header = v.get_bool().value_unsafe();
     } else if (k == "max_body") get_u32(c, v, kp, 0, 16u << 20, s.max_body);
     else if (k == "key") {
-      if (get_string(c, v, kp, s.key)) {
-        if (s.key.empty()) c.error(kp, "expected a field name or a JSON pointer (\"/device/id\"), got \"\"");
-      }
+      if (get_string(c, v, kp, s.key))
+        if (auto why = frame_key_why(s.key); !why.empty()) c.error(kp, why);
     } else if (k == "max_key") get_u32(c, v, kp, 1, proxy::kMaxKey, s.max_key);
     else if (k == "max_depth") get_u32(c, v, kp, 1, 1024, s.max_depth);
     else if (k == "first_frame_timeout_ms") get_u32(c, v, kp, 1, 3600000, f.first_frame_timeout_ms);
@@ -680,8 +696,11 @@ void cross_check(Ctx& c, Config& cfg) {
     bool found = false;
     for (const auto& u : cfg.upstreams) found |= u.name == l.upstream;
     if (!found) c.error(fmt::format("listeners[{}].upstream", i), fmt::format("no upstream named \"{}\"", l.upstream));
-    // A frame listener routes by its key with ketama unless a pool says otherwise.
-    if (l.protocol == Protocol::frame && l.hash_key == HashKey::frame)
+    // A frame listener's upstream hashes with ketama unless a pool says
+    // otherwise: the frame key, or with hash_key "ip" the client address.
+    // Pools shared with tcp or http listeners get that default too (a pool
+    // has one method).
+    if (l.protocol == Protocol::frame)
       for (auto& u : cfg.upstreams)
         if (u.name == l.upstream)
           for (auto& p : u.pools)

@@ -255,10 +255,10 @@ TEST_SUITE("config") {
     CHECK(s.check_versions);
     CHECK(s.allowed_versions[0] == 1);
     CHECK(s.allowed_versions[1] == 0);
-    // An empty list allows nothing.
-    auto none = load_frame(R"(, "frame": {"allowed_types": []})");
-    REQUIRE(none.errors.empty());
-    CHECK(none.config.listeners.at(0).frame.spec.check_types);
+    // An empty list would refuse every frame: refused at load.
+    CHECK(has(frame_errors(R"("allowed_types": [])"), "listeners[0].frame.allowed_types: expected at least one value"));
+    CHECK(has(frame_errors(R"("allowed_versions": [])"),
+              "listeners[0].frame.allowed_versions: expected at least one value, got []"));
   }
 
   TEST_CASE("max_body is clamped to what the length field can say") {
@@ -363,11 +363,33 @@ TEST_SUITE("config") {
         load_frame(R"(, "hash_key": "mac")").errors,
         R"(listeners[0].hash_key: expected "ip", "frame", "uri", "header:NAME", "cookie:NAME" or "arg:NAME", got "mac")"));
 
-    // hash_key "ip" on a frame listener: the pools keep their own default.
+    // hash_key "ip" on a frame listener: the pools still default to chash
+    // (over the client address), as with the frame key; a pool's own method stays.
     auto ip = load_frame(R"(, "hash_key": "ip")");
     REQUIRE(ip.errors.empty());
     CHECK(ip.config.listeners.at(0).hash_key == HashKey::ip);
-    CHECK(ip.config.upstreams.at(0).pools.at(0).method == gw::shm::Method::round_robin);
+    CHECK(ip.config.upstreams.at(0).pools.at(0).method == gw::shm::Method::chash);
+    CHECK(!ip.config.upstreams.at(0).pools.at(0).method_set);
+    CHECK(ip.config.upstreams.at(0).pools.at(1).method == gw::shm::Method::maglev);
+    CHECK(ip.config.upstreams.at(1).pools.at(0).method == gw::shm::Method::round_robin);  // the tcp listener's
+    // An upstream shared by a frame listener and a tcp listener: its pools have
+    // one method, the frame listener's default, whichever listener comes first.
+    for (const char* key : {"ip", "frame"}) {
+      CAPTURE(key);
+      const std::string frame_l = std::string(R"({"name": "dev", "listen": "127.0.0.1:7100", "protocol": "frame",
+          "upstream": "devs", "hash_key": ")") +
+                                  key + "\"}";
+      const std::string tcp_l = R"({"name": "l4", "listen": "127.0.0.1:7101", "upstream": "devs"})";
+      for (const std::string& listeners : {frame_l + ", " + tcp_l, tcp_l + ", " + frame_l}) {
+        auto shared = load_string(R"({"shm": {"name": "t3"}, "listeners": [)" + listeners + R"(],
+            "upstreams": [{"name": "devs", "pools": [
+              {"id": "p1", "hosts": [{"id": "a", "address": "127.0.0.1:9001"}]},
+              {"id": "p2", "method": "random", "hosts": [{"id": "b", "address": "127.0.0.1:9002"}]}]}]})");
+        REQUIRE(shared.errors.empty());
+        CHECK(shared.config.upstreams.at(0).pools.at(0).method == gw::shm::Method::chash);
+        CHECK(shared.config.upstreams.at(0).pools.at(1).method == gw::shm::Method::random);
+      }
+    }
     auto fk = load_frame(R"(, "hash_key": "frame")");
     REQUIRE(fk.errors.empty());
     CHECK(fk.config.upstreams.at(0).pools.at(0).method == gw::shm::Method::chash);
@@ -391,6 +413,18 @@ TEST_SUITE("config") {
       CHECK(has(load_string(replace(base, " FRAME", R"(, "on_host_remove": true)")).errors,
                 "listeners[0].on_host_remove: expected a string, got true"));
     }
+  }
+
+  TEST_CASE("frame.key: a JSON pointer takes only the ~0 and ~1 escapes") {
+    const std::string p = "listeners[0].frame.key: ";
+    for (const char* ok : {"/device/id", "/a~0b", "/a~1b/~0~1", "/", "/a//b", "/0", "devid", "a~2"}) {
+      CAPTURE(ok);
+      CHECK(frame_errors(std::string(R"("key": ")") + ok + "\"").empty());
+    }
+    CHECK(has(frame_errors(R"("key": "/a~2")"),
+              p + R"(expected a JSON pointer whose '~' escapes are "~0" or "~1", got "/a~2")"));
+    CHECK(has(frame_errors(R"("key": "/a~")"), p + "expected a JSON pointer"));
+    CHECK(has(frame_errors(R"("key": "/~/b")"), p + "expected a JSON pointer"));
   }
 
   TEST_CASE("a misspelt key does not hide a missing one; errors stay on one line; strings are cut between characters") {
