@@ -89,7 +89,7 @@ bool parse_expect(const std::string& s, uint16_t& mask) {
     if (i + 3 > s.size() || s[i] < '1' || s[i] > '5' || s[i + 1] != 'x' || s[i + 2] != 'x') return false;
     mask = static_cast<uint16_t>(mask | (1u << (s[i] - '0')));
     i += 3;
-    if (i < s.size() && s[i++] != ',') return false;
+    if (i < s.size() && (s[i++] != ',' || i == s.size())) return false;  // "2xx," has an empty class
   }
   return mask != 0;
 }

@@ -427,6 +427,22 @@ TEST_SUITE("config") {
     CHECK(has(frame_errors(R"("key": "/~/b")"), p + "expected a JSON pointer"));
   }
 
+  TEST_CASE("health.expect_status: every class is 1xx..5xx, none empty") {
+    auto status = [](const std::string& x) {
+      return load_string(replace(kValid, R"("max_fails": 2,)",
+                                 R"("max_fails": 2, "health": {"type": "http", "expect_status": ")" + x + "\"},"));
+    };
+    auto ok = status("2xx,3xx");
+    REQUIRE(ok.errors.empty());
+    CHECK(ok.config.upstreams[0].check.expect_mask == ((1u << 2) | (1u << 3)));
+    for (const char* bad : {"2xx,", ",2xx", "2xx,,3xx", "", "6xx", "2xx;3xx", "2x"}) {
+      CAPTURE(bad);
+      CHECK(has(status(bad).errors,
+                std::string(R"(upstreams[0].health.expect_status: expected status classes like "2xx,3xx", got ")") +
+                    bad + "\""));
+    }
+  }
+
   TEST_CASE("a misspelt key does not hide a missing one; errors stay on one line; strings are cut between characters") {
     // "ids" is not under "id": both are reported.
     auto r = load_string(replace(kValid, R"({"id": "b", )", R"({"ids": "b", )"));
