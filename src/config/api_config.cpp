@@ -177,16 +177,28 @@ void parse_auth(Ctx& c, element e, const std::string& path, AuthConf& out) {
     return;
   }
   element tv;
-  if (obj["type"].get(tv) != simdjson::SUCCESS) {
+  bool type_ok = false;
+  if (obj["type"].get(tv) != simdjson::SUCCESS)
     c.error(path, "missing required key \"type\" (\"key-auth\", \"basic-auth\" or \"jwt\")");
-    return;
+  else if (get_string(c, tv, path + ".type", type)) {
+    type_ok = true;
+    if (type == "key-auth") out.type = AuthType::key;
+    else if (type == "basic-auth") out.type = AuthType::basic;
+    else if (type == "jwt") out.type = AuthType::jwt;
+    else {
+      c.error(path + ".type", fmt::format("expected \"key-auth\", \"basic-auth\" or \"jwt\", got \"{}\"", type));
+      type_ok = false;
+    }
   }
-  if (!get_string(c, tv, path + ".type", type)) return;
-  if (type == "key-auth") out.type = AuthType::key;
-  else if (type == "basic-auth") out.type = AuthType::basic;
-  else if (type == "jwt") out.type = AuthType::jwt;
-  else {
-    c.error(path + ".type", fmt::format("expected \"key-auth\", \"basic-auth\" or \"jwt\", got \"{}\"", type));
+  if (!type_ok) {
+    // Without a type, which keys belong is unknown: still report the keys
+    // no type takes (a typo beside a missing type), duplicates, and "allow".
+    for_each_field(c, e, path, [&](std::string_view k, element v, const std::string& kp) {
+      if (k == "allow") parse_allow(c, v, kp, out.allow);
+      return k == "type" || k == "allow" || k == "header" || k == "query" || k == "cookie" || k == "users" ||
+             k == "algorithm" || k == "secret" || k == "public_key" || k == "leeway_s" || k == "issuer" ||
+             k == "audience" || k == "consumer_claim";
+    });
     return;
   }
   int sources = 0;

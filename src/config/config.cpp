@@ -89,7 +89,7 @@ bool parse_expect(const std::string& s, uint16_t& mask) {
     if (i + 3 > s.size() || s[i] < '1' || s[i] > '5' || s[i + 1] != 'x' || s[i + 2] != 'x') return false;
     mask = static_cast<uint16_t>(mask | (1u << (s[i] - '0')));
     i += 3;
-    if (i < s.size() && s[i++] != ',') return false;
+    if (i < s.size() && (s[i++] != ',' || i == s.size())) return false;  // "2xx," has an empty class
   }
   return mask != 0;
 }
@@ -217,11 +217,28 @@ void parse_upstreams(Ctx& c, element arr, Config& cfg) {
   });
 }
 
+// An empty list would refuse every frame: refused itself.
 void parse_byte_list(Ctx& c, element v, const std::string& path, uint8_t (&allowed)[256]) {
+  size_t n = 0;
   for_each_element(c, v, path, [&](element e, const std::string& p) {
+    ++n;
     uint32_t b = 0;
     if (get_u32(c, e, p, 0, 255, b)) allowed[b] = 1;
   });
+  if (n == 0 && v.is_array()) c.error(path, "expected at least one value, got []");
+}
+
+// Why frame.key `k` cannot be used, or "". A key starting with '/' is a JSON
+// pointer (RFC 6901) that simdjson's at_pointer takes: '~' only in "~0" and
+// "~1" (any other escape fails every lookup, so every frame would be refused).
+// Any other key is a top-level field name, taken as is.
+std::string frame_key_why(std::string_view k) {
+  if (k.empty()) return "expected a field name or a JSON pointer (\"/device/id\"), got \"\"";
+  if (k.front() != '/') return {};
+  for (size_t i = 0; i < k.size(); ++i)
+    if (k[i] == '~' && (i + 1 == k.size() || (k[i + 1] != '0' && k[i + 1] != '1')))
+      return fmt::format("expected a JSON pointer whose '~' escapes are \"~0\" or \"~1\", got \"{}\"", k);
+  return {};
 }
 
 void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
@@ -243,9 +260,8 @@ void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
       else s.length_includes_header = v.get_bool().value_unsafe();
     } else if (k == "max_body") get_u32(c, v, kp, 0, 16u << 20, s.max_body);
     else if (k == "key") {
-      if (get_string(c, v, kp, s.key)) {
-        if (s.key.empty()) c.error(kp, "expected a field name or a JSON pointer (\"/device/id\"), got \"\"");
-      }
+      if (get_string(c, v, kp, s.key))
+        if (auto why = frame_key_why(s.key); !why.empty()) c.error(kp, why);
     } else if (k == "max_key") get_u32(c, v, kp, 1, proxy::kMaxKey, s.max_key);
     else if (k == "max_depth") get_u32(c, v, kp, 1, 1024, s.max_depth);
     else if (k == "first_frame_timeout_ms") get_u32(c, v, kp, 1, 3600000, f.first_frame_timeout_ms);
@@ -350,6 +366,88 @@ void parse_rule(Ctx& c, element e, const std::string& p, shm::RuleSpec& r) {
     if (auto why = shm::check_rule(r); !why.empty()) c.error(p, why);
 }
 
+// Why route host `h` (lower case) can never match, or "". The router matches
+// the request's Host without its port and without one trailing dot (a
+// bracketed IPv6 literal keeps its brackets), so a route host with either
+// would hold a route, its auth and its limits that no request reaches.
+std::string route_host_why(std::string_view h) {
+  if (h == "*") return {};
+  const std::string_view name = h.starts_with("*.") ? h.substr(2) : h;
+  const auto expected = [&] { return fmt::format("expected a host name, \"*.suffix\" or \"*\", got \"{}\"", h); };
+  if (name.empty() || name.size() >= 256) return expected();
+  if (name.front() == '[') {
+    // An IPv6 literal: "[" hex digits, ':' and '.' "]", and no wildcard.
+    bool ok = name.size() == h.size() && name.size() > 2 && name.back() == ']';
+    for (char ch : name.substr(1, name.size() - 2))
+      ok &= (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || ch == ':' || ch == '.';
+    if (ok) return {};
+    if (name.find("]:") != std::string_view::npos)
+      return fmt::format("expected a host without a port (requests are matched by their Host without it), got \"{}\"",
+                         h);
+    return fmt::format("expected a host name, \"*.suffix\", \"*\" or an IPv6 literal \"[::1]\", got \"{}\"", h);
+  }
+  for (char ch : name)
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' || ch == ':'))
+      return expected();
+  if (name.find(':') != std::string_view::npos)
+    return fmt::format("expected a host without a port (requests are matched by their Host without it), got \"{}\"", h);
+  if (name.back() == '.')
+    return fmt::format(
+        "expected a host without a trailing dot (requests are matched by their Host without it), got \"{}\"", h);
+  return {};
+}
+
+// Why route path `p` can never match, or "". Requests are matched by their
+// path after normalize_path (src/proxy/http_proxy.cpp): %XX decoded, "//"
+// merged, "." and ".." segments resolved; such a path never holds "//",
+// "/./" or "/../". A final "." or ".." can still match as a prefix ("/a/."
+// of "/a/.well-known"). A '%' is refused: "/%61dmin/" would never match
+// "/admin/", and a literal '%' only comes from "%25".
+std::string route_path_why(std::string_view p) {
+  if (p.empty() || p[0] != '/' || p.find_first_of(" \t\r\n?#") != std::string_view::npos || p.size() > 1024)
+    return fmt::format("expected a path prefix starting with / (no spaces, '?' or '#'), got \"{}\"", p);
+  if (p.find('%') != std::string_view::npos)
+    return fmt::format("expected a decoded path without '%' (requests are matched after %XX decoding), got \"{}\"", p);
+  if (p.find("//") != std::string_view::npos || p.find("/./") != std::string_view::npos ||
+      p.find("/../") != std::string_view::npos)
+    return fmt::format(
+        "expected a path without \"//\", \"/./\" or \"/../\" (requests are matched after these are "
+        "resolved), got \"{}\"",
+        p);
+  return {};
+}
+
+// Whether `s` is a host name or IP literal with an optional ":port", fit for
+// a Host field (no control characters, spaces, commas or non-ASCII bytes).
+bool host_port_ok(std::string_view s) {
+  if (s.empty() || s.size() > 255) return false;
+  std::string_view host = s, port;
+  if (s.front() == '[') {
+    const auto close = s.find(']');
+    if (close == std::string_view::npos || close < 3) return false;
+    for (char ch : s.substr(1, close - 1))
+      if (!std::isxdigit(static_cast<unsigned char>(ch)) && ch != ':' && ch != '.') return false;
+    host = {};
+    if (close + 1 < s.size()) {
+      if (s[close + 1] != ':') return false;
+      port = s.substr(close + 2);
+      if (port.empty()) return false;
+    }
+  } else if (const auto colon = s.rfind(':'); colon != std::string_view::npos) {
+    host = s.substr(0, colon);
+    port = s.substr(colon + 1);
+    if (host.empty() || port.empty()) return false;
+  }
+  for (char ch : host)
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '.' && ch != '_') return false;
+  if (!port.empty()) {
+    uint32_t n = 0;
+    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), n);
+    if (ec != std::errc() || end != port.data() + port.size() || port.size() > 5 || n == 0 || n > 65535) return false;
+  }
+  return true;
+}
+
 void parse_routes(Ctx& c, element arr, const std::string& path, ListenerConf& l) {
   std::set<std::string> names;
   for_each_element(c, arr, path, [&](element e, const std::string& p) {
@@ -362,23 +460,12 @@ void parse_routes(Ctx& c, element arr, const std::string& path, ListenerConf& l)
       else if (k == "upstream") has_up = get_name(c, v, kp, r.upstream);
       else if (k == "host") {
         if (get_string(c, v, kp, r.host)) {
-          std::string why;
           for (char& ch : r.host) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-          std::string_view h = r.host;
-          if (h.starts_with("*.")) h.remove_prefix(2);
-          bool ok = !h.empty() && h.size() < 256;
-          for (char ch : h)
-            ok &= (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' ||
-                  ch == ':' || ch == '[' || ch == ']';
-          if (r.host != "*" && !ok)
-            c.error(kp, fmt::format("expected a host name, \"*.suffix\" or \"*\", got \"{}\"", r.host));
+          if (auto why = route_host_why(r.host); !why.empty()) c.error(kp, why);
         }
       } else if (k == "path") {
-        if (get_string(c, v, kp, r.path) &&
-            (r.path.empty() || r.path[0] != '/' || r.path.find_first_of(" \t\r\n?#") != std::string::npos ||
-             r.path.size() > 1024))
-          c.error(kp,
-                  fmt::format("expected a path prefix starting with / (no spaces, '?' or '#'), got \"{}\"", r.path));
+        if (get_string(c, v, kp, r.path))
+          if (auto why = route_path_why(r.path); !why.empty()) c.error(kp, why);
       } else if (k == "hash_key") {
         std::string t, why;
         if (get_string(c, v, kp, t)) {
@@ -387,10 +474,10 @@ void parse_routes(Ctx& c, element arr, const std::string& path, ListenerConf& l)
           else if (r.hash_key == HashKey::frame) c.error(kp, "\"frame\" needs \"protocol\": \"frame\"");
         }
       } else if (k == "set_host") {
-        if (get_string(c, v, kp, r.set_host) &&
-            (r.set_host.empty() || r.set_host.find_first_of(" \t\r\n,") != std::string::npos ||
-             r.set_host.size() > 255))
-          c.error(kp, fmt::format("expected a host[:port] for the Host header, got \"{}\"", r.set_host));
+        if (get_string(c, v, kp, r.set_host) && !host_port_ok(r.set_host))
+          c.error(kp, fmt::format("expected a host name or IP literal with an optional :port for the Host header, "
+                                  "got \"{}\"",
+                                  r.set_host));
       } else if (k == "rules") {
         rules = v;
         has_rules = true;
@@ -609,8 +696,11 @@ void cross_check(Ctx& c, Config& cfg) {
     bool found = false;
     for (const auto& u : cfg.upstreams) found |= u.name == l.upstream;
     if (!found) c.error(fmt::format("listeners[{}].upstream", i), fmt::format("no upstream named \"{}\"", l.upstream));
-    // A frame listener routes by its key with ketama unless a pool says otherwise.
-    if (l.protocol == Protocol::frame && l.hash_key == HashKey::frame)
+    // A frame listener's upstream hashes with ketama unless a pool says
+    // otherwise: the frame key, or with hash_key "ip" the client address.
+    // Pools shared with tcp or http listeners get that default too (a pool
+    // has one method).
+    if (l.protocol == Protocol::frame)
       for (auto& u : cfg.upstreams)
         if (u.name == l.upstream)
           for (auto& p : u.pools)

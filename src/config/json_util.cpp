@@ -4,15 +4,24 @@
 
 #include <cmath>
 
+#include "gw/core/text.hpp"
+#include "gw/core/utf8.hpp"
+
 namespace gw::config {
 
+// A key or value quoted back may hold a control character: escaped, so that
+// each error stays one line.
 void Ctx::error(const std::string& path, const std::string& msg) {
-  errors.push_back(path + ": " + msg);
+  errors.push_back(core::one_line(path + ": " + msg));
 }
 
+// "a.id" is under "a.id" ("a.id: ..."), "a.id.x" and "a.id[0]", not "a.ids".
 bool Ctx::has_error_under(const std::string& path) const {
+  const std::string p = core::one_line(path);
   for (const auto& e : errors)
-    if (e.compare(0, path.size(), path) == 0) return true;
+    if (e.size() > p.size() && e.compare(0, p.size(), p) == 0 &&
+        (e[p.size()] == '.' || e[p.size()] == '[' || e[p.size()] == ':'))
+      return true;
   return false;
 }
 
@@ -25,7 +34,8 @@ std::string describe(simdjson::dom::element e) {
   switch (e.type()) {
     case T::STRING: {
       std::string_view s = e.get_string().value_unsafe();
-      if (s.size() > 40) return fmt::format("string \"{}...\"", s.substr(0, 40));
+      // Config strings are UTF-8 (simdjson checks): cut between characters.
+      if (s.size() > 40) return fmt::format("string \"{}...\"", core::utf8_prefix(s, 40));
       return fmt::format("string \"{}\"", s);
     }
     case T::INT64: return fmt::format("{}", e.get_int64().value_unsafe());

@@ -77,6 +77,27 @@ class ConfigCheckTest(GwTestCase):
         cfg["upstreams"][0]["pools"][0]["hosts"][1]["weight"] = "0"
         self.assertConfigErrors(cfg, ["upstreams[0].pools[0].hosts[1].weight"])
 
+    def test_every_error_on_its_own_line(self):
+        """A misspelt key no longer hides the missing one beside it, and a key
+        or value with a control character is escaped, so that each error is
+        one line of "FILE: PATH: message"."""
+        cfg = self.valid_config()
+        h = cfg["upstreams"][0]["pools"][0]["hosts"][0]
+        h["ids"] = h.pop("id")
+        h["weig\nht"] = 1
+        cfg["upstreams"][0]["pools"][0]["hosts"][1]["weight"] = "a\x01b"
+        path = gwtest.write_json(os.path.join(self.tmp, "lines.json"), cfg)
+        r = gwtest.run_gwd_test(path)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        lines = r.stderr.splitlines()
+        self.assertIn(f"{path}: upstreams[0].pools[0].hosts[0].ids: unknown key", lines)
+        self.assertIn(f'{path}: upstreams[0].pools[0].hosts[0]: missing required key "id"', lines)
+        self.assertIn(f"{path}: upstreams[0].pools[0].hosts[0].weig\\nht: unknown key", lines)
+        self.assertIn(f'{path}: upstreams[0].pools[0].hosts[1].weight: expected an integer 0..1000, '
+                      f'got string "a\\x01b"', lines)
+        self.assertIn(f"{path}: 4 error(s)", lines)
+        self.assertEqual(len(lines), 5, r.stderr)
+
     def test_weight_out_of_range(self):
         cfg = self.valid_config()
         cfg["upstreams"][0]["pools"][1]["hosts"][0]["weight"] = -1

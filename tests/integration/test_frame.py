@@ -1373,8 +1373,8 @@ class FrameTest(GwTestCase):
     def test_hash_key_ip_hashes_the_client_address_and_still_checks_frames(self):
         backends = self.device_backends(["a", "b", "c"])
         lst = frame_listener("dev", hash_key="ip", frame_opts={"allowed_types": [1, 2, 3]})
-        # chash is the default only for hash_key "frame": set it here
-        gw, hosts = self.frame_gateway(backends, [lst], method="chash")
+        # No pool method: a frame listener's pools default to chash whatever its hash_key.
+        gw, hosts = self.frame_gateway(backends, [lst])
         sources = [f"127.0.{i // 200}.{i % 200 + 2}" for i in range(24)]
         want = hashpick(hosts, sources)
         self.assertGreater(len(set(want.values())), 1)

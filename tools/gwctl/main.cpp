@@ -27,6 +27,7 @@
 #include "gw/config/config.hpp"
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
+#include "gw/core/text.hpp"
 #include "gw/net/socket.hpp"
 #include "gw/proxy/framer.hpp"
 #include "gw/proxy/http_proxy.hpp"
@@ -776,19 +777,6 @@ void reject_empty(const CLI::App& a) {
   for (const CLI::App* sub : a.get_subcommands()) reject_empty(*sub);
 }
 
-// One line on stderr, whatever the message quotes back (a name with a newline).
-std::string one_line(std::string_view s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (c == '\n') out += "\\n";
-    else if (c == '\r') out += "\\r";
-    else if (c == '\t') out += "\\t";
-    else if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
-    else out += static_cast<char>(c);
-  }
-  return out;
-}
-
 int main(int argc, char** argv) {
   gw::core::log_set_role("gwctl");
   gw::core::log_set_level(gw::core::LogLevel::warn);
@@ -882,7 +870,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    fmt::print(stderr, "gwctl: {} (see gwctl --help)\n", one_line(e.what()));
+    fmt::print(stderr, "gwctl: {} (see gwctl --help)\n", gw::core::one_line(e.what()));
     return 2;
   }
 
@@ -990,7 +978,7 @@ int main(int argc, char** argv) {
       return report(gw::shm::ops::set_pool(attach(o, true), o.path, o.id, prio, m));
     }
   } catch (const std::exception& e) {
-    fmt::print(stderr, "gwctl: {}\n", one_line(e.what()));
+    fmt::print(stderr, "gwctl: {}\n", gw::core::one_line(e.what()));
     return 1;
   }
   return 2;

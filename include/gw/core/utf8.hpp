@@ -47,4 +47,13 @@ inline bool utf8_valid(std::string_view s) noexcept {
   return true;
 }
 
+/// The longest prefix of `s` of at most `max` bytes that does not end inside
+/// a UTF-8 sequence (cut before a continuation byte).
+inline std::string_view utf8_prefix(std::string_view s, size_t max) noexcept {
+  if (s.size() <= max) return s;
+  size_t cut = max;
+  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xc0) == 0x80) --cut;
+  return s.substr(0, cut);
+}
+
 }  // namespace gw::core

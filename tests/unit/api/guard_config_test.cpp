@@ -108,6 +108,17 @@ TEST_SUITE("config") {
     CHECK(has(e(conf("", R"(, "limit_conn": {"max": 1, "key": "header:x"})")), "limit_conn.key: expected \"ip\""));
     CHECK(has(e(conf(R"(, "auth": {"type": "oauth"})")), "routes[0].auth.type: expected \"key-auth\""));
     CHECK(has(e(conf(R"(, "auth": {"header": "x"})")), "routes[0].auth: missing required key \"type\""));
+    // Without a (valid) type, a key that no type takes is still reported, and "allow" checked.
+    for (const char* type : {"", R"("type": "oauth", )", R"("type": 1, )"}) {
+      CAPTURE(type);
+      auto te = e(conf(std::string(R"(, "auth": {)") + type +
+                       R"("hedaer": "x", "header": "y", "users": {}, "allow": [""], "secret": 1})"));
+      CHECK_MESSAGE(has(te, "routes[0].auth.hedaer: unknown key"), all(te));
+      CHECK(has(te, "routes[0].auth.allow[0]: expected a consumer name"));
+      CHECK(!has(te, "routes[0].auth.header:"));
+      CHECK(!has(te, "routes[0].auth.users:"));
+      CHECK(!has(te, "routes[0].auth.secret:"));
+    }
     CHECK(has(e(conf(R"(, "auth": {"type": "jwt", "algorithm": "HS256"})")), "routes[0].auth: HS256 needs \"secret\""));
     CHECK(has(e(conf(R"(, "auth": {"type": "jwt", "algorithm": "none", "secret": "0123456789abcdef"})")),
               "auth.algorithm: expected \"HS256\" or \"RS256\""));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "config/json_util.hpp"
 #include "gw/config/config.hpp"
 
 using gw::config::load_string;
@@ -254,10 +255,10 @@ TEST_SUITE("config") {
     CHECK(s.check_versions);
     CHECK(s.allowed_versions[0] == 1);
     CHECK(s.allowed_versions[1] == 0);
-    // An empty list allows nothing.
-    auto none = load_frame(R"(, "frame": {"allowed_types": []})");
-    REQUIRE(none.errors.empty());
-    CHECK(none.config.listeners.at(0).frame.spec.check_types);
+    // An empty list would refuse every frame: refused at load.
+    CHECK(has(frame_errors(R"("allowed_types": [])"), "listeners[0].frame.allowed_types: expected at least one value"));
+    CHECK(has(frame_errors(R"("allowed_versions": [])"),
+              "listeners[0].frame.allowed_versions: expected at least one value, got []"));
   }
 
   TEST_CASE("max_body is clamped to what the length field can say") {
@@ -362,11 +363,33 @@ TEST_SUITE("config") {
         load_frame(R"(, "hash_key": "mac")").errors,
         R"(listeners[0].hash_key: expected "ip", "frame", "uri", "header:NAME", "cookie:NAME" or "arg:NAME", got "mac")"));
 
-    // hash_key "ip" on a frame listener: the pools keep their own default.
+    // hash_key "ip" on a frame listener: the pools still default to chash
+    // (over the client address), as with the frame key; a pool's own method stays.
     auto ip = load_frame(R"(, "hash_key": "ip")");
     REQUIRE(ip.errors.empty());
     CHECK(ip.config.listeners.at(0).hash_key == HashKey::ip);
-    CHECK(ip.config.upstreams.at(0).pools.at(0).method == gw::shm::Method::round_robin);
+    CHECK(ip.config.upstreams.at(0).pools.at(0).method == gw::shm::Method::chash);
+    CHECK(!ip.config.upstreams.at(0).pools.at(0).method_set);
+    CHECK(ip.config.upstreams.at(0).pools.at(1).method == gw::shm::Method::maglev);
+    CHECK(ip.config.upstreams.at(1).pools.at(0).method == gw::shm::Method::round_robin);  // the tcp listener's
+    // An upstream shared by a frame listener and a tcp listener: its pools have
+    // one method, the frame listener's default, whichever listener comes first.
+    for (const char* key : {"ip", "frame"}) {
+      CAPTURE(key);
+      const std::string frame_l = std::string(R"({"name": "dev", "listen": "127.0.0.1:7100", "protocol": "frame",
+          "upstream": "devs", "hash_key": ")") +
+                                  key + "\"}";
+      const std::string tcp_l = R"({"name": "l4", "listen": "127.0.0.1:7101", "upstream": "devs"})";
+      for (const std::string& listeners : {frame_l + ", " + tcp_l, tcp_l + ", " + frame_l}) {
+        auto shared = load_string(R"({"shm": {"name": "t3"}, "listeners": [)" + listeners + R"(],
+            "upstreams": [{"name": "devs", "pools": [
+              {"id": "p1", "hosts": [{"id": "a", "address": "127.0.0.1:9001"}]},
+              {"id": "p2", "method": "random", "hosts": [{"id": "b", "address": "127.0.0.1:9002"}]}]}]})");
+        REQUIRE(shared.errors.empty());
+        CHECK(shared.config.upstreams.at(0).pools.at(0).method == gw::shm::Method::chash);
+        CHECK(shared.config.upstreams.at(0).pools.at(1).method == gw::shm::Method::random);
+      }
+    }
     auto fk = load_frame(R"(, "hash_key": "frame")");
     REQUIRE(fk.errors.empty());
     CHECK(fk.config.upstreams.at(0).pools.at(0).method == gw::shm::Method::chash);
@@ -390,5 +413,73 @@ TEST_SUITE("config") {
       CHECK(has(load_string(replace(base, " FRAME", R"(, "on_host_remove": true)")).errors,
                 "listeners[0].on_host_remove: expected a string, got true"));
     }
+  }
+
+  TEST_CASE("frame.key: a JSON pointer takes only the ~0 and ~1 escapes") {
+    const std::string p = "listeners[0].frame.key: ";
+    for (const char* ok : {"/device/id", "/a~0b", "/a~1b/~0~1", "/", "/a//b", "/0", "devid", "a~2"}) {
+      CAPTURE(ok);
+      CHECK(frame_errors(std::string(R"("key": ")") + ok + "\"").empty());
+    }
+    CHECK(has(frame_errors(R"("key": "/a~2")"),
+              p + R"(expected a JSON pointer whose '~' escapes are "~0" or "~1", got "/a~2")"));
+    CHECK(has(frame_errors(R"("key": "/a~")"), p + "expected a JSON pointer"));
+    CHECK(has(frame_errors(R"("key": "/~/b")"), p + "expected a JSON pointer"));
+  }
+
+  TEST_CASE("health.expect_status: every class is 1xx..5xx, none empty") {
+    auto status = [](const std::string& x) {
+      return load_string(replace(kValid, R"("max_fails": 2,)",
+                                 R"("max_fails": 2, "health": {"type": "http", "expect_status": ")" + x + "\"},"));
+    };
+    auto ok = status("2xx,3xx");
+    REQUIRE(ok.errors.empty());
+    CHECK(ok.config.upstreams[0].check.expect_mask == ((1u << 2) | (1u << 3)));
+    for (const char* bad : {"2xx,", ",2xx", "2xx,,3xx", "", "6xx", "2xx;3xx", "2x"}) {
+      CAPTURE(bad);
+      CHECK(has(status(bad).errors,
+                std::string(R"(upstreams[0].health.expect_status: expected status classes like "2xx,3xx", got ")") +
+                    bad + "\""));
+    }
+  }
+
+  TEST_CASE("a misspelt key does not hide a missing one; errors stay on one line; strings are cut between characters") {
+    // "ids" is not under "id": both are reported.
+    auto r = load_string(replace(kValid, R"({"id": "b", )", R"({"ids": "b", )"));
+    CHECK(has(r.errors, "upstreams[0].pools[0].hosts[1].ids: unknown key"));
+    CHECK(has(r.errors, R"(upstreams[0].pools[0].hosts[1]: missing required key "id")"));
+    // A bad id is still not followed by "missing".
+    r = load_string(replace(kValid, R"({"id": "b", )", R"({"id": 5, )"));
+    CHECK(has(r.errors, "upstreams[0].pools[0].hosts[1].id: expected a string"));
+    CHECK(!has(r.errors, "missing required key"));
+    gw::config::Ctx c;
+    c.error("listeners[10].upstream", "x");
+    CHECK(c.has_error_under("listeners[10]"));
+    CHECK(c.has_error_under("listeners[10].upstream"));
+    CHECK(!c.has_error_under("listeners[1]"));
+    CHECK(!c.has_error_under("listeners[10].up"));
+    c.error("a.b[2]", "y");
+    CHECK(c.has_error_under("a.b"));
+    CHECK(!c.has_error_under("a.b[2]x"));
+
+    // Control characters in keys and values are escaped.
+    r = load_string(replace(kValid, R"("weight": 5)", R"("weig\nht": 5, "weight": "a\tb\u0001")"));
+    CHECK(has(r.errors, R"(upstreams[0].pools[0].hosts[0].weig\nht: unknown key)"));
+    CHECK(
+        has(r.errors, R"(upstreams[0].pools[0].hosts[0].weight: expected an integer 0..1000, got string "a\tb\x01")"));
+    for (const auto& e : r.errors) {
+      CAPTURE(e);
+      CHECK(std::none_of(e.begin(), e.end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20; }));
+    }
+
+    // 39 ASCII bytes and then 2-byte characters: byte 40 is inside one.
+    const std::string text = std::string(39, 'a') + "\u00e9\u00e9";
+    r = load_string(replace(kValid, R"("weight": 5)", R"("weight": ")" + text + "\""));
+    CHECK(has(r.errors, "got string \"" + std::string(39, 'a') + "...\""));
+    r = load_string(replace(
+        kValid, R"("weight": 5)",
+        R"("weight": "a)" + std::string(20, 'x') + "\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\""));
+    CHECK(has(r.errors,
+              "got string \"a" + std::string(20, 'x') + "\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9...\""));
   }
 }

@@ -167,6 +167,86 @@ TEST_SUITE("config") {
     CHECK(has(e, "upstreams[0].keepalive.max_idle: expected an integer 0..100000, got -1"));
   }
 
+  TEST_CASE("a route that no request can match is refused") {
+    auto route = [](const std::string& keys) {
+      return load_string(with_listener(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http",
+          "routes": [{"name": "r", "upstream": "app", )" +
+                                       keys + "}]}"));
+    };
+    const std::string p = "listeners[0].routes[0].";
+    // The router matches the Host without its port and one trailing dot.
+    for (const char* ok : {"api.example.com", "*.example.com", "*", "[::1]", "[2001:db8::a]", "[::ffff:10.0.0.1]",
+                           "10.0.0.1", "API.Example.com"}) {
+      CAPTURE(ok);
+      auto r = route(std::string(R"("host": ")") + ok + "\"");
+      CHECK_MESSAGE(r.ok(), all(r.errors));
+    }
+    for (const char* port : {"api.example.com:8080", "*.example.com:80", "[::1]:80", "::1", "10.0.0.1:80"}) {
+      CAPTURE(port);
+      CHECK(has(route(std::string(R"("host": ")") + port + "\"").errors,
+                p + "host: expected a host without a port (requests are matched by their Host without it), got \"" +
+                    port + "\""));
+    }
+    for (const char* dot : {"www.example.com.", "*.example.com."}) {
+      CAPTURE(dot);
+      CHECK(has(route(std::string(R"("host": ")") + dot + "\"").errors,
+                p +
+                    "host: expected a host without a trailing dot (requests are matched by their Host without it), "
+                    "got \"" +
+                    dot + "\""));
+    }
+    for (const char* bad : {"[::1", "[::1].", "[zz::1]", "*.[::1]", "[]", "a]b"}) {
+      CAPTURE(bad);
+      CHECK(has(route(std::string(R"("host": ")") + bad + "\"").errors, p + "host: expected a host"));
+    }
+    // Paths are matched after %XX decoding, "//" merging and dot-segment resolution.
+    for (const char* ok : {"/", "/admin/", "/a/.well-known/", "/a/.", "/a/..", "/a.b/c..d/", "/.x"}) {
+      CAPTURE(ok);
+      auto r = route(std::string(R"("path": ")") + ok + "\"");
+      CHECK_MESSAGE(r.ok(), all(r.errors));
+    }
+    for (const char* dead : {"/admin//", "//admin", "/a/./b", "/./", "/a/../b", "/../"}) {
+      CAPTURE(dead);
+      CHECK(has(
+          route(std::string(R"("path": ")") + dead + "\"").errors,
+          p + R"(path: expected a path without "//", "/./" or "/../" (requests are matched after these are resolved), got ")" +
+              dead + "\""));
+    }
+    for (const char* pct : {"/%61dmin/", "/a%2Fb", "/100%"}) {
+      CAPTURE(pct);
+      CHECK(has(route(std::string(R"("path": ")") + pct + "\"").errors,
+                p + "path: expected a decoded path without '%' (requests are matched after %XX decoding), got \"" +
+                    pct + "\""));
+    }
+  }
+
+  TEST_CASE("set_host: a host name or IP literal with an optional port") {
+    auto route = [](const std::string& set_host) {
+      return load_string(with_listener(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http",
+          "routes": [{"name": "r", "upstream": "app", "set_host": ")" +
+                                       set_host + "\"}]}"));
+    };
+    for (const char* ok : {"api.internal", "api.internal:8080", "API-1.internal_x", "10.0.0.1", "10.0.0.1:80", "[::1]",
+                           "[2001:db8::1]:8443", "localhost:65535"}) {
+      CAPTURE(ok);
+      auto r = route(ok);
+      CHECK_MESSAGE(r.ok(), all(r.errors));
+      CHECK(r.config.listeners.at(0).routes.at(0).set_host == ok);
+    }
+    for (const char* bad : {"",       "a\\u0001b", "a\\u007f", "a b",  "a\\tb",   "a,b",   "h\\u00e9.example",
+                            "a:",     "a:0",       "a:65536",  "a:8x", ":80",     "[::1",  "[::1]x",
+                            "[::1]:", "[]",        "a/b",      "a@b",  "a:80:80", "[g::1]"}) {
+      CAPTURE(bad);
+      auto r = route(bad);
+      CHECK_MESSAGE(has(r.errors,
+                        "listeners[0].routes[0].set_host: expected a host name or IP literal with an "
+                        "optional :port for the Host header, got"),
+                    all(r.errors));
+    }
+    // The value is quoted back on one line.
+    CHECK(has(route("a\\u0001b\\u007f").errors, R"(Host header, got "a\x01b\x7f")"));
+  }
+
   TEST_CASE("route and rule counts must fit the shm capacities") {
     auto r = load_string(R"({"shm": {"name": "h2", "max_routes": 1, "max_rules": 1, "max_rule_cidrs": 1},
       "listeners": [{"name": "web", "listen": "127.0.0.1:8080", "protocol": "http",
