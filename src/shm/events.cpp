@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "gw/core/clock.hpp"
+#include "gw/core/utf8.hpp"
 #include "gw/shm/seqlock.hpp"
 
 namespace gw::shm {
@@ -23,10 +24,9 @@ void emit_event(const Segment& seg, EventKind kind, uint64_t generation, std::st
     std::memcpy(d.text, text.data(), text.size());
   } else {
     // Cut where a UTF-8 character starts, and say so.
-    size_t cut = sizeof(d.text) - 4;
-    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xc0) == 0x80) --cut;
-    std::memcpy(d.text, text.data(), cut);
-    std::memcpy(d.text + cut, "...", 3);
+    const std::string_view head = core::utf8_prefix(text, sizeof(d.text) - 4);
+    std::memcpy(d.text, head.data(), head.size());
+    std::memcpy(d.text + head.size(), "...", 3);
   }
   uint64_t words[sizeof(EventData) / 8];
   std::memcpy(words, &d, sizeof(d));
