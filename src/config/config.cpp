@@ -343,13 +343,18 @@ void parse_rule(Ctx& c, element e, const std::string& p, shm::RuleSpec& r) {
     if (k == "id") has_id = get_name(c, v, kp, r.id);
     else if (k == "upstream") has_up = get_name(c, v, kp, r.upstream);
     else if (k == "ip") {
+      size_t n = 0;
       for_each_element(c, v, kp, [&](element item, const std::string& ip) {
         std::string t, why;
         core::Cidr cidr;
+        ++n;
         if (!get_string(c, item, ip, t)) return;
         if (!core::parse_cidr(t, cidr, why)) c.error(ip, why);
         else r.cidrs.push_back(cidr);
       });
+      // No block would leave the rule without an address matcher: it would
+      // match every client.
+      if (n == 0 && v.is_array()) c.error(kp, "expected at least one address block, got []");
     } else if (k == "header") name_value(v, kp, r.header_name, r.header_value);
     else if (k == "cookie") name_value(v, kp, r.cookie_name, r.cookie_value);
     else if (k == "percent") {

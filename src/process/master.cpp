@@ -149,6 +149,7 @@ shm::Table merge_runtime(const config::Config& cfg, const shm::State* src) {
 
 // Hosts of `merged` that `live` has too (same upstream, pool and id) keep
 // their runtime slots there: their counters, health and connections go on.
+// So do rules (same listener, route and id): their hit counters.
 void keep_runtime_slots(shm::Table& merged, const shm::Table& live) {
   for (auto& h : merged.hosts()) {
     int u = live.find_upstream(shm::name_of(merged.upstreams()[merged.pools()[h.pool].upstream].name));
@@ -157,6 +158,15 @@ void keep_runtime_slots(shm::Table& merged, const shm::Table& live) {
     if (o >= 0) {
       h.slot = live.hosts()[static_cast<size_t>(o)].slot;
       h.tag = live.hosts()[static_cast<size_t>(o)].tag;
+    }
+  }
+  for (auto& r : merged.rules()) {
+    const shm::RouteRecord& rt = merged.routes()[r.route];
+    const int lr = live.find_route(shm::name_of(rt.listener), shm::name_of(rt.name));
+    const int o = lr < 0 ? -1 : live.find_rule(lr, shm::name_of(r.id));
+    if (o >= 0) {
+      r.stat_slot = live.rules()[static_cast<size_t>(o)].stat_slot;
+      r.stat_tag = live.rules()[static_cast<size_t>(o)].stat_tag;
     }
   }
 }

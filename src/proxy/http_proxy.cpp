@@ -373,9 +373,27 @@ void HttpProxy::refresh() {
       ++lr.n_routes;
     }
   }
+  // Requests in flight hold upstream positions in the table they started
+  // with. A reload or a live change may remove or reorder upstreams: each is
+  // moved to its upstream's position in this table, or to -1 if it is gone
+  // (no retry then; settings fall back), so a retry never goes to another
+  // upstream, nor a timeout come from another's settings.
+  if (!upstream_names_.empty()) {
+    std::vector<int16_t> moved(upstream_names_.size());
+    for (size_t o = 0; o < moved.size(); ++o) moved[o] = static_cast<int16_t>(snap.find_upstream(upstream_names_[o]));
+    auto move = [&](int16_t ui) -> int16_t {
+      return ui >= 0 && static_cast<size_t>(ui) < moved.size() ? moved[static_cast<size_t>(ui)] : int16_t{-1};
+    };
+    for (Conn& c : conns_)
+      if (c.state != CState::free) c.upstream = move(c.upstream);
+    for (UpConn& u : ups_)
+      if (u.state != UState::free) u.upstream = move(u.upstream);
+  }
   // Settings the table does not carry come from the config, by name.
   upstreams_.assign(snap.upstreams().size(), UpstreamRt{});
   auto recs = t.upstreams();
+  upstream_names_.clear();
+  for (const auto& rec : recs) upstream_names_.emplace_back(shm::name_of(rec.name));
   for (size_t u = 0; u < recs.size() && u < upstreams_.size(); ++u) {
     for (const auto& uc : cfg_.upstreams)
       if (uc.name == shm::name_of(recs[u].name)) upstreams_[u].conf = &uc;
@@ -1612,7 +1630,7 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
       continue;
     }
     metrics::host_response(env_, u.host_slot, u.host_tag, h.status, u.connect_start_ns);
-    const UpstreamRt& ur = upstreams_[static_cast<size_t>(c.upstream)];
+    const UpstreamRt& ur = upstream_rt(c.upstream);
     const bool listed = ur.conf && ur.conf->retry.retries_status(h.status);
     if (listed && c.attempts < ur.tries && c.retryable && c.idempotent &&
         (!ur.conf->retry.timeout_ms || env_.now_ms - c.first_try_ms < ur.conf->retry.timeout_ms) && c.out.size() == 0) {
@@ -1795,7 +1813,7 @@ void HttpProxy::upstream_failed(Conn& c, uint8_t kind, int err) noexcept {
     return;
   }
   const bool sent_any = c.rq.head > 0 || c.sent > c.body_start;
-  const config::UpstreamConf* uc = upstreams_[static_cast<size_t>(ui)].conf;
+  const config::UpstreamConf* uc = upstream_rt(ui).conf;
   bool allowed = c.retryable && (c.idempotent || !sent_any) && uc != nullptr;
   if (allowed && !stale) {
     switch (kind) {

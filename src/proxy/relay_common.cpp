@@ -219,6 +219,9 @@ void host_event(RelayEnv& env, uint32_t slot, uint32_t tag, bool down, int err) 
 }  // namespace
 
 void record_connect_failure(RelayEnv& env, int ui, uint32_t slot, uint32_t tag, uint32_t weight, int err) noexcept {
+  // An upstream a table change removed under the connection: its host's
+  // health settings are gone with it.
+  if (ui < 0 || static_cast<size_t>(ui) >= env.snap->upstreams().size()) return;
   const balance::UpstreamView& uv = env.snap->upstreams()[static_cast<size_t>(ui)];
   if (shm::record_failure(env.seg->host(slot), tag, uv.health, env.now_ms)) host_event(env, slot, tag, true, err);
   env.balancer->on_failure(slot, tag, weight, uv.health.max_fails);

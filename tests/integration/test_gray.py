@@ -19,6 +19,7 @@ import json
 import os
 import random
 import re
+import signal
 import socket
 import sys
 import threading
@@ -87,6 +88,42 @@ def get(port, path="/", headers=(), src="127.0.0.1"):
         return c.get(path, headers)
     finally:
         c.close()
+
+
+class _ReadThenClose:
+    """A host that reads a request head, waits `delay` s and closes without answering."""
+
+    def __init__(self, delay):
+        self.delay = delay
+        self.heads = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((gwtest.LOOPBACK, 0))
+        self.sock.listen(16)
+        self.address = f"{gwtest.LOOPBACK}:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        with c:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(4096)
+                if not d:
+                    return
+                buf += d
+            self.heads += 1
+            time.sleep(self.delay)
+
+    def stop(self):
+        self.sock.close()
 
 
 class GrayTest(GwTestCase):
@@ -398,6 +435,10 @@ class GrayTest(GwTestCase):
             ["add", "rule", "web", "main", "r", "--ip", "127.0.0.0/33", "--upstream", "pre"],
             ["add", "rule", "web", "main", "r", "--ip", "127.0.0.0/", "--upstream", "pre"],
             ["add", "rule", "web", "main", "r", "--ip", "localhost", "--upstream", "pre"],
+            # no address at all (an empty variable beside a separator): no matcher would be
+            # left, and with --header the rule would match every client
+            ["add", "rule", "web", "main", "r", "--ip", ",", "--header", "X-A=1", "--upstream", "pre"],
+            ["add", "rule", "web", "main", "r", "--ip", " ", "--header", "X-A=1", "--upstream", "pre"],
             ["add", "rule", "web", "main", "r", "--ip", "127.0.0.2,bogus", "--upstream", "pre"],
             ["add", "rule", "web", "main", "r", "--ip", "127.0.0.17/28", "--upstream", "pre"],   # bits past prefix
             ["add", "rule", "web", "main", "r", "--ip", "::1/64", "--upstream", "pre"],          # bits past prefix
@@ -555,6 +596,61 @@ class GrayTest(GwTestCase):
         gw.start()
         self.assertEqual(self.routes(gw), want)
         self.assertSides(gw, [("127.0.0.60", (), "/", "edge"), ("127.0.0.1", (("X-Canary", "1"),), "/", "prod")])
+
+    def reload(self, gw, config):
+        """Writes `config` and SIGHUPs the master; returns once the reload is done."""
+        gwtest.write_json(gw.conf_path, config)
+        n = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: "reloaded:" in gw.log_text()[n:], T(10), msg="the reload")
+
+    def test_reload_keeps_rule_hits(self):
+        """A rule keeps its hit counters across a reload (as hosts and listeners keep theirs);
+        every reload used to give each rule a new counter column, at 0."""
+        cfg = self.gray_config(self.CONFIG_RULES)
+        gw = self.gateway(cfg)
+        for _ in range(5):
+            self.assertEqual(get(gw.port, "/", (("X-Canary", "1"),)), "pre")
+        self.assertEqual(self.hits(gw)["hdr"], 5)
+        self.reload(gw, cfg)
+        self.assertEqual(self.hits(gw)["hdr"], 5)
+        self.assertEqual(get(gw.port, "/", (("X-Canary", "1"),)), "pre")
+        gwtest.wait_until(lambda: self.hits(gw)["hdr"] == 6, T(5), msg="the next hit to be counted")
+
+    def test_inflight_retry_after_reload_stays_on_its_upstream(self):
+        """A request in flight when a reload removes another upstream (so that its own moves
+        to another position in the table) is retried on its own upstream, never on the one
+        that took its old position: here pre has one host, which closes without answering,
+        so the answer is 502 (it was edge's)."""
+        slow = _ReadThenClose(1.5)
+        self.addCleanup(slow.stop)
+        cfg = self.gray_config([{"id": "hdr", "header": "X-Canary=1", "upstream": "pre"}])
+        ups = {u["name"]: u for u in cfg["upstreams"]}
+        ups["pre"] = upstream("pre", [pool("p", [host("slow", slow.address)])],
+                              retry={"on": ["error", "timeout"], "tries": 2})
+        zzz = upstream("zzz", [pool("p", [host("z", self.be["prod"].address)])])
+        cfg["upstreams"] = [zzz, ups["pre"], ups["edge"], ups["prod"]]
+        gw = self.gateway(cfg)
+        result = {}
+
+        def request():
+            c = Client(gw.port, timeout=T(15))
+            try:
+                result["side"] = c.get("/", (("X-Canary", "1"),))
+            except Exception as e:  # noqa: BLE001 -- reported by the assertion below
+                result["side"] = repr(e)
+            finally:
+                c.close()
+        th = threading.Thread(target=request)
+        th.start()
+        try:
+            gwtest.wait_until(lambda: slow.heads >= 1, T(5), msg="the request to reach pre's host")
+            cfg2 = json.loads(json.dumps(cfg))
+            cfg2["upstreams"] = [u for u in cfg2["upstreams"] if u["name"] != "zzz"]
+            self.reload(gw, cfg2)
+        finally:
+            th.join(T(20))
+        self.assertEqual(result.get("side"), "502", "the retry went to another upstream")
 
     # ------------------------------------------------------------------------
     # under load

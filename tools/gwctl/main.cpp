@@ -152,7 +152,12 @@ gw::shm::RuleSpec rule_from_options(const Options& o) {
       i = j + 1;
     }
   };
-  if (!o.ip.empty()) add_cidrs(o.ip, "--ip");
+  if (!o.ip.empty()) {
+    add_cidrs(o.ip, "--ip");
+    // "," or " " (an empty variable beside a separator): no matcher at all
+    // would match every client.
+    if (r.cidrs.empty()) throw Failure(fmt::format("--ip \"{}\": no address in it", o.ip));
+  }
   if (!o.ip_file.empty()) {
     std::FILE* f = std::fopen(o.ip_file.c_str(), "r");
     if (!f) throw Failure(fmt::format("--ip-file {}: {}", o.ip_file, std::strerror(errno)));
@@ -175,8 +180,9 @@ gw::shm::RuleSpec rule_from_options(const Options& o) {
       cleaned += line + "\n";
       i = j + 1;
     }
+    const size_t before = r.cidrs.size();
     add_cidrs(cleaned, "--ip-file " + o.ip_file);
-    if (r.cidrs.empty()) throw Failure(fmt::format("--ip-file {}: no address in it", o.ip_file));
+    if (r.cidrs.size() == before) throw Failure(fmt::format("--ip-file {}: no address in it", o.ip_file));
   }
   auto name_value = [](const std::string& s, const char* opt, std::string& name, std::string& value) {
     auto eq = s.find('=');

@@ -36,6 +36,7 @@
 #include <array>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -296,8 +297,15 @@ class HttpProxy {
   std::vector<RouteRt> routes_;
   std::vector<RuleRt> rules_;
   std::vector<core::Cidr> cidrs_;
-  std::vector<UpstreamRt> upstreams_;  // by snapshot upstream index
-  std::vector<char> strings_;          // rule ids and values, owned here
+  std::vector<UpstreamRt> upstreams_;        // by snapshot upstream index
+  std::vector<std::string> upstream_names_;  // the same, by name: to move in-flight requests to a new table
+  /// upstreams_[ui], or one with no settings (conf null, one try) for an
+  /// upstream a table change removed under an in-flight request (ui -1).
+  const UpstreamRt& upstream_rt(int ui) const noexcept {
+    static constexpr UpstreamRt kGone{};
+    return ui >= 0 && static_cast<size_t>(ui) < upstreams_.size() ? upstreams_[static_cast<size_t>(ui)] : kGone;
+  }
+  std::vector<char> strings_;  // rule ids and values, owned here
   std::vector<Conn> conns_;
   std::vector<UpConn> ups_;
   uint32_t conn_free_ = kNone, up_free_ = kNone;
