@@ -379,10 +379,10 @@ void HttpProxy::refresh() {
   // (no retry then; settings fall back), so a retry never goes to another
   // upstream, nor a timeout come from another's settings.
   if (!upstream_names_.empty()) {
-    std::vector<int16_t> moved(upstream_names_.size());
-    for (size_t o = 0; o < moved.size(); ++o) moved[o] = static_cast<int16_t>(snap.find_upstream(upstream_names_[o]));
-    auto move = [&](int16_t ui) -> int16_t {
-      return ui >= 0 && static_cast<size_t>(ui) < moved.size() ? moved[static_cast<size_t>(ui)] : int16_t{-1};
+    std::vector<int32_t> moved(upstream_names_.size());
+    for (size_t o = 0; o < moved.size(); ++o) moved[o] = static_cast<int32_t>(snap.find_upstream(upstream_names_[o]));
+    auto move = [&](int32_t ui) -> int32_t {
+      return ui >= 0 && static_cast<size_t>(ui) < moved.size() ? moved[static_cast<size_t>(ui)] : int32_t{-1};
     };
     for (Conn& c : conns_)
       if (c.state != CState::free) c.upstream = move(c.upstream);
@@ -1186,7 +1186,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   // Rules (first match wins), then the route's own upstream. A percentage
   // hashes the route's key when the request has one, else the client address.
   const int rule = match_rule(route, c, h, c.key.empty() ? balance::HashKey::of(ip) : c.key);
-  c.rule = static_cast<int16_t>(rule);
+  c.rule = static_cast<int32_t>(rule);
   if (rule >= 0 && c.lg.p) {
     // The rule's id, for the access log (the rule may change before the request ends).
     const std::string_view id = rules_[static_cast<size_t>(rule)].id;
@@ -1196,7 +1196,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
     c.lg_len[Conn::kRule] = static_cast<uint16_t>(n);
   }
   if (rule >= 0) metrics::rule_hit(env_, rules_[static_cast<size_t>(rule)].id);
-  c.upstream = static_cast<int16_t>(rule >= 0 ? rules_[static_cast<size_t>(rule)].upstream : route.upstream);
+  c.upstream = static_cast<int32_t>(rule >= 0 ? rules_[static_cast<size_t>(rule)].upstream : route.upstream);
   if (c.upstream < 0) {
     // The route's upstream is not in the table: nothing can serve it.
     count(HttpOutcome::no_host);
@@ -1394,7 +1394,7 @@ void HttpProxy::connect_next(Conn& c) noexcept {
       u.state = UState::busy;
       u.owner = index_of(c);
       u.reused = true;
-      u.upstream = static_cast<int16_t>(ui);
+      u.upstream = static_cast<int32_t>(ui);
       u.bound = true;
       u.u_out = true;  // an idle connection's send buffer is empty
       ++u.requests;
@@ -1414,7 +1414,7 @@ void HttpProxy::connect_next(Conn& c) noexcept {
     u = UpConn{};
     u.gen = gen;
     u.owner = index_of(c);
-    u.upstream = static_cast<int16_t>(ui);
+    u.upstream = static_cast<int32_t>(ui);
     u.host_slot = r.slot;
     u.host_tag = r.tag;
     u.host_weight = r.weight;

@@ -174,8 +174,8 @@ class HttpProxy {
     http::Method method = http::Method::get;
     uint32_t scan = 0;          // head end search: bytes before this were looked at
     uint16_t route = 0xffff;    // index into routes_
-    int16_t rule = -1;          // index into rules_ of the matched rule
-    int16_t upstream = -1;      // snapshot upstream index
+    int32_t rule = -1;          // index into rules_ of the matched rule
+    int32_t upstream = -1;      // snapshot upstream index
     uint32_t up = kNone;        // UpConn index while a request is in progress
     uint32_t requests = 0;      // requests on this connection
     uint32_t body_start = 0;    // in `in`: first body byte of the current request
@@ -228,7 +228,7 @@ class HttpProxy {
     bool bound = false;      // counted as active on its host
     uint32_t owner = kNone;  // Conn index
     uint32_t host_slot = 0, host_tag = 0, host_weight = 0;
-    int16_t upstream = -1;
+    int32_t upstream = -1;  // snapshot upstream index (max_upstreams is up to 65535)
     uint32_t requests = 0;
     uint32_t idle_prev = kNone, idle_next = kNone;  // on the host's idle list
     uint64_t idle_since_ms = 0;                     // when it went on the idle list
