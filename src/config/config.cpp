@@ -406,13 +406,20 @@ std::string route_host_why(std::string_view h) {
 // path after normalize_path (src/proxy/http_proxy.cpp): %XX decoded, "//"
 // merged, "." and ".." segments resolved; such a path never holds "//",
 // "/./" or "/../". A final "." or ".." can still match as a prefix ("/a/."
-// of "/a/.well-known"). A '%' is refused: "/%61dmin/" would never match
-// "/admin/", and a literal '%' only comes from "%25".
+// of "/a/.well-known"). A %XX escape is refused: "/%61dmin/" would never
+// match "/admin/" (a request's %61 is decoded before matching). A '%' not
+// followed by two hex digits is the decoded form of a request's "%25" and
+// can match ("/100%/").
 std::string route_path_why(std::string_view p) {
   if (p.empty() || p[0] != '/' || p.find_first_of(" \t\r\n?#") != std::string_view::npos || p.size() > 1024)
     return fmt::format("expected a path prefix starting with / (no spaces, '?' or '#'), got \"{}\"", p);
-  if (p.find('%') != std::string_view::npos)
-    return fmt::format("expected a decoded path without '%' (requests are matched after %XX decoding), got \"{}\"", p);
+  for (size_t i = p.find('%'); i != std::string_view::npos; i = p.find('%', i + 1))
+    if (i + 2 < p.size() && std::isxdigit(static_cast<unsigned char>(p[i + 1])) &&
+        std::isxdigit(static_cast<unsigned char>(p[i + 2])))
+      return fmt::format(
+          "expected a decoded path without %XX escapes (requests are matched after %XX decoding: write \"{}\" as the "
+          "character it stands for), got \"{}\"",
+          p.substr(i, 3), p);
   if (p.find("//") != std::string_view::npos || p.find("/./") != std::string_view::npos ||
       p.find("/../") != std::string_view::npos)
     return fmt::format(

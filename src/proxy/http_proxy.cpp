@@ -726,15 +726,11 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
       break;
     case CState::busy: {
       UpConn* u = c.up != kNone ? &ups_[c.up] : nullptr;
-      const config::UpstreamConf* uc = c.upstream >= 0 && static_cast<size_t>(c.upstream) < upstreams_.size()
-                                           ? upstreams_[static_cast<size_t>(c.upstream)].conf
-                                           : nullptr;
-      if (u && uc) {
-        const balance::UpstreamView& uv = env_.snap->upstreams()[static_cast<size_t>(c.upstream)];
-        const bool timed_out = (u->state == UState::connecting && now >= c.u_write_ms + uv.connect_timeout_ms) ||
+      if (u) {
+        const bool timed_out = (u->state == UState::connecting && now >= c.u_write_ms + c.u_connect_ms) ||
                                (u->state == UState::busy && !c.resp_done &&
-                                now >= std::max(c.u_read_ms, c.u_write_ms) + uc->read_timeout_ms) ||
-                               (u->state == UState::busy && !u->u_out && now >= c.u_write_ms + uc->send_timeout_ms &&
+                                now >= std::max(c.u_read_ms, c.u_write_ms) + c.u_read_ms_max) ||
+                               (u->state == UState::busy && !u->u_out && now >= c.u_write_ms + c.u_send_ms_max &&
                                 (c.rq.size() > 0 || c.sent < c.body_end));
         if (timed_out) {
           if (c.resp_started) {
@@ -760,8 +756,7 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
       break;
     }
     case CState::tunnel: {
-      const uint32_t idle =
-          c.upstream >= 0 ? env_.snap->upstreams()[static_cast<size_t>(c.upstream)].idle_timeout_ms : 60000;
+      const uint32_t idle = c.u_idle_ms;
       if (now >= std::max({c.c_read_ms, c.c_write_ms, c.u_read_ms, c.u_write_ms}) + idle) {
         close_conn(c);
         return;
@@ -793,24 +788,18 @@ void HttpProxy::arm(Conn& c) noexcept {
       break;
     case CState::busy: {
       const UpConn* u = c.up != kNone ? &ups_[c.up] : nullptr;
-      const config::UpstreamConf* uc = c.upstream >= 0 && static_cast<size_t>(c.upstream) < upstreams_.size()
-                                           ? upstreams_[static_cast<size_t>(c.upstream)].conf
-                                           : nullptr;
-      if (u && uc) {
-        if (u->state == UState::connecting)
-          at(c.u_write_ms + env_.snap->upstreams()[static_cast<size_t>(c.upstream)].connect_timeout_ms);
-        if (u->state == UState::busy && !c.resp_done) at(std::max(c.u_read_ms, c.u_write_ms) + uc->read_timeout_ms);
+      if (u) {
+        if (u->state == UState::connecting) at(c.u_write_ms + c.u_connect_ms);
+        if (u->state == UState::busy && !c.resp_done) at(std::max(c.u_read_ms, c.u_write_ms) + c.u_read_ms_max);
         if (u->state == UState::busy && !u->u_out && (c.rq.size() > 0 || c.sent < c.body_end))
-          at(c.u_write_ms + uc->send_timeout_ms);
+          at(c.u_write_ms + c.u_send_ms_max);
       }
       if (!c.req_body_done) at(c.c_read_ms + hc.client_body_timeout_ms);
       if (!c.c_out && (c.out.size() > 0 || c.rs.head < c.rs_dec)) at(c.c_write_ms + hc.send_timeout_ms);
       break;
     }
     case CState::tunnel: {
-      const uint32_t idle =
-          c.upstream >= 0 ? env_.snap->upstreams()[static_cast<size_t>(c.upstream)].idle_timeout_ms : 60000;
-      at(std::max({c.c_read_ms, c.c_write_ms, c.u_read_ms, c.u_write_ms}) + idle);
+      at(std::max({c.c_read_ms, c.c_write_ms, c.u_read_ms, c.u_write_ms}) + c.u_idle_ms);
       break;
     }
     case CState::closing: at(c.started_ms + kLingerMs); break;
@@ -1076,6 +1065,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   c.last_fail = kFailError;
   c.rule = -1;
   c.upstream = -1;
+  c.u_connect_ms = c.u_read_ms_max = c.u_send_ms_max = c.u_idle_ms = 0;
   c.route = 0xffff;
   c.first_try_ms = env_.now_ms;
   c.u_read_ms = c.u_write_ms = c.c_write_ms = env_.now_ms;
@@ -1205,6 +1195,19 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
     if (c.state != CState::busy) return;  // the body itself was bad: answered (400) and closed
     respond_error(c, 503, true);
     return;
+  }
+  {
+    // Its timeouts, kept with the request (see Conn::u_connect_ms). An
+    // upstream the table has and this worker's config does not (a newer
+    // table while this worker drains) gets the config's defaults.
+    static const config::UpstreamConf kDefaults{};
+    const config::UpstreamConf* uc = upstream_rt(c.upstream).conf;
+    if (!uc) uc = &kDefaults;
+    const balance::UpstreamView& uv = env_.snap->upstreams()[static_cast<size_t>(c.upstream)];
+    c.u_connect_ms = uv.connect_timeout_ms;
+    c.u_idle_ms = uv.idle_timeout_ms;
+    c.u_read_ms_max = uc->read_timeout_ms;
+    c.u_send_ms_max = uc->send_timeout_ms;
   }
 
   if (!build_request_head(c, h, route)) {

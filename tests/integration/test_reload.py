@@ -344,6 +344,42 @@ class ReloadTest(GwTestCase):
         self.assertNames(gw.port, 4, {"n"})
         self.assertEqual(gw.stop(), 0)
 
+    def test_request_whose_upstream_a_reload_removes_still_times_out(self):
+        """An http request waiting on a host whose upstream the reload drops keeps that
+        upstream's read_timeout_ms (1 s): 504, not a wait until worker_shutdown_timeout_ms."""
+        hang = hb.HttpBackend("hang", action="hang")
+        ok = hb.HttpBackend("ok")
+        self.addCleanup(hang.stop)
+        self.addCleanup(ok.stop)
+        cfg = self.make_config([pool("p", [host("h", hang.address)])], workers=1, shutdown_timeout_ms=20000,
+                               worker_shutdown_timeout_ms=20000)
+        cfg["upstreams"][0]["read_timeout_ms"] = 1000
+        cfg["upstreams"].append(upstream("other", [pool("p", [host("h", ok.address)])]))
+        cfg["listeners"] = [{"name": "web", "listen": f"{LO}:{free_port()}", "protocol": "http",
+                             "upstream": cfg["upstreams"][0]["name"]}]
+        gw = self.gateway(cfg)
+        s = gwtest.connect(gw.port, timeout=T(15))
+        self.addCleanup(s.close)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_until(lambda: hang.requests >= 1, T(5), msg="the request to reach the host")
+        cfg2 = json.loads(json.dumps(cfg))
+        cfg2["upstreams"] = cfg2["upstreams"][1:]
+        cfg2["listeners"][0]["upstream"] = "other"
+        self.rewrite(gw, cfg2)
+        t0 = time.monotonic()
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded:" in gw.log_text()[log_before:], T(10), msg="'reloaded:' in the log")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            d = s.recv(4096)
+            if not d:
+                break
+            data += d
+        took = time.monotonic() - t0
+        self.assertTrue(data.startswith(b"HTTP/1.1 504 "), f"after {took:.1f} s: {data[:80]!r}")
+        self.assertLess(took, T(5), "the request waited past its read timeout")
+
     def test_reload_waits_for_rows_held_by_draining_workers(self):
         """workers=1 gives the segment 2 worker rows: a second reload while the
         first one's old worker still drains waits for it, then runs."""

@@ -172,10 +172,14 @@ class HttpProxy {
     uint8_t last_fail = 0;     // kFail* of the last failed attempt
     uint16_t last_status = 0;  // kFailStatus: the status the host answered
     http::Method method = http::Method::get;
-    uint32_t scan = 0;          // head end search: bytes before this were looked at
-    uint16_t route = 0xffff;    // index into routes_
-    int32_t rule = -1;          // index into rules_ of the matched rule
-    int32_t upstream = -1;      // snapshot upstream index
+    uint32_t scan = 0;        // head end search: bytes before this were looked at
+    uint16_t route = 0xffff;  // index into routes_
+    int32_t rule = -1;        // index into rules_ of the matched rule
+    int32_t upstream = -1;    // snapshot upstream index
+    // This request's upstream timeouts, taken when it is routed: a table
+    // change may remove the upstream under it (upstream -1), and the request
+    // must still time out by them.
+    uint32_t u_connect_ms = 0, u_read_ms_max = 0, u_send_ms_max = 0, u_idle_ms = 0;
     uint32_t up = kNone;        // UpConn index while a request is in progress
     uint32_t requests = 0;      // requests on this connection
     uint32_t body_start = 0;    // in `in`: first body byte of the current request
