@@ -32,9 +32,10 @@ size_t FrameMux::link_block_bytes() noexcept {
 
 FrameMux::FrameMux(RelayEnv& env, uint32_t max_devices) : env_(env), link_blocks_(0, sizeof(Link) * kBlockLinks) {
   devices_.reserve(max_devices);  // touched only as it fills
-  // A slot is on the list at most once (Device::listed), so it never grows
-  // past this: no allocation when a device stops at a cap.
-  again_list_.reserve(max_devices);
+  // A slot is on the list at most once (Device::listed), and run_again()
+  // appends only devices it drives before it drops the entries it took: at
+  // most twice the devices, so no allocation when a device stops at a cap.
+  again_list_.reserve(2 * static_cast<size_t>(max_devices));
 }
 
 void FrameMux::run_again() noexcept {
