@@ -9,7 +9,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -93,6 +96,8 @@ class Worker {
         }
       }
     }
+    full_paused_.assign(listen_fds_.size(), false);
+    held_.reserve(kHeldMax);
     env_.epoll = &epoll_;
     env_.timers = &timers_;
     env_.buffers = &buffers_;
@@ -194,10 +199,16 @@ class Worker {
     }
     native_.assign(listen_fds_.size(), false);
     accept_armed_.assign(listen_fds_.size(), false);
+    accept_multi_.assign(listen_fds_.size(), false);
+    const uint64_t somaxconn = read_somaxconn();
+    uint64_t floor = kHeldMax;
     for (size_t i = 0; i < listen_fds_.size(); ++i) {
       native_[i] = !listeners_[i].per_frame && !listeners_[i].http;
       if (!native_[i]) epoll_.add(listen_fds_[i], EPOLLIN, i);
+      // What one multishot accept can hand over at once: a full listen queue.
+      else floor += std::min<uint64_t>(static_cast<uint64_t>(std::max(cfg_.listeners[i].backlog, 0)), somaxconn) + 1;
     }
+    multishot_floor_ = static_cast<uint32_t>(std::min<uint64_t>(floor, UINT32_MAX));
     arm_accepts();
     return true;
   }
@@ -302,8 +313,9 @@ class Worker {
     } else if (accept_paused_ && env_.now_ms >= resume_accept_ms_) {
       resume_accept();
     }
+    if (any_full_paused_) resume_full();
     if (draining_) {
-      if (active() == 0 && accepts_in_flight() == 0) {
+      if (active() == 0 && accepts_in_flight() == 0 && held_.empty()) {
         // The cancels and closes of the last sessions, queued in this tick,
         // go out before the process does (the kernel would close those
         // sockets only when it tears the ring down).
@@ -326,6 +338,8 @@ class Worker {
     return relay_.active() + mux_.active() + http_.active() + (urelay_ ? urelay_->active() : 0);
   }
   void close_all() {
+    for (const Held& h : held_) ::close(h.fd);
+    held_.clear();
     relay_.close_all();
     mux_.close_all();
     http_.close_all();
@@ -334,6 +348,17 @@ class Worker {
       ring_->submit();  // the closes go out before the process does
     }
     access_log_.flush();
+  }
+
+  // The kernel's cap on a listen queue (net.core.somaxconn).
+  static uint64_t read_somaxconn() {
+    uint64_t v = 4096;
+    if (FILE* f = std::fopen("/proc/sys/net/core/somaxconn", "re")) {
+      unsigned long long n = 0;
+      if (std::fscanf(f, "%llu", &n) == 1 && n > 0) v = n;
+      std::fclose(f);
+    }
+    return v;
   }
 
   static uint64_t fd_limit() {
@@ -446,6 +471,10 @@ class Worker {
     int lfd = listen_fds_[li];
     // Level-triggered listener: a bounded batch per wake keeps the loop fair.
     for (int i = 0; i < 64 && !draining_; ++i) {
+      if (table_full(li)) {
+        pause_full(li);  // the next connections wait in the listen queue
+        return;
+      }
       sockaddr_storage peer;
       socklen_t plen = sizeof(peer);
       int fd = ::accept4(lfd, reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -460,15 +489,6 @@ class Worker {
       if (reader_.stale()) refresh();  // one acquire load per new connection
       const bool per_frame = listeners_[li].per_frame;
       const bool http = listeners_[li].http;
-      if (http ? http_.full() : per_frame ? mux_.full() : relay_.full()) {
-        ::close(fd);
-        proxy::metrics::listener_reject(env_, li, shm::kRejectNoSlot);
-        if (env_.now_ms - last_full_log_ms_ >= 1000) {
-          last_full_log_ms_ = env_.now_ms;
-          GW_LOG_WARN("all {} session slots in use (the open-files limit); refusing connections", max_sessions());
-        }
-        continue;
-      }
       // limit_conn: over the address's max the connection is closed here, unread (counted).
       if (!limiter_.admit(fd, li, reinterpret_cast<const sockaddr*>(&peer), env_.now_ms)) {
         ::close(fd);
@@ -481,21 +501,30 @@ class Worker {
     }
   }
 
-  // io_uring: one multishot accept per native listener.
+  // io_uring: one accept per native listener. Multishot while session slots
+  // are plentiful. A multishot accept completes every connection the kernel
+  // queues until it is cancelled (a whole listen queue at once after a
+  // stall), so near a full table it would take more than the slots left:
+  // below multishot_floor_ free slots (the native listeners' queues, and
+  // kHeldMax) each accept takes one connection and is armed again after it.
   void arm_accepts() {
     for (size_t i = 0; i < listen_fds_.size(); ++i) {
-      if (!native_[i] || accept_armed_[i]) continue;
+      if (!native_[i] || accept_armed_[i] || full_paused_[i]) continue;
       io_uring_sqe* sqe = ring_->sqe();
+      const bool multishot = urelay_->free_slots() >= multishot_floor_;
       // TCP_NODELAY comes from the listening socket.
-      io_uring_prep_multishot_accept(sqe, listen_fds_[i], nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (multishot)
+        io_uring_prep_multishot_accept(sqe, listen_fds_[i], nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      else io_uring_prep_accept(sqe, listen_fds_[i], nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       io_uring_sqe_set_data64(sqe, net::pack_tag(proxy::uring_op::kAccept, static_cast<uint32_t>(i), 0));
       accept_armed_[i] = true;
+      accept_multi_[i] = multishot;
     }
   }
 
   void on_accept_completion(uint32_t li, int32_t res, uint32_t flags) {
     if (li >= listen_fds_.size()) return;
-    if (!(flags & IORING_CQE_F_MORE)) accept_armed_[li] = false;
+    if (!(flags & IORING_CQE_F_MORE)) accept_armed_[li] = accept_multi_[li] = false;
     if (res >= 0) {
       take_accepted(li, res);
     } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
@@ -513,18 +542,114 @@ class Worker {
   // A connection the ring (or close_native_listener) accepted on listener `li`.
   void take_accepted(uint32_t li, int fd) {
     if (reader_.stale()) refresh();  // one acquire load per new connection
+    if (urelay_->full() || !held_.empty()) {
+      hold(li, fd);  // first come, first served: behind those already held
+      return;
+    }
+    serve_accepted(li, fd);
+    // The last slot is taken: the next connections wait in the listen queue
+    // rather than in completions (see hold()).
     if (urelay_->full()) {
-      ::close(fd);
-      proxy::metrics::listener_reject(env_, li, shm::kRejectNoSlot);
-      if (env_.now_ms - last_full_log_ms_ >= 1000) {
-        last_full_log_ms_ = env_.now_ms;
-        GW_LOG_WARN("all {} session slots in use (the open-files limit); refusing connections", max_sessions());
+      pause_native_full();
+    } else if (urelay_->free_slots() < multishot_floor_) {
+      // Few slots left: multishot accepts end, and the re-armed ones take
+      // one connection each (arm_accepts()).
+      for (size_t i = 0; i < native_.size(); ++i) {
+        if (!native_[i] || !accept_multi_[i]) continue;
+        accept_multi_[i] = false;  // cancelled once
+        stop_accepting_on(static_cast<uint32_t>(i));
       }
-    } else if (cfg_.listeners[li].limit_conn.on && !admit_accepted(fd, li)) {
+    }
+  }
+
+  void serve_accepted(uint32_t li, int fd) {
+    if (cfg_.listeners[li].limit_conn.on && !admit_accepted(fd, li)) {
       ::close(fd);  // limit_conn: over the address's max (counted)
       proxy::metrics::listener_reject(env_, li, shm::kRejectLimitConn);
     } else {
       urelay_->accept(fd, li);
+    }
+  }
+
+  // io_uring, no free session slot: an accept in flight when the table
+  // filled (one per listener, or what a multishot accept took of a burst
+  // larger than multishot_floor_ before its cancel) completes anyway. Up to
+  // kHeldMax such connections wait here, unread, and are served first when
+  // slots free; past that a connection is refused (closed, counted as
+  // no_slot).
+  void hold(uint32_t li, int fd) {
+    pause_native_full();
+    if (held_.size() < kHeldMax) {
+      held_.push_back({fd, li});
+      return;
+    }
+    ::close(fd);
+    proxy::metrics::listener_reject(env_, li, shm::kRejectNoSlot);
+    if (env_.now_ms - last_refuse_log_ms_ >= 1000) {
+      last_refuse_log_ms_ = env_.now_ms;
+      GW_LOG_WARN("no session slot free and {} accepted connections already waiting for one; refusing a connection",
+                  kHeldMax);
+    }
+  }
+
+  // The session table that listener `li`'s connections go to has no free slot.
+  bool table_full(uint32_t li) const {
+    const proxy::ListenerRuntime& l = listeners_[li];
+    if (l.http) return http_.full();
+    if (l.per_frame) return mux_.full();
+    if (!native_.empty() && native_[li]) return urelay_->full();
+    return relay_.full();
+  }
+
+  // Listener `li`'s session table is full (its slots are bounded by the
+  // open-files limit): it stops accepting, and new connections wait in the
+  // kernel's listen queue, as under HAProxy's maxconn, instead of being
+  // accepted and closed. tick() resumes it once a slot is free.
+  void pause_full(uint32_t li) {
+    if (full_paused_[li]) return;
+    full_paused_[li] = true;
+    any_full_paused_ = true;
+    if (env_.now_ms - last_full_log_ms_ >= 1000) {
+      last_full_log_ms_ = env_.now_ms;
+      GW_LOG_WARN(
+          "all {} session slots of listener {} in use (the open-files limit); new connections wait in its listen "
+          "queue until one frees",
+          max_sessions(), listeners_[li].name);
+    }
+    // An EMFILE pause or a drain has taken the listener out already;
+    // resume_accept() leaves a full one out.
+    if (!accept_paused_ && !draining_) stop_accepting_on(li);
+  }
+
+  void pause_native_full() {
+    for (size_t i = 0; i < native_.size(); ++i)
+      if (native_[i]) pause_full(static_cast<uint32_t>(i));
+  }
+
+  // Once per iteration while a listener is paused for a full table: serve
+  // the held connections, then let each listener with a free slot accept.
+  void resume_full() {
+    if (!held_.empty()) {
+      size_t served = 0;
+      while (served < held_.size() && !urelay_->full()) {
+        serve_accepted(held_[served].listener, held_[served].fd);
+        ++served;
+      }
+      held_.erase(held_.begin(), held_.begin() + static_cast<std::ptrdiff_t>(served));
+    }
+    any_full_paused_ = false;
+    for (size_t i = 0; i < full_paused_.size(); ++i) {
+      if (!full_paused_[i]) continue;
+      const auto li = static_cast<uint32_t>(i);
+      const bool native = !native_.empty() && native_[li];
+      if (table_full(li) || (native && !held_.empty())) {
+        any_full_paused_ = true;
+        continue;
+      }
+      full_paused_[i] = false;
+      if (accept_paused_ || draining_) continue;  // resume_accept() or nothing
+      if (native) arm_accepts();
+      else epoll_.add(listen_fds_[li], EPOLLIN, li);
     }
   }
 
@@ -568,19 +693,21 @@ class Worker {
   }
 
   void stop_accepting() {
-    for (size_t i = 0; i < listen_fds_.size(); ++i) {
-      if (!native_.empty() && native_[i]) {
-        if (!accept_armed_[i]) continue;
-        io_uring_sqe* sqe = ring_->sqe();
-        io_uring_prep_cancel64(sqe, net::pack_tag(proxy::uring_op::kAccept, static_cast<uint32_t>(i), 0), 0);
-        io_uring_sqe_set_data64(sqe, net::pack_tag(proxy::uring_op::kIgnore, 0, 0));
-        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-      } else if (listen_fds_[i] >= 0) {
-        epoll_.del(listen_fds_[i]);
-      }
-    }
+    for (size_t i = 0; i < listen_fds_.size(); ++i)
+      if (!full_paused_[i]) stop_accepting_on(static_cast<uint32_t>(i));  // a full one is out already
     // Now, so that a listening socket closed right after has no request left.
     if (ring_) ring_->submit();
+  }
+  void stop_accepting_on(uint32_t i) {
+    if (!native_.empty() && native_[i]) {
+      if (!accept_armed_[i]) return;
+      io_uring_sqe* sqe = ring_->sqe();
+      io_uring_prep_cancel64(sqe, net::pack_tag(proxy::uring_op::kAccept, i, 0), 0);
+      io_uring_sqe_set_data64(sqe, net::pack_tag(proxy::uring_op::kIgnore, 0, 0));
+      sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    } else if (listen_fds_[i] >= 0) {
+      epoll_.del(listen_fds_[i]);
+    }
   }
   // At most one line a second while the limit holds (a pause ends every
   // kAcceptPauseMs, and the next accept may fail again).
@@ -600,7 +727,7 @@ class Worker {
     accept_paused_ = false;
     if (draining_) return;
     for (size_t i = 0; i < listen_fds_.size(); ++i)
-      if (native_.empty() || !native_[i]) epoll_.add(listen_fds_[i], EPOLLIN, i);
+      if ((native_.empty() || !native_[i]) && !full_paused_[i]) epoll_.add(listen_fds_[i], EPOLLIN, i);
     if (ring_) arm_accepts();
   }
 
@@ -640,7 +767,8 @@ class Worker {
   std::unique_ptr<net::BufRing> bufring_;
   std::unique_ptr<proxy::UringRelay> urelay_;
   std::vector<bool> native_;        // by listener: accepted by the ring
-  std::vector<bool> accept_armed_;  // by listener: a multishot accept is in flight
+  std::vector<bool> accept_armed_;  // by listener: an accept is in flight
+  std::vector<bool> accept_multi_;  // by listener: ...and it is multishot, not yet cancelled
   int sfd_ = -1;
   uint64_t next_housekeeping_ = 0;
   bool draining_ = false;
@@ -651,7 +779,19 @@ class Worker {
   uint64_t accept_pauses_ = 0;  // EMFILE/ENFILE/ENOBUFS/ENOMEM pauses, for the log
   uint64_t last_pause_log_ms_ = 0;
   uint64_t last_full_log_ms_ = 0;
+  uint64_t last_refuse_log_ms_ = 0;
   uint64_t resume_accept_ms_ = 0;
+  // Full session tables: listeners paused until a slot frees, and (io_uring)
+  // connections accepted before the pause took effect.
+  struct Held {
+    int fd;
+    uint32_t listener;
+  };
+  static constexpr size_t kHeldMax = 32;
+  uint32_t multishot_floor_ = 0;   // free slots below which accepts are single-shot
+  std::vector<bool> full_paused_;  // by listener
+  bool any_full_paused_ = false;
+  std::vector<Held> held_;
 };
 
 }  // namespace

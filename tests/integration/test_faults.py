@@ -7,6 +7,7 @@ import os
 import random
 import re
 import resource
+import select
 import signal
 import socket
 import struct
@@ -199,6 +200,80 @@ class FaultTest(GwTestCase):
             self.assertEqual(gwtest.recv_exact(s, len(f"queued {i}\n")), f"queued {i}\n".encode())
         self.round_trip(gw.port, b"after\n")
         self.assertEqual(gw.worker_pids(), [worker], "the worker must not have been replaced")
+
+    def test_full_session_table_queues_connections(self):
+        # A worker's session slots are bounded by its open-files limit. With
+        # every slot in use the listener stops accepting: new connections
+        # wait in the kernel's listen queue (HAProxy's maxconn behaviour) and
+        # are served as slots free. They used to be accepted and closed, which
+        # reset clients that had sent their first bytes (a 10,000-client
+        # churn benchmark under io_uring saw 1,128 resets).
+        echo = gwtest.Backend("echo", mode="echo")
+        self._backends.append(echo)
+        gw = self.gateway(self.make_config([pool("p", [host("e", echo)])], workers=1))
+        # gwd raises its soft limit to the hard one at start; the worker sizes
+        # its session table from the limit it starts with. So: lower the
+        # master's limits, and have it respawn the worker.
+        resource.prlimit(gw.pid, resource.RLIMIT_NOFILE, (100, 100))
+        (old,) = gw.worker_pids()
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: len(gw.worker_pids()) == 1 and gw.worker_pids() != [old], T(5),
+                   msg="the worker is respawned")
+
+        # Fill the slots: connections that round-trip, until one is not served.
+        held = []
+        for i in range(60):
+            s = gwtest.connect(gw.port, timeout=T(5))
+            self.addCleanup(s.close)
+            s.sendall(f"fill {i}\n".encode())
+            s.settimeout(0.5 if i >= 8 else T(5))
+            try:
+                got = gwtest.recv_exact(s, len(f"fill {i}\n"))
+            except socket.timeout:
+                first_waiting = s
+                break
+            self.assertEqual(got, f"fill {i}\n".encode())
+            held.append(s)
+        else:
+            self.fail("60 connections were all served with a descriptor limit of 100")
+        slots = len(held)
+        wait_until(lambda: f"all {slots} session slots of listener" in gw.log_text(), T(5),
+                   msg="the worker logs that its slots are all in use")
+
+        # A burst while full: none is served, reset or closed yet.
+        waiting = {first_waiting: f"fill {slots}\n".encode()}
+        for i in range(2 * slots + 3):
+            s = socket.create_connection((LO, gw.port), timeout=T(5))
+            self.addCleanup(s.close)
+            msg = f"queued {i}\n".encode()
+            s.sendall(msg)
+            waiting[s] = msg
+        for s in waiting:
+            s.settimeout(0.2)
+            with self.assertRaises(socket.timeout, msg="a connection was answered while every slot was in use"):
+                s.recv(1)
+        self.assertRoundTrip(held[0], b"still held\n")
+
+        # Slots free: every waiting connection is served, none reset.
+        for s in held:
+            s.close()
+        deadline = time.monotonic() + T(20)
+        got = {s: b"" for s in waiting}
+        while waiting and time.monotonic() < deadline:
+            ready, _, _ = select.select(list(waiting), [], [], 0.5)
+            for s in ready:
+                try:
+                    chunk = s.recv(256)
+                except ConnectionResetError:
+                    self.fail(f"a queued connection was reset ({waiting[s]!r})")
+                self.assertTrue(chunk, f"a queued connection was closed unanswered ({waiting[s]!r})")
+                got[s] += chunk
+                if got[s] == waiting[s]:
+                    del waiting[s]
+                    s.close()  # frees its slot for the next
+        self.assertEqual(len(waiting), 0, f"{len(waiting)} queued connection(s) were never served")
+        self.round_trip(gw.port, b"after\n")
+        self.assertNotIn("refusing a connection", gw.log_text())
 
 
 if __name__ == "__main__":

@@ -99,6 +99,8 @@ class UringRelay {
   /// Closed sessions whose slots still wait for completions.
   uint32_t retiring() const noexcept { return retiring_; }
   bool full() const noexcept { return free_head_ == kNone && sessions_.size() == sessions_.capacity(); }
+  /// Slots that a new session could take (closed sessions waiting for completions hold theirs).
+  uint32_t free_slots() const noexcept { return static_cast<uint32_t>(sessions_.capacity()) - active_ - retiring_; }
 
  private:
   static constexpr uint32_t kNone = ~0u;
