@@ -90,6 +90,22 @@ class BalanceTest(GwTestCase):
         self.assertEqual(seen, expected)
         self.assertGreater(len(set(seen.values())), 2, "keys spread over the hosts")
 
+    def test_hashpick_refuses_a_bad_weight(self):
+        """gw-hashpick takes a host's weight whole, 0..1000 as a config does:
+        "2x" is refused (it was read as 2), and "x" is refused naming the
+        weight (the error was only "stoul")."""
+        hashpick = os.path.join(gwtest.BUILD_DIR, "gw-hashpick")
+        for weight in ("2x", "x", "", "1001", "-1"):
+            r = subprocess.run([hashpick, "--method", "chash", "--host", f"a=127.0.0.1:8081:{weight}",
+                                "--host", "b=127.0.0.1:8082"], input="k\n", capture_output=True, text=True,
+                               timeout=T(10))
+            self.assertEqual(r.returncode, 2, f"weight {weight!r}: {r.stdout!r} {r.stderr!r}")
+            self.assertIn(f'the weight must be an integer 0..1000, got "{weight}"', r.stderr)
+        r = subprocess.run([hashpick, "--method", "chash", "--host", "a=127.0.0.1:8081:1000",
+                            "--host", "b=127.0.0.1:8082:0"], input="k\n", capture_output=True, text=True,
+                           timeout=T(10), check=True)
+        self.assertEqual(r.stdout, "k\ta\n")
+
     def test_set_pool_method_live(self):
         """gwctl set pool --method switches a live pool to chash: a client IP then
         sticks to one host; back to round_robin it alternates again."""

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include <charconv>
 #include <iostream>
 #include <string>
 
@@ -42,7 +43,13 @@ int main(int argc, char** argv) {
       if (!gw::core::parse_address(rest, addr, why)) {
         auto colon = rest.rfind(':');
         if (colon == std::string::npos) throw std::runtime_error(spec + ": " + why);
-        weight = static_cast<uint32_t>(std::stoul(rest.substr(colon + 1)));
+        // The whole field, 0..1000 as in a config (std::stoul took "2x" as 2
+        // and said only "stoul" for "x").
+        const std::string w = rest.substr(colon + 1);
+        auto [end, ec] = std::from_chars(w.data(), w.data() + w.size(), weight);
+        if (w.empty() || ec != std::errc() || end != w.data() + w.size() || weight > gw::shm::kMaxWeight)
+          throw std::runtime_error(
+              fmt::format("{}: the weight must be an integer 0..{}, got \"{}\"", spec, gw::shm::kMaxWeight, w));
         if (!gw::core::parse_address(rest.substr(0, colon), addr, why)) throw std::runtime_error(spec + ": " + why);
       }
       int h = t.add_host(0, id, addr, weight);
