@@ -497,7 +497,11 @@ class ClusterTest(GwTestCase):
         self.wait_state(gw, "synced")
         for i in range(6):
             self.etcd_ok("down" if i % 2 == 0 else "up", "host", "app/primary", "a")
-        self.assertGreater(self.cluster(gw)["revision"], 4)
+        # gwctl returns once etcd has the change; the node applies it a moment later.
+        rev, _ = self.etcd.get_prefix(self.prefix)
+        self.assertGreater(rev, 4)
+        gwtest.wait_until(lambda: self.cluster(gw)["revision"] == rev, T(5), interval=0.05,
+                          msg=f"the node to apply etcd revision {rev}")
         self.etcd.kill(0)
         shutil.rmtree(os.path.join(solo, "etcd-m0"))
         self.etcd.start(0)
