@@ -120,8 +120,9 @@ class DropTxnProxy:
     answers the first /v3/kv/txn by closing the connection once etcd has
     applied it: an answer lost after the change was made."""
 
-    def __init__(self, target_url):
+    def __init__(self, target_url, after_txn=None):
         self.target = target_url
+        self.after_txn = after_txn  # called once etcd applied the txn whose answer is dropped
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -158,6 +159,8 @@ class DropTxnProxy:
                 out, status = r.read(), r.status
             if path == "/v3/kv/txn" and self.dropped == 0:
                 self.dropped += 1
+                if self.after_txn:
+                    self.after_txn()
                 return  # applied by etcd; the client never hears
             c.sendall(b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                       b"Connection: close\r\n\r\n" % (status, len(out)) + out)
@@ -534,6 +537,26 @@ class ClusterTest(GwTestCase):
         _, kvs = self.etcd.get_prefix(self.prefix)
         self.assertNotIn(self.prefix + "upstreams/app/pools/primary/hosts/b", kvs)
         self.assertIn(self.prefix + "upstreams/app/pools/primary/hosts/c", kvs)
+
+    def test_gwctl_etcd_answer_lost_then_another_writer(self):
+        """The answer to gwctl's txn is lost and another writer changes the key
+        before gwctl sends it again: gwctl cannot tell whose change came first
+        and says so, in one line that names a check that works (it named
+        `gwctl status --etcd`, which gwctl refuses)."""
+        gw = self.node(0)
+        self.wait_state(gw, "synced")
+        key = self.prefix + "upstreams/app/pools/primary/hosts/a"
+        other = json.dumps({"address": self.a.address, "weight": 2, "down": False})
+        proxy = DropTxnProxy(self.etcd.urls[0], after_txn=lambda: self.etcd.put(key, other))
+        self.addCleanup(proxy.close)
+        argv = [gwtest.GWCTL, "down", "host", "app/primary", "a", "--etcd", f"{proxy.url},{self.etcd.urls[1]}",
+                "--prefix", self.prefix]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=T(30), stdin=subprocess.DEVNULL)
+        self.assertEqual(proxy.dropped, 1, "the proxy dropped no answer")
+        line = self.assert_one_line_error(p.returncode, p.stderr, "down host after a lost answer and another writer")
+        self.assertIn("may have been applied before that writer's", line)
+        self.assertNotIn("--etcd", line.split("check ", 1)[1], f"the check it names is refused by gwctl: {line}")
+        self.assertEqual(self.etcd.get_prefix(self.prefix)[1][key], other)
 
     def test_gwctl_etcd_refuses_hosts_under_a_missing_upstream_key(self):
         """The upstream key alone deleted: every node ignores that upstream's

@@ -275,7 +275,7 @@ using Target = gw::cluster::Compare::Target;
     throw Failure(
         fmt::format("{}: etcd key {} was changed by another writer while this command ran; an answer from etcd "
                     "was lost and the request sent again, so this command's change may have been applied before "
-                    "that writer's: check with gwctl status --etcd",
+                    "that writer's: check the key in etcd (or gwctl status on a node)",
                     what, key));
   throw Failure(
       fmt::format("{}: etcd key {} was changed by another writer while this command ran; nothing was "
