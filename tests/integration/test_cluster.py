@@ -570,6 +570,18 @@ class ClusterTest(GwTestCase):
         line = self.assert_one_line_error(p.returncode, err, "add host under a missing upstream key")
         self.assertIn('unknown upstream "app" in etcd', line)
 
+        # The upstream key deleted between gwctl's read and its txn: the txn
+        # compares it, for `remove pool` too (it said ok, and no node applied it).
+        self.etcd.put(self.prefix + "upstreams/app", "{}")
+        self.etcd_ok("add", "pool", "app", "tmp")
+        p = self.ctl_etcd("remove", "pool", "app", "tmp", env={"GW_TEST_ETCD_TXN_DELAY_MS": "2000"})
+        time.sleep(1.0)  # gwctl has read the keys and waits
+        self.etcd.post("/v3/kv/deleterange", {"key": b64(self.prefix + "upstreams/app")})
+        out, err = p.communicate(timeout=T(15))
+        self.assertIn("changed by another writer",
+                      self.assert_one_line_error(p.returncode, err, "remove pool while its upstream key is deleted"))
+        self.assertIn(self.prefix + "upstreams/app/pools/tmp", self.etcd.get_prefix(self.prefix)[1])
+
     def test_an_upstream_larger_than_one_txn_is_seeded(self):
         """130 hosts: more puts than etcd takes in one txn (--max-txn-ops,
         128 by default). The seed used to fail (logged only), and then the

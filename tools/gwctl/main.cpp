@@ -432,7 +432,10 @@ int etcd_remove_pool(EtcdCtl& c, const std::string& u, const std::string& p) {
   if (int64_t n = hosts(); n > 0)
     throw gw::shm::TableError(fmt::format("pool {}/{} still has {} host(s); remove them first", u, p, n));
   test_delay();
-  auto r = run_txn(c, {{kv.key, "", Target::mod_revision, kv.mod_revision}, {hp, he, Target::create_revision, 0}},
+  auto r = run_txn(c,
+                   {{kv.key, "", Target::mod_revision, kv.mod_revision},
+                    {hp, he, Target::create_revision, 0},
+                    {up.key, "", Target::create_revision, up.create_revision}},
                    {{true, kv.key, ""}});
   if (!r.succeeded) {
     if (int64_t n = hosts(); n > 0)
