@@ -582,6 +582,21 @@ class ClusterTest(GwTestCase):
                       self.assert_one_line_error(p.returncode, err, "remove pool while its upstream key is deleted"))
         self.assertIn(self.prefix + "upstreams/app/pools/tmp", self.etcd.get_prefix(self.prefix)[1])
 
+        # An upstream key whose value the nodes do not accept (a newer gw's
+        # field) has them ignore the upstream too: no change under it is
+        # acknowledged (gwctl said ok, and no node applied it).
+        self.etcd.put(self.prefix + "upstreams/app", '{"retries": 1}')
+        gwtest.wait_until(lambda: "upstreams/app ignored: retries: unknown key" in gw.log_text(), T(5),
+                          msg="the node ignoring the upstream key")
+        for args in (("add", "host", "app/primary", "b", f"{gwtest.LOOPBACK}:9"), ("add", "pool", "app", "p2"),
+                     ("down", "host", "app/primary", "a")):
+            with self.subTest(args=args):
+                p = self.ctl_etcd(*args)
+                out, err = p.communicate(timeout=T(15))
+                line = self.assert_one_line_error(p.returncode, err, f"{args} under an invalid upstream value")
+                self.assertIn("holds an invalid value (retries: unknown key): no node applies a change under it", line)
+        self.assertNotIn(self.prefix + "upstreams/app/pools/p2", self.etcd.get_prefix(self.prefix)[1])
+
     def test_orphan_keys(self):
         """Keys under an upstream without its upstream key (a seed that
         stopped halfway): the upstream stays local, and gwctl status says so
