@@ -186,6 +186,10 @@ bool decode_host(std::string_view json, HostSpec& out, std::string& why) {
   return ok;
 }
 
+bool decode_upstream(std::string_view json, std::string& why) {
+  return each_field(json, why, [](std::string_view, element) { return std::string("unknown key"); });
+}
+
 Model build_model(std::string_view prefix, const std::map<std::string, std::string>& kv,
                   std::vector<std::string>& warnings) {
   Model m;
@@ -205,8 +209,7 @@ Model build_model(std::string_view prefix, const std::map<std::string, std::stri
     }
     if (k.kind == KeyKind::upstream) {
       // The value is reserved for later settings; it must be an object.
-      if (!each_field(value, why, [](std::string_view, element) { return std::string("unknown key"); }))
-        warnings.push_back(fmt::format("etcd key {} ignored: {}", key, why));
+      if (!decode_upstream(value, why)) warnings.push_back(fmt::format("etcd key {} ignored: {}", key, why));
       else m.upstreams[k.upstream] = true;
     } else if (k.kind == KeyKind::pool) {
       PoolSpec p;

@@ -124,13 +124,17 @@ class Sync {
         // Pools or hosts without their upstream key: a seed that did not
         // finish (its node stopped), or keys written by hand. Not taken over:
         // another node may be seeding right now.
+        // The status holds 183 bytes: a short form there, what to do first.
         seed_error_ = fmt::format(
-            "etcd has keys under {} but not the upstream key {} (another node seeding it, or a seed that did not "
-            "finish): the upstream stays local until the key is there; if it never comes, delete {} in etcd to "
-            "have it seeded again",
-            children, ukey, children);
+            "upstream \"{}\" stays local: etcd has keys under {} but not its key; delete them, then reload a node, "
+            "to seed it again",
+            u, children);
         seed_upstream_ = u;
-        GW_LOG_WARN("{}", seed_error_);
+        GW_LOG_WARN(
+            "etcd has keys under {} but not the upstream key {} (another node seeding it, or a seed that did not "
+            "finish): the upstream stays local until the key is there; if it never comes, delete {} in etcd and "
+            "reload a node (the next list seeds it)",
+            children, ukey, children);
         continue;
       }
       std::vector<cluster::Op> ops;

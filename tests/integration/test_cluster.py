@@ -120,8 +120,9 @@ class DropTxnProxy:
     answers the first /v3/kv/txn by closing the connection once etcd has
     applied it: an answer lost after the change was made."""
 
-    def __init__(self, target_url):
+    def __init__(self, target_url, after_txn=None):
         self.target = target_url
+        self.after_txn = after_txn  # called once etcd applied the txn whose answer is dropped
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -158,6 +159,8 @@ class DropTxnProxy:
                 out, status = r.read(), r.status
             if path == "/v3/kv/txn" and self.dropped == 0:
                 self.dropped += 1
+                if self.after_txn:
+                    self.after_txn()
                 return  # applied by etcd; the client never hears
             c.sendall(b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                       b"Connection: close\r\n\r\n" % (status, len(out)) + out)
@@ -497,7 +500,11 @@ class ClusterTest(GwTestCase):
         self.wait_state(gw, "synced")
         for i in range(6):
             self.etcd_ok("down" if i % 2 == 0 else "up", "host", "app/primary", "a")
-        self.assertGreater(self.cluster(gw)["revision"], 4)
+        # gwctl returns once etcd has the change; the node applies it a moment later.
+        rev, _ = self.etcd.get_prefix(self.prefix)
+        self.assertGreater(rev, 4)
+        gwtest.wait_until(lambda: self.cluster(gw)["revision"] == rev, T(5), interval=0.05,
+                          msg=f"the node to apply etcd revision {rev}")
         self.etcd.kill(0)
         shutil.rmtree(os.path.join(solo, "etcd-m0"))
         self.etcd.start(0)
@@ -531,6 +538,26 @@ class ClusterTest(GwTestCase):
         self.assertNotIn(self.prefix + "upstreams/app/pools/primary/hosts/b", kvs)
         self.assertIn(self.prefix + "upstreams/app/pools/primary/hosts/c", kvs)
 
+    def test_gwctl_etcd_answer_lost_then_another_writer(self):
+        """The answer to gwctl's txn is lost and another writer changes the key
+        before gwctl sends it again: gwctl cannot tell whose change came first
+        and says so, in one line that names a check that works (it named
+        `gwctl status --etcd`, which gwctl refuses)."""
+        gw = self.node(0)
+        self.wait_state(gw, "synced")
+        key = self.prefix + "upstreams/app/pools/primary/hosts/a"
+        other = json.dumps({"address": self.a.address, "weight": 2, "down": False})
+        proxy = DropTxnProxy(self.etcd.urls[0], after_txn=lambda: self.etcd.put(key, other))
+        self.addCleanup(proxy.close)
+        argv = [gwtest.GWCTL, "down", "host", "app/primary", "a", "--etcd", f"{proxy.url},{self.etcd.urls[1]}",
+                "--prefix", self.prefix]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=T(30), stdin=subprocess.DEVNULL)
+        self.assertEqual(proxy.dropped, 1, "the proxy dropped no answer")
+        line = self.assert_one_line_error(p.returncode, p.stderr, "down host after a lost answer and another writer")
+        self.assertIn("may have been applied before that writer's", line)
+        self.assertNotIn("--etcd", line.split("check ", 1)[1], f"the check it names is refused by gwctl: {line}")
+        self.assertEqual(self.etcd.get_prefix(self.prefix)[1][key], other)
+
     def test_gwctl_etcd_refuses_hosts_under_a_missing_upstream_key(self):
         """The upstream key alone deleted: every node ignores that upstream's
         pools and hosts, so gwctl --etcd must not acknowledge a host added
@@ -542,6 +569,50 @@ class ClusterTest(GwTestCase):
         out, err = p.communicate(timeout=T(15))
         line = self.assert_one_line_error(p.returncode, err, "add host under a missing upstream key")
         self.assertIn('unknown upstream "app" in etcd', line)
+
+        # The upstream key deleted between gwctl's read and its txn: the txn
+        # compares it, for `remove pool` too (it said ok, and no node applied it).
+        self.etcd.put(self.prefix + "upstreams/app", "{}")
+        self.etcd_ok("add", "pool", "app", "tmp")
+        p = self.ctl_etcd("remove", "pool", "app", "tmp", env={"GW_TEST_ETCD_TXN_DELAY_MS": "2000"})
+        time.sleep(1.0)  # gwctl has read the keys and waits
+        self.etcd.post("/v3/kv/deleterange", {"key": b64(self.prefix + "upstreams/app")})
+        out, err = p.communicate(timeout=T(15))
+        self.assertIn("changed by another writer",
+                      self.assert_one_line_error(p.returncode, err, "remove pool while its upstream key is deleted"))
+        self.assertIn(self.prefix + "upstreams/app/pools/tmp", self.etcd.get_prefix(self.prefix)[1])
+
+        # An upstream key whose value the nodes do not accept (a newer gw's
+        # field) has them ignore the upstream too: no change under it is
+        # acknowledged (gwctl said ok, and no node applied it).
+        self.etcd.put(self.prefix + "upstreams/app", '{"retries": 1}')
+        gwtest.wait_until(lambda: "upstreams/app ignored: retries: unknown key" in gw.log_text(), T(5),
+                          msg="the node ignoring the upstream key")
+        for args in (("add", "host", "app/primary", "b", f"{gwtest.LOOPBACK}:9"), ("add", "pool", "app", "p2"),
+                     ("down", "host", "app/primary", "a")):
+            with self.subTest(args=args):
+                p = self.ctl_etcd(*args)
+                out, err = p.communicate(timeout=T(15))
+                line = self.assert_one_line_error(p.returncode, err, f"{args} under an invalid upstream value")
+                self.assertIn("holds an invalid value (retries: unknown key): no node applies a change under it", line)
+        self.assertNotIn(self.prefix + "upstreams/app/pools/p2", self.etcd.get_prefix(self.prefix)[1])
+
+    def test_orphan_keys(self):
+        """Keys under an upstream without its upstream key (a seed that
+        stopped halfway): the upstream stays local, and gwctl status says so
+        and what to do in full (the text was cut at the status's 183 bytes
+        before the remedy); deleting the keys and reloading a node seeds it."""
+        orphan = self.prefix + "upstreams/app/pools/primary"
+        self.etcd.put(orphan, '{"priority": 0, "method": "round_robin"}')
+        gw = self.node(0)
+        st = self.wait_state(gw, "synced")
+        self.assertTrue(st["error"].startswith('upstream "app" stays local: etcd has keys under '), st)
+        self.assertTrue(st["error"].endswith("delete them, then reload a node, to seed it again"), st)
+        self.etcd.post("/v3/kv/deleterange", {"key": b64(orphan)})
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: self.prefix + "upstreams/app" in self.etcd.get_prefix(self.prefix)[1], T(10),
+                          interval=0.05, msg="the upstream seeded after the reload")
+        gwtest.wait_until(lambda: self.cluster(gw)["error"] == "", T(10), interval=0.05, msg="the reason cleared")
 
     def test_an_upstream_larger_than_one_txn_is_seeded(self):
         """130 hosts: more puts than etcd takes in one txn (--max-txn-ops,

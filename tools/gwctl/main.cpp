@@ -275,7 +275,7 @@ using Target = gw::cluster::Compare::Target;
     throw Failure(
         fmt::format("{}: etcd key {} was changed by another writer while this command ran; an answer from etcd "
                     "was lost and the request sent again, so this command's change may have been applied before "
-                    "that writer's: check with gwctl status --etcd",
+                    "that writer's: check the key in etcd (or gwctl status on a node)",
                     what, key));
   throw Failure(
       fmt::format("{}: etcd key {} was changed by another writer while this command ran; nothing was "
@@ -308,14 +308,23 @@ gw::cluster::TxnResult run_txn(EtcdCtl& c, const std::vector<Compare>& cmp, cons
   return r;
 }
 
+// The upstream's key, which must be there and hold a value the nodes accept
+// (one they ignore, e.g. a newer gw's field, has them ignore the upstream).
+gw::cluster::KeyValue etcd_upstream(EtcdCtl& c, const std::string& u) {
+  auto ukv = etcd_get(c, gw::cluster::upstream_key(c.prefix, u));
+  if (!ukv) throw gw::shm::TableError(fmt::format("unknown upstream \"{}\" in etcd (prefix {})", u, c.prefix));
+  if (std::string why; !gw::cluster::decode_upstream(ukv->value, why))
+    throw Failure(
+        fmt::format("etcd key {} holds an invalid value ({}): no node applies a change under it", ukv->key, why));
+  return *ukv;
+}
+
 // The pool's key, and in `up` its upstream's: a pool or host under an
 // upstream key that is gone is ignored by every node, so a change to it would
 // be acknowledged and never applied. The txns compare the upstream key's
 // create_revision for the same reason.
 gw::cluster::KeyValue etcd_pool(EtcdCtl& c, const std::string& u, const std::string& p, gw::cluster::KeyValue& up) {
-  auto ukv = etcd_get(c, gw::cluster::upstream_key(c.prefix, u));
-  if (!ukv) throw gw::shm::TableError(fmt::format("unknown upstream \"{}\" in etcd (prefix {})", u, c.prefix));
-  up = *ukv;
+  up = etcd_upstream(c, u);
   if (auto kv = etcd_get(c, gw::cluster::pool_key(c.prefix, u, p))) return *kv;
   throw gw::shm::TableError(fmt::format("unknown pool \"{}/{}\" in etcd", u, p));
 }
@@ -407,17 +416,15 @@ int etcd_add_pool(EtcdCtl& c, const std::string& u, const std::string& p, int32_
   check_names({{"upstream name", &u}, {"pool id", &p}});
   const std::string what = fmt::format("add pool {}/{} priority={} method={}", u, p, prio, gw::shm::method_name(m));
   const std::string pk = gw::cluster::pool_key(c.prefix, u, p);
-  auto up = etcd_get(c, gw::cluster::upstream_key(c.prefix, u));
-  if (!up) throw gw::shm::TableError(fmt::format("unknown upstream \"{}\" in etcd (prefix {})", u, c.prefix));
+  const gw::cluster::KeyValue up = etcd_upstream(c, u);
   if (etcd_get(c, pk)) throw gw::shm::TableError(fmt::format("pool {}/{} already exists", u, p));
   test_delay();
-  auto r =
-      run_txn(c, {{pk, "", Target::create_revision, 0}, {up->key, "", Target::create_revision, up->create_revision}},
-              {{false, pk, gw::cluster::encode_pool({prio, m})}});
+  auto r = run_txn(c, {{pk, "", Target::create_revision, 0}, {up.key, "", Target::create_revision, up.create_revision}},
+                   {{false, pk, gw::cluster::encode_pool({prio, m})}});
   if (!r.succeeded) {
     if (etcd_get(c, pk))
       throw gw::shm::TableError(fmt::format("pool {}/{} already exists (another writer added it meanwhile)", u, p));
-    conflict(what, up->key, r.resent);
+    conflict(what, up.key, r.resent);
   }
   return etcd_done(what, r.revision);
 }
@@ -432,7 +439,10 @@ int etcd_remove_pool(EtcdCtl& c, const std::string& u, const std::string& p) {
   if (int64_t n = hosts(); n > 0)
     throw gw::shm::TableError(fmt::format("pool {}/{} still has {} host(s); remove them first", u, p, n));
   test_delay();
-  auto r = run_txn(c, {{kv.key, "", Target::mod_revision, kv.mod_revision}, {hp, he, Target::create_revision, 0}},
+  auto r = run_txn(c,
+                   {{kv.key, "", Target::mod_revision, kv.mod_revision},
+                    {hp, he, Target::create_revision, 0},
+                    {up.key, "", Target::create_revision, up.create_revision}},
                    {{true, kv.key, ""}});
   if (!r.succeeded) {
     if (int64_t n = hosts(); n > 0)

@@ -64,6 +64,8 @@ std::string encode_host(const HostSpec& h);
 /// Strict JSON decoding (simdjson); false with `why` on any problem.
 bool decode_pool(std::string_view json, PoolSpec& out, std::string& why);
 bool decode_host(std::string_view json, HostSpec& out, std::string& why);
+/// An upstream key's value: an object with no fields yet (reserved for later settings).
+bool decode_upstream(std::string_view json, std::string& why);
 
 /// What etcd holds under the prefix, parsed and checked for consistency.
 struct Model {

@@ -113,6 +113,10 @@ TEST_SUITE("cluster") {
     CHECK(pb == PoolSpec{});
     CHECK_FALSE(decode_pool(R"({"method": "bogus"})", pb, why));
     CHECK_FALSE(decode_pool(R"({"priority": "1"})", pb, why));
+    CHECK(decode_upstream("{}", why));  // gwctl --etcd checks an upstream key with the nodes' decoder
+    CHECK_FALSE(decode_upstream(R"({"retries": 1})", why));
+    CHECK(why == "retries: unknown key");
+    CHECK_FALSE(decode_upstream("[]", why));
   }
 
   TEST_CASE("model: orphans and bad values are left out with a warning") {
