@@ -2113,12 +2113,14 @@ void HttpProxy::log_begin(Conn& c, const http::Head& h) noexcept {
     if (referer.empty() && iequals(f.name, "referer")) referer = f.value;
     else if (agent.empty() && iequals(f.name, "user-agent")) agent = f.value;
   }
-  put(Conn::kMethod, h.method_name, 64);
-  put(Conn::kTarget, h.target, 4096);
+  // One byte more than the log's escaped budgets (src/proxy/access_log.cpp):
+  // a longer value is cut there and ends in "...", never cut here unmarked.
+  put(Conn::kMethod, h.method_name, 256 + 1);
+  put(Conn::kTarget, h.target, 4096 + 1);
   put(Conn::kVersion, h.version == http::Version::http10 ? "HTTP/1.0" : "HTTP/1.1", 8);
-  put(Conn::kReferer, referer, 1024);
-  put(Conn::kAgent, agent, 1024);
-  put(Conn::kHost, h.host, 256);
+  put(Conn::kReferer, referer, 1024 + 1);
+  put(Conn::kAgent, agent, 1024 + 1);
+  put(Conn::kHost, h.host, 512 + 1);
 }
 
 void HttpProxy::log_request(Conn& c) noexcept {

@@ -284,6 +284,29 @@ class AccessLogTest(GwTestCase):
         for l in lines[:50]:
             self.assertIsNotNone(COMBINED.match(l), l)
 
+    def test_long_values_are_cut_to_their_budget_with_dots(self):
+        # README: a value whose escaped form would not fit is cut and ends in
+        # "..." (the target at 4,096 escaped bytes, Referer and User-Agent at
+        # 1,024, Host at 512, the method at 256). Plain bytes: the same lengths.
+        a = self.hb("alpha")
+        log = os.path.join(self.tmp, "cut.log")
+        cfg = self.make_config([pool("p", [host("a", a.address)])],
+                               listeners=[http_listener("web", log, "json", upstream="app")])
+        gw = self.gateway(cfg)
+        method, target = "M" * 300, "/" + "t" * 5000
+        hostname, agent = "h" * 600, "u" * 1100
+        with socket.create_connection((LO, gw.ports[0]), timeout=T(10)) as s:
+            s.sendall(f"{method} {target} HTTP/1.1\r\nHost: {hostname}\r\nUser-Agent: {agent}\r\n"
+                      f"Referer: {agent}\r\nConnection: close\r\n\r\n".encode())
+            while s.recv(65536):
+                pass
+        j = json.loads(self.wait_lines(log, 1)[0])
+        self.assertEqual(j["method"], "M" * 253 + "...")
+        self.assertEqual(j["target"], target[:4093] + "...")
+        self.assertEqual(j["host"], "h" * 509 + "...")
+        self.assertEqual(j["user_agent"], "u" * 1021 + "...")
+        self.assertEqual(j["referer"], "u" * 1021 + "...")
+
     def test_config_errors(self):
         base = self.make_config([pool("p", [host("a", 1)])],
                                 listeners=[{"name": "web", "listen": f"{LO}:{free_port()}", "protocol": "http",
