@@ -715,6 +715,10 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
     case CState::head:
       if (c.in.size() > 0 && now >= c.started_ms + hc.client_header_timeout_ms) {
         count(HttpOutcome::client_timeout);
+        if (listeners_[c.listener].log) {
+          http::Head none;
+          log_begin(c, none);  // logged with "-" for the request, as nginx's 408
+        }
         respond_error(c, 408, false);
         if (c.state != CState::free) drive(c);
         return;
@@ -915,6 +919,10 @@ bool HttpProxy::read_client(Conn& c) noexcept {
       count(HttpOutcome::bad_request);
       c.state = CState::busy;
       c.resp_started = c.resp_done = false;
+      if (listeners_[c.listener].log) {
+        http::Head none;
+        log_begin(c, none);  // logged with "-" for the request
+      }
       respond_error(c, 431, false);
       return true;
     }

@@ -307,6 +307,31 @@ class AccessLogTest(GwTestCase):
         self.assertEqual(j["user_agent"], "u" * 1021 + "...")
         self.assertEqual(j["referer"], "u" * 1021 + "...")
 
+    def timeout_408s(self, reqs):
+        """Sends each request head or part on its own connection to a listener
+        with 600 ms client header and body timeouts; returns the log records."""
+        a = self.hb("alpha")
+        log = os.path.join(self.tmp, "t.log")
+        cfg = self.make_config([pool("p", [host("a", a.address)])],
+                               listeners=[http_listener("web", log, "json", upstream="app",
+                                                        http={"client_header_timeout_ms": 600,
+                                                              "client_body_timeout_ms": 600})])
+        gw = self.gateway(cfg)
+        for req in reqs:
+            with socket.create_connection((LO, gw.ports[0]), timeout=T(10)) as s:
+                s.sendall(req)
+                got = b""
+                while d := s.recv(65536):
+                    got += d
+                self.assertTrue(got.startswith(b"HTTP/1.1 408 "), got)
+        return [json.loads(l) for l in self.wait_lines(log, len(reqs))]
+
+    def test_a_head_timeout_is_logged(self):
+        # Every request gets its line: a head that never ends gets 408 after
+        # client_header_timeout_ms, logged with "-" for the request (nginx's 408).
+        recs = self.timeout_408s([b"GET /head HTTP/1.1\r\nHost: x\r\n", b"GE"])
+        self.assertEqual([(r["status"], r["method"], r["target"]) for r in recs], [(408, "", "")] * 2, recs)
+
     def test_config_errors(self):
         base = self.make_config([pool("p", [host("a", 1)])],
                                 listeners=[{"name": "web", "listen": f"{LO}:{free_port()}", "protocol": "http",
