@@ -2101,6 +2101,7 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
 
 void HttpProxy::log_begin(Conn& c, const http::Head& h) noexcept {
   c.log_pending = true;
+  c.log_start_ms = c.started_ms;
   c.status_sent = c.up_status = 0;
   c.head_bytes = 0;
   c.client_bytes = 0;
@@ -2157,7 +2158,10 @@ void HttpProxy::log_request(Conn& c) noexcept {
   // No answer reached the client: nginx's 499 (the client went first).
   e.status = c.status_sent ? c.status_sent : 499;
   e.body_bytes = c.client_bytes > c.head_bytes ? c.client_bytes - c.head_bytes : 0;
-  e.request_ms = env_.now_ms >= c.started_ms ? env_.now_ms - c.started_ms : 0;
+  // An answer that closes the connection ends the request when it is queued
+  // (respond_error, finish_request): the linger that follows is not its time.
+  const uint64_t end_ms = c.state == CState::closing ? c.started_ms : env_.now_ms;
+  e.request_ms = end_ms >= c.log_start_ms ? end_ms - c.log_start_ms : 0;
   char up[INET6_ADDRSTRLEN + 8] = "";
   if (c.up_addr.family != 0) {
     char ipbuf[INET6_ADDRSTRLEN] = "";

@@ -332,6 +332,16 @@ class AccessLogTest(GwTestCase):
         recs = self.timeout_408s([b"GET /head HTTP/1.1\r\nHost: x\r\n", b"GE"])
         self.assertEqual([(r["status"], r["method"], r["target"]) for r in recs], [(408, "", "")] * 2, recs)
 
+    def test_request_time_of_an_error_answer_counts_to_the_answer(self):
+        # An answer that closes the connection (408 here) is logged with the
+        # time from the request's first byte to the answer, not ~0.
+        recs = self.timeout_408s([b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+                                  b"GET /head HTTP/1.1\r\nHost: x\r\n"])
+        self.assertEqual([(r["status"], r["target"]) for r in recs], [(408, "/body"), (408, "")], recs)
+        for r in recs:
+            self.assertGreaterEqual(r["request_time_ms"], 500, r)
+            self.assertLess(r["request_time_ms"], T(2000), r)
+
     def test_config_errors(self):
         base = self.make_config([pool("p", [host("a", 1)])],
                                 listeners=[{"name": "web", "listen": f"{LO}:{free_port()}", "protocol": "http",
