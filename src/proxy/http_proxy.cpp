@@ -1397,6 +1397,8 @@ void HttpProxy::connect_next(Conn& c) noexcept {
     if (c.attempts > 0) bump(env_.seg->worker(env_.worker).http_retries);
     c.tried[c.attempts++] = r.slot;
     c.up_addr = r.addr;
+    c.up_status = 0;  // the log's upstream status and time are this host's
+    c.up_ms = -1;
     c.rq.head = 0;          // (re)send the whole head
     c.sent = c.body_start;  // and the body from its first byte
     c.u_read_ms = c.u_write_ms = env_.now_ms;
@@ -1646,8 +1648,11 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     if (listed && c.attempts < ur.tries && c.retryable && c.idempotent &&
         (!ur.conf->retry.timeout_ms || env_.now_ms - c.first_try_ms < ur.conf->retry.timeout_ms) && c.out.size() == 0) {
       // A status listed in retry.on: try another host (a 5xx is also a
-      // failure of this one, see upstream_failed).
+      // failure of this one, see upstream_failed). Logged as this host's
+      // answer unless another host is tried.
       c.last_status = h.status;
+      c.up_status = h.status;
+      c.up_ms = static_cast<int64_t>(env_.now_ms - c.up_start_ms);
       upstream_failed(c, kFailStatus, EPROTO);
       return;
     }

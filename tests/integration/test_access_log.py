@@ -149,6 +149,22 @@ class AccessLogTest(GwTestCase):
         last = json.loads(self.wait_lines(log, 5)[-1])
         self.assertEqual((last["status"], last["upstream_status"], last["upstream_time_ms"]), (502, 0, -1))
 
+    def test_a_retried_status_is_logged_as_the_hosts_answer(self):
+        # Both hosts answer 404, listed in retry.on, with more tries than
+        # hosts: gw answers 404 itself, and the log still says the last host
+        # answered 404 ($upstream_status), not "none".
+        a, b = self.hb("alpha", status=404), self.hb("beta", status=404)
+        log = os.path.join(self.tmp, "s.log")
+        cfg = self.make_config([pool("p", [host("a", a.address), host("b", b.address)])],
+                               upstream_opts={"retry": {"on": ["error", "404"], "tries": 3}},
+                               listeners=[http_listener("web", log, "json", upstream="app")])
+        gw = self.gateway(cfg)
+        self.assertEqual(hb.request(gw.ports[0], "GET", "/").status, 404)
+        j = json.loads(self.wait_lines(log, 1)[0])
+        self.assertEqual((j["status"], j["retries"], j["upstream_status"]), (404, 1, 404), j)
+        self.assertIn(j["upstream_addr"], (a.address, b.address))
+        self.assertGreaterEqual(j["upstream_time_ms"], 0)
+
     def test_tcp_and_frame_connections_logged_when_they_close(self):
         echo = gwtest.Backend("echo", mode="echo")
         self._backends.append(echo)
