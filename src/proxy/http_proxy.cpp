@@ -715,6 +715,10 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
     case CState::head:
       if (c.in.size() > 0 && now >= c.started_ms + hc.client_header_timeout_ms) {
         count(HttpOutcome::client_timeout);
+        if (listeners_[c.listener].log) {
+          http::Head none;
+          log_begin(c, none);  // logged with "-" for the request, as nginx's 408
+        }
         respond_error(c, 408, false);
         if (c.state != CState::free) drive(c);
         return;
@@ -915,6 +919,10 @@ bool HttpProxy::read_client(Conn& c) noexcept {
       count(HttpOutcome::bad_request);
       c.state = CState::busy;
       c.resp_started = c.resp_done = false;
+      if (listeners_[c.listener].log) {
+        http::Head none;
+        log_begin(c, none);  // logged with "-" for the request
+      }
       respond_error(c, 431, false);
       return true;
     }
@@ -1389,6 +1397,8 @@ void HttpProxy::connect_next(Conn& c) noexcept {
     if (c.attempts > 0) bump(env_.seg->worker(env_.worker).http_retries);
     c.tried[c.attempts++] = r.slot;
     c.up_addr = r.addr;
+    c.up_status = 0;  // the log's upstream status and time are this host's
+    c.up_ms = -1;
     c.rq.head = 0;          // (re)send the whole head
     c.sent = c.body_start;  // and the body from its first byte
     c.u_read_ms = c.u_write_ms = env_.now_ms;
@@ -1638,8 +1648,11 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     if (listed && c.attempts < ur.tries && c.retryable && c.idempotent &&
         (!ur.conf->retry.timeout_ms || env_.now_ms - c.first_try_ms < ur.conf->retry.timeout_ms) && c.out.size() == 0) {
       // A status listed in retry.on: try another host (a 5xx is also a
-      // failure of this one, see upstream_failed).
+      // failure of this one, see upstream_failed). Logged as this host's
+      // answer unless another host is tried.
       c.last_status = h.status;
+      c.up_status = h.status;
+      c.up_ms = static_cast<int64_t>(env_.now_ms - c.up_start_ms);
       upstream_failed(c, kFailStatus, EPROTO);
       return;
     }
@@ -2093,6 +2106,7 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
 
 void HttpProxy::log_begin(Conn& c, const http::Head& h) noexcept {
   c.log_pending = true;
+  c.log_start_ms = c.started_ms;
   c.status_sent = c.up_status = 0;
   c.head_bytes = 0;
   c.client_bytes = 0;
@@ -2113,12 +2127,14 @@ void HttpProxy::log_begin(Conn& c, const http::Head& h) noexcept {
     if (referer.empty() && iequals(f.name, "referer")) referer = f.value;
     else if (agent.empty() && iequals(f.name, "user-agent")) agent = f.value;
   }
-  put(Conn::kMethod, h.method_name, 64);
-  put(Conn::kTarget, h.target, 4096);
+  // One byte more than the log's escaped budgets (src/proxy/access_log.cpp):
+  // a longer value is cut there and ends in "...", never cut here unmarked.
+  put(Conn::kMethod, h.method_name, 256 + 1);
+  put(Conn::kTarget, h.target, 4096 + 1);
   put(Conn::kVersion, h.version == http::Version::http10 ? "HTTP/1.0" : "HTTP/1.1", 8);
-  put(Conn::kReferer, referer, 1024);
-  put(Conn::kAgent, agent, 1024);
-  put(Conn::kHost, h.host, 256);
+  put(Conn::kReferer, referer, 1024 + 1);
+  put(Conn::kAgent, agent, 1024 + 1);
+  put(Conn::kHost, h.host, 512 + 1);
 }
 
 void HttpProxy::log_request(Conn& c) noexcept {
@@ -2147,7 +2163,10 @@ void HttpProxy::log_request(Conn& c) noexcept {
   // No answer reached the client: nginx's 499 (the client went first).
   e.status = c.status_sent ? c.status_sent : 499;
   e.body_bytes = c.client_bytes > c.head_bytes ? c.client_bytes - c.head_bytes : 0;
-  e.request_ms = env_.now_ms >= c.started_ms ? env_.now_ms - c.started_ms : 0;
+  // An answer that closes the connection ends the request when it is queued
+  // (respond_error, finish_request): the linger that follows is not its time.
+  const uint64_t end_ms = c.state == CState::closing ? c.started_ms : env_.now_ms;
+  e.request_ms = end_ms >= c.log_start_ms ? end_ms - c.log_start_ms : 0;
   char up[INET6_ADDRSTRLEN + 8] = "";
   if (c.up_addr.family != 0) {
     char ipbuf[INET6_ADDRSTRLEN] = "";

@@ -149,6 +149,22 @@ class AccessLogTest(GwTestCase):
         last = json.loads(self.wait_lines(log, 5)[-1])
         self.assertEqual((last["status"], last["upstream_status"], last["upstream_time_ms"]), (502, 0, -1))
 
+    def test_a_retried_status_is_logged_as_the_hosts_answer(self):
+        # Both hosts answer 404, listed in retry.on, with more tries than
+        # hosts: gw answers 404 itself, and the log still says the last host
+        # answered 404 ($upstream_status), not "none".
+        a, b = self.hb("alpha", status=404), self.hb("beta", status=404)
+        log = os.path.join(self.tmp, "s.log")
+        cfg = self.make_config([pool("p", [host("a", a.address), host("b", b.address)])],
+                               upstream_opts={"retry": {"on": ["error", "404"], "tries": 3}},
+                               listeners=[http_listener("web", log, "json", upstream="app")])
+        gw = self.gateway(cfg)
+        self.assertEqual(hb.request(gw.ports[0], "GET", "/").status, 404)
+        j = json.loads(self.wait_lines(log, 1)[0])
+        self.assertEqual((j["status"], j["retries"], j["upstream_status"]), (404, 1, 404), j)
+        self.assertIn(j["upstream_addr"], (a.address, b.address))
+        self.assertGreaterEqual(j["upstream_time_ms"], 0)
+
     def test_tcp_and_frame_connections_logged_when_they_close(self):
         echo = gwtest.Backend("echo", mode="echo")
         self._backends.append(echo)
@@ -283,6 +299,64 @@ class AccessLogTest(GwTestCase):
         self.assertLessEqual(len(lines), 3001)
         for l in lines[:50]:
             self.assertIsNotNone(COMBINED.match(l), l)
+
+    def test_long_values_are_cut_to_their_budget_with_dots(self):
+        # README: a value whose escaped form would not fit is cut and ends in
+        # "..." (the target at 4,096 escaped bytes, Referer and User-Agent at
+        # 1,024, Host at 512, the method at 256). Plain bytes: the same lengths.
+        a = self.hb("alpha")
+        log = os.path.join(self.tmp, "cut.log")
+        cfg = self.make_config([pool("p", [host("a", a.address)])],
+                               listeners=[http_listener("web", log, "json", upstream="app")])
+        gw = self.gateway(cfg)
+        method, target = "M" * 300, "/" + "t" * 5000
+        hostname, agent = "h" * 600, "u" * 1100
+        with socket.create_connection((LO, gw.ports[0]), timeout=T(10)) as s:
+            s.sendall(f"{method} {target} HTTP/1.1\r\nHost: {hostname}\r\nUser-Agent: {agent}\r\n"
+                      f"Referer: {agent}\r\nConnection: close\r\n\r\n".encode())
+            while s.recv(65536):
+                pass
+        j = json.loads(self.wait_lines(log, 1)[0])
+        self.assertEqual(j["method"], "M" * 253 + "...")
+        self.assertEqual(j["target"], target[:4093] + "...")
+        self.assertEqual(j["host"], "h" * 509 + "...")
+        self.assertEqual(j["user_agent"], "u" * 1021 + "...")
+        self.assertEqual(j["referer"], "u" * 1021 + "...")
+
+    def timeout_408s(self, reqs):
+        """Sends each request head or part on its own connection to a listener
+        with 600 ms client header and body timeouts; returns the log records."""
+        a = self.hb("alpha")
+        log = os.path.join(self.tmp, "t.log")
+        cfg = self.make_config([pool("p", [host("a", a.address)])],
+                               listeners=[http_listener("web", log, "json", upstream="app",
+                                                        http={"client_header_timeout_ms": 600,
+                                                              "client_body_timeout_ms": 600})])
+        gw = self.gateway(cfg)
+        for req in reqs:
+            with socket.create_connection((LO, gw.ports[0]), timeout=T(10)) as s:
+                s.sendall(req)
+                got = b""
+                while d := s.recv(65536):
+                    got += d
+                self.assertTrue(got.startswith(b"HTTP/1.1 408 "), got)
+        return [json.loads(l) for l in self.wait_lines(log, len(reqs))]
+
+    def test_a_head_timeout_is_logged(self):
+        # Every request gets its line: a head that never ends gets 408 after
+        # client_header_timeout_ms, logged with "-" for the request (nginx's 408).
+        recs = self.timeout_408s([b"GET /head HTTP/1.1\r\nHost: x\r\n", b"GE"])
+        self.assertEqual([(r["status"], r["method"], r["target"]) for r in recs], [(408, "", "")] * 2, recs)
+
+    def test_request_time_of_an_error_answer_counts_to_the_answer(self):
+        # An answer that closes the connection (408 here) is logged with the
+        # time from the request's first byte to the answer, not ~0.
+        recs = self.timeout_408s([b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+                                  b"GET /head HTTP/1.1\r\nHost: x\r\n"])
+        self.assertEqual([(r["status"], r["target"]) for r in recs], [(408, "/body"), (408, "")], recs)
+        for r in recs:
+            self.assertGreaterEqual(r["request_time_ms"], 500, r)
+            self.assertLess(r["request_time_ms"], T(2000), r)
 
     def test_config_errors(self):
         base = self.make_config([pool("p", [host("a", 1)])],

@@ -203,6 +203,7 @@ class HttpProxy {
     Buf lg;
     uint16_t lg_len[kLogFields] = {};
     bool log_pending = false;   // a request began and is not logged yet
+    uint64_t log_start_ms = 0;  // the request's first byte (started_ms then counts the linger)
     uint16_t status_sent = 0;   // the status of the answer the client got
     uint16_t up_status = 0;     // the status a host answered with (0 = none)
     uint32_t head_bytes = 0;    // bytes of response heads sent (not body)
