@@ -21,6 +21,10 @@ namespace gw::proxy {
 static_assert(kFrameErrorCount <= shm::kFrameRejectKinds, "the shm worker row counts every frame reject reason");
 static_assert(kFrameErrorCount <= shm::kRejectNoHost, "frame reasons come first in ListenerStats::rejects");
 
+namespace {
+constexpr int kTrialRepicks = 3;
+}  // namespace
+
 int pick_host(RelayEnv& env, int ui, balance::HashKey key, std::span<const uint32_t> tried, balance::Rng& rng,
               bool first) noexcept {
   const balance::Snapshot& snap = *env.snap;
@@ -73,11 +77,19 @@ int pick_host(RelayEnv& env, int ui, balance::HashKey key, std::span<const uint3
     ramp = false;
     return true;
   };
-  const int h = env.balancer->pick(snap, uv, key, eligible, load, &fell_back, unramp);
+  int h = -1;
+  for (int round = 0;; ++round) {
+    h = env.balancer->pick(snap, uv, key, eligible, load, &fell_back, unramp);
+    if (h < 0) break;
+    // A down host past its fail_timeout was usable for this pick: this
+    // connection takes its one trial over all workers (no-op for a host that
+    // is up). Another worker may have taken it since this pick found the host
+    // usable: the host is then out again, and the pick is made again without
+    // it (at most kTrialRepicks times; nginx holds its zone's lock instead).
+    const shm::Trial t = shm::claim_trial(env.seg->host(hosts[h].slot), hosts[h].tag, uv.health, env.now_ms);
+    if (t != shm::Trial::lost || round == kTrialRepicks) break;
+  }
   if (fell_back && first) bump(env.seg->worker(env.worker).hash_fallbacks);
-  // A down host past its fail_timeout was usable for this pick: this
-  // connection is its one trial (no-op for a host that is up).
-  if (h >= 0) shm::claim_trial(env.seg->host(hosts[h].slot), hosts[h].tag, uv.health, env.now_ms);
   if (h >= 0 && env.table_changed) {
     // Propagation: the first connection this worker routes with a new table.
     env.table_changed = false;

@@ -70,13 +70,13 @@ bool record_success(HostRuntime& h, uint32_t tag) noexcept {
   // (the caller stamps up_since_ms for slow start when this returns true)
 }
 
-bool claim_trial(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept {
-  if (p.max_fails == 0 || h.health.load(std::memory_order_acquire) == kHealthUp) return false;
-  if (h.tag.load(std::memory_order_relaxed) != tag) return false;
+Trial claim_trial(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept {
+  if (p.max_fails == 0 || h.health.load(std::memory_order_acquire) == kHealthUp) return Trial::none;
+  if (h.tag.load(std::memory_order_relaxed) != tag) return Trial::none;
   uint64_t last = h.last_fail_ms.load(std::memory_order_relaxed);
-  if (!(now_ms > last && now_ms - last >= p.fail_timeout_ms)) return false;
+  if (!(now_ms > last && now_ms - last >= p.fail_timeout_ms)) return Trial::lost;
   // One winner over all workers: the others now see the host out again.
-  return h.last_fail_ms.compare_exchange_strong(last, now_ms, std::memory_order_acq_rel);
+  return h.last_fail_ms.compare_exchange_strong(last, now_ms, std::memory_order_acq_rel) ? Trial::taken : Trial::lost;
 }
 
 void reset_slot(HostRuntime& h, uint32_t tag) noexcept {

@@ -39,11 +39,18 @@ bool record_failure(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_m
 /// clear count; an up host's count is left alone. Returns true if this call
 /// brought the host back up.
 bool record_success(HostRuntime& h, uint32_t tag) noexcept;
+/// What claim_trial found.
+enum class Trial : uint8_t {
+  none,   ///< no trial needed: the host is up (or passive health is off, or the slot has another tag)
+  taken,  ///< this connection is the down host's one trial
+  lost,   ///< the host is out: another caller took its trial (or a failure came) since it was picked
+};
 /// A connection is about to try host `h`, picked as usable: if it is down and
 /// its fail_timeout has passed, this connection takes the one trial (the host
 /// stays out for every other connection for another fail_timeout, or until the
-/// trial succeeds). Returns true if this call took the trial.
-bool claim_trial(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept;
+/// trial succeeds). Two workers can both find the host usable before either
+/// claims: the second gets `lost`, and must pick again.
+Trial claim_trial(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept;
 /// Sets the checker's verdict (checker only). Returns true if it changed.
 bool record_check(HostRuntime& h, uint32_t tag, uint32_t new_state) noexcept;
 /// The active state as seen by readers (kActiveUnknown when the slot has another tag).

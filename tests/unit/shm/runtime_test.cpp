@@ -42,21 +42,23 @@ TEST_SUITE("shm") {
     HostRuntime& h = ts.seg.host(0);
     reset_slot(h, 7);
     HealthPolicy p{1, 1000};
-    CHECK(record_failure(h, 7, p, 100));     // down
-    CHECK_FALSE(claim_trial(h, 7, p, 900));  // not yet
+    CHECK(record_failure(h, 7, p, 100));              // down
+    CHECK(claim_trial(h, 7, p, 900) == Trial::lost);  // not yet: out
+    // Two workers both find it usable at 1100, before either claims.
     CHECK(host_usable(h, 7, p, 1100));
-    CHECK(claim_trial(h, 7, p, 1100));  // the trial: one caller...
-    CHECK_FALSE(claim_trial(h, 7, p, 1100));
-    CHECK_FALSE(host_usable(h, 7, p, 1150));  // ...everyone else waits for it
+    CHECK(host_usable(h, 7, p, 1100));
+    CHECK(claim_trial(h, 7, p, 1100) == Trial::taken);  // the trial: one caller...
+    CHECK(claim_trial(h, 7, p, 1100) == Trial::lost);   // ...the other must pick again
+    CHECK_FALSE(host_usable(h, 7, p, 1150));            // ...everyone else waits for it
     CHECK_FALSE(host_usable(h, 7, p, 2099));
     // It failed: out for another fail_timeout, then one more trial.
     CHECK_FALSE(record_failure(h, 7, p, 1200));  // (already down: no second event)
     CHECK_FALSE(host_usable(h, 7, p, 2199));
-    CHECK(claim_trial(h, 7, p, 2200));
+    CHECK(claim_trial(h, 7, p, 2200) == Trial::taken);
     CHECK(record_success(h, 7));  // it succeeded: up, with a clear count
     CHECK(host_usable(h, 7, p, 2201));
-    CHECK_FALSE(claim_trial(h, 7, p, 5000));  // an up host has no trial
-    CHECK_FALSE(claim_trial(h, 8, p, 5000));  // nor another tag's
+    CHECK(claim_trial(h, 7, p, 5000) == Trial::none);  // an up host has no trial
+    CHECK(claim_trial(h, 8, p, 5000) == Trial::none);  // nor another tag's
   }
 
   TEST_CASE("max_fails 0 never takes a host down; another tag's calls are ignored") {
