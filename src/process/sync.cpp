@@ -124,10 +124,12 @@ class Sync {
         // Pools or hosts without their upstream key: a seed that did not
         // finish (its node stopped), or keys written by hand. Not taken over:
         // another node may be seeding right now.
-        // The status holds 183 bytes: a short form there, what to do first.
+        // The status holds 183 bytes: a short form there, what to do first
+        // (with a 47-byte name the remedy still fits; the prefix, up to 128
+        // bytes, comes last and may be cut).
         seed_error_ = fmt::format(
-            "upstream \"{}\" stays local: etcd has keys under {} but not its key; delete them, then reload a node, "
-            "to seed it again",
+            "upstream \"{}\" stays local: etcd has keys under it but not its key; delete them, then reload a node, "
+            "to seed it again ({})",
             u, children);
         seed_upstream_ = u;
         GW_LOG_WARN(

@@ -659,10 +659,14 @@ class Worker {
   // that this ring took while its accept was being cancelled is lost for the
   // other: the connection would sit in the queue until the next one arrives.
   // So what is queued now is accepted and served here, then the socket closes.
+  // Only while a session slot is free: with the table full, what is queued
+  // stays for the other processes (the new generation after a reload), not
+  // held here until this worker's connections end or the drain's deadline
+  // closes it, nor refused past kHeldMax.
   void close_native_listener(uint32_t li) {
     int& fd = listen_fds_[li];
     if (fd < 0) return;
-    for (;;) {
+    while (!urelay_->full() && held_.empty()) {
       int c = ::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (c >= 0) {
         take_accepted(li, c);

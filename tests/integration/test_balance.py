@@ -101,6 +101,11 @@ class BalanceTest(GwTestCase):
                                timeout=T(10))
             self.assertEqual(r.returncode, 2, f"weight {weight!r}: {r.stdout!r} {r.stderr!r}")
             self.assertIn(f'the weight must be an integer 0..1000, got "{weight}"', r.stderr)
+        # Without a weight, a bad port is the address's error, not the weight's.
+        r = subprocess.run([hashpick, "--method", "chash", "--host", "a=127.0.0.1:99999"], input="k\n",
+                           capture_output=True, text=True, timeout=T(10))
+        self.assertEqual(r.returncode, 2, f"{r.stdout!r} {r.stderr!r}")
+        self.assertIn('port must be an integer 1..65535, got "99999"', r.stderr)
         r = subprocess.run([hashpick, "--method", "chash", "--host", "a=127.0.0.1:8081:1000",
                             "--host", "b=127.0.0.1:8082:0"], input="k\n", capture_output=True, text=True,
                            timeout=T(10), check=True)

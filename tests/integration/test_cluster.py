@@ -602,12 +602,15 @@ class ClusterTest(GwTestCase):
         stopped halfway): the upstream stays local, and gwctl status says so
         and what to do in full (the text was cut at the status's 183 bytes
         before the remedy); deleting the keys and reloading a node seeds it."""
+        # A long prefix (up to 128 bytes): the status cuts the text, never the remedy.
+        self.prefix = f"/gwtest-{os.getpid()}-{'orphan' * 16}/"
         orphan = self.prefix + "upstreams/app/pools/primary"
         self.etcd.put(orphan, '{"priority": 0, "method": "round_robin"}')
         gw = self.node(0)
         st = self.wait_state(gw, "synced")
-        self.assertTrue(st["error"].startswith('upstream "app" stays local: etcd has keys under '), st)
-        self.assertTrue(st["error"].endswith("delete them, then reload a node, to seed it again"), st)
+        self.assertTrue(st["error"].startswith('upstream "app" stays local: etcd has keys under it but not its key; '
+                                               'delete them, then reload a node, to seed it again ('), st)
+        self.assertTrue(self.prefix.startswith(st["error"].split(" (", 1)[1]), st)
         self.etcd.post("/v3/kv/deleterange", {"key": b64(orphan)})
         gw.send_signal(signal.SIGHUP)
         gwtest.wait_until(lambda: self.prefix + "upstreams/app" in self.etcd.get_prefix(self.prefix)[1], T(10),

@@ -275,6 +275,62 @@ class FaultTest(GwTestCase):
         self.round_trip(gw.port, b"after\n")
         self.assertNotIn("refusing a connection", gw.log_text())
 
+    def test_full_session_table_reload_leaves_the_queue_to_the_new_worker(self):
+        # A reload while the worker's table is full: the connections waiting
+        # in the listen queue are the new generation's. The draining worker
+        # (io_uring) took the whole queue as it closed its listener: 32 held
+        # until its own slots freed (here: its drain deadline), the rest reset.
+        echo = gwtest.Backend("echo", mode="echo")
+        self._backends.append(echo)
+        gw = self.gateway(self.make_config([pool("p", [host("e", echo)])], workers=1,
+                                           worker_shutdown_timeout_ms=60000))
+        resource.prlimit(gw.pid, resource.RLIMIT_NOFILE, (100, 100))
+        (old,) = gw.worker_pids()
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: len(gw.worker_pids()) == 1 and gw.worker_pids() != [old], T(5),
+                   msg="the worker is respawned")
+        (full,) = gw.worker_pids()
+        waiting = {}
+        for i in range(60):
+            s = gwtest.connect(gw.port, timeout=T(5))
+            self.addCleanup(s.close)
+            msg = f"fill {i}\n".encode()
+            s.sendall(msg)
+            s.settimeout(0.5 if i >= 8 else T(5))
+            try:
+                self.assertEqual(gwtest.recv_exact(s, len(msg)), msg)
+            except socket.timeout:
+                waiting[s] = msg
+                break
+        else:
+            self.fail("60 connections were all served with a descriptor limit of 100")
+        for i in range(40):  # more than the 32 a worker holds
+            s = socket.create_connection((LO, gw.port), timeout=T(5))
+            self.addCleanup(s.close)
+            msg = f"queued {i}\n".encode()
+            s.sendall(msg)
+            waiting[s] = msg
+        time.sleep(0.2)
+
+        gw.send_signal(signal.SIGHUP)  # the full worker keeps its connections open
+        wait_until(lambda: any(p != full for p in gw.worker_pids()), T(5), msg="the new worker")
+        deadline = time.monotonic() + T(15)
+        got = {s: b"" for s in waiting}
+        while waiting and time.monotonic() < deadline:
+            ready, _, _ = select.select(list(waiting), [], [], 0.5)
+            for s in ready:
+                try:
+                    chunk = s.recv(256)
+                except ConnectionResetError:
+                    self.fail(f"a queued connection was reset ({waiting[s]!r})")
+                self.assertTrue(chunk, f"a queued connection was closed unanswered ({waiting[s]!r})")
+                got[s] += chunk
+                if got[s] == waiting[s]:
+                    del waiting[s]
+                    s.close()  # frees the new worker's slot for the next
+        self.assertEqual(len(waiting), 0, f"{len(waiting)} queued connection(s) were not served by the new worker")
+        self.assertNotIn("refusing a connection", gw.log_text())
+
 
 if __name__ == "__main__":
     gwtest.main()

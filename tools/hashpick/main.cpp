@@ -41,8 +41,17 @@ int main(int argc, char** argv) {
       uint32_t weight = 1;
       gw::core::SockAddr addr;
       if (!gw::core::parse_address(rest, addr, why)) {
+        // IP:PORT:WEIGHT. Without a weight ("127.0.0.1:99999": no ':' after
+        // the IP in what is left) the address's own error is the one to give,
+        // not the weight's.
         auto colon = rest.rfind(':');
         if (colon == std::string::npos) throw std::runtime_error(spec + ": " + why);
+        const std::string ip_port = rest.substr(0, colon);
+        const auto c2 = ip_port.rfind(':'), br = ip_port.rfind(']');
+        const bool has_port = c2 != std::string::npos && (br == std::string::npos || c2 > br);
+        std::string why_ip;
+        if (!gw::core::parse_address(ip_port, addr, why_ip))
+          throw std::runtime_error(spec + ": " + (has_port ? why_ip : why));
         // The whole field, 0..1000 as in a config (std::stoul took "2x" as 2
         // and said only "stoul" for "x").
         const std::string w = rest.substr(colon + 1);
@@ -50,7 +59,6 @@ int main(int argc, char** argv) {
         if (w.empty() || ec != std::errc() || end != w.data() + w.size() || weight > gw::shm::kMaxWeight)
           throw std::runtime_error(
               fmt::format("{}: the weight must be an integer 0..{}, got \"{}\"", spec, gw::shm::kMaxWeight, w));
-        if (!gw::core::parse_address(rest.substr(0, colon), addr, why)) throw std::runtime_error(spec + ": " + why);
       }
       int h = t.add_host(0, id, addr, weight);
       t.hosts()[static_cast<size_t>(h)].slot = static_cast<uint32_t>(h);
