@@ -471,7 +471,7 @@ class Worker {
     int lfd = listen_fds_[li];
     // Level-triggered listener: a bounded batch per wake keeps the loop fair.
     for (int i = 0; i < 64 && !draining_; ++i) {
-      if (table_full(li)) {
+      if (table_full(li) && !(listeners_[li].http && reclaim_http())) {
         pause_full(li);  // the next connections wait in the listen queue
         return;
       }
@@ -592,6 +592,14 @@ class Worker {
     }
   }
 
+  // A full http table: idle client connections make room (at most every
+  // 100 ms: each try walks the table). True if a slot is free now.
+  bool reclaim_http() {
+    if (env_.now_ms < next_reclaim_ms_) return false;
+    next_reclaim_ms_ = env_.now_ms + 100;
+    return http_.reclaim_idle(32) > 0;
+  }
+
   // The session table that listener `li`'s connections go to has no free slot.
   bool table_full(uint32_t li) const {
     const proxy::ListenerRuntime& l = listeners_[li];
@@ -642,7 +650,7 @@ class Worker {
       if (!full_paused_[i]) continue;
       const auto li = static_cast<uint32_t>(i);
       const bool native = !native_.empty() && native_[li];
-      if (table_full(li) || (native && !held_.empty())) {
+      if ((table_full(li) && !(listeners_[li].http && reclaim_http())) || (native && !held_.empty())) {
         any_full_paused_ = true;
         continue;
       }
@@ -784,6 +792,7 @@ class Worker {
   uint64_t last_pause_log_ms_ = 0;
   uint64_t last_full_log_ms_ = 0;
   uint64_t last_refuse_log_ms_ = 0;
+  uint64_t next_reclaim_ms_ = 0;
   uint64_t resume_accept_ms_ = 0;
   // Full session tables: listeners paused until a slot frees, and (io_uring)
   // connections accepted before the pause took effect.

@@ -544,6 +544,21 @@ void HttpProxy::close_all() noexcept {
   for (UpConn& u : ups_) close_up(u);
 }
 
+uint32_t HttpProxy::reclaim_idle(uint32_t max) noexcept {
+  // A walk from where the last one stopped, so the same connections are not
+  // looked at first every time; it runs only with every slot taken.
+  uint32_t closed = 0;
+  const size_t n = conns_.size();
+  for (size_t k = 0; k < n && closed < max; ++k) {
+    if (reclaim_cursor_ >= n) reclaim_cursor_ = 0;
+    Conn& c = conns_[reclaim_cursor_++];
+    if (c.state != CState::head || c.in.size() != 0 || env_.now_ms < c.c_read_ms + kReclaimIdleMs) continue;
+    close_conn(c);
+    ++closed;
+  }
+  return closed;
+}
+
 void HttpProxy::drain() noexcept {
   draining_ = true;
   for (Conn& c : conns_) {

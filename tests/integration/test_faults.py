@@ -17,6 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gwtest  # noqa: E402
+import httpbackend  # noqa: E402
 from gwtest import GwTestCase, T, host, pool, wait_until  # noqa: E402
 
 LO = "127.0.0.1"
@@ -330,6 +331,70 @@ class FaultTest(GwTestCase):
                     s.close()  # frees the new worker's slot for the next
         self.assertEqual(len(waiting), 0, f"{len(waiting)} queued connection(s) were not served by the new worker")
         self.assertNotIn("refusing a connection", gw.log_text())
+
+    def test_full_http_table_reclaims_idle_connections(self):
+        # An http listener whose slots are all taken by idle keep-alive
+        # connections: a new client is served once those have waited a
+        # second, as nginx reuses idle connections when worker_connections run
+        # out, not after keepalive_timeout_ms (75 s here).
+        b = httpbackend.HttpBackend("h")
+        self._backends.append(b)
+        lst = {"name": "web", "listen": f"{LO}:{gwtest.free_port()}", "protocol": "http", "upstream": "app"}
+        gw = self.gateway(self.make_config([pool("p", [host("h", b.address)])], workers=1, listeners=[lst]))
+        resource.prlimit(gw.pid, resource.RLIMIT_NOFILE, (100, 100))
+        (old,) = gw.worker_pids()
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: len(gw.worker_pids()) == 1 and gw.worker_pids() != [old], T(5),
+                   msg="the worker is respawned")
+
+        def get(s, timeout):
+            s.settimeout(timeout)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise EOFError("closed before the response")
+                buf += chunk
+            head, body = buf.split(b"\r\n\r\n", 1)
+            n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            while len(body) < n:
+                body += s.recv(4096)
+            return head.split(b"\r\n", 1)[0]
+
+        idle = []
+        for i in range(60):
+            s = socket.create_connection((LO, gw.port), timeout=T(5))
+            self.addCleanup(s.close)
+            try:
+                status = get(s, 0.3 if i >= 8 else T(5))
+            except socket.timeout:
+                waiting = s
+                break
+            self.assertIn(b" 200 ", status)
+            idle.append(s)
+        else:
+            self.fail("60 connections were all served with a descriptor limit of 100")
+        wait_until(lambda: "session slots of listener web in use" in gw.log_text(), T(5),
+                   msg="the worker logs that its slots are all in use")
+        # The waiting request is answered once the idle connections have
+        # waited a second; some of them are closed (a FIN, not a reset).
+        waiting.settimeout(T(5))
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = waiting.recv(4096)
+            self.assertTrue(chunk, "the waiting connection was closed unanswered")
+            buf += chunk
+        self.assertIn(b" 200 ", buf.split(b"\r\n", 1)[0])
+        closed = 0
+        for s in idle:
+            s.settimeout(0.05)
+            try:
+                if s.recv(1) == b"":
+                    closed += 1
+            except socket.timeout:
+                pass
+        self.assertGreater(closed, 0, "no idle connection was closed to make room")
 
 
 if __name__ == "__main__":

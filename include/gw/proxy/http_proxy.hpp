@@ -95,9 +95,16 @@ class HttpProxy {
   /// Open client connections (tunnels included).
   uint32_t active() const noexcept { return active_; }
   bool full() const noexcept { return conn_free_ == kNone && conns_.size() == conns_.capacity(); }
+  /// The table is full: closes up to `max` client connections that have
+  /// waited at least kReclaimIdleMs for a request (idle keep-alive, or new
+  /// and silent), as nginx reuses its idle connections when
+  /// worker_connections run out. Returns how many it closed.
+  uint32_t reclaim_idle(uint32_t max) noexcept;
+  static constexpr uint64_t kReclaimIdleMs = 1000;
 
  private:
   static constexpr uint32_t kNone = ~0u;
+  size_t reclaim_cursor_ = 0;  // where reclaim_idle() looks next
   static constexpr uint32_t kMaxTries = 16;
   static constexpr size_t kMaxFields = 1000;
 
