@@ -578,8 +578,9 @@ class ClusterTest(GwTestCase):
         time.sleep(1.0)  # gwctl has read the keys and waits
         self.etcd.post("/v3/kv/deleterange", {"key": b64(self.prefix + "upstreams/app")})
         out, err = p.communicate(timeout=T(15))
-        self.assertIn("changed by another writer",
-                      self.assert_one_line_error(p.returncode, err, "remove pool while its upstream key is deleted"))
+        line = self.assert_one_line_error(p.returncode, err, "remove pool while its upstream key is deleted")
+        # The key named is the one that changed: the upstream's, not the pool's.
+        self.assertIn(f"etcd key {self.prefix}upstreams/app was changed by another writer", line)
         self.assertIn(self.prefix + "upstreams/app/pools/tmp", self.etcd.get_prefix(self.prefix)[1])
 
         # An upstream key whose value the nodes do not accept (a newer gw's

@@ -448,7 +448,9 @@ int etcd_remove_pool(EtcdCtl& c, const std::string& u, const std::string& p) {
     if (int64_t n = hosts(); n > 0)
       throw gw::shm::TableError(fmt::format(
           "pool {}/{} still has {} host(s) (another writer added them meanwhile); remove them first", u, p, n));
-    conflict(what, kv.key, r.resent);
+    // The key that changed: the upstream's (deleted or recreated), else the pool's.
+    auto now_up = etcd_get(c, up.key);
+    conflict(what, !now_up || now_up->create_revision != up.create_revision ? up.key : kv.key, r.resent);
   }
   return etcd_done(what, r.revision);
 }
