@@ -26,7 +26,7 @@ constexpr int kTrialRepicks = 3;
 }  // namespace
 
 int pick_host(RelayEnv& env, int ui, balance::HashKey key, std::span<const uint32_t> tried, balance::Rng& rng,
-              bool first) noexcept {
+              bool first, ClaimTrial claim) noexcept {
   const balance::Snapshot& snap = *env.snap;
   const balance::UpstreamView& uv = snap.upstreams()[static_cast<size_t>(ui)];
   auto hosts = snap.table().hosts();
@@ -86,7 +86,7 @@ int pick_host(RelayEnv& env, int ui, balance::HashKey key, std::span<const uint3
     // is up). Another worker may have taken it since this pick found the host
     // usable: the host is then out again, and the pick is made again without
     // it (at most kTrialRepicks times; nginx holds its zone's lock instead).
-    const shm::Trial t = shm::claim_trial(env.seg->host(hosts[h].slot), hosts[h].tag, uv.health, env.now_ms);
+    const shm::Trial t = claim(env.seg->host(hosts[h].slot), hosts[h].tag, uv.health, env.now_ms);
     if (t != shm::Trial::lost || round == kTrialRepicks) break;
   }
   if (fell_back && first) bump(env.seg->worker(env.worker).hash_fallbacks);

@@ -10,6 +10,7 @@
 #include "gw/balance/hash.hpp"
 #include "gw/proxy/framer.hpp"
 #include "gw/proxy/tcp_relay.hpp"
+#include "gw/shm/runtime.hpp"
 
 namespace gw::proxy {
 
@@ -17,8 +18,10 @@ namespace gw::proxy {
 /// `tried`. Applies admin state, health and slow start (which lowers a host's
 /// share but never refuses the only usable host). Returns a host index into
 /// the snapshot's table, or -1. Counts a hash fallback when `first` is set.
+/// `claim` takes a down host's trial (shm::claim_trial; tests put a race in).
+using ClaimTrial = shm::Trial (*)(shm::HostRuntime&, uint32_t, shm::HealthPolicy, uint64_t) noexcept;
 int pick_host(RelayEnv& env, int ui, balance::HashKey key, std::span<const uint32_t> tried, balance::Rng& rng,
-              bool first) noexcept;
+              bool first, ClaimTrial claim = shm::claim_trial) noexcept;
 inline int pick_host(RelayEnv& env, int ui, std::string_view key, std::span<const uint32_t> tried, balance::Rng& rng,
                      bool first) noexcept {
   return pick_host(env, ui, balance::HashKey::of(key), tried, rng, first);

@@ -74,6 +74,18 @@ struct PickEnv {
   const shm::HostRecord& host(int i) const { return table.hosts()[static_cast<size_t>(i)]; }
 };
 
+/// A claim that loses the first trial it is asked for to "another worker",
+/// which claims it just before: the race two workers' picks can run.
+bool g_raced = false;
+shm::Trial claim_after_another(shm::HostRuntime& h, uint32_t tag, shm::HealthPolicy p, uint64_t now_ms) noexcept {
+  if (!g_raced) {
+    const shm::Trial other = shm::claim_trial(h, tag, p, now_ms);
+    if (other != shm::Trial::taken) return other;  // an up host: no trial to race for
+    g_raced = true;                                // the other worker has it
+  }
+  return shm::claim_trial(h, tag, p, now_ms);
+}
+
 }  // namespace
 
 TEST_SUITE("proxy") {
@@ -105,5 +117,28 @@ TEST_SUITE("proxy") {
       CHECK(got[0] > kPicks * 0.38);  // a and b split the rest
       CHECK(got[1] > kPicks * 0.38);
     }
+  }
+
+  TEST_CASE("passive health: a pick that lost the down host's trial to another worker picks again") {
+    // Host a is down past its fail_timeout, b is up, c is down within its.
+    // This worker's pick finds a usable; another worker takes a's trial
+    // before this one claims it: a is out again, so the pick goes to b. A
+    // pick that kept a sent a second connection to the down host.
+    PickEnv e(shm::Method::round_robin);
+    const shm::HealthPolicy hp{1, 10000};
+    const shm::HostRecord &a = e.host(0), &c = e.host(2);
+    REQUIRE(shm::record_failure(e.ts.seg.host(a.slot), a.tag, hp, e.env.now_ms - 20000));
+    REQUIRE(shm::record_failure(e.ts.seg.host(c.slot), c.tag, hp, e.env.now_ms));
+    const int ui = e.snap.find_upstream("app");
+    balance::Rng rng(1);
+    for (int k = 0; k < 6; ++k) {  // round robin: until it lands on a
+      const int h = proxy::pick_host(e.env, ui, balance::HashKey{}, {}, rng, true, claim_after_another);
+      REQUIRE(h >= 0);
+      if (!g_raced) continue;  // b, up: no trial to race for
+      CHECK(h == 1);           // a was lost to the other worker: b
+      break;
+    }
+    CHECK(g_raced);
+    CHECK_FALSE(shm::host_usable(e.ts.seg.host(a.slot), a.tag, hp, e.env.now_ms));  // the other's trial runs
   }
 }
