@@ -553,6 +553,11 @@ uint32_t HttpProxy::reclaim_idle(uint32_t max) noexcept {
     if (reclaim_cursor_ >= n) reclaim_cursor_ = 0;
     Conn& c = conns_[reclaim_cursor_++];
     if (c.state != CState::head || c.in.size() != 0 || env_.now_ms < c.c_read_ms + kReclaimIdleMs) continue;
+    // A request may be in the socket, its event not yet dispatched (later in
+    // this batch): closing would drop it unanswered. nginx's reusable
+    // connections race the same way; a peek costs one call per candidate.
+    char b;
+    if (c.c_in || ::recv(c.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0) continue;
     close_conn(c);
     ++closed;
   }

@@ -396,6 +396,86 @@ class FaultTest(GwTestCase):
                 pass
         self.assertGreater(closed, 0, "no idle connection was closed to make room")
 
+    def test_reclaim_spares_idle_connection_with_request_in_socket(self):
+        # The table has one free slot and the listener is armed. Two clients
+        # connect, then the idle keep-alive connections send a request, all
+        # before the worker runs: the accept fills the table and the reclaim
+        # must not close a connection whose request is in its socket (its
+        # event later in the same batch): that request would go unanswered.
+        b = httpbackend.HttpBackend("h")
+        self._backends.append(b)
+        lst = {"name": "web", "listen": f"{LO}:{gwtest.free_port()}", "protocol": "http", "upstream": "app"}
+        gw = self.gateway(self.make_config([pool("p", [host("h", b.address)])], workers=1, listeners=[lst]))
+        resource.prlimit(gw.pid, resource.RLIMIT_NOFILE, (400, 400))
+        (old,) = gw.worker_pids()
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: len(gw.worker_pids()) == 1 and gw.worker_pids() != [old], T(5),
+                   msg="the worker is respawned")
+        (worker,) = gw.worker_pids()
+
+        def send(s):
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+        def answer(s, timeout):
+            s.settimeout(timeout)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise EOFError("closed before the response")
+                buf += chunk
+            head, body = buf.split(b"\r\n\r\n", 1)
+            n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            while len(body) < n:
+                body += s.recv(4096)
+            return head.split(b"\r\n", 1)[0]
+
+        def connect():
+            s = socket.create_connection((LO, gw.port), timeout=T(5))
+            self.addCleanup(s.close)
+            return s
+
+        idle = []
+        for i in range(200):
+            s = connect()
+            send(s)
+            try:
+                answer(s, 0.3 if i >= 8 else T(5))
+            except socket.timeout:
+                waiting = s
+                break
+            idle.append(s)
+        else:
+            self.fail("200 connections were all served with a descriptor limit of 400")
+        self.assertIn(b" 200 ", answer(waiting, T(5)))  # after the first reclaim
+        open_ = []
+        for s in idle:
+            s.settimeout(0.05)
+            try:
+                if s.recv(1) != b"":
+                    self.fail("data on an idle connection")
+            except socket.timeout:
+                open_.append(s)
+        closed = len(idle) - len(open_)
+        self.assertGreater(closed, 1)
+        self.assertGreater(len(open_), 0, "every idle connection was closed")
+        for _ in range(closed - 2):  # leaves one slot free
+            s = connect()
+            send(s)
+            self.assertIn(b" 200 ", answer(s, T(5)))
+        time.sleep(0.3)  # past the reclaim's 100 ms
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            late = [connect(), connect()]
+            time.sleep(0.05)
+            for s in open_:
+                send(s)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        for s in open_:
+            self.assertIn(b" 200 ", answer(s, T(5)), "a request in the socket went unanswered")
+        del late
+
 
 if __name__ == "__main__":
     gwtest.main()
