@@ -41,6 +41,38 @@ def set_nofile(pid, soft):
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def respawn_with_nofile(gw, limit):
+    """Has the single worker of `gw` respawned with RLIMIT_NOFILE `limit`. gwd
+    raises its soft limit to the hard one at start, and a worker sizes its
+    session table from the limit it starts with: so the master's limits are
+    lowered, and it respawns the worker."""
+    resource.prlimit(gw.pid, resource.RLIMIT_NOFILE, (limit, limit))
+    (old,) = gw.worker_pids()
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: len(gw.worker_pids()) == 1 and gw.worker_pids() != [old], T(5),
+               msg="the worker is respawned")
+
+
+def http_send(s):
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
+def http_answer(s, timeout):
+    """Reads one response (Content-Length framed); returns its status line."""
+    s.settimeout(timeout)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise EOFError("closed before the response")
+        buf += chunk
+    head, body = buf.split(b"\r\n\r\n", 1)
+    n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    while len(body) < n:
+        body += s.recv(4096)
+    return head.split(b"\r\n", 1)[0]
+
+
 class FaultTest(GwTestCase):
     needs = ("gwd", "gwctl", "gw-backend")
 
@@ -49,6 +81,13 @@ class FaultTest(GwTestCase):
         self._backends.append(echo)
         opts = {"connect_timeout_ms": connect_timeout_ms} if connect_timeout_ms else None
         return self.gateway(self.make_config([pool("p", [host("e", echo)])], workers=workers, upstream_opts=opts))
+
+    def http_gateway(self):
+        """One worker, an http listener `web` over one HttpBackend."""
+        b = httpbackend.HttpBackend("h")
+        self._backends.append(b)
+        lst = {"name": "web", "listen": f"{LO}:{gwtest.free_port()}", "protocol": "http", "upstream": "app"}
+        return self.gateway(self.make_config([pool("p", [host("h", b.address)])], workers=1, listeners=[lst]))
 
     def round_trip(self, port, payload=b"ping\n"):
         with gwtest.connect(port, timeout=T(5)) as s:
@@ -212,14 +251,7 @@ class FaultTest(GwTestCase):
         echo = gwtest.Backend("echo", mode="echo")
         self._backends.append(echo)
         gw = self.gateway(self.make_config([pool("p", [host("e", echo)])], workers=1))
-        # gwd raises its soft limit to the hard one at start; the worker sizes
-        # its session table from the limit it starts with. So: lower the
-        # master's limits, and have it respawn the worker.
-        resource.prlimit(gw.pid, resource.RLIMIT_NOFILE, (100, 100))
-        (old,) = gw.worker_pids()
-        os.kill(old, signal.SIGKILL)
-        wait_until(lambda: len(gw.worker_pids()) == 1 and gw.worker_pids() != [old], T(5),
-                   msg="the worker is respawned")
+        respawn_with_nofile(gw, 100)
 
         # Fill the slots: connections that round-trip, until one is not served.
         held = []
@@ -285,11 +317,7 @@ class FaultTest(GwTestCase):
         self._backends.append(echo)
         gw = self.gateway(self.make_config([pool("p", [host("e", echo)])], workers=1,
                                            worker_shutdown_timeout_ms=60000))
-        resource.prlimit(gw.pid, resource.RLIMIT_NOFILE, (100, 100))
-        (old,) = gw.worker_pids()
-        os.kill(old, signal.SIGKILL)
-        wait_until(lambda: len(gw.worker_pids()) == 1 and gw.worker_pids() != [old], T(5),
-                   msg="the worker is respawned")
+        respawn_with_nofile(gw, 100)
         (full,) = gw.worker_pids()
         waiting = {}
         for i in range(60):
@@ -337,37 +365,16 @@ class FaultTest(GwTestCase):
         # connections: a new client is served once those have waited a
         # second, as nginx reuses idle connections when worker_connections run
         # out, not after keepalive_timeout_ms (75 s here).
-        b = httpbackend.HttpBackend("h")
-        self._backends.append(b)
-        lst = {"name": "web", "listen": f"{LO}:{gwtest.free_port()}", "protocol": "http", "upstream": "app"}
-        gw = self.gateway(self.make_config([pool("p", [host("h", b.address)])], workers=1, listeners=[lst]))
-        resource.prlimit(gw.pid, resource.RLIMIT_NOFILE, (100, 100))
-        (old,) = gw.worker_pids()
-        os.kill(old, signal.SIGKILL)
-        wait_until(lambda: len(gw.worker_pids()) == 1 and gw.worker_pids() != [old], T(5),
-                   msg="the worker is respawned")
-
-        def get(s, timeout):
-            s.settimeout(timeout)
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = s.recv(4096)
-                if not chunk:
-                    raise EOFError("closed before the response")
-                buf += chunk
-            head, body = buf.split(b"\r\n\r\n", 1)
-            n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-            while len(body) < n:
-                body += s.recv(4096)
-            return head.split(b"\r\n", 1)[0]
+        gw = self.http_gateway()
+        respawn_with_nofile(gw, 100)
 
         idle = []
         for i in range(60):
             s = socket.create_connection((LO, gw.port), timeout=T(5))
             self.addCleanup(s.close)
             try:
-                status = get(s, 0.3 if i >= 8 else T(5))
+                http_send(s)
+                status = http_answer(s, 0.3 if i >= 8 else T(5))
             except socket.timeout:
                 waiting = s
                 break
@@ -402,33 +409,9 @@ class FaultTest(GwTestCase):
         # before the worker runs: the accept fills the table and the reclaim
         # must not close a connection whose request is in its socket (its
         # event later in the same batch): that request would go unanswered.
-        b = httpbackend.HttpBackend("h")
-        self._backends.append(b)
-        lst = {"name": "web", "listen": f"{LO}:{gwtest.free_port()}", "protocol": "http", "upstream": "app"}
-        gw = self.gateway(self.make_config([pool("p", [host("h", b.address)])], workers=1, listeners=[lst]))
-        resource.prlimit(gw.pid, resource.RLIMIT_NOFILE, (400, 400))
-        (old,) = gw.worker_pids()
-        os.kill(old, signal.SIGKILL)
-        wait_until(lambda: len(gw.worker_pids()) == 1 and gw.worker_pids() != [old], T(5),
-                   msg="the worker is respawned")
+        gw = self.http_gateway()
+        respawn_with_nofile(gw, 400)
         (worker,) = gw.worker_pids()
-
-        def send(s):
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-
-        def answer(s, timeout):
-            s.settimeout(timeout)
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = s.recv(4096)
-                if not chunk:
-                    raise EOFError("closed before the response")
-                buf += chunk
-            head, body = buf.split(b"\r\n\r\n", 1)
-            n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-            while len(body) < n:
-                body += s.recv(4096)
-            return head.split(b"\r\n", 1)[0]
 
         def connect():
             s = socket.create_connection((LO, gw.port), timeout=T(5))
@@ -438,16 +421,16 @@ class FaultTest(GwTestCase):
         idle = []
         for i in range(200):
             s = connect()
-            send(s)
+            http_send(s)
             try:
-                answer(s, 0.3 if i >= 8 else T(5))
+                http_answer(s, 0.3 if i >= 8 else T(5))
             except socket.timeout:
                 waiting = s
                 break
             idle.append(s)
         else:
             self.fail("200 connections were all served with a descriptor limit of 400")
-        self.assertIn(b" 200 ", answer(waiting, T(5)))  # after the first reclaim
+        self.assertIn(b" 200 ", http_answer(waiting, T(5)))  # after the first reclaim
         open_ = []
         for s in idle:
             s.settimeout(0.05)
@@ -461,19 +444,19 @@ class FaultTest(GwTestCase):
         self.assertGreater(len(open_), 0, "every idle connection was closed")
         for _ in range(closed - 2):  # leaves one slot free
             s = connect()
-            send(s)
-            self.assertIn(b" 200 ", answer(s, T(5)))
+            http_send(s)
+            self.assertIn(b" 200 ", http_answer(s, T(5)))
         time.sleep(0.3)  # past the reclaim's 100 ms
         os.kill(worker, signal.SIGSTOP)
         try:
             late = [connect(), connect()]
             time.sleep(0.05)
             for s in open_:
-                send(s)
+                http_send(s)
         finally:
             os.kill(worker, signal.SIGCONT)
         for s in open_:
-            self.assertIn(b" 200 ", answer(s, T(5)), "a request in the socket went unanswered")
+            self.assertIn(b" 200 ", http_answer(s, T(5)), "a request in the socket went unanswered")
         del late
 
 
