@@ -89,6 +89,27 @@ class FaultTest(GwTestCase):
         lst = {"name": "web", "listen": f"{LO}:{gwtest.free_port()}", "protocol": "http", "upstream": "app"}
         return self.gateway(self.make_config([pool("p", [host("h", b.address)])], workers=1, listeners=[lst]))
 
+    def assertEchoedAsSlotsFree(self, waiting, timeout):
+        """Each socket of `waiting` (socket -> what it sent) gets its bytes
+        echoed back, none reset or closed first; each is closed once answered,
+        freeing its slot for the next."""
+        waiting = dict(waiting)
+        deadline = time.monotonic() + timeout
+        got = {s: b"" for s in waiting}
+        while waiting and time.monotonic() < deadline:
+            ready, _, _ = select.select(list(waiting), [], [], 0.5)
+            for s in ready:
+                try:
+                    chunk = s.recv(256)
+                except ConnectionResetError:
+                    self.fail(f"a queued connection was reset ({waiting[s]!r})")
+                self.assertTrue(chunk, f"a queued connection was closed unanswered ({waiting[s]!r})")
+                got[s] += chunk
+                if got[s] == waiting[s]:
+                    del waiting[s]
+                    s.close()
+        self.assertEqual(len(waiting), 0, f"{len(waiting)} queued connection(s) were never served")
+
     def round_trip(self, port, payload=b"ping\n"):
         with gwtest.connect(port, timeout=T(5)) as s:
             self.assertRoundTrip(s, payload)
@@ -290,21 +311,7 @@ class FaultTest(GwTestCase):
         # Slots free: every waiting connection is served, none reset.
         for s in held:
             s.close()
-        deadline = time.monotonic() + T(20)
-        got = {s: b"" for s in waiting}
-        while waiting and time.monotonic() < deadline:
-            ready, _, _ = select.select(list(waiting), [], [], 0.5)
-            for s in ready:
-                try:
-                    chunk = s.recv(256)
-                except ConnectionResetError:
-                    self.fail(f"a queued connection was reset ({waiting[s]!r})")
-                self.assertTrue(chunk, f"a queued connection was closed unanswered ({waiting[s]!r})")
-                got[s] += chunk
-                if got[s] == waiting[s]:
-                    del waiting[s]
-                    s.close()  # frees its slot for the next
-        self.assertEqual(len(waiting), 0, f"{len(waiting)} queued connection(s) were never served")
+        self.assertEchoedAsSlotsFree(waiting, T(20))
         self.round_trip(gw.port, b"after\n")
         self.assertNotIn("refusing a connection", gw.log_text())
 
@@ -343,21 +350,7 @@ class FaultTest(GwTestCase):
 
         gw.send_signal(signal.SIGHUP)  # the full worker keeps its connections open
         wait_until(lambda: any(p != full for p in gw.worker_pids()), T(5), msg="the new worker")
-        deadline = time.monotonic() + T(15)
-        got = {s: b"" for s in waiting}
-        while waiting and time.monotonic() < deadline:
-            ready, _, _ = select.select(list(waiting), [], [], 0.5)
-            for s in ready:
-                try:
-                    chunk = s.recv(256)
-                except ConnectionResetError:
-                    self.fail(f"a queued connection was reset ({waiting[s]!r})")
-                self.assertTrue(chunk, f"a queued connection was closed unanswered ({waiting[s]!r})")
-                got[s] += chunk
-                if got[s] == waiting[s]:
-                    del waiting[s]
-                    s.close()  # frees the new worker's slot for the next
-        self.assertEqual(len(waiting), 0, f"{len(waiting)} queued connection(s) were not served by the new worker")
+        self.assertEchoedAsSlotsFree(waiting, T(15))
         self.assertNotIn("refusing a connection", gw.log_text())
 
     def test_full_http_table_reclaims_idle_connections(self):
