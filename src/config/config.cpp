@@ -258,8 +258,14 @@ void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
     } else if (k == "length_includes_header") {
       if (!v.is_bool()) c.error(kp, "expected true or false, got " + describe(v));
       else s.length_includes_header = v.get_bool().value_unsafe();
-    } else if (k == "max_body") get_u32(c, v, kp, 0, 16u << 20, s.max_body);
-    else if (k == "key") {
+    } else if (k == "max_body") {
+      // 0 is not nginx's "no limit" (client_max_body_size 0) here: it would
+      // refuse every login frame, whose body carries the key.
+      if (v.is_int64() && v.get_int64().value_unsafe() == 0)
+        c.error(kp,
+                "expected an integer 1..16777216, got 0 (0 would refuse every login frame: its body carries the key)");
+      else get_u32(c, v, kp, 1, 16u << 20, s.max_body);
+    } else if (k == "key") {
       if (get_string(c, v, kp, s.key))
         if (auto why = frame_key_why(s.key); !why.empty()) c.error(kp, why);
     } else if (k == "max_key") get_u32(c, v, kp, 1, proxy::kMaxKey, s.max_key);

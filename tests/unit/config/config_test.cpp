@@ -259,6 +259,13 @@ TEST_SUITE("config") {
     CHECK(has(frame_errors(R"("allowed_types": [])"), "listeners[0].frame.allowed_types: expected at least one value"));
     CHECK(has(frame_errors(R"("allowed_versions": [])"),
               "listeners[0].frame.allowed_versions: expected at least one value, got []"));
+    // So would a max_body of 0 (the login frame's body carries the key);
+    // nginx's client_max_body_size 0, no limit, is not what it means here.
+    CHECK(has(frame_errors(R"("max_body": 0)"),
+              "listeners[0].frame.max_body: expected an integer 1..16777216, got 0 (0 would refuse every login frame: "
+              "its body carries the key)"));
+    CHECK(has(frame_errors(R"("max_body": "0")"),
+              "listeners[0].frame.max_body: expected an integer 1..16777216, got string \"0\""));
   }
 
   TEST_CASE("max_body is clamped to what the length field can say") {
@@ -274,7 +281,6 @@ TEST_SUITE("config") {
     // A length that includes the header is not clamped (the framer refuses
     // bodies above max_body anyway).
     CHECK(body(R"("length_size": 1, "length_includes_header": true, "max_body": 1000)") == 1000);
-    CHECK(body(R"("max_body": 0)") == 0);
     CHECK(body(R"("max_body": 16777216)") == 65535);
     // 16 MiB frames: the default whole-frame buffer limit is the floor of 4.
     auto big = load_frame(R"(, "frame": {"length_offset": 2, "length_size": 4, "max_body": 16777216})");
@@ -303,8 +309,8 @@ TEST_SUITE("config") {
     CHECK(has(frame_errors(R"("byte_order": 1)"), p + "byte_order: expected a string, got 1"));
     CHECK(has(frame_errors(R"("length_includes_header": 1)"),
               p + "length_includes_header: expected true or false, got 1"));
-    CHECK(has(frame_errors(R"("max_body": 16777217)"), p + "max_body: expected an integer 0..16777216, got 16777217"));
-    CHECK(has(frame_errors(R"("max_body": -1)"), p + "max_body: expected an integer 0..16777216, got -1"));
+    CHECK(has(frame_errors(R"("max_body": 16777217)"), p + "max_body: expected an integer 1..16777216, got 16777217"));
+    CHECK(has(frame_errors(R"("max_body": -1)"), p + "max_body: expected an integer 1..16777216, got -1"));
     CHECK(has(frame_errors(R"("key": "")"), p + "key: expected a field name or a JSON pointer"));
     CHECK(has(frame_errors(R"("key": 5)"), p + "key: expected a string, got 5"));
     const std::string max_key = std::to_string(gw::proxy::kMaxKey);
