@@ -413,6 +413,17 @@ TEST_SUITE("proxy/framer") {
         else CHECK(got == rejected(FrameError::json_too_deep, len));
       }
     }
+    // simdjson does not count an empty innermost object or array as a level:
+    // max_depth 1 takes {"x":[]} but not {"x":[[]]} (README, max_depth).
+    {
+      FrameSpec s;
+      s.max_depth = 1;
+      Framer f1(s);
+      const std::string empty_inner = R"({"devid":"a","x":[]})", nested_empty = R"({"devid":"a","x":[[]]})";
+      CHECK(decide(f1, frame6(empty_inner)) == ok(static_cast<uint32_t>(6 + empty_inner.size()), "a"));
+      CHECK(decide(f1, frame6(nested_empty)) ==
+            rejected(FrameError::json_too_deep, static_cast<uint32_t>(6 + nested_empty.size())));
+    }
     // The default, 32.
     Framer f(FrameSpec{});
     auto nested = [](size_t n) {  // the root object and n - 1 arrays
