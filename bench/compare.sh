@@ -762,7 +762,8 @@ for conns in "${COUNTS[@]}"; do
       WRK_PID=""
       [ -z "$rss_pid" ] || wait "$rss_pid" || true
       if [ $load_rc -ne 0 ] || ! res=$(parse_load "$out"); then
-        show_logs "$out" "$out.err"
+        # The contender's own log too: what it refused or closed, and why.
+        show_logs "$out" "$out.err" ${CPID[$c]:+"${PID_LOG[${CPID[$c]}]}"}
         die "$LOAD_TOOL through $c failed ($conns connections, round $((r + 1)))"
       fi
       read -r rps p50 p99 errs reqs <<<"$res"
