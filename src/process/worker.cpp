@@ -42,6 +42,8 @@ int g_access_log_fd = -1;
 
 constexpr uint64_t kSignalIndex = 0xffffffffull;
 constexpr uint64_t kHousekeepingMs = 1000;
+// A listener paused on a full session table is retried this often.
+constexpr int kFullRetryMs = 100;
 constexpr uint64_t kAcceptPauseMs = 100;
 
 class Worker {
@@ -97,7 +99,6 @@ class Worker {
       }
     }
     full_paused_.assign(listen_fds_.size(), false);
-    held_.reserve(kHeldMax);
     env_.epoll = &epoll_;
     env_.timers = &timers_;
     env_.buffers = &buffers_;
@@ -198,17 +199,11 @@ class Worker {
       return false;
     }
     native_.assign(listen_fds_.size(), false);
-    accept_armed_.assign(listen_fds_.size(), false);
-    accept_multi_.assign(listen_fds_.size(), false);
-    const uint64_t somaxconn = read_somaxconn();
-    uint64_t floor = kHeldMax;
+    accept_armed_.assign(listen_fds_.size(), 0);
     for (size_t i = 0; i < listen_fds_.size(); ++i) {
       native_[i] = !listeners_[i].per_frame && !listeners_[i].http;
       if (!native_[i]) epoll_.add(listen_fds_[i], EPOLLIN, i);
-      // What one multishot accept can hand over at once: a full listen queue.
-      else floor += std::min<uint64_t>(static_cast<uint64_t>(std::max(cfg_.listeners[i].backlog, 0)), somaxconn) + 1;
     }
-    multishot_floor_ = static_cast<uint32_t>(std::min<uint64_t>(floor, UINT32_MAX));
     arm_accepts();
     return true;
   }
@@ -233,9 +228,12 @@ class Worker {
       const unsigned completions = ring_->drain([&](const io_uring_cqe& c) {
         const uint8_t op = net::tag_op(c.user_data);
         if (op >= proxy::uring_op::kRelayFirst) urelay_->on_completion(c.user_data, c.res, c.flags);
-        else if (op == proxy::uring_op::kAccept) on_accept_completion(net::tag_slot(c.user_data), c.res, c.flags);
+        else if (op == proxy::uring_op::kAccept) on_accept_completion(net::tag_slot(c.user_data), c.res);
         else if (op == proxy::uring_op::kEpoll) epoll_ready = true, epoll_armed = false;
       });
+      // The accepts this batch completed, and the slots it freed: armed
+      // again once, for the whole batch.
+      if (!accept_paused_ && !draining_) arm_accepts();
       if (epoll_ready) {
         int n = epoll_.wait(events, kMaxEvents, 0);
         if (!dispatch(events, n)) return 0;
@@ -253,6 +251,10 @@ class Worker {
     int timeout = timers_.timeout_ms(env_.now_ms);
     int until_hk = static_cast<int>(next_housekeeping_ > env_.now_ms ? next_housekeeping_ - env_.now_ms : 0);
     if (timeout < 0 || timeout > until_hk) timeout = until_hk;
+    // A listener paused on a full table: tick() retries it (an http one
+    // closes connections that have turned idle meanwhile) every 100 ms,
+    // not only when I/O or housekeeping wakes the loop.
+    if (any_full_paused_ && timeout > kFullRetryMs) timeout = kFullRetryMs;
     return timeout;
   }
 
@@ -299,9 +301,10 @@ class Worker {
     }
     if (env_.fd_shortage) {
       // A relay found no descriptor for an upstream socket. Accepting more
-      // would only take clients that cannot be served; and under io_uring a
-      // multishot accept keeps the open-files limit it was armed with, so
-      // only a pause and a fresh accept apply a limit lowered since.
+      // would only take clients that cannot be served; and under io_uring an
+      // accept keeps the open-files limit it was armed with (the kernel reads
+      // it when the request is prepared), so only a pause and fresh accepts
+      // apply a limit lowered since.
       const int err = env_.fd_shortage;
       env_.fd_shortage = 0;
       if (accept_paused_) {
@@ -315,7 +318,7 @@ class Worker {
     }
     if (any_full_paused_) resume_full();
     if (draining_) {
-      if (active() == 0 && accepts_in_flight() == 0 && held_.empty()) {
+      if (active() == 0 && accepts_armed_total_ == 0) {
         // The cancels and closes of the last sessions, queued in this tick,
         // go out before the process does (the kernel would close those
         // sockets only when it tears the ring down).
@@ -338,8 +341,6 @@ class Worker {
     return relay_.active() + mux_.active() + http_.active() + (urelay_ ? urelay_->active() : 0);
   }
   void close_all() {
-    for (const Held& h : held_) ::close(h.fd);
-    held_.clear();
     relay_.close_all();
     mux_.close_all();
     http_.close_all();
@@ -348,17 +349,6 @@ class Worker {
       ring_->submit();  // the closes go out before the process does
     }
     access_log_.flush();
-  }
-
-  // The kernel's cap on a listen queue (net.core.somaxconn).
-  static uint64_t read_somaxconn() {
-    uint64_t v = 4096;
-    if (FILE* f = std::fopen("/proc/sys/net/core/somaxconn", "re")) {
-      unsigned long long n = 0;
-      if (std::fscanf(f, "%llu", &n) == 1 && n > 0) v = n;
-      std::fclose(f);
-    }
-    return v;
   }
 
   static uint64_t fd_limit() {
@@ -501,30 +491,41 @@ class Worker {
     }
   }
 
-  // io_uring: one accept per native listener. Multishot while session slots
-  // are plentiful. A multishot accept completes every connection the kernel
-  // queues until it is cancelled (a whole listen queue at once after a
-  // stall), so near a full table it would take more than the slots left:
-  // below multishot_floor_ free slots (the native listeners' queues, and
-  // kHeldMax) each accept takes one connection and is armed again after it.
+  // io_uring: single-shot accepts, up to kAcceptDepth in flight per native
+  // listener, and never more in all than the session slots left: each takes
+  // exactly one connection, so every connection the ring accepts has a slot,
+  // and a full table leaves new connections in the kernel's listen queue.
+  // A multishot accept is not bounded so: it accepts whatever arrives until
+  // its cancel is processed, and at 10,000 churning clients one batch of
+  // completions brought 4,225 connections to a worker whose listen queue
+  // holds 511 (bench/RESULTS.md); its table overflowed and the connections
+  // past it were reset. Listeners take turns at the slots left.
   void arm_accepts() {
-    for (size_t i = 0; i < listen_fds_.size(); ++i) {
-      if (!native_[i] || accept_armed_[i] || full_paused_[i]) continue;
-      io_uring_sqe* sqe = ring_->sqe();
-      const bool multishot = urelay_->free_slots() >= multishot_floor_;
-      // TCP_NODELAY comes from the listening socket.
-      if (multishot)
-        io_uring_prep_multishot_accept(sqe, listen_fds_[i], nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      else io_uring_prep_accept(sqe, listen_fds_[i], nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      io_uring_sqe_set_data64(sqe, net::pack_tag(proxy::uring_op::kAccept, static_cast<uint32_t>(i), 0));
-      accept_armed_[i] = true;
-      accept_multi_[i] = multishot;
+    const uint32_t free = urelay_->free_slots();
+    uint32_t budget = free > accepts_armed_total_ ? free - accepts_armed_total_ : 0;
+    const size_t n = listen_fds_.size();
+    for (bool armed = true; armed && budget > 0;) {
+      armed = false;
+      for (size_t k = 0; k < n && budget > 0; ++k) {
+        const size_t i = (accept_turn_ + k) % n;
+        if (!native_[i] || full_paused_[i] || listen_fds_[i] < 0 || accept_armed_[i] >= kAcceptDepth) continue;
+        io_uring_sqe* sqe = ring_->sqe();
+        // TCP_NODELAY comes from the listening socket.
+        io_uring_prep_accept(sqe, listen_fds_[i], nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        io_uring_sqe_set_data64(sqe, net::pack_tag(proxy::uring_op::kAccept, static_cast<uint32_t>(i), 0));
+        ++accept_armed_[i];
+        ++accepts_armed_total_;
+        --budget;
+        armed = true;
+      }
     }
+    accept_turn_ = n > 0 ? (accept_turn_ + 1) % n : 0;
   }
 
-  void on_accept_completion(uint32_t li, int32_t res, uint32_t flags) {
-    if (li >= listen_fds_.size()) return;
-    if (!(flags & IORING_CQE_F_MORE)) accept_armed_[li] = accept_multi_[li] = false;
+  void on_accept_completion(uint32_t li, int32_t res) {
+    if (li >= listen_fds_.size() || accept_armed_[li] == 0) return;
+    --accept_armed_[li];
+    --accepts_armed_total_;
     if (res >= 0) {
       take_accepted(li, res);
     } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
@@ -533,33 +534,15 @@ class Worker {
       if (!draining_) return;
     }
     // Draining: the listener's last accept is done; what is queued is taken now.
-    if (!accept_armed_[li] && draining_) close_native_listener(li);
-    // A multishot accept that ended (an error, or a full completion queue) is
-    // armed again, unless accepting stopped.
-    if (!accept_armed_[li] && !accept_paused_ && !draining_) arm_accepts();
+    if (accept_armed_[li] == 0 && draining_) close_native_listener(li);
   }
 
   // A connection the ring (or close_native_listener) accepted on listener `li`.
   void take_accepted(uint32_t li, int fd) {
     if (reader_.stale()) refresh();  // one acquire load per new connection
-    if (urelay_->full() || !held_.empty()) {
-      hold(li, fd);  // first come, first served: behind those already held
-      return;
-    }
-    serve_accepted(li, fd);
-    // The last slot is taken: the next connections wait in the listen queue
-    // rather than in completions (see hold()).
-    if (urelay_->full()) {
-      pause_native_full();
-    } else if (urelay_->free_slots() < multishot_floor_) {
-      // Few slots left: multishot accepts end, and the re-armed ones take
-      // one connection each (arm_accepts()).
-      for (size_t i = 0; i < native_.size(); ++i) {
-        if (!native_[i] || !accept_multi_[i]) continue;
-        accept_multi_[i] = false;  // cancelled once
-        stop_accepting_on(static_cast<uint32_t>(i));
-      }
-    }
+    serve_accepted(li, fd);          // it has a slot: see arm_accepts()
+    // The last slot is taken: the listeners wait (and log it) until one frees.
+    if (urelay_->full()) pause_native_full();
   }
 
   void serve_accepted(uint32_t li, int fd) {
@@ -571,32 +554,11 @@ class Worker {
     }
   }
 
-  // io_uring, no free session slot: an accept in flight when the table
-  // filled (one per listener, or what a multishot accept took of a burst
-  // larger than multishot_floor_ before its cancel) completes anyway. Up to
-  // kHeldMax such connections wait here, unread, and are served first when
-  // slots free; past that a connection is refused (closed, counted as
-  // no_slot).
-  void hold(uint32_t li, int fd) {
-    pause_native_full();
-    if (held_.size() < kHeldMax) {
-      held_.push_back({fd, li});
-      return;
-    }
-    ::close(fd);
-    proxy::metrics::listener_reject(env_, li, shm::kRejectNoSlot);
-    if (env_.now_ms - last_refuse_log_ms_ >= 1000) {
-      last_refuse_log_ms_ = env_.now_ms;
-      GW_LOG_WARN("no session slot free and {} accepted connections already waiting for one; refusing a connection",
-                  kHeldMax);
-    }
-  }
-
   // A full http table: idle client connections make room (at most every
   // 100 ms: each try walks the table). True if a slot is free now.
   bool reclaim_http() {
     if (env_.now_ms < next_reclaim_ms_) return false;
-    next_reclaim_ms_ = env_.now_ms + 100;
+    next_reclaim_ms_ = env_.now_ms + kFullRetryMs;
     return http_.reclaim_idle(32) > 0;
   }
 
@@ -634,23 +596,15 @@ class Worker {
       if (native_[i]) pause_full(static_cast<uint32_t>(i));
   }
 
-  // Once per iteration while a listener is paused for a full table: serve
-  // the held connections, then let each listener with a free slot accept.
+  // Once per iteration while a listener is paused for a full table: let
+  // each listener with a free slot accept again.
   void resume_full() {
-    if (!held_.empty()) {
-      size_t served = 0;
-      while (served < held_.size() && !urelay_->full()) {
-        serve_accepted(held_[served].listener, held_[served].fd);
-        ++served;
-      }
-      held_.erase(held_.begin(), held_.begin() + static_cast<std::ptrdiff_t>(served));
-    }
     any_full_paused_ = false;
     for (size_t i = 0; i < full_paused_.size(); ++i) {
       if (!full_paused_[i]) continue;
       const auto li = static_cast<uint32_t>(i);
       const bool native = !native_.empty() && native_[li];
-      if ((table_full(li) && !(listeners_[li].http && reclaim_http())) || (native && !held_.empty())) {
+      if (table_full(li) && !(listeners_[li].http && reclaim_http())) {
         any_full_paused_ = true;
         continue;
       }
@@ -661,20 +615,20 @@ class Worker {
     }
   }
 
-  // Draining, io_uring: the listener's multishot accept has ended. After a
+  // Draining, io_uring: the listener's last accept has ended. After a
   // reload or a binary upgrade another process's ring waits on the same
   // socket. The kernel wakes one accept waiter per connection, so a wake-up
-  // that this ring took while its accept was being cancelled is lost for the
+  // that this ring took while its accepts were being cancelled is lost for the
   // other: the connection would sit in the queue until the next one arrives.
   // So what is queued now is accepted and served here, then the socket closes.
-  // Only while a session slot is free: with the table full, what is queued
-  // stays for the other processes (the new generation after a reload), not
-  // held here until this worker's connections end or the drain's deadline
-  // closes it, nor refused past kHeldMax.
+  // Only into free session slots (beyond those the other listeners' accepts
+  // still in flight may take): with the table full, what is queued stays
+  // for the other processes (the new generation after a reload), not held
+  // here until this worker's connections end or the drain's deadline.
   void close_native_listener(uint32_t li) {
     int& fd = listen_fds_[li];
     if (fd < 0) return;
-    while (!urelay_->full() && held_.empty()) {
+    while (urelay_->free_slots() > accepts_armed_total_) {
       int c = ::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (c >= 0) {
         take_accepted(li, c);
@@ -687,21 +641,13 @@ class Worker {
     fd = -1;
   }
 
-  // limit_conn for a connection the multishot accept took (it gives no
-  // address: ask the socket).
+  // limit_conn for a connection the ring accepted (asked for no address:
+  // ask the socket).
   bool admit_accepted(int fd, uint32_t li) {
     sockaddr_storage peer{};
     socklen_t len = sizeof(peer);
     if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return false;  // already gone
     return limiter_.admit(fd, li, reinterpret_cast<const sockaddr*>(&peer), env_.now_ms);
-  }
-
-  // Multishot accepts not yet known to have ended (a drain waits for them:
-  // a connection accepted just before the cancel is still served).
-  uint32_t accepts_in_flight() const {
-    uint32_t n = 0;
-    for (bool a : accept_armed_) n += a;
-    return n;
   }
 
   void stop_accepting() {
@@ -712,9 +658,9 @@ class Worker {
   }
   void stop_accepting_on(uint32_t i) {
     if (!native_.empty() && native_[i]) {
-      if (!accept_armed_[i]) return;
+      if (accept_armed_[i] == 0) return;
       io_uring_sqe* sqe = ring_->sqe();
-      io_uring_prep_cancel64(sqe, net::pack_tag(proxy::uring_op::kAccept, i, 0), 0);
+      io_uring_prep_cancel64(sqe, net::pack_tag(proxy::uring_op::kAccept, i, 0), IORING_ASYNC_CANCEL_ALL);
       io_uring_sqe_set_data64(sqe, net::pack_tag(proxy::uring_op::kIgnore, 0, 0));
       sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
     } else if (listen_fds_[i] >= 0) {
@@ -778,9 +724,12 @@ class Worker {
   std::unique_ptr<net::Ring> ring_;
   std::unique_ptr<net::BufRing> bufring_;
   std::unique_ptr<proxy::UringRelay> urelay_;
-  std::vector<bool> native_;        // by listener: accepted by the ring
-  std::vector<bool> accept_armed_;  // by listener: an accept is in flight
-  std::vector<bool> accept_multi_;  // by listener: ...and it is multishot, not yet cancelled
+  std::vector<bool> native_;  // by listener: accepted by the ring
+  // By listener: accepts in flight (a drain waits for them: a connection
+  // accepted just before the cancel is still served); and their sum.
+  std::vector<uint16_t> accept_armed_;
+  uint32_t accepts_armed_total_ = 0;
+  size_t accept_turn_ = 0;  // the listener that arms first next time
   int sfd_ = -1;
   uint64_t next_housekeeping_ = 0;
   bool draining_ = false;
@@ -791,20 +740,13 @@ class Worker {
   uint64_t accept_pauses_ = 0;  // EMFILE/ENFILE/ENOBUFS/ENOMEM pauses, for the log
   uint64_t last_pause_log_ms_ = 0;
   uint64_t last_full_log_ms_ = 0;
-  uint64_t last_refuse_log_ms_ = 0;
   uint64_t next_reclaim_ms_ = 0;
   uint64_t resume_accept_ms_ = 0;
-  // Full session tables: listeners paused until a slot frees, and (io_uring)
-  // connections accepted before the pause took effect.
-  struct Held {
-    int fd;
-    uint32_t listener;
-  };
-  static constexpr size_t kHeldMax = 32;
-  uint32_t multishot_floor_ = 0;   // free slots below which accepts are single-shot
+  // io_uring: accepts in flight per native listener (see arm_accepts()).
+  static constexpr uint16_t kAcceptDepth = 32;
+  // Full session tables: listeners paused until a slot frees.
   std::vector<bool> full_paused_;  // by listener
   bool any_full_paused_ = false;
-  std::vector<Held> held_;
 };
 
 }  // namespace

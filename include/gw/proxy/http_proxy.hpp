@@ -104,7 +104,6 @@ class HttpProxy {
 
  private:
   static constexpr uint32_t kNone = ~0u;
-  size_t reclaim_cursor_ = 0;  // where reclaim_idle() looks next
   static constexpr uint32_t kMaxTries = 16;
   static constexpr size_t kMaxFields = 1000;
 
@@ -324,6 +323,7 @@ class HttpProxy {
   std::vector<uint32_t> idle_head_;   // by host slot: most recently idle first
   std::vector<uint32_t> idle_count_;  // by host slot
   uint32_t active_ = 0;
+  size_t reclaim_cursor_ = 0;  // where reclaim_idle() looks next
   bool draining_ = false;
   std::vector<http::Field> fields_;  // the head being parsed (one at a time)
   char date_[40] = {};               // http_date(): the Date of our answers and of hosts' without one
