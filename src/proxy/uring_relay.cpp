@@ -60,7 +60,7 @@ UringRelay::Session* UringRelay::new_session() noexcept {
 }
 
 void UringRelay::fetch_peer(Session& s, int fd, bool want_key) noexcept {
-  // Multishot accept reports no address; it is asked for only when a pool of
+  // The ring's accepts ask for no address; it is asked for only when a pool of
   // the upstream hashes the client IP, or the listener has an access log.
   sockaddr_storage ss{};
   socklen_t len = sizeof(ss);
