@@ -64,8 +64,14 @@ for _ in $(seq 100); do
   /usr/bin/python3 -c "import socket; socket.create_connection(('127.0.0.1',$lp),1)" 2>/dev/null && break
   sleep 0.1
 done
-wp=$(pgrep -P "$gp" | paste -sd, -)
-[ -n "$wp" ] || { echo "churn_probe.sh: gwd has no workers (see $OUT/gw.log)" >&2; exit 1; }
+# The master listens before it forks: wait for both workers, so that a probe attaches to both.
+wp=""
+for _ in $(seq 100); do
+  wp=$(pgrep -P "$gp" | paste -sd, - || true)
+  [ "$(tr ',' '\n' <<<"$wp" | grep -c .)" -lt 2 ] || break
+  sleep 0.1
+done
+[ "$(tr ',' '\n' <<<"$wp" | grep -c .)" -ge 2 ] || { echo "churn_probe.sh: gwd has not started its 2 workers (see $OUT/gw.log)" >&2; exit 1; }
 cpu_ns() { local s=0 a _ p t; for p in "$gp" ${wp//,/ }; do for t in /proc/"$p"/task/*/schedstat; do read -r a _ <"$t" || true; s=$((s + a)); done; done; echo "$s"; }
 nstat -n >/dev/null
 cpu0=$(cpu_ns)
@@ -78,7 +84,7 @@ case $probe in
     sleep 2
     perf stat -e raw_syscalls:sys_enter,context-switches,io_uring:io_uring_complete \
       -e io_uring:io_uring_complete --filter 'res == -105' -p "$wp" -- sleep "$window" 2>&1 |
-      grep -E 'sys_enter|context|io_uring' ;;
+      grep -E 'sys_enter|context|io_uring' || true ;;
   perf)
     sleep 2
     perf record -g -o "$OUT/perf.data" -p "$wp" -- sleep "$window" >/dev/null 2>&1
@@ -87,12 +93,14 @@ case $probe in
     sleep 2
     args=()
     for p in ${wp//,/ }; do args+=(-p "$p"); done
-    timeout -s INT "$window" strace -c -f "${args[@]}" 2>&1 | grep -v '^strace:' | head -20 ;;
+    # timeout ends strace (exit 124): its summary is the output.
+    { timeout -s INT "$window" strace -c -f "${args[@]}" 2>&1 || true; } | grep -v '^strace:' | head -20 || true ;;
   status)
     for _ in $(seq 2 "$((secs - 1))"); do
       sleep 1
       "$B/gwctl" --shm "$shm" status --json 2>/dev/null |
-        /usr/bin/python3 -c 'import json,sys; print("connections per worker:", [w["connections"] for w in json.load(sys.stdin)["workers"]])'
+        /usr/bin/python3 -c 'import json,sys; print("connections per worker:", [w["connections"] for w in json.load(sys.stdin)["workers"]])' ||
+        echo "gwctl status failed"
     done ;;
 esac
 wait "$load" || true

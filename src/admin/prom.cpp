@@ -261,7 +261,8 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
     w.sample("gw_listener_active", {{"listener", l.name}, {"protocol", l.protocol}}, l.tot.active);
   w.family("gw_listener_rejected_total", "counter",
            "Connections the listener refused or closed unserved, by reason: the frame reasons (frame listeners), "
-           "no_host (no pool had a usable host), no_slot (the worker's connection slots were all in use), limit_conn "
+           "no_host (no pool had a usable host), no_slot (an L4 connection got no descriptor, port or memory for its "
+           "upstream socket), limit_conn "
            "(the client address was over the "
            "listener's limit_conn max).");
   for (const auto& l : listeners) {

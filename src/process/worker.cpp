@@ -200,9 +200,11 @@ class Worker {
     }
     native_.assign(listen_fds_.size(), false);
     accept_armed_.assign(listen_fds_.size(), 0);
+    accept_cancelling_.assign(listen_fds_.size(), 0);
     for (size_t i = 0; i < listen_fds_.size(); ++i) {
       native_[i] = !listeners_[i].per_frame && !listeners_[i].http;
       if (!native_[i]) epoll_.add(listen_fds_[i], EPOLLIN, i);
+      else ++native_count_;
     }
     arm_accepts();
     return true;
@@ -230,6 +232,7 @@ class Worker {
         if (op >= proxy::uring_op::kRelayFirst) urelay_->on_completion(c.user_data, c.res, c.flags);
         else if (op == proxy::uring_op::kAccept) on_accept_completion(net::tag_slot(c.user_data), c.res);
         else if (op == proxy::uring_op::kEpoll) epoll_ready = true, epoll_armed = false;
+        else if (op == proxy::uring_op::kAcceptCancel) on_accept_cancel_failed(net::tag_slot(c.user_data));
       });
       // The accepts this batch completed, and the slots it freed: armed
       // again once, for the whole batch.
@@ -499,16 +502,33 @@ class Worker {
   // its cancel is processed, and at 10,000 churning clients one batch of
   // completions brought 4,225 connections to a worker whose listen queue
   // holds 511 (bench/RESULTS.md); its table overflowed and the connections
-  // past it were reset. Listeners take turns at the slots left.
+  // past it were reset.
+  //
+  // Near a full table the slots left are shared: a listener keeps at most
+  // its share (the free slots over the native listeners, at least one)
+  // armed, and what it holds above that is cancelled, so that an idle
+  // listener's accepts cannot keep the last free slots from a busy one.
   void arm_accepts() {
     const uint32_t free = urelay_->free_slots();
+    const uint32_t share = std::clamp<uint32_t>(free / std::max<uint32_t>(native_count_, 1), 1, kAcceptDepth);
     uint32_t budget = free > accepts_armed_total_ ? free - accepts_armed_total_ : 0;
     const size_t n = listen_fds_.size();
+    for (size_t i = 0; i < n; ++i) {
+      if (!native_[i]) continue;
+      const uint32_t live = accept_armed_[i] - std::min(accept_armed_[i], accept_cancelling_[i]);
+      for (uint32_t k = share; k < live; ++k) {
+        io_uring_sqe* sqe = ring_->sqe();
+        io_uring_prep_cancel64(sqe, net::pack_tag(proxy::uring_op::kAccept, static_cast<uint32_t>(i), 0), 0);
+        io_uring_sqe_set_data64(sqe, net::pack_tag(proxy::uring_op::kAcceptCancel, static_cast<uint32_t>(i), 0));
+        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+        ++accept_cancelling_[i];
+      }
+    }
     for (bool armed = true; armed && budget > 0;) {
       armed = false;
       for (size_t k = 0; k < n && budget > 0; ++k) {
         const size_t i = (accept_turn_ + k) % n;
-        if (!native_[i] || full_paused_[i] || listen_fds_[i] < 0 || accept_armed_[i] >= kAcceptDepth) continue;
+        if (!native_[i] || full_paused_[i] || listen_fds_[i] < 0 || accept_armed_[i] >= share) continue;
         io_uring_sqe* sqe = ring_->sqe();
         // TCP_NODELAY comes from the listening socket.
         io_uring_prep_accept(sqe, listen_fds_[i], nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -526,15 +546,27 @@ class Worker {
     if (li >= listen_fds_.size() || accept_armed_[li] == 0) return;
     --accept_armed_[li];
     --accepts_armed_total_;
+    if (res == -ECANCELED && accept_cancelling_[li] > 0) --accept_cancelling_[li];
     if (res >= 0) {
       take_accepted(li, res);
-    } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
-      if (!accept_paused_) log_accept_pause(-res);
-      pause_accept();
+    } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM || res == -EINVAL ||
+               res == -EBADF || res == -ENOTSOCK || res == -EOPNOTSUPP) {
+      // Out of descriptors or memory, or an error that the next accept
+      // would meet again at once: a pause, not a loop. The other accepts
+      // in flight fail alike; one pause (and one line) covers them.
+      if (!accept_paused_) {
+        log_accept_pause(-res);
+        pause_accept();
+      }
       if (!draining_) return;
     }
     // Draining: the listener's last accept is done; what is queued is taken now.
     if (accept_armed_[li] == 0 && draining_) close_native_listener(li);
+  }
+
+  // A cancel of one accept found nothing to cancel (that accept completed).
+  void on_accept_cancel_failed(uint32_t li) {
+    if (li < accept_cancelling_.size() && accept_cancelling_[li] > 0) --accept_cancelling_[li];
   }
 
   // A connection the ring (or close_native_listener) accepted on listener `li`.
@@ -728,7 +760,9 @@ class Worker {
   // By listener: accepts in flight (a drain waits for them: a connection
   // accepted just before the cancel is still served); and their sum.
   std::vector<uint16_t> accept_armed_;
+  std::vector<uint16_t> accept_cancelling_;  // ...of which single cancels are on their way (arm_accepts())
   uint32_t accepts_armed_total_ = 0;
+  uint32_t native_count_ = 0;
   size_t accept_turn_ = 0;  // the listener that arms first next time
   int sfd_ = -1;
   uint64_t next_housekeeping_ = 0;

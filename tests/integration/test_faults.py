@@ -18,7 +18,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gwtest  # noqa: E402
 import httpbackend  # noqa: E402
-from gwtest import GwTestCase, T, host, pool, wait_until  # noqa: E402
+from gwtest import GwTestCase, T, host, pool, tcp_listener, wait_until  # noqa: E402
 
 LO = "127.0.0.1"
 
@@ -201,13 +201,13 @@ class FaultTest(GwTestCase):
         self.round_trip(gw.port, b"still serving\n")
 
     def test_emfile_pauses_accepts_and_recovers(self):
-        # The limit is lowered while the worker runs. Under io_uring the
-        # multishot accept keeps the limit it was armed with (the kernel reads
-        # it when the request is prepared), so the first connection over the
-        # room is still accepted, and its upstream socket() meets EMFILE: that
-        # session waits for a descriptor (not dropped, no host blamed), and
-        # the worker pauses accepting; the accept armed after the pause
-        # applies the lowered limit. Under epoll accept4() meets it at once.
+        # The limit is lowered while the worker runs. Under io_uring an accept
+        # keeps the limit it was armed with (the kernel reads it when the
+        # request is prepared), so connections over the room that meet an
+        # accept armed before are still accepted, and their upstream socket()
+        # meets EMFILE: such a session waits for a descriptor (not dropped, no
+        # host blamed), and the worker pauses accepting; the accepts armed
+        # after the pause apply the lowered limit. Under epoll accept4() meets it at once.
         # Such a session waits up to connect_timeout_ms: longer than the limit
         # holds here.
         gw = self.echo_gateway(workers=1, connect_timeout_ms=int(T(30) * 1000))
@@ -315,11 +315,58 @@ class FaultTest(GwTestCase):
         self.round_trip(gw.port, b"after\n")
         self.assertNotIn("refusing a connection", gw.log_text())
 
+    def test_full_session_table_shared_by_listeners(self):
+        # Two tcp listeners, one of them idle: the busy one can take every
+        # session slot but one. Under io_uring the idle listener's accepts in
+        # flight each hold a slot; near a full table a listener keeps only its
+        # share armed and the rest is cancelled, where the idle listener's
+        # accepts used to keep about half the slots from the busy one.
+        echo = gwtest.Backend("echo", mode="echo")
+        self._backends.append(echo)
+        gw = self.gateway(self.make_config([pool("p", [host("e", echo)])], workers=1,
+                                           listeners=[tcp_listener("busy", "app"), tcp_listener("idle", "app")]))
+        respawn_with_nofile(gw, 100)
+        busy_port, idle_port = gw.ports
+
+        held = []
+        for i in range(60):
+            s = gwtest.connect(busy_port, timeout=T(5))
+            self.addCleanup(s.close)
+            msg = f"busy {i}\n".encode()
+            s.sendall(msg)
+            s.settimeout(0.5 if i >= 4 else T(5))
+            try:
+                got = gwtest.recv_exact(s, len(msg))
+            except socket.timeout:
+                waiting = {s: msg}
+                break
+            self.assertEqual(got, msg)
+            held.append(s)
+        else:
+            self.fail("60 connections were all served with a descriptor limit of 100")
+        # The idle listener's connection takes the last slot (io_uring: the
+        # one its armed accept holds) or waits (epoll: the table is full).
+        s = socket.create_connection((LO, idle_port), timeout=T(5))
+        self.addCleanup(s.close)
+        s.sendall(b"idle\n")
+        waiting[s] = b"idle\n"
+        wait_until(lambda: re.search(r"all \d+ session slots of listener \S+ in use", gw.log_text()), T(5),
+                   msg="the worker logs that its slots are all in use")
+        slots = int(re.search(r"all (\d+) session slots of listener", gw.log_text()).group(1))
+        self.assertGreaterEqual(len(held), slots - 1,
+                                f"the busy listener got {len(held)} of {slots} slots with the other one idle")
+
+        # Slots free: what waits is served, none reset.
+        for c in held:
+            c.close()
+        self.assertEchoedAsSlotsFree(waiting, T(20))
+
     def test_full_session_table_reload_leaves_the_queue_to_the_new_worker(self):
         # A reload while the worker's table is full: the connections waiting
         # in the listen queue are the new generation's. The draining worker
-        # (io_uring) took the whole queue as it closed its listener: 32 held
-        # until its own slots freed (here: its drain deadline), the rest reset.
+        # (io_uring) used to take the whole queue as it closed its listener:
+        # 32 held until its own slots freed (here: its drain deadline), the
+        # rest reset.
         echo = gwtest.Backend("echo", mode="echo")
         self._backends.append(echo)
         gw = self.gateway(self.make_config([pool("p", [host("e", echo)])], workers=1,

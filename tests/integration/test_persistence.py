@@ -42,7 +42,7 @@ class PersistenceTest(GwTestCase):
         self.assertIsNotNone(gw.proc.poll(), "gwd master survived SIGKILL")
         if gw.config.get("event_engine") == "io_uring":
             # A SIGKILLed worker's ring is torn down by a kernel worker after
-            # the process is gone; its multishot accept holds the listening
+            # the process is gone; its pending accepts hold the listening
             # socket until then: 0.06-0.7 s on a quiet machine, over 3 s
             # measured under a load average of 14. It must still go.
             gwtest.wait_until(lambda: not gwtest.port_listening(gw.port), gwtest.T(15),

@@ -64,10 +64,11 @@ namespace gw::proxy {
 
 /// Tag ops (net::pack_tag) of the io_uring worker loop.
 namespace uring_op {
-inline constexpr uint8_t kIgnore = 0;       ///< cancels, closes: nothing to do
-inline constexpr uint8_t kAccept = 1;       ///< an accept (single-shot); slot = listener index
-inline constexpr uint8_t kEpoll = 2;        ///< multishot poll on the worker's epoll fd
-inline constexpr uint8_t kRelayFirst = 16;  ///< this op and above belong to UringRelay
+inline constexpr uint8_t kIgnore = 0;        ///< cancels, closes: nothing to do
+inline constexpr uint8_t kAccept = 1;        ///< an accept (single-shot); slot = listener index
+inline constexpr uint8_t kEpoll = 2;         ///< multishot poll on the worker's epoll fd
+inline constexpr uint8_t kAcceptCancel = 3;  ///< cancels one accept (reports only a failure); slot = listener
+inline constexpr uint8_t kRelayFirst = 16;   ///< this op and above belong to UringRelay
 }  // namespace uring_op
 
 class UringRelay {

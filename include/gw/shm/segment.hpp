@@ -217,8 +217,9 @@ static_assert(sizeof(HostStats) == 64 + 2 * sizeof(LatencyHistogram) && sizeof(L
 /// Why a listener refused or closed a connection without serving it (index
 /// into ListenerStats::rejects). 1..23 are the frame reasons (proxy::FrameError
 /// values); the rest follow.
-inline constexpr size_t kRejectNoHost = 24;         ///< no pool had a usable host
-inline constexpr size_t kRejectNoSlot = 25;         ///< the worker's connection slots were all in use
+inline constexpr size_t kRejectNoHost = 24;  ///< no pool had a usable host
+inline constexpr size_t kRejectNoSlot =
+    25;  ///< an L4 connection got no descriptor, port or memory for its upstream socket
 inline constexpr size_t kRejectLimitConn = 26;      ///< limit_conn: the address was over its max
 inline constexpr size_t kListenerRejectKinds = 28;  ///< room to grow
 /// gw's own HTTP answers (errors) by status code; see http_code_index().
