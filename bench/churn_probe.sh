@@ -48,7 +48,7 @@ b1=$(free_port) b2=$(free_port) lp=$(free_port)
 "$B/gw-backend" --mode device --listen "127.0.0.1:$b2" --name b2 >"$OUT/b2.log" 2>&1 & pids+=($!)
 cat >"$OUT/gw.json" <<EOF
 {"workers": 2, "event_engine": "$eng", "log_file": "", "shm": {"name": "$shm"}, "state_file": "$OUT/state-$$.json",
- "listeners": [{"name": "f", "listen": "127.0.0.1:$lp", "protocol": "frame", "frame": {"mode": "connection"},
+ "listeners": [{"name": "f", "listen": "127.0.0.1:$lp", "protocol": "frame", "frame": {"mode": "connection"}, "backlog": 4096,
                 "upstream": "app"}],
  "upstreams": [{"name": "app", "connect_timeout_ms": 2000, "idle_timeout_ms": 600000, "max_fails": 1,
                 "fail_timeout_ms": 10000, "tries": 3,

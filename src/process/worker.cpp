@@ -494,7 +494,7 @@ class Worker {
     }
   }
 
-  // io_uring: single-shot accepts, up to kAcceptDepth in flight per native
+  // io_uring: single-shot accepts, up to kAcceptDepth (4) in flight per native
   // listener, and never more in all than the session slots left: each takes
   // exactly one connection, so every connection the ring accepts has a slot,
   // and a full table leaves new connections in the kernel's listen queue.
@@ -776,8 +776,15 @@ class Worker {
   uint64_t last_full_log_ms_ = 0;
   uint64_t next_reclaim_ms_ = 0;
   uint64_t resume_accept_ms_ = 0;
-  // io_uring: accepts in flight per native listener (see arm_accepts()).
-  static constexpr uint16_t kAcceptDepth = 32;
+  // io_uring: accepts in flight per native listener (see arm_accepts()),
+  // which is also the most a listener admits per loop iteration. It bounds
+  // the work in progress: with 8 or more, 10,000 churning frame clients kept
+  // 5,000-8,944 sessions open per worker (a table full at times) and cost
+  // 1.2-1.4x the CPU per cycle; with 1, 2 or 4 a few hundred, at 1.0-1.1x
+  // epoll's CPU per cycle and 0.95-1.05x its rate, and no change at 50 or
+  // 1,000 clients (bench/churn_probe.sh; bench/RESULTS.md). nginx's default,
+  // multi_accept off, admits one connection per notification.
+  static constexpr uint16_t kAcceptDepth = 4;
   // Full session tables: listeners paused until a slot frees.
   std::vector<bool> full_paused_;  // by listener
   bool any_full_paused_ = false;
