@@ -945,6 +945,7 @@ shm::UpstreamRecord upstream_record(const UpstreamConf& u) {
   r.max_fails = u.max_fails;
   r.fail_timeout_ms = u.fail_timeout_ms;
   r.tries = u.tries;
+  r.retry_tries = static_cast<uint16_t>(u.retry.tries ? u.retry.tries : u.tries);
   r.check = u.check;
   r.slow_start_ms = u.slow_start_ms;
   r.balance_factor = static_cast<uint16_t>(u.balance_factor);

@@ -294,6 +294,17 @@ class GwctlTest(GwTestCase):
             return sum(gwtest.find_host(st, f"app/primary/{x}")["total"] for x in ("alpha-host", "bravo-host"))
         gwtest.wait_until(lambda: total() == 6, T(5), msg="total connections 6 in status")
 
+    def test_status_shows_http_retry_tries_where_they_differ(self):
+        # `tries` counts tcp and frame connects; an http request's attempts
+        # come from retry.tries, which status shows only where it differs.
+        a = self.backend("a")
+        gw = self.start([pool("primary", [host("a", a)])], upstream_opts={"tries": 3, "retry": {"tries": 2}})
+        out = self.assertGwctlOk(gw, "status")
+        self.assertRegex(out, r"(?m)^app \(connect \d+ ms, .*, tries 3, http retry\.tries 2\)$")
+        plain = self.start([pool("primary", [host("a", a)])], upstream_opts={"tries": 2})
+        out = self.assertGwctlOk(plain, "status")
+        self.assertRegex(out, r"(?m)^app \(connect \d+ ms, .*, tries 2\)$")
+
     def test_events(self):
         a, b = self.backend("a"), self.backend("b")
         gw = self.start([pool("primary", [host("a", a)])])

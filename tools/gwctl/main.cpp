@@ -665,8 +665,12 @@ int cmd_status(const Options& o) {
              "ADMIN", "HEALTH", "ACTIVE", "TOTAL", "FAILURES");
   for (size_t u = 0; u < t.upstreams().size(); ++u) {
     const auto& ur = t.upstreams()[u];
-    fmt::print("{} (connect {} ms, idle {} ms, max_fails {} per {} ms, tries {})\n", name_of(ur.name),
-               ur.connect_timeout_ms, ur.idle_timeout_ms, ur.max_fails, ur.fail_timeout_ms, ur.tries);
+    // retry.tries (http) is shown where it differs from tries (tcp and frame connects).
+    const std::string retry = ur.retry_tries && ur.retry_tries != ur.tries
+                                  ? fmt::format(", http retry.tries {}", ur.retry_tries)
+                                  : std::string();
+    fmt::print("{} (connect {} ms, idle {} ms, max_fails {} per {} ms, tries {}{})\n", name_of(ur.name),
+               ur.connect_timeout_ms, ur.idle_timeout_ms, ur.max_fails, ur.fail_timeout_ms, ur.tries, retry);
     for (size_t p = 0; p < t.pools().size(); ++p) {
       const auto& pr = t.pools()[p];
       if (pr.upstream != u) continue;

@@ -106,8 +106,8 @@ struct UpstreamRecord {
   uint32_t fail_timeout_ms;     ///< failure window and time out of rotation
   uint32_t tries;               ///< connect attempts per client connection (1..16)
   uint16_t balance_factor;      ///< chash bounded loads: max load = factor% of the mean; 0 = off
-  uint16_t reserved;
-  uint32_t slow_start_ms;  ///< a host coming back ramps its weight over this long; 0 = off
+  uint16_t retry_tries;         ///< http: attempts per request (retry.tries, else tries); for status only
+  uint32_t slow_start_ms;       ///< a host coming back ramps its weight over this long; 0 = off
   uint32_t reserved2;
   HealthCheck check;  ///< active health checks; type kCheckNone = off
 };
