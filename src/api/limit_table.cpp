@@ -244,6 +244,7 @@ LimitTable::Stats LimitTable::stats() const noexcept {
 }
 
 void LimitTable::release_worker(const shm::Segment& seg, uint32_t worker) noexcept {
+  if (worker >= seg.stat_workers()) return;  // no such row: nothing held
   const uint32_t cap = seg.caps().max_limit_keys;
   std::atomic<uint16_t>* held = seg.limit_held(worker);
   shm::LimitEntry* entries = seg.limit_entries();
@@ -268,7 +269,7 @@ void LimitTable::reset_conns(const shm::Segment& seg) noexcept {
     const uint64_t k = entries[i].key.load(std::memory_order_relaxed);
     if (k & kConnMask) entries[i].key.store(k & ~kConnMask, std::memory_order_relaxed);
   }
-  for (uint32_t w = 0; w < shm::kMaxWorkers; ++w) {
+  for (uint32_t w = 0; w < seg.stat_workers(); ++w) {
     std::atomic<uint16_t>* held = seg.limit_held(w);
     for (uint32_t i = 0; i < cap; ++i)
       if (held[i].load(std::memory_order_relaxed)) held[i].store(0, std::memory_order_relaxed);

@@ -128,7 +128,7 @@ uint64_t latency_us(const HostRuntime& h, uint32_t tag, uint64_t now_ms) noexcep
 
 HostTotals host_totals(const Segment& seg, uint32_t slot, uint32_t tag) noexcept {
   HostTotals t;
-  for (uint32_t w = 0; w < kMaxWorkers; ++w) {
+  for (uint32_t w = 0; w < seg.stat_workers(); ++w) {
     const HostCounter& c = seg.counter(w, slot);
     if (c.tag.load(std::memory_order_relaxed) != tag) continue;
     t.active += c.active.load(std::memory_order_relaxed);
@@ -138,7 +138,7 @@ HostTotals host_totals(const Segment& seg, uint32_t slot, uint32_t tag) noexcept
 }
 
 void clear_worker_counters(const Segment& seg, uint32_t worker) noexcept {
-  for (uint32_t i = 0; i < seg.caps().max_hosts; ++i) {
+  for (uint32_t i = 0; i < seg.caps().max_hosts && worker < seg.stat_workers(); ++i) {
     // Its connections died with it; totals stay, they are history.
     seg.counter(worker, i).active.store(0, std::memory_order_relaxed);
   }

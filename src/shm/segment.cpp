@@ -39,7 +39,7 @@ size_t Segment::layout_size(const Caps& caps, uint32_t stat_workers, SegmentHead
   size_t runtime = off;
   off += sizeof(HostRuntime) * caps.max_hosts;
   size_t counters = align64(off);
-  off = counters + sizeof(HostCounter) * size_t{kMaxWorkers} * caps.max_hosts;
+  off = counters + sizeof(HostCounter) * size_t{stat_workers} * caps.max_hosts;
   size_t workers = align64(off);
   off = workers + sizeof(WorkerRuntime) * kMaxWorkers;
   size_t pools = align64(off);
@@ -49,7 +49,7 @@ size_t Segment::layout_size(const Caps& caps, uint32_t stat_workers, SegmentHead
   size_t limits = align64(off);
   off = limits + sizeof(LimitEntry) * caps.max_limit_keys;
   size_t held = align64(off);
-  off = held + sizeof(uint16_t) * size_t{kMaxWorkers} * caps.max_limit_keys;
+  off = held + sizeof(uint16_t) * size_t{stat_workers} * caps.max_limit_keys;
   size_t guard = align64(off);
   off = guard + sizeof(GuardCounters) * kMaxWorkers;
   size_t host_stats = align64(off);
@@ -157,17 +157,15 @@ Segment Segment::create(const std::string& name, const Caps& caps, uint32_t stat
 
   for (int i = 0; i < 2; ++i) new (&seg.slot(i)) SlotHeader{};
   for (uint32_t i = 0; i < caps.max_hosts; ++i) new (&seg.host(i)) HostRuntime{};
-  for (uint32_t w = 0; w < kMaxWorkers; ++w) {
-    new (&seg.worker(w)) WorkerRuntime{};
+  for (uint32_t w = 0; w < kMaxWorkers; ++w) new (&seg.worker(w)) WorkerRuntime{};
+  for (uint32_t w = 0; w < stat_workers; ++w)
     for (uint32_t i = 0; i < caps.max_hosts; ++i) new (&seg.counter(w, i)) HostCounter{};
-  }
   for (uint32_t i = 0; i < caps.max_pools; ++i) new (&seg.pool(i)) PoolRuntime{};
   for (uint32_t i = 0; i < kEventCapacity; ++i) new (&seg.event(i)) EventEntry{};
   for (uint32_t i = 0; i < caps.max_limit_keys; ++i) new (&seg.limit_entries()[i]) LimitEntry{};
-  for (uint32_t w = 0; w < kMaxWorkers; ++w) {
-    new (&seg.guard(w)) GuardCounters{};
+  for (uint32_t w = 0; w < kMaxWorkers; ++w) new (&seg.guard(w)) GuardCounters{};
+  for (uint32_t w = 0; w < stat_workers; ++w)
     for (uint32_t i = 0; i < caps.max_limit_keys; ++i) new (&seg.limit_held(w)[i]) std::atomic<uint16_t>(0);
-  }
   // The limit keys' hash seed: unpredictable, so that clients cannot choose
   // keys that collide with another client's bucket.
   if (::getrandom(&h->limit_seed, sizeof(h->limit_seed), 0) != static_cast<ssize_t>(sizeof(h->limit_seed)))

@@ -5,12 +5,12 @@
 //   slot_offset[0]      SlotHeader + Table payload   ┐ double-buffered config, seqlock each
 //   slot_offset[1]      SlotHeader + Table payload   ┘ `published` names the live one
 //   runtime_offset      HostRuntime[max_hosts]       per-host health and failure state
-//   counters_offset     HostCounter[kMaxWorkers][max_hosts]  per-worker per-host counters
+//   counters_offset     HostCounter[stat_workers][max_hosts]  per-worker per-host counters
 //   workers_offset      WorkerRuntime[kMaxWorkers]
 //   pools_offset        PoolRuntime[max_pools]       shared round-robin tickets
 //   events_offset       EventEntry[kEventCapacity]   the event ring
 //   limits_offset       LimitEntry[max_limit_keys]   rate/connection limit table (8-way sets)
-//   held_offset         uint16_t[kMaxWorkers][max_limit_keys]  connections each worker holds per entry
+//   held_offset         uint16_t[stat_workers][max_limit_keys]  connections each worker holds per entry
 //   guard_offset        GuardCounters[kMaxWorkers]   per-worker limit and auth counters
 //   host_stats_offset   HostStats[stat_workers][max_hosts]       per-worker per-host responses, latency
 //   listener_stats_offset ListenerStats[stat_workers][kMaxListeners]  per-worker per-listener counters
@@ -22,7 +22,10 @@
 // stat_workers is twice the config's worker count when the segment was created
 // (at most kMaxWorkers): a reload starts a new generation of workers in rows
 // the draining one does not use. A master needing more recreates the segment.
-// A worker's row is not its listening-socket slot: the master assigns rows.
+// A worker's row is not its listening-socket slot: the master assigns rows,
+// always below stat_workers, so the counters and held matrices have that many
+// rows too (ABI 10; they had kMaxWorkers, 12 MB of the default segment that no
+// worker could use).
 //
 // Everything in the segment is trivially copyable or a lock-free atomic and is
 // addressed by offsets, never pointers: each process maps it at its own address.
@@ -47,7 +50,7 @@ inline constexpr uint64_t kMagic = 0x31574753'4d485347ull;  // "GSHMSGW1" little
 // 7: Caps.max_consumers/.max_limit_keys, consumers in the table, the limit table, held counts, guard counters
 // 8: stats matrices (HostStats, ListenerStats, RuleStats), SegmentHeader.stat_workers and their
 //    offsets, RuleRecord.stat_slot / stat_tag
-inline constexpr uint32_t kAbiVersion = 9;
+inline constexpr uint32_t kAbiVersion = 10;
 inline constexpr uint32_t kMaxWorkers = 64;
 inline constexpr uint32_t kEventCapacity = 4096;  // power of two
 inline constexpr size_t kPathCap = 512;
@@ -117,7 +120,7 @@ struct SegmentHeader {
   uint64_t pools_offset;
   uint64_t events_offset;
   uint64_t limits_offset;  ///< LimitEntry[caps.max_limit_keys]
-  uint64_t held_offset;    ///< uint16_t[kMaxWorkers][caps.max_limit_keys]
+  uint64_t held_offset;    ///< uint16_t[stat_workers][caps.max_limit_keys]
   uint64_t guard_offset;   ///< GuardCounters[kMaxWorkers]
   uint64_t limit_seed;     ///< random at creation: the seed of the limit keys' hash (XXH3)
   uint64_t host_stats_offset;
@@ -360,6 +363,7 @@ class Segment {
   HostRuntime& host(uint32_t slot) const noexcept {
     return reinterpret_cast<HostRuntime*>(base_ + header().runtime_offset)[slot];
   }
+  /// `worker` < stat_workers(), as for the stats rows below.
   HostCounter& counter(uint32_t worker, uint32_t slot) const noexcept {
     return reinterpret_cast<HostCounter*>(base_ + header().counters_offset)[size_t{worker} * caps().max_hosts + slot];
   }
@@ -385,7 +389,7 @@ class Segment {
     return reinterpret_cast<EventEntry*>(base_ + header().events_offset)[seqno & (kEventCapacity - 1)];
   }
   LimitEntry* limit_entries() const noexcept { return reinterpret_cast<LimitEntry*>(base_ + header().limits_offset); }
-  /// Worker `w`'s row of held connection counts, one per limit entry.
+  /// Worker `w`'s row of held connection counts, one per limit entry; `w` < stat_workers().
   std::atomic<uint16_t>* limit_held(uint32_t w) const noexcept {
     return reinterpret_cast<std::atomic<uint16_t>*>(base_ + header().held_offset) + size_t{w} * caps().max_limit_keys;
   }
