@@ -282,6 +282,12 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
     seg_table = std::make_unique<shm::Table>(seg.caps());
     const char* refused = nullptr;
     shm::read_published(seg, *seg_table, &refused);
+    if (refused && upgrade_from > 0)
+      // The old master serves on with it: it is not this one's to remove.
+      throw std::runtime_error(
+          fmt::format("binary upgrade: the running shm segment \"{}\" holds an inconsistent routing table ({}); a "
+                      "restart is needed",
+                      name, refused));
     if (refused) {
       // Not a table any gw writer publishes: start over from the state file
       // and the config, as for a segment of another build.
@@ -698,6 +704,10 @@ class Master {
       auto& wr = seg_.worker(rows_[w]);
       wr.flags.store(0, std::memory_order_relaxed);
       shm::clear_worker_counters(seg_, rows_[w]);
+      // A row is free only with no live worker in it; limit_conn counts its
+      // last worker still held (one this master did not reap: the old
+      // master's, after a binary upgrade whose old master was killed) go.
+      api::LimitTable::release_worker(seg_, rows_[w]);
       spawn(w);
     }
     checker_.wanted = false;

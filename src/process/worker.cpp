@@ -798,6 +798,10 @@ void set_access_log_fd(int fd) noexcept {
 
 int run_worker(const config::Config& cfg, const shm::Segment& seg, uint32_t slot, const std::vector<int>& listen_fds) {
   try {
+    // The master gives rows below stat_workers only; the counter and held
+    // matrices have no row past them (shm ABI 10).
+    if (slot >= seg.stat_workers())
+      throw std::runtime_error(fmt::format("row {} is past the segment's {} worker rows", slot, seg.stat_workers()));
     Worker w(cfg, seg, slot, listen_fds);
     return w.run();
   } catch (const std::exception& e) {

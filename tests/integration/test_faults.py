@@ -387,7 +387,7 @@ class FaultTest(GwTestCase):
                 break
         else:
             self.fail("60 connections were all served with a descriptor limit of 100")
-        for i in range(40):  # more than the 32 a worker holds
+        for i in range(40):  # more than the 32 a worker used to hold (now 4 accepts per listener)
             s = socket.create_connection((LO, gw.port), timeout=T(5))
             self.addCleanup(s.close)
             msg = f"queued {i}\n".encode()

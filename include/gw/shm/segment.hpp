@@ -50,6 +50,9 @@ inline constexpr uint64_t kMagic = 0x31574753'4d485347ull;  // "GSHMSGW1" little
 // 7: Caps.max_consumers/.max_limit_keys, consumers in the table, the limit table, held counts, guard counters
 // 8: stats matrices (HostStats, ListenerStats, RuleStats), SegmentHeader.stat_workers and their
 //    offsets, RuleRecord.stat_slot / stat_tag
+// 9: GuardCounters.jwt_cache_hits
+// 10: the counters and held matrices have stat_workers rows (were kMaxWorkers). A binary
+//     upgrade across ABIs fails (the running segment is refused) and the old master serves on.
 inline constexpr uint32_t kAbiVersion = 10;
 inline constexpr uint32_t kMaxWorkers = 64;
 inline constexpr uint32_t kEventCapacity = 4096;  // power of two
