@@ -779,9 +779,9 @@ class Worker {
   // io_uring: accepts in flight per native listener (see arm_accepts()),
   // which is also the most a listener admits per loop iteration. It bounds
   // the work in progress: with 8 or more, 10,000 churning frame clients kept
-  // 5,000-8,944 sessions open per worker (a table full at times) and cost
-  // 1.2-1.4x the CPU per cycle; with 1, 2 or 4 a few hundred, at 1.0-1.1x
-  // epoll's CPU per cycle and 0.95-1.05x its rate, and no change at 50 or
+  // 5,000-8,944 sessions open per worker (32; a table full at times) and cost
+  // 1.2-1.3x epoll's CPU per cycle; with 1, 2 or 4 a few hundred, at 0.9-1.0x
+  // epoll's CPU per cycle and 0.94-1.06x its rate, and no change at 50 or
   // 1,000 clients (bench/churn_probe.sh; bench/RESULTS.md). nginx's default,
   // multi_accept off, admits one connection per notification.
   static constexpr uint16_t kAcceptDepth = 4;
