@@ -410,6 +410,15 @@ bool FrameMux::route_front(Device& d, std::string_view key) noexcept {
       d.front_link = static_cast<int8_t>(li);
       return true;
     }
+    if (li == kLocalError) {
+      // Logged by open_link. Another host would fail the same way, and no
+      // host is to blame: the device is closed (it reconnects) as L4's
+      // connections are.
+      metrics::listener_reject(env_, d.listener, shm::kRejectNoSlot);
+      note_end(d, "local_error");
+      close_device(d);
+      return false;
+    }
   }
   count_no_host(env_, d.listener, ui, d.front_attempts, last_no_host_log_ms_);
   note_end(d, "no_host");
@@ -438,16 +447,7 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
     // it has been quiet (no byte either way) for link_idle_ms. Otherwise the
     // device is closed (it reconnects): gw cannot tell whether a busy host
     // still owes answers.
-    const uint64_t quiet_ms = env_.listeners[d.listener].link_idle_ms;
-    uint64_t oldest = UINT64_MAX;
-    for (int i = 0; i < link_slots(d); ++i) {
-      const Link& k = *link_at(d, i);
-      if (i != d.owner && i != d.front_link && !k.connecting && k.head == k.tail &&
-          k.last_used_ms + quiet_ms <= env_.now_ms && k.last_used_ms < oldest) {
-        oldest = k.last_used_ms;
-        li = i;
-      }
-    }
+    li = quiet_link(d, -1);
     if (li < 0) {
       if (env_.now_ms - last_link_log_ms_ >= 1000) {
         last_link_log_ms_ = env_.now_ms;
@@ -471,15 +471,32 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
   k.connect_start_ms = env_.now_ms;
   int err = 0;
   int fd = net::connect_tcp(r.addr, err);
+  if (fd < 0 && (err == EMFILE || err == ENFILE)) {
+    // Out of descriptors: a device may hold a link per host it has used, so
+    // the worker's session table (two descriptors a session) does not bound
+    // them. A link of this device that is quiet enough to be let go under
+    // max_links is let go for this one.
+    const int quiet = quiet_link(d, li);
+    if (quiet >= 0) {
+      close_link(d, quiet);
+      fd = net::connect_tcp(r.addr, err);
+    }
+  }
   if (fd < 0) {
-    if (peer_error(err)) record_connect_failure(env_, ui, r.slot, r.tag, r.weight, err);
-    return -1;
+    if (peer_error(err)) {
+      record_connect_failure(env_, ui, r.slot, r.tag, r.weight, err);
+      return -1;
+    }
+    local_error(err, "cannot connect upstream");
+    return kLocalError;
   }
   shm::counter_open(env_.seg->counter(env_.worker, r.slot), r.tag);
   k.fd = fd;
   if (env_.epoll->add(fd, kSocketEvents, data_of(d, static_cast<uint32_t>(li) + 1)) != 0) {
+    const int e = errno;
     close_link(d, li);
-    return -1;
+    local_error(e, "cannot watch an upstream socket");
+    return kLocalError;
   }
   if (err == 0) {
     record_connect_success(env_, r.slot, r.tag, k.connect_start_ns);
@@ -489,6 +506,33 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
     schedule(d);  // the connect timeout may come before the device's own deadline
   }
   return li;
+}
+
+// The least recently used link of `d` (not `except`) that may be let go:
+// not the one a frame is going out on or coming back from, not connecting,
+// nothing buffered, and quiet (no byte either way) for link_idle_ms; -1 if none.
+int FrameMux::quiet_link(Device& d, int except) noexcept {
+  const uint64_t quiet_ms = env_.listeners[d.listener].link_idle_ms;
+  uint64_t oldest = UINT64_MAX;
+  int li = -1;
+  for (int i = 0; i < link_slots(d); ++i) {
+    const Link& k = *link_at(d, i);
+    if (i != except && k.fd >= 0 && i != d.owner && i != d.front_link && !k.connecting && k.head == k.tail &&
+        k.last_used_ms + quiet_ms <= env_.now_ms && k.last_used_ms < oldest) {
+      oldest = k.last_used_ms;
+      li = i;
+    }
+  }
+  return li;
+}
+
+void FrameMux::local_error(int err, const char* what) noexcept {
+  // No descriptor: the worker stops accepting for a while (as L4's relay
+  // makes it), since new devices could not be served either.
+  if (err == EMFILE || err == ENFILE) env_.fd_shortage = err;
+  if (env_.now_ms - last_local_error_log_ms_ < 1000) return;
+  last_local_error_log_ms_ = env_.now_ms;
+  GW_LOG_ERROR("{}: {} (a local error: no host is blamed; the device connection is closed)", what, std::strerror(err));
 }
 
 void FrameMux::link_failed(Device& d, int li, int err) noexcept {

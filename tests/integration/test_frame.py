@@ -30,6 +30,7 @@ import datetime
 import json
 import os
 import re
+import resource
 import socket
 import struct
 import subprocess
@@ -834,6 +835,85 @@ class FrameTest(GwTestCase):
         self.assertEqual(frames_seen(), seen0, "a must not receive the frame that closed the device")
         self.assertEqual(worker_sum(gw.status(), "frames_routed"), 2 + 5)
         self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
+        self.assert_idle(gw)
+
+    def test_frame_mode_out_of_descriptors_lets_a_quiet_link_go_or_closes_as_local_error(self):
+        """Mode "frame", one worker, hosts a, b, c; the worker's open-files
+        limit is lowered until it has no descriptor left. (1) A frame for b,
+        with the link to a quiet for link_idle_ms: the link to a is let go for
+        b's. (2) A frame for c with b's link just used: nothing can be let go,
+        so the device is closed as a local error (logged with the errno), no
+        host is blamed, and no host gets the frame. Before, the EMFILE was
+        taken as that host's failure to connect: the frame went to another
+        host (one the device already had a link to) or the device was closed
+        as "no live host"."""
+        backends = self.device_backends(["a", "b", "c"])
+        link_idle = 1.0
+        mux = frame_listener("mux", frame_opts={"mode": "frame", "link_idle_ms": int(link_idle * 1000)})
+        gw, hosts = self.frame_gateway(backends, [mux], workers=1)
+        (worker,) = gw.worker_pids()
+        pick = hashpick(hosts, [f"fd-{i}" for i in range(200)])
+        da, db, dc = (next(d for d in sorted(pick) if pick[d] == n) for n in ("a", "b", "c"))
+        port = port_of(mux)
+
+        def open_fds():
+            return {int(fd) for fd in os.listdir(f"/proc/{worker}/fd")}
+
+        def open_links():
+            return {x.name: x.stats()["connections"] for x in backends}
+
+        s = gwtest.connect(port)
+        self.addCleanup(s.close)
+        self.assertEqual(heartbeat(s, da, 1), "a")
+        # No descriptor left: the limit just above the highest one in use, and
+        # idle device connections (no frame, so no link) fill the free numbers
+        # below it. Those the worker cannot accept wait in its listen queue.
+        soft, hard = resource.prlimit(worker, resource.RLIMIT_NOFILE)
+        limit = max(open_fds()) + 1
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, (limit, hard))
+        self.addCleanup(lambda: os.path.exists(f"/proc/{worker}") and
+                        resource.prlimit(worker, resource.RLIMIT_NOFILE, (soft, hard)))
+        fillers = []
+        while not set(range(limit)) <= open_fds() and len(fillers) < limit:
+            f = gwtest.connect(port)
+            self.addCleanup(f.close)
+            fillers.append(f)
+            time.sleep(0.05)
+        gwtest.wait_until(lambda: set(range(limit)) <= open_fds(), T(5), interval=0.05,
+                          msg=f"every descriptor number below {limit} in use")
+
+        # (1) a's link has been quiet for link_idle_ms: it makes room for b's
+        time.sleep(link_idle + 0.3)
+        self.assertEqual(heartbeat(s, db, 2), "b", "the frame for b must go to b, over a link that took the "
+                                                    "quiet link's descriptor")
+        gwtest.wait_until(lambda: open_links() == {"a": 0, "b": 1, "c": 0}, T(3), interval=0.05,
+                          msg="a's link let go, b's open")
+
+        # (2) b's link was just used: nothing may be let go, the device is closed
+        seen0 = {x.name: x.stats()["frames"] for x in backends}
+        s.sendall(hb(dc, 3))
+        data, dt = bytes_until_eof(s, T(3))
+        self.assertIsNotNone(dt, "a frame that finds no descriptor and no quiet link must close the device")
+        self.assertEqual(data, b"")
+        gwtest.wait_until(lambda: "cannot connect upstream: Too many open files (a local error: no host is blamed"
+                          in gw.log_text(), T(3), msg="the local error is logged with its errno")
+        self.assertNotIn("no live host", gw.log_text())
+        time.sleep(0.2)
+        self.assertEqual({x.name: x.stats()["frames"] for x in backends}, seen0, "no host may get the frame")
+        st = gw.status()
+        for u in st["upstreams"]:
+            for p in u["pools"]:
+                for h in p["hosts"]:
+                    self.assertEqual((h["id"], h["failures"], h["health"]), (h["id"], 0, "up"),
+                                     "a local error must not count against a host")
+        self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
+
+        # Room again: a new device is routed as before.
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, (soft, hard))
+        for f in fillers:
+            f.close()
+        self.assertEqual(owner(port, dc), "c")
+        self.assertEqual(gw.worker_pids(), [worker], "the worker must not have been replaced")
         self.assert_idle(gw)
 
     def test_frame_mode_host_replies_are_delimited_by_length_only(self):

@@ -169,7 +169,14 @@ class FrameMux {
   // (nothing of it buffered, nothing known to be readable); 0 = none.
   uint64_t owner_deadline(Device& d) noexcept;
   bool route_front(Device& d, std::string_view key) noexcept;
+  /// open_link's answer for a local error (no descriptor, port or memory):
+  /// another host would fail the same way.
+  static constexpr int kLocalError = -2;
+  /// A link slot for host `r` with its connect started; -1 after a failure the
+  /// host is blamed for (or with the device closed), or kLocalError.
   int open_link(Device& d, const shm::HostRecord& r, int ui) noexcept;
+  int quiet_link(Device& d, int except) noexcept;
+  void local_error(int err, const char* what) noexcept;
   int free_link_slot(Device& d) noexcept;
   void link_failed(Device& d, int li, int err) noexcept;
   void close_link(Device& d, int li) noexcept;
@@ -211,6 +218,7 @@ class FrameMux {
   std::vector<uint32_t> again_list_;  // their indices, in the order they stopped
   uint64_t last_no_host_log_ms_ = 0;
   uint64_t last_link_log_ms_ = 0;
+  uint64_t last_local_error_log_ms_ = 0;
   balance::Rng rng_{0x6672'616d'656d'7578ull};
 };
 
