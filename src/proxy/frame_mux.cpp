@@ -474,8 +474,10 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
   if (fd < 0 && (err == EMFILE || err == ENFILE)) {
     // Out of descriptors: a device may hold a link per host it has used, so
     // the worker's session table (two descriptors a session) does not bound
-    // them. A link of this device that is quiet enough to be let go under
-    // max_links is let go for this one.
+    // them. The worker stops accepting for a while (new devices could not be
+    // served either), and a link of this device that is quiet enough to be
+    // let go under max_links is let go for this one.
+    env_.fd_shortage = err;
     const int quiet = quiet_link(d, li);
     if (quiet >= 0) {
       close_link(d, quiet);
@@ -487,13 +489,13 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
       record_connect_failure(env_, ui, r.slot, r.tag, r.weight, err);
       return -1;
     }
+    if (!out_of_resources(err)) return -1;  // EADDRNOTAVAIL, EPERM...: this host only; none blamed
     local_error(err, "cannot connect upstream");
     return kLocalError;
   }
   shm::counter_open(env_.seg->counter(env_.worker, r.slot), r.tag);
   k.fd = fd;
-  if (env_.epoll->add(fd, kSocketEvents, data_of(d, static_cast<uint32_t>(li) + 1)) != 0) {
-    const int e = errno;
+  if (const int e = env_.epoll->add(fd, kSocketEvents, data_of(d, static_cast<uint32_t>(li) + 1)); e != 0) {
     close_link(d, li);
     local_error(e, "cannot watch an upstream socket");
     return kLocalError;
@@ -526,10 +528,11 @@ int FrameMux::quiet_link(Device& d, int except) noexcept {
   return li;
 }
 
+bool FrameMux::out_of_resources(int err) noexcept {
+  return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
 void FrameMux::local_error(int err, const char* what) noexcept {
-  // No descriptor: the worker stops accepting for a while (as L4's relay
-  // makes it), since new devices could not be served either.
-  if (err == EMFILE || err == ENFILE) env_.fd_shortage = err;
   if (env_.now_ms - last_local_error_log_ms_ < 1000) return;
   last_local_error_log_ms_ = env_.now_ms;
   GW_LOG_ERROR("{}: {} (a local error: no host is blamed; the device connection is closed)", what, std::strerror(err));

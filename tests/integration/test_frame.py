@@ -849,7 +849,9 @@ class FrameTest(GwTestCase):
         as "no live host"."""
         backends = self.device_backends(["a", "b", "c"])
         link_idle = 1.0
-        mux = frame_listener("mux", frame_opts={"mode": "frame", "link_idle_ms": int(link_idle * 1000)})
+        # The fillers below send no frame: first_frame_timeout_ms must not close them.
+        mux = frame_listener("mux", frame_opts={"mode": "frame", "link_idle_ms": int(link_idle * 1000),
+                                                "first_frame_timeout_ms": 60000})
         gw, hosts = self.frame_gateway(backends, [mux], workers=1)
         (worker,) = gw.worker_pids()
         pick = hashpick(hosts, [f"fd-{i}" for i in range(200)])
@@ -890,8 +892,9 @@ class FrameTest(GwTestCase):
                           msg="a's link let go, b's open")
 
         # (2) b's link was just used: nothing may be let go, the device is closed
+        self.assertEqual(heartbeat(s, db, 3), "b")     # b's link used just now, whatever the wait above took
         seen0 = {x.name: x.stats()["frames"] for x in backends}
-        s.sendall(hb(dc, 3))
+        s.sendall(hb(dc, 4))
         data, dt = bytes_until_eof(s, T(3))
         self.assertIsNotNone(dt, "a frame that finds no descriptor and no quiet link must close the device")
         self.assertEqual(data, b"")

@@ -169,13 +169,15 @@ class FrameMux {
   // (nothing of it buffered, nothing known to be readable); 0 = none.
   uint64_t owner_deadline(Device& d) noexcept;
   bool route_front(Device& d, std::string_view key) noexcept;
-  /// open_link's answer for a local error (no descriptor, port or memory):
-  /// another host would fail the same way.
+  /// open_link's answer when this worker is out of descriptors or memory
+  /// (out_of_resources): another host would fail the same way.
   static constexpr int kLocalError = -2;
-  /// A link slot for host `r` with its connect started; -1 after a failure the
-  /// host is blamed for (or with the device closed), or kLocalError.
+  /// A link slot for host `r` with its connect started; -1 after a failure
+  /// that leaves other hosts worth trying (or with the device closed), or
+  /// kLocalError.
   int open_link(Device& d, const shm::HostRecord& r, int ui) noexcept;
   int quiet_link(Device& d, int except) noexcept;
+  static bool out_of_resources(int err) noexcept;
   void local_error(int err, const char* what) noexcept;
   int free_link_slot(Device& d) noexcept;
   void link_failed(Device& d, int li, int err) noexcept;
