@@ -78,6 +78,8 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   d.head = d.tail = 0;
   d.front_link = -1;
   d.front_attempts = 0;
+  d.fd_wait = false;
+  d.fd_wait_until_ms = 0;
   d.front_len = d.front_sent = 0;
   d.owner = -1;
   d.next_owner = 0;
@@ -204,6 +206,7 @@ void FrameMux::on_timer(net::TimerNode& n) noexcept {
     close_link(d, d.owner);  // owner_left > 0: closes the device
     return;
   }
+  if (d.fd_wait && now >= d.fd_retry_ms) d.fd_wait = false;  // drive() below routes the frame again
   if (!d.first && now >= d.last_activity_ms + d.idle_ms) {
     GW_LOG_DEBUG("device {}: idle for {} ms; closing", index_of(d), d.idle_ms);
     note_end(d, "idle_timeout");
@@ -218,6 +221,7 @@ void FrameMux::schedule(Device& d) noexcept {
   uint64_t deadline = d.first ? d.first_deadline_ms : d.last_activity_ms + d.idle_ms;
   if (!d.first && d.frame_deadline_ms != 0) deadline = std::min(deadline, d.frame_deadline_ms);
   if (const uint64_t od = owner_deadline(d); od != 0) deadline = std::min(deadline, od);
+  if (d.fd_wait) deadline = std::min(deadline, d.fd_retry_ms);
   const int ui = env_.listeners[d.listener].upstream;
   if (ui >= 0) {
     const uint32_t connect_ms = env_.snap->upstreams()[static_cast<size_t>(ui)].connect_timeout_ms;
@@ -268,6 +272,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
       return true;
     }
     if (d.tail > d.head) {
+      if (d.fd_wait) return true;  // the frame at head waits for a descriptor: on_timer retries
       const bool routed = d.front_link >= 0;
       FrameDecision fd = framer.inspect(reinterpret_cast<const uint8_t*>(d.buf + d.head), d.tail - d.head, !routed);
       if (fd.kind == FrameDecision::Kind::reject) {
@@ -289,6 +294,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
             std::memcpy(g->key, fd.key.data(), g->key_len);
           }
           if (!route_front(d, fd.key)) return false;
+          if (d.front_link < 0) return true;  // waits for a descriptor
         }
         Link& k = *link_at(d, d.front_link);
         if (k.connecting || !k.out) return true;  // resumes on the link's event
@@ -302,6 +308,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
             d.head += d.front_len;
             d.front_link = -1;
             d.front_attempts = 0;
+            d.fd_wait_until_ms = 0;
             d.front_len = d.front_sent = 0;
             bump(env_.seg->worker(env_.worker).frames_routed);
             ++frames;
@@ -411,9 +418,18 @@ bool FrameMux::route_front(Device& d, std::string_view key) noexcept {
       return true;
     }
     if (li == kLocalError) {
-      // Logged by open_link. Another host would fail the same way, and no
-      // host is to blame: the device is closed (it reconnects) as L4's
-      // connections are.
+      // Another host would fail the same way, and no host is to blame. Out
+      // of descriptors, the frame waits for one (as an L4 connection does)
+      // up to connect_timeout_ms, retried every kFdWaitMs; the worker has
+      // paused accepting meanwhile.
+      --d.front_attempts;
+      if (wait_for_fd(env_, local_errno_, d.fd_wait_until_ms, uv.connect_timeout_ms)) {
+        d.fd_wait = true;
+        d.fd_retry_ms = env_.now_ms + kFdWaitMs;
+        schedule(d);
+        return true;  // front_link stays -1
+      }
+      local_error(local_errno_, "cannot connect upstream");
       metrics::listener_reject(env_, d.listener, shm::kRejectNoSlot);
       note_end(d, "local_error");
       close_device(d);
@@ -490,14 +506,15 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
       return -1;
     }
     if (!out_of_resources(err)) return -1;  // EADDRNOTAVAIL, EPERM...: this host only; none blamed
-    local_error(err, "cannot connect upstream");
+    local_errno_ = err;
     return kLocalError;
   }
   shm::counter_open(env_.seg->counter(env_.worker, r.slot), r.tag);
   k.fd = fd;
   if (const int e = env_.epoll->add(fd, kSocketEvents, data_of(d, static_cast<uint32_t>(li) + 1)); e != 0) {
+    // ENOMEM, or ENOSPC (max_user_watches): no host is to blame.
     close_link(d, li);
-    local_error(e, "cannot watch an upstream socket");
+    local_errno_ = e;
     return kLocalError;
   }
   if (err == 0) {
@@ -535,7 +552,8 @@ bool FrameMux::out_of_resources(int err) noexcept {
 void FrameMux::local_error(int err, const char* what) noexcept {
   if (env_.now_ms - last_local_error_log_ms_ < 1000) return;
   last_local_error_log_ms_ = env_.now_ms;
-  GW_LOG_ERROR("{}: {} (a local error: no host is blamed; the device connection is closed)", what, std::strerror(err));
+  GW_LOG_ERROR("{}: {}{} (a local error: no host is blamed; the device connection is closed)", what, std::strerror(err),
+               err == EMFILE || err == ENFILE ? " for connect_timeout_ms" : "");
 }
 
 void FrameMux::link_failed(Device& d, int li, int err) noexcept {

@@ -837,26 +837,34 @@ class FrameTest(GwTestCase):
         self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
         self.assert_idle(gw)
 
-    def test_frame_mode_out_of_descriptors_lets_a_quiet_link_go_or_closes_as_local_error(self):
+    def test_frame_mode_out_of_descriptors_waits_or_lets_a_quiet_link_go(self):
         """Mode "frame", one worker, hosts a, b, c; the worker's open-files
         limit is lowered until it has no descriptor left. (1) A frame for b,
         with the link to a quiet for link_idle_ms: the link to a is let go for
-        b's. (2) A frame for c with b's link just used: nothing can be let go,
-        so the device is closed as a local error (logged with the errno), no
-        host is blamed, and no host gets the frame. Before, the EMFILE was
-        taken as that host's failure to connect: the frame went to another
-        host (one the device already had a link to) or the device was closed
-        as "no live host"."""
+        b's. (2) A frame for c with b's link just used: nothing may be let go,
+        so the frame waits for a descriptor, and goes to c once the limit is
+        raised. (3) Out of descriptors again, a frame for a waits
+        connect_timeout_ms and the device is closed as a local error (logged
+        with the errno); no host is blamed in any step, and no host gets that
+        frame. Before, the EMFILE was taken as that host's failure to connect:
+        the frame went to another host (one the device already had a link
+        to) or the device was closed as "no live host".
+
+        link_idle_ms (3 s) is longer than connect_timeout_ms (2 s), so no link
+        turns quiet while a frame waits in (3)."""
         backends = self.device_backends(["a", "b", "c"])
-        link_idle = 1.0
+        link_idle = 3.0
         # The fillers below send no frame: first_frame_timeout_ms must not close them.
         mux = frame_listener("mux", frame_opts={"mode": "frame", "link_idle_ms": int(link_idle * 1000),
                                                 "first_frame_timeout_ms": 60000})
-        gw, hosts = self.frame_gateway(backends, [mux], workers=1)
+        gw, hosts = self.frame_gateway(backends, [mux], workers=1, connect_timeout_ms=2000)
         (worker,) = gw.worker_pids()
         pick = hashpick(hosts, [f"fd-{i}" for i in range(200)])
         da, db, dc = (next(d for d in sorted(pick) if pick[d] == n) for n in ("a", "b", "c"))
         port = port_of(mux)
+        soft, hard = resource.prlimit(worker, resource.RLIMIT_NOFILE)
+        self.addCleanup(lambda: os.path.exists(f"/proc/{worker}") and
+                        resource.prlimit(worker, resource.RLIMIT_NOFILE, (soft, hard)))
 
         def open_fds():
             return {int(fd) for fd in os.listdir(f"/proc/{worker}/fd")}
@@ -864,25 +872,27 @@ class FrameTest(GwTestCase):
         def open_links():
             return {x.name: x.stats()["connections"] for x in backends}
 
+        def frames_seen():
+            return {x.name: x.stats()["frames"] for x in backends}
+
+        def exhaust():
+            """No descriptor left: the limit just above the highest one in use,
+            and idle device connections (no frame, so no link) fill the free
+            numbers below it. Those the worker cannot accept wait in its queue."""
+            limit = max(open_fds()) + 1
+            resource.prlimit(worker, resource.RLIMIT_NOFILE, (limit, hard))
+            n = 0
+            while not set(range(limit)) <= open_fds() and n < limit:
+                self.addCleanup(gwtest.connect(port).close)
+                n += 1
+                time.sleep(0.05)
+            gwtest.wait_until(lambda: set(range(limit)) <= open_fds(), T(5), interval=0.05,
+                              msg=f"every descriptor number below {limit} in use")
+
         s = gwtest.connect(port)
         self.addCleanup(s.close)
         self.assertEqual(heartbeat(s, da, 1), "a")
-        # No descriptor left: the limit just above the highest one in use, and
-        # idle device connections (no frame, so no link) fill the free numbers
-        # below it. Those the worker cannot accept wait in its listen queue.
-        soft, hard = resource.prlimit(worker, resource.RLIMIT_NOFILE)
-        limit = max(open_fds()) + 1
-        resource.prlimit(worker, resource.RLIMIT_NOFILE, (limit, hard))
-        self.addCleanup(lambda: os.path.exists(f"/proc/{worker}") and
-                        resource.prlimit(worker, resource.RLIMIT_NOFILE, (soft, hard)))
-        fillers = []
-        while not set(range(limit)) <= open_fds() and len(fillers) < limit:
-            f = gwtest.connect(port)
-            self.addCleanup(f.close)
-            fillers.append(f)
-            time.sleep(0.05)
-        gwtest.wait_until(lambda: set(range(limit)) <= open_fds(), T(5), interval=0.05,
-                          msg=f"every descriptor number below {limit} in use")
+        exhaust()
 
         # (1) a's link has been quiet for link_idle_ms: it makes room for b's
         time.sleep(link_idle + 0.3)
@@ -891,20 +901,34 @@ class FrameTest(GwTestCase):
         gwtest.wait_until(lambda: open_links() == {"a": 0, "b": 1, "c": 0}, T(3), interval=0.05,
                           msg="a's link let go, b's open")
 
-        # (2) b's link was just used: nothing may be let go, the device is closed
-        self.assertEqual(heartbeat(s, db, 3), "b")     # b's link used just now, whatever the wait above took
-        seen0 = {x.name: x.stats()["frames"] for x in backends}
+        # (2) b's link was just used: the frame for c waits for a descriptor
+        self.assertEqual(heartbeat(s, db, 3), "b")
+        seen0 = frames_seen()
         s.sendall(hb(dc, 4))
-        data, dt = bytes_until_eof(s, T(3))
-        self.assertIsNotNone(dt, "a frame that finds no descriptor and no quiet link must close the device")
+        time.sleep(0.5)
+        self.assertTrue(no_more_bytes(s, 0.1), "the device must wait, open")
+        self.assertEqual(frames_seen(), seen0, "no host may get the waiting frame yet")
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, (soft, hard))
+        s.settimeout(T(5))
+        got, backend, _ = read_heartbeat_reply(s, 4)
+        self.assertEqual((got, backend), (dc, "c"), "once there is a descriptor the frame goes to c")
+
+        # (3) no descriptor for connect_timeout_ms: the device is closed
+        exhaust()
+        seen0 = frames_seen()
+        t0 = time.monotonic()
+        s.sendall(hb(da, 5))
+        data, dt = bytes_until_eof(s, T(10))
+        self.assertIsNotNone(dt, "a frame that finds no descriptor within connect_timeout_ms must close the device")
         self.assertEqual(data, b"")
-        gwtest.wait_until(lambda: "cannot connect upstream: Too many open files (a local error: no host is blamed"
-                          in gw.log_text(), T(3), msg="the local error is logged with its errno")
+        self.assertGreater(time.monotonic() - t0, 1.5, "the frame must wait about connect_timeout_ms (2 s) first")
+        gwtest.wait_until(lambda: "cannot connect upstream: Too many open files for connect_timeout_ms (a local "
+                          "error: no host is blamed" in gw.log_text(), T(3), msg="the local error is logged")
+        self.assertIn("Too many open files; pausing accepts", gw.log_text())
         self.assertNotIn("no live host", gw.log_text())
         time.sleep(0.2)
-        self.assertEqual({x.name: x.stats()["frames"] for x in backends}, seen0, "no host may get the frame")
-        st = gw.status()
-        for u in st["upstreams"]:
+        self.assertEqual(frames_seen(), seen0, "no host may get the frame")
+        for u in gw.status()["upstreams"]:
             for p in u["pools"]:
                 for h in p["hosts"]:
                     self.assertEqual((h["id"], h["failures"], h["health"]), (h["id"], 0, "up"),
@@ -913,11 +937,8 @@ class FrameTest(GwTestCase):
 
         # Room again: a new device is routed as before.
         resource.prlimit(worker, resource.RLIMIT_NOFILE, (soft, hard))
-        for f in fillers:
-            f.close()
         self.assertEqual(owner(port, dc), "c")
         self.assertEqual(gw.worker_pids(), [worker], "the worker must not have been replaced")
-        self.assert_idle(gw)
 
     def test_frame_mode_host_replies_are_delimited_by_length_only(self):
         """Mode "frame" with allowed_types [1, 2, 3], allowed_versions [1] and

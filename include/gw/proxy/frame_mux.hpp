@@ -25,6 +25,9 @@
 // else the device connection is closed. gw cannot know whether a host still
 // owes an answer (hosts push frames unprompted, and not every frame is
 // answered), so an answer a host sends after its link was let go is lost.
+// Links are not bounded by the session table (two descriptors a session):
+// out of descriptors, a new link takes the place of a quiet one of its device,
+// or the frame waits for one, up to connect_timeout_ms, as an L4 connect does.
 //
 // Same slab, generation and back-pressure rules as TcpRelay. Worker thread
 // only; noexcept; allocates nothing per connection or frame.
@@ -109,12 +112,15 @@ class FrameMux {
     bool big = false;         // buf is a whole-frame buffer
     bool again = false;       // stopped at a cap with work left (counted in again_)
     bool listed = false;      // its slot is on again_list_ (kept across reuse of the slot)
+    bool fd_wait = false;     // the frame at head waits for a descriptor; on_timer retries at fd_retry_ms
     uint16_t listener = 0;
     uint32_t idle_ms = 0;
     uint64_t first_deadline_ms = 0;
     uint64_t frame_deadline_ms = 0;  // the incomplete frame at head must be whole by then; 0 = none
     uint64_t last_activity_ms = 0;
-    char* buf = nullptr;  // device → hosts bytes
+    uint64_t fd_retry_ms = 0;       // while fd_wait
+    uint64_t fd_wait_until_ms = 0;  // how long the frame at head may wait for descriptors; 0 = not yet
+    char* buf = nullptr;            // device → hosts bytes
     uint32_t head = 0, tail = 0;
     // The frame at `head`, once routed: its link, bytes sent, hosts tried.
     int8_t front_link = -1;
@@ -170,7 +176,8 @@ class FrameMux {
   uint64_t owner_deadline(Device& d) noexcept;
   bool route_front(Device& d, std::string_view key) noexcept;
   /// open_link's answer when this worker is out of descriptors or memory
-  /// (out_of_resources): another host would fail the same way.
+  /// (out_of_resources; the errno in local_errno_): another host would fail
+  /// the same way.
   static constexpr int kLocalError = -2;
   /// A link slot for host `r` with its connect started; -1 after a failure
   /// that leaves other hosts worth trying (or with the device closed), or
@@ -221,6 +228,7 @@ class FrameMux {
   uint64_t last_no_host_log_ms_ = 0;
   uint64_t last_link_log_ms_ = 0;
   uint64_t last_local_error_log_ms_ = 0;
+  int local_errno_ = 0;
   balance::Rng rng_{0x6672'616d'656d'7578ull};
 };
 
