@@ -429,7 +429,7 @@ bool FrameMux::route_front(Device& d, std::string_view key) noexcept {
         schedule(d);
         return true;  // front_link stays -1
       }
-      local_error(local_errno_, "cannot connect upstream");
+      local_error(local_errno_, local_what_);
       metrics::listener_reject(env_, d.listener, shm::kRejectNoSlot);
       note_end(d, "local_error");
       close_device(d);
@@ -507,6 +507,7 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
     }
     if (!out_of_resources(err)) return -1;  // EADDRNOTAVAIL, EPERM...: this host only; none blamed
     local_errno_ = err;
+    local_what_ = "cannot connect upstream";
     return kLocalError;
   }
   shm::counter_open(env_.seg->counter(env_.worker, r.slot), r.tag);
@@ -515,6 +516,7 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
     // ENOMEM, or ENOSPC (max_user_watches): no host is to blame.
     close_link(d, li);
     local_errno_ = e;
+    local_what_ = "cannot watch an upstream socket";
     return kLocalError;
   }
   if (err == 0) {

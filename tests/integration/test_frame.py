@@ -850,8 +850,9 @@ class FrameTest(GwTestCase):
         the frame went to another host (one the device already had a link
         to) or the device was closed as "no live host".
 
-        link_idle_ms (3 s) is longer than connect_timeout_ms (2 s), so no link
-        turns quiet while a frame waits in (3)."""
+        link_idle_ms (3 s) is longer than connect_timeout_ms (2 s), and both
+        links are used just before the frame of (3), so neither turns quiet
+        while that frame waits (every retry looks for a quiet link again)."""
         backends = self.device_backends(["a", "b", "c"])
         link_idle = 3.0
         # The fillers below send no frame: first_frame_timeout_ms must not close them.
@@ -883,12 +884,14 @@ class FrameTest(GwTestCase):
             resource.prlimit(worker, resource.RLIMIT_NOFILE, (limit, hard))
             n = 0
             while not set(range(limit)) <= open_fds() and n < limit:
-                self.addCleanup(gwtest.connect(port).close)
+                fillers.append(gwtest.connect(port))
+                self.addCleanup(fillers[-1].close)
                 n += 1
                 time.sleep(0.05)
             gwtest.wait_until(lambda: set(range(limit)) <= open_fds(), T(5), interval=0.05,
                               msg=f"every descriptor number below {limit} in use")
 
+        fillers = []
         s = gwtest.connect(port)
         self.addCleanup(s.close)
         self.assertEqual(heartbeat(s, da, 1), "a")
@@ -915,6 +918,8 @@ class FrameTest(GwTestCase):
 
         # (3) no descriptor for connect_timeout_ms: the device is closed
         exhaust()
+        self.assertEqual(heartbeat(s, db, 6), "b")      # both links busy (used just now)
+        self.assertEqual(heartbeat(s, dc, 7), "c")
         seen0 = frames_seen()
         t0 = time.monotonic()
         s.sendall(hb(da, 5))
@@ -939,6 +944,9 @@ class FrameTest(GwTestCase):
         resource.prlimit(worker, resource.RLIMIT_NOFILE, (soft, hard))
         self.assertEqual(owner(port, dc), "c")
         self.assertEqual(gw.worker_pids(), [worker], "the worker must not have been replaced")
+        for f in fillers:
+            f.close()
+        self.assert_idle(gw)
 
     def test_frame_mode_host_replies_are_delimited_by_length_only(self):
         """Mode "frame" with allowed_types [1, 2, 3], allowed_versions [1] and

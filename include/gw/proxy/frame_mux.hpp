@@ -176,7 +176,7 @@ class FrameMux {
   uint64_t owner_deadline(Device& d) noexcept;
   bool route_front(Device& d, std::string_view key) noexcept;
   /// open_link's answer when this worker is out of descriptors or memory
-  /// (out_of_resources; the errno in local_errno_): another host would fail
+  /// (out_of_resources; the errno in local_errno_, what failed in local_what_): another host would fail
   /// the same way.
   static constexpr int kLocalError = -2;
   /// A link slot for host `r` with its connect started; -1 after a failure
@@ -229,6 +229,7 @@ class FrameMux {
   uint64_t last_link_log_ms_ = 0;
   uint64_t last_local_error_log_ms_ = 0;
   int local_errno_ = 0;
+  const char* local_what_ = "";  // what failed with local_errno_, for the log
   balance::Rng rng_{0x6672'616d'656d'7578ull};
 };
 
