@@ -106,10 +106,6 @@ void PromWriter::histogram(std::string_view name, std::span<const Label> labels,
 
 namespace {
 
-constexpr const char* kOutcomeNames[] = {"ok",          "bad_request",     "no_route",      "no_host",
-                                         "bad_gateway", "gateway_timeout", "client_timeout"};
-static_assert(std::size(kOutcomeNames) == static_cast<size_t>(proxy::HttpOutcome::count));
-
 const char* protocol_name(config::Protocol p) {
   switch (p) {
     case config::Protocol::tcp: return "tcp";
@@ -202,8 +198,8 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
   w.family("gw_worker_http_outcomes_total", "counter",
            "HTTP requests the proxy answered itself or closed, by outcome.");
   for (const auto& ws : workers)
-    for (size_t k = 1; k < std::size(kOutcomeNames); ++k)
-      w.sample("gw_worker_http_outcomes_total", {{"worker", ws.slot}, {"outcome", kOutcomeNames[k]}},
+    for (size_t k = 1; k < std::size(proxy::kHttpOutcomeNames); ++k)
+      w.sample("gw_worker_http_outcomes_total", {{"worker", ws.slot}, {"outcome", proxy::kHttpOutcomeNames[k]}},
                ws.w->http_outcomes[k].load());
   worker_family("gw_worker_table_generation", "gauge", "Table generation the worker routes with.",
                 [](const shm::WorkerRuntime& r) { return r.generation.load(); });

@@ -20,16 +20,6 @@ namespace gw::admin {
 
 using shm::name_of;
 
-namespace {
-
-// proxy::HttpOutcome by value; a new outcome must be named here (and below in
-// the metrics) before it builds.
-constexpr const char* kOutcomeNames[] = {"ok",          "bad_request",     "no_route",      "no_host",
-                                         "bad_gateway", "gateway_timeout", "client_timeout"};
-static_assert(std::size(kOutcomeNames) == static_cast<size_t>(proxy::HttpOutcome::count));
-
-}  // namespace
-
 std::string json_escape(std::string_view s) {
   std::string out;
   out.reserve(s.size());
@@ -201,8 +191,8 @@ std::string status_json(const shm::Segment& seg, const shm::Table& t) {
     std::string http = fmt::format("{{\"requests\": {}, \"retries\": {}, \"keepalive_reused\": {}, \"tunnels\": {}",
                                    w.http_requests.load(), w.http_retries.load(), w.http_keepalive_reused.load(),
                                    w.http_tunnels.load());
-    for (size_t k = 1; k < std::size(kOutcomeNames); ++k)
-      http += fmt::format(", \"{}\": {}", kOutcomeNames[k], w.http_outcomes[k].load());
+    for (size_t k = 1; k < std::size(proxy::kHttpOutcomeNames); ++k)
+      http += fmt::format(", \"{}\": {}", proxy::kHttpOutcomeNames[k], w.http_outcomes[k].load());
     http += "}";
     const auto& g = seg.guard(i);
     const std::string guard = fmt::format(

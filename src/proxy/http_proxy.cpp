@@ -53,6 +53,10 @@ constexpr uint8_t kFailInvalid = 3;  // an invalid response head
 constexpr uint8_t kFailStatus = 4;   // a status listed in retry.on
 // A valid answer gw cannot pass to this client (not the host's failure, not retried).
 constexpr uint8_t kFailUnsendable = 5;
+// This machine's own trouble, before any byte went to a host: no descriptor,
+// port or memory for the upstream socket. 503, as HAProxy answers a resource
+// error; no host is blamed.
+constexpr uint8_t kFailLocal = 6;
 
 const char* reason_phrase(int status) noexcept {
   switch (status) {
@@ -591,6 +595,7 @@ void HttpProxy::idle_push(UpConn& u) noexcept {
   if (u.idle_next != kNone) ups_[u.idle_next].idle_prev = i;
   idle_head_[u.host_slot] = i;
   ++idle_count_[u.host_slot];
+  ++idle_total_;
 }
 
 void HttpProxy::idle_unlink(UpConn& u) noexcept {
@@ -599,6 +604,7 @@ void HttpProxy::idle_unlink(UpConn& u) noexcept {
   if (u.idle_next != kNone) ups_[u.idle_next].idle_prev = u.idle_prev;
   u.idle_prev = u.idle_next = kNone;
   --idle_count_[u.host_slot];
+  --idle_total_;
 }
 
 HttpProxy::UpConn* HttpProxy::idle_take(uint32_t slot, uint32_t tag, bool transparent) noexcept {
@@ -749,6 +755,11 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
       }
       break;
     case CState::busy: {
+      if (c.fd_wait && c.up == kNone && now >= c.fd_retry_ms) {
+        connect_next(c);
+        if (c.state != CState::free) drive(c);  // sends, or arms the next try
+        return;
+      }
       UpConn* u = c.up != kNone ? &ups_[c.up] : nullptr;
       if (u) {
         const bool timed_out = (u->state == UState::connecting && now >= c.u_write_ms + c.u_connect_ms) ||
@@ -811,6 +822,7 @@ void HttpProxy::arm(Conn& c) noexcept {
            (draining_ ? std::min<uint64_t>(hc.keepalive_timeout_ms, kDrainIdleMs) : hc.keepalive_timeout_ms));
       break;
     case CState::busy: {
+      if (c.fd_wait && c.up == kNone) at(c.fd_retry_ms);
       const UpConn* u = c.up != kNone ? &ups_[c.up] : nullptr;
       if (u) {
         if (u->state == UState::connecting) at(c.u_write_ms + c.u_connect_ms);
@@ -1091,6 +1103,8 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   c.retryable = true;
   c.attempts = 0;
   c.last_fail = kFailError;
+  c.fd_wait = false;
+  c.fd_wait_until_ms = 0;
   c.rule = -1;
   c.upstream = -1;
   c.u_connect_ms = c.u_read_ms_max = c.u_send_ms_max = c.u_idle_ms = 0;
@@ -1409,12 +1423,15 @@ void HttpProxy::connect_next(Conn& c) noexcept {
   const UpstreamRt& ur = upstreams_[static_cast<size_t>(ui)];
   const config::UpstreamConf* uc = ur.conf;
   auto hosts = snap.table().hosts();
+  bool resumed = c.fd_wait;  // back from a wait for a descriptor: not a retry
+  c.fd_wait = false;
   while (c.attempts < ur.tries) {
     if (c.attempts > 0 && uc && uc->retry.timeout_ms && env_.now_ms - c.first_try_ms >= uc->retry.timeout_ms) break;
     const int h = pick_host(env_, ui, c.key, std::span<const uint32_t>(c.tried, c.attempts), rng_, c.attempts == 0);
     if (h < 0) break;
     const shm::HostRecord& r = hosts[static_cast<size_t>(h)];
-    if (c.attempts > 0) bump(env_.seg->worker(env_.worker).http_retries);
+    if (c.attempts > 0 && !resumed) bump(env_.seg->worker(env_.worker).http_retries);
+    resumed = false;
     c.tried[c.attempts++] = r.slot;
     c.up_addr = r.addr;
     c.up_status = 0;  // the log's upstream status and time are this host's
@@ -1439,7 +1456,7 @@ void HttpProxy::connect_next(Conn& c) noexcept {
     }
     UpConn* up = new_up();
     if (!up) {
-      c.last_fail = kFailError;
+      c.last_fail = kFailLocal;
       break;
     }
     UpConn& u = *up;
@@ -1454,16 +1471,29 @@ void HttpProxy::connect_next(Conn& c) noexcept {
     u.requests = 1;
     u.connect_start_ns = core::monotonic_ns();
     int err = 0;
-    const int fd = net::connect_tcp(r.addr, err);
+    int fd = net::connect_tcp(r.addr, err);
+    if (fd < 0 && (err == EMFILE || err == ENFILE) && free_descriptor(err)) fd = net::connect_tcp(r.addr, err);
     if (fd < 0) {
       u.state = UState::busy;  // so that close_up() frees the slot
       close_up(u);
       if (!peer_error(err)) {
+        // Out of descriptors (the open-files limit, lowered while gw runs or
+        // taken by something else): nothing is wrong with the host, and the
+        // request need not fail at once. The worker pauses accepting, and the
+        // request waits (its client still sending the body, if any) and tries
+        // again every kFdWaitMs, up to connect_timeout_ms from its first wait.
+        if (wait_for_fd(env_, err, c.fd_wait_until_ms, c.u_connect_ms)) {
+          --c.attempts;  // the host was not tried
+          c.fd_wait = true;
+          c.fd_retry_ms = env_.now_ms + kFdWaitMs;
+          return;  // the caller (drive) arms the timer
+        }
         if (env_.now_ms - last_error_log_ms_ >= 1000) {
           last_error_log_ms_ = env_.now_ms;
-          GW_LOG_ERROR("cannot connect upstream: {} (a local error: no host is blamed)", std::strerror(err));
+          GW_LOG_ERROR("cannot connect upstream: {}{} (a local error: no host is blamed)", std::strerror(err),
+                       err == EMFILE || err == ENFILE ? " for connect_timeout_ms" : "");
         }
-        c.last_fail = kFailError;
+        c.last_fail = kFailLocal;
         break;
       }
       record_connect_failure(env_, ui, r.slot, r.tag, r.weight, err);
@@ -1480,7 +1510,7 @@ void HttpProxy::connect_next(Conn& c) noexcept {
       const int e = errno;
       close_up(u);
       c.up = kNone;
-      c.last_fail = kFailError;
+      c.last_fail = kFailLocal;
       GW_LOG_ERROR("epoll_ctl on an upstream socket: {}", std::strerror(e));
       break;
     }
@@ -1496,8 +1526,39 @@ void HttpProxy::connect_next(Conn& c) noexcept {
   answer_failure(c);
 }
 
+bool HttpProxy::free_descriptor(int err) noexcept {
+  if (env_.now_ms < no_fd_to_free_until_ms_) return false;
+  const char* what = nullptr;
+  if (idle_total_ > 0) {
+    // The oldest connection of the first host slot that has any: a walk over
+    // the slots, only while out of descriptors.
+    for (uint32_t slot = 0; slot < idle_head_.size() && !what; ++slot) {
+      uint32_t i = idle_head_[slot], last = kNone;
+      for (; i != kNone; i = ups_[i].idle_next) last = i;
+      if (last != kNone) {
+        close_up(ups_[last]);
+        what = "an idle upstream keep-alive connection";
+      }
+    }
+  }
+  if (!what && reclaim_idle(1) > 0) what = "an idle client keep-alive connection";
+  if (!what) {
+    no_fd_to_free_until_ms_ = env_.now_ms + kFdWaitMs;
+    return false;
+  }
+  if (env_.now_ms - last_fd_log_ms_ >= 1000) {
+    last_fd_log_ms_ = env_.now_ms;
+    GW_LOG_WARN("upstream socket: {}; closed {} to make room", std::strerror(err), what);
+  }
+  return true;
+}
+
 void HttpProxy::answer_failure(Conn& c) noexcept {
-  if (c.last_fail == kFailTimeout) {
+  if (c.last_fail == kFailLocal) {
+    // The worker is short of descriptors: closing this connection gives one back.
+    count(HttpOutcome::local_error);
+    respond_error(c, 503, false);
+  } else if (c.last_fail == kFailTimeout) {
     count(HttpOutcome::gateway_timeout);
     respond_error(c, 504, true);
   } else if (c.last_fail == kFailStatus && c.last_status >= 400) {
@@ -1924,6 +1985,7 @@ std::string_view HttpProxy::http_date() noexcept {
 }
 
 void HttpProxy::respond_error(Conn& c, int status, bool keep_alive, std::string_view extra) noexcept {
+  c.fd_wait = false;
   if (c.up != kNone) {
     close_up(ups_[c.up]);
     c.up = kNone;

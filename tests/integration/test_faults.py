@@ -500,5 +500,132 @@ class FaultTest(GwTestCase):
         del late
 
 
+    def test_http_out_of_descriptors_frees_an_idle_one_or_waits(self):
+        """An http listener, one worker, whose open-files limit is lowered until
+        it has no descriptor left. (1) A request for host b, with an idle
+        keep-alive connection to host a: that connection is closed for b's.
+        (2) Nothing idle: the request waits for a descriptor, and is answered
+        once the limit is raised. (3) Still none after connect_timeout_ms: 503
+        and the connection closed, counted as local_error; no host is blamed.
+        (4) A client connection idle keep-alive for a second is closed for an
+        upstream socket. Before, socket()'s EMFILE answered 502 at once."""
+        a = httpbackend.HttpBackend("a")
+        b = httpbackend.HttpBackend("b")
+        self._backends += [a, b]
+        routes = [{"name": "ra", "path": "/a", "upstream": "app"},
+                  {"name": "rb", "path": "/b", "upstream": "bee"},
+                  {"name": "rc", "path": "/c", "upstream": "cee"}]
+        lst = {"name": "web", "listen": f"{LO}:{gwtest.free_port()}", "protocol": "http", "routes": routes}
+        cfg = self.make_config([pool("p", [host("a", a.address)])], workers=1, listeners=[lst])
+        # Without keep-alive, so that nothing is left idle towards b.
+        cfg["upstreams"] += [gwtest.upstream("bee", [pool("p", [host("b", b.address)])], keepalive={"max_idle": 0},
+                                             connect_timeout_ms=60000),
+                             gwtest.upstream("cee", [pool("p", [host("c", b.address)])], keepalive={"max_idle": 0},
+                                             connect_timeout_ms=2000)]
+        gw = self.gateway(cfg)
+        (worker,) = gw.worker_pids()
+        port = gw.ports[0]
+        soft, hard = resource.prlimit(worker, resource.RLIMIT_NOFILE)
+        self.addCleanup(lambda: os.path.exists(f"/proc/{worker}") and
+                        resource.prlimit(worker, resource.RLIMIT_NOFILE, (soft, hard)))
+
+        def connect():
+            s = socket.create_connection((LO, port), timeout=T(5))
+            self.addCleanup(s.close)
+            return s
+
+        def get(s, path):
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+        def exhaust():
+            """No descriptor left: the limit just above the highest one in use,
+            and connections that sent part of a request head (not idle, so not
+            closed to make room) fill the free numbers below it. The upstream
+            connection of the last request may close just after its answer
+            arrived: the numbers must stay in use for 0.3 s."""
+            wait_until(lambda: a.active + b.active == expect_upstream, T(5), interval=0.02,
+                       msg=f"{expect_upstream} upstream connection(s) open")
+            limit = max(open_fds(worker)) + 1
+            resource.prlimit(worker, resource.RLIMIT_NOFILE, (limit, hard))
+            stable_since = None
+            deadline = time.monotonic() + T(10)
+            while stable_since is None or time.monotonic() - stable_since < 0.3:
+                self.assertLess(time.monotonic(), deadline, f"every descriptor number below {limit} in use")
+                if set(range(limit)) <= set(open_fds(worker)):
+                    stable_since = stable_since or time.monotonic()
+                else:
+                    stable_since = None
+                    connect().sendall(b"GET /b HTTP/1.1\r\n")
+                time.sleep(0.05)
+
+        def http_stats():
+            return {k: sum(w["http"][k] for w in gw.status()["workers"]) for k in ("local_error", "bad_gateway",
+                                                                                   "retries")}
+
+        k = connect()
+        get(k, "/a")
+        self.assertIn(b" 200 ", http_answer(k, T(5)))
+        self.assertEqual(a.active, 1, "the connection to a is kept alive")
+        expect_upstream = 1
+
+        # (1) the idle connection to a makes room for b's
+        exhaust()
+        get(k, "/b")
+        self.assertIn(b" 200 ", http_answer(k, T(5)), "b's request is served over a's descriptor")
+        wait_until(lambda: a.active == 0, T(3), msg="the idle connection to a closed")
+        expect_upstream = 0
+        self.assertIn("upstream socket: Too many open files; closed an idle upstream keep-alive connection",
+                      gw.log_text())
+
+        # (2) nothing idle: the request waits, then goes once there is room
+        exhaust()
+        seen = b.requests
+        get(k, "/b")
+        k.settimeout(0.5)
+        with self.assertRaises(socket.timeout, msg="the request must wait, its connection open"):
+            k.recv(1)
+        self.assertEqual(b.requests, seen, "b must not get the waiting request yet")
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, (soft, hard))
+        self.assertIn(b" 200 ", http_answer(k, T(5)), "once there is a descriptor the request goes to b")
+        self.assertEqual(b.requests, seen + 1)
+
+        # (3) no descriptor for connect_timeout_ms (2 s): 503, closed
+        exhaust()
+        t0 = time.monotonic()
+        get(k, "/c")
+        self.assertIn(b" 503 ", http_answer(k, T(10)))
+        self.assertGreater(time.monotonic() - t0, 1.5, "the request must wait about connect_timeout_ms first")
+        k.settimeout(T(5))
+        self.assertEqual(k.recv(1), b"", "the connection is closed after the 503 (it gives a descriptor back)")
+        wait_until(lambda: "cannot connect upstream: Too many open files for connect_timeout_ms (a local error: "
+                   "no host is blamed" in gw.log_text(), T(3), msg="the local error is logged")
+        self.assertIn("Too many open files; pausing accepts", gw.log_text())
+        self.assertEqual(http_stats(), {"local_error": 1, "bad_gateway": 0, "retries": 0})
+        for u in gw.status()["upstreams"]:
+            for p in u["pools"]:
+                for h in p["hosts"]:
+                    self.assertEqual((h["id"], h["failures"], h["health"]), (h["id"], 0, "up"),
+                                     "a local error must not count against a host")
+        self.assertEqual(b.requests, seen + 1, "no host may get the request")
+
+        # (4) a client connection idle keep-alive for a second makes room
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, (soft, hard))
+        idle, busy = connect(), connect()
+        for s in (idle, busy):
+            get(s, "/b")
+            self.assertIn(b" 200 ", http_answer(s, T(5)))
+        exhaust()
+        time.sleep(1.2)
+        get(busy, "/b")
+        self.assertIn(b" 200 ", http_answer(busy, T(5)), "the request is served over the idle client's descriptor")
+        idle.settimeout(T(3))
+        self.assertEqual(idle.recv(1), b"", "the idle client connection is closed (a FIN)")
+        self.assertIn("closed an idle client keep-alive connection to make room", gw.log_text())
+
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, (soft, hard))
+        get(busy, "/a")
+        self.assertIn(b" 200 ", http_answer(busy, T(5)))
+        self.assertEqual(gw.worker_pids(), [worker], "the worker must not have been replaced")
+
 if __name__ == "__main__":
     gwtest.main()

@@ -558,9 +558,6 @@ int cmd_status(const Options& o) {
     uint64_t conn_rejected, req_limited, limit_full, evictions, auth_ok, auth_failed, auth_forbidden, basic_cache_hits,
         jwt_cache_hits;
   };
-  static constexpr const char* kOutcomeNames[] = {"ok",          "bad_request",     "no_route",      "no_host",
-                                                  "bad_gateway", "gateway_timeout", "client_timeout"};
-  static_assert(std::size(kOutcomeNames) == static_cast<size_t>(gw::proxy::HttpOutcome::count));
   uint64_t reject_totals[gw::proxy::kFrameErrorCount] = {};
   std::vector<W> workers;
   for (uint32_t i = 0; i < gw::shm::kMaxWorkers; ++i) {
@@ -654,8 +651,8 @@ int cmd_status(const Options& o) {
           g.auth_ok, g.basic_cache_hits, g.jwt_cache_hits, g.auth_failed, g.auth_forbidden);
     if (sum.http_requests) {
       std::string answered;
-      for (size_t k = 1; k < std::size(kOutcomeNames); ++k)
-        if (sum.outcomes[k]) answered += fmt::format(", {} {}", kOutcomeNames[k], sum.outcomes[k]);
+      for (size_t k = 1; k < std::size(gw::proxy::kHttpOutcomeNames); ++k)
+        if (sum.outcomes[k]) answered += fmt::format(", {} {}", gw::proxy::kHttpOutcomeNames[k], sum.outcomes[k]);
       fmt::print(
           "  http: {} request(s), {} retried attempt(s), {} over kept-alive upstream connections, {} tunnel(s){}\n",
           sum.http_requests, sum.http_retries, sum.http_reused, sum.http_tunnels, answered);

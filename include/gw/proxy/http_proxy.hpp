@@ -58,8 +58,13 @@ enum class HttpOutcome : uint8_t {
   bad_gateway,      ///< 502: connect errors, resets, invalid responses, tries used up
   gateway_timeout,  ///< 504
   client_timeout,   ///< 408: head or body too slow
+  local_error,      ///< 503: no descriptor (or port, or memory) for an upstream socket
   count
 };
+/// Their names in `gwctl status`, /status and /metrics (by HttpOutcome).
+inline constexpr const char* kHttpOutcomeNames[] = {"ok",          "bad_request",     "no_route",       "no_host",
+                                                    "bad_gateway", "gateway_timeout", "client_timeout", "local_error"};
+static_assert(std::size(kHttpOutcomeNames) == static_cast<size_t>(HttpOutcome::count));
 
 class HttpProxy {
  public:
@@ -174,6 +179,7 @@ class HttpProxy {
     bool up_keep = false;                             // the response lets the upstream connection carry another request
     bool tunnel_c_eof = false, tunnel_u_eof = false;  // tunnel: FIN read from the client / the upstream
     bool tunnel_c_shut = false, tunnel_u_shut = false;  // tunnel: FIN passed on to the client / the upstream
+    bool fd_wait = false;  // no descriptor for an upstream socket: connect_next() again at fd_retry_ms
     uint8_t attempts = 0;
     uint8_t last_fail = 0;     // kFail* of the last failed attempt
     uint16_t last_status = 0;  // kFailStatus: the status the host answered
@@ -186,13 +192,15 @@ class HttpProxy {
     // change may remove the upstream under it (upstream -1), and the request
     // must still time out by them.
     uint32_t u_connect_ms = 0, u_read_ms_max = 0, u_send_ms_max = 0, u_idle_ms = 0;
-    uint32_t up = kNone;        // UpConn index while a request is in progress
-    uint32_t requests = 0;      // requests on this connection
-    uint32_t body_start = 0;    // in `in`: first body byte of the current request
-    uint32_t body_end = 0;      // in `in`: end of the bytes the body decoder consumed
-    uint32_t sent = 0;          // in `in`: end of the body bytes sent upstream
-    uint64_t started_ms = 0;    // first byte of the current request (header timeout)
-    uint64_t first_try_ms = 0;  // retry.timeout_ms
+    uint32_t up = kNone;            // UpConn index while a request is in progress
+    uint32_t requests = 0;          // requests on this connection
+    uint32_t body_start = 0;        // in `in`: first body byte of the current request
+    uint32_t body_end = 0;          // in `in`: end of the bytes the body decoder consumed
+    uint32_t sent = 0;              // in `in`: end of the body bytes sent upstream
+    uint64_t started_ms = 0;        // first byte of the current request (header timeout)
+    uint64_t first_try_ms = 0;      // retry.timeout_ms
+    uint64_t fd_retry_ms = 0;       // fd_wait: the next try
+    uint64_t fd_wait_until_ms = 0;  // this request waits for a descriptor until then (0: has not waited)
     uint64_t c_read_ms = 0, c_write_ms = 0, u_read_ms = 0, u_write_ms = 0;  // last progress each way
     uint32_t rs_dec = 0;  // in `rs`: end of the bytes the response decoder consumed
     uint32_t tried[kMaxTries] = {};
@@ -278,6 +286,11 @@ class HttpProxy {
   void close_up(UpConn& u) noexcept;
   void release_up(UpConn& u, bool reusable) noexcept;
   void connect_next(Conn& c) noexcept;
+  /// socket() found no free descriptor: closes the upstream connection idle
+  /// longest on one host, or else a client connection idle keep-alive for
+  /// kReclaimIdleMs, so that the caller can try again. False if there was
+  /// none (then none is looked for again for kFdWaitMs).
+  bool free_descriptor(int err) noexcept;
   void on_upstream(UpConn& u) noexcept;
   void on_connected(Conn& c, UpConn& u) noexcept;
   bool send_upstream(Conn& c, UpConn& u) noexcept;  // false: failed (handled)
@@ -333,6 +346,9 @@ class HttpProxy {
   int64_t date_second_ = -1;
   uint64_t last_no_host_log_ms_ = 0;
   uint64_t last_error_log_ms_ = 0;
+  uint64_t last_fd_log_ms_ = 0;
+  uint64_t no_fd_to_free_until_ms_ = 0;  // free_descriptor() found nothing: not looked for again before
+  uint32_t idle_total_ = 0;              // upstream connections on the idle lists
   balance::Rng rng_{0x6874'7470'7072'6f78ull};
 };
 
