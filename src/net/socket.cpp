@@ -95,6 +95,22 @@ int socket_error(int fd) noexcept {
   return e;
 }
 
+bool peer_error(int err) noexcept {
+  switch (err) {
+    case ECONNREFUSED:
+    case ETIMEDOUT:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+    case ECONNRESET:
+    case ECONNABORTED:
+    case EHOSTDOWN:
+    case ENETDOWN:
+    case EPIPE:
+    case EPROTO: return true;
+    default: return false;
+  }
+}
+
 void set_nodelay(int fd) noexcept {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));

@@ -122,7 +122,7 @@ class Checker {
       int err = 0;
       int fd = net::connect_tcp(h.addr, err);
       if (fd < 0) {
-        finish(*p, false, err, now);
+        finish(*p, false, err, now);  // a local error (no descriptor, no port) is not counted there
         continue;
       }
       p->fd.reset(fd);
@@ -190,19 +190,36 @@ class Checker {
     // may have moved or removed upstreams (their index is not the host's).
     const shm::UpstreamRecord* up = upstream_of(p.slot, p.tag);
     if (!up) return;
+    std::string path = "(removed host)", address = "-";
+    auto name_host = [&] {  // only for a log line: a walk over the table
+      auto hosts = table_->hosts();
+      for (size_t i = 0; i < hosts.size(); ++i)
+        if (hosts[i].slot == p.slot && hosts[i].tag == p.tag) {
+          path = table_->host_path(static_cast<int>(i));
+          address = hosts[i].addr.to_string();
+        }
+    };
+    if (!ok && err != 0 && !net::peer_error(err)) {
+      // The checker's own trouble (EMFILE; EADDRNOTAVAIL: the ephemeral ports
+      // towards the host all taken by proxied connections; ...) says nothing
+      // of the host: counted as a failed check, it would take a healthy host
+      // out for every worker. The check is skipped; the next one runs at the
+      // interval.
+      if (now - last_local_log_ms_ >= 1000) {
+        last_local_log_ms_ = now;
+        name_host();
+        GW_LOG_ERROR("health check of {} {}: {} (a local error: the check is skipped, the host's state stays)", path,
+                     address, std::strerror(err));
+      }
+      return;
+    }
     shm::HostRuntime& hr = seg_.host(p.slot);
     const auto& check = up->check;
     uint32_t before = shm::active_state(hr, p.tag);
     uint32_t after = st.runs.apply(ok, before, check.rise, check.fall);
     if (after == before || !shm::record_check(hr, p.tag, after)) return;
     if (after == shm::kActiveUp && before == shm::kActiveDown) shm::mark_up(hr, p.tag, now);
-    std::string path = "(removed host)", address = "-";
-    auto hosts = table_->hosts();
-    for (size_t i = 0; i < hosts.size(); ++i)
-      if (hosts[i].slot == p.slot && hosts[i].tag == p.tag) {
-        path = table_->host_path(static_cast<int>(i));
-        address = hosts[i].addr.to_string();
-      }
+    name_host();
     std::string why = ok ? fmt::format("active: {} passed check(s)", st.runs.passes)
                          : fmt::format("active: {} failed check(s), last: {}", st.runs.failures,
                                        err == EPROTO ? "HTTP status " + last_status_ : std::strerror(err));
@@ -218,6 +235,7 @@ class Checker {
   std::vector<HostState> hosts_;
   std::vector<std::unique_ptr<Probe>> probes_;
   std::string last_status_;
+  uint64_t last_local_log_ms_ = 0;
 };
 
 }  // namespace

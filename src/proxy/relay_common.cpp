@@ -178,22 +178,6 @@ void count_orphans(RelayEnv& env, uint64_t closed, std::string_view what) noexce
   GW_LOG_INFO("on_host_remove close: closed {} {} whose host was removed or is down", closed, what);
 }
 
-bool peer_error(int err) noexcept {
-  switch (err) {
-    case ECONNREFUSED:
-    case ETIMEDOUT:
-    case EHOSTUNREACH:
-    case ENETUNREACH:
-    case ECONNRESET:
-    case ECONNABORTED:
-    case EHOSTDOWN:
-    case ENETDOWN:
-    case EPIPE:
-    case EPROTO: return true;
-    default: return false;
-  }
-}
-
 bool wait_for_fd(RelayEnv& env, int err, uint64_t& wait_until_ms, uint64_t limit_ms) noexcept {
   if (err != EMFILE && err != ENFILE) return false;
   env.fd_shortage = err;

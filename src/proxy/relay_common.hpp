@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "gw/balance/hash.hpp"
+#include "gw/net/socket.hpp"
 #include "gw/proxy/framer.hpp"
 #include "gw/proxy/tcp_relay.hpp"
 #include "gw/shm/runtime.hpp"
@@ -27,10 +28,9 @@ inline int pick_host(RelayEnv& env, int ui, std::string_view key, std::span<cons
   return pick_host(env, ui, balance::HashKey::of(key), tried, rng, first);
 }
 
-/// Errors that say something about the backend or the path to it. Others
-/// (EMFILE, ENOBUFS, EADDRNOTAVAIL: out of ports, ...) are this machine's own
-/// trouble and must not take a healthy host out for every worker.
-bool peer_error(int err) noexcept;
+/// Errors that say something about the backend or the path to it (the
+/// others must not take a healthy host out for every worker).
+using net::peer_error;
 
 /// Session::attempts after a local error (see peer_error): no host is tried
 /// again, and the connection is closed as `local_error`, not `no_host`.

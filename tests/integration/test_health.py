@@ -4,6 +4,7 @@ gateway, fall/rise with real backends stopped and restarted, `down` by hand
 survives passing checks, failover to the DR pool and back, HTTP status checks."""
 
 import os
+import resource
 import socket
 import sys
 import threading
@@ -84,6 +85,38 @@ class HealthTest(GwTestCase):
         self.assertTrue(any("host_up app/primary/a " + a2.address + " (active: 2 passed check(s))" in e for e in gw.events()))
         self.assertEqual(set(gwtest.names(gw.port, 6)), {"a", "b"})
         self.assertGreater(a2.count, 0)
+
+    def test_checker_out_of_descriptors_keeps_hosts_up(self):
+        """The checker process's open-files limit is lowered until it has no
+        descriptor left: every check fails in socket() (EMFILE), which says
+        nothing of the hosts. Those checks are skipped and logged, and the
+        hosts stay up; before, `fall` of them took every host down for every
+        worker. With the limit back, a stopped host is still taken down."""
+        a, b = self.backend("a"), self.backend("b")
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a), host("b", b)])], upstream_opts=FAST))
+        for h in ("a", "b"):
+            gwtest.wait_until(lambda: host_health(gw, h)["health"] == "up", T(5), msg=f"{h} checked up")
+        (checker,) = [p for p in gwtest.children(gw.pid) if open(f"/proc/{p}/comm").read().strip() == "gwd-checker"]
+        fds = {int(fd) for fd in os.listdir(f"/proc/{checker}/fd")}
+        lowest_free = min(set(range(max(fds) + 2)) - fds)
+        soft, hard = resource.prlimit(checker, resource.RLIMIT_NOFILE)
+        resource.prlimit(checker, resource.RLIMIT_NOFILE, (lowest_free, hard))
+        self.addCleanup(lambda: os.path.exists(f"/proc/{checker}") and
+                        resource.prlimit(checker, resource.RLIMIT_NOFILE, (soft, hard)))
+        gwtest.wait_until(lambda: "Too many open files (a local error: the check is skipped, the host's state "
+                          "stays)" in gw.log_text(), T(5), msg="the skipped check is logged")
+        time.sleep(1.0)  # ten intervals: more than `fall` (3) checks
+        for h in ("a", "b"):
+            self.assertEqual(host_health(gw, h)["health"], "up", f"{h} must stay up")
+        self.assertFalse([e for e in gw.events() if "host_down" in e], "no host may be taken down")
+        self.assertEqual(set(gwtest.names(gw.port, 6)), {"a", "b"})
+        self.assertLessEqual(gw.log_text().count("a local error: the check is skipped"), 3,
+                             "logged at most once a second")
+
+        resource.prlimit(checker, resource.RLIMIT_NOFILE, (soft, hard))
+        a.stop()
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "down", T(5), msg="a down after fall")
+        self.assertEqual(host_health(gw, "b")["health"], "up")
 
     def test_admin_down_survives_passing_checks(self):
         a, b = self.backend("a"), self.backend("b")

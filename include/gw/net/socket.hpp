@@ -36,6 +36,11 @@ int connect_wait(const core::SockAddr& addr, uint32_t timeout_ms, int& err) noex
 /// SO_ERROR of a socket (0 = connected).
 int socket_error(int fd) noexcept;
 
+/// Whether a connect or I/O error says something about the peer or the path
+/// to it. Others (EMFILE, ENOBUFS, EADDRNOTAVAIL: out of ports, ...) are this
+/// machine's own trouble and must not count against a healthy host.
+bool peer_error(int err) noexcept;
+
 /// TCP_NODELAY on: a relay forwards what it got at once.
 void set_nodelay(int fd) noexcept;
 
