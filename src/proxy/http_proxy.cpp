@@ -1417,6 +1417,7 @@ void HttpProxy::connect_next(Conn& c) noexcept {
   const balance::Snapshot& snap = *env_.snap;
   const int ui = c.upstream;
   if (ui < 0 || static_cast<size_t>(ui) >= snap.upstreams().size()) {
+    count(HttpOutcome::no_host);  // a table change removed the upstream (e.g. during a wait for a descriptor)
     respond_error(c, 503, true);
     return;
   }
