@@ -1434,8 +1434,18 @@ void HttpProxy::connect_next(Conn& c) noexcept {
     if (c.attempts > 0 && !resumed) bump(env_.seg->worker(env_.worker).http_retries);
     resumed = false;
     c.tried[c.attempts++] = r.slot;
+    // The log's upstream address, status and time are this host's, once it is
+    // contacted; a local failure before that puts the last host's back.
+    const core::SockAddr prev_addr = c.up_addr;
+    const uint16_t prev_status = c.up_status;
+    const int64_t prev_ms = c.up_ms;
+    auto not_contacted = [&] {
+      c.up_addr = prev_addr;
+      c.up_status = prev_status;
+      c.up_ms = prev_ms;
+    };
     c.up_addr = r.addr;
-    c.up_status = 0;  // the log's upstream status and time are this host's
+    c.up_status = 0;
     c.up_ms = -1;
     c.rq.head = 0;          // (re)send the whole head
     c.sent = c.body_start;  // and the body from its first byte
@@ -1456,7 +1466,11 @@ void HttpProxy::connect_next(Conn& c) noexcept {
       return;  // drive() sends
     }
     UpConn* up = new_up();
+    // The upstream table (as large as the client table) is full: it holds
+    // idle keep-alive connections then, as no client has more than one busy.
+    if (!up && close_oldest_idle_up()) up = new_up();
     if (!up) {
+      not_contacted();
       c.last_fail = kFailLocal;
       break;
     }
@@ -1483,6 +1497,7 @@ void HttpProxy::connect_next(Conn& c) noexcept {
         // request need not fail at once. The worker pauses accepting, and the
         // request waits (its client still sending the body, if any) and tries
         // again every kFdWaitMs, up to connect_timeout_ms from its first wait.
+        not_contacted();
         if (wait_for_fd(env_, err, c.fd_wait_until_ms, c.u_connect_ms)) {
           --c.attempts;  // the host was not tried
           c.fd_wait = true;
@@ -1511,6 +1526,7 @@ void HttpProxy::connect_next(Conn& c) noexcept {
       const int e = errno;
       close_up(u);
       c.up = kNone;
+      not_contacted();
       c.last_fail = kFailLocal;
       GW_LOG_ERROR("epoll_ctl on an upstream socket: {}", std::strerror(e));
       break;
@@ -1527,21 +1543,25 @@ void HttpProxy::connect_next(Conn& c) noexcept {
   answer_failure(c);
 }
 
+bool HttpProxy::close_oldest_idle_up() noexcept {
+  if (idle_total_ == 0) return false;
+  // The oldest connection of the first host slot that has any: a walk over
+  // the slots, only when out of descriptors or upstream slots.
+  for (uint32_t slot = 0; slot < idle_head_.size(); ++slot) {
+    uint32_t i = idle_head_[slot], last = kNone;
+    for (; i != kNone; i = ups_[i].idle_next) last = i;
+    if (last != kNone) {
+      close_up(ups_[last]);
+      return true;
+    }
+  }
+  return false;
+}
+
 bool HttpProxy::free_descriptor(int err) noexcept {
   if (env_.now_ms < no_fd_to_free_until_ms_) return false;
   const char* what = nullptr;
-  if (idle_total_ > 0) {
-    // The oldest connection of the first host slot that has any: a walk over
-    // the slots, only while out of descriptors.
-    for (uint32_t slot = 0; slot < idle_head_.size() && !what; ++slot) {
-      uint32_t i = idle_head_[slot], last = kNone;
-      for (; i != kNone; i = ups_[i].idle_next) last = i;
-      if (last != kNone) {
-        close_up(ups_[last]);
-        what = "an idle upstream keep-alive connection";
-      }
-    }
-  }
+  if (close_oldest_idle_up()) what = "an idle upstream keep-alive connection";
   if (!what && reclaim_idle(1) > 0) what = "an idle client keep-alive connection";
   if (!what) {
     no_fd_to_free_until_ms_ = env_.now_ms + kFdWaitMs;

@@ -515,7 +515,9 @@ class FaultTest(GwTestCase):
         routes = [{"name": "ra", "path": "/a", "upstream": "app"},
                   {"name": "rb", "path": "/b", "upstream": "bee"},
                   {"name": "rc", "path": "/c", "upstream": "cee"}]
-        lst = {"name": "web", "listen": f"{LO}:{gwtest.free_port()}", "protocol": "http", "routes": routes}
+        log = os.path.join(self.tmp, "access.log")
+        lst = {"name": "web", "listen": f"{LO}:{gwtest.free_port()}", "protocol": "http", "routes": routes,
+               "access_log": {"path": log, "format": "json"}}
         cfg = self.make_config([pool("p", [host("a", a.address)])], workers=1, listeners=[lst])
         # Without keep-alive, so that nothing is left idle towards b.
         cfg["upstreams"] += [gwtest.upstream("bee", [pool("p", [host("b", b.address)])], keepalive={"max_idle": 0},
@@ -608,6 +610,13 @@ class FaultTest(GwTestCase):
                                      "a local error must not count against a host")
         self.assertEqual(b.requests, seen + 1, "no host may get the request")
 
+        def logged_503s():
+            with open(log) as f:
+                return [r for r in map(json.loads, f.read().splitlines()) if r["status"] == 503]
+        wait_until(lambda: logged_503s(), T(3), msg="the 503 is logged")
+        self.assertEqual([(r["route"], r["upstream_addr"]) for r in logged_503s()], [("rc", "")],
+                         "the log names no host: none was contacted")
+
         # (4) a client connection idle keep-alive for a second makes room
         resource.prlimit(worker, resource.RLIMIT_NOFILE, (soft, hard))
         idle, busy = connect(), connect()
@@ -626,6 +635,47 @@ class FaultTest(GwTestCase):
         get(busy, "/a")
         self.assertIn(b" 200 ", http_answer(busy, T(5)))
         self.assertEqual(gw.worker_pids(), [worker], "the worker must not have been replaced")
+
+    def test_full_upstream_table_closes_an_idle_upstream_connection(self):
+        """The worker's upstream connection table (as many slots as its client
+        table: 12 with 100 descriptors) is full of idle keep-alive connections,
+        one per host of `app`, with descriptors to spare. A request for another
+        upstream closes the one idle longest and is served. Before, it was
+        answered 503 at once."""
+        a = httpbackend.HttpBackend("a")
+        b = httpbackend.HttpBackend("b")
+        self._backends += [a, b]
+        routes = [{"name": "ra", "path": "/a", "upstream": "app"},
+                  {"name": "rb", "path": "/b", "upstream": "bee"}]
+        lst = {"name": "web", "listen": f"{LO}:{gwtest.free_port()}", "protocol": "http", "routes": routes}
+        slots = 12  # (100 - 64 reserved - 2 * 6 splice pipes) / 2
+        cfg = self.make_config([pool("p", [host(f"a{i}", a.address) for i in range(slots)])], workers=1,
+                               listeners=[lst])
+        cfg["upstreams"].append(gwtest.upstream("bee", [pool("p", [host("b", b.address)])]))
+        gw = self.gateway(cfg)
+        respawn_with_nofile(gw, 100)
+        (worker,) = gw.worker_pids()
+        port = gw.ports[0]
+
+        s = socket.create_connection((LO, port), timeout=T(5))
+        self.addCleanup(s.close)
+        for _ in range(slots):  # round robin: one idle connection per host
+            s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertIn(b" 200 ", http_answer(s, T(5)))
+        wait_until(lambda: a.active == slots, T(5), msg=f"{slots} idle upstream connections")
+        self.assertLess(len(open_fds(worker)), 100 - 8, "descriptors to spare: the table is what is full")
+
+        s.sendall(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b" 200 ", http_answer(s, T(5)), "served over a freed upstream slot")
+        wait_until(lambda: a.active == slots - 1, T(3), msg="one idle connection to a closed")
+        self.assertEqual(b.active, 1)
+        workers = gw.status()["workers"]
+        self.assertEqual(sum(w["http"]["local_error"] for w in workers), 0)
+        # Every host still has its idle connection but the one closed.
+        for _ in range(slots):
+            s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertIn(b" 200 ", http_answer(s, T(5)))
+        self.assertEqual(gw.worker_pids(), [worker])
 
 if __name__ == "__main__":
     gwtest.main()

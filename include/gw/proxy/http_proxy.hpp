@@ -286,6 +286,9 @@ class HttpProxy {
   void close_up(UpConn& u) noexcept;
   void release_up(UpConn& u, bool reusable) noexcept;
   void connect_next(Conn& c) noexcept;
+  /// Closes the oldest idle upstream keep-alive connection of the first host
+  /// slot that has one. False if none is idle.
+  bool close_oldest_idle_up() noexcept;
   /// socket() found no free descriptor: closes the upstream connection idle
   /// longest on one host, or else a client connection idle keep-alive for
   /// kReclaimIdleMs, so that the caller can try again. False if there was
