@@ -26,6 +26,8 @@ pkgs=(
   # test_blackhole: nft drops a backend's packets inside the test's own network
   # namespace (unshare, from util-linux, is always installed)
   nftables
+  # test_vip: keepalived moves a VIP between two gw nodes in the test's own namespaces
+  keepalived
 )
 
 missing=()
@@ -45,10 +47,11 @@ echo "setup.sh: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# Debian enables and starts nginx, haproxy, etcd and prometheus on install; gw's
-# tests start their own instances on free ports and must not find the default
-# ones holding :80, :2379 or :9090 (only promtool is used from prometheus).
-for svc in nginx haproxy etcd prometheus; do
+# Debian enables and starts nginx, haproxy, etcd, prometheus and keepalived on
+# install; gw's tests start their own instances on free ports and must not find
+# the default ones holding :80, :2379 or :9090 (only promtool is used from
+# prometheus), or a keepalived sending VRRP on the machine's interfaces.
+for svc in nginx haproxy etcd prometheus keepalived; do
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
   if [ -x /etc/init.d/$svc ]; then /etc/init.d/$svc stop >/dev/null 2>&1 || true; fi
 done

@@ -706,6 +706,9 @@ class Gateway:
         self.log_path = None
         self.logs = []
         self.known = {}   # pid -> session id of every gw process seen (all starts)
+        # Another network namespace to run gwd in (a path such as
+        # /proc/PID/ns/net, entered with nsenter): test_vip's nodes.
+        self.netns = None
 
     def remember(self, pids):
         sid = self.pid
@@ -738,13 +741,21 @@ class Gateway:
         self.logs.append(self.log_path)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [GWD, "-c", self.conf_path, "--foreground", *extra_args],
+                [*self.in_netns(), GWD, "-c", self.conf_path, "--foreground", *extra_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.dir, start_new_session=True, preexec_fn=_child_preexec)
         self.remember([self.proc.pid])
         if wait:
             self.wait_ready()
         return self
+
+    def in_netns(self):
+        """The argv prefix that runs a command in this gateway's network
+        namespace (nsenter execs it: the pid stays the command's)."""
+        if self.netns is None:
+            return []
+        nsenter = shutil.which("nsenter") or "/usr/bin/nsenter"
+        return [nsenter, f"--net={self.netns}"]
 
     def log_text(self):
         try:
@@ -774,10 +785,17 @@ class Gateway:
                 # The engine under test must really run (gwd falls back to
                 # epoll, with a warning, on a kernel without what it needs).
                 self._fail("gwd did not start the io_uring engine")
-            if ok:
+            if ok and self.netns is None:
                 missing = [p for p in self.ports if not port_listening(p)]
                 if missing:
                     ok, last = False, f"listeners not listening: {missing}"
+            elif ok:
+                # In another namespace /proc/net/tcp is not ours to read:
+                # `gwctl check` there connects to every listener.
+                r = subprocess.run([*self.in_netns(), GWCTL, "check", "-c", self.conf_path], capture_output=True,
+                                   text=True, timeout=T(10), stdin=subprocess.DEVNULL)
+                if r.returncode != 0:
+                    ok, last = False, f"gwctl check: {r.stderr.strip()}"
             if ok:
                 rc, out, err = self.gwctl("status", "--json")
                 if rc != 0:

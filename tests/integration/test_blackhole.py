@@ -41,69 +41,17 @@ Cases (max_fails 1 unless said):
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
 
-NETNS_ENV = "GW_TEST_NETNS"      # set (to the outer namespace's id) in the re-executed process
-SBIN_PATH = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
-
-
-def _tool(name):
-    """name's path: PATH first, then the sbin dirs a non-root PATH may lack."""
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in SBIN_PATH:
-        p = os.path.join(d, name)
-        if os.access(p, os.X_OK):
-            return p
-    return None
-
-
-def _fail_setup(msg):
-    sys.stderr.write(f"test_blackhole: FAIL: {msg}\n")
-    sys.stderr.flush()
-    sys.exit(1)
-
-
-def _reexec_in_netns():
-    """Replaces this process with itself inside a new network namespace (same
-    pid: unshare(1) unshares, then execs), or exits 1 saying why it cannot."""
-    unshare = _tool("unshare")
-    if unshare is None:
-        _fail_setup("unshare(1) not found (Debian package util-linux); the blackhole tests "
-                    "need their own network namespace")
-    # As root a plain network namespace is enough; where that is refused (a
-    # container without CAP_SYS_ADMIN) or when not root, a user namespace
-    # mapping us to root in it gives the CAP_NET_ADMIN nft needs there.
-    choices = ([["--net"]] if os.geteuid() == 0 else []) + [["--user", "--map-root-user", "--net"]]
-    tried = []
-    for flags in choices:
-        try:
-            r = subprocess.run([unshare, *flags, "true"], capture_output=True, text=True, timeout=30,
-                               stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            tried.append(f"`unshare {' '.join(flags)}`: {e}")
-            continue
-        if r.returncode == 0:
-            env = dict(os.environ)
-            env[NETNS_ENV] = os.readlink("/proc/self/ns/net")
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.execve(unshare, [unshare, *flags, sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
-        tried.append(f"`unshare {' '.join(flags)}` exited {r.returncode}: {r.stderr.strip()}")
-    _fail_setup("cannot create a network namespace: " + "; ".join(tried) +
-                " (run as root, or allow unprivileged user namespaces: sysctl"
-                " kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0)")
-
-
-if __name__ == "__main__" and NETNS_ENV not in os.environ:
-    _reexec_in_netns()
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import netns  # noqa: E402
+
+if __name__ == "__main__" and netns.NETNS_ENV not in os.environ:
+    netns.reexec_in_netns(__file__, "test_blackhole")
+
 import gwtest  # noqa: E402
 import httpbackend as hb  # noqa: E402
 from gwtest import T, pool, tcp_listener, wait_until  # noqa: E402
@@ -180,12 +128,8 @@ def setUpModule():
     """Checks that this process runs in its own network namespace, brings lo up
     and creates the nftables table there."""
     global NFT
-    outer = os.environ.get(NETNS_ENV)
-    if outer is None:
-        raise AssertionError("run test_blackhole.py as a script: it re-executes itself in a network namespace")
-    if os.readlink("/proc/self/ns/net") == outer:
-        raise AssertionError(f"still in the outer network namespace {outer}: nft rules would hit the host")
-    ip, nft = _tool("ip"), _tool("nft")
+    netns.assert_own_netns("test_blackhole", "nft rules would hit the host")
+    ip, nft = netns.tool("ip"), netns.tool("nft")
     if ip is None:
         raise AssertionError("ip(8) not found (Debian package iproute2, installed by tools/setup.sh)")
     if nft is None:
