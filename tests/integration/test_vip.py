@@ -19,7 +19,6 @@ ip(8) or nsenter(1), the file fails with a message: it does not skip."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
