@@ -328,6 +328,7 @@ void HttpProxy::refresh() {
   if (idle_head_.empty()) {
     // The worker fills env_ after constructing its parts: size here.
     idle_head_.assign(env_.seg->caps().max_hosts, kNone);
+    idle_tail_.assign(env_.seg->caps().max_hosts, kNone);
     idle_count_.assign(env_.seg->caps().max_hosts, 0);
   }
   const balance::Snapshot& snap = *env_.snap;
@@ -593,6 +594,7 @@ void HttpProxy::idle_push(UpConn& u) noexcept {
   u.idle_since_ms = env_.now_ms;
   u.idle_next = idle_head_[u.host_slot];
   if (u.idle_next != kNone) ups_[u.idle_next].idle_prev = i;
+  else idle_tail_[u.host_slot] = i;
   idle_head_[u.host_slot] = i;
   ++idle_count_[u.host_slot];
   ++idle_total_;
@@ -602,6 +604,7 @@ void HttpProxy::idle_unlink(UpConn& u) noexcept {
   if (u.idle_prev != kNone) ups_[u.idle_prev].idle_next = u.idle_next;
   else idle_head_[u.host_slot] = u.idle_next;
   if (u.idle_next != kNone) ups_[u.idle_next].idle_prev = u.idle_prev;
+  else idle_tail_[u.host_slot] = u.idle_prev;
   u.idle_prev = u.idle_next = kNone;
   --idle_count_[u.host_slot];
   --idle_total_;
@@ -652,14 +655,8 @@ void HttpProxy::release_up(UpConn& u, bool reusable) noexcept {
     return;
   }
   // Over max_idle: the connection idle longest goes.
-  if (idle_count_[u.host_slot] >= uc->keepalive.max_idle) {
-    uint32_t i = idle_head_[u.host_slot], last = kNone;
-    while (i != kNone) {
-      last = i;
-      i = ups_[i].idle_next;
-    }
-    if (last != kNone) close_up(ups_[last]);
-  }
+  if (idle_count_[u.host_slot] >= uc->keepalive.max_idle && idle_tail_[u.host_slot] != kNone)
+    close_up(ups_[idle_tail_[u.host_slot]]);
   idle_push(u);
   env_.timers->schedule(u, env_.now_ms + uc->keepalive.idle_timeout_ms);
 }
@@ -1547,11 +1544,9 @@ bool HttpProxy::close_oldest_idle_up() noexcept {
   if (idle_total_ == 0) return false;
   // The oldest connection of the first host slot that has any: a walk over
   // the slots, only when out of descriptors or upstream slots.
-  for (uint32_t slot = 0; slot < idle_head_.size(); ++slot) {
-    uint32_t i = idle_head_[slot], last = kNone;
-    for (; i != kNone; i = ups_[i].idle_next) last = i;
-    if (last != kNone) {
-      close_up(ups_[last]);
+  for (uint32_t slot = 0; slot < idle_tail_.size(); ++slot) {
+    if (idle_tail_[slot] != kNone) {
+      close_up(ups_[idle_tail_[slot]]);
       return true;
     }
   }

@@ -1328,6 +1328,35 @@ class UpstreamKeepAliveTest(HttpCase):
         self.assertEqual(a.connections, 3)
         self.assertEqual(sorted({r.seq for r in a.records}), [1, 2, 3, 4])
 
+    def test_max_idle_keeps_the_most_recent(self):
+        """Over max_idle the connection idle longest is closed, not the one just
+        released: four connections released in turn with max_idle 2 leave the
+        last two idle, and two requests at once reuse exactly those."""
+        a = self.hb("alpha", delay_head=1.0)
+        gw = self.http_gw([pool("p", [host("a", a)])], upstream_opts={"keepalive": {"max_idle": 2}})
+        clients = []
+        for i in range(4):  # all in flight, answered 0.15 s apart: released in this order
+            c = Client(gw.port)
+            self.addCleanup(c.close)
+            c.send(raw_request("GET", f"/{i}", [("Host", "t")]))
+            clients.append(c)
+            time.sleep(0.15)
+        for c in clients:
+            self.assertBackend(c.response(), "alpha")
+        self.assertEqual(a.connections, 4)
+        wait_until(lambda: a.active == 2, T(3), msg="two idle connections left")
+        conn_of = {r.target: r.conn for r in a.records}
+        before = http_totals(gw)
+        a.set(delay_head=0.3)
+        for c in clients[:2]:
+            c.send(raw_request("GET", "/again", [("Host", "t")]))
+        for c in clients[:2]:
+            self.assertBackend(c.response(), "alpha")
+        self.assertEqual(a.connections, 4, "no new upstream connection")
+        self.assertEqual(delta(http_totals(gw), before)["keepalive_reused"], 2)
+        self.assertEqual(sorted(r.conn for r in a.records if r.target == "/again"),
+                         sorted([conn_of["/2"], conn_of["/3"]]), "the two released last were kept")
+
     def test_max_idle_zero(self):
         a = self.hb("alpha")
         gw = self.http_gw([pool("p", [host("a", a)])], upstream_opts={"keepalive": {"max_idle": 0}})

@@ -337,6 +337,7 @@ class HttpProxy {
   std::vector<UpConn> ups_;
   uint32_t conn_free_ = kNone, up_free_ = kNone;
   std::vector<uint32_t> idle_head_;   // by host slot: most recently idle first
+  std::vector<uint32_t> idle_tail_;   // by host slot: idle longest
   std::vector<uint32_t> idle_count_;  // by host slot
   uint32_t active_ = 0;
   size_t reclaim_cursor_ = 0;  // where reclaim_idle() looks next
