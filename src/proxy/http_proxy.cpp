@@ -598,6 +598,11 @@ void HttpProxy::idle_push(UpConn& u) noexcept {
   idle_head_[u.host_slot] = i;
   ++idle_count_[u.host_slot];
   ++idle_total_;
+  u.lru_prev = kNone;
+  u.lru_next = lru_head_;
+  if (lru_head_ != kNone) ups_[lru_head_].lru_prev = i;
+  else lru_tail_ = i;
+  lru_head_ = i;
 }
 
 void HttpProxy::idle_unlink(UpConn& u) noexcept {
@@ -608,6 +613,11 @@ void HttpProxy::idle_unlink(UpConn& u) noexcept {
   u.idle_prev = u.idle_next = kNone;
   --idle_count_[u.host_slot];
   --idle_total_;
+  if (u.lru_prev != kNone) ups_[u.lru_prev].lru_next = u.lru_next;
+  else lru_head_ = u.lru_next;
+  if (u.lru_next != kNone) ups_[u.lru_next].lru_prev = u.lru_prev;
+  else lru_tail_ = u.lru_prev;
+  u.lru_prev = u.lru_next = kNone;
 }
 
 HttpProxy::UpConn* HttpProxy::idle_take(uint32_t slot, uint32_t tag, bool transparent) noexcept {
@@ -1465,7 +1475,14 @@ void HttpProxy::connect_next(Conn& c) noexcept {
     UpConn* up = new_up();
     // The upstream table (as large as the client table) is full: it holds
     // idle keep-alive connections then, as no client has more than one busy.
-    if (!up && close_oldest_idle_up()) up = new_up();
+    if (!up && close_oldest_idle_up()) {
+      up = new_up();
+      if (env_.now_ms - last_fd_log_ms_ >= 1000) {
+        last_fd_log_ms_ = env_.now_ms;
+        GW_LOG_WARN("all {} upstream connection slots in use; closed the keep-alive connection idle longest",
+                    ups_.capacity());
+      }
+    }
     if (!up) {
       not_contacted();
       c.last_fail = kFailLocal;
@@ -1521,9 +1538,8 @@ void HttpProxy::connect_next(Conn& c) noexcept {
     c.up = index_of(u);
     if (env_.epoll->add(fd, kSocketEvents, up_data(u)) != 0) {
       const int e = errno;
-      close_up(u);
+      close_up(u);  // (its connect may have begun: the log keeps this host)
       c.up = kNone;
-      not_contacted();
       c.last_fail = kFailLocal;
       GW_LOG_ERROR("epoll_ctl on an upstream socket: {}", std::strerror(e));
       break;
@@ -1541,16 +1557,9 @@ void HttpProxy::connect_next(Conn& c) noexcept {
 }
 
 bool HttpProxy::close_oldest_idle_up() noexcept {
-  if (idle_total_ == 0) return false;
-  // The oldest connection of the first host slot that has any: a walk over
-  // the slots, only when out of descriptors or upstream slots.
-  for (uint32_t slot = 0; slot < idle_tail_.size(); ++slot) {
-    if (idle_tail_[slot] != kNone) {
-      close_up(ups_[idle_tail_[slot]]);
-      return true;
-    }
-  }
-  return false;
+  if (lru_tail_ == kNone) return false;
+  close_up(ups_[lru_tail_]);
+  return true;
 }
 
 bool HttpProxy::free_descriptor(int err) noexcept {

@@ -754,8 +754,8 @@ class Gateway:
         namespace (nsenter execs it: the pid stays the command's)."""
         if self.netns is None:
             return []
-        nsenter = shutil.which("nsenter") or "/usr/bin/nsenter"
-        return [nsenter, f"--net={self.netns}"]
+        import netns  # this directory's: only the namespace tests need it
+        return [netns.tool("nsenter") or "nsenter", f"--net={self.netns}"]
 
     def log_text(self):
         try:

@@ -640,8 +640,8 @@ class FaultTest(GwTestCase):
         """The worker's upstream connection table (as many slots as its client
         table: 12 with 100 descriptors) is full of idle keep-alive connections,
         one per host of `app`, with descriptors to spare. A request for another
-        upstream closes the one idle longest and is served. Before, it was
-        answered 503 at once."""
+        upstream closes the connection idle longest (of any host) and is
+        served. Before, it was answered 503 at once."""
         a = httpbackend.HttpBackend("a")
         b = httpbackend.HttpBackend("b")
         self._backends += [a, b]
@@ -669,12 +669,18 @@ class FaultTest(GwTestCase):
         self.assertIn(b" 200 ", http_answer(s, T(5)), "served over a freed upstream slot")
         wait_until(lambda: a.active == slots - 1, T(3), msg="one idle connection to a closed")
         self.assertEqual(b.active, 1)
-        workers = gw.status()["workers"]
-        self.assertEqual(sum(w["http"]["local_error"] for w in workers), 0)
-        # Every host still has its idle connection but the one closed.
+        self.assertIn("all 12 upstream connection slots in use; closed the keep-alive connection idle longest",
+                      gw.log_text())
+        # Round robin again over a0..a11 with the table still full: a0's
+        # connection was the one closed, so a0 closes a1's (now idle longest),
+        # a1 closes a2's, ..., a10 closes a11's, and a11 closes b's.
         for _ in range(slots):
             s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
             self.assertIn(b" 200 ", http_answer(s, T(5)))
+        self.assertEqual(a.connections, 2 * slots)
+        wait_until(lambda: b.active == 0, T(3), msg="b's connection, idle longest at the end, closed")
+        workers = gw.status()["workers"]
+        self.assertEqual(sum(w["http"]["local_error"] for w in workers), 0)
         self.assertEqual(gw.worker_pids(), [worker])
 
 if __name__ == "__main__":

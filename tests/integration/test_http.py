@@ -1332,15 +1332,16 @@ class UpstreamKeepAliveTest(HttpCase):
         """Over max_idle the connection idle longest is closed, not the one just
         released: four connections released in turn with max_idle 2 leave the
         last two idle, and two requests at once reuse exactly those."""
-        a = self.hb("alpha", delay_head=1.0)
+        a = self.hb("alpha", delay_head=1.5)
         gw = self.http_gw([pool("p", [host("a", a)])], upstream_opts={"keepalive": {"max_idle": 2}})
         clients = []
-        for i in range(4):  # all in flight, answered 0.15 s apart: released in this order
+        for i in range(4):  # all in flight, each received 0.3 s after the last: released in this order
             c = Client(gw.port)
             self.addCleanup(c.close)
             c.send(raw_request("GET", f"/{i}", [("Host", "t")]))
             clients.append(c)
-            time.sleep(0.15)
+            wait_until(lambda: a.requests == i + 1, T(3), msg=f"request {i} at the backend")
+            time.sleep(0.3)
         for c in clients:
             self.assertBackend(c.response(), "alpha")
         self.assertEqual(a.connections, 4)

@@ -93,6 +93,7 @@ class Node:
         wait_until(lambda: os.readlink(f"/proc/{self.holder.pid}/ns/net") != ours, T(5),
                    msg=f"node {name}'s namespace")
         self.netns = f"/proc/{self.holder.pid}/ns/net"
+        self.netns_id = os.readlink(self.netns)
         dev, peer = f"v{name}", f"b{name}"
         ip("link", "add", dev, "type", "veth", "peer", "name", peer)
         ip("link", "set", dev, "netns", str(self.holder.pid))
@@ -108,6 +109,10 @@ class Node:
         self.holder.wait()
 
     def argv(self, *args):
+        # The holder is our unreaped child, so its pid cannot have been reused;
+        # the namespace id is checked all the same before anything enters it.
+        if self.holder.poll() is not None or os.readlink(self.netns) != self.netns_id:
+            raise AssertionError(f"node {self.name}'s namespace holder is gone")
         return [TOOLS["nsenter"], f"--net={self.netns}", *args]
 
     def ip(self, *args):
@@ -175,7 +180,7 @@ vrrp_instance gw_vip {{
     }}
 }}
 """)
-        self.ka = self.spawn([TOOLS["keepalived"], "--dont-fork", "--log-console", "--vrrp", "-f", conf,
+        self.ka = self.spawn([TOOLS["keepalived"], "--dont-fork", "--log-console", "--no-syslog", "--vrrp", "-f", conf,
                               "-p", os.path.join(tc.tmp, f"ka-{self.name}.pid"),
                               "-r", os.path.join(tc.tmp, f"vrrp-{self.name}.pid")], self.ka_log)
 
@@ -183,7 +188,7 @@ vrrp_instance gw_vip {{
         return f" {VIP}/" in self.ip("-4", "-o", "addr", "show", "dev", self.dev)
 
     def check(self):
-        r = subprocess.run(self.argv(GWCTL, "check", "-c", self.gw.conf_path, "--timeout-ms", "500"),
+        r = subprocess.run(self.argv(GWCTL, "check", "-c", self.gw.conf_path, "--timeout-ms", "2000"),
                            capture_output=True, text=True, timeout=T(10), stdin=subprocess.DEVNULL)
         return r.returncode, r.stderr.strip()
 

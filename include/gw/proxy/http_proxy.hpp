@@ -250,6 +250,7 @@ class HttpProxy {
     int32_t upstream = -1;  // snapshot upstream index (max_upstreams is up to 65535)
     uint32_t requests = 0;
     uint32_t idle_prev = kNone, idle_next = kNone;  // on the host's idle list
+    uint32_t lru_prev = kNone, lru_next = kNone;    // on the worker's idle list (all hosts)
     uint64_t idle_since_ms = 0;                     // when it went on the idle list
     uint64_t connect_start_ns = 0;
   };
@@ -286,11 +287,11 @@ class HttpProxy {
   void close_up(UpConn& u) noexcept;
   void release_up(UpConn& u, bool reusable) noexcept;
   void connect_next(Conn& c) noexcept;
-  /// Closes the oldest idle upstream keep-alive connection of the first host
-  /// slot that has one. False if none is idle.
+  /// Closes the upstream keep-alive connection idle longest, whatever its
+  /// host. False if none is idle.
   bool close_oldest_idle_up() noexcept;
   /// socket() found no free descriptor: closes the upstream connection idle
-  /// longest on one host, or else a client connection idle keep-alive for
+  /// longest, or else a client connection idle keep-alive for
   /// kReclaimIdleMs, so that the caller can try again. False if there was
   /// none (then none is looked for again for kFdWaitMs).
   bool free_descriptor(int err) noexcept;
@@ -336,9 +337,10 @@ class HttpProxy {
   std::vector<Conn> conns_;
   std::vector<UpConn> ups_;
   uint32_t conn_free_ = kNone, up_free_ = kNone;
-  std::vector<uint32_t> idle_head_;   // by host slot: most recently idle first
-  std::vector<uint32_t> idle_tail_;   // by host slot: idle longest
-  std::vector<uint32_t> idle_count_;  // by host slot
+  std::vector<uint32_t> idle_head_;               // by host slot: most recently idle first
+  std::vector<uint32_t> idle_tail_;               // by host slot: idle longest
+  std::vector<uint32_t> idle_count_;              // by host slot
+  uint32_t lru_head_ = kNone, lru_tail_ = kNone;  // every idle connection, most recently idle first
   uint32_t active_ = 0;
   size_t reclaim_cursor_ = 0;  // where reclaim_idle() looks next
   bool draining_ = false;
