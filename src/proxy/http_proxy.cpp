@@ -43,6 +43,12 @@ constexpr uint64_t kDrainIdleMs = 1000;
 /// has been idle this long, whatever the request (see idle_take). Far below
 /// any keep-alive timeout a host is likely to have (nginx 75 s, Node 5 s).
 constexpr uint64_t kPeekAfterIdleMs = 50;
+/// A connection released to a host whose idle list already holds max_idle is
+/// kept this long before the ones idle longest are closed down to max_idle
+/// (HAProxy purges surplus idle connections gradually too). Closing at once,
+/// as nginx does, makes a burst of more requests in flight than max_idle open
+/// a new connection for each request beyond it.
+constexpr uint64_t kSurplusIdleMs = 1000;
 /// A response head must fit the response buffer.
 constexpr http::Limits kResponseLimits{8192, kBufSize, 4096, 8192};
 
@@ -606,12 +612,16 @@ void HttpProxy::idle_push(UpConn& u) noexcept {
 }
 
 void HttpProxy::idle_unlink(UpConn& u) noexcept {
+  const bool was_tail = u.idle_next == kNone;
   if (u.idle_prev != kNone) ups_[u.idle_prev].idle_next = u.idle_next;
   else idle_head_[u.host_slot] = u.idle_next;
   if (u.idle_next != kNone) ups_[u.idle_next].idle_prev = u.idle_prev;
   else idle_tail_[u.host_slot] = u.idle_prev;
   u.idle_prev = u.idle_next = kNone;
   --idle_count_[u.host_slot];
+  // The tail carried the surplus timer (the host closed it, say): the new one does.
+  if (was_tail && idle_tail_[u.host_slot] != kNone && idle_count_[u.host_slot] > max_idle_of(u))
+    arm_surplus(u.host_slot);
   --idle_total_;
   if (u.lru_prev != kNone) ups_[u.lru_prev].lru_next = u.lru_next;
   else lru_head_ = u.lru_next;
@@ -664,11 +674,41 @@ void HttpProxy::release_up(UpConn& u, bool reusable) noexcept {
     close_up(u);
     return;
   }
-  // Over max_idle: the connection idle longest goes.
-  if (idle_count_[u.host_slot] >= uc->keepalive.max_idle && idle_tail_[u.host_slot] != kNone)
-    close_up(ups_[idle_tail_[u.host_slot]]);
   idle_push(u);
   env_.timers->schedule(u, env_.now_ms + uc->keepalive.idle_timeout_ms);
+  // Over max_idle: the surplus goes once idle kSurplusIdleMs, oldest first.
+  if (idle_count_[u.host_slot] > uc->keepalive.max_idle) arm_surplus(u.host_slot);
+}
+
+void HttpProxy::arm_surplus(uint32_t slot) noexcept {
+  UpConn& t = ups_[idle_tail_[slot]];
+  const uint64_t due = t.idle_since_ms + kSurplusIdleMs;
+  if (t.deadline_ms > due) env_.timers->schedule(t, due);
+}
+
+uint32_t HttpProxy::max_idle_of(const UpConn& u) const noexcept {
+  const config::UpstreamConf* uc = upstream_rt(u.upstream).conf;
+  return uc ? uc->keepalive.max_idle : 0;
+}
+
+void HttpProxy::on_idle_timer(UpConn& u) noexcept {
+  const uint32_t slot = u.host_slot;
+  const config::UpstreamConf* uc = upstream_rt(u.upstream).conf;
+  const uint64_t idle_end = u.idle_since_ms + (uc ? uc->keepalive.idle_timeout_ms : 0);
+  if (env_.now_ms < idle_end && idle_count_[slot] <= max_idle_of(u)) {
+    env_.timers->schedule(u, idle_end);  // a surplus timer, and the surplus is gone
+    return;
+  }
+  close_up(u);  // keepalive.idle_timeout_ms, or the surplus idle longest
+  // The rest of the surplus that has waited long enough, oldest first.
+  while (idle_tail_[slot] != kNone && idle_count_[slot] > max_idle_of(ups_[idle_tail_[slot]])) {
+    UpConn& t = ups_[idle_tail_[slot]];
+    if (env_.now_ms < t.idle_since_ms + kSurplusIdleMs) {
+      arm_surplus(slot);
+      break;
+    }
+    close_up(t);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -737,7 +777,7 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
   const auto* u0 = reinterpret_cast<const char*>(ups_.data());
   if (p >= u0 && p < u0 + ups_.size() * sizeof(UpConn)) {
     UpConn& u = static_cast<UpConn&>(n);
-    if (u.state == UState::idle) close_up(u);  // keepalive.idle_timeout_ms
+    if (u.state == UState::idle) on_idle_timer(u);
     return;
   }
   Conn& c = static_cast<Conn&>(n);

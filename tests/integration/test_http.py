@@ -1328,10 +1328,33 @@ class UpstreamKeepAliveTest(HttpCase):
         self.assertEqual(a.connections, 3)
         self.assertEqual(sorted({r.seq for r in a.records}), [1, 2, 3, 4])
 
+    def test_max_idle_burst_reuses_the_surplus(self):
+        """A burst of more requests in flight than max_idle: the connections
+        released beyond max_idle are kept a second, so a second burst right
+        after reuses them all (closing them at once, as nginx does, would open
+        two new ones here); then the surplus is closed down to max_idle."""
+        a = self.hb("alpha", delay_head=0.3)
+        gw = self.http_gw([pool("p", [host("a", a)])], upstream_opts={"keepalive": {"max_idle": 1}})
+        clients = [Client(gw.port) for _ in range(3)]
+        for c in clients:
+            self.addCleanup(c.close)
+        before = http_totals(gw)
+        for burst in range(2):
+            for c in clients:
+                c.send(raw_request("GET", f"/{burst}", [("Host", "t")]))
+            for c in clients:
+                self.assertBackend(c.response(), "alpha")
+        self.assertEqual(a.connections, 3, "the second burst opened new upstream connections")
+        self.assertEqual(delta(http_totals(gw), before)["keepalive_reused"], 3)
+        wait_until(lambda: a.active == 1, T(5), msg="the surplus closed down to max_idle")
+        self.assertBackend(clients[0].request("GET", "/after"), "alpha")
+        self.assertEqual(a.connections, 3, "max_idle's connection was kept")
+
     def test_max_idle_keeps_the_most_recent(self):
-        """Over max_idle the connection idle longest is closed, not the one just
-        released: four connections released in turn with max_idle 2 leave the
-        last two idle, and two requests at once reuse exactly those."""
+        """Over max_idle the surplus closed is the connections idle longest,
+        not the ones released last: four connections released in turn with
+        max_idle 2 leave the last two idle, and two requests at once reuse
+        exactly those."""
         a = self.hb("alpha", delay_head=1.5)
         gw = self.http_gw([pool("p", [host("a", a)])], upstream_opts={"keepalive": {"max_idle": 2}})
         clients = []

@@ -307,6 +307,13 @@ class HttpProxy {
   void start_tunnel(Conn& c, UpConn& u) noexcept;
   void pump_tunnel(Conn& c, UpConn& u) noexcept;
   void idle_push(UpConn& u) noexcept;
+  /// The host's idle list holds more than max_idle: its tail's timer fires
+  /// kSurplusIdleMs after the tail went idle (see on_idle_timer).
+  void arm_surplus(uint32_t slot) noexcept;
+  uint32_t max_idle_of(const UpConn& u) const noexcept;
+  /// An idle connection's timer: closes it at keepalive.idle_timeout_ms, or
+  /// as surplus (with every other surplus connection idle long enough).
+  void on_idle_timer(UpConn& u) noexcept;
   void idle_unlink(UpConn& u) noexcept;
   /// `transparent`: the request can go again on a new connection if this one
   /// turns out dead (see idle_take).
