@@ -603,7 +603,6 @@ void HttpProxy::idle_push(UpConn& u) noexcept {
   else idle_tail_[u.host_slot] = i;
   idle_head_[u.host_slot] = i;
   ++idle_count_[u.host_slot];
-  ++idle_total_;
   u.lru_prev = kNone;
   u.lru_next = lru_head_;
   if (lru_head_ != kNone) ups_[lru_head_].lru_prev = i;
@@ -622,7 +621,6 @@ void HttpProxy::idle_unlink(UpConn& u) noexcept {
   // The tail carried the surplus timer (the host closed it, say): the new one does.
   if (was_tail && idle_tail_[u.host_slot] != kNone && idle_count_[u.host_slot] > max_idle_of(u))
     arm_surplus(u.host_slot);
-  --idle_total_;
   if (u.lru_prev != kNone) ups_[u.lru_prev].lru_next = u.lru_next;
   else lru_head_ = u.lru_next;
   if (u.lru_next != kNone) ups_[u.lru_next].lru_prev = u.lru_prev;
@@ -695,7 +693,10 @@ void HttpProxy::on_idle_timer(UpConn& u) noexcept {
   const uint32_t slot = u.host_slot;
   const config::UpstreamConf* uc = upstream_rt(u.upstream).conf;
   const uint64_t idle_end = u.idle_since_ms + (uc ? uc->keepalive.idle_timeout_ms : 0);
-  if (env_.now_ms < idle_end && idle_count_[slot] <= max_idle_of(u)) {
+  // Only the tail is ever given a surplus deadline (arm_surplus): the tail
+  // stays the tail until it leaves the list, which cancels its timer.
+  const bool surplus = idle_tail_[slot] == index_of(u) && idle_count_[slot] > max_idle_of(u);
+  if (env_.now_ms < idle_end && !surplus) {
     env_.timers->schedule(u, idle_end);  // a surplus timer, and the surplus is gone
     return;
   }
@@ -1517,8 +1518,8 @@ void HttpProxy::connect_next(Conn& c) noexcept {
     // idle keep-alive connections then, as no client has more than one busy.
     if (!up && close_oldest_idle_up()) {
       up = new_up();
-      if (env_.now_ms - last_fd_log_ms_ >= 1000) {
-        last_fd_log_ms_ = env_.now_ms;
+      if (env_.now_ms - last_table_full_log_ms_ >= 1000) {
+        last_table_full_log_ms_ = env_.now_ms;
         GW_LOG_WARN("all {} upstream connection slots in use; closed the keep-alive connection idle longest",
                     ups_.capacity());
       }

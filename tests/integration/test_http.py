@@ -1350,6 +1350,32 @@ class UpstreamKeepAliveTest(HttpCase):
         self.assertBackend(clients[0].request("GET", "/after"), "alpha")
         self.assertEqual(a.connections, 3, "max_idle's connection was kept")
 
+    def test_max_idle_surplus_taken_keeps_its_idle_timeout(self):
+        """The surplus is gone before its second is up (a request took a
+        connection): the connection left idle is not closed then, and its
+        keepalive.idle_timeout_ms still applies."""
+        a = self.hb("alpha", delay_head=0.3)
+        gw = self.http_gw([pool("p", [host("a", a)])],
+                          upstream_opts={"keepalive": {"max_idle": 1, "idle_timeout_ms": 2500}})
+        c1, c2 = Client(gw.port), Client(gw.port)
+        self.addCleanup(c1.close)
+        self.addCleanup(c2.close)
+        for c in (c1, c2):
+            c.send(raw_request("GET", "/first", [("Host", "t")]))
+        for c in (c1, c2):
+            self.assertBackend(c.response(), "alpha")
+        t0 = time.monotonic()
+        a.set(delay_head=4.0)
+        c1.send(raw_request("GET", "/long", [("Host", "t")]))  # takes one: one idle left, not surplus
+        time.sleep(1.5)
+        self.assertEqual((a.connections, a.active, a.responses), (2, 2, 2),
+                         "the idle connection was closed as surplus after the surplus was gone")
+        # Closed by its idle timeout (2.5 s), while the long request is still out.
+        wait_until(lambda: a.active == 1, T(3.8) - (time.monotonic() - t0), interval=0.05,
+                   msg="the idle connection closed by keepalive.idle_timeout_ms")
+        self.assertEqual(a.responses, 2, "closed only once the long request was answered")
+        self.assertBackend(c1.response(), "alpha")
+
     def test_max_idle_keeps_the_most_recent(self):
         """Over max_idle the surplus closed is the connections idle longest,
         not the ones released last: four connections released in turn with

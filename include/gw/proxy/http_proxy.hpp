@@ -360,8 +360,8 @@ class HttpProxy {
   uint64_t last_no_host_log_ms_ = 0;
   uint64_t last_error_log_ms_ = 0;
   uint64_t last_fd_log_ms_ = 0;
+  uint64_t last_table_full_log_ms_ = 0;
   uint64_t no_fd_to_free_until_ms_ = 0;  // free_descriptor() found nothing: not looked for again before
-  uint32_t idle_total_ = 0;              // upstream connections on the idle lists
   balance::Rng rng_{0x6874'7470'7072'6f78ull};
 };
 
