@@ -34,7 +34,8 @@ TimerWheel::TimerWheel(uint64_t now_ms) noexcept : tick_(now_ms / kTickMs) {
 
 void TimerWheel::link(TimerNode& n, uint64_t deadline_ms) noexcept {
   uint64_t t = deadline_ms / kTickMs;
-  if (t < tick_) t = tick_;
+  if (advancing_ && t <= tick_) t = advance_to_;  // due now: later in this advance, or the next
+  else if (t < tick_) t = tick_;
   TimerNode& head = slots_[t % kSlots];
   n.next = &head;
   n.prev = head.prev;

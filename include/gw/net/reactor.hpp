@@ -59,6 +59,8 @@ class TimerWheel {
       tick_ = target;
       return;
     }
+    advance_to_ = target;
+    advancing_ = true;
     while (tick_ <= target) {
       TimerNode& head = slots_[tick_ % kSlots];
       // Detach the slot's list so re-filing into this slot cannot loop.
@@ -84,6 +86,7 @@ class TimerWheel {
       }
       ++tick_;
     }
+    advancing_ = false;
     --tick_;  // the current tick may still receive nodes due later in it
     if (tick_ < target) tick_ = target;
   }
@@ -101,6 +104,11 @@ class TimerWheel {
   TimerNode slots_[kSlots];
   uint64_t tick_;
   size_t count_ = 0;
+  // While advance() runs: the last tick it visits. A node filed by a callback
+  // for a tick it has passed (or is in) goes there, not to a slot the wheel
+  // would come back to only a turn later.
+  uint64_t advance_to_ = 0;
+  bool advancing_ = false;
 };
 
 }  // namespace gw::net

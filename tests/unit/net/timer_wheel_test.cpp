@@ -47,6 +47,29 @@ TEST_SUITE("net") {
     CHECK(w.timeout_ms(5000) == -1);
   }
 
+  TEST_CASE("a node a callback files for a past tick while the wheel catches up fires at once, not a turn later") {
+    TimerWheel w(0);
+    TimerNode a, b, c;
+    w.schedule(a, 20);  // tick 2 of the ten this advance catches up on
+    w.schedule(c, 60);
+    std::vector<TimerNode*> fired;
+    w.advance(100, [&](TimerNode& n) {
+      fired.push_back(&n);
+      if (fired.size() == 1) w.schedule(b, 10);  // a: files b for a tick already past
+      if (&n == &c) w.schedule(a, 60);           // files a again, due in the tick being visited
+    });
+    // Both fire in this advance (filed for its last tick), or at the latest
+    // in the next one: not 10.24 s later when the wheel comes round.
+    w.advance(110, [&](TimerNode& n) { fired.push_back(&n); });
+    REQUIRE(fired.size() == 4);
+    CHECK(fired[0] == &a);
+    CHECK(fired[1] == &c);
+    CHECK(((fired[2] == &b && fired[3] == &a) || (fired[2] == &a && fired[3] == &b)));
+    CHECK(w.empty());
+    w.advance(200, [&](TimerNode& n) { fired.push_back(&n); });
+    CHECK(fired.size() == 4);
+  }
+
   TEST_CASE("buffer pool reuses buffers and grows in chunks") {
     gw::net::BufferPool p;
     char* x = p.acquire();
