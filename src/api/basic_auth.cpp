@@ -19,6 +19,16 @@ BasicCache::~BasicCache() = default;
 
 BasicAuth::BasicAuth(const config::AuthConf& conf, uint64_t scope) : users_(conf.users), scope_(scope) {}
 
+const char* BasicAuth::run_crypt(std::string_view password, const std::string& hash, BasicCache& cache) noexcept {
+  // crypt_rn wants a NUL-terminated phrase (the caller bounds its length).
+  std::memcpy(cache.phrase_, password.data(), password.size());
+  cache.phrase_[password.size()] = '\0';
+  ++cache.hashes_;
+  const char* out = crypt_rn(cache.phrase_, hash.c_str(), cache.crypt_.get(), sizeof(crypt_data));
+  std::memset(cache.phrase_, 0, password.size());
+  return out;
+}
+
 BasicAuth::Result BasicAuth::verify(std::string_view credentials, BasicCache& cache,
                                     std::string_view& user) const noexcept {
   const size_t colon = credentials.find(':');
@@ -27,7 +37,14 @@ BasicAuth::Result BasicAuth::verify(std::string_view credentials, BasicCache& ca
   const std::pair<std::string, std::string>* u = nullptr;
   for (const auto& p : users_)
     if (p.first == name) u = &p;
-  if (!u || password.find('\0') != std::string_view::npos) return Result::bad;
+  if (password.find('\0') != std::string_view::npos) return Result::bad;
+  if (!u) {
+    // An unknown user costs a crypt as a known one does (against the first
+    // user's hash, so with its algorithm and cost): answering at once would
+    // tell a client which user names exist from the time the 401 takes.
+    if (!users_.empty()) run_crypt(password, users_.front().second, cache);
+    return Result::bad;
+  }
 
   // The cache key: SHA-256(salt | scope | credentials), with nettle (OpenSSL's
   // EVP_Digest allocates per call, and this runs on every request).
@@ -50,11 +67,7 @@ BasicAuth::Result BasicAuth::verify(std::string_view credentials, BasicCache& ca
       return Result::cached;
     }
 
-  // crypt_rn wants a NUL-terminated phrase.
-  std::memcpy(cache.phrase_, password.data(), password.size());
-  cache.phrase_[password.size()] = '\0';
-  const char* out = crypt_rn(cache.phrase_, u->second.c_str(), cache.crypt_.get(), sizeof(crypt_data));
-  std::memset(cache.phrase_, 0, password.size());
+  const char* out = run_crypt(password, u->second, cache);
   if (!out || std::strlen(out) != u->second.size() || CRYPTO_memcmp(out, u->second.data(), u->second.size()) != 0)
     return Result::bad;
 

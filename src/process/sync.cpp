@@ -28,6 +28,7 @@ using cluster::EtcdError;
 struct NoChange {};  // thrown out of a writer change that changes nothing: nothing is published
 struct Relist {};    // the watch's start revision was compacted
 struct Stop {};      // a stop signal arrived
+struct Superseded {};  // another sync process owns the commits now (a reload or binary upgrade started it)
 
 constexpr uint64_t kProbeIntervalMs = 1000;  // a quorum read on the watched member this often
 constexpr uint64_t kFirstBackoffMs = 100;
@@ -207,13 +208,14 @@ class Sync {
       rev_ = std::max(rev_, rev);  // the resume point: the last revision taken
     };
     std::string error;
-    for (bool more = true; more && error.empty();) {
+    bool superseded = false;
+    for (bool more = true; more && error.empty() && !superseded;) {
       try {
         uint64_t gen = shm::Writer(seg_).commit([&](shm::Table& t, std::vector<std::string>& events) {
           // A sync process of the config before a reload (stopping) must not
           // commit after the new one started: decided under the writer lock,
           // which the new one's commits take too.
-          if (cl_.sync_pid.load(std::memory_order_acquire) != ::getpid()) throw NoChange{};
+          if (!owns()) throw Superseded{};
           bool changed = false;
           if (!steps) {
             changed = cluster::reconcile(t, m, events, warnings);
@@ -235,6 +237,12 @@ class Sync {
         cl_.applied.fetch_add(1, std::memory_order_relaxed);
         GW_LOG_INFO("table generation {} from etcd revision {}", gen, rev_);
       } catch (const NoChange&) {
+      } catch (const Superseded&) {
+        // The master has reset the cluster state for the sync process that
+        // replaces this one, and sends this one its stop signal next. Nothing
+        // of this process's is committed or shown any more (the loop used to
+        // go round for ever here, with the stop signal never read).
+        superseded = true;
       } catch (const std::exception& e) {
         // Capacity, or the state file: the table keeps the last good state; the
         // next etcd change or the next probe tries again (kv_ has every step).
@@ -250,6 +258,13 @@ class Sync {
     // A failed commit still takes every step into kv_: the watch goes on past
     // them, and the retry reconciles to all of them.
     while (steps && next_step < steps->size()) advance();
+    if (superseded) {
+      if (!superseded_logged_)
+        GW_LOG_INFO("another sync process took over the table from etcd; this one (pid {}) applies nothing more",
+                    ::getpid());
+      superseded_logged_ = true;
+      return;
+    }
     if (!seed_upstream_.empty() && m.upstreams.count(seed_upstream_)) {
       seed_error_.clear();  // seeded after all (by another node)
       seed_upstream_.clear();
@@ -378,6 +393,7 @@ class Sync {
   void on_synced() {
     fails_ = 0;
     backoff_ = kFirstBackoffMs;
+    if (!owns()) return;  // superseded: the state shown is the new sync process's
     cl_.reconnects.fetch_add(1, std::memory_order_relaxed);
     cl_.contact_ms.store(core::wall_ms(), std::memory_order_relaxed);
     if (!apply_failed_) {
@@ -400,6 +416,7 @@ class Sync {
       return false;
     }
     fails_ = 0;
+    if (!owns()) return true;  // superseded: the state shown is the new sync process's
     if (cl_.state.load() != shm::kClusterDisconnected || what != last_error_)
       GW_LOG_WARN("etcd unreachable, serving the last good table (revision {}): {}", rev_, what);
     shm::set_cluster_text(cl_, from, what);
@@ -407,6 +424,10 @@ class Sync {
     shm::set_cluster_state(cl_, shm::kClusterDisconnected, core::wall_ms());
     return true;
   }
+
+  // Whether this process is still the node's sync process: a reload or a
+  // binary upgrade resets sync_pid and starts another, then stops this one.
+  bool owns() const noexcept { return cl_.sync_pid.load(std::memory_order_acquire) == ::getpid(); }
 
   void check_stop() {
     if (drain_child_signals(sfd_.get(), cfg_.log_file)) throw Stop{};
@@ -432,6 +453,7 @@ class Sync {
   int64_t rev_ = 0;                        ///< the revision kv_ reflects
   bool listed_ = false;
   bool apply_failed_ = false;
+  bool superseded_logged_ = false;
   uint64_t backoff_ = kFirstBackoffMs;
   size_t fails_ = 0;
   int probe_fails_ = 0;

@@ -9,7 +9,8 @@
 // -> the user. A keep-alive client (or any client re-sending the same
 // credentials) pays the hash once per worker; the cache holds digests, never
 // passwords, under a per-process random salt. Failures are not cached (each
-// costs a crypt), so a route with basic-auth should be rate limited by
+// costs a crypt, and so does an unknown user name: the 401 takes as long
+// either way), so a route with basic-auth should be rate limited by
 // address in front (limit_conn) where password guessing is a concern.
 //
 // Worker thread only; noexcept after construction; a cache hit allocates
@@ -40,6 +41,10 @@ class BasicCache {
   BasicCache(const BasicCache&) = delete;
   BasicCache& operator=(const BasicCache&) = delete;
 
+  /// crypt(3) runs so far (a verification that missed the cache, for a known
+  /// user name or not).
+  uint64_t hashes() const noexcept { return hashes_; }
+
  private:
   friend class BasicAuth;
   struct Entry {
@@ -48,6 +53,7 @@ class BasicCache {
   };
   Entry entries_[kCacheSets * kCacheWays];
   uint64_t clock_ = 0;
+  uint64_t hashes_ = 0;
   uint8_t salt_[16] = {};
   std::unique_ptr<crypt_data> crypt_;
   char phrase_[kMaxBasicCredentials + 1] = {};
@@ -64,6 +70,8 @@ class BasicAuth {
   Result verify(std::string_view credentials, BasicCache& cache, std::string_view& user) const noexcept;
 
  private:
+  static const char* run_crypt(std::string_view password, const std::string& hash, BasicCache& cache) noexcept;
+
   std::vector<std::pair<std::string, std::string>> users_;  ///< name, crypt hash
   uint64_t scope_;
 };

@@ -377,7 +377,15 @@ TEST_SUITE("api") {
     CHECK(user == "bob");
     CHECK(auth.verify("alice:wrong", cache, user) == R::bad);
     CHECK(auth.verify("alice:wrong", cache, user) == R::bad);  // failures are never cached
+    // An unknown user pays a crypt, as a wrong password does: its 401 must not
+    // come back sooner and tell a client which names exist.
+    const uint64_t hashes = cache.hashes();
     CHECK(auth.verify("carol:s3cret", cache, user) == R::bad);
+    CHECK(cache.hashes() == hashes + 1);
+    CHECK(auth.verify("alice:wrong", cache, user) == R::bad);
+    CHECK(cache.hashes() == hashes + 2);
+    CHECK(auth.verify("alice:s3cret", cache, user) == R::cached);
+    CHECK(cache.hashes() == hashes + 2);
     CHECK(auth.verify("alice", cache, user) == R::bad);
     CHECK(auth.verify("bob:s3cret", cache, user) == R::bad);  // alice's password is not bob's
     // Another route with the same users shares the cache without sharing entries.
