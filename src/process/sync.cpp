@@ -25,9 +25,9 @@ namespace {
 
 using cluster::EtcdError;
 
-struct NoChange {};  // thrown out of a writer change that changes nothing: nothing is published
-struct Relist {};    // the watch's start revision was compacted
-struct Stop {};      // a stop signal arrived
+struct NoChange {};    // thrown out of a writer change that changes nothing: nothing is published
+struct Relist {};      // the watch's start revision was compacted
+struct Stop {};        // a stop signal arrived
 struct Superseded {};  // another sync process owns the commits now (a reload or binary upgrade started it)
 
 constexpr uint64_t kProbeIntervalMs = 1000;  // a quorum read on the watched member this often
@@ -121,25 +121,6 @@ class Sync {
       if (m.upstreams.count(u)) continue;
       const std::string ukey = cluster::upstream_key(prefix_, u),
                         children = cluster::upstream_children_prefix(prefix_, u);
-      if (kv_.lower_bound(children) != kv_.end() && kv_.lower_bound(children)->first.starts_with(children)) {
-        // Pools or hosts without their upstream key: a seed that did not
-        // finish (its node stopped), or keys written by hand. Not taken over:
-        // another node may be seeding right now.
-        // The status holds 183 bytes: a short form there, what to do first
-        // (with a 47-byte name the remedy still fits; the prefix, up to 128
-        // bytes, comes last and may be cut).
-        seed_error_ = fmt::format(
-            "upstream \"{}\" stays local: etcd has keys under it but not its key; delete them, then reload a node, "
-            "to seed it again ({})",
-            u, children);
-        seed_upstream_ = u;
-        GW_LOG_WARN(
-            "etcd has keys under {} but not the upstream key {} (another node seeding it, or a seed that did not "
-            "finish): the upstream stays local until the key is there; if it never comes, delete {} in etcd and "
-            "reload a node (the next list seeds it)",
-            children, ukey, children);
-        continue;
-      }
       std::vector<cluster::Op> ops;
       size_t hosts = 0;
       for (size_t pi = 0; pi < t.pools().size(); ++pi) {
@@ -156,24 +137,63 @@ class Sync {
         }
       }
       ops.push_back({false, ukey, "{}"});  // last
+      // Pools or hosts without their upstream key: a seed that did not finish
+      // (its node stopped, or etcd went away between its txns), or keys
+      // written by hand. Taken over only when every one of them holds what this
+      // table would write (this node's own partial seed, or that of a node with
+      // the same table, so writing it again is harmless): another node may be
+      // seeding something else right now.
+      bool partial = false, ours = true;
+      {
+        std::map<std::string_view, std::string_view> want;
+        for (const auto& o : ops) want.emplace(o.key, o.value);
+        for (auto it = kv_.lower_bound(children); it != kv_.end() && it->first.starts_with(children); ++it) {
+          partial = true;
+          const auto w = want.find(it->first);
+          if (w == want.end() || w->second != it->second) {
+            ours = false;
+            break;
+          }
+        }
+      }
+      if (partial && !ours) {
+        // The status holds 183 bytes: a short form there, what to do first
+        // (with a 47-byte name the remedy still fits; the prefix, up to 128
+        // bytes, comes last and may be cut).
+        seed_error_ = fmt::format(
+            "upstream \"{}\" stays local: etcd has keys under it but not its key; delete them, then reload a node, "
+            "to seed it again ({})",
+            u, children);
+        seed_upstream_ = u;
+        GW_LOG_WARN(
+            "etcd has keys under {} but not the upstream key {} (another node seeding it, or a seed that did not "
+            "finish): the upstream stays local until the key is there; if it never comes, delete {} in etcd and "
+            "reload a node (the next list seeds it)",
+            children, ukey, children);
+        continue;
+      }
       tried = true;
       try {
         int64_t revision = 0;
         bool lost = false;
         for (size_t at = 0; at < ops.size() && !lost; at += kSeedBatch) {
           std::vector<cluster::Compare> cmp = {{ukey, "", cluster::Compare::Target::create_revision, 0}};
-          if (at == 0)
+          if (at == 0 && !partial)
             cmp.push_back({children, cluster::prefix_end(children), cluster::Compare::Target::create_revision, 0});
           const std::vector<cluster::Op> batch(
               ops.begin() + static_cast<std::ptrdiff_t>(at),
               ops.begin() + static_cast<std::ptrdiff_t>(std::min(ops.size(), at + kSeedBatch)));
           auto res = etcd_.txn(cmp, batch);
+          // Sent again after a lost answer, its compares fail on its own first
+          // run's puts: it landed if etcd holds every put of it.
+          if (!res.succeeded && res.resent && (res.revision = landed(ukey, children, batch)) > 0) res.succeeded = true;
           lost = !res.succeeded;
           revision = res.revision;
         }
         if (!lost)
-          GW_LOG_INFO("seeded etcd with upstream \"{}\" from this node's table ({} key(s), {} host(s)) at revision {}",
-                      u, ops.size(), hosts, revision);
+          GW_LOG_INFO(
+              "seeded etcd with upstream \"{}\" from this node's table ({} key(s), {} host(s)){} at revision {}", u,
+              ops.size(), hosts, partial ? ", finishing a seed that had stopped halfway" : "", revision);
         else GW_LOG_INFO("upstream \"{}\" was seeded in etcd by another node meanwhile", u);
       } catch (const EtcdError& e) {
         if (e.unavailable()) throw;
@@ -183,6 +203,18 @@ class Sync {
       }
     }
     return tried;
+  }
+
+  // The revision at which etcd holds every put of `batch` (keys under
+  // `children`, or the upstream key itself), or 0 if it does not.
+  int64_t landed(const std::string& ukey, const std::string& children, const std::vector<cluster::Op>& batch) {
+    std::map<std::string, std::string> have;
+    cluster::RangeResult r = etcd_.range(children, cluster::prefix_end(children));
+    for (auto& kv : r.kvs) have.emplace(std::move(kv.key), std::move(kv.value));
+    for (auto& kv : etcd_.range(ukey).kvs) have.emplace(std::move(kv.key), std::move(kv.value));
+    for (const auto& o : batch)
+      if (auto it = have.find(o.key); it == have.end() || it->second != o.value) return 0;
+    return r.revision;
   }
 
   // ------------------------------------------------------------ applying

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import socket
+import struct
 import sys
 import threading
 import time
@@ -155,8 +156,11 @@ class DropTxnProxy:
                 body += c.recv(65536)
             path = head.split(b" ")[1].decode()
             req = urllib.request.Request(self.target + path, data=body, headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=T(5)) as r:
-                out, status = r.read(), r.status
+            try:
+                with urllib.request.urlopen(req, timeout=T(5)) as r:
+                    out, status = r.read(), r.status
+            except OSError:  # the member stopped (the test's end), or a watch stream outlived T(5)
+                return
             if path == "/v3/kv/txn" and self.dropped == 0:
                 self.dropped += 1
                 if self.after_txn:
@@ -598,6 +602,41 @@ class ClusterTest(GwTestCase):
                 self.assertIn("holds an invalid value (retries: unknown key): no node applies a change under it", line)
         self.assertNotIn(self.prefix + "upstreams/app/pools/p2", self.etcd.get_prefix(self.prefix)[1])
 
+    def test_superseded_sync_process_stops_committing_and_stops(self):
+        """A reload (or a binary upgrade) resets the segment's sync_pid for the
+        sync process it starts, and only then stops the old one. An etcd change
+        the old one read in between had it retry its commit for ever (it found
+        sync_pid not its own, gave up the step and tried again), holding the
+        writer lock over and over and never reading its stop signal. Here the
+        reset is made by hand: the process must commit nothing, and stop on
+        SIGQUIT; the master then starts another, which applies the change."""
+        gw = self.node(0)
+        self.wait_state(gw, "synced")
+        old = self.sync_pid(gw)
+        # ClusterRuntime (64-byte aligned) opens with state (kClusterSynced = 2)
+        # and sync_pid: find that pair in the header and zero sync_pid, as the
+        # master's reset_cluster_state() does.
+        path = f"/dev/shm/{gw.shm}"
+        with open(path, "r+b") as f:
+            head = f.read(64 * 1024)
+            want = struct.pack("<Ii", 2, old)
+            at = [o for o in range(0, len(head) - 8, 64) if head[o:o + 8] == want]
+            self.assertEqual(len(at), 1, f"ClusterRuntime not found once in {path}: {at}")
+            f.seek(at[0] + 4)
+            f.write(struct.pack("<i", 0))
+        gen = gw.status()["generation"]
+        b = self.backend("b")
+        self.etcd_ok("add", "host", "app/primary", "b", b.address)
+        gwtest.wait_until(lambda: "applies nothing more" in gw.log_text(), T(5), interval=0.05,
+                          msg="the old sync process to see it was superseded")
+        self.assertEqual(gw.status()["generation"], gen, "a superseded sync process committed")
+        os.kill(old, signal.SIGQUIT)
+        gwtest.wait_until(lambda: old not in gw.children(), T(5), interval=0.05,
+                          msg=f"the superseded sync process (pid {old}) to stop on SIGQUIT")
+        gwtest.wait_until(lambda: self.cluster(gw)["sync_pid"] not in (0, old), T(10), interval=0.05,
+                          msg="a new sync process")
+        self.wait_routed([gw], "b", T(10))
+
     def test_orphan_keys(self):
         """Keys under an upstream without its upstream key (a seed that
         stopped halfway): the upstream stays local, and gwctl status says so
@@ -606,7 +645,9 @@ class ClusterTest(GwTestCase):
         # A long prefix (up to 128 bytes): the status cuts the text, never the remedy.
         self.prefix = f"/gwtest-{os.getpid()}-{'orphan' * 16}/"
         orphan = self.prefix + "upstreams/app/pools/primary"
-        self.etcd.put(orphan, '{"priority": 0, "method": "round_robin"}')
+        # Not what this node would write (its pool has priority 0): keys of
+        # another table, which a node never takes over.
+        self.etcd.put(orphan, '{"priority": 7, "method": "round_robin"}')
         gw = self.node(0)
         st = self.wait_state(gw, "synced")
         self.assertTrue(st["error"].startswith('upstream "app" stays local: etcd has keys under it but not its key; '
@@ -618,21 +659,59 @@ class ClusterTest(GwTestCase):
                           interval=0.05, msg="the upstream seeded after the reload")
         gwtest.wait_until(lambda: self.cluster(gw)["error"] == "", T(10), interval=0.05, msg="the reason cleared")
 
+    def test_own_partial_seed_is_finished(self):
+        """Keys under an upstream without its upstream key that hold exactly
+        what this node would write (its own seed, cut off between two txns by
+        an etcd outage or a stop): the next list finishes the seed. It used to
+        leave the upstream local on every node until an operator deleted the
+        keys by hand."""
+        self.etcd.put(self.prefix + "upstreams/app/pools/primary", '{"priority": 0, "method": "round_robin"}')
+        gw = self.node(0)
+        st = self.wait_state(gw, "synced")
+        self.assertEqual(st.get("error", ""), "", st)
+        _, kvs = self.etcd.get_prefix(self.prefix)
+        self.assertEqual(kvs.get(self.prefix + "upstreams/app"), "{}")
+        self.assertIn(self.prefix + "upstreams/app/pools/primary/hosts/a", kvs)
+        self.assertIn("finishing a seed that had stopped halfway", gw.log_text())
+        self.etcd_ok("down", "host", "app/primary", "a")
+        gwtest.wait_until(lambda: gwtest.find_host(gw.status(), "app/primary/a")["admin"] == "down", T(5),
+                          msg="a down from etcd")
+
+    def big_node(self, etcd_urls, name="big.json"):
+        hosts = [host("a", self.a)] + [host(f"h{i:03d}", f"{gwtest.LOOPBACK}:{20000 + i}") for i in range(130)]
+        admin_port = gwtest.free_port()
+        cfg = self.make_config([pool("primary", hosts)], workers=1, shm={"max_hosts": 256},
+                               cluster={"etcd": etcd_urls, "prefix": self.prefix, "timeout_ms": 1000,
+                                        "reconnect_max_ms": 500},
+                               admin={"listen": f"127.0.0.1:{admin_port}"})
+        gw = gwtest.Gateway(self, cfg, conf_name=name)
+        gw.admin_port = admin_port
+        self._gateways.append(gw)
+        return gw.start()
+
+    def test_seed_txn_whose_answer_was_lost(self):
+        """The first txn of a seed in several txns is applied by etcd and its
+        answer lost: the node sends it to the next member, where its compare
+        ("nothing under the upstream yet") fails on its own puts. The seed
+        stopped there, logged as another node's, and the upstream stayed local
+        on every node. It now reads its puts back and goes on."""
+        proxy = DropTxnProxy(self.etcd.urls[0])
+        self.addCleanup(proxy.close)
+        gw = self.big_node([proxy.url, self.etcd.urls[1]])
+        st = self.wait_state(gw, "synced")
+        self.assertEqual(proxy.dropped, 1, "the proxy dropped no answer")
+        self.assertEqual(st.get("error", ""), "", st)
+        _, kvs = self.etcd.get_prefix(self.prefix)
+        self.assertEqual(kvs.get(self.prefix + "upstreams/app"), "{}")
+        self.assertEqual(sum(k.startswith(self.prefix + "upstreams/app/pools/primary/hosts/") for k in kvs), 131)
+        self.assertNotIn("by another node", gw.log_text())
+
     def test_an_upstream_larger_than_one_txn_is_seeded(self):
         """130 hosts: more puts than etcd takes in one txn (--max-txn-ops,
         128 by default). The seed used to fail (logged only), and then the
         upstream could be changed neither locally nor with --etcd. It now goes
         in batches, the upstream key last."""
-        hosts = [host("a", self.a)] + [host(f"h{i:03d}", f"{gwtest.LOOPBACK}:{20000 + i}") for i in range(130)]
-        admin_port = gwtest.free_port()
-        cfg = self.make_config([pool("primary", hosts)], workers=1, shm={"max_hosts": 256},
-                               cluster={"etcd": self.etcd.urls, "prefix": self.prefix, "timeout_ms": 1000,
-                                        "reconnect_max_ms": 500},
-                               admin={"listen": f"127.0.0.1:{admin_port}"})
-        gw = gwtest.Gateway(self, cfg, conf_name="big.json")
-        gw.admin_port = admin_port
-        self._gateways.append(gw)
-        gw.start()
+        gw = self.big_node(self.etcd.urls)
         st = self.wait_state(gw, "synced")
         self.assertEqual(st.get("error", ""), "", st)
         _, kvs = self.etcd.get_prefix(self.prefix)
