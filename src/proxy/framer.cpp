@@ -2,7 +2,10 @@
 
 #include <simdjson.h>
 
+#include <algorithm>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 namespace gw::proxy {
 
@@ -28,6 +31,7 @@ const char* frame_error_name(FrameError e) noexcept {
     case FrameError::key_bad_char: return "key_bad_char";
     case FrameError::frame_timeout: return "frame_timeout";
     case FrameError::no_frame_buffer: return "no_frame_buffer";
+    case FrameError::key_duplicate: return "key_duplicate";
     case FrameError::count: break;
   }
   return "unknown";
@@ -73,9 +77,34 @@ FrameError reply_length(const FrameSpec& spec, const uint8_t* data, uint64_t& fr
 
 struct Framer::Json {
   simdjson::dom::parser parser;
+  // The key's path, one member name or array index per step: the field name
+  // itself, or a JSON pointer's reference tokens, unescaped ("~1" is '/',
+  // "~0" is '~'; RFC 6901 section 4).
+  std::vector<std::string> path;
+  bool pointer = false;
 };
 
 Framer::Framer(const FrameSpec& spec) : spec_(spec), json_(std::make_unique<Json>()) {
+  const std::string_view k = spec_.key;
+  json_->pointer = !k.empty() && k.front() == '/';
+  if (!json_->pointer) {
+    json_->path.emplace_back(k);
+  } else {
+    for (size_t at = 1;;) {
+      const size_t end = std::min(k.find('/', at), k.size());
+      std::string tok;
+      for (size_t i = at; i < end; ++i) {
+        if (k[i] == '~' && i + 1 < end && (k[i + 1] == '0' || k[i + 1] == '1')) {
+          tok += k[++i] == '1' ? '/' : '~';
+        } else {
+          tok += k[i];
+        }
+      }
+      json_->path.push_back(std::move(tok));
+      if (end == k.size()) break;
+      at = end + 1;
+    }
+  }
   // One allocation, at start-up: documents up to max_body bytes, nested up to
   // max_depth. parse() is then called without reallocation. simdjson counts
   // the document root as a level of its own, hence the + 1: max_depth 1
@@ -116,18 +145,35 @@ FrameError Framer::key_of(const uint8_t* body, size_t len, std::string_view& key
   if (err == simdjson::DEPTH_ERROR) return FrameError::json_too_deep;
   if (err == simdjson::UTF8_ERROR) return FrameError::bad_utf8;
   if (err) return FrameError::bad_json;
-  simdjson::dom::element v;
-  const std::string_view path = spec_.key;
-  if (!path.empty() && path.front() == '/') {
-    err = doc.at_pointer(path).get(v);
-  } else {
+  // Walked here rather than with at_key/at_pointer, which take the first of
+  // two members with the same name: a host whose parser keeps the last (as
+  // most do) would act on another key than the one the frame was routed by.
+  simdjson::dom::element v = doc;
+  for (const std::string& name : json_->path) {
     simdjson::dom::object obj;
-    if (doc.get_object().get(obj)) return FrameError::key_missing;
-    err = obj.at_key(path).get(v);
+    simdjson::dom::array arr;
+    if (v.get_object().get(obj) == simdjson::SUCCESS) {
+      bool found = false;
+      for (simdjson::dom::key_value_pair field : obj) {
+        if (field.key != name) continue;
+        if (found) return FrameError::key_duplicate;
+        found = true;
+        v = field.value;
+      }
+      if (!found) return FrameError::key_missing;
+    } else if (json_->pointer && v.get_array().get(arr) == simdjson::SUCCESS) {
+      // An array index: decimal digits, no leading zero (RFC 6901 section 4).
+      if (name.empty() || name.size() > 9 || (name.size() > 1 && name[0] == '0')) return FrameError::key_missing;
+      size_t index = 0;
+      for (char c : name) {
+        if (c < '0' || c > '9') return FrameError::key_missing;
+        index = index * 10 + static_cast<size_t>(c - '0');
+      }
+      if (arr.at(index).get(v) != simdjson::SUCCESS) return FrameError::key_missing;
+    } else {
+      return FrameError::key_missing;
+    }
   }
-  if (err == simdjson::NO_SUCH_FIELD || err == simdjson::INDEX_OUT_OF_BOUNDS || err == simdjson::INCORRECT_TYPE)
-    return FrameError::key_missing;
-  if (err) return FrameError::key_missing;
   std::string_view s;
   if (v.get_string().get(s)) return FrameError::key_not_string;
   if (s.empty()) return FrameError::key_empty;

@@ -81,6 +81,8 @@ SEEDS = {
     "key_too_long": Spec(max_key=4).b + D.frame('{"devid":"abcde"}'),
     "key_bad_char_escaped": D.b + D.frame('{"devid":"a\\u0001"}'),
     "key_bad_char_del": D.b + D.frame(b'{"devid":"a\x7f"}'),
+    "key_duplicate": D.b + D.frame('{"devid":"a","devid":"b"}'),
+    "key_duplicate_escaped": D.b + D.frame('{"devid":"a","dev\\u0069d":"b"}'),
     # streams ending in a bad frame
     "valid_then_bad_json": STRICT.b + STRICT.frame('{"devid":"a"}') + STRICT.frame('{"devid":"b"}', 2)
                            + STRICT.frame('{"devid":'),

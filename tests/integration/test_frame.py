@@ -1305,6 +1305,7 @@ class FrameTest(GwTestCase):
             ("overlong key", "key_too_long", frame({"devid": "k" * 17}), False),
             ("control character in key", "key_bad_char", frame('{"devid":"ab\\u0001c"}'), False),
             ("DEL in key", "key_bad_char", frame(b'{"devid":"ab\x7f"}'), False),
+            ("duplicated key", "key_duplicate", frame('{"devid":"a","devid":"b"}'), False),
             ("type not allowed", "bad_type", frame({"devid": "x"}, ftype=9), False),
             ("version not allowed", "bad_version", frame({"devid": "x"}, ver=2), False),
         ]

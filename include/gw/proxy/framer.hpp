@@ -42,6 +42,7 @@ enum class FrameError : uint8_t {
   key_bad_char,     ///< a control character (below 0x20, or 0x7f) in the key
   frame_timeout,    ///< mode "frame": a later frame not whole within frame_timeout_ms of its start
   no_frame_buffer,  ///< a frame larger than a relay buffer, and this worker's max_frame_buffers are in use
+  key_duplicate,    ///< a member name on the key's path twice in one object (parsers differ on which wins)
   count
 };
 inline constexpr size_t kFrameErrorCount = static_cast<size_t>(FrameError::count);

@@ -467,8 +467,15 @@ TEST_SUITE("proxy/framer") {
     CHECK(decide(f, frame6("{\"devid\":\"a\tb\"}")).error == FrameError::bad_json);
     // Other fields may hold anything.
     CHECK(decide(f, frame6(R"({"x":"\u0001","y":null,"devid":"k"})")).key == "k");
-    // A duplicated key: the first one wins (simdjson's at_key).
-    CHECK(decide(f, frame6(R"({"devid":"a","devid":"b"})")).key == "a");
+    // A duplicated key is refused: parsers differ on which one wins (simdjson
+    // the first, most host-side parsers the last), so the frame could be routed
+    // by one key and acted on by the host as the other. Also when an escape
+    // spells the same name; duplicates elsewhere in the body do not matter.
+    CHECK(decide(f, frame6(R"({"devid":"a","devid":"b"})")).error == FrameError::key_duplicate);
+    CHECK(decide(f, frame6(R"({"devid":"a","x":1,"devid":"a"})")).error == FrameError::key_duplicate);
+    CHECK(decide(f, frame6(R"({"devid":"a","dev\u0069d":"b"})")).error == FrameError::key_duplicate);
+    CHECK(decide(f, frame6(R"({"x":1,"x":2,"devid":"k","y":{"z":1,"z":2}})")).key == "k");
+    CHECK(std::string(gw::proxy::frame_error_name(FrameError::key_duplicate)) == "key_duplicate");
   }
 
   TEST_CASE("JSON pointer keys") {
@@ -500,6 +507,26 @@ TEST_SUITE("proxy/framer") {
     Framer ft(st);
     CHECK(decide(ft, frame6(R"([{"devid":"arr"}])")).key == "arr");
     CHECK(decide(ft, frame6(R"({"devid":"a"})")).error == FrameError::key_missing);
+    CHECK(decide(ft, frame6(R"({"0":{"devid":"obj"}})")).key == "obj");  // "0" names a member of an object
+
+    // A member name twice on the path, at any level, is refused; an index
+    // takes decimal digits without a leading zero (RFC 6901).
+    CHECK(decide(f, frame6(R"({"device":{"id":"a"},"device":{"id":"b"}})")).error == FrameError::key_duplicate);
+    CHECK(decide(f, frame6(R"({"device":{"id":"a","id":"b"}})")).error == FrameError::key_duplicate);
+    CHECK(decide(f, frame6(R"({"device":{"id":"a","x":1,"x":2},"y":1,"y":2})")).key == "a");
+    CHECK(decide(fa, frame6(R"({"ids":["a","b"],"ids":["c","d"]})")).error == FrameError::key_duplicate);
+    FrameSpec sz;
+    sz.key = "/ids/01";
+    Framer fz(sz);
+    CHECK(decide(fz, frame6(R"({"ids":["a","b"]})")).error == FrameError::key_missing);
+    FrameSpec sn;
+    sn.key = "/ids/-";
+    Framer fn(sn);
+    CHECK(decide(fn, frame6(R"({"ids":["a","b"]})")).error == FrameError::key_missing);
+    FrameSpec sr;  // "/" is the member named "" (an empty reference token)
+    sr.key = "/";
+    Framer fr(sr);
+    CHECK(decide(fr, frame6(R"({"":"empty-name"})")).key == "empty-name");
   }
 
   TEST_CASE("allowed_types and allowed_versions are checked on the header") {
