@@ -405,7 +405,9 @@ bool FrameMux::route_front(Device& d, std::string_view key) noexcept {
     const shm::HostRecord& r = hosts[static_cast<size_t>(h)];
     for (int li = 0; li < link_slots(d); ++li) {
       const Link& k = *link_at(d, li);
-      if (k.fd >= 0 && k.slot == r.slot && k.tag == r.tag) {
+      // Not one whose host has closed (its last frames may still wait for the
+      // device): a frame sent there would be reset by the host and lost.
+      if (k.fd >= 0 && k.slot == r.slot && k.tag == r.tag && !k.eof && !k.orphan) {
         d.front_link = static_cast<int8_t>(li);
         return true;
       }
@@ -707,7 +709,14 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
         if (DeviceLog* g = log_of(d)) g->bytes_down += static_cast<uint64_t>(n);
         d.last_activity_ms = k.last_used_ms = d.owner_progress_ms = env_.now_ms;
         moved = true;
-        if (d.owner_left == 0) d.owner = -1;
+        if (d.owner_left == 0) {
+          const int done = d.owner;
+          d.owner = -1;
+          if (k.orphan) {
+            close_link(d, done);  // its host was removed while this frame went out
+            if (!d.used) return false;
+          }
+        }
         continue;
       }
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -792,10 +801,18 @@ void FrameMux::close_orphans() noexcept {
   for (Device& d : devices_) {
     if (!d.used || !env_.listeners[d.listener].close_on_host_remove) continue;
     for (int li = 0; d.used && li < link_slots(d); ++li) {
-      const Link& k = *link_at(d, li);
-      if (k.fd < 0 || (k.slot < env_.live_tag.size() && env_.live_tag[k.slot] == k.tag)) continue;
-      close_link(d, li);  // the next frames for its keys go to their new owner
+      Link& k = *link_at(d, li);
+      if (k.fd < 0 || k.orphan || (k.slot < env_.live_tag.size() && env_.live_tag[k.slot] == k.tag)) continue;
       ++closed;
+      if (d.owner == li && d.owner_left > 0) {
+        // In the middle of a frame to the device: closing it now would close
+        // the device too. It goes once that frame is out (or at the host's
+        // frame_timeout_ms, as any host stopped inside a frame); no new frame
+        // is routed to it meanwhile.
+        k.orphan = true;
+        continue;
+      }
+      close_link(d, li);  // the next frames for its keys go to their new owner
     }
     if (d.used) drive(d);
   }

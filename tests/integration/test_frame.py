@@ -1078,6 +1078,83 @@ class FrameTest(GwTestCase):
         self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
         self.assert_idle(gw)
 
+    def test_frame_mode_removed_host_mid_frame_keeps_the_device(self):
+        """Mode "frame", on_host_remove "close": host "s" is removed while its
+        frame to the device is half out (16 of 106 bytes). Its link used to be
+        closed at once, and the device with it (a frame cut short cannot be
+        finished). Now the link stays until that frame is out, then closes;
+        the device stays connected and its next frame for that key goes to
+        the new owner."""
+        go = threading.Event()
+
+        def part(c, f):
+            ftype, ver, t, body = f
+            c.sendall(HDR.pack(9, 1, t, 100) + b"x" * 10)
+            go.wait(T(10))
+            c.sendall(b"y" * 90)
+        sb = ScriptBackend("s", part)
+        self._backends.append(sb)
+        b = self.device_backend("b")
+        mux = frame_listener("mux", on_host_remove="close", frame_opts={"mode": "frame", "frame_timeout_ms": 30000})
+        gw, hosts = self.frame_gateway([sb, b], [mux], workers=1)
+        pick = hashpick(hosts, [f"dev-{i}" for i in range(200)])
+        ks = next(k for k, h in pick.items() if h == "s")
+        with gwtest.connect(port_of(mux), timeout=T(10)) as d:
+            d.sendall(frame({"devid": ks}, DATA, 1, 7))
+            self.assertEqual(gwtest.recv_exact(d, 16), HDR.pack(9, 1, 7, 100) + b"x" * 10)
+            self.gwctl_ok(gw, "remove", "host", "app/primary", "s")
+            self.wait_workers_current(gw)
+            self.assertIsNone(closed_within(d, 0.5), "the device was closed with the removed host's link")
+            go.set()
+            self.assertEqual(gwtest.recv_exact(d, 90), b"y" * 90, "the rest of the removed host's frame")
+            gwtest.wait_until(lambda: worker_sum(gw.status(), "host_closed") == 1, T(5), interval=0.05,
+                              msg="the removed host's link closed once its frame was out")
+            self.assertEqual(heartbeat(d, ks, 8), "b", "the key's next frame goes to its new owner")
+        self.assert_idle(gw)
+
+    def test_frame_mode_no_frame_goes_to_a_host_that_closed(self):
+        """Mode "frame": host "s" answers a frame and closes its connection
+        while host "b" holds the device's write side (inside a frame), so s's
+        link stays open with its answer waiting. The device's next frame for
+        s's key was sent on that link, to a host that had closed it: reset
+        and lost, with the device never told. Now a new link is opened."""
+        go = threading.Event()
+        got = []
+
+        def s_host(c, f):
+            ftype, ver, t, body = f
+            got.append(json.loads(body)["n"])
+            c.sendall(HDR.pack(9, 1, t, 2) + b"ok")
+            if got == [1]:
+                c.shutdown(socket.SHUT_RDWR)  # the first connection ends after its answer
+
+        def b_host(c, f):
+            ftype, ver, t, body = f
+            c.sendall(HDR.pack(9, 1, t, 100) + b"x" * 10)
+            go.wait(T(10))
+            c.sendall(b"y" * 90)
+        sb, bb = ScriptBackend("s", s_host), ScriptBackend("b", b_host)
+        self._backends += [sb, bb]
+        mux = frame_listener("mux", frame_opts={"mode": "frame", "frame_timeout_ms": 30000})
+        gw, hosts = self.frame_gateway([sb, bb], [mux], workers=1)
+        pick = hashpick(hosts, [f"dev-{i}" for i in range(200)])
+        ks = next(k for k, h in pick.items() if h == "s")
+        kb = next(k for k, h in pick.items() if h == "b")
+        with gwtest.connect(port_of(mux), timeout=T(10)) as d:
+            d.sendall(frame({"devid": kb}, DATA, 1, 1))
+            self.assertEqual(gwtest.recv_exact(d, 16), HDR.pack(9, 1, 1, 100) + b"x" * 10)
+            d.sendall(frame({"devid": ks, "n": 1}, DATA, 1, 2))
+            gwtest.wait_until(lambda: got == [1], T(5), interval=0.02, msg="s to get the first frame")
+            time.sleep(0.3)  # gw reads s's answer and its FIN (the link stays: b holds the write side)
+            d.sendall(frame({"devid": ks, "n": 2}, DATA, 1, 3))
+            gwtest.wait_until(lambda: got == [1, 2], T(5), interval=0.02,
+                              msg="s to get the frame sent after it closed its first connection")
+            go.set()
+            self.assertEqual(gwtest.recv_exact(d, 90), b"y" * 90)
+            answers = sorted(read_frame(d)[2] for _ in range(2))
+            self.assertEqual(answers, [2, 3], "both of s's answers reach the device")
+        self.assert_idle(gw)
+
     def test_frame_mode_a_streaming_device_does_not_starve_the_others(self):
         """Mode "frame", one worker: device A streams small frames (87 bytes)
         as fast as it can for 2.5 s to a host that reads them at once; device
