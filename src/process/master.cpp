@@ -11,9 +11,11 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <array>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -21,6 +23,7 @@
 #include <memory>
 #include <set>
 #include <stdexcept>
+#include <vector>
 
 #include "gw/api/hash.hpp"
 #include "gw/api/limit_table.hpp"
@@ -1425,6 +1428,77 @@ class Master {
 
 }  // namespace
 
+// Whether `pid` runs (a zombie, killed and not yet reaped, does not).
+bool process_runs(pid_t pid) {
+  if (pid <= 0 || (::kill(pid, 0) != 0 && errno != EPERM)) return false;
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(pid));
+  core::UniqueFd f(::open(path, O_RDONLY | O_CLOEXEC));
+  char buf[512];
+  const ssize_t n = f ? ::read(f.get(), buf, sizeof(buf) - 1) : -1;
+  if (n <= 0) return true;  // cannot tell: as running
+  buf[n] = '\0';
+  const char* close = std::strrchr(buf, ')');  // "PID (COMM) STATE ..."; COMM may hold anything
+  return !(close && close[1] == ' ' && (close[2] == 'Z' || close[2] == 'X'));
+}
+
+// The lock of shm `name` is held. By a running master, or by a segment this
+// gwd cannot read: refused at once. By the workers (and helpers) of a master
+// that is gone (SIGKILL, the OOM killer): they finish their connections, for
+// up to their shutdown_timeout_ms, and exit. A new master waits for them, with
+// a line every 5 s, up to this config's shutdown_timeout_ms + 10 s: a restart
+// by systemd after such a death must not fail while they drain. Returns false
+// if a stop signal came meanwhile.
+bool wait_for_lock(int fd, const config::Config& cfg) {
+  const std::string refused = fmt::format(
+      "another gwd is running with shm \"{}\"{}; stop it first, or give this one another shm.name", cfg.shm.name, "{}");
+  const uint64_t start = core::monotonic_ms(), limit = uint64_t{cfg.shutdown_timeout_ms} + 10000;
+  uint64_t next_log = start;
+  sigset_t stop;
+  sigemptyset(&stop);
+  for (int s : {SIGTERM, SIGINT, SIGQUIT}) sigaddset(&stop, s);
+  for (;;) {
+    pid_t master = -1;
+    std::vector<pid_t> left;
+    try {
+      shm::Segment seg = shm::Segment::attach(cfg.shm.name);
+      const pid_t m = seg.header().master_pid.load(std::memory_order_acquire);
+      master = process_runs(m) ? m : 0;
+      for (uint32_t r = 0; r < shm::kMaxWorkers; ++r)
+        if (const pid_t p = seg.worker(r).pid.load(std::memory_order_acquire); process_runs(p)) left.push_back(p);
+    } catch (const std::exception&) {
+    }
+    if (master > 0)
+      throw std::runtime_error(fmt::format(fmt::runtime(refused), fmt::format(" (master pid {})", master)));
+    if (master < 0)
+      throw std::runtime_error(fmt::format(
+          fmt::runtime(refused), " (its lock /dev/shm/" + cfg.shm.name + ".lock is held; the segment cannot be read)"));
+    const std::string who = left.empty() ? "its processes" : fmt::format("its workers (pid {})", fmt::join(left, ", "));
+    const uint64_t now = core::monotonic_ms();
+    if (now - start >= limit)
+      throw std::runtime_error(fmt::format(
+          "the master of shm \"{}\" is gone, but {} still hold its lock after {} s (shutdown_timeout_ms + 10 s); "
+          "stop them, or give this gwd another shm.name",
+          cfg.shm.name, who, (now - start) / 1000));
+    if (now >= next_log) {
+      GW_LOG_WARN(
+          "the master of shm \"{}\" is gone (killed?), and {} finish their connections; waiting for them to exit "
+          "({} s so far, at most {} s)",
+          cfg.shm.name, who, (now - start) / 1000, limit / 1000);
+      next_log = now + 5000;
+    }
+    const timespec tick{0, 100'000'000};
+    if (const int sig = ::sigtimedwait(&stop, nullptr, &tick); sig > 0) {
+      GW_LOG_INFO("{} while waiting for the processes of the gwd that was killed: not started", ::strsignal(sig));
+      return false;
+    }
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      GW_LOG_INFO("the processes of the gwd that was killed are gone ({} ms); starting", core::monotonic_ms() - start);
+      return true;
+    }
+  }
+}
+
 int run_master(const config::Config& cfg, const std::vector<std::string>& argv) {
   // The control signals wait (in the master's sigtimedwait) from the first
   // moment: a SIGHUP or SIGUSR1 sent while the segment and the sockets are
@@ -1453,11 +1527,7 @@ int run_master(const config::Config& cfg, const std::vector<std::string>& argv) 
     throw std::runtime_error(
         fmt::format("cannot open the lock /dev/shm/{}.lock: {}", cfg.shm.name, std::strerror(errno)));
   ::fcntl(lock.get(), F_SETFD, FD_CLOEXEC);
-  if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0)
-    throw std::runtime_error(
-        fmt::format("another gwd is running with shm \"{}\" (or the workers of one that was killed "
-                    "are still draining); stop it first, or give this one another shm.name",
-                    cfg.shm.name));
+  if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0 && !wait_for_lock(lock.get(), cfg)) return 0;
   // As nginx's worker_rlimit_nofile: the relay needs two descriptors per connection.
   rlimit rl{};
   if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

@@ -122,7 +122,9 @@ class ProcessTest(GwTestCase):
     def test_master_sigkill_workers_drain_and_exit(self):
         """SIGKILL the master: its workers notice (PR_SET_PDEATHSIG), stop
         accepting, finish their open connections and exit; a new gwd on the same
-        shm is refused while they drain, so two generations never serve at once."""
+        shm waits while they drain (it was refused, so a restart by systemd
+        failed), so two generations never serve at once, and starts once they
+        are gone; a stop signal during that wait ends it (exit 0)."""
         gw, n = self.start(workers=2, shutdown_timeout_ms=30000)
         s = self.open_relayed(gw)
         kids = gw.all_pids() - {gw.pid}
@@ -139,19 +141,44 @@ class ProcessTest(GwTestCase):
             self.assertRoundTrip(s, f"still here {i}\n".encode())
             time.sleep(0.1)
         self.assertTrue(any(gwtest.pid_alive(p) for p in kids), "the workers exited with a connection open")
-        # a second master is refused until they are gone
-        r = subprocess.run([os.path.join(gwtest.BUILD_DIR, "gwd"), "-c", gw.conf_path], capture_output=True, text=True,
-                           timeout=T(10))
-        self.assertEqual(r.returncode, 1, r.stderr)
-        self.assertIn("still draining", r.stderr)
+        # a second master waits while they drain, saying so; a stop signal ends the wait
+        gwd = [os.path.join(gwtest.BUILD_DIR, "gwd"), "-c", gw.conf_path]
+
+        def text(path):
+            with open(path) as f:
+                return f.read()
+
+        def waiter(name):
+            path = os.path.join(self.tmp, name)
+            with open(path, "w") as out:
+                p = subprocess.Popen(gwd, stdout=subprocess.DEVNULL, stderr=out, stdin=subprocess.DEVNULL,
+                                     preexec_fn=gwtest._child_preexec)
+            self.addCleanup(lambda: p.poll() is None and (p.kill(), p.wait()))
+            gwtest.wait_until(lambda: "finish their connections; waiting" in text(path), T(5),
+                              interval=0.05, msg=f"{name}: a line saying it waits")
+            return p, path
+        p, err = waiter("gwd-waiting-1.err")
+        self.assertIn("its workers (pid ", text(err))
+        self.assertIsNone(p.poll(), "the new gwd did not wait")
+        self.assertFalse(gwtest.port_listening(gw.port), "a new gwd serves while the old workers drain")
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(T(5)), 0, text(err))
+        self.assertIn("not started", text(err))
+        p, err = waiter("gwd-waiting-2.err")
+        time.sleep(0.3)
+        self.assertIsNone(p.poll(), text(err))
+        self.assertRoundTrip(s, b"still served by the old worker\n")
         # the last connection closes: they exit
         s.close()
         left = gwtest.wait_pids_gone(kids, T(10))
         self.assertFalse(left, f"processes left after the master died and the connection closed: {left}")
-        # and a new gwd starts and serves
-        gw.start()
+        # and the waiting gwd starts and serves
+        gwtest.wait_until(lambda: gwtest.port_listening(gw.port), T(10), interval=0.05,
+                          msg="the waiting gwd to start once the old workers are gone")
+        self.assertIn("are gone", text(err))
         self.assertNames(gw.port, 6, {"n"})
-        self.assertEqual(gw.stop(), 0)
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(T(15)), 0, text(err))
 
     def live_workers(self, gw, want):
         pids = gw.worker_pids()
