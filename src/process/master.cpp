@@ -84,13 +84,69 @@ void add_state_upstream(shm::Table& t, int ui, const shm::StateUpstream& su) {
   }
 }
 
+// How the config's pools and hosts of upstream `u` differ from the runtime
+// state `su` that replaces them ("" if they do not): an operator who edits the
+// config and reloads expects the edit, and gets the runtime state (gwctl
+// changes win), so the difference is said, at most kMax items of it.
+std::string upstream_drift(const config::UpstreamConf& u, const shm::StateUpstream& su) {
+  constexpr size_t kMax = 6;
+  std::vector<std::string> d;
+  for (const auto& p : u.pools) {
+    const shm::StatePool* sp = nullptr;
+    for (const auto& x : su.pools)
+      if (x.id == p.id) sp = &x;
+    if (!sp) {
+      d.push_back(fmt::format("pool \"{}\" is in the config only", p.id));
+      continue;
+    }
+    if (sp->priority != p.priority)
+      d.push_back(
+          fmt::format("pool \"{}\" has priority {} in the config, {} at runtime", p.id, p.priority, sp->priority));
+    if (sp->method != p.method)
+      d.push_back(fmt::format("pool \"{}\" has method {} in the config, {} at runtime", p.id,
+                              shm::method_name(p.method), shm::method_name(sp->method)));
+    for (const auto& h : p.hosts) {
+      const shm::StateHost* sh = nullptr;
+      for (const auto& x : sp->hosts)
+        if (x.id == h.id) sh = &x;
+      if (!sh) {
+        d.push_back(fmt::format("host \"{}/{}\" is in the config only", p.id, h.id));
+        continue;
+      }
+      if (sh->addr.to_string() != h.address.to_string())
+        d.push_back(fmt::format("host \"{}/{}\" has address {} in the config, {} at runtime", p.id, h.id,
+                                h.address.to_string(), sh->addr.to_string()));
+      if (sh->weight != h.weight)
+        d.push_back(
+            fmt::format("host \"{}/{}\" has weight {} in the config, {} at runtime", p.id, h.id, h.weight, sh->weight));
+    }
+    for (const auto& x : sp->hosts) {
+      bool in_config = false;
+      for (const auto& h : p.hosts) in_config |= h.id == x.id;
+      if (!in_config) d.push_back(fmt::format("host \"{}/{}\" is at runtime only", p.id, x.id));
+    }
+  }
+  for (const auto& x : su.pools) {
+    bool in_config = false;
+    for (const auto& p : u.pools) in_config |= p.id == x.id;
+    if (!in_config) d.push_back(fmt::format("pool \"{}\" is at runtime only", x.id));
+  }
+  if (d.empty()) return {};
+  std::string out =
+      fmt::format("{}", fmt::join(d.begin(), d.begin() + static_cast<std::ptrdiff_t>(std::min(d.size(), kMax)), "; "));
+  if (d.size() > kMax) out += fmt::format("; and {} more", d.size() - kMax);
+  return out;
+}
+
 // The routing table of `cfg` with the runtime changes of `src` (null: the
 // config alone): an upstream the runtime state lists keeps its pools and
 // hosts from there (hosts added, removed or downed with gwctl stay so), the
 // same for route rules and key-auth consumers; the rest comes from the config.
 // Used at start (src: the segment or the state file) and by a reload (src:
-// the live table). Throws shm::TableError if it does not fit the capacities.
-shm::Table merge_runtime(const config::Config& cfg, const shm::State* src) {
+// the live table). What the config says and the runtime state overrides, or
+// drops, goes to `warnings` (the caller logs those of the table it publishes).
+// Throws shm::TableError if it does not fit the capacities.
+shm::Table merge_runtime(const config::Config& cfg, const shm::State* src, std::vector<std::string>& warnings) {
   shm::Table merged(cfg.shm.caps);
   for (const auto& u : cfg.upstreams) {
     int ui = merged.add_upstream(config::upstream_record(u));
@@ -100,6 +156,12 @@ shm::Table merge_runtime(const config::Config& cfg, const shm::State* src) {
         if (x.name == u.name) su = &x;
     if (su) {
       add_state_upstream(merged, ui, *su);
+      if (std::string drift = upstream_drift(u, *su); !drift.empty())
+        warnings.push_back(fmt::format(
+            "upstream \"{}\": its pools and hosts come from the runtime state (gwctl changes win over the config), "
+            "which differs from the config: {}. Make such changes with gwctl, or stop gwd and delete the state file "
+            "and /dev/shm/{} to start over from the config",
+            u.name, drift, cfg.shm.name));
     } else {
       for (const auto& p : u.pools) {
         int pi = merged.add_pool(ui, p.id, p.priority, p.method);
@@ -110,8 +172,8 @@ shm::Table merge_runtime(const config::Config& cfg, const shm::State* src) {
   if (src) {
     for (const auto& x : src->upstreams)
       if (merged.find_upstream(x.name) < 0)
-        GW_LOG_WARN("upstream \"{}\" from the runtime state is not in the config; its pools and hosts are dropped",
-                    x.name);
+        warnings.push_back(fmt::format(
+            "upstream \"{}\" from the runtime state is not in the config; its pools and hosts are dropped", x.name));
   }
   // Routes come from the config; their rules from the runtime state when it
   // lists the route (a route whose rules were all removed stays empty), else
@@ -121,10 +183,21 @@ shm::Table merge_runtime(const config::Config& cfg, const shm::State* src) {
     for (const auto& r : l.routes) {
       int ri = merged.add_route(l.name, r.name);
       const shm::StateRoute* sr = state_rules ? src->find_route(l.name, r.name) : nullptr;
+      if (sr)
+        for (const auto& cr : r.rules) {
+          bool kept = false;
+          for (const auto& x : sr->rules) kept |= x.id == cr.id;
+          if (!kept)
+            warnings.push_back(fmt::format(
+                "rule {}/{}/{} is in the config only: the route's rules come from the runtime state (gwctl changes "
+                "win over the config); add it with gwctl add rule",
+                l.name, r.name, cr.id));
+        }
       for (const auto& rule : sr ? sr->rules : r.rules) {
         if (merged.find_upstream(rule.upstream) < 0) {
-          GW_LOG_WARN("rule {}/{}/{} sends to upstream \"{}\", which is not in the config; the rule is dropped", l.name,
-                      r.name, rule.id, rule.upstream);
+          warnings.push_back(
+              fmt::format("rule {}/{}/{} sends to upstream \"{}\", which is not in the config; the rule is dropped",
+                          l.name, r.name, rule.id, rule.upstream));
           continue;
         }
         merged.add_rule(ri, rule);
@@ -133,13 +206,23 @@ shm::Table merge_runtime(const config::Config& cfg, const shm::State* src) {
   if (state_rules)
     for (const auto& x : src->routes)
       if (merged.find_route(x.listener, x.name) < 0 && !x.rules.empty())
-        GW_LOG_WARN("route {}/{} from the runtime state is not in the config; its {} rule(s) are dropped", x.listener,
-                    x.name, x.rules.size());
+        warnings.push_back(
+            fmt::format("route {}/{} from the runtime state is not in the config; its {} rule(s) are dropped",
+                        x.listener, x.name, x.rules.size()));
 
   // key-auth consumers: from the runtime state when it lists them (a consumer
   // removed with gwctl stays removed), else from the config.
   if (src && src->has_consumers) {
     for (const auto& sc : src->consumers) merged.add_consumer(sc.name, sc.key_sha256);
+    for (const auto& cc : cfg.consumers) {
+      bool kept = false;
+      for (const auto& sc : src->consumers) kept |= sc.name == cc.name;
+      if (!kept)
+        warnings.push_back(fmt::format(
+            "consumer \"{}\" is in the config only: consumers come from the runtime state (gwctl changes win over "
+            "the config); add it with gwctl add consumer",
+            cc.name));
+    }
   } else {
     for (const auto& cc : cfg.consumers) {
       uint8_t digest[shm::kSha256Len];
@@ -317,6 +400,7 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
   // before its publish left ahead of a live segment is put back by the next
   // writer, Writer::repair, before this runs under the lock below.)
   enum class Source { config, segment, file } source = Source::config;
+  std::vector<std::string> merge_warnings;  // of the last plan: logged once it is published
   auto plan = [&](const shm::Table* live, const shm::State* file_state) {
     const uint64_t seg_gen = live ? live->header().generation : 0;
     source = Source::config;
@@ -325,7 +409,8 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
     const shm::State src = source == Source::segment ? shm::state_from_table(*live)
                            : file_state              ? *file_state
                                                      : shm::State{};
-    return merge_runtime(cfg, source == Source::config ? nullptr : &src);
+    merge_warnings.clear();
+    return merge_runtime(cfg, source == Source::config ? nullptr : &src, merge_warnings);
   };
   shm::State state;
   const bool have_state = !cfg.state_file.empty() && shm::read_state_file(cfg.state_file, state);
@@ -411,8 +496,10 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
     t.header().next_tag = next_tag;
     events.push_back(fmt::format("gwd_started pid={}: {} upstream(s), {} pool(s), {} host(s) from {}", ::getpid(),
                                  t.upstreams().size(), t.pools().size(), t.hosts().size(), what));
+    for (const auto& w : merge_warnings) events.push_back("config_not_applied: " + w);
   });
   GW_LOG_INFO("routing table generation {} from {} ({} host(s))", gen, what, merged.hosts().size());
+  for (const auto& w : merge_warnings) GW_LOG_WARN("{}", w);
   return seg;
 }
 
@@ -912,9 +999,11 @@ class Master {
   // (read under the writer lock, so a concurrent gwctl change is not lost).
   void commit_reload(const config::Config& next) {
     shm::Writer writer(seg_);
+    std::vector<std::string> warnings;
     uint64_t gen = writer.commit([&](shm::Table& t, std::vector<std::string>& events) {
       const shm::State live = shm::state_from_table(t);
-      shm::Table merged = merge_runtime(next, &live);
+      warnings.clear();
+      shm::Table merged = merge_runtime(next, &live, warnings);
       keep_runtime_slots(merged, t);
       const uint64_t generation = t.header().generation;
       const uint32_t next_tag = std::max(t.header().next_tag, 1u);
@@ -923,8 +1012,10 @@ class Master {
       t.header().next_tag = next_tag;
       events.push_back(fmt::format("config_reloaded pid={}: {} upstream(s), {} pool(s), {} host(s)", ::getpid(),
                                    t.upstreams().size(), t.pools().size(), t.hosts().size()));
+      for (const auto& w : warnings) events.push_back("config_not_applied: " + w);
     });
     GW_LOG_INFO("reload: routing table generation {}", gen);
+    for (const auto& w : warnings) GW_LOG_WARN("reload: {}", w);
   }
 
   // ---- binary upgrade (SIGUSR2), nginx-style

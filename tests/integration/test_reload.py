@@ -311,6 +311,21 @@ class ReloadTest(GwTestCase):
         self.assertGreater(gw.status()["generation"], gen)
         self.assertNames(gw.port, 8, {"b", "c"}, must_include={"b", "c"})
         self.assertEvent(gw, r"^config_reloaded pid=\d+: 1 upstream\(s\), 1 pool\(s\), 3 host\(s\)$")
+        # The runtime state differing from the config is said, not silent:
+        # in the log (in full) and in the events.
+        self.assertIn('upstream "app": its pools and hosts come from the runtime state (gwctl changes win over the '
+                      'config), which differs from the config: host "primary/c" is at runtime only.', gw.log_text())
+        self.assertEvent(gw, r'^config_not_applied: upstream "app": ')
+        # An edit of the config's hosts is not applied by a reload, and says so.
+        cfg["upstreams"][0]["pools"][0]["hosts"] = [host("a", a), host("b", b, weight=5), host("n2", c)]
+        self.rewrite(gw, cfg)
+        log_before = len(gw.log_text())
+        self.reload(gw)
+        drift = gw.log_text()[log_before:]
+        for part in ('host "primary/b" has weight 5 in the config, 1 at runtime', 'host "primary/n2" is in the config '
+                     'only', 'host "primary/c" is at runtime only', "Make such changes with gwctl"):
+            self.assertIn(part, drift)
+        self.assertHost(gw, "app/primary/b", weight=1)
         # and a gwctl change after the reload works as before
         self.assertGwctlOk(gw, "up", "host", "app/primary", "a")
         self.assertNames(gw.port, 12, {"a", "b", "c"}, must_include={"a"})
