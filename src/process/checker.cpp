@@ -191,12 +191,14 @@ class Checker {
     const shm::UpstreamRecord* up = upstream_of(p.slot, p.tag);
     if (!up) return;
     std::string path = "(removed host)", address = "-";
+    bool admin_down = false;
     auto name_host = [&] {  // only for a log line: a walk over the table
       auto hosts = table_->hosts();
       for (size_t i = 0; i < hosts.size(); ++i)
         if (hosts[i].slot == p.slot && hosts[i].tag == p.tag) {
           path = table_->host_path(static_cast<int>(i));
           address = hosts[i].addr.to_string();
+          admin_down = hosts[i].admin_down != 0;
         }
     };
     if (!ok && err != 0 && !net::peer_error(err)) {
@@ -223,7 +225,13 @@ class Checker {
     std::string why = ok ? fmt::format("active: {} passed check(s)", st.runs.passes)
                          : fmt::format("active: {} failed check(s), last: {}", st.runs.failures,
                                        err == EPROTO ? "HTTP status " + last_status_ : std::strerror(err));
-    std::string text = fmt::format("host_{} {} {} ({})", after == shm::kActiveUp ? "up" : "down", path, address, why);
+    // A host downed by hand is out whatever its checks say: its verdict
+    // changes no routing, so it is not a host_up/host_down (no hook runs;
+    // a script reading the events is not told it is back).
+    std::string text =
+        admin_down ? fmt::format("health_{} {} {} ({}; the host stays out: admin down, until gwctl up)",
+                                 after == shm::kActiveUp ? "up" : "down", path, address, why)
+                   : fmt::format("host_{} {} {} ({})", after == shm::kActiveUp ? "up" : "down", path, address, why);
     shm::emit_event(seg_, shm::EventKind::health, table_->header().generation, text);
     GW_LOG_WARN("{}", text);
   }

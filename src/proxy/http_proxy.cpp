@@ -1840,7 +1840,7 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
       record_connect_failure(env_, c.upstream, u.host_slot, u.host_tag, u.host_weight, EPROTO);
       metrics::host_status_failure(env_, u.host_slot, u.host_tag);
     } else {
-      record_host_success(env_, u.host_slot, u.host_tag);
+      record_host_success(env_, u.host_slot, u.host_tag, c.up_start_ms);
     }
     c.resp_started = true;
     release(c.rq);  // no retry from here on

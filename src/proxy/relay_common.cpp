@@ -223,9 +223,9 @@ void record_connect_failure(RelayEnv& env, int ui, uint32_t slot, uint32_t tag, 
   env.balancer->on_failure(slot, tag, weight, uv.health.max_fails);
 }
 
-void record_host_success(RelayEnv& env, uint32_t slot, uint32_t tag) noexcept {
+void record_host_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t started_ms) noexcept {
   shm::HostRuntime& hr = env.seg->host(slot);
-  if (shm::record_success(hr, tag)) {
+  if (shm::record_success(hr, tag, started_ms)) {
     shm::mark_up(hr, tag, env.now_ms);
     host_event(env, slot, tag, false, 0);
   }
@@ -235,7 +235,7 @@ void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t
   const uint64_t us = (core::monotonic_ns() - start_ns) / 1000;
   shm::record_latency(env.seg->host(slot), tag, us, env.now_ms);
   metrics::host_connected(env, slot, tag, us);
-  if (success) record_host_success(env, slot, tag);
+  if (success) record_host_success(env, slot, tag, start_ns / 1000000);
 }
 
 void count_no_host(RelayEnv& env, uint32_t listener, int ui, uint32_t attempts, uint64_t& last_log_ms) noexcept {

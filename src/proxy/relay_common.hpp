@@ -60,7 +60,7 @@ void record_connect_failure(RelayEnv& env, int ui, uint32_t slot, uint32_t tag, 
 void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t start_ns,
                             bool success = true) noexcept;
 /// A success for passive health (a down host's trial succeeded: it comes back).
-void record_host_success(RelayEnv& env, uint32_t slot, uint32_t tag) noexcept;
+void record_host_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t started_ms) noexcept;
 
 /// Counts a connection of listener `listener` no pool could take (and logs
 /// it, at most once a second).

@@ -11,8 +11,14 @@ constexpr uint64_t pack(uint32_t tag, uint32_t n) {
 constexpr uint32_t tag_of(uint64_t w) {
   return static_cast<uint32_t>(w >> 32);
 }
+// The low word: the window's failure count, and kTrialBit while a down
+// host's trial (claim_trial) is under way; a failure clears it.
+constexpr uint32_t kTrialBit = 0x80000000u;
 constexpr uint32_t count_of(uint64_t w) {
-  return static_cast<uint32_t>(w);
+  return static_cast<uint32_t>(w) & ~kTrialBit;
+}
+constexpr bool trial_of(uint64_t w) {
+  return (static_cast<uint32_t>(w) & kTrialBit) != 0;
 }
 constexpr double kTauMs = 10000.0;  // peak-EWMA decay time
 }  // namespace
@@ -58,14 +64,21 @@ bool record_failure(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_m
   return h.health.exchange(kHealthDown, std::memory_order_acq_rel) == kHealthUp;
 }
 
-bool record_success(HostRuntime& h, uint32_t tag) noexcept {
+bool record_success(HostRuntime& h, uint32_t tag, uint64_t started_ms) noexcept {
   uint64_t w = h.window_fails.load(std::memory_order_relaxed);
   if (tag_of(w) != tag) return false;
   // An up host's window keeps its failures: successes between them do not
   // hide a host that fails every other request (nginx clears its count only
   // after a trial, too).
-  if (h.health.load(std::memory_order_relaxed) == kHealthUp) return false;
-  if (count_of(w) != 0) h.window_fails.compare_exchange_strong(w, pack(tag, 0), std::memory_order_acq_rel);
+  if (h.health.load(std::memory_order_acquire) == kHealthUp) return false;
+  // Down: only the trial's success counts: a trial is under way (no failure
+  // since it was claimed) and this attempt began at or after its stamp. An
+  // attempt under way when the host went down (a slow request answered at
+  // last, a connection that was already open) says nothing about new ones: a
+  // host that refuses new connections while it finishes old ones must stay
+  // out (nginx's "accessed < checked").
+  if (!trial_of(w) || started_ms < h.last_fail_ms.load(std::memory_order_acquire)) return false;
+  h.window_fails.compare_exchange_strong(w, pack(tag, 0), std::memory_order_acq_rel);
   return h.health.exchange(kHealthUp, std::memory_order_acq_rel) == kHealthDown;
   // (the caller stamps up_since_ms for slow start when this returns true)
 }
@@ -76,7 +89,14 @@ Trial claim_trial(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms)
   uint64_t last = h.last_fail_ms.load(std::memory_order_relaxed);
   if (!(now_ms > last && now_ms - last >= p.fail_timeout_ms)) return Trial::lost;
   // One winner over all workers: the others now see the host out again.
-  return h.last_fail_ms.compare_exchange_strong(last, now_ms, std::memory_order_acq_rel) ? Trial::taken : Trial::lost;
+  if (!h.last_fail_ms.compare_exchange_strong(last, now_ms, std::memory_order_acq_rel)) return Trial::lost;
+  // Marked, so that only this trial's success brings the host back (a
+  // failure meanwhile clears the mark).
+  uint64_t w = h.window_fails.load(std::memory_order_relaxed);
+  while (tag_of(w) == tag && !trial_of(w) &&
+         !h.window_fails.compare_exchange_weak(w, w | kTrialBit, std::memory_order_acq_rel)) {
+  }
+  return Trial::taken;
 }
 
 void reset_slot(HostRuntime& h, uint32_t tag) noexcept {
@@ -107,13 +127,21 @@ void record_latency(HostRuntime& h, uint32_t tag, uint64_t sample_us, uint64_t n
   uint64_t old = w >> 32;
   uint32_t last = static_cast<uint32_t>(w);
   uint64_t next = sample_us;
+  // A stamp "after" now is another worker's (each reads the clock once per
+  // loop turn): no time has passed, and the stamp stays (a wrapped difference
+  // would decay the peak to nothing).
+  uint32_t dt = static_cast<uint32_t>(now_ms) - last;
+  uint32_t stamp = static_cast<uint32_t>(now_ms);
+  if (dt > 0x80000000u) {
+    dt = 0;
+    stamp = last;
+  }
   if (old != 0 && sample_us < old) {
-    double dt = static_cast<uint32_t>(static_cast<uint32_t>(now_ms) - last);
-    double keep = std::exp(-dt / kTauMs);
+    const double keep = std::exp(-static_cast<double>(dt) / kTauMs);
     next = static_cast<uint64_t>(static_cast<double>(old) * keep + static_cast<double>(sample_us) * (1.0 - keep));
   }
   next = std::clamp<uint64_t>(next, 1, 0xffffffffu);
-  h.ewma.store((next << 32) | static_cast<uint32_t>(now_ms), std::memory_order_relaxed);
+  h.ewma.store((next << 32) | stamp, std::memory_order_relaxed);
 }
 
 uint64_t latency_us(const HostRuntime& h, uint32_t tag, uint64_t now_ms) noexcept {

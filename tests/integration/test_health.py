@@ -130,6 +130,41 @@ class HealthTest(GwTestCase):
         self.assertEqual(host_health(gw, "a")["admin"], "down")
         self.assertEqual(host_health(gw, "a")["total"], 0)
 
+    def test_checks_of_an_admin_down_host_run_no_hook_and_say_it_stays_out(self):
+        """A host downed by hand that fails its checks, then passes them again:
+        its verdict changes no routing, so the checker's events are
+        health_down / health_up saying it stays out, and no host_up hook runs
+        (the checker used to emit host_up, and the hook told a script the
+        host was back while it was still out)."""
+        a, b = self.backend("a"), self.backend("b")
+        out = os.path.join(self.tmp, "hooks.log")
+        hooks = {"host_down": f'echo "$GW_EVENT $GW_HOST" >> {out}', "host_up": f'echo "$GW_EVENT $GW_HOST" >> {out}'}
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a), host("b", b)])], upstream_opts=FAST,
+                                           hooks=hooks))
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "up", T(5), msg="a checked up")
+        rc, _, err = gw.gwctl("down", "host", "app/primary", "a")
+        self.assertEqual(rc, 0, err)
+        port = a.port
+        a.stop()
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "down", T(5), msg="a's checks fail")
+        self.backend("a", port=port)
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "up", T(5), msg="a's checks pass again")
+        events = gw.event_texts()
+        after = events[next(i for i, e in enumerate(events) if e.startswith("host_down app/primary/a ")) + 1:]
+        mine = [e for e in after if " app/primary/a " in e]
+        self.assertEqual(len(mine), 2, events)
+        self.assertTrue(mine[0].startswith("health_down app/primary/a ") and "admin down" in mine[0], mine)
+        self.assertTrue(mine[1].startswith("health_up app/primary/a ") and "admin down" in mine[1], mine)
+        time.sleep(0.5)  # a hook would have run by now
+
+        def lines():
+            with open(out) as f:
+                return f.read().splitlines()
+        gwtest.wait_until(lambda: os.path.exists(out) and "host_down a" in lines(), T(5), msg="the gwctl down hook")
+        # host_up a once: the first check, before the gwctl down
+        self.assertEqual(sorted(l for l in lines() if l.endswith(" a")), ["host_down a", "host_up a"])
+        self.assertEqual(set(gwtest.names(gw.port, 6)), {"b"})
+
     def test_failover_to_dr_pool_and_back(self):
         a, dr = self.backend("a"), self.backend("dr")
         gw = self.gateway(self.make_config(
@@ -259,6 +294,56 @@ class HealthTest(GwTestCase):
         self.assertEqual(slow_requests(12), 1, "not exactly one trial of the hung host")
         self.assertEqual(host_health(gw, "hung")["health"], "down")
         self.assertEqual(host_health(gw, "hung")["failures"], 3)
+
+    def test_answer_to_a_request_sent_before_the_host_went_down_does_not_bring_it_back(self):
+        """Host a takes a request, then stops accepting (its listening socket
+        closed, as a draining backend does) and answers that request 1.5 s
+        later. A second request's connect is refused: a is down (max_fails 1,
+        fail_timeout 60 s) and the request goes to the backup pool. The late
+        answer to the first request used to bring a back at once ("host_up ...
+        a connection succeeded"), while it still refused every new one."""
+        lsock = socket.socket()
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsock.bind((gwtest.LOOPBACK, 0))
+        lsock.listen(8)
+        a_addr = f"{gwtest.LOOPBACK}:{lsock.getsockname()[1]}"
+        took = threading.Event()
+
+        def serve_one():
+            c, _ = lsock.accept()
+            with c:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += c.recv(4096)
+                lsock.close()  # new connections are refused from now on
+                took.set()
+                time.sleep(1.5)
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\na")
+        threading.Thread(target=serve_one, daemon=True).start()
+        backup = StatusServer()
+        self.addCleanup(backup.stop)
+        web = gwtest.free_port()
+        cfg = self.make_config(
+            [pool("p", [host("a", a_addr)]), pool("dr", [host("b", backup.address)], priority=1)],
+            upstream_opts={"max_fails": 1, "fail_timeout_ms": 60000,
+                           "keepalive": {"max_idle": 0, "idle_timeout_ms": 1000, "max_requests": 1}},
+            listeners=[{"name": "web", "listen": f"{gwtest.LOOPBACK}:{web}", "protocol": "http",
+                        "upstream": "app"}])
+        gw = self.gateway(cfg)
+        first = {}
+        t = threading.Thread(target=lambda: first.setdefault("status", _status(web)), daemon=True)
+        t.start()
+        self.assertTrue(took.wait(T(5)), "a never took the first request")
+        self.assertEqual(_status(web), 200)  # refused by a, answered by b (the backup pool)
+        self.assertEqual(host_health(gw, "a")["health"], "down")
+        t.join(T(10))
+        self.assertEqual(first.get("status"), 200, "the first request's answer")
+        time.sleep(0.2)
+        self.assertEqual(host_health(gw, "a")["health"], "down",
+                         "the answer to a request sent before a went down brought it back")
+        self.assertFalse([e for e in gw.event_texts() if e.startswith("host_up ")], gw.event_texts())
+        self.assertEqual(_status(web), 200)
+        self.assertEqual(len(backup.requests), 2)
 
     def test_404_is_not_a_failure_of_the_host(self):
         """retry.on may list 4xx statuses (tried elsewhere), but a 4xx is the

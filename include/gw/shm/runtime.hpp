@@ -35,10 +35,11 @@ struct HealthPolicy {
 bool host_usable(const HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept;
 /// Counts a passive failure. Returns true if this call took the host down.
 bool record_failure(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept;
-/// Counts a success: a down host (its trial succeeded) comes back up with a
-/// clear count; an up host's count is left alone. Returns true if this call
-/// brought the host back up.
-bool record_success(HostRuntime& h, uint32_t tag) noexcept;
+/// Counts a success of an attempt that began at `started_ms` (the clock of
+/// the now_ms arguments): a down host comes back up with a clear count only
+/// if the attempt began at or after its last failure (its trial did); an up
+/// host's count is left alone. Returns true if this call brought the host back up.
+bool record_success(HostRuntime& h, uint32_t tag, uint64_t started_ms) noexcept;
 /// What claim_trial found.
 enum class Trial : uint8_t {
   none,   ///< no trial needed: the host is up (or passive health is off, or the slot has another tag)

@@ -19,9 +19,11 @@ TEST_SUITE("shm") {
     CHECK(record_failure(h, 7, p, 1300));        // 2 of 2: down, reported once
     CHECK_FALSE(host_usable(h, 7, p, 1400));
     CHECK_FALSE(host_usable(h, 7, p, 2299));
-    CHECK(host_usable(h, 7, p, 2300));  // fail_timeout passed: may be tried
-    CHECK(record_success(h, 7));        // and is up again, reported once
-    CHECK_FALSE(record_success(h, 7));
+    CHECK(host_usable(h, 7, p, 2300));        // fail_timeout passed: may be tried
+    CHECK_FALSE(record_success(h, 7, 2300));  // not without its trial
+    CHECK(claim_trial(h, 7, p, 2300) == Trial::taken);
+    CHECK(record_success(h, 7, 2300));  // the trial: up again, reported once
+    CHECK_FALSE(record_success(h, 7, 2300));
     CHECK(h.failures.load() == 3);
   }
 
@@ -31,7 +33,7 @@ TEST_SUITE("shm") {
     reset_slot(h, 7);
     HealthPolicy p{3, 10000};
     for (uint64_t t = 100; t < 400; t += 100) {
-      CHECK_FALSE(record_success(h, 7));  // the connect, or another request, succeeded
+      CHECK_FALSE(record_success(h, 7, t));  // the connect, or another request, succeeded
       CHECK(record_failure(h, 7, p, t) == (t == 300));
     }
     CHECK_FALSE(host_usable(h, 7, p, 500));
@@ -55,10 +57,37 @@ TEST_SUITE("shm") {
     CHECK_FALSE(record_failure(h, 7, p, 1200));  // (already down: no second event)
     CHECK_FALSE(host_usable(h, 7, p, 2199));
     CHECK(claim_trial(h, 7, p, 2200) == Trial::taken);
-    CHECK(record_success(h, 7));  // it succeeded: up, with a clear count
+    CHECK(record_success(h, 7, 2200));  // it succeeded: up, with a clear count
     CHECK(host_usable(h, 7, p, 2201));
     CHECK(claim_trial(h, 7, p, 5000) == Trial::none);  // an up host has no trial
     CHECK(claim_trial(h, 8, p, 5000) == Trial::none);  // nor another tag's
+  }
+
+  TEST_CASE("only an attempt begun after the last failure brings a down host back (the trial)") {
+    TempSegment ts;
+    HostRuntime& h = ts.seg.host(0);
+    reset_slot(h, 7);
+    HealthPolicy p{1, 60000};
+    CHECK(record_failure(h, 7, p, 1000));  // down: a new connection was refused
+    // A request sent at 500, before the host went down, is answered at 3500:
+    // the host still refuses new connections; it stays out. Also one sent in
+    // the millisecond of the failure (the clocks are in ms).
+    CHECK_FALSE(record_success(h, 7, 500));
+    CHECK_FALSE(record_success(h, 7, 1000));
+    CHECK_FALSE(host_usable(h, 7, p, 3500));
+    CHECK(h.health.load() == kHealthDown);
+    // After fail_timeout, the trial (begun when it was claimed) brings it back.
+    CHECK(claim_trial(h, 7, p, 61000) == Trial::taken);
+    CHECK_FALSE(record_success(h, 7, 60999));  // an older attempt still does not
+    CHECK(record_success(h, 7, 61000));
+    CHECK(host_usable(h, 7, p, 61001));
+    // A trial that fails loses its mark: an older attempt's success that
+    // comes after it does not count.
+    CHECK(record_failure(h, 7, p, 62000));
+    CHECK(claim_trial(h, 7, p, 122000) == Trial::taken);
+    CHECK_FALSE(record_failure(h, 7, p, 122001));
+    CHECK_FALSE(record_success(h, 7, 122000));
+    CHECK(h.health.load() == kHealthDown);
   }
 
   TEST_CASE("max_fails 0 never takes a host down; another tag's calls are ignored") {
@@ -123,5 +152,16 @@ TEST_SUITE("shm") {
     CHECK(latency_us(h, 1, 15000) == doctest::Approx(367879).epsilon(0.01));  // tau 10 s
     CHECK(latency_us(h, 1, 65000) < 3000);
     CHECK(latency_us(h, 1, 4000) == 1000000);  // a reader whose clock is behind: no decay
+  }
+
+  TEST_CASE("peak EWMA: a faster sample from a worker whose clock is behind does not wipe the peak") {
+    TempSegment ts;
+    HostRuntime& h = ts.seg.host(3);
+    reset_slot(h, 1);
+    record_latency(h, 1, 200000, 100000);  // worker A: 200 ms at t = 100000
+    record_latency(h, 1, 1000, 99999);     // worker B, its clock read 1 ms earlier: no time has passed
+    CHECK(latency_us(h, 1, 100000) == 200000);
+    record_latency(h, 1, 1000, 110000);  // 10 s after A's stamp (kept): weight e^-1 on the peak
+    CHECK(latency_us(h, 1, 110000) == doctest::Approx(1000 + 199000 * 0.3679).epsilon(0.01));
   }
 }
