@@ -88,8 +88,8 @@ std::string state_to_json(const Table& t) {
   State s = state_from_table(t);
   char ts[40];
   core::format_iso8601(t.header().updated_wall_ms, ts, sizeof(ts));
-  std::string out =
-      fmt::format("{{\"gw_state\": 1, \"generation\": {}, \"updated\": \"{}\", \"upstreams\": [", s.generation, ts);
+  std::string out = fmt::format("{{\"gw_state\": {}, \"generation\": {}, \"updated\": \"{}\", \"upstreams\": [",
+                                kStateVersion, s.generation, ts);
   for (size_t u = 0; u < s.upstreams.size(); ++u) {
     const auto& su = s.upstreams[u];
     out += fmt::format("{}\n  {{\"name\": \"{}\", \"pools\": [", u ? "," : "", su.name);
@@ -177,7 +177,10 @@ bool read_state_file(const std::string& path, State& out) {
   if (auto err = parser.load(path).get(root)) throw bad(simdjson::error_message(err));
   State s;
   int64_t version = 0;
-  if (root["gw_state"].get(version) || version != 1) throw bad("not a gw state file (\"gw_state\": 1 missing)");
+  if (root["gw_state"].get(version)) throw bad("not a gw state file (no \"gw_state\" version number)");
+  if (version != kStateVersion)
+    throw bad(fmt::format("it is a gw state file of version {}, this gw reads version {}{}", version, kStateVersion,
+                          version > kStateVersion ? " (a newer gw wrote it: run that gw, or a gw that reads it)" : ""));
   uint64_t gen = 0;
   if (root["generation"].get(gen)) throw bad("\"generation\" missing or not an integer");
   s.generation = gen;

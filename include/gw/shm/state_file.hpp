@@ -32,6 +32,10 @@ class element;
 
 namespace gw::shm {
 
+/// The state file's format version, its "gw_state" key; a file of another
+/// version is refused, naming both.
+inline constexpr int64_t kStateVersion = 1;
+
 struct StateHost {
   std::string id;
   core::SockAddr addr;

@@ -184,6 +184,15 @@ TEST_SUITE("shm") {
     std::ofstream(path) << "{\"gw_state\": 1, \"generation\": \"x\"}";
     State s;
     CHECK_THROWS_WITH(read_state_file(path, s), doctest::Contains(path.c_str()));
+    // Another version names both, not a "missing" key.
+    std::ofstream(path) << "{\"gw_state\": 99, \"generation\": 1, \"upstreams\": []}";
+    CHECK_THROWS_WITH(read_state_file(path, s), ("state file " + path +
+                                                 ": it is a gw state file of version 99, this gw reads version 1 (a "
+                                                 "newer gw wrote it: run that gw, or a gw that reads it)")
+                                                    .c_str());
+    std::ofstream(path) << "{\"generation\": 1, \"upstreams\": []}";
+    CHECK_THROWS_WITH(read_state_file(path, s),
+                      ("state file " + path + ": not a gw state file (no \"gw_state\" version number)").c_str());
     ::unlink(path.c_str());
     CHECK_FALSE(read_state_file(path, s));
   }
