@@ -129,10 +129,12 @@ void write_state_file(const std::string& path, const std::string& json) {
   std::string dir = ".";
   if (auto slash = path.rfind('/'); slash != std::string::npos) dir = slash == 0 ? "/" : path.substr(0, slash);
   std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  bool renamed = false;
   auto fail = [&](const char* what) {
     int e = errno;
-    ::unlink(tmp.c_str());
-    throw std::runtime_error(fmt::format("cannot write state file {}: {} failed: {}", path, what, std::strerror(e)));
+    if (!renamed) ::unlink(tmp.c_str());
+    throw StateFileError(fmt::format("cannot write state file {}: {} failed: {}", path, what, std::strerror(e)),
+                         renamed);
   };
   {
     core::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
@@ -147,6 +149,7 @@ void write_state_file(const std::string& path, const std::string& json) {
     if (::fsync(fd.get()) != 0) fail("fsync");
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) fail("rename");
+  renamed = true;
   // The rename is durable only once the directory is: until then a crash may
   // bring back the previous file. A failure here is the commit's failure (its
   // writer publishes nothing; the next one rewrites the file from the live
