@@ -12,6 +12,7 @@
 #include "gw/admin/status.hpp"
 #include "gw/api/hash.hpp"
 #include "gw/config/api.hpp"
+#include "gw/core/json_error.hpp"
 #include "gw/core/log.hpp"
 #include "gw/http/parser.hpp"
 #include "gw/shm/ops.hpp"
@@ -172,8 +173,11 @@ std::string join_errors(const std::vector<std::string>& errors) {
 std::string parse_object(simdjson::dom::parser& parser, std::string_view json, element& root) {
   if (json.empty()) return "body: expected a JSON object, got an empty body";
   simdjson::padded_string padded(json);
-  if (auto err = parser.parse(padded).get(root))
-    return fmt::format("body: invalid JSON: {}", simdjson::error_message(err));
+  if (auto err = parser.parse(padded).get(root)) {
+    const core::JsonError where = core::locate_json_error(json);
+    return fmt::format("{}: {}", where.path.empty() ? "body" : "body." + where.path,
+                       core::json_error_text(where, simdjson::error_message(err)));
+  }
   if (!root.is_object()) return "body: expected a JSON object, got " + config::describe(root);
   return "";
 }

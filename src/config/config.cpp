@@ -21,6 +21,7 @@
 #include "config/api_config.hpp"
 #include "config/json_util.hpp"
 #include "gw/api/hash.hpp"
+#include "gw/core/json_error.hpp"
 #include "gw/shm/segment.hpp"
 
 namespace gw::config {
@@ -821,8 +822,15 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
   Ctx c;
   simdjson::dom::parser parser;
   element root;
-  if (auto err = parser.parse(json).get(root)) {
-    r.errors.push_back(fmt::format("(document): invalid JSON: {}", simdjson::error_message(err)));
+  // A UTF-8 byte-order mark (some editors write one) is skipped, as nginx and
+  // most JSON readers do; JSON text has none, but it carries no meaning.
+  const size_t bom = std::string_view(json).starts_with("\xef\xbb\xbf") ? 3 : 0;
+  const std::string_view text = std::string_view(json).substr(bom);
+  if (auto err = parser.parse(text.data(), text.size(), false).get(root)) {
+    const core::JsonError where = core::locate_json_error(text);
+    // A BOM shifts no column: it is skipped before the scan, and takes none in an editor.
+    r.errors.push_back(fmt::format("{}: {}", where.path.empty() ? "(document)" : where.path,
+                                   core::json_error_text(where, simdjson::error_message(err))));
     return r;
   }
   if (!root.is_object()) {

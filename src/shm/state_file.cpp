@@ -13,6 +13,7 @@
 
 #include "gw/core/clock.hpp"
 #include "gw/core/fd.hpp"
+#include "gw/core/json_error.hpp"
 
 namespace gw::shm {
 
@@ -177,7 +178,13 @@ bool read_state_file(const std::string& path, State& out) {
   simdjson::dom::parser parser;
   simdjson::dom::element root;
   auto bad = [&](const std::string& why) { return std::runtime_error(fmt::format("state file {}: {}", path, why)); };
-  if (auto err = parser.load(path).get(root)) throw bad(simdjson::error_message(err));
+  simdjson::padded_string text;
+  if (auto err = simdjson::padded_string::load(path).get(text)) throw bad(simdjson::error_message(err));
+  if (auto err = parser.parse(text).get(root)) {
+    const core::JsonError where = core::locate_json_error(text);
+    throw bad(fmt::format("{}{}", where.path.empty() ? "" : where.path + ": ",
+                          core::json_error_text(where, simdjson::error_message(err))));
+  }
   State s;
   int64_t version = 0;
   if (root["gw_state"].get(version)) throw bad("not a gw state file (no \"gw_state\" version number)");
