@@ -22,12 +22,9 @@ class Scanner {
   explicit Scanner(std::string_view d) : d_(d) {}
 
   JsonError run() {
-    if (d_.starts_with("\xef\xbb\xbf"))
-      fail(0, "a UTF-8 byte-order mark at the start: remove it (JSON text has none)");
-    else if (skip_ws(); i_ == d_.size())
-      fail(i_, "the document is empty");
-    else if (value(0) && (skip_ws(), i_ < d_.size()))
-      unexpected(i_, "the end of the document after its value");
+    if (d_.starts_with("\xef\xbb\xbf")) fail(0, "a UTF-8 byte-order mark at the start: remove it (JSON text has none)");
+    else if (skip_ws(); i_ == d_.size()) fail(i_, "the document is empty");
+    else if (value(0) && (skip_ws(), i_ < d_.size())) unexpected(i_, "the end of the document after its value");
     return err_;
   }
 
@@ -171,7 +168,8 @@ class Scanner {
         if (e == 'u') {
           const long u = hex4(i_);
           if (u < 0) return fail(i_, "a \\u escape without 4 hex digits");
-          if (u >= 0xdc00 && u <= 0xdfff) return fail(i_, fmt::format("a \\u{:04x} escape: a lone UTF-16 surrogate", u));
+          if (u >= 0xdc00 && u <= 0xdfff)
+            return fail(i_, fmt::format("a \\u{:04x} escape: a lone UTF-16 surrogate", u));
           if (u >= 0xd800 && u <= 0xdbff) {
             const long low = hex4(i_ + 6);
             if (i_ + 6 >= d_.size() || d_[i_ + 6] != '\\' || low < 0xdc00 || low > 0xdfff)
@@ -204,8 +202,8 @@ class Scanner {
     const size_t start = i_;
     auto digit = [&](size_t k) { return k < d_.size() && d_[k] >= '0' && d_[k] <= '9'; };
     auto bad = [&](std::string_view why) {
-      return fail(start, fmt::format("an invalid number {}: {}", d_.substr(start, std::min<size_t>(i_ - start, 40)),
-                                     why));
+      return fail(start,
+                  fmt::format("an invalid number {}: {}", d_.substr(start, std::min<size_t>(i_ - start, 40)), why));
     };
     const bool negative = d_[i_] == '-';
     if (negative) ++i_;

@@ -65,7 +65,8 @@ TEST_SUITE("core") {
     CHECK(where("{\"é\": 1,}") == "1:8 : a trailing comma: JSON has none before '}'");
     CHECK(where("[é]") == "1:2 [0]: expected a value, found 'é'");
     // Nested deeper than simdjson goes.
-    CHECK(where(std::string(1025, '[') + std::string(1025, ']')).ends_with("objects and arrays nested deeper than 1024"));
+    CHECK(
+        where(std::string(1025, '[') + std::string(1025, ']')).ends_with("objects and arrays nested deeper than 1024"));
     CHECK(gw::core::json_error_text(JsonError{}, "Problem while parsing a number") ==
           "invalid JSON: Problem while parsing a number");
   }
