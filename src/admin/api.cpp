@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 
@@ -11,6 +12,7 @@
 #include "gw/admin/status.hpp"
 #include "gw/api/hash.hpp"
 #include "gw/config/api.hpp"
+#include "gw/core/json_error.hpp"
 #include "gw/core/log.hpp"
 #include "gw/http/parser.hpp"
 #include "gw/shm/ops.hpp"
@@ -171,10 +173,52 @@ std::string join_errors(const std::vector<std::string>& errors) {
 std::string parse_object(simdjson::dom::parser& parser, std::string_view json, element& root) {
   if (json.empty()) return "body: expected a JSON object, got an empty body";
   simdjson::padded_string padded(json);
-  if (auto err = parser.parse(padded).get(root))
-    return fmt::format("body: invalid JSON: {}", simdjson::error_message(err));
+  if (auto err = parser.parse(padded).get(root)) {
+    const core::JsonError where = core::locate_json_error(json);
+    return fmt::format("{}: {}", where.path.empty() ? "body" : "body." + where.path,
+                       core::json_error_text(where, simdjson::error_message(err)));
+  }
   if (!root.is_object()) return "body: expected a JSON object, got " + config::describe(root);
   return "";
+}
+
+}  // namespace
+
+namespace {
+
+// A read-only field GET shows on a host (its state and counters): true if
+// `k` is one, after checking that `v` has the type GET gives it.
+bool host_read_only(config::Ctx& c, std::string_view k, element v, const std::string& kp) {
+  if (k == "health") {
+    if (!v.is_string()) c.error(kp, "expected the host's health (a string, read-only), got " + config::describe(v));
+  } else if (k == "active" || k == "total" || k == "failures" || k == "status_failures") {
+    if (!v.is_uint64()) c.error(kp, "expected a count (an integer >= 0, read-only), got " + config::describe(v));
+  } else if (k == "responses") {
+    if (!v.is_object()) c.error(kp, "expected the response counts (an object, read-only), got " + config::describe(v));
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// One host object at `path` ({"id", "address", "weight"?, "admin"?} and
+// GET's read-only fields).
+void parse_host_object(config::Ctx& c, element e, const std::string& path, HostBody& out) {
+  bool has_id = false, has_address = false;
+  config::for_each_field(c, e, path, [&](std::string_view k, element v, const std::string& kp) {
+    if (k == "id") has_id = config::get_name(c, v, kp, out.id);
+    else if (k == "address") has_address = config::get_address(c, v, kp, out.address);
+    else if (k == "weight") config::get_u32(c, v, kp, 0, shm::kMaxWeight, out.weight);
+    else if (k == "admin") {
+      std::string_view a;
+      if (v.get(a) == simdjson::SUCCESS && (a == "up" || a == "down")) out.down = a == "down";
+      else c.error(kp, "expected \"up\" or \"down\", got " + config::describe(v));
+    } else return host_read_only(c, k, v, kp);
+    return true;
+  });
+  if (!e.is_object()) return;
+  if (!has_id && !c.has_error_under(path + ".id")) c.error(path, "missing required key \"id\"");
+  if (!has_address && !c.has_error_under(path + ".address")) c.error(path, "missing required key \"address\"");
 }
 
 }  // namespace
@@ -184,43 +228,63 @@ std::string parse_host_body(std::string_view json, HostBody& out) {
   element root;
   if (auto err = parse_object(parser, json, root); !err.empty()) return err;
   config::Ctx c;
-  bool has_id = false, has_address = false;
-  config::for_each_field(c, root, "body", [&](std::string_view k, element v, const std::string& kp) {
-    if (k == "id") has_id = config::get_name(c, v, kp, out.id);
-    else if (k == "address") has_address = config::get_address(c, v, kp, out.address);
-    else if (k == "weight") config::get_u32(c, v, kp, 0, shm::kMaxWeight, out.weight);
-    else return false;
-    return true;
-  });
-  if (!has_id && !c.has_error_under("body.id")) c.error("body", "missing required key \"id\"");
-  if (!has_address && !c.has_error_under("body.address")) c.error("body", "missing required key \"address\"");
+  parse_host_object(c, root, "body", out);
   return join_errors(c.errors);
 }
 
-std::string parse_pool_body(std::string_view json, bool need_id, PoolBody& out) {
+std::string parse_pool_body(std::string_view json, std::string_view path_id, PoolBody& out) {
   simdjson::dom::parser parser;
   element root;
   if (auto err = parse_object(parser, json, root); !err.empty()) return err;
+  const bool add = path_id.empty();
   config::Ctx c;
   bool has_id = false;
   config::for_each_field(c, root, "body", [&](std::string_view k, element v, const std::string& kp) {
-    if (k == "id" && need_id) {
+    if (k == "id") {
       has_id = config::get_name(c, v, kp, out.id);
+      // set pool: the id is the path's; the body may repeat it (as GET shows it).
+      if (has_id && !add && out.id != path_id)
+        c.error(kp, fmt::format("\"{}\" differs from the pool in the path, \"{}\"", out.id, path_id));
     } else if (k == "priority") {
       int32_t p = 0;
       if (config::get_i32(c, v, kp, -1000000, 1000000, p)) out.priority = p;
     } else if (k == "method") {
       shm::Method m{};
       if (config::get_method(c, v, kp, m)) out.method = m;
+    } else if (k == "hosts") {
+      out.hosts.emplace();
+      config::for_each_element(c, v, kp, [&](element item, const std::string& ip) {
+        parse_host_object(c, item, ip, out.hosts->emplace_back());
+      });
+      if (add && !out.hosts->empty() && !c.has_error_under(kp))
+        c.error(kp, "a new pool starts empty: add its hosts with POST .../hosts once it exists");
     } else {
       return false;
     }
     return true;
   });
-  if (need_id && !has_id && !c.has_error_under("body.id")) c.error("body", "missing required key \"id\"");
-  if (!need_id && c.errors.empty() && !out.priority && !out.method)
+  if (add && !has_id && !c.has_error_under("body.id")) c.error("body", "missing required key \"id\"");
+  if (!add && c.errors.empty() && !out.priority && !out.method)
     c.error("body", "set pool needs \"priority\" and/or \"method\"");
   return join_errors(c.errors);
+}
+
+std::string check_pool_hosts(const shm::Table& t, int pool, const std::vector<HostBody>& body) {
+  for (size_t i = 0; i < body.size(); ++i) {
+    for (size_t j = 0; j < i; ++j)
+      if (body[i].id == body[j].id) return fmt::format("body.hosts: host \"{}\" is listed twice", body[i].id);
+    if (t.find_host(pool, body[i].id) < 0) return fmt::format("body.hosts: the pool has no host \"{}\"", body[i].id);
+  }
+  for (const auto& h : t.hosts()) {
+    if (h.pool != static_cast<uint32_t>(pool)) continue;
+    const std::string_view id = shm::name_of(h.id);
+    auto it = std::find_if(body.begin(), body.end(), [&](const HostBody& b) { return b.id == id; });
+    if (it == body.end()) return fmt::format("body.hosts: host \"{}\" is missing", id);
+    if (!(it->address == h.addr) || it->weight != h.weight || it->down != (h.admin_down != 0))
+      return fmt::format("body.hosts: host \"{}\" is {} weight={} admin {} in the pool", id, h.addr.to_string(),
+                         h.weight, h.admin_down ? "down" : "up");
+  }
+  return "";
 }
 
 std::string parse_consumer_body(std::string_view json, ConsumerBody& out) {
@@ -269,7 +333,7 @@ std::string parse_rule_body(std::string_view json, std::string_view path_id, shm
   }
   config::Ctx c;
   out = shm::RuleSpec{};
-  config::parse_rule_object(c, root, "body", out);
+  config::parse_rule_object(c, root, "body", out, true);
   return join_errors(c.errors);
 }
 
@@ -512,20 +576,32 @@ Response Api::write(const Request& r, const RouteMatch& m) {
   switch (m.endpoint) {
     case Endpoint::pools: {  // POST: add pool
       PoolBody b;
-      if (auto err = parse_pool_body(r.body, true, b); !err.empty()) return error_response(400, err);
+      if (auto err = parse_pool_body(r.body, "", b); !err.empty()) return error_response(400, err);
       return done(201, shm::ops::add_pool(seg_, p[0], b.id, b.priority.value_or(0),
                                           b.method.value_or(shm::Method::round_robin)));
     }
     case Endpoint::pool: {
       if (del) return done(200, shm::ops::remove_pool(seg_, p[0], p[1]));
       PoolBody b;
-      if (auto err = parse_pool_body(r.body, false, b); !err.empty()) return error_response(400, err);
+      if (auto err = parse_pool_body(r.body, p[1], b); !err.empty()) return error_response(400, err);
+      if (b.hosts) {
+        // GET's "hosts", sent back: they must be the pool's, so that an edit
+        // of them is refused rather than dropped. (Checked before the commit:
+        // set pool does not touch the hosts, so a host changed meanwhile
+        // loses nothing.)
+        const auto& t = table();
+        if (auto err = check_pool_hosts(t, shm::ops::find_pool(t, p[0], p[1]), *b.hosts); !err.empty())
+          return error_response(
+              400, fmt::format("{}; a pool's hosts change through /upstreams/{}/pools/{}/hosts: leave \"hosts\" out "
+                               "or send them as GET shows them",
+                               err, p[0], p[1]));
+      }
       return done(200, shm::ops::set_pool(seg_, p[0], p[1], b.priority, b.method));
     }
     case Endpoint::hosts: {  // POST: add host
       HostBody b;
       if (auto err = parse_host_body(r.body, b); !err.empty()) return error_response(400, err);
-      return done(201, shm::ops::add_host(seg_, p[0], p[1], b.id, b.address, b.weight));
+      return done(201, shm::ops::add_host(seg_, p[0], p[1], b.id, b.address, b.weight, b.down));
     }
     case Endpoint::host:  // DELETE
       return done(200, shm::ops::remove_host(seg_, p[0], p[1], p[2]));

@@ -9,6 +9,30 @@
 #include "gw/core/clock.hpp"
 
 namespace gw::api {
+
+QueryName query_name(std::string_view raw, std::string_view name) noexcept {
+  const auto hex = [](char h) {
+    return h >= '0' && h <= '9'   ? h - '0'
+           : h >= 'a' && h <= 'f' ? h - 'a' + 10
+           : h >= 'A' && h <= 'F' ? h - 'A' + 10
+                                  : -1;
+  };
+  size_t j = 0;  // the decoded bytes so far; they match name[0..j) while `same`
+  bool same = true;
+  for (size_t i = 0; i < raw.size(); ++i, ++j) {
+    char c = raw[i];
+    if (c == '%') {
+      if (i + 2 >= raw.size() || hex(raw[i + 1]) < 0 || hex(raw[i + 2]) < 0) return QueryName::malformed;
+      c = static_cast<char>(hex(raw[i + 1]) * 16 + hex(raw[i + 2]));
+      i += 2;
+    } else if (c == '+') {
+      c = ' ';  // form decoding, as the host's query parser does
+    }
+    same = same && j < name.size() && name[j] == c;
+  }
+  return same && j == name.size() ? QueryName::match : QueryName::other;
+}
+
 namespace {
 
 std::string_view trim(std::string_view v) noexcept {
@@ -17,10 +41,12 @@ std::string_view trim(std::string_view v) noexcept {
   return v;
 }
 
-// The value of query argument `name` (as sent: not percent-decoded).
-bool query_arg(std::string_view target, std::string_view name, std::string_view& value) noexcept {
+// Calls fn(name, value) for each argument of the target's query (as sent),
+// until fn returns false.
+template <typename Fn>
+void each_query_arg(std::string_view target, Fn&& fn) noexcept {
   const size_t q = target.find('?');
-  if (q == std::string_view::npos) return false;
+  if (q == std::string_view::npos) return;
   std::string_view query = target.substr(q + 1);
   if (const size_t hash = query.find('#'); hash != std::string_view::npos) query = query.substr(0, hash);
   while (!query.empty()) {
@@ -28,12 +54,21 @@ bool query_arg(std::string_view target, std::string_view name, std::string_view&
     const std::string_view pair = query.substr(0, amp);
     query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
     const size_t eq = pair.find('=');
-    if (pair.substr(0, eq) == name) {
-      value = eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1);
-      return true;
-    }
+    if (!fn(pair.substr(0, eq), eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1))) return;
   }
-  return false;
+}
+
+// The value (as sent: not percent-decoded) of the first query argument
+// whose name, percent-decoded, is `name`.
+bool query_arg(std::string_view target, std::string_view name, std::string_view& value) noexcept {
+  bool found = false;
+  each_query_arg(target, [&](std::string_view n, std::string_view v) {
+    if (query_name(n, name) != QueryName::match) return true;
+    value = v;
+    found = true;
+    return false;
+  });
+  return found;
 }
 
 bool cookie(const http::Head& h, std::string_view name, std::string_view& value) noexcept {
@@ -94,17 +129,17 @@ size_t credential_count(const config::AuthConf& a, const GuardRequest& rq) noexc
   }
   switch (a.from) {
     case config::CredFrom::header: fields(a.from_name); break;
-    case config::CredFrom::query: {
-      const size_t q = rq.target.find('?');
-      std::string_view query = q == std::string_view::npos ? std::string_view{} : rq.target.substr(q + 1);
-      while (!query.empty()) {
-        const size_t amp = query.find('&');
-        const std::string_view pair = query.substr(0, amp);
-        query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
-        n += pair.substr(0, pair.find('=')) == a.from_name;
-      }
+    case config::CredFrom::query:
+      // Names compared percent-decoded, as the host will read them
+      // ("api%6Bey" is a second "apikey"). A name with a malformed escape is
+      // read differently by different hosts (kept as sent, cut, or the
+      // request refused): it may be the key's, so it counts as a second one.
+      each_query_arg(rq.target, [&](std::string_view name, std::string_view) {
+        const QueryName m = query_name(name, a.from_name);
+        n += m == QueryName::match ? 1 : m == QueryName::malformed ? 2 : 0;
+        return true;
+      });
       break;
-    }
     case config::CredFrom::cookie:
       for (const http::Field& f : rq.head->fields) {
         if (!http::iequals(f.name, "cookie")) continue;

@@ -8,6 +8,8 @@
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
 
+#include <fmt/format.h>
+
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -57,6 +59,13 @@ JwtVerifier::JwtVerifier(const config::AuthConf& conf)
   if (!key_ || EVP_PKEY_base_id(key_) != EVP_PKEY_RSA) {
     EVP_PKEY_free(key_);
     throw std::runtime_error("jwt: the RS256 public key does not load");
+  }
+  // A larger key's signatures would not fit JwtScratch::sig_: every token
+  // would be refused as malformed. The config loader refuses such keys.
+  if (const int bits = EVP_PKEY_bits(key_); bits > kMaxRsaBits) {
+    EVP_PKEY_free(key_);
+    throw std::runtime_error(
+        fmt::format("jwt: the RS256 public key has {} bits; at most {} are supported", bits, kMaxRsaBits));
   }
   // The RSA verification context is set up once (the algorithm fetched, the
   // padding and digest set); a verification hashes with nettle and runs only

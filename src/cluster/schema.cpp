@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include "gw/core/json_error.hpp"
+
 namespace gw::cluster {
 
 std::string upstream_key(std::string_view prefix, std::string_view u) {
@@ -63,7 +65,9 @@ bool each_field(std::string_view json, std::string& why, Fn&& fn) {
   simdjson::dom::parser parser;
   element root;
   if (auto err = parser.parse(json.data(), json.size()).get(root)) {
-    why = fmt::format("invalid JSON: {}", simdjson::error_message(err));
+    const core::JsonError where = core::locate_json_error(json);
+    why = fmt::format("{}{}", where.path.empty() ? "" : where.path + ": ",
+                      core::json_error_text(where, simdjson::error_message(err)));
     return false;
   }
   simdjson::dom::object obj;

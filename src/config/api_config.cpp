@@ -11,6 +11,8 @@
 #include <set>
 #include <sstream>
 
+#include "gw/api/jwt.hpp"
+
 namespace gw::config {
 
 using simdjson::dom::element;
@@ -77,7 +79,9 @@ bool is_rsa_public_key(const std::string& pem, std::string& why) {
   EVP_PKEY_free(key);
   if (!rsa) why = "not an RSA key";
   else if (bits < 2048) why = fmt::format("an RSA key of {} bits; at least 2048 are required", bits);
-  return rsa && bits >= 2048;
+  else if (bits > api::kMaxRsaBits)
+    why = fmt::format("an RSA key of {} bits; at most {} are supported", bits, api::kMaxRsaBits);
+  return rsa && bits >= 2048 && bits <= api::kMaxRsaBits;
 }
 
 // A crypt(3) hash of a strong method: bcrypt, SHA-crypt or yescrypt.

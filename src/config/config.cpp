@@ -21,6 +21,7 @@
 #include "config/api_config.hpp"
 #include "config/json_util.hpp"
 #include "gw/api/hash.hpp"
+#include "gw/core/json_error.hpp"
 #include "gw/shm/segment.hpp"
 
 namespace gw::config {
@@ -331,10 +332,37 @@ void parse_http(Ctx& c, element e, const std::string& path, HttpConf& h) {
 }
 
 // One rule of a route's "rules": {"id", "upstream", "ip": [...], "header":
-// "NAME=VALUE", "cookie": "NAME=VALUE", "percent": N}.
-void parse_rule(Ctx& c, element e, const std::string& p, shm::RuleSpec& r) {
+// "NAME=VALUE", "cookie": "NAME=VALUE", "percent": N}. A header or cookie
+// may also be {"name": N, "value": V}, the form the state file and the admin
+// API's GET write, so that what gw writes it reads back. `read_only_hits`:
+// the admin API's bodies may carry the rule's "hits" counter as GET shows it
+// (a non-negative integer, ignored).
+void parse_rule(Ctx& c, element e, const std::string& p, shm::RuleSpec& r, bool read_only_hits = false) {
   bool has_id = false, has_up = false;
   auto name_value = [&](element v, const std::string& kp, std::string& name, std::string& value) {
+    if (v.is_object()) {
+      bool has_name = false, has_value = false;
+      for_each_field(c, v, kp, [&](std::string_view nk, element nv, const std::string& nkp) {
+        if (nk == "name") {
+          if (get_string(c, nv, nkp, name)) {
+            if (name.empty()) c.error(nkp, "expected a non-empty name");
+            else has_name = true;
+          }
+        } else if (nk == "value") {
+          has_value = get_string(c, nv, nkp, value);
+        } else {
+          return false;
+        }
+        return true;
+      });
+      if (!has_name && !c.has_error_under(kp + ".name")) c.error(kp, "missing required key \"name\"");
+      if (!has_value && !c.has_error_under(kp + ".value")) c.error(kp, "missing required key \"value\"");
+      return;
+    }
+    if (!v.is_string()) {
+      c.error(kp, "expected \"NAME=VALUE\" or {\"name\": NAME, \"value\": VALUE}, got " + describe(v));
+      return;
+    }
     std::string t;
     if (!get_string(c, v, kp, t)) return;
     auto eq = t.find('=');
@@ -346,7 +374,12 @@ void parse_rule(Ctx& c, element e, const std::string& p, shm::RuleSpec& r) {
     value = t.substr(eq + 1);
   };
   for_each_field(c, e, p, [&](std::string_view k, element v, const std::string& kp) {
-    if (k == "id") has_id = get_name(c, v, kp, r.id);
+    if (k == "hits" && read_only_hits) {
+      if (!v.is_uint64() && !v.is_int64())
+        c.error(kp, "expected the rule's hit count (an integer), got " + describe(v));
+      else if (v.is_int64() && v.get_int64().value_unsafe() < 0)
+        c.error(kp, "expected the rule's hit count (an integer >= 0), got " + describe(v));
+    } else if (k == "id") has_id = get_name(c, v, kp, r.id);
     else if (k == "upstream") has_up = get_name(c, v, kp, r.upstream);
     else if (k == "ip") {
       size_t n = 0;
@@ -789,8 +822,15 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
   Ctx c;
   simdjson::dom::parser parser;
   element root;
-  if (auto err = parser.parse(json).get(root)) {
-    r.errors.push_back(fmt::format("(document): invalid JSON: {}", simdjson::error_message(err)));
+  // A UTF-8 byte-order mark (some editors write one) is skipped, as nginx and
+  // most JSON readers do; JSON text has none, but it carries no meaning.
+  const size_t bom = std::string_view(json).starts_with("\xef\xbb\xbf") ? 3 : 0;
+  const std::string_view text = std::string_view(json).substr(bom);
+  if (auto err = parser.parse(text.data(), text.size(), false).get(root)) {
+    const core::JsonError where = core::locate_json_error(text);
+    // A BOM shifts no column: it is skipped before the scan, and takes none in an editor.
+    r.errors.push_back(fmt::format("{}: {}", where.path.empty() ? "(document)" : where.path,
+                                   core::json_error_text(where, simdjson::error_message(err))));
     return r;
   }
   if (!root.is_object()) {
@@ -913,8 +953,9 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
 
 }  // namespace
 
-void parse_rule_object(Ctx& c, simdjson::dom::element e, const std::string& path, shm::RuleSpec& r) {
-  parse_rule(c, e, path, r);
+void parse_rule_object(Ctx& c, simdjson::dom::element e, const std::string& path, shm::RuleSpec& r,
+                       bool read_only_hits) {
+  parse_rule(c, e, path, r, read_only_hits);
 }
 
 LoadResult load_string(const std::string& json, const std::string& path) {

@@ -64,8 +64,11 @@ bool get_i32(Ctx& c, simdjson::dom::element v, const std::string& path, int32_t 
 bool get_method(Ctx& c, simdjson::dom::element v, const std::string& path, shm::Method& out);
 
 /// One gray-release rule in the config's form (listeners[].routes[].rules[]:
-/// {"id", "upstream", "ip": [...], "header": "N=V", "cookie": "N=V",
-/// "percent"}), validated in full; also the admin API's rule body.
-void parse_rule_object(Ctx& c, simdjson::dom::element e, const std::string& path, shm::RuleSpec& r);
+/// {"id", "upstream", "ip": [...], "header": "N=V" or {"name", "value"},
+/// "cookie": likewise, "percent"}), validated in full; also the admin API's
+/// rule body, which may carry GET's read-only "hits" (read_only_hits: checked
+/// to be a count, ignored).
+void parse_rule_object(Ctx& c, simdjson::dom::element e, const std::string& path, shm::RuleSpec& r,
+                       bool read_only_hits = false);
 
 }  // namespace gw::config

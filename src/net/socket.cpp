@@ -33,7 +33,7 @@ core::UniqueFd listen_tcp(const core::SockAddr& addr, int backlog, bool reusepor
   return fd;
 }
 
-void check_address_free(const core::SockAddr& addr, const std::vector<core::SockAddr>& ours) {
+void check_address_free(const core::SockAddr& addr, const std::vector<core::SockAddr>& ours, std::string_view what) {
   sockaddr_storage ss;
   socklen_t len = addr.to_sockaddr(ss);
   core::UniqueFd fd(::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -46,10 +46,11 @@ void check_address_free(const core::SockAddr& addr, const std::vector<core::Sock
     for (const auto& o : ours)
       if (!(o == addr) && o.port == addr.port && o.family == addr.family) return;  // overlaps one of ours
   if (errno == EADDRINUSE)
-    throw std::runtime_error(fmt::format(
-        "cannot bind {}: the address is in use by another process (another gwd, or any program listening there)",
-        addr.to_string()));
-  throw std::runtime_error(fmt::format("cannot bind {}: {}", addr.to_string(), std::strerror(errno)));
+    throw std::runtime_error(
+        fmt::format("{}: cannot bind {}: the address is in use by another process (another gwd, or any program "
+                    "listening there)",
+                    what, addr.to_string()));
+  throw std::runtime_error(fmt::format("{}: cannot bind {}: {}", what, addr.to_string(), std::strerror(errno)));
 }
 
 int connect_tcp(const core::SockAddr& addr, int& err) noexcept {

@@ -551,11 +551,20 @@ struct Inherited {
 
 constexpr const char* kUpgradeEnv = "GW_UPGRADE";
 
-// A binary upgrade: what can fail once this master has published its config
-// in the segment (which the old master would then have to undo) is tried
-// first: the addresses it does not inherit, and the access logs. (The worker
-// rows are checked in prepare_segment, before its commit.)
-void preflight_upgrade(const config::Config& cfg, const Inherited& in) {
+// `listener "web"`: the setting a listener's bind error names.
+std::string listener_what(const config::ListenerConf& l) {
+  return fmt::format("listener \"{}\"", l.name);
+}
+
+// What can fail once this master has created or changed the segment is tried
+// first: the addresses it does not inherit (every one at a plain start) and
+// the access logs. So a start that fails on them leaves no trace (no segment
+// made, no generation published, no state file written), and a binary upgrade
+// that fails on them leaves nothing for the old master to undo. (The worker
+// rows are checked in prepare_segment, before its commit.) A process that
+// binds an address between this check and run()'s bind still fails the start
+// after the segment is made: the check is not a reservation.
+void preflight(const config::Config& cfg, const Inherited& in) {
   std::vector<core::SockAddr> ours;
   for (const auto& l : cfg.listeners) ours.push_back(l.listen);
   for (const auto& il : in.listeners) {
@@ -567,10 +576,10 @@ void preflight_upgrade(const config::Config& cfg, const Inherited& in) {
     const std::string a = l.listen.to_string();
     bool inherited = false;
     for (const auto& il : in.listeners) inherited |= il.addr == a;
-    if (!inherited) net::check_address_free(l.listen, ours);
+    if (!inherited) net::check_address_free(l.listen, ours, listener_what(l));
   }
   if (cfg.admin.enabled && in.admin_addr != cfg.admin.listen.to_string())
-    net::check_address_free(cfg.admin.listen, ours);
+    net::check_address_free(cfg.admin.listen, ours, "admin.listen");
   for (const auto& path : cfg.access_log_paths) ::close(open_access_log(path));
 }
 
@@ -646,7 +655,8 @@ class Master {
     for (int w = 0; w < n; ++w)
       for (const auto& l : cfg_.listeners) {
         core::UniqueFd fd = take_inherited(static_cast<size_t>(w), l.listen);
-        if (!fd && w == 0) net::check_address_free(l.listen, ours);  // a new address: no one else may listen there
+        if (!fd && w == 0)
+          net::check_address_free(l.listen, ours, listener_what(l));  // a new address: no one else may listen there
         fds_[static_cast<size_t>(w)].push_back(fd ? std::move(fd) : net::listen_tcp(l.listen, l.backlog, true));
       }
     // The admin server's socket, made here too: a port in use stops gwd now,
@@ -657,6 +667,7 @@ class Master {
         ::fcntl(admin_fd_.get(), F_SETFD, FD_CLOEXEC);  // as the inherited listeners (take_inherited)
         inherited_.admin_fd = -1;
       } else {
+        net::check_address_free(cfg_.admin.listen, ours, "admin.listen");
         admin_fd_ = net::listen_tcp(cfg_.admin.listen, 128, false);
       }
       admin_.fd = admin_fd_.get();
@@ -925,14 +936,19 @@ class Master {
       std::vector<core::SockAddr> ours;
       for (const auto& l : cfg_.listeners) ours.push_back(l.listen);
       for (const auto& l : next.listeners) ours.push_back(l.listen);
+      if (cfg_.admin.enabled) ours.push_back(cfg_.admin.listen);  // the admin server's socket is this gwd's too
       for (size_t i = 0; i < next.listeners.size(); ++i)
-        if (reuse[i] < 0) net::check_address_free(next.listeners[i].listen, ours);  // a new address: nobody else's
+        if (reuse[i] < 0)  // a new address: nobody else's
+          net::check_address_free(next.listeners[i].listen, ours, listener_what(next.listeners[i]));
       for (size_t w = 0; w < fds.size(); ++w)
         for (size_t i = 0; i < next.listeners.size(); ++i)
           fds[w].push_back(w < n_old && reuse[i] >= 0
                                ? core::UniqueFd()
                                : net::listen_tcp(next.listeners[i].listen, next.listeners[i].backlog, true));
-      if (next.admin.enabled && !admin_same) admin_fd = net::listen_tcp(next.admin.listen, 128, false);
+      if (next.admin.enabled && !admin_same) {
+        net::check_address_free(next.admin.listen, ours, "admin.listen");
+        admin_fd = net::listen_tcp(next.admin.listen, 128, false);
+      }
       open_access_logs(next, log_rd, log_wr);
       commit_reload(next);
     } catch (const std::exception& e) {
@@ -1626,7 +1642,7 @@ int run_master(const config::Config& cfg, const std::vector<std::string>& argv) 
     ::setrlimit(RLIMIT_NOFILE, &rl);
   }
   config::Config effective = effective_config(cfg);
-  if (inherited.parent > 0) preflight_upgrade(effective, inherited);
+  preflight(effective, inherited);
   ListenerRowTimes row_free_at{};
   shm::Segment seg = prepare_segment(effective, inherited.parent, &row_free_at);
   // The command line for a later upgrade: argv[0] made absolute if it is a

@@ -66,14 +66,16 @@ Result commit(const Segment& seg, const Writer::Change& change, std::string what
 }  // namespace
 
 Result add_host(const Segment& seg, const std::string& u, const std::string& p, const std::string& id,
-                const core::SockAddr& addr, uint32_t weight) {
+                const core::SockAddr& addr, uint32_t weight, bool down) {
   check_not_clustered(seg);
-  std::string what = fmt::format("add host {}/{}/{} {} weight={}", u, p, id, addr.to_string(), weight);
+  const char* state = down ? " admin down" : "";
+  std::string what = fmt::format("add host {}/{}/{} {} weight={}{}", u, p, id, addr.to_string(), weight, state);
   return commit(
       seg,
       [&](Table& t, std::vector<std::string>& ev) {
-        t.add_host(find_pool(t, u, p), id, addr, weight);
-        ev.push_back(fmt::format("host_added {}/{}/{} {} weight={}", u, p, id, addr.to_string(), weight));
+        const int h = t.add_host(find_pool(t, u, p), id, addr, weight);
+        if (down) t.hosts()[static_cast<size_t>(h)].admin_down = 1;
+        ev.push_back(fmt::format("host_added {}/{}/{} {} weight={}{}", u, p, id, addr.to_string(), weight, state));
       },
       what);
 }

@@ -189,8 +189,14 @@ std::string Segment::validate(const void* base, size_t size) {
   if (h->abi != kAbiVersion)
     return fmt::format("it has ABI version {}, this program speaks ABI version {}; use the gwctl and gwd of one build",
                        h->abi, kAbiVersion);
-  if (size < sizeof(SegmentHeader) || h->header_size != sizeof(SegmentHeader))
-    return fmt::format("its header is {} bytes, expected {}", h->header_size, sizeof(SegmentHeader));
+  // A gw segment's magic and ABI, but too short to hold its header: cut
+  // short (a copy, a truncate). Nothing past `size` is read.
+  if (size < sizeof(SegmentHeader))
+    return fmt::format(
+        "it is {} bytes, smaller than a gw segment header ({} bytes): a segment cut short; remove it if no gw uses it",
+        size, sizeof(SegmentHeader));
+  if (h->header_size != sizeof(SegmentHeader))
+    return fmt::format("its header says it is {} bytes, this build's is {}", h->header_size, sizeof(SegmentHeader));
   if (h->max_workers != kMaxWorkers || h->event_capacity != kEventCapacity)
     return "its worker or event capacity differs from this build";
   if (h->caps.max_hosts == 0 || h->caps.max_pools == 0 || h->caps.max_upstreams == 0 || h->caps.max_hosts > 1u << 20 ||
@@ -201,6 +207,9 @@ std::string Segment::validate(const void* base, size_t size) {
   if (h->stat_workers == 0 || h->stat_workers > kMaxWorkers) return "its stats rows are out of range";
   SegmentHeader expect{};
   size_t want = layout_size(h->caps, h->stat_workers, &expect);
+  if (size < want && h->total_size == want)
+    return fmt::format("it is {} bytes, its layout needs {}: a segment cut short; remove it if no gw uses it", size,
+                       want);
   if (h->total_size != want || size != want || h->slot_offset[0] != expect.slot_offset[0] ||
       h->slot_offset[1] != expect.slot_offset[1] || h->slot_payload != expect.slot_payload ||
       h->runtime_offset != expect.runtime_offset || h->counters_offset != expect.counters_offset ||
@@ -233,14 +242,17 @@ Segment Segment::attach_fd(int fd, const std::string& name) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) throw SegmentError(fmt::format("cannot stat shm {}: {}", obj, std::strerror(errno)));
   size_t size = static_cast<size_t>(st.st_size);
-  if (size == 0) throw SegmentError(fmt::format("shm {} is refused: it is empty, not a gw segment", obj));
+  // The path the operator sees (`ls /dev/shm`), in every refusal.
+  const std::string path = "/dev/shm" + obj;
+  if (size == 0) throw SegmentError(fmt::format("shm segment {} is refused: it is empty, not a gw segment", path));
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) throw SegmentError(fmt::format("cannot map shm {}: {}", obj, std::strerror(errno)));
   Segment seg;
   seg.name_ = name;
   seg.base_ = static_cast<char*>(p);
   seg.size_ = size;
-  if (auto why = validate(p, size); !why.empty()) throw SegmentError(fmt::format("shm {} is refused: {}", obj, why));
+  if (auto why = validate(p, size); !why.empty())
+    throw SegmentError(fmt::format("shm segment {} is refused: {}", path, why));
   return seg;
 }
 

@@ -13,6 +13,7 @@
 
 #include "gw/core/clock.hpp"
 #include "gw/core/fd.hpp"
+#include "gw/core/json_error.hpp"
 
 namespace gw::shm {
 
@@ -88,8 +89,8 @@ std::string state_to_json(const Table& t) {
   State s = state_from_table(t);
   char ts[40];
   core::format_iso8601(t.header().updated_wall_ms, ts, sizeof(ts));
-  std::string out =
-      fmt::format("{{\"gw_state\": 1, \"generation\": {}, \"updated\": \"{}\", \"upstreams\": [", s.generation, ts);
+  std::string out = fmt::format("{{\"gw_state\": {}, \"generation\": {}, \"updated\": \"{}\", \"upstreams\": [",
+                                kStateVersion, s.generation, ts);
   for (size_t u = 0; u < s.upstreams.size(); ++u) {
     const auto& su = s.upstreams[u];
     out += fmt::format("{}\n  {{\"name\": \"{}\", \"pools\": [", u ? "," : "", su.name);
@@ -129,10 +130,12 @@ void write_state_file(const std::string& path, const std::string& json) {
   std::string dir = ".";
   if (auto slash = path.rfind('/'); slash != std::string::npos) dir = slash == 0 ? "/" : path.substr(0, slash);
   std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  bool renamed = false;
   auto fail = [&](const char* what) {
     int e = errno;
-    ::unlink(tmp.c_str());
-    throw std::runtime_error(fmt::format("cannot write state file {}: {} failed: {}", path, what, std::strerror(e)));
+    if (!renamed) ::unlink(tmp.c_str());
+    throw StateFileError(fmt::format("cannot write state file {}: {} failed: {}", path, what, std::strerror(e)),
+                         renamed);
   };
   {
     core::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
@@ -147,6 +150,7 @@ void write_state_file(const std::string& path, const std::string& json) {
     if (::fsync(fd.get()) != 0) fail("fsync");
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) fail("rename");
+  renamed = true;
   // The rename is durable only once the directory is: until then a crash may
   // bring back the previous file. A failure here is the commit's failure (its
   // writer publishes nothing; the next one rewrites the file from the live
@@ -174,10 +178,19 @@ bool read_state_file(const std::string& path, State& out) {
   simdjson::dom::parser parser;
   simdjson::dom::element root;
   auto bad = [&](const std::string& why) { return std::runtime_error(fmt::format("state file {}: {}", path, why)); };
-  if (auto err = parser.load(path).get(root)) throw bad(simdjson::error_message(err));
+  simdjson::padded_string text;
+  if (auto err = simdjson::padded_string::load(path).get(text)) throw bad(simdjson::error_message(err));
+  if (auto err = parser.parse(text).get(root)) {
+    const core::JsonError where = core::locate_json_error(text);
+    throw bad(fmt::format("{}{}", where.path.empty() ? "" : where.path + ": ",
+                          core::json_error_text(where, simdjson::error_message(err))));
+  }
   State s;
   int64_t version = 0;
-  if (root["gw_state"].get(version) || version != 1) throw bad("not a gw state file (\"gw_state\": 1 missing)");
+  if (root["gw_state"].get(version)) throw bad("not a gw state file (no \"gw_state\" version number)");
+  if (version != kStateVersion)
+    throw bad(fmt::format("it is a gw state file of version {}, this gw reads version {}{}", version, kStateVersion,
+                          version > kStateVersion ? " (a newer gw wrote it: run that gw, or a gw that reads it)" : ""));
   uint64_t gen = 0;
   if (root["generation"].get(gen)) throw bad("\"generation\" missing or not an integer");
   s.generation = gen;

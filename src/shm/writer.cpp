@@ -179,8 +179,19 @@ uint64_t Writer::commit(const Change& change) {
   t.header().updated_wall_ms = core::wall_ms();
 
   if (persist_ && hdr.state_file[0] != '\0') {
+    // `persisting` ahead of the published generation marks a state file that
+    // may be ahead of the live table, for the next writer to repair: left set
+    // by a writer killed from here to the publish, or failing after its rename.
+    const uint64_t persisted = hdr.persisting.load();
     hdr.persisting.store(t.header().generation);
-    write_state_file(hdr.state_file, state_to_json(t));
+    try {
+      write_state_file(hdr.state_file, state_to_json(t));
+    } catch (const StateFileError& e) {
+      // Failed before the rename: the state file is the live table's still,
+      // nothing to repair (and no "a writer stopped" warning for the next one).
+      if (!e.replaced()) hdr.persisting.store(persisted);
+      throw;
+    }
   }
   for (const SlotReset& r : resets) reset_slot(seg_->host(r.slot), r.tag);
 

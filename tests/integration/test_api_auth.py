@@ -318,6 +318,15 @@ class ApiAuthTest(GwTestCase):
         self.assertEqual(c.get("/k/", [("apikey", "alice-key-0001"), ("APIKEY", "evil")]).status, 400)
         self.assertEqual(c.get("/q/?key=alice-key-0001").status, 200)
         self.assertEqual(c.get("/q/?key=alice-key-0001&key=evil").status, 400)
+        # Names are compared as the host decodes them: "k%65y" is a second "key"
+        # (it was let through), and the key is found under it too; "k+ey" is
+        # "k ey"; a malformed escape in a name, which hosts read differently, is
+        # refused as a possible second key.
+        self.assertEqual(c.get("/q/?key=alice-key-0001&k%65y=evil").status, 400)
+        self.assertEqual(c.get("/q/?k%65y=alice-key-0001").status, 200)
+        self.assertEqual(c.get("/q/?key=alice-key-0001&k+ey=x").status, 200)
+        self.assertEqual(c.get("/q/?key=alice-key-0001&ke%y=x").status, 400)
+        self.assertEqual(c.get("/q/?key=alice-key-0001&x=1%").status, 200)  # a value is not a name
         good = hs256({"sub": "alice", "exp": time.time() + 600}, SECRET)
         forged = hs256({"sub": "root", "exp": time.time() + 600}, "x" * 32)
         self.assertEqual(c.get("/j/", [("Authorization", "Bearer " + good)]).status, 200)

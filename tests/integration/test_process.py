@@ -269,6 +269,49 @@ class ProcessTest(GwTestCase):
         gwtest.wait_until(lambda: "reload failed" in gw.log_text()[before:], T(10), msg="the reload failed")
         self.assertIn("in use by another process", gw.log_text()[before:])
 
+    def test_a_start_that_fails_on_a_port_leaves_no_trace(self):
+        """A start whose admin.listen or listener port is taken fails naming
+        the setting, before it creates or changes the segment: no segment
+        made, no generation published, the state file untouched."""
+        busy = socket.socket()
+        busy.bind((gwtest.LOOPBACK, 0))
+        busy.listen(1)
+        self.addCleanup(busy.close)
+        busy_addr = f"{gwtest.LOOPBACK}:{busy.getsockname()[1]}"
+
+        def run(config):
+            path = os.path.join(self.tmp, "busy.json")
+            gwtest.write_json(path, config)
+            return subprocess.run([os.path.join(gwtest.BUILD_DIR, "gwd"), "-c", path], capture_output=True,
+                                  text=True, timeout=T(10))
+
+        # A gateway that ran and stopped: its segment and state file stay.
+        gw, _ = self.start(workers=1)
+        self.assertGwctlOk(gw, "down", "host", "app/primary", "n")
+        generation = gw.status()["generation"]
+        self.assertEqual(gw.stop(), 0)
+        with open(gw.config["state_file"], "rb") as f:
+            state = f.read()
+        for key, config in [("admin.listen", dict(gw.config, admin={"listen": busy_addr})),
+                            ('listener "l4"', dict(gw.config, listeners=[gwtest.tcp_listener(
+                                "l4", "app", port=busy.getsockname()[1])]))]:
+            r = run(config)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(f"{key}: cannot bind {busy_addr}: the address is in use by another process", r.stderr)
+            with open(gw.config["state_file"], "rb") as f:
+                self.assertEqual(f.read(), state, "the failed start rewrote the state file")
+            rc, out, err = gw.gwctl("status", "--json")
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(json.loads(out)["generation"], generation, "the failed start published a table")
+        # A first start: no segment is left behind.
+        fresh = self.make_config([pool("primary", [host("n", self.backend("m", "name"))])], admin={"listen": busy_addr})
+        self.addCleanup(gwtest.remove_shm, fresh["shm"]["name"])
+        r = run(fresh)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(f"admin.listen: cannot bind {busy_addr}: the address is in use", r.stderr)
+        self.assertFalse(os.path.exists("/dev/shm/" + fresh["shm"]["name"]), "the failed start made a segment")
+        self.assertFalse(os.path.exists(fresh["state_file"]), "the failed start wrote a state file")
+
     def test_a_listener_may_move_between_the_wildcard_and_one_address_of_its_port(self):
         """0.0.0.0:P to 127.0.0.1:P by a reload: the new address overlaps this
         gwd's own socket, which is not "another process" (the check for

@@ -31,6 +31,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "gw/config/config.hpp"
 #include "gw/core/address.hpp"
@@ -84,6 +85,7 @@ struct HostBody {
   std::string id;
   core::SockAddr address;
   uint32_t weight = 1;
+  bool down = false;  ///< "admin": "down": the host is added admin down
 };
 struct ConsumerBody {
   std::string name;
@@ -93,14 +95,29 @@ struct PoolBody {
   std::string id;
   std::optional<int32_t> priority;
   std::optional<shm::Method> method;
+  /// "hosts" as GET shows them, if the body has the key: set pool checks
+  /// that they are the pool's hosts (hosts change through .../hosts).
+  std::optional<std::vector<HostBody>> hosts;
 };
 /// Each returns "" or the error ("body.weight: expected an integer 0..1000,
 /// got 5000"; several joined with "; "). Unknown keys are errors. Pure.
+///
+/// Each takes back what the matching GET shows (read, edit, write): the
+/// read-only fields GET adds (a host's "health", "active", "total",
+/// "failures", "status_failures", "responses"; a rule's "hits") are checked
+/// for their type and ignored.
+///
+/// {"id", "address", "weight"?, "admin"? ("up" or "down")}.
 std::string parse_host_body(std::string_view json, HostBody& out);
-/// add (need_id): {"id", "priority"?, "method"?}; set: {"priority"?, "method"?}, at least one.
-std::string parse_pool_body(std::string_view json, bool need_id, PoolBody& out);
-/// The config's rule form. `path_id` (set rule): the id from the path; the
-/// body may repeat it but not name another.
+/// add (path_id ""): {"id", "priority"?, "method"?, "hosts"? (empty)}; set:
+/// {"priority"?, "method"?} (at least one), "id"? (the path's), "hosts"?.
+std::string parse_pool_body(std::string_view json, std::string_view path_id, PoolBody& out);
+/// "" if `body` (set pool's "hosts") lists the hosts `pool` has (ids,
+/// addresses, weights, admin states; any order), else why not.
+std::string check_pool_hosts(const shm::Table& t, int pool, const std::vector<HostBody>& body);
+/// The config's rule form, a header or cookie as "N=V" or as GET shows it,
+/// {"name", "value"}. `path_id` (set rule): the id from the path; the body
+/// may repeat it but not name another.
 std::string parse_rule_body(std::string_view json, std::string_view path_id, shm::RuleSpec& out);
 /// {"name", "key"}: a key-auth consumer (the key as config::valid_api_key says).
 std::string parse_consumer_body(std::string_view json, ConsumerBody& out);

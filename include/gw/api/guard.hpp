@@ -34,6 +34,14 @@
 
 namespace gw::api {
 
+/// A query argument name as sent, against a configured one.
+enum class QueryName { other, match, malformed };
+/// Whether `raw` (a query argument's name as sent) is `name` once decoded as
+/// the host's query parser decodes it (%XX, and '+' as a space): "api%6Bey" is
+/// "apikey". `malformed`: a '%' without two hex digits, which hosts read in
+/// different ways. Compared in place: no copy, no allocation.
+QueryName query_name(std::string_view raw, std::string_view name) noexcept;
+
 /// What the guard looks at in a request.
 struct GuardRequest {
   const http::Head* head = nullptr;

@@ -43,6 +43,11 @@ struct hmac_sha256_ctx;
 namespace gw::api {
 
 inline constexpr size_t kMaxJwt = 8192;  ///< longest token accepted
+/// The largest RS256 key: a signature is as long as the modulus, and the
+/// per-worker buffer holds one of this size. Larger keys are refused at load
+/// (config::is_rsa_public_key, and the verifier): no JWT issuer uses them, and
+/// an RSA verification costs about the square of the key size.
+inline constexpr int kMaxRsaBits = 8192;
 
 enum class JwtError : uint8_t {
   ok = 0,
@@ -72,7 +77,7 @@ class JwtScratch {
   simdjson::dom::parser parser_;
   char header_[kMaxJwt + simdjson::SIMDJSON_PADDING];
   char claims_[kMaxJwt + simdjson::SIMDJSON_PADDING];
-  unsigned char sig_[1024];
+  unsigned char sig_[kMaxRsaBits / 8];
 };
 
 class JwtVerifier {

@@ -1,9 +1,9 @@
 #pragma once
-
-#include <vector>
 // Socket helpers. Start-up helpers throw; data-plane helpers return errno.
 
 #include <cstdint>
+#include <string_view>
+#include <vector>
 
 #include "gw/core/address.hpp"
 #include "gw/core/fd.hpp"
@@ -21,8 +21,10 @@ core::UniqueFd listen_tcp(const core::SockAddr& addr, int backlog, bool reusepor
 /// are made (a race with a process binding it meanwhile remains). `ours`:
 /// addresses this gwd listens on or will: one of them on the same port and
 /// family (0.0.0.0:P beside 127.0.0.1:P) also makes the bind fail, and then
-/// the port is taken to be ours.
-void check_address_free(const core::SockAddr& addr, const std::vector<core::SockAddr>& ours);
+/// the port is taken to be ours. `what` names the setting in the message
+/// (`listener "web"`, `admin.listen`): "admin.listen: cannot bind
+/// 127.0.0.1:9900: the address is in use by another process (...)".
+void check_address_free(const core::SockAddr& addr, const std::vector<core::SockAddr>& ours, std::string_view what);
 
 /// Starts a non-blocking connect. Returns the fd (>= 0) and sets `err` to 0
 /// (connected), EINPROGRESS, or an errno; on failure returns -1.

@@ -40,8 +40,10 @@ int find_rule(const Table& t, const std::string& l, const std::string& r, const 
 void check_not_clustered(const Segment& seg);
 
 // Pools and hosts (refused on a clustered gateway).
+/// `down`: the host is added admin down (in the same commit: no request
+/// reaches it before it is marked).
 Result add_host(const Segment& seg, const std::string& u, const std::string& p, const std::string& id,
-                const core::SockAddr& addr, uint32_t weight);
+                const core::SockAddr& addr, uint32_t weight, bool down = false);
 Result remove_host(const Segment& seg, const std::string& u, const std::string& p, const std::string& id);
 /// `origin` names who asked, for the event: "(admin: gwctl down)".
 Result set_host_down(const Segment& seg, const std::string& u, const std::string& p, const std::string& id, bool down,

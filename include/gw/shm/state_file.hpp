@@ -20,6 +20,7 @@
 // consumers to the config.
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,10 @@ class element;
 }
 
 namespace gw::shm {
+
+/// The state file's format version, its "gw_state" key; a file of another
+/// version is refused, naming both.
+inline constexpr int64_t kStateVersion = 1;
 
 struct StateHost {
   std::string id;
@@ -75,7 +80,20 @@ struct State {
 std::string state_to_json(const Table& t);
 /// Extracts the state of a table.
 State state_from_table(const Table& t);
-/// Writes atomically. Throws std::runtime_error with the path and errno text.
+/// A state file write that failed: the path, the step and errno's text.
+/// replaced(): the failure came after the rename (the directory's fsync), so
+/// the file at `path` may be the new one; before it, the old file is intact.
+class StateFileError : public std::runtime_error {
+ public:
+  StateFileError(const std::string& what, bool replaced) : std::runtime_error(what), replaced_(replaced) {}
+  bool replaced() const noexcept { return replaced_; }
+
+ private:
+  bool replaced_;
+};
+
+/// Writes atomically (temp file, fsync, rename, fsync of the directory).
+/// Throws StateFileError.
 void write_state_file(const std::string& path, const std::string& json);
 /// Reads a state file. Returns false if it does not exist; throws
 /// std::runtime_error naming the file and the problem if it is unreadable or invalid.

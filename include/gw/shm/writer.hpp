@@ -7,6 +7,7 @@
 //   repair what a stopped writer left (below)
 //   assign runtime slots to new hosts, bump the generation
 //   persisting = gen; write the state file (atomic rename)  ─ fails → nothing published
+//                     (and persisting back, if it failed before the rename)
 //   give new hosts their runtime slots
 //   write the inactive slot under its seqlock
 //   published.store(gen << 1 | slot, release)     ─ the change is live here

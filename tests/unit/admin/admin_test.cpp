@@ -231,7 +231,23 @@ TEST_SUITE("admin") {
     CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:1", "id": "d"})", e) == "body.id: duplicate key");
     CHECK(parse_host_body(R"([1, 2])", e) == "body: expected a JSON object, got an array");
     CHECK(parse_host_body("", e) == "body: expected a JSON object, got an empty body");
-    CHECK(parse_host_body(R"({"id": )", e).starts_with("body: invalid JSON: "));
+    CHECK(parse_host_body(R"({"id": )", e) ==
+          "body.id: invalid JSON at line 1, column 8: the document ends where a "
+          "value is expected");
+    CHECK(parse_host_body(R"({"id": "c", "weight": 1e999})", e) ==
+          "body.weight: invalid JSON at line 1, column 23: the number 1e999 is out of range (beyond a double's "
+          "1.8e308)");
+    // What GET shows is taken back: "admin" is kept, the counters are ignored.
+    HostBody g;
+    CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:8083", "weight": 2, "admin": "down",
+        "health": "unknown", "active": 0, "total": 0, "failures": 0, "status_failures": 0,
+        "responses": {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0}})",
+                          g) == "");
+    CHECK((g.id == "c" && g.weight == 2 && g.down));
+    CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:1", "admin": "drain"})", e) ==
+          "body.admin: expected \"up\" or \"down\", got string \"drain\"");
+    CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:1", "total": -1})", e) ==
+          "body.total: expected a count (an integer >= 0, read-only), got -1");
     // Several errors at once, one line.
     CHECK(parse_host_body(R"({"weight": "x"})", e) ==
           "body.weight: expected an integer 0..1000, got string \"x\"; body: missing required key \"id\"; "
@@ -240,19 +256,35 @@ TEST_SUITE("admin") {
 
   TEST_CASE("pool bodies") {
     PoolBody p;
-    CHECK(parse_pool_body(R"({"id": "dr", "priority": 1, "method": "chash"})", true, p) == "");
+    CHECK(parse_pool_body(R"({"id": "dr", "priority": 1, "method": "chash"})", "", p) == "");
     CHECK(p.id == "dr");
     CHECK(p.priority == 1);
     CHECK(p.method == shm::Method::chash);
     PoolBody q;
-    CHECK(parse_pool_body(R"({"priority": 3})", false, q) == "");
+    CHECK(parse_pool_body(R"({"priority": 3})", "dr", q) == "");
     CHECK(q.priority == 3);
     CHECK_FALSE(q.method.has_value());
     PoolBody r;
-    CHECK(parse_pool_body(R"({})", false, r) == "body: set pool needs \"priority\" and/or \"method\"");
-    CHECK(parse_pool_body(R"({"id": "x", "priority": 1})", false, r) == "body.id: unknown key");
-    CHECK(parse_pool_body(R"({"priority": 1})", true, r) == "body: missing required key \"id\"");
-    CHECK(parse_pool_body(R"({"id": "x", "method": "fastest"})", true, r)
+    CHECK(parse_pool_body(R"({})", "dr", r) == "body: set pool needs \"priority\" and/or \"method\"");
+    CHECK(parse_pool_body(R"({"id": "x", "priority": 1})", "dr", r) ==
+          "body.id: \"x\" differs from the pool in the path, \"dr\"");
+    CHECK(parse_pool_body(R"({"id": "dr", "priority": 1})", "dr", r) == "");
+    CHECK(parse_pool_body(R"({"priority": 1})", "", r) == "body: missing required key \"id\"");
+    // What GET shows: the hosts, with their read-only state and counters.
+    PoolBody g;
+    CHECK(parse_pool_body(R"({"id": "dr", "priority": 1, "method": "chash", "hosts": [{"id": "a",
+        "address": "127.0.0.1:1", "weight": 2, "admin": "down", "health": "up", "active": 0, "total": 5,
+        "failures": 0, "status_failures": 0, "responses": {"1xx": 0, "2xx": 5}}]})",
+                          "dr", g) == "");
+    REQUIRE(g.hosts.has_value());
+    REQUIRE(g.hosts->size() == 1);
+    CHECK(((*g.hosts)[0].id == "a" && (*g.hosts)[0].weight == 2 && (*g.hosts)[0].down));
+    CHECK(parse_pool_body(R"({"id": "dr", "hosts": []})", "", r) == "");
+    CHECK(parse_pool_body(R"({"id": "dr", "hosts": [{"id": "a", "address": "127.0.0.1:1"}]})", "", r) ==
+          "body.hosts: a new pool starts empty: add its hosts with POST .../hosts once it exists");
+    CHECK(parse_pool_body(R"({"priority": 1, "hosts": [{"id": "a"}]})", "dr", r) ==
+          "body.hosts[0]: missing required key \"address\"");
+    CHECK(parse_pool_body(R"({"id": "x", "method": "fastest"})", "", r)
               .starts_with("body.method: unknown method \"fastest\" (known: "));
   }
 
@@ -286,6 +318,22 @@ TEST_SUITE("admin") {
     CHECK(
         parse_rule_body(R"({"id": "r", "upstream": "pre", "ip": ["10.1.2.3/16"]})", "", t).starts_with("body.ip[0]: "));
     CHECK(parse_rule_body(R"({"upstream": "pre", "percent": 1})", "", t) == "body: missing required key \"id\"");
+    // The form GET shows: header and cookie as objects, "hits" (read-only, ignored).
+    shm::RuleSpec o;
+    CHECK(parse_rule_body(R"({"id": "ck", "upstream": "pre", "header": {"name": "X-B", "value": "2"},
+                               "cookie": {"name": "beta", "value": "yes"}, "hits": 12})",
+                          "ck", o) == "");
+    CHECK((o.header_name == "X-B" && o.header_value == "2" && o.cookie_name == "beta" && o.cookie_value == "yes"));
+    CHECK(parse_rule_body(R"({"upstream": "pre", "header": {"name": "X-B", "value": "", "x": 1}})", "ck", o) ==
+          "body.header.x: unknown key");
+    CHECK(parse_rule_body(R"({"upstream": "pre", "header": {"value": "1"}})", "ck", o) ==
+          "body.header: missing required key \"name\"");
+    CHECK(parse_rule_body(R"({"upstream": "pre", "cookie": {"name": "", "value": "1"}})", "ck", o) ==
+          "body.cookie.name: expected a non-empty name");
+    CHECK(parse_rule_body(R"({"upstream": "pre", "cookie": 3})", "ck", o) ==
+          "body.cookie: expected \"NAME=VALUE\" or {\"name\": NAME, \"value\": VALUE}, got 3");
+    CHECK(parse_rule_body(R"({"upstream": "pre", "percent": 1, "hits": "x"})", "ck", o) ==
+          "body.hits: expected the rule's hit count (an integer), got string \"x\"");
   }
 
   TEST_CASE("consumer bodies and routes") {
@@ -402,6 +450,63 @@ TEST_SUITE("admin") {
                bearer)
               .status == 400);
     CHECK(call(api, "DELETE", "/listeners/web/routes/default/rules/canary", "", bearer).status == 200);
+  }
+
+  TEST_CASE("the API takes back what it shows: GET, edit, PUT or POST") {
+    TempSegment ts;
+    seed(ts.seg);
+    const config::Config cfg = admin_config(kToken);
+    Api api(ts.seg, cfg);
+    const std::string bearer = "Bearer " + kToken;
+    auto replace = [](std::string s, std::string_view from, std::string_view to) {
+      auto at = s.find(from);
+      REQUIRE(at != std::string::npos);
+      return s.replace(at, from.size(), to);
+    };
+
+    // A rule: GET shows header and cookie as objects, and hits.
+    const std::string rules = "/listeners/web/routes/default/rules";
+    CHECK(
+        call(api, "POST", rules, R"({"id": "ck", "upstream": "pre", "header": "X-B=2", "cookie": "beta=yes"})", bearer)
+            .status == 201);
+    std::string got = call(api, "GET", rules + "/ck").body;
+    CHECK(got ==
+          "{\"id\": \"ck\", \"upstream\": \"pre\", \"header\": {\"name\": \"X-B\", \"value\": \"2\"}, "
+          "\"cookie\": {\"name\": \"beta\", \"value\": \"yes\"}, \"hits\": 0}\n");
+    auto r = call(api, "PUT", rules + "/ck", replace(got, "\"2\"", "\"3\""), bearer);
+    CHECK_MESSAGE(r.status == 200, r.body);
+    CHECK(call(api, "GET", rules + "/ck").body == replace(got, "\"2\"", "\"3\""));
+    CHECK(call(api, "POST", rules, replace(got, "\"ck\"", "\"ck2\""), bearer).status == 201);
+    CHECK(call(api, "PUT", rules + "/ck", replace(got, "\"ck\"", "\"ck2\""), bearer).body ==
+          "{\"error\": \"body.id: \\\"ck2\\\" differs from the rule in the path, \\\"ck\\\"\"}\n");
+
+    // A host: GET's body, with another id and address, adds a host; its admin state is kept.
+    const std::string hosts = "/upstreams/app/pools/primary/hosts";
+    CHECK(call(api, "POST", hosts + "/b/down", "", bearer).status == 200);
+    got = call(api, "GET", hosts + "/b").body;
+    r = call(api, "POST", hosts, replace(replace(got, "\"b\"", "\"c\""), "1002", "1003"), bearer);
+    CHECK_MESSAGE(r.status == 201, r.body);
+    CHECK(r.body.find("\"message\": \"add host app/primary/c 127.0.0.1:1003 weight=2 admin down\"") !=
+          std::string::npos);
+    CHECK(call(api, "GET", hosts + "/c").body.find("\"admin\": \"down\"") != std::string::npos);
+
+    // A pool: GET's body (id, hosts and all) PUT back, with the priority edited.
+    const std::string pool = "/upstreams/app/pools/primary";
+    got = call(api, "GET", pool).body;
+    r = call(api, "PUT", pool, replace(got, "\"priority\": 0", "\"priority\": 4"), bearer);
+    CHECK_MESSAGE(r.status == 200, r.body);
+    CHECK(call(api, "GET", pool).body.find("\"priority\": 4") != std::string::npos);
+    // An edit of the hosts is refused, not dropped.
+    got = call(api, "GET", pool).body;
+    r = call(api, "PUT", pool, replace(got, "\"weight\": 2", "\"weight\": 9"), bearer);
+    CHECK(r.status == 400);
+    CHECK(
+        r.body.starts_with("{\"error\": \"body.hosts: host \\\"b\\\" is 127.0.0.1:1002 weight=2 admin down in "
+                           "the pool; a pool's hosts change through /upstreams/app/pools/primary/hosts"));
+    r = call(api, "PUT", pool, replace(got, "\"id\": \"c\"", "\"id\": \"z\""), bearer);
+    CHECK(r.body.starts_with("{\"error\": \"body.hosts: the pool has no host \\\"z\\\""));
+    CHECK(call(api, "PUT", pool, R"({"priority": 1, "hosts": []})", bearer)
+              .body.starts_with("{\"error\": \"body.hosts: host \\\"a\\\" is missing"));
   }
 
   TEST_CASE("the API: writes disabled without a token; full tables are 507; a clustered node refuses") {

@@ -1,11 +1,15 @@
 #include <doctest/doctest.h>
 
 #include <crypt.h>
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
+#include <unistd.h>
 
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -15,6 +19,7 @@
 #include "gw/api/hash.hpp"
 #include "gw/api/jwt.hpp"
 #include "gw/config/api.hpp"
+#include "gw/config/config.hpp"
 #include "gw/core/base64.hpp"
 
 using gw::api::JwtError;
@@ -32,6 +37,38 @@ std::string hs256_token(const std::string& header, const std::string& claims, co
   HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
        reinterpret_cast<const unsigned char*>(signing.data()), signing.size(), mac, &len);
   return signing + "." + b64url(std::string_view(reinterpret_cast<char*>(mac), len));
+}
+
+// An RSA public key of `bits` bits (n = 2^(bits-1) + 1, e = 65537): not a
+// real key pair, but loaded and sized as one, without generating primes.
+std::string rsa_public_pem_of(int bits) {
+  BIGNUM* n = BN_new();
+  BIGNUM* e = BN_new();
+  BN_set_bit(n, bits - 1);
+  BN_set_bit(n, 0);
+  BN_set_word(e, 65537);
+  OSSL_PARAM_BLD* bld = OSSL_PARAM_BLD_new();
+  OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n);
+  OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e);
+  OSSL_PARAM* params = OSSL_PARAM_BLD_to_param(bld);
+  EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_name(nullptr, "RSA", nullptr);
+  EVP_PKEY* key = nullptr;
+  REQUIRE(EVP_PKEY_fromdata_init(ctx) == 1);
+  REQUIRE(EVP_PKEY_fromdata(ctx, &key, EVP_PKEY_PUBLIC_KEY, params) == 1);
+  REQUIRE(EVP_PKEY_bits(key) == bits);
+  BIO* bio = BIO_new(BIO_s_mem());
+  PEM_write_bio_PUBKEY(bio, key);
+  char* p = nullptr;
+  const long len = BIO_get_mem_data(bio, &p);
+  std::string out(p, static_cast<size_t>(len));
+  BIO_free(bio);
+  EVP_PKEY_free(key);
+  EVP_PKEY_CTX_free(ctx);
+  OSSL_PARAM_free(params);
+  OSSL_PARAM_BLD_free(bld);
+  BN_free(e);
+  BN_free(n);
+  return out;
 }
 
 struct RsaKey {
@@ -148,6 +185,30 @@ TEST_SUITE("api") {
       CHECK(v.verify(bad, kNow, scratch, who, &cached) == JwtError::bad_signature);
       CHECK_FALSE(cached);
     }
+  }
+
+  TEST_CASE("jwt RS256: a key of more than 8192 bits is refused at load, not token by token") {
+    // Its signatures would not fit the verifier's buffer: every token would be "malformed".
+    gw::config::AuthConf conf;
+    conf.type = gw::config::AuthType::jwt;
+    conf.alg = gw::config::JwtAlg::rs256;
+    conf.public_key_pem = rsa_public_pem_of(8192);
+    CHECK_NOTHROW(gw::api::JwtVerifier{conf});
+    conf.public_key_pem = rsa_public_pem_of(8200);
+    CHECK_THROWS_WITH(gw::api::JwtVerifier{conf},
+                      "jwt: the RS256 public key has 8200 bits; at most 8192 are supported");
+    // The config says so first.
+    const std::string path = "/tmp/gwunit-rsa-" + std::to_string(::getpid()) + ".pem";
+    std::ofstream(path) << conf.public_key_pem;
+    auto r = gw::config::load_string(R"({"workers": 1, "shm": {"name": "g1"},
+      "listeners": [{"name": "web", "listen": "127.0.0.1:8080", "protocol": "http",
+        "routes": [{"name": "api", "path": "/", "upstream": "app",
+                    "auth": {"type": "jwt", "algorithm": "RS256", "public_key": "@)" +
+                                     path + R"("}}]}],
+      "upstreams": [{"name": "app", "pools": [{"id": "p", "hosts": [{"id": "a", "address": "127.0.0.1:8081"}]}]}]})");
+    ::unlink(path.c_str());
+    REQUIRE(r.errors.size() == 1);
+    CHECK(r.errors[0] == "listeners[0].routes[0].auth.public_key: an RSA key of 8200 bits; at most 8192 are supported");
   }
 
   TEST_CASE("jwt RS256: one prepared OpenSSL context serves every verification") {

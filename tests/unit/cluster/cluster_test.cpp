@@ -106,6 +106,8 @@ TEST_SUITE("cluster") {
     CHECK_FALSE(decode_host(R"({"address": "127.0.0.1:1", "address": "127.0.0.1:2"})", back, why));
     CHECK_FALSE(decode_host("[1]", back, why));
     CHECK_FALSE(decode_host("{", back, why));
+    CHECK_FALSE(decode_host(R"({"address": "127.0.0.1:1", "weight": 1,})", back, why));
+    CHECK(why == "invalid JSON at line 1, column 39: a trailing comma: JSON has none before '}'");
     PoolSpec p{-5, gw::shm::Method::maglev}, pb;
     REQUIRE(decode_pool(encode_pool(p), pb, why));
     CHECK(pb == p);

@@ -106,6 +106,23 @@ TEST_SUITE("config") {
   TEST_CASE("invalid JSON, missing keys and wrong types") {
     CHECK(has(load_string("{").errors, "invalid JSON"));
     CHECK(has(load_string("[]").errors, "expected a JSON object"));
+    // Syntax errors say where, and the key path of the value when there is one.
+    auto one = [](const std::string& json) {
+      auto res = load_string(json);
+      REQUIRE(res.errors.size() == 1);
+      return res.errors[0];
+    };
+    CHECK(one("{\n  \"workers\": 1,\n}") ==
+          "(document): invalid JSON at line 2, column 15: a trailing comma: JSON has none before '}'");
+    CHECK(one("{\n  // two\n  \"workers\": 2}") ==
+          "(document): invalid JSON at line 2, column 3: a comment: JSON has none; remove it");
+    CHECK(one(R"({"workers": 99999999999999999999999})") ==
+          "workers: invalid JSON at line 1, column 13: the number 99999999999999999999999 is out of range (an integer "
+          "must be -9223372036854775808..18446744073709551615)");
+    CHECK(one(R"({"upstreams": [{"name": "a", "pools": [}]})") ==
+          "upstreams[0].pools[0]: invalid JSON at line 1, column 40: expected a value, found '}'");
+    // A UTF-8 byte-order mark is skipped, as editors write one.
+    CHECK(load_string(std::string("\xef\xbb\xbf") + kValid).ok());
     auto r = load_string(R"({"listeners": {}, "workers": "many"})");
     CHECK(has(r.errors, "listeners: expected an array, got an object"));
     CHECK(has(r.errors, "upstreams: missing required key"));

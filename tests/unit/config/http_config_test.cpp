@@ -149,6 +149,19 @@ TEST_SUITE("config") {
     CHECK(has(e, R"(listeners[0].routes[0].rules[3].header: expected "NAME=VALUE", got "novalue")"));
     // No block at all: no address matcher would be left, and this rule would take everyone.
     CHECK(has(e, R"(listeners[0].routes[0].rules[4].ip: expected at least one address block, got [])"));
+    // The object form (as the state file and the admin API show a rule) is read too.
+    auto obj = load_string(with_listener(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http",
+        "routes": [{"name": "r", "upstream": "app", "rules": [{"id": "o", "upstream": "pre",
+          "header": {"name": "X-B", "value": "2"}, "cookie": {"name": "beta", "value": "a=b"}}]}]})"));
+    REQUIRE_MESSAGE(obj.ok(), all(obj.errors));
+    const auto& o = obj.config.listeners[0].routes[0].rules[0];
+    CHECK((o.header_name == "X-B" && o.header_value == "2" && o.cookie_name == "beta" && o.cookie_value == "a=b"));
+    // "hits" is the admin API's read-only counter, not a config key.
+    e = bad(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http",
+                "routes": [{"name": "r", "upstream": "app", "rules": [{"id": "h", "upstream": "pre", "percent": 1,
+                  "hits": 3, "header": {"name": "X-B"}}]}]})");
+    CHECK(has(e, R"(listeners[0].routes[0].rules[0].hits: unknown key)"));
+    CHECK(has(e, R"(listeners[0].routes[0].rules[0].header: missing required key "value")"));
     e = bad(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http", "upstream": "app",
                 "http": {"max_header_bytes": 20000, "max_headers": 0, "keepalive_timout_ms": 1}})");
     CHECK(has(e, "listeners[0].http.max_header_bytes: expected an integer 256..15360, got 20000"));

@@ -3,6 +3,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include <cstring>
 
 #include "../test_util.hpp"
@@ -67,8 +69,24 @@ TEST_SUITE("shm") {
     { Segment s = Segment::create(name, {2, 2, 2}, 2); }
     int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
     REQUIRE(::ftruncate(fd, 4096) == 0);
+    CHECK(what(name) == fmt::format("shm segment /dev/shm/{} is refused: it is 4096 bytes, smaller than a gw segment "
+                                    "header ({} bytes): a segment cut short; remove it if no gw uses it",
+                                    name, sizeof(SegmentHeader)));
+    // Cut short past its header: the size its layout needs.
+    Segment::unlink(name);
+    size_t full = 0;
+    {
+      Segment s = Segment::create(name, {2, 2, 2}, 2);
+      full = s.header().total_size;
+    }
     ::close(fd);
-    CHECK(what(name).find("is refused") != std::string::npos);
+    fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+    REQUIRE(::ftruncate(fd, static_cast<off_t>(full - 4096)) == 0);
+    ::close(fd);
+    CHECK(what(name) ==
+          fmt::format("shm segment /dev/shm/{} is refused: it is {} bytes, its layout needs {}: a segment "
+                      "cut short; remove it if no gw uses it",
+                      name, full - 4096, full));
     Segment::unlink(name);
   }
 

@@ -147,13 +147,35 @@ TEST_SUITE("shm") {
     CHECK(ts.seg.host(slot).tag.load() == tag);
     CHECK(ts.seg.host(slot).health.load() == kHealthDown);
     CHECK(ts.seg.host(slot).failures.load() == 1);
-    // The next writer (state file fixed) repairs what the failed one left and goes on.
+    // It failed before its rename: the state file is untouched, so it leaves
+    // no mark for the next writer to repair (nor warn about).
+    CHECK(ts.seg.header().persisting.load() <= (before >> 1));
     const std::string path = "/tmp/gwunit-state2-" + std::to_string(::getpid()) + ".json";
     std::strncpy(ts.seg.header().state_file, path.c_str(), kPathCap - 1);
-    CHECK(ts.seg.header().persisting.load() > (before >> 1));
     CHECK(w.commit([](Table& tt, std::vector<std::string>&) { tt.hosts()[0].weight = 2; }) == (before >> 1) + 1);
     CHECK(ts.seg.host(slot).tag.load() == tag);
     CHECK(ts.seg.host(slot).failures.load() == 1);
+    ::unlink(path.c_str());
+  }
+
+  TEST_CASE("a writer stopped after its rename: the next one puts the state file back in step") {
+    TempSegment ts;
+    const std::string path = "/tmp/gwunit-state3-" + std::to_string(::getpid()) + ".json";
+    std::strncpy(ts.seg.header().state_file, path.c_str(), kPathCap - 1);
+    Writer w(ts.seg);
+    add_app(w);
+    const uint64_t live = ts.seg.header().published.load() >> 1;
+    // What a writer killed between its rename and its publish leaves: a state
+    // file of a generation never published, and the mark.
+    write_state_file(path, R"({"gw_state": 1, "generation": 99, "upstreams": []})");
+    ts.seg.header().persisting.store(live + 1);
+    // Even a change with nothing to do (it writes no state file) repairs it.
+    CHECK(w.commit([](Table&, std::vector<std::string>&) { throw Writer::Unchanged{}; }) == live);
+    State s;
+    REQUIRE(read_state_file(path, s));
+    CHECK(s.generation == live);
+    REQUIRE(s.upstreams.size() == 1);
+    CHECK(ts.seg.header().persisting.load() == live);
     ::unlink(path.c_str());
   }
 
@@ -184,6 +206,15 @@ TEST_SUITE("shm") {
     std::ofstream(path) << "{\"gw_state\": 1, \"generation\": \"x\"}";
     State s;
     CHECK_THROWS_WITH(read_state_file(path, s), doctest::Contains(path.c_str()));
+    // Another version names both, not a "missing" key.
+    std::ofstream(path) << "{\"gw_state\": 99, \"generation\": 1, \"upstreams\": []}";
+    CHECK_THROWS_WITH(read_state_file(path, s), ("state file " + path +
+                                                 ": it is a gw state file of version 99, this gw reads version 1 (a "
+                                                 "newer gw wrote it: run that gw, or a gw that reads it)")
+                                                    .c_str());
+    std::ofstream(path) << "{\"generation\": 1, \"upstreams\": []}";
+    CHECK_THROWS_WITH(read_state_file(path, s),
+                      ("state file " + path + ": not a gw state file (no \"gw_state\" version number)").c_str());
     ::unlink(path.c_str());
     CHECK_FALSE(read_state_file(path, s));
   }
