@@ -122,6 +122,31 @@ Result set_host_down(const Segment& seg, const std::string& u, const std::string
   return r;
 }
 
+Result set_host_weight(const Segment& seg, const std::string& u, const std::string& p, const std::string& id,
+                       uint32_t weight) {
+  if (weight > kMaxWeight) throw TableError(fmt::format("weight {} out of range 0..{}", weight, kMaxWeight));
+  check_not_clustered(seg);
+  bool already = false;
+  Result r = commit(
+      seg,
+      [&](Table& t, std::vector<std::string>& ev) {
+        auto& rec = t.hosts()[static_cast<size_t>(find_host(t, u, p, id))];
+        if (rec.weight == weight) {
+          already = true;
+          throw Writer::Unchanged{};
+        }
+        ev.push_back(fmt::format("host_changed {}/{}/{} {} weight={} (was {})", u, p, id, rec.addr.to_string(), weight,
+                                 rec.weight));
+        rec.weight = weight;
+      },
+      fmt::format("set host {}/{}/{} weight={}", u, p, id, weight));
+  if (already) {
+    r.what = fmt::format("host {}/{}/{} already has weight {}", u, p, id, weight);
+    r.changed = false;
+  }
+  return r;
+}
+
 Result add_pool(const Segment& seg, const std::string& u, const std::string& p, int32_t priority, Method method) {
   check_not_clustered(seg);
   std::string what = fmt::format("add pool {}/{} priority={} method={}", u, p, priority, method_name(method));

@@ -1,0 +1,62 @@
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "../test_util.hpp"
+#include "gw/shm/events.hpp"
+#include "gw/shm/ops.hpp"
+#include "gw/shm/writer.hpp"
+
+using namespace gw::shm;
+using gw::testing::TempSegment;
+
+namespace {
+
+void one_host(TempSegment& ts) {
+  Writer w(ts.seg);
+  w.set_persist(false);
+  w.commit([](Table& t, std::vector<std::string>&) {
+    UpstreamRecord r{};
+    set_name(r.name, "app");
+    gw::core::SockAddr a;
+    std::string why;
+    REQUIRE(gw::core::parse_address("127.0.0.1:1", a, why));
+    t.add_host(t.add_pool(t.add_upstream(r), "primary", 0, Method::round_robin), "a", a, 2);
+  });
+}
+
+uint32_t weight_of(const TempSegment& ts) {
+  Table t(ts.seg.caps());
+  read_published(ts.seg, t);
+  return t.hosts()[0].weight;
+}
+
+}  // namespace
+
+TEST_SUITE("shm") {
+  TEST_CASE("set_host_weight: a new weight in one commit, with its event; the same weight changes nothing") {
+    TempSegment ts({1, 1, 1});
+    one_host(ts);
+    const uint64_t head = ts.seg.header().event_head.load();
+    ops::Result r = ops::set_host_weight(ts.seg, "app", "primary", "a", 7);
+    CHECK(r.changed);
+    CHECK(r.what == "set host app/primary/a weight=7");
+    CHECK(weight_of(ts) == 7);
+    EventData e{};
+    REQUIRE(read_event(ts.seg, head, e) == EventRead::ok);
+    CHECK(std::string(e.text) == "host_changed app/primary/a 127.0.0.1:1 weight=7 (was 2)");
+
+    r = ops::set_host_weight(ts.seg, "app", "primary", "a", 7);
+    CHECK_FALSE(r.changed);
+    CHECK(r.what == "host app/primary/a already has weight 7");
+    CHECK(ts.seg.header().event_head.load() == head + 1);
+
+    CHECK(ops::set_host_weight(ts.seg, "app", "primary", "a", 0).changed);  // 0: drain
+    CHECK(weight_of(ts) == 0);
+    CHECK_THROWS_WITH_AS(ops::set_host_weight(ts.seg, "app", "primary", "a", 1001), "weight 1001 out of range 0..1000",
+                         TableError);
+    CHECK_THROWS_AS(ops::set_host_weight(ts.seg, "app", "primary", "b", 1), TableError);
+    CHECK(weight_of(ts) == 0);
+  }
+}
