@@ -25,9 +25,9 @@ namespace {
 
 using cluster::EtcdError;
 
-struct NoChange {};  // thrown out of a writer change that changes nothing: nothing is published
-struct Relist {};    // the watch's start revision was compacted
-struct Stop {};      // a stop signal arrived
+struct NoChange {};    // thrown out of a writer change that changes nothing: nothing is published
+struct Relist {};      // the watch's start revision was compacted
+struct Stop {};        // a stop signal arrived
 struct Superseded {};  // another sync process owns the commits now (a reload or binary upgrade started it)
 
 constexpr uint64_t kProbeIntervalMs = 1000;  // a quorum read on the watched member this often
