@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -212,6 +213,27 @@ class GwctlTest(GwTestCase):
         self.assertIsNone(p.poll(), "`events --follow` exited")
         p.terminate()
         self.assertIsNotNone(gwtest.wait_until(lambda: p.poll() is not None, T(5), msg="events --follow to exit"))
+
+    def test_ip_file_is_read_up_to_a_limit(self):
+        """--ip-file read without a bound (/dev/zero grew gwctl to GBs, then
+        bad_alloc); it stops past 64 bytes a block of shm.max_rule_cidrs (at
+        least 1 MiB) with one line naming the file and the limit."""
+        a = self.backend("a")
+        gw = self.start([pool("primary", [host("a", a)])], workers=1)
+        big = os.path.join(self.tmp, "big.txt")
+        with open(big, "w") as f:   # 2 MiB of comments: no block in it, but too large to read
+            f.write("# a comment line, no address in it\n" * 60000)
+        limit = 1 << 20
+        for path in (big, "/dev/zero"):
+            with self.subTest(path):
+                args = ["add", "rule", "web", "main", "r", "--ip-file", path, "--upstream", "app"]
+                # 256 MiB of address space: without the limit /dev/zero ends in bad_alloc
+                p = subprocess.run(gwtest.gwctl_argv(args, shm=gw.shm), capture_output=True, text=True,
+                                   timeout=T(10), stdin=subprocess.DEVNULL,
+                                   preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20)))
+                self.assertEqual((p.returncode, p.stdout), (1, ""), p.stderr)
+                self.assertEqual(p.stderr, f"gwctl: --ip-file {path}: larger than the limit of {limit} bytes "
+                                           "(64 bytes for each of shm.max_rule_cidrs = 4096 blocks, at least 1 MiB)\n")
 
     def test_empty_shm_is_not_the_default_gateway(self):
         rc, out, err = gwtest.run_gwctl("--shm", "", "status")

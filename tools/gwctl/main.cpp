@@ -129,9 +129,36 @@ std::pair<std::string, std::string> split_pool(const std::string& s) {
   return {s.substr(0, slash), s.substr(slash + 1)};
 }
 
+// The most --ip-file reads: 64 bytes a block the segment's address block
+// table can hold (an IPv6 block with its line is under 45), at least 1 MiB
+// for comments. A larger file, or a device such as /dev/zero, is refused
+// rather than read into memory without end.
+size_t ip_file_limit(const gw::shm::Caps& caps) {
+  return std::max<size_t>(size_t{1} << 20, size_t{64} * caps.max_rule_cidrs);
+}
+
+// The whole of `path`, or a Failure naming `opt` and the file; at most `limit`
+// bytes.
+std::string read_file_bounded(const char* opt, const std::string& path, size_t limit, const std::string& limit_why) {
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  if (!f) throw Failure(fmt::format("{} {}: {}", opt, path, std::strerror(errno)));
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while (text.size() <= limit && (n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
+  const bool failed = std::ferror(f) != 0;
+  const int err = errno;
+  std::fclose(f);
+  if (failed) throw Failure(fmt::format("{} {}: {}", opt, path, std::strerror(err)));
+  if (text.size() > limit)
+    throw Failure(fmt::format("{} {}: larger than the limit of {} bytes ({})", opt, path, limit, limit_why));
+  return text;
+}
+
 // The matchers and upstream of a rule from --ip, --ip-file, --header,
-// --cookie, --percent and --upstream.
-gw::shm::RuleSpec rule_from_options(const Options& o) {
+// --cookie, --percent and --upstream; `caps` are the segment's (they bound
+// what --ip-file reads).
+gw::shm::RuleSpec rule_from_options(const Options& o, const gw::shm::Caps& caps) {
   gw::shm::RuleSpec r;
   r.id = o.id;
   r.upstream = o.upstream;
@@ -159,16 +186,9 @@ gw::shm::RuleSpec rule_from_options(const Options& o) {
     if (r.cidrs.empty()) throw Failure(fmt::format("--ip \"{}\": no address in it", o.ip));
   }
   if (!o.ip_file.empty()) {
-    std::FILE* f = std::fopen(o.ip_file.c_str(), "r");
-    if (!f) throw Failure(fmt::format("--ip-file {}: {}", o.ip_file, std::strerror(errno)));
-    std::string text;
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
-    const bool failed = std::ferror(f) != 0;
-    const int err = errno;
-    std::fclose(f);
-    if (failed) throw Failure(fmt::format("--ip-file {}: {}", o.ip_file, std::strerror(err)));
+    const std::string text = read_file_bounded(
+        "--ip-file", o.ip_file, ip_file_limit(caps),
+        fmt::format("64 bytes for each of shm.max_rule_cidrs = {} blocks, at least 1 MiB", caps.max_rule_cidrs));
     // One block per line; '#' starts a comment line.
     std::string cleaned;
     size_t i = 0;
@@ -952,8 +972,8 @@ int main(int argc, char** argv) {
     }
     if (*add_rule || *set_rule) {
       const bool replace = static_cast<bool>(*set_rule);
-      gw::shm::RuleSpec spec = rule_from_options(o);
       gw::shm::Segment seg = attach(o, true);
+      gw::shm::RuleSpec spec = rule_from_options(o, seg.caps());
       return report(replace ? gw::shm::ops::set_rule(seg, o.listener, o.route, spec)
                             : gw::shm::ops::add_rule(seg, o.listener, o.route, spec));
     }
