@@ -83,7 +83,17 @@ int main(int argc, char** argv) {
     std::vector<std::string> errors;
     check_writable("log_file", r.config.log_file, false, errors);
     for (const auto& path : r.config.access_log_paths) check_writable("access_log", path, false, errors);
+    const size_t before = errors.size();
     check_writable("state_file", r.config.state_file, true, errors);
+    // The runtime state a start would take, read as the start reads it: a
+    // file it cannot parse, or whose table does not fit shm.max_*, stops it.
+    if (errors.size() == before) {
+      try {
+        gw::process::check_state_file(r.config);
+      } catch (const std::exception& e) {
+        errors.push_back(e.what());
+      }
+    }
     if (!errors.empty()) {
       for (const auto& e : errors) fmt::print(stderr, "{}: {}\n", config_path, e);
       fmt::print(stderr, "{}: {} error(s)\n", config_path, errors.size());
