@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "gw/config/config.hpp"
+#include "gw/core/cli.hpp"
 #include "gw/core/log.hpp"
 #include "gw/process/master.hpp"
 
@@ -66,12 +67,8 @@ int main(int argc, char** argv) {
   app.add_option("-c,--config", config_path, "configuration file")->capture_default_str();
   app.add_flag("-t,--test", test, "check the configuration, print ok or every error, and exit");
   app.add_flag("--foreground", foreground, "stay attached to the terminal (the default; for systemd and scripts)");
-  app.set_version_flag("-V,--version", "gwd 0.1.0");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  app.set_version_flag("-V,--version", fmt::format("gwd {}", gw::core::kVersion));
+  if (auto rc = gw::core::parse_command_line(app, "gwd", argc, argv)) return *rc;
 
   gw::config::LoadResult r = gw::config::load_file(config_path);
   if (!r.ok()) {

@@ -107,6 +107,26 @@ class ConfigCheckTest(GwTestCase):
                 self.assertIn(r.stderr.splitlines()[0][len(path) + 2:], g.stderr)
                 self.assertFalse(os.path.exists(f"/dev/shm/{cfg['shm']['name']}"), "a failed start left a segment")
 
+    def test_usage_errors(self):
+        """A bad command line was two lines without "gwd:" and exit 109 or
+        114 (CLI11's own); now one line and exit 2, as gwctl does."""
+        cases = [
+            (["--bogus"], "gwd: The following argument was not expected: --bogus (see gwd --help)"),
+            (["-t", "-c"], "gwd: --config: 1 required TEXT missing (see gwd --help)"),
+            (["extra", "-t", "-c", "x.json"], "gwd: The following argument was not expected: extra (see gwd --help)"),
+        ]
+        for args, want in cases:
+            with self.subTest(args=args):
+                r = subprocess.run([gwtest.GWD, *args], capture_output=True, text=True, timeout=gwtest.T(10),
+                                   stdin=subprocess.DEVNULL)
+                self.assertEqual((r.returncode, r.stdout, r.stderr), (2, "", want + "\n"))
+        for args in (["--help"], ["-V"], ["--version"]):
+            with self.subTest(args=args):
+                r = subprocess.run([gwtest.GWD, *args], capture_output=True, text=True, timeout=gwtest.T(10),
+                                   stdin=subprocess.DEVNULL)
+                self.assertEqual((r.returncode, r.stderr), (0, ""))
+                self.assertRegex(r.stdout, r"^gwd[: ]")
+
     def test_valid_config_auto_workers(self):
         cfg = self.valid_config()
         cfg["workers"] = "auto"

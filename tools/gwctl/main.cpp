@@ -25,6 +25,7 @@
 #include "gw/cluster/etcd.hpp"
 #include "gw/cluster/schema.hpp"
 #include "gw/config/config.hpp"
+#include "gw/core/cli.hpp"
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
 #include "gw/core/text.hpp"
@@ -902,16 +903,7 @@ int main(int argc, char** argv) {
   rm_rule->add_option("route", o.route, "route name")->required();
   rm_rule->add_option("rule", o.id, "rule id")->required();
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    fmt::print(stderr, "gwctl: {} (see gwctl --help)\n", gw::core::one_line(e.what()));
-    return 2;
-  }
+  if (auto rc = gw::core::parse_command_line(app, "gwctl", argc, argv)) return *rc;
 
   try {
     reject_empty(app);
