@@ -235,6 +235,34 @@ class GwctlTest(GwTestCase):
                 self.assertEqual(p.stderr, f"gwctl: --ip-file {path}: larger than the limit of {limit} bytes "
                                            "(64 bytes for each of shm.max_rule_cidrs = 4096 blocks, at least 1 MiB)\n")
 
+    def test_usage_errors_name_what_was_not_understood(self):
+        """A misspelt command or object, or an unknown option before a missing
+        argument, all said "A subcommand is required" (or "address is
+        required"); each now names the word (exit 2, one line)."""
+        see = " (see gwctl --help)\n"
+        cases = [
+            (["stauts"], 'gwctl: unknown command "stauts"'),
+            (["add", "hots", "x"], 'gwctl: unknown object "hots" for "add" (expected host, pool, rule, consumer)'),
+            (["set", "host", "x"], 'gwctl: unknown object "host" for "set" (expected pool, rule)'),
+            (["down", "pool", "x"], 'gwctl: unknown object "pool" for "down" (expected host)'),
+            (["add", "host", "app/primary", "-x", "127.0.0.1:1"], 'gwctl: unknown option "-x" for "add host"'),
+            (["status", "--frob"], 'gwctl: unknown option "--frob" for "status"'),
+            (["status", "--json", "extra"], 'gwctl: unexpected argument "extra" for "status"'),
+            (["add"], 'gwctl: "add" needs an object (host, pool, rule, consumer)'),
+            ([], "gwctl: a command is required (status, check, events, add, remove, down, up, set)"),
+        ]
+        for args, want in cases:
+            with self.subTest(args=args):
+                p = subprocess.run([gwtest.GWCTL, *args], capture_output=True, text=True, timeout=T(10),
+                                   stdin=subprocess.DEVNULL)
+                self.assertEqual((p.returncode, p.stdout, p.stderr), (2, "", want + see))
+        for args in (["--version"], ["-V"]):   # as gwd -V
+            with self.subTest(args=args):
+                p = subprocess.run([gwtest.GWCTL, *args], capture_output=True, text=True, timeout=T(10),
+                                   stdin=subprocess.DEVNULL)
+                self.assertEqual((p.returncode, p.stderr), (0, ""))
+                self.assertRegex(p.stdout, r"^gwctl \d+\.\d+\.\d+\n$")
+
     def test_empty_shm_is_not_the_default_gateway(self):
         rc, out, err = gwtest.run_gwctl("--shm", "", "status")
         self.assertEqual(rc, 1, out)

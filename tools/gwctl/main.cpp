@@ -817,6 +817,35 @@ void reject_empty(const CLI::App& a) {
   for (const CLI::App* sub : a.get_subcommands()) reject_empty(*sub);
 }
 
+// What a command line gwctl did not understand was, for its usage error:
+// the first word no command, object or option took ("stauts", "add hots",
+// "add host ... -x"), or else what CLI11 says (a missing argument).
+std::string usage_problem(const CLI::App& app, const CLI::ParseError& e) {
+  // The deepest (sub)command given: gwctl, a verb, or a verb's object.
+  const CLI::App* at = &app;
+  std::string path;
+  while (!at->get_subcommands().empty()) {
+    at = at->get_subcommands().front();
+    path += (path.empty() ? "" : " ") + at->get_name();
+  }
+  std::string choices;
+  for (const CLI::App* sub : at->get_subcommands([](const CLI::App*) { return true; }))
+    choices += (choices.empty() ? "" : ", ") + sub->get_name();
+  const std::vector<std::string> extra = app.remaining(true);
+  if (!extra.empty()) {
+    const std::string& word = extra.front();
+    if (word.size() > 1 && word.front() == '-')
+      return fmt::format("unknown option \"{}\"{}", word, path.empty() ? "" : fmt::format(" for \"{}\"", path));
+    if (at == &app) return fmt::format("unknown command \"{}\"", word);
+    if (!choices.empty()) return fmt::format("unknown object \"{}\" for \"{}\" (expected {})", word, path, choices);
+    return fmt::format("unexpected argument \"{}\" for \"{}\"", word, path);
+  }
+  if (!choices.empty() && dynamic_cast<const CLI::RequiredError*>(&e))
+    return at == &app ? fmt::format("a command is required ({})", choices)
+                      : fmt::format("\"{}\" needs an object ({})", path, choices);
+  return e.what();
+}
+
 int main(int argc, char** argv) {
   gw::core::log_set_role("gwctl");
   gw::core::log_set_level(gw::core::LogLevel::warn);
@@ -824,6 +853,7 @@ int main(int argc, char** argv) {
   CLI::App app{"gwctl: inspect and change a running gw gateway, live"};
   app.fallthrough();
   app.require_subcommand(1);
+  app.set_version_flag("-V,--version", fmt::format("gwctl {}", gw::core::kVersion));
   app.add_option("--shm", o.shm, "shm segment name (shm.name in the config; default gw)");
   app.add_option("-c,--config", o.config, "read the shm name (and, with --etcd, cluster.prefix) from this config file");
   app.add_option("--etcd", o.etcd, "change etcd (URL[,URL...], e.g. http://127.0.0.1:2379) instead of local shm")
@@ -903,7 +933,14 @@ int main(int argc, char** argv) {
   rm_rule->add_option("route", o.route, "route name")->required();
   rm_rule->add_option("rule", o.id, "rule id")->required();
 
-  if (auto rc = gw::core::parse_command_line(app, "gwctl", argc, argv)) return *rc;
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // Help and --version exit 0 as in gwd; a usage error names what was not
+    // understood (CLI11 says "A subcommand is required" for a misspelt one).
+    if (e.get_exit_code() == 0) return app.exit(e);
+    return gw::core::usage_error("gwctl", usage_problem(app, e));
+  }
 
   try {
     reject_empty(app);

@@ -5,8 +5,8 @@
 // other errors are one line (CLI11 prints two, without the program's name,
 // and exits with its own codes, 106..115).
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <optional>
