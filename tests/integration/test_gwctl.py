@@ -263,6 +263,31 @@ class GwctlTest(GwTestCase):
                 self.assertEqual((p.returncode, p.stderr), (0, ""))
                 self.assertRegex(p.stdout, r"^gwctl \d+\.\d+\.\d+\n$")
 
+    def test_a_failed_write_to_stdout_is_an_error(self):
+        """`status > /dev/full`, `check`, `add host` exited 0 (the add made,
+        its ok line lost); `status --json` and `events` said "cannot write to
+        file" without naming stdout. Each now exits 1 with one line naming
+        standard output, and says so when the change was made."""
+        a, b = self.backend("a"), self.backend("b")
+        gw = self.start([pool("primary", [host("a", a)])], workers=1)
+        nospace = "No space left on device"
+
+        def to_full(*args):
+            with open("/dev/full", "w") as full:
+                p = subprocess.run(gwtest.gwctl_argv(args, shm=gw.shm), stdout=full, stderr=subprocess.PIPE,
+                                   text=True, timeout=T(10), stdin=subprocess.DEVNULL)
+            return p.returncode, p.stderr
+        for args in (["status"], ["status", "--json"], ["check"], ["events"]):
+            with self.subTest(args=args):
+                self.assertEqual(to_full(*args), (1, f"gwctl: cannot write to standard output: {nospace}\n"))
+        self.assertEqual(to_full("add", "host", "app/primary", "b", b.address),
+                         (1, "gwctl: the change was made, but its report could not be written to standard output: "
+                             f"{nospace}\n"))
+        self.assertHost(gw, "app/primary/b", address=b.address)
+        # nothing changed: not "the change was made"
+        self.assertEqual(to_full("up", "host", "app/primary", "b"),
+                         (1, f"gwctl: cannot write to standard output: {nospace}\n"))
+
     def test_empty_shm_is_not_the_default_gateway(self):
         rc, out, err = gwtest.run_gwctl("--shm", "", "status")
         self.assertEqual(rc, 1, out)

@@ -49,6 +49,36 @@ struct Failure : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// ---------------------------------------------------------------- stdout
+//
+// Every line for stdout goes through out(). A failed write (a full disk, a
+// closed pipe whose SIGPIPE is ignored) is not an exception in the middle of
+// a command: it is remembered, and the command ends with exit status 1 and one
+// line saying that standard output failed, and whether the change was made.
+
+int g_stdout_errno = 0;      // the first write error on stdout, else 0
+bool g_change_made = false;  // a change was committed (shm or etcd): its report is all that can fail now
+
+template <typename... T>
+void out(fmt::format_string<T...> f, T&&... args) {
+  fmt::memory_buffer buf;
+  fmt::format_to(std::back_inserter(buf), f, std::forward<T>(args)...);
+  if (std::fwrite(buf.data(), 1, buf.size(), stdout) != buf.size() && !g_stdout_errno)
+    g_stdout_errno = errno ? errno : EIO;
+}
+
+// Flushes stdout; on a write error, now or earlier, throws a Failure for it.
+void flush_stdout() {
+  errno = 0;
+  if ((std::fflush(stdout) != 0 || std::ferror(stdout)) && !g_stdout_errno) g_stdout_errno = errno ? errno : EIO;
+  if (!g_stdout_errno) return;
+  const char* why = std::strerror(g_stdout_errno);
+  throw Failure(
+      g_change_made
+          ? fmt::format("the change was made, but its report could not be written to standard output: {}", why)
+          : fmt::format("cannot write to standard output: {}", why));
+}
+
 struct Options {
   std::string shm;
   std::string config;
@@ -226,7 +256,8 @@ gw::shm::RuleSpec rule_from_options(const Options& o, const gw::shm::Caps& caps)
 
 // Prints a verb's result as gwctl always has: "ok: WHAT (generation N)".
 int report(const gw::shm::ops::Result& r) {
-  fmt::print("ok: {} (generation {})\n", r.what, r.generation);
+  g_change_made = r.changed;  // not for "already down"
+  out("ok: {} (generation {})\n", r.what, r.generation);
   return 0;
 }
 
@@ -372,7 +403,8 @@ void check_names(std::initializer_list<std::pair<const char*, const std::string*
 }
 
 int etcd_done(const std::string& what, int64_t rev) {
-  fmt::print("ok: {} (etcd revision {})\n", what, rev);
+  g_change_made = true;
+  out("ok: {} (etcd revision {})\n", what, rev);
   return 0;
 }
 
@@ -420,7 +452,7 @@ int etcd_down_up(EtcdCtl& c, const std::string& u, const std::string& p, const s
   auto kv = etcd_host(c, u, p, h, up);
   auto spec = decode_or_fail<gw::cluster::HostSpec>(kv, gw::cluster::decode_host);
   if (spec.down == down) {
-    fmt::print("ok: host {}/{}/{} is already {} (etcd revision {})\n", u, p, h, down ? "down" : "up", kv.mod_revision);
+    out("ok: host {}/{}/{} is already {} (etcd revision {})\n", u, p, h, down ? "down" : "up", kv.mod_revision);
     return 0;
   }
   spec.down = down;
@@ -548,7 +580,7 @@ int cmd_check(const Options& o) {
                                 l.addr.to_string(), err == ETIMEDOUT ? "connect timed out" : std::strerror(err)));
     ::close(fd);
   }
-  fmt::print("ok: master pid {}, {} worker(s) running, {} listener(s) accepting\n", hdr.master_pid.load(), n, nl);
+  out("ok: master pid {}, {} worker(s) running, {} listener(s) accepting\n", hdr.master_pid.load(), n, nl);
   return 0;
 }
 
@@ -564,7 +596,7 @@ int cmd_status(const Options& o) {
         fmt::format("the published table of shm \"{}\" is inconsistent ({}); nothing to show", seg.name(), refused));
   if (o.json) {
     // One function builds it for gwctl and the admin server's GET /status.
-    fmt::print("{}\n", gw::admin::status_json(seg, t));
+    out("{}\n", gw::admin::status_json(seg, t));
     return 0;
   }
   const auto& hdr = seg.header();
@@ -625,12 +657,12 @@ int cmd_status(const Options& o) {
   char ts[40];
   gw::core::format_iso8601(t.header().updated_wall_ms, ts, sizeof(ts));
   if (master)
-    fmt::print("gateway: shm \"{}\", master pid {}, {} worker(s), table generation {} (changed {})\n", seg.name(),
-               master, workers.size(), t.header().generation, ts);
+    out("gateway: shm \"{}\", master pid {}, {} worker(s), table generation {} (changed {})\n", seg.name(), master,
+        workers.size(), t.header().generation, ts);
   else
-    fmt::print("gateway: shm \"{}\", master NOT RUNNING, table generation {} (changed {})\n", seg.name(),
-               t.header().generation, ts);
-  if (auto cv = gw::admin::cluster_view(seg); cv.on) fmt::print("{}\n", gw::admin::cluster_line(cv));
+    out("gateway: shm \"{}\", master NOT RUNNING, table generation {} (changed {})\n", seg.name(),
+        t.header().generation, ts);
+  if (auto cv = gw::admin::cluster_view(seg); cv.on) out("{}\n", gw::admin::cluster_line(cv));
   for (const auto& w : workers)
     fmt::print(
         "  worker {}: pid {}, generation {}, {} connection(s), {} accepted, {} hash fallback(s), {} without a host\n",
@@ -643,9 +675,9 @@ int cmd_status(const Options& o) {
                             gw::proxy::frame_error_name(static_cast<gw::proxy::FrameError>(k)), reject_totals[k]);
     uint64_t frames = 0, closed = 0;
     for (const auto& w : workers) frames += w.frames, closed += w.host_closed;
-    if (frames) fmt::print("  frames routed one by one (mode \"frame\"): {}\n", frames);
-    if (closed) fmt::print("  connections closed because their host went (on_host_remove \"close\"): {}\n", closed);
-    if (!line.empty()) fmt::print("  frame connections refused: {}\n", line);
+    if (frames) out("  frames routed one by one (mode \"frame\"): {}\n", frames);
+    if (closed) out("  connections closed because their host went (on_host_remove \"close\"): {}\n", closed);
+    if (!line.empty()) out("  frame connections refused: {}\n", line);
     W sum{};
     for (const auto& w : workers) {
       sum.http_requests += w.http_requests, sum.http_retries += w.http_retries, sum.http_reused += w.http_reused;
@@ -679,45 +711,45 @@ int cmd_status(const Options& o) {
           sum.http_requests, sum.http_retries, sum.http_reused, sum.http_tunnels, answered);
     }
   }
-  fmt::print("\n{:<28} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", "UPSTREAM/POOL/HOST", "ADDRESS", "WEIGHT",
-             "ADMIN", "HEALTH", "ACTIVE", "TOTAL", "FAILURES");
+  out("\n{:<28} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", "UPSTREAM/POOL/HOST", "ADDRESS", "WEIGHT", "ADMIN",
+      "HEALTH", "ACTIVE", "TOTAL", "FAILURES");
   for (size_t u = 0; u < t.upstreams().size(); ++u) {
     const auto& ur = t.upstreams()[u];
     // retry.tries (http) is shown where it differs from tries (tcp and frame connects).
     const std::string retry = ur.retry_tries && ur.retry_tries != ur.tries
                                   ? fmt::format(", http retry.tries {}", ur.retry_tries)
                                   : std::string();
-    fmt::print("{} (connect {} ms, idle {} ms, max_fails {} per {} ms, tries {}{})\n", name_of(ur.name),
-               ur.connect_timeout_ms, ur.idle_timeout_ms, ur.max_fails, ur.fail_timeout_ms, ur.tries, retry);
+    out("{} (connect {} ms, idle {} ms, max_fails {} per {} ms, tries {}{})\n", name_of(ur.name), ur.connect_timeout_ms,
+        ur.idle_timeout_ms, ur.max_fails, ur.fail_timeout_ms, ur.tries, retry);
     for (size_t p = 0; p < t.pools().size(); ++p) {
       const auto& pr = t.pools()[p];
       if (pr.upstream != u) continue;
-      fmt::print("  {}/{} (priority {}, {})\n", name_of(ur.name), name_of(pr.id), pr.priority,
-                 gw::shm::method_name(static_cast<gw::shm::Method>(pr.method)));
+      out("  {}/{} (priority {}, {})\n", name_of(ur.name), name_of(pr.id), pr.priority,
+          gw::shm::method_name(static_cast<gw::shm::Method>(pr.method)));
       for (size_t h = 0; h < hosts.size(); ++h) {
         const auto& hr = hosts[h];
         if (hr.pool != p) continue;
         auto tot = gw::shm::host_totals(seg, hr.slot, hr.tag);
-        fmt::print("    {:<24} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", name_of(hr.id), hr.addr.to_string(),
-                   hr.weight, hr.admin_down ? "down" : "up", gw::admin::host_health(seg, t, hr), tot.active, tot.total,
-                   seg.host(hr.slot).failures.load());
+        out("    {:<24} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", name_of(hr.id), hr.addr.to_string(), hr.weight,
+            hr.admin_down ? "down" : "up", gw::admin::host_health(seg, t, hr), tot.active, tot.total,
+            seg.host(hr.slot).failures.load());
       }
     }
   }
   if (!t.consumers().empty()) {
     std::string names;
     for (const auto& c : t.consumers()) names += fmt::format("{}{}", names.empty() ? "" : ", ", name_of(c.name));
-    fmt::print("\nCONSUMERS (key-auth; keys are kept as SHA-256 hashes only): {}\n", names);
+    out("\nCONSUMERS (key-auth; keys are kept as SHA-256 hashes only): {}\n", names);
   }
   if (!t.routes().empty()) {
-    fmt::print("\n{:<28} {}\n", "LISTENER/ROUTE/RULE", "MATCH -> UPSTREAM (first match wins)");
+    out("\n{:<28} {}\n", "LISTENER/ROUTE/RULE", "MATCH -> UPSTREAM (first match wins)");
     for (size_t r = 0; r < t.routes().size(); ++r) {
       const auto& rr = t.routes()[r];
-      fmt::print("{}/{}\n", name_of(rr.listener), name_of(rr.name));
+      out("{}/{}\n", name_of(rr.listener), name_of(rr.name));
       for (size_t k = 0; k < t.rules().size(); ++k) {
         if (t.rules()[k].route != r) continue;
         auto spec = t.rule_spec(static_cast<int>(k));
-        fmt::print("  {:<26} {}\n", spec.id, gw::shm::describe_rule(spec));
+        out("  {:<26} {}\n", spec.id, gw::shm::describe_rule(spec));
       }
     }
   }
@@ -744,7 +776,7 @@ int cmd_events(const Options& o) {
   uint64_t stuck_since = 0, lost = 0, next_file_check = 0;
   auto report_lost = [&] {
     if (!lost) return;
-    std::fflush(stdout);
+    flush_stdout();
     fmt::print(stderr, "gwctl: {} event(s) lost: the ring ({} entries) wrapped before they were read\n", lost,
                gw::shm::kEventCapacity);
     lost = 0;
@@ -770,7 +802,7 @@ int cmd_events(const Options& o) {
           continue;
         }
       } else if (r == gw::shm::EventRead::ok) {
-        fmt::print("{}\n", gw::shm::format_event(cur, e));
+        out("{}\n", gw::shm::format_event(cur, e));
       } else {
         ++lost;
       }
@@ -778,7 +810,7 @@ int cmd_events(const Options& o) {
       ++cur;
     }
     report_lost();
-    std::fflush(stdout);
+    flush_stdout();
     if (!o.follow || g_stop) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     // gwd may make the segment again (new capacities, another ABI, a restart
@@ -942,7 +974,8 @@ int main(int argc, char** argv) {
     return gw::core::usage_error("gwctl", usage_problem(app, e));
   }
 
-  try {
+  // The command; its status, once its output is written.
+  auto run = [&]() -> int {
     reject_empty(app);
     const bool to_etcd = !o.etcd.empty();
     if (!o.prefix.empty() && !to_etcd) throw Failure("--prefix goes with --etcd (it names etcd keys)");
@@ -1045,9 +1078,15 @@ int main(int argc, char** argv) {
       }
       return report(gw::shm::ops::set_pool(attach(o, true), o.path, o.id, prio, m));
     }
+    return 2;
+  };
+  try {
+    const int rc = run();
+    flush_stdout();
+    return rc;
   } catch (const std::exception& e) {
+    std::fflush(stdout);
     fmt::print(stderr, "gwctl: {}\n", gw::core::one_line(e.what()));
     return 1;
   }
-  return 2;
 }
