@@ -18,6 +18,7 @@
 #include "gw/config/config.hpp"
 #include "gw/core/cli.hpp"
 #include "gw/core/log.hpp"
+#include "gw/core/text.hpp"
 #include "gw/process/master.hpp"
 
 namespace {
@@ -70,10 +71,12 @@ int main(int argc, char** argv) {
   app.set_version_flag("-V,--version", fmt::format("gwd {}", gw::core::kVersion));
   if (auto rc = gw::core::parse_command_line(app, "gwd", argc, argv)) return *rc;
 
+  // Each message is one line, whatever the path or a quoted value holds.
+  const std::string shown_path = gw::core::one_line(config_path);
   gw::config::LoadResult r = gw::config::load_file(config_path);
   if (!r.ok()) {
-    for (const auto& e : r.errors) fmt::print(stderr, "{}: {}\n", config_path, e);
-    fmt::print(stderr, "{}: {} error(s)\n", config_path, r.errors.size());
+    for (const auto& e : r.errors) fmt::print(stderr, "{}: {}\n", shown_path, e);
+    fmt::print(stderr, "{}: {} error(s)\n", shown_path, r.errors.size());
     return 1;
   }
   if (test) {
@@ -92,8 +95,8 @@ int main(int argc, char** argv) {
       }
     }
     if (!errors.empty()) {
-      for (const auto& e : errors) fmt::print(stderr, "{}: {}\n", config_path, e);
-      fmt::print(stderr, "{}: {} error(s)\n", config_path, errors.size());
+      for (const auto& e : errors) fmt::print(stderr, "{}: {}\n", shown_path, gw::core::one_line(e));
+      fmt::print(stderr, "{}: {} error(s)\n", shown_path, errors.size());
       return 1;
     }
     fmt::print("ok\n");
@@ -107,7 +110,7 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     GW_LOG_ERROR("{}", e.what());
     // The log may be a file; the operator starting gwd must see why it failed.
-    if (!r.config.log_file.empty()) fmt::print(stderr, "gwd: {}\n", e.what());
+    if (!r.config.log_file.empty()) fmt::print(stderr, "gwd: {}\n", gw::core::one_line(e.what()));
     return 1;
   }
 }

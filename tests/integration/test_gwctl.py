@@ -288,6 +288,23 @@ class GwctlTest(GwTestCase):
         self.assertEqual(to_full("up", "host", "app/primary", "b"),
                          (1, f"gwctl: cannot write to standard output: {nospace}\n"))
 
+    def test_bytes_a_terminal_acts_on_are_escaped(self):
+        """The C1 control CSI (U+009B, bytes c2 9b) and bytes that are not
+        UTF-8 were written raw to stderr; they are escaped as \\xNN like the
+        ASCII controls."""
+        missing = gwtest.unique_shm_name() + "-missing"
+        cases = [
+            ([b"--shm", b"x\xff", b"status"], b'gwctl: shm name "x\\xff" may contain only letters, digits and . _ -\n'),
+            ([b"--shm", missing.encode(), b"add", b"host", b"app/primary", b"h9", b"1.2.3.4:5\xc2\x9b31m"],
+             b'gwctl: bad address "1.2.3.4:5\\xc2\\x9b31m": port must be an integer 1..65535, '
+             b'got "5\\xc2\\x9b31m"\n'),
+        ]
+        for args, want in cases:
+            with self.subTest(args=args):
+                p = subprocess.run([gwtest.GWCTL.encode(), *args], capture_output=True, timeout=T(10),
+                                   stdin=subprocess.DEVNULL)
+                self.assertEqual((p.returncode, p.stderr), (1, want))
+
     def test_empty_shm_is_not_the_default_gateway(self):
         rc, out, err = gwtest.run_gwctl("--shm", "", "status")
         self.assertEqual(rc, 1, out)
