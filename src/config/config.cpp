@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
+#include <map>
 #include <set>
 
 #include "config/api_config.hpp"
@@ -350,13 +351,20 @@ void parse_rule(Ctx& c, element e, const std::string& p, shm::RuleSpec& r) {
     else if (k == "upstream") has_up = get_name(c, v, kp, r.upstream);
     else if (k == "ip") {
       size_t n = 0;
+      std::map<std::string, size_t> seen;  // a block -> where it was first given
       for_each_element(c, v, kp, [&](element item, const std::string& ip) {
         std::string t, why;
         core::Cidr cidr;
         ++n;
         if (!get_string(c, item, ip, t)) return;
-        if (!core::parse_cidr(t, cidr, why)) c.error(ip, why);
-        else r.cidrs.push_back(cidr);
+        if (!core::parse_cidr(t, cidr, why)) {
+          c.error(ip, why);
+        } else if (auto [at, fresh] = seen.emplace(cidr.to_string(), n - 1); !fresh) {
+          // Each copy would take a slot of shm.max_rule_cidrs, and match nothing more.
+          c.error(ip, fmt::format("address block {} is given twice (also {}[{}])", at->first, kp, at->second));
+        } else {
+          r.cidrs.push_back(cidr);
+        }
       });
       // No block would leave the rule without an address matcher: it would
       // match every client.
@@ -366,8 +374,8 @@ void parse_rule(Ctx& c, element e, const std::string& p, shm::RuleSpec& r) {
     else if (k == "percent") {
       double f = -1;
       if (v.is_number()) f = v.get_double().value_unsafe();
-      if (f < 0 || f > 100) c.error(kp, "expected a number 0..100, got " + describe(v));
-      else r.percent_bp = static_cast<int32_t>(f * 100 + 0.5);
+      if (!shm::percent_to_bp(f, r.percent_bp))
+        c.error(kp, "expected a number 0..100 in steps of 0.01, got " + describe(v));
     } else return false;
     return true;
   });

@@ -305,6 +305,37 @@ class GwctlTest(GwTestCase):
                                    stdin=subprocess.DEVNULL)
                 self.assertEqual((p.returncode, p.stderr), (1, want))
 
+    def web_gateway(self):
+        """A gateway with an http listener "web" whose route "main" takes rules."""
+        a = self.backend("a")
+        web = {"name": "web", "listen": f"{gwtest.LOOPBACK}:{gwtest.free_port()}", "protocol": "http",
+               "routes": [{"name": "main", "upstream": "app"}]}
+        return self.start([pool("primary", [host("a", a)])], workers=1, listeners=[web])
+
+    def test_rule_values_are_not_changed_silently(self):
+        """--percent 0.001 became 0 (a rule that never matches), and a block
+        given twice took two slots: both are refused now; an overlapping
+        but different block is still a block of its own."""
+        gw = self.web_gateway()
+        ipfile = os.path.join(self.tmp, "ips.txt")
+        with open(ipfile, "w") as f:
+            f.write("10.1.0.0/16\n# a comment\n10.0.0.1/32\n")
+        rule = ["add", "rule", "web", "main", "r"]
+        for args, want in [
+            (["--percent", "0.001"], 'gwctl: --percent must be a number 0..100 in steps of 0.01, got "0.001"'),
+            (["--percent", "12.345"], 'gwctl: --percent must be a number 0..100 in steps of 0.01, got "12.345"'),
+            (["--ip", "10.0.0.1,10.0.0.1"], "gwctl: --ip: address block 10.0.0.1/32 is given twice"),
+            (["--ip", "10.0.0.1", "--ip-file", ipfile],
+             f"gwctl: --ip-file {ipfile}: address block 10.0.0.1/32 is given twice (also in --ip)"),
+        ]:
+            with self.subTest(args=args):
+                rc, line = self.assertGwctlError(gw, *rule, *args, "--upstream", "app", rc_want=1)
+                self.assertEqual(line, want)
+        self.assertGwctlOk(gw, *rule, "--ip", "10.0.0.0/8,10.0.0.1,::ffff:10.0.0.1", "--percent", "12.34",
+                           "--upstream", "app")
+        r = gw.status()["routes"][0]["rules"][0]
+        self.assertEqual((r["ip"], r["percent"]), (["10.0.0.0/8", "10.0.0.1/32", "::ffff:10.0.0.1/128"], 12.34))
+
     def test_empty_shm_is_not_the_default_gateway(self):
         rc, out, err = gwtest.run_gwctl("--shm", "", "status")
         self.assertEqual(rc, 1, out)

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <iterator>
+#include <map>
 #include <optional>
 #include <thread>
 
@@ -194,6 +195,9 @@ gw::shm::RuleSpec rule_from_options(const Options& o, const gw::shm::Caps& caps)
   r.id = o.id;
   r.upstream = o.upstream;
   if (o.upstream.empty()) throw Failure("a rule needs --upstream NAME (where matching requests go)");
+  // A block given twice is refused (nginx's geo warns "duplicate network"):
+  // each copy would take a slot of shm.max_rule_cidrs and match nothing more.
+  std::map<std::string, std::string> seen;  // a block -> the option it was first given in
   auto add_cidrs = [&](std::string_view list, const std::string& where) {
     size_t i = 0;
     while (i <= list.size()) {
@@ -205,6 +209,9 @@ gw::shm::RuleSpec rule_from_options(const Options& o, const gw::shm::Caps& caps)
         std::string why;
         if (!gw::core::parse_cidr(item, c, why))
           throw Failure(fmt::format("{}: bad address \"{}\": {}", where, item, why));
+        if (auto [at, fresh] = seen.emplace(c.to_string(), where); !fresh)
+          throw Failure(fmt::format("{}: address block {} is given twice{}", where, at->first,
+                                    at->second == where ? "" : fmt::format(" (also in {})", at->second)));
         r.cidrs.push_back(c);
       }
       i = j + 1;
@@ -246,9 +253,8 @@ gw::shm::RuleSpec rule_from_options(const Options& o, const gw::shm::Caps& caps)
   if (!o.percent.empty()) {
     double pct = -1;
     auto [end, ec] = std::from_chars(o.percent.data(), o.percent.data() + o.percent.size(), pct);
-    if (ec != std::errc() || end != o.percent.data() + o.percent.size() || !(pct >= 0 && pct <= 100))  // NaN too
-      throw Failure(fmt::format("--percent must be a number 0..100, got \"{}\"", o.percent));
-    r.percent_bp = static_cast<int32_t>(pct * 100 + 0.5);
+    if (ec != std::errc() || end != o.percent.data() + o.percent.size() || !gw::shm::percent_to_bp(pct, r.percent_bp))
+      throw Failure(fmt::format("--percent must be a number 0..100 in steps of 0.01, got \"{}\"", o.percent));
   }
   if (auto why = gw::shm::check_rule(r); !why.empty()) throw Failure(why);
   return r;

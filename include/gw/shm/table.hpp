@@ -188,6 +188,11 @@ struct RuleSpec {
 /// Checks the matchers of a spec (names, values, ranges; at least one
 /// matcher). Returns an empty string if valid, otherwise the reason.
 std::string check_rule(const RuleSpec& r);
+
+/// A rule's percentage (0..100) in basis points, the unit it is kept in, into
+/// `bp`. False for a value out of range (NaN too) or finer than 0.01, which
+/// would be rounded: 0.001 would become 0, a rule that never matches.
+bool percent_to_bp(double percent, int32_t& bp) noexcept;
 /// "ip=10.0.0.0/8,127.0.0.2/32 header=X-Canary:1 percent=5" for messages and status.
 std::string describe_rule(const RuleSpec& r);
 

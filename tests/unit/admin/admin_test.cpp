@@ -282,7 +282,19 @@ TEST_SUITE("admin") {
     CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "header": "novalue"})", "", t) ==
           "body.header: expected \"NAME=VALUE\", got \"novalue\"");
     CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "percent": 101})", "", t) ==
-          "body.percent: expected a number 0..100, got 101");
+          "body.percent: expected a number 0..100 in steps of 0.01, got 101");
+    // Kept in basis points: 0.001 would be stored as 0, a rule that never matches.
+    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "percent": 0.001})", "", t) ==
+          "body.percent: expected a number 0..100 in steps of 0.01, got 0.001");
+    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "percent": 12.34})", "", t) == "");
+    CHECK(t.percent_bp == 1234);
+    // A block given twice would take two slots of shm.max_rule_cidrs; an
+    // overlapping but different one is a block of its own.
+    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "ip": ["10.0.0.1", "10.0.0.0/8", "10.0.0.1/32"]})", "",
+                          t) == "body.ip[2]: address block 10.0.0.1/32 is given twice (also body.ip[0])");
+    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "ip": ["10.0.0.1", "10.0.0.0/8", "::ffff:10.0.0.1"]})", "",
+                          t) == "");
+    CHECK(t.cidrs.size() == 3);
     CHECK(
         parse_rule_body(R"({"id": "r", "upstream": "pre", "ip": ["10.1.2.3/16"]})", "", t).starts_with("body.ip[0]: "));
     CHECK(parse_rule_body(R"({"upstream": "pre", "percent": 1})", "", t) == "body: missing required key \"id\"");

@@ -22,10 +22,10 @@ TEST_SUITE("core") {
     CHECK(one_line("\xc2\x80\xc2\x9f") == "\\xc2\\x80\\xc2\\x9f");
     CHECK(one_line("\xff") == "\\xff");
     CHECK(one_line("a\x9b"
-                   "b") == "a\\x9bb");                         // a lone continuation byte
-    CHECK(one_line("\xe2\x82") == "\\xe2\\x82");               // cut short
-    CHECK(one_line("\xc0\xaf") == "\\xc0\\xaf");               // overlong '/'
-    CHECK(one_line("\xed\xa0\x80") == "\\xed\\xa0\\x80");      // a surrogate
+                   "b") == "a\\x9bb");                              // a lone continuation byte
+    CHECK(one_line("\xe2\x82") == "\\xe2\\x82");                    // cut short
+    CHECK(one_line("\xc0\xaf") == "\\xc0\\xaf");                    // overlong '/'
+    CHECK(one_line("\xed\xa0\x80") == "\\xed\\xa0\\x80");           // a surrogate
     CHECK(one_line("\xf4\x90\x80\x80") == "\\xf4\\x90\\x80\\x80");  // past U+10FFFF
     CHECK(one_line("\xe2\x82\xac\xff\xe2\x82\xac") == "\xe2\x82\xac\\xff\xe2\x82\xac");
   }
