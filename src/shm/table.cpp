@@ -46,6 +46,11 @@ std::string check_name(std::string_view s) {
   return {};
 }
 
+std::string check_new_name(std::string_view s) {
+  if (s == "." || s == "..") return "must not be \".\" or \"..\" (no admin API URL path can name it)";
+  return check_name(s);
+}
+
 void set_name(char (&dst)[kNameCap], std::string_view src) noexcept {
   std::memset(dst, 0, kNameCap);
   std::memcpy(dst, src.data(), std::min(src.size(), kNameCap - 1));

@@ -336,6 +336,23 @@ class GwctlTest(GwTestCase):
         r = gw.status()["routes"][0]["rules"][0]
         self.assertEqual((r["ip"], r["percent"]), (["10.0.0.0/8", "10.0.0.1/32", "::ffff:10.0.0.1/128"], 12.34))
 
+    def test_dot_ids_are_refused(self):
+        """Ids "." and ".." were taken, and no admin API URL path can name
+        them (clients resolve such segments); gwctl refuses them as the config
+        and the admin API do (one shared check)."""
+        gw = self.web_gateway()
+        why = 'must not be "." or ".." (no admin API URL path can name it)'
+        for args, what in [
+            (["add", "host", "app/primary", ".", "127.0.0.1:9"], 'host id "."'),
+            (["add", "pool", "app", ".."], 'pool id ".."'),
+            (["add", "rule", "web", "main", ".", "--ip", "10.0.0.1", "--upstream", "app"], 'rule id "."'),
+            (["add", "consumer", "..", "--key", "k-123"], 'consumer name ".."'),
+        ]:
+            with self.subTest(args=args):
+                rc, line = self.assertGwctlError(gw, *args, rc_want=1)
+                self.assertEqual(line, f"gwctl: {what} {why}")
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "...", "127.0.0.1:9")   # only . and .. are paths
+
     def test_empty_shm_is_not_the_default_gateway(self):
         rc, out, err = gwtest.run_gwctl("--shm", "", "status")
         self.assertEqual(rc, 1, out)

@@ -402,10 +402,15 @@ Spec decode_or_fail(const gw::cluster::KeyValue& kv, Decode decode) {
   return spec;
 }
 
-void check_names(std::initializer_list<std::pair<const char*, const std::string*>> names) {
-  for (auto [what, name] : names)
-    if (auto why = gw::shm::check_name(*name); !why.empty())
+// The names a command gives; the last one is new when `adds` (check_new_name:
+// not "." or "..").
+void check_names(std::initializer_list<std::pair<const char*, const std::string*>> names, bool adds = false) {
+  size_t i = 0;
+  for (auto [what, name] : names) {
+    const bool added = adds && ++i == names.size();
+    if (auto why = added ? gw::shm::check_new_name(*name) : gw::shm::check_name(*name); !why.empty())
       throw Failure(fmt::format("{} \"{}\" {}", what, *name, why));
+  }
 }
 
 int etcd_done(const std::string& what, int64_t rev) {
@@ -416,7 +421,7 @@ int etcd_done(const std::string& what, int64_t rev) {
 
 int etcd_add_host(EtcdCtl& c, const std::string& u, const std::string& p, const std::string& h,
                   const gw::core::SockAddr& addr, uint32_t weight) {
-  check_names({{"upstream name", &u}, {"pool id", &p}, {"host id", &h}});
+  check_names({{"upstream name", &u}, {"pool id", &p}, {"host id", &h}}, true);
   const std::string what = fmt::format("add host {}/{}/{} {} weight={}", u, p, h, addr.to_string(), weight);
   const std::string hk = gw::cluster::host_key(c.prefix, u, p, h);
   gw::cluster::KeyValue up;
@@ -472,7 +477,7 @@ int etcd_down_up(EtcdCtl& c, const std::string& u, const std::string& p, const s
 }
 
 int etcd_add_pool(EtcdCtl& c, const std::string& u, const std::string& p, int32_t prio, gw::shm::Method m) {
-  check_names({{"upstream name", &u}, {"pool id", &p}});
+  check_names({{"upstream name", &u}, {"pool id", &p}}, true);
   const std::string what = fmt::format("add pool {}/{} priority={} method={}", u, p, prio, gw::shm::method_name(m));
   const std::string pk = gw::cluster::pool_key(c.prefix, u, p);
   const gw::cluster::KeyValue up = etcd_upstream(c, u);
@@ -1064,7 +1069,7 @@ int main(int argc, char** argv) {
       if (key.empty()) throw Failure("add consumer needs --key KEY or --key-file FILE");
       if (!gw::config::valid_api_key(key))
         throw Failure(fmt::format("the key must be 1..{} visible ASCII characters", gw::config::kMaxApiKey));
-      if (auto why = gw::shm::check_name(o.id); !why.empty())
+      if (auto why = gw::shm::check_new_name(o.id); !why.empty())
         throw Failure(fmt::format("consumer name \"{}\" {}", o.id, why));
       uint8_t digest[gw::shm::kSha256Len];
       if (!gw::api::sha256(key, digest)) throw Failure("SHA-256 failed");

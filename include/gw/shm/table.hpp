@@ -229,6 +229,13 @@ class TableError : public std::runtime_error {
 /// valid, otherwise the reason.
 std::string check_name(std::string_view s);
 
+/// check_name() for a name given now (config, gwctl, admin API bodies): also
+/// refuses "." and "..", which no admin API URL path can name (clients and
+/// proxies resolve such segments). Tables and state files written before are
+/// read with check_name(), so a gateway holding such an id still starts, and
+/// gwctl can remove it.
+std::string check_new_name(std::string_view s);
+
 /// A process-local table. Not thread-safe; each process or thread owns its own.
 class Table {
  public:

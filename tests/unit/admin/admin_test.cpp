@@ -228,6 +228,8 @@ TEST_SUITE("admin") {
           "body.address: bad address \"127.0.0.1:70000\": port must be an integer 1..65535, got \"70000\"");
     CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:1", "wieght": 1})", e) == "body.wieght: unknown key");
     CHECK(parse_host_body(R"({"id": "c d", "address": "127.0.0.1:1"})", e).starts_with("body.id: "));
+    CHECK(parse_host_body(R"({"id": "..", "address": "127.0.0.1:1"})", e) ==
+          "body.id: \"..\" must not be \".\" or \"..\" (no admin API URL path can name it)");
     CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:1", "id": "d"})", e) == "body.id: duplicate key");
     CHECK(parse_host_body(R"([1, 2])", e) == "body: expected a JSON object, got an array");
     CHECK(parse_host_body("", e) == "body: expected a JSON object, got an empty body");

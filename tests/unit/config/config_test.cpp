@@ -1,4 +1,5 @@
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <string>
@@ -116,6 +117,13 @@ TEST_SUITE("config") {
               "shm.max_hosts: 3 hosts are configured, more than max_hosts 2"));
     CHECK(has(load_string(replace(kValid, R"("id": "primary")", R"("id": "pri mary")")).errors,
               "upstreams[0].pools[0].id: \"pri mary\" may contain only"));
+    // No admin API URL path can name "." or "..": refused where ids are given.
+    for (const char* dots : {".", ".."})
+      CHECK(has(load_string(replace(kValid, R"("id": "primary")", fmt::format(R"("id": "{}")", dots))).errors,
+                fmt::format("upstreams[0].pools[0].id: \"{}\" must not be \".\" or \"..\" (no admin API URL path can "
+                            "name it)",
+                            dots)));
+    CHECK(load_string(replace(kValid, R"("id": "primary")", R"("id": "...")")).ok());
   }
 
   TEST_CASE("build_table lays the config out in a table") {
