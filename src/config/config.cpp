@@ -854,7 +854,10 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
             else if (s.ends_with(".lock") || s == "." || s == "..")
               // NAME.lock is the lock file of instance NAME, beside its segment.
               c.error(skp, fmt::format("\"{}\" is not a segment name (NAME.lock is the lock file of NAME)", s));
-            else cfg.shm.name = s;
+            else {
+              cfg.shm.name = s;
+              r.shm_name_given = true;
+            }
           }
         } else if (sk == "max_upstreams") get_u32(c, sv, skp, 1, 65535, cfg.shm.caps.max_upstreams);
         else if (sk == "max_pools") get_u32(c, sv, skp, 1, 65535, cfg.shm.caps.max_pools);
@@ -915,6 +918,10 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
     if (it == cfg.access_log_paths.end()) cfg.access_log_paths.push_back(l.access_log.path);
   }
   if (cfg.access_log_paths.size() > 255) c.error("listeners", "more than 255 distinct access_log paths");
+  // A duplicate "shm" or "name" key, or "shm" not an object: which name holds is unclear.
+  if (c.has_error_under("shm.name") ||
+      std::any_of(c.errors.begin(), c.errors.end(), [](const std::string& e) { return e.starts_with("shm: "); }))
+    r.shm_name_given = false;
   r.errors = std::move(c.errors);
   return r;
 }

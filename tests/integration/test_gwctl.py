@@ -182,6 +182,44 @@ class GwctlTest(GwTestCase):
         self.assertIsNotNone(gwtest.find_host(json.loads(out), "app/primary/b"))
         self.assertNames(gw.port, N, {"a", "b"}, must_include={"b"})
 
+    def test_config_option_with_errors_in_the_config(self):
+        """-c refused every command while the config had any error (an
+        operator editing it during an incident lost gwctl -c). gwctl needs
+        only shm.name: if the file still gives it, without an error of its
+        own, gwctl uses it and warns once; otherwise it refuses as before."""
+        a, b = self.backend("a"), self.backend("b")
+        gw = self.start([pool("primary", [host("a", a)])], workers=1)
+        cfg = json.loads(json.dumps(gw.config))
+        cfg["wrokers"] = 2
+        cfg["upstreams"][0]["pools"][0]["hosts"][0]["weight"] = "x"
+        broken = gwtest.write_json(os.path.join(self.tmp, "broken.json"), cfg)
+        rc, out, err = gwtest.run_gwctl("add", "host", "app/primary", "b", b.address, config=broken)
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"^ok: add host app/primary/b ")
+        self.assertEqual(err, f"gwctl: warning: {broken} has 2 errors (first: wrokers: unknown key; gwd -t -c {broken} "
+                              f'lists them); using shm.name "{gw.shm}" from it\n')
+        self.assertIsNotNone(gwtest.find_host(gw.status(), "app/primary/b"))
+        rc, out, err = gwtest.run_gwctl("events", config=broken)   # looks the name up twice: one warning
+        self.assertEqual((rc, len(err.splitlines())), (0, 1), err)
+        # No shm.name to go by, or a bad one: refused, not the default "gw" (another gateway perhaps).
+        for what, shm in [("no shm.name", None), ("a bad shm.name", "a/b")]:
+            with self.subTest(what):
+                c = json.loads(json.dumps(cfg))
+                if shm is None:
+                    del c["shm"]["name"]
+                else:
+                    c["shm"]["name"] = shm
+                path = gwtest.write_json(os.path.join(self.tmp, "worse.json"), c)
+                rc, out, err = gwtest.run_gwctl("status", config=path)
+                self.assertEqual((rc, out), (1, ""))
+                self.assertEqual(len(err.splitlines()), 1, err)
+                self.assertTrue(err.startswith(f"gwctl: {path}: "), err)
+        with open(broken, "w") as f:
+            f.write('{"shm": {"name": "' + gw.shm + '"}')   # not JSON: nothing is read from it
+        rc, out, err = gwtest.run_gwctl("status", config=broken)
+        self.assertEqual(rc, 1)
+        self.assertRegex(err, rf"^gwctl: {re.escape(broken)}: \(document\): invalid JSON: [^\n]*\n$")
+
     def test_events_follow(self):
         a, b = self.backend("a"), self.backend("b")
         gw = self.start([pool("primary", [host("a", a)])])

@@ -19,6 +19,7 @@
 #include <map>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include "gw/admin/status.hpp"
 #include "gw/api/hash.hpp"
@@ -106,10 +107,22 @@ std::string shm_name(const Options& o) {
   if (!o.shm.empty()) return o.shm;
   if (!o.config.empty()) {
     auto r = gw::config::load_file(o.config);
-    if (!r.ok())
-      throw Failure(r.errors.size() == 1 ? fmt::format("{}: {}", o.config, r.errors[0])
-                                         : fmt::format("{}: {} (and {} more error(s); gwd -t -c {} lists them)",
-                                                       o.config, r.errors[0], r.errors.size() - 1, o.config));
+    if (r.ok()) return r.config.shm.name;
+    const size_t n = r.errors.size();
+    // An operator editing the config during an incident keeps gwctl: it needs
+    // only shm.name, which the file still gives without an error of its own.
+    // (Not the default "gw" for a file that lacks it: that may be another gateway.)
+    if (!r.shm_name_given)
+      throw Failure(n == 1 ? fmt::format("{}: {}", o.config, r.errors[0])
+                           : fmt::format("{}: {} (and {} more error(s); gwd -t -c {} lists them)", o.config,
+                                         r.errors[0], n - 1, o.config));
+    static bool warned = false;  // once, though a command may look the name up again
+    if (!std::exchange(warned, true))
+      fmt::print(stderr, "gwctl: warning: {}; using shm.name \"{}\" from it\n",
+                 gw::core::one_line(n == 1 ? fmt::format("{} has an error ({})", o.config, r.errors[0])
+                                           : fmt::format("{} has {} errors (first: {}; gwd -t -c {} lists them)",
+                                                         o.config, n, r.errors[0], o.config)),
+                 r.config.shm.name);
     return r.config.shm.name;
   }
   return "gw";

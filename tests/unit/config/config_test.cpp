@@ -126,6 +126,15 @@ TEST_SUITE("config") {
     CHECK(load_string(replace(kValid, R"("id": "primary")", R"("id": "...")")).ok());
   }
 
+  TEST_CASE("shm_name_given: shm.name read without an error of its own, whatever else is wrong (gwctl -c)") {
+    auto r = load_string(replace(kValid, R"("workers": 2)", R"("wrokers": 2)"));
+    CHECK((!r.ok() && r.shm_name_given && r.config.shm.name == "t1"));
+    CHECK_FALSE(load_string(replace(kValid, R"("name": "t1")", R"("name": "a/b")")).shm_name_given);
+    CHECK_FALSE(load_string(replace(kValid, R"("name": "t1")", R"("name": "t1", "name": "t2")")).shm_name_given);
+    CHECK_FALSE(load_string(replace(kValid, R"("name": "t1", )", "")).shm_name_given);
+    CHECK_FALSE(load_string(R"({"shm": {"name": "t1"})").shm_name_given);  // not JSON
+  }
+
   TEST_CASE("build_table lays the config out in a table") {
     auto r = load_string(kValid);
     REQUIRE(r.ok());
