@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
+#include <map>
 #include <set>
 
 #include "config/api_config.hpp"
@@ -383,13 +384,20 @@ void parse_rule(Ctx& c, element e, const std::string& p, shm::RuleSpec& r, bool 
     else if (k == "upstream") has_up = get_name(c, v, kp, r.upstream);
     else if (k == "ip") {
       size_t n = 0;
+      std::map<std::string, size_t> seen;  // a block -> where it was first given
       for_each_element(c, v, kp, [&](element item, const std::string& ip) {
         std::string t, why;
         core::Cidr cidr;
         ++n;
         if (!get_string(c, item, ip, t)) return;
-        if (!core::parse_cidr(t, cidr, why)) c.error(ip, why);
-        else r.cidrs.push_back(cidr);
+        if (!core::parse_cidr(t, cidr, why)) {
+          c.error(ip, why);
+        } else if (auto [at, fresh] = seen.emplace(cidr.to_string(), n - 1); !fresh) {
+          // Each copy would take a slot of shm.max_rule_cidrs, and match nothing more.
+          c.error(ip, fmt::format("address block {} is given twice (also {}[{}])", at->first, kp, at->second));
+        } else {
+          r.cidrs.push_back(cidr);
+        }
       });
       // No block would leave the rule without an address matcher: it would
       // match every client.
@@ -399,8 +407,8 @@ void parse_rule(Ctx& c, element e, const std::string& p, shm::RuleSpec& r, bool 
     else if (k == "percent") {
       double f = -1;
       if (v.is_number()) f = v.get_double().value_unsafe();
-      if (f < 0 || f > 100) c.error(kp, "expected a number 0..100, got " + describe(v));
-      else r.percent_bp = static_cast<int32_t>(f * 100 + 0.5);
+      if (!shm::percent_to_bp(f, r.percent_bp))
+        c.error(kp, "expected a number 0..100 in steps of 0.01, got " + describe(v));
     } else return false;
     return true;
   });
@@ -886,7 +894,10 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
             else if (s.ends_with(".lock") || s == "." || s == "..")
               // NAME.lock is the lock file of instance NAME, beside its segment.
               c.error(skp, fmt::format("\"{}\" is not a segment name (NAME.lock is the lock file of NAME)", s));
-            else cfg.shm.name = s;
+            else {
+              cfg.shm.name = s;
+              r.shm_name_given = true;
+            }
           }
         } else if (sk == "max_upstreams") get_u32(c, sv, skp, 1, 65535, cfg.shm.caps.max_upstreams);
         else if (sk == "max_pools") get_u32(c, sv, skp, 1, 65535, cfg.shm.caps.max_pools);
@@ -947,6 +958,10 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
     if (it == cfg.access_log_paths.end()) cfg.access_log_paths.push_back(l.access_log.path);
   }
   if (cfg.access_log_paths.size() > 255) c.error("listeners", "more than 255 distinct access_log paths");
+  // A duplicate "shm" or "name" key, or "shm" not an object: which name holds is unclear.
+  if (c.has_error_under("shm.name") ||
+      std::any_of(c.errors.begin(), c.errors.end(), [](const std::string& e) { return e.starts_with("shm: "); }))
+    r.shm_name_given = false;
   r.errors = std::move(c.errors);
   return r;
 }

@@ -68,7 +68,7 @@ bool get_string(Ctx& c, simdjson::dom::element v, const std::string& path, std::
 bool get_name(Ctx& c, simdjson::dom::element v, const std::string& path, std::string& out) {
   std::string s;
   if (!get_string(c, v, path, s)) return false;
-  if (auto why = shm::check_name(s); !why.empty()) {
+  if (auto why = shm::check_new_name(s); !why.empty()) {
     c.error(path, fmt::format("\"{}\" {}", s, why));
     return false;
   }

@@ -16,7 +16,9 @@
 #include <vector>
 
 #include "gw/config/config.hpp"
+#include "gw/core/cli.hpp"
 #include "gw/core/log.hpp"
+#include "gw/core/text.hpp"
 #include "gw/process/master.hpp"
 
 namespace {
@@ -66,27 +68,35 @@ int main(int argc, char** argv) {
   app.add_option("-c,--config", config_path, "configuration file")->capture_default_str();
   app.add_flag("-t,--test", test, "check the configuration, print ok or every error, and exit");
   app.add_flag("--foreground", foreground, "stay attached to the terminal (the default; for systemd and scripts)");
-  app.set_version_flag("-V,--version", "gwd 0.1.0");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  app.set_version_flag("-V,--version", fmt::format("gwd {}", gw::core::kVersion));
+  if (auto rc = gw::core::parse_command_line(app, "gwd", argc, argv)) return *rc;
 
+  // Each message is one line, whatever the path or a quoted value holds.
+  const std::string shown_path = gw::core::one_line(config_path);
   gw::config::LoadResult r = gw::config::load_file(config_path);
   if (!r.ok()) {
-    for (const auto& e : r.errors) fmt::print(stderr, "{}: {}\n", config_path, e);
-    fmt::print(stderr, "{}: {} error(s)\n", config_path, r.errors.size());
+    for (const auto& e : r.errors) fmt::print(stderr, "{}: {}\n", shown_path, e);
+    fmt::print(stderr, "{}: {} error(s)\n", shown_path, r.errors.size());
     return 1;
   }
   if (test) {
     std::vector<std::string> errors;
     check_writable("log_file", r.config.log_file, false, errors);
     for (const auto& path : r.config.access_log_paths) check_writable("access_log", path, false, errors);
+    const size_t before = errors.size();
     check_writable("state_file", r.config.state_file, true, errors);
+    // The runtime state a start would take, read as the start reads it: a
+    // file it cannot parse, or whose table does not fit shm.max_*, stops it.
+    if (errors.size() == before) {
+      try {
+        gw::process::check_state_file(r.config);
+      } catch (const std::exception& e) {
+        errors.push_back(e.what());
+      }
+    }
     if (!errors.empty()) {
-      for (const auto& e : errors) fmt::print(stderr, "{}: {}\n", config_path, e);
-      fmt::print(stderr, "{}: {} error(s)\n", config_path, errors.size());
+      for (const auto& e : errors) fmt::print(stderr, "{}: {}\n", shown_path, gw::core::one_line(e));
+      fmt::print(stderr, "{}: {} error(s)\n", shown_path, errors.size());
       return 1;
     }
     fmt::print("ok\n");
@@ -100,7 +110,7 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     GW_LOG_ERROR("{}", e.what());
     // The log may be a file; the operator starting gwd must see why it failed.
-    if (!r.config.log_file.empty()) fmt::print(stderr, "gwd: {}\n", e.what());
+    if (!r.config.log_file.empty()) fmt::print(stderr, "gwd: {}\n", gw::core::one_line(e.what()));
     return 1;
   }
 }

@@ -233,6 +233,48 @@ shm::Table merge_runtime(const config::Config& cfg, const shm::State* src, std::
   return merged;
 }
 
+// merge_runtime(), but a table that does not fit the config's capacities is
+// an error that names `src_name` (where the runtime state came from) and,
+// for each capacity it exceeds, how many it needs: "the table from state
+// file X needs 64 hosts, more than shm.max_hosts = 32" (its upstreams with
+// those of the config it lacks).
+shm::Table merge_runtime_named(const config::Config& cfg, const shm::State* src, const std::string& src_name,
+                               std::vector<std::string>& warnings) {
+  try {
+    return merge_runtime(cfg, src, warnings);
+  } catch (const shm::TableError& e) {
+    if (e.kind() != shm::TableError::Kind::full || !src) throw;
+    // Merged again with room for all of both, to count what it needs.
+    config::Config roomy = cfg;
+    shm::Caps& c = roomy.shm.caps;
+    for (const auto& u : cfg.upstreams)
+      for (const auto& p : u.pools) ++c.max_pools, c.max_hosts += static_cast<uint32_t>(p.hosts.size());
+    for (const auto& su : src->upstreams)
+      for (const auto& sp : su.pools) ++c.max_pools, c.max_hosts += static_cast<uint32_t>(sp.hosts.size());
+    for (const auto& l : cfg.listeners)
+      for (const auto& r : l.routes)
+        for (const auto& rule : r.rules) ++c.max_rules, c.max_rule_cidrs += static_cast<uint32_t>(rule.cidrs.size());
+    for (const auto& sr : src->routes)
+      for (const auto& rule : sr.rules) ++c.max_rules, c.max_rule_cidrs += static_cast<uint32_t>(rule.cidrs.size());
+    c.max_consumers += static_cast<uint32_t>(cfg.consumers.size() + src->consumers.size());
+    std::vector<std::string> ignored;  // (the same as the failed merge's)
+    const shm::Table all = merge_runtime(roomy, src, ignored);
+    const shm::Caps& have = cfg.shm.caps;
+    std::string over;
+    auto check = [&](size_t need, uint32_t cap, const char* what, const char* key) {
+      if (need > cap)
+        over += fmt::format("{}{} {}, more than shm.{} = {}", over.empty() ? "" : ", ", need, what, key, cap);
+    };
+    check(all.pools().size(), have.max_pools, "pools", "max_pools");
+    check(all.hosts().size(), have.max_hosts, "hosts", "max_hosts");
+    check(all.rules().size(), have.max_rules, "rules", "max_rules");
+    check(all.cidrs().size(), have.max_rule_cidrs, "address blocks", "max_rule_cidrs");
+    check(all.consumers().size(), have.max_consumers, "consumers", "max_consumers");
+    if (over.empty()) throw;
+    throw shm::TableError(fmt::format("the table from {} needs {}", src_name, over), shm::TableError::Kind::full);
+  }
+}
+
 // Hosts of `merged` that `live` has too (same upstream, pool and id) keep
 // their runtime slots there: their counters, health and connections go on.
 // So do rules (same listener, route and id): their hit counters.
@@ -410,7 +452,10 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
                            : file_state              ? *file_state
                                                      : shm::State{};
     merge_warnings.clear();
-    return merge_runtime(cfg, source == Source::config ? nullptr : &src, merge_warnings);
+    return merge_runtime_named(cfg, source == Source::config ? nullptr : &src,
+                               source == Source::segment ? fmt::format("shm segment \"{}\"", name)
+                                                         : fmt::format("state file {}", cfg.state_file),
+                               merge_warnings);
   };
   shm::State state;
   const bool have_state = !cfg.state_file.empty() && shm::read_state_file(cfg.state_file, state);
@@ -501,6 +546,13 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
   GW_LOG_INFO("routing table generation {} from {} ({} host(s))", gen, what, merged.hosts().size());
   for (const auto& w : merge_warnings) GW_LOG_WARN("{}", w);
   return seg;
+}
+
+void check_state_file(const config::Config& cfg) {
+  shm::State state;
+  std::vector<std::string> warnings;  // (a start logs them)
+  if (!cfg.state_file.empty() && shm::read_state_file(cfg.state_file, state))
+    merge_runtime_named(cfg, &state, fmt::format("state file {}", cfg.state_file), warnings);
 }
 
 namespace {

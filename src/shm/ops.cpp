@@ -63,11 +63,18 @@ Result commit(const Segment& seg, const Writer::Change& change, std::string what
   return r;
 }
 
+// A name a change adds: check_new_name(), so that the admin API can name it.
+void check_new(const std::string& name, const char* what) {
+  if (auto why = check_new_name(name); !why.empty())
+    throw TableError(fmt::format("{} \"{}\" {}", what, name, why), TableError::Kind::invalid);
+}
+
 }  // namespace
 
 Result add_host(const Segment& seg, const std::string& u, const std::string& p, const std::string& id,
                 const core::SockAddr& addr, uint32_t weight, bool down) {
   check_not_clustered(seg);
+  check_new(id, "host id");
   const char* state = down ? " admin down" : "";
   std::string what = fmt::format("add host {}/{}/{} {} weight={}{}", u, p, id, addr.to_string(), weight, state);
   return commit(
@@ -149,6 +156,7 @@ Result set_host_weight(const Segment& seg, const std::string& u, const std::stri
 
 Result add_pool(const Segment& seg, const std::string& u, const std::string& p, int32_t priority, Method method) {
   check_not_clustered(seg);
+  check_new(p, "pool id");
   std::string what = fmt::format("add pool {}/{} priority={} method={}", u, p, priority, method_name(method));
   return commit(
       seg,
@@ -192,6 +200,7 @@ Result set_pool(const Segment& seg, const std::string& u, const std::string& p, 
 }
 
 Result add_rule(const Segment& seg, const std::string& l, const std::string& r, const RuleSpec& spec) {
+  check_new(spec.id, "rule id");
   std::string desc = describe_rule(spec);
   std::string what = fmt::format("add rule {}/{}/{} {}", l, r, spec.id, desc);
   return commit(
@@ -227,6 +236,7 @@ Result remove_rule(const Segment& seg, const std::string& l, const std::string& 
 }
 
 Result add_consumer(const Segment& seg, const std::string& name, const uint8_t (&key_sha256)[kSha256Len]) {
+  check_new(name, "consumer name");
   return commit(
       seg,
       [&](Table& t, std::vector<std::string>& ev) {

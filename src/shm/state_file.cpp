@@ -316,11 +316,10 @@ bool rule_from_json(simdjson::dom::element e, RuleSpec& spec, std::string& why) 
   }
   double pct = 0;
   if (e["percent"].get(pct) == simdjson::SUCCESS) {
-    if (pct < 0 || pct > 100) {
-      why = fmt::format("rule {}: percent {} is not 0..100", spec.id, pct);
+    if (!percent_to_bp(pct, spec.percent_bp)) {
+      why = fmt::format("rule {}: percent {} is not 0..100 in steps of 0.01", spec.id, pct);
       return false;
     }
-    spec.percent_bp = static_cast<int32_t>(pct * 100 + 0.5);
   }
   if (auto w = check_rule(spec); !w.empty()) {
     why = fmt::format("rule {}: {}", spec.id, w);

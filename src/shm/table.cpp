@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "gw/core/utf8.hpp"
@@ -43,6 +44,11 @@ std::string check_name(std::string_view s) {
     if (!ok) return "may contain only letters, digits and . _ - :";
   }
   return {};
+}
+
+std::string check_new_name(std::string_view s) {
+  if (s == "." || s == "..") return "must not be \".\" or \"..\" (no admin API URL path can name it)";
+  return check_name(s);
 }
 
 void set_name(char (&dst)[kNameCap], std::string_view src) noexcept {
@@ -330,6 +336,17 @@ std::string check_rule(const RuleSpec& r) {
   }
   if (r.percent_bp > static_cast<int32_t>(kPercentScale)) return "percent must be 0..100";
   return {};
+}
+
+bool percent_to_bp(double percent, int32_t& bp) noexcept {
+  if (!(percent >= 0 && percent <= 100)) return false;  // NaN too
+  const double scaled = percent * (kPercentScale / 100);
+  const double whole = std::round(scaled);
+  // 12.34 * 100 is 1233.9999999999998 in binary: a tolerance far below one
+  // basis point takes it, and refuses 0.001.
+  if (std::fabs(scaled - whole) > 1e-6) return false;
+  bp = static_cast<int32_t>(whole);
+  return true;
 }
 
 std::string describe_rule(const RuleSpec& r) {

@@ -2,8 +2,10 @@
 """gwd -t -c: config validation with JSON paths in every error."""
 
 import copy
+import json
 import os
 import re
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -63,6 +65,67 @@ class ConfigCheckTest(GwTestCase):
         cfg["state_file"] = os.path.join(self.tmp, "new", "deeper", "gw.state.json")
         r = gwtest.run_gwd_test(gwtest.write_json(os.path.join(self.tmp, "files2.json"), cfg))
         self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_state_file_is_checked_as_a_start_reads_it(self):
+        """gwd -t said ok for a truncated state file, and for one whose table
+        no longer fits shm.max_hosts; the start then failed (the latter without
+        naming the file or the count). -t reads it as a start does and names
+        the file; it changes neither the file nor creates a segment."""
+        cfg = self.valid_config()
+        state = os.path.join(self.tmp, "gw.state.json")
+        cfg["state_file"] = state
+        cfg["shm"]["max_hosts"] = 4
+        path = gwtest.write_json(os.path.join(self.tmp, "state.json"), cfg)
+        hosts = [{"id": f"h{i}", "address": f"127.0.0.1:{20000 + i}", "weight": 1, "down": False}
+                 for i in range(6)]
+        good = json.dumps({"gw_state": 1, "generation": 5, "upstreams": [
+            {"name": "app", "pools": [{"id": "primary", "priority": 0, "method": "round_robin",
+                                       "hosts": hosts[:3]}]}]})
+        for text, want in [
+            (good, None),
+            (good[:len(good) // 2], f"{path}: state file {state}: "),
+            (good.replace('"hosts": [', '"hosts": [' + ", ".join(json.dumps(h) for h in hosts[3:]) + ", "),
+             f"{path}: the table from state file {state} needs 6 hosts, more than shm.max_hosts = 4"),
+        ]:
+            with self.subTest(want=want):
+                with open(state, "w") as f:
+                    f.write(text)
+                before = os.stat(state)
+                r = gwtest.run_gwd_test(path)
+                self.assertEqual(os.stat(state).st_mtime_ns, before.st_mtime_ns, "gwd -t changed the state file")
+                self.assertFalse(os.path.exists(f"/dev/shm/{cfg['shm']['name']}"), "gwd -t created the segment")
+                if want is None:
+                    self.assertEqual((r.returncode, r.stdout), (0, "ok\n"), r.stderr)
+                    continue
+                self.assertEqual(r.returncode, 1, r.stdout)
+                self.assertEqual(r.stderr.splitlines()[1:], [f"{path}: 1 error(s)"], r.stderr)
+                self.assertTrue(r.stderr.startswith(want), r.stderr)
+                # and the start fails for the same reason, in the same words
+                g = subprocess.run([gwtest.GWD, "-c", path], capture_output=True, text=True, timeout=gwtest.T(10),
+                                   stdin=subprocess.DEVNULL)
+                self.assertEqual(g.returncode, 1, g.stderr)
+                self.assertIn(r.stderr.splitlines()[0][len(path) + 2:], g.stderr)
+                self.assertFalse(os.path.exists(f"/dev/shm/{cfg['shm']['name']}"), "a failed start left a segment")
+
+    def test_usage_errors(self):
+        """A bad command line was two lines without "gwd:" and exit 109 or
+        114 (CLI11's own); now one line and exit 2, as gwctl does."""
+        cases = [
+            (["--bogus"], "gwd: The following argument was not expected: --bogus (see gwd --help)"),
+            (["-t", "-c"], "gwd: --config: 1 required TEXT missing (see gwd --help)"),
+            (["extra", "-t", "-c", "x.json"], "gwd: The following argument was not expected: extra (see gwd --help)"),
+        ]
+        for args, want in cases:
+            with self.subTest(args=args):
+                r = subprocess.run([gwtest.GWD, *args], capture_output=True, text=True, timeout=gwtest.T(10),
+                                   stdin=subprocess.DEVNULL)
+                self.assertEqual((r.returncode, r.stdout, r.stderr), (2, "", want + "\n"))
+        for args in (["--help"], ["-V"], ["--version"]):
+            with self.subTest(args=args):
+                r = subprocess.run([gwtest.GWD, *args], capture_output=True, text=True, timeout=gwtest.T(10),
+                                   stdin=subprocess.DEVNULL)
+                self.assertEqual((r.returncode, r.stderr), (0, ""))
+                self.assertRegex(r.stdout, r"^gwd[: ]")
 
     def test_valid_config_auto_workers(self):
         cfg = self.valid_config()

@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -181,6 +182,44 @@ class GwctlTest(GwTestCase):
         self.assertIsNotNone(gwtest.find_host(json.loads(out), "app/primary/b"))
         self.assertNames(gw.port, N, {"a", "b"}, must_include={"b"})
 
+    def test_config_option_with_errors_in_the_config(self):
+        """-c refused every command while the config had any error (an
+        operator editing it during an incident lost gwctl -c). gwctl needs
+        only shm.name: if the file still gives it, without an error of its
+        own, gwctl uses it and warns once; otherwise it refuses as before."""
+        a, b = self.backend("a"), self.backend("b")
+        gw = self.start([pool("primary", [host("a", a)])], workers=1)
+        cfg = json.loads(json.dumps(gw.config))
+        cfg["wrokers"] = 2
+        cfg["upstreams"][0]["pools"][0]["hosts"][0]["weight"] = "x"
+        broken = gwtest.write_json(os.path.join(self.tmp, "broken.json"), cfg)
+        rc, out, err = gwtest.run_gwctl("add", "host", "app/primary", "b", b.address, config=broken)
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"^ok: add host app/primary/b ")
+        self.assertEqual(err, f"gwctl: warning: {broken} has 2 errors (first: wrokers: unknown key; gwd -t -c {broken} "
+                              f'lists them); using shm.name "{gw.shm}" from it\n')
+        self.assertIsNotNone(gwtest.find_host(gw.status(), "app/primary/b"))
+        rc, out, err = gwtest.run_gwctl("events", config=broken)   # looks the name up twice: one warning
+        self.assertEqual((rc, len(err.splitlines())), (0, 1), err)
+        # No shm.name to go by, or a bad one: refused, not the default "gw" (another gateway perhaps).
+        for what, shm in [("no shm.name", None), ("a bad shm.name", "a/b")]:
+            with self.subTest(what):
+                c = json.loads(json.dumps(cfg))
+                if shm is None:
+                    del c["shm"]["name"]
+                else:
+                    c["shm"]["name"] = shm
+                path = gwtest.write_json(os.path.join(self.tmp, "worse.json"), c)
+                rc, out, err = gwtest.run_gwctl("status", config=path)
+                self.assertEqual((rc, out), (1, ""))
+                self.assertEqual(len(err.splitlines()), 1, err)
+                self.assertTrue(err.startswith(f"gwctl: {path}: "), err)
+        with open(broken, "w") as f:
+            f.write('{"shm": {"name": "' + gw.shm + '"}')   # not JSON: nothing is read from it
+        rc, out, err = gwtest.run_gwctl("status", config=broken)
+        self.assertEqual(rc, 1)
+        self.assertRegex(err, rf"^gwctl: {re.escape(broken)}: \(document\): invalid JSON: [^\n]*\n$")
+
     def test_events_follow(self):
         a, b = self.backend("a"), self.backend("b")
         gw = self.start([pool("primary", [host("a", a)])])
@@ -212,6 +251,145 @@ class GwctlTest(GwTestCase):
         self.assertIsNone(p.poll(), "`events --follow` exited")
         p.terminate()
         self.assertIsNotNone(gwtest.wait_until(lambda: p.poll() is not None, T(5), msg="events --follow to exit"))
+
+    def test_ip_file_is_read_up_to_a_limit(self):
+        """--ip-file read without a bound (/dev/zero grew gwctl to GBs, then
+        bad_alloc); it stops past 64 bytes a block of shm.max_rule_cidrs (at
+        least 1 MiB) with one line naming the file and the limit."""
+        a = self.backend("a")
+        gw = self.start([pool("primary", [host("a", a)])], workers=1)
+        big = os.path.join(self.tmp, "big.txt")
+        with open(big, "w") as f:   # 2 MiB of comments: no block in it, but too large to read
+            f.write("# a comment line, no address in it\n" * 60000)
+        limit = 1 << 20
+        for path in (big, "/dev/zero"):
+            with self.subTest(path):
+                args = ["add", "rule", "web", "main", "r", "--ip-file", path, "--upstream", "app"]
+                # 256 MiB of address space: without the limit /dev/zero ends in bad_alloc
+                p = subprocess.run(gwtest.gwctl_argv(args, shm=gw.shm), capture_output=True, text=True,
+                                   timeout=T(10), stdin=subprocess.DEVNULL,
+                                   preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20)))
+                self.assertEqual((p.returncode, p.stdout), (1, ""), p.stderr)
+                self.assertEqual(p.stderr, f"gwctl: --ip-file {path}: larger than the limit of {limit} bytes "
+                                           "(64 bytes for each of shm.max_rule_cidrs = 4096 blocks, at least 1 MiB)\n")
+
+    def test_usage_errors_name_what_was_not_understood(self):
+        """A misspelt command or object, or an unknown option before a missing
+        argument, all said "A subcommand is required" (or "address is
+        required"); each now names the word (exit 2, one line)."""
+        see = " (see gwctl --help)\n"
+        cases = [
+            (["stauts"], 'gwctl: unknown command "stauts"'),
+            (["add", "hots", "x"], 'gwctl: unknown object "hots" for "add" (expected host, pool, rule, consumer)'),
+            (["set", "host", "x"], 'gwctl: unknown object "host" for "set" (expected pool, rule)'),
+            (["down", "pool", "x"], 'gwctl: unknown object "pool" for "down" (expected host)'),
+            (["add", "host", "app/primary", "-x", "127.0.0.1:1"], 'gwctl: unknown option "-x" for "add host"'),
+            (["status", "--frob"], 'gwctl: unknown option "--frob" for "status"'),
+            (["status", "--json", "extra"], 'gwctl: unexpected argument "extra" for "status"'),
+            (["add"], 'gwctl: "add" needs an object (host, pool, rule, consumer)'),
+            ([], "gwctl: a command is required (status, check, events, add, remove, down, up, set)"),
+        ]
+        for args, want in cases:
+            with self.subTest(args=args):
+                p = subprocess.run([gwtest.GWCTL, *args], capture_output=True, text=True, timeout=T(10),
+                                   stdin=subprocess.DEVNULL)
+                self.assertEqual((p.returncode, p.stdout, p.stderr), (2, "", want + see))
+        for args in (["--version"], ["-V"]):   # as gwd -V
+            with self.subTest(args=args):
+                p = subprocess.run([gwtest.GWCTL, *args], capture_output=True, text=True, timeout=T(10),
+                                   stdin=subprocess.DEVNULL)
+                self.assertEqual((p.returncode, p.stderr), (0, ""))
+                self.assertRegex(p.stdout, r"^gwctl \d+\.\d+\.\d+\n$")
+
+    def test_a_failed_write_to_stdout_is_an_error(self):
+        """`status > /dev/full`, `check`, `add host` exited 0 (the add made,
+        its ok line lost); `status --json` and `events` said "cannot write to
+        file" without naming stdout. Each now exits 1 with one line naming
+        standard output, and says so when the change was made."""
+        a, b = self.backend("a"), self.backend("b")
+        gw = self.start([pool("primary", [host("a", a)])], workers=1)
+        nospace = "No space left on device"
+
+        def to_full(*args):
+            with open("/dev/full", "w") as full:
+                p = subprocess.run(gwtest.gwctl_argv(args, shm=gw.shm), stdout=full, stderr=subprocess.PIPE,
+                                   text=True, timeout=T(10), stdin=subprocess.DEVNULL)
+            return p.returncode, p.stderr
+        for args in (["status"], ["status", "--json"], ["check"], ["events"]):
+            with self.subTest(args=args):
+                self.assertEqual(to_full(*args), (1, f"gwctl: cannot write to standard output: {nospace}\n"))
+        self.assertEqual(to_full("add", "host", "app/primary", "b", b.address),
+                         (1, "gwctl: the change was made, but its report could not be written to standard output: "
+                             f"{nospace}\n"))
+        self.assertHost(gw, "app/primary/b", address=b.address)
+        # nothing changed: not "the change was made"
+        self.assertEqual(to_full("up", "host", "app/primary", "b"),
+                         (1, f"gwctl: cannot write to standard output: {nospace}\n"))
+
+    def test_bytes_a_terminal_acts_on_are_escaped(self):
+        """The C1 control CSI (U+009B, bytes c2 9b) and bytes that are not
+        UTF-8 were written raw to stderr; they are escaped as \\xNN like the
+        ASCII controls."""
+        missing = gwtest.unique_shm_name() + "-missing"
+        cases = [
+            ([b"--shm", b"x\xff", b"status"], b'gwctl: shm name "x\\xff" may contain only letters, digits and . _ -\n'),
+            ([b"--shm", missing.encode(), b"add", b"host", b"app/primary", b"h9", b"1.2.3.4:5\xc2\x9b31m"],
+             b'gwctl: bad address "1.2.3.4:5\\xc2\\x9b31m": port must be an integer 1..65535, '
+             b'got "5\\xc2\\x9b31m"\n'),
+        ]
+        for args, want in cases:
+            with self.subTest(args=args):
+                p = subprocess.run([gwtest.GWCTL.encode(), *args], capture_output=True, timeout=T(10),
+                                   stdin=subprocess.DEVNULL)
+                self.assertEqual((p.returncode, p.stderr), (1, want))
+
+    def web_gateway(self):
+        """A gateway with an http listener "web" whose route "main" takes rules."""
+        a = self.backend("a")
+        web = {"name": "web", "listen": f"{gwtest.LOOPBACK}:{gwtest.free_port()}", "protocol": "http",
+               "routes": [{"name": "main", "upstream": "app"}]}
+        return self.start([pool("primary", [host("a", a)])], workers=1, listeners=[web])
+
+    def test_rule_values_are_not_changed_silently(self):
+        """--percent 0.001 became 0 (a rule that never matches), and a block
+        given twice took two slots: both are refused now; an overlapping
+        but different block is still a block of its own."""
+        gw = self.web_gateway()
+        ipfile = os.path.join(self.tmp, "ips.txt")
+        with open(ipfile, "w") as f:
+            f.write("10.1.0.0/16\n# a comment\n10.0.0.1/32\n")
+        rule = ["add", "rule", "web", "main", "r"]
+        for args, want in [
+            (["--percent", "0.001"], 'gwctl: --percent must be a number 0..100 in steps of 0.01, got "0.001"'),
+            (["--percent", "12.345"], 'gwctl: --percent must be a number 0..100 in steps of 0.01, got "12.345"'),
+            (["--ip", "10.0.0.1,10.0.0.1"], "gwctl: --ip: address block 10.0.0.1/32 is given twice"),
+            (["--ip", "10.0.0.1", "--ip-file", ipfile],
+             f"gwctl: --ip-file {ipfile}: address block 10.0.0.1/32 is given twice (also in --ip)"),
+        ]:
+            with self.subTest(args=args):
+                rc, line = self.assertGwctlError(gw, *rule, *args, "--upstream", "app", rc_want=1)
+                self.assertEqual(line, want)
+        self.assertGwctlOk(gw, *rule, "--ip", "10.0.0.0/8,10.0.0.1,::ffff:10.0.0.1", "--percent", "12.34",
+                           "--upstream", "app")
+        r = gw.status()["routes"][0]["rules"][0]
+        self.assertEqual((r["ip"], r["percent"]), (["10.0.0.0/8", "10.0.0.1/32", "::ffff:10.0.0.1/128"], 12.34))
+
+    def test_dot_ids_are_refused(self):
+        """Ids "." and ".." were taken, and no admin API URL path can name
+        them (clients resolve such segments); gwctl refuses them as the config
+        and the admin API do (one shared check)."""
+        gw = self.web_gateway()
+        why = 'must not be "." or ".." (no admin API URL path can name it)'
+        for args, what in [
+            (["add", "host", "app/primary", ".", "127.0.0.1:9"], 'host id "."'),
+            (["add", "pool", "app", ".."], 'pool id ".."'),
+            (["add", "rule", "web", "main", ".", "--ip", "10.0.0.1", "--upstream", "app"], 'rule id "."'),
+            (["add", "consumer", "..", "--key", "k-123"], 'consumer name ".."'),
+        ]:
+            with self.subTest(args=args):
+                rc, line = self.assertGwctlError(gw, *args, rc_want=1)
+                self.assertEqual(line, f"gwctl: {what} {why}")
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "...", "127.0.0.1:9")   # only . and .. are paths
 
     def test_empty_shm_is_not_the_default_gateway(self):
         rc, out, err = gwtest.run_gwctl("--shm", "", "status")

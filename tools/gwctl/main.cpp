@@ -16,8 +16,10 @@
 #include <cstdio>
 #include <cstring>
 #include <iterator>
+#include <map>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include "gw/admin/status.hpp"
 #include "gw/api/hash.hpp"
@@ -25,6 +27,7 @@
 #include "gw/cluster/etcd.hpp"
 #include "gw/cluster/schema.hpp"
 #include "gw/config/config.hpp"
+#include "gw/core/cli.hpp"
 #include "gw/core/clock.hpp"
 #include "gw/core/log.hpp"
 #include "gw/core/text.hpp"
@@ -47,6 +50,36 @@ using gw::shm::name_of;
 struct Failure : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+// ---------------------------------------------------------------- stdout
+//
+// Every line for stdout goes through out(). A failed write (a full disk, a
+// closed pipe whose SIGPIPE is ignored) is not an exception in the middle of
+// a command: it is remembered, and the command ends with exit status 1 and one
+// line saying that standard output failed, and whether the change was made.
+
+int g_stdout_errno = 0;      // the first write error on stdout, else 0
+bool g_change_made = false;  // a change was committed (shm or etcd): its report is all that can fail now
+
+template <typename... T>
+void out(fmt::format_string<T...> f, T&&... args) {
+  fmt::memory_buffer buf;
+  fmt::format_to(std::back_inserter(buf), f, std::forward<T>(args)...);
+  if (std::fwrite(buf.data(), 1, buf.size(), stdout) != buf.size() && !g_stdout_errno)
+    g_stdout_errno = errno ? errno : EIO;
+}
+
+// Flushes stdout; on a write error, now or earlier, throws a Failure for it.
+void flush_stdout() {
+  errno = 0;
+  if ((std::fflush(stdout) != 0 || std::ferror(stdout)) && !g_stdout_errno) g_stdout_errno = errno ? errno : EIO;
+  if (!g_stdout_errno) return;
+  const char* why = std::strerror(g_stdout_errno);
+  throw Failure(
+      g_change_made
+          ? fmt::format("the change was made, but its report could not be written to standard output: {}", why)
+          : fmt::format("cannot write to standard output: {}", why));
+}
 
 struct Options {
   std::string shm;
@@ -74,10 +107,22 @@ std::string shm_name(const Options& o) {
   if (!o.shm.empty()) return o.shm;
   if (!o.config.empty()) {
     auto r = gw::config::load_file(o.config);
-    if (!r.ok())
-      throw Failure(r.errors.size() == 1 ? fmt::format("{}: {}", o.config, r.errors[0])
-                                         : fmt::format("{}: {} (and {} more error(s); gwd -t -c {} lists them)",
-                                                       o.config, r.errors[0], r.errors.size() - 1, o.config));
+    if (r.ok()) return r.config.shm.name;
+    const size_t n = r.errors.size();
+    // An operator editing the config during an incident keeps gwctl: it needs
+    // only shm.name, which the file still gives without an error of its own.
+    // (Not the default "gw" for a file that lacks it: that may be another gateway.)
+    if (!r.shm_name_given)
+      throw Failure(n == 1 ? fmt::format("{}: {}", o.config, r.errors[0])
+                           : fmt::format("{}: {} (and {} more error(s); gwd -t -c {} lists them)", o.config,
+                                         r.errors[0], n - 1, o.config));
+    static bool warned = false;  // once, though a command may look the name up again
+    if (!std::exchange(warned, true))
+      fmt::print(stderr, "gwctl: warning: {}; using shm.name \"{}\" from it\n",
+                 gw::core::one_line(n == 1 ? fmt::format("{} has an error ({})", o.config, r.errors[0])
+                                           : fmt::format("{} has {} errors (first: {}; gwd -t -c {} lists them)",
+                                                         o.config, n, r.errors[0], o.config)),
+                 r.config.shm.name);
     return r.config.shm.name;
   }
   return "gw";
@@ -129,13 +174,43 @@ std::pair<std::string, std::string> split_pool(const std::string& s) {
   return {s.substr(0, slash), s.substr(slash + 1)};
 }
 
+// The most --ip-file reads: 64 bytes a block the segment's address block
+// table can hold (an IPv6 block with its line is under 45), at least 1 MiB
+// for comments. A larger file, or a device such as /dev/zero, is refused
+// rather than read into memory without end.
+size_t ip_file_limit(const gw::shm::Caps& caps) {
+  return std::max<size_t>(size_t{1} << 20, size_t{64} * caps.max_rule_cidrs);
+}
+
+// The whole of `path`, or a Failure naming `opt` and the file; at most `limit`
+// bytes.
+std::string read_file_bounded(const char* opt, const std::string& path, size_t limit, const std::string& limit_why) {
+  std::FILE* f = std::fopen(path.c_str(), "r");
+  if (!f) throw Failure(fmt::format("{} {}: {}", opt, path, std::strerror(errno)));
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while (text.size() <= limit && (n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
+  const bool failed = std::ferror(f) != 0;
+  const int err = errno;
+  std::fclose(f);
+  if (failed) throw Failure(fmt::format("{} {}: {}", opt, path, std::strerror(err)));
+  if (text.size() > limit)
+    throw Failure(fmt::format("{} {}: larger than the limit of {} bytes ({})", opt, path, limit, limit_why));
+  return text;
+}
+
 // The matchers and upstream of a rule from --ip, --ip-file, --header,
-// --cookie, --percent and --upstream.
-gw::shm::RuleSpec rule_from_options(const Options& o) {
+// --cookie, --percent and --upstream; `caps` are the segment's (they bound
+// what --ip-file reads).
+gw::shm::RuleSpec rule_from_options(const Options& o, const gw::shm::Caps& caps) {
   gw::shm::RuleSpec r;
   r.id = o.id;
   r.upstream = o.upstream;
   if (o.upstream.empty()) throw Failure("a rule needs --upstream NAME (where matching requests go)");
+  // A block given twice is refused (nginx's geo warns "duplicate network"):
+  // each copy would take a slot of shm.max_rule_cidrs and match nothing more.
+  std::map<std::string, std::string> seen;  // a block -> the option it was first given in
   auto add_cidrs = [&](std::string_view list, const std::string& where) {
     size_t i = 0;
     while (i <= list.size()) {
@@ -147,6 +222,9 @@ gw::shm::RuleSpec rule_from_options(const Options& o) {
         std::string why;
         if (!gw::core::parse_cidr(item, c, why))
           throw Failure(fmt::format("{}: bad address \"{}\": {}", where, item, why));
+        if (auto [at, fresh] = seen.emplace(c.to_string(), where); !fresh)
+          throw Failure(fmt::format("{}: address block {} is given twice{}", where, at->first,
+                                    at->second == where ? "" : fmt::format(" (also in {})", at->second)));
         r.cidrs.push_back(c);
       }
       i = j + 1;
@@ -159,16 +237,9 @@ gw::shm::RuleSpec rule_from_options(const Options& o) {
     if (r.cidrs.empty()) throw Failure(fmt::format("--ip \"{}\": no address in it", o.ip));
   }
   if (!o.ip_file.empty()) {
-    std::FILE* f = std::fopen(o.ip_file.c_str(), "r");
-    if (!f) throw Failure(fmt::format("--ip-file {}: {}", o.ip_file, std::strerror(errno)));
-    std::string text;
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
-    const bool failed = std::ferror(f) != 0;
-    const int err = errno;
-    std::fclose(f);
-    if (failed) throw Failure(fmt::format("--ip-file {}: {}", o.ip_file, std::strerror(err)));
+    const std::string text = read_file_bounded(
+        "--ip-file", o.ip_file, ip_file_limit(caps),
+        fmt::format("64 bytes for each of shm.max_rule_cidrs = {} blocks, at least 1 MiB", caps.max_rule_cidrs));
     // One block per line; '#' starts a comment line.
     std::string cleaned;
     size_t i = 0;
@@ -195,9 +266,8 @@ gw::shm::RuleSpec rule_from_options(const Options& o) {
   if (!o.percent.empty()) {
     double pct = -1;
     auto [end, ec] = std::from_chars(o.percent.data(), o.percent.data() + o.percent.size(), pct);
-    if (ec != std::errc() || end != o.percent.data() + o.percent.size() || !(pct >= 0 && pct <= 100))  // NaN too
-      throw Failure(fmt::format("--percent must be a number 0..100, got \"{}\"", o.percent));
-    r.percent_bp = static_cast<int32_t>(pct * 100 + 0.5);
+    if (ec != std::errc() || end != o.percent.data() + o.percent.size() || !gw::shm::percent_to_bp(pct, r.percent_bp))
+      throw Failure(fmt::format("--percent must be a number 0..100 in steps of 0.01, got \"{}\"", o.percent));
   }
   if (auto why = gw::shm::check_rule(r); !why.empty()) throw Failure(why);
   return r;
@@ -205,7 +275,8 @@ gw::shm::RuleSpec rule_from_options(const Options& o) {
 
 // Prints a verb's result as gwctl always has: "ok: WHAT (generation N)".
 int report(const gw::shm::ops::Result& r) {
-  fmt::print("ok: {} (generation {})\n", r.what, r.generation);
+  g_change_made = r.changed;  // not for "already down"
+  out("ok: {} (generation {})\n", r.what, r.generation);
   return 0;
 }
 
@@ -344,20 +415,26 @@ Spec decode_or_fail(const gw::cluster::KeyValue& kv, Decode decode) {
   return spec;
 }
 
-void check_names(std::initializer_list<std::pair<const char*, const std::string*>> names) {
-  for (auto [what, name] : names)
-    if (auto why = gw::shm::check_name(*name); !why.empty())
+// The names a command gives; the last one is new when `adds` (check_new_name:
+// not "." or "..").
+void check_names(std::initializer_list<std::pair<const char*, const std::string*>> names, bool adds = false) {
+  size_t i = 0;
+  for (auto [what, name] : names) {
+    const bool added = adds && ++i == names.size();
+    if (auto why = added ? gw::shm::check_new_name(*name) : gw::shm::check_name(*name); !why.empty())
       throw Failure(fmt::format("{} \"{}\" {}", what, *name, why));
+  }
 }
 
 int etcd_done(const std::string& what, int64_t rev) {
-  fmt::print("ok: {} (etcd revision {})\n", what, rev);
+  g_change_made = true;
+  out("ok: {} (etcd revision {})\n", what, rev);
   return 0;
 }
 
 int etcd_add_host(EtcdCtl& c, const std::string& u, const std::string& p, const std::string& h,
                   const gw::core::SockAddr& addr, uint32_t weight) {
-  check_names({{"upstream name", &u}, {"pool id", &p}, {"host id", &h}});
+  check_names({{"upstream name", &u}, {"pool id", &p}, {"host id", &h}}, true);
   const std::string what = fmt::format("add host {}/{}/{} {} weight={}", u, p, h, addr.to_string(), weight);
   const std::string hk = gw::cluster::host_key(c.prefix, u, p, h);
   gw::cluster::KeyValue up;
@@ -399,7 +476,7 @@ int etcd_down_up(EtcdCtl& c, const std::string& u, const std::string& p, const s
   auto kv = etcd_host(c, u, p, h, up);
   auto spec = decode_or_fail<gw::cluster::HostSpec>(kv, gw::cluster::decode_host);
   if (spec.down == down) {
-    fmt::print("ok: host {}/{}/{} is already {} (etcd revision {})\n", u, p, h, down ? "down" : "up", kv.mod_revision);
+    out("ok: host {}/{}/{} is already {} (etcd revision {})\n", u, p, h, down ? "down" : "up", kv.mod_revision);
     return 0;
   }
   spec.down = down;
@@ -413,7 +490,7 @@ int etcd_down_up(EtcdCtl& c, const std::string& u, const std::string& p, const s
 }
 
 int etcd_add_pool(EtcdCtl& c, const std::string& u, const std::string& p, int32_t prio, gw::shm::Method m) {
-  check_names({{"upstream name", &u}, {"pool id", &p}});
+  check_names({{"upstream name", &u}, {"pool id", &p}}, true);
   const std::string what = fmt::format("add pool {}/{} priority={} method={}", u, p, prio, gw::shm::method_name(m));
   const std::string pk = gw::cluster::pool_key(c.prefix, u, p);
   const gw::cluster::KeyValue up = etcd_upstream(c, u);
@@ -527,7 +604,7 @@ int cmd_check(const Options& o) {
                                 l.addr.to_string(), err == ETIMEDOUT ? "connect timed out" : std::strerror(err)));
     ::close(fd);
   }
-  fmt::print("ok: master pid {}, {} worker(s) running, {} listener(s) accepting\n", hdr.master_pid.load(), n, nl);
+  out("ok: master pid {}, {} worker(s) running, {} listener(s) accepting\n", hdr.master_pid.load(), n, nl);
   return 0;
 }
 
@@ -543,7 +620,7 @@ int cmd_status(const Options& o) {
         fmt::format("the published table of shm \"{}\" is inconsistent ({}); nothing to show", seg.name(), refused));
   if (o.json) {
     // One function builds it for gwctl and the admin server's GET /status.
-    fmt::print("{}\n", gw::admin::status_json(seg, t));
+    out("{}\n", gw::admin::status_json(seg, t));
     return 0;
   }
   const auto& hdr = seg.header();
@@ -604,12 +681,12 @@ int cmd_status(const Options& o) {
   char ts[40];
   gw::core::format_iso8601(t.header().updated_wall_ms, ts, sizeof(ts));
   if (master)
-    fmt::print("gateway: shm \"{}\", master pid {}, {} worker(s), table generation {} (changed {})\n", seg.name(),
-               master, workers.size(), t.header().generation, ts);
+    out("gateway: shm \"{}\", master pid {}, {} worker(s), table generation {} (changed {})\n", seg.name(), master,
+        workers.size(), t.header().generation, ts);
   else
-    fmt::print("gateway: shm \"{}\", master NOT RUNNING, table generation {} (changed {})\n", seg.name(),
-               t.header().generation, ts);
-  if (auto cv = gw::admin::cluster_view(seg); cv.on) fmt::print("{}\n", gw::admin::cluster_line(cv));
+    out("gateway: shm \"{}\", master NOT RUNNING, table generation {} (changed {})\n", seg.name(),
+        t.header().generation, ts);
+  if (auto cv = gw::admin::cluster_view(seg); cv.on) out("{}\n", gw::admin::cluster_line(cv));
   for (const auto& w : workers)
     fmt::print(
         "  worker {}: pid {}, generation {}, {} connection(s), {} accepted, {} hash fallback(s), {} without a host\n",
@@ -622,9 +699,9 @@ int cmd_status(const Options& o) {
                             gw::proxy::frame_error_name(static_cast<gw::proxy::FrameError>(k)), reject_totals[k]);
     uint64_t frames = 0, closed = 0;
     for (const auto& w : workers) frames += w.frames, closed += w.host_closed;
-    if (frames) fmt::print("  frames routed one by one (mode \"frame\"): {}\n", frames);
-    if (closed) fmt::print("  connections closed because their host went (on_host_remove \"close\"): {}\n", closed);
-    if (!line.empty()) fmt::print("  frame connections refused: {}\n", line);
+    if (frames) out("  frames routed one by one (mode \"frame\"): {}\n", frames);
+    if (closed) out("  connections closed because their host went (on_host_remove \"close\"): {}\n", closed);
+    if (!line.empty()) out("  frame connections refused: {}\n", line);
     W sum{};
     for (const auto& w : workers) {
       sum.http_requests += w.http_requests, sum.http_retries += w.http_retries, sum.http_reused += w.http_reused;
@@ -658,45 +735,45 @@ int cmd_status(const Options& o) {
           sum.http_requests, sum.http_retries, sum.http_reused, sum.http_tunnels, answered);
     }
   }
-  fmt::print("\n{:<28} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", "UPSTREAM/POOL/HOST", "ADDRESS", "WEIGHT",
-             "ADMIN", "HEALTH", "ACTIVE", "TOTAL", "FAILURES");
+  out("\n{:<28} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", "UPSTREAM/POOL/HOST", "ADDRESS", "WEIGHT", "ADMIN",
+      "HEALTH", "ACTIVE", "TOTAL", "FAILURES");
   for (size_t u = 0; u < t.upstreams().size(); ++u) {
     const auto& ur = t.upstreams()[u];
     // retry.tries (http) is shown where it differs from tries (tcp and frame connects).
     const std::string retry = ur.retry_tries && ur.retry_tries != ur.tries
                                   ? fmt::format(", http retry.tries {}", ur.retry_tries)
                                   : std::string();
-    fmt::print("{} (connect {} ms, idle {} ms, max_fails {} per {} ms, tries {}{})\n", name_of(ur.name),
-               ur.connect_timeout_ms, ur.idle_timeout_ms, ur.max_fails, ur.fail_timeout_ms, ur.tries, retry);
+    out("{} (connect {} ms, idle {} ms, max_fails {} per {} ms, tries {}{})\n", name_of(ur.name), ur.connect_timeout_ms,
+        ur.idle_timeout_ms, ur.max_fails, ur.fail_timeout_ms, ur.tries, retry);
     for (size_t p = 0; p < t.pools().size(); ++p) {
       const auto& pr = t.pools()[p];
       if (pr.upstream != u) continue;
-      fmt::print("  {}/{} (priority {}, {})\n", name_of(ur.name), name_of(pr.id), pr.priority,
-                 gw::shm::method_name(static_cast<gw::shm::Method>(pr.method)));
+      out("  {}/{} (priority {}, {})\n", name_of(ur.name), name_of(pr.id), pr.priority,
+          gw::shm::method_name(static_cast<gw::shm::Method>(pr.method)));
       for (size_t h = 0; h < hosts.size(); ++h) {
         const auto& hr = hosts[h];
         if (hr.pool != p) continue;
         auto tot = gw::shm::host_totals(seg, hr.slot, hr.tag);
-        fmt::print("    {:<24} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", name_of(hr.id), hr.addr.to_string(),
-                   hr.weight, hr.admin_down ? "down" : "up", gw::admin::host_health(seg, t, hr), tot.active, tot.total,
-                   seg.host(hr.slot).failures.load());
+        out("    {:<24} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", name_of(hr.id), hr.addr.to_string(), hr.weight,
+            hr.admin_down ? "down" : "up", gw::admin::host_health(seg, t, hr), tot.active, tot.total,
+            seg.host(hr.slot).failures.load());
       }
     }
   }
   if (!t.consumers().empty()) {
     std::string names;
     for (const auto& c : t.consumers()) names += fmt::format("{}{}", names.empty() ? "" : ", ", name_of(c.name));
-    fmt::print("\nCONSUMERS (key-auth; keys are kept as SHA-256 hashes only): {}\n", names);
+    out("\nCONSUMERS (key-auth; keys are kept as SHA-256 hashes only): {}\n", names);
   }
   if (!t.routes().empty()) {
-    fmt::print("\n{:<28} {}\n", "LISTENER/ROUTE/RULE", "MATCH -> UPSTREAM (first match wins)");
+    out("\n{:<28} {}\n", "LISTENER/ROUTE/RULE", "MATCH -> UPSTREAM (first match wins)");
     for (size_t r = 0; r < t.routes().size(); ++r) {
       const auto& rr = t.routes()[r];
-      fmt::print("{}/{}\n", name_of(rr.listener), name_of(rr.name));
+      out("{}/{}\n", name_of(rr.listener), name_of(rr.name));
       for (size_t k = 0; k < t.rules().size(); ++k) {
         if (t.rules()[k].route != r) continue;
         auto spec = t.rule_spec(static_cast<int>(k));
-        fmt::print("  {:<26} {}\n", spec.id, gw::shm::describe_rule(spec));
+        out("  {:<26} {}\n", spec.id, gw::shm::describe_rule(spec));
       }
     }
   }
@@ -723,7 +800,7 @@ int cmd_events(const Options& o) {
   uint64_t stuck_since = 0, lost = 0, next_file_check = 0;
   auto report_lost = [&] {
     if (!lost) return;
-    std::fflush(stdout);
+    flush_stdout();
     fmt::print(stderr, "gwctl: {} event(s) lost: the ring ({} entries) wrapped before they were read\n", lost,
                gw::shm::kEventCapacity);
     lost = 0;
@@ -749,7 +826,7 @@ int cmd_events(const Options& o) {
           continue;
         }
       } else if (r == gw::shm::EventRead::ok) {
-        fmt::print("{}\n", gw::shm::format_event(cur, e));
+        out("{}\n", gw::shm::format_event(cur, e));
       } else {
         ++lost;
       }
@@ -757,7 +834,7 @@ int cmd_events(const Options& o) {
       ++cur;
     }
     report_lost();
-    std::fflush(stdout);
+    flush_stdout();
     if (!o.follow || g_stop) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     // gwd may make the segment again (new capacities, another ABI, a restart
@@ -796,6 +873,35 @@ void reject_empty(const CLI::App& a) {
   for (const CLI::App* sub : a.get_subcommands()) reject_empty(*sub);
 }
 
+// What a command line gwctl did not understand was, for its usage error:
+// the first word no command, object or option took ("stauts", "add hots",
+// "add host ... -x"), or else what CLI11 says (a missing argument).
+std::string usage_problem(const CLI::App& app, const CLI::ParseError& e) {
+  // The deepest (sub)command given: gwctl, a verb, or a verb's object.
+  const CLI::App* at = &app;
+  std::string path;
+  while (!at->get_subcommands().empty()) {
+    at = at->get_subcommands().front();
+    path += (path.empty() ? "" : " ") + at->get_name();
+  }
+  std::string choices;
+  for (const CLI::App* sub : at->get_subcommands([](const CLI::App*) { return true; }))
+    choices += (choices.empty() ? "" : ", ") + sub->get_name();
+  const std::vector<std::string> extra = app.remaining(true);
+  if (!extra.empty()) {
+    const std::string& word = extra.front();
+    if (word.size() > 1 && word.front() == '-')
+      return fmt::format("unknown option \"{}\"{}", word, path.empty() ? "" : fmt::format(" for \"{}\"", path));
+    if (at == &app) return fmt::format("unknown command \"{}\"", word);
+    if (!choices.empty()) return fmt::format("unknown object \"{}\" for \"{}\" (expected {})", word, path, choices);
+    return fmt::format("unexpected argument \"{}\" for \"{}\"", word, path);
+  }
+  if (!choices.empty() && dynamic_cast<const CLI::RequiredError*>(&e))
+    return at == &app ? fmt::format("a command is required ({})", choices)
+                      : fmt::format("\"{}\" needs an object ({})", path, choices);
+  return e.what();
+}
+
 int main(int argc, char** argv) {
   gw::core::log_set_role("gwctl");
   gw::core::log_set_level(gw::core::LogLevel::warn);
@@ -803,6 +909,7 @@ int main(int argc, char** argv) {
   CLI::App app{"gwctl: inspect and change a running gw gateway, live"};
   app.fallthrough();
   app.require_subcommand(1);
+  app.set_version_flag("-V,--version", fmt::format("gwctl {}", gw::core::kVersion));
   app.add_option("--shm", o.shm, "shm segment name (shm.name in the config; default gw)");
   app.add_option("-c,--config", o.config, "read the shm name (and, with --etcd, cluster.prefix) from this config file");
   app.add_option("--etcd", o.etcd, "change etcd (URL[,URL...], e.g. http://127.0.0.1:2379) instead of local shm")
@@ -884,16 +991,15 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    fmt::print(stderr, "gwctl: {} (see gwctl --help)\n", gw::core::one_line(e.what()));
-    return 2;
+    // Help and --version exit 0 as in gwd; a usage error names what was not
+    // understood (CLI11 says "A subcommand is required" for a misspelt one).
+    if (e.get_exit_code() == 0) return app.exit(e);
+    return gw::core::usage_error("gwctl", usage_problem(app, e));
   }
 
-  try {
+  // The command; its status, once its output is written.
+  auto run = [&]() -> int {
     reject_empty(app);
     const bool to_etcd = !o.etcd.empty();
     if (!o.prefix.empty() && !to_etcd) throw Failure("--prefix goes with --etcd (it names etcd keys)");
@@ -952,8 +1058,8 @@ int main(int argc, char** argv) {
     }
     if (*add_rule || *set_rule) {
       const bool replace = static_cast<bool>(*set_rule);
-      gw::shm::RuleSpec spec = rule_from_options(o);
       gw::shm::Segment seg = attach(o, true);
+      gw::shm::RuleSpec spec = rule_from_options(o, seg.caps());
       return report(replace ? gw::shm::ops::set_rule(seg, o.listener, o.route, spec)
                             : gw::shm::ops::add_rule(seg, o.listener, o.route, spec));
     }
@@ -976,7 +1082,7 @@ int main(int argc, char** argv) {
       if (key.empty()) throw Failure("add consumer needs --key KEY or --key-file FILE");
       if (!gw::config::valid_api_key(key))
         throw Failure(fmt::format("the key must be 1..{} visible ASCII characters", gw::config::kMaxApiKey));
-      if (auto why = gw::shm::check_name(o.id); !why.empty())
+      if (auto why = gw::shm::check_new_name(o.id); !why.empty())
         throw Failure(fmt::format("consumer name \"{}\" {}", o.id, why));
       uint8_t digest[gw::shm::kSha256Len];
       if (!gw::api::sha256(key, digest)) throw Failure("SHA-256 failed");
@@ -996,9 +1102,15 @@ int main(int argc, char** argv) {
       }
       return report(gw::shm::ops::set_pool(attach(o, true), o.path, o.id, prio, m));
     }
+    return 2;
+  };
+  try {
+    const int rc = run();
+    flush_stdout();
+    return rc;
   } catch (const std::exception& e) {
+    std::fflush(stdout);
     fmt::print(stderr, "gwctl: {}\n", gw::core::one_line(e.what()));
     return 1;
   }
-  return 2;
 }

@@ -213,6 +213,9 @@ struct Config {
 struct LoadResult {
   Config config;
   std::vector<std::string> errors;  ///< "json.path: message"; empty = valid
+  /// The file gives shm.name, and that key has no error (config.shm.name holds
+  /// it), even if other keys have: gwctl -c needs only the name.
+  bool shm_name_given = false;
   bool ok() const noexcept { return errors.empty(); }
 };
 

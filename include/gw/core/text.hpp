@@ -1,28 +1,43 @@
 #pragma once
 // Text quoted back in one-line messages (gwd -t, gwctl): a name or value from
 // a config file or the command line may hold a newline, which must not split
-// the message over lines.
+// the message over lines, or bytes a terminal would act on.
 
 #include <string>
 #include <string_view>
 
+#include "gw/core/utf8.hpp"
+
 namespace gw::core {
 
-/// `s` with \n, \r and \t written as those escapes and any other control
-/// character (and DEL) as \xHH; everything else, UTF-8 included, as is.
+/// `s` with \n, \r and \t written as those escapes, and as \xHH each byte of
+/// any other control character (C0, DEL, and the C1 controls U+0080..U+009F,
+/// which terminals take as escape sequences: U+009B is CSI) and each byte
+/// that is not part of well-formed UTF-8; everything else, UTF-8 included, as
+/// is. So a quoted value can neither split a message nor drive a terminal.
 inline std::string one_line(std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
   out.reserve(s.size());
-  for (unsigned char c : s) {
+  auto hex = [&](unsigned char c) {
+    out += "\\x";
+    out += kHex[c >> 4];
+    out += kHex[c & 0xf];
+  };
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const size_t n = utf8_sequence(s.substr(i));
     if (c == '\n') out += "\\n";
     else if (c == '\r') out += "\\r";
     else if (c == '\t') out += "\\t";
-    else if (c < 0x20 || c == 0x7f) {
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    } else out += static_cast<char>(c);
+    else if (c < 0x20 || c == 0x7f || n == 0) hex(c);  // a C0 control, DEL, or a byte that is not UTF-8
+    else if (n == 2 && c == 0xc2 && static_cast<unsigned char>(s[i + 1]) < 0xa0) {
+      hex(c);  // a C1 control: both bytes
+      hex(static_cast<unsigned char>(s[i + 1]));
+    } else {
+      out.append(s.substr(i, n));
+    }
+    i += n ? n : 1;
   }
   return out;
 }

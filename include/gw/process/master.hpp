@@ -30,6 +30,12 @@ using ListenerRowTimes = std::array<uint64_t, shm::kMaxListeners>;
 /// updated), and `row_free_at`, if given, receives the rows' times.
 shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from = 0, ListenerRowTimes* row_free_at = nullptr);
 
+/// What `gwd -t` checks of the runtime state a start would take: reads the
+/// state file (if there is one) and merges it with the config as
+/// prepare_segment() would. Throws with a message for the operator that names
+/// the file. Reads only: the file and any shm segment stay as they are.
+void check_state_file(const config::Config& cfg);
+
 /// Gives each listener of `cfg` its row of the ListenerStats matrix
 /// (cfg.listeners[i].stats_row) and publishes the listeners' names, addresses
 /// and rows in the segment header. `keep`: the header lists the listeners of a

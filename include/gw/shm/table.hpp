@@ -188,6 +188,11 @@ struct RuleSpec {
 /// Checks the matchers of a spec (names, values, ranges; at least one
 /// matcher). Returns an empty string if valid, otherwise the reason.
 std::string check_rule(const RuleSpec& r);
+
+/// A rule's percentage (0..100) in basis points, the unit it is kept in, into
+/// `bp`. False for a value out of range (NaN too) or finer than 0.01, which
+/// would be rounded: 0.001 would become 0, a rule that never matches.
+bool percent_to_bp(double percent, int32_t& bp) noexcept;
 /// "ip=10.0.0.0/8,127.0.0.2/32 header=X-Canary:1 percent=5" for messages and status.
 std::string describe_rule(const RuleSpec& r);
 
@@ -223,6 +228,13 @@ class TableError : public std::runtime_error {
 /// Names and ids: 1..47 bytes of [A-Za-z0-9._:-]. Returns an empty string if
 /// valid, otherwise the reason.
 std::string check_name(std::string_view s);
+
+/// check_name() for a name given now (config, gwctl, admin API bodies): also
+/// refuses "." and "..", which no admin API URL path can name (clients and
+/// proxies resolve such segments). Tables and state files written before are
+/// read with check_name(), so a gateway holding such an id still starts, and
+/// gwctl can remove it.
+std::string check_new_name(std::string_view s);
 
 /// A process-local table. Not thread-safe; each process or thread owns its own.
 class Table {

@@ -228,6 +228,8 @@ TEST_SUITE("admin") {
           "body.address: bad address \"127.0.0.1:70000\": port must be an integer 1..65535, got \"70000\"");
     CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:1", "wieght": 1})", e) == "body.wieght: unknown key");
     CHECK(parse_host_body(R"({"id": "c d", "address": "127.0.0.1:1"})", e).starts_with("body.id: "));
+    CHECK(parse_host_body(R"({"id": "..", "address": "127.0.0.1:1"})", e) ==
+          "body.id: \"..\" must not be \".\" or \"..\" (no admin API URL path can name it)");
     CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:1", "id": "d"})", e) == "body.id: duplicate key");
     CHECK(parse_host_body(R"([1, 2])", e) == "body: expected a JSON object, got an array");
     CHECK(parse_host_body("", e) == "body: expected a JSON object, got an empty body");
@@ -314,7 +316,19 @@ TEST_SUITE("admin") {
     CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "header": "novalue"})", "", t) ==
           "body.header: expected \"NAME=VALUE\", got \"novalue\"");
     CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "percent": 101})", "", t) ==
-          "body.percent: expected a number 0..100, got 101");
+          "body.percent: expected a number 0..100 in steps of 0.01, got 101");
+    // Kept in basis points: 0.001 would be stored as 0, a rule that never matches.
+    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "percent": 0.001})", "", t) ==
+          "body.percent: expected a number 0..100 in steps of 0.01, got 0.001");
+    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "percent": 12.34})", "", t) == "");
+    CHECK(t.percent_bp == 1234);
+    // A block given twice would take two slots of shm.max_rule_cidrs; an
+    // overlapping but different one is a block of its own.
+    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "ip": ["10.0.0.1", "10.0.0.0/8", "10.0.0.1/32"]})", "",
+                          t) == "body.ip[2]: address block 10.0.0.1/32 is given twice (also body.ip[0])");
+    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "ip": ["10.0.0.1", "10.0.0.0/8", "::ffff:10.0.0.1"]})", "",
+                          t) == "");
+    CHECK(t.cidrs.size() == 3);
     CHECK(
         parse_rule_body(R"({"id": "r", "upstream": "pre", "ip": ["10.1.2.3/16"]})", "", t).starts_with("body.ip[0]: "));
     CHECK(parse_rule_body(R"({"upstream": "pre", "percent": 1})", "", t) == "body: missing required key \"id\"");

@@ -1,4 +1,5 @@
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <string>
@@ -133,6 +134,22 @@ TEST_SUITE("config") {
               "shm.max_hosts: 3 hosts are configured, more than max_hosts 2"));
     CHECK(has(load_string(replace(kValid, R"("id": "primary")", R"("id": "pri mary")")).errors,
               "upstreams[0].pools[0].id: \"pri mary\" may contain only"));
+    // No admin API URL path can name "." or "..": refused where ids are given.
+    for (const char* dots : {".", ".."})
+      CHECK(has(load_string(replace(kValid, R"("id": "primary")", fmt::format(R"("id": "{}")", dots))).errors,
+                fmt::format("upstreams[0].pools[0].id: \"{}\" must not be \".\" or \"..\" (no admin API URL path can "
+                            "name it)",
+                            dots)));
+    CHECK(load_string(replace(kValid, R"("id": "primary")", R"("id": "...")")).ok());
+  }
+
+  TEST_CASE("shm_name_given: shm.name read without an error of its own, whatever else is wrong (gwctl -c)") {
+    auto r = load_string(replace(kValid, R"("workers": 2)", R"("wrokers": 2)"));
+    CHECK((!r.ok() && r.shm_name_given && r.config.shm.name == "t1"));
+    CHECK_FALSE(load_string(replace(kValid, R"("name": "t1")", R"("name": "a/b")")).shm_name_given);
+    CHECK_FALSE(load_string(replace(kValid, R"("name": "t1")", R"("name": "t1", "name": "t2")")).shm_name_given);
+    CHECK_FALSE(load_string(replace(kValid, R"("name": "t1", )", "")).shm_name_given);
+    CHECK_FALSE(load_string(R"({"shm": {"name": "t1"})").shm_name_given);  // not JSON
   }
 
   TEST_CASE("build_table lays the config out in a table") {

@@ -139,16 +139,23 @@ TEST_SUITE("config") {
                   {"id": "b", "upstream": "zzz", "ip": ["10.0.0.1/8"]},
                   {"id": "a", "upstream": "pre", "percent": 101},
                   {"id": "d", "upstream": "pre", "header": "novalue"},
-                  {"id": "e", "upstream": "pre", "ip": [], "percent": 100}]}]})");
+                  {"id": "e", "upstream": "pre", "ip": [], "percent": 100},
+                  {"id": "f", "upstream": "pre", "ip": ["10.0.0.1", "10.0.0.0/8", "10.0.0.1/32"]},
+                  {"id": "g", "upstream": "pre", "percent": 0.001}]}]})");
     CHECK_MESSAGE(
         has(e, R"(listeners[0].routes[0].rules[0]: a rule needs at least one matcher (ip, header, cookie or percent))"),
         all(e));
     CHECK(has(e, R"(listeners[0].routes[0].rules[1].ip[0]: "10.0.0.1/8" has bits set past its /8 prefix)"));
-    CHECK(has(e, R"(listeners[0].routes[0].rules[2].percent: expected a number 0..100, got 101)"));
+    CHECK(has(e, R"(listeners[0].routes[0].rules[2].percent: expected a number 0..100 in steps of 0.01, got 101)"));
     CHECK(has(e, R"(listeners[0].routes[0].rules[2].id: duplicate rule id "a" in route "r")"));
     CHECK(has(e, R"(listeners[0].routes[0].rules[3].header: expected "NAME=VALUE", got "novalue")"));
     // No block at all: no address matcher would be left, and this rule would take everyone.
     CHECK(has(e, R"(listeners[0].routes[0].rules[4].ip: expected at least one address block, got [])"));
+    // A block given twice (an overlapping one is fine); a share finer than the 0.01 % kept.
+    CHECK(has(e,
+              "listeners[0].routes[0].rules[5].ip[2]: address block 10.0.0.1/32 is given twice (also "
+              "listeners[0].routes[0].rules[5].ip[0])"));
+    CHECK(has(e, "listeners[0].routes[0].rules[6].percent: expected a number 0..100 in steps of 0.01, got 0.001"));
     // The object form (as the state file and the admin API show a rule) is read too.
     auto obj = load_string(with_listener(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http",
         "routes": [{"name": "r", "upstream": "app", "rules": [{"id": "o", "upstream": "pre",

@@ -2,6 +2,8 @@
 
 #include <simdjson.h>
 
+#include <cmath>
+
 #include "gw/shm/state_file.hpp"
 #include "gw/shm/table.hpp"
 
@@ -119,6 +121,19 @@ TEST_SUITE("shm") {
     CHECK_THROWS_WITH_AS(t.add_route("web", "more"), "route table is full (shm.max_routes = 2)", TableError);
     CHECK(t.rules().size() == 2);
     CHECK(t.cidrs().size() == 3);
+  }
+
+  TEST_CASE("rules: a percentage is taken only if basis points hold it exactly") {
+    int32_t bp = -1;
+    CHECK((percent_to_bp(0, bp) && bp == 0));
+    CHECK((percent_to_bp(12.34, bp) && bp == 1234));  // 1233.9999999999998 in binary
+    CHECK((percent_to_bp(0.01, bp) && bp == 1));
+    CHECK((percent_to_bp(100, bp) && bp == 10000));
+    CHECK_FALSE(percent_to_bp(0.001, bp));  // would be 0: a rule that never matches
+    CHECK_FALSE(percent_to_bp(12.345, bp));
+    CHECK_FALSE(percent_to_bp(-0.01, bp));
+    CHECK_FALSE(percent_to_bp(100.01, bp));
+    CHECK_FALSE(percent_to_bp(std::nan(""), bp));
   }
 
   TEST_CASE("rules round-trip through the state file's JSON, values with quotes included") {
