@@ -218,7 +218,7 @@ class GwctlTest(GwTestCase):
             f.write('{"shm": {"name": "' + gw.shm + '"}')   # not JSON: nothing is read from it
         rc, out, err = gwtest.run_gwctl("status", config=broken)
         self.assertEqual(rc, 1)
-        self.assertRegex(err, rf"^gwctl: {re.escape(broken)}: \(document\): invalid JSON: [^\n]*\n$")
+        self.assertRegex(err, rf"^gwctl: {re.escape(broken)}: \(document\): invalid JSON at line 1, column \d+: [^\n]*\n$")
 
     def test_events_follow(self):
         a, b = self.backend("a"), self.backend("b")
