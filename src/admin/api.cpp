@@ -113,7 +113,8 @@ RouteMatch route_request(std::string_view method, std::string_view path) {
     else if (n == 3 && lit(2, "pools")) m.endpoint = Endpoint::pools, allow = "GET, HEAD, POST";
     else if (n == 4 && lit(2, "pools")) m.endpoint = Endpoint::pool, allow = "GET, HEAD, PUT, DELETE";
     else if (n == 5 && lit(2, "pools") && lit(4, "hosts")) m.endpoint = Endpoint::hosts, allow = "GET, HEAD, POST";
-    else if (n == 6 && lit(2, "pools") && lit(4, "hosts")) m.endpoint = Endpoint::host, allow = "GET, HEAD, DELETE";
+    else if (n == 6 && lit(2, "pools") && lit(4, "hosts"))
+      m.endpoint = Endpoint::host, allow = "GET, HEAD, PUT, DELETE";
     else if (n == 7 && lit(2, "pools") && lit(4, "hosts") && lit(6, "down"))
       m.endpoint = Endpoint::host_down, allow = "POST";
     else if (n == 7 && lit(2, "pools") && lit(4, "hosts") && lit(6, "up"))
@@ -229,6 +230,36 @@ std::string parse_host_body(std::string_view json, HostBody& out) {
   if (auto err = parse_object(parser, json, root); !err.empty()) return err;
   config::Ctx c;
   parse_host_object(c, root, "body", out);
+  return join_errors(c.errors);
+}
+
+std::string parse_host_set_body(std::string_view json, std::string_view path_id, HostSetBody& out) {
+  simdjson::dom::parser parser;
+  element root;
+  if (auto err = parse_object(parser, json, root); !err.empty()) return err;
+  config::Ctx c;
+  config::for_each_field(c, root, "body", [&](std::string_view k, element v, const std::string& kp) {
+    if (k == "id") {
+      std::string id;
+      if (config::get_name(c, v, kp, id) && id != path_id)
+        c.error(kp, fmt::format("\"{}\" differs from the host in the path, \"{}\"", id, path_id));
+    } else if (k == "address") {
+      core::SockAddr a;
+      if (config::get_address(c, v, kp, a)) out.address = a;
+    } else if (k == "weight") {
+      uint32_t w = 0;
+      if (config::get_u32(c, v, kp, 0, shm::kMaxWeight, w)) out.weight = w;
+    } else if (k == "admin") {
+      std::string_view a;
+      if (v.get(a) == simdjson::SUCCESS && (a == "up" || a == "down")) out.down = a == "down";
+      else c.error(kp, "expected \"up\" or \"down\", got " + config::describe(v));
+    } else {
+      return host_read_only(c, k, v, kp);
+    }
+    return true;
+  });
+  if (c.errors.empty() && !out.weight && !out.down)
+    c.error("body", "nothing to change: give \"weight\" and/or \"admin\"");
   return join_errors(c.errors);
 }
 
@@ -603,8 +634,22 @@ Response Api::write(const Request& r, const RouteMatch& m) {
       if (auto err = parse_host_body(r.body, b); !err.empty()) return error_response(400, err);
       return done(201, shm::ops::add_host(seg_, p[0], p[1], b.id, b.address, b.weight, b.down));
     }
-    case Endpoint::host:  // DELETE
-      return done(200, shm::ops::remove_host(seg_, p[0], p[1], p[2]));
+    case Endpoint::host: {
+      if (del) return done(200, shm::ops::remove_host(seg_, p[0], p[1], p[2]));
+      HostSetBody b;
+      if (auto err = parse_host_set_body(r.body, p[2], b); !err.empty()) return error_response(400, err);
+      if (b.address) {
+        // GET's "address", sent back: it must be the host's (an address does
+        // not change in place: remove the host and add it).
+        const auto& t = table();
+        const auto& h = t.hosts()[static_cast<size_t>(shm::ops::find_host(t, p[0], p[1], p[2]))];
+        if (h.addr.to_string() != b.address->to_string())
+          return error_response(400, fmt::format("body.address: {} is not the host's address ({}): an address does "
+                                                 "not change in place; remove the host and add it",
+                                                 b.address->to_string(), h.addr.to_string()));
+      }
+      return done(200, shm::ops::set_host(seg_, p[0], p[1], p[2], b.weight, b.down, "api"));
+    }
     case Endpoint::host_down:
     case Endpoint::host_up:
       return done(200, shm::ops::set_host_down(seg_, p[0], p[1], p[2], m.endpoint == Endpoint::host_down, "api"));

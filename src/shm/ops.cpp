@@ -1,6 +1,7 @@
 #include "gw/shm/ops.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "gw/shm/writer.hpp"
 
@@ -129,28 +130,47 @@ Result set_host_down(const Segment& seg, const std::string& u, const std::string
   return r;
 }
 
-Result set_host_weight(const Segment& seg, const std::string& u, const std::string& p, const std::string& id,
-                       uint32_t weight) {
-  if (weight > kMaxWeight) throw TableError(fmt::format("weight {} out of range 0..{}", weight, kMaxWeight));
+Result set_host(const Segment& seg, const std::string& u, const std::string& p, const std::string& id,
+                std::optional<uint32_t> weight, std::optional<bool> down, std::string_view origin) {
+  if (!weight && !down) throw TableError("set host needs a weight and/or an admin state");
+  if (weight && *weight > kMaxWeight)
+    throw TableError(fmt::format("weight {} out of range 0..{}", *weight, kMaxWeight));
   check_not_clustered(seg);
-  bool already = false;
+  std::string already;
   Result r = commit(
       seg,
       [&](Table& t, std::vector<std::string>& ev) {
         auto& rec = t.hosts()[static_cast<size_t>(find_host(t, u, p, id))];
-        if (rec.weight == weight) {
-          already = true;
+        const bool same_weight = !weight || rec.weight == *weight, same_admin = !down || (rec.admin_down != 0) == *down;
+        if (same_weight && same_admin) {
+          std::vector<std::string> parts;
+          if (weight) parts.push_back(fmt::format("has weight {}", *weight));
+          if (down) parts.push_back(fmt::format("is {}", *down ? "down" : "up"));
+          already = fmt::format("host {}/{}/{} already {}", u, p, id, fmt::join(parts, " and "));
           throw Writer::Unchanged{};
         }
-        ev.push_back(fmt::format("host_changed {}/{}/{} {} weight={} (was {})", u, p, id, rec.addr.to_string(), weight,
-                                 rec.weight));
-        rec.weight = weight;
+        if (!same_weight) {
+          ev.push_back(fmt::format("host_changed {}/{}/{} {} weight={} (was {})", u, p, id, rec.addr.to_string(),
+                                   *weight, rec.weight));
+          rec.weight = *weight;
+        }
+        if (!same_admin) {
+          const char* verb = *down ? "down" : "up";
+          rec.admin_down = *down ? 1 : 0;
+          ev.push_back(
+              fmt::format("host_{} {}/{}/{} {} (admin: {} {})", verb, u, p, id, rec.addr.to_string(), origin, verb));
+        }
       },
-      fmt::format("set host {}/{}/{} weight={}", u, p, id, weight));
-  if (already) {
-    r.what = fmt::format("host {}/{}/{} already has weight {}", u, p, id, weight);
+      "");
+  if (!already.empty()) {
+    r.what = already;
     r.changed = false;
+    return r;
   }
+  std::string what = fmt::format("set host {}/{}/{}", u, p, id);
+  if (weight) what += fmt::format(" weight={}", *weight);
+  if (down) what += *down ? " admin down" : " admin up";
+  r.what = what;
   return r;
 }
 

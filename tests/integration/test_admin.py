@@ -614,6 +614,29 @@ class AdminTest(GwTestCase):
         self.assertEqual(r.json(), {"ok": True, "changed": False, "message": "host app/primary/d is already down",
                                     "generation": gw.status()["generation"]})
         self.assertEvent(gw, rf"^host_down app/primary/d {LO}:9 \(admin: api down\)$")
+        # PUT of a host: its weight and admin state, in one commit; GET's body
+        # sent back with an edit works (read, edit, write); an address does
+        # not change in place.
+        r = api.req("PUT", "/upstreams/app/pools/primary/hosts/d", {"weight": 2, "admin": "up"}, token=TOKEN)
+        self.assertEqual((r.status, r.json()["message"]), (200, "set host app/primary/d weight=2 admin up"), r.body)
+        self.assertHost(gw, "app/primary/d", weight=2, admin="up")
+        body = api.get_json("/upstreams/app/pools/primary/hosts/d")
+        body["weight"] = 9
+        r = api.req("PUT", "/upstreams/app/pools/primary/hosts/d", body, token=TOKEN)
+        self.assertEqual((r.status, r.json()["message"]), (200, "set host app/primary/d weight=9 admin up"), r.body)
+        self.assertHost(gw, "app/primary/d", weight=9)
+        self.assertEvent(gw, rf"^host_changed app/primary/d {LO}:9 weight=9 \(was 2\)$")
+        r = api.req("PUT", "/upstreams/app/pools/primary/hosts/d", body, token=TOKEN)
+        self.assertEqual(r.json()["message"], "host app/primary/d already has weight 9 and is up")
+        self.assertApiError(gw, 400, "PUT", "/upstreams/app/pools/primary/hosts/d", {**body, "address": f"{LO}:11"},
+                            message=f"body.address: {LO}:11 is not the host's address ({LO}:9): an address does not "
+                                    "change in place; remove the host and add it")
+        self.assertApiError(gw, 400, "PUT", "/upstreams/app/pools/primary/hosts/d", {"health": "up"},
+                            message="body: nothing to change: give \"weight\" and/or \"admin\"")
+        self.assertApiError(gw, 400, "PUT", "/upstreams/app/pools/primary/hosts/d", {"id": "x", "weight": 1},
+                            message="body.id: \"x\" differs from the host in the path, \"d\"")
+        self.assertApiError(gw, 404, "PUT", "/upstreams/app/pools/primary/hosts/nope", {"weight": 1})
+        self.assertEqual(api.req("POST", "/upstreams/app/pools/primary/hosts/d/down", token=TOKEN).status, 200)
         self.assertEqual(api.req("POST", "/upstreams/app/pools", {"id": "dr", "priority": 5}, token=TOKEN).status, 201)
         self.assertEqual(api.req("PUT", "/upstreams/app/pools/dr", {"method": "least_conn"}, token=TOKEN).status, 200)
         p = gwtest.find_pool(gw.status(), "app/dr")
@@ -733,8 +756,8 @@ class AdminTest(GwTestCase):
         # 405, with Allow
         r, _ = self.assertApiError(gw, 405, "DELETE", "/metrics")
         self.assertEqual(r.header("Allow"), "GET, HEAD")
-        r, _ = self.assertApiError(gw, 405, "PUT", H + "/a")
-        self.assertEqual(r.header("Allow"), "GET, HEAD, DELETE")
+        r, _ = self.assertApiError(gw, 405, "POST", H + "/a", {"weight": 1})
+        self.assertEqual(r.header("Allow"), "GET, HEAD, PUT, DELETE")
         r, _ = self.assertApiError(gw, 405, "GET", H + "/a/down", token=None)
         self.assertEqual(r.header("Allow"), "POST")
         # 409: duplicates, a pool that still has hosts

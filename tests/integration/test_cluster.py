@@ -676,6 +676,13 @@ class ClusterTest(GwTestCase):
         self.etcd_ok("down", "host", "app/primary", "a")
         gwtest.wait_until(lambda: gwtest.find_host(gw.status(), "app/primary/a")["admin"] == "down", T(5),
                           msg="a down from etcd")
+        # gwctl set host --weight --etcd: the node applies the new weight
+        self.etcd_ok("set", "host", "app/primary", "a", "--weight", "4")
+        gwtest.wait_until(lambda: gwtest.find_host(gw.status(), "app/primary/a")["weight"] == 4, T(5),
+                          msg="a's weight from etcd")
+        out = self.etcd_ok("set", "host", "app/primary", "a", "--weight", "4")
+        self.assertIn("already has weight 4", out)
+        self.assertIn('"weight": 4', self.etcd.get_prefix(self.prefix)[1][self.prefix + "upstreams/app/pools/primary/hosts/a"])
 
     def big_node(self, etcd_urls, name="big.json"):
         hosts = [host("a", self.a)] + [host(f"h{i:03d}", f"{gwtest.LOOPBACK}:{20000 + i}") for i in range(130)]

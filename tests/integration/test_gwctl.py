@@ -73,6 +73,40 @@ class GwctlTest(GwTestCase):
         self.assertEvent(gw, r"^host_down app/primary/a \S+ \(admin: gwctl down\)$")
         self.assertEvent(gw, r"^host_up app/primary/a \S+ \(admin: gwctl up\)$")
 
+    def test_set_host_weight(self):
+        """gwctl set host --weight changes a live host's weight (there was no
+        way but remove and add): the balancers follow it at once, 0 drains the
+        host, the same weight is an "already" answer, and it survives a restart
+        without the segment (the state file)."""
+        a, b = self.backend("a"), self.backend("b")
+        gw = self.start([pool("primary", [host("a", a), host("b", b)])])
+        self.assertNames(gw.port, N, {"a", "b"}, must_include={"a", "b"})
+        self.assertGwctlOk(gw, "set", "host", "app/primary", "b", "--weight", "0")
+        self.assertHost(gw, "app/primary/b", weight=0, admin="up")
+        before = b.count
+        self.assertNames(gw.port, N, {"a"})
+        self.assertEqual(b.count, before, "a host of weight 0 got new connections")
+        rc, out, err = gw.gwctl("set", "host", "app/primary", "b", "--weight", "0")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"^ok: host app/primary/b already has weight 0 \(generation \d+\)\n$")
+        self.assertGwctlOk(gw, "set", "host", "app/primary", "b", "--weight", "3")
+        self.assertHost(gw, "app/primary/b", weight=3)
+        self.assertNames(gw.port, N, {"a", "b"}, must_include={"b"})
+        esc = re.escape
+        self.assertEvent(gw, rf"^host_changed app/primary/b {esc(b.address)} weight=0 \(was 1\)$")
+        self.assertEvent(gw, rf"^host_changed app/primary/b {esc(b.address)} weight=3 \(was 0\)$")
+        for what, args in (("weight out of range", ["--weight", "1001"]), ("not a number", ["--weight", "x"]),
+                           ("empty", ["--weight", ""])):
+            with self.subTest(what):
+                self.assertGwctlError(gw, "set", "host", "app/primary", "b", *args, rc_want=1)
+        self.assertGwctlError(gw, "set", "host", "app/primary", "nope", "--weight", "2", rc_want=1)
+        self.assertGwctlError(gw, "set", "host", "app/primary", "b", rc_want=2)  # --weight is required
+        self.assertHost(gw, "app/primary/b", weight=3)
+        gw.kill_all()
+        os.unlink(f"/dev/shm/{gw.shm}")
+        gw.start()
+        self.assertHost(gw, "app/primary/b", weight=3)
+
     def test_pools(self):
         a, b = self.backend("a"), self.backend("b")
         gw = self.start([pool("primary", [host("a", a)], priority=5)])
@@ -281,7 +315,7 @@ class GwctlTest(GwTestCase):
         cases = [
             (["stauts"], 'gwctl: unknown command "stauts"'),
             (["add", "hots", "x"], 'gwctl: unknown object "hots" for "add" (expected host, pool, rule, consumer)'),
-            (["set", "host", "x"], 'gwctl: unknown object "host" for "set" (expected pool, rule)'),
+            (["set", "hots", "x"], 'gwctl: unknown object "hots" for "set" (expected host, pool, rule)'),
             (["down", "pool", "x"], 'gwctl: unknown object "pool" for "down" (expected host)'),
             (["add", "host", "app/primary", "-x", "127.0.0.1:1"], 'gwctl: unknown option "-x" for "add host"'),
             (["status", "--frob"], 'gwctl: unknown option "--frob" for "status"'),

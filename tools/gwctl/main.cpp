@@ -489,6 +489,27 @@ int etcd_down_up(EtcdCtl& c, const std::string& u, const std::string& p, const s
   return etcd_done(what, r.revision);
 }
 
+int etcd_set_host_weight(EtcdCtl& c, const std::string& u, const std::string& p, const std::string& h,
+                         uint32_t weight) {
+  check_names({{"upstream name", &u}, {"pool id", &p}, {"host id", &h}});
+  const std::string what = fmt::format("set host {}/{}/{} weight={}", u, p, h, weight);
+  gw::cluster::KeyValue up;
+  auto kv = etcd_host(c, u, p, h, up);
+  auto spec = decode_or_fail<gw::cluster::HostSpec>(kv, gw::cluster::decode_host);
+  if (spec.weight == weight) {
+    out("ok: host {}/{}/{} already has weight {} (etcd revision {})\n", u, p, h, weight, kv.mod_revision);
+    return 0;
+  }
+  spec.weight = weight;
+  test_delay();
+  auto r = run_txn(
+      c,
+      {{kv.key, "", Target::mod_revision, kv.mod_revision}, {up.key, "", Target::create_revision, up.create_revision}},
+      {{false, kv.key, gw::cluster::encode_host(spec)}});
+  if (!r.succeeded) conflict(what, kv.key, r.resent);
+  return etcd_done(what, r.revision);
+}
+
 int etcd_add_pool(EtcdCtl& c, const std::string& u, const std::string& p, int32_t prio, gw::shm::Method m) {
   check_names({{"upstream name", &u}, {"pool id", &p}}, true);
   const std::string what = fmt::format("add pool {}/{} priority={} method={}", u, p, prio, gw::shm::method_name(m));
@@ -929,7 +950,7 @@ int main(int argc, char** argv) {
   auto* remove = app.add_subcommand("remove", "remove a host, a pool or a rule")->require_subcommand(1);
   auto* down = app.add_subcommand("down", "take a host out of rotation (until `up`)")->require_subcommand(1);
   auto* up = app.add_subcommand("up", "put a host back into rotation")->require_subcommand(1);
-  auto* set = app.add_subcommand("set", "change a pool or a rule")->require_subcommand(1);
+  auto* set = app.add_subcommand("set", "change a host's weight, a pool or a rule")->require_subcommand(1);
 
   auto* add_host = add->add_subcommand("host", "add host UPSTREAM/POOL HOST_ID IP:PORT [--weight N]");
   add_host->add_option("pool", o.path, "UPSTREAM/POOL")->required();
@@ -953,6 +974,10 @@ int main(int argc, char** argv) {
   auto* up_host = up->add_subcommand("host", "up host UPSTREAM/POOL HOST_ID");
   up_host->add_option("pool", o.path, "UPSTREAM/POOL")->required();
   up_host->add_option("host", o.id, "host id")->required();
+  auto* set_host = set->add_subcommand("host", "set host UPSTREAM/POOL HOST_ID --weight N");
+  set_host->add_option("pool", o.path, "UPSTREAM/POOL")->required();
+  set_host->add_option("host", o.id, "host id")->required();
+  set_host->add_option("--weight", o.weight, "0..1000 (0: no new connections)")->required();
   auto* set_pool = set->add_subcommand("pool", "set pool UPSTREAM POOL [--priority N] [--method M]");
   set_pool->add_option("upstream", o.path, "UPSTREAM")->required();
   set_pool->add_option("pool", o.id, "pool id")->required();
@@ -1003,10 +1028,11 @@ int main(int argc, char** argv) {
     reject_empty(app);
     const bool to_etcd = !o.etcd.empty();
     if (!o.prefix.empty() && !to_etcd) throw Failure("--prefix goes with --etcd (it names etcd keys)");
-    if (to_etcd && !(*add_host || *rm_host || *down_host || *up_host || *add_pool || *rm_pool || *set_pool))
+    if (to_etcd &&
+        !(*add_host || *rm_host || *down_host || *up_host || *set_host || *add_pool || *rm_pool || *set_pool))
       throw Failure(
-          "--etcd goes with a change to pools or hosts (add/remove/down/up host, add/remove/set pool); rules and "
-          "consumers are kept per node, changed without --etcd");
+          "--etcd goes with a change to pools or hosts (add/remove/down/up/set host, add/remove/set pool); rules "
+          "and consumers are kept per node, changed without --etcd");
     if (*status) return cmd_status(o);
     if (*events) return cmd_events(o);
     if (*check) return cmd_check(o);
@@ -1039,6 +1065,15 @@ int main(int argc, char** argv) {
         return etcd_down_up(c, u, p, o.id, to_down);
       }
       return report(gw::shm::ops::set_host_down(attach(o, true), u, p, o.id, to_down, "gwctl"));
+    }
+    if (*set_host) {
+      auto [u, p] = split_pool(o.path);
+      const uint32_t weight = parse_u32(o.weight, "--weight", 0, gw::shm::kMaxWeight);
+      if (to_etcd) {
+        EtcdCtl c = etcd_ctl(o);
+        return etcd_set_host_weight(c, u, p, o.id, weight);
+      }
+      return report(gw::shm::ops::set_host(attach(o, true), u, p, o.id, weight, std::nullopt, "gwctl"));
     }
     if (*add_pool) {
       int32_t prio = o.priority.empty() ? 0 : parse_i32(o.priority, "--priority");

@@ -87,6 +87,13 @@ struct HostBody {
   uint32_t weight = 1;
   bool down = false;  ///< "admin": "down": the host is added admin down
 };
+/// PUT of a host: what changes (at least one of weight and admin); an
+/// address, if sent back, must be the host's.
+struct HostSetBody {
+  std::optional<core::SockAddr> address;
+  std::optional<uint32_t> weight;
+  std::optional<bool> down;
+};
 struct ConsumerBody {
   std::string name;
   std::string key;
@@ -111,6 +118,7 @@ struct PoolBody {
 std::string parse_host_body(std::string_view json, HostBody& out);
 /// add (path_id ""): {"id", "priority"?, "method"?, "hosts"? (empty)}; set:
 /// {"priority"?, "method"?} (at least one), "id"? (the path's), "hosts"?.
+std::string parse_host_set_body(std::string_view json, std::string_view path_id, HostSetBody& out);
 std::string parse_pool_body(std::string_view json, std::string_view path_id, PoolBody& out);
 /// "" if `body` (set pool's "hosts") lists the hosts `pool` has (ids,
 /// addresses, weights, admin states; any order), else why not.

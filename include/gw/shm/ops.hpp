@@ -48,10 +48,11 @@ Result remove_host(const Segment& seg, const std::string& u, const std::string& 
 /// `origin` names who asked, for the event: "(admin: gwctl down)".
 Result set_host_down(const Segment& seg, const std::string& u, const std::string& p, const std::string& id, bool down,
                      std::string_view origin);
-/// A new weight (0..kMaxWeight; 0 takes no new connections, as in the config),
-/// live: the balancers rebuild from the next table generation.
-Result set_host_weight(const Segment& seg, const std::string& u, const std::string& p, const std::string& id,
-                       uint32_t weight);
+/// A new weight (0..kMaxWeight; 0 takes no new connections, as in the config)
+/// and/or admin state, in one commit, live: the balancers rebuild from the next
+/// table generation. What is already so is an "already" answer (changed false).
+Result set_host(const Segment& seg, const std::string& u, const std::string& p, const std::string& id,
+                std::optional<uint32_t> weight, std::optional<bool> down, std::string_view origin);
 Result add_pool(const Segment& seg, const std::string& u, const std::string& p, int32_t priority, Method method);
 Result remove_pool(const Segment& seg, const std::string& u, const std::string& p);
 /// At least one of priority and method.

@@ -35,11 +35,11 @@ uint32_t weight_of(const TempSegment& ts) {
 }  // namespace
 
 TEST_SUITE("shm") {
-  TEST_CASE("set_host_weight: a new weight in one commit, with its event; the same weight changes nothing") {
+  TEST_CASE("set_host: a new weight in one commit, with its event; the same weight changes nothing") {
     TempSegment ts({1, 1, 1});
     one_host(ts);
     const uint64_t head = ts.seg.header().event_head.load();
-    ops::Result r = ops::set_host_weight(ts.seg, "app", "primary", "a", 7);
+    ops::Result r = ops::set_host(ts.seg, "app", "primary", "a", 7, std::nullopt, "test");
     CHECK(r.changed);
     CHECK(r.what == "set host app/primary/a weight=7");
     CHECK(weight_of(ts) == 7);
@@ -47,16 +47,26 @@ TEST_SUITE("shm") {
     REQUIRE(read_event(ts.seg, head, e) == EventRead::ok);
     CHECK(std::string(e.text) == "host_changed app/primary/a 127.0.0.1:1 weight=7 (was 2)");
 
-    r = ops::set_host_weight(ts.seg, "app", "primary", "a", 7);
+    r = ops::set_host(ts.seg, "app", "primary", "a", 7, std::nullopt, "test");
     CHECK_FALSE(r.changed);
     CHECK(r.what == "host app/primary/a already has weight 7");
     CHECK(ts.seg.header().event_head.load() == head + 1);
 
-    CHECK(ops::set_host_weight(ts.seg, "app", "primary", "a", 0).changed);  // 0: drain
+    CHECK(ops::set_host(ts.seg, "app", "primary", "a", 0, std::nullopt, "test").changed);  // 0: drain
     CHECK(weight_of(ts) == 0);
-    CHECK_THROWS_WITH_AS(ops::set_host_weight(ts.seg, "app", "primary", "a", 1001), "weight 1001 out of range 0..1000",
-                         TableError);
-    CHECK_THROWS_AS(ops::set_host_weight(ts.seg, "app", "primary", "b", 1), TableError);
+    CHECK_THROWS_WITH_AS(ops::set_host(ts.seg, "app", "primary", "a", 1001, std::nullopt, "test"),
+                         "weight 1001 out of range 0..1000", TableError);
+    CHECK_THROWS_AS(ops::set_host(ts.seg, "app", "primary", "b", 1, std::nullopt, "test"), TableError);
     CHECK(weight_of(ts) == 0);
+
+    // Weight and admin state in one commit; what is already so changes nothing.
+    const uint64_t gen = ts.seg.header().published.load();
+    r = ops::set_host(ts.seg, "app", "primary", "a", 4, true, "api");
+    CHECK(r.what == "set host app/primary/a weight=4 admin down");
+    CHECK(ts.seg.header().published.load() > gen);
+    r = ops::set_host(ts.seg, "app", "primary", "a", 4, true, "api");
+    CHECK_FALSE(r.changed);
+    CHECK(r.what == "host app/primary/a already has weight 4 and is down");
+    CHECK_THROWS_AS(ops::set_host(ts.seg, "app", "primary", "a", std::nullopt, std::nullopt, "api"), TableError);
   }
 }
