@@ -157,10 +157,11 @@ TEST_SUITE("admin") {
     CHECK(m.params[0] == "app");
     CHECK(m.params[1] == "primary");
 
-    m = route_request("PUT", "/upstreams/app/pools/primary/hosts/a");
+    m = route_request("POST", "/upstreams/app/pools/primary/hosts/a");
     CHECK(m.endpoint == Endpoint::host);
     CHECK_FALSE(m.method_allowed);
-    CHECK(m.allow == "GET, HEAD, DELETE");
+    CHECK(m.allow == "GET, HEAD, PUT, DELETE");
+    CHECK(route_request("PUT", "/upstreams/app/pools/primary/hosts/a").method_allowed);
     CHECK(m.params[2] == "a");
 
     m = route_request("POST", "/upstreams/app/pools/primary/hosts/a/down");
@@ -209,6 +210,26 @@ TEST_SUITE("admin") {
     CHECK_FALSE(query_arg("since=3", "limit").has_value());
     CHECK(query_arg("flag&x=1", "flag") == "");
     CHECK_FALSE(query_arg("", "since").has_value());
+  }
+
+  TEST_CASE("host PUT bodies: weight and/or admin; GET's fields sent back") {
+    HostSetBody b;
+    CHECK(parse_host_set_body(R"({"weight": 3})", "a", b) == "");
+    CHECK((b.weight == 3u && !b.down && !b.address));
+    HostSetBody g;
+    CHECK(parse_host_set_body(R"({"id": "a", "address": "127.0.0.1:1", "weight": 0, "admin": "down", "health": "up",
+                                  "active": 0, "total": 4, "failures": 0, "status_failures": 0, "responses": {}})",
+                              "a", g) == "");
+    CHECK((g.weight == 0u && g.down == true && g.address == addr("127.0.0.1:1")));
+    HostSetBody e;
+    CHECK(parse_host_set_body(R"({"health": "up"})", "a", e) ==
+          "body: nothing to change: give \"weight\" and/or \"admin\"");
+    CHECK(parse_host_set_body(R"({"id": "b", "weight": 1})", "a", e) ==
+          "body.id: \"b\" differs from the host in the path, \"a\"");
+    CHECK(parse_host_set_body(R"({"weight": 1001})", "a", e) == "body.weight: expected an integer 0..1000, got 1001");
+    CHECK(parse_host_set_body(R"({"admin": "drain"})", "a", e) ==
+          "body.admin: expected \"up\" or \"down\", got string \"drain\"");
+    CHECK(parse_host_set_body(R"({"wieght": 1})", "a", e) == "body.wieght: unknown key");
   }
 
   TEST_CASE("host bodies") {
