@@ -548,11 +548,12 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
   return seg;
 }
 
-void check_state_file(const config::Config& cfg) {
+std::vector<std::string> check_state_file(const config::Config& cfg) {
   shm::State state;
-  std::vector<std::string> warnings;  // (a start logs them)
+  std::vector<std::string> warnings;
   if (!cfg.state_file.empty() && shm::read_state_file(cfg.state_file, state))
     merge_runtime_named(cfg, &state, fmt::format("state file {}", cfg.state_file), warnings);
+  return warnings;
 }
 
 namespace {

@@ -96,6 +96,9 @@ class ConfigCheckTest(GwTestCase):
                 self.assertFalse(os.path.exists(f"/dev/shm/{cfg['shm']['name']}"), "gwd -t created the segment")
                 if want is None:
                     self.assertEqual((r.returncode, r.stdout), (0, "ok\n"), r.stderr)
+                    # valid, but the config's hosts are not what a start would run: said
+                    self.assertRegex(r.stderr, rf'^{re.escape(path)}: warning: upstream "app": its pools and hosts '
+                                               r'come from the runtime state .*host "primary/h0" is at runtime only')
                     continue
                 self.assertEqual(r.returncode, 1, r.stdout)
                 self.assertEqual(r.stderr.splitlines()[1:], [f"{path}: 1 error(s)"], r.stderr)

@@ -34,7 +34,9 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from = 0, Listen
 /// state file (if there is one) and merges it with the config as
 /// prepare_segment() would. Throws with a message for the operator that names
 /// the file. Reads only: the file and any shm segment stay as they are.
-void check_state_file(const config::Config& cfg);
+/// Returns what of the config that runtime state overrides or drops (the
+/// warnings a start would log: config edits a restart or reload would not apply).
+std::vector<std::string> check_state_file(const config::Config& cfg);
 
 /// Gives each listener of `cfg` its row of the ListenerStats matrix
 /// (cfg.listeners[i].stats_row) and publishes the listeners' names, addresses
