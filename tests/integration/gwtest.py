@@ -326,6 +326,16 @@ def client_ports_held_by(pid, listen_port):
 
 _shm_counter = itertools.count(1)
 
+def sanitized_build():
+    """True if gwctl (and so the build) carries AddressSanitizer, which
+    reserves terabytes of address space: a test's RLIMIT_AS cannot apply."""
+    try:
+        with open(GWCTL, "rb") as f:
+            return b"__asan_init" in f.read()
+    except OSError:
+        return False
+
+
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
                      "WARNING: ThreadSanitizer")
 
