@@ -43,7 +43,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$tmp"
-  rm -f "/dev/shm/gwab-$$-A" "/dev/shm/gwab-$$-B"
+  rm -f "/dev/shm/gwab-$$-A" "/dev/shm/gwab-$$-B" "/dev/shm/gwab-$$-A.lock" "/dev/shm/gwab-$$-B.lock"
 }
 trap cleanup EXIT
 
