@@ -359,7 +359,15 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
         break;
       }
       if (n < 0 && errno == EINTR) continue;
-      return false;
+      // dst is gone (reset): what waits for it is dropped, but the session
+      // goes on. What dst sent before it went is still in its socket (a read
+      // reports the reset after the data) and the other direction delivers
+      // it. src is read on and its bytes dropped (dst_shut before src_eof)
+      // until its EOF: closing a socket with unread bytes resets it, and the
+      // reset would discard what is still queued for it.
+      release(s, p);
+      dst_shut = true;
+      continue;
     }
     if (src_eof || !src_in) break;
     // Bulk: past splice_after bytes, while reads fill whole buffers, this
@@ -387,7 +395,8 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
         break;
       }
       if (errno == EINTR) continue;
-      return false;
+      if (!src_failed(s, p, src_eof)) return false;
+      break;
     }
     if (!p.buf) {
       p.buf = env_.buffers->acquire();
@@ -396,8 +405,8 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
     ssize_t n = ::recv(src, p.buf, net::BufferPool::kBufferSize, MSG_DONTWAIT);
     if (n > 0) {
       p.head = 0;
-      p.tail = static_cast<uint32_t>(n);
-      p.burst = static_cast<size_t>(n) == net::BufferPool::kBufferSize;
+      p.tail = dst_shut ? 0 : static_cast<uint32_t>(n);  // dst is gone: dropped
+      p.burst = static_cast<size_t>(n) == net::BufferPool::kBufferSize && !dst_shut;
       s.deadline_ms = env_.now_ms + s.idle_ms;
       // A short read emptied the socket's receive queue. With edge-triggered
       // epoll the next arrival raises a new event, so the recv() that would
@@ -417,7 +426,8 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
       break;
     }
     if (errno == EINTR) continue;
-    return false;  // reset or error: the relay ends
+    if (!src_failed(s, p, src_eof)) return false;
+    break;
   }
   if (src_eof && !p.pending() && !dst_shut) {
     // Half-close travels on, unless dst is finished too (it sent its EOF and
@@ -426,6 +436,18 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
     if (!dst_done) ::shutdown(dst, SHUT_WR);
     dst_shut = true;
   }
+  return true;
+}
+
+bool TcpRelay::src_failed(Session& s, Pipe& p, bool& src_eof) noexcept {
+  if (&p == &s.c2u) return false;  // the client reset (or failed): the relay ends
+  // The host reset: taken as its EOF. What it sent before is delivered, then
+  // the client gets a FIN; the client's bytes are dropped from now on, as
+  // after a failed write to the host (see pump()), until it closes.
+  src_eof = true;
+  release_buf(s, p);
+  release(s, s.c2u);
+  s.u_shut = true;
   return true;
 }
 

@@ -330,7 +330,9 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
     maybe_retire(s);
     return;
   }
-  if (res > 0 && bid != kNoBuf) {
+  if (res > 0 && bid != kNoBuf && d.shut) {
+    bufs_.recycle(bid);  // the destination is gone (dst_gone): dropped
+  } else if (res > 0 && bid != kNoBuf) {
     if (s.state == State::sniff) {
       sniff(s, bid, static_cast<uint32_t>(res));
       if (s.state == State::closing) return;
@@ -361,7 +363,7 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
   } else if (res == -ENOBUFS) {
     starve(s, client);  // re-armed by flush() once buffers come back
   } else if (res != -ECANCELED) {
-    close_session(s);  // reset or error: the relay ends
+    src_failed(s, client);  // reset or error
     return;
   }
   if (d.recv == kIdle) maybe_arm(s, client);
@@ -389,7 +391,7 @@ void UringRelay::on_send(Session& s, bool c2u, int32_t res) noexcept {
     return;
   }
   if (res <= 0) {
-    close_session(s);
+    dst_gone(s, c2u);
     return;
   }
   bool rest = false;  // the destination took only part of it: its buffer is full
@@ -485,16 +487,47 @@ void UringRelay::pump(Session& s, bool c2u) noexcept {
 // Nothing of this direction is left in flight: pass its EOF on.
 void UringRelay::finish_dir(Session& s, bool c2u) noexcept {
   Dir& d = c2u ? s.c2u : s.u2c;
-  if (!d.eof || d.shut) return;
+  if (!d.eof) return;
+  const bool gone = d.shut;  // the destination is gone (dst_gone), or the EOF was passed on before
   d.shut = true;
   const Dir& o = c2u ? s.u2c : s.c2u;
   if (o.eof && o.shut) {
     close_session(s);  // both ways done: the close carries this FIN
     return;
   }
+  if (gone) return;
   // A direct call: IORING_OP_SHUTDOWN always runs in an io-wq thread
   // (a thread wake-up per half-close), this is one short syscall.
   ::shutdown(c2u ? s.ufd : s.cfd, SHUT_WR);
+}
+
+// The destination of this direction is gone (a write failed: reset). What
+// waits for it is dropped, but the session goes on: what the destination sent
+// before it went is still in its socket (a read reports the reset after the
+// data), and the other direction delivers it. The source is read on and its
+// bytes dropped (shut before eof) until its EOF: closing a socket with unread
+// bytes resets it, and the reset would discard what is still queued for it.
+// (A send still in flight keeps its buffer until it completes; see release_dir.)
+void UringRelay::dst_gone(Session& s, bool c2u) noexcept {
+  Dir& d = c2u ? s.c2u : s.u2c;
+  release_dir(s, d);
+  d.shut = true;
+  d.burst = false;  // no splice for bytes that are dropped
+  maybe_arm(s, c2u);
+}
+
+// A read from this direction's source failed. A client's reset ends the
+// session. A host's is taken as its EOF: what it sent before is delivered,
+// then the client gets a FIN, and the client's bytes are dropped from now on
+// (as after a failed write to the host: dst_gone) until it closes.
+void UringRelay::src_failed(Session& s, bool c2u) noexcept {
+  if (c2u) {
+    close_session(s);
+    return;
+  }
+  s.u2c.eof = true;
+  dst_gone(s, true);
+  pump(s, false);
 }
 
 // ---------------------------------------------------------------------------
@@ -564,7 +597,7 @@ void UringRelay::splice_pump(Session& s, bool c2u) noexcept {
         return;
       }
       if (n < 0 && errno == EINTR) continue;
-      close_session(s);
+      dst_gone(s, c2u);
       return;
     }
     if (d.eof) {
@@ -588,7 +621,7 @@ void UringRelay::splice_pump(Session& s, bool c2u) noexcept {
       return;
     }
     if (errno == EINTR) continue;
-    close_session(s);  // reset or error: the relay ends
+    src_failed(s, c2u);  // reset or error
     return;
   }
   arm_poll(s, c2u, d.piped != 0);

@@ -2,9 +2,12 @@
 """TCP relay: bytes both ways, big transfers, half-close, balancing, failover,
 passive health, idle timeout."""
 
+import fcntl
 import os
 import socket
+import struct
 import sys
+import termios
 import threading
 import time
 
@@ -13,6 +16,11 @@ import gwtest  # noqa: E402
 from gwtest import GwTestCase, T, host, pool  # noqa: E402
 
 MB = 1024 * 1024
+
+
+def unacked(sock):
+    """Bytes sent on sock that the peer has not acknowledged yet (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
 
 
 def transfer(port, payload, read_delay=0.0, on_stalled=None):
@@ -322,6 +330,62 @@ class RelayTest(GwTestCase):
             t.join(T(60))
         self.assertEqual(failures, [])
 
+    def test_backend_reply_before_reset_reaches_client(self):
+        """A backend that stops reading, answers and closes with the client's
+        bytes unread: the kernel sends a reset, not a FIN (an HTTP server
+        refusing a too-large upload does this). Its whole answer was in gw's
+        socket before the reset, and gw's next write to the backend fails. The
+        answer must still reach the client, which reads slowly: a failed write
+        to the backend must not throw away what the backend already sent."""
+        answer = os.urandom(64 * 1024)
+        srv = socket.socket()
+        srv.bind((gwtest.LOOPBACK, 0))
+        srv.listen(16)
+        self.addCleanup(srv.close)
+        conns, drained, sent = [], [], threading.Event()
+        self.addCleanup(lambda: [c.close() for c in conns])
+
+        def serve():
+            c, _ = srv.accept()
+            conns.append(c)
+            time.sleep(0.3)            # not reading: the client's upload fills every buffer on the way
+            c.sendall(answer)
+            deadline = time.monotonic() + T(5)
+            while unacked(c) and time.monotonic() < deadline:
+                time.sleep(0.01)       # all of it is in gw's socket
+            drained.append(unacked(c) == 0)
+            sent.set()
+            c.close()                  # unread bytes: a reset
+        threading.Thread(target=serve, daemon=True).start()
+        gw = self.gateway(self.make_config([pool("p", [host("x", srv.getsockname()[1])])],
+                                           upstream_opts={"max_fails": 0}))
+        s = socket.socket()
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # the answer waits in gw
+        s.settimeout(T(10))
+        s.connect((gwtest.LOOPBACK, gw.port))
+
+        def upload():
+            try:
+                while True:
+                    s.sendall(b"u" * 65536)
+            except OSError:
+                pass
+        threading.Thread(target=upload, daemon=True).start()
+        self.assertTrue(sent.wait(T(10)))
+        self.assertEqual(drained, [True], "the answer did not get to gw before the reset")
+        time.sleep(0.2)                # the reset has reached gw
+        got = bytearray()
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        except ConnectionResetError:
+            pass
+        self.assertEqual(len(got), len(answer), "the backend's answer before its reset was cut")
+        self.assertEqual(bytes(got), answer)
 
 if __name__ == "__main__":
     gwtest.main()

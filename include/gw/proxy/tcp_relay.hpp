@@ -220,6 +220,9 @@ class TcpRelay {
   void drive(Session& s) noexcept;
   bool pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p, int dst, bool& dst_out, bool& dst_shut,
             bool dst_done, Session& s) noexcept;
+  /// A read from p's source failed: false ends the session, else the source
+  /// is taken as ended (a host's reset).
+  bool src_failed(Session& s, Pipe& p, bool& src_eof) noexcept;
   void release_buf(const Session& s, Pipe& p) noexcept;
   void release(const Session& s, Pipe& p) noexcept;
   void close_session(Session& s) noexcept;

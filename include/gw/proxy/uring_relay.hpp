@@ -177,6 +177,8 @@ class UringRelay {
   void maybe_arm(Session& s, bool client) noexcept;
   void pump(Session& s, bool client_to_upstream) noexcept;
   void finish_dir(Session& s, bool client_to_upstream) noexcept;
+  void dst_gone(Session& s, bool client_to_upstream) noexcept;
+  void src_failed(Session& s, bool client_to_upstream) noexcept;
   bool start_splice(Session& s, bool client_to_upstream) noexcept;
   void splice_pump(Session& s, bool client_to_upstream) noexcept;
   void arm_poll(Session& s, bool client_to_upstream, bool out) noexcept;
