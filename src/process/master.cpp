@@ -880,7 +880,7 @@ class Master {
   //
   //   read + validate the file ─ errors: log each, keep running
   //   refuse what needs a restart (shm name or capacities, state_file, rows)
-  //   open new listening sockets, access-log sockets  ─ failure: keep running
+  //   open new listening sockets, access-log sockets, a new log_file ─ failure: keep running
   //   merge the config into the live table (one commit) ─ failure: keep running
   //   ── from here nothing fails ──
   //   fork the new workers (same-address listeners: the same sockets) and helpers
@@ -1003,6 +1003,14 @@ class Master {
         admin_fd = net::listen_tcp(next.admin.listen, 128, false);
       }
       open_access_logs(next, log_rd, log_wr);
+      // A log_file that cannot be opened fails the reload, as `gwd -t` fails
+      // it and nginx fails a reload whose error_log it cannot open.
+      if (!next.log_file.empty() && next.log_file != cfg_.log_file) {
+        const core::UniqueFd f(::open(next.log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
+        if (!f)
+          throw std::runtime_error(
+              fmt::format("log_file: cannot open log file {}: {}", next.log_file, std::strerror(errno)));
+      }
       commit_reload(next);
     } catch (const std::exception& e) {
       GW_LOG_ERROR("reload failed: {}; the running configuration stays", e.what());
@@ -1036,6 +1044,7 @@ class Master {
       try {
         core::log_open(next.log_file);
       } catch (const std::exception& e) {
+        // (opened a moment ago, before the commit: gone or refused since)
         GW_LOG_ERROR("reload: {} (logging goes on where it went)", e.what());
       }
     }

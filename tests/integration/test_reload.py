@@ -222,6 +222,40 @@ class ReloadTest(GwTestCase):
             self.assertNames(gw.port, 4, {"n"})
         self.assertEqual(gw.stop(), 0)
 
+    def test_log_file_it_cannot_open_fails_the_reload(self):
+        """A log_file that `gwd -t` refuses fails the reload too, as nginx's
+        does: the old configuration stays, and the error is logged where the
+        log goes (before, the reload went on and said so in one error line,
+        leaving gwd on a config -t refuses)."""
+        n = self.backend("n", "name")
+        cfg = self.config(n)
+        gw = self.gateway(cfg)
+        workers = sorted(gw.worker_pids())
+        bad = json.loads(json.dumps(cfg))
+        bad["log_file"] = os.path.join(self.tmp, "missing-dir", "gw.log")
+        bad["upstreams"][0]["connect_timeout_ms"] = 1234
+        self.rewrite(gw, bad)
+        r = gwtest.run_gwd_test(gw.conf_path)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("log_file: ", r.stderr)
+        log_before = len(gw.log_text())
+        self.reload(gw, expect_ok=False)
+        log = gw.log_text()[log_before:]
+        self.assertRegex(log, r"reload failed: log_file: cannot open log file \S+/missing-dir/gw\.log: No such file "
+                              r"or directory; the running configuration stays")
+        self.assertNotIn("reloaded:", log)
+        self.assertEqual(sorted(gw.worker_pids()), workers, "workers changed on a failed reload")
+        self.assertNotIn("config_reloaded", "\n".join(gw.event_texts()))
+        self.assertNames(gw.port, 4, {"n"})
+        # a log_file that can be opened reloads, and the log goes there
+        good = json.loads(json.dumps(bad))
+        good["log_file"] = os.path.join(self.tmp, "gw-new.log")
+        self.rewrite(gw, good)
+        gw.send_signal(signal.SIGHUP)
+        wait_until(lambda: os.path.exists(good["log_file"]) and "reloaded:" in open(good["log_file"]).read(), T(10),
+                   msg="'reloaded:' in the new log_file")
+        self.assertEqual(gw.stop(), 0)
+
     def test_listener_added_and_removed_by_reload(self):
         n, m = self.backend("n", "name"), self.backend("m", "name")
         cfg = self.config(n)
