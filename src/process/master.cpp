@@ -990,6 +990,21 @@ class Master {
       for (const auto& l : cfg_.listeners) ours.push_back(l.listen);
       for (const auto& l : next.listeners) ours.push_back(l.listen);
       if (cfg_.admin.enabled) ours.push_back(cfg_.admin.listen);  // the admin server's socket is this gwd's too
+      // The admin server's socket is not a listener's (no SO_REUSEPORT, another
+      // process accepts on it): an address passing between the two cannot be
+      // bound while the running one holds it.
+      auto handed_over = [](const std::string& what, const core::SockAddr& a, const std::string& holder) {
+        return std::runtime_error(fmt::format(
+            "{}: {} is still this gwd's {} until the reload; an address passes between the admin server and a "
+            "listener in two reloads (the first frees it, the second takes it), or by a restart",
+            what, a.to_string(), holder));
+      };
+      for (size_t i = 0; i < next.listeners.size(); ++i)
+        if (reuse[i] < 0 && cfg_.admin.enabled && next.listeners[i].listen == cfg_.admin.listen)
+          throw handed_over(listener_what(next.listeners[i]), next.listeners[i].listen, "admin.listen");
+      if (next.admin.enabled && !admin_same)
+        for (const auto& l : cfg_.listeners)
+          if (l.listen == next.admin.listen) throw handed_over("admin.listen", l.listen, listener_what(l));
       for (size_t i = 0; i < next.listeners.size(); ++i)
         if (reuse[i] < 0)  // a new address: nobody else's
           net::check_address_free(next.listeners[i].listen, ours, listener_what(next.listeners[i]));

@@ -281,6 +281,47 @@ class ReloadTest(GwTestCase):
         self.assertNames(old_port, 6, {"n"})
         self.assertEqual(gw.stop(), 0)
 
+    def test_address_passed_between_admin_server_and_listener(self):
+        """A reload that gives the admin server's address to a listener (or a
+        listener's to the admin server) cannot bind it while the running one
+        holds it. It is refused with a line that says so and how to do it,
+        not blamed on "another process"; the running configuration stays, and
+        two reloads do it."""
+        n = self.backend("n", "name")
+        admin_port, other_admin = free_port(), free_port()
+        cfg = self.config(n, admin={"listen": f"{LO}:{admin_port}"})
+        gw = self.gateway(cfg)
+        old_port = gw.port
+        workers = sorted(gw.worker_pids())
+        for change, what, addr, holder in (
+                (lambda c: (c["listeners"][0].update(listen=f"{LO}:{admin_port}"),
+                            c["admin"].update(listen=f"{LO}:{other_admin}")),
+                 'listener "l4"', f"{LO}:{admin_port}", "admin.listen"),
+                (lambda c: (c["listeners"][0].update(listen=f"{LO}:{free_port()}"),
+                            c["admin"].update(listen=f"{LO}:{old_port}")),
+                 "admin.listen", f"{LO}:{old_port}", 'listener "l4"')):
+            bad = json.loads(json.dumps(cfg))
+            change(bad)
+            write_json(gw.conf_path, bad)
+            log_before = len(gw.log_text())
+            self.reload(gw, expect_ok=False)
+            log = gw.log_text()[log_before:]
+            self.assertNotIn("another process", log)
+            self.assertIn(f"reload failed: {what}: {addr} is still this gwd's {holder}", log)
+            self.assertIn("two reloads", log)
+            self.assertEqual(sorted(gw.worker_pids()), workers)
+            self.assertNames(old_port, 4, {"n"})
+        # in two reloads: the admin server moves, then the listener takes its address
+        step = json.loads(json.dumps(cfg))
+        step["admin"]["listen"] = f"{LO}:{other_admin}"
+        self.rewrite(gw, step)
+        self.reload(gw)
+        step["listeners"][0]["listen"] = f"{LO}:{admin_port}"
+        self.rewrite(gw, step)
+        self.reload(gw)
+        self.assertNames(admin_port, 4, {"n"})
+        self.assertEqual(gw.stop(), 0)
+
     def test_listener_counters_follow_their_listener_across_reloads(self):
         """The listener counters of /metrics are kept by listener name: a
         reload that reorders the listeners, adds one in front and later
