@@ -1020,7 +1020,7 @@ class Master {
       open_access_logs(next, log_rd, log_wr);
       // A log_file that cannot be opened fails the reload, as `gwd -t` fails
       // it and nginx fails a reload whose error_log it cannot open.
-      if (!next.log_file.empty() && next.log_file != cfg_.log_file) {
+      if (!next.log_file.empty()) {
         const core::UniqueFd f(::open(next.log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
         if (!f)
           throw std::runtime_error(
@@ -1055,7 +1055,10 @@ class Master {
       if (a->pid > 0) old_aux.emplace_back(a, a->pid);
 
     const int old_n = cfg_.workers;
-    if (next.log_file != cfg_.log_file) {
+    // Opened again even at the same path, as nginx's reload opens its logs
+    // (and the new logger the access logs): a file renamed by a rotation is
+    // left to the old workers, and the new generation inherits the new one.
+    if (!next.log_file.empty() || !cfg_.log_file.empty()) {
       try {
         core::log_open(next.log_file);
       } catch (const std::exception& e) {

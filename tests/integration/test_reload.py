@@ -281,6 +281,31 @@ class ReloadTest(GwTestCase):
         self.assertNames(old_port, 6, {"n"})
         self.assertEqual(gw.stop(), 0)
 
+    def test_reload_reopens_the_log_file(self):
+        """A reload opens log_file again, as nginx's opens its error_log (and
+        as the new logger opens the access logs): after a rotation by rename
+        and a SIGHUP, the master and the new workers write to a new file at
+        the path. Before, only a changed path was opened: everything went on
+        into the renamed file."""
+        n = self.backend("n", "name")
+        log = os.path.join(self.tmp, "gw.log")
+        cfg = self.config(n)
+        gw = self.gateway(cfg)
+        cfg["log_file"] = log
+        self.rewrite(gw, cfg)
+        gw.send_signal(signal.SIGHUP)
+        wait_until(lambda: os.path.exists(log) and "reloaded:" in open(log).read(), T(10),
+                   msg="'reloaded:' in log_file")
+        os.rename(log, log + ".1")
+        gw.send_signal(signal.SIGHUP)
+        wait_until(lambda: os.path.exists(log) and "reloaded:" in open(log).read(), T(10),
+                   msg="'reloaded:' in a new file at the log_file path")
+        with open(log + ".1") as f:
+            self.assertEqual(f.read().count("reloaded:"), 1, "the second reload logged into the renamed file")
+        self.assertEqual(gw.stop(), 0)
+        with open(log) as f:
+            self.assertRegex(f.read(), r"worker \d+\[\d+\]: SIGTERM", "the new workers log into the new file")
+
     def test_address_passed_between_admin_server_and_listener(self):
         """A reload that gives the admin server's address to a listener (or a
         listener's to the admin server) cannot bind it while the running one
