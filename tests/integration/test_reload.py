@@ -23,6 +23,15 @@ RELOADS = 20
 WRK = "/usr/bin/wrk"
 
 
+def read_text(path):
+    """The file's text, or "" while it does not exist."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 class KeepAliveClient:
     """Threads that send HTTP/1.1 requests over keep-alive connections, as a
     careful client does: a request that fails before any byte of its response
@@ -252,7 +261,7 @@ class ReloadTest(GwTestCase):
         good["log_file"] = os.path.join(self.tmp, "gw-new.log")
         self.rewrite(gw, good)
         gw.send_signal(signal.SIGHUP)
-        wait_until(lambda: os.path.exists(good["log_file"]) and "reloaded:" in open(good["log_file"]).read(), T(10),
+        wait_until(lambda: "reloaded:" in read_text(good["log_file"]), T(10),
                    msg="'reloaded:' in the new log_file")
         self.assertEqual(gw.stop(), 0)
 
@@ -294,11 +303,11 @@ class ReloadTest(GwTestCase):
         cfg["log_file"] = log
         self.rewrite(gw, cfg)
         gw.send_signal(signal.SIGHUP)
-        wait_until(lambda: os.path.exists(log) and "reloaded:" in open(log).read(), T(10),
+        wait_until(lambda: "reloaded:" in read_text(log), T(10),
                    msg="'reloaded:' in log_file")
         os.rename(log, log + ".1")
         gw.send_signal(signal.SIGHUP)
-        wait_until(lambda: os.path.exists(log) and "reloaded:" in open(log).read(), T(10),
+        wait_until(lambda: "reloaded:" in read_text(log), T(10),
                    msg="'reloaded:' in a new file at the log_file path")
         with open(log + ".1") as f:
             self.assertEqual(f.read().count("reloaded:"), 1, "the second reload logged into the renamed file")
