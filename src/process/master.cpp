@@ -73,6 +73,31 @@ uint32_t other_build_abi(const std::string& name) {
   return head.magic == shm::kMagic && head.abi != shm::kAbiVersion ? head.abi : 0;
 }
 
+// "shm.max_hosts 4096 -> 8192, ..." for each capacity that differs: the
+// setting an operator has to put back (or restart for).
+std::string caps_change(const shm::Caps& from, const shm::Caps& to) {
+  std::string out;
+  auto one = [&](const char* key, uint32_t a, uint32_t b) {
+    if (a != b) out += fmt::format("{}shm.{} {} -> {}", out.empty() ? "" : ", ", key, a, b);
+  };
+  one("max_upstreams", from.max_upstreams, to.max_upstreams);
+  one("max_pools", from.max_pools, to.max_pools);
+  one("max_hosts", from.max_hosts, to.max_hosts);
+  one("max_routes", from.max_routes, to.max_routes);
+  one("max_rules", from.max_rules, to.max_rules);
+  one("max_rule_cidrs", from.max_rule_cidrs, to.max_rule_cidrs);
+  one("max_consumers", from.max_consumers, to.max_consumers);
+  one("max_limit_keys", from.max_limit_keys, to.max_limit_keys);
+  return out;
+}
+
+// Why the segment `seg` does not fit capacities `caps` and `rows` worker rows.
+std::string segment_misfit(const shm::Segment& seg, const shm::Caps& caps, uint32_t rows) {
+  if (!(seg.caps() == caps))
+    return fmt::format("has other capacities than the config ({})", caps_change(seg.caps(), caps));
+  return fmt::format("has {} worker rows, {} workers need {} (two per worker)", seg.stat_workers(), rows / 2, rows);
+}
+
 // Adds the pools and hosts of `su` under upstream `ui` of `t`.
 void add_state_upstream(shm::Table& t, int ui, const shm::StateUpstream& su) {
   for (const auto& sp : su.pools) {
@@ -468,10 +493,11 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
   const uint32_t stat_workers = stat_rows_for(cfg.workers);
   bool reuse = seg.valid() && seg.caps() == cfg.shm.caps && seg.stat_workers() >= stat_workers;
   if (upgrade_from > 0 && !reuse)
-    throw std::runtime_error(fmt::format("binary upgrade: the running shm segment \"{}\" {}; a restart is needed", name,
-                                         seg.valid() ? "has other capacities or too few worker rows" : "is missing"));
+    throw std::runtime_error(
+        fmt::format("binary upgrade: the running shm segment \"{}\" {}; a restart is needed", name,
+                    !seg.valid() ? "is missing" : segment_misfit(seg, cfg.shm.caps, stat_workers)));
   if (seg.valid() && !reuse) {
-    GW_LOG_INFO("shm \"{}\" has other capacities or fewer worker rows than the config; recreating it", name);
+    GW_LOG_INFO("shm \"{}\" {}; recreating it", name, segment_misfit(seg, cfg.shm.caps, stat_workers));
     seg = shm::Segment();
     shm::Segment::unlink(name);
   }
@@ -891,7 +917,8 @@ class Master {
   std::string restart_needed(const config::Config& next) const {
     if (next.shm.name != cfg_.shm.name)
       return fmt::format("shm.name changed (\"{}\" -> \"{}\")", cfg_.shm.name, next.shm.name);
-    if (!(next.shm.caps == seg_.caps())) return "the shm capacities (shm.max_*) changed";
+    if (!(next.shm.caps == seg_.caps()))
+      return fmt::format("the shm capacities changed ({})", caps_change(seg_.caps(), next.shm.caps));
     if (next.state_file != cfg_.state_file)
       return fmt::format("state_file changed (\"{}\" -> \"{}\")", cfg_.state_file, next.state_file);
     const uint32_t rows = seg_.stat_workers();

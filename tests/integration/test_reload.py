@@ -219,7 +219,7 @@ class ReloadTest(GwTestCase):
         cfg = self.config(n, workers=1)
         gw = self.gateway(cfg)
         workers = sorted(gw.worker_pids())
-        for change, why in ((lambda c: c["shm"].update(max_hosts=512), r"shm capacities"),
+        for change, why in ((lambda c: c["shm"].update(max_hosts=512), r"shm capacities changed \(shm.max_hosts \d+ -> 512\)"),
                             (lambda c: c.update(workers=3), r"3 workers: the shm segment has worker rows for 2")):
             bad = json.loads(json.dumps(cfg))
             change(bad)
