@@ -68,6 +68,7 @@ void Balancer::rebuild(const Snapshot& s) {
     if (p.method == shm::Method::chash) st.ring.build(hosts, s.hosts(p));
     if (p.method == shm::Method::maglev) st.maglev.build(hosts, s.hosts(p));
     if (p.method == shm::Method::round_robin) st.schedule = RoundRobin::build_schedule(hosts, s.hosts(p));
+    if (p.method == shm::Method::least_request) st.weights.build(hosts, s.hosts(p));
   }
   pools_ = std::move(next);
 }

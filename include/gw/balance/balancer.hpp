@@ -126,7 +126,12 @@ class Balancer {
         case shm::Method::crc32_mod: h = crc32_mod_pick(hosts, cands, key, eligible); break;
         case shm::Method::maglev: h = st ? st->maglev.pick(key, eligible) : -1; break;
         case shm::Method::least_conn: h = least_conn_pick(hosts, cands, eligible, load, rr_); break;
-        case shm::Method::least_request: h = p2c_pick(hosts, cands, eligible, load, rng_, rr_); break;
+        case shm::Method::least_request:
+          if (st && !st->weights.empty())
+            h = p2c_pick_drawn(
+                hosts, cands, eligible, load, [&] { return st->weights.draw(rng_); }, rr_);
+          else h = p2c_pick(hosts, cands, eligible, load, rng_, rr_);
+          break;
         case shm::Method::random: h = weighted_random_pick(hosts, cands, eligible, rng_); break;
         case shm::Method::ewma: {
           // Power of two choices by peak-EWMA latency x (active + 1) / weight.
@@ -159,6 +164,7 @@ class Balancer {
     ChashRing ring;
     MaglevTable maglev;
     std::vector<uint32_t> schedule;  ///< round robin: one smooth WRR cycle
+    AliasTable weights;              ///< least_request: draws by weight
     uint64_t local_ticket = 0;       ///< used when no shared ticket source is set
     uint64_t sig = 0;                ///< what the derived structures were built from (rebuild)
   };

@@ -3,8 +3,10 @@
 //  - least_conn: the fewest active connections per unit of weight (nginx's
 //    least_conn, compared by cross-multiplication); ties are broken by smooth
 //    weighted round robin among the tied hosts.
-//  - least_request: power of two random choices: two random eligible hosts,
-//    the less loaded per weight wins (Envoy, HAProxy's "random(2)").
+//  - least_request: power of two random choices: two eligible hosts drawn by
+//    weight, the less loaded per weight wins (HAProxy's "random(2)"). Drawn
+//    by weight, not uniformly: idle hosts (loads 0, a tie) then still take
+//    shares that follow their weights.
 
 #include <cstdint>
 #include <span>
@@ -42,13 +44,15 @@ int least_conn_pick(std::span<const shm::HostRecord> hosts, std::span<const uint
   return h >= 0 ? h : best;  // loads moved between the passes: keep the first answer
 }
 
-template <typename Eligible, typename Load>
-int p2c_pick(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> candidates, Eligible&& eligible,
-             Load&& load, Rng& rng, RoundRobin& rr) noexcept {
+/// Two choices drawn by `draw()` (a position in `candidates`); the lower load
+/// per weight wins, the first drawn on a tie.
+template <typename Eligible, typename Load, typename Draw>
+int p2c_pick_drawn(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> candidates, Eligible&& eligible,
+                   Load&& load, Draw&& draw, RoundRobin& rr) noexcept {
   if (candidates.empty()) return -1;
   int a = -1, b = -1;
   for (int attempt = 0; attempt < 16 && b < 0; ++attempt) {
-    uint32_t i = candidates[rng.below(candidates.size())];
+    uint32_t i = candidates[draw()];
     if (hosts[i].weight == 0 || !eligible(i)) continue;
     if (a < 0) a = static_cast<int>(i);
     else if (static_cast<int>(i) != a) b = static_cast<int>(i);
@@ -59,6 +63,14 @@ int p2c_pick(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> c
   const uint64_t la = load(static_cast<uint32_t>(a)), lb = load(static_cast<uint32_t>(b));
   const uint64_t wa = hosts[static_cast<size_t>(a)].weight, wb = hosts[static_cast<size_t>(b)].weight;
   return lb * wa < la * wb ? b : a;
+}
+
+/// The same with the two choices drawn uniformly (ewma, whose cost divides by the weight already).
+template <typename Eligible, typename Load>
+int p2c_pick(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> candidates, Eligible&& eligible,
+             Load&& load, Rng& rng, RoundRobin& rr) noexcept {
+  return p2c_pick_drawn(
+      hosts, candidates, eligible, load, [&] { return rng.below(candidates.size()); }, rr);
 }
 
 }  // namespace gw::balance

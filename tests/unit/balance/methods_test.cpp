@@ -196,6 +196,22 @@ TEST_SUITE("balance") {
     CHECK(n["h1"] > 1000);
   }
 
+  TEST_CASE("least_request follows the weights when the loads tie (idle hosts)") {
+    // Short requests leave every host at 0 in flight most of the time: the two
+    // choices then tie, and the first one wins. Drawn uniformly, weights 1:3
+    // split 50:50; drawn by weight, 1:3.
+    Pool p(shm::Method::least_request, {1, 3, 0});
+    std::map<std::string, int> n;
+    for (int i = 0; i < 20000; ++i) ++n[p.pick("")];
+    CHECK(n.count("h2") == 0);
+    CHECK(n["h1"] / double(n["h0"]) == doctest::Approx(3.0).epsilon(0.1));
+    // Busy hosts: the less loaded per weight still wins.
+    auto l = [](uint32_t i) { return i == 1 ? uint64_t{30} : uint64_t{1}; };  // per weight: 1, 10
+    n.clear();
+    for (int i = 0; i < 2000; ++i) ++n[p.pick("", Pool::all, l)];
+    CHECK(n["h0"] > 1900);
+  }
+
   TEST_CASE("random follows the weights") {
     Pool p(shm::Method::random, {1, 4});
     std::map<std::string, int> n;
