@@ -105,13 +105,15 @@ std::string host_json(const shm::Segment& seg, const shm::Table& t, int host) {
   const shm::HostRecord& h = t.hosts()[static_cast<size_t>(host)];
   auto tot = shm::host_totals(seg, h.slot, h.tag);
   auto st = shm::host_stats_totals(seg, h.slot, h.tag);
+  // A table read before the slot went to another host: not that host's count.
+  const uint64_t failures = seg.host(h.slot).tag.load() == h.tag ? seg.host(h.slot).failures.load() : 0;
   return fmt::format(
       "{{\"id\": \"{}\", \"address\": \"{}\", \"weight\": {}, \"admin\": \"{}\", \"health\": \"{}\", "
       "\"active\": {}, \"total\": {}, \"failures\": {}, \"status_failures\": {}, \"responses\": {{\"1xx\": {}, "
       "\"2xx\": {}, \"3xx\": {}, \"4xx\": {}, \"5xx\": {}}}}}",
       name_of(h.id), h.addr.to_string(), h.weight, h.admin_down ? "down" : "up", host_health(seg, t, h), tot.active,
-      tot.total, seg.host(h.slot).failures.load(), st.status_failures, st.responses[0], st.responses[1],
-      st.responses[2], st.responses[3], st.responses[4]);
+      tot.total, failures, st.status_failures, st.responses[0], st.responses[1], st.responses[2], st.responses[3],
+      st.responses[4]);
 }
 
 std::string pool_json(const shm::Segment& seg, const shm::Table& t, int pool) {

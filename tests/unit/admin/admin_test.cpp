@@ -705,6 +705,24 @@ TEST_SUITE("admin") {
     CHECK(shm::host_stats_totals(ts.seg, a.slot, a.tag + 1000).connect.count() == 1);
   }
 
+  TEST_CASE("a table read before a host's slot went to another host shows none of that host's failures") {
+    TempSegment ts;
+    seed(ts.seg);
+    shm::Table t(ts.seg.caps());
+    shm::read_published(ts.seg, t);
+    const shm::HostRecord& a = t.hosts()[0];
+    shm::HealthPolicy p{5, 1000, false, false};
+    shm::record_failure(ts.seg.host(a.slot), a.tag, p, 100);
+    CHECK(host_json(ts.seg, t, 0).find("\"failures\": 1,") != std::string::npos);
+    // The slot now holds another host (a later table), with failures of its own.
+    shm::reset_slot(ts.seg.host(a.slot), a.tag + 1000);
+    for (uint64_t now : {200, 300}) shm::record_failure(ts.seg.host(a.slot), a.tag + 1000, p, now);
+    CHECK(host_json(ts.seg, t, 0).find("\"failures\": 0,") != std::string::npos);
+    const std::string text = metrics_text(ts.seg, t, admin_config(kToken));
+    CHECK(text.find("gw_upstream_host_failures_total{upstream=\"app\",pool=\"primary\",host=\"a\",address="
+                    "\"127.0.0.1:1001\"} 0\n") != std::string::npos);
+  }
+
   TEST_CASE("events: paging, a since past the head, events the ring overwrote") {
     TempSegment ts;
     for (int i = 0; i < 5; ++i) shm::emit_event(ts.seg, shm::EventKind::config, 1, "e" + std::to_string(i));
