@@ -128,8 +128,9 @@ std::string upstream_drift(const config::UpstreamConf& u, const shm::StateUpstre
       d.push_back(
           fmt::format("pool \"{}\" has priority {} in the config, {} at runtime", p.id, p.priority, sp->priority));
     if (sp->method != p.method)
-      d.push_back(fmt::format("pool \"{}\" has method {} in the config, {} at runtime", p.id,
-                              shm::method_name(p.method), shm::method_name(sp->method)));
+      d.push_back(fmt::format(
+          "pool \"{}\" has method {} in the config{}, {} at runtime", p.id, shm::method_name(p.method),
+          p.method_set ? "" : " (the default for an upstream of a frame listener)", shm::method_name(sp->method)));
     for (const auto& h : p.hosts) {
       const shm::StateHost* sh = nullptr;
       for (const auto& x : sp->hosts)

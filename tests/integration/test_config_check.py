@@ -110,6 +110,29 @@ class ConfigCheckTest(GwTestCase):
                 self.assertIn(r.stderr.splitlines()[0][len(path) + 2:], g.stderr)
                 self.assertFalse(os.path.exists(f"/dev/shm/{cfg['shm']['name']}"), "a failed start left a segment")
 
+    def test_drift_warning_says_a_method_is_the_frame_default(self):
+        """A pool without "method" under a frame listener's upstream is chash
+        by default; when the runtime state has another method, -t's warning
+        says the chash is that default (the operator wrote no chash)."""
+        cfg = self.valid_config()
+        state = os.path.join(self.tmp, "gw.state.json")
+        cfg["state_file"] = state
+        cfg["listeners"] = [{"name": "dev", "listen": f"{gwtest.LOOPBACK}:{gwtest.free_port()}",
+                             "protocol": "frame", "upstream": "app"}]
+        for p in cfg["upstreams"][0]["pools"]:
+            del p["method"]
+        cfg["upstreams"][0]["pools"][1]["method"] = "chash"
+        path = gwtest.write_json(os.path.join(self.tmp, "frame.json"), cfg)
+        pools = [{"id": p["id"], "priority": p["priority"], "method": "round_robin",
+                  "hosts": [dict(h, down=False) for h in p["hosts"]]} for p in cfg["upstreams"][0]["pools"]]
+        with open(state, "w") as f:
+            json.dump({"gw_state": 1, "generation": 5, "upstreams": [{"name": "app", "pools": pools}]}, f)
+        r = gwtest.run_gwd_test(path)
+        self.assertEqual((r.returncode, r.stdout), (0, "ok\n"), r.stderr)
+        self.assertIn('pool "primary" has method chash in the config (the default for an upstream of a frame '
+                      'listener), round_robin at runtime', r.stderr)
+        self.assertIn('pool "backup" has method chash in the config, round_robin at runtime', r.stderr)
+
     def test_usage_errors(self):
         """A bad command line was two lines without "gwd:" and exit 109 or
         114 (CLI11's own); now one line and exit 2, as gwctl does."""
