@@ -102,7 +102,7 @@ class AdminServer {
     for (;;) {
       pfds.clear();
       pfds.push_back({sfd.get(), POLLIN, 0});
-      pfds.push_back({listen_fd_, POLLIN, 0});
+      pfds.push_back({draining_ ? -1 : listen_fd_, POLLIN, 0});  // draining: the new admin server accepts
       for (auto& c : conns_) {
         short ev = 0;
         if (c->pending()) ev = POLLOUT;  // back-pressure: nothing more is read until the answer is out
@@ -111,12 +111,22 @@ class AdminServer {
       }
       int timeout = 1000;
       const uint64_t now0 = core::monotonic_ms();
+      if (draining_)
+        timeout = static_cast<int>(std::min<uint64_t>(1000, drain_until_ms_ > now0 ? drain_until_ms_ - now0 : 0));
       for (auto& c : conns_)
         timeout = static_cast<int>(
             std::min<uint64_t>(static_cast<uint64_t>(timeout), c->deadline_ms > now0 ? c->deadline_ms - now0 : 0));
       ::poll(pfds.data(), pfds.size(), timeout);
       if (pfds[0].revents) {
-        if (drain_child_signals(sfd.get(), cfg_.log_file)) return 0;
+        const StopSignal stop = read_child_signals(sfd.get(), cfg_.log_file);
+        if (stop == StopSignal::now) return 0;
+        if (stop == StopSignal::graceful && !draining_) {
+          // A reload's new admin server takes over the socket (or gwd stops
+          // gracefully): the requests under way are answered, the connections
+          // then close; nothing new is accepted.
+          draining_ = true;
+          drain_until_ms_ = core::monotonic_ms() + cfg_.admin.timeout_ms;
+        }
       }
       // Connections first (their pollfds are by position), then new ones.
       const size_t n = conns_.size();
@@ -126,7 +136,14 @@ class AdminServer {
       const uint64_t now = core::monotonic_ms();
       for (auto& c : conns_)
         if (c->fd && now >= c->deadline_ms) c->fd.reset();  // timed out (a slow or idle client)
+      if (draining_) {
+        // Idle between requests: closed (as nginx closes idle keep-alive
+        // connections on a graceful stop; a client retries on a new one).
+        for (auto& c : conns_)
+          if (c->fd && c->state == Conn::State::head && c->in.empty() && !c->pending()) c->fd.reset();
+      }
       std::erase_if(conns_, [](const std::unique_ptr<Conn>& c) { return !c->fd; });
+      if (draining_ && (conns_.empty() || now >= drain_until_ms_)) return 0;
       if (pfds[1].revents) accept_all();
     }
   }
@@ -257,7 +274,7 @@ class AdminServer {
         c.target = h.target;
         const http::Field* auth = http::find_field(h, "authorization");
         c.authorization = auth ? auth->value : std::string_view();
-        c.keep_alive = h.keep_alive && c.requests + 1 < kMaxRequests;
+        c.keep_alive = h.keep_alive && c.requests + 1 < kMaxRequests && !draining_;
         c.http10 = h.version == http::Version::http10;
         c.head_request = h.method == http::Method::head;
         c.body.clear();
@@ -358,6 +375,8 @@ class AdminServer {
   int listen_fd_;
   std::vector<http::Field> fields_;
   std::vector<std::unique_ptr<Conn>> conns_;
+  bool draining_ = false;        // SIGTERM: answering what is under way, then exit
+  uint64_t drain_until_ms_ = 0;  // ...at the latest (admin.timeout_ms after the signal)
 };
 
 }  // namespace

@@ -1112,7 +1112,9 @@ class Master {
       ::kill(pid, SIGWINCH);
     }
     for (const auto& [a, pid] : old_aux) {
-      ::kill(pid, a == &logger_ ? SIGTERM : SIGQUIT);  // the logger: after the old workers' last lines
+      // The logger: after the old workers' last lines; the admin server:
+      // after the requests under way (the new one accepts on the same socket).
+      ::kill(pid, a == &logger_ || a == &admin_ ? SIGTERM : SIGQUIT);
       if (a == &logger_) retiring_loggers_.insert(pid);
     }
     GW_LOG_INFO("reloaded: {} worker(s) started, {} old worker(s) draining (from {}), listeners:{}", cfg_.workers,
@@ -1510,8 +1512,10 @@ class Master {
     // still writes the draining workers' last lines on a graceful stop.
     for (const auto& [p, t] : retiring_aux_)
       if (!graceful || !retiring_loggers_.count(p)) ::kill(p, SIGQUIT);
-    for (Aux* a : {&checker_, &sync_, &admin_})
+    for (Aux* a : {&checker_, &sync_})
       if (a->pid > 0) ::kill(a->pid, SIGQUIT);  // nothing to drain
+    // The admin server answers the requests under way (a graceful stop).
+    if (admin_.pid > 0) ::kill(admin_.pid, graceful ? SIGTERM : SIGQUIT);
     // The logger writes the workers' last lines and exits when they have all
     // closed their ends (the master's copies go now).
     log_wr_.clear();

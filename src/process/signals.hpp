@@ -31,14 +31,22 @@ inline core::UniqueFd child_signal_fd() {
   return fd;
 }
 
+/// What the stop signals among those read ask for.
+enum class StopSignal : uint8_t {
+  none,
+  graceful,  ///< SIGTERM: finish what is under way, take nothing new
+  now,       ///< SIGINT or SIGQUIT
+};
+
 /// Reads every pending signal from `sfd` (a child_signal_fd): SIGUSR1 reopens
 /// the error log `log_file` (logrotate; empty = stderr, nothing to do).
-/// Returns true when a stop signal (SIGTERM, SIGINT, SIGQUIT) was among them.
-inline bool drain_child_signals(int sfd, const std::string& log_file) {
-  bool stop = false;
+/// Returns the strongest stop signal among them.
+inline StopSignal read_child_signals(int sfd, const std::string& log_file) {
+  StopSignal stop = StopSignal::none;
   signalfd_siginfo si{};
   while (::read(sfd, &si, sizeof(si)) == sizeof(si)) {
-    if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT || si.ssi_signo == SIGQUIT) stop = true;
+    if (si.ssi_signo == SIGINT || si.ssi_signo == SIGQUIT) stop = StopSignal::now;
+    if (si.ssi_signo == SIGTERM && stop == StopSignal::none) stop = StopSignal::graceful;
     if (si.ssi_signo == SIGUSR1 && !log_file.empty()) {
       try {
         core::log_open(log_file);
@@ -48,6 +56,12 @@ inline bool drain_child_signals(int sfd, const std::string& log_file) {
     }
   }
   return stop;
+}
+
+/// read_child_signals for a process that stops the same way on every stop
+/// signal: true when one (SIGTERM, SIGINT, SIGQUIT) was among them.
+inline bool drain_child_signals(int sfd, const std::string& log_file) {
+  return read_child_signals(sfd, log_file) != StopSignal::none;
 }
 
 }  // namespace gw::process

@@ -315,6 +315,59 @@ class ReloadTest(GwTestCase):
         with open(log) as f:
             self.assertRegex(f.read(), r"worker \d+\[\d+\]: SIGTERM", "the new workers log into the new file")
 
+    def test_admin_requests_under_way_are_answered_across_a_reload(self):
+        """A reload stopped the admin server at once (SIGQUIT): a request whose
+        head was still coming in got no answer, only a closed connection. The
+        old admin server now answers what is under way (with Connection:
+        close), closes its idle keep-alive connections, and exits; the new
+        one accepts on the same socket."""
+        n = self.backend("n", "name")
+        admin_port = free_port()
+        cfg = self.config(n, admin={"listen": f"{LO}:{admin_port}"})
+        gw = self.gateway(cfg)
+
+        def connect():
+            s = socket.create_connection((LO, admin_port), timeout=T(5))
+            return s
+
+        def read_answer(s):
+            rd = hb.Reader(s)
+            return hb.read_response(rd)
+
+        def answers():
+            try:
+                with connect() as s:
+                    s.sendall(b"GET /status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                    return read_answer(s).status == 200
+            except OSError:
+                return False
+        wait_until(answers, T(10), msg="the admin server answers")
+        idle = connect()
+        idle.sendall(b"GET /status HTTP/1.1\r\nHost: a\r\n\r\n")
+        r = read_answer(idle)
+        self.assertEqual(r.status, 200)
+        partial = connect()
+        partial.sendall(b"GET /status HTTP/1.1\r\nHost: a\r\n")  # the head's end still to come
+        time.sleep(0.2)
+        self.reload(gw)
+        partial.sendall(b"\r\n")
+        r = read_answer(partial)
+        self.assertIsNotNone(r, "no answer to the request under way")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.header("connection"), "close")
+        self.assertEqual(partial.recv(1), b"")  # then the connection closes
+        partial.close()
+        # the idle keep-alive connection was closed by the old server (a FIN, no answer)
+        idle.settimeout(T(5))
+        self.assertEqual(idle.recv(1), b"")
+        idle.close()
+        # the new admin server answers
+        s = connect()
+        s.sendall(b"GET /status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        self.assertEqual(read_answer(s).status, 200)
+        s.close()
+        self.assertEqual(gw.stop(), 0)
+
     def test_address_passed_between_admin_server_and_listener(self):
         """A reload that gives the admin server's address to a listener (or a
         listener's to the admin server) cannot bind it while the running one
