@@ -810,11 +810,11 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
       }
       UpConn* u = c.up != kNone ? &ups_[c.up] : nullptr;
       if (u) {
-        const bool timed_out = (u->state == UState::connecting && now >= c.u_write_ms + c.u_connect_ms) ||
-                               (u->state == UState::busy && !c.resp_done &&
-                                now >= std::max(c.u_read_ms, c.u_write_ms) + c.u_read_ms_max) ||
-                               (u->state == UState::busy && !u->u_out && now >= c.u_write_ms + c.u_send_ms_max &&
-                                (c.rq.size() > 0 || c.sent < c.body_end));
+        const bool timed_out =
+            (u->state == UState::connecting && now >= c.u_write_ms + c.u_connect_ms) ||
+            (waits_for_host(c, *u) && now >= std::max(c.u_read_ms, c.u_write_ms) + c.u_read_ms_max) ||
+            (u->state == UState::busy && !u->u_out && now >= c.u_write_ms + c.u_send_ms_max &&
+             (c.rq.size() > 0 || c.sent < c.body_end));
         if (timed_out) {
           if (c.resp_started) {
             close_conn(c);  // mid-response: nothing to answer with
@@ -874,7 +874,7 @@ void HttpProxy::arm(Conn& c) noexcept {
       const UpConn* u = c.up != kNone ? &ups_[c.up] : nullptr;
       if (u) {
         if (u->state == UState::connecting) at(c.u_write_ms + c.u_connect_ms);
-        if (u->state == UState::busy && !c.resp_done) at(std::max(c.u_read_ms, c.u_write_ms) + c.u_read_ms_max);
+        if (waits_for_host(c, *u)) at(std::max(c.u_read_ms, c.u_write_ms) + c.u_read_ms_max);
         if (u->state == UState::busy && !u->u_out && (c.rq.size() > 0 || c.sent < c.body_end))
           at(c.u_write_ms + c.u_send_ms_max);
       }
@@ -1951,6 +1951,18 @@ void HttpProxy::forward_response_body(Conn& c, UpConn& u) noexcept {
   if (c.resp_body.done()) c.resp_done = true;
 }
 
+bool HttpProxy::response_stalled(const Conn& c) noexcept {
+  return c.resp_started && !c.resp_done && c.rs.p && c.rs.head == 0 && c.rs.tail == kBufSize;
+}
+
+bool HttpProxy::waits_for_host(const Conn& c, const UpConn& u) noexcept {
+  if (u.state != UState::busy || c.resp_done || response_stalled(c)) return false;
+  // Until the request is all sent the host may be waiting for the rest of it
+  // (a client sending its body slowly, within client_body_timeout_ms);
+  // send_timeout_ms covers a host that does not take it.
+  return c.resp_started || (c.req_body_done && c.rq.size() == 0 && c.sent == c.body_end);
+}
+
 void HttpProxy::upstream_failed(Conn& c, uint8_t kind, int err) noexcept {
   if (c.up == kNone) return;
   UpConn& u = ups_[c.up];
@@ -2000,6 +2012,9 @@ void HttpProxy::upstream_failed(Conn& c, uint8_t kind, int err) noexcept {
 
 bool HttpProxy::flush_client(Conn& c) noexcept {
   bool progress = false;
+  // While the response buffer is full gw does not read the host: its
+  // read_timeout_ms starts over once the client has made room.
+  const bool stalled = c.state == CState::busy && response_stalled(c);
   for (;;) {
     const uint32_t rs_pending = c.state == CState::closing ? 0 : (c.rs_dec > c.rs.head ? c.rs_dec - c.rs.head : 0);
     if (c.out.size() == 0 && rs_pending == 0) break;
@@ -2029,6 +2044,7 @@ bool HttpProxy::flush_client(Conn& c) noexcept {
     left -= from_out;
     c.rs.head += static_cast<uint32_t>(left);
   }
+  if (stalled && progress) c.u_read_ms = env_.now_ms;
   if (c.out.p && c.out.size() == 0) release(c.out);
   if (c.rs.p && c.rs.head == c.rs.tail) {
     // Everything read has gone out: start the buffer over (or give it back).

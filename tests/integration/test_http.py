@@ -1615,6 +1615,45 @@ class RetryTest(HttpCase):
         self.assertGreaterEqual(gwtest.find_host(st, "app/p/b1")["failures"], 1)
         self.assertGreaterEqual(gwtest.find_host(st, "app/p/b2")["failures"], 1)
 
+    def test_read_timeout_not_while_the_client_does_not_read(self):
+        # read_timeout_ms is the host's silence while gw waits for it. A client
+        # that stops reading a large answer for a while (within send_timeout_ms)
+        # stops gw reading the host: the host is not silent, and the answer
+        # must not be cut.
+        a = self.hb("alpha")
+        gw = self.http_gw([pool("p", [host("a", a)])], upstream_opts={"read_timeout_ms": 400})
+        size = 8 * MB
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        s.settimeout(T(10))
+        s.connect((LO, gw.port))
+        try:
+            s.sendall(raw_request("GET", "/big", [("Host", "t"), ("X-Be-Body-Size", str(size))]))
+            first = s.recv(4096)
+            self.assertTrue(first.startswith(b"HTTP/1.1 200"), first[:100])
+            time.sleep(1.5)  # the client reads nothing for well over read_timeout_ms
+            rd = hb.Reader(s)
+            rd.buf += first
+            r = hb.read_response(rd)
+        finally:
+            s.close()
+        self.assertIsNotNone(r)
+        self.assertEqual(len(r.body), size, "the answer was cut while the client paused")
+
+    def test_read_timeout_not_while_the_request_body_comes(self):
+        # The host cannot answer before it has the whole body: a client pausing
+        # within client_body_timeout_ms is no reason for a 504 (nginx starts
+        # proxy_read_timeout once the request is sent).
+        a = self.hb("alpha")
+        gw = self.http_gw([pool("p", [host("a", a)])], upstream_opts={"read_timeout_ms": 400})
+        with Client(gw.port) as c:
+            c.send(raw_request("POST", "/slow-up", [("Host", "t"), ("Content-Length", "20")], b"x" * 10))
+            time.sleep(1.2)
+            c.send(b"y" * 10)
+            r = c.response()
+        j = self.assertBackend(r, "alpha")
+        self.assertEqual(j["body_len"], 20)
+
 
 # ----------------------------------------------------------------------------
 # 9. client timeouts

@@ -303,6 +303,13 @@ class HttpProxy {
   bool build_response_head(Conn& c, const http::Head& h) noexcept;
   void forward_response_body(Conn& c, UpConn& u) noexcept;
   void upstream_failed(Conn& c, uint8_t kind, int err) noexcept;
+  /// The response buffer is full and the client has not taken any of it:
+  /// gw does not read the host (back-pressure).
+  static bool response_stalled(const Conn& c) noexcept;
+  /// gw waits for bytes from the host `u` of `c`: the whole request went out
+  /// (or the answer has begun), the answer is not done, and gw has room to
+  /// read it. read_timeout_ms runs only then (nginx's proxy_read_timeout).
+  static bool waits_for_host(const Conn& c, const UpConn& u) noexcept;
   void answer_failure(Conn& c) noexcept;
   void start_tunnel(Conn& c, UpConn& u) noexcept;
   void pump_tunnel(Conn& c, UpConn& u) noexcept;
