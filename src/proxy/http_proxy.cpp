@@ -825,7 +825,7 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
           return;
         }
       }
-      if (!c.req_body_done && now >= c.c_read_ms + hc.client_body_timeout_ms) {
+      if (!c.req_body_done && !request_stalled(c) && now >= c.c_read_ms + hc.client_body_timeout_ms) {
         count(HttpOutcome::client_timeout);
         if (c.resp_started) close_conn(c);
         else respond_error(c, 408, false);
@@ -878,7 +878,7 @@ void HttpProxy::arm(Conn& c) noexcept {
         if (u->state == UState::busy && !u->u_out && (c.rq.size() > 0 || c.sent < c.body_end))
           at(c.u_write_ms + c.u_send_ms_max);
       }
-      if (!c.req_body_done) at(c.c_read_ms + hc.client_body_timeout_ms);
+      if (!c.req_body_done && !request_stalled(c)) at(c.c_read_ms + hc.client_body_timeout_ms);
       if (!c.c_out && (c.out.size() > 0 || c.rs.head < c.rs_dec)) at(c.c_write_ms + hc.send_timeout_ms);
       break;
     }
@@ -1087,6 +1087,11 @@ bool HttpProxy::read_client(Conn& c) noexcept {
   if (errno == EINTR) return true;
   c.c_in = false;
   return false;
+}
+
+bool HttpProxy::request_stalled(const Conn& c) noexcept {
+  // read_client() makes room by dropping bytes already sent: none are.
+  return !c.req_body_done && c.in.p && c.in.tail == kBufSize && c.sent == 0;
 }
 
 // Runs the request body decoder over the bytes read so far.
@@ -1648,7 +1653,11 @@ void HttpProxy::on_connected(Conn& c, UpConn& u) noexcept {
 
 bool HttpProxy::send_upstream(Conn& c, UpConn& u) noexcept {
   bool progress = false;
+  // While the request buffer is full gw does not read the client: its
+  // client_body_timeout_ms starts over once the host has made room.
+  const bool stalled = request_stalled(c);
   if (c.up_cut) {
+    if (stalled) c.c_read_ms = env_.now_ms;
     c.sent = c.body_end;  // dropped: see parse_response
     return false;
   }
@@ -1679,6 +1688,7 @@ bool HttpProxy::send_upstream(Conn& c, UpConn& u) noexcept {
     left -= from_head;
     c.sent += static_cast<uint32_t>(left);
   }
+  if (stalled && progress) c.c_read_ms = env_.now_ms;
   return progress;
 }
 

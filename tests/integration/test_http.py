@@ -1785,6 +1785,35 @@ class FlowTest(HttpCase):
         finally:
             s.close()
 
+    def test_client_body_timeout_not_while_the_host_does_not_read(self):
+        # client_body_timeout_ms is the client's silence while gw waits for it.
+        # A host that stops reading the body for a while (within
+        # send_timeout_ms) stops gw reading the client: the client is not
+        # silent, and must not get a 408.
+        gate = threading.Event()
+        a = self.hb("alpha", body_gate=gate, rcvbuf=64 * 1024)
+        gw = self.http_gw([pool("p", [host("a", a)])], http={"client_body_timeout_ms": 400})
+        size = 8 * MB
+        opener = threading.Timer(1.5, gate.set)
+        self.addCleanup(opener.cancel)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        s.settimeout(T(10))
+        s.connect((LO, gw.port))
+        try:
+            s.sendall(raw_request("POST", "/up", [("Host", "t"), ("Content-Length", str(size))]))
+            opener.start()
+            try:
+                for part in hb.iter_pattern(size, 1 << 16):
+                    s.sendall(part)
+            except OSError:
+                pass  # cut off: the answer says why
+            r = hb.read_response(s, "POST")
+        finally:
+            s.close()
+        j = self.assertBackend(r, "alpha")
+        self.assertEqual(j["body_len"], size)
+
     def test_half_close_after_request(self):
         a = self.hb("alpha", delay_head=0.3)
         gw = self.http_gw([pool("p", [host("a", a)])])

@@ -274,6 +274,10 @@ class HttpProxy {
   std::string_view http_date() noexcept;
   bool flush_client(Conn& c) noexcept;  // false: closed
   void pump_request_body(Conn& c) noexcept;
+  /// The request buffer is full of body bytes the host has not taken: gw
+  /// does not read the client (back-pressure), so client_body_timeout_ms
+  /// does not run.
+  static bool request_stalled(const Conn& c) noexcept;
   void arm(Conn& c) noexcept;
   void lingering_close(Conn& c) noexcept;
 
