@@ -247,19 +247,13 @@ struct Writer {
   }
 };
 
-/// Writes the Transfer-Encoding of `h` (which the parser accepted) as one
-/// field line in a canonical form: no empty list elements or OWS, "chunked"
-/// in lower case, several field lines joined. "chunked,", ", CHUNKED" and
-/// "Transfer-Encoding: gzip" + "Transfer-Encoding: Chunked" mean the same to
-/// gw, but not to every host; a host that misreads the framing gw forwards
-/// takes the body for a request (smuggling). Other codings keep their text.
-/// Writes nothing when `h` has no coding (a response read until the close
-/// that had no Transfer-Encoding at all).
-void write_transfer_codings(Writer& w, const http::Head& h) noexcept {
-  bool first = true;
-  for (const http::Field& f : h.fields) {
-    if (f.id != http::FieldId::transfer_encoding) continue;
-    const std::string_view v = f.value;
+/// Calls `f` with each list element of the Transfer-Encoding field lines of
+/// `h` (which the parser accepted), in order, OWS trimmed, empty ones skipped.
+template <class F>
+void each_transfer_coding(const http::Head& h, F&& f) noexcept {
+  for (const http::Field& fl : h.fields) {
+    if (fl.id != http::FieldId::transfer_encoding) continue;
+    const std::string_view v = fl.value;
     size_t i = 0;
     while (i < v.size()) {
       // One list element: up to a comma outside a quoted-string (a parameter value).
@@ -272,22 +266,35 @@ void write_transfer_codings(Writer& w, const http::Head& h) noexcept {
       ++i;  // the comma
       while (!e.empty() && (e.front() == ' ' || e.front() == '\t')) e.remove_prefix(1);
       while (!e.empty() && (e.back() == ' ' || e.back() == '\t')) e.remove_suffix(1);
-      if (e.empty()) continue;
-      w.add(first ? "Transfer-Encoding: " : ", ");
-      first = false;
-      w.add(iequals(e, "chunked") ? std::string_view("chunked") : e);
+      if (!e.empty()) f(e);
     }
   }
+}
+
+/// Writes the Transfer-Encoding of `h` as one field line in a canonical
+/// form: no empty list elements or OWS, "chunked" in lower case, several
+/// field lines joined. "chunked,", ", CHUNKED" and
+/// "Transfer-Encoding: gzip" + "Transfer-Encoding: Chunked" mean the same to
+/// gw, but not to every host; a host that misreads the framing gw forwards
+/// takes the body for a request (smuggling). Other codings keep their text.
+/// Writes nothing when `h` has no coding (a response read until the close
+/// that had no Transfer-Encoding at all).
+void write_transfer_codings(Writer& w, const http::Head& h) noexcept {
+  bool first = true;
+  each_transfer_coding(h, [&](std::string_view e) {
+    w.add(first ? "Transfer-Encoding: " : ", ");
+    first = false;
+    w.add(iequals(e, "chunked") ? std::string_view("chunked") : e);
+  });
   if (!first) w.add("\r\n");
 }
 
-/// Whether `h` has a Transfer-Encoding field that names a coding (the parser
-/// accepts an empty one on a response read until the close).
-bool has_transfer_coding(const http::Head& h) noexcept {
-  for (const http::Field& f : h.fields)
-    if (f.id == http::FieldId::transfer_encoding && f.value.find_first_not_of(" \t,") != std::string_view::npos)
-      return true;
-  return false;
+/// Whether `h` has a transfer coding other than chunked (gzip, ...): one gw
+/// passes on and does not undo.
+bool has_coding_besides_chunked(const http::Head& h) noexcept {
+  bool other = false;
+  each_transfer_coding(h, [&](std::string_view e) { other = other || !iequals(e, "chunked"); });
+  return other;
 }
 
 /// Whether `buf[from, to)` holds the end of a head: LF followed by CRLF or LF
@@ -1828,11 +1835,12 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
       upstream_failed(c, kFailInvalid, EPROTO);
       return;
     }
-    if (c.http10 && h.body == http::BodyKind::until_close && has_transfer_coding(h)) {
-      // A coding other than chunked (gzip, ...) delimited by the close: an
-      // HTTP/1.0 client cannot be told of it (no Transfer-Encoding to HTTP/1.0,
-      // RFC 9112 6.1) and gw does not undo it, so the client would get coded
-      // bytes it takes for the content. 502, as nginx answers every such coding.
+    if (c.http10 && h.body != http::BodyKind::none && has_coding_besides_chunked(h)) {
+      // A coding other than chunked (gzip, ...), delimited by the close or
+      // before a chunked that gw takes off: an HTTP/1.0 client cannot be told
+      // of it (no Transfer-Encoding to HTTP/1.0, RFC 9112 6.1) and gw does not
+      // undo it, so the client would get coded bytes it takes for the
+      // content. 502, as nginx answers every such coding.
       if (env_.now_ms - last_error_log_ms_ >= 1000) {
         last_error_log_ms_ = env_.now_ms;
         GW_LOG_WARN("host slot {} answered an HTTP/1.0 client with a transfer coding gw cannot pass on: 502",

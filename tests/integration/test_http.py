@@ -417,6 +417,25 @@ class BasicProxyTest(HttpCase):
             self.assertIn(b"\r\nTransfer-Encoding: gzip\r\n", head, head)
             self.assertEqual(c.rd.read_to_eof(), hb.pattern_bytes(500))
 
+    def test_chunked_transfer_coding_to_http10_client_is_502(self):
+        """The same with chunked last ("gzip, chunked"): gw de-chunks the body for an
+        HTTP/1.0 client but does not undo gzip, so the client would take the coded
+        bytes as content: a 502 too, the host not blamed."""
+        a = self.hb("alpha", framing="chunked", body_size=500, headers=[("Transfer-Encoding", "gzip")])
+        gw = self.http_gw([pool("p", [host("a", a)])], upstream_opts={"max_fails": 1})
+        with Client(gw.port) as c:
+            c.send(raw_request("GET", "/gzc10", version="HTTP/1.0"))
+            head = c.rd.read_head()
+            self.assertIsNotNone(head)
+            self.assertTrue(head.startswith(b"HTTP/1.1 502 "), head)
+        self.assertEqual(gwtest.find_host(gw.status(), "app/p/a")["failures"], 0, "the host was blamed")
+        with Client(gw.port) as c:
+            c.send(raw_request("GET", "/gzc11"))
+            r = c.response()
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.header("Transfer-Encoding"), "gzip, chunked")
+            self.assertEqual(r.body, hb.pattern_bytes(500))
+
     def test_fragment_in_target_is_400(self):
         """A '#' never belongs in a request-target (RFC 9112 3.2): 400, nothing forwarded."""
         a = self.hb("alpha")
