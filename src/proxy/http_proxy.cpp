@@ -795,12 +795,7 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
     case CState::free: return;
     case CState::head:
       if (c.in.size() > 0 && now >= c.started_ms + hc.client_header_timeout_ms) {
-        count(HttpOutcome::client_timeout);
-        if (listeners_[c.listener].log) {
-          http::Head none;
-          log_begin(c, none);  // logged with "-" for the request, as nginx's 408
-        }
-        respond_error(c, 408, false);
+        refuse_head(c, HttpOutcome::client_timeout, 408);  // logged with "-" for the request, as nginx's 408
         if (c.state != CState::free) drive(c);
         return;
       }
@@ -1003,14 +998,7 @@ bool HttpProxy::read_client(Conn& c) noexcept {
     if (room == 0) {
       // Only leading empty lines can fill the buffer without the parser
       // having refused the head already.
-      count(HttpOutcome::bad_request);
-      c.state = CState::busy;
-      c.resp_started = c.resp_done = false;
-      if (listeners_[c.listener].log) {
-        http::Head none;
-        log_begin(c, none);  // logged with "-" for the request
-      }
-      respond_error(c, 431, false);
+      refuse_head(c, HttpOutcome::bad_request, 431);
       return true;
     }
     const ssize_t n = ::recv(c.fd, c.in.p + c.in.tail, room, MSG_DONTWAIT);
@@ -1120,6 +1108,23 @@ void HttpProxy::pump_request_body(Conn& c) noexcept {
   if (c.req_body.done()) c.req_body_done = true;
 }
 
+void HttpProxy::refuse_head(Conn& c, HttpOutcome o, int status) noexcept {
+  count(o);
+  // No request began: nothing of the connection's last one may shape the
+  // answer (a HEAD's bodiless answer, a response begun) or its log line.
+  c.state = CState::busy;
+  c.resp_started = c.resp_done = false;
+  c.head_req = false;
+  c.route = 0xffff;
+  c.attempts = 0;
+  c.consumer.clear();
+  if (listeners_[c.listener].log) {
+    http::Head none;
+    log_begin(c, none);  // logged with "-" for the request
+  }
+  respond_error(c, status, false);
+}
+
 void HttpProxy::parse_request(Conn& c) noexcept {
   const ListenerRt& l = listeners_[c.listener];
   http::Parser p(http::Parser::Kind::request, std::span<http::Field>(fields_.data(), l.conf->http.max_headers),
@@ -1129,15 +1134,7 @@ void HttpProxy::parse_request(Conn& c) noexcept {
   bump(env_.seg->worker(env_.worker).http_requests);
   metrics::http_request(env_, c.listener);
   if (st == http::ParseStatus::error) {
-    count(HttpOutcome::bad_request);
-    c.state = CState::busy;
-    c.resp_started = c.resp_done = false;
-    c.head_req = false;
-    if (l.log) {
-      http::Head none;
-      log_begin(c, none);  // logged with "-" for the request
-    }
-    respond_error(c, http::error_status(p.error()), false);
+    refuse_head(c, HttpOutcome::bad_request, http::error_status(p.error()));
     return;
   }
   start_request(c, p.head());

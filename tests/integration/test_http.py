@@ -1703,6 +1703,24 @@ class ClientTimeoutTest(SharedGwCase):
         self.assertEqual(a.requests, req_before)
         self.assertEqual(delta(http_totals(gw), before)["client_timeout"], 1)
 
+    def test_client_header_timeout_408_on_a_kept_alive_connection(self):
+        # The same on a connection that has carried requests before (a HEAD
+        # last: the 408 has its body all the same).
+        gw, a = self.gw, self.a
+        before = http_totals(gw)
+        for first in ("GET", "HEAD"):
+            with Client(gw.port) as c:
+                self.assertEqual(c.request(first, "/first").status, 200)
+                t0 = time.monotonic()
+                c.send(b"GET /second HTTP/1.1\r\nHost: t\r\n")
+                r = c.response()
+                dt = time.monotonic() - t0
+                self.assertGwError(r, 408)
+                self.assertTrue(c.eof_within(T(3)))
+            self.assertGreater(dt, 0.3)
+            self.assertLess(dt, T(3))
+        self.assertEqual(delta(http_totals(gw), before)["client_timeout"], 2)
+
     def test_client_body_timeout_408(self):
         gw, a = self.gw, self.a
         before = http_totals(gw)

@@ -266,6 +266,9 @@ class HttpProxy {
   void on_client(Conn& c) noexcept;
   bool read_client(Conn& c) noexcept;  // false: the connection was closed
   void parse_request(Conn& c) noexcept;
+  /// Answers `status` and closes, before a request began (a bad or
+  /// incomplete head), counted as `o`.
+  void refuse_head(Conn& c, HttpOutcome o, int status) noexcept;
   void start_request(Conn& c, const http::Head& h) noexcept;
   void finish_request(Conn& c) noexcept;
   /// `extra`: header lines to add ("Retry-After: 1\r\n"), e.g. from the guard.
