@@ -2066,6 +2066,7 @@ bool HttpProxy::flush_client(Conn& c) noexcept {
     c.rs.head = c.rs.tail = 0;
     c.rs_dec = 0;
     if (c.resp_started) release(c.rs);
+    else c.scan = 0;  // after a 1xx: the final head's end is searched for from its first byte
   }
   return progress;
 }

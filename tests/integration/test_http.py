@@ -802,6 +802,36 @@ class HeaderRewriteTest(HttpCase):
             self.assertEqual((r.status, r.body), (200, b"ok"))
         th.join(T(5))
 
+    def test_final_head_shorter_than_interim_in_a_later_packet(self):
+        """A 1xx (here a 103 with Link fields), then, in a later packet, a final
+        head shorter than it: the search for the final head's end must start at
+        its first byte, not where the 1xx ended (the buffer starts over once the
+        1xx is sent). It used to wait for more bytes until read_timeout_ms."""
+        lst = socket.socket()
+        lst.bind((LO, 0))
+        lst.listen(4)
+        self.addCleanup(lst.close)
+
+        def serve():
+            c, _ = lst.accept()
+            with c:
+                hb.Reader(c).read_head()
+                c.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n"
+                          b"Link: </script.js>; rel=preload; as=script\r\n\r\n")
+                time.sleep(0.3)
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                time.sleep(T(2))
+        th = threading.Thread(target=serve, daemon=True)
+        th.start()
+        gw = self.http_gw([pool("p", [host("a", f"{LO}:{lst.getsockname()[1]}")])],
+                          upstream_opts={"read_timeout_ms": 1500, "retry": {"on": ["error"]}})
+        with Client(gw.port) as c:
+            c.send(raw_request("GET", "/hints-then-short"))
+            self.assertTrue(c.rd.read_head().startswith(b"HTTP/1.1 103 Early Hints\r\n"))
+            r = c.response()
+            self.assertEqual((r.status, r.body), (200, b"ok"))
+        th.join(T(5))
+
     def test_date_added_when_missing(self):
         """RFC 9110 6.6.1: a recipient with a clock that forwards a response
         without Date adds one; a host's own Date is passed on as it is."""
