@@ -62,6 +62,7 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
     devices_.emplace_back();  // within the reservation: never reallocates
     dp = &devices_.back();
   } else {
+    api::release_conn(env_.conn_limiter, fd);  // admitted by limit_conn: its count goes too
     ::close(fd);
     return;
   }

@@ -488,6 +488,7 @@ bool HttpProxy::owns(const net::TimerNode& n) const noexcept {
 void HttpProxy::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept {
   Conn* cp = new_conn();
   if (!cp) {
+    api::release_conn(env_.conn_limiter, fd);  // admitted by limit_conn: its count goes too
     ::close(fd);
     return;
   }
@@ -1154,7 +1155,6 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   c.upgrade = h.websocket;
   c.keep_alive = h.keep_alive && !draining_ && c.requests < l.conf->http.keepalive_requests &&
                  l.conf->http.keepalive_timeout_ms > 0;
-  c.expect_continue = h.expect_continue;
   c.resp_started = c.resp_done = c.dechunk = c.resp_close = c.up_cut = false;
   c.req_body_done = false;
   c.retryable = true;

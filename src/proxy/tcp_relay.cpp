@@ -55,6 +55,7 @@ TcpRelay::Session* TcpRelay::new_session() noexcept {
 void TcpRelay::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept {
   Session* sp = new_session();
   if (!sp) {
+    api::release_conn(env_.conn_limiter, fd);  // admitted by limit_conn: its count goes too
     ::close(fd);
     return;
   }

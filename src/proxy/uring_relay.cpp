@@ -76,6 +76,7 @@ void UringRelay::fetch_peer(Session& s, int fd, bool want_key) noexcept {
 void UringRelay::accept(int fd, uint32_t listener) noexcept {
   Session* sp = new_session();
   if (!sp) {
+    api::release_conn(env_.conn_limiter, fd);  // admitted by limit_conn: its count goes too
     ::close(fd);
     return;
   }

@@ -175,9 +175,8 @@ class HttpProxy {
     bool dechunk = false;     // chunked response to an HTTP/1.0 client
     bool resp_close = false;  // close the client after this response
     bool up_cut = false;      // the host answered before the whole request head went out: nothing more is sent to it
-    bool expect_continue = false;
-    bool up_keep = false;                             // the response lets the upstream connection carry another request
-    bool tunnel_c_eof = false, tunnel_u_eof = false;  // tunnel: FIN read from the client / the upstream
+    bool up_keep = false;     // the response lets the upstream connection carry another request
+    bool tunnel_c_eof = false, tunnel_u_eof = false;    // tunnel: FIN read from the client / the upstream
     bool tunnel_c_shut = false, tunnel_u_shut = false;  // tunnel: FIN passed on to the client / the upstream
     bool fd_wait = false;  // no descriptor for an upstream socket: connect_next() again at fd_retry_ms
     uint8_t attempts = 0;
@@ -282,7 +281,6 @@ class HttpProxy {
   /// does not run.
   static bool request_stalled(const Conn& c) noexcept;
   void arm(Conn& c) noexcept;
-  void lingering_close(Conn& c) noexcept;
 
   // routing
   int match_route(const ListenerRt& l, std::string_view host, std::string_view path) const noexcept;
