@@ -801,7 +801,7 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
         return;
       }
       if (c.in.size() == 0) {
-        close_conn(c);  // keepalive_timeout_ms (draining: kDrainIdleMs)
+        close_conn(c);  // silent: client_header_timeout_ms, or keepalive_timeout_ms (draining: kDrainIdleMs)
         return;
       }
       break;
@@ -867,10 +867,16 @@ void HttpProxy::arm(Conn& c) noexcept {
   switch (c.state) {
     case CState::free: return;
     case CState::head:
-      if (c.in.size() > 0) at(c.started_ms + hc.client_header_timeout_ms);
-      else
-        at(c.c_read_ms +
-           (draining_ ? std::min<uint64_t>(hc.keepalive_timeout_ms, kDrainIdleMs) : hc.keepalive_timeout_ms));
+      if (c.in.size() > 0) {
+        at(c.started_ms + hc.client_header_timeout_ms);
+      } else {
+        // A new connection waits for its first request as long as a head
+        // may take (nginx's client_header_timeout); between requests, it is
+        // keepalive_timeout_ms.
+        uint64_t idle = c.requests == 0 ? hc.client_header_timeout_ms : hc.keepalive_timeout_ms;
+        if (draining_) idle = std::min<uint64_t>(idle, kDrainIdleMs);
+        at(c.c_read_ms + idle);
+      }
       break;
     case CState::busy: {
       if (c.fd_wait && c.up == kNone) at(c.fd_retry_ms);

@@ -1349,6 +1349,21 @@ class ClientKeepAliveTest(HttpCase):
             self.assertEqual(c.request("GET", "/").status, 200)
 
 
+    def test_keepalive_timeout_zero_still_waits_for_the_first_request(self):
+        # keepalive_timeout_ms 0 turns keep-alive off; a new connection still
+        # has client_header_timeout_ms for its request (it was closed at once
+        # unless its request was already there).
+        a = self.hb("alpha")
+        gw = self.http_gw([pool("p", [host("a", a)])], http={"keepalive_timeout_ms": 0})
+        with Client(gw.port) as c:
+            time.sleep(0.3)
+            r = c.request("GET", "/")
+            self.assertIsNotNone(r, "the connection was closed before its first request")
+            self.assertEqual(r.status, 200)
+            self.assertIn("close", r.conn_tokens())
+            self.assertTrue(c.eof_within(T(3)))
+
+
 # ----------------------------------------------------------------------------
 # 7. upstream keep-alive
 
@@ -1750,6 +1765,16 @@ class ClientTimeoutTest(SharedGwCase):
             self.assertGreater(dt, 0.3)
             self.assertLess(dt, T(3))
         self.assertEqual(delta(http_totals(gw), before)["client_timeout"], 2)
+
+    def test_silent_new_connection_closed_after_client_header_timeout(self):
+        # A new connection that sends nothing waits for its first request as
+        # long as a head may take (nginx's client_header_timeout), not the
+        # keep-alive wait between requests (75 s here); no answer, no 408.
+        gw = self.gw
+        with Client(gw.port) as c:
+            t0 = time.monotonic()
+            self.assertTrue(c.eof_within(T(5)), "a silent new connection was left open")
+            self.assertGreater(time.monotonic() - t0, 0.3)
 
     def test_client_body_timeout_408(self):
         gw, a = self.gw, self.a
