@@ -484,7 +484,7 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
                                merge_warnings);
   };
   shm::State state;
-  const bool have_state = !cfg.state_file.empty() && shm::read_state_file(cfg.state_file, state);
+  bool have_state = !cfg.state_file.empty() && shm::read_state_file(cfg.state_file, state);
   uint64_t base_gen = std::max(seg_table ? seg_table->header().generation : 0, state.generation);
   shm::Table merged = plan(seg_table.get(), have_state ? &state : nullptr);
 
@@ -498,6 +498,21 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
         fmt::format("binary upgrade: the running shm segment \"{}\" {}; a restart is needed", name,
                     !seg.valid() ? "is missing" : segment_misfit(seg, cfg.shm.caps, stat_workers)));
   if (seg.valid() && !reuse) {
+    // A gwctl that attached before this start may be committing into the old
+    // segment (its change goes to the table and the state file read above):
+    // retire it, which waits out a commit under way and refuses later ones,
+    // then read both again. Undone if the table no longer fits.
+    shm::Writer(seg).set_retired(true);
+    try {
+      state = shm::State{};
+      have_state = !cfg.state_file.empty() && shm::read_state_file(cfg.state_file, state);
+      shm::read_published(seg, *seg_table);
+      base_gen = std::max(seg_table->header().generation, state.generation);
+      merged = plan(seg_table.get(), have_state ? &state : nullptr);
+    } catch (...) {
+      shm::Writer(seg).set_retired(false);
+      throw;
+    }
     GW_LOG_INFO("shm \"{}\" {}; recreating it", name, segment_misfit(seg, cfg.shm.caps, stat_workers));
     seg = shm::Segment();
     shm::Segment::unlink(name);

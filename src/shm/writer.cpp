@@ -141,9 +141,20 @@ void Writer::repair(const Table& live) {
   hdr.persisting.store(live.header().generation);
 }
 
+void Writer::set_retired(bool retired) {
+  WriterLock lock(seg_->header().writer_lock);
+  seg_->header().retired.store(retired ? 1 : 0);
+}
+
 uint64_t Writer::commit(const Change& change) {
   SegmentHeader& hdr = seg_->header();
   WriterLock lock(hdr.writer_lock);
+
+  if (hdr.retired.load() != 0)
+    throw SegmentError(fmt::format(
+        "shm \"{}\" was replaced by a new segment (gwd restarted with other shm capacities or more workers) "
+        "while this change waited; nothing was changed: run it again",
+        seg_->name()));
 
   const Caps caps = seg_->caps();
   Table old(caps);

@@ -4,7 +4,13 @@ kept) and a reboot (shm segment gone; the state file restores them)."""
 
 import json
 import os
+import re
+import shutil
+import signal
+import subprocess
 import sys
+import time
+import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gwtest  # noqa: E402
@@ -144,6 +150,48 @@ class PersistenceTest(GwTestCase):
         os.unlink(f"/dev/shm/{gw.shm}")
         gw.start()
         self.assertHost(gw, "app/primary/b", address=b.address)
+
+    @unittest.skipUnless(shutil.which("gdb"), "needs gdb to hold a gwctl inside its commit")
+    def test_change_committed_into_a_segment_being_replaced_is_kept(self):
+        """A gwctl that committed into the segment while a restarted gwd made it
+        again (more workers: more stats rows) had its change dropped: gwd read
+        the state file before the commit and published the new segment without
+        it, though gwctl printed ok. Such a change must be in the new segment
+        (or be refused)."""
+        a, b = self.backend("a"), self.backend("b")
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1)
+        gw = self.gateway(cfg)
+        go, held = os.path.join(self.tmp, "go"), os.path.join(self.tmp, "held")
+        # gwctl stops inside its commit (writer lock held) until `go` exists.
+        argv = ["gdb", "-q", "-batch", "-nx", "-ex", "set breakpoint pending on",
+                "-ex", "break gw::shm::write_state_file", "-ex", "run",
+                "-ex", f"shell touch {held}; while [ ! -e {go} ]; do sleep 0.02; done", "-ex", "continue",
+                "--args", *gwtest.gwctl_argv(["add", "host", "app/primary", "b", b.address], shm=gw.shm)]
+        ctl = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+        self.addCleanup(lambda: ctl.poll() is None and os.killpg(ctl.pid, signal.SIGKILL))
+        gwtest.wait_until(lambda: os.path.exists(held) or ctl.poll() is not None, T(30),
+                          msg="gwctl to stop inside its commit")
+        if not os.path.exists(held):
+            self.fail(f"gwctl did not stop in its commit: {ctl.communicate()[0]}")
+        self.crash(gw)
+        gw.config["workers"] = 2          # a segment with more stats rows: made again
+        gwtest.write_json(gw.conf_path, gw.config)
+        gw.start(wait=False)
+        time.sleep(T(0.5))
+        open(go, "w").close()
+        out, _ = ctl.communicate(timeout=T(30))
+        gw.wait_ready()
+        acked = re.search(r"^ok: add host", out, re.M) is not None
+        if acked:
+            self.assertHost(gw, "app/primary/b", address=b.address)
+            self.crash(gw)
+            os.unlink(f"/dev/shm/{gw.shm}")
+            gw.start()
+            self.assertHost(gw, "app/primary/b", address=b.address)
+        else:
+            self.assertIn("gwctl:", out)
+            self.assertNoHost(gw, "app/primary/b")
 
 
 if __name__ == "__main__":

@@ -144,6 +144,11 @@ struct SegmentHeader {
   /// file (and the runtime slots) back in step with the live table. It sits in
   /// what was padding, so segments of earlier builds read 0 here: none.
   std::atomic<uint64_t> persisting;
+  /// Nonzero once a gwd starting on this segment replaces it by a new one (other
+  /// capacities, more worker rows): set under the writer lock just before the
+  /// unlink, so a writer still holding the old mapping refuses its change
+  /// instead of committing where no gwd reads. Also in what was padding.
+  std::atomic<uint32_t> retired;
 
   alignas(64) std::atomic<uint64_t> event_head;  ///< next event sequence number to claim
 

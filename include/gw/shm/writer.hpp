@@ -55,6 +55,11 @@ class Writer {
   /// file); in every case nothing was published.
   uint64_t commit(const Change& change);
 
+  /// Marks the segment replaced (or, with false, in use again): takes the writer
+  /// lock, so a commit under way finishes first (its change is then in the
+  /// table and the state file), and every commit after it is refused. The
+  /// master calls it before it unlinks a segment it makes again.
+  void set_retired(bool retired);
   /// Skip writing the state file (unit tests that have none).
   void set_persist(bool on) noexcept { persist_ = on; }
 

@@ -57,6 +57,19 @@ TEST_SUITE("shm") {
     CHECK(e.generation == 1);
   }
 
+  TEST_CASE("a retired segment (gwd made a new one) refuses every commit, and publishes nothing") {
+    TempSegment ts;
+    Writer w(ts.seg);
+    w.set_persist(false);
+    add_app(w);
+    const uint64_t before = ts.seg.header().published.load();
+    w.set_retired(true);
+    CHECK_THROWS_WITH_AS(add_app(w), doctest::Contains("was replaced by a new segment"), SegmentError);
+    CHECK(ts.seg.header().published.load() == before);
+    w.set_retired(false);  // the master's start failed after all: in use again
+    CHECK_NOTHROW(w.commit([](Table& t, std::vector<std::string>&) { t.add_host(0, "b", addr(2), 1); }));
+  }
+
   TEST_CASE("a refused change publishes nothing") {
     TempSegment ts;
     Writer w(ts.seg);
