@@ -201,7 +201,9 @@ uint64_t Writer::commit(const Change& change) {
       // Failed before the rename: the state file is the live table's still,
       // nothing to repair (and no "a writer stopped" warning for the next one).
       if (!e.replaced()) hdr.persisting.store(persisted);
-      throw;
+      // Nothing is published: say so, so that no operator takes it for a
+      // change that is live but not persisted.
+      throw StateFileError(fmt::format("{}; the change was not made", e.what()), e.replaced());
     }
   }
   for (const SlotReset& r : resets) reset_slot(seg_->host(r.slot), r.tag);

@@ -219,6 +219,58 @@ class PersistenceTest(GwTestCase):
             self.assertEqual({h for h in down if hosts[h]["admin"] != "down"}, set(),
                              f"acknowledged downs undone ({where})")
 
+    def test_state_file_on_a_full_or_read_only_disk(self):
+        """A state file that cannot be written (disk full, file system read-only)
+        refuses the change with one line that says it was not made; nothing is
+        published, the state file is the one before, no temp file is left; once
+        the disk takes writes again, changes persist as before."""
+        d = os.path.join(self.tmp, "state")
+        os.mkdir(d)
+        if subprocess.call(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", d],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) != 0:
+            self.skipTest("needs to mount a small tmpfs (root)")
+        self.addCleanup(subprocess.call, ["umount", "-l", d])
+        a, b = self.backend("a"), self.backend("b")
+        state_file = os.path.join(d, "gw.state.json")
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1, state_file=state_file)
+        gw = self.gateway(cfg)
+        with open(state_file) as f:
+            before = f.read()
+        gen = gw.status()["generation"]
+
+        def refused(why):
+            for args in (["add", "host", "app/primary", "b", b.address], ["down", "host", "app/primary", "a"]):
+                rc, out, err = gw.gwctl(*args)
+                self.assertEqual(rc, 1, out + err)
+                self.assertRegex(err, rf"^gwctl: cannot write state file {re.escape(state_file)}: .*{why}.*; "
+                                      r"the change was not made\n$")
+            self.assertEqual(gw.status()["generation"], gen)
+            self.assertNoHost(gw, "app/primary/b")
+            self.assertHost(gw, "app/primary/a", admin="up")
+            with open(state_file) as f:
+                self.assertEqual(f.read(), before)
+            self.assertEqual([n for n in os.listdir(d) if ".tmp." in n], [], "a temp file left")
+
+        fill = os.path.join(d, "fill")
+        fd = os.open(fill, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"x" * 4096):
+                pass
+        except OSError:
+            pass
+        os.close(fd)
+        refused("No space left on device")
+        os.unlink(fill)
+        subprocess.check_call(["mount", "-o", "remount,ro", d])
+        refused("Read-only file system")
+        subprocess.check_call(["mount", "-o", "remount,rw", d])
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "b", b.address)
+        self.crash(gw)
+        os.unlink(f"/dev/shm/{gw.shm}")
+        gw.start()
+        self.assertHost(gw, "app/primary/b", address=b.address)
+        self.assertHost(gw, "app/primary/a", admin="up")
+
     @unittest.skipUnless(shutil.which("gdb"), "needs gdb to hold a gwctl inside its commit")
     def test_change_committed_into_a_segment_being_replaced_is_kept(self):
         """A gwctl that committed into the segment while a restarted gwd made it
