@@ -497,6 +497,9 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
     throw std::runtime_error(
         fmt::format("binary upgrade: the running shm segment \"{}\" {}; a restart is needed", name,
                     !seg.valid() ? "is missing" : segment_misfit(seg, cfg.shm.caps, stat_workers)));
+  // A start killed between retiring the segment and its unlink (below) left it
+  // retired; this start uses it again.
+  if (reuse && seg.header().retired.load() != 0) shm::Writer(seg).set_retired(false);
   if (seg.valid() && !reuse) {
     // A gwctl that attached before this start may be committing into the old
     // segment (its change goes to the table and the state file read above):
