@@ -1,6 +1,8 @@
 #include "gw/net/socket.hpp"
 
+#include <linux/sockios.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -87,6 +89,11 @@ int connect_wait(const core::SockAddr& addr, uint32_t timeout_ms, int& err) noex
     return -1;
   }
   return fd;
+}
+
+bool peer_has_all(int fd) noexcept {
+  int n = 0;
+  return ::ioctl(fd, SIOCOUTQ, &n) == 0 && n == 0;
 }
 
 int socket_error(int fd) noexcept {

@@ -270,6 +270,12 @@ void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
       if (events & EPOLLERR) close_session(s);
       return;
     }
+    if ((events & EPOLLERR) && s.c_eof && !s.c_shut) {
+      // A reset after the client's FIN: no read is left to report it, and
+      // nothing more can be written to it (see drive()).
+      release(s, s.u2c);
+      s.c_shut = true;
+    }
   } else {
     if (s.state == State::connecting) {
       if (!out) return;
@@ -408,7 +414,7 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
       p.head = 0;
       p.tail = dst_shut ? 0 : static_cast<uint32_t>(n);  // dst is gone: dropped
       p.burst = static_cast<size_t>(n) == net::BufferPool::kBufferSize && !dst_shut;
-      s.deadline_ms = env_.now_ms + s.idle_ms;
+      if (!dst_shut) s.deadline_ms = env_.now_ms + s.idle_ms;  // bytes dropped are no activity
       // A short read emptied the socket's receive queue. With edge-triggered
       // epoll the next arrival raises a new event, so the recv() that would
       // only say EAGAIN is skipped (nginx does the same). Not after the peer's
@@ -458,7 +464,16 @@ void TcpRelay::drive(Session& s) noexcept {
     close_session(s);
     return;
   }
-  if (s.c_eof && s.u_eof && s.c_shut && s.u_shut) close_session(s);
+  if (s.c_eof && s.u_eof && s.c_shut && s.u_shut) {
+    close_session(s);
+    return;
+  }
+  // The client is gone both ways: a write to it failed (c_shut before the
+  // upstream's EOF) and its EOF or reset came. Nothing can reach it any more,
+  // so once the upstream has acknowledged all the client sent (the reset that
+  // close() sends over unread bytes loses nothing), the session ends rather
+  // than drain an upstream that may stream for ever.
+  if (s.c_eof && s.c_shut && s.u_shut && !s.u_eof && net::peer_has_all(s.ufd)) close_session(s);
 }
 
 void TcpRelay::log_session(const Session& s) noexcept {

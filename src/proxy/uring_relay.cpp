@@ -333,6 +333,10 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
   }
   if (res > 0 && bid != kNoBuf && d.shut) {
     bufs_.recycle(bid);  // the destination is gone (dst_gone): dropped
+    if (!client) {
+      end_if_client_gone(s);
+      if (s.state == State::closing) return;
+    }
   } else if (res > 0 && bid != kNoBuf) {
     if (s.state == State::sniff) {
       sniff(s, bid, static_cast<uint32_t>(res));
@@ -500,6 +504,16 @@ void UringRelay::finish_dir(Session& s, bool c2u) noexcept {
   // A direct call: IORING_OP_SHUTDOWN always runs in an io-wq thread
   // (a thread wake-up per half-close), this is one short syscall.
   ::shutdown(c2u ? s.ufd : s.cfd, SHUT_WR);
+  if (c2u) end_if_client_gone(s);
+}
+
+// The client is gone both ways: a write to it failed (u2c shut before its
+// EOF) and its EOF was passed on. Nothing can reach it any more, so once the
+// upstream has acknowledged all the client sent (the reset that the close
+// sends over unread bytes loses nothing), the session ends rather than drain
+// an upstream that may stream for ever.
+void UringRelay::end_if_client_gone(Session& s) noexcept {
+  if (s.c2u.eof && s.c2u.shut && s.u2c.shut && !s.u2c.eof && net::peer_has_all(s.ufd)) close_session(s);
 }
 
 // The destination of this direction is gone (a write failed: reset). What

@@ -387,5 +387,55 @@ class RelayTest(GwTestCase):
         self.assertEqual(len(got), len(answer), "the backend's answer before its reset was cut")
         self.assertEqual(bytes(got), answer)
 
+    def test_client_reset_ends_the_session_of_a_streaming_backend(self):
+        """A backend that streams without end (a feed, a log tail) and clients
+        that read a little and reset. A write to such a client fails; what the
+        backend sends after that is dropped, but the session must end once the
+        client is gone both ways and the backend has what the client sent: it
+        must not drain the stream until the backend closes (never), holding
+        two descriptors and the host's active count."""
+        srv = socket.socket()
+        srv.bind((gwtest.LOOPBACK, 0))
+        srv.listen(64)
+        self.addCleanup(srv.close)
+        stop = threading.Event()
+        self.addCleanup(stop.set)
+
+        def stream(c):
+            with c:
+                try:
+                    while not stop.is_set():
+                        c.sendall(b"x" * 65536)
+                except OSError:
+                    pass
+
+        def serve():
+            while not stop.is_set():
+                try:
+                    c, _ = srv.accept()
+                except OSError:
+                    return
+                threading.Thread(target=stream, args=(c,), daemon=True).start()
+        threading.Thread(target=serve, daemon=True).start()
+        gw = self.gateway(self.make_config([pool("p", [host("s", srv.getsockname()[1])])],
+                                           upstream_opts={"max_fails": 0}))
+        (worker,) = gw.worker_pids()
+        sockets_before = gwtest.socket_inodes(worker)
+        for i in range(10):
+            s = socket.create_connection((gwtest.LOOPBACK, gw.port), timeout=T(5))
+            if i % 2:
+                s.sendall(b"hello\n")
+                s.shutdown(socket.SHUT_WR)
+            self.assertTrue(s.recv(1000))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()                  # a reset, with the stream still coming
+            time.sleep(0.02)
+
+        def settled():
+            st = gw.status()
+            return (st["workers"][0]["connections"] == 0 and gwtest.find_host(st, "app/p/s")["active"] == 0
+                    and gwtest.socket_inodes(worker) == sockets_before)   # (the pipe pool keeps its pipes)
+        gwtest.wait_until(settled, T(3), msg="the sessions of the reset clients end")
+
 if __name__ == "__main__":
     gwtest.main()

@@ -38,6 +38,11 @@ int connect_wait(const core::SockAddr& addr, uint32_t timeout_ms, int& err) noex
 /// SO_ERROR of a socket (0 = connected).
 int socket_error(int fd) noexcept;
 
+/// Whether the peer has acknowledged every byte written to this TCP socket
+/// (SIOCOUTQ is 0): a close() that resets it now loses nothing sent. Any
+/// thread; false if it cannot be asked.
+bool peer_has_all(int fd) noexcept;
+
 /// Whether a connect or I/O error says something about the peer or the path
 /// to it. Others (EMFILE, ENOBUFS, EADDRNOTAVAIL: out of ports, ...) are this
 /// machine's own trouble and must not count against a healthy host.

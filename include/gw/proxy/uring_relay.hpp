@@ -179,6 +179,7 @@ class UringRelay {
   void finish_dir(Session& s, bool client_to_upstream) noexcept;
   void dst_gone(Session& s, bool client_to_upstream) noexcept;
   void src_failed(Session& s, bool client_to_upstream) noexcept;
+  void end_if_client_gone(Session& s) noexcept;
   bool start_splice(Session& s, bool client_to_upstream) noexcept;
   void splice_pump(Session& s, bool client_to_upstream) noexcept;
   void arm_poll(Session& s, bool client_to_upstream, bool out) noexcept;
