@@ -749,6 +749,13 @@ void HttpProxy::on_event(uint64_t data, uint32_t events) noexcept {
       c.c_hup = true;
       c.c_in = true;  // the FIN or the error is read like data
     }
+    if ((events & EPOLLERR) && c.c_eof && c.state == CState::busy) {
+      // A reset after the client's FIN: a read says 0 again (the FIN), only
+      // EPOLLERR reports it. The client can take no answer: abort, as a reset
+      // read before the FIN does (read_client()).
+      close_conn(c);
+      return;
+    }
     drive(c);
     return;
   }

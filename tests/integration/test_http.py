@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -1970,6 +1971,30 @@ class FlowTest(HttpCase):
             self.assertEqual(self.assertBackend(r, "alpha")["target"], "/second")
             self.assertIn("close", r.conn_tokens(), r.headers)
             self.assertTrue(c.eof_within(T(3)))
+
+    def test_reset_after_half_close_aborts_the_request(self):
+        """A client half-closes after its request (not an abort), then resets
+        while the host has not answered. After the FIN a read reports no
+        reset (recv says 0 again), only EPOLLERR does: gw must take it as the
+        abort it is, not hold the connection and the host's until
+        read_timeout_ms."""
+        a = self.hb("alpha", action="hang")
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        (worker,) = gw.worker_pids()
+        sockets_before = gwtest.socket_inodes(worker)
+        for i in range(5):
+            s = socket.create_connection((LO, gw.port), timeout=T(3))
+            s.sendall(raw_request("GET", f"/r{i}"))
+            s.shutdown(socket.SHUT_WR)
+            wait_until(lambda: a.requests == i + 1, T(5), msg="the request upstream")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+
+        def settled():
+            st = gw.status()
+            return (st["workers"][0]["connections"] == 0 and gwtest.find_host(st, "app/p/a")["active"] == 0
+                    and gwtest.socket_inodes(worker) == sockets_before)
+        wait_until(settled, T(3), msg="the reset connections and their upstream ones to close")
 
     def test_graceful_stop(self):
         a = self.hb("alpha", delay_head=1.0, body_size=200000)
