@@ -346,6 +346,27 @@ class ProcessTest(GwTestCase):
         with gwtest.connect(port) as s:
             self.assertEqual(gwtest.recv_line(s), "n")
 
+    def test_sigkilled_worker_leaves_no_active_counts(self):
+        """A worker SIGKILLed with relayed connections open: they die with it,
+        and so must their counts in shm (the host's active, the worker's
+        connections), else least_conn shuns the host and status lies."""
+        gw, n = self.start(workers=1)
+        held = [self.open_relayed(gw) for _ in range(5)]
+        st = gw.status()
+        self.assertEqual(gwtest.find_host(st, "app/primary/n")["active"], 5)
+        (victim,) = gw.worker_pids()
+        os.kill(victim, signal.SIGKILL)
+        gwtest.wait_until(lambda: gw.worker_pids() not in ([], [victim]), T(5), msg="the worker is respawned")
+
+        def cleared():
+            st = gw.status()
+            return (gwtest.find_host(st, "app/primary/n")["active"] == 0
+                    and [w["connections"] for w in st["workers"]] == [0])
+        gwtest.wait_until(cleared, T(3), msg="the dead worker's counts cleared")
+        for s in held:
+            s.close()
+        self.open_relayed(gw)
+
     def test_worker_respawn_under_load(self):
         """SIGKILL a worker under load 5 times: a new worker appears within 100 ms and
         no client connection fails, except those the killed worker itself held
