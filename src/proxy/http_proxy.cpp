@@ -749,10 +749,11 @@ void HttpProxy::on_event(uint64_t data, uint32_t events) noexcept {
       c.c_hup = true;
       c.c_in = true;  // the FIN or the error is read like data
     }
-    if ((events & EPOLLERR) && c.c_eof && c.state == CState::busy) {
+    if ((events & EPOLLERR) &&
+        ((c.state == CState::busy && c.c_eof) || (c.state == CState::tunnel && c.tunnel_c_eof))) {
       // A reset after the client's FIN: a read says 0 again (the FIN), only
       // EPOLLERR reports it. The client can take no answer: abort, as a reset
-      // read before the FIN does (read_client()).
+      // read before the FIN does (read_client(), pump_tunnel()).
       close_conn(c);
       return;
     }

@@ -17,6 +17,7 @@ import collections
 import hashlib
 import os
 import socket
+import struct
 import sys
 import threading
 import time
@@ -846,6 +847,49 @@ class WebSocketTest(GwTestCase):
 
     # ------------------------------------------------------------------------
     # sticky sessions
+
+    def test_reset_after_half_close_ends_the_tunnel(self):
+        """A client half-closes its tunnel, then resets; the host stays silent.
+        After the FIN a read says 0 again and never reports the reset, only
+        EPOLLERR does: the tunnel must end then, not hold both connections and
+        the host's active count until the idle timeout."""
+        srv = socket.socket()
+        srv.bind((gwtest.LOOPBACK, 0))
+        srv.listen(16)
+        self.addCleanup(srv.close)
+        conns = []
+        self.addCleanup(lambda: [c.close() for c in conns])
+
+        def serve():
+            while True:
+                try:
+                    c, _ = srv.accept()
+                except OSError:
+                    return
+                conns.append(c)
+                Reader(c).read_head()
+                c.sendall(ws_101())        # then silent: it never reads or closes
+        threading.Thread(target=serve, daemon=True).start()
+        gw = self.http_gw({"app": ([("s", f"{gwtest.LOOPBACK}:{srv.getsockname()[1]}")], {})})
+        (worker,) = gw.worker_pids()
+        sockets_before = gwtest.socket_inodes(worker)
+        for payload in (b"", b"early bytes"):
+            for _ in range(3):
+                s = socket.create_connection((gwtest.LOOPBACK, gw.port), timeout=T(5))
+                s.sendall(upgrade_request())
+                self.assertTrue(Reader(s).read_head().startswith(b"HTTP/1.1 101"))
+                if payload:
+                    s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)
+                time.sleep(0.02)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+
+        def settled():
+            st = gw.status()
+            return (st["workers"][0]["connections"] == 0 and gwtest.find_host(st, "app/p/s")["active"] == 0
+                    and gwtest.socket_inodes(worker) == sockets_before)
+        gwtest.wait_until(settled, T(3), msg="the reset tunnels to close")
 
     def test_sticky_sessions_by_hash_key(self):
         bs = [self.ws_backend(f"ws{i}") for i in range(3)]
