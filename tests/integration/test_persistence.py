@@ -182,7 +182,7 @@ class PersistenceTest(GwTestCase):
                     continue
                 present.discard(hid)    # unknown until acknowledged
                 p = subprocess.Popen(gwtest.gwctl_argv(args, shm=gw.shm), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
                 ops.append((kind, hid, p, rnd.random() < 0.5, rnd.uniform(0, 0.015)))
             t0 = time.monotonic()
             crash_at = rnd.uniform(0, 0.02) if rnd.random() < 0.3 else None
@@ -194,7 +194,7 @@ class PersistenceTest(GwTestCase):
                     gw.kill_all()       # the gateway dies while gwctl may still commit
                 else:
                     p.send_signal(signal.SIGKILL)
-            for kind, hid, p, _, _ in ops:
+            for kind, hid, p, killed, _ in ops:
                 _, err = p.communicate(timeout=T(20))
                 if p.returncode == 0:
                     if kind == "add":
@@ -207,6 +207,9 @@ class PersistenceTest(GwTestCase):
                 elif p.returncode > 0:
                     # refused: one line that says why
                     self.assertTrue(err.startswith("gwctl: ") and err.count("\n") == 1, err)
+                else:
+                    # only the SIGKILL sent here ends a gwctl by a signal (not a crash)
+                    self.assertTrue(killed and p.returncode == -signal.SIGKILL, (p.returncode, err))
             gw.kill_all()
             if rnd.random() < 0.5:
                 os.unlink(f"/dev/shm/{gw.shm}")
