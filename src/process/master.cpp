@@ -456,10 +456,26 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
     // Like nginx's temp paths: create the directory if it is missing.
     std::filesystem::path dir = std::filesystem::path(cfg.state_file).parent_path();
     std::error_code ec;
+    // The directories this start makes, deepest first: each one's entry in
+    // its parent is made durable below, or a power cut after the first
+    // acknowledged gwctl change could take the directory, and the state file
+    // in it, away (the state file's own fsyncs cover only its directory).
+    std::vector<std::filesystem::path> made;
+    for (auto p = dir; !p.empty() && !std::filesystem::exists(p, ec); p = p.parent_path()) {
+      made.push_back(p);
+      if (p == p.parent_path()) break;
+    }
     std::filesystem::create_directories(dir, ec);
     if (ec || ::access(dir.c_str(), W_OK) != 0)
       throw std::runtime_error(fmt::format("state_file directory {} is not writable: {}", dir.string(),
                                            ec ? ec.message() : std::strerror(errno)));
+    for (const auto& p : made) {
+      const auto parent = p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
+      core::UniqueFd dfd(::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (!dfd || ::fsync(dfd.get()) != 0)
+        throw std::runtime_error(fmt::format("state_file directory {}: cannot sync {}: {}", dir.string(),
+                                             parent.string(), std::strerror(errno)));
+    }
   }
 
   // The runtime source: whichever of segment and state file is newer. A state

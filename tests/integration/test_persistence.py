@@ -152,6 +152,49 @@ class PersistenceTest(GwTestCase):
         gw.start()
         self.assertHost(gw, "app/primary/b", address=b.address)
 
+    def test_new_state_file_directories_are_synced_in_their_parents(self):
+        """gwd creates a missing state_file directory (and its missing parents)
+        and fsyncs each new one's parent: without that a power cut after the
+        first acknowledged change could take the new directory, state file and
+        all, away. Seen with strace: each parent is opened O_DIRECTORY and
+        that descriptor is fsynced."""
+        strace = shutil.which("strace")
+        if not strace:
+            self.skipTest("strace is not installed (tools/setup.sh installs it)")
+        a = self.backend("a")
+        top = os.path.join(self.tmp, "new")
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1,
+                               state_file=os.path.join(top, "deeper", "gw.state.json"))
+        trace = os.path.join(self.tmp, "strace.out")
+        gw = self.gateway(cfg, start=False)
+        gw.in_netns = lambda: [strace, "-f", "-qq", "-o", trace, "-e", "trace=openat,fsync,close"]
+        gw.start(wait=False)   # gw.pid is strace's: wait_ready would look for workers under it
+        gwtest.wait_until(lambda: "ready" in gw.log_text() or gw.proc.poll() is not None, T(15),
+                          msg="gwd to log ready")
+        self.assertIn("ready", gw.log_text())
+        self.assertTrue(os.path.isdir(os.path.join(top, "deeper")))
+        masters = gwtest.children(gw.pid)
+        self.assertEqual(len(masters), 1, masters)
+        os.kill(masters.pop(), signal.SIGTERM)
+        gw.wait_exit(T(15))
+        with open(trace) as f:
+            lines = f.read().splitlines()
+        for parent in (self.tmp, top):
+            synced = False
+            opened = {}   # pid -> fd of parent, open now
+            for line in lines:
+                m = re.match(r'(\d+) +openat\(AT_FDCWD, "([^"]*)", ([A-Z_|]+)\) = (\d+)', line)
+                if m and m.group(2) == parent and "O_DIRECTORY" in m.group(3):
+                    opened[m.group(1)] = m.group(4)
+                    continue
+                m = re.match(r"(\d+) +(fsync|close)\((\d+)\) += (-?\d+)", line)
+                if m and opened.get(m.group(1)) == m.group(3):
+                    if m.group(2) == "fsync" and m.group(4) == "0":
+                        synced = True
+                    if m.group(2) == "close":
+                        del opened[m.group(1)]
+            self.assertTrue(synced, f"{parent} (parent of a directory gwd made) was not fsynced")
+
     def test_acknowledged_changes_survive_random_kills(self):
         """Randomized (seeded; GW_CRASH_SEED to vary): rounds of concurrent gwctl
         adds, removes and downs, some gwctl SIGKILLed at random offsets (inside
