@@ -2,6 +2,7 @@
 """gwd -t -c: config validation with JSON paths in every error."""
 
 import copy
+import ctypes
 import json
 import os
 import re
@@ -277,6 +278,91 @@ class ConfigCheckTest(GwTestCase):
                                       re.compile(r"upstreams\[0\]\.pools\[1\]\.hosts\[1\](\.id)?"),
                                       "listeners[0].upstream",
                                       "listeners[0].frobnicate"])
+
+
+    # -- the README's examples
+
+    README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")
+
+    def readme_json_blocks(self):
+        """(line, text) of every ```json block of the README."""
+        blocks, cur, start = [], None, 0
+        with open(self.README, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if cur is None and line.rstrip() == "```json":
+                    cur, start = [], n
+                elif cur is not None and line.rstrip() == "```":
+                    blocks.append((start, "".join(cur)))
+                    cur = None
+                elif cur is not None:
+                    cur.append(line)
+        return blocks
+
+    def complete_example(self, obj):
+        """A README example made a whole config the obvious way: a listener
+        alone goes into "listeners", a top-level fragment ("admin": ...) gets a
+        listener, every upstream named but not defined gets one host, and what
+        names the machine (shm, state file, files read) is made the test's."""
+        if "listen" in obj and "name" in obj:
+            obj = {"listeners": [obj]}
+        cfg = copy.deepcopy(obj)
+        cfg.setdefault("listeners", [{"name": "l4", "listen": "127.0.0.1:1", "upstream": "app"}])
+        cfg.setdefault("upstreams", [])
+        cfg.setdefault("shm", {})["name"] = self.shm_name()
+        cfg["state_file"] = os.path.join(self.tmp, "gw.state.json")
+        defined = {u["name"] for u in cfg["upstreams"]}
+        named = []
+        for ls in cfg["listeners"]:
+            named.append(ls.get("upstream"))
+            if "access_log" in ls:
+                ls["access_log"]["path"] = os.path.join(self.tmp, "access.log")
+            for r in ls.get("routes", []):
+                named.append(r.get("upstream"))
+                named += [rule.get("upstream") for rule in r.get("rules", [])]
+        for n in named:
+            if n and n not in defined:
+                defined.add(n)
+                cfg["upstreams"].append({"name": n, "pools": [{"id": "p", "hosts": [
+                    {"id": "h", "address": "127.0.0.1:9", "weight": 1}]}]})
+
+        def placeholders(v):
+            if isinstance(v, dict):
+                return {k: placeholders(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [placeholders(x) for x in v]
+            if isinstance(v, str) and v.endswith("$..."):  # "$2b$10$...": a crypt hash
+                crypt = ctypes.CDLL("libcrypt.so.1")
+                crypt.crypt.restype = crypt.crypt_gensalt.restype = ctypes.c_char_p
+                crypt.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+                crypt.crypt_gensalt.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]
+                return crypt.crypt(b"secret", crypt.crypt_gensalt(v[:4].encode(), 4, None, 0)).decode()
+            if isinstance(v, str) and v.startswith("@/") and v.endswith(".pem"):
+                key = os.path.join(self.tmp, "key.pem")
+                if not os.path.exists(key):
+                    subprocess.run(["openssl", "genrsa", "-out", key + ".priv", "2048"], check=True,
+                                   capture_output=True, timeout=gwtest.T(60))
+                    subprocess.run(["openssl", "rsa", "-in", key + ".priv", "-pubout", "-out", key], check=True,
+                                   capture_output=True, timeout=gwtest.T(60))
+                return "@" + key
+            return v
+        return placeholders(cfg)
+
+    def test_readme_examples_pass(self):
+        """Every ```json block of the README, completed the obvious way, and
+        conf/gateway.json (the Quick start's) pass gwd -t."""
+        blocks = self.readme_json_blocks()
+        self.assertGreaterEqual(len(blocks), 6, "the README's ```json blocks were not found")
+        with open(os.path.join(os.path.dirname(self.README), "conf", "gateway.json")) as f:
+            blocks.append(("conf/gateway.json", f.read()))
+        for line, text in blocks:
+            with self.subTest(readme_line=line):
+                t = text.strip()
+                obj = json.loads("{" + t + "}" if t.startswith('"') else t)
+                cfg = self.complete_example(obj)
+                path = gwtest.write_json(os.path.join(self.tmp, f"readme-{line}.json".replace("/", "-")), cfg)
+                r = gwtest.run_gwd_test(path)
+                self.assertEqual((r.returncode, r.stdout.strip()), (0, "ok"),
+                                 f"README line {line}: {r.stderr}\n{json.dumps(cfg, indent=1)}")
 
 
 if __name__ == "__main__":
