@@ -106,7 +106,9 @@ void parse_health(Ctx& c, element e, const std::string& path, shm::HealthCheck& 
   hc.rise = 2;
   hc.fall = 3;
   std::string p = "/";
+  std::vector<std::string> http_only;  // paths of "path" and "expect_status"
   for_each_field(c, e, path, [&](std::string_view k, element v, const std::string& kp) {
+    if (k == "path" || k == "expect_status") http_only.push_back(kp);
     if (k == "type") {
       std::string t;
       if (get_string(c, v, kp, t)) {
@@ -137,6 +139,13 @@ void parse_health(Ctx& c, element e, const std::string& path, shm::HealthCheck& 
     } else return false;
     return true;
   });
+  // A path or status without "type": "http" would leave the tcp default: a
+  // connect check where an http one was asked for, and no word of it.
+  if (hc.type != shm::kCheckHttp && !c.has_error_under(path + ".type"))
+    for (const auto& kp : http_only)
+      if (!c.has_error_under(kp))
+        c.error(kp, kp.ends_with(".path") ? "only an http check sends a path; add \"type\": \"http\""
+                                          : "only an http check has a status; add \"type\": \"http\"");
   std::memcpy(hc.path, p.data(), std::min(p.size(), sizeof(hc.path) - 1));
 }
 

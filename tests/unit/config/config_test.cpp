@@ -467,6 +467,24 @@ TEST_SUITE("config") {
     CHECK(has(frame_errors(R"("key": "/~/b")"), p + "expected a JSON pointer"));
   }
 
+  TEST_CASE("health: path and expect_status need \"type\": \"http\", not the tcp default") {
+    // {"path": "/healthz"} without a type ran a TCP connect check: the
+    // operator who asked for an HTTP check got none, and no error said so.
+    auto health = [](const std::string& body) {
+      return load_string(replace(kValid, R"("max_fails": 2,)", R"("max_fails": 2, "health": )" + body + ","));
+    };
+    auto r = health(R"({"path": "/healthz", "expect_status": "2xx"})");
+    CHECK(has(r.errors, R"(upstreams[0].health.path: only an http check sends a path; add "type": "http")"));
+    CHECK(has(r.errors, R"(upstreams[0].health.expect_status: only an http check has a status; add "type": "http")"));
+    CHECK(has(health(R"({"type": "tcp", "path": "/"})").errors, "upstreams[0].health.path: only an http check"));
+    // The key order does not matter, and a bad type is reported alone.
+    CHECK(health(R"({"path": "/healthz", "expect_status": "2xx", "type": "http"})").errors.empty());
+    r = health(R"({"path": "/healthz", "type": "htp"})");
+    CHECK(has(r.errors, R"(upstreams[0].health.type: expected "tcp" or "http", got "htp")"));
+    CHECK(!has(r.errors, "only an http check"));
+    CHECK(health(R"({"type": "tcp", "interval_ms": 500})").errors.empty());
+  }
+
   TEST_CASE("health.expect_status: every class is 1xx..5xx, none empty") {
     auto status = [](const std::string& x) {
       return load_string(replace(kValid, R"("max_fails": 2,)",
