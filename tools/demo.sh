@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up, builds (Release), starts two demo backends and gwd with
+# Sets up, builds (Release), starts three demo backends and gwd with
 # conf/gateway.json on loopback, walks through a few commands, and keeps the
 # gateway running until Ctrl-C.
 set -euo pipefail
