@@ -423,7 +423,27 @@ void parse_rule(Ctx& c, element e, const std::string& p, shm::RuleSpec& r, bool 
   });
   if (!has_id && !c.has_error_under(p + ".id")) c.error(p, "missing required key \"id\"");
   if (!has_up && !c.has_error_under(p + ".upstream")) c.error(p, "missing required key \"upstream\"");
-  if (!c.has_error_under(p) && has_id && has_up)
+  if (c.has_error_under(p) || !has_id || !has_up) return;
+  // A header or cookie that check_rule refuses is reported at its key: each
+  // is checked alone first. What belongs to no one key stays at the rule.
+  auto alone = [&](const char* key, auto set) {
+    shm::RuleSpec one;
+    one.id = r.id;
+    one.upstream = r.upstream;
+    set(one);
+    if (auto why = shm::check_rule(one); !why.empty()) c.error(p + "." + key, why);
+  };
+  if (!r.header_name.empty())
+    alone("header", [&](shm::RuleSpec& o) {
+      o.header_name = r.header_name;
+      o.header_value = r.header_value;
+    });
+  if (!r.cookie_name.empty())
+    alone("cookie", [&](shm::RuleSpec& o) {
+      o.cookie_name = r.cookie_name;
+      o.cookie_value = r.cookie_value;
+    });
+  if (!c.has_error_under(p))
     if (auto why = shm::check_rule(r); !why.empty()) c.error(p, why);
 }
 

@@ -190,6 +190,28 @@ TEST_SUITE("config") {
     CHECK(has(e, "upstreams[0].keepalive.max_idle: expected an integer 0..100000, got -1"));
   }
 
+  TEST_CASE("a rule's bad header or cookie is reported at its key, not at the rule") {
+    // check_rule's reasons were filed under "rules[N]": the path did not say
+    // which matcher was wrong.
+    auto e = load_string(with_listener(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http",
+        "routes": [{"name": "r", "upstream": "app", "rules": [
+          {"id": "a", "upstream": "pre", "header": "X-A= v"},
+          {"id": "b", "upstream": "pre", "cookie": "beta=b;c", "percent": 5},
+          {"id": "c", "upstream": "pre", "header": {"name": "X Bad", "value": "1"}},
+          {"id": "d", "upstream": "pre", "header": "X-A=1", "cookie": {"name": "k", "value": "x,y"}},
+          {"id": "e", "upstream": "pre"}]}]})"))
+                 .errors;
+    const std::string r = "listeners[0].routes[0].rules";
+    CHECK_MESSAGE(has(e, r + R"([0].header: header value " v" starts or ends with a space)"), all(e));
+    CHECK(has(e, r + "[1].cookie: cookie value \"b;c\" has a character that cannot appear in a cookie value"));
+    CHECK(has(e, r + R"([2].header: header name "X Bad" is not a field name)"));
+    CHECK(has(e, r + "[3].cookie: cookie value \"x,y\""));
+    CHECK(!has(e, r + "[3].header"));
+    // What belongs to no one key stays at the rule.
+    CHECK(has(e, r + "[4]: a rule needs at least one matcher"));
+    CHECK(e.size() == 5);
+  }
+
   TEST_CASE("a route that no request can match is refused") {
     auto route = [](const std::string& keys) {
       return load_string(with_listener(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http",
