@@ -108,7 +108,10 @@ bool JwtVerifier::check_signature(std::string_view signed_part, const unsigned c
 
 JwtError JwtVerifier::check_times(double exp, double nbf, int64_t now_s) const noexcept {
   const double now = static_cast<double>(now_s), leeway = conf_.leeway_s;
-  if (now > exp + leeway) return JwtError::expired;
+  // RFC 7519 4.1.4: valid only *before* exp. `now` is floored to the second,
+  // so now == exp + leeway is already at or past it (PyJWT, jsonwebtoken and
+  // lua-resty-jwt refuse it too).
+  if (now >= exp + leeway) return JwtError::expired;
   if (now + leeway < nbf) return JwtError::not_yet_valid;
   return JwtError::ok;
 }

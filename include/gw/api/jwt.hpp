@@ -10,7 +10,7 @@
 //      ("none", and HS256 when RS256 is configured, are refused: no algorithm
 //      confusion); a "crit" header is refused (no extension is understood)
 //   3. signature over "header.claims" (before the claims are parsed)
-//   4. claims: "exp" (now > exp + leeway: expired), "nbf" (now + leeway < nbf:
+//   4. claims: "exp" (now >= exp + leeway: expired), "nbf" (now + leeway < nbf:
 //      not yet valid), "iss" and "aud" when configured, and the consumer claim
 //      (default "sub"): a string of 1..63 visible characters
 //

@@ -266,9 +266,9 @@ TEST_SUITE("api") {
     CHECK(gw::testing::openssl_allocations() == openssl);
 
     // Times are checked on every hit, with the leeway: it expires in the cache.
-    CHECK(v.verify(alice, 1800000105, scratch, who, &cached) == JwtError::ok);
+    CHECK(v.verify(alice, 1800000104, scratch, who, &cached) == JwtError::ok);
     CHECK(cached);
-    CHECK(v.verify(alice, 1800000106, scratch, who, &cached) == JwtError::expired);
+    CHECK(v.verify(alice, 1800000105, scratch, who, &cached) == JwtError::expired);
     CHECK(cached);
     // A token not yet valid is refused and not kept; once valid it is verified, then kept.
     CHECK(v.verify(bob, kNow, scratch, who, &cached) == JwtError::not_yet_valid);
@@ -348,12 +348,18 @@ TEST_SUITE("api") {
     auto a = hs_conf();  // leeway 60
     CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow - 100)), kSecret)) == JwtError::expired);
     CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow - 30)), kSecret)) == JwtError::ok);
+    CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow - 60)), kSecret)) == JwtError::expired);
+    CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow - 59)), kSecret)) == JwtError::ok);
     CHECK(verify(a, hs256_token(kHs, claims(",\"nbf\":" + std::to_string(kNow + 100)), kSecret)) ==
           JwtError::not_yet_valid);
     CHECK(verify(a, hs256_token(kHs, claims(",\"nbf\":" + std::to_string(kNow + 30)), kSecret)) == JwtError::ok);
     a.leeway_s = 0;
     CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow - 1)), kSecret)) == JwtError::expired);
-    CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow)), kSecret)) == JwtError::ok);
+    // RFC 7519 4.1.4: the time must be *before* exp. `now` is whole seconds
+    // (floored): at now == exp the clock is already at or past exp.
+    CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow)), kSecret)) == JwtError::expired);
+    CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow + 1)), kSecret)) == JwtError::ok);
+    CHECK(verify(a, hs256_token(kHs, claims(",\"nbf\":" + std::to_string(kNow)), kSecret)) == JwtError::ok);
     CHECK(verify(a, hs256_token(kHs, claims(",\"nbf\":" + std::to_string(kNow + 1)), kSecret)) ==
           JwtError::not_yet_valid);
     CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":1800000000.5"), kSecret)) ==
