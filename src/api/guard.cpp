@@ -115,13 +115,29 @@ std::string_view credential(const config::AuthConf& a, const GuardRequest& rq) n
   return v;
 }
 
+// Field names equal as a CGI/WSGI/PHP host sees them: case-insensitive, '_' = '-'.
+bool names_alike(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    char x = a[i] >= 'A' && a[i] <= 'Z' ? static_cast<char>(a[i] + 32) : a[i];
+    char y = b[i] >= 'A' && b[i] <= 'Z' ? static_cast<char>(b[i] + 32) : b[i];
+    if (x == '_') x = '-';
+    if (y == '_') y = '-';
+    if (x != y) return false;
+  }
+  return true;
+}
+
 // How often the carrier of the route's credential appears in the request.
 // Twice is refused (400, as nginx answers a second Authorization): gw checks
 // the first, and a host that reads the other would act on what gw never checked.
-size_t credential_count(const config::AuthConf& a, const GuardRequest& rq) noexcept {
+// `underscores`: the listener passes fields whose names hold '_' upstream, where
+// X_Api_Key is read as X-Api-Key: it counts as the same field.
+size_t credential_count(const config::AuthConf& a, const GuardRequest& rq, bool underscores) noexcept {
   size_t n = 0;
   auto fields = [&](std::string_view name) {
-    for (const http::Field& f : rq.head->fields) n += http::iequals(f.name, name);
+    for (const http::Field& f : rq.head->fields)
+      n += underscores ? names_alike(f.name, name) : http::iequals(f.name, name);
   };
   if (a.type == config::AuthType::basic || a.from == config::CredFrom::bearer) {
     fields("authorization");
@@ -170,6 +186,7 @@ Guard::Guard(const config::Config& cfg, const shm::Segment& seg, uint32_t worker
     for (size_t ri = 0; ri < l.routes.size(); ++ri) {
       const config::RouteConf& rc = l.routes[ri];
       RouteGuard& g = routes_[li][ri];
+      g.underscores = l.http.underscores_in_headers;
       const uint64_t scope = scope_id(fmt::format("req/{}/{}", l.name, rc.name));
       if (rc.auth.type != config::AuthType::none) {
         g.active = true;
@@ -287,7 +304,7 @@ Verdict Guard::check(uint32_t listener, uint32_t route, const GuardRequest& rq, 
   if (limit_first)
     if (const Verdict v = limit(g, rq, consumer, now_ms); v.status) return v;
   if (g.auth) {
-    if (credential_count(*g.auth, rq) > 1) {
+    if (credential_count(*g.auth, rq, g.underscores) > 1) {
       bump(&shm::GuardCounters::auth_failed);
       return reject(400, {});
     }

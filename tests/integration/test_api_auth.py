@@ -334,6 +334,29 @@ class ApiAuthTest(GwTestCase):
         self.assertEqual(r.status, 400)
         c.close()
 
+    def test_a_second_key_header_spelt_with_underscores_is_refused(self):
+        """With http.underscores_in_headers, X_Api_Key reaches a CGI/WSGI/PHP
+        host as the same HTTP_X_API_KEY as X-Api-Key: it is the key header
+        twice, and refused as such (400). Without the option gw drops the
+        underscore field (nginx's default), so it is no second key."""
+        routes = [{"name": "k", "path": "/k/", "upstream": "app", "auth": {"type": "key-auth", "header": "X-Api-Key"}}]
+        cfg = self.config(routes, consumers=[{"name": "alice", "key": "alice-key-0001"}])
+        cfg["listeners"][0]["http"] = {"underscores_in_headers": True}
+        gw = self.gateway(cfg)
+        c = Client(gw.port)
+        self.assertEqual(c.get("/k/", [("X-Api-Key", "alice-key-0001")]).status, 200)
+        self.assertEqual(c.get("/k/", [("X-Api-Key", "alice-key-0001"), ("X_Api_Key", "evil")]).status, 400)
+        self.assertEqual(c.get("/k/", [("x_api_key", "evil"), ("X-Api-Key", "alice-key-0001")]).status, 400)
+        c.close()
+        gw.stop()
+        cfg = self.config(routes, consumers=[{"name": "alice", "key": "alice-key-0001"}])
+        gw = self.gateway(cfg)
+        c = Client(gw.port)
+        r = c.get("/k/", [("X-Api-Key", "alice-key-0001"), ("X_Api_Key", "evil")])
+        self.assertEqual(r.status, 200)
+        self.assertEqual([v for n, v in r.json()["headers"] if "api" in n.lower()], ["alice-key-0001"])
+        c.close()
+
     def test_limit_req_by_ip_comes_before_basic_auth(self):
         """A client sending wrong passwords is limited before each one costs a
         crypt() (nginx's limit_req runs in the preaccess phase, auth_basic in

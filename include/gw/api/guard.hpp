@@ -83,6 +83,7 @@ class Guard {
     const config::LimitReqConf* limit = nullptr;  ///< null: no limit_req
     RateParams rate;
     uint64_t scope = 0;
+    bool underscores = false;  ///< the listener passes '_' field names upstream (X_Api_Key reads as X-Api-Key)
   };
   struct Consumer {
     uint8_t digest[shm::kSha256Len];
