@@ -262,8 +262,14 @@ void parse_auth(Ctx& c, element e, const std::string& path, AuthConf& out) {
         }
       } else if (k == "secret") {
         has_secret = true;
-        if (get_string(c, v, kp, out.secret) && text_or_file(c, kp, out.secret) && out.secret.size() < 16)
-          c.error(kp, "expected a secret of at least 16 bytes (RFC 7518 3.2 asks for 32)");
+        const bool from_file = v.is_string() && v.get_string().value_unsafe().starts_with('@');
+        if (get_string(c, v, kp, out.secret) && text_or_file(c, kp, out.secret)) {
+          // A file's line end is no part of the secret (`echo "$S" > file`
+          // writes one; the issuer signs without it), as gwctl --key-file reads a key.
+          while (from_file && !out.secret.empty() && (out.secret.back() == '\n' || out.secret.back() == '\r'))
+            out.secret.pop_back();
+          if (out.secret.size() < 16) c.error(kp, "expected a secret of at least 16 bytes (RFC 7518 3.2 asks for 32)");
+        }
       } else if (k == "public_key") {
         has_pubkey = true;
         std::string why;

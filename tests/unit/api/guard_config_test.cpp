@@ -2,7 +2,10 @@
 
 #include <crypt.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <string>
 
 #include "gw/api/hash.hpp"
@@ -68,6 +71,31 @@ TEST_SUITE("config") {
     gw::api::sha256("secret-1", d);
     CHECK(std::equal(d, d + 32, t.consumers()[0].key_sha256));
     CHECK(gw::shm::state_to_json(t).find("secret-1") == std::string::npos);
+  }
+
+  TEST_CASE("jwt: a secret read from a file loses its line end, as gwctl --key-file's key does") {
+    // `echo "$SECRET" > file` writes a newline that is no part of the secret an
+    // issuer signs with: kept, every token would fail as bad_signature.
+    const std::string path = "/tmp/gw-unit-jwt-secret-" + std::to_string(::getpid());
+    auto load = [&](const std::string& text) {
+      std::FILE* f = std::fopen(path.c_str(), "wb");
+      REQUIRE(f);
+      std::fwrite(text.data(), 1, text.size(), f);
+      std::fclose(f);
+      return load_string(conf(R"(, "auth": {"type": "jwt", "algorithm": "HS256", "secret": "@)" + path + R"("})"));
+    };
+    auto r = load("0123456789abcdef0123\n");
+    CHECK_MESSAGE(r.ok(), all(r.errors));
+    if (r.ok()) CHECK(r.config.listeners[0].routes[0].auth.secret == "0123456789abcdef0123");
+    r = load("0123456789abcdef0123\r\n");
+    CHECK_MESSAGE(r.ok(), all(r.errors));
+    if (r.ok()) CHECK(r.config.listeners[0].routes[0].auth.secret == "0123456789abcdef0123");
+    r = load("0123456789abcdef0123");  // none: as it is
+    CHECK_MESSAGE(r.ok(), all(r.errors));
+    if (r.ok()) CHECK(r.config.listeners[0].routes[0].auth.secret == "0123456789abcdef0123");
+    // 15 bytes and a newline are a 15-byte secret: too short.
+    CHECK(has(load("0123456789abcde\n").errors, "auth.secret: expected a secret of at least 16 bytes"));
+    std::remove(path.c_str());
   }
 
   TEST_CASE("jwt and key-auth defaults") {
