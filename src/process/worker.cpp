@@ -398,7 +398,10 @@ class Worker {
     std::fill(live_tag_.begin(), live_tag_.end(), 0u);
     for (const shm::HostRecord& h : cur_->hosts()) {
       if (h.admin_down || h.slot >= live_tag_.size()) continue;
-      if (shm::active_state(seg_.host(h.slot), h.tag) == shm::kActiveDown) continue;
+      // A verdict counts only while the upstream has checks: one left from
+      // before a reload turned them off takes no traffic away.
+      const bool checked = cur_->upstreams()[cur_->pools()[h.pool].upstream].check.type != shm::kCheckNone;
+      if (checked && shm::active_state(seg_.host(h.slot), h.tag) == shm::kActiveDown) continue;
       live_tag_[h.slot] = h.tag;
     }
     relay_.close_orphans();

@@ -5,6 +5,7 @@ survives passing checks, failover to the DR pool and back, HTTP status checks.""
 
 import os
 import resource
+import signal
 import socket
 import sys
 import threading
@@ -367,6 +368,35 @@ class HealthTest(GwTestCase):
         srv.status = 503
         self.assertEqual(_status(web), 503)
         self.assertEqual(host_health(gw, "a")["health"], "down")
+
+
+    def reload(self, gw, config):
+        """Writes `config` and SIGHUPs the master; returns once the reload is done."""
+        gwtest.write_json(gw.conf_path, config)
+        n = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: "reloaded:" in gw.log_text()[n:], T(10), msg="the reload")
+
+    def test_verdict_of_checks_turned_off_closes_no_connection(self):
+        """A host the http check took down (a plain TCP backend fails it), then
+        a reload without the health block: the host takes traffic again, and
+        with on_host_remove "close" its connections stay open. The workers
+        read the old verdict, left in shm, as "failed by active checks" and
+        closed every connection to it within a second."""
+        a = self.backend("a")
+        check = {"type": "http", "interval_ms": 100, "timeout_ms": 300, "rise": 1, "fall": 1}
+        cfg = self.make_config([pool("primary", [host("a", a)])], upstream_opts={"max_fails": 0, "health": check},
+                               listeners=[gwtest.tcp_listener("l4", "app", on_host_remove="close")])
+        gw = self.gateway(cfg)
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "down", T(5), msg="a fails the http check")
+        del cfg["upstreams"][0]["health"]
+        self.reload(gw, cfg)
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "up", T(5), msg="a usable without checks")
+        with gwtest.connect(gw.port, timeout=T(5)) as c:
+            self.assertEqual(gwtest.recv_line(c), "a")
+            time.sleep(2.5)  # two of the workers' rounds that close connections of hosts checked down
+            c.sendall(b"ping\n")
+            self.assertEqual(gwtest.recv_line(c), "ping", "the connection to a was closed")
 
 
 def _status(port):
