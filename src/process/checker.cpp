@@ -83,6 +83,9 @@ class Checker {
         if (drain_child_signals(sfd.get(), cfg_.log_file)) return 0;
       }
       const uint64_t after = core::monotonic_ms();
+      // Results are judged by the newest table (a reload may have turned
+      // checks off while the probes ran).
+      if (reader_.stale()) reader_.refresh(*table_);
       for (size_t i = probes_.size(); i-- > 0;) {
         Probe& p = *probes_[i];
         int err = 0;
@@ -187,9 +190,10 @@ class Checker {
     st.in_flight = false;
     st.due_ms = std::max(st.due_ms, now);
     // The upstream is looked up again: a table refresh since the probe began
-    // may have moved or removed upstreams (their index is not the host's).
+    // may have moved or removed upstreams (their index is not the host's), or
+    // turned its checks off (the verdict the writer cleared must stay so).
     const shm::UpstreamRecord* up = upstream_of(p.slot, p.tag);
-    if (!up) return;
+    if (!up || up->check.type == shm::kCheckNone) return;
     std::string path = "(removed host)", address = "-";
     bool admin_down = false;
     auto name_host = [&] {  // only for a log line: a walk over the table

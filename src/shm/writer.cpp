@@ -219,6 +219,14 @@ uint64_t Writer::commit(const Change& change) {
   seq_write_end(slot.seq, done);
   hdr.published.store((t.header().generation << 1) | static_cast<uint64_t>(target), std::memory_order_release);
 
+  // A checker's verdict lives only while its upstream has checks. One left
+  // from before a reload turned them off would greet their return: a host
+  // down back then would wait `rise` passes instead of its first check.
+  // (After the publish: readers of the old table still see the verdict.)
+  for (const auto& h : t.hosts())
+    if (h.tag != 0 && h.slot < caps.max_hosts && t.upstreams()[t.pools()[h.pool].upstream].check.type == kCheckNone)
+      record_check(seg_->host(h.slot), h.tag, kActiveUnknown);
+
   for (const auto& e : events) emit_event(*seg_, EventKind::config, t.header().generation, e);
   return t.header().generation;
 }

@@ -398,6 +398,28 @@ class HealthTest(GwTestCase):
             c.sendall(b"ping\n")
             self.assertEqual(gwtest.recv_line(c), "ping", "the connection to a was closed")
 
+    def test_checks_turned_on_again_start_from_unknown(self):
+        """Checks took host a down; a reload turned them off (a was repaired
+        meanwhile); a reload turns them on again. The first check decides, as
+        for any host not checked yet: a is up at once. The verdict of the
+        first checks, left in shm, made a need `rise` passes (here one
+        interval of 60 s) before it took traffic again."""
+        a = self.backend("a")
+        port = a.port
+        cfg = self.make_config([pool("primary", [host("a", a)])],
+                               upstream_opts={"max_fails": 0, "health": FAST["health"]})
+        gw = self.gateway(cfg)
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "up", T(5), msg="a checked up")
+        a.stop()
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "down", T(5), msg="a down after fall")
+        health = cfg["upstreams"][0].pop("health")
+        self.reload(gw, cfg)
+        self.backend("a", port=port)
+        cfg["upstreams"][0]["health"] = dict(health, interval_ms=60000)
+        self.reload(gw, cfg)
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "up", T(5), msg="a up after its first check")
+        self.assertEqual(gwtest.names(gw.port, 3), ["a"] * 3)
+
 
 def _status(port):
     with socket.create_connection((gwtest.LOOPBACK, port), timeout=T(10)) as c:

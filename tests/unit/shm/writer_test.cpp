@@ -110,6 +110,35 @@ TEST_SUITE("shm") {
     CHECK(host_totals(ts.seg, slot, t.hosts()[0].tag).active == 0);
   }
 
+  TEST_CASE("a checker's verdict is cleared once its upstream has no checks, and kept while it has") {
+    TempSegment ts;
+    Writer w(ts.seg);
+    w.set_persist(false);
+    auto set_check = [&](uint8_t type) {
+      w.commit([type](Table& t, std::vector<std::string>&) {
+        if (t.upstreams().empty()) {
+          UpstreamRecord r{};
+          set_name(r.name, "app");
+          int u = t.add_upstream(r);
+          t.add_host(t.add_pool(u, "primary", 0, Method::round_robin), "a", addr(1), 1);
+        }
+        t.upstreams()[0].check.type = type;
+        t.upstreams()[0].check.rise = t.upstreams()[0].check.fall = 1;
+      });
+    };
+    set_check(kCheckTcp);
+    Table t(ts.seg.caps());
+    read_published(ts.seg, t);
+    const uint32_t slot = t.hosts()[0].slot, tag = t.hosts()[0].tag;
+    CHECK(record_check(ts.seg.host(slot), tag, kActiveDown));
+    set_check(kCheckHttp);  // checks still on: the verdict stands
+    CHECK(active_state(ts.seg.host(slot), tag) == kActiveDown);
+    set_check(kCheckNone);  // checks off (a reload): nothing is known any more
+    CHECK(active_state(ts.seg.host(slot), tag) == kActiveUnknown);
+    set_check(kCheckTcp);  // on again: the host waits for its first check, not for `rise` passes
+    CHECK(active_state(ts.seg.host(slot), tag) == kActiveUnknown);
+  }
+
   TEST_CASE("commit writes the state file before publishing, and it reads back") {
     TempSegment ts;
     std::string path = "/tmp/gwunit-state-" + std::to_string(::getpid()) + ".json";
