@@ -173,14 +173,17 @@ class Checker {
     }
     p.reply.append(buf, static_cast<size_t>(n));
     if (p.reply.size() < 12) return false;
-    // "HTTP/1.x NNN", judged by the host's upstream as the table now has it
+    // "HTTP/d.d NNN", judged by the host's upstream as the table now has it
     // (a host removed meanwhile: a failed check of nobody, dropped in finish).
+    // Anything else is no HTTP response: a failed check, said so.
     const shm::UpstreamRecord* up = upstream_of(p.slot, p.tag);
-    char cls = p.reply[9];
-    ok = up && p.reply.compare(0, 5, "HTTP/") == 0 && cls >= '1' && cls <= '5' &&
-         (up->check.expect_mask & (1u << (cls - '0')));
+    auto digit = [&](size_t i) { return p.reply[i] >= '0' && p.reply[i] <= '9'; };
+    const bool http = p.reply.compare(0, 5, "HTTP/") == 0 && digit(5) && p.reply[6] == '.' && digit(7) &&
+                      p.reply[8] == ' ' && digit(9) && digit(10) && digit(11);
+    const char cls = p.reply[9];
+    ok = up && http && cls >= '1' && cls <= '5' && (up->check.expect_mask & (1u << (cls - '0')));
     if (!ok) err = EPROTO;
-    last_status_ = p.reply.substr(9, 3);
+    last_status_ = http ? "HTTP status " + p.reply.substr(9, 3) : "not an HTTP response";
     return true;
   }
 
@@ -228,7 +231,7 @@ class Checker {
     name_host();
     std::string why = ok ? fmt::format("active: {} passed check(s)", st.runs.passes)
                          : fmt::format("active: {} failed check(s), last: {}", st.runs.failures,
-                                       err == EPROTO ? "HTTP status " + last_status_ : std::strerror(err));
+                                       err == EPROTO ? last_status_ : std::strerror(err));
     // A host downed by hand is out whatever its checks say: its verdict
     // changes no routing, so it is not a host_up/host_down (no hook runs;
     // a script reading the events is not told it is back).
@@ -246,7 +249,7 @@ class Checker {
   std::unique_ptr<shm::Table> table_;
   std::vector<HostState> hosts_;
   std::vector<std::unique_ptr<Probe>> probes_;
-  std::string last_status_;
+  std::string last_status_;  // the last http answer judged: "HTTP status NNN" or "not an HTTP response"
   uint64_t last_local_log_ms_ = 0;
 };
 

@@ -421,6 +421,44 @@ class HealthTest(GwTestCase):
         self.assertEqual(gwtest.names(gw.port, 3), ["a"] * 3)
 
 
+    def test_http_check_of_a_host_that_does_not_speak_http_says_so(self):
+        """An http check answered by something that is not HTTP (here a TCP
+        echo server that greets with its name) fails, and the event says the
+        answer was not HTTP. It said "last: HTTP status TTP" (three bytes of
+        the echoed request), and a status line such as "HTTP/1.1 2xx" with no
+        number passed as a 2xx."""
+        a = self.backend("a")
+        lsock = socket.socket()
+        lsock.bind((gwtest.LOOPBACK, 0))
+        lsock.listen(64)
+        self.addCleanup(lsock.close)
+
+        def serve():  # answers "HTTP/1.1 2xx": no status code
+            while True:
+                try:
+                    c, _ = lsock.accept()
+                except OSError:
+                    return
+                with c:
+                    try:
+                        c.recv(4096)
+                        c.sendall(b"HTTP/1.1 2xx OK\r\nContent-Length: 0\r\n\r\n")
+                    except OSError:
+                        pass
+        threading.Thread(target=serve, daemon=True).start()
+        opts = {"max_fails": 0, "health": {"type": "http", "interval_ms": 100, "timeout_ms": 300, "rise": 1,
+                                           "fall": 1}}
+        gw = self.gateway(self.make_config(
+            [pool("p", [host("a", a), host("x", f"{gwtest.LOOPBACK}:{lsock.getsockname()[1]}")])],
+            upstream_opts=opts))
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "down", T(5), msg="a fails the http check")
+        gwtest.wait_until(lambda: host_health(gw, "x")["health"] == "down", T(5), msg="x fails the http check")
+        texts = gw.event_texts()
+        down_a = [e for e in texts if e.startswith("host_down app/p/a ")]
+        self.assertTrue(down_a and down_a[0].endswith("last: not an HTTP response)"), texts)
+        down_x = [e for e in texts if e.startswith("host_down app/p/x ")]
+        self.assertTrue(down_x and down_x[0].endswith("last: not an HTTP response)"), texts)
+
 def _status(port):
     with socket.create_connection((gwtest.LOOPBACK, port), timeout=T(10)) as c:
         c.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
