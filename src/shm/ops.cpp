@@ -3,11 +3,30 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "gw/shm/runtime.hpp"
 #include "gw/shm/writer.hpp"
 
 namespace gw::shm::ops {
 
 using Kind = TableError::Kind;
+
+namespace {
+// The event of an admin change of host `rec` (already changed in `t`): a
+// host_up / host_down (the hooks' events) when it moves traffic. A host its
+// active checks hold down is out either way: admin_up / admin_down, saying
+// so, as the checker's health_up / health_down of an admin-down host.
+std::string admin_event(const Segment& seg, const Table& t, const HostRecord& rec, bool down, const std::string& u,
+                        const std::string& p, const std::string& id, std::string_view origin) {
+  const char* verb = down ? "down" : "up";
+  const auto& up = t.upstreams()[t.pools()[rec.pool].upstream];
+  const bool checked_down = up.check.type != kCheckNone && rec.tag != 0 && rec.slot < seg.caps().max_hosts &&
+                            active_state(seg.host(rec.slot), rec.tag) == kActiveDown;
+  if (!checked_down)
+    return fmt::format("host_{} {}/{}/{} {} (admin: {} {})", verb, u, p, id, rec.addr.to_string(), origin, verb);
+  return fmt::format("admin_{} {}/{}/{} {} (admin: {} {}; the host {} out: its health check fails)", verb, u, p, id,
+                     rec.addr.to_string(), origin, verb, down ? "was already" : "stays");
+}
+}  // namespace
 
 int find_upstream(const Table& t, const std::string& u) {
   int i = t.find_upstream(u);
@@ -119,8 +138,7 @@ Result set_host_down(const Segment& seg, const std::string& u, const std::string
           throw Writer::Unchanged{};
         }
         rec.admin_down = down ? 1 : 0;
-        ev.push_back(
-            fmt::format("host_{} {}/{}/{} {} (admin: {} {})", verb, u, p, id, rec.addr.to_string(), origin, verb));
+        ev.push_back(admin_event(seg, t, rec, down, u, p, id, origin));
       },
       fmt::format("{} host {}/{}/{}", verb, u, p, id));
   if (already) {
@@ -155,10 +173,8 @@ Result set_host(const Segment& seg, const std::string& u, const std::string& p, 
           rec.weight = *weight;
         }
         if (!same_admin) {
-          const char* verb = *down ? "down" : "up";
           rec.admin_down = *down ? 1 : 0;
-          ev.push_back(
-              fmt::format("host_{} {}/{}/{} {} (admin: {} {})", verb, u, p, id, rec.addr.to_string(), origin, verb));
+          ev.push_back(admin_event(seg, t, rec, *down, u, p, id, origin));
         }
       },
       "");

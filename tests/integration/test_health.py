@@ -459,6 +459,45 @@ class HealthTest(GwTestCase):
         down_x = [e for e in texts if e.startswith("host_down app/p/x ")]
         self.assertTrue(down_x and down_x[0].endswith("last: not an HTTP response)"), texts)
 
+    def test_admin_changes_of_a_host_its_checks_hold_down_run_no_hook(self):
+        """Host a fails its checks (host_down, hook). gwctl down, then gwctl up:
+        a is out all along, so these are admin_down / admin_up events saying
+        so, and no hook runs; a host_up hook runs once the checks pass again.
+        gwctl up used to be a host_up event whose hook told a script that a
+        was back while its checks still held it out (and gwctl down ran the
+        host_down hook a second time)."""
+        a, b = self.backend("a"), self.backend("b")
+        out = os.path.join(self.tmp, "hooks.log")
+        hooks = {"host_down": f'echo "$GW_EVENT $GW_HOST" >> {out}', "host_up": f'echo "$GW_EVENT $GW_HOST" >> {out}'}
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a), host("b", b)])],
+                                           upstream_opts=dict(FAST, max_fails=0), hooks=hooks))
+
+        def lines():
+            try:
+                with open(out) as f:
+                    return [l for l in f.read().splitlines() if l.endswith(" a")]
+            except FileNotFoundError:
+                return []
+        gwtest.wait_until(lambda: lines() == ["host_up a"], T(5), msg="a checked up")
+        port = a.port
+        a.stop()
+        gwtest.wait_until(lambda: lines() == ["host_up a", "host_down a"], T(5), msg="a checked down")
+        for verb in ("down", "up"):
+            rc, _, err = gw.gwctl(verb, "host", "app/primary", "a")
+            self.assertEqual(rc, 0, err)
+        mine = [e for e in gw.event_texts() if "(admin: gwctl" in e]
+        self.assertEqual(len(mine), 2, mine)
+        self.assertTrue(mine[0].startswith(f"admin_down app/primary/a {a.address} (admin: gwctl down; the host was "
+                                           "already out: its health check fails)"), mine)
+        self.assertTrue(mine[1].startswith(f"admin_up app/primary/a {a.address} (admin: gwctl up; the host stays "
+                                           "out: its health check fails)"), mine)
+        time.sleep(0.5)  # a hook would have run by now
+        self.assertEqual(lines(), ["host_up a", "host_down a"])
+        self.assertEqual(set(gwtest.names(gw.port, 4)), {"b"})
+        self.backend("a", port=port)
+        gwtest.wait_until(lambda: lines() == ["host_up a", "host_down a", "host_up a"], T(5),
+                          msg="the host_up hook once the checks pass")
+
 def _status(port):
     with socket.create_connection((gwtest.LOOPBACK, port), timeout=T(10)) as c:
         c.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
