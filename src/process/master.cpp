@@ -1616,6 +1616,10 @@ class Master {
       sigset_t none;
       sigemptyset(&none);
       ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      // An ignored signal stays ignored across exec (and a shell cannot trap
+      // one ignored at its start): the hook gets SIGPIPE back, so that
+      // `producer | head -1` ends the producer, as in a shell started by hand.
+      ::signal(SIGPIPE, SIG_DFL);
       fds_.clear();
       admin_fd_.reset();
       ::setsid();

@@ -498,6 +498,24 @@ class HealthTest(GwTestCase):
         gwtest.wait_until(lambda: lines() == ["host_up a", "host_down a", "host_up a"], T(5),
                           msg="the host_up hook once the checks pass")
 
+    def test_hooks_run_with_default_signal_dispositions(self):
+        """The master ignores SIGPIPE (a write to a closed socket must not kill
+        it); a hook it runs gets SIGPIPE back to the default, as a shell
+        started by hand has it, so that `producer | head -1` ends the producer.
+        The hook inherited "ignored" through exec (and a shell cannot trap a
+        signal ignored at its start)."""
+        a, b = self.backend("a"), self.backend("b")
+        out = os.path.join(self.tmp, "sigign")
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a), host("b", b)])],
+                                           hooks={"host_down": f"grep SigIgn /proc/self/status > {out}.tmp && "
+                                                               f"mv {out}.tmp {out}"}))
+        rc, _, err = gw.gwctl("down", "host", "app/primary", "a")
+        self.assertEqual(rc, 0, err)
+        gwtest.wait_until(lambda: os.path.exists(out), T(5), msg="the hook ran")
+        with open(out) as f:
+            mask = int(f.read().split()[1], 16)
+        self.assertFalse(mask & (1 << (signal.SIGPIPE - 1)), f"SIGPIPE ignored in the hook (SigIgn {mask:x})")
+
 def _status(port):
     with socket.create_connection((gwtest.LOOPBACK, port), timeout=T(10)) as c:
         c.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
