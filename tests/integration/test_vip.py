@@ -81,9 +81,10 @@ class Node:
     """A network namespace joined to the bridge, with gw-backend, gwd and
     keepalived in it."""
 
-    def __init__(self, tc, name, index, priority):
+    def __init__(self, tc, name, index, priority, listen="0.0.0.0"):
         self.tc = tc
         self.name = name
+        self.listen = listen
         self.addr = f"{LAN}.{index}"
         self.priority = priority
         self.holder = subprocess.Popen([TOOLS["unshare"], "--net", "sleep", "infinity"], stdin=subprocess.DEVNULL,
@@ -145,7 +146,7 @@ class Node:
         self.spawn([GW_BACKEND, "--listen", f"127.0.0.1:{BACKEND_PORT}", "--name", self.name, "--mode", "http"],
                    os.path.join(tc.tmp, f"backend-{self.name}.log"))
         cfg = tc.make_config([pool("p", [host("be", f"127.0.0.1:{BACKEND_PORT}")])], workers=2,
-                             listeners=[{"name": "vip", "listen": f"0.0.0.0:{PORT}", "protocol": "tcp",
+                             listeners=[{"name": "vip", "listen": f"{self.listen}:{PORT}", "protocol": "tcp",
                                          "upstream": "app"}])
         self.gw = gwtest.Gateway(tc, cfg, conf_name=f"gw-{self.name}.json")
         self.gw.netns = self.netns
@@ -183,6 +184,9 @@ vrrp_instance gw_vip {{
         self.ka = self.spawn([TOOLS["keepalived"], "--dont-fork", "--log-console", "--no-syslog", "--vrrp", "-f", conf,
                               "-p", os.path.join(tc.tmp, f"ka-{self.name}.pid"),
                               "-r", os.path.join(tc.tmp, f"vrrp-{self.name}.pid")], self.ka_log)
+
+    def allow_nonlocal_bind(self):
+        run(self.argv("/bin/sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_nonlocal_bind"))
 
     def holds_vip(self):
         return f" {VIP}/" in self.ip("-4", "-o", "addr", "show", "dev", self.dev)
@@ -252,6 +256,23 @@ class VipTest(gwtest.GwTestCase):
         self.assertVipOn(self.a)
         self.assertEqual(self.b.check(), (0, ""), "node B's gateway was fine all along")
         sys.stderr.write(f"\n[test_vip] failover {failover:.2f} s, failback {failback:.2f} s\n")
+
+
+class VipBoundTest(VipTest):
+    """The same, with each node's listener bound to the VIP itself
+    (net.ipv4.ip_nonlocal_bind=1), the other set-up the example names. On a
+    node that does not hold the VIP, `gwctl check` checks that its socket
+    listens there: it used to connect to the VIP, which tested the other
+    node's gateway, and failed while no node held the VIP, so the backup
+    node went to FAULT and never took the VIP over."""
+
+    def setUp(self):
+        gwtest.GwTestCase.setUp(self)
+        self.a = Node(self, "nodeA", 11, 150, listen=VIP)
+        self.b = Node(self, "nodeB", 12, 100, listen=VIP)
+        for n in (self.a, self.b):
+            n.allow_nonlocal_bind()
+            n.start()
 
 
 if __name__ == "__main__":

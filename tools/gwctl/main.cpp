@@ -2,6 +2,7 @@
 // and shows its state. Verb-noun commands; one line on stderr and a non-zero
 // exit for every error; a change is applied whole or not at all.
 
+#include <ifaddrs.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -587,6 +588,53 @@ bool process_alive(int pid) {
   return !(paren && paren + 2 < buf + n && (paren[2] == 'Z' || paren[2] == 'X'));  // a zombie is dead
 }
 
+// Is `a` an address of this host (its network namespace)? A listener may be
+// bound to one that is not (the VIP, on a node that does not hold it, with
+// net.ipv4.ip_nonlocal_bind=1): a connection to it would leave the node.
+bool local_address(const gw::core::SockAddr& a) {
+  if (a.family == AF_INET && a.ip[0] == 127) return true;  // 127.0.0.0/8 is all local
+  static const uint8_t loop6[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  if (a.family == AF_INET6 && std::memcmp(a.ip, loop6, 16) == 0) return true;
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return true;  // unknown: connect, as before
+  bool found = false;
+  for (ifaddrs* i = list; i && !found; i = i->ifa_next) {
+    if (!i->ifa_addr || i->ifa_addr->sa_family != a.family) continue;
+    gw::core::SockAddr x = gw::core::SockAddr::from_sockaddr(i->ifa_addr);
+    found = std::memcmp(x.ip, a.ip, a.family == AF_INET ? 4 : 16) == 0;
+  }
+  ::freeifaddrs(list);
+  return found;
+}
+
+// Does a TCP socket of this network namespace listen on exactly `a`? Read
+// from /proc/net/tcp{,6}: each address word is printed as the host-order
+// value of its network-order bytes, so copying it back gives those bytes.
+bool listening_on(const gw::core::SockAddr& a) {
+  FILE* f = std::fopen(a.family == AF_INET ? "/proc/net/tcp" : "/proc/net/tcp6", "r");
+  if (!f) return false;
+  char line[512];
+  bool found = false;
+  const size_t words = a.family == AF_INET ? 1 : 4;
+  if (!std::fgets(line, sizeof(line), f)) line[0] = 0;  // the header
+  while (!found && std::fgets(line, sizeof(line), f)) {
+    char hex[33] = {};
+    unsigned port = 0, state = 0;
+    if (std::sscanf(line, " %*u: %32[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%*x %x", hex, &port, &state) != 3) continue;
+    if (state != 0x0A || port != a.port || std::strlen(hex) != words * 8) continue;  // 0x0A: TCP_LISTEN
+    uint8_t ip[16] = {};
+    for (size_t w = 0; w < words; ++w) {
+      char word[9] = {};
+      std::memcpy(word, hex + w * 8, 8);
+      const uint32_t v = static_cast<uint32_t>(std::strtoul(word, nullptr, 16));
+      std::memcpy(ip + w * 4, &v, 4);
+    }
+    found = std::memcmp(ip, a.ip, words * 4) == 0;
+  }
+  std::fclose(f);
+  return found;
+}
+
 int cmd_check(const Options& o) {
   uint32_t timeout = parse_u32(o.timeout_ms, "--timeout-ms", 1, 60000);
   gw::shm::Segment seg = gw::shm::Segment::attach(shm_name(o));
@@ -617,6 +665,17 @@ int cmd_check(const Options& o) {
       std::memset(a.ip, 0, sizeof(a.ip));
       if (a.family == AF_INET) a.ip[0] = 127, a.ip[3] = 1;
       else a.ip[15] = 1;
+    }
+    if (!local_address(a)) {
+      // Not an address of this node: a connection would test whichever node
+      // holds it (or fail while none does, and keep this node from taking
+      // it over). Its listening socket is what this node can check.
+      if (!listening_on(a))
+        throw Failure(
+            fmt::format("check failed: listener {} ({}) is not listening (the address is not this "
+                        "node's; no socket listens on it)",
+                        name_of(l.name), l.addr.to_string()));
+      continue;
     }
     int err = 0;
     int fd = gw::net::connect_wait(a, timeout, err);
