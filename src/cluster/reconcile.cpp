@@ -5,6 +5,8 @@
 
 #include <cstring>
 
+#include "gw/shm/runtime.hpp"
+
 namespace gw::cluster {
 
 using shm::name_of;
@@ -23,8 +25,8 @@ bool same_entries(const shm::Table& a, const shm::Table& b) {
 
 }  // namespace
 
-bool reconcile(shm::Table& t, const Model& model, std::vector<std::string>& events,
-               std::vector<std::string>& warnings) {
+bool reconcile(shm::Table& t, const Model& model, std::vector<std::string>& events, std::vector<std::string>& warnings,
+               const shm::Segment* seg) {
   // Keys whose value did not parse: what this node has for them stays (a
   // typo in etcd must not take a pool and its hosts off every node).
   const Model* mp = &model;
@@ -128,8 +130,13 @@ bool reconcile(shm::Table& t, const Model& model, std::vector<std::string>& even
           x.tag = old->tag;
           if (old->weight != hs.weight)
             changed.push_back(fmt::format("host_changed {} {} weight={}", path, addr, hs.weight));
-          if ((old->admin_down != 0) != hs.down)
-            changed.push_back(fmt::format("host_{} {} {} (admin: etcd)", hs.down ? "down" : "up", path, addr));
+          if ((old->admin_down != 0) != hs.down) {
+            const char* verb = hs.down ? "down" : "up";
+            if (seg && shm::held_down_by_checks(*seg, t, *old))
+              changed.push_back(fmt::format("admin_{} {} {} (admin: etcd; the host {} out: its health check fails)",
+                                            verb, path, addr, hs.down ? "was already" : "stays"));
+            else changed.push_back(fmt::format("host_{} {} {} (admin: etcd)", verb, path, addr));
+          }
         } else {
           added.push_back(fmt::format("host_added {} {} weight={}", path, addr, hs.weight));
           if (hs.down) added.push_back(fmt::format("host_down {} {} (admin: etcd)", path, addr));

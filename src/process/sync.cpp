@@ -250,14 +250,14 @@ class Sync {
           if (!owns()) throw Superseded{};
           bool changed = false;
           if (!steps) {
-            changed = cluster::reconcile(t, m, events, warnings);
+            changed = cluster::reconcile(t, m, events, warnings, &seg_);
           } else {
             const uint64_t start = core::monotonic_ms();
             while (next_step < steps->size()) {
               advance();
               warnings.clear();  // the last revision's are the ones that hold
               m = cluster::build_model(prefix_, kv_, warnings);
-              changed |= cluster::reconcile(t, m, events, warnings);
+              changed |= cluster::reconcile(t, m, events, warnings, &seg_);
               // The writer lock is held for a bounded time: the rest of a long
               // backlog is the next commit (gwctl, the admin API and reloads
               // get the lock in between).

@@ -18,10 +18,7 @@ namespace {
 std::string admin_event(const Segment& seg, const Table& t, const HostRecord& rec, bool down, const std::string& u,
                         const std::string& p, const std::string& id, std::string_view origin) {
   const char* verb = down ? "down" : "up";
-  const auto& up = t.upstreams()[t.pools()[rec.pool].upstream];
-  const bool checked_down = up.check.type != kCheckNone && rec.tag != 0 && rec.slot < seg.caps().max_hosts &&
-                            active_state(seg.host(rec.slot), rec.tag) == kActiveDown;
-  if (!checked_down)
+  if (!held_down_by_checks(seg, t, rec))
     return fmt::format("host_{} {}/{}/{} {} (admin: {} {})", verb, u, p, id, rec.addr.to_string(), origin, verb);
   return fmt::format("admin_{} {}/{}/{} {} (admin: {} {}; the host {} out: its health check fails)", verb, u, p, id,
                      rec.addr.to_string(), origin, verb, down ? "was already" : "stays");

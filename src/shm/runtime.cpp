@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "gw/shm/table.hpp"
+
 namespace gw::shm {
 namespace {
 constexpr uint64_t pack(uint32_t tag, uint32_t n) {
@@ -31,6 +33,13 @@ uint32_t active_state(const HostRuntime& h, uint32_t tag) noexcept {
 bool record_check(HostRuntime& h, uint32_t tag, uint32_t new_state) noexcept {
   if (h.tag.load(std::memory_order_relaxed) != tag) return false;
   return h.active.exchange(new_state, std::memory_order_acq_rel) != new_state;
+}
+
+bool held_down_by_checks(const Segment& seg, const Table& t, const HostRecord& h) noexcept {
+  if (h.tag == 0 || h.slot >= seg.caps().max_hosts || h.pool >= t.pools().size()) return false;
+  const uint16_t u = t.pools()[h.pool].upstream;
+  if (u >= t.upstreams().size() || t.upstreams()[u].check.type == kCheckNone) return false;
+  return active_state(seg.host(h.slot), h.tag) == kActiveDown;
 }
 
 bool host_usable(const HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept {

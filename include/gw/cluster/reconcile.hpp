@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gw/cluster/schema.hpp"
+#include "gw/shm/segment.hpp"
 #include "gw/shm/table.hpp"
 
 namespace gw::cluster {
@@ -21,7 +22,11 @@ namespace gw::cluster {
 /// host_up, pool_changed), in the format gwctl's events use, and one warning per
 /// model upstream this node's config does not have. Returns false (and leaves
 /// `t` untouched) if nothing would change. Throws shm::TableError if the result
-/// does not fit the table's capacities.
-bool reconcile(shm::Table& t, const Model& m, std::vector<std::string>& events, std::vector<std::string>& warnings);
+/// does not fit the table's capacities. With `seg` (the segment whose runtime
+/// state `t`'s hosts use), an admin change of a host its active checks hold
+/// down is admin_down / admin_up instead, as gwctl's (it moves no traffic, and
+/// runs no hook).
+bool reconcile(shm::Table& t, const Model& m, std::vector<std::string>& events, std::vector<std::string>& warnings,
+               const shm::Segment* seg = nullptr);
 
 }  // namespace gw::cluster

@@ -56,6 +56,11 @@ Trial claim_trial(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms)
 bool record_check(HostRuntime& h, uint32_t tag, uint32_t new_state) noexcept;
 /// The active state as seen by readers (kActiveUnknown when the slot has another tag).
 uint32_t active_state(const HostRuntime& h, uint32_t tag) noexcept;
+class Table;
+struct HostRecord;
+/// Do the active checks of its upstream (in `t`) hold host `h` out? Then an
+/// admin change of it moves no traffic (admin_up / admin_down events, no hook).
+bool held_down_by_checks(const Segment& seg, const Table& t, const HostRecord& h) noexcept;
 
 /// Slow start: the host just came back (health or admin); its weight ramps from here.
 inline void mark_up(HostRuntime& h, uint32_t tag, uint64_t now_ms) noexcept {

@@ -2,10 +2,12 @@
 
 #include <string>
 
+#include "../test_util.hpp"
 #include "gw/cluster/etcd.hpp"
 #include "gw/cluster/reconcile.hpp"
 #include "gw/cluster/schema.hpp"
 #include "gw/config/config.hpp"
+#include "gw/shm/runtime.hpp"
 
 using namespace gw::cluster;
 
@@ -139,6 +141,31 @@ TEST_SUITE("cluster") {
     CHECK(m.pools.at({"app", "p"}).priority == 1);
     CHECK(m.held_hosts.count({"app", "p", "bad"}) == 1);  // present, value unreadable: held
     CHECK(warnings.size() == 4);
+  }
+
+  TEST_CASE("reconcile: an admin change from etcd of a host its checks hold down is admin_down / admin_up") {
+    gw::testing::TempSegment ts({4, 8, 16});
+    gw::shm::Table t = sample();
+    t.upstreams()[static_cast<size_t>(t.find_upstream("app"))].check.type = gw::shm::kCheckTcp;
+    for (const auto& h : t.hosts()) gw::shm::reset_slot(ts.seg.host(h.slot), h.tag);
+    const int pi = t.find_pool(t.find_upstream("app"), "primary");
+    const auto& b = t.hosts()[static_cast<size_t>(t.find_host(pi, "b"))];
+    REQUIRE(gw::shm::record_check(ts.seg.host(b.slot), b.tag, gw::shm::kActiveDown));
+    std::vector<std::string> warnings, events;
+    auto kv = kv_of(t, "app");
+    kv[host_key("/gw/", "app", "primary", "a")] = R"({"address": "127.0.0.1:1001", "down": true})";
+    kv[host_key("/gw/", "app", "primary", "b")] = R"({"address": "127.0.0.1:1002", "weight": 2, "down": true})";
+    REQUIRE(reconcile(t, build_model("/gw/", kv, warnings), events, warnings, &ts.seg));
+    CHECK(events == std::vector<std::string>{
+                        "host_down app/primary/a 127.0.0.1:1001 (admin: etcd)",  // checked up: it moves traffic
+                        "admin_down app/primary/b 127.0.0.1:1002 (admin: etcd; the host was already out: its health "
+                        "check fails)"});
+    kv[host_key("/gw/", "app", "primary", "b")] = R"({"address": "127.0.0.1:1002", "weight": 2})";
+    events.clear();
+    REQUIRE(reconcile(t, build_model("/gw/", kv, warnings), events, warnings, &ts.seg));
+    CHECK(events == std::vector<std::string>{
+                        "admin_up app/primary/b 127.0.0.1:1002 (admin: etcd; the host stays out: its health check "
+                        "fails)"});
   }
 
   TEST_CASE("reconcile: a pool or host whose etcd value does not parse keeps what the node has") {
