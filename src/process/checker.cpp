@@ -61,14 +61,15 @@ class Checker {
         seg_(seg),
         reader_(seg),
         table_(std::make_unique<shm::Table>(seg.caps())),
-        hosts_(seg.caps().max_hosts) {}
+        hosts_(seg.caps().max_hosts),
+        index_(seg.caps().max_hosts, -1) {}
 
   int run() {
     core::UniqueFd sfd = child_signal_fd();
     std::vector<pollfd> pfds;
     for (;;) {
       const uint64_t now = core::monotonic_ms();
-      if (reader_.stale()) reader_.refresh(*table_);
+      refresh();
       start_due(now);
       pfds.clear();
       pfds.push_back({sfd.get(), POLLIN, 0});
@@ -85,7 +86,7 @@ class Checker {
       const uint64_t after = core::monotonic_ms();
       // Results are judged by the newest table (a reload may have turned
       // checks off while the probes ran).
-      if (reader_.stale()) reader_.refresh(*table_);
+      refresh();
       for (size_t i = probes_.size(); i-- > 0;) {
         Probe& p = *probes_[i];
         int err = 0;
@@ -98,7 +99,11 @@ class Checker {
         }
         if (done) {
           finish(p, ok, err, after);
-          probes_.erase(probes_.begin() + static_cast<long>(i));
+          // The last probe takes its place: it was looked at already (the
+          // walk goes down), and the erase of a long list's head cost a move
+          // of all the rest.
+          if (i + 1 != probes_.size()) probes_[i] = std::move(probes_.back());
+          probes_.pop_back();
         }
       }
     }
@@ -133,11 +138,30 @@ class Checker {
     }
   }
 
+  // Takes a newer table if there is one, and indexes its hosts by slot: each
+  // finished check looks its host up, and a walk over the table for each
+  // would make a round of checks cost hosts squared.
+  void refresh() {
+    if (!reader_.stale()) return;
+    reader_.refresh(*table_);
+    auto hosts = table_->hosts();
+    for (int32_t& i : index_) i = -1;
+    for (size_t i = 0; i < hosts.size(); ++i)
+      if (hosts[i].slot < index_.size()) index_[hosts[i].slot] = static_cast<int32_t>(i);
+  }
+
+  // The index in the current table of the host holding (slot, tag), or -1.
+  int host_index(uint32_t slot, uint32_t tag) const noexcept {
+    if (slot >= index_.size() || index_[slot] < 0) return -1;
+    const int i = index_[slot];
+    return table_->hosts()[static_cast<size_t>(i)].tag == tag ? i : -1;
+  }
+
   // The upstream of the host holding (slot, tag) in the current table, or null.
   const shm::UpstreamRecord* upstream_of(uint32_t slot, uint32_t tag) const noexcept {
-    for (const auto& h : table_->hosts())
-      if (h.slot == slot && h.tag == tag) return &table_->upstreams()[table_->pools()[h.pool].upstream];
-    return nullptr;
+    const int i = host_index(slot, tag);
+    if (i < 0) return nullptr;
+    return &table_->upstreams()[table_->pools()[table_->hosts()[static_cast<size_t>(i)].pool].upstream];
   }
 
   // Advances a probe; returns true when it has a result.
@@ -199,14 +223,13 @@ class Checker {
     if (!up || up->check.type == shm::kCheckNone) return;
     std::string path = "(removed host)", address = "-";
     bool admin_down = false;
-    auto name_host = [&] {  // only for a log line: a walk over the table
-      auto hosts = table_->hosts();
-      for (size_t i = 0; i < hosts.size(); ++i)
-        if (hosts[i].slot == p.slot && hosts[i].tag == p.tag) {
-          path = table_->host_path(static_cast<int>(i));
-          address = hosts[i].addr.to_string();
-          admin_down = hosts[i].admin_down != 0;
-        }
+    auto name_host = [&] {  // only for a log line or an event
+      const int i = host_index(p.slot, p.tag);
+      if (i < 0) return;
+      const shm::HostRecord& h = table_->hosts()[static_cast<size_t>(i)];
+      path = table_->host_path(i);
+      address = h.addr.to_string();
+      admin_down = h.admin_down != 0;
     };
     if (!ok && err != 0 && !net::peer_error(err)) {
       // The checker's own trouble (EMFILE; EADDRNOTAVAIL: the ephemeral ports
@@ -248,6 +271,7 @@ class Checker {
   shm::TableReader reader_;
   std::unique_ptr<shm::Table> table_;
   std::vector<HostState> hosts_;
+  std::vector<int32_t> index_;  // slot -> index of its host in table_, or -1
   std::vector<std::unique_ptr<Probe>> probes_;
   std::string last_status_;  // the last http answer judged: "HTTP status NNN" or "not an HTTP response"
   uint64_t last_local_log_ms_ = 0;
