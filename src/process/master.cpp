@@ -1400,9 +1400,13 @@ class Master {
       if (::getppid() != master) ::_exit(0);
       ::prctl(PR_SET_NAME, fmt::format("gwd-{}", a.name).c_str());
       core::log_set_role(a.name);
-      sigset_t all;
-      sigemptyset(&all);
-      ::sigprocmask(SIG_SETMASK, &all, nullptr);
+      // As in a worker, the control signals stay blocked until its signalfd
+      // reads them: a SIGUSR1 the master passes on right after the fork (a
+      // logrotate just after a reload or respawn) is a reopen, not a death.
+      sigset_t ctl;
+      sigemptyset(&ctl);
+      for (int s : {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&ctl, s);
+      ::sigprocmask(SIG_SETMASK, &ctl, nullptr);
       fds_.clear();  // it accepts nothing of the workers'
       log_wr_.clear();
       if (&a == &logger_) {

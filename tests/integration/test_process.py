@@ -367,6 +367,31 @@ class ProcessTest(GwTestCase):
             s.close()
         self.open_relayed(gw)
 
+    def test_logrotate_right_after_a_reload_kills_no_helper(self):
+        """SIGUSR1 (logrotate) right after a SIGHUP: the master passes it on to
+        the helpers the reload has just forked. One that had not made its
+        signalfd yet must still take it as a reopen, not die of SIGUSR1's
+        default action (the checker, logger and admin server unblocked every
+        signal at start: "killed by signal 10; respawning in 1 s")."""
+        n = self.backend("n", "name")
+        log = os.path.join(self.tmp, "access.log")
+        cfg = self.make_config([pool("primary", [host("n", n)])],
+                               upstream_opts={"health": {"type": "tcp", "interval_ms": 1000, "timeout_ms": 500}},
+                               listeners=[gwtest.tcp_listener("l4", "app", access_log={"path": log})],
+                               admin={"listen": f"127.0.0.1:{gwtest.free_port()}"})
+        gw = self.gateway(cfg)
+        for i in range(6):
+            before = len(gw.log_text())
+            gw.send_signal(signal.SIGHUP)
+            gw.send_signal(signal.SIGUSR1)
+            gwtest.wait_until(lambda: "reopening log files" in gw.log_text()[before:], T(5),
+                              msg=f"round {i}: the SIGUSR1 handled")
+            time.sleep(0.3)
+        time.sleep(0.5)
+        died = [l for l in gw.log_text().splitlines() if "killed by signal" in l]
+        self.assertEqual(died, [], "a helper died of a logrotate signal")
+        self.assertEqual(gw.stop(), 0)
+
     def test_worker_respawn_under_load(self):
         """SIGKILL a worker under load 5 times: a new worker appears within 100 ms and
         no client connection fails, except those the killed worker itself held
