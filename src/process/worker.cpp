@@ -299,6 +299,7 @@ class Worker {
     });
     if (env_.now_ms >= next_housekeeping_) {
       next_housekeeping_ = env_.now_ms + kHousekeepingMs;
+      report_log_drops();
       if (reader_.stale()) refresh();
       else if (any_close_on_remove_) close_orphans();  // active checks may have taken a host down
     }
@@ -327,6 +328,7 @@ class Worker {
         // sockets only when it tears the ring down).
         if (ring_) ring_->submit();
         access_log_.flush();
+        report_log_drops();
         GW_LOG_INFO("drained; exiting");
         return false;
       }
@@ -338,6 +340,19 @@ class Worker {
       }
     }
     return true;
+  }
+
+  // Access-log lines dropped since the last report (the logger behind or
+  // stopped, its queue full): said in the error log, at most once per
+  // housekeeping round, so that a gap in the access log is never silent.
+  void report_log_drops() {
+    const uint64_t dropped = access_log_.dropped();
+    if (dropped == log_drops_reported_) return;
+    GW_LOG_WARN(
+        "access log: {} line(s) dropped: the logger is behind or stopped and this worker's queue is full ({} "
+        "dropped in all)",
+        dropped - log_drops_reported_, dropped);
+    log_drops_reported_ = dropped;
   }
 
   uint32_t active() const {
@@ -352,6 +367,7 @@ class Worker {
       ring_->submit();  // the closes go out before the process does
     }
     access_log_.flush();
+    report_log_drops();
   }
 
   static uint64_t fd_limit() {
@@ -747,6 +763,7 @@ class Worker {
   std::vector<uint32_t> live_tag_;
   bool any_close_on_remove_ = false;
   proxy::AccessLog access_log_;
+  uint64_t log_drops_reported_ = 0;  // access_log_.dropped() when report_log_drops() last said it
 
   api::ConnLimiter limiter_;
   api::Guard guard_;

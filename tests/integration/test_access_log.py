@@ -299,6 +299,10 @@ class AccessLogTest(GwTestCase):
         self.assertLessEqual(len(lines), 3001)
         for l in lines[:50]:
             self.assertIsNotNone(COMBINED.match(l), l)
+        # The lines that did not fit are dropped, and the gap is said in the
+        # error log (it was silent).
+        if len(lines) < 3001:
+            wait_until(lambda: "line(s) dropped" in gw.log_text(), T(5), msg="the dropped lines reported")
 
     def test_long_values_are_cut_to_their_budget_with_dots(self):
         # README: a value whose escaped form would not fit is cut and ends in
