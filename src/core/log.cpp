@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <ctime>
 #include <stdexcept>
@@ -62,7 +63,9 @@ void log_open(const std::string& path) {
 }
 
 void log_write(LogLevel level, std::string_view text) noexcept {
-  char buf[1024];
+  // One write of at most PIPE_BUF bytes: a record is never split or mixed
+  // with another process's, on a pipe (stderr to journald) as in a file.
+  char buf[PIPE_BUF];
   timeval tv{};
   ::gettimeofday(&tv, nullptr);
   tm t{};
@@ -71,6 +74,7 @@ void log_write(LogLevel level, std::string_view text) noexcept {
                             t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, tv.tv_usec / 1000,
                             level_name(level), g_role, ::getpid(), text);
   size_t n = std::min(r.size, sizeof(buf) - 1);
+  if (r.size > n) std::memcpy(buf + n - 3, "...", 3);  // cut, and visibly so
   // One record, one line: a control character in the text (a value from
   // etcd, a request, a file) cannot forge another line.
   for (size_t i = 0; i < n; ++i)
