@@ -835,6 +835,7 @@ class Master {
       if (sig == SIGCHLD) reap(now);
       else if (sig == SIGTERM) begin_stop(true, now);
       else if (sig == SIGINT || sig == SIGQUIT) begin_stop(false, now);
+      else if (sig == SIGHUP && stopping_) GW_LOG_WARN("SIGHUP while stopping: no reload; gwd is stopping");
       else if (sig == SIGHUP) reload(now);
       else if (sig == SIGUSR1) reopen_logs();
       else if (sig == SIGUSR2) start_upgrade();

@@ -119,6 +119,26 @@ class ProcessTest(GwTestCase):
         self.assertNames(gw.port, 6, {"n"})
         self.assertEqual(gw.stop(), 0)
 
+    def test_signals_during_a_graceful_stop(self):
+        """While gwd drains on SIGTERM: another SIGTERM changes nothing, a
+        SIGHUP reloads nothing and says so (it was ignored without a word), and
+        SIGINT turns the drain into a fast stop."""
+        gw, n = self.start(shutdown_timeout_ms=30000)
+        s = self.open_relayed(gw)
+        kids = gw.all_pids() - {gw.pid}
+        gw.send_signal(signal.SIGTERM)
+        gwtest.wait_until(lambda: "stopping gracefully" in gw.log_text(), T(5), msg="the graceful stop")
+        gw.send_signal(signal.SIGTERM)
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: "SIGHUP while stopping" in gw.log_text(), T(5), msg="the SIGHUP said ignored")
+        self.assertNotIn("reloading", gw.log_text())
+        self.assertRoundTrip(s, b"still draining\n")
+        self.assertIsNone(gw.proc.poll(), "gwd exited on a second SIGTERM or a SIGHUP while draining")
+        gw.send_signal(signal.SIGINT)
+        self.assertEqual(gw.wait_exit(T(5)), 0)
+        self.assertFalse(gwtest.wait_pids_gone(kids, T(2)), "children left after SIGINT")
+        self.assertConnectionClosed(s, T(2))
+
     def test_master_sigkill_workers_drain_and_exit(self):
         """SIGKILL the master: its workers notice (PR_SET_PDEATHSIG), stop
         accepting, finish their open connections and exit; a new gwd on the same
