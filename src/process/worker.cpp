@@ -457,7 +457,19 @@ class Worker {
   // Stop accepting and finish the open connections within `limit_ms`, then
   // exit (tick() checks). `why` and `limit_name` are for the log.
   void begin_drain(const char* why, const char* limit_name, uint32_t limit_ms) {
-    if (draining_) return;
+    if (draining_) {
+      // Draining already (a reload's SIGWINCH): a stop (SIGTERM, also the
+      // master's death) asks for the end within its own limit, which may be
+      // the sooner one; a new gwd waits only that long for this worker.
+      if (env_.now_ms + limit_ms < drain_deadline_ms_) {
+        GW_LOG_INFO("{}: draining already; {} connection(s) left get up to {} ms ({})", why, active(), limit_ms,
+                    limit_name);
+        drain_limit_name_ = limit_name;
+        drain_limit_ms_ = limit_ms;
+        drain_deadline_ms_ = env_.now_ms + limit_ms;
+      }
+      return;
+    }
     GW_LOG_INFO("{}: stop accepting, draining {} connection(s) for up to {} ms", why, active(), limit_ms);
     stop_accepting();
     http_.drain();  // idle keep-alive connections close soon, busy ones after their response

@@ -207,6 +207,30 @@ class ProcessTest(GwTestCase):
             return pids
         return None
 
+    def test_master_sigkill_during_a_reload_drain_workers_stop_within_shutdown_timeout(self):
+        """An old worker of a reload drains for worker_shutdown_timeout_ms (here
+        60 s). If the master then dies, its SIGTERM (PR_SET_PDEATHSIG) asks
+        every worker to be gone within shutdown_timeout_ms, as README says:
+        the old worker ignored it (already draining) and held the instance
+        lock for the rest of its 60 s, longer than a new gwd waits for it
+        (shutdown_timeout_ms + 10 s), so a restart by systemd failed."""
+        gw, n = self.start(workers=1, shutdown_timeout_ms=1000, worker_shutdown_timeout_ms=60000)
+        s = self.open_relayed(gw)
+        (old,) = gw.worker_pids()
+        before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: "reloaded:" in gw.log_text()[before:], T(5), msg="the reload")
+        gwtest.wait_until(lambda: any(p not in (0, old) for p in gw.worker_pids()), T(5), msg="the new worker")
+        self.assertRoundTrip(s, b"the old worker drains\n")
+        kids = gw.all_pids() - {gw.pid}
+        gw.remember(kids)
+        os.kill(gw.pid, signal.SIGKILL)
+        gw.proc.wait(T(5))
+        t0 = time.monotonic()
+        self.assertConnectionClosed(s, 1.0 + T(4))
+        left = gwtest.wait_pids_gone(kids, T(5))
+        self.assertFalse(left, f"processes left {time.monotonic() - t0:.1f} s after the master died: {left}")
+
     def test_io_uring_ring_only_where_a_listener_runs_on_it(self):
         # Under event_engine io_uring, tcp listeners run natively on the ring;
         # http listeners are readiness-based, so a worker with nothing else
