@@ -1543,10 +1543,10 @@ class Master {
                 graceful ? "gracefully" : "now");
     for (pid_t p : pids_)
       if (p > 0) ::kill(p, graceful ? SIGTERM : SIGQUIT);
-    // Old workers of a reload drain already (within their own limit); a
-    // fast stop ends them too.
-    if (!graceful)
-      for (const auto& [p, r] : retiring_) ::kill(p, SIGQUIT);
+    // Old workers of a reload drain already, within their own limit: a
+    // graceful stop holds them to shutdown_timeout_ms too, if that ends
+    // sooner (the worker decides); a fast stop ends them.
+    for (const auto& [p, r] : retiring_) ::kill(p, graceful ? SIGTERM : SIGQUIT);
     // Old helpers stop now, but an old logger (told to stop at the reload)
     // still writes the draining workers' last lines on a graceful stop.
     for (const auto& [p, t] : retiring_aux_)
@@ -1561,7 +1561,7 @@ class Master {
     if (logger_.pid > 0) ::kill(logger_.pid, SIGTERM);
     kill_deadline_ms_ =
         now + (graceful ? std::max(cfg_.shutdown_timeout_ms, cfg_.worker_shutdown_timeout_ms) + 2000 : 2000);
-    // Old workers of a reload drain within the limit of their own config,
+    // Old workers of a reload drain within the limits of their own config,
     // which may be longer than this one's.
     if (graceful)
       for (const auto& [p, r] : retiring_) kill_deadline_ms_ = std::max(kill_deadline_ms_, r.kill_at);

@@ -231,6 +231,30 @@ class ProcessTest(GwTestCase):
         left = gwtest.wait_pids_gone(kids, T(5))
         self.assertFalse(left, f"processes left {time.monotonic() - t0:.1f} s after the master died: {left}")
 
+    def test_sigterm_during_a_reload_drain_stops_within_shutdown_timeout(self):
+        """SIGTERM lets open connections run for shutdown_timeout_ms (README),
+        those of the old workers of a reload too: the master did not signal
+        them, so a stop waited out their worker_shutdown_timeout_ms (here 60 s,
+        WebSocket setups use hours) before it exited."""
+        gw, n = self.start(workers=1, shutdown_timeout_ms=1000, worker_shutdown_timeout_ms=60000)
+        s = self.open_relayed(gw)
+        (old,) = gw.worker_pids()
+        before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: "reloaded:" in gw.log_text()[before:], T(5), msg="the reload")
+        gwtest.wait_until(lambda: any(p not in (0, old) for p in gw.worker_pids()), T(5), msg="the new worker")
+        self.assertRoundTrip(s, b"the old worker drains\n")
+        kids = gw.all_pids() - {gw.pid}
+        t0 = time.monotonic()
+        gw.send_signal(signal.SIGTERM)
+        rc = gw.wait_exit(1.0 + T(5))
+        took = time.monotonic() - t0
+        self.assertIsNotNone(rc, "gwd still running 6 s after SIGTERM (shutdown_timeout_ms=1000)")
+        self.assertEqual(rc, 0)
+        self.assertGreater(took, 0.8, "the old worker's connection was not given shutdown_timeout_ms")
+        self.assertConnectionClosed(s, T(2))
+        self.assertFalse(gwtest.wait_pids_gone(kids, T(2)), "children left after the stop")
+
     def test_io_uring_ring_only_where_a_listener_runs_on_it(self):
         # Under event_engine io_uring, tcp listeners run natively on the ring;
         # http listeners are readiness-based, so a worker with nothing else
