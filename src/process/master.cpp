@@ -1455,10 +1455,12 @@ class Master {
         } else {
           GW_LOG_ERROR("binary upgrade failed: the new master (pid {}) {}; this one goes on serving", pid, how);
           // It may have claimed the segment before it failed: gwctl refuses
-          // changes while the master named there is gone.
-          pid_t failed = pid;
-          const bool claimed =
-              seg_.header().master_pid.compare_exchange_strong(failed, ::getpid(), std::memory_order_acq_rel);
+          // changes while the master named there is gone. One that stopped
+          // (a SIGTERM before the hand-over) cleared the name as it exited.
+          pid_t failed = pid, cleared = 0;
+          auto& named = seg_.header().master_pid;
+          const bool claimed = named.compare_exchange_strong(failed, ::getpid(), std::memory_order_acq_rel) ||
+                               named.compare_exchange_strong(cleared, ::getpid(), std::memory_order_acq_rel);
           // A new master that failed before it touched the segment (a bad
           // config, another ABI) left nothing to undo.
           if (claimed || !header_is_ours()) undo_failed_upgrade();

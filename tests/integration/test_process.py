@@ -255,6 +255,39 @@ class ProcessTest(GwTestCase):
         self.assertConnectionClosed(s, T(2))
         self.assertFalse(gwtest.wait_pids_gone(kids, T(2)), "children left after the stop")
 
+    def test_a_new_master_stopped_before_the_hand_over_leaves_the_old_one_in_charge(self):
+        """A binary upgrade whose new master is stopped (SIGTERM: the operator
+        rolls back) before the old master took its hand-over signal: the old
+        one goes on serving and must be the master named in the segment again.
+        A new master that stops clears master_pid (0), and the old master took
+        the segment back only from the failed master's pid: it served on with
+        master_pid 0, so gwctl refused every change ("gwd was stopped").
+        (The old master is held with SIGSTOP to open that window.)"""
+        gw, n = self.start(workers=1)
+        old = gw.pid
+        before = len(gw.log_text())
+        gw.send_signal(signal.SIGUSR2)
+        started = gwtest.wait_until(
+            lambda: re.search(r"binary upgrade: started .* \(pid (\d+)\)", gw.log_text()[before:]), T(5),
+            msg="the new master started")
+        new = int(started.group(1))
+        os.kill(old, signal.SIGSTOP)
+        self.addCleanup(lambda: os.kill(old, signal.SIGCONT) if gwtest.pid_alive(old) else None)
+        gw.remember([new])
+        gwtest.wait_until(lambda: f"master[{new}]: binary upgrade: serving" in gw.log_text(), T(10),
+                          msg="the new master ready (its hand-over signal waits in the stopped old master)")
+        os.kill(new, signal.SIGTERM)
+        gwtest.wait_until(lambda: f"master[{new}]: stopped" in gw.log_text(), T(10), msg="the new master stopped")
+        os.kill(old, signal.SIGCONT)
+        gwtest.wait_until(lambda: "binary upgrade failed" in gw.log_text()[before:], T(5), msg="the failure logged")
+        time.sleep(0.3)
+        self.assertIsNone(gw.proc.poll(), "the old master exited")
+        self.assertEqual(gw.status()["master_pid"], old)
+        self.assertGwctlOk(gw, "down", "host", "app/primary", "n")
+        self.assertGwctlOk(gw, "up", "host", "app/primary", "n")
+        self.assertNames(gw.port, 4, {"n"})
+        self.assertEqual(gw.stop(), 0)
+
     def test_io_uring_ring_only_where_a_listener_runs_on_it(self):
         # Under event_engine io_uring, tcp listeners run natively on the ring;
         # http listeners are readiness-based, so a worker with nothing else
