@@ -45,6 +45,9 @@ constexpr uint64_t kHousekeepingMs = 1000;
 // A listener paused on a full session table is retried this often.
 constexpr int kFullRetryMs = 100;
 constexpr uint64_t kAcceptPauseMs = 100;
+// An exiting worker waits at most this long for a logger that is behind to
+// take its queued access-log lines.
+constexpr int kLogFinishMs = 1000;
 
 class Worker {
  public:
@@ -327,7 +330,7 @@ class Worker {
         // go out before the process does (the kernel would close those
         // sockets only when it tears the ring down).
         if (ring_) ring_->submit();
-        access_log_.flush();
+        access_log_.finish(kLogFinishMs);
         report_log_drops();
         GW_LOG_INFO("drained; exiting");
         return false;
@@ -366,7 +369,7 @@ class Worker {
       urelay_->close_all();
       ring_->submit();  // the closes go out before the process does
     }
-    access_log_.flush();
+    access_log_.finish(kLogFinishMs);
     report_log_drops();
   }
 

@@ -1,12 +1,16 @@
 #include "gw/proxy/access_log.hpp"
 
+#include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
 
 #include <fmt/format.h>
+
+#include "gw/core/clock.hpp"
 
 namespace gw::proxy {
 
@@ -367,6 +371,41 @@ void AccessLog::flush() noexcept {
       f.head = (f.head + 1) % kMaxChunks;
       --f.count;
     }
+  }
+}
+
+void AccessLog::finish(int timeout_ms) noexcept {
+  if (fd_ < 0) return;
+  auto queued = [this] {
+    uint32_t chunks = 0;
+    for (const File& f : files_)
+      for (uint32_t k = 0; k < f.count; ++k) chunks += f.chunks[(f.head + k) % kMaxChunks].len > 1;
+    return chunks;
+  };
+  const uint64_t end = core::monotonic_ms() + static_cast<uint64_t>(std::max(timeout_ms, 0));
+  for (uint32_t before = queued(); before > 0;) {
+    flush();
+    const uint32_t after = queued();
+    if (after == 0) return;
+    const uint64_t now = core::monotonic_ms();
+    if (now >= end) break;
+    // Wait for room; if the socket said writable and nothing went (room for
+    // less than a chunk), wait a little rather than spin.
+    pollfd p{fd_, POLLOUT, 0};
+    const int r = ::poll(
+        &p, 1, after < before ? static_cast<int>(end - now) : static_cast<int>(std::min<uint64_t>(5, end - now)));
+    if (r < 0 && errno != EINTR) break;
+    if (r > 0 && (p.revents & (POLLERR | POLLHUP | POLLNVAL))) break;  // the logger's end is gone
+    before = after;
+  }
+  // What the logger did not take in time: its lines count as dropped.
+  for (File& f : files_) {
+    for (uint32_t k = 0; k < f.count; ++k) {
+      const Chunk& c = f.chunks[(f.head + k) % kMaxChunks];
+      if (c.len > 1) dropped_ += static_cast<uint64_t>(std::count(c.data.get() + 1, c.data.get() + c.len, '\n'));
+    }
+    f.head = 0;
+    f.count = 0;
   }
 }
 

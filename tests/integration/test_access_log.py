@@ -304,6 +304,43 @@ class AccessLogTest(GwTestCase):
         if len(lines) < 3001:
             wait_until(lambda: "line(s) dropped" in gw.log_text(), T(5), msg="the dropped lines reported")
 
+    def test_a_stop_keeps_the_lines_a_worker_still_queues_for_a_slow_logger(self):
+        """A worker that exits (graceful stop) while its logger is behind
+        waits a moment for the logger to take its queued chunks: they were
+        dropped without a count at exit (up to 512 KiB of lines per file)."""
+        a = self.hb("alpha")
+        log = os.path.join(self.tmp, "access.log")
+        cfg = self.make_config([pool("p", [host("a", a.address)])],
+                               listeners=[http_listener("web", log, "main", upstream="app",
+                                                        http={"keepalive_requests": 100000})])
+        gw = self.gateway(cfg)
+        port = gw.ports[0]
+        self.assertEqual(hb.request(port, "GET", "/warm").status, 200)
+        self.wait_lines(log, 1)
+
+        def comm(p):
+            with open(f"/proc/{p}/comm") as f:
+                return f.read().strip()
+        (logger,) = [p for p in gw.children() if comm(p) == "gwd-logger"]
+        os.kill(logger, signal.SIGSTOP)
+        self.addCleanup(lambda: gwtest.pid_alive(logger) and os.kill(logger, signal.SIGCONT))
+        total = 3000
+        with socket.create_connection((LO, port)) as s:
+            s.settimeout(T(5))
+            reader = hb.Reader(s)
+            pad = "p" * 3000
+            for i in range(total):
+                s.sendall(f"GET /{i}/{pad} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                self.assertEqual(hb.read_response(reader).status, 200)
+        gw.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # the worker has drained and waits for the logger
+        os.kill(logger, signal.SIGCONT)
+        self.assertEqual(gw.wait_exit(T(15)), 0)
+        dropped = [int(m) for m in re.findall(r"line\(s\) dropped: .* \((\d+) dropped in all\)", gw.log_text())]
+        lost = max(dropped, default=0)
+        self.assertEqual(len(read_lines(log)), 1 + total - lost,
+                         f"{lost} line(s) reported dropped; the others must all be in the file")
+
     def test_long_values_are_cut_to_their_budget_with_dots(self):
         # README: a value whose escaped form would not fit is cut and ends in
         # "..." (the target at 4,096 escaped bytes, Referer and User-Agent at

@@ -63,8 +63,12 @@ class AccessLog {
 
   void log(uint8_t file, LogFormat f, const HttpLogEntry& e) noexcept;
   void log(uint8_t file, LogFormat f, const StreamLogEntry& e) noexcept;
-  /// Sends what is staged (once per event-loop round, and before exiting).
+  /// Sends what is staged (once per event-loop round).
   void flush() noexcept;
+  /// Before the worker exits: sends what is staged, waiting (poll) up to
+  /// `timeout_ms` in all while the logger is behind; lines still queued then
+  /// are counted in dropped().
+  void finish(int timeout_ms) noexcept;
   uint64_t dropped() const noexcept { return dropped_; }
 
   /// Formats a line (no newline appended) into buf; returns its length, or 0
