@@ -1,5 +1,9 @@
 #include <doctest/doctest.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <chrono>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -47,5 +51,46 @@ TEST_SUITE("proxy") {
     const std::string_view line(buf, n);
     CHECK(line.find("/a?b=\\x22c\\x22 HTTP/1.1") != std::string_view::npos);
     CHECK(line.find("...") == std::string_view::npos);
+  }
+}
+
+TEST_SUITE("proxy") {
+  TEST_CASE("access log: finish() hands over what it can and counts the rest as dropped") {
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
+    int small = 64 * 1024;
+    ::setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+    AccessLog log;
+    log.init(sv[1], 1);
+    gw::proxy::StreamLogEntry e;
+    e.client = "127.0.0.1";
+    e.listener = "l4";
+    e.protocol = "tcp";
+    e.reason = "closed";
+    const std::string pad(400, 'k');
+    e.frame_key = pad;
+    constexpr uint64_t kLines = 5000;  // ~2 MB: more than the socket and the queue hold
+    for (uint64_t i = 0; i < kLines; ++i) {
+      log.log(0, LogFormat::main, e);
+      if (i % 50 == 0) log.flush();
+    }
+    // Nobody reads: finish() gives up after its limit and counts what is left.
+    const auto t0 = std::chrono::steady_clock::now();
+    log.finish(50);
+    const auto took = std::chrono::steady_clock::now() - t0;
+    CHECK(took >= std::chrono::milliseconds(40));
+    CHECK(took < std::chrono::seconds(2));
+    uint64_t received = 0;
+    auto buf = std::make_unique<char[]>(64 * 1024);
+    for (;;) {
+      const ssize_t n = ::recv(sv[0], buf.get(), 64 * 1024, MSG_DONTWAIT);
+      if (n <= 0) break;
+      for (ssize_t i = 1; i < n; ++i) received += buf[i] == '\n';
+    }
+    CHECK(received > 0);
+    CHECK(log.dropped() > 0);
+    CHECK(received + log.dropped() == kLines);  // every line is either in the socket or counted
+    ::close(sv[0]);
+    ::close(sv[1]);
   }
 }
