@@ -106,15 +106,18 @@ int main(int argc, char** argv) {
     fmt::print("ok\n");
     return 0;
   }
+  bool log_in_file = false;  // the error log is log_file, not stderr
   try {
     gw::core::log_set_role("master");
     gw::core::log_set_level(r.config.log_level);
     gw::core::log_open(r.config.log_file);
+    log_in_file = !r.config.log_file.empty();
     return gw::process::run_master(r.config, std::vector<std::string>(argv, argv + argc));
   } catch (const std::exception& e) {
     GW_LOG_ERROR("{}", e.what());
-    // The log may be a file; the operator starting gwd must see why it failed.
-    if (!r.config.log_file.empty()) fmt::print(stderr, "gwd: {}\n", gw::core::one_line(e.what()));
+    // The log may be a file; the operator starting gwd must see why it failed
+    // (once: a log_file that did not open left the error log on stderr).
+    if (log_in_file) fmt::print(stderr, "gwd: {}\n", gw::core::one_line(e.what()));
     return 1;
   }
 }

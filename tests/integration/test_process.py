@@ -139,6 +139,21 @@ class ProcessTest(GwTestCase):
         self.assertFalse(gwtest.wait_pids_gone(kids, T(2)), "children left after SIGINT")
         self.assertConnectionClosed(s, T(2))
 
+    def test_a_log_file_that_cannot_be_opened_is_one_line_on_stderr(self):
+        """gwd cannot open its log_file at start: exit 1 with the reason once
+        on stderr (it was printed twice: the error log, still stderr, and the
+        line for the operator)."""
+        n = self.backend("n", "name")
+        cfg = self.make_config([pool("primary", [host("n", n)])],
+                               log_file=os.path.join(self.tmp, "missing-dir", "gw.log"))
+        conf = gwtest.write_json(os.path.join(self.tmp, "gw.json"), cfg)
+        r = subprocess.run([os.path.join(gwtest.BUILD_DIR, "gwd"), "-c", conf], capture_output=True, text=True,
+                           timeout=T(10), stdin=subprocess.DEVNULL, preexec_fn=gwtest._child_preexec)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        lines = r.stderr.splitlines()
+        self.assertEqual(len(lines), 1, r.stderr)
+        self.assertIn("cannot open log file", lines[0])
+
     def test_master_sigkill_workers_drain_and_exit(self):
         """SIGKILL the master: its workers notice (PR_SET_PDEATHSIG), stop
         accepting, finish their open connections and exit; a new gwd on the same
