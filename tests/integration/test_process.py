@@ -293,6 +293,8 @@ class ProcessTest(GwTestCase):
                           msg="the new master ready (its hand-over signal waits in the stopped old master)")
         os.kill(new, signal.SIGTERM)
         gwtest.wait_until(lambda: f"master[{new}]: stopped" in gw.log_text(), T(10), msg="the new master stopped")
+        # exited (a zombie of the stopped old master), so its SIGCHLD waits there before the hand-over signal
+        gwtest.wait_until(lambda: gwtest.proc_state(new) in ("Z", None), T(10), msg="the new master exited")
         os.kill(old, signal.SIGCONT)
         gwtest.wait_until(lambda: "binary upgrade failed" in gw.log_text()[before:], T(5), msg="the failure logged")
         time.sleep(0.3)
