@@ -433,11 +433,11 @@ class Worker {
     signalfd_siginfo si{};
     while (::read(sfd, &si, sizeof(si)) == sizeof(si)) {
       switch (si.ssi_signo) {
-        case SIGTERM: begin_drain("SIGTERM", "shutdown_timeout_ms", cfg_.shutdown_timeout_ms); break;
+        case SIGTERM: begin_drain("SIGTERM", "shutdown_timeout_ms", cfg_.shutdown_timeout_ms, true); break;
         case SIGWINCH:
           // A reload: a new generation of workers serves the listening
           // sockets; this one finishes what it has.
-          begin_drain("SIGWINCH (reload)", "worker_shutdown_timeout_ms", cfg_.worker_shutdown_timeout_ms);
+          begin_drain("SIGWINCH (reload)", "worker_shutdown_timeout_ms", cfg_.worker_shutdown_timeout_ms, false);
           break;
         case SIGINT:
         case SIGQUIT: close_all(); return false;
@@ -458,8 +458,11 @@ class Worker {
   }
 
   // Stop accepting and finish the open connections within `limit_ms`, then
-  // exit (tick() checks). `why` and `limit_name` are for the log.
-  void begin_drain(const char* why, const char* limit_name, uint32_t limit_ms) {
+  // exit (tick() checks). `why` and `limit_name` are for the log. `stop`: a
+  // stop (SIGTERM), after which no other process accepts on the listening
+  // sockets (the master has closed its copies, or died): what is queued in
+  // them is taken before they close. After a reload the new workers take it.
+  void begin_drain(const char* why, const char* limit_name, uint32_t limit_ms, bool stop) {
     if (draining_) {
       // Draining already (a reload's SIGWINCH): a stop (SIGTERM, also the
       // master's death) asks for the end within its own limit, which may be
@@ -484,7 +487,8 @@ class Worker {
     for (size_t i = 0; i < listen_fds_.size(); ++i) {
       if (!native_.empty() && native_[i]) {
         if (!accept_armed_[i]) close_native_listener(static_cast<uint32_t>(i));
-      } else {
+      } else if (listen_fds_[i] >= 0) {
+        if (stop) take_queued(static_cast<uint32_t>(i));
         ::close(listen_fds_[i]);
         listen_fds_[i] = -1;
       }
@@ -513,18 +517,41 @@ class Worker {
         }
         return;
       }
-      if (reader_.stale()) refresh();  // one acquire load per new connection
-      const bool per_frame = listeners_[li].per_frame;
-      const bool http = listeners_[li].http;
-      // limit_conn: over the address's max the connection is closed here, unread (counted).
-      if (!limiter_.admit(fd, li, reinterpret_cast<const sockaddr*>(&peer), env_.now_ms)) {
-        ::close(fd);
-        proxy::metrics::listener_reject(env_, li, shm::kRejectLimitConn);
-        continue;
+      serve(li, fd, peer);
+    }
+  }
+
+  // A connection accepted (epoll) on listener `li` from `peer`.
+  void serve(uint32_t li, int fd, const sockaddr_storage& peer) {
+    if (reader_.stale()) refresh();  // one acquire load per new connection
+    const auto* addr = reinterpret_cast<const sockaddr*>(&peer);
+    // limit_conn: over the address's max the connection is closed here, unread (counted).
+    if (!limiter_.admit(fd, li, addr, env_.now_ms)) {
+      ::close(fd);
+      proxy::metrics::listener_reject(env_, li, shm::kRejectLimitConn);
+      return;
+    }
+    if (listeners_[li].http) http_.accept(fd, li, addr);
+    else if (listeners_[li].per_frame) mux_.accept(fd, li);
+    else relay_.accept(fd, li, addr);
+  }
+
+  // Stopping (epoll): the connections queued in listener `li`'s socket, which
+  // closing it would reset, are accepted and served (the drain lets them
+  // finish), as far as its session table has room; at most a backlog's worth
+  // (the socket takes new connections until it closes).
+  void take_queued(uint32_t li) {
+    for (int n = 0; n < cfg_.listeners[li].backlog; ++n) {
+      if (table_full(li) && !(listeners_[li].http && reclaim_http())) return;
+      sockaddr_storage peer;
+      socklen_t plen = sizeof(peer);
+      const int fd =
+          ::accept4(listen_fds_[li], reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        return;  // EAGAIN: nothing queued (or EMFILE: nothing more can be taken)
       }
-      if (http) http_.accept(fd, li, reinterpret_cast<const sockaddr*>(&peer));
-      else if (per_frame) mux_.accept(fd, li);
-      else relay_.accept(fd, li, reinterpret_cast<const sockaddr*>(&peer));
+      serve(li, fd, peer);
     }
   }
 

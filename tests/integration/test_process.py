@@ -73,6 +73,39 @@ class ProcessTest(GwTestCase):
         self.assertFalse(left, f"children left after gwd exited: {left}")
         self.assertFalse(gwtest.port_listening(gw.port))
 
+    def test_sigterm_serves_the_connections_queued_in_the_listen_socket(self):
+        """Connections the kernel has queued (handshake done, request sent)
+        when SIGTERM comes are served by the draining worker, not reset: the
+        epoll worker closed its listening socket, the master's copy being
+        closed already, and every queued client got a reset (io_uring served
+        them). The worker is held with SIGSTOP so that they queue, and its
+        SIGTERM comes first, so that it reads the signal before it sees the
+        queued connections."""
+        gw, n = self.start(workers=1)
+        (w,) = gw.worker_pids()
+        os.kill(w, signal.SIGSTOP)
+        self.addCleanup(lambda: gwtest.pid_alive(w) and os.kill(w, signal.SIGCONT))
+        os.kill(w, signal.SIGTERM)  # as the master will send it
+        socks = []
+        for i in range(20):
+            s = socket.create_connection((gwtest.LOOPBACK, gw.port), timeout=T(5))
+            self.addCleanup(s.close)
+            s.sendall(f"queued {i}\n".encode())
+            socks.append(s)
+        gw.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # the master has closed its copies of the listening sockets
+        os.kill(w, signal.SIGCONT)
+        failed = []
+        for i, s in enumerate(socks):
+            try:
+                self.assertEqual(gwtest.recv_line(s), "n")
+                self.assertEqual(gwtest.recv_line(s), f"queued {i}")
+            except (OSError, AssertionError) as e:
+                failed.append(f"{i}: {e!r}")
+            s.close()
+        self.assertEqual(failed, [], "queued connections not served on SIGTERM")
+        self.assertEqual(gw.wait_exit(T(10)), 0)
+
     def test_sigterm_drain_limit(self):
         """A connection that stays open is closed after shutdown_timeout_ms."""
         gw, n = self.start(shutdown_timeout_ms=1000)
