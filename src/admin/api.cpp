@@ -480,6 +480,9 @@ Response Api::handle(const Request& r) {
     RouteMatch m = route_request(r.method, path);
     if (std::optional<Response> refused = precheck(r, m, path)) return std::move(*refused);
     if (!m.write) return read(m, query);
+    // A write to a table that fails validation is refused as a read is (503,
+    // TableRefused), not left to the writer's refusal (a 500).
+    table();
     return write(r, m);
   } catch (const shm::TableError& e) {
     return error_response(status_of(e.kind()), e.what());

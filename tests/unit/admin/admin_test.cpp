@@ -588,6 +588,26 @@ TEST_SUITE("admin") {
       CHECK(r.status == 503);
       CHECK(r.body.find("fails validation: a host names a pool that does not exist") != std::string::npos);
     }
+    // Writes too: the same 503 (the README's table), not a 500, and nothing changes.
+    const std::string bearer = "Bearer " + kToken;
+    const uint64_t gen = ts.seg.header().published.load() >> 1;
+    const std::pair<const char*, const char*> writes[] = {
+        {"POST", "/upstreams/app/pools/primary/hosts/a/down"},
+        {"DELETE", "/upstreams/app/pools/primary/hosts/b"},
+        {"DELETE", "/listeners/web/routes/default/rules/x"},
+        {"DELETE", "/consumers/nobody"},
+    };
+    for (const auto& [method, path] : writes) {
+      const std::string where = path;
+      CAPTURE(where);
+      auto r = call(api, method, path, "", bearer);
+      CHECK(r.status == 503);
+      CHECK(r.body.find("fails validation: a host names a pool that does not exist") != std::string::npos);
+    }
+    auto r =
+        call(api, "POST", "/upstreams/app/pools/primary/hosts", R"({"id": "c", "address": "127.0.0.1:1003"})", bearer);
+    CHECK(r.status == 503);
+    CHECK((ts.seg.header().published.load() >> 1) == gen);
   }
 
   TEST_CASE("data plane helpers: listener, host and rule rows") {
