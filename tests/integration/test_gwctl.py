@@ -379,6 +379,27 @@ class GwctlTest(GwTestCase):
                                    stdin=subprocess.DEVNULL)
                 self.assertEqual((p.returncode, p.stderr), (1, want))
 
+    def test_bytes_a_terminal_acts_on_are_escaped_in_ok_status_and_events(self):
+        """A rule's header value may hold a C1 control (U+009B, CSI: valid
+        UTF-8, bytes a header may carry). The ok line, `status` and `events`
+        wrote it raw, where a terminal acts on it; they escape it as \\xNN, as
+        the error lines do. status --json keeps the value (JSON is UTF-8)."""
+        gw = self.web_gateway()
+        argv = [gwtest.GWCTL.encode(), b"--shm", gw.shm.encode(), b"add", b"rule", b"web", b"main", b"r",
+                b"--header", b"X-T=a\xc2\x9b31mb", b"--upstream", b"app"]
+        p = subprocess.run(argv, capture_output=True, timeout=T(10), stdin=subprocess.DEVNULL)
+        self.assertEqual((p.returncode, p.stderr), (0, b""))
+        self.assertEqual(re.sub(rb"generation \d+", b"generation N", p.stdout),
+                         b"ok: add rule web/main/r header=X-T=a\\xc2\\x9b31mb -> app (generation N)\n")
+        for args in (["status"], ["events"]):
+            with self.subTest(args=args):
+                p = subprocess.run(gwtest.gwctl_argv(args, shm=gw.shm), capture_output=True, timeout=T(10),
+                                   stdin=subprocess.DEVNULL)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertNotIn(b"\xc2\x9b", p.stdout)
+                self.assertIn(b"header=X-T=a\\xc2\\x9b31mb", p.stdout)
+        self.assertEqual(gw.status()["routes"][0]["rules"][0]["header"], {"name": "X-T", "value": "a\u009b31mb"})
+
     def web_gateway(self):
         """A gateway with an http listener "web" whose route "main" takes rules."""
         a = self.backend("a")

@@ -275,9 +275,11 @@ gw::shm::RuleSpec rule_from_options(const Options& o, const gw::shm::Caps& caps)
 }
 
 // Prints a verb's result as gwctl always has: "ok: WHAT (generation N)".
+// WHAT quotes the input (a rule's header value may hold a C1 control, valid
+// UTF-8): escaped as the error lines are, so that no terminal acts on it.
 int report(const gw::shm::ops::Result& r) {
   g_change_made = r.changed;  // not for "already down"
-  out("ok: {} (generation {})\n", r.what, r.generation);
+  out("ok: {} (generation {})\n", gw::core::one_line(r.what), r.generation);
   return 0;
 }
 
@@ -766,7 +768,7 @@ int cmd_status(const Options& o) {
   else
     out("gateway: shm \"{}\", master NOT RUNNING, table generation {} (changed {})\n", seg.name(),
         t.header().generation, ts);
-  if (auto cv = gw::admin::cluster_view(seg); cv.on) out("{}\n", gw::admin::cluster_line(cv));
+  if (auto cv = gw::admin::cluster_view(seg); cv.on) out("{}\n", gw::core::one_line(gw::admin::cluster_line(cv)));
   for (const auto& w : workers)
     fmt::print(
         "  worker {}: pid {}, generation {}, {} connection(s), {} accepted, {} hash fallback(s), {} without a host\n",
@@ -853,7 +855,7 @@ int cmd_status(const Options& o) {
       for (size_t k = 0; k < t.rules().size(); ++k) {
         if (t.rules()[k].route != r) continue;
         auto spec = t.rule_spec(static_cast<int>(k));
-        out("  {:<26} {}\n", spec.id, gw::shm::describe_rule(spec));
+        out("  {:<26} {}\n", spec.id, gw::core::one_line(gw::shm::describe_rule(spec)));
       }
     }
   }
@@ -906,7 +908,9 @@ int cmd_events(const Options& o) {
           continue;
         }
       } else if (r == gw::shm::EventRead::ok) {
-        out("{}\n", gw::shm::format_event(cur, e));
+        // An event quotes values (a rule's header, an etcd error): escaped
+        // as in the error lines, so that no terminal acts on them.
+        out("{}\n", gw::core::one_line(gw::shm::format_event(cur, e)));
       } else {
         ++lost;
       }
