@@ -218,10 +218,19 @@ Result set_pool(const Segment& seg, const std::string& u, const std::string& p, 
   if (!priority && !method) throw TableError("set pool needs a priority and/or a method");
   check_not_clustered(seg);
   std::string what;
+  bool already = false;
   Writer w(seg);
   Result r;
   r.generation = w.commit([&](Table& t, std::vector<std::string>& ev) {
     auto& pr = t.pools()[static_cast<size_t>(find_pool(t, u, p))];
+    // What is already so changes nothing (as set_host): no generation, no
+    // event, for a script or an API client that sends the same values again.
+    if ((!priority || pr.priority == *priority) && (!method || pr.method == static_cast<uint8_t>(*method))) {
+      what = fmt::format("pool {}/{} already has priority={} method={}", u, p, pr.priority,
+                         method_name(static_cast<Method>(pr.method)));
+      already = true;
+      throw Writer::Unchanged{};
+    }
     if (priority) pr.priority = *priority;
     if (method) pr.method = static_cast<uint8_t>(*method);
     const char* m = method_name(static_cast<Method>(pr.method));
@@ -229,6 +238,7 @@ Result set_pool(const Segment& seg, const std::string& u, const std::string& p, 
     ev.push_back(fmt::format("pool_changed {}/{} priority={} method={}", u, p, pr.priority, m));
   });
   r.what = std::move(what);
+  r.changed = !already;
   return r;
 }
 

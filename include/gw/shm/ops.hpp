@@ -55,7 +55,8 @@ Result set_host(const Segment& seg, const std::string& u, const std::string& p, 
                 std::optional<uint32_t> weight, std::optional<bool> down, std::string_view origin);
 Result add_pool(const Segment& seg, const std::string& u, const std::string& p, int32_t priority, Method method);
 Result remove_pool(const Segment& seg, const std::string& u, const std::string& p);
-/// At least one of priority and method.
+/// At least one of priority and method. What is already so is an "already"
+/// answer (changed false; no generation, no event).
 Result set_pool(const Segment& seg, const std::string& u, const std::string& p, std::optional<int32_t> priority,
                 std::optional<Method> method);
 

@@ -69,4 +69,32 @@ TEST_SUITE("shm") {
     CHECK(r.what == "host app/primary/a already has weight 4 and is down");
     CHECK_THROWS_AS(ops::set_host(ts.seg, "app", "primary", "a", std::nullopt, std::nullopt, "api"), TableError);
   }
+
+  TEST_CASE("set_pool: a new priority or method in one commit, with its event; the same ones change nothing") {
+    TempSegment ts({1, 1, 1});
+    one_host(ts);
+    const uint64_t head = ts.seg.header().event_head.load();
+    ops::Result r = ops::set_pool(ts.seg, "app", "primary", 3, std::nullopt);
+    CHECK(r.changed);
+    CHECK(r.what == "set pool app/primary priority=3 method=round_robin");
+    EventData e{};
+    REQUIRE(read_event(ts.seg, head, e) == EventRead::ok);
+    CHECK(std::string(e.text) == "pool_changed app/primary priority=3 method=round_robin");
+
+    // Sent again (a script, or the admin API's read, edit, write): no new
+    // generation, no event (the workers rebuild nothing), changed false.
+    const uint64_t pub = ts.seg.header().published.load();
+    r = ops::set_pool(ts.seg, "app", "primary", 3, Method::round_robin);
+    CHECK_FALSE(r.changed);
+    CHECK(r.what == "pool app/primary already has priority=3 method=round_robin");
+    CHECK(r.generation == (pub >> 1));
+    CHECK(ts.seg.header().published.load() == pub);
+    CHECK(ts.seg.header().event_head.load() == head + 1);
+
+    r = ops::set_pool(ts.seg, "app", "primary", std::nullopt, Method::least_conn);
+    CHECK(r.changed);
+    CHECK(r.what == "set pool app/primary priority=3 method=least_conn");
+    CHECK(ts.seg.header().event_head.load() == head + 2);
+    CHECK_THROWS_AS(ops::set_pool(ts.seg, "app", "nope", 1, std::nullopt), TableError);
+  }
 }
