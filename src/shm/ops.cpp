@@ -258,13 +258,29 @@ Result add_rule(const Segment& seg, const std::string& l, const std::string& r, 
 Result set_rule(const Segment& seg, const std::string& l, const std::string& r, const RuleSpec& spec) {
   std::string desc = describe_rule(spec);
   std::string what = fmt::format("set rule {}/{}/{} {}", l, r, spec.id, desc);
-  return commit(
+  bool already = false;
+  Result res = commit(
       seg,
       [&](Table& t, std::vector<std::string>& ev) {
-        t.replace_rule(find_rule(t, l, r, spec.id), spec);
+        const int i = find_rule(t, l, r, spec.id);
+        // The rule as it is (a script, or the admin API's read, edit, write
+        // sent unedited): changes nothing, as set_host and set_pool.
+        const RuleSpec cur = t.rule_spec(i);
+        if (cur.upstream == spec.upstream && cur.cidrs == spec.cidrs && cur.header_name == spec.header_name &&
+            cur.header_value == spec.header_value && cur.cookie_name == spec.cookie_name &&
+            cur.cookie_value == spec.cookie_value && cur.percent_bp == spec.percent_bp) {
+          already = true;
+          throw Writer::Unchanged{};
+        }
+        t.replace_rule(i, spec);
         ev.push_back(fmt::format("rule_changed {}/{}/{} set {}", l, r, spec.id, desc));
       },
       what);
+  if (already) {
+    res.what = fmt::format("rule {}/{}/{} is already {}", l, r, spec.id, desc);
+    res.changed = false;
+  }
+  return res;
 }
 
 Result remove_rule(const Segment& seg, const std::string& l, const std::string& r, const std::string& id) {

@@ -97,4 +97,38 @@ TEST_SUITE("shm") {
     CHECK(ts.seg.header().event_head.load() == head + 2);
     CHECK_THROWS_AS(ops::set_pool(ts.seg, "app", "nope", 1, std::nullopt), TableError);
   }
+
+  TEST_CASE("set_rule: new matchers in one commit, with its event; the rule as it is changes nothing") {
+    TempSegment ts;
+    one_host(ts);
+    {
+      Writer w(ts.seg);
+      w.set_persist(false);
+      w.commit([](Table& t, std::vector<std::string>&) { t.add_route("web", "main"); });
+    }
+    RuleSpec spec;
+    spec.id = "r";
+    spec.upstream = "app";
+    spec.header_name = "X-Canary";
+    spec.header_value = "1";
+    REQUIRE(ops::add_rule(ts.seg, "web", "main", spec).changed);
+    const uint64_t head = ts.seg.header().event_head.load();
+    const uint64_t pub = ts.seg.header().published.load();
+
+    ops::Result r = ops::set_rule(ts.seg, "web", "main", spec);
+    CHECK_FALSE(r.changed);
+    CHECK(r.what == "rule web/main/r is already header=X-Canary=1 -> app");
+    CHECK(r.generation == (pub >> 1));
+    CHECK(ts.seg.header().published.load() == pub);
+    CHECK(ts.seg.header().event_head.load() == head);
+
+    spec.percent_bp = 500;
+    r = ops::set_rule(ts.seg, "web", "main", spec);
+    CHECK(r.changed);
+    CHECK(r.what == "set rule web/main/r header=X-Canary=1 percent=5 -> app");
+    CHECK(ts.seg.header().event_head.load() == head + 1);
+    Table t(ts.seg.caps());
+    read_published(ts.seg, t);
+    CHECK(t.rule_spec(0).percent_bp == 500);
+  }
 }
