@@ -463,6 +463,23 @@ class ClusterTest(GwTestCase):
         self.assertEqual(has_pool, has_host, kvs)
         self.assertEqual(has_pool, r[1][0] == 0)
 
+    def test_gwctl_etcd_set_pool_to_what_it_is_writes_nothing(self):
+        """gwctl --etcd set pool with the pool's own priority and method wrote
+        the key again: a new etcd revision, and every node committed a new
+        generation with a pool_changed event. It says "already", as set host
+        --weight and down/up do, and writes nothing."""
+        gw = self.nodes(1)[0]
+        rev, _ = self.etcd.get_prefix(self.prefix)
+        gen = gw.status()["generation"]
+        out = self.etcd_ok("set", "pool", "app", "primary", "--priority", "0", "--method", "round_robin")
+        self.assertRegex(out, r"^ok: pool app/primary already has priority=0 method=round_robin \(etcd revision \d+\)\n$")
+        self.assertEqual(self.etcd.get_prefix(self.prefix)[0], rev, "etcd was written")
+        self.etcd_ok("set", "pool", "app", "primary", "--priority", "4")
+        gwtest.wait_until(lambda: gwtest.find_pool(gw.status(), "app/primary")["priority"] == 4, T(5),
+                          msg="the new priority on the node")
+        self.assertEqual(gw.status()["generation"], gen + 1)
+        self.assertEqual(self.count_events(gw, "pool_changed app/primary priority=4 method=round_robin"), 1)
+
     def test_local_changes_refused_and_bad_input(self):
         gw = self.nodes(1)[0]
         rc, _, err = gw.gwctl("add", "host", "app/primary", "x", "127.0.0.1:9001")

@@ -562,8 +562,14 @@ int etcd_set_pool(EtcdCtl& c, const std::string& u, const std::string& p, std::o
   gw::cluster::KeyValue up;
   auto kv = etcd_pool(c, u, p, up);
   auto spec = decode_or_fail<gw::cluster::PoolSpec>(kv, gw::cluster::decode_pool);
+  const gw::cluster::PoolSpec was = spec;
   if (prio) spec.priority = *prio;
   if (m) spec.method = *m;
+  if (spec == was) {  // as set host --weight: what is already so writes nothing
+    out("ok: pool {}/{} already has priority={} method={} (etcd revision {})\n", u, p, spec.priority,
+        gw::shm::method_name(spec.method), kv.mod_revision);
+    return 0;
+  }
   const std::string what =
       fmt::format("set pool {}/{} priority={} method={}", u, p, spec.priority, gw::shm::method_name(spec.method));
   test_delay();
