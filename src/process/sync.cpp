@@ -114,8 +114,7 @@ class Sync {
     shm::Table t(seg_.caps());
     shm::read_published(seg_, t);
     bool tried = false;
-    seed_error_.clear();
-    seed_upstream_.clear();
+    seed_errors_.clear();
     for (size_t ui = 0; ui < t.upstreams().size(); ++ui) {
       const std::string u(shm::name_of(t.upstreams()[ui].name));
       if (m.upstreams.count(u)) continue;
@@ -160,11 +159,10 @@ class Sync {
         // The status holds 183 bytes: a short form there, what to do first
         // (with a 47-byte name the remedy still fits; the prefix, up to 128
         // bytes, comes last and may be cut).
-        seed_error_ = fmt::format(
+        seed_errors_[u] = fmt::format(
             "upstream \"{}\" stays local: etcd has keys under it but not its key; delete them, then reload a node, "
             "to seed it again ({})",
             u, children);
-        seed_upstream_ = u;
         GW_LOG_WARN(
             "etcd has keys under {} but not the upstream key {} (another node seeding it, or a seed that did not "
             "finish): the upstream stays local until the key is there; if it never comes, delete {} in etcd and "
@@ -197,9 +195,9 @@ class Sync {
         else GW_LOG_INFO("upstream \"{}\" was seeded in etcd by another node meanwhile", u);
       } catch (const EtcdError& e) {
         if (e.unavailable()) throw;
-        seed_error_ = fmt::format("cannot seed upstream \"{}\" into etcd ({} operations): {}", u, ops.size(), e.what());
-        seed_upstream_ = u;
-        GW_LOG_ERROR("{}", seed_error_);
+        seed_errors_[u] =
+            fmt::format("cannot seed upstream \"{}\" into etcd ({} operations): {}", u, ops.size(), e.what());
+        GW_LOG_ERROR("{}", seed_errors_[u]);
       }
     }
     return tried;
@@ -297,12 +295,10 @@ class Sync {
       superseded_logged_ = true;
       return;
     }
-    if (!seed_upstream_.empty() && m.upstreams.count(seed_upstream_)) {
-      seed_error_.clear();  // seeded after all (by another node)
-      seed_upstream_.clear();
-    }
+    // Seeded after all (by another node): the reasons of the others stay.
+    std::erase_if(seed_errors_, [&](const auto& e) { return m.upstreams.count(e.first) != 0; });
     apply_failed_ = !error.empty();
-    const std::string& shown = error.empty() ? seed_error_ : error;
+    const std::string shown = error.empty() ? seed_error() : error;
     if (shown != last_error_) {
       shm::set_cluster_text(cl_, etcd_.url(), shown);
       last_error_ = shown;
@@ -313,6 +309,8 @@ class Sync {
     warned_ = std::move(now);
     if (!apply_failed_) cl_.revision.store(static_cast<uint64_t>(rev_), std::memory_order_release);
   }
+
+  std::string seed_error() const { return seed_errors_.empty() ? std::string() : seed_errors_.begin()->second; }
 
   // ------------------------------------------------------------ watching
 
@@ -429,8 +427,8 @@ class Sync {
     cl_.reconnects.fetch_add(1, std::memory_order_relaxed);
     cl_.contact_ms.store(core::wall_ms(), std::memory_order_relaxed);
     if (!apply_failed_) {
-      shm::set_cluster_text(cl_, etcd_.url(), seed_error_);
-      last_error_ = seed_error_;
+      shm::set_cluster_text(cl_, etcd_.url(), seed_error());
+      last_error_ = seed_error();
     }
     if (cl_.state.load() != shm::kClusterSynced)
       GW_LOG_INFO("etcd: synced at revision {}, watching {} on {}", rev_, prefix_, etcd_.url());
@@ -491,8 +489,10 @@ class Sync {
   int probe_fails_ = 0;
   std::string last_error_;
   std::string last_apply_reason_;  // why the last apply failed (logged once per reason)
-  std::string seed_error_;         // why an upstream of this node could not be seeded (shown in the status)...
-  std::string seed_upstream_;      // ...and which (cleared once etcd has it)
+  // Why each upstream of this node that etcd does not hold could not be
+  // seeded (an entry goes once etcd has the upstream); the status shows the
+  // first one.
+  std::map<std::string, std::string> seed_errors_;
   std::set<std::string> warned_;
 };
 

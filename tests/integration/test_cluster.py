@@ -24,7 +24,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gwtest  # noqa: E402
-from gwtest import GwTestCase, T, host, pool  # noqa: E402
+from gwtest import GwTestCase, T, host, pool, upstream  # noqa: E402
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
@@ -675,6 +675,34 @@ class ClusterTest(GwTestCase):
         gwtest.wait_until(lambda: self.prefix + "upstreams/app" in self.etcd.get_prefix(self.prefix)[1], T(10),
                           interval=0.05, msg="the upstream seeded after the reload")
         gwtest.wait_until(lambda: self.cluster(gw)["error"] == "", T(10), interval=0.05, msg="the reason cleared")
+
+    def test_reasons_of_two_local_upstreams(self):
+        """Two upstreams stay local (keys under each, not their keys). The
+        status kept the reason of one of them only, and dropped it once that
+        one was in etcd after all, so it said nothing while the other still
+        stayed local. It now keeps a reason per upstream until etcd has it."""
+        for u in ("app", "web"):
+            self.etcd.put(self.prefix + f"upstreams/{u}/pools/primary", '{"priority": 7, "method": "round_robin"}')
+        admin_port = gwtest.free_port()
+        cfg = self.make_config([pool("primary", [host("a", self.a)])], workers=1,
+                               cluster={"etcd": self.etcd.urls, "prefix": self.prefix, "timeout_ms": 1000,
+                                        "reconnect_max_ms": 500},
+                               admin={"listen": f"127.0.0.1:{admin_port}"})
+        cfg["upstreams"].append(upstream("web", [pool("primary", [host("w", self.a)])]))
+        gw = gwtest.Gateway(self, cfg, conf_name="two.json")
+        self._gateways.append(gw)
+        gw.start()
+        st = self.wait_state(gw, "synced")
+        self.assertIn("stays local", st["error"], st)
+        # web's key comes (another node seeded it): web is taken from etcd,
+        # app still stays local, and the status still says so.
+        self.etcd.put(self.prefix + "upstreams/web", "{}")
+        gwtest.wait_until(lambda: (gwtest.find_pool(gw.status(), "web/primary") or {}).get("priority") == 7, T(5),
+                          interval=0.05, msg="web's pool from etcd")
+        self.assertEqual(gwtest.find_pool(gw.status(), "app/primary")["priority"], 0, "app is local")
+        st = self.cluster(gw)
+        self.assertTrue(st["error"].startswith('upstream "app" stays local: etcd has keys under it but not its key'),
+                        st)
 
     def test_own_partial_seed_is_finished(self):
         """Keys under an upstream without its upstream key that hold exactly
