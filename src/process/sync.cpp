@@ -120,6 +120,16 @@ class Sync {
       if (m.upstreams.count(u)) continue;
       const std::string ukey = cluster::upstream_key(prefix_, u),
                         children = cluster::upstream_children_prefix(prefix_, u);
+      if (kv_.count(ukey)) {
+        // The key is there, with a value this gw does not parse (a newer gw's
+        // field, a typo): not missing, so not seeded (its txn would fail on the
+        // key); the upstream stays local, as the model's warning says.
+        seed_errors_[u] = fmt::format(
+            "upstream \"{}\" stays local: its etcd key holds a value that does not parse (see the log); fix or "
+            "delete it ({})",
+            u, ukey);
+        continue;
+      }
       std::vector<cluster::Op> ops;
       size_t hosts = 0;
       for (size_t pi = 0; pi < t.pools().size(); ++pi) {

@@ -704,6 +704,26 @@ class ClusterTest(GwTestCase):
         self.assertTrue(st["error"].startswith('upstream "app" stays local: etcd has keys under it but not its key'),
                         st)
 
+    def test_upstream_key_that_does_not_parse_is_not_seeded_over(self):
+        """The upstream key is there with a value this gw does not parse (a
+        newer gw's field). The node took the upstream for missing and tried
+        to seed it: its txn failed on the key, and it logged that another node
+        had seeded it meanwhile, which none had; with keys under the key it
+        said "etcd has keys under it but not its key". It now says what it is:
+        the upstream stays local because its key's value does not parse."""
+        ukey = self.prefix + "upstreams/app"
+        self.etcd.put(ukey, '{"newer": 1}')
+        gw = self.node(0)
+        st = self.wait_state(gw, "synced")
+        self.assertNotIn("by another node", gw.log_text())
+        self.assertTrue(st["error"].startswith('upstream "app" stays local: its etcd key holds a value that does not '
+                                               'parse'), st)
+        self.assertEqual(self.etcd.get_prefix(self.prefix)[1], {ukey: '{"newer": 1}'}, "etcd was changed")
+        self.assertTrue(self.routes_to(gw, "a"))
+        # fixed in etcd: the upstream is etcd's, the reason goes
+        self.etcd.put(ukey, "{}")
+        gwtest.wait_until(lambda: self.cluster(gw)["error"] == "", T(5), interval=0.05, msg="the reason cleared")
+
     def test_own_partial_seed_is_finished(self):
         """Keys under an upstream without its upstream key that hold exactly
         what this node would write (its own seed, cut off between two txns by
