@@ -182,12 +182,20 @@ shm::Table merge_runtime(const config::Config& cfg, const shm::State* src, std::
         if (x.name == u.name) su = &x;
     if (su) {
       add_state_upstream(merged, ui, *su);
+      // A clustered node takes them from etcd (its sync process lists it
+      // again): local changes are refused there and the state file does not
+      // decide them.
       if (std::string drift = upstream_drift(u, *su); !drift.empty())
-        warnings.push_back(fmt::format(
-            "upstream \"{}\": its pools and hosts come from the runtime state (gwctl changes win over the config), "
-            "which differs from the config: {}. Make such changes with gwctl, or stop gwd and delete the state file "
-            "and /dev/shm/{} to start over from the config",
-            u.name, drift, cfg.shm.name));
+        warnings.push_back(
+            cfg.cluster.enabled
+                ? fmt::format("upstream \"{}\": its pools and hosts come from etcd (cluster; from the runtime state "
+                              "until etcd has the upstream), which differs from the config: {}. Make such changes with "
+                              "gwctl --etcd",
+                              u.name, drift)
+                : fmt::format("upstream \"{}\": its pools and hosts come from the runtime state (gwctl changes win "
+                              "over the config), which differs from the config: {}. Make such changes with gwctl, or "
+                              "stop gwd and delete the state file and /dev/shm/{} to start over from the config",
+                              u.name, drift, cfg.shm.name));
     } else {
       for (const auto& p : u.pools) {
         int pi = merged.add_pool(ui, p.id, p.priority, p.method);

@@ -724,6 +724,27 @@ class ClusterTest(GwTestCase):
         self.etcd.put(ukey, "{}")
         gwtest.wait_until(lambda: self.cluster(gw)["error"] == "", T(5), interval=0.05, msg="the reason cleared")
 
+    def test_reload_warning_names_etcd_not_gwctl(self):
+        """A reload of a node whose etcd table differs from its config warned
+        that the pools and hosts "come from the runtime state (gwctl changes
+        win over the config)" and to "make such changes with gwctl, or ...
+        delete the state file": on a clustered node gwctl's local changes are
+        refused and a deleted state file changes nothing (etcd wins). The
+        warning now says that they come from etcd and to use gwctl --etcd."""
+        gw = self.nodes(1)[0]
+        b = self.backend("b")
+        self.etcd_ok("add", "host", "app/primary", "b", b.address)
+        self.wait_routed([gw], "b", T(5))
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: 'reload: upstream "app"' in gw.log_text(), T(10), interval=0.05,
+                          msg="the reload's warning about app")
+        line = next(l for l in gw.log_text().splitlines() if 'reload: upstream "app"' in l)
+        self.assertIn("come from etcd", line)
+        self.assertIn("gwctl --etcd", line)
+        self.assertNotIn("gwctl changes win", line)
+        self.assertNotIn("delete the state file", line)
+        self.wait_routed([gw], "b", T(5))
+
     def test_own_partial_seed_is_finished(self):
         """Keys under an upstream without its upstream key that hold exactly
         what this node would write (its own seed, cut off between two txns by
