@@ -325,6 +325,7 @@ class Sync {
   // ------------------------------------------------------------ watching
 
   void open_watch() {
+    probe_fails_ = 0;  // "in a row" on this watch: another member's failed probes do not count
     watch_.open(etcd_.addr(), etcd_.url(), cluster::watch_create_request(prefix_, end_, rev_ + 1),
                 cfg_.cluster.timeout_ms);
   }

@@ -815,5 +815,122 @@ class ClusterTest(GwTestCase):
                           msg="h000 down from etcd")
 
 
+
+class FakeEtcdMember:
+    """A stand-in for one etcd member's JSON gateway: lists `kvs`, accepts a
+    watch (created, then silent), answers the sync process's probes (count
+    only ranges) with 503 "no leader" while `fail_probes` > 0, and ends its
+    watch streams on demand."""
+
+    def __init__(self, kvs, fail_probes=0, end_watch_after_failed_probes=None):
+        self.kvs = kvs
+        self.fail_probes = fail_probes
+        self.end_watch_after = end_watch_after_failed_probes
+        self.failed_probes = 0
+        self.watches = []
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def close(self):
+        self.sock.close()
+        for c in self.watches:
+            c.close()
+
+    def _loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _answer(c, status, body):
+        out = json.dumps(body).encode()
+        c.sendall(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                  b"Connection: close\r\n\r\n" % (status, len(out)) + out)
+
+    def _serve(self, c):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(65536)
+            if not chunk:
+                return c.close()
+            data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        n = next(int(l.split(b":", 1)[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length"))
+        while len(body) < n:
+            body += c.recv(65536)
+        path = head.split(b" ")[1].decode()
+        req = json.loads(body)
+        header = {"cluster_id": "1", "member_id": "2", "revision": "5", "raft_term": "2"}
+        if path == "/v3/watch":
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            line = json.dumps({"result": {"header": header, "created": True}}).encode() + b"\n"
+            c.sendall(b"%x\r\n%s\r\n" % (len(line), line))
+            with self.lock:
+                self.watches.append(c)
+            return
+        with c:
+            if path != "/v3/kv/range":
+                return self._answer(c, 404, {"error": "not in this fake", "code": 12})
+            if req.get("count_only"):
+                with self.lock:
+                    fail = self.fail_probes > 0
+                    if fail:
+                        self.fail_probes -= 1
+                        self.failed_probes += 1
+                    end = fail and self.failed_probes == self.end_watch_after
+                if fail:
+                    self._answer(c, 503, {"error": "etcdserver: no leader", "message": "etcdserver: no leader",
+                                          "code": 14})
+                else:
+                    self._answer(c, 200, {"header": header, "count": str(len(self.kvs))})
+                if end:  # the member goes away: its watch streams end
+                    with self.lock:
+                        for w in self.watches:
+                            w.sendall(b"0\r\n\r\n")
+                            w.close()
+                return
+            self._answer(c, 200, {"header": header, "count": str(len(self.kvs)),
+                                  "kvs": [{"key": b64(k), "value": b64(v), "create_revision": "2",
+                                           "mod_revision": "2", "version": "1"} for k, v in self.kvs.items()]})
+
+
+class FakeEtcdTest(GwTestCase):
+    """The sync process against stand-in etcd members (no etcd needed)."""
+
+    def test_probe_failures_of_another_member_do_not_count(self):
+        """Probes failed twice on member A, then A's watch ended: the node
+        went on to member B, but kept A's count of failed probes, so B's
+        first failed probe (an election under way) ended B's watch too,
+        where 3 in a row should. The count now starts over with each watch."""
+        prefix = "/gwtest-fake/"
+        a = self.backend("a")
+        kvs = {prefix + "upstreams/app": "{}",
+               prefix + "upstreams/app/pools/primary": '{"priority": 0, "method": "round_robin"}',
+               prefix + "upstreams/app/pools/primary/hosts/a": json.dumps(
+                   {"address": a.address, "weight": 1, "down": False})}
+        ma = FakeEtcdMember(kvs, fail_probes=2, end_watch_after_failed_probes=2)
+        mb = FakeEtcdMember(kvs)
+        self.addCleanup(ma.close)
+        self.addCleanup(mb.close)
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1,
+                               cluster={"etcd": [ma.url, mb.url], "prefix": prefix, "timeout_ms": 1000,
+                                        "reconnect_max_ms": 500})
+        gw = self.gateway(cfg)
+        gwtest.wait_until(lambda: len(mb.watches) == 1, T(10), interval=0.05, msg="the node to watch member B")
+        with mb.lock:
+            mb.fail_probes = 1  # one probe fails on B: its watch stays
+        gwtest.wait_until(lambda: mb.fail_probes == 0, T(5), interval=0.05, msg="a failed probe on B")
+        time.sleep(T(1.5))
+        self.assertEqual(len(ma.watches), 1, "the node left member B after one failed probe")
+        st = gw.status()["cluster"]
+        self.assertEqual((st["state"], st["endpoint"]), ("synced", mb.url), st)
+
 if __name__ == "__main__":
     gwtest.main()
