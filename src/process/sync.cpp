@@ -392,6 +392,14 @@ class Sync {
         try {
           probe();
           probe_fails_ = 0;
+          if (created) {
+            // The watch works (confirmed, and its member answers a quorum
+            // read): failures and the backoff start over. Not at the
+            // confirmation itself: a member that confirms watches and ends
+            // them at once had the node reconnect in a tight loop.
+            fails_ = 0;
+            backoff_ = kFirstBackoffMs;
+          }
         } catch (const EtcdError&) {
           if (++probe_fails_ >= kProbeFailures) {
             probe_fails_ = 0;
@@ -432,8 +440,6 @@ class Sync {
   }
 
   void on_synced() {
-    fails_ = 0;
-    backoff_ = kFirstBackoffMs;
     if (!owns()) return;  // superseded: the state shown is the new sync process's
     cl_.reconnects.fetch_add(1, std::memory_order_relaxed);
     cl_.contact_ms.store(core::wall_ms(), std::memory_order_relaxed);

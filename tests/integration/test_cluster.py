@@ -904,6 +904,43 @@ class FakeEtcdMember:
 class FakeEtcdTest(GwTestCase):
     """The sync process against stand-in etcd members (no etcd needed)."""
 
+    def test_watch_that_ends_at_once_is_retried_with_backoff(self):
+        """Members that confirm a watch and end it at once: the node counted
+        each confirmation as a working connection (failures and backoff
+        reset), so it reconnected in a tight loop, some 40 watches and log
+        lines a second, never backing off. A watch now counts as working once
+        a probe on it succeeded; until then the backoff goes on."""
+        class Flapping(FakeEtcdMember):
+            def _serve(self, c):
+                super()._serve(c)
+                with self.lock:
+                    for w in self.watches:
+                        try:
+                            w.sendall(b"0\r\n\r\n")
+                            w.close()
+                        except OSError:
+                            pass
+
+        prefix = "/gwtest-fake/"
+        a = self.backend("a")
+        kvs = {prefix + "upstreams/app": "{}",
+               prefix + "upstreams/app/pools/primary": '{"priority": 0, "method": "round_robin"}',
+               prefix + "upstreams/app/pools/primary/hosts/a": json.dumps(
+                   {"address": a.address, "weight": 1, "down": False})}
+        ms = [Flapping(kvs), Flapping(kvs)]
+        for m in ms:
+            self.addCleanup(m.close)
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1,
+                               cluster={"etcd": [m.url for m in ms], "prefix": prefix, "timeout_ms": 1000,
+                                        "reconnect_max_ms": 500})
+        gw = self.gateway(cfg)
+        gwtest.wait_until(lambda: sum(len(m.watches) for m in ms) > 0, T(10), interval=0.05, msg="a first watch")
+        time.sleep(3)
+        n = sum(len(m.watches) for m in ms)
+        # 2 members per round, rounds 100, 200, 400, 500, 500 ... ms apart: about 16 in 3 s
+        self.assertLess(n, 30, f"{n} watches in 3 s: no backoff")
+        self.assertIn("a", gwtest.names(gw.port, 2), "the node stopped serving")
+
     def test_probe_failures_of_another_member_do_not_count(self):
         """Probes failed twice on member A, then A's watch ended: the node
         went on to member B, but kept A's count of failed probes, so B's
