@@ -35,6 +35,18 @@ core::UniqueFd listen_tcp(const core::SockAddr& addr, int backlog, bool reusepor
   return fd;
 }
 
+namespace {
+
+// 0.0.0.0 or ::, the address that takes the port on every interface.
+bool is_wildcard(const core::SockAddr& a) noexcept {
+  const size_t n = a.family == AF_INET6 ? 16 : 4;
+  for (size_t i = 0; i < n; ++i)
+    if (a.ip[i] != 0) return false;
+  return true;
+}
+
+}  // namespace
+
 void check_address_free(const core::SockAddr& addr, const std::vector<core::SockAddr>& ours, std::string_view what) {
   sockaddr_storage ss;
   socklen_t len = addr.to_sockaddr(ss);
@@ -44,15 +56,20 @@ void check_address_free(const core::SockAddr& addr, const std::vector<core::Sock
   ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));  // as listen_tcp: TIME_WAIT is no obstacle
   if (ss.ss_family == AF_INET6) ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
   if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) == 0) return;
-  if (errno == EADDRINUSE)
+  const int err = errno;
+  // Two addresses on one port and family collide only if one of them is the
+  // wildcard (0.0.0.0:P and 127.0.0.1:P); 127.0.0.2:P of ours does not make
+  // 127.0.0.1:P fail, so a failure there is another process's listener.
+  if (err == EADDRINUSE)
     for (const auto& o : ours)
-      if (!(o == addr) && o.port == addr.port && o.family == addr.family) return;  // overlaps one of ours
-  if (errno == EADDRINUSE)
+      if (!(o == addr) && o.port == addr.port && o.family == addr.family && (is_wildcard(o) || is_wildcard(addr)))
+        return;  // overlaps one of ours
+  if (err == EADDRINUSE)
     throw std::runtime_error(
         fmt::format("{}: cannot bind {}: the address is in use by another process (another gwd, or any program "
                     "listening there)",
                     what, addr.to_string()));
-  throw std::runtime_error(fmt::format("{}: cannot bind {}: {}", what, addr.to_string(), std::strerror(errno)));
+  throw std::runtime_error(fmt::format("{}: cannot bind {}: {}", what, addr.to_string(), std::strerror(err)));
 }
 
 int connect_tcp(const core::SockAddr& addr, int& err) noexcept {
