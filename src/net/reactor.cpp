@@ -3,8 +3,11 @@
 #include <fmt/format.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+
+#include "gw/core/log.hpp"
 
 namespace gw::net {
 
@@ -25,7 +28,14 @@ int Epoll::del(int fd) noexcept {
 
 int Epoll::wait(epoll_event* events, int max, int timeout_ms) noexcept {
   int n = ::epoll_wait(fd_.get(), events, max, timeout_ms);
-  return n < 0 ? 0 : n;
+  if (n >= 0) return n;
+  if (errno == EINTR) return 0;
+  // EBADF, EINVAL, EFAULT: the set itself is broken (its descriptor closed
+  // under it by a double close, say). Every later wait fails the same way at
+  // once, so returning would spin the worker at full CPU, serving nothing and
+  // saying nothing; the master respawns a worker that ends.
+  GW_LOG_ERROR("epoll_wait on fd {}: {}; aborting the worker", fd_.get(), std::strerror(errno));
+  std::abort();
 }
 
 TimerWheel::TimerWheel(uint64_t now_ms) noexcept : tick_(now_ms / kTickMs) {

@@ -16,7 +16,9 @@ class Epoll {
   /// Registers `fd` with `events`; `data` comes back with each event.
   int add(int fd, uint32_t events, uint64_t data) noexcept;
   int del(int fd) noexcept;
-  /// epoll_wait; returns the number of events (0 on EINTR).
+  /// epoll_wait; returns the number of events (0 on EINTR). Any other error
+  /// means the set is broken: it logs and aborts the process (the master
+  /// respawns a worker) instead of returning to a loop that would spin.
   int wait(epoll_event* events, int max, int timeout_ms) noexcept;
   int fd() const noexcept { return fd_.get(); }
 
