@@ -253,7 +253,7 @@ class PersistenceTest(GwTestCase):
                 else:
                     # only the SIGKILL sent here ends a gwctl by a signal (not a crash)
                     self.assertTrue(killed and p.returncode == -signal.SIGKILL, (p.returncode, err))
-            gw.kill_all()
+            self.crash(gw)    # and, with io_uring, its listening socket gone
             if rnd.random() < 0.5:
                 os.unlink(f"/dev/shm/{gw.shm}")
             gw.start()

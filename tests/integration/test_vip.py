@@ -96,6 +96,12 @@ class Node:
         self.netns = f"/proc/{self.holder.pid}/ns/net"
         self.netns_id = os.readlink(self.netns)
         dev, peer = f"v{name}", f"b{name}"
+        # A node of this name in the test before: the kernel takes its
+        # namespace, and the veth pair with it, down in its own time, once the
+        # last process in it has gone.
+        wait_until(lambda: subprocess.run([TOOLS["ip"], "link", "show", peer], capture_output=True,
+                                          stdin=subprocess.DEVNULL).returncode != 0,
+                   T(15), interval=0.05, msg=f"the veth pair {peer} of an earlier node {name} to go")
         ip("link", "add", dev, "type", "veth", "peer", "name", peer)
         ip("link", "set", dev, "netns", str(self.holder.pid))
         ip("link", "set", peer, "master", "br0", "up")
