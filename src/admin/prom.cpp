@@ -316,13 +316,19 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
     s.failures = seg.host(h.slot).tag.load() == h.tag ? seg.host(h.slot).failures.load() : 0;
     s.ewma_us = shm::latency_us(seg.host(h.slot), h.tag, core::monotonic_ms());
     ++up_hosts[p.upstream];
-    if (s.admin_up && std::string_view(s.health) == "up") ++up_usable[p.upstream];
+    // As the balancer sees it: a host its checks have not judged yet counts
+    // when the upstream lets such hosts take traffic (check.unknown_usable).
+    const auto& ur = t.upstreams()[p.upstream];
+    const shm::HealthPolicy policy{ur.max_fails, ur.fail_timeout_ms, ur.check.type != shm::kCheckNone,
+                                   ur.check.unknown_usable != 0};
+    if (s.admin_up && shm::host_usable(seg.host(h.slot), h.tag, policy, core::monotonic_ms())) ++up_usable[p.upstream];
     hosts.push_back(std::move(s));
   }
   w.family("gw_upstream_hosts", "gauge", "Hosts of the upstream, over all its pools.");
   for (size_t u = 0; u < t.upstreams().size(); ++u)
     w.sample("gw_upstream_hosts", {{"upstream", name_of(t.upstreams()[u].name)}}, up_hosts[u]);
-  w.family("gw_upstream_hosts_usable", "gauge", "Hosts of the upstream that are admin up and healthy.");
+  w.family("gw_upstream_hosts_usable", "gauge",
+           "Hosts of the upstream the balancer may use (admin up, not out on health).");
   for (size_t u = 0; u < t.upstreams().size(); ++u)
     w.sample("gw_upstream_hosts_usable", {{"upstream", name_of(t.upstreams()[u].name)}}, up_usable[u]);
 

@@ -844,7 +844,8 @@ int cmd_status(const Options& o) {
         auto tot = gw::shm::host_totals(seg, hr.slot, hr.tag);
         out("    {:<24} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", name_of(hr.id), hr.addr.to_string(), hr.weight,
             hr.admin_down ? "down" : "up", gw::admin::host_health(seg, t, hr), tot.active, tot.total,
-            seg.host(hr.slot).failures.load());
+            // a table read before the slot went to another host: not that host's count
+            seg.host(hr.slot).tag.load() == hr.tag ? seg.host(hr.slot).failures.load() : 0);
       }
     }
   }

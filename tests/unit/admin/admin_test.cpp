@@ -743,6 +743,27 @@ TEST_SUITE("admin") {
                     "\"127.0.0.1:1001\"} 0\n") != std::string::npos);
   }
 
+  TEST_CASE("gw_upstream_hosts_usable counts what the balancer may use: a host not yet checked too, if so set") {
+    TempSegment ts;
+    seed(ts.seg);
+    for (const bool unknown_usable : {true, false}) {
+      shm::Writer w(ts.seg);
+      w.set_persist(false);
+      w.commit([&](shm::Table& t, std::vector<std::string>& ev) {
+        t.upstreams()[0].check.type = shm::kCheckTcp;
+        t.upstreams()[0].check.unknown_usable = unknown_usable ? 1 : 0;
+        ev.push_back("checks");
+      });
+      shm::Table t(ts.seg.caps());
+      shm::read_published(ts.seg, t);
+      const shm::HostRecord& b = t.hosts()[1];  // a: not checked yet; b: checked down
+      shm::record_check(ts.seg.host(b.slot), b.tag, shm::kActiveDown);
+      const std::string text = metrics_text(ts.seg, t, admin_config(kToken));
+      CHECK(text.find(fmt::format("gw_upstream_hosts_usable{{upstream=\"app\"}} {}\n", unknown_usable ? 1 : 0)) !=
+            std::string::npos);
+    }
+  }
+
   TEST_CASE("events: paging, a since past the head, events the ring overwrote") {
     TempSegment ts;
     for (int i = 0; i < 5; ++i) shm::emit_event(ts.seg, shm::EventKind::config, 1, "e" + std::to_string(i));
