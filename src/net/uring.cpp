@@ -132,6 +132,16 @@ io_uring_sqe* Ring::sqe() noexcept {
   return s;
 }
 
+void Ring::reserve(unsigned n) noexcept {
+  for (int attempt = 0; io_uring_sq_space_left(&ring_) < n; ++attempt) {
+    const int r = io_uring_submit(&ring_);
+    if (attempt == 1000 || (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY)) {
+      GW_LOG_ERROR("io_uring: the submission queue does not drain; aborting the worker");
+      std::abort();
+    }
+  }
+}
+
 int Ring::submit_and_wait(int timeout_ms) noexcept {
   if (timeout_ms < 0) return io_uring_submit_and_wait(&ring_, 1);
   __kernel_timespec ts{};

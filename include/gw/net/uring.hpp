@@ -120,10 +120,11 @@ class Ring {
   /// at all is beyond repair, and the worker aborts (the master respawns it).
   io_uring_sqe* sqe() noexcept;
   /// Makes sure the next `n` sqe() calls come from one submission (a linked
-  /// chain must not be split by a submit in its middle).
-  void reserve(unsigned n) noexcept {
-    if (io_uring_sq_space_left(&ring_) < n) io_uring_submit(&ring_);
-  }
+  /// chain must not be split by a submit in its middle): submits until the
+  /// queue has room for `n`, retrying as sqe() does (a submit that took
+  /// nothing, -EAGAIN or -EBUSY, would leave a connect and its linked timeout
+  /// to two submissions, the connect without its timeout).
+  void reserve(unsigned n) noexcept;
   /// Submits queued SQEs and waits for at least one completion, for up to
   /// `timeout_ms` (< 0: no limit). Returns the number submitted or -errno
   /// (-ETIME on timeout, -EINTR).
