@@ -811,8 +811,9 @@ int cmd_status(const Options& o) {
           g.limit_full);
     if (g.auth_ok || g.auth_failed || g.auth_forbidden)
       fmt::print(
-          "  auth: {} request(s) authenticated ({} basic-auth and {} jwt from the cache), {} answered 401, {} answered "
-          "403\n",
+          "  auth: {} request(s) authenticated ({} basic-auth and {} jwt from the cache), {} refused (401, or 400 for "
+          "a "
+          "credential sent twice), {} answered 403\n",
           g.auth_ok, g.basic_cache_hits, g.jwt_cache_hits, g.auth_failed, g.auth_forbidden);
     if (sum.http_requests) {
       std::string answered;
