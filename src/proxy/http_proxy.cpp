@@ -1910,12 +1910,21 @@ bool HttpProxy::build_response_head(Conn& c, const http::Head& h) noexcept {
   w.add("HTTP/1.1 ").add(std::string_view(status, 3)).add(" ").add(h.reason).add("\r\n");
   const bool no_body = h.body == http::BodyKind::none;
   bool has_date = false;
+  bool cl_written = false;
   for (const http::Field& f : h.fields) {
     if (f.hop_by_hop) continue;
     has_date = has_date || iequals(f.name, "date");
-    // A bodiless response (HEAD, 304) keeps the Content-Length it describes;
-    // otherwise the framing below replaces it. A 101 or 204 has none (RFC 9110 8.6).
-    if (f.id == http::FieldId::content_length && (!no_body || h.status == 101 || h.status == 204)) continue;
+    if (f.id == http::FieldId::content_length) {
+      // A bodiless response (HEAD, 304) keeps the Content-Length it describes;
+      // otherwise the framing below replaces it. A 101 or 204 has none (RFC
+      // 9110 8.6). Kept, it goes as one field line with the value the parser
+      // read: "5, 5", "005" or the same value on two lines must not be
+      // forwarded as sent (RFC 9110 8.6), and strict clients refuse them.
+      if (!no_body || h.status == 101 || h.status == 204 || cl_written) continue;
+      w.add(f.name).add(": ").num(h.content_length).add("\r\n");
+      cl_written = true;
+      continue;
+    }
     w.field(f.name, f.value);
   }
   // A recipient with a clock adds the Date a host left out (RFC 9110 6.6.1).

@@ -382,6 +382,23 @@ class BasicProxyTest(HttpCase):
                 self.assertEqual((r.status, r.header("Content-Length")), (st, want), f"{method} {st}: {r.headers}")
                 self.assertEqual(r.body, b"")
 
+    def test_bodiless_response_content_length_sent_once(self):
+        """A Content-Length kept on a bodiless response (304, HEAD) goes as one
+        field line with its value: "5, 5", "005" or a repeated line are merged
+        before forwarding (RFC 9110 8.6), as on a response with a body. They
+        were passed on as sent, which strict clients (llhttp) refuse."""
+        a = self.hb("alpha")
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        for sent in ([("Content-Length", "5, 5")], [("Content-Length", "005")],
+                     [("Content-Length", "5"), ("Content-Length", "5")]):
+            a.set(headers=sent)
+            with Client(gw.port) as c:
+                for st, method in ((304, "GET"), (304, "HEAD"), (200, "HEAD")):
+                    # A HEAD 200 from the backend carries its own Content-Length too (X-Be-Body-Size).
+                    r = c.request(method, f"/cl{st}", headers=[("X-Be-Status", str(st)), ("X-Be-Body-Size", "5")])
+                    self.assertEqual((r.status, r.body), (st, b""))
+                    self.assertEqual(hb.hall(r.headers, "Content-Length"), ["5"], f"{sent} {method} {st}: {r.headers}")
+
     def test_transfer_coding_without_chunked_kept(self):
         """A response whose transfer codings do not end in chunked is read until
         the close and forwarded as it came, so its Transfer-Encoding must stay
