@@ -1113,8 +1113,9 @@ void HttpProxy::pump_request_body(Conn& c) noexcept {
       c.req_body_done = true;
     } else if (st.status == http::BodyStatus::error) {
       count(HttpOutcome::bad_request);
+      // 400, or 431 for a trailer section over its limit, as a head over max_header_bytes.
       if (c.resp_started) close_conn(c);
-      else respond_error(c, 400, false);
+      else respond_error(c, http::error_status(st.error), false);
       return;
     } else if (st.consumed == 0) {
       break;
