@@ -61,7 +61,8 @@
 //     accepted, any other ("identity", "xchunked", ...) answers 501; chunked
 //     takes no parameters. In a response, chunked not last means read until
 //     close; unknown codings are passed through.
-//   - chunk lines: 1*HEXDIG (below 2^64), then extensions that follow the
+//   - chunk lines: 1*HEXDIG (at most 16 digits, leading zeros counted, and at
+//     most 2^63-1, as Content-Length), then extensions that follow the
 //     RFC 9112 7.1.1 grammar exactly (token or quoted-string values, BWS only
 //     before ';' and '='); otherwise 400. Trailer fields follow the header
 //     field rules and max_trailer.
@@ -110,7 +111,7 @@ enum class Error : uint8_t {
   bad_connection,               ///< Connection is not a token list
   too_many_connection_options,  ///< over kMaxConnectionOptions
   // body
-  bad_chunk_size,       ///< empty, not hex, above 2^64-1
+  bad_chunk_size,       ///< empty, not hex, over 16 digits or above 2^63-1
   bad_chunk_extension,  ///< not the chunk-ext grammar (also BWS after the size with no ';')
   chunk_line_too_long,  ///< over max_chunk_line
   bad_chunk_end,        ///< chunk data not followed by CRLF
