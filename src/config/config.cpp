@@ -254,6 +254,8 @@ std::string frame_key_why(std::string_view k) {
 
 void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
   proxy::FrameSpec& s = f.spec;
+  bool has_type_offset = false, has_version_offset = false;
+  std::vector<std::string> frame_mode_only;  // keys that only mode "frame" reads
   for_each_field(c, e, path, [&](std::string_view k, element v, const std::string& kp) {
     if (k == "header_size") get_u32(c, v, kp, 1, proxy::kMaxHeader, s.header_size);
     else if (k == "length_offset") get_u32(c, v, kp, 0, proxy::kMaxHeader - 1, s.length_offset);
@@ -282,10 +284,16 @@ void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
     } else if (k == "max_key") get_u32(c, v, kp, 1, proxy::kMaxKey, s.max_key);
     else if (k == "max_depth") get_u32(c, v, kp, 1, 1024, s.max_depth);
     else if (k == "first_frame_timeout_ms") get_u32(c, v, kp, 1, 3600000, f.first_frame_timeout_ms);
-    else if (k == "frame_timeout_ms") get_u32(c, v, kp, 1, 3600000, f.frame_timeout_ms);
-    else if (k == "max_links") get_u32(c, v, kp, 1, 32, f.max_links);
-    else if (k == "link_idle_ms") get_u32(c, v, kp, 1, 3600000, f.link_idle_ms);
-    else if (k == "max_frame_buffers") get_u32(c, v, kp, 1, 1u << 20, f.max_frame_buffers);
+    else if (k == "frame_timeout_ms") {
+      frame_mode_only.push_back(kp);
+      get_u32(c, v, kp, 1, 3600000, f.frame_timeout_ms);
+    } else if (k == "max_links") {
+      frame_mode_only.push_back(kp);
+      get_u32(c, v, kp, 1, 32, f.max_links);
+    } else if (k == "link_idle_ms") {
+      frame_mode_only.push_back(kp);
+      get_u32(c, v, kp, 1, 3600000, f.link_idle_ms);
+    } else if (k == "max_frame_buffers") get_u32(c, v, kp, 1, 1u << 20, f.max_frame_buffers);
     else if (k == "mode") {
       std::string m;
       if (get_string(c, v, kp, m)) {
@@ -293,9 +301,13 @@ void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
         else if (m == "frame") f.mode = FrameMode::frame;
         else c.error(kp, fmt::format("expected \"connection\" or \"frame\", got \"{}\"", m));
       }
-    } else if (k == "type_offset") get_u32(c, v, kp, 0, proxy::kMaxHeader - 1, s.type_offset);
-    else if (k == "version_offset") get_u32(c, v, kp, 0, proxy::kMaxHeader - 1, s.version_offset);
-    else if (k == "allowed_types") {
+    } else if (k == "type_offset") {
+      has_type_offset = true;
+      get_u32(c, v, kp, 0, proxy::kMaxHeader - 1, s.type_offset);
+    } else if (k == "version_offset") {
+      has_version_offset = true;
+      get_u32(c, v, kp, 0, proxy::kMaxHeader - 1, s.version_offset);
+    } else if (k == "allowed_types") {
       s.check_types = true;
       parse_byte_list(c, v, kp, s.allowed_types);
     } else if (k == "allowed_versions") {
@@ -305,6 +317,18 @@ void parse_frame(Ctx& c, element e, const std::string& path, FrameConf& f) {
     return true;
   });
   if (c.has_error_under(path)) return;
+  // Mode "connection" relays raw bytes after the first frame and keeps one
+  // host connection: these would bound nothing, and say nothing of it.
+  if (f.mode == FrameMode::connection)
+    for (const std::string& kp : frame_mode_only)
+      c.error(kp, "only mode \"frame\" uses it; add \"mode\": \"frame\" or remove it");
+  // An offset alone checks nothing: the operator asked for a check that would
+  // not be made, and every type (version) would pass without a word.
+  if (has_type_offset && !s.check_types)
+    c.error(path + ".type_offset", "without \"allowed_types\" it checks nothing; add \"allowed_types\" or remove it");
+  if (has_version_offset && !s.check_versions)
+    c.error(path + ".version_offset",
+            "without \"allowed_versions\" it checks nothing; add \"allowed_versions\" or remove it");
   if (s.length_offset + s.length_size > s.header_size)
     c.error(path + ".length_offset",
             fmt::format("the length field (offset {}, {} bytes) must lie inside the {}-byte header", s.length_offset,

@@ -363,11 +363,27 @@ TEST_SUITE("config") {
     CHECK(has(frame_errors(R"("link_idle_ms": 0)"), p + "link_idle_ms: expected an integer 1..3600000, got 0"));
     CHECK(
         has(frame_errors(R"("max_frame_buffers": 0)"), p + "max_frame_buffers: expected an integer 1..1048576, got 0"));
+    // Keys only mode "frame" reads, in mode "connection" (given or default):
+    // refused, each named, whichever order mode comes in.
+    for (const char* k : {"frame_timeout_ms", "max_links", "link_idle_ms"}) {
+      const std::string kv = fmt::format(R"("{}": 2)", k);
+      const std::string why = p + k + R"(: only mode "frame" uses it; add "mode": "frame" or remove it)";
+      CHECK(has(frame_errors(kv), why));
+      CHECK(has(frame_errors(kv + R"(, "mode": "connection")"), why));
+      CHECK(frame_errors(kv + R"(, "mode": "frame")").empty());
+      CHECK(frame_errors(R"("mode": "frame", )" + kv).empty());
+    }
     CHECK(has(frame_errors(R"("lenght_size": 2)"), p + "lenght_size: unknown key"));
     CHECK(has(frame_errors(R"("mode": "frame", "mode": "frame")"), p + "mode: duplicate key"));
     CHECK(has(frame_errors(R"("type_offset": 6, "allowed_types": [1])"),
               p + "type_offset: offset 6 is outside the 6-byte header"));
-    CHECK(frame_errors(R"("type_offset": 6)").empty());  // not checked without allowed_types
+    // An offset without its list would check nothing: refused, naming the key.
+    CHECK(has(frame_errors(R"("type_offset": 2)"),
+              p + "type_offset: without \"allowed_types\" it checks nothing; add \"allowed_types\" or remove it"));
+    CHECK(has(frame_errors(R"("version_offset": 3)"), p + "version_offset: without \"allowed_versions\" it checks "
+                                                          "nothing; add \"allowed_versions\" or remove it"));
+    CHECK(frame_errors(R"("allowed_types": [1], "type_offset": 2)").empty());  // either order
+    CHECK(frame_errors(R"("version_offset": 3, "allowed_versions": [1])").empty());
     CHECK(has(frame_errors(R"("version_offset": 9, "allowed_versions": [1])"),
               p + "version_offset: offset 9 is outside the 6-byte header"));
     CHECK(has(frame_errors(R"("type_offset": 64)"), p + "type_offset: expected an integer 0..63, got 64"));
