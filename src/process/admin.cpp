@@ -13,6 +13,8 @@
 #include <cstring>
 #include <ctime>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "gw/admin/api.hpp"
@@ -272,6 +274,14 @@ class AdminServer {
         const http::Head& h = p.head();
         c.method = h.method_name;
         c.target = h.target;
+        if (h.target_form == http::TargetForm::absolute) {
+          // A server must take the absolute-form too (RFC 9112 3.2.2): its
+          // path and query are what follows the authority, and an empty path
+          // is "/".
+          const std::string_view rest =
+              h.target.substr(static_cast<size_t>(h.authority.data() - h.target.data()) + h.authority.size());
+          c.target = rest.empty() || rest.front() == '?' ? "/" + std::string(rest) : std::string(rest);
+        }
         const http::Field* auth = http::find_field(h, "authorization");
         c.authorization = auth ? auth->value : std::string_view();
         c.keep_alive = h.keep_alive && c.requests + 1 < kMaxRequests && !draining_;
@@ -286,9 +296,10 @@ class AdminServer {
                   false, true);
           continue;
         }
-        if (h.target_form != http::TargetForm::origin) {
+        if (h.target_form != http::TargetForm::origin && h.target_form != http::TargetForm::absolute) {
           c.in.clear();
-          respond(c, admin::error_response(400, "expected a path (origin-form request target)"), false, true);
+          respond(c, admin::error_response(400, "expected a path or an absolute URI as the request target"), false,
+                  true);
           continue;
         }
         const bool expect_continue = h.expect_continue;

@@ -966,6 +966,46 @@ class AdminTest(GwTestCase):
             self.assertEqual(r.header("Connection"), "close")
             self.assertEqual(s.recv(100), b"")
 
+    def test_absolute_form_targets(self):
+        """A server must take a request target in absolute form (RFC 9112
+        3.2.2): its path and query are served as the origin form's would be
+        (it was a 400 "expected a path" that closed the connection)."""
+        gw = self.admin_gateway()
+        port = gw.admin.port
+        with socket.create_connection((LO, port), timeout=T(5)) as s:
+            rd = hb.Reader(s)
+            s.sendall(f"GET http://{LO}:{port}/status HTTP/1.1\r\nHost: {LO}:{port}\r\n\r\n".encode())
+            r = hb.read_response(rd)
+            self.assertEqual(r.status, 200, r.body)
+            self.assertEqual(json.loads(r.body)["shm"], gw.shm)
+            self.assertNotEqual(r.header("Connection"), "close")
+            # The query goes with the path; an empty path is "/" (the dashboard).
+            s.sendall(f"GET http://{LO}:{port}/events?since=0&limit=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                      f"HEAD HTTP://{LO}:{port}?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                      f"GET http://{LO}:{port}/metrics/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            r = hb.read_response(rd)
+            self.assertEqual(r.status, 200, r.body)
+            self.assertEqual(len(json.loads(r.body)["events"]), 1)
+            r = hb.read_response(rd, "HEAD")
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.header("Content-Type"), "text/html; charset=utf-8")
+            r = hb.read_response(rd)
+            self.assertEqual(r.status, 200)
+            self.assertIn(b"# TYPE gw_info gauge", r.body)
+        # Writes too, with the token; a write's absolute target is routed by its path.
+        with socket.create_connection((LO, port), timeout=T(5)) as s:
+            s.sendall(f"POST http://{LO}:{port}/upstreams/app/pools/primary/hosts/a/down HTTP/1.1\r\nHost: x\r\n"
+                      f"Authorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n".encode())
+            r = hb.read_response(s)
+            self.assertEqual(r.status, 200, r.body)
+            self.assertEqual(json.loads(r.body)["message"], "down host app/primary/a")
+        # Other forms still name no path here.
+        with socket.create_connection((LO, port), timeout=T(5)) as s:
+            s.sendall(f"CONNECT {LO}:{port} HTTP/1.1\r\nHost: {LO}:{port}\r\n\r\n".encode())
+            r = hb.read_response(s)
+            self.assertEqual(r.status, 400)
+            self.assertEqual(r.header("Connection"), "close")
+
     # ------------------------------------------------------------------ dashboard
 
     @unittest.skipUnless(CHROMIUM, "Debian chromium is not installed (tools/setup.sh installs it)")
