@@ -117,10 +117,11 @@ function renderUpstreams(st, now) {
   const frag = document.createDocumentFragment();
   for (const u of st.upstreams) {
     const sec = el("section", {"data-upstream": u.name});
-    let hosts = 0, usable = 0;
-    for (const p of u.pools) for (const h of p.hosts) { hosts++; if (h.admin === "up" && h.health === "up") usable++; }
+    let hosts = 0;
+    for (const p of u.pools) hosts += p.hosts.length;
+    // As the balancer counts them (a host not checked yet may be usable).
     const h2 = el("h2", null, "upstream " + u.name);
-    h2.appendChild(el("small", null, usable + " of " + hosts + " host(s) usable"));
+    h2.appendChild(el("small", null, u.hosts_usable + " of " + hosts + " host(s) usable"));
     sec.appendChild(h2);
     const table = el("table");
     const head = el("tr");

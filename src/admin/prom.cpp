@@ -318,10 +318,7 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
     ++up_hosts[p.upstream];
     // As the balancer sees it: a host its checks have not judged yet counts
     // when the upstream lets such hosts take traffic (check.unknown_usable).
-    const auto& ur = t.upstreams()[p.upstream];
-    const shm::HealthPolicy policy{ur.max_fails, ur.fail_timeout_ms, ur.check.type != shm::kCheckNone,
-                                   ur.check.unknown_usable != 0};
-    if (s.admin_up && shm::host_usable(seg.host(h.slot), h.tag, policy, core::monotonic_ms())) ++up_usable[p.upstream];
+    if (host_usable(seg, t, h)) ++up_usable[p.upstream];
     hosts.push_back(std::move(s));
   }
   w.family("gw_upstream_hosts", "gauge", "Hosts of the upstream, over all its pools.");

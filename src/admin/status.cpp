@@ -101,6 +101,13 @@ const char* host_health(const shm::Segment& seg, const shm::Table& t, const shm:
   return shm::host_usable(seg.host(h.slot), h.tag, p, core::monotonic_ms()) ? "up" : "down";
 }
 
+bool host_usable(const shm::Segment& seg, const shm::Table& t, const shm::HostRecord& h) {
+  const auto& up = t.upstreams()[t.pools()[h.pool].upstream];
+  const shm::HealthPolicy p{up.max_fails, up.fail_timeout_ms, up.check.type != shm::kCheckNone,
+                            up.check.unknown_usable != 0};
+  return !h.admin_down && shm::host_usable(seg.host(h.slot), h.tag, p, core::monotonic_ms());
+}
+
 std::string host_json(const shm::Segment& seg, const shm::Table& t, int host) {
   const shm::HostRecord& h = t.hosts()[static_cast<size_t>(host)];
   auto tot = shm::host_totals(seg, h.slot, h.tag);
@@ -131,8 +138,13 @@ std::string pool_json(const shm::Segment& seg, const shm::Table& t, int pool) {
 }
 
 std::string upstream_json(const shm::Segment& seg, const shm::Table& t, int upstream) {
-  std::string out =
-      fmt::format("{{\"name\": \"{}\", \"pools\": [", name_of(t.upstreams()[static_cast<size_t>(upstream)].name));
+  // The hosts the balancer may use, as gw_upstream_hosts_usable counts them:
+  // a host whose health is "unknown" may be one.
+  uint32_t usable = 0;
+  for (const shm::HostRecord& h : t.hosts())
+    if (t.pools()[h.pool].upstream == static_cast<uint32_t>(upstream) && host_usable(seg, t, h)) ++usable;
+  std::string out = fmt::format("{{\"name\": \"{}\", \"hosts_usable\": {}, \"pools\": [",
+                                name_of(t.upstreams()[static_cast<size_t>(upstream)].name), usable);
   bool first = true;
   for (size_t p = 0; p < t.pools().size(); ++p) {
     if (t.pools()[p].upstream != static_cast<uint32_t>(upstream)) continue;

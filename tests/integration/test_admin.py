@@ -419,8 +419,10 @@ class AdminTest(GwTestCase):
         self._backends.append(b)
         return b
 
-    def admin_gateway(self, token=TOKEN, workers=2, shm=None, extra=None, timeout_ms=1000, l4=None):
-        """Upstreams app (a, b), pre (c) and devs; listeners l4 (tcp), web (http) and dev (frame)."""
+    def admin_gateway(self, token=TOKEN, workers=2, shm=None, extra=None, timeout_ms=1000, l4=None, devs_x=None,
+                      devs_health=None):
+        """Upstreams app (a, b), pre (c) and devs (x: at devs_x, checked by
+        devs_health); listeners l4 (tcp), web (http) and dev (frame)."""
         self.a = self.http_backend("a")
         self.b = self.http_backend("b")
         self.c = self.http_backend("c")
@@ -435,7 +437,9 @@ class AdminTest(GwTestCase):
         cfg = self.make_config([pool("primary", [gwtest.host("a", self.a.address), gwtest.host("b", self.b.address)])],
                                workers=workers, listeners=listeners, shm=shm, admin=admin)
         cfg["upstreams"].append(upstream("pre", [pool("main", [gwtest.host("c", self.c.address)])]))
-        cfg["upstreams"].append(upstream("devs", [pool("main", [gwtest.host("x", f"{LO}:{free_port()}")])]))
+        cfg["upstreams"].append(upstream("devs", [pool("main", [gwtest.host("x", devs_x or f"{LO}:{free_port()}")])]))
+        if devs_health:
+            cfg["upstreams"][-1]["health"] = devs_health
         if extra:
             cfg.update(extra)
         gw = self.gateway(cfg)
@@ -1010,7 +1014,12 @@ class AdminTest(GwTestCase):
 
     @unittest.skipUnless(CHROMIUM, "Debian chromium is not installed (tools/setup.sh installs it)")
     def test_dashboard_in_headless_chromium(self):
-        gw = self.admin_gateway()
+        # devs/main/x: its HTTP check waits for an answer that never comes, so
+        # its health stays "unknown", and such a host is usable.
+        silent = socket.create_server((LO, 0))
+        self.addCleanup(silent.close)
+        gw = self.admin_gateway(devs_x=f"{LO}:{silent.getsockname()[1]}",
+                                devs_health={"type": "http", "timeout_ms": 3600000, "interval_ms": 3600000})
         for i in range(5):
             hb.request(int(gw.web), "GET", f"/d{i}")
         profile = tempfile.mkdtemp(prefix="gw-chromium-", dir=self.tmp)
@@ -1077,6 +1086,13 @@ class AdminTest(GwTestCase):
         self.assertEqual(cell("app/primary/b", "address"), self.b.address)
         self.assertEqual(cell("pre/main/c", "health"), "up")
         self.assertEqual(cdp.evaluate("document.getElementById('shm').textContent"), gw.shm)
+        # "usable" as the balancer and gw_upstream_hosts_usable count it: x, not checked yet, is usable.
+        self.assertEqual(cell("devs/main/x", "health"), "unknown")
+        self.assertEqual(metric(gw.admin.metrics(), "gw_upstream_hosts_usable", upstream="devs"), 1)
+        self.assertEqual(cdp.evaluate("document.querySelector('section[data-upstream=\"devs\"] h2 small').textContent"),
+                         "1 of 1 host(s) usable")
+        self.assertEqual(cdp.evaluate("document.querySelector('section[data-upstream=\"app\"] h2 small').textContent"),
+                         "2 of 2 host(s) usable")
         # Traffic shows as a rate after two polls.
         for i in range(20):
             hb.request(int(gw.web), "GET", f"/r{i}")

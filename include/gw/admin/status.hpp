@@ -36,6 +36,10 @@ std::string cluster_line(const ClusterView& v);
 /// "up", "down" (admin state aside: passive health or the checker keep it
 /// out) or "unknown" (active checks have not decided yet).
 const char* host_health(const shm::Segment& seg, const shm::Table& t, const shm::HostRecord& h);
+/// Whether the balancer may use the host now: admin up, and not out on
+/// passive or active health (a host its checks have not judged yet counts
+/// when its upstream's check.unknown_usable says so).
+bool host_usable(const shm::Segment& seg, const shm::Table& t, const shm::HostRecord& h);
 
 /// The whole status document (gwctl status --json, GET /status), one line.
 std::string status_json(const shm::Segment& seg);

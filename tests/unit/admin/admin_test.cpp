@@ -761,6 +761,12 @@ TEST_SUITE("admin") {
       const std::string text = metrics_text(ts.seg, t, admin_config(kToken));
       CHECK(text.find(fmt::format("gw_upstream_hosts_usable{{upstream=\"app\"}} {}\n", unknown_usable ? 1 : 0)) !=
             std::string::npos);
+      // The status document (and so the dashboard's "N of M host(s) usable")
+      // counts as the metric does: a itself says "unknown", not "up".
+      CHECK(host_json(ts.seg, t, 0).find("\"health\": \"unknown\"") != std::string::npos);
+      CHECK(upstream_json(ts.seg, t, 0)
+                .starts_with(
+                    fmt::format("{{\"name\": \"app\", \"hosts_usable\": {}, \"pools\": [", unknown_usable ? 1 : 0)));
     }
   }
 
