@@ -3,7 +3,8 @@
 # both gateways run at once on free loopback ports against the same two
 # gw-backend servers, and wrk runs through each in turn, the first one
 # swapped every round. Prints every round, and the medians of req/s and of
-# gwd's CPU time per request (master and workers), with B/A.
+# gwd's CPU time per request (master and workers), with B/A, and the failed
+# requests of each (exit 1 if any: wrk counts them in req/s).
 #
 #   bench/ab.sh GWD_A GWD_B [--engine epoll|io_uring] [--protocol tcp|http]
 #               [--conns 50,1000] [--rounds 6] [--duration 8] [--workers W]
@@ -31,6 +32,12 @@ while [ $# -gt 0 ]; do
     *) usage ;;
   esac
   shift 2
+done
+case "$engine" in epoll|io_uring) ;; *) echo "bench/ab.sh: --engine must be epoll or io_uring, got '$engine'" >&2; exit 2 ;; esac
+case "$protocol" in tcp|http) ;; *) echo "bench/ab.sh: --protocol must be tcp or http, got '$protocol'" >&2; exit 2 ;; esac
+[[ $conns =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || { echo "bench/ab.sh: --conns needs a comma list of positive integers, got '$conns'" >&2; exit 2; }
+for v in "$rounds" "$secs" "$workers"; do
+  [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "bench/ab.sh: --rounds, --duration and --workers need a positive integer, got '$v'" >&2; exit 2; }
 done
 for g in "$gwd_a" "$gwd_b"; do [ -x "$g" ] || { echo "bench/ab.sh: $g is not an executable" >&2; exit 1; }; done
 command -v wrk >/dev/null || { echo "bench/ab.sh: wrk not found (tools/setup.sh installs it)" >&2; exit 1; }
@@ -105,19 +112,28 @@ for c in "${counts[@]}"; do
     [ $((r % 2)) = 0 ] && order="B A"
     for x in $order; do
       c0=$(cpu_ns "${gpid[$x]}")
-      wrk -t2 -c"$c" -d"${secs}s" "http://127.0.0.1:${port[$x]}/" >"$tmp/wrk.out" 2>&1
+      # wrk wants at least one connection per thread.
+      if ! wrk -t"$((c < 2 ? c : 2))" -c"$c" -d"${secs}s" "http://127.0.0.1:${port[$x]}/" >"$tmp/wrk.out" 2>&1; then
+        echo "bench/ab.sh: wrk through $x failed:" >&2
+        cat "$tmp/wrk.out" >&2
+        exit 1
+      fi
       c1=$(cpu_ns "${gpid[$x]}")
       rps=$(awk '/Requests\/sec/ {print $2}' "$tmp/wrk.out")
       n=$(awk '/requests in/ {print $1}' "$tmp/wrk.out")
       [ -n "$rps" ] && [ -n "$n" ] || { echo "bench/ab.sh: wrk through $x gave no result" >&2; exit 1; }
+      # Failed requests (socket errors, non-2xx/3xx replies) are in wrk's req/s too.
+      errs=$(awk '/^ *Socket errors:/ {gsub(/,/, ""); e += $4 + $6 + $8 + $10}
+                  /Non-2xx or 3xx/ {e += $NF} END {print e + 0}' "$tmp/wrk.out")
       us=$(awk -v d=$((c1 - c0)) -v n="$n" 'BEGIN {printf "%.3f", d / n / 1000}')
-      echo "$c $x $rps $us" >>"$tmp/res"
-      printf 'connections %-5s round %d/%d  %s %12s req/s %8s us cpu/req\n' "$c" "$r" "$rounds" "$x" "$rps" "$us"
+      echo "$c $x $rps $us $errs" >>"$tmp/res"
+      printf 'connections %-5s round %d/%d  %s %12s req/s %8s us cpu/req%s\n' "$c" "$r" "$rounds" "$x" "$rps" "$us" \
+        "$([ "$errs" = 0 ] || echo "  ($errs errors)")"
     done
   done
 done
-echo "| connections | A req/s | B req/s | B / A | B more req/s | A cpu us/req | B cpu us/req | B / A | B less cpu |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| connections | A req/s | B req/s | B / A | B more req/s | A cpu us/req | B cpu us/req | B / A | B less cpu | A errors | B errors |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for c in "${counts[@]}"; do
   col() { awk -v c="$c" -v x="$1" -v k="$2" '$1 == c && $2 == x {print $k}' "$tmp/res" | median; }
   # Rounds in which B beat A (each round runs both): col 3 higher, col 4 lower.
@@ -125,8 +141,14 @@ for c in "${counts[@]}"; do
     awk -v c="$c" -v k="$1" -v dir="$2" '$1 == c {v[$2, ++n[$2]] = $k}
       END {w = 0; for (i = 1; i <= n["A"]; i++) if ((v["B", i] - v["A", i]) * dir > 0) w++; print w "/" n["A"]}' "$tmp/res"
   }
+  errors() { awk -v c="$c" -v x="$1" '$1 == c && $2 == x {e += $5} END {print e + 0}' "$tmp/res"; }
   awk -v c="$c" -v ra="$(col A 3)" -v rb="$(col B 3)" -v ca="$(col A 4)" -v cb="$(col B 4)" \
-      -v wr="$(won 3 1)" -v wc="$(won 4 -1)" \
-      'BEGIN {printf "| %s | %.0f | %.0f | %.3f | %s | %.3f | %.3f | %.3f | %s |\n", c, ra, rb, rb / ra, wr, ca, cb, cb / ca, wc}'
+      -v wr="$(won 3 1)" -v wc="$(won 4 -1)" -v ea="$(errors A)" -v eb="$(errors B)" \
+      'BEGIN {printf "| %s | %.0f | %.0f | %.3f | %s | %.3f | %.3f | %.3f | %s | %d | %d |\n", c, ra, rb, rb / ra, wr, ca, cb, cb / ca, wc, ea, eb}'
 done
-echo "(medians over rounds; cpu = gwd master and workers, from /proc/PID/task/*/schedstat)"
+echo "(medians over rounds; cpu = gwd master and workers, from /proc/PID/task/*/schedstat; errors summed over rounds)"
+failed=$(awk '{e += $5} END {print e + 0}' "$tmp/res")
+if [ "$failed" != 0 ]; then
+  echo "bench/ab.sh: $failed requests failed (socket errors or non-2xx/3xx replies); wrk counts them in req/s, so the comparison is not valid" >&2
+  exit 1
+fi
