@@ -7,8 +7,10 @@
 // Hold mode (default): open N connections at --connect-rate; each sends a login frame
 // (type 1) and waits for its echo, then sends heartbeats (type 2) at -r per second with a
 // random phase and times each reply. Once every connection is up (or has failed), in every
-// process, hold for -T seconds, then close everything and report. Heartbeat latency is
-// recorded separately for the ramp and the hold: the hold figures see no connection set-up.
+// process, hold for -T seconds, then stop sending and drain: wait, at most --timeout-ms, for
+// the replies still due (a missing one is a timeout), close everything and report. Heartbeat
+// latency is recorded separately for the ramp and the hold (and its drain): the hold figures
+// see no connection set-up.
 // Churn mode: each of the N slots loops connect -> login -> echo -> close for -T seconds.
 //
 // Frame: u8 type, u8 version, u16 time, u16 body_len (big-endian), then body_len bytes of
@@ -341,13 +343,15 @@ struct Report {
 };
 static_assert(std::is_trivially_copyable_v<Report>);
 
-enum Phase : uint32_t { kRamp = 0, kHold = 1, kChurn = 2, kDone = 3 };
+// kDrain: the hold is over, no heartbeat is sent; the replies still due are awaited.
+enum Phase : uint32_t { kRamp = 0, kHold = 1, kChurn = 2, kDrain = 3, kDone = 4 };
 
 const char* PhaseName(uint32_t phase) {
   switch (phase) {
     case kRamp: return "ramp";
     case kHold: return "hold";
     case kChurn: return "churn";
+    case kDrain: return "drain";
     default: return "done";
   }
 }
@@ -617,7 +621,32 @@ class Worker {
       hold_sent_base_ = report_.hb_sent;
       hold_received_base_ = report_.hb_received;
     }
-    if ((phase_ == kHold || phase_ == kChurn) && now >= phase_end_us_) EndPhase(now);
+    if (phase_ == kChurn && now >= phase_end_us_) EndPhase(now);
+    if (phase_ == kHold && now >= phase_end_us_) StartDrain(now);
+    if (phase_ == kDrain) {
+      if (inflight_ > 0 && now >= drain_end_us_) DropUnanswered();
+      if (inflight_ == 0) EndPhase(now);
+    }
+  }
+
+  // The hold is over: no more heartbeats; the replies still due get --timeout-ms to arrive.
+  void StartDrain(int64_t now) {
+    report_.hold_s = static_cast<double>(now - phase_start_us_) / 1e6;
+    report_.hold_hb_sent = report_.hb_sent - hold_sent_base_;
+    phase_ = kDrain;
+    drain_end_us_ = now + timeout_us_;
+  }
+
+  // The drain's deadline: every connection still owing a reply counts a timeout (as its
+  // reply timer would a moment later).
+  void DropUnanswered() {
+    for (uint32_t i = 0; i < conns_.size(); ++i) {
+      const Conn& c = conns_[i];
+      if (c.fd >= 0 && c.inflight_head < c.inflight.size()) {
+        ++report_.timeouts;
+        Drop(i);
+      }
+    }
   }
 
   // Ends the run now (phase over, or a stop signal).
@@ -626,10 +655,8 @@ class Worker {
     if (phase_ == kHold || phase_ == kChurn) {
       report_.hold_s = static_cast<double>(now - phase_start_us_) / 1e6;
     }
-    if (phase_ == kHold) {
-      report_.hold_hb_sent = report_.hb_sent - hold_sent_base_;
-      report_.hold_hb_received = report_.hb_received - hold_received_base_;
-    }
+    if (phase_ == kHold) report_.hold_hb_sent = report_.hb_sent - hold_sent_base_;
+    if (phase_ == kHold || phase_ == kDrain) report_.hold_hb_received = report_.hb_received - hold_received_base_;
     phase_ = kDone;
   }
 
@@ -668,6 +695,7 @@ class Worker {
   int TimeoutMs(int64_t now) const {
     int64_t wake = next_progress_us_;
     if (phase_ == kHold || phase_ == kChurn) wake = std::min(wake, phase_end_us_);
+    if (phase_ == kDrain) wake = std::min(wake, drain_end_us_);
     if ((phase_ == kRamp || phase_ == kChurn) && !pending_.empty()) {
       if (connect_rate_ <= 0 || tokens_ >= 1) return 0;
       wake = std::min(wake, now + static_cast<int64_t>(std::ceil((1 - tokens_) / connect_rate_ * 1e6)));
@@ -770,7 +798,7 @@ class Worker {
       wake = c.start_us + timeout_us_;
     }
     if (c.state == State::kActive) {
-      if (period_us_ > 0 && phase_ != kDone) wake = std::min(wake, c.next_send_us);
+      if (period_us_ > 0 && Sending()) wake = std::min(wake, c.next_send_us);
       if (c.inflight_head < c.inflight.size()) {
         wake = std::min(wake, c.inflight[c.inflight_head] + timeout_us_);
       }
@@ -781,6 +809,9 @@ class Worker {
       wheel_.Arm(slot, TickCeil(wake));
     }
   }
+
+  // Heartbeats are sent during the ramp and the hold only.
+  bool Sending() const { return phase_ == kRamp || phase_ == kHold; }
 
   void OnTimer(uint32_t slot) {
     Conn& c = conns_[slot];
@@ -793,7 +824,7 @@ class Worker {
       ++report_.timeouts;
       return Drop(slot);
     }
-    if (c.state == State::kActive && period_us_ > 0 && now >= c.next_send_us) {
+    if (c.state == State::kActive && period_us_ > 0 && Sending() && now >= c.next_send_us) {
       if (!SendHeartbeat(slot)) return;
       c.next_send_us += period_us_;
       if (c.next_send_us <= now) c.next_send_us = now + period_us_;  // skip what was missed
@@ -856,6 +887,7 @@ class Worker {
     char frame[kMaxFrame];
     size_t len = BuildFrame(frame, kTypeHeartbeat, WallTime16(), c.number);
     c.inflight.push_back(NowUs());
+    ++inflight_;
     ++report_.hb_sent;
     return Send(slot, frame, len);
   }
@@ -1028,6 +1060,7 @@ class Worker {
     }
     if (type == kTypeHeartbeat && c.inflight_head < c.inflight.size()) {
       int64_t sent = c.inflight[c.inflight_head++];
+      --inflight_;
       if (c.inflight_head == c.inflight.size()) {
         c.inflight.clear();
         c.inflight_head = 0;
@@ -1035,7 +1068,8 @@ class Worker {
       ++report_.hb_received;
       // Only the hold's replies count as heartbeat latency: during the ramp the target is
       // also busy setting up connections.
-      (phase_ == kHold ? report_.hb_latency : report_.hb_ramp_latency).Record(static_cast<uint64_t>(now - sent));
+      (phase_ == kHold || phase_ == kDrain ? report_.hb_latency : report_.hb_ramp_latency)
+          .Record(static_cast<uint64_t>(now - sent));
       if (DevidMatches(c, frame.substr(kFrameHeader))) return true;
     }
     ++report_.protocol;  // a frame we didn't ask for, or another device's answer
@@ -1081,6 +1115,7 @@ class Worker {
       --sockets_;
     }
     if (c.established) --open_;
+    inflight_ -= c.inflight.size() - c.inflight_head;
     wheel_.Disarm(slot);
     c.fd = -1;
     ++c.gen;
@@ -1112,6 +1147,7 @@ class Worker {
   uint32_t phase_ = kRamp;
   int64_t phase_start_us_ = 0;
   int64_t phase_end_us_ = 0;
+  int64_t drain_end_us_ = 0;
   int64_t next_progress_us_ = 0;
 
   std::deque<uint32_t> pending_;  // slots waiting to connect, in order
@@ -1122,6 +1158,7 @@ class Worker {
   uint64_t unresolved_ = 0;  // hold mode: slots neither established nor failed yet
   uint64_t open_ = 0;        // established connections open now
   uint64_t sockets_ = 0;     // sockets open now
+  uint64_t inflight_ = 0;    // heartbeats sent and not yet answered, over all connections
   uint64_t hold_sent_base_ = 0;
   uint64_t hold_received_base_ = 0;
   Report report_;
