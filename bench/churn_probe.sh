@@ -33,6 +33,12 @@ case $probe in ''|stat|perf|strace|status) ;; *) usage ;; esac
 for x in "$GWD" "$B/gw-backend" "$B/gwload" "$B/gwctl"; do
   [ -x "$x" ] || { echo "churn_probe.sh: $x not found (cmake --build $B --target gwd gwctl gw-backend gwload)" >&2; exit 1; }
 done
+case $probe in
+  stat|perf|strace)
+    tool=$probe
+    [ "$probe" = stat ] && tool=perf
+    command -v "$tool" >/dev/null || { echo "churn_probe.sh: $tool not found (tools/setup.sh installs it)" >&2; exit 1; } ;;
+esac
 mkdir -p "$OUT"
 shm=churnprobe-$$
 pids=()

@@ -26,8 +26,11 @@ pkgs=(
   # test_blackhole: nft drops a backend's packets inside the test's own network
   # namespace (unshare, from util-linux, is always installed)
   nftables
-  # test_persistence: strace sees the fsyncs of the state file's new directories
-  strace
+  # test_persistence: strace sees the fsyncs of the state file's new directories, and gdb
+  # holds a gwctl inside its commit
+  strace gdb
+  # bench/churn_probe.sh: its stat and perf probes
+  linux-perf
   # test_vip: keepalived moves a VIP between two gw nodes in the test's own namespaces
   keepalived
 )
