@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up, builds (Release), starts three demo backends and gwd with
 # conf/gateway.json on loopback, walks through a few commands, and keeps the
-# gateway running until Ctrl-C.
+# gateway running until Ctrl-C. Each run starts from conf/gateway.json: the runtime
+# state an earlier demo left (state/gw.state.json and the shm segment /dev/shm/gw,
+# which gwd would restore) is removed first, and the segment again on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -19,11 +21,20 @@ for port in 7000 7080 8081 8082 8083; do
   fi
 done
 
+# conf/gateway.json's shm.name; flock: no gwd holds the segment's lock (README, Runtime state).
+shm=/dev/shm/gw
+if ! flock -n "$shm.lock" rm -f "$shm" state/gw.state.json; then
+  echo "demo.sh: a gwd is running on shm \"gw\" (the shm.name of conf/gateway.json); stop it and retry" >&2
+  exit 1
+fi
+rm -f "$shm.lock"
+
 mkdir -p state logs
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ ${#pids[@]} -gt 0 ] && flock -n "$shm.lock" rm -f "$shm"; then rm -f "$shm.lock"; fi
 }
 trap cleanup EXIT
 trap 'exit 0' INT TERM
