@@ -111,6 +111,21 @@ class BalanceTest(GwTestCase):
                            timeout=T(10), check=True)
         self.assertEqual(r.stdout, "k\ta\n")
 
+    def test_hashpick_usage_errors_exit_2(self):
+        """A command-line error of gw-hashpick exits 2 like its other refusals
+        (an unknown option exited 106, a missing --host 106: CLI11's codes);
+        --help exits 0."""
+        hashpick = os.path.join(gwtest.BUILD_DIR, "gw-hashpick")
+        for args, says in ((["--host", "a=127.0.0.1:8081", "--bogus"], "--bogus"), ([], "--host is required"),
+                           (["--host"], "--host"), (["--host", "a=127.0.0.1:8081", "--method"], "--method")):
+            r = subprocess.run([hashpick] + args, input="k\n", capture_output=True, text=True, timeout=T(10))
+            self.assertEqual(r.returncode, 2, f"{args}: {r.stdout!r} {r.stderr!r}")
+            self.assertIn(says, r.stderr, args)
+            self.assertEqual(r.stdout, "", args)
+        r = subprocess.run([hashpick, "--help"], capture_output=True, text=True, timeout=T(10))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("--host", r.stdout)
+
     def test_set_pool_method_live(self):
         """gwctl set pool --method switches a live pool to chash: a client IP then
         sticks to one host; back to round_robin it alternates again."""

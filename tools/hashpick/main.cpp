@@ -21,7 +21,13 @@ int main(int argc, char** argv) {
   std::vector<std::string> specs;
   app.add_option("--method", method, "balancing method")->capture_default_str();
   app.add_option("--host", specs, "ID=IP:PORT[:WEIGHT], in pool order")->required();
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // A usage error exits 2, as gwd's, gwctl's and this tool's own checks do (CLI11's
+    // codes, 106 for an unknown option, mean nothing to a caller).
+    return app.exit(e) == 0 ? 0 : 2;
+  }
 
   gw::shm::Method m;
   if (!gw::shm::parse_method(method, m)) {
