@@ -1829,6 +1829,29 @@ class FrameTest(GwTestCase):
         self.assertEqual(out.returncode, 1, out.stderr[-1000:])
         self.assertTrue(0.4 <= r["duration_s"] <= T(2), r["duration_s"])
 
+    def test_backend_usage_errors_are_one_line_exit_2(self):
+        """gw-backend (the device backends here, the demo's and the benches')
+        answers a command-line error with one line and exit 2, as gwd and gwctl
+        do; --help prints the usage on stdout and exits 0 (it exited 2). An
+        unknown option last on the line is named as unknown (it was "missing
+        value for")."""
+        exe = os.path.join(gwtest.BUILD_DIR, "gw-backend")
+        ok = ["--listen", f"{gwtest.LOOPBACK}:0", "--name", "x"]
+        for args, says in ((ok + ["--bogus"], "unknown option --bogus"),
+                           (ok + ["--threads", "0"], "--threads must be an integer in 1..256"),
+                           (["--listen", f"{gwtest.LOOPBACK}:0"], "--name is required"),
+                           (ok + ["--mode"], "missing value for --mode"),
+                           (["--listen", "nowhere", "--name", "x"], "bad --listen address")):
+            r = subprocess.run([exe] + args, capture_output=True, text=True, timeout=T(10),
+                               stdin=subprocess.DEVNULL)
+            self.assertEqual(r.returncode, 2, f"{args}: {r.stderr!r}")
+            self.assertEqual(len(r.stderr.splitlines()), 1, f"{args}: {r.stderr!r}")
+            self.assertIn(says, r.stderr, args)
+            self.assertTrue(r.stderr.startswith("gw-backend: ") and "(see gw-backend --help)" in r.stderr, r.stderr)
+        r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=T(10), stdin=subprocess.DEVNULL)
+        self.assertEqual((r.returncode, r.stderr), (0, ""))
+        self.assertTrue(r.stdout.startswith("usage: gw-backend --listen IP:PORT --name NAME"), r.stdout)
+
     # ------------------------------------------------------------------------
     # 7. JSON pointer keys
 

@@ -97,12 +97,17 @@ constexpr int kStatsIoTimeoutSec = 2;
   std::_Exit(1);
 }
 
+// A usage error: one line and exit status 2, as gwd's and gwctl's.
 [[noreturn]] void Usage(const char* msg) {
-  if (msg != nullptr) std::fprintf(stderr, "gw-backend: %s\n", msg);
-  std::fprintf(stderr,
-               "usage: gw-backend --listen IP:PORT --name NAME [--mode http|echo|device] "
-               "[--threads N] [--stats IP:PORT]\n");
+  std::fprintf(stderr, "gw-backend: %s (see gw-backend --help)\n", msg);
   std::exit(2);
+}
+
+[[noreturn]] void Help() {
+  std::printf(
+      "usage: gw-backend --listen IP:PORT --name NAME [--mode http|echo|device] "
+      "[--threads N] [--stats IP:PORT]\n");
+  std::exit(0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1068,7 +1073,10 @@ Options ParseArgs(int argc, char** argv) {
   Options opt;
   for (int i = 1; i < argc; ++i) {
     std::string_view arg = argv[i];
-    if (arg == "-h" || arg == "--help") Usage(nullptr);
+    if (arg == "-h" || arg == "--help") Help();
+    if (arg != "--listen" && arg != "--name" && arg != "--mode" && arg != "--threads" && arg != "--stats") {
+      Usage(("unknown option " + std::string(arg)).c_str());
+    }
     if (i + 1 >= argc) Usage(("missing value for " + std::string(arg)).c_str());
     std::string value = argv[++i];
     if (arg == "--listen") {
@@ -1092,10 +1100,8 @@ Options ParseArgs(int argc, char** argv) {
         Usage("--threads must be an integer in 1..256");
       }
       opt.threads = n;
-    } else if (arg == "--stats") {
-      opt.stats = value;
     } else {
-      Usage(("unknown option " + std::string(arg)).c_str());
+      opt.stats = value;
     }
   }
   if (opt.listen.empty()) Usage("--listen is required");
