@@ -8,12 +8,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=200
 workers=$(nproc)
+usage() { echo "usage: bench/propagation.sh [--rounds N] [--workers W]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
+  [ $# -ge 2 ] || usage
+  [[ $2 =~ ^[1-9][0-9]*$ ]] || { echo "bench/propagation.sh: $1 needs a positive integer, got '$2'" >&2; exit 2; }
   case "$1" in
-    --rounds) rounds=$2; shift 2 ;;
-    --workers) workers=$2; shift 2 ;;
-    *) echo "usage: bench/propagation.sh [--rounds N] [--workers W]" >&2; exit 2 ;;
+    --rounds) rounds=$2 ;;
+    --workers) workers=$2 ;;
+    *) usage ;;
   esac
+  shift 2
 done
 build=${GW_BUILD_DIR:-build-release}
 if [ ! -x "$build/gwd" ] || [ ! -x "$build/gw-propagation" ]; then
