@@ -26,7 +26,7 @@ int open_access_log(const std::string& path) {
   return fd;
 }
 
-int run_logger(const std::vector<int>& socks, const std::vector<std::string>& paths) {
+int run_logger(const std::vector<int>& socks, const std::vector<std::string>& paths, const std::string& log_file) {
   std::vector<int> files(paths.size(), -1);
   auto open_all = [&] {
     for (size_t i = 0; i < paths.size(); ++i) {
@@ -58,6 +58,13 @@ int run_logger(const std::vector<int>& socks, const std::vector<std::string>& pa
       signalfd_siginfo si{};
       while (::read(sfd.get(), &si, sizeof(si)) == sizeof(si)) {
         if (si.ssi_signo == SIGUSR1) {
+          if (!log_file.empty()) {
+            try {
+              core::log_open(log_file);
+            } catch (const std::exception& e) {
+              GW_LOG_ERROR("{}", e.what());
+            }
+          }
           GW_LOG_INFO("SIGUSR1: reopening {} access log(s)", paths.size());
           open_all();
         } else if (si.ssi_signo == SIGQUIT || si.ssi_signo == SIGINT) {

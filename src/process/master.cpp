@@ -1422,7 +1422,7 @@ class Master {
         admin_fd_.reset();  // the admin server's
         std::vector<int> socks;
         for (auto& fd : log_rd_) socks.push_back(fd.get());
-        ::_exit(run_logger(socks, cfg_.access_log_paths));
+        ::_exit(run_logger(socks, cfg_.access_log_paths, cfg_.log_file));
       }
       log_rd_.clear();
       if (a.fd < 0) admin_fd_.reset();

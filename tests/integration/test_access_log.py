@@ -261,6 +261,28 @@ class AccessLogTest(GwTestCase):
         self.assertEqual(len(read_lines(log + ".1")), 2)
         wait_until(lambda: "SIGUSR1: reopening" in gw.log_text(), T(5), msg="the reopen logged")
 
+    def test_sigusr1_reopens_the_loggers_error_log(self):
+        """After a rotation of log_file (rename, SIGUSR1) the logger's own
+        lines go to the new file too: it reopened only the access logs, and
+        its errors (a full disk, a file that would not open) went on into the
+        rotated error log."""
+        a = self.hb("alpha")
+        log = os.path.join(self.tmp, "access.log")
+        err = os.path.join(self.tmp, "error.log")
+        cfg = self.make_config([pool("p", [host("a", a.address)])], log_file=err,
+                               listeners=[http_listener("web", log, "combined", upstream="app")])
+        gw = self.gateway(cfg, start=False)
+        gw.start(wait=False)
+        gw.log_path = err  # where "ready" and the rest are written
+        gw.wait_ready()
+        os.rename(err, err + ".1")
+        os.kill(gw.pid, signal.SIGUSR1)
+        wait_until(lambda: "reopening 1 access log(s)" in gw.log_text(), T(5),
+                   msg="the logger's reopen line in the new error log")
+        self.assertRegex(gw.log_text(), r"logger\[\d+\]: SIGUSR1: reopening 1 access log\(s\)")
+        with open(err + ".1") as f:
+            self.assertNotIn("reopening 1 access log(s)", f.read())
+
     def test_a_stopped_logger_never_stalls_the_workers(self):
         a = self.hb("alpha")
         log = os.path.join(self.tmp, "access.log")

@@ -3,7 +3,7 @@
 // Each worker sends chunks of whole lines over its own SOCK_SEQPACKET socket
 // (the first byte of a chunk is the file index); the logger writes each chunk
 // with one write(2), so lines never interleave. SIGUSR1 reopens the files
-// (logrotate). It exits once every worker end is closed (the gateway
+// and the error log (logrotate). It exits once every worker end is closed (the gateway
 // stopped), or at once on SIGQUIT. Forked and respawned by the master.
 
 #include <string>
@@ -11,8 +11,9 @@
 
 namespace gw::process {
 
-/// `socks`: the logger's ends, one per worker slot; `paths`: the files, by index.
-int run_logger(const std::vector<int>& socks, const std::vector<std::string>& paths);
+/// `socks`: the logger's ends, one per worker slot; `paths`: the files, by
+/// index; `log_file`: the error log to reopen on SIGUSR1 ("" = stderr).
+int run_logger(const std::vector<int>& socks, const std::vector<std::string>& paths, const std::string& log_file);
 
 /// Opens (creating, appending) an access-log file; returns the fd or throws
 /// std::runtime_error naming the path (the master checks them at start).
