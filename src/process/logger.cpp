@@ -5,10 +5,13 @@
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <memory>
@@ -26,14 +29,63 @@ int open_access_log(const std::string& path) {
   return fd;
 }
 
+namespace {
+
+// Whether the regular file open as `fd` (for writing, at `path`) ends inside
+// a line: a write cut short by a full disk, or a logger killed mid-write.
+bool ends_mid_line(int fd, const std::string& path) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) return false;
+  core::UniqueFd rd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  char last = '\n';
+  return rd && ::pread(rd.get(), &last, 1, st.st_size - 1) == 1 && last != '\n';
+}
+
+// Appends a chunk of whole lines to `fd`, first ending the line a failed
+// write left unfinished (`mid_line`), so the cut line stands alone and the
+// lines after it start on lines of their own. Returns false with errno set
+// if a write failed; `mid_line` then says whether the file ends inside a line.
+bool write_lines(int fd, const char* p, size_t n, bool& mid_line) {
+  static char newline = '\n';
+  iovec iov[2] = {{&newline, mid_line ? 1u : 0u}, {const_cast<char*>(p), n}};
+  iovec* v = iov;
+  int count = 2;
+  while (count > 0) {
+    if (v->iov_len == 0) {
+      ++v;
+      --count;
+      continue;
+    }
+    const ssize_t w = ::writev(fd, v, count);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    for (auto left = static_cast<size_t>(w); left > 0;) {
+      const size_t take = std::min(left, v->iov_len);
+      mid_line = static_cast<const char*>(v->iov_base)[take - 1] != '\n';
+      v->iov_base = static_cast<char*>(v->iov_base) + take;
+      v->iov_len -= take;
+      left -= take;
+      if (v->iov_len == 0) {
+        ++v;
+        --count;
+      }
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 int run_logger(const std::vector<int>& socks, const std::vector<std::string>& paths, const std::string& log_file) {
   std::vector<int> files(paths.size(), -1);
+  std::vector<bool> mid_line(paths.size(), false);  // by file: it ends inside a line
   auto open_all = [&] {
     for (size_t i = 0; i < paths.size(); ++i) {
       try {
         int fd = open_access_log(paths[i]);
         if (files[i] >= 0) ::close(files[i]);
         files[i] = fd;
+        mid_line[i] = ends_mid_line(fd, paths[i]);
       } catch (const std::exception& e) {
         GW_LOG_ERROR("{} (lines for it are dropped until it opens)", e.what());
       }
@@ -81,20 +133,11 @@ int run_logger(const std::vector<int>& socks, const std::vector<std::string>& pa
         if (n > 1) {
           const auto file = static_cast<uint8_t>(buf[0]);
           if (file < files.size() && files[file] >= 0) {
-            const char* p = buf.get() + 1;
-            size_t left = static_cast<size_t>(n - 1);
-            while (left > 0) {
-              ssize_t w = ::write(files[file], p, left);
-              if (w < 0 && errno == EINTR) continue;
-              if (w <= 0) {
-                if (write_errors++ % 1000 == 0)
-                  GW_LOG_ERROR("access log {}: write: {} ({} failed write(s) so far)", paths[file],
-                               std::strerror(errno), write_errors);
-                break;
-              }
-              p += w;
-              left -= static_cast<size_t>(w);
-            }
+            bool mid = mid_line[file];
+            if (!write_lines(files[file], buf.get() + 1, static_cast<size_t>(n - 1), mid) && write_errors++ % 1000 == 0)
+              GW_LOG_ERROR("access log {}: write: {} ({} failed write(s) so far)", paths[file], std::strerror(errno),
+                           write_errors);
+            mid_line[file] = mid;
           }
           continue;
         }

@@ -1,0 +1,123 @@
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "gw/core/log.hpp"
+#include "gw/process/logger.hpp"
+
+using namespace gw;
+
+namespace {
+
+// A logger process writing `path` from one worker socket (returned), with
+// its file size limited to `fsize` bytes: a write past it stops there and
+// then fails (EFBIG), as on a full disk.
+pid_t start_logger(const std::string& path, rlim_t fsize, int& worker_end) {
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(sv[1]);
+    ::signal(SIGXFSZ, SIG_IGN);
+    rlimit lim{};
+    ::getrlimit(RLIMIT_FSIZE, &lim);
+    lim.rlim_cur = fsize;
+    if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) ::_exit(2);
+    try {
+      core::log_open("/dev/null");  // its "write: File too large" lines
+      ::_exit(process::run_logger({sv[0]}, {path}, ""));
+    } catch (...) {
+      ::_exit(3);
+    }
+  }
+  ::close(sv[0]);
+  worker_end = sv[1];
+  return pid;
+}
+
+void send_chunk(int fd, const std::string& lines) {
+  const std::string chunk = std::string(1, '\0') + lines;  // file 0
+  REQUIRE(::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(chunk.size()));
+}
+
+off_t file_size(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 ? st.st_size : -1;
+}
+
+std::string read_file(const std::string& path) {
+  std::string out;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return out;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  return out;
+}
+
+// Closes the worker end (the logger then exits) and waits for the logger.
+int stop_logger(pid_t pid, int worker_end) {
+  ::close(worker_end);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace
+
+TEST_SUITE("process") {
+  TEST_CASE("logger: after a write cut short (a full disk), the next lines start on a line of their own") {
+    char dir[] = "/tmp/gwunit-logger-XXXXXX";
+    REQUIRE(::mkdtemp(dir) != nullptr);
+    const std::string path = std::string(dir) + "/access.log";
+    const std::string a = std::string(59, 'a') + "\n", b = std::string(59, 'b') + "\n", c = std::string(59, 'c') + "\n";
+
+    SUBCASE("the disk fills under a chunk, and space is freed") {
+      int w = -1;
+      const pid_t pid = start_logger(path, 100, w);
+      send_chunk(w, a + b);  // 120 bytes: b is cut at the 100th
+      for (int i = 0; i < 500 && file_size(path) < 100; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      REQUIRE(file_size(path) == 100);
+      rlimit lim{};
+      REQUIRE(::prlimit(pid, RLIMIT_FSIZE, nullptr, &lim) == 0);
+      lim.rlim_cur = lim.rlim_max;  // the space is back
+      REQUIRE(::prlimit(pid, RLIMIT_FSIZE, &lim, nullptr) == 0);
+      send_chunk(w, c);
+      CHECK(stop_logger(pid, w) == 0);
+      // The cut line ends where it was cut; c was glued to it.
+      CHECK(read_file(path) == a + b.substr(0, 40) + "\n" + c);
+    }
+    SUBCASE("a file left ending inside a line (a logger killed mid-write) when the logger starts") {
+      const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      REQUIRE(fd >= 0);
+      REQUIRE(::write(fd, "partial", 7) == 7);
+      ::close(fd);
+      int w = -1;
+      const pid_t pid = start_logger(path, RLIM_INFINITY, w);
+      send_chunk(w, c);
+      CHECK(stop_logger(pid, w) == 0);
+      CHECK(read_file(path) == "partial\n" + c);
+    }
+    SUBCASE("a file whose lines are whole gets nothing added") {
+      int w = -1;
+      const pid_t pid = start_logger(path, RLIM_INFINITY, w);
+      send_chunk(w, a);
+      send_chunk(w, b);
+      CHECK(stop_logger(pid, w) == 0);
+      CHECK(read_file(path) == a + b);
+    }
+    ::unlink(path.c_str());
+    ::rmdir(dir);
+  }
+}
