@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "gw/core/clock.hpp"
+#include "gw/core/utf8.hpp"
 
 namespace gw::proxy {
 
@@ -98,33 +99,60 @@ struct Out {
       }
     }
   }
-  // A JSON string; bytes >= 0x80 (the target may hold any) become \u00XX, so
-  // the line is valid UTF-8 whatever the client sent. `budget` as logval's.
+  // A JSON string: well-formed UTF-8 as is, each byte that is not part of it
+  // (the target and headers may hold any) as \u00XX, and the controls
+  // (C0, DEL, and the C1 controls U+0080..U+009F) as \u00XX, so the line is
+  // valid UTF-8 whatever the client sent and "café" stays "café". `budget`
+  // as logval's; a cut never splits a UTF-8 sequence.
   void jstr(std::string_view s, size_t budget = kNoBudget) noexcept {
     static constexpr char kHex[] = "0123456789abcdef";
     put('"');
-    auto width = [](unsigned char c) -> size_t { return c == '"' || c == '\\' ? 2 : c < 0x20 || c > 0x7e ? 6 : 1; };
+    // The bytes at s[i] taken as one unit (a UTF-8 sequence, or one byte),
+    // and the code point \u00XX-escaped (-1: none, the bytes go as they are).
+    struct Unit {
+      size_t bytes;
+      int escaped;
+    };
+    auto unit = [&s](size_t i) -> Unit {
+      const auto c = static_cast<unsigned char>(s[i]);
+      if (c < 0x20 || c == 0x7f) return {1, c};
+      if (c < 0x80) return {1, -1};
+      const size_t n = core::utf8_sequence(s.substr(i));
+      if (n == 0) return {1, c};  // not UTF-8
+      if (n == 2 && c == 0xc2 && static_cast<unsigned char>(s[i + 1]) < 0xa0)
+        return {2, static_cast<unsigned char>(s[i + 1])};  // a C1 control
+      return {n, -1};
+    };
+    auto width = [&s](size_t i, Unit u) -> size_t {
+      if (u.escaped >= 0) return 6;
+      return s[i] == '"' || s[i] == '\\' ? 2 : u.bytes;
+    };
     size_t need = 0;
     if (budget != kNoBudget)
-      for (unsigned char c : s) need += width(c);
+      for (size_t i = 0; i < s.size();) {
+        const Unit u = unit(i);
+        need += width(i, u);
+        i += u.bytes;
+      }
     const size_t end = need > budget ? len + budget : kNoBudget;
-    for (size_t i = 0; i < s.size(); ++i) {
-      const unsigned char c = static_cast<unsigned char>(s[i]);
-      const size_t w = width(c);
-      if (end != kNoBudget && len + w + (i + 1 < s.size() ? 3 : 0) > end) {
+    for (size_t i = 0; i < s.size();) {
+      const Unit u = unit(i);
+      const size_t w = width(i, u);
+      if (end != kNoBudget && len + w + (i + u.bytes < s.size() ? 3 : 0) > end) {
         add("...");
         break;
       }
-      if (c == '"' || c == '\\') {
-        put('\\');
-        put(static_cast<char>(c));
-      } else if (c < 0x20 || c > 0x7e) {
+      if (u.escaped >= 0) {
         add("\\u00");
-        put(kHex[c >> 4]);
-        put(kHex[c & 15]);
+        put(kHex[u.escaped >> 4]);
+        put(kHex[u.escaped & 15]);
+      } else if (s[i] == '"' || s[i] == '\\') {
+        put('\\');
+        put(s[i]);
       } else {
-        put(static_cast<char>(c));
+        add(s.substr(i, u.bytes));
       }
+      i += u.bytes;
     }
     put('"');
   }

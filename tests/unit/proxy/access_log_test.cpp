@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 
+#include "gw/core/utf8.hpp"
 #include "gw/proxy/access_log.hpp"
 
 using gw::proxy::AccessLog;
@@ -92,5 +93,48 @@ TEST_SUITE("proxy") {
     CHECK(received + log.dropped() == kLines);  // every line is either in the socket or counted
     ::close(sv[0]);
     ::close(sv[1]);
+  }
+}
+
+TEST_SUITE("proxy") {
+  TEST_CASE("access log: json keeps well-formed UTF-8 and writes other bytes and controls as \\u00XX") {
+    // "café" was logged as "caf\u00c3\u00a9", which every JSON reader takes
+    // for "cafÃ©": each byte >= 0x80 was escaped on its own.
+    HttpLogEntry e;
+    e.wall_ms = 1764700000000;
+    e.client = "127.0.0.1";
+    e.method = "GET";
+    e.target = "/caf\xc3\xa9/\xe2\x82\xac?q=\xff";  // "é", "€", then a byte that is not UTF-8
+    e.version = "HTTP/1.1";
+    e.host = "na\xc3\xafve";
+    e.referer = "\xc0\xaf\xed\xa0\x80";  // an overlong '/' and a surrogate
+    e.user_agent =
+        "a\xc2\x9b"
+        "b\x7f\x01\"\\";  // a C1 control (CSI), DEL, a C0 control
+    e.status = 200;
+    e.listener = "web";
+    char buf[8191];
+    const size_t n = AccessLog::format(buf, sizeof(buf), LogFormat::json, e);
+    REQUIRE(n > 0);
+    const std::string_view line(buf, n);
+    CHECK(gw::core::utf8_valid(line));
+    CHECK(line.find(R"("target":"/caf)"
+                    "\xc3\xa9/\xe2\x82\xac"
+                    R"(?q=\u00ff")") != std::string_view::npos);
+    CHECK(line.find(R"("host":"na)"
+                    "\xc3\xaf"
+                    R"(ve")") != std::string_view::npos);
+    CHECK(line.find(R"("referer":"\u00c0\u00af\u00ed\u00a0\u0080")") != std::string_view::npos);
+    CHECK(line.find(R"("user_agent":"a\u009bb\u007f\u0001\"\\")") != std::string_view::npos);
+
+    // A value cut to its budget is cut between characters, not inside one.
+    std::string long_target = "/";
+    while (long_target.size() < 6000) long_target += "\xe2\x82\xac";  // 3 bytes each
+    e.target = long_target;
+    const size_t m = AccessLog::format(buf, sizeof(buf), LogFormat::json, e);
+    REQUIRE(m > 0);
+    const std::string_view cut(buf, m);
+    CHECK(gw::core::utf8_valid(cut));
+    CHECK(cut.find("\xe2\x82\xac...\"") != std::string_view::npos);
   }
 }
