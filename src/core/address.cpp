@@ -56,7 +56,8 @@ std::string SockAddr::to_string() const {
 
 bool parse_address(std::string_view text, SockAddr& out, std::string& why) {
   std::string_view host, port;
-  if (!text.empty() && text.front() == '[') {
+  const bool bracketed = !text.empty() && text.front() == '[';
+  if (bracketed) {
     auto close = text.find(']');
     if (close == std::string_view::npos) {
       why = "missing ']' after an IPv6 address";
@@ -95,10 +96,18 @@ bool parse_address(std::string_view text, SockAddr& out, std::string& why) {
   std::string h(host);
   SockAddr a;
   a.port = static_cast<uint16_t>(p);
-  if (::inet_pton(AF_INET, h.c_str(), a.ip) == 1) {
-    a.family = AF_INET;
-  } else if (::inet_pton(AF_INET6, h.c_str(), a.ip) == 1) {
+  if (bracketed) {
+    // Brackets hold an IPv6 address only, as RFC 3986's IP-literal.
+    if (::inet_pton(AF_INET6, h.c_str(), a.ip) != 1) {
+      why =
+          ::inet_pton(AF_INET, h.c_str(), a.ip) == 1
+              ? fmt::format("\"{}\" in brackets is not an IPv6 address (an IPv4 address goes without them: IP:PORT)", h)
+              : fmt::format("\"{}\" is not an IPv6 address", h);
+      return false;
+    }
     a.family = AF_INET6;
+  } else if (::inet_pton(AF_INET, h.c_str(), a.ip) == 1) {
+    a.family = AF_INET;
   } else {
     why = fmt::format("\"{}\" is not an IPv4 or IPv6 address (host names are not resolved)", h);
     return false;

@@ -38,5 +38,9 @@ TEST_SUITE("core") {
       CHECK_FALSE(parse_address(bad, a, why));
       CHECK(why == "an IPv6 address goes in brackets: [IPv6]:PORT");
     }
+    // Brackets hold an IPv6 address only (RFC 3986's IP-literal): "[127.0.0.1]:80"
+    // was taken as 127.0.0.1:80, and written back without its brackets.
+    CHECK_FALSE(parse_address("[127.0.0.1]:80", a, why));
+    CHECK(why == "\"127.0.0.1\" in brackets is not an IPv6 address (an IPv4 address goes without them: IP:PORT)");
   }
 }
