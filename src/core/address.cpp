@@ -140,6 +140,10 @@ std::string Cidr::to_string() const {
 }
 
 bool parse_cidr(std::string_view text, Cidr& out, std::string& why) {
+  if (text.find('\0') != std::string_view::npos) {
+    why = "the address has a NUL byte";  // inet_pton would read only up to it
+    return false;
+  }
   std::string_view host = text, len;
   if (auto slash = text.find('/'); slash != std::string_view::npos) {
     host = text.substr(0, slash);

@@ -44,6 +44,11 @@ TEST_SUITE("core") {
     CHECK_FALSE(parse_cidr("host.example", c, why));
     CHECK(why == "\"host.example\" is not an IPv4 or IPv6 address");
     CHECK_FALSE(parse_cidr("", c, why));
+    // A NUL (a JSON "\u0000" in a config, etcd or the admin API): inet_pton
+    // saw only what came before it, and "10.0.0.1<NUL>junk" allowed 10.0.0.1.
+    CHECK_FALSE(parse_cidr(std::string_view("10.0.0.1\0junk", 13), c, why));
+    CHECK(why == "the address has a NUL byte");
+    CHECK_FALSE(parse_cidr(std::string_view("10.0.0.0\0/8", 11), c, why));
   }
 
   TEST_CASE("Cidr::contains: prefixes of every length, families kept apart, IPv4-mapped IPv6 as IPv4") {
