@@ -11,6 +11,8 @@
 #include <ctime>
 #include <stdexcept>
 
+#include "gw/core/text.hpp"
+
 namespace gw::core {
 namespace {
 std::atomic<int> g_level{static_cast<int>(LogLevel::info)};
@@ -70,15 +72,31 @@ void log_write(LogLevel level, std::string_view text) noexcept {
   ::gettimeofday(&tv, nullptr);
   tm t{};
   ::gmtime_r(&tv.tv_sec, &t);
-  auto r = fmt::format_to_n(buf, sizeof(buf) - 1, "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z {} {}[{}]: {}",
-                            t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, tv.tv_usec / 1000,
-                            level_name(level), g_role, ::getpid(), text);
-  size_t n = std::min(r.size, sizeof(buf) - 1);
-  if (r.size > n) std::memcpy(buf + n - 3, "...", 3);  // cut, and visibly so
-  // One record, one line: a control character in the text (a value from
-  // etcd, a request, a file) cannot forge another line.
-  for (size_t i = 0; i < n; ++i)
-    if ((static_cast<unsigned char>(buf[i]) < 0x20 && buf[i] != '\t') || buf[i] == 0x7f) buf[i] = '?';
+  const size_t cap = sizeof(buf) - 1;  // and the '\n'
+  auto r = fmt::format_to_n(buf, cap, "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z {} {}[{}]: ", t.tm_year + 1900,
+                            t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, tv.tv_usec / 1000,
+                            level_name(level), g_role, ::getpid());
+  size_t n = std::min(r.size, cap);
+  // One record, one line, escaped as gwctl escapes what it quotes: a control
+  // character or a byte that is not UTF-8 in the text (a value from gwctl,
+  // etcd, a request, a file) can neither forge another line nor drive the
+  // terminal of whoever reads the log.
+  size_t fits = n;  // the end of the last piece with room for "..." after it
+  bool cut = false;
+  one_line_pieces(text, [&](std::string_view piece) {
+    if (cut || n + piece.size() > cap) {
+      cut = true;
+      return;
+    }
+    std::memcpy(buf + n, piece.data(), piece.size());
+    n += piece.size();
+    if (n + 3 <= cap) fits = n;
+  });
+  if (cut) {  // cut between two pieces, and visibly so
+    n = fits;
+    std::memcpy(buf + n, "...", 3);
+    n += 3;
+  }
   buf[n++] = '\n';
   ssize_t w = ::write(g_fd, buf, n);
   (void)w;

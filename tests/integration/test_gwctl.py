@@ -400,6 +400,26 @@ class GwctlTest(GwTestCase):
                 self.assertIn(b"header=X-T=a\\xc2\\x9b31mb", p.stdout)
         self.assertEqual(gw.status()["routes"][0]["rules"][0]["header"], {"name": "X-T", "value": "a\u009b31mb"})
 
+    def test_bytes_a_terminal_acts_on_are_escaped_in_gwd_log(self):
+        """gwd logs each committed change ("event: rule_changed ..."). It wrote a
+        C1 control (U+009B, CSI) in a rule's header value raw, where a
+        terminal showing the log acts on it; it escapes it as \\xNN, as
+        gwctl does, and the record stays one line."""
+        gw = self.web_gateway()
+        argv = [gwtest.GWCTL.encode(), b"--shm", gw.shm.encode(), b"add", b"rule", b"web", b"main", b"r",
+                b"--header", b"X-T=a\xc2\x9b31mb", b"--upstream", b"app"]
+        p = subprocess.run(argv, capture_output=True, timeout=T(10), stdin=subprocess.DEVNULL)
+        self.assertEqual((p.returncode, p.stderr), (0, b""))
+        want = b"event: rule_changed web/main/r added header=X-T=a\\xc2\\x9b31mb -> app\n"
+
+        def logged():
+            with open(gw.log_path, "rb") as f:
+                return f.read()
+        gwtest.wait_until(lambda: b"event: rule_changed web/main/r " in logged(), T(10), msg="the event in gwd's log")
+        log = logged()
+        self.assertNotIn(b"\xc2\x9b", log)
+        self.assertIn(want, log)
+
     def web_gateway(self):
         """A gateway with an http listener "web" whose route "main" takes rules."""
         a = self.backend("a")

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "gw/core/log.hpp"
+#include "gw/core/text.hpp"
 
 TEST_SUITE("core") {
   TEST_CASE("a log record is one line: control characters in the text cannot forge another") {
@@ -23,7 +24,7 @@ TEST_SUITE("core") {
     ::unlink(path);
     const std::string text = ss.str();
     CHECK(text.find('\n') == text.size() - 1);
-    CHECK(text.find("bad key \"x?error master[1]: FORGED??[2J\"\tend\n") != std::string::npos);
+    CHECK(text.find("bad key \"x\\nerror master[1]: FORGED\\r\\x1b[2J\"\\tend\n") != std::string::npos);
   }
 }
 
@@ -62,5 +63,32 @@ TEST_SUITE("core") {
     CHECK(out.find('\n') == out.size() - 1);
     CHECK(out.size() >= 5);
     CHECK(out.substr(out.size() - 5) == "x...\n");
+  }
+
+  TEST_CASE("a log record escapes C1 controls and bytes that are not UTF-8 as gwctl does (a rule's header value)") {
+    // U+009B is CSI: a terminal showing the log would act on "\xc2\x9b31m".
+    const std::string out = logged(
+        "event: add rule web/main/r header=X-T=a\xc2\x9b"
+        "31m\xff\x1b[2J\nforged caf\xc3\xa9 -> app");
+    CHECK(out.find('\n') == out.size() - 1);
+    CHECK(out.find("event: add rule web/main/r header=X-T=a\\xc2\\x9b31m\\xff\\x1b[2J\\nforged caf\xc3\xa9 -> app\n") !=
+          std::string::npos);
+  }
+
+  TEST_CASE("a record cut for length is cut between characters and escapes, never inside one") {
+    for (const std::string unit : {"\xe2\x82\xac", "\x1b", "\xc2\x9b"}) {
+      std::string text;
+      while (text.size() < 6000) text += unit;
+      const std::string out = logged(text);
+      CAPTURE(gw::core::one_line(unit));
+      CHECK(out.size() <= 4096);
+      CHECK(out.find('\n') == out.size() - 1);
+      REQUIRE(out.size() >= 4);
+      CHECK(out.substr(out.size() - 4) == "...\n");
+      const std::string body = out.substr(out.find("]: ") + 3, out.size() - 4 - (out.find("]: ") + 3));
+      const std::string escaped = gw::core::one_line(unit);
+      REQUIRE(body.size() % escaped.size() == 0);
+      for (size_t i = 0; i < body.size(); i += escaped.size()) CHECK(body.substr(i, escaped.size()) == escaped);
+    }
   }
 }
