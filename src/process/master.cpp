@@ -865,7 +865,8 @@ class Master {
       expire_hooks();
       if (stopping_) {
         reap(now);
-        if (alive() == 0) break;
+        stop_hooks(core::monotonic_ms());
+        if (alive() == 0 && hooks_.empty()) break;
         if (now >= kill_deadline_ms_) {
           GW_LOG_WARN("workers still running after the stop deadline; killing them");
           for (pid_t p : pids_)
@@ -1452,6 +1453,7 @@ class Master {
       if (pid <= 0) return;
       if (auto hook = hooks_.find(pid); hook != hooks_.end()) {
         hooks_.erase(hook);
+        hooks_termed_.erase(pid);
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) GW_LOG_WARN("hook pid {} {}", pid, exit_text(status));
         continue;
       }
@@ -1571,6 +1573,10 @@ class Master {
     if (logger_.pid > 0) ::kill(logger_.pid, SIGTERM);
     kill_deadline_ms_ =
         now + (graceful ? std::max(cfg_.shutdown_timeout_ms, cfg_.worker_shutdown_timeout_ms) + 2000 : 2000);
+    // Running hooks may finish while the connections drain; a fast stop ends
+    // them now (stop_hooks). (A fast stop after a graceful one comes sooner.)
+    const uint64_t hooks_end = graceful ? now + cfg_.shutdown_timeout_ms : now;
+    hooks_stop_at_ = hooks_stop_at_ ? std::min(hooks_stop_at_, hooks_end) : hooks_end;
     // Old workers of a reload drain within the limits of their own config,
     // which may be longer than this one's.
     if (graceful)
@@ -1601,14 +1607,21 @@ class Master {
   // Hooks: "host_down app/primary/a 127.0.0.1:8081 (...)" runs hooks.host_down
   // with GW_EVENT, GW_UPSTREAM, GW_POOL, GW_HOST and GW_ADDRESS set. The master
   // forks and never waits for it: a slow hook is killed after kHookTimeoutMs,
-  // and at most kMaxHooks run at once.
+  // and at most kMaxHooks run at once. On a stop the master waits for the
+  // running ones until hooks_stop_at_, then ends them (stop_hooks): no hook
+  // outlives gwd.
   static constexpr uint64_t kHookTimeoutMs = 60000;
   static constexpr size_t kMaxHooks = 32;
+  static constexpr uint64_t kHookKillAfterMs = 2000;  // on a stop: SIGTERM, then SIGKILL this much later
 
   void run_hook(std::string_view text) {
     std::string_view kind = text.substr(0, text.find(' '));
     const std::string& cmd = kind == "host_down" ? cfg_.hook_host_down : kind == "host_up" ? cfg_.hook_host_up : empty_;
     if (cmd.empty()) return;
+    if (stopping_ && core::monotonic_ms() >= hooks_stop_at_) {
+      GW_LOG_WARN("hook for \"{}\" not run: gwd is stopping and no longer waits for hooks", text);
+      return;
+    }
     std::string_view rest = text.substr(std::min(text.size(), kind.size() + 1));
     std::string_view path = rest.substr(0, rest.find(' '));
     std::string_view tail = rest.substr(std::min(rest.size(), path.size() + 1));
@@ -1655,6 +1668,25 @@ class Master {
       }
   }
 
+  // Stopping: from hooks_stop_at_ on, a hook still running gets SIGTERM, and
+  // SIGKILL kHookKillAfterMs later, each to its process group (the hook runs
+  // in a session of its own: what it started goes too). The master exits once
+  // they are reaped.
+  void stop_hooks(uint64_t now) {
+    if (now < hooks_stop_at_) return;
+    for (const auto& [pid, started] : hooks_) {
+      auto [it, first] = hooks_termed_.try_emplace(pid, now + kHookKillAfterMs);
+      if (first) {
+        GW_LOG_WARN("hook pid {} still running at the stop; sending it SIGTERM", pid);
+        ::kill(-pid, SIGTERM);
+      } else if (it->second != 0 && now >= it->second) {
+        GW_LOG_WARN("hook pid {} still running {} ms after SIGTERM; killing it", pid, kHookKillAfterMs);
+        ::kill(-pid, SIGKILL);
+        it->second = 0;  // reaped through SIGCHLD
+      }
+    }
+  }
+
   config::Config cfg_;  // the running configuration (a reload replaces it)
   shm::Segment seg_;
   std::vector<uint32_t> rows_;  // by worker slot: the shm row of its worker (stats, counters)
@@ -1686,7 +1718,9 @@ class Master {
   uint64_t kill_deadline_ms_ = 0;
   uint64_t event_cursor_ = 0;
   int stuck_rounds_ = 0;
-  std::map<pid_t, uint64_t> hooks_;  // running hook → start time
+  std::map<pid_t, uint64_t> hooks_;         // running hook → start time
+  std::map<pid_t, uint64_t> hooks_termed_;  // ...sent SIGTERM at the stop → when SIGKILL is due (0: sent)
+  uint64_t hooks_stop_at_ = 0;              // stopping: when running hooks are no longer waited for
   const std::string empty_;
   core::UniqueFd admin_fd_;  // the admin server's listening socket
   Aux checker_{"checker", "health checker",

@@ -231,6 +231,59 @@ class HealthTest(GwTestCase):
         rc, _, err = gw.gwctl("down", "host", "app/primary", "b")
         self.assertEqual(rc, 0, err)
 
+    def test_a_stop_waits_for_running_hooks_then_ends_them(self):
+        """A hook still running when gwd stopped was neither waited for nor
+        ended: it outlived gwd. A graceful stop waits for hooks up to
+        shutdown_timeout_ms (the host_up hook finishes), then sends the
+        process group of each one still running SIGTERM, and SIGKILL 2 s later
+        (the host_down hook ignores SIGTERM, as does the sleep it started),
+        logs each, and exits when they are gone."""
+        a = self.backend("a")
+        pids, out = os.path.join(self.tmp, "hook.pids"), os.path.join(self.tmp, "hooks.log")
+        hooks = {"host_down": f"trap '' TERM; sleep 60 & echo $$ $! > {pids}; wait",
+                 "host_up": f"sleep 0.3; echo finished >> {out}"}
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a)])], hooks=hooks, shutdown_timeout_ms=3000))
+        for verb in ("down", "up"):
+            rc, _, err = gw.gwctl(verb, "host", "app/primary", "a")
+            self.assertEqual(rc, 0, err)
+
+        def hook_pids():
+            try:
+                with open(pids) as f:
+                    return [int(p) for p in f.read().split()]
+            except (FileNotFoundError, ValueError):
+                return []
+        stubborn = gwtest.wait_until(lambda: len(hook_pids()) == 2 and hook_pids(), T(10), msg="the host_down hook")
+        self.assertEqual(gw.stop(), 0)
+        self.assertEqual(gwtest.wait_pids_gone(set(stubborn), T(5)), set(), "the hook outlived gwd")
+        with open(out) as f:
+            self.assertEqual(f.read(), "finished\n")   # waited for
+        log = gw.log_text()
+        self.assertIn(f"hook pid {stubborn[0]} still running at the stop; sending it SIGTERM", log)
+        self.assertIn(f"hook pid {stubborn[0]} still running 2000 ms after SIGTERM; killing it", log)
+        self.assertEqual(log.count("still running at the stop"), 1, log)
+
+    def test_a_fast_stop_ends_running_hooks_at_once(self):
+        a = self.backend("a")
+        pids = os.path.join(self.tmp, "hook.pids")
+        hooks = {"host_down": f"sleep 60 & echo $$ $! > {pids}; wait"}
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a)])], hooks=hooks))
+        rc, _, err = gw.gwctl("down", "host", "app/primary", "a")
+        self.assertEqual(rc, 0, err)
+
+        def hook_pids():
+            try:
+                with open(pids) as f:
+                    return [int(p) for p in f.read().split()]
+            except (FileNotFoundError, ValueError):
+                return []
+        hook = gwtest.wait_until(lambda: len(hook_pids()) == 2 and hook_pids(), T(10), msg="the host_down hook")
+        self.assertEqual(gw.stop(signal.SIGINT), 0)
+        self.assertEqual(gwtest.wait_pids_gone(set(hook), T(5)), set(), "the hook outlived gwd")
+        log = gw.log_text()
+        self.assertIn(f"hook pid {hook[0]} still running at the stop; sending it SIGTERM", log)
+        self.assertNotIn("after SIGTERM; killing it", log)
+
     def test_slow_start_never_refuses_the_only_host(self):
         a = self.backend("a")
         gw = self.gateway(self.make_config([pool("primary", [host("a", a, 10)])],
