@@ -208,7 +208,7 @@ void parse_host_object(config::Ctx& c, element e, const std::string& path, HostB
   bool has_id = false, has_address = false;
   config::for_each_field(c, e, path, [&](std::string_view k, element v, const std::string& kp) {
     if (k == "id") has_id = config::get_name(c, v, kp, out.id);
-    else if (k == "address") has_address = config::get_address(c, v, kp, out.address);
+    else if (k == "address") has_address = config::get_host_address(c, v, kp, out.address);
     else if (k == "weight") config::get_u32(c, v, kp, 0, shm::kMaxWeight, out.weight);
     else if (k == "admin") {
       std::string_view a;

@@ -165,7 +165,7 @@ bool decode_host(std::string_view json, HostSpec& out, std::string& why) {
       std::string_view a;
       std::string bad;
       if (v.get(a) != simdjson::SUCCESS) return "expected a string IP:PORT";
-      if (!core::parse_address(a, out.addr, bad)) return fmt::format("bad address \"{}\": {}", a, bad);
+      if (!core::parse_host_address(a, out.addr, bad)) return fmt::format("bad address \"{}\": {}", a, bad);
       has_address = true;
       return {};
     }

@@ -45,7 +45,7 @@ void parse_hosts(Ctx& c, element arr, const std::string& path, PoolConf& pool) {
     bool has_id = false, has_addr = false;
     for_each_field(c, e, p, [&](std::string_view k, element v, const std::string& kp) {
       if (k == "id") has_id = get_name(c, v, kp, h.id);
-      else if (k == "address") has_addr = get_address(c, v, kp, h.address);
+      else if (k == "address") has_addr = get_host_address(c, v, kp, h.address);
       else if (k == "weight") get_u32(c, v, kp, 0, shm::kMaxWeight, h.weight);
       else return false;
       return true;

@@ -86,6 +86,16 @@ bool get_address(Ctx& c, simdjson::dom::element v, const std::string& path, core
   return true;
 }
 
+bool get_host_address(Ctx& c, simdjson::dom::element v, const std::string& path, core::SockAddr& out) {
+  std::string s, why;
+  if (!get_string(c, v, path, s)) return false;
+  if (!core::parse_host_address(s, out, why)) {
+    c.error(path, fmt::format("bad address \"{}\": {}", s, why));
+    return false;
+  }
+  return true;
+}
+
 bool get_u32(Ctx& c, simdjson::dom::element v, const std::string& path, uint32_t min, uint32_t max, uint32_t& out,
              const char* what) {
   int64_t n = 0;

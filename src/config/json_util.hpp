@@ -58,6 +58,9 @@ bool get_string(Ctx& c, simdjson::dom::element v, const std::string& path, std::
 /// A name or id: 1..47 bytes of [A-Za-z0-9._:-].
 bool get_name(Ctx& c, simdjson::dom::element v, const std::string& path, std::string& out);
 bool get_address(Ctx& c, simdjson::dom::element v, const std::string& path, core::SockAddr& out);
+/// get_address() for an upstream host's address (core::parse_host_address:
+/// not the unspecified address).
+bool get_host_address(Ctx& c, simdjson::dom::element v, const std::string& path, core::SockAddr& out);
 bool get_u32(Ctx& c, simdjson::dom::element v, const std::string& path, uint32_t min, uint32_t max, uint32_t& out,
              const char* what = "an integer");
 bool get_i32(Ctx& c, simdjson::dom::element v, const std::string& path, int32_t min, int32_t max, int32_t& out);

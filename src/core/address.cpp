@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 
@@ -137,6 +138,23 @@ std::string Cidr::to_string() const {
   char buf[INET6_ADDRSTRLEN] = {};
   ::inet_ntop(family == AF_INET6 ? AF_INET6 : AF_INET, ip, buf, sizeof(buf));
   return fmt::format("{}/{}", buf, prefix);
+}
+
+bool parse_host_address(std::string_view text, SockAddr& out, std::string& why) {
+  SockAddr a;
+  if (!parse_address(text, a, why)) return false;
+  static constexpr uint8_t kMappedPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  const bool mapped = a.family == AF_INET6 && std::memcmp(a.ip, kMappedPrefix, sizeof(kMappedPrefix)) == 0;
+  const uint8_t* ip = mapped ? a.ip + 12 : a.ip;
+  const size_t len = a.family == AF_INET || mapped ? 4 : 16;
+  if (std::all_of(ip, ip + len, [](uint8_t b) { return b == 0; })) {
+    why =
+        "the unspecified address is not a host to connect to (a connect to it reaches this machine); "
+        "give the host's own address, e.g. 127.0.0.1";
+    return false;
+  }
+  out = a;
+  return true;
 }
 
 bool parse_cidr(std::string_view text, Cidr& out, std::string& why) {

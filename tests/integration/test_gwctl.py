@@ -153,6 +153,7 @@ class GwctlTest(GwTestCase):
             ("bad address", ["add", "host", "app/primary", "x", "1.2.3"]),
             ("bad address no port", ["add", "host", "app/primary", "x", "127.0.0.1"]),
             ("bad port", ["add", "host", "app/primary", "x", "127.0.0.1:70000"]),
+            ("unspecified address", ["add", "host", "app/primary", "x", "0.0.0.0:" + free.split(":")[1]]),
             ("weight out of range", ["add", "host", "app/primary", "x", free, "--weight", "5000"]),
             ("weight not a number", ["add", "host", "app/primary", "x", free, "--weight", "abc"]),
             ("duplicate pool", ["add", "pool", "app", "primary"]),

@@ -1111,7 +1111,7 @@ int main(int argc, char** argv) {
       auto [u, p] = split_pool(o.path);
       gw::core::SockAddr addr;
       std::string why;
-      if (!gw::core::parse_address(o.address, addr, why))
+      if (!gw::core::parse_host_address(o.address, addr, why))
         throw Failure(fmt::format("bad address \"{}\": {}", o.address, why));
       uint32_t weight = o.weight.empty() ? 1 : parse_u32(o.weight, "--weight", 0, gw::shm::kMaxWeight);
       if (to_etcd) {

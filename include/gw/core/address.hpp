@@ -27,6 +27,12 @@ struct SockAddr {
 /// false and sets `why` to a short reason ("missing port", "bad IP address", ...).
 bool parse_address(std::string_view text, SockAddr& out, std::string& why);
 
+/// parse_address() for an upstream host, the address gw connects to: the
+/// unspecified address (0.0.0.0, ::, ::ffff:0.0.0.0) is refused too. A
+/// connect(2) to it reaches this machine (Linux takes it as a loopback
+/// address), so a host written so would silently be whatever listens here.
+bool parse_host_address(std::string_view text, SockAddr& out, std::string& why);
+
 /// An address block ("10.0.0.0/8", "127.0.0.2", "::1/128"): plain old data,
 /// so it can live in shared memory. A bare address is a /32 (or /128).
 struct Cidr {

@@ -247,6 +247,8 @@ TEST_SUITE("admin") {
           "body.weight: expected an integer 0..1000, got 5000");
     CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:70000"})", e) ==
           "body.address: bad address \"127.0.0.1:70000\": port must be an integer 1..65535, got \"70000\"");
+    CHECK(parse_host_body(R"({"id": "c", "address": "[::]:8083"})", e)
+              .starts_with("body.address: bad address \"[::]:8083\": the unspecified address is not a host"));
     CHECK(parse_host_body(R"({"id": "c", "address": "127.0.0.1:1", "wieght": 1})", e) == "body.wieght: unknown key");
     CHECK(parse_host_body(R"({"id": "c d", "address": "127.0.0.1:1"})", e).starts_with("body.id: "));
     CHECK(parse_host_body(R"({"id": "..", "address": "127.0.0.1:1"})", e) ==

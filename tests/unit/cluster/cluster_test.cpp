@@ -103,6 +103,8 @@ TEST_SUITE("cluster") {
     CHECK_FALSE(decode_host(R"({"address": "127.0.0.1:8081", "weight": 1001})", back, why));
     CHECK(why.rfind("weight:", 0) == 0);
     CHECK_FALSE(decode_host(R"({"address": "127.0.0.1:99999"})", back, why));
+    CHECK_FALSE(decode_host(R"({"address": "0.0.0.0:8081"})", back, why));
+    CHECK(why.starts_with("address: bad address \"0.0.0.0:8081\": the unspecified address is not a host"));
     CHECK_FALSE(decode_host(R"({"address": "127.0.0.1:1", "colour": 1})", back, why));
     CHECK(why == "colour: unknown key");
     CHECK_FALSE(decode_host(R"({"address": "127.0.0.1:1", "address": "127.0.0.1:2"})", back, why));

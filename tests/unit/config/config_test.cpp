@@ -89,6 +89,15 @@ TEST_SUITE("config") {
     CHECK(r.errors.size() == 5);
   }
 
+  TEST_CASE("a host's address may not be the unspecified address; a listener's may") {
+    auto r = load_string(replace(kValid, R"("127.0.0.1:8081")", R"("0.0.0.0:8081")"));
+    CHECK(has(r.errors,
+              "upstreams[0].pools[0].hosts[0].address: bad address \"0.0.0.0:8081\": the unspecified "
+              "address is not a host to connect to"));
+    CHECK(r.errors.size() == 1);
+    CHECK(load_string(replace(kValid, R"("127.0.0.1:7000")", R"("0.0.0.0:7000")")).ok());
+  }
+
   TEST_CASE("shm.name: NAME.lock is another instance's lock file") {
     auto errs = load_string(replace(kValid, R"("name": "t1")", R"("name": "gw.lock")")).errors;
     CHECK(has(errs, "shm.name: \"gw.lock\" is not a segment name (NAME.lock is the lock file of NAME)"));

@@ -43,4 +43,20 @@ TEST_SUITE("core") {
     CHECK_FALSE(parse_address("[127.0.0.1]:80", a, why));
     CHECK(why == "\"127.0.0.1\" in brackets is not an IPv6 address (an IPv4 address goes without them: IP:PORT)");
   }
+
+  TEST_CASE("parse_host_address refuses the unspecified address, which a connect takes as this machine") {
+    SockAddr a;
+    std::string why;
+    for (const char* bad : {"0.0.0.0:80", "[::]:80", "[::ffff:0.0.0.0]:80", "[0:0:0:0:0:0:0:0]:80"}) {
+      CAPTURE(bad);
+      CHECK(parse_address(bad, a, why));  // a listener may bind it
+      CHECK_FALSE(gw::core::parse_host_address(bad, a, why));
+      CHECK(why.starts_with("the unspecified address is not a host to connect to"));
+    }
+    for (const char* good : {"127.0.0.1:80", "0.0.0.1:80", "[::1]:80", "[::ffff:127.0.0.1]:80", "10.0.0.0:80"}) {
+      CAPTURE(good);
+      CHECK(gw::core::parse_host_address(good, a, why));
+    }
+    CHECK_FALSE(gw::core::parse_host_address("127.0.0.1:0", a, why));  // parse_address's own checks still apply
+  }
 }
