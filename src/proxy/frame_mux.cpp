@@ -265,7 +265,9 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
   const ListenerRuntime& l = env_.listeners[d.listener];
   Framer& framer = *l.framer;
   uint32_t frames = 0, bytes = 0;  // this call's, against kInFrames / kInBytes
+  constexpr size_t kSmallCap = net::BufferPool::kBufferSize - kPadding;
   for (;;) {
+    uint32_t need = 0;  // the length of the incomplete frame at head, once its header is in
     if (frames >= kInFrames || bytes >= kInBytes) {
       // One device must not hold the worker (a backlog of small frames is
       // read and routed far faster than it drains): the rest next iteration.
@@ -328,15 +330,26 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
       }
       // The frame at head is incomplete: the device owes the rest, within
       // frame_timeout_ms (the first frame has first_frame_timeout_ms).
+      need = fd.frame_len;
       if (!d.first && d.frame_deadline_ms == 0) {
         d.frame_deadline_ms = env_.now_ms + l.frame_timeout_ms;
         schedule(d);
       }
     }
     // Need more bytes: keep the partial frame at the start of the buffer.
-    if (d.head == d.tail) {
+    // A whole-frame buffer whose big frame is out goes back now, not when the
+    // socket next drains: a device that keeps streaming small frames behind a
+    // big one would hold it for good (and the listener has max_frame_buffers).
+    char* small = d.big && d.tail > d.head && need <= kSmallCap ? env_.buffers->acquire() : nullptr;
+    if (small) {
+      std::memcpy(small, d.buf + d.head, d.tail - d.head);
+      release_device_buf(d);
+      d.buf = small;
+      d.tail -= d.head;
+      d.head = 0;
+    } else if (d.head == d.tail) {
       d.head = d.tail = 0;
-      if (d.buf && (!d.in || d.eof)) release_device_buf(d);
+      if (d.buf && (d.big || !d.in || d.eof)) release_device_buf(d);
     } else if (d.head > 0) {
       std::memmove(d.buf, d.buf + d.head, d.tail - d.head);
       d.tail -= d.head;

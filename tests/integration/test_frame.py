@@ -1726,6 +1726,38 @@ class FrameTest(GwTestCase):
         self.assertEqual({k: v for k, v in st["frame_rejects"].items() if v}, {"no_frame_buffer": 2})
         self.assert_idle(gw)
 
+    def test_frame_mode_whole_frame_buffer_goes_back_while_small_frames_follow(self):
+        """Mode "frame", max_frame_buffers 1, one worker: a device sends a big
+        frame and, in the same segment as its last bytes, the start of a
+        heartbeat (a device streaming small frames has one on the way). Once
+        the big frame is out its whole-frame buffer is given back, though the
+        device's socket never drained with nothing buffered: a second device's
+        big frame is taken, not refused (no_frame_buffer)."""
+        dev = self.device_backend("d")
+        mux = frame_listener("mux", frame_opts={"mode": "frame", "max_body": 60000, "max_frame_buffers": 1})
+        gw, _ = self.frame_gateway([dev], [mux], workers=1)
+        port = port_of(mux)
+        big1 = frame({"devid": "big-1", "blob": "y" * 50000}, DATA, 1, 1)
+        big2 = frame({"devid": "big-2", "blob": "z" * 50000}, DATA, 1, 2)
+        beat = hb("big-1", 7)
+        with gwtest.connect(port, timeout=T(5)) as s1:
+            s1.sendall(big1[:-10])
+            time.sleep(0.2)                            # in the whole-frame buffer, waiting for its end
+            s1.sendall(big1[-10:] + beat[:HEADER + 2])  # one read: the frame's end and a partial heartbeat
+            self.assertEqual(gwtest.recv_exact(s1, len(big1)), big1, "the big frame went out and came back")
+            with gwtest.connect(port, timeout=T(5)) as s2:
+                s2.sendall(big2)
+                try:
+                    got = gwtest.recv_exact(s2, len(big2))
+                except (EOFError, ConnectionResetError):  # refused: no_frame_buffer
+                    got = None
+                self.assertEqual(got, big2, "the first device's whole-frame buffer must be free once its frame "
+                                            f"is out; frame_rejects {gw.status()['frame_rejects']}")
+            s1.sendall(beat[HEADER + 2:])
+            self.assertEqual(read_heartbeat_reply(s1, 7)[0], "big-1", "the heartbeat kept across the move")
+        self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
+        self.assert_idle(gw)
+
     # ------------------------------------------------------------------------
     # gwload through gw
 
