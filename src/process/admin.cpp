@@ -170,20 +170,27 @@ class AdminServer {
     }
   }
 
-  // Every slot is taken (slow or idle clients): the connection whose request
-  // (or idle wait) began longest ago goes, one being answered last. A request
-  // has a fixed time for its head and one for its body (trickled bytes do not
-  // extend them), so holding slots means making requests; and a connection
-  // younger than the grace period goes only if every other one is younger
-  // still. No set of slow or idle clients locks the API out.
+  // Every slot is taken (slow or idle clients). An idle keep-alive
+  // connection goes first, the one idle longest: its answers are all sent
+  // and it has nothing unread, so its close is a FIN behind them (its client
+  // opens a new connection, as nginx closes its reusable ones).
+  // Then the connection whose request (or wait for its first one) began
+  // longest ago. A request has a fixed time for its head and one for its
+  // body (trickled bytes do not extend them), so holding slots means making
+  // requests; and a connection younger than the grace period goes only if
+  // every other one is younger still. Then one being answered, and last a
+  // lingering close: its answer is all sent but may be unread, and closing
+  // it while the client still sends turns the FIN into a reset that
+  // destroys that answer. No set of slow or idle clients locks the API out.
   void evict_one(uint64_t now) {
     const uint64_t grace = std::min<uint64_t>(kEvictGraceMs, cfg_.admin.timeout_ms);
-    auto rank = [&](const std::unique_ptr<Conn>& c) {
-      // Lower goes first: idle or reading and past the grace period, then
-      // younger ones, then those with an answer on its way out.
-      const int cls = c->pending() ? 2 : (now - c->request_ms >= grace ? 0 : 1);
-      return std::pair<int, uint64_t>(cls, c->request_ms);
+    auto cls = [&](const Conn& c) {  // lower goes first
+      if (c.state == Conn::State::linger) return 4;
+      if (c.pending()) return 3;
+      if (c.requests > 0 && c.state == Conn::State::head && c.in.empty()) return 0;  // idle keep-alive
+      return now - c.request_ms >= grace ? 1 : 2;
     };
+    auto rank = [&](const std::unique_ptr<Conn>& c) { return std::pair<int, uint64_t>(cls(*c), c->request_ms); };
     auto victim =
         std::min_element(conns_.begin(), conns_.end(), [&](const auto& a, const auto& b) { return rank(a) < rank(b); });
     conns_.erase(victim);

@@ -942,6 +942,41 @@ class AdminTest(GwTestCase):
                 s.close()
         self.assertEqual(answered, [200] * 10)
 
+    def test_eviction_takes_an_idle_keep_alive_connection_and_spares_a_lingering_close(self):
+        """All 128 slots taken: one connection whose answer is sent and not
+        yet read (a lingering close, the oldest of all), 126 that sent
+        nothing, and one idle keep-alive connection (the youngest, its answer
+        read). The 129th connection evicts the keep-alive one. The lingering
+        one used to go (oldest, past the grace period): its client's next
+        bytes then met a reset, which may destroy the answer it had not read."""
+        gw = self.admin_gateway(timeout_ms=30000)
+        port = gw.admin.port
+
+        def conn():
+            s = socket.create_connection((LO, port), timeout=T(5))
+            self.addCleanup(s.close)
+            return s
+        lingering = conn()
+        lingering.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        wait_until(lambda: lingering.recv(1, socket.MSG_PEEK), T(5), msg="the answer is sent")
+        answered = time.monotonic()  # the lingering close lasts 2 s from about here
+        for _ in range(126):
+            conn()
+        keep_alive = conn()
+        keep_alive.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(hb.read_response(keep_alive).status, 200)
+        time.sleep(max(0.0, answered + 1.2 - time.monotonic()))  # past the 1 s grace, within the 2 s linger
+        with socket.create_connection((LO, port), timeout=T(5)) as s:
+            s.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            self.assertEqual(hb.read_response(s).status, 200, "the 129th connection is served")
+        self.assertConnectionClosed(keep_alive, T(2))
+        lingering.sendall(b"leftover bytes of a client that has not read the answer yet")
+        r = hb.read_response(lingering)
+        self.assertEqual(r.status, 200, "the lingering connection's answer is read whole")
+        self.assertEqual(r.header("Connection"), "close")
+        lingering.settimeout(T(5))
+        self.assertEqual(lingering.recv(100), b"", "and then a FIN at the end of the lingering close, no reset")
+
     def test_refused_before_the_body_and_http10_keep_alive(self):
         """A write without the token is refused once its head is in: no 100
         Continue, and no body read first. An HTTP/1.0 keep-alive request is
