@@ -76,7 +76,7 @@ constexpr std::string_view kPage = R"GWHTML(<!DOCTYPE html>
 <script>
 "use strict";
 const POLL_MS = 1000;
-const prev = new Map();   // key -> {t, total, errors, hits}
+const prev = new Map();   // key -> {t, total, errors, hits}: hosts and rules of the latest status only
 let eventsNext = null;
 const eventLines = [];
 
@@ -245,6 +245,9 @@ async function poll() {
     renderHeader(st);
     renderUpstreams(st, now);
     renderRules(st, now);
+    // A host or rule not in this status is gone: its sample goes too, or a
+    // page left open under host churn would keep one for every host ever seen.
+    for (const [key, p] of prev) if (p.t !== now) prev.delete(key);
     renderWorkers(st);
     await pollEvents();
     conn.textContent = "live"; conn.className = "fact ok";

@@ -1144,6 +1144,17 @@ class AdminTest(GwTestCase):
         wait_until(lambda: "host_down app/primary/a" in (cdp.evaluate(
             "document.getElementById('events').textContent") or ""), T(3), msg="the event on the dashboard")
         self.assertIn("live", cdp.evaluate("document.getElementById('conn').textContent"))
+        # A removed host's rate sample goes with it: a page left open under
+        # host churn does not keep one for every host it has seen.
+        sampled = 'prev.has("h:app/primary/e")'
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "e", f"{LO}:10")
+        wait_until(lambda: cell("app/primary/e", "address") == f"{LO}:10", T(5), msg="the dashboard shows host e")
+        self.assertIs(cdp.evaluate(sampled), True)
+        self.assertGwctlOk(gw, "remove", "host", "app/primary", "e")
+        wait_until(lambda: cell("app/primary/e", "address") is None and cell("app/primary/b", "address"), T(5),
+                   msg="the dashboard drops host e")
+        self.assertIs(cdp.evaluate(sampled), False, "the removed host's rate sample is pruned")
+        self.assertIs(cdp.evaluate('prev.has("h:app/primary/b")'), True)
         # No request for anything but the admin server (no CDN, no fonts).
         resources = cdp.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
         self.assertTrue(all(r.startswith(url) for r in resources), resources)
