@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 namespace gw::http {
@@ -356,6 +357,37 @@ ParseStatus Parser::parse(std::string_view buf) noexcept {
     return ParseStatus::error;
   }
   return state_ == State::done ? ParseStatus::done : ParseStatus::need_more;
+}
+
+ParseStatus Parser::check_request_line(std::string_view buf, LineCheck& lc) noexcept {
+  if (lc.done) return ParseStatus::need_more;
+  restart();
+  state_ = static_cast<State>(lc.state);
+  pos_ = lc.pos;
+  line_start_ = lc.line_start;
+  tok_start_ = lc.tok_start;
+  head_.method = lc.method;  // the target's form depends on it
+  base_ = buf.data();
+  const char* const data = buf.data();
+  const size_t end = std::min<size_t>(buf.size(), limits_.max_head);
+  // One line at a time (empty lines may come first, RFC 9112 2.2), up to the
+  // request line's LF: the field lines are parse()'s, once the head is whole.
+  while (pos_ < end && state_ != State::field_start) {
+    const void* lf = std::memchr(data + pos_, '\n', end - pos_);
+    const size_t stop = lf ? static_cast<size_t>(static_cast<const char*>(lf) - data) + 1 : end;
+    if (const Error e = run(data, stop); e != Error::none) {
+      error_ = e;
+      state_ = State::error;
+      return ParseStatus::error;
+    }
+  }
+  lc.pos = static_cast<uint32_t>(pos_);
+  lc.line_start = static_cast<uint32_t>(line_start_);
+  lc.tok_start = static_cast<uint32_t>(tok_start_);
+  lc.state = static_cast<uint8_t>(state_);
+  lc.method = head_.method;
+  lc.done = state_ == State::field_start;
+  return ParseStatus::need_more;
 }
 
 // Resumes at pos_ and runs to `len` bytes, the end of the head, or an error.

@@ -982,13 +982,19 @@ void HttpProxy::drive(Conn& c) noexcept {
 // feeds the request body decoder. Returns whether anything happened.
 bool HttpProxy::read_client(Conn& c) noexcept {
   if (c.state == CState::head) {
-    if (c.scan < c.in.head || c.scan > c.in.tail) c.scan = c.in.head;  // the buffer was given back or moved
+    if (c.scan < c.in.head || c.scan > c.in.tail) {  // the buffer was given back or moved
+      c.scan = c.in.head;
+      c.line = {};
+    }
     // A pipelined request may already be whole in the buffer.
     if (c.in.size() > 0 && c.scan < c.in.tail) {
       const ListenerRt& l = listeners_[c.listener];
       const bool end = head_end_in(c.in.p, c.in.head, c.scan, c.in.tail);
       c.scan = c.in.tail;
-      if (end || c.in.size() >= l.limits.max_head) {
+      // A head still arriving is parsed once whole, but refused as soon as its
+      // request line cannot begin a request (nginx does; a TLS ClientHello on
+      // this port would otherwise wait for client_header_timeout_ms).
+      if (end || c.in.size() >= l.limits.max_head || !request_line_ok(c)) {
         parse_request(c);
         return true;
       }
@@ -1139,6 +1145,18 @@ void HttpProxy::refuse_head(Conn& c, HttpOutcome o, int status) noexcept {
     log_begin(c, none);  // logged with "-" for the request
   }
   respond_error(c, status, false);
+}
+
+// State head, the head not yet whole: whether its request line, as far as it
+// has come, may still begin a request. Looks only at bytes not looked at
+// before (a head sent byte by byte costs O(head)); the error itself is found
+// again by parse_request(), which the parser guarantees gives the same.
+bool HttpProxy::request_line_ok(Conn& c) noexcept {
+  if (c.line.done) return true;
+  const ListenerRt& l = listeners_[c.listener];
+  http::Parser p(http::Parser::Kind::request, std::span<http::Field>(fields_.data(), l.conf->http.max_headers),
+                 l.limits);
+  return p.check_request_line(std::string_view(c.in.p + c.in.head, c.in.size()), c.line) != http::ParseStatus::error;
 }
 
 void HttpProxy::parse_request(Conn& c) noexcept {
@@ -2187,6 +2205,7 @@ void HttpProxy::finish_request(Conn& c) noexcept {
   c.state = CState::head;
   c.in.head = c.body_end;
   c.scan = c.in.head;
+  c.line = {};
   c.c_read_ms = env_.now_ms;
   if (c.in.size() == 0) {
     release(c.in);

@@ -751,6 +751,44 @@ class RfcStrictnessTest(SharedGwCase):
                 self.assertFalse(rec.complete, "the backend received a complete body for a bad chunked request")
 
 
+class EarlyRefusalTest(SharedGwCase):
+    """Bytes that cannot begin a request are refused (400, close) when they
+    arrive, not when a whole head or client_header_timeout_ms has come."""
+
+    @classmethod
+    def configure(cls):
+        cls.backend_ = cls.shared_hb("alpha")
+        return ([http_listener(http={"client_header_timeout_ms": 10000})],
+                [upstream("app", [pool("p", [host("a", cls.backend_)])])])
+
+    def refused_at_once(self, *parts, status=400):
+        with Client(self.gw.port) as c:
+            for p in parts:
+                c.send(p)
+                time.sleep(0.05)
+            c.s.settimeout(5)  # well before client_header_timeout_ms (10 s)
+            r = c.response("GET")
+            self.assertGwError(r, status)
+            self.assertTrue(c.eof_within(T(3)), "the connection stays open after a bad request line")
+
+    def test_tls_client_hello(self):
+        # A TLS client on a plain HTTP port; the socket stays open.
+        self.refused_at_once(b"\x16\x03\x01\x00\xa5\x01\x00")
+
+    def test_bad_byte_after_a_valid_prefix(self):
+        self.refused_at_once(b"GET /x HT", b"TP/1.1 ")
+
+    def test_complete_bad_request_line(self):
+        self.refused_at_once(b"GET /x HTTP/2.0\r\n", status=505)
+
+    def test_valid_request_line_still_waits(self):
+        with Client(self.gw.port) as c:
+            c.send(b"GET /x HTTP/1.1\r\n")
+            self.assertFalse(c.eof_within(1), "a valid request line was refused")
+            c.send(b"Host: a\r\n\r\n")
+            self.assertEqual(c.response().status, 200)
+
+
 def _make_rfc_test(data, status):
     def t(self):
         self.check_case(data, status)

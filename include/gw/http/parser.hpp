@@ -234,6 +234,18 @@ const Field* find_field(const Head& head, std::string_view name) noexcept;
 
 enum class ParseStatus : uint8_t { need_more, done, error };
 
+/// How far Parser::check_request_line() has got in a request line, kept by
+/// the caller between reads (16 bytes, where a Parser is not kept). Offsets
+/// count from the message's first byte. A value-initialised one starts over.
+struct LineCheck {
+  uint32_t pos = 0;         ///< the bytes before this were looked at
+  uint32_t line_start = 0;  ///< the request line's first byte (after empty lines)
+  uint32_t tok_start = 0;   ///< the first byte of the part being looked at
+  uint8_t state = 0;        ///< the parser's scan state there
+  Method method = Method::other;
+  bool done = false;  ///< the whole request line was looked at and is valid
+};
+
 /// Parses one message head. Single-threaded; one per connection direction.
 class Parser {
  public:
@@ -254,6 +266,16 @@ class Parser {
   /// looked at) or error (error() says why). done and error are sticky until
   /// reset().
   ParseStatus parse(std::string_view buf) noexcept;
+
+  /// A request whose head has not all arrived: checks the request line as far
+  /// as it has, so that bytes which cannot begin a request (a TLS ClientHello
+  /// on a plain port) are refused at once, not when a whole head or a timeout
+  /// has come. `buf` is as for parse(); the check resumes at `lc`, so each
+  /// byte is looked at once however the line arrives. Returns error (error()
+  /// says why, the error parse() gives for the same bytes) or need_more (no
+  /// error so far; lc.done once the line is whole). Fills in no head; the
+  /// parser must be reset() before parse().
+  ParseStatus check_request_line(std::string_view buf, LineCheck& lc) noexcept;
 
   const Head& head() const noexcept { return head_; }
   Error error() const noexcept { return error_; }

@@ -184,6 +184,7 @@ class HttpProxy {
     uint16_t last_status = 0;  // kFailStatus: the status the host answered
     http::Method method = http::Method::get;
     uint32_t scan = 0;        // head end search: bytes before this were looked at
+    http::LineCheck line;     // state head: how far the request line was checked
     uint16_t route = 0xffff;  // index into routes_
     int32_t rule = -1;        // index into rules_ of the matched rule
     int32_t upstream = -1;    // snapshot upstream index
@@ -263,7 +264,8 @@ class HttpProxy {
   Conn* new_conn() noexcept;
   void close_conn(Conn& c) noexcept;
   void on_client(Conn& c) noexcept;
-  bool read_client(Conn& c) noexcept;  // false: the connection was closed
+  bool read_client(Conn& c) noexcept;      // false: the connection was closed
+  bool request_line_ok(Conn& c) noexcept;  // the head so far may still begin a request
   void parse_request(Conn& c) noexcept;
   /// Answers `status` and closes, before a request began (a bad or
   /// incomplete head), counted as `o`.

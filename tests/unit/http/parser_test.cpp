@@ -728,6 +728,71 @@ TEST_SUITE("http/parser") {
     check_ok(req("Host: a", "GET /" + std::string(8000, 'a') + " HTTP/1.1"));
   }
 
+  TEST_CASE("check_request_line: a head's request line refused as soon as its bytes do, as parse() would") {
+    Limits lim;
+    lim.max_start_line = 32;
+    std::vector<Field> fields(8);
+    struct Case {
+      std::string msg;
+      Error error;  // none: no error, and the line is whole (done)
+    };
+    const Case cases[] = {
+        {"\x16\x03\x01\x00\xa5\x01\x00"s, Error::bad_method},  // a TLS ClientHello
+        {"G@T / HTTP/1.1\r\n", Error::bad_method},
+        {"GET  / HTTP/1.1", Error::bad_request_line},
+        {"GET /a#b", Error::bad_target},
+        {"GET a HTTP/1.1", Error::bad_target},
+        {"GET / HTTX", Error::bad_version},
+        {"GET / HTTP/2.0\r\n", Error::version_not_supported},
+        {"GET / HTTP/1.1\rX", Error::bare_cr},
+        {"GET / HTTP/1.1\n", Error::bare_lf},
+        {"\r\n\r\n\rX", Error::bare_cr},
+        {"GET /" + std::string(40, 'a'), Error::start_line_too_long},
+        {"\r\n\r\nOPTIONS * HTTP/1.0\r\n", Error::none},
+        // The field lines are parse()'s: looked at once the head is whole.
+        {"GET / HTTP/1.1\r\nbad field\r\n\x16", Error::none},
+    };
+    for (const Case& tc : cases) {
+      CAPTURE(tc.msg);
+      std::vector<char> all(tc.msg.begin(), tc.msg.end());
+      Parser whole(Kind::request, fields, lim);
+      const ParseStatus ws = whole.parse({all.data(), all.size()});
+      // Whole, and byte by byte (each byte in a new buffer, as the proxy's may move).
+      for (const bool bytewise : {false, true}) {
+        CAPTURE(bytewise);
+        gw::http::LineCheck lc;
+        Parser c(Kind::request, fields, lim);
+        ParseStatus st = ParseStatus::need_more;
+        size_t len = bytewise ? 0 : all.size();
+        while (len <= all.size()) {
+          const std::vector<char> buf(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(len));
+          st = c.check_request_line({buf.data(), buf.size()}, lc);
+          if (st == ParseStatus::error || len == all.size()) break;
+          ++len;
+        }
+        if (tc.error == Error::none) {
+          CHECK(st == ParseStatus::need_more);
+          CHECK(lc.done);
+          continue;
+        }
+        REQUIRE(st == ParseStatus::error);
+        CHECK(gw::http::error_name(c.error()) == std::string(gw::http::error_name(tc.error)));
+        // parse() of the same bytes: the same error, decided at the same byte.
+        REQUIRE(ws == ParseStatus::error);
+        CHECK(whole.error() == c.error());
+        CHECK(c.error_offset() == whole.error_offset());
+        if (bytewise) CHECK(len == whole.error_offset() + 1);
+      }
+    }
+    // A valid line still arriving: no error, not done.
+    gw::http::LineCheck lc;
+    Parser c(Kind::request, fields, lim);
+    CHECK(c.check_request_line("GET /x HTTP/1.1\r", lc) == ParseStatus::need_more);
+    CHECK_FALSE(lc.done);
+    CHECK(c.check_request_line("GET /x HTTP/1.1\r\n", lc) == ParseStatus::need_more);
+    CHECK(lc.done);
+  }
+
   TEST_CASE("head over max_head or too many fields: 431") {
     Opts o;
     o.limits.max_head = 64;
