@@ -1462,6 +1462,10 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
   const bool underscores = listeners_[c.listener].conf->http.underscores_in_headers;
   for (const http::Field& f : h.fields) {
     if (f.hop_by_hop || f.id == http::FieldId::host || f.id == http::FieldId::content_length) continue;
+    // A 100-continue expectation in an HTTP/1.0 request is ignored (RFC 9110
+    // 10.1.1): not passed on in this HTTP/1.1 request, where a host would act on it.
+    if (f.id == http::FieldId::expect && h.version == http::Version::http10 && http::iequals(f.value, "100-continue"))
+      continue;
     if (!underscores && f.name.find('_') != std::string_view::npos) continue;  // as nginx does by default
     // Written below (a client's X-Consumer-Username is never passed on). With
     // underscores allowed, X_Real_IP reaches a CGI/WSGI/PHP host as the same

@@ -514,6 +514,20 @@ class BasicProxyTest(HttpCase):
             self.assertEqual(j["body_len"], 5)
             self.assertEqual(hb.hget(j["headers"], "Expect"), "100-continue")
 
+    def test_100_continue_from_http10_ignored(self):
+        # RFC 9110 10.1.1: ignored from HTTP/1.0, so neither passed on (the host
+        # would send a 100 for it) nor answered with a 100 by gw.
+        a = self.hb("alpha")
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        with Client(gw.port) as c:
+            c.send(raw_request("POST", "/e10", [("Host", "t"), ("Expect", "100-continue"), ("Content-Length", "5")],
+                               b"abcde", version="HTTP/1.0"))
+            r = hb.read_response(c.rd, "POST", skip_interim=False)  # a 100 would be this
+            j = self.assertBackend(r, "alpha")
+            self.assertEqual(j["body_len"], 5)
+            self.assertIsNone(hb.hget(j["headers"], "Expect"), j["headers"])
+            self.assertTrue(c.eof_within(T(5)))
+
     @staticmethod
     def padded_head(total, target="/pad"):
         """A GET head of exactly `total` bytes (final CRLFCRLF included)."""
