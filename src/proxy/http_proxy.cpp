@@ -1204,6 +1204,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   c.rs_dec = 0;
   c.scan = 0;  // now searches the response buffer
   c.up_keep = false;
+  c.up_closes = false;
   c.last_status = 0;
   c.method = h.method;
   if (l.log) log_begin(c, h);
@@ -1836,6 +1837,9 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
         c.head_bytes += w.len - c.out.tail;
         c.out.tail = w.len;
       }
+      // Its Connection: close closes the connection after the final response,
+      // whatever that says (RFC 9112 9.6): it is not kept for another request.
+      if (!h.keep_alive) c.up_closes = true;
       c.rs.head += h.head_len;
       c.scan = c.rs.head;
       continue;
@@ -1899,7 +1903,7 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     c.up_status = h.status;
     c.status_sent = h.status;
     c.up_ms = static_cast<int64_t>(env_.now_ms - c.up_start_ms);
-    c.up_keep = h.keep_alive && h.body != http::BodyKind::until_close && !head_unsent;
+    c.up_keep = h.keep_alive && !c.up_closes && h.body != http::BodyKind::until_close && !head_unsent;
     c.resp_body.reset(h);
     c.dechunk = h.body == http::BodyKind::chunked && c.http10;
     // Connection is hop-by-hop: a host that closes after a length-delimited
@@ -2042,6 +2046,7 @@ void HttpProxy::upstream_failed(Conn& c, uint8_t kind, int err) noexcept {
   c.rs.head = c.rs.tail = 0;
   c.rs_dec = 0;
   c.scan = 0;
+  c.up_closes = false;
   release(c.out);
   c.last_fail = kind;
   if (c.resp_started) {

@@ -905,6 +905,43 @@ class HeaderRewriteTest(HttpCase):
             self.assertEqual((r.status, r.body), (200, b"ok"))
         th.join(T(5))
 
+    def test_interim_connection_close_not_reused(self):
+        """Connection: close on a 1xx closes the connection (RFC 9112 9.6), even
+        when the final response says nothing of it: it is not kept for the next
+        request, which goes on a new connection (the host here keeps the old one
+        open a while, then closes it, as a late FIN would)."""
+        lst = socket.socket()
+        lst.bind((LO, 0))
+        lst.listen(4)
+        self.addCleanup(lst.close)
+        seen = []  # (connection number, target)
+
+        def conn(n, c):
+            with c:
+                c.settimeout(T(2))
+                rd = hb.Reader(c)
+                try:
+                    while (head := rd.read_head()) is not None:
+                        seen.append((n, head.split(b" ")[1]))
+                        interim = b"HTTP/1.1 103 Early Hints\r\nConnection: close\r\n\r\n" if n == 0 else b""
+                        c.sendall(interim + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                except OSError:
+                    pass
+
+        def serve():
+            for n in range(2):
+                try:
+                    c, _ = lst.accept()
+                except OSError:
+                    return
+                threading.Thread(target=conn, args=(n, c), daemon=True).start()
+        threading.Thread(target=serve, daemon=True).start()
+        gw = self.http_gw([pool("p", [host("a", f"{LO}:{lst.getsockname()[1]}")])])
+        with Client(gw.port) as c:
+            self.assertEqual(c.request("GET", "/1").status, 200)
+            self.assertEqual(c.request("GET", "/2").status, 200)
+        self.assertEqual(seen, [(0, b"/1"), (1, b"/2")])
+
     def test_date_added_when_missing(self):
         """RFC 9110 6.6.1: a recipient with a clock that forwards a response
         without Date adds one; a host's own Date is passed on as it is."""

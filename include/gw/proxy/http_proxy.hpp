@@ -176,6 +176,7 @@ class HttpProxy {
     bool resp_close = false;  // close the client after this response
     bool up_cut = false;      // the host answered before the whole request head went out: nothing more is sent to it
     bool up_keep = false;     // the response lets the upstream connection carry another request
+    bool up_closes = false;   // an interim response said Connection: close (RFC 9112 9.6)
     bool tunnel_c_eof = false, tunnel_u_eof = false;    // tunnel: FIN read from the client / the upstream
     bool tunnel_c_shut = false, tunnel_u_shut = false;  // tunnel: FIN passed on to the client / the upstream
     bool fd_wait = false;  // no descriptor for an upstream socket: connect_next() again at fd_retry_ms
