@@ -29,8 +29,10 @@ void one_line_pieces(std::string_view s, Put&& put) {
     else if (c == '\t') put(std::string_view("\\t"));
     else if (c < 0x20 || c == 0x7f || n == 0) hex(c);  // a C0 control, DEL, or a byte that is not UTF-8
     else if (n == 2 && c == 0xc2 && static_cast<unsigned char>(s[i + 1]) < 0xa0) {
-      hex(c);  // a C1 control: both bytes
-      hex(static_cast<unsigned char>(s[i + 1]));
+      // A C1 control: both bytes, as one piece (a cut keeps or drops the character whole).
+      const auto c1 = static_cast<unsigned char>(s[i + 1]);
+      const char e[8] = {'\\', 'x', 'c', '2', '\\', 'x', kHex[c1 >> 4], kHex[c1 & 0xf]};
+      put(std::string_view(e, sizeof(e)));
     } else {
       put(s.substr(i, n));
     }
