@@ -26,7 +26,8 @@
 #include "gw/shm/segment.hpp"
 #include "gw/shm/writer.hpp"
 
-int main(int argc, char** argv) {
+namespace {
+int run(int argc, char** argv) {
   CLI::App app{"gw-propagation: commit-to-routing latency of table changes"};
   std::string shm_name = "gw", target, pool_path = "app/primary", host = "a";
   int rounds = 200, threads = 4;
@@ -35,10 +36,14 @@ int main(int argc, char** argv) {
   app.add_option("--connect", target, "listener address to drive connections to")->required();
   app.add_option("--pool", pool_path, "UPSTREAM/POOL holding --host");
   app.add_option("--host", host, "host whose weight is toggled each round");
-  app.add_option("--rounds", rounds, "changes to commit");
-  app.add_option("--threads", threads, "client connection threads");
+  app.add_option("--rounds", rounds, "changes to commit")->check(CLI::Range(1, 1000000));
+  app.add_option("--threads", threads, "client connection threads")->check(CLI::Range(1, 256));
   app.add_flag("--json", json, "print one JSON object");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {  // usage errors exit 2, as the other tools' do
+    return app.exit(e) == 0 ? 0 : 2;
+  }
 
   gw::core::SockAddr addr;
   std::string why;
@@ -47,6 +52,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   auto slash = pool_path.find('/');
+  if (slash == std::string::npos || slash == 0 || slash + 1 == pool_path.size()) {
+    fmt::print(stderr, "gw-propagation: --pool: expected UPSTREAM/POOL, got \"{}\"\n", pool_path);
+    return 2;
+  }
   std::string up = pool_path.substr(0, slash), pool = pool_path.substr(slash + 1);
   gw::shm::Segment seg = gw::shm::Segment::attach(shm_name);
   gw::shm::Writer writer(seg);
@@ -116,6 +125,10 @@ int main(int argc, char** argv) {
   }
   stop = true;
   for (auto& c : clients) c.join();
+  if (samples.empty()) {
+    fmt::print(stderr, "gw-propagation: no change was seen by a routed connection\n");
+    return 1;
+  }
   std::sort(samples.begin(), samples.end());
   auto pct = [&](double q) { return samples[std::min(samples.size() - 1, static_cast<size_t>(q * samples.size()))]; };
   if (json)
@@ -129,4 +142,14 @@ int main(int argc, char** argv) {
         "({} client connections)\n",
         rounds, workers, pct(0.5), pct(0.9), pct(0.99), samples.back(), conns.load());
   return 0;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {  // no segment, another ABI, an unknown host
+    fmt::print(stderr, "gw-propagation: {}\n", e.what());
+    return 1;
+  }
 }
