@@ -106,9 +106,10 @@ void parse_health(Ctx& c, element e, const std::string& path, shm::HealthCheck& 
   hc.rise = 2;
   hc.fall = 3;
   std::string p = "/";
-  std::vector<std::string> http_only;  // paths of "path" and "expect_status"
+  std::string host;                    // empty: the host's address
+  std::vector<std::string> http_only;  // paths of "path", "expect_status" and "host"
   for_each_field(c, e, path, [&](std::string_view k, element v, const std::string& kp) {
-    if (k == "path" || k == "expect_status") http_only.push_back(kp);
+    if (k == "path" || k == "expect_status" || k == "host") http_only.push_back(kp);
     if (k == "type") {
       std::string t;
       if (get_string(c, v, kp, t)) {
@@ -121,6 +122,14 @@ void parse_health(Ctx& c, element e, const std::string& path, shm::HealthCheck& 
           (p.empty() || p[0] != '/' || p.size() >= sizeof(hc.path) || p.find_first_of(" \r\n\t") != std::string::npos))
         c.error(kp, fmt::format("expected a path starting with / (no spaces, under {} bytes), got \"{}\"",
                                 sizeof(hc.path), p));
+    } else if (k == "host") {
+      if (get_string(c, v, kp, host))
+        if (const char* why = shm::check_host_error(host)) {
+          c.error(kp, fmt::format("expected a Host header: a host name, IPv4 address or [IPv6 address], optionally "
+                                  "with :port, at most {} bytes; the {} {}",
+                                  shm::kCheckHostMax, describe(v), why));
+          host.clear();
+        }
     } else if (k == "expect_status") {
       std::string x;
       if (get_string(c, v, kp, x) && !parse_expect(x, hc.expect_mask))
@@ -144,9 +153,11 @@ void parse_health(Ctx& c, element e, const std::string& path, shm::HealthCheck& 
   if (hc.type != shm::kCheckHttp && !c.has_error_under(path + ".type"))
     for (const auto& kp : http_only)
       if (!c.has_error_under(kp))
-        c.error(kp, kp.ends_with(".path") ? "only an http check sends a path; add \"type\": \"http\""
-                                          : "only an http check has a status; add \"type\": \"http\"");
+        c.error(kp, kp.ends_with(".path")   ? "only an http check sends a path; add \"type\": \"http\""
+                    : kp.ends_with(".host") ? "only an http check sends a Host header; add \"type\": \"http\""
+                                            : "only an http check has a status; add \"type\": \"http\"");
   std::memcpy(hc.path, p.data(), std::min(p.size(), sizeof(hc.path) - 1));
+  std::memcpy(hc.host, host.data(), std::min(host.size(), sizeof(hc.host) - 1));
 }
 
 void parse_keepalive(Ctx& c, element e, const std::string& path, UpstreamConf::Keepalive& k) {

@@ -36,6 +36,13 @@ uint32_t CheckRuns::apply(bool ok, uint32_t current, uint32_t rise, uint32_t fal
   return current;
 }
 
+std::string http_check_request(const shm::HealthCheck& check, const core::SockAddr& addr) {
+  const size_t n = ::strnlen(check.host, sizeof(check.host));
+  return fmt::format("GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: gw-health\r\nConnection: close\r\n\r\n",
+                     std::string_view(check.path, ::strnlen(check.path, sizeof(check.path))),
+                     n ? std::string(check.host, n) : addr.to_string());
+}
+
 namespace {
 
 struct HostState {
@@ -124,9 +131,7 @@ class Checker {
       p->slot = h.slot;
       p->tag = h.tag;
       p->deadline_ms = now + up.check.timeout_ms;
-      if (up.check.type == shm::kCheckHttp)
-        p->request = fmt::format("GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: gw-health\r\nConnection: close\r\n\r\n",
-                                 up.check.path, h.addr.to_string());
+      if (up.check.type == shm::kCheckHttp) p->request = http_check_request(up.check, h.addr);
       int err = 0;
       int fd = net::connect_tcp(h.addr, err);
       if (fd < 0) {

@@ -1,5 +1,7 @@
 #include "gw/shm/table.hpp"
 
+#include <arpa/inet.h>
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -22,6 +24,61 @@ bool parse_method(std::string_view name, Method& out) {
       return true;
     }
   return false;
+}
+
+const char* check_host_error(std::string_view h) noexcept {
+  if (h.empty()) return "is empty";
+  if (h.size() > kCheckHostMax) return "is too long";
+  std::string_view name = h, port;
+  if (h.front() == '[') {
+    const size_t close = h.find(']');
+    if (close == std::string_view::npos) return "has a '[' without its ']'";
+    name = h.substr(0, close + 1);
+    const std::string_view rest = h.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') return "has something other than :port after the ']'";
+      port = rest.substr(1);
+      if (port.empty()) return "has an empty port";
+    }
+    // The address alone (RFC 3986's IPvFuture and RFC 6874's zone ids are not taken).
+    char ip[64] = {};
+    const std::string_view inner = name.substr(1, name.size() - 2);
+    unsigned char buf[16];
+    if (inner.size() >= sizeof(ip)) return "has an invalid IPv6 address in brackets";
+    std::memcpy(ip, inner.data(), inner.size());
+    if (::inet_pton(AF_INET6, ip, buf) != 1) return "has an invalid IPv6 address in brackets";
+  } else {
+    if (const size_t colon = h.rfind(':'); colon != std::string_view::npos) {
+      name = h.substr(0, colon);
+      port = h.substr(colon + 1);
+      if (name.find(':') != std::string_view::npos) return "has more than one ':' (an IPv6 address goes in brackets)";
+      if (port.empty()) return "has an empty port";
+    }
+    if (name.empty()) return "has an empty host name";
+    auto hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); };
+    for (size_t i = 0; i < name.size(); ++i) {
+      const char c = name[i];
+      if (c == '%') {
+        if (i + 2 >= name.size() || !hex(name[i + 1]) || !hex(name[i + 2]))
+          return "has a '%' not followed by two hex digits";
+        i += 2;
+        continue;
+      }
+      const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      std::strchr("-._~!$&'()*+,;=", c) != nullptr;
+      if (!ok) return "has a character a host name cannot have (letters, digits and -._~!$&'()*+,;= or %XX)";
+    }
+  }
+  if (!port.empty()) {
+    if (port.size() > 5) return "has a port out of range (1..65535)";
+    uint32_t n = 0;
+    for (char c : port) {
+      if (c < '0' || c > '9') return "has a port that is not a number";
+      n = n * 10 + static_cast<uint32_t>(c - '0');
+    }
+    if (n < 1 || n > 65535) return "has a port out of range (1..65535)";
+  }
+  return nullptr;
 }
 
 const char* method_name(Method m) {
@@ -146,6 +203,10 @@ const char* validate_table(const Table& t) noexcept {
     if (u.check.type > kCheckHttp) return "an upstream has an unknown health check type";
     if (::strnlen(u.check.path, sizeof(u.check.path)) == sizeof(u.check.path))
       return "an upstream's health check path is not terminated";
+    if (const size_t n = ::strnlen(u.check.host, sizeof(u.check.host)); n == sizeof(u.check.host))
+      return "an upstream's health check host is not terminated";
+    else if (n > 0 && check_host_error({u.check.host, n}))
+      return "an upstream's health check host is not a valid Host header";
   }
   for (const auto& p : t.pools()) {
     if (!valid_name(p.id)) return "a pool id is not a valid name";

@@ -76,6 +76,7 @@ void fill(const Segment& seg) {
     app.check.unknown_usable = 1;
     app.check.expect_mask = 0x0c;
     std::strcpy(app.check.path, "/health");
+    std::strcpy(app.check.host, "api.example.com:8443");
     const int u = t.add_upstream(app);
     UpstreamRecord pre{};
     set_name(pre.name, "pre");
@@ -200,6 +201,7 @@ int main(int argc, char** argv) {
          t.upstreams()[0].check.type = 9;
          std::memset(t.upstreams()[0].check.path, '/', sizeof(t.upstreams()[0].check.path));
        }},
+      {"upstream-check-host", [](Table& t) { std::strcpy(t.upstreams()[0].check.host, "a\r\nX: 1"); }},
       {"rule-route-index", [](Table& t) { t.rules()[0].route = 9; }},
       {"rule-cidr-range", [](Table& t) { t.rules()[0].first_cidr = 0xfffffff0u; }},
       {"rule-match", [](Table& t) { t.rules()[1].match = 0xf0; }},

@@ -27,10 +27,14 @@ def host_health(gw, hid):
 
 
 class StatusServer:
-    """Answers every HTTP request with a settable status code."""
+    """Answers every HTTP request with a settable status code; with `want_host`
+    set, a request whose Host header is not that gets a 404 (a virtual-hosted
+    backend: nginx's server_name)."""
 
-    def __init__(self):
+    def __init__(self, want_host=None):
         self.status = 200
+        self.want_host = want_host
+        self.hosts = []  # the Host header of each request, None if it had none
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((gwtest.LOOPBACK, 0))
@@ -58,8 +62,14 @@ class StatusServer:
                         if not chunk:
                             break
                         data += chunk
-                    self.requests.append(data.split(b"\r\n", 1)[0].decode())
-                    c.sendall(f"HTTP/1.1 {self.status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+                    lines = data.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+                    hosts = [v.strip() for k, _, v in (x.partition(":") for x in lines[1:]) if k.lower() == "host"]
+                    self.requests.append(lines[0])
+                    self.hosts.append(hosts[0] if len(hosts) == 1 else None)
+                    status = self.status
+                    if self.want_host is not None and self.hosts[-1] != self.want_host:
+                        status = 404
+                    c.sendall(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
                 except OSError:
                     pass
 
@@ -194,6 +204,48 @@ class HealthTest(GwTestCase):
         self.assertTrue(any("last: HTTP status 503" in e for e in gw.events()), gw.events())
         s.status = 204
         gwtest.wait_until(lambda: host_health(gw, "s")["health"] == "up", T(5), msg="204 passes again")
+
+    def test_http_check_sends_health_host(self):
+        """A virtual-hosted backend answers 200 only to its own name, 404 to
+        the default Host (the host's address): the check passes with
+        health.host set to that name, and fails without it."""
+        s = StatusServer(want_host="api.example.com:8443")
+        self.addCleanup(s.stop)
+        b = self.backend("b")
+        check = {"type": "http", "path": "/healthz", "interval_ms": 100, "timeout_ms": 300, "rise": 1, "fall": 1}
+        gw = self.gateway(self.make_config([pool("p", [host("s", s.address), host("b", b)])],
+                                           upstream_opts={"health": dict(check, host="api.example.com:8443")}))
+        gwtest.wait_until(lambda: host_health(gw, "s")["health"] == "up", T(5), msg="the check with the right Host passes")
+        self.assertTrue(s.hosts and set(s.hosts) == {"api.example.com:8443"}, s.hosts)
+        gw.stop()
+
+        s2 = StatusServer(want_host="api.example.com:8443")
+        self.addCleanup(s2.stop)
+        gw = self.gateway(self.make_config([pool("p", [host("s", s2.address), host("b", b)])],
+                                           upstream_opts={"health": check}))
+        gwtest.wait_until(lambda: host_health(gw, "s")["health"] == "down", T(5), msg="the default Host gets a 404")
+        self.assertEqual(set(s2.hosts), {s2.address}, "the default Host is the host's address")
+        self.assertTrue(any("last: HTTP status 404" in e for e in gw.events()), gw.events())
+
+    def test_reload_changes_health_host(self):
+        """health.host set, changed and removed by SIGHUP reloads: each takes
+        effect on the next checks (the checker reads the host from the table)."""
+        s = StatusServer(want_host="api.example.com")
+        self.addCleanup(s.stop)
+        b = self.backend("b")
+        check = {"type": "http", "interval_ms": 100, "timeout_ms": 300, "rise": 1, "fall": 1}
+        cfg = self.make_config([pool("p", [host("s", s.address), host("b", b)])],
+                               upstream_opts={"health": dict(check, host="other.example.com")})
+        gw = self.gateway(cfg)
+        gwtest.wait_until(lambda: host_health(gw, "s")["health"] == "down", T(5), msg="the wrong Host gets a 404")
+        cfg["upstreams"][0]["health"]["host"] = "api.example.com"
+        self.reload(gw, cfg)
+        gwtest.wait_until(lambda: host_health(gw, "s")["health"] == "up", T(5), msg="the reloaded Host passes")
+        self.assertEqual(s.hosts[-1], "api.example.com")
+        del cfg["upstreams"][0]["health"]["host"]
+        self.reload(gw, cfg)
+        gwtest.wait_until(lambda: host_health(gw, "s")["health"] == "down", T(5), msg="the default Host again")
+        self.assertEqual(s.hosts[-1], s.address)
 
     def test_new_host_is_checked_at_once(self):
         a = self.backend("a")

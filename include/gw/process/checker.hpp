@@ -10,8 +10,12 @@
 // A newly added host (a new slot tag) is checked at once. The admin state is
 // separate: a passing check never brings back a host that `gwctl down` took out.
 
+#include <string>
+
 #include "gw/config/config.hpp"
+#include "gw/core/address.hpp"
 #include "gw/shm/segment.hpp"
+#include "gw/shm/table.hpp"
 
 namespace gw::process {
 
@@ -27,5 +31,10 @@ struct CheckRuns {
   /// current one if unchanged. `current` is the verdict before this result.
   uint32_t apply(bool ok, uint32_t current, uint32_t rise, uint32_t fall) noexcept;
 };
+
+/// The request of an http check of the host at `addr`: GET check.path, with
+/// check.host as the Host header, or the host's address (ip:port, [ip6]:port)
+/// when check.host is empty.
+std::string http_check_request(const shm::HealthCheck& check, const core::SockAddr& addr);
 
 }  // namespace gw::process

@@ -53,7 +53,8 @@ inline constexpr uint64_t kMagic = 0x31574753'4d485347ull;  // "GSHMSGW1" little
 // 9: GuardCounters.jwt_cache_hits
 // 10: the counters and held matrices have stat_workers rows (were kMaxWorkers). A binary
 //     upgrade across ABIs fails (the running segment is refused) and the old master serves on.
-inline constexpr uint32_t kAbiVersion = 10;
+// 11: HealthCheck.host (health.host, the Host header of an http check)
+inline constexpr uint32_t kAbiVersion = 11;
 inline constexpr uint32_t kMaxWorkers = 64;
 inline constexpr uint32_t kEventCapacity = 4096;  // power of two
 inline constexpr size_t kPathCap = 512;

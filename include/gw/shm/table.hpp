@@ -93,6 +93,7 @@ struct HealthCheck {
   uint32_t rise;           ///< consecutive passes that bring a host up
   uint32_t fall;           ///< consecutive failures that take it down
   char path[68];           ///< http: request path, NUL-terminated
+  char host[264];          ///< http: Host header, NUL-terminated; empty = the host's address (ip:port)
 };
 inline constexpr uint8_t kCheckNone = 0;
 inline constexpr uint8_t kCheckTcp = 1;
@@ -235,6 +236,17 @@ std::string check_name(std::string_view s);
 /// read with check_name(), so a gateway holding such an id still starts, and
 /// gwctl can remove it.
 std::string check_new_name(std::string_view s);
+
+/// Longest Host header an http health check sends (health.host): a 253-byte
+/// DNS name with a port fits; the record holds it and its NUL.
+inline constexpr size_t kCheckHostMax = sizeof(HealthCheck::host) - 1;
+
+/// Why `h` is not a Host header for a health check, or null if it is one:
+/// RFC 9110's uri-host [":" port], i.e. a reg-name (unreserved, sub-delims
+/// and %XX; an IPv4 address is one), or an IPv6 address in brackets, then
+/// optionally ":" and a port 1..65535; non-empty, at most kCheckHostMax bytes.
+/// No CR, LF, NUL or space passes, so it cannot split the request.
+const char* check_host_error(std::string_view h) noexcept;
 
 /// A process-local table. Not thread-safe; each process or thread owns its own.
 class Table {

@@ -116,6 +116,11 @@ TEST_SUITE("shm") {
         {"check path",
          [](Table& t) { std::memset(t.upstreams()[0].check.path, '/', sizeof(t.upstreams()[0].check.path)); },
          "an upstream's health check path is not terminated"},
+        {"check host",
+         [](Table& t) { std::memset(t.upstreams()[0].check.host, 'h', sizeof(t.upstreams()[0].check.host)); },
+         "an upstream's health check host is not terminated"},
+        {"check host header", [](Table& t) { std::strcpy(t.upstreams()[0].check.host, "a\r\nX-Evil: 1"); },
+         "an upstream's health check host is not a valid Host header"},
         {"consumer name", [](Table& t) { t.consumers()[0].name[0] = '\0'; }, "a consumer name is not a valid name"},
     };
     for (const Case& c : cases) {
