@@ -13,7 +13,7 @@ UP = [{"name": "app", "pools": [{"id": "p", "method": "chash",
                                  "hosts": [{"id": "a", "address": "127.0.0.1:8081", "weight": 2},
                                            {"id": "b", "address": "127.0.0.1:8082"}]},
                                 {"id": "dr", "priority": 1, "hosts": [{"id": "c", "address": "127.0.0.1:8083"}]}],
-       "check": {"type": "http", "path": "/health", "interval_ms": 1000},
+       "health": {"type": "http", "path": "/health", "host": "api.example.com", "interval_ms": 1000},
        "keepalive": {"max_idle": 8}, "retry": {"on": ["error", "503"], "tries": 2}},
       {"name": "pre", "pools": [{"id": "p", "hosts": [{"id": "x", "address": "127.0.0.1:8084"}]}]}]
 
@@ -34,7 +34,7 @@ SEEDS = {
                      "rules": [{"id": "gray", "upstream": "pre", "ip": ["10.0.0.0/8"], "percent": 5}]},
                     {"name": "rest", "upstream": "app"}]}],
         "consumers": [{"name": "alice", "key": "k1"}], "upstreams": UP},
-    "admin_cluster": {"admin": {"listen": "127.0.0.1:9900", "token": "t"},
+    "admin_cluster": {"admin": {"listen": "127.0.0.1:9900", "token": "fuzz-seed-token-0123456789"},
                       "cluster": {"etcd": ["http://127.0.0.1:2379"], "prefix": "/gw/"},
                       "listeners": [{"name": "l4", "listen": "127.0.0.1:7000", "upstream": "app"}],
                       "upstreams": UP},
