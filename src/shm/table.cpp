@@ -65,7 +65,7 @@ const char* check_host_error(std::string_view h) noexcept {
         continue;
       }
       const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                      std::strchr("-._~!$&'()*+,;=", c) != nullptr;
+                      std::string_view("-._~!$&'()*+,;=").find(c) != std::string_view::npos;
       if (!ok) return "has a character a host name cannot have (letters, digits and -._~!$&'()*+,;= or %XX)";
     }
   }

@@ -130,11 +130,11 @@ TEST_SUITE("process") {
         {"host:8o", "has a port that is not a number"},
     };
     for (const Bad& b : bad) {
-      CAPTURE(b.host);
+      CAPTURE(std::string(b.host));
       const std::string e = error_of(R"({"type": "http", "host": ")" + std::string(b.host) + R"("})");
       CHECK(e.starts_with(at + "expected a Host header: a host name, IPv4 address or [IPv6 address], optionally with "
                                ":port, at most 263 bytes; the string \""));
-      CHECK(e.ends_with(b.why));
+      CHECK(e.find(std::string("\" ") + b.why) != std::string::npos);  // after the string, decoded
     }
     CHECK(error_of(R"({"type": "http", "host": ")" + std::string(shm::kCheckHostMax + 1, 'a') + R"("})")
               .ends_with("is too long"));
