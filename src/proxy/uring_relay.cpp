@@ -85,6 +85,7 @@ void UringRelay::accept(int fd, uint32_t listener) noexcept {
   s.cfd = fd;
   s.ufd = -1;
   s.c_ops = s.u_ops = s.t_ops = 0;
+  s.watch = false;
   s.reset(static_cast<uint16_t>(listener), env_.now_ms);
   s.c2u = Dir{};
   s.u2c = Dir{};
@@ -193,6 +194,7 @@ void UringRelay::connect_next(Session& s) noexcept {
     return;
   }
   const balance::UpstreamView& uv = snap.upstreams()[static_cast<size_t>(ui)];
+  watch_client(s);  // the client is not read while connecting: its reset is seen here
   while (const shm::HostRecord* rp = bind_next_host(env_, s, ui, uv, rng_)) {
     const shm::HostRecord& r = *rp;
     sockaddr_storage ss;
@@ -285,6 +287,7 @@ void UringRelay::on_completion(uint64_t t, int32_t res, uint32_t flags) noexcept
     case kPollUpstreamIn: on_poll(s, false, false); break;
     case kPollUpstreamOut: on_poll(s, true, true); break;
     case kPollClientOut: on_poll(s, false, true); break;
+    case kWatchClient: on_watch(s, res, flags); break;
     default: break;
   }
 }
@@ -581,6 +584,51 @@ void UringRelay::on_poll(Session& s, bool c2u, bool out) noexcept {
     return;
   }
   pump(s, c2u);  // a spill or the FIFO first, then the pipe
+}
+
+// Armed once per session, when its upstream connect starts, and kept until
+// the close cancels it (see the header).
+void UringRelay::watch_client(Session& s) noexcept {
+  if (s.watch) return;
+  io_uring_sqe* sqe = ring_.sqe();
+  io_uring_prep_poll_multishot(sqe, s.cfd, POLLERR);
+  io_uring_sqe_set_data64(sqe, tag(s, kWatchClient));
+  ++s.c_ops;
+  s.watch = true;
+}
+
+void UringRelay::on_watch(Session& s, int32_t res, uint32_t flags) noexcept {
+  const bool more = flags & IORING_CQE_F_MORE;
+  if (!more) {
+    s.watch = false;
+    --s.c_ops;
+  }
+  if (s.state == State::closing) {
+    maybe_retire(s);
+    return;
+  }
+  if (res < 0) return;  // not supported, or cancelled: receives and timeouts remain
+  if (!(res & POLLERR)) {
+    // The client's FIN (POLLRDHUP), or a wake-up that reported nothing: no
+    // error yet. A poll that the kernel ended is armed again (it completes
+    // at once only while the socket shows POLLRDHUP, then waits).
+    if (!more && (s.state == State::connecting || s.state == State::relay)) watch_client(s);
+    return;
+  }
+  if (s.state == State::connecting) {
+    // The client reset while its upstream connect was pending: the attempt
+    // is abandoned (close_session cancels the connect; no passive failure, the
+    // host did nothing wrong), as the epoll relay does on the client's EPOLLERR.
+    close_session(s);
+    return;
+  }
+  if (s.state != State::relay || !s.c2u.eof || s.u2c.shut) return;  // an armed receive reports the reset
+  // A reset after the client's FIN: nothing more can be written to it. What
+  // waits for it is dropped; the session ends once the upstream has all the
+  // client sent (end_if_client_gone), or at once if the upstream is done too.
+  dst_gone(s, false);
+  pump(s, false);  // an upstream EOF that waited for the client: both ways done
+  if (s.state == State::relay) end_if_client_gone(s);
 }
 
 void UringRelay::splice_pump(Session& s, bool c2u) noexcept {

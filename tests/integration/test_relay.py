@@ -437,5 +437,94 @@ class RelayTest(GwTestCase):
                     and gwtest.socket_inodes(worker) == sockets_before)   # (the pipe pool keeps its pipes)
         gwtest.wait_until(settled, T(3), msg="the sessions of the reset clients end")
 
+    def test_client_reset_after_its_fin_ends_the_session(self):
+        """A client half-closes (its FIN reaches the backend), the backend keeps
+        its side open and sends nothing, then the client resets. Nothing can
+        reach the client any more and the backend has all it sent: the session
+        ends at once, as under epoll (EPOLLERR). Under io_uring no receive was
+        left on the client after its FIN, so the reset went unseen until
+        idle_timeout_ms (30 s here)."""
+        srv = socket.socket()
+        srv.bind((gwtest.LOOPBACK, 0))
+        srv.listen(8)
+        self.addCleanup(srv.close)
+        got_eof = threading.Event()
+        conns = []
+        self.addCleanup(lambda: [c.close() for c in conns])
+
+        def serve():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            conns.append(c)
+            try:
+                while c.recv(4096):
+                    pass
+                got_eof.set()   # the client's FIN, passed on; this side stays open
+            except OSError:
+                pass
+        threading.Thread(target=serve, daemon=True).start()
+        gw = self.gateway(self.make_config([pool("p", [host("b", srv.getsockname()[1])])],
+                                           upstream_opts={"idle_timeout_ms": 30000, "max_fails": 1}))
+        c = gwtest.connect(gw.port, timeout=T(5))
+        c.sendall(b"hello\n")
+        c.shutdown(socket.SHUT_WR)
+        self.assertTrue(got_eof.wait(T(5)), "the client's FIN did not reach the backend")
+        time.sleep(0.2)
+        st = gw.status()
+        self.assertEqual(st["workers"][0]["connections"], 1, "the half-closed session ended before the reset")
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()   # a reset after the FIN
+        t0 = time.monotonic()
+
+        def ended():
+            st = gw.status()
+            return st["workers"][0]["connections"] == 0 and gwtest.find_host(st, "app/p/b")["active"] == 0
+        gwtest.wait_until(ended, T(3), msg="the session of a client reset after its FIN ends")
+        self.assertLess(time.monotonic() - t0, 3.0)
+        # gw's upstream socket is closed: a write of the backend is answered with a reset.
+        (b,) = conns
+        b.settimeout(T(3))
+        with self.assertRaises((ConnectionResetError, BrokenPipeError)):
+            b.sendall(b"x")
+            time.sleep(0.1)
+            b.sendall(b"x")
+            b.recv(1)
+        self.assertHost(gw, "app/p/b", health="up", failures=0)
+
+    def test_client_reset_during_a_slow_connect_abandons_it(self):
+        """The upstream connect hangs (the host's accept queue is full: SYNs
+        dropped) and the client resets meanwhile. The attempt is abandoned at
+        once, as under epoll, with no failure counted against the host: it was
+        the client who left. Under io_uring the client was not watched while
+        connecting, so the session lived until connect_timeout_ms (20 s here)
+        and the timeout then marked the host down."""
+        hole = socket.socket()
+        hole.bind((gwtest.LOOPBACK, 0))
+        hole.listen(0)  # never accepted: once full, the kernel drops the SYNs
+        self.addCleanup(hole.close)
+        filler = socket.create_connection(hole.getsockname(), timeout=T(5))   # fills its accept queue
+        self.addCleanup(filler.close)
+        gw = self.gateway(self.make_config(
+            [pool("p", [host("hole", f"{gwtest.LOOPBACK}:{hole.getsockname()[1]}")])],
+            upstream_opts={"connect_timeout_ms": 20000, "tries": 1, "max_fails": 1, "fail_timeout_ms": 60000}))
+        c = gwtest.connect(gw.port, timeout=T(5))
+        self.addCleanup(c.close)
+        gwtest.wait_until(lambda: gwtest.find_host(gw.status(), "app/p/hole")["active"] == 1, T(5),
+                          msg="the upstream connect is pending")
+        time.sleep(0.3)
+        self.assertEqual(gw.status()["workers"][0]["connections"], 1, "the connect ended before the reset")
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()   # a reset while connecting
+        t0 = time.monotonic()
+
+        def abandoned():
+            st = gw.status()
+            return st["workers"][0]["connections"] == 0 and gwtest.find_host(st, "app/p/hole")["active"] == 0
+        gwtest.wait_until(abandoned, T(3), msg="the connect of a client that reset is abandoned")
+        self.assertLess(time.monotonic() - t0, 3.0)
+        self.assertHost(gw, "app/p/hole", health="up", failures=0)
+
 if __name__ == "__main__":
     gwtest.main()

@@ -41,6 +41,16 @@
 // most one pipe's worth is in flight, so back-pressure holds the same way.
 // (IORING_OP_SPLICE itself would block an io-wq thread per waiting socket.)
 //
+// Client resets: from its upstream connect on, a session keeps one multishot
+// POLL_ADD for POLLERR on the client. A receive reports a reset as long as one
+// is armed; this poll reports it where none is: while the connect is pending
+// (the client is not read then; the attempt is abandoned, as under epoll's
+// EPOLLERR) and after the client's FIN (its receive has ended; what is still
+// for the client is dropped, and the session ends once the upstream has all
+// the client sent). Without it, both waited for connect_timeout_ms or
+// idle_timeout_ms. The poll is edge-triggered: the FIN itself completes it
+// once (the kernel always reports POLLRDHUP), and writes do not wake it.
+//
 // Connects are IORING_OP_CONNECT linked to an IORING_OP_LINK_TIMEOUT. Closing
 // a session cancels what it still has in flight (cancel by fd, hard-linked to
 // the close); the slot is reused only after its last completion, and tags
@@ -118,6 +128,7 @@ class UringRelay {
     kPollUpstreamIn,   // the upstream has bytes (upstream → client)
     kPollUpstreamOut,  // the upstream takes bytes again (client → upstream)
     kPollClientOut,    // the client takes bytes again (upstream → client)
+    kWatchClient,      // multishot poll: the client's reset while no receive is armed on it
   };
   enum class State : uint8_t { free, sniff, connecting, relay, closing };
   enum Recv : uint8_t { kIdle, kArmed, kCancelling };
@@ -153,6 +164,7 @@ class UringRelay {
     uint32_t next_free = kNone;
     State state = State::free;
     uint8_t c_ops = 0, u_ops = 0, t_ops = 0;  // completions owed on the client fd, the upstream fd, timeouts
+    bool watch = false;                       // kWatchClient is armed
     __kernel_timespec connect_ts{};
     sockaddr_in6 addr{};  // the connect target (read by the kernel at submission)
     uint32_t addr_len = 0;
@@ -184,6 +196,8 @@ class UringRelay {
   void splice_pump(Session& s, bool client_to_upstream) noexcept;
   void arm_poll(Session& s, bool client_to_upstream, bool out) noexcept;
   void on_poll(Session& s, bool client_to_upstream, bool out) noexcept;
+  void watch_client(Session& s) noexcept;
+  void on_watch(Session& s, int32_t res, uint32_t flags) noexcept;
   void enqueue(Dir& d, uint16_t bid, uint32_t len) noexcept;
   void spill_fifo(Dir& d) noexcept;
   void pop_spill(Dir& d) noexcept;
