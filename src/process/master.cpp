@@ -809,6 +809,10 @@ class Master {
     for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&set, s);
     ::sigprocmask(SIG_BLOCK, &set, nullptr);
     ::signal(SIGPIPE, SIG_IGN);
+    // What a hook leaves running when it exits (`cmd &`) comes to this master,
+    // which reaps it (reap): its process group empties as its members exit,
+    // and the stop ends what is left of it (stop_hooks).
+    ::prctl(PR_SET_CHILD_SUBREAPER, 1);
 
     // Access logs: a socket per worker slot to the logger process (made here,
     // so a respawned worker or logger finds its end), and the files checked now.
@@ -865,8 +869,8 @@ class Master {
       expire_hooks();
       if (stopping_) {
         reap(now);
-        stop_hooks(core::monotonic_ms());
-        if (alive() == 0 && hooks_.empty()) break;
+        stop_hooks(core::monotonic_ms(), alive() == 0 && hooks_.empty());
+        if (alive() == 0 && hooks_.empty() && hook_groups_.empty()) break;
         if (now >= kill_deadline_ms_) {
           GW_LOG_WARN("workers still running after the stop deadline; killing them");
           for (pid_t p : pids_)
@@ -1217,6 +1221,8 @@ class Master {
     std::vector<char*> args;
     for (auto& a : argv_) args.push_back(a.data());
     args.push_back(nullptr);
+    // (a pid named there by an earlier stop could be the new master's)
+    seg_.header().stopping_master.store(0);
     pid_t pid = ::fork();
     if (pid < 0) {
       GW_LOG_ERROR("SIGUSR2: binary upgrade: fork: {}", std::strerror(errno));
@@ -1291,9 +1297,22 @@ class Master {
     }
   }
 
-  // Old master: the new one serves.
+  // Old master: the new one says it serves (its SIGWINCH). Taken only from a
+  // new master that still holds the segment and has not begun to stop: one
+  // stopped (SIGTERM: a roll-back) after it signalled, before this master took
+  // the signal, is going away, and this one serves on (its exit is a failed
+  // upgrade, see reap). The new master names itself in stopping_master before
+  // it signals anything, so it is seen here once it stops.
   void hand_over(uint64_t now) {
     if (stopping_) return;
+    const auto& hdr = seg_.header();
+    if (hdr.stopping_master.load() == upgrade_pid_ || hdr.master_pid.load() != upgrade_pid_) {
+      GW_LOG_WARN(
+          "binary upgrade: hand-over signal from the new master (pid {}), which is stopping; this master goes on "
+          "serving",
+          upgrade_pid_);
+      return;
+    }
     handed_over_ = true;
     GW_LOG_INFO("binary upgrade: the new master (pid {}) serves; stopping this one's workers gracefully", upgrade_pid_);
     begin_stop(true, now);
@@ -1453,7 +1472,10 @@ class Master {
       if (pid <= 0) return;
       if (auto hook = hooks_.find(pid); hook != hooks_.end()) {
         hooks_.erase(hook);
-        hooks_termed_.erase(pid);
+        // Processes it started and left running keep its process group: ended
+        // at the stop (stop_hooks), as the hook would have been.
+        if (group_alive(pid)) hook_groups_[pid] = 0;
+        else hooks_termed_.erase(pid);
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) GW_LOG_WARN("hook pid {} {}", pid, exit_text(status));
         continue;
       }
@@ -1544,6 +1566,15 @@ class Master {
   void begin_stop(bool graceful, uint64_t now) {
     if (stopping_ && graceful) return;
     stopping_ = true;
+    // A new master (binary upgrade) that stops does not hand over: the old
+    // master serves on. Named before anything is signalled, so an old master
+    // that takes a hand-over signal sent before this stop sees it (hand_over).
+    seg_.header().stopping_master.store(::getpid());
+    if (notify_parent_) {
+      notify_parent_ = false;
+      GW_LOG_WARN("binary upgrade: stopping before the hand-over; the old master (pid {}) goes on serving",
+                  inherited_.parent);
+    }
     // Close the master's copies of the listening sockets first: once the
     // workers close theirs, the kernel stops queueing new connections.
     fds_.clear();
@@ -1658,8 +1689,19 @@ class Master {
     hooks_[pid] = core::monotonic_ms();
   }
 
+  // Whether process group `pgid` has a member (a zombie counts until reaped).
+  static bool group_alive(pid_t pgid) { return ::kill(-pgid, 0) == 0 || errno == EPERM; }
+
   void expire_hooks() {
     const uint64_t now = core::monotonic_ms();  // hooks may have started after the loop's `now`
+    // Groups whose last member exited: forgotten (their number is free again).
+    for (auto it = hook_groups_.begin(); it != hook_groups_.end();)
+      if (group_alive(it->first)) {
+        ++it;
+      } else {
+        hooks_termed_.erase(it->first);
+        it = hook_groups_.erase(it);
+      }
     for (auto& [pid, started] : hooks_)
       if (now > started + kHookTimeoutMs) {
         GW_LOG_WARN("hook pid {} ran for over {} ms; killing it", pid, kHookTimeoutMs);
@@ -1671,20 +1713,48 @@ class Master {
   // Stopping: from hooks_stop_at_ on, a hook still running gets SIGTERM, and
   // SIGKILL kHookKillAfterMs later, each to its process group (the hook runs
   // in a session of its own: what it started goes too). The master exits once
-  // they are reaped.
-  void stop_hooks(uint64_t now) {
-    if (now < hooks_stop_at_) return;
-    for (const auto& [pid, started] : hooks_) {
-      auto [it, first] = hooks_termed_.try_emplace(pid, now + kHookKillAfterMs);
-      if (first) {
-        GW_LOG_WARN("hook pid {} still running at the stop; sending it SIGTERM", pid);
-        ::kill(-pid, SIGTERM);
-      } else if (it->second != 0 && now >= it->second) {
-        GW_LOG_WARN("hook pid {} still running {} ms after SIGTERM; killing it", pid, kHookKillAfterMs);
-        ::kill(-pid, SIGKILL);
-        it->second = 0;  // reaped through SIGCHLD
+  // they are reaped. What an exited hook left running in its group is not
+  // waited for: it gets the same from hooks_stop_at_ or once nothing else
+  // keeps the master (`only_groups_left`), and the master exits when the
+  // group is empty, or kHookKillAfterMs after its SIGKILL at the latest.
+  void stop_hooks(uint64_t now, bool only_groups_left) {
+    expire_hooks();  // (groups emptied since the last look)
+    if (now < hooks_stop_at_ && !(only_groups_left && !hook_groups_.empty())) return;
+    for (const auto& [pid, started] : hooks_) signal_hook_group(pid, false, now);
+    for (auto it = hook_groups_.begin(); it != hook_groups_.end();) {
+      if (signal_hook_group(it->first, true, now)) {
+        ++it;
+        continue;
       }
+      if (it->second == 0) it->second = now + kHookKillAfterMs;
+      if (now < it->second) {
+        ++it;
+        continue;
+      }
+      // Members that SIGKILL did not end (in an uninterruptible sleep, or
+      // zombies of a process of the group that does not reap them).
+      GW_LOG_WARN("what hook pid {} left running is still there {} ms after SIGKILL; not waiting for it", it->first,
+                  kHookKillAfterMs);
+      hooks_termed_.erase(it->first);
+      it = hook_groups_.erase(it);
     }
+  }
+
+  // SIGTERM to the process group of hook `pgid` once, SIGKILL kHookKillAfterMs
+  // later; false once SIGKILL was sent.
+  bool signal_hook_group(pid_t pgid, bool leftover, uint64_t now) {
+    const std::string what =
+        leftover ? fmt::format("what hook pid {} left is", pgid) : fmt::format("hook pid {}", pgid);
+    auto [it, first] = hooks_termed_.try_emplace(pgid, now + kHookKillAfterMs);
+    if (first) {
+      GW_LOG_WARN("{} still running at the stop; sending it SIGTERM", what);
+      ::kill(-pgid, SIGTERM);
+    } else if (it->second != 0 && now >= it->second) {
+      GW_LOG_WARN("{} still running {} ms after SIGTERM; killing it", what, kHookKillAfterMs);
+      ::kill(-pgid, SIGKILL);
+      it->second = 0;  // reaped through SIGCHLD
+    }
+    return it->second != 0;
   }
 
   config::Config cfg_;  // the running configuration (a reload replaces it)
@@ -1719,7 +1789,9 @@ class Master {
   uint64_t event_cursor_ = 0;
   int stuck_rounds_ = 0;
   std::map<pid_t, uint64_t> hooks_;         // running hook → start time
-  std::map<pid_t, uint64_t> hooks_termed_;  // ...sent SIGTERM at the stop → when SIGKILL is due (0: sent)
+  std::map<pid_t, uint64_t> hook_groups_;   // process group of an exited hook, still with members → 0, or
+                                            // (stopping, SIGKILL sent) when no longer waited for
+  std::map<pid_t, uint64_t> hooks_termed_;  // hook groups sent SIGTERM at the stop → when SIGKILL is due (0: sent)
   uint64_t hooks_stop_at_ = 0;              // stopping: when running hooks are no longer waited for
   const std::string empty_;
   core::UniqueFd admin_fd_;  // the admin server's listening socket

@@ -336,6 +336,46 @@ class HealthTest(GwTestCase):
         self.assertIn(f"hook pid {hook[0]} still running at the stop; sending it SIGTERM", log)
         self.assertNotIn("after SIGTERM; killing it", log)
 
+    def test_a_stop_ends_what_an_exited_hook_left_running(self):
+        """A hook that started a background process (`cmd &`) and exited: gwd
+        tracked only the hook's own process, so that one outlived gwd. The stop
+        now ends what is left in the hook's process group too (SIGTERM; gwd
+        does not wait shutdown_timeout_ms for it, as it does for a hook still
+        running), and gwd exits once it is gone."""
+        a = self.backend("a")
+        pids = os.path.join(self.tmp, "left.pid")
+        hooks = {"host_down": f"sleep 300 & echo $$ $! > {pids}.tmp; mv {pids}.tmp {pids}"}
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a)])], hooks=hooks,
+                                           shutdown_timeout_ms=20000))
+        rc, _, err = gw.gwctl("down", "host", "app/primary", "a")
+        self.assertEqual(rc, 0, err)
+
+        def left_pid():
+            try:
+                with open(pids) as f:
+                    return [int(p) for p in f.read().split()]
+            except (FileNotFoundError, ValueError):
+                return None
+        hook, left = gwtest.wait_until(left_pid, T(10), msg="the host_down hook")
+
+        def kill_left():
+            try:
+                with open(f"/proc/{left}/cmdline", "rb") as f:
+                    if f.read().split(b"\0")[:2] == [b"sleep", b"300"]:
+                        os.kill(left, signal.SIGKILL)
+            except OSError:
+                pass
+        self.addCleanup(kill_left)
+        time.sleep(0.3)   # the hook itself has exited (its sleep runs on)
+        self.assertTrue(gwtest.pid_alive(left))
+        self.assertIn("sleep", open(f"/proc/{left}/cmdline").read())
+        t0 = time.monotonic()
+        self.assertEqual(gw.stop(), 0)
+        took = time.monotonic() - t0
+        self.assertEqual(gwtest.wait_pids_gone({left}, T(5)), set(), "what the hook left outlived gwd")
+        self.assertLess(took, 5, "the stop waited for what the hook left running")
+        self.assertIn(f"what hook pid {hook} left is still running at the stop; sending it SIGTERM", gw.log_text())
+
     def test_slow_start_never_refuses_the_only_host(self):
         a = self.backend("a")
         gw = self.gateway(self.make_config([pool("primary", [host("a", a, 10)])],

@@ -338,6 +338,61 @@ class ProcessTest(GwTestCase):
         self.assertNames(gw.port, 4, {"n"})
         self.assertEqual(gw.stop(), 0)
 
+    def test_a_hand_over_signal_from_a_stopping_new_master_is_not_taken(self):
+        """A new master that signalled its hand-over (SIGWINCH) and was then
+        stopped (SIGTERM: a roll-back) before the old master took the signal,
+        but that is still draining a connection when the old master takes it:
+        the old master checked only the sender's pid and stopped too, so both
+        went and nobody served. The old master now takes a hand-over only from
+        a new master that has not begun to stop (it names itself in the segment
+        first), serves on, and takes the segment back when the new one exits.
+        (The old master is held with SIGSTOP to open that window; the new
+        master's worker holds a client's connection.)"""
+        gw, n = self.start(workers=1, shutdown_timeout_ms=20000)
+        old = gw.pid
+        before = len(gw.log_text())
+        gw.send_signal(signal.SIGUSR2)
+        started = gwtest.wait_until(
+            lambda: re.search(r"binary upgrade: started .* \(pid (\d+)\)", gw.log_text()[before:]), T(5),
+            msg="the new master started")
+        new = int(started.group(1))
+        os.kill(old, signal.SIGSTOP)
+        self.addCleanup(lambda: os.kill(old, signal.SIGCONT) if gwtest.pid_alive(old) else None)
+        gw.remember([new])
+        gwtest.wait_until(lambda: f"master[{new}]: binary upgrade: serving" in gw.log_text(), T(10),
+                          msg="the new master ready (its hand-over signal waits in the stopped old master)")
+        new_workers = gwtest.children(new)
+        gw.remember(new_workers)
+        # Both generations accept on the same sockets: connections until the
+        # new master's worker holds one (all stay open).
+        conns = []
+        for _ in range(40):
+            conns.append(self.open_relayed(gw))
+            if any(gwtest.client_ports_held_by(w, gw.port) for w in new_workers):
+                break
+        self.assertTrue(any(gwtest.client_ports_held_by(w, gw.port) for w in new_workers),
+                        "no connection reached the new master's worker")
+        os.kill(new, signal.SIGTERM)
+        gwtest.wait_until(lambda: f"master[{new}]: SIGTERM: stopping gracefully" in gw.log_text(), T(10),
+                          msg="the new master stopping")
+        time.sleep(0.2)
+        self.assertTrue(gwtest.pid_alive(new), "the new master did not wait for its connection")
+        os.kill(old, signal.SIGCONT)
+        gwtest.wait_until(lambda: f"master[{old}]: binary upgrade: hand-over signal from the new master "
+                          f"(pid {new}), which is stopping" in gw.log_text(), T(5),
+                          msg="the old master refused the hand-over\n" + gwtest.tail(gw.log_text()))
+        time.sleep(0.3)
+        self.assertIsNone(gw.proc.poll(), "the old master exited")
+        self.assertNotIn(f"master[{old}]: binary upgrade: stopping", gw.log_text())
+        for s in conns:
+            s.close()
+        gwtest.wait_until(lambda: "binary upgrade failed" in gw.log_text()[before:], T(10), msg="the failure logged")
+        self.assertEqual(gw.status()["master_pid"], old)
+        self.assertGwctlOk(gw, "down", "host", "app/primary", "n")
+        self.assertGwctlOk(gw, "up", "host", "app/primary", "n")
+        self.assertNames(gw.port, 4, {"n"})
+        self.assertEqual(gw.stop(), 0)
+
     def test_io_uring_ring_only_where_a_listener_runs_on_it(self):
         # Under event_engine io_uring, tcp listeners run natively on the ring;
         # http listeners are readiness-based, so a worker with nothing else

@@ -150,6 +150,11 @@ struct SegmentHeader {
   /// unlink, so a writer still holding the old mapping refuses its change
   /// instead of committing where no gwd reads. Also in what was padding.
   std::atomic<uint32_t> retired;
+  /// The pid of the last master that began to stop (stored before it signals
+  /// anything). An old master ignores the binary-upgrade hand-over signal of a
+  /// new master named here: that one is going away, so the old one serves on.
+  /// Also in what was padding (segments of earlier builds: 0, no one).
+  std::atomic<int32_t> stopping_master;
 
   alignas(64) std::atomic<uint64_t> event_head;  ///< next event sequence number to claim
 
@@ -159,6 +164,8 @@ struct SegmentHeader {
   uint32_t reserved2;
   ListenerInfo listeners[kMaxListeners];  ///< the master's listening addresses
 };
+// The fields added in what was padding leave the layout (and kAbiVersion) as it was.
+static_assert(offsetof(SegmentHeader, stopping_master) + sizeof(int32_t) <= offsetof(SegmentHeader, event_head));
 
 struct alignas(64) SlotHeader {
   std::atomic<uint64_t> seq;  ///< seqlock counter; odd while a writer writes the payload
