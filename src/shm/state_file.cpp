@@ -140,6 +140,10 @@ void write_state_file(const std::string& path, const std::string& json) {
   {
     core::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (!fd) fail("open");
+    // The file replaced keeps its permissions (an operator's chmod 600 of a
+    // file that lists the consumers' key hashes), not this process's 0644.
+    struct stat was {};
+    if (::stat(path.c_str(), &was) == 0 && ::fchmod(fd.get(), was.st_mode & 07777) != 0) fail("fchmod");
     size_t off = 0;
     while (off < json.size()) {
       ssize_t n = ::write(fd.get(), json.data() + off, json.size() - off);

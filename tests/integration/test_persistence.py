@@ -138,6 +138,21 @@ class PersistenceTest(GwTestCase):
         gw.start()
         self.assertChanges(gw, a, b, c)
 
+    def test_a_state_file_keeps_its_permissions(self):
+        """Each write replaces the state file by a new one (rename), made 0644:
+        an operator's chmod (600: the file lists the consumers' key hashes) was
+        undone by the next change. The new file now takes the old one's mode."""
+        a, b, c = self.backend("a"), self.backend("b"), self.backend("c")
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1)
+        gw = self.gateway(cfg)
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "b", b.address)
+        state_file = cfg["state_file"]
+        os.chmod(state_file, 0o604)   # (no umask makes that)
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "c", c.address)
+        with open(state_file) as f:
+            self.assertIn('"c"', f.read())
+        self.assertEqual(oct(os.stat(state_file).st_mode & 0o777), oct(0o604))
+
     def test_state_file_relative_path(self):
         """A relative state_file is relative to gwd's current directory."""
         a, b = self.backend("a"), self.backend("b")
