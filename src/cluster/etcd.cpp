@@ -49,6 +49,20 @@ int64_t get_i64(element obj, std::string_view key, std::string_view json) {
   return x;
 }
 
+// uint64 fields (cluster_id, member_id) come as JSON strings too, often above
+// INT64_MAX.
+uint64_t get_u64(element obj, std::string_view key, std::string_view json) {
+  element v;
+  if (obj[key].get(v) != simdjson::SUCCESS) return 0;
+  uint64_t x = 0;
+  if (v.get(x) == simdjson::SUCCESS) return x;
+  std::string_view s;
+  if (v.get(s) != simdjson::SUCCESS) bad(key, json);
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), x);
+  if (ec != std::errc() || end != s.data() + s.size()) bad(key, json);
+  return x;
+}
+
 bool get_bool(element obj, std::string_view key) {
   bool b = false;
   return obj[key].get(b) == simdjson::SUCCESS && b;
@@ -76,6 +90,12 @@ int64_t header_revision(element root, std::string_view json) {
   element h;
   if (root["header"].get(h) != simdjson::SUCCESS) return 0;
   return get_i64(h, "revision", json);
+}
+
+uint64_t header_cluster_id(element root, std::string_view json) {
+  element h;
+  if (root["header"].get(h) != simdjson::SUCCESS) return 0;
+  return get_u64(h, "cluster_id", json);
 }
 
 }  // namespace
@@ -118,6 +138,7 @@ RangeResult parse_range_response(std::string_view json) {
   element root = parse_doc(p, json);
   RangeResult r;
   r.revision = header_revision(root, json);
+  r.cluster_id = header_cluster_id(root, json);
   r.count = get_i64(root, "count", json);
   simdjson::dom::array kvs;
   if (root["kvs"].get(kvs) == simdjson::SUCCESS)
@@ -147,6 +168,7 @@ WatchMessage parse_watch_message(std::string_view json) {
   element res;
   if (root["result"].get(res) != simdjson::SUCCESS) bad("no result", json);
   m.revision = header_revision(res, json);
+  m.cluster_id = header_cluster_id(res, json);
   m.created = get_bool(res, "created");
   m.canceled = get_bool(res, "canceled");
   m.compact_revision = get_i64(res, "compact_revision", json);
@@ -167,6 +189,12 @@ WatchMessage parse_watch_message(std::string_view json) {
       m.events.push_back(std::move(we));
     }
   return m;
+}
+
+Resync resync_reason(uint64_t listed_cluster_id, int64_t applied_revision, uint64_t cluster_id, int64_t revision) {
+  if (listed_cluster_id != 0 && cluster_id != 0 && cluster_id != listed_cluster_id) return Resync::other_cluster;
+  if (revision > 0 && revision < applied_revision) return Resync::rewound;
+  return Resync::none;
 }
 
 std::string error_message(std::string_view body, int& code) {

@@ -87,9 +87,11 @@ class Sync {
       load(r);
     }
     rev_ = r.revision;
+    cluster_id_ = r.cluster_id;
     listed_ = true;
     cl_.relists.fetch_add(1, std::memory_order_relaxed);
-    GW_LOG_INFO("listed {} key(s) under {} at etcd revision {} from {}", kv_.size(), prefix_, rev_, etcd_.url());
+    GW_LOG_INFO("listed {} key(s) under {} at etcd revision {} from {} (cluster_id {:x})", kv_.size(), prefix_, rev_,
+                etcd_.url(), cluster_id_);
     apply();
   }
 
@@ -363,7 +365,14 @@ class Sync {
             // came back behind this node (a wiped data dir, an older snapshot)?
             // The member's header may only lag its leader: a linearizable
             // read (the probe) decides.
-            if (m.revision > 0 && m.revision < rev_) probe();
+            // Another cluster (etcd wiped and created anew) is listed again
+            // whatever its revision: a watch resumed at this node's revision
+            // would miss what it holds below that.
+            switch (cluster::resync_reason(cluster_id_, rev_, m.cluster_id, m.revision)) {
+              case cluster::Resync::other_cluster: resync_check(m.cluster_id, m.revision); break;
+              case cluster::Resync::rewound: probe(); break;
+              case cluster::Resync::none: break;
+            }
             created = true;
             on_synced();
           }
@@ -423,18 +432,32 @@ class Sync {
                       true);
     }
     cl_.contact_ms.store(core::wall_ms(), std::memory_order_relaxed);
-    behind_check(cluster::parse_range_response(r.body).revision);
+    const cluster::RangeResult res = cluster::parse_range_response(r.body);
+    resync_check(res.cluster_id, res.revision);
   }
 
   // etcd's store revision only grows; one below what this node has applied
   // means etcd lost or rewound its history (a wiped data dir, a restore from
   // an older snapshot). A watch resumed at this node's revision would wait
   // for revisions that mean something else, and what was written below it
-  // would never be seen: list everything again instead.
-  void behind_check(int64_t etcd_revision) {
-    if (etcd_revision <= 0 || etcd_revision >= rev_) return;
-    GW_LOG_WARN("etcd {} is at revision {}, below the {} this node applied (a wiped or restored etcd?); listing again",
-                etcd_.url(), etcd_revision, rev_);
+  // would never be seen: list everything again instead. The same for another
+  // cluster_id (etcd wiped and created anew, then written past this node's
+  // revision): its revisions are another history, whatever their numbers.
+  void resync_check(uint64_t cluster_id, int64_t etcd_revision) {
+    switch (cluster::resync_reason(cluster_id_, rev_, cluster_id, etcd_revision)) {
+      case cluster::Resync::none: return;
+      case cluster::Resync::other_cluster:
+        GW_LOG_WARN(
+            "etcd {} belongs to another cluster (cluster_id {:x}, this node listed {:x}: etcd wiped and created "
+            "anew?) at revision {} (this node applied {}); dropping the revision and listing again",
+            etcd_.url(), cluster_id, cluster_id_, etcd_revision, rev_);
+        break;
+      case cluster::Resync::rewound:
+        GW_LOG_WARN(
+            "etcd {} is at revision {}, below the {} this node applied (a wiped or restored etcd?); listing again",
+            etcd_.url(), etcd_revision, rev_);
+        break;
+    }
     watch_.close();
     throw Relist{};
   }
@@ -498,6 +521,7 @@ class Sync {
   cluster::WatchStream watch_;
   std::map<std::string, std::string> kv_;  ///< the mirror of etcd's keys under the prefix
   int64_t rev_ = 0;                        ///< the revision kv_ reflects
+  uint64_t cluster_id_ = 0;                ///< the etcd cluster kv_ was listed from (0: not given)
   bool listed_ = false;
   bool apply_failed_ = false;
   bool superseded_logged_ = false;

@@ -537,6 +537,60 @@ class ClusterTest(GwTestCase):
         self.etcd_ok("add", "host", "app/primary", "b", b.address)
         self.wait_routed([gw], "b", T(5))
 
+    def test_etcd_created_anew_past_the_nodes_revision_is_listed_again(self):
+        """etcd (one member here) is wiped and created anew (another cluster:
+        a new data dir and cluster token), then written past the revision the
+        node applied before it reconnects. Its revision says nothing is
+        missing; the node used to resume its watch at its old revision and
+        keep serving the old cluster's hosts for ever, never seeing the new
+        cluster's keys (written below that revision). The header's cluster_id
+        changed: the node now drops its revision and lists the new cluster."""
+        self.etcd.stop_all()
+        solo = os.path.join(self.tmp, "solo")
+        os.makedirs(solo)
+        self.etcd = EtcdCluster(solo, n=1)
+        self.etcd.start_all()
+        gw = self.node(0, n=1)
+        self.wait_state(gw, "synced")
+        for i in range(6):
+            self.etcd_ok("down" if i % 2 == 0 else "up", "host", "app/primary", "a")
+        old = self.etcd.post("/v3/kv/range", {"key": b64(self.prefix)})["header"]
+        old_rev = int(old["revision"])
+        gwtest.wait_until(lambda: self.cluster(gw)["revision"] == old_rev, T(5), interval=0.05,
+                          msg=f"the node to apply etcd revision {old_rev}")
+        self.assertTrue(self.routes_to(gw, "a"))
+        self.etcd.kill(0)
+        shutil.rmtree(os.path.join(solo, "etcd-m0"))
+        # The new cluster is written on another client port first, so the node
+        # cannot see it before its revision is past the node's.
+        self.etcd.token += "-anew"
+        url = self.etcd.urls[0]
+        self.etcd.urls[0] = f"http://127.0.0.1:{gwtest.free_port()}"
+        self.etcd.start(0)
+        self.etcd.wait_healthy([0])
+        b = self.backend("b")
+        self.etcd.put(self.prefix + "upstreams/app/pools/primary", '{"priority": 0, "method": "round_robin"}')
+        self.etcd.put(self.prefix + "upstreams/app/pools/primary/hosts/b",
+                      json.dumps({"address": b.address, "weight": 1, "down": False}))
+        self.etcd.put(self.prefix + "upstreams/app", "{}")
+        while True:  # past the node's revision with keys the node does not watch
+            new = self.etcd.put(f"/gwtest-pad-{os.getpid()}", "x")["header"]
+            if int(new["revision"]) >= old_rev + 3:
+                break
+        self.assertNotEqual(new["cluster_id"], old["cluster_id"])
+        self.etcd.kill(0)
+        self.etcd.urls[0] = url
+        self.etcd.start(0)
+        self.etcd.wait_healthy([0])
+        self.wait_state(gw, "synced")
+        hosts = lambda: [h[0] for _, pools in self.config_of(gw) for p in pools for h in p[3]]  # noqa: E731
+        gwtest.wait_until(lambda: hosts() == ["b"], T(10), interval=0.05,
+                          msg="the node to hold the new cluster's hosts only (b)")
+        self.wait_routed([gw], "b", T(5))
+        self.assertFalse(self.routes_to(gw, "a"))
+        self.assertIn("belongs to another cluster", gw.log_text())
+        self.assertGreaterEqual(self.cluster(gw)["revision"], old_rev + 3)
+
     def test_gwctl_etcd_change_whose_answer_was_lost(self):
         """etcd applied the txn, and its answer was lost: gwctl sends it to the
         next member, where its compares fail on its own write. It used to say

@@ -42,8 +42,9 @@ struct KeyValue {
 };
 
 struct RangeResult {
-  int64_t revision = 0;  ///< the store revision the answer is from
-  int64_t count = 0;     ///< keys in the range (also with count_only)
+  int64_t revision = 0;     ///< the store revision the answer is from
+  uint64_t cluster_id = 0;  ///< the header's cluster_id (0: not given)
+  int64_t count = 0;        ///< keys in the range (also with count_only)
   std::vector<KeyValue> kvs;
 };
 
@@ -63,6 +64,7 @@ struct WatchEvent {
 /// One message of the watch stream.
 struct WatchMessage {
   int64_t revision = 0;          ///< header revision
+  uint64_t cluster_id = 0;       ///< header cluster_id (0: not given)
   bool created = false;          ///< the answer to the create request
   bool canceled = false;         ///< the watch ended (compaction, or an error)
   int64_t compact_revision = 0;  ///< canceled because start_revision was compacted: re-list
@@ -96,6 +98,17 @@ std::string txn_request(const std::vector<Compare>& compares, const std::vector<
 RangeResult parse_range_response(std::string_view json);
 TxnResult parse_txn_response(std::string_view json);
 WatchMessage parse_watch_message(std::string_view json);
+/// Why a node that listed etcd (`listed_cluster_id`, and applied up to
+/// `applied_revision`) must list it again, given what a member's answer header
+/// says (`cluster_id`, `revision`; 0 where the header leaves one out):
+/// `other_cluster` when the cluster_id differs (etcd was wiped and created
+/// anew, or the endpoints now lead to another cluster: its revisions mean
+/// other changes, whatever their numbers), `rewound` when the revision is
+/// below the one applied (a wiped data dir, an older snapshot; from a member
+/// that may only lag its leader, the caller confirms with a quorum read).
+enum class Resync { none, other_cluster, rewound };
+Resync resync_reason(uint64_t listed_cluster_id, int64_t applied_revision, uint64_t cluster_id, int64_t revision);
+
 /// The message of a gateway error body ({"error": "...", "code": N}), or the body itself.
 std::string error_message(std::string_view body, int& code);
 

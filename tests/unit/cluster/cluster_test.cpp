@@ -349,6 +349,35 @@ TEST_SUITE("cluster") {
     CHECK_THROWS_AS(parse_watch_message(R"({"nothing":1})"), EtcdError);
   }
 
+  TEST_CASE("cluster_id of range answers and watch messages (a uint64, as a string above INT64_MAX)") {
+    CHECK(parse_range_response(R"({"header":{"cluster_id":"14841639068965178418","revision":"7"}})").cluster_id ==
+          14841639068965178418ULL);
+    CHECK(parse_range_response(R"({"header":{"revision":"7"}})").cluster_id == 0);
+    auto m = parse_watch_message(
+        R"({"result":{"header":{"cluster_id":"18446744073709551615","member_id":"1","revision":"3"},"created":true}})");
+    CHECK((m.created && m.cluster_id == 18446744073709551615ULL && m.revision == 3));
+    CHECK_THROWS_AS(parse_range_response(R"({"header":{"cluster_id":"-1"}})"), EtcdError);
+    CHECK_THROWS_AS(parse_range_response(R"({"header":{"cluster_id":"18446744073709551616"}})"), EtcdError);
+  }
+
+  TEST_CASE("resync decision: another cluster at any revision, or a revision below the one applied") {
+    // Listed cluster 7 and applied revision 10.
+    CHECK(resync_reason(7, 10, 7, 10) == Resync::none);
+    CHECK(resync_reason(7, 10, 7, 25) == Resync::none);
+    CHECK(resync_reason(7, 10, 7, 9) == Resync::rewound);
+    // A cluster wiped and created anew, then written past the node's revision:
+    // only its cluster_id tells.
+    CHECK(resync_reason(7, 10, 8, 25) == Resync::other_cluster);
+    CHECK(resync_reason(7, 10, 8, 10) == Resync::other_cluster);
+    CHECK(resync_reason(7, 10, 8, 3) == Resync::other_cluster);
+    // A header without cluster_id (or a node that listed without one) decides
+    // by the revision alone; a header without a revision does not rewind.
+    CHECK(resync_reason(0, 10, 8, 25) == Resync::none);
+    CHECK(resync_reason(7, 10, 0, 25) == Resync::none);
+    CHECK(resync_reason(7, 10, 0, 3) == Resync::rewound);
+    CHECK(resync_reason(7, 10, 7, 0) == Resync::none);
+  }
+
   TEST_CASE("HTTP response reader: chunked stream split anywhere") {
     const std::string wire =
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
