@@ -207,8 +207,15 @@ std::string error_message(std::string_view body, int& code) {
     std::string_view s;
     if (root["message"].get(s) == simdjson::SUCCESS || root["error"].get(s) == simdjson::SUCCESS) return std::string(s);
   }
-  std::string s(body.substr(0, 200));
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  // Not JSON (an HTML error page of a proxy): its first 200 bytes on one
+  // line, each run of whitespace or control bytes one space.
+  std::string s;
+  for (char ch : body.substr(0, 200)) {
+    const bool space = static_cast<unsigned char>(ch) < 0x20 || ch == ' ' || ch == 0x7f;
+    if (!space) s += ch;
+    else if (!s.empty() && s.back() != ' ') s += ' ';
+  }
+  while (!s.empty() && s.back() == ' ') s.pop_back();
   return s;
 }
 
@@ -350,6 +357,7 @@ std::string Etcd::post(std::string_view path, std::string_view body) {
 
 std::string Etcd::post_round(std::string_view path, std::string_view body) {
   std::string errors;
+  bool unavailable = false;  // some member may answer if asked again
   for (size_t tries = 0; tries < urls_.size(); ++tries) {
     try {
       ++attempts_;
@@ -357,18 +365,32 @@ std::string Etcd::post_round(std::string_view path, std::string_view body) {
       if (r.status == 200) return std::move(r.body);
       int code = 0;
       std::string msg = error_message(r.body, code);
-      // gRPC codes: 14 unavailable, 4 deadline exceeded; HTTP 5xx from the gateway.
-      bool unavailable = code == 14 || code == 4 || r.status >= 500;
       std::string text = fmt::format("etcd {}: HTTP {}: {}", urls_[current_], r.status, msg);
-      if (!unavailable) throw EtcdError(text, false);
-      throw EtcdError(text, true);
+      // 404 (no v3 gateway at that endpoint: a proxy, another service) and
+      // 429 (a rate limit, or etcd's "too many requests") refuse the request
+      // without running it: not an attempt that may have run (a txn's failed
+      // compares after it are not its own doing).
+      if (r.status == 404 || r.status == 429) --attempts_;
+      // gRPC codes: 14 unavailable, 4 deadline exceeded; HTTP 5xx from the
+      // gateway (or a proxy in front); 429 (transient). Each is worth the next
+      // member and a retry: every txn gw sends is guarded by its compares, so
+      // one that ran already fails them and is never applied twice.
+      if (code == 14 || code == 4 || r.status >= 500 || r.status == 429) throw EtcdError(text, true);
+      // 404: the next member may have a gateway; asking this one again will not.
+      if (r.status == 404) {
+        errors += errors.empty() ? text : fmt::format("; {}", text);
+        if (tries + 1 < urls_.size()) next();
+        continue;
+      }
+      throw EtcdError(text, false);
     } catch (const EtcdError& e) {
       if (!e.unavailable()) throw;
+      unavailable = true;
       errors += errors.empty() ? e.what() : fmt::format("; {}", e.what());
       if (tries + 1 < urls_.size()) next();
     }
   }
-  throw EtcdError(urls_.size() == 1 ? errors : fmt::format("no etcd member answered: {}", errors), true);
+  throw EtcdError(urls_.size() == 1 ? errors : fmt::format("no etcd member answered: {}", errors), unavailable);
 }
 
 RangeResult Etcd::range(std::string_view key, std::string_view range_end, bool count_only) {

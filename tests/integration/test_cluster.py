@@ -591,6 +591,83 @@ class ClusterTest(GwTestCase):
         self.assertIn("belongs to another cluster", gw.log_text())
         self.assertGreaterEqual(self.cluster(gw)["revision"], old_rev + 3)
 
+    def _fake_endpoint(self, status, forward_to=None):
+        """An HTTP endpoint on a free loopback port that answers every POST
+        with `status` (a proxy in front, a member without the v3 gateway, a
+        rate limit), or with `forward_to` every POST but a txn is forwarded
+        there; returns its URL and the list of paths it was asked."""
+        import http.server
+        asked = []
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                asked.append(self.path)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if forward_to and self.path != "/v3/kv/txn":
+                    req = urllib.request.Request(forward_to + self.path, data=body,
+                                                 headers={"Content-Type": "application/json"})
+                    with urllib.request.urlopen(req, timeout=T(5)) as r:
+                        out = r.read()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                    return
+                self.send_error(status)
+
+            def log_message(self, *a):
+                pass
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        self.addCleanup(srv.server_close)
+        self.addCleanup(srv.shutdown)
+        return f"http://127.0.0.1:{srv.server_address[1]}", asked
+
+    def test_gwctl_etcd_tries_the_next_endpoint_on_404_and_429(self):
+        """An endpoint listed first that answers 404 (no v3 gateway there) or
+        429 (a rate limit) used to end gwctl --etcd with that error, though
+        the next endpoint was a working etcd. It now tries the next one (its
+        txns are guarded by compares, so sending one again is safe), and when
+        every endpoint fails says why for each on one line."""
+        gw = self.node(0)
+        self.wait_state(gw, "synced")
+        f404, asked404 = self._fake_endpoint(404)
+        f429, asked429 = self._fake_endpoint(429)
+        b, c = self.backend("b"), self.backend("c")
+        for fake, asked, host_id, addr in ((f404, asked404, "b", b.address), (f429, asked429, "c", c.address)):
+            argv = [gwtest.GWCTL, "add", "host", "app/primary", host_id, addr, "--etcd",
+                    f"{fake},{self.etcd.urls[0]}", "--prefix", self.prefix]
+            p = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=T(15))
+            self.assertEqual(p.returncode, 0, f"{fake}: {p.stderr!r}")
+            self.assertRegex(p.stdout, rf"^ok: add host app/primary/{host_id} .* \(etcd revision \d+\)\n$")
+            self.assertIn("/v3/kv/range", asked)
+        _, kvs = self.etcd.get_prefix(self.prefix)
+        self.assertIn(self.prefix + "upstreams/app/pools/primary/hosts/b", kvs)
+        self.assertIn(self.prefix + "upstreams/app/pools/primary/hosts/c", kvs)
+        self.wait_routed([gw], "b", T(5))
+        # A txn refused with 404 did not run: when its compares then fail on
+        # another writer's change, nothing of this one's was applied, and gwctl
+        # says so (not that its change may have been applied first).
+        txn404, asked_txn = self._fake_endpoint(404, forward_to=self.etcd.urls[0])
+        argv = [gwtest.GWCTL, "down", "host", "app/primary", "c", "--etcd", f"{txn404},{self.etcd.urls[0]}",
+                "--prefix", self.prefix]
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL, env={**os.environ, "GW_TEST_ETCD_TXN_DELAY_MS": "1500"})
+        time.sleep(0.5)   # it has read the key, and waits before its txn
+        self.etcd_ok("set", "host", "app/primary", "c", "--weight", "3")
+        _, err = p.communicate(timeout=T(15))
+        line = self.assert_one_line_error(p.returncode, err, "a txn after a 404 whose compares fail")
+        self.assertIn("nothing was changed", line)
+        self.assertIn("/v3/kv/txn", asked_txn)
+        # Every endpoint fails: one line names each one's error.
+        argv = [gwtest.GWCTL, "remove", "host", "app/primary", "b", "--etcd", f"{f404},{f429}",
+                "--prefix", self.prefix]
+        p = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=T(15))
+        line = self.assert_one_line_error(p.returncode, p.stderr, "every endpoint failing")
+        self.assertIn(f"etcd {f404}: HTTP 404: ", line)
+        self.assertIn(f"etcd {f429}: HTTP 429: ", line)
+        self.assertIn(self.prefix + "upstreams/app/pools/primary/hosts/b", self.etcd.get_prefix(self.prefix)[1])
+
     def test_gwctl_etcd_change_whose_answer_was_lost(self):
         """etcd applied the txn, and its answer was lost: gwctl sends it to the
         next member, where its compares fail on its own write. It used to say

@@ -173,7 +173,7 @@ class Etcd {
 
  private:
   std::string post_round(std::string_view path, std::string_view body);
-  uint32_t attempts_ = 0;  // requests sent by the last post()
+  uint32_t attempts_ = 0;  // requests sent by the last post() that may have run (not refused with 404 or 429)
 
   std::vector<std::string> urls_;
   std::vector<core::SockAddr> addrs_;

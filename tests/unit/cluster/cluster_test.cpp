@@ -329,6 +329,10 @@ TEST_SUITE("cluster") {
     CHECK(error_message(R"({"error":"etcdserver: mvcc: required revision has been compacted","code":11})", code) ==
           "etcdserver: mvcc: required revision has been compacted");
     CHECK(code == 11);
+    // A proxy's HTML error page comes out on one line.
+    CHECK(error_message("<html>\r\n<head><title>404 Not Found</title></head>\r\n\t<body>x</body>\n</html>\n", code) ==
+          "<html> <head><title>404 Not Found</title></head> <body>x</body> </html>");
+    CHECK(code == 0);
   }
 
   TEST_CASE("watch messages: created, events, delete, compaction, stream error") {
