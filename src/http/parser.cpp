@@ -869,11 +869,28 @@ Error Parser::finish() noexcept {
 // ---------------------------------------------------------------------------
 // BodyDecoder
 
+namespace {
+
+// FNV-1a, 64 bits, of the name in lower case: the trailer filter's names.
+uint64_t name_hash(std::string_view name) noexcept {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (const char c : name) {
+    h ^= static_cast<unsigned char>(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+}  // namespace
+
 void BodyDecoder::reset(BodyKind kind, uint64_t content_length, const Limits& limits) noexcept {
   kind_ = kind;
   error_ = Error::none;
   remaining_ = 0;
   line_len_ = trailer_bytes_ = trailer_fields_ = 0;
+  filter_ = false;
+  drop_count_ = 0;
+  line_seen_ = 0;
   max_chunk_line_ = limits.max_chunk_line;
   max_trailer_ = limits.max_trailer;
   switch (kind) {
@@ -885,6 +902,12 @@ void BodyDecoder::reset(BodyKind kind, uint64_t content_length, const Limits& li
     case BodyKind::chunked: state_ = State::size_first; break;
     case BodyKind::until_close: state_ = State::until_close; break;
   }
+}
+
+void BodyDecoder::filter_trailers(const Head& head) noexcept {
+  filter_ = kind_ == BodyKind::chunked;
+  drop_count_ = 0;
+  for (const std::string_view o : head.connection_options()) drop_hash_[drop_count_++] = name_hash(o);
 }
 
 BodyStep BodyDecoder::decode(std::string_view in) noexcept {
@@ -921,12 +944,21 @@ BodyStep BodyDecoder::chunked(std::string_view in) noexcept {
   const char* const begin = in.data();
   const char* const end = begin + in.size();
   const char* p = begin;
+  // filter_: the first byte of the trailer field line being looked at, held
+  // (not consumed) until the line is whole.
+  const char* line = nullptr;
+  if (line_seen_ > 0) {  // `in` starts with the held line, looked at up to line_seen_
+    if (in.size() <= line_seen_) return {0, {}, BodyStatus::more, Error::none};
+    line = begin;
+    p = begin + line_seen_;
+    line_seen_ = 0;
+  }
   std::string_view data;
   auto step = [&](BodyStatus s) { return BodyStep{static_cast<size_t>(p - begin), data, s, Error::none}; };
   auto fail = [&](Error e) {
     state_ = State::error;
     error_ = e;
-    return BodyStep{static_cast<size_t>(p - begin), data, BodyStatus::error, e};
+    return BodyStep{static_cast<size_t>((line ? line : p) - begin), data, BodyStatus::error, e};
   };
   // Where an unexpected byte in a chunk line is a bare LF or simply wrong.
   auto bad = [&](char c, Error e) { return fail(c == '\n' ? Error::bare_lf : e); };
@@ -1039,6 +1071,7 @@ BodyStep BodyDecoder::chunked(std::string_view in) noexcept {
         } else if (is(c, kTchar)) {
           ++trailer_fields_;
           next = State::trailer_name;
+          if (filter_) line = p;
         } else {
           return fail(c == '\n' ? Error::bare_lf : ows(c) ? Error::obs_fold : Error::bad_field_name);
         }
@@ -1055,6 +1088,23 @@ BodyStep BodyDecoder::chunked(std::string_view in) noexcept {
       case State::trailer_lf:
         if (c != '\n') return fail(Error::bare_cr);
         next = State::trailer_start;
+        if (line) {
+          // The whole line is in `in`: its name ends at the first colon.
+          const std::string_view whole(line, static_cast<size_t>(p + 1 - line));
+          const std::string_view name = whole.substr(0, whole.find(':'));
+          bool hop = iequals(name, "connection") || iequals(name, "proxy-connection") || iequals(name, "keep-alive") ||
+                     iequals(name, "te") || iequals(name, "transfer-encoding") || iequals(name, "upgrade");
+          const uint64_t h = name_hash(name);
+          for (size_t k = 0; k < drop_count_ && !hop; ++k) hop = drop_hash_[k] == h;
+          line = nullptr;
+          if (hop) {
+            state_ = next;
+            ++p;
+            BodyStep s = step(BodyStatus::more);
+            s.drop = static_cast<uint32_t>(whole.size());
+            return s;
+          }
+        }
         break;
       case State::end_lf:
         if (c != '\n') return fail(Error::bare_cr);
@@ -1065,6 +1115,10 @@ BodyStep BodyDecoder::chunked(std::string_view in) noexcept {
     }
     state_ = next;
     ++p;
+  }
+  if (line) {
+    line_seen_ = static_cast<uint32_t>(p - line);
+    p = line;
   }
   return step(BodyStatus::more);
 }

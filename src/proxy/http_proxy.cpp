@@ -1115,6 +1115,13 @@ void HttpProxy::pump_request_body(Conn& c) noexcept {
   while (!c.req_body_done && c.body_end < c.in.tail) {
     http::BodyStep st = c.req_body.decode(std::string_view(c.in.p + c.body_end, c.in.tail - c.body_end));
     c.body_end += static_cast<uint32_t>(st.consumed);
+    if (st.drop > 0) {
+      // A hop-by-hop trailer field: the decoder held its line (not sent), so
+      // it is cut out of the buffer here.
+      std::memmove(c.in.p + c.body_end - st.drop, c.in.p + c.body_end, c.in.tail - c.body_end);
+      c.in.tail -= st.drop;
+      c.body_end -= st.drop;
+    }
     if (st.status == http::BodyStatus::done) {
       c.req_body_done = true;
     } else if (st.status == http::BodyStatus::error) {
@@ -1215,6 +1222,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   // the request head for the upstream is written below.
   c.body_start = c.body_end = c.sent = c.in.head + h.head_len;
   c.req_body.reset(h);
+  c.req_body.filter_trailers(h);  // the fields Connection names are hop-by-hop in trailers too
 
   if (h.method == http::Method::connect) {
     // A reverse proxy does not open tunnels to arbitrary authorities.
@@ -1906,6 +1914,7 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     c.up_keep = h.keep_alive && !c.up_closes && h.body != http::BodyKind::until_close && !head_unsent;
     c.resp_body.reset(h);
     c.dechunk = h.body == http::BodyKind::chunked && c.http10;
+    if (!c.dechunk) c.resp_body.filter_trailers(h);  // de-chunking drops every trailer
     // Connection is hop-by-hop: a host that closes after a length-delimited
     // answer does not close the client's connection.
     // A response that comes before the whole request body ends the connection
@@ -1991,6 +2000,12 @@ void HttpProxy::forward_response_body(Conn& c, UpConn& u) noexcept {
       c.rs_dec += data;
     } else {
       c.rs_dec += static_cast<uint32_t>(st.consumed);
+      if (st.drop > 0) {
+        // A hop-by-hop trailer field, held by the decoder (not sent): cut out.
+        std::memmove(c.rs.p + c.rs_dec - st.drop, c.rs.p + c.rs_dec, c.rs.tail - c.rs_dec);
+        c.rs.tail -= st.drop;
+        c.rs_dec -= st.drop;
+      }
     }
     if (st.status == http::BodyStatus::done) {
       c.resp_done = true;

@@ -848,6 +848,55 @@ class HeaderRewriteTest(HttpCase):
             self.assertNotIn("close", r.conn_tokens())
             self.assertEqual(c.request("GET", "/2").status, 200, "the client connection stays usable")
 
+    def test_hop_by_hop_removed_request_trailers(self):
+        """A field the request's Connection names is hop-by-hop in its chunked
+        trailer section too, as are Connection, TE, Keep-Alive, ... there; the
+        other trailer fields pass. A trailer line cut across packets is held
+        until it is whole, then dropped or forwarded."""
+        a = self.hb("alpha")
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        with Client(gw.port) as c:
+            c.send(raw_request("POST", "/t", [("Host", "t"), ("Connection", "X-Secret, keep-alive"),
+                                             ("X-Secret", "h"), ("Transfer-Encoding", "chunked")]))
+            c.send(b"5\r\nhello\r\n0\r\nX-Kept: 1\r\nX-Sec")
+            time.sleep(0.2)
+            c.send(b"ret: s\r\nTE: trailers\r\nConnection: close\r\nKeep-Alive: 1\r\n"
+                   b"Proxy-Connection: x\r\nUpgrade: h2c\r\nX-Last: 2\r\n\r\n")
+            j = self.assertBackend(c.response(), "alpha")
+            self.assertEqual(j["body_len"], 5)
+            self.assertEqual(j["trailers"], [["X-Kept", "1"], ["X-Last", "2"]])
+            self.assertNotIn("x-secret", [n.lower() for n, _ in j["headers"]])
+            self.assertEqual(c.request("GET", "/2").status, 200, "the client connection stays usable")
+
+    def test_hop_by_hop_removed_response_trailers(self):
+        """The same for a response's trailers: the field its Connection names
+        and the fixed hop-by-hop names do not reach the client; the rest do,
+        byte for byte."""
+        lst = socket.socket()
+        lst.bind((LO, 0))
+        lst.listen(4)
+        self.addCleanup(lst.close)
+
+        def serve():
+            c, _ = lst.accept()
+            with c:
+                hb.Reader(c).read_head()
+                c.sendall(b"HTTP/1.1 200 OK\r\nConnection: X-Private\r\nX-Private: h\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Pub: 1\r\nx-priv")
+                time.sleep(0.2)
+                c.sendall(b"ate: p\r\nConnection: close\r\nTransfer-Encoding: gzip\r\nX-End: 2\r\n\r\n")
+                time.sleep(T(1))
+        th = threading.Thread(target=serve, daemon=True)
+        th.start()
+        gw = self.http_gw([pool("p", [host("a", f"{LO}:{lst.getsockname()[1]}")])])
+        with Client(gw.port) as c:
+            c.send(raw_request("GET", "/tr"))
+            head = c.rd.read_head()
+            self.assertNotIn(b"x-private", head.lower())
+            self.assertEqual(c.rd.read_until(b"\r\n\r\n", limit=4096),
+                             b"2\r\nok\r\n0\r\nX-Pub: 1\r\nX-End: 2\r\n\r\n")
+        th.join(T(5))
+
     def test_hop_by_hop_removed_interim_response(self):
         """A 1xx is a message too: the fields its Connection names, Connection
         itself and Keep-Alive are not relayed (RFC 9110 7.6.1); the rest are."""

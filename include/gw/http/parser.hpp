@@ -356,6 +356,9 @@ struct BodyStep {
   std::string_view data;
   BodyStatus status = BodyStatus::more;
   Error error = Error::none;
+  /// filter_trailers(): the last `drop` of the consumed bytes are a whole
+  /// trailer field line that must not be forwarded (a hop-by-hop field).
+  uint32_t drop = 0;
 };
 
 /// Decodes one message body, incrementally and without copying. A step
@@ -370,6 +373,12 @@ struct BodyStep {
 ///
 /// Progress: with non-empty input and status `more`, consumed > 0. Bytes given
 /// once are never needed again. Single-threaded.
+///
+/// filter_trailers() changes two of these rules for a proxy that forwards the
+/// framing as it came: a trailer field line is not consumed until it is whole
+/// (a step may consume 0 bytes while one is incomplete; the caller gives them
+/// again, followed by more: the decoder does not look at them twice), and a
+/// whole line naming a hop-by-hop field comes in a step of its own `drop`.
 class BodyDecoder {
  public:
   BodyDecoder() noexcept = default;  // BodyKind::none: done at once
@@ -380,8 +389,18 @@ class BodyDecoder {
     reset(head.tunnel ? BodyKind::none : head.body, head.content_length, limits);
   }
 
+  /// After reset(), for a chunked body: hold each trailer field line until it
+  /// is whole, and report (BodyStep::drop) those that are hop-by-hop
+  /// (RFC 9110 7.6.1): Connection, Proxy-Connection, Keep-Alive, TE,
+  /// Transfer-Encoding, Upgrade, and the fields named in `head`'s Connection,
+  /// as the head's own are. The names are kept as 64-bit hashes, so the head's
+  /// buffer may be gone by the time the trailers come; a collision could only
+  /// drop a field of the message whose own Connection named the other name.
+  void filter_trailers(const Head& head) noexcept;
+
   /// done and error are sticky (consumed 0). On error, `consumed` stops
-  /// before the offending byte and `data` holds the step's data before it.
+  /// before the offending byte (filter_trailers: before its trailer line) and
+  /// `data` holds the step's data before it.
   BodyStep decode(std::string_view in) noexcept;
   /// The peer closed the connection: until_close bodies are done; a body that
   /// is not done is truncated (Error::body_truncated). Returns the error.
@@ -434,6 +453,11 @@ class BodyDecoder {
   uint32_t trailer_fields_ = 0;
   uint32_t max_chunk_line_ = Limits{}.max_chunk_line;
   uint32_t max_trailer_ = Limits{}.max_trailer;
+  // filter_trailers()
+  bool filter_ = false;
+  uint8_t drop_count_ = 0;
+  uint32_t line_seen_ = 0;                                   // bytes of the held trailer line already looked at
+  std::array<uint64_t, kMaxConnectionOptions> drop_hash_{};  // the head's Connection options
 };
 
 }  // namespace gw::http
