@@ -66,6 +66,46 @@ bool decode_segment(std::string_view in, std::string& out) {
 
 RouteMatch route_request(std::string_view method, std::string_view path) {
   RouteMatch m;
+  if (path == "*") {  // OPTIONS * (the parser takes "*" for OPTIONS only): what the server does
+    m.endpoint = Endpoint::server;
+    m.allow = "GET, HEAD, POST, PUT, DELETE, OPTIONS";
+    m.method_allowed = method == "OPTIONS";
+    return m;
+  }
+  // RFC 3986 6.2.2: unreserved characters decoded, other escapes kept (hex in
+  // upper case), so that "%2F" stays data; name segments are decoded below.
+  std::string norm;
+  norm.reserve(path.size());
+  for (size_t i = 0; i < path.size(); ++i) {
+    if (path[i] != '%') {
+      norm += path[i];
+      continue;
+    }
+    auto hex = [](char h) -> int {
+      if (h >= '0' && h <= '9') return h - '0';
+      if (h >= 'a' && h <= 'f') return h - 'a' + 10;
+      if (h >= 'A' && h <= 'F') return h - 'A' + 10;
+      return -1;
+    };
+    const int a = i + 2 < path.size() ? hex(path[i + 1]) : -1, b = a < 0 ? -1 : hex(path[i + 2]);
+    if (b < 0) {
+      m.bad_path = true;
+      m.bad_why = fmt::format("path \"{}\": a bad %-escape (% and two hex digits)", path);
+      return m;
+    }
+    const char c = static_cast<char>(a * 16 + b);
+    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+        c == '_' || c == '~') {
+      norm += c;
+    } else {
+      constexpr char kHex[] = "0123456789ABCDEF";
+      norm += '%';
+      norm += kHex[a];
+      norm += kHex[b];
+    }
+    i += 2;
+  }
+  path = norm;
   if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
   std::string_view seg[8];
   size_t n = 0;
@@ -443,8 +483,8 @@ std::optional<Response> Api::precheck(const Request& r) {
 }
 
 std::optional<Response> Api::precheck(const Request& r, const RouteMatch& m, std::string_view path) const {
+  if (m.bad_path) return error_response(400, m.bad_why);  // a bad escape: before knowing the endpoint
   if (m.endpoint == Endpoint::not_found) return error_response(404, fmt::format("no such endpoint: {}", path));
-  if (m.bad_path) return error_response(400, m.bad_why);
   if (!m.method_allowed) {
     Response e =
         error_response(405, fmt::format("method {} is not allowed on {} (allowed: {})", r.method, path, m.allow));
@@ -498,6 +538,12 @@ Response Api::handle(const Request& r) {
 Response Api::read(const RouteMatch& m, std::string_view query) {
   const auto& p = m.params;
   switch (m.endpoint) {
+    case Endpoint::server: {  // OPTIONS *: no content, the methods in Allow
+      Response r;
+      r.content_type = "text/plain";
+      r.allow = m.allow;
+      return r;
+    }
     case Endpoint::dashboard: {
       Response r;
       r.content_type = "text/html; charset=utf-8";

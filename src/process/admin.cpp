@@ -303,7 +303,9 @@ class AdminServer {
                   false, true);
           continue;
         }
-        if (h.target_form != http::TargetForm::origin && h.target_form != http::TargetForm::absolute) {
+        // "*" (OPTIONS only, the parser checks) asks about the server: api_ answers it.
+        if (h.target_form != http::TargetForm::origin && h.target_form != http::TargetForm::absolute &&
+            h.target_form != http::TargetForm::asterisk) {
           c.in.clear();
           respond(c, admin::error_response(400, "expected a path or an absolute URI as the request target"), false,
                   true);

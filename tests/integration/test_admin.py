@@ -1045,6 +1045,38 @@ class AdminTest(GwTestCase):
             self.assertEqual(r.status, 400)
             self.assertEqual(r.header("Connection"), "close")
 
+    def test_options_asterisk_and_percent_encoded_paths(self):
+        """OPTIONS * asks about the server: a 200 whose Allow lists the admin
+        server's methods, on a connection kept alive (it was a 400 that
+        closed it). A path's percent-encoded unreserved characters are the
+        characters (RFC 3986 6.2.2.2): /st%61tus is /status (it was a 404);
+        %2F is never a separator; a bad escape is a 400."""
+        gw = self.admin_gateway()
+        port = gw.admin.port
+        with socket.create_connection((LO, port), timeout=T(5)) as s:
+            rd = hb.Reader(s)
+            s.sendall(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+            r = hb.read_response(rd)
+            self.assertEqual(r.status, 200, r.body)
+            self.assertEqual(r.header("Allow"), "GET, HEAD, POST, PUT, DELETE, OPTIONS")
+            self.assertEqual(r.body, b"")
+            self.assertNotEqual(r.header("Connection"), "close")
+            s.sendall(b"GET /st%61tus HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /upstreams/%61pp HTTP/1.1\r\nHost: x\r\n\r\n")
+            r = hb.read_response(rd)
+            self.assertEqual(r.status, 200, r.body)
+            self.assertEqual(json.loads(r.body)["shm"], gw.shm)
+            r = hb.read_response(rd)
+            self.assertEqual(r.status, 200, r.body)
+            self.assertEqual(json.loads(r.body)["name"], "app")
+        self.assertApiError(gw, 400, "GET", "/st%zztus", token=None)
+        self.assertApiError(gw, 400, "GET", "/status%", token=None)
+        self.assertApiError(gw, 404, "GET", "/upstreams%2Fapp", token=None)
+        # A name segment reaches the handler decoded, in writes too.
+        r = gw.admin.req("POST", "/upstreams/%61pp/pools/primary/hosts/a/d%6Fwn", token=TOKEN)
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(json.loads(r.body)["message"], "down host app/primary/a")
+
     # ------------------------------------------------------------------ dashboard
 
     @unittest.skipUnless(CHROMIUM, "Debian chromium is not installed (tools/setup.sh installs it)")

@@ -64,6 +64,7 @@ enum class Endpoint : uint8_t {
   rule,       ///< /listeners/L/routes/R/rules/ID
   consumers,  ///< /consumers
   consumer,   ///< /consumers/NAME
+  server,     ///< OPTIONS *: the server as a whole (RFC 9110 9.3.7)
 };
 
 struct RouteMatch {
@@ -75,7 +76,11 @@ struct RouteMatch {
   bool bad_path = false;  ///< a segment that does not decode (bad %XX, NUL, '/') or is not a name
   std::string bad_why;    ///< ...and why, for the 400
 };
-/// Routes `path` (no query; "/status/" is "/status"). Pure.
+/// Routes `path` (no query; "/status/" is "/status"). Percent-encoded
+/// unreserved characters are decoded first (RFC 3986 6.2.2.2: "/st%61tus" is
+/// "/status"); any other %XX stays as it is, so "%2F" is never a separator (in
+/// a name segment it is a 400, in a fixed one a 404). A bad escape ("%zz", a
+/// lone "%") anywhere is bad_path (400). "*" is Endpoint::server. Pure.
 RouteMatch route_request(std::string_view method, std::string_view path);
 
 /// The value of query argument `name` in `query` ("since=3&limit=10"), if present.

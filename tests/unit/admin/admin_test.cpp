@@ -130,6 +130,35 @@ TEST_SUITE("admin") {
     CHECK_FALSE(constant_time_equal("secret", std::string_view("secret\0", 7)));
   }
 
+  TEST_CASE("router: unreserved %-escapes decoded, %2F never a separator, bad escapes 400, OPTIONS *") {
+    CHECK(route_request("GET", "/st%61tus").endpoint == Endpoint::status);
+    CHECK(route_request("GET", "/%73%74%61%74%75%73/").endpoint == Endpoint::status);
+    auto m = route_request("GET", "/upstreams/%61pp/pools/p%2Dx");
+    CHECK(m.endpoint == Endpoint::pool);
+    CHECK_FALSE(m.bad_path);
+    CHECK(m.params[0] == "app");
+    CHECK(m.params[1] == "p-x");
+    // %2F is data: not a separator for routing, and no name holds '/'.
+    CHECK(route_request("GET", "/upstreams%2Fapp").endpoint == Endpoint::not_found);
+    m = route_request("GET", "/upstreams/a%2Fb");
+    CHECK(m.endpoint == Endpoint::upstream);
+    CHECK(m.bad_path);
+    m = route_request("GET", "/upstreams/a%2fb/pools");
+    CHECK(m.endpoint == Endpoint::pools);
+    CHECK(m.bad_path);
+    for (const char* bad : {"/st%zztus", "/status%", "/status%4", "/upstreams/a%g1", "/%"}) {
+      CAPTURE(bad);
+      m = route_request("GET", bad);
+      CHECK(m.bad_path);
+      CHECK(m.bad_why.find("%-escape") != std::string::npos);
+    }
+    m = route_request("OPTIONS", "*");
+    CHECK(m.endpoint == Endpoint::server);
+    CHECK(m.method_allowed);
+    CHECK_FALSE(m.write);
+    CHECK(m.allow == "GET, HEAD, POST, PUT, DELETE, OPTIONS");
+  }
+
   TEST_CASE("router: endpoints, methods, Allow, writes") {
     auto m = route_request("GET", "/");
     CHECK(m.endpoint == Endpoint::dashboard);
