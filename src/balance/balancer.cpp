@@ -65,6 +65,12 @@ void Balancer::rebuild(const Snapshot& s) {
     }
     ++last_rebuilt_;
     st.sig = sig ? sig : 1;
+    // Its hosts' smooth WRR state was built on what the pool was: kept, the
+    // old weights' current values would decide the next hundreds of picks
+    // (a host lowered from 1000 to 1 owes about as many picks as it took),
+    // and a raised weight would climb one per pick, as after a failure. The
+    // pool starts again, as nginx's peers do on a reload.
+    for (uint32_t h : s.hosts(p)) rr_.forget(hosts[h].slot);
     if (p.method == shm::Method::chash) st.ring.build(hosts, s.hosts(p));
     if (p.method == shm::Method::maglev) st.maglev.build(hosts, s.hosts(p));
     if (p.method == shm::Method::round_robin) st.schedule = RoundRobin::build_schedule(hosts, s.hosts(p));

@@ -99,6 +99,13 @@ class RoundRobin {
     if (p.effective < 0) p.effective = 0;
   }
 
+  /// Drops the state of the host in `slot`: its next pick starts it afresh
+  /// (current 0, effective = weight). For a pool whose hosts or weights
+  /// changed (Balancer::rebuild); tags are never 0, so no host matches.
+  void forget(uint32_t slot) noexcept {
+    if (slot < peers_.size()) peers_[slot].tag = 0;
+  }
+
  private:
   struct Peer {
     int32_t current = 0;

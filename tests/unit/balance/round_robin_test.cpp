@@ -95,3 +95,34 @@ TEST_SUITE("balance") {
     CHECK(n['a'] == 400);
   }
 }
+
+TEST_SUITE("balance") {
+  // A weight changed at runtime (gwctl set host --weight) rebuilds the pool:
+  // its smooth WRR state starts again from the new weights, as nginx's does on
+  // a reload. Kept, the old weights' current values decided the next hundreds
+  // of picks: a host lowered from 1000 to 1 beside a host of weight 1 had
+  // built up a debt of about -picks, and got nothing until it was paid back.
+  TEST_CASE("a weight change resets the pool's smooth WRR state (per-worker picks)") {
+    Fixture f;
+    // A hash pool: a request without the key is picked by the per-worker
+    // smooth WRR (pick()), as are pools too large for a shared schedule.
+    int p = f.t.add_pool(0, "primary", 0, shm::Method::chash);
+    f.host(p, "a", 1000);
+    f.host(p, "b", 1);
+    f.snap.build(f.t);
+    balance::Balancer b(16, 1);
+    b.rebuild(f.snap);
+    const auto& u0 = f.snap.upstreams()[0];
+    auto all = [](uint32_t) { return true; };
+    auto none = [](uint32_t) { return uint64_t{0}; };
+    for (int i = 0; i < 500; ++i) b.pick(f.snap, u0, balance::HashKey{}, all, none);
+    f.t.hosts()[0].weight = 1;  // gwctl set host app/primary/a --weight 1
+    f.snap.build(f.t);
+    b.rebuild(f.snap);
+    const auto& u = f.snap.upstreams()[0];
+    std::map<std::string, int> n;
+    for (int i = 0; i < 100; ++i) ++n[f.name(b.pick(f.snap, u, balance::HashKey{}, all, none))];
+    CHECK(n["a"] == 50);
+    CHECK(n["b"] == 50);
+  }
+}
