@@ -384,6 +384,11 @@ void HttpProxy::refresh() {
         rr.header_value = std::string_view(rec.header_value, ::strnlen(rec.header_value, shm::kRuleValueCap));
         rr.cookie_name = shm::name_of(rec.cookie_name);
         rr.cookie_value = std::string_view(rec.cookie_value, ::strnlen(rec.cookie_value, shm::kRuleValueCap));
+        // A quoted value (beta="yes", as a Cookie field may send it) is the
+        // value without its quotes, on both sides: find_cookie() drops the
+        // request's, so a rule written with them would match nothing.
+        if (rr.cookie_value.size() >= 2 && rr.cookie_value.front() == '"' && rr.cookie_value.back() == '"')
+          rr.cookie_value = rr.cookie_value.substr(1, rr.cookie_value.size() - 2);
         rules_.push_back(rr);
       }
       r.n_rules = static_cast<uint32_t>(rules_.size()) - r.first_rule;

@@ -416,6 +416,24 @@ class GrayTest(GwTestCase):
         self.rule(gw2, "remove", "ips")
         self.assertSides(gw2, [("127.0.0.2", (), "/", "edge"), ("127.0.0.2", (H,), "/", "pre")])
 
+    def test_cookie_rule_with_quoted_value(self):
+        """A cookie's value may be sent quoted (RFC 6265 4.1.1: beta="yes"),
+        and gw compares it without its quotes; a rule written with them
+        (copied from a Cookie field) means the same value, so it matches
+        beta=yes and beta="yes" alike. Before, it was taken and matched
+        nothing (the request's quotes were dropped, the rule's kept)."""
+        gw = self.gateway(self.gray_config())
+        self.rule(gw, "add", "q", "--cookie", 'beta="yes"', "--upstream", "edge")
+        self.assertSides(gw, [
+            ("127.0.0.1", (("Cookie", 'beta="yes"'),), "/", "edge"),
+            ("127.0.0.1", (("Cookie", "a=1; beta=yes"),), "/", "edge"),
+            ("127.0.0.1", (("Cookie", 'beta="no"'),), "/", "prod"),
+            ("127.0.0.1", (("Cookie", 'beta=""'),), "/", "prod"),
+        ])
+        # shown and kept as given
+        self.assertEqual(self.routes(gw)[("web", "main")],
+                         [{"id": "q", "upstream": "edge", "cookie": {"name": "beta", "value": '"yes"'}}])
+
     def test_bad_input_is_one_line_error_and_changes_nothing(self):
         gw = self.gateway(self.gray_config(self.CONFIG_RULES))
         empty = os.path.join(self.tmp, "empty.txt")
