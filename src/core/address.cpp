@@ -194,6 +194,15 @@ bool parse_cidr(std::string_view text, Cidr& out, std::string& why) {
       why = fmt::format("\"{}\" has bits set past its /{} prefix", text, p);
       return false;
     }
+  // ::ffff:a.b.c.d/96+N is the IPv4 block a.b.c.d/N. Kept as IPv6 it matched
+  // nothing: listeners are IPV6_V6ONLY, so an IPv4 client's address is IPv4.
+  static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (c.family == AF_INET6 && c.prefix >= 96 && std::memcmp(c.ip, kMapped, sizeof(kMapped)) == 0) {
+    std::memmove(c.ip, c.ip + 12, 4);
+    std::memset(c.ip + 4, 0, sizeof(c.ip) - 4);
+    c.family = AF_INET;
+    c.prefix = static_cast<uint8_t>(c.prefix - 96);
+  }
   out = c;
   return true;
 }

@@ -441,16 +441,18 @@ class GwctlTest(GwTestCase):
             (["--percent", "0.001"], 'gwctl: --percent must be a number 0..100 in steps of 0.01, got "0.001"'),
             (["--percent", "12.345"], 'gwctl: --percent must be a number 0..100 in steps of 0.01, got "12.345"'),
             (["--ip", "10.0.0.1,10.0.0.1"], "gwctl: --ip: address block 10.0.0.1/32 is given twice"),
+            # an IPv4-mapped IPv6 block is the IPv4 block
+            (["--ip", "10.0.0.1,::ffff:10.0.0.1"], "gwctl: --ip: address block 10.0.0.1/32 is given twice"),
             (["--ip", "10.0.0.1", "--ip-file", ipfile],
              f"gwctl: --ip-file {ipfile}: address block 10.0.0.1/32 is given twice (also in --ip)"),
         ]:
             with self.subTest(args=args):
                 rc, line = self.assertGwctlError(gw, *rule, *args, "--upstream", "app", rc_want=1)
                 self.assertEqual(line, want)
-        self.assertGwctlOk(gw, *rule, "--ip", "10.0.0.0/8,10.0.0.1,::ffff:10.0.0.1", "--percent", "12.34",
+        self.assertGwctlOk(gw, *rule, "--ip", "10.0.0.0/8,10.0.0.1,::ffff:192.0.2.0/120,::1", "--percent", "12.34",
                            "--upstream", "app")
         r = gw.status()["routes"][0]["rules"][0]
-        self.assertEqual((r["ip"], r["percent"]), (["10.0.0.0/8", "10.0.0.1/32", "::ffff:10.0.0.1/128"], 12.34))
+        self.assertEqual((r["ip"], r["percent"]), (["10.0.0.0/8", "10.0.0.1/32", "192.0.2.0/24", "::1/128"], 12.34))
 
     def test_dot_ids_are_refused(self):
         """Ids "." and ".." were taken, and no admin API URL path can name

@@ -378,9 +378,11 @@ TEST_SUITE("admin") {
     // overlapping but different one is a block of its own.
     CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "ip": ["10.0.0.1", "10.0.0.0/8", "10.0.0.1/32"]})", "",
                           t) == "body.ip[2]: address block 10.0.0.1/32 is given twice (also body.ip[0])");
-    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "ip": ["10.0.0.1", "10.0.0.0/8", "::ffff:10.0.0.1"]})", "",
-                          t) == "");
+    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "ip": ["10.0.0.1", "10.0.0.0/8", "::1"]})", "", t) == "");
     CHECK(t.cidrs.size() == 3);
+    // An IPv4-mapped IPv6 block is the IPv4 block (parse_cidr), so the same one.
+    CHECK(parse_rule_body(R"({"id": "r", "upstream": "pre", "ip": ["10.0.0.1", "::ffff:10.0.0.1"]})", "", t) ==
+          "body.ip[1]: address block 10.0.0.1/32 is given twice (also body.ip[0])");
     CHECK(
         parse_rule_body(R"({"id": "r", "upstream": "pre", "ip": ["10.1.2.3/16"]})", "", t).starts_with("body.ip[0]: "));
     CHECK(parse_rule_body(R"({"upstream": "pre", "percent": 1})", "", t) == "body: missing required key \"id\"");

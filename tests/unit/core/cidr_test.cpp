@@ -51,6 +51,25 @@ TEST_SUITE("core") {
     CHECK_FALSE(parse_cidr(std::string_view("10.0.0.0\0/8", 11), c, why));
   }
 
+  TEST_CASE("parse_cidr: an IPv4-mapped IPv6 block is the IPv4 block, so it matches IPv4 clients") {
+    Cidr c;
+    std::string why;
+    REQUIRE(parse_cidr("::ffff:10.0.0.0/104", c, why));
+    CHECK(c.family == AF_INET);
+    CHECK(c.to_string() == "10.0.0.0/8");
+    CHECK(c.contains(ip("10.1.2.3")));
+    CHECK_FALSE(c.contains(ip("11.0.0.1")));
+    REQUIRE(parse_cidr("::ffff:127.0.0.2", c, why));
+    CHECK(c.to_string() == "127.0.0.2/32");
+    CHECK(c.contains(ip("127.0.0.2")));
+    REQUIRE(parse_cidr("::ffff:0.0.0.0/96", c, why));
+    CHECK(c.to_string() == "0.0.0.0/0");
+    // Shorter prefixes are IPv6 blocks that happen to span the mapped range.
+    REQUIRE(parse_cidr("::/64", c, why));
+    CHECK(c.family == AF_INET6);
+    CHECK_FALSE(c.contains(ip("10.1.2.3")));
+  }
+
   TEST_CASE("Cidr::contains: prefixes of every length, families kept apart, IPv4-mapped IPv6 as IPv4") {
     Cidr c;
     std::string why;
