@@ -138,7 +138,11 @@ void write_state_file(const std::string& path, const std::string& json) {
                          renamed);
   };
   {
-    core::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    // A leftover of a killed writer of this pid goes; then the file is made
+    // anew (O_EXCL, O_NOFOLLOW): a link planted in a directory others can
+    // write to would have this write the state through it.
+    if (::unlink(tmp.c_str()) != 0 && errno != ENOENT) fail("unlink of a leftover temporary file");
+    core::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
     if (!fd) fail("open");
     // The file replaced keeps its permissions (an operator's chmod 600 of a
     // file that lists the consumers' key hashes), not this process's 0644.

@@ -221,6 +221,29 @@ TEST_SUITE("shm") {
     ::unlink(path.c_str());
   }
 
+  TEST_CASE("write_state_file: a link planted at its temporary name is not written through") {
+    const std::string dir = "/tmp/gwunit-sfl-" + std::to_string(::getpid());
+    REQUIRE(::mkdir(dir.c_str(), 0700) == 0);
+    const std::string path = dir + "/gw.state.json", victim = dir + "/victim";
+    { std::ofstream(victim) << "keep me\n"; }
+    const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+    REQUIRE(::symlink(victim.c_str(), tmp.c_str()) == 0);
+    write_state_file(path, R"({"gw_state": 1, "generation": 7, "upstreams": []})");
+    std::stringstream v;
+    v << std::ifstream(victim).rdbuf();
+    CHECK(v.str() == "keep me\n");
+    struct stat st {};
+    REQUIRE(::lstat(path.c_str(), &st) == 0);
+    CHECK(S_ISREG(st.st_mode));
+    State s;
+    REQUIRE(read_state_file(path, s));
+    CHECK(s.generation == 7);
+    CHECK(::access(tmp.c_str(), F_OK) != 0);
+    ::unlink(path.c_str());
+    ::unlink(victim.c_str());
+    ::rmdir(dir.c_str());
+  }
+
   TEST_CASE("Unchanged: a change with nothing to do publishes nothing") {
     TempSegment ts;
     Writer w(ts.seg);
