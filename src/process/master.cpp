@@ -853,6 +853,7 @@ class Master {
       else if (sig == SIGUSR2) start_upgrade();
       else if (sig == SIGWINCH && upgrade_pid_ > 0 && si.si_pid == upgrade_pid_) hand_over(now);
       if (notify_parent_) tell_parent_ready();
+      else if (handover_again_ms_ != 0 && now >= handover_again_ms_) hand_over_again(now);
       if (reload_pending_ && now >= pending_check_ms_) {
         // Rows are also freed by workers that are not this master's children
         // (the old master's, after a binary upgrade): looked for every 250 ms.
@@ -1253,7 +1254,29 @@ class Master {
       return;
     }
     ::kill(inherited_.parent, SIGWINCH);
+    handover_again_ms_ = core::monotonic_ms() + kHandOverAgainMs;
     GW_LOG_INFO("binary upgrade: serving; the old master (pid {}) drains and exits", inherited_.parent);
+  }
+
+  // New master: SIGWINCH is a standard signal, so copies merge while one is
+  // pending: one an operator sent the old master (nginx's "stop the workers")
+  // and still unread there when this master's came is all the old master
+  // sees, with the operator's pid, and it would never hand over. Sent again
+  // every kHandOverAgainMs until the old master has begun to stop (it names
+  // itself in stopping_master, begin_stop) or is gone; a duplicate that
+  // arrives while it stops is ignored there (hand_over).
+  void hand_over_again(uint64_t now) {
+    const pid_t parent = inherited_.parent;
+    if (stopping_ || ::getppid() != parent || seg_.header().stopping_master.load() == parent) {
+      handover_again_ms_ = 0;
+      return;
+    }
+    if (!handover_resent_)
+      GW_LOG_WARN("binary upgrade: the old master (pid {}) has not taken the hand-over; sending it again every {} ms",
+                  parent, kHandOverAgainMs);
+    handover_resent_ = true;
+    ::kill(parent, SIGWINCH);
+    handover_again_ms_ = now + kHandOverAgainMs;
   }
 
   // Old master: the new master failed after it had published its config (a
@@ -1774,11 +1797,14 @@ class Master {
   int lock_fd_;                             // the instance lock (passed on to a new master)
   Inherited inherited_;                     // from the old master, after a binary upgrade
   ListenerRowTimes row_free_at_;            // when each listener stats row is free again (publish_listeners)
-  bool notify_parent_ = false;              // new master: tell the old one when the workers run
-  pid_t upgrade_pid_ = 0;                   // old master: the new master it started
-  bool handed_over_ = false;                // old master: the new one serves; this one stops
-  bool reload_pending_ = false;             // a reload waits for rows that draining workers hold
-  bool retry_reload_ = false;               // ...and one of them just exited
+  static constexpr uint64_t kHandOverAgainMs = 1000;
+  uint64_t handover_again_ms_ = 0;  // new master: when the hand-over signal goes again (0: not)
+  bool handover_resent_ = false;    // ...and whether that was logged
+  bool notify_parent_ = false;      // new master: tell the old one when the workers run
+  pid_t upgrade_pid_ = 0;           // old master: the new master it started
+  bool handed_over_ = false;        // old master: the new one serves; this one stops
+  bool reload_pending_ = false;     // a reload waits for rows that draining workers hold
+  bool retry_reload_ = false;       // ...and one of them just exited
   std::vector<std::vector<core::UniqueFd>> fds_;
   std::vector<pid_t> pids_;
   std::vector<uint64_t> started_ms_;

@@ -396,6 +396,44 @@ class ProcessTest(GwTestCase):
         self.assertNames(gw.port, 4, {"n"})
         self.assertEqual(gw.stop(), 0)
 
+    def test_a_hand_over_signal_merged_with_another_sigwinch_is_sent_again(self):
+        """SIGWINCH is a standard signal: while one is pending, another merges
+        into it. One an operator sent the old master (nginx's "stop the
+        workers"), still unread there when the new master's hand-over signal
+        came, was all the old master saw, with the operator's pid: it ignored
+        it, never handed over, and both masters served on. The new master now
+        sends the hand-over again until the old master has begun to stop.
+        (The old master is held with SIGSTOP while both signals arrive.)"""
+        gw, n = self.start(workers=1)
+        old = gw.pid
+        before = len(gw.log_text())
+        gw.send_signal(signal.SIGUSR2)
+        started = gwtest.wait_until(
+            lambda: re.search(r"binary upgrade: started .* \(pid (\d+)\)", gw.log_text()[before:]), T(5),
+            msg="the new master started")
+        new = int(started.group(1))
+        os.kill(old, signal.SIGSTOP)
+        self.addCleanup(lambda: os.kill(old, signal.SIGCONT) if gwtest.pid_alive(old) else None)
+        gw.remember([new])
+        self.addCleanup(lambda: os.kill(new, signal.SIGTERM) if gwtest.pid_alive(new) else None)
+        # Stopped for sure first: a master woken in sigtimedwait by the SIGSTOP
+        # would still take a SIGWINCH sent meanwhile before it stops.
+        gwtest.wait_until(lambda: gwtest.proc_state(old) == "T", T(5), msg="the old master stopped")
+        os.kill(old, signal.SIGWINCH)  # pending first, from this process
+        gwtest.wait_until(lambda: f"master[{new}]: binary upgrade: serving" in gw.log_text(), T(10),
+                          msg="the new master ready (its hand-over signal merged into the pending one)")
+        new_workers = gwtest.children(new)
+        gw.remember(new_workers)
+        os.kill(old, signal.SIGCONT)
+        rc = gw.wait_exit(T(15))
+        self.assertEqual(rc, 0, "the old master did not hand over and exit")
+        self.assertIn(f"master[{new}]: binary upgrade: the old master (pid {old}) has not taken the hand-over",
+                      gw.log_text())
+        self.assertEqual(gw.status()["master_pid"], new)
+        self.assertNames(gw.port, 4, {"n"})
+        os.kill(new, signal.SIGTERM)
+        self.assertFalse(gwtest.wait_pids_gone({new} | new_workers, T(15)), "the new master did not stop")
+
     def test_io_uring_ring_only_where_a_listener_runs_on_it(self):
         # Under event_engine io_uring, tcp listeners run natively on the ring;
         # http listeners are readiness-based, so a worker with nothing else
