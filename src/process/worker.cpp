@@ -425,6 +425,7 @@ class Worker {
     }
     relay_.close_orphans();
     mux_.close_orphans();
+    http_.close_orphans();
     if (urelay_) urelay_->close_orphans();
   }
 

@@ -568,6 +568,18 @@ void HttpProxy::close_all() noexcept {
   for (UpConn& u : ups_) close_up(u);
 }
 
+void HttpProxy::close_orphans() noexcept {
+  uint64_t closed = 0;
+  for (Conn& c : conns_) {
+    if (c.state != CState::tunnel || c.up == kNone || !env_.listeners[c.listener].close_on_host_remove) continue;
+    const UpConn& u = ups_[c.up];
+    if (u.host_slot < env_.live_tag.size() && env_.live_tag[u.host_slot] == u.host_tag) continue;
+    close_conn(c);
+    ++closed;
+  }
+  count_orphans(env_, closed, "WebSocket tunnel(s)");
+}
+
 uint32_t HttpProxy::reclaim_idle(uint32_t max) noexcept {
   // A walk from where the last one stopped, so the same connections are not
   // looked at first every time; it runs only with every slot taken.

@@ -96,6 +96,11 @@ class HttpProxy {
   void drain() noexcept;
   /// Closes everything (fast stop, or the drain timeout ran out).
   void close_all() noexcept;
+  /// on_host_remove "close": closes the WebSocket tunnels whose host no
+  /// longer takes traffic (env.live_tag), so their clients reconnect to the
+  /// key's new owner. A request still being answered is left to finish.
+  /// Called after a table change and on the worker's housekeeping tick.
+  void close_orphans() noexcept;
 
   /// Open client connections (tunnels included).
   uint32_t active() const noexcept { return active_; }
