@@ -8,13 +8,19 @@ pong both ways, close codes and reasons both ways, 50 sessions at once.
 Raw sockets check the smuggling guard (a 426 or 200 answer to an Upgrade
 request keeps HTTP: the next bytes are parsed and routed as a request), 101
 without an Upgrade request (502), early data and half-close in the tunnel, the
-tunnel idle timeout (upstream idle_timeout_ms), sticky sessions by hash key,
-and the `tunnels` counter of `gwctl status --json`.
+tunnel idle timeout (upstream idle_timeout_ms), sticky sessions by hash key
+(over two workers; a host downed or dead moves only its keys; on_host_remove
+"close" ends its tunnels), 16 MiB with slow readers both ways, the access log
+line, host active counts and metrics of tunnels ended by a close or a reset
+from either side, and the `tunnels` counter of `gwctl status --json`. Every
+gateway also has a tcp listener, so that under GW_ENGINE=io_uring the workers
+run the ring (http listeners on its nested epoll), not the plain epoll loop.
 """
 
 import asyncio
 import collections
 import hashlib
+import json
 import os
 import socket
 import struct
@@ -26,7 +32,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gwtest  # noqa: E402
 from gwtest import GwTestCase, T, host, pool, upstream  # noqa: E402
 from httpbackend import HttpBackend, Reader, parse_head, hget, read_response  # noqa: E402
+from httpbackend import iter_pattern as hb_iter_pattern  # noqa: E402
 from httpbackend import pattern_bytes as hb_pattern  # noqa: E402
+from httpbackend import pattern_sha256 as hb_pattern_sha256  # noqa: E402
+from httpbackend import request as hb_request  # noqa: E402
 
 try:
     import websockets
@@ -180,6 +189,9 @@ class WsBackend:
             rec["done"] = True
 
     def stop(self):
+        if self.loop.is_closed():
+            return  # stopped already (a test stopped it)
+
         async def shut():
             self.server.close()
             await asyncio.wait_for(self.server.wait_closed(), T(5))
@@ -201,9 +213,16 @@ class RawUpgradeBackend:
     (bytes, e.g. a 101 head plus early data), then echoes every byte; on the
     client's EOF it sends "bye\\n" and half-closes."""
 
-    def __init__(self, name, answer):
+    def __init__(self, name, answer, rst_after=None, slow=None):
+        """rst_after: once that many bytes have come and been echoed, reset
+        the connection (SO_LINGER 0) instead of echoing on. slow: read at most
+        16 KiB at a time and sleep this many seconds after each echo (a slow
+        reader, and a slow writer when the client does not read)."""
         self.name = name
         self.answer = answer
+        self.rst_after = rst_after
+        self.slow = slow
+        self.resets = 0
         self.lock = threading.Lock()
         self.heads = []
         self.eofs = 0
@@ -243,11 +262,18 @@ class RawUpgradeBackend:
             if got:
                 c.sendall(bytes(got))
             while True:
-                data = c.recv(65536)
+                if self.rst_after is not None and len(got) >= self.rst_after:
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    with self.lock:
+                        self.resets += 1
+                    return
+                data = c.recv(16384 if self.slow else 65536)
                 if not data:
                     break
                 got += data
                 c.sendall(data)
+                if self.slow:
+                    time.sleep(self.slow)
             with self.lock:
                 self.eofs += 1
                 self.received.append(bytes(got))
@@ -285,6 +311,16 @@ def ws_101(extra=b""):
             b"Sec-WebSocket-Accept: " + WS_ACCEPT.encode() + b"\r\n" + extra + b"\r\n")
 
 
+def read_response_rest(s):
+    """Everything `s` receives until EOF."""
+    out = bytearray()
+    while True:
+        data = s.recv(65536)
+        if not data:
+            return bytes(out)
+        out += data
+
+
 def sum_http(st, key):
     return sum((w.get("http") or {}).get(key, 0) for w in st["workers"])
 
@@ -305,12 +341,17 @@ class WebSocketTest(GwTestCase):
     # -- config
     def http_gw(self, upstreams, routes=None, listener_opts=None, workers=1, **top):
         """upstreams: {name: ([(host id, address)], {upstream options})}; routes:
-        list of route dicts, or None for a listener with "upstream": first name."""
+        list of route dicts, or None for a listener with "upstream": first name.
+        The gateway also gets an unused tcp listener: under GW_ENGINE=io_uring a
+        gateway of http listeners alone runs the epoll loop (README, Event
+        engines), so without it the io_uring runs would not test the ring's
+        nested epoll path that http listeners take there."""
         shm_name = self.shm_name()
         ups = []
         for name, (hosts, opts) in upstreams.items():
             method = opts.pop("method", "round_robin")
             ups.append(upstream(name, [pool("p", [host(h, a) for h, a in hosts], method=method)], **opts))
+        ups.append(upstream("ring", [pool("p", [host("unused", f"{gwtest.LOOPBACK}:9")])]))
         lst = {"name": "web", "listen": f"{gwtest.LOOPBACK}:{gwtest.free_port()}", "protocol": "http",
                "backlog": 1024}
         if routes is None:
@@ -318,12 +359,17 @@ class WebSocketTest(GwTestCase):
         else:
             lst["routes"] = routes
         lst.update(listener_opts or {})
+        ring = {"name": "ring", "listen": f"{gwtest.LOOPBACK}:{gwtest.free_port()}", "protocol": "tcp",
+                "upstream": "ring"}
         cfg = {"workers": workers, "log_file": "", "log_level": "info", "shutdown_timeout_ms": 5000,
                "shm": {"name": shm_name, "max_upstreams": 8, "max_pools": 16, "max_hosts": 64},
                "state_file": os.path.join(self.tmp, f"{shm_name}.state.json"),
-               "listeners": [lst], "upstreams": ups}
+               "listeners": [lst, ring], "upstreams": ups}
         cfg.update(top)
-        return self.gateway(cfg)
+        gw = self.gateway(cfg)
+        if cfg.get("event_engine") == "io_uring":
+            self.assertNotIn("runs natively on the ring", gw.log_text(), "the workers run epoll, not the ring")
+        return gw
 
     def ws_backend(self, name):
         b = WsBackend(name)
@@ -335,8 +381,8 @@ class WebSocketTest(GwTestCase):
         self._backends.append(b)
         return b
 
-    def raw_backend(self, name, answer):
-        b = RawUpgradeBackend(name, answer)
+    def raw_backend(self, name, answer, **kw):
+        b = RawUpgradeBackend(name, answer, **kw)
         self._backends.append(b)
         return b
 
@@ -965,6 +1011,325 @@ class WebSocketTest(GwTestCase):
         self.assertEqual(b.count, 7)
         rc, out, err = gw.gwctl("status")
         self.assertEqual(rc, 0, err)
+
+    # ------------------------------------------------------------------------
+    # stickiness across workers; a host going down moves only its sessions
+
+    def test_sticky_across_workers_and_a_host_down(self):
+        """hash_key header:X-User and ip with chash, two workers: every new
+        upgrade of a key reaches the same host, whichever worker accepts it.
+        `gwctl down` of a host closes its tunnels (on_host_remove "close"),
+        moves its keys (each to one new host) and no other key; the other
+        tunnels run on; `gwctl up` brings the keys back."""
+        bs = [self.ws_backend(f"ws{i}") for i in range(3)]
+        ids = {b.name: f"h{i}" for i, b in enumerate(bs)}
+        gw = self.http_gw({"ws": ([(ids[b.name], b.address) for b in bs], {"method": "chash"})},
+                          routes=[{"name": "user", "path": "/", "upstream": "ws", "hash_key": "header:X-User"},
+                                  {"name": "ip", "path": "/ip", "upstream": "ws", "hash_key": "ip"}],
+                          listener_opts={"on_host_remove": "close"}, workers=2)
+        keys = [f"user{k}" for k in range(24)] + [f"127.0.0.{k}" for k in range(2, 26)]
+
+        async def open_ws(key):
+            if key.startswith("127."):
+                return await ws_connect(gw.port, "/ip", local_addr=(key, 0))
+            return await ws_connect(gw.port, "/", [("X-User", key)])
+
+        async def name_of(ws):
+            await ws.send("__name__")
+            n = await ws.recv()
+            self.assertEqual(ws.response_headers.get("X-Backend"), n)
+            return n
+
+        async def owner(key):
+            ws = await open_ws(key)
+            try:
+                return await name_of(ws)
+            finally:
+                await ws.close()
+
+        async def owners(times):
+            # each key `times` times at once, each a new connection: the
+            # kernel spreads them over the two workers (SO_REUSEPORT)
+            out = {}
+            for key in keys:
+                got = await asyncio.gather(*(owner(key) for _ in range(times)))
+                self.assertEqual(len(set(got)), 1, f"{key}: new sessions reached {got}")
+                out[key] = got[0]
+            return out
+
+        async def go():
+            own = await owners(4)
+            per_host = collections.Counter(own.values())
+            self.assertGreaterEqual(len(per_host), 2, f"48 keys all on {per_host}")
+            st = await asyncio.to_thread(gw.status)
+            served = [(w.get("http") or {}).get("tunnels", 0) for w in st["workers"]]
+            self.assertTrue(all(n > 0 for n in served), f"tunnels per worker {served}: one worker took all")
+            victim = per_host.most_common(1)[0][0]
+            held = {key: await open_ws(key) for key in keys}
+            for key, ws in held.items():
+                self.assertEqual(await name_of(ws), own[key])
+            rc, _, err = await asyncio.to_thread(gw.gwctl, "down", "host", "ws/p", ids[victim])
+            self.assertEqual(rc, 0, err)
+            for key, ws in held.items():
+                if own[key] == victim:
+                    try:
+                        await asyncio.wait_for(ws.wait_closed(), T(5))
+                    except asyncio.TimeoutError:
+                        self.fail(f"{key}: the tunnel to the downed host runs on (on_host_remove close)")
+                else:
+                    await ws.send("still")
+                    self.assertEqual(await ws.recv(), "still", f"{key}: another host's tunnel")
+            down = await owners(3)
+            for key in keys:
+                if own[key] == victim:
+                    self.assertNotEqual(down[key], victim, f"{key} still reached the downed host")
+                else:
+                    self.assertEqual(down[key], own[key], f"{key} moved off a host that stayed up")
+            rc, _, err = await asyncio.to_thread(gw.gwctl, "up", "host", "ws/p", ids[victim])
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(await owners(2), own, "the keys did not come back to their host")
+            await asyncio.gather(*(ws.close() for ws in held.values()))
+        run(go(), 120)
+        st = gw.status()
+        self.assertEqual(sum(w.get("hash_fallbacks", 0) for w in st["workers"]), 0)
+        self.assertGreaterEqual(sum(w.get("host_closed", 0) for w in st["workers"]), 1)
+        for b in bs:
+            self.assertNoBackendErrors(b)
+
+    def test_sticky_keys_of_a_dead_host_move_alone(self):
+        """A host whose process is gone (connections refused; no gwctl):
+        the upgrades of its keys go to one other host each, on both
+        workers, and every other key stays where it was."""
+        bs = [self.ws_backend(f"ws{i}") for i in range(3)]
+        gw = self.http_gw({"ws": ([(f"h{i}", b.address) for i, b in enumerate(bs)], {"method": "chash"})},
+                          listener_opts={"hash_key": "cookie:sid"}, workers=2)
+        keys = [f"s{k}" for k in range(30)]
+
+        async def owner(key):
+            async with ws_connect(gw.port, "/", [("Cookie", f"sid={key}")]) as ws:
+                await ws.send("__name__")
+                return await ws.recv()
+
+        async def owners():
+            out = {}
+            for key in keys:
+                got = await asyncio.gather(*(owner(key) for _ in range(4)))
+                self.assertEqual(len(set(got)), 1, f"{key}: new sessions reached {got}")
+                out[key] = got[0]
+            return out
+        own = run(owners())
+        victim = collections.Counter(own.values()).most_common(1)[0][0]
+        next(b for b in bs if b.name == victim).stop()
+        after = run(owners())
+        for key in keys:
+            if own[key] == victim:
+                self.assertNotEqual(after[key], victim, key)
+            else:
+                self.assertEqual(after[key], own[key], f"{key} moved off a live host")
+
+    # ------------------------------------------------------------------------
+    # what a tunnel leaves in the log, the status and the metrics
+
+    def test_tunnel_log_and_counters_after_closes_and_resets(self):
+        """Tunnels ended by a normal close (half-closes both ways), a client
+        reset and a host reset, idle or with bytes in flight, over two
+        workers: one access log line each (status 101, the bytes the client
+        got after the 101 head, the tunnel's whole duration), and the hosts'
+        active counts, the workers' connections and the listener's active
+        gauge come back exactly to the tunnels still open."""
+        log = os.path.join(self.tmp, "ws-access.log")
+        echo = self.raw_backend("echo", ws_101() + b"hello")
+        rst = self.raw_backend("rst", ws_101() + b"hello", rst_after=1000)
+        admin_port = gwtest.free_port()
+        token = "ws-admin-token-0123456789abcdef"
+        gw = self.http_gw({"echo": ([("e", echo.address)], {}), "rst": ([("r", rst.address)], {})},
+                          routes=[{"name": "echo", "path": "/", "upstream": "echo"},
+                                  {"name": "rst", "path": "/rst", "upstream": "rst"}],
+                          listener_opts={"access_log": {"path": log, "format": "json"}}, workers=2,
+                          admin={"listen": f"{gwtest.LOOPBACK}:{admin_port}", "token": token})
+        data = hb_pattern(1000)
+        big = hb_pattern(MiB)
+
+        def tunnel(target):
+            s = socket.create_connection((gwtest.LOOPBACK, gw.port), timeout=T(10))
+            s.sendall(upgrade_request(target))
+            rd = Reader(s)
+            self.assertTrue(rd.read_head().startswith(b"HTTP/1.1 101"))
+            return s, rd
+
+        def read_n(rd, n):
+            while len(rd.buf) < n and rd._fill():
+                pass
+            got = bytes(rd.buf[:n])
+            del rd.buf[:n]
+            return got
+
+        def read_to_end(rd):
+            # what arrives until EOF or a reset
+            try:
+                while rd._fill():
+                    pass
+            except OSError:
+                pass
+            return bytes(rd.buf)
+
+        def send_some(s, payload):
+            # as much as goes without blocking: bytes left in flight both ways
+            s.setblocking(False)
+            try:
+                s.send(payload)
+            except OSError:
+                pass
+            s.setblocking(True)
+            s.settimeout(T(10))
+
+        def reset(s):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+
+        def log_lines():
+            try:
+                with open(log, "rb") as f:
+                    raw = f.read()
+            except FileNotFoundError:
+                return []
+            return [json.loads(l) for l in raw[:raw.rfind(b"\n") + 1].splitlines()]
+
+        def metrics():
+            r = hb_request(admin_port, "GET", "/metrics", headers=[("Authorization", f"Bearer {token}")],
+                           timeout=T(10))
+            self.assertEqual(r.status, 200)
+            out = collections.defaultdict(float)
+            for line in r.body.decode().splitlines():
+                if line and not line.startswith("#"):
+                    name_labels, value = line.rsplit(" ", 1)
+                    out[name_labels] += float(value)
+            return out
+
+        def metric(m, name, **labels):
+            return sum(v for k, v in m.items() if k.split("{")[0] == name
+                       and all(f'{a}="{b}"' in k for a, b in labels.items()))
+
+        # tunnels held open throughout: the counts must come back to them, not to 0
+        held = [tunnel("/")[0] for _ in range(6)] + [tunnel("/rst")[0] for _ in range(6)]
+        N = 4
+        for _ in range(N):
+            # normal: the client's FIN, then the host's "bye" and FIN
+            t0 = time.monotonic()
+            s, rd = tunnel("/")
+            s.sendall(data)
+            self.assertEqual(read_n(rd, 1005), b"hello" + data)
+            time.sleep(0.2)  # the tunnel lives at least this long: its logged duration
+            s.shutdown(socket.SHUT_WR)
+            self.assertEqual(read_n(rd, 1 << 20), b"bye\n")
+            s.close()
+            hold_ms = (time.monotonic() - t0) * 1000
+            # the client resets an idle tunnel
+            s, rd = tunnel("/")
+            s.sendall(data)
+            self.assertEqual(read_n(rd, 1005), b"hello" + data)
+            reset(s)
+            # the client resets with bytes in flight both ways
+            s, rd = tunnel("/")
+            send_some(s, big)
+            self.assertEqual(read_n(rd, 5), b"hello")
+            reset(s)
+            # the host resets once it has echoed 1000 bytes: an idle tunnel ...
+            s, rd = tunnel("/rst")
+            s.sendall(data)
+            self.assertEqual(read_to_end(rd), b"hello" + data)
+            s.close()
+            # ... and one with bytes in flight
+            s, rd = tunnel("/rst")
+            send_some(s, big)
+            read_to_end(rd)
+            s.close()
+        opened = 12 + 5 * N
+
+        def settled():
+            st = gw.status()
+            return (len(log_lines()) >= opened - 12 and sum(w["connections"] for w in st["workers"]) == 12
+                    and gwtest.find_host(st, "echo/p/e")["active"] == 6
+                    and gwtest.find_host(st, "rst/p/r")["active"] == 6)
+        gwtest.wait_until(settled, T(10), msg="the ended tunnels to be logged and counted closed")
+        st = gw.status()
+        self.assertEqual(sum_http(st, "tunnels"), opened)
+        self.assertEqual(gwtest.find_host(st, "echo/p/e")["total"], 6 + 3 * N)
+        self.assertEqual(gwtest.find_host(st, "rst/p/r")["total"], 6 + 2 * N)
+        m = metrics()
+        self.assertEqual(metric(m, "gw_worker_http_tunnels_total"), opened)
+        self.assertEqual(metric(m, "gw_upstream_host_active", host="e"), 6)
+        self.assertEqual(metric(m, "gw_upstream_host_active", host="r"), 6)
+        self.assertEqual(metric(m, "gw_listener_active", listener="web"), 12)
+        lines = log_lines()
+        self.assertEqual(len(lines), 5 * N, "one log line per ended tunnel")
+        for e in lines:
+            self.assertEqual((e["status"], e["upstream_status"]), (101, 101), e)
+        by_route = collections.Counter((e["route"], e["bytes"]) for e in lines)
+        self.assertEqual(by_route[("echo", 1009)], N, by_route)   # hello + echo + bye
+        self.assertEqual(by_route[("echo", 1005)], N, by_route)   # hello + echo
+        self.assertEqual(by_route[("rst", 1005)], N, by_route)
+        self.assertEqual(sum(n for (r, _), n in by_route.items() if r == "echo"), 3 * N, by_route)
+        for e in lines:
+            if e["bytes"] == 1009:
+                self.assertGreaterEqual(e["request_time_ms"], 200, e)
+                self.assertLessEqual(e["request_time_ms"], hold_ms + T(5) * 1000, e)
+        # the held tunnels end: every count comes back to zero
+        for s in held:
+            s.close()
+
+        def zero():
+            st = gw.status()
+            return (sum(w["connections"] for w in st["workers"]) == 0
+                    and gwtest.find_host(st, "echo/p/e")["active"] == 0
+                    and gwtest.find_host(st, "rst/p/r")["active"] == 0 and len(log_lines()) == opened)
+        gwtest.wait_until(zero, T(10), msg="the held tunnels to close")
+        m = metrics()
+        self.assertEqual(metric(m, "gw_upstream_host_active", host="e"), 0)
+        self.assertEqual(metric(m, "gw_listener_active", listener="web"), 0)
+
+    # ------------------------------------------------------------------------
+    # back-pressure both ways
+
+    def test_16mib_with_slow_readers_both_ways(self):
+        """16 MiB through a tunnel whose host reads 16 KiB at a time with a
+        pause after each, to a client that reads as slowly: gw holds back
+        each side (it buffers 16 KiB a direction) and every byte arrives in
+        order, under either engine."""
+        slow = self.raw_backend("slow", ws_101(), slow=0.001)
+        gw = self.http_gw({"app": ([("s", slow.address)], {})})
+        s = socket.create_connection((gwtest.LOOPBACK, gw.port), timeout=T(30))
+        self.addCleanup(s.close)
+        s.sendall(upgrade_request())
+        rd = Reader(s)
+        self.assertTrue(rd.read_head().startswith(b"HTTP/1.1 101"))
+        sent = []
+
+        def send_all():
+            try:
+                for part in hb_iter_pattern(BIG):
+                    s.sendall(part)
+                sent.append(True)
+            except OSError as e:
+                sent.append(e)
+        t = threading.Thread(target=send_all, daemon=True)
+        t.start()
+        h = hashlib.sha256(bytes(rd.buf))
+        got = len(rd.buf)
+        rd.buf.clear()
+        while got < BIG:
+            chunk = s.recv(min(16384, BIG - got))
+            self.assertTrue(chunk, f"EOF after {got} bytes")
+            h.update(chunk)
+            got += len(chunk)
+            time.sleep(0.001)
+        t.join(T(30))
+        self.assertEqual(sent, [True])
+        self.assertEqual(h.hexdigest(), hb_pattern_sha256(BIG), "the echo differs")
+        s.shutdown(socket.SHUT_WR)
+        self.assertEqual(read_response_rest(s), b"bye\n")
+        gwtest.wait_until(lambda: slow.eofs == 1, T(5), msg="the host to see the client's FIN")
+        self.assertEqual(hashlib.sha256(slow.received[0]).hexdigest(), hb_pattern_sha256(BIG))
 
 
 if __name__ == "__main__":
