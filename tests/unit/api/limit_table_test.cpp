@@ -4,7 +4,6 @@
 #include <memory>
 #include <random>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
 #include "../test_util.hpp"
@@ -135,15 +134,13 @@ TEST_SUITE("api") {
     // Two keys of set 0 whose 24-bit state tags are equal (about one eviction in 16.7
     // million meets such a pair by chance). The second evicts the first; the evicted
     // key's state word must not pass for the new key's bucket.
-    std::unordered_map<uint64_t, uint64_t> seen;  // tag -> n
-    uint64_t a = 0, b = 0;
-    for (uint64_t n = 0; b == 0; ++n) {
-      const uint64_t tag = gw::api::limit_tag(gw::api::limit_fingerprint(in_set0(n)));
-      if (auto [it, fresh] = seen.emplace(tag, n); !fresh) {
-        a = it->second;
-        b = n;
-      }
-    }
+    // The first such pair among in_set0(0..): found once by a search that takes
+    // 6.3 million steps (8 s of this suite's 15, 140 s under ASan), kept here
+    // and checked.
+    const uint64_t a = 1, b = 6337564;
+    REQUIRE(gw::api::limit_fingerprint(in_set0(a)) != gw::api::limit_fingerprint(in_set0(b)));
+    REQUIRE(gw::api::limit_tag(gw::api::limit_fingerprint(in_set0(a))) ==
+            gw::api::limit_tag(gw::api::limit_fingerprint(in_set0(b))));
     Mem m(8);  // one set
     LimitTable t = m.table();
     const RateParams p = RateParams::from(0.01, 0);  // one request per 100 s
