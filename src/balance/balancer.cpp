@@ -23,20 +23,42 @@ struct Fnv {
   }
 };
 
-uint64_t signature(const Snapshot& s, const PoolView& p) noexcept {
-  Fnv f;
-  f.value(static_cast<uint32_t>(p.method));
-  f.value(p.count);
+// Two signatures of a pool, from one pass over its hosts:
+//  - `built`: what its derived structures are built from, host table indices
+//    included (rings and schedules hold them);
+//  - `same`: the pool itself (upstream and pool id, method, its hosts' slots,
+//    tags, ids, addresses and weights), without indices: it stays equal when
+//    hosts of other pools come or go and this pool's move in the table.
+struct Signatures {
+  uint64_t built;
+  uint64_t same;
+};
+
+Signatures signature(const Snapshot& s, const PoolView& p) noexcept {
+  Fnv built, same;
+  auto both = [&](const void* b, size_t n) noexcept {
+    built.bytes(b, n);
+    same.bytes(b, n);
+  };
+  const shm::PoolRecord& pr = s.table().pools()[p.pool];
+  const char* upstream = s.table().upstreams()[pr.upstream].name;
+  same.bytes(upstream, std::strlen(upstream) + 1);
+  same.bytes(pr.id, std::strlen(pr.id) + 1);
+  const auto method = static_cast<uint32_t>(p.method);
+  both(&method, sizeof(method));
+  both(&p.count, sizeof(p.count));
   auto hosts = s.table().hosts();
   for (uint32_t i : s.hosts(p)) {
     const shm::HostRecord& h = hosts[i];
-    f.value(i);  // rings and schedules hold host indices
-    f.value(h.weight);
-    f.bytes(h.id, std::strlen(h.id));
+    built.value(i);  // rings and schedules hold host indices
+    same.value(h.slot);
+    same.value(h.tag);
+    both(&h.weight, sizeof(h.weight));
+    both(h.id, std::strlen(h.id));
     const std::string a = h.addr.to_string();
-    f.bytes(a.data(), a.size());
+    both(a.data(), a.size());
   }
-  return f.h;
+  return {built.h ? built.h : 1, same.h ? same.h : 1};  // 0 marks a state taken (rebuild)
 }
 
 }  // namespace
@@ -47,30 +69,44 @@ void Balancer::rebuild(const Snapshot& s) {
   // the reactor thread at 100 hosts of weight 1000. Pools whose inputs did not
   // change keep what they had.
   auto all = s.all_pools();
-  std::unordered_map<uint64_t, size_t> old_by_sig;
-  for (size_t i = 0; i < pools_.size(); ++i)
+  std::unordered_map<uint64_t, size_t> old_by_sig, old_by_same;
+  for (size_t i = 0; i < pools_.size(); ++i) {
     if (pools_[i].sig != 0) old_by_sig.emplace(pools_[i].sig, i);
+    if (pools_[i].same != 0) old_by_same.emplace(pools_[i].same, i);
+  }
   std::vector<PoolState> next(all.size());
   auto hosts = s.table().hosts();
   last_rebuilt_ = 0;
   for (size_t i = 0; i < all.size(); ++i) {
     const PoolView& p = all[i];
     PoolState& st = next[i];
-    const uint64_t sig = signature(s, p);
-    if (auto it = old_by_sig.find(sig); it != old_by_sig.end()) {
+    const Signatures sig = signature(s, p);
+    if (auto it = old_by_sig.find(sig.built); it != old_by_sig.end() && pools_[it->second].sig != 0) {
       st = std::move(pools_[it->second]);
-      pools_[it->second].sig = 0;
+      st.same = sig.same;
+      pools_[it->second].sig = pools_[it->second].same = 0;
       old_by_sig.erase(it);  // (two equal pools: each gets its own)
       continue;
     }
     ++last_rebuilt_;
-    st.sig = sig ? sig : 1;
-    // Its hosts' smooth WRR state was built on what the pool was: kept, the
-    // old weights' current values would decide the next hundreds of picks
-    // (a host lowered from 1000 to 1 owes about as many picks as it took),
-    // and a raised weight would climb one per pick, as after a failure. The
-    // pool starts again, as nginx's peers do on a reload.
-    for (uint32_t h : s.hosts(p)) rr_.forget(hosts[h].slot);
+    st.sig = sig.built;
+    st.same = sig.same;
+    if (auto it = old_by_same.find(sig.same); it != old_by_same.end() && pools_[it->second].sig != 0) {
+      // The same pool, moved in the host table (hosts of a pool before it
+      // came or went): its structures are rebuilt on the new indices, and its
+      // place in the round-robin sequence carries on, as if nothing happened.
+      st.local_ticket = pools_[it->second].local_ticket;
+      pools_[it->second].sig = pools_[it->second].same = 0;
+      old_by_same.erase(it);
+    } else {
+      // Its method, hosts or weights changed: its hosts' smooth WRR state was
+      // built on what the pool was. Kept, the old weights' current values
+      // would decide the next hundreds of picks (a host lowered from 1000 to 1
+      // owes about as many picks as it took), and a raised weight would climb
+      // one per pick, as after a failure. The pool starts again, as nginx's
+      // peers do on a reload.
+      for (uint32_t h : s.hosts(p)) rr_.forget(hosts[h].slot);
+    }
     if (p.method == shm::Method::chash) st.ring.build(hosts, s.hosts(p));
     if (p.method == shm::Method::maglev) st.maglev.build(hosts, s.hosts(p));
     if (p.method == shm::Method::round_robin) st.schedule = RoundRobin::build_schedule(hosts, s.hosts(p));

@@ -47,8 +47,10 @@ class Balancer {
 
   /// Rebuilds the derived structures (chash rings, maglev tables, round-robin
   /// schedules) of the pools whose method or hosts (their table positions,
-  /// addresses, ids and weights) changed; the others keep theirs. Call after
-  /// each Snapshot::build(); allocates.
+  /// addresses, ids and weights) changed; the others keep theirs. The smooth
+  /// WRR state of a pool's hosts starts again only when its method, hosts or
+  /// weights changed, not when it only moved in the table. Call after each
+  /// Snapshot::build(); allocates.
   void rebuild(const Snapshot& s);
   /// Pools the last rebuild() built anew (tests).
   size_t last_rebuilt() const noexcept { return last_rebuilt_; }
@@ -166,7 +168,8 @@ class Balancer {
     std::vector<uint32_t> schedule;  ///< round robin: one smooth WRR cycle
     AliasTable weights;              ///< least_request: draws by weight
     uint64_t local_ticket = 0;       ///< used when no shared ticket source is set
-    uint64_t sig = 0;                ///< what the derived structures were built from (rebuild)
+    uint64_t sig = 0;                ///< what the derived structures were built from (rebuild); 0 = taken
+    uint64_t same = 0;               ///< the pool's identity, hosts and weights, without table indices
   };
   uint64_t next_ticket(uint32_t pool, const PoolState& st) noexcept {
     if (ticket_source_)

@@ -126,3 +126,72 @@ TEST_SUITE("balance") {
     CHECK(n["b"] == 50);
   }
 }
+
+TEST_SUITE("balance") {
+  // Hosts of another pool that come or go earlier in the host table move this
+  // pool's hosts to other indices: its ring or schedule is rebuilt on them,
+  // but nothing about the pool changed, so its round-robin sequence carries
+  // on. Before, it started again (rr state forgotten, schedule ticket 0) on
+  // any change anywhere before it in the table.
+  struct Moved : Fixture {
+    int pool = -1;
+    balance::Balancer b{16, 1};
+    explicit Moved(shm::Method method) {
+      shm::UpstreamRecord r{};
+      shm::set_name(r.name, "web");
+      t.add_upstream(r);
+      int w = t.add_pool(1, "w", 0, shm::Method::round_robin);
+      host(w, "x", 1);
+      host(w, "y", 1);
+      pool = t.add_pool(0, "primary", 0, method);
+      host(pool, "a", 5);
+      host(pool, "b", 1);
+      host(pool, "c", 1);
+      update();
+    }
+    void update() {
+      snap.build(t);
+      b.rebuild(snap);
+    }
+    // No key: a hash pool picks by the per-worker smooth WRR, a round robin
+    // pool by its schedule (with this balancer's own tickets).
+    std::string picks(balance::Balancer& by, int n) {
+      std::string seq;
+      for (int i = 0; i < n; ++i)
+        seq += name(by.pick(
+            snap, snap.upstreams()[0], balance::HashKey{}, [](uint32_t) { return true; },
+            [](uint32_t) { return uint64_t{0}; }));
+      return seq;
+    }
+  };
+
+  TEST_CASE("a pool that only moved in the host table keeps its place in the smooth WRR sequence") {
+    for (auto method : {shm::Method::chash, shm::Method::round_robin}) {
+      CAPTURE(static_cast<int>(method));
+      Moved f(method);
+      REQUIRE(f.name(0) == "x");
+      CHECK(f.picks(f.b, 3) == "aab");
+      f.t.remove_host(0);  // gwctl remove host web/w/x: app's hosts move down one
+      f.update();
+      CHECK(f.b.last_rebuilt() == 2);  // web's pool, and app's on its new indices
+      CHECK(f.picks(f.b, 11) == "acaaaabacaa");
+    }
+  }
+
+  TEST_CASE("a weight changed in a pool that also moved still starts its sequence again") {
+    for (auto method : {shm::Method::chash, shm::Method::round_robin}) {
+      CAPTURE(static_cast<int>(method));
+      Moved f(method);
+      CHECK(f.picks(f.b, 3) == "aab");
+      f.t.remove_host(0);
+      f.t.hosts()[2].weight = 3;  // gwctl set host app/primary/b --weight 3
+      REQUIRE(f.name(2) == "b");
+      f.update();
+      balance::Balancer fresh(16, 1);
+      fresh.rebuild(f.snap);
+      const std::string expect = f.picks(fresh, 18);
+      CHECK(expect.substr(0, 3) == "aba");  // {a:5, b:3, c:1} from the start
+      CHECK(f.picks(f.b, 18) == expect);
+    }
+  }
+}
