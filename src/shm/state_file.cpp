@@ -14,6 +14,7 @@
 #include "gw/core/clock.hpp"
 #include "gw/core/fd.hpp"
 #include "gw/core/json_error.hpp"
+#include "gw/core/log.hpp"
 
 namespace gw::shm {
 
@@ -64,6 +65,27 @@ std::string json_string(std::string_view v) {
     out += c;
   }
   return out + "\"";
+}
+
+// Gives the temporary file `fd` the owner and group of `was` (the file it
+// replaces). One this process may not give (EPERM; EINVAL: an id not mapped in
+// its user namespace) is not an error: the file then belongs to this process's
+// user or group, and a warning says so. The next rewrite finds it so and says
+// nothing: the warning comes once per change of owner.
+template <typename Fail>
+void keep_owner(int fd, const std::string& path, const struct stat& was, Fail& fail) {
+  struct stat now {};
+  if (::fstat(fd, &now) != 0) fail("fstat");
+  if (now.st_uid == was.st_uid && now.st_gid == was.st_gid) return;
+  if (::fchown(fd, was.st_uid, was.st_gid) == 0) return;
+  if (errno != EPERM && errno != EINVAL) fail("fchown");
+  // The group alone (an owner that is not root may give its own groups).
+  if (now.st_gid != was.st_gid && ::fchown(fd, static_cast<uid_t>(-1), was.st_gid) == 0) now.st_gid = was.st_gid;
+  else if (now.st_gid != was.st_gid && errno != EPERM && errno != EINVAL) fail("fchown");
+  GW_LOG_WARN(
+      "state file {} was owned by uid {} gid {}; this process (uid {}) may not keep that, so it is now owned by uid "
+      "{} gid {}",
+      path, was.st_uid, was.st_gid, ::geteuid(), now.st_uid, now.st_gid);
 }
 
 }  // namespace
@@ -145,9 +167,17 @@ void write_state_file(const std::string& path, const std::string& json) {
     core::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
     if (!fd) fail("open");
     // The file replaced keeps its permissions (an operator's chmod 600 of a
-    // file that lists the consumers' key hashes), not this process's 0644.
+    // file that lists the consumers' key hashes), not this process's 0644,
+    // and its owner and group as far as this process may give them (root or
+    // CAP_CHOWN: both; an owner: one of its own groups), as GNU sed -i does:
+    // a gwctl run as root must not leave a chmod 600 file its owner (a gwd
+    // run as that user) can no longer read. Owner first: a chown may clear
+    // mode bits.
     struct stat was {};
-    if (::stat(path.c_str(), &was) == 0 && ::fchmod(fd.get(), was.st_mode & 07777) != 0) fail("fchmod");
+    if (::stat(path.c_str(), &was) == 0) {
+      keep_owner(fd.get(), path, was, fail);
+      if (::fchmod(fd.get(), was.st_mode & 07777) != 0) fail("fchmod");
+    }
     size_t off = 0;
     while (off < json.size()) {
       ssize_t n = ::write(fd.get(), json.data() + off, json.size() - off);

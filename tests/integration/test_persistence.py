@@ -153,6 +153,25 @@ class PersistenceTest(GwTestCase):
             self.assertIn('"c"', f.read())
         self.assertEqual(oct(os.stat(state_file).st_mode & 0o777), oct(0o604))
 
+    def test_a_state_file_keeps_its_owner_and_group(self):
+        """The new file was the writer's (root's here): a state file chowned to
+        the user gwd runs as became root's at the next gwctl change (and, with
+        a chmod 600, unreadable to that user). It now keeps owner and group
+        when the writer may give them."""
+        if os.geteuid() != 0:
+            self.skipTest("needs root (chown)")
+        a, b = self.backend("a"), self.backend("b")
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1)
+        gw = self.gateway(cfg)
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "b", b.address)
+        state_file = cfg["state_file"]
+        os.chown(state_file, 12345, 12345)
+        self.assertGwctlOk(gw, "set", "host", "app/primary", "b", "--weight", "3")
+        with open(state_file) as f:
+            self.assertIn('"weight": 3', f.read())
+        st = os.stat(state_file)
+        self.assertEqual((st.st_uid, st.st_gid), (12345, 12345))
+
     def test_state_file_relative_path(self):
         """A relative state_file is relative to gwd's current directory."""
         a, b = self.backend("a"), self.backend("b")

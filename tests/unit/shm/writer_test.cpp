@@ -1,11 +1,14 @@
 #include <doctest/doctest.h>
+#include <grp.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <fstream>
 #include <sstream>
 
 #include "../test_util.hpp"
+#include "gw/core/log.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/runtime.hpp"
 #include "gw/shm/state_file.hpp"
@@ -241,6 +244,69 @@ TEST_SUITE("shm") {
     CHECK(::access(tmp.c_str(), F_OK) != 0);
     ::unlink(path.c_str());
     ::unlink(victim.c_str());
+    ::rmdir(dir.c_str());
+  }
+
+  TEST_CASE("write_state_file keeps the owner and group of the file it replaces, or says once why not") {
+    if (::geteuid() != 0) {
+      MESSAGE("skipped: needs root (chown)");
+      return;
+    }
+    const std::string dir = "/tmp/gwunit-sfo-" + std::to_string(::getpid());
+    REQUIRE(::mkdir(dir.c_str(), 0700) == 0);
+    REQUIRE(::chmod(dir.c_str(), 0777) == 0);
+    const std::string path = dir + "/gw.state.json", log = dir + "/log";
+    auto state = [](int gen) {
+      return R"({"gw_state": 1, "generation": )" + std::to_string(gen) + R"(, "upstreams": []})";
+    };
+    write_state_file(path, state(1));
+    REQUIRE(::chown(path.c_str(), 12345, 12345) == 0);
+    REQUIRE(::chmod(path.c_str(), 0640) == 0);
+    // Root may give both: the file stays the operator's.
+    write_state_file(path, state(2));
+    struct stat st {};
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    CHECK(st.st_uid == 12345u);
+    CHECK(st.st_gid == 12345u);
+    CHECK((st.st_mode & 07777) == 0640u);
+    // A writer of another user, in the file's group: it keeps the group, the
+    // file becomes its own, and it warns once (the next rewrite finds it so).
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      const gid_t groups[] = {12345};
+      if (::setgroups(1, groups) != 0 || ::setgid(23456) != 0 || ::setuid(23456) != 0) ::_exit(2);
+      try {
+        gw::core::log_open(log);
+        gw::core::log_set_level(gw::core::LogLevel::warn);
+        write_state_file(path, state(3));
+        write_state_file(path, state(4));
+      } catch (...) {
+        ::_exit(1);
+      }
+      ::_exit(0);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    CHECK(st.st_uid == 23456u);
+    CHECK(st.st_gid == 12345u);
+    CHECK((st.st_mode & 07777) == 0640u);
+    State s;
+    REQUIRE(read_state_file(path, s));
+    CHECK(s.generation == 4);
+    std::stringstream text;
+    text << std::ifstream(log).rdbuf();
+    const std::string l = text.str();
+    size_t warnings = 0;
+    for (size_t at = l.find("may not keep"); at != std::string::npos; at = l.find("may not keep", at + 1)) ++warnings;
+    CHECK(warnings == 1);
+    CHECK(l.find("owned by uid 12345 gid 12345") != std::string::npos);
+    CHECK(l.find("now owned by uid 23456 gid 12345") != std::string::npos);
+    ::unlink(path.c_str());
+    ::unlink(log.c_str());
     ::rmdir(dir.c_str());
   }
 
