@@ -276,6 +276,15 @@ void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
       release(s, s.u2c);
       s.c_shut = true;
     }
+    if ((events & EPOLLERR) && !s.c_eof) {
+      // The client reset. A read reports it after the bytes that came
+      // before, but none is made while the upstream does not drain
+      // (back-pressure): what can move now moves, then the session ends, as
+      // on a failed read.
+      drive(s);
+      if (s.state == State::relay) close_session(s);
+      return;
+    }
   } else {
     if (s.state == State::connecting) {
       if (!out) return;
@@ -303,6 +312,15 @@ void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
     if (out) s.u_out = true;
   }
   drive(s);
+  if ((events & EPOLLERR) && event_kind(data) == kKindUpstream && s.state == State::relay && s.u_eof && !s.u_shut) {
+    // A reset after the upstream's FIN (the FIN may have been read just now:
+    // a read reports the EOF before the reset). No read is left to report
+    // it, and nothing more can be written to it: what waits for it is
+    // dropped, as after a failed write (see pump()); see drive() for the end.
+    release(s, s.c2u);
+    s.u_shut = true;
+    drive(s);
+  }
 }
 
 void TcpRelay::on_timer(net::TimerNode& n) noexcept {
@@ -473,7 +491,17 @@ void TcpRelay::drive(Session& s) noexcept {
   // so once the upstream has acknowledged all the client sent (the reset that
   // close() sends over unread bytes loses nothing), the session ends rather
   // than drain an upstream that may stream for ever.
-  if (s.c_eof && s.c_shut && s.u_shut && !s.u_eof && net::peer_has_all(s.ufd)) close_session(s);
+  if (s.c_eof && s.c_shut && s.u_shut && !s.u_eof && net::peer_has_all(s.ufd)) {
+    close_session(s);
+    return;
+  }
+  // The upstream is gone both ways: its EOF, then its reset (or a failed
+  // write to it). All it sent has been passed on with the FIN (c_shut), and
+  // the client's bytes have nowhere to go: once the client has acknowledged
+  // it all, the session ends rather than wait for the client's own close.
+  // Until then the client's bytes are read and dropped; its acknowledgement
+  // of the FIN is a state change that epoll reports (FIN_WAIT1 to 2).
+  if (s.u_eof && s.u_shut && s.c_shut && !s.c_eof && net::peer_has_all(s.cfd)) close_session(s);
 }
 
 void TcpRelay::log_session(const Session& s) noexcept {

@@ -24,6 +24,10 @@ namespace gw::proxy {
 
 namespace {
 
+// How often the timer looks for a client's acknowledgement once the upstream
+// is gone (see end_if_upstream_gone).
+constexpr uint64_t kGoneCheckMs = 50;
+
 // The head of each pool buffer of a spill (Dir::spill); the data follows at
 // kSpillData. The chain's first buffer also keeps the chain's tail.
 struct SpillHdr {
@@ -85,7 +89,8 @@ void UringRelay::accept(int fd, uint32_t listener) noexcept {
   s.cfd = fd;
   s.ufd = -1;
   s.c_ops = s.u_ops = s.t_ops = 0;
-  s.watch = false;
+  s.watch = s.watch_u = false;
+  s.gone_until_ms = 0;
   s.reset(static_cast<uint16_t>(listener), env_.now_ms);
   s.c2u = Dir{};
   s.u2c = Dir{};
@@ -288,6 +293,7 @@ void UringRelay::on_completion(uint64_t t, int32_t res, uint32_t flags) noexcept
     case kPollUpstreamOut: on_poll(s, true, true); break;
     case kPollClientOut: on_poll(s, false, true); break;
     case kWatchClient: on_watch(s, res, flags); break;
+    case kWatchUpstream: on_watch_upstream(s, res, flags); break;
     default: break;
   }
 }
@@ -336,10 +342,9 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
   }
   if (res > 0 && bid != kNoBuf && d.shut) {
     bufs_.recycle(bid);  // the destination is gone (dst_gone): dropped
-    if (!client) {
-      end_if_client_gone(s);
-      if (s.state == State::closing) return;
-    }
+    if (!client) end_if_client_gone(s);
+    else end_if_upstream_gone(s);
+    if (s.state == State::closing) return;
   } else if (res > 0 && bid != kNoBuf) {
     if (s.state == State::sniff) {
       sniff(s, bid, static_cast<uint32_t>(res));
@@ -368,6 +373,7 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
     }
     pump(s, client);  // the half-close travels on once the queue is out
     if (s.state == State::closing) return;
+    if (!client) watch_upstream(s);  // no receive is left to report its reset
   } else if (res == -ENOBUFS) {
     starve(s, client);  // re-armed by flush() once buffers come back
   } else if (res != -ECANCELED) {
@@ -508,6 +514,28 @@ void UringRelay::finish_dir(Session& s, bool c2u) noexcept {
   // (a thread wake-up per half-close), this is one short syscall.
   ::shutdown(c2u ? s.ufd : s.cfd, SHUT_WR);
   if (c2u) end_if_client_gone(s);
+  else end_if_upstream_gone(s);
+}
+
+// The upstream is gone both ways (its EOF, then its reset or a failed write to
+// it), and all it sent has been passed on with the FIN (or the client's
+// writes failed): the client's bytes have nowhere to go.
+bool UringRelay::upstream_gone(const Session& s) const noexcept {
+  return s.state == State::relay && s.u2c.eof && s.u2c.shut && s.c2u.shut && !s.c2u.eof;
+}
+
+// Once the client has acknowledged all it was sent (the reset that the close
+// sends over unread bytes then loses nothing), the session ends rather than
+// wait for the client's own close. That acknowledgement completes nothing on
+// the ring: until it comes, the timer looks again (up to idle_timeout_ms).
+void UringRelay::end_if_upstream_gone(Session& s) noexcept {
+  if (!upstream_gone(s)) return;
+  if (net::peer_has_all(s.cfd)) {
+    close_session(s);
+    return;
+  }
+  if (s.gone_until_ms == 0) s.gone_until_ms = env_.now_ms + s.idle_ms;
+  env_.timers->schedule(s, env_.now_ms + kGoneCheckMs);
 }
 
 // The client is gone both ways: a write to it failed (u2c shut before its
@@ -532,6 +560,7 @@ void UringRelay::dst_gone(Session& s, bool c2u) noexcept {
   d.shut = true;
   d.burst = false;  // no splice for bytes that are dropped
   maybe_arm(s, c2u);
+  if (c2u) end_if_upstream_gone(s);
 }
 
 // A read from this direction's source failed. A client's reset ends the
@@ -622,13 +651,56 @@ void UringRelay::on_watch(Session& s, int32_t res, uint32_t flags) noexcept {
     close_session(s);
     return;
   }
-  if (s.state != State::relay || !s.c2u.eof || s.u2c.shut) return;  // an armed receive reports the reset
+  if (s.state != State::relay) return;
+  if (!s.c2u.eof) {
+    // An armed receive (or splice poll) reports the reset, after the bytes
+    // that came before it. None is armed while the upstream does not drain
+    // (back-pressure), or while the ring is out of buffers: the session ends.
+    if (s.c2u.recv == kArmed || s.c2u.poll_in) return;
+    close_session(s);
+    return;
+  }
+  if (s.u2c.shut) return;
   // A reset after the client's FIN: nothing more can be written to it. What
   // waits for it is dropped; the session ends once the upstream has all the
   // client sent (end_if_client_gone), or at once if the upstream is done too.
   dst_gone(s, false);
   pump(s, false);  // an upstream EOF that waited for the client: both ways done
   if (s.state == State::relay) end_if_client_gone(s);
+}
+
+// Armed when the upstream's EOF comes and the session lives on; kept until
+// the close cancels it (see the header).
+void UringRelay::watch_upstream(Session& s) noexcept {
+  if (s.watch_u || s.state != State::relay) return;
+  io_uring_sqe* sqe = ring_.sqe();
+  io_uring_prep_poll_multishot(sqe, s.ufd, POLLERR);
+  io_uring_sqe_set_data64(sqe, tag(s, kWatchUpstream));
+  ++s.u_ops;
+  s.watch_u = true;
+}
+
+void UringRelay::on_watch_upstream(Session& s, int32_t res, uint32_t flags) noexcept {
+  const bool more = flags & IORING_CQE_F_MORE;
+  if (!more) {
+    s.watch_u = false;
+    --s.u_ops;
+  }
+  if (s.state == State::closing) {
+    maybe_retire(s);
+    return;
+  }
+  if (res < 0 || s.state != State::relay) return;  // not supported, or cancelled: the timeouts remain
+  if (!(res & POLLERR)) {
+    // Its FIN (POLLRDHUP, shown at once) or a state change: no error yet.
+    if (!more) watch_upstream(s);
+    return;
+  }
+  if (s.c2u.shut) return;  // already known gone (a failed write), or the client's EOF passed on
+  // A reset after the upstream's FIN: nothing more can be written to it.
+  // What waits for it is dropped, the client is read on and its bytes
+  // dropped, and the session ends once the client has all (dst_gone).
+  dst_gone(s, true);
 }
 
 void UringRelay::splice_pump(Session& s, bool c2u) noexcept {
@@ -677,6 +749,7 @@ void UringRelay::splice_pump(Session& s, bool c2u) noexcept {
     }
     if (n == 0) {
       d.eof = true;
+      if (!c2u) watch_upstream(s);  // no receive is left to report its reset
       continue;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -807,6 +880,10 @@ void UringRelay::on_timer(net::TimerNode& n) noexcept {
     s.fd_wait = false;
     connect_next(s);
   } else if (s.state == State::relay) {
+    if (upstream_gone(s) && s.gone_until_ms && env_.now_ms < s.gone_until_ms) {
+      end_if_upstream_gone(s);  // has the client acknowledged all yet?
+      return;
+    }
     GW_LOG_DEBUG("session {}: idle for {} ms; closing", index_of(s), s.idle_ms);
     s.end = "idle_timeout";
     close_session(s);

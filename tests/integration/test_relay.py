@@ -526,5 +526,135 @@ class RelayTest(GwTestCase):
         self.assertLess(time.monotonic() - t0, 3.0)
         self.assertHost(gw, "app/p/hole", health="up", failures=0)
 
+    def test_backend_reset_after_its_fin_ends_the_session(self):
+        """A backend answers, half-closes (its FIN reaches the client) and then
+        resets (SO_LINGER 0), while the client keeps its side open and sends
+        nothing. The backend is gone both ways and the client has all it sent:
+        the session ends at once, not when the client next writes or at
+        idle_timeout_ms (30 s here). Under epoll the upstream's EPOLLERR was
+        ignored after its EOF; under io_uring nothing watched the upstream
+        after its FIN."""
+        self.check_backend_reset_after_fin(wait_for_client=True)
+
+    def test_backend_reset_right_after_its_fin_ends_the_session(self):
+        """As above, with the reset right behind the FIN: gw may read the EOF
+        and meet the reset in one go, before the client has acknowledged the
+        FIN (a delayed ACK, some 40 ms on loopback). (The backend answers only
+        once the client's first bytes reach it: gw is connected by then.)"""
+        self.check_backend_reset_after_fin(wait_for_client=False)
+
+    def check_backend_reset_after_fin(self, wait_for_client):
+        srv = socket.socket()
+        srv.bind((gwtest.LOOPBACK, 0))
+        srv.listen(8)
+        self.addCleanup(srv.close)
+        conns = []
+        self.addCleanup(lambda: [b.close() for b in conns])
+
+        def serve():
+            try:
+                b, _ = srv.accept()
+            except OSError:
+                return
+            conns.append(b)
+            if not wait_for_client:
+                b.recv(16)
+            b.sendall(b"bye\n")
+            b.shutdown(socket.SHUT_WR)
+            if not wait_for_client:
+                b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                b.close()   # a reset right after the FIN
+        threading.Thread(target=serve, daemon=True).start()
+        gw = self.gateway(self.make_config([pool("p", [host("b", srv.getsockname()[1])])],
+                                           upstream_opts={"idle_timeout_ms": 30000, "max_fails": 1}))
+        c = gwtest.connect(gw.port, timeout=T(5))
+        self.addCleanup(c.close)
+        if not wait_for_client:
+            c.sendall(b"hi\n")
+        self.assertEqual(gwtest.recv_all(c), b"bye\n")   # the answer, then the backend's FIN
+        if wait_for_client:
+            time.sleep(0.2)
+            st = gw.status()
+            self.assertEqual(st["workers"][0]["connections"], 1, "the half-closed session ended before the reset")
+            (b,) = conns
+            b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            b.close()   # a reset after the FIN
+            conns.clear()
+        t0 = time.monotonic()
+
+        def ended():
+            st = gw.status()
+            return st["workers"][0]["connections"] == 0 and gwtest.find_host(st, "app/p/b")["active"] == 0
+        gwtest.wait_until(ended, T(3), msg="the session of a backend reset after its FIN ends")
+        self.assertLess(time.monotonic() - t0, T(3))
+        # gw's client socket is closed: a write of the client is answered with a reset.
+        with self.assertRaises((ConnectionResetError, BrokenPipeError)):
+            c.sendall(b"x")
+            time.sleep(0.1)
+            c.sendall(b"x")
+        self.assertHost(gw, "app/p/b", health="up", failures=0)
+
+    def test_client_reset_while_its_reads_are_paused_ends_the_session(self):
+        """A backend that does not read, and a client that writes until every
+        buffer on the way is full (gw has stopped reading it: back-pressure),
+        then resets. The session ends at once and the upstream is closed, not
+        when the backend starts reading (never here) or at idle_timeout_ms
+        (30 s here): the reset was seen only by a read of the client."""
+        srv = socket.socket()
+        srv.bind((gwtest.LOOPBACK, 0))
+        srv.listen(8)
+        self.addCleanup(srv.close)
+        conns = []
+        self.addCleanup(lambda: [b.close() for b in conns])
+
+        def serve():
+            try:
+                b, _ = srv.accept()
+            except OSError:
+                return
+            conns.append(b)   # never read
+        threading.Thread(target=serve, daemon=True).start()
+        gw = self.gateway(self.make_config([pool("p", [host("b", srv.getsockname()[1])])],
+                                           upstream_opts={"idle_timeout_ms": 30000, "max_fails": 1}))
+        c = gwtest.connect(gw.port, timeout=T(5))
+        self.addCleanup(c.close)
+        c.setblocking(False)
+        chunk = b"u" * 65536
+        stalls = []
+
+        def stalled():
+            # Three rounds in a row, 50 ms apart, in which nothing more goes in:
+            # gw no longer reads the client.
+            sent = 0
+            try:
+                while True:
+                    sent += c.send(chunk)
+            except BlockingIOError:
+                pass
+            stalls.append(sent == 0)
+            time.sleep(0.05)
+            return stalls[-3:] == [True] * 3
+        gwtest.wait_until(stalled, T(10), interval=0, msg="the client's writes stall")
+        st = gw.status()
+        self.assertEqual(st["workers"][0]["connections"], 1)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()   # a reset while gw does not read it
+        t0 = time.monotonic()
+
+        def ended():
+            st = gw.status()
+            return st["workers"][0]["connections"] == 0 and gwtest.find_host(st, "app/p/b")["active"] == 0
+        gwtest.wait_until(ended, T(3), msg="the session of a client reset while paused ends")
+        self.assertLess(time.monotonic() - t0, T(3))
+        # gw's upstream socket is closed: the backend reads what was queued, then EOF or a reset.
+        (b,) = conns
+        b.settimeout(T(5))
+        try:
+            while b.recv(1 << 20):
+                pass
+        except ConnectionResetError:
+            pass
+        self.assertHost(gw, "app/p/b", health="up", failures=0)
+
 if __name__ == "__main__":
     gwtest.main()

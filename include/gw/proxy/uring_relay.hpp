@@ -50,6 +50,16 @@
 // the client sent). Without it, both waited for connect_timeout_ms or
 // idle_timeout_ms. The poll is edge-triggered: the FIN itself completes it
 // once (the kernel always reports POLLRDHUP), and writes do not wake it.
+// While the client's receive is paused (back-pressure) the same poll reports
+// its reset, and the session ends.
+//
+// Upstream resets after its FIN: the upstream's receive ends with its EOF, so
+// a session that lives on (the client has not closed) arms the same kind of
+// poll on the upstream then (one more submission and its cancel at the close,
+// for such sessions only). Its reset means the upstream is gone both ways:
+// once all it sent and its FIN have reached the client and the client has
+// acknowledged them (SIOCOUTQ 0; the timer looks again every 50 ms, as that
+// acknowledgement completes nothing), the session ends.
 //
 // Connects are IORING_OP_CONNECT linked to an IORING_OP_LINK_TIMEOUT. Closing
 // a session cancels what it still has in flight (cancel by fd, hard-linked to
@@ -129,6 +139,7 @@ class UringRelay {
     kPollUpstreamOut,  // the upstream takes bytes again (client → upstream)
     kPollClientOut,    // the client takes bytes again (upstream → client)
     kWatchClient,      // multishot poll: the client's reset while no receive is armed on it
+    kWatchUpstream,    // multishot poll: the upstream's reset after its EOF
   };
   enum class State : uint8_t { free, sniff, connecting, relay, closing };
   enum Recv : uint8_t { kIdle, kArmed, kCancelling };
@@ -165,6 +176,8 @@ class UringRelay {
     State state = State::free;
     uint8_t c_ops = 0, u_ops = 0, t_ops = 0;  // completions owed on the client fd, the upstream fd, timeouts
     bool watch = false;                       // kWatchClient is armed
+    bool watch_u = false;                     // kWatchUpstream is armed
+    uint64_t gone_until_ms = 0;               // the upstream is gone: until then, the timer looks for the client's ack
     __kernel_timespec connect_ts{};
     sockaddr_in6 addr{};  // the connect target (read by the kernel at submission)
     uint32_t addr_len = 0;
@@ -192,12 +205,16 @@ class UringRelay {
   void dst_gone(Session& s, bool client_to_upstream) noexcept;
   void src_failed(Session& s, bool client_to_upstream) noexcept;
   void end_if_client_gone(Session& s) noexcept;
+  bool upstream_gone(const Session& s) const noexcept;
+  void end_if_upstream_gone(Session& s) noexcept;
   bool start_splice(Session& s, bool client_to_upstream) noexcept;
   void splice_pump(Session& s, bool client_to_upstream) noexcept;
   void arm_poll(Session& s, bool client_to_upstream, bool out) noexcept;
   void on_poll(Session& s, bool client_to_upstream, bool out) noexcept;
   void watch_client(Session& s) noexcept;
   void on_watch(Session& s, int32_t res, uint32_t flags) noexcept;
+  void watch_upstream(Session& s) noexcept;
+  void on_watch_upstream(Session& s, int32_t res, uint32_t flags) noexcept;
   void enqueue(Dir& d, uint16_t bid, uint32_t len) noexcept;
   void spill_fifo(Dir& d) noexcept;
   void pop_spill(Dir& d) noexcept;
