@@ -543,7 +543,14 @@ class RelayTest(GwTestCase):
         once the client's first bytes reach it: gw is connected by then.)"""
         self.check_backend_reset_after_fin(wait_for_client=False)
 
-    def check_backend_reset_after_fin(self, wait_for_client):
+    def test_backend_reset_without_fin_ends_the_session(self):
+        """A backend answers and resets without a FIN: the answer and then a
+        FIN reach the client, and once the client has acknowledged them the
+        session ends, though the client sends nothing and keeps its side open
+        (it used to last until the client closed, or idle_timeout_ms)."""
+        self.check_backend_reset_after_fin(wait_for_client=False, fin=False)
+
+    def check_backend_reset_after_fin(self, wait_for_client, fin=True):
         srv = socket.socket()
         srv.bind((gwtest.LOOPBACK, 0))
         srv.listen(8)
@@ -560,7 +567,8 @@ class RelayTest(GwTestCase):
             if not wait_for_client:
                 b.recv(16)
             b.sendall(b"bye\n")
-            b.shutdown(socket.SHUT_WR)
+            if fin:
+                b.shutdown(socket.SHUT_WR)
             if not wait_for_client:
                 b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 b.close()   # a reset right after the FIN
