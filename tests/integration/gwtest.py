@@ -995,9 +995,14 @@ def find_pool(status, path):
     return None
 
 
-def table_snapshot(status):
-    """The configuration part of a status (no counters, no health, no pids)."""
+def table_snapshot(status, rules=False):
+    """The configuration part of a status (no counters, no health, no pids);
+    with rules, the routes' gray rules too (without their hit counters)."""
     snap = {"generation": status.get("generation"), "upstreams": []}
+    if rules:
+        snap["routes"] = [(r.get("listener"), r.get("route"),
+                           [{k: v for k, v in rule.items() if k != "hits"} for rule in r.get("rules", [])])
+                          for r in status.get("routes", [])]
     for up in status.get("upstreams", []):
         pools = []
         for po in up.get("pools", []):
@@ -1152,11 +1157,11 @@ class GwTestCase(unittest.TestCase):
 
     def assertGwctlError(self, gw, *args, shm=None, rc_want=None):
         """gwctl fails: nonzero exit (rc_want if given), exactly one stderr line
-        starting with `gwctl:`, and (with a running gateway) the table and the
-        event ring are unchanged."""
+        starting with `gwctl:`, and (with a running gateway) the table, the
+        gray rules and the event ring are unchanged."""
         before = events_before = None
         if gw is not None:
-            before = table_snapshot(gw.status())
+            before = table_snapshot(gw.status(), rules=True)
             events_before = len(gw.events())
             rc, out, err = gw.gwctl(*args)
         else:
@@ -1169,7 +1174,7 @@ class GwTestCase(unittest.TestCase):
         self.assertEqual(len(lines), 1, f"{cmd}: expected one stderr line, got {err!r}")
         self.assertTrue(lines[0].startswith("gwctl:"), f"{cmd}: stderr line must start with 'gwctl:': {lines[0]!r}")
         if gw is not None:
-            self.assertEqual(table_snapshot(gw.status()), before, f"{cmd} changed the table")
+            self.assertEqual(table_snapshot(gw.status(), rules=True), before, f"{cmd} changed the table")
             self.assertEqual(len(gw.events()), events_before, f"{cmd} emitted an event")
         return rc, lines[0]
 

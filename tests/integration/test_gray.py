@@ -215,15 +215,12 @@ class GrayTest(GwTestCase):
             return None
 
     def assertRuleError(self, gw, *args):
-        """A one-line gwctl error (assertGwctlError), and the rules, the
-        state file and routing are unchanged."""
-        routes_before = self.routes(gw)
+        """A one-line gwctl error, and the state file is unchanged; so are the
+        rules, the table and its generation, and the event ring
+        (assertGwctlError compares them)."""
         state_before = self.state_text(gw)
-        gen_before = gw.status()["generation"]
         rc, line = self.assertGwctlError(gw, *args)
-        self.assertEqual(self.routes(gw), routes_before, f"gwctl {' '.join(args)} changed the rules")
         self.assertEqual(self.state_text(gw), state_before, f"gwctl {' '.join(args)} rewrote the state file")
-        self.assertEqual(gw.status()["generation"], gen_before, f"gwctl {' '.join(args)} bumped the generation")
         return line
 
     # ------------------------------------------------------------------------
@@ -677,8 +674,11 @@ class GrayTest(GwTestCase):
         """Keep-alive clients (several source addresses) send requests
         continuously while 1,000 rule changes (add, set, remove; ip, header,
         cookie and percent matchers) are made: no request fails and every
-        answer comes from prod or pre."""
+        answer comes from prod or pre. On a sanitizer build, 250 changes: a
+        gwctl run there takes 0.3-0.5 s rather than 0.03 s (process start-up
+        under ASan), and 1,000 took 469 s."""
         gw = self.gateway(self.gray_config(self.CONFIG_RULES, workers=2))
+        rounds = 63 if gwtest.sanitized_build() else 252
         stop = threading.Event()
         lock = threading.Lock()
         counts = {}
@@ -720,7 +720,7 @@ class GrayTest(GwTestCase):
         ops = 0
         t0 = time.monotonic()
         try:
-            for i in range(252):
+            for i in range(rounds):
                 r = f"live{i % 5}"
                 if i >= 5:
                     self.rule(gw, "remove", r)
@@ -742,7 +742,7 @@ class GrayTest(GwTestCase):
         total = sum(counts.values())
         sys.stderr.write(f"[{ops} rule changes in {secs:.1f}s = {ops / secs:.0f}/s; {total} requests "
                          f"= {total / secs:.0f}/s: {counts}] ")
-        self.assertGreaterEqual(ops, 1000)
+        self.assertGreaterEqual(ops, 4 * rounds - 5)
         self.assertEqual(errors[:5], [], f"{len(errors)} failed requests")
         self.assertEqual(set(counts) - {"prod", "pre"}, set(), f"answers from elsewhere: {counts}")
         self.assertGreater(total / secs, 200, "the load was too light to mean anything")
@@ -750,7 +750,7 @@ class GrayTest(GwTestCase):
         st = gw.status()
         self.assertEqual(sum_http(st, "bad_gateway") + sum_http(st, "no_host") + sum_http(st, "bad_request"), 0)
         # the final rules are what the last changes made, and gw routes by them
-        self.assertEqual(self.rule_ids(gw), ["ips", "hdr", "ck"] + [f"live{i % 5}" for i in range(247, 252)])
+        self.assertEqual(self.rule_ids(gw), ["ips", "hdr", "ck"] + [f"live{i % 5}" for i in range(rounds - 5, rounds)])
 
 
 def sum_http(st, key):
