@@ -136,6 +136,10 @@ bool peer_error(int err) noexcept {
   }
 }
 
+bool reset_after_connect(int err) noexcept {
+  return err == ECONNRESET || err == EPIPE;
+}
+
 void set_nodelay(int fd) noexcept {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));

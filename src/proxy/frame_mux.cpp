@@ -147,7 +147,12 @@ void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
     if (k.connecting) {
       if (!out) return;
       int err = net::socket_error(k.fd);
-      if (err != 0) {
+      // A reset once the handshake was done (the host accepted, then reset
+      // before this was looked at): the link connected, and broke as a link
+      // reset later does (what the host sent is read, then its EOF; a frame
+      // sent on it fails and goes again to a host picked afresh), with no
+      // passive failure for the connect.
+      if (err != 0 && !net::reset_after_connect(err)) {
         link_failed(d, li, err);
         if (d.used) drive(d);
         return;
@@ -157,7 +162,8 @@ void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
       // connect is still in progress too, so ask whether it has a peer.
       sockaddr_storage peer{};
       socklen_t peer_len = sizeof(peer);
-      if (::getpeername(k.fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) return;  // its own event comes
+      if (err == 0 && ::getpeername(k.fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0)
+        return;  // its own event comes
       k.connecting = false;
       record_connect_success(env_, k.slot, k.tag, k.connect_start_ns);
     }

@@ -210,7 +210,8 @@ void TcpRelay::connect_next(Session& s) noexcept {
     if (s.c2u.pending() && loopback(r.addr)) {
       // The sniffed first frame goes out at once if the handshake is done
       // (on loopback it is, as a rule): no wait for EPOLLOUT and no SO_ERROR
-      // check. EAGAIN means still connecting; an error is a failed connect.
+      // check. EAGAIN means still connecting; a reset means connected (and
+      // reset since); another error is a failed connect.
       Pipe& p = s.c2u;
       ssize_t n = ::send(fd, p.buf + p.head, p.tail - p.head, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n > 0) {
@@ -218,6 +219,10 @@ void TcpRelay::connect_next(Session& s) noexcept {
         s.bytes_up += static_cast<uint64_t>(n);
         if (!p.pending()) release(s, p);
         on_connected(s, false);  // nothing can have come back before the host had a byte
+        return;
+      }
+      if (n < 0 && net::reset_after_connect(errno)) {
+        on_connected_then_reset(s, errno);
         return;
       }
       if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -242,6 +247,23 @@ void TcpRelay::on_connected(Session& s, bool readable) noexcept {
   s.u_in = readable;  // else the host's first bytes raise an (edge-triggered) event
   env_.timers->schedule(s, env_.now_ms + s.idle_ms);
   drive(s);
+}
+
+void TcpRelay::on_connected_then_reset(Session& s, int err) noexcept {
+  // The host accepted (and may have sent a banner: "server full") and reset
+  // before the connect was seen. Had the reset come after, a read would have
+  // reported it (src_failed); the same end follows: what the host sent is
+  // still in the socket and is delivered (SO_ERROR, now cleared, is no longer
+  // reported: reads return the bytes, then 0), then the client gets a FIN,
+  // and the client's bytes are dropped. The host may have had bytes of the
+  // client: no other host is tried (as nginx and HAProxy do for a session
+  // reset once established).
+  GW_LOG_DEBUG("session {}: host slot {} reset the connection once established: {}", index_of(s), s.host_slot,
+               std::strerror(err));
+  release(s, s.c2u);  // a sniffed first frame the host never took
+  s.u_shut = true;
+  s.u_hup = true;
+  on_connected(s, true);
 }
 
 void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
@@ -291,6 +313,11 @@ void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
       // Writable without an error: connected (a failed connect always comes
       // with EPOLLERR or EPOLLHUP, and only then is SO_ERROR read).
       int err = (events & (EPOLLERR | EPOLLHUP)) ? net::socket_error(s.ufd) : 0;
+      if (net::reset_after_connect(err)) {
+        env_.timers->cancel(s);
+        on_connected_then_reset(s, err);
+        return;
+      }
       if (err == 0) {
         env_.timers->cancel(s);
         // The backend may already have sent data and closed: this event is the

@@ -244,10 +244,23 @@ void UringRelay::on_connect(Session& s, int32_t res) noexcept {
     maybe_retire(s);
     return;
   }
-  if (res == 0) {
+  // The connect completes after the socket's error is taken: a host that
+  // accepted and reset (maybe after a banner) before that gives -ECONNRESET.
+  // The handshake was done: a connected session whose host is gone, not a
+  // failed connect (see the epoll relay's on_connected_then_reset).
+  const bool reset = net::reset_after_connect(-res);
+  if (res == 0 || reset) {
     record_connect_success(env_, s.host_slot, s.host_tag, s.connect_start_ns);
     s.state = State::relay;
     env_.timers->schedule(s, env_.now_ms + s.idle_ms);
+    if (reset) {
+      GW_LOG_DEBUG("session {}: host slot {} reset the connection once established: {}", index_of(s), s.host_slot,
+                   std::strerror(-res));
+      // What it sent is still read (then 0: the error is cleared); the
+      // client's bytes are dropped from now on, as after a failed write to
+      // it (dst_gone), and no other host is tried.
+      dst_gone(s, true);
+    }
     arm_recv(s, false);
     maybe_arm(s, true);  // the client's bytes, from now on
     pump(s, true);       // what a sniffed first frame left, and an EOF

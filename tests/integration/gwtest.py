@@ -31,6 +31,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -389,6 +390,57 @@ def wait_until(pred, timeout, interval=0.01, msg="condition"):
             extra = f" (last error: {last_exc!r})" if last_exc else ""
             raise AssertionError(f"timed out after {timeout:.1f}s waiting for {msg}{extra}")
         time.sleep(interval)
+
+
+class ResetHost:
+    """A host that accepts a connection, sends `banner` and resets it (SO_LINGER
+    0) before the process that connected has looked at its connect: that
+    process then sees SO_ERROR (or an io_uring connect result) ECONNRESET.
+
+    Made deterministic: the host's accept queue is full (listen(0) and a
+    connection never accepted), so the kernel drops the connecting SYN
+    (SYN-SENT, retransmitted after 1 s). reset_next(pid) waits until a socket
+    of process pid is in SYN-SENT towards the host, stops pid (SIGSTOP), frees
+    the queue so that the retransmitted SYN completes, accepts, sends the
+    banner, resets, waits until the reset has closed pid's socket, and lets pid
+    go on (SIGCONT, always). Returns the inode of pid's socket."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.listen(0)  # once full, the kernel drops the SYNs
+        self.port = self.sock.getsockname()[1]
+        self.address = f"{LOOPBACK}:{self.port}"
+        self.filler = socket.create_connection(self.sock.getsockname(), timeout=T(5))  # fills the queue
+
+    def syn_sent(self, pid):
+        inodes = socket_inodes(pid)
+        return [ino for _, _, rport, st, ino in _proc_net_tcp() if ino in inodes and rport == self.port and st == "02"]
+
+    def reset_next(self, pid, banner=b""):
+        wait_until(lambda: self.syn_sent(pid), T(5), msg=f"a connect of pid {pid} to the host in SYN-SENT")
+        (ino,) = self.syn_sent(pid)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            f, _ = self.sock.accept()  # the filler: the retransmitted SYN now completes
+            f.close()
+            self.sock.settimeout(T(10))
+            b, _ = self.sock.accept()  # pid's connection
+            if banner:
+                b.sendall(banner)
+            b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            b.close()  # a reset
+            # A socket closed by a reset is in no table.
+            wait_until(lambda: ino not in {r[4] for r in _proc_net_tcp()}, T(5), msg="the reset reached the socket")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        self.filler.close()
+        self.filler = socket.create_connection(self.sock.getsockname(), timeout=T(5))  # full again: ready for more
+        return ino
+
+    def close(self):
+        self.filler.close()
+        self.sock.close()
 
 
 def write_json(path, obj):

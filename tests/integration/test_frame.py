@@ -1557,6 +1557,39 @@ class FrameTest(GwTestCase):
         self.assertEqual(worker_sum(st, "no_host"), 0)
         self.assert_idle(gw)
 
+    def test_host_that_resets_before_the_connect_is_seen_is_connected(self):
+        """A host accepts gw's connection and resets it before the worker has
+        handled the connect (SO_ERROR says ECONNRESET; see gwtest.ResetHost):
+        the handshake was done, so no passive failure (max_fails 1 would take
+        it out). In connection mode the session is connected and ends: the
+        device gets the host's banner, then the end, and no other host is tried
+        (the host may have had the first frame). In frame mode the link is
+        connected and broke, as a link reset later does: the frame goes whole
+        to a host picked afresh. Both used to be failed connects."""
+        rst = gwtest.ResetHost()
+        self.addCleanup(rst.close)
+        (b,) = self.device_backends(["b"])
+        conn = frame_listener("conn")
+        mux = frame_listener("mux", frame_opts={"mode": "frame"})
+        cfg = self.make_config([dev_pool("p", [host("rst", rst.address)]), dev_pool("bk", [host("b", b.address)], 1)],
+                               workers=1, listeners=[conn, mux],
+                               upstream_opts={"connect_timeout_ms": 20000, "max_fails": 1, "fail_timeout_ms": 60000})
+        gw = self.gateway(cfg)
+        (worker,) = gw.worker_pids()
+        with gwtest.connect(port_of(conn), timeout=T(10)) as s:
+            s.sendall(hb("dev-1"))
+            rst.reset_next(worker, b"FULL\n")
+            got, secs = bytes_until_eof(s, T(5))
+            self.assertEqual((got, secs is not None), (b"FULL\n", True),
+                             "connection mode: the host's banner, then the end")
+        self.assertHost(gw, "app/p/rst", health="up", failures=0)
+        with gwtest.connect(port_of(mux), timeout=T(10)) as s:
+            s.sendall(hb("dev-2", 7))
+            rst.reset_next(worker)
+            self.assertEqual(read_heartbeat_reply(s, 7)[:2], ("dev-2", "b"), "frame mode: the frame goes to b")
+        self.assertHost(gw, "app/p/rst", health="up", failures=0)
+        self.assert_idle(gw)
+
     # ------------------------------------------------------------------------
     # hash_key "ip" on a frame listener
 

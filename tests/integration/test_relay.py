@@ -526,6 +526,52 @@ class RelayTest(GwTestCase):
         self.assertLess(time.monotonic() - t0, 3.0)
         self.assertHost(gw, "app/p/hole", health="up", failures=0)
 
+    def test_host_that_resets_before_the_connect_is_seen_is_connected(self):
+        """A host accepts gw's connection, sends a banner and resets it (SO_LINGER
+        0) before the worker has handled its connect: SO_ERROR (or the io_uring
+        connect's result) then says ECONNRESET. The handshake was done: that is
+        a connected session that ended with a reset, not a failed connect. The
+        host gets no passive failure (max_fails 1 would take it out), no other
+        host is tried (the host may have had the client's bytes), and the
+        client gets the banner, then the end. It used to be a connect failure:
+        the host went down and the client was moved to the backup host.
+
+        The race is made deterministic with the worker stopped (see
+        gwtest.ResetHost)."""
+        rst = gwtest.ResetHost()
+        self.addCleanup(rst.close)
+        backup = self.backend("backup")
+        gw = self.gateway(self.make_config(
+            [pool("p", [host("rst", rst.address)], priority=0), pool("b", [host("backup", backup)], priority=1)],
+            upstream_opts={"connect_timeout_ms": 20000, "max_fails": 1, "fail_timeout_ms": 60000,
+                           "idle_timeout_ms": 30000}))
+        (worker,) = gw.worker_pids()
+        c = gwtest.connect(gw.port, timeout=T(10))
+        self.addCleanup(c.close)
+        c.sendall(b"hello\n")
+        rst.reset_next(worker, b"FULL\n")
+        got, end = bytearray(), "EOF"
+        c.settimeout(T(5))
+        try:
+            while True:
+                chunk = c.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        except ConnectionResetError:
+            end = "reset"
+        except socket.timeout:
+            end = "no end"
+        self.assertEqual((bytes(got), end != "no end"), (b"FULL\n", True),
+                         f"the client got {bytes(got)!r}, then {end}, not the host's banner and an end")
+
+        def ended():
+            st = gw.status()
+            return st["workers"][0]["connections"] == 0 and gwtest.find_host(st, "app/p/rst")["active"] == 0
+        gwtest.wait_until(ended, T(5), msg="the session ends")
+        self.assertEqual(backup.count, 0, "the client was moved to another host")
+        self.assertHost(gw, "app/p/rst", health="up", failures=0)
+
     def test_backend_reset_after_its_fin_ends_the_session(self):
         """A backend answers, half-closes (its FIN reaches the client) and then
         resets (SO_LINGER 0), while the client keeps its side open and sends

@@ -49,6 +49,15 @@ bool peer_has_all(int fd) noexcept;
 /// machine's own trouble and must not count against a healthy host.
 bool peer_error(int err) noexcept;
 
+/// Whether the error a connecting socket reports (SO_ERROR, or an io_uring
+/// connect's result) says the handshake completed and the peer then reset the
+/// connection: ECONNRESET or EPIPE (Linux's tcp_reset gives ECONNREFUSED to a
+/// reset in SYN-SENT). That is a connected session that ended, not a failed
+/// connect: what the peer sent before its reset is still readable, and a read
+/// after SO_ERROR (which clears the error) returns it, then 0. ECONNABORTED
+/// is not one (a local abort, e.g. `ss -K`, which may come in SYN-SENT).
+bool reset_after_connect(int err) noexcept;
+
 /// TCP_NODELAY on: a relay forwards what it got at once.
 void set_nodelay(int fd) noexcept;
 

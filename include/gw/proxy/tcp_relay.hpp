@@ -217,6 +217,10 @@ class TcpRelay {
   void reject(Session& s, FrameError e) noexcept;
   void connect_next(Session& s) noexcept;
   void on_connected(Session& s, bool readable) noexcept;
+  /// The connect's error (`err`, net::reset_after_connect) says the handshake
+  /// completed and the host then reset: a connected session whose host is
+  /// gone, not a failed connect (no passive failure, no other host tried).
+  void on_connected_then_reset(Session& s, int err) noexcept;
   void drive(Session& s) noexcept;
   bool pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p, int dst, bool& dst_out, bool& dst_shut,
             bool dst_done, Session& s) noexcept;

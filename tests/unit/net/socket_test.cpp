@@ -1,5 +1,10 @@
 #include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <string>
 #include <vector>
@@ -59,5 +64,47 @@ TEST_SUITE("net") {
     wildcard.port = specific.port;
     CHECK_NOTHROW(gw::net::check_address_free(wildcard, {wildcard, specific}, "listener \"all\""));
     CHECK_THROWS(gw::net::check_address_free(wildcard, {wildcard}, "listener \"all\""));
+  }
+
+  TEST_CASE("reset_after_connect: a reset after the handshake, not a refused connect") {
+    CHECK(gw::net::reset_after_connect(ECONNRESET));
+    CHECK(gw::net::reset_after_connect(EPIPE));
+    CHECK_FALSE(gw::net::reset_after_connect(ECONNREFUSED));
+    CHECK_FALSE(gw::net::reset_after_connect(ETIMEDOUT));
+    CHECK_FALSE(gw::net::reset_after_connect(EHOSTUNREACH));
+    CHECK_FALSE(gw::net::reset_after_connect(ECONNABORTED));
+    CHECK_FALSE(gw::net::reset_after_connect(0));
+  }
+
+  TEST_CASE("reset_after_connect: what the peer sent before its reset is read after SO_ERROR, then 0") {
+    // What the relays rely on: SO_ERROR says ECONNRESET (and clears it), and
+    // the bytes that came before the reset are still read, then an EOF.
+    gw::core::SockAddr any = addr("127.0.0.1:1");
+    any.port = 0;  // a free port
+    gw::core::UniqueFd l = gw::net::listen_tcp(any, 4, false);
+    sockaddr_in sa{};
+    socklen_t len = sizeof(sa);
+    REQUIRE(::getsockname(l.get(), reinterpret_cast<sockaddr*>(&sa), &len) == 0);
+    gw::core::SockAddr to = any;
+    to.port = ntohs(sa.sin_port);
+    int err = 0;
+    const int fd = gw::net::connect_tcp(to, err);
+    REQUIRE(fd >= 0);
+    const int b = ::accept(l.get(), nullptr, nullptr);
+    REQUIRE(b >= 0);
+    REQUIRE(::send(b, "FULL\n", 5, 0) == 5);
+    linger lg{1, 0};
+    REQUIRE(::setsockopt(b, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == 0);
+    ::close(b);  // a reset
+    pollfd p{fd, POLLIN, 0};
+    for (int i = 0; i < 500 && !(p.revents & POLLERR); ++i) ::poll(&p, 1, 10);  // the reset is in
+    REQUIRE((p.revents & POLLERR) != 0);
+    const int e = gw::net::socket_error(fd);
+    CHECK(e == ECONNRESET);
+    CHECK(gw::net::reset_after_connect(e));
+    char buf[16];
+    CHECK(::recv(fd, buf, sizeof(buf), MSG_DONTWAIT) == 5);
+    CHECK(::recv(fd, buf, sizeof(buf), MSG_DONTWAIT) == 0);
+    ::close(fd);
   }
 }
