@@ -173,9 +173,14 @@ class Checker {
   bool step(Probe& p, bool& ok, int& err) {
     if (!p.connected) {
       err = net::socket_error(p.fd.get());
-      if (err != 0) return true;
+      // A reset once the handshake was done (the host accepted, then reset
+      // before this was looked at) is a connect that succeeded: a tcp check
+      // passed. An http check fails on it (no answer).
+      const bool reset = net::reset_after_connect(err);
+      if (err != 0 && !(reset && p.request.empty())) return true;
       p.connected = true;
       if (p.request.empty()) {  // tcp check: the connect is the check
+        err = 0;
         ok = true;
         return true;
       }

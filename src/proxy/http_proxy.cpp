@@ -796,6 +796,11 @@ void HttpProxy::on_event(uint64_t data, uint32_t events) noexcept {
   if (u.state == UState::connecting) {
     if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
     const int err = net::socket_error(u.fd);
+    // A reset once the handshake was done (the host accepted, then reset
+    // before this was looked at): the connect succeeded (its latency counts),
+    // and the reset before any answer is a failure of the request (passive
+    // failure, retried per retry.on "error"), as a reset seen later is.
+    if (net::reset_after_connect(err)) on_connected(c, u);
     if (err != 0) {
       upstream_failed(c, kFailError, err);
       if (c.state != CState::free) drive(c);

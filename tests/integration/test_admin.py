@@ -503,6 +503,41 @@ class AdminTest(GwTestCase):
                    msg="gw_limit_connections back to 0")
         self.assertIn("gw_worker_auth_total", gw.admin.metrics()["families"])
 
+    def test_http_host_that_resets_before_the_connect_is_seen_counts_a_connect(self):
+        """An http listener's host accepts and resets before the worker has
+        handled the connect (SO_ERROR says ECONNRESET; see gwtest.ResetHost).
+        A reset before any answer is a failure of the request (passive failure,
+        retried on the next host per retry.on "error"), but not a failed
+        connect: the connect is counted in gw_upstream_host_connect_seconds
+        (it used to be missing there)."""
+        rst = gwtest.ResetHost()
+        self.addCleanup(rst.close)
+        bk = self.http_backend("bk")
+        admin = {"listen": f"{LO}:{free_port()}", "timeout_ms": 1000}
+        web = {"name": "web", "listen": f"{LO}:{free_port()}", "protocol": "http", "upstream": "app"}
+        cfg = self.make_config([pool("p", [gwtest.host("rst", rst.address)]),
+                                pool("b", [gwtest.host("bk", bk.address)], priority=1)],
+                               workers=1, listeners=[web], admin=admin,
+                               upstream_opts={"connect_timeout_ms": 20000, "max_fails": 5,
+                                              "retry": {"on": ["error"]}})
+        gw = self.gateway(cfg)
+        gw.admin = Admin(int(admin["listen"].rsplit(":", 1)[1]))
+        wait_until(lambda: self._admin_up(gw), T(10), msg="the admin server answers")
+        (worker,) = gw.worker_pids()
+        got = []
+        th = threading.Thread(target=lambda: got.append(
+            hb.request(int(web["listen"].rsplit(":", 1)[1]), "GET", "/x", timeout=T(20))), daemon=True)
+        th.start()
+        rst.reset_next(worker, b"HTTP/1.1 503 Full\r\n")
+        th.join(T(20))
+        self.assertEqual(len(got), 1, "no answer")
+        self.assertEqual(got[0].status, 200, "retried on the next host")
+        self.assertEqual(bk.requests, 1)
+        m = gw.admin.metrics()
+        labels = dict(upstream="app", pool="p", host="rst", address=rst.address)
+        self.assertEqual(metric(m, "gw_upstream_host_failures_total", **labels), 1, "a failure of the request")
+        self.assertEqual(metric(m, "gw_upstream_host_connect_seconds_count", **labels), 1, "the connect is counted")
+
     def test_metrics_parse_and_move_with_traffic(self):
         gw = self.admin_gateway()
         m0 = gw.admin.metrics()

@@ -543,6 +543,26 @@ class HealthTest(GwTestCase):
             c.sendall(b"ping\n")
             self.assertEqual(gwtest.recv_line(c), "ping", "the connection to a was closed")
 
+    def test_tcp_check_of_a_host_that_resets_before_the_connect_is_seen_passes(self):
+        """A tcp check's connect completes, and the host resets the connection
+        (SO_LINGER 0) before the checker has looked at it: SO_ERROR then says
+        ECONNRESET. The handshake was done: a plain tcp check passed (it used
+        to be a failed check, and with fall 1 the host went down).
+
+        Made deterministic with the checker stopped (see gwtest.ResetHost)."""
+        rst = gwtest.ResetHost()
+        self.addCleanup(rst.close)
+        gw = self.gateway(self.make_config(
+            [pool("primary", [host("a", rst.address)])],
+            upstream_opts={"max_fails": 0, "health": {"type": "tcp", "interval_ms": 60000, "timeout_ms": 20000,
+                                                       "rise": 1, "fall": 1}}))
+        (checker,) = [p for p in gwtest.children(gw.pid) if open(f"/proc/{p}/comm").read().strip() == "gwd-checker"]
+        ino = rst.reset_next(checker)
+        # The probe is judged and its socket closed (no longer the checker's).
+        gwtest.wait_until(lambda: ino not in gwtest.socket_inodes(checker), T(5), msg="the check is judged")
+        self.assertEqual(host_health(gw, "a")["health"], "up")
+        self.assertFalse([e for e in gw.events() if "host_down" in e], "the check failed")
+
     def test_checks_turned_on_again_start_from_unknown(self):
         """Checks took host a down; a reload turned them off (a was repaired
         meanwhile); a reload turns them on again. The first check decides, as
