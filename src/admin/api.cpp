@@ -232,7 +232,8 @@ namespace {
 bool host_read_only(config::Ctx& c, std::string_view k, element v, const std::string& kp) {
   if (k == "health") {
     if (!v.is_string()) c.error(kp, "expected the host's health (a string, read-only), got " + config::describe(v));
-  } else if (k == "active" || k == "total" || k == "failures" || k == "status_failures") {
+  } else if (k == "active" || k == "total" || k == "failures" || k == "status_failures" || k == "sent_bytes" ||
+             k == "received_bytes") {
     if (!v.is_uint64()) c.error(kp, "expected a count (an integer >= 0, read-only), got " + config::describe(v));
   } else if (k == "responses") {
     if (!v.is_object()) c.error(kp, "expected the response counts (an object, read-only), got " + config::describe(v));

@@ -255,6 +255,16 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
   w.family("gw_listener_active", "gauge", "Connections of the listener open now.");
   for (const auto& l : listeners)
     w.sample("gw_listener_active", {{"listener", l.name}, {"protocol", l.protocol}}, l.tot.active);
+  w.family("gw_listener_received_bytes_total", "counter",
+           "Bytes read from the listener's clients (http: heads and bodies as on the wire).");
+  for (const auto& l : listeners)
+    w.sample("gw_listener_received_bytes_total", {{"listener", l.name}, {"protocol", l.protocol}},
+             l.tot.received_bytes);
+  w.family("gw_listener_sent_bytes_total", "counter",
+           "Bytes written to the listener's clients (http: heads and bodies as on the wire, the gateway's own "
+           "answers too).");
+  for (const auto& l : listeners)
+    w.sample("gw_listener_sent_bytes_total", {{"listener", l.name}, {"protocol", l.protocol}}, l.tot.sent_bytes);
   w.family("gw_listener_rejected_total", "counter",
            "Connections the listener refused or closed unserved, by reason: the frame reasons (frame listeners), "
            "no_host (no pool had a usable host), no_slot (an L4 connection got no descriptor, port or memory for its "
@@ -344,6 +354,13 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
       const Label all[] = {l[0], l[1], l[2], l[3], {"class", cls}};
       w.sample("gw_upstream_host_responses_total", all, h.stats.responses[c]);
     }
+  w.family("gw_upstream_host_sent_bytes_total", "counter",
+           "Bytes written to the host (every listener kind; http: request heads as on the wire and bodies; "
+           "WebSocket tunnels after the 101).");
+  for (const auto& h : hosts) w.sample("gw_upstream_host_sent_bytes_total", labels(h), h.stats.sent_bytes);
+  w.family("gw_upstream_host_received_bytes_total", "counter",
+           "Bytes read from the host (every listener kind; http: response heads and bodies as on the wire).");
+  for (const auto& h : hosts) w.sample("gw_upstream_host_received_bytes_total", labels(h), h.stats.received_bytes);
   w.family("gw_upstream_host_failures_total", "counter",
            "Passive failures of the host (connect errors and timeouts, resets, invalid answers, retried statuses).");
   for (const auto& h : hosts) w.sample("gw_upstream_host_failures_total", labels(h), h.failures);

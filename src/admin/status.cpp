@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <iterator>
 #include <memory>
 #include <vector>
@@ -117,10 +118,10 @@ std::string host_json(const shm::Segment& seg, const shm::Table& t, int host) {
   return fmt::format(
       "{{\"id\": \"{}\", \"address\": \"{}\", \"weight\": {}, \"admin\": \"{}\", \"health\": \"{}\", "
       "\"active\": {}, \"total\": {}, \"failures\": {}, \"status_failures\": {}, \"responses\": {{\"1xx\": {}, "
-      "\"2xx\": {}, \"3xx\": {}, \"4xx\": {}, \"5xx\": {}}}}}",
+      "\"2xx\": {}, \"3xx\": {}, \"4xx\": {}, \"5xx\": {}}}, \"sent_bytes\": {}, \"received_bytes\": {}}}",
       name_of(h.id), h.addr.to_string(), h.weight, h.admin_down ? "down" : "up", host_health(seg, t, h), tot.active,
       tot.total, failures, st.status_failures, st.responses[0], st.responses[1], st.responses[2], st.responses[3],
-      st.responses[4]);
+      st.responses[4], st.sent_bytes, st.received_bytes);
 }
 
 std::string pool_json(const shm::Segment& seg, const shm::Table& t, int pool) {
@@ -226,6 +227,18 @@ std::string status_json(const shm::Segment& seg, const shm::Table& t) {
       fmt::format("{{\"shm\": \"{}\", \"generation\": {}, \"master_pid\": {}, \"cluster\": {}, \"workers\": [",
                   seg.name(), t.header().generation, master, cluster_json(cluster_view(seg)));
   out += workers;
+  out += "], \"listeners\": [";
+  // The running master's listeners (the header lists them), with their rows' sums.
+  const uint32_t n_listeners = master ? std::min(hdr.n_listeners, shm::kMaxListeners) : 0;
+  for (uint32_t i = 0; i < n_listeners; ++i) {
+    const shm::ListenerInfo& li = hdr.listeners[i];
+    const shm::ListenerTotals lt = shm::listener_totals(seg, shm::listener_stats_row(li, i));
+    out += fmt::format(
+        "{}{{\"name\": \"{}\", \"address\": \"{}\", \"accepted\": {}, \"active\": {}, \"http_requests\": {}, "
+        "\"received_bytes\": {}, \"sent_bytes\": {}}}",
+        i ? ", " : "", json_escape(name_of(li.name)), li.addr.to_string(), lt.accepted, lt.active, lt.http_requests,
+        lt.received_bytes, lt.sent_bytes);
+  }
   out += "], \"frame_rejects\": " + rejects_json(reject_totals) + ", \"upstreams\": [";
   for (size_t u = 0; u < t.upstreams().size(); ++u) out += (u ? ", " : "") + upstream_json(seg, t, static_cast<int>(u));
   out += "], \"routes\": [";

@@ -312,6 +312,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
         if (n > 0) {
           d.front_sent += static_cast<uint32_t>(n);
           if (DeviceLog* g = log_of(d)) g->bytes_up += static_cast<uint64_t>(n);
+          metrics::host_sent(env_, k.slot, k.tag, static_cast<uint64_t>(n));
           d.last_activity_ms = k.last_used_ms = env_.now_ms;
           if (d.front_sent == d.front_len) {
             d.head += d.front_len;
@@ -388,6 +389,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
     if (n > 0) {
       d.tail += static_cast<uint32_t>(n);
       bytes += static_cast<uint32_t>(n);
+      metrics::client_received(env_, d.listener, static_cast<uint64_t>(n));
       d.last_activity_ms = env_.now_ms;
       continue;
     }
@@ -643,6 +645,7 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
         ssize_t n = ::recv(k.fd, k.buf + k.tail, kLinkBuffer - k.tail, MSG_DONTWAIT);
         if (n > 0) {
           k.tail += static_cast<uint32_t>(n);
+          metrics::host_received(env_, k.slot, k.tag, static_cast<uint64_t>(n));
           k.last_used_ms = d.last_activity_ms = env_.now_ms;
           if (li == d.owner) d.owner_progress_ms = env_.now_ms;
           moved = true;
@@ -727,6 +730,7 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
         k.head += static_cast<uint32_t>(n);
         d.owner_left -= static_cast<uint64_t>(n);
         if (DeviceLog* g = log_of(d)) g->bytes_down += static_cast<uint64_t>(n);
+        metrics::client_sent(env_, d.listener, static_cast<uint64_t>(n));
         d.last_activity_ms = k.last_used_ms = d.owner_progress_ms = env_.now_ms;
         moved = true;
         if (d.owner_left == 0) {

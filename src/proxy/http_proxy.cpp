@@ -981,7 +981,10 @@ void HttpProxy::drive(Conn& c) noexcept {
           char sink[4096];
           while (c.c_in) {
             ssize_t n = ::recv(c.fd, sink, sizeof(sink), MSG_DONTWAIT);
-            if (n > 0) continue;
+            if (n > 0) {
+              metrics::client_received(env_, c.listener, static_cast<uint64_t>(n));
+              continue;
+            }
             if (n < 0 && errno == EINTR) continue;
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
               c.c_in = false;
@@ -1046,6 +1049,7 @@ bool HttpProxy::read_client(Conn& c) noexcept {
     }
     const ssize_t n = ::recv(c.fd, c.in.p + c.in.tail, room, MSG_DONTWAIT);
     if (n > 0) {
+      metrics::client_received(env_, c.listener, static_cast<uint64_t>(n));
       if (c.in.size() == 0) c.started_ms = env_.now_ms;
       c.in.tail += static_cast<uint32_t>(n);
       c.c_read_ms = env_.now_ms;
@@ -1111,6 +1115,7 @@ bool HttpProxy::read_client(Conn& c) noexcept {
   const uint32_t room = kBufSize - c.in.tail;
   const ssize_t n = ::recv(c.fd, c.in.p + c.in.tail, room, MSG_DONTWAIT);
   if (n > 0) {
+    metrics::client_received(env_, c.listener, static_cast<uint64_t>(n));
     c.in.tail += static_cast<uint32_t>(n);
     c.c_read_ms = env_.now_ms;
     if (static_cast<uint32_t>(n) < room && !c.c_hup) c.c_in = false;
@@ -1752,6 +1757,7 @@ bool HttpProxy::send_upstream(Conn& c, UpConn& u) noexcept {
       return true;
     }
     progress = true;
+    metrics::host_sent(env_, u.host_slot, u.host_tag, static_cast<uint64_t>(n));
     if (c.rq.head == 0) c.up_start_ms = env_.now_ms;  // this attempt's first byte
     c.u_write_ms = env_.now_ms;
     size_t left = static_cast<size_t>(n);
@@ -1784,6 +1790,7 @@ bool HttpProxy::read_upstream(Conn& c, UpConn& u) noexcept {
   }
   const ssize_t n = ::recv(u.fd, c.rs.p + c.rs.tail, kBufSize - c.rs.tail, MSG_DONTWAIT);
   if (n > 0) {
+    metrics::host_received(env_, u.host_slot, u.host_tag, static_cast<uint64_t>(n));
     const uint32_t room = kBufSize - c.rs.tail;
     c.rs.tail += static_cast<uint32_t>(n);
     c.u_read_ms = env_.now_ms;
@@ -2141,6 +2148,7 @@ bool HttpProxy::flush_client(Conn& c) noexcept {
     progress = true;
     c.c_write_ms = env_.now_ms;
     c.client_bytes += static_cast<uint64_t>(n);
+    metrics::client_sent(env_, c.listener, static_cast<uint64_t>(n));
     size_t left = static_cast<size_t>(n);
     const size_t from_out = std::min<size_t>(left, c.out.size());
     c.out.head += static_cast<uint32_t>(from_out);
@@ -2285,6 +2293,7 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
     if (c.in.size() > 0 && u.u_out) {
       const ssize_t n = ::send(u.fd, c.in.p + c.in.head, c.in.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
       if (n > 0) {
+        metrics::host_sent(env_, u.host_slot, u.host_tag, static_cast<uint64_t>(n));
         c.in.head += static_cast<uint32_t>(n);
         c.u_write_ms = env_.now_ms;
         moved = true;
@@ -2310,6 +2319,7 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
       }
       const ssize_t n = ::recv(c.fd, c.in.p, kBufSize, MSG_DONTWAIT);
       if (n > 0) {
+        metrics::client_received(env_, c.listener, static_cast<uint64_t>(n));
         c.in.head = 0;
         c.in.tail = static_cast<uint32_t>(n);
         c.c_read_ms = env_.now_ms;
@@ -2347,6 +2357,7 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
       }
       const ssize_t n = ::recv(u.fd, c.rs.p, kBufSize, MSG_DONTWAIT);
       if (n > 0) {
+        metrics::host_received(env_, u.host_slot, u.host_tag, static_cast<uint64_t>(n));
         c.rs.head = 0;
         c.rs.tail = static_cast<uint32_t>(n);
         c.rs_dec = c.rs.tail;

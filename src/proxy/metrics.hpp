@@ -50,6 +50,8 @@ inline shm::HostStats* host_row(const RelayEnv& env, uint32_t slot, uint32_t tag
     s.status_failures.store(0, std::memory_order_relaxed);
     zero(s.connect);
     zero(s.response);
+    s.sent_bytes.store(0, std::memory_order_relaxed);
+    s.received_bytes.store(0, std::memory_order_relaxed);
     s.tag.store(tag, std::memory_order_relaxed);
   }
   return &s;
@@ -146,6 +148,56 @@ inline void host_response(RelayEnv& env, uint32_t slot, uint32_t tag, int status
 /// of the host as well (so that an error rate counts it once).
 inline void host_status_failure(RelayEnv& env, uint32_t slot, uint32_t tag) noexcept {
   if (shm::HostStats* s = detail::host_row(env, slot, tag)) detail::add(s->status_failures);
+}
+
+// Byte counters. Each read or write adds its bytes at once (no batching in the
+// session): a relaxed load and store on this worker's own row, so a
+// long-lived tunnel's counters move as its bytes do and nothing is left to
+// flush at close.
+
+/// `n` bytes read from a client of listener `listener`.
+inline void client_received(RelayEnv& env, uint32_t listener, uint64_t n) noexcept {
+  if (shm::ListenerStats* s = detail::listener_row(env, listener)) detail::add(s->received_bytes, n);
+}
+
+/// `n` bytes written to a client of listener `listener`.
+inline void client_sent(RelayEnv& env, uint32_t listener, uint64_t n) noexcept {
+  if (shm::ListenerStats* s = detail::listener_row(env, listener)) detail::add(s->sent_bytes, n);
+}
+
+namespace detail {
+/// This worker's row for host (slot, tag) for a byte count. A connection may
+/// outlive its host's hold on the slot (on_host_remove "keep"): its bytes are
+/// then dropped rather than take the row from the slot's new host.
+inline shm::HostStats* host_bytes_row(const RelayEnv& env, uint32_t slot, uint32_t tag) noexcept {
+  if (tag == 0 || env.worker >= env.seg->stat_workers() || slot >= env.seg->caps().max_hosts) return nullptr;
+  shm::HostStats& s = env.seg->host_stats(env.worker, slot);
+  if (s.tag.load(std::memory_order_relaxed) == tag) return &s;
+  if (env.seg->host(slot).tag.load(std::memory_order_relaxed) != tag) return nullptr;
+  return host_row(env, slot, tag);
+}
+}  // namespace detail
+
+/// `n` bytes written to host (slot, tag).
+inline void host_sent(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t n) noexcept {
+  if (shm::HostStats* s = detail::host_bytes_row(env, slot, tag)) detail::add(s->sent_bytes, n);
+}
+
+/// `n` bytes read from host (slot, tag).
+inline void host_received(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t n) noexcept {
+  if (shm::HostStats* s = detail::host_bytes_row(env, slot, tag)) detail::add(s->received_bytes, n);
+}
+
+/// L4 relays: `n` bytes read from the client (`from_client`) or from the host of session `r`.
+inline void stream_read(RelayEnv& env, const StreamRoute& r, bool from_client, uint64_t n) noexcept {
+  if (from_client) client_received(env, r.listener, n);
+  else host_received(env, r.host_slot, r.host_tag, n);
+}
+
+/// L4 relays: `n` bytes written to the host (`to_host`) or to the client of session `r`.
+inline void stream_written(RelayEnv& env, const StreamRoute& r, bool to_host, uint64_t n) noexcept {
+  if (to_host) host_sent(env, r.host_slot, r.host_tag, n);
+  else client_sent(env, r.listener, n);
 }
 
 }  // namespace gw::proxy::metrics

@@ -127,6 +127,7 @@ void TcpRelay::sniff(Session& s) noexcept {
     ssize_t n = ::recv(s.cfd, p.buf + p.tail, want, MSG_DONTWAIT);
     if (n > 0) {
       p.tail += static_cast<uint32_t>(n);
+      metrics::client_received(env_, s.listener, static_cast<uint64_t>(n));
       // The whole first frame is checked, key included, whatever is hashed.
       FrameDecision d = framer.inspect(reinterpret_cast<const uint8_t*>(p.buf), p.tail, true);
       if (d.kind == FrameDecision::Kind::reject) {
@@ -217,6 +218,7 @@ void TcpRelay::connect_next(Session& s) noexcept {
       if (n > 0) {
         p.head += static_cast<uint32_t>(n);
         s.bytes_up += static_cast<uint64_t>(n);
+        metrics::host_sent(env_, s.host_slot, s.host_tag, static_cast<uint64_t>(n));
         if (!p.pending()) release(s, p);
         on_connected(s, false);  // nothing can have come back before the host had a byte
         return;
@@ -393,6 +395,7 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
       if (n > 0) {
         p.moved += static_cast<uint64_t>(n);
         (&p == &s.c2u ? s.bytes_up : s.bytes_down) += static_cast<uint64_t>(n);
+        metrics::stream_written(env_, s, &p == &s.c2u, static_cast<uint64_t>(n));
         if (p.piped) p.piped -= static_cast<uint32_t>(n);
         else p.head += static_cast<uint32_t>(n);
         s.deadline_ms = env_.now_ms + s.idle_ms;  // lazy: the wheel re-files it when due
@@ -435,6 +438,7 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
         // slots are full, with bytes still in the socket.
         p.piped = static_cast<uint32_t>(n);
         p.burst = static_cast<size_t>(n) >= net::BufferPool::kBufferSize;
+        metrics::stream_read(env_, s, &p == &s.c2u, static_cast<uint64_t>(n));
         s.deadline_ms = env_.now_ms + s.idle_ms;
         continue;
       }
@@ -456,6 +460,7 @@ bool TcpRelay::pump(int src, bool& src_in, bool src_hup, bool& src_eof, Pipe& p,
     }
     ssize_t n = ::recv(src, p.buf, net::BufferPool::kBufferSize, MSG_DONTWAIT);
     if (n > 0) {
+      metrics::stream_read(env_, s, &p == &s.c2u, static_cast<uint64_t>(n));
       p.head = 0;
       p.tail = dst_shut ? 0 : static_cast<uint32_t>(n);  // dst is gone: dropped
       p.burst = static_cast<size_t>(n) == net::BufferPool::kBufferSize && !dst_shut;

@@ -353,6 +353,7 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
     maybe_retire(s);
     return;
   }
+  if (res > 0 && bid != kNoBuf) metrics::stream_read(env_, s, client, static_cast<uint64_t>(res));
   if (res > 0 && bid != kNoBuf && d.shut) {
     bufs_.recycle(bid);  // the destination is gone (dst_gone): dropped
     if (!client) end_if_client_gone(s);
@@ -443,6 +444,7 @@ void UringRelay::on_send(Session& s, bool c2u, int32_t res) noexcept {
     else rest = true;
   }
   d.moved += static_cast<uint64_t>(res);
+  metrics::stream_written(env_, s, c2u, static_cast<uint64_t>(res));
   s.deadline_ms = env_.now_ms + s.idle_ms;
   if (rest) {
     blocked(s, c2u);
@@ -730,6 +732,7 @@ void UringRelay::splice_pump(Session& s, bool c2u) noexcept {
       if (n > 0) {
         d.piped -= static_cast<uint32_t>(n);
         d.moved += static_cast<uint64_t>(n);
+        metrics::stream_written(env_, s, c2u, static_cast<uint64_t>(n));
         s.deadline_ms = env_.now_ms + s.idle_ms;
         if (d.piped == 0 && !d.burst && !d.eof) {
           // The burst is over: small reads go back to ring buffers.
@@ -757,6 +760,7 @@ void UringRelay::splice_pump(Session& s, bool c2u) noexcept {
     if (n > 0) {
       d.piped = static_cast<uint32_t>(n);
       d.burst = static_cast<uint32_t>(n) >= bufs_.size();
+      metrics::stream_read(env_, s, c2u, static_cast<uint64_t>(n));
       s.deadline_ms = env_.now_ms + s.idle_ms;
       continue;
     }

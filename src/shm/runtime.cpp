@@ -201,6 +201,8 @@ HostStatsTotals host_stats_totals(const Segment& seg, uint32_t slot, uint32_t ta
     t.status_failures += s.status_failures.load(std::memory_order_relaxed);
     add_histogram(t.connect, s.connect);
     add_histogram(t.response, s.response);
+    t.sent_bytes += s.sent_bytes.load(std::memory_order_relaxed);
+    t.received_bytes += s.received_bytes.load(std::memory_order_relaxed);
   }
   return t;
 }
@@ -212,6 +214,8 @@ ListenerTotals listener_totals(const Segment& seg, uint32_t listener) noexcept {
     t.accepted += s.accepted.load(std::memory_order_relaxed);
     t.active += s.active.load(std::memory_order_relaxed);
     t.http_requests += s.http_requests.load(std::memory_order_relaxed);
+    t.received_bytes += s.received_bytes.load(std::memory_order_relaxed);
+    t.sent_bytes += s.sent_bytes.load(std::memory_order_relaxed);
     for (size_t i = 0; i < kListenerRejectKinds; ++i) t.rejects[i] += s.rejects[i].load(std::memory_order_relaxed);
     for (size_t i = 0; i < kHttpCodeSlots; ++i) t.http_errors[i] += s.http_errors[i].load(std::memory_order_relaxed);
   }
@@ -235,6 +239,8 @@ void clear_listener_row(const Segment& seg, uint32_t row) noexcept {
     s.accepted.store(0, std::memory_order_relaxed);
     s.active.store(0, std::memory_order_relaxed);
     s.http_requests.store(0, std::memory_order_relaxed);
+    s.received_bytes.store(0, std::memory_order_relaxed);
+    s.sent_bytes.store(0, std::memory_order_relaxed);
     for (auto& r : s.rejects) r.store(0, std::memory_order_relaxed);
     for (auto& e : s.http_errors) e.store(0, std::memory_order_relaxed);
   }

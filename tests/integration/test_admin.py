@@ -630,6 +630,126 @@ class AdminTest(GwTestCase):
         self.assertGreaterEqual(metric(m4, "gw_upstream_host_failures_total", upstream="app", pool="primary",
                                        host="b", address=self.b.address), 1)
 
+    def test_byte_counters_are_exact(self):
+        # The bytes each side put on the wire, counted per listener and per
+        # host, in /metrics and in the status document: a tcp listener (N
+        # bytes up, the backend's M-byte answer down) and an http listener
+        # (a raw client and a raw backend, so every byte is known).
+        tcp_be = gwtest.Backend("t", mode="eof_reply")
+        self.addCleanup(tcp_be.stop)
+        resp_body = b"r" * 5000
+        response = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + resp_body
+        got = {"bytes": 0, "conns": 0}
+        lock = threading.Lock()
+        srv = socket.create_server((LO, 0))
+        self.addCleanup(srv.close)
+
+        def serve(c):
+            with c:
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                    with lock:
+                        got["bytes"] += len(d)
+                head, _, body = buf.partition(b"\r\n\r\n")
+                m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                left = int(m.group(1)) - len(body) if m else 0
+                while left > 0:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    left -= len(d)
+                    with lock:
+                        got["bytes"] += len(d)
+                c.sendall(response)
+                while True:  # until gw closes it (kept alive or not)
+                    try:
+                        d = c.recv(65536)
+                    except OSError:
+                        return
+                    if not d:
+                        return
+                    with lock:
+                        got["bytes"] += len(d)
+
+        def accept_loop():
+            while True:
+                try:
+                    c, _ = srv.accept()
+                except OSError:
+                    return
+                with lock:
+                    got["conns"] += 1
+                threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+        threading.Thread(target=accept_loop, daemon=True).start()
+        raw_addr = f"{LO}:{srv.getsockname()[1]}"
+        admin = {"listen": f"{LO}:{free_port()}", "token": TOKEN}
+        listeners = [gwtest.tcp_listener("l4", "app"),
+                     {"name": "web", "listen": f"{LO}:{free_port()}", "protocol": "http", "upstream": "raw"}]
+        cfg = self.make_config([pool("primary", [gwtest.host("t", tcp_be.address)])], workers=2,
+                               listeners=listeners, admin=admin)
+        cfg["upstreams"].append(upstream("raw", [pool("main", [gwtest.host("r", raw_addr)])]))
+        gw = self.gateway(cfg)
+        gw.admin = Admin(int(admin["listen"].rsplit(":", 1)[1]))
+        web = int(cfg["listeners"][1]["listen"].rsplit(":", 1)[1])
+        wait_until(lambda: self._admin_up(gw), T(10), msg="the admin server answers")
+
+        # tcp: N bytes up, the backend's answer down.
+        n_up = 300000
+        with socket.create_connection((LO, gw.port), timeout=T(10)) as c:
+            c.sendall(hb.pattern_bytes(n_up))
+            c.shutdown(socket.SHUT_WR)
+            answer = gwtest.recv_all(c)
+        self.assertEqual(answer, f"t got {n_up} bytes\n".encode())
+        n_down = len(answer)
+
+        # http: a request with a body, Connection: close; the answer to EOF.
+        request = (b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1234\r\nConnection: close\r\n\r\n" +
+                   b"q" * 1234)
+        with socket.create_connection((LO, web), timeout=T(10)) as c:
+            c.sendall(request)
+            reply = gwtest.recv_all(c)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200"), reply[:200])
+        self.assertTrue(reply.endswith(resp_body))
+
+        def exact():
+            m = gw.admin.metrics()
+            host_l = dict(upstream="app", pool="primary", host="t", address=tcp_be.address)
+            raw_l = dict(upstream="raw", pool="main", host="r", address=raw_addr)
+            with lock:
+                backend_got = got["bytes"]
+            want = {
+                ("gw_listener_received_bytes_total", (("listener", "l4"), ("protocol", "tcp"))): n_up,
+                ("gw_listener_sent_bytes_total", (("listener", "l4"), ("protocol", "tcp"))): n_down,
+                ("gw_upstream_host_sent_bytes_total", tuple(host_l.items())): n_up,
+                ("gw_upstream_host_received_bytes_total", tuple(host_l.items())): n_down,
+                ("gw_listener_received_bytes_total", (("listener", "web"), ("protocol", "http"))): len(request),
+                ("gw_listener_sent_bytes_total", (("listener", "web"), ("protocol", "http"))): len(reply),
+                ("gw_upstream_host_sent_bytes_total", tuple(raw_l.items())): backend_got,
+                ("gw_upstream_host_received_bytes_total", tuple(raw_l.items())): len(response),
+            }
+            have = {k: metric(m, k[0], **dict(k[1])) for k in want}
+            return have == want and backend_got > 0
+
+        wait_until(exact, T(10), msg="the byte counters reach the bytes on the wire")
+        self.assertEqual(gw.admin.metrics()["families"]["gw_upstream_host_sent_bytes_total"], "counter")
+        with lock:
+            backend_got = got["bytes"]
+        # The status document (gwctl status --json and GET /status) has them too.
+        for st in (gw.status(), json.loads(gw.admin.req("GET", "/status").body)):
+            t = gwtest.find_host(st, "app/primary/t")
+            self.assertEqual((t["sent_bytes"], t["received_bytes"]), (n_up, n_down))
+            r = gwtest.find_host(st, "raw/main/r")
+            self.assertEqual((r["sent_bytes"], r["received_bytes"]), (backend_got, len(response)))
+            ls = {x["name"]: x for x in st["listeners"]}
+            self.assertEqual((ls["l4"]["received_bytes"], ls["l4"]["sent_bytes"]), (n_up, n_down))
+            self.assertEqual((ls["web"]["received_bytes"], ls["web"]["sent_bytes"]), (len(request), len(reply)))
+            self.assertEqual(ls["web"]["http_requests"], 1)
+
     # ------------------------------------------------------------------ API <-> gwctl
 
     def test_api_and_gwctl_see_each_others_writes(self):

@@ -120,12 +120,14 @@ struct HostStatsTotals {
   uint64_t responses[5] = {};    ///< 1xx..5xx
   uint64_t status_failures = 0;  ///< 5xx answers that also counted as passive failures
   HistogramTotals connect, response;
+  uint64_t sent_bytes = 0, received_bytes = 0;  ///< on the host's sockets
 };
 /// Sums the HostStats rows of a host slot that carry `tag`.
 HostStatsTotals host_stats_totals(const Segment& seg, uint32_t slot, uint32_t tag) noexcept;
 
 struct ListenerTotals {
   uint64_t accepted = 0, active = 0, http_requests = 0;
+  uint64_t received_bytes = 0, sent_bytes = 0;  ///< on the clients' sockets
   uint64_t rejects[kListenerRejectKinds] = {};
   uint64_t http_errors[kHttpCodeSlots] = {};
 };

@@ -54,7 +54,8 @@ inline constexpr uint64_t kMagic = 0x31574753'4d485347ull;  // "GSHMSGW1" little
 // 10: the counters and held matrices have stat_workers rows (were kMaxWorkers). A binary
 //     upgrade across ABIs fails (the running segment is refused) and the old master serves on.
 // 11: HealthCheck.host (health.host, the Host header of an http check)
-inline constexpr uint32_t kAbiVersion = 11;
+// 12: HostStats.sent_bytes/.received_bytes, ListenerStats.received_bytes/.sent_bytes (a cache line each)
+inline constexpr uint32_t kAbiVersion = 12;
 inline constexpr uint32_t kMaxWorkers = 64;
 inline constexpr uint32_t kEventCapacity = 4096;  // power of two
 inline constexpr size_t kPathCap = 512;
@@ -230,8 +231,12 @@ struct alignas(64) HostStats {
   std::atomic<uint64_t> reserved2;
   LatencyHistogram connect;   ///< every successful connect: connect time
   LatencyHistogram response;  ///< http: attempt start (connect included) to the response head
+  // Bytes on the host's socket, every listener kind, added per read or write
+  // (ABI 12; own cache line).
+  alignas(64) std::atomic<uint64_t> sent_bytes;  ///< written to the host (http: heads as on the wire, bodies)
+  std::atomic<uint64_t> received_bytes;          ///< read from the host
 };
-static_assert(sizeof(HostStats) == 64 + 2 * sizeof(LatencyHistogram) && sizeof(LatencyHistogram) == 128);
+static_assert(sizeof(HostStats) == 64 + 2 * sizeof(LatencyHistogram) + 64 && sizeof(LatencyHistogram) == 128);
 
 /// Why a listener refused or closed a connection without serving it (index
 /// into ListenerStats::rejects). 1..23 are the frame reasons (proxy::FrameError
@@ -255,8 +260,11 @@ struct alignas(64) ListenerStats {
   std::atomic<uint64_t> reserved;
   std::atomic<uint64_t> rejects[kListenerRejectKinds];  ///< by kReject* / frame reason
   std::atomic<uint64_t> http_errors[kHttpCodeSlots];    ///< http: answers gw made itself, by http_code_index()
+  // Bytes on the clients' sockets, added per read or write (ABI 12; own cache line).
+  alignas(64) std::atomic<uint64_t> received_bytes;  ///< read from clients
+  std::atomic<uint64_t> sent_bytes;                  ///< written to clients (gw's own answers too)
 };
-static_assert(sizeof(ListenerStats) == 512);
+static_assert(sizeof(ListenerStats) == 512 + 64);
 
 /// The status codes counted in ListenerStats::http_errors, by slot; slot 0
 /// counts any other code, and slots past the list are unused.

@@ -758,6 +758,75 @@ TEST_SUITE("admin") {
     CHECK(shm::host_stats_totals(ts.seg, a.slot, a.tag + 1000).connect.count() == 1);
   }
 
+  TEST_CASE("data plane helpers: byte counters per listener and per host") {
+    TempSegment ts;
+    seed(ts.seg);
+    shm::Table t(ts.seg.caps());
+    shm::read_published(ts.seg, t);
+    balance::Snapshot snap;
+    snap.build(t);
+    proxy::RelayEnv env;
+    env.seg = &ts.seg;
+    env.snap = &snap;
+    std::vector<proxy::ListenerRuntime> lrs(2);
+    lrs[1].stats_row = 1;
+    env.listeners = lrs;
+    const shm::HostRecord& a = t.hosts()[0];
+    REQUIRE(ts.seg.host(a.slot).tag.load() == a.tag);
+
+    // Two workers' rows are summed.
+    env.worker = 1;
+    proxy::metrics::client_received(env, 0, 100);
+    proxy::metrics::client_sent(env, 0, 7);
+    proxy::metrics::host_sent(env, a.slot, a.tag, 100);
+    proxy::metrics::host_received(env, a.slot, a.tag, 7);
+    env.worker = 0;
+    proxy::metrics::client_received(env, 0, 20);
+    proxy::metrics::client_sent(env, 1, 5);  // another listener
+    proxy::metrics::host_sent(env, a.slot, a.tag, 20);
+    proxy::metrics::host_received(env, a.slot, a.tag, 3000);
+    auto lt = shm::listener_totals(ts.seg, 0);
+    CHECK(lt.received_bytes == 120);
+    CHECK(lt.sent_bytes == 7);
+    CHECK(shm::listener_totals(ts.seg, 1).sent_bytes == 5);
+    auto st = shm::host_stats_totals(ts.seg, a.slot, a.tag);
+    CHECK(st.sent_bytes == 120);
+    CHECK(st.received_bytes == 3007);
+
+    // A row another tag wrote (an earlier owner of the slot) is not summed.
+    REQUIRE(ts.seg.stat_workers() > 2);
+    ts.seg.host_stats(2, a.slot).tag.store(a.tag + 1000);
+    ts.seg.host_stats(2, a.slot).sent_bytes.store(555);
+    ts.seg.host_stats(2, a.slot).received_bytes.store(666);
+    st = shm::host_stats_totals(ts.seg, a.slot, a.tag);
+    CHECK(st.sent_bytes == 120);
+    CHECK(st.received_bytes == 3007);
+
+    // A connection that outlived its host's hold on the slot counts nothing,
+    // and leaves the row (the slot's current host's) alone.
+    proxy::metrics::host_sent(env, a.slot, a.tag + 2000, 9);
+    proxy::metrics::host_received(env, a.slot, a.tag + 2000, 9);
+    CHECK(ts.seg.host_stats(0, a.slot).tag.load() == a.tag);
+    CHECK(shm::host_stats_totals(ts.seg, a.slot, a.tag).sent_bytes == 120);
+    CHECK(shm::host_stats_totals(ts.seg, a.slot, a.tag + 2000).sent_bytes == 0);
+
+    // The listener rows start over with the master (clear_listener_row).
+    shm::clear_listener_row(ts.seg, 1);
+    CHECK(shm::listener_totals(ts.seg, 1).sent_bytes == 0);
+
+    // /metrics and the status document carry them.
+    const config::Config cfg = admin_config(kToken);
+    const std::string text = metrics_text(ts.seg, t, cfg);
+    CHECK(text.find("gw_listener_received_bytes_total{listener=\"web\",protocol=\"http\"} 120\n") != std::string::npos);
+    CHECK(text.find("gw_listener_sent_bytes_total{listener=\"web\",protocol=\"http\"} 7\n") != std::string::npos);
+    CHECK(text.find("gw_upstream_host_sent_bytes_total{upstream=\"app\",pool=\"primary\",host=\"a\",address="
+                    "\"127.0.0.1:1001\"} 120\n") != std::string::npos);
+    CHECK(text.find("gw_upstream_host_received_bytes_total{upstream=\"app\",pool=\"primary\",host=\"a\",address="
+                    "\"127.0.0.1:1001\"} 3007\n") != std::string::npos);
+    CHECK(text.find("# TYPE gw_upstream_host_sent_bytes_total counter\n") != std::string::npos);
+    CHECK(host_json(ts.seg, t, 0).find("\"sent_bytes\": 120, \"received_bytes\": 3007}") != std::string::npos);
+  }
+
   TEST_CASE("a table read before a host's slot went to another host shows none of that host's failures") {
     TempSegment ts;
     seed(ts.seg);
