@@ -617,6 +617,44 @@ class WebSocketTest(GwTestCase):
         self.assertEqual(len(rb.heads), 1)
         self.assertEqual(rb.received[0], b"EARLY-CLIENT-BYTES" + blob)
 
+    def test_tunnel_byte_counters(self):
+        """The listener's and the host's byte counters (gwctl status --json)
+        are the bytes on each socket: the upgrade request and the 101 head as
+        on the wire, then the tunnel's bytes both ways."""
+        answer = ws_101(b"X-Backend: raw\r\n") + b"EARLY-SERVER-BYTES"
+        rb = self.raw_backend("raw", answer)
+        gw = self.http_gw({"app": ([("r", rb.address)], {})}, workers=2)
+        request = upgrade_request() + b"EARLY-CLIENT-BYTES"
+        blob = bytes(range(256)) * 700
+        with gwtest.connect(gw.port, timeout=T(10)) as s:
+            s.sendall(request)
+            rd = Reader(s)
+            head = rd.read_head()
+            self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+            want = b"EARLY-SERVER-BYTES" + b"EARLY-CLIENT-BYTES"
+            self.assertEqual(rd.read_exact(len(want)), want)
+            s.sendall(blob)
+            self.assertEqual(rd.read_exact(len(blob)), blob)
+            s.shutdown(socket.SHUT_WR)
+            self.assertEqual(rd.read_exact(4), b"bye\n")
+            s.settimeout(T(5))
+            self.assertEqual(rd.read_to_eof(), b"")
+        client_got = len(head) + len(want) + len(blob) + 4
+        gwtest.wait_until(lambda: rb.eofs == 1, T(5), msg="backend to see the client's FIN")
+        backend_got = len(rb.heads[0]) + len(rb.received[0])
+        self.assertEqual(rb.received[0], b"EARLY-CLIENT-BYTES" + blob)
+        backend_sent = len(answer) + len(b"EARLY-CLIENT-BYTES") + len(blob) + 4
+
+        def counts():
+            st = gw.status()
+            h = gwtest.find_host(st, "app/p/r")
+            web = {x["name"]: x for x in st["listeners"]}["web"]
+            return (h["sent_bytes"], h["received_bytes"], web["received_bytes"], web["sent_bytes"])
+
+        want_counts = (backend_got, backend_sent, len(request) + len(blob), client_got)
+        gwtest.wait_until(lambda: counts() == want_counts, T(10),
+                          msg=f"byte counters == {want_counts} (host sent, received; listener received, sent)")
+
     def test_upgrade_request_body_not_yet_sent_reaches_backend(self):
         """An Upgrade request with a body the backend does not read before its
         101: body bytes gw had read but not yet sent upstream when the 101
