@@ -721,6 +721,39 @@ class FrameTest(GwTestCase):
         self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
         self.assert_idle(gw)
 
+    def test_byte_counters_of_both_frame_modes(self):
+        """Data frames through a connection-mode and a frame-mode listener,
+        echoed by their owners: each listener's bytes are what its device sent
+        and received, the hosts' the same in sum (gwctl status --json)."""
+        backends = self.device_backends(["a", "b", "c"])
+        conn = frame_listener("conn")
+        mux = frame_listener("mux", frame_opts={"mode": "frame"})
+        gw, _ = self.frame_gateway(backends, [conn, mux])
+        sent, got = {}, {}
+        for l in (conn, mux):
+            datas = [frame({"devid": f"m-{i:02d}", "payload": "p" * (i * 53)}, DATA, 1, 3000 + i)
+                     for i in range(20 if l is mux else 1)]
+            with gwtest.connect(port_of(l), timeout=T(10)) as s:
+                n_in = 0
+                for d in datas:  # one at a time: a connection-mode device keeps its first frame's host
+                    s.sendall(d)
+                    ftype, ver, t, body = read_frame(s)
+                    self.assertEqual(HDR.pack(ftype, ver, t, len(body)) + body, d)
+                    n_in += HEADER + len(body)
+                s.shutdown(socket.SHUT_WR)
+                self.assertIsNotNone(closed_within(s, T(5)))
+            sent[l["name"]], got[l["name"]] = sum(map(len, datas)), n_in
+
+        def counts():
+            st = gw.status()
+            ls = {x["name"]: (x["received_bytes"], x["sent_bytes"]) for x in st["listeners"]}
+            hs = [h for u in st["upstreams"] for p in u["pools"] for h in p["hosts"]]
+            return (ls["conn"], ls["mux"], sum(h["sent_bytes"] for h in hs), sum(h["received_bytes"] for h in hs))
+
+        want = ((sent["conn"], got["conn"]), (sent["mux"], got["mux"]), sent["conn"] + sent["mux"],
+                got["conn"] + got["mux"])
+        gwtest.wait_until(lambda: counts() == want, T(10), msg=f"byte counters == {want}")
+
     def test_frame_mode_big_frames_stay_whole_and_half_close_drains(self):
         """Mode "frame": 30 frames of 20..49 KB (above the 16 KiB buffers) for
         devids on 3 hosts, pipelined and followed at once by the device's FIN:
