@@ -103,6 +103,13 @@ function rate(key, t, values) {
   return out;
 }
 function fmtRate(r) { return r === null || r === undefined ? "-" : (r < 10 ? r.toFixed(1) : Math.round(r).toString()); }
+function fmtBytes(n) {  // bytes to the host, from it (status: sent_bytes, received_bytes)
+  if (n === undefined || n === null) return "-";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i === 0 ? n.toString() : n.toFixed(1)) + " " + units[i];
+}
 function describeRule(r) {
   const parts = [];
   if (r.ip) parts.push("ip=" + r.ip.join(","));
@@ -126,13 +133,14 @@ function renderUpstreams(st, now) {
     const table = el("table");
     const head = el("tr");
     for (const [name, num] of [["Host", 0], ["Address", 0], ["Weight", 1], ["Admin", 0], ["Health", 0],
-                               ["Active", 1], ["Req/s", 1], ["Errors", 1], ["Total", 1], ["Failures", 1]])
+                               ["Active", 1], ["Req/s", 1], ["Errors", 1], ["Total", 1], ["Failures", 1],
+                               ["Sent", 1], ["Received", 1]])
       head.appendChild(el("th", num ? {class: "num"} : null, name));
     const thead = el("thead"); thead.appendChild(head); table.appendChild(thead);
     const body = el("tbody");
     for (const p of u.pools) {
       const pr = el("tr", {class: "pool", "data-pool": u.name + "/" + p.id});
-      const c = el("td", {colspan: "10"}, "pool " + p.id + " · priority " + p.priority + " · " + p.method);
+      const c = el("td", {colspan: "12"}, "pool " + p.id + " · priority " + p.priority + " · " + p.method);
       pr.appendChild(c); body.appendChild(pr);
       for (const h of p.hosts) {
         const key = u.name + "/" + p.id + "/" + h.id;
@@ -156,6 +164,8 @@ function renderUpstreams(st, now) {
         row.appendChild(td(errText, errCls));
         row.appendChild(td(h.total, "num total"));
         row.appendChild(td(h.failures, "num failures"));
+        row.appendChild(td(fmtBytes(h.sent_bytes), "num sent"));
+        row.appendChild(td(fmtBytes(h.received_bytes), "num received"));
         body.appendChild(row);
       }
     }

@@ -1320,6 +1320,9 @@ class AdminTest(GwTestCase):
             hb.request(int(gw.web), "GET", f"/r{i}")
         wait_until(lambda: (cell("app/primary/a", "rps") or "-") not in ("-", "0.0"), T(5),
                    msg="a request rate on the dashboard")
+        # The host's bytes (status sent_bytes, received_bytes), formatted.
+        wait_until(lambda: re.fullmatch(r"\d+(\.\d)? (B|KiB)", cell("app/primary/a", "received") or "") and
+                   cell("app/primary/a", "sent") not in (None, "0 B"), T(5), msg="the host's bytes on the dashboard")
 
         # gwctl down host: the page shows it within a couple of seconds (it polls once a second).
         self.assertGwctlOk(gw, "down", "host", "app/primary", "a")
