@@ -229,9 +229,11 @@ std::string status_json(const shm::Segment& seg, const shm::Table& t) {
   out += workers;
   out += "], \"listeners\": [";
   // The running master's listeners (the header lists them), with their rows' sums.
-  const uint32_t n_listeners = master ? std::min(hdr.n_listeners, shm::kMaxListeners) : 0;
-  for (uint32_t i = 0; i < n_listeners; ++i) {
-    const shm::ListenerInfo& li = hdr.listeners[i];
+  // (None while no master runs, or if its list was left mid-write.)
+  shm::ListenerList listeners;
+  if (master) shm::read_listeners(hdr, listeners);
+  for (uint32_t i = 0; i < listeners.n; ++i) {
+    const shm::ListenerInfo& li = listeners.items[i];
     const shm::ListenerTotals lt = shm::listener_totals(seg, shm::listener_stats_row(li, i));
     out += fmt::format(
         "{}{{\"name\": \"{}\", \"address\": \"{}\", \"accepted\": {}, \"active\": {}, \"http_requests\": {}, "

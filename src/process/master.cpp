@@ -341,14 +341,18 @@ void publish_listeners(const shm::Segment& seg, config::Config& cfg, bool keep, 
   shm::SegmentHeader& hdr = seg.header();
   std::array<bool, shm::kMaxListeners> old_row{};  // rows the running config's workers count in
   std::array<bool, shm::kMaxListeners> taken{};
-  const uint32_t n_old = keep ? std::min(hdr.n_listeners, shm::kMaxListeners) : 0;
+  // (A list left mid-write by a master that died there keeps no row: the new
+  // listeners' counters start at 0.)
+  shm::ListenerList old;
+  if (keep && !shm::read_listeners(hdr, old))
+    GW_LOG_WARN("the listener list in shm was left mid-write; listener counters start again at 0");
   const size_t n = std::min<size_t>(cfg.listeners.size(), shm::kMaxListeners);
   std::vector<uint32_t> row(n, kNoRow);
-  for (uint32_t j = 0; j < n_old; ++j) {
-    const uint32_t r = shm::listener_stats_row(hdr.listeners[j], j);
+  for (uint32_t j = 0; j < old.n; ++j) {
+    const uint32_t r = shm::listener_stats_row(old.items[j], j);
     old_row[r] = true;
     for (size_t i = 0; i < n; ++i)
-      if (row[i] == kNoRow && !taken[r] && cfg.listeners[i].name == shm::name_of(hdr.listeners[j].name)) {
+      if (row[i] == kNoRow && !taken[r] && cfg.listeners[i].name == shm::name_of(old.items[j].name)) {
         row[i] = r;  // the same listener: its counters go on
         taken[r] = true;
         break;
@@ -378,13 +382,14 @@ void publish_listeners(const shm::Segment& seg, config::Config& cfg, bool keep, 
 void write_listener_header(shm::SegmentHeader& hdr, const config::Config& cfg) {
   // The listeners' addresses for `gwctl check`, and their rows for a binary upgrade.
   const size_t n = std::min<size_t>(cfg.listeners.size(), shm::kMaxListeners);
-  hdr.n_listeners = static_cast<uint32_t>(n);
+  shm::ListenerList list;
+  list.n = static_cast<uint32_t>(n);
   for (uint32_t i = 0; i < n; ++i) {
-    hdr.listeners[i] = shm::ListenerInfo{};
-    shm::set_name(hdr.listeners[i].name, cfg.listeners[i].name);
-    hdr.listeners[i].addr = cfg.listeners[i].listen;
-    hdr.listeners[i].stats_row = cfg.listeners[i].stats_row + 1;
+    shm::set_name(list.items[i].name, cfg.listeners[i].name);
+    list.items[i].addr = cfg.listeners[i].listen;
+    list.items[i].stats_row = cfg.listeners[i].stats_row + 1;
   }
+  shm::write_listeners(hdr, list);
 }
 
 namespace {
@@ -1291,9 +1296,10 @@ class Master {
     if (hdr.workers.load() != static_cast<uint32_t>(cfg_.workers)) return false;
     if (cfg_.cluster.enabled && hdr.cluster.sync_pid.load() != sync_.pid) return false;
     const size_t n = std::min<size_t>(cfg_.listeners.size(), shm::kMaxListeners);
-    if (hdr.n_listeners != n) return false;
+    shm::ListenerList list;
+    if (!shm::read_listeners(hdr, list) || list.n != n) return false;
     for (size_t i = 0; i < n; ++i) {
-      const auto& l = hdr.listeners[i];
+      const auto& l = list.items[i];
       if (shm::name_of(l.name) != cfg_.listeners[i].name || !(l.addr == cfg_.listeners[i].listen) ||
           l.stats_row != cfg_.listeners[i].stats_row + 1)
         return false;

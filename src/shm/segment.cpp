@@ -1,6 +1,7 @@
 #include "gw/shm/segment.hpp"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/random.h>
@@ -9,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstdio>
@@ -342,6 +344,40 @@ uint64_t read_published(const Segment& seg, Table& out, const char** refused) no
     // A writer is rewriting the slot we were about to read: it has already
     // published the other one. Retry with the new `published`.
   }
+}
+
+namespace {
+
+constexpr size_t kListenerWords = sizeof(ListenerList) / 8;
+static_assert(sizeof(ListenerList) % 8 == 0);
+
+uint64_t* listener_words(SegmentHeader& hdr) noexcept {
+  return reinterpret_cast<uint64_t*>(&hdr.n_listeners);
+}
+
+}  // namespace
+
+void write_listeners(SegmentHeader& hdr, const ListenerList& list) noexcept {
+  ListenerList l = list;
+  l.n = std::min(l.n, kMaxListeners);
+  seq_write(hdr.listeners_seq, listener_words(hdr), reinterpret_cast<const uint64_t*>(&l), kListenerWords);
+}
+
+bool read_listeners(const SegmentHeader& hdr, ListenerList& out) noexcept {
+  // A live writer rewrites the list in microseconds; one that died mid-write
+  // leaves the counter odd until the next master writes the list again. The
+  // bound gives up on such a list after a few milliseconds of yields.
+  constexpr int kMaxTries = 4096;
+  const uint64_t* words = listener_words(const_cast<SegmentHeader&>(hdr));
+  for (int i = 0; i < kMaxTries; ++i) {
+    if (seq_try_read(hdr.listeners_seq, words, reinterpret_cast<uint64_t*>(&out), kListenerWords)) {
+      if (out.n <= kMaxListeners) return true;
+      break;  // a consistent copy, but not one a master wrote
+    }
+    ::sched_yield();
+  }
+  out = ListenerList{};
+  return false;
 }
 
 }  // namespace gw::shm

@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -50,5 +52,48 @@ TEST_CASE("concurrent writers and readers never see a torn table") {
   MESSAGE("commits: " << commits.load() << ", consistent reads: " << reads.load());
   CHECK(torn.load() == 0);
   CHECK(commits.load() > 100);
+  CHECK(reads.load() > 100);
+}
+
+TEST_CASE("a reader of the listener list never sees half of one list and half of another") {
+  gw::testing::TempSegment ts({2, 2, 16, 1, 1, 1, 1, 8});
+  // Two lists that differ in every entry: a torn copy mixes their names or counts.
+  ListenerList lists[2];
+  for (uint32_t k = 0; k < 2; ++k) {
+    lists[k].n = k == 0 ? 3 : 7;
+    for (uint32_t i = 0; i < lists[k].n; ++i) {
+      set_name(lists[k].items[i].name, (k == 0 ? "a" : "b") + std::to_string(i));
+      lists[k].items[i].stats_row = k * 100 + i + 1;
+    }
+  }
+  write_listeners(ts.seg.header(), lists[0]);
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> reads{0}, torn{0}, writes{0};
+  std::vector<std::thread> threads;
+  threads.emplace_back([&] {  // one writer, as the master is
+    for (uint32_t k = 1; !stop.load(); k ^= 1) {
+      write_listeners(ts.seg.header(), lists[k]);
+      writes.fetch_add(1);
+    }
+  });
+  for (int r = 0; r < 3; ++r)
+    threads.emplace_back([&] {
+      ListenerList out;
+      while (!stop.load()) {
+        if (!read_listeners(ts.seg.header(), out)) continue;  // the writer outran this reader for a while
+        const uint32_t k = out.n == 3 ? 0 : out.n == 7 ? 1 : 2;
+        bool same = k < 2;
+        for (uint32_t i = 0; same && i < kMaxListeners; ++i)
+          same = std::memcmp(&out.items[i], &lists[k].items[i], sizeof(ListenerInfo)) == 0;
+        if (!same) torn.fetch_add(1);
+        reads.fetch_add(1);
+      }
+    });
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  stop.store(true);
+  for (auto& t : threads) t.join();
+  MESSAGE("list writes: " << writes.load() << ", consistent reads: " << reads.load());
+  CHECK(torn.load() == 0);
+  CHECK(writes.load() > 100);
   CHECK(reads.load() > 100);
 }

@@ -663,9 +663,11 @@ int cmd_check(const Options& o) {
       ++running;
   }
   if (running < n) throw Failure(fmt::format("check failed: {} of {} workers are running", running, n));
-  const uint32_t nl = std::min(hdr.n_listeners, gw::shm::kMaxListeners);
-  for (uint32_t i = 0; i < nl; ++i) {
-    const auto& l = hdr.listeners[i];
+  gw::shm::ListenerList listeners;
+  if (!gw::shm::read_listeners(hdr, listeners))
+    throw Failure("check failed: the listener list in shm stays mid-write (the master died while writing it?)");
+  for (uint32_t i = 0; i < listeners.n; ++i) {
+    const auto& l = listeners.items[i];
     gw::core::SockAddr a = l.addr;
     // A wildcard listener is checked on loopback.
     static const uint8_t zero[16] = {};
@@ -692,7 +694,7 @@ int cmd_check(const Options& o) {
                                 l.addr.to_string(), err == ETIMEDOUT ? "connect timed out" : std::strerror(err)));
     ::close(fd);
   }
-  out("ok: master pid {}, {} worker(s) running, {} listener(s) accepting\n", hdr.master_pid.load(), n, nl);
+  out("ok: master pid {}, {} worker(s) running, {} listener(s) accepting\n", hdr.master_pid.load(), n, listeners.n);
   return 0;
 }
 

@@ -156,17 +156,45 @@ struct SegmentHeader {
   /// new master named here: that one is going away, so the old one serves on.
   /// Also in what was padding (segments of earlier builds: 0, no one).
   std::atomic<int32_t> stopping_master;
+  /// Seqlock counter of `n_listeners` and `listeners` (see read_listeners): a
+  /// reload rewrites the list while gwctl and the admin server read it. Also in
+  /// what was padding (segments of earlier builds: 0, a list at rest).
+  std::atomic<uint64_t> listeners_seq;
 
   alignas(64) std::atomic<uint64_t> event_head;  ///< next event sequence number to claim
 
   alignas(64) ClusterRuntime cluster;  ///< etcd sync state (state kClusterOff without `cluster`)
 
+  // The master's listening addresses, written with write_listeners() and read
+  // with read_listeners() (a ListenerList has this layout).
   uint32_t n_listeners;  ///< entries of `listeners` in use
   uint32_t reserved2;
-  ListenerInfo listeners[kMaxListeners];  ///< the master's listening addresses
+  ListenerInfo listeners[kMaxListeners];
 };
 // The fields added in what was padding leave the layout (and kAbiVersion) as it was.
-static_assert(offsetof(SegmentHeader, stopping_master) + sizeof(int32_t) <= offsetof(SegmentHeader, event_head));
+static_assert(offsetof(SegmentHeader, listeners_seq) + sizeof(uint64_t) <= offsetof(SegmentHeader, event_head));
+
+/// A private copy of the header's listener list: the same words, in the same order.
+struct ListenerList {
+  uint32_t n = 0;  ///< entries of `items` in use (at most kMaxListeners)
+  uint32_t reserved = 0;
+  ListenerInfo items[kMaxListeners] = {};
+};
+static_assert(offsetof(SegmentHeader, n_listeners) % 8 == 0 && offsetof(ListenerList, items) == 8 &&
+              offsetof(SegmentHeader, listeners) - offsetof(SegmentHeader, n_listeners) == 8 &&
+              sizeof(ListenerList) == 8 + sizeof(SegmentHeader::listeners) &&
+              std::is_trivially_copyable_v<ListenerList>);
+
+/// Replaces the header's listener list (seqlock write). One writer at a time:
+/// the running master, at its start, at a reload, and when a binary upgrade it
+/// handed over to fails (the new master wrote it at its start, before the
+/// hand-over). A writer that died mid-write leaves the counter odd; the next
+/// one writes the list again.
+void write_listeners(SegmentHeader& hdr, const ListenerList& list) noexcept;
+/// Copies the header's listener list into `out` (lock-free; retries while a
+/// writer rewrites it). False, with `out` empty, if the list stays mid-write
+/// (its writer died there) or holds an entry count above kMaxListeners.
+bool read_listeners(const SegmentHeader& hdr, ListenerList& out) noexcept;
 
 struct alignas(64) SlotHeader {
   std::atomic<uint64_t> seq;  ///< seqlock counter; odd while a writer writes the payload

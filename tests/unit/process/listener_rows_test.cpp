@@ -95,3 +95,20 @@ TEST_CASE("listener stats rows: a header of an earlier build (no rows) means row
   CHECK(row_of(c, "a") == 0);
   CHECK(shm::listener_totals(ts.seg, 1).accepted == 3);
 }
+
+TEST_CASE("listener stats rows: a list left mid-write keeps no row, and is written whole again") {
+  TempSegment ts;
+  process::ListenerRowTimes free_at{};
+  config::Config a = with_listeners({"web", "l4"});
+  process::publish_listeners(ts.seg, a, false, free_at, 1000, 1000);
+  count(ts.seg, 1, 7);
+  ts.seg.header().listeners_seq.fetch_add(1);  // a master died while writing the list
+  config::Config b = with_listeners({"l4"});
+  process::publish_listeners(ts.seg, b, true, free_at, 2000, 12000);
+  // Which row "l4" had is unknown: it gets a cleared one, not a guess.
+  CHECK(shm::listener_totals(ts.seg, row_of(b, "l4")).accepted == 0);
+  shm::ListenerList out;
+  REQUIRE(shm::read_listeners(ts.seg.header(), out));
+  CHECK(out.n == 1);
+  CHECK(shm::name_of(out.items[0].name) == "l4");
+}

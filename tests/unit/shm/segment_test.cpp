@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -94,5 +95,71 @@ TEST_SUITE("shm") {
     CHECK_THROWS_AS(Segment::object_name("a/b"), SegmentError);
     CHECK_THROWS_AS(Segment::object_name(""), SegmentError);
     CHECK(Segment::object_name("gw-1.x") == "/gw-1.x");
+  }
+
+  TEST_CASE("the listener list: written and read whole under its seqlock") {
+    TempSegment t;
+    Segment other = Segment::attach(t.name);
+    ListenerList in;
+    in.n = 2;
+    set_name(in.items[0].name, "web");
+    in.items[0].addr.family = AF_INET;
+    in.items[0].addr.port = 8080;
+    in.items[0].stats_row = 3;
+    set_name(in.items[1].name, "l4");
+    in.items[1].stats_row = 1;
+    write_listeners(t.seg.header(), in);
+    CHECK(t.seg.header().listeners_seq.load() == 2);
+    ListenerList out;
+    REQUIRE(read_listeners(other.header(), out));
+    CHECK(out.n == 2);
+    CHECK(name_of(out.items[0].name) == "web");
+    CHECK(out.items[0].addr == in.items[0].addr);
+    CHECK(out.items[0].stats_row == 3);
+    CHECK(name_of(out.items[1].name) == "l4");
+    // The header's own fields hold the list (what a build without the seqlock reads).
+    CHECK(other.header().n_listeners == 2);
+    CHECK(name_of(other.header().listeners[1].name) == "l4");
+
+    // A shorter list replaces it whole; more than kMaxListeners is cut.
+    in.n = 1;
+    write_listeners(t.seg.header(), in);
+    REQUIRE(read_listeners(other.header(), out));
+    CHECK(out.n == 1);
+    in.n = kMaxListeners + 5;
+    write_listeners(t.seg.header(), in);
+    REQUIRE(read_listeners(other.header(), out));
+    CHECK(out.n == kMaxListeners);
+  }
+
+  TEST_CASE("the listener list: a writer that died mid-write, and a list of an earlier build") {
+    TempSegment t;
+    SegmentHeader& hdr = t.seg.header();
+    // An earlier build wrote the fields directly and left the counter at 0.
+    hdr.n_listeners = 1;
+    set_name(hdr.listeners[0].name, "old");
+    ListenerList out;
+    REQUIRE(read_listeners(hdr, out));
+    CHECK(out.n == 1);
+    CHECK(name_of(out.items[0].name) == "old");
+
+    // Died mid-write: the counter stays odd, so the list is refused (and comes
+    // back empty) instead of read half old, half new.
+    hdr.listeners_seq.store(3);
+    CHECK_FALSE(read_listeners(hdr, out));
+    CHECK(out.n == 0);
+    // The next writer rounds the counter up and writes the list again.
+    ListenerList in;
+    in.n = 1;
+    set_name(in.items[0].name, "new");
+    write_listeners(hdr, in);
+    CHECK(hdr.listeners_seq.load() == 6);
+    REQUIRE(read_listeners(hdr, out));
+    CHECK(name_of(out.items[0].name) == "new");
+
+    // A consistent count above the capacity is no list a master wrote.
+    hdr.n_listeners = kMaxListeners + 1;
+    CHECK_FALSE(read_listeners(hdr, out));
+    CHECK(out.n == 0);
   }
 }
