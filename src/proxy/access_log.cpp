@@ -211,6 +211,8 @@ size_t AccessLog::format(char* buf, size_t cap, LogFormat f, const HttpLogEntry&
     o.jfield("host", e.host, kHostBudget);
     o.jnum("status", e.status);
     o.jnum("bytes", static_cast<int64_t>(e.body_bytes));
+    o.jnum("request_length", static_cast<int64_t>(e.request_length));
+    o.jnum("bytes_sent", static_cast<int64_t>(e.bytes_sent));
     o.jnum("request_time_ms", static_cast<int64_t>(e.request_ms));
     o.jfield("referer", e.referer, kFieldBudget);
     o.jfield("user_agent", e.user_agent, kFieldBudget);

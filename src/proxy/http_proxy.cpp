@@ -1142,6 +1142,7 @@ void HttpProxy::pump_request_body(Conn& c) noexcept {
   while (!c.req_body_done && c.body_end < c.in.tail) {
     http::BodyStep st = c.req_body.decode(std::string_view(c.in.p + c.body_end, c.in.tail - c.body_end));
     c.body_end += static_cast<uint32_t>(st.consumed);
+    c.req_bytes += st.consumed;  // as on the wire: a dropped trailer line too
     if (st.drop > 0) {
       // A hop-by-hop trailer field: the decoder held its line (not sent), so
       // it is cut out of the buffer here.
@@ -1176,7 +1177,8 @@ void HttpProxy::refuse_head(Conn& c, HttpOutcome o, int status) noexcept {
   c.consumer.clear();
   if (listeners_[c.listener].log) {
     http::Head none;
-    log_begin(c, none);  // logged with "-" for the request
+    log_begin(c, none);         // logged with "-" for the request
+    c.req_bytes = c.in.size();  // what was read of the head (the connection closes: all of it)
   }
   respond_error(c, status, false);
 }
@@ -2277,6 +2279,9 @@ void HttpProxy::start_tunnel(Conn& c, UpConn& u) noexcept {
   bump(env_.seg->worker(env_.worker).http_tunnels);
   c.state = CState::tunnel;
   c.tunnel_c_eof = c.tunnel_u_eof = c.tunnel_c_shut = c.tunnel_u_shut = false;
+  // The client's bytes read after its request (early frames) are the
+  // tunnel's, so its request's too (see req_bytes).
+  if (c.in.p && c.in.tail > c.body_end) c.req_bytes += c.in.tail - c.body_end;
   c.in.head = c.sent;
   c.c_read_ms = c.c_write_ms = c.u_read_ms = c.u_write_ms = env_.now_ms;
   c.c_in = c.c_out = true;
@@ -2320,6 +2325,7 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
       const ssize_t n = ::recv(c.fd, c.in.p, kBufSize, MSG_DONTWAIT);
       if (n > 0) {
         metrics::client_received(env_, c.listener, static_cast<uint64_t>(n));
+        c.req_bytes += static_cast<uint64_t>(n);
         c.in.head = 0;
         c.in.tail = static_cast<uint32_t>(n);
         c.c_read_ms = env_.now_ms;
@@ -2390,6 +2396,7 @@ void HttpProxy::log_begin(Conn& c, const http::Head& h) noexcept {
   c.status_sent = c.up_status = 0;
   c.head_bytes = 0;
   c.client_bytes = 0;
+  c.req_bytes = h.head_len;  // the body's bytes follow as the decoder takes them
   c.up_ms = -1;
   c.up_addr = core::SockAddr{};
   std::fill(std::begin(c.lg_len), std::end(c.lg_len), uint16_t{0});
@@ -2443,6 +2450,8 @@ void HttpProxy::log_request(Conn& c) noexcept {
   // No answer reached the client: nginx's 499 (the client went first).
   e.status = c.status_sent ? c.status_sent : 499;
   e.body_bytes = c.client_bytes > c.head_bytes ? c.client_bytes - c.head_bytes : 0;
+  e.bytes_sent = c.client_bytes;
+  e.request_length = c.req_bytes;
   // An answer that closes the connection ends the request when it is queued
   // (respond_error, finish_request): the linger that follows is not its time.
   const uint64_t end_ms = c.state == CState::closing ? c.started_ms : env_.now_ms;

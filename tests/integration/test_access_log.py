@@ -390,6 +390,57 @@ class AccessLogTest(GwTestCase):
         self.assertEqual(j["user_agent"], "u" * 1021 + "...")
         self.assertEqual(j["referer"], "u" * 1021 + "...")
 
+    def test_request_length_and_bytes_sent_are_each_requests_own(self):
+        # nginx's $request_length (head and body as on the wire) and
+        # $bytes_sent (head and body), exact, for requests pipelined in one
+        # write too: each request counts its own bytes, not the read's.
+        a = self.hb("alpha")
+        log = os.path.join(self.tmp, "sizes.log")
+        cfg = self.make_config([pool("p", [host("a", a.address)])],
+                               listeners=[http_listener("web", log, "json",
+                                                        routes=[{"name": "api", "path": "/api/", "upstream": "app"}])])
+        gw = self.gateway(cfg)
+
+        def exchange(raw, answers):
+            """Sends `raw` in one write; returns the sizes (head, body) of
+            `answers` responses read in order, then checks that nothing follows."""
+            with socket.create_connection((LO, gw.ports[0]), timeout=T(10)) as s:
+                s.sendall(raw)
+                rd = hb.Reader(s)
+                sizes = []
+                for _ in range(answers):
+                    head = rd.read_head()
+                    self.assertIsNotNone(head)
+                    _, headers = hb.parse_head(head)
+                    n = int(hb.hget(headers, "Content-Length"))
+                    rd.read_exact(n)
+                    sizes.append((len(head), n))
+                self.assertEqual(rd.read_to_eof(), b"")
+                return sizes
+
+        get = b"GET /api/get HTTP/1.1\r\nHost: sizes.test\r\nUser-Agent: t\r\nConnection: close\r\n\r\n"
+        post = (b"POST /api/cl HTTP/1.1\r\nHost: sizes.test\r\nContent-Length: 11\r\nConnection: close\r\n\r\n"
+                b"hello world")
+        chunked = (b"POST /api/chunked HTTP/1.1\r\nHost: sizes.test\r\nTransfer-Encoding: chunked\r\n"
+                   b"Connection: close\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n")
+        p1 = b"POST /api/p1 HTTP/1.1\r\nHost: sizes.test\r\nContent-Length: 3\r\n\r\nabc"
+        p2 = b"GET /no-route HTTP/1.1\r\nHost: sizes.test\r\n\r\n"  # gw's own 404
+        p3 = b"\r\nGET /api/p3 HTTP/1.1\r\nHost: sizes.test\r\nConnection: close\r\n\r\n"  # an empty line first
+        expect = {}  # target -> (status, request_length, bytes_sent, bytes)
+        for req, target in ((get, "/api/get"), (post, "/api/cl"), (chunked, "/api/chunked")):
+            (h, n), = exchange(req, 1)
+            expect[target] = (200, len(req), h + n, n)
+        sizes = exchange(p1 + p2 + p3, 3)
+        for req, target, status, (h, n) in zip((p1, p2, p3), ("/api/p1", "/no-route", "/api/p3"), (200, 404, 200),
+                                               sizes):
+            expect[target] = (status, len(req), h + n, n)
+        recs = [json.loads(l) for l in self.wait_lines(log, len(expect))]
+        got = {r["target"]: (r["status"], r["request_length"], r["bytes_sent"], r["bytes"]) for r in recs}
+        self.assertEqual(got, expect)
+        # The fields follow "bytes", as in the README.
+        self.assertRegex(read_lines(log)[0], r'"bytes":\d+,"request_length":\d+,"bytes_sent":\d+,"request_time_ms"')
+        self.assertEqual(a.counts()[1], 5)  # all but the 404 went to the host
+
     def timeout_408s(self, reqs):
         """Sends each request head or part on its own connection to a listener
         with 600 ms client header and body timeouts; returns the log records."""

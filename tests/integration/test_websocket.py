@@ -655,6 +655,61 @@ class WebSocketTest(GwTestCase):
         gwtest.wait_until(lambda: counts() == want_counts, T(10),
                           msg=f"byte counters == {want_counts} (host sent, received; listener received, sent)")
 
+    def test_tunnel_sizes_in_the_access_log(self):
+        """The json access log's request_length and bytes_sent of a request
+        that became a tunnel are the bytes each way for the whole of it: the
+        upgrade request (with the client's bytes behind it) and the frames the
+        client sent through the tunnel; the 101 head and every byte gw sent
+        back. The line is written when the tunnel closes."""
+        log = os.path.join(self.tmp, "ws.log")
+        rb = self.raw_backend("raw", ws_101(b"X-Backend: raw\r\n") + b"EARLY-SERVER-BYTES")
+        gw = self.http_gw({"app": ([("r", rb.address)], {})},
+                          listener_opts={"access_log": {"path": log, "format": "json"}})
+
+        def frame(payload, opcode=0x2):
+            # A client frame (masked, RFC 6455 5.2); gw passes it on as bytes.
+            n = len(payload)
+            head = bytes([0x80 | opcode])
+            if n < 126:
+                head += bytes([0x80 | n])
+            elif n < 65536:
+                head += bytes([0x80 | 126]) + struct.pack("!H", n)
+            else:
+                head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+            mask = b"\x01\x02\x03\x04"
+            return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+        request = upgrade_request()
+        early = frame(b"early frame")  # behind the request, before the 101
+        frames = frame(b"x" * 100) + frame(bytes(range(256)) * 40) + frame(b"", 0x8)
+        with gwtest.connect(gw.port, timeout=T(10)) as s:
+            s.sendall(request + early)
+            rd = Reader(s)
+            head = rd.read_head()
+            self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+            want = b"EARLY-SERVER-BYTES" + early
+            self.assertEqual(rd.read_exact(len(want)), want)
+            s.sendall(frames)
+            self.assertEqual(rd.read_exact(len(frames)), frames)  # the backend echoes
+            s.shutdown(socket.SHUT_WR)
+            self.assertEqual(rd.read_exact(4), b"bye\n")
+            s.settimeout(T(5))
+            self.assertEqual(rd.read_to_eof(), b"")
+        client_sent = len(request) + len(early) + len(frames)
+        client_got = len(head) + len(want) + len(frames) + 4
+
+        def lines():
+            try:
+                with open(log) as f:
+                    return [json.loads(l) for l in f.read().splitlines(keepends=True) if l.endswith("\n")]
+            except FileNotFoundError:
+                return []
+        gwtest.wait_until(lambda: len(lines()) == 1, T(5), msg="the tunnel's log line")
+        e = lines()[0]
+        self.assertEqual((e["status"], e["target"]), (101, "/chat"), e)
+        self.assertEqual((e["request_length"], e["bytes_sent"]), (client_sent, client_got), e)
+        self.assertEqual(e["bytes"], client_got - len(head), e)
+
     def test_upgrade_request_body_not_yet_sent_reaches_backend(self):
         """An Upgrade request with a body the backend does not read before its
         101: body bytes gw had read but not yet sent upstream when the 101

@@ -29,7 +29,9 @@ struct HttpLogEntry {
   std::string_view method, target, version;  ///< "GET", "/x?y", "HTTP/1.1"; empty if the request line was not read
   int status = 0;                            ///< status sent to the client (0: none, the connection was closed)
   uint64_t body_bytes = 0;                   ///< response body bytes sent to the client
-  uint64_t request_ms = 0;                   ///< first request byte → last response byte
+  uint64_t bytes_sent = 0;      ///< all bytes sent to the client: heads (1xx included) and body; a tunnel's too
+  uint64_t request_length = 0;  ///< bytes received from the client: head and body as on the wire; a tunnel's too
+  uint64_t request_ms = 0;      ///< first request byte → last response byte
   std::string_view referer, user_agent, host;
   std::string_view upstream_addr;  ///< the last host tried ("" = none)
   int upstream_status = 0;         ///< 0 = no response from a host

@@ -227,10 +227,14 @@ class HttpProxy {
     uint16_t status_sent = 0;   // the status of the answer the client got
     uint16_t up_status = 0;     // the status a host answered with (0 = none)
     uint32_t head_bytes = 0;    // bytes of response heads sent (not body)
-    uint64_t client_bytes = 0;  // bytes sent to the client for this request
-    uint64_t up_start_ms = 0;   // the request's first byte to the host that answered
-    int64_t up_ms = -1;         // → its response head
-    core::SockAddr up_addr;     // the last host tried
+    uint64_t client_bytes = 0;  // bytes sent to the client for this request (a tunnel's included)
+    // Bytes received from the client for this request, as on the wire (nginx's
+    // $request_length): its head, the body bytes the decoder took (chunked
+    // framing included), and for a tunnel every byte the client sent through it.
+    uint64_t req_bytes = 0;
+    uint64_t up_start_ms = 0;  // the request's first byte to the host that answered
+    int64_t up_ms = -1;        // → its response head
+    core::SockAddr up_addr;    // the last host tried
 
     api::ConsumerName consumer;  // who auth found for the current request (X-Consumer-Username, access log)
 

@@ -138,3 +138,34 @@ TEST_SUITE("proxy") {
     CHECK(cut.find("\xe2\x82\xac...\"") != std::string_view::npos);
   }
 }
+
+TEST_SUITE("proxy") {
+  TEST_CASE("access log: json has request_length and bytes_sent after bytes") {
+    // nginx's $request_length and $bytes_sent beside $body_bytes_sent; the
+    // text formats stay as they were (combined is nginx's own).
+    HttpLogEntry e;
+    e.wall_ms = 1764700000000;
+    e.client = "127.0.0.1";
+    e.method = "POST";
+    e.target = "/up";
+    e.version = "HTTP/1.1";
+    e.status = 201;
+    e.body_bytes = 12;
+    e.request_length = 4242;
+    e.bytes_sent = 157;
+    e.listener = "web";
+    char buf[8191];
+    const size_t n = AccessLog::format(buf, sizeof(buf), LogFormat::json, e);
+    REQUIRE(n > 0);
+    const std::string_view line(buf, n);
+    CHECK(line.find(R"("status":201,"bytes":12,"request_length":4242,"bytes_sent":157,"request_time_ms":)") !=
+          std::string_view::npos);
+    for (LogFormat f : {LogFormat::combined, LogFormat::main}) {
+      const size_t m = AccessLog::format(buf, sizeof(buf), f, e);
+      REQUIRE(m > 0);
+      const std::string_view text(buf, m);
+      CHECK(text.find("4242") == std::string_view::npos);
+      CHECK(text.find("157") == std::string_view::npos);
+    }
+  }
+}
