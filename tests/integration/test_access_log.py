@@ -463,8 +463,11 @@ class AccessLogTest(GwTestCase):
     def test_a_head_timeout_is_logged(self):
         # Every request gets its line: a head that never ends gets 408 after
         # client_header_timeout_ms, logged with "-" for the request (nginx's 408).
-        recs = self.timeout_408s([b"GET /head HTTP/1.1\r\nHost: x\r\n", b"GE"])
+        reqs = [b"GET /head HTTP/1.1\r\nHost: x\r\n", b"GE"]
+        recs = self.timeout_408s(reqs)
         self.assertEqual([(r["status"], r["method"], r["target"]) for r in recs], [(408, "", "")] * 2, recs)
+        # request_length: what gw had read of the head it refused.
+        self.assertEqual(sorted(r["request_length"] for r in recs), sorted(len(q) for q in reqs), recs)
 
     def test_request_time_of_an_error_answer_counts_to_the_answer(self):
         # An answer that closes the connection (408 here) is logged with the
