@@ -175,6 +175,37 @@ std::string route_json(const shm::Segment& seg, const shm::Table& t, int route) 
   return j + "]}";
 }
 
+std::vector<ListenerView> listener_views(const shm::Segment& seg) {
+  std::vector<ListenerView> out;
+  if (!seg.master_alive()) return out;
+  // (None if the master's list was left mid-write.)
+  shm::ListenerList list;
+  if (!shm::read_listeners(seg.header(), list)) return out;
+  out.reserve(list.n);
+  for (uint32_t i = 0; i < list.n; ++i) {
+    const shm::ListenerInfo& li = list.items[i];
+    out.push_back({std::string(name_of(li.name)), li.addr, shm::listener_totals(seg, shm::listener_stats_row(li, i))});
+  }
+  return out;
+}
+
+std::string byte_size(uint64_t bytes) {
+  if (bytes < 1024) return fmt::format("{} B", bytes);
+  static constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  size_t u = 0;
+  uint64_t unit = 1024;
+  // The largest unit the count reaches (EiB: 2^60 is the last that fits).
+  while (u + 1 < std::size(kUnits) && bytes / 1024 >= unit) unit *= 1024, ++u;
+  // Tenths of the unit, rounded half up, in integers: (bytes % unit) * 10 is
+  // below 2^60 * 10, which fits in 64 bits.
+  uint64_t tenths = bytes / unit * 10 + ((bytes % unit) * 10 + unit / 2) / unit;
+  if (tenths >= 10240 && u + 1 < std::size(kUnits)) {  // 1023.95 KiB and up: 1.0 MiB
+    unit *= 1024, ++u;
+    tenths = bytes / unit * 10 + ((bytes % unit) * 10 + unit / 2) / unit;
+  }
+  return fmt::format("{}.{} {}", tenths / 10, tenths % 10, kUnits[u]);
+}
+
 std::string status_json(const shm::Segment& seg) {
   auto t = std::make_unique<shm::Table>(seg.caps());
   shm::read_published(seg, *t);
@@ -228,18 +259,14 @@ std::string status_json(const shm::Segment& seg, const shm::Table& t) {
                   seg.name(), t.header().generation, master, cluster_json(cluster_view(seg)));
   out += workers;
   out += "], \"listeners\": [";
-  // The running master's listeners (the header lists them), with their rows' sums.
-  // (None while no master runs, or if its list was left mid-write.)
-  shm::ListenerList listeners;
-  if (master) shm::read_listeners(hdr, listeners);
-  for (uint32_t i = 0; i < listeners.n; ++i) {
-    const shm::ListenerInfo& li = listeners.items[i];
-    const shm::ListenerTotals lt = shm::listener_totals(seg, shm::listener_stats_row(li, i));
+  bool first_listener = true;
+  for (const ListenerView& l : listener_views(seg)) {
     out += fmt::format(
         "{}{{\"name\": \"{}\", \"address\": \"{}\", \"accepted\": {}, \"active\": {}, \"http_requests\": {}, "
         "\"received_bytes\": {}, \"sent_bytes\": {}}}",
-        i ? ", " : "", json_escape(name_of(li.name)), li.addr.to_string(), lt.accepted, lt.active, lt.http_requests,
-        lt.received_bytes, lt.sent_bytes);
+        first_listener ? "" : ", ", json_escape(l.name), l.addr.to_string(), l.totals.accepted, l.totals.active,
+        l.totals.http_requests, l.totals.received_bytes, l.totals.sent_bytes);
+    first_listener = false;
   }
   out += "], \"frame_rejects\": " + rejects_json(reject_totals) + ", \"upstreams\": [";
   for (size_t u = 0; u < t.upstreams().size(); ++u) out += (u ? ", " : "") + upstream_json(seg, t, static_cast<int>(u));

@@ -8,7 +8,10 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "gw/core/address.hpp"
+#include "gw/shm/runtime.hpp"
 #include "gw/shm/segment.hpp"
 #include "gw/shm/table.hpp"
 
@@ -40,6 +43,25 @@ const char* host_health(const shm::Segment& seg, const shm::Table& t, const shm:
 /// passive or active health (a host its checks have not judged yet counts
 /// when its upstream's check.unknown_usable says so).
 bool host_usable(const shm::Segment& seg, const shm::Table& t, const shm::HostRecord& h);
+
+/// A listener of the running master (the segment's header lists them) and
+/// the sums of its ListenerStats rows over the workers.
+struct ListenerView {
+  std::string name;
+  core::SockAddr addr;
+  shm::ListenerTotals totals;
+};
+/// The running master's listeners, in the header's order: the status
+/// document's "listeners" and gwctl status's LISTENER table. None when no
+/// master runs (the rows of a stopped gateway are not counted on), or while
+/// its list stays mid-write (see shm::read_listeners).
+std::vector<ListenerView> listener_views(const shm::Segment& seg);
+
+/// A byte count for people, in binary units with one decimal: "0 B",
+/// "1023 B", "1.0 KiB", "1.5 MiB", up to "16.0 EiB" (rounded half up, to the
+/// next unit when it rounds to 1024). At most 10 characters ("1023.9 KiB").
+/// The exact counts are in the status document.
+std::string byte_size(uint64_t bytes);
 
 /// The whole status document (gwctl status --json, GET /status), one line.
 std::string status_json(const shm::Segment& seg);

@@ -77,6 +77,28 @@ Response call(Api& api, std::string_view method, std::string_view target, std::s
 }  // namespace
 
 TEST_SUITE("admin") {
+  TEST_CASE("byte_size: binary units, one decimal, rounded half up") {
+    CHECK(byte_size(0) == "0 B");
+    CHECK(byte_size(1) == "1 B");
+    CHECK(byte_size(1023) == "1023 B");
+    CHECK(byte_size(1024) == "1.0 KiB");
+    CHECK(byte_size(1536) == "1.5 KiB");
+    CHECK(byte_size(1024 * 1024 - 1) == "1.0 MiB");       // 1023.999 KiB rounds to the next unit
+    CHECK(byte_size(1023 * 1024 + 972) == "1023.9 KiB");  // the widest: 10 characters
+    CHECK(byte_size(1023 * 1024 + 973) == "1.0 MiB");     // 1023.95 KiB
+    CHECK(byte_size(1024 * 1024) == "1.0 MiB");
+    CHECK(byte_size(1572864) == "1.5 MiB");
+    CHECK(byte_size(1258291) == "1.2 MiB");
+    CHECK(byte_size(5ULL << 30) == "5.0 GiB");
+    CHECK(byte_size((1ULL << 40) * 3 / 2) == "1.5 TiB");
+    CHECK(byte_size(1ULL << 50) == "1.0 PiB");
+    CHECK(byte_size(1ULL << 60) == "1.0 EiB");
+    CHECK(byte_size(UINT64_MAX) == "16.0 EiB");  // no overflow at the top
+    for (unsigned k = 0; k < 64; ++k)
+      for (const uint64_t n : {UINT64_MAX >> k, (uint64_t{1} << k) - 1, (uint64_t{1} << k) / 10240 * 10238})
+        CHECK(byte_size(n).size() <= 10);
+  }
+
   TEST_CASE("prometheus escaping and values") {
     CHECK(prom_escape_label("plain") == "plain");
     CHECK(prom_escape_label("a\\b\"c\nd") == "a\\\\b\\\"c\\nd");
