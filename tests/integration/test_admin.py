@@ -750,6 +750,80 @@ class AdminTest(GwTestCase):
             self.assertEqual((ls["web"]["received_bytes"], ls["web"]["sent_bytes"]), (len(request), len(reply)))
             self.assertEqual(ls["web"]["http_requests"], 1)
 
+    def test_text_status_shows_byte_counters(self):
+        # gwctl status (text): SENT and RECEIVED of each host and a LISTENER
+        # table with each listener's bytes, the figures of status --json in
+        # binary units. A name longer than its column and a count in MiB
+        # widen the columns: every cell stays under its title.
+        be = gwtest.Backend("t", mode="eof_reply")
+        self.addCleanup(be.stop)
+        long_host = "a-host-whose-name-is-wider-than-its-column-01"
+        long_listener = "a-listener-with-a-name-wider-than-28"
+        listener = gwtest.tcp_listener(long_listener, "app")
+        cfg = self.make_config([pool("primary", [gwtest.host(long_host, be.address)])], workers=2,
+                               listeners=[listener])
+        gw = self.gateway(cfg)
+        port = int(listener["listen"].rsplit(":", 1)[1])
+        up = 0
+        down = 0
+
+        def send(n):
+            nonlocal up, down
+            with socket.create_connection((LO, port), timeout=T(10)) as c:
+                c.sendall(hb.pattern_bytes(n))
+                c.shutdown(socket.SHUT_WR)
+                answer = gwtest.recv_all(c)
+            self.assertEqual(answer, f"t got {n} bytes\n".encode())
+            up += n
+            down += len(answer)
+
+        def counted():
+            st = gw.status()
+            h = gwtest.find_host(st, f"app/primary/{long_host}")
+            ls = {x["name"]: x for x in st["listeners"]}[long_listener]
+            return ((h["sent_bytes"], h["received_bytes"], ls["received_bytes"], ls["sent_bytes"], ls["active"]) ==
+                    (up, down, up, down, 0))
+
+        def text_tables():
+            rc, out, err = gw.gwctl("status")
+            self.assertEqual(rc, 0, err)
+            lines = out.splitlines()
+
+            def first(start, prefix):
+                i = next((i for i in range(start, len(lines)) if lines[i].startswith(prefix)), None)
+                self.assertIsNotNone(i, f"no line starting {prefix!r} in gwctl status:\n{out}")
+                return i
+
+            head = first(0, "UPSTREAM/POOL/HOST")
+            lhead = first(0, "LISTENER ")
+            row = lines[first(head, f"    {long_host} ")]
+            lrow = lines[first(lhead, f"{long_listener} ")]
+            return out, (lines[head], row), (lines[lhead], lrow)
+
+        def cells(title, row, names):
+            # Each cell ends where its (right-aligned) title ends.
+            got = {}
+            for name in names:
+                end = title.index(name) + len(name)
+                start = row.rfind("  ", 0, end) + 2
+                got[name] = row[start:end]
+            return got
+
+        for n, want_up, want_down in ((1000, "1000 B", "17 B"), (1572864, "1.5 MiB", "37 B")):
+            send(n)
+            wait_until(counted, T(10), msg=f"status --json counts {up} bytes up and {down} down")
+            out, (title, row), (ltitle, lrow) = text_tables()
+            self.assertTrue(title.endswith("SENT   RECEIVED"), out)
+            self.assertEqual(cells(title, row, ["SENT", "RECEIVED"]), {"SENT": want_up, "RECEIVED": want_down}, out)
+            self.assertEqual(len(row), len(title), out)
+            self.assertEqual(row.split()[:2], [long_host, be.address], out)
+            self.assertEqual(lrow.split()[:2], [long_listener, listener["listen"]], out)
+            self.assertEqual(cells(ltitle, lrow, ["ACTIVE", "RECEIVED", "SENT"]),
+                             {"ACTIVE": "0", "RECEIVED": want_up, "SENT": want_down}, out)
+            self.assertEqual(len(lrow), len(ltitle), out)
+        # The exact figures stay in status --json.
+        self.assertEqual((up, down), (1573864, 37))
+
     # ------------------------------------------------------------------ API <-> gwctl
 
     def test_api_and_gwctl_see_each_others_writes(self):

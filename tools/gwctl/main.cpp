@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
@@ -19,8 +20,10 @@
 #include <iterator>
 #include <map>
 #include <optional>
+#include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "gw/admin/status.hpp"
 #include "gw/api/hash.hpp"
@@ -700,6 +703,55 @@ int cmd_check(const Options& o) {
 
 // ---------------------------------------------------------------- status: cluster
 
+// A text table whose columns are as wide as their widest cell (at least the
+// width given), so a long name or a large count shifts the columns rather
+// than running into the next one. Caption lines (an upstream, a pool) sit
+// between the rows and take no part in the widths.
+class TextTable {
+ public:
+  struct Column {
+    std::string title;
+    size_t min_width;
+    bool right;  // numbers are right-aligned
+  };
+  explicit TextTable(std::vector<Column> cols) : cols_(std::move(cols)) {}
+
+  void caption(std::string line) { lines_.push_back({std::move(line), {}}); }
+  void row(std::vector<std::string> cells) { lines_.push_back({{}, std::move(cells)}); }
+
+  // Writes the title line and then the captions and rows, in order.
+  void print() const {
+    std::vector<size_t> w;
+    for (const auto& c : cols_) w.push_back(std::max(c.min_width, c.title.size()));
+    for (const auto& l : lines_)
+      for (size_t i = 0; i < l.cells.size() && i < w.size(); ++i) w[i] = std::max(w[i], l.cells[i].size());
+    auto put = [&](const std::vector<std::string>& cells) {
+      std::string line;
+      for (size_t i = 0; i < cells.size() && i < w.size(); ++i) {
+        if (i) line += ' ';
+        line += cols_[i].right ? fmt::format("{:>{}}", cells[i], w[i]) : fmt::format("{:<{}}", cells[i], w[i]);
+      }
+      while (!line.empty() && line.back() == ' ') line.pop_back();
+      out("{}\n", line);
+    };
+    std::vector<std::string> titles;
+    for (const auto& c : cols_) titles.push_back(c.title);
+    put(titles);
+    for (const auto& l : lines_) {
+      if (l.cells.empty()) out("{}\n", l.caption);
+      else put(l.cells);
+    }
+  }
+
+ private:
+  struct Line {
+    std::string caption;
+    std::vector<std::string> cells;  // empty for a caption
+  };
+  std::vector<Column> cols_;
+  std::vector<Line> lines_;
+};
+
 int cmd_status(const Options& o) {
   gw::shm::Segment seg = attach(o, false);
   gw::shm::Table t(seg.caps());
@@ -826,31 +878,62 @@ int cmd_status(const Options& o) {
           sum.http_requests, sum.http_retries, sum.http_reused, sum.http_tunnels, answered);
     }
   }
-  out("\n{:<28} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", "UPSTREAM/POOL/HOST", "ADDRESS", "WEIGHT", "ADMIN",
-      "HEALTH", "ACTIVE", "TOTAL", "FAILURES");
+  // The hosts, under their upstream and pool. SENT and RECEIVED are the bytes
+  // to and from the host (status --json: sent_bytes, received_bytes).
+  out("\n");
+  TextTable ht({{"UPSTREAM/POOL/HOST", 28, false},
+                {"ADDRESS", 24, false},
+                {"WEIGHT", 6, true},
+                {"ADMIN", 6, false},
+                {"HEALTH", 6, false},
+                {"ACTIVE", 7, true},
+                {"TOTAL", 9, true},
+                {"FAILURES", 8, true},
+                {"SENT", 10, true},
+                {"RECEIVED", 10, true}});
   for (size_t u = 0; u < t.upstreams().size(); ++u) {
     const auto& ur = t.upstreams()[u];
     // retry.tries (http) is shown where it differs from tries (tcp and frame connects).
     const std::string retry = ur.retry_tries && ur.retry_tries != ur.tries
                                   ? fmt::format(", http retry.tries {}", ur.retry_tries)
                                   : std::string();
-    out("{} (connect {} ms, idle {} ms, max_fails {} per {} ms, tries {}{})\n", name_of(ur.name), ur.connect_timeout_ms,
-        ur.idle_timeout_ms, ur.max_fails, ur.fail_timeout_ms, ur.tries, retry);
+    ht.caption(fmt::format("{} (connect {} ms, idle {} ms, max_fails {} per {} ms, tries {}{})", name_of(ur.name),
+                           ur.connect_timeout_ms, ur.idle_timeout_ms, ur.max_fails, ur.fail_timeout_ms, ur.tries,
+                           retry));
     for (size_t p = 0; p < t.pools().size(); ++p) {
       const auto& pr = t.pools()[p];
       if (pr.upstream != u) continue;
-      out("  {}/{} (priority {}, {})\n", name_of(ur.name), name_of(pr.id), pr.priority,
-          gw::shm::method_name(static_cast<gw::shm::Method>(pr.method)));
+      ht.caption(fmt::format("  {}/{} (priority {}, {})", name_of(ur.name), name_of(pr.id), pr.priority,
+                             gw::shm::method_name(static_cast<gw::shm::Method>(pr.method))));
       for (size_t h = 0; h < hosts.size(); ++h) {
         const auto& hr = hosts[h];
         if (hr.pool != p) continue;
         auto tot = gw::shm::host_totals(seg, hr.slot, hr.tag);
-        out("    {:<24} {:<24} {:>6} {:<6} {:<6} {:>7} {:>9} {:>8}\n", name_of(hr.id), hr.addr.to_string(), hr.weight,
-            hr.admin_down ? "down" : "up", gw::admin::host_health(seg, t, hr), tot.active, tot.total,
-            // a table read before the slot went to another host: not that host's count
-            seg.host(hr.slot).tag.load() == hr.tag ? seg.host(hr.slot).failures.load() : 0);
+        auto st = gw::shm::host_stats_totals(seg, hr.slot, hr.tag);
+        // a table read before the slot went to another host: not that host's count
+        const uint64_t failures = seg.host(hr.slot).tag.load() == hr.tag ? seg.host(hr.slot).failures.load() : 0;
+        ht.row({fmt::format("    {}", name_of(hr.id)), hr.addr.to_string(), std::to_string(hr.weight),
+                hr.admin_down ? "down" : "up", gw::admin::host_health(seg, t, hr), std::to_string(tot.active),
+                std::to_string(tot.total), std::to_string(failures), gw::admin::byte_size(st.sent_bytes),
+                gw::admin::byte_size(st.received_bytes)});
       }
     }
+  }
+  ht.print();
+  // The running master's listeners (the bytes on their clients' sockets).
+  if (const auto listeners = gw::admin::listener_views(seg); !listeners.empty()) {
+    out("\n");
+    TextTable lt({{"LISTENER", 28, false},
+                  {"ADDRESS", 24, false},
+                  {"ACCEPTED", 9, true},
+                  {"ACTIVE", 7, true},
+                  {"RECEIVED", 10, true},
+                  {"SENT", 10, true}});
+    for (const auto& l : listeners)
+      lt.row({gw::core::one_line(l.name), l.addr.to_string(), std::to_string(l.totals.accepted),
+              std::to_string(l.totals.active), gw::admin::byte_size(l.totals.received_bytes),
+              gw::admin::byte_size(l.totals.sent_bytes)});
+    lt.print();
   }
   if (!t.consumers().empty()) {
     std::string names;
