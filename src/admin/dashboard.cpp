@@ -103,12 +103,16 @@ function rate(key, t, values) {
   return out;
 }
 function fmtRate(r) { return r === null || r === undefined ? "-" : (r < 10 ? r.toFixed(1) : Math.round(r).toString()); }
-function fmtBytes(n) {  // bytes to the host, from it (status: sent_bytes, received_bytes)
+// Bytes to the host, from it (status: sent_bytes, received_bytes), as gwctl's
+// text status writes them: binary units, one decimal, rounded half up, and the
+// next unit when that rounds to 1024 ("1.0 MiB", never "1024.0 KiB").
+function fmtBytes(n) {
   if (n === undefined || n === null) return "-";
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return (i === 0 ? n.toString() : n.toFixed(1)) + " " + units[i];
+  if (n < 1024) return n + " B";
+  const units = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+  let i = 0, v = n / 1024;
+  while (Math.round(v * 10) >= 10240 && i < units.length - 1) { v /= 1024; i++; }
+  return (Math.round(v * 10) / 10).toFixed(1) + " " + units[i];
 }
 function describeRule(r) {
   const parts = [];

@@ -1397,6 +1397,10 @@ class AdminTest(GwTestCase):
         # The host's bytes (status sent_bytes, received_bytes), formatted.
         wait_until(lambda: re.fullmatch(r"\d+(\.\d)? (B|KiB)", cell("app/primary/a", "received") or "") and
                    cell("app/primary/a", "sent") not in (None, "0 B"), T(5), msg="the host's bytes on the dashboard")
+        # The same units and rounding as gwctl's text status (gw::admin::byte_size).
+        self.assertEqual(cdp.evaluate("[0, 1023, 1024, 1536, 1048524, 1048525, 1572864, 1099511627776 * 1024 * 3,"
+                                      " 2 ** 60 * 15].map(fmtBytes).join('|')"),
+                         "0 B|1023 B|1.0 KiB|1.5 KiB|1023.9 KiB|1.0 MiB|1.5 MiB|3.0 PiB|15.0 EiB")
 
         # gwctl down host: the page shows it within a couple of seconds (it polls once a second).
         self.assertGwctlOk(gw, "down", "host", "app/primary", "a")

@@ -830,8 +830,7 @@ int cmd_status(const Options& o) {
         t.header().generation, ts);
   if (auto cv = gw::admin::cluster_view(seg); cv.on) out("{}\n", gw::core::one_line(gw::admin::cluster_line(cv)));
   for (const auto& w : workers)
-    fmt::print(
-        "  worker {}: pid {}, generation {}, {} connection(s), {} accepted, {} hash fallback(s), {} without a host\n",
+    out("  worker {}: pid {}, generation {}, {} connection(s), {} accepted, {} hash fallback(s), {} without a host\n",
         w.slot, w.pid, w.gen, w.conns, w.accepted, w.fallbacks, w.no_host);
   {
     std::string line;
@@ -858,23 +857,19 @@ int cmd_status(const Options& o) {
           g.jwt_cache_hits += w.jwt_cache_hits;
     }
     if (g.conn_rejected || g.req_limited || g.limit_full || lim.used)
-      fmt::print(
-          "  limits: {} of {} entries in use ({} with open connections, {} connection(s)), {} eviction(s); "
+      out("  limits: {} of {} entries in use ({} with open connections, {} connection(s)), {} eviction(s); "
           "{} connection(s) refused by limit_conn, {} request(s) answered 429, {} refused for a full set\n",
           lim.used, seg.caps().max_limit_keys, lim.pinned, lim.conns, g.evictions, g.conn_rejected, g.req_limited,
           g.limit_full);
     if (g.auth_ok || g.auth_failed || g.auth_forbidden)
-      fmt::print(
-          "  auth: {} request(s) authenticated ({} basic-auth and {} jwt from the cache), {} refused (401, or 400 for "
-          "a "
-          "credential sent twice), {} answered 403\n",
+      out("  auth: {} request(s) authenticated ({} basic-auth and {} jwt from the cache), {} refused (401, or 400 for "
+          "a credential sent twice), {} answered 403\n",
           g.auth_ok, g.basic_cache_hits, g.jwt_cache_hits, g.auth_failed, g.auth_forbidden);
     if (sum.http_requests) {
       std::string answered;
       for (size_t k = 1; k < std::size(gw::proxy::kHttpOutcomeNames); ++k)
         if (sum.outcomes[k]) answered += fmt::format(", {} {}", gw::proxy::kHttpOutcomeNames[k], sum.outcomes[k]);
-      fmt::print(
-          "  http: {} request(s), {} retried attempt(s), {} over kept-alive upstream connections, {} tunnel(s){}\n",
+      out("  http: {} request(s), {} retried attempt(s), {} over kept-alive upstream connections, {} tunnel(s){}\n",
           sum.http_requests, sum.http_retries, sum.http_reused, sum.http_tunnels, answered);
     }
   }
