@@ -766,15 +766,20 @@ void HttpProxy::on_event(uint64_t data, uint32_t events) noexcept {
       c.c_hup = true;
       c.c_in = true;  // the FIN or the error is read like data
     }
-    if ((events & EPOLLERR) &&
-        ((c.state == CState::busy && c.c_eof) || (c.state == CState::tunnel && c.tunnel_c_eof))) {
-      // A reset after the client's FIN: a read says 0 again (the FIN), only
-      // EPOLLERR reports it. The client can take no answer: abort, as a reset
-      // read before the FIN does (read_client(), pump_tunnel()).
+    // A reset after the client's FIN: a read says 0 again (the FIN), only
+    // EPOLLERR reports it. The client can take no answer: abort, as a reset
+    // read before the FIN does (read_client(), pump_tunnel()).
+    auto reset_after_fin = [&c] {
+      return (c.state == CState::busy && c.c_eof) || (c.state == CState::tunnel && c.tunnel_c_eof);
+    };
+    if ((events & EPOLLERR) && reset_after_fin()) {
       close_conn(c);
       return;
     }
     drive(c);
+    // The FIN and the reset in one report: drive() has read the FIN (a 0, not
+    // the error), and no later report comes for the error (edge-triggered).
+    if ((events & EPOLLERR) && c.state != CState::free && event_gen_is(data, c.gen) && reset_after_fin()) close_conn(c);
     return;
   }
   if (idx >= ups_.size()) return;

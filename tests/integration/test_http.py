@@ -2154,6 +2154,34 @@ class FlowTest(HttpCase):
                     and gwtest.socket_inodes(worker) == sockets_before)
         wait_until(settled, T(3), msg="the reset connections and their upstream ones to close")
 
+    def test_fin_and_reset_in_one_report_abort_the_request(self):
+        """As above, but the FIN and the reset reach the worker in one epoll
+        report (it was stopped while both came): the read it makes for the
+        EPOLLIN says 0 (the FIN), never the reset, and no later report comes
+        for it (edge-triggered), so the EPOLLERR of that same report is what
+        must abort the request."""
+        a = self.hb("alpha", action="hang")
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        (worker,) = gw.worker_pids()
+        sockets_before = gwtest.socket_inodes(worker)
+        s = socket.create_connection((LO, gw.port), timeout=T(3))
+        s.sendall(raw_request("GET", "/r"))
+        wait_until(lambda: a.requests == 1, T(5), msg="the request upstream")
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            # On loopback both segments are in gw's socket when these return.
+            s.shutdown(socket.SHUT_WR)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        finally:
+            os.kill(worker, signal.SIGCONT)
+
+        def settled():
+            st = gw.status()
+            return (st["workers"][0]["connections"] == 0 and gwtest.find_host(st, "app/p/a")["active"] == 0
+                    and gwtest.socket_inodes(worker) == sockets_before)
+        wait_until(settled, T(3), msg="the reset connection and its upstream one to close")
+
     def test_graceful_stop(self):
         a = self.hb("alpha", delay_head=1.0, body_size=200000)
         gw = self.http_gw([pool("p", [host("a", a)])])
