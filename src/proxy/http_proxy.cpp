@@ -777,9 +777,16 @@ void HttpProxy::on_event(uint64_t data, uint32_t events) noexcept {
       return;
     }
     drive(c);
-    // The FIN and the reset in one report: drive() has read the FIN (a 0, not
-    // the error), and no later report comes for the error (edge-triggered).
-    if ((events & EPOLLERR) && c.state != CState::free && event_gen_is(data, c.gen) && reset_after_fin()) close_conn(c);
+    // A reset while a request or tunnel is under way, after drive() moved what
+    // could move (as the tcp relay does): a read reports it only once no byte
+    // is left before it, and none may come. The FIN and the reset in one
+    // report: drive() read the FIN (a 0, not the error). Bytes of a pipelined
+    // request that came after its head: a busy connection only peeks at them,
+    // and the peek returns them. No later report comes for the error
+    // (edge-triggered).
+    if ((events & EPOLLERR) && c.state != CState::free && event_gen_is(data, c.gen) &&
+        (c.state == CState::busy || c.state == CState::tunnel))
+      close_conn(c);
     return;
   }
   if (idx >= ups_.size()) return;

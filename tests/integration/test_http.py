@@ -2182,6 +2182,31 @@ class FlowTest(HttpCase):
                     and gwtest.socket_inodes(worker) == sockets_before)
         wait_until(settled, T(3), msg="the reset connection and its upstream one to close")
 
+    def test_reset_behind_pipelined_bytes_aborts_the_request(self):
+        """A client resets (no FIN) while the host has not answered, with the
+        first bytes of its next request still unread in gw's socket (they came
+        after the head was read, so gw only peeked at them): a read, even a
+        peek, gives those bytes and never the reset, so only EPOLLERR reports
+        it. gw must abort, not hold the connection and the host's until
+        read_timeout_ms."""
+        a = self.hb("alpha", action="hang")
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        (worker,) = gw.worker_pids()
+        sockets_before = gwtest.socket_inodes(worker)
+        s = socket.create_connection((LO, gw.port), timeout=T(3))
+        s.sendall(raw_request("GET", "/r"))
+        wait_until(lambda: a.requests == 1, T(5), msg="the request upstream")
+        s.sendall(b"GET /next HTTP/1.1\r\n")  # pipelined, left in gw's socket
+        time.sleep(0.2)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+
+        def settled():
+            st = gw.status()
+            return (st["workers"][0]["connections"] == 0 and gwtest.find_host(st, "app/p/a")["active"] == 0
+                    and gwtest.socket_inodes(worker) == sockets_before)
+        wait_until(settled, T(3), msg="the reset connection and its upstream one to close")
+
     def test_graceful_stop(self):
         a = self.hb("alpha", delay_head=1.0, body_size=200000)
         gw = self.http_gw([pool("p", [host("a", a)])])
