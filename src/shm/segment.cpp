@@ -366,15 +366,32 @@ void write_listeners(SegmentHeader& hdr, const ListenerList& list) noexcept {
 bool read_listeners(const SegmentHeader& hdr, ListenerList& out) noexcept {
   // A live writer rewrites the list in microseconds; one that died mid-write
   // leaves the counter odd until the next master writes the list again. The
-  // bound gives up on such a list after a few milliseconds of yields.
-  constexpr int kMaxTries = 4096;
+  // first tries yield; then, for a writer descheduled mid-write on a loaded
+  // host, they sleep 1 ms each, and the reader gives up once kPatienceMs have
+  // passed: a count of yields alone can run out in a millisecond. (No caller
+  // is on a hot path: gwctl, the status, a master at start or upgrade.)
+  constexpr int kYields = 4096;
+  constexpr uint64_t kPatienceMs = 100;
   const uint64_t* words = listener_words(const_cast<SegmentHeader&>(hdr));
-  for (int i = 0; i < kMaxTries; ++i) {
+  uint64_t start_ms = 0;
+  bool sleeping = false;
+  for (int i = 0;; ++i) {
     if (seq_try_read(hdr.listeners_seq, words, reinterpret_cast<uint64_t*>(&out), kListenerWords)) {
       if (out.n <= kMaxListeners) return true;
       break;  // a consistent copy, but not one a master wrote
     }
-    ::sched_yield();
+    if (i < kYields) {
+      ::sched_yield();
+      continue;
+    }
+    const uint64_t now = core::monotonic_ms();
+    if (!sleeping) {
+      sleeping = true;
+      start_ms = now;
+    } else if (now - start_ms >= kPatienceMs) {
+      break;
+    }
+    ::usleep(1000);
   }
   out = ListenerList{};
   return false;

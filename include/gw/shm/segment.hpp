@@ -192,8 +192,9 @@ static_assert(offsetof(SegmentHeader, n_listeners) % 8 == 0 && offsetof(Listener
 /// one writes the list again.
 void write_listeners(SegmentHeader& hdr, const ListenerList& list) noexcept;
 /// Copies the header's listener list into `out` (lock-free; retries while a
-/// writer rewrites it). False, with `out` empty, if the list stays mid-write
-/// (its writer died there) or holds an entry count above kMaxListeners.
+/// writer rewrites it: yields, then 1 ms sleeps). False, with `out` empty, if
+/// the list stays mid-write for about 100 ms (its writer died there) or holds
+/// an entry count above kMaxListeners.
 bool read_listeners(const SegmentHeader& hdr, ListenerList& out) noexcept;
 
 struct alignas(64) SlotHeader {

@@ -6,10 +6,13 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "../test_util.hpp"
 #include "gw/shm/segment.hpp"
+#include "gw/shm/seqlock.hpp"
 
 using namespace gw::shm;
 using gw::testing::TempSegment;
@@ -161,5 +164,29 @@ TEST_SUITE("shm") {
     hdr.n_listeners = kMaxListeners + 1;
     CHECK_FALSE(read_listeners(hdr, out));
     CHECK(out.n == 0);
+  }
+
+  TEST_CASE("the listener list: a writer descheduled mid-write is waited for, not given up on") {
+    // A master preempted between the two counter steps of its write on a busy
+    // host: the reader waits for it (a count of yields alone ran out within
+    // a millisecond or two here, and gwctl check failed with "stays mid-write").
+    TempSegment t;
+    SegmentHeader& hdr = t.seg.header();
+    ListenerList in;
+    in.n = 1;
+    set_name(in.items[0].name, "late");
+    const uint64_t end = seq_write_begin(hdr.listeners_seq);  // write_listeners' steps, stopped between
+    std::thread writer([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      store_words(reinterpret_cast<uint64_t*>(&hdr.n_listeners), reinterpret_cast<const uint64_t*>(&in),
+                  sizeof(in) / 8);
+      seq_write_end(hdr.listeners_seq, end);
+    });
+    ListenerList out;
+    const bool ok = read_listeners(hdr, out);
+    writer.join();
+    REQUIRE(ok);
+    CHECK(out.n == 1);
+    CHECK(name_of(out.items[0].name) == "late");
   }
 }
