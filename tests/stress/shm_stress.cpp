@@ -74,6 +74,10 @@ TEST_CASE("a reader of the listener list never sees half of one list and half of
     for (uint32_t k = 1; !stop.load(); k ^= 1) {
       write_listeners(ts.seg.header(), lists[k]);
       writes.fetch_add(1);
+      // A master rewrites the list at a reload, not back to back: a pause
+      // between writes lets readers (which wait for a writer rather than give
+      // up at once) finish copies, and they still overlap writes often.
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
   });
   for (int r = 0; r < 3; ++r)
