@@ -2207,6 +2207,45 @@ class FlowTest(HttpCase):
                     and gwtest.socket_inodes(worker) == sockets_before)
         wait_until(settled, T(3), msg="the reset connection and its upstream one to close")
 
+    def test_reset_while_the_host_does_not_take_the_body_aborts_the_request(self):
+        """A host that does not read the request body stops gw reading the
+        client (back-pressure); the client then resets. No read is made to
+        report the reset, and the EPOLLERR is reported once (edge-triggered):
+        it must abort the request, not hold it and the host's connection
+        until send_timeout_ms."""
+        gate = threading.Event()
+        self.addCleanup(gate.set)
+        a = self.hb("alpha", body_gate=gate, rcvbuf=64 * 1024)
+        gw = self.http_gw([pool("p", [host("a", a)])])
+        (worker,) = gw.worker_pids()
+        sockets_before = gwtest.socket_inodes(worker)
+        size = 128 * MB
+        for i in range(2):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+            s.settimeout(T(3))
+            s.connect((LO, gw.port))
+            s.sendall(raw_request("POST", f"/up{i}", [("Host", "t"), ("Content-Length", str(size))]))
+            s.setblocking(False)
+            chunk = b"x" * 65536
+            deadline = time.monotonic() + T(30)
+            last_progress = time.monotonic()
+            while time.monotonic() - last_progress < T(0.5):
+                self.assertLess(time.monotonic(), deadline, "the client's sends never stalled")
+                try:
+                    s.send(chunk)
+                    last_progress = time.monotonic()
+                except BlockingIOError:
+                    time.sleep(0.02)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+
+        def settled():
+            st = gw.status()
+            return (st["workers"][0]["connections"] == 0 and gwtest.find_host(st, "app/p/a")["active"] == 0
+                    and gwtest.socket_inodes(worker) == sockets_before)
+        wait_until(settled, T(3), msg="the reset connections and their upstream ones to close")
+
     def test_graceful_stop(self):
         a = self.hb("alpha", delay_head=1.0, body_size=200000)
         gw = self.http_gw([pool("p", [host("a", a)])])

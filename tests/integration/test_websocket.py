@@ -1030,6 +1030,58 @@ class WebSocketTest(GwTestCase):
                     and gwtest.socket_inodes(worker) == sockets_before)
         gwtest.wait_until(settled, T(3), msg="the reset tunnels to close")
 
+    def test_reset_while_the_host_does_not_drain_ends_the_tunnel(self):
+        """A client fills its tunnel towards a host that never reads, so gw
+        stops reading the client (back-pressure), then resets. No read is
+        made to report the reset, and the EPOLLERR is reported once
+        (edge-triggered): the tunnel must end then, not hold both connections
+        and the host's active count until the idle timeout."""
+        srv = socket.socket()
+        srv.bind((gwtest.LOOPBACK, 0))
+        srv.listen(16)
+        self.addCleanup(srv.close)
+        conns = []
+        self.addCleanup(lambda: [c.close() for c in conns])
+
+        def serve():
+            while True:
+                try:
+                    c, _ = srv.accept()
+                except OSError:
+                    return
+                conns.append(c)
+                Reader(c).read_head()
+                c.sendall(ws_101())        # then silent: it never reads or closes
+        threading.Thread(target=serve, daemon=True).start()
+        gw = self.http_gw({"app": ([("s", f"{gwtest.LOOPBACK}:{srv.getsockname()[1]}")], {})})
+        (worker,) = gw.worker_pids()
+        sockets_before = gwtest.socket_inodes(worker)
+        for _ in range(2):
+            s = socket.create_connection((gwtest.LOOPBACK, gw.port), timeout=T(5))
+            s.sendall(upgrade_request())
+            self.assertTrue(Reader(s).read_head().startswith(b"HTTP/1.1 101"))
+            # Send until nothing more goes for a while: the host's socket, gw's
+            # buffer and gw's socket for the client are full.
+            s.setblocking(False)
+            chunk = b"x" * 65536
+            deadline = time.monotonic() + T(30)
+            last_sent = time.monotonic()
+            while time.monotonic() - last_sent < T(0.5):
+                self.assertLess(time.monotonic(), deadline, "the client's sends never blocked")
+                try:
+                    s.send(chunk)
+                    last_sent = time.monotonic()
+                except BlockingIOError:
+                    time.sleep(0.02)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+
+        def settled():
+            st = gw.status()
+            return (st["workers"][0]["connections"] == 0 and gwtest.find_host(st, "app/p/s")["active"] == 0
+                    and gwtest.socket_inodes(worker) == sockets_before)
+        gwtest.wait_until(settled, T(3), msg="the reset tunnels to close")
+
     def test_sticky_sessions_by_hash_key(self):
         bs = [self.ws_backend(f"ws{i}") for i in range(3)]
         hosts = [(f"h{i}", b.address) for i, b in enumerate(bs)]
