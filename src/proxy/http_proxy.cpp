@@ -820,7 +820,16 @@ void HttpProxy::on_event(uint64_t data, uint32_t events) noexcept {
     }
     on_connected(c, u);
   }
+  const uint32_t gen = c.gen;
   drive(c);
+  // A tunnel's host reset after its FIN: a read says 0 again, and none is
+  // made after the FIN anyway; only this report's EPOLLERR tells. Its FIN
+  // was passed on with all it sent (it is read only once the client has
+  // taken the bytes before), and nothing more can go to it: the tunnel ends,
+  // as on a reset read before the FIN (pump_tunnel()).
+  if ((events & EPOLLERR) && c.state == CState::tunnel && c.gen == gen && c.up == idx && c.tunnel_u_eof &&
+      c.tunnel_c_shut)
+    close_conn(c);
 }
 
 void HttpProxy::on_timer(net::TimerNode& n) noexcept {

@@ -1082,6 +1082,52 @@ class WebSocketTest(GwTestCase):
                     and gwtest.socket_inodes(worker) == sockets_before)
         gwtest.wait_until(settled, T(3), msg="the reset tunnels to close")
 
+    def test_host_reset_after_its_fin_ends_the_tunnel(self):
+        """A host half-closes its tunnel, then resets, while the client (which
+        got the FIN) stays silent. gw reads nothing more from the host after
+        its FIN, and a read would say 0 again anyway: only that EPOLLERR tells
+        that nothing can reach the host any more. The tunnel must end then,
+        as on a reset before the FIN, not hold both connections and the
+        host's active count until the idle timeout."""
+        srv = socket.socket()
+        srv.bind((gwtest.LOOPBACK, 0))
+        srv.listen(16)
+        self.addCleanup(srv.close)
+        gap = {"s": 0.0}
+
+        def serve():
+            while True:
+                try:
+                    c, _ = srv.accept()
+                except OSError:
+                    return
+                Reader(c).read_head()
+                c.sendall(ws_101() + b"bye")
+                c.shutdown(socket.SHUT_WR)
+                time.sleep(gap["s"])
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()
+        threading.Thread(target=serve, daemon=True).start()
+        gw = self.http_gw({"app": ([("s", f"{gwtest.LOOPBACK}:{srv.getsockname()[1]}")], {})})
+        (worker,) = gw.worker_pids()
+        sockets_before = gwtest.socket_inodes(worker)
+        clients = []
+        self.addCleanup(lambda: [c.close() for c in clients])
+        for g in (0.0, 0.0, 0.1, 0.1):   # the reset in the FIN's report, or in a later one
+            gap["s"] = g
+            s = socket.create_connection((gwtest.LOOPBACK, gw.port), timeout=T(5))
+            clients.append(s)           # open (no FIN, no reset) until the test ends
+            s.sendall(upgrade_request())
+            rd = Reader(s)
+            self.assertTrue(rd.read_head().startswith(b"HTTP/1.1 101"))
+            self.assertEqual(rd.read_to_eof(), b"bye", "the host's bytes and its FIN")
+
+        def settled():
+            st = gw.status()
+            return (st["workers"][0]["connections"] == 0 and gwtest.find_host(st, "app/p/s")["active"] == 0
+                    and gwtest.socket_inodes(worker) == sockets_before)
+        gwtest.wait_until(settled, T(3), msg="the tunnels whose host reset to close")
+
     def test_sticky_sessions_by_hash_key(self):
         bs = [self.ws_backend(f"ws{i}") for i in range(3)]
         hosts = [(f"h{i}", b.address) for i, b in enumerate(bs)]
