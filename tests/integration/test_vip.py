@@ -17,6 +17,7 @@ Nothing is ever sent to an address outside the test's own namespaces.
 Without keepalived (Debian package keepalived, installed by tools/setup.sh),
 ip(8) or nsenter(1), the file fails with a message: it does not skip."""
 
+import itertools
 import os
 import signal
 import subprocess
@@ -40,6 +41,7 @@ PORT = 7000           # every namespace is fresh: the port is free in each
 BACKEND_PORT = 8081
 
 TOOLS = {}
+_VETH_SEQ = itertools.count(1)
 
 
 def setUpModule():
@@ -95,14 +97,16 @@ class Node:
                    msg=f"node {name}'s namespace")
         self.netns = f"/proc/{self.holder.pid}/ns/net"
         self.netns_id = os.readlink(self.netns)
-        dev, peer = f"v{name}", f"b{name}"
-        # A node of this name in the test before: the kernel takes its
-        # namespace, and the veth pair with it, down in its own time, once the
-        # last process in it has gone.
-        wait_until(lambda: subprocess.run([TOOLS["ip"], "link", "show", peer], capture_output=True,
-                                          stdin=subprocess.DEVNULL).returncode != 0,
-                   T(15), interval=0.05, msg=f"the veth pair {peer} of an earlier node {name} to go")
+        # A veth pair of its own per node made, even for a name used before in
+        # this run: the kernel takes an earlier node's namespace down, and its
+        # end of the pair with it, in its own time (once the last process in
+        # it has gone; on a loaded host that took more than 30 s, CI stop 34).
+        # The pair is also deleted at clean-up, from the LAN side, which takes
+        # both ends down at once.
+        seq = next(_VETH_SEQ)
+        dev, peer = f"v{name}{seq}", f"b{name}{seq}"
         ip("link", "add", dev, "type", "veth", "peer", "name", peer)
+        tc.addCleanup(self._delete_pair, peer)
         ip("link", "set", dev, "netns", str(self.holder.pid))
         ip("link", "set", peer, "master", "br0", "up")
         self.dev = dev
@@ -110,6 +114,12 @@ class Node:
         self.ip("addr", "add", f"{self.addr}/24", "dev", dev)
         self.ip("link", "set", dev, "up")
         self.procs = []
+
+    @staticmethod
+    def _delete_pair(peer):
+        # Gone already if the namespace went first: not an error.
+        subprocess.run([TOOLS["ip"], "link", "del", peer], capture_output=True, timeout=T(10),
+                       stdin=subprocess.DEVNULL)
 
     def _stop_holder(self):
         self.holder.kill()
