@@ -89,7 +89,7 @@ void UringRelay::accept(int fd, uint32_t listener) noexcept {
   s.cfd = fd;
   s.ufd = -1;
   s.c_ops = s.u_ops = s.t_ops = 0;
-  s.watch = s.watch_u = false;
+  s.watch = s.watch_u = s.c_reset = false;
   s.gone_until_ms = 0;
   s.reset(static_cast<uint16_t>(listener), env_.now_ms);
   s.c2u = Dir{};
@@ -387,7 +387,9 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
     }
     pump(s, client);  // the half-close travels on once the queue is out
     if (s.state == State::closing) return;
-    if (!client) watch_upstream(s);  // no receive is left to report its reset
+    if (!client) watch_upstream(s);                 // no receive is left to report its reset
+    else if (s.c_reset) client_reset_after_fin(s);  // the watch saw it while this receive was armed
+    if (s.state == State::closing) return;
   } else if (res == -ENOBUFS) {
     starve(s, client);  // re-armed by flush() once buffers come back
   } else if (res != -ECANCELED) {
@@ -557,9 +559,21 @@ void UringRelay::end_if_upstream_gone(Session& s) noexcept {
 // EOF) and its EOF was passed on. Nothing can reach it any more, so once the
 // upstream has acknowledged all the client sent (the reset that the close
 // sends over unread bytes loses nothing), the session ends rather than drain
-// an upstream that may stream for ever.
+// an upstream that may stream for ever. As in end_if_upstream_gone, the
+// acknowledgement (of the FIN just sent, at least) completes nothing on the
+// ring: until it comes, the timer looks again.
+bool UringRelay::client_gone(const Session& s) const noexcept {
+  return s.state == State::relay && s.c2u.eof && s.c2u.shut && s.u2c.shut && !s.u2c.eof;
+}
+
 void UringRelay::end_if_client_gone(Session& s) noexcept {
-  if (s.c2u.eof && s.c2u.shut && s.u2c.shut && !s.u2c.eof && net::peer_has_all(s.ufd)) close_session(s);
+  if (!client_gone(s)) return;
+  if (net::peer_has_all(s.ufd)) {
+    close_session(s);
+    return;
+  }
+  if (s.gone_until_ms == 0) s.gone_until_ms = env_.now_ms + s.idle_ms;
+  env_.timers->schedule(s, env_.now_ms + kGoneCheckMs);
 }
 
 // The destination of this direction is gone (a write failed: reset). What
@@ -628,6 +642,9 @@ void UringRelay::on_poll(Session& s, bool c2u, bool out) noexcept {
     return;
   }
   pump(s, c2u);  // a spill or the FIFO first, then the pipe
+  // The client's EOF spliced, after the watch saw its reset while this
+  // poll was armed (see on_watch).
+  if (c2u && !out && s.c_reset && s.c2u.eof) client_reset_after_fin(s);
 }
 
 // Armed once per session, when its upstream connect starts, and kept until
@@ -671,14 +688,24 @@ void UringRelay::on_watch(Session& s, int32_t res, uint32_t flags) noexcept {
     // An armed receive (or splice poll) reports the reset, after the bytes
     // that came before it. None is armed while the upstream does not drain
     // (back-pressure), or while the ring is out of buffers: the session ends.
-    if (s.c2u.recv == kArmed || s.c2u.poll_in) return;
+    // But a socket that has had the client's FIN reads 0 (EOF) even with a
+    // reset pending: a FIN and a reset back to back, with the receive armed
+    // but not yet run, would lose the reset. The EOF looks at c_reset.
+    if (s.c2u.recv == kArmed || s.c2u.poll_in) {
+      s.c_reset = true;
+      return;
+    }
     close_session(s);
     return;
   }
-  if (s.u2c.shut) return;
-  // A reset after the client's FIN: nothing more can be written to it. What
-  // waits for it is dropped; the session ends once the upstream has all the
-  // client sent (end_if_client_gone), or at once if the upstream is done too.
+  client_reset_after_fin(s);
+}
+
+// A reset after the client's FIN: nothing more can be written to it. What
+// waits for it is dropped; the session ends once the upstream has all the
+// client sent (end_if_client_gone), or at once if the upstream is done too.
+void UringRelay::client_reset_after_fin(Session& s) noexcept {
+  if (s.state != State::relay || s.u2c.shut) return;
   dst_gone(s, false);
   pump(s, false);  // an upstream EOF that waited for the client: both ways done
   if (s.state == State::relay) end_if_client_gone(s);
@@ -897,9 +924,16 @@ void UringRelay::on_timer(net::TimerNode& n) noexcept {
     s.fd_wait = false;
     connect_next(s);
   } else if (s.state == State::relay) {
-    if (upstream_gone(s) && s.gone_until_ms && env_.now_ms < s.gone_until_ms) {
-      end_if_upstream_gone(s);  // has the client acknowledged all yet?
-      return;
+    if (s.gone_until_ms && env_.now_ms < s.gone_until_ms) {
+      // Has the live side acknowledged all yet?
+      if (upstream_gone(s)) {
+        end_if_upstream_gone(s);
+        return;
+      }
+      if (client_gone(s)) {
+        end_if_client_gone(s);
+        return;
+      }
     }
     GW_LOG_DEBUG("session {}: idle for {} ms; closing", index_of(s), s.idle_ms);
     s.end = "idle_timeout";

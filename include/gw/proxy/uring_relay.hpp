@@ -177,7 +177,8 @@ class UringRelay {
     uint8_t c_ops = 0, u_ops = 0, t_ops = 0;  // completions owed on the client fd, the upstream fd, timeouts
     bool watch = false;                       // kWatchClient is armed
     bool watch_u = false;                     // kWatchUpstream is armed
-    uint64_t gone_until_ms = 0;               // the upstream is gone: until then, the timer looks for the client's ack
+    bool c_reset = false;                     // the watch saw the client's reset while a read was armed
+    uint64_t gone_until_ms = 0;               // a side is gone: until then, the timer looks for the other's ack
     __kernel_timespec connect_ts{};
     sockaddr_in6 addr{};  // the connect target (read by the kernel at submission)
     uint32_t addr_len = 0;
@@ -206,6 +207,7 @@ class UringRelay {
   void src_failed(Session& s, bool client_to_upstream) noexcept;
   void end_if_client_gone(Session& s) noexcept;
   bool upstream_gone(const Session& s) const noexcept;
+  bool client_gone(const Session& s) const noexcept;
   void end_if_upstream_gone(Session& s) noexcept;
   bool start_splice(Session& s, bool client_to_upstream) noexcept;
   void splice_pump(Session& s, bool client_to_upstream) noexcept;
@@ -213,6 +215,7 @@ class UringRelay {
   void on_poll(Session& s, bool client_to_upstream, bool out) noexcept;
   void watch_client(Session& s) noexcept;
   void on_watch(Session& s, int32_t res, uint32_t flags) noexcept;
+  void client_reset_after_fin(Session& s) noexcept;
   void watch_upstream(Session& s) noexcept;
   void on_watch_upstream(Session& s, int32_t res, uint32_t flags) noexcept;
   void enqueue(Dir& d, uint16_t bid, uint32_t len) noexcept;
