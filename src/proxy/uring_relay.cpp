@@ -397,6 +397,7 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
     return;
   }
   if (d.recv == kIdle) maybe_arm(s, client);
+  if (client) end_if_reset_unread(s);
 }
 
 void UringRelay::on_send(Session& s, bool c2u, int32_t res) noexcept {
@@ -645,6 +646,7 @@ void UringRelay::on_poll(Session& s, bool c2u, bool out) noexcept {
   // The client's EOF spliced, after the watch saw its reset while this
   // poll was armed (see on_watch).
   if (c2u && !out && s.c_reset && s.c2u.eof) client_reset_after_fin(s);
+  if (c2u) end_if_reset_unread(s);
 }
 
 // Armed once per session, when its upstream connect starts, and kept until
@@ -690,7 +692,8 @@ void UringRelay::on_watch(Session& s, int32_t res, uint32_t flags) noexcept {
     // (back-pressure), or while the ring is out of buffers: the session ends.
     // But a socket that has had the client's FIN reads 0 (EOF) even with a
     // reset pending: a FIN and a reset back to back, with the receive armed
-    // but not yet run, would lose the reset. The EOF looks at c_reset.
+    // but not yet run, would lose the reset. The EOF looks at c_reset, and
+    // so does a read that ends before the reset (end_if_reset_unread).
     if (s.c2u.recv == kArmed || s.c2u.poll_in) {
       s.c_reset = true;
       return;
@@ -699,6 +702,17 @@ void UringRelay::on_watch(Session& s, int32_t res, uint32_t flags) noexcept {
     return;
   }
   client_reset_after_fin(s);
+}
+
+// The watch saw the client's reset while a read of it was armed (c_reset),
+// and that read ended before it reached the reset: at its byte limit with
+// more of the client's bytes before it, cancelled (back-pressure), out of
+// ring buffers, or a splice that waits for the upstream. No read is armed
+// now, and one is armed again only once the upstream drains, which a host
+// that does not read never does: the session ends, as on_watch ends it when
+// it finds no read armed.
+void UringRelay::end_if_reset_unread(Session& s) noexcept {
+  if (s.state == State::relay && s.c_reset && !s.c2u.eof && s.c2u.recv != kArmed && !s.c2u.poll_in) close_session(s);
 }
 
 // A reset after the client's FIN: nothing more can be written to it. What

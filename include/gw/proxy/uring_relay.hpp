@@ -216,6 +216,7 @@ class UringRelay {
   void watch_client(Session& s) noexcept;
   void on_watch(Session& s, int32_t res, uint32_t flags) noexcept;
   void client_reset_after_fin(Session& s) noexcept;
+  void end_if_reset_unread(Session& s) noexcept;
   void watch_upstream(Session& s) noexcept;
   void on_watch_upstream(Session& s, int32_t res, uint32_t flags) noexcept;
   void enqueue(Dir& d, uint16_t bid, uint32_t len) noexcept;
