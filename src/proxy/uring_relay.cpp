@@ -590,7 +590,16 @@ void UringRelay::dst_gone(Session& s, bool c2u) noexcept {
   d.shut = true;
   d.burst = false;  // no splice for bytes that are dropped
   maybe_arm(s, c2u);
-  if (c2u) end_if_upstream_gone(s);
+  if (c2u) {
+    end_if_upstream_gone(s);
+    return;
+  }
+  // A write to the client failed: it reset. The failed write took the
+  // reset's error (sock_error), so the watch sees no POLLERR (POLLHUP only)
+  // and a read gets 0: with no read of the client armed (back-pressure),
+  // nothing would report the reset at all. As the watch's reset would.
+  s.c_reset = true;
+  end_if_reset_unread(s);
 }
 
 // A read from this direction's source failed. A client's reset ends the
@@ -704,13 +713,14 @@ void UringRelay::on_watch(Session& s, int32_t res, uint32_t flags) noexcept {
   client_reset_after_fin(s);
 }
 
-// The watch saw the client's reset while a read of it was armed (c_reset),
-// and that read ended before it reached the reset: at its byte limit with
-// more of the client's bytes before it, cancelled (back-pressure), out of
-// ring buffers, or a splice that waits for the upstream. No read is armed
-// now, and one is armed again only once the upstream drains, which a host
-// that does not read never does: the session ends, as on_watch ends it when
-// it finds no read armed.
+// The client reset (c_reset: the watch saw it while a read of it was armed,
+// or a write to it failed), and no read of it is armed: the read ended before
+// it reached the reset (at its byte limit with more of the client's bytes
+// before it, cancelled by back-pressure, out of ring buffers, or a splice
+// that waits for the upstream), or none was armed when a write took the
+// reset's error. One is armed again only once the upstream drains, which a
+// host that does not read never does: the session ends, as on_watch ends it
+// when it finds no read armed.
 void UringRelay::end_if_reset_unread(Session& s) noexcept {
   if (s.state == State::relay && s.c_reset && !s.c2u.eof && s.c2u.recv != kArmed && !s.c2u.poll_in) close_session(s);
 }

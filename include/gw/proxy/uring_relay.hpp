@@ -177,7 +177,7 @@ class UringRelay {
     uint8_t c_ops = 0, u_ops = 0, t_ops = 0;  // completions owed on the client fd, the upstream fd, timeouts
     bool watch = false;                       // kWatchClient is armed
     bool watch_u = false;                     // kWatchUpstream is armed
-    bool c_reset = false;                     // the watch saw the client's reset while a read was armed
+    bool c_reset = false;                     // the client reset (seen by the watch, or a write to it failed)
     uint64_t gone_until_ms = 0;               // a side is gone: until then, the timer looks for the other's ack
     __kernel_timespec connect_ts{};
     sockaddr_in6 addr{};  // the connect target (read by the kernel at submission)

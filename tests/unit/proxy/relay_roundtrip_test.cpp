@@ -829,3 +829,41 @@ TEST_SUITE("proxy") {
     CHECK(stuck == 0);
   }
 }
+
+TEST_SUITE("proxy") {
+  TEST_CASE(
+      "io_uring: a client's reset that a send to it consumes before the watch sees it ends the session while the "
+      "client is not read") {
+    // The host never reads, so the client's receive is paused
+    // (back-pressure), and the host's answer is on its way to the client,
+    // its send prepared and not yet submitted, when the client resets. That
+    // send runs first at the next submission and fails, taking the reset's
+    // error (sock_error), and the watch then sees POLLHUP without POLLERR:
+    // the failed write only dropped what was for the client, no read came,
+    // and the session stayed until idle_timeout_ms.
+    if (!net::uring_unsupported().empty()) return;
+    Upstream up(4096);  // takes a few KiB, then nothing: it never reads
+    Env env(up.port, 600000);
+    UringEngine eng(env);
+    TcpClient c;
+    eng.accept(c.served);
+    int ufd = -1;
+    REQUIRE(step_until(eng, [&] { return (ufd = up.accept()) >= 0; }));
+    const int relay_ufd = peer_fd(ufd);
+    REQUIRE(relay_ufd >= 0);
+    const int sndbuf = 8192;
+    REQUIRE(::setsockopt(relay_ufd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)) == 0);
+    for (int i = 0; i < 20; ++i) eng.step(1);
+    const std::string data = pattern(512 * 1024, 6);
+    REQUIRE(::send(c.client, data.data(), data.size(), MSG_DONTWAIT) >= 128 * 1024);
+    for (int i = 0; i < 40; ++i) eng.step(1);  // the host's side is full: the client's receive is paused
+    REQUIRE(eng.held() > 0);
+    REQUIRE(::send(ufd, "answer", 6, 0) == 6);
+    eng.step(100);  // the host's bytes come in; their send to the client is prepared, not submitted
+    c.reset();
+    CHECK(step_until(eng, [&] { return eng.active() == 0; }));
+    eng.relay->close_all();  // when it failed
+    REQUIRE(step_until(eng, [&] { return eng.idle(); }));
+    ::close(ufd);
+  }
+}
