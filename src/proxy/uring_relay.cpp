@@ -553,7 +553,14 @@ void UringRelay::end_if_upstream_gone(Session& s) noexcept {
     return;
   }
   if (s.gone_until_ms == 0) s.gone_until_ms = env_.now_ms + s.idle_ms;
-  env_.timers->schedule(s, env_.now_ms + kGoneCheckMs);
+  if (env_.now_ms >= s.gone_until_ms) {
+    // Called on each read dropped too, each moving the check below 50 ms
+    // on: a side that streams faster than that would hold the timer off.
+    s.end = "idle_timeout";
+    close_session(s);
+    return;
+  }
+  env_.timers->schedule(s, std::min(env_.now_ms + kGoneCheckMs, s.gone_until_ms));
 }
 
 // The client is gone both ways: a write to it failed (u2c shut before its
@@ -574,7 +581,14 @@ void UringRelay::end_if_client_gone(Session& s) noexcept {
     return;
   }
   if (s.gone_until_ms == 0) s.gone_until_ms = env_.now_ms + s.idle_ms;
-  env_.timers->schedule(s, env_.now_ms + kGoneCheckMs);
+  if (env_.now_ms >= s.gone_until_ms) {
+    // Called on each read dropped too, each moving the check below 50 ms
+    // on: a side that streams faster than that would hold the timer off.
+    s.end = "idle_timeout";
+    close_session(s);
+    return;
+  }
+  env_.timers->schedule(s, std::min(env_.now_ms + kGoneCheckMs, s.gone_until_ms));
 }
 
 // The destination of this direction is gone (a write failed: reset). What

@@ -867,3 +867,36 @@ TEST_SUITE("proxy") {
     ::close(ufd);
   }
 }
+
+TEST_SUITE("proxy") {
+  TEST_CASE("io_uring: a gone client's session ends at idle_timeout_ms while the host streams and never acks") {
+    // The client is gone both ways (its FIN, then its reset), the host has
+    // not acknowledged what it was sent (it does not read), and it streams:
+    // each of its reads, dropped, looked again (end_if_client_gone) and
+    // moved the 50 ms check 50 ms on, so the timer never came round to
+    // gone_until_ms and the session never ended.
+    if (!net::uring_unsupported().empty()) return;
+    Upstream up(4096);  // never reads: the relay's sends stay unacknowledged
+    Env env(up.port, 300);
+    UringEngine eng(env);
+    TcpClient c;
+    eng.accept(c.served);
+    int ufd = -1;
+    REQUIRE(step_until(eng, [&] { return (ufd = up.accept()) >= 0; }));
+    for (int i = 0; i < 20; ++i) eng.step(1);
+    const std::string data = pattern(64 * 1024, 7);
+    REQUIRE(::send(c.client, data.data(), data.size(), 0) == static_cast<ssize_t>(data.size()));
+    for (int i = 0; i < 40; ++i) eng.step(1);  // all of it in the relay's socket to the host
+    c.fin_then_reset();
+    const uint64_t start = core::monotonic_ms();
+    const char chunk[256] = {};
+    while (eng.active() != 0 && core::monotonic_ms() < start + 3000) {
+      ::send(ufd, chunk, sizeof(chunk), MSG_DONTWAIT);  // the host streams without end
+      eng.step(5);
+    }
+    CHECK(eng.active() == 0);
+    eng.relay->close_all();  // when it failed
+    REQUIRE(step_until(eng, [&] { return eng.idle(); }));
+    ::close(ufd);
+  }
+}
