@@ -309,6 +309,16 @@ void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
       if (s.state == State::relay) close_session(s);
       return;
     }
+    if ((events & EPOLLHUP) && s.c_shut && !s.u_eof && !s.c_eof) {
+      // A write to the client failed (c_shut before the upstream's EOF) and
+      // it is closed both ways: it reset, and the failed write took the
+      // reset's error (sock_error), so no EPOLLERR comes. As above: what can
+      // move now moves (a read reaches the client's FIN, if it sent one, and
+      // drive() then waits for the upstream's ack), else the session ends.
+      drive(s);
+      if (s.state == State::relay && !s.c_eof) close_session(s);
+      return;
+    }
   } else {
     if (s.state == State::connecting) {
       if (!out) return;

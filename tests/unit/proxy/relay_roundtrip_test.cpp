@@ -900,3 +900,47 @@ TEST_SUITE("proxy") {
     ::close(ufd);
   }
 }
+
+TEST_SUITE("proxy") {
+  TEST_CASE(
+      "epoll: a client's reset that a send to it consumes before epoll reports it ends the session while the client "
+      "is not read") {
+    // The epoll twin of the test above. The host never reads, so the client
+    // is not read (back-pressure). The host answers; epoll reports that, and
+    // the client resets before the relay acts on it: the relay's send to
+    // the client then fails and takes the reset's error (sock_error), and the
+    // client's next report is EPOLLHUP without EPOLLERR. The failed write
+    // only dropped what was for the client, no read was made, and the
+    // session stayed until idle_timeout_ms.
+    Upstream up(4096);  // takes a few KiB, then nothing: it never reads
+    Env env(up.port, 600000);
+    EpollEngine eng(env);
+    TcpClient c;
+    eng.accept(c.served);
+    int ufd = -1;
+    REQUIRE(step_until(eng, [&] { return (ufd = up.accept()) >= 0; }));
+    const int relay_ufd = peer_fd(ufd);
+    REQUIRE(relay_ufd >= 0);
+    const int sndbuf = 8192;
+    REQUIRE(::setsockopt(relay_ufd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)) == 0);
+    for (int i = 0; i < 20; ++i) eng.step(1);
+    const std::string data = pattern(512 * 1024, 8);
+    REQUIRE(::send(c.client, data.data(), data.size(), MSG_DONTWAIT) >= 128 * 1024);
+    for (int i = 0; i < 40; ++i) eng.step(1);  // the host's side is full: the client is not read
+    REQUIRE(eng.held() > 0);
+    REQUIRE(::send(ufd, "answer", 6, 0) == 6);
+    // One step by hand: epoll reports the host's answer, then the client
+    // resets, then the relay acts on the report.
+    epoll_event ev[64];
+    int n = 0;
+    for (int i = 0; i < 100 && n == 0; ++i) n = eng.ep.wait(ev, 64, 10);
+    REQUIRE(n > 0);
+    c.reset();
+    env.env.now_ms = core::monotonic_ms();
+    for (int i = 0; i < n; ++i) eng.relay->on_event(ev[i].data.u64, ev[i].events);
+    CHECK(step_until(eng, [&] { return eng.active() == 0; }));
+    eng.relay->close_all();  // when it failed
+    REQUIRE(step_until(eng, [&] { return eng.idle(); }));
+    ::close(ufd);
+  }
+}
