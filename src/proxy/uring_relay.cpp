@@ -419,6 +419,7 @@ void UringRelay::on_send(Session& s, bool c2u, int32_t res) noexcept {
   }
   if (res == -EAGAIN || res == -EWOULDBLOCK) {
     blocked(s, c2u);  // the destination's socket buffer is full
+    if (c2u) end_if_reset_unread(s);
     return;
   }
   if (res <= 0) {
@@ -451,10 +452,12 @@ void UringRelay::on_send(Session& s, bool c2u, int32_t res) noexcept {
   s.deadline_ms = env_.now_ms + s.idle_ms;
   if (rest) {
     blocked(s, c2u);
+    if (c2u) end_if_reset_unread(s);
     return;
   }
   maybe_arm(s, c2u);
   pump(s, c2u);
+  if (c2u) end_if_reset_unread(s);
 }
 
 // The destination of this direction takes no more for now: what waits for it
@@ -711,32 +714,29 @@ void UringRelay::on_watch(Session& s, int32_t res, uint32_t flags) noexcept {
   if (s.state != State::relay) return;
   if (!s.c2u.eof) {
     // An armed receive (or splice poll) reports the reset, after the bytes
-    // that came before it. None is armed while the upstream does not drain
-    // (back-pressure), or while the ring is out of buffers: the session ends.
-    // But a socket that has had the client's FIN reads 0 (EOF) even with a
-    // reset pending: a FIN and a reset back to back, with the receive armed
-    // but not yet run, would lose the reset. The EOF looks at c_reset, and
-    // so does a read that ends before the reset (end_if_reset_unread).
-    if (s.c2u.recv == kArmed || s.c2u.poll_in) {
-      s.c_reset = true;
-      return;
-    }
-    close_session(s);
+    // that came before it. But a socket that has had the client's FIN reads
+    // 0 (EOF) even with a reset pending: a FIN and a reset back to back, with
+    // the receive armed but not yet run, would lose the reset. So the reset
+    // is noted: the EOF looks at it, and so does every step of the client's
+    // direction while no read is armed (end_if_reset_unread).
+    s.c_reset = true;
+    end_if_reset_unread(s);
     return;
   }
   client_reset_after_fin(s);
 }
 
-// The client reset (c_reset: the watch saw it while a read of it was armed,
-// or a write to it failed), and no read of it is armed: the read ended before
-// it reached the reset (at its byte limit with more of the client's bytes
-// before it, cancelled by back-pressure, out of ring buffers, or a splice
-// that waits for the upstream), or none was armed when a write took the
-// reset's error. One is armed again only once the upstream drains, which a
-// host that does not read never does: the session ends, as on_watch ends it
-// when it finds no read armed.
+// The client reset (c_reset: the watch saw it, or a write to it failed) and
+// no read of it is armed, so none reports the reset. While what waits for the
+// host goes out (a send in flight), a read is armed again once the FIFO is
+// down to kLowWater (or the ring has buffers again), and it reads on to the
+// client's FIN or the reset: a host that takes the bytes gets all the client
+// sent before it. Once the host takes no more (its socket buffer is full:
+// POLLOUT armed), the session ends, as the epoll relay's does where its
+// drive() stops: a host that does not read cannot hold it.
 void UringRelay::end_if_reset_unread(Session& s) noexcept {
-  if (s.state == State::relay && s.c_reset && !s.c2u.eof && s.c2u.recv != kArmed && !s.c2u.poll_in) close_session(s);
+  if (s.state != State::relay || !s.c_reset || s.c2u.eof || s.c2u.recv == kArmed || s.c2u.poll_in) return;
+  if (s.c2u.poll_out) close_session(s);
 }
 
 // A reset after the client's FIN: nothing more can be written to it. What
