@@ -611,10 +611,10 @@ void UringRelay::dst_gone(Session& s, bool c2u) noexcept {
     end_if_upstream_gone(s);
     return;
   }
-  // A write to the client failed: it reset. The failed write took the
-  // reset's error (sock_error), so the watch sees no POLLERR (POLLHUP only)
-  // and a read gets 0: with no read of the client armed (back-pressure),
-  // nothing would report the reset at all. As the watch's reset would.
+  // A write to the client failed: it reset (or closed, and reset on our
+  // bytes). The failed write took the reset's error (sock_error), so the
+  // watch sees no POLLERR (POLLHUP only): with no read of the client armed
+  // (back-pressure), nothing would report it. Noted as the watch notes one.
   s.c_reset = true;
   end_if_reset_unread(s);
 }
