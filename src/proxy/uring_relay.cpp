@@ -387,8 +387,11 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
     }
     pump(s, client);  // the half-close travels on once the queue is out
     if (s.state == State::closing) return;
-    if (!client) watch_upstream(s);                 // no receive is left to report its reset
-    else if (s.c_reset) client_reset_after_fin(s);  // the watch saw it while this receive was armed
+    if (!client) watch_upstream(s);       // no receive is left to report its reset
+    else if (s.c_reset && !s.u2c.shut) {  // the watch saw it while this receive was armed
+      ++reset_paths_.at_eof;
+      client_reset_after_fin(s);
+    }
     if (s.state == State::closing) return;
   } else if (res == -ENOBUFS) {
     starve(s, client);  // re-armed by flush() once buffers come back
@@ -671,7 +674,10 @@ void UringRelay::on_poll(Session& s, bool c2u, bool out) noexcept {
   pump(s, c2u);  // a spill or the FIFO first, then the pipe
   // The client's EOF spliced, after the watch saw its reset while this
   // poll was armed (see on_watch).
-  if (c2u && !out && s.c_reset && s.c2u.eof) client_reset_after_fin(s);
+  if (c2u && !out && s.c_reset && s.c2u.eof && !s.u2c.shut) {
+    ++reset_paths_.at_eof;
+    client_reset_after_fin(s);
+  }
   if (c2u) end_if_reset_unread(s);
 }
 
@@ -736,7 +742,10 @@ void UringRelay::on_watch(Session& s, int32_t res, uint32_t flags) noexcept {
 // drive() stops: a host that does not read cannot hold it.
 void UringRelay::end_if_reset_unread(Session& s) noexcept {
   if (s.state != State::relay || !s.c_reset || s.c2u.eof || s.c2u.recv == kArmed || s.c2u.poll_in) return;
-  if (s.c2u.poll_out) close_session(s);
+  if (s.c2u.poll_out) {
+    ++reset_paths_.unread;
+    close_session(s);
+  }
 }
 
 // A reset after the client's FIN: nothing more can be written to it. What

@@ -123,6 +123,16 @@ class UringRelay {
   /// Slots that a new session could take (closed sessions waiting for completions hold theirs).
   uint32_t free_slots() const noexcept { return static_cast<uint32_t>(sessions_.capacity()) - active_ - retiring_; }
 
+  /// How often each way of seeing a client's reset that no receive reports
+  /// was taken: rare paths, counted so that a test that forces one by
+  /// ordering completions can check that its order happened.
+  struct ResetPaths {
+    uint64_t at_eof =
+        0;  ///< noted (by the watch, or a failed write to it) while a read was armed, which then found the FIN
+    uint64_t unread = 0;  ///< noted, no read armed, and the host took no more: the session ended
+  };
+  const ResetPaths& reset_paths() const noexcept { return reset_paths_; }
+
  private:
   static constexpr uint32_t kNone = ~0u;
   static constexpr uint16_t kNoBuf = 0xffff;
@@ -246,6 +256,7 @@ class UringRelay {
   uint32_t starved_head_ = kNone, starved_tail_ = kNone;
   uint64_t last_no_host_log_ms_ = 0;
   uint64_t last_local_error_log_ms_ = 0;
+  ResetPaths reset_paths_;
   balance::Rng rng_{0x7572'696e'6772'6c79ull};  // slow-start admission
 };
 
