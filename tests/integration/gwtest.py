@@ -1230,6 +1230,34 @@ class GwTestCase(unittest.TestCase):
             self.assertEqual(len(gw.events()), events_before, f"{cmd} emitted an event")
         return rc, lines[0]
 
+    def assertGwctlErrors(self, gw, cases, rc_want=None):
+        """Each of cases, (name, args), fails as assertGwctlError asks, and
+        none commits: the state file stays byte for byte (every commit
+        rewrites it with the next generation). The table, the gray rules and
+        the event ring are compared once, after all of them: each comparison
+        is two more gwctl runs, and gwctl takes 0.17 s to start under ASan.
+        Returns {name: the stderr line}."""
+        path = gw.config.get("state_file")
+
+        def state():
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except (OSError, TypeError):
+                return None
+
+        before = table_snapshot(gw.status(), rules=True)
+        events_before = len(gw.events())
+        lines = {}
+        for what, args in cases:
+            with self.subTest(what):
+                st = state()
+                _, lines[what] = self.assertGwctlError(None, *args, shm=gw.shm, rc_want=rc_want)
+                self.assertEqual(state(), st, f"gwctl {' '.join(args)} rewrote the state file")
+        self.assertEqual(table_snapshot(gw.status(), rules=True), before, "a failed gwctl changed the table")
+        self.assertEqual(len(gw.events()), events_before, "a failed gwctl emitted an event")
+        return lines
+
     def assertHost(self, gw, path, **want):
         st = gw.status()
         h = find_host(st, path)

@@ -207,22 +207,6 @@ class GrayTest(GwTestCase):
             args += list(opts)
         return self.assertGwctlOk(gw, *args)
 
-    def state_text(self, gw):
-        try:
-            with open(gw.config["state_file"]) as f:
-                return f.read()
-        except OSError:
-            return None
-
-    def assertRuleError(self, gw, *args):
-        """A one-line gwctl error, and the state file is unchanged; so are the
-        rules, the table and its generation, and the event ring
-        (assertGwctlError compares them)."""
-        state_before = self.state_text(gw)
-        rc, line = self.assertGwctlError(gw, *args)
-        self.assertEqual(self.state_text(gw), state_before, f"gwctl {' '.join(args)} rewrote the state file")
-        return line
-
     # ------------------------------------------------------------------------
 
     def test_config_rules_ip_header_cookie(self):
@@ -491,14 +475,8 @@ class GrayTest(GwTestCase):
         # a duplicate of a live rule too
         self.rule(gw, "add", "live", "--ip", "127.0.0.5", "--upstream", "edge")
         cases.append(["add", "rule", "web", "main", "live", "--ip", "127.0.0.6", "--upstream", "pre"])
-        lines = {}
-        for args in cases:
-            with self.subTest(args=args):
-                lines[" ".join(args)] = self.assertRuleError(gw, *args)
-        if "r" in self.rule_ids(gw):
-            # a case above wrongly added it (and failed as a subtest): take it
-            # out so that the checks below judge the other cases
-            self.rule(gw, "remove", "r")
+        # each a one-line error that commits nothing
+        lines = self.assertGwctlErrors(gw, [(" ".join(args), args) for args in cases])
         # routing is as before
         self.assertSides(gw, [("127.0.0.3", (), "/", "prod"), ("127.0.0.2", (), "/", "pre"),
                               ("127.0.0.5", (), "/", "edge"), ("127.0.0.6", (), "/", "prod")])

@@ -171,17 +171,13 @@ class GwctlTest(GwTestCase):
             ("empty priority", ["add", "pool", "app", "x", "--priority", ""]),
             ("empty method", ["add", "pool", "app", "x", "--method", ""]),
         ]
-        for what, args in cases:
-            with self.subTest(what):
-                self.assertGwctlError(gw, *args, rc_want=1)
+        self.assertGwctlErrors(gw, cases, rc_want=1)
         usage = [
             ("missing arguments", ["add", "host", "app/primary"]),
             ("unknown command", ["frobnicate"]),
             ("unknown option", ["status", "--frob"]),
         ]
-        for what, args in usage:
-            with self.subTest(what):
-                self.assertGwctlError(gw, *args, rc_want=2)
+        self.assertGwctlErrors(gw, usage, rc_want=2)
         # and the gateway still serves exactly as before
         self.assertNames(gw.port, N, {"a", "b"}, must_include={"a", "b"})
 
