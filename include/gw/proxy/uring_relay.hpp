@@ -123,13 +123,15 @@ class UringRelay {
   /// Slots that a new session could take (closed sessions waiting for completions hold theirs).
   uint32_t free_slots() const noexcept { return static_cast<uint32_t>(sessions_.capacity()) - active_ - retiring_; }
 
-  /// How often each way of seeing a client's reset that no receive reports
-  /// was taken: rare paths, counted so that a test that forces one by
-  /// ordering completions can check that its order happened.
+  /// How often each way of acting on a client's reset that no receive
+  /// reports was taken: rare paths, counted so that a test that orders
+  /// completions by hand can check which path its session took.
   struct ResetPaths {
-    uint64_t at_eof =
-        0;  ///< noted (by the watch, or a failed write to it) while a read was armed, which then found the FIN
-    uint64_t unread = 0;  ///< noted, no read armed, and the host took no more: the session ended
+    /// Noted (by the watch, or by a failed write to the client) while a read
+    /// was armed, which then found the client's FIN.
+    uint64_t at_eof = 0;
+    /// Noted with no read armed, and the host took no more: the session ended.
+    uint64_t unread = 0;
   };
   const ResetPaths& reset_paths() const noexcept { return reset_paths_; }
 

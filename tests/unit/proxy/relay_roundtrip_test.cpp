@@ -808,8 +808,8 @@ TEST_SUITE("proxy") {
     // test above: the reset comes after k steps (one send each), and for
     // the k whose send re-arms the receive, the watch's completion is in the
     // same batch; the client sent far more than the host takes.
-    // It also checks that the order happened: for some k the noted reset
-    // ended the session with no read armed (the relay counts that path).
+    // It also checks that the noted reset ended the session, with no read
+    // armed (the relay counts that path), and not a receive reporting it.
     if (!net::uring_unsupported().empty() || !net::uring_recv_limit_supported()) return;
     int stuck = 0;
     int forced = 0;
