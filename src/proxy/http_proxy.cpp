@@ -697,6 +697,21 @@ void HttpProxy::release_up(UpConn& u, bool reusable) noexcept {
     close_up(u);
     return;
   }
+  if (u.u_in) {
+    // The host wrote after its answer (a body to a HEAD, another answer)
+    // while the client was still taking that answer: nothing reads the
+    // upstream once the answer is done, and no new edge comes for those
+    // bytes. On the idle list they would pass for the next request's answer
+    // (idle_take does not look at a connection idle only briefly). u_in may
+    // also be left from a read that filled the buffer: one peek tells.
+    char b;
+    const ssize_t n = ::recv(u.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (!(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
+      close_up(u);
+      return;
+    }
+    u.u_in = false;
+  }
   idle_push(u);
   env_.timers->schedule(u, env_.now_ms + uc->keepalive.idle_timeout_ms);
   // Over max_idle: the surplus goes once idle kSurplusIdleMs, oldest first.

@@ -1,0 +1,149 @@
+// The HTTP proxy's upstream keep-alive, end to end inside one process
+// (tests/unit/proxy/http_harness.hpp): cases whose timing a test against a
+// real gwd cannot force, such as a client that has not yet taken an answer
+// at the moment a host writes to the connection.
+#include <doctest/doctest.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "http_harness.hpp"
+
+using namespace gw;
+using namespace gw::testing::proxy_harness;
+
+namespace {
+
+void send_all(int fd, std::string_view s) {
+  while (!s.empty()) {
+    const ssize_t n = ::send(fd, s.data(), s.size(), MSG_NOSIGNAL);
+    REQUIRE(n > 0);
+    s.remove_prefix(static_cast<size_t>(n));
+  }
+}
+
+/// Steps the gateway until `done()`, or fails after 5 s.
+template <class F>
+void step_until(Gateway& g, F&& done, const char* what) {
+  const uint64_t end = core::monotonic_ms() + 5000;
+  while (!done()) {
+    INFO(what);
+    REQUIRE(core::monotonic_ms() < end);
+    g.step(1);
+  }
+}
+
+/// Reads what `fd` has (non-blocking) onto `into`; false once it is closed.
+bool drain(int fd, std::string& into) {
+  char buf[16384];
+  for (;;) {
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n > 0) {
+      into.append(buf, static_cast<size_t>(n));
+      continue;
+    }
+    return n != 0;
+  }
+}
+
+/// The body of a whole "Content-Length" response at the start of `s`, if there is one.
+bool whole_response(const std::string& s, std::string& body) {
+  const size_t end = s.find("\r\n\r\n");
+  if (end == std::string::npos) return false;
+  const size_t cl = s.find("Content-Length: ");
+  if (cl == std::string::npos || cl > end) return false;
+  const size_t len = std::stoul(s.substr(cl + 16));
+  if (s.size() < end + 4 + len) return false;
+  body = s.substr(end + 4, len);
+  return true;
+}
+
+}  // namespace
+
+TEST_SUITE("http proxy") {
+  TEST_CASE("bytes a host sends after its answer, while the client still takes it, are not the next answer") {
+    Upstream up;
+    Gateway g(up.port);
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    // gw's end of the client connection takes only a few KiB: an answer of
+    // 12 KiB waits in gw's response buffer until the client reads.
+    const int small = 4096;
+    REQUIRE(::setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
+    g.accept(sv[0]);
+    const int client = sv[1];
+
+    send_all(client, "GET /1 HTTP/1.1\r\nHost: a\r\n\r\n");
+    int host = -1;
+    std::string req;
+    step_until(
+        g,
+        [&] {
+          if (host < 0) host = ::accept4(up.lfd, nullptr, nullptr, SOCK_CLOEXEC);
+          if (host >= 0) drain(host, req);
+          return req.find("\r\n\r\n") != std::string::npos;
+        },
+        "the first request at the host");
+    const std::string answer = "HTTP/1.1 200 OK\r\nContent-Length: 12000\r\n\r\n" + std::string(12000, 'x');
+    send_all(host, answer);
+    for (int i = 0; i < 20; ++i) g.step(1);
+    int queued = 0;
+    REQUIRE(::ioctl(client, FIONREAD, &queued) == 0);
+    REQUIRE(static_cast<size_t>(queued) < answer.size());  // gw holds the rest of the answer
+
+    // The host writes on after its answer (a body to a HEAD, an answer of
+    // its own): a whole response, which gw does not read now (its answer is
+    // done), and which must not be taken for the answer to another request.
+    send_all(host, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL");
+    for (int i = 0; i < 5; ++i) g.step(1);
+
+    std::string got, body;
+    step_until(
+        g,
+        [&] {
+          REQUIRE(drain(client, got));
+          return whole_response(got, body);
+        },
+        "the client to take the first answer");
+    CHECK(body.size() == 12000);
+    CHECK(body.find_first_not_of('x') == std::string::npos);
+
+    // The next request at once: the connection has been idle well below
+    // the 50 ms after which gw would look at it before reuse.
+    got.clear();
+    body.clear();
+    send_all(client, "GET /2 HTTP/1.1\r\nHost: a\r\n\r\n");
+    std::vector<int> hosts{host};
+    std::vector<std::string> reqs(1);
+    step_until(
+        g,
+        [&] {
+          for (int fd; (fd = ::accept4(up.lfd, nullptr, nullptr, SOCK_CLOEXEC)) >= 0;) {
+            hosts.push_back(fd);
+            reqs.emplace_back();
+          }
+          for (size_t i = 0; i < hosts.size(); ++i) {
+            drain(hosts[i], reqs[i]);
+            if (reqs[i].find("GET /2 ") != std::string::npos) {
+              send_all(hosts[i], "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood");
+              reqs[i].clear();
+            }
+          }
+          REQUIRE(drain(client, got));
+          return whole_response(got, body);
+        },
+        "the answer to the second request");
+    CHECK(body == "good");
+    CHECK(hosts.size() == 2);  // on a new connection: the first had unread bytes
+
+    ::close(client);
+    step_until(g, [&] { return g.http->active() == 0; }, "the client connection to close");
+    g.http->close_all();
+    for (int fd : hosts) ::close(fd);
+  }
+}
