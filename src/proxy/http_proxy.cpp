@@ -2129,12 +2129,15 @@ void HttpProxy::upstream_failed(Conn& c, uint8_t kind, int err) noexcept {
   c.rs_dec = 0;
   c.scan = 0;
   c.up_closes = false;
-  release(c.out);
   c.last_fail = kind;
-  if (c.resp_started) {
+  if (c.resp_started || (c.out.size() > 0 && c.out.head > 0)) {
+    // The response has begun, or an interim (1xx) head is half sent: no
+    // other answer, another host's or our own, can follow it (the client
+    // would read it as the rest of that head).
     close_conn(c);
     return;
   }
+  release(c.out);  // interim heads the client has seen nothing of go with their host
   const bool sent_any = c.rq.head > 0 || c.sent > c.body_start;
   const config::UpstreamConf* uc = upstream_rt(ui).conf;
   bool allowed = c.retryable && (c.idempotent || !sent_any) && uc != nullptr;

@@ -1,7 +1,7 @@
-// The HTTP proxy's upstream keep-alive, end to end inside one process
-// (tests/unit/proxy/http_harness.hpp): cases whose timing a test against a
-// real gwd cannot force, such as a client that has not yet taken an answer
-// at the moment a host writes to the connection.
+// The HTTP proxy against hosts that misbehave at awkward moments, end to end
+// inside one process (tests/unit/proxy/http_harness.hpp): cases whose timing a
+// test against a real gwd cannot force, such as a client that has not yet taken
+// an answer (or an interim head) at the moment a host writes or fails.
 #include <doctest/doctest.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -32,7 +32,7 @@ template <class F>
 void step_until(Gateway& g, F&& done, const char* what) {
   const uint64_t end = core::monotonic_ms() + 5000;
   while (!done()) {
-    INFO(what);
+    INFO(std::string(what));
     REQUIRE(core::monotonic_ms() < end);
     g.step(1);
   }
@@ -142,8 +142,68 @@ TEST_SUITE("http proxy") {
     CHECK(hosts.size() == 2);  // on a new connection: the first had unread bytes
 
     ::close(client);
-    step_until(g, [&] { return g.http->active() == 0; }, "the client connection to close");
+    step_until(
+        g, [&] { return g.http->active() == 0; }, "the client connection to close");
     g.http->close_all();
     for (int fd : hosts) ::close(fd);
+  }
+}
+
+TEST_SUITE("http proxy") {
+  TEST_CASE("an interim answer half sent to the client is not followed by another answer when the host fails") {
+    Upstream up;
+    Gateway g(up.port);
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    // gw's end of the client connection takes about 8 KiB: a 12 KiB interim
+    // head goes out in part until the client reads.
+    const int small = 4096;
+    REQUIRE(::setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
+    g.accept(sv[0]);
+    const int client = sv[1];
+
+    send_all(client, "GET /1 HTTP/1.1\r\nHost: a\r\n\r\n");
+    int host = -1;
+    std::string req;
+    step_until(
+        g,
+        [&] {
+          if (host < 0) host = ::accept4(up.lfd, nullptr, nullptr, SOCK_CLOEXEC);
+          if (host >= 0) drain(host, req);
+          return req.find("\r\n\r\n") != std::string::npos;
+        },
+        "the request at the host");
+    // A 103 with many preload links (as gw passes it on), then the host
+    // closes without a final answer: a failure before the answer, which gw
+    // would answer with a 502, or retry elsewhere.
+    std::string interim = "HTTP/1.1 103 Early Hints\r\n";
+    for (int i = 0; interim.size() < 12000; ++i)
+      interim += "Link: </assets/file" + std::to_string(i) + ".js>; rel=preload; as=script\r\n";
+    interim += "\r\n";
+    send_all(host, interim);
+    ::close(host);
+    for (int i = 0; i < 20; ++i) g.step(1);
+
+    // The client reads only now: it has half the interim head, and whatever
+    // follows must not be a new answer glued to that half (the client would
+    // read it as more field lines of the 103).
+    std::string got;
+    bool open = true;
+    for (const uint64_t end = core::monotonic_ms() + 300; open && core::monotonic_ms() < end;) {
+      g.step(1);
+      open = drain(client, got);
+    }
+    CHECK_FALSE(open);  // closed: nothing more can be said
+    REQUIRE(got.size() >= 26);
+    CHECK(got.starts_with("HTTP/1.1 103 Early Hints\r\n"));
+    INFO("received " << got.size() << " bytes of a " << interim.size() << "-byte interim head");
+    CHECK(got.size() < interim.size());
+    CHECK(got.find("HTTP/1.1 502") == std::string::npos);
+    CHECK(interim.starts_with(got));
+
+    ::close(client);
+    step_until(
+        g, [&] { return g.http->active() == 0; }, "the client connection to close");
+    g.http->close_all();
   }
 }
