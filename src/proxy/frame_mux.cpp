@@ -243,7 +243,14 @@ void FrameMux::schedule(Device& d) noexcept {
 void FrameMux::drive(Device& d) noexcept {
   clear_again(d);  // set again below if a pump stops at its cap
   if (!pump_device_in(d)) return;
+  const int8_t front = d.front_link;
   if (!pump_device_out(d)) return;
+  // pump_device_out closes a link whose host closed (or sent what cannot be
+  // framed), and the frame at head may have been waiting on it (its socket
+  // full): that frame goes again, to a host picked afresh, now. No event may
+  // come for it otherwise (the device waits for answers; the link is gone),
+  // and the device would sit until its idle timeout.
+  if (front >= 0 && d.front_link < 0 && !pump_device_in(d)) return;
   // The device said it is done and every frame it sent is out: pass the
   // half-close on to each host, then finish once the hosts have answered.
   if (d.eof && d.head == d.tail && d.front_link < 0) {

@@ -1188,6 +1188,67 @@ class FrameTest(GwTestCase):
             self.assertEqual(answers, [2, 3], "both of s's answers reach the device")
         self.assert_idle(gw)
 
+    def test_frame_mode_frame_waiting_on_a_host_that_closes_goes_to_a_new_link(self):
+        """Mode "frame": the host stops reading, so the device's frame at the
+        head waits on its link (the link's socket is full), and then the host
+        closes its side (FIN, no reset). gw lets that link go; the frame that
+        waited on it goes again, to a host picked afresh, at once. It used to
+        wait for some other event of the device's (one that may never come:
+        the device waits for answers), and the device was closed at
+        idle_timeout_ms with its frames undelivered."""
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited: the first link fills soon
+        ls.bind((gwtest.LOOPBACK, 0))
+        ls.listen(8)
+        self.addCleanup(ls.close)
+        mux = frame_listener("mux", frame_opts={"mode": "frame"})
+        cfg = self.make_config([dev_pool("primary", [host("h", f"{gwtest.LOOPBACK}:{ls.getsockname()[1]}")])],
+                               workers=1, listeners=[mux])
+        gw = self.gateway(cfg)
+        frames = [frame({"devid": "dev-1", "n": i, "pad": "x" * 4000}, DATA, 1, i % 65536) for i in range(4000)]
+        blob = b"".join(frames)
+        with gwtest.connect(port_of(mux), timeout=T(10)) as d:
+            ls.settimeout(T(5))
+            d.sendall(frames[0])
+            sent = len(frames[0])
+            first, _ = ls.accept()  # the link of the first frame; never read
+            self.addCleanup(first.close)
+            d.setblocking(False)
+            stalled_since = None
+            while sent < len(blob):
+                try:
+                    sent += d.send(blob[sent:sent + 65536])
+                    stalled_since = None
+                except BlockingIOError:
+                    if stalled_since is None:
+                        stalled_since = time.monotonic()
+                    elif time.monotonic() - stalled_since > 0.5:
+                        break  # gw stopped reading the device: its head frame waits on the full link
+                    time.sleep(0.02)
+            self.assertLess(sent, len(blob), "the host that reads nothing never pushed back")
+            first.shutdown(socket.SHUT_WR)  # the host is done (and still reads nothing)
+            ls.settimeout(T(0.5))  # at once, not when some later event of the device's comes
+            try:
+                second, _ = ls.accept()  # the waiting frame's new link
+            except socket.timeout:
+                self.fail("no new link within 0.5 s after the host closed the link a frame waited on")
+            with second:
+                second.settimeout(T(10))
+                d.settimeout(T(10))
+                rest = threading.Thread(target=d.sendall, args=(blob[sent:],))  # the host reads meanwhile
+                rest.start()
+                n = -1
+                try:
+                    while n != len(frames) - 1:
+                        _, _, _, body = read_frame(second)
+                        m = json.loads(body)["n"]
+                        self.assertGreater(m, n, "frames out of order on the new link")
+                        n = m
+                finally:
+                    rest.join()
+        self.assert_idle(gw)
+
     def test_frame_mode_a_streaming_device_does_not_starve_the_others(self):
         """Mode "frame", one worker: device A streams small frames (87 bytes)
         as fast as it can for 2.5 s to a host that reads them at once; device
