@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <stdexcept>
 
@@ -35,6 +36,30 @@ const char* jwt_error_name(JwtError e) noexcept {
   }
   return "?";
 }
+
+namespace {
+
+// Whether one of `names` is a member of `obj` more than once. RFC 7515 5.2
+// and RFC 7519 4: refuse such a JWT, or take the lexically last member;
+// simdjson's lookup finds the first, the host's JSON parser (PyJWT's,
+// jsonwebtoken's) keeps the last and would act on a value gw never checked.
+// Only the names the check reads: one pass, however many members there are.
+bool named_twice(simdjson::dom::object obj, std::initializer_list<std::string_view> names) noexcept {
+  uint32_t seen = 0;
+  for (const simdjson::dom::key_value_pair field : obj) {
+    uint32_t bit = 1;
+    for (const std::string_view n : names) {
+      if (field.key == n) {
+        if (seen & bit) return true;
+        seen |= bit;
+      }
+      bit <<= 1;
+    }
+  }
+  return false;
+}
+
+}  // namespace
 
 JwtScratch::JwtScratch() {
   if (parser_.allocate(kMaxJwt) != simdjson::SUCCESS) throw std::runtime_error("cannot allocate JWT buffers");
@@ -161,6 +186,7 @@ JwtError JwtVerifier::verify(std::string_view token, int64_t now_s, JwtScratch& 
     simdjson::dom::object obj;
     if (s.parser_.parse(s.header_, static_cast<size_t>(hn), false).get(root) || root.get(obj))
       return JwtError::bad_header;
+    if (named_twice(obj, {"alg", "crit"})) return JwtError::bad_header;
     std::string_view alg;
     if (obj["alg"].get(alg)) return JwtError::bad_algorithm;
     if (alg != (conf_.alg == config::JwtAlg::hs256 ? "HS256" : "RS256")) return JwtError::bad_algorithm;
@@ -173,6 +199,7 @@ JwtError JwtVerifier::verify(std::string_view token, int64_t now_s, JwtScratch& 
   simdjson::dom::object claims;
   if (s.parser_.parse(s.claims_, static_cast<size_t>(cn), false).get(root) || root.get(claims))
     return JwtError::bad_claims;
+  if (named_twice(claims, {"exp", "nbf", "iss", "aud", conf_.consumer_claim})) return JwtError::bad_claims;
   simdjson::dom::element v;
   double exp = std::numeric_limits<double>::infinity(), nbf = -std::numeric_limits<double>::infinity();
   if (claims["exp"].get(v) == simdjson::SUCCESS && v.get(exp)) return JwtError::bad_claims;

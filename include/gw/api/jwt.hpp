@@ -8,11 +8,14 @@
 //   1. three parts, each canonical base64url, the whole at most kMaxJwt bytes
 //   2. header: an object whose "alg" is exactly the configured algorithm
 //      ("none", and HS256 when RS256 is configured, are refused: no algorithm
-//      confusion); a "crit" header is refused (no extension is understood)
+//      confusion); a "crit" header is refused (no extension is understood),
+//      and so is "alg" or "crit" named twice
 //   3. signature over "header.claims" (before the claims are parsed)
 //   4. claims: "exp" (now >= exp + leeway: expired), "nbf" (now + leeway < nbf:
 //      not yet valid), "iss" and "aud" when configured, and the consumer claim
-//      (default "sub"): a string of 1..63 visible characters
+//      (default "sub"): a string of 1..63 visible characters; claims naming
+//      one of these twice are refused (RFC 7519 4: JSON parsers differ on
+//      which one counts)
 //
 // One JwtVerifier per route and worker (built at start-up); one JwtScratch per
 // worker. verify() is noexcept. The verifier keeps the tokens that verified

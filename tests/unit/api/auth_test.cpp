@@ -389,6 +389,37 @@ TEST_SUITE("api") {
     CHECK(verify(a, rsa.sign(R"({"alg":"RS256","crit":["exp"]})", claims(""))) == JwtError::bad_header);
   }
 
+  TEST_CASE("jwt: a header parameter or claim the check reads, named twice, is refused") {
+    // RFC 7515 5.2 and RFC 7519 4: refuse, or take the lexically last. simdjson
+    // finds the first; the host's JSON parser (PyJWT, jsonwebtoken) keeps the
+    // last, and would act on a consumer or an exp gw never checked.
+    auto a = hs_conf();
+    const std::string exp_ok = std::to_string(kNow + 3600), exp_old = std::to_string(kNow - 3600);
+    CHECK(verify(a, hs256_token(R"({"alg":"HS256","alg":"none"})", claims(""), kSecret)) == JwtError::bad_header);
+    CHECK(verify(a, hs256_token(R"({"alg":"HS256","crit":[],"crit":[]})", claims(""), kSecret)) ==
+          JwtError::bad_header);
+    CHECK(verify(a, hs256_token(kHs, R"({"sub":"alice","sub":"admin"})", kSecret)) == JwtError::bad_claims);
+    CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + exp_ok + ",\"exp\":" + exp_old), kSecret)) ==
+          JwtError::bad_claims);
+    CHECK(verify(a, hs256_token(kHs, claims(R"(,"nbf":1,"nbf":1)"), kSecret)) == JwtError::bad_claims);
+    a.issuer = "https://id.example";
+    a.audience = "gw";
+    CHECK(verify(a, hs256_token(kHs, claims(R"(,"iss":"https://id.example","iss":"x","aud":"gw")"), kSecret)) ==
+          JwtError::bad_claims);
+    CHECK(verify(a, hs256_token(kHs, claims(R"(,"iss":"https://id.example","aud":"gw","aud":"x")"), kSecret)) ==
+          JwtError::bad_claims);
+    // Names the check does not read may repeat (the host reads them unchecked anyway),
+    // and a name spelt with an escape is the same name.
+    std::string who;
+    CHECK(verify(a, hs256_token(kHs, claims(R"(,"iss":"https://id.example","aud":"gw","x":1,"x":2)"), kSecret), &who) ==
+          JwtError::ok);
+    CHECK(who == "alice");
+    CHECK(verify(a, hs256_token(kHs, R"({"sub":"alice","iss":"https://id.example","aud":"gw","s\u0075b":"admin"})",
+                                kSecret)) == JwtError::bad_claims);
+    CHECK(verify(hs_conf(), hs256_token(R"({"alg":"HS256","typ":"JWT","typ":"JWT"})", claims(""), kSecret)) ==
+          JwtError::ok);
+  }
+
   TEST_CASE("jwt: issuer, audience, the consumer claim") {
     auto a = hs_conf();
     a.issuer = "https://id.example";
