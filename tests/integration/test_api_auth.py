@@ -47,7 +47,7 @@ def b64url(b):
 
 def hs256(claims, secret, header=None):
     h = b64url(json.dumps(header or {"alg": "HS256", "typ": "JWT"}).encode())
-    c = b64url(json.dumps(claims).encode())
+    c = b64url(claims if isinstance(claims, bytes) else json.dumps(claims).encode())  # bytes: as they are
     sig = hmac.new(secret.encode(), f"{h}.{c}".encode(), hashlib.sha256).digest()
     return f"{h}.{c}.{b64url(sig)}"
 
@@ -265,6 +265,12 @@ class ApiAuthTest(GwTestCase):
         self.assert401(c.get("/", bearer(none)), invalid.format("malformed"))
         self.assert401(c.get("/", bearer(hs256({"sub": "alice"}, SECRET, header={"alg": "none"}))),
                        invalid.format("bad_algorithm"))
+        # "sub" named twice: gw's parser would read the first, the host's (Python's json) the
+        # last, so a host reading the token would see another consumer (RFC 7519 4): refused.
+        self.assert401(c.get("/", bearer(hs256(b'{"sub":"alice","sub":"root"}', SECRET))), invalid.format("bad_claims"))
+        # The scheme is case-insensitive (RFC 7235 2.1).
+        self.assertEqual(consumer_seen(c.get("/", [("Authorization", f"bearer {hs256({'sub': 'dave'}, SECRET)}")])),
+                         ["dave"])
         # Within the leeway (60 s by default) an expired token still passes.
         self.assertEqual(c.get("/", bearer(hs256({"sub": "bob", "exp": now - 20}, SECRET))).status, 200)
         # limit_req keyed by the consumer: alice had 1 request, burst 1 lets one more, then 429; bob has his own.
