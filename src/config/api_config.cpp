@@ -237,7 +237,6 @@ void parse_auth(Ctx& c, element e, const std::string& path, AuthConf& out) {
     }
     if (out.type == AuthType::basic && k == "users") {
       has_users = true;
-      std::vector<std::string_view> seen;
       for_each_field(c, v, kp, [&](std::string_view user, element hv, const std::string& up) {
         if (!consumer_name_ok(user) || user.find(':') != std::string_view::npos) {
           c.error(up, fmt::format("a user name is 1..{} visible characters without ':'", kMaxConsumerName));
