@@ -839,8 +839,15 @@ void FrameMux::close_orphans() noexcept {
         // In the middle of a frame to the device: closing it now would close
         // the device too. It goes once that frame is out (or at the host's
         // frame_timeout_ms, as any host stopped inside a frame); no new frame
-        // is routed to it meanwhile.
+        // is routed to it meanwhile. A frame of the device's waiting on it
+        // (the host stopped reading) goes at once, whole, to the key's new
+        // owner (drive() below), as it would had the link closed now: any
+        // part of it the host got ends with its connection.
         k.orphan = true;
+        if (d.front_link == li) {
+          d.front_link = -1;
+          d.front_sent = 0;
+        }
         continue;
       }
       close_link(d, li);  // the next frames for its keys go to their new owner

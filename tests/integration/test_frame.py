@@ -1145,6 +1145,91 @@ class FrameTest(GwTestCase):
             self.assertEqual(heartbeat(d, ks, 8), "b", "the key's next frame goes to its new owner")
         self.assert_idle(gw)
 
+    def test_frame_mode_frame_waiting_on_a_removed_host_goes_to_its_new_owner(self):
+        """Mode "frame", on_host_remove "close": host "s" holds the device's
+        write side (16 of its 106-byte frame out) and stops reading, so the
+        device's frame at the head waits on s's link. s is removed: its link
+        stays until its frame is out, and no new frame may go to it. The
+        frame that waited on it stayed routed there (it went to the removed
+        host once s read again, and the device's frames all waited behind a
+        host that reads nothing). Now it goes again, whole, to the key's new
+        owner at once, as when a link is closed for the removal (a part of
+        it that s may have got ends with s's connection, as there); the
+        device stays connected and s's frame still reaches it whole."""
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited: s's link fills soon
+        ls.bind((gwtest.LOOPBACK, 0))
+        ls.listen(8)
+        self.addCleanup(ls.close)
+        got_b = []
+        bb = ScriptBackend("b", lambda c, f: got_b.append(json.loads(f[3])["n"]))
+        self._backends.append(bb)
+        hosts = [host("s", f"{gwtest.LOOPBACK}:{ls.getsockname()[1]}"), host("b", bb.address)]
+        mux = frame_listener("mux", on_host_remove="close", frame_opts={"mode": "frame", "frame_timeout_ms": 30000})
+        gw = self.gateway(self.make_config([dev_pool("primary", hosts)], workers=1, listeners=[mux]))
+        pick = hashpick(hosts, [f"dev-{i}" for i in range(200)])
+        ks = next(k for k, h in pick.items() if h == "s")
+        frames = [frame({"devid": ks, "n": i, "pad": "x" * 4000}, DATA, 1, i % 65536) for i in range(4000)]
+        blob = b"".join(frames)
+        with gwtest.connect(port_of(mux), timeout=T(10)) as d:
+            ls.settimeout(T(5))
+            d.sendall(frames[0])
+            sent = len(frames[0])
+            s, _ = ls.accept()
+            self.addCleanup(s.close)
+            s.sendall(HDR.pack(9, 1, 7, 100) + b"x" * 10)  # s takes the device's write side, then reads nothing
+            self.assertEqual(gwtest.recv_exact(d, 16), HDR.pack(9, 1, 7, 100) + b"x" * 10)
+            d.setblocking(False)
+            stalled_since = None
+            while sent < len(blob):
+                try:
+                    sent += d.send(blob[sent:sent + 65536])
+                    stalled_since = None
+                except BlockingIOError:
+                    if stalled_since is None:
+                        stalled_since = time.monotonic()
+                    elif time.monotonic() - stalled_since > 0.5:
+                        break  # gw stopped reading the device: its head frame waits on s's full link
+                    time.sleep(0.02)
+            self.assertLess(sent, len(blob), "host s, reading nothing, never pushed back")
+            self.gwctl_ok(gw, "remove", "host", "app/primary", "s")
+            self.wait_workers_current(gw)
+            try:
+                gwtest.wait_until(lambda: got_b, T(3), interval=0.02, msg="b to get a frame")
+            except AssertionError:
+                self.fail("the frame that waited on removed host s's link did not go to the key's new owner b "
+                          "(s still holds the device's write side and reads nothing)")
+            d.settimeout(T(10))
+            d.sendall(blob[sent:])
+            gwtest.wait_until(lambda: got_b and got_b[-1] == len(frames) - 1, T(20), interval=0.05,
+                              msg="b to get the device's last frame")
+            self.assertEqual(got_b, list(range(got_b[0], len(frames))), "b's frames in order, none lost")
+            # s reads now: the frames it was sent before the removal, whole, and at most a part of the next
+            s.settimeout(0.5)
+            at_s = b""
+            while True:
+                try:
+                    chunk = s.recv(1 << 20)
+                except socket.timeout:
+                    break
+                if not chunk:
+                    break
+                at_s += chunk
+            whole, off = 0, 0
+            while at_s[off:off + len(frames[whole])] == frames[whole]:
+                off += len(frames[whole])
+                whole += 1
+            self.assertEqual(whole, got_b[0], "s got the frames before b's first, whole; none went to both")
+            self.assertTrue(frames[whole].startswith(at_s[off:]), "after them s got at most a part of b's first")
+            self.assertIsNone(closed_within(d, 0.2), "the device was closed")
+            s.sendall(b"y" * 90)
+            d.settimeout(T(10))
+            self.assertEqual(gwtest.recv_exact(d, 90), b"y" * 90, "the rest of the removed host's frame")
+            gwtest.wait_until(lambda: worker_sum(gw.status(), "host_closed") == 1, T(5), interval=0.05,
+                              msg="the removed host's link closed once its frame was out")
+        self.assert_idle(gw)
+
     def test_frame_mode_no_frame_goes_to_a_host_that_closed(self):
         """Mode "frame": host "s" answers a frame and closes its connection
         while host "b" holds the device's write side (inside a frame), so s's
