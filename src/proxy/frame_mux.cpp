@@ -100,6 +100,7 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
     DeviceLog& g = logs_[i];
     g.start_ms = env_.now_ms ? env_.now_ms : 1;
     g.bytes_up = g.bytes_down = 0;
+    g.front_logged = 0;
     g.end = "closed";
     g.key_len = 0;
     g.peer = core::SockAddr{};
@@ -318,7 +319,12 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
             ::send(k.fd, d.buf + d.head + d.front_sent, d.front_len - d.front_sent, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
           d.front_sent += static_cast<uint32_t>(n);
-          if (DeviceLog* g = log_of(d)) g->bytes_up += static_cast<uint64_t>(n);
+          if (DeviceLog* g = log_of(d); g && d.front_sent > g->front_logged) {
+            // Each byte the device sent, once: a frame that goes again (whole,
+            // after its link broke partway) counts from where it had got to.
+            g->bytes_up += d.front_sent - g->front_logged;
+            g->front_logged = d.front_sent;
+          }
           metrics::host_sent(env_, k.slot, k.tag, static_cast<uint64_t>(n));
           d.last_activity_ms = k.last_used_ms = env_.now_ms;
           if (d.front_sent == d.front_len) {
@@ -327,6 +333,7 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
             d.front_attempts = 0;
             d.fd_wait_until_ms = 0;
             d.front_len = d.front_sent = 0;
+            if (DeviceLog* g = log_of(d)) g->front_logged = 0;
             bump(env_.seg->worker(env_.worker).frames_routed);
             ++frames;
           }

@@ -202,8 +202,9 @@ class FrameMux {
   // first device of a listener that logs.
   struct DeviceLog {
     uint64_t start_ms = 0;
-    uint64_t bytes_up = 0;    // frame bytes sent to hosts
-    uint64_t bytes_down = 0;  // bytes sent to the device
+    uint64_t bytes_up = 0;      // the device's frame bytes sent to hosts, each once
+    uint64_t bytes_down = 0;    // bytes sent to the device
+    uint32_t front_logged = 0;  // of the frame at the device's head: bytes in bytes_up (it may go out again)
     const char* end = "closed";
     core::SockAddr peer;  // the device's address
     uint8_t key_len = 0;
