@@ -18,7 +18,9 @@ host; hash_key "ip"; a custom header layout; big frames and half-close in
 mode "frame"; many concurrent devices; the per-device link limit (eviction of
 a quiet link, closing the device when none is quiet); host replies delimited
 by their length field only; a host stalled inside a frame to the device cut
-off after frame_timeout_ms without progress; a device streaming a backlog
+off after frame_timeout_ms without progress; a frame waiting on a removed
+host's link sent to the new owner at once; a frame sent again after its link
+broke counted once in the device's log line; a device streaming a backlog
 does not starve another device of the same worker; rate-limited reject logging; the per-frame read
 deadline and the whole-frame buffer cap; maglev, round_robin and least_conn
 on frame listeners; gwload against gw.
