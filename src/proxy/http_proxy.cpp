@@ -1617,6 +1617,7 @@ void HttpProxy::connect_next(Conn& c) noexcept {
     c.up_ms = -1;
     c.rq.head = 0;          // (re)send the whole head
     c.sent = c.body_start;  // and the body from its first byte
+    c.up_cut = false;       // to a host that has none of it yet
     c.u_read_ms = c.u_write_ms = env_.now_ms;
     if (UpConn* idle = idle_take(r.slot, r.tag, c.idempotent && c.retryable && c.req_body_done)) {
       UpConn& u = *idle;

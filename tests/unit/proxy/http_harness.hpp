@@ -65,13 +65,22 @@ struct Gateway {
   proxy::RelayEnv env;
   std::unique_ptr<proxy::HttpProxy> http;
 
-  explicit Gateway(uint16_t port) {
+  /// With `backup_port`, a second host "b" in a pool of lower priority
+  /// (tried only once "h" has been); `upstream_extra` adds fields to the
+  /// upstream ("\"retry\": {...}, ").
+  explicit Gateway(uint16_t port, uint16_t backup_port = 0, const std::string& upstream_extra = "") {
+    const std::string backup = backup_port == 0
+                                   ? std::string()
+                                   : R"(, {"id": "q", "priority": 1, "hosts": [{"id": "b", "address": "127.0.0.1:)" +
+                                         std::to_string(backup_port) + R"("}]})";
     auto r = config::load_string(R"({"workers": 1, "shm": {"name": "alloc"},
       "listeners": [{"name": "web", "listen": "127.0.0.1:1", "protocol": "http", "upstream": "app",
                      "http": {"keepalive_requests": 100000}}],
-      "upstreams": [{"name": "app", "keepalive": {"max_idle": 8, "idle_timeout_ms": 60000, "max_requests": 100000},
+      "upstreams": [{"name": "app", )" +
+                                 upstream_extra +
+                                 R"("keepalive": {"max_idle": 8, "idle_timeout_ms": 60000, "max_requests": 100000},
                      "pools": [{"id": "p", "hosts": [{"id": "h", "address": "127.0.0.1:)" +
-                                 std::to_string(port) + R"("}]}]}]})");
+                                 std::to_string(port) + R"("}]})" + backup + R"(]}]})");
     const std::string first_error = r.errors.empty() ? std::string() : r.errors.front();
     INFO(first_error);
     REQUIRE(r.errors.empty());

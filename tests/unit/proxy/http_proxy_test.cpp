@@ -3,6 +3,8 @@
 // test against a real gwd cannot force, such as a client that has not yet taken
 // an answer (or an interim head) at the moment a host writes or fails.
 #include <doctest/doctest.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -205,5 +207,107 @@ TEST_SUITE("http proxy") {
     step_until(
         g, [&] { return g.http->active() == 0; }, "the client connection to close");
     g.http->close_all();
+  }
+}
+
+namespace {
+
+/// gw's own end of its connection to the host listening on `port` (the
+/// socket in this process whose peer is that port), or -1.
+int gw_socket_to(uint16_t port) {
+  for (int fd = 3; fd < 1024; ++fd) {
+    sockaddr_in a{};
+    socklen_t len = sizeof(a);
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0 && a.sin_family == AF_INET &&
+        ntohs(a.sin_port) == port)
+      return fd;
+  }
+  return -1;
+}
+
+}  // namespace
+
+TEST_SUITE("http proxy") {
+  TEST_CASE("a retry after a host answered before the whole request head went out sends the next host all of it") {
+    Upstream up, backup;
+    // The first host's connections get a small receive window, so that a
+    // request head stops in gw's send buffer once that is small too.
+    const int small = 2048;
+    REQUIRE(::setsockopt(up.lfd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)) == 0);
+    Gateway g(up.port, backup.port, R"("retry": {"on": ["error", "timeout", "invalid_response"], "tries": 2}, )");
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    g.accept(sv[0]);
+    const int client = sv[1];
+
+    // A first request leaves a kept-alive connection to the first host.
+    send_all(client, "GET /1 HTTP/1.1\r\nHost: a\r\n\r\n");
+    int host = -1;
+    std::string req;
+    step_until(
+        g,
+        [&] {
+          if (host < 0) host = ::accept4(up.lfd, nullptr, nullptr, SOCK_CLOEXEC);
+          if (host >= 0) drain(host, req);
+          return req.find("\r\n\r\n") != std::string::npos;
+        },
+        "the first request at the host");
+    send_all(host, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    std::string got, body;
+    step_until(
+        g,
+        [&] {
+          REQUIRE(drain(client, got));
+          return whole_response(got, body);
+        },
+        "the first answer");
+    REQUIRE(body == "ok");
+    const int gw_fd = gw_socket_to(up.port);
+    REQUIRE(gw_fd >= 0);
+    const int tiny = 4096;  // locked: the kernel no longer grows it
+    REQUIRE(::setsockopt(gw_fd, SOL_SOCKET, SO_SNDBUF, &tiny, sizeof(tiny)) == 0);
+
+    // A request head of 15 KiB on that connection: the host reads none of
+    // it, and answers (a 101 nobody asked for: an invalid answer, retried)
+    // while most of the head is still in gw's request buffer.
+    const std::string head2 = "GET /2 HTTP/1.1\r\nHost: a\r\nX-Pad: " + std::string(15000, 'p') + "\r\n\r\n";
+    send_all(client, head2);
+    for (int i = 0; i < 20; ++i) g.step(1);
+    int outq = 0, inq = 0;
+    REQUIRE(::ioctl(gw_fd, SIOCOUTQ, &outq) == 0);
+    REQUIRE(::ioctl(host, FIONREAD, &inq) == 0);
+    INFO("in the kernel: ", outq, " + ", inq);
+    REQUIRE(static_cast<size_t>(outq + inq) < head2.size());  // the rest waits in gw
+    send_all(host, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n");
+
+    // The next host gets the whole head, and its answer reaches the client.
+    got.clear();
+    body.clear();
+    int host2 = -1;
+    std::string req2;
+    bool answered = false;
+    step_until(
+        g,
+        [&] {
+          if (host2 < 0) host2 = ::accept4(backup.lfd, nullptr, nullptr, SOCK_CLOEXEC);
+          if (host2 >= 0) drain(host2, req2);
+          if (!answered && req2.find("\r\n\r\n") != std::string::npos) {
+            send_all(host2, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood");
+            answered = true;
+          }
+          REQUIRE(drain(client, got));
+          return whole_response(got, body);
+        },
+        "the retried request's answer");
+    CHECK(body == "good");
+    CHECK(req2.rfind("GET /2 HTTP/1.1\r\n", 0) == 0);
+    CHECK(req2.find(std::string(15000, 'p')) != std::string::npos);
+
+    ::close(client);
+    step_until(
+        g, [&] { return g.http->active() == 0; }, "the client connection to close");
+    g.http->close_all();
+    ::close(host);
+    if (host2 >= 0) ::close(host2);
   }
 }
