@@ -1581,7 +1581,7 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
 // ---------------------------------------------------------------------------
 // the upstream side
 
-void HttpProxy::connect_next(Conn& c) noexcept {
+void HttpProxy::connect_next(Conn& c, bool resend) noexcept {
   const balance::Snapshot& snap = *env_.snap;
   const int ui = c.upstream;
   if (ui < 0 || static_cast<size_t>(ui) >= snap.upstreams().size()) {
@@ -1592,7 +1592,10 @@ void HttpProxy::connect_next(Conn& c) noexcept {
   const UpstreamRt& ur = upstreams_[static_cast<size_t>(ui)];
   const config::UpstreamConf* uc = ur.conf;
   auto hosts = snap.table().hosts();
-  bool resumed = c.fd_wait;  // back from a wait for a descriptor: not a retry
+  // Back from a wait for a descriptor, or sending again after a kept-alive
+  // connection the host closed as it was reused: not a retry (the access
+  // log's retries leave both out too).
+  bool resumed = c.fd_wait || resend;
   c.fd_wait = false;
   while (c.attempts < ur.tries) {
     if (c.attempts > 0 && uc && uc->retry.timeout_ms && env_.now_ms - c.first_try_ms >= uc->retry.timeout_ms) break;
@@ -2153,7 +2156,7 @@ void HttpProxy::upstream_failed(Conn& c, uint8_t kind, int err) noexcept {
   }
   if (stale && allowed && c.attempts > 0) --c.attempts;  // the host may be tried again, on a new connection
   if (allowed) {
-    connect_next(c);
+    connect_next(c, stale);
     return;
   }
   answer_failure(c);

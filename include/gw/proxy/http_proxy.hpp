@@ -303,7 +303,7 @@ class HttpProxy {
   UpConn* new_up() noexcept;
   void close_up(UpConn& u) noexcept;
   void release_up(UpConn& u, bool reusable) noexcept;
-  void connect_next(Conn& c) noexcept;
+  void connect_next(Conn& c, bool resend = false) noexcept;  // resend: a kept-alive connection closed on reuse
   /// Closes the upstream keep-alive connection idle longest, whatever its
   /// host. False if none is idle.
   bool close_oldest_idle_up() noexcept;

@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -309,5 +311,78 @@ TEST_SUITE("http proxy") {
     g.http->close_all();
     ::close(host);
     if (host2 >= 0) ::close(host2);
+  }
+}
+
+TEST_SUITE("http proxy") {
+  TEST_CASE("a request sent again after a kept-alive connection closed on reuse is not counted as a retry") {
+    Upstream up, backup;
+    Gateway g(up.port, backup.port, R"("max_fails": 0, "retry": {"on": ["error", "503"], "tries": 2}, )");
+    const std::atomic<uint64_t>& retries = g.ts.seg.worker(g.env.worker).http_retries;
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    g.accept(sv[0]);
+    const int client = sv[1];
+    struct Peer {
+      int fd;
+      bool backup;
+      std::string in;
+    };
+    std::vector<Peer> peers;
+
+    // Serves one request: the first host answers 503, the backup 200 (its
+    // connection kept alive), unless `reset_backup`: then the backup resets
+    // the kept-alive connection the request comes on, as a host whose
+    // keep-alive timeout closes it just then, and answers on a new one.
+    auto exchange = [&](const std::string& path, bool reset_backup) {
+      send_all(client, "GET " + path + " HTTP/1.1\r\nHost: a\r\n\r\n");
+      const size_t known = peers.size();
+      std::string got, body;
+      step_until(
+          g,
+          [&] {
+            for (int fd; (fd = ::accept4(up.lfd, nullptr, nullptr, SOCK_CLOEXEC)) >= 0;)
+              peers.push_back({fd, false, {}});
+            for (int fd; (fd = ::accept4(backup.lfd, nullptr, nullptr, SOCK_CLOEXEC)) >= 0;)
+              peers.push_back({fd, true, {}});
+            for (size_t i = 0; i < peers.size(); ++i) {
+              Peer& p = peers[i];
+              if (p.fd < 0) continue;
+              drain(p.fd, p.in);
+              if (p.in.find("\r\n\r\n") == std::string::npos) continue;
+              p.in.clear();
+              if (!p.backup) {
+                send_all(p.fd, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+              } else if (reset_backup && i < known) {
+                const linger l{1, 0};
+                ::setsockopt(p.fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+                ::close(p.fd);  // a reset, with nothing answered
+                p.fd = -1;
+              } else {
+                send_all(p.fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+              }
+            }
+            REQUIRE(drain(client, got));
+            return whole_response(got, body);
+          },
+          "the answer");
+      return got.substr(0, 12) + body;
+    };
+
+    CHECK(exchange("/1", false) == "HTTP/1.1 200ok");
+    CHECK(retries.load() == 1);  // the first host's 503, then the backup
+    // Again; the backup's kept-alive connection is reset as the request comes
+    // on it, and gw sends the request again on a new one: the same one retry.
+    CHECK(exchange("/2", false) == "HTTP/1.1 200ok");
+    CHECK(retries.load() == 2);
+    CHECK(exchange("/3", true) == "HTTP/1.1 200ok");
+    CHECK(retries.load() == 3);
+
+    ::close(client);
+    step_until(
+        g, [&] { return g.http->active() == 0; }, "the client connection to close");
+    g.http->close_all();
+    for (const Peer& p : peers)
+      if (p.fd >= 0) ::close(p.fd);
   }
 }
