@@ -640,12 +640,23 @@ class Worker {
   }
 
   void serve_accepted(uint32_t li, int fd) {
-    if (cfg_.listeners[li].limit_conn.on && !admit_accepted(fd, li)) {
-      ::close(fd);  // limit_conn: over the address's max (counted)
-      proxy::metrics::listener_reject(env_, li, shm::kRejectLimitConn);
-    } else {
-      urelay_->accept(fd, li);
+    if (cfg_.listeners[li].limit_conn.on) {
+      // The ring's accept asked for no address: limit_conn asks the socket.
+      // A client that reset while it waited in the accept queue has none
+      // left (ENOTCONN): it is gone, not refused, so it is not counted.
+      sockaddr_storage peer{};
+      socklen_t len = sizeof(peer);
+      if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) {
+        ::close(fd);
+        return;
+      }
+      if (!limiter_.admit(fd, li, reinterpret_cast<const sockaddr*>(&peer), env_.now_ms)) {
+        ::close(fd);  // limit_conn: over the address's max (counted)
+        proxy::metrics::listener_reject(env_, li, shm::kRejectLimitConn);
+        return;
+      }
     }
+    urelay_->accept(fd, li);
   }
 
   // A full http table: idle client connections make room (at most every
@@ -733,15 +744,6 @@ class Worker {
     }
     ::close(fd);
     fd = -1;
-  }
-
-  // limit_conn for a connection the ring accepted (asked for no address:
-  // ask the socket).
-  bool admit_accepted(int fd, uint32_t li) {
-    sockaddr_storage peer{};
-    socklen_t len = sizeof(peer);
-    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return false;  // already gone
-    return limiter_.admit(fd, li, reinterpret_cast<const sockaddr*>(&peer), env_.now_ms);
   }
 
   void stop_accepting() {

@@ -474,6 +474,36 @@ class AdminTest(GwTestCase):
 
     # ------------------------------------------------------------------ metrics
 
+    def test_a_client_gone_before_its_accept_is_no_limit_conn_refusal(self):
+        # Clients that connect and reset while the workers are stopped wait in
+        # the accept queue as closed sockets. The io_uring accept asks for no
+        # address, and limit_conn then asks the socket, which has none left:
+        # such a client is gone, not refused (it was counted as a limit_conn
+        # reject). epoll's accept returns the address: its limiter admits the
+        # socket, and the relay's first read ends it.
+        gw = self.admin_gateway(l4={"limit_conn": {"key": "ip", "max": 10}})
+        pids = gw.worker_pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(5):
+                s = socket.create_connection((LO, gw.port), timeout=T(5))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()  # a reset, before any worker has accepted it
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        # Behind them in their worker's accept queue: served once they were taken.
+        for _ in range(4):
+            with socket.create_connection((LO, gw.port), timeout=T(5)) as good:
+                good.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                self.assertTrue(good.recv(64).startswith(b"HTTP/1."))
+        m = gw.admin.metrics()
+        self.assertEqual(metric(m, "gw_listener_rejected_total", listener="l4", protocol="tcp", reason="limit_conn"),
+                         0, "clients gone before their accept were counted as limit_conn refusals")
+        self.assertEqual(metric_sum(m, "gw_worker_limit_conn_rejected_total"), 0)
+        wait_until(lambda: gw.status()["limits"]["connections"] == 0, T(5), msg="every connection released")
+
     def test_limit_metrics(self):
         # limit_conn on the tcp listener: the refusal shows as a listener
         # reject, in the guard's per-worker counter, and in the limit table.
