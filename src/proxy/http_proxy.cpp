@@ -1927,7 +1927,8 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     const UpstreamRt& ur = upstream_rt(c.upstream);
     const bool listed = ur.conf && ur.conf->retry.retries_status(h.status);
     if (listed && c.attempts < ur.tries && c.retryable && c.idempotent &&
-        (!ur.conf->retry.timeout_ms || env_.now_ms - c.first_try_ms < ur.conf->retry.timeout_ms) && c.out.size() == 0) {
+        (!ur.conf->retry.timeout_ms || env_.now_ms - c.first_try_ms < ur.conf->retry.timeout_ms) && c.out.size() == 0 &&
+        host_left(env_, c.upstream, std::span<const uint32_t>(c.tried, c.attempts))) {
       // A status listed in retry.on: try another host (a 5xx is also a
       // failure of this one, see upstream_failed). Logged as this host's
       // answer unless another host is tried.

@@ -98,6 +98,23 @@ int pick_host(RelayEnv& env, int ui, balance::HashKey key, std::span<const uint3
   return h;
 }
 
+bool host_left(const RelayEnv& env, int ui, std::span<const uint32_t> tried) noexcept {
+  const balance::Snapshot& snap = *env.snap;
+  if (ui < 0 || static_cast<size_t>(ui) >= snap.upstreams().size()) return false;
+  const balance::UpstreamView& uv = snap.upstreams()[static_cast<size_t>(ui)];
+  auto hosts = snap.table().hosts();
+  for (const balance::PoolView& p : snap.pools(uv)) {
+    for (const uint32_t i : snap.hosts(p)) {
+      const shm::HostRecord& r = hosts[i];
+      if (r.admin_down || r.weight == 0) continue;
+      bool was_tried = false;
+      for (const uint32_t t : tried) was_tried |= t == r.slot;
+      if (!was_tried && shm::host_usable(env.seg->host(r.slot), r.tag, uv.health, env.now_ms)) return true;
+    }
+  }
+  return false;
+}
+
 bool upstream_uses_key(const RelayEnv& env, int ui) noexcept {
   if (ui < 0) return false;
   const balance::Snapshot& snap = *env.snap;

@@ -28,6 +28,14 @@ inline int pick_host(RelayEnv& env, int ui, std::string_view key, std::span<cons
   return pick_host(env, ui, balance::HashKey::of(key), tried, rng, first);
 }
 
+/// Whether upstream `ui` has a host pick_host() could still choose: one not
+/// in `tried`, admin up, not drained (weight 0), and usable as passive and
+/// active health say. It claims no trial and moves no balancer state: a
+/// status answer listed in retry.on asks it before giving the answer up for
+/// another try (when it is the last, the host's own answer goes on, as nginx
+/// passes its last try on).
+bool host_left(const RelayEnv& env, int ui, std::span<const uint32_t> tried) noexcept;
+
 /// Errors that say something about the backend or the path to it (the
 /// others must not take a healthy host out for every worker).
 using net::peer_error;

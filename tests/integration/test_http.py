@@ -1781,6 +1781,9 @@ class RetryTest(HttpCase):
         r = get(gw.port, "/")
         self.assertEqual(r.status, 503)
         self.assertEqual((a.requests, b.requests), (1, 1), "each host tried once")
+        # tries 3 (the default), and no third host: the last host's own answer
+        # goes on, as nginx passes its last try on, not gw's page.
+        self.assertIn(r.json()["backend"], ("a", "b"), r.body[:300])
 
     def test_retry_tries_bound(self):
         bs = [self.hb(f"r{i}", action="reset_after_head") for i in range(4)]

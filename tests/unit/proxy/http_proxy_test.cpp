@@ -315,6 +315,57 @@ TEST_SUITE("http proxy") {
 }
 
 TEST_SUITE("http proxy") {
+  TEST_CASE("a listed status from the last host left is passed on whole, though tries remain") {
+    // tries 3 over two hosts: after the second 503 no host is left to try.
+    // The client gets that host's own answer, head and body (its
+    // Retry-After too), as nginx passes its last try on; not gw's page.
+    Upstream up, backup;
+    Gateway g(up.port, backup.port, R"("max_fails": 0, "retry": {"on": ["error", "503"], "tries": 3}, )");
+    const std::atomic<uint64_t>& retries = g.ts.seg.worker(g.env.worker).http_retries;
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    g.accept(sv[0]);
+    const int client = sv[1];
+    send_all(client, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    int hosts[2] = {-1, -1};
+    std::string in[2], got, body;
+    int accepted = 0;
+    step_until(
+        g,
+        [&] {
+          const int lfd[2] = {up.lfd, backup.lfd};
+          for (int i = 0; i < 2; ++i) {
+            for (int fd; (fd = ::accept4(lfd[i], nullptr, nullptr, SOCK_CLOEXEC)) >= 0;) {
+              ++accepted;
+              if (hosts[i] < 0) hosts[i] = fd;
+              else ::close(fd);
+            }
+            if (hosts[i] < 0 || in[i] == "answered") continue;
+            drain(hosts[i], in[i]);
+            if (in[i].find("\r\n\r\n") == std::string::npos) continue;
+            const std::string text = i == 0 ? "from h" : "from b";
+            send_all(hosts[i],
+                     "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 6\r\n\r\n" + text);
+            in[i] = "answered";
+          }
+          REQUIRE(drain(client, got));
+          return whole_response(got, body);
+        },
+        "the answer");
+    CHECK(got.substr(0, 12) == "HTTP/1.1 503");
+    CHECK(body == "from b");
+    CHECK(got.find("Retry-After: 7\r\n") != std::string::npos);
+    CHECK(retries.load() == 1);
+    CHECK(accepted == 2);
+
+    ::close(client);
+    step_until(
+        g, [&] { return g.http->active() == 0; }, "the client connection to close");
+    g.http->close_all();
+    for (const int fd : hosts)
+      if (fd >= 0) ::close(fd);
+  }
+
   TEST_CASE("a request sent again after a kept-alive connection closed on reuse is not counted as a retry") {
     Upstream up, backup;
     Gateway g(up.port, backup.port, R"("max_fails": 0, "retry": {"on": ["error", "503"], "tries": 2}, )");
