@@ -38,7 +38,8 @@
 #                    MODE-YYYYMMDD-HHMM.{md,png}, and latest-MODE.{md,png} copies)
 #   RULE_CHANGES  l7: gray-rule changes made during one extra gw run at the first connection
 #                 count (default 1000; 0 = none)
-#   RULES_DURATION  l7: length of that run in seconds (default 60)
+#   RULES_DURATION  l7: length of that run in seconds (default 60); a control run as long
+#                 follows, with as many gwctl calls that change nothing ("gw+gwctl")
 #
 # Every proxy gets the same two single-threaded gw-backend servers and the same worker
 # count. Rounds are interleaved and the starting contender rotates each round, so slow drift
@@ -795,6 +796,7 @@ ELAPSED=$(( $(date +%s) - START_EPOCH ))
 RULE_CHANGES=${RULE_CHANGES:-1000}
 RULES_DURATION=${RULES_DURATION:-60}  # each change is a gwctl process and an fsync'd state file: ~25/s here
 RULES_DONE=0
+NOOP_DONE=0
 if [ "$MODE" = l7 ] && has_contender gw && [ "$RULE_CHANGES" -gt 0 ]; then
   GWCTL="$BUILD_DIR/gwctl"
   conns=${COUNTS[0]}
@@ -821,6 +823,31 @@ if [ "$MODE" = l7 ] && has_contender gw && [ "$RULE_CHANGES" -gt 0 ]; then
     "$rps" "$p50" "$p99" "$RULES_DONE" "$errs"
   [ "$RULES_DONE" -ge "$RULE_CHANGES" ] ||
     echo "compare.sh: warning: only $RULES_DONE of $RULE_CHANGES rule changes fit in the ${RULES_DURATION}s run" >&2
+
+  # The control ("gw+gwctl"): one more run as long, with as many gwctl processes, each
+  # setting the rule to what it already is: gwctl answers "already", with no commit, no
+  # state file write and no new table. Each gwctl process shares the two cores with wrk,
+  # the backends and gw, so the gap between this row and gw+rules is what the changes
+  # themselves cost, and the gap between this row and gw is what the gwctl processes cost.
+  out="$TMP/wrk-rules-noop.txt"
+  load gw "$conns" "$RULES_DURATION" "$out"
+  for ((i = 0; i < RULES_DONE; i++)); do
+    "$GWCTL" --shm "$SHM_NAME" set rule bench default gray --ip "$ip" --upstream pre >/dev/null ||
+      die "gwctl set rule (no change) failed (call $i)"
+    kill -0 "$WRK_PID" 2>/dev/null || break
+  done
+  NOOP_DONE=$i
+  load_rc=0
+  wait "$WRK_PID" || load_rc=$?
+  WRK_PID=""
+  if [ $load_rc -ne 0 ] || ! res=$(parse_wrk "$out"); then
+    show_logs "$out"
+    die "wrk through gw during the no-change gwctl calls failed"
+  fi
+  read -r rps p50 p99 errs reqs <<<"$res"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "rules" "gw+gwctl" "$rps" "$p50" "$p99" "$errs" -1 -1 -1 >>"$RUNS"
+  printf '[rules]       gw+gwctl req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms  (%d gwctl calls that changed nothing, %d errors)\n' \
+    "$rps" "$p50" "$p99" "$NOOP_DONE" "$errs"
 fi
 
 # ---------------------------------------------------------------------------------------
@@ -860,7 +887,7 @@ SKIPPED_TEXT=$(printf '%s\n' "${SKIPPED[@]+"${SKIPPED[@]}"}")
 BENCH_ROUNDS=$ROUNDS BENCH_DURATION=$DURATION BENCH_WORKERS=$WORKERS BENCH_DATE=$DATE \
 BENCH_STAMP=$STAMP BENCH_KERNEL=$KERNEL BENCH_NPROC=$NPROC BENCH_CPU=$CPU_MODEL BENCH_MEM=$MEM_TOTAL \
 BENCH_VERSIONS=$VERSIONS BENCH_GW_REV=$GW_REV BENCH_GW_BUILD=$GW_BUILD BENCH_MODE=$MODE \
-BENCH_RULES_DONE=$RULES_DONE BENCH_SKIPPED=$SKIPPED_TEXT BENCH_ELAPSED=$ELAPSED BENCH_RESULTS_DIR=$RESULTS_DIR \
+BENCH_RULES_DONE=$RULES_DONE BENCH_NOOP_DONE=$NOOP_DONE BENCH_SKIPPED=$SKIPPED_TEXT BENCH_ELAPSED=$ELAPSED BENCH_RESULTS_DIR=$RESULTS_DIR \
 BENCH_TMP=$TMP BENCH_NGINX_KEEPALIVE=$NGINX_KEEPALIVE BENCH_RULES_DURATION=$RULES_DURATION \
 "$PY" - "$RUNS" "$RESULTS_MD" "${CONTENDER_LIST[*]}" <<'EOF'
 import os, shutil, statistics, subprocess, sys
@@ -870,6 +897,8 @@ env = os.environ
 mode = env["BENCH_MODE"]
 if int(env.get("BENCH_RULES_DONE", "0")) > 0:
     order.append("gw+rules")
+if int(env.get("BENCH_NOOP_DONE", "0")) > 0:
+    order.append("gw+gwctl")
 KEYS = ("rps", "p50", "p99", "cpu", "rss", "pss")
 rows = {}     # connections -> contender -> lists of values
 for line in open(runs_file):
@@ -991,6 +1020,11 @@ if "gw+rules" in order:
     notes.append("gw+rules = one more gw run (%ss) while `gwctl set rule` made %s gray-release rule changes, "
                  "each flipping wrk's traffic between two upstreams; errors = failed requests."
                  % (env["BENCH_RULES_DURATION"], env["BENCH_RULES_DONE"]))
+if "gw+gwctl" in order:
+    notes.append("gw+gwctl = the control for gw+rules: one more gw run as long, with %s gwctl calls that each set "
+                 "the rule to what it already is (no commit, no new table): gw+rules against gw+gwctl is the cost "
+                 "of the rule changes to gw; gw+gwctl against gw is the cost of the gwctl processes on the same "
+                 "cores." % env["BENCH_NOOP_DONE"])
 skipped = [s for s in env.get("BENCH_SKIPPED", "").splitlines() if s]
 for s in skipped:
     notes.append("Skipped: " + s + ".")
@@ -1016,7 +1050,7 @@ md += notes
 print("\n".join(console + [""] + notes))
 
 # Chart: one panel per measure, bars grouped by connection count, one colour per contender.
-names = [n for n in order if any(n in rows[c] for c in counts) and n != "gw+rules"]
+names = [n for n in order if any(n in rows[c] for c in counts) and n not in ("gw+rules", "gw+gwctl")]
 out_dir = env["BENCH_RESULTS_DIR"]
 base = os.path.join(out_dir, "%s-%s" % (mode, env["BENCH_STAMP"]))
 png = None
