@@ -1901,7 +1901,10 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
       // does; the final response follows on the same connection.
       if (!c.http10) {
         if (!acquire(c.out)) {
-          upstream_failed(c, kFailInvalid, EPROTO);
+          // Out of buffer memory: gw's own trouble, not the host's (no
+          // passive failure); 503, as for a worker short of descriptors.
+          c.last_fail = kFailLocal;
+          answer_failure(c);
           return;
         }
         Writer w{c.out.p, c.out.tail, kBufSize};
@@ -1994,7 +1997,13 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
     // next one: say so, or the client may send its next request into the close.
     c.resp_close = !c.keep_alive || h.body == http::BodyKind::until_close || c.dechunk || c.eof_after_request() ||
                    !c.req_body_done;
-    if (!build_response_head(c, h)) {
+    if (!acquire(c.out)) {  // out of buffer memory: as for an interim head above
+      c.resp_started = false;
+      c.last_fail = kFailLocal;
+      answer_failure(c);
+      return;
+    }
+    if (!build_response_head(c, h)) {  // a head too large to rebuild
       c.resp_started = false;
       upstream_failed(c, kFailInvalid, EPROTO);
       return;

@@ -68,7 +68,10 @@ struct Gateway {
   /// With `backup_port`, a second host "b" in a pool of lower priority
   /// (tried only once "h" has been); `upstream_extra` adds fields to the
   /// upstream ("\"retry\": {...}, ").
-  explicit Gateway(uint16_t port, uint16_t backup_port = 0, const std::string& upstream_extra = "") {
+  /// `max_buffers` bounds the worker's buffer pool (0: unbounded, as gwd's).
+  explicit Gateway(uint16_t port, uint16_t backup_port = 0, const std::string& upstream_extra = "",
+                   size_t max_buffers = 0)
+      : buffers(max_buffers) {
     const std::string backup = backup_port == 0
                                    ? std::string()
                                    : R"(, {"id": "q", "priority": 1, "hosts": [{"id": "b", "address": "127.0.0.1:)" +

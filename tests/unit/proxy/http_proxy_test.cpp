@@ -315,6 +315,57 @@ TEST_SUITE("http proxy") {
 }
 
 TEST_SUITE("http proxy") {
+  TEST_CASE("a worker out of buffer memory for an interim head answers 503 and does not blame the host") {
+    // The host's 103 arrives in two parts: the first takes gw's response
+    // buffer; then the pool (bounded at one chunk, 64 buffers) is emptied, so
+    // gw has no buffer for the interim head it writes to the client. That is
+    // gw's own trouble: the client gets 503 (gw lets the request's buffers go
+    // and takes one of them for it), and the host no passive failure (it was
+    // a 502 and a failure: with max_fails 1 the host was out for every worker).
+    // (A final head cannot meet an empty pool this way: gw lets the request's
+    // buffer go just before it takes one for the head.)
+    Upstream up;
+    Gateway g(up.port, 0, R"("max_fails": 1, )", 64);
+    const shm::HostRecord& rec = g.snap.table().hosts()[0];
+    const std::atomic<uint64_t>& failures = g.ts.seg.host(rec.slot).failures;
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    g.accept(sv[0]);
+    const int client = sv[1];
+    send_all(client, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    int host = -1;
+    std::string in;
+    step_until(
+        g,
+        [&] {
+          if (host < 0) host = ::accept4(up.lfd, nullptr, nullptr, SOCK_CLOEXEC);
+          if (host >= 0) drain(host, in);
+          return in.find("\r\n\r\n") != std::string::npos;
+        },
+        "the request at the host");
+    const size_t before = g.buffers.in_use();
+    send_all(host, "HTTP/1.1 103 Early");
+    step_until(
+        g, [&] { return g.buffers.in_use() > before; }, "gw to read the first part");
+    std::vector<char*> held;
+    while (char* b = g.buffers.acquire()) held.push_back(b);
+    REQUIRE(!held.empty());
+    send_all(host, " Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    std::string got;
+    step_until(
+        g, [&] { return !drain(client, got); }, "the client connection to close");
+    CHECK(got.substr(0, 12) == "HTTP/1.1 503");
+    CHECK(got.find("Connection: close\r\n") != std::string::npos);
+    CHECK(failures.load() == 0);
+    for (char* b : held) g.buffers.release(b);
+
+    ::close(client);
+    step_until(
+        g, [&] { return g.http->active() == 0; }, "the connection to be freed");
+    g.http->close_all();
+    ::close(host);
+  }
+
   TEST_CASE("a listed status from the last host left is passed on whole, though tries remain") {
     // tries 3 over two hosts: after the second 503 no host is left to try.
     // The client gets that host's own answer, head and body (its
