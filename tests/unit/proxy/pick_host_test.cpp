@@ -141,4 +141,32 @@ TEST_SUITE("proxy") {
     CHECK(g_raced);
     CHECK_FALSE(shm::host_usable(e.ts.seg.host(a.slot), a.tag, hp, e.env.now_ms));  // the other's trial runs
   }
+
+  TEST_CASE("host_left: a host pick_host could still choose, without moving the balancer") {
+    // Hosts a, b, c (weight 10). host_left() says whether one not yet tried
+    // is admin up and usable; a failure within its fail_timeout makes a host
+    // unusable, one past it usable again (its trial), as for pick_host().
+    PickEnv e(shm::Method::round_robin);
+    const shm::HealthPolicy hp{1, 10000};
+    const int ui = e.snap.find_upstream("app");
+    const shm::HostRecord &a = e.host(0), &b = e.host(1), &c = e.host(2);
+    const uint32_t ab[] = {a.slot, b.slot}, abc[] = {a.slot, b.slot, c.slot};
+    CHECK(proxy::host_left(e.env, ui, {}));
+    CHECK(proxy::host_left(e.env, ui, ab));
+    CHECK_FALSE(proxy::host_left(e.env, ui, abc));
+    CHECK_FALSE(proxy::host_left(e.env, -1, {}));
+    CHECK_FALSE(proxy::host_left(e.env, ui + 1, {}));
+    // c out on passive health: nothing left once a and b were tried.
+    REQUIRE(shm::record_failure(e.ts.seg.host(c.slot), c.tag, hp, e.env.now_ms));
+    CHECK_FALSE(proxy::host_left(e.env, ui, ab));
+    // Past its fail_timeout_ms c may be tried again, and claims nothing here:
+    // still usable for the pick that follows.
+    e.env.now_ms += 20000;
+    CHECK(proxy::host_left(e.env, ui, ab));
+    CHECK(proxy::host_left(e.env, ui, ab));
+    CHECK(shm::host_usable(e.ts.seg.host(c.slot), c.tag, hp, e.env.now_ms));
+    // Round robin's state did not move: the picks go on as from the start.
+    balance::Rng rng(1);
+    CHECK(proxy::pick_host(e.env, ui, balance::HashKey{}, {}, rng, true) == 0);
+  }
 }
