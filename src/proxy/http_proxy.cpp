@@ -813,6 +813,7 @@ void HttpProxy::on_event(uint64_t data, uint32_t events) noexcept {
     u.u_hup = true;
     u.u_in = true;
   }
+  if (events & EPOLLERR) u.u_err = true;
   if (u.state == UState::idle) {
     // An idle connection has nothing to say: data or a FIN means it is done.
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) close_up(u);
@@ -835,16 +836,7 @@ void HttpProxy::on_event(uint64_t data, uint32_t events) noexcept {
     }
     on_connected(c, u);
   }
-  const uint32_t gen = c.gen;
-  drive(c);
-  // A tunnel's host reset after its FIN: a read says 0 again, and none is
-  // made after the FIN anyway; only this report's EPOLLERR tells. Its FIN
-  // was passed on with all it sent (it is read only once the client has
-  // taken the bytes before), and nothing more can go to it: the tunnel ends,
-  // as on a reset read before the FIN (pump_tunnel()).
-  if ((events & EPOLLERR) && c.state == CState::tunnel && c.gen == gen && c.up == idx && c.tunnel_u_eof &&
-      c.tunnel_c_shut)
-    close_conn(c);
+  drive(c);  // a tunnel's host reset after its FIN: see pump_tunnel()
 }
 
 void HttpProxy::on_timer(net::TimerNode& n) noexcept {
@@ -2408,6 +2400,16 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
     if (c.out.size() == 0 && c.rs.size() == 0 && c.tunnel_u_eof && !c.tunnel_c_shut) {
       ::shutdown(c.fd, SHUT_WR);
       c.tunnel_c_shut = true;
+    }
+    // The host reset after its FIN: a read says 0 again (none is made after
+    // the FIN anyway), only an EPOLLERR tells, and it may have come while gw
+    // was not reading the host (the client had not taken the bytes before
+    // the FIN yet): u_err keeps it. Its FIN was passed on with all it sent,
+    // and nothing more can go to it: the tunnel ends, as on a reset read
+    // before the FIN.
+    if (c.tunnel_c_shut && u.u_err) {
+      close_conn(c);
+      return;
     }
     if (c.out.size() == 0 && c.rs.size() == 0 && u.u_in && !c.tunnel_u_eof) {
       if (!acquire(c.rs)) {

@@ -253,6 +253,7 @@ class HttpProxy {
     uint32_t next_free = kNone;
     UState state = UState::free;
     bool u_in = false, u_out = false, u_hup = false;
+    bool u_err = false;      // an EPOLLERR was reported (a reset): nothing more can reach the host
     bool reused = false;     // taken from the idle list for this request
     bool bound = false;      // counted as active on its host
     uint32_t owner = kNone;  // Conn index

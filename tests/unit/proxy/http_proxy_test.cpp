@@ -488,3 +488,67 @@ TEST_SUITE("http proxy") {
       if (p.fd >= 0) ::close(p.fd);
   }
 }
+
+TEST_SUITE("http proxy") {
+  TEST_CASE("a host's reset after its FIN ends the tunnel also when it came while gw was not reading the host") {
+    Upstream up;
+    Gateway g(up.port);
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    // gw's end of the client connection takes about 8 KiB: the host's bytes
+    // wait in gw's tunnel buffer and socket until the client reads.
+    const int small = 4096;
+    REQUIRE(::setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
+    g.accept(sv[0]);
+    const int client = sv[1];
+
+    send_all(client, "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+    int host = -1;
+    std::string req;
+    step_until(
+        g,
+        [&] {
+          if (host < 0) host = ::accept4(up.lfd, nullptr, nullptr, SOCK_CLOEXEC);
+          if (host >= 0) drain(host, req);
+          return req.find("\r\n\r\n") != std::string::npos;
+        },
+        "the upgrade request at the host");
+    const std::string head = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+    const std::string data(32 * 1024, 'd');
+    send_all(host, head + data);
+    // All of it leaves the host; the client reads nothing yet, so gw stops
+    // reading the host with part of it still in gw's socket.
+    step_until(
+        g,
+        [&] {
+          int outq = 0;
+          REQUIRE(::ioctl(host, SIOCOUTQ, &outq) == 0);
+          return outq == 0;
+        },
+        "the host's bytes to reach gw");
+    for (int i = 0; i < 20; ++i) g.step(1);
+    // The host's FIN, then its reset, while gw does not read it.
+    REQUIRE(::shutdown(host, SHUT_WR) == 0);
+    for (int i = 0; i < 20; ++i) g.step(1);
+    const linger l{1, 0};
+    REQUIRE(::setsockopt(host, SOL_SOCKET, SO_LINGER, &l, sizeof(l)) == 0);
+    ::close(host);
+    for (int i = 0; i < 20; ++i) g.step(1);
+
+    // The client takes all the host sent, then the FIN; it stays silent and
+    // open. Nothing can reach the host any more: the tunnel ends, as on a
+    // reset the host sent while gw was reading it (not at idle_timeout_ms).
+    std::string got;
+    step_until(
+        g, [&] { return !drain(client, got); }, "the host's bytes and its FIN at the client");
+    const size_t end = got.find("\r\n\r\n");
+    REQUIRE(end != std::string::npos);
+    CHECK(got.starts_with("HTTP/1.1 101 "));
+    CHECK(got.size() - end - 4 == data.size());
+    CHECK(got.compare(end + 4, std::string::npos, data) == 0);
+    step_until(
+        g, [&] { return g.http->active() == 0; }, "the tunnel to end");
+    ::close(client);
+    g.http->close_all();
+  }
+}
