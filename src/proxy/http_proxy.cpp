@@ -995,7 +995,8 @@ void HttpProxy::drive(Conn& c) noexcept {
         break;
       }
       case CState::tunnel:
-        pump_tunnel(c, ups_[c.up]);  // runs each side until it would block
+        pump_tunnel(c, ups_[c.up]);             // runs each side until it would block
+        progress = c.state == CState::closing;  // end_tunnel(): the client is read on there
         break;
       case CState::closing:
         progress = flush_client(c);
@@ -2323,7 +2324,7 @@ void HttpProxy::start_tunnel(Conn& c, UpConn& u) noexcept {
   // behind any request body bytes not sent yet: from `sent`, not `body_end`.
   bump(env_.seg->worker(env_.worker).http_tunnels);
   c.state = CState::tunnel;
-  c.tunnel_c_eof = c.tunnel_u_eof = c.tunnel_c_shut = c.tunnel_u_shut = false;
+  c.tunnel_c_eof = c.tunnel_u_eof = c.tunnel_c_shut = c.tunnel_u_shut = c.tunnel_drop = false;
   // The client's bytes read after its request (early frames) are the
   // tunnel's, so its request's too (see req_bytes).
   if (c.in.p && c.in.tail > c.body_end) c.req_bytes += c.in.tail - c.body_end;
@@ -2354,8 +2355,15 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
       } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         u.u_out = false;
       } else if (!(n < 0 && errno == EINTR)) {
-        close_conn(c);
-        return;
+        // The host is gone for writing (it closed, and reset what came
+        // after): what it sent before still goes to the client, with its
+        // FIN; the client's bytes, which can go nowhere, are read and
+        // dropped meanwhile (unread, they would turn the close into a reset
+        // that destroys what the client has not taken yet).
+        c.tunnel_drop = c.tunnel_u_shut = true;
+        c.in.head = c.in.tail = 0;
+        release(c.in);
+        moved = true;
       }
     }
     if (c.in.size() == 0 && c.tunnel_c_eof && !c.tunnel_u_shut) {
@@ -2372,7 +2380,7 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
         metrics::client_received(env_, c.listener, static_cast<uint64_t>(n));
         c.req_bytes += static_cast<uint64_t>(n);
         c.in.head = 0;
-        c.in.tail = static_cast<uint32_t>(n);
+        c.in.tail = c.tunnel_drop ? 0 : static_cast<uint32_t>(n);
         c.c_read_ms = env_.now_ms;
         moved = true;
       } else if (n == 0) {
@@ -2407,8 +2415,8 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
     // the FIN yet): u_err keeps it. Its FIN was passed on with all it sent,
     // and nothing more can go to it: the tunnel ends, as on a reset read
     // before the FIN.
-    if (c.tunnel_c_shut && u.u_err) {
-      close_conn(c);
+    if (c.tunnel_c_shut && (u.u_err || c.tunnel_u_shut)) {
+      end_tunnel(c);  // both directions ended, or nothing more can reach the host
       return;
     }
     if (c.out.size() == 0 && c.rs.size() == 0 && u.u_in && !c.tunnel_u_eof) {
@@ -2424,7 +2432,8 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
         c.rs_dec = c.rs.tail;
         c.u_read_ms = env_.now_ms;
         moved = true;
-      } else if (n == 0) {
+      } else if (n == 0 || (c.tunnel_drop && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        // (A host gone for writing: its reset comes after all it sent.)
         c.tunnel_u_eof = true;
         moved = true;
       } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -2435,11 +2444,26 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
       }
       if (c.rs.size() == 0 && c.rs.p) release(c.rs);
     }
-    if (c.tunnel_c_shut && c.tunnel_u_shut) {
-      close_conn(c);  // both directions ended
-      return;
-    }
   }
+}
+
+void HttpProxy::end_tunnel(Conn& c) noexcept {
+  if (!c.tunnel_drop || c.tunnel_c_eof) {
+    close_conn(c);
+    return;
+  }
+  // Our FIN went out (tunnel_c_shut) behind all the host sent; the client
+  // may still be sending: drop its bytes until its FIN, for kLingerMs at most.
+  if (c.up != kNone) {
+    close_up(ups_[c.up]);
+    c.up = kNone;
+  }
+  release(c.in);
+  release(c.rs);
+  c.state = CState::closing;
+  c.shut_wr = true;
+  c.started_ms = env_.now_ms;
+  c.c_in = true;  // read on at once; EAGAIN clears it
 }
 
 // ---------------------------------------------------------------------------

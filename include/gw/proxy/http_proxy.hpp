@@ -184,7 +184,8 @@ class HttpProxy {
     bool up_closes = false;   // an interim response said Connection: close (RFC 9112 9.6)
     bool tunnel_c_eof = false, tunnel_u_eof = false;    // tunnel: FIN read from the client / the upstream
     bool tunnel_c_shut = false, tunnel_u_shut = false;  // tunnel: FIN passed on to the client / the upstream
-    bool fd_wait = false;  // no descriptor for an upstream socket: connect_next() again at fd_retry_ms
+    bool tunnel_drop = false;  // tunnel: the host takes nothing more; the client's bytes are read and dropped
+    bool fd_wait = false;      // no descriptor for an upstream socket: connect_next() again at fd_retry_ms
     uint8_t attempts = 0;
     uint8_t last_fail = 0;     // kFail* of the last failed attempt
     uint16_t last_status = 0;  // kFailStatus: the status the host answered
@@ -331,6 +332,10 @@ class HttpProxy {
   void answer_failure(Conn& c) noexcept;
   void start_tunnel(Conn& c, UpConn& u) noexcept;
   void pump_tunnel(Conn& c, UpConn& u) noexcept;
+  /// Nothing more can pass either way: closes, or, if the client's bytes
+  /// were being dropped and may still come, lingers (state closing) so that
+  /// they do not reset away what it has not yet taken.
+  void end_tunnel(Conn& c) noexcept;
   void idle_push(UpConn& u) noexcept;
   /// The host's idle list holds more than max_idle: its tail's timer fires
   /// kSurplusIdleMs after the tail went idle (see on_idle_timer).

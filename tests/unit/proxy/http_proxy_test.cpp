@@ -552,3 +552,86 @@ TEST_SUITE("http proxy") {
     g.http->close_all();
   }
 }
+
+TEST_SUITE("http proxy") {
+  TEST_CASE("a host that closes its tunnel while the client sends still gets all it sent to the client") {
+    Upstream up;
+    Gateway g(up.port);
+    // The client on TCP, with a small receive window: gw holds part of the
+    // host's bytes until it reads, and a reset of this connection would
+    // destroy them.
+    Upstream front;
+    const int client = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const int small = 4096;
+    REQUIRE(::setsockopt(client, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)) == 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(front.port);
+    REQUIRE(::connect(client, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+    int gw_end = -1;
+    for (const uint64_t end = core::monotonic_ms() + 5000; gw_end < 0 && core::monotonic_ms() < end;)
+      gw_end = ::accept4(front.lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    REQUIRE(gw_end >= 0);
+    REQUIRE(::setsockopt(gw_end, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
+    g.accept(gw_end);
+
+    send_all(client, "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+    int host = -1;
+    std::string req;
+    step_until(
+        g,
+        [&] {
+          if (host < 0) host = ::accept4(up.lfd, nullptr, nullptr, SOCK_CLOEXEC);
+          if (host >= 0) drain(host, req);
+          return req.find("\r\n\r\n") != std::string::npos;
+        },
+        "the upgrade request at the host");
+    const std::string data(64 * 1024, 'd');
+    send_all(host, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n" + data);
+    step_until(
+        g,
+        [&] {
+          int outq = 0;
+          REQUIRE(::ioctl(host, SIOCOUTQ, &outq) == 0);
+          return outq == 0;
+        },
+        "the host's bytes to reach gw");
+    // The host closes (a WebSocket server after its last message and close
+    // frame), while the client, which has not read them yet, sends on: what
+    // reaches the host after its close is reset, and gw cannot send there.
+    ::close(host);
+    for (int i = 0; i < 20; ++i) g.step(1);
+    for (int k = 0; k < 5; ++k) {
+      send_all(client, std::string(2000, 'c'));
+      for (int i = 0; i < 10; ++i) g.step(1);
+    }
+
+    // The client gets every byte the host sent, then the FIN (no reset).
+    std::string got;
+    ssize_t last = -1;
+    int err = 0;
+    step_until(
+        g,
+        [&] {
+          char buf[16384];
+          last = ::recv(client, buf, sizeof(buf), MSG_DONTWAIT);
+          if (last > 0) got.append(buf, static_cast<size_t>(last));
+          else if (last < 0 && errno != EAGAIN) err = errno;
+          return last == 0 || err != 0;
+        },
+        "the host's bytes and its FIN at the client");
+    CHECK(err == 0);
+    const size_t end = got.find("\r\n\r\n");
+    REQUIRE(end != std::string::npos);
+    CHECK(got.starts_with("HTTP/1.1 101 "));
+    CHECK(got.size() - end - 4 == data.size());
+    CHECK(got.compare(end + 4, std::string::npos, data) == 0);
+    // The client's FIN ends it.
+    REQUIRE(::shutdown(client, SHUT_WR) == 0);
+    step_until(
+        g, [&] { return g.http->active() == 0; }, "the connection to close");
+    ::close(client);
+    g.http->close_all();
+  }
+}
