@@ -2354,7 +2354,7 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
         }
       } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         u.u_out = false;
-      } else if (!(n < 0 && errno == EINTR)) {
+      } else if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) {
         // The host is gone for writing (it closed, and reset what came
         // after): what it sent before still goes to the client, with its
         // FIN; the client's bytes, which can go nowhere, are read and
@@ -2364,6 +2364,9 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
         c.in.head = c.in.tail = 0;
         release(c.in);
         moved = true;
+      } else if (!(n < 0 && errno == EINTR)) {
+        close_conn(c);
+        return;
       }
     }
     if (c.in.size() == 0 && c.tunnel_c_eof && !c.tunnel_u_shut) {
