@@ -124,9 +124,13 @@ uint32_t slow_start_permille(const HostRuntime& h, uint32_t tag, uint32_t weight
   if (slow_start_ms == 0 || h.tag.load(std::memory_order_relaxed) != tag) return 1000;
   uint64_t up = h.up_since_ms.load(std::memory_order_relaxed);
   if (up == 0 || now_ms >= up + slow_start_ms) return 1000;
-  // Linear from weight 1 to the full weight, as nginx's slow_start.
+  // Linear from weight 1 to the full weight, as nginx's slow_start. A stamp
+  // "after" now is another process's clock (the checker, the writer, a worker
+  // that read its clock later): no time has passed yet (the difference,
+  // wrapped, gave a share of millions, that is full weight at once).
+  const uint64_t elapsed = now_ms > up ? now_ms - up : 0;
   uint64_t floor = weight ? 1000 / weight : 1000;
-  uint64_t p = (now_ms - up) * 1000 / slow_start_ms;
+  uint64_t p = elapsed * 1000 / slow_start_ms;
   return static_cast<uint32_t>(std::max<uint64_t>(std::max<uint64_t>(p, floor), 1));
 }
 

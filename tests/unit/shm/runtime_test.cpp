@@ -129,6 +129,19 @@ TEST_SUITE("shm") {
     CHECK(slow_start_permille(h, 4, 10, 0, 5500) == 1000);  // off
   }
 
+  TEST_CASE("slow start: a host stamped up by a clock ahead of the reader's starts at weight 1, not full") {
+    // The checker, the writer or another worker stamps up_since_ms with its
+    // own clock; a worker reads its clock once per loop turn, so its now_ms
+    // can be a few ms behind the stamp. That is no time elapsed yet.
+    TempSegment ts;
+    HostRuntime& h = ts.seg.host(2);
+    reset_slot(h, 4);
+    mark_up(h, 4, 5000);
+    CHECK(slow_start_permille(h, 4, 10, 1000, 4999) == 100);
+    CHECK(slow_start_permille(h, 4, 10, 60000, 4990) == 100);
+    CHECK(slow_start_permille(h, 4, 1, 1000, 4999) == 1000);  // weight 1: nothing to ramp
+  }
+
   TEST_CASE("peak EWMA: a slower sample takes over at once, faster ones decay towards it") {
     TempSegment ts;
     HostRuntime& h = ts.seg.host(3);
