@@ -6,7 +6,8 @@
 //  - least_request: power of two random choices: two eligible hosts drawn by
 //    weight, the less loaded per weight wins (HAProxy's "random(2)"). Drawn
 //    by weight, not uniformly: idle hosts (loads 0, a tie) then still take
-//    shares that follow their weights.
+//    shares that follow their weights. When the draws find fewer than two
+//    usable hosts (most of the pool out), least_conn's pass decides.
 
 #include <cstdint>
 #include <span>
@@ -58,7 +59,13 @@ int p2c_pick_drawn(std::span<const shm::HostRecord> hosts, std::span<const uint3
     else if (static_cast<int>(i) != a) b = static_cast<int>(i);
     else if (candidates.size() == 1) break;
   }
-  if (a < 0) return rr.pick(hosts, candidates, eligible);  // sampling found no eligible host
+  // The draws found fewer than two usable hosts: most of the pool (by weight,
+  // for draws by weight) is out. Taking the one found (or round robin, for
+  // none) ignored the loads: a loaded host among two usable of 20 took a
+  // third of the picks. The least loaded per weight of the usable hosts
+  // instead, as least_conn (one pass over the pool, only then).
+  if (b < 0 && candidates.size() > 1) return least_conn_pick(hosts, candidates, eligible, load, rr);
+  if (a < 0) return -1;
   if (b < 0) return a;
   const uint64_t la = load(static_cast<uint32_t>(a)), lb = load(static_cast<uint32_t>(b));
   const uint64_t wa = hosts[static_cast<size_t>(a)].weight, wb = hosts[static_cast<size_t>(b)].weight;

@@ -212,6 +212,32 @@ TEST_SUITE("balance") {
     CHECK(n["h0"] > 1900);
   }
 
+  TEST_CASE("least_request and ewma still avoid the loaded host when most of the pool is out") {
+    // The two choices are drawn over the whole pool (by weight for
+    // least_request), 16 draws at most. With most of the pool's weight out,
+    // the draws often found one usable host or none, which was then taken
+    // (or round robin ran) whatever its load: a loaded host got about half.
+    for (auto m : {shm::Method::least_request, shm::Method::ewma}) {
+      CAPTURE(static_cast<int>(m));
+      // The heavy host is out: the draws land on it 998 times in 1000.
+      Pool heavy(m, {1000, 1, 1});
+      auto out0 = [](uint32_t i) { return i != 0; };
+      auto l = [](uint32_t i) { return i == 1 ? uint64_t{100} : uint64_t{0}; };
+      std::map<std::string, int> n;
+      for (int i = 0; i < 2000; ++i) ++n[heavy.pick("", out0, l)];
+      CHECK(n.count("h0") == 0);
+      CHECK(n["h1"] < 20);
+      // 18 of 20 hosts out: two usable, one of them loaded.
+      Pool many(m, std::vector<uint32_t>(20, 1));
+      auto two = [](uint32_t i) { return i < 2; };
+      auto l0 = [](uint32_t i) { return i == 0 ? uint64_t{100} : uint64_t{0}; };
+      n.clear();
+      for (int i = 0; i < 2000; ++i) ++n[many.pick("", two, l0)];
+      CHECK(n["h0"] < 20);
+      CHECK(n["h1"] + n["h0"] == 2000);
+    }
+  }
+
   TEST_CASE("random follows the weights") {
     Pool p(shm::Method::random, {1, 4});
     std::map<std::string, int> n;
