@@ -7,6 +7,8 @@ namespace gw::balance {
 
 void MaglevTable::build(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> candidates, uint32_t size) {
   hosts_.clear();
+  ids_.clear();
+  weights_.clear();
   table_.clear();
   struct Entry {
     uint64_t offset, skip, next, target;
@@ -23,6 +25,8 @@ void MaglevTable::build(std::span<const shm::HostRecord> hosts, std::span<const 
     uint64_t h2 = crc32(name, crc32("maglev-skip"));
     entries.push_back({h1 % size, h2 % (size - 1) + 1, 0, 0, hosts[i].weight});
     hosts_.push_back(i);
+    ids_.push_back(mix64(h1 << 32 | h2));
+    weights_.push_back(hosts[i].weight);
     max_weight = std::max(max_weight, hosts[i].weight);
   }
   if (entries.empty()) return;

@@ -6,6 +6,7 @@
 // rounds. Entries per host are then proportional to weight, within one entry,
 // and a host change moves few keys. M = 65537 by default.
 
+#include <cmath>
 #include <cstdint>
 #include <span>
 #include <string_view>
@@ -29,7 +30,11 @@ class MaglevTable {
   uint32_t owner(uint32_t e) const noexcept { return hosts_[table_[e]]; }
 
   /// The key's entry owner; if ineligible, the owners of the next entries
-  /// (up to 32), else -1 and the caller falls back.
+  /// (up to 32); if none of them is eligible (most of the table's entries
+  /// belong to hosts that are out: a heavy host down), the key's host among
+  /// the eligible ones by weighted rendezvous hashing (one pass over the
+  /// table's hosts), so the key still stays on one host, in every worker;
+  /// -1 when no host is eligible.
   template <typename Eligible>
   int pick(std::string_view key, Eligible&& eligible) const noexcept {
     return pick(HashKey::of(key), eligible);
@@ -42,12 +47,31 @@ class MaglevTable {
       uint32_t h = owner(e);
       if (eligible(h)) return static_cast<int>(h);
     }
-    return -1;
+    // Weighted rendezvous: the smallest -ln(u) / weight wins, u uniform in
+    // (0, 1) from the key and the host's address hash (stable across workers
+    // and restarts). A host's chance is its weight's share of the eligible.
+    const uint64_t k64 = mix64(uint64_t{key.crc} << 32 | key.len);
+    int best = -1;
+    double best_score = 0;
+    for (size_t j = 0; j < hosts_.size(); ++j) {
+      const uint32_t h = hosts_[j];
+      if (!eligible(h)) continue;
+      const uint64_t x = mix64(k64 ^ ids_[j]);
+      const double u = (static_cast<double>(x >> 11) + 0.5) * 0x1p-53;
+      const double score = -std::log(u) / weights_[j];
+      if (best < 0 || score < best_score) {
+        best = static_cast<int>(h);
+        best_score = score;
+      }
+    }
+    return best;
   }
 
  private:
-  std::vector<uint32_t> hosts_;  // local index → table host index
-  std::vector<uint16_t> table_;  // entry → local index
+  std::vector<uint32_t> hosts_;    // local index → table host index
+  std::vector<uint64_t> ids_;      // local index → the host's address hash (rendezvous)
+  std::vector<uint32_t> weights_;  // local index → weight (> 0)
+  std::vector<uint16_t> table_;    // entry → local index
 };
 
 }  // namespace gw::balance
