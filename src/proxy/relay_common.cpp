@@ -45,7 +45,7 @@ int pick_host(RelayEnv& env, int ui, balance::HashKey key, std::span<const uint3
     // weight (never applied to hash methods: keys must not wander).
     if (shm::method_uses_key(static_cast<shm::Method>(snap.table().pools()[r.pool].method))) return true;
     if (!ramp) return true;
-    uint32_t share = shm::slow_start_permille(hr, r.tag, r.weight, uv.slow_start_ms, env.now_ms);
+    uint32_t share = shm::slow_start_permille(hr, r.tag, uv.slow_start_ms, env.now_ms);
     if (share >= 1000) return true;
     // In or out for the whole pick, however often the method asks (weighted
     // random sums the weights, then walks them; least_conn looks at ties

@@ -119,19 +119,19 @@ void reset_slot(HostRuntime& h, uint32_t tag) noexcept {
   h.tag.store(tag, std::memory_order_release);
 }
 
-uint32_t slow_start_permille(const HostRuntime& h, uint32_t tag, uint32_t weight, uint32_t slow_start_ms,
-                             uint64_t now_ms) noexcept {
+uint32_t slow_start_permille(const HostRuntime& h, uint32_t tag, uint32_t slow_start_ms, uint64_t now_ms) noexcept {
   if (slow_start_ms == 0 || h.tag.load(std::memory_order_relaxed) != tag) return 1000;
   uint64_t up = h.up_since_ms.load(std::memory_order_relaxed);
   if (up == 0 || now_ms >= up + slow_start_ms) return 1000;
-  // Linear from weight 1 to the full weight, as nginx's slow_start. A stamp
-  // "after" now is another process's clock (the checker, the writer, a worker
-  // that read its clock later): no time has passed yet (the difference,
-  // wrapped, gave a share of millions, that is full weight at once).
+  // Linear from nothing to the full weight, as nginx's slow_start ("from
+  // zero to a nominal value") and HAProxy's slowstart, so that a host of
+  // weight 1 (the default) ramps too; at least 1 per mille (and a pick never
+  // refuses the only usable host for it, see pick_host()). A stamp "after"
+  // now is another process's clock (the checker, the writer, a worker that
+  // read its clock later): no time has passed yet (the difference, wrapped,
+  // gave a share of millions, that is full weight at once).
   const uint64_t elapsed = now_ms > up ? now_ms - up : 0;
-  uint64_t floor = weight ? 1000 / weight : 1000;
-  uint64_t p = elapsed * 1000 / slow_start_ms;
-  return static_cast<uint32_t>(std::max<uint64_t>(std::max<uint64_t>(p, floor), 1));
+  return static_cast<uint32_t>(std::max<uint64_t>(elapsed * 1000 / slow_start_ms, 1));
 }
 
 void record_latency(HostRuntime& h, uint32_t tag, uint64_t sample_us, uint64_t now_ms) noexcept {

@@ -67,8 +67,7 @@ inline void mark_up(HostRuntime& h, uint32_t tag, uint64_t now_ms) noexcept {
   if (h.tag.load(std::memory_order_relaxed) == tag) h.up_since_ms.store(now_ms ? now_ms : 1, std::memory_order_relaxed);
 }
 /// Slow start: the share of its weight (per mille, 1..1000) a host may take now.
-uint32_t slow_start_permille(const HostRuntime& h, uint32_t tag, uint32_t weight, uint32_t slow_start_ms,
-                             uint64_t now_ms) noexcept;
+uint32_t slow_start_permille(const HostRuntime& h, uint32_t tag, uint32_t slow_start_ms, uint64_t now_ms) noexcept;
 
 /// Peak-EWMA of connect latency (tau 10 s): a sample above the average
 /// replaces it at once, lower samples pull it down with the elapsed time.

@@ -101,7 +101,7 @@ TEST_SUITE("proxy") {
       PickEnv e(m);
       const shm::HostRecord& c = e.host(2);
       shm::mark_up(e.ts.seg.host(c.slot), c.tag, e.env.now_ms - 500);
-      REQUIRE(shm::slow_start_permille(e.ts.seg.host(c.slot), c.tag, c.weight, 1000, e.env.now_ms) == 500);
+      REQUIRE(shm::slow_start_permille(e.ts.seg.host(c.slot), c.tag, 1000, e.env.now_ms) == 500);
       balance::Rng rng(42);
       std::array<int, 3> got{};
       const int ui = e.snap.find_upstream("app");

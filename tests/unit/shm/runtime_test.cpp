@@ -117,19 +117,21 @@ TEST_SUITE("shm") {
 }
 
 TEST_SUITE("shm") {
-  TEST_CASE("slow start ramps linearly from weight 1 to the full weight (injected clock)") {
+  TEST_CASE("slow start ramps linearly from nothing to the full weight, whatever the weight (injected clock)") {
     TempSegment ts;
     HostRuntime& h = ts.seg.host(2);
     reset_slot(h, 4);
-    CHECK(slow_start_permille(h, 4, 10, 1000, 5000) == 1000);  // never down: full weight
+    CHECK(slow_start_permille(h, 4, 1000, 5000) == 1000);  // never down: full weight
     mark_up(h, 4, 5000);
-    CHECK(slow_start_permille(h, 4, 10, 1000, 5000) == 100);  // weight 1 of 10
-    CHECK(slow_start_permille(h, 4, 10, 1000, 5500) == 500);
-    CHECK(slow_start_permille(h, 4, 10, 1000, 6000) == 1000);
-    CHECK(slow_start_permille(h, 4, 10, 0, 5500) == 1000);  // off
+    CHECK(slow_start_permille(h, 4, 1000, 5000) == 1);  // just back: the least share, not none
+    CHECK(slow_start_permille(h, 4, 1000, 5100) == 100);
+    CHECK(slow_start_permille(h, 4, 1000, 5500) == 500);
+    CHECK(slow_start_permille(h, 4, 1000, 6000) == 1000);
+    CHECK(slow_start_permille(h, 4, 0, 5500) == 1000);     // off
+    CHECK(slow_start_permille(h, 5, 1000, 5500) == 1000);  // another host's slot: not this one's stamp
   }
 
-  TEST_CASE("slow start: a host stamped up by a clock ahead of the reader's starts at weight 1, not full") {
+  TEST_CASE("slow start: a host stamped up by a clock ahead of the reader's starts at the least share, not full") {
     // The checker, the writer or another worker stamps up_since_ms with its
     // own clock; a worker reads its clock once per loop turn, so its now_ms
     // can be a few ms behind the stamp. That is no time elapsed yet.
@@ -137,9 +139,8 @@ TEST_SUITE("shm") {
     HostRuntime& h = ts.seg.host(2);
     reset_slot(h, 4);
     mark_up(h, 4, 5000);
-    CHECK(slow_start_permille(h, 4, 10, 1000, 4999) == 100);
-    CHECK(slow_start_permille(h, 4, 10, 60000, 4990) == 100);
-    CHECK(slow_start_permille(h, 4, 1, 1000, 4999) == 1000);  // weight 1: nothing to ramp
+    CHECK(slow_start_permille(h, 4, 1000, 4999) == 1);
+    CHECK(slow_start_permille(h, 4, 60000, 4990) == 1);
   }
 
   TEST_CASE("peak EWMA: a slower sample takes over at once, faster ones decay towards it") {
