@@ -434,11 +434,11 @@ class Worker {
     signalfd_siginfo si{};
     while (::read(sfd, &si, sizeof(si)) == sizeof(si)) {
       switch (si.ssi_signo) {
-        case SIGTERM: begin_drain("SIGTERM", "shutdown_timeout_ms", cfg_.shutdown_timeout_ms, true); break;
+        case SIGTERM: begin_drain("SIGTERM", "shutdown_timeout_ms", cfg_.shutdown_timeout_ms); break;
         case SIGWINCH:
           // A reload: a new generation of workers serves the listening
           // sockets; this one finishes what it has.
-          begin_drain("SIGWINCH (reload)", "worker_shutdown_timeout_ms", cfg_.worker_shutdown_timeout_ms, false);
+          begin_drain("SIGWINCH (reload)", "worker_shutdown_timeout_ms", cfg_.worker_shutdown_timeout_ms);
           break;
         case SIGINT:
         case SIGQUIT: close_all(); return false;
@@ -459,11 +459,14 @@ class Worker {
   }
 
   // Stop accepting and finish the open connections within `limit_ms`, then
-  // exit (tick() checks). `why` and `limit_name` are for the log. `stop`: a
-  // stop (SIGTERM), after which no other process accepts on the listening
-  // sockets (the master has closed its copies, or died): what is queued in
-  // them is taken before they close. After a reload the new workers take it.
-  void begin_drain(const char* why, const char* limit_name, uint32_t limit_ms, bool stop) {
+  // exit (tick() checks). `why` and `limit_name` are for the log. What is
+  // queued in the listening sockets is taken before they close: after a stop
+  // (SIGTERM) no other process accepts on them (the master has closed its
+  // copies, or died), and after a reload neither on those of a listener or
+  // worker slot it removed, which stay in their port's SO_REUSEPORT group
+  // until this close. (On a socket the new workers share it takes what is
+  // queued at that moment, as the ring's accepts do.)
+  void begin_drain(const char* why, const char* limit_name, uint32_t limit_ms) {
     if (draining_) {
       // Draining already (a reload's SIGWINCH): a stop (SIGTERM, also the
       // master's death) asks for the end within its own limit, which may be
@@ -489,7 +492,7 @@ class Worker {
       if (!native_.empty() && native_[i]) {
         if (!accept_armed_[i]) close_native_listener(static_cast<uint32_t>(i));
       } else if (listen_fds_[i] >= 0) {
-        if (stop) take_queued(static_cast<uint32_t>(i));
+        take_queued(static_cast<uint32_t>(i));
         ::close(listen_fds_[i]);
         listen_fds_[i] = -1;
       }
@@ -537,7 +540,7 @@ class Worker {
     else relay_.accept(fd, li, addr);
   }
 
-  // Stopping (epoll): the connections queued in listener `li`'s socket, which
+  // Draining (epoll): the connections queued in listener `li`'s socket, which
   // closing it would reset, are accepted and served (the drain lets them
   // finish), as far as its session table has room; at most a backlog's worth
   // (the socket takes new connections until it closes).

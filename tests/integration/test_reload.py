@@ -856,6 +856,39 @@ class ReloadTest(GwTestCase):
             lines = f.read().splitlines()
         self.assertEqual(len(lines), 3, f"access log after rotation: {lines}")
 
+    def test_connections_queued_in_a_removed_slot_are_served(self):
+        """A reload to fewer workers drops slots: the socket of one stays in
+        the port's SO_REUSEPORT group until its old worker closes it, and the
+        connections queued there meanwhile (the worker busy; here stopped,
+        SIGSTOP, until after the reload) are served by it as it drains, not
+        reset."""
+        n = self.backend("n", "name")
+        cfg = self.config(n, workers=2)
+        gw = self.gateway(cfg)
+        old = gw.worker_pids()
+        conns = []
+        for p in old:
+            os.kill(p, signal.SIGSTOP)
+        try:
+            cfg["workers"] = 1
+            self.rewrite(gw, cfg)
+            log_before = len(gw.log_text())
+            gw.send_signal(signal.SIGHUP)
+            wait_until(lambda: "reloaded:" in gw.log_text()[log_before:], T(10), msg="'reloaded:' in the log")
+            for _ in range(16):  # over both slots' sockets (SO_REUSEPORT hashes the client ports)
+                s = gwtest.connect(gw.port, timeout=T(5))
+                self.addCleanup(s.close)
+                s.sendall(b"hi\n")
+                conns.append(s)
+        finally:
+            for p in old:
+                os.kill(p, signal.SIGCONT)
+        for s in conns:
+            self.assertEqual(gwtest.recv_line(s), "n")
+            self.assertEqual(gwtest.recv_line(s), "hi")
+            s.close()
+        self.assertEqual(gw.stop(), 0)
+
     def test_access_log_across_reload(self):
         web = self.external_backend("w", mode="http")
         n = self.backend("n", "name")
