@@ -889,6 +889,60 @@ class ReloadTest(GwTestCase):
             s.close()
         self.assertEqual(gw.stop(), 0)
 
+    def test_reloads_leak_no_fd_process_or_segment(self):
+        """20 reloads (every helper running: checker, admin server, logger; a
+        listener added and removed, a reload failing on a port) leave the
+        master with the fds, children and /dev/shm entries it had."""
+        web = self.external_backend("w", mode="http")
+        n = self.backend("n", "name")
+        cfg = self.config(n, web, admin={"listen": f"{LO}:{free_port()}"}, worker_shutdown_timeout_ms=200)
+        cfg["upstreams"][0]["health"] = {"type": "tcp", "interval_ms": 200, "timeout_ms": 200}
+        cfg["listeners"][1]["access_log"] = {"path": os.path.join(self.tmp, "access.log"), "format": "combined"}
+        gw = self.gateway(cfg)
+        added = json.loads(json.dumps(cfg))
+        added["listeners"].append(tcp_listener("l4b", "app"))
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind((LO, 0))
+        taken.listen(1)
+        busy = json.loads(json.dumps(cfg))
+        busy["listeners"].append(tcp_listener("l4c", "app", port=taken.getsockname()[1]))
+
+        def fds():
+            # (a reload makes new access-log socket pairs: sockets by count)
+            out = []
+            for f in os.listdir(f"/proc/{gw.pid}/fd"):
+                try:
+                    out.append(re.sub(r"socket:\[\d+\]", "socket", os.readlink(f"/proc/{gw.pid}/fd/{f}")))
+                except FileNotFoundError:
+                    pass  # listdir's own
+            return sorted(out)
+
+        def shm_entries():
+            return sorted(f for f in os.listdir("/dev/shm") if f.startswith(gw.config["shm"]["name"].lstrip("/")))
+
+        def settled_children():
+            return len(gwtest.children(gw.pid, include_zombies=True)) == len(gwtest.children(gw.pid))
+
+        self.reload(gw)
+        time.sleep(0.3)
+        before, shm_before = fds(), shm_entries()
+        kids_before = len(gwtest.children(gw.pid, include_zombies=True))
+        for i in range(RELOADS):
+            step = [cfg, added, busy][i % 3]
+            self.rewrite(gw, step)
+            self.reload(gw, expect_ok=step is not busy)
+            self.assertEqual(hb.request(gw.ports[1], "GET", "/").status, 200)
+        self.rewrite(gw, cfg)
+        self.reload(gw)
+        wait_until(lambda: fds() == before, T(5), msg="master fds as before")
+        self.assertEqual(fds(), before)
+        self.assertEqual(shm_entries(), shm_before)
+        wait_until(settled_children, T(5), msg="no zombie child")
+        wait_until(lambda: len(gwtest.children(gw.pid, include_zombies=True)) == kids_before, T(5),
+                   msg="as many children as before")
+        self.assertEqual(gw.stop(), 0)
+
     def test_access_log_across_reload(self):
         web = self.external_backend("w", mode="http")
         n = self.backend("n", "name")
