@@ -477,13 +477,14 @@ std::pair<std::string_view, std::string_view> split_target(std::string_view targ
 std::optional<Response> Api::precheck(const Request& r) {
   try {
     const auto [path, query] = split_target(r.target);
-    return precheck(r, route_request(r.method, path), path);
+    return precheck(r, route_request(r.method, path), path, query);
   } catch (const std::exception& e) {
     return error_response(500, e.what());
   }
 }
 
-std::optional<Response> Api::precheck(const Request& r, const RouteMatch& m, std::string_view path) const {
+std::optional<Response> Api::precheck(const Request& r, const RouteMatch& m, std::string_view path,
+                                      std::string_view query) const {
   if (m.bad_path) return error_response(400, m.bad_why);  // a bad escape: before knowing the endpoint
   if (m.endpoint == Endpoint::not_found) return error_response(404, fmt::format("no such endpoint: {}", path));
   if (!m.method_allowed) {
@@ -512,6 +513,12 @@ std::optional<Response> Api::precheck(const Request& r, const RouteMatch& m, std
     e.www_authenticate = "Bearer realm=\"gw\", error=\"invalid_token\"";
     return e;
   }
+  // No write takes arguments in its URL: a "?dry_run=1" or "?weight=0" would
+  // otherwise be dropped and the change made as if it were not there.
+  if (r.target.find('?') != std::string_view::npos)
+    return error_response(400, fmt::format("a write takes no query string (got \"?{}\"): the change goes in the "
+                                           "path and the JSON body",
+                                           query));
   return std::nullopt;
 }
 
@@ -519,7 +526,7 @@ Response Api::handle(const Request& r) {
   try {
     const auto [path, query] = split_target(r.target);
     RouteMatch m = route_request(r.method, path);
-    if (std::optional<Response> refused = precheck(r, m, path)) return std::move(*refused);
+    if (std::optional<Response> refused = precheck(r, m, path, query)) return std::move(*refused);
     if (!m.write) return read(m, query);
     // A write to a table that fails validation is refused as a read is (503,
     // TableRefused), not left to the writer's refusal (a 500).

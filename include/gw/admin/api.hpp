@@ -169,13 +169,15 @@ class Api {
   /// Answers one request (HEAD as GET: the server drops the body). Never throws.
   Response handle(const Request& r);
   /// What handle() would refuse before looking at the body (no such
-  /// endpoint, a bad path, a method not allowed, a write without the token),
+  /// endpoint, a bad path, a method not allowed, a write without the token or
+  /// with a query string),
   /// or nullopt: the server asks this once the head is in, so that a client
   /// is told before it sends (or is sent 100 Continue for) a body. Never throws.
   std::optional<Response> precheck(const Request& r);
 
  private:
-  std::optional<Response> precheck(const Request& r, const RouteMatch& m, std::string_view path) const;
+  std::optional<Response> precheck(const Request& r, const RouteMatch& m, std::string_view path,
+                                   std::string_view query) const;
   Response read(const RouteMatch& m, std::string_view query);
   Response write(const Request& r, const RouteMatch& m);
   const shm::Table& table();

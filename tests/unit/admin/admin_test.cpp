@@ -542,6 +542,36 @@ TEST_SUITE("admin") {
     CHECK(call(api, "DELETE", "/listeners/web/routes/default/rules/canary", "", bearer).status == 200);
   }
 
+  TEST_CASE("the API: a write with a query string is a 400 before anything changes") {
+    TempSegment ts;
+    seed(ts.seg);
+    const config::Config cfg = admin_config(kToken);
+    Api api(ts.seg, cfg);
+    const std::string bearer = "Bearer " + kToken;
+    const uint64_t gen = ts.seg.header().published.load();
+    // The query was dropped and the change made: "?dry_run=1" removed the host.
+    Response r = call(api, "DELETE", "/upstreams/app/pools/primary/hosts/a?dry_run=1", "", bearer);
+    CHECK(r.status == 400);
+    CHECK(r.body ==
+          "{\"error\": \"a write takes no query string (got \\\"?dry_run=1\\\"): the change goes in the "
+          "path and the JSON body\"}\n");
+    CHECK(call(api, "POST", "/upstreams/app/pools/primary/hosts/a/down?", "", bearer).status == 400);
+    CHECK(call(api, "PUT", "/upstreams/app/pools/primary/hosts/a?weight=0", R"({"admin": "down"})", bearer).status ==
+          400);
+    CHECK(call(api, "POST", "/consumers?x", R"({"name": "n", "key": "k"})", bearer).status == 400);
+    CHECK(ts.seg.header().published.load() == gen);
+    // Before the body is read, as the token is; a write without the token is still a 401.
+    const std::optional<Response> pre =
+        api.precheck(Request{"DELETE", "/upstreams/app/pools/primary/hosts/a?x=1", bearer, {}});
+    REQUIRE(pre.has_value());
+    CHECK(pre->status == 400);
+    CHECK(api.precheck(Request{"DELETE", "/upstreams/app/pools/primary/hosts/a?x=1", {}, {}})->status == 401);
+    // Reads keep theirs.
+    CHECK(call(api, "GET", "/upstreams/app/pools/primary/hosts/a?x=1").status == 200);
+    CHECK(call(api, "GET", "/events?since=0&limit=1").status == 200);
+    CHECK(call(api, "DELETE", "/upstreams/app/pools/primary/hosts/a", "", bearer).status == 200);
+  }
+
   TEST_CASE("the API takes back what it shows: GET, edit, PUT or POST") {
     TempSegment ts;
     seed(ts.seg);
