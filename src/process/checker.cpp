@@ -201,8 +201,9 @@ class Checker {
       err = errno;
       return true;
     }
-    if (n == 0 && p.reply.size() < 12) {
-      err = ECONNRESET;
+    if (n == 0 && p.reply.size() < 12) {  // closed (not reset: that is an error above) before a status line
+      err = EPROTO;
+      last_status_ = p.reply.empty() ? "closed without an answer" : "not an HTTP response";
       return true;
     }
     p.reply.append(buf, static_cast<size_t>(n));
@@ -283,7 +284,7 @@ class Checker {
   std::vector<HostState> hosts_;
   std::vector<int32_t> index_;  // slot -> index of its host in table_, or -1
   std::vector<std::unique_ptr<Probe>> probes_;
-  std::string last_status_;  // the last http answer judged: "HTTP status NNN" or "not an HTTP response"
+  std::string last_status_;  // the last http answer judged: "HTTP status NNN", "not an HTTP response", ...
   uint64_t last_local_log_ms_ = 0;
 };
 

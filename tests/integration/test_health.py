@@ -624,6 +624,47 @@ class HealthTest(GwTestCase):
         down_x = [e for e in texts if e.startswith("host_down app/p/x ")]
         self.assertTrue(down_x and down_x[0].endswith("last: not an HTTP response)"), texts)
 
+    def test_http_check_answered_short_then_closed_says_so(self):
+        """An http check answered by less than a status line ("HTTP/1.1 2")
+        and a clean close, or by a close with no answer at all, fails, and the
+        event says what came: "not an HTTP response", "closed without an
+        answer". Both said "last: Connection reset by peer", though no host
+        reset anything."""
+        def listener(reply):
+            lsock = socket.socket()
+            lsock.bind((gwtest.LOOPBACK, 0))
+            lsock.listen(64)
+            self.addCleanup(lsock.close)
+
+            def serve():
+                while True:
+                    try:
+                        c, _ = lsock.accept()
+                    except OSError:
+                        return
+                    with c:
+                        try:
+                            c.recv(4096)
+                            c.sendall(reply)
+                            c.shutdown(socket.SHUT_WR)
+                            c.recv(4096)  # the checker closes first: no reset from here
+                        except OSError:
+                            pass
+            threading.Thread(target=serve, daemon=True).start()
+            return f"{gwtest.LOOPBACK}:{lsock.getsockname()[1]}"
+
+        opts = {"max_fails": 0, "health": {"type": "http", "interval_ms": 100, "timeout_ms": 300, "rise": 1,
+                                           "fall": 1}}
+        gw = self.gateway(self.make_config(
+            [pool("p", [host("s", listener(b"HTTP/1.1 2")), host("e", listener(b""))])], upstream_opts=opts))
+        gwtest.wait_until(lambda: host_health(gw, "s")["health"] == "down", T(5), msg="s fails the http check")
+        gwtest.wait_until(lambda: host_health(gw, "e")["health"] == "down", T(5), msg="e fails the http check")
+        texts = gw.event_texts()
+        down_s = [e for e in texts if e.startswith("host_down app/p/s ")]
+        self.assertTrue(down_s and down_s[0].endswith("last: not an HTTP response)"), texts)
+        down_e = [e for e in texts if e.startswith("host_down app/p/e ")]
+        self.assertTrue(down_e and down_e[0].endswith("last: closed without an answer)"), texts)
+
     def test_admin_changes_of_a_host_its_checks_hold_down_run_no_hook(self):
         """Host a fails its checks (host_down, hook). gwctl down, then gwctl up:
         a is out all along, so these are admin_down / admin_up events saying
