@@ -529,11 +529,23 @@ class Worker {
   void serve(uint32_t li, int fd, const sockaddr_storage& peer) {
     if (reader_.stale()) refresh();  // one acquire load per new connection
     const auto* addr = reinterpret_cast<const sockaddr*>(&peer);
-    // limit_conn: over the address's max the connection is closed here, unread (counted).
-    if (!limiter_.admit(fd, li, addr, env_.now_ms)) {
-      ::close(fd);
-      proxy::metrics::listener_reject(env_, li, shm::kRejectLimitConn);
-      return;
+    if (cfg_.listeners[li].limit_conn.on) {
+      // accept4 gives the address even of a client that reset while it
+      // waited in the accept queue: admitted, it held a limit_conn place
+      // until its first read failed, and a live client from the same address
+      // accepted in the same batch was refused. Such a client is gone, not
+      // refused: closed uncounted, as under io_uring (serve_accepted).
+      sockaddr_storage now{};
+      if (!peer_of(fd, now)) {
+        ::close(fd);
+        return;
+      }
+      // limit_conn: over the address's max the connection is closed here, unread (counted).
+      if (!limiter_.admit(fd, li, addr, env_.now_ms)) {
+        ::close(fd);
+        proxy::metrics::listener_reject(env_, li, shm::kRejectLimitConn);
+        return;
+      }
     }
     if (listeners_[li].http) http_.accept(fd, li, addr);
     else if (listeners_[li].per_frame) mux_.accept(fd, li);
@@ -642,14 +654,21 @@ class Worker {
     if (urelay_->full()) pause_native_full();
   }
 
+  // The connected peer of an accepted socket; false for a client that reset
+  // while it waited in the accept queue (getpeername: ENOTCONN), which is
+  // gone. One syscall, paid on limit_conn listeners only.
+  static bool peer_of(int fd, sockaddr_storage& peer) noexcept {
+    socklen_t len = sizeof(peer);
+    return ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) == 0;
+  }
+
   void serve_accepted(uint32_t li, int fd) {
     if (cfg_.listeners[li].limit_conn.on) {
       // The ring's accept asked for no address: limit_conn asks the socket.
       // A client that reset while it waited in the accept queue has none
-      // left (ENOTCONN): it is gone, not refused, so it is not counted.
+      // left: it is gone, not refused, so it is not counted.
       sockaddr_storage peer{};
-      socklen_t len = sizeof(peer);
-      if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) {
+      if (!peer_of(fd, peer)) {
         ::close(fd);
         return;
       }
