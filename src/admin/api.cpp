@@ -472,6 +472,30 @@ std::pair<std::string_view, std::string_view> split_target(std::string_view targ
   }
   return {path, query};
 }
+
+// The query arguments a read takes: GET /events its since and limit, the
+// other reads none. Any other (a typo, "?sinse=5") or one given twice would
+// otherwise be dropped and the answer given as if it were not there: a 400
+// that names it. Empty parts ("?", "&&") are no arguments.
+std::optional<Response> check_read_query(std::string_view method, std::string_view path, Endpoint e,
+                                         std::string_view query) {
+  const bool events = e == Endpoint::events;
+  bool seen_since = false, seen_limit = false;
+  while (!query.empty()) {
+    const size_t amp = query.find('&');
+    const std::string_view kv = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    if (kv.empty()) continue;
+    const std::string_view name = kv.substr(0, kv.find('='));
+    bool* seen = !events ? nullptr : name == "since" ? &seen_since : name == "limit" ? &seen_limit : nullptr;
+    if (!seen)
+      return error_response(400, fmt::format("{} {}: unknown query argument \"{}\" (it takes {})", method, path, name,
+                                             events ? "since, limit" : "none"));
+    if (*seen) return error_response(400, fmt::format("{} {}: query argument \"{}\" given twice", method, path, name));
+    *seen = true;
+  }
+  return std::nullopt;
+}
 }  // namespace
 
 std::optional<Response> Api::precheck(const Request& r) {
@@ -493,7 +517,7 @@ std::optional<Response> Api::precheck(const Request& r, const RouteMatch& m, std
     e.allow = m.allow;
     return e;
   }
-  if (!m.write) return std::nullopt;
+  if (!m.write) return check_read_query(r.method, path, m.endpoint, query);
   // Writes: the token.
   if (cfg_.admin.token.empty())
     return error_response(403, "writes are disabled: the gateway's config has no admin.token");

@@ -1005,6 +1005,10 @@ class AdminTest(GwTestCase):
         self.assertApiError(gw, 400, "PUT", "/listeners/web/routes/default/rules/r",
                             {"id": "other", "upstream": "pre", "percent": 1})
         self.assertApiError(gw, 400, "GET", "/events?since=-1")
+        self.assertApiError(gw, 400, "GET", "/events?sinse=5",
+                            message="GET /events: unknown query argument \"sinse\" (it takes since, limit)")
+        self.assertApiError(gw, 400, "GET", "/status?json=1",
+                            message="GET /status: unknown query argument \"json\" (it takes none)")
         self.assertApiError(gw, 400, "GET", "/upstreams/a%2Fb", token=None)
         # 401, with WWW-Authenticate
         r, _ = self.assertApiError(gw, 401, "POST", H, good, token=None,
@@ -1287,9 +1291,11 @@ class AdminTest(GwTestCase):
             self.assertEqual(r.status, 200, r.body)
             self.assertEqual(json.loads(r.body)["shm"], gw.shm)
             self.assertNotEqual(r.header("Connection"), "close")
-            # The query goes with the path; an empty path is "/" (the dashboard).
+            # The query goes with the path; an empty path is "/" (the dashboard,
+            # which takes no query argument: an empty query is none).
             s.sendall(f"GET http://{LO}:{port}/events?since=0&limit=1 HTTP/1.1\r\nHost: x\r\n\r\n"
-                      f"HEAD HTTP://{LO}:{port}?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                      f"HEAD HTTP://{LO}:{port}? HTTP/1.1\r\nHost: x\r\n\r\n"
+                      f"GET http://{LO}:{port}?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"
                       f"GET http://{LO}:{port}/metrics/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             r = hb.read_response(rd)
             self.assertEqual(r.status, 200, r.body)
@@ -1297,6 +1303,9 @@ class AdminTest(GwTestCase):
             r = hb.read_response(rd, "HEAD")
             self.assertEqual(r.status, 200)
             self.assertEqual(r.header("Content-Type"), "text/html; charset=utf-8")
+            r = hb.read_response(rd)
+            self.assertEqual(r.status, 400, r.body)
+            self.assertIn("unknown query argument \"x\"", json.loads(r.body)["error"])
             r = hb.read_response(rd)
             self.assertEqual(r.status, 200)
             self.assertIn(b"# TYPE gw_info gauge", r.body)

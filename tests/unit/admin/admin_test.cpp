@@ -566,10 +566,47 @@ TEST_SUITE("admin") {
     REQUIRE(pre.has_value());
     CHECK(pre->status == 400);
     CHECK(api.precheck(Request{"DELETE", "/upstreams/app/pools/primary/hosts/a?x=1", {}, {}})->status == 401);
-    // Reads keep theirs.
-    CHECK(call(api, "GET", "/upstreams/app/pools/primary/hosts/a?x=1").status == 200);
+    // Reads keep the arguments they take.
     CHECK(call(api, "GET", "/events?since=0&limit=1").status == 200);
     CHECK(call(api, "DELETE", "/upstreams/app/pools/primary/hosts/a", "", bearer).status == 200);
+  }
+
+  TEST_CASE("the API: a read with a query argument it does not take is a 400 naming it") {
+    TempSegment ts;
+    seed(ts.seg);
+    const config::Config cfg = admin_config(kToken);
+    Api api(ts.seg, cfg);
+    // "?sinse=5" was dropped: the whole ring from 0, as if no argument was given.
+    Response r = call(api, "GET", "/events?sinse=5");
+    CHECK(r.status == 400);
+    CHECK(r.body == "{\"error\": \"GET /events: unknown query argument \\\"sinse\\\" (it takes since, limit)\"}\n");
+    CHECK(call(api, "GET", "/events?since=0&limt=1").status == 400);
+    CHECK(call(api, "HEAD", "/events?x").status == 400);
+    // One given twice: which one counts would be a guess.
+    r = call(api, "GET", "/events?since=0&since=5");
+    CHECK(r.status == 400);
+    CHECK(r.body == "{\"error\": \"GET /events: query argument \\\"since\\\" given twice\"}\n");
+    // The other reads take none.
+    r = call(api, "GET", "/upstreams/app/pools/primary/hosts/a?x=1");
+    CHECK(r.status == 400);
+    CHECK(r.body ==
+          "{\"error\": \"GET /upstreams/app/pools/primary/hosts/a: unknown query argument \\\"x\\\" "
+          "(it takes none)\"}\n");
+    for (const std::string t : {"/?since=1", "/metrics?name=gw_up", "/status?json", "/upstreams?u=app",
+                                "/upstreams/app?x=", "/upstreams/app/pools?x=1", "/upstreams/app/pools/primary?x=1",
+                                "/upstreams/app/pools/primary/hosts?x=1", "/routes?x=1", "/consumers?x=1",
+                                "/listeners/web/routes/default/rules?x=1"}) {
+      CAPTURE(t);
+      CHECK(call(api, "GET", t).status == 400);
+    }
+    // Before the endpoint runs (and the admin server's early answer has it).
+    const std::optional<Response> pre = api.precheck(Request{"GET", "/status?x=1", {}, {}});
+    REQUIRE(pre.has_value());
+    CHECK(pre->status == 400);
+    // An empty query or empty parts are no arguments.
+    CHECK(call(api, "GET", "/status?").status == 200);
+    CHECK(call(api, "GET", "/events?&since=0&&limit=1&").status == 200);
+    CHECK(call(api, "GET", "/events?since=0&limit=1").status == 200);
   }
 
   TEST_CASE("the API takes back what it shows: GET, edit, PUT or POST") {
