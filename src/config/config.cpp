@@ -642,7 +642,7 @@ void parse_listeners(Ctx& c, element arr, Config& cfg) {
     element frame, http, routes;
     for_each_field(c, e, p, [&](std::string_view k, element v, const std::string& kp) {
       if (k == "name") has_name = get_name(c, v, kp, l.name);
-      else if (k == "listen") has_listen = get_address(c, v, kp, l.listen);
+      else if (k == "listen") has_listen = get_listen_address(c, v, kp, l.listen);
       else if (k == "upstream") has_up = get_name(c, v, kp, l.upstream);
       else if (k == "backlog") get_i32(c, v, kp, 1, 65535, l.backlog);
       else if (k == "protocol") {
@@ -788,7 +788,7 @@ void parse_admin(Ctx& c, element e, const std::string& path, AdminConf& a) {
   bool has_listen = false;
   for_each_field(c, e, path, [&](std::string_view k, element v, const std::string& kp) {
     if (k == "listen") {
-      has_listen = get_address(c, v, kp, a.listen);
+      has_listen = get_listen_address(c, v, kp, a.listen);
     } else if (k == "token") {
       if (get_string(c, v, kp, a.token)) {
         bool ok = a.token.size() >= 16 && a.token.size() <= 256;

@@ -1,8 +1,11 @@
 #include "config/json_util.hpp"
 
+#include <netinet/in.h>
+
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "gw/core/text.hpp"
 #include "gw/core/utf8.hpp"
@@ -93,6 +96,33 @@ bool get_host_address(Ctx& c, simdjson::dom::element v, const std::string& path,
     c.error(path, fmt::format("bad address \"{}\": {}", s, why));
     return false;
   }
+  return true;
+}
+
+bool get_listen_address(Ctx& c, simdjson::dom::element v, const std::string& path, core::SockAddr& out) {
+  core::SockAddr a;
+  if (!get_address(c, v, path, a)) return false;
+  // bind(2) refuses both with EINVAL: at load, `gwd -t` says so, not the start.
+  static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  std::string why;
+  if (a.family == AF_INET6 && std::memcmp(a.ip, kMapped, sizeof(kMapped)) == 0) {
+    core::SockAddr v4;
+    v4.family = AF_INET;
+    v4.port = a.port;
+    std::memcpy(v4.ip, a.ip + 12, 4);
+    why = fmt::format(
+        "an IPv4-mapped IPv6 address, which an IPv6 listening socket does not take (gw's are IPv6-only); write {}",
+        v4.to_string());
+  } else if (a.family == AF_INET6 && a.ip[0] == 0xfe && (a.ip[1] & 0xc0) == 0x80) {
+    why =
+        "a link-local address, which can be bound only with an interface (gw takes none); use a global or "
+        "loopback address, or [::]";
+  }
+  if (!why.empty()) {
+    c.error(path, fmt::format("bad address \"{}\": {}", v.get_string().value_unsafe(), why));
+    return false;
+  }
+  out = a;
   return true;
 }
 

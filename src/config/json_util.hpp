@@ -61,6 +61,10 @@ bool get_address(Ctx& c, simdjson::dom::element v, const std::string& path, core
 /// get_address() for an upstream host's address (core::parse_host_address:
 /// not the unspecified address).
 bool get_host_address(Ctx& c, simdjson::dom::element v, const std::string& path, core::SockAddr& out);
+/// get_address() for an address gw listens on (listeners[].listen,
+/// admin.listen): one bind(2) takes. Not an IPv4-mapped IPv6 address (the
+/// sockets are IPV6_V6ONLY) nor a link-local one (it needs an interface).
+bool get_listen_address(Ctx& c, simdjson::dom::element v, const std::string& path, core::SockAddr& out);
 bool get_u32(Ctx& c, simdjson::dom::element v, const std::string& path, uint32_t min, uint32_t max, uint32_t& out,
              const char* what = "an integer");
 bool get_i32(Ctx& c, simdjson::dom::element v, const std::string& path, int32_t min, int32_t max, int32_t& out);

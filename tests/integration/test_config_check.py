@@ -220,6 +220,24 @@ class ConfigCheckTest(GwTestCase):
                                       "upstreams[0].pools[1].hosts[0].address",
                                       "listeners[0].listen"])
 
+    def test_listen_addresses_bind_refuses_fail_the_check(self):
+        # gw's IPv6 listening sockets are IPV6_V6ONLY: bind(2) refuses an
+        # IPv4-mapped address, and a link-local one without an interface.
+        # `gwd -t` said ok; the start then failed with "Invalid argument".
+        cfg = self.valid_config()
+        port = cfg["listeners"][0]["listen"].rsplit(":", 1)[1]
+        cfg["listeners"][0]["listen"] = f"[::ffff:127.0.0.1]:{port}"
+        cfg["listeners"].append(tcp_listener("l6", "app"))
+        cfg["listeners"][1]["listen"] = "[fe80::1]:" + cfg["listeners"][1]["listen"].rsplit(":", 1)[1]
+        path = gwtest.write_json(os.path.join(self.tmp, "mapped.json"), cfg)
+        r = gwtest.run_gwd_test(path)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(f'listeners[0].listen: bad address "[::ffff:127.0.0.1]:{port}": an IPv4-mapped IPv6 address',
+                      r.stderr)
+        self.assertIn("write 127.0.0.1:" + port, r.stderr)
+        self.assertIn('listeners[1].listen: bad address "[fe80::1]:', r.stderr)
+        self.assertIn("2 error(s)", r.stderr)
+
     def test_duplicate_host_id(self):
         cfg = self.valid_config()
         cfg["upstreams"][0]["pools"][0]["hosts"][1]["id"] = "a"
