@@ -51,6 +51,10 @@ bool token_ok(std::string_view s) {
 // "@/path": the file's contents; anything else as it is.
 bool text_or_file(Ctx& c, const std::string& path, std::string& value) {
   if (value.empty() || value[0] != '@') return true;
+  if (value.find('\0') != std::string::npos) {  // the file before the NUL would be read
+    c.error(path, fmt::format("expected a file path without a NUL byte after \"@\", got \"{}\"", value));
+    return false;
+  }
   std::ifstream f(value.substr(1), std::ios::binary);
   if (!f) {
     c.error(path, fmt::format("cannot read {}", value.substr(1)));

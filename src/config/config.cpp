@@ -118,8 +118,8 @@ void parse_health(Ctx& c, element e, const std::string& path, shm::HealthCheck& 
         else c.error(kp, fmt::format("expected \"tcp\" or \"http\", got \"{}\"", t));
       }
     } else if (k == "path") {
-      if (get_string(c, v, kp, p) &&
-          (p.empty() || p[0] != '/' || p.size() >= sizeof(hc.path) || p.find_first_of(" \r\n\t") != std::string::npos))
+      if (get_string(c, v, kp, p) && (p.empty() || p[0] != '/' || p.size() >= sizeof(hc.path) ||
+                                      p.find_first_of(std::string_view(" \r\n\t\0", 5)) != std::string::npos))
         c.error(kp, fmt::format("expected a path starting with / (no spaces, under {} bytes), got \"{}\"",
                                 sizeof(hc.path), p));
     } else if (k == "host") {
@@ -522,7 +522,9 @@ std::string route_host_why(std::string_view h) {
 // followed by two hex digits is the decoded form of a request's "%25" and
 // can match ("/100%/").
 std::string route_path_why(std::string_view p) {
-  if (p.empty() || p[0] != '/' || p.find_first_of(" \t\r\n?#") != std::string_view::npos || p.size() > 1024)
+  // (A NUL byte too: a request's %00 is refused, so no path holds one.)
+  if (p.empty() || p[0] != '/' || p.find_first_of(std::string_view(" \t\r\n?#\0", 7)) != std::string_view::npos ||
+      p.size() > 1024)
     return fmt::format("expected a path prefix starting with / (no spaces, '?' or '#'), got \"{}\"", p);
   for (size_t i = p.find('%'); i != std::string_view::npos; i = p.find('%', i + 1))
     if (i + 2 < p.size() && std::isxdigit(static_cast<unsigned char>(p[i + 1])) &&
@@ -679,7 +681,7 @@ void parse_listeners(Ctx& c, element arr, Config& cfg) {
       } else if (k == "access_log") {
         for_each_field(c, v, kp, [&](std::string_view ak, element av, const std::string& akp) {
           if (ak == "path") {
-            if (get_string(c, av, akp, l.access_log.path) && l.access_log.path.empty())
+            if (get_c_string(c, av, akp, l.access_log.path) && l.access_log.path.empty())
               c.error(akp, "expected a file path, got \"\"");
           } else if (ak == "format") {
             std::string f;
@@ -934,7 +936,7 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
     } else if (k == "splice_after_bytes") {
       get_u32(c, v, kp, 0, 1u << 30, cfg.splice_after_bytes);
     } else if (k == "log_file") {
-      get_string(c, v, kp, cfg.log_file);
+      get_c_string(c, v, kp, cfg.log_file);
     } else if (k == "log_level") {
       std::string s;
       if (get_string(c, v, kp, s) && !core::parse_log_level(s, cfg.log_level))
@@ -944,7 +946,7 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
     } else if (k == "worker_shutdown_timeout_ms") {
       has_worker_shutdown = get_u32(c, v, kp, 0, 86400000, cfg.worker_shutdown_timeout_ms);
     } else if (k == "state_file") {
-      get_string(c, v, kp, cfg.state_file);
+      get_c_string(c, v, kp, cfg.state_file);
     } else if (k == "shm") {
       for_each_field(c, v, kp, [&](std::string_view sk, element sv, const std::string& skp) {
         if (sk == "name") {
@@ -980,8 +982,8 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
       });
     } else if (k == "hooks") {
       for_each_field(c, v, kp, [&](std::string_view hk, element hv, const std::string& hkp) {
-        if (hk == "host_down") get_string(c, hv, hkp, cfg.hook_host_down);
-        else if (hk == "host_up") get_string(c, hv, hkp, cfg.hook_host_up);
+        if (hk == "host_down") get_c_string(c, hv, hkp, cfg.hook_host_down, "a shell command");
+        else if (hk == "host_up") get_c_string(c, hv, hkp, cfg.hook_host_up, "a shell command");
         else return false;
         return true;
       });

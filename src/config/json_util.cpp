@@ -68,6 +68,17 @@ bool get_string(Ctx& c, simdjson::dom::element v, const std::string& path, std::
   return true;
 }
 
+bool get_c_string(Ctx& c, simdjson::dom::element v, const std::string& path, std::string& out, const char* what) {
+  std::string s;
+  if (!get_string(c, v, path, s)) return false;
+  if (s.find('\0') != std::string::npos) {
+    c.error(path, fmt::format("expected {} without a NUL byte, got {}", what, describe(v)));
+    return false;
+  }
+  out = std::move(s);
+  return true;
+}
+
 bool get_name(Ctx& c, simdjson::dom::element v, const std::string& path, std::string& out) {
   std::string s;
   if (!get_string(c, v, path, s)) return false;

@@ -55,6 +55,11 @@ void for_each_element(Ctx& c, simdjson::dom::element e, const std::string& path,
 }
 
 bool get_string(Ctx& c, simdjson::dom::element v, const std::string& path, std::string& out);
+/// get_string() for a string the system takes as a C string (`what`: "a file
+/// path", "a shell command"): a NUL byte would cut it short there, so that
+/// another file opened, or another command ran. Refused.
+bool get_c_string(Ctx& c, simdjson::dom::element v, const std::string& path, std::string& out,
+                  const char* what = "a file path");
 /// A name or id: 1..47 bytes of [A-Za-z0-9._:-].
 bool get_name(Ctx& c, simdjson::dom::element v, const std::string& path, std::string& out);
 bool get_address(Ctx& c, simdjson::dom::element v, const std::string& path, core::SockAddr& out);

@@ -95,6 +95,11 @@ TEST_SUITE("config") {
     if (r.ok()) CHECK(r.config.listeners[0].routes[0].auth.secret == "0123456789abcdef0123");
     // 15 bytes and a newline are a 15-byte secret: too short.
     CHECK(has(load("0123456789abcde\n").errors, "auth.secret: expected a secret of at least 16 bytes"));
+    // A NUL byte in the file's name would have the file before it read.
+    load("0123456789abcdef0123\n");
+    auto cut =
+        load_string(conf(R"(, "auth": {"type": "jwt", "algorithm": "HS256", "secret": "@)" + path + R"(\u0000.old"})"));
+    CHECK(has(cut.errors, "auth.secret: expected a file path without a NUL byte after \"@\""));
     std::remove(path.c_str());
   }
 

@@ -119,6 +119,32 @@ TEST_SUITE("config") {
     CHECK(load_string(replace(kValid, R"("127.0.0.1:8081")", R"("[::ffff:127.0.0.1]:8081")")).ok());
   }
 
+  TEST_CASE("a file path, hook command or check path with a NUL byte is refused, not cut at it") {
+    // The system takes these as C strings: "/var/log/gw\u0000.log" would
+    // open /var/log/gw, and `gwd -t` said ok.
+    const std::string nul = "\\u0000";
+    auto top = [&](const std::string& kv) { return replace(kValid, R"("state_file": "/tmp/x.json")", kv); };
+    auto r = load_string(top(R"("state_file": "/tmp/x)" + nul + R"(.json")"));
+    CHECK(has(r.errors, "state_file: expected a file path without a NUL byte, got string \"/tmp/x\\x00.json\""));
+    CHECK(r.errors.size() == 1);
+    r = load_string(top(R"("state_file": "/tmp/x.json", "log_file": "/tmp/gw)" + nul + R"(")"));
+    CHECK(has(r.errors, "log_file: expected a file path without a NUL byte"));
+    r = load_string(replace(kValid, R"("upstream": "app"}])",
+                            R"("upstream": "app", "access_log": {"path": "/tmp/a)" + nul + R"(b"}}])"));
+    CHECK(has(r.errors, "listeners[0].access_log.path: expected a file path without a NUL byte"));
+    CHECK(r.errors.size() == 1);
+    r = load_string(top(R"("state_file": "/tmp/x.json", "hooks": {"host_down": "logger down)" + nul + R"(; rm x"})"));
+    CHECK(has(r.errors, "hooks.host_down: expected a shell command without a NUL byte"));
+    CHECK(r.errors.size() == 1);
+    r = load_string(replace(kValid, R"("max_fails": 2,)",
+                            R"("max_fails": 2, "health": {"type": "http", "path": "/ok)" + nul + R"(x"},)"));
+    CHECK(has(r.errors, "upstreams[0].health.path: expected a path starting with /"));
+    CHECK(r.errors.size() == 1);
+    // Without one they load as before.
+    CHECK(load_string(top(R"("state_file": "/tmp/x.json", "log_file": "/tmp/gw.log", "hooks": {"host_down": "true"})"))
+              .ok());
+  }
+
   TEST_CASE("shm.name: NAME.lock is another instance's lock file") {
     auto errs = load_string(replace(kValid, R"("name": "t1")", R"("name": "gw.lock")")).errors;
     CHECK(has(errs, "shm.name: \"gw.lock\" is not a segment name (NAME.lock is the lock file of NAME)"));

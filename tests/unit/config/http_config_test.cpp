@@ -268,6 +268,8 @@ TEST_SUITE("config") {
       auto r = route(std::string(R"("path": ")") + ok + "\"");
       CHECK_MESSAGE(r.ok(), all(r.errors));
     }
+    // A request's %00 is refused (400), so a NUL byte in a prefix matches nothing.
+    CHECK(has(route(R"("path": "/a\u0000b")").errors, p + "path: expected a path prefix starting with /"));
   }
 
   TEST_CASE("set_host: a host name or IP literal with an optional port") {
