@@ -2,6 +2,7 @@
 
 #include <cerrno>
 
+#include <netinet/in.h>
 #include <sys/stat.h>
 
 #include <limits.h>
@@ -835,11 +836,26 @@ void cross_check(Ctx& c, Config& cfg) {
         c.error(fmt::format("listeners[{}].listen", i),
                 fmt::format("address {} is already used by listeners[{}]", l.listen.to_string(), j));
   }
-  if (cfg.admin.enabled && cfg.admin.listen.family != 0)
-    for (size_t i = 0; i < cfg.listeners.size(); ++i)
-      if (cfg.listeners[i].listen == cfg.admin.listen)
+  if (cfg.admin.enabled && cfg.admin.listen.family != 0) {
+    // The listeners' sockets are SO_REUSEPORT, the admin server's is not: it
+    // cannot bind beside a listener on the same port and family where either
+    // address is the wildcard (0.0.0.0:P and 127.0.0.1:P), as it cannot on
+    // the very same address.
+    auto wildcard = [](const core::SockAddr& a) {
+      return std::all_of(a.ip, a.ip + (a.family == AF_INET6 ? 16 : 4), [](uint8_t b) { return b == 0; });
+    };
+    const core::SockAddr& al = cfg.admin.listen;
+    for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+      const core::SockAddr& ll = cfg.listeners[i].listen;
+      if (ll == al)
+        c.error("admin.listen", fmt::format("address {} is already used by listeners[{}]", al.to_string(), i));
+      else if (ll.family == al.family && ll.port == al.port && (wildcard(ll) || wildcard(al)))
         c.error("admin.listen",
-                fmt::format("address {} is already used by listeners[{}]", cfg.admin.listen.to_string(), i));
+                fmt::format("address {} overlaps listeners[{}] ({}): the wildcard address takes the port on every "
+                            "address of its family",
+                            al.to_string(), i, ll.to_string()));
+    }
+  }
   size_t routes = 0, rules = 0, cidrs = 0;
   auto upstream_known = [&](const std::string& name) {
     for (const auto& u : cfg.upstreams)

@@ -119,6 +119,36 @@ TEST_SUITE("config") {
     CHECK(load_string(replace(kValid, R"("127.0.0.1:8081")", R"("[::ffff:127.0.0.1]:8081")")).ok());
   }
 
+  TEST_CASE("admin.listen may not share a port with a listener on the wildcard address") {
+    // The listeners' sockets are SO_REUSEPORT, the admin server's is not:
+    // 0.0.0.0:P and 127.0.0.1:P cannot both bind, and `gwd -t` said ok.
+    auto admin = [](const std::string& listen, const std::string& admin_listen) {
+      return load_string(replace(replace(kValid, R"("127.0.0.1:7000")", "\"" + listen + "\""), R"("state_file")",
+                                 R"("admin": {"listen": ")" + admin_listen + R"("}, "state_file")"));
+    };
+    auto r = admin("127.0.0.1:7000", "0.0.0.0:7000");
+    REQUIRE(r.errors.size() == 1);
+    CHECK(r.errors[0] ==
+          "admin.listen: address 0.0.0.0:7000 overlaps listeners[0] (127.0.0.1:7000): the wildcard address takes the "
+          "port on every address of its family");
+    r = admin("0.0.0.0:7000", "127.0.0.1:7000");
+    REQUIRE(r.errors.size() == 1);
+    CHECK(r.errors[0] ==
+          "admin.listen: address 127.0.0.1:7000 overlaps listeners[0] (0.0.0.0:7000): the wildcard address takes the "
+          "port on every address of its family");
+    CHECK(admin("[::1]:7000", "[::]:7000").errors.size() == 1);
+    // Another port, another address or another family binds.
+    for (auto [l, a] : {std::pair{"127.0.0.1:7000", "127.0.0.1:7001"},
+                        {"127.0.0.1:7000", "127.0.0.2:7000"},
+                        {"0.0.0.0:7000", "[::]:7000"},
+                        {"[::]:7000", "127.0.0.1:7000"}}) {
+      CAPTURE(l);
+      CAPTURE(a);
+      auto fine = admin(l, a);
+      CHECK(fine.errors.empty());
+    }
+  }
+
   TEST_CASE("a file path, hook command or check path with a NUL byte is refused, not cut at it") {
     // The system takes these as C strings: "/var/log/gw\u0000.log" would
     // open /var/log/gw, and `gwd -t` said ok.
