@@ -90,6 +90,11 @@ std::string Segment::object_name(const std::string& name) {
         (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
     if (!ok) throw SegmentError(fmt::format("shm name \"{}\" may contain only letters, digits and . _ -", name));
   }
+  // As the config's shm.name: "/." and "/.." name no object (shm_open says
+  // only EINVAL), and NAME.lock is the lock file beside instance NAME's segment.
+  if (name == "." || name == "..") throw SegmentError(fmt::format("shm name \"{}\" is not a segment name", name));
+  if (name.ends_with(".lock"))
+    throw SegmentError(fmt::format("shm name \"{}\" is not a segment name (NAME.lock is the lock file of NAME)", name));
   return "/" + name;
 }
 

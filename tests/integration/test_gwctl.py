@@ -359,6 +359,20 @@ class GwctlTest(GwTestCase):
         self.assertEqual(to_full("up", "host", "app/primary", "b"),
                          (1, f"gwctl: cannot write to standard output: {nospace}\n"))
 
+    def test_shm_names_the_config_refuses_are_refused_alike(self):
+        """shm.name "." or "NAME.lock" is a config error; gwctl --shm said
+        "cannot open shm /.: Invalid argument", or opened the instance's lock
+        file and called it an empty segment."""
+        cases = [(".", 'gwctl: shm name "." is not a segment name\n'),
+                 ("..", 'gwctl: shm name ".." is not a segment name\n'),
+                 ("gw.lock", 'gwctl: shm name "gw.lock" is not a segment name (NAME.lock is the lock file of NAME)\n')]
+        for name, want in cases:
+            for args in (["status"], ["add", "host", "app/primary", "h9", "127.0.0.1:9"], ["events"]):
+                with self.subTest(name=name, args=args):
+                    p = subprocess.run([gwtest.GWCTL, "--shm", name, *args], capture_output=True, text=True,
+                                       timeout=T(10), stdin=subprocess.DEVNULL)
+                    self.assertEqual((p.returncode, p.stdout, p.stderr), (1, "", want))
+
     def test_bytes_a_terminal_acts_on_are_escaped(self):
         """The C1 control CSI (U+009B, bytes c2 9b) and bytes that are not
         UTF-8 were written raw to stderr; they are escaped as \\xNN like the

@@ -98,6 +98,16 @@ TEST_SUITE("shm") {
     CHECK_THROWS_AS(Segment::object_name("a/b"), SegmentError);
     CHECK_THROWS_AS(Segment::object_name(""), SegmentError);
     CHECK(Segment::object_name("gw-1.x") == "/gw-1.x");
+    // As the config refuses them (shm.name): "/." and "/.." are no objects
+    // (shm_open said only "Invalid argument"), and NAME.lock is the lock
+    // file of instance NAME, not a segment.
+    CHECK_THROWS_WITH_AS(Segment::object_name("."), "shm name \".\" is not a segment name", SegmentError);
+    CHECK_THROWS_WITH_AS(Segment::object_name(".."), "shm name \"..\" is not a segment name", SegmentError);
+    CHECK_THROWS_WITH_AS(Segment::object_name("gw.lock"),
+                         "shm name \"gw.lock\" is not a segment name (NAME.lock is the lock file of NAME)",
+                         SegmentError);
+    CHECK(Segment::object_name("gw.locks") == "/gw.locks");
+    CHECK(Segment::object_name("...") == "/...");
   }
 
   TEST_CASE("the listener list: written and read whole under its seqlock") {
