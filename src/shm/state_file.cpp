@@ -231,6 +231,10 @@ bool read_state_file(const std::string& path, State& out) {
                           version > kStateVersion ? " (a newer gw wrote it: run that gw, or a gw that reads it)" : ""));
   uint64_t gen = 0;
   if (root["generation"].get(gen)) throw bad("\"generation\" missing or not an integer");
+  // A garbled or hand-made number: the table would be published under a
+  // generation no reader finds (see kMaxStateGeneration).
+  if (gen > kMaxStateGeneration)
+    throw bad(fmt::format("\"generation\" {} is out of range 0..{}", gen, kMaxStateGeneration));
   s.generation = gen;
   simdjson::dom::array ups;
   if (root["upstreams"].get(ups)) throw bad("\"upstreams\" missing or not an array");

@@ -24,6 +24,9 @@ void (*mid_write_hook)() = nullptr;
 
 namespace {
 
+// The largest generation `published` (generation << 1 | slot) holds.
+constexpr uint64_t kMaxGeneration = ~0ull >> 1;
+
 // Holds the robust writer mutex for one commit.
 class WriterLock {
  public:
@@ -181,12 +184,21 @@ uint64_t Writer::commit(const Change& change) {
     return old.header().generation;
   }
 
+  // A change may raise the base (the master restoring a newer state file into
+  // a fresh segment); generations never go back. `published` holds
+  // generation << 1 | slot: a generation of 2^63 or more would lose its top
+  // bit there, and no reader would find the table (refused before anything,
+  // runtime slots included, is touched).
+  const uint64_t base = std::max(old.header().generation, t.header().generation);
+  if (base >= kMaxGeneration)
+    throw SegmentError(fmt::format(
+        "the table generation {} cannot grow: the segment publishes generations up to {}; nothing was changed", base,
+        kMaxGeneration));
+
   const uint64_t now = core::monotonic_ms();
   std::vector<SlotReset> resets;
   assign_slots(old, t, now, resets);
-  // A change may raise the base (the master restoring a newer state file into
-  // a fresh segment); generations never go back.
-  t.header().generation = std::max(old.header().generation, t.header().generation) + 1;
+  t.header().generation = base + 1;
   t.header().updated_wall_ms = core::wall_ms();
 
   if (persist_ && hdr.state_file[0] != '\0') {

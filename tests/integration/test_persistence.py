@@ -128,6 +128,43 @@ class PersistenceTest(GwTestCase):
         self.assertGreaterEqual(gen3, gen2, f"generation went backwards after a reboot (state file had "
                                             f"generation {gen2}, the restored table has {gen3})")
 
+    def test_a_state_file_generation_out_of_range_is_refused(self):
+        """A state file whose "generation" is 2^63 or more (a garbled or hand-made
+        file) was taken as it was: the table was published as `gen << 1 | slot`,
+        which drops the top bit, so no reader found the generation it names.
+        gwd started and then every gwctl change failed ("the published table is
+        inconsistent ...; restart gwd"), and a restart read the same file. gwd
+        now refuses such a file at start, in one line naming it and the field,
+        and leaves it as it is."""
+        a = self.backend("a")
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1)
+        gw = self.gateway(cfg)
+        self.assertGwctlOk(gw, "down", "host", "app/primary", "a")
+        self.crash(gw)
+        os.unlink(f"/dev/shm/{gw.shm}")
+        state_file = cfg["state_file"]
+        with open(state_file) as f:
+            state = json.load(f)
+        for gen in (2 ** 63, 2 ** 64 - 1):
+            state["generation"] = gen
+            with open(state_file, "w") as f:
+                json.dump(state, f)
+            with open(state_file) as f:
+                before = f.read()
+            gw.start(wait=False)
+            try:
+                rc = gw.proc.wait(timeout=T(10))
+            except subprocess.TimeoutExpired:
+                rc2, out, err = gw.gwctl("up", "host", "app/primary", "a")
+                gw.kill_all()
+                self.fail(f"gwd started from a state file of generation {gen}; gwctl up host: rc={rc2} {err.strip()}")
+            self.assertNotEqual(rc, 0)
+            self.assertRegex(gw.log_text(), rf"state file {re.escape(state_file)}: \"generation\" {gen} is out of "
+                                            r"range")
+            with open(state_file) as f:
+                self.assertEqual(f.read(), before, "the state file was changed")
+            self.assertFalse(os.path.exists(f"/dev/shm/{gw.shm}"), "a segment was made")
+
     def test_graceful_restart_keeps_changes(self):
         a, b, c = self.backend("a"), self.backend("b"), self.backend("c")
         cfg = self.make_config([pool("primary", [host("a", a)])], workers=1)

@@ -37,6 +37,12 @@ namespace gw::shm {
 /// version is refused, naming both.
 inline constexpr int64_t kStateVersion = 1;
 
+/// The largest "generation" a state file may hold. The segment publishes a
+/// table as `generation << 1 | slot`, so a generation must stay below 2^63
+/// (Writer::commit refuses one that does not); a file's is refused above 2^62,
+/// which leaves room for as many commits after it.
+inline constexpr uint64_t kMaxStateGeneration = 1ull << 62;
+
 struct StateHost {
   std::string id;
   core::SockAddr addr;

@@ -350,3 +350,45 @@ TEST_SUITE("shm") {
     CHECK_FALSE(read_state_file(path, s));
   }
 }
+
+TEST_SUITE("shm") {
+  TEST_CASE("a generation that `published` cannot hold: a state file's is refused, a commit's is not published") {
+    // `published` holds generation << 1 | slot: a generation of 2^63 or more
+    // lost its top bit there, and no reader found the table it named.
+    const std::string path = "/tmp/gwunit-gen-" + std::to_string(::getpid()) + ".json";
+    auto file = [&](const std::string& gen) {
+      std::ofstream(path) << "{\"gw_state\": 1, \"generation\": " << gen << ", \"upstreams\": []}";
+    };
+    State s;
+    file("9223372036854775808");  // 2^63
+    CHECK_THROWS_WITH(
+        read_state_file(path, s),
+        ("state file " + path + ": \"generation\" 9223372036854775808 is out of range 0..4611686018427387904").c_str());
+    file("18446744073709551615");  // 2^64 - 1: +1 is 0
+    CHECK_THROWS_WITH(read_state_file(path, s), doctest::Contains("is out of range"));
+    file("4611686018427387904");  // 2^62: room for 2^62 more commits
+    REQUIRE(read_state_file(path, s));
+    CHECK(s.generation == (1ull << 62));
+    ::unlink(path.c_str());
+
+    TempSegment ts;
+    Writer w(ts.seg);
+    w.set_persist(false);
+    add_app(w);
+    const uint64_t before = ts.seg.header().published.load();
+    CHECK_THROWS_WITH(w.commit([](Table& t, std::vector<std::string>&) { t.header().generation = ~0ull >> 1; }),
+                      doctest::Contains("generation"));
+    CHECK(ts.seg.header().published.load() == before);
+    Table t(ts.seg.caps());
+    const char* refused = nullptr;
+    read_published(ts.seg, t, &refused);
+    CHECK(refused == nullptr);
+    CHECK(t.header().generation == (before >> 1));
+    // The largest generation it can hold is published and read back.
+    CHECK(w.commit([](Table& x, std::vector<std::string>&) { x.header().generation = (~0ull >> 1) - 1; }) ==
+          (~0ull >> 1));
+    read_published(ts.seg, t, &refused);
+    CHECK(refused == nullptr);
+    CHECK(t.header().generation == (~0ull >> 1));
+  }
+}
