@@ -9,7 +9,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <set>
 #include <stdexcept>
+#include <tuple>
 
 #include "gw/core/clock.hpp"
 #include "gw/core/fd.hpp"
@@ -223,6 +225,18 @@ bool read_state_file(const std::string& path, State& out) {
     throw bad(fmt::format("{}{}", where.path.empty() ? "" : where.path + ": ",
                           core::json_error_text(where, simdjson::error_message(err))));
   }
+  // Names and duplicates are checked here, so that a garbled or hand-edited
+  // file is refused in one line that names it: the table ops would refuse most
+  // of it without saying where it came from ("host app/primary/a already
+  // exists"), and an upstream listed twice had its first entry dropped in
+  // silence (and with it, at the next commit, its pools and hosts).
+  auto name_ok = [&](const char* what, std::string_view n) {
+    if (auto why = check_name(n); !why.empty()) throw bad(fmt::format("{} \"{}\" {}", what, n, why));
+  };
+  std::set<std::string> seen;
+  auto once = [&](std::string key, std::string_view what) {
+    if (!seen.insert(std::move(key)).second) throw bad(fmt::format("{} is listed twice", what));
+  };
   State s;
   int64_t version = 0;
   if (root["gw_state"].get(version)) throw bad("not a gw state file (no \"gw_state\" version number)");
@@ -243,6 +257,8 @@ bool read_state_file(const std::string& path, State& out) {
     std::string_view name;
     simdjson::dom::array pools;
     if (u["name"].get(name) || u["pools"].get(pools)) throw bad("an upstream lacks \"name\" or \"pools\"");
+    name_ok("upstream name", name);
+    once(fmt::format("u/{}", name), fmt::format("upstream \"{}\"", name));
     su.name = name;
     for (auto p : pools) {
       StatePool sp;
@@ -251,6 +267,8 @@ bool read_state_file(const std::string& path, State& out) {
       simdjson::dom::array hosts;
       if (p["id"].get(id) || p["priority"].get(prio) || p["method"].get(method) || p["hosts"].get(hosts))
         throw bad(fmt::format("a pool of upstream {} lacks id, priority, method or hosts", su.name));
+      name_ok("pool id", id);
+      once(fmt::format("p/{}/{}", su.name, id), fmt::format("pool {}/{}", su.name, id));
       sp.id = id;
       if (prio < -1000000 || prio > 1000000)
         throw bad(fmt::format("pool {}/{}: priority {} out of range", su.name, id, prio));
@@ -263,6 +281,8 @@ bool read_state_file(const std::string& path, State& out) {
         bool down = false;
         if (h["id"].get(hid) || h["address"].get(addr) || h["weight"].get(weight) || h["down"].get(down))
           throw bad(fmt::format("a host of pool {}/{} lacks id, address, weight or down", su.name, sp.id));
+        name_ok("host id", hid);
+        once(fmt::format("h/{}/{}/{}", su.name, sp.id, hid), fmt::format("host {}/{}/{}", su.name, sp.id, hid));
         std::string why;
         if (!core::parse_address(addr, sh.addr, why)) throw bad(fmt::format("host {}: {}", hid, why));
         sh.id = hid;
@@ -285,12 +305,17 @@ bool read_state_file(const std::string& path, State& out) {
       simdjson::dom::array rules;
       if (r["listener"].get(listener) || r["route"].get(name) || r["rules"].get(rules))
         throw bad("a route lacks \"listener\", \"route\" or \"rules\"");
+      name_ok("listener name", listener);
+      name_ok("route name", name);
+      once(fmt::format("r/{}/{}", listener, name), fmt::format("route {}/{}", listener, name));
       sr.listener = listener;
       sr.name = name;
       for (auto e : rules) {
         std::string why;
         RuleSpec spec;
         if (!rule_from_json(e, spec, why)) throw bad(fmt::format("route {}/{}: {}", sr.listener, sr.name, why));
+        once(fmt::format("R/{}/{}/{}", sr.listener, sr.name, spec.id),
+             fmt::format("rule {}/{}/{}", sr.listener, sr.name, spec.id));
         sr.rules.push_back(std::move(spec));
       }
       s.routes.push_back(std::move(sr));
@@ -304,7 +329,8 @@ bool read_state_file(const std::string& path, State& out) {
       if (c["name"].get(name) || c["key_sha256"].get(hex)) throw bad("a consumer lacks \"name\" or \"key_sha256\"");
       StateConsumer sc;
       sc.name = name;
-      if (auto why = check_name(name); !why.empty()) throw bad(fmt::format("consumer name \"{}\" {}", name, why));
+      name_ok("consumer name", name);
+      once(fmt::format("c/{}", name), fmt::format("consumer \"{}\"", name));
       if (hex.size() != 2 * kSha256Len) throw bad(fmt::format("consumer {}: key_sha256 is not 64 hex digits", name));
       for (size_t i = 0; i < kSha256Len; ++i) {
         unsigned v = 0;

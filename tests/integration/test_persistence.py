@@ -165,6 +165,49 @@ class PersistenceTest(GwTestCase):
                 self.assertEqual(f.read(), before, "the state file was changed")
             self.assertFalse(os.path.exists(f"/dev/shm/{gw.shm}"), "a segment was made")
 
+    def test_a_state_file_listing_a_name_twice_is_refused(self):
+        """A state file (hand-edited, or merged by a tool) that lists an
+        upstream twice had its first entry dropped in silence: gwd started with
+        the second one's pools and hosts (here none), and its next commit
+        rewrote the file without the first. One that lists a host twice
+        stopped gwd with "host app/primary/a already exists", which names
+        neither the state file nor the config. Each is now refused at start in
+        one line naming the file and what is listed twice, and the file is
+        left as it is."""
+        a = self.backend("a")
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1)
+        gw = self.gateway(cfg)
+        self.assertGwctlOk(gw, "down", "host", "app/primary", "a")
+        self.crash(gw)
+        os.unlink(f"/dev/shm/{gw.shm}")
+        state_file = cfg["state_file"]
+        with open(state_file) as f:
+            good = json.load(f)
+        twice_upstream = json.loads(json.dumps(good))
+        twice_upstream["upstreams"].append({"name": "app", "pools": []})
+        twice_host = json.loads(json.dumps(good))
+        hosts = twice_host["upstreams"][0]["pools"][0]["hosts"]
+        hosts.append(dict(hosts[0]))
+        for state, why in ((twice_upstream, 'upstream "app" is listed twice'),
+                           (twice_host, "host app/primary/a is listed twice")):
+            with open(state_file, "w") as f:
+                json.dump(state, f)
+            with open(state_file) as f:
+                before = f.read()
+            gw.start(wait=False)
+            try:
+                rc = gw.proc.wait(timeout=T(10))
+            except subprocess.TimeoutExpired:
+                st = gw.status()
+                gw.kill_all()
+                self.fail(f"gwd started from a state file where {why}: {gwtest.table_snapshot(st)}")
+            self.assertNotEqual(rc, 0)
+            self.assertIn(f"state file {state_file}: {why}", gw.log_text())
+            with open(state_file) as f:
+                self.assertEqual(f.read(), before, "the state file was changed")
+            if os.path.exists(f"/dev/shm/{gw.shm}"):
+                os.unlink(f"/dev/shm/{gw.shm}")
+
     def test_graceful_restart_keeps_changes(self):
         a, b, c = self.backend("a"), self.backend("b"), self.backend("c")
         cfg = self.make_config([pool("primary", [host("a", a)])], workers=1)

@@ -392,3 +392,52 @@ TEST_SUITE("shm") {
     CHECK(t.header().generation == (~0ull >> 1));
   }
 }
+
+TEST_SUITE("shm") {
+  TEST_CASE("a state file with a name listed twice or a bad name is refused, naming the file and the name") {
+    // Before, the table ops refused most of these at start without naming the
+    // state file ("host app/primary/a already exists"), and an upstream listed
+    // twice lost its first entry in silence.
+    const std::string path = "/tmp/gwunit-dup-" + std::to_string(::getpid()) + ".json";
+    const std::string host = R"({"id": "a", "address": "127.0.0.1:1", "weight": 1, "down": false})";
+    const std::string pool = R"({"id": "p", "priority": 0, "method": "round_robin", "hosts": [)" + host + "]}";
+    const std::string rule = R"({"id": "r1", "upstream": "app", "percent": 5})";
+    auto refused = [&](const std::string& ups, const std::string& rest, const std::string& why) {
+      std::ofstream(path) << R"({"gw_state": 1, "generation": 3, "upstreams": [)" << ups << "]" << rest << "}";
+      State s;
+      CHECK_THROWS_WITH(read_state_file(path, s), ("state file " + path + ": " + why).c_str());
+    };
+    refused(R"({"name": "app", "pools": [)" + pool + R"(]}, {"name": "app", "pools": []})", "",
+            "upstream \"app\" is listed twice");
+    refused(R"({"name": "app", "pools": [)" + pool + "," + pool + "]}", "", "pool app/p is listed twice");
+    refused(R"({"name": "app", "pools": [{"id": "p", "priority": 0, "method": "round_robin", "hosts": [)" + host + "," +
+                host + "]}]}",
+            "", "host app/p/a is listed twice");
+    refused(R"({"name": "a b", "pools": []})", "",
+            "upstream name \"a b\" may contain only letters, digits and . _ - :");
+    refused(R"({"name": "app", "pools": [{"id": "", "priority": 0, "method": "round_robin", "hosts": []}]})", "",
+            "pool id \"\" must not be empty");
+    refused(R"({"name": "app", "pools": [{"id": "p", "priority": 0, "method": "round_robin", "hosts": [{"id": "x/y",
+            "address": "127.0.0.1:1", "weight": 1, "down": false}]}]})",
+            "", "host id \"x/y\" may contain only letters, digits and . _ - :");
+    refused("", R"(, "routes": [{"listener": "web", "route": "v1", "rules": []}, {"listener": "web", "route": "v1",
+            "rules": []}])",
+            "route web/v1 is listed twice");
+    refused("", R"(, "routes": [{"listener": "web", "route": "v1", "rules": [)" + rule + "," + rule + "]}]",
+            "rule web/v1/r1 is listed twice");
+    const std::string c = R"({"name": "alice", "key_sha256": ")" + std::string(64, 'a') + "\"}";
+    refused("", R"(, "consumers": [)" + c + "," + c + "]", "consumer \"alice\" is listed twice");
+    // What a table writes is read back as it was ("." is an id a table may
+    // hold: it is still read).
+    std::ofstream(path) << R"({"gw_state": 1, "generation": 3, "upstreams": [{"name": "app", "pools": [)" << pool
+                        << R"(, {"id": ".", "priority": 1, "method": "round_robin", "hosts": [)" << host
+                        << R"(]}]}], "routes": [{"listener": "web", "route": "v1", "rules": [)" << rule
+                        << "]}, {\"listener\": \"web\", \"route\": \"v2\", \"rules\": [" << rule << "]}]}";
+    State s;
+    REQUIRE(read_state_file(path, s));
+    REQUIRE(s.upstreams.size() == 1);
+    CHECK(s.upstreams[0].pools.size() == 2);
+    CHECK(s.routes.size() == 2);
+    ::unlink(path.c_str());
+  }
+}
