@@ -145,8 +145,21 @@ void Writer::repair(const Table& live) {
 }
 
 void Writer::set_retired(bool retired) {
-  WriterLock lock(seg_->header().writer_lock);
-  seg_->header().retired.store(retired ? 1 : 0);
+  SegmentHeader& hdr = seg_->header();
+  WriterLock lock(hdr.writer_lock);
+  if (retired) {
+    // The segment's last writer: the master that replaces it reads the state
+    // file and this table next, and takes the file if it is the newer. A file
+    // that a writer stopped before its publish left ahead of the live table
+    // holds a change that was never live (nor reported done): put it back in
+    // step first, as the next commit would have. (Not from a table that does
+    // not read whole: the file is then the better record.)
+    Table live(seg_->caps());
+    const char* refused = nullptr;
+    read_published(*seg_, live, &refused);
+    if (!refused && (lock.owner_died() || hdr.persisting.load() > live.header().generation)) repair(live);
+  }
+  hdr.retired.store(retired ? 1 : 0);
 }
 
 uint64_t Writer::commit(const Change& change) {

@@ -431,6 +431,35 @@ class PersistenceTest(GwTestCase):
         self.assertHost(gw, "app/primary/b", address=b.address)
         self.assertHost(gw, "app/primary/a", admin="up")
 
+    @unittest.skipUnless(shutil.which("gdb"), "needs gdb to stop a gwctl inside its commit")
+    def test_change_never_published_does_not_come_back_in_a_segment_made_again(self):
+        """A gwctl killed after its state file was renamed into place but
+        before it published the change (it never said ok) leaves the file ahead
+        of the live table; the next writer puts it back. A gwd started with
+        other capacities (a new segment) retired the old one and then read the
+        file, ahead as it was: the change that was never live, and never
+        reported done, was in the new segment. Retiring now puts the file back
+        first, as any next writer does."""
+        a = self.backend("a")
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1)
+        gw = self.gateway(cfg)
+        argv = ["gdb", "-q", "-batch", "-nx", "-ex", "set breakpoint pending on",
+                "-ex", "break gw::shm::write_state_file", "-ex", "run", "-ex", "finish", "-ex", "kill",
+                "--args", *gwtest.gwctl_argv(["down", "host", "app/primary", "a"], shm=gw.shm)]
+        out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             stdin=subprocess.DEVNULL, timeout=T(60)).stdout
+        self.assertNotRegex(out, r"(?m)^ok: ", "gwctl was to be killed before it said ok")
+        with open(cfg["state_file"]) as f:
+            self.assertIn('"down": true', f.read(), f"gwctl did not stop after its state file: {out}")
+        self.assertHost(gw, "app/primary/a", admin="up")   # never published
+        self.crash(gw)
+        gw.config["workers"] = 2          # a segment with more stats rows: made again
+        gwtest.write_json(gw.conf_path, gw.config)
+        gw.start()
+        self.assertHost(gw, "app/primary/a", admin="up")
+        with open(cfg["state_file"]) as f:
+            self.assertNotIn('"down": true', f.read())
+
     @unittest.skipUnless(shutil.which("gdb"), "needs gdb to hold a gwctl inside its commit")
     def test_change_committed_into_a_segment_being_replaced_is_kept(self):
         """A gwctl that committed into the segment while a restarted gwd made it

@@ -58,7 +58,10 @@ class Writer {
   /// Marks the segment replaced (or, with false, in use again): takes the writer
   /// lock, so a commit under way finishes first (its change is then in the
   /// table and the state file), and every commit after it is refused. The
-  /// master calls it before it unlinks a segment it makes again.
+  /// master calls it before it unlinks a segment it makes again. Retiring
+  /// first repairs what a writer that stopped mid-commit left (see repair()),
+  /// so that a state file ahead of the live table is not read into the new
+  /// segment.
   void set_retired(bool retired);
   /// Skip writing the state file (unit tests that have none).
   void set_persist(bool on) noexcept { persist_ = on; }

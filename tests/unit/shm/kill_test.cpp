@@ -178,3 +178,60 @@ TEST_SUITE("shm") {
     }
   }
 }
+
+TEST_SUITE("shm") {
+  TEST_CASE("a writer killed after its state file, before its publish: retiring the segment puts the file back") {
+    // A gwd that starts with other capacities retires the old segment (under
+    // its writer lock) and then reads the state file and the old table. A
+    // change whose writer stopped between its state file and its publish was
+    // never live and never reported done: the retirement is that segment's
+    // last writer, so it must put the file back in step, as the next commit
+    // would have (else the new segment starts from the file, with that change).
+    TempSegment ts;
+    const std::string path = "/tmp/gwunit-retire-" + std::to_string(::getpid()) + ".json";
+    std::strncpy(ts.seg.header().state_file, path.c_str(), kPathCap - 1);
+    Writer w(ts.seg);
+    w.commit([](Table& t, std::vector<std::string>&) {
+      UpstreamRecord r{};
+      set_name(r.name, "app");
+      r.max_fails = 1;
+      r.fail_timeout_ms = 10000;
+      gw::core::SockAddr a;
+      std::string why;
+      REQUIRE(gw::core::parse_address("127.0.0.1:1", a, why));
+      t.add_host(t.add_pool(t.add_upstream(r), "primary", 0, Method::round_robin), "a", a, 1);
+    });
+    Table live(ts.seg.caps());
+    read_published(ts.seg, live);
+    const uint64_t gen = live.header().generation;
+
+    int pipefd[2];
+    REQUIRE(::pipe(pipefd) == 0);
+    pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      g_ready_fd = pipefd[1];
+      gw::shm::testing::mid_write_hook = stall_mid_write;
+      Writer cw(ts.seg);
+      cw.commit([](Table& t, std::vector<std::string>&) { t.hosts()[0].admin_down = 1; });
+      ::_exit(0);  // not reached
+    }
+    char c = 0;
+    REQUIRE(::read(pipefd[0], &c, 1) == 1);  // persisted, publish not done
+    ::kill(child, SIGKILL);
+    ::waitpid(child, nullptr, 0);
+    ::close(pipefd[0]);
+    ::close(pipefd[1]);
+    State torn;
+    REQUIRE(read_state_file(path, torn));
+    CHECK(torn.generation == gen + 1);  // ahead of the live table
+
+    Writer(ts.seg).set_retired(true);
+    State s;
+    REQUIRE(read_state_file(path, s));
+    CHECK(s.generation == gen);
+    CHECK_FALSE(s.upstreams.at(0).pools.at(0).hosts.at(0).down);
+    CHECK(ts.seg.header().persisting.load() == gen);
+    ::unlink(path.c_str());
+  }
+}
