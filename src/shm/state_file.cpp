@@ -11,7 +11,6 @@
 #include <cstring>
 #include <set>
 #include <stdexcept>
-#include <tuple>
 
 #include "gw/core/clock.hpp"
 #include "gw/core/fd.hpp"
