@@ -330,6 +330,7 @@ void Parser::reset(Method request_method) noexcept {
 void Parser::restart() noexcept {
   state_ = State::start;
   error_ = Error::none;
+  line_read_ = false;
   base_ = nullptr;
   pos_ = line_start_ = tok_start_ = name_end_ = value_start_ = value_end_ = count_ = 0;
   cl_seen_ = te_seen_ = te_chunked_ = te_chunked_last_ = te_unknown_ = false;
@@ -485,6 +486,7 @@ Error Parser::run(const char* data, size_t len) noexcept {
         ++p;
         line_start_ = off(p);
         state_ = State::field_start;
+        line_read_ = true;
         break;
 
       case State::rversion: {

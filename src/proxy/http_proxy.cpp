@@ -1194,7 +1194,7 @@ void HttpProxy::pump_request_body(Conn& c) noexcept {
   if (c.req_body.done()) c.req_body_done = true;
 }
 
-void HttpProxy::refuse_head(Conn& c, HttpOutcome o, int status) noexcept {
+void HttpProxy::refuse_head(Conn& c, HttpOutcome o, int status, const http::Head& line) noexcept {
   count(o);
   // No request began: nothing of the connection's last one may shape the
   // answer (a HEAD's bodiless answer, a response begun) or its log line.
@@ -1205,8 +1205,7 @@ void HttpProxy::refuse_head(Conn& c, HttpOutcome o, int status) noexcept {
   c.attempts = 0;
   c.consumer.clear();
   if (listeners_[c.listener].log) {
-    http::Head none;
-    log_begin(c, none);         // logged with "-" for the request
+    log_begin(c, line);         // logged with "-" for the request if its line was not read
     c.req_bytes = c.in.size();  // what was read of the head (the connection closes: all of it)
   }
   respond_error(c, status, false);
@@ -1233,7 +1232,15 @@ void HttpProxy::parse_request(Conn& c) noexcept {
   bump(env_.seg->worker(env_.worker).http_requests);
   metrics::http_request(env_, c.listener);
   if (st == http::ParseStatus::error) {
-    refuse_head(c, HttpOutcome::bad_request, http::error_status(p.error()));
+    // A bad header field after a whole request line: the line is logged (as
+    // nginx logs a 400's), not its fields, which were not all read.
+    http::Head line;
+    if (p.request_line_read()) {
+      line.method_name = p.head().method_name;
+      line.target = p.head().target;
+      line.version = p.head().version;
+    }
+    refuse_head(c, HttpOutcome::bad_request, http::error_status(p.error()), line);
     return;
   }
   start_request(c, p.head());

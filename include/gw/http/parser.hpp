@@ -279,6 +279,9 @@ class Parser {
 
   const Head& head() const noexcept { return head_; }
   Error error() const noexcept { return error_; }
+  /// A request's whole request line was read (head().method_name, target and
+  /// version hold it), even if an error came after it, in a header field.
+  bool request_line_read() const noexcept { return line_read_; }
   /// error: the offset of the byte that decided it (max_head for head_too_large).
   size_t error_offset() const noexcept { return pos_; }
   Kind kind() const noexcept { return kind_; }
@@ -322,6 +325,7 @@ class Parser {
   // Scan state: offsets into the message.
   State state_ = State::start;
   Error error_ = Error::none;
+  bool line_read_ = false;  // request_line_read()
   const char* base_ = nullptr;
   size_t pos_ = 0;         // next byte to look at
   size_t line_start_ = 0;  // first byte of the current line

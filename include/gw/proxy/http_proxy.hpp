@@ -280,8 +280,9 @@ class HttpProxy {
   bool request_line_ok(Conn& c) noexcept;  // the head so far may still begin a request
   void parse_request(Conn& c) noexcept;
   /// Answers `status` and closes, before a request began (a bad or
-  /// incomplete head), counted as `o`.
-  void refuse_head(Conn& c, HttpOutcome o, int status) noexcept;
+  /// incomplete head), counted as `o`; `line`: its request line, if it was
+  /// read (the access log's request; "-" without it).
+  void refuse_head(Conn& c, HttpOutcome o, int status, const http::Head& line = http::Head{}) noexcept;
   void start_request(Conn& c, const http::Head& h) noexcept;
   void finish_request(Conn& c) noexcept;
   /// `extra`: header lines to add ("Retry-After: 1\r\n"), e.g. from the guard.

@@ -443,6 +443,33 @@ TEST_SUITE("http/parser") {
     CHECK(gw::http::find_field(p.head(), "cookie") == nullptr);
   }
 
+  TEST_CASE("request_line_read(): set once the whole request line is read, kept through a later error") {
+    std::vector<Field> fields(8);
+    struct Case {
+      const char* msg;
+      bool line_read;
+    };
+    for (const Case& k : {Case{"GET /x HTTP/1.1\r\nHost: a\r\nBad Name: v\r\n\r\n", true},
+                          Case{"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", true},
+                          Case{"G@T /x HTTP/1.1\r\nHost: a\r\n\r\n", false},
+                          Case{"GET /x HTTP/9.9\r\nHost: a\r\n\r\n", false}, Case{"GET /x HTTP/1.1\n", false}}) {
+      CAPTURE(k.msg);
+      Parser p(Kind::request, fields);
+      REQUIRE(p.parse(k.msg) == ParseStatus::error);
+      CHECK(p.request_line_read() == k.line_read);
+      if (k.line_read) {
+        CHECK(p.head().method_name == "GET");
+        CHECK(p.head().target == "/x");
+        CHECK(p.head().version == Version::http11);
+      }
+      p.reset();
+      CHECK_FALSE(p.request_line_read());
+    }
+    Parser p(Kind::request, fields);
+    CHECK(p.parse("GET /x HTTP/1.1\r\nHo") == ParseStatus::need_more);
+    CHECK(p.request_line_read());
+  }
+
   TEST_CASE("methods, target forms and versions") {
     CHECK(check_ok(req("Host: a", "POST /x HTTP/1.1")).method == Method::post);
     CHECK(check_ok(req("Host: a", "DELETE /x HTTP/1.1")).method == Method::delete_);
