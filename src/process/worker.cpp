@@ -28,6 +28,7 @@
 #include "gw/proxy/access_log.hpp"
 #include "gw/proxy/frame_mux.hpp"
 #include "gw/proxy/framer.hpp"
+#include "gw/proxy/http_io.hpp"
 #include "gw/proxy/http_proxy.hpp"
 #include "gw/proxy/tcp_relay.hpp"
 #include "gw/proxy/uring_relay.hpp"
@@ -176,13 +177,16 @@ class Worker {
     // frame mode), the ring would only wrap the epoll set: one more system
     // call and a re-armed poll per wake-up, for the same readiness dispatch.
     // Such a worker runs the epoll loop itself.
-    bool any_native = false;
-    for (const proxy::ListenerRuntime& l : listeners_) any_native = any_native || (!l.per_frame && !l.http);
-    if (!any_native) {
+    bool any_native = false, any_http = false;
+    for (const proxy::ListenerRuntime& l : listeners_) {
+      any_native = any_native || (!l.per_frame && !l.http);
+      any_http = any_http || l.http;
+    }
+    if (!any_native && !any_http) {
       if (slot_ == 0)
         GW_LOG_INFO(
-            "event_engine io_uring: no tcp listener or frame listener in connection mode runs natively on the "
-            "ring; the workers run their http and per-frame listeners on the epoll loop");
+            "event_engine io_uring: no tcp, http or connection-mode frame listener runs on the ring; the "
+            "workers run their per-frame listeners on the epoll loop");
       return false;
     }
     try {
@@ -194,8 +198,16 @@ class Worker {
       if (!recv_limit && slot_ == 0)
         GW_LOG_INFO("io_uring: no multishot receive byte limit (Linux 6.17); back-pressure cancels receives instead");
       urelay_ = std::make_unique<proxy::UringRelay>(env_, *ring_, *bufring_, max_sessions(), recv_limit);
+      // Two sockets per http connection slot (client, upstream), and as
+      // many again for closed ones still waiting for their completions.
+      if (any_http) {
+        http_io_ = std::make_unique<proxy::HttpIo>(*ring_, *bufring_, *env_.buffers, 4 * max_sessions(), recv_limit);
+        http_.use_io(http_io_.get());
+      }
     } catch (const std::exception& e) {
       GW_LOG_WARN("event_engine io_uring: {}; this worker uses epoll", e.what());
+      http_.use_io(nullptr);
+      http_io_.reset();
       urelay_.reset();
       bufring_.reset();
       ring_.reset();
@@ -227,12 +239,16 @@ class Worker {
         epoll_armed = true;
       }
       urelay_->flush();
-      ring_->submit_and_wait(next_timeout());
+      if (http_io_) http_io_->flush();
+      // Readiness an http socket got during the last dispatch (a new
+      // connection is writable) is dispatched without waiting.
+      ring_->submit_and_wait(http_io_ && http_io_->has_events() ? 0 : next_timeout());
       env_.now_ms = core::monotonic_ms();
       bool epoll_ready = false;
       const unsigned completions = ring_->drain([&](const io_uring_cqe& c) {
         const uint8_t op = net::tag_op(c.user_data);
-        if (op >= proxy::uring_op::kRelayFirst) urelay_->on_completion(c.user_data, c.res, c.flags);
+        if (op >= proxy::uring_op::kHttpFirst) http_io_->on_completion(c.user_data, c.res, c.flags);
+        else if (op >= proxy::uring_op::kRelayFirst) urelay_->on_completion(c.user_data, c.res, c.flags);
         else if (op == proxy::uring_op::kAccept) on_accept_completion(net::tag_slot(c.user_data), c.res);
         else if (op == proxy::uring_op::kEpoll) epoll_ready = true, epoll_armed = false;
         else if (op == proxy::uring_op::kAcceptCancel) on_accept_cancel_failed(net::tag_slot(c.user_data));
@@ -240,6 +256,12 @@ class Worker {
       // The accepts this batch completed, and the slots it freed: armed
       // again once, for the whole batch.
       if (!accept_paused_ && !draining_) arm_accepts();
+      if (http_io_ && http_io_->has_events()) {
+        // The http sockets' completions as readiness, through the same
+        // dispatch as epoll's (HttpProxy::close_idle_in first).
+        const std::span<const epoll_event> ev = http_io_->take_events();
+        if (!dispatch(ev.data(), static_cast<int>(ev.size()))) return 0;
+      }
       if (epoll_ready) {
         int n = epoll_.wait(events, kMaxEvents, 0);
         if (!dispatch(events, n)) return 0;
@@ -843,7 +865,8 @@ class Worker {
   std::unique_ptr<net::Ring> ring_;
   std::unique_ptr<net::BufRing> bufring_;
   std::unique_ptr<proxy::UringRelay> urelay_;
-  std::vector<bool> native_;  // by listener: accepted by the ring
+  std::unique_ptr<proxy::HttpIo> http_io_;  // HttpProxy's sockets, when it has any listener
+  std::vector<bool> native_;                // by listener: accepted by the ring
   // By listener: accepts in flight (a drain waits for them: a connection
   // accepted just before the cancel is still served); and their sum.
   std::vector<uint16_t> accept_armed_;

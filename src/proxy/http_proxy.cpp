@@ -488,6 +488,48 @@ bool HttpProxy::owns(const net::TimerNode& n) const noexcept {
 }
 
 // ---------------------------------------------------------------------------
+// socket I/O
+
+bool HttpProxy::io_open(int fd, uint32_t& io, uint64_t data, bool connecting) noexcept {
+  if (!io_) return env_.epoll->add(fd, kSocketEvents, data) == 0;
+  io = io_->open(fd, data, connecting);
+  if (io != kNone) return true;
+  errno = ENOBUFS;  // every HttpIo slot is taken (it has one for each connection slot of either kind)
+  return false;
+}
+
+void HttpProxy::io_close(int& fd, uint32_t& io) noexcept {
+  if (fd < 0) return;
+  if (io != kNone) io_->close(io);
+  else ::close(fd);
+  fd = -1;
+  io = kNone;
+}
+
+ssize_t HttpProxy::io_recv(int fd, uint32_t io, char* p, size_t n) noexcept {
+  return io_ ? io_->recv(io, p, n) : ::recv(fd, p, n, MSG_DONTWAIT);
+}
+
+ssize_t HttpProxy::io_peek(int fd, uint32_t io) noexcept {
+  if (io_) return io_->peek(io);
+  char b;
+  return ::recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+}
+
+ssize_t HttpProxy::io_send(int fd, uint32_t io, const iovec* iov, int n_iov) noexcept {
+  if (io_) return io_->send(io, iov, n_iov);
+  msghdr m{};
+  m.msg_iov = const_cast<iovec*>(iov);
+  m.msg_iovlen = static_cast<size_t>(n_iov);
+  return ::sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+void HttpProxy::io_shutdown(int fd, uint32_t io) noexcept {
+  if (io_) io_->shutdown_wr(io);
+  else ::shutdown(fd, SHUT_WR);
+}
+
+// ---------------------------------------------------------------------------
 // accept and close
 
 void HttpProxy::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept {
@@ -514,7 +556,7 @@ void HttpProxy::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept
   ++active_;
   net::set_nodelay(fd);
   metrics::listener_open(env_, listener);
-  if (env_.epoll->add(fd, kSocketEvents, conn_data(c)) != 0) {
+  if (!io_open(c.fd, c.io, conn_data(c), false)) {
     close_conn(c);
     return;
   }
@@ -530,8 +572,7 @@ void HttpProxy::close_up(UpConn& u) noexcept {
     u.bound = false;
   }
   env_.timers->cancel(u);
-  if (u.fd >= 0) ::close(u.fd);
-  u.fd = -1;
+  io_close(u.fd, u.io);
   u.state = UState::free;
   u.owner = kNone;
   ++u.gen;
@@ -548,8 +589,7 @@ void HttpProxy::close_conn(Conn& c) noexcept {
   }
   env_.timers->cancel(c);
   api::release_conn(env_.conn_limiter, c.fd);  // limit_conn
-  if (c.fd >= 0) ::close(c.fd);
-  c.fd = -1;
+  io_close(c.fd, c.io);
   release(c.in);
   release(c.rq);
   release(c.rs);
@@ -592,8 +632,7 @@ uint32_t HttpProxy::reclaim_idle(uint32_t max) noexcept {
     // A request may be in the socket, its event not yet dispatched (later in
     // this batch): closing would drop it unanswered. nginx's reusable
     // connections race the same way; a peek costs one call per candidate.
-    char b;
-    if (c.c_in || ::recv(c.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0) continue;
+    if (c.c_in || io_peek(c.fd, c.io) > 0) continue;
     close_conn(c);
     ++closed;
   }
@@ -673,8 +712,7 @@ HttpProxy::UpConn* HttpProxy::idle_take(uint32_t slot, uint32_t tag, bool transp
       // meanwhile, the failure is retried on a new connection and the host is
       // not blamed (upstream_failed, "stale").
       if (transparent && env_.now_ms - u.idle_since_ms < kPeekAfterIdleMs) return &u;
-      char b;
-      const ssize_t n = ::recv(u.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+      const ssize_t n = io_peek(u.fd, u.io);
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return &u;
     }
     u.state = UState::busy;  // close_up() must not unlink it again
@@ -704,8 +742,7 @@ void HttpProxy::release_up(UpConn& u, bool reusable) noexcept {
     // bytes. On the idle list they would pass for the next request's answer
     // (idle_take does not look at a connection idle only briefly). u_in may
     // also be left from a read that filled the buffer: one peek tells.
-    char b;
-    const ssize_t n = ::recv(u.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    const ssize_t n = io_peek(u.fd, u.io);
     if (!(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
       close_up(u);
       return;
@@ -1003,13 +1040,13 @@ void HttpProxy::drive(Conn& c) noexcept {
         if (c.state != CState::closing || c.gen != gen) break;
         if (c.out.size() == 0) {
           if (!c.shut_wr) {
-            ::shutdown(c.fd, SHUT_WR);
+            io_shutdown(c.fd, c.io);
             c.shut_wr = true;
           }
           // Read and drop whatever the client still sends, until its FIN.
           char sink[4096];
           while (c.c_in) {
-            ssize_t n = ::recv(c.fd, sink, sizeof(sink), MSG_DONTWAIT);
+            ssize_t n = io_recv(c.fd, c.io, sink, sizeof(sink));
             if (n > 0) {
               metrics::client_received(env_, c.listener, static_cast<uint64_t>(n));
               continue;
@@ -1076,7 +1113,7 @@ bool HttpProxy::read_client(Conn& c) noexcept {
       refuse_head(c, HttpOutcome::bad_request, 431);
       return true;
     }
-    const ssize_t n = ::recv(c.fd, c.in.p + c.in.tail, room, MSG_DONTWAIT);
+    const ssize_t n = io_recv(c.fd, c.io, c.in.p + c.in.tail, room);
     if (n > 0) {
       metrics::client_received(env_, c.listener, static_cast<uint64_t>(n));
       if (c.in.size() == 0) c.started_ms = env_.now_ms;
@@ -1118,8 +1155,7 @@ bool HttpProxy::read_client(Conn& c) noexcept {
   if (c.req_body_done) {
     // Only a FIN or reset is of interest now; pipelined bytes may follow in
     // the socket and are read once this request is done.
-    char b;
-    const ssize_t n = ::recv(c.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    const ssize_t n = io_peek(c.fd, c.io);
     if (n == 0) {
       // A half-close after a whole request is not an abort (HAProxy's
       // default); requests already buffered are answered, then we close.
@@ -1142,7 +1178,7 @@ bool HttpProxy::read_client(Conn& c) noexcept {
     return false;
   }
   const uint32_t room = kBufSize - c.in.tail;
-  const ssize_t n = ::recv(c.fd, c.in.p + c.in.tail, room, MSG_DONTWAIT);
+  const ssize_t n = io_recv(c.fd, c.io, c.in.p + c.in.tail, room);
   if (n > 0) {
     metrics::client_received(env_, c.listener, static_cast<uint64_t>(n));
     c.in.tail += static_cast<uint32_t>(n);
@@ -1701,12 +1737,12 @@ void HttpProxy::connect_next(Conn& c, bool resend) noexcept {
     shm::counter_open(env_.seg->counter(env_.worker, r.slot), r.tag);
     u.bound = true;
     c.up = index_of(u);
-    if (env_.epoll->add(fd, kSocketEvents, up_data(u)) != 0) {
+    if (!io_open(u.fd, u.io, up_data(u), err != 0)) {
       const int e = errno;
       close_up(u);  // (its connect may have begun: the log keeps this host)
       c.up = kNone;
       c.last_fail = kFailLocal;
-      GW_LOG_ERROR("epoll_ctl on an upstream socket: {}", std::strerror(e));
+      GW_LOG_ERROR("cannot watch an upstream socket: {}", std::strerror(e));
       break;
     }
     if (err == 0) on_connected(c, u);
@@ -1785,10 +1821,7 @@ bool HttpProxy::send_upstream(Conn& c, UpConn& u) noexcept {
     int n_iov = 0;
     if (c.rq.size() > 0) iov[n_iov++] = {c.rq.p + c.rq.head, c.rq.size()};
     if (c.sent < c.body_end) iov[n_iov++] = {c.in.p + c.sent, c.body_end - c.sent};
-    msghdr m{};
-    m.msg_iov = iov;
-    m.msg_iovlen = static_cast<size_t>(n_iov);
-    const ssize_t n = ::sendmsg(u.fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+    const ssize_t n = io_send(u.fd, u.io, iov, n_iov);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -1830,7 +1863,7 @@ bool HttpProxy::read_upstream(Conn& c, UpConn& u) noexcept {
     c.rs.head = 0;
     c.rs.tail = n;
   }
-  const ssize_t n = ::recv(u.fd, c.rs.p + c.rs.tail, kBufSize - c.rs.tail, MSG_DONTWAIT);
+  const ssize_t n = io_recv(u.fd, u.io, c.rs.p + c.rs.tail, kBufSize - c.rs.tail);
   if (n > 0) {
     metrics::host_received(env_, u.host_slot, u.host_tag, static_cast<uint64_t>(n));
     const uint32_t room = kBufSize - c.rs.tail;
@@ -2187,10 +2220,7 @@ bool HttpProxy::flush_client(Conn& c) noexcept {
     int n_iov = 0;
     if (c.out.size() > 0) iov[n_iov++] = {c.out.p + c.out.head, c.out.size()};
     if (rs_pending > 0) iov[n_iov++] = {c.rs.p + c.rs.head, rs_pending};
-    msghdr m{};
-    m.msg_iov = iov;
-    m.msg_iovlen = static_cast<size_t>(n_iov);
-    const ssize_t n = ::sendmsg(c.fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+    const ssize_t n = io_send(c.fd, c.io, iov, n_iov);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -2349,7 +2379,8 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
     moved = false;
     // client → upstream
     if (c.in.size() > 0 && u.u_out) {
-      const ssize_t n = ::send(u.fd, c.in.p + c.in.head, c.in.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      const iovec iov{c.in.p + c.in.head, c.in.size()};
+      const ssize_t n = io_send(u.fd, u.io, &iov, 1);
       if (n > 0) {
         metrics::host_sent(env_, u.host_slot, u.host_tag, static_cast<uint64_t>(n));
         c.in.head += static_cast<uint32_t>(n);
@@ -2377,7 +2408,7 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
       }
     }
     if (c.in.size() == 0 && c.tunnel_c_eof && !c.tunnel_u_shut) {
-      ::shutdown(u.fd, SHUT_WR);
+      io_shutdown(u.fd, u.io);
       c.tunnel_u_shut = true;
     }
     if (c.in.size() == 0 && c.c_in && !c.tunnel_c_eof) {
@@ -2385,7 +2416,7 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
         close_conn(c);
         return;
       }
-      const ssize_t n = ::recv(c.fd, c.in.p, kBufSize, MSG_DONTWAIT);
+      const ssize_t n = io_recv(c.fd, c.io, c.in.p, kBufSize);
       if (n > 0) {
         metrics::client_received(env_, c.listener, static_cast<uint64_t>(n));
         c.req_bytes += static_cast<uint64_t>(n);
@@ -2416,7 +2447,7 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
       }
     }
     if (c.out.size() == 0 && c.rs.size() == 0 && c.tunnel_u_eof && !c.tunnel_c_shut) {
-      ::shutdown(c.fd, SHUT_WR);
+      io_shutdown(c.fd, c.io);
       c.tunnel_c_shut = true;
     }
     // The host reset after its FIN: a read says 0 again (none is made after
@@ -2434,7 +2465,7 @@ void HttpProxy::pump_tunnel(Conn& c, UpConn& u) noexcept {
         close_conn(c);
         return;
       }
-      const ssize_t n = ::recv(u.fd, c.rs.p, kBufSize, MSG_DONTWAIT);
+      const ssize_t n = io_recv(u.fd, u.io, c.rs.p, kBufSize);
       if (n > 0) {
         metrics::host_received(env_, u.host_slot, u.host_tag, static_cast<uint64_t>(n));
         c.rs.head = 0;

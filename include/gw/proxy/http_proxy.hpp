@@ -45,6 +45,7 @@
 #include "gw/core/address.hpp"
 #include "gw/http/parser.hpp"
 #include "gw/proxy/access_log.hpp"
+#include "gw/proxy/http_io.hpp"
 #include "gw/proxy/tcp_relay.hpp"
 
 namespace gw::proxy {
@@ -72,6 +73,12 @@ class HttpProxy {
   HttpProxy(RelayEnv& env, const config::Config& cfg, uint32_t max_conns);
   HttpProxy(const HttpProxy&) = delete;
   HttpProxy& operator=(const HttpProxy&) = delete;
+
+  /// io_uring: the sockets' I/O goes through `io` (the worker's; it
+  /// outlives the proxy's connections), its readiness comes back as events
+  /// for on_event(). Call before the first accept(); null: system calls and
+  /// the worker's epoll set.
+  void use_io(HttpIo* io) noexcept { io_ = io; }
 
   /// Rebuilds routes (upstream indices) and rules from the table; call after
   /// each table change. Allocates; closes idle upstream connections whose
@@ -161,6 +168,7 @@ class HttpProxy {
   };
   struct Conn : net::TimerNode {
     int fd = -1;
+    uint32_t io = kNone;  // HttpIo socket (io_uring)
     uint32_t gen = 0;
     uint32_t next_free = kNone;
     CState state = CState::free;
@@ -250,6 +258,7 @@ class HttpProxy {
   enum class UState : uint8_t { free, connecting, busy, idle };
   struct UpConn : net::TimerNode {
     int fd = -1;
+    uint32_t io = kNone;  // HttpIo socket (io_uring)
     uint32_t gen = 0;
     uint32_t next_free = kNone;
     UState state = UState::free;
@@ -271,6 +280,18 @@ class HttpProxy {
   uint64_t up_data(const UpConn& u) const noexcept { return event_data(kKindHttpUp, u.gen, index_of(u)); }
   uint32_t index_of(const Conn& c) const noexcept { return static_cast<uint32_t>(&c - conns_.data()); }
   uint32_t index_of(const UpConn& u) const noexcept { return static_cast<uint32_t>(&u - ups_.data()); }
+
+  // Socket I/O: system calls and the epoll set, or HttpIo (use_io). The
+  // calls take the fd and the HttpIo id both, and behave as recv(2),
+  // recv(MSG_PEEK) of one byte, sendmsg(2) and shutdown(SHUT_WR), all
+  // non-blocking; io_open() registers a socket for its events (false:
+  // it could not, errno set), io_close() closes it and resets both.
+  bool io_open(int fd, uint32_t& io, uint64_t data, bool connecting) noexcept;
+  void io_close(int& fd, uint32_t& io) noexcept;
+  ssize_t io_recv(int fd, uint32_t io, char* p, size_t n) noexcept;
+  ssize_t io_peek(int fd, uint32_t io) noexcept;
+  ssize_t io_send(int fd, uint32_t io, const iovec* iov, int n_iov) noexcept;
+  void io_shutdown(int fd, uint32_t io) noexcept;
 
   // client side
   Conn* new_conn() noexcept;
@@ -359,6 +380,7 @@ class HttpProxy {
 
   RelayEnv& env_;
   const config::Config& cfg_;
+  HttpIo* io_ = nullptr;
   std::vector<ListenerRt> listeners_;  // by config listener index (non-http: unused)
   std::vector<RouteRt> routes_;
   std::vector<RuleRt> rules_;

@@ -1,0 +1,397 @@
+#include "gw/proxy/http_io.hpp"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "gw/net/socket.hpp"
+
+namespace gw::proxy {
+
+HttpIo::HttpIo(net::Ring& ring, net::BufRing& bufs, net::BufferPool& pool, uint32_t max_socks, bool recv_limit)
+    : ring_(ring), bufs_(bufs), pool_(pool), recv_limit_(recv_limit), next_(bufs.count(), kNoBuf),
+      len_(bufs.count(), 0) {
+  // Reserved, not touched: a slot's memory is paid for when it is first used.
+  socks_.reserve(max_socks);
+  events_.reserve(max_socks);
+  dispatching_.reserve(max_socks);
+  event_sock_.reserve(max_socks);
+}
+
+uint32_t HttpIo::open(int fd, uint64_t data, bool connecting) noexcept {
+  Sock* k;
+  if (free_head_ != kNone) {
+    k = &socks_[free_head_];
+    free_head_ = k->next_free;
+  } else if (socks_.size() < socks_.capacity()) {
+    k = &socks_.emplace_back();
+  } else {
+    return kNone;
+  }
+  // A slot keeps its generation, and its place on the re-arm list (flush()
+  // looks at what the socket needs then).
+  const uint32_t gen = k->gen, rearm_next = k->rearm_next;
+  const bool rearm = k->rearm;
+  *k = Sock{};
+  k->gen = gen;
+  k->rearm = rearm;
+  k->rearm_next = rearm_next;
+  k->fd = fd;
+  k->data = data;
+  k->state = State::open;
+  ++open_;
+  if (connecting) {
+    io_uring_sqe* sqe = ring_.sqe();
+    io_uring_prep_poll_add(sqe, fd, POLLOUT);
+    io_uring_sqe_set_data64(sqe, tag(*k, kConnectPoll));
+    ++k->ops;
+    k->connecting = true;
+  } else {
+    emit(*k, EPOLLOUT);  // as epoll reports a writable socket once it is added
+    arm_recv(*k);
+  }
+  return index_of(*k);
+}
+
+void HttpIo::emit(Sock& k, uint32_t events) noexcept {
+  if (k.ev != kNone) {
+    events_[k.ev].events |= events;
+    return;
+  }
+  k.ev = static_cast<uint32_t>(events_.size());
+  epoll_event e{};
+  e.events = events;
+  e.data.u64 = k.data;
+  events_.push_back(e);  // within the capacity reserved: one entry per socket
+  event_sock_.push_back(index_of(k));
+}
+
+std::span<const epoll_event> HttpIo::take_events() noexcept {
+  for (uint32_t i : event_sock_) socks_[i].ev = kNone;
+  event_sock_.clear();
+  dispatching_.swap(events_);
+  events_.clear();
+  return dispatching_;
+}
+
+void HttpIo::arm_recv(Sock& k) noexcept {
+  io_uring_sqe* sqe = ring_.sqe();
+  io_uring_prep_recv_multishot(sqe, k.fd, nullptr, 0, 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = bufs_.group();
+  // The byte limit (optlen): what brings the FIFO up to kHighWater buffers.
+  if (recv_limit_)
+    sqe->file_index = (kHighWater - std::min<uint32_t>(kHighWater - 1, k.queued)) * bufs_.size();
+  io_uring_sqe_set_data64(sqe, tag(k, kRecv));
+  ++k.ops;
+  k.recv = kArmed;
+}
+
+void HttpIo::arm_watch(Sock& k) noexcept {
+  if (k.watch || k.state != State::open || k.err) return;
+  io_uring_sqe* sqe = ring_.sqe();
+  io_uring_prep_poll_multishot(sqe, k.fd, POLLERR);
+  io_uring_sqe_set_data64(sqe, tag(k, kWatch));
+  ++k.ops;
+  k.watch = true;
+}
+
+void HttpIo::on_watch(Sock& k, int32_t res, uint32_t flags) noexcept {
+  if (!(flags & IORING_CQE_F_MORE)) {
+    --k.ops;
+    k.watch = false;
+  }
+  if (k.state == State::closing) {
+    maybe_retire(k);
+    return;
+  }
+  if (res > 0 && (res & POLLERR) && !k.err) {
+    const int e = net::socket_error(k.fd);
+    k.err = e > 0 ? e : ECONNRESET;
+    emit(k, EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP);
+  }
+}
+
+void HttpIo::maybe_rearm(Sock& k) noexcept {
+  if (k.rearm || k.state != State::open || k.recv != kIdle || k.eof || k.err || k.connecting ||
+      k.queued > kLowWater)
+    return;
+  k.rearm = true;
+  k.rearm_next = rearm_head_;
+  rearm_head_ = index_of(k);
+}
+
+void HttpIo::flush() noexcept {
+  bufs_.publish();
+  // A receive armed with the buffer ring empty would only fail again
+  // (-ENOBUFS): the list waits for buffers to come back.
+  while (rearm_head_ != kNone && bufs_.in_kernel() > 0) {
+    Sock& k = socks_[rearm_head_];
+    rearm_head_ = k.rearm_next;
+    k.rearm = false;
+    k.rearm_next = kNone;
+    if (k.state == State::open && k.recv == kIdle && !k.eof && !k.err && !k.connecting && k.queued <= kLowWater)
+      arm_recv(k);
+  }
+}
+
+void HttpIo::on_completion(uint64_t t, int32_t res, uint32_t flags) noexcept {
+  const uint32_t i = net::tag_slot(t);
+  if (i >= socks_.size()) return;
+  Sock& k = socks_[i];
+  if (!net::tag_current(t, k.gen) || k.state == State::free) {
+    // Only a receive can be in flight for a generation gone (its slot
+    // retires after its last completion): a buffer it names goes back.
+    if (flags & IORING_CQE_F_BUFFER) {
+      const auto bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+      if (bufs_.taken(bid)) bufs_.recycle(bid);
+    }
+    return;
+  }
+  switch (net::tag_op(t)) {
+    case kRecv: on_recv(k, res, flags); break;
+    case kSend: on_send(k, res); break;
+    case kWatch: on_watch(k, res, flags); break;
+    case kConnectPoll: {
+      --k.ops;
+      k.connecting = false;
+      if (k.state == State::closing) {
+        maybe_retire(k);
+        break;
+      }
+      uint32_t ev = EPOLLOUT;
+      if (res < 0 || (res & POLLERR)) ev |= EPOLLERR;
+      if (res >= 0 && (res & POLLHUP)) ev |= EPOLLHUP;
+      emit(k, ev);
+      // The proxy reads SO_ERROR; a receive armed on a failed connect only
+      // completes with that error, which the close cancels.
+      if (!(ev & (EPOLLERR | EPOLLHUP))) arm_recv(k);
+      break;
+    }
+    default: break;
+  }
+}
+
+void HttpIo::on_recv(Sock& k, int32_t res, uint32_t flags) noexcept {
+  if (!(flags & IORING_CQE_F_MORE)) {
+    k.recv = kIdle;
+    --k.ops;
+  }
+  uint16_t bid = kNoBuf;
+  if (flags & IORING_CQE_F_BUFFER) {
+    bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+    if (!bufs_.taken(bid)) bid = kNoBuf;
+  }
+  if (k.state == State::closing) {
+    if (bid != kNoBuf) bufs_.recycle(bid);
+    maybe_retire(k);
+    return;
+  }
+  if (res > 0 && bid != kNoBuf) {
+    len_[bid] = static_cast<uint32_t>(res);
+    next_[bid] = kNoBuf;
+    if (k.tail != kNoBuf) next_[k.tail] = bid;
+    else k.head = bid;
+    k.tail = bid;
+    ++k.queued;
+    emit(k, EPOLLIN);
+    if (k.queued >= kHighWater && k.recv == kArmed) {
+      // Back-pressure: the proxy has not taken what came before.
+      io_uring_sqe* sqe = ring_.sqe();
+      io_uring_prep_cancel64(sqe, tag(k, kRecv), 0);
+      io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
+      sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+      k.recv = kCancelling;
+      arm_watch(k);  // a reset while paused
+    }
+    maybe_rearm(k);  // the receive ended (its byte limit) with room left
+    return;
+  }
+  if (bid != kNoBuf) bufs_.recycle(bid);
+  if (res == 0) {
+    k.eof = true;
+    emit(k, EPOLLIN | EPOLLRDHUP);
+    arm_watch(k);  // a reset after the FIN
+  } else if (res == -ENOBUFS || res == -ECANCELED) {
+    maybe_rearm(k);  // the ring ran dry, or back-pressure: armed again when it may run
+  } else if (res < 0) {
+    k.err = -res;
+    emit(k, EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP);
+  }
+}
+
+void HttpIo::pop_front(Sock& k) noexcept {
+  const uint16_t b = k.head;
+  k.head = next_[b];
+  if (k.head == kNoBuf) k.tail = kNoBuf;
+  --k.queued;
+  k.off = 0;
+  bufs_.recycle(b);
+}
+
+ssize_t HttpIo::recv(uint32_t s, char* dst, size_t len) noexcept {
+  Sock& k = socks_[s];
+  size_t got = 0;
+  while (got < len && k.head != kNoBuf) {
+    const uint32_t avail = len_[k.head] - k.off;
+    const size_t n = std::min<size_t>(avail, len - got);
+    std::memcpy(dst + got, bufs_.buf(k.head) + k.off, n);
+    got += n;
+    k.off += static_cast<uint32_t>(n);
+    if (k.off == len_[k.head]) pop_front(k);
+  }
+  maybe_rearm(k);
+  if (got > 0) return static_cast<ssize_t>(got);
+  if (len == 0) return 0;
+  if (k.err) {
+    errno = k.err;
+    return -1;
+  }
+  if (k.eof) return 0;
+  errno = EAGAIN;
+  return -1;
+}
+
+ssize_t HttpIo::peek(uint32_t s) noexcept {
+  const Sock& k = socks_[s];
+  if (k.head != kNoBuf) return 1;
+  if (k.err) {
+    errno = k.err;
+    return -1;
+  }
+  if (k.eof) return 0;
+  errno = EAGAIN;
+  return -1;
+}
+
+ssize_t HttpIo::send(uint32_t s, const iovec* iov, int n_iov) noexcept {
+  Sock& k = socks_[s];
+  if (k.err) {
+    errno = k.err;
+    return -1;
+  }
+  if (k.sending || k.shut_pending || k.connecting) {
+    k.want_out = true;
+    errno = EAGAIN;
+    return -1;
+  }
+  if (!k.tx && !(k.tx = pool_.acquire())) {
+    errno = ENOMEM;  // the pool is at its bound: the proxy fails the request as for any send error
+    return -1;
+  }
+  const size_t cap = pool_.buffer_size();
+  size_t copied = 0;
+  for (int i = 0; i < n_iov && copied < cap; ++i) {
+    const size_t n = std::min(iov[i].iov_len, cap - copied);
+    std::memcpy(k.tx + copied, iov[i].iov_base, n);
+    copied += n;
+  }
+  if (copied == 0) {
+    pool_.release(k.tx);
+    k.tx = nullptr;
+    return 0;
+  }
+  k.tx_off = 0;
+  k.tx_len = static_cast<uint32_t>(copied);
+  submit_send(k);
+  return static_cast<ssize_t>(copied);
+}
+
+void HttpIo::submit_send(Sock& k) noexcept {
+  io_uring_sqe* sqe = ring_.sqe();
+  io_uring_prep_send(sqe, k.fd, k.tx + k.tx_off, k.tx_len - k.tx_off, MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, tag(k, kSend));
+  ++k.ops;
+  k.sending = true;
+}
+
+void HttpIo::on_send(Sock& k, int32_t res) noexcept {
+  --k.ops;
+  k.sending = false;
+  if (k.state == State::closing) {
+    if (k.tx) pool_.release(k.tx);
+    k.tx = nullptr;
+    maybe_retire(k);
+    return;
+  }
+  if (res > 0 && k.tx_off + static_cast<uint32_t>(res) < k.tx_len) {
+    k.tx_off += static_cast<uint32_t>(res);  // short: the rest goes on
+    submit_send(k);
+    return;
+  }
+  pool_.release(k.tx);
+  k.tx = nullptr;
+  if (res < 0) {
+    // The kernel would have reported this as an error on the socket (a
+    // reset): the next recv() or send() says it.
+    k.err = -res;
+    k.shut_pending = false;
+    emit(k, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLERR | EPOLLHUP);
+    return;
+  }
+  if (k.shut_pending) {
+    k.shut_pending = false;
+    ::shutdown(k.fd, SHUT_WR);
+  }
+  if (k.want_out) {
+    k.want_out = false;
+    emit(k, EPOLLOUT);
+  }
+}
+
+void HttpIo::shutdown_wr(uint32_t s) noexcept {
+  Sock& k = socks_[s];
+  if (k.sending) k.shut_pending = true;
+  else ::shutdown(k.fd, SHUT_WR);
+}
+
+void HttpIo::close(uint32_t s) noexcept {
+  Sock& k = socks_[s];
+  if (k.state != State::open) return;
+  while (k.head != kNoBuf) pop_front(k);
+  if (k.tx && !k.sending) {
+    pool_.release(k.tx);
+    k.tx = nullptr;
+  }
+  if (k.ev != kNone) {
+    events_[k.ev].events = 0;  // nothing more is reported for it
+    k.ev = kNone;
+  }
+  const int fd = k.fd;
+  k.fd = -1;
+  k.state = State::closing;
+  --open_;
+  ++retiring_;
+  if (k.ops > 0) {
+    // Cancel what is still queued on the socket, then close it; the close
+    // runs whatever the cancel found (hard link), and the fd number stays
+    // ours until then, so the cancel cannot hit a newer socket.
+    ring_.reserve(2);
+    io_uring_sqe* sqe = ring_.sqe();
+    io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+    sqe->flags |= IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS;
+    io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
+    sqe = ring_.sqe();
+    io_uring_prep_close(sqe, fd);
+    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
+  } else {
+    ::close(fd);
+  }
+  maybe_retire(k);
+}
+
+void HttpIo::maybe_retire(Sock& k) noexcept {
+  if (k.state != State::closing || k.ops > 0) return;
+  k.state = State::free;
+  ++k.gen;
+  k.next_free = free_head_;
+  free_head_ = index_of(k);
+  --retiring_;
+}
+
+}  // namespace gw::proxy
