@@ -264,8 +264,12 @@ ssize_t HttpIo::peek(uint32_t s) noexcept {
     return -1;
   }
   if (k.eof) return 0;
-  errno = EAGAIN;
-  return -1;
+  // Bytes, a FIN or a reset may be in the socket with their completion not
+  // posted yet (the ring runs completions' task work only when the worker
+  // enters it): the socket tells. The receive still brings them in.
+  char b;
+  const ssize_t n = ::recv(k.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n > 0 ? 1 : n;
 }
 
 ssize_t HttpIo::send(uint32_t s, const iovec* iov, int n_iov) noexcept {

@@ -243,7 +243,12 @@ class ApiLimitsTest(GwTestCase):
         self.assertEqual(st["limits"]["capacity"], cap)
         self.assertEqual(st["limits"]["used"], cap, "the table fills and never holds more than its capacity")
         self.assertEqual(tot["evictions"], n - cap)
-        self.assertLess(rss1 - rss0, 2048, f"worker RSS grew from {rss0} to {rss1} KiB over 90,000 new keys")
+        # Under io_uring the requests are received into the worker's ring of
+        # provided buffers (256 x 16 KiB), which the kernel hands out in turn:
+        # pages of it are first touched during this run. A fixed cost, bounded
+        # at 4 MiB per worker; the table's own growth would be far more.
+        slack = 2048 + (4096 if gwtest.ENGINE == "io_uring" else 0)
+        self.assertLess(rss1 - rss0, slack, f"worker RSS grew from {rss0} to {rss1} KiB over 90,000 new keys")
         # The most recent keys kept their state (limited); the oldest were evicted (a fresh bucket).
         recent = pipelined_statuses(s, reqs[-300:])
         self.assertEqual(recent.count(429), 300, f"recent keys lost their state: {recent.count(503)} of 300 admitted again")

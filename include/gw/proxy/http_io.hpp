@@ -80,16 +80,16 @@ class HttpIo {
   /// writable at once (as epoll reports a socket just added), and its
   /// receive is armed; a connecting one is reported writable (or in error)
   /// once its connect is done. Returns the socket's id, or kNone with every
-  /// slot taken (the caller still owns fd then).
+  /// slot taken (the caller still owns fd then). A connecting socket's
+  /// receive is armed once the connect is reported done without an error.
   uint32_t open(int fd, uint64_t data, bool connecting) noexcept;
-  /// The connect of `s` succeeded (the proxy checked SO_ERROR): arms its receive.
-  void connected(uint32_t s) noexcept;
 
   /// As recv(fd, dst, len, MSG_DONTWAIT): the bytes received so far, 0 at the
   /// EOF, or -1 with errno (EAGAIN: nothing yet; else the socket's error).
   ssize_t recv(uint32_t s, char* dst, size_t len) noexcept;
   /// As recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT): 1 with bytes waiting, 0 at
-  /// the EOF, -1 with errno.
+  /// the EOF, -1 with errno. What the receive has brought in first, then the
+  /// socket itself (a system call), where bytes may wait for their completion.
   ssize_t peek(uint32_t s) noexcept;
   /// As sendmsg(fd, iov, MSG_DONTWAIT | MSG_NOSIGNAL): copies up to one
   /// pool buffer and queues it; -1 with EAGAIN while a send is in flight (or
