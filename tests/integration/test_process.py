@@ -435,9 +435,10 @@ class ProcessTest(GwTestCase):
         self.assertFalse(gwtest.wait_pids_gone({new} | new_workers, T(15)), "the new master did not stop")
 
     def test_io_uring_ring_only_where_a_listener_runs_on_it(self):
-        # Under event_engine io_uring, tcp listeners run natively on the ring;
-        # http listeners are readiness-based, so a worker with nothing else
-        # runs the plain epoll loop and holds no ring.
+        # Under event_engine io_uring, tcp and http listeners run on the ring
+        # (the HTTP proxy's sockets on completions); per-frame listeners are
+        # readiness-based, so a worker with nothing else runs the plain epoll
+        # loop and holds no ring.
         if gwtest.ENGINE != "io_uring":
             self.skipTest("checks the io_uring engine (GW_ENGINE=io_uring)")
 
@@ -451,20 +452,29 @@ class ProcessTest(GwTestCase):
             return n
 
         web = self.external_backend("web", "http")
+        frame_only = self.make_config(
+            [pool("primary", [host("web", web.address)])], workers=2, event_engine="io_uring",
+            listeners=[{"name": "dev", "listen": f"127.0.0.1:{gwtest.free_port()}", "protocol": "frame",
+                        "upstream": "app", "frame": {"mode": "frame"}}])
+        gw0 = self.gateway(frame_only)
+        # worker 0 logs it as it starts, just after it shows in gwctl status
+        gwtest.wait_until(lambda: "per-frame listeners on the epoll loop" in gw0.log_text(), T(5),
+                          msg="worker 0's line on running the epoll loop")
+        for pid in gw0.worker_pids():
+            self.assertEqual(rings(pid), 0, f"worker {pid} of a per-frame-only gateway holds an io_uring ring")
+
         http_only = self.make_config(
             [pool("primary", [host("web", web.address)])], workers=2, event_engine="io_uring",
             listeners=[{"name": "web", "listen": f"127.0.0.1:{gwtest.free_port()}", "protocol": "http",
                         "upstream": "app"}])
         gw = self.gateway(http_only)
-        # worker 0 logs it as it starts, just after it shows in gwctl status
-        gwtest.wait_until(lambda: "per-frame listeners on the epoll loop" in gw.log_text(), T(5),
-                          msg="worker 0's line on running the epoll loop")
-        for pid in gw.worker_pids():
-            self.assertEqual(rings(pid), 0, f"worker {pid} of an http-only gateway holds an io_uring ring")
+        for pid in gw.worker_pids():  # the ring is set up just after the worker shows in status
+            gwtest.wait_until(lambda: rings(pid) == 1, T(5), msg=f"worker {pid} (an http listener) to hold one ring")
         out = subprocess.run(["curl", "-sS", "-m", str(T(5)), f"http://127.0.0.1:{gw.port}/"],
                              capture_output=True, text=True, timeout=T(10))
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn("web", out.stdout)
+        self.assertNotIn("on the epoll loop", gw.log_text())
 
         mixed = self.make_config(
             [pool("primary", [host("web", web.address)])], workers=2, event_engine="io_uring",
@@ -472,7 +482,7 @@ class ProcessTest(GwTestCase):
                        {"name": "web", "listen": f"127.0.0.1:{gwtest.free_port()}", "protocol": "http",
                         "upstream": "app"}])
         gw2 = self.gateway(mixed)
-        for pid in gw2.worker_pids():  # the ring is set up just after the worker shows in status
+        for pid in gw2.worker_pids():
             gwtest.wait_until(lambda: rings(pid) == 1, T(5), msg=f"worker {pid} (a tcp listener) to hold one ring")
         self.assertNotIn("on the epoll loop", gw2.log_text())  # both workers are past start_uring() now
 
