@@ -13,13 +13,20 @@
 namespace gw::proxy {
 
 HttpIo::HttpIo(net::Ring& ring, net::BufRing& bufs, net::BufferPool& pool, uint32_t max_socks, bool recv_limit)
-    : ring_(ring), bufs_(bufs), pool_(pool), recv_limit_(recv_limit), next_(bufs.count(), kNoBuf),
+    : ring_(ring),
+      bufs_(bufs),
+      pool_(pool),
+      recv_limit_(recv_limit),
+      next_(bufs.count(), kNoBuf),
       len_(bufs.count(), 0) {
   // Reserved, not touched: a slot's memory is paid for when it is first used.
+  // A batch has at most one entry per socket opened, and a slot can be
+  // closed and opened again within one (a socket with nothing in flight
+  // retires at once): twice the slots.
   socks_.reserve(max_socks);
-  events_.reserve(max_socks);
-  dispatching_.reserve(max_socks);
-  event_sock_.reserve(max_socks);
+  events_.reserve(2 * size_t{max_socks});
+  dispatching_.reserve(2 * size_t{max_socks});
+  event_sock_.reserve(2 * size_t{max_socks});
 }
 
 uint32_t HttpIo::open(int fd, uint64_t data, bool connecting) noexcept {
@@ -73,7 +80,9 @@ void HttpIo::emit(Sock& k, uint32_t events) noexcept {
 std::span<const epoll_event> HttpIo::take_events() noexcept {
   for (uint32_t i : event_sock_) socks_[i].ev = kNone;
   event_sock_.clear();
-  dispatching_.swap(events_);
+  dispatching_.clear();
+  for (const epoll_event& e : events_)
+    if (e.events) dispatching_.push_back(e);  // (a socket closed since has 0)
   events_.clear();
   return dispatching_;
 }
@@ -84,8 +93,7 @@ void HttpIo::arm_recv(Sock& k) noexcept {
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = bufs_.group();
   // The byte limit (optlen): what brings the FIFO up to kHighWater buffers.
-  if (recv_limit_)
-    sqe->file_index = (kHighWater - std::min<uint32_t>(kHighWater - 1, k.queued)) * bufs_.size();
+  if (recv_limit_) sqe->file_index = (kHighWater - std::min<uint32_t>(kHighWater - 1, k.queued)) * bufs_.size();
   io_uring_sqe_set_data64(sqe, tag(k, kRecv));
   ++k.ops;
   k.recv = kArmed;
@@ -117,8 +125,7 @@ void HttpIo::on_watch(Sock& k, int32_t res, uint32_t flags) noexcept {
 }
 
 void HttpIo::maybe_rearm(Sock& k) noexcept {
-  if (k.rearm || k.state != State::open || k.recv != kIdle || k.eof || k.err || k.connecting ||
-      k.queued > kLowWater)
+  if (k.rearm || k.state != State::open || k.recv != kIdle || k.eof || k.err || k.connecting || k.queued > kLowWater)
     return;
   k.rearm = true;
   k.rearm_next = rearm_head_;

@@ -131,15 +131,15 @@ class HttpIo {
     uint64_t data = 0;
     State state = State::free;
     uint8_t recv = kIdle;
-    uint8_t ops = 0;           // completions owed
-    bool connecting = false;   // the connect poll is armed
-    bool eof = false;          // the receive brought the EOF
-    bool sending = false;      // the staging buffer is in flight
-    bool want_out = false;     // a send() said EAGAIN: report EPOLLOUT when it can go
-    bool shut_pending = false; // shutdown_wr() waits for the send in flight
-    bool rearm = false;        // on the re-arm list
-    bool watch = false;        // the multishot POLLERR poll is armed
-    int err = 0;               // a failed receive or send (positive errno)
+    uint8_t ops = 0;                        // completions owed
+    bool connecting = false;                // the connect poll is armed
+    bool eof = false;                       // the receive brought the EOF
+    bool sending = false;                   // the staging buffer is in flight
+    bool want_out = false;                  // a send() said EAGAIN: report EPOLLOUT when it can go
+    bool shut_pending = false;              // shutdown_wr() waits for the send in flight
+    bool rearm = false;                     // on the re-arm list
+    bool watch = false;                     // the multishot POLLERR poll is armed
+    int err = 0;                            // a failed receive or send (positive errno)
     uint16_t head = kNoBuf, tail = kNoBuf;  // FIFO of ring buffer ids
     uint16_t queued = 0;
     uint32_t off = 0;  // bytes of the front buffer already taken

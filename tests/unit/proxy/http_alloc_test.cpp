@@ -100,62 +100,73 @@ bool exchange(Gateway& g, Backend& b, int client, char* buf) {
 
 }  // namespace
 
-TEST_SUITE("http proxy") {
-  TEST_CASE("the request path allocates nothing after warm-up (10,000 kept-alive requests, 1,000 connections)") {
-    {  // the counting operator new is in this binary: one allocation counts as one
-      const uint64_t b0 = gw::testing::allocations();
-      auto p = std::make_unique<char[]>(64);
-      p[0] = 1;
-      REQUIRE(gw::testing::allocations() - b0 == 1);
-    }
-    Upstream up;
-    Gateway g(up.port);
-    Backend b(up);
-    char buf[4096];
+static void no_allocation_after_warm_up(bool uring) {
+  {  // the counting operator new is in this binary: one allocation counts as one
+    const uint64_t b0 = gw::testing::allocations();
+    auto p = std::make_unique<char[]>(64);
+    p[0] = 1;
+    REQUIRE(gw::testing::allocations() - b0 == 1);
+  }
+  Upstream up;
+  Gateway g(up.port, 0, "", 0, uring);
+  Backend b(up);
+  char buf[4096];
 
-    // Warm-up: the first connection, its upstream connection and buffers.
-    int sv[2];
+  // Warm-up: the first connection, its upstream connection and buffers.
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  g.accept(sv[0]);
+  const int client = sv[1];
+  for (int i = 0; i < 100; ++i) REQUIRE(exchange(g, b, client, buf));
+
+  // 10,000 requests over the kept-alive client and upstream connections.
+  uint64_t before = gw::testing::allocations();
+  int ok = 0;
+  for (int i = 0; i < 10000; ++i) ok += exchange(g, b, client, buf);
+  uint64_t allocated = gw::testing::allocations() - before;
+  CHECK(ok == 10000);
+  CHECK(allocated == 0);
+  MESSAGE("10,000 kept-alive requests: " << allocated << " allocation(s)");
+  ::close(client);
+  for (int i = 0; i < 50; ++i) g.step(1);
+
+  // 1,000 new client connections of 10 requests each (the slot and the
+  // upstream connection reused from the keep-alive pool).
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);  // warm the next slot
+  g.accept(sv[0]);
+  REQUIRE(exchange(g, b, sv[1], buf));
+  ::close(sv[1]);
+  for (int i = 0; i < 50; ++i) g.step(1);
+  before = gw::testing::allocations();
+  ok = 0;
+  for (int c = 0; c < 1000; ++c) {
     REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
     g.accept(sv[0]);
-    const int client = sv[1];
-    for (int i = 0; i < 100; ++i) REQUIRE(exchange(g, b, client, buf));
-
-    // 10,000 requests over the kept-alive client and upstream connections.
-    uint64_t before = gw::testing::allocations();
-    int ok = 0;
-    for (int i = 0; i < 10000; ++i) ok += exchange(g, b, client, buf);
-    uint64_t allocated = gw::testing::allocations() - before;
-    CHECK(ok == 10000);
-    CHECK(allocated == 0);
-    MESSAGE("10,000 kept-alive requests: " << allocated << " allocation(s)");
-    ::close(client);
-    for (int i = 0; i < 50; ++i) g.step(1);
-
-    // 1,000 new client connections of 10 requests each (the slot and the
-    // upstream connection reused from the keep-alive pool).
-    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);  // warm the next slot
-    g.accept(sv[0]);
-    REQUIRE(exchange(g, b, sv[1], buf));
+    for (int i = 0; i < 10; ++i) ok += exchange(g, b, sv[1], buf);
     ::close(sv[1]);
-    for (int i = 0; i < 50; ++i) g.step(1);
-    before = gw::testing::allocations();
-    ok = 0;
-    for (int c = 0; c < 1000; ++c) {
-      REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
-      g.accept(sv[0]);
-      for (int i = 0; i < 10; ++i) ok += exchange(g, b, sv[1], buf);
-      ::close(sv[1]);
-      for (int i = 0; i < 3 && g.http->active() > 0; ++i) g.step(1);
+    for (int i = 0; i < 3 && g.http->active() > 0; ++i) g.step(1);
+  }
+  allocated = gw::testing::allocations() - before;
+  CHECK(ok == 10000);
+  CHECK(allocated == 0);
+  MESSAGE("1,000 connections x 10 requests: " << allocated << " allocation(s)");
+  for (int i = 0; i < 100 && g.http->active() > 0; ++i) g.step(1);
+  CHECK(g.http->active() == 0);
+  // Every request went over the one kept-alive upstream connection.
+  CHECK(b.fds.size() == 1);
+  CHECK(g.ts.seg.worker(0).http_keepalive_reused.load() >= 20000);
+  g.http->close_all();
+}
+
+TEST_SUITE("http proxy") {
+  TEST_CASE("the request path allocates nothing after warm-up (10,000 kept-alive requests, 1,000 connections)") {
+    no_allocation_after_warm_up(false);
+  }
+  TEST_CASE("io_uring: the request path allocates nothing after warm-up (HttpIo; as above)") {
+    if (std::string why = net::uring_unsupported(); !why.empty()) {
+      MESSAGE("io_uring unavailable here, skipped: " << why);
+      return;
     }
-    allocated = gw::testing::allocations() - before;
-    CHECK(ok == 10000);
-    CHECK(allocated == 0);
-    MESSAGE("1,000 connections x 10 requests: " << allocated << " allocation(s)");
-    for (int i = 0; i < 100 && g.http->active() > 0; ++i) g.step(1);
-    CHECK(g.http->active() == 0);
-    // Every request went over the one kept-alive upstream connection.
-    CHECK(b.fds.size() == 1);
-    CHECK(g.ts.seg.worker(0).http_keepalive_reused.load() >= 20000);
-    g.http->close_all();
+    no_allocation_after_warm_up(true);
   }
 }

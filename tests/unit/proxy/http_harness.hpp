@@ -20,6 +20,8 @@
 #include "gw/core/clock.hpp"
 #include "gw/net/buffer_pool.hpp"
 #include "gw/net/reactor.hpp"
+#include "gw/net/uring.hpp"
+#include "gw/proxy/http_io.hpp"
 #include "gw/proxy/http_proxy.hpp"
 #include "gw/shm/runtime.hpp"
 #include "gw/shm/writer.hpp"
@@ -63,14 +65,20 @@ struct Gateway {
   std::vector<proxy::ListenerRuntime> listeners = std::vector<proxy::ListenerRuntime>(1);
   std::vector<uint32_t> live_tag;
   proxy::RelayEnv env;
+  // io_uring (uring = true): the proxy's sockets through HttpIo, as a worker
+  // runs them under event_engine io_uring.
+  std::unique_ptr<net::Ring> ring;
+  std::unique_ptr<net::BufRing> bufring;
+  std::unique_ptr<proxy::HttpIo> io;
   std::unique_ptr<proxy::HttpProxy> http;
 
   /// With `backup_port`, a second host "b" in a pool of lower priority
   /// (tried only once "h" has been); `upstream_extra` adds fields to the
   /// upstream ("\"retry\": {...}, ").
   /// `max_buffers` bounds the worker's buffer pool (0: unbounded, as gwd's).
+  /// `uring`: the io_uring engine (the caller checks net::uring_unsupported()).
   explicit Gateway(uint16_t port, uint16_t backup_port = 0, const std::string& upstream_extra = "",
-                   size_t max_buffers = 0)
+                   size_t max_buffers = 0, bool uring = false)
       : buffers(max_buffers) {
     const std::string backup = backup_port == 0
                                    ? std::string()
@@ -118,6 +126,13 @@ struct Gateway {
     env.live_tag = live_tag;
     env.now_ms = core::monotonic_ms();
     http = std::make_unique<proxy::HttpProxy>(env, cfg, 2048);
+    if (uring) {
+      ring = std::make_unique<net::Ring>(256);
+      bufring = std::make_unique<net::BufRing>(64, 16384);
+      REQUIRE(bufring->attach(ring->raw(), 0) == 0);
+      io = std::make_unique<proxy::HttpIo>(*ring, *bufring, buffers, 4 * 2048, net::uring_recv_limit_supported());
+      http->use_io(io.get());
+    }
     http->refresh();
   }
 
@@ -130,6 +145,19 @@ struct Gateway {
     http->accept(fd, 0, reinterpret_cast<const sockaddr*>(&peer));
   }
   void step(int timeout_ms) {
+    if (io) {  // as the worker's io_uring loop
+      io->flush();
+      ring->submit_and_wait(io->has_events() ? 0 : timeout_ms);
+      env.now_ms = core::monotonic_ms();
+      ring->drain([&](const io_uring_cqe& c) {
+        if (net::tag_op(c.user_data) >= proxy::uring_op::kHttpFirst) io->on_completion(c.user_data, c.res, c.flags);
+      });
+      const std::span<const epoll_event> ev = io->take_events();
+      http->close_idle_in(ev.data(), static_cast<int>(ev.size()));
+      for (const epoll_event& e : ev) http->on_event(e.data.u64, e.events);
+      timers.advance(env.now_ms, [&](net::TimerNode& t) { http->on_timer(t); });
+      return;
+    }
     epoll_event ev[64];
     const int n = ep.wait(ev, 64, timeout_ms);
     env.now_ms = core::monotonic_ms();
