@@ -44,6 +44,10 @@
 // linked (UringRelay::close_fd); its slot is reused once its last completion
 // came, and tags carry the slot's generation besides.
 //
+// Memory: a socket holds ring buffers only while their bytes wait for recv(),
+// and its staging buffer only while a send is in flight; an idle keep-alive
+// socket holds neither (its armed receive is the kernel's).
+//
 // Worker thread only; noexcept; allocates nothing after construction.
 
 #include <sys/epoll.h>
@@ -101,7 +105,6 @@ class HttpIo {
   /// and a send still in flight, as close(2) drops what the kernel could not
   /// send. The id must not be used again.
   void close(uint32_t s) noexcept;
-  int fd(uint32_t s) const noexcept { return socks_[s].fd; }
 
   /// A completion whose tag op is >= uring_op::kHttpFirst.
   void on_completion(uint64_t tag, int32_t res, uint32_t flags) noexcept;

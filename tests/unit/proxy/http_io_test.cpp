@@ -61,9 +61,7 @@ struct Io {
   gw::net::BufRing bufs{8, kBuf};
   gw::net::BufferPool pool;
   HttpIo io;
-  Io() : io(ring, bufs, pool, 16, gw::net::uring_recv_limit_supported()) {
-    REQUIRE(bufs.attach(ring.raw(), 0) == 0);
-  }
+  Io() : io(ring, bufs, pool, 16, gw::net::uring_recv_limit_supported()) { REQUIRE(bufs.attach(ring.raw(), 0) == 0); }
   /// One loop iteration as the worker runs it; returns the events.
   std::vector<epoll_event> step(int timeout_ms = 20) {
     io.flush();
