@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -255,6 +256,42 @@ TEST_SUITE("http io") {
     t.io.close(s);
     t.settle();
     CHECK(t.io.retiring() == 0);
+  }
+
+  TEST_CASE("a reset while the receive is paused by back-pressure is reported (EPOLLERR), as epoll reports it") {
+    if (skip_without_uring()) return;
+    Io t;
+    TcpPair p;
+    const uint32_t s = t.io.open(p.ours, 8, false);
+    t.step();
+    // epoll, on the same socket, for comparison (edge-triggered, as the proxy's set).
+    const int ep = ::epoll_create1(EPOLL_CLOEXEC);
+    REQUIRE(ep >= 0);
+    epoll_event want{};
+    want.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
+    REQUIRE(::epoll_ctl(ep, EPOLL_CTL_ADD, p.ours, &want) == 0);
+    // Whole buffers' worth that the proxy does not take: the receive pauses
+    // at kHighWater buffers (a byte limit where the kernel has one, which
+    // ends the receive by itself; else a cancel).
+    const std::string chunk(8 * kBuf, 'a');
+    REQUIRE(::send(p.peer, chunk.data(), chunk.size(), 0) == static_cast<ssize_t>(chunk.size()));
+    CHECK((t.wait_for(8, EPOLLIN) & EPOLLIN));
+    for (int i = 0; i < 10; ++i) t.step(2);
+    CHECK(t.bufs.out() <= HttpIo::kHighWater);
+    epoll_event got[4];
+    while (::epoll_wait(ep, got, 4, 0) > 0) {
+    }
+    p.reset_peer();
+    uint32_t by_epoll = 0;
+    for (int i = 0; i < 50 && !(by_epoll & EPOLLERR); ++i)
+      for (int n = ::epoll_wait(ep, got, 4, 10), j = 0; j < n; ++j) by_epoll |= got[j].events;
+    CHECK((by_epoll & EPOLLERR));  // epoll: at once
+    CHECK((t.wait_for(8, EPOLLERR, 50) & EPOLLERR));
+    ::close(ep);
+    t.io.close(s);
+    t.settle();
+    CHECK(t.io.retiring() == 0);
+    CHECK(t.bufs.out() == 0);
   }
 
   TEST_CASE("a send to a peer that reset fails the socket: EPOLLERR, and send() and recv() say the error") {
