@@ -206,7 +206,7 @@ void tunnel_end_delivers_last_bytes(bool uring) {
       g, [&] { return !drain(client, got, &err); }, "the host's bytes and the FIN at the client");
   CHECK(err == 0);
   CHECK(got.size() == data.size());
-  CHECK(got == data);
+  CHECK(got.find_first_not_of('d') == std::string::npos);
   step_until(
       g, [&] { return g.http->active() == 0; }, "the tunnel to close");
   ::close(client);
