@@ -346,7 +346,7 @@ void HttpIo::on_send(Sock& k, int32_t res) noexcept {
   }
   if (k.shut_pending) {
     k.shut_pending = false;
-    ::shutdown(k.fd, SHUT_WR);
+    shut_now(k);
   }
   if (k.want_out) {
     k.want_out = false;
@@ -357,7 +357,16 @@ void HttpIo::on_send(Sock& k, int32_t res) noexcept {
 void HttpIo::shutdown_wr(uint32_t s) noexcept {
   Sock& k = socks_[s];
   if (k.sending) k.shut_pending = true;
-  else ::shutdown(k.fd, SHUT_WR);
+  else shut_now(k);
+}
+
+void HttpIo::shut_now(Sock& k) noexcept {
+  ::shutdown(k.fd, SHUT_WR);
+  // Both directions are done once the peer's FIN came too: epoll reports
+  // that (EPOLLHUP, woken by the shutdown itself), and the proxy closes on
+  // it (a lingering close waits for nothing more). No completion says it
+  // here: the receive has ended, and the watch poll looks for POLLERR only.
+  if (k.eof) emit(k, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLHUP);
 }
 
 void HttpIo::close(uint32_t s) noexcept {

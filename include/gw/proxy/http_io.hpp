@@ -161,6 +161,7 @@ class HttpIo {
   void maybe_rearm(Sock& k) noexcept;
   void submit_send(Sock& k) noexcept;
   void submit_shutdown(Sock& k) noexcept;
+  void shut_now(Sock& k) noexcept;  // shutdown(SHUT_WR), and the readiness epoll would report for it
   void on_recv(Sock& k, int32_t res, uint32_t flags) noexcept;
   void on_send(Sock& k, int32_t res) noexcept;
   void pop_front(Sock& k) noexcept;
