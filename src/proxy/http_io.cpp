@@ -206,14 +206,18 @@ void HttpIo::on_recv(Sock& k, int32_t res, uint32_t flags) noexcept {
     k.tail = bid;
     ++k.queued;
     emit(k, EPOLLIN);
-    if (k.queued >= kHighWater && k.recv == kArmed) {
-      // Back-pressure: the proxy has not taken what came before.
-      io_uring_sqe* sqe = ring_.sqe();
-      io_uring_prep_cancel64(sqe, tag(k, kRecv), 0);
-      io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
-      sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-      k.recv = kCancelling;
-      arm_watch(k);  // a reset while paused
+    if (k.queued >= kHighWater) {
+      if (k.recv == kArmed) {
+        // Back-pressure: the proxy has not taken what came before.
+        io_uring_sqe* sqe = ring_.sqe();
+        io_uring_prep_cancel64(sqe, tag(k, kRecv), 0);
+        io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
+        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+        k.recv = kCancelling;
+      }
+      // A reset while paused: by the cancel, or by the byte limit, which
+      // ended the receive by itself (no F_MORE) with the FIFO full.
+      arm_watch(k);
     }
     maybe_rearm(k);  // the receive ended (its byte limit) with room left
     return;
