@@ -347,7 +347,10 @@ class Worker {
     }
     if (any_full_paused_) resume_full();
     if (draining_) {
-      if (active() == 0 && accepts_armed_total_ == 0) {
+      // Under io_uring an http socket closed with a send in flight is
+      // closed once that send is done (HttpIo::close()): the process waits
+      // for it, as the kernel would deliver it under epoll after its exit.
+      if (active() == 0 && accepts_armed_total_ == 0 && !(http_io_ && http_io_->lingering() > 0)) {
         // The cancels and closes of the last sessions, queued in this tick,
         // go out before the process does (the kernel would close those
         // sockets only when it tears the ring down).

@@ -163,6 +163,7 @@ void HttpIo::on_completion(uint64_t t, int32_t res, uint32_t flags) noexcept {
     case kRecv: on_recv(k, res, flags); break;
     case kSend: on_send(k, res); break;
     case kWatch: on_watch(k, res, flags); break;
+    case kLinger: on_linger(k); break;
     case kConnectPoll: {
       --k.ops;
       k.connecting = false;
@@ -328,8 +329,14 @@ void HttpIo::on_send(Sock& k, int32_t res) noexcept {
   --k.ops;
   k.sending = false;
   if (k.state == State::closing) {
+    if (k.close_after_send && res > 0 && k.tx_off + static_cast<uint32_t>(res) < k.tx_len) {
+      k.tx_off += static_cast<uint32_t>(res);  // closed meanwhile: the rest still goes
+      submit_send(k);
+      return;
+    }
     if (k.tx) pool_.release(k.tx);
     k.tx = nullptr;
+    if (k.close_after_send) close_fd(k);
     maybe_retire(k);
     return;
   }
@@ -385,11 +392,39 @@ void HttpIo::close(uint32_t s) noexcept {
     events_[k.ev].events = 0;  // nothing more is reported for it
     k.ev = kNone;
   }
-  const int fd = k.fd;
-  k.fd = -1;
   k.state = State::closing;
   --open_;
   ++retiring_;
+  if (k.sending) {
+    // The proxy was told these bytes went out: as close(2) would leave them
+    // to the kernel, the send goes on, and the fd is closed once it is done
+    // (a FIN after them, as close(2) sends). The receive and the watch end
+    // now (cancelled by their tags: the fd number stays ours until then).
+    k.close_after_send = true;
+    ++lingering_;
+    k.shut_pending = false;  // the close sends the FIN
+    if (k.recv == kArmed) {
+      io_uring_sqe* sqe = ring_.sqe();
+      io_uring_prep_cancel64(sqe, tag(k, kRecv), 0);
+      io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
+      sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+      k.recv = kCancelling;
+    }
+    if (k.watch) {
+      io_uring_sqe* sqe = ring_.sqe();
+      io_uring_prep_cancel64(sqe, tag(k, kWatch), 0);
+      io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
+      sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    }
+    io_uring_sqe* sqe = ring_.sqe();
+    io_uring_prep_timeout(sqe, &linger_ts_, 0, 0);
+    io_uring_sqe_set_data64(sqe, tag(k, kLinger));
+    ++k.ops;
+    k.linger = true;
+    return;
+  }
+  const int fd = k.fd;
+  k.fd = -1;
   if (k.ops > 0) {
     // Cancel what is still queued on the socket, then close it; the close
     // runs whatever the cancel found (hard link), and the fd number stays
@@ -405,6 +440,44 @@ void HttpIo::close(uint32_t s) noexcept {
     io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
   } else {
     ::close(fd);
+  }
+  maybe_retire(k);
+}
+
+void HttpIo::close_fd(Sock& k) noexcept {
+  k.close_after_send = false;
+  --lingering_;
+  if (k.linger) {
+    io_uring_sqe* sqe = ring_.sqe();
+    io_uring_prep_timeout_remove(sqe, tag(k, kLinger), 0);
+    io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
+    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+  }
+  // What is still queued on it (a receive, the watch) holds its own
+  // reference to the socket, and is cancelled by its tag already.
+  ::close(k.fd);
+  k.fd = -1;
+}
+
+void HttpIo::on_linger(Sock& k) noexcept {
+  --k.ops;
+  k.linger = false;
+  if (k.state == State::closing && k.close_after_send) {
+    // The peer took nothing for kSendLingerMs: the send is cancelled, and
+    // the socket closed, as the kernel gives up an orphaned socket.
+    k.close_after_send = false;
+    --lingering_;
+    const int fd = k.fd;
+    k.fd = -1;
+    ring_.reserve(2);
+    io_uring_sqe* sqe = ring_.sqe();
+    io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+    sqe->flags |= IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS;
+    io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
+    sqe = ring_.sqe();
+    io_uring_prep_close(sqe, fd);
+    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
   }
   maybe_retire(k);
 }

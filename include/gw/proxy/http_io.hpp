@@ -70,8 +70,9 @@ inline constexpr uint8_t kHttpFirst = 64;  ///< this op and above belong to Http
 class HttpIo {
  public:
   static constexpr uint32_t kNone = ~0u;
-  static constexpr uint16_t kHighWater = 2;  ///< ring buffers queued per socket before its receive is paused
-  static constexpr uint16_t kLowWater = 0;   ///< ... and armed again
+  static constexpr uint16_t kHighWater = 2;         ///< ring buffers queued per socket before its receive is paused
+  static constexpr uint16_t kLowWater = 0;          ///< ... and armed again
+  static constexpr uint32_t kSendLingerMs = 60000;  ///< a send in flight at close() goes on this long at most
 
   /// `bufs` must be attached to `ring`; `pool` gives the staging buffers.
   /// `recv_limit`: the kernel has the multishot receive byte limit.
@@ -101,9 +102,12 @@ class HttpIo {
   ssize_t send(uint32_t s, const iovec* iov, int n_iov) noexcept;
   /// shutdown(fd, SHUT_WR), once the send in flight (if any) is done.
   void shutdown_wr(uint32_t s) noexcept;
-  /// Closes the socket (the fd is HttpIo's to close): cancels its receive
-  /// and a send still in flight, as close(2) drops what the kernel could not
-  /// send. The id must not be used again.
+  /// Closes the socket (the fd is HttpIo's to close): cancels its receive.
+  /// A send still in flight goes on, as close(2) leaves what send(2) took to
+  /// the kernel: the proxy was told those bytes went out (a "Connection:
+  /// close" answer's end, a tunnel's last bytes). The socket is closed once
+  /// it is done, or after kSendLingerMs (a peer that never reads), which
+  /// then cancels it. The id must not be used again.
   void close(uint32_t s) noexcept;
 
   /// A completion whose tag op is >= uring_op::kHttpFirst.
@@ -120,10 +124,12 @@ class HttpIo {
   /// Sockets whose slots wait for completions after their close.
   uint32_t retiring() const noexcept { return retiring_; }
   uint32_t open_count() const noexcept { return open_; }
+  /// Sockets closed with a send in flight, which goes on (see close()).
+  uint32_t lingering() const noexcept { return lingering_; }
 
  private:
   static constexpr uint16_t kNoBuf = 0xffff;
-  enum Op : uint8_t { kRecv = uring_op::kHttpFirst, kSend, kConnectPoll, kWatch };
+  enum Op : uint8_t { kRecv = uring_op::kHttpFirst, kSend, kConnectPoll, kWatch, kLinger };
   enum class State : uint8_t { free, open, closing };
   enum Recv : uint8_t { kIdle, kArmed, kCancelling };
 
@@ -142,6 +148,8 @@ class HttpIo {
     bool shut_pending = false;              // shutdown_wr() waits for the send in flight
     bool rearm = false;                     // on the re-arm list
     bool watch = false;                     // the multishot POLLERR poll is armed
+    bool close_after_send = false;          // closed with a send in flight: the fd closes once it is done
+    bool linger = false;                    // the kSendLingerMs timeout is armed
     int err = 0;                            // a failed receive or send (positive errno)
     uint16_t head = kNoBuf, tail = kNoBuf;  // FIFO of ring buffer ids
     uint16_t queued = 0;
@@ -161,7 +169,9 @@ class HttpIo {
   void maybe_rearm(Sock& k) noexcept;
   void submit_send(Sock& k) noexcept;
   void submit_shutdown(Sock& k) noexcept;
-  void shut_now(Sock& k) noexcept;  // shutdown(SHUT_WR), and the readiness epoll would report for it
+  void shut_now(Sock& k) noexcept;   // shutdown(SHUT_WR), and the readiness epoll would report for it
+  void close_fd(Sock& k) noexcept;   // closes the fd once the send close() let go on is done
+  void on_linger(Sock& k) noexcept;  // kSendLingerMs passed: cancels that send, closes
   void on_recv(Sock& k, int32_t res, uint32_t flags) noexcept;
   void on_send(Sock& k, int32_t res) noexcept;
   void pop_front(Sock& k) noexcept;
@@ -178,7 +188,8 @@ class HttpIo {
   std::vector<uint32_t> event_sock_;
   uint32_t free_head_ = kNone;
   uint32_t rearm_head_ = kNone;
-  uint32_t open_ = 0, retiring_ = 0;
+  uint32_t open_ = 0, retiring_ = 0, lingering_ = 0;
+  __kernel_timespec linger_ts_{kSendLingerMs / 1000, 0};  // read by the kernel at submission
 };
 
 }  // namespace gw::proxy
