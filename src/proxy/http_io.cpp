@@ -319,7 +319,9 @@ ssize_t HttpIo::send(uint32_t s, const iovec* iov, int n_iov) noexcept {
 
 void HttpIo::submit_send(Sock& k) noexcept {
   io_uring_sqe* sqe = ring_.sqe();
-  io_uring_prep_send(sqe, k.fd, k.tx + k.tx_off, k.tx_len - k.tx_off, MSG_NOSIGNAL);
+  // MSG_WAITALL: the ring goes on after a short count by itself (a stream
+  // socket), so that a send close() lets go on needs its fd no more.
+  io_uring_prep_send(sqe, k.fd, k.tx + k.tx_off, k.tx_len - k.tx_off, MSG_NOSIGNAL | MSG_WAITALL);
   io_uring_sqe_set_data64(sqe, tag(k, kSend));
   ++k.ops;
   k.sending = true;
@@ -329,11 +331,6 @@ void HttpIo::on_send(Sock& k, int32_t res) noexcept {
   --k.ops;
   k.sending = false;
   if (k.state == State::closing) {
-    if (k.close_after_send && res > 0 && k.tx_off + static_cast<uint32_t>(res) < k.tx_len) {
-      k.tx_off += static_cast<uint32_t>(res);  // closed meanwhile: the rest still goes
-      submit_send(k);
-      return;
-    }
     if (k.tx) pool_.release(k.tx);
     k.tx = nullptr;
     if (k.close_after_send) close_fd(k);
@@ -421,6 +418,16 @@ void HttpIo::close(uint32_t s) noexcept {
     io_uring_sqe_set_data64(sqe, tag(k, kLinger));
     ++k.ops;
     k.linger = true;
+    // The fd goes now, as close(2) gives it back under epoll: the send
+    // holds its own reference to the socket, which closes (its FIN after
+    // the bytes) once the send is done, as an orphaned socket would. Closed
+    // by the ring, after the send in submission order: a send still queued
+    // here takes the socket by this fd number when it is submitted.
+    sqe = ring_.sqe();
+    io_uring_prep_close(sqe, k.fd);
+    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
+    k.fd = -1;
     return;
   }
   const int fd = k.fd;
@@ -453,31 +460,20 @@ void HttpIo::close_fd(Sock& k) noexcept {
     io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
     sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
   }
-  // What is still queued on it (a receive, the watch) holds its own
-  // reference to the socket, and is cancelled by its tag already.
-  ::close(k.fd);
-  k.fd = -1;
 }
 
 void HttpIo::on_linger(Sock& k) noexcept {
   --k.ops;
   k.linger = false;
   if (k.state == State::closing && k.close_after_send) {
-    // The peer took nothing for kSendLingerMs: the send is cancelled, and
-    // the socket closed, as the kernel gives up an orphaned socket.
+    // The peer took nothing for kSendLingerMs: the send is cancelled (its
+    // socket then closes), as the kernel gives up an orphaned socket.
     k.close_after_send = false;
     --lingering_;
-    const int fd = k.fd;
-    k.fd = -1;
-    ring_.reserve(2);
     io_uring_sqe* sqe = ring_.sqe();
-    io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
-    sqe->flags |= IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS;
+    io_uring_prep_cancel64(sqe, tag(k, kSend), 0);
     io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
-    sqe = ring_.sqe();
-    io_uring_prep_close(sqe, fd);
     sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-    io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
   }
   maybe_retire(k);
 }

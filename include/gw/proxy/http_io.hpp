@@ -107,9 +107,9 @@ class HttpIo {
   /// Closes the socket (the fd is HttpIo's to close): cancels its receive.
   /// A send still in flight goes on, as close(2) leaves what send(2) took to
   /// the kernel: the proxy was told those bytes went out (a "Connection:
-  /// close" answer's end, a tunnel's last bytes). The socket is closed once
-  /// it is done, or after kSendLingerMs (a peer that never reads), which
-  /// then cancels it. The id must not be used again.
+  /// close" answer's end, a tunnel's last bytes). The fd is closed at once;
+  /// the socket, which the send holds, once it is done, or after
+  /// kSendLingerMs (a peer that never reads), which then cancels it. The id must not be used again.
   void close(uint32_t s) noexcept;
 
   /// A completion whose tag op is >= uring_op::kHttpFirst.
@@ -172,7 +172,7 @@ class HttpIo {
   void submit_send(Sock& k) noexcept;
   void submit_shutdown(Sock& k) noexcept;
   void shut_now(Sock& k) noexcept;   // shutdown(SHUT_WR), and the readiness epoll would report for it
-  void close_fd(Sock& k) noexcept;   // closes the fd once the send close() let go on is done
+  void close_fd(Sock& k) noexcept;   // the send close() let go on is done: its linger timeout goes
   void on_linger(Sock& k) noexcept;  // kSendLingerMs passed: cancels that send, closes
   void on_recv(Sock& k, int32_t res, uint32_t flags) noexcept;
   void on_send(Sock& k, int32_t res) noexcept;
