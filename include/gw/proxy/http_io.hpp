@@ -42,9 +42,10 @@
 //
 // Closing cancels what the socket still has in flight and closes it, hard
 // linked (UringRelay::close_fd), except a send: the proxy was told its bytes
-// went out, so it goes on (at most kSendLingerMs) and the fd is closed after
-// it, as close(2) leaves them to the kernel under epoll. A slot is reused
-// once its last completion came, and tags carry the slot's generation besides.
+// went out, so it goes on (at most kSendLingerMs) holding the socket, whose fd
+// is closed at once (as close(2) leaves them to the kernel under epoll). A
+// slot is reused once its last completion came, and tags carry the slot's
+// generation besides.
 //
 // Memory: a socket holds ring buffers only while their bytes wait for recv(),
 // and its staging buffer only while a send is in flight; an idle keep-alive
