@@ -39,14 +39,17 @@ uint32_t HttpIo::open(int fd, uint64_t data, bool connecting) noexcept {
   } else {
     return kNone;
   }
-  // A slot keeps its generation, and its place on the re-arm list (flush()
-  // looks at what the socket needs then).
+  // A slot keeps its generation, and its places on the re-arm and held
+  // lists (flush() looks at what the socket needs then).
   const uint32_t gen = k->gen, rearm_next = k->rearm_next;
-  const bool rearm = k->rearm;
+  const uint32_t held_next = k->held_next;
+  const bool rearm = k->rearm, held = k->held;
   *k = Sock{};
   k->gen = gen;
   k->rearm = rearm;
   k->rearm_next = rearm_next;
+  k->held = held;
+  k->held_next = held_next;
   k->fd = fd;
   k->data = data;
   k->state = State::open;
@@ -92,8 +95,9 @@ void HttpIo::arm_recv(Sock& k) noexcept {
   io_uring_prep_recv_multishot(sqe, k.fd, nullptr, 0, 0);
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = bufs_.group();
-  // The byte limit (optlen): what brings the FIFO up to kHighWater buffers.
-  if (recv_limit_) sqe->file_index = (kHighWater - std::min<uint32_t>(kHighWater - 1, k.queued)) * bufs_.size();
+  // The byte limit (optlen): one pool buffer's worth, what a spill holds
+  // (armed only with nothing held, see maybe_rearm()).
+  if (recv_limit_) sqe->file_index = static_cast<uint32_t>(std::min<size_t>(bufs_.size(), pool_.buffer_size()));
   io_uring_sqe_set_data64(sqe, tag(k, kRecv));
   ++k.ops;
   k.recv = kArmed;
@@ -124,25 +128,62 @@ void HttpIo::on_watch(Sock& k, int32_t res, uint32_t flags) noexcept {
   }
 }
 
+bool HttpIo::may_receive(const Sock& k) const noexcept {
+  return k.state == State::open && k.recv == kIdle && !k.eof && !k.err && !k.connecting && k.queued <= kLowWater &&
+         k.spill_off == k.spill_len;
+}
+
 void HttpIo::maybe_rearm(Sock& k) noexcept {
-  if (k.rearm || k.state != State::open || k.recv != kIdle || k.eof || k.err || k.connecting || k.queued > kLowWater)
-    return;
+  if (k.rearm || !may_receive(k)) return;
   k.rearm = true;
   k.rearm_next = rearm_head_;
   rearm_head_ = index_of(k);
 }
 
 void HttpIo::flush() noexcept {
+  // Bytes the proxy did not take in the last dispatch (its buffer is full:
+  // a client that does not read the answer, a host that does not read the
+  // body) leave the ring, which every socket of the worker shares, for a
+  // pool buffer of their socket's own. Held in ring buffers, 128 such
+  // sockets would hold all 256 and stop every receive of the worker.
+  while (held_head_ != kNone) {
+    Sock& k = socks_[held_head_];
+    held_head_ = k.held_next;
+    k.held = false;
+    k.held_next = kNone;
+    if (k.state == State::open && k.head != kNoBuf) spill(k);
+  }
   bufs_.publish();
-  // A receive armed with the buffer ring empty would only fail again
-  // (-ENOBUFS): the list waits for buffers to come back.
-  while (rearm_head_ != kNone && bufs_.in_kernel() > 0) {
+  // Each receive needs a buffer: no more are armed than the ring has (one
+  // armed with the ring empty would only fail again, -ENOBUFS); the rest
+  // wait on the list.
+  uint32_t budget = bufs_.in_kernel();
+  while (rearm_head_ != kNone && budget > 0) {
     Sock& k = socks_[rearm_head_];
     rearm_head_ = k.rearm_next;
     k.rearm = false;
     k.rearm_next = kNone;
-    if (k.state == State::open && k.recv == kIdle && !k.eof && !k.err && !k.connecting && k.queued <= kLowWater)
+    if (may_receive(k)) {
       arm_recv(k);
+      --budget;
+    }
+  }
+}
+
+void HttpIo::spill(Sock& k) noexcept {
+  if (!k.spill && !(k.spill = pool_.acquire())) return;  // the pool is at its bound: the ring buffers stay
+  if (k.spill_off > 0) {
+    std::memmove(k.spill, k.spill + k.spill_off, k.spill_len - k.spill_off);
+    k.spill_len -= k.spill_off;
+    k.spill_off = 0;
+  }
+  const size_t cap = pool_.buffer_size();
+  while (k.head != kNoBuf && k.spill_len < cap) {
+    const uint32_t n = std::min<uint32_t>(len_[k.head] - k.off, static_cast<uint32_t>(cap - k.spill_len));
+    std::memcpy(k.spill + k.spill_len, bufs_.buf(k.head) + k.off, n);
+    k.spill_len += n;
+    k.off += n;
+    if (k.off == len_[k.head]) pop_front(k);
   }
 }
 
@@ -207,20 +248,23 @@ void HttpIo::on_recv(Sock& k, int32_t res, uint32_t flags) noexcept {
     k.tail = bid;
     ++k.queued;
     emit(k, EPOLLIN);
-    if (k.queued >= kHighWater) {
-      if (k.recv == kArmed) {
-        // Back-pressure: the proxy has not taken what came before.
-        io_uring_sqe* sqe = ring_.sqe();
-        io_uring_prep_cancel64(sqe, tag(k, kRecv), 0);
-        io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
-        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-        k.recv = kCancelling;
-      }
-      // A reset while paused: by the cancel, or by the byte limit, which
-      // ended the receive by itself (no F_MORE) with the FIFO full.
-      arm_watch(k);
+    if (!k.held) {  // flush() looks whether the proxy took it
+      k.held = true;
+      k.held_next = held_head_;
+      held_head_ = index_of(k);
     }
-    maybe_rearm(k);  // the receive ended (its byte limit) with room left
+    if (k.queued >= kHighWater && k.recv == kArmed) {
+      // Back-pressure: the proxy has not taken what came before.
+      io_uring_sqe* sqe = ring_.sqe();
+      io_uring_prep_cancel64(sqe, tag(k, kRecv), 0);
+      io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
+      sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+      k.recv = kCancelling;
+    }
+    // Paused, by the cancel or by the byte limit, which ended the receive by
+    // itself (no F_MORE) with bytes held: a reset meanwhile is the watch's.
+    if (k.recv != kArmed && !may_receive(k)) arm_watch(k);
+    maybe_rearm(k);  // the receive ended (its byte limit) with nothing held
     return;
   }
   if (bid != kNoBuf) bufs_.recycle(bid);
@@ -248,6 +292,17 @@ void HttpIo::pop_front(Sock& k) noexcept {
 ssize_t HttpIo::recv(uint32_t s, char* dst, size_t len) noexcept {
   Sock& k = socks_[s];
   size_t got = 0;
+  if (k.spill_off < k.spill_len) {  // before the FIFO: it came first
+    const size_t n = std::min<size_t>(k.spill_len - k.spill_off, len);
+    std::memcpy(dst, k.spill + k.spill_off, n);
+    got = n;
+    k.spill_off += static_cast<uint32_t>(n);
+    if (k.spill_off == k.spill_len) {
+      pool_.release(k.spill);
+      k.spill = nullptr;
+      k.spill_off = k.spill_len = 0;
+    }
+  }
   while (got < len && k.head != kNoBuf) {
     const uint32_t avail = len_[k.head] - k.off;
     const size_t n = std::min<size_t>(avail, len - got);
@@ -270,7 +325,7 @@ ssize_t HttpIo::recv(uint32_t s, char* dst, size_t len) noexcept {
 
 ssize_t HttpIo::peek(uint32_t s) noexcept {
   const Sock& k = socks_[s];
-  if (k.head != kNoBuf) return 1;
+  if (k.head != kNoBuf || k.spill_off < k.spill_len) return 1;
   if (k.err) {
     errno = k.err;
     return -1;
@@ -381,6 +436,11 @@ void HttpIo::close(uint32_t s) noexcept {
   Sock& k = socks_[s];
   if (k.state != State::open) return;
   while (k.head != kNoBuf) pop_front(k);
+  if (k.spill) {
+    pool_.release(k.spill);
+    k.spill = nullptr;
+    k.spill_off = k.spill_len = 0;
+  }
   if (k.tx && !k.sending) {
     pool_.release(k.tx);
     k.tx = nullptr;

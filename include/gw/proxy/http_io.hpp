@@ -11,11 +11,16 @@
 // Receives: one multishot receive per socket into the worker's provided
 // buffer ring (shared with UringRelay). Completed bytes wait in a FIFO of
 // ring buffers; recv() copies them out (the proxy parses in its own buffer,
-// so that a head split over two reads is one span). A FIFO of kHighWater
-// buffers pauses the receive (a multishot byte limit where the kernel has
-// one, else a cancel), and it is armed again once recv() has taken the FIFO
-// down to kLowWater: a side the proxy does not read is not read from the
-// kernel either, and TCP flow control holds its peer back, as under epoll.
+// so that a head split over two reads is one span). Each receive ends by
+// itself after one pool buffer's worth (a multishot byte limit where the
+// kernel has one; else it is cancelled at kHighWater buffers), and what the
+// proxy did not take in the dispatch that followed leaves the ring, which
+// the worker's sockets share, for a pool buffer of the socket's own (the
+// spill, at the next flush()): a stalled reader holds one pool buffer, as
+// under epoll the proxy's own buffer is what it holds, and no ring buffer.
+// The receive is armed again once recv() has taken all that is held: a side
+// the proxy does not read is not read from the kernel either, and TCP flow
+// control holds its peer back, as under epoll.
 //
 // Sends: send() copies up to one pool buffer into the socket's staging
 // buffer, queues the send and returns the count copied, as a send(2) that
@@ -151,6 +156,7 @@ class HttpIo {
     bool shut_pending = false;              // shutdown_wr() waits for the send in flight
     bool rearm = false;                     // on the re-arm list
     bool watch = false;                     // the multishot POLLERR poll is armed
+    bool held = false;                      // on the held list: flush() spills what the proxy did not take
     bool close_after_send = false;          // closed with a send in flight: the fd closes once it is done
     bool linger = false;                    // the kSendLingerMs timeout is armed
     int err = 0;                            // a failed receive or send (positive errno)
@@ -159,6 +165,9 @@ class HttpIo {
     uint32_t off = 0;  // bytes of the front buffer already taken
     char* tx = nullptr;
     uint32_t tx_off = 0, tx_len = 0;
+    char* spill = nullptr;  // a pool buffer: bytes received that the proxy did not take, before the FIFO's
+    uint32_t spill_off = 0, spill_len = 0;
+    uint32_t held_next = kNone;
     uint32_t ev = kNone;  // index into events_ in this batch
     uint32_t rearm_next = kNone;
   };
@@ -170,6 +179,11 @@ class HttpIo {
   void arm_watch(Sock& k) noexcept;
   void on_watch(Sock& k, int32_t res, uint32_t flags) noexcept;
   void maybe_rearm(Sock& k) noexcept;
+  /// Nothing is held (FIFO at kLowWater, no spill) and the receive may run.
+  bool may_receive(const Sock& k) const noexcept;
+  /// Moves the FIFO's bytes (as many as fit) into the socket's spill buffer
+  /// and gives their ring buffers back.
+  void spill(Sock& k) noexcept;
   void submit_send(Sock& k) noexcept;
   void submit_shutdown(Sock& k) noexcept;
   void shut_now(Sock& k) noexcept;   // shutdown(SHUT_WR), and the readiness epoll would report for it
@@ -191,6 +205,7 @@ class HttpIo {
   std::vector<uint32_t> event_sock_;
   uint32_t free_head_ = kNone;
   uint32_t rearm_head_ = kNone;
+  uint32_t held_head_ = kNone;  // sockets that received in this iteration
   uint32_t open_ = 0, retiring_ = 0, lingering_ = 0;
   __kernel_timespec linger_ts_{kSendLingerMs / 1000, 0};  // read by the kernel at submission
 };
