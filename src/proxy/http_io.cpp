@@ -92,12 +92,19 @@ std::span<const epoll_event> HttpIo::take_events() noexcept {
 
 void HttpIo::arm_recv(Sock& k) noexcept {
   io_uring_sqe* sqe = ring_.sqe();
-  io_uring_prep_recv_multishot(sqe, k.fd, nullptr, 0, 0);
+  // At most one pool buffer's worth per receive, what a spill holds (it is
+  // armed only with nothing held, see maybe_rearm()): a multishot receive
+  // with that byte limit (optlen) where the kernel has one, else a
+  // single-shot receive into one ring buffer (its size: a pool buffer).
+  if (recv_limit_) {
+    io_uring_prep_recv_multishot(sqe, k.fd, nullptr, 0, 0);
+    sqe->file_index = static_cast<uint32_t>(std::min<size_t>(bufs_.size(), pool_.buffer_size()));
+  } else {
+    io_uring_prep_recv(sqe, k.fd, nullptr, static_cast<uint32_t>(std::min<size_t>(bufs_.size(), pool_.buffer_size())),
+                       0);
+  }
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = bufs_.group();
-  // The byte limit (optlen): one pool buffer's worth, what a spill holds
-  // (armed only with nothing held, see maybe_rearm()).
-  if (recv_limit_) sqe->file_index = static_cast<uint32_t>(std::min<size_t>(bufs_.size(), pool_.buffer_size()));
   io_uring_sqe_set_data64(sqe, tag(k, kRecv));
   ++k.ops;
   k.recv = kArmed;

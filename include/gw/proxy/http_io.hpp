@@ -13,7 +13,7 @@
 // ring buffers; recv() copies them out (the proxy parses in its own buffer,
 // so that a head split over two reads is one span). Each receive ends by
 // itself after one pool buffer's worth (a multishot byte limit where the
-// kernel has one; else it is cancelled at kHighWater buffers), and what the
+// kernel has one, Linux 6.17; else a single-shot receive), and what the
 // proxy did not take in the dispatch that followed leaves the ring, which
 // the worker's sockets share, for a pool buffer of the socket's own (the
 // spill, at the next flush()): a stalled reader holds one pool buffer, as
