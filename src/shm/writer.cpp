@@ -20,7 +20,8 @@ namespace gw::shm {
 
 namespace testing {
 void (*mid_write_hook)() = nullptr;
-}
+uint32_t writer_lock_wait_ms = 10000;
+}  // namespace testing
 
 namespace {
 
@@ -31,10 +32,19 @@ constexpr uint64_t kMaxGeneration = ~0ull >> 1;
 class WriterLock {
  public:
   explicit WriterLock(pthread_mutex_t& m) : m_(m) {
+    // The wait is measured on the monotonic clock: pthread_mutex_timedlock's
+    // CLOCK_REALTIME deadline moves when the wall clock is stepped (NTP, an
+    // operator's `date`), which could end the wait at once or stretch it.
+    const uint32_t wait_ms = testing::writer_lock_wait_ms;
     timespec deadline{};
-    ::clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += 10;
-    int rc = ::pthread_mutex_timedlock(&m_, &deadline);
+    ::clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += static_cast<time_t>(wait_ms / 1000);
+    deadline.tv_nsec += static_cast<long>(wait_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+      ++deadline.tv_sec;
+      deadline.tv_nsec -= 1000000000L;
+    }
+    int rc = ::pthread_mutex_clocklock(&m_, CLOCK_MONOTONIC, &deadline);
     if (rc == EOWNERDEAD) {
       // The previous writer died holding the lock. It published nothing that
       // was not complete (see the commit order), so the table is consistent;
@@ -43,7 +53,9 @@ class WriterLock {
       owner_died_ = true;
       GW_LOG_WARN("a previous writer died while holding the shm writer lock; recovered it");
     } else if (rc == ETIMEDOUT) {
-      throw SegmentError("another writer has held the shm writer lock for 10 s; is a gwctl stopped (SIGSTOP)?");
+      throw SegmentError(
+          fmt::format("another writer has held the shm writer lock for {}; is a gwctl stopped (SIGSTOP)?",
+                      wait_ms % 1000 == 0 ? fmt::format("{} s", wait_ms / 1000) : fmt::format("{} ms", wait_ms)));
     } else if (rc != 0) {
       throw SegmentError(fmt::format("cannot take the shm writer lock: {}", std::strerror(rc)));
     }

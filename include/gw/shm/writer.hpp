@@ -22,6 +22,7 @@
 // else, so a change that was never live never comes back at a restart, and no
 // live host loses its health tracking.
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -34,6 +35,9 @@ namespace gw::shm {
 namespace testing {
 /// Called between the two halves of a slot write (tests only; null otherwise).
 extern void (*mid_write_hook)();
+/// How long a writer waits for the lock before it gives up (10 s; tests
+/// shorten it).
+extern uint32_t writer_lock_wait_ms;
 }  // namespace testing
 
 class Writer {

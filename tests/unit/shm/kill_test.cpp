@@ -6,7 +6,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <ctime>
 #include <random>
+#include <string>
 
 #include "../test_util.hpp"
 #include "gw/shm/ops.hpp"
@@ -71,6 +73,52 @@ TEST_SUITE("shm") {
     read_published(ts.seg, t);
     CHECK(t.header().generation == 3);
     CHECK(check_table(t) == "");
+  }
+
+  TEST_CASE("a writer that cannot take the lock gives up after its wait with a clear error") {
+    // A stopped gwctl (SIGSTOP) holds the lock without dying, so the robust
+    // mutex never hands it on: the next writer must give up, and say why.
+    TempSegment ts;
+    Writer w(ts.seg);
+    w.set_persist(false);
+    w.commit(self_checking_change);
+    int pipefd[2];
+    REQUIRE(::pipe(pipefd) == 0);
+    pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      g_ready_fd = pipefd[1];
+      gw::shm::testing::mid_write_hook = stall_mid_write;
+      Writer cw(ts.seg);
+      cw.set_persist(false);
+      cw.commit(self_checking_change);
+      ::_exit(0);  // not reached
+    }
+    char c = 0;
+    REQUIRE(::read(pipefd[0], &c, 1) == 1);  // the child holds the lock
+    const uint32_t saved = gw::shm::testing::writer_lock_wait_ms;
+    gw::shm::testing::writer_lock_wait_ms = 300;
+    timespec t0{}, t1{};
+    ::clock_gettime(CLOCK_MONOTONIC, &t0);
+    std::string what;
+    try {
+      w.commit(self_checking_change);
+    } catch (const SegmentError& e) {
+      what = e.what();
+    }
+    ::clock_gettime(CLOCK_MONOTONIC, &t1);
+    gw::shm::testing::writer_lock_wait_ms = saved;
+    const int64_t waited_ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    CHECK(what == "another writer has held the shm writer lock for 300 ms; is a gwctl stopped (SIGSTOP)?");
+    CHECK(waited_ms >= 300);
+    Table t(ts.seg.caps());
+    read_published(ts.seg, t);
+    CHECK(t.header().generation == 1);  // nothing committed by the writer that gave up
+    ::kill(child, SIGKILL);
+    ::waitpid(child, nullptr, 0);
+    ::close(pipefd[0]);
+    ::close(pipefd[1]);
+    CHECK(w.commit(self_checking_change) == 2);  // the dead holder's lock is recovered
   }
 
   TEST_CASE("a writer killed after its state file, before its publish: the next writer puts both back in step") {
