@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -28,8 +29,22 @@ bool Ctx::has_error_under(const std::string& path) const {
   return false;
 }
 
+// A key that is a plain word is joined with a dot (`listeners[0].upstream`);
+// any other (a user name such as "alice.smith" in `users`, a misspelt key with a
+// space or a dot) is written as a quoted subscript (`users["alice.smith"]`), as
+// jq writes paths, so that a key's dot cannot pass for a level of nesting.
 std::string join(const std::string& path, std::string_view key) {
-  return path.empty() ? std::string(key) : path + "." + std::string(key);
+  const bool plain = !key.empty() && std::all_of(key.begin(), key.end(), [](char ch) {
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '-';
+  });
+  if (plain) return path.empty() ? std::string(key) : path + "." + std::string(key);
+  std::string out = path + "[\"";
+  for (char ch : key) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    out += ch;  // a control character is escaped when the error is made (Ctx::error)
+  }
+  out += "\"]";
+  return out;
 }
 
 std::string describe(simdjson::dom::element e) {

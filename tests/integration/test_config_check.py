@@ -182,7 +182,7 @@ class ConfigCheckTest(GwTestCase):
         lines = r.stderr.splitlines()
         self.assertIn(f"{path}: upstreams[0].pools[0].hosts[0].ids: unknown key", lines)
         self.assertIn(f'{path}: upstreams[0].pools[0].hosts[0]: missing required key "id"', lines)
-        self.assertIn(f"{path}: upstreams[0].pools[0].hosts[0].weig\\nht: unknown key", lines)
+        self.assertIn(f"{path}: upstreams[0].pools[0].hosts[0][\"weig\\nht\"]: unknown key", lines)
         self.assertIn(f'{path}: upstreams[0].pools[0].hosts[1].weight: expected an integer 0..1000, '
                       f'got string "a\\x01b"', lines)
         self.assertIn(f"{path}: 4 error(s)", lines)

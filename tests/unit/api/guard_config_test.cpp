@@ -165,6 +165,9 @@ TEST_SUITE("config") {
               "auth.users.alice: expected a bcrypt"));
     CHECK(has(e(conf(R"(, "auth": {"type": "basic-auth", "users": {"alice": "$2b$10$short"}})")),
               "auth.users.alice: this crypt hash is"));
+    // A user name with a dot is a quoted subscript, not two levels.
+    CHECK(has(e(conf(R"(, "auth": {"type": "basic-auth", "users": {"alice.smith": "plain"}})")),
+              R"(auth.users["alice.smith"]: expected a bcrypt)"));
     CHECK(has(e(conf(R"(, "auth": {"type": "basic-auth"})")), "routes[0].auth: missing required key \"users\""));
     // basic-auth's consumers are its users: an allow name that is none of them is a typo.
     const std::string hash2 = bcrypt("pw");

@@ -622,9 +622,20 @@ TEST_SUITE("config") {
     CHECK(c.has_error_under("a.b"));
     CHECK(!c.has_error_under("a.b[2]x"));
 
+    // A key that is not a plain word is a quoted subscript: its dot is not a
+    // level of nesting, and a quote or backslash in it is escaped.
+    r = load_string(replace(kValid, R"("weight": 5)", R"("weight": 5, "health.interval": 1, "a\"b\\c": 2, "": 3)"));
+    CHECK(has(r.errors, R"(upstreams[0].pools[0].hosts[0]["health.interval"]: unknown key)"));
+    CHECK(has(r.errors, R"(upstreams[0].pools[0].hosts[0]["a\"b\\c"]: unknown key)"));
+    CHECK(has(r.errors, R"(upstreams[0].pools[0].hosts[0][""]: unknown key)"));
+    r = load_string(replace(kValid, R"("weight": 5)", R"("weight": 5, "x y": {"z": 1})"));
+    CHECK(has(r.errors, R"(upstreams[0].pools[0].hosts[0]["x y"]: unknown key)"));
+    c.error(R"(a["b.c"])", "z");
+    CHECK(c.has_error_under("a"));
+
     // Control characters in keys and values are escaped.
     r = load_string(replace(kValid, R"("weight": 5)", R"("weig\nht": 5, "weight": "a\tb\u0001")"));
-    CHECK(has(r.errors, R"(upstreams[0].pools[0].hosts[0].weig\nht: unknown key)"));
+    CHECK(has(r.errors, R"(upstreams[0].pools[0].hosts[0]["weig\nht"]: unknown key)"));
     CHECK(
         has(r.errors, R"(upstreams[0].pools[0].hosts[0].weight: expected an integer 0..1000, got string "a\tb\x01")"));
     for (const auto& e : r.errors) {
