@@ -906,6 +906,9 @@ class Master {
         core::UniqueFd fd(l.fd);
         l.fd = -1;
         ::fcntl(fd.get(), F_SETFD, FD_CLOEXEC);
+        // Accepted sockets inherit TCP_NODELAY from it, and the proxies set it
+        // on none: an older master's socket may lack it.
+        net::set_nodelay(fd.get());
         return fd;
       }
     return core::UniqueFd();

@@ -554,7 +554,7 @@ void HttpProxy::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept
     c.ip_len = static_cast<uint8_t>(std::strlen(c.ip));
   c.c_read_ms = env_.now_ms;
   ++active_;
-  net::set_nodelay(fd);
+  // TCP_NODELAY comes from the listening socket (accepted sockets inherit it).
   metrics::listener_open(env_, listener);
   if (!io_open(c.fd, c.io, conn_data(c), false)) {
     close_conn(c);
@@ -1040,6 +1040,16 @@ void HttpProxy::drive(Conn& c) noexcept {
         if (c.state != CState::closing || c.gen != gen) break;
         if (c.out.size() == 0) {
           if (!c.shut_wr) {
+            if (c.client_close && c.req_body_done && !c.c_in && (!c.in.p || c.in.tail <= c.body_end)) {
+              // The client said this request was its last ("Connection:
+              // close", or HTTP/1.0 without keep-alive), it was read whole
+              // and nothing follows it: no byte of the client's can come to
+              // turn the close into a reset, so there is nothing to linger
+              // for (nginx closes so too). The answer is the kernel's to
+              // deliver, and under io_uring a send still in flight goes on.
+              close_conn(c);
+              return;
+            }
             io_shutdown(c.fd, c.io);
             c.shut_wr = true;
           }
@@ -1296,6 +1306,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   c.upgrade = h.websocket;
   c.keep_alive = h.keep_alive && !draining_ && c.requests < l.conf->http.keepalive_requests &&
                  l.conf->http.keepalive_timeout_ms > 0;
+  c.client_close = !h.keep_alive;
   c.resp_started = c.resp_done = c.dechunk = c.resp_close = c.up_cut = false;
   c.req_body_done = false;
   c.retryable = true;

@@ -177,6 +177,7 @@ class HttpProxy {
     bool c_eof = false;                               // the client's FIN was read
     bool shut_wr = false;                             // we sent our FIN (closing)
     bool keep_alive = false;                          // this request allows another after it
+    bool client_close = false;  // the client said it sends nothing after this request (close, or 1.0)
     bool http10 = false;
     bool head_req = false;  // HEAD: the response has no body
     bool idempotent = false;

@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -24,6 +25,31 @@ gw::core::SockAddr addr(const char* text) {
 }  // namespace
 
 TEST_SUITE("net") {
+  TEST_CASE("listen_tcp: accepted sockets inherit TCP_NODELAY, so the proxies set it on none of them") {
+    // The relays, the frame mux and the HTTP proxy rely on this (one system
+    // call per connection saved); a kernel that stopped copying it would make
+    // every small response wait on Nagle.
+    gw::core::SockAddr any = addr("127.0.0.1:1");
+    any.port = 0;
+    gw::core::UniqueFd l = gw::net::listen_tcp(any, 4, true);
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    REQUIRE(::getsockname(l.get(), reinterpret_cast<sockaddr*>(&ss), &len) == 0);
+    int err = 0;
+    gw::core::UniqueFd c(
+        gw::net::connect_wait(gw::core::SockAddr::from_sockaddr(reinterpret_cast<sockaddr*>(&ss)), 2000, err));
+    REQUIRE(c);
+    gw::core::UniqueFd a(::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    REQUIRE(a);
+    int on = 0;
+    socklen_t ol = sizeof(on);
+    REQUIRE(::getsockopt(a.get(), IPPROTO_TCP, TCP_NODELAY, &on, &ol) == 0);
+    CHECK(on == 1);
+    on = 0;
+    REQUIRE(::getsockopt(c.get(), IPPROTO_TCP, TCP_NODELAY, &on, &ol) == 0);
+    CHECK(on == 1);  // connect_tcp sets it on upstream sockets
+  }
+
   TEST_CASE("check_address_free: a listener of another program on the address is found") {
     // The "other program": a SO_REUSEPORT listener on 127.0.0.1, port chosen by the kernel.
     gw::core::SockAddr any = addr("127.0.0.1:1");

@@ -171,6 +171,55 @@ void half_closed_client_closes_at_once(bool uring) {
   for (int i = 0; i < 20; ++i) g.step(1);
 }
 
+// --- a client that said "Connection: close" -----------------------------------
+
+// Its request was its last and nothing follows it: gw closes once the answer
+// is handed over, without the half-close and the wait for the client's FIN
+// (kLingerMs) that guard against a reset over unread bytes. A client that
+// breaks its word and sends more gets the linger, and so the whole answer, not
+// a reset.
+void client_close_closes_at_once(bool uring, bool sends_more) {
+  if (skip_engine(uring)) return;
+  Upstream up;
+  Gateway g(up.port, 0, "", 0, uring);
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  g.accept(sv[0]);
+  const int client = sv[1];
+  send_all(client, "GET /1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  int host = -1;
+  std::string req;
+  host_takes_request(g, up, host, req);
+  if (sends_more) {
+    send_all(client, "GET /2 HTTP/1.1\r\nHost: a\r\n\r\n");
+    for (int i = 0; i < 5; ++i) g.step(1);  // read by gw, after the request it is answering
+  }
+  const std::string data(3000, 'x');
+  send_all(host, "HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n" + data);
+  std::string got, body;
+  int err = 0;
+  step_until(
+      g, [&] { return !drain(client, got, &err); }, "the answer and gw's FIN");
+  CHECK(err == 0);  // a FIN, not a reset
+  REQUIRE(whole_response(got, body));
+  CHECK(body == data);
+  CHECK(got.find("GET /2") == std::string::npos);
+  // The client still holds its end open.
+  for (int i = 0; i < 5; ++i) g.step(1);
+  if (sends_more) {
+    CHECK(g.http->active() == 1);  // lingering: reads and drops until the client's FIN
+    ::close(client);
+    step_until(
+        g, [&] { return g.http->active() == 0; }, "the connection to close after the client's FIN");
+  } else {
+    CHECK(g.http->active() == 0);
+    ::close(client);
+  }
+  ::close(host);
+  g.http->close_all();
+  for (int i = 0; i < 20; ++i) g.step(1);
+}
+
 // --- a tunnel closed from both sides while its last bytes wait for the client
 
 void tunnel_end_delivers_last_bytes(bool uring) {
@@ -300,6 +349,18 @@ TEST_SUITE("http io") {
   }
   TEST_CASE("engines: a half-closed client's connection closes once answered, not after kLingerMs (io_uring)") {
     half_closed_client_closes_at_once(true);
+  }
+  TEST_CASE("engines: a client that said Connection: close is closed once answered, without a linger (epoll)") {
+    client_close_closes_at_once(false, false);
+  }
+  TEST_CASE("engines: a client that said Connection: close is closed once answered, without a linger (io_uring)") {
+    client_close_closes_at_once(true, false);
+  }
+  TEST_CASE("engines: a client that said Connection: close and sent more still gets the linger (epoll)") {
+    client_close_closes_at_once(false, true);
+  }
+  TEST_CASE("engines: a client that said Connection: close and sent more still gets the linger (io_uring)") {
+    client_close_closes_at_once(true, true);
   }
   TEST_CASE("engines: a tunnel ended both ways still delivers the host's last bytes to a slow client (epoll)") {
     tunnel_end_delivers_last_bytes(false);
