@@ -108,6 +108,7 @@ void HttpIo::arm_recv(Sock& k) noexcept {
   io_uring_sqe_set_data64(sqe, tag(k, kRecv));
   ++k.ops;
   k.recv = kArmed;
+  k.no_pool = false;
 }
 
 void HttpIo::arm_watch(Sock& k) noexcept {
@@ -162,19 +163,31 @@ void HttpIo::flush() noexcept {
   }
   bufs_.publish();
   // Each receive needs a buffer: no more are armed than the ring has (one
-  // armed with the ring empty would only fail again, -ENOBUFS); the rest
-  // wait on the list.
+  // armed with the ring empty would only fail, -ENOBUFS); the rest wait
+  // for their socket to be readable (arm_direct(): a poll, then a receive
+  // into a pool buffer), so that their bytes, FIN or reset are not left
+  // unseen for as long as the ring stays empty.
+  // (One readable already with no pool buffer for it waits for the ring.)
   uint32_t budget = bufs_.in_kernel();
-  while (rearm_head_ != kNone && budget > 0) {
+  uint32_t wait = kNone;
+  while (rearm_head_ != kNone) {
     Sock& k = socks_[rearm_head_];
     rearm_head_ = k.rearm_next;
     k.rearm = false;
     k.rearm_next = kNone;
-    if (may_receive(k)) {
+    if (!may_receive(k)) continue;
+    if (budget > 0) {
       arm_recv(k);
       --budget;
+    } else if (!k.no_pool) {
+      arm_direct(k);
+    } else {
+      k.rearm = true;
+      k.rearm_next = wait;
+      wait = index_of(k);
     }
   }
+  rearm_head_ = wait;
 }
 
 void HttpIo::spill(Sock& k) noexcept {
@@ -232,10 +245,71 @@ void HttpIo::on_completion(uint64_t t, int32_t res, uint32_t flags) noexcept {
   }
 }
 
+void HttpIo::arm_direct(Sock& k) noexcept {
+  io_uring_sqe* sqe = ring_.sqe();
+  if (k.spill) {
+    io_uring_prep_recv(sqe, k.fd, k.spill, static_cast<uint32_t>(pool_.buffer_size()), 0);
+    k.spill_off = k.spill_len = 0;
+  } else {
+    io_uring_prep_poll_add(sqe, k.fd, POLLIN);  // (POLLERR and POLLHUP end it too)
+  }
+  io_uring_sqe_set_data64(sqe, tag(k, kRecv));
+  ++k.ops;
+  k.recv = kArmed;
+  k.direct = true;
+}
+
+void HttpIo::on_direct(Sock& k, int32_t res) noexcept {
+  k.direct = false;
+  if (!k.spill) {  // the poll
+    if (k.state == State::closing) {
+      maybe_retire(k);
+    } else if (res < 0 && res != -ECANCELED) {
+      k.err = -res;
+      emit(k, EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP);
+    } else if (res > 0 && (k.spill = pool_.acquire())) {
+      arm_direct(k);  // readable: bytes, the EOF or the error
+    } else {
+      k.no_pool = res > 0;  // no pool buffer: armed again once the ring has buffers
+      arm_watch(k);
+      maybe_rearm(k);
+    }
+    return;
+  }
+  if (k.state == State::closing || res <= 0) {
+    pool_.release(k.spill);
+    k.spill = nullptr;
+    k.spill_off = k.spill_len = 0;
+  }
+  if (k.state == State::closing) {
+    maybe_retire(k);
+    return;
+  }
+  if (res > 0) {
+    k.spill_len = static_cast<uint32_t>(res);
+    emit(k, EPOLLIN);
+    arm_watch(k);  // paused with bytes held until recv() takes them
+  } else if (res == 0) {
+    k.eof = true;
+    emit(k, EPOLLIN | EPOLLRDHUP);
+    arm_watch(k);
+  } else if (res == -ECANCELED || res == -EAGAIN) {
+    arm_watch(k);
+    maybe_rearm(k);
+  } else {
+    k.err = -res;
+    emit(k, EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP);
+  }
+}
+
 void HttpIo::on_recv(Sock& k, int32_t res, uint32_t flags) noexcept {
   if (!(flags & IORING_CQE_F_MORE)) {
     k.recv = kIdle;
     --k.ops;
+  }
+  if (k.direct) {  // single-shot, into the spill: no ring buffer
+    on_direct(k, res);
+    return;
   }
   uint16_t bid = kNoBuf;
   if (flags & IORING_CQE_F_BUFFER) {
@@ -279,8 +353,23 @@ void HttpIo::on_recv(Sock& k, int32_t res, uint32_t flags) noexcept {
     k.eof = true;
     emit(k, EPOLLIN | EPOLLRDHUP);
     arm_watch(k);  // a reset after the FIN
-  } else if (res == -ENOBUFS || res == -ECANCELED) {
-    maybe_rearm(k);  // the ring ran dry, or back-pressure: armed again when it may run
+  } else if (res == -ENOBUFS) {
+    // The ring was empty. Its buffers come back when other sockets' bytes
+    // are taken or spilled: maybe not soon, maybe never (a pool at its
+    // bound), and until then a receive armed would only fail again, and
+    // nothing would report this socket's bytes, FIN or reset. It waits for
+    // them with a poll instead, then reads them into a pool buffer of its
+    // own, its spill, which is what the ring's bytes would have become
+    // (and holds no memory while it waits). Not behind bytes held: they
+    // came first.
+    if (may_receive(k)) {
+      arm_direct(k);
+    } else {
+      arm_watch(k);    // paused with bytes held, or no pool buffer: a reset is the watch's
+      maybe_rearm(k);  // armed again once buffers are back and nothing is held
+    }
+  } else if (res == -ECANCELED) {
+    maybe_rearm(k);  // back-pressure: armed again when it may run
   } else if (res < 0) {
     k.err = -res;
     emit(k, EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP);
@@ -443,7 +532,7 @@ void HttpIo::close(uint32_t s) noexcept {
   Sock& k = socks_[s];
   if (k.state != State::open) return;
   while (k.head != kNoBuf) pop_front(k);
-  if (k.spill) {
+  if (k.spill && !k.direct) {  // (a receive into it goes back with its completion)
     pool_.release(k.spill);
     k.spill = nullptr;
     k.spill_off = k.spill_len = 0;

@@ -20,7 +20,11 @@
 // under epoll the proxy's own buffer is what it holds, and no ring buffer.
 // The receive is armed again once recv() has taken all that is held: a side
 // the proxy does not read is not read from the kernel either, and TCP flow
-// control holds its peer back, as under epoll.
+// control holds its peer back, as under epoll. No more receives are armed
+// than the ring has buffers, and one that finds it empty (-ENOBUFS) does
+// not wait for it (buffers come back when other sockets' bytes are taken,
+// maybe never): a one-shot poll waits for the socket, whose bytes, FIN or
+// reset a receive into a pool buffer (the spill) then brings in.
 //
 // Sends: send() copies up to one pool buffer into the socket's staging
 // buffer, queues the send and returns the count copied, as a send(2) that
@@ -159,6 +163,8 @@ class HttpIo {
     bool held = false;                      // on the held list: flush() spills what the proxy did not take
     bool close_after_send = false;          // closed with a send in flight: the fd closes once it is done
     bool linger = false;                    // the kSendLingerMs timeout is armed
+    bool direct = false;                    // the ring ran dry: the receive armed is arm_direct()'s
+    bool no_pool = false;                   // readable, no pool buffer for arm_direct(): waits for the ring
     int err = 0;                            // a failed receive or send (positive errno)
     uint16_t head = kNoBuf, tail = kNoBuf;  // FIFO of ring buffer ids
     uint16_t queued = 0;
@@ -177,6 +183,11 @@ class HttpIo {
   void emit(Sock& k, uint32_t events) noexcept;
   void arm_recv(Sock& k) noexcept;
   void arm_watch(Sock& k) noexcept;
+  /// For a receive that found the ring empty: a poll for POLLIN, then (with
+  /// k.spill, a pool buffer) a single-shot receive into the spill. Both
+  /// are tagged kRecv, k.direct set.
+  void arm_direct(Sock& k) noexcept;
+  void on_direct(Sock& k, int32_t res) noexcept;
   void on_watch(Sock& k, int32_t res, uint32_t flags) noexcept;
   void maybe_rearm(Sock& k) noexcept;
   /// Nothing is held (FIFO at kLowWater, no spill) and the receive may run.

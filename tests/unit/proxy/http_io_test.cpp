@@ -59,11 +59,14 @@ struct TcpPair {
 
 struct Io {
   gw::net::Ring ring{64};
-  gw::net::BufRing bufs{8, kBuf};
+  gw::net::BufRing bufs;
   gw::net::BufferPool pool;
   HttpIo io;
+  /// Completions of requests the test queued itself (a tag op below HttpIo's).
+  std::vector<io_uring_cqe> others;
   /// `recv_limit` false: as before Linux 6.17 (single-shot receives).
-  explicit Io(bool recv_limit = gw::net::uring_recv_limit_supported()) : io(ring, bufs, pool, 16, recv_limit) {
+  explicit Io(bool recv_limit = gw::net::uring_recv_limit_supported(), uint32_t ring_bufs = 8, uint32_t slots = 16)
+      : bufs(ring_bufs, kBuf), io(ring, bufs, pool, slots, recv_limit) {
     REQUIRE(bufs.attach(ring.raw(), 0) == 0);
   }
   /// One loop iteration as the worker runs it; returns the events.
@@ -73,6 +76,7 @@ struct Io {
     ring.drain([&](const io_uring_cqe& c) {
       if (gw::net::tag_op(c.user_data) >= gw::proxy::uring_op::kHttpFirst)
         io.on_completion(c.user_data, c.res, c.flags);
+      else if (c.user_data != 0) others.push_back(c);
     });
     const auto ev = io.take_events();
     return {ev.begin(), ev.end()};
@@ -302,6 +306,66 @@ TEST_SUITE("http io") {
     t.settle();
     CHECK(t.io.retiring() == 0);
     CHECK(t.bufs.out() == 0);
+  }
+
+  TEST_CASE(
+      "a receive that found the buffer ring empty: bytes, a FIN and a reset still come in (ring never refilled)") {
+    if (skip_without_uring()) return;
+    for (const bool limit : {gw::net::uring_recv_limit_supported(), false}) {
+      CAPTURE(limit);
+      Io t(limit, 1);
+      // Something else of the worker holds the ring's only buffer and does
+      // not give it back (a receive of the test's own).
+      TcpPair hog;
+      io_uring_sqe* sqe = t.ring.sqe();
+      io_uring_prep_recv(sqe, hog.ours, nullptr, kBuf, 0);
+      sqe->flags |= IOSQE_BUFFER_SELECT;
+      sqe->buf_group = t.bufs.group();
+      io_uring_sqe_set_data64(sqe, gw::net::pack_tag(1, 0, 0));
+      REQUIRE(::send(hog.peer, "h", 1, 0) == 1);
+      for (int i = 0; i < 50 && t.others.empty(); ++i) t.step(5);
+      REQUIRE(t.others.size() == 1);
+      REQUIRE(t.others[0].res == 1);
+      REQUIRE(t.bufs.taken(static_cast<uint16_t>(t.others[0].flags >> IORING_CQE_BUFFER_SHIFT)));
+      REQUIRE(t.bufs.in_kernel() == 0);
+      // Bytes, then a FIN: both come in, in order, as under epoll.
+      TcpPair a;
+      const uint32_t sa = t.io.open(a.ours, 31, false);
+      // A reset after bytes: reported (EPOLLERR).
+      TcpPair b;
+      const uint32_t sb = t.io.open(b.ours, 32, false);
+      t.step();
+      REQUIRE(::send(a.peer, "GET /", 5, 0) == 5);
+      REQUIRE(::send(b.peer, "GET /", 5, 0) == 5);
+      for (int i = 0; i < 5; ++i) t.step(2);
+      REQUIRE(::shutdown(a.peer, SHUT_WR) == 0);
+      b.reset_peer();
+      std::string got;
+      char buf[64];
+      bool eof = false;
+      uint32_t seen_b = 0;
+      for (int i = 0; i < 50 && (!eof || !(seen_b & EPOLLERR)); ++i) {
+        for (const epoll_event& e : t.step(5))
+          if (e.data.u64 == 32) seen_b |= e.events;
+        for (ssize_t n; !eof && (n = t.io.recv(sa, buf, sizeof(buf))) >= 0;) {
+          if (n == 0) eof = true;
+          else got.append(buf, static_cast<size_t>(n));
+        }
+      }
+      CHECK(got == "GET /");
+      CHECK(eof);
+      CHECK((seen_b & EPOLLERR));
+      ssize_t n = 0;
+      for (int i = 0; i < 3 && (n = t.io.recv(sb, buf, sizeof(buf))) > 0;)
+        ++i;  // (bytes the reset found may come first, as from recv(2))
+      CHECK(n == -1);
+      CHECK(errno == ECONNRESET);
+      t.io.close(sa);
+      t.io.close(sb);
+      t.settle();
+      CHECK(t.io.retiring() == 0);
+      CHECK(t.pool.in_use() == 0);
+    }
   }
 
   TEST_CASE("a send to a peer that reset fails the socket: EPOLLERR, and send() and recv() say the error") {
