@@ -17,6 +17,7 @@ HttpIo::HttpIo(net::Ring& ring, net::BufRing& bufs, net::BufferPool& pool, uint3
       bufs_(bufs),
       pool_(pool),
       recv_limit_(recv_limit),
+      max_lingering_(std::max<uint32_t>(1, max_socks / 4)),
       next_(bufs.count(), kNoBuf),
       len_(bufs.count(), 0) {
   // Reserved, not touched: a slot's memory is paid for when it is first used.
@@ -548,7 +549,7 @@ void HttpIo::close(uint32_t s) noexcept {
   k.state = State::closing;
   --open_;
   ++retiring_;
-  if (k.sending) {
+  if (k.sending && lingering_ < max_lingering_) {
     // The proxy was told these bytes went out: as close(2) would leave them
     // to the kernel, the send goes on, and the fd is closed once it is done
     // (a FIN after them, as close(2) sends). The receive and the watch end

@@ -52,8 +52,12 @@
 // Closing cancels what the socket still has in flight and closes it, hard
 // linked (UringRelay::close_fd), except a send: the proxy was told its bytes
 // went out, so it goes on (at most kSendLingerMs) holding the socket, whose fd
-// is closed at once (as close(2) leaves them to the kernel under epoll). A
-// slot is reused once its last completion came, and tags carry the slot's
+// is closed at once (as close(2) leaves them to the kernel under epoll).
+// At most a quarter of the slots so linger (the rest are the open sockets
+// and those closed waiting for their cancels): beyond that a close cancels
+// its send, as the kernel resets orphaned sockets beyond its limit, so that
+// peers that never read cannot take the slots new sockets need. A slot is
+// reused once its last completion came, and tags carry the slot's
 // generation besides.
 //
 // Memory: a socket holds ring buffers only while their bytes wait for recv(),
@@ -119,7 +123,10 @@ class HttpIo {
   /// the kernel: the proxy was told those bytes went out (a "Connection:
   /// close" answer's end, a tunnel's last bytes). The fd is closed at once;
   /// the socket, which the send holds, once it is done, or after
-  /// kSendLingerMs (a peer that never reads), which then cancels it. The id must not be used again.
+  /// kSendLingerMs (a peer that never reads), which then cancels it. With
+  /// a quarter of the slots lingering so, the send is cancelled at once
+  /// instead (the kernel's limit on orphaned sockets). The id must not be
+  /// used again.
   void close(uint32_t s) noexcept;
 
   /// A completion whose tag op is >= uring_op::kHttpFirst.
@@ -209,6 +216,7 @@ class HttpIo {
   net::BufRing& bufs_;
   net::BufferPool& pool_;
   bool recv_limit_;
+  uint32_t max_lingering_;  // closed sockets whose send may go on (a quarter of the slots)
   std::vector<Sock> socks_;
   std::vector<uint16_t> next_;  // by buffer id: the next buffer in its FIFO
   std::vector<uint32_t> len_;   // by buffer id: bytes it holds
