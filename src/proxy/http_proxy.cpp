@@ -498,6 +498,10 @@ bool HttpProxy::io_open(int fd, uint32_t& io, uint64_t data, bool connecting) no
   return false;
 }
 
+const char* HttpProxy::io_open_error(int e) const noexcept {
+  return io_ && e == ENOBUFS ? "every io_uring socket slot is in use" : std::strerror(e);
+}
+
 void HttpProxy::io_close(int& fd, uint32_t& io) noexcept {
   if (fd < 0) return;
   if (io != kNone) io_->close(io);
@@ -557,6 +561,11 @@ void HttpProxy::accept(int fd, uint32_t listener, const sockaddr* peer) noexcept
   // TCP_NODELAY comes from the listening socket (accepted sockets inherit it).
   metrics::listener_open(env_, listener);
   if (!io_open(c.fd, c.io, conn_data(c), false)) {
+    const int e = errno;
+    if (env_.now_ms - last_accept_io_log_ms_ >= 1000) {
+      last_accept_io_log_ms_ = env_.now_ms;
+      GW_LOG_WARN("cannot watch a client socket: {}; closed the connection", io_open_error(e));
+    }
     close_conn(c);
     return;
   }
@@ -1753,7 +1762,10 @@ void HttpProxy::connect_next(Conn& c, bool resend) noexcept {
       close_up(u);  // (its connect may have begun: the log keeps this host)
       c.up = kNone;
       c.last_fail = kFailLocal;
-      GW_LOG_ERROR("cannot watch an upstream socket: {}", std::strerror(e));
+      if (env_.now_ms - last_error_log_ms_ >= 1000) {
+        last_error_log_ms_ = env_.now_ms;
+        GW_LOG_ERROR("cannot watch an upstream socket: {}", io_open_error(e));
+      }
       break;
     }
     if (err == 0) on_connected(c, u);

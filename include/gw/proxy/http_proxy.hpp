@@ -289,6 +289,8 @@ class HttpProxy {
   // it could not, errno set), io_close() closes it and resets both.
   bool io_open(int fd, uint32_t& io, uint64_t data, bool connecting) noexcept;
   void io_close(int& fd, uint32_t& io) noexcept;
+  /// What io_open()'s errno `e` means, for a log line.
+  const char* io_open_error(int e) const noexcept;
   ssize_t io_recv(int fd, uint32_t io, char* p, size_t n) noexcept;
   ssize_t io_peek(int fd, uint32_t io) noexcept;
   ssize_t io_send(int fd, uint32_t io, const iovec* iov, int n_iov) noexcept;
@@ -415,6 +417,7 @@ class HttpProxy {
   uint64_t last_error_log_ms_ = 0;
   uint64_t last_fd_log_ms_ = 0;
   uint64_t last_table_full_log_ms_ = 0;
+  uint64_t last_accept_io_log_ms_ = 0;   // a client closed: io_open() failed
   uint64_t no_fd_to_free_until_ms_ = 0;  // free_descriptor() found nothing: not looked for again before
   balance::Rng rng_{0x6874'7470'7072'6f78ull};
 };

@@ -6,11 +6,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "gw/core/log.hpp"
 #include "http_harness.hpp"
 
 using namespace gw;
@@ -335,9 +337,106 @@ void slow_readers_do_not_stall_others(bool uring) {
     if (h.fd >= 0) ::close(h.fd);
 }
 
+// --- every HttpIo socket slot taken -------------------------------------
+
+std::string read_file(const std::string& path) {
+  std::string s;
+  if (FILE* f = std::fopen(path.c_str(), "r")) {
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof(buf), f)) > 0;) s.append(buf, n);
+    std::fclose(f);
+  }
+  return s;
+}
+
+size_t count_of(const std::string& s, std::string_view what) {
+  size_t n = 0;
+  for (size_t at = s.find(what); at != std::string::npos; at = s.find(what, at + 1)) ++n;
+  return n;
+}
+
 }  // namespace
 
 TEST_SUITE("http io") {
+  TEST_CASE(
+      "io_uring: with every HttpIo slot taken, clients are closed and upstream sockets refused, logged once a second") {
+    if (skip_engine(true)) return;
+    const std::string log_path = "/tmp/gw_http_io_full_" + std::to_string(::getpid()) + ".log";
+    std::remove(log_path.c_str());
+    core::log_open(log_path);
+    const core::LogLevel level = core::log_level();
+    core::log_set_level(core::LogLevel::warn);
+    Upstream up;
+    Gateway g(up.port, 0, "", 0, true, 2);  // two sockets: one client and its upstream
+    // One client, whose request takes the other slot, and whose answer
+    // keeps it (a keep-alive upstream connection).
+    int a[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a) == 0);
+    g.accept(a[0]);
+    send_all(a[1], "GET /1 HTTP/1.1\r\nHost: a\r\n\r\n");
+    int host = -1;
+    std::string req, got, body;
+    host_takes_request(g, up, host, req);
+    send_all(host, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    step_until(
+        g,
+        [&] {
+          REQUIRE(drain(a[1], got));
+          return whole_response(got, body);
+        },
+        "the first answer");
+    CHECK(g.io->open_count() == 2);
+    // More clients: no slot for them. Each is closed, the proxy's slot
+    // freed; one line says why.
+    for (int i = 0; i < 3; ++i) {
+      int b[2];
+      REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, b) == 0);
+      g.accept(b[0]);
+      std::string none;
+      step_until(
+          g, [&] { return !drain(b[1], none); }, "the refused client's EOF");
+      CHECK(none.empty());
+      ::close(b[1]);
+    }
+    CHECK(g.http->active() == 1);
+    ::close(a[1]);
+    ::close(host);
+    g.http->close_all();
+    for (int i = 0; i < 20; ++i) g.step(1);
+    {
+      // One slot: a client's, and none for its upstream socket. Each request
+      // is answered 503 (local_error), as with no descriptor.
+      Gateway g1(up.port, 0, "", 0, true, 1);
+      for (int i = 0; i < 3; ++i) {
+        int c[2];
+        REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, c) == 0);
+        g1.accept(c[0]);
+        send_all(c[1], "GET /2 HTTP/1.1\r\nHost: a\r\n\r\n");
+        std::string ans, b;
+        step_until(
+            g1,
+            [&] {
+              drain(c[1], ans);
+              return whole_response(ans, b);
+            },
+            "a 503");
+        CHECK(ans.starts_with("HTTP/1.1 503"));
+        ::close(c[1]);
+        step_until(
+            g1, [&] { return g1.http->active() == 0 && g1.io->retiring() == 0; }, "the client's slot to retire");
+      }
+      g1.http->close_all();
+      for (int i = 0; i < 20; ++i) g1.step(1);
+    }
+    core::log_open("");
+    core::log_set_level(level);
+    const std::string log = read_file(log_path);
+    std::remove(log_path.c_str());
+    INFO(log);
+    CHECK(count_of(log, "cannot watch a client socket") == 1);
+    CHECK(count_of(log, "cannot watch an upstream socket") == 1);
+  }
+
   TEST_CASE("engines: a Connection: close answer reaches a client that reads only after kLingerMs (epoll)") {
     close_answer_reaches_late_reader(false);
   }

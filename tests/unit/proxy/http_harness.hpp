@@ -76,9 +76,10 @@ struct Gateway {
   /// (tried only once "h" has been); `upstream_extra` adds fields to the
   /// upstream ("\"retry\": {...}, ").
   /// `max_buffers` bounds the worker's buffer pool (0: unbounded, as gwd's).
-  /// `uring`: the io_uring engine (the caller checks net::uring_unsupported()).
+  /// `uring`: the io_uring engine (the caller checks net::uring_unsupported());
+  /// `io_slots`: its HttpIo's sockets (the worker gives 4 per connection slot).
   explicit Gateway(uint16_t port, uint16_t backup_port = 0, const std::string& upstream_extra = "",
-                   size_t max_buffers = 0, bool uring = false)
+                   size_t max_buffers = 0, bool uring = false, uint32_t io_slots = 4 * 2048)
       : buffers(max_buffers) {
     const std::string backup = backup_port == 0
                                    ? std::string()
@@ -130,7 +131,7 @@ struct Gateway {
       ring = std::make_unique<net::Ring>(256);
       bufring = std::make_unique<net::BufRing>(64, 16384);
       REQUIRE(bufring->attach(ring->raw(), 0) == 0);
-      io = std::make_unique<proxy::HttpIo>(*ring, *bufring, buffers, 4 * 2048, net::uring_recv_limit_supported());
+      io = std::make_unique<proxy::HttpIo>(*ring, *bufring, buffers, io_slots, net::uring_recv_limit_supported());
       http->use_io(io.get());
     }
     http->refresh();
