@@ -366,8 +366,8 @@ void HttpIo::on_recv(Sock& k, int32_t res, uint32_t flags) noexcept {
     if (may_receive(k)) {
       arm_direct(k);
     } else {
-      arm_watch(k);    // paused with bytes held, or no pool buffer: a reset is the watch's
-      maybe_rearm(k);  // armed again once buffers are back and nothing is held
+      arm_watch(k);    // paused with bytes held: a reset is the watch's
+      maybe_rearm(k);  // armed again once nothing is held
     }
   } else if (res == -ECANCELED) {
     maybe_rearm(k);  // back-pressure: armed again when it may run
