@@ -105,12 +105,22 @@ Framer::Framer(const FrameSpec& spec) : spec_(spec), json_(std::make_unique<Json
       at = end + 1;
     }
   }
-  // One allocation, at start-up: documents up to max_body bytes, nested up to
+  // Allocated at start-up: documents up to max_body bytes, nested up to
   // max_depth. parse() is then called without reallocation. simdjson counts
   // the document root as a level of its own, hence the + 1: max_depth 1
   // accepts {"devid": "x"}.
-  if (json_->parser.allocate(std::max<size_t>(spec_.max_body, 64), spec_.max_depth + 1) != simdjson::SUCCESS)
+  const size_t capacity = std::max<size_t>(spec_.max_body, 64);
+  if (json_->parser.allocate(capacity, spec_.max_depth + 1) != simdjson::SUCCESS)
     throw std::runtime_error("cannot allocate the frame JSON parser");
+  // parser.allocate() sizes the parser, not the document it fills (its tape
+  // and strings): parse() would allocate that on the worker's thread for the
+  // first body and again for every body larger than any before. A document of
+  // `capacity` bytes (a number, then blanks) sizes it now for them all.
+  std::vector<uint8_t> blank(capacity + simdjson::SIMDJSON_PADDING, ' ');
+  blank[0] = '0';
+  simdjson::dom::element ignored;
+  if (json_->parser.parse(blank.data(), capacity, false).get(ignored) != simdjson::SUCCESS)
+    throw std::runtime_error("cannot allocate the frame JSON document");
 }
 
 Framer::~Framer() = default;

@@ -10,6 +10,8 @@
 #include <string_view>
 #include <vector>
 
+#include "../test_util.hpp"
+
 using gw::proxy::FrameDecision;
 using gw::proxy::FrameError;
 using gw::proxy::Framer;
@@ -646,6 +648,30 @@ TEST_SUITE("proxy/framer") {
     CHECK(decide(f, Bytes{1, 1, 0, 0, 0, 0}) == rejected(FrameError::bad_json, 6));
     CHECK(decide(f, Bytes{1, 1, 0, 0, 0, 0}, false) == R{Kind::frame, FrameError::none, 6, {}});
     CHECK(decide(f, Bytes{1, 1, 0, 0, 0, 1}) == rejected(FrameError::body_too_large));
+  }
+
+  TEST_CASE("inspect allocates nothing, whatever the size of the frames that come") {
+    // The data plane allocates nothing per frame. simdjson's parser.allocate()
+    // sizes the parser but not the document (tape and strings), which parse()
+    // grew to each body larger than any before: the first frame, then every
+    // new largest one, up to max_body, allocated on the worker's thread.
+    FrameSpec s;  // max_body 65536
+    Framer f(s);
+    std::vector<Bytes> bufs;
+    for (size_t pad : {0, 10, 100, 1000, 10000, 65000}) {
+      Bytes fr = frame6(R"({"devid":"k","pad":")" + std::string(pad, 'x') + "\"}");
+      fr.resize(fr.size() + kPadding, ' ');
+      bufs.push_back(std::move(fr));
+    }
+    for (const Bytes& b : bufs) {
+      CAPTURE(b.size());
+      const uint64_t before = gw::testing::allocations();
+      const FrameDecision d = f.inspect(b.data(), b.size() - kPadding);
+      const uint64_t allocated = gw::testing::allocations() - before;
+      CHECK(d.kind == Kind::frame);
+      CHECK(d.key == "k");
+      CHECK(allocated == 0);
+    }
   }
 
   TEST_CASE("frame_error_name gives a distinct name for every error") {
