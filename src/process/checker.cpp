@@ -207,14 +207,18 @@ class Checker {
       return true;
     }
     p.reply.append(buf, static_cast<size_t>(n));
-    if (p.reply.size() < 12) return false;
-    // "HTTP/d.d NNN", judged by the host's upstream as the table now has it
-    // (a host removed meanwhile: a failed check of nobody, dropped in finish).
-    // Anything else is no HTTP response: a failed check, said so.
+    // The byte after the status code too (unless the host closed right after
+    // it): a code of four digits ("HTTP/1.1 2000") is no status line.
+    if (p.reply.size() < 13 && n != 0) return false;
+    // "HTTP/d.d NNN" and a space or the end of the line (or of the answer),
+    // judged by the host's upstream as the table now has it (a host removed
+    // meanwhile: a failed check of nobody, dropped in finish). Anything else
+    // is no HTTP response: a failed check, said so.
     const shm::UpstreamRecord* up = upstream_of(p.slot, p.tag);
     auto digit = [&](size_t i) { return p.reply[i] >= '0' && p.reply[i] <= '9'; };
+    const bool ended = p.reply.size() == 12 || p.reply[12] == ' ' || p.reply[12] == '\r' || p.reply[12] == '\n';
     const bool http = p.reply.compare(0, 5, "HTTP/") == 0 && digit(5) && p.reply[6] == '.' && digit(7) &&
-                      p.reply[8] == ' ' && digit(9) && digit(10) && digit(11);
+                      p.reply[8] == ' ' && digit(9) && digit(10) && digit(11) && ended;
     const char cls = p.reply[9];
     ok = up && http && cls >= '1' && cls <= '5' && (up->check.expect_mask & (1u << (cls - '0')));
     if (!ok) err = EPROTO;

@@ -665,6 +665,51 @@ class HealthTest(GwTestCase):
         down_e = [e for e in texts if e.startswith("host_down app/p/e ")]
         self.assertTrue(down_e and down_e[0].endswith("last: closed without an answer)"), texts)
 
+    def test_http_check_status_code_is_three_digits(self):
+        """A status line whose status code has four digits ("HTTP/1.1 2000")
+        is no HTTP response: the check fails and says so, as nginx's check
+        module refuses it. The first three digits were judged ("200": a pass).
+        A status line that ends right after its code (a close, or a CR) is
+        fine."""
+        def listener(reply):
+            lsock = socket.socket()
+            lsock.bind((gwtest.LOOPBACK, 0))
+            lsock.listen(64)
+            self.addCleanup(lsock.close)
+
+            def serve():
+                while True:
+                    try:
+                        c, _ = lsock.accept()
+                    except OSError:
+                        return
+                    with c:
+                        try:
+                            c.recv(4096)
+                            c.sendall(reply)
+                            c.shutdown(socket.SHUT_WR)
+                            c.recv(4096)
+                        except OSError:
+                            pass
+            threading.Thread(target=serve, daemon=True).start()
+            return f"{gwtest.LOOPBACK}:{lsock.getsockname()[1]}"
+
+        opts = {"max_fails": 0, "health": {"type": "http", "interval_ms": 100, "timeout_ms": 300, "rise": 1,
+                                           "fall": 1}}
+        gw = self.gateway(self.make_config(
+            [pool("p", [host("four", listener(b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n")),
+                        host("bare", listener(b"HTTP/1.0 200")),
+                        host("crlf", listener(b"HTTP/1.1 204\r\n\r\n"))])], upstream_opts=opts))
+        for h in ("four", "bare", "crlf"):
+            gwtest.wait_until(lambda: host_health(gw, h)["health"] != "unknown", T(5), msg=f"{h} checked")
+        time.sleep(0.5)  # a few more checks each
+        self.assertEqual(host_health(gw, "four")["health"], "down")
+        self.assertEqual(host_health(gw, "bare")["health"], "up")
+        self.assertEqual(host_health(gw, "crlf")["health"], "up")
+        texts = gw.event_texts()
+        down = [e for e in texts if e.startswith("host_down app/p/four ")]
+        self.assertTrue(down and down[0].endswith("last: not an HTTP response)"), texts)
+
     def test_admin_changes_of_a_host_its_checks_hold_down_run_no_hook(self):
         """Host a fails its checks (host_down, hook). gwctl down, then gwctl up:
         a is out all along, so these are admin_down / admin_up events saying
