@@ -260,9 +260,27 @@ uint64_t Writer::commit(const Change& change) {
   // from before a reload turned them off would greet their return: a host
   // down back then would wait `rise` passes instead of its first check.
   // (After the publish: readers of the old table still see the verdict.)
-  for (const auto& h : t.hosts())
-    if (h.tag != 0 && h.slot < caps.max_hosts && t.upstreams()[t.pools()[h.pool].upstream].check.type == kCheckNone)
-      record_check(seg_->host(h.slot), h.tag, kActiveUnknown);
+  // A host the checks held out takes traffic again: that is a host_up, once
+  // (the verdict is cleared by one exchange), unless it stays out for another
+  // reason: by hand (health_up, no hook, as the checker says it) or on
+  // passive health (whose trial says host_up when it passes).
+  const uint64_t after_ms = core::monotonic_ms();
+  for (size_t i = 0; i < t.hosts().size(); ++i) {
+    const HostRecord& h = t.hosts()[i];
+    if (h.tag == 0 || h.slot >= caps.max_hosts) continue;
+    const UpstreamRecord& up = t.upstreams()[t.pools()[h.pool].upstream];
+    if (up.check.type != kCheckNone) continue;
+    HostRuntime& hr = seg_->host(h.slot);
+    if (h.tag != hr.tag.load(std::memory_order_relaxed)) continue;
+    if (hr.active.exchange(kActiveUnknown, std::memory_order_acq_rel) != kActiveDown) continue;
+    if (!host_usable(hr, h.tag, HealthPolicy{up.max_fails, up.fail_timeout_ms}, after_ms)) continue;
+    const std::string path = t.host_path(static_cast<int>(i)), address = h.addr.to_string();
+    events.push_back(h.admin_down
+                         ? fmt::format("health_up {} {} (active checks turned off by the config; the host "
+                                       "stays out: admin down, until gwctl up)",
+                                       path, address)
+                         : fmt::format("host_up {} {} (active checks turned off by the config)", path, address));
+  }
 
   for (const auto& e : events) emit_event(*seg_, EventKind::config, t.header().generation, e);
   return t.header().generation;

@@ -537,6 +537,9 @@ class HealthTest(GwTestCase):
         del cfg["upstreams"][0]["health"]
         self.reload(gw, cfg)
         gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "up", T(5), msg="a usable without checks")
+        # It takes traffic again: a host_up (and its hook), once.
+        ups = [e for e in gw.event_texts() if e.startswith("host_up app/primary/a ")]
+        self.assertEqual(ups, [f"host_up app/primary/a {a.address} (active checks turned off by the config)"])
         with gwtest.connect(gw.port, timeout=T(5)) as c:
             self.assertEqual(gwtest.recv_line(c), "a")
             time.sleep(2.5)  # two of the workers' rounds that close connections of hosts checked down

@@ -142,6 +142,55 @@ TEST_SUITE("shm") {
     CHECK(active_state(ts.seg.host(slot), tag) == kActiveUnknown);
   }
 
+  TEST_CASE("checks turned off bring a host they held down back with a host_up event, once") {
+    // A reload without the health block puts a host checked down back into
+    // rotation: a change of whether it takes traffic, so a host_up event (and
+    // its hook). It came back in silence: a host_down hook that took it out of
+    // some other system was never told it is back.
+    TempSegment ts;
+    Writer w(ts.seg);
+    w.set_persist(false);
+    auto set_check = [&](uint8_t type) {
+      w.commit([type](Table& t, std::vector<std::string>&) {
+        if (t.upstreams().empty()) {
+          UpstreamRecord r{};
+          set_name(r.name, "app");
+          int u = t.add_upstream(r);
+          int p = t.add_pool(u, "primary", 0, Method::round_robin);
+          t.add_host(p, "a", addr(1), 1);
+          t.add_host(p, "b", addr(2), 1);
+          t.add_host(p, "c", addr(3), 1);
+        }
+        t.upstreams()[0].check.type = type;
+        t.upstreams()[0].check.rise = t.upstreams()[0].check.fall = 1;
+      });
+    };
+    set_check(kCheckTcp);
+    Table t(ts.seg.caps());
+    read_published(ts.seg, t);
+    REQUIRE(t.hosts().size() == 3);
+    CHECK(record_check(ts.seg.host(t.hosts()[0].slot), t.hosts()[0].tag, kActiveDown));  // a: down
+    CHECK(record_check(ts.seg.host(t.hosts()[1].slot), t.hosts()[1].tag, kActiveUp));    // b: up
+    w.commit([](Table& x, std::vector<std::string>&) { x.hosts()[2].admin_down = 1; });  // c: down by hand
+    CHECK(record_check(ts.seg.host(t.hosts()[2].slot), t.hosts()[2].tag, kActiveDown));  // and by its checks
+    auto texts = [&] {
+      std::vector<std::string> out;
+      EventData e{};
+      for (uint64_t seq = 0; read_event(ts.seg, seq, e) == EventRead::ok; ++seq) out.emplace_back(e.text);
+      return out;
+    };
+    const size_t before = texts().size();
+    set_check(kCheckNone);
+    auto after = texts();
+    REQUIRE(after.size() == before + 2);
+    CHECK(after[before] == "host_up app/primary/a 127.0.0.1:1 (active checks turned off by the config)");
+    CHECK(after[before + 1] ==
+          "health_up app/primary/c 127.0.0.1:3 (active checks turned off by the config; the host stays out: admin "
+          "down, until gwctl up)");
+    set_check(kCheckNone);  // nothing held any host down any more: no event
+    CHECK(texts().size() == before + 2);
+  }
+
   TEST_CASE("commit writes the state file before publishing, and it reads back") {
     TempSegment ts;
     std::string path = "/tmp/gwunit-state-" + std::to_string(::getpid()) + ".json";
