@@ -272,11 +272,21 @@ class Checker {
                                        err == EPROTO ? last_status_ : std::strerror(err));
     // A host downed by hand is out whatever its checks say: its verdict
     // changes no routing, so it is not a host_up/host_down (no hook runs;
-    // a script reading the events is not told it is back).
-    std::string text =
-        admin_down ? fmt::format("health_{} {} {} ({}; the host stays out: admin down, until gwctl up)",
-                                 after == shm::kActiveUp ? "up" : "down", path, address, why)
-                   : fmt::format("host_{} {} {} ({})", after == shm::kActiveUp ? "up" : "down", path, address, why);
+    // a script reading the events is not told it is back). Nor is one that
+    // passive health holds out (a connection found it refusing before its
+    // checks failed): that said host_down already, and its trial, once a
+    // connection makes it, says host_up.
+    const bool passive_out = up->max_fails != 0 && hr.tag.load(std::memory_order_relaxed) == p.tag &&
+                             hr.health.load(std::memory_order_acquire) == shm::kHealthDown;
+    const char* verdict = after == shm::kActiveUp ? "up" : "down";
+    std::string text = admin_down ? fmt::format("health_{} {} {} ({}; the host stays out: admin down, until gwctl up)",
+                                                verdict, path, address, why)
+                       : passive_out
+                           ? fmt::format(
+                                 "health_{} {} {} ({}; the host is out on passive health until a connection's "
+                                 "trial passes)",
+                                 verdict, path, address, why)
+                           : fmt::format("host_{} {} {} ({})", verdict, path, address, why);
     shm::emit_event(seg_, shm::EventKind::health, table_->header().generation, text);
     GW_LOG_WARN("{}", text);
   }

@@ -713,6 +713,46 @@ class HealthTest(GwTestCase):
         down = [e for e in texts if e.startswith("host_down app/p/four ")]
         self.assertTrue(down and down[0].endswith("last: not an HTTP response)"), texts)
 
+    def test_checks_of_a_host_passive_health_holds_out_run_no_hook(self):
+        """Host a dies: a connection finds it refusing first (passive health:
+        host_down, hook), then its checks fail. It was out already: the
+        checker says health_down, and no second host_down hook runs. Its
+        checks pass again while passive health still holds it out (a long
+        fail_timeout): health_up, no host_up hook yet. The checker said
+        host_down and host_up, and each ran its hook, for no change of
+        whether a takes traffic."""
+        a, b = self.backend("a"), self.backend("b")
+        out = os.path.join(self.tmp, "hooks.log")
+        hooks = {"host_down": f'echo "$GW_EVENT $GW_HOST" >> {out}', "host_up": f'echo "$GW_EVENT $GW_HOST" >> {out}'}
+        check = {"type": "tcp", "interval_ms": 300, "timeout_ms": 200, "rise": 2, "fall": 3}
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a), host("b", b)])], hooks=hooks,
+                                           upstream_opts={"max_fails": 1, "fail_timeout_ms": 60000, "health": check}))
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "up", T(5), msg="a checked up")
+        port = a.port
+        a.stop()
+        self.assertEqual(set(gwtest.names(gw.port, 4)), {"b"})  # a refused one: passive host_down
+
+        def a_events():
+            return [e for e in gw.event_texts() if " app/primary/a " in e]
+        gwtest.wait_until(lambda: any("failed check(s)" in e for e in a_events()), T(5), msg="a checked down")
+        texts = a_events()
+        self.assertEqual([e.split(" ")[0] for e in texts], ["host_up", "host_down", "health_down"], texts)
+        self.assertIn("(passive: ", texts[1])
+        self.backend("a", port=port)
+        gwtest.wait_until(lambda: len(a_events()) == 4, T(5), msg="a checked up again")
+        texts = a_events()
+        self.assertTrue(texts[3].startswith("health_up app/primary/a "), texts)
+
+        def lines():
+            try:
+                with open(out) as f:
+                    return f.read().splitlines()
+            except FileNotFoundError:
+                return []
+        gwtest.wait_until(lambda: len([x for x in lines() if x.endswith(" a")]) >= 2, T(5), msg="the hooks")
+        time.sleep(0.5)
+        self.assertEqual([x for x in lines() if x.endswith(" a")], ["host_up a", "host_down a"])
+
     def test_admin_changes_of_a_host_its_checks_hold_down_run_no_hook(self):
         """Host a fails its checks (host_down, hook). gwctl down, then gwctl up:
         a is out all along, so these are admin_down / admin_up events saying
