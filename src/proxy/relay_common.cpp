@@ -204,7 +204,10 @@ bool wait_for_fd(RelayEnv& env, int err, uint64_t& wait_until_ms, uint64_t limit
 
 namespace {
 
-void host_event(RelayEnv& env, uint32_t slot, uint32_t tag, bool down, int err) noexcept {
+// `held_out`: the host's active checks hold it out, so this passive change
+// moves no traffic: health_down, which runs no hook (the checker said
+// host_down already).
+void host_event(RelayEnv& env, uint32_t slot, uint32_t tag, bool down, int err, bool held_out = false) noexcept {
   const shm::Table& t = env.snap->table();
   auto hosts = t.hosts();
   try {
@@ -220,9 +223,11 @@ void host_event(RelayEnv& env, uint32_t slot, uint32_t tag, bool down, int err) 
         break;
       }
     }
-    std::string text = down ? fmt::format("host_down {} {} (passive: {} failure(s) within {} ms, last: {})", path,
-                                          address, max_fails, fail_timeout, std::strerror(err))
-                            : fmt::format("host_up {} {} (passive: a connection succeeded)", path, address);
+    std::string text = down
+                           ? fmt::format("{} {} {} (passive: {} failure(s) within {} ms, last: {}{})",
+                                         held_out ? "health_down" : "host_down", path, address, max_fails, fail_timeout,
+                                         std::strerror(err), held_out ? "; the host is out on its active checks" : "")
+                           : fmt::format("host_up {} {} (passive: a connection succeeded)", path, address);
     shm::emit_event(*env.seg, shm::EventKind::health, t.header().generation, text);
     GW_LOG_WARN("{}", text);
   } catch (...) {
@@ -236,7 +241,12 @@ void record_connect_failure(RelayEnv& env, int ui, uint32_t slot, uint32_t tag, 
   // health settings are gone with it.
   if (ui < 0 || static_cast<size_t>(ui) >= env.snap->upstreams().size()) return;
   const balance::UpstreamView& uv = env.snap->upstreams()[static_cast<size_t>(ui)];
-  if (shm::record_failure(env.seg->host(slot), tag, uv.health, env.now_ms)) host_event(env, slot, tag, true, err);
+  shm::HostRuntime& hr = env.seg->host(slot);
+  if (shm::record_failure(hr, tag, uv.health, env.now_ms)) {
+    const uint32_t verdict = uv.health.active ? shm::active_state(hr, tag) : shm::kActiveUp;
+    const bool held_out = verdict == shm::kActiveDown || (verdict == shm::kActiveUnknown && !uv.health.unknown_usable);
+    host_event(env, slot, tag, true, err, held_out);
+  }
   env.balancer->on_failure(slot, tag, weight, uv.health.max_fails);
 }
 

@@ -13,6 +13,7 @@
 #include "gw/net/buffer_pool.hpp"
 #include "gw/net/reactor.hpp"
 #include "gw/proxy/tcp_relay.hpp"
+#include "gw/shm/events.hpp"
 #include "gw/shm/runtime.hpp"
 #include "gw/shm/writer.hpp"
 #include "proxy/relay_common.hpp"
@@ -140,6 +141,42 @@ TEST_SUITE("proxy") {
     }
     CHECK(g_raced);
     CHECK_FALSE(shm::host_usable(e.ts.seg.host(a.slot), a.tag, hp, e.env.now_ms));  // the other's trial runs
+  }
+
+  TEST_CASE("passive health: a failure that takes out a host its checks hold down says health_down, no hook") {
+    // The checks took host a out (host_down, hook); a connect begun before
+    // then fails now (a blackholed host's connects time out after the
+    // checks do). Passive health takes a down too, but a was out already:
+    // health_down, which runs no hook. It said host_down again.
+    PickEnv e(shm::Method::round_robin);
+    shm::Writer w(e.ts.seg);
+    w.set_persist(false);
+    w.commit([](shm::Table& t, std::vector<std::string>&) { t.upstreams()[0].check.type = shm::kCheckTcp; });
+    shm::TableReader reader(e.ts.seg);
+    reader.refresh(e.table);
+    e.snap.build(e.table);
+    e.bal.rebuild(e.snap);
+    const shm::HostRecord &a = e.host(0), &b = e.host(1);
+    const int ui = e.snap.find_upstream("app");
+    REQUIRE(shm::record_check(e.ts.seg.host(a.slot), a.tag, shm::kActiveDown));
+    REQUIRE(shm::record_check(e.ts.seg.host(b.slot), b.tag, shm::kActiveUp));
+    auto last_event = [&] {
+      shm::EventData ev{};
+      uint64_t seq = 0;
+      std::string text;
+      while (shm::read_event(e.ts.seg, seq, ev) == shm::EventRead::ok) {
+        text = ev.text;
+        ++seq;
+      }
+      return text;
+    };
+    proxy::record_connect_failure(e.env, ui, a.slot, a.tag, a.weight, ETIMEDOUT);
+    CHECK(last_event() ==
+          "health_down app/p/a 127.0.0.1:8001 (passive: 1 failure(s) within 10000 ms, last: Connection timed out; "
+          "the host is out on its active checks)");
+    proxy::record_connect_failure(e.env, ui, b.slot, b.tag, b.weight, ECONNREFUSED);  // b took traffic: host_down
+    CHECK(last_event() ==
+          "host_down app/p/b 127.0.0.1:8002 (passive: 1 failure(s) within 10000 ms, last: Connection refused)");
   }
 
   TEST_CASE("host_left: a host pick_host could still choose, without moving the balancer") {
