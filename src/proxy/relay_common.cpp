@@ -206,15 +206,17 @@ namespace {
 
 // `held_out`: the host's active checks hold it out, so this passive change
 // moves no traffic: health_down, which runs no hook (the checker said
-// host_down already).
+// host_down already); so does a host downed by hand.
 void host_event(RelayEnv& env, uint32_t slot, uint32_t tag, bool down, int err, bool held_out = false) noexcept {
   const shm::Table& t = env.snap->table();
   auto hosts = t.hosts();
   try {
     std::string path = "(removed host)", address = "-";
     uint32_t max_fails = 0, fail_timeout = 0;
+    bool admin_down = false;
     for (size_t i = 0; i < hosts.size(); ++i) {
       if (hosts[i].slot == slot && hosts[i].tag == tag) {
+        admin_down = hosts[i].admin_down != 0;
         path = t.host_path(static_cast<int>(i));
         address = hosts[i].addr.to_string();
         const auto& pool = t.pools()[hosts[i].pool];
@@ -223,11 +225,14 @@ void host_event(RelayEnv& env, uint32_t slot, uint32_t tag, bool down, int err, 
         break;
       }
     }
-    std::string text = down
-                           ? fmt::format("{} {} {} (passive: {} failure(s) within {} ms, last: {}{})",
-                                         held_out ? "health_down" : "host_down", path, address, max_fails, fail_timeout,
-                                         std::strerror(err), held_out ? "; the host is out on its active checks" : "")
-                           : fmt::format("host_up {} {} (passive: a connection succeeded)", path, address);
+    // A host downed by hand is out already too (gwctl down said host_down).
+    const char* out_already = admin_down ? "; the host stays out: admin down, until gwctl up"
+                              : held_out ? "; the host is out on its active checks"
+                                         : "";
+    std::string text = down ? fmt::format("{} {} {} (passive: {} failure(s) within {} ms, last: {}{})",
+                                          *out_already ? "health_down" : "host_down", path, address, max_fails,
+                                          fail_timeout, std::strerror(err), out_already)
+                            : fmt::format("host_up {} {} (passive: a connection succeeded)", path, address);
     shm::emit_event(*env.seg, shm::EventKind::health, t.header().generation, text);
     GW_LOG_WARN("{}", text);
   } catch (...) {

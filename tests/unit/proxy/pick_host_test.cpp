@@ -179,6 +179,32 @@ TEST_SUITE("proxy") {
           "host_down app/p/b 127.0.0.1:8002 (passive: 1 failure(s) within 10000 ms, last: Connection refused)");
   }
 
+  TEST_CASE("passive health: a failure that takes out a host downed by hand says health_down, no hook") {
+    // gwctl down took host c out (host_down, hook); a connect begun before
+    // then fails now: passive health takes c down too, but it was out
+    // already. It said host_down again.
+    PickEnv e(shm::Method::round_robin);
+    shm::Writer w(e.ts.seg);
+    w.set_persist(false);
+    w.commit([](shm::Table& t, std::vector<std::string>&) { t.hosts()[2].admin_down = 1; });
+    shm::TableReader reader(e.ts.seg);
+    reader.refresh(e.table);
+    e.snap.build(e.table);
+    e.bal.rebuild(e.snap);
+    const shm::HostRecord& c = e.host(2);
+    proxy::record_connect_failure(e.env, e.snap.find_upstream("app"), c.slot, c.tag, c.weight, ECONNREFUSED);
+    shm::EventData ev{};
+    uint64_t seq = 0;
+    std::string text;
+    while (shm::read_event(e.ts.seg, seq, ev) == shm::EventRead::ok) {
+      text = ev.text;
+      ++seq;
+    }
+    CHECK(text ==
+          "health_down app/p/c 127.0.0.1:8003 (passive: 1 failure(s) within 10000 ms, last: Connection refused; the "
+          "host stays out: admin down, until gwctl up)");
+  }
+
   TEST_CASE("host_left: a host pick_host could still choose, without moving the balancer") {
     // Hosts a, b, c (weight 10). host_left() says whether one not yet tried
     // is admin up and usable; a failure within its fail_timeout makes a host
