@@ -71,6 +71,14 @@ bool query_arg(std::string_view target, std::string_view name, std::string_view&
   return found;
 }
 
+// Whether a cookie pair's name (the bytes before its '=') is `name`. Blanks
+// around it do not count, as the hosts' cookie parsers read it (Go's
+// net/http, Node's cookie, Python's http.cookies and Werkzeug trim them):
+// "jwt =B" is a cookie named "jwt".
+bool cookie_named(std::string_view pair, size_t eq, std::string_view name) noexcept {
+  return eq != std::string_view::npos && trim(pair.substr(0, eq)) == name;
+}
+
 bool cookie(const http::Head& h, std::string_view name, std::string_view& value) noexcept {
   for (const http::Field& f : h.fields) {
     if (!http::iequals(f.name, "cookie")) continue;
@@ -80,7 +88,7 @@ bool cookie(const http::Head& h, std::string_view name, std::string_view& value)
       const std::string_view pair = trim(rest.substr(0, semi));
       rest = semi == std::string_view::npos ? std::string_view{} : rest.substr(semi + 1);
       const size_t eq = pair.find('=');
-      if (eq != std::string_view::npos && pair.substr(0, eq) == name) {
+      if (cookie_named(pair, eq, name)) {
         value = trim(pair.substr(eq + 1));
         if (value.size() >= 2 && value.front() == '"' && value.back() == '"') value = value.substr(1, value.size() - 2);
         return true;
@@ -164,8 +172,7 @@ size_t credential_count(const config::AuthConf& a, const GuardRequest& rq, bool 
           const size_t semi = rest.find(';');
           const std::string_view pair = trim(rest.substr(0, semi));
           rest = semi == std::string_view::npos ? std::string_view{} : rest.substr(semi + 1);
-          const size_t eq = pair.find('=');
-          n += eq != std::string_view::npos && pair.substr(0, eq) == a.from_name;
+          n += cookie_named(pair, pair.find('='), a.from_name);
         }
       }
       break;
