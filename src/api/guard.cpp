@@ -19,6 +19,11 @@ QueryName query_name(std::string_view raw, std::string_view name) noexcept {
   };
   size_t j = 0;  // the decoded bytes so far; they match name[0..j) while `same`
   bool same = true;
+  // PHP's reading of the name (php_register_variable_ex): leading spaces
+  // dropped, ' ' and '.' as '_', the name ended by '[' or a NUL. k: its bytes
+  // so far, matching name[0..k) while `php_same`.
+  size_t k = 0;
+  bool php_same = true, php_lead = true, php_end = false;
   for (size_t i = 0; i < raw.size(); ++i, ++j) {
     char c = raw[i];
     if (c == '%') {
@@ -29,8 +34,18 @@ QueryName query_name(std::string_view raw, std::string_view name) noexcept {
       c = ' ';  // form decoding, as the host's query parser does
     }
     same = same && j < name.size() && name[j] == c;
+    if (php_end || (php_lead && c == ' ')) continue;
+    php_lead = false;
+    if (c == '[' || c == '\0') {
+      php_end = true;
+      continue;
+    }
+    const char p = c == ' ' || c == '.' ? '_' : c;
+    php_same = php_same && k < name.size() && name[k] == p;
+    ++k;
   }
-  return same && j == name.size() ? QueryName::match : QueryName::other;
+  if (same && j == name.size()) return QueryName::match;
+  return php_same && k == name.size() ? QueryName::alike : QueryName::other;
 }
 
 namespace {
@@ -42,15 +57,16 @@ std::string_view trim(std::string_view v) noexcept {
 }
 
 // Calls fn(name, value) for each argument of the target's query (as sent),
-// until fn returns false.
+// until fn returns false. `separators`: what ends an argument ("&", or "&;"
+// as Rack 2 and Python before 3.9.2 split a query).
 template <typename Fn>
-void each_query_arg(std::string_view target, Fn&& fn) noexcept {
+void each_query_arg(std::string_view target, Fn&& fn, std::string_view separators = "&") noexcept {
   const size_t q = target.find('?');
   if (q == std::string_view::npos) return;
   std::string_view query = target.substr(q + 1);
   if (const size_t hash = query.find('#'); hash != std::string_view::npos) query = query.substr(0, hash);
   while (!query.empty()) {
-    const size_t amp = query.find('&');
+    const size_t amp = query.find_first_of(separators);
     const std::string_view pair = query.substr(0, amp);
     query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
     const size_t eq = pair.find('=');
@@ -155,14 +171,20 @@ size_t credential_count(const config::AuthConf& a, const GuardRequest& rq, bool 
     case config::CredFrom::header: fields(a.from_name); break;
     case config::CredFrom::query:
       // Names compared percent-decoded, as the host will read them
-      // ("api%6Bey" is a second "apikey"). A name with a malformed escape is
-      // read differently by different hosts (kept as sent, cut, or the
-      // request refused): it may be the key's, so it counts as a second one.
-      each_query_arg(rq.target, [&](std::string_view name, std::string_view) {
-        const QueryName m = query_name(name, a.from_name);
-        n += m == QueryName::match ? 1 : m == QueryName::malformed ? 2 : 0;
-        return true;
-      });
+      // ("api%6Bey" is a second "apikey"), and as PHP mangles them ("%20apikey",
+      // "api.key" for "api_key"). A name with a malformed escape is read
+      // differently by different hosts (kept as sent, cut, or the request
+      // refused): it may be the key's, so it counts as a second one. An
+      // argument behind a ';' ("x=1;apikey=B") counts too: Rack 2 and Python
+      // before 3.9.2 split the query there as well.
+      each_query_arg(
+          rq.target,
+          [&](std::string_view name, std::string_view) {
+            const QueryName m = query_name(name, a.from_name);
+            n += m == QueryName::malformed ? 2 : m != QueryName::other;
+            return true;
+          },
+          "&;");
       break;
     case config::CredFrom::cookie:
       for (const http::Field& f : rq.head->fields) {

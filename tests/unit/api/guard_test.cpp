@@ -114,4 +114,37 @@ TEST_SUITE("api") {
     CHECK(g.consumer.view() == "alice");
     CHECK(g.check({field("Cookie", "xjwt=" + good)}) == 401);
   }
+
+  TEST_CASE("query argument names as PHP reads them are alike") {
+    CHECK(query_name("%20apikey", "apikey") == QueryName::alike);  // leading spaces dropped
+    CHECK(query_name("++apikey", "apikey") == QueryName::alike);
+    CHECK(query_name("api.key", "api_key") == QueryName::alike);  // ' ' and '.' read as '_'
+    CHECK(query_name("api+key", "api_key") == QueryName::alike);
+    CHECK(query_name("apikey[]", "apikey") == QueryName::alike);  // an array named apikey
+    CHECK(query_name("apikey[x", "apikey") == QueryName::alike);
+    CHECK(query_name("apikey%00x", "apikey") == QueryName::alike);
+    CHECK(query_name("api_key", "api_key") == QueryName::match);
+    CHECK(query_name("api.key", "apikey") == QueryName::other);
+    CHECK(query_name("apikey%20", "apikey") == QueryName::other);  // trailing spaces are PHP's too ("apikey_")
+    CHECK(query_name("[apikey", "apikey") == QueryName::other);
+  }
+
+  TEST_CASE("guard: a query key named twice as some host reads it is refused") {
+    GuardRig g(R"(, "auth": {"type": "key-auth", "query": "api_key"})",
+               R"(, "consumers": [{"name": "alice", "key": "alice-key"}])");
+    CHECK(g.check({}, "/?api_key=alice-key") == 0);
+    CHECK(g.consumer.view() == "alice");
+    CHECK(g.check({}, "/?api_key=wrong") == 401);
+    CHECK(g.check({}, "/?api_key=alice-key&api_k%65y=x") == 400);  // as before: percent-decoded
+    // PHP's $_GET["api_key"] is the last of these; gw checks the first.
+    CHECK(g.check({}, "/?api_key=alice-key&api.key=x") == 400);
+    CHECK(g.check({}, "/?api_key=alice-key&%20api_key=x") == 400);
+    CHECK(g.check({}, "/?api_key=alice-key&api_key[]=x") == 400);
+    // Rack 2 and Python before 3.9.2 also split at ';'.
+    CHECK(g.check({}, "/?api_key=alice-key;api_key=x") == 400);
+    CHECK(g.check({}, "/?a=1;api_key=x&api_key=alice-key") == 400);
+    // Other arguments around it, ';' in them too, are fine.
+    CHECK(g.check({}, "/?a=1;b=2&api_key=alice-key&api.other=3") == 0);
+    CHECK(g.consumer.view() == "alice");
+  }
 }
