@@ -194,7 +194,13 @@ size_t credential_count(const config::AuthConf& a, const GuardRequest& rq, bool 
           const size_t semi = rest.find(';');
           const std::string_view pair = trim(rest.substr(0, semi));
           rest = semi == std::string_view::npos ? std::string_view{} : rest.substr(semi + 1);
-          n += cookie_named(pair, pair.find('='), a.from_name);
+          const size_t eq = pair.find('=');
+          if (eq == std::string_view::npos) continue;
+          // PHP reads cookie names as it reads query argument names
+          // (percent-decoded, then mangled): "access.token" is a second
+          // "access_token" there, and " %6Awt" a second "jwt".
+          const QueryName m = query_name(trim(pair.substr(0, eq)), a.from_name);
+          n += cookie_named(pair, eq, a.from_name) || m == QueryName::match || m == QueryName::alike;
         }
       }
       break;

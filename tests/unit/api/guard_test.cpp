@@ -147,4 +147,16 @@ TEST_SUITE("api") {
     CHECK(g.check({}, "/?a=1;b=2&api_key=alice-key&api.other=3") == 0);
     CHECK(g.consumer.view() == "alice");
   }
+
+  TEST_CASE("guard: a cookie credential named twice as PHP reads cookie names is refused") {
+    GuardRig g(R"(, "auth": {"type": "jwt", "algorithm": "HS256", "secret": ")" + kSecret +
+               R"(", "cookie": "access_token"})");
+    const std::string good = hs256(R"({"sub":"alice"})"), forged = "forged.token.here";
+    CHECK(g.check({field("Cookie", "access_token=" + good + "; other.name=1")}) == 0);
+    CHECK(g.consumer.view() == "alice");
+    // PHP's $_COOKIE["access_token"] is the last of these; gw checks the first.
+    CHECK(g.check({field("Cookie", "access_token=" + good + "; access.token=" + forged)}) == 400);
+    CHECK(g.check({field("Cookie", "access_token=" + good + "; access%5Ftoken=" + forged)}) == 400);
+    CHECK(g.check({field("Cookie", "access_token=" + good + "; access token=" + forged)}) == 400);
+  }
 }
