@@ -40,8 +40,8 @@ QueryName query_name(std::string_view raw, std::string_view name) noexcept {
       php_end = true;
       continue;
     }
-    const char p = c == ' ' || c == '.' ? '_' : c;
-    php_same = php_same && k < name.size() && name[k] == p;
+    const auto mangled = [](char x) { return x == ' ' || x == '.' ? '_' : x; };
+    php_same = php_same && k < name.size() && mangled(name[k]) == mangled(c);  // "api.key" is PHP's "api_key"
     ++k;
   }
   if (same && j == name.size()) return QueryName::match;

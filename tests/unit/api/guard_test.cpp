@@ -120,6 +120,7 @@ TEST_SUITE("api") {
     CHECK(query_name("++apikey", "apikey") == QueryName::alike);
     CHECK(query_name("api.key", "api_key") == QueryName::alike);  // ' ' and '.' read as '_'
     CHECK(query_name("api+key", "api_key") == QueryName::alike);
+    CHECK(query_name("api_key", "api.key") == QueryName::alike);  // PHP reads the configured name so too
     CHECK(query_name("apikey[]", "apikey") == QueryName::alike);  // an array named apikey
     CHECK(query_name("apikey[x", "apikey") == QueryName::alike);
     CHECK(query_name("apikey%00x", "apikey") == QueryName::alike);
