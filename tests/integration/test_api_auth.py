@@ -340,6 +340,28 @@ class ApiAuthTest(GwTestCase):
         self.assertEqual(r.status, 400)
         c.close()
 
+    def test_a_second_credential_as_the_host_reads_names_is_refused(self):
+        """A cookie name with blanks around it ("jwt =B": Go, Node and Python
+        trim them), a cookie or argument name as PHP mangles it ("access.token",
+        "%20key"), an argument behind ';' (Rack 2, older Python): each is the
+        credential's carrier for some host, so a second one is refused (400)."""
+        routes = [{"name": "q", "path": "/q/", "upstream": "app", "auth": {"type": "key-auth", "query": "api_key"}},
+                  {"name": "c", "path": "/c/", "upstream": "app",
+                   "auth": {"type": "jwt", "algorithm": "HS256", "secret": SECRET, "cookie": "access_token"}}]
+        gw = self.gateway(self.config(routes, consumers=[{"name": "alice", "key": "alice-key-0001"}]))
+        c = Client(gw.port)
+        self.assertEqual(c.get("/q/?api_key=alice-key-0001&a=1;b=2").status, 200)
+        for q in ("api.key=evil", "%20api_key=evil", "api_key[]=evil"):
+            self.assertEqual(c.get(f"/q/?api_key=alice-key-0001&{q}").status, 400, q)
+        self.assertEqual(c.get("/q/?x=1;api_key=evil&api_key=alice-key-0001").status, 400)
+        good = hs256({"sub": "alice", "exp": time.time() + 600}, SECRET)
+        forged = hs256({"sub": "root", "exp": time.time() + 600}, "x" * 32)
+        self.assertEqual(c.get("/c/", [("Cookie", f"access_token={good}; a.b=1")]).status, 200)
+        for second in ("access_token =", " access_token=", "access.token=", "access%5Ftoken="):
+            r = c.get("/c/", [("Cookie", f"access_token={good}; {second}{forged}")])
+            self.assertEqual(r.status, 400, second)
+        c.close()
+
     def test_a_second_key_header_spelt_with_underscores_is_refused(self):
         """With http.underscores_in_headers, X_Api_Key reaches a CGI/WSGI/PHP
         host as the same HTTP_X_API_KEY as X-Api-Key: it is the key header
