@@ -132,9 +132,10 @@ bool reconcile(shm::Table& t, const Model& model, std::vector<std::string>& even
             changed.push_back(fmt::format("host_changed {} {} weight={}", path, addr, hs.weight));
           if ((old->admin_down != 0) != hs.down) {
             const char* verb = hs.down ? "down" : "up";
-            if (seg && shm::held_down_by_checks(*seg, t, *old))
-              changed.push_back(fmt::format("admin_{} {} {} (admin: etcd; the host {} out: its health check fails)",
-                                            verb, path, addr, hs.down ? "was already" : "stays"));
+            const char* why = seg ? shm::held_out_reason(*seg, t, *old) : nullptr;
+            if (why)
+              changed.push_back(fmt::format("admin_{} {} {} (admin: etcd; the host {} out: {})", verb, path, addr,
+                                            hs.down ? "was already" : "stays", why));
             else changed.push_back(fmt::format("host_{} {} {} (admin: etcd)", verb, path, addr));
           }
         } else {

@@ -13,15 +13,17 @@ using Kind = TableError::Kind;
 namespace {
 // The event of an admin change of host `rec` (already changed in `t`): a
 // host_up / host_down (the hooks' events) when it moves traffic. A host its
-// active checks hold down is out either way: admin_up / admin_down, saying
-// so, as the checker's health_up / health_down of an admin-down host.
+// active checks or passive health hold down is out either way: admin_up /
+// admin_down, saying so, as the checker's health_up / health_down of an
+// admin-down host.
 std::string admin_event(const Segment& seg, const Table& t, const HostRecord& rec, bool down, const std::string& u,
                         const std::string& p, const std::string& id, std::string_view origin) {
   const char* verb = down ? "down" : "up";
-  if (!held_down_by_checks(seg, t, rec))
+  const char* held = held_out_reason(seg, t, rec);
+  if (!held)
     return fmt::format("host_{} {}/{}/{} {} (admin: {} {})", verb, u, p, id, rec.addr.to_string(), origin, verb);
-  return fmt::format("admin_{} {}/{}/{} {} (admin: {} {}; the host {} out: its health check fails)", verb, u, p, id,
-                     rec.addr.to_string(), origin, verb, down ? "was already" : "stays");
+  return fmt::format("admin_{} {}/{}/{} {} (admin: {} {}; the host {} out: {})", verb, u, p, id, rec.addr.to_string(),
+                     origin, verb, down ? "was already" : "stays", held);
 }
 }  // namespace
 

@@ -35,11 +35,19 @@ bool record_check(HostRuntime& h, uint32_t tag, uint32_t new_state) noexcept {
   return h.active.exchange(new_state, std::memory_order_acq_rel) != new_state;
 }
 
-bool held_down_by_checks(const Segment& seg, const Table& t, const HostRecord& h) noexcept {
-  if (h.tag == 0 || h.slot >= seg.caps().max_hosts || h.pool >= t.pools().size()) return false;
+const char* held_out_reason(const Segment& seg, const Table& t, const HostRecord& h) noexcept {
+  if (h.tag == 0 || h.slot >= seg.caps().max_hosts || h.pool >= t.pools().size()) return nullptr;
   const uint16_t u = t.pools()[h.pool].upstream;
-  if (u >= t.upstreams().size() || t.upstreams()[u].check.type == kCheckNone) return false;
-  return active_state(seg.host(h.slot), h.tag) == kActiveDown;
+  if (u >= t.upstreams().size()) return nullptr;
+  const UpstreamRecord& up = t.upstreams()[u];
+  const HostRuntime& hr = seg.host(h.slot);
+  if (up.check.type != kCheckNone && active_state(hr, h.tag) == kActiveDown) return "its health check fails";
+  // Down on passive health, its fail_timeout over or not: it gets one trial
+  // connection, whose success says host_up (record_success).
+  if (up.max_fails != 0 && hr.tag.load(std::memory_order_relaxed) == h.tag &&
+      hr.health.load(std::memory_order_acquire) == kHealthDown)
+    return "passive health, until a connection's trial passes";
+  return nullptr;
 }
 
 bool host_usable(const HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept {

@@ -275,27 +275,38 @@ uint64_t Writer::commit(const Change& change) {
   // A checker's verdict lives only while its upstream has checks. One left
   // from before a reload turned them off would greet their return: a host
   // down back then would wait `rise` passes instead of its first check.
-  // (After the publish: readers of the old table still see the verdict.)
-  // A host the checks held out takes traffic again: that is a host_up, once
-  // (the verdict is cleared by one exchange), unless it stays out for another
-  // reason: by hand (health_up, no hook, as the checker says it) or on
-  // passive health (whose trial says host_up when it passes).
-  const uint64_t after_ms = core::monotonic_ms();
+  // Passive health's verdict likewise lives only while max_fails is set: a
+  // reload to `max_fails 0` sends traffic to a host it held down, and one
+  // back to `max_fails 1` must not find it down from long ago.
+  // (After the publish: readers of the old table still see the verdicts.)
+  // A host either held out takes traffic again: that is a host_up, once (a
+  // verdict is cleared by one exchange), unless it stays out for another
+  // reason: by hand, or on the other verdict (health_up, no hook, as the
+  // checker says it; passive health's trial says host_up when it passes).
   for (size_t i = 0; i < t.hosts().size(); ++i) {
     const HostRecord& h = t.hosts()[i];
     if (h.tag == 0 || h.slot >= caps.max_hosts) continue;
     const UpstreamRecord& up = t.upstreams()[t.pools()[h.pool].upstream];
-    if (up.check.type != kCheckNone) continue;
     HostRuntime& hr = seg_->host(h.slot);
     if (h.tag != hr.tag.load(std::memory_order_relaxed)) continue;
-    if (hr.active.exchange(kActiveUnknown, std::memory_order_acq_rel) != kActiveDown) continue;
-    if (!host_usable(hr, h.tag, HealthPolicy{up.max_fails, up.fail_timeout_ms}, after_ms)) continue;
+    const bool checks_off =
+        up.check.type == kCheckNone && hr.active.exchange(kActiveUnknown, std::memory_order_acq_rel) == kActiveDown;
+    const bool passive_off =
+        up.max_fails == 0 && hr.health.exchange(kHealthUp, std::memory_order_acq_rel) == kHealthDown;
+    if (!checks_off && !passive_off) continue;
+    const char* why = checks_off && passive_off ? "active checks and passive health turned off by the config"
+                      : checks_off              ? "active checks turned off by the config"
+                                                : "passive health turned off by the config";
     const std::string path = t.host_path(static_cast<int>(i)), address = h.addr.to_string();
-    events.push_back(h.admin_down
-                         ? fmt::format("health_up {} {} (active checks turned off by the config; the host "
-                                       "stays out: admin down, until gwctl up)",
-                                       path, address)
-                         : fmt::format("host_up {} {} (active checks turned off by the config)", path, address));
+    if (h.admin_down) {
+      events.push_back(
+          fmt::format("health_up {} {} ({}; the host stays out: admin down, until gwctl up)", path, address, why));
+    } else if (const char* held = held_out_reason(*seg_, t, h)) {
+      if (checks_off) continue;  // passive health holds it: its trial says host_up
+      events.push_back(fmt::format("health_up {} {} ({}; the host stays out: {})", path, address, why, held));
+    } else {
+      events.push_back(fmt::format("host_up {} {} ({})", path, address, why));
+    }
   }
 
   for (const auto& e : events) emit_event(*seg_, EventKind::config, t.header().generation, e);

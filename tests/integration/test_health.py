@@ -546,6 +546,50 @@ class HealthTest(GwTestCase):
             c.sendall(b"ping\n")
             self.assertEqual(gwtest.recv_line(c), "ping", "the connection to a was closed")
 
+    def test_passive_health_turned_off_or_an_admin_change_runs_each_hook_once(self):
+        """a refuses a connection: passive health takes it out (host_down and
+        its hook). gwctl down and up in between move no traffic: admin_down /
+        admin_up, no hook (they were a second host_down and an early host_up).
+        A reload to max_fails 0 sends traffic to it again: host_up and its
+        hook, where it used to stay marked down in silence."""
+        a, b = self.backend("a"), self.backend("b")
+        out = os.path.join(self.tmp, "hooks.log")
+        hooks = {"host_down": f'echo "$GW_EVENT $GW_HOST" >> {out}', "host_up": f'echo "$GW_EVENT $GW_HOST" >> {out}'}
+        cfg = self.make_config([pool("primary", [host("a", a), host("b", b)])],
+                               upstream_opts={"max_fails": 1, "fail_timeout_ms": 60000}, hooks=hooks)
+        gw = self.gateway(cfg)
+
+        def lines():
+            try:
+                with open(out) as f:
+                    return [l for l in f.read().splitlines() if l.endswith(" a")]
+            except FileNotFoundError:
+                return []
+        port = a.port
+        a.stop()
+        gwtest.wait_until(lambda: (gwtest.names(gw.port, 2), host_health(gw, "a")["health"] == "down")[1], T(5),
+                          msg="a fails a connection")
+        gwtest.wait_until(lambda: lines() == ["host_down a"], T(5), msg="the host_down hook")
+        for verb in ("down", "up"):
+            rc, _, err = gw.gwctl(verb, "host", "app/primary", "a")
+            self.assertEqual(rc, 0, err)
+        mine = [e for e in gw.event_texts() if "(admin: gwctl" in e]
+        self.assertEqual(mine, [
+            f"admin_down app/primary/a {a.address} (admin: gwctl down; the host was already out: passive health, "
+            "until a connection's trial passes)",
+            f"admin_up app/primary/a {a.address} (admin: gwctl up; the host stays out: passive health, until a "
+            "connection's trial passes)"])
+        self.backend("a", port=port)
+        cfg["upstreams"][0]["max_fails"] = 0
+        self.reload(gw, cfg)
+        gwtest.wait_until(lambda: lines() == ["host_down a", "host_up a"], T(5), msg="the host_up hook")
+        ups = [e for e in gw.event_texts() if e.startswith("host_up app/primary/a ")]
+        self.assertEqual(ups, [f"host_up app/primary/a {a.address} (passive health turned off by the config)"])
+        self.assertEqual(host_health(gw, "a")["health"], "up")
+        gwtest.wait_until(lambda: "a" in gwtest.names(gw.port, 4), T(5), msg="a takes traffic")
+        time.sleep(0.5)  # a second hook would have run by now
+        self.assertEqual(lines(), ["host_down a", "host_up a"])
+
     def test_tcp_check_of_a_host_that_resets_before_the_connect_is_seen_passes(self):
         """A tcp check's connect completes, and the host resets the connection
         (SO_LINGER 0) before the checker has looked at it: SO_ERROR then says

@@ -58,9 +58,12 @@ bool record_check(HostRuntime& h, uint32_t tag, uint32_t new_state) noexcept;
 uint32_t active_state(const HostRuntime& h, uint32_t tag) noexcept;
 class Table;
 struct HostRecord;
-/// Do the active checks of its upstream (in `t`) hold host `h` out? Then an
-/// admin change of it moves no traffic (admin_up / admin_down events, no hook).
-bool held_down_by_checks(const Segment& seg, const Table& t, const HostRecord& h) noexcept;
+/// Does something other than its admin state hold host `h` out: the active
+/// checks of its upstream (in `t`), or passive health (a host_down was said,
+/// and only a connection's trial says host_up)? Then an admin change of it
+/// moves no traffic (admin_up / admin_down events, no hook). The reason, for
+/// the event, or nullptr.
+const char* held_out_reason(const Segment& seg, const Table& t, const HostRecord& h) noexcept;
 
 /// Slow start: the host just came back (health or admin); its weight ramps from here.
 inline void mark_up(HostRuntime& h, uint32_t tag, uint64_t now_ms) noexcept {

@@ -6,6 +6,7 @@
 #include "../test_util.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/ops.hpp"
+#include "gw/shm/runtime.hpp"
 #include "gw/shm/writer.hpp"
 
 using namespace gw::shm;
@@ -68,6 +69,38 @@ TEST_SUITE("shm") {
     CHECK_FALSE(r.changed);
     CHECK(r.what == "host app/primary/a already has weight 4 and is down");
     CHECK_THROWS_AS(ops::set_host(ts.seg, "app", "primary", "a", std::nullopt, std::nullopt, "api"), TableError);
+  }
+
+  TEST_CASE("set_host_down: a host passive health holds out moves no traffic: admin_down / admin_up, no hook") {
+    // It said host_down when it failed; its trial says host_up when it
+    // passes. gwctl down and up in between were a second host_down and an
+    // early host_up, each running its hook.
+    TempSegment ts({1, 1, 1});
+    one_host(ts);
+    Writer w(ts.seg);
+    w.set_persist(false);
+    w.commit([](Table& t, std::vector<std::string>&) { t.upstreams()[0].max_fails = 1; });
+    Table t(ts.seg.caps());
+    read_published(ts.seg, t);
+    const HostRecord& h = t.hosts()[0];
+    auto event = [&](const auto& change) {
+      const uint64_t head = ts.seg.header().event_head.load();
+      change();
+      EventData e{};
+      REQUIRE(read_event(ts.seg, head, e) == EventRead::ok);
+      return std::string(e.text);
+    };
+    CHECK(event([&] { ops::set_host_down(ts.seg, "app", "primary", "a", true, "gwctl"); }) ==
+          "host_down app/primary/a 127.0.0.1:1 (admin: gwctl down)");
+    CHECK(event([&] { ops::set_host_down(ts.seg, "app", "primary", "a", false, "gwctl"); }) ==
+          "host_up app/primary/a 127.0.0.1:1 (admin: gwctl up)");
+    REQUIRE(record_failure(ts.seg.host(h.slot), h.tag, HealthPolicy{1, 10000}, 1000));
+    CHECK(event([&] { ops::set_host_down(ts.seg, "app", "primary", "a", true, "gwctl"); }) ==
+          "admin_down app/primary/a 127.0.0.1:1 (admin: gwctl down; the host was already out: passive health, "
+          "until a connection's trial passes)");
+    CHECK(event([&] { ops::set_host(ts.seg, "app", "primary", "a", std::nullopt, false, "api"); }) ==
+          "admin_up app/primary/a 127.0.0.1:1 (admin: api up; the host stays out: passive health, until a "
+          "connection's trial passes)");
   }
 
   TEST_CASE("set_pool: a new priority or method in one commit, with its event; the same ones change nothing") {

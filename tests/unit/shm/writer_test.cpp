@@ -191,6 +191,109 @@ TEST_SUITE("shm") {
     CHECK(texts().size() == before + 2);
   }
 
+  TEST_CASE("max_fails turned off brings a host passive health held down back with a host_up event, once") {
+    // A reload to max_fails 0 sends traffic to a host passive health had
+    // taken out (host_down said, its hook run): that is a host_up too. And a
+    // reload back to max_fails 1 must not find it down from long ago.
+    TempSegment ts;
+    Writer w(ts.seg);
+    w.set_persist(false);
+    auto set_max_fails = [&](uint32_t n, uint8_t check = kCheckNone) {
+      w.commit([n, check](Table& t, std::vector<std::string>&) {
+        if (t.upstreams().empty()) {
+          UpstreamRecord r{};
+          set_name(r.name, "app");
+          int u = t.add_upstream(r);
+          int p = t.add_pool(u, "primary", 0, Method::round_robin);
+          t.add_host(p, "a", addr(1), 1);
+          t.add_host(p, "b", addr(2), 1);
+          t.add_host(p, "c", addr(3), 1);
+          t.add_host(p, "d", addr(4), 1);
+        }
+        t.upstreams()[0].max_fails = n;
+        t.upstreams()[0].fail_timeout_ms = 60000;
+        t.upstreams()[0].check.type = check;
+        t.upstreams()[0].check.rise = t.upstreams()[0].check.fall = 1;
+      });
+    };
+    set_max_fails(1, kCheckTcp);
+    Table t(ts.seg.caps());
+    read_published(ts.seg, t);
+    REQUIRE(t.hosts().size() == 4);
+    const HealthPolicy on{1, 60000, true};
+    for (int i : {0, 2, 3}) {  // a, c and d fail once: down
+      const auto& h = t.hosts()[static_cast<size_t>(i)];
+      CHECK(record_check(ts.seg.host(h.slot), h.tag, kActiveUp));
+      CHECK(record_failure(ts.seg.host(h.slot), h.tag, on, 1000));
+    }
+    w.commit([](Table& x, std::vector<std::string>&) { x.hosts()[2].admin_down = 1; });  // c: down by hand too
+    const auto& d = t.hosts()[3];
+    CHECK(record_check(ts.seg.host(d.slot), d.tag, kActiveDown));  // d: and by its checks
+    auto texts = [&] {
+      std::vector<std::string> out;
+      EventData e{};
+      for (uint64_t seq = 0; read_event(ts.seg, seq, e) == EventRead::ok; ++seq) out.emplace_back(e.text);
+      return out;
+    };
+    const size_t before = texts().size();
+    set_max_fails(0, kCheckTcp);
+    auto after = texts();
+    REQUIRE(after.size() == before + 3);
+    CHECK(after[before] == "host_up app/primary/a 127.0.0.1:1 (passive health turned off by the config)");
+    CHECK(after[before + 1] ==
+          "health_up app/primary/c 127.0.0.1:3 (passive health turned off by the config; the host stays out: admin "
+          "down, until gwctl up)");
+    CHECK(after[before + 2] ==
+          "health_up app/primary/d 127.0.0.1:4 (passive health turned off by the config; the host stays out: its "
+          "health check fails)");
+    set_max_fails(1, kCheckTcp);  // back on: nobody is down from before
+    CHECK(texts().size() == before + 3);
+    for (const auto& h : t.hosts()) CHECK(ts.seg.host(h.slot).health.load() == kHealthUp);
+    const auto& a = t.hosts()[0];
+    CHECK(host_usable(ts.seg.host(a.slot), a.tag, on, 1001));
+    // Both turned off at once: one event.
+    CHECK(record_failure(ts.seg.host(a.slot), a.tag, on, 2000));
+    CHECK(record_check(ts.seg.host(a.slot), a.tag, kActiveDown));
+    set_max_fails(0, kCheckNone);
+    after = texts();
+    REQUIRE(after.size() == before + 5);  // and d's checks: host_up
+    CHECK(after[before + 3] ==
+          "host_up app/primary/a 127.0.0.1:1 (active checks and passive health turned off by the config)");
+    CHECK(after[before + 4] == "host_up app/primary/d 127.0.0.1:4 (active checks turned off by the config)");
+  }
+
+  TEST_CASE("active checks turned off leave a host passive health holds down to its trial's host_up") {
+    TempSegment ts;
+    Writer w(ts.seg);
+    w.set_persist(false);
+    auto set_check = [&](uint8_t type) {
+      w.commit([type](Table& t, std::vector<std::string>&) {
+        if (t.upstreams().empty()) {
+          UpstreamRecord r{};
+          set_name(r.name, "app");
+          int u = t.add_upstream(r);
+          int p = t.add_pool(u, "primary", 0, Method::round_robin);
+          t.add_host(p, "a", addr(1), 1);
+        }
+        t.upstreams()[0].max_fails = 1;
+        t.upstreams()[0].fail_timeout_ms = 1;
+        t.upstreams()[0].check.type = type;
+      });
+    };
+    set_check(kCheckTcp);
+    Table t(ts.seg.caps());
+    read_published(ts.seg, t);
+    const auto& a = t.hosts()[0];
+    CHECK(record_check(ts.seg.host(a.slot), a.tag, kActiveDown));
+    CHECK(record_failure(ts.seg.host(a.slot), a.tag, HealthPolicy{1, 1, true}, 1000));  // long past its fail_timeout
+    size_t n = 0;
+    EventData e{};
+    while (read_event(ts.seg, n, e) == EventRead::ok) ++n;
+    set_check(kCheckNone);
+    // No event: a takes one trial, and its success says host_up.
+    CHECK(read_event(ts.seg, n, e) != EventRead::ok);
+  }
+
   TEST_CASE("commit writes the state file before publishing, and it reads back") {
     TempSegment ts;
     std::string path = "/tmp/gwunit-state-" + std::to_string(::getpid()) + ".json";
