@@ -438,6 +438,13 @@ class GrayTest(GwTestCase):
             # left, and with --header the rule would match every client
             ["add", "rule", "web", "main", "r", "--ip", ",", "--header", "X-A=1", "--upstream", "pre"],
             ["add", "rule", "web", "main", "r", "--ip", " ", "--header", "X-A=1", "--upstream", "pre"],
+            # an empty value (an unset variable): read as no matcher, it matched every client
+            ["add", "rule", "web", "main", "r", "--ip", "", "--header", "X-A=1", "--upstream", "pre"],
+            ["add", "rule", "web", "main", "r", "--ip-file", "", "--header", "X-A=1", "--upstream", "pre"],
+            ["add", "rule", "web", "main", "r", "--header", "", *ok, "--upstream", "pre"],
+            ["add", "rule", "web", "main", "r", "--cookie", "", *ok, "--upstream", "pre"],
+            ["add", "rule", "web", "main", "r", "--percent", "", *ok, "--upstream", "pre"],
+            ["set", "rule", "web", "main", "ips", "--ip", "", "--header", "X-A=1", "--upstream", "pre"],
             ["add", "rule", "web", "main", "r", "--ip", "127.0.0.2,bogus", "--upstream", "pre"],
             ["add", "rule", "web", "main", "r", "--ip", "127.0.0.17/28", "--upstream", "pre"],   # bits past prefix
             ["add", "rule", "web", "main", "r", "--ip", "::1/64", "--upstream", "pre"],          # bits past prefix

@@ -1135,17 +1135,27 @@ int main(int argc, char** argv) {
   set_pool->add_option("--priority", o.priority, "lower is preferred");
   set_pool->add_option("--method", o.method, "balancing method");
 
-  auto rule_matchers = [&o](CLI::App* cmd) {
+  // A matcher given an empty value ("--ip \"$CANARY_IPS\"" with the variable
+  // unset) is refused: read as no matcher, the rule would match every client.
+  const CLI::Validator not_empty(
+      [](std::string& v) {
+        return v.empty() ? std::string("an empty value: a rule without this matcher would match every client")
+                         : std::string();
+      },
+      "NOT EMPTY");
+  auto rule_matchers = [&o, &not_empty](CLI::App* cmd) {
     cmd->add_option("listener", o.listener, "http listener name")->required();
     cmd->add_option("route", o.route, "route name")->required();
     cmd->add_option("rule", o.id, "rule id")->required();
     cmd->add_option("--upstream", o.upstream, "where matching requests go")->required();
-    cmd->add_option("--ip", o.ip, "client addresses: IP or IP/PREFIX, comma separated");
-    cmd->add_option("--ip-file", o.ip_file, "client addresses, one IP or IP/PREFIX per line ('#' comments)");
-    cmd->add_option("--header", o.header, "NAME=VALUE: a request header equals VALUE");
-    cmd->add_option("--cookie", o.cookie, "NAME=VALUE: a cookie equals VALUE");
+    cmd->add_option("--ip", o.ip, "client addresses: IP or IP/PREFIX, comma separated")->check(not_empty);
+    cmd->add_option("--ip-file", o.ip_file, "client addresses, one IP or IP/PREFIX per line ('#' comments)")
+        ->check(not_empty);
+    cmd->add_option("--header", o.header, "NAME=VALUE: a request header equals VALUE")->check(not_empty);
+    cmd->add_option("--cookie", o.cookie, "NAME=VALUE: a cookie equals VALUE")->check(not_empty);
     cmd->add_option("--percent", o.percent,
-                    "0..100: a stable share of clients (hash of the route's key, else the client IP)");
+                    "0..100: a stable share of clients (hash of the route's key, else the client IP)")
+        ->check(not_empty);
   };
   auto* add_rule = add->add_subcommand(
       "rule", "add rule LISTENER ROUTE RULE_ID --upstream U [matchers]: tried after the route's other rules");
