@@ -211,8 +211,8 @@ size_t credential_count(const config::AuthConf& a, const GuardRequest& rq, bool 
 
 }  // namespace
 
-Guard::Guard(const config::Config& cfg, const shm::Segment& seg, uint32_t worker)
-    : seed_(seg.header().limit_seed), table_(seg, worker), counters_(seg.guard(worker)) {
+Guard::Guard(const config::Config& cfg, const shm::Segment& seg, uint32_t worker, ClockUs clock_us)
+    : clock_us_(clock_us), seed_(seg.header().limit_seed), table_(seg, worker), counters_(seg.guard(worker)) {
   bool jwt = false, basic = false;
   routes_.resize(cfg.listeners.size());
   for (size_t li = 0; li < cfg.listeners.size(); ++li) {
@@ -373,7 +373,7 @@ Verdict Guard::limit(const RouteGuard& g, const GuardRequest& rq, const Consumer
     case config::LimitReqConf::Key::consumer: key = consumer.view(); break;
   }
   if (key.empty()) return {};  // no key: not limited (nginx skips an empty key)
-  const ReqDecision d = table_.take(limit_hash(seed_, g.scope, key), g.rate, core::monotonic_ns() / 1000, now_ms);
+  const ReqDecision d = table_.take(limit_hash(seed_, g.scope, key), g.rate, clock_us_(), now_ms);
   if (d.result == LimitResult::limited) {
     char buf[48];
     const uint64_t secs = (d.wait_us + 999999) / 1000000;

@@ -29,6 +29,7 @@
 #include "gw/api/jwt.hpp"
 #include "gw/api/limit_table.hpp"
 #include "gw/config/config.hpp"
+#include "gw/core/clock.hpp"
 #include "gw/http/parser.hpp"
 #include "gw/shm/segment.hpp"
 
@@ -61,7 +62,10 @@ struct Verdict {
 
 class Guard {
  public:
-  Guard(const config::Config& cfg, const shm::Segment& seg, uint32_t worker);
+  /// Monotonic microseconds, for limit_req's buckets (the caller's now_ms is
+  /// per loop turn: too coarse for rates above 1,000/s). Tests inject a fake.
+  using ClockUs = uint64_t (*)() noexcept;
+  Guard(const config::Config& cfg, const shm::Segment& seg, uint32_t worker, ClockUs clock_us = &core::monotonic_us);
   ~Guard();
   Guard(const Guard&) = delete;
   Guard& operator=(const Guard&) = delete;
@@ -98,6 +102,7 @@ class Guard {
   Verdict reject(int status, std::string_view header) noexcept;
   void bump(std::atomic<uint64_t> shm::GuardCounters::*field) noexcept;
 
+  ClockUs clock_us_;
   uint64_t seed_;
   LimitTable table_;
   shm::GuardCounters& counters_;

@@ -9,6 +9,9 @@ namespace gw::core {
 /// CLOCK_MONOTONIC in milliseconds / nanoseconds. Comparable across processes.
 uint64_t monotonic_ms() noexcept;
 uint64_t monotonic_ns() noexcept;
+inline uint64_t monotonic_us() noexcept {
+  return monotonic_ns() / 1000;
+}
 /// Wall clock (CLOCK_REALTIME) in milliseconds since the epoch.
 uint64_t wall_ms() noexcept;
 

@@ -19,6 +19,12 @@ using gw::api::QueryName;
 
 namespace {
 
+// The guard's limit_req clock (microseconds), moved by the tests.
+uint64_t g_fake_us = 1'000'000'000;
+uint64_t fake_clock_us() noexcept {
+  return g_fake_us;
+}
+
 // One http listener "web" with one route "api" whose keys are `route_extra`,
 // a Guard over its own segment (worker 0), and requests put to it.
 struct GuardRig {
@@ -37,7 +43,7 @@ struct GuardRig {
     for (const auto& e : r.errors) errors += e + "\n";
     REQUIRE_MESSAGE(r.ok(), errors);
     cfg = std::move(r.config);
-    guard = std::make_unique<gw::api::Guard>(cfg, ts.seg, 0);
+    guard = std::make_unique<gw::api::Guard>(cfg, ts.seg, 0, &fake_clock_us);
     gw::shm::Table t(cfg.shm.caps);
     gw::config::build_table(cfg, t);
     guard->refresh(t);
@@ -47,14 +53,19 @@ struct GuardRig {
     c.max_limit_keys = 64;
     return c;
   }
-  /// The status the guard answers (0: pass) for a request with these fields.
-  int check(std::vector<gw::http::Field> fields, std::string_view target = "/", std::string_view ip = "10.0.0.1",
-            uint64_t now_ms = 1000) {
+  /// The guard's answer for a request with these fields (status 0: pass).
+  /// Its now_ms is the fake clock's.
+  gw::api::Verdict verdict(std::vector<gw::http::Field> fields, std::string_view target = "/",
+                           std::string_view ip = "10.0.0.1") {
     gw::http::Head h;
     h.target = target;
     h.fields = fields;
-    return guard->check(0, 0, {&h, target, ip}, consumer, now_ms).status;
+    return guard->check(0, 0, {&h, target, ip}, consumer, g_fake_us / 1000);
   }
+  int check(std::vector<gw::http::Field> fields, std::string_view target = "/", std::string_view ip = "10.0.0.1") {
+    return verdict(std::move(fields), target, ip).status;
+  }
+  const gw::shm::GuardCounters& counters() const { return ts.seg.guard(0); }
 };
 
 gw::http::Field field(std::string_view name, std::string_view value) {
@@ -159,5 +170,60 @@ TEST_SUITE("api") {
     CHECK(g.check({field("Cookie", "access_token=" + good + "; access.token=" + forged)}) == 400);
     CHECK(g.check({field("Cookie", "access_token=" + good + "; access%5Ftoken=" + forged)}) == 400);
     CHECK(g.check({field("Cookie", "access_token=" + good + "; access token=" + forged)}) == 400);
+  }
+
+  TEST_CASE("guard: limit_req answers 429 with Retry-After past rate and burst, and refills with time") {
+    GuardRig g(R"(, "limit_req": {"key": "ip", "rate": 2, "burst": 1})");
+    g_fake_us += 10'000'000;
+    CHECK(g.check({}) == 0);
+    CHECK(g.check({}) == 0);  // the burst
+    const gw::api::Verdict v = g.verdict({});
+    CHECK(v.status == 429);
+    CHECK(v.headers == "Retry-After: 1\r\n");
+    CHECK(g.counters().req_limited.load() == 1);
+    CHECK(g.check({}, "/", "10.0.0.2") == 0);  // another client has its own bucket
+    g_fake_us += 499'000;
+    CHECK(g.check({}) == 429);  // 2/s: one request back after 500 ms, not before
+    g_fake_us += 1'000;
+    CHECK(g.check({}) == 0);
+    CHECK(g.check({}) == 429);
+  }
+
+  TEST_CASE("guard: a slow rate's Retry-After is the wait in whole seconds, rounded up") {
+    GuardRig g(R"(, "limit_req": {"key": "header:X-Key", "rate": 0.2, "burst": 0})");
+    g_fake_us += 10'000'000;
+    CHECK(g.check({field("X-Key", "k")}) == 0);
+    g_fake_us += 1'500'000;
+    const gw::api::Verdict v = g.verdict({field("X-Key", "k")});
+    CHECK(v.status == 429);
+    CHECK(v.headers == "Retry-After: 4\r\n");  // 3.5 s left of 5
+    CHECK(g.check({}) == 0);                   // no key: not limited, as nginx
+    CHECK(g.check({field("X-Key", "")}) == 0);
+    g_fake_us += 3'500'000;
+    CHECK(g.check({field("X-Key", "k")}) == 0);
+  }
+
+  TEST_CASE("guard: limit_req by ip comes before auth, by consumer after it") {
+    // Before: a client guessing keys is limited before each guess is
+    // checked (no 401, no auth_failed). After: only a known consumer has a
+    // bucket, and a bad key is a 401 however often it comes.
+    GuardRig by_ip(R"(, "auth": {"type": "key-auth", "header": "X-Api-Key"},
+                       "limit_req": {"key": "ip", "rate": 1, "burst": 0})",
+                   R"(, "consumers": [{"name": "alice", "key": "alice-key"}])");
+    g_fake_us += 10'000'000;
+    CHECK(by_ip.check({field("X-Api-Key", "guess-1")}) == 401);
+    CHECK(by_ip.check({field("X-Api-Key", "guess-2")}) == 429);
+    CHECK(by_ip.check({field("X-Api-Key", "alice-key")}) == 429);
+    CHECK(by_ip.counters().auth_failed.load() == 1);
+
+    GuardRig by_consumer(
+        R"(, "auth": {"type": "key-auth", "header": "X-Api-Key"},
+                             "limit_req": {"key": "consumer", "rate": 1, "burst": 0})",
+        R"(, "consumers": [{"name": "alice", "key": "alice-key"}, {"name": "bob", "key": "bob-key"}])");
+    for (int i = 0; i < 3; ++i) CHECK(by_consumer.check({field("X-Api-Key", "wrong")}) == 401);
+    CHECK(by_consumer.check({field("X-Api-Key", "alice-key")}) == 0);
+    CHECK(by_consumer.consumer.view() == "alice");
+    CHECK(by_consumer.check({field("X-Api-Key", "alice-key")}, "/", "10.0.0.9") == 429);  // alice's, any address
+    CHECK(by_consumer.check({field("X-Api-Key", "bob-key")}) == 0);
   }
 }
