@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <random>
 #include <string>
+#include <vector>
 
+#include "../test_util.hpp"
 #include "gw/balance/balancer.hpp"
 
 using namespace gw;
@@ -452,5 +455,113 @@ TEST_SUITE("balance") {
   TEST_CASE("crc32_mod never picks a weight-0 (draining) host") {
     Pool p(shm::Method::crc32_mod, {0, 1});
     for (int i = 0; i < 100; ++i) CHECK(p.pick(key(i)) == "h1");
+  }
+}
+
+TEST_SUITE("balance") {
+  TEST_CASE("no method allocates to pick: keys, refusals, failover and fallbacks included") {
+    for (int m = 0; m < shm::kMethodCount; ++m) {
+      const auto method = static_cast<shm::Method>(m);
+      CAPTURE(shm::method_name(method));
+      Pool p(method, {3, 1, 2, 1000, 7, 0});
+      auto load = [](uint32_t h) { return uint64_t{h * 7u % 5u}; };
+      p.b.pick(p.snap, p.snap.upstreams()[0], "k", Pool::all, load);  // first use
+      const uint64_t before = gw::testing::allocations();
+      int found = 0;
+      for (int i = 0; i < 1000; ++i) {
+        const char k[3] = {static_cast<char>('a' + i % 26), static_cast<char>('a' + i / 26 % 26), 0};
+        // A third of the hosts out, changing with i; every 10th pick has no key.
+        auto eligible = [i](uint32_t h) { return (h + static_cast<uint32_t>(i)) % 3 != 0; };
+        found += p.b.pick(p.snap, p.snap.upstreams()[0], std::string_view(k, i % 10 ? 2 : 0), eligible, load) >= 0;
+      }
+      const uint64_t allocated = gw::testing::allocations() - before;
+      CHECK(allocated == 0);
+      CHECK(found == 1000);
+    }
+  }
+
+  TEST_CASE("rebuild after random table changes answers as a balancer built afresh") {
+    // Hosts and pools come and go (slots reused), weights and methods change:
+    // the rings, tables and schedules kept by rebuild() must be those a new
+    // balancer builds, and no pick may name a host that is gone, out or of
+    // weight 0.
+    shm::Table t{{1, 8, 256}};
+    shm::UpstreamRecord r{};
+    shm::set_name(r.name, "app");
+    t.add_upstream(r);
+    std::mt19937 rng(11);
+    uint32_t next_tag = 1, next_slot = 0, next_id = 0;
+    std::vector<uint32_t> free_slots;
+    auto method = [&] { return static_cast<shm::Method>(rng() % shm::kMethodCount); };
+    auto remove_host = [&](size_t h) {
+      free_slots.push_back(t.hosts()[h].slot);
+      t.remove_host(static_cast<int>(h));
+    };
+    balance::Snapshot snap;
+    balance::Balancer kept{256, 1};
+    size_t invalid = 0, differ = 0, compared = 0;
+    for (int step = 0; step < 400; ++step) {
+      const uint32_t op = rng() % 10;
+      if (op == 0 && t.pools().size() < 8) {
+        t.add_pool(0, "p" + std::to_string(next_id++), static_cast<int32_t>(rng() % 3), method());
+      } else if (op <= 4 && !t.pools().empty() && t.hosts().size() < 200) {
+        core::SockAddr a;
+        std::string why;
+        REQUIRE(core::parse_address(
+            "127.0.0." + std::to_string(1 + rng() % 5) + ":" + std::to_string(8000 + rng() % 40), a, why));
+        const int h =
+            t.add_host(static_cast<int>(rng() % t.pools().size()), "h" + std::to_string(next_id++), a, rng() % 5);
+        uint32_t slot = next_slot;
+        if (!free_slots.empty() && rng() % 2) {
+          slot = free_slots.back();
+          free_slots.pop_back();
+        } else {
+          ++next_slot;
+        }
+        t.hosts()[static_cast<size_t>(h)].slot = slot;
+        t.hosts()[static_cast<size_t>(h)].tag = next_tag++;
+      } else if (op == 5 && !t.hosts().empty()) {
+        remove_host(rng() % t.hosts().size());
+      } else if (op == 6 && !t.hosts().empty()) {
+        t.hosts()[rng() % t.hosts().size()].weight = rng() % 5;
+      } else if (op == 7 && !t.pools().empty()) {
+        t.pools()[rng() % t.pools().size()].method = static_cast<uint8_t>(method());
+      } else if (op == 8 && t.pools().size() > 1 && rng() % 4 == 0) {
+        const size_t p = rng() % t.pools().size();
+        for (size_t h = t.hosts().size(); h-- > 0;)
+          if (t.hosts()[h].pool == p) remove_host(h);
+        t.remove_pool(static_cast<int>(p));
+      }
+      snap.build(t);
+      kept.rebuild(snap);
+      balance::Balancer fresh{256, 1};
+      fresh.rebuild(snap);
+      auto hosts = t.hosts();
+      const uint32_t mask = static_cast<uint32_t>(rng());
+      auto some = [&](uint32_t i) { return (mask >> (i % 32) & 1) != 0; };
+      // The pool all hosts up would pick from: only a hash method's answer is
+      // the same in two balancers (round robin's depends on its past picks).
+      bool hashed = false;
+      for (const balance::PoolView& pv : snap.pools(snap.upstreams()[0])) {
+        bool weighted = false;
+        for (uint32_t i : snap.hosts(pv)) weighted |= hosts[i].weight != 0;
+        if (!weighted) continue;
+        hashed = shm::method_uses_key(pv.method);
+        break;
+      }
+      for (int k = 0; k < 50; ++k) {
+        const std::string key = "k" + std::to_string(k);
+        const int h = kept.pick(snap, snap.upstreams()[0], key, some, Pool::none);
+        invalid += h >= 0 && (static_cast<size_t>(h) >= hosts.size() || !some(static_cast<uint32_t>(h)) ||
+                              hosts[static_cast<size_t>(h)].weight == 0);
+        if (!hashed) continue;
+        ++compared;
+        differ += kept.pick(snap, snap.upstreams()[0], key, Pool::all, Pool::none) !=
+                  fresh.pick(snap, snap.upstreams()[0], key, Pool::all, Pool::none);
+      }
+    }
+    CHECK(compared > 2000);
+    CHECK(invalid == 0);
+    CHECK(differ == 0);
   }
 }

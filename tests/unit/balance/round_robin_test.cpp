@@ -1,7 +1,10 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <map>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "gw/balance/balancer.hpp"
 #include "gw/balance/snapshot.hpp"
@@ -93,6 +96,53 @@ TEST_SUITE("balance") {
     std::map<char, int> n;
     for (int i = 0; i < 800; ++i) ++n[f.name(b.pick(f.snap, u, all))[0]];
     CHECK(n['a'] == 400);
+  }
+
+  TEST_CASE("per-worker picks follow nginx's get_peer and free_peer step by step, failures and outages included") {
+    // ngx_http_upstream_get_peer and the NGX_PEER_FAILED branch of
+    // ngx_http_upstream_free_round_robin_peer, literally, against RoundRobin
+    // over random pools (weights 0..5), hosts going out and back at every
+    // pick, and failures of the host picked.
+    std::mt19937 rng(9);
+    size_t picks = 0, differ = 0;
+    for (int round = 0; round < 200; ++round) {
+      const size_t n = 1 + rng() % 6;
+      const uint32_t max_fails = 1 + rng() % 3;
+      std::vector<shm::HostRecord> hosts(n);
+      std::vector<uint32_t> cands(n);
+      std::vector<int64_t> current(n, 0), effective(n);
+      for (size_t i = 0; i < n; ++i) {
+        hosts[i].weight = rng() % 6;
+        hosts[i].slot = static_cast<uint32_t>(i);
+        hosts[i].tag = static_cast<uint32_t>(i) + 1;
+        cands[i] = static_cast<uint32_t>(i);
+        effective[i] = hosts[i].weight;
+      }
+      balance::RoundRobin rr(16);
+      for (int k = 0; k < 200; ++k) {
+        std::vector<bool> up(n);
+        for (size_t i = 0; i < n; ++i) up[i] = rng() % 4 != 0;
+        int best = -1;
+        int64_t total = 0;
+        for (size_t i = 0; i < n; ++i) {
+          if (hosts[i].weight == 0 || !up[i]) continue;
+          current[i] += effective[i];
+          total += effective[i];
+          if (effective[i] < hosts[i].weight) ++effective[i];
+          if (best < 0 || current[i] > current[static_cast<size_t>(best)]) best = static_cast<int>(i);
+        }
+        if (best >= 0) current[static_cast<size_t>(best)] -= total;
+        ++picks;
+        differ += rr.pick(hosts, cands, [&](uint32_t i) { return bool(up[i]); }) != best;
+        if (best >= 0 && rng() % 5 == 0) {
+          const auto b = static_cast<size_t>(best);
+          effective[b] = std::max<int64_t>(0, effective[b] - hosts[b].weight / max_fails);
+          rr.on_failure(hosts[b].slot, hosts[b].tag, hosts[b].weight, max_fails);
+        }
+      }
+    }
+    CHECK(picks == 40000);
+    CHECK(differ == 0);
   }
 }
 
