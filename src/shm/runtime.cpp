@@ -66,14 +66,35 @@ bool host_usable(const HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t no
 }
 
 bool record_failure(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept {
-  uint64_t w = h.window_fails.load(std::memory_order_relaxed);
-  uint32_t n;
+  uint64_t w = h.window_fails.load(std::memory_order_acquire);
+  uint32_t n;  // the window's failures before this one
   for (;;) {
     if (tag_of(w) != tag) return false;
-    uint64_t last = h.last_fail_ms.load(std::memory_order_relaxed);
+    uint64_t last = h.last_fail_ms.load(std::memory_order_acquire);
     n = count_of(w);
-    if (n != 0 && now_ms > last && now_ms - last >= p.fail_timeout_ms) n = 0;  // the previous window ended
-    if (h.window_fails.compare_exchange_weak(w, pack(tag, n + 1), std::memory_order_acq_rel)) break;
+    const bool ended = n != 0 && now_ms > last && now_ms - last >= p.fail_timeout_ms;
+    if (!ended) {
+      if (h.window_fails.compare_exchange_weak(w, pack(tag, n + 1), std::memory_order_acq_rel)) break;
+      continue;
+    }
+    // The previous window ended: this failure starts a new one. Two workers
+    // failing together both find it ended, and each reset the count to 1,
+    // losing the other's failure. So the start is claimed on last_fail_ms,
+    // one winner: a loser finds the window live and counts in it, on the old
+    // count if the winner has not reset it yet; the winner's reset keeps
+    // what was added since it read `w`.
+    if (!h.last_fail_ms.compare_exchange_strong(last, now_ms, std::memory_order_acq_rel)) {
+      w = h.window_fails.load(std::memory_order_acquire);
+      continue;
+    }
+    const uint32_t old = n;
+    for (;;) {
+      const uint32_t c = count_of(w);
+      n = c >= old ? c - old : c;  // (a trial's success cleared it meanwhile: all of it is new)
+      if (h.window_fails.compare_exchange_weak(w, pack(tag, n + 1), std::memory_order_acq_rel)) break;
+      if (tag_of(w) != tag) return false;
+    }
+    break;
   }
   h.last_fail_ms.store(now_ms, std::memory_order_release);
   h.failures.fetch_add(1, std::memory_order_relaxed);
