@@ -412,6 +412,15 @@ ssize_t HttpIo::recv(uint32_t s, char* dst, size_t len) noexcept {
   if (got > 0) return static_cast<ssize_t>(got);
   if (len == 0) return 0;
   if (k.err) {
+    // A reset (the watch's, or a failed send's) that came while the receive
+    // was paused: the bytes the socket took before it are still in it, and
+    // recv(2) returns them first, as under epoll (a host's last bytes to a
+    // client that had not taken the earlier ones yet). No receive is in
+    // flight to overtake.
+    if (k.recv == kIdle) {
+      const ssize_t n = ::recv(k.fd, dst, len, MSG_DONTWAIT);
+      if (n > 0) return n;
+    }
     errno = k.err;
     return -1;
   }

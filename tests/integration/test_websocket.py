@@ -12,19 +12,22 @@ tunnel idle timeout (upstream idle_timeout_ms), sticky sessions by hash key
 (over two workers; a host downed or dead moves only its keys; on_host_remove
 "close" ends its tunnels), 16 MiB with slow readers both ways, the access log
 line, host active counts and metrics of tunnels ended by a close or a reset
-from either side, and the `tunnels` counter of `gwctl status --json`. Every
+from either side, a host's bytes before its reset reaching a slow client, and the `tunnels` counter of `gwctl status --json`. Every
 gateway also has a tcp listener, so that under GW_ENGINE=io_uring the workers
 run the ring (http listeners on its nested epoll), not the plain epoll loop.
 """
 
 import asyncio
 import collections
+import fcntl
 import hashlib
 import json
 import os
+import queue
 import socket
 import struct
 import sys
+import termios
 import threading
 import time
 
@@ -1127,6 +1130,83 @@ class WebSocketTest(GwTestCase):
             return (st["workers"][0]["connections"] == 0 and gwtest.find_host(st, "app/p/s")["active"] == 0
                     and gwtest.socket_inodes(worker) == sockets_before)
         gwtest.wait_until(settled, T(3), msg="the tunnels whose host reset to close")
+
+    def test_host_bytes_before_its_reset_reach_a_slow_client(self):
+        """A host sends more than a client that does not read can take, so
+        gw stops reading it (back-pressure) with bytes left in the host's
+        socket, then resets: by itself, or when the client's next bytes reach
+        it after its close. Every byte the host's socket took before the
+        reset reaches the client, under either engine (recv(2) returns them
+        before the error; io_uring had reported the reset first and dropped
+        them)."""
+        srv = socket.socket()
+        srv.bind((gwtest.LOOPBACK, 0))
+        srv.listen(16)
+        self.addCleanup(srv.close)
+        resets, wants = queue.Queue(), queue.Queue()
+        block = bytes(range(256)) * 257
+
+        def unacked(c):
+            return struct.unpack("i", fcntl.ioctl(c, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+
+        def serve():
+            while True:
+                try:
+                    c, _ = srv.accept()
+                except OSError:
+                    return
+                Reader(c).read_head()
+                c.sendall(ws_101())
+                # Send until nothing more goes for a while: the client's
+                # socket, gw's buffers and the host's socket are full.
+                c.setblocking(False)
+                sent, last = 0, time.monotonic()
+                while time.monotonic() - last < T(0.5):
+                    try:
+                        sent += c.send(block[sent % 256:sent % 256 + 65536])
+                        last = time.monotonic()
+                    except BlockingIOError:
+                        time.sleep(0.02)
+                # What the host's socket still holds unsent is lost in its
+                # reset; what it handed to gw's socket is the client's.
+                held = unacked(c)
+                while True:
+                    time.sleep(0.2)
+                    now = unacked(c)
+                    if now == held:
+                        break
+                    held = now
+                rst = resets.get()
+                if rst:
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()
+                wants.put(sent - held)
+        threading.Thread(target=serve, daemon=True).start()
+        gw = self.http_gw({"app": ([("s", f"{gwtest.LOOPBACK}:{srv.getsockname()[1]}")], {})})
+        for rst in (True, False):
+            s = socket.socket()
+            self.addCleanup(s.close)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(T(20))
+            s.connect((gwtest.LOOPBACK, gw.port))
+            s.sendall(upgrade_request())
+            resets.put(rst)
+            want = wants.get(timeout=T(30))
+            if not rst:
+                s.sendall(b"x")  # reaches the closed host: it resets
+            time.sleep(0.3)
+            got = bytearray()
+            try:
+                while True:
+                    d = s.recv(65536)
+                    if not d:
+                        break
+                    got += d
+            except ConnectionResetError:
+                pass
+            body = bytes(got[got.find(b"\r\n\r\n") + 4:])
+            self.assertEqual(len(body), want, f"reset={rst}: the bytes the host sent before its reset")
+            self.assertEqual(body, (block * (want // len(block) + 1))[:want])
 
     def test_sticky_sessions_by_hash_key(self):
         bs = [self.ws_backend(f"ws{i}") for i in range(3)]
