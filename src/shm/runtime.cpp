@@ -6,6 +6,10 @@
 #include "gw/shm/table.hpp"
 
 namespace gw::shm {
+namespace testing {
+void (*failure_gap_hook)() = nullptr;
+}  // namespace testing
+
 namespace {
 constexpr uint64_t pack(uint32_t tag, uint32_t n) {
   return (uint64_t{tag} << 32) | n;
@@ -96,6 +100,7 @@ bool record_failure(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_m
     }
     break;
   }
+  if (testing::failure_gap_hook) testing::failure_gap_hook();
   h.last_fail_ms.store(now_ms, std::memory_order_release);
   h.failures.fetch_add(1, std::memory_order_relaxed);
   if (p.max_fails == 0 || n + 1 < p.max_fails) return false;

@@ -23,6 +23,13 @@
 
 namespace gw::shm {
 
+namespace testing {
+/// Called by record_failure() after it counted the failure and before it
+/// stamps last_fail_ms (tests only; null otherwise): another worker's
+/// failure in that gap.
+extern void (*failure_gap_hook)();
+}  // namespace testing
+
 struct HealthPolicy {
   uint32_t max_fails;  ///< 0 = passive health off
   uint32_t fail_timeout_ms;
