@@ -15,7 +15,7 @@
 
 namespace gw::net {
 
-core::UniqueFd listen_tcp(const core::SockAddr& addr, int backlog, bool reuseport) {
+core::UniqueFd bind_tcp(const core::SockAddr& addr, bool reuseport) {
   sockaddr_storage ss;
   socklen_t len = addr.to_sockaddr(ss);
   core::UniqueFd fd(::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -30,6 +30,11 @@ core::UniqueFd listen_tcp(const core::SockAddr& addr, int backlog, bool reusepor
   set_nodelay(fd.get());
   if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0)
     throw std::runtime_error(fmt::format("cannot bind {}: {}", addr.to_string(), std::strerror(errno)));
+  return fd;
+}
+
+core::UniqueFd listen_tcp(const core::SockAddr& addr, int backlog, bool reuseport) {
+  core::UniqueFd fd = bind_tcp(addr, reuseport);
   if (::listen(fd.get(), backlog) != 0)
     throw std::runtime_error(fmt::format("cannot listen on {}: {}", addr.to_string(), std::strerror(errno)));
   return fd;

@@ -1093,10 +1093,14 @@ class Master {
       for (size_t i = 0; i < next.listeners.size(); ++i)
         if (reuse[i] < 0)  // a new address: nobody else's
           net::check_address_free(next.listeners[i].listen, ours, listener_what(next.listeners[i]));
+      // A new slot's socket on an address that stays only binds now: once it
+      // listens it takes its share of the port's connections (SO_REUSEPORT),
+      // and a reload that failed after that would reset them as it closed it.
       for (size_t w = 0; w < fds.size(); ++w)
         for (size_t i = 0; i < next.listeners.size(); ++i)
-          fds[w].push_back(w < n_old && reuse[i] >= 0
-                               ? core::UniqueFd()
+          fds[w].push_back(w < n_old && reuse[i] >= 0 ? core::UniqueFd()
+                           : reuse[i] >= 0
+                               ? net::bind_tcp(next.listeners[i].listen, true)
                                : net::listen_tcp(next.listeners[i].listen, next.listeners[i].backlog, true));
       if (next.admin.enabled && !admin_same) {
         net::check_address_free(next.admin.listen, ours, "admin.listen");
@@ -1119,8 +1123,12 @@ class Master {
 
     // ---- nothing fails from here
     for (size_t w = 0; w < fds.size(); ++w)
-      for (size_t i = 0; i < next.listeners.size(); ++i)
+      for (size_t i = 0; i < next.listeners.size(); ++i) {
         if (!fds[w][i]) fds[w][i] = std::move(fds_[w][static_cast<size_t>(reuse[i])]);
+        else if (reuse[i] >= 0 && ::listen(fds[w][i].get(), next.listeners[i].backlog) != 0)  // a new slot's
+          GW_LOG_ERROR("reload: {}: cannot listen on {} (worker slot {}): {}", listener_what(next.listeners[i]),
+                       next.listeners[i].listen.to_string(), w, std::strerror(errno));
+      }
     // The master's copies of sockets no listener uses any more close now: the
     // old workers close theirs as they start draining, so the kernel drops
     // them (a closed port refuses rather than queueing for nobody).

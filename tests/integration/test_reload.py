@@ -889,6 +889,67 @@ class ReloadTest(GwTestCase):
             s.close()
         self.assertEqual(gw.stop(), 0)
 
+    def test_a_failed_reload_resets_nothing_queued_in_a_new_slot(self):
+        """A reload to more workers makes a socket for each new slot on the
+        addresses that stay; until the reload commits it takes no connection,
+        so one that then fails (here on its log_file, after it waited on an
+        access log that is a FIFO with no reader yet) resets nothing: before,
+        the socket listened at once, its share of the port's connections
+        (SO_REUSEPORT) queued there with no worker, and they were reset when
+        the failed reload closed it."""
+        n = self.backend("n", "name")
+        cfg = self.config(n, workers=2)
+        gw = self.gateway(cfg)
+        cfg["workers"] = 1  # rows for 2 + 2: one worker may grow to two again
+        self.rewrite(gw, cfg)
+        self.reload(gw)
+
+        def listening():
+            return sum(1 for lip, lport, _, st, _ in gwtest._proc_net_tcp() if lport == gw.port and st == "0A")
+        self.assertEqual(listening(), 1)
+        fifo = os.path.join(self.tmp, "access.fifo")
+        os.mkfifo(fifo)
+        bad = json.loads(json.dumps(cfg))
+        bad["workers"] = 2
+        bad["listeners"][0]["access_log"] = {"path": fifo, "format": "combined"}
+        bad["log_file"] = os.path.join(self.tmp, "missing-dir", "gw.log")
+        self.rewrite(gw, bad)
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        conns = []
+        reader = None
+        try:
+            # the master waits in the FIFO's open, the new slot's socket made
+            wait_until(lambda: "SIGHUP: reloading" in gw.log_text()[log_before:], T(10), msg="the reload began")
+            time.sleep(0.3)
+            for _ in range(16):  # over both slots' sockets (SO_REUSEPORT hashes the client ports)
+                s = gwtest.connect(gw.port, timeout=T(5))
+                self.addCleanup(s.close)
+                s.sendall(b"hi\n")
+                conns.append(s)
+        finally:
+            reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the master's open returns
+            self.addCleanup(os.close, reader)
+        wait_until(lambda: "reload failed: log_file" in gw.log_text()[log_before:], T(10), msg="the reload failed")
+        failed = []
+        for i, s in enumerate(conns):
+            try:
+                self.assertEqual(gwtest.recv_line(s), "n")
+                self.assertEqual(gwtest.recv_line(s), "hi")
+            except (OSError, EOFError) as e:
+                failed.append(f"connection {i}: {e!r}")
+            s.close()
+        self.assertEqual(failed, [], "connections reset by a failed reload")
+        self.assertEqual(listening(), 1)
+        self.assertNames(gw.port, 4, {"n"})
+        # the same reload without the errors: the new slot's socket listens
+        cfg["workers"] = 2
+        self.rewrite(gw, cfg)
+        self.reload(gw)
+        self.assertEqual(listening(), 2)
+        self.assertNames(gw.port, 8, {"n"})
+        self.assertEqual(gw.stop(), 0)
+
     def test_reloads_leak_no_fd_process_or_segment(self):
         """20 reloads (every helper running: checker, admin server, logger; a
         listener added and removed, a reload failing on a port) leave the

@@ -14,6 +14,11 @@ namespace gw::net {
 /// by accepted sockets) and, if asked, SO_REUSEPORT. Throws
 /// std::runtime_error naming the address on failure.
 core::UniqueFd listen_tcp(const core::SockAddr& addr, int backlog, bool reuseport);
+/// listen_tcp() without the listen(2): the socket is bound, and takes no
+/// connection until it listens. A SO_REUSEPORT socket gets its share of the
+/// port's connections from its listen(2) on, so one made for a reload that
+/// may still fail listens only once the reload can no longer fail.
+core::UniqueFd bind_tcp(const core::SockAddr& addr, bool reuseport);
 /// Throws unless `addr` can be bound without SO_REUSEPORT: a listener of
 /// another process there (another gwd, any SO_REUSEPORT socket of the same
 /// user) would otherwise share the port with us, and the kernel would split
