@@ -781,7 +781,7 @@ class Master {
     }
     for (int w = 0; w < n; ++w)
       for (const auto& l : cfg_.listeners) {
-        core::UniqueFd fd = take_inherited(static_cast<size_t>(w), l.listen);
+        core::UniqueFd fd = take_inherited(static_cast<size_t>(w), l);
         if (!fd && w == 0)
           net::check_address_free(l.listen, ours, listener_what(l));  // a new address: no one else may listen there
         fds_[static_cast<size_t>(w)].push_back(fd ? std::move(fd) : net::listen_tcp(l.listen, l.backlog, true));
@@ -898,14 +898,18 @@ class Master {
   }
 
  private:
-  // The old master's socket for `slot` and `addr` (binary upgrade), if any.
-  core::UniqueFd take_inherited(size_t slot, const core::SockAddr& addr) {
-    const std::string a = addr.to_string();
+  // The old master's socket for `slot` and the address of `conf` (binary upgrade), if any.
+  core::UniqueFd take_inherited(size_t slot, const config::ListenerConf& conf) {
+    const std::string a = conf.listen.to_string();
     for (auto& l : inherited_.listeners)
       if (l.fd >= 0 && l.slot == slot && l.addr == a) {
         core::UniqueFd fd(l.fd);
         l.fd = -1;
         ::fcntl(fd.get(), F_SETFD, FD_CLOEXEC);
+        // This config's backlog (listen(2) again sets it; the queue stays).
+        if (::listen(fd.get(), conf.backlog) != 0)
+          GW_LOG_WARN("binary upgrade: {}: listen on the inherited socket of {}: {}", listener_what(conf), a,
+                      std::strerror(errno));
         // Accepted sockets inherit TCP_NODELAY from it, and the proxies set it
         // on none: an older master's socket may lack it.
         net::set_nodelay(fd.get());
@@ -1124,8 +1128,11 @@ class Master {
     // ---- nothing fails from here
     for (size_t w = 0; w < fds.size(); ++w)
       for (size_t i = 0; i < next.listeners.size(); ++i) {
+        if (reuse[i] < 0) continue;
         if (!fds[w][i]) fds[w][i] = std::move(fds_[w][static_cast<size_t>(reuse[i])]);
-        else if (reuse[i] >= 0 && ::listen(fds[w][i].get(), next.listeners[i].backlog) != 0)  // a new slot's
+        // A new slot's socket starts taking connections; a kept one takes the
+        // new config's backlog (listen(2) again sets it, as nginx and HAProxy do).
+        if (::listen(fds[w][i].get(), next.listeners[i].backlog) != 0)
           GW_LOG_ERROR("reload: {}: cannot listen on {} (worker slot {}): {}", listener_what(next.listeners[i]),
                        next.listeners[i].listen.to_string(), w, std::strerror(errno));
       }

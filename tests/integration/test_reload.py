@@ -6,6 +6,7 @@ SIGUSR2 binary upgrade: a new master inherits the sockets, the old one drains.""
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -289,6 +290,44 @@ class ReloadTest(GwTestCase):
             gwtest.connect(new_port, timeout=T(2)).close()
         self.assertNames(old_port, 6, {"n"})
         self.assertEqual(gw.stop(), 0)
+
+    def test_backlog_of_a_kept_listener_follows_reload_and_upgrade(self):
+        """A listener whose address stays keeps its sockets across a reload
+        and a binary upgrade, and takes the new config's backlog (listen(2)
+        on a listening socket sets it, as nginx and HAProxy do on a reload):
+        it used to keep the backlog it was started with."""
+        ss = shutil.which("ss")
+        if not ss:
+            self.skipTest("ss (iproute2) is not installed")
+        n = self.backend("n", "name")
+        cfg = self.config(n, workers=2)
+        cfg["listeners"][0]["backlog"] = 100
+        gw = self.gateway(cfg)
+
+        def backlogs():
+            # a listening socket's Send-Q is its backlog
+            out = subprocess.run([ss, "-ltnH", f"sport = :{gw.port}"], capture_output=True, text=True,
+                                 timeout=T(10)).stdout
+            return sorted(int(line.split()[2]) for line in out.splitlines() if line.strip())
+        self.assertEqual(backlogs(), [100, 100])
+        cfg["listeners"][0]["backlog"] = 37
+        self.rewrite(gw, cfg)
+        self.reload(gw)
+        self.assertEqual(backlogs(), [37, 37])
+        self.assertNames(gw.port, 4, {"n"})
+        cfg["listeners"][0]["backlog"] = 55
+        self.rewrite(gw, cfg)
+        old = gw.pid
+        gw.send_signal(signal.SIGUSR2)
+        self.assertEqual(gw.wait_exit(T(15)), 0, "the old master did not hand over and exit")
+        new = gw.status()["master_pid"]
+        self.assertNotEqual(new, old)
+        gw.remember([new])
+        gw.remember(gwtest.children(new))
+        self.assertEqual(backlogs(), [55, 55])
+        self.assertNames(gw.port, 4, {"n"})
+        os.kill(new, signal.SIGTERM)
+        self.assertEqual(gwtest.wait_pids_gone({new}, T(15)), set())
 
     def test_reload_reopens_the_log_file(self):
         """A reload opens log_file again, as nginx's opens its error_log (and
