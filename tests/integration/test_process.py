@@ -649,6 +649,48 @@ class ProcessTest(GwTestCase):
         self.assertEqual(died, [], "a helper died of a logrotate signal")
         self.assertEqual(gw.stop(), 0)
 
+    def test_a_worker_and_a_helper_that_die_at_start_are_respawned_once_a_second(self):
+        """A worker (slot 0) and the health checker that die as soon as they
+        start, 3.5 s long: the worker is respawned at once twice, then once a
+        second, the checker once a second (no fork loop), each death is one
+        log line saying so, and both run again once they stop dying; the other
+        worker serves throughout."""
+        n = self.backend("n", "name")
+        cfg = self.make_config([pool("primary", [host("n", n)])], workers=2,
+                               upstream_opts={"health": {"type": "tcp", "interval_ms": 200, "timeout_ms": 200}})
+        gw = self.gateway(cfg)
+
+        def comm(pid):
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    return f.read().strip()
+            except OSError:
+                return ""
+        killed = {"gwd-worker-0": [], "gwd-checker": []}
+        end = time.monotonic() + 3.5
+        while time.monotonic() < end:
+            for p in gwtest.children(gw.pid):
+                name = comm(p)
+                if name in killed and p not in killed[name]:
+                    os.kill(p, signal.SIGKILL)
+                    killed[name].append(p)
+                    gw.remember([p])
+            time.sleep(0.002)
+        self.assertEqual(gwtest.hello(gw.port), "n")  # worker 1 serves
+        # 3 quick deaths, then one a second (3.5 s: 3 + 3 or 4); the checker: one a second
+        self.assertIn(len(killed["gwd-worker-0"]), range(5, 8), killed)
+        self.assertIn(len(killed["gwd-checker"]), range(3, 6), killed)
+        log = gw.log_text()
+        for p in killed["gwd-worker-0"][3:]:
+            self.assertIn(f"worker 0 (pid {p}) killed by signal 9; respawning in 1 s", log)
+        for p in killed["gwd-checker"]:
+            self.assertIn(f"health checker (pid {p}) killed by signal 9; respawning in 1 s", log)
+        gwtest.wait_until(lambda: self.live_workers(gw, 2), T(5), msg="worker 0 running again")
+        gwtest.wait_until(lambda: any(comm(p) == "gwd-checker" for p in gwtest.children(gw.pid)), T(5),
+                          msg="the checker running again")
+        self.assertEqual(set(gwtest.names(gw.port, 6)), {"n"})
+        self.assertEqual(gw.stop(), 0)
+
     def test_worker_respawn_under_load(self):
         """SIGKILL a worker under load 5 times: a new worker appears within 100 ms and
         no client connection fails, except those the killed worker itself held
