@@ -959,8 +959,8 @@ class ReloadTest(GwTestCase):
         reader = None
         try:
             # the master waits in the FIFO's open, the new slot's socket made
-            wait_until(lambda: "SIGHUP: reloading" in gw.log_text()[log_before:], T(10), msg="the reload began")
-            time.sleep(0.3)
+            wait_until(lambda: read_text(f"/proc/{gw.pid}/wchan") == "wait_for_partner", T(10),
+                       msg="the master waiting in the open of the FIFO")
             for _ in range(16):  # over both slots' sockets (SO_REUSEPORT hashes the client ports)
                 s = gwtest.connect(gw.port, timeout=T(5))
                 self.addCleanup(s.close)
