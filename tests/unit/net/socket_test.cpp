@@ -50,6 +50,32 @@ TEST_SUITE("net") {
     CHECK(on == 1);  // connect_tcp sets it on upstream sockets
   }
 
+  TEST_CASE("bind_tcp: a SO_REUSEPORT socket only bound beside a listener takes none of its connections") {
+    // A reload binds a new worker slot's socket so, and makes it listen only
+    // once the reload can no longer fail: closed before that, it resets nothing.
+    gw::core::SockAddr any = addr("127.0.0.1:1");
+    any.port = 0;
+    gw::core::UniqueFd l = gw::net::listen_tcp(any, 64, true);
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    REQUIRE(::getsockname(l.get(), reinterpret_cast<sockaddr*>(&ss), &len) == 0);
+    const gw::core::SockAddr bound = gw::core::SockAddr::from_sockaddr(reinterpret_cast<sockaddr*>(&ss));
+    gw::core::UniqueFd b = gw::net::bind_tcp(bound, true);
+    REQUIRE(b);
+    std::vector<gw::core::UniqueFd> clients;
+    for (int i = 0; i < 16; ++i) {
+      int err = 0;
+      clients.emplace_back(gw::net::connect_wait(bound, 2000, err));
+      REQUIRE(clients.back());
+    }
+    int accepted = 0;
+    while (gw::core::UniqueFd(::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK))) ++accepted;
+    CHECK(accepted == 16);  // all queued on the listener
+    CHECK(::accept4(b.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK) < 0);
+    CHECK(errno == EINVAL);            // not listening
+    CHECK(::listen(b.get(), 8) == 0);  // joins the port's group now
+  }
+
   TEST_CASE("check_address_free: a listener of another program on the address is found") {
     // The "other program": a SO_REUSEPORT listener on 127.0.0.1, port chosen by the kernel.
     gw::core::SockAddr any = addr("127.0.0.1:1");
