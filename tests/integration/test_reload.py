@@ -329,6 +329,36 @@ class ReloadTest(GwTestCase):
         os.kill(new, signal.SIGTERM)
         self.assertEqual(gwtest.wait_pids_gone({new}, T(15)), set())
 
+    def test_protocols_swapped_between_two_addresses_by_a_reload(self):
+        """The tcp listener's address becomes http and the http one's tcp: the
+        sockets stay (same addresses), a connection relayed before the reload
+        goes on in its old worker, and new connections speak the new protocols."""
+        web = self.external_backend("w", mode="http")
+        n = self.backend("n", "name")
+        cfg = self.config(n, web)
+        gw = self.gateway(cfg)
+        held = gwtest.connect(gw.port, timeout=T(5))
+        self.addCleanup(held.close)
+        held.sendall(b"hi\n")
+        self.assertEqual(gwtest.recv_line(held), "n")
+        self.assertEqual(gwtest.recv_line(held), "hi")
+        swapped = json.loads(json.dumps(cfg))
+        swapped["listeners"][0].update({"protocol": "http", "upstream": "web"})
+        swapped["listeners"][1].update({"protocol": "tcp", "upstream": "app"})
+        self.rewrite(gw, swapped)
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        # (until both old workers stop accepting, one could still take a new connection)
+        wait_until(lambda: gw.log_text()[log_before:].count("SIGWINCH (reload): stop accepting") == 2, T(10),
+                   msg="the old workers no longer accepting")
+        held.sendall(b"again\n")
+        self.assertEqual(gwtest.recv_line(held), "again")
+        for _ in range(10):
+            self.assertEqual(hb.request(gw.ports[0], "GET", "/").status, 200)
+            self.assertEqual(gwtest.hello(gw.ports[1]), "n")
+        held.close()
+        self.assertEqual(gw.stop(), 0)
+
     def test_reload_reopens_the_log_file(self):
         """A reload opens log_file again, as nginx's opens its error_log (and
         as the new logger opens the access logs): after a rotation by rename
