@@ -1325,6 +1325,15 @@ class Master {
     return true;
   }
 
+  // Old master: a new master that took this one's listening sockets gave
+  // them its config's backlog (take_inherited); a failed upgrade puts this
+  // one's back.
+  void relisten() {
+    for (auto& slot : fds_)
+      for (size_t i = 0; i < slot.size() && i < cfg_.listeners.size(); ++i)
+        if (slot[i]) ::listen(slot[i].get(), cfg_.listeners[i].backlog);
+  }
+
   void undo_failed_upgrade() {
     auto& hdr = seg_.header();
     write_listener_header(hdr, cfg_);
@@ -1533,6 +1542,7 @@ class Master {
           GW_LOG_INFO("the new master (pid {}) {}", pid, how);
         } else {
           GW_LOG_ERROR("binary upgrade failed: the new master (pid {}) {}; this one goes on serving", pid, how);
+          relisten();
           // It may have claimed the segment before it failed: gwctl refuses
           // changes while the master named there is gone. One that stopped
           // (a SIGTERM before the hand-over) cleared the name as it exited.

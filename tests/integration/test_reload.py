@@ -359,6 +359,46 @@ class ReloadTest(GwTestCase):
         held.close()
         self.assertEqual(gw.stop(), 0)
 
+    def test_backlog_of_a_failed_upgrade_is_the_old_masters_again(self):
+        """A new master takes the old one's sockets and gives them its
+        config's backlog; stopped before the hand-over (a roll-back), the old
+        master serves on with its own backlog again. (The old master is held
+        with SIGSTOP until the new one has exited.)"""
+        ss = shutil.which("ss")
+        if not ss:
+            self.skipTest("ss (iproute2) is not installed")
+        n = self.backend("n", "name")
+        cfg = self.config(n, workers=1)
+        cfg["listeners"][0]["backlog"] = 100
+        gw = self.gateway(cfg)
+
+        def backlogs():
+            out = subprocess.run([ss, "-ltnH", f"sport = :{gw.port}"], capture_output=True, text=True,
+                                 timeout=T(10)).stdout
+            return sorted(int(line.split()[2]) for line in out.splitlines() if line.strip())
+        cfg["listeners"][0]["backlog"] = 55
+        self.rewrite(gw, cfg)
+        old = gw.pid
+        before = len(gw.log_text())
+        gw.send_signal(signal.SIGUSR2)
+        started = wait_until(lambda: re.search(r"binary upgrade: started .* \(pid (\d+)\)", gw.log_text()[before:]),
+                             T(5), msg="the new master started")
+        new = int(started.group(1))
+        os.kill(old, signal.SIGSTOP)
+        self.addCleanup(lambda: os.kill(old, signal.SIGCONT) if gwtest.pid_alive(old) else None)
+        gw.remember([new])
+        wait_until(lambda: f"master[{new}]: binary upgrade: serving" in gw.log_text(), T(10),
+                   msg="the new master ready (its hand-over signal waits in the stopped old master)")
+        self.assertEqual(backlogs(), [55])
+        os.kill(new, signal.SIGTERM)
+        wait_until(lambda: f"master[{new}]: stopped" in gw.log_text(), T(10), msg="the new master stopped")
+        wait_until(lambda: gwtest.proc_state(new) in ("Z", None), T(10), msg="the new master exited")
+        os.kill(old, signal.SIGCONT)
+        wait_until(lambda: "binary upgrade failed" in gw.log_text()[before:], T(5), msg="the failure logged")
+        self.assertEqual(backlogs(), [100])
+        self.assertNames(gw.port, 4, {"n"})
+        self.assertEqual(gw.stop(), 0)
+
     def test_reload_reopens_the_log_file(self):
         """A reload opens log_file again, as nginx's opens its error_log (and
         as the new logger opens the access logs): after a rotation by rename
