@@ -17,6 +17,7 @@
 
 #include "gw/config/config.hpp"
 #include "gw/core/cli.hpp"
+#include "gw/core/fd.hpp"
 #include "gw/core/log.hpp"
 #include "gw/core/text.hpp"
 #include "gw/process/master.hpp"
@@ -62,6 +63,7 @@ void check_writable(const std::string& what, const std::string& path, bool regul
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (!gw::core::ensure_std_fds()) return 1;  // (nowhere to say why)
   CLI::App app{"gwd: load-balancing gateway (master process)"};
   std::string config_path = "conf/gateway.json";
   bool test = false, foreground = false;

@@ -33,6 +33,7 @@
 #include "gw/config/config.hpp"
 #include "gw/core/cli.hpp"
 #include "gw/core/clock.hpp"
+#include "gw/core/fd.hpp"
 #include "gw/core/log.hpp"
 #include "gw/core/text.hpp"
 #include "gw/net/socket.hpp"
@@ -1075,6 +1076,7 @@ std::string usage_problem(const CLI::App& app, const CLI::ParseError& e) {
 }
 
 int main(int argc, char** argv) {
+  if (!gw::core::ensure_std_fds()) return 1;  // (nowhere to say why)
   gw::core::log_set_role("gwctl");
   gw::core::log_set_level(gw::core::LogLevel::warn);
   Options o;
