@@ -85,8 +85,10 @@ class Balancer {
     auto cands = s.hosts(p);
     int h = -1;
     if (shm::method_uses_key(p.method) && key.empty()) {
-      if (fell_back) *fell_back = true;
       h = rr_.pick(hosts, cands, eligible);
+      // Only a connection this pool routes counts: with no usable host here,
+      // a later pool's method routes it (its own fallback counts there).
+      if (fell_back && h >= 0) *fell_back = true;
     } else {
       const PoolState* st = state(s, p);
       switch (p.method) {

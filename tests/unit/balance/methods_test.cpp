@@ -54,6 +54,44 @@ std::string key(int i) {
 }  // namespace
 
 TEST_SUITE("balance") {
+  TEST_CASE("a missing key counts as a hash fallback only where the hash pool routes the connection") {
+    // A chash pool with no usable host and a round-robin backup: the backup
+    // routes by its own method, and no hash method fell back.
+    shm::Table t{{1, 2, 64}};
+    shm::UpstreamRecord r{};
+    shm::set_name(r.name, "app");
+    t.add_upstream(r);
+    t.add_pool(0, "p", 0, shm::Method::chash);
+    t.add_pool(0, "q", 1, shm::Method::round_robin);
+    for (int i = 0; i < 2; ++i) {
+      core::SockAddr a;
+      std::string why;
+      REQUIRE(core::parse_address("127.0.0.1:" + std::to_string(9000 + i), a, why));
+      const int h = t.add_host(i, "h" + std::to_string(i), a, 1);
+      t.hosts()[static_cast<size_t>(h)].slot = static_cast<uint32_t>(h);
+      t.hosts()[static_cast<size_t>(h)].tag = static_cast<uint32_t>(i) + 1;
+    }
+    balance::Snapshot snap;
+    snap.build(t);
+    balance::Balancer b{64, 42};
+    b.rebuild(snap);
+    auto name = [&](int h) {
+      return h < 0 ? std::string("-") : std::string(shm::name_of(t.hosts()[static_cast<size_t>(h)].id));
+    };
+    auto none = [](uint32_t) -> uint64_t { return 0; };
+    const int h0 = t.find_host(t.find_pool(0, "p"), "h0");
+    bool fell_back = false;
+    CHECK(name(b.pick(
+              snap, snap.upstreams()[0], "", [](uint32_t) { return true; }, none, &fell_back)) == "h0");
+    CHECK(fell_back);  // the chash pool routed it, by round robin
+    fell_back = false;
+    auto not_h0 = [&](uint32_t i) { return static_cast<int>(i) != h0; };
+    CHECK(name(b.pick(snap, snap.upstreams()[0], "", not_h0, none, &fell_back)) == "h1");
+    CHECK_FALSE(fell_back);
+    CHECK(name(b.pick(snap, snap.upstreams()[0], "k", not_h0, none, &fell_back)) == "h1");
+    CHECK_FALSE(fell_back);
+  }
+
   TEST_CASE("chash: adding an 11th host moves about 1/11 of the keys, all of them to the new host") {
     Pool p(shm::Method::chash, std::vector<uint32_t>(10, 1));
     std::vector<std::string> before;
