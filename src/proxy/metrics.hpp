@@ -41,11 +41,18 @@ inline void zero(shm::LatencyHistogram& h) noexcept {
   h.sum_us.store(0, std::memory_order_relaxed);
 }
 
-/// This worker's row for host (slot, tag), taken over from an earlier owner if needed.
+/// This worker's row for host (slot, tag), taken over from an earlier owner if
+/// needed. A connection or request may outlive its host's hold on the slot (a
+/// host removed while a request was in flight, its slot given to a new host):
+/// what it counts then (a connect, a response, bytes) is dropped rather than
+/// take the row from the slot's new host, whose counters would go back to 0.
+/// (The writer resets the slot's HostRuntime to the new tag before it
+/// publishes the new host.)
 inline shm::HostStats* host_row(const RelayEnv& env, uint32_t slot, uint32_t tag) noexcept {
-  if (env.worker >= env.seg->stat_workers() || slot >= env.seg->caps().max_hosts) return nullptr;
+  if (tag == 0 || env.worker >= env.seg->stat_workers() || slot >= env.seg->caps().max_hosts) return nullptr;
   shm::HostStats& s = env.seg->host_stats(env.worker, slot);
   if (s.tag.load(std::memory_order_relaxed) != tag) {
+    if (env.seg->host(slot).tag.load(std::memory_order_relaxed) != tag) return nullptr;
     for (auto& r : s.responses) r.store(0, std::memory_order_relaxed);
     s.status_failures.store(0, std::memory_order_relaxed);
     zero(s.connect);
@@ -165,27 +172,14 @@ inline void client_sent(RelayEnv& env, uint32_t listener, uint64_t n) noexcept {
   if (shm::ListenerStats* s = detail::listener_row(env, listener)) detail::add(s->sent_bytes, n);
 }
 
-namespace detail {
-/// This worker's row for host (slot, tag) for a byte count. A connection may
-/// outlive its host's hold on the slot (on_host_remove "keep"): its bytes are
-/// then dropped rather than take the row from the slot's new host.
-inline shm::HostStats* host_bytes_row(const RelayEnv& env, uint32_t slot, uint32_t tag) noexcept {
-  if (tag == 0 || env.worker >= env.seg->stat_workers() || slot >= env.seg->caps().max_hosts) return nullptr;
-  shm::HostStats& s = env.seg->host_stats(env.worker, slot);
-  if (s.tag.load(std::memory_order_relaxed) == tag) return &s;
-  if (env.seg->host(slot).tag.load(std::memory_order_relaxed) != tag) return nullptr;
-  return host_row(env, slot, tag);
-}
-}  // namespace detail
-
 /// `n` bytes written to host (slot, tag).
 inline void host_sent(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t n) noexcept {
-  if (shm::HostStats* s = detail::host_bytes_row(env, slot, tag)) detail::add(s->sent_bytes, n);
+  if (shm::HostStats* s = detail::host_row(env, slot, tag)) detail::add(s->sent_bytes, n);
 }
 
 /// `n` bytes read from host (slot, tag).
 inline void host_received(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t n) noexcept {
-  if (shm::HostStats* s = detail::host_bytes_row(env, slot, tag)) detail::add(s->received_bytes, n);
+  if (shm::HostStats* s = detail::host_row(env, slot, tag)) detail::add(s->received_bytes, n);
 }
 
 /// L4 relays: `n` bytes read from the client (`from_client`) or from the host of session `r`.

@@ -842,6 +842,7 @@ TEST_SUITE("admin") {
           text.rfind("# TYPE gw_upstream_host_connect_seconds histogram\n"));
 
     // Another tag on the slot (the host was removed, the slot reused): the row starts over.
+    shm::reset_slot(ts.seg.host(a.slot), a.tag + 1000);
     proxy::metrics::host_connected(env, a.slot, a.tag + 1000, 10);
     CHECK(shm::host_stats_totals(ts.seg, a.slot, a.tag).connect.count() == 0);
     CHECK(shm::host_stats_totals(ts.seg, a.slot, a.tag + 1000).connect.count() == 1);
@@ -914,6 +915,42 @@ TEST_SUITE("admin") {
                     "\"127.0.0.1:1001\"} 3007\n") != std::string::npos);
     CHECK(text.find("# TYPE gw_upstream_host_sent_bytes_total counter\n") != std::string::npos);
     CHECK(host_json(ts.seg, t, 0).find("\"sent_bytes\": 120, \"received_bytes\": 3007}") != std::string::npos);
+  }
+
+  TEST_CASE("a connect or response of a host whose slot went to another host leaves that host's counters alone") {
+    TempSegment ts;
+    seed(ts.seg);
+    shm::Table t(ts.seg.caps());
+    shm::read_published(ts.seg, t);
+    balance::Snapshot snap;
+    snap.build(t);
+    proxy::RelayEnv env;
+    env.seg = &ts.seg;
+    env.snap = &snap;
+    env.worker = 0;
+    const shm::HostRecord& a = t.hosts()[0];
+    // a was removed with a request in flight and its slot went to c (the
+    // writer resets the slot before it publishes c); this worker counted c.
+    const uint32_t c = a.tag + 1000;
+    shm::reset_slot(ts.seg.host(a.slot), c);
+    proxy::metrics::host_connected(env, a.slot, c, 400);
+    proxy::metrics::host_response(env, a.slot, c, 200, core::monotonic_ns());
+    proxy::metrics::host_sent(env, a.slot, c, 10);
+    // Then a's connect and answer come in: counted nowhere, c's row kept.
+    proxy::metrics::host_connected(env, a.slot, a.tag, 400);
+    proxy::metrics::host_response(env, a.slot, a.tag, 503, core::monotonic_ns());
+    proxy::metrics::host_status_failure(env, a.slot, a.tag);
+    auto st = shm::host_stats_totals(ts.seg, a.slot, c);
+    CHECK(st.connect.count() == 1);
+    CHECK(st.responses[1] == 1);
+    CHECK(st.responses[4] == 0);
+    CHECK(st.status_failures == 0);
+    CHECK(st.response.count() == 1);
+    CHECK(st.sent_bytes == 10);
+    // c's next counts add to what it had.
+    proxy::metrics::host_connected(env, a.slot, c, 400);
+    CHECK(shm::host_stats_totals(ts.seg, a.slot, c).connect.count() == 2);
+    CHECK(shm::host_stats_totals(ts.seg, a.slot, c).sent_bytes == 10);
   }
 
   TEST_CASE("a table read before a host's slot went to another host shows none of that host's failures") {
