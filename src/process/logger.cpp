@@ -31,6 +31,8 @@ int open_access_log(const std::string& path) {
 
 namespace {
 
+constexpr int kChunksPerRound = 16;
+
 // Whether the regular file open as `fd` (for writing, at `path`) ends inside
 // a line: a write cut short by a full disk, or a logger killed mid-write.
 bool ends_mid_line(int fd, const std::string& path) {
@@ -128,7 +130,11 @@ int run_logger(const std::vector<int>& socks, const std::vector<std::string>& pa
     }
     for (size_t i = 1; i < pfds.size(); ++i) {
       if (pfds[i].fd < 0 || !(pfds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-      for (;;) {
+      // A few chunks per socket and round: a worker that keeps its socket
+      // full (the logger behind a slow disk) must not keep the other workers'
+      // lines, or a SIGUSR1, waiting for as long as it does. (What is left
+      // makes the next poll return at once.)
+      for (int taken = 0; taken < kChunksPerRound; ++taken) {
         ssize_t n = ::recv(pfds[i].fd, buf.get(), 256 * 1024, MSG_DONTWAIT);
         if (n > 1) {
           const auto file = static_cast<uint8_t>(buf[0]);

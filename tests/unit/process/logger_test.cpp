@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <string>
@@ -46,8 +47,8 @@ pid_t start_logger(const std::string& path, rlim_t fsize, int& worker_end) {
   return pid;
 }
 
-void send_chunk(int fd, const std::string& lines) {
-  const std::string chunk = std::string(1, '\0') + lines;  // file 0
+void send_chunk(int fd, const std::string& lines, char file = 0) {
+  const std::string chunk = std::string(1, file) + lines;
   REQUIRE(::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(chunk.size()));
 }
 
@@ -118,6 +119,65 @@ TEST_SUITE("process") {
       CHECK(read_file(path) == a + b);
     }
     ::unlink(path.c_str());
+    ::rmdir(dir);
+  }
+
+  TEST_CASE("logger: a worker that keeps its socket full (a slow disk) does not hold up another worker's lines") {
+    char dir[] = "/tmp/gwunit-logger-XXXXXX";
+    REQUIRE(::mkdtemp(dir) != nullptr);
+    // File 0 is a FIFO read slowly: the logger's writes to it wait, as on a
+    // slow disk. File 1 is a regular file.
+    const std::string slow = std::string(dir) + "/slow.log", fast = std::string(dir) + "/fast.log";
+    REQUIRE(::mkfifo(slow.c_str(), 0644) == 0);
+    std::atomic<bool> stop{false};
+    std::thread reader([&] {
+      const int fd = ::open(slow.c_str(), O_RDONLY | O_CLOEXEC);  // (waits for the logger's open)
+      if (fd < 0) return;
+      char buf[65536];
+      while (::read(fd, buf, sizeof(buf)) > 0)
+        if (!stop) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      ::close(fd);
+    });
+    int a[2], b[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, a) == 0);
+    REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, b) == 0);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::close(a[1]);
+      ::close(b[1]);
+      try {
+        core::log_open("/dev/null");
+        ::_exit(process::run_logger({a[0], b[0]}, {slow, fast}, ""));
+      } catch (...) {
+        ::_exit(3);
+      }
+    }
+    ::close(a[0]);
+    ::close(b[0]);
+    // Worker a sends as fast as the logger takes its chunks: its socket is never empty.
+    std::thread flood([&] {
+      const std::string chunk = std::string(1, '\0') + std::string(32767, 'a') + "\n";
+      while (!stop && ::send(a[1], chunk.data(), chunk.size(), MSG_NOSIGNAL) > 0) {
+      }
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const std::string line = std::string(59, 'b') + "\n";
+    send_chunk(b[1], line, 1);
+    bool written = false;
+    for (int i = 0; i < 300 && !written; ++i) {
+      written = read_file(fast) == line;
+      if (!written) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    CHECK(written);
+    stop = true;
+    ::shutdown(a[1], SHUT_WR);  // (the flood's send returns)
+    flood.join();
+    ::close(b[1]);
+    CHECK(stop_logger(pid, a[1]) == 0);
+    reader.join();
+    ::unlink(slow.c_str());
+    ::unlink(fast.c_str());
     ::rmdir(dir);
   }
 }
