@@ -89,7 +89,10 @@ int run_logger(const std::vector<int>& socks, const std::vector<std::string>& pa
         files[i] = fd;
         mid_line[i] = ends_mid_line(fd, paths[i]);
       } catch (const std::exception& e) {
-        GW_LOG_ERROR("{} (lines for it are dropped until it opens)", e.what());
+        // A reopen that fails keeps the file open before, as nginx's does.
+        GW_LOG_ERROR(
+            "{} ({})", e.what(),
+            files[i] >= 0 ? "its lines go on to the file it had open" : "lines for it are dropped until it opens");
       }
     }
   };

@@ -180,4 +180,45 @@ TEST_SUITE("process") {
     ::unlink(fast.c_str());
     ::rmdir(dir);
   }
+
+  TEST_CASE("logger: a file that does not open again on SIGUSR1 keeps its lines going to the file open before") {
+    char dir[] = "/tmp/gwunit-logger-XXXXXX";
+    REQUIRE(::mkdtemp(dir) != nullptr);
+    const std::string path = std::string(dir) + "/access.log", errlog = std::string(dir) + "/error.log";
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::close(sv[1]);
+      try {
+        core::log_open(errlog);
+        ::_exit(process::run_logger({sv[0]}, {path}, ""));
+      } catch (...) {
+        ::_exit(3);
+      }
+    }
+    ::close(sv[0]);
+    const std::string a = std::string(59, 'a') + "\n", b = std::string(59, 'b') + "\n";
+    send_chunk(sv[1], a);
+    for (int i = 0; i < 500 && read_file(path) != a; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE(read_file(path) == a);
+    // Rotated, and the path can no longer be opened for writing.
+    REQUIRE(::rename(path.c_str(), (path + ".1").c_str()) == 0);
+    REQUIRE(::mkdir(path.c_str(), 0755) == 0);
+    REQUIRE(::kill(pid, SIGUSR1) == 0);
+    for (int i = 0; i < 500 && read_file(errlog).find("cannot open access log") == std::string::npos; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    send_chunk(sv[1], b);
+    CHECK(stop_logger(pid, sv[1]) == 0);
+    CHECK(read_file(path + ".1") == a + b);  // as nginx, which keeps a file it cannot reopen
+    const std::string log = read_file(errlog);
+    CHECK(log.find("cannot open access log") != std::string::npos);
+    CHECK(log.find("dropped") == std::string::npos);
+    CHECK(log.find("its lines go on to the file it had open") != std::string::npos);
+    ::rmdir(path.c_str());
+    ::unlink((path + ".1").c_str());
+    ::unlink(errlog.c_str());
+    ::rmdir(dir);
+  }
 }
