@@ -89,6 +89,15 @@ std::string cluster_line(const ClusterView& v) {
       return fmt::format("cluster: etcd synced at revision {} ({}), since {}{}", v.revision, v.text.endpoint,
                          iso_time(v.since_ms), err);
     case shm::kClusterDisconnected:
+      // Revision 0: etcd was unreachable since gwd started or reloaded (the
+      // sync state starts over then); the table served is the one gwd had
+      // (its state file or config, or the table before the reload), not an
+      // empty one.
+      if (v.revision == 0)
+        return fmt::format(
+            "cluster: etcd DISCONNECTED since {}, reconnecting; serving the local table (not synced with etcd since "
+            "gwd started or reloaded){}",
+            iso_time(v.since_ms), err);
       return fmt::format("cluster: etcd DISCONNECTED since {}, reconnecting; serving the table of revision {}{}",
                          iso_time(v.since_ms), v.revision, err);
     default: return fmt::format("cluster: etcd connecting ({}) since {}{}", v.text.endpoint, iso_time(v.since_ms), err);

@@ -488,7 +488,10 @@ class Sync {
     fails_ = 0;
     if (!owns()) return true;  // superseded: the state shown is the new sync process's
     if (cl_.state.load() != shm::kClusterDisconnected || what != last_error_)
-      GW_LOG_WARN("etcd unreachable, serving the last good table (revision {}): {}", rev_, what);
+      GW_LOG_WARN("etcd unreachable, serving {}: {}",
+                  rev_ ? fmt::format("the last good table (revision {})", rev_)
+                       : std::string("the local table (not synced with etcd since gwd started or reloaded)"),
+                  what);
     shm::set_cluster_text(cl_, from, what);
     last_error_ = what;
     shm::set_cluster_state(cl_, shm::kClusterDisconnected, core::wall_ms());

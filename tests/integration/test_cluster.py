@@ -337,6 +337,19 @@ class ClusterTest(GwTestCase):
             self.assertRegex(out, r"(?m)^cluster: etcd DISCONNECTED since \S+, reconnecting; serving the table of revision \d+")
             self.assertEqual(gw.gwctl("check")[0], 0, "gwctl check must not fail over because of etcd")
             self.assertEqual(self.cluster_metrics(gw)["state"], "disconnected", "GET /metrics: gw_cluster_state")
+        # A node restarted while etcd is away serves its state file's table and
+        # says it has not synced since it started (it said "the table of
+        # revision 0", as if it served nothing from etcd).
+        gws[0].stop()
+        gws[0].start()
+        st = self.wait_state(gws[0], "disconnected", T(10))
+        self.assertEqual(st["revision"], 0, st)
+        self.assertTrue(self.routes_to(gws[0], "a"), "a node restarted while etcd is away does not serve")
+        _, out, _ = gws[0].gwctl("status")
+        self.assertRegex(out, r"(?m)^cluster: etcd DISCONNECTED since \S+, reconnecting; serving the local table "
+                              r"\(not synced with etcd since gwd started or reloaded\); last error: \S")
+        self.assertIn("etcd unreachable, serving the local table (not synced with etcd since gwd started or reloaded)",
+                      gws[0].log_text())
         p = self.ctl_etcd("add", "host", "app/primary", "b", b.address)
         out, err = p.communicate(timeout=T(30))
         self.assertIn("etcd", self.assert_one_line_error(p.returncode, err, "gwctl --etcd with etcd down"))

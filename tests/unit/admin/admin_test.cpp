@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include <cstdio>
 #include <string>
 
 #include "../test_util.hpp"
@@ -150,6 +151,24 @@ TEST_SUITE("admin") {
     // A prefix padded with NUL bytes is not the secret either.
     CHECK_FALSE(constant_time_equal(std::string_view("secret\0\0\0\0\0\0", 12), "secret"));
     CHECK_FALSE(constant_time_equal("secret", std::string_view("secret\0", 7)));
+  }
+
+  TEST_CASE("cluster line: a node cut off from etcd since it started says it serves its local table") {
+    ClusterView v;
+    v.on = true;
+    v.state = shm::kClusterDisconnected;
+    v.since_ms = 1;
+    std::snprintf(v.text.error, sizeof(v.text.error), "etcd http://127.0.0.1:2379: cannot connect");
+    v.revision = 42;
+    CHECK(cluster_line(v) == "cluster: etcd DISCONNECTED since " + iso_time(1) +
+                                 ", reconnecting; serving the table of revision 42; last error: etcd "
+                                 "http://127.0.0.1:2379: cannot connect");
+    // etcd unreachable since the start: the table is the state file's (or the
+    // config's), not the "table of revision 0" it was called.
+    v.revision = 0;
+    CHECK(cluster_line(v) == "cluster: etcd DISCONNECTED since " + iso_time(1) +
+                                 ", reconnecting; serving the local table (not synced with etcd since gwd started or "
+                                 "reloaded); last error: etcd http://127.0.0.1:2379: cannot connect");
   }
 
   TEST_CASE("router: unreserved %-escapes decoded, %2F never a separator, bad escapes 400, OPTIONS *") {
