@@ -204,6 +204,11 @@ Model build_model(std::string_view prefix, const std::map<std::string, std::stri
   };
   std::vector<std::pair<std::string, Key>> pools;
   std::vector<PendingHost> hosts;
+  // Upstream keys present whose value does not parse: the node keeps the
+  // upstream as it has it, so its pools and hosts are not applied either (one
+  // warning says so, not one per key claiming that the upstream key or the
+  // pool key is missing).
+  std::set<std::string> held_upstreams;
   for (const auto& [key, value] : kv) {
     Key k;
     std::string why;
@@ -213,8 +218,15 @@ Model build_model(std::string_view prefix, const std::map<std::string, std::stri
     }
     if (k.kind == KeyKind::upstream) {
       // The value is reserved for later settings; it must be an object.
-      if (!decode_upstream(value, why)) warnings.push_back(fmt::format("etcd key {} ignored: {}", key, why));
-      else m.upstreams[k.upstream] = true;
+      if (!decode_upstream(value, why)) {
+        warnings.push_back(fmt::format(
+            "etcd key {} not applied: {}; the node keeps the upstream's pools and hosts as it has them", key, why));
+        held_upstreams.insert(k.upstream);
+      } else {
+        m.upstreams[k.upstream] = true;
+      }
+    } else if (held_upstreams.count(k.upstream)) {
+      continue;  // under an upstream key that does not parse (keys come sorted: it came first)
     } else if (k.kind == KeyKind::pool) {
       PoolSpec p;
       if (decode_pool(value, p, why)) {

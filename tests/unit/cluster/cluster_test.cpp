@@ -145,6 +145,27 @@ TEST_SUITE("cluster") {
     CHECK(warnings.size() == 4);
   }
 
+  TEST_CASE("model: an upstream key whose value does not parse is one warning, not one per pool and host") {
+    // Its pools and hosts were each said to lack their upstream key or pool
+    // key, which etcd holds: a line per host, each of them false.
+    std::map<std::string, std::string> kv = {
+        {"/gw/upstreams/app", R"({"future": 1})"},
+        {"/gw/upstreams/app/pools/p", R"({"priority": 1})"},
+        {"/gw/upstreams/app/pools/p/hosts/a", R"({"address": "127.0.0.1:1"})"},
+        {"/gw/upstreams/app/pools/p/hosts/b", R"({"address": "127.0.0.1:2"})"},
+        {"/gw/upstreams/app/pools/q", "{"},
+        {"/gw/upstreams/app/pools/q/hosts/c", R"({"address": "127.0.0.1:3"})"},
+    };
+    std::vector<std::string> warnings;
+    Model m = build_model("/gw/", kv, warnings);
+    CHECK((m.upstreams.empty() && m.pools.empty() && m.hosts.empty()));
+    CHECK((m.held_pools.empty() && m.held_hosts.empty()));
+    REQUIRE(warnings.size() == 1);
+    CHECK(warnings[0] ==
+          "etcd key /gw/upstreams/app not applied: future: unknown key; the node keeps the upstream's pools and "
+          "hosts as it has them");
+  }
+
   TEST_CASE("reconcile: an admin change from etcd of a host its checks hold down is admin_down / admin_up") {
     gw::testing::TempSegment ts({4, 8, 16});
     gw::shm::Table t = sample();
