@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include <cstring>
+#include <map>
 
 #include "gw/shm/runtime.hpp"
 
@@ -65,6 +66,13 @@ bool reconcile(shm::Table& t, const Model& model, std::vector<std::string>& even
   std::copy(t.cidrs().begin(), t.cidrs().end(), nt.cidrs().begin());
   std::copy(t.consumers().begin(), t.consumers().end(), nt.consumers().begin());  // key-auth consumers: local too
   std::vector<std::string> removed, changed, added;
+  // The old table's hosts by (pool, id), looked up once per host of the model:
+  // a scan of the table for each made a large pool quadratic (seconds per
+  // watched change at 20,000 hosts). The ids point into `t`, unchanged until
+  // the copy at the end.
+  std::map<std::pair<int, std::string_view>, int> old_hosts;
+  for (size_t hi = 0; hi < t.hosts().size(); ++hi)
+    old_hosts.emplace(std::pair{static_cast<int>(t.hosts()[hi].pool), name_of(t.hosts()[hi].id)}, static_cast<int>(hi));
 
   for (size_t ui = 0; ui < t.upstreams().size(); ++ui) {
     const shm::UpstreamRecord ur = t.upstreams()[ui];
@@ -78,7 +86,7 @@ bool reconcile(shm::Table& t, const Model& model, std::vector<std::string>& even
         int np = nt.add_pool(nu, name_of(pr.id), pr.priority, static_cast<shm::Method>(pr.method));
         for (int hi : t.pool_hosts(static_cast<int>(pi))) {
           const auto& hr = t.hosts()[static_cast<size_t>(hi)];
-          int nh = nt.add_host(np, name_of(hr.id), hr.addr, hr.weight);
+          int nh = nt.add_unique_host(np, name_of(hr.id), hr.addr, hr.weight);  // unique in their pool in `t`
           auto& x = nt.hosts()[static_cast<size_t>(nh)];
           x = hr;
           x.pool = static_cast<uint16_t>(np);
@@ -119,10 +127,11 @@ bool reconcile(shm::Table& t, const Model& model, std::vector<std::string>& even
            hit != m.hosts.end() && std::get<0>(hit->first) == uname && std::get<1>(hit->first) == pid; ++hit) {
         const std::string& hid = std::get<2>(hit->first);
         const HostSpec& hs = hit->second;
-        const int nh = nt.add_host(np, hid, hs.addr, hs.weight);
+        const int nh = nt.add_unique_host(np, hid, hs.addr, hs.weight);  // the model's keys are unique
         auto& x = nt.hosts()[static_cast<size_t>(nh)];
         x.admin_down = hs.down ? 1 : 0;
-        const int oh = op < 0 ? -1 : t.find_host(op, hid);
+        const auto found = op < 0 ? old_hosts.end() : old_hosts.find({op, hid});
+        const int oh = found == old_hosts.end() ? -1 : found->second;
         const shm::HostRecord* old = oh < 0 ? nullptr : &t.hosts()[static_cast<size_t>(oh)];
         const std::string path = fmt::format("{}/{}/{}", uname, pid, hid), addr = hs.addr.to_string();
         if (old && old->addr == hs.addr) {

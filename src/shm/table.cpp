@@ -327,6 +327,11 @@ int Table::add_host(int pool, std::string_view id, const core::SockAddr& addr, u
   if (auto why = check_name(id); !why.empty()) throw TableError(fmt::format("host id \"{}\" {}", id, why));
   if (find_host(pool, id) >= 0)
     throw TableError(fmt::format("host {}/{} already exists", pool_path(pool), id), TableError::Kind::exists);
+  return add_unique_host(pool, id, addr, weight);
+}
+
+int Table::add_unique_host(int pool, std::string_view id, const core::SockAddr& addr, uint32_t weight) {
+  if (auto why = check_name(id); !why.empty()) throw TableError(fmt::format("host id \"{}\" {}", id, why));
   if (weight > kMaxWeight) throw TableError(fmt::format("weight must be 0..{}, got {}", kMaxWeight, weight));
   if (header().n_hosts >= caps_.max_hosts)
     throw TableError(fmt::format("host table is full (shm.max_hosts = {})", caps_.max_hosts), TableError::Kind::full);

@@ -296,6 +296,10 @@ class Table {
   int add_pool(int upstream, std::string_view id, int32_t priority, Method method);
   void remove_pool(int pool);
   int add_host(int pool, std::string_view id, const core::SockAddr& addr, uint32_t weight);
+  /// add_host() without its duplicate check, which reads every host: for a
+  /// caller that builds a whole table from ids it knows to be unique in their
+  /// pool (the etcd reconcile), where checking each made the build quadratic.
+  int add_unique_host(int pool, std::string_view id, const core::SockAddr& addr, uint32_t weight);
   void remove_host(int host);
   int add_route(std::string_view listener, std::string_view name);
   /// Appends a rule to `route` (it is tried after the route's other rules).
