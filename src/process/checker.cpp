@@ -136,6 +136,15 @@ class Checker {
       int fd = net::connect_tcp(h.addr, err);
       if (fd < 0) {
         finish(*p, false, err, now);  // a local error (no descriptor, no port) is not counted there
+        // Out of descriptors or memory: no check can start now. This host and
+        // the rest stay due and start as the probes under way end. (Put off to
+        // the next interval, they fell due again with the ones before them,
+        // which took the descriptors first: a host late in the table was
+        // never checked.)
+        if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+          st.due_ms = now;
+          return;
+        }
         continue;
       }
       p->fd.reset(fd);

@@ -129,6 +129,31 @@ class HealthTest(GwTestCase):
         gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "down", T(5), msg="a down after fall")
         self.assertEqual(host_health(gw, "b")["health"], "up")
 
+    def test_checker_with_fewer_descriptors_than_hosts_checks_them_all(self):
+        """The checker has one descriptor free for three hosts: the checks
+        take turns on it, and two stopped hosts are taken down. Every host fell
+        due at the same moment, the first took the descriptor, the others found
+        none and were put off to the next interval, where the same happened:
+        the hosts after the first were never checked again (up for ever)."""
+        a, b, c = self.backend("a"), self.backend("b"), self.backend("c")
+        gw = self.gateway(self.make_config([pool("primary", [host("a", a), host("b", b), host("c", c)])],
+                                           upstream_opts=FAST))
+        for h in ("a", "b", "c"):
+            gwtest.wait_until(lambda: host_health(gw, h)["health"] == "up", T(5), msg=f"{h} checked up")
+        (checker,) = [p for p in gwtest.children(gw.pid) if open(f"/proc/{p}/comm").read().strip() == "gwd-checker"]
+        fds = {int(fd) for fd in os.listdir(f"/proc/{checker}/fd")}
+        lowest_free = min(set(range(max(fds) + 2)) - fds)
+        soft, hard = resource.prlimit(checker, resource.RLIMIT_NOFILE)
+        resource.prlimit(checker, resource.RLIMIT_NOFILE, (lowest_free + 1, hard))
+        self.addCleanup(lambda: os.path.exists(f"/proc/{checker}") and
+                        resource.prlimit(checker, resource.RLIMIT_NOFILE, (soft, hard)))
+        b.stop()
+        c.stop()
+        for h in ("b", "c"):
+            gwtest.wait_until(lambda: host_health(gw, h)["health"] == "down", T(5), msg=f"{h} down after fall")
+        self.assertEqual(host_health(gw, "a")["health"], "up")
+        self.assertEqual(gwtest.names(gw.port, 4), ["a"] * 4)
+
     def test_admin_down_survives_passing_checks(self):
         a, b = self.backend("a"), self.backend("b")
         gw = self.gateway(self.make_config([pool("primary", [host("a", a), host("b", b)])], upstream_opts=FAST))
