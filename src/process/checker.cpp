@@ -45,6 +45,8 @@ std::string http_check_request(const shm::HealthCheck& check, const core::SockAd
 
 namespace {
 
+constexpr uint64_t kTickMs = 20;  // the longest wait between two looks at the table
+
 struct HostState {
   uint32_t tag = 0;
   uint64_t due_ms = 0;
@@ -77,7 +79,10 @@ class Checker {
     for (;;) {
       const uint64_t now = core::monotonic_ms();
       refresh();
-      start_due(now);
+      // Woken when the next check falls due or a probe's time is up, not on
+      // the tick only: an interval or timeout of 50 ms ran as 60 (the next
+      // tick), one of 10 as 20.
+      uint64_t wake = start_due(now);
       pfds.clear();
       pfds.push_back({sfd.get(), POLLIN, 0});
       for (auto& p : probes_) {
@@ -85,8 +90,10 @@ class Checker {
         // would be ready all the time and spin the loop).
         short ev = !p->connected || !p->request.empty() ? POLLOUT : POLLIN;
         pfds.push_back({p->fd.get(), ev, 0});
+        wake = std::min(wake, p->deadline_ms);
       }
-      ::poll(pfds.data(), pfds.size(), 20);
+      const uint64_t before = core::monotonic_ms();  // (the connects above took some)
+      ::poll(pfds.data(), pfds.size(), static_cast<int>(wake > before ? wake - before : 0));
       if (pfds[0].revents) {
         if (drain_child_signals(sfd.get(), cfg_.log_file)) return 0;
       }
@@ -117,14 +124,22 @@ class Checker {
   }
 
  private:
-  void start_due(uint64_t now) {
+  // Starts the checks that are due; returns when the next one falls due, at
+  // most kTickMs on (the table is looked at again then: a new host is
+  // checked at once).
+  uint64_t start_due(uint64_t now) {
+    uint64_t next = now + kTickMs;
     auto hosts = table_->hosts();
     for (const auto& h : hosts) {
       const auto& up = table_->upstreams()[table_->pools()[h.pool].upstream];
       if (up.check.type == shm::kCheckNone) continue;
       HostState& st = hosts_[h.slot];
       if (st.tag != h.tag) st = HostState{h.tag, now, false, {}};  // a new host: check it at once
-      if (st.in_flight || now < st.due_ms) continue;
+      if (st.in_flight) continue;
+      if (now < st.due_ms) {
+        next = std::min(next, st.due_ms);
+        continue;
+      }
       st.in_flight = true;
       st.due_ms = now + up.check.interval_ms;
       auto p = std::make_unique<Probe>();
@@ -143,13 +158,15 @@ class Checker {
         // never checked.)
         if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
           st.due_ms = now;
-          return;
+          return next;
         }
+        next = std::min(next, st.due_ms);
         continue;
       }
       p->fd.reset(fd);
       probes_.push_back(std::move(p));
     }
+    return next;
   }
 
   // Takes a newer table if there is one, and indexes its hosts by slot: each

@@ -154,6 +154,34 @@ class HealthTest(GwTestCase):
         self.assertEqual(host_health(gw, "a")["health"], "up")
         self.assertEqual(gwtest.names(gw.port, 4), ["a"] * 4)
 
+    def test_checks_run_at_their_interval(self):
+        """A check runs every interval_ms, not at the checker's next 20 ms
+        tick after it: an interval of 10 ms ran every 20 (50 ms every 60)."""
+        lsock = socket.socket()
+        lsock.bind((gwtest.LOOPBACK, 0))
+        lsock.listen(512)
+        self.addCleanup(lsock.close)
+        accepted = []
+
+        def serve():
+            while True:
+                try:
+                    c, _ = lsock.accept()
+                except OSError:
+                    return
+                accepted.append(time.monotonic())
+                c.close()
+        threading.Thread(target=serve, daemon=True).start()
+        opts = {"health": {"type": "tcp", "interval_ms": 10, "timeout_ms": 200, "rise": 1, "fall": 1}}
+        gw = self.gateway(self.make_config([pool("p", [host("a", f"{gwtest.LOOPBACK}:{lsock.getsockname()[1]}")])],
+                                           upstream_opts=opts))
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "up", T(5), msg="a checked up")
+        time.sleep(0.5)
+        start = len(accepted)
+        time.sleep(2)
+        checks = len(accepted) - start
+        self.assertGreater(checks, 140, f"{checks} checks in 2 s at an interval of 10 ms")
+
     def test_admin_down_survives_passing_checks(self):
         a, b = self.backend("a"), self.backend("b")
         gw = self.gateway(self.make_config([pool("primary", [host("a", a), host("b", b)])], upstream_opts=FAST))
