@@ -1834,9 +1834,15 @@ bool HttpProxy::send_upstream(Conn& c, UpConn& u) noexcept {
   // While the request buffer is full gw does not read the client: its
   // client_body_timeout_ms starts over once the host has made room.
   const bool stalled = request_stalled(c);
-  if (c.up_cut) {
+  if (c.up_cut || c.resp_done) {
+    // Dropped: see parse_response, and below. Once the answer is whole,
+    // nothing more is wanted from the host (nginx sends nothing more once it
+    // has answered): a send then could only fail or time out, and close the
+    // client connection under an answer it has not yet taken. The host lacks
+    // these bytes: its connection carries no other request.
     if (stalled) c.c_read_ms = env_.now_ms;
-    c.sent = c.body_end;  // dropped: see parse_response
+    c.sent = c.body_end;
+    c.up_keep = false;
     return false;
   }
   while (c.rq.size() > 0 || c.sent < c.body_end) {
@@ -1850,6 +1856,16 @@ bool HttpProxy::send_upstream(Conn& c, UpConn& u) noexcept {
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         u.u_out = false;
         return progress;
+      }
+      if (c.resp_started) {
+        // The host reset, its answer begun: what it sent before the reset
+        // is still read (all of the answer, maybe) and passed on; a read
+        // finds where the reset cut it. Nothing more goes to the host.
+        c.up_cut = true;
+        c.up_keep = false;
+        c.sent = c.body_end;
+        u.u_in = true;
+        return true;
       }
       upstream_failed(c, kFailError, errno);
       return true;

@@ -188,7 +188,8 @@ class HttpProxy {
     bool resp_done = false;
     bool dechunk = false;     // chunked response to an HTTP/1.0 client
     bool resp_close = false;  // close the client after this response
-    bool up_cut = false;      // the host answered before the whole request head went out: nothing more is sent to it
+    bool up_cut = false;      // nothing more is sent to the host: it answered before the whole request head went out,
+                              // or a send failed once its answer had begun
     bool up_keep = false;     // the response lets the upstream connection carry another request
     bool up_closes = false;   // an interim response said Connection: close (RFC 9112 9.6)
     bool tunnel_c_eof = false, tunnel_u_eof = false;    // tunnel: FIN read from the client / the upstream

@@ -635,3 +635,68 @@ TEST_SUITE("http proxy") {
     g.http->close_all();
   }
 }
+
+TEST_SUITE("http proxy") {
+  TEST_CASE("a host that resets after its whole early answer does not cut that answer while the client sends on") {
+    // A host answers a POST before taking its body (a 413, a 401) and closes
+    // with the body unread, so its kernel resets the connection. The whole
+    // answer is in gw's response buffer, the client not yet reading it; the
+    // client's next body bytes must not end in a failed send that closes the
+    // client connection under that answer (nginx sends nothing more to a host
+    // once the answer has begun).
+    Upstream up;
+    Gateway g(up.port);
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    const int small = 4096;
+    REQUIRE(::setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
+    g.accept(sv[0]);
+    const int client = sv[1];
+
+    send_all(client, "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + std::string(1000, 'b'));
+    int host = -1;
+    std::string req;
+    step_until(
+        g,
+        [&] {
+          if (host < 0) host = ::accept4(up.lfd, nullptr, nullptr, SOCK_CLOEXEC);
+          if (host >= 0) drain(host, req);
+          return req.size() >= req.find("\r\n\r\n") + 4 + 1000 && req.find("\r\n\r\n") != std::string::npos;
+        },
+        "the head and the first body bytes at the host");
+    const std::string answer = "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 12000\r\nConnection: close\r\n\r\n" +
+                               std::string(12000, 'x');
+    send_all(host, answer);
+    for (int i = 0; i < 20; ++i) g.step(1);
+    int queued = 0;
+    REQUIRE(::ioctl(client, FIONREAD, &queued) == 0);
+    REQUIRE(static_cast<size_t>(queued) < answer.size());  // gw holds the rest of the answer
+
+    // The host resets (SO_LINGER 0), then the client sends more of its body.
+    const linger lg{1, 0};
+    REQUIRE(::setsockopt(host, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == 0);
+    ::close(host);
+    for (int i = 0; i < 5; ++i) g.step(1);
+    send_all(client, std::string(1000, 'c'));
+    for (int i = 0; i < 5; ++i) g.step(1);
+
+    std::string got, body;
+    step_until(
+        g,
+        [&] {
+          const bool open = drain(client, got);
+          if (whole_response(got, body)) return true;
+          REQUIRE(open);  // closed before the whole answer
+          return false;
+        },
+        "the client to take the whole answer");
+    CHECK(got.starts_with("HTTP/1.1 413 "));
+    CHECK(body.size() == 12000);
+    CHECK(body.find_first_not_of('x') == std::string::npos);
+
+    ::close(client);
+    step_until(
+        g, [&] { return g.http->active() == 0; }, "the client connection to close");
+    g.http->close_all();
+  }
+}
