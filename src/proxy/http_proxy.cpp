@@ -1206,6 +1206,13 @@ bool HttpProxy::read_client(Conn& c) noexcept {
     pump_request_body(c);
     return true;
   }
+  if (n == 0 && c.resp_done) {
+    // The FIN cuts the body short, but the host has answered whole (early):
+    // the answer still goes out (it says Connection: close), then we close.
+    c.c_eof = true;
+    c.c_in = c.c_hup = false;
+    return false;
+  }
   if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
     // The body ended early: the request is incomplete; nothing can be answered.
     close_conn(c);

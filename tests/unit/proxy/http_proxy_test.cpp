@@ -700,3 +700,64 @@ TEST_SUITE("http proxy") {
     g.http->close_all();
   }
 }
+
+TEST_SUITE("http proxy") {
+  TEST_CASE("a client whose FIN cuts its body short after the host's whole early answer still gets that answer") {
+    // The host answers a POST before taking its body (a 413); the client
+    // stops sending and half-closes, still reading. The answer is whole in
+    // gw's response buffer: it goes out, then the connection closes.
+    Upstream up;
+    Gateway g(up.port);
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    const int small = 4096;
+    REQUIRE(::setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
+    g.accept(sv[0]);
+    const int client = sv[1];
+
+    send_all(client, "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + std::string(1000, 'b'));
+    int host = -1;
+    std::string req;
+    step_until(
+        g,
+        [&] {
+          if (host < 0) host = ::accept4(up.lfd, nullptr, nullptr, SOCK_CLOEXEC);
+          if (host >= 0) drain(host, req);
+          return req.size() >= req.find("\r\n\r\n") + 4 + 1000 && req.find("\r\n\r\n") != std::string::npos;
+        },
+        "the head and the first body bytes at the host");
+    const std::string answer =
+        "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 12000\r\n\r\n" + std::string(12000, 'x');
+    send_all(host, answer);
+    for (int i = 0; i < 20; ++i) g.step(1);
+    int queued = 0;
+    REQUIRE(::ioctl(client, FIONREAD, &queued) == 0);
+    REQUIRE(static_cast<size_t>(queued) < answer.size());  // gw holds the rest of the answer
+
+    REQUIRE(::shutdown(client, SHUT_WR) == 0);
+    for (int i = 0; i < 5; ++i) g.step(1);
+
+    std::string got, body;
+    bool open = true;
+    step_until(
+        g,
+        [&] {
+          open = drain(client, got);
+          if (whole_response(got, body)) return true;
+          REQUIRE(open);  // closed before the whole answer
+          return false;
+        },
+        "the client to take the whole answer");
+    CHECK(got.starts_with("HTTP/1.1 413 "));
+    CHECK(body.size() == 12000);
+    CHECK(got.find("Connection: close\r\n") != std::string::npos);  // said, as the body was not all there
+    step_until(
+        g, [&] { return !drain(client, got); }, "gw to close the connection");
+    step_until(
+        g, [&] { return g.http->active() == 0; }, "the client connection to close");  // lingers at most 2 s
+
+    ::close(client);
+    ::close(host);
+    g.http->close_all();
+  }
+}
