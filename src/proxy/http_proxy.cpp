@@ -1021,7 +1021,11 @@ void HttpProxy::drive(Conn& c) noexcept {
         if (c.req_body_done && c.c_hup && c.c_in) progress |= read_client(c);  // a FIN or reset while waiting
         if (c.state != CState::busy || c.gen != gen) break;
         UpConn* u = c.up != kNone ? &ups_[c.up] : nullptr;
-        if (u && u->state == UState::busy && u->u_out && (c.rq.size() > 0 || c.sent < c.body_end)) {
+        // Bytes nothing more is sent of (up_cut, resp_done) are dropped
+        // whether or not the host's socket has room: a host that stopped
+        // reading would otherwise hold them until send_timeout_ms.
+        if (u && u->state == UState::busy && (u->u_out || c.up_cut || c.resp_done) &&
+            (c.rq.size() > 0 || c.sent < c.body_end)) {
           progress |= send_upstream(c, *u);
           if (c.state != CState::busy || c.gen != gen) break;
         }

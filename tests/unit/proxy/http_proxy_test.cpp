@@ -761,3 +761,72 @@ TEST_SUITE("http proxy") {
     g.http->close_all();
   }
 }
+
+TEST_SUITE("http proxy") {
+  TEST_CASE("a host that answers early and stops reading the body does not time its answer out") {
+    // The host answers a POST whole before taking its body, keeps the
+    // connection and reads nothing more: gw's send to it blocks. The answer
+    // waits in gw's buffer for a client slow to take it; send_timeout_ms
+    // must not close the client connection under it (nothing more goes to
+    // a host that has answered whole).
+    Upstream up;
+    const int tiny = 4096;
+    REQUIRE(::setsockopt(up.lfd, SOL_SOCKET, SO_RCVBUF, &tiny, sizeof(tiny)) == 0);
+    Gateway g(up.port, 0, R"("send_timeout_ms": 300, )");
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    const int small = 4096;
+    REQUIRE(::setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
+    g.accept(sv[0]);
+    const int client = sv[1];
+
+    send_all(client, "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000\r\n\r\n");
+    int host = -1;
+    std::string req;
+    step_until(
+        g,
+        [&] {
+          if (host < 0) host = ::accept4(up.lfd, nullptr, nullptr, SOCK_CLOEXEC);
+          if (host >= 0) drain(host, req);
+          return req.find("\r\n\r\n") != std::string::npos;
+        },
+        "the head at the host");
+    // The body until nothing more goes (the host reads none of it).
+    const std::string chunk(16384, 'b');
+    for (int idle = 0; idle < 50;) {
+      const ssize_t n = ::send(client, chunk.data(), chunk.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      idle = n > 0 ? 0 : idle + 1;
+      g.step(1);
+    }
+    const std::string answer =
+        "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 12000\r\n\r\n" + std::string(12000, 'x');
+    send_all(host, answer);
+    for (int i = 0; i < 20; ++i) g.step(1);
+    int queued = 0;
+    REQUIRE(::ioctl(client, FIONREAD, &queued) == 0);
+    REQUIRE(static_cast<size_t>(queued) < answer.size());  // gw holds the rest of the answer
+
+    // Well past send_timeout_ms, the client not reading.
+    const uint64_t until = core::monotonic_ms() + 800;
+    while (core::monotonic_ms() < until) g.step(10);
+
+    std::string got, body;
+    step_until(
+        g,
+        [&] {
+          const bool open = drain(client, got);
+          if (whole_response(got, body)) return true;
+          REQUIRE(open);  // closed before the whole answer
+          return false;
+        },
+        "the client to take the whole answer");
+    CHECK(got.starts_with("HTTP/1.1 413 "));
+    CHECK(body.size() == 12000);
+
+    ::close(client);
+    step_until(
+        g, [&] { return g.http->active() == 0; }, "the client connection to close");
+    g.http->close_all();
+    ::close(host);
+  }
+}
