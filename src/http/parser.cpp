@@ -104,8 +104,8 @@ size_t skip_quoted(std::string_view v, size_t i) noexcept {
   return std::string_view::npos;
 }
 
-// uri-host [":" port] (RFC 9110 7.2, RFC 3986 3.2.2). authority_form: a CONNECT
-// target, which needs a non-empty host and a port.
+// uri-host [":" port] (RFC 9110 7.2, RFC 3986 3.2.2), or empty. authority_form:
+// a CONNECT target, which needs a non-empty host and a port.
 bool valid_host(std::string_view v, bool authority_form) noexcept {
   const size_t n = v.size();
   if (n == 0) return !authority_form;
@@ -126,7 +126,9 @@ bool valid_host(std::string_view v, bool authority_form) noexcept {
       if (!is(v[i], kHostChar)) return false;
       ++i;
     }
-    if (authority_form && i == 0) return false;
+    // ":80": a port with no host. An empty value (no authority) is fine, an
+    // empty host is not (RFC 9110 4.2.1; nginx refuses it too).
+    if (i == 0) return false;
   }
   if (i == n) return !authority_form;
   if (v[i] != ':') return false;

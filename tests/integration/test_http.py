@@ -699,6 +699,7 @@ RFC_CASES = [
     ("missing_host", b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n", 400),
     ("duplicate_host", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     ("bad_host", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+    ("host_port_only", b"GET / HTTP/1.1\r\nHost: :80\r\n\r\n", 400),
     ("double_space_request_line", b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("bad_version", b"GET / HTTP/1.x\r\nHost: a\r\n\r\n", 400),
     ("request_line_too_long", b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),

@@ -48,8 +48,8 @@
 //   - field names are tokens; whitespace before the colon (400), obs-fold and
 //     whitespace before the first field (400), any CTL but HTAB in a value
 //     (CR, LF, NUL, DEL, ...: 400).
-//   - Host: required in HTTP/1.1 requests, at most one, valid uri-host[:port]
-//     (400). Content-Length: 1*DIGIT up to 2^63-1; several field lines or a
+//   - Host: required in HTTP/1.1 requests, at most one, empty or a valid
+//     uri-host[:port] with a non-empty host (400). Content-Length: 1*DIGIT up to 2^63-1; several field lines or a
 //     comma list of the *same* value are accepted as that value (RFC 9110 8.6;
 //     content_length_merged tells the proxy to send one), differing values
 //     and anything else are rejected (400).

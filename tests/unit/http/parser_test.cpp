@@ -565,7 +565,10 @@ TEST_SUITE("http/parser") {
       CHECK(h.has_host);
       CHECK(h.host == ok);
     }
-    for (const char* bad : {"a b", "user@a.example", "a:b", "a:80:90", "[::1", "[]", "a%2", "a%zz", "a/b", "a\"b"}) {
+    // An empty host before a port (":80", ":") is no host: an http URI with an
+    // empty host is invalid (RFC 9110 4.2.1); nginx refuses it too.
+    for (const char* bad :
+         {"a b", "user@a.example", "a:b", "a:80:90", "[::1", "[]", "a%2", "a%zz", "a/b", "a\"b", ":80", ":"}) {
       check_rejected(req("Host: "s + bad), Error::bad_host, 400);
     }
   }
