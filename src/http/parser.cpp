@@ -353,7 +353,15 @@ ParseStatus Parser::parse(std::string_view buf) noexcept {
   // Bytes at or past max_head are never looked at: the head must end before.
   const size_t len = std::min<size_t>(buf.size(), limits_.max_head);
   Error e = run(buf.data(), len);
-  if (e == Error::none && state_ != State::done && buf.size() > limits_.max_head) e = Error::head_too_large;
+  if (e == Error::none && state_ != State::done && buf.size() > limits_.max_head) {
+    // A start line that has not ended within max_head (a max_head below
+    // max_start_line) is a line too long, as nginx answers a request line
+    // that does not fit its buffers (414); anything else, empty lines before
+    // the start line included, is a head too large.
+    const bool in_line = state_ == State::method || state_ == State::target || state_ == State::version ||
+                         state_ == State::rversion || state_ == State::status || state_ == State::reason;
+    e = in_line ? Error::start_line_too_long : Error::head_too_large;
+  }
   if (e != Error::none) {
     error_ = e;
     state_ = State::error;

@@ -289,7 +289,9 @@ HeadR snap(const Ctx& ctx, const Parser& p, ParseStatus st, std::string_view buf
     check_error(ctx, r.error);
     r.error_offset = p.error_offset();
     FUZZ_CHECK(r.error_offset < buf.size());
+    // Decided at max_head: a head too large, or a start line not ended there.
     if (r.error == Error::head_too_large) FUZZ_CHECK(r.error_offset == ctx.limits.max_head);
+    else if (r.error == Error::start_line_too_long) FUZZ_CHECK(r.error_offset <= ctx.limits.max_head);
     else FUZZ_CHECK(r.error_offset < ctx.limits.max_head);
     return r;
   }

@@ -559,6 +559,13 @@ class BasicProxyTest(HttpCase):
                 c.send(self.padded_head(size))
                 r = c.response()
                 self.assertEqual(r.status, want, f"head of {size} bytes (max_header_bytes 4096): {r!r}")
+        # A request line that has not ended within max_header_bytes (below the
+        # default max_request_line, 8192) is a line too long: 414, as nginx.
+        with Client(gw.port) as c:
+            c.send(b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+            r = c.response()
+            self.assertIsNotNone(r, "a 5000-byte request line: no response")
+            self.assertGwError(r, 414)
 
     def _rss_sampler(self, pids):
         base = sum(gwtest.vm_rss_kb(p) for p in pids)

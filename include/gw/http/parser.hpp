@@ -66,9 +66,9 @@
 //     RFC 9112 7.1.1 grammar exactly (token or quoted-string values, BWS only
 //     before ';' and '='); otherwise 400. Trailer fields follow the header
 //     field rules and max_trailer.
-//   - limits: start line over max_start_line (414), head over max_head or more
-//     fields than the array holds (431), trailer section over max_trailer
-//     (431), chunk line over max_chunk_line (400).
+//   - limits: start line over max_start_line or not ended within max_head (414,
+//     as nginx), head over max_head or more fields than the array holds (431),
+//     trailer section over max_trailer (431), chunk line over max_chunk_line (400).
 
 #include <array>
 #include <cstddef>
@@ -282,7 +282,8 @@ class Parser {
   /// A request's whole request line was read (head().method_name, target and
   /// version hold it), even if an error came after it, in a header field.
   bool request_line_read() const noexcept { return line_read_; }
-  /// error: the offset of the byte that decided it (max_head for head_too_large).
+  /// error: the offset of the byte that decided it (max_head for head_too_large,
+  /// and for start_line_too_long when the line did not end within max_head).
   size_t error_offset() const noexcept { return pos_; }
   Kind kind() const noexcept { return kind_; }
   const Limits& limits() const noexcept { return limits_; }

@@ -771,6 +771,20 @@ TEST_SUITE("http/parser") {
     // Default limit: 8 KiB.
     check_rejected(req("Host: a", "GET /" + std::string(9000, 'a') + " HTTP/1.1"), Error::start_line_too_long, 414);
     check_ok(req("Host: a", "GET /" + std::string(8000, 'a') + " HTTP/1.1"));
+    // A max_head below max_start_line: a request line that does not end within
+    // max_head is still a line too long (414, as nginx answers a line that does
+    // not fit its buffers), not a head too large (431). Empty lines before it
+    // are no part of the line: they make the head too large.
+    Opts small;
+    small.limits.max_head = 64;
+    check_rejected(req("Host: a", "GET /" + std::string(100, 'a') + " HTTP/1.1"), Error::start_line_too_long, 414,
+                   small);
+    check_rejected("GET / HTTP/1.1" + std::string(100, '1'), Error::bad_version, 400, small);
+    check_rejected(std::string(100, 'G'), Error::start_line_too_long, 414, small);
+    std::string crlfs;
+    for (int i = 0; i < 40; ++i) crlfs += "\r\n";
+    check_rejected(crlfs + "GET / HTTP/1.1\r\n\r\n", Error::head_too_large, 431, small);
+    check_rejected(req("Host: a\r\nX: " + std::string(100, 'v')), Error::head_too_large, 431, small);
   }
 
   TEST_CASE("check_request_line: a head's request line refused as soon as its bytes do, as parse() would") {
