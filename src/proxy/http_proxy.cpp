@@ -1263,10 +1263,12 @@ void HttpProxy::pump_request_body(Conn& c) noexcept {
 void HttpProxy::refuse_head(Conn& c, HttpOutcome o, int status, const http::Head& line) noexcept {
   count(o);
   // No request began: nothing of the connection's last one may shape the
-  // answer (a HEAD's bodiless answer, a response begun) or its log line.
+  // answer (a HEAD's bodiless answer, a response begun) or its log line. A
+  // HEAD request line read whole gets its error without content (RFC 9110
+  // 9.3.2), as nginx answers it.
   c.state = CState::busy;
   c.resp_started = c.resp_done = false;
-  c.head_req = false;
+  c.head_req = line.method == http::Method::head;
   c.route = 0xffff;
   c.attempts = 0;
   c.consumer.clear();
@@ -1302,6 +1304,7 @@ void HttpProxy::parse_request(Conn& c) noexcept {
     // nginx logs a 400's), not its fields, which were not all read.
     http::Head line;
     if (p.request_line_read()) {
+      line.method = p.head().method;  // a HEAD's answer has no content, refused or not
       line.method_name = p.head().method_name;
       line.target = p.head().target;
       line.version = p.head().version;

@@ -758,6 +758,22 @@ class RfcStrictnessTest(SharedGwCase):
         self.assertEqual(d["bad_request"], 1)
         self.assertEqual(d["requests"], 1)
 
+    def test_head_request_refused_without_content(self):
+        """A HEAD refused for a bad or too large header section, after its whole
+        request line, gets its error without content (RFC 9110 9.3.2), as nginx
+        answers it: the head with its Content-Length, then the close. The body
+        used to follow, read by the client as the start of a next answer."""
+        for data, status in ((b"HEAD / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n", 400),
+                             (b"HEAD / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(30)) + b"\r\n",
+                              431)):
+            with Client(self.gw.port) as c:
+                c.send(data)
+                r = c.response("HEAD")
+                self.assertIsNotNone(r, f"no response to {data[:40]!r}")
+                self.assertEqual(r.status, status)
+                self.assertIn("close", r.conn_tokens())
+                self.assertEqual(c.rd.read_to_eof(), b"", f"content after the head of a {status} to HEAD")
+
     def test_chunk_error_in_later_packet(self):
         """The bad chunk comes after the head was forwarded: the client still gets
         400 + close, and the backend never sees a complete body."""
