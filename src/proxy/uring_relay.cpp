@@ -427,6 +427,9 @@ void UringRelay::on_send(Session& s, bool c2u, int32_t res) noexcept {
   }
   if (res <= 0) {
     dst_gone(s, c2u);
+    // An EOF that came while this send was in flight (pump() waited for it)
+    // is taken now: with both ways done, the session ends.
+    pump(s, c2u);
     return;
   }
   bool rest = false;  // the destination took only part of it: its buffer is full

@@ -1004,3 +1004,36 @@ TEST_SUITE("proxy") {
     REQUIRE(step_until(eng, [&] { return eng.idle(); }));
   }
 }
+
+TEST_SUITE("proxy") {
+  TEST_CASE("io_uring: a send that fails after both EOFs were read ends the session") {
+    // The client's FIN has been passed on, and the host answers and closes:
+    // its answer and its EOF come in together, the answer's send to the
+    // client is prepared (not yet submitted), and the client resets. That
+    // send runs first at the next submission and fails, taking the reset's
+    // error (the watch sees no POLLERR). Both directions have read their EOF
+    // and have nowhere to write: the session is done. The failed send only
+    // dropped what was for the client and never looked at the EOF that had
+    // come meanwhile (finish_dir), so the session stayed until
+    // idle_timeout_ms.
+    if (!net::uring_unsupported().empty()) return;
+    Upstream up;
+    Env env(up.port, 600000);
+    UringEngine eng(env);
+    TcpClient c;
+    eng.accept(c.served);
+    int ufd = -1;
+    REQUIRE(step_until(eng, [&] { return (ufd = up.accept()) >= 0; }));
+    REQUIRE(::shutdown(c.client, SHUT_WR) == 0);
+    char b[16];
+    REQUIRE(step_until(eng, [&] { return ::recv(ufd, b, sizeof(b), MSG_DONTWAIT) == 0; }));  // the FIN passed on
+    REQUIRE(::send(ufd, "answer", 6, 0) == 6);
+    REQUIRE(::shutdown(ufd, SHUT_WR) == 0);
+    eng.step(100);  // the answer and the EOF come in; the answer's send is prepared, not submitted
+    c.reset();
+    CHECK(step_until(eng, [&] { return eng.active() == 0; }));
+    eng.relay->close_all();  // when it failed
+    REQUIRE(step_until(eng, [&] { return eng.idle(); }));
+    ::close(ufd);
+  }
+}
