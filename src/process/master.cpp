@@ -692,8 +692,11 @@ std::string listener_what(const config::ListenerConf& l) {
 // binds an address between this check and run()'s bind still fails the start
 // after the segment is made: the check is not a reservation.
 void preflight(const config::Config& cfg, const Inherited& in) {
+  // Only the sockets that exist (the inherited ones): a bind failure is not
+  // excused by a listener of this config that has none yet, as 127.0.0.1:P
+  // beside 0.0.0.0:P would each excuse the other's failure on another
+  // program's port.
   std::vector<core::SockAddr> ours;
-  for (const auto& l : cfg.listeners) ours.push_back(l.listen);
   for (const auto& il : in.listeners) {
     core::SockAddr a;
     std::string why;
@@ -772,8 +775,7 @@ class Master {
     // After a binary upgrade they are the old master's (same slot and
     // address), so nothing queued in them is lost either.
     fds_.resize(static_cast<size_t>(n));
-    std::vector<core::SockAddr> ours;
-    for (const auto& l : cfg_.listeners) ours.push_back(l.listen);
+    std::vector<core::SockAddr> ours;  // the addresses this gwd has a socket on so far (see preflight)
     for (const auto& il : inherited_.listeners) {
       core::SockAddr a;
       std::string why;
@@ -785,6 +787,7 @@ class Master {
         if (!fd && w == 0)
           net::check_address_free(l.listen, ours, listener_what(l));  // a new address: no one else may listen there
         fds_[static_cast<size_t>(w)].push_back(fd ? std::move(fd) : net::listen_tcp(l.listen, l.backlog, true));
+        if (w == 0) ours.push_back(l.listen);
       }
     // The admin server's socket, made here too: a port in use stops gwd now,
     // and a respawned admin server inherits the accept queue.
@@ -1075,9 +1078,10 @@ class Master {
     const bool admin_same = next.admin.enabled && cfg_.admin.enabled && next.admin.listen == cfg_.admin.listen;
     std::vector<core::UniqueFd> log_rd, log_wr;
     try {
+      // The addresses this gwd has a socket on: the new listeners' come once
+      // they are bound (see preflight).
       std::vector<core::SockAddr> ours;
       for (const auto& l : cfg_.listeners) ours.push_back(l.listen);
-      for (const auto& l : next.listeners) ours.push_back(l.listen);
       if (cfg_.admin.enabled) ours.push_back(cfg_.admin.listen);  // the admin server's socket is this gwd's too
       // The admin server's socket is not a listener's (no SO_REUSEPORT, another
       // process accepts on it): an address passing between the two cannot be
@@ -1106,6 +1110,7 @@ class Master {
                            : reuse[i] >= 0
                                ? net::bind_tcp(next.listeners[i].listen, true)
                                : net::listen_tcp(next.listeners[i].listen, next.listeners[i].backlog, true));
+      for (const auto& l : next.listeners) ours.push_back(l.listen);
       if (next.admin.enabled && !admin_same) {
         net::check_address_free(next.admin.listen, ours, "admin.listen");
         admin_fd = net::listen_tcp(next.admin.listen, 128, false);

@@ -526,6 +526,46 @@ class ProcessTest(GwTestCase):
         gwtest.wait_until(lambda: "reload failed" in gw.log_text()[before:], T(10), msg="the reload failed")
         self.assertIn("in use by another process", gw.log_text()[before:])
 
+    def test_another_program_on_a_port_is_not_excused_by_a_listener_not_yet_bound(self):
+        """Listeners on 0.0.0.0:P and 127.0.0.1:P, and another program's
+        SO_REUSEPORT listener on 127.0.0.1:P: the bind check took the failure
+        on each address for an overlap with the other of the two, which had
+        no socket yet, so gwd started (or reloaded) sharing the port with that
+        program, and the kernel split its connections between them."""
+        busy = socket.socket()
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        busy.bind((gwtest.LOOPBACK, wildcard_free_port()))
+        busy.listen(1)
+        self.addCleanup(busy.close)
+        port = busy.getsockname()[1]
+        both = [gwtest.tcp_listener("wide", "app", port=port), gwtest.tcp_listener("narrow", "app", port=port)]
+        both[0]["listen"] = f"0.0.0.0:{port}"
+        n = self.backend("n", "name")
+        cfg = self.make_config([pool("primary", [host("n", n)])], workers=1, listeners=both)
+        path = os.path.join(self.tmp, "both.json")
+        gwtest.write_json(path, cfg)
+        self.addCleanup(gwtest.remove_shm, cfg["shm"]["name"])
+        p = subprocess.Popen([os.path.join(gwtest.BUILD_DIR, "gwd"), "-c", path, "--foreground"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = p.communicate(timeout=T(5))
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGINT)
+            p.communicate(timeout=T(10))
+            self.fail("gwd started beside another program's listener")
+        self.assertEqual(p.returncode, 1, err)
+        self.assertIn("in use by another process", err)
+        # The same two added by a reload.
+        gw, _ = self.start(workers=1)
+        more = json.loads(json.dumps(gw.config))
+        more["listeners"] += both
+        gwtest.write_json(gw.conf_path, more)
+        before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: re.search("reloaded:|reload failed", gw.log_text()[before:]), T(10),
+                          msg="the reload")
+        self.assertIn("in use by another process", gw.log_text()[before:])
+
     def test_a_start_that_fails_on_a_port_leaves_no_trace(self):
         """A start whose admin.listen or listener port is taken fails naming
         the setting, before it creates or changes the segment: no segment

@@ -24,10 +24,12 @@ core::UniqueFd bind_tcp(const core::SockAddr& addr, bool reuseport);
 /// user) would otherwise share the port with us, and the kernel would split
 /// its connections between the two. Called before a new address's sockets
 /// are made (a race with a process binding it meanwhile remains). `ours`:
-/// addresses this gwd listens on or will: one of them on the same port and
-/// family that overlaps `addr` (one of the two is the wildcard: 0.0.0.0:P
-/// beside 127.0.0.1:P) also makes the bind fail, and then the port is taken
-/// to be ours; 127.0.0.2:P of ours does not excuse a failure on 127.0.0.1:P. `what` names the setting in the message
+/// addresses this gwd has a socket on now (not those it will bind: a failure
+/// they cannot have caused is not excused by them): one of them on the same
+/// port and family that overlaps `addr` (one of the two is the wildcard:
+/// 0.0.0.0:P beside 127.0.0.1:P) also makes the bind fail, and then the port
+/// is taken to be ours; 127.0.0.2:P of ours does not excuse a failure on
+/// 127.0.0.1:P. `what` names the setting in the message
 /// (`listener "web"`, `admin.listen`): "admin.listen: cannot bind
 /// 127.0.0.1:9900: the address is in use by another process (...)".
 void check_address_free(const core::SockAddr& addr, const std::vector<core::SockAddr>& ours, std::string_view what);
