@@ -12,8 +12,13 @@
 
 namespace gw::shm {
 
+namespace testing {
+void (*event_claim_hook)() = nullptr;
+}  // namespace testing
+
 void emit_event(const Segment& seg, EventKind kind, uint64_t generation, std::string_view text) noexcept {
   uint64_t n = seg.header().event_head.fetch_add(1, std::memory_order_acq_rel);
+  if (testing::event_claim_hook) testing::event_claim_hook();
   EventEntry& e = seg.event(n);
   EventData d{};
   d.wall_ms = core::wall_ms();
@@ -31,9 +36,18 @@ void emit_event(const Segment& seg, EventKind kind, uint64_t generation, std::st
   uint64_t words[sizeof(EventData) / 8];
   std::memcpy(words, &d, sizeof(d));
   // The entry's seq encodes which event it holds: 2n+1 while written, 2n+2 after.
-  e.seq.store(2 * n + 1, std::memory_order_relaxed);
+  // A writer descheduled since it took its number may find the ring wrapped
+  // and a newer event in the entry: that one stays, and this one is lost (its
+  // readers already say so). Written over, the newer event would read as "not
+  // yet written" under an older one, and be skipped as a dead writer's.
+  uint64_t cur = e.seq.load(std::memory_order_relaxed);
+  do {
+    if (cur >= 2 * n + 1) return;
+  } while (!e.seq.compare_exchange_weak(cur, 2 * n + 1, std::memory_order_relaxed));
   store_words(e.words, words, std::size(words));
-  e.seq.store(2 * n + 2, std::memory_order_release);
+  // Complete, unless a newer event claimed the entry meanwhile.
+  uint64_t claimed = 2 * n + 1;
+  e.seq.compare_exchange_strong(claimed, 2 * n + 2, std::memory_order_release, std::memory_order_relaxed);
 }
 
 EventRead read_event(const Segment& seg, uint64_t n, EventData& out) noexcept {

@@ -11,6 +11,12 @@
 
 namespace gw::shm {
 
+namespace testing {
+/// Called by emit_event() after it took its event number and before it writes
+/// the entry (tests only; null otherwise): a writer descheduled there.
+extern void (*event_claim_hook)();
+}  // namespace testing
+
 /// Appends an event. Lock-free; any process may call it.
 void emit_event(const Segment& seg, EventKind kind, uint64_t generation, std::string_view text) noexcept;
 

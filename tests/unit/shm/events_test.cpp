@@ -21,6 +21,27 @@ TEST_SUITE("shm") {
     CHECK(read_event(ts.seg, 1, e) == EventRead::lost);
   }
 
+  TEST_CASE("a writer stalled after taking its number leaves the newer event that took its entry alone") {
+    // The writer of event 0 is descheduled between taking its number and
+    // writing; meanwhile the ring wraps and event kEventCapacity is written in
+    // the same entry. Event 0 is lost (readers say so); the newer one must
+    // stay readable, not turn into "not written yet" under an old event.
+    TempSegment ts;
+    static const Segment* seg = nullptr;
+    seg = &ts.seg;
+    testing::event_claim_hook = [] {
+      testing::event_claim_hook = nullptr;
+      for (uint32_t i = 0; i < kEventCapacity; ++i) emit_event(*seg, EventKind::health, 2, "newer");
+    };
+    emit_event(ts.seg, EventKind::config, 1, "stalled");
+    testing::event_claim_hook = nullptr;
+    EventData e{};
+    REQUIRE(read_event(ts.seg, kEventCapacity, e) == EventRead::ok);
+    CHECK(std::string(e.text) == "newer");
+    CHECK(e.generation == 2);
+    CHECK(read_event(ts.seg, 0, e) == EventRead::lost);
+  }
+
   TEST_CASE("a text too long for an event is cut at a character boundary and says so") {
     TempSegment ts;
     // 218 ASCII bytes, then two-byte characters across the cut.
