@@ -827,6 +827,11 @@ class Master {
     open_access_logs(cfg_, log_rd_, log_wr_);
     logger_.wanted = !cfg_.access_log_paths.empty();
 
+    // gwctl and a starting gwd take the pid in the header for a running
+    // master only if its command name starts with "gwd" (a pid reused by
+    // another program is not one): so it is, whatever the name gwd was run
+    // by (a symlink, a copy, a container's entry point).
+    ::prctl(PR_SET_NAME, "gwd");
     seg_.header().master_started_ms.store(core::wall_ms());
     seg_.header().master_pid.store(::getpid(), std::memory_order_release);
     event_cursor_ = seg_.header().event_head.load();

@@ -276,7 +276,8 @@ bool Segment::master_alive() const noexcept {
   if (pid <= 0) return false;
   if (::kill(pid, 0) != 0 && errno != EPERM) return false;
   // The recorded master may have died and its pid been reused by another
-  // program: a live gwd master's command name starts with "gwd".
+  // program: a live gwd master's command name starts with "gwd" (the master
+  // sets it, whatever its binary is called).
   char path[64], comm[32] = {};
   std::snprintf(path, sizeof(path), "/proc/%d/comm", pid);
   core::UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));

@@ -495,6 +495,24 @@ class ProcessTest(GwTestCase):
         self.assertIn("another gwd is running", r.stderr)
         self.assertEqual(len(gw.status()["workers"]), 1)  # the first one is untouched
 
+    def test_a_gwd_run_under_another_name_is_a_running_master(self):
+        # A symlink or a copy of gwd by another name (a package's, a
+        # container's entry point): gwctl still finds its master running.
+        link = os.path.join(self.tmp, "gateway")
+        os.symlink(os.path.realpath(gwtest.GWD), link)
+        n, m = self.backend("n", "name"), self.backend("m", "name")
+        gw = self.gateway(self.make_config([pool("primary", [host("n", n)])], workers=1), start=False)
+        saved = gwtest.GWD
+        gwtest.GWD = link
+        try:
+            gw.start()
+        finally:
+            gwtest.GWD = saved
+        rc, out, err = gw.gwctl("check")
+        self.assertEqual(rc, 0, err)
+        self.assertGwctlOk(gw, "add", "host", "app/primary", "m", m.address)
+        self.assertEqual(gw.status()["master_pid"], gw.pid)
+
     def test_second_gwd_on_the_same_port_is_refused(self):
         """Another gwd (another shm.name) on a port this one listens on: its
         SO_REUSEPORT sockets used to join this one's group, and the kernel
