@@ -566,10 +566,6 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
   }
 
   auto& hdr = seg.header();
-  std::memset(hdr.state_file, 0, sizeof(hdr.state_file));
-  std::memcpy(hdr.state_file, cfg.state_file.data(), std::min(cfg.state_file.size(), sizeof(hdr.state_file) - 1));
-  std::memset(hdr.config_file, 0, sizeof(hdr.config_file));
-  std::memcpy(hdr.config_file, cfg.path.data(), std::min(cfg.path.size(), sizeof(hdr.config_file) - 1));
   for (uint32_t w = 0; w < shm::kMaxWorkers; ++w) {
     // A binary upgrade: the old master's workers run on in their rows.
     const pid_t pid = seg.worker(w).pid.load();
@@ -595,6 +591,14 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
   const char* what = "the config";
   shm::Writer writer(seg);
   uint64_t gen = writer.commit([&](shm::Table& t, std::vector<std::string>& events) {
+    // The paths under the writer lock: every writer's commit persists to the
+    // state file the header names, and one reading it while it is rewritten
+    // could find it empty (its change not persisted) or cut short. This
+    // commit persists to the new one.
+    std::memset(hdr.state_file, 0, sizeof(hdr.state_file));
+    std::memcpy(hdr.state_file, cfg.state_file.data(), std::min(cfg.state_file.size(), sizeof(hdr.state_file) - 1));
+    std::memset(hdr.config_file, 0, sizeof(hdr.config_file));
+    std::memcpy(hdr.config_file, cfg.path.data(), std::min(cfg.path.size(), sizeof(hdr.config_file) - 1));
     if (reuse) {
       // Decided again from what is live now that the lock is ours: during a
       // binary upgrade the old master, its admin API and gwctl commit until
