@@ -244,8 +244,12 @@ class Worker {
       // connection is writable) is dispatched without waiting.
       ring_->submit_and_wait(http_io_ && http_io_->has_events() ? 0 : next_timeout());
       env_.now_ms = core::monotonic_ms();
+      // One acquire load per batch, before the completions (a first frame
+      // received, a connect that failed over) pick a host: a gwctl change
+      // applies to them as dispatch() applies it to readiness events.
+      if (reader_.stale()) refresh();
       bool epoll_ready = false;
-      const unsigned completions = ring_->drain([&](const io_uring_cqe& c) {
+      ring_->drain([&](const io_uring_cqe& c) {
         const uint8_t op = net::tag_op(c.user_data);
         if (op >= proxy::uring_op::kHttpFirst) http_io_->on_completion(c.user_data, c.res, c.flags);
         else if (op >= proxy::uring_op::kRelayFirst) urelay_->on_completion(c.user_data, c.res, c.flags);
@@ -265,8 +269,6 @@ class Worker {
       if (epoll_ready) {
         int n = epoll_.wait(events, kMaxEvents, 0);
         if (!dispatch(events, n)) return 0;
-      } else if (completions > 0 && reader_.stale()) {
-        refresh();  // as dispatch() does once per batch
       }
       if (!tick()) return 0;
     }

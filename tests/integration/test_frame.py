@@ -651,6 +651,34 @@ class FrameTest(GwTestCase):
         for s in (k_a, k_b, c_c, m):
             no_more_bytes(s, 0.05)
 
+    def test_first_frame_after_a_gwctl_change_is_routed_by_the_new_table(self):
+        """A device connects, then gwctl moves its upstream to another host
+        before the device's first frame: that frame is routed by the new table,
+        not by the one the worker had when it accepted. The worker is idle in
+        between (no other event): under io_uring the frame's receive completion
+        routed with the table of the accept (the table was read only after the
+        batch of completions), under epoll the readiness dispatch reads it first."""
+        a = gwtest.Backend("a", mode="name")
+        b = gwtest.Backend("b", mode="name")
+        self._backends += [a, b]
+        p = dev_pool("primary", [host("a", a), host("b", b)])
+        p["method"] = "round_robin"
+        lst = frame_listener("dev", frame_opts={"first_frame_timeout_ms": 10000})
+        gw = self.gateway(self.make_config([p], workers=1, listeners=[lst]))
+        port = port_of(lst)
+        self.gwctl_ok(gw, "down", "host", "app/primary", "b")
+        self.wait_workers_current(gw)
+        up, down = "a", "b"
+        for i in range(4):
+            up, down = down, up
+            with gwtest.connect(port, timeout=T(5)) as s:
+                time.sleep(0.2)  # accepted (and the table read) by now
+                self.gwctl_ok(gw, "up", "host", "app/primary", up)
+                self.gwctl_ok(gw, "down", "host", "app/primary", down)
+                s.sendall(hb(f"dev-{i}"))
+                got = s.recv(64).split(b"\n")[0].decode()
+            self.assertEqual(got, up, f"round {i}: {down} was downed before the first frame, {up} brought up")
+
     # ------------------------------------------------------------------------
     # 5. per-frame routing
 
