@@ -318,6 +318,10 @@ class Worker {
   bool tick() {
     if (mux_.busy()) mux_.run_again();  // per-frame devices that stopped at a cap
     access_log_.flush();                // once per round: the lines of every request this round ended
+    // A timer may pick a host (a retry after a connect timeout): with the
+    // table of this moment, also when no event woke the loop.
+    const bool refreshed = reader_.stale();
+    if (refreshed) refresh();
     timers_.advance(env_.now_ms, [this](net::TimerNode& t) {
       if (mux_.owns(t)) mux_.on_timer(t);
       else if (http_.owns(t)) http_.on_timer(t);
@@ -327,8 +331,7 @@ class Worker {
     if (env_.now_ms >= next_housekeeping_) {
       next_housekeeping_ = env_.now_ms + kHousekeepingMs;
       report_log_drops();
-      if (reader_.stale()) refresh();
-      else if (any_close_on_remove_) close_orphans();  // active checks may have taken a host down
+      if (!refreshed && any_close_on_remove_) close_orphans();  // active checks may have taken a host down
     }
     if (env_.fd_shortage) {
       // A relay found no descriptor for an upstream socket. Accepting more

@@ -199,6 +199,34 @@ class RelayTest(GwTestCase):
             self.assertEqual(gwtest.recv_line(s), "ping")
         self.assertLess(time.monotonic() - t0, 2.0, "a live host's connection waited on the blackholed clients")
 
+    def test_retry_after_a_connect_timeout_is_routed_by_the_table_of_that_moment(self):
+        """A connect hangs (the host's accept queue is full); meanwhile gwctl
+        brings another host up. The retry after the connect timeout goes to
+        it. With nothing else to wake it, the worker ran the timer with the
+        table of the accept (read only with a batch of events, or once a
+        second), which had no other host: the client was closed."""
+        live = self.backend("live")
+        hole = socket.socket()
+        hole.bind((gwtest.LOOPBACK, 0))
+        hole.listen(0)  # never accepted: once full, the kernel drops the SYNs
+        self.addCleanup(hole.close)
+        filler = socket.create_connection(hole.getsockname(), timeout=T(5))
+        self.addCleanup(filler.close)
+        gw = self.gateway(self.make_config(
+            [pool("p", [host("hole", f"{gwtest.LOOPBACK}:{hole.getsockname()[1]}"), host("live", live)])],
+            upstream_opts={"connect_timeout_ms": 300, "tries": 2, "max_fails": 0}))
+
+        def current():
+            st = gw.status()
+            return all(w["generation"] == st["generation"] for w in st["workers"])
+        for i in range(3):
+            self.assertGwctlOk(gw, "down", "host", "app/p", "live")
+            gwtest.wait_until(current, T(5), interval=0.02, msg="the worker on the new table generation")
+            with gwtest.connect(gw.port, timeout=T(5)) as c:
+                c.sendall(b"x")
+                self.assertGwctlOk(gw, "up", "host", "app/p", "live")
+                self.assertEqual(gwtest.recv_line(c), "live", f"round {i}: the retry after the connect timeout")
+
     def test_clients_that_stop_reading_do_not_stall_other_connections(self):
         """150 clients send bulk data to an echo host and never read the echo:
         both directions of each session stall (the client does not read, so
