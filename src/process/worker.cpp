@@ -67,6 +67,7 @@ class Worker {
         limiter_(cfg, seg, slot),
         guard_(cfg, seg, slot),
         pipes_(cfg.splice_after_bytes ? max_pipes() : 0),
+        max_sessions_(session_slots()),
         relay_(env_, max_sessions()),
         mux_(env_, max_sessions()),
         http_(env_, cfg, max_sessions()) {
@@ -410,12 +411,15 @@ class Worker {
   }
   // splice(2) pipes: two descriptors each, at most 1/16 of the descriptors.
   static uint32_t max_pipes() { return static_cast<uint32_t>(std::min<uint64_t>(fd_limit() / 16, 1024)); }
-  uint32_t max_sessions() const {
+  // The session tables' size, from the open-files limit at start (a limit
+  // changed since resizes nothing): max_sessions().
+  uint32_t session_slots() const {
     uint64_t fds = fd_limit();
     uint64_t reserved = 64 + 2 * uint64_t{pipes_.max()};
     uint64_t n = fds > reserved + 2 ? (fds - reserved) / 2 : 1;  // two sockets per session
     return static_cast<uint32_t>(std::min<uint64_t>(n, 1u << 20));
   }
+  uint32_t max_sessions() const { return max_sessions_; }
 
   void refresh() {
     const char* refused = nullptr;
@@ -866,6 +870,7 @@ class Worker {
   api::Guard guard_;
   proxy::RelayEnv env_;
   net::PipePool pipes_;
+  uint32_t max_sessions_;  // session_slots() at start
   proxy::TcpRelay relay_;
   proxy::FrameMux mux_;
   proxy::HttpProxy http_;

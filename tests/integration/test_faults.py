@@ -315,6 +315,38 @@ class FaultTest(GwTestCase):
         self.round_trip(gw.port, b"after\n")
         self.assertNotIn("refusing a connection", gw.log_text())
 
+    def test_full_session_table_log_names_the_slots_the_table_has(self):
+        # The table is sized from the open-files limit the worker starts
+        # with; a limit lowered since (prlimit on the running worker) does not
+        # resize it. The log line named the slots the lowered limit would
+        # give, not those in use.
+        echo = gwtest.Backend("echo", mode="echo")
+        self._backends.append(echo)
+        gw = self.gateway(self.make_config([pool("p", [host("e", echo)])], workers=1))
+        respawn_with_nofile(gw, 100)
+        (worker,) = gw.worker_pids()
+        self.round_trip(gw.port, b"started\n")
+        set_nofile(worker, 90)
+
+        held = []
+        for i in range(60):
+            s = gwtest.connect(gw.port, timeout=T(5))
+            self.addCleanup(s.close)
+            s.sendall(f"fill {i}\n".encode())
+            s.settimeout(0.5 if i >= 4 else T(5))
+            try:
+                got = gwtest.recv_exact(s, len(f"fill {i}\n"))
+            except socket.timeout:
+                break
+            self.assertEqual(got, f"fill {i}\n".encode())
+            held.append(s)
+        else:
+            self.fail("60 connections were all served with a descriptor limit of 100")
+        wait_until(lambda: re.search(r"all \d+ session slots of listener", gw.log_text()), T(5),
+                   msg="the worker logs that its slots are all in use")
+        logged = int(re.search(r"all (\d+) session slots of listener", gw.log_text()).group(1))
+        self.assertEqual(logged, len(held), "the slots the log names are those the table has")
+
     def test_full_session_table_shared_by_listeners(self):
         # Two tcp listeners, one of them idle: the busy one can take every
         # session slot but one. Under io_uring the idle listener's accepts in
