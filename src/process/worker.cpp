@@ -317,12 +317,13 @@ class Worker {
   // Access log, timers, housekeeping, accept pauses and the drain, once per
   // iteration (both engines). Returns false when the worker must exit now.
   bool tick() {
-    if (mux_.busy()) mux_.run_again();  // per-frame devices that stopped at a cap
-    access_log_.flush();                // once per round: the lines of every request this round ended
-    // A timer may pick a host (a retry after a connect timeout): with the
-    // table of this moment, also when no event woke the loop.
+    // A timer, or a per-frame device going on, may pick a host (a retry after
+    // a connect timeout): with the table of this moment, also when no event
+    // woke the loop.
     const bool refreshed = reader_.stale();
     if (refreshed) refresh();
+    if (mux_.busy()) mux_.run_again();  // per-frame devices that stopped at a cap
+    access_log_.flush();                // once per round: the lines of every request this round ended
     timers_.advance(env_.now_ms, [this](net::TimerNode& t) {
       if (mux_.owns(t)) mux_.on_timer(t);
       else if (http_.owns(t)) http_.on_timer(t);
