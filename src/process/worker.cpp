@@ -286,6 +286,12 @@ class Worker {
     // closes connections that have turned idle meanwhile) every 100 ms,
     // not only when I/O or housekeeping wakes the loop.
     if (any_full_paused_ && timeout > kFullRetryMs) timeout = kFullRetryMs;
+    // An accept pause (out of descriptors) ends when it says, not at the
+    // next event or housekeeping round.
+    if (accept_paused_) {
+      const int until_resume = static_cast<int>(resume_accept_ms_ > env_.now_ms ? resume_accept_ms_ - env_.now_ms : 0);
+      if (timeout > until_resume) timeout = until_resume;
+    }
     return timeout;
   }
 

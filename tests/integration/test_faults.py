@@ -262,6 +262,36 @@ class FaultTest(GwTestCase):
         self.round_trip(gw.port, b"after\n")
         self.assertEqual(gw.worker_pids(), [worker], "the worker must not have been replaced")
 
+    def test_emfile_pause_lasts_its_100_ms_in_an_idle_worker(self):
+        # A worker with no connection open (no timer) at the fd limit: each
+        # pause ends after the 100 ms it logs, as when connections keep the
+        # loop awake. The loop slept until its next housekeeping round, so a
+        # pause lasted up to a second and so did the wait for a descriptor.
+        # (Under io_uring an accept armed before the limit was lowered takes
+        # the connection; its session waits for an upstream socket on a timer.)
+        if gwtest.ENGINE == "io_uring":
+            self.skipTest("epoll: accept4() meets the lowered limit")
+        gw = self.echo_gateway(workers=1, connect_timeout_ms=int(T(30) * 1000))
+        (worker,) = gw.worker_pids()
+        self.round_trip(gw.port, b"started\n")
+        wait_until(lambda: gw.status()["workers"][0]["connections"] == 0, T(5), msg="the worker holds no connection")
+        time.sleep(0.2)  # its sockets closed
+        fds = open_fds(worker)
+        limit = next(n for n in range(len(fds) + 1) if n not in fds)  # no number free below it
+        soft, _ = resource.prlimit(worker, resource.RLIMIT_NOFILE)
+        set_nofile(worker, limit)
+        self.addCleanup(lambda: os.path.exists(f"/proc/{worker}") and set_nofile(worker, soft))
+        s = socket.create_connection((LO, gw.port), timeout=T(5))
+        self.addCleanup(s.close)
+        s.sendall(b"queued\n")
+        wait_until(lambda: "Too many open files; pausing accepts" in gw.log_text(), T(5),
+                   msg="the worker logs EMFILE and pauses accepting")
+        time.sleep(2.5)
+        counts = [int(n) for n in re.findall(r"pausing accepts for 100 ms \((\d+) pause", gw.log_text())]
+        self.assertGreaterEqual(max(counts), 8, f"pauses counted in the log over 2 s: {counts}")
+        set_nofile(worker, soft)
+        self.assertEqual(gwtest.recv_exact(s, 7), b"queued\n")
+
     def test_full_session_table_queues_connections(self):
         # A worker's session slots are bounded by its open-files limit. With
         # every slot in use the listener stops accepting: new connections
