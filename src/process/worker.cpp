@@ -533,7 +533,11 @@ class Worker {
       if (!native_.empty() && native_[i]) {
         if (!accept_armed_[i]) close_native_listener(static_cast<uint32_t>(i));
       } else if (listen_fds_[i] >= 0) {
-        take_queued(static_cast<uint32_t>(i));
+        // With no time to serve them (a limit of 0), what is queued is left
+        // where it is: the new workers of a reload serve it from the socket
+        // they share; after a stop the socket's last close resets it, as an
+        // accept and a close at once would.
+        if (limit_ms > 0) take_queued(static_cast<uint32_t>(i));
         ::close(listen_fds_[i]);
         listen_fds_[i] = -1;
       }

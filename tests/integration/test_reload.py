@@ -998,6 +998,45 @@ class ReloadTest(GwTestCase):
             s.close()
         self.assertEqual(gw.stop(), 0)
 
+    def test_reload_with_no_drain_time_leaves_the_queue_to_the_new_worker(self):
+        """worker_shutdown_timeout_ms 0: the old worker closes its connections
+        at once. The connections queued in the listening socket that the new
+        worker shares are not taken (only to be closed): the new worker
+        serves them. (epoll: under io_uring the old worker's accepts in
+        flight take the wake-ups of what arrives while it is stopped.)"""
+        if gwtest.ENGINE == "io_uring":
+            self.skipTest("epoll: the old worker's ring accepts take the wake-ups")
+        n = self.backend("n", "name")
+        gw = self.gateway(self.config(n, workers=1, worker_shutdown_timeout_ms=0))
+        (old,) = gw.worker_pids()
+        conns = []
+        new = None
+        os.kill(old, signal.SIGSTOP)
+        try:
+            log_before = len(gw.log_text())
+            gw.send_signal(signal.SIGHUP)
+            wait_until(lambda: "reloaded:" in gw.log_text()[log_before:], T(10), msg="'reloaded:' in the log")
+            wait_until(lambda: [p for p in gw.worker_pids() if p != old], T(5), msg="the new worker")
+            (new,) = [p for p in gw.worker_pids() if p != old]
+            os.kill(new, signal.SIGSTOP)  # the old worker's SIGWINCH is pending; now the queue fills
+            for _ in range(3):
+                s = gwtest.connect(gw.port, timeout=T(5))
+                self.addCleanup(s.close)
+                s.sendall(b"hi\n")
+                conns.append(s)
+            os.kill(old, signal.SIGCONT)
+            wait_until(lambda: "old worker (pid" in gw.log_text()[log_before:], T(5), msg="the old worker gone")
+        finally:
+            if os.path.exists(f"/proc/{old}"):
+                os.kill(old, signal.SIGCONT)
+            if new:
+                os.kill(new, signal.SIGCONT)
+        for s in conns:
+            self.assertEqual(gwtest.recv_line(s), "n")
+            self.assertEqual(gwtest.recv_line(s), "hi")
+            s.close()
+        self.assertEqual(gw.stop(), 0)
+
     def test_a_failed_reload_resets_nothing_queued_in_a_new_slot(self):
         """A reload to more workers makes a socket for each new slot on the
         addresses that stay; until the reload commits it takes no connection,
