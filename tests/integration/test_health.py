@@ -179,8 +179,13 @@ class HealthTest(GwTestCase):
         time.sleep(0.5)
         start = len(accepted)
         time.sleep(2)
-        checks = len(accepted) - start
-        self.assertGreater(checks, 140, f"{checks} checks in 2 s at an interval of 10 ms")
+        seen = accepted[start:]
+        # Gaps under 16 ms, which a 20 ms tick never gives. A busy machine
+        # only makes gaps longer, so a few dozen of the ~200 are enough: no
+        # count of checks per second is asserted.
+        short = sum(1 for x, y in zip(seen, seen[1:]) if y - x < 0.016)
+        self.assertGreaterEqual(short, 20, f"{short} of {len(seen)} checks in 2 s came under 16 ms after the one "
+                                "before, at an interval of 10 ms")
 
     def test_admin_down_survives_passing_checks(self):
         a, b = self.backend("a"), self.backend("b")
