@@ -54,6 +54,12 @@
 # while the load's connections are still open. Frame "requests" are completed churn cycles
 # (connect, login, echo, close); its p50/p99 are the login frame's round trip.
 #
+# The load generator's CPU time (from wait4) and the two backends' (schedstat) are recorded
+# per request too: on a machine where they share the cores with the proxy, they bound what
+# any proxy can reach. Where gw misses a req/s target, the report says how much CPU per
+# request the target would leave gw ("CPU budget"), from the cores that gw's rounds kept
+# busy and those two costs as measured in the same rounds.
+#
 # Only loopback (127.0.0.0/8) is used. Everything started here is stopped on exit.
 set -euo pipefail
 
@@ -232,6 +238,7 @@ SHM_NAME="gwbench-$$"
 declare -a PIDS=()      # every long-running process we started
 declare -A PID_NAME=()  # pid -> name, for messages
 declare -A PID_LOG=()   # pid -> its output file
+declare -a BACKEND_PIDS=()  # b1 and b2: their CPU per request is recorded with each run
 WRK_PID=""
 
 # Stops a process and its direct children (nginx/gwd workers): SIGTERM, then SIGKILL
@@ -389,6 +396,7 @@ for b in 1 2; do
   port_var=P_B$b
   start "b$b" "$TMP/b$b.log" "$BACKEND" --listen "127.0.0.1:${!port_var}" --name "b$b" --mode "$BACKEND_MODE" --threads 1
   wait_ready "backend b$b" "$LAST_PID" "${!port_var}" "b$b" "$TMP/b$b.log"
+  BACKEND_PIDS+=("$LAST_PID")
 done
 
 # Descriptors per nginx worker: as many as the limit allows (10,000 frame clients need
@@ -666,6 +674,24 @@ while todo:
 print(total, pss) if what == "mem" else print(total)
 EOF
 cpu_ns() { "$PY" "$TMP/procstat.py" cpu "$1"; }
+backends_cpu_ns() { local t=0 p; for p in "${BACKEND_PIDS[@]}"; do t=$((t + $(cpu_ns "$p"))); done; echo "$t"; }
+
+# rusage.py OUT CMD...: runs CMD and writes the CPU nanoseconds it used (user + system, from
+# wait4: the load generator's share of the machine) to OUT; CMD's exit status is its own.
+# CMD is killed with its parent (cleanup kills this wrapper) and gets INT and TERM from it.
+cat >"$TMP/rusage.py" <<'EOF'
+import ctypes, os, signal, sys
+pid = os.fork()
+if pid == 0:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    os.execvp(sys.argv[2], sys.argv[2:])
+for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, lambda n, _f: os.kill(pid, n))
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write("%d\n" % round((ru.ru_utime + ru.ru_stime) * 1e9))
+sys.exit(os.waitstatus_to_exitcode(status))
+EOF
 mem_kb() { "$PY" "$TMP/procstat.py" mem "$1"; }
 
 # parse_wrk FILE: wrk --latency output -> "rps p50_ms p99_ms errors requests".
@@ -715,12 +741,12 @@ load() {
   if [ "$MODE" = frame ]; then
     # --connect-rate 0: every client starts at once and loops; --timeout-ms: a login echo
     # slower than this is an error (10,000 clients on 2 shared cores see seconds).
-    "$GWLOAD" --target "${TARGET[$c]}" --json --churn -c "$conns" --connect-rate 0 -T "$secs" \
+    "$PY" "$TMP/rusage.py" "$out.cpu" "$GWLOAD" --target "${TARGET[$c]}" --json --churn -c "$conns" --connect-rate 0 -T "$secs" \
       --timeout-ms 30000 --src "$FRAME_SRCS" >"$out" 2>"$out.err" &
   else
     # wrk refuses fewer connections than threads.
     [ "$conns" -ge 2 ] || threads=1
-    wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "http://${TARGET[$c]}/" >"$out" 2>&1 &
+    "$PY" "$TMP/rusage.py" "$out.cpu" wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "http://${TARGET[$c]}/" >"$out" 2>&1 &
   fi
   WRK_PID=$!
 }
@@ -737,7 +763,8 @@ check_alive() {  # a contender that died mid-run would otherwise show up only as
 }
 
 # runs.tsv: connections, round, contender, req/s, p50 ms, p99 ms, errors, cpu us/req (-1:
-# none), RSS KiB and PSS KiB (-1: none).
+# none), RSS KiB and PSS KiB (-1: none), and the CPU us per request of the load generator and
+# of the two backends (-1: none) in the same run.
 RUNS="$TMP/runs.tsv"
 : >"$RUNS"
 n=${#CONTENDER_LIST[@]}
@@ -753,6 +780,8 @@ for conns in "${COUNTS[@]}"; do
       cpu0=0
       rss_pid=""
       [ -n "${CPID[$c]:-}" ] && cpu0=$(cpu_ns "${CPID[$c]}")
+      bcpu0=$(backends_cpu_ns)
+      rm -f "$out.cpu"
       load "$c" "$conns" "$DURATION" "$out"
       if [ -n "${CPID[$c]:-}" ]; then
         (sleep "$RSS_AT"; mem_kb "${CPID[$c]}" >"$out.mem") &
@@ -773,11 +802,18 @@ for conns in "${COUNTS[@]}"; do
         cpu1=$(cpu_ns "${CPID[$c]}")
         cpu_us=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" 'BEGIN { printf "%.2f", (b - a) / 1000 / n }')
       fi
+      load_us=-1 back_us=-1
+      if [ "$reqs" -gt 0 ]; then
+        bcpu1=$(backends_cpu_ns)
+        back_us=$(awk -v a="$bcpu0" -v b="$bcpu1" -v n="$reqs" 'BEGIN { printf "%.2f", (b - a) / 1000 / n }')
+        [ -s "$out.cpu" ] && load_us=$(awk -v n="$reqs" '{ printf "%.2f", $1 / 1000 / n }' "$out.cpu")
+      fi
       rss=-1 pss=-1
       [ -s "$out.mem" ] && read -r rss pss <"$out.mem"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "$((r + 1))" "$c" "$rps" "$p50" "$p99" "$errs" "$cpu_us" "$rss" "$pss" >>"$RUNS"
-      printf '[c=%d round %d/%d] %-9s req/s %10.0f  p50 %8.3f ms  p99 %8.3f ms  cpu %6s us/req  rss %6s MiB%s\n' \
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "$((r + 1))" "$c" "$rps" "$p50" "$p99" "$errs" "$cpu_us" "$rss" "$pss" "$load_us" "$back_us" >>"$RUNS"
+      printf '[c=%d round %d/%d] %-9s req/s %10.0f  p50 %8.3f ms  p99 %8.3f ms  cpu %6s us/req (load %s, backends %s)  rss %6s MiB%s\n' \
         "$conns" "$((r + 1))" "$ROUNDS" "$c" "$rps" "$p50" "$p99" "$([ "$cpu_us" = -1 ] && echo - || echo "$cpu_us")" \
+        "$([ "$load_us" = -1 ] && echo - || echo "$load_us")" "$([ "$back_us" = -1 ] && echo - || echo "$back_us")" \
         "$([ "$rss" = -1 ] && echo - || awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }')" \
         "$([ "$errs" = 0 ] || echo "  ($errs errors)")"
       check_alive
@@ -818,7 +854,7 @@ if [ "$MODE" = l7 ] && has_contender gw && [ "$RULE_CHANGES" -gt 0 ]; then
     die "wrk through gw during the rule changes failed"
   fi
   read -r rps p50 p99 errs reqs <<<"$res"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "rules" "gw+rules" "$rps" "$p50" "$p99" "$errs" -1 -1 -1 >>"$RUNS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "rules" "gw+rules" "$rps" "$p50" "$p99" "$errs" -1 -1 -1 -1 -1 >>"$RUNS"
   printf '[rules]       gw+rules req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms  (%d rule changes in the run, %d errors)\n' \
     "$rps" "$p50" "$p99" "$RULES_DONE" "$errs"
   [ "$RULES_DONE" -ge "$RULE_CHANGES" ] ||
@@ -845,7 +881,7 @@ if [ "$MODE" = l7 ] && has_contender gw && [ "$RULE_CHANGES" -gt 0 ]; then
     die "wrk through gw during the no-change gwctl calls failed"
   fi
   read -r rps p50 p99 errs reqs <<<"$res"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "rules" "gw+gwctl" "$rps" "$p50" "$p99" "$errs" -1 -1 -1 >>"$RUNS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "rules" "gw+gwctl" "$rps" "$p50" "$p99" "$errs" -1 -1 -1 -1 -1 >>"$RUNS"
   printf '[rules]       gw+gwctl req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms  (%d gwctl calls that changed nothing, %d errors)\n' \
     "$rps" "$p50" "$p99" "$NOOP_DONE" "$errs"
 fi
@@ -899,10 +935,10 @@ if int(env.get("BENCH_RULES_DONE", "0")) > 0:
     order.append("gw+rules")
 if int(env.get("BENCH_NOOP_DONE", "0")) > 0:
     order.append("gw+gwctl")
-KEYS = ("rps", "p50", "p99", "cpu", "rss", "pss")
+KEYS = ("rps", "p50", "p99", "cpu", "rss", "pss", "load", "back")
 rows = {}     # connections -> contender -> lists of values
 for line in open(runs_file):
-    conns, _round, name, rps, p50, p99, errs, cpu, rss, pss = line.rstrip("\n").split("\t")
+    conns, _round, name, rps, p50, p99, errs, cpu, rss, pss, load, back = line.rstrip("\n").split("\t")
     r = rows.setdefault(int(conns), {}).setdefault(name, {k: [] for k in KEYS} | {"errors": 0})
     r["rps"].append(float(rps))
     r["p50"].append(float(p50))
@@ -913,6 +949,9 @@ for line in open(runs_file):
         r["rss"].append(float(rss) / 1024)  # MiB
     if float(pss) >= 0:
         r["pss"].append(float(pss) / 1024)
+    for k, v in (("load", load), ("back", back)):
+        if float(v) >= 0:
+            r[k].append(float(v))
     r["errors"] += int(errs)
 counts = sorted(rows)
 med = {c: {n: {k: statistics.median(v[k]) if v[k] else None for k in KEYS} for n, v in rows[c].items()}
@@ -932,7 +971,7 @@ def table(c):
     m = med[c]
     ref = m.get("nginx")
     header = ["contender", UNIT, "p50 ms", "p99 ms", UNIT + " vs nginx", "p99 vs nginx", "cpu us/req",
-              "cpu vs nginx", "RSS MiB", "PSS MiB", "errors"]
+              "cpu vs nginx", "RSS MiB", "PSS MiB", "load us/req", "backends us/req", "errors"]
     out = []
     for n in order:
         if n not in m:
@@ -943,7 +982,9 @@ def table(c):
                     "%.2f" % v["cpu"] if v["cpu"] is not None else "-",
                     fmt_ratio(v["cpu"], ref and ref["cpu"]),
                     "%.1f" % v["rss"] if v["rss"] is not None else "-",
-                    "%.1f" % v["pss"] if v["pss"] is not None else "-", str(rows[c][n]["errors"])])
+                    "%.1f" % v["pss"] if v["pss"] is not None else "-",
+                    "%.2f" % v["load"] if v["load"] is not None else "-",
+                    "%.2f" % v["back"] if v["back"] is not None else "-", str(rows[c][n]["errors"])])
     return header, out
 
 def verdict(c, ok, miss, *names):
@@ -953,6 +994,30 @@ def verdict(c, ok, miss, *names):
     if failed:
         return "not judged: failed requests, %s" % ", ".join(failed)
     return "met" if ok else miss
+
+def budget(c, g):
+    """Where gw misses a req/s target: the CPU per request it could use at the target's rate.
+    The cores the machine gave during gw's rounds (its CPU, the load generator's and the
+    backends', per second) must carry, at the target's rate, the load generator's and the
+    backends' cost per request as measured in those rounds plus the proxy's own. An
+    estimate: it takes those costs per request as fixed when the rate changes."""
+    v = med[c][g]
+    if v["cpu"] is None or v["load"] is None or v["back"] is None:
+        return []
+    cores = (v["cpu"] + v["load"] + v["back"]) * v["rps"] / 1e6
+    out = []
+    for p, want in TARGET.items():
+        if p not in med[c] or v["rps"] >= want * med[c][p]["rps"]:
+            continue
+        rate = want * med[c][p]["rps"]
+        left = cores / rate * 1e6 - v["load"] - v["back"]
+        peer = med[c][p]["cpu"]
+        out.append("  - CPU budget for %.1f× %s (%.0f %s): the %.2f cores busy in %s's rounds, less the load "
+                   "generator (%.2f us) and the backends (%.2f us) per request, leave %s per request; %s used "
+                   "%.2f us%s" % (want, p, rate, UNIT, cores, g, v["load"], v["back"],
+                                  "%.2f us" % left if left > 0 else "nothing", g, v["cpu"],
+                                  " (%s: %.2f us)" % (p, peer) if peer else ""))
+    return out
 
 def targets(c):
     """Lines saying, for each gw engine, its ratios to each peer and whether the targets hold."""
@@ -981,6 +1046,7 @@ def targets(c):
             parts.append("p99 %.2f× the best peer's (target ≤ 1: %s)" % (
                 ratio, verdict(c, ratio <= 1, "missed by %.0f%%" % ((ratio - 1) * 100), g, *peers)))
         lines.append("- **%s**: %s" % (g, "; ".join(parts)))
+        lines += budget(c, g)
     if "gw" in m and "gw-uring" in m:
         ratio = m["gw-uring"]["rps"] / m["gw"]["rps"]
         line = "- **gw-uring vs gw (epoll)**: %s %.2f, p99 %.2f" % (UNIT, ratio, m["gw-uring"]["p99"] / m["gw"]["p99"])
@@ -1001,11 +1067,12 @@ def describe(c):
 WHAT = {"l4": "L4 (tcp relay)", "l7": "L7 (HTTP reverse proxy)", "frame": "frame (first-frame routing)"}[mode]
 meta = ("%s; kernel `%s`, %s × %s, %s RAM; %s round(s) × %ss per contender and connection count, interleaved, "
         "rotating start; %s workers each; gw %s, build %s; %s. cpu us/req = the contender's processes' CPU "
-        "time per request; RSS = summed RSS of its processes (master and workers) at 90%% of a run, "
+        "time per request; load and backends us/req = the load generator's (%s) and the two backends' CPU time "
+        "per request in the same runs; RSS = summed RSS of its processes (master and workers) at 90%% of a run, "
         "shared pages counted in every process that maps them; PSS splits those.%s" % (
             env["BENCH_DATE"], env["BENCH_KERNEL"], env["BENCH_NPROC"], env["BENCH_CPU"], env["BENCH_MEM"],
             env["BENCH_ROUNDS"], env["BENCH_DURATION"], env["BENCH_WORKERS"], env["BENCH_GW_REV"],
-            env["BENCH_GW_BUILD"], env["BENCH_VERSIONS"],
+            env["BENCH_GW_BUILD"], env["BENCH_VERSIONS"], "gwload" if mode == "frame" else "wrk",
             " Idle backend connections kept per worker: %s (nginx, lua, gw)." % env["BENCH_NGINX_KEEPALIVE"]
             if mode == "l7" else ""))
 notes = []
