@@ -100,10 +100,13 @@ uint64_t header_cluster_id(element root, std::string_view json) {
 
 }  // namespace
 
-std::string range_request(std::string_view key, std::string_view range_end, bool count_only) {
+std::string range_request(std::string_view key, std::string_view range_end, bool count_only, int64_t limit,
+                          int64_t revision) {
   std::string r = fmt::format("{{\"key\": \"{}\"", b64(key));
   if (!range_end.empty()) r += fmt::format(", \"range_end\": \"{}\"", b64(range_end));
   if (count_only) r += ", \"count_only\": true";
+  if (limit > 0) r += fmt::format(", \"limit\": \"{}\"", limit);
+  if (revision > 0) r += fmt::format(", \"revision\": \"{}\"", revision);
   return r + "}";
 }
 
@@ -140,6 +143,7 @@ RangeResult parse_range_response(std::string_view json) {
   r.revision = header_revision(root, json);
   r.cluster_id = header_cluster_id(root, json);
   r.count = get_i64(root, "count", json);
+  r.more = get_bool(root, "more");
   simdjson::dom::array kvs;
   if (root["kvs"].get(kvs) == simdjson::SUCCESS)
     for (element kv : kvs) r.kvs.push_back(parse_kv(kv, json));
@@ -382,7 +386,7 @@ std::string Etcd::post_round(std::string_view path, std::string_view body) {
         if (tries + 1 < urls_.size()) next();
         continue;
       }
-      throw EtcdError(text, false);
+      throw EtcdError(text, false, code);
     } catch (const EtcdError& e) {
       if (!e.unavailable()) throw;
       unavailable = true;
@@ -395,6 +399,43 @@ std::string Etcd::post_round(std::string_view path, std::string_view body) {
 
 RangeResult Etcd::range(std::string_view key, std::string_view range_end, bool count_only) {
   return parse_range_response(post("/v3/kv/range", range_request(key, range_end, count_only)));
+}
+
+RangeResult Etcd::list(std::string_view key, std::string_view range_end, int64_t page) {
+  // A page read at the first page's revision after etcd compacted it away
+  // fails (OutOfRange); the list starts over, a few times at most (etcd
+  // compacting faster than a list takes is for the caller's backoff).
+  for (int restarts = 0;; ++restarts) {
+    RangeResult all;
+    std::string from(key);
+    try {
+      for (;;) {
+        RangeResult r =
+            parse_range_response(post("/v3/kv/range", range_request(from, range_end, false, page, all.revision)));
+        if (all.revision == 0) {
+          // etcd's header carries its latest revision, also for a page read at
+          // an older one: the first page's is the list's.
+          all.revision = r.revision;
+          all.cluster_id = r.cluster_id;
+          all.count = r.count;
+          if (all.revision <= 0) bad("no header revision", "");
+        } else if (r.cluster_id != all.cluster_id) {
+          throw EtcdError(
+              fmt::format("etcd {}: the pages of a list came from two clusters (cluster_id {:x}, then {:x})", url(),
+                          all.cluster_id, r.cluster_id),
+              true);
+        }
+        if (r.more && r.kvs.empty()) bad("more keys, but none in the page", "");
+        for (auto& kv : r.kvs) all.kvs.push_back(std::move(kv));
+        if (!r.more) return all;
+        from = all.kvs.back().key;
+        from.push_back('\0');  // the next key after the last one read
+      }
+    } catch (const EtcdError& e) {
+      constexpr int kOutOfRange = 11;  // gRPC code of etcd's ErrCompacted (and ErrFutureRev)
+      if (e.code() != kOutOfRange || all.revision == 0 || restarts >= 3) throw;
+    }
+  }
 }
 
 TxnResult Etcd::txn(const std::vector<Compare>& compares, const std::vector<Op>& success) {

@@ -80,10 +80,10 @@ class Sync {
   // ------------------------------------------------------------ listing
 
   void relist() {
-    cluster::RangeResult r = etcd_.range(prefix_, end_);
+    cluster::RangeResult r = etcd_.list(prefix_, end_);
     load(r);
     if (seed_missing()) {
-      r = etcd_.range(prefix_, end_);
+      r = etcd_.list(prefix_, end_);
       load(r);
     }
     rev_ = r.revision;
@@ -219,7 +219,7 @@ class Sync {
   // `children`, or the upstream key itself), or 0 if it does not.
   int64_t landed(const std::string& ukey, const std::string& children, const std::vector<cluster::Op>& batch) {
     std::map<std::string, std::string> have;
-    cluster::RangeResult r = etcd_.range(children, cluster::prefix_end(children));
+    cluster::RangeResult r = etcd_.list(children, cluster::prefix_end(children));
     for (auto& kv : r.kvs) have.emplace(std::move(kv.key), std::move(kv.value));
     for (auto& kv : etcd_.range(ukey).kvs) have.emplace(std::move(kv.key), std::move(kv.value));
     for (const auto& o : batch)

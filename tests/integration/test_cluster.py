@@ -1048,6 +1048,124 @@ class FakeEtcdMember:
                                            "mod_revision": "2", "version": "1"} for k, v in self.kvs.items()]})
 
 
+class PagedEtcdMember:
+    """A stand-in for an etcd member's JSON gateway with a history: every
+    change is a revision, a range may ask for a `limit` of keys and an older
+    `revision` (400, code 11 once that revision is compacted), its header
+    carries the latest revision as etcd's does, and a watch from a revision
+    gets every change from it on. A range of more than `max_page` keys in one
+    answer is refused (429, ResourceExhausted), standing in for what stops one
+    answer with thousands of keys: etcd's gRPC message limit, a proxy's, the
+    request's timeout. `after_first_page(self)` runs once, after the first page
+    of a list."""
+
+    def __init__(self, kvs, max_page=1000, after_first_page=None):
+        self.rev = 5
+        self.history = {5: dict(kvs)}
+        self.events = []          # (revision, key, value or None)
+        self.compacted = 0
+        self.max_page = max_page
+        self.after_first_page = after_first_page
+        self.ranges = []          # (limit, revision, refused) of every range that is not count_only
+        self.lock = threading.Lock()
+        self.conns = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+    def change(self, key, value):
+        """A put (or a delete: value None) as the next revision."""
+        with self.lock:
+            kvs = dict(self.history[self.rev])
+            if value is None:
+                kvs.pop(key, None)
+            else:
+                kvs[key] = value
+            self.rev += 1
+            self.history[self.rev] = kvs
+            self.events.append((self.rev, key, value))
+
+    def _loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _header(self):
+        return {"cluster_id": "1", "member_id": "2", "revision": str(self.rev), "raft_term": "2"}
+
+    def _serve(self, c):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(65536)
+            if not chunk:
+                return c.close()
+            data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        n = next(int(l.split(b":", 1)[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length"))
+        while len(body) < n:
+            body += c.recv(65536)
+        path = head.split(b" ")[1].decode()
+        req = json.loads(body)
+        if path == "/v3/watch":
+            start = int(req["create_request"].get("start_revision", "0"))
+            with self.lock:
+                self.conns.append(c)
+                msgs = [{"header": self._header(), "created": True}]
+                for rev, key, value in self.events:
+                    if rev >= start:
+                        kv = {"key": b64(key), "mod_revision": str(rev)}
+                        ev = {"kv": kv} if value is not None else {"type": "DELETE", "kv": kv}
+                        if value is not None:
+                            kv.update(value=b64(value), create_revision=str(rev), version="1")
+                        msgs.append({"header": {**self._header(), "revision": str(rev)}, "events": [ev]})
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for m in msgs:
+                line = json.dumps({"result": m}).encode() + b"\n"
+                c.sendall(b"%x\r\n%s\r\n" % (len(line), line))
+            return
+        with c:
+            if path != "/v3/kv/range":
+                return FakeEtcdMember._answer(c, 404, {"error": "not in this fake", "code": 12})
+            key = base64.b64decode(req["key"])
+            end = base64.b64decode(req.get("range_end", ""))
+            limit, revision = int(req.get("limit", "0")), int(req.get("revision", "0"))
+            with self.lock:
+                if revision and revision < self.compacted:
+                    self.ranges.append((limit, revision, "compacted"))
+                    msg = "etcdserver: mvcc: required revision has been compacted"
+                    return FakeEtcdMember._answer(c, 400, {"error": msg, "message": msg, "code": 11})
+                kvs = self.history[revision or self.rev]
+                keys = sorted(k for k in kvs if key <= k.encode() < end) if end else [k for k in kvs if k.encode() == key]
+                if req.get("count_only"):
+                    return FakeEtcdMember._answer(c, 200, {"header": self._header(), "count": str(len(keys))})
+                page = keys[:limit] if limit else keys
+                if len(page) > self.max_page:
+                    self.ranges.append((limit, revision, "refused"))
+                    msg = "grpc: trying to send message larger than max"
+                    return FakeEtcdMember._answer(c, 429, {"error": msg, "message": msg, "code": 8})
+                self.ranges.append((limit, revision, "ok"))
+                out = {"header": self._header(), "count": str(len(keys)),
+                       "kvs": [{"key": b64(k), "value": b64(kvs[k]), "create_revision": "2", "mod_revision": "2",
+                                "version": "1"} for k in page]}
+                if len(page) < len(keys):
+                    out["more"] = True
+                first = revision == 0 and limit and len(page) < len(keys)
+            FakeEtcdMember._answer(c, 200, out)
+            if first and self.after_first_page:
+                hook, self.after_first_page = self.after_first_page, None
+                hook(self)
+
+
 class FakeEtcdTest(GwTestCase):
     """The sync process against stand-in etcd members (no etcd needed)."""
 
@@ -1115,6 +1233,78 @@ class FakeEtcdTest(GwTestCase):
         self.assertEqual(len(ma.watches), 1, "the node left member B after one failed probe")
         st = gw.status()["cluster"]
         self.assertEqual((st["state"], st["endpoint"]), ("synced", mb.url), st)
+
+    def _large_prefix(self, prefix, a, n):
+        kvs = {prefix + "upstreams/app": "{}",
+               prefix + "upstreams/app/pools/primary": '{"priority": 0, "method": "round_robin"}',
+               prefix + "upstreams/app/pools/primary/hosts/a": json.dumps(
+                   {"address": a.address, "weight": 1, "down": False})}
+        for i in range(n):
+            kvs[prefix + f"upstreams/app/pools/primary/hosts/h{i:04d}"] = json.dumps(
+                {"address": f"{gwtest.LOOPBACK}:{20000 + i}", "weight": 1, "down": False})
+        return kvs
+
+    def _paged_node(self, m, a, prefix):
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1, shm={"max_hosts": 4096},
+                               cluster={"etcd": [m.url], "prefix": prefix, "timeout_ms": 2000,
+                                        "reconnect_max_ms": 500})
+        return self.gateway(cfg)
+
+    def _wait_synced_at(self, gw, revision):
+        gwtest.wait_until(lambda: (gw.status()["cluster"]["state"], gw.status()["cluster"]["revision"])
+                          == ("synced", revision), T(20), interval=0.1,
+                          msg=f"synced at revision {revision}: {gw.status()['cluster']}")
+
+    def test_large_prefix_is_listed_in_pages_at_one_revision(self):
+        """2,500 hosts under the prefix: the list was one range for every key,
+        one answer that etcd (its gRPC message limit), a proxy or the timeout
+        may not let through; the node then never listed. It now reads pages of
+        1,000 keys, each next one after the last key read and at the first
+        page's revision (etcd's header says its latest revision, also for a
+        page read at an older one), so the list is one snapshot and changes
+        made while it runs come with the watch from that revision on."""
+        prefix = "/gwtest-paged/"
+        a, b = self.backend("a"), self.backend("b")
+        hosts = prefix + "upstreams/app/pools/primary/hosts/"
+
+        def meanwhile(m):   # between the pages: a new host (in the first page's range), one gone from the last
+            m.change(hosts + "b", json.dumps({"address": b.address, "weight": 1, "down": False}))
+            m.change(hosts + "h2400", None)
+        m = PagedEtcdMember(self._large_prefix(prefix, a, 2500), after_first_page=meanwhile)
+        self.addCleanup(m.close)
+        gw = self._paged_node(m, a, prefix)
+        self._wait_synced_at(gw, 7)
+        self.assertEqual([r for r in m.ranges if r[2] != "ok"], [], m.ranges[:10])
+        self.assertEqual([r[:2] for r in m.ranges], [(1000, 0), (1000, 5), (1000, 5)])
+        st = gw.status()
+        self.assertEqual(len(gwtest.find_pool(st, "app/primary")["hosts"]), 2501)
+        self.assertIsNone(gwtest.find_host(st, "app/primary/h2400"))
+        for h in ("a", "h0000", "h0999", "h1000", "h2499"):
+            self.assertIsNotNone(gwtest.find_host(st, f"app/primary/{h}"), h)
+        self.assertEqual(gwtest.find_host(st, "app/primary/b")["address"], b.address, "b, added while the list ran")
+
+    def test_list_whose_revision_is_compacted_between_pages_starts_over(self):
+        """etcd compacts the first page's revision before the second page is
+        read: that page fails (ErrCompacted) and the list starts over at the
+        latest revision, with what changed meanwhile."""
+        prefix = "/gwtest-paged/"
+        a = self.backend("a")
+        hosts = prefix + "upstreams/app/pools/primary/hosts/"
+
+        def compact(m):
+            m.change(hosts + "h0001", None)
+            m.compacted = m.rev
+        m = PagedEtcdMember(self._large_prefix(prefix, a, 1500), after_first_page=compact)
+        self.addCleanup(m.close)
+        gw = self._paged_node(m, a, prefix)
+        self._wait_synced_at(gw, 6)
+        self.assertEqual([r[:3] for r in m.ranges], [(1000, 0, "ok"), (1000, 5, "compacted"), (1000, 0, "ok"),
+                                                      (1000, 6, "ok")])
+        st = gw.status()
+        self.assertEqual(len(gwtest.find_pool(st, "app/primary")["hosts"]), 1500)
+        self.assertIsNone(gwtest.find_host(st, "app/primary/h0001"))
+        self.assertIsNotNone(gwtest.find_host(st, "app/primary/h1499"))
+
 
 if __name__ == "__main__":
     gwtest.main()

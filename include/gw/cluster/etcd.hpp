@@ -26,14 +26,18 @@ namespace gw::cluster {
 
 /// An etcd failure; the message is one line for the operator. `unavailable`:
 /// the member could not be reached or cannot serve (down, no leader, timed
-/// out), so another member may.
+/// out), so another member may. `code`: the gRPC code of etcd's answer (0:
+/// none, such as an I/O failure).
 class EtcdError : public std::runtime_error {
  public:
-  EtcdError(const std::string& msg, bool unavailable) : std::runtime_error(msg), unavailable_(unavailable) {}
+  EtcdError(const std::string& msg, bool unavailable, int code = 0)
+      : std::runtime_error(msg), unavailable_(unavailable), code_(code) {}
   bool unavailable() const noexcept { return unavailable_; }
+  int code() const noexcept { return code_; }
 
  private:
   bool unavailable_;
+  int code_;
 };
 
 struct KeyValue {
@@ -45,6 +49,7 @@ struct RangeResult {
   int64_t revision = 0;     ///< the store revision the answer is from
   uint64_t cluster_id = 0;  ///< the header's cluster_id (0: not given)
   int64_t count = 0;        ///< keys in the range (also with count_only)
+  bool more = false;        ///< a limit left keys of the range out
   std::vector<KeyValue> kvs;
 };
 
@@ -90,7 +95,10 @@ struct Op {
 };
 
 // Request bodies (JSON).
-std::string range_request(std::string_view key, std::string_view range_end, bool count_only = false);
+/// limit: at most this many keys (0: all); revision: read the store as it was
+/// at that revision (0: the latest).
+std::string range_request(std::string_view key, std::string_view range_end, bool count_only = false, int64_t limit = 0,
+                          int64_t revision = 0);
 std::string watch_create_request(std::string_view key, std::string_view range_end, int64_t start_revision);
 std::string txn_request(const std::vector<Compare>& compares, const std::vector<Op>& success);
 
@@ -156,6 +164,15 @@ class Etcd {
   Etcd(std::vector<std::string> urls, std::vector<core::SockAddr> addrs, uint32_t timeout_ms, uint32_t retry_ms = 0);
 
   RangeResult range(std::string_view key, std::string_view range_end = {}, bool count_only = false);
+  /// Every key of [key, range_end), read in pages of `page` keys, all at the
+  /// revision of the first page (as etcd's clients list: each next page
+  /// starts after the last key of the one before), so the answer is one
+  /// consistent snapshot, its `revision` the one to watch from + 1, however
+  /// many keys there are; one range would bring them all in one answer,
+  /// which etcd or the timeout may not allow. A page whose revision was
+  /// compacted meanwhile starts the list over at the latest revision.
+  RangeResult list(std::string_view key, std::string_view range_end, int64_t page = kListPage);
+  static constexpr int64_t kListPage = 1000;  ///< etcd's mirror syncer reads 1000 keys a page too
   TxnResult txn(const std::vector<Compare>& compares, const std::vector<Op>& success);
   /// Compacts the history up to `revision` (tests and operators).
   void compact(int64_t revision);

@@ -12,6 +12,7 @@
 #include "gw/shm/runtime.hpp"
 
 using namespace gw::cluster;
+using namespace std::string_literals;
 
 namespace {
 
@@ -356,6 +357,8 @@ TEST_SUITE("cluster") {
   TEST_CASE("request bodies") {
     CHECK(range_request("/gw/", "/gw0") == R"({"key": "L2d3Lw==", "range_end": "L2d3MA=="})");
     CHECK(range_request("k", "", true) == R"({"key": "aw==", "count_only": true})");
+    CHECK(range_request("/gw/a\0"s, "/gw0", false, 1000, 42) ==
+          R"({"key": "L2d3L2EA", "range_end": "L2d3MA==", "limit": "1000", "revision": "42"})");
     CHECK(watch_create_request("/gw/", "/gw0", 8) ==
           R"({"create_request": {"key": "L2d3Lw==", "range_end": "L2d3MA==", "start_revision": "8"}})");
     CHECK(
@@ -376,6 +379,8 @@ TEST_SUITE("cluster") {
     CHECK((r.kvs[0].key == "/gw/a" && r.kvs[0].value == "hello"));
     CHECK((r.kvs[0].create_revision == 2 && r.kvs[0].mod_revision == 5 && r.kvs[0].version == 3));
     CHECK(parse_range_response(R"({"header":{"revision":"3"}})").kvs.empty());
+    CHECK_FALSE(r.more);
+    CHECK(parse_range_response(R"({"header":{"revision":"3"},"kvs":[{"key":"YQ=="}],"more":true,"count":"2"})").more);
     CHECK(parse_txn_response(R"({"header":{"revision":"3"},"succeeded":true,"responses":[]})").succeeded);
     CHECK_FALSE(parse_txn_response(R"({"header":{"revision":"3"}})").succeeded);
     CHECK_THROWS_AS(parse_range_response("not json"), EtcdError);
