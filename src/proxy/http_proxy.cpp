@@ -334,6 +334,8 @@ HttpProxy::HttpProxy(RelayEnv& env, const config::Config& cfg, uint32_t max_conn
     lr.log_file = l.access_log.file;
     lr.log_format = static_cast<LogFormat>(l.access_log.format);
     lr.listen_text = l.listen.to_string();
+    const uint8_t* ip = l.listen.ip;
+    lr.wildcard = std::all_of(ip, ip + (l.listen.family == AF_INET6 ? 16 : 4), [](uint8_t b) { return b == 0; });
   }
 }
 
@@ -1584,6 +1586,27 @@ int HttpProxy::match_rule(const RouteRt& r, const Conn& c, const http::Head& h,
   return -1;
 }
 
+namespace {
+
+// "IP:PORT" or "[IPv6]:PORT" of a socket's local end, in `buf` (no
+// allocation: a request's path); empty if the socket has none (RFC 9112 3.2
+// allows an empty Host where there is no authority).
+std::string_view local_authority(int fd, char (&buf)[INET6_ADDRSTRLEN + 8]) noexcept {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return {};
+  const core::SockAddr a = core::SockAddr::from_sockaddr(reinterpret_cast<const sockaddr*>(&ss));
+  const bool v6 = a.family == AF_INET6;
+  if (a.family != AF_INET && !v6) return {};
+  char ip[INET6_ADDRSTRLEN];
+  if (!::inet_ntop(a.family, a.ip, ip, sizeof(ip))) return {};
+  const auto r = v6 ? fmt::format_to_n(buf, sizeof(buf), "[{}]:{}", ip, a.port)
+                    : fmt::format_to_n(buf, sizeof(buf), "{}:{}", ip, a.port);
+  return {buf, std::min(r.size, sizeof(buf))};
+}
+
+}  // namespace
+
 bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& route) noexcept {
   if (!acquire(c.rq)) return false;
   Writer w{c.rq.p, 0, kBufSize};
@@ -1600,7 +1623,13 @@ bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& 
   else if (target.empty() || target.front() == '?') w.add("/");
   w.add(target).add(" HTTP/1.1\r\n");
   if (!route.conf->set_host.empty()) host = route.conf->set_host;
-  if (host.empty()) host = listeners_[c.listener].listen_text;  // HTTP/1.0 without Host: the listener's address
+  // HTTP/1.0 without Host, sent up as HTTP/1.1, which needs one: the address
+  // the client connected to (RFC 9112 3.3, the connection's local address and
+  // port), the listener's unless that is the wildcard address, which is no
+  // name of this server (nor an address a link built from it could reach).
+  char local[INET6_ADDRSTRLEN + 8];
+  if (host.empty())
+    host = listeners_[c.listener].wildcard ? local_authority(c.fd, local) : listeners_[c.listener].listen_text;
   w.field("Host", host);
   const std::string_view ip(c.ip, c.ip_len);
   const bool underscores = listeners_[c.listener].conf->http.underscores_in_headers;

@@ -292,9 +292,10 @@ def _proc_net_tcp():
 
 
 def port_listening(port):
-    """True once something is in LISTEN state on 127.0.0.1:port (does not connect)."""
+    """True once something is in LISTEN state on 127.0.0.1:port or [::1]:port, or on
+    the wildcard address (does not connect)."""
     for lip, lport, _, st, _ in _proc_net_tcp():
-        if lport == port and st == "0A" and lip in ("0100007F", "00000000"):
+        if lport == port and st == "0A" and lip in ("0100007F", "00000000", "0" * 32, "0" * 24 + "01000000"):
             return True
     return False
 

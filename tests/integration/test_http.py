@@ -1500,6 +1500,30 @@ class ClientKeepAliveTest(HttpCase):
             hosts = [v for n, v in r.json()["headers"] if n.lower() == "host"]
             self.assertEqual(hosts, [f"127.0.0.1:{gw.port}"])
 
+    def test_http10_without_host_on_a_wildcard_listener(self):
+        """An HTTP/1.0 request may omit Host; it goes upstream as HTTP/1.1,
+        which needs one. gw sent the listener's address, for a listener on
+        0.0.0.0:P or [::]:P an address no client can reach: a host that builds
+        links or picks a virtual host from it got `0.0.0.0:P`. It is now the
+        address the client connected to, the connection's local address and
+        port (RFC 9112 3.3), so never a wildcard."""
+        a = self.hb("alpha")
+        p4, p6 = free_port(), free_port()
+        l4, l6 = http_listener("web4", port=p4), http_listener("web6", port=p6)
+        l4["listen"], l6["listen"] = f"0.0.0.0:{p4}", f"[::]:{p6}"
+        gw = self.http_gw([pool("p", [host("a", a)])], listener=[l4, l6])
+        for ip, port, want in (("127.0.0.1", p4, f"127.0.0.1:{p4}"), ("127.0.0.2", p4, f"127.0.0.2:{p4}"),
+                               ("::1", p6, f"[::1]:{p6}")):
+            with socket.create_connection((ip, port), timeout=T(5)) as s:
+                s.sendall(raw_request("GET", "/nohost", [], b"", "HTTP/1.0"))
+                r = hb.read_response(hb.Reader(s), "GET")
+            self.assertEqual(r.status, 200)
+            hosts = [v for n, v in r.json()["headers"] if n.lower() == "host"]
+            self.assertEqual(hosts, [want], f"connected to {ip} port {port}")
+        with Client(gw.port) as c:   # a Host sent is passed on as it is
+            r = c.request("GET", "/host", version="HTTP/1.0", host="h10")
+            self.assertEqual([v for n, v in r.json()["headers"] if n.lower() == "host"], ["h10"])
+
     def test_keepalive_requests_limit(self):
         a = self.hb("alpha")
         gw = self.http_gw([pool("p", [host("a", a)])], http={"keepalive_requests": 3})

@@ -149,6 +149,7 @@ class HttpProxy {
     LogFormat log_format = LogFormat::combined;
     uint32_t first_route = 0, n_routes = 0;  ///< into routes_
     std::string listen_text;                 ///< the Host sent for an HTTP/1.0 request without one
+    bool wildcard = false;                   ///< on 0.0.0.0 or [::]: that Host is the connection's local address
   };
   struct UpstreamRt {
     const config::UpstreamConf* conf = nullptr;  ///< settings not kept in shm
