@@ -1461,7 +1461,7 @@ class Master {
         if (s != w) log_wr_[s].reset();
       if (w < log_wr_.size()) set_access_log_fd(log_wr_[w].get());
       admin_fd_.reset();  // the admin server's, not a worker's
-      int rc = run_worker(cfg_, seg_, rows_[w], mine);
+      int rc = run_worker(cfg_, seg_, rows_[w], w, mine);
       ::_exit(rc);
     }
     pids_[w] = pid;

@@ -49,13 +49,17 @@ constexpr uint64_t kAcceptPauseMs = 100;
 // An exiting worker waits at most this long for a logger that is behind to
 // take its queued access-log lines.
 constexpr int kLogFinishMs = 1000;
+// A drain past its limit waits at most this long for its ring accepts' cancels.
+constexpr uint64_t kCancelWaitMs = 1000;
 
 class Worker {
  public:
-  Worker(const config::Config& cfg, const shm::Segment& seg, uint32_t slot, const std::vector<int>& fds)
+  Worker(const config::Config& cfg, const shm::Segment& seg, uint32_t slot, uint32_t index, const std::vector<int>& fds)
       : cfg_(cfg),
         seg_(seg),
         slot_(slot),
+        index_(index),
+        master_(::getppid()),
         listen_fds_(fds),
         timers_(core::monotonic_ms()),
         reader_(seg),
@@ -363,7 +367,7 @@ class Worker {
       // Under io_uring an http socket closed with a send in flight is
       // closed once that send is done (HttpIo::close()): the process waits
       // for it, as the kernel would deliver it under epoll after its exit.
-      if (active() == 0 && accepts_armed_total_ == 0 && !(http_io_ && http_io_->lingering() > 0)) {
+      if (!drain_closed_ && active() == 0 && accepts_armed_total_ == 0 && !(http_io_ && http_io_->lingering() > 0)) {
         // The cancels and closes of the last sessions, queued in this tick,
         // go out before the process does (the kernel would close those
         // sockets only when it tears the ring down).
@@ -374,10 +378,17 @@ class Worker {
         return false;
       }
       if (env_.now_ms >= drain_deadline_ms_) {
-        GW_LOG_WARN("{} ({}) passed with {} connection(s) open; closing them", drain_limit_name_, drain_limit_ms_,
-                    active());
-        close_all();
-        return false;
+        if (!drain_closed_) {
+          GW_LOG_WARN("{} ({}) passed with {} connection(s) open; closing them", drain_limit_name_, drain_limit_ms_,
+                      active());
+          close_all();
+          drain_closed_ = true;
+        }
+        // Under io_uring the exit waits for the accepts' cancels (a few
+        // completions away): a listening socket that a newer worker shares
+        // passes on, as it closes, the wake-ups its accepts took
+        // (close_native_listener()).
+        if (accepts_armed_total_ == 0 || env_.now_ms >= drain_deadline_ms_ + kCancelWaitMs) return false;
       }
     }
     return true;
@@ -475,11 +486,11 @@ class Worker {
     signalfd_siginfo si{};
     while (::read(sfd, &si, sizeof(si)) == sizeof(si)) {
       switch (si.ssi_signo) {
-        case SIGTERM: begin_drain("SIGTERM", "shutdown_timeout_ms", cfg_.shutdown_timeout_ms); break;
+        case SIGTERM: begin_drain("SIGTERM", "shutdown_timeout_ms", cfg_.shutdown_timeout_ms, true); break;
         case SIGWINCH:
           // A reload: a new generation of workers serves the listening
           // sockets; this one finishes what it has.
-          begin_drain("SIGWINCH (reload)", "worker_shutdown_timeout_ms", cfg_.worker_shutdown_timeout_ms);
+          begin_drain("SIGWINCH (reload)", "worker_shutdown_timeout_ms", cfg_.worker_shutdown_timeout_ms, false);
           break;
         case SIGINT:
         case SIGQUIT: close_all(); return false;
@@ -500,14 +511,17 @@ class Worker {
   }
 
   // Stop accepting and finish the open connections within `limit_ms`, then
-  // exit (tick() checks). `why` and `limit_name` are for the log. What is
-  // queued in the listening sockets is taken before they close: after a stop
-  // (SIGTERM) no other process accepts on them (the master has closed its
-  // copies, or died), and after a reload neither on those of a listener or
-  // worker slot it removed, which stay in their port's SO_REUSEPORT group
-  // until this close. (On a socket the new workers share it takes what is
-  // queued at that moment, as the ring's accepts do.)
-  void begin_drain(const char* why, const char* limit_name, uint32_t limit_ms) {
+  // exit (tick() checks). `why` and `limit_name` are for the log; `stop`: a
+  // SIGTERM (a stop, or the hand-over of a binary upgrade), else a reload.
+  // What is queued in a listening socket that no newer worker accepts on is
+  // taken before it closes: after a stop no other process accepts on them
+  // (the master has closed its copies, or died), and after a reload neither
+  // on those of a listener or worker slot it removed, which stay in their
+  // port's SO_REUSEPORT group until this close. What is queued in a socket
+  // a newer worker shares (kept_listeners()) is left to that worker, as
+  // nginx's old workers leave it: served with the new config and without
+  // this drain's limit.
+  void begin_drain(const char* why, const char* limit_name, uint32_t limit_ms, bool stop) {
     if (draining_) {
       // Draining already (a reload's SIGWINCH): a stop (SIGTERM, also the
       // master's death) asks for the end within its own limit, which may be
@@ -529,22 +543,42 @@ class Worker {
     // reload the master and the new workers keep them open. A listener whose
     // ring accept is still being cancelled closes when that ends.
     draining_ = true;
+    drain_limit_name_ = limit_name;
+    drain_limit_ms_ = limit_ms;
+    drain_deadline_ms_ = env_.now_ms + limit_ms;
+    kept_ = kept_listeners(stop);
     for (size_t i = 0; i < listen_fds_.size(); ++i) {
       if (!native_.empty() && native_[i]) {
         if (!accept_armed_[i]) close_native_listener(static_cast<uint32_t>(i));
       } else if (listen_fds_[i] >= 0) {
         // With no time to serve them (a limit of 0), what is queued is left
-        // where it is: the new workers of a reload serve it from the socket
-        // they share; after a stop the socket's last close resets it, as an
+        // where it is: after a stop the socket's last close resets it, as an
         // accept and a close at once would.
-        if (limit_ms > 0) take_queued(static_cast<uint32_t>(i));
+        if (limit_ms > 0 && !kept_[i]) take_queued(static_cast<uint32_t>(i));
         ::close(listen_fds_[i]);
         listen_fds_[i] = -1;
       }
     }
-    drain_limit_name_ = limit_name;
-    drain_limit_ms_ = limit_ms;
-    drain_deadline_ms_ = env_.now_ms + limit_ms;
+  }
+
+  // By listener: whether a newer generation of workers accepts on this
+  // worker's socket too. A reload's new worker of socket slot w takes over
+  // old worker w's sockets of the listeners whose address stays, while w is
+  // below the new worker count (reload()), and a binary upgrade's new master
+  // does the same with the sockets it inherits (take_inherited()); either
+  // has published its listeners and worker count in the segment's header
+  // before this worker is told to drain. A stop of this worker's master, or
+  // its death, leaves no other process on them.
+  std::vector<bool> kept_listeners(bool stop) const {
+    std::vector<bool> kept(listen_fds_.size(), false);
+    const shm::SegmentHeader& hdr = seg_.header();
+    const pid_t serving = hdr.master_pid.load(std::memory_order_acquire);
+    if (::getppid() != master_ || serving <= 0 || (stop && serving == master_)) return kept;
+    shm::ListenerList list;
+    if (index_ >= hdr.workers.load() || !shm::read_listeners(hdr, list)) return kept;
+    for (size_t i = 0; i < kept.size(); ++i)
+      for (uint32_t k = 0; k < list.n && !kept[i]; ++k) kept[i] = list.items[k].addr == cfg_.listeners[i].listen;
+    return kept;
   }
 
   void accept_on(uint32_t li) {
@@ -787,20 +821,25 @@ class Worker {
     }
   }
 
-  // Draining, io_uring: the listener's last accept has ended. After a
-  // reload or a binary upgrade another process's ring waits on the same
-  // socket. The kernel wakes one accept waiter per connection, so a wake-up
-  // that this ring took while its accepts were being cancelled is lost for the
-  // other: the connection would sit in the queue until the next one arrives.
-  // So what is queued now is accepted and served here, then the socket closes.
-  // Only into free session slots (beyond those the other listeners' accepts
-  // still in flight may take): with the table full, what is queued stays
-  // for the other processes (the new generation after a reload), not held
-  // here until this worker's connections end or the drain's deadline.
+  // Draining, io_uring: the listener's last accept has ended (its cancel
+  // is done). The kernel wakes one ring accept waiter per connection (they
+  // wait exclusively), so a wake-up that this ring took while its accepts
+  // were being cancelled, or before its cancelled requests left the socket's
+  // wait queue, is lost for the other processes that wait on the socket: the
+  // connection would sit in the queue until the next one arrives. On a
+  // socket a newer worker shares (kept_), what is queued is its to serve:
+  // shutdown(SHUT_WR), which leaves a listening socket as it is, wakes every
+  // waiter, and their accepts take it. On one no other worker serves, what
+  // is queued is accepted and served here (unless the drain has no time
+  // for it), then the socket closes. Only into free session slots (beyond
+  // those the other listeners' accepts still in flight may take): with the
+  // table full, what is queued stays in the socket.
   void close_native_listener(uint32_t li) {
     int& fd = listen_fds_[li];
     if (fd < 0) return;
-    while (urelay_->free_slots() > accepts_armed_total_) {
+    if (kept_[li]) ::shutdown(fd, SHUT_WR);
+    while (!kept_[li] && drain_limit_ms_ > 0 && env_.now_ms < drain_deadline_ms_ &&
+           urelay_->free_slots() > accepts_armed_total_) {
       int c = ::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (c >= 0) {
         take_accepted(li, c);
@@ -860,7 +899,12 @@ class Worker {
   const config::Config& cfg_;
   const shm::Segment& seg_;
   uint32_t slot_;
+  uint32_t index_;  // the master's socket slot (listen_fds_ are its sockets)
+  pid_t master_;    // the master that forked this worker
   std::vector<int> listen_fds_;
+  // Draining: by listener, whether a newer generation of workers accepts on
+  // the same socket (kept_listeners()).
+  std::vector<bool> kept_;
   net::Epoll epoll_;
   net::TimerWheel timers_;
   net::BufferPool buffers_;
@@ -901,6 +945,7 @@ class Worker {
   int sfd_ = -1;
   uint64_t next_housekeeping_ = 0;
   bool draining_ = false;
+  bool drain_closed_ = false;  // the drain's limit passed: close_all() is done
   uint64_t drain_deadline_ms_ = 0;
   const char* drain_limit_name_ = "";  // the config key that set the drain limit (for the log)
   uint32_t drain_limit_ms_ = 0;
@@ -930,13 +975,14 @@ void set_access_log_fd(int fd) noexcept {
   g_access_log_fd = fd;
 }
 
-int run_worker(const config::Config& cfg, const shm::Segment& seg, uint32_t slot, const std::vector<int>& listen_fds) {
+int run_worker(const config::Config& cfg, const shm::Segment& seg, uint32_t slot, uint32_t index,
+               const std::vector<int>& listen_fds) {
   try {
     // The master gives rows below stat_workers only; the counter and held
     // matrices have no row past them (shm ABI 10).
     if (slot >= seg.stat_workers())
       throw std::runtime_error(fmt::format("row {} is past the segment's {} worker rows", slot, seg.stat_workers()));
-    Worker w(cfg, seg, slot, listen_fds);
+    Worker w(cfg, seg, slot, index, listen_fds);
     return w.run();
   } catch (const std::exception& e) {
     GW_LOG_ERROR("worker failed: {}", e.what());

@@ -1002,10 +1002,10 @@ class ReloadTest(GwTestCase):
         """worker_shutdown_timeout_ms 0: the old worker closes its connections
         at once. The connections queued in the listening socket that the new
         worker shares are not taken (only to be closed): the new worker
-        serves them. (epoll: under io_uring the old worker's accepts in
-        flight take the wake-ups of what arrives while it is stopped.)"""
-        if gwtest.ENGINE == "io_uring":
-            self.skipTest("epoll: the old worker's ring accepts take the wake-ups")
+        serves them. (Under io_uring the old worker's accepts in flight took
+        the wake-ups of what arrived while it was stopped, and it left
+        without passing them on: the new worker's accepts slept on a full
+        queue until another connection came.)"""
         n = self.backend("n", "name")
         gw = self.gateway(self.config(n, workers=1, worker_shutdown_timeout_ms=0))
         (old,) = gw.worker_pids()
@@ -1036,6 +1036,98 @@ class ReloadTest(GwTestCase):
             self.assertEqual(gwtest.recv_line(s), "hi")
             s.close()
         self.assertEqual(gw.stop(), 0)
+
+    def test_connections_queued_in_a_shared_socket_are_left_to_the_new_worker(self):
+        """The old worker of a reload leaves what is queued in a listening
+        socket the new worker shares to that worker, as nginx's old workers
+        do: it took those connections as it began to drain, and then closed
+        them at its worker_shutdown_timeout_ms (here 1.5 s), although the
+        new worker would have served them for as long as they last."""
+        n = self.backend("n", "name")
+        gw = self.gateway(self.config(n, workers=1, worker_shutdown_timeout_ms=1500))
+        (old,) = gw.worker_pids()
+        conns = []
+        new = None
+        os.kill(old, signal.SIGSTOP)
+        try:
+            log_before = len(gw.log_text())
+            gw.send_signal(signal.SIGHUP)
+            wait_until(lambda: "reloaded:" in gw.log_text()[log_before:], T(10), msg="'reloaded:' in the log")
+            wait_until(lambda: [p for p in gw.worker_pids() if p != old], T(5), msg="the new worker")
+            (new,) = [p for p in gw.worker_pids() if p != old]
+            os.kill(new, signal.SIGSTOP)  # the old worker's SIGWINCH is pending; now the queue fills
+            for _ in range(3):
+                s = gwtest.connect(gw.port, timeout=T(5))
+                self.addCleanup(s.close)
+                s.sendall(b"hi\n")
+                conns.append(s)
+            os.kill(old, signal.SIGCONT)
+            wait_until(lambda: "draining" in gw.log_text()[log_before:], T(5), msg="the old worker draining")
+            time.sleep(0.2)  # (it would take the queue now)
+        finally:
+            if os.path.exists(f"/proc/{old}"):
+                os.kill(old, signal.SIGCONT)
+            if new:
+                os.kill(new, signal.SIGCONT)
+        for s in conns:
+            self.assertEqual(gwtest.recv_line(s), "n")
+            self.assertEqual(gwtest.recv_line(s), "hi")
+        self.assertFalse(gwtest.wait_pids_gone({old}, T(5)), "the old worker still runs")
+        for s in conns:  # the old worker is gone: the new one serves them
+            self.assertRoundTrip(s, b"still here\n")
+            s.close()
+        self.assertNotIn("passed with", gw.log_text()[log_before:])
+        self.assertEqual(gw.stop(), 0)
+
+    def test_connections_queued_at_a_binary_upgrade_are_left_to_the_new_masters_worker(self):
+        """The same at a binary upgrade: the old master's worker, stopping
+        (SIGTERM) after the hand-over, leaves what is queued in a socket the
+        new master's worker inherited to that worker; it took those
+        connections and closed them at its shutdown_timeout_ms (1.5 s)."""
+        n = self.backend("n", "name")
+        gw = self.gateway(self.config(n, workers=1, shutdown_timeout_ms=1500))
+        old_master = gw.pid
+        (old,) = gw.worker_pids()
+        gw.remember([old])
+        conns = []
+        new = None
+        os.kill(old, signal.SIGSTOP)
+        try:
+            log_before = len(gw.log_text())
+            gw.send_signal(signal.SIGUSR2)
+            new_master = wait_until(lambda: gw.status().get("master_pid") not in (old_master, None, 0)
+                                    and gw.status()["master_pid"], T(15), msg="a new master in status")
+            gw.remember([new_master])
+            new = wait_until(lambda: [p for p in gw.worker_pids() if p != old], T(10), msg="the new worker")[0]
+            gw.remember([new])
+            os.kill(new, signal.SIGSTOP)
+            wait_until(lambda: "stopping this one's workers gracefully" in gw.log_text()[log_before:], T(10),
+                       msg="the hand-over")
+            for _ in range(3):
+                s = gwtest.connect(gw.port, timeout=T(5))
+                self.addCleanup(s.close)
+                s.sendall(b"hi\n")
+                conns.append(s)
+            os.kill(old, signal.SIGCONT)
+            wait_until(lambda: "SIGTERM: stop accepting" in gw.log_text()[log_before:], T(5),
+                       msg="the old worker draining")
+            time.sleep(0.2)  # (it would take the queue now)
+        finally:
+            if os.path.exists(f"/proc/{old}"):
+                os.kill(old, signal.SIGCONT)
+            if new:
+                os.kill(new, signal.SIGCONT)
+        for s in conns:
+            self.assertEqual(gwtest.recv_line(s), "n")
+            self.assertEqual(gwtest.recv_line(s), "hi")
+        self.assertEqual(gw.wait_exit(T(20)), 0, "the old master's exit code after the upgrade")
+        self.assertFalse(gwtest.wait_pids_gone({old}, T(5)), "the old worker still runs")
+        for s in conns:  # the old master and its worker are gone: the new one serves them
+            self.assertRoundTrip(s, b"still here\n")
+            s.close()
+        self.assertNotIn("passed with", gw.log_text()[log_before:])
+        os.kill(new_master, signal.SIGTERM)
+        self.assertFalse(gwtest.wait_pids_gone({new_master, new}, T(15)), "the new master did not stop")
 
     def test_a_failed_reload_resets_nothing_queued_in_a_new_slot(self):
         """A reload to more workers makes a socket for each new slot on the

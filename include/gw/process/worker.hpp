@@ -16,8 +16,10 @@
 namespace gw::process {
 
 /// Runs worker `slot` until it stops; returns its exit code. `listen_fds[i]` is
-/// this slot's socket for cfg.listeners[i]. Call in the forked child only.
-int run_worker(const config::Config& cfg, const shm::Segment& seg, uint32_t slot, const std::vector<int>& listen_fds);
+/// the socket of the master's socket slot `index` for cfg.listeners[i]. Call
+/// in the forked child only.
+int run_worker(const config::Config& cfg, const shm::Segment& seg, uint32_t slot, uint32_t index,
+               const std::vector<int>& listen_fds);
 
 /// The worker's end of its access-log socket (the master sets it in the
 /// forked child before run_worker; -1 = no access logs).
