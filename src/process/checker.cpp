@@ -19,6 +19,7 @@
 #include "gw/net/socket.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/runtime.hpp"
+#include "process/checker_loop.hpp"
 #include "process/signals.hpp"
 
 namespace gw::process {
@@ -44,296 +45,268 @@ std::string http_check_request(const shm::HealthCheck& check, const core::SockAd
 }
 
 namespace {
-
 constexpr uint64_t kTickMs = 20;  // the longest wait between two looks at the table
+}  // namespace
 
-struct HostState {
-  uint32_t tag = 0;
-  uint64_t due_ms = 0;
-  bool in_flight = false;
-  CheckRuns runs;
-};
+CheckerIo CheckerIo::real() noexcept {
+  return {core::monotonic_ms, net::connect_tcp};
+}
 
-struct Probe {
-  core::UniqueFd fd;
-  uint32_t slot = 0, tag = 0;
-  uint64_t deadline_ms = 0;
-  bool connected = false;
-  std::string request;  // http: bytes still to send
-  std::string reply;    // http: the status line so far
-};
+Checker::Checker(const shm::Segment& seg, CheckerIo io)
+    : seg_(seg),
+      io_(io),
+      reader_(seg),
+      table_(std::make_unique<shm::Table>(seg.caps())),
+      hosts_(seg.caps().max_hosts),
+      index_(seg.caps().max_hosts, -1) {}
 
-class Checker {
- public:
-  Checker(const config::Config& cfg, const shm::Segment& seg)
-      : cfg_(cfg),
-        seg_(seg),
-        reader_(seg),
-        table_(std::make_unique<shm::Table>(seg.caps())),
-        hosts_(seg.caps().max_hosts),
-        index_(seg.caps().max_hosts, -1) {}
+int Checker::run(int signal_fd, const std::string& log_file) {
+  for (;;) {
+    const uint64_t wake = start_due();
+    if (wait_probes(wake, signal_fd) && drain_child_signals(signal_fd, log_file)) return 0;
+  }
+}
 
-  int run() {
-    core::UniqueFd sfd = child_signal_fd();
-    std::vector<pollfd> pfds;
-    for (;;) {
-      const uint64_t now = core::monotonic_ms();
-      refresh();
-      // Woken when the next check falls due or a probe's time is up, not on
-      // the tick only: an interval or timeout of 50 ms ran as 60 (the next
-      // tick), one of 10 as 20.
-      uint64_t wake = start_due(now);
-      pfds.clear();
-      pfds.push_back({sfd.get(), POLLIN, 0});
-      for (auto& p : probes_) {
-        // Connecting or sending: wait to write; then only to read (POLLOUT
-        // would be ready all the time and spin the loop).
-        short ev = !p->connected || !p->request.empty() ? POLLOUT : POLLIN;
-        pfds.push_back({p->fd.get(), ev, 0});
-        wake = std::min(wake, p->deadline_ms);
-      }
-      const uint64_t before = core::monotonic_ms();  // (the connects above took some)
-      ::poll(pfds.data(), pfds.size(), static_cast<int>(wake > before ? wake - before : 0));
-      if (pfds[0].revents) {
-        if (drain_child_signals(sfd.get(), cfg_.log_file)) return 0;
-      }
-      const uint64_t after = core::monotonic_ms();
-      // Results are judged by the newest table (a reload may have turned
-      // checks off while the probes ran).
-      refresh();
-      for (size_t i = probes_.size(); i-- > 0;) {
-        Probe& p = *probes_[i];
-        int err = 0;
-        bool done = false, ok = false;
-        if (pfds[i + 1].revents) done = step(p, ok, err);
-        if (!done && after >= p.deadline_ms) {
-          done = true;
-          ok = false;
-          err = ETIMEDOUT;
-        }
-        if (done) {
-          finish(p, ok, err, after);
-          // The last probe takes its place: it was looked at already (the
-          // walk goes down), and the erase of a long list's head cost a move
-          // of all the rest.
-          if (i + 1 != probes_.size()) probes_[i] = std::move(probes_.back());
-          probes_.pop_back();
-        }
-      }
+bool Checker::wait_probes(uint64_t wake, int signal_fd) {
+  pfds_.clear();
+  pfds_.push_back({signal_fd, POLLIN, 0});  // (poll skips a negative fd)
+  for (auto& p : probes_) {
+    // Connecting or sending: wait to write; then only to read (POLLOUT
+    // would be ready all the time and spin the loop).
+    short ev = !p->connected || !p->request.empty() ? POLLOUT : POLLIN;
+    pfds_.push_back({p->fd.get(), ev, 0});
+  }
+  const uint64_t before = io_.now_ms();  // (the connects took some)
+  ::poll(pfds_.data(), pfds_.size(), static_cast<int>(wake > before ? wake - before : 0));
+  const bool signalled = signal_fd >= 0 && pfds_[0].revents != 0;
+  const uint64_t after = io_.now_ms();
+  // Results are judged by the newest table (a reload may have turned
+  // checks off while the probes ran).
+  refresh();
+  for (size_t i = probes_.size(); i-- > 0;) {
+    Probe& p = *probes_[i];
+    int err = 0;
+    bool done = false, ok = false;
+    if (pfds_[i + 1].revents) done = step(p, ok, err);
+    if (!done && after >= p.deadline_ms) {
+      done = true;
+      ok = false;
+      err = ETIMEDOUT;
+    }
+    if (done) {
+      finish(p, ok, err, after);
+      // The last probe takes its place: it was looked at already (the
+      // walk goes down), and the erase of a long list's head cost a move
+      // of all the rest.
+      if (i + 1 != probes_.size()) probes_[i] = std::move(probes_.back());
+      probes_.pop_back();
     }
   }
+  return signalled;
+}
 
- private:
-  // Starts the checks that are due; returns when the next one falls due, at
-  // most kTickMs on (the table is looked at again then: a new host is
-  // checked at once).
-  uint64_t start_due(uint64_t now) {
-    uint64_t next = now + kTickMs;
-    auto hosts = table_->hosts();
-    for (const auto& h : hosts) {
-      const auto& up = table_->upstreams()[table_->pools()[h.pool].upstream];
-      if (up.check.type == shm::kCheckNone) continue;
-      HostState& st = hosts_[h.slot];
-      if (st.tag != h.tag) st = HostState{h.tag, now, false, {}};  // a new host: check it at once
-      if (st.in_flight) continue;
-      if (now < st.due_ms) {
-        next = std::min(next, st.due_ms);
-        continue;
-      }
-      st.in_flight = true;
-      st.due_ms = now + up.check.interval_ms;
-      auto p = std::make_unique<Probe>();
-      p->slot = h.slot;
-      p->tag = h.tag;
-      p->deadline_ms = now + up.check.timeout_ms;
-      if (up.check.type == shm::kCheckHttp) p->request = http_check_request(up.check, h.addr);
-      int err = 0;
-      int fd = net::connect_tcp(h.addr, err);
-      if (fd < 0) {
-        finish(*p, false, err, now);  // a local error (no descriptor, no port) is not counted there
-        // Out of descriptors or memory: no check can start now. This host and
-        // the rest stay due and start as the probes under way end. (Put off to
-        // the next interval, they fell due again with the ones before them,
-        // which took the descriptors first: a host late in the table was
-        // never checked.)
-        if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-          st.due_ms = now;
-          return next;
-        }
-        next = std::min(next, st.due_ms);
-        continue;
-      }
-      p->fd.reset(fd);
-      probes_.push_back(std::move(p));
+// Starts the checks that are due. Woken when the next check falls due or a
+// probe's time is up, not on the tick only: an interval or timeout of 50 ms
+// ran as 60 (the next tick), one of 10 as 20. The table is looked at again
+// at most kTickMs on: a new host is checked at once.
+uint64_t Checker::start_due() {
+  const uint64_t now = io_.now_ms();
+  refresh();
+  uint64_t next = now + kTickMs;
+  for (const auto& p : probes_) next = std::min(next, p->deadline_ms);
+  auto hosts = table_->hosts();
+  for (const auto& h : hosts) {
+    const auto& up = table_->upstreams()[table_->pools()[h.pool].upstream];
+    if (up.check.type == shm::kCheckNone) continue;
+    HostState& st = hosts_[h.slot];
+    if (st.tag != h.tag) st = HostState{h.tag, now, false, {}};  // a new host: check it at once
+    if (st.in_flight) continue;
+    if (now < st.due_ms) {
+      next = std::min(next, st.due_ms);
+      continue;
     }
-    return next;
-  }
-
-  // Takes a newer table if there is one, and indexes its hosts by slot: each
-  // finished check looks its host up, and a walk over the table for each
-  // would make a round of checks cost hosts squared.
-  void refresh() {
-    if (!reader_.stale()) return;
-    reader_.refresh(*table_);
-    auto hosts = table_->hosts();
-    for (int32_t& i : index_) i = -1;
-    for (size_t i = 0; i < hosts.size(); ++i)
-      if (hosts[i].slot < index_.size()) index_[hosts[i].slot] = static_cast<int32_t>(i);
-  }
-
-  // The index in the current table of the host holding (slot, tag), or -1.
-  int host_index(uint32_t slot, uint32_t tag) const noexcept {
-    if (slot >= index_.size() || index_[slot] < 0) return -1;
-    const int i = index_[slot];
-    return table_->hosts()[static_cast<size_t>(i)].tag == tag ? i : -1;
-  }
-
-  // The upstream of the host holding (slot, tag) in the current table, or null.
-  const shm::UpstreamRecord* upstream_of(uint32_t slot, uint32_t tag) const noexcept {
-    const int i = host_index(slot, tag);
-    if (i < 0) return nullptr;
-    return &table_->upstreams()[table_->pools()[table_->hosts()[static_cast<size_t>(i)].pool].upstream];
-  }
-
-  // Advances a probe; returns true when it has a result.
-  bool step(Probe& p, bool& ok, int& err) {
-    if (!p.connected) {
-      err = net::socket_error(p.fd.get());
-      // A reset once the handshake was done (the host accepted, then reset
-      // before this was looked at) is a connect that succeeded: a tcp check
-      // passed. An http check fails on it (no answer).
-      const bool reset = net::reset_after_connect(err);
-      if (err != 0 && !(reset && p.request.empty())) return true;
-      p.connected = true;
-      if (p.request.empty()) {  // tcp check: the connect is the check
-        err = 0;
-        ok = true;
-        return true;
+    st.in_flight = true;
+    st.due_ms = now + up.check.interval_ms;
+    auto p = std::make_unique<Probe>();
+    p->slot = h.slot;
+    p->tag = h.tag;
+    p->deadline_ms = now + up.check.timeout_ms;
+    if (up.check.type == shm::kCheckHttp) p->request = http_check_request(up.check, h.addr);
+    int err = 0;
+    int fd = io_.connect(h.addr, err);
+    if (fd < 0) {
+      finish(*p, false, err, now);  // a local error (no descriptor, no port) is not counted there
+      // Out of descriptors or memory: no check can start now. This host and
+      // the rest stay due and start as the probes under way end. (Put off to
+      // the next interval, they fell due again with the ones before them,
+      // which took the descriptors first: a host late in the table was
+      // never checked.)
+      if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        st.due_ms = now;
+        return next;
       }
+      next = std::min(next, st.due_ms);
+      continue;
     }
-    while (!p.request.empty()) {
-      ssize_t n = ::send(p.fd.get(), p.request.data(), p.request.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (n < 0) {
-        if (errno == EAGAIN) return false;
-        err = errno;
-        return true;
-      }
-      p.request.erase(0, static_cast<size_t>(n));
+    p->fd.reset(fd);
+    next = std::min(next, p->deadline_ms);
+    probes_.push_back(std::move(p));
+  }
+  return next;
+}
+
+// Takes a newer table if there is one, and indexes its hosts by slot: each
+// finished check looks its host up, and a walk over the table for each
+// would make a round of checks cost hosts squared.
+void Checker::refresh() {
+  if (!reader_.stale()) return;
+  reader_.refresh(*table_);
+  auto hosts = table_->hosts();
+  for (int32_t& i : index_) i = -1;
+  for (size_t i = 0; i < hosts.size(); ++i)
+    if (hosts[i].slot < index_.size()) index_[hosts[i].slot] = static_cast<int32_t>(i);
+}
+
+// The index in the current table of the host holding (slot, tag), or -1.
+int Checker::host_index(uint32_t slot, uint32_t tag) const noexcept {
+  if (slot >= index_.size() || index_[slot] < 0) return -1;
+  const int i = index_[slot];
+  return table_->hosts()[static_cast<size_t>(i)].tag == tag ? i : -1;
+}
+
+// The upstream of the host holding (slot, tag) in the current table, or null.
+const shm::UpstreamRecord* Checker::upstream_of(uint32_t slot, uint32_t tag) const noexcept {
+  const int i = host_index(slot, tag);
+  if (i < 0) return nullptr;
+  return &table_->upstreams()[table_->pools()[table_->hosts()[static_cast<size_t>(i)].pool].upstream];
+}
+
+// Advances a probe; returns true when it has a result.
+bool Checker::step(Probe& p, bool& ok, int& err) {
+  if (!p.connected) {
+    err = net::socket_error(p.fd.get());
+    // A reset once the handshake was done (the host accepted, then reset
+    // before this was looked at) is a connect that succeeded: a tcp check
+    // passed. An http check fails on it (no answer).
+    const bool reset = net::reset_after_connect(err);
+    if (err != 0 && !(reset && p.request.empty())) return true;
+    p.connected = true;
+    if (p.request.empty()) {  // tcp check: the connect is the check
+      err = 0;
+      ok = true;
+      return true;
     }
-    char buf[256];
-    ssize_t n = ::recv(p.fd.get(), buf, sizeof(buf), MSG_DONTWAIT);
+  }
+  while (!p.request.empty()) {
+    ssize_t n = ::send(p.fd.get(), p.request.data(), p.request.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EAGAIN) return false;
       err = errno;
       return true;
     }
-    if (n == 0 && p.reply.size() < 12) {  // closed (not reset: that is an error above) before a status line
-      err = EPROTO;
-      last_status_ = p.reply.empty() ? "closed without an answer" : "not an HTTP response";
-      return true;
-    }
-    p.reply.append(buf, static_cast<size_t>(n));
-    // The byte after the status code too (unless the host closed right after
-    // it): a code of four digits ("HTTP/1.1 2000") is no status line.
-    if (p.reply.size() < 13 && n != 0) return false;
-    // "HTTP/d.d NNN" and a space or the end of the line (or of the answer),
-    // judged by the host's upstream as the table now has it (a host removed
-    // meanwhile: a failed check of nobody, dropped in finish). Anything else
-    // is no HTTP response: a failed check, said so.
-    const shm::UpstreamRecord* up = upstream_of(p.slot, p.tag);
-    auto digit = [&](size_t i) { return p.reply[i] >= '0' && p.reply[i] <= '9'; };
-    const bool ended = p.reply.size() == 12 || p.reply[12] == ' ' || p.reply[12] == '\r' || p.reply[12] == '\n';
-    const bool http = p.reply.compare(0, 5, "HTTP/") == 0 && digit(5) && p.reply[6] == '.' && digit(7) &&
-                      p.reply[8] == ' ' && digit(9) && digit(10) && digit(11) && ended;
-    const char cls = p.reply[9];
-    ok = up && http && cls >= '1' && cls <= '5' && (up->check.expect_mask & (1u << (cls - '0')));
-    if (!ok) err = EPROTO;
-    last_status_ = http ? "HTTP status " + p.reply.substr(9, 3) : "not an HTTP response";
+    p.request.erase(0, static_cast<size_t>(n));
+  }
+  char buf[256];
+  ssize_t n = ::recv(p.fd.get(), buf, sizeof(buf), MSG_DONTWAIT);
+  if (n < 0) {
+    if (errno == EAGAIN) return false;
+    err = errno;
     return true;
   }
-
-  void finish(Probe& p, bool ok, int err, uint64_t now) {
-    HostState& st = hosts_[p.slot];
-    if (st.tag != p.tag) return;  // the host was removed meanwhile
-    st.in_flight = false;
-    st.due_ms = std::max(st.due_ms, now);
-    // The upstream is looked up again: a table refresh since the probe began
-    // may have moved or removed upstreams (their index is not the host's), or
-    // turned its checks off (the verdict the writer cleared must stay so).
-    const shm::UpstreamRecord* up = upstream_of(p.slot, p.tag);
-    if (!up || up->check.type == shm::kCheckNone) return;
-    std::string path = "(removed host)", address = "-";
-    bool admin_down = false;
-    auto name_host = [&] {  // only for a log line or an event
-      const int i = host_index(p.slot, p.tag);
-      if (i < 0) return;
-      const shm::HostRecord& h = table_->hosts()[static_cast<size_t>(i)];
-      path = table_->host_path(i);
-      address = h.addr.to_string();
-      admin_down = h.admin_down != 0;
-    };
-    if (!ok && err != 0 && !net::peer_error(err)) {
-      // The checker's own trouble (EMFILE; EADDRNOTAVAIL: the ephemeral ports
-      // towards the host all taken by proxied connections; ...) says nothing
-      // of the host: counted as a failed check, it would take a healthy host
-      // out for every worker. The check is skipped; the next one runs at the
-      // interval.
-      if (now - last_local_log_ms_ >= 1000) {
-        last_local_log_ms_ = now;
-        name_host();
-        GW_LOG_ERROR("health check of {} {}: {} (a local error: the check is skipped, the host's state stays)", path,
-                     address, std::strerror(err));
-      }
-      return;
-    }
-    shm::HostRuntime& hr = seg_.host(p.slot);
-    const auto& check = up->check;
-    uint32_t before = shm::active_state(hr, p.tag);
-    uint32_t after = st.runs.apply(ok, before, check.rise, check.fall);
-    if (after == before || !shm::record_check(hr, p.tag, after)) return;
-    if (after == shm::kActiveUp && before == shm::kActiveDown) shm::mark_up(hr, p.tag, now);
-    name_host();
-    std::string why = ok ? fmt::format("active: {} passed check(s)", st.runs.passes)
-                         : fmt::format("active: {} failed check(s), last: {}", st.runs.failures,
-                                       err == EPROTO ? last_status_ : std::strerror(err));
-    // A host downed by hand is out whatever its checks say: its verdict
-    // changes no routing, so it is not a host_up/host_down (no hook runs;
-    // a script reading the events is not told it is back). Nor is one that
-    // passive health holds out (a connection found it refusing before its
-    // checks failed): that said host_down already, and its trial, once a
-    // connection makes it, says host_up.
-    const bool passive_out = up->max_fails != 0 && hr.tag.load(std::memory_order_relaxed) == p.tag &&
-                             hr.health.load(std::memory_order_acquire) == shm::kHealthDown;
-    const char* verdict = after == shm::kActiveUp ? "up" : "down";
-    std::string text = admin_down ? fmt::format("health_{} {} {} ({}; the host stays out: admin down, until gwctl up)",
-                                                verdict, path, address, why)
-                       : passive_out
-                           ? fmt::format(
-                                 "health_{} {} {} ({}; the host is out on passive health until a connection's "
-                                 "trial passes)",
-                                 verdict, path, address, why)
-                           : fmt::format("host_{} {} {} ({})", verdict, path, address, why);
-    shm::emit_event(seg_, shm::EventKind::health, table_->header().generation, text);
-    GW_LOG_WARN("{}", text);
+  if (n == 0 && p.reply.size() < 12) {  // closed (not reset: that is an error above) before a status line
+    err = EPROTO;
+    last_status_ = p.reply.empty() ? "closed without an answer" : "not an HTTP response";
+    return true;
   }
+  p.reply.append(buf, static_cast<size_t>(n));
+  // The byte after the status code too (unless the host closed right after
+  // it): a code of four digits ("HTTP/1.1 2000") is no status line.
+  if (p.reply.size() < 13 && n != 0) return false;
+  // "HTTP/d.d NNN" and a space or the end of the line (or of the answer),
+  // judged by the host's upstream as the table now has it (a host removed
+  // meanwhile: a failed check of nobody, dropped in finish). Anything else
+  // is no HTTP response: a failed check, said so.
+  const shm::UpstreamRecord* up = upstream_of(p.slot, p.tag);
+  auto digit = [&](size_t i) { return p.reply[i] >= '0' && p.reply[i] <= '9'; };
+  const bool ended = p.reply.size() == 12 || p.reply[12] == ' ' || p.reply[12] == '\r' || p.reply[12] == '\n';
+  const bool http = p.reply.compare(0, 5, "HTTP/") == 0 && digit(5) && p.reply[6] == '.' && digit(7) &&
+                    p.reply[8] == ' ' && digit(9) && digit(10) && digit(11) && ended;
+  const char cls = p.reply[9];
+  ok = up && http && cls >= '1' && cls <= '5' && (up->check.expect_mask & (1u << (cls - '0')));
+  if (!ok) err = EPROTO;
+  last_status_ = http ? "HTTP status " + p.reply.substr(9, 3) : "not an HTTP response";
+  return true;
+}
 
-  const config::Config& cfg_;
-  const shm::Segment& seg_;
-  shm::TableReader reader_;
-  std::unique_ptr<shm::Table> table_;
-  std::vector<HostState> hosts_;
-  std::vector<int32_t> index_;  // slot -> index of its host in table_, or -1
-  std::vector<std::unique_ptr<Probe>> probes_;
-  std::string last_status_;  // the last http answer judged: "HTTP status NNN", "not an HTTP response", ...
-  uint64_t last_local_log_ms_ = 0;
-};
-
-}  // namespace
+void Checker::finish(Probe& p, bool ok, int err, uint64_t now) {
+  HostState& st = hosts_[p.slot];
+  if (st.tag != p.tag) return;  // the host was removed meanwhile
+  st.in_flight = false;
+  st.due_ms = std::max(st.due_ms, now);
+  // The upstream is looked up again: a table refresh since the probe began
+  // may have moved or removed upstreams (their index is not the host's), or
+  // turned its checks off (the verdict the writer cleared must stay so).
+  const shm::UpstreamRecord* up = upstream_of(p.slot, p.tag);
+  if (!up || up->check.type == shm::kCheckNone) return;
+  std::string path = "(removed host)", address = "-";
+  bool admin_down = false;
+  auto name_host = [&] {  // only for a log line or an event
+    const int i = host_index(p.slot, p.tag);
+    if (i < 0) return;
+    const shm::HostRecord& h = table_->hosts()[static_cast<size_t>(i)];
+    path = table_->host_path(i);
+    address = h.addr.to_string();
+    admin_down = h.admin_down != 0;
+  };
+  if (!ok && err != 0 && !net::peer_error(err)) {
+    // The checker's own trouble (EMFILE; EADDRNOTAVAIL: the ephemeral ports
+    // towards the host all taken by proxied connections; ...) says nothing
+    // of the host: counted as a failed check, it would take a healthy host
+    // out for every worker. The check is skipped; the next one runs at the
+    // interval.
+    if (now - last_local_log_ms_ >= 1000) {
+      last_local_log_ms_ = now;
+      name_host();
+      GW_LOG_ERROR("health check of {} {}: {} (a local error: the check is skipped, the host's state stays)", path,
+                   address, std::strerror(err));
+    }
+    return;
+  }
+  shm::HostRuntime& hr = seg_.host(p.slot);
+  const auto& check = up->check;
+  uint32_t before = shm::active_state(hr, p.tag);
+  uint32_t after = st.runs.apply(ok, before, check.rise, check.fall);
+  if (after == before || !shm::record_check(hr, p.tag, after)) return;
+  if (after == shm::kActiveUp && before == shm::kActiveDown) shm::mark_up(hr, p.tag, now);
+  name_host();
+  std::string why = ok ? fmt::format("active: {} passed check(s)", st.runs.passes)
+                       : fmt::format("active: {} failed check(s), last: {}", st.runs.failures,
+                                     err == EPROTO ? last_status_ : std::strerror(err));
+  // A host downed by hand is out whatever its checks say: its verdict
+  // changes no routing, so it is not a host_up/host_down (no hook runs;
+  // a script reading the events is not told it is back). Nor is one that
+  // passive health holds out (a connection found it refusing before its
+  // checks failed): that said host_down already, and its trial, once a
+  // connection makes it, says host_up.
+  const bool passive_out = up->max_fails != 0 && hr.tag.load(std::memory_order_relaxed) == p.tag &&
+                           hr.health.load(std::memory_order_acquire) == shm::kHealthDown;
+  const char* verdict = after == shm::kActiveUp ? "up" : "down";
+  std::string text = admin_down    ? fmt::format("health_{} {} {} ({}; the host stays out: admin down, until gwctl up)",
+                                                 verdict, path, address, why)
+                     : passive_out ? fmt::format(
+                                         "health_{} {} {} ({}; the host is out on passive health until a connection's "
+                                         "trial passes)",
+                                         verdict, path, address, why)
+                                   : fmt::format("host_{} {} {} ({})", verdict, path, address, why);
+  shm::emit_event(seg_, shm::EventKind::health, table_->header().generation, text);
+  GW_LOG_WARN("{}", text);
+}
 
 int run_checker(const config::Config& cfg, const shm::Segment& seg) {
   try {
-    Checker c(cfg, seg);
-    return c.run();
+    core::UniqueFd sfd = child_signal_fd();
+    Checker c(seg, CheckerIo::real());
+    return c.run(sfd.get(), cfg.log_file);
   } catch (const std::exception& e) {
     GW_LOG_ERROR("checker failed: {}", e.what());
     return 1;

@@ -1,0 +1,81 @@
+#pragma once
+// The checker process's loop (see gw/process/checker.hpp), with its clock and
+// its connect injected so that unit tests can drive it: run_checker() uses
+// the monotonic clock and net::connect_tcp. Checker process only; not
+// thread-safe.
+
+#include <poll.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gw/core/address.hpp"
+#include "gw/core/fd.hpp"
+#include "gw/process/checker.hpp"
+#include "gw/shm/segment.hpp"
+#include "gw/shm/table.hpp"
+
+namespace gw::process {
+
+/// Where the checker gets the time and its sockets from.
+struct CheckerIo {
+  uint64_t (*now_ms)() noexcept;                                  ///< monotonic milliseconds
+  int (*connect)(const core::SockAddr& addr, int& err) noexcept;  ///< a non-blocking connect: fd, or -1 and err
+  static CheckerIo real() noexcept;
+};
+
+class Checker {
+ public:
+  Checker(const shm::Segment& seg, CheckerIo io);
+
+  /// Runs until a stop signal arrives on `signal_fd`; returns the exit code.
+  int run(int signal_fd, const std::string& log_file);
+
+  /// Takes a newer table, starts the checks that are due; returns when the
+  /// loop must look again (the next check due, a probe's deadline, or the
+  /// next look at the table).
+  uint64_t start_due();
+  /// Waits for the probes under way (or `signal_fd`, if >= 0) at most until
+  /// `wake`, then judges the ones with a result and the ones whose time is
+  /// up. Returns true if `signal_fd` is readable.
+  bool wait_probes(uint64_t wake, int signal_fd = -1);
+
+  size_t probes_in_flight() const noexcept { return probes_.size(); }
+
+ private:
+  struct HostState {
+    uint32_t tag = 0;
+    uint64_t due_ms = 0;
+    bool in_flight = false;
+    CheckRuns runs;
+  };
+  struct Probe {
+    core::UniqueFd fd;
+    uint32_t slot = 0, tag = 0;
+    uint64_t deadline_ms = 0;
+    bool connected = false;
+    std::string request;  // http: bytes still to send
+    std::string reply;    // http: the status line so far
+  };
+
+  void refresh();
+  int host_index(uint32_t slot, uint32_t tag) const noexcept;
+  const shm::UpstreamRecord* upstream_of(uint32_t slot, uint32_t tag) const noexcept;
+  bool step(Probe& p, bool& ok, int& err);
+  void finish(Probe& p, bool ok, int err, uint64_t now);
+
+  const shm::Segment& seg_;
+  CheckerIo io_;
+  shm::TableReader reader_;
+  std::unique_ptr<shm::Table> table_;
+  std::vector<HostState> hosts_;
+  std::vector<int32_t> index_;  // slot -> index of its host in table_, or -1
+  std::vector<std::unique_ptr<Probe>> probes_;
+  std::vector<pollfd> pfds_;
+  std::string last_status_;  // the last http answer judged: "HTTP status NNN", "not an HTTP response", ...
+  uint64_t last_local_log_ms_ = 0;
+};
+
+}  // namespace gw::process
