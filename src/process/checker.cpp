@@ -57,6 +57,7 @@ Checker::Checker(const shm::Segment& seg, CheckerIo io)
       io_(io),
       reader_(seg),
       table_(std::make_unique<shm::Table>(seg.caps())),
+      next_(std::make_unique<shm::Table>(seg.caps())),
       hosts_(seg.caps().max_hosts),
       index_(seg.caps().max_hosts, -1) {}
 
@@ -105,47 +106,63 @@ bool Checker::wait_probes(uint64_t wake, int signal_fd) {
   return signalled;
 }
 
-// Starts the checks that are due. Woken when the next check falls due or a
-// probe's time is up, not on the tick only: an interval or timeout of 50 ms
-// ran as 60 (the next tick), one of 10 as 20. The table is looked at again
-// at most kTickMs on: a new host is checked at once.
+// Starts the checks that are due, the ones due longest first. Woken when the
+// next check falls due or a probe's time is up, not on the tick only: an
+// interval or timeout of 50 ms ran as 60 (the next tick), one of 10 as 20.
+// The table is looked at again at most kTickMs on: a new host is checked at
+// once.
 uint64_t Checker::start_due() {
-  const uint64_t now = io_.now_ms();
   refresh();
-  uint64_t next = now + kTickMs;
+  uint64_t next = io_.now_ms() + kTickMs;
   for (const auto& p : probes_) next = std::min(next, p->deadline_ms);
-  auto hosts = table_->hosts();
-  for (const auto& h : hosts) {
-    const auto& up = table_->upstreams()[table_->pools()[h.pool].upstream];
-    if (up.check.type == shm::kCheckNone) continue;
-    HostState& st = hosts_[h.slot];
-    if (st.tag != h.tag) st = HostState{h.tag, now, false, {}};  // a new host: check it at once
-    if (st.in_flight) continue;
-    if (now < st.due_ms) {
-      next = std::min(next, st.due_ms);
+  while (!due_.empty()) {
+    const Due d = due_.top();
+    HostState& st = hosts_[d.slot];
+    if (st.tag != d.tag || !st.queued || st.due_ms != d.due_ms) {
+      due_.pop();  // stale
       continue;
     }
+    const int i = host_index(d.slot, d.tag);
+    const shm::UpstreamRecord* up = i < 0 ? nullptr : upstream_of(d.slot, d.tag);
+    if (!up || up->check.type == shm::kCheckNone) {
+      // Removed, or its checks turned off: queued again by the refresh
+      // that turns them on.
+      due_.pop();
+      st.queued = false;
+      continue;
+    }
+    // Each probe is timed from its own start: with many hosts, the connects
+    // before it took a while (a deadline from the round's start failed the
+    // hosts late in a round before their time, or at once).
+    const uint64_t now = io_.now_ms();
+    if (now < d.due_ms) {
+      next = std::min(next, d.due_ms);
+      break;
+    }
+    const shm::HostRecord& h = table_->hosts()[static_cast<size_t>(i)];
+    int err = 0;
+    const int fd = io_.connect(h.addr, err);
+    if (fd < 0 && (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM)) {
+      // Out of descriptors or memory: no check can start now. This host and
+      // the rest stay due, in their order, and start as the probes under way
+      // end: the hosts that waited longest first. (Put off to the next
+      // interval, or taken in table order, the hosts late in the table were
+      // never checked: the ones before them took the descriptors first.) A
+      // local error says nothing of the host: no verdict.
+      log_local_error(d.slot, d.tag, err, now);
+      return next;
+    }
+    due_.pop();
+    st.queued = false;
     st.in_flight = true;
-    st.due_ms = now + up.check.interval_ms;
+    st.due_ms = now + up->check.interval_ms;
     auto p = std::make_unique<Probe>();
     p->slot = h.slot;
     p->tag = h.tag;
-    p->deadline_ms = now + up.check.timeout_ms;
-    if (up.check.type == shm::kCheckHttp) p->request = http_check_request(up.check, h.addr);
-    int err = 0;
-    int fd = io_.connect(h.addr, err);
+    p->deadline_ms = now + up->check.timeout_ms;
+    if (up->check.type == shm::kCheckHttp) p->request = http_check_request(up->check, h.addr);
     if (fd < 0) {
-      finish(*p, false, err, now);  // a local error (no descriptor, no port) is not counted there
-      // Out of descriptors or memory: no check can start now. This host and
-      // the rest stay due and start as the probes under way end. (Put off to
-      // the next interval, they fell due again with the ones before them,
-      // which took the descriptors first: a host late in the table was
-      // never checked.)
-      if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-        st.due_ms = now;
-        return next;
-      }
-      next = std::min(next, st.due_ms);
+      finish(*p, false, err, now);  // refused at once: a failed check; a local error (no port): skipped
       continue;
     }
     p->fd.reset(fd);
@@ -155,16 +172,40 @@ uint64_t Checker::start_due() {
   return next;
 }
 
-// Takes a newer table if there is one, and indexes its hosts by slot: each
-// finished check looks its host up, and a walk over the table for each
-// would make a round of checks cost hosts squared.
+// Takes a newer table if there is one, indexes its hosts by slot (each
+// finished check looks its host up, and a walk over the table for each would
+// make a round of checks cost hosts squared), and queues the checked hosts
+// not queued yet: a new host (a new tag) at once. A refused table (corrupt,
+// or a foreign writer's) is not taken: the checks go on with the last good
+// one, as the workers route with theirs, until the next publish.
 void Checker::refresh() {
   if (!reader_.stale()) return;
-  reader_.refresh(*table_);
+  const char* refused = nullptr;
+  reader_.refresh(*next_, &refused);
+  if (refused) {
+    GW_LOG_ERROR("the published routing table is refused: {}; checking the hosts of generation {}", refused,
+                 table_->header().generation);
+    return;
+  }
+  std::swap(table_, next_);
+  const uint64_t now = io_.now_ms();
   auto hosts = table_->hosts();
   for (int32_t& i : index_) i = -1;
-  for (size_t i = 0; i < hosts.size(); ++i)
-    if (hosts[i].slot < index_.size()) index_[hosts[i].slot] = static_cast<int32_t>(i);
+  for (size_t i = 0; i < hosts.size(); ++i) {
+    const shm::HostRecord& h = hosts[i];
+    if (h.slot >= index_.size()) continue;
+    index_[h.slot] = static_cast<int32_t>(i);
+    if (table_->upstreams()[table_->pools()[h.pool].upstream].check.type == shm::kCheckNone) continue;
+    HostState& st = hosts_[h.slot];
+    if (st.tag != h.tag) st = HostState{h.tag, now, false, false, {}};  // a new host: check it at once
+    if (!st.in_flight && !st.queued) queue(st, h.slot);
+  }
+}
+
+// Puts the host in slot `slot` in due_ at its due time.
+void Checker::queue(HostState& st, uint32_t slot) {
+  st.queued = true;
+  due_.push({st.due_ms, slot, st.tag});
 }
 
 // The index in the current table of the host holding (slot, tag), or -1.
@@ -243,6 +284,7 @@ void Checker::finish(Probe& p, bool ok, int err, uint64_t now) {
   if (st.tag != p.tag) return;  // the host was removed meanwhile
   st.in_flight = false;
   st.due_ms = std::max(st.due_ms, now);
+  queue(st, p.slot);  // (dropped when it comes up if the host is gone or its checks off by then)
   // The upstream is looked up again: a table refresh since the probe began
   // may have moved or removed upstreams (their index is not the host's), or
   // turned its checks off (the verdict the writer cleared must stay so).
@@ -264,12 +306,7 @@ void Checker::finish(Probe& p, bool ok, int err, uint64_t now) {
     // of the host: counted as a failed check, it would take a healthy host
     // out for every worker. The check is skipped; the next one runs at the
     // interval.
-    if (now - last_local_log_ms_ >= 1000) {
-      last_local_log_ms_ = now;
-      name_host();
-      GW_LOG_ERROR("health check of {} {}: {} (a local error: the check is skipped, the host's state stays)", path,
-                   address, std::strerror(err));
-    }
+    log_local_error(p.slot, p.tag, err, now);
     return;
   }
   shm::HostRuntime& hr = seg_.host(p.slot);
@@ -311,6 +348,16 @@ int run_checker(const config::Config& cfg, const shm::Segment& seg) {
     GW_LOG_ERROR("checker failed: {}", e.what());
     return 1;
   }
+}
+
+// Logs a check skipped on the checker's own trouble, at most once a second.
+void Checker::log_local_error(uint32_t slot, uint32_t tag, int err, uint64_t now) {
+  if (now - last_local_log_ms_ < 1000) return;
+  last_local_log_ms_ = now;
+  const int i = host_index(slot, tag);
+  GW_LOG_ERROR("health check of {} {}: {} (a local error: the check is skipped, the host's state stays)",
+               i < 0 ? std::string("(removed host)") : table_->host_path(i),
+               i < 0 ? std::string("-") : table_->hosts()[static_cast<size_t>(i)].addr.to_string(), std::strerror(err));
 }
 
 }  // namespace gw::process

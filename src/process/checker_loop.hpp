@@ -7,7 +7,9 @@
 #include <poll.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <queue>
 #include <string>
 #include <vector>
 
@@ -21,8 +23,9 @@ namespace gw::process {
 
 /// Where the checker gets the time and its sockets from.
 struct CheckerIo {
-  uint64_t (*now_ms)() noexcept;                                  ///< monotonic milliseconds
-  int (*connect)(const core::SockAddr& addr, int& err) noexcept;  ///< a non-blocking connect: fd, or -1 and err
+  uint64_t (*now_ms)() noexcept;  ///< monotonic milliseconds
+  int (*connect)(const core::SockAddr& addr,
+                 int& err) noexcept;  ///< a non-blocking connect: fd, or -1 and err
   static CheckerIo real() noexcept;
 };
 
@@ -49,7 +52,16 @@ class Checker {
     uint32_t tag = 0;
     uint64_t due_ms = 0;
     bool in_flight = false;
+    bool queued = false;  // its due time is in due_
     CheckRuns runs;
+  };
+  // A host's next check, in due_ (ordered by time). An entry whose host
+  // has another tag, another due time or is not queued any more is stale,
+  // and dropped when it comes up.
+  struct Due {
+    uint64_t due_ms;
+    uint32_t slot, tag;
+    bool operator>(const Due& o) const noexcept { return due_ms != o.due_ms ? due_ms > o.due_ms : slot > o.slot; }
   };
   struct Probe {
     core::UniqueFd fd;
@@ -65,16 +77,23 @@ class Checker {
   const shm::UpstreamRecord* upstream_of(uint32_t slot, uint32_t tag) const noexcept;
   bool step(Probe& p, bool& ok, int& err);
   void finish(Probe& p, bool ok, int err, uint64_t now);
+  void queue(HostState& st, uint32_t slot);
+  void log_local_error(uint32_t slot, uint32_t tag, int err, uint64_t now);
 
   const shm::Segment& seg_;
   CheckerIo io_;
   shm::TableReader reader_;
   std::unique_ptr<shm::Table> table_;
+  std::unique_ptr<shm::Table> next_;  // the table being read; swapped in if it is not refused
   std::vector<HostState> hosts_;
   std::vector<int32_t> index_;  // slot -> index of its host in table_, or -1
   std::vector<std::unique_ptr<Probe>> probes_;
+  // The checked hosts by due time: a wakeup looks at the ones due, not at
+  // every host (a walk over 20000 hosts on each of them).
+  std::priority_queue<Due, std::vector<Due>, std::greater<Due>> due_;
   std::vector<pollfd> pfds_;
-  std::string last_status_;  // the last http answer judged: "HTTP status NNN", "not an HTTP response", ...
+  std::string last_status_;  // the last http answer judged: "HTTP status NNN",
+                             // "not an HTTP response", ...
   uint64_t last_local_log_ms_ = 0;
 };
 
