@@ -1,7 +1,7 @@
 #include "gw/process/checker.hpp"
 
-#include <poll.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <stdexcept>
 #include <vector>
 
 #include "gw/core/clock.hpp"
@@ -59,51 +60,76 @@ Checker::Checker(const shm::Segment& seg, CheckerIo io)
       table_(std::make_unique<shm::Table>(seg.caps())),
       next_(std::make_unique<shm::Table>(seg.caps())),
       hosts_(seg.caps().max_hosts),
-      index_(seg.caps().max_hosts, -1) {}
+      index_(seg.caps().max_hosts, -1),
+      epfd_(::epoll_create1(EPOLL_CLOEXEC)) {
+  if (!epfd_) throw std::runtime_error(fmt::format("epoll_create1: {}", std::strerror(errno)));
+}
 
 int Checker::run(int signal_fd, const std::string& log_file) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.ptr = nullptr;  // (a probe's is its Probe)
+  if (::epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, signal_fd, &ev) != 0)
+    throw std::runtime_error(fmt::format("epoll_ctl: {}", std::strerror(errno)));
   for (;;) {
     const uint64_t wake = start_due();
-    if (wait_probes(wake, signal_fd) && drain_child_signals(signal_fd, log_file)) return 0;
+    if (wait_probes(wake) && drain_child_signals(signal_fd, log_file)) return 0;
   }
 }
 
-bool Checker::wait_probes(uint64_t wake, int signal_fd) {
-  pfds_.clear();
-  pfds_.push_back({signal_fd, POLLIN, 0});  // (poll skips a negative fd)
-  for (auto& p : probes_) {
-    // Connecting or sending: wait to write; then only to read (POLLOUT
-    // would be ready all the time and spin the loop).
-    short ev = !p->connected || !p->request.empty() ? POLLOUT : POLLIN;
-    pfds_.push_back({p->fd.get(), ev, 0});
-  }
+bool Checker::wait_probes(uint64_t wake) {
   const uint64_t before = io_.now_ms();  // (the connects took some)
-  ::poll(pfds_.data(), pfds_.size(), static_cast<int>(wake > before ? wake - before : 0));
-  const bool signalled = signal_fd >= 0 && pfds_[0].revents != 0;
+  const int n = ::epoll_wait(epfd_.get(), events_.data(), static_cast<int>(events_.size()),
+                             static_cast<int>(wake > before ? wake - before : 0));
   const uint64_t after = io_.now_ms();
   // Results are judged by the newest table (a reload may have turned
   // checks off while the probes ran).
   refresh();
-  for (size_t i = probes_.size(); i-- > 0;) {
-    Probe& p = *probes_[i];
-    int err = 0;
-    bool done = false, ok = false;
-    if (pfds_[i + 1].revents) done = step(p, ok, err);
-    if (!done && after >= p.deadline_ms) {
-      done = true;
-      ok = false;
-      err = ETIMEDOUT;
+  bool signalled = false;
+  for (int i = 0; i < n; ++i) {
+    if (!events_[static_cast<size_t>(i)].data.ptr) {
+      signalled = true;
+      continue;
     }
-    if (done) {
+    // (Each probe is reported once per epoll_wait, and only its own event
+    // ends it: the pointer is live.)
+    Probe& p = *static_cast<Probe*>(events_[static_cast<size_t>(i)].data.ptr);
+    int err = 0;
+    bool ok = false;
+    if (step(p, ok, err)) {
       finish(p, ok, err, after);
-      // The last probe takes its place: it was looked at already (the
-      // walk goes down), and the erase of a long list's head cost a move
-      // of all the rest.
-      if (i + 1 != probes_.size()) probes_[i] = std::move(probes_.back());
-      probes_.pop_back();
+      remove(p);
+      continue;
+    }
+    // Connecting or sending: wait to write; then only to read (EPOLLOUT
+    // would be ready all the time and spin the loop).
+    const bool reading = p.connected && p.request.empty();
+    if (reading != p.reading) {
+      p.reading = reading;
+      epoll_event ev{};
+      ev.events = reading ? EPOLLIN : EPOLLOUT;
+      ev.data.ptr = &p;
+      ::epoll_ctl(epfd_.get(), EPOLL_CTL_MOD, p.fd.get(), &ev);
     }
   }
+  // The probes whose time is up (one with a result above was judged by it).
+  while (!deadlines_.empty() && deadlines_.begin()->first <= after) {
+    Probe& p = *deadlines_.begin()->second;
+    finish(p, false, ETIMEDOUT, after);
+    remove(p);
+  }
   return signalled;
+}
+
+// Ends probe `p`: its socket closes (which takes it out of epfd_).
+void Checker::remove(Probe& p) {
+  deadlines_.erase({p.deadline_ms, &p});
+  const size_t i = p.index;
+  if (i + 1 != probes_.size()) {
+    probes_[i] = std::move(probes_.back());  // the last one takes its place
+    probes_[i]->index = i;
+  }
+  probes_.pop_back();
 }
 
 // Starts the checks that are due, the ones due longest first. Woken when the
@@ -114,7 +140,7 @@ bool Checker::wait_probes(uint64_t wake, int signal_fd) {
 uint64_t Checker::start_due() {
   refresh();
   uint64_t next = io_.now_ms() + kTickMs;
-  for (const auto& p : probes_) next = std::min(next, p->deadline_ms);
+  if (!deadlines_.empty()) next = std::min(next, deadlines_.begin()->first);
   while (!due_.empty()) {
     const Due d = due_.top();
     HostState& st = hosts_[d.slot];
@@ -166,7 +192,16 @@ uint64_t Checker::start_due() {
       continue;
     }
     p->fd.reset(fd);
+    epoll_event ev{};
+    ev.events = EPOLLOUT;
+    ev.data.ptr = p.get();
+    if (::epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+      finish(*p, false, errno, now);  // (out of memory or of epoll watches: a local error, skipped)
+      continue;
+    }
     next = std::min(next, p->deadline_ms);
+    deadlines_.emplace(p->deadline_ms, p.get());
+    p->index = probes_.size();
     probes_.push_back(std::move(p));
   }
   return next;

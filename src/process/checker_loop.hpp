@@ -4,13 +4,16 @@
 // the monotonic clock and net::connect_tcp. Checker process only; not
 // thread-safe.
 
-#include <poll.h>
+#include <sys/epoll.h>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <queue>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gw/core/address.hpp"
@@ -24,8 +27,8 @@ namespace gw::process {
 /// Where the checker gets the time and its sockets from.
 struct CheckerIo {
   uint64_t (*now_ms)() noexcept;  ///< monotonic milliseconds
-  int (*connect)(const core::SockAddr& addr,
-                 int& err) noexcept;  ///< a non-blocking connect: fd, or -1 and err
+  /// A non-blocking connect: an fd, or -1 and `err`.
+  int (*connect)(const core::SockAddr& addr, int& err) noexcept;
   static CheckerIo real() noexcept;
 };
 
@@ -40,10 +43,10 @@ class Checker {
   /// loop must look again (the next check due, a probe's deadline, or the
   /// next look at the table).
   uint64_t start_due();
-  /// Waits for the probes under way (or `signal_fd`, if >= 0) at most until
-  /// `wake`, then judges the ones with a result and the ones whose time is
-  /// up. Returns true if `signal_fd` is readable.
-  bool wait_probes(uint64_t wake, int signal_fd = -1);
+  /// Waits for the probes under way (and the signal fd run() watches) at
+  /// most until `wake`, then judges the ones with a result and the ones whose
+  /// time is up. Returns true if the signal fd is readable.
+  bool wait_probes(uint64_t wake);
 
   size_t probes_in_flight() const noexcept { return probes_.size(); }
 
@@ -67,9 +70,11 @@ class Checker {
     core::UniqueFd fd;
     uint32_t slot = 0, tag = 0;
     uint64_t deadline_ms = 0;
+    size_t index = 0;  // in probes_
     bool connected = false;
-    std::string request;  // http: bytes still to send
-    std::string reply;    // http: the status line so far
+    bool reading = false;  // waits for EPOLLIN (else EPOLLOUT: connecting or sending)
+    std::string request;   // http: bytes still to send
+    std::string reply;     // http: the status line so far
   };
 
   void refresh();
@@ -79,6 +84,7 @@ class Checker {
   void finish(Probe& p, bool ok, int err, uint64_t now);
   void queue(HostState& st, uint32_t slot);
   void log_local_error(uint32_t slot, uint32_t tag, int err, uint64_t now);
+  void remove(Probe& p);
 
   const shm::Segment& seg_;
   CheckerIo io_;
@@ -88,12 +94,17 @@ class Checker {
   std::vector<HostState> hosts_;
   std::vector<int32_t> index_;  // slot -> index of its host in table_, or -1
   std::vector<std::unique_ptr<Probe>> probes_;
+  // The probes under way by deadline, and their sockets in epfd_: a wakeup
+  // looks at the probes with an event or past their time, not at every
+  // probe (a poll() over 8000 probes under way took 0.7 ms a wakeup).
+  std::set<std::pair<uint64_t, Probe*>> deadlines_;
+  core::UniqueFd epfd_;
+  std::array<epoll_event, 256> events_{};
   // The checked hosts by due time: a wakeup looks at the ones due, not at
   // every host (a walk over 20000 hosts on each of them).
   std::priority_queue<Due, std::vector<Due>, std::greater<Due>> due_;
-  std::vector<pollfd> pfds_;
-  std::string last_status_;  // the last http answer judged: "HTTP status NNN",
-                             // "not an HTTP response", ...
+  // The last http answer judged: "HTTP status NNN", "not an HTTP response", ...
+  std::string last_status_;
   uint64_t last_local_log_ms_ = 0;
 };
 
