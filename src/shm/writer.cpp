@@ -114,11 +114,18 @@ void Writer::assign_slots(const Table& old, Table& t, uint64_t now_ms, std::vect
   for (auto& h : t.hosts()) {
     if (h.tag != 0) continue;
     if (!ordered) {
-      for (uint32_t s = 0; s < cap; ++s) {
+      // The walk ends once it has found a never-used, idle slot for each new
+      // host: those come first in that order, so the slots past them are not
+      // needed (a commit of one host onto a large, fresh segment stays cheap).
+      size_t wanted = 0, fresh = 0;
+      for (const auto& x : t.hosts()) wanted += x.tag == 0;
+      for (uint32_t s = 0; s < cap && fresh < wanted; ++s) {
         if (used[s]) continue;
         const HostRuntime& r = seg_->host(s);
-        free.push_back({host_totals(*seg_, s, r.tag.load(std::memory_order_relaxed)).active != 0,
-                        r.freed_ms.load(std::memory_order_relaxed), s});
+        const Free f{host_totals(*seg_, s, r.tag.load(std::memory_order_relaxed)).active != 0,
+                     r.freed_ms.load(std::memory_order_relaxed), s};
+        fresh += !f.busy && f.freed == 0;
+        free.push_back(f);
       }
       std::sort(free.begin(), free.end());
       ordered = true;

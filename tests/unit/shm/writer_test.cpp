@@ -353,6 +353,37 @@ TEST_SUITE("shm") {
                          "host table is full (shm.max_hosts = 5)", TableError);
   }
 
+  TEST_CASE("new hosts take never-used idle slots before freed ones, wherever those are") {
+    // The walk over the slots stops once it has a never-used idle slot for
+    // each new host; a slot freed before them, or a busy one, is not taken.
+    TempSegment ts({1, 1, 6});
+    Writer w(ts.seg);
+    w.set_persist(false);
+    ts.seg.host(0).freed_ms.store(100);
+    reset_slot(ts.seg.host(2), 7);
+    counter_open(ts.seg.counter(0, 2), 7);
+    w.commit([](Table& t, std::vector<std::string>&) {
+      UpstreamRecord r{};
+      set_name(r.name, "app");
+      const int p = t.add_pool(t.add_upstream(r), "primary", 0, Method::round_robin);
+      t.add_host(p, "a", addr(1), 1);
+      t.add_host(p, "b", addr(2), 1);
+    });
+    Table t(ts.seg.caps());
+    read_published(ts.seg, t);
+    CHECK(t.hosts()[0].slot == 1);
+    CHECK(t.hosts()[1].slot == 3);
+    w.commit([](Table& tt, std::vector<std::string>&) {
+      tt.add_host(0, "c", addr(3), 1);
+      tt.add_host(0, "d", addr(4), 1);
+      tt.add_host(0, "e", addr(5), 1);
+    });
+    read_published(ts.seg, t);
+    CHECK(t.hosts()[2].slot == 4);
+    CHECK(t.hosts()[3].slot == 5);
+    CHECK(t.hosts()[4].slot == 0);
+  }
+
   TEST_CASE("a commit that fails to persist leaves every live host's slot as it was") {
     // The new host of a change that also removes one may take the removed
     // host's slot; if the commit then fails, that host is still live, and its
