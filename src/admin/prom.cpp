@@ -152,19 +152,27 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
     w.sample("gw_cluster_revision", cv.revision);
   }
 
-  // ---- workers (live ones)
+  // ---- workers: the counters of every row a worker ever ran in, the gauges
+  // of the running workers. A row keeps what its workers counted after they
+  // exit (a reload's old generation, a respawned worker), so a sum over the
+  // rows never goes back; a row the next generation takes counts on from there.
   struct WorkerSnap {
     std::string slot;
     const shm::WorkerRuntime* w;
     uint32_t index;
+    bool running;
   };
   std::vector<WorkerSnap> workers;
-  for (uint32_t i = 0; i < shm::kMaxWorkers; ++i)
-    if (seg.worker(i).pid.load(std::memory_order_acquire) > 0)
-      workers.push_back({std::to_string(i), &seg.worker(i), i});
+  for (uint32_t i = 0; i < shm::kMaxWorkers; ++i) {
+    const bool running = seg.worker(i).pid.load(std::memory_order_acquire) > 0;
+    if (running || seg.worker(i).started_ms.load(std::memory_order_relaxed) != 0)
+      workers.push_back({std::to_string(i), &seg.worker(i), i, running});
+  }
   auto worker_family = [&](const char* name, const char* type, const char* help, auto get) {
     w.family(name, type, help);
-    for (const auto& ws : workers) w.sample(name, {{"worker", ws.slot}}, get(*ws.w));
+    const bool gauge = std::string_view(type) == "gauge";
+    for (const auto& ws : workers)
+      if (ws.running || !gauge) w.sample(name, {{"worker", ws.slot}}, get(*ws.w));
   };
   worker_family("gw_worker_connections", "gauge", "Open client connections of the worker.",
                 [](const shm::WorkerRuntime& r) { return r.connections.load(); });

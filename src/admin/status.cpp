@@ -233,16 +233,18 @@ std::string status_json(const shm::Segment& seg, const shm::Table& t) {
                        counts[k]);
     return j + "}";
   };
+  // The totals sum every row, not only those of running workers: a row keeps
+  // what its workers counted after they exit (a reload's old generation, a
+  // respawned worker), so a total never goes back.
+  for (uint32_t i = 0; i < shm::kMaxWorkers && master; ++i)
+    for (size_t k = 1; k < proxy::kFrameErrorCount; ++k) reject_totals[k] += seg.worker(i).frame_rejects[k].load();
   std::string workers;
   for (uint32_t i = 0; i < shm::kMaxWorkers && master; ++i) {
     const auto& w = seg.worker(i);
     const int pid = w.pid.load();
     if (pid <= 0) continue;
     uint64_t rejects[proxy::kFrameErrorCount] = {};
-    for (size_t k = 1; k < proxy::kFrameErrorCount; ++k) {
-      rejects[k] = w.frame_rejects[k].load();
-      reject_totals[k] += rejects[k];
-    }
+    for (size_t k = 1; k < proxy::kFrameErrorCount; ++k) rejects[k] = w.frame_rejects[k].load();
     std::string http = fmt::format("{{\"requests\": {}, \"retries\": {}, \"keepalive_reused\": {}, \"tunnels\": {}",
                                    w.http_requests.load(), w.http_retries.load(), w.http_keepalive_reused.load(),
                                    w.http_tunnels.load());

@@ -670,6 +670,54 @@ class AdminTest(GwTestCase):
         self.assertGreaterEqual(metric(m4, "gw_upstream_host_failures_total", upstream="app", pool="primary",
                                        host="b", address=self.b.address), 1)
 
+    def test_worker_counters_never_go_back_after_a_respawn_or_a_reload(self):
+        """What exited workers counted stays in every total over the workers:
+        status --json's frame_rejects, gwctl status's lines, and a sum of
+        gw_worker_*_total series (as nginx-vts and HAProxy keep counting across
+        a reload). Before, those summed the running workers only: a reload
+        took the old generation's counts out of them."""
+        gw = self.admin_gateway()
+        for _ in range(3):
+            with socket.create_connection((LO, int(gw.dev)), timeout=T(5)) as s:  # a bad first frame
+                s.sendall(frame(b"{not json"))
+                self.assertEqual(s.recv(100), b"")
+        self.assertEqual(hb.request(int(gw.web), "GET", "/x").status, 200)
+
+        def counts():
+            st = gw.status()
+            m = gw.admin.metrics()
+            rc, text, err = gw.gwctl("status")
+            self.assertEqual(rc, 0, err)
+            return (st["frame_rejects"]["bad_json"], metric_sum(m, "gw_worker_frame_rejects_total", reason="bad_json"),
+                    metric_sum(m, "gw_worker_accepted_total"), metric_sum(m, "gw_worker_http_requests_total"), text)
+        wait_until(lambda: counts()[0] == 3, T(5), msg="3 bad_json rejects counted")
+        before = counts()
+        self.assertEqual(before[:2], (3, 3))
+        self.assertIn("frame connections refused: bad_json 3", before[4])
+
+        # A worker killed and respawned (in its row), then a reload (a new
+        # generation in other rows; the old one exits).
+        victim = gw.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(gw.worker_pids()) == 2 and victim not in gw.worker_pids(), T(10),
+                   msg="the killed worker respawned")
+        old = set(gw.worker_pids())
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded:" in gw.log_text()[log_before:], T(10), msg="'reloaded:' in the log")
+        wait_until(lambda: len(gw.worker_pids()) == 2 and not set(gw.worker_pids()) & old, T(20),
+                   msg="the old generation exited")
+        gw.remember(set(gw.worker_pids()))
+        wait_until(lambda: self._admin_up(gw), T(10), msg="the admin server answers after the reload")
+        after = counts()
+        self.assertEqual(after[:2], (3, 3), after[4])
+        self.assertGreaterEqual(after[2], before[2])
+        self.assertGreaterEqual(after[3], before[3])
+        self.assertIn("frame connections refused: bad_json 3", after[4])
+        # The running workers' gauges only: two rows, not four.
+        m = gw.admin.metrics()
+        self.assertEqual(len([k for k in m["samples"] if k[0] == "gw_worker_connections"]), 2)
+
     def test_byte_counters_are_exact(self):
         # The bytes each side put on the wire, counted per listener and per
         # host, in /metrics and in the status document: a tcp listener (N

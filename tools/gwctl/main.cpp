@@ -778,45 +778,53 @@ int cmd_status(const Options& o) {
     uint64_t conn_rejected, req_limited, limit_full, evictions, auth_ok, auth_failed, auth_forbidden, basic_cache_hits,
         jwt_cache_hits;
   };
+  // The totals below sum every row, not only those of running workers: a row
+  // keeps what its workers counted after they exit (a reload's old
+  // generation, a respawned worker), so a total never goes back.
   uint64_t reject_totals[gw::proxy::kFrameErrorCount] = {};
+  W sum{};
   std::vector<W> workers;
-  for (uint32_t i = 0; i < gw::shm::kMaxWorkers; ++i) {
+  for (uint32_t i = 0; i < gw::shm::kMaxWorkers && master; ++i) {
     const auto& w = seg.worker(i);
-    int pid = w.pid.load();
-    if (pid > 0 && master) {
-      W r{i,
-          pid,
-          w.generation.load(),
-          w.connections.load(),
-          w.accepted.load(),
-          w.hash_fallbacks.load(),
-          w.no_host.load(),
-          w.frames_routed.load(),
-          w.host_closed.load(),
-          w.http_requests.load(),
-          w.http_retries.load(),
-          w.http_keepalive_reused.load(),
-          w.http_tunnels.load(),
-          {},
-          0,
-          0,
-          0,
-          0,
-          0,
-          0,
-          0,
-          0,
-          0};
-      for (size_t k = 0; k < gw::shm::kHttpOutcomeKinds; ++k) r.outcomes[k] = w.http_outcomes[k].load();
-      const auto& g = seg.guard(i);
-      r.conn_rejected = g.conn_rejected.load(), r.req_limited = g.req_limited.load(),
-      r.limit_full = g.limit_full.load();
-      r.evictions = g.evictions.load(), r.auth_ok = g.auth_ok.load(), r.auth_failed = g.auth_failed.load();
-      r.auth_forbidden = g.auth_forbidden.load(), r.basic_cache_hits = g.basic_cache_hits.load(),
-      r.jwt_cache_hits = g.jwt_cache_hits.load();
-      for (size_t k = 1; k < gw::proxy::kFrameErrorCount; ++k) reject_totals[k] += w.frame_rejects[k].load();
-      workers.push_back(r);
-    }
+    W r{i,
+        w.pid.load(),
+        w.generation.load(),
+        w.connections.load(),
+        w.accepted.load(),
+        w.hash_fallbacks.load(),
+        w.no_host.load(),
+        w.frames_routed.load(),
+        w.host_closed.load(),
+        w.http_requests.load(),
+        w.http_retries.load(),
+        w.http_keepalive_reused.load(),
+        w.http_tunnels.load(),
+        {},
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0};
+    for (size_t k = 0; k < gw::shm::kHttpOutcomeKinds; ++k) r.outcomes[k] = w.http_outcomes[k].load();
+    const auto& g = seg.guard(i);
+    r.conn_rejected = g.conn_rejected.load(), r.req_limited = g.req_limited.load(), r.limit_full = g.limit_full.load();
+    r.evictions = g.evictions.load(), r.auth_ok = g.auth_ok.load(), r.auth_failed = g.auth_failed.load();
+    r.auth_forbidden = g.auth_forbidden.load(), r.basic_cache_hits = g.basic_cache_hits.load(),
+    r.jwt_cache_hits = g.jwt_cache_hits.load();
+    for (size_t k = 1; k < gw::proxy::kFrameErrorCount; ++k) reject_totals[k] += w.frame_rejects[k].load();
+    sum.frames += r.frames, sum.host_closed += r.host_closed;
+    sum.http_requests += r.http_requests, sum.http_retries += r.http_retries, sum.http_reused += r.http_reused;
+    sum.http_tunnels += r.http_tunnels;
+    for (size_t k = 0; k < gw::shm::kHttpOutcomeKinds; ++k) sum.outcomes[k] += r.outcomes[k];
+    sum.conn_rejected += r.conn_rejected, sum.req_limited += r.req_limited, sum.limit_full += r.limit_full;
+    sum.evictions += r.evictions, sum.auth_ok += r.auth_ok, sum.auth_failed += r.auth_failed;
+    sum.auth_forbidden += r.auth_forbidden, sum.basic_cache_hits += r.basic_cache_hits,
+        sum.jwt_cache_hits += r.jwt_cache_hits;
+    if (r.pid > 0) workers.push_back(r);
   }
   const gw::api::LimitTable::Stats lim =
       gw::api::LimitTable(seg.limit_entries(), seg.caps().max_limit_keys, nullptr, nullptr).stats();
@@ -839,24 +847,11 @@ int cmd_status(const Options& o) {
       if (reject_totals[k])
         line += fmt::format("{}{} {}", line.empty() ? "" : ", ",
                             gw::proxy::frame_error_name(static_cast<gw::proxy::FrameError>(k)), reject_totals[k]);
-    uint64_t frames = 0, closed = 0;
-    for (const auto& w : workers) frames += w.frames, closed += w.host_closed;
-    if (frames) out("  frames routed one by one (mode \"frame\"): {}\n", frames);
-    if (closed) out("  connections closed because their host went (on_host_remove \"close\"): {}\n", closed);
+    if (sum.frames) out("  frames routed one by one (mode \"frame\"): {}\n", sum.frames);
+    if (sum.host_closed)
+      out("  connections closed because their host went (on_host_remove \"close\"): {}\n", sum.host_closed);
     if (!line.empty()) out("  frame connections refused: {}\n", line);
-    W sum{};
-    for (const auto& w : workers) {
-      sum.http_requests += w.http_requests, sum.http_retries += w.http_retries, sum.http_reused += w.http_reused;
-      sum.http_tunnels += w.http_tunnels;
-      for (size_t k = 0; k < gw::shm::kHttpOutcomeKinds; ++k) sum.outcomes[k] += w.outcomes[k];
-    }
-    W g{};
-    for (const auto& w : workers) {
-      g.conn_rejected += w.conn_rejected, g.req_limited += w.req_limited, g.limit_full += w.limit_full;
-      g.evictions += w.evictions, g.auth_ok += w.auth_ok, g.auth_failed += w.auth_failed;
-      g.auth_forbidden += w.auth_forbidden, g.basic_cache_hits += w.basic_cache_hits,
-          g.jwt_cache_hits += w.jwt_cache_hits;
-    }
+    const W& g = sum;
     if (g.conn_rejected || g.req_limited || g.limit_full || lim.used)
       out("  limits: {} of {} entries in use ({} with open connections, {} connection(s)), {} eviction(s); "
           "{} connection(s) refused by limit_conn, {} request(s) answered 429, {} refused for a full set\n",

@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <string>
@@ -14,6 +15,7 @@
 #include "gw/admin/status.hpp"
 #include "gw/balance/snapshot.hpp"
 #include "gw/config/config.hpp"
+#include "gw/proxy/framer.hpp"
 #include "gw/shm/events.hpp"
 #include "gw/shm/ops.hpp"
 #include "gw/shm/runtime.hpp"
@@ -865,6 +867,37 @@ TEST_SUITE("admin") {
     proxy::metrics::host_connected(env, a.slot, a.tag + 1000, 10);
     CHECK(shm::host_stats_totals(ts.seg, a.slot, a.tag).connect.count() == 0);
     CHECK(shm::host_stats_totals(ts.seg, a.slot, a.tag + 1000).connect.count() == 1);
+  }
+
+  TEST_CASE("worker counters: a row whose worker exited keeps its counts in the metrics; its gauges go") {
+    TempSegment ts;
+    seed(ts.seg);
+    shm::Table t(ts.seg.caps());
+    shm::read_published(ts.seg, t);
+    const auto bad_json = static_cast<size_t>(proxy::FrameError::bad_json);
+    // Row 0: a worker of the generation a reload replaced (exited); row 2: the running one.
+    shm::WorkerRuntime& old = ts.seg.worker(0);
+    old.started_ms.store(1);
+    old.accepted.store(5);
+    old.frame_rejects[bad_json].store(2);
+    old.connections.store(0);
+    shm::WorkerRuntime& cur = ts.seg.worker(2);
+    cur.pid.store(::getpid());
+    cur.started_ms.store(2);
+    cur.accepted.store(1);
+    cur.frame_rejects[bad_json].store(1);
+    cur.connections.store(1);
+    ts.seg.guard(0).auth_ok.store(4);
+    const std::string text = metrics_text(ts.seg, t, admin_config(kToken));
+    CHECK(text.find("gw_worker_accepted_total{worker=\"0\"} 5\n") != std::string::npos);
+    CHECK(text.find("gw_worker_accepted_total{worker=\"2\"} 1\n") != std::string::npos);
+    CHECK(text.find("gw_worker_frame_rejects_total{worker=\"0\",reason=\"bad_json\"} 2\n") != std::string::npos);
+    CHECK(text.find("gw_worker_auth_total{worker=\"0\",result=\"ok\"} 4\n") != std::string::npos);
+    // A row no worker ever ran in has no series; gauges are the running workers' only.
+    CHECK(text.find("{worker=\"1\"") == std::string::npos);
+    CHECK(text.find("gw_worker_connections{worker=\"2\"} 1\n") != std::string::npos);
+    CHECK(text.find("gw_worker_connections{worker=\"0\"}") == std::string::npos);
+    CHECK(text.find("gw_worker_table_generation{worker=\"0\"}") == std::string::npos);
   }
 
   TEST_CASE("data plane helpers: byte counters per listener and per host") {
