@@ -17,6 +17,7 @@
 #include <memory>
 #include <stdexcept>
 
+#include "gw/core/clock.hpp"
 #include "gw/core/fd.hpp"
 #include "gw/core/log.hpp"
 #include "process/signals.hpp"
@@ -24,8 +25,13 @@
 namespace gw::process {
 
 int open_access_log(const std::string& path) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  // O_NONBLOCK: a FIFO no process reads fails at once (ENXIO) rather than
+  // block the open until a reader comes (the master opens each file to check
+  // it, and would hang). Writes then block as on any file, so the flag goes.
+  int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
+  if (fd < 0 && errno == ENXIO) return -1;
   if (fd < 0) throw std::runtime_error(fmt::format("cannot open access log {}: {}", path, std::strerror(errno)));
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   return fd;
 }
 
@@ -81,21 +87,39 @@ bool write_lines(int fd, const char* p, size_t n, bool& mid_line) {
 int run_logger(const std::vector<int>& socks, const std::vector<std::string>& paths, const std::string& log_file) {
   std::vector<int> files(paths.size(), -1);
   std::vector<bool> mid_line(paths.size(), false);  // by file: it ends inside a line
-  auto open_all = [&] {
+  std::vector<bool> waiting(paths.size(), false);   // by file: a FIFO with no reader, said once
+  // `all`: every file (the start, SIGUSR1); else those not open (a FIFO whose
+  // reader had not come, or went), tried again each second.
+  auto open_files = [&](bool all) {
     for (size_t i = 0; i < paths.size(); ++i) {
+      if (!all && files[i] >= 0) continue;
       try {
         int fd = open_access_log(paths[i]);
+        if (fd < 0) {
+          if (files[i] >= 0) continue;  // a FIFO no one reads now: the one open before stays
+          if (!waiting[i])
+            GW_LOG_WARN(
+                "access log {} is a FIFO that no process reads: its lines are dropped until one opens it for reading "
+                "(tried each second)",
+                paths[i]);
+          waiting[i] = true;
+          continue;
+        }
+        if (waiting[i]) GW_LOG_INFO("access log {}: a reader came; its lines go to it", paths[i]);
+        waiting[i] = false;
         if (files[i] >= 0) ::close(files[i]);
         files[i] = fd;
         mid_line[i] = ends_mid_line(fd, paths[i]);
       } catch (const std::exception& e) {
         // A reopen that fails keeps the file open before, as nginx's does.
-        GW_LOG_ERROR(
-            "{} ({})", e.what(),
-            files[i] >= 0 ? "its lines go on to the file it had open" : "lines for it are dropped until it opens");
+        if (all)
+          GW_LOG_ERROR(
+              "{} ({})", e.what(),
+              files[i] >= 0 ? "its lines go on to the file it had open" : "lines for it are dropped until it opens");
       }
     }
   };
+  auto open_all = [&] { open_files(true); };
   open_all();
   core::UniqueFd sfd = child_signal_fd();
   std::vector<pollfd> pfds;
@@ -105,8 +129,14 @@ int run_logger(const std::vector<int>& socks, const std::vector<std::string>& pa
   auto buf = std::make_unique<char[]>(256 * 1024);
   uint64_t write_errors = 0;
   bool quit = false;
+  uint64_t next_retry = 0;
   while (!quit && open_socks > 0) {
-    if (::poll(pfds.data(), pfds.size(), -1) < 0) {
+    const bool closed = std::find(files.begin(), files.end(), -1) != files.end();
+    if (closed && core::monotonic_ms() >= next_retry) {
+      open_files(false);
+      next_retry = core::monotonic_ms() + 1000;
+    }
+    if (::poll(pfds.data(), pfds.size(), closed ? 1000 : -1) < 0) {
       if (errno == EINTR) continue;
       GW_LOG_ERROR("poll: {}", std::strerror(errno));
       return 1;
@@ -143,9 +173,18 @@ int run_logger(const std::vector<int>& socks, const std::vector<std::string>& pa
           const auto file = static_cast<uint8_t>(buf[0]);
           if (file < files.size() && files[file] >= 0) {
             bool mid = mid_line[file];
-            if (!write_lines(files[file], buf.get() + 1, static_cast<size_t>(n - 1), mid) && write_errors++ % 1000 == 0)
-              GW_LOG_ERROR("access log {}: write: {} ({} failed write(s) so far)", paths[file], std::strerror(errno),
-                           write_errors);
+            if (!write_lines(files[file], buf.get() + 1, static_cast<size_t>(n - 1), mid)) {
+              const int err = errno;
+              if (write_errors++ % 1000 == 0)
+                GW_LOG_ERROR("access log {}: write: {} ({} failed write(s) so far)", paths[file], std::strerror(err),
+                             write_errors);
+              if (err == EPIPE) {
+                // A FIFO whose reader went: opened again (each second) once another comes.
+                ::close(files[file]);
+                files[file] = -1;
+                mid = false;
+              }
+            }
             mid_line[file] = mid;
           }
           continue;

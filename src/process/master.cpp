@@ -708,6 +708,14 @@ struct Inherited {
 
 constexpr const char* kUpgradeEnv = "GW_UPGRADE";
 
+// Opens each access log once to check it (throws with a message). A FIFO that
+// no process reads is no error (its reader may start after gwd): the logger
+// says so and opens it once one does. The open never waits for a reader.
+void check_access_logs(const config::Config& cfg) {
+  for (const auto& path : cfg.access_log_paths)
+    if (const int fd = open_access_log(path); fd >= 0) ::close(fd);
+}
+
 // `listener "web"`: the setting a listener's bind error names.
 std::string listener_what(const config::ListenerConf& l) {
   return fmt::format("listener \"{}\"", l.name);
@@ -740,7 +748,7 @@ void preflight(const config::Config& cfg, const Inherited& in) {
   }
   if (cfg.admin.enabled && in.admin_addr != cfg.admin.listen.to_string())
     net::check_address_free(cfg.admin.listen, ours, "admin.listen");
-  for (const auto& path : cfg.access_log_paths) ::close(open_access_log(path));
+  check_access_logs(cfg);
 }
 
 Inherited parse_inherited(const char* text) {
@@ -961,7 +969,7 @@ class Master {
   static void open_access_logs(const config::Config& cfg, std::vector<core::UniqueFd>& rd,
                                std::vector<core::UniqueFd>& wr) {
     if (cfg.access_log_paths.empty()) return;
-    for (const auto& path : cfg.access_log_paths) ::close(open_access_log(path));
+    check_access_logs(cfg);
     for (int w = 0; w < cfg.workers; ++w) {
       int sv[2];
       if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)

@@ -270,6 +270,52 @@ class AccessLogTest(GwTestCase):
         self.assertEqual(len(read_lines(log + ".1")), 2)
         wait_until(lambda: "SIGUSR1: reopening" in gw.log_text(), T(5), msg="the reopen logged")
 
+    def test_a_fifo_without_a_reader_never_blocks_the_master(self):
+        """An access log that is a FIFO no process reads (a log shipper not
+        started yet): gwd starts and serves (before, the master's open(2)
+        waited for a reader and gwd never came up), says so, drops the lines
+        meanwhile, and writes to the FIFO once a reader opens it, and again
+        after that reader went and another came. A reload with it too."""
+        a = self.hb("alpha")
+        log = os.path.join(self.tmp, "access.fifo")
+        os.mkfifo(log)
+        cfg = self.make_config([pool("p", [host("a", a.address)])],
+                               listeners=[http_listener("web", log, "combined", upstream="app")])
+        gw = self.gateway(cfg, start=False)
+        gw.start(wait=False)
+        gw.wait_ready(T(10))
+        port = gw.ports[0]
+        self.assertEqual(hb.request(port, "GET", "/unread").status, 200)
+        wait_until(lambda: "is a FIFO that no process reads" in gw.log_text(), T(5), msg="the warning")
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded:" in gw.log_text()[log_before:], T(10), msg="'reloaded:' in the log")
+
+        def read_from_fifo(path):
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            buf = b""
+
+            def got_line():
+                nonlocal buf
+                self.assertEqual(hb.request(port, "GET", "/read").status, 200)
+                try:
+                    buf += os.read(fd, 65536)
+                except BlockingIOError:
+                    pass
+                return b"GET /read HTTP/1.1" in buf
+            try:
+                wait_until(got_line, T(10), interval=0.3, msg="a line through the FIFO")
+            finally:
+                os.close(fd)
+            self.assertNotIn(b"/unread", buf)
+        read_from_fifo(log)
+        # The reader went: the next write fails (EPIPE), and the logger opens
+        # the FIFO again once another reader comes.
+        self.assertEqual(hb.request(port, "GET", "/gap").status, 200)
+        wait_until(lambda: "Broken pipe" in gw.log_text(), T(5), msg="the failed write logged")
+        read_from_fifo(log)
+        self.assertEqual(hb.request(port, "GET", "/still").status, 200)
+
     def test_sigusr1_reopens_the_loggers_error_log(self):
         """After a rotation of log_file (rename, SIGUSR1) the logger's own
         lines go to the new file too: it reopened only the access logs, and

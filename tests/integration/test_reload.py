@@ -1132,11 +1132,15 @@ class ReloadTest(GwTestCase):
     def test_a_failed_reload_resets_nothing_queued_in_a_new_slot(self):
         """A reload to more workers makes a socket for each new slot on the
         addresses that stay; until the reload commits it takes no connection,
-        so one that then fails (here on its log_file, after it waited on an
-        access log that is a FIFO with no reader yet) resets nothing: before,
-        the socket listened at once, its share of the port's connections
-        (SO_REUSEPORT) queued there with no worker, and they were reset when
-        the failed reload closed it."""
+        so one that then fails (here on its log_file, after its open of an
+        access log was held for 3 s by strace's fault injection) resets
+        nothing: before, the socket listened at once, its share of the port's
+        connections (SO_REUSEPORT) queued there with no worker, and they were
+        reset when the failed reload closed it. (The hold was an access log
+        that is a FIFO with no reader, until that open stopped waiting.)"""
+        strace = shutil.which("strace")
+        if not strace:
+            self.skipTest("strace is not installed (it holds the master in an open)")
         n = self.backend("n", "name")
         cfg = self.config(n, workers=2)
         gw = self.gateway(cfg)
@@ -1147,30 +1151,38 @@ class ReloadTest(GwTestCase):
         def listening():
             return sum(1 for lip, lport, _, st, _ in gwtest._proc_net_tcp() if lport == gw.port and st == "0A")
         self.assertEqual(listening(), 1)
-        fifo = os.path.join(self.tmp, "access.fifo")
-        os.mkfifo(fifo)
+        held = os.path.join(self.tmp, "held-access.log")
         bad = json.loads(json.dumps(cfg))
         bad["workers"] = 2
-        bad["listeners"][0]["access_log"] = {"path": fifo, "format": "combined"}
+        bad["listeners"][0]["access_log"] = {"path": held, "format": "combined"}
         bad["log_file"] = os.path.join(self.tmp, "missing-dir", "gw.log")
         self.rewrite(gw, bad)
+        tracer = subprocess.Popen([strace, "-qq", "-p", str(gw.pid), "-P", held, "-e", "trace=openat",
+                                   "-e", "inject=openat:delay_enter=3s", "-o", os.devnull],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (tracer.poll() is None and tracer.terminate(), tracer.wait()))
+        wait_until(lambda: read_text(f"/proc/{gw.pid}/status").find("TracerPid:\t0") < 0, T(10),
+                   msg="strace attached to the master")
         log_before = len(gw.log_text())
         gw.send_signal(signal.SIGHUP)
         conns = []
-        reader = None
-        try:
-            # the master waits in the FIFO's open, the new slot's socket made
-            wait_until(lambda: read_text(f"/proc/{gw.pid}/wchan") == "wait_for_partner", T(10),
-                       msg="the master waiting in the open of the FIFO")
-            for _ in range(16):  # over both slots' sockets (SO_REUSEPORT hashes the client ports)
-                s = gwtest.connect(gw.port, timeout=T(5))
-                self.addCleanup(s.close)
-                s.sendall(b"hi\n")
-                conns.append(s)
-        finally:
-            reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the master's open returns
-            self.addCleanup(os.close, reader)
+
+        def in_held_open():  # stopped at the entry of an openat, the same one twice 0.2 s apart
+            first = read_text(f"/proc/{gw.pid}/syscall")
+            if not first.startswith("257 "):
+                return False
+            time.sleep(0.2)
+            return read_text(f"/proc/{gw.pid}/syscall") == first
+        # the master held in the access log's open, the new slot's socket made
+        wait_until(in_held_open, T(10), interval=0.01, msg="the master held in the open of the access log")
+        for _ in range(16):  # over both slots' sockets (SO_REUSEPORT hashes the client ports)
+            s = gwtest.connect(gw.port, timeout=T(5))
+            self.addCleanup(s.close)
+            s.sendall(b"hi\n")
+            conns.append(s)
         wait_until(lambda: "reload failed: log_file" in gw.log_text()[log_before:], T(10), msg="the reload failed")
+        tracer.terminate()  # (strace detaches)
+        tracer.wait()
         failed = []
         for i, s in enumerate(conns):
             try:

@@ -15,7 +15,8 @@ namespace gw::process {
 /// index; `log_file`: the error log to reopen on SIGUSR1 ("" = stderr).
 int run_logger(const std::vector<int>& socks, const std::vector<std::string>& paths, const std::string& log_file);
 
-/// Opens (creating, appending) an access-log file; returns the fd or throws
+/// Opens (creating, appending) an access-log file; returns the fd, or -1 for
+/// a FIFO that no process reads yet (never waits for one), or throws
 /// std::runtime_error naming the path (the master checks them at start).
 int open_access_log(const std::string& path);
 

@@ -130,13 +130,19 @@ TEST_SUITE("process") {
     const std::string slow = std::string(dir) + "/slow.log", fast = std::string(dir) + "/fast.log";
     REQUIRE(::mkfifo(slow.c_str(), 0644) == 0);
     std::atomic<bool> stop{false};
+    // The reader is there before the logger opens the FIFO (an open that
+    // finds none does not wait for one), and a writer of the test's own keeps
+    // it from reading an end of file before the logger has opened it.
+    const int rfd = ::open(slow.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    REQUIRE(rfd >= 0);
+    const int keep = ::open(slow.c_str(), O_WRONLY | O_CLOEXEC);
+    REQUIRE(keep >= 0);
+    ::fcntl(rfd, F_SETFL, ::fcntl(rfd, F_GETFL) & ~O_NONBLOCK);
     std::thread reader([&] {
-      const int fd = ::open(slow.c_str(), O_RDONLY | O_CLOEXEC);  // (waits for the logger's open)
-      if (fd < 0) return;
       char buf[65536];
-      while (::read(fd, buf, sizeof(buf)) > 0)
+      while (::read(rfd, buf, sizeof(buf)) > 0)
         if (!stop) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      ::close(fd);
+      ::close(rfd);
     });
     int a[2], b[2];
     REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, a) == 0);
@@ -175,6 +181,7 @@ TEST_SUITE("process") {
     flood.join();
     ::close(b[1]);
     CHECK(stop_logger(pid, a[1]) == 0);
+    ::close(keep);
     reader.join();
     ::unlink(slow.c_str());
     ::unlink(fast.c_str());
@@ -219,6 +226,41 @@ TEST_SUITE("process") {
     ::rmdir(path.c_str());
     ::unlink((path + ".1").c_str());
     ::unlink(errlog.c_str());
+    ::rmdir(dir);
+  }
+
+  TEST_CASE("logger: an access log that is a FIFO no one reads: the open does not wait for a reader") {
+    char dir[] = "/tmp/gwunit-logger-XXXXXX";
+    REQUIRE(::mkdtemp(dir) != nullptr);
+    const std::string path = std::string(dir) + "/access.fifo";
+    REQUIRE(::mkfifo(path.c_str(), 0644) == 0);
+    // In a child with an alarm: an open that waits for a reader is killed, not a hung test.
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::alarm(2);
+      try {
+        ::_exit(process::open_access_log(path) == -1 ? 0 : 1);
+      } catch (...) {
+        ::_exit(3);
+      }
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status));
+    CHECK((WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status)) == 0);
+    // With a reader it opens, and its writes block as on any file (no O_NONBLOCK left).
+    const int reader = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    REQUIRE(reader >= 0);
+    const int fd = process::open_access_log(path);
+    REQUIRE(fd >= 0);
+    CHECK((::fcntl(fd, F_GETFL) & O_NONBLOCK) == 0);
+    CHECK(::write(fd, "line\n", 5) == 5);
+    char buf[16] = {};
+    CHECK(::read(reader, buf, sizeof(buf)) == 5);
+    ::close(fd);
+    ::close(reader);
+    ::unlink(path.c_str());
     ::rmdir(dir);
   }
 }
