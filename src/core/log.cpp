@@ -58,8 +58,13 @@ void log_open(const std::string& path) {
     g_fd = STDERR_FILENO;
     return;
   }
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (fd < 0) throw std::runtime_error(fmt::format("cannot open log file {}: {}", path, std::strerror(errno)));
+  // O_NONBLOCK, kept: a FIFO that no process reads fails the open at once
+  // (ENXIO) rather than hang the master's start or reload, and a full one
+  // loses a record rather than stop the process writing it.
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0644);
+  if (const int err = errno; fd < 0)
+    throw std::runtime_error(fmt::format("cannot open log file {}: {}{}", path, std::strerror(err),
+                                         err == ENXIO ? " (a FIFO that no process reads)" : ""));
   if (g_fd != STDERR_FILENO) ::close(g_fd);
   g_fd = fd;
 }

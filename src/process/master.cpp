@@ -1162,10 +1162,13 @@ class Master {
       // A log_file that cannot be opened fails the reload, as `gwd -t` fails
       // it and nginx fails a reload whose error_log it cannot open.
       if (!next.log_file.empty()) {
-        const core::UniqueFd f(::open(next.log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
-        if (!f)
-          throw std::runtime_error(
-              fmt::format("log_file: cannot open log file {}: {}", next.log_file, std::strerror(errno)));
+        // (O_NONBLOCK: a FIFO that no process reads fails at once, as core::log_open.)
+        const core::UniqueFd f(
+            ::open(next.log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0644));
+        if (const int err = errno; !f)
+          throw std::runtime_error(fmt::format("log_file: cannot open log file {}: {}{}", next.log_file,
+                                               std::strerror(err),
+                                               err == ENXIO ? " (a FIFO that no process reads)" : ""));
       }
       commit_reload(next);
     } catch (const std::exception& e) {

@@ -1,4 +1,6 @@
 #include <doctest/doctest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -25,6 +27,30 @@ TEST_SUITE("core") {
     const std::string text = ss.str();
     CHECK(text.find('\n') == text.size() - 1);
     CHECK(text.find("bad key \"x\\nerror master[1]: FORGED\\r\\x1b[2J\"\\tend\n") != std::string::npos);
+  }
+
+  TEST_CASE("a log_file that is a FIFO no process reads: the open fails at once (it waited for a reader)") {
+    char dir[] = "/tmp/gw-log-test-XXXXXX";
+    REQUIRE(::mkdtemp(dir) != nullptr);
+    const std::string path = std::string(dir) + "/error.fifo";
+    REQUIRE(::mkfifo(path.c_str(), 0644) == 0);
+    // In a child with an alarm: an open that waits for a reader is killed, not a hung test.
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::alarm(2);
+      try {
+        gw::core::log_open(path);
+        ::_exit(1);
+      } catch (const std::exception& e) {
+        ::_exit(std::string(e.what()).find("a FIFO that no process reads") != std::string::npos ? 0 : 2);
+      }
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    CHECK((WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status)) == 0);
+    ::unlink(path.c_str());
+    ::rmdir(dir);
   }
 }
 
