@@ -656,7 +656,15 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
           k.head = 0;
         }
         if (k.tail == kLinkBuffer) break;  // full: back-pressure on this host
-        ssize_t n = ::recv(k.fd, k.buf + k.tail, kLinkBuffer - k.tail, MSG_DONTWAIT);
+        size_t want = kLinkBuffer - k.tail;
+        if (k.orphan) {
+          // Its host was removed: only the rest of the frame it is writing to
+          // the device is read (k.in stays set for when it takes the write side).
+          const uint64_t held = k.tail - k.head;
+          if (li != d.owner || d.owner_left <= held) break;
+          want = static_cast<size_t>(std::min<uint64_t>(want, d.owner_left - held));
+        }
+        ssize_t n = ::recv(k.fd, k.buf + k.tail, want, MSG_DONTWAIT);
         if (n > 0) {
           k.tail += static_cast<uint32_t>(n);
           metrics::host_received(env_, k.slot, k.tag, static_cast<uint64_t>(n));
@@ -679,6 +687,14 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
           GW_LOG_WARN("host slot {} closed its connection inside a frame header ({} of {} bytes); dropped", k.slot,
                       k.tail - k.head, spec.header_size);
         }
+        close_link(d, li);
+        if (!d.used) return false;
+        moved = true;
+        continue;
+      }
+      if (k.orphan && d.owner != li && k.tail - k.head < spec.header_size) {
+        // A removed host's link whose frames gw held are all out (a part of
+        // a header left is none the device has seen): it goes now.
         close_link(d, li);
         if (!d.used) return false;
         moved = true;
@@ -750,8 +766,8 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
         if (d.owner_left == 0) {
           const int done = d.owner;
           d.owner = -1;
-          if (k.orphan) {
-            close_link(d, done);  // its host was removed while this frame went out
+          if (k.orphan && k.tail - k.head < spec.header_size) {
+            close_link(d, done);  // its host was removed, and what gw held of it is out
             if (!d.used) return false;
           }
         }
@@ -838,18 +854,23 @@ void FrameMux::close_orphans() noexcept {
   uint64_t closed = 0;
   for (Device& d : devices_) {
     if (!d.used || !env_.listeners[d.listener].close_on_host_remove) continue;
+    const uint32_t header_size = env_.listeners[d.listener].framer->spec().header_size;
     for (int li = 0; d.used && li < link_slots(d); ++li) {
       Link& k = *link_at(d, li);
       if (k.fd < 0 || k.orphan || (k.slot < env_.live_tag.size() && env_.live_tag[k.slot] == k.tag)) continue;
       ++closed;
-      if (d.owner == li && d.owner_left > 0) {
-        // In the middle of a frame to the device: closing it now would close
-        // the device too. It goes once that frame is out (or at the host's
-        // frame_timeout_ms, as any host stopped inside a frame); no new frame
-        // is routed to it meanwhile. A frame of the device's waiting on it
-        // (the host stopped reading) goes at once, whole, to the key's new
-        // owner (drive() below), as it would had the link closed now: any
-        // part of it the host got ends with its connection.
+      if ((d.owner == li && d.owner_left > 0) || k.tail - k.head >= header_size) {
+        // In the middle of a frame to the device, or holding frames of the
+        // host's that gw has read and the device has not had: closing it now
+        // would close the device too, or drop answers already in gw while the
+        // device stays connected. It goes once what gw holds of it is out (or
+        // at the host's frame_timeout_ms, as any host stopped inside a frame);
+        // nothing more is read from it than the rest of the frame it is
+        // writing, and no new frame is routed to it meanwhile. A frame of
+        // the device's waiting on it (the host stopped reading) goes at once,
+        // whole, to the key's new owner (drive() below), as it would had the
+        // link closed now: any part of it the host got ends with its
+        // connection.
         k.orphan = true;
         if (d.front_link == li) {
           d.front_link = -1;

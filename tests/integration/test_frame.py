@@ -1175,6 +1175,59 @@ class FrameTest(GwTestCase):
             self.assertEqual(heartbeat(d, ks, 8), "b", "the key's next frame goes to its new owner")
         self.assert_idle(gw)
 
+    def test_frame_mode_removed_host_frames_already_in_gw_reach_the_device(self):
+        """Mode "frame", on_host_remove "close": host "s" holds the device's
+        write side (16 of its 106-byte frame out), so host "t"'s answer, read
+        whole by gw, waits behind it in t's link. t is removed: its link was
+        closed at once and the answer gw already held was dropped, while the
+        device stayed connected (nothing told it). Now a removed host's link
+        stays until what gw holds of it is out (no new frame goes to it, and
+        nothing more is read from it), then closes."""
+        go = threading.Event()
+        t_answered = threading.Event()
+
+        def part(c, f):
+            ftype, ver, t, body = f
+            c.sendall(HDR.pack(9, 1, t, 100) + b"x" * 10)
+            go.wait(T(10))
+            c.sendall(b"y" * 90)
+
+        def answer(c, f):
+            c.sendall(HDR.pack(8, 1, f[2], 5) + b"hello")
+            t_answered.set()
+        sb = ScriptBackend("s", part)
+        tb = ScriptBackend("t", answer)
+        self._backends += [sb, tb]
+        b = self.device_backend("b")
+        mux = frame_listener("mux", on_host_remove="close", frame_opts={"mode": "frame", "frame_timeout_ms": 30000})
+        gw, hosts = self.frame_gateway([sb, tb, b], [mux], workers=1)
+        keys = [f"dev-{i}" for i in range(300)]
+        pick = hashpick(hosts, keys)
+        after = hashpick([h for h in hosts if h["id"] != "t"], keys)
+        ks = next(k for k, h in pick.items() if h == "s")
+        kt = next(k for k, h in pick.items() if h == "t" and after[k] == "b")
+        with gwtest.connect(port_of(mux), timeout=T(10)) as d:
+            d.sendall(frame({"devid": ks}, DATA, 1, 7))
+            self.assertEqual(gwtest.recv_exact(d, 16), HDR.pack(9, 1, 7, 100) + b"x" * 10)
+            d.sendall(frame({"devid": kt}, DATA, 1, 8))
+            self.assertTrue(t_answered.wait(T(5)), "t got its frame")
+            time.sleep(0.2)  # gw reads t's answer into t's link (s holds the device's write side)
+            self.gwctl_ok(gw, "remove", "host", "app/primary", "t")
+            self.wait_workers_current(gw)
+            self.assertIsNone(closed_within(d, 0.3), "the device was closed with the removed host's link")
+            go.set()
+            self.assertEqual(gwtest.recv_exact(d, 90), b"y" * 90, "the rest of s's frame")
+            d.settimeout(T(3))
+            try:
+                got = gwtest.recv_exact(d, 11)
+            except (socket.timeout, EOFError, OSError):
+                got = None
+            self.assertEqual(got, HDR.pack(8, 1, 8, 5) + b"hello", "t's answer, already in gw, reached the device")
+            gwtest.wait_until(lambda: worker_sum(gw.status(), "host_closed") == 1, T(5), interval=0.05,
+                              msg="the removed host's link closed once its answer was out")
+            self.assertEqual(heartbeat(d, kt, 9), "b", "the key's next frame goes to its new owner")
+        self.assert_idle(gw)
+
     def test_frame_mode_frame_waiting_on_a_removed_host_goes_to_its_new_owner(self):
         """Mode "frame", on_host_remove "close": host "s" holds the device's
         write side (16 of its 106-byte frame out) and stops reading, so the

@@ -94,7 +94,7 @@ class FrameMux {
     uint32_t slot = 0, tag = 0, weight = 0;
     bool connecting = false;
     bool in = false, out = false, hup = false, eof = false;
-    bool orphan = false;  // on_host_remove "close" came while it held the device's write side: closed after that frame
+    bool orphan = false;  // on_host_remove "close" came while gw held bytes of it for the device: closed once out
     uint64_t connect_start_ns = 0;
     uint64_t connect_start_ms = 0;
     char* buf = nullptr;  // host → device bytes not yet written
