@@ -737,6 +737,20 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
           moved = true;
           continue;
         }
+        if (k.eof && k.tail - k.head < len) {
+          // The host closed before this frame was whole, and none of it has
+          // reached the device (as with a header cut short): it goes with the
+          // link, and the device stays.
+          if (env_.now_ms - last_link_log_ms_ >= 1000) {
+            last_link_log_ms_ = env_.now_ms;
+            GW_LOG_WARN("host slot {} closed its connection inside a frame ({} of {} bytes); dropped", k.slot,
+                        k.tail - k.head, len);
+          }
+          close_link(d, pick);
+          if (!d.used) return false;
+          moved = true;
+          continue;
+        }
         d.owner = static_cast<int8_t>(pick);
         d.owner_left = len;
         d.owner_progress_ms = env_.now_ms;

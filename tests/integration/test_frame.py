@@ -1079,6 +1079,51 @@ class FrameTest(GwTestCase):
             self.assertEqual(worker_sum(gw.status(), "connections"), 1, "the device was closed")
         self.assert_idle(gw)
 
+    def test_frame_mode_host_closing_inside_a_frame_not_yet_begun_drops_its_link(self):
+        """Host "s" holds the device's write side (16 of its 106-byte frame
+        out) while host "c" sends a header saying 100 bytes, 10 of them, and
+        closes. Nothing of c's frame has reached the device, as with a header
+        cut short, so only c's link goes (with a warning) and the device stays.
+        c's link used to take the write side after s's frame, send the device
+        16 bytes of a frame that could never be finished, and close the device
+        with it."""
+        go = threading.Event()
+        c_closed = threading.Event()
+
+        def part(c, f):
+            c.sendall(HDR.pack(9, 1, f[2], 100) + b"x" * 10)
+            go.wait(T(10))
+            c.sendall(b"y" * 90)
+
+        def cut(c, f):
+            c.sendall(HDR.pack(8, 1, f[2], 100) + b"z" * 10)
+            c.shutdown(socket.SHUT_RDWR)
+            c_closed.set()
+            raise EOFError
+        sb = ScriptBackend("s", part)
+        cb = ScriptBackend("c", cut)
+        self._backends += [sb, cb]
+        b = self.device_backend("b")
+        mux = frame_listener("mux", frame_opts={"mode": "frame", "frame_timeout_ms": 30000})
+        gw, hosts = self.frame_gateway([sb, cb, b], [mux], workers=1)
+        pick = hashpick(hosts, [f"dev-{i}" for i in range(300)])
+        ks = next(k for k, h in pick.items() if h == "s")
+        kc = next(k for k, h in pick.items() if h == "c")
+        kb = next(k for k, h in pick.items() if h == "b")
+        with gwtest.connect(port_of(mux), timeout=T(10)) as d:
+            d.sendall(frame({"devid": ks}, DATA, 1, 7))
+            self.assertEqual(gwtest.recv_exact(d, 16), HDR.pack(9, 1, 7, 100) + b"x" * 10)
+            d.sendall(frame({"devid": kc}, DATA, 1, 8))
+            self.assertTrue(c_closed.wait(T(5)), "c got its frame")
+            time.sleep(0.2)  # gw reads c's part and its close (s holds the device's write side)
+            go.set()
+            self.assertEqual(gwtest.recv_exact(d, 90), b"y" * 90, "the rest of s's frame")
+            self.assertIsNone(closed_within(d, 0.3), "the device was closed for c's unfinished frame")
+            self.assertEqual(heartbeat(d, kb, 9), "b", "the device goes on")
+            gwtest.wait_until(lambda: "closed its connection inside a frame" in gw.log_text(), T(5),
+                              msg="the cut frame logged")
+        self.assert_idle(gw)
+
     def test_frame_mode_host_stalled_mid_frame_is_cut_off_after_frame_timeout(self):
         """Mode "frame", frame_timeout_ms 1000, hosts "slow" (a Python host)
         and "b": a host that answers slowly but steadily (a 60-byte frame in
