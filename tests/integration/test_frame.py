@@ -1237,9 +1237,14 @@ class FrameTest(GwTestCase):
             go.wait(T(10))
             c.sendall(b"y" * 90)
 
+        t_closed = threading.Event()
+
         def answer(c, f):
             c.sendall(HDR.pack(8, 1, f[2], 5) + b"hello")
             t_answered.set()
+            if c.recv(1) == b"":  # gw closes t's link: no other frame comes on it
+                t_closed.set()
+            raise EOFError
         sb = ScriptBackend("s", part)
         tb = ScriptBackend("t", answer)
         self._backends += [sb, tb]
@@ -1268,8 +1273,7 @@ class FrameTest(GwTestCase):
             except (socket.timeout, EOFError, OSError):
                 got = None
             self.assertEqual(got, HDR.pack(8, 1, 8, 5) + b"hello", "t's answer, already in gw, reached the device")
-            gwtest.wait_until(lambda: worker_sum(gw.status(), "host_closed") == 1, T(5), interval=0.05,
-                              msg="the removed host's link closed once its answer was out")
+            self.assertTrue(t_closed.wait(T(5)), "the removed host's link closed once its answer was out")
             self.assertEqual(heartbeat(d, kt, 9), "b", "the key's next frame goes to its new owner")
         self.assert_idle(gw)
 
