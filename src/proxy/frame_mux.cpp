@@ -510,6 +510,7 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
             "closing it",
             max_links(d));
       }
+      note_end(d, "link_limit");
       close_device(d);
       return -1;
     }
@@ -622,7 +623,11 @@ void FrameMux::close_link(Device& d, int li) noexcept {
     // The host went away in the middle of a frame to the device: the device
     // cannot be given the rest, so it is closed (it reconnects).
     d.owner = -1;
-    if (d.owner_left > 0) close_device(d);
+    if (d.owner_left > 0) {
+      // Why, unless said already (host_frame_timeout: the host stalled).
+      if (DeviceLog* g = log_of(d); g && std::strcmp(g->end, "closed") == 0) g->end = "host_closed_mid_frame";
+      close_device(d);
+    }
     d.owner_left = 0;
   }
 }

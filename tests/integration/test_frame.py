@@ -841,8 +841,10 @@ class FrameTest(GwTestCase):
         "at once" has a bound with room on both sides."""
         backends = self.device_backends(["a", "b", "c"])
         link_idle = 1.5                                 # seconds
+        log = os.path.join(self.tmp, "mux.log")
         mux = frame_listener("mux", frame_opts={"mode": "frame", "max_links": 2,
-                                                "link_idle_ms": int(link_idle * 1000)})
+                                                "link_idle_ms": int(link_idle * 1000)},
+                             access_log={"path": log, "format": "json"})
         gw, hosts = self.frame_gateway(backends, [mux], workers=1)
         a, b, c = backends
         pick = hashpick(hosts, [f"link-{i}" for i in range(200)])
@@ -898,6 +900,10 @@ class FrameTest(GwTestCase):
         self.assertEqual(frames_seen(), seen0, "a must not receive the frame that closed the device")
         self.assertEqual(worker_sum(gw.status(), "frames_routed"), 2 + 5)
         self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
+        # the access log says why: gw closed them for the link limit (it said "closed", as for a device's own close)
+        gwtest.wait_until(lambda: os.path.exists(log) and open(log).read().count("\n") == 2, T(5), interval=0.05,
+                          msg="the devices' log lines")
+        self.assertEqual([json.loads(l)["end"] for l in open(log).read().splitlines()], ["link_limit"] * 2)
         self.assert_idle(gw)
 
     def test_frame_mode_out_of_descriptors_waits_or_lets_a_quiet_link_go(self):
@@ -1124,6 +1130,31 @@ class FrameTest(GwTestCase):
                               msg="the cut frame logged")
         self.assert_idle(gw)
 
+    def test_frame_mode_host_closing_mid_frame_closes_the_device_and_logs_why(self):
+        """A host sends 16 bytes of a 106-byte frame to the device, then
+        closes: the device cannot be given the rest, so gw closes it. Its
+        access log line said end=closed, as if the device had closed; it says
+        host_closed_mid_frame."""
+        def cut(c, f):
+            c.sendall(HDR.pack(9, 1, f[2], 100) + b"x" * 10)
+            time.sleep(0.2)  # the part reaches the device first
+            raise EOFError
+        cb = ScriptBackend("c", cut)
+        self._backends.append(cb)
+        log = os.path.join(self.tmp, "mux.log")
+        mux = frame_listener("mux", frame_opts={"mode": "frame"}, access_log={"path": log, "format": "json"})
+        gw, _ = self.frame_gateway([cb], [mux], workers=1)
+        with gwtest.connect(port_of(mux), timeout=T(10)) as d:
+            d.sendall(frame({"devid": "dev-1"}, DATA, 1, 7))
+            data, dt = bytes_until_eof(d, T(5))
+            self.assertIsNotNone(dt, "the device is closed")
+            self.assertEqual(data, HDR.pack(9, 1, 7, 100) + b"x" * 10)
+        gwtest.wait_until(lambda: os.path.exists(log) and open(log).read().endswith("\n"), T(5), interval=0.05,
+                          msg="the device's log line")
+        (line,) = [json.loads(l) for l in open(log).read().splitlines()]
+        self.assertEqual((line["end"], line["bytes_out"]), ("host_closed_mid_frame", 16))
+        self.assert_idle(gw)
+
     def test_frame_mode_host_stalled_mid_frame_is_cut_off_after_frame_timeout(self):
         """Mode "frame", frame_timeout_ms 1000, hosts "slow" (a Python host)
         and "b": a host that answers slowly but steadily (a 60-byte frame in
@@ -1146,7 +1177,9 @@ class FrameTest(GwTestCase):
         sb = ScriptBackend("slow", slow)
         self._backends.append(sb)
         b = self.device_backend("b")
-        mux = frame_listener("mux", frame_opts={"mode": "frame", "frame_timeout_ms": 1000})
+        log = os.path.join(self.tmp, "mux.log")
+        mux = frame_listener("mux", frame_opts={"mode": "frame", "frame_timeout_ms": 1000},
+                             access_log={"path": log, "format": "json"})
         gw, hosts = self.frame_gateway([sb, b], [mux], workers=1)
         pick = hashpick(hosts, [f"dev-{i}" for i in range(200)])
         ks = [k for k, h in pick.items() if h == "slow"][:2]
@@ -1180,6 +1213,9 @@ class FrameTest(GwTestCase):
             self.assertEqual(answered, 0, "nothing may follow a frame that was cut (b's answers wait behind it)")
             self.assertTrue(0.8 <= closed <= T(3), f"closed {closed:.2f}s after the host stalled (want ~1)")
         self.assertIn("inside a frame to a device", gw.log_text())
+        gwtest.wait_until(lambda: os.path.exists(log) and open(log).read().endswith("\n"), T(5), interval=0.05,
+                          msg="the device's log line")
+        self.assertEqual([json.loads(l)["end"] for l in open(log).read().splitlines()], ["host_frame_timeout"])
         # a new device connection works as before
         with gwtest.connect(port_of(mux), timeout=T(10)) as s:
             self.assertEqual(heartbeat(s, kb, 1), "b")
