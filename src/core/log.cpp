@@ -52,19 +52,24 @@ LogLevel log_level() {
   return static_cast<LogLevel>(g_level.load(std::memory_order_relaxed));
 }
 
+int log_open_file(const std::string& path, bool create) {
+  // O_NONBLOCK, kept: a FIFO that no process reads fails the open at once
+  // (ENXIO) rather than hang the master's start or reload, and a full one
+  // loses a record rather than stop the process writing it.
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NONBLOCK | (create ? O_CREAT : 0), 0644);
+  if (const int err = errno; fd < 0 && (create || err != ENOENT))
+    throw std::runtime_error(fmt::format("cannot open log file {}: {}{}", path, std::strerror(err),
+                                         err == ENXIO ? " (a FIFO that no process reads)" : ""));
+  return fd;
+}
+
 void log_open(const std::string& path) {
   if (path.empty()) {
     if (g_fd != STDERR_FILENO) ::close(g_fd);
     g_fd = STDERR_FILENO;
     return;
   }
-  // O_NONBLOCK, kept: a FIFO that no process reads fails the open at once
-  // (ENXIO) rather than hang the master's start or reload, and a full one
-  // loses a record rather than stop the process writing it.
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0644);
-  if (const int err = errno; fd < 0)
-    throw std::runtime_error(fmt::format("cannot open log file {}: {}{}", path, std::strerror(err),
-                                         err == ENXIO ? " (a FIFO that no process reads)" : ""));
+  const int fd = log_open_file(path, true);
   if (g_fd != STDERR_FILENO) ::close(g_fd);
   g_fd = fd;
 }

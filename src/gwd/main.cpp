@@ -83,7 +83,16 @@ int main(int argc, char** argv) {
   }
   if (test) {
     std::vector<std::string> errors;
-    check_writable("log_file", r.config.log_file, false, errors);
+    // log_file is opened as a start opens it (a FIFO that no process reads
+    // fails it), unless it is missing: then created in its directory.
+    if (!r.config.log_file.empty()) {
+      try {
+        const gw::core::UniqueFd f(gw::core::log_open_file(r.config.log_file, false));
+        if (!f) check_writable("log_file", r.config.log_file, false, errors);
+      } catch (const std::exception& e) {
+        errors.push_back(fmt::format("log_file: {}", e.what()));
+      }
+    }
     for (const auto& path : r.config.access_log_paths) check_writable("access_log", path, false, errors);
     const size_t before = errors.size();
     check_writable("state_file", r.config.state_file, true, errors);

@@ -1162,13 +1162,11 @@ class Master {
       // A log_file that cannot be opened fails the reload, as `gwd -t` fails
       // it and nginx fails a reload whose error_log it cannot open.
       if (!next.log_file.empty()) {
-        // (O_NONBLOCK: a FIFO that no process reads fails at once, as core::log_open.)
-        const core::UniqueFd f(
-            ::open(next.log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0644));
-        if (const int err = errno; !f)
-          throw std::runtime_error(fmt::format("log_file: cannot open log file {}: {}{}", next.log_file,
-                                               std::strerror(err),
-                                               err == ENXIO ? " (a FIFO that no process reads)" : ""));
+        try {
+          const core::UniqueFd f(core::log_open_file(next.log_file, true));
+        } catch (const std::exception& e) {
+          throw std::runtime_error(fmt::format("log_file: {}", e.what()));
+        }
       }
       commit_reload(next);
     } catch (const std::exception& e) {

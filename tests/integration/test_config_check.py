@@ -111,6 +111,38 @@ class ConfigCheckTest(GwTestCase):
                 self.assertIn(r.stderr.splitlines()[0][len(path) + 2:], g.stderr)
                 self.assertFalse(os.path.exists(f"/dev/shm/{cfg['shm']['name']}"), "a failed start left a segment")
 
+    def test_log_file_fifo_without_reader_fails_the_check_as_the_start(self):
+        """gwd -t checked log_file with access(2) only: it said ok for a FIFO
+        that no process reads, which a start (and a reload) refuses at once
+        (the master opens it without waiting for a reader). -t opens it as the
+        start does, and says why in the start's words. An access log that is
+        such a FIFO passes both (its logger waits for a reader)."""
+        cfg = self.valid_config()
+        fifo = os.path.join(self.tmp, "gw.fifo")
+        os.mkfifo(fifo)
+        cfg["log_file"] = fifo
+        path = gwtest.write_json(os.path.join(self.tmp, "fifo.json"), cfg)
+        r = gwtest.run_gwd_test(path)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        why = f"cannot open log file {fifo}: No such device or address (a FIFO that no process reads)"
+        self.assertEqual(r.stderr.splitlines(), [f"{path}: log_file: {why}", f"{path}: 1 error(s)"])
+        g = subprocess.run([gwtest.GWD, "-c", path], capture_output=True, text=True, timeout=gwtest.T(10),
+                           stdin=subprocess.DEVNULL)
+        self.assertEqual(g.returncode, 1, g.stderr)
+        self.assertIn(why, g.stderr)
+        self.assertFalse(os.path.exists(f"/dev/shm/{cfg['shm']['name']}"), "a failed start left a segment")
+        # With a reader it passes.
+        rd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            r = gwtest.run_gwd_test(path)
+        finally:
+            os.close(rd)
+        self.assertEqual((r.returncode, r.stdout), (0, "ok\n"), r.stderr)
+        cfg["log_file"] = ""
+        cfg["listeners"][0]["access_log"] = {"path": fifo}
+        r = gwtest.run_gwd_test(gwtest.write_json(os.path.join(self.tmp, "fifo-access.json"), cfg))
+        self.assertEqual((r.returncode, r.stdout), (0, "ok\n"), r.stderr)
+
     def test_drift_warning_says_a_method_is_the_frame_default(self):
         """A pool without "method" under a frame listener's upstream is chash
         by default; when the runtime state has another method, -t's warning

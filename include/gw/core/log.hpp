@@ -23,6 +23,11 @@ LogLevel log_level();
 /// Redirects output to `path` (appending); empty means stderr. Throws on failure.
 void log_open(const std::string& path);
 
+/// Opens `path` for writing as log_open does, and returns the descriptor;
+/// throws "cannot open log file PATH: why" on failure. Without `create` a
+/// missing file is not created: -1 (for `gwd -t`, which creates nothing).
+int log_open_file(const std::string& path, bool create);
+
 void log_write(LogLevel level, std::string_view text) noexcept;
 
 template <typename... Args>
