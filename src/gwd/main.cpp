@@ -96,12 +96,13 @@ int main(int argc, char** argv) {
     for (const auto& path : r.config.access_log_paths) check_writable("access_log", path, false, errors);
     const size_t before = errors.size();
     check_writable("state_file", r.config.state_file, true, errors);
-    // The runtime state a start would take, read as the start reads it: a
-    // file it cannot parse, or whose table does not fit shm.max_*, stops it.
+    // The runtime state a start would take (the state file or the shm
+    // segment), read as the start reads it: a file it cannot parse, or a
+    // table that does not fit shm.max_*, stops it.
     std::vector<std::string> warnings;
     if (errors.size() == before) {
       try {
-        warnings = gw::process::check_state_file(r.config);
+        warnings = gw::process::check_runtime_state(r.config);
       } catch (const std::exception& e) {
         errors.push_back(e.what());
       }
@@ -112,7 +113,8 @@ int main(int argc, char** argv) {
       return 1;
     }
     // Config edits the runtime state overrides: valid, but not what a start
-    // or a reload would apply (the same warnings a start logs).
+    // or a reload would apply (the same warnings a start logs); and what the
+    // running gwd's reload refuses (a restart takes it).
     for (const auto& w : warnings) fmt::print(stderr, "{}: warning: {}\n", shown_path, gw::core::one_line(w));
     fmt::print("ok\n");
     return 0;

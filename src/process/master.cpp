@@ -435,6 +435,31 @@ void reset_cluster_state(shm::SegmentHeader& hdr, const config::Config& cfg) {
   cl.state.store(cfg.cluster.enabled ? shm::kClusterConnecting : shm::kClusterOff, std::memory_order_release);
 }
 
+// The runtime state a start takes (prepare_segment, check_runtime_state): the
+// segment's table if it is as new as the state file or newer, else the file.
+enum class Source { config, segment, file };
+Source runtime_source(const shm::Table* live, const shm::State* file_state) {
+  const uint64_t seg_gen = live ? live->header().generation : 0;
+  if (live && seg_gen > 0 && seg_gen >= (file_state ? file_state->generation : 0)) return Source::segment;
+  return file_state ? Source::file : Source::config;
+}
+
+// Why a reload of the master running on `seg` (with `state_file` and
+// `workers`) into `next`, of the same shm.name, is refused (a restart is
+// needed), or "".
+std::string reload_refusal(const shm::Segment& seg, const std::string& state_file, int workers,
+                           const config::Config& next) {
+  if (!(next.shm.caps == seg.caps()))
+    return fmt::format("the shm capacities changed ({})", caps_change(seg.caps(), next.shm.caps));
+  if (next.state_file != state_file)
+    return fmt::format("state_file changed (\"{}\" -> \"{}\")", state_file, next.state_file);
+  const uint32_t rows = seg.stat_workers();
+  if (static_cast<uint32_t>(next.workers + workers) > rows)
+    return fmt::format("{} workers: the shm segment has worker rows for {} running + new workers, {} are running",
+                       next.workers, rows, workers);
+  return {};
+}
+
 }  // namespace
 
 uint32_t stat_rows_for(int workers) noexcept {
@@ -522,13 +547,10 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
   // made again, so the file holds the truth. (A file that a writer stopped
   // before its publish left ahead of a live segment is put back by the next
   // writer, Writer::repair, before this runs under the lock below.)
-  enum class Source { config, segment, file } source = Source::config;
+  Source source = Source::config;
   std::vector<std::string> merge_warnings;  // of the last plan: logged once it is published
   auto plan = [&](const shm::Table* live, const shm::State* file_state) {
-    const uint64_t seg_gen = live ? live->header().generation : 0;
-    source = Source::config;
-    if (live && seg_gen > 0 && seg_gen >= (file_state ? file_state->generation : 0)) source = Source::segment;
-    else if (file_state) source = Source::file;
+    source = runtime_source(live, file_state);
     const shm::State src = source == Source::segment ? shm::state_from_table(*live)
                            : file_state              ? *file_state
                                                      : shm::State{};
@@ -652,11 +674,43 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
   return seg;
 }
 
-std::vector<std::string> check_state_file(const config::Config& cfg) {
+std::vector<std::string> check_runtime_state(const config::Config& cfg) {
   shm::State state;
+  const bool have_state = !cfg.state_file.empty() && shm::read_state_file(cfg.state_file, state);
+  // The segment a start reads (not one it makes again: never complete, of
+  // another build, or holding an inconsistent table), attached as the start
+  // attaches it. Without a state file it is the only runtime state.
+  const std::string& name = cfg.shm.name;
+  std::unique_ptr<shm::Table> live;
+  std::string reload_warning;
+  if (shm_exists(name) && !never_initialised(name) && other_build_abi(name) == 0) {
+    const shm::Segment seg = shm::Segment::attach(name);
+    live = std::make_unique<shm::Table>(seg.caps());
+    const char* refused = nullptr;
+    shm::read_published(seg, *live, &refused);
+    if (refused) live.reset();
+    // A gwd runs on it: this config is for its reload (SIGHUP), or for a
+    // restart. What the reload refuses is said; the restart takes it.
+    if (seg.master_alive()) {
+      const auto& hdr = seg.header();
+      const std::string running_state_file(hdr.state_file, ::strnlen(hdr.state_file, sizeof(hdr.state_file)));
+      if (std::string why = reload_refusal(seg, running_state_file, static_cast<int>(hdr.workers.load()), cfg);
+          !why.empty())
+        reload_warning = fmt::format(
+            "the gwd running with shm \"{}\" (pid {}) refuses this config on a reload (SIGHUP): {}; a restart of "
+            "gwd is needed for that",
+            name, hdr.master_pid.load(), why);
+    }
+  }
   std::vector<std::string> warnings;
-  if (!cfg.state_file.empty() && shm::read_state_file(cfg.state_file, state))
+  if (!reload_warning.empty()) warnings.push_back(reload_warning);
+  const Source source = runtime_source(live.get(), have_state ? &state : nullptr);
+  if (source == Source::segment) {
+    const shm::State src = shm::state_from_table(*live);
+    merge_runtime_named(cfg, &src, fmt::format("shm segment \"{}\"", name), warnings);
+  } else if (source == Source::file) {
     merge_runtime_named(cfg, &state, fmt::format("state file {}", cfg.state_file), warnings);
+  }
   return warnings;
 }
 
@@ -1025,15 +1079,7 @@ class Master {
   std::string restart_needed(const config::Config& next) const {
     if (next.shm.name != cfg_.shm.name)
       return fmt::format("shm.name changed (\"{}\" -> \"{}\")", cfg_.shm.name, next.shm.name);
-    if (!(next.shm.caps == seg_.caps()))
-      return fmt::format("the shm capacities changed ({})", caps_change(seg_.caps(), next.shm.caps));
-    if (next.state_file != cfg_.state_file)
-      return fmt::format("state_file changed (\"{}\" -> \"{}\")", cfg_.state_file, next.state_file);
-    const uint32_t rows = seg_.stat_workers();
-    if (static_cast<uint32_t>(next.workers + cfg_.workers) > rows)
-      return fmt::format("{} workers: the shm segment has worker rows for {} running + new workers, {} are running",
-                         next.workers, rows, cfg_.workers);
-    return {};
+    return reload_refusal(seg_, cfg_.state_file, cfg_.workers, next);
   }
 
   bool is_ours(pid_t pid) const {

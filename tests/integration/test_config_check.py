@@ -143,6 +143,34 @@ class ConfigCheckTest(GwTestCase):
         r = gwtest.run_gwd_test(gwtest.write_json(os.path.join(self.tmp, "fifo-access.json"), cfg))
         self.assertEqual((r.returncode, r.stdout), (0, "ok\n"), r.stderr)
 
+    def test_shm_segment_is_checked_as_a_start_reads_it(self):
+        """Without a state file, the shm segment a stopped gwd left is the
+        runtime state the next start takes. gwd -t read only the state file:
+        it said ok (and warned of nothing) for a config whose shm.max_hosts the
+        segment's table no longer fits, and the start then failed."""
+        cfg = self.make_config([pool("primary", [host("a", "127.0.0.1:8081")])])
+        del cfg["state_file"]
+        gw = self.gateway(cfg)
+        for i in range(5):
+            self.assertGwctlOk(gw, "add", "host", "app/primary", f"h{i}", f"127.0.0.1:{20000 + i}")
+        self.assertEqual(gw.stop(), 0)
+        path = gw.conf_path
+        r = gwtest.run_gwd_test(path)
+        self.assertEqual((r.returncode, r.stdout), (0, "ok\n"), r.stderr)
+        self.assertRegex(r.stderr, rf'^{re.escape(path)}: warning: upstream "app": its pools and hosts '
+                                   r'come from the runtime state .*host "primary/h0" is at runtime only')
+        cfg["shm"]["max_hosts"] = 4
+        path = gwtest.write_json(os.path.join(self.tmp, "fewer.json"), cfg)
+        r = gwtest.run_gwd_test(path)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        why = f'the table from shm segment "{cfg["shm"]["name"]}" needs 6 hosts, more than shm.max_hosts = 4'
+        self.assertEqual(r.stderr.splitlines(), [f"{path}: {why}", f"{path}: 1 error(s)"])
+        # and the start fails for the same reason, in the same words
+        g = subprocess.run([gwtest.GWD, "-c", path], capture_output=True, text=True, timeout=gwtest.T(10),
+                           stdin=subprocess.DEVNULL, cwd=self.tmp)
+        self.assertEqual(g.returncode, 1, g.stderr)
+        self.assertIn(why, g.stderr)
+
     def test_drift_warning_says_a_method_is_the_frame_default(self):
         """A pool without "method" under a frame listener's upstream is chash
         by default; when the runtime state has another method, -t's warning

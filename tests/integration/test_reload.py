@@ -225,6 +225,12 @@ class ReloadTest(GwTestCase):
             bad = json.loads(json.dumps(cfg))
             change(bad)
             write_json(gw.conf_path, bad)
+            # gwd -t said a plain ok: a restart takes the config, and it now
+            # says too that the running gwd's reload refuses it, and why
+            r = gwtest.run_gwd_test(gw.conf_path)
+            self.assertEqual((r.returncode, r.stdout), (0, "ok\n"), r.stderr)
+            self.assertRegex(r.stderr, rf'warning: the gwd running with shm "{gw.shm}" \(pid {gw.pid}\) refuses this '
+                                       r"config on a reload \(SIGHUP\): .*" + why + r".*restart")
             log_before = len(gw.log_text())
             self.reload(gw, expect_ok=False)
             self.assertRegex(gw.log_text()[log_before:], r"reload refused: .*" + why + r".*restart")

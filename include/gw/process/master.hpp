@@ -31,12 +31,15 @@ using ListenerRowTimes = std::array<uint64_t, shm::kMaxListeners>;
 shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from = 0, ListenerRowTimes* row_free_at = nullptr);
 
 /// What `gwd -t` checks of the runtime state a start would take: reads the
-/// state file (if there is one) and merges it with the config as
-/// prepare_segment() would. Throws with a message for the operator that names
-/// the file. Reads only: the file and any shm segment stay as they are.
+/// state file (if there is one) and the shm segment (if there is one), and
+/// merges the newer with the config as prepare_segment() would. Throws with a
+/// message for the operator that names the file or the segment. Reads only:
+/// the file and any shm segment stay as they are.
 /// Returns what of the config that runtime state overrides or drops (the
-/// warnings a start would log: config edits a restart or reload would not apply).
-std::vector<std::string> check_state_file(const config::Config& cfg);
+/// warnings a start would log: config edits a restart or reload would not apply),
+/// and, with a gwd running on the segment, why its reload would refuse the
+/// config (a change only a restart makes).
+std::vector<std::string> check_runtime_state(const config::Config& cfg);
 
 /// Gives each listener of `cfg` its row of the ListenerStats matrix
 /// (cfg.listeners[i].stats_row) and publishes the listeners' names, addresses
