@@ -143,6 +143,25 @@ class ConfigCheckTest(GwTestCase):
         r = gwtest.run_gwd_test(gwtest.write_json(os.path.join(self.tmp, "fifo-access.json"), cfg))
         self.assertEqual((r.returncode, r.stdout), (0, "ok\n"), r.stderr)
 
+    def test_access_log_the_start_refuses_fails_the_check_in_its_words(self):
+        """An access log that exists is opened as the start opens it: gwd -t
+        refused a directory in words of its own (`X is a directory`), the
+        start with `cannot open access log X: Is a directory`."""
+        cfg = self.valid_config()
+        adir = os.path.join(self.tmp, "logs")
+        os.makedirs(adir)
+        cfg["listeners"][0]["access_log"] = {"path": adir}
+        path = gwtest.write_json(os.path.join(self.tmp, "access-dir.json"), cfg)
+        r = gwtest.run_gwd_test(path)
+        why = f"cannot open access log {adir}: Is a directory"
+        self.assertEqual(r.stderr.splitlines(), [f"{path}: access_log: {why}", f"{path}: 1 error(s)"])
+        self.assertEqual(r.returncode, 1, r.stdout)
+        g = subprocess.run([gwtest.GWD, "-c", path], capture_output=True, text=True, timeout=gwtest.T(10),
+                           stdin=subprocess.DEVNULL, cwd=self.tmp)
+        self.assertEqual(g.returncode, 1, g.stderr)
+        self.assertIn(why, g.stderr)
+        self.assertFalse(os.path.exists(f"/dev/shm/{cfg['shm']['name']}"), "a failed start left a segment")
+
     def test_shm_segment_is_checked_as_a_start_reads_it(self):
         """Without a state file, the shm segment a stopped gwd left is the
         runtime state the next start takes. gwd -t read only the state file:
