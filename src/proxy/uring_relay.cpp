@@ -397,7 +397,7 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
     starve(s, client);  // re-armed by flush() once buffers come back
   } else if (res != -ECANCELED) {
     src_failed(s, client);  // reset or error
-    return;
+    if (!client || s.state != State::relay) return;
   }
   if (d.recv == kIdle) maybe_arm(s, client);
   if (client) end_if_reset_unread(s);
@@ -626,12 +626,25 @@ void UringRelay::dst_gone(Session& s, bool c2u) noexcept {
 }
 
 // A read from this direction's source failed. A client's reset ends the
-// session. A host's is taken as its EOF: what it sent before is delivered,
-// then the client gets a FIN, and the client's bytes are dropped from now on
-// (as after a failed write to the host: dst_gone) until it closes.
+// session, once what came before it is out. A host's is taken as its EOF:
+// what it sent before is delivered, then the client gets a FIN, and the
+// client's bytes are dropped from now on (as after a failed write to the
+// host: dst_gone) until it closes.
 void UringRelay::src_failed(Session& s, bool c2u) noexcept {
   if (c2u) {
-    close_session(s);
+    // The multishot receive runs ahead of the sends: the bytes it brought in
+    // before the reset may still wait here for the host. They go out first,
+    // as they do under epoll (its read comes after the send): the reset is
+    // noted as the watch notes one, and the next read, armed as the host
+    // drains, says EOF (the error is taken; the socket is shut down both
+    // ways). If the host takes no more, end_if_reset_unread ends the session.
+    const Dir& d = s.c2u;
+    const bool queued = d.extra || d.spill || d.head != kNoBuf || d.sending;
+    if (s.state != State::relay || d.pipe || d.shut || !queued) {
+      close_session(s);
+      return;
+    }
+    s.c_reset = true;
     return;
   }
   s.u2c.eof = true;
