@@ -843,6 +843,12 @@ void UringRelay::splice_pump(Session& s, bool c2u) noexcept {
     }
     if (d.eof) {
       finish_dir(s, c2u);
+      // The client's EOF after its reset (noted by the watch, or by a
+      // receive that reported it with bytes still queued: src_failed).
+      if (c2u && s.c_reset && !s.u2c.shut) {
+        ++reset_paths_.at_eof;
+        client_reset_after_fin(s);
+      }
       return;
     }
     if (d.poll_in) return;

@@ -752,7 +752,8 @@ class RelayTest(GwTestCase):
         srv.bind((gwtest.LOOPBACK, 0))
         srv.listen(64)
         self.addCleanup(srv.close)
-        got = []
+        got, held = [], []
+        self.addCleanup(lambda: [c.close() for c in held])
 
         def serve():
             while True:
@@ -761,16 +762,16 @@ class RelayTest(GwTestCase):
                 except OSError:
                     return
                 n = 0
-                with c:
-                    try:
-                        c.sendall(b"hi")   # the client waits for it: the session is relayed
-                        while True:
-                            chunk = c.recv(1 << 20)
-                            if not chunk:
-                                break
-                            n += len(chunk)
-                    except OSError:
-                        pass
+                held.append(c)   # kept open after the EOF: gw must end the session by itself
+                try:
+                    c.sendall(b"hi")   # the client waits for it: the session is relayed
+                    while True:
+                        chunk = c.recv(1 << 20)
+                        if not chunk:
+                            break
+                        n += len(chunk)
+                except OSError:
+                    pass
                 got.append(n)
         threading.Thread(target=serve, daemon=True).start()
 
@@ -787,11 +788,19 @@ class RelayTest(GwTestCase):
                 n = got.pop()
                 if n != len(payload):
                     return n
+                if port != srv.getsockname()[1]:
+                    def ended():
+                        st = gw.status()
+                        return st["workers"][0]["connections"] == 0 and gwtest.find_host(st, "app/p/b")["active"] == 0
+                    gwtest.wait_until(ended, T(3), msg="the session of the reset client ends")
             return len(payload)
         self.assertEqual(burst_then_reset(srv.getsockname()[1], 5), len(payload), "direct")
-        gw = self.gateway(self.make_config([pool("p", [host("b", srv.getsockname()[1])])],
-                                           upstream_opts={"max_fails": 0}))
-        self.assertEqual(burst_then_reset(gw.port, 30), len(payload), "bytes lost through gw")
+        for splice in (16384, 0):
+            gw = self.gateway(self.make_config([pool("p", [host("b", srv.getsockname()[1])])],
+                                               upstream_opts={"max_fails": 0, "idle_timeout_ms": 30000},
+                                               splice_after_bytes=splice))
+            self.assertEqual(burst_then_reset(gw.port, 30), len(payload), f"bytes lost through gw (splice {splice})")
+            gw.stop()
 
 if __name__ == "__main__":
     gwtest.main()
