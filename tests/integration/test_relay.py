@@ -802,5 +802,43 @@ class RelayTest(GwTestCase):
             self.assertEqual(burst_then_reset(gw.port, 30), len(payload), f"bytes lost through gw (splice {splice})")
             gw.stop()
 
+    def test_client_fin_during_a_slow_connect_still_delivers_its_bytes(self):
+        """The upstream connect hangs (the host's accept queue is full), and the
+        client sends its request and half-closes meanwhile. Once the connect
+        completes, the host gets the request and the FIN, and its answer and
+        FIN reach the client."""
+        hole = socket.socket()
+        hole.bind((gwtest.LOOPBACK, 0))
+        hole.listen(0)
+        self.addCleanup(hole.close)
+        filler = socket.create_connection(hole.getsockname(), timeout=T(5))
+        self.addCleanup(filler.close)
+        gw = self.gateway(self.make_config(
+            [pool("p", [host("hole", f"{gwtest.LOOPBACK}:{hole.getsockname()[1]}")])],
+            upstream_opts={"connect_timeout_ms": 20000, "tries": 1, "max_fails": 0}))
+        c = gwtest.connect(gw.port, timeout=T(10))
+        self.addCleanup(c.close)
+        gwtest.wait_until(lambda: gwtest.find_host(gw.status(), "app/p/hole")["active"] == 1, T(5),
+                          msg="the upstream connect is pending")
+        request = os.urandom(100 * 1024)
+        c.sendall(request)
+        c.shutdown(socket.SHUT_WR)
+        time.sleep(0.3)
+        f, _ = hole.accept()   # the filler: room for gw's next SYN
+        f.close()
+        hole.settimeout(T(10))
+        b, _ = hole.accept()
+        with b:
+            b.settimeout(T(10))
+            got = bytearray()
+            while True:
+                chunk = b.recv(1 << 20)
+                if not chunk:
+                    break
+                got += chunk
+            self.assertEqual(bytes(got), request, "the request sent before the connect completed")
+            b.sendall(b"answer")
+        self.assertEqual(gwtest.recv_all(c), b"answer")
+
 if __name__ == "__main__":
     gwtest.main()
