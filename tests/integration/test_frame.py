@@ -2311,6 +2311,58 @@ class FrameTest(GwTestCase):
         self.assertEqual(out.returncode, 1, out.stderr[-1000:])
         self.assertTrue(0.4 <= r["duration_s"] <= T(2), r["duration_s"])
 
+    def test_gwload_churn_counts_logins_still_unanswered_at_the_end(self):
+        """A target that echoes the first 10 logins and then never answers
+        one (it keeps those connections open): the churn slots stall on their
+        login, and with -T shorter than --timeout-ms gwload ended the run with
+        them under way, reported no error, a first-frame latency of the
+        finished cycles only, and exited 0. Now the cycles under way at the
+        end are followed, at most --timeout-ms, to their echo or a timeout:
+        one per stalled slot, exit 1; the rate still counts the cycles done
+        within -T."""
+        srv = socket.socket()
+        self.addCleanup(srv.close)
+        srv.bind((gwtest.LOOPBACK, 0))
+        srv.listen(64)
+        conns = []
+        self.addCleanup(lambda: [c.close() for c in conns])
+
+        def serve():
+            while True:
+                try:
+                    c, _ = srv.accept()
+                except OSError:
+                    return
+                conns.append(c)
+                threading.Thread(target=echo_login, args=(c, len(conns) <= 10), daemon=True).start()
+
+        def echo_login(c, answer):
+            buf = b""
+            try:
+                while len(buf) < 6 or len(buf) < 6 + struct.unpack(">H", buf[4:6])[0]:
+                    chunk = c.recv(4096)
+                    if not chunk:
+                        return
+                    buf += chunk
+                if answer:
+                    c.sendall(buf[:6 + struct.unpack(">H", buf[4:6])[0]])
+                while c.recv(4096):
+                    pass
+            except OSError:
+                pass
+        threading.Thread(target=serve, daemon=True).start()
+        exe = os.path.join(gwtest.BUILD_DIR, "gwload")
+        cmd = [exe, "--target", "%s:%d" % srv.getsockname(), "--churn", "-c", "3", "--connect-rate", "0",
+               "-T", "0.5", "--timeout-ms", "1500", "--json"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=T(30), stdin=subprocess.DEVNULL)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        self.assertEqual((r["mode"], r["churn_connects"], r["established"]), ("churn", 10, 10), r)
+        self.assertEqual(r["first_latency_us"]["count"], 10)
+        self.assertEqual((r["errors"], r["error_detail"]), (3, {"timeout": 3}))
+        self.assertEqual(out.returncode, 1, out.stderr[-1000:])
+        self.assertTrue(0.4 <= r["duration_s"] <= T(2), r["duration_s"])
+        self.assertTrue(15 <= r["churn_connects_per_s"] <= 25, r)  # 10 cycles / 0.5 s
+
     def test_backend_usage_errors_are_one_line_exit_2(self):
         """gw-backend (the device backends here, the demo's and the benches')
         answers a command-line error with one line and exit 2, as gwd and gwctl

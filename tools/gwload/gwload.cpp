@@ -282,7 +282,8 @@ Options ParseOptions(int argc, char** argv) {
 struct Report {
   uint64_t connections = 0;     // connection slots owned
   uint64_t attempts = 0;        // connects started
-  uint64_t established = 0;     // login round trips completed (churn: every cycle)
+  uint64_t established = 0;     // login round trips completed (churn: every cycle, drain included)
+  uint64_t churn_cycles = 0;    // churn: cycles completed within -T (the rate's numerator)
   uint64_t connect_errors = 0;  // socket/bind/connect failures and connect timeouts
   uint64_t connect_errno[kErrnoSlots] = {};
   uint64_t io_errno[kErrnoSlots] = {};  // read/write errors other than resets
@@ -317,6 +318,7 @@ struct Report {
     connections += o.connections;
     attempts += o.attempts;
     established += o.established;
+    churn_cycles += o.churn_cycles;
     connect_errors += o.connect_errors;
     for (size_t i = 0; i < kErrnoSlots; ++i) {
       connect_errno[i] += o.connect_errno[i];
@@ -343,7 +345,8 @@ struct Report {
 };
 static_assert(std::is_trivially_copyable_v<Report>);
 
-// kDrain: the hold is over, no heartbeat is sent; the replies still due are awaited.
+// kDrain: the hold is over, no heartbeat is sent; the replies still due are awaited. Churn:
+// no cycle starts; the cycles under way are followed to their end.
 enum Phase : uint32_t { kRamp = 0, kHold = 1, kChurn = 2, kDrain = 3, kDone = 4 };
 
 const char* PhaseName(uint32_t phase) {
@@ -621,28 +624,35 @@ class Worker {
       hold_sent_base_ = report_.hb_sent;
       hold_received_base_ = report_.hb_received;
     }
-    if (phase_ == kChurn && now >= phase_end_us_) EndPhase(now);
-    if (phase_ == kHold && now >= phase_end_us_) StartDrain(now);
+    if ((phase_ == kHold || phase_ == kChurn) && now >= phase_end_us_) StartDrain(now);
     if (phase_ == kDrain) {
-      if (inflight_ > 0 && now >= drain_end_us_) DropUnanswered();
-      if (inflight_ == 0) EndPhase(now);
+      // Churn: a cycle still under way (a stalled login among them) is waited for too, so
+      // that it shows in the latencies or as a timeout instead of vanishing at the end.
+      auto waiting = [this] { return opt_.churn ? sockets_ : inflight_; };
+      if (waiting() > 0 && now >= drain_end_us_) DropUnanswered();
+      if (waiting() == 0) EndPhase(now);
     }
   }
 
-  // The hold is over: no more heartbeats; the replies still due get --timeout-ms to arrive.
+  // The hold (churn) is over: no more heartbeats (cycles); the replies still due get
+  // --timeout-ms to arrive.
   void StartDrain(int64_t now) {
     report_.hold_s = static_cast<double>(now - phase_start_us_) / 1e6;
     report_.hold_hb_sent = report_.hb_sent - hold_sent_base_;
+    report_.churn_cycles = report_.established;
     phase_ = kDrain;
     drain_end_us_ = now + timeout_us_;
   }
 
-  // The drain's deadline: every connection still owing a reply counts a timeout (as its
-  // reply timer would a moment later).
+  // The drain's deadline: every connection still owing a reply (churn: every cycle not
+  // done) counts a timeout (as its timer would a moment later).
   void DropUnanswered() {
     for (uint32_t i = 0; i < conns_.size(); ++i) {
       const Conn& c = conns_[i];
-      if (c.fd >= 0 && c.inflight_head < c.inflight.size()) {
+      if (c.fd < 0) continue;
+      if (c.state == State::kConnecting) {
+        ConnectFailed(i, ETIMEDOUT);
+      } else if (opt_.churn || c.inflight_head < c.inflight.size()) {
         ++report_.timeouts;
         Drop(i);
       }
@@ -656,6 +666,7 @@ class Worker {
       report_.hold_s = static_cast<double>(now - phase_start_us_) / 1e6;
     }
     if (phase_ == kHold) report_.hold_hb_sent = report_.hb_sent - hold_sent_base_;
+    if (phase_ == kChurn) report_.churn_cycles = report_.established;
     if (phase_ == kHold || phase_ == kDrain) report_.hold_hb_received = report_.hb_received - hold_received_base_;
     phase_ = kDone;
   }
@@ -667,7 +678,7 @@ class Worker {
     if (report_.hold_s > 0) {
       report_.hold_sent_per_s = static_cast<double>(report_.hold_hb_sent) / report_.hold_s;
       report_.hold_received_per_s = static_cast<double>(report_.hold_hb_received) / report_.hold_s;
-      if (opt_.churn) report_.churn_per_s = static_cast<double>(report_.established) / report_.hold_s;
+      if (opt_.churn) report_.churn_per_s = static_cast<double>(report_.churn_cycles) / report_.hold_s;
     }
   }
 
@@ -1383,7 +1394,7 @@ void PrintReport(const Options& opt, const Report& r) {
   if (opt.json) {
     std::string churn;
     if (opt.churn) {
-      churn = fmt::format(R"("churn_connects":{},"churn_connects_per_s":{:.1f},)", r.established, r.churn_per_s);
+      churn = fmt::format(R"("churn_connects":{},"churn_connects_per_s":{:.1f},)", r.churn_cycles, r.churn_per_s);
     }
     fmt::print(R"({{"mode":"{}","target":"{}","procs":{},"connections":{},"established":{},)"
                R"("connect_errors":{},"errors":{},"error_detail":{},"connect_rate":{:.1f},"ramp_s":{:.3f},)"
@@ -1399,7 +1410,7 @@ void PrintReport(const Options& opt, const Report& r) {
   fmt::print("gwload {} mode: {} connections to {} ({} process{})\n", opt.churn ? "churn" : "hold", r.connections,
              opt.target, opt.procs, opt.procs == 1 ? "" : "es");
   if (opt.churn) {
-    fmt::print("  churn          {} login round trips in {:.2f}s: {:.0f} connects/s\n", r.established, r.hold_s,
+    fmt::print("  churn          {} login round trips in {:.2f}s: {:.0f} connects/s\n", r.churn_cycles, r.hold_s,
                r.churn_per_s);
   } else {
     fmt::print("  established    {}/{} in {:.2f}s: {:.0f} connects/s\n", r.established, r.connections, r.ramp_s,
