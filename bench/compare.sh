@@ -719,7 +719,9 @@ parse_wrk() {
 }
 
 # parse_gwload FILE: gwload --churn --json output (the report is its last line) -> the same
-# fields: churn cycles/s, login round trip p50 and p99 in ms, errors, cycles.
+# fields: churn cycles/s, login round trip p50 and p99 in ms, errors, cycles. The cycles
+# (the divisor of CPU per cycle) are all those completed, the ones gwload waited for after
+# -T included: the CPU times cover them too (churn_connects counts those within -T only).
 parse_gwload() {
   "$PY" - "$1" <<'EOF'
 import json, sys
@@ -727,7 +729,7 @@ try:
     r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
     lat = r["first_latency_us"]
     print("%.1f %.3f %.3f %d %d" % (r["churn_connects_per_s"], lat["p50"] / 1000, lat["p99"] / 1000,
-                                    r["errors"], r["churn_connects"]))
+                                    r["errors"], r["established"]))
 except (OSError, ValueError, IndexError, KeyError):
     sys.exit(1)
 EOF

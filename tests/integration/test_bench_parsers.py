@@ -1,0 +1,91 @@
+#!/usr/bin/python3
+"""bench/compare.sh's parsers of the load generators' output, fed canned output.
+
+parse_wrk and parse_gwload are cut out of compare.sh as they stand (the script
+itself starts contenders and runs for minutes) and run in bash on files written
+here. Each prints "rate p50_ms p99_ms errors requests"; `requests` divides the
+CPU time measured over the whole run (cpu us/req)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gwtest  # noqa: E402
+
+COMPARE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench", "compare.sh")
+
+WRK = """Running 10s test @ http://127.0.0.1:8080/
+  2 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   {avg}    1.00ms  {max}   90.00%
+    Req/Sec    10.00k     1.00k   12.00k    70.00%
+  Latency Distribution
+     50%  {p50}
+     75%    1.00ms
+     90%    2.00ms
+     99%  {p99}
+  200000 requests in 10.00s, 30.00MB read
+{extra}Requests/sec:  20000.00
+Transfer/sec:      3.00MB
+"""
+
+
+def function_text(name):
+    """The shell function `name` as compare.sh defines it."""
+    with open(COMPARE, encoding="utf-8") as f:
+        text = f.read()
+    m = re.search(r"^%s\(\) \{\n.*?^\}\n" % name, text, re.S | re.M)
+    assert m, f"{name} not found in compare.sh"
+    return m.group(0)
+
+
+class BenchParsersTest(unittest.TestCase):
+    def parse(self, name, output):
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write(output)
+        self.addCleanup(os.unlink, f.name)
+        script = "PY=/usr/bin/python3\n%s\n%s \"$1\"\n" % (function_text(name), name)
+        r = subprocess.run(["bash", "-c", script, "parse", f.name], capture_output=True, text=True,
+                           timeout=gwtest.T(30), stdin=subprocess.DEVNULL)
+        return r.returncode, r.stdout.split()
+
+    def wrk(self, p50="500.00us", p99="3.00ms", extra=""):
+        return self.parse("parse_wrk", WRK.format(avg="1.00ms", max="9.00ms", p50=p50, p99=p99, extra=extra))
+
+    def test_wrk_latency_units(self):
+        """wrk prints each latency in us, ms, s or m: all come out in ms."""
+        self.assertEqual(self.wrk(), (0, ["20000.00", "0.500", "3.000", "0", "200000"]))
+        self.assertEqual(self.wrk(p50="1.50s", p99="1.20m")[1][1:3], ["1500.000", "72000.000"])
+
+    def test_wrk_failed_requests_are_counted(self):
+        """Socket errors (connect, read, write, timeout) and non-2xx/3xx replies
+        are errors: wrk counts them in Requests/sec."""
+        extra = ("  Socket errors: connect 1, read 20, write 300, timeout 4000\n"
+                 "  Non-2xx or 3xx responses: 50000\n")
+        self.assertEqual(self.wrk(extra=extra), (0, ["20000.00", "0.500", "3.000", "54321", "200000"]))
+
+    def test_wrk_without_a_latency_distribution_fails(self):
+        out = "\n".join(line for line in WRK.splitlines() if "%  " not in line)
+        self.assertNotEqual(self.parse("parse_wrk", out.format(avg="1ms", max="2ms", extra=""))[0], 0)
+
+    def test_gwload_churn_report(self):
+        """The rate is churn_connects_per_s (cycles done within -T); the
+        requests that divide the CPU time are all the cycles the run completed
+        (`established`, the drain's included: the CPU time covers them), not
+        churn_connects, which left them out and overstated cpu/req."""
+        report = {"mode": "churn", "established": 10050, "errors": 0, "churn_connects": 10000,
+                  "churn_connects_per_s": 1000.0,
+                  "first_latency_us": {"count": 10050, "p50": 1500, "p99": 25000, "p999": 30000, "max": 31000,
+                                       "mean": 2000.0}}
+        out = "progress\n" + json.dumps(report) + "\n"
+        self.assertEqual(self.parse("parse_gwload", out), (0, ["1000.0", "1.500", "25.000", "0", "10050"]))
+        self.assertNotEqual(self.parse("parse_gwload", "gwload: usage\n")[0], 0)
+
+
+if __name__ == "__main__":
+    gwtest.main()
