@@ -116,9 +116,9 @@ echo "listen queue and timers: $(nstat -z TcpExtListenOverflows TcpExtTCPTimeout
 /usr/bin/python3 - "$OUT/load.json" "$eng" "$clients" "$((cpu1 - cpu0))" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
-n = d["churn_connects"]
+n = d["churn_connects"]  # cycles within -T; the CPU time also covers those gwload waited for after it
 print(f"{sys.argv[2]} {sys.argv[3]} clients: {n / d['duration_s']:.0f} conn/s, "
-      f"{int(sys.argv[4]) / 1e3 / max(n, 1):.2f} us of gwd CPU per cycle, errors {d['errors']}, "
+      f"{int(sys.argv[4]) / 1e3 / max(d['established'], 1):.2f} us of gwd CPU per cycle, errors {d['errors']}, "
       f"connect errors {d['connect_errors']}")
 EOF
 grep -h 'first_frame_timeout\|session slots' "$OUT/gw.log" | head -3 || true
