@@ -753,6 +753,10 @@ load() {
   WRK_PID=$!
 }
 parse_load() { if [ "$MODE" = frame ]; then parse_gwload "$1"; else parse_wrk "$1"; fi; }
+# load_ran RC: the load generator's exit status RC means it ran and reported. wrk exits 0
+# with failed requests in its output; gwload exits 1 when it counted errors, and its report
+# has them: both go in the errors column (and the verdicts say "not judged"), as wrk's do.
+load_ran() { [ "$1" -eq 0 ] || { [ "$MODE" = frame ] && [ "$1" -eq 1 ]; }; }
 
 check_alive() {  # a contender that died mid-run would otherwise show up only as errors
   local pid
@@ -793,7 +797,7 @@ for conns in "${COUNTS[@]}"; do
       wait "$WRK_PID" || load_rc=$?
       WRK_PID=""
       [ -z "$rss_pid" ] || wait "$rss_pid" || true
-      if [ $load_rc -ne 0 ] || ! res=$(parse_load "$out"); then
+      if ! load_ran $load_rc || ! res=$(parse_load "$out"); then
         # The contender's own log too: what it refused or closed, and why.
         show_logs "$out" "$out.err" ${CPID[$c]:+"${PID_LOG[${CPID[$c]}]}"}
         die "$LOAD_TOOL through $c failed ($conns connections, round $((r + 1)))"

@@ -39,7 +39,7 @@ def function_text(name):
     """The shell function `name` as compare.sh defines it."""
     with open(COMPARE, encoding="utf-8") as f:
         text = f.read()
-    m = re.search(r"^%s\(\) \{\n.*?^\}\n" % name, text, re.S | re.M)
+    m = re.search(r"^%s\(\) \{(?: [^\n]*\}$|\n.*?^\}$)" % name, text, re.S | re.M)
     assert m, f"{name} not found in compare.sh"
     return m.group(0)
 
@@ -85,6 +85,19 @@ class BenchParsersTest(unittest.TestCase):
         out = "progress\n" + json.dumps(report) + "\n"
         self.assertEqual(self.parse("parse_gwload", out), (0, ["1000.0", "1.500", "25.000", "0", "10050"]))
         self.assertNotEqual(self.parse("parse_gwload", "gwload: usage\n")[0], 0)
+
+    def test_gwload_errors_are_reported_not_fatal(self):
+        """gwload exits 1 when it counted errors (its report has them); wrk
+        exits 0 with failed requests. compare.sh took gwload's 1 for a failed
+        run and stopped the whole benchmark, so a frame contender's errors
+        never reached the errors column or the verdicts. Exit 1 is a run with
+        errors in frame mode only; any other non-zero status is a failure."""
+        for mode, rc, ran in (("frame", 0, True), ("frame", 1, True), ("frame", 2, False), ("frame", 137, False),
+                              ("l7", 0, True), ("l7", 1, False), ("l4", 1, False)):
+            script = "MODE=%s\n%s\nload_ran %d\n" % (mode, function_text("load_ran"), rc)
+            r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=gwtest.T(30),
+                               stdin=subprocess.DEVNULL)
+            self.assertEqual(r.returncode == 0, ran, (mode, rc, r.stderr))
 
 
 if __name__ == "__main__":
