@@ -43,6 +43,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gwtest  # noqa: E402
+import netns  # noqa: E402
 from gwtest import GwTestCase, T, host  # noqa: E402
 
 HDR = struct.Struct(">BBHH")
@@ -2362,6 +2363,37 @@ class FrameTest(GwTestCase):
         self.assertEqual(out.returncode, 1, out.stderr[-1000:])
         self.assertTrue(0.4 <= r["duration_s"] <= T(2), r["duration_s"])
         self.assertTrue(15 <= r["churn_connects_per_s"] <= 25, r)  # 10 cycles / 0.5 s
+
+    def test_gwload_ipv6_src_picks_its_port_per_destination(self):
+        """--src with IPv6: gwload set IP_BIND_ADDRESS_NO_PORT on IPv4 sockets
+        only, so an IPv6 bind took a port of its own at once, and a source
+        address ran out of ports after one local port range in all (churn: no
+        TIME_WAIT reuse either) instead of one per destination. In a network
+        namespace of its own with a local port range of 2 ports, 4 connections
+        from [::1] to 2 device backends on [::1]: 2 failed with
+        connect:EADDRINUSE; now all 4 are established."""
+        unshare = netns.tool("unshare")
+        self.assertIsNotNone(unshare, "unshare(1) (util-linux) is needed")
+        script = r"""
+set -e
+ip link set lo up
+"$1" --mode device --listen "[::1]:7101" --name a >/dev/null 2>&1 & a=$!
+"$1" --mode device --listen "[::1]:7102" --name b >/dev/null 2>&1 & b=$!
+trap 'kill $a $b' EXIT
+for _ in $(seq 50); do
+  python3 -c 'import socket; [socket.create_connection(("::1", p), 1).close() for p in (7101, 7102)]' 2>/dev/null && break
+  sleep 0.1
+done
+echo "40000 40001" >/proc/sys/net/ipv4/ip_local_port_range  # after the probes: they take ports too
+"$2" --target "[::1]:7101,[::1]:7102" --src ::1 -c 4 --connect-rate 0 -r 0 -T 0.2 --json
+"""
+        out = subprocess.run([unshare, "--net", "bash", "-c", script, "sh",
+                              os.path.join(gwtest.BUILD_DIR, "gw-backend"), os.path.join(gwtest.BUILD_DIR, "gwload")],
+                             capture_output=True, text=True, timeout=T(30), stdin=subprocess.DEVNULL)
+        self.assertTrue(out.stdout.strip(), f"no report: {out.stderr[-1000:]}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        self.assertEqual((r["established"], r["errors"], r["error_detail"]), (4, 0, {}), r)
+        self.assertEqual(out.returncode, 0, out.stderr[-1000:])
 
     def test_backend_usage_errors_are_one_line_exit_2(self):
         """gw-backend (the device backends here, the demo's and the benches')

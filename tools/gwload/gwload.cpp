@@ -750,10 +750,9 @@ class Worker {
     if (!opt_.src_addrs.empty()) {
       const Address& src = opt_.src_addrs[(first_ + slot) % opt_.src_addrs.size()];
       // Pick the port at connect() time, per destination: many more connections per source
-      // address, and TIME_WAIT ports can be reused (churn).
-      if (src.addr.ss_family == AF_INET) {
-        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
-      }
+      // address, and TIME_WAIT ports can be reused (churn). An IPv6 socket takes this IPv4-level
+      // option too (Linux passes SOL_IP options of TCP over IPv6 to the IPv4 code).
+      setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
       if (bind(fd, reinterpret_cast<const sockaddr*>(&src.addr), src.len) != 0) {
         return ConnectFailed(slot, errno);
       }
