@@ -122,6 +122,9 @@ for c in "${counts[@]}"; do
       rps=$(awk '/Requests\/sec/ {print $2}' "$tmp/wrk.out")
       n=$(awk '/requests in/ {print $1}' "$tmp/wrk.out")
       [ -n "$rps" ] && [ -n "$n" ] || { echo "bench/ab.sh: wrk through $x gave no result" >&2; exit 1; }
+      # No request answered: there is no CPU per request to give, and the
+      # ratios would divide by zero. Say so rather than print a figure.
+      [ "$n" != 0 ] || { echo "bench/ab.sh: wrk through $x completed no request in ${secs}s (is $x answering?)" >&2; cat "$tmp/wrk.out" >&2; exit 1; }
       # Failed requests (socket errors, non-2xx/3xx replies) are in wrk's req/s too.
       errs=$(awk '/^ *Socket errors:/ {gsub(/,/, ""); e += $4 + $6 + $8 + $10}
                   /Non-2xx or 3xx/ {e += $NF} END {print e + 0}' "$tmp/wrk.out")
