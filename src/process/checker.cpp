@@ -135,8 +135,8 @@ void Checker::remove(Probe& p) {
 // Starts the checks that are due, the ones due longest first. Woken when the
 // next check falls due or a probe's time is up, not on the tick only: an
 // interval or timeout of 50 ms ran as 60 (the next tick), one of 10 as 20.
-// The table is looked at again at most kTickMs on: a new host is checked at
-// once.
+// The table is looked at again at most kTickMs on: a new host added alone is
+// checked at once (see refresh() for the spread of many new hosts).
 uint64_t Checker::start_due() {
   refresh();
   uint64_t next = io_.now_ms() + kTickMs;
@@ -210,9 +210,20 @@ uint64_t Checker::start_due() {
 // Takes a newer table if there is one, indexes its hosts by slot (each
 // finished check looks its host up, and a walk over the table for each would
 // make a round of checks cost hosts squared), and queues the checked hosts
-// not queued yet: a new host (a new tag) at once. A refused table (corrupt,
-// or a foreign writer's) is not taken: the checks go on with the last good
-// one, as the workers route with theirs, until the next publish.
+// not queued yet. A refused table (corrupt, or a foreign writer's) is not
+// taken: the checks go on with the last good one, as the workers route with
+// theirs, until the next publish.
+//
+// The first checks of the hosts new in this table (a new tag; at start and
+// after a reload, which starts a new checker, every host) are spread: the
+// k-th new host, of n checked hosts in the table, is first due k * interval
+// / n on (its upstream's interval), the pace of n hosts checked once an
+// interval. All at once, thousands of hosts meant thousands of connects in
+// one wakeup: a burst on the backends and on the checker's descriptors. At
+// start (every host new) the first checks fill the interval; a host added
+// live is checked at once, and a batch added in one change follows it an
+// interval / n apart, within moments of each other in a big table. Later
+// checks keep the interval from their own start, so the spread holds.
 void Checker::refresh() {
   if (!reader_.stale()) return;
   const char* refused = nullptr;
@@ -225,14 +236,21 @@ void Checker::refresh() {
   std::swap(table_, next_);
   const uint64_t now = io_.now_ms();
   auto hosts = table_->hosts();
+  auto check_of = [&](const shm::HostRecord& h) -> const shm::HealthCheck& {
+    return table_->upstreams()[table_->pools()[h.pool].upstream].check;
+  };
+  uint64_t checked = 0;
+  for (const shm::HostRecord& h : hosts) checked += h.slot < index_.size() && check_of(h).type != shm::kCheckNone;
+  uint64_t fresh = 0;  // the new hosts so far
   for (int32_t& i : index_) i = -1;
   for (size_t i = 0; i < hosts.size(); ++i) {
     const shm::HostRecord& h = hosts[i];
     if (h.slot >= index_.size()) continue;
     index_[h.slot] = static_cast<int32_t>(i);
-    if (table_->upstreams()[table_->pools()[h.pool].upstream].check.type == shm::kCheckNone) continue;
+    const shm::HealthCheck& check = check_of(h);
+    if (check.type == shm::kCheckNone) continue;
     HostState& st = hosts_[h.slot];
-    if (st.tag != h.tag) st = HostState{h.tag, now, false, false, {}};  // a new host: check it at once
+    if (st.tag != h.tag) st = HostState{h.tag, now + fresh++ * check.interval_ms / checked, false, false, {}};
     if (!st.in_flight && !st.queued) queue(st, h.slot);
   }
 }

@@ -67,6 +67,17 @@ struct Fixture {
     g_peers.clear();
     g_checker = nullptr;
   }
+  // Adds hosts on ports from..to (one commit) to the pool publish() made.
+  void add_hosts(uint32_t from, uint32_t to) {
+    w.commit([&](shm::Table& t, std::vector<std::string>&) {
+      for (uint32_t i = from; i <= to; ++i) {
+        core::SockAddr a;
+        std::string why;
+        REQUIRE(core::parse_address("127.0.0.1:" + std::to_string(i), a, why));
+        t.add_unique_host(0, "h" + std::to_string(i), a, 1);
+      }
+    });
+  }
   // An upstream with http checks (rise 1, fall 1) and `n` hosts on ports 1..n.
   void publish(uint32_t n, uint32_t interval_ms, uint32_t timeout_ms) {
     w.commit([&](shm::Table& t, std::vector<std::string>&) {
@@ -104,6 +115,26 @@ struct Fixture {
   }
 };
 
+// Steps the clock 1 ms at a time up to `end` (not included), turning the
+// loop at each; `times` gets the clock of each connect (as g_connects its port).
+void run_until(Fixture& f, uint64_t end, std::vector<uint64_t>& times) {
+  for (; g_now < end; ++g_now) {
+    f.turn();
+    times.resize(g_connects.size(), g_now);
+  }
+}
+
+// The most of `times` (any order) within any `window` ms.
+size_t most_within(std::vector<uint64_t> times, uint64_t window) {
+  std::sort(times.begin(), times.end());
+  size_t most = 0;
+  for (size_t lo = 0, hi = 0; hi < times.size(); ++hi) {
+    while (times[hi] - times[lo] >= window) ++lo;
+    most = std::max(most, hi - lo + 1);
+  }
+  return most;
+}
+
 void answer(int peer, const char* status_line) {
   const std::string s = std::string(status_line) + "\r\n\r\n";
   REQUIRE(::send(peer, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size()));
@@ -117,8 +148,10 @@ TEST_SUITE("process") {
     // clock. Before, every probe's deadline was the round's start + timeout
     // (1 s): the last 75 hosts were failed (down) before their time, or at
     // once; nginx's check module and HAProxy time a check from its own start.
+    // (An interval of 1 ms: the first checks, spread across it, are all due
+    // at once; none is started again here.)
     Fixture f(128);
-    f.publish(100, 60000, 1000);
+    f.publish(100, 1, 1000);
     g_connect_ms = 20;
     f.checker.start_due();
     REQUIRE(g_peers.size() == 100);
@@ -147,6 +180,8 @@ TEST_SUITE("process") {
     Fixture f(32);
     f.publish(20, 100, 1000);
     g_max_in_flight = 5;
+    f.checker.start_due();  // (reads the table: the first checks are spread across the interval)
+    g_now += 100;           // all due
     for (int round = 0; round < 4; ++round) {
       f.turn();
       CHECK(f.checker.probes_in_flight() == 5);
@@ -172,6 +207,8 @@ TEST_SUITE("process") {
     Fixture f(16);
     f.publish(3, 1000, 5000);
     f.checker.start_due();
+    g_now += 1000;  // (the first checks are spread across the interval: all started by now)
+    f.checker.start_due();
     REQUIRE(g_peers.size() == 3);
     shm::SegmentHeader& h = f.ts.seg.header();
     const uint64_t pub = h.published.load();
@@ -185,5 +222,66 @@ TEST_SUITE("process") {
     f.turn();
     CHECK(f.checker.probes_in_flight() == 3);
     h.published.store(pub);
+  }
+
+  TEST_CASE("checker: the first checks are spread across the interval, not started all at once") {
+    // 200 hosts, interval 2 s. Before, every host was due when the checker
+    // read the table (at start, and after a reload, which starts a new
+    // checker): 200 connects in one wakeup, thousands in a big table. Now
+    // the k-th host is first due k * 2000 / 200 ms on: 200 hosts over the
+    // interval, at most 1 + window * 200 / 2000 in any window.
+    Fixture f(256);
+    f.publish(200, 2000, 50);  // (no host answers: each check times out after 50 ms)
+    std::vector<uint64_t> times;
+    run_until(f, 14000, times);
+    REQUIRE(g_connects.size() == 400);  // two rounds
+    const std::vector<uint64_t> first(times.begin(), times.begin() + 200);
+    CHECK(most_within(first, 1) == 1);
+    CHECK(most_within(first, 10) <= 2);
+    CHECK(most_within(first, 100) <= 11);
+    // Every host once in the first interval, and again one interval after.
+    std::vector<uint64_t> first_at(201, 0);
+    for (size_t i = 0; i < 200; ++i) {
+      CAPTURE(i);
+      CHECK(times[i] < 12000);
+      CHECK(first_at[g_connects[i]] == 0);
+      first_at[g_connects[i]] = times[i];
+    }
+    for (size_t i = 200; i < 400; ++i) {
+      CAPTURE(i);
+      CHECK(times[i] == first_at[g_connects[i]] + 2000);
+    }
+    CHECK(most_within(times, 10) <= 2);
+  }
+
+  TEST_CASE("checker: a host added live is checked at once; a batch added in one change is spread") {
+    // An operator who adds a host expects its verdict at once, not an
+    // interval later: a lone new host is first due when the table is read.
+    // A batch of new hosts follows it at the checker's pace, interval / n
+    // apart (n: the checked hosts in the table).
+    Fixture f(256);
+    f.publish(200, 2000, 50);
+    std::vector<uint64_t> times;
+    run_until(f, 12005, times);
+    f.add_hosts(201, 201);
+    const uint64_t added = g_now;
+    run_until(f, g_now + 1, times);
+    REQUIRE(g_connects.back() == 201);
+    CHECK(times.back() == added);
+    // 20 more in one change: 221 checked hosts, the k-th new one k * 2000 /
+    // 221 ms on (k = 0..19): the first at once, all within 172 ms.
+    run_until(f, 12500, times);
+    const size_t before = g_connects.size();
+    f.add_hosts(202, 221);
+    const uint64_t batch = g_now;
+    run_until(f, 13000, times);
+    std::vector<uint64_t> batch_times;
+    for (size_t i = before; i < g_connects.size(); ++i)
+      if (g_connects[i] >= 202) batch_times.push_back(times[i]);
+    REQUIRE(batch_times.size() == 20);
+    CHECK(batch_times.front() == batch);
+    CHECK(batch_times.back() - batch == 19 * 2000 / 221);
+    CHECK(most_within(batch_times, 1) == 1);
+    CHECK(most_within(batch_times, 10) <= 2);
   }
 }
