@@ -6,6 +6,9 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "config/json_util.hpp"
 #include "gw/admin/prom.hpp"
@@ -341,18 +344,28 @@ std::string parse_pool_body(std::string_view json, std::string_view path_id, Poo
   return join_errors(c.errors);
 }
 
+// Linear in the body and the table: the ids are looked up in hash maps (a
+// walk of the body for each host, and of the table for each body entry, made
+// a big pool's hosts sent back cost body x hosts). The first error is the one
+// a walk in order finds: the body's entries in order (listed twice, then not
+// the pool's), then the pool's hosts in table order (missing, then differing).
 std::string check_pool_hosts(const shm::Table& t, int pool, const std::vector<HostBody>& body) {
-  for (size_t i = 0; i < body.size(); ++i) {
-    for (size_t j = 0; j < i; ++j)
-      if (body[i].id == body[j].id) return fmt::format("body.hosts: host \"{}\" is listed twice", body[i].id);
-    if (t.find_host(pool, body[i].id) < 0) return fmt::format("body.hosts: the pool has no host \"{}\"", body[i].id);
+  std::unordered_set<std::string_view> in_pool;
+  for (const auto& h : t.hosts())
+    if (h.pool == static_cast<uint32_t>(pool)) in_pool.insert(shm::name_of(h.id));
+  std::unordered_map<std::string_view, const HostBody*> sent;
+  sent.reserve(body.size());
+  for (const HostBody& b : body) {
+    if (!sent.emplace(b.id, &b).second) return fmt::format("body.hosts: host \"{}\" is listed twice", b.id);
+    if (!in_pool.contains(b.id)) return fmt::format("body.hosts: the pool has no host \"{}\"", b.id);
   }
   for (const auto& h : t.hosts()) {
     if (h.pool != static_cast<uint32_t>(pool)) continue;
     const std::string_view id = shm::name_of(h.id);
-    auto it = std::find_if(body.begin(), body.end(), [&](const HostBody& b) { return b.id == id; });
-    if (it == body.end()) return fmt::format("body.hosts: host \"{}\" is missing", id);
-    if (!(it->address == h.addr) || it->weight != h.weight || it->down != (h.admin_down != 0))
+    auto it = sent.find(id);
+    if (it == sent.end()) return fmt::format("body.hosts: host \"{}\" is missing", id);
+    const HostBody& b = *it->second;
+    if (!(b.address == h.addr) || b.weight != h.weight || b.down != (h.admin_down != 0))
       return fmt::format("body.hosts: host \"{}\" is {} weight={} admin {} in the pool", id, h.addr.to_string(),
                          h.weight, h.admin_down ? "down" : "up");
   }

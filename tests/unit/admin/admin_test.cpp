@@ -385,6 +385,66 @@ TEST_SUITE("admin") {
               .starts_with("body.method: unknown method \"fastest\" (known: "));
   }
 
+  TEST_CASE("a pool's hosts sent back: the checks and which error comes first") {
+    // check_pool_hosts looks ids up in hash maps (it walked the body for each
+    // host and the table for each body entry); its answers stay these.
+    TempSegment ts(shm::Caps{4, 8, 1100});
+    seed(ts.seg);  // app/primary: a 1001 weight 1, b 1002 weight 2
+    shm::Writer w(ts.seg);
+    w.set_persist(false);
+    w.commit([](shm::Table& t, std::vector<std::string>&) {
+      const int dr = t.add_pool(0, "dr", 1, shm::Method::round_robin);
+      t.add_host(dr, "a", addr("127.0.0.1:2001"), 1);  // the same id in another pool
+      t.add_host(dr, "c", addr("127.0.0.1:2003"), 1);
+      const int big = t.add_pool(1, "big", 0, shm::Method::round_robin);
+      for (int i = 0; i < 1000; ++i)
+        t.add_host(big, "h" + std::to_string(i), addr(fmt::format("127.0.0.1:{}", 3000 + i).c_str()), 1);
+    });
+    shm::Table t(ts.seg.caps());
+    shm::read_published(ts.seg, t);
+    const int primary = t.find_pool(0, "primary"), dr = t.find_pool(0, "dr"), big = t.find_pool(1, "big");
+    auto host = [](const char* id, const char* address, uint32_t weight = 1, bool down = false) {
+      return HostBody{id, addr(address), weight, down};
+    };
+    const HostBody a = host("a", "127.0.0.1:1001"), b = host("b", "127.0.0.1:1002", 2);
+    const HostBody z = host("z", "127.0.0.1:1009");
+    CHECK(check_pool_hosts(t, primary, {a, b}) == "");
+    CHECK(check_pool_hosts(t, primary, {b, a}) == "");  // any order
+    CHECK(check_pool_hosts(t, dr, {host("c", "127.0.0.1:2003"), host("a", "127.0.0.1:2001")}) == "");
+    // Ids within the body: listed twice, in the body's order with "no host".
+    CHECK(check_pool_hosts(t, primary, {a, b, a}) == "body.hosts: host \"a\" is listed twice");
+    CHECK(check_pool_hosts(t, primary, {b, a, b}) == "body.hosts: host \"b\" is listed twice");
+    CHECK(check_pool_hosts(t, primary, {a, a, z}) == "body.hosts: host \"a\" is listed twice");
+    CHECK(check_pool_hosts(t, primary, {a, z, a}) == "body.hosts: the pool has no host \"z\"");
+    CHECK(check_pool_hosts(t, primary, {z, z}) == "body.hosts: the pool has no host \"z\"");
+    // Against the pool: another pool's host is not this one's.
+    CHECK(check_pool_hosts(t, primary, {a, b, host("c", "127.0.0.1:2003")}) ==
+          "body.hosts: the pool has no host \"c\"");
+    CHECK(check_pool_hosts(t, dr, {host("c", "127.0.0.1:2003"), b}) == "body.hosts: the pool has no host \"b\"");
+    // The pool's hosts, in table order: missing, or sent otherwise.
+    CHECK(check_pool_hosts(t, primary, {}) == "body.hosts: host \"a\" is missing");
+    CHECK(check_pool_hosts(t, primary, {b}) == "body.hosts: host \"a\" is missing");
+    CHECK(check_pool_hosts(t, primary, {a}) == "body.hosts: host \"b\" is missing");
+    CHECK(check_pool_hosts(t, primary, {b, host("a", "127.0.0.1:1001", 3)}) ==
+          "body.hosts: host \"a\" is 127.0.0.1:1001 weight=1 admin up in the pool");
+    CHECK(check_pool_hosts(t, primary, {host("b", "127.0.0.1:1002", 2, true), host("a", "127.0.0.1:2001")}) ==
+          "body.hosts: host \"a\" is 127.0.0.1:1001 weight=1 admin up in the pool");
+    CHECK(check_pool_hosts(t, primary, {a, host("b", "127.0.0.1:1002", 2, true)}) ==
+          "body.hosts: host \"b\" is 127.0.0.1:1002 weight=2 admin up in the pool");
+    CHECK(check_pool_hosts(t, dr, {host("a", "127.0.0.1:1001"), host("c", "127.0.0.1:2003")}) ==
+          "body.hosts: host \"a\" is 127.0.0.1:2001 weight=1 admin up in the pool");
+    // A big pool, sent back in reverse order; then with one host twice.
+    std::vector<HostBody> all;
+    for (int i = 999; i >= 0; --i)
+      all.push_back(HostBody{"h" + std::to_string(i), addr(fmt::format("127.0.0.1:{}", 3000 + i).c_str()), 1, false});
+    CHECK(check_pool_hosts(t, big, all) == "");
+    all.push_back(all[10]);
+    CHECK(check_pool_hosts(t, big, all) == "body.hosts: host \"h989\" is listed twice");
+    all.pop_back();
+    all.pop_back();  // h0
+    CHECK(check_pool_hosts(t, big, all) == "body.hosts: host \"h0\" is missing");
+  }
+
   TEST_CASE("rule bodies") {
     shm::RuleSpec s;
     CHECK(parse_rule_body(R"({"id": "canary", "upstream": "pre", "ip": ["127.0.0.2", "10.0.0.0/8"],
