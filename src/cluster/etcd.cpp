@@ -111,8 +111,10 @@ std::string range_request(std::string_view key, std::string_view range_end, bool
 }
 
 std::string watch_create_request(std::string_view key, std::string_view range_end, int64_t start_revision) {
-  return fmt::format("{{\"create_request\": {{\"key\": \"{}\", \"range_end\": \"{}\", \"start_revision\": \"{}\"}}}}",
-                     b64(key), b64(range_end), start_revision);
+  return fmt::format(
+      "{{\"create_request\": {{\"key\": \"{}\", \"range_end\": \"{}\", \"start_revision\": \"{}\", "
+      "\"progress_notify\": true}}}}",
+      b64(key), b64(range_end), start_revision);
 }
 
 std::string txn_request(const std::vector<Compare>& compares, const std::vector<Op>& success) {
@@ -192,6 +194,8 @@ WatchMessage parse_watch_message(std::string_view json) {
       we.kv = parse_kv(kv, json);
       m.events.push_back(std::move(we));
     }
+  // etcd's progress notification is a result with a header and nothing else.
+  m.progress = !m.created && !m.canceled && m.events.empty() && m.revision > 0;
   return m;
 }
 

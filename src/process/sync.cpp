@@ -347,6 +347,7 @@ class Sync {
       if (p[1].revents) {
         msgs.clear();
         watch_.read_available(msgs);
+        int64_t progress = 0;  // the highest revision a progress notification of this read said
         for (const auto& m : msgs) {
           if (!m.error.empty()) throw EtcdError(fmt::format("etcd {}: watch failed: {}", etcd_.url(), m.error), true);
           if (m.canceled) {
@@ -376,6 +377,7 @@ class Sync {
             created = true;
             on_synced();
           }
+          if (m.progress && created) progress = std::max(progress, m.revision);
           // A txn's keys share one revision; a message carries all of it.
           for (const auto& ev : m.events) {
             if (steps.empty() || steps.back().first != ev.kv.mod_revision) steps.push_back({ev.kv.mod_revision, {}});
@@ -388,6 +390,7 @@ class Sync {
           apply(&steps);
           steps.clear();
         }
+        if (progress > 0) progressed(progress);
         cl_.contact_ms.store(core::wall_ms(), std::memory_order_relaxed);
       }
       now = core::monotonic_ms();
@@ -419,6 +422,21 @@ class Sync {
         next_probe = core::monotonic_ms() + kProbeIntervalMs;
       }
     }
+  }
+
+  // etcd's progress notification: etcd has sent every change of the prefix
+  // up to `revision` (this read's events included), so kv_ is etcd's at that
+  // revision. Without it, a prefix that nobody changes kept the node's
+  // revision where its last change was, and a watch resumed from there after
+  // a break asked for a revision that etcd may have compacted long ago: a
+  // full re-list instead of a resume. Never moves back (a member that lags
+  // its leader may say less than what this node applied).
+  void progressed(int64_t revision) {
+    if (revision <= rev_ || !owns()) return;
+    rev_ = revision;
+    // The table is that of rev_ too, unless the last commit failed (then the
+    // status keeps the revision of the table served, as apply() does).
+    if (!apply_failed_) cl_.revision.store(static_cast<uint64_t>(rev_), std::memory_order_release);
   }
 
   // A quorum read on the member being watched: a member that is up but cut off

@@ -45,6 +45,7 @@ class EtcdCluster:
         self.urls = [f"http://127.0.0.1:{p}" for p in self.client]
         self.initial = ",".join(f"m{i}=http://127.0.0.1:{self.peer[i]}" for i in range(n))
         self.token = f"gwtest-{os.getpid()}-{self.client[0]}"
+        self.extra = []  # more flags for every member started from now on
 
     def start(self, i):
         log = open(os.path.join(self.tmp, f"etcd-m{i}.log"), "ab")
@@ -55,7 +56,7 @@ class EtcdCluster:
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer[i]}",
              "--initial-cluster", self.initial, "--initial-cluster-state", "new",
              "--initial-cluster-token", self.token,
-             "--heartbeat-interval", "50", "--election-timeout", "500"],
+             "--heartbeat-interval", "50", "--election-timeout", "500", *self.extra],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=gwtest._child_preexec)
         log.close()
@@ -518,6 +519,38 @@ class ClusterTest(GwTestCase):
         self.etcd.put(self.prefix + "upstreams/app/pools/primary/hosts/bad", '{"address": "nope"}')
         gwtest.wait_until(lambda: "hosts/bad not applied" in gw.log_text(), T(5), msg="a warning about the bad value")
         self.assertTrue(self.routes_to(gw, "a"))
+
+    def test_progress_notifications_move_a_quiet_prefix_past_a_compaction(self):
+        """Nothing changes under the prefix while etcd's revision grows (other
+        keys) and etcd compacts its history: the node's revision stayed at its
+        last change, so after a break its watch resumed from a compacted
+        revision and it listed everything again. The watch now asks for
+        progress notifications (etcd sends them every 200 ms here) and the
+        node's revision follows them, so it resumes after the compaction
+        without a re-list."""
+        self.etcd.stop_all()
+        self.etcd.extra = ["--experimental-watch-progress-notify-interval", "200ms"]
+        self.etcd.start_all()
+        gw = self.nodes(1)[0]
+        st = self.cluster(gw)
+        relists, member = st["relists"], self.etcd.urls.index(st["endpoint"])
+        for i in range(5):
+            r = self.etcd.put(f"/gwtest-{os.getpid()}-other/k{i}", "x")
+        rev = int(r["header"]["revision"])
+        self.assertGreater(rev, st["revision"])
+        gwtest.wait_until(lambda: self.cluster(gw)["revision"] >= rev, T(10), interval=0.05,
+                          msg=f"the node's revision to follow etcd's {rev} on a quiet prefix: {self.cluster(gw)}")
+        self.etcd.compact(rev)
+        self.etcd.kill(member)  # the watch breaks; the node resumes on another member
+        gwtest.wait_until(lambda: self.cluster(gw)["endpoint"] != self.etcd.urls[member], T(10), interval=0.05,
+                          msg="the node on another member")
+        st = self.wait_state(gw, "synced")
+        b = self.backend("b")
+        self.etcd_ok("add", "host", "app/primary", "b", b.address)
+        self.wait_routed([gw], "b", T(5))
+        st = self.cluster(gw)
+        self.assertEqual(st["relists"], relists, f"listed again after the compaction: {st}")
+        self.assertNotIn("compacted its history", gw.log_text())
 
     def test_etcd_back_at_a_lower_revision_is_listed_again(self):
         """etcd (one member here) comes back with its data dir wiped: its
@@ -1100,6 +1133,20 @@ class PagedEtcdMember:
                 return
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
+    def progress(self, others=0):
+        """`others` revisions of keys outside every watched prefix, then a
+        progress notification (a header, nothing else) on every open watch."""
+        with self.lock:
+            for _ in range(others):
+                self.rev += 1
+                self.history[self.rev] = self.history[self.rev - 1]
+            line = json.dumps({"result": {"header": self._header()}}).encode() + b"\n"
+            for c in self.conns:
+                try:
+                    c.sendall(b"%x\r\n%s\r\n" % (len(line), line))
+                except OSError:  # a watch the node closed
+                    pass
+
     def _header(self):
         return {"cluster_id": "1", "member_id": "2", "revision": str(self.rev), "raft_term": "2"}
 
@@ -1282,6 +1329,22 @@ class FakeEtcdTest(GwTestCase):
         for h in ("a", "h0000", "h0999", "h1000", "h2499"):
             self.assertIsNotNone(gwtest.find_host(st, f"app/primary/{h}"), h)
         self.assertEqual(gwtest.find_host(st, "app/primary/b")["address"], b.address, "b, added while the list ran")
+
+    def test_progress_notification_moves_the_revision_of_a_quiet_prefix(self):
+        """etcd's revision grows by changes outside the prefix, then a
+        progress notification says so on the watch: the node's revision
+        follows it (it stayed at the list's, so a watch resumed after a break
+        could ask for a compacted revision)."""
+        prefix = "/gwtest-paged/"
+        a = self.backend("a")
+        m = PagedEtcdMember(self._large_prefix(prefix, a, 0))
+        self.addCleanup(m.close)
+        gw = self._paged_node(m, a, prefix)
+        self._wait_synced_at(gw, 5)
+        gwtest.wait_until(lambda: len(m.conns) == 1, T(10), interval=0.05, msg="the watch")
+        m.progress(others=3)
+        self._wait_synced_at(gw, 8)
+        self.assertEqual(len([r for r in m.ranges if r[:2] == (1000, 0)]), 1, f"listed again: {m.ranges}")
 
     def test_list_whose_revision_is_compacted_between_pages_starts_over(self):
         """etcd compacts the first page's revision before the second page is

@@ -74,6 +74,9 @@ struct WatchMessage {
   bool canceled = false;         ///< the watch ended (compaction, or an error)
   int64_t compact_revision = 0;  ///< canceled because start_revision was compacted: re-list
   std::string cancel_reason;
+  /// A progress notification: no events, and every change of the watched
+  /// range up to `revision` was sent before it (neither created nor canceled).
+  bool progress = false;
   std::string error;               ///< the stream failed ({"error": ...}); the text
   std::vector<WatchEvent> events;  ///< in revision order
 };
@@ -99,6 +102,11 @@ struct Op {
 /// at that revision (0: the latest).
 std::string range_request(std::string_view key, std::string_view range_end, bool count_only = false, int64_t limit = 0,
                           int64_t revision = 0);
+/// A watch of [key, range_end) from `start_revision` on, with progress
+/// notifications: etcd then sends, on a watch that has nothing to report, a
+/// message with no events whose header revision says that every change up to
+/// it was sent (every 10 minutes by default, etcd's
+/// --experimental-watch-progress-notify-interval).
 std::string watch_create_request(std::string_view key, std::string_view range_end, int64_t start_revision);
 std::string txn_request(const std::vector<Compare>& compares, const std::vector<Op>& success);
 

@@ -359,8 +359,10 @@ TEST_SUITE("cluster") {
     CHECK(range_request("k", "", true) == R"({"key": "aw==", "count_only": true})");
     CHECK(range_request("/gw/a\0"s, "/gw0", false, 1000, 42) ==
           R"({"key": "L2d3L2EA", "range_end": "L2d3MA==", "limit": "1000", "revision": "42"})");
+    // Progress notifications asked for: a quiet prefix still moves the node's revision.
     CHECK(watch_create_request("/gw/", "/gw0", 8) ==
-          R"({"create_request": {"key": "L2d3Lw==", "range_end": "L2d3MA==", "start_revision": "8"}})");
+          R"({"create_request": {"key": "L2d3Lw==", "range_end": "L2d3MA==", "start_revision": "8", )"
+          R"("progress_notify": true}})");
     CHECK(
         txn_request({{"a", "", Compare::Target::create_revision, 0}, {"b", "c", Compare::Target::mod_revision, 5}},
                     {{false, "a", "v"}, {true, "b", ""}}) ==
@@ -411,6 +413,25 @@ TEST_SUITE("cluster") {
     CHECK(m.error == "etcdserver: no leader");
     CHECK_THROWS_AS(parse_watch_message(R"({"result":{"events":[{"type":"BOGUS","kv":{}}]}})"), EtcdError);
     CHECK_THROWS_AS(parse_watch_message(R"({"nothing":1})"), EtcdError);
+  }
+
+  TEST_CASE("watch messages: a progress notification is a header and nothing else") {
+    // As etcd 3.4's gateway sends one (watch_id 0 and empty events left out).
+    auto m = parse_watch_message(
+        R"({"result":{"header":{"cluster_id":"14841639068965178418","member_id":"10276657743932975437",)"
+        R"("revision":"42","raft_term":"2"}}})");
+    CHECK((m.progress && m.revision == 42 && m.events.empty() && !m.created && !m.canceled && m.error.empty()));
+    CHECK(m.cluster_id == 14841639068965178418ULL);
+    CHECK(parse_watch_message(R"({"result":{"header":{"revision":"43"},"watch_id":"0","events":[]}})").progress);
+    // Not progress: the create answer, events, a cancel, an error, no revision.
+    CHECK_FALSE(parse_watch_message(R"({"result":{"header":{"revision":"3"},"created":true}})").progress);
+    CHECK_FALSE(parse_watch_message(R"({"result":{"header":{"revision":"5"},"events":[{"kv":{"key":"L2d3L2E=",)"
+                                    R"("mod_revision":"5","value":"eA=="}}]}})")
+                    .progress);
+    CHECK_FALSE(parse_watch_message(R"({"result":{"header":{"revision":"5"},"canceled":true,"compact_revision":"4"}})")
+                    .progress);
+    CHECK_FALSE(parse_watch_message(R"({"error":{"grpc_code":14,"message":"etcdserver: no leader"}})").progress);
+    CHECK_FALSE(parse_watch_message(R"({"result":{"header":{"raft_term":"2"}}})").progress);
   }
 
   TEST_CASE("cluster_id of range answers and watch messages (a uint64, as a string above INT64_MAX)") {
