@@ -552,6 +552,59 @@ class ClusterTest(GwTestCase):
         self.assertEqual(st["relists"], relists, f"listed again after the compaction: {st}")
         self.assertNotIn("compacted its history", gw.log_text())
 
+    def test_watched_values_that_do_not_parse_are_skipped_and_the_watch_goes_on(self):
+        """Watched changes whose values do not parse (bad JSON for a host, a
+        field of the wrong type for a pool, an unknown field in the upstream
+        key): each key is logged once with its name and why, the node keeps
+        what it had for it, and the watch goes on (no reconnect, no re-list):
+        later good changes are applied. A review took such a value for one
+        that made the sync process reconnect and list again in a loop; this
+        checks that it does not."""
+        gw = self.nodes(1)[0]
+        st = self.cluster(gw)
+        reconnects, relists = st["reconnects"], st["relists"]
+        hosts = self.prefix + "upstreams/app/pools/primary/hosts/"
+        self.etcd.put(hosts + "a", '{"address": "127.0.0.1:1", "weight": }')
+        self.etcd.put(self.prefix + "upstreams/app/pools/primary", '{"priority": "high"}')
+        b = self.backend("b")
+        rev = int(self.etcd.put(hosts + "b", json.dumps({"address": b.address, "weight": 1}))["header"]["revision"])
+        gwtest.wait_until(lambda: self.cluster(gw)["revision"] >= rev, T(10), interval=0.05,
+                          msg=f"revision {rev} applied: {self.cluster(gw)}")
+        self.wait_routed([gw], "b", T(5))
+        self.assertTrue(self.routes_to(gw, "a"), "a, whose new value does not parse, is kept as it was")
+        self.assertEqual(gwtest.find_host(gw.status(), "app/primary/a")["address"], self.a.address)
+        self.assertEqual(gwtest.find_pool(gw.status(), "app/primary")["priority"], 0)
+        # another revision, read on its own: the warnings are not repeated
+        self.etcd.put(hosts + "b", json.dumps({"address": b.address, "weight": 3}))
+        gwtest.wait_until(lambda: gwtest.find_host(gw.status(), "app/primary/b")["weight"] == 3, T(10),
+                          interval=0.05, msg="b's weight 3 applied")
+        log = gw.log_text()
+        self.assertEqual(log.count(f"etcd key {hosts}a not applied: weight: invalid JSON at line 1, column 38: "
+                                   "expected a value, found '}'; the node keeps the host as it has it"), 1, log)
+        self.assertEqual(log.count(f"etcd key {self.prefix}upstreams/app/pools/primary not applied: priority: "
+                                   "expected an integer -1000000..1000000; the node keeps the pool as it has it"), 1,
+                         log)
+        # The upstream key: its pools and hosts stay as the node has them (c
+        # is not added) until the key parses again.
+        ukey = self.prefix + "upstreams/app"
+        self.etcd.put(ukey, '{"newer": 1}')
+        c = self.backend("c")
+        self.etcd.put(hosts + "c", json.dumps({"address": c.address, "weight": 1}))
+        gwtest.wait_until(lambda: f"etcd key {ukey} not applied: newer: unknown key" in gw.log_text(), T(10),
+                          interval=0.05, msg="a warning about the upstream key")
+        rev = int(self.etcd.put(hosts + "b", json.dumps({"address": b.address, "weight": 2}))["header"]["revision"])
+        gwtest.wait_until(lambda: self.cluster(gw)["revision"] >= rev, T(10), interval=0.05,
+                          msg=f"revision {rev} applied: {self.cluster(gw)}")
+        self.assertIsNone(gwtest.find_host(gw.status(), "app/primary/c"), "c added under an upstream key held")
+        self.assertEqual(gwtest.find_host(gw.status(), "app/primary/b")["weight"], 3)
+        self.etcd.put(ukey, "{}")
+        self.wait_routed([gw], "c", T(5))
+        self.assertEqual(gwtest.find_host(gw.status(), "app/primary/b")["weight"], 2)
+        log = gw.log_text()
+        self.assertEqual(log.count(f"etcd key {ukey} not applied: "), 1, log)
+        st = self.cluster(gw)
+        self.assertEqual((st["state"], st["reconnects"], st["relists"]), ("synced", reconnects, relists), st)
+
     def test_etcd_back_at_a_lower_revision_is_listed_again(self):
         """etcd (one member here) comes back with its data dir wiped: its
         revision starts over, below what the node applied. The node used to
