@@ -96,6 +96,11 @@ class Worker {
         lr.frame_timeout_ms = l.frame.frame_timeout_ms;
         lr.max_links = l.frame.max_links;
         lr.link_idle_ms = l.frame.link_idle_ms;
+        // Settings the table does not carry come from the config, by name
+        // (an upstream only the table has gets the defaults).
+        lr.send_timeout_ms = config::UpstreamConf{}.send_timeout_ms;
+        for (const config::UpstreamConf& uc : cfg.upstreams)
+          if (uc.name == l.upstream) lr.send_timeout_ms = uc.send_timeout_ms;
         // Frames larger than a relay buffer get a whole-frame buffer while the
         // first frame (per-frame: each frame) is read; at most
         // max_frame_buffers of them per listener in this worker.

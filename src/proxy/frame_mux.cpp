@@ -70,7 +70,7 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   d.fd = fd;
   d.used = true;
   d.in = false;  // the registration below reports bytes already queued, if any
-  d.out = d.hup = d.eof = d.shut = false;
+  d.out = d.eof = false;
   d.first = true;
   d.listener = static_cast<uint16_t>(listener);
   d.buf = nullptr;
@@ -78,7 +78,9 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   d.again = false;
   d.head = d.tail = 0;
   d.front_link = -1;
-  d.front_attempts = 0;
+  d.front_attempts = d.front_n_tried = 0;
+  d.front_soft = 0;
+  d.front_progress_ms = 0;
   d.fd_wait = false;
   d.fd_wait_until_ms = 0;
   d.front_len = d.front_sent = 0;
@@ -131,13 +133,11 @@ void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
   if (!d.used || !event_gen_is(data, d.gen)) return;  // stale
   const bool in = events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR);
   const bool out = events & (EPOLLOUT | EPOLLHUP | EPOLLERR);
-  const bool hup = events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR);
   if (sub == 0) {
     if (events & EPOLLERR) {
       close_device(d);
       return;
     }
-    if (hup) d.hup = true;
     if (in) d.in = true;
     if (out) d.out = true;
   } else {
@@ -167,8 +167,8 @@ void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
         return;  // its own event comes
       k.connecting = false;
       record_connect_success(env_, k.slot, k.tag, k.connect_start_ns);
+      if (li == d.front_link) d.front_progress_ms = env_.now_ms;  // send_timeout_ms runs from here
     }
-    if (hup) k.hup = true;
     if (in) k.in = true;
     if (out) k.out = true;
   }
@@ -198,6 +198,10 @@ void FrameMux::on_timer(net::TimerNode& n) noexcept {
     reject(d, FrameError::frame_timeout);
     return;
   }
+  if (const uint64_t sd = front_deadline(d); sd != 0 && now >= sd) {
+    front_timed_out(d);  // the frame goes again (drive() below)
+    if (!d.used) return;
+  }
   if (const uint64_t od = owner_deadline(d); od != 0 && now >= od) {
     // The host that holds the device's write side stopped inside its frame:
     // as if it had closed there (the device cannot be given the rest), and
@@ -211,7 +215,7 @@ void FrameMux::on_timer(net::TimerNode& n) noexcept {
           k.slot, env_.listeners[d.listener].frame_timeout_ms, d.owner_left);
     }
     note_end(d, "host_frame_timeout");
-    close_link(d, d.owner);  // owner_left > 0: closes the device
+    close_link(d, d.owner, 0);  // owner_left > 0: closes the device; no passive failure
     return;
   }
   if (d.fd_wait && now >= d.fd_retry_ms) d.fd_wait = false;  // drive() below routes the frame again
@@ -229,6 +233,7 @@ void FrameMux::schedule(Device& d) noexcept {
   uint64_t deadline = d.first ? d.first_deadline_ms : d.last_activity_ms + d.idle_ms;
   if (!d.first && d.frame_deadline_ms != 0) deadline = std::min(deadline, d.frame_deadline_ms);
   if (const uint64_t od = owner_deadline(d); od != 0) deadline = std::min(deadline, od);
+  if (const uint64_t sd = front_deadline(d); sd != 0) deadline = std::min(deadline, sd);
   if (d.fd_wait) deadline = std::min(deadline, d.fd_retry_ms);
   const int ui = env_.listeners[d.listener].upstream;
   if (ui >= 0) {
@@ -314,7 +319,10 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
           if (d.front_link < 0) return true;  // waits for a descriptor
         }
         Link& k = *link_at(d, d.front_link);
-        if (k.connecting || !k.out) return true;  // resumes on the link's event
+        if (k.connecting || !k.out) {
+          arm_front_deadline(d);
+          return true;  // resumes on the link's event
+        }
         ssize_t n =
             ::send(k.fd, d.buf + d.head + d.front_sent, d.front_len - d.front_sent, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
@@ -326,11 +334,13 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
             g->front_logged = d.front_sent;
           }
           metrics::host_sent(env_, k.slot, k.tag, static_cast<uint64_t>(n));
-          d.last_activity_ms = k.last_used_ms = env_.now_ms;
+          d.last_activity_ms = k.last_used_ms = d.front_progress_ms = env_.now_ms;
           if (d.front_sent == d.front_len) {
             d.head += d.front_len;
             d.front_link = -1;
-            d.front_attempts = 0;
+            k.proven = true;
+            d.front_attempts = d.front_n_tried = 0;
+            d.front_soft = 0;
             d.fd_wait_until_ms = 0;
             d.front_len = d.front_sent = 0;
             if (DeviceLog* g = log_of(d)) g->front_logged = 0;
@@ -341,10 +351,11 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
           k.out = false;
+          arm_front_deadline(d);
           return true;
         }
         if (n < 0 && errno == EINTR) continue;
-        // The link broke: the whole frame goes again, to a host picked afresh.
+        // The link broke: the whole frame goes again (see close_link).
         link_failed(d, d.front_link, n < 0 ? errno : EPIPE);
         if (!d.used) return false;
         continue;
@@ -435,8 +446,18 @@ bool FrameMux::route_front(Device& d, std::string_view key) noexcept {
   auto hosts = env_.snap->table().hosts();
   const uint32_t tries = std::min<uint32_t>(uv.tries, kMaxTries);
   while (d.front_attempts < tries) {
-    int h = pick_host(env_, ui, key, std::span<const uint32_t>(d.front_tried, d.front_attempts), rng_,
+    int h = pick_host(env_, ui, key, std::span<const uint32_t>(d.front_tried, d.front_n_tried), rng_,
                       d.front_attempts == 0);
+    if (h < 0 && d.front_soft != 0) {
+      // Every other host has been tried: one whose fresh link broke under
+      // this frame may take it on a new link (a connect that failed, or a
+      // host that took nothing for send_timeout_ms, stays out).
+      uint32_t hard[kMaxTries];
+      uint32_t n = 0;
+      for (uint32_t i = 0; i < d.front_n_tried; ++i)
+        if (!(d.front_soft >> i & 1u)) hard[n++] = d.front_tried[i];
+      h = pick_host(env_, ui, key, std::span<const uint32_t>(hard, n), rng_, false);
+    }
     if (h < 0) break;
     const shm::HostRecord& r = hosts[static_cast<size_t>(h)];
     for (int li = 0; li < link_slots(d); ++li) {
@@ -445,14 +466,24 @@ bool FrameMux::route_front(Device& d, std::string_view key) noexcept {
       // device): a frame sent there would be reset by the host and lost.
       if (k.fd >= 0 && k.slot == r.slot && k.tag == r.tag && !k.eof && !k.orphan) {
         d.front_link = static_cast<int8_t>(li);
+        d.front_progress_ms = env_.now_ms;
         return true;
       }
     }
-    d.front_tried[d.front_attempts++] = r.slot;
+    // A try: the host goes on the list (again, for one whose fresh link
+    // broke: it is no longer soft, as this is its link now).
+    const uint8_t n_tried = d.front_n_tried;
+    const uint16_t soft = d.front_soft;
+    uint32_t t = 0;
+    while (t < d.front_n_tried && d.front_tried[t] != r.slot) ++t;
+    if (t == d.front_n_tried) d.front_tried[d.front_n_tried++] = r.slot;
+    d.front_soft = static_cast<uint16_t>(d.front_soft & ~(1u << t));
+    ++d.front_attempts;
     int li = open_link(d, r, ui);
     if (!d.used) return false;
     if (li >= 0) {
       d.front_link = static_cast<int8_t>(li);
+      d.front_progress_ms = env_.now_ms;
       return true;
     }
     if (li == kLocalError) {
@@ -461,6 +492,8 @@ bool FrameMux::route_front(Device& d, std::string_view key) noexcept {
       // up to connect_timeout_ms, retried every kFdWaitMs; the worker has
       // paused accepting meanwhile.
       --d.front_attempts;
+      d.front_n_tried = n_tried;
+      d.front_soft = soft;
       if (wait_for_fd(env_, local_errno_, d.fd_wait_until_ms, uv.connect_timeout_ms)) {
         d.fd_wait = true;
         d.fd_retry_ms = env_.now_ms + kFdWaitMs;
@@ -514,7 +547,7 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
       close_device(d);
       return -1;
     }
-    close_link(d, li);
+    close_link(d, li, 0);
   }
   Link& k = *link_at(d, li);
   k = Link{};
@@ -535,7 +568,7 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
     env_.fd_shortage = err;
     const int quiet = quiet_link(d, li);
     if (quiet >= 0) {
-      close_link(d, quiet);
+      close_link(d, quiet, 0);
       fd = net::connect_tcp(r.addr, err);
     }
   }
@@ -553,7 +586,7 @@ int FrameMux::open_link(Device& d, const shm::HostRecord& r, int ui) noexcept {
   k.fd = fd;
   if (const int e = env_.epoll->add(fd, kSocketEvents, data_of(d, static_cast<uint32_t>(li) + 1)); e != 0) {
     // ENOMEM, or ENOSPC (max_user_watches): no host is to blame.
-    close_link(d, li);
+    close_link(d, li, 0);
     local_errno_ = e;
     local_what_ = "cannot watch an upstream socket";
     return kLocalError;
@@ -599,18 +632,69 @@ void FrameMux::local_error(int err, const char* what) noexcept {
 
 void FrameMux::link_failed(Device& d, int li, int err) noexcept {
   Link& k = *link_at(d, li);
-  if (k.connecting && peer_error(err))
-    record_connect_failure(env_, env_.listeners[d.listener].upstream, k.slot, k.tag, k.weight, err);
-  if (d.front_link == li) {
-    d.front_link = -1;
-    d.front_sent = 0;  // the host got part of it at most; it is sent whole elsewhere
+  if (k.connecting) {
+    // A failed connect: its host stays out of this frame's next tries.
+    if (peer_error(err))
+      record_connect_failure(env_, env_.listeners[d.listener].upstream, k.slot, k.tag, k.weight, err);
+    if (d.front_link == li) {
+      d.front_link = -1;
+      d.front_sent = 0;
+    }
   }
-  close_link(d, li);
+  close_link(d, li, err);
 }
 
-void FrameMux::close_link(Device& d, int li) noexcept {
+void FrameMux::arm_front_deadline(Device& d) noexcept {
+  if (const uint64_t sd = front_deadline(d); sd != 0 && (!d.linked() || d.deadline_ms > sd)) schedule(d);
+}
+
+uint64_t FrameMux::front_deadline(Device& d) noexcept {
+  if (d.front_link < 0) return 0;
+  const Link& k = *link_at(d, d.front_link);
+  const uint32_t ms = env_.listeners[d.listener].send_timeout_ms;
+  // Connecting (connect_timeout_ms runs), or writable: the host is not the one behind.
+  if (ms == 0 || k.fd < 0 || k.connecting || k.out) return 0;
+  return d.front_progress_ms + ms;
+}
+
+void FrameMux::front_timed_out(Device& d) noexcept {
+  const int li = d.front_link;
+  Link& k = *link_at(d, li);
+  if (env_.now_ms - last_link_log_ms_ >= 1000) {
+    last_link_log_ms_ = env_.now_ms;
+    GW_LOG_WARN(
+        "host slot {} took no byte of a device's frame for {} ms (send_timeout_ms; {} of {} bytes sent); closing "
+        "its connection, the frame goes again",
+        k.slot, env_.listeners[d.listener].send_timeout_ms, d.front_sent, d.front_len);
+  }
+  record_connect_failure(env_, env_.listeners[d.listener].upstream, k.slot, k.tag, k.weight, ETIMEDOUT);
+  // Out of this frame's next tries; a link it had before the frame makes this a try of its own.
+  uint32_t t = 0;
+  while (t < d.front_n_tried && d.front_tried[t] != k.slot) ++t;
+  if (t == d.front_n_tried && d.front_n_tried < kMaxTries) {
+    d.front_tried[d.front_n_tried++] = k.slot;
+    if (d.front_attempts < kMaxTries) ++d.front_attempts;
+  }
+  d.front_soft = static_cast<uint16_t>(d.front_soft & ~(1u << t));
+  d.front_link = -1;
+  d.front_sent = 0;
+  close_link(d, li, ETIMEDOUT);
+}
+
+void FrameMux::close_link(Device& d, int li, int err) noexcept {
   Link& k = *link_at(d, li);
   if (k.fd < 0) return;
+  if (d.front_link == li && !k.connecting && !k.proven && peer_error(err)) {
+    // It was opened for the frame at head and broke before the frame was all
+    // written: a failure of its host (as a reset before an HTTP answer), and
+    // a try. The host may take the frame again on a new link once no other
+    // is left (route_front): it is fine more often than not, and a new link
+    // may do. A link that carried frames before is let go without blame,
+    // and the frame's next link is its try.
+    record_connect_failure(env_, env_.listeners[d.listener].upstream, k.slot, k.tag, k.weight, err);
+    for (uint32_t t = 0; t < d.front_n_tried; ++t)
+      if (d.front_tried[t] == k.slot) d.front_soft = static_cast<uint16_t>(d.front_soft | 1u << t);
+  }
   ::close(k.fd);
   shm::counter_close(env_.seg->counter(env_.worker, k.slot), k.tag);
   if (k.buf) env_.buffers->release(k.buf);
@@ -700,7 +784,7 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
       if (k.orphan && d.owner != li && k.tail - k.head < spec.header_size) {
         // A removed host's link whose frames gw held are all out (a part of
         // a header left is none the device has seen): it goes now.
-        close_link(d, li);
+        close_link(d, li, 0);
         if (!d.used) return false;
         moved = true;
         continue;
@@ -737,7 +821,7 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
             GW_LOG_WARN("host slot {} sent a frame whose length is smaller than its header; closing its connection",
                         k.slot);
           }
-          close_link(d, pick);
+          close_link(d, pick, EPROTO);
           if (!d.used) return false;
           moved = true;
           continue;
@@ -786,7 +870,7 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
           const int done = d.owner;
           d.owner = -1;
           if (k.orphan && k.tail - k.head < spec.header_size) {
-            close_link(d, done);  // its host was removed, and what gw held of it is out
+            close_link(d, done, 0);  // its host was removed, and what gw held of it is out
             if (!d.used) return false;
           }
         }
@@ -897,7 +981,7 @@ void FrameMux::close_orphans() noexcept {
         }
         continue;
       }
-      close_link(d, li);  // the next frames for its keys go to their new owner
+      close_link(d, li, 0);  // the next frames for its keys go to their new owner; no blame
     }
     if (d.used) drive(d);
   }

@@ -20,7 +20,10 @@ a quiet link, closing the device when none is quiet); host replies delimited
 by their length field only; a host stalled inside a frame to the device cut
 off after frame_timeout_ms without progress; a frame waiting on a removed
 host's link sent to the new owner at once; a frame sent again after its link
-broke counted once in the device's log line; a device streaming a backlog
+broke counted once in the device's log line; a frame whose fresh link broke
+under it sent again on a new link to its only host; a host that takes
+nothing of a frame for send_timeout_ms failing its link (the whole-frame
+buffer freed); a device streaming a backlog
 does not starve another device of the same worker; rate-limited reject logging; the per-frame read
 deadline and the whole-frame buffer cap; maglev, round_robin and least_conn
 on frame listeners; gwload against gw.
@@ -379,6 +382,93 @@ class SinkBackend:
         self._stop = True
         self.sock.close()
         self.thread.join(T(2))
+
+
+# Frames with a 4-byte length (type, version, time, u32 body_len), for frames
+# of megabytes: more than the socket buffers of a link can hold, so the first
+# frame on a fresh link is still being written when the host acts.
+BIG_HDR = struct.Struct(">BBHI")
+BIG_OPTS = {"header_size": 8, "length_offset": 4, "length_size": 4, "max_body": 8 << 20, "mode": "frame",
+            "max_frame_buffers": 1}
+
+
+def big_frame(body, ftype=DATA, t=0):
+    b = body_bytes(body)
+    return BIG_HDR.pack(ftype, 1, t, len(b)) + b
+
+
+def read_big_frame(sock):
+    ftype, ver, t, n = BIG_HDR.unpack(gwtest.recv_exact(sock, BIG_HDR.size))
+    return ftype, ver, t, gwtest.recv_exact(sock, n)
+
+
+class BigFrameHost:
+    """A host for BIG_HDR frames. Its links behave as `plan` says, in the
+    order they are accepted (the last entry for all later ones): "answer"
+    reads each whole frame and answers it with a small one, {"devid", "len",
+    "link"}; "reset" reads 1000 bytes of the first frame and resets the link;
+    "eof" reads 1000 bytes, then closes its side (FIN) and reads no more;
+    "stall" reads nothing and keeps the link open. Its socket buffer is small,
+    so a link that is not read fills at once."""
+
+    def __init__(self, plan):
+        self.plan = list(plan)
+        self.links = 0
+        self._stop = False
+        self._held = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by the links
+        self.sock.bind((gwtest.LOOPBACK, 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.1)
+        self.address = f"{gwtest.LOOPBACK}:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            i = self.links
+            self.links += 1
+            how = self.plan[min(i, len(self.plan) - 1)]
+            if how == "stall":
+                self._held.append(c)
+                continue
+            threading.Thread(target=self._serve, args=(c, i, how), daemon=True).start()
+
+    def _serve(self, c, i, how):
+        c.settimeout(T(30))
+        if how == "eof":
+            try:
+                gwtest.recv_exact(c, 1000)
+                c.shutdown(socket.SHUT_WR)
+            except (OSError, EOFError):
+                pass
+            self._held.append(c)
+            return
+        try:
+            with c:
+                if how == "reset":
+                    gwtest.recv_exact(c, 1000)
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+                while True:
+                    _, _, t, body = read_big_frame(c)
+                    devid = json.loads(body)["devid"]
+                    c.sendall(big_frame({"devid": devid, "len": len(body), "link": i}, HEARTBEAT, t))
+        except (OSError, EOFError, ValueError):
+            pass
+
+    def stop(self):
+        self._stop = True
+        self.sock.close()
+        self.thread.join(T(2))
+        for c in self._held:
+            c.close()
 
 
 def worker_sum(st, key):
@@ -1573,6 +1663,74 @@ class FrameTest(GwTestCase):
         self.assertEqual(line["bytes_in"], len(blob), f"bytes_in counts each device byte once "
                                                       f"({line['bytes_in'] - len(blob)} more than the device sent)")
 
+    def test_frame_mode_fresh_link_broken_mid_frame_is_retried_on_its_host(self):
+        """Mode "frame", one host, max_fails 3: the host takes 1000 bytes of
+        the device's first frame (6 MB: the rest is still being written) on
+        the link opened for it, then resets that link (or closes its side,
+        FIN, and reads no more), then behaves. The frame goes again, whole, on
+        a new link to the same host, and the device gets its answer; the host
+        has one passive failure and stays up. The host whose fresh link broke
+        was left out of the retry, and with no other host the device was
+        closed (no_host)."""
+        for how in ("reset", "eof"):
+            with self.subTest(how=how):
+                h = BigFrameHost([how, "answer"])
+                self.addCleanup(h.stop)
+                mux = frame_listener("mux", frame_opts=dict(BIG_OPTS))
+                cfg = self.make_config([dev_pool("primary", [host("h", h.address)])], workers=1, listeners=[mux],
+                                       upstream_opts={"max_fails": 3})
+                gw = self.gateway(cfg)
+                f = big_frame({"devid": "dev-1", "blob": "b" * (6 << 20)}, DATA, 7)
+                with gwtest.connect(port_of(mux), timeout=T(20)) as d:
+                    d.sendall(f)
+                    try:
+                        _, _, t, body = read_big_frame(d)
+                    except (EOFError, ConnectionResetError):
+                        self.fail(f"{how}: the device was closed instead of answered; no_host "
+                                  f"{worker_sum(gw.status(), 'no_host')}, host links {h.links}")
+                    self.assertEqual((t, json.loads(body)),
+                                     (7, {"devid": "dev-1", "len": len(f) - BIG_HDR.size, "link": 1}),
+                                     f"{how}: answered on the second link, the whole frame")
+                self.assertEqual(worker_sum(gw.status(), "no_host"), 0)
+                self.assertHost(gw, "app/primary/h", health="up", failures=1)
+                self.assert_idle(gw)
+                gw.stop()
+
+    def test_frame_mode_link_that_takes_nothing_for_send_timeout_fails(self):
+        """Mode "frame", max_frame_buffers 1, send_timeout_ms 300: the host of
+        the primary pool accepts a link and reads nothing, so a device's 6 MB
+        frame cannot be written whole. After send_timeout_ms without a byte
+        taken, gw closes that link, counts a passive failure (max_fails 1: the
+        host is out) and sends the frame whole to the backup pool's host,
+        which answers; the whole-frame buffer is then free for another
+        device's big frame. The frame used to wait on the stalled link until
+        the device's idle timeout, holding the listener's only whole-frame
+        buffer: the device got no answer and the next big frame was refused
+        (no_frame_buffer)."""
+        stall = BigFrameHost(["stall"])
+        self.addCleanup(stall.stop)
+        good = BigFrameHost(["answer"])
+        self.addCleanup(good.stop)
+        mux = frame_listener("mux", frame_opts=dict(BIG_OPTS))
+        cfg = self.make_config([dev_pool("primary", [host("stall", stall.address)]),
+                                dev_pool("backup", [host("good", good.address)], 1)],
+                               workers=1, listeners=[mux], upstream_opts={"send_timeout_ms": 300})
+        gw = self.gateway(cfg)
+        for i in (1, 2):
+            f = big_frame({"devid": f"dev-{i}", "blob": "s" * (6 << 20)}, DATA, i)
+            with gwtest.connect(port_of(mux), timeout=T(20)) as d:
+                d.sendall(f)
+                try:
+                    _, _, t, body = read_big_frame(d)
+                except (EOFError, ConnectionResetError, socket.timeout) as e:
+                    self.fail(f"device {i}: no answer ({e!r}); frame_rejects {gw.status()['frame_rejects']}, "
+                              f"links to the stalled host {stall.links}")
+                self.assertEqual((t, json.loads(body)["devid"]), (i, f"dev-{i}"), f"device {i}: the good host's answer")
+        self.assertEqual(stall.links, 1, "the stalled host got one link (it is out after its failure)")
+        self.assertHost(gw, "app/primary/stall", health="down", failures=1)
+        self.assertEqual(sum(gw.status()["frame_rejects"].values()), 0)
+        self.assert_idle(gw)
+
     def test_frame_mode_a_streaming_device_does_not_starve_the_others(self):
         """Mode "frame", one worker: device A streams small frames (87 bytes)
         as fast as it can for 2.5 s to a host that reads them at once; device
@@ -1978,12 +2136,14 @@ class FrameTest(GwTestCase):
     def test_host_that_resets_before_the_connect_is_seen_is_connected(self):
         """A host accepts gw's connection and resets it before the worker has
         handled the connect (SO_ERROR says ECONNRESET; see gwtest.ResetHost):
-        the handshake was done, so no passive failure (max_fails 1 would take
-        it out). In connection mode the session is connected and ends: the
-        device gets the host's banner, then the end, and no other host is tried
-        (the host may have had the first frame). In frame mode the link is
-        connected and broke, as a link reset later does: the frame goes whole
-        to a host picked afresh. Both used to be failed connects."""
+        the handshake was done, so the connect is no passive failure (max_fails
+        1 would take it out). In connection mode the session is connected and
+        ends: the device gets the host's banner, then the end, and no other host
+        is tried (the host may have had the first frame). In frame mode the
+        link is connected and broke before the frame opened for it was written,
+        as a fresh link reset later does: that is one passive failure (so the
+        host is out), and the frame goes whole to the backup host. Both used to
+        be failed connects."""
         rst = gwtest.ResetHost()
         self.addCleanup(rst.close)
         (b,) = self.device_backends(["b"])
@@ -2005,7 +2165,7 @@ class FrameTest(GwTestCase):
             s.sendall(hb("dev-2", 7))
             rst.reset_next(worker)
             self.assertEqual(read_heartbeat_reply(s, 7)[:2], ("dev-2", "b"), "frame mode: the frame goes to b")
-        self.assertHost(gw, "app/p/rst", health="up", failures=0)
+        self.assertHost(gw, "app/p/rst", health="down", failures=1)
         self.assert_idle(gw)
 
     # ------------------------------------------------------------------------

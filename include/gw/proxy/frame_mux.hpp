@@ -11,6 +11,15 @@
 // kInFrames frames or kInBytes bytes from a device (as one takes at most 64
 // rounds of host bytes): a device streaming a backlog must not hold the
 // worker; the rest waits for the next loop iteration (see busy()).
+// A frame goes out within the upstream's `tries`: each link opened for it is
+// a try. A connect that fails leaves its host out of the frame's next tries;
+// a fresh link that breaks (reset, EOF) before the frame is all written
+// counts a passive failure, and its host may be tried again on a new link
+// once no other host is left. A link that carried frames before and breaks
+// is retried without blame or a try of its own (as a kept-alive HTTP
+// connection). A host that takes no byte of the frame for the upstream's
+// send_timeout_ms fails its link (a passive failure, left out of the next
+// tries), so a stalled host does not hold a whole-frame buffer.
 // Hosts → device: frames are delimited by the length field alone (the device
 // rules, allowed_types / allowed_versions / max_body, are not applied to
 // them) and streamed: a link takes the device's write side at a frame
@@ -33,6 +42,7 @@
 // only; noexcept; allocates nothing per connection or frame.
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <vector>
 
@@ -93,7 +103,11 @@ class FrameMux {
     int fd = -1;
     uint32_t slot = 0, tag = 0, weight = 0;
     bool connecting = false;
-    bool in = false, out = false, hup = false, eof = false;
+    bool in = false, out = false, eof = false;
+    // A whole frame of the device's went out on it. A link that breaks under
+    // the first frame it carries is the host's failure; one that carried
+    // frames is like a kept-alive connection the host closed (no blame).
+    bool proven = false;
     bool orphan = false;  // on_host_remove "close" came while gw held bytes of it for the device: closed once out
     uint64_t connect_start_ns = 0;
     uint64_t connect_start_ms = 0;
@@ -107,7 +121,7 @@ class FrameMux {
     uint32_t gen = 0;
     uint32_t next_free = kNone;
     bool used = false;
-    bool in = false, out = false, hup = false, eof = false, shut = false;
+    bool in = false, out = false, eof = false;
     bool first = true;        // no whole frame yet: first_frame_timeout_ms applies
     bool links_shut = false;  // the device's EOF was passed on to the hosts
     bool big = false;         // buf is a whole-frame buffer
@@ -123,9 +137,18 @@ class FrameMux {
     uint64_t fd_wait_until_ms = 0;  // how long the frame at head may wait for descriptors; 0 = not yet
     char* buf = nullptr;            // device → hosts bytes
     uint32_t head = 0, tail = 0;
-    // The frame at `head`, once routed: its link, bytes sent, hosts tried.
+    // The frame at `head`, once routed: its link, bytes sent, links opened
+    // for it (its tries, against the upstream's `tries`), and the hosts
+    // those went to (front_tried[0, front_n_tried)). A host whose fresh link
+    // broke under the frame has its bit in front_soft: it is picked again
+    // only when no other host is left. front_progress_ms: when the frame was
+    // bound to its link, the link connected, or a byte of it was last taken;
+    // a host must take more within the upstream's send_timeout_ms.
     int8_t front_link = -1;
     uint8_t front_attempts = 0;
+    uint8_t front_n_tried = 0;
+    uint16_t front_soft = 0;
+    uint64_t front_progress_ms = 0;
     // The link writing a frame to the device, and what is left of that frame.
     int8_t owner = -1;
     uint8_t next_owner = 0;  // round robin over links for fairness
@@ -175,6 +198,14 @@ class FrameMux {
   // The owner's deadline while the device waits for the rest of its frame
   // (nothing of it buffered, nothing known to be readable); 0 = none.
   uint64_t owner_deadline(Device& d) noexcept;
+  // When the host of the frame at head must have taken more of it
+  // (send_timeout_ms after front_progress_ms) while its link pushes back; 0 = none.
+  uint64_t front_deadline(Device& d) noexcept;
+  // Schedules the device's timer for that deadline if it would come later.
+  void arm_front_deadline(Device& d) noexcept;
+  // That deadline passed: the host is blamed, left out of this frame's tries,
+  // and its link closed; the frame goes again, whole.
+  void front_timed_out(Device& d) noexcept;
   bool route_front(Device& d, std::string_view key) noexcept;
   /// open_link's answer when this worker is out of descriptors or memory
   /// (out_of_resources; the errno in local_errno_, what failed in local_what_): another host would fail
@@ -189,7 +220,10 @@ class FrameMux {
   void local_error(int err, const char* what) noexcept;
   int free_link_slot(Device& d) noexcept;
   void link_failed(Device& d, int li, int err) noexcept;
-  void close_link(Device& d, int li) noexcept;
+  /// Closes link li. If the frame at head was going out on it, the frame goes
+  /// again, whole; a link opened for that frame that broke (`err`) under it
+  /// counts a passive failure, and its host may be tried again.
+  void close_link(Device& d, int li, int err = ECONNRESET) noexcept;
   void trim_links(Device& d) noexcept;
   void close_device(Device& d) noexcept;
   /// Counts a refused device by reason (count_reject), notes the reason for

@@ -54,6 +54,7 @@ struct ListenerRuntime {
   uint32_t frame_timeout_ms = 0;  ///< mode "frame": a later frame must be whole this long after it started
   uint32_t max_links = 0;         ///< mode "frame": host connections per device connection
   uint32_t link_idle_ms = 0;      ///< mode "frame": a link this quiet may make room for another host
+  uint32_t send_timeout_ms = 0;   ///< mode "frame": its upstream's send_timeout_ms (from the config); 0 = none
   /// Whole-frame buffers (header_size + max_body) for frames larger than a
   /// relay buffer; null when every frame fits one. At most max_frame_buffers
   /// in use at once in this worker.
