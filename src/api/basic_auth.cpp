@@ -29,20 +29,30 @@ const char* BasicAuth::run_crypt(std::string_view password, const std::string& h
   return out;
 }
 
-BasicAuth::Result BasicAuth::verify(std::string_view credentials, BasicCache& cache,
-                                    std::string_view& user) const noexcept {
+BasicAuth::Result BasicAuth::verify(std::string_view credentials, BasicCache& cache, std::string_view& user,
+                                    const char** why) const noexcept {
+  const char* unused = nullptr;
+  if (!why) why = &unused;
+  user = {};
   const size_t colon = credentials.find(':');
-  if (colon == std::string_view::npos || credentials.size() > kMaxBasicCredentials) return Result::bad;
+  if (colon == std::string_view::npos || credentials.size() > kMaxBasicCredentials) {
+    *why = colon == std::string_view::npos ? "no ':' in the credentials" : "credentials too long";
+    return Result::bad;
+  }
   const std::string_view name = credentials.substr(0, colon), password = credentials.substr(colon + 1);
   const std::pair<std::string, std::string>* u = nullptr;
   for (const auto& p : users_)
     if (p.first == name) u = &p;
-  if (password.find('\0') != std::string_view::npos) return Result::bad;
+  if (password.find('\0') != std::string_view::npos) {
+    *why = "a NUL byte in the password";
+    return Result::bad;
+  }
   if (!u) {
     // An unknown user costs a crypt as a known one does (against the first
     // user's hash, so with its algorithm and cost): answering at once would
     // tell a client which user names exist from the time the 401 takes.
     if (!users_.empty()) run_crypt(password, users_.front().second, cache);
+    *why = "unknown user";
     return Result::bad;
   }
 
@@ -68,8 +78,11 @@ BasicAuth::Result BasicAuth::verify(std::string_view credentials, BasicCache& ca
     }
 
   const char* out = run_crypt(password, u->second, cache);
-  if (!out || std::strlen(out) != u->second.size() || CRYPTO_memcmp(out, u->second.data(), u->second.size()) != 0)
+  if (!out || std::strlen(out) != u->second.size() || CRYPTO_memcmp(out, u->second.data(), u->second.size()) != 0) {
+    *why = "wrong password for user";
+    user = u->first;
     return Result::bad;
+  }
 
   // Remember it: the empty or least recently used way of its set.
   BasicCache::Entry* victim = &ways[0];

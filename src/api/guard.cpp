@@ -7,6 +7,7 @@
 #include "gw/api/hash.hpp"
 #include "gw/core/base64.hpp"
 #include "gw/core/clock.hpp"
+#include "gw/core/log.hpp"
 
 namespace gw::api {
 
@@ -222,6 +223,7 @@ Guard::Guard(const config::Config& cfg, const shm::Segment& seg, uint32_t worker
       const config::RouteConf& rc = l.routes[ri];
       RouteGuard& g = routes_[li][ri];
       g.underscores = l.http.underscores_in_headers;
+      g.name = l.name + "/" + rc.name;
       const uint64_t scope = scope_id(fmt::format("req/{}/{}", l.name, rc.name));
       if (rc.auth.type != config::AuthType::none) {
         g.active = true;
@@ -269,13 +271,44 @@ Verdict Guard::reject(int status, std::string_view header) noexcept {
   return {status, std::string_view(headers_, n)};
 }
 
-Verdict Guard::authenticate(const RouteGuard& g, const GuardRequest& rq, ConsumerName& consumer) noexcept {
+void Guard::log_refusal(const RouteGuard& g, const GuardRequest& rq, int status, std::string_view why,
+                        std::string_view user, uint64_t now_ms) noexcept {
+  if (core::log_level() > core::LogLevel::warn) return;
+  if (logged_ && now_ms - last_log_ms_ < 1000) return;
+  logged_ = true;
+  last_log_ms_ = now_ms;
+  const uint64_t refused =
+      counters_.auth_failed.load(std::memory_order_relaxed) + counters_.auth_forbidden.load(std::memory_order_relaxed);
+  // Formatted on the stack: no allocation on the worker's thread. log_write
+  // escapes what the client chose (a user name, a consumer claim).
+  char buf[512];
+  // A 401 names the auth type: "basic-auth wrong password for user "alice"".
+  const std::string_view type = status != 401                             ? ""
+                                : g.auth->type == config::AuthType::key   ? "key-auth "
+                                : g.auth->type == config::AuthType::basic ? "basic-auth "
+                                                                          : "jwt ";
+  const auto r =
+      fmt::format_to_n(buf, sizeof(buf), "auth: {} to {} on route {}: {}{}", status, rq.client_ip, g.name, type, why);
+  size_t n = std::min(r.size, sizeof(buf));
+  if (!user.empty()) {
+    const auto u = fmt::format_to_n(buf + n, sizeof(buf) - n, " \"{}\"", user);
+    n += std::min(u.size, sizeof(buf) - n);
+  }
+  const auto tail = fmt::format_to_n(buf + n, sizeof(buf) - n,
+                                     " (this worker has refused {} so far; logged at most once a second)", refused);
+  n += std::min(tail.size, sizeof(buf) - n);
+  core::log_write(core::LogLevel::warn, std::string_view(buf, n));
+}
+
+Verdict Guard::authenticate(const RouteGuard& g, const GuardRequest& rq, ConsumerName& consumer, const char*& why,
+                            std::string_view& user) noexcept {
   const config::AuthConf& a = *g.auth;
   switch (a.type) {
     case config::AuthType::none: return {};
     case config::AuthType::key: {
       const std::string_view key = credential(a, rq);
       uint8_t digest[shm::kSha256Len];
+      why = key.empty() ? "no key" : "unknown key";
       if (key.empty() || key.size() > config::kMaxApiKey || !sha256(key, digest)) break;
       // Every consumer is compared, each in constant time: the time taken
       // says nothing about which hash matched, or how much of it.
@@ -287,14 +320,20 @@ Verdict Guard::authenticate(const RouteGuard& g, const GuardRequest& rq, Consume
       return {};
     }
     case config::AuthType::basic: {
-      std::string_view b64, user;
+      std::string_view b64;
+      why = "no credentials";
       if (!auth_scheme(*rq.head, "Basic", b64)) break;
       const ptrdiff_t n = core::base64_decode(b64, creds_, sizeof(creds_));
+      why = "credentials not base64, or too long";
       if (n <= 0) break;
+      const char* basic_why = "refused";
       const BasicAuth::Result r =
-          g.basic->verify(std::string_view(creds_, static_cast<size_t>(n)), *basic_cache_, user);
+          g.basic->verify(std::string_view(creds_, static_cast<size_t>(n)), *basic_cache_, user, &basic_why);
       std::memset(creds_, 0, static_cast<size_t>(n));
-      if (r == BasicAuth::Result::bad) break;
+      if (r == BasicAuth::Result::bad) {
+        why = basic_why;
+        break;
+      }
       if (r == BasicAuth::Result::cached) bump(&shm::GuardCounters::basic_cache_hits);
       consumer.set(user);
       return {};
@@ -310,15 +349,13 @@ Verdict Guard::authenticate(const RouteGuard& g, const GuardRequest& rq, Consume
         consumer.set(who);
         return {};
       }
+      // The reason is for the log: the client learns that the token is
+      // invalid (RFC 6750 3.1), not which check failed (a signature that
+      // held, say, and an audience that did not).
+      why = jwt_error_name(e);
       bump(&shm::GuardCounters::auth_failed);
-      char buf[160];
-      const auto r = e == JwtError::missing
-                         ? fmt::format_to_n(buf, sizeof(buf), "WWW-Authenticate: Bearer realm=\"gw\"\r\n")
-                         : fmt::format_to_n(buf, sizeof(buf),
-                                            "WWW-Authenticate: Bearer realm=\"gw\", error=\"invalid_token\", "
-                                            "error_description=\"{}\"\r\n",
-                                            jwt_error_name(e));
-      return reject(401, std::string_view(buf, r.size));
+      return reject(401, e == JwtError::missing ? "WWW-Authenticate: Bearer realm=\"gw\"\r\n"
+                                                : "WWW-Authenticate: Bearer realm=\"gw\", error=\"invalid_token\"\r\n");
     }
   }
   bump(&shm::GuardCounters::auth_failed);
@@ -341,11 +378,15 @@ Verdict Guard::check(uint32_t listener, uint32_t route, const GuardRequest& rq, 
   if (g.auth) {
     if (credential_count(*g.auth, rq, g.underscores) > 1) {
       bump(&shm::GuardCounters::auth_failed);
+      log_refusal(g, rq, 400, "the credential sent twice", {}, now_ms);
       return reject(400, {});
     }
-    const Verdict v = authenticate(g, rq, consumer);
+    const char* why = "";
+    std::string_view user;
+    const Verdict v = authenticate(g, rq, consumer, why, user);
     if (v.status) {
       consumer.clear();
+      log_refusal(g, rq, v.status, why, user, now_ms);
       return v;
     }
     if (!g.auth->allow.empty()) {
@@ -353,6 +394,7 @@ Verdict Guard::check(uint32_t listener, uint32_t route, const GuardRequest& rq, 
       for (const std::string& name : g.auth->allow) allowed |= name == consumer.view();
       if (!allowed) {
         bump(&shm::GuardCounters::auth_forbidden);
+        log_refusal(g, rq, 403, "consumer not allowed", consumer.view(), now_ms);
         return reject(403, {});
       }
     }

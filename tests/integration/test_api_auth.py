@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -249,25 +250,29 @@ class ApiAuthTest(GwTestCase):
         def bearer(tok):
             return [("Authorization", f"Bearer {tok}")]
         self.assert401(c.get("/"), 'Bearer realm="gw"')
-        invalid = 'Bearer realm="gw", error="invalid_token", error_description="{}"'
+        # Why a token was refused is for the log, not for the client (RFC 6750
+        # 3.1 needs no more than "invalid_token").
+        gwtest.wait_until(lambda: re.search(r"warn worker \d+\[\d+\]: auth: 401 to \S+ on route web/j: jwt missing",
+                                            gw.log_text()), T(5), msg="the refusal logged")
+        invalid = 'Bearer realm="gw", error="invalid_token"'
         good = hs256({"sub": "alice", "exp": now + 300}, SECRET)
         r = c.get("/", bearer(good) + [("X-Consumer-Username", "root")])
         self.assertEqual(r.status, 200)
         self.assertEqual(consumer_seen(r), ["alice"])
         tampered = good[:-2] + ("AA" if good[-2:] != "AA" else "BA")
-        self.assert401(c.get("/", bearer(tampered)), invalid.format("bad_signature"))
+        self.assert401(c.get("/", bearer(tampered)), invalid)
         self.assert401(c.get("/", bearer(hs256({"sub": "alice"}, "another-secret-of-enough-length"))),
-                       invalid.format("bad_signature"))
-        self.assert401(c.get("/", bearer(hs256({"sub": "alice", "exp": now - 600}, SECRET))), invalid.format("expired"))
+                       invalid)
+        self.assert401(c.get("/", bearer(hs256({"sub": "alice", "exp": now - 600}, SECRET))), invalid)
         self.assert401(c.get("/", bearer(hs256({"sub": "alice", "nbf": now + 600}, SECRET))),
-                       invalid.format("not_yet_valid"))
+                       invalid)
         none = b64url(b'{"alg":"none"}') + "." + b64url(json.dumps({"sub": "alice"}).encode()) + "."
-        self.assert401(c.get("/", bearer(none)), invalid.format("malformed"))
+        self.assert401(c.get("/", bearer(none)), invalid)
         self.assert401(c.get("/", bearer(hs256({"sub": "alice"}, SECRET, header={"alg": "none"}))),
-                       invalid.format("bad_algorithm"))
+                       invalid)
         # "sub" named twice: gw's parser would read the first, the host's (Python's json) the
         # last, so a host reading the token would see another consumer (RFC 7519 4): refused.
-        self.assert401(c.get("/", bearer(hs256(b'{"sub":"alice","sub":"root"}', SECRET))), invalid.format("bad_claims"))
+        self.assert401(c.get("/", bearer(hs256(b'{"sub":"alice","sub":"root"}', SECRET))), invalid)
         # The scheme is case-insensitive (RFC 7235 2.1).
         self.assertEqual(consumer_seen(c.get("/", [("Authorization", f"bearer {hs256({'sub': 'dave'}, SECRET)}")])),
                          ["dave"])
@@ -283,7 +288,7 @@ class ApiAuthTest(GwTestCase):
         r = c.get("/cookie/", [("Cookie", f"a=1; jwt={hs256({'sub': 'carol', 'exp': now + 60}, SECRET)}")])
         self.assertEqual(consumer_seen(r), ["carol"])
         self.assert401(c.get("/cookie/", [("Cookie", f"jwt={hs256({'sub': 'carol', 'exp': now - 5}, SECRET)}")]),
-                       invalid.format("expired"))
+                       invalid)
         c.close()
 
     def test_routes_match_the_normalised_path(self):
@@ -424,16 +429,16 @@ class ApiAuthTest(GwTestCase):
             self.assertEqual(r.status, 200, r)
             self.assertEqual(consumer_seen(r), ["svc-a"])
         self.assertEqual(self.guard(gw)["jwt_cache_hits"], 5)
-        invalid = 'Bearer realm="gw", error="invalid_token", error_description="{}"'
-        self.assert401(c.get("/", [("Authorization", "Bearer " + rs256(claims, other))]), invalid.format("bad_signature"))
+        invalid = 'Bearer realm="gw", error="invalid_token"'
+        self.assert401(c.get("/", [("Authorization", "Bearer " + rs256(claims, other))]), invalid)
         self.assert401(c.get("/", [("Authorization", "Bearer " + rs256(dict(claims, iss="evil"), key))]),
-                       invalid.format("bad_issuer"))
+                       invalid)
         self.assert401(c.get("/", [("Authorization", "Bearer " + rs256(dict(claims, aud="web"), key))]),
-                       invalid.format("bad_audience"))
+                       invalid)
         # HS256 "signed" with the public key's PEM: algorithm confusion, refused.
         with open(pub) as f:
             pem = f.read()
-        self.assert401(c.get("/", [("Authorization", "Bearer " + hs256(claims, pem))]), invalid.format("bad_algorithm"))
+        self.assert401(c.get("/", [("Authorization", "Bearer " + hs256(claims, pem))]), invalid)
         # Authenticated but not allowed: 403.
         self.assertEqual(c.get("/", [("Authorization", "Bearer " + rs256(dict(claims, client_id="svc-b"), key))]).status,
                          403)

@@ -66,8 +66,12 @@ class BasicAuth {
 
   enum class Result : uint8_t { ok, cached, bad };
   /// Checks "user:password" (the decoded credentials). On ok/cached `user`
-  /// is the user name (from the config; stable).
-  Result verify(std::string_view credentials, BasicCache& cache, std::string_view& user) const noexcept;
+  /// is the user name (from the config; stable). On bad, `why` (if given)
+  /// says why, for the log (static text), and `user` is the user name if it
+  /// is one of the configured users (a wrong password), else empty: an
+  /// unknown name may be a password typed in the wrong field.
+  Result verify(std::string_view credentials, BasicCache& cache, std::string_view& user,
+                const char** why = nullptr) const noexcept;
 
  private:
   static const char* run_crypt(std::string_view password, const std::string& hash, BasicCache& cache) noexcept;

@@ -13,6 +13,10 @@
 // by all workers. A request without the limit key (the header is absent or
 // empty) is not limited, as nginx skips an empty key.
 //
+// A refusal of auth (400, 401, 403) tells the client no more than its status
+// and challenge; why it was refused goes to the worker's log (warn), at most
+// one line a second per worker, with how many it has refused so far.
+//
 // One per worker; worker thread only; check() is noexcept and allocates
 // nothing (refresh() and the constructor do).
 
@@ -91,13 +95,20 @@ class Guard {
     RateParams rate;
     uint64_t scope = 0;
     bool underscores = false;  ///< the listener passes '_' field names upstream (X_Api_Key reads as X-Api-Key)
+    std::string name;          ///< "LISTENER/ROUTE", for the log
   };
   struct Consumer {
     uint8_t digest[shm::kSha256Len];
     char name[shm::kNameCap];
   };
 
-  Verdict authenticate(const RouteGuard& g, const GuardRequest& rq, ConsumerName& consumer) noexcept;
+  /// On a refusal, `why` says why (for the log; static text) and `user` names
+  /// the basic-auth user whose password was wrong.
+  Verdict authenticate(const RouteGuard& g, const GuardRequest& rq, ConsumerName& consumer, const char*& why,
+                       std::string_view& user) noexcept;
+  /// Logs a refusal of auth, at most once a second (`now_ms`: monotonic).
+  void log_refusal(const RouteGuard& g, const GuardRequest& rq, int status, std::string_view why, std::string_view user,
+                   uint64_t now_ms) noexcept;
   Verdict limit(const RouteGuard& g, const GuardRequest& rq, const ConsumerName& consumer, uint64_t now_ms) noexcept;
   Verdict reject(int status, std::string_view header) noexcept;
   void bump(std::atomic<uint64_t> shm::GuardCounters::*field) noexcept;
@@ -112,6 +123,8 @@ class Guard {
   std::unique_ptr<BasicCache> basic_cache_;
   char headers_[256] = {};
   char creds_[kMaxBasicCredentials] = {};
+  uint64_t last_log_ms_ = 0;  ///< when a refusal was last logged
+  bool logged_ = false;       ///< whether one was
 };
 
 }  // namespace gw::api

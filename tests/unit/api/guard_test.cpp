@@ -1,9 +1,14 @@
 #include <doctest/doctest.h>
 
+#include <crypt.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -12,6 +17,7 @@
 #include "gw/config/config.hpp"
 #include "gw/core/base64.hpp"
 #include "gw/core/clock.hpp"
+#include "gw/core/log.hpp"
 #include "gw/shm/table.hpp"
 
 using gw::api::query_name;
@@ -85,6 +91,24 @@ std::string hs256(const std::string& claims) {
   HMAC(EVP_sha256(), kSecret.data(), static_cast<int>(kSecret.size()),
        reinterpret_cast<const unsigned char*>(signing.data()), signing.size(), mac, &len);
   return signing + "." + gw::core::base64url_encode(std::string_view(reinterpret_cast<char*>(mac), len));
+}
+
+// The worker log's lines written while `fn` runs (at level info).
+template <typename Fn>
+std::string logged(Fn&& fn) {
+  const std::string path = "/tmp/gw_guard_log_" + std::to_string(::getpid()) + ".log";
+  std::remove(path.c_str());
+  gw::core::log_open(path);
+  const gw::core::LogLevel level = gw::core::log_level();
+  gw::core::log_set_level(gw::core::LogLevel::info);
+  fn();
+  gw::core::log_open("");
+  gw::core::log_set_level(level);
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::remove(path.c_str());
+  return ss.str();
 }
 
 }  // namespace
@@ -225,5 +249,71 @@ TEST_SUITE("api") {
     CHECK(by_consumer.consumer.view() == "alice");
     CHECK(by_consumer.check({field("X-Api-Key", "alice-key")}, "/", "10.0.0.9") == 429);  // alice's, any address
     CHECK(by_consumer.check({field("X-Api-Key", "bob-key")}) == 0);
+  }
+
+  TEST_CASE("guard: a refusal tells the client no reason; the worker log says why, at most once a second") {
+    // The client learns that its token is invalid (RFC 6750 3.1), not which
+    // check failed (a signature that held, an audience that did not): the
+    // reason is for the operator's log, as nginx logs why auth_basic refused.
+    GuardRig g(R"(, "auth": {"type": "jwt", "algorithm": "HS256", "secret": ")" + kSecret +
+               R"(", "allow": ["alice"]})");
+    const std::string good = hs256(R"({"sub":"alice"})"), forged = good.substr(0, good.rfind('.') + 1) + "AAAA";
+    gw::api::Verdict v;
+    const std::string log = logged([&] {
+      v = g.verdict({field("Authorization", "Bearer " + forged)}, "/", "10.0.0.7");
+      CHECK(v.status == 401);
+      CHECK(v.headers == "WWW-Authenticate: Bearer realm=\"gw\", error=\"invalid_token\"\r\n");
+      // Within the same second: refused as well, not logged.
+      v = g.verdict({field("Authorization", "Bearer " + hs256(R"({"sub":"alice","exp":1})"))});
+      CHECK(v.status == 401);
+      CHECK(v.headers == "WWW-Authenticate: Bearer realm=\"gw\", error=\"invalid_token\"\r\n");
+      g_fake_us += 1'000'000;
+      CHECK(g.check({field("Authorization", "Bearer " + hs256(R"({"sub":"bob"})"))}) == 403);
+      g_fake_us += 1'000'000;
+      CHECK(g.check({field("Authorization", "Bearer " + good), field("Authorization", "Bearer " + good)}) == 400);
+      g_fake_us += 1'000'000;
+      v = g.verdict({});
+      CHECK(v.status == 401);
+      CHECK(v.headers == "WWW-Authenticate: Bearer realm=\"gw\"\r\n");
+    });
+    INFO(log);
+    CHECK(log.find("401 to 10.0.0.7 on route web/api: jwt bad_signature") != std::string::npos);
+    CHECK(log.find("expired") == std::string::npos);
+    CHECK(log.find("403 to 10.0.0.1 on route web/api: consumer not allowed \"bob\"") != std::string::npos);
+    CHECK(log.find("400 to 10.0.0.1 on route web/api: the credential sent twice") != std::string::npos);
+    CHECK(log.find("401 to 10.0.0.1 on route web/api: jwt missing") != std::string::npos);
+  }
+
+  TEST_CASE("guard: basic-auth and key-auth refusals are logged with their reason") {
+    char salt[64];
+    REQUIRE(crypt_gensalt_rn("$2b$", 4, nullptr, 0, salt, sizeof(salt)));
+    struct crypt_data cd {};
+    const std::string hash = crypt_r("s3cret", salt, &cd);
+    GuardRig basic(R"(, "auth": {"type": "basic-auth", "users": {"alice": ")" + hash + R"("}})");
+    GuardRig key(R"(, "auth": {"type": "key-auth", "header": "X-Api-Key"})",
+                 R"(, "consumers": [{"name": "alice", "key": "alice-key"}])");
+    const auto b64 = [](std::string_view s) { return "Basic " + gw::core::base64_encode(s); };
+    const std::string log = logged([&] {
+      const auto step = [&](GuardRig& g, std::vector<gw::http::Field> f) {
+        g_fake_us += 1'000'000;
+        return g.check(std::move(f));
+      };
+      CHECK(step(basic, {field("Authorization", b64("alice:wrong"))}) == 401);
+      CHECK(step(basic, {field("Authorization", b64("mallory:s3cret"))}) == 401);
+      CHECK(step(basic, {field("Authorization", "Basic !!!")}) == 401);
+      CHECK(step(basic, {field("Authorization", b64("alice"))}) == 401);
+      CHECK(step(basic, {}) == 401);
+      CHECK(step(key, {field("X-Api-Key", "guess")}) == 401);
+      CHECK(step(key, {}) == 401);
+    });
+    INFO(log);
+    CHECK(log.find("basic-auth wrong password for user \"alice\"") != std::string::npos);
+    CHECK(log.find("basic-auth unknown user") != std::string::npos);
+    CHECK(log.find("mallory") == std::string::npos);  // it may be a password typed in the wrong field
+    CHECK(log.find("basic-auth credentials not base64") != std::string::npos);
+    CHECK(log.find("basic-auth no ':' in the credentials") != std::string::npos);
+    CHECK(log.find("basic-auth no credentials") != std::string::npos);
+    CHECK(log.find("key-auth unknown key") != std::string::npos);
+    CHECK(log.find("key-auth no key") != std::string::npos);
   }
 }
