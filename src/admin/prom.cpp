@@ -150,6 +150,14 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
       w.sample("gw_cluster_state", {{"state", shm::cluster_state_name(s)}}, cv.state == s ? 1 : 0);
     w.family("gw_cluster_revision", "gauge", "The etcd revision the table reflects.");
     w.sample("gw_cluster_revision", cv.revision);
+    // Counted since gwd started: a reload and a respawned sync process count on.
+    w.family("gw_cluster_reconnects_total", "counter",
+             "Watches the sync process started on etcd (the first one and each reconnection).");
+    w.sample("gw_cluster_reconnects_total", cv.reconnects);
+    w.family("gw_cluster_relists_total", "counter", "Full lists of the etcd prefix (start, reload, compaction).");
+    w.sample("gw_cluster_relists_total", cv.relists);
+    w.family("gw_cluster_applied_total", "counter", "Table commits made from etcd.");
+    w.sample("gw_cluster_applied_total", cv.applied);
   }
 
   // ---- workers: the counters of every row a worker ever ran in, the gauges

@@ -421,15 +421,20 @@ void write_listener_header(shm::SegmentHeader& hdr, const config::Config& cfg) {
 namespace {
 
 // The etcd sync state starts over with each master (and each reload: the
-// sync process is started again).
-void reset_cluster_state(shm::SegmentHeader& hdr, const config::Config& cfg) {
+// sync process is started again). The counters (reconnects, relists,
+// applied) start at 0 with a master that starts on its own only: a reload, a
+// binary upgrade and a failed one's undo keep them, so they never go back
+// while gwd runs (Prometheus counters; a respawned sync process counts on too).
+void reset_cluster_state(shm::SegmentHeader& hdr, const config::Config& cfg, bool keep_counters) {
   auto& cl = hdr.cluster;
   cl.sync_pid.store(0);
   cl.revision.store(0);
   cl.contact_ms.store(0);
-  cl.reconnects.store(0);
-  cl.relists.store(0);
-  cl.applied.store(0);
+  if (!keep_counters) {
+    cl.reconnects.store(0);
+    cl.relists.store(0);
+    cl.applied.store(0);
+  }
   shm::set_cluster_text(cl, cfg.cluster.enabled ? cfg.cluster.etcd[0] : "", "");
   cl.since_ms.store(core::wall_ms());
   cl.state.store(cfg.cluster.enabled ? shm::kClusterConnecting : shm::kClusterOff, std::memory_order_release);
@@ -634,7 +639,7 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
   const uint64_t now_ms = core::monotonic_ms();
   publish_listeners(seg, cfg, upgrade_from != 0, free_at, now_ms, upgrade_from != 0 ? UINT64_MAX : now_ms);
   if (row_free_at) *row_free_at = free_at;
-  reset_cluster_state(hdr, cfg);
+  reset_cluster_state(hdr, cfg, upgrade_from != 0);
 
   const char* what = "the config";
   shm::Writer writer(seg);
@@ -1266,7 +1271,7 @@ class Master {
     auto& hdr = seg_.header();
     hdr.workers.store(static_cast<uint32_t>(cfg_.workers));
     publish_listeners(seg_, cfg_, true, row_free_at_, now, old_kill_at);
-    reset_cluster_state(hdr, cfg_);
+    reset_cluster_state(hdr, cfg_, true);
     rows_ = std::move(rows);
     for (auto& [a, pid] : old_aux) {
       retiring_aux_[pid] = old_kill_at;
@@ -1441,7 +1446,7 @@ class Master {
     // The new master reset the cluster state (and its sync process took the
     // commits over): this master's sync process starts over, listing again.
     if (sync_.pid > 0) ::kill(sync_.pid, SIGQUIT);
-    reset_cluster_state(hdr, cfg_);
+    reset_cluster_state(hdr, cfg_, true);
     if (reload_after_upgrade_) {
       reload_after_upgrade_ = false;
       retry_reload_ = true;  // the SIGHUP that came meanwhile

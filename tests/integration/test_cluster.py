@@ -1334,6 +1334,69 @@ class FakeEtcdTest(GwTestCase):
         st = gw.status()["cluster"]
         self.assertEqual((st["state"], st["endpoint"]), ("synced", mb.url), st)
 
+    def test_sync_counters_never_go_back_after_a_respawn_or_a_reload(self):
+        """The sync process's counters (status's reconnects, relists, applied;
+        gw_cluster_*_total in /metrics) count on when the sync process is
+        killed and respawned and when gwd reloads. Before, a reload set them
+        to 0 again (Prometheus saw its counters go back); the state and the
+        revision still start over with each sync process."""
+        from test_admin import Admin, metric
+        prefix = "/gwtest-fake/"
+        a, b = self.backend("a"), self.backend("b")
+        hosts = prefix + "upstreams/app/pools/primary/hosts/"
+        kvs = {prefix + "upstreams/app": "{}",
+               prefix + "upstreams/app/pools/primary": '{"priority": 0, "method": "round_robin"}',
+               hosts + "a": json.dumps({"address": a.address, "weight": 1, "down": False}),
+               hosts + "b": json.dumps({"address": b.address, "weight": 1, "down": False})}  # b from etcd only
+        m = FakeEtcdMember(kvs)
+        self.addCleanup(m.close)
+        admin_port = gwtest.free_port()
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1,
+                               admin={"listen": f"{gwtest.LOOPBACK}:{admin_port}"},
+                               cluster={"etcd": [m.url], "prefix": prefix, "timeout_ms": 1000,
+                                        "reconnect_max_ms": 500})
+        gw = self.gateway(cfg)
+        admin = Admin(admin_port)
+        keys = ("reconnects", "relists", "applied")
+
+        def synced_anew(old_pid):
+            st = gw.status()["cluster"]
+            return st["state"] == "synced" and st["sync_pid"] not in (0, old_pid) and st["reconnects"] > 0
+
+        def counts():
+            st = gw.status()["cluster"]
+            mt = admin.metrics()
+            got = tuple(st[k] for k in keys)
+            self.assertEqual(got, tuple(metric(mt, f"gw_cluster_{k}_total") for k in keys), "status and /metrics")
+            return got
+
+        gwtest.wait_until(lambda: synced_anew(None), T(10), interval=0.05, msg="synced")
+        gwtest.wait_until(lambda: gwtest.find_host(gw.status(), "app/primary/b") is not None, T(10), interval=0.05,
+                          msg="host b from etcd")
+        first = counts()
+        self.assertTrue(all(first), first)
+
+        # The sync process killed: the master starts another, which lists again.
+        victim = gw.status()["cluster"]["sync_pid"]
+        os.kill(victim, signal.SIGKILL)
+        gwtest.wait_until(lambda: synced_anew(victim), T(20), interval=0.05, msg="a respawned sync process synced")
+        respawned = counts()
+        self.assertGreater(respawned[1], first[1], respawned)
+        self.assertTrue(all(x >= y for x, y in zip(respawned, first)), (first, respawned))
+
+        # A reload: the sync process is started again, and lists again.
+        old = gw.status()["cluster"]["sync_pid"]
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: "reloaded:" in gw.log_text()[log_before:], T(10), msg="'reloaded:' in the log")
+        gwtest.wait_until(lambda: synced_anew(old), T(20), interval=0.05, msg="the reload's sync process synced")
+        gw.remember(set(gw.worker_pids()) | {gw.status()["cluster"]["sync_pid"]})
+        reloaded = counts()
+        self.assertTrue(all(x >= y for x, y in zip(reloaded, respawned)), (first, respawned, reloaded))
+        self.assertGreater(reloaded[1], respawned[1], reloaded)
+        st = gw.status()["cluster"]
+        self.assertEqual((st["state"], st["revision"]), ("synced", 5), st)
+
     def _large_prefix(self, prefix, a, n):
         kvs = {prefix + "upstreams/app": "{}",
                prefix + "upstreams/app/pools/primary": '{"priority": 0, "method": "round_robin"}',

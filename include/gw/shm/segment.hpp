@@ -93,15 +93,18 @@ struct ClusterText {
 static_assert(sizeof(ClusterText) % 8 == 0);
 
 /// The sync process's state. One writer (the sync process; the master resets it
-/// at start); any process reads it (gwctl status).
+/// at start, and at a reload all but the counters); any process reads it
+/// (gwctl status). The counters (reconnects, relists, applied) count since the
+/// master started: a reload, a binary upgrade and a respawned sync process
+/// count on, so they never go back while gwd runs.
 struct alignas(64) ClusterRuntime {
   std::atomic<uint32_t> state;                   ///< kCluster*
   std::atomic<int32_t> sync_pid;                 ///< the sync process; 0 = none
   std::atomic<uint64_t> revision;                ///< the etcd revision the table reflects (last change applied)
   std::atomic<uint64_t> since_ms;                ///< wall clock of the last state change
   std::atomic<uint64_t> contact_ms;              ///< wall clock of the last successful exchange with etcd
-  std::atomic<uint64_t> reconnects;              ///< watch (re)connections since the master started
-  std::atomic<uint64_t> relists;                 ///< full re-lists (start, compaction) since the master started
+  std::atomic<uint64_t> reconnects;              ///< watch (re)connections
+  std::atomic<uint64_t> relists;                 ///< full lists (start, reload, compaction)
   std::atomic<uint64_t> applied;                 ///< table commits made from etcd
   std::atomic<uint64_t> text_seq;                ///< seqlock over text_words
   uint64_t text_words[sizeof(ClusterText) / 8];  ///< ClusterText, copied with store_words/load_words

@@ -960,6 +960,27 @@ TEST_SUITE("admin") {
     CHECK(text.find("gw_worker_table_generation{worker=\"0\"}") == std::string::npos);
   }
 
+  TEST_CASE("cluster metrics: the sync counters are counters, the state and revision gauges") {
+    TempSegment ts;
+    seed(ts.seg);
+    shm::Table t(ts.seg.caps());
+    shm::read_published(ts.seg, t);
+    CHECK(metrics_text(ts.seg, t, admin_config(kToken)).find("gw_cluster") == std::string::npos);  // no cluster
+    auto& cl = ts.seg.header().cluster;
+    cl.state.store(shm::kClusterSynced);
+    cl.revision.store(42);
+    cl.reconnects.store(3);
+    cl.relists.store(2);
+    cl.applied.store(7);
+    const std::string text = metrics_text(ts.seg, t, admin_config(kToken));
+    CHECK(text.find("# TYPE gw_cluster_revision gauge\ngw_cluster_revision 42\n") != std::string::npos);
+    CHECK(text.find("gw_cluster_state{state=\"synced\"} 1\n") != std::string::npos);
+    CHECK(text.find("# TYPE gw_cluster_reconnects_total counter\ngw_cluster_reconnects_total 3\n") !=
+          std::string::npos);
+    CHECK(text.find("# TYPE gw_cluster_relists_total counter\ngw_cluster_relists_total 2\n") != std::string::npos);
+    CHECK(text.find("# TYPE gw_cluster_applied_total counter\ngw_cluster_applied_total 7\n") != std::string::npos);
+  }
+
   TEST_CASE("data plane helpers: byte counters per listener and per host") {
     TempSegment ts;
     seed(ts.seg);
