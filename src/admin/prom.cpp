@@ -154,7 +154,9 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
     w.family("gw_cluster_reconnects_total", "counter",
              "Watches the sync process started on etcd (the first one and each reconnection).");
     w.sample("gw_cluster_reconnects_total", cv.reconnects);
-    w.family("gw_cluster_relists_total", "counter", "Full lists of the etcd prefix (start, reload, compaction).");
+    w.family("gw_cluster_relists_total", "counter",
+             "Full lists of the etcd prefix (at start, on a reload or a respawn of the sync process, after a "
+             "compaction, or when etcd came back behind or as another cluster).");
     w.sample("gw_cluster_relists_total", cv.relists);
     w.family("gw_cluster_applied_total", "counter", "Table commits made from etcd.");
     w.sample("gw_cluster_applied_total", cv.applied);
