@@ -20,16 +20,16 @@ inline uint32_t crc_step(uint32_t state, uint32_t v) noexcept {
 using Active = std::integral_constant<uint32_t, 1>;
 constexpr Active kActive{};
 
-/// Calls emit(hash, ordinal, active) for every point of every candidate
-/// (ordinal: the host's index in `candidates`), in no particular order. A
+/// Calls emit(hash, ordinal, active) for counts[c] points of every candidate
+/// c (ordinal: the host's index in `candidates`), in no particular order. A
 /// host's points form one CRC chain (point j continues from point j - 1), so
 /// four hosts' chains run side by side, 160 points (one unit of weight) at a
-/// time; a lane left without a host runs on with active = 0 and its hash is
+/// time, or up to the end of the shortest chain left when a ring is scaled
+/// down; a lane left without a host runs on with active = 0 and its hash is
 /// to be ignored (emit must not branch on it: that is the point). `active` is
 /// an Active (a compile-time 1) in the rounds where all four lanes have a host.
 template <typename Emit>
-void for_each_point(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> candidates,
-                    std::span<const uint32_t> states, Emit&& emit) {
+void for_each_point(std::span<const uint32_t> counts, std::span<const uint32_t> states, Emit&& emit) {
   constexpr int kLanes = 4;
   uint32_t state[kLanes] = {}, prev[kLanes] = {}, ord[kLanes] = {}, units[kLanes] = {};
   size_t next = 0;
@@ -37,23 +37,27 @@ void for_each_point(std::span<const shm::HostRecord> hosts, std::span<const uint
     uint32_t busy = 0;
     for (int l = 0; l < kLanes; ++l) {
       if (units[l] == 0) {
-        while (next < candidates.size() && hosts[candidates[next]].weight == 0) ++next;
-        if (next < candidates.size()) {
+        while (next < counts.size() && counts[next] == 0) ++next;
+        if (next < counts.size()) {
           state[l] = states[next];
           prev[l] = 0;
           ord[l] = static_cast<uint32_t>(next);
-          units[l] = hosts[candidates[next]].weight;
+          units[l] = counts[next];
           ++next;
         }
       }
       busy |= units[l];
     }
     if (!busy) return;
-    auto round = [&](auto a0, auto a1, auto a2, auto a3) {
+    // Points in this round: 160, or what the shortest chain still running has left.
+    uint32_t len = 160;
+    for (uint32_t u : units)
+      if (u) len = std::min(len, u);
+    auto round = [&](auto steps, auto a0, auto a1, auto a2, auto a3) {
       const uint32_t s0 = state[0], s1 = state[1], s2 = state[2], s3 = state[3];
       const uint32_t o0 = ord[0], o1 = ord[1], o2 = ord[2], o3 = ord[3];
       uint32_t p0 = prev[0], p1 = prev[1], p2 = prev[2], p3 = prev[3];
-      for (int j = 0; j < 160; ++j) {
+      for (uint32_t j = 0; j < steps; ++j) {
         p0 = crc_step(s0, p0);
         p1 = crc_step(s1, p1);
         p2 = crc_step(s2, p2);
@@ -66,11 +70,13 @@ void for_each_point(std::span<const shm::HostRecord> hosts, std::span<const uint
       prev[0] = p0, prev[1] = p1, prev[2] = p2, prev[3] = p3;
     };
     if (units[0] && units[1] && units[2] && units[3]) {
-      round(kActive, kActive, kActive, kActive);  // the usual case: emit needs no mask
+      if (len == 160)  // the usual case: a fixed count, and emit needs no mask
+        round(std::integral_constant<uint32_t, 160>{}, kActive, kActive, kActive, kActive);
+      else round(len, kActive, kActive, kActive, kActive);
     } else {
-      round(uint32_t{units[0] != 0}, uint32_t{units[1] != 0}, uint32_t{units[2] != 0}, uint32_t{units[3] != 0});
+      round(len, uint32_t{units[0] != 0}, uint32_t{units[1] != 0}, uint32_t{units[2] != 0}, uint32_t{units[3] != 0});
     }
-    for (uint32_t& u : units) u -= u != 0;
+    for (uint32_t& u : units) u -= u ? len : 0;
   }
 }
 
@@ -78,6 +84,7 @@ void for_each_point(std::span<const shm::HostRecord> hosts, std::span<const uint
 /// rings one after the other): each grows to the largest ring and stays.
 struct Scratch {
   std::vector<uint32_t> states;      ///< per candidate: the CRC register after HOST "\0" PORT
+  std::vector<uint32_t> counts;      ///< per candidate: its points (points_for)
   std::vector<uint32_t> start;       ///< start[b]: points whose hash's top 16 bits are < b (b in 0..65536)
   std::vector<uint64_t> by_top;      ///< points as hash << 32 | ordinal, grouped by the hash's top 8 bits
   std::vector<uint64_t> tmp, group;  ///< one top-8 group, being sorted
@@ -89,6 +96,18 @@ thread_local Scratch tl_scratch;
 
 uint32_t crc32_u32le(uint32_t v, uint32_t crc) noexcept {
   return crc_step(~crc, v);
+}
+
+uint32_t ChashRing::points_for(uint32_t weight, uint64_t total_weight, size_t weighted_hosts) noexcept {
+  if (weight == 0) return 0;
+  const uint64_t nginx = uint64_t{weight} * 160, all = total_weight * 160;
+  if (all <= kChashMaxPoints) return static_cast<uint32_t>(nginx);
+  // Scaled: weight x 160 x cap / (total x 160), without the 160s (no
+  // overflow: weight <= 2^32, cap = 2^20).
+  const uint64_t scaled = uint64_t{weight} * kChashMaxPoints / total_weight;
+  const uint64_t floor = std::max<uint64_t>(
+      1, std::min<uint64_t>(kChashMinPoints, kChashMaxPoints / (2 * std::max<size_t>(weighted_hosts, 1))));
+  return static_cast<uint32_t>(std::max(scaled, floor));
 }
 
 uint32_t chash_base(std::string_view server) noexcept {
@@ -142,17 +161,25 @@ uint32_t chash_base(const core::SockAddr& a) {
 // and an insertion sort for the rare points that share 24 bits.
 void ChashRing::build(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> candidates) {
   Scratch& s = tl_scratch;
+  uint64_t total_weight = 0;
+  size_t weighted = 0;
+  for (uint32_t c : candidates) {
+    total_weight += hosts[c].weight;
+    weighted += hosts[c].weight != 0;
+  }
   size_t total = 0;
   s.states.resize(candidates.size());
+  s.counts.resize(candidates.size());
   for (size_t c = 0; c < candidates.size(); ++c) {
     const shm::HostRecord& h = hosts[candidates[c]];
-    total += size_t{h.weight} * 160;
+    s.counts[c] = points_for(h.weight, total_weight, weighted);
+    total += s.counts[c];
     s.states[c] = h.weight ? ~chash_base(h.addr) : 0;
   }
 
   // 1. Count the points by the top 8 bits of their hash.
   size_t group_start[257] = {};
-  for_each_point(hosts, candidates, s.states,
+  for_each_point(s.counts, s.states,
                  [&group_start](uint32_t h, uint32_t, auto active) { group_start[(h >> 24) + 1] += active; });
   size_t largest = 0;
   for (size_t t = 0; t < 256; ++t) {
@@ -172,7 +199,7 @@ void ChashRing::build(std::span<const shm::HostRecord> hosts, std::span<const ui
     uint64_t sink;
     uint32_t* const lane_pos[2] = {zeros, pos};
     uint64_t* const lane_out[2] = {&sink, out};
-    for_each_point(hosts, candidates, s.states, [&](uint32_t h, uint32_t ord, auto active) {
+    for_each_point(s.counts, s.states, [&](uint32_t h, uint32_t ord, auto active) {
       if constexpr (std::is_same_v<decltype(active), Active>) {
         out[pos[h >> 24]++] = uint64_t{h} << 32 | ord;
       } else {  // an idle lane writes to `sink` and leaves the positions as they are

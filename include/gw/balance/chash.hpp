@@ -9,6 +9,9 @@
 //    (hosts in candidate order, then j), as nginx's qsort (glibc's merge
 //    sort, stable) followed by its dedup loop keeps it;
 //  - a key goes to the first point >= crc32(key), wrapping round.
+// A ring is bounded to kChashMaxPoints: a pool whose weights would give more
+// points (nginx builds hosts x weight x 160) gets fewer, in proportion to the
+// weights (see ChashRing::points_for); under the bound it is nginx's ring.
 // Building is boundary work (on a table change); pick() hashes the key with
 // an inline slicing-by-8 CRC32, reads one prefix-index entry and compares 8
 // consecutive point hashes: no allocation, no lock, no division.
@@ -28,6 +31,18 @@
 
 namespace gw::balance {
 
+/// The most points a ring is built with (before dedup), but for the few
+/// each host keeps (points_for). 2^20 points take about 16 MB while the
+/// worker builds them and 8 MB after, and under 10 ms of the worker's thread;
+/// nginx's 160 per unit of weight fit up to a total weight of 6,553 (such as
+/// 1,000 hosts of weight 6). Unbounded, 4,096 hosts of weight 1,000 would be
+/// 655M points: gigabytes and seconds per worker, on every weight change.
+inline constexpr size_t kChashMaxPoints = size_t{1} << 20;
+/// What a host keeps at least when a ring is scaled down, so that a light host
+/// still gets a share of keys near its weight's: up to this many, fewer only
+/// when the pool has so many hosts that the bound would not hold otherwise.
+inline constexpr uint32_t kChashMinPoints = 8;
+
 struct ChashPoint {
   uint32_t hash;
   uint32_t host;  ///< index into the table's hosts
@@ -39,6 +54,14 @@ class ChashRing {
   /// get no points. Rebuilding a ring of the same size reuses its arrays (and
   /// the thread's sort buffers): no allocation after the first build.
   void build(std::span<const shm::HostRecord> hosts, std::span<const uint32_t> candidates);
+  /// The points a host of `weight` gets in a ring whose hosts' weights sum
+  /// to `total_weight` over `weighted_hosts` hosts of weight > 0: nginx's
+  /// weight x 160 while total_weight x 160 <= kChashMaxPoints; otherwise
+  /// that scaled down by kChashMaxPoints / (total_weight x 160), rounded
+  /// down, and at least min(kChashMinPoints, kChashMaxPoints / (2 x
+  /// weighted_hosts)), at least 1. The ring then has at most 1.5 x
+  /// kChashMaxPoints points (kChashMaxPoints + weighted_hosts past 2^19 hosts).
+  static uint32_t points_for(uint32_t weight, uint64_t total_weight, size_t weighted_hosts) noexcept;
   bool empty() const noexcept { return n_ == 0; }
   size_t size() const noexcept { return n_; }
   /// Index of the first point >= hash, size() if there is none (the ring

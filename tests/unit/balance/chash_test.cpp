@@ -1,6 +1,8 @@
 // The ketama ring against a plain model of nginx's ngx_http_upstream_init_chash:
 // points from zlib's crc32 over "HOST\0PORT" + the previous point's 4 bytes,
-// a stable sort, the first of equal hashes kept, and a binary search.
+// a stable sort, the first of equal hashes kept, and a binary search. Over
+// kChashMaxPoints the model takes each host's point count from points_for();
+// its own tests pin that count.
 
 #include <doctest/doctest.h>
 
@@ -44,12 +46,17 @@ std::vector<uint32_t> all(size_t n) {
 std::vector<balance::ChashPoint> model(const std::vector<shm::HostRecord>& hs, const std::vector<uint32_t>& cands,
                                        size_t* dropped = nullptr) {
   std::vector<balance::ChashPoint> pts;
+  uint64_t total_weight = 0;
+  size_t weighted = 0;
+  for (uint32_t i : cands) total_weight += hs[i].weight, weighted += hs[i].weight != 0;
   for (uint32_t i : cands) {
     std::string server = hs[i].addr.to_string();
     size_t colon = server.rfind(':');
     std::string seed = server.substr(0, colon) + '\0' + server.substr(colon + 1);
     uint32_t prev = 0;
-    for (uint32_t j = 0; j < hs[i].weight * 160; ++j) {
+    const uint32_t count = balance::ChashRing::points_for(hs[i].weight, total_weight, weighted);
+    if (total_weight * 160 <= balance::kChashMaxPoints) REQUIRE(count == hs[i].weight * 160);  // nginx's
+    for (uint32_t j = 0; j < count; ++j) {
       const char le[4] = {static_cast<char>(prev), static_cast<char>(prev >> 8), static_cast<char>(prev >> 16),
                           static_cast<char>(prev >> 24)};
       prev = balance::crc32(seed + std::string(le, 4));
@@ -158,6 +165,12 @@ TEST_SUITE("balance") {
     cases.push_back({"no candidates", hosts(3, {1}), {}});
     // More than 2^19 points: a prefix index wider than 16 bits.
     cases.push_back({"4 hosts of weight 1000", hosts(4, {1000}), all(4)});
+    // Total weight 6,553: 1,048,480 points, the most under kChashMaxPoints,
+    // so still nginx's ring.
+    cases.push_back({"at the bound", hosts(7, {1000, 1000, 1000, 1000, 1000, 1000, 553}), all(7)});
+    // Over it: scaled down, chains of any length (not multiples of 160), a
+    // light host on its floor of points.
+    cases.push_back({"over the bound", hosts(9, {1000, 1, 777, 1000, 0, 1000, 1000, 1000, 1000}), all(9)});
 
     balance::ChashRing ring;  // one ring rebuilt again and again, big and small
     for (int round = 0; round < 2; ++round)
@@ -176,6 +189,66 @@ TEST_SUITE("balance") {
         fresh.build(c.hs, c.cands);
         check_ring(fresh, pts);
       }
+  }
+
+  TEST_CASE("chash points_for: nginx's 160 per unit of weight up to the bound, then in proportion") {
+    using balance::ChashRing;
+    constexpr uint64_t kMax = balance::kChashMaxPoints;
+    CHECK(ChashRing::points_for(0, 10, 2) == 0);
+    CHECK(ChashRing::points_for(1, 1, 1) == 160);
+    CHECK(ChashRing::points_for(1000, 6553, 7) == 160000);  // 1,048,480 points in all
+    CHECK(ChashRing::points_for(553, 6553, 7) == 88480);
+    // One unit more: every host scaled by 2^20 / (6,554 x 160).
+    CHECK(ChashRing::points_for(1000, 6554, 7) == 1000 * kMax / 6554);
+    CHECK(ChashRing::points_for(1000, 6554, 7) < 160000);
+    // 4,096 hosts of weight 1,000: 256 points each (nginx: 160,000).
+    CHECK(ChashRing::points_for(1000, 4096000, 4096) == 256);
+    // A light host keeps a few points: 8, or fewer when 8 per host would not fit.
+    CHECK(ChashRing::points_for(1, 4096000, 4096) == 8);
+    CHECK(ChashRing::points_for(1, uint64_t{1000} << 20, size_t{1} << 17) == 4);
+    CHECK(ChashRing::points_for(1, uint64_t{1000} << 20, size_t{1} << 20) == 1);
+    // No overflow at the extremes.
+    CHECK(ChashRing::points_for(UINT32_MAX, UINT32_MAX, 1) == kMax);
+    CHECK(ChashRing::points_for(1000, uint64_t{1000} << 40, size_t{1} << 40) == 1);
+  }
+
+  TEST_CASE("chash ring over the bound: at most kChashMaxPoints, keys still by weight") {
+    // 4,096 hosts of weights 1000, 500, 250, 100 (cycled): 287M points as
+    // nginx builds them; scaled down, 2^20 at most.
+    const std::vector<uint32_t> weights = {1000, 500, 250, 100};
+    auto hs = hosts(4096, weights);
+    auto cands = all(4096);
+    balance::ChashRing ring;
+    ring.build(hs, cands);
+    CHECK(ring.size() <= balance::kChashMaxPoints);
+    CHECK(ring.size() > balance::kChashMaxPoints - 4096 - 1000);  // rounding down, and a few duplicates
+    std::vector<size_t> points_of(hs.size());
+    for (size_t i = 0; i < ring.size(); ++i) ++points_of[ring.at(i).host];
+    CHECK(std::count(points_of.begin(), points_of.end(), 0) == 0);
+
+    // 400,000 keys: each weight class's share of them within 3% of its weight's.
+    constexpr size_t kKeys = 400000;
+    std::vector<size_t> keys_of(weights.size());
+    auto yes = [](uint32_t) { return true; };
+    for (size_t k = 0; k < kKeys; ++k) {
+      const int h = ring.pick("key-" + std::to_string(k), yes);
+      REQUIRE(h >= 0);
+      ++keys_of[static_cast<size_t>(h) % weights.size()];
+    }
+    const double total_weight = 1850;
+    for (size_t w = 0; w < weights.size(); ++w) {
+      CAPTURE(weights[w]);
+      const double expect = kKeys * (weights[w] / total_weight);
+      CHECK(static_cast<double>(keys_of[w]) > expect * 0.97);
+      CHECK(static_cast<double>(keys_of[w]) < expect * 1.03);
+    }
+
+    // The same pool at weight 1: 655,360 points, under the bound, so nginx's
+    // ring (the model checks it point by point above; here its size).
+    auto light = hosts(4096, {1});
+    ring.build(light, cands);
+    CHECK(ring.size() > 655360 - 100);
+    CHECK(ring.size() <= 655360);
   }
 
   TEST_CASE("chash pick: the key's point, then the next ones, wrapping round") {
