@@ -213,6 +213,26 @@ class ConfigCheckTest(GwTestCase):
                       'listener), round_robin at runtime', r.stderr)
         self.assertIn('pool "backup" has method chash in the config, round_robin at runtime', r.stderr)
 
+    def test_chash_pool_past_the_ring_bound_warns(self):
+        """A chash pool whose weights would give more than 2^20 points as
+        nginx builds them (total weight over 6,553) gets a scaled-down ring:
+        valid, with a warning that its keys no longer map as nginx's. At the
+        bound, no warning."""
+        cfg = self.valid_config()
+        hosts = [host(f"h{i}", f"127.0.0.1:{9000 + i}", 1000) for i in range(6)]
+        cfg["upstreams"][0]["pools"][0] = pool("primary", hosts + [host("h6", "127.0.0.1:9006", 553)],
+                                               method="chash")
+        path = gwtest.write_json(os.path.join(self.tmp, "at.json"), cfg)
+        r = gwtest.run_gwd_test(path)
+        self.assertEqual((r.returncode, r.stdout), (0, "ok\n"), r.stderr)
+        self.assertNotIn("warning", r.stderr)
+        cfg["upstreams"][0]["pools"][0]["hosts"][6]["weight"] = 554
+        path = gwtest.write_json(os.path.join(self.tmp, "over.json"), cfg)
+        r = gwtest.run_gwd_test(path)
+        self.assertEqual((r.returncode, r.stdout), (0, "ok\n"), r.stderr)
+        self.assertIn(f'{path}: warning: upstream "app" pool "primary": chash over a total weight of 6554, more '
+                      'than 6553: its ring is scaled down to 1048576 points', r.stderr)
+
     def test_usage_errors(self):
         """A bad command line was two lines without "gwd:" and exit 109 or
         114 (CLI11's own); now one line and exit 2, as gwctl does."""
