@@ -70,7 +70,7 @@ void check_address_free(const core::SockAddr& addr, const std::vector<core::Sock
       if (!(o == addr) && o.port == addr.port && o.family == addr.family && (is_wildcard(o) || is_wildcard(addr)))
         return;  // overlaps one of ours
   if (err == EADDRINUSE)
-    throw std::runtime_error(
+    throw AddressInUse(
         fmt::format("{}: cannot bind {}: the address is in use by another process (another gwd, or any program "
                     "listening there)",
                     what, addr.to_string()));

@@ -814,14 +814,32 @@ void preflight(const config::Config& cfg, const Inherited& in) {
     std::string why;
     if (core::parse_address(il.addr, a, why)) ours.push_back(a);
   }
+  // As nginx does at start (5 binds, 500 ms apart), an address in use is
+  // tried again for 2 s before the start fails: the sockets of a gwd that
+  // was just killed can outlive its processes for a moment (an io_uring
+  // instance lets go of the files its requests held in a kernel work item
+  // after the process is gone), so a restart right after a crash found its
+  // own old port taken.
+  constexpr int kBindTries = 5;
+  auto check_free = [&](const core::SockAddr& addr, std::string_view what) {
+    for (int attempt = 1;; ++attempt) {
+      try {
+        net::check_address_free(addr, ours, what);
+        return;
+      } catch (const net::AddressInUse& e) {
+        if (attempt == kBindTries) throw;
+        GW_LOG_WARN("{}; trying again in 500 ms ({} of {})", e.what(), attempt, kBindTries - 1);
+        ::usleep(500 * 1000);
+      }
+    }
+  };
   for (const auto& l : cfg.listeners) {
     const std::string a = l.listen.to_string();
     bool inherited = false;
     for (const auto& il : in.listeners) inherited |= il.addr == a;
-    if (!inherited) net::check_address_free(l.listen, ours, listener_what(l));
+    if (!inherited) check_free(l.listen, listener_what(l));
   }
-  if (cfg.admin.enabled && in.admin_addr != cfg.admin.listen.to_string())
-    net::check_address_free(cfg.admin.listen, ours, "admin.listen");
+  if (cfg.admin.enabled && in.admin_addr != cfg.admin.listen.to_string()) check_free(cfg.admin.listen, "admin.listen");
   check_access_logs(cfg);
 }
 

@@ -544,6 +544,47 @@ class ProcessTest(GwTestCase):
         gwtest.wait_until(lambda: "reload failed" in gw.log_text()[before:], T(10), msg="the reload failed")
         self.assertIn("in use by another process", gw.log_text()[before:])
 
+    def test_a_port_freed_within_two_seconds_of_the_start_is_taken(self):
+        """A start whose port is held by another process tries again every
+        500 ms for 2 s, as nginx binds 5 times, saying so each time: the
+        sockets of a gwd just killed can outlive its processes for a moment
+        (io_uring lets go of them in a kernel work item), and a restart
+        right after a crash failed on its own old port."""
+        busy = socket.socket()
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        busy.bind((gwtest.LOOPBACK, 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        n = self.backend("n", "name")
+        cfg = self.make_config([pool("primary", [host("n", n)])], workers=1,
+                               listeners=[gwtest.tcp_listener("l4", "app", port=port)])
+        path = os.path.join(self.tmp, "retry.json")
+        gwtest.write_json(path, cfg)
+        self.addCleanup(gwtest.remove_shm, cfg["shm"]["name"])
+        log = os.path.join(self.tmp, "retry.log")
+        with open(log, "wb") as f:
+            p = subprocess.Popen([os.path.join(gwtest.BUILD_DIR, "gwd"), "-c", path, "--foreground"],
+                                 stdout=subprocess.DEVNULL, stderr=f)
+
+        def stop():
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                p.wait(timeout=T(10))
+        self.addCleanup(stop)
+
+        def text():
+            with open(log, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        gwtest.wait_until(lambda: "trying again in 500 ms (1 of 4)" in text(), T(10), msg="the first retry said")
+        self.assertIsNone(p.poll(), "gwd gave up at the first bind")
+        busy.close()
+        gwtest.wait_until(lambda: "ready:" in text(), T(10), msg="gwd started once the port was free")
+        s = gwtest.connect(port, timeout=T(5))
+        self.addCleanup(s.close)
+        s.sendall(b"hi\n")
+        self.assertEqual(gwtest.recv_line(s), "n")
+        self.assertIn(f'listener "l4": cannot bind 127.0.0.1:{port}: the address is in use by another process', text())
+
     def test_another_program_on_a_port_is_not_excused_by_a_listener_not_yet_bound(self):
         """Listeners on 0.0.0.0:P and 127.0.0.1:P, and another program's
         SO_REUSEPORT listener on 127.0.0.1:P: the bind check took the failure

@@ -2,6 +2,7 @@
 // Socket helpers. Start-up helpers throw; data-plane helpers return errno.
 
 #include <cstdint>
+#include <stdexcept>
 #include <string_view>
 #include <vector>
 
@@ -32,7 +33,14 @@ core::UniqueFd bind_tcp(const core::SockAddr& addr, bool reuseport);
 /// 127.0.0.1:P. `what` names the setting in the message
 /// (`listener "web"`, `admin.listen`): "admin.listen: cannot bind
 /// 127.0.0.1:9900: the address is in use by another process (...)".
+/// Throws AddressInUse when another process holds the address, and
+/// std::runtime_error for any other failure.
 void check_address_free(const core::SockAddr& addr, const std::vector<core::SockAddr>& ours, std::string_view what);
+
+/// check_address_free's error when another process holds the address (EADDRINUSE).
+struct AddressInUse : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 /// Starts a non-blocking connect. Returns the fd (>= 0) and sets `err` to 0
 /// (connected), EINPROGRESS, or an errno; on failure returns -1.
