@@ -59,7 +59,7 @@ uint32_t HttpIo::open(int fd, uint64_t data, bool connecting) noexcept {
     io_uring_sqe* sqe = ring_.sqe();
     io_uring_prep_poll_add(sqe, fd, POLLOUT);
     io_uring_sqe_set_data64(sqe, tag(*k, kConnectPoll));
-    ++k->ops;
+    started(*k, kConnectPoll);
     k->connecting = true;
   } else {
     emit(*k, EPOLLOUT);  // as epoll reports a writable socket once it is added
@@ -107,7 +107,7 @@ void HttpIo::arm_recv(Sock& k) noexcept {
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = bufs_.group();
   io_uring_sqe_set_data64(sqe, tag(k, kRecv));
-  ++k.ops;
+  started(k, kRecv);
   k.recv = kArmed;
   k.no_pool = false;
 }
@@ -117,13 +117,13 @@ void HttpIo::arm_watch(Sock& k) noexcept {
   io_uring_sqe* sqe = ring_.sqe();
   io_uring_prep_poll_multishot(sqe, k.fd, POLLERR);
   io_uring_sqe_set_data64(sqe, tag(k, kWatch));
-  ++k.ops;
+  started(k, kWatch);
   k.watch = true;
 }
 
 void HttpIo::on_watch(Sock& k, int32_t res, uint32_t flags) noexcept {
   if (!(flags & IORING_CQE_F_MORE)) {
-    --k.ops;
+    ended(k, kWatch);
     k.watch = false;
   }
   if (k.state == State::closing) {
@@ -227,7 +227,7 @@ void HttpIo::on_completion(uint64_t t, int32_t res, uint32_t flags) noexcept {
     case kWatch: on_watch(k, res, flags); break;
     case kLinger: on_linger(k); break;
     case kConnectPoll: {
-      --k.ops;
+      ended(k, kConnectPoll);
       k.connecting = false;
       if (k.state == State::closing) {
         maybe_retire(k);
@@ -255,7 +255,7 @@ void HttpIo::arm_direct(Sock& k) noexcept {
     io_uring_prep_poll_add(sqe, k.fd, POLLIN);  // (POLLERR and POLLHUP end it too)
   }
   io_uring_sqe_set_data64(sqe, tag(k, kRecv));
-  ++k.ops;
+  started(k, kRecv);
   k.recv = kArmed;
   k.direct = true;
 }
@@ -306,7 +306,7 @@ void HttpIo::on_direct(Sock& k, int32_t res) noexcept {
 void HttpIo::on_recv(Sock& k, int32_t res, uint32_t flags) noexcept {
   if (!(flags & IORING_CQE_F_MORE)) {
     k.recv = kIdle;
-    --k.ops;
+    ended(k, kRecv);
   }
   if (k.direct) {  // single-shot, into the spill: no ring buffer
     on_direct(k, res);
@@ -484,12 +484,12 @@ void HttpIo::submit_send(Sock& k) noexcept {
   // socket), so that a send close() lets go on needs its fd no more.
   io_uring_prep_send(sqe, k.fd, k.tx + k.tx_off, k.tx_len - k.tx_off, MSG_NOSIGNAL | MSG_WAITALL);
   io_uring_sqe_set_data64(sqe, tag(k, kSend));
-  ++k.ops;
+  started(k, kSend);
   k.sending = true;
 }
 
 void HttpIo::on_send(Sock& k, int32_t res) noexcept {
-  --k.ops;
+  ended(k, kSend);
   k.sending = false;
   if (k.state == State::closing) {
     if (k.tx) pool_.release(k.tx);
@@ -582,7 +582,7 @@ void HttpIo::close(uint32_t s) noexcept {
     io_uring_sqe* sqe = ring_.sqe();
     io_uring_prep_timeout(sqe, &linger_ts_, 0, 0);
     io_uring_sqe_set_data64(sqe, tag(k, kLinger));
-    ++k.ops;
+    started(k, kLinger);
     k.linger = true;
     // The fd goes now, as close(2) gives it back under epoll: the send
     // holds its own reference to the socket, which closes (its FIN after
@@ -598,16 +598,21 @@ void HttpIo::close(uint32_t s) noexcept {
   }
   const int fd = k.fd;
   k.fd = -1;
-  if (k.ops > 0) {
-    // Cancel what is still queued on the socket, then close it; the close
-    // runs whatever the cancel found (hard link), and the fd number stays
-    // ours until then, so the cancel cannot hit a newer socket.
-    ring_.reserve(2);
+  if (k.live) {
+    // Each request still in flight on the socket is cancelled by its tag: one
+    // lookup in io_uring's cancel hash, where a cancel by fd walks every poll
+    // the ring has armed. The requests hold the socket, so the close (in the
+    // same submission, after them) takes effect once the last is gone; the
+    // tags name no fd, so a newer socket with this fd number is never hit.
+    // (A receive being cancelled for back-pressure needs no second cancel.)
+    for (const Op op : {kRecv, kSend, kConnectPoll, kWatch}) {
+      if (!(k.live & bit(op)) || (op == kRecv && k.recv == kCancelling)) continue;
+      io_uring_sqe* sqe = ring_.sqe();
+      io_uring_prep_cancel64(sqe, tag(k, op), 0);
+      sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+      io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
+    }
     io_uring_sqe* sqe = ring_.sqe();
-    io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
-    sqe->flags |= IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS;
-    io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
-    sqe = ring_.sqe();
     io_uring_prep_close(sqe, fd);
     sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
     io_uring_sqe_set_data64(sqe, net::pack_tag(0, 0, 0));
@@ -629,7 +634,7 @@ void HttpIo::close_fd(Sock& k) noexcept {
 }
 
 void HttpIo::on_linger(Sock& k) noexcept {
-  --k.ops;
+  ended(k, kLinger);
   k.linger = false;
   if (k.state == State::closing && k.close_after_send) {
     // The peer took nothing for kSendLingerMs: the send is cancelled (its
@@ -645,7 +650,7 @@ void HttpIo::on_linger(Sock& k) noexcept {
 }
 
 void HttpIo::maybe_retire(Sock& k) noexcept {
-  if (k.state != State::closing || k.ops > 0) return;
+  if (k.state != State::closing || k.live) return;
   k.state = State::free;
   ++k.gen;
   k.next_free = free_head_;

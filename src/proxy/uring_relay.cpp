@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <new>
@@ -88,7 +89,7 @@ void UringRelay::accept(int fd, uint32_t listener) noexcept {
   ++active_;
   s.cfd = fd;
   s.ufd = -1;
-  s.c_ops = s.u_ops = s.t_ops = 0;
+  s.live = 0;
   s.watch = s.watch_u = s.c_reset = false;
   s.gone_until_ms = 0;
   s.reset(static_cast<uint16_t>(listener), env_.now_ms);
@@ -227,11 +228,11 @@ void UringRelay::connect_next(Session& s) noexcept {
     io_uring_prep_connect(sqe, fd, reinterpret_cast<const sockaddr*>(&s.addr), s.addr_len);
     sqe->flags |= IOSQE_IO_LINK;
     io_uring_sqe_set_data64(sqe, tag(s, kConnect));
-    ++s.u_ops;
+    started(s, kConnect);
     sqe = ring_.sqe();
     io_uring_prep_link_timeout(sqe, &s.connect_ts, 0);
     io_uring_sqe_set_data64(sqe, tag(s, kLinkTimeout));
-    ++s.t_ops;
+    started(s, kLinkTimeout);
     return;
   }
   count_unrouted(env_, s, ui, last_no_host_log_ms_);
@@ -239,7 +240,7 @@ void UringRelay::connect_next(Session& s) noexcept {
 }
 
 void UringRelay::on_connect(Session& s, int32_t res) noexcept {
-  --s.u_ops;
+  ended(s, kConnect);
   if (s.state != State::connecting) {
     maybe_retire(s);
     return;
@@ -298,7 +299,7 @@ void UringRelay::on_completion(uint64_t t, int32_t res, uint32_t flags) noexcept
     case kSendClient: on_send(s, false, res); break;
     case kConnect: on_connect(s, res); break;
     case kLinkTimeout:
-      --s.t_ops;
+      ended(s, kLinkTimeout);
       maybe_retire(s);
       break;
     case kPollClientIn: on_poll(s, true, false); break;
@@ -321,7 +322,7 @@ void UringRelay::arm_recv(Session& s, bool client) noexcept {
   if (recv_limit_)
     sqe->file_index = (kHighWater - std::min<uint32_t>(kHighWater - 1, d.queued + d.spilled)) * bufs_.size();
   io_uring_sqe_set_data64(sqe, tag(s, client ? kRecvClient : kRecvUpstream));
-  ++(client ? s.c_ops : s.u_ops);
+  started(s, client ? kRecvClient : kRecvUpstream);
   d.recv = kArmed;
 }
 
@@ -341,7 +342,7 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
   Dir& d = client ? s.c2u : s.u2c;
   if (!(flags & IORING_CQE_F_MORE)) {
     d.recv = kIdle;
-    --(client ? s.c_ops : s.u_ops);
+    ended(s, client ? kRecvClient : kRecvUpstream);
   }
   uint16_t bid = kNoBuf;
   if (flags & IORING_CQE_F_BUFFER) {
@@ -405,7 +406,7 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
 
 void UringRelay::on_send(Session& s, bool c2u, int32_t res) noexcept {
   Dir& d = c2u ? s.c2u : s.u2c;
-  --(c2u ? s.u_ops : s.c_ops);
+  ended(s, c2u ? kSendUpstream : kSendClient);
   d.sending = false;
   if (s.state == State::closing) {
     // The one buffer the kernel was still reading from (see pump() for the order).
@@ -521,7 +522,7 @@ void UringRelay::pump(Session& s, bool c2u) noexcept {
   // count), and blocked() moves what waits out of the ring.
   io_uring_prep_send(sqe, dst, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
   io_uring_sqe_set_data64(sqe, tag(s, c2u ? kSendUpstream : kSendClient));
-  ++(c2u ? s.u_ops : s.c_ops);
+  started(s, c2u ? kSendUpstream : kSendClient);
   d.sending = true;
 }
 
@@ -675,14 +676,14 @@ void UringRelay::arm_poll(Session& s, bool c2u, bool out) noexcept {
   io_uring_prep_poll_add(sqe, on_client ? s.cfd : s.ufd, out ? POLLOUT : (POLLIN | POLLRDHUP));
   const Op op = out ? (c2u ? kPollUpstreamOut : kPollClientOut) : (c2u ? kPollClientIn : kPollUpstreamIn);
   io_uring_sqe_set_data64(sqe, tag(s, op));
-  ++(on_client ? s.c_ops : s.u_ops);
+  started(s, op);
   armed = true;
 }
 
 void UringRelay::on_poll(Session& s, bool c2u, bool out) noexcept {
   Dir& d = c2u ? s.c2u : s.u2c;
   (out ? d.poll_out : d.poll_in) = false;
-  --((out ? !c2u : c2u) ? s.c_ops : s.u_ops);
+  ended(s, out ? (c2u ? kPollUpstreamOut : kPollClientOut) : (c2u ? kPollClientIn : kPollUpstreamIn));
   if (s.state == State::closing) {
     maybe_retire(s);
     return;
@@ -704,7 +705,7 @@ void UringRelay::watch_client(Session& s) noexcept {
   io_uring_sqe* sqe = ring_.sqe();
   io_uring_prep_poll_multishot(sqe, s.cfd, POLLERR);
   io_uring_sqe_set_data64(sqe, tag(s, kWatchClient));
-  ++s.c_ops;
+  started(s, kWatchClient);
   s.watch = true;
 }
 
@@ -712,7 +713,7 @@ void UringRelay::on_watch(Session& s, int32_t res, uint32_t flags) noexcept {
   const bool more = flags & IORING_CQE_F_MORE;
   if (!more) {
     s.watch = false;
-    --s.c_ops;
+    ended(s, kWatchClient);
   }
   if (s.state == State::closing) {
     maybe_retire(s);
@@ -781,7 +782,7 @@ void UringRelay::watch_upstream(Session& s) noexcept {
   io_uring_sqe* sqe = ring_.sqe();
   io_uring_prep_poll_multishot(sqe, s.ufd, POLLERR);
   io_uring_sqe_set_data64(sqe, tag(s, kWatchUpstream));
-  ++s.u_ops;
+  started(s, kWatchUpstream);
   s.watch_u = true;
 }
 
@@ -789,7 +790,7 @@ void UringRelay::on_watch_upstream(Session& s, int32_t res, uint32_t flags) noex
   const bool more = flags & IORING_CQE_F_MORE;
   if (!more) {
     s.watch_u = false;
-    --s.u_ops;
+    ended(s, kWatchUpstream);
   }
   if (s.state == State::closing) {
     maybe_retire(s);
@@ -1053,16 +1054,18 @@ void UringRelay::release_dir(const Session& s, Dir& d) noexcept {
   }
 }
 
-void UringRelay::close_fd(int fd, bool in_flight) noexcept {
+void UringRelay::close_fd(Session& s, int fd, uint16_t ops) noexcept {
   if (fd < 0) return;
-  if (in_flight) {
-    // Cancel what is still queued on the socket, then close it; the close
-    // runs whatever the cancel found (hard link), and the fd number stays
-    // ours until then, so the cancel cannot hit a newer socket.
-    ring_.reserve(2);
+  // Each request still in flight on the socket is cancelled by its tag (see
+  // the header), and its completion comes back as -ECANCELED, or as what it
+  // had done. The requests hold the socket, so the close (in the same
+  // submission, after them) takes effect once the last is gone; the tags
+  // name no fd, so a newer socket with this fd number is never hit.
+  for (uint16_t left = ops; left; left = static_cast<uint16_t>(left & (left - 1))) {
+    const auto op = static_cast<Op>(kRelayFirstOp + std::countr_zero(left));
     io_uring_sqe* sqe = ring_.sqe();
-    io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
-    sqe->flags |= IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS;
+    io_uring_prep_cancel64(sqe, tag(s, op), 0);
+    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
     io_uring_sqe_set_data64(sqe, net::pack_tag(uring_op::kIgnore, 0, 0));
   }
   io_uring_sqe* sqe = ring_.sqe();
@@ -1082,8 +1085,12 @@ void UringRelay::close_session(Session& s) noexcept {
   release_dir(s, s.c2u);
   release_dir(s, s.u2c);
   api::release_conn(env_.conn_limiter, s.cfd);  // limit_conn
-  close_fd(s.cfd, s.c_ops > 0);
-  close_fd(s.ufd, s.u_ops > 0);
+  // (A receive being cancelled for back-pressure needs no second cancel.)
+  const auto cancelling = static_cast<uint16_t>((s.c2u.recv == kCancelling ? bit(kRecvClient) : 0) |
+                                                (s.u2c.recv == kCancelling ? bit(kRecvUpstream) : 0));
+  const auto ops = static_cast<uint16_t>(s.live & ~cancelling);
+  close_fd(s, s.cfd, static_cast<uint16_t>(ops & client_ops()));
+  close_fd(s, s.ufd, static_cast<uint16_t>(ops & upstream_ops()));
   s.cfd = s.ufd = -1;
   unbind_host(env_, s);
   s.state = State::closing;
@@ -1094,7 +1101,7 @@ void UringRelay::close_session(Session& s) noexcept {
 }
 
 void UringRelay::maybe_retire(Session& s) noexcept {
-  if (s.state != State::closing || s.c_ops || s.u_ops || s.t_ops) return;
+  if (s.state != State::closing || s.live) return;
   s.state = State::free;
   ++s.gen;
   s.next_free = free_head_;

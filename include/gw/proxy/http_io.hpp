@@ -49,8 +49,8 @@
 // (EPOLLERR) as epoll would, and not only at the next timeout. Armed once per
 // socket that needs it, cancelled by the close.
 //
-// Closing cancels what the socket still has in flight and closes it, hard
-// linked (UringRelay::close_fd), except a send: the proxy was told its bytes
+// Closing cancels what the socket still has in flight, each request by its tag
+// (the `live` bits; see UringRelay::close_fd), and closes it, except a send: the proxy was told its bytes
 // went out, so it goes on (at most kSendLingerMs) holding the socket, whose fd
 // is closed at once (as close(2) leaves them to the kernel under epoll).
 // At most a quarter of the slots so linger (the rest are the open sockets
@@ -70,6 +70,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include <cassert>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -159,7 +160,7 @@ class HttpIo {
     uint64_t data = 0;
     State state = State::free;
     uint8_t recv = kIdle;
-    uint8_t ops = 0;                        // completions owed
+    uint8_t live = 0;                       // bit(op): a request of that op is in flight (at most one each)
     bool connecting = false;                // the connect poll is armed
     bool eof = false;                       // the receive brought the EOF
     bool sending = false;                   // the staging buffer is in flight
@@ -185,6 +186,13 @@ class HttpIo {
     uint32_t rearm_next = kNone;
   };
 
+  static constexpr uint8_t bit(Op op) noexcept { return static_cast<uint8_t>(1u << (op - kRecv)); }
+  /// A request of `op` goes in flight (none was), and its last completion came.
+  static void started(Sock& k, Op op) noexcept {
+    assert(!(k.live & bit(op)));
+    k.live = static_cast<uint8_t>(k.live | bit(op));
+  }
+  static void ended(Sock& k, Op op) noexcept { k.live = static_cast<uint8_t>(k.live & ~bit(op)); }
   uint32_t index_of(const Sock& k) const noexcept { return static_cast<uint32_t>(&k - socks_.data()); }
   uint64_t tag(const Sock& k, Op op) const noexcept { return net::pack_tag(op, index_of(k), k.gen); }
   void emit(Sock& k, uint32_t events) noexcept;

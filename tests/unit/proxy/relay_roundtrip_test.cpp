@@ -1036,4 +1036,46 @@ TEST_SUITE("proxy") {
     REQUIRE(step_until(eng, [&] { return eng.idle(); }));
     ::close(ufd);
   }
+  TEST_CASE(
+      "io_uring: a close cancels every request its session has in flight; both peers see it and the slot retires") {
+    // The close cancels each request by its tag (the session's live bits):
+    // one left out would hold its socket open, the peer would see no close,
+    // and the slot would wait for that peer. Here the session has, on the
+    // client, its receive and its reset watch, and on the host its receive
+    // and a POLLOUT (the host reads nothing, so the client's bytes wait).
+    if (!net::uring_unsupported().empty()) return;
+    Upstream up(4096);
+    Env env(up.port, 600000);
+    UringEngine eng(env);
+    TcpClient c;
+    set_nonblock(c.client);
+    eng.accept(c.served);
+    int ufd = -1;
+    REQUIRE(step_until(eng, [&] { return (ufd = up.accept()) >= 0; }));
+    // The client writes until the host's socket is full and the relay waits
+    // for it to take more (the client's socket fills behind it).
+    const std::string chunk(65536, 'x');
+    for (int stalled = 0; stalled < 50;) {
+      stalled = ::send(c.client, chunk.data(), chunk.size(), MSG_DONTWAIT) > 0 ? 0 : stalled + 1;
+      eng.step(0);
+    }
+    CHECK(eng.active() == 1);
+    eng.relay->close_all();
+    CHECK(eng.relay->retiring() == 1);  // its requests are being cancelled
+    REQUIRE(step_until(eng, [&] { return eng.idle(); }));
+    // Both sockets are closed: each peer reads what was left for it, then
+    // the EOF or the reset (bytes gw had not read are discarded by a reset).
+    auto closed = [](int fd) {
+      char b[65536];
+      for (int i = 0; i < 100000; ++i) {
+        const ssize_t n = ::recv(fd, b, sizeof(b), MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) return true;
+        if (n < 0) ::usleep(1000);
+      }
+      return false;
+    };
+    CHECK(closed(ufd));
+    CHECK(closed(c.client));
+    ::close(ufd);
+  }
 }
