@@ -443,9 +443,12 @@ Response json_response(int status, std::string body) {
   return r;
 }
 
+// "warning" only where the change left one (see shm::ops::Result).
 Response done(int status, const shm::ops::Result& res) {
-  return json_response(status, fmt::format("{{\"ok\": true, \"changed\": {}, \"message\": \"{}\", \"generation\": {}}}",
-                                           res.changed ? "true" : "false", json_escape(res.what), res.generation));
+  std::string warning = res.warning.empty() ? "" : fmt::format(", \"warning\": \"{}\"", json_escape(res.warning));
+  return json_response(status,
+                       fmt::format("{{\"ok\": true, \"changed\": {}, \"message\": \"{}\", \"generation\": {}{}}}",
+                                   res.changed ? "true" : "false", json_escape(res.what), res.generation, warning));
 }
 
 int status_of(shm::TableError::Kind k) {

@@ -4,6 +4,8 @@
 #include <bit>
 #include <type_traits>
 
+#include <fmt/format.h>
+
 namespace gw::balance {
 
 namespace {
@@ -96,6 +98,14 @@ thread_local Scratch tl_scratch;
 
 uint32_t crc32_u32le(uint32_t v, uint32_t crc) noexcept {
   return crc_step(~crc, v);
+}
+
+std::string chash_bound_warning(uint64_t total_weight) {
+  if (total_weight <= kChashNginxWeight) return {};
+  return fmt::format(
+      "chash over a total weight of {}, more than {}: its ring is scaled down to {} points, so keys split by weight "
+      "but do not map to the hosts nginx's `hash consistent` picks",
+      total_weight, kChashNginxWeight, kChashMaxPoints);
 }
 
 uint32_t ChashRing::points_for(uint32_t weight, uint64_t total_weight, size_t weighted_hosts) noexcept {

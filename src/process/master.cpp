@@ -719,17 +719,13 @@ std::vector<std::string> check_runtime_state(const config::Config& cfg) {
   }
   // A chash pool past the ring's bound: valid, and balanced by weight, but a
   // user coming from nginx would find its keys on other hosts.
-  constexpr uint64_t kNginxWeight = balance::kChashMaxPoints / 160;
   for (const auto& u : cfg.upstreams)
     for (const auto& p : u.pools) {
       if (p.method != shm::Method::chash) continue;
       uint64_t total = 0;
       for (const auto& h : p.hosts) total += h.weight;
-      if (total > kNginxWeight)
-        warnings.push_back(fmt::format(
-            "upstream \"{}\" pool \"{}\": chash over a total weight of {}, more than {}: its ring is scaled down "
-            "to {} points, so keys split by weight but do not map to the hosts nginx's `hash consistent` picks",
-            u.name, p.id, total, kNginxWeight, balance::kChashMaxPoints));
+      if (auto w = balance::chash_bound_warning(total); !w.empty())
+        warnings.push_back(fmt::format("upstream \"{}\" pool \"{}\": {}", u.name, p.id, w));
     }
   return warnings;
 }

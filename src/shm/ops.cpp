@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "gw/balance/chash.hpp"
 #include "gw/shm/runtime.hpp"
 #include "gw/shm/writer.hpp"
 
@@ -82,6 +83,17 @@ Result commit(const Segment& seg, const Writer::Change& change, std::string what
   return r;
 }
 
+// The warning for pool `pool` of table `t` after a change that may have taken
+// a chash pool past the ring's bound (a host added or reweighted, the method
+// set): its ring is scaled down, and its keys no longer map as nginx's.
+std::string chash_warning(const Table& t, int pool, const std::string& u, const std::string& p) {
+  if (t.pools()[static_cast<size_t>(pool)].method != static_cast<uint8_t>(Method::chash)) return {};
+  uint64_t total = 0;
+  for (int h : t.pool_hosts(pool)) total += t.hosts()[static_cast<size_t>(h)].weight;
+  std::string w = balance::chash_bound_warning(total);
+  return w.empty() ? w : fmt::format("pool {}/{}: {}", u, p, w);
+}
+
 // A name a change adds: check_new_name(), so that the admin API can name it.
 void check_new(const std::string& name, const char* what) {
   if (auto why = check_new_name(name); !why.empty())
@@ -96,14 +108,19 @@ Result add_host(const Segment& seg, const std::string& u, const std::string& p, 
   check_new(id, "host id");
   const char* state = down ? " admin down" : "";
   std::string what = fmt::format("add host {}/{}/{} {} weight={}{}", u, p, id, addr.to_string(), weight, state);
-  return commit(
+  std::string warning;
+  Result r = commit(
       seg,
       [&](Table& t, std::vector<std::string>& ev) {
-        const int h = t.add_host(find_pool(t, u, p), id, addr, weight);
+        const int pool = find_pool(t, u, p);
+        const int h = t.add_host(pool, id, addr, weight);
         if (down) t.hosts()[static_cast<size_t>(h)].admin_down = 1;
         ev.push_back(fmt::format("host_added {}/{}/{} {} weight={}{}", u, p, id, addr.to_string(), weight, state));
+        warning = chash_warning(t, pool, u, p);
       },
       what);
+  r.warning = std::move(warning);
+  return r;
 }
 
 Result remove_host(const Segment& seg, const std::string& u, const std::string& p, const std::string& id) {
@@ -153,7 +170,7 @@ Result set_host(const Segment& seg, const std::string& u, const std::string& p, 
   if (weight && *weight > kMaxWeight)
     throw TableError(fmt::format("weight {} out of range 0..{}", *weight, kMaxWeight));
   check_not_clustered(seg);
-  std::string already;
+  std::string already, warning;
   Result r = commit(
       seg,
       [&](Table& t, std::vector<std::string>& ev) {
@@ -170,6 +187,7 @@ Result set_host(const Segment& seg, const std::string& u, const std::string& p, 
           ev.push_back(fmt::format("host_changed {}/{}/{} {} weight={} (was {})", u, p, id, rec.addr.to_string(),
                                    *weight, rec.weight));
           rec.weight = *weight;
+          warning = chash_warning(t, rec.pool, u, p);
         }
         if (!same_admin) {
           rec.admin_down = *down ? 1 : 0;
@@ -186,6 +204,7 @@ Result set_host(const Segment& seg, const std::string& u, const std::string& p, 
   if (weight) what += fmt::format(" weight={}", *weight);
   if (down) what += *down ? " admin down" : " admin up";
   r.what = what;
+  r.warning = std::move(warning);
   return r;
 }
 
@@ -219,12 +238,13 @@ Result set_pool(const Segment& seg, const std::string& u, const std::string& p, 
                 std::optional<Method> method) {
   if (!priority && !method) throw TableError("set pool needs a priority and/or a method");
   check_not_clustered(seg);
-  std::string what;
+  std::string what, warning;
   bool already = false;
   Writer w(seg);
   Result r;
   r.generation = w.commit([&](Table& t, std::vector<std::string>& ev) {
-    auto& pr = t.pools()[static_cast<size_t>(find_pool(t, u, p))];
+    const int pool = find_pool(t, u, p);
+    auto& pr = t.pools()[static_cast<size_t>(pool)];
     // What is already so changes nothing (as set_host): no generation, no
     // event, for a script or an API client that sends the same values again.
     if ((!priority || pr.priority == *priority) && (!method || pr.method == static_cast<uint8_t>(*method))) {
@@ -238,9 +258,11 @@ Result set_pool(const Segment& seg, const std::string& u, const std::string& p, 
     const char* m = method_name(static_cast<Method>(pr.method));
     what = fmt::format("set pool {}/{} priority={} method={}", u, p, pr.priority, m);
     ev.push_back(fmt::format("pool_changed {}/{} priority={} method={}", u, p, pr.priority, m));
+    if (method) warning = chash_warning(t, pool, u, p);
   });
   r.what = std::move(what);
   r.changed = !already;
+  r.warning = std::move(warning);
   return r;
 }
 

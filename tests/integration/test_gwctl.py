@@ -107,6 +107,28 @@ class GwctlTest(GwTestCase):
         gw.start()
         self.assertHost(gw, "app/primary/b", weight=3)
 
+    def test_chash_pool_past_the_ring_bound_warns(self):
+        """A live change that takes a chash pool past the ring's bound (a
+        total weight of 6,553: 160 points per unit within 2^20) is made, and
+        gwctl says on stderr that its keys no longer map as nginx's; a change
+        that leaves it at the bound says nothing."""
+        a, b = self.backend("a"), self.backend("b")
+        hosts = [host(f"h{i}", 9 + i, 1000) for i in range(5)]  # ports nothing listens on: never picked twice
+        gw = self.start([pool("primary", [host("a", a, 1000), host("b", b, 553)] + hosts, method="chash")])
+        rc, out, err = gw.gwctl("set", "host", "app/primary", "b", "--weight", "554")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"^ok: set host app/primary/b weight=554 \(generation \d+\)\n$")
+        self.assertEqual(err, "gwctl: warning: pool app/primary: chash over a total weight of 6554, more than 6553: "
+                              "its ring is scaled down to 1048576 points, so keys split by weight but do not map to "
+                              "the hosts nginx's `hash consistent` picks\n")
+        self.assertHost(gw, "app/primary/b", weight=554)
+        rc, out, err = gw.gwctl("set", "host", "app/primary", "b", "--weight", "553")
+        self.assertEqual((rc, err), (0, ""))
+        rc, out, err = gw.gwctl("add", "host", "app/primary", "c", "127.0.0.1:8", "--weight", "1")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("gwctl: warning: pool app/primary: chash over a total weight of 6554,", err)
+        self.assertHost(gw, "app/primary/c", weight=1)
+
     def test_pools(self):
         a, b = self.backend("a"), self.backend("b")
         gw = self.start([pool("primary", [host("a", a)], priority=5)])

@@ -278,12 +278,14 @@ gw::shm::RuleSpec rule_from_options(const Options& o, const gw::shm::Caps& caps)
   return r;
 }
 
-// Prints a verb's result as gwctl always has: "ok: WHAT (generation N)".
+// Prints a verb's result as gwctl always has: "ok: WHAT (generation N)", and
+// on stderr what the change left that the operator should know.
 // WHAT quotes the input (a rule's header value may hold a C1 control, valid
 // UTF-8): escaped as the error lines are, so that no terminal acts on it.
 int report(const gw::shm::ops::Result& r) {
   g_change_made = r.changed;  // not for "already down"
   out("ok: {} (generation {})\n", gw::core::one_line(r.what), r.generation);
+  if (!r.warning.empty()) fmt::print(stderr, "gwctl: warning: {}\n", gw::core::one_line(r.warning));
   return 0;
 }
 

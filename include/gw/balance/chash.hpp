@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -42,6 +43,14 @@ inline constexpr size_t kChashMaxPoints = size_t{1} << 20;
 /// still gets a share of keys near its weight's: up to this many, fewer only
 /// when the pool has so many hosts that the bound would not hold otherwise.
 inline constexpr uint32_t kChashMinPoints = 8;
+/// The largest total weight of a pool whose ring is nginx's (160 points per
+/// unit of weight within kChashMaxPoints).
+inline constexpr uint64_t kChashNginxWeight = kChashMaxPoints / 160;
+
+/// For a chash pool of `total_weight`: empty up to kChashNginxWeight, else
+/// the warning gwd -t, gwctl and the admin API give (the ring is scaled down,
+/// so keys no longer map as nginx's), without the pool's name.
+std::string chash_bound_warning(uint64_t total_weight);
 
 struct ChashPoint {
   uint32_t hash;

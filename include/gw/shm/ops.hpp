@@ -26,6 +26,9 @@ struct Result {
   uint64_t generation = 0;
   std::string what;
   bool changed = true;
+  /// Not an error: what the change left that an operator should know (a
+  /// chash pool past the ring's bound, whose keys no longer map as nginx's).
+  std::string warning;
 };
 
 /// Lookups with gwctl's messages; throw TableError (not_found).

@@ -596,7 +596,23 @@ TEST_SUITE("admin") {
     CHECK(saw_event);
 
     CHECK(call(api, "POST", "/upstreams/app/pools", R"({"id": "dr", "priority": 1})", bearer).status == 201);
-    CHECK(call(api, "PUT", "/upstreams/app/pools/dr", R"({"method": "chash"})", bearer).status == 200);
+    r = call(api, "PUT", "/upstreams/app/pools/dr", R"({"method": "chash"})", bearer);
+    CHECK(r.status == 200);
+    CHECK(r.body.find("warning") == std::string::npos);
+    // A change that leaves a chash pool past the ring's bound (total weight
+    // 6,553) is made, and says so in "warning".
+    for (int i = 0; i < 7; ++i) {
+      const std::string id = "w" + std::to_string(i);
+      r = call(api, "POST", "/upstreams/app/pools/dr/hosts",
+               R"({"id": ")" + id + R"(", "address": "127.0.0.1:)" + std::to_string(2000 + i) + R"(", "weight": 1000})",
+               bearer);
+      CHECK(r.status == 201);
+      CHECK((r.body.find("warning") != std::string::npos) == (i == 6));
+    }
+    CHECK(r.body.find(", \"warning\": \"pool app/dr: chash over a total weight of 7000, more than 6553: its ring is "
+                      "scaled down to 1048576 points") != std::string::npos);
+    for (int i = 0; i < 7; ++i)
+      CHECK(call(api, "DELETE", "/upstreams/app/pools/dr/hosts/w" + std::to_string(i), "", bearer).status == 200);
     CHECK(call(api, "POST", "/upstreams/app/pools", R"({"id": "dr"})", bearer).status == 409);
     CHECK(call(api, "DELETE", "/upstreams/app/pools/primary", "", bearer).status == 409);  // not empty
     CHECK(call(api, "DELETE", "/upstreams/app/pools/dr", "", bearer).status == 200);

@@ -131,6 +131,40 @@ TEST_SUITE("shm") {
     CHECK_THROWS_AS(ops::set_pool(ts.seg, "app", "nope", 1, std::nullopt), TableError);
   }
 
+  TEST_CASE("a change that leaves a chash pool past the ring's bound says so (and is made); at the bound, nothing") {
+    // 2^20 points hold nginx's 160 per unit of weight up to a total of 6,553.
+    TempSegment ts({1, 1, 16});
+    one_host(ts);  // "a", weight 2
+    ops::Result r = ops::set_pool(ts.seg, "app", "primary", std::nullopt, Method::chash);
+    CHECK(r.changed);
+    CHECK(r.warning.empty());
+    gw::core::SockAddr addr;
+    std::string why;
+    for (int i = 0; i < 6; ++i) {
+      REQUIRE(gw::core::parse_address("127.0.0.1:" + std::to_string(10 + i), addr, why));
+      r = ops::add_host(ts.seg, "app", "primary", "h" + std::to_string(i), addr, 1000, false);
+      CHECK(r.warning.empty());
+    }
+    REQUIRE(gw::core::parse_address("127.0.0.1:20", addr, why));
+    r = ops::add_host(ts.seg, "app", "primary", "last", addr, 551, false);  // 6,553 in all
+    CHECK(r.warning.empty());
+    const std::string past =
+        "pool app/primary: chash over a total weight of 6554, more than 6553: its ring is scaled down to 1048576 "
+        "points, so keys split by weight but do not map to the hosts nginx's `hash consistent` picks";
+    r = ops::set_host(ts.seg, "app", "primary", "last", 552, std::nullopt, "test");
+    CHECK(r.changed);
+    CHECK(r.warning == past);
+    CHECK(ops::set_host(ts.seg, "app", "primary", "last", std::nullopt, true, "test").warning.empty());  // no weight
+    // Another method: no ring, no warning; chash again: the warning.
+    CHECK(ops::set_pool(ts.seg, "app", "primary", std::nullopt, Method::round_robin).warning.empty());
+    CHECK(ops::set_pool(ts.seg, "app", "primary", std::nullopt, Method::chash).warning == past);
+    CHECK(ops::set_pool(ts.seg, "app", "primary", 5, std::nullopt).warning.empty());  // the priority alone
+    REQUIRE(gw::core::parse_address("127.0.0.1:21", addr, why));
+    r = ops::add_host(ts.seg, "app", "primary", "more", addr, 1, false);
+    CHECK(r.warning.find("chash over a total weight of 6555,") != std::string::npos);
+    CHECK(ops::set_host(ts.seg, "app", "primary", "last", 550, std::nullopt, "test").warning.empty());  // 6,553
+  }
+
   TEST_CASE("set_rule: new matchers in one commit, with its event; the rule as it is changes nothing") {
     TempSegment ts;
     one_host(ts);
