@@ -90,6 +90,7 @@ void UringRelay::accept(int fd, uint32_t listener) noexcept {
   s.cfd = fd;
   s.ufd = -1;
   s.live = 0;
+  s.t_ops = 0;
   s.watch = s.watch_u = s.c_reset = false;
   s.gone_until_ms = 0;
   s.reset(static_cast<uint16_t>(listener), env_.now_ms);
@@ -232,7 +233,7 @@ void UringRelay::connect_next(Session& s) noexcept {
     sqe = ring_.sqe();
     io_uring_prep_link_timeout(sqe, &s.connect_ts, 0);
     io_uring_sqe_set_data64(sqe, tag(s, kLinkTimeout));
-    started(s, kLinkTimeout);
+    ++s.t_ops;
     return;
   }
   count_unrouted(env_, s, ui, last_no_host_log_ms_);
@@ -299,7 +300,7 @@ void UringRelay::on_completion(uint64_t t, int32_t res, uint32_t flags) noexcept
     case kSendClient: on_send(s, false, res); break;
     case kConnect: on_connect(s, res); break;
     case kLinkTimeout:
-      ended(s, kLinkTimeout);
+      --s.t_ops;
       maybe_retire(s);
       break;
     case kPollClientIn: on_poll(s, true, false); break;
@@ -1101,7 +1102,7 @@ void UringRelay::close_session(Session& s) noexcept {
 }
 
 void UringRelay::maybe_retire(Session& s) noexcept {
-  if (s.state != State::closing || s.live) return;
+  if (s.state != State::closing || s.live || s.t_ops) return;
   s.state = State::free;
   ++s.gen;
   s.next_free = free_head_;

@@ -191,7 +191,8 @@ class UringRelay {
     uint32_t gen = 0;
     uint32_t next_free = kNone;
     State state = State::free;
-    uint16_t live = 0;           // bit(op): a request of that op is in flight (at most one each)
+    uint16_t live = 0;           // bit(op): a request of that op on a socket is in flight (at most one each)
+    uint8_t t_ops = 0;           // connect timeouts in flight (a failed connect's may end after the next is armed)
     bool watch = false;          // kWatchClient is armed
     bool watch_u = false;        // kWatchUpstream is armed
     bool c_reset = false;        // the client reset (seen by the watch, or a write to it failed)
