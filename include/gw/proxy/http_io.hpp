@@ -50,9 +50,10 @@
 // socket that needs it, cancelled by the close.
 //
 // Closing cancels what the socket still has in flight, each request by its tag
-// (the `live` bits; see UringRelay::close_fd), and closes it, except a send: the proxy was told its bytes
-// went out, so it goes on (at most kSendLingerMs) holding the socket, whose fd
-// is closed at once (as close(2) leaves them to the kernel under epoll).
+// (the `live` bits; see UringRelay::close_fd), and closes it, except a send:
+// the proxy was told its bytes went out, so it goes on (at most
+// kSendLingerMs) holding the socket, whose fd is closed at once (as close(2)
+// leaves them to the kernel under epoll).
 // At most a quarter of the slots so linger (the rest are the open sockets
 // and those closed waiting for their cancels): beyond that a close cancels
 // its send, as the kernel resets orphaned sockets beyond its limit, so that
