@@ -993,6 +993,10 @@ def table(c):
                     "%.2f" % v["back"] if v["back"] is not None else "-", str(rows[c][n]["errors"])])
     return header, out
 
+def missed(pct):
+    """A miss in whole percent; one under 1% says so rather than "missed by 0%"."""
+    return "missed by %.0f%%" % pct if pct >= 1 else "missed by under 1%"
+
 def verdict(c, ok, miss, *names):
     """"met" or the miss; not judged when a contender compared had failed requests: wrk
     counts them in req/s, and a fast failure makes a ratio look better than it is."""
@@ -1040,8 +1044,7 @@ def targets(c):
             want = TARGET.get(p)
             part = "vs %s %s %.2f×" % (p, UNIT, ratio)
             if want:
-                part += " (target %.1f×: %s)" % (want, verdict(c, ratio >= want, "missed by %.0f%%" %
-                                                               ((want - ratio) / want * 100), g, p))
+                part += " (target %.1f×: %s)" % (want, verdict(c, ratio >= want, missed((want - ratio) / want * 100), g, p))
             if m[g]["cpu"] is not None and m[p]["cpu"]:
                 part += ", cpu/req %.2f×" % (m[g]["cpu"] / m[p]["cpu"])
             if m[g]["rss"] is not None and m[p]["rss"]:
@@ -1050,7 +1053,7 @@ def targets(c):
         if best_p99:
             ratio = m[g]["p99"] / best_p99
             parts.append("p99 %.2f× the best peer's (target ≤ 1: %s)" % (
-                ratio, verdict(c, ratio <= 1, "missed by %.0f%%" % ((ratio - 1) * 100), g, *peers)))
+                ratio, verdict(c, ratio <= 1, missed((ratio - 1) * 100), g, *peers)))
         lines.append("- **%s**: %s" % (g, "; ".join(parts)))
         lines += budget(c, g)
     if "gw" in m and "gw-uring" in m:
@@ -1060,7 +1063,7 @@ def targets(c):
             line += ", cpu/req %.2f" % (m["gw-uring"]["cpu"] / m["gw"]["cpu"])
         if c >= 1000:
             line += " (target at ≥1,000 connections: io_uring ≥ epoll, %s)" % (
-                verdict(c, ratio >= 1, "missed by %.0f%%" % ((1 - ratio) * 100), "gw", "gw-uring"))
+                verdict(c, ratio >= 1, missed((1 - ratio) * 100), "gw", "gw-uring"))
         lines.append(line)
     return lines
 
