@@ -601,9 +601,9 @@ void HttpIo::close(uint32_t s) noexcept {
   if (k.live) {
     // Each request still in flight on the socket is cancelled by its tag: one
     // lookup in io_uring's cancel hash, where a cancel by fd walks every poll
-    // the ring has armed. The requests hold the socket, so the close (in the
-    // same submission, after them) takes effect once the last is gone; the
-    // tags name no fd, so a newer socket with this fd number is never hit.
+    // the ring has armed. The requests hold the socket, so the close, queued
+    // after them, takes effect once the last is gone; the tags name no fd, so
+    // a newer socket with this fd number is never hit.
     // (A receive being cancelled for back-pressure needs no second cancel.)
     for (const Op op : {kRecv, kSend, kConnectPoll, kWatch}) {
       if (!(k.live & bit(op)) || (op == kRecv && k.recv == kCancelling)) continue;

@@ -1059,9 +1059,9 @@ void UringRelay::close_fd(Session& s, int fd, uint16_t ops) noexcept {
   if (fd < 0) return;
   // Each request still in flight on the socket is cancelled by its tag (see
   // the header), and its completion comes back as -ECANCELED, or as what it
-  // had done. The requests hold the socket, so the close (in the same
-  // submission, after them) takes effect once the last is gone; the tags
-  // name no fd, so a newer socket with this fd number is never hit.
+  // had done. The requests hold the socket, so the close, queued after them,
+  // takes effect once the last is gone; the tags name no fd, so a newer
+  // socket with this fd number is never hit.
   for (uint16_t left = ops; left; left = static_cast<uint16_t>(left & (left - 1))) {
     const auto op = static_cast<Op>(kRelayFirstOp + std::countr_zero(left));
     io_uring_sqe* sqe = ring_.sqe();
