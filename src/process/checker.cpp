@@ -378,8 +378,7 @@ void Checker::finish(Probe& p, bool ok, int err, uint64_t now) {
   // passive health holds out (a connection found it refusing before its
   // checks failed): that said host_down already, and its trial, once a
   // connection makes it, says host_up.
-  const bool passive_out = up->max_fails != 0 && hr.tag.load(std::memory_order_relaxed) == p.tag &&
-                           hr.health.load(std::memory_order_acquire) == shm::kHealthDown;
+  const bool passive_out = up->max_fails != 0 && shm::passive_down(hr, p.tag);
   const char* verdict = after == shm::kActiveUp ? "up" : "down";
   std::string text = admin_down    ? fmt::format("health_{} {} {} ({}; the host stays out: admin down, until gwctl up)",
                                                  verdict, path, address, why)

@@ -8,6 +8,7 @@
 namespace gw::shm {
 namespace testing {
 void (*failure_gap_hook)() = nullptr;
+void (*verdict_gap_hook)() = nullptr;
 }  // namespace testing
 
 namespace {
@@ -27,16 +28,62 @@ constexpr bool trial_of(uint64_t w) {
   return (static_cast<uint32_t>(w) & kTrialBit) != 0;
 }
 constexpr double kTauMs = 10000.0;  // peak-EWMA decay time
+
+// The verdicts word's low half: kPassiveDownBit | the active state.
+constexpr uint32_t active_of(uint64_t v) {
+  return static_cast<uint32_t>(v) & kActiveMask;
+}
+constexpr bool passive_down_of(uint64_t v) {
+  return (static_cast<uint32_t>(v) & kPassiveDownBit) != 0;
+}
+
+// Rewrites the low half of host `tag`'s verdicts with `next(low half)`, as
+// long as the word still carries `tag`: false, with nothing written, once
+// the slot has another tag. `before` gets the low half it replaced.
+template <class F>
+bool update_verdicts(HostRuntime& h, uint32_t tag, F next, uint32_t& before) noexcept {
+  uint64_t v = h.verdicts.load(std::memory_order_acquire);
+  for (;;) {
+    if (tag_of(v) != tag) return false;
+    before = static_cast<uint32_t>(v);
+    const uint32_t after = next(before);
+    if (after == before) return true;
+    if (testing::verdict_gap_hook) testing::verdict_gap_hook();
+    if (h.verdicts.compare_exchange_weak(v, pack(tag, after), std::memory_order_acq_rel)) return true;
+  }
+}
+// Passive health's verdict of host `tag` to `down`: true if this call changed it.
+bool set_passive(HostRuntime& h, uint32_t tag, bool down) noexcept {
+  uint32_t before = 0;
+  const auto set = [down](uint32_t w) { return down ? w | kPassiveDownBit : w & ~kPassiveDownBit; };
+  return update_verdicts(h, tag, set, before) && ((before & kPassiveDownBit) != 0) != down;
+}
 }  // namespace
 
 uint32_t active_state(const HostRuntime& h, uint32_t tag) noexcept {
-  uint32_t a = h.active.load(std::memory_order_acquire);
-  return h.tag.load(std::memory_order_relaxed) == tag ? a : kActiveUnknown;
+  const uint64_t v = h.verdicts.load(std::memory_order_acquire);
+  return tag_of(v) == tag ? active_of(v) : kActiveUnknown;
+}
+
+bool passive_down(const HostRuntime& h, uint32_t tag) noexcept {
+  const uint64_t v = h.verdicts.load(std::memory_order_acquire);
+  return tag_of(v) == tag && passive_down_of(v);
 }
 
 bool record_check(HostRuntime& h, uint32_t tag, uint32_t new_state) noexcept {
-  if (h.tag.load(std::memory_order_relaxed) != tag) return false;
-  return h.active.exchange(new_state, std::memory_order_acq_rel) != new_state;
+  uint32_t before = 0;
+  const auto set = [new_state](uint32_t w) { return (w & ~kActiveMask) | (new_state & kActiveMask); };
+  return update_verdicts(h, tag, set, before) && (before & kActiveMask) != (new_state & kActiveMask);
+}
+
+bool clear_active(HostRuntime& h, uint32_t tag) noexcept {
+  uint32_t before = 0;
+  const auto clear = [](uint32_t w) { return (w & ~kActiveMask) | kActiveUnknown; };
+  return update_verdicts(h, tag, clear, before) && (before & kActiveMask) == kActiveDown;
+}
+
+bool clear_passive(HostRuntime& h, uint32_t tag) noexcept {
+  return set_passive(h, tag, false);
 }
 
 const char* held_out_reason(const Segment& seg, const Table& t, const HostRecord& h) noexcept {
@@ -48,20 +95,20 @@ const char* held_out_reason(const Segment& seg, const Table& t, const HostRecord
   if (up.check.type != kCheckNone && active_state(hr, h.tag) == kActiveDown) return "its health check fails";
   // Down on passive health, its fail_timeout over or not: it gets one trial
   // connection, whose success says host_up (record_success).
-  if (up.max_fails != 0 && hr.tag.load(std::memory_order_relaxed) == h.tag &&
-      hr.health.load(std::memory_order_acquire) == kHealthDown)
-    return "passive health, until a connection's trial passes";
+  if (up.max_fails != 0 && passive_down(hr, h.tag)) return "passive health, until a connection's trial passes";
   return nullptr;
 }
 
 bool host_usable(const HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept {
+  // One load for both verdicts. A word of another tag (the slot is being
+  // given to another host) says nothing of this one: unknown, and up.
+  const uint64_t v = h.verdicts.load(std::memory_order_acquire);
+  const bool mine = tag_of(v) == tag;
   if (p.active) {
-    uint32_t a = active_state(h, tag);
+    const uint32_t a = mine ? active_of(v) : kActiveUnknown;
     if (a == kActiveDown || (a == kActiveUnknown && !p.unknown_usable)) return false;
   }
-  if (p.max_fails == 0) return true;
-  if (h.health.load(std::memory_order_acquire) == kHealthUp) return true;
-  if (h.tag.load(std::memory_order_relaxed) != tag) return true;  // state belongs to another host
+  if (p.max_fails == 0 || !mine || !passive_down_of(v)) return true;
   // Down: usable again once fail_timeout has passed since the last failure.
   // (Workers' clocks are read at different moments: a last failure "after"
   // now means it just happened.)
@@ -104,7 +151,7 @@ bool record_failure(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_m
   h.last_fail_ms.store(now_ms, std::memory_order_release);
   h.failures.fetch_add(1, std::memory_order_relaxed);
   if (p.max_fails == 0 || n + 1 < p.max_fails) return false;
-  return h.health.exchange(kHealthDown, std::memory_order_acq_rel) == kHealthUp;
+  return set_passive(h, tag, true);
 }
 
 bool record_success(HostRuntime& h, uint32_t tag, uint64_t started_ms) noexcept {
@@ -113,7 +160,7 @@ bool record_success(HostRuntime& h, uint32_t tag, uint64_t started_ms) noexcept 
   // An up host's window keeps its failures: successes between them do not
   // hide a host that fails every other request (nginx clears its count only
   // after a trial, too).
-  if (h.health.load(std::memory_order_acquire) == kHealthUp) return false;
+  if (!passive_down(h, tag)) return false;
   // Down: only the trial's success counts: a trial is under way (no failure
   // since it was claimed) and this attempt began at or after its stamp. An
   // attempt under way when the host went down (a slow request answered at
@@ -122,13 +169,12 @@ bool record_success(HostRuntime& h, uint32_t tag, uint64_t started_ms) noexcept 
   // out (nginx's "accessed < checked").
   if (!trial_of(w) || started_ms < h.last_fail_ms.load(std::memory_order_acquire)) return false;
   h.window_fails.compare_exchange_strong(w, pack(tag, 0), std::memory_order_acq_rel);
-  return h.health.exchange(kHealthUp, std::memory_order_acq_rel) == kHealthDown;
+  return set_passive(h, tag, false);
   // (the caller stamps up_since_ms for slow start when this returns true)
 }
 
 Trial claim_trial(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept {
-  if (p.max_fails == 0 || h.health.load(std::memory_order_acquire) == kHealthUp) return Trial::none;
-  if (h.tag.load(std::memory_order_relaxed) != tag) return Trial::none;
+  if (p.max_fails == 0 || !passive_down(h, tag)) return Trial::none;
   uint64_t last = h.last_fail_ms.load(std::memory_order_relaxed);
   if (!(now_ms > last && now_ms - last >= p.fail_timeout_ms)) return Trial::lost;
   // One winner over all workers: the others now see the host out again.
@@ -146,8 +192,7 @@ void reset_slot(HostRuntime& h, uint32_t tag) noexcept {
   h.window_fails.store(pack(tag, 0), std::memory_order_relaxed);
   h.last_fail_ms.store(0, std::memory_order_relaxed);
   h.failures.store(0, std::memory_order_relaxed);
-  h.health.store(kHealthUp, std::memory_order_relaxed);
-  h.active.store(kActiveUnknown, std::memory_order_relaxed);
+  h.verdicts.store(pack(tag, kActiveUnknown), std::memory_order_relaxed);  // up on passive health
   h.up_since_ms.store(0, std::memory_order_relaxed);
   h.ewma.store(0, std::memory_order_relaxed);
   h.tag.store(tag, std::memory_order_release);

@@ -306,11 +306,8 @@ uint64_t Writer::commit(const Change& change) {
     if (h.tag == 0 || h.slot >= caps.max_hosts) continue;
     const UpstreamRecord& up = t.upstreams()[t.pools()[h.pool].upstream];
     HostRuntime& hr = seg_->host(h.slot);
-    if (h.tag != hr.tag.load(std::memory_order_relaxed)) continue;
-    const bool checks_off =
-        up.check.type == kCheckNone && hr.active.exchange(kActiveUnknown, std::memory_order_acq_rel) == kActiveDown;
-    const bool passive_off =
-        up.max_fails == 0 && hr.health.exchange(kHealthUp, std::memory_order_acq_rel) == kHealthDown;
+    const bool checks_off = up.check.type == kCheckNone && clear_active(hr, h.tag);
+    const bool passive_off = up.max_fails == 0 && clear_passive(hr, h.tag);
     if (!checks_off && !passive_off) continue;
     const char* why = checks_off && passive_off ? "active checks and passive health turned off by the config"
                       : checks_off              ? "active checks turned off by the config"

@@ -249,8 +249,7 @@ int main(int argc, char** argv) {
        [](const Segment& s) {
          for (uint32_t i = 0; i < kCaps.max_hosts; ++i) {
            s.host(i).tag.store(i);
-           s.host(i).health.store(7);
-           s.host(i).active.store(9);
+           s.host(i).verdicts.store((uint64_t{i} << 32) | 0xff09u);  // undefined bits, active state 9
            s.host(i).ewma.store(~uint64_t{0});
            s.host(i).up_since_ms.store(~uint64_t{0} - 5);
            s.counter(1, i).tag.store(i);

@@ -11,11 +11,13 @@
 // all workers, tries it (claim_trial moves last_fail to now, so the host stays
 // out for everyone else), and that trial's success clears the count and
 // brings it back up; its failure keeps it out for another fail_timeout. Each
-// transition is made by exactly one caller (exchange on `health`), which
-// emits the event.
+// transition is made by exactly one caller (a compare-exchange on
+// `verdicts`), which emits the event.
 //
 // Every function takes the host's tag: state of a slot that has since been
-// given to another host is never touched.
+// given to another host is never touched. The verdicts carry the tag in the
+// same word, so a verdict reached for a host that is removed meanwhile (its
+// slot reset for another host between the check and the write) is dropped.
 
 #include <cstdint>
 
@@ -28,6 +30,10 @@ namespace testing {
 /// stamps last_fail_ms (tests only; null otherwise): another worker's
 /// failure in that gap.
 extern void (*failure_gap_hook)();
+/// Called when a verdict is about to be written, after its word was read and
+/// its tag matched, before the compare-exchange (tests only): the writer
+/// giving the slot to another host in that gap.
+extern void (*verdict_gap_hook)();
 }  // namespace testing
 
 struct HealthPolicy {
@@ -59,10 +65,19 @@ enum class Trial : uint8_t {
 /// trial succeeds). Two workers can both find the host usable before either
 /// claims: the second gets `lost`, and must pick again.
 Trial claim_trial(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_ms) noexcept;
-/// Sets the checker's verdict (checker only). Returns true if it changed.
+/// Sets the checker's verdict (checker only). Returns true if it changed
+/// (false, and nothing written, when the slot has another tag).
 bool record_check(HostRuntime& h, uint32_t tag, uint32_t new_state) noexcept;
 /// The active state as seen by readers (kActiveUnknown when the slot has another tag).
 uint32_t active_state(const HostRuntime& h, uint32_t tag) noexcept;
+/// Does passive health hold host `tag` down (false when the slot has another tag)?
+bool passive_down(const HostRuntime& h, uint32_t tag) noexcept;
+/// The writer, when a reload turns checks off: the checker's verdict back to
+/// unknown. True if it was kActiveDown.
+bool clear_active(HostRuntime& h, uint32_t tag) noexcept;
+/// The writer, when a reload turns passive health off: the host up. True if
+/// it was down.
+bool clear_passive(HostRuntime& h, uint32_t tag) noexcept;
 class Table;
 struct HostRecord;
 /// Does something other than its admin state hold host `h` out: the active

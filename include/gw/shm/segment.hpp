@@ -55,7 +55,9 @@ inline constexpr uint64_t kMagic = 0x31574753'4d485347ull;  // "GSHMSGW1" little
 //     upgrade across ABIs fails (the running segment is refused) and the old master serves on.
 // 11: HealthCheck.host (health.host, the Host header of an http check)
 // 12: HostStats.sent_bytes/.received_bytes, ListenerStats.received_bytes/.sent_bytes (a cache line each)
-inline constexpr uint32_t kAbiVersion = 12;
+// 13: HostRuntime.verdicts: passive and active health in one word with the host's tag (were
+//     `health` and `active`, each set after a separate check of `tag`)
+inline constexpr uint32_t kAbiVersion = 13;
 inline constexpr uint32_t kMaxWorkers = 64;
 inline constexpr uint32_t kEventCapacity = 4096;  // power of two
 inline constexpr size_t kPathCap = 512;
@@ -212,14 +214,18 @@ struct alignas(64) HostRuntime {
   std::atomic<uint64_t> failures;      ///< passive failures since the host got this slot
   std::atomic<uint64_t> freed_ms;      ///< monotonic time the slot was freed; 0 = never used
   std::atomic<uint32_t> tag;           ///< tag of the host owning the slot; 0 = none
-  std::atomic<uint32_t> health;        ///< kHealthUp / kHealthDown (passive)
-  std::atomic<uint32_t> active;        ///< kActiveUnknown / kActiveUp / kActiveDown (the checker's verdict)
   std::atomic<uint32_t> reserved;
+  /// The health verdicts, with the tag of the host they are about (ABI 13):
+  /// (tag << 32) | kPassiveDownBit if passive health holds the host down |
+  /// the checker's kActive* state in the low byte. One word, so that a
+  /// verdict is set only on the host it was found for: a compare-exchange
+  /// fails once the slot is given to another host (shm/runtime.hpp).
+  std::atomic<uint64_t> verdicts;
   std::atomic<uint64_t> up_since_ms;  ///< monotonic time the host last came back (slow start); 0 = never down
   std::atomic<uint64_t> ewma;  ///< (peak-EWMA connect latency in us << 32) | low 32 bits of its update time in ms
 };
-inline constexpr uint32_t kHealthUp = 0;
-inline constexpr uint32_t kHealthDown = 1;
+inline constexpr uint32_t kPassiveDownBit = 0x100;
+inline constexpr uint32_t kActiveMask = 0xff;
 inline constexpr uint32_t kActiveUnknown = 0;
 inline constexpr uint32_t kActiveUp = 1;
 inline constexpr uint32_t kActiveDown = 2;

@@ -100,7 +100,7 @@ TEST_SUITE("shm") {
     CHECK_FALSE(record_success(h, 7, 500));
     CHECK_FALSE(record_success(h, 7, 1000));
     CHECK_FALSE(host_usable(h, 7, p, 3500));
-    CHECK(h.health.load() == kHealthDown);
+    CHECK(passive_down(h, 7));
     // After fail_timeout, the trial (begun when it was claimed) brings it back.
     CHECK(claim_trial(h, 7, p, 61000) == Trial::taken);
     CHECK_FALSE(record_success(h, 7, 60999));  // an older attempt still does not
@@ -112,7 +112,7 @@ TEST_SUITE("shm") {
     CHECK(claim_trial(h, 7, p, 122000) == Trial::taken);
     CHECK_FALSE(record_failure(h, 7, p, 122001));
     CHECK_FALSE(record_success(h, 7, 122000));
-    CHECK(h.health.load() == kHealthDown);
+    CHECK(passive_down(h, 7));
   }
 
   TEST_CASE("max_fails 0 never takes a host down; another tag's calls are ignored") {
@@ -122,7 +122,61 @@ TEST_SUITE("shm") {
     CHECK_FALSE(record_failure(h, 3, {0, 1000}, 10));
     CHECK(host_usable(h, 3, {0, 1000}, 10));
     CHECK_FALSE(record_failure(h, 99, {1, 1000}, 10));  // stale tag
-    CHECK(h.health.load() == kHealthUp);
+    CHECK_FALSE(passive_down(h, 3));
+  }
+
+  TEST_CASE("a passive verdict for a removed host does not land on the host given its slot") {
+    // A worker counts the failure that takes host 7 down; before it marks
+    // the host down, the writer removes 7 and gives the slot to host 8. The
+    // mark was a separate store after a check of the tag: host 8 came up
+    // down, out of traffic for a host it never had.
+    TempSegment ts;
+    HostRuntime& h = ts.seg.host(0);
+    reset_slot(h, 7);
+    static HostRuntime* hp = nullptr;
+    hp = &h;
+    const HealthPolicy p{1, 1000};
+    testing::failure_gap_hook = [] {
+      testing::failure_gap_hook = nullptr;
+      reset_slot(*hp, 8);  // the writer, in the gap
+    };
+    const bool down = record_failure(h, 7, p, 100);
+    testing::failure_gap_hook = nullptr;
+    CHECK_FALSE(down);  // no host_down: host 7 is gone
+    CHECK_FALSE(passive_down(h, 8));
+    CHECK(host_usable(h, 8, p, 101));
+    CHECK(claim_trial(h, 8, p, 101) == Trial::none);
+  }
+
+  TEST_CASE("a checker verdict for a removed host does not land on the host given its slot") {
+    TempSegment ts;
+    HostRuntime& h = ts.seg.host(0);
+    reset_slot(h, 7);
+    static HostRuntime* hp = nullptr;
+    hp = &h;
+    testing::verdict_gap_hook = [] {
+      testing::verdict_gap_hook = nullptr;
+      reset_slot(*hp, 8);  // the writer, between the tag's check and the write
+    };
+    const bool changed = record_check(h, 7, kActiveDown);
+    testing::verdict_gap_hook = nullptr;
+    CHECK_FALSE(changed);
+    CHECK(active_state(h, 8) == kActiveUnknown);
+    CHECK(active_state(h, 7) == kActiveUnknown);
+    CHECK(host_usable(h, 8, HealthPolicy{1, 1000, true, true}, 10));
+    // And the two verdicts of one host keep each other.
+    CHECK(record_check(h, 8, kActiveDown));
+    CHECK(record_failure(h, 8, HealthPolicy{1, 1000}, 20));
+    CHECK(active_state(h, 8) == kActiveDown);
+    CHECK(passive_down(h, 8));
+    CHECK(record_check(h, 8, kActiveUp));
+    CHECK(passive_down(h, 8));
+    CHECK(clear_passive(h, 8));
+    CHECK_FALSE(clear_passive(h, 8));
+    CHECK(active_state(h, 8) == kActiveUp);
+    CHECK_FALSE(clear_active(h, 8));  // it was up, not down
+    CHECK(active_state(h, 8) == kActiveUnknown);
+    CHECK_FALSE(clear_active(h, 7));  // another tag: nothing written
   }
 
   TEST_CASE("per-worker counters sum over workers and drop a dead worker's active count") {

@@ -106,7 +106,8 @@ TEST_SUITE("shm") {
     read_published(ts.seg, t);
     CHECK(t.hosts()[0].slot == slot);
     CHECK(t.hosts()[0].tag != old_tag);
-    CHECK(ts.seg.host(slot).health.load() == kHealthUp);
+    CHECK_FALSE(passive_down(ts.seg.host(slot), t.hosts()[0].tag));
+    CHECK_FALSE(passive_down(ts.seg.host(slot), old_tag));  // (the word holds the new tag)
     CHECK(ts.seg.host(slot).failures.load() == 0);
     CHECK(host_totals(ts.seg, slot, t.hosts()[0].tag).active == 0);
     counter_close(ts.seg.counter(0, slot), old_tag);  // the old host's connection ends late: ignored
@@ -248,7 +249,7 @@ TEST_SUITE("shm") {
           "health check fails)");
     set_max_fails(1, kCheckTcp);  // back on: nobody is down from before
     CHECK(texts().size() == before + 3);
-    for (const auto& h : t.hosts()) CHECK(ts.seg.host(h.slot).health.load() == kHealthUp);
+    for (const auto& h : t.hosts()) CHECK_FALSE(passive_down(ts.seg.host(h.slot), h.tag));
     const auto& a = t.hosts()[0];
     CHECK(host_usable(ts.seg.host(a.slot), a.tag, on, 1001));
     // Both turned off at once: one event.
@@ -407,7 +408,7 @@ TEST_SUITE("shm") {
                     std::runtime_error);
     CHECK(ts.seg.header().published.load() == before);
     CHECK(ts.seg.host(slot).tag.load() == tag);
-    CHECK(ts.seg.host(slot).health.load() == kHealthDown);
+    CHECK(passive_down(ts.seg.host(slot), tag));
     CHECK(ts.seg.host(slot).failures.load() == 1);
     // It failed before its rename: the state file is untouched, so it leaves
     // no mark for the next writer to repair (nor warn about).
