@@ -6,6 +6,7 @@
 #include <cstring>
 #include <map>
 
+#include "gw/balance/chash.hpp"
 #include "gw/shm/runtime.hpp"
 
 namespace gw::cluster {
@@ -153,6 +154,20 @@ bool reconcile(shm::Table& t, const Model& model, std::vector<std::string>& even
         }
       }
     }
+  }
+  // A chash pool from etcd past the ring's bound: applied, and balanced by
+  // weight, but its keys no longer map as nginx's (what gwd -t and gwctl say
+  // of one). Said on every call while it holds, as the other warnings: the
+  // sync process logs a warning when it first appears, not on each sync.
+  std::vector<uint64_t> totals(nt.pools().size());
+  for (const auto& h : nt.hosts()) totals[h.pool] += h.weight;
+  for (size_t pi = 0; pi < nt.pools().size(); ++pi) {
+    const auto& pr = nt.pools()[pi];
+    if (pr.method != static_cast<uint8_t>(shm::Method::chash)) continue;
+    const std::string uname(name_of(nt.upstreams()[pr.upstream].name));
+    if (!m.upstreams.count(uname)) continue;  // from the config, which gwd -t checks
+    if (std::string w = balance::chash_bound_warning(totals[pi]); !w.empty())
+      warnings.push_back(fmt::format("pool {}/{}: {}", uname, name_of(pr.id), w));
   }
   if (removed.empty() && changed.empty() && added.empty() && same_entries(nt, t)) return false;
   std::memcpy(t.words(), nt.words(), t.bytes());

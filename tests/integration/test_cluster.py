@@ -494,6 +494,63 @@ class ClusterTest(GwTestCase):
         self.assertEqual(gw.status()["generation"], gen + 1)
         self.assertEqual(self.count_events(gw, "pool_changed app/primary priority=4 method=round_robin"), 1)
 
+    def test_chash_pool_past_the_ring_bound_warns_from_gwctl_etcd_and_the_node(self):
+        """A chash pool whose hosts' weights sum past 6,553 (the ring is scaled
+        down, and keys no longer map as nginx's): gwd -t, gwctl and the admin
+        API warned, gwctl --etcd and the node's etcd sync said nothing. gwctl
+        --etcd now makes the change and prints gwctl's warning line (exit 0),
+        and the node logs the warning once per state, not on every sync."""
+        gw = self.nodes(1)[0]
+
+        def ctl(*args):
+            p = self.ctl_etcd(*args)
+            out, err = p.communicate(timeout=T(15))
+            self.assertEqual(p.returncode, 0, f"gwctl {' '.join(args)} --etcd: {err.strip()}")
+            self.assertRegex(out, r"^ok: .* \(etcd revision \d+\)\n$")
+            return err
+
+        def bound(total):
+            return (f"pool app/primary: chash over a total weight of {total}, more than 6553: its ring is scaled "
+                    "down to 1048576 points")
+
+        for i in range(6):
+            self.assertEqual(ctl("add", "host", "app/primary", f"h{i}", f"127.0.0.1:{9101 + i}", "--weight", "1000"),
+                             "", "round_robin: no warning")
+        self.assertEqual(ctl("set", "pool", "app", "primary", "--method", "chash"), "", "6,001: nginx's ring")
+        err = ctl("set", "host", "app/primary", "a", "--weight", "600")
+        self.assertTrue(err.startswith(f"gwctl: warning: {bound(6600)}"), err)
+        self.assertEqual(len(err.splitlines()), 1, err)
+        # (Applied before the next change: revisions that come in one watch
+        # read are one state, warned of as the last of them leaves it.)
+        gwtest.wait_until(lambda: bound(6600) in gw.log_text(), T(10), interval=0.05, msg="the node's warning")
+        err = ctl("add", "host", "app/primary", "h6", "127.0.0.1:9107")
+        self.assertTrue(err.startswith(f"gwctl: warning: {bound(6601)}"), err)
+        err = ctl("set", "pool", "app", "primary", "--priority", "2", "--method", "chash")
+        self.assertTrue(err.startswith(f"gwctl: warning: {bound(6601)}"), err)
+        _, kvs = self.etcd.get_prefix(self.prefix)
+        self.assertEqual(json.loads(kvs[self.prefix + "upstreams/app/pools/primary/hosts/a"])["weight"], 600)
+        self.assertIn(self.prefix + "upstreams/app/pools/primary/hosts/h6", kvs)
+        gwtest.wait_until(lambda: gwtest.find_pool(gw.status(), "app/primary")["priority"] == 2, T(10),
+                          interval=0.05, msg="the pool's priority 2 applied")
+        # The node: one line per state. A change that leaves the total as it
+        # was (a host down) logs nothing more.
+        self.assertEqual(ctl("down", "host", "app/primary", "h0"), "")
+        gwtest.wait_until(lambda: gwtest.find_host(gw.status(), "app/primary/h0")["admin"] == "down", T(10),
+                          interval=0.05, msg="h0 down applied")
+        log = gw.log_text()
+        self.assertNotIn(bound(6001), log)
+        self.assertEqual(log.count(bound(6600)), 1, log)
+        self.assertEqual(log.count(bound(6601)), 1, log)
+        # Hosts written under a pool key that is not there yet: a chash pool
+        # added over them takes them all.
+        for i in range(7):
+            self.etcd.put(self.prefix + f"upstreams/app/pools/big/hosts/b{i}",
+                          json.dumps({"address": f"127.0.0.1:{9201 + i}", "weight": 1000}))
+        err = ctl("add", "pool", "app", "big", "--method", "chash")
+        self.assertTrue(err.startswith("gwctl: warning: pool app/big: chash over a total weight of 7000, "), err)
+        gwtest.wait_until(lambda: "pool app/big: chash over a total weight of 7000" in gw.log_text(), T(10),
+                          interval=0.05, msg="the node's warning about app/big")
+
     def test_local_changes_refused_and_bad_input(self):
         gw = self.nodes(1)[0]
         rc, _, err = gw.gwctl("add", "host", "app/primary", "x", "127.0.0.1:9001")

@@ -28,6 +28,7 @@
 #include "gw/admin/status.hpp"
 #include "gw/api/hash.hpp"
 #include "gw/api/limit_table.hpp"
+#include "gw/balance/chash.hpp"
 #include "gw/cluster/etcd.hpp"
 #include "gw/cluster/schema.hpp"
 #include "gw/config/config.hpp"
@@ -409,9 +410,11 @@ gw::cluster::KeyValue etcd_pool(EtcdCtl& c, const std::string& u, const std::str
   throw gw::shm::TableError(fmt::format("unknown pool \"{}/{}\" in etcd", u, p));
 }
 
+// The host's key; in `up` its upstream's, in `pool` (if given) its pool's.
 gw::cluster::KeyValue etcd_host(EtcdCtl& c, const std::string& u, const std::string& p, const std::string& h,
-                                gw::cluster::KeyValue& up) {
-  etcd_pool(c, u, p, up);
+                                gw::cluster::KeyValue& up, gw::cluster::KeyValue* pool = nullptr) {
+  const gw::cluster::KeyValue pkv = etcd_pool(c, u, p, up);
+  if (pool) *pool = pkv;
   if (auto kv = etcd_get(c, gw::cluster::host_key(c.prefix, u, p, h))) return *kv;
   throw gw::shm::TableError(fmt::format("unknown host \"{}/{}/{}\" in etcd", u, p, h));
 }
@@ -435,10 +438,43 @@ void check_names(std::initializer_list<std::pair<const char*, const std::string*
   }
 }
 
-int etcd_done(const std::string& what, int64_t rev) {
+// Prints "ok: WHAT (etcd revision N)" and, on stderr, the warning the change
+// left, as report() does for a change to shm.
+int etcd_done(const std::string& what, int64_t rev, const std::string& warning = {}) {
   g_change_made = true;
   out("ok: {} (etcd revision {})\n", what, rev);
+  if (!warning.empty()) fmt::print(stderr, "gwctl: warning: {}\n", gw::core::one_line(warning));
   return 0;
+}
+
+// Whether a pool key's value says chash (one that does not parse: no, the
+// nodes keep what they have for it).
+bool etcd_chash(const gw::cluster::KeyValue& pool) {
+  gw::cluster::PoolSpec spec;
+  std::string why;
+  return gw::cluster::decode_pool(pool.value, spec, why) && spec.method == gw::shm::Method::chash;
+}
+
+// What a change to chash pool U/P leaves that the shm path warns of (the
+// ring's bound): the weights of the pool's hosts in etcd, with host `h` at
+// `weight` (added or reweighted; no `h` for a change to the pool itself).
+// Read before the txn, so that a failure here has changed nothing; a host
+// whose value does not parse counts for nothing (each node keeps its own
+// weight for it). Empty, or "pool U/P: " and the bound's warning.
+std::string etcd_chash_warning(EtcdCtl& c, const std::string& u, const std::string& p, const std::string* h = nullptr,
+                               uint32_t weight = 0) {
+  const std::string hp = gw::cluster::hosts_prefix(c.prefix, u, p);
+  uint64_t total = h ? weight : 0;
+  for (const auto& kv : c.etcd.list(hp, gw::cluster::prefix_end(hp)).kvs) {
+    gw::cluster::Key key;
+    gw::cluster::HostSpec spec;
+    std::string why;
+    if (!gw::cluster::parse_key(c.prefix, kv.key, key, why) || key.kind != gw::cluster::KeyKind::host) continue;
+    if (h && key.host == *h) continue;  // counted at its new weight
+    if (gw::cluster::decode_host(kv.value, spec, why)) total += spec.weight;
+  }
+  std::string w = gw::balance::chash_bound_warning(total);
+  return w.empty() ? w : fmt::format("pool {}/{}: {}", u, p, w);
 }
 
 int etcd_add_host(EtcdCtl& c, const std::string& u, const std::string& p, const std::string& h,
@@ -449,6 +485,7 @@ int etcd_add_host(EtcdCtl& c, const std::string& u, const std::string& p, const 
   gw::cluster::KeyValue up;
   auto pool = etcd_pool(c, u, p, up);
   if (etcd_get(c, hk)) throw gw::shm::TableError(fmt::format("host {}/{}/{} already exists", u, p, h));
+  const std::string warning = etcd_chash(pool) ? etcd_chash_warning(c, u, p, &h, weight) : std::string();
   test_delay();
   auto r = run_txn(c,
                    {{hk, "", Target::create_revision, 0},
@@ -461,7 +498,7 @@ int etcd_add_host(EtcdCtl& c, const std::string& u, const std::string& p, const 
           fmt::format("host {}/{}/{} already exists (another writer added it meanwhile)", u, p, h));
     conflict(what, pool.key, r.resent);
   }
-  return etcd_done(what, r.revision);
+  return etcd_done(what, r.revision, warning);
 }
 
 int etcd_remove_host(EtcdCtl& c, const std::string& u, const std::string& p, const std::string& h) {
@@ -502,21 +539,22 @@ int etcd_set_host_weight(EtcdCtl& c, const std::string& u, const std::string& p,
                          uint32_t weight) {
   check_names({{"upstream name", &u}, {"pool id", &p}, {"host id", &h}});
   const std::string what = fmt::format("set host {}/{}/{} weight={}", u, p, h, weight);
-  gw::cluster::KeyValue up;
-  auto kv = etcd_host(c, u, p, h, up);
+  gw::cluster::KeyValue up, pool;
+  auto kv = etcd_host(c, u, p, h, up, &pool);
   auto spec = decode_or_fail<gw::cluster::HostSpec>(kv, gw::cluster::decode_host);
   if (spec.weight == weight) {
     out("ok: host {}/{}/{} already has weight {} (etcd revision {})\n", u, p, h, weight, kv.mod_revision);
     return 0;
   }
   spec.weight = weight;
+  const std::string warning = etcd_chash(pool) ? etcd_chash_warning(c, u, p, &h, weight) : std::string();
   test_delay();
   auto r = run_txn(
       c,
       {{kv.key, "", Target::mod_revision, kv.mod_revision}, {up.key, "", Target::create_revision, up.create_revision}},
       {{false, kv.key, gw::cluster::encode_host(spec)}});
   if (!r.succeeded) conflict(what, kv.key, r.resent);
-  return etcd_done(what, r.revision);
+  return etcd_done(what, r.revision, warning);
 }
 
 int etcd_add_pool(EtcdCtl& c, const std::string& u, const std::string& p, int32_t prio, gw::shm::Method m) {
@@ -525,6 +563,9 @@ int etcd_add_pool(EtcdCtl& c, const std::string& u, const std::string& p, int32_
   const std::string pk = gw::cluster::pool_key(c.prefix, u, p);
   const gw::cluster::KeyValue up = etcd_upstream(c, u);
   if (etcd_get(c, pk)) throw gw::shm::TableError(fmt::format("pool {}/{} already exists", u, p));
+  // Hosts may be there before their pool key (written by hand, or a seed cut
+  // off halfway): the nodes take them with it.
+  const std::string warning = m == gw::shm::Method::chash ? etcd_chash_warning(c, u, p) : std::string();
   test_delay();
   auto r = run_txn(c, {{pk, "", Target::create_revision, 0}, {up.key, "", Target::create_revision, up.create_revision}},
                    {{false, pk, gw::cluster::encode_pool({prio, m})}});
@@ -533,7 +574,7 @@ int etcd_add_pool(EtcdCtl& c, const std::string& u, const std::string& p, int32_
       throw gw::shm::TableError(fmt::format("pool {}/{} already exists (another writer added it meanwhile)", u, p));
     conflict(what, up.key, r.resent);
   }
-  return etcd_done(what, r.revision);
+  return etcd_done(what, r.revision, warning);
 }
 
 int etcd_remove_pool(EtcdCtl& c, const std::string& u, const std::string& p) {
@@ -578,13 +619,15 @@ int etcd_set_pool(EtcdCtl& c, const std::string& u, const std::string& p, std::o
   }
   const std::string what =
       fmt::format("set pool {}/{} priority={} method={}", u, p, spec.priority, gw::shm::method_name(spec.method));
+  // As the shm path: when the method is set (chash, or kept chash).
+  const std::string warning = m && *m == gw::shm::Method::chash ? etcd_chash_warning(c, u, p) : std::string();
   test_delay();
   auto r = run_txn(
       c,
       {{kv.key, "", Target::mod_revision, kv.mod_revision}, {up.key, "", Target::create_revision, up.create_revision}},
       {{false, kv.key, gw::cluster::encode_pool(spec)}});
   if (!r.succeeded) conflict(what, kv.key, r.resent);
-  return etcd_done(what, r.revision);
+  return etcd_done(what, r.revision, warning);
 }
 
 // ---------------------------------------------------------------- gwctl check

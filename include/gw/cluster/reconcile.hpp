@@ -19,9 +19,13 @@ namespace gw::cluster {
 /// that keeps its pool, id and address keeps its runtime slot (counters,
 /// health); one whose address changed gets a new slot. Appends one event text
 /// per logical change (host_added, host_removed, host_changed, host_down,
-/// host_up, pool_changed), in the format gwctl's events use, and one warning per
-/// model upstream this node's config does not have. Returns false (and leaves
-/// `t` untouched) if nothing would change. Throws shm::TableError if the result
+/// host_up, pool_changed), in the format gwctl's events use, one warning per
+/// model upstream this node's config does not have, and one per chash pool of
+/// a model upstream whose hosts' weights, as applied, sum past the ring's bound
+/// ("pool U/P: " and balance::chash_bound_warning's text, as gwctl prints it).
+/// The warnings describe the state: they come also when nothing changes (the
+/// caller says each once while it holds). Returns false (and leaves `t`
+/// untouched) if nothing would change. Throws shm::TableError if the result
 /// does not fit the table's capacities. With `seg` (the segment whose runtime
 /// state `t`'s hosts use), an admin change of a host its active checks hold
 /// down is admin_down / admin_up instead, as gwctl's (it moves no traffic, and

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "../test_util.hpp"
+#include "gw/balance/chash.hpp"
 #include "gw/cluster/etcd.hpp"
 #include "gw/cluster/reconcile.hpp"
 #include "gw/cluster/schema.hpp"
@@ -239,6 +240,42 @@ TEST_SUITE("cluster") {
     int x = t.find_host(t.find_pool(t.find_upstream("other"), "p"), "x");
     REQUIRE(x >= 0);
     CHECK(t.hosts()[static_cast<size_t>(x)].tag == 4);
+  }
+
+  TEST_CASE("reconcile: a chash pool from etcd past the ring's bound is a warning while it is past it") {
+    // gwd -t, gwctl and the admin API warned of such a pool; the etcd sync
+    // applied one without a word.
+    gw::shm::Table t = sample();
+    // "other" (chash, 7,000) is not in etcd: the config's, which gwd -t checks.
+    const int op = t.find_pool(t.find_upstream("other"), "p");
+    t.hosts()[static_cast<size_t>(t.find_host(op, "x"))].weight = 1000;
+    for (int i = 0; i < 6; ++i) t.add_host(op, fmt::format("y{}", i), addr("127.0.0.1:2002"), 1000);
+    std::vector<std::string> warnings, events;
+    auto kv = kv_of(t, "app");
+    kv[pool_key("/gw/", "app", "primary")] = encode_pool({0, gw::shm::Method::chash});
+    kv[host_key("/gw/", "app", "primary", "b")] = encode_host({addr("127.0.0.1:1002"), 1000, false});
+    for (int i = 0; i < 5; ++i)
+      kv[host_key("/gw/", "app", "primary", fmt::format("n{}", i))] =
+          encode_host({addr(fmt::format("127.0.0.1:{}", 1100 + i).c_str()), 1000, i == 0});
+    REQUIRE(reconcile(t, build_model("/gw/", kv, warnings), events, warnings));
+    CHECK(warnings.empty());  // 6,001: nginx's ring
+    // One more host of weight 1,000 (admin down counts: the shm path counts it too).
+    kv[host_key("/gw/", "app", "primary", "n5")] = encode_host({addr("127.0.0.1:1105"), 1000, false});
+    Model m = build_model("/gw/", kv, warnings);
+    REQUIRE(reconcile(t, m, events, warnings));
+    const std::string want = "pool app/primary: " + gw::balance::chash_bound_warning(7001);
+    CHECK(warnings == std::vector<std::string>{want});
+    CHECK(want.find("chash over a total weight of 7001, more than 6553") != std::string::npos);
+    // The same state again: nothing changes, the warning holds (the sync
+    // process logs only what the last sync did not already say).
+    warnings.clear();
+    CHECK_FALSE(reconcile(t, m, events, warnings));
+    CHECK(warnings == std::vector<std::string>{want});
+    // Another method: no ring, no warning.
+    kv[pool_key("/gw/", "app", "primary")] = encode_pool({0, gw::shm::Method::round_robin});
+    warnings.clear();
+    REQUIRE(reconcile(t, build_model("/gw/", kv, warnings), events, warnings));
+    CHECK(warnings.empty());
   }
 
   TEST_CASE("reconcile: a pool of 20,000 hosts, its one watched change (linear in its hosts, not quadratic)") {
