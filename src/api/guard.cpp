@@ -343,7 +343,7 @@ Verdict Guard::authenticate(const RouteGuard& g, const GuardRequest& rq, Consume
       std::string_view who;
       bool cached = false;
       const JwtError e =
-          g.jwt->verify(token, static_cast<int64_t>(core::wall_ms() / 1000), *jwt_scratch_, who, &cached);
+          g.jwt->verify(token, static_cast<double>(core::wall_ms()) / 1000.0, *jwt_scratch_, who, &cached);
       if (cached) bump(&shm::GuardCounters::jwt_cache_hits);
       if (e == JwtError::ok) {
         consumer.set(who);

@@ -131,17 +131,18 @@ bool JwtVerifier::check_signature(std::string_view signed_part, const unsigned c
   return ok;
 }
 
-JwtError JwtVerifier::check_times(double exp, double nbf, int64_t now_s) const noexcept {
-  const double now = static_cast<double>(now_s), leeway = conf_.leeway_s;
-  // RFC 7519 4.1.4: valid only *before* exp. `now` is floored to the second,
-  // so now == exp + leeway is already at or past it (PyJWT, jsonwebtoken and
-  // lua-resty-jwt refuse it too).
+JwtError JwtVerifier::check_times(double exp, double nbf, double now) const noexcept {
+  const double leeway = conf_.leeway_s;
+  // RFC 7519 4.1.4: valid only *before* exp, so now == exp + leeway is
+  // already past it (PyJWT, jsonwebtoken and lua-resty-jwt refuse it too).
+  // `now` keeps its fraction: floored to the second, a fractional exp (which
+  // the RFC's NumericDate allows) would pass for up to a second too long.
   if (now >= exp + leeway) return JwtError::expired;
   if (now + leeway < nbf) return JwtError::not_yet_valid;
   return JwtError::ok;
 }
 
-JwtError JwtVerifier::verify(std::string_view token, int64_t now_s, JwtScratch& s, std::string_view& consumer,
+JwtError JwtVerifier::verify(std::string_view token, double now_s, JwtScratch& s, std::string_view& consumer,
                              bool* cached) noexcept {
   if (cached) *cached = false;
   if (token.empty()) return JwtError::missing;

@@ -95,11 +95,13 @@ class JwtVerifier {
   JwtVerifier(const JwtVerifier&) = delete;
   JwtVerifier& operator=(const JwtVerifier&) = delete;
 
-  /// Verifies `token` at wall-clock second `now_s`. On ok, `consumer` is the
+  /// Verifies `token` at wall-clock time `now_s` (seconds since the epoch,
+  /// with their fraction: a token whose "exp" is 1000.5 has expired at
+  /// 1000.6, which a whole second would not say). On ok, `consumer` is the
   /// consumer claim's value, valid until the next verify() with `scratch` or
   /// with this verifier. `cached` (if given) says whether the token was
   /// answered from the verifier's cache.
-  JwtError verify(std::string_view token, int64_t now_s, JwtScratch& scratch, std::string_view& consumer,
+  JwtError verify(std::string_view token, double now_s, JwtScratch& scratch, std::string_view& consumer,
                   bool* cached = nullptr) noexcept;
 
  private:
@@ -112,7 +114,7 @@ class JwtVerifier {
     char who[config::kMaxConsumerName];
   };
   bool check_signature(std::string_view signed_part, const unsigned char* sig, size_t sig_len) const noexcept;
-  JwtError check_times(double exp, double nbf, int64_t now_s) const noexcept;
+  JwtError check_times(double exp, double nbf, double now_s) const noexcept;
 
   const config::AuthConf& conf_;
   EVP_PKEY* key_ = nullptr;                ///< RS256

@@ -355,8 +355,7 @@ TEST_SUITE("api") {
     CHECK(verify(a, hs256_token(kHs, claims(",\"nbf\":" + std::to_string(kNow + 30)), kSecret)) == JwtError::ok);
     a.leeway_s = 0;
     CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow - 1)), kSecret)) == JwtError::expired);
-    // RFC 7519 4.1.4: the time must be *before* exp. `now` is whole seconds
-    // (floored): at now == exp the clock is already at or past exp.
+    // RFC 7519 4.1.4: the time must be *before* exp: at now == exp it is past.
     CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow)), kSecret)) == JwtError::expired);
     CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":" + std::to_string(kNow + 1)), kSecret)) == JwtError::ok);
     CHECK(verify(a, hs256_token(kHs, claims(",\"nbf\":" + std::to_string(kNow)), kSecret)) == JwtError::ok);
@@ -365,6 +364,25 @@ TEST_SUITE("api") {
     CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":1800000000.5"), kSecret)) ==
           JwtError::ok);  // NumericDate may be fractional
     CHECK(verify(a, hs256_token(kHs, claims(",\"exp\":\"soon\""), kSecret)) == JwtError::bad_claims);
+  }
+
+  TEST_CASE("jwt: the time keeps its fraction against a fractional exp or nbf") {
+    // The clock was floored to the second: a token whose exp is x.5 passed
+    // until x + 1, up to a second after it expired, with leeway 0.
+    auto a = hs_conf();
+    a.leeway_s = 0;
+    static gw::api::JwtScratch scratch;
+    std::string_view who;
+    const std::string expiring = hs256_token(kHs, claims(",\"exp\":1800000000.5"), kSecret);
+    const std::string starting = hs256_token(kHs, claims(",\"nbf\":1800000000.5"), kSecret);
+    gw::api::JwtVerifier v(a);
+    CHECK(v.verify(expiring, 1800000000.4, scratch, who) == JwtError::ok);
+    CHECK(v.verify(expiring, 1800000000.5, scratch, who) == JwtError::expired);
+    CHECK(v.verify(expiring, 1800000000.6, scratch, who) == JwtError::expired);  // (answered from the cache)
+    gw::api::JwtVerifier fresh(a);
+    CHECK(fresh.verify(expiring, 1800000000.6, scratch, who) == JwtError::expired);  // (and in full)
+    CHECK(fresh.verify(starting, 1800000000.4, scratch, who) == JwtError::not_yet_valid);
+    CHECK(fresh.verify(starting, 1800000000.6, scratch, who) == JwtError::ok);  // not refused until x + 1
   }
 
   TEST_CASE("jwt: alg none and algorithm confusion are refused") {
