@@ -1643,7 +1643,7 @@ class Master {
     if (pid != a.pid) return false;
     a.pid = 0;
     if (stopping_) return true;
-    bool quick = now - a.started_ms < 1000;
+    const bool quick = died_at_start(now, a.started_ms);
     GW_LOG_WARN("{} (pid {}) {}; respawning{}", a.what, pid, exit_text(status), quick ? " in 1 s" : "");
     if (quick) a.respawn_at = now + 1000;
     else spawn_aux(a);
@@ -1714,7 +1714,7 @@ class Master {
           break;
         }
         // Respawn at once, unless it keeps dying right after start.
-        quick_deaths_[w] = now - started_ms_[w] < 1000 ? quick_deaths_[w] + 1 : 0;
+        quick_deaths_[w] = died_at_start(now, started_ms_[w]) ? quick_deaths_[w] + 1 : 0;
         uint64_t delay = quick_deaths_[w] >= 3 ? 1000 : 0;
         GW_LOG_WARN("worker {} (pid {}) {}; respawning{}", w, pid, how, delay ? " in 1 s" : "");
         shm::emit_event(seg_, shm::EventKind::process, seg_.header().published.load() >> 1,

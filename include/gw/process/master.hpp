@@ -53,6 +53,16 @@ void publish_listeners(const shm::Segment& seg, config::Config& cfg, bool keep, 
 /// Writes the listeners of `cfg`, with the rows they have, into the header.
 void write_listener_header(shm::SegmentHeader& hdr, const config::Config& cfg);
 
+/// Did a child started at `started_ms` die right after its start (under 1 s)
+/// at `now_ms`? Such deaths, in a row, delay its respawn (no fork loop).
+/// `now_ms` can be older than the start: the master reads its clock once per
+/// signal, and may reap in the same round a child it forked after reading it
+/// (an unsigned difference then wrapped, and the death counted as one of a
+/// long-lived child, restarting the count).
+constexpr bool died_at_start(uint64_t now_ms, uint64_t started_ms) noexcept {
+  return now_ms < started_ms || now_ms - started_ms < 1000;
+}
+
 /// Rows of the stats matrices a segment gets for `workers` workers: two
 /// generations (the running one and the one a reload starts) side by side.
 uint32_t stat_rows_for(int workers) noexcept;
