@@ -319,7 +319,7 @@ class ProcessTest(GwTestCase):
             lambda: re.search(r"binary upgrade: started .* \(pid (\d+)\)", gw.log_text()[before:]), T(5),
             msg="the new master started")
         new = int(started.group(1))
-        os.kill(old, signal.SIGSTOP)
+        gwtest.stop_old_master(self, gw, old)
         self.addCleanup(lambda: os.kill(old, signal.SIGCONT) if gwtest.pid_alive(old) else None)
         gw.remember([new])
         gwtest.wait_until(lambda: f"master[{new}]: binary upgrade: serving" in gw.log_text(), T(10),
@@ -356,7 +356,7 @@ class ProcessTest(GwTestCase):
             lambda: re.search(r"binary upgrade: started .* \(pid (\d+)\)", gw.log_text()[before:]), T(5),
             msg="the new master started")
         new = int(started.group(1))
-        os.kill(old, signal.SIGSTOP)
+        gwtest.stop_old_master(self, gw, old)
         self.addCleanup(lambda: os.kill(old, signal.SIGCONT) if gwtest.pid_alive(old) else None)
         gw.remember([new])
         gwtest.wait_until(lambda: f"master[{new}]: binary upgrade: serving" in gw.log_text(), T(10),
@@ -412,7 +412,7 @@ class ProcessTest(GwTestCase):
             lambda: re.search(r"binary upgrade: started .* \(pid (\d+)\)", gw.log_text()[before:]), T(5),
             msg="the new master started")
         new = int(started.group(1))
-        os.kill(old, signal.SIGSTOP)
+        gwtest.stop_old_master(self, gw, old)
         self.addCleanup(lambda: os.kill(old, signal.SIGCONT) if gwtest.pid_alive(old) else None)
         gw.remember([new])
         self.addCleanup(lambda: os.kill(new, signal.SIGTERM) if gwtest.pid_alive(new) else None)

@@ -390,7 +390,7 @@ class ReloadTest(GwTestCase):
         started = wait_until(lambda: re.search(r"binary upgrade: started .* \(pid (\d+)\)", gw.log_text()[before:]),
                              T(5), msg="the new master started")
         new = int(started.group(1))
-        os.kill(old, signal.SIGSTOP)
+        gwtest.stop_old_master(self, gw, old)
         self.addCleanup(lambda: os.kill(old, signal.SIGCONT) if gwtest.pid_alive(old) else None)
         gw.remember([new])
         wait_until(lambda: f"master[{new}]: binary upgrade: serving" in gw.log_text(), T(10),
