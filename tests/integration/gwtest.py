@@ -363,6 +363,24 @@ def free_port():
     raise AssertionError("no free loopback port that was not handed out recently")
 
 
+def wildcard_free_port(family=socket.AF_INET):
+    """A port no socket on any local address of the family held a moment ago
+    (bind 0.0.0.0:0, or [::]:0 IPV6_V6ONLY as gwd binds it, then close), for a
+    listener on the wildcard. free_port() only checks 127.0.0.1: a port it
+    gives may be held on 127.0.0.2, by a connection or its TIME_WAIT, and a
+    bind to 0.0.0.0 of that port fails until it goes."""
+    for _ in range(64):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+            port = s.getsockname()[1]
+        if port not in _recent_ports:
+            _recent_ports.append(port)
+            return port
+    raise AssertionError("no free wildcard port that was not handed out recently")
+
+
 def unique_shm_name():
     return f"gwtest-{os.getpid()}-{next(_shm_counter)}"
 

@@ -1508,7 +1508,7 @@ class ClientKeepAliveTest(HttpCase):
         address the client connected to, the connection's local address and
         port (RFC 9112 3.3), so never a wildcard."""
         a = self.hb("alpha")
-        p4, p6 = free_port(), free_port()
+        p4, p6 = gwtest.wildcard_free_port(), gwtest.wildcard_free_port(socket.AF_INET6)
         l4, l6 = http_listener("web4", port=p4), http_listener("web6", port=p6)
         l4["listen"], l6["listen"] = f"0.0.0.0:{p4}", f"[::]:{p6}"
         gw = self.http_gw([pool("p", [host("a", a)])], listener=[l4, l6])

@@ -25,12 +25,6 @@ STRICT_KILL = os.environ.get("GW_TEST_STRICT_KILL") == "1"
 
 
 
-def wildcard_free_port():
-    """A port no socket on any local address was bound to a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]
-
 class ProcessTest(GwTestCase):
 
     def start(self, workers=2, **top):
@@ -593,7 +587,7 @@ class ProcessTest(GwTestCase):
         program, and the kernel split its connections between them."""
         busy = socket.socket()
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        busy.bind((gwtest.LOOPBACK, wildcard_free_port()))
+        busy.bind((gwtest.LOOPBACK, gwtest.wildcard_free_port()))
         busy.listen(1)
         self.addCleanup(busy.close)
         port = busy.getsockname()[1]
@@ -678,7 +672,7 @@ class ProcessTest(GwTestCase):
         # another process on this shared machine, say) refuses 0.0.0.0:P.
         # The reload says so; a few ports are tried.
         for _ in range(5):
-            port = wildcard_free_port()
+            port = gwtest.wildcard_free_port()
             wide = json.loads(json.dumps(gw.config))
             wide["listeners"][0]["listen"] = f"0.0.0.0:{port}"
             gwtest.write_json(gw.conf_path, wide)
