@@ -372,12 +372,15 @@ class ClusterTest(GwTestCase):
         relists = self.cluster(victim)["relists"]
         spid = self.sync_pid(victim)
         os.kill(spid, signal.SIGSTOP)
+        # member 2, which node 2 prefers, unless it moved off it at start
+        watched = self.etcd.urls.index(self.cluster(victim)["endpoint"])
+        alive = [i for i in range(self.etcd.n) if i != watched]
         try:
-            self.etcd.kill(2)
-            self.etcd_ok("add", "host", "app/primary", "b", b.address, member=0)
-            self.etcd_ok("down", "host", "app/primary", "a", member=0)
-            self.etcd_ok("add", "pool", "app", "dr", "--priority", "5", member=1)
-            self.etcd_ok("set", "pool", "app", "dr", "--priority", "7", "--method", "chash", member=1)
+            self.etcd.kill(watched)
+            self.etcd_ok("add", "host", "app/primary", "b", b.address, member=alive[0])
+            self.etcd_ok("down", "host", "app/primary", "a", member=alive[0])
+            self.etcd_ok("add", "pool", "app", "dr", "--priority", "5", member=alive[1])
+            self.etcd_ok("set", "pool", "app", "dr", "--priority", "7", "--method", "chash", member=alive[1])
             self.wait_routed(gws[:2], "b", T(1.0))
             self.assertTrue(self.routes_to(victim, "a"), "the stopped node changed its table")
         finally:
