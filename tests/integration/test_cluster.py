@@ -1209,7 +1209,7 @@ class PagedEtcdMember:
     answer is refused (429, ResourceExhausted), standing in for what stops one
     answer with thousands of keys: etcd's gRPC message limit, a proxy's, the
     request's timeout. `after_first_page(self)` runs once, after the first page
-    of a list."""
+    of a list is read and before it is answered."""
 
     def __init__(self, kvs, max_page=1000, after_first_page=None):
         self.rev = 5
@@ -1326,10 +1326,12 @@ class PagedEtcdMember:
                 if len(page) < len(keys):
                     out["more"] = True
                 first = revision == 0 and limit and len(page) < len(keys)
-            FakeEtcdMember._answer(c, 200, out)
+            # before the answer goes: the node asks for the next page as soon
+            # as it has this one, and the hook must have run by then
             if first and self.after_first_page:
                 hook, self.after_first_page = self.after_first_page, None
                 hook(self)
+            FakeEtcdMember._answer(c, 200, out)
 
 
 class FakeEtcdTest(GwTestCase):
