@@ -24,7 +24,6 @@ MIN_AGE = 1.2            # seconds a victim has been running before we kill it
 STRICT_KILL = os.environ.get("GW_TEST_STRICT_KILL") == "1"
 
 
-
 class ProcessTest(GwTestCase):
 
     def start(self, workers=2, **top):
