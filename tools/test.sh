@@ -19,12 +19,32 @@ done
 build=${BUILD_DIR:-build}
 jobs=$(nproc)
 
+# ctest, and on a failure each failed check again, short, at the very end of the
+# output: a CI log cut in its middle keeps its head and its tail, and the tail
+# then still says what failed (ctest's own summary names only the test files).
+run_ctest() {
+  local dir=$1
+  shift
+  if "$@" ctest --test-dir "$dir" --output-on-failure --timeout 600; then return 0; fi
+  echo "== what failed, short (the whole output of each failed test is above)"
+  local log="$dir/Testing/Temporary/LastTest.log"
+  [ -f "$log" ] && awk '
+    /^(FAIL|ERROR): / { p = 1; dashes = 0; n = 0 }
+    p && /^-+$/ && length($0) == 70 { if (++dashes == 2) { p = 0; print ""; next } }
+    p && /^=+$/ && length($0) == 70 { p = 0; print ""; next }
+    p && n++ < 60 { print }
+    /: (FATAL )?ERROR: / { print; d = 4; next }
+    d > 0 { print; d-- }
+  ' "$log" | head -400 || true
+  return 1
+}
+
 tools/setup.sh
 echo "== build ($build)"
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$build" -j"$jobs"
 echo "== tests"
-ctest --test-dir "$build" --output-on-failure --timeout 600
+run_ctest "$build"
 
 if [ "$asan" = 1 ]; then
   abuild=${ASAN_BUILD_DIR:-build-asan}
@@ -35,7 +55,7 @@ if [ "$asan" = 1 ]; then
   # GW_TEST_TIMEOUT_SCALE doubles the tests' T() waits (how long a test waits
   # for something to happen, never how soon): a Debug build under ASan runs
   # gwd 2-5 times slower.
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-    GW_TEST_TIMEOUT_SCALE=${GW_TEST_TIMEOUT_SCALE:-2} ctest --test-dir "$abuild" --output-on-failure --timeout 600
+  run_ctest "$abuild" env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 GW_TEST_TIMEOUT_SCALE="${GW_TEST_TIMEOUT_SCALE:-2}"
 fi
 echo "== all tests passed"
