@@ -36,10 +36,12 @@
 #   GW_RESULTS_FILE  where to append the results (default bench/RESULTS.md)
 #   GW_RESULTS_DIR   where the run's markdown tables and PNG chart go (default bench/results:
 #                    MODE-YYYYMMDD-HHMM.{md,png}, and latest-MODE.{md,png} copies)
-#   RULE_CHANGES  l7: gray-rule changes made during one extra gw run at the first connection
-#                 count (default 1000; 0 = none)
-#   RULES_DURATION  l7: length of that run in seconds (default 60); a control run as long
-#                 follows, with as many gwctl calls that change nothing ("gw+gwctl")
+#   RULE_CHANGES  l7: gray-rule changes made in all during extra gw runs at the first
+#                 connection count (default 1000; 0 = none)
+#   RULES_PAIRS   l7: how many pairs of such runs (default 3): one with its share of the
+#                 changes ("gw+rules"), and a control with as many gwctl calls that change
+#                 nothing ("gw+gwctl"), in alternating order
+#   RULES_DURATION  l7: length of each of those runs in seconds (default 20)
 #
 # Every proxy gets the same two single-threaded gw-backend servers and the same worker
 # count. Rounds are interleaved, in a balanced order (a Williams design: over n rounds for n
@@ -850,65 +852,81 @@ for conns in "${COUNTS[@]}"; do
 done
 ELAPSED=$(( $(date +%s) - START_EPOCH ))
 
-# l7: one more gw round, at the first connection count, while gwctl changes a gray-release
-# rule RULE_CHANGES times (default 1000): the rule flips wrk's client address between the
-# two upstreams, each change a commit that every worker picks up on its next request.
-# Reported on its own row ("gw+rules"); the target is 0 failed requests.
+# l7: more gw runs, at the first connection count, while gwctl changes a gray-release rule
+# RULE_CHANGES times in all (default 1000): the rule flips wrk's client address between the
+# two upstreams, each change a commit that every worker picks up on its next request. The
+# control ("gw+gwctl") makes as many gwctl calls that each set the rule to what it already
+# is: gwctl answers "already", with no commit, no state file write and no new table. Each
+# gwctl process shares the two cores with wrk, the backends and gw, so gw+rules against
+# gw+gwctl is what the changes themselves cost, and gw+gwctl against gw is what the gwctl
+# processes cost. The two alternate in RULES_PAIRS pairs, the order swapped in every other
+# pair (rules, control, control, rules, ...), so that the machine's drift over the minutes
+# does not land on one of them: single back-to-back 60 s runs moved the pair's ratio +-12%.
+# Both rows are medians over the pairs; the target is 0 failed requests.
 RULE_CHANGES=${RULE_CHANGES:-1000}
-RULES_DURATION=${RULES_DURATION:-60}  # each change is a gwctl process and an fsync'd state file: ~25/s here
+RULES_DURATION=${RULES_DURATION:-20}  # per run; a change is a gwctl process and an fsync'd state file: ~25/s here
+RULES_PAIRS=${RULES_PAIRS:-3}
+[[ "$RULES_PAIRS" =~ ^[1-9][0-9]*$ ]] || die "RULES_PAIRS must be a positive integer, got '$RULES_PAIRS'"
+[[ "$RULES_DURATION" =~ ^[1-9][0-9]*$ ]] || die "RULES_DURATION must be a positive integer, got '$RULES_DURATION'"
+[[ "$RULE_CHANGES" =~ ^[0-9]+$ ]] || die "RULE_CHANGES must be a non-negative integer, got '$RULE_CHANGES'"
 RULES_DONE=0
 NOOP_DONE=0
+RULE_IP=127.0.0.1  # what the rule matches now
+
+# rules_run KIND PAIR CALLS: one gw run of RULES_DURATION seconds with CALLS gwctl calls;
+# KIND "rules" changes the rule each call, "noop" sets it to what it is. Adds to
+# RULES_DONE or NOOP_DONE and writes a "gw+rules" or "gw+gwctl" row for round rules-PAIR.
+rules_run() {
+  local kind=$1 pair=$2 calls=$3 name out i ip load_rc res rps p50 p99 errs reqs
+  out="$TMP/wrk-$kind-$pair.txt"
+  load gw "$conns" "$RULES_DURATION" "$out"
+  for ((i = 0; i < calls; i++)); do
+    if [ "$kind" = rules ]; then
+      if [ "$RULE_IP" = 127.0.0.1 ]; then ip=127.0.0.2,10.0.0.0/8; else ip=127.0.0.1; fi
+    else
+      ip=$RULE_IP
+    fi
+    "$GWCTL" --shm "$SHM_NAME" set rule bench default gray --ip "$ip" --upstream pre >/dev/null ||
+      die "gwctl set rule failed ($kind run of pair $pair, call $i)"
+    RULE_IP=$ip
+    kill -0 "$WRK_PID" 2>/dev/null || break
+  done
+  if [ "$kind" = rules ]; then
+    RULES_DONE=$((RULES_DONE + i)) name=gw+rules
+  else
+    NOOP_DONE=$((NOOP_DONE + i)) name=gw+gwctl
+  fi
+  [ "$i" -ge "$calls" ] ||
+    echo "compare.sh: warning: only $i of $calls gwctl calls fit in the ${RULES_DURATION}s $kind run of pair $pair" >&2
+  load_rc=0
+  wait "$WRK_PID" || load_rc=$?
+  WRK_PID=""
+  if [ $load_rc -ne 0 ] || ! res=$(parse_wrk "$out"); then
+    show_logs "$out"
+    die "wrk through gw during the $kind run of pair $pair failed"
+  fi
+  read -r rps p50 p99 errs reqs <<<"$res"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "rules-$pair" "$name" "$rps" "$p50" "$p99" "$errs" -1 -1 -1 -1 -1 >>"$RUNS"
+  printf '[rules %d/%d]   %-9s req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms  (%d %s, %d errors)\n' \
+    "$pair" "$RULES_PAIRS" "$name" "$rps" "$p50" "$p99" "$i" \
+    "$([ "$kind" = rules ] && echo "rule changes" || echo "gwctl calls that changed nothing")" "$errs"
+}
+
 if [ "$MODE" = l7 ] && has_contender gw && [ "$RULE_CHANGES" -gt 0 ]; then
   GWCTL="$BUILD_DIR/gwctl"
   conns=${COUNTS[0]}
-  "$GWCTL" --shm "$SHM_NAME" add rule bench default gray --ip 127.0.0.2 --upstream pre >/dev/null
-  out="$TMP/wrk-rules.txt"
-  load gw "$conns" "$RULES_DURATION" "$out"
-  for ((i = 0; i < RULE_CHANGES; i++)); do
-    if ((i % 2 == 0)); then ip=127.0.0.1; else ip=127.0.0.2,10.0.0.0/8; fi
-    "$GWCTL" --shm "$SHM_NAME" set rule bench default gray --ip "$ip" --upstream pre >/dev/null ||
-      die "gwctl set rule failed (change $i)"
-    kill -0 "$WRK_PID" 2>/dev/null || break
+  "$GWCTL" --shm "$SHM_NAME" add rule bench default gray --ip "$RULE_IP" --upstream pre >/dev/null
+  for ((pair = 1; pair <= RULES_PAIRS; pair++)); do
+    # This pair's share of the changes; the earlier pairs take the remainder.
+    calls=$((RULE_CHANGES / RULES_PAIRS + (pair <= RULE_CHANGES % RULES_PAIRS ? 1 : 0)))
+    if ((pair % 2 == 1)); then
+      rules_run rules "$pair" "$calls"
+      rules_run noop "$pair" "$calls"
+    else
+      rules_run noop "$pair" "$calls"
+      rules_run rules "$pair" "$calls"
+    fi
   done
-  RULES_DONE=$i
-  load_rc=0
-  wait "$WRK_PID" || load_rc=$?
-  WRK_PID=""
-  if [ $load_rc -ne 0 ] || ! res=$(parse_wrk "$out"); then
-    show_logs "$out"
-    die "wrk through gw during the rule changes failed"
-  fi
-  read -r rps p50 p99 errs reqs <<<"$res"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "rules" "gw+rules" "$rps" "$p50" "$p99" "$errs" -1 -1 -1 -1 -1 >>"$RUNS"
-  printf '[rules]       gw+rules req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms  (%d rule changes in the run, %d errors)\n' \
-    "$rps" "$p50" "$p99" "$RULES_DONE" "$errs"
-  [ "$RULES_DONE" -ge "$RULE_CHANGES" ] ||
-    echo "compare.sh: warning: only $RULES_DONE of $RULE_CHANGES rule changes fit in the ${RULES_DURATION}s run" >&2
-
-  # The control ("gw+gwctl"): one more run as long, with as many gwctl processes, each
-  # setting the rule to what it already is: gwctl answers "already", with no commit, no
-  # state file write and no new table. Each gwctl process shares the two cores with wrk,
-  # the backends and gw, so the gap between this row and gw+rules is what the changes
-  # themselves cost, and the gap between this row and gw is what the gwctl processes cost.
-  out="$TMP/wrk-rules-noop.txt"
-  load gw "$conns" "$RULES_DURATION" "$out"
-  for ((i = 0; i < RULES_DONE; i++)); do
-    "$GWCTL" --shm "$SHM_NAME" set rule bench default gray --ip "$ip" --upstream pre >/dev/null ||
-      die "gwctl set rule (no change) failed (call $i)"
-    kill -0 "$WRK_PID" 2>/dev/null || break
-  done
-  NOOP_DONE=$i
-  load_rc=0
-  wait "$WRK_PID" || load_rc=$?
-  WRK_PID=""
-  if [ $load_rc -ne 0 ] || ! res=$(parse_wrk "$out"); then
-    show_logs "$out"
-    die "wrk through gw during the no-change gwctl calls failed"
-  fi
-  read -r rps p50 p99 errs reqs <<<"$res"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$conns" "rules" "gw+gwctl" "$rps" "$p50" "$p99" "$errs" -1 -1 -1 -1 -1 >>"$RUNS"
-  printf '[rules]       gw+gwctl req/s %10.0f  p50 %7.3f ms  p99 %7.3f ms  (%d gwctl calls that changed nothing, %d errors)\n' \
-    "$rps" "$p50" "$p99" "$NOOP_DONE" "$errs"
 fi
 
 # ---------------------------------------------------------------------------------------
@@ -949,7 +967,7 @@ BENCH_ROUNDS=$ROUNDS BENCH_DURATION=$DURATION BENCH_WORKERS=$WORKERS BENCH_DATE=
 BENCH_STAMP=$STAMP BENCH_KERNEL=$KERNEL BENCH_NPROC=$NPROC BENCH_CPU=$CPU_MODEL BENCH_MEM=$MEM_TOTAL \
 BENCH_VERSIONS=$VERSIONS BENCH_GW_REV=$GW_REV BENCH_GW_BUILD=$GW_BUILD BENCH_MODE=$MODE \
 BENCH_RULES_DONE=$RULES_DONE BENCH_NOOP_DONE=$NOOP_DONE BENCH_SKIPPED=$SKIPPED_TEXT BENCH_ELAPSED=$ELAPSED BENCH_RESULTS_DIR=$RESULTS_DIR \
-BENCH_TMP=$TMP BENCH_NGINX_KEEPALIVE=$NGINX_KEEPALIVE BENCH_RULES_DURATION=$RULES_DURATION \
+BENCH_TMP=$TMP BENCH_NGINX_KEEPALIVE=$NGINX_KEEPALIVE BENCH_RULES_DURATION=$RULES_DURATION BENCH_RULES_PAIRS=$RULES_PAIRS \
 "$PY" - "$RUNS" "$RESULTS_MD" "${CONTENDER_LIST[*]}" <<'EOF'
 import os, shutil, statistics, subprocess, sys
 
@@ -962,8 +980,11 @@ if int(env.get("BENCH_NOOP_DONE", "0")) > 0:
     order.append("gw+gwctl")
 KEYS = ("rps", "p50", "p99", "cpu", "rss", "pss", "load", "back")
 rows = {}     # connections -> contender -> lists of values
+rules_pairs = {}  # l7: pair number -> "gw+rules" / "gw+gwctl" -> req/s
 for line in open(runs_file):
-    conns, _round, name, rps, p50, p99, errs, cpu, rss, pss, load, back = line.rstrip("\n").split("\t")
+    conns, rnd, name, rps, p50, p99, errs, cpu, rss, pss, load, back = line.rstrip("\n").split("\t")
+    if rnd.startswith("rules-"):
+        rules_pairs.setdefault(int(rnd[len("rules-"):]), {})[name] = float(rps)
     r = rows.setdefault(int(conns), {}).setdefault(name, {k: [] for k in KEYS} | {"errors": 0})
     r["rps"].append(float(rps))
     r["p50"].append(float(p50))
@@ -1112,14 +1133,21 @@ if mode == "frame":
     notes.append("gw routes each connection on the devid of its login frame (chash); nginx stream cannot read "
                   "the frame and hashes the client address (`hash $remote_addr consistent`).")
 if "gw+rules" in order:
-    notes.append("gw+rules = one more gw run (%ss) while `gwctl set rule` made %s gray-release rule changes, "
-                 "each flipping wrk's traffic between two upstreams; errors = failed requests."
-                 % (env["BENCH_RULES_DURATION"], env["BENCH_RULES_DONE"]))
+    notes.append("gw+rules = %s more gw runs of %ss while `gwctl set rule` made %s gray-release rule changes in all, "
+                 "each flipping wrk's traffic between two upstreams; median req/s and latencies over the runs, "
+                 "errors = failed requests in all of them."
+                 % (env["BENCH_RULES_PAIRS"], env["BENCH_RULES_DURATION"], env["BENCH_RULES_DONE"]))
 if "gw+gwctl" in order:
-    notes.append("gw+gwctl = the control for gw+rules: one more gw run as long, with %s gwctl calls that each set "
-                 "the rule to what it already is (no commit, no new table): gw+rules against gw+gwctl is the cost "
-                 "of the rule changes to gw; gw+gwctl against gw is the cost of the gwctl processes on the same "
-                 "cores." % env["BENCH_NOOP_DONE"])
+    pair_ratios = []
+    for p in sorted(rules_pairs):
+        v = rules_pairs[p]
+        if "gw+rules" in v and "gw+gwctl" in v and v["gw+gwctl"]:
+            pair_ratios.append("%.2f" % (v["gw+rules"] / v["gw+gwctl"]))
+    notes.append("gw+gwctl = the control for gw+rules: as many runs as long, each paired with one gw+rules run "
+                 "(the pair's order alternates), with %s gwctl calls in all that each set the rule to what it "
+                 "already is (no commit, no new table): gw+rules against gw+gwctl is the cost of the rule changes "
+                 "to gw; gw+gwctl against gw is the cost of the gwctl processes on the same cores. gw+rules / "
+                 "gw+gwctl req/s, pair by pair: %s." % (env["BENCH_NOOP_DONE"], ", ".join(pair_ratios) or "n/a"))
 skipped = [s for s in env.get("BENCH_SKIPPED", "").splitlines() if s]
 for s in skipped:
     notes.append("Skipped: " + s + ".")
