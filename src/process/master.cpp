@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdio>
@@ -183,6 +184,22 @@ std::string upstream_drift(const config::UpstreamConf& u, const shm::StateUpstre
   return out;
 }
 
+// Whether a config rule and a runtime rule of the same id match the same
+// requests and send them to the same upstream (the order of address blocks
+// aside).
+bool same_rule(const shm::RuleSpec& a, const shm::RuleSpec& b) {
+  if (a.upstream != b.upstream || a.header_name != b.header_name || a.header_value != b.header_value ||
+      a.cookie_name != b.cookie_name || a.cookie_value != b.cookie_value || a.percent_bp != b.percent_bp ||
+      a.cidrs.size() != b.cidrs.size())
+    return false;
+  auto sorted = [](std::vector<core::Cidr> v) {
+    std::sort(v.begin(), v.end(),
+              [](const core::Cidr& x, const core::Cidr& y) { return std::memcmp(&x, &y, sizeof x) < 0; });
+    return v;
+  };
+  return sorted(a.cidrs) == sorted(b.cidrs);
+}
+
 // The routing table of `cfg` with the runtime changes of `src` (null: the
 // config alone): an upstream the runtime state lists keeps its pools and
 // hosts from there (hosts added, removed or downed with gwctl stay so), the
@@ -239,13 +256,19 @@ shm::Table merge_runtime(const config::Config& cfg, const shm::State* src, std::
       const shm::StateRoute* sr = state_rules ? src->find_route(l.name, r.name) : nullptr;
       if (sr)
         for (const auto& cr : r.rules) {
-          bool kept = false;
-          for (const auto& x : sr->rules) kept |= x.id == cr.id;
+          const shm::RuleSpec* kept = nullptr;
+          for (const auto& x : sr->rules)
+            if (x.id == cr.id) kept = &x;
           if (!kept)
             warnings.push_back(fmt::format(
                 "rule {}/{}/{} is in the config only: the route's rules come from the runtime state (gwctl changes "
                 "win over the config); add it with gwctl add rule",
                 l.name, r.name, cr.id));
+          else if (!same_rule(cr, *kept))
+            warnings.push_back(fmt::format(
+                "rule {}/{}/{} is {} in the config, {} at runtime: the route's rules come from the runtime state "
+                "(gwctl changes win over the config); change it with gwctl set rule",
+                l.name, r.name, cr.id, shm::describe_rule(cr), shm::describe_rule(*kept)));
         }
       for (const auto& rule : sr ? sr->rules : r.rules) {
         if (merged.find_upstream(rule.upstream) < 0) {
@@ -269,12 +292,25 @@ shm::Table merge_runtime(const config::Config& cfg, const shm::State* src, std::
   if (src && src->has_consumers) {
     for (const auto& sc : src->consumers) merged.add_consumer(sc.name, sc.key_sha256);
     for (const auto& cc : cfg.consumers) {
-      bool kept = false;
-      for (const auto& sc : src->consumers) kept |= sc.name == cc.name;
-      if (!kept)
+      const shm::StateConsumer* kept = nullptr;
+      for (const auto& sc : src->consumers)
+        if (sc.name == cc.name) kept = &sc;
+      if (!kept) {
         warnings.push_back(fmt::format(
             "consumer \"{}\" is in the config only: consumers come from the runtime state (gwctl changes win over "
             "the config); add it with gwctl add consumer",
+            cc.name));
+        continue;
+      }
+      // A rotated key: the old one keeps working until gwctl replaces it,
+      // which the operator must hear of (the keys are never printed).
+      uint8_t digest[shm::kSha256Len];
+      if (!api::sha256(cc.key, digest)) throw std::runtime_error("SHA-256 failed");
+      if (std::memcmp(digest, kept->key_sha256, sizeof digest) != 0)
+        warnings.push_back(fmt::format(
+            "consumer \"{}\" has another key in the config than at runtime, where the runtime's key stays in force: "
+            "consumers come from the runtime state (gwctl changes win over the config); replace it with gwctl "
+            "remove consumer and gwctl add consumer",
             cc.name));
     }
   } else {

@@ -2,6 +2,7 @@
 """gwd -t -c: config validation with JSON paths in every error."""
 
 import copy
+import hashlib
 import ctypes
 import json
 import os
@@ -212,6 +213,48 @@ class ConfigCheckTest(GwTestCase):
         self.assertIn('pool "primary" has method chash in the config (the default for an upstream of a frame '
                       'listener), round_robin at runtime', r.stderr)
         self.assertIn('pool "backup" has method chash in the config, round_robin at runtime', r.stderr)
+
+    def test_rule_or_consumer_edited_in_the_config_warns(self):
+        """The runtime state's rules and consumers win over the config's. A
+        config rule whose id the runtime state has, with other matchers, or a
+        consumer with another key (a rotated key) was not applied and not
+        mentioned either: the old matcher and the old key stayed in force in
+        silence. Each now gets a warning; an unchanged one (address blocks in
+        another order included) gets none."""
+        cfg = self.valid_config()
+        state = os.path.join(self.tmp, "gw.state.json")
+        cfg["state_file"] = state
+        cfg["upstreams"].append({"name": "pre", "pools": [pool("p", [host("c", "127.0.0.1:8084", 1)])]})
+        cfg["listeners"].append({
+            "name": "web", "listen": f"{gwtest.LOOPBACK}:{gwtest.free_port()}", "protocol": "http",
+            "routes": [{"name": "default", "upstream": "app", "rules": [
+                {"id": "canary", "header": "X-Canary=3", "upstream": "pre"},
+                {"id": "net", "ip": ["10.0.0.0/8", "127.0.0.2"], "upstream": "pre"}]}]})
+        cfg["consumers"] = [{"name": "alice", "key": "new-alice-key"}, {"name": "bob", "key": "bob-key"}]
+        path = gwtest.write_json(os.path.join(self.tmp, "edited.json"), cfg)
+        pools = [{"id": p["id"], "priority": p["priority"], "method": p["method"],
+                  "hosts": [dict(h, down=False) for h in p["hosts"]]} for p in cfg["upstreams"][0]["pools"]]
+        pre = [{"id": "p", "priority": 0, "method": "round_robin",
+                "hosts": [{"id": "c", "address": "127.0.0.1:8084", "weight": 1, "down": False}]}]
+        sha = lambda key: hashlib.sha256(key.encode()).hexdigest()  # noqa: E731
+        with open(state, "w") as f:
+            json.dump({"gw_state": 1, "generation": 5,
+                       "upstreams": [{"name": "app", "pools": pools}, {"name": "pre", "pools": pre}],
+                       "routes": [{"listener": "web", "route": "default", "rules": [
+                           {"id": "canary", "upstream": "pre", "header": {"name": "X-Canary", "value": "1"}},
+                           {"id": "net", "upstream": "pre", "ip": ["127.0.0.2/32", "10.0.0.0/8"]}]}],
+                       "consumers": [{"name": "alice", "key_sha256": sha("old-alice-key")},
+                                     {"name": "bob", "key_sha256": sha("bob-key")}]}, f)
+        r = gwtest.run_gwd_test(path)
+        self.assertEqual((r.returncode, r.stdout), (0, "ok\n"), r.stderr)
+        warnings = [line for line in r.stderr.splitlines() if ": warning: " in line]
+        self.assertEqual(len(warnings), 2, r.stderr)
+        self.assertIn("rule web/default/canary is header=X-Canary=3 -> pre in the config, header=X-Canary=1 -> pre "
+                      "at runtime", warnings[0])
+        self.assertIn("change it with gwctl set rule", warnings[0])
+        self.assertIn('consumer "alice" has another key in the config than at runtime', warnings[1])
+        self.assertNotIn("old-alice-key", r.stderr)
+        self.assertNotIn("new-alice-key", r.stderr)
 
     def test_chash_pool_past_the_ring_bound_warns(self):
         """A chash pool whose weights would give more than 2^20 points as
