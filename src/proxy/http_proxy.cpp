@@ -1488,7 +1488,18 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
     c.u_send_ms_max = uc->send_timeout_ms;
   }
 
+  if (!acquire(c.rq)) {
+    // The worker is out of buffer memory: its own trouble, not the client's
+    // (it was a 431) nor a host's. 503, as for a worker short of descriptors;
+    // the head's buffer is let go for the answer, and nothing more of the
+    // client's is read (the connection closes after it).
+    count(HttpOutcome::local_error);
+    release(c.in);
+    respond_error(c, 503, false);
+    return;
+  }
   if (!build_request_head(c, h, route)) {
+    // The head with the fields gw adds does not fit its buffer.
     count(HttpOutcome::bad_request);
     respond_error(c, 431, false);
     return;
@@ -1608,7 +1619,7 @@ std::string_view local_authority(int fd, char (&buf)[INET6_ADDRSTRLEN + 8]) noex
 }  // namespace
 
 bool HttpProxy::build_request_head(Conn& c, const http::Head& h, const RouteRt& route) noexcept {
-  if (!acquire(c.rq)) return false;
+  if (!acquire(c.rq)) return false;  // (the caller has taken it)
   Writer w{c.rq.p, 0, kBufSize};
   std::string_view target = h.target;
   std::string_view host = h.has_host ? h.host : std::string_view{};

@@ -366,6 +366,44 @@ TEST_SUITE("http proxy") {
     ::close(host);
   }
 
+  TEST_CASE("a worker out of buffer memory for the upstream request head answers 503, not 431") {
+    // The request head arrives in two parts: the first takes the client's
+    // input buffer; then the pool (one chunk, 64 buffers) is emptied, so gw
+    // has no buffer for the head it writes to the host. That was answered
+    // 431 and counted as the client's bad request; it is the worker's own
+    // trouble, as being short of descriptors is: 503, local_error, and the
+    // client's buffer is let go for the answer. No host hears of it.
+    Upstream up;
+    Gateway g(up.port, 0, R"("max_fails": 1, )", 64);
+    const auto& outcomes = g.ts.seg.worker(g.env.worker).http_outcomes;
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    g.accept(sv[0]);
+    const int client = sv[1];
+    const size_t before = g.buffers.in_use();
+    send_all(client, "GET /x HTTP/1.1\r\nHo");
+    step_until(
+        g, [&] { return g.buffers.in_use() > before; }, "gw to read the first part");
+    std::vector<char*> held;
+    while (char* b = g.buffers.acquire()) held.push_back(b);
+    REQUIRE(!held.empty());
+    send_all(client, "st: a\r\n\r\n");
+    std::string got;
+    step_until(
+        g, [&] { return !drain(client, got); }, "the client connection to close");
+    CHECK(got.substr(0, 12) == "HTTP/1.1 503");
+    CHECK(got.find("Connection: close\r\n") != std::string::npos);
+    CHECK(outcomes[static_cast<size_t>(proxy::HttpOutcome::local_error)].load() == 1);
+    CHECK(outcomes[static_cast<size_t>(proxy::HttpOutcome::bad_request)].load() == 0);
+    CHECK(::accept4(up.lfd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK) < 0);  // no connection to the host
+    for (char* b : held) g.buffers.release(b);
+
+    ::close(client);
+    step_until(
+        g, [&] { return g.http->active() == 0; }, "the connection to be freed");
+    g.http->close_all();
+  }
+
   TEST_CASE("a listed status from the last host left is passed on whole, though tries remain") {
     // tries 3 over two hosts: after the second 503 no host is left to try.
     // The client gets that host's own answer, head and body (its
