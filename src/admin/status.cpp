@@ -118,7 +118,7 @@ bool host_usable(const shm::Segment& seg, const shm::Table& t, const shm::HostRe
   return !h.admin_down && shm::host_usable(seg.host(h.slot), h.tag, p, core::monotonic_ms());
 }
 
-std::string host_json(const shm::Segment& seg, const shm::Table& t, int host) {
+std::string host_json(const shm::Segment& seg, const shm::Table& t, int host, bool live) {
   const shm::HostRecord& h = t.hosts()[static_cast<size_t>(host)];
   auto tot = shm::host_totals(seg, h.slot, h.tag);
   auto st = shm::host_stats_totals(seg, h.slot, h.tag);
@@ -128,12 +128,12 @@ std::string host_json(const shm::Segment& seg, const shm::Table& t, int host) {
       "{{\"id\": \"{}\", \"address\": \"{}\", \"weight\": {}, \"admin\": \"{}\", \"health\": \"{}\", "
       "\"active\": {}, \"total\": {}, \"failures\": {}, \"status_failures\": {}, \"responses\": {{\"1xx\": {}, "
       "\"2xx\": {}, \"3xx\": {}, \"4xx\": {}, \"5xx\": {}}}, \"sent_bytes\": {}, \"received_bytes\": {}}}",
-      name_of(h.id), h.addr.to_string(), h.weight, h.admin_down ? "down" : "up", host_health(seg, t, h), tot.active,
-      tot.total, failures, st.status_failures, st.responses[0], st.responses[1], st.responses[2], st.responses[3],
-      st.responses[4], st.sent_bytes, st.received_bytes);
+      name_of(h.id), h.addr.to_string(), h.weight, h.admin_down ? "down" : "up", host_health(seg, t, h),
+      live ? tot.active : 0, tot.total, failures, st.status_failures, st.responses[0], st.responses[1], st.responses[2],
+      st.responses[3], st.responses[4], st.sent_bytes, st.received_bytes);
 }
 
-std::string pool_json(const shm::Segment& seg, const shm::Table& t, int pool) {
+std::string pool_json(const shm::Segment& seg, const shm::Table& t, int pool, bool live) {
   const auto& pr = t.pools()[static_cast<size_t>(pool)];
   std::string out = fmt::format("{{\"id\": \"{}\", \"priority\": {}, \"method\": \"{}\", \"hosts\": [", name_of(pr.id),
                                 pr.priority, shm::method_name(static_cast<shm::Method>(pr.method)));
@@ -141,13 +141,13 @@ std::string pool_json(const shm::Segment& seg, const shm::Table& t, int pool) {
   auto hosts = t.hosts();
   for (size_t h = 0; h < hosts.size(); ++h) {
     if (hosts[h].pool != static_cast<uint32_t>(pool)) continue;
-    out += (first ? "" : ", ") + host_json(seg, t, static_cast<int>(h));
+    out += (first ? "" : ", ") + host_json(seg, t, static_cast<int>(h), live);
     first = false;
   }
   return out + "]}";
 }
 
-std::string upstream_json(const shm::Segment& seg, const shm::Table& t, int upstream) {
+std::string upstream_json(const shm::Segment& seg, const shm::Table& t, int upstream, bool live) {
   // The hosts the balancer may use, as gw_upstream_hosts_usable counts them:
   // a host whose health is "unknown" may be one.
   uint32_t usable = 0;
@@ -158,7 +158,7 @@ std::string upstream_json(const shm::Segment& seg, const shm::Table& t, int upst
   bool first = true;
   for (size_t p = 0; p < t.pools().size(); ++p) {
     if (t.pools()[p].upstream != static_cast<uint32_t>(upstream)) continue;
-    out += (first ? "" : ", ") + pool_json(seg, t, static_cast<int>(p));
+    out += (first ? "" : ", ") + pool_json(seg, t, static_cast<int>(p), live);
     first = false;
   }
   return out + "]}";
@@ -280,7 +280,8 @@ std::string status_json(const shm::Segment& seg, const shm::Table& t) {
     first_listener = false;
   }
   out += "], \"frame_rejects\": " + rejects_json(reject_totals) + ", \"upstreams\": [";
-  for (size_t u = 0; u < t.upstreams().size(); ++u) out += (u ? ", " : "") + upstream_json(seg, t, static_cast<int>(u));
+  for (size_t u = 0; u < t.upstreams().size(); ++u)
+    out += (u ? ", " : "") + upstream_json(seg, t, static_cast<int>(u), master != 0);
   out += "], \"routes\": [";
   for (size_t r = 0; r < t.routes().size(); ++r) out += (r ? ", " : "") + route_json(seg, t, static_cast<int>(r));
   out += "], \"consumers\": [";

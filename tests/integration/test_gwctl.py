@@ -584,6 +584,27 @@ class GwctlTest(GwTestCase):
             return sum(gwtest.find_host(st, f"app/primary/{x}")["total"] for x in ("alpha-host", "bravo-host"))
         gwtest.wait_until(lambda: total() == 6, T(5), msg="total connections 6 in status")
 
+    def test_status_of_a_killed_gateway_shows_no_open_connection(self):
+        """Workers SIGKILLed with their master leave their per-host "active"
+        counters as they were: status showed a stopped gateway's host with a
+        connection open. With no master running it shows 0 (totals stay:
+        they are history)."""
+        a = self.backend("a")
+        gw = self.start([pool("primary", [host("a", a)])])
+        with socket.create_connection((gwtest.LOOPBACK, gw.port), timeout=T(5)) as s:
+            s.sendall(b"x")
+            gwtest.wait_until(lambda: gwtest.find_host(gw.status(), "app/primary/a")["active"] == 1, T(5),
+                              msg="the connection counted as active")
+            gw.kill_all()
+            st = json.loads(self.assertGwctlOk(gw, "status", "--json"))
+            self.assertEqual((st["master_pid"], st["workers"]), (0, []))
+            h = gwtest.find_host(st, "app/primary/a")
+            self.assertEqual((h["active"], h["total"]), (0, 1))
+            out = self.assertGwctlOk(gw, "status")
+            self.assertIn("master NOT RUNNING", out)
+            row = next(line for line in out.splitlines() if line.split()[:2] == ["a", a.address])
+            self.assertEqual(row.split()[5:7], ["0", "1"], out)
+
     def test_status_shows_http_retry_tries_where_they_differ(self):
         # `tries` counts tcp and frame connects; an http request's attempts
         # come from retry.tries, which status shows only where it differs.

@@ -949,9 +949,9 @@ int cmd_status(const Options& o) {
         // a table read before the slot went to another host: not that host's count
         const uint64_t failures = seg.host(hr.slot).tag.load() == hr.tag ? seg.host(hr.slot).failures.load() : 0;
         ht.row({fmt::format("    {}", name_of(hr.id)), hr.addr.to_string(), std::to_string(hr.weight),
-                hr.admin_down ? "down" : "up", gw::admin::host_health(seg, t, hr), std::to_string(tot.active),
-                std::to_string(tot.total), std::to_string(failures), gw::admin::byte_size(st.sent_bytes),
-                gw::admin::byte_size(st.received_bytes)});
+                hr.admin_down ? "down" : "up", gw::admin::host_health(seg, t, hr),
+                std::to_string(master ? tot.active : 0), std::to_string(tot.total), std::to_string(failures),
+                gw::admin::byte_size(st.sent_bytes), gw::admin::byte_size(st.received_bytes)});
       }
     }
   }

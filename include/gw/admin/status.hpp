@@ -68,10 +68,12 @@ std::string status_json(const shm::Segment& seg);
 /// Reads the published table into `t` and returns status_json's document for it.
 std::string status_json(const shm::Segment& seg, const shm::Table& t);
 
-/// Parts of the status document, for the admin API's GET endpoints.
-std::string host_json(const shm::Segment& seg, const shm::Table& t, int host);
-std::string pool_json(const shm::Segment& seg, const shm::Table& t, int pool);
-std::string upstream_json(const shm::Segment& seg, const shm::Table& t, int upstream);
+/// Parts of the status document, for the admin API's GET endpoints. `live`:
+/// the master runs; when it does not, no connection is open, whatever the
+/// counters of workers killed with it still say ("active" is 0).
+std::string host_json(const shm::Segment& seg, const shm::Table& t, int host, bool live = true);
+std::string pool_json(const shm::Segment& seg, const shm::Table& t, int pool, bool live = true);
+std::string upstream_json(const shm::Segment& seg, const shm::Table& t, int upstream, bool live = true);
 std::string rule_json(const shm::Segment& seg, const shm::Table& t, int rule);
 /// {"listener", "route", "rules": [...]}.
 std::string route_json(const shm::Segment& seg, const shm::Table& t, int route);
