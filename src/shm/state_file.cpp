@@ -11,6 +11,7 @@
 #include <cstring>
 #include <set>
 #include <stdexcept>
+#include <type_traits>
 
 #include "gw/core/clock.hpp"
 #include "gw/core/fd.hpp"
@@ -89,6 +90,50 @@ void keep_owner(int fd, const std::string& path, const struct stat& was, Fail& f
       path, was.st_uid, was.st_gid, ::geteuid(), now.st_uid, now.st_gid);
 }
 
+// What a JSON value is, for a message: string "5", -1, 5.0, true, null, an
+// object, an array. (The config's describe() is its twin; the shm layer does
+// not reach into the config's.)
+std::string json_value_text(simdjson::dom::element e) {
+  switch (e.type()) {
+    case simdjson::dom::element_type::ARRAY: return "an array";
+    case simdjson::dom::element_type::OBJECT: return "an object";
+    case simdjson::dom::element_type::INT64: return fmt::format("{}", int64_t(e));
+    case simdjson::dom::element_type::UINT64: return fmt::format("{}", uint64_t(e));
+    case simdjson::dom::element_type::DOUBLE: return fmt::format("{}", double(e));
+    case simdjson::dom::element_type::BOOL: return bool(e) ? "true" : "false";
+    case simdjson::dom::element_type::NULL_VALUE: return "null";
+    case simdjson::dom::element_type::STRING: {
+      std::string_view v = e.get_string().value_unsafe();
+      return "string " + json_string(v.size() > 40 ? v.substr(0, 40) : v) + (v.size() > 40 ? "..." : "");
+    }
+  }
+  return "a value";
+}
+
+template <typename T>
+constexpr const char* json_kind() {
+  if constexpr (std::is_same_v<T, std::string_view>) return "a string";
+  else if constexpr (std::is_same_v<T, bool>) return "true or false";
+  else if constexpr (std::is_same_v<T, simdjson::dom::array>) return "an array";
+  else if constexpr (std::is_same_v<T, uint64_t>) return "a non-negative integer";
+  else return "an integer";
+}
+
+// The member `key` of the object at `path` into `out`; "" if it is there
+// with the right type, else why not, naming the JSON path as the config's
+// errors do: `upstreams[0].pools[0].hosts[1].weight: expected an integer,
+// got string "5"`.
+template <typename T>
+std::string json_member(simdjson::dom::element obj, const std::string& path, const char* key, T& out) {
+  simdjson::dom::object o;
+  if (obj.get(o))
+    return fmt::format("{}: expected an object, got {}", path.empty() ? "(document)" : path, json_value_text(obj));
+  const std::string at = path.empty() ? std::string(key) : fmt::format("{}.{}", path, key);
+  simdjson::dom::element v;
+  if (o[key].get(v)) return at + ": missing";
+  if (v.get(out)) return fmt::format("{}: expected {}, got {}", at, json_kind<T>(), json_value_text(v));
+  return {};
+}
 }  // namespace
 
 std::string rule_to_json(const RuleSpec& r) {
@@ -249,23 +294,34 @@ bool read_state_file(const std::string& path, State& out) {
   if (gen > kMaxStateGeneration)
     throw bad(fmt::format("\"generation\" {} is out of range 0..{}", gen, kMaxStateGeneration));
   s.generation = gen;
+  // Each member is read with json_member(), which names its JSON path.
+  auto need = [&](std::string why) {
+    if (!why.empty()) throw bad(why);
+  };
   simdjson::dom::array ups;
-  if (root["upstreams"].get(ups)) throw bad("\"upstreams\" missing or not an array");
+  need(json_member(root, "", "upstreams", ups));
+  size_t ui = 0;
   for (auto u : ups) {
+    const std::string upath = fmt::format("upstreams[{}]", ui++);
     StateUpstream su;
     std::string_view name;
     simdjson::dom::array pools;
-    if (u["name"].get(name) || u["pools"].get(pools)) throw bad("an upstream lacks \"name\" or \"pools\"");
+    need(json_member(u, upath, "name", name));
+    need(json_member(u, upath, "pools", pools));
     name_ok("upstream name", name);
     once(fmt::format("u/{}", name), fmt::format("upstream \"{}\"", name));
     su.name = name;
+    size_t pi = 0;
     for (auto p : pools) {
+      const std::string ppath = fmt::format("{}.pools[{}]", upath, pi++);
       StatePool sp;
       std::string_view id, method;
       int64_t prio = 0;
       simdjson::dom::array hosts;
-      if (p["id"].get(id) || p["priority"].get(prio) || p["method"].get(method) || p["hosts"].get(hosts))
-        throw bad(fmt::format("a pool of upstream {} lacks id, priority, method or hosts", su.name));
+      need(json_member(p, ppath, "id", id));
+      need(json_member(p, ppath, "priority", prio));
+      need(json_member(p, ppath, "method", method));
+      need(json_member(p, ppath, "hosts", hosts));
       name_ok("pool id", id);
       once(fmt::format("p/{}/{}", su.name, id), fmt::format("pool {}/{}", su.name, id));
       sp.id = id;
@@ -273,13 +329,17 @@ bool read_state_file(const std::string& path, State& out) {
         throw bad(fmt::format("pool {}/{}: priority {} out of range", su.name, id, prio));
       sp.priority = static_cast<int32_t>(prio);
       if (!parse_method(method, sp.method)) throw bad(fmt::format("unknown method \"{}\"", method));
+      size_t hi = 0;
       for (auto h : hosts) {
+        const std::string hpath = fmt::format("{}.hosts[{}]", ppath, hi++);
         StateHost sh;
         std::string_view hid, addr;
         uint64_t weight = 0;
         bool down = false;
-        if (h["id"].get(hid) || h["address"].get(addr) || h["weight"].get(weight) || h["down"].get(down))
-          throw bad(fmt::format("a host of pool {}/{} lacks id, address, weight or down", su.name, sp.id));
+        need(json_member(h, hpath, "id", hid));
+        need(json_member(h, hpath, "address", addr));
+        need(json_member(h, hpath, "weight", weight));
+        need(json_member(h, hpath, "down", down));
         name_ok("host id", hid);
         once(fmt::format("h/{}/{}/{}", su.name, sp.id, hid), fmt::format("host {}/{}/{}", su.name, sp.id, hid));
         std::string why;
@@ -295,15 +355,22 @@ bool read_state_file(const std::string& path, State& out) {
     }
     s.upstreams.push_back(std::move(su));
   }
+  // "routes" and "consumers" may be missing (a file of an older gw), but not
+  // of another type: that would leave the rules or consumers to the config in
+  // silence.
   simdjson::dom::array routes;
-  if (root["routes"].get(routes) == simdjson::SUCCESS) {
+  if (root.at_key("routes").error() != simdjson::NO_SUCH_FIELD) {
+    need(json_member(root, "", "routes", routes));
     s.has_routes = true;
+    size_t ri = 0;
     for (auto r : routes) {
+      const std::string rpath = fmt::format("routes[{}]", ri++);
       StateRoute sr;
       std::string_view listener, name;
       simdjson::dom::array rules;
-      if (r["listener"].get(listener) || r["route"].get(name) || r["rules"].get(rules))
-        throw bad("a route lacks \"listener\", \"route\" or \"rules\"");
+      need(json_member(r, rpath, "listener", listener));
+      need(json_member(r, rpath, "route", name));
+      need(json_member(r, rpath, "rules", rules));
       name_ok("listener name", listener);
       name_ok("route name", name);
       once(fmt::format("r/{}/{}", listener, name), fmt::format("route {}/{}", listener, name));
@@ -321,11 +388,15 @@ bool read_state_file(const std::string& path, State& out) {
     }
   }
   simdjson::dom::array consumers;
-  if (root["consumers"].get(consumers) == simdjson::SUCCESS) {
+  if (root.at_key("consumers").error() != simdjson::NO_SUCH_FIELD) {
+    need(json_member(root, "", "consumers", consumers));
     s.has_consumers = true;
+    size_t ci = 0;
     for (auto c : consumers) {
+      const std::string cpath = fmt::format("consumers[{}]", ci++);
       std::string_view name, hex;
-      if (c["name"].get(name) || c["key_sha256"].get(hex)) throw bad("a consumer lacks \"name\" or \"key_sha256\"");
+      need(json_member(c, cpath, "name", name));
+      need(json_member(c, cpath, "key_sha256", hex));
       StateConsumer sc;
       sc.name = name;
       name_ok("consumer name", name);

@@ -567,6 +567,56 @@ TEST_SUITE("shm") {
     ::unlink(path.c_str());
     CHECK_FALSE(read_state_file(path, s));
   }
+
+  TEST_CASE("a state file value of the wrong type or a missing one is named by its JSON path") {
+    // Each said "a host of pool app/primary lacks id, address, weight or
+    // down", for a weight that was there as a string.
+    const std::string path = "/tmp/gwunit-types-" + std::to_string(::getpid()) + ".json";
+    auto file = [&](const std::string& host, const std::string& rest = "") {
+      std::ofstream(path) << R"({"gw_state": 1, "generation": 3, "upstreams": [{"name": "app", "pools": [)"
+                          << R"({"id": "primary", "priority": 0, "method": "round_robin", "hosts": [)"
+                          << R"({"id": "a", "address": "127.0.0.1:8081", "weight": 1, "down": false}, )" << host
+                          << "]}]}]" << rest << "}";
+    };
+    const std::string at = "state file " + path + ": upstreams[0].pools[0].hosts[1].";
+    const std::string ok = R"({"id": "b", "address": "127.0.0.1:8082", "weight": 2, "down": false})";
+    State s;
+    const std::pair<std::string, std::string> cases[] = {
+        {R"({"id": "b", "address": "127.0.0.1:8082", "weight": "5", "down": false})",
+         "weight: expected a non-negative integer, got string \"5\""},
+        {R"({"id": "b", "address": "127.0.0.1:8082", "weight": -1, "down": false})",
+         "weight: expected a non-negative integer, got -1"},
+        {R"({"id": "b", "address": "127.0.0.1:8082", "weight": 5.5, "down": false})",
+         "weight: expected a non-negative integer, got 5.5"},
+        {R"({"id": "b", "address": "127.0.0.1:8082", "down": false})", "weight: missing"},
+        {R"({"id": "b", "address": "127.0.0.1:8082", "weight": 2, "down": "no"})",
+         "down: expected true or false, got string \"no\""},
+        {R"({"id": 7, "address": "127.0.0.1:8082", "weight": 2, "down": false})", "id: expected a string, got 7"},
+    };
+    for (const auto& [host, want] : cases) {
+      CAPTURE(host);
+      file(host);
+      CHECK_THROWS_WITH(read_state_file(path, s), (at + want).c_str());
+    }
+    file("[]");
+    CHECK_THROWS_WITH(
+        read_state_file(path, s),
+        ("state file " + path + ": upstreams[0].pools[0].hosts[1]: expected an object, got an array").c_str());
+    // "routes" and "consumers" may be missing (an older gw's file), not of
+    // another type: the rules and consumers went to the config in silence.
+    file(ok, R"(, "routes": {})");
+    CHECK_THROWS_WITH(read_state_file(path, s),
+                      ("state file " + path + ": routes: expected an array, got an object").c_str());
+    file(ok, R"(, "consumers": [{"name": "alice"}])");
+    CHECK_THROWS_WITH(read_state_file(path, s), ("state file " + path + ": consumers[0].key_sha256: missing").c_str());
+    file(ok);
+    REQUIRE(read_state_file(path, s));
+    CHECK_FALSE(s.has_routes);
+    CHECK_FALSE(s.has_consumers);
+    REQUIRE(s.upstreams.size() == 1);
+    CHECK(s.upstreams[0].pools[0].hosts.size() == 2);
+    ::unlink(path.c_str());
+  }
 }
 
 TEST_SUITE("shm") {
