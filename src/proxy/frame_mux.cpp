@@ -70,7 +70,7 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   d.fd = fd;
   d.used = true;
   d.in = false;  // the registration below reports bytes already queued, if any
-  d.out = d.eof = false;
+  d.out = d.eof = d.reset = false;
   d.first = true;
   d.listener = static_cast<uint16_t>(listener);
   d.buf = nullptr;
@@ -135,11 +135,19 @@ void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
   const bool out = events & (EPOLLOUT | EPOLLHUP | EPOLLERR);
   if (sub == 0) {
     if (events & EPOLLERR) {
-      close_device(d);
-      return;
+      // A reset (or another error): the kernel still returns the bytes that
+      // came before it to a read, and the frames among them go out, as the
+      // tcp relay passes a client's last bytes on (they were dropped with
+      // the device: a device that closed with a host's push unread, which
+      // makes the kernel reset, lost its last frames). Nothing more can go to
+      // it; drive() closes it once what it sent is out.
+      d.reset = true;
+      d.in = true;
+      d.out = false;
+    } else {
+      if (in) d.in = true;
+      if (out && !d.reset) d.out = true;
     }
-    if (in) d.in = true;
-    if (out) d.out = true;
   } else {
     const int li = static_cast<int>(sub) - 1;
     if (li >= link_slots(d)) return;
@@ -250,13 +258,34 @@ void FrameMux::drive(Device& d) noexcept {
   clear_again(d);  // set again below if a pump stops at its cap
   if (!pump_device_in(d)) return;
   const int8_t front = d.front_link;
+  const bool was_reset = d.reset;
   if (!pump_device_out(d)) return;
   // pump_device_out closes a link whose host closed (or sent what cannot be
   // framed), and the frame at head may have been waiting on it (its socket
   // full): that frame goes again, to a host picked afresh, now. No event may
   // come for it otherwise (the device waits for answers; the link is gone),
-  // and the device would sit until its idle timeout.
-  if (front >= 0 && d.front_link < 0 && !pump_device_in(d)) return;
+  // and the device would sit until its idle timeout. A write that found the
+  // device reset: what it sent before is read and routed now.
+  if (((front >= 0 && d.front_link < 0) || d.reset != was_reset) && !pump_device_in(d)) return;
+  // The device reset its connection and every whole frame it sent before is
+  // out to its host: nothing can go to it, so it ends here (its links close
+  // after the frames: each host reads them before it sees the reset).
+  if (d.reset && d.eof && d.head == d.tail && d.front_link < 0) {
+    // What the hosts sent for the device is dropped from the links first: a
+    // socket closed with unread bytes is reset, and a reset throws away what
+    // the kernel has not sent of the device's last frames yet (on loopback
+    // it has; on a network it may not). Closed empty, a link ends with a FIN
+    // behind them. Bounded: a host that streams is cut off.
+    char sink[4096];
+    for (int li = 0; li < link_slots(d); ++li) {
+      const Link& k = *link_at(d, li);
+      if (k.fd < 0 || k.connecting) continue;
+      for (int i = 0; i < 16 && ::recv(k.fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; ++i) {
+      }
+    }
+    close_device(d);
+    return;
+  }
   // The device said it is done and every frame it sent is out: pass the
   // half-close on to each host, then finish once the hosts have answered.
   if (d.eof && d.head == d.tail && d.front_link < 0) {
@@ -426,13 +455,20 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
       }
       return true;
     }
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    if ((errno == EAGAIN || errno == EWOULDBLOCK) && !d.reset) {
       d.in = false;
       continue;  // releases an empty buffer above
     }
     if (errno == EINTR) continue;
-    close_device(d);
-    return false;
+    // A reset (ECONNRESET; EAGAIN once a write took the reset's error): the
+    // end of what the device sent, as an EOF is, and nothing goes to it.
+    d.eof = d.reset = true;
+    d.out = false;
+    if (d.tail > d.head) {
+      reject(d, framer.at_eof(d.tail - d.head));  // a frame cut short
+      return false;
+    }
+    return true;
   }
 }
 
@@ -881,8 +917,11 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
         break;
       }
       if (n < 0 && errno == EINTR) continue;
-      close_device(d);
-      return false;
+      // The device reset (EPIPE after its FIN and reset, ECONNRESET): what
+      // it sent before is still read and routed (drive() reads it now).
+      d.reset = d.in = true;
+      d.out = false;
+      break;
     }
     if (!moved) return true;
   }

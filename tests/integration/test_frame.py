@@ -36,6 +36,7 @@ import json
 import os
 import re
 import resource
+import select
 import socket
 import struct
 import subprocess
@@ -1245,6 +1246,47 @@ class FrameTest(GwTestCase):
         (line,) = [json.loads(l) for l in open(log).read().splitlines()]
         self.assertEqual((line["end"], line["bytes_out"]), ("host_closed_mid_frame", 16))
         self.assert_idle(gw)
+
+    def test_frame_mode_frames_sent_right_before_a_device_reset_reach_the_host(self):
+        """A device that closes with a host's push unread makes the kernel send
+        a reset, not a FIN; so does one that aborts (SO_LINGER 0). The frames it
+        wrote just before are in gw's socket ahead of the reset, and the kernel
+        returns them to a read before it reports the reset. Mode "frame" closed
+        the device on the error event without reading them: the host got none
+        of the 5 (the tcp listener and mode connection passed them on). Now
+        each reaches its host, and the device is closed after."""
+        got = []
+
+        def answer(c, f):
+            # Every frame is answered (a push the device will never read);
+            # an answer that finds the link gone does not stop the reading.
+            got.append(f)
+            try:
+                c.sendall(frame({"push": 1}, DATA, 1, f[2]))
+            except OSError:
+                pass
+        host = ScriptBackend("a", answer)
+        self._backends.append(host)
+        mux = frame_listener("mux", frame_opts={"mode": "frame"})
+        gw, _ = self.frame_gateway([host], [mux], workers=1)
+        for abort in (False, True):
+            with self.subTest(abort=abort):
+                before = len(got)
+                d = gwtest.connect(port_of(mux), timeout=T(10))
+                d.sendall(frame({"devid": "dev-1"}, DATA, 1, 0))
+                # the host's push is in the device's receive queue, unread
+                gwtest.wait_until(lambda: select.select([d], [], [], 0)[0], T(5), interval=0.02,
+                                  msg="the host's push at the device")
+                time.sleep(0.2)  # the worker idle: the frames and the reset wake it together
+                d.sendall(b"".join(frame({"devid": "dev-1", "n": i}, DATA, 1, i + 1) for i in range(5)))
+                if abort:
+                    d.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                d.close()
+                gwtest.wait_until(lambda: len(got) - before >= 6, T(5), interval=0.02,
+                                  msg="the 6 frames at the host")
+                self.assertEqual([(f[2], json.loads(f[3]).get("n")) for f in got[before:]],
+                                 [(0, None)] + [(i + 1, i) for i in range(5)])
+                self.assert_idle(gw)
 
     def test_frame_mode_host_stalled_mid_frame_is_cut_off_after_frame_timeout(self):
         """Mode "frame", frame_timeout_ms 1000, hosts "slow" (a Python host)

@@ -128,6 +128,7 @@ class FrameMux {
     bool again = false;       // stopped at a cap with work left (counted in again_)
     bool listed = false;      // its slot is on again_list_ (kept across reuse of the slot)
     bool fd_wait = false;     // the frame at head waits for a descriptor; on_timer retries at fd_retry_ms
+    bool reset = false;       // the device reset its connection: what it sent before goes out, nothing goes to it
     uint16_t listener = 0;
     uint32_t idle_ms = 0;
     uint64_t first_deadline_ms = 0;
