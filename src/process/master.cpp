@@ -20,6 +20,8 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <set>
@@ -208,8 +210,13 @@ bool same_rule(const shm::RuleSpec& a, const shm::RuleSpec& b) {
 // the live table). What the config says and the runtime state overrides, or
 // drops, goes to `warnings` (the caller logs those of the table it publishes).
 // Throws shm::TableError if it does not fit the capacities.
-shm::Table merge_runtime(const config::Config& cfg, const shm::State* src, std::vector<std::string>& warnings) {
+shm::Table merge_runtime(const config::Config& cfg, const shm::State* src, std::vector<std::string>& warnings,
+                         bool* dropped = nullptr) {
   shm::Table merged(cfg.shm.caps);
+  auto drop = [&](std::string why) {
+    warnings.push_back(std::move(why));
+    if (dropped) *dropped = true;
+  };
   for (const auto& u : cfg.upstreams) {
     int ui = merged.add_upstream(config::upstream_record(u));
     const shm::StateUpstream* su = nullptr;
@@ -243,8 +250,8 @@ shm::Table merge_runtime(const config::Config& cfg, const shm::State* src, std::
   if (src) {
     for (const auto& x : src->upstreams)
       if (merged.find_upstream(x.name) < 0)
-        warnings.push_back(fmt::format(
-            "upstream \"{}\" from the runtime state is not in the config; its pools and hosts are dropped", x.name));
+        drop(fmt::format("upstream \"{}\" from the runtime state is not in the config; its pools and hosts are dropped",
+                         x.name));
   }
   // Routes come from the config; their rules from the runtime state when it
   // lists the route (a route whose rules were all removed stays empty), else
@@ -272,9 +279,11 @@ shm::Table merge_runtime(const config::Config& cfg, const shm::State* src, std::
         }
       for (const auto& rule : sr ? sr->rules : r.rules) {
         if (merged.find_upstream(rule.upstream) < 0) {
-          warnings.push_back(
+          std::string why =
               fmt::format("rule {}/{}/{} sends to upstream \"{}\", which is not in the config; the rule is dropped",
-                          l.name, r.name, rule.id, rule.upstream));
+                          l.name, r.name, rule.id, rule.upstream);
+          if (sr) drop(std::move(why));  // a runtime rule (a config one is still in the config)
+          else warnings.push_back(std::move(why));
           continue;
         }
         merged.add_rule(ri, rule);
@@ -283,9 +292,8 @@ shm::Table merge_runtime(const config::Config& cfg, const shm::State* src, std::
   if (state_rules)
     for (const auto& x : src->routes)
       if (merged.find_route(x.listener, x.name) < 0 && !x.rules.empty())
-        warnings.push_back(
-            fmt::format("route {}/{} from the runtime state is not in the config; its {} rule(s) are dropped",
-                        x.listener, x.name, x.rules.size()));
+        drop(fmt::format("route {}/{} from the runtime state is not in the config; its {} rule(s) are dropped",
+                         x.listener, x.name, x.rules.size()));
 
   // key-auth consumers: from the runtime state when it lists them (a consumer
   // removed with gwctl stays removed), else from the config.
@@ -323,15 +331,33 @@ shm::Table merge_runtime(const config::Config& cfg, const shm::State* src, std::
   return merged;
 }
 
+// A start or reload whose config drops part of the runtime state (an
+// upstream, or a route's rules, it no longer has) keeps that state first, in
+// a file beside the state file named for its generation: a typo in an
+// upstream's name must not take every gwctl change made to it for good (the
+// state file is rewritten without them at once). `json` is the runtime state
+// before the change, as the state file holds it. Adds the warning that says
+// where it is and how to get it back.
+void keep_dropped_state(const config::Config& cfg, const std::string& json, uint64_t generation,
+                        std::vector<std::string>& warnings) {
+  if (cfg.state_file.empty()) return;  // nothing is persisted: nowhere to keep it either
+  const std::string path = fmt::format("{}.before-{}", cfg.state_file, generation);
+  shm::write_state_file(path, json);
+  warnings.push_back(fmt::format(
+      "the runtime state as it was before (generation {}) is kept in {}: to have what was dropped back, stop gwd, "
+      "fix the config, move that file to {} and delete /dev/shm/{} (changes made since are lost then)",
+      generation, path, cfg.state_file, cfg.shm.name));
+}
+
 // merge_runtime(), but a table that does not fit the config's capacities is
 // an error that names `src_name` (where the runtime state came from) and,
 // for each capacity it exceeds, how many it needs: "the table from state
 // file X needs 64 hosts, more than shm.max_hosts = 32" (its upstreams with
 // those of the config it lacks).
 shm::Table merge_runtime_named(const config::Config& cfg, const shm::State* src, const std::string& src_name,
-                               std::vector<std::string>& warnings) {
+                               std::vector<std::string>& warnings, bool* dropped = nullptr) {
   try {
-    return merge_runtime(cfg, src, warnings);
+    return merge_runtime(cfg, src, warnings, dropped);
   } catch (const shm::TableError& e) {
     if (e.kind() != shm::TableError::Kind::full || !src) throw;
     // Merged again with room for all of both, to count what it needs.
@@ -591,16 +617,20 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
   // writer, Writer::repair, before this runs under the lock below.)
   Source source = Source::config;
   std::vector<std::string> merge_warnings;  // of the last plan: logged once it is published
+  bool dropped = false;                     // the last plan drops part of the runtime state
+  const shm::Table* plan_live = nullptr;    // its source, when that is a segment's table
   auto plan = [&](const shm::Table* live, const shm::State* file_state) {
     source = runtime_source(live, file_state);
+    plan_live = live;
     const shm::State src = source == Source::segment ? shm::state_from_table(*live)
                            : file_state              ? *file_state
                                                      : shm::State{};
     merge_warnings.clear();
+    dropped = false;
     return merge_runtime_named(cfg, source == Source::config ? nullptr : &src,
                                source == Source::segment ? fmt::format("shm segment \"{}\"", name)
                                                          : fmt::format("state file {}", cfg.state_file),
-                               merge_warnings);
+                               merge_warnings, &dropped);
   };
   shm::State state;
   bool have_state = !cfg.state_file.empty() && shm::read_state_file(cfg.state_file, state);
@@ -703,6 +733,19 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
       if (source == Source::segment) keep_runtime_slots(merged, t);
     }
     what = source == Source::segment ? "the shm segment" : source == Source::file ? "the state file" : "the config";
+    if (dropped && source != Source::config) {
+      // (Under the writer lock: the state file is not rewritten meanwhile.)
+      std::string before;
+      if (source == Source::segment) {
+        before = shm::state_to_json(*plan_live);
+      } else {
+        std::ifstream in(cfg.state_file, std::ios::binary);
+        before.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+        if (!in.good() && !in.eof())
+          throw std::runtime_error(fmt::format("state file {}: cannot read it again", cfg.state_file));
+      }
+      keep_dropped_state(cfg, before, base_gen, merge_warnings);
+    }
     uint32_t next_tag = std::max(t.header().next_tag, 1u);
     std::memcpy(t.words(), merged.words(), t.bytes());
     t.header().generation = base_gen;
@@ -1366,7 +1409,9 @@ class Master {
     uint64_t gen = writer.commit([&](shm::Table& t, std::vector<std::string>& events) {
       const shm::State live = shm::state_from_table(t);
       warnings.clear();
-      shm::Table merged = merge_runtime(next, &live, warnings);
+      bool dropped = false;
+      shm::Table merged = merge_runtime(next, &live, warnings, &dropped);
+      if (dropped) keep_dropped_state(next, shm::state_to_json(t), t.header().generation, warnings);
       keep_runtime_slots(merged, t);
       const uint64_t generation = t.header().generation;
       const uint32_t next_tag = std::max(t.header().next_tag, 1u);

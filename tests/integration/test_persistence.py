@@ -218,6 +218,73 @@ class PersistenceTest(GwTestCase):
         gw.start()
         self.assertChanges(gw, a, b, c)
 
+    def test_an_upstream_dropped_by_a_config_typo_is_kept_beside_the_state_file(self):
+        """An upstream renamed by mistake in the config: the start drops the
+        runtime state of the old name (with a warning) and rewrites the state
+        file without it, so every gwctl change made to it was gone for good,
+        even once the typo was fixed. The runtime state before that start is
+        now kept in STATE.before-GEN, which the warning names, and moving it
+        back (gwd stopped, segment deleted) brings the changes back. A reload
+        that drops one keeps it the same way."""
+        a, b, c = self.backend("a"), self.backend("b"), self.backend("c")
+        cfg = self.make_config([pool("primary", [host("a", a)])], workers=1)
+        cfg["upstreams"].append({"name": "extra", "pools": [pool("p", [host("b", b)])]})
+        cfg["listeners"].append({"name": "l2", "listen": f"{gwtest.LOOPBACK}:{gwtest.free_port()}",
+                                 "protocol": "tcp", "upstream": "extra"})
+        gw = self.gateway(cfg)
+        self.assertGwctlOk(gw, "add", "host", "extra/p", "c", c.address, "--weight", "7")
+        self.assertGwctlOk(gw, "down", "host", "extra/p", "b")
+        gen = gw.status()["generation"]
+        state = cfg["state_file"]
+        self.crash(gw)  # the segment stays: it is the newer source
+        typo = json.loads(json.dumps(cfg))
+        typo["upstreams"][1]["name"] = "extar"
+        typo["listeners"][1]["upstream"] = "extar"
+        gwtest.write_json(gw.conf_path, typo)
+        gw.config = typo
+        gw.start()
+        kept = f"{state}.before-{gen}"
+        log = gw.log_text()
+        self.assertIn('upstream "extra" from the runtime state is not in the config; its pools and hosts are dropped',
+                      log)
+        self.assertIn(f"the runtime state as it was before (generation {gen}) is kept in {kept}", log)
+        with open(state) as f:
+            self.assertNotIn('"extra"', f.read())
+        with open(kept) as f:
+            saved = json.load(f)
+        (extra,) = [u for u in saved["upstreams"] if u["name"] == "extra"]
+        self.assertEqual(sorted((h["id"], h["weight"], h["down"]) for h in extra["pools"][0]["hosts"]),
+                         [("b", 1, True), ("c", 7, False)])
+        # the way back, as the warning says
+        self.assertEqual(gw.stop(), 0)
+        gwtest.write_json(gw.conf_path, cfg)
+        gw.config = cfg
+        os.replace(kept, state)
+        gwtest.remove_shm(gw.shm)
+        gw.start()
+        self.assertHost(gw, "extra/p/b", admin="down")
+        self.assertHost(gw, "extra/p/c", address=c.address, weight=7)
+        # A reload that drops it keeps it too (from the live table).
+        gen = gw.status()["generation"]
+        gwtest.write_json(gw.conf_path, typo)
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: "reloaded:" in gw.log_text()[log_before:], T(10), msg="the reload")
+        self.assertIn(f"is kept in {state}.before-{gen}", gw.log_text()[log_before:])
+        with open(f"{state}.before-{gen}") as f:
+            self.assertIn('"extra"', f.read())
+        # A start from the state file (the segment gone, as after a reboot)
+        # keeps that file's text.
+        self.assertEqual(gw.stop(), 0)
+        os.replace(f"{state}.before-{gen}", state)
+        with open(state) as f:
+            text = f.read()
+        gwtest.remove_shm(gw.shm)
+        gw.start()
+        self.assertIn(f"is kept in {state}.before-{gen}", gw.log_text())
+        with open(f"{state}.before-{gen}") as f:
+            self.assertEqual(f.read(), text)
+
     def test_a_state_file_keeps_its_permissions(self):
         """Each write replaces the state file by a new one (rename), made 0644:
         an operator's chmod (600: the file lists the consumers' key hashes) was
