@@ -115,7 +115,8 @@ bool host_usable(const shm::Segment& seg, const shm::Table& t, const shm::HostRe
   const auto& up = t.upstreams()[t.pools()[h.pool].upstream];
   const shm::HealthPolicy p{up.max_fails, up.fail_timeout_ms, up.check.type != shm::kCheckNone,
                             up.check.unknown_usable != 0};
-  return !h.admin_down && shm::host_usable(seg.host(h.slot), h.tag, p, core::monotonic_ms());
+  // Weight 0 takes no new connections (a drain), whatever its health.
+  return !h.admin_down && h.weight > 0 && shm::host_usable(seg.host(h.slot), h.tag, p, core::monotonic_ms());
 }
 
 std::string host_json(const shm::Segment& seg, const shm::Table& t, int host, bool live) {

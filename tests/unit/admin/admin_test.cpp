@@ -1147,6 +1147,35 @@ TEST_SUITE("admin") {
     }
   }
 
+  TEST_CASE("a host of weight 0 is not usable: the balancer gives it no new connection") {
+    // It counted: an upstream whose only host had weight 0 answered 503
+    // no_host with hosts_usable 1.
+    TempSegment ts;
+    seed(ts.seg);
+    shm::Table t(ts.seg.caps());
+    shm::read_published(ts.seg, t);
+    auto usable = [&] {
+      shm::read_published(ts.seg, t);
+      const std::string text = metrics_text(ts.seg, t, admin_config(kToken));
+      const std::string key = "gw_upstream_hosts_usable{upstream=\"app\"} ";
+      const size_t at = text.find(key);
+      REQUIRE(at != std::string::npos);
+      const int metric = std::stoi(text.substr(at + key.size()));
+      CHECK(upstream_json(ts.seg, t, 0)
+                .starts_with(fmt::format("{{\"name\": \"app\", \"hosts_usable\": {}, \"pools\": [", metric)));
+      return metric;
+    };
+    const int before = usable();
+    REQUIRE(before >= 1);
+    shm::Writer w(ts.seg);
+    w.set_persist(false);
+    w.commit([&](shm::Table& tt, std::vector<std::string>& ev) {
+      tt.hosts()[0].weight = 0;
+      ev.push_back("drain a");
+    });
+    CHECK(usable() == before - 1);
+  }
+
   TEST_CASE("events: paging, a since past the head, events the ring overwrote") {
     TempSegment ts;
     for (int i = 0; i < 5; ++i) shm::emit_event(ts.seg, shm::EventKind::config, 1, "e" + std::to_string(i));
