@@ -701,6 +701,11 @@ Response Api::read(const RouteMatch& m, std::string_view query) {
 Response Api::write(const Request& r, const RouteMatch& m) {
   const auto& p = m.params;
   const bool del = r.method == "DELETE";
+  // A DELETE and POST .../down or .../up take no body: one sent with them
+  // ({"dry_run": true}, {"weight": 0}) would be dropped without a word, as a
+  // query string would (refused the same way).
+  if ((del || m.endpoint == Endpoint::host_down || m.endpoint == Endpoint::host_up) && !r.body.empty())
+    return error_response(400, fmt::format("{} {} takes no body (got {} bytes)", r.method, r.target, r.body.size()));
   switch (m.endpoint) {
     case Endpoint::pools: {  // POST: add pool
       PoolBody b;

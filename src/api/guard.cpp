@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "gw/api/hash.hpp"
@@ -11,42 +12,102 @@
 
 namespace gw::api {
 
-QueryName query_name(std::string_view raw, std::string_view name) noexcept {
+namespace {
+
+// Decodes a query argument (or cookie) name as hosts' form parsers do (%XX,
+// '+' as a space), calling fn(c) for each byte. False for a malformed escape.
+template <typename Fn>
+bool decode_name(std::string_view raw, Fn&& fn) noexcept {
   const auto hex = [](char h) {
     return h >= '0' && h <= '9'   ? h - '0'
            : h >= 'a' && h <= 'f' ? h - 'a' + 10
            : h >= 'A' && h <= 'F' ? h - 'A' + 10
                                   : -1;
   };
-  size_t j = 0;  // the decoded bytes so far; they match name[0..j) while `same`
-  bool same = true;
-  // PHP's reading of the name (php_register_variable_ex): leading spaces
-  // dropped, ' ' and '.' as '_', the name ended by '[' or a NUL. k: its bytes
-  // so far, matching name[0..k) while `php_same`.
-  size_t k = 0;
-  bool php_same = true, php_lead = true, php_end = false;
-  for (size_t i = 0; i < raw.size(); ++i, ++j) {
+  for (size_t i = 0; i < raw.size(); ++i) {
     char c = raw[i];
     if (c == '%') {
-      if (i + 2 >= raw.size() || hex(raw[i + 1]) < 0 || hex(raw[i + 2]) < 0) return QueryName::malformed;
+      if (i + 2 >= raw.size() || hex(raw[i + 1]) < 0 || hex(raw[i + 2]) < 0) return false;
       c = static_cast<char>(hex(raw[i + 1]) * 16 + hex(raw[i + 2]));
       i += 2;
     } else if (c == '+') {
-      c = ' ';  // form decoding, as the host's query parser does
+      c = ' ';
     }
-    same = same && j < name.size() && name[j] == c;
-    if (php_end || (php_lead && c == ' ')) continue;
-    php_lead = false;
-    if (c == '[' || c == '\0') {
-      php_end = true;
-      continue;
-    }
-    const auto mangled = [](char x) { return x == ' ' || x == '.' ? '_' : x; };
-    php_same = php_same && k < name.size() && mangled(name[k]) == mangled(c);  // "api.key" is PHP's "api_key"
-    ++k;
+    fn(c);
   }
+  return true;
+}
+
+}  // namespace
+
+QueryName query_name(std::string_view raw, std::string_view name) noexcept {
+  // Two passes over the name, decoded in place (no copy: a name may be any
+  // length, and "apikey]]]...]" is still "apikey" to Rack). The first looks
+  // for the name itself and at PHP's brackets: whether a '[' comes, and a ']'
+  // after it. PHP (php_register_variable_ex) drops leading spaces, ends a
+  // name at a NUL, and reads ' ' and '.' as '_'; a '[' followed by a ']'
+  // ends the name (an array: "apikey[]", "apikey[x]"), a '[' with none after
+  // it is read as '_', as are the ' ', '.' and '[' behind it ("api[key" is
+  // "api_key").
+  size_t j = 0;
+  bool same = true;
+  bool lead = true, nul = false, closed = false;
+  size_t len = 0, open = std::string_view::npos;  // PHP's bytes; its first '['
+  if (!decode_name(raw, [&](char c) {
+        same = same && j < name.size() && name[j] == c;
+        ++j;
+        if (nul || (lead && c == ' ')) return;
+        lead = false;
+        if (c == '\0') {
+          nul = true;
+          return;
+        }
+        if (open == std::string_view::npos && c == '[') open = len;
+        else if (open != std::string_view::npos && c == ']') closed = true;
+        ++len;
+      }))
+    return QueryName::malformed;
   if (same && j == name.size()) return QueryName::match;
-  return php_same && k == name.size() ? QueryName::alike : QueryName::other;
+  // The second reads it as PHP does, and as Rack 2 does (normalize_params):
+  // leading '[' and ']' skipped, the key is the run of other bytes up to the
+  // next bracket, and what follows makes it a string ("]" or nothing: "[apikey",
+  // "apikey]"), an array or a hash ("apikey[]", "apikey[x") of that key;
+  // only a lone "[" after it keeps the whole name as the key.
+  const bool array = open != std::string_view::npos && closed;
+  const auto mangled = [](char x) { return x == ' ' || x == '.' || x == '[' ? '_' : x; };
+  size_t k = 0, pos = 0;
+  bool php_same = true;
+  lead = true;
+  nul = false;
+  int rack = 0;  // 0: leading brackets, 1: the key, 2: what follows it
+  size_t r = 0, after = 0;
+  bool rack_same = true;
+  char after_first = 0;
+  decode_name(raw, [&](char c) {
+    if (!nul && !(lead && c == ' ')) {
+      lead = false;
+      if (c == '\0' || (array && pos == open)) {
+        nul = true;  // the name ends here
+      } else {
+        php_same = php_same && k < name.size() && mangled(name[k]) == mangled(c);
+        ++k;
+      }
+      ++pos;
+    }
+    const bool bracket = c == '[' || c == ']';
+    if (rack == 0 && bracket) return;
+    if (rack <= 1 && !bracket) {
+      rack = 1;
+      rack_same = rack_same && r < name.size() && name[r] == c;
+      ++r;
+      return;
+    }
+    rack = 2;
+    if (after++ == 0) after_first = c;
+  });
+  const bool php = php_same && k == name.size();
+  const bool rack2 = rack_same && r == name.size() && !(after == 1 && after_first == '[');
+  return php || rack2 ? QueryName::alike : QueryName::other;
 }
 
 namespace {
@@ -200,8 +261,24 @@ size_t credential_count(const config::AuthConf& a, const GuardRequest& rq, bool 
           // PHP reads cookie names as it reads query argument names
           // (percent-decoded, then mangled): "access.token" is a second
           // "access_token" there, and " %6Awt" a second "jwt".
-          const QueryName m = query_name(trim(pair.substr(0, eq)), a.from_name);
-          n += cookie_named(pair, eq, a.from_name) || m == QueryName::match || m == QueryName::alike;
+          auto named = [&](std::string_view p, size_t e) {
+            const QueryName m = query_name(trim(p.substr(0, e)), a.from_name);
+            return cookie_named(p, e, a.from_name) || m == QueryName::match || m == QueryName::alike;
+          };
+          // Python's http.cookies also ends a pair at a blank, and takes a
+          // ',' into a value: "x=1 jwt=B" and "x=1, jwt=B" hold a cookie
+          // "jwt" there. No valid cookie has a blank or ',' (RFC 6265
+          // cookie-octet), so the pair's pieces are looked at one by one
+          // too, and the larger count of the two readings is the pair's.
+          size_t pieces = 0;
+          for (std::string_view rest2 = pair; !rest2.empty();) {
+            const size_t cut = rest2.find_first_of(" \t,");
+            const std::string_view piece = rest2.substr(0, cut);
+            rest2 = cut == std::string_view::npos ? std::string_view{} : rest2.substr(cut + 1);
+            const size_t pe = piece.find('=');
+            pieces += pe != std::string_view::npos && named(piece, pe);
+          }
+          n += std::max<size_t>(named(pair, eq) ? 1 : 0, pieces);
         }
       }
       break;

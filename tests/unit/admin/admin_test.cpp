@@ -639,6 +639,27 @@ TEST_SUITE("admin") {
     CHECK(call(api, "DELETE", "/listeners/web/routes/default/rules/canary", "", bearer).status == 200);
   }
 
+  TEST_CASE("the API: a DELETE, down or up with a body is a 400 before anything changes") {
+    // The body was dropped and the change made: {"dry_run": true} removed
+    // the host, {"weight": 0} downed it with its weight as it was.
+    TempSegment ts;
+    seed(ts.seg);
+    const config::Config cfg = admin_config(kToken);
+    Api api(ts.seg, cfg);
+    const std::string bearer = "Bearer " + kToken;
+    const uint64_t gen = ts.seg.header().published.load();
+    Response r = call(api, "DELETE", "/upstreams/app/pools/primary/hosts/a", R"({"dry_run": true})", bearer);
+    CHECK(r.status == 400);
+    CHECK(r.body == "{\"error\": \"DELETE /upstreams/app/pools/primary/hosts/a takes no body (got 17 bytes)\"}\n");
+    CHECK(call(api, "POST", "/upstreams/app/pools/primary/hosts/a/down", R"({"weight": 0})", bearer).status == 400);
+    CHECK(call(api, "POST", "/upstreams/app/pools/primary/hosts/a/up", "not json", bearer).status == 400);
+    CHECK(call(api, "DELETE", "/upstreams/app/pools/primary", "{}", bearer).status == 400);
+    CHECK(ts.seg.header().published.load() == gen);
+    // Without one, as before.
+    CHECK(call(api, "POST", "/upstreams/app/pools/primary/hosts/a/down", "", bearer).status == 200);
+    CHECK(call(api, "DELETE", "/upstreams/app/pools/primary/hosts/a", "", bearer).status == 200);
+  }
+
   TEST_CASE("the API: a write with a query string is a 400 before anything changes") {
     TempSegment ts;
     seed(ts.seg);

@@ -162,7 +162,26 @@ TEST_SUITE("api") {
     CHECK(query_name("api_key", "api_key") == QueryName::match);
     CHECK(query_name("api.key", "apikey") == QueryName::other);
     CHECK(query_name("apikey%20", "apikey") == QueryName::other);  // trailing spaces are PHP's too ("apikey_")
-    CHECK(query_name("[apikey", "apikey") == QueryName::other);
+    // A '[' with no ']' after it is PHP's '_', as are the ' ', '.' and '[' behind it.
+    CHECK(query_name("api[key", "api_key") == QueryName::alike);
+    CHECK(query_name("api%5Bkey", "api_key") == QueryName::alike);
+    CHECK(query_name("a[b.c", "a_b_c") == QueryName::alike);
+    CHECK(query_name("api[key]", "api_key") == QueryName::other);  // an array named "api"
+    CHECK(query_name("apikey[x]", "apikey") == QueryName::alike);  // an array named "apikey"
+  }
+
+  TEST_CASE("query argument names as Rack 2 reads them are alike") {
+    // normalize_params: leading '[' and ']' skipped, the key ends at the next
+    // bracket, trailing ']' dropped.
+    CHECK(query_name("[apikey", "apikey") == QueryName::alike);
+    CHECK(query_name("]apikey", "apikey") == QueryName::alike);
+    CHECK(query_name("apikey]", "apikey") == QueryName::alike);
+    CHECK(query_name("%5Bapikey%5D", "apikey") == QueryName::alike);
+    CHECK(query_name("[[apikey" + std::string(1000, ']'), "apikey") == QueryName::alike);
+    CHECK(query_name("apikey[x", "apikey") == QueryName::alike);   // a hash under "apikey"
+    CHECK(query_name("apikey[", "apikey") == QueryName::other);    // Rack's key is then "apikey[", PHP's "apikey_"
+    CHECK(query_name("[api]key", "apikey") == QueryName::other);   // Rack: "api", with a child "key"
+    CHECK(query_name("x[apikey]", "apikey") == QueryName::other);  // a hash "x"
   }
 
   TEST_CASE("guard: a query key named twice as some host reads it is refused") {
@@ -176,6 +195,11 @@ TEST_SUITE("api") {
     CHECK(g.check({}, "/?api_key=alice-key&api.key=x") == 400);
     CHECK(g.check({}, "/?api_key=alice-key&%20api_key=x") == 400);
     CHECK(g.check({}, "/?api_key=alice-key&api_key[]=x") == 400);
+    // PHP's "api_key" too (a '[' without a ']'), and Rack 2's.
+    CHECK(g.check({}, "/?api_key=alice-key&api[key=x") == 400);
+    CHECK(g.check({}, "/?api_key=alice-key&api%5Bkey=x") == 400);
+    CHECK(g.check({}, "/?api_key=alice-key&api_key]=x") == 400);
+    CHECK(g.check({}, "/?%5Bapi_key%5D=x&api_key=alice-key") == 400);
     // Rack 2 and Python before 3.9.2 also split at ';'.
     CHECK(g.check({}, "/?api_key=alice-key;api_key=x") == 400);
     CHECK(g.check({}, "/?a=1;api_key=x&api_key=alice-key") == 400);
@@ -194,6 +218,22 @@ TEST_SUITE("api") {
     CHECK(g.check({field("Cookie", "access_token=" + good + "; access.token=" + forged)}) == 400);
     CHECK(g.check({field("Cookie", "access_token=" + good + "; access%5Ftoken=" + forged)}) == 400);
     CHECK(g.check({field("Cookie", "access_token=" + good + "; access token=" + forged)}) == 400);
+    CHECK(g.check({field("Cookie", "access[token=" + forged + "; access_token=" + good)}) == 400);
+  }
+
+  TEST_CASE("guard: a cookie credential after a blank or ',' in another pair is a second one") {
+    // Python's http.cookies ends a pair at a blank and takes ',' into a
+    // value: "x=1 jwt=B" holds the cookie jwt=B there (the last one wins).
+    GuardRig g(R"(, "auth": {"type": "jwt", "algorithm": "HS256", "secret": ")" + kSecret + R"(", "cookie": "jwt"})");
+    const std::string good = hs256(R"({"sub":"alice"})"), forged = "forged.token.here";
+    CHECK(g.check({field("Cookie", "jwt=" + good + "; x=1 jwt=" + forged)}) == 400);
+    CHECK(g.check({field("Cookie", "jwt=" + good + "; x=1, jwt=" + forged)}) == 400);
+    CHECK(g.check({field("Cookie", "x=1 jwt=" + forged + "; jwt=" + good)}) == 400);
+    CHECK(g.check({field("Cookie", "jwt=" + good + " jwt=" + forged)}) == 400);
+    // One jwt among other cookies, with the usual "; " between them, is fine.
+    CHECK(g.check({field("Cookie", "a=1; jwt=" + good + "; b=2")}) == 0);
+    CHECK(g.consumer.view() == "alice");
+    CHECK(g.check({field("Cookie", "a=1;jwt=" + good)}) == 0);
   }
 
   TEST_CASE("guard: limit_req answers 429 with Retry-After past rate and burst, and refills with time") {
