@@ -16,6 +16,7 @@
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <iterator>
 #include <map>
 #include <set>
@@ -818,6 +819,12 @@ void cross_check(Ctx& c, Config& cfg) {
                                      shm::kMaxListeners));
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
     const auto& l = cfg.listeners[i];
+    // Every listener, one with routes (and no upstream) too: two on one
+    // address passed -t, then failed the start, or split a reload's port.
+    for (size_t j = 0; j < i; ++j)
+      if (cfg.listeners[j].listen == l.listen && l.listen.family != 0)
+        c.error(fmt::format("listeners[{}].listen", i),
+                fmt::format("address {} is already used by listeners[{}]", l.listen.to_string(), j));
     if (l.upstream.empty()) continue;
     bool found = false;
     for (const auto& u : cfg.upstreams) found |= u.name == l.upstream;
@@ -831,10 +838,6 @@ void cross_check(Ctx& c, Config& cfg) {
         if (u.name == l.upstream)
           for (auto& p : u.pools)
             if (!p.method_set) p.method = shm::Method::chash;
-    for (size_t j = 0; j < i; ++j)
-      if (cfg.listeners[j].listen == l.listen && l.listen.family != 0)
-        c.error(fmt::format("listeners[{}].listen", i),
-                fmt::format("address {} is already used by listeners[{}]", l.listen.to_string(), j));
   }
   if (cfg.admin.enabled && cfg.admin.listen.family != 0) {
     // The listeners' sockets are SO_REUSEPORT, the admin server's is not: it
@@ -903,6 +906,38 @@ void cross_check(Ctx& c, Config& cfg) {
   if (cidrs > caps.max_rule_cidrs)
     c.error("shm.max_rule_cidrs",
             fmt::format("{} address blocks are configured, more than max_rule_cidrs {}", cidrs, caps.max_rule_cidrs));
+}
+
+// The files gw writes, against each other and the config: passed -t, then
+// failed every start (a log_file that is the state_file: the log's open made
+// it empty), or wrote log lines into the config that the next reload read.
+void check_files(Ctx& c, const Config& cfg) {
+  namespace fs = std::filesystem;
+  const auto same = [](const std::string& a, const std::string& b) {
+    return !a.empty() && !b.empty() && fs::path(a).lexically_normal() == fs::path(b).lexically_normal();
+  };
+  if (!cfg.state_file.empty()) {
+    // "dir/", "dir/." and "dir/..": a directory, which the start would make
+    // and then find where the file should be.
+    const std::string last = fs::path(cfg.state_file).filename().string();
+    if (last.empty() || last == "." || last == "..")
+      c.error("state_file", fmt::format("\"{}\" names a directory; give the file's path", cfg.state_file));
+    // gw writes STATE.tmp.PID and STATE.before-GENERATION beside it.
+    constexpr size_t kRoom = sizeof(".before-18446744073709551615") - 1;
+    if (last.size() + kRoom > NAME_MAX)
+      c.error("state_file", fmt::format("its file name is {} bytes; at most {} are supported (gw writes files named "
+                                        "after it with up to {} more bytes beside it)",
+                                        last.size(), NAME_MAX - kRoom, kRoom));
+    if (same(cfg.state_file, cfg.path)) c.error("state_file", "is the config file itself");
+    if (same(cfg.state_file, cfg.log_file)) c.error("state_file", "is the log_file too; they must be two files");
+  }
+  if (same(cfg.log_file, cfg.path)) c.error("log_file", "is the config file itself");
+  for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+    const std::string& a = cfg.listeners[i].access_log.path;
+    const std::string kp = fmt::format("listeners[{}].access_log.path", i);
+    if (same(a, cfg.state_file)) c.error(kp, "is the state_file; they must be two files");
+    if (same(a, cfg.path)) c.error(kp, "is the config file itself");
+  }
 }
 
 LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
@@ -1040,6 +1075,7 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
     if (it == cfg.access_log_paths.end()) cfg.access_log_paths.push_back(l.access_log.path);
   }
   if (cfg.access_log_paths.size() > 255) c.error("listeners", "more than 255 distinct access_log paths");
+  check_files(c, cfg);
   // A duplicate "shm" or "name" key, or "shm" not an object: which name holds is unclear.
   if (c.has_error_under("shm.name") ||
       std::any_of(c.errors.begin(), c.errors.end(), [](const std::string& e) { return e.starts_with("shm: "); }))

@@ -1358,6 +1358,7 @@ class Master {
     for (size_t w = 0; w < pids_.size(); ++w)
       if (pids_[w] > 0) old_workers.emplace_back(pids_[w], rows_[w]);
     const uint64_t old_kill_at = now + cfg_.worker_shutdown_timeout_ms + 5000;
+    const uint64_t old_shutdown_ms = cfg_.shutdown_timeout_ms;
     std::vector<std::pair<Aux*, pid_t>> old_aux;
     for (Aux* a : auxes())
       if (a->pid > 0) old_aux.emplace_back(a, a->pid);
@@ -1388,7 +1389,7 @@ class Master {
     start_generation();  // the new workers serve before the old ones stop accepting
     for (const auto& [pid, row] : old_workers) {
       seg_.worker(row).flags.store(shm::kWorkerRetiring, std::memory_order_release);
-      retiring_[pid] = Retiring{row, old_kill_at};
+      retiring_[pid] = Retiring{row, old_kill_at, old_shutdown_ms};
       ::kill(pid, SIGWINCH);
     }
     for (const auto& [a, pid] : old_aux) {
@@ -1869,16 +1870,19 @@ class Master {
     // closed their ends (the master's copies go now).
     log_wr_.clear();
     if (logger_.pid > 0) ::kill(logger_.pid, SIGTERM);
-    kill_deadline_ms_ =
-        now + (graceful ? std::max(cfg_.shutdown_timeout_ms, cfg_.worker_shutdown_timeout_ms) + 2000 : 2000);
+    // A SIGTERM holds every worker to shutdown_timeout_ms (it was the longer
+    // of that and worker_shutdown_timeout_ms, which applies to reloads only:
+    // one hung worker made a stop with 1 s and 20 s take 22 s).
+    kill_deadline_ms_ = now + (graceful ? cfg_.shutdown_timeout_ms + 2000 : 2000);
     // Running hooks may finish while the connections drain; a fast stop ends
     // them now (stop_hooks). (A fast stop after a graceful one comes sooner.)
     const uint64_t hooks_end = graceful ? now + cfg_.shutdown_timeout_ms : now;
     hooks_stop_at_ = hooks_stop_at_ ? std::min(hooks_stop_at_, hooks_end) : hooks_end;
-    // Old workers of a reload drain within the limits of their own config,
-    // which may be longer than this one's.
+    // Old workers of a reload: the sooner of their drain's end and their own
+    // config's shutdown_timeout_ms, which may be longer than this one's.
     if (graceful)
-      for (const auto& [p, r] : retiring_) kill_deadline_ms_ = std::max(kill_deadline_ms_, r.kill_at);
+      for (const auto& [p, r] : retiring_)
+        kill_deadline_ms_ = std::max(kill_deadline_ms_, std::min(r.kill_at, now + r.shutdown_ms + 2000));
   }
 
   void log_events() {
@@ -2028,8 +2032,9 @@ class Master {
   shm::Segment seg_;
   std::vector<uint32_t> rows_;  // by worker slot: the shm row of its worker (stats, counters)
   struct Retiring {
-    uint32_t row;      // its shm row, free again when it exits
-    uint64_t kill_at;  // SIGKILL if still running then
+    uint32_t row;          // its shm row, free again when it exits
+    uint64_t kill_at;      // SIGKILL if still running then
+    uint64_t shutdown_ms;  // its config's shutdown_timeout_ms: a SIGTERM's limit for it
   };
   std::map<pid_t, Retiring> retiring_;      // workers of a configuration before a reload, draining
   std::map<pid_t, uint64_t> retiring_aux_;  // helpers of one, stopping → kill deadline

@@ -112,6 +112,25 @@ class ProcessTest(GwTestCase):
         self.assertGreater(took, 0.8, f"exited after {took:.2f}s without draining for shutdown_timeout_ms=1000")
         self.assertConnectionClosed(s, T(2))
 
+    def test_sigterm_kills_a_hung_worker_after_shutdown_timeout_not_the_reload_limit(self):
+        """A worker that does not exit (frozen here with SIGSTOP) is SIGKILLed
+        by the master after shutdown_timeout_ms and 2 s more. The master
+        waited for the longer of shutdown_timeout_ms and
+        worker_shutdown_timeout_ms, which limits a reload's old workers only:
+        with 1 s and 20 s, the stop took 22 s."""
+        gw, n = self.start(workers=1, shutdown_timeout_ms=1000, worker_shutdown_timeout_ms=20000)
+        (w,) = gw.worker_pids()
+        os.kill(w, signal.SIGSTOP)
+        t0 = time.monotonic()
+        gw.send_signal(signal.SIGTERM)
+        rc = gw.wait_exit(3.0 + T(5))
+        took = time.monotonic() - t0
+        self.assertIsNotNone(rc, "gwd still running 8 s after SIGTERM (shutdown_timeout_ms=1000)")
+        self.assertEqual(rc, 0)
+        self.assertIn("killing them", gw.log_text())
+        self.assertGreater(took, 2.5, f"stopped after {took:.2f}s: the hung worker was not given its time")
+        self.assertFalse(gwtest.wait_pids_gone([w], T(2)), "the hung worker is still there")
+
     def test_fast_stop_signals(self):
         for sig in (signal.SIGINT, signal.SIGQUIT):
             with self.subTest(sig.name):

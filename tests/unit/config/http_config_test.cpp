@@ -29,6 +29,56 @@ std::string all(const std::vector<std::string>& errors) {
 }  // namespace
 
 TEST_SUITE("config") {
+  TEST_CASE("two listeners on one address are refused, one with routes (and no upstream) too") {
+    // The check ran only for listeners with an upstream: a routes listener on
+    // a taken address passed -t, then failed the start or split a reload's port.
+    auto r = load_string(with_listener(
+        R"({"name": "l4", "listen": "127.0.0.1:8080", "protocol": "tcp", "upstream": "app"},
+           {"name": "web", "listen": "127.0.0.1:8080", "protocol": "http",
+            "routes": [{"name": "all", "upstream": "app"}]})"));
+    CHECK(r.errors == std::vector<std::string>{"listeners[1].listen: address 127.0.0.1:8080 is already used by "
+                                               "listeners[0]"});
+    r = load_string(with_listener(
+        R"({"name": "a", "listen": "127.0.0.1:8080", "protocol": "http", "routes": [{"name": "all", "upstream": "app"}]},
+           {"name": "b", "listen": "127.0.0.1:8080", "protocol": "http", "routes": [{"name": "all", "upstream": "pre"}]})"));
+    CHECK(has(r.errors, "listeners[1].listen: address 127.0.0.1:8080 is already used by listeners[0]"));
+    r = load_string(with_listener(
+        R"({"name": "a", "listen": "127.0.0.1:8080", "protocol": "http", "routes": [{"name": "all", "upstream": "app"}]},
+           {"name": "b", "listen": "127.0.0.1:8081", "protocol": "http", "routes": [{"name": "all", "upstream": "pre"}]})"));
+    CHECK(r.errors.empty());
+  }
+
+  TEST_CASE("the files gw writes: not a directory, not the config, not each other") {
+    // Each passed -t and failed the start (or the next reload).
+    auto with = [](const std::string& top, const std::string& listener_extra = "") {
+      return R"({"workers": 1, "shm": {"name": "h1"}, )" + top +
+             R"(, "listeners": [{"name": "web", "listen": "127.0.0.1:8080", "protocol": "http", "upstream": "app")" +
+             listener_extra +
+             R"(}], "upstreams": [{"name": "app", "pools": [{"id": "p", "hosts": [{"id": "a", "address": "127.0.0.1:8081"}]}]}]})";
+    };
+    const std::string cfg_path = "/etc/gw/gw.json";
+    auto load = [&](const std::string& json) { return gw::config::load_string(json, cfg_path).errors; };
+    CHECK(load(with(R"("state_file": "/var/lib/gw/state.json")")).empty());
+    for (const char* dir : {"/var/lib/gw/", "/var/lib/gw/.", "/var/lib/gw/.."}) {
+      CAPTURE(dir);
+      CHECK(
+          load(with(R"("state_file": ")" + std::string(dir) + "\"")) ==
+          std::vector<std::string>{"state_file: \"" + std::string(dir) + "\" names a directory; give the file's path"});
+    }
+    CHECK(has(load(with(R"("state_file": "/var/lib/gw/)" + std::string(240, 's') + "\"")),
+              "state_file: its file name is 240 bytes; at most 227 are supported"));
+    CHECK(load(with(R"("state_file": "/etc/gw/gw.json")")) ==
+          std::vector<std::string>{"state_file: is the config file itself"});
+    CHECK(load(with(R"("state_file": "/var/lib/gw/s.json", "log_file": "/var/lib/gw/./s.json")")) ==
+          std::vector<std::string>{"state_file: is the log_file too; they must be two files"});
+    CHECK(load(with(R"("log_file": "/etc/gw/../gw/gw.json")")) ==
+          std::vector<std::string>{"log_file: is the config file itself"});
+    CHECK(load(with(R"("state_file": "/var/lib/gw/s.json")", R"(, "access_log": {"path": "/var/lib/gw/s.json"})")) ==
+          std::vector<std::string>{"listeners[0].access_log.path: is the state_file; they must be two files"});
+    CHECK(load(with(R"("state_file": "")", R"(, "access_log": {"path": "/etc/gw/gw.json"})")) ==
+          std::vector<std::string>{"listeners[0].access_log.path: is the config file itself"});
+  }
+
   TEST_CASE("an http listener with only an upstream gets one catch-all route and the defaults") {
     auto r = load_string(
         with_listener(R"({"name": "web", "listen": "127.0.0.1:8080", "protocol": "http", "upstream": "app"})"));
