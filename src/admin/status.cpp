@@ -107,8 +107,12 @@ std::string cluster_line(const ClusterView& v) {
 const char* host_health(const shm::Segment& seg, const shm::Table& t, const shm::HostRecord& h) {
   const auto& up = t.upstreams()[t.pools()[h.pool].upstream];
   shm::HealthPolicy p{up.max_fails, up.fail_timeout_ms, up.check.type != shm::kCheckNone, up.check.unknown_usable != 0};
+  const bool usable = shm::host_usable(seg.host(h.slot), h.tag, p, core::monotonic_ms());
+  // Passive health holding it out says "down" before its checks' verdict is
+  // in (it said "unknown" for a host that refused its connections).
+  if (!usable && up.max_fails != 0 && shm::passive_down(seg.host(h.slot), h.tag)) return "down";
   if (p.active && shm::active_state(seg.host(h.slot), h.tag) == shm::kActiveUnknown) return "unknown";
-  return shm::host_usable(seg.host(h.slot), h.tag, p, core::monotonic_ms()) ? "up" : "down";
+  return usable ? "up" : "down";
 }
 
 bool host_usable(const shm::Segment& seg, const shm::Table& t, const shm::HostRecord& h) {

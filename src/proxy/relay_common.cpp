@@ -220,8 +220,17 @@ void host_event(RelayEnv& env, uint32_t slot, uint32_t tag, bool down, int err, 
         path = t.host_path(static_cast<int>(i));
         address = hosts[i].addr.to_string();
         const auto& pool = t.pools()[hosts[i].pool];
-        max_fails = t.upstreams()[pool.upstream].max_fails;
-        fail_timeout = t.upstreams()[pool.upstream].fail_timeout_ms;
+        const shm::UpstreamRecord& up = t.upstreams()[pool.upstream];
+        max_fails = up.max_fails;
+        fail_timeout = up.fail_timeout_ms;
+        if (!down && up.check.type != shm::kCheckNone) {
+          // A trial that passed while the checks hold the host out (they
+          // failed meanwhile, or have not passed yet where an unchecked host
+          // is unusable): it takes no traffic yet, and the checker's host_up
+          // comes when they pass. It said host_up, and ran the hook twice.
+          const uint32_t verdict = shm::active_state(env.seg->host(slot), tag);
+          held_out = verdict == shm::kActiveDown || (verdict == shm::kActiveUnknown && up.check.unknown_usable == 0);
+        }
         break;
       }
     }
@@ -232,7 +241,8 @@ void host_event(RelayEnv& env, uint32_t slot, uint32_t tag, bool down, int err, 
     std::string text = down ? fmt::format("{} {} {} (passive: {} failure(s) within {} ms, last: {}{})",
                                           *out_already ? "health_down" : "host_down", path, address, max_fails,
                                           fail_timeout, std::strerror(err), out_already)
-                            : fmt::format("host_up {} {} (passive: a connection succeeded)", path, address);
+                            : fmt::format("{} {} {} (passive: a connection succeeded{})",
+                                          *out_already ? "health_up" : "host_up", path, address, out_already);
     shm::emit_event(*env.seg, shm::EventKind::health, t.header().generation, text);
     GW_LOG_WARN("{}", text);
   } catch (...) {
@@ -257,7 +267,16 @@ void record_connect_failure(RelayEnv& env, int ui, uint32_t slot, uint32_t tag, 
 
 void record_host_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t started_ms) noexcept {
   shm::HostRuntime& hr = env.seg->host(slot);
-  if (shm::record_success(hr, tag, started_ms)) {
+  if (!shm::passive_down(hr, tag)) return;  // the common case: nothing to bring back
+  // (A host held out: rare. Its upstream's max_fails, from the table.)
+  uint32_t max_fails = 1;
+  const shm::Table& t = env.snap->table();
+  for (const shm::HostRecord& h : t.hosts())
+    if (h.slot == slot && h.tag == tag) {
+      max_fails = t.upstreams()[t.pools()[h.pool].upstream].max_fails;
+      break;
+    }
+  if (shm::record_success(hr, tag, started_ms, max_fails)) {
     shm::mark_up(hr, tag, env.now_ms);
     host_event(env, slot, tag, false, 0);
   }

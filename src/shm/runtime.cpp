@@ -93,6 +93,11 @@ const char* held_out_reason(const Segment& seg, const Table& t, const HostRecord
   const UpstreamRecord& up = t.upstreams()[u];
   const HostRuntime& hr = seg.host(h.slot);
   if (up.check.type != kCheckNone && active_state(hr, h.tag) == kActiveDown) return "its health check fails";
+  // Not checked yet, where such a host takes no traffic (health.unknown
+  // "unusable"): out as well (gwctl down/up said host_down and host_up, and
+  // ran their hooks, for a host that took traffic neither before nor after).
+  if (up.check.type != kCheckNone && up.check.unknown_usable == 0 && active_state(hr, h.tag) == kActiveUnknown)
+    return "its health checks have not passed yet (health.unknown is unusable)";
   // Down on passive health, its fail_timeout over or not: it gets one trial
   // connection, whose success says host_up (record_success).
   if (up.max_fails != 0 && passive_down(hr, h.tag)) return "passive health, until a connection's trial passes";
@@ -154,7 +159,7 @@ bool record_failure(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_m
   return set_passive(h, tag, true);
 }
 
-bool record_success(HostRuntime& h, uint32_t tag, uint64_t started_ms) noexcept {
+bool record_success(HostRuntime& h, uint32_t tag, uint64_t started_ms, uint32_t max_fails) noexcept {
   uint64_t w = h.window_fails.load(std::memory_order_relaxed);
   if (tag_of(w) != tag) return false;
   // An up host's window keeps its failures: successes between them do not
@@ -168,8 +173,19 @@ bool record_success(HostRuntime& h, uint32_t tag, uint64_t started_ms) noexcept 
   // host that refuses new connections while it finishes old ones must stay
   // out (nginx's "accessed < checked").
   if (!trial_of(w) || started_ms < h.last_fail_ms.load(std::memory_order_acquire)) return false;
-  h.window_fails.compare_exchange_strong(w, pack(tag, 0), std::memory_order_acq_rel);
-  return set_passive(h, tag, false);
+  // A failure since the trial was claimed cleared its mark: the trial is
+  // void, and the host stays down (the failure's, which came later, holds).
+  if (!h.window_fails.compare_exchange_strong(w, pack(tag, 0), std::memory_order_acq_rel)) return false;
+  if (!set_passive(h, tag, false)) return false;
+  // The count and the passive bit are two words: failures that reached
+  // max_fails between the two stores above found the host still down and
+  // left it so, and this call has just brought it up behind them. They win.
+  const uint64_t after = h.window_fails.load(std::memory_order_acquire);
+  if (max_fails != 0 && tag_of(after) == tag && count_of(after) >= max_fails) {
+    set_passive(h, tag, true);
+    return false;
+  }
+  return true;
   // (the caller stamps up_since_ms for slow start when this returns true)
 }
 

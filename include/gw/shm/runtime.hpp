@@ -52,7 +52,9 @@ bool record_failure(HostRuntime& h, uint32_t tag, HealthPolicy p, uint64_t now_m
 /// the now_ms arguments): a down host comes back up with a clear count only
 /// if the attempt began at or after its last failure (its trial did); an up
 /// host's count is left alone. Returns true if this call brought the host back up.
-bool record_success(HostRuntime& h, uint32_t tag, uint64_t started_ms) noexcept;
+/// `max_fails`: the upstream's; failures that reach it while the trial's
+/// success is recorded keep the host down (the trial is void).
+bool record_success(HostRuntime& h, uint32_t tag, uint64_t started_ms, uint32_t max_fails) noexcept;
 /// What claim_trial found.
 enum class Trial : uint8_t {
   none,   ///< no trial needed: the host is up (or passive health is off, or the slot has another tag)

@@ -1168,6 +1168,26 @@ TEST_SUITE("admin") {
     }
   }
 
+  TEST_CASE("a host passive health holds out says down before its checks' first verdict, not unknown") {
+    TempSegment ts;
+    seed(ts.seg);
+    shm::Writer w(ts.seg);
+    w.set_persist(false);
+    w.commit([&](shm::Table& t, std::vector<std::string>& ev) {
+      t.upstreams()[0].check.type = shm::kCheckTcp;
+      t.upstreams()[0].check.unknown_usable = 1;
+      ev.push_back("checks");
+    });
+    shm::Table t(ts.seg.caps());
+    shm::read_published(ts.seg, t);
+    const shm::HostRecord& a = t.hosts()[0];
+    CHECK(host_json(ts.seg, t, 0).find("\"health\": \"unknown\"") != std::string::npos);
+    const shm::HealthPolicy p{1, 60000, true, true};
+    REQUIRE(shm::record_failure(ts.seg.host(a.slot), a.tag, p, core::monotonic_ms()));
+    CHECK(host_json(ts.seg, t, 0).find("\"health\": \"down\"") != std::string::npos);
+    CHECK(upstream_json(ts.seg, t, 0).starts_with("{\"name\": \"app\", \"hosts_usable\": 1, "));
+  }
+
   TEST_CASE("a host of weight 0 is not usable: the balancer gives it no new connection") {
     // It counted: an upstream whose only host had weight 0 answered 503
     // no_host with hosts_usable 1.

@@ -174,6 +174,8 @@ TEST_SUITE("cluster") {
     gw::testing::TempSegment ts({4, 8, 16});
     gw::shm::Table t = sample();
     t.upstreams()[static_cast<size_t>(t.find_upstream("app"))].check.type = gw::shm::kCheckTcp;
+    // A host not checked yet takes traffic (health.unknown "usable", the config's default).
+    t.upstreams()[static_cast<size_t>(t.find_upstream("app"))].check.unknown_usable = 1;
     for (const auto& h : t.hosts()) gw::shm::reset_slot(ts.seg.host(h.slot), h.tag);
     const int pi = t.find_pool(t.find_upstream("app"), "primary");
     const auto& b = t.hosts()[static_cast<size_t>(t.find_host(pi, "b"))];

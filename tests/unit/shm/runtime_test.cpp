@@ -1,5 +1,8 @@
 #include <doctest/doctest.h>
 
+#include <atomic>
+#include <thread>
+
 #include "../test_util.hpp"
 #include "gw/shm/runtime.hpp"
 
@@ -19,12 +22,49 @@ TEST_SUITE("shm") {
     CHECK(record_failure(h, 7, p, 1300));        // 2 of 2: down, reported once
     CHECK_FALSE(host_usable(h, 7, p, 1400));
     CHECK_FALSE(host_usable(h, 7, p, 2299));
-    CHECK(host_usable(h, 7, p, 2300));        // fail_timeout passed: may be tried
-    CHECK_FALSE(record_success(h, 7, 2300));  // not without its trial
+    CHECK(host_usable(h, 7, p, 2300));                     // fail_timeout passed: may be tried
+    CHECK_FALSE(record_success(h, 7, 2300, p.max_fails));  // not without its trial
     CHECK(claim_trial(h, 7, p, 2300) == Trial::taken);
-    CHECK(record_success(h, 7, 2300));  // the trial: up again, reported once
-    CHECK_FALSE(record_success(h, 7, 2300));
+    CHECK(record_success(h, 7, 2300, p.max_fails));  // the trial: up again, reported once
+    CHECK_FALSE(record_success(h, 7, 2300, p.max_fails));
     CHECK(h.failures.load() == 3);
+  }
+
+  TEST_CASE("a trial's success racing a later failure leaves the host down") {
+    // The failure (at 5000) came after the trial began (at 4000): whatever
+    // the interleaving, the host ends down. The success ignored a failed
+    // compare-exchange (the failure had cleared the trial mark), and the count
+    // and the passive bit are two words: a failure between their stores
+    // found the host still down and left it so. 65,171 of 200,000 runs ended
+    // with the host up.
+    TempSegment ts;
+    HostRuntime& h = ts.seg.host(0);
+    const HealthPolicy p{1, 1000};
+    std::atomic<int> phase{0};
+    constexpr int kRuns = 20000;
+    std::thread other([&] {
+      for (int i = 0; i < kRuns; ++i) {
+        while (phase.load(std::memory_order_acquire) != 1) {
+        }
+        record_failure(h, 7, p, 5000);
+        phase.store(2, std::memory_order_release);
+      }
+    });
+    int up = 0;
+    for (int i = 0; i < kRuns; ++i) {
+      reset_slot(h, 7);
+      record_failure(h, 7, p, 1000);
+      REQUIRE(claim_trial(h, 7, p, 4000) == Trial::taken);
+      phase.store(1, std::memory_order_release);
+      for (int k = 0; k < i % 64; ++k) std::atomic_signal_fence(std::memory_order_seq_cst);  // spread the timing
+      record_success(h, 7, 4000, p.max_fails);
+      while (phase.load(std::memory_order_acquire) != 2) {
+      }
+      phase.store(0, std::memory_order_relaxed);
+      up += !passive_down(h, 7);
+    }
+    other.join();
+    CHECK(up == 0);
   }
 
   TEST_CASE("failures of two workers racing at the start of a window both count") {
@@ -58,7 +98,7 @@ TEST_SUITE("shm") {
     reset_slot(h, 7);
     HealthPolicy p{3, 10000};
     for (uint64_t t = 100; t < 400; t += 100) {
-      CHECK_FALSE(record_success(h, 7, t));  // the connect, or another request, succeeded
+      CHECK_FALSE(record_success(h, 7, t, p.max_fails));  // the connect, or another request, succeeded
       CHECK(record_failure(h, 7, p, t) == (t == 300));
     }
     CHECK_FALSE(host_usable(h, 7, p, 500));
@@ -82,7 +122,7 @@ TEST_SUITE("shm") {
     CHECK_FALSE(record_failure(h, 7, p, 1200));  // (already down: no second event)
     CHECK_FALSE(host_usable(h, 7, p, 2199));
     CHECK(claim_trial(h, 7, p, 2200) == Trial::taken);
-    CHECK(record_success(h, 7, 2200));  // it succeeded: up, with a clear count
+    CHECK(record_success(h, 7, 2200, p.max_fails));  // it succeeded: up, with a clear count
     CHECK(host_usable(h, 7, p, 2201));
     CHECK(claim_trial(h, 7, p, 5000) == Trial::none);  // an up host has no trial
     CHECK(claim_trial(h, 8, p, 5000) == Trial::none);  // nor another tag's
@@ -97,21 +137,21 @@ TEST_SUITE("shm") {
     // A request sent at 500, before the host went down, is answered at 3500:
     // the host still refuses new connections; it stays out. Also one sent in
     // the millisecond of the failure (the clocks are in ms).
-    CHECK_FALSE(record_success(h, 7, 500));
-    CHECK_FALSE(record_success(h, 7, 1000));
+    CHECK_FALSE(record_success(h, 7, 500, p.max_fails));
+    CHECK_FALSE(record_success(h, 7, 1000, p.max_fails));
     CHECK_FALSE(host_usable(h, 7, p, 3500));
     CHECK(passive_down(h, 7));
     // After fail_timeout, the trial (begun when it was claimed) brings it back.
     CHECK(claim_trial(h, 7, p, 61000) == Trial::taken);
-    CHECK_FALSE(record_success(h, 7, 60999));  // an older attempt still does not
-    CHECK(record_success(h, 7, 61000));
+    CHECK_FALSE(record_success(h, 7, 60999, p.max_fails));  // an older attempt still does not
+    CHECK(record_success(h, 7, 61000, p.max_fails));
     CHECK(host_usable(h, 7, p, 61001));
     // A trial that fails loses its mark: an older attempt's success that
     // comes after it does not count.
     CHECK(record_failure(h, 7, p, 62000));
     CHECK(claim_trial(h, 7, p, 122000) == Trial::taken);
     CHECK_FALSE(record_failure(h, 7, p, 122001));
-    CHECK_FALSE(record_success(h, 7, 122000));
+    CHECK_FALSE(record_success(h, 7, 122000, p.max_fails));
     CHECK(passive_down(h, 7));
   }
 
