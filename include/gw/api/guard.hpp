@@ -44,10 +44,13 @@ enum class QueryName { other, match, malformed, alike };
 /// Whether `raw` (a query argument's name as sent) is `name` once decoded as
 /// the host's query parser decodes it (%XX, and '+' as a space): "api%6Bey" is
 /// "apikey". `malformed`: a '%' without two hex digits, which hosts read in
-/// different ways. `alike`: not `name`, but PHP reads it as `name`: it drops
-/// leading spaces, reads ' ' and '.' as '_', and ends a name at '[' (an
-/// array) or a NUL ("%20apikey", "api.key" for "api_key", "apikey[]").
-/// Compared in place: no copy, no allocation.
+/// different ways. `alike`: not `name`, but PHP or Rack 2 reads it as `name`.
+/// PHP drops leading spaces, reads ' ' and '.' as '_', ends a name at a NUL
+/// or at a '[' that a ']' follows (an array), and reads a '[' that none
+/// follows as '_' ("%20apikey", "api.key" and "api[key" for "api_key",
+/// "apikey[]"). Rack 2 skips leading brackets and ends the name at the next
+/// one ("[apikey", "apikey]", "apikey[x"). Compared in place: no copy, no
+/// allocation.
 QueryName query_name(std::string_view raw, std::string_view name) noexcept;
 
 /// What the guard looks at in a request.
