@@ -14,6 +14,7 @@
 #include "gw/net/reactor.hpp"
 #include "gw/proxy/tcp_relay.hpp"
 #include "gw/shm/events.hpp"
+#include "gw/shm/ops.hpp"
 #include "gw/shm/runtime.hpp"
 #include "gw/shm/writer.hpp"
 #include "proxy/relay_common.hpp"
@@ -177,6 +178,84 @@ TEST_SUITE("proxy") {
     proxy::record_connect_failure(e.env, ui, b.slot, b.tag, b.weight, ECONNREFUSED);  // b took traffic: host_down
     CHECK(last_event() ==
           "host_down app/p/b 127.0.0.1:8002 (passive: 1 failure(s) within 10000 ms, last: Connection refused)");
+  }
+
+  TEST_CASE("passive health: a trial that passes while the checks hold the host out says health_up, no hook") {
+    // a: up on its checks, out on passive health; then its checks fail
+    // too. Its trial (claimed before they failed) passes: it still takes no
+    // traffic, and the checker's host_up comes when they pass. It said
+    // host_up, and the hook ran twice.
+    PickEnv e(shm::Method::round_robin);
+    shm::Writer w(e.ts.seg);
+    w.set_persist(false);
+    w.commit([](shm::Table& t, std::vector<std::string>&) {
+      t.upstreams()[0].check.type = shm::kCheckTcp;
+      t.upstreams()[0].check.unknown_usable = 1;
+    });
+    shm::TableReader reader(e.ts.seg);
+    reader.refresh(e.table);
+    e.snap.build(e.table);
+    e.bal.rebuild(e.snap);
+    const shm::HostRecord &a = e.host(0), &b = e.host(1);
+    const int ui = e.snap.find_upstream("app");
+    auto last_event = [&] {
+      shm::EventData ev{};
+      uint64_t seq = 0;
+      std::string text;
+      while (shm::read_event(e.ts.seg, seq, ev) == shm::EventRead::ok) {
+        text = ev.text;
+        ++seq;
+      }
+      return text;
+    };
+    const shm::HealthPolicy hp{1, 10000, true, true};
+    for (const shm::HostRecord* h : {&a, &b}) {
+      REQUIRE(shm::record_check(e.ts.seg.host(h->slot), h->tag, shm::kActiveUp));
+      proxy::record_connect_failure(e.env, ui, h->slot, h->tag, h->weight, ECONNREFUSED);
+      REQUIRE(shm::passive_down(e.ts.seg.host(h->slot), h->tag));
+    }
+    e.env.now_ms += 10000;
+    REQUIRE(shm::claim_trial(e.ts.seg.host(a.slot), a.tag, hp, e.env.now_ms) == shm::Trial::taken);
+    REQUIRE(shm::record_check(e.ts.seg.host(a.slot), a.tag, shm::kActiveDown));
+    proxy::record_host_success(e.env, a.slot, a.tag, e.env.now_ms);
+    CHECK(last_event() ==
+          "health_up app/p/a 127.0.0.1:8001 (passive: a connection succeeded; the host is out on its active checks)");
+    // b's checks pass: its trial brings it back, host_up.
+    REQUIRE(shm::claim_trial(e.ts.seg.host(b.slot), b.tag, hp, e.env.now_ms) == shm::Trial::taken);
+    proxy::record_host_success(e.env, b.slot, b.tag, e.env.now_ms);
+    CHECK(last_event() == "host_up app/p/b 127.0.0.1:8002 (passive: a connection succeeded)");
+  }
+
+  TEST_CASE("gwctl down/up of a host not checked yet, where such a host is unusable, is admin_down/admin_up") {
+    // health.unknown "unusable": a host not checked yet takes no traffic, so
+    // downing it by hand moves none; it said host_down and host_up, and ran
+    // their hooks.
+    PickEnv e(shm::Method::round_robin);
+    shm::Writer w(e.ts.seg);
+    w.set_persist(false);
+    w.commit([](shm::Table& t, std::vector<std::string>&) {
+      t.upstreams()[0].check.type = shm::kCheckTcp;
+      t.upstreams()[0].check.unknown_usable = 0;
+    });
+    std::vector<std::string> seen;
+    auto events = [&] {
+      shm::EventData ev{};
+      uint64_t seq = 0;
+      seen.clear();
+      while (shm::read_event(e.ts.seg, seq, ev) == shm::EventRead::ok) {
+        seen.emplace_back(ev.text);
+        ++seq;
+      }
+      return seen.back();
+    };
+    REQUIRE(shm::ops::set_host_down(e.ts.seg, "app", "p", "b", true, "gwctl").changed);
+    CHECK(events() ==
+          "admin_down app/p/b 127.0.0.1:8002 (admin: gwctl down; the host was already out: its health checks have "
+          "not passed yet (health.unknown is unusable))");
+    REQUIRE(shm::ops::set_host_down(e.ts.seg, "app", "p", "b", false, "gwctl").changed);
+    CHECK(events() ==
+          "admin_up app/p/b 127.0.0.1:8002 (admin: gwctl up; the host stays out: its health checks have not passed "
+          "yet (health.unknown is unusable))");
   }
 
   TEST_CASE("passive health: a failure that takes out a host downed by hand says health_down, no hook") {
