@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -1086,10 +1087,12 @@ class Master {
       expire_retiring(now);
       log_events();
       expire_hooks();
+      run_queued_hooks();
       if (stopping_) {
         reap(now);
-        stop_hooks(core::monotonic_ms(), alive() == 0 && hooks_.empty());
-        if (alive() == 0 && hooks_.empty() && hook_groups_.empty()) break;
+        run_queued_hooks();
+        stop_hooks(core::monotonic_ms(), alive() == 0 && hooks_.empty() && queued_hooks_.empty());
+        if (alive() == 0 && hooks_.empty() && queued_hooks_.empty() && hook_groups_.empty()) break;
         if (now >= kill_deadline_ms_) {
           GW_LOG_WARN("workers still running after the stop deadline; killing them");
           for (pid_t p : pids_)
@@ -1909,11 +1912,12 @@ class Master {
   // Hooks: "host_down app/primary/a 127.0.0.1:8081 (...)" runs hooks.host_down
   // with GW_EVENT, GW_UPSTREAM, GW_POOL, GW_HOST and GW_ADDRESS set. The master
   // forks and never waits for it: a slow hook is killed after kHookTimeoutMs,
-  // and at most kMaxHooks run at once. On a stop the master waits for the
+  // and at most kMaxHooks run at once (the next wait in queued_hooks_). On a stop the master waits for the
   // running ones until hooks_stop_at_, then ends them (stop_hooks): no hook
   // outlives gwd.
   static constexpr uint64_t kHookTimeoutMs = 60000;
   static constexpr size_t kMaxHooks = 32;
+  static constexpr size_t kMaxQueuedHooks = 4096;     // events whose hooks wait for one of the 32 to end
   static constexpr uint64_t kHookKillAfterMs = 2000;  // on a stop: SIGTERM, then SIGKILL this much later
 
   void run_hook(std::string_view text) {
@@ -1926,14 +1930,49 @@ class Master {
     }
     std::string_view rest = text.substr(std::min(text.size(), kind.size() + 1));
     std::string_view path = rest.substr(0, rest.find(' '));
-    std::string_view tail = rest.substr(std::min(rest.size(), path.size() + 1));
-    std::string_view address = tail.substr(0, tail.find(' '));
     size_t s1 = path.find('/'), s2 = path.find('/', s1 == std::string_view::npos ? path.size() : s1 + 1);
     if (s1 == std::string_view::npos || s2 == std::string_view::npos) return;
-    if (hooks_.size() >= kMaxHooks) {
-      GW_LOG_WARN("hook for \"{}\" skipped: {} hooks are still running", text, hooks_.size());
+    // kMaxHooks running: the event waits its turn, in order, rather than
+    // being dropped (a flapping pool of 100 hosts must still page 100 times).
+    if (hooks_.size() >= kMaxHooks || !queued_hooks_.empty()) {
+      if (queued_hooks_.size() >= kMaxQueuedHooks) {
+        GW_LOG_WARN("hook for \"{}\" not run: {} hooks are running and {} are waiting", text, hooks_.size(),
+                    queued_hooks_.size());
+        return;
+      }
+      if (queued_hooks_.empty())
+        GW_LOG_WARN("{} hooks are running: the next ones wait for them to end (at most {})", hooks_.size(),
+                    kMaxQueuedHooks);
+      queued_hooks_.emplace_back(text);
       return;
     }
+    start_hook(text, kind, cmd);
+  }
+
+  // Starts queued hooks while fewer than kMaxHooks run; past the point a stop
+  // waits for hooks, says how many of them will not run.
+  void run_queued_hooks() {
+    if (queued_hooks_.empty()) return;
+    if (stopping_ && core::monotonic_ms() >= hooks_stop_at_) {
+      GW_LOG_WARN("{} queued hook(s) not run: gwd is stopping and no longer waits for hooks (the first: \"{}\")",
+                  queued_hooks_.size(), queued_hooks_.front());
+      queued_hooks_.clear();
+      return;
+    }
+    while (hooks_.size() < kMaxHooks && !queued_hooks_.empty()) {
+      const std::string text = std::move(queued_hooks_.front());
+      queued_hooks_.pop_front();
+      std::string_view kind = std::string_view(text).substr(0, text.find(' '));
+      start_hook(text, kind, kind == "host_down" ? cfg_.hook_host_down : cfg_.hook_host_up);
+    }
+  }
+
+  void start_hook(std::string_view text, std::string_view kind, const std::string& cmd) {
+    std::string_view rest = text.substr(std::min(text.size(), kind.size() + 1));
+    std::string_view path = rest.substr(0, rest.find(' '));
+    std::string_view tail = rest.substr(std::min(rest.size(), path.size() + 1));
+    std::string_view address = tail.substr(0, tail.find(' '));
+    size_t s1 = path.find('/'), s2 = path.find('/', s1 + 1);
     std::string env[] = {fmt::format("GW_EVENT={}", kind), fmt::format("GW_UPSTREAM={}", path.substr(0, s1)),
                          fmt::format("GW_POOL={}", path.substr(s1 + 1, s2 - s1 - 1)),
                          fmt::format("GW_HOST={}", path.substr(s2 + 1)), fmt::format("GW_ADDRESS={}", address)};
@@ -2064,6 +2103,7 @@ class Master {
   uint64_t event_cursor_ = 0;
   int stuck_rounds_ = 0;
   std::map<pid_t, uint64_t> hooks_;         // running hook → start time
+  std::deque<std::string> queued_hooks_;    // events whose hooks wait for a free run (kMaxHooks)
   std::map<pid_t, uint64_t> hook_groups_;   // process group of an exited hook, still with members → 0, or
                                             // (stopping, SIGKILL sent) when no longer waited for
   std::map<pid_t, uint64_t> hooks_termed_;  // hook groups sent SIGTERM at the stop → when SIGKILL is due (0: sent)

@@ -341,6 +341,32 @@ class HealthTest(GwTestCase):
         rc, _, err = gw.gwctl("down", "host", "app/primary", "b")
         self.assertEqual(rc, 0, err)
 
+    def test_hooks_past_the_32_running_wait_their_turn(self):
+        """40 hosts downed by hand while each host_down hook takes 1.5 s: the
+        hooks past the 32 that may run at once were skipped (8 of 40 lost).
+        They now wait for a running one to end, in order, and all 40 run."""
+        a = self.backend("a")
+        out = os.path.join(self.tmp, "hooks.log")
+        hooks = {"host_down": f'sleep 1.5; echo "$GW_HOST" >> {out}'}
+        hosts = [host("a", a)] + [host(f"h{i}", f"127.0.0.1:{gwtest.free_port()}") for i in range(40)]
+        gw = self.gateway(self.make_config([pool("primary", hosts)], hooks=hooks))
+        for i in range(40):
+            rc, _, err = gw.gwctl("down", "host", "app/primary", f"h{i}")
+            self.assertEqual(rc, 0, err)
+
+        def lines():
+            try:
+                with open(out) as f:
+                    return f.read().splitlines()
+            except FileNotFoundError:
+                return []
+        gwtest.wait_until(lambda: len(lines()) >= 40, T(15), msg="40 hook runs")
+        time.sleep(0.5)
+        self.assertEqual(sorted(lines()), sorted(f"h{i}" for i in range(40)))
+        log = gw.log_text()
+        self.assertIn("32 hooks are running: the next ones wait for them to end", log)
+        self.assertNotIn("not run", log)
+
     def test_a_stop_waits_for_running_hooks_then_ends_them(self):
         """A hook still running when gwd stopped was neither waited for nor
         ended: it outlived gwd. A graceful stop waits for hooks up to
