@@ -378,15 +378,23 @@ void Checker::finish(Probe& p, bool ok, int err, uint64_t now) {
   // passive health holds out (a connection found it refusing before its
   // checks failed): that said host_down already, and its trial, once a
   // connection makes it, says host_up.
+  // Nor is the first verdict on a host that health.unknown already let
+  // take traffic (up) or kept out (down): every start would run every
+  // host_up hook, and a script would be told of hosts that never moved.
   const bool passive_out = up->max_fails != 0 && shm::passive_down(hr, p.tag);
+  const bool first_same = before == shm::kActiveUnknown && (after == shm::kActiveUp) == (up->check.unknown_usable != 0);
   const char* verdict = after == shm::kActiveUp ? "up" : "down";
-  std::string text = admin_down    ? fmt::format("health_{} {} {} ({}; the host stays out: admin down, until gwctl up)",
-                                                 verdict, path, address, why)
-                     : passive_out ? fmt::format(
-                                         "health_{} {} {} ({}; the host is out on passive health until a connection's "
-                                         "trial passes)",
-                                         verdict, path, address, why)
-                                   : fmt::format("host_{} {} {} ({})", verdict, path, address, why);
+  std::string text =
+      admin_down ? fmt::format("health_{} {} {} ({}; the host stays out: admin down, until gwctl up)", verdict, path,
+                               address, why)
+      : passive_out
+          ? fmt::format("health_{} {} {} ({}; the host is out on passive health until a connection's trial passes)",
+                        verdict, path, address, why)
+      : first_same
+          ? fmt::format("health_{} {} {} ({}; the first verdict, and the host {}: health.unknown is {})", verdict, path,
+                        address, why, after == shm::kActiveUp ? "took traffic already" : "took none yet",
+                        after == shm::kActiveUp ? "usable" : "unusable")
+          : fmt::format("host_{} {} {} ({})", verdict, path, address, why);
   shm::emit_event(seg_, shm::EventKind::health, table_->header().generation, text);
   GW_LOG_WARN("{}", text);
 }

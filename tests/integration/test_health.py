@@ -230,8 +230,8 @@ class HealthTest(GwTestCase):
             with open(out) as f:
                 return f.read().splitlines()
         gwtest.wait_until(lambda: os.path.exists(out) and "host_down a" in lines(), T(5), msg="the gwctl down hook")
-        # host_up a once: the first check, before the gwctl down
-        self.assertEqual(sorted(l for l in lines() if l.endswith(" a")), ["host_down a", "host_up a"])
+        # the gwctl down's hook only: the first check's verdict moved no traffic (health_up)
+        self.assertEqual(sorted(l for l in lines() if l.endswith(" a")), ["host_down a"])
         self.assertEqual(set(gwtest.names(gw.port, 6)), {"b"})
 
     def test_failover_to_dr_pool_and_back(self):
@@ -340,6 +340,50 @@ class HealthTest(GwTestCase):
         self.assertEqual(set(gwtest.names(gw.port, 4)), {"a", "b"})
         rc, _, err = gw.gwctl("down", "host", "app/primary", "b")
         self.assertEqual(rc, 0, err)
+
+    def test_a_first_verdict_that_moves_no_traffic_runs_no_hook(self):
+        """Every start ran every healthy host's host_up hook: the first check
+        of a host that health.unknown "usable" let take traffic already said
+        host_up. A first verdict that changes nothing now says health_up (or
+        health_down where "unusable" kept the host out), and no hook runs;
+        one that moves traffic still says host_up / host_down."""
+        a, b = self.backend("a"), self.backend("b")
+        dead = f"127.0.0.1:{gwtest.free_port()}"
+        out = os.path.join(self.tmp, "hooks.log")
+        hooks = {"host_down": f'echo "$GW_EVENT $GW_HOST" >> {out}', "host_up": f'echo "$GW_EVENT $GW_HOST" >> {out}'}
+
+        def lines():
+            try:
+                with open(out) as f:
+                    return sorted(f.read().splitlines())
+            except FileNotFoundError:
+                return []
+        for unknown, hooked in (("usable", ["host_down d"]), ("unusable", ["host_up a", "host_up b"])):
+            with self.subTest(unknown=unknown):
+                if os.path.exists(out):
+                    os.unlink(out)
+                gw = self.gateway(self.make_config(
+                    [pool("primary", [host("a", a), host("b", b), host("d", dead)])],
+                    upstream_opts={"health": dict(FAST["health"], unknown=unknown)}, hooks=hooks))
+                for h in ("a", "b", "d"):
+                    gwtest.wait_until(lambda: host_health(gw, h)["health"] != "unknown", T(5), msg=f"{h} checked")
+                gwtest.wait_until(lambda: lines() == hooked, T(5), msg=f"the hooks with {unknown}")
+                texts = [e for e in gw.event_texts() if " app/primary/" in e]
+                if unknown == "usable":
+                    self.assertEqual(sorted(t.split(" (")[0] for t in texts), [
+                        f"health_up app/primary/a {a.address}", f"health_up app/primary/b {b.address}",
+                        f"host_down app/primary/d {dead}"])
+                    self.assertIn("(active: 1 passed check(s); the first verdict, and the host took traffic "
+                                  "already: health.unknown is usable)", texts[0] + texts[1])
+                else:
+                    self.assertEqual(sorted(t.split(" (")[0] for t in texts), [
+                        f"health_down app/primary/d {dead}", f"host_up app/primary/a {a.address}",
+                        f"host_up app/primary/b {b.address}"])
+                    self.assertIn("the first verdict, and the host took none yet: health.unknown is unusable)",
+                                  " ".join(texts))
+                time.sleep(0.3)  # a late hook would show here
+                self.assertEqual(lines(), hooked)
+                gw.stop()
 
     def test_hooks_past_the_32_running_wait_their_turn(self):
         """40 hosts downed by hand while each host_down hook takes 1.5 s: the
@@ -864,7 +908,7 @@ class HealthTest(GwTestCase):
             return [e for e in gw.event_texts() if " app/primary/a " in e]
         gwtest.wait_until(lambda: any("failed check(s)" in e for e in a_events()), T(5), msg="a checked down")
         texts = a_events()
-        self.assertEqual([e.split(" ")[0] for e in texts], ["host_up", "host_down", "health_down"], texts)
+        self.assertEqual([e.split(" ")[0] for e in texts], ["health_up", "host_down", "health_down"], texts)
         self.assertIn("(passive: ", texts[1])
         self.backend("a", port=port)
         gwtest.wait_until(lambda: len(a_events()) == 4, T(5), msg="a checked up again")
@@ -877,9 +921,9 @@ class HealthTest(GwTestCase):
                     return f.read().splitlines()
             except FileNotFoundError:
                 return []
-        gwtest.wait_until(lambda: len([x for x in lines() if x.endswith(" a")]) >= 2, T(5), msg="the hooks")
+        gwtest.wait_until(lambda: len([x for x in lines() if x.endswith(" a")]) >= 1, T(5), msg="the hooks")
         time.sleep(0.5)
-        self.assertEqual([x for x in lines() if x.endswith(" a")], ["host_up a", "host_down a"])
+        self.assertEqual([x for x in lines() if x.endswith(" a")], ["host_down a"])
 
     def test_admin_changes_of_a_host_its_checks_hold_down_run_no_hook(self):
         """Host a fails its checks (host_down, hook). gwctl down, then gwctl up:
@@ -900,10 +944,10 @@ class HealthTest(GwTestCase):
                     return [l for l in f.read().splitlines() if l.endswith(" a")]
             except FileNotFoundError:
                 return []
-        gwtest.wait_until(lambda: lines() == ["host_up a"], T(5), msg="a checked up")
+        gwtest.wait_until(lambda: host_health(gw, "a")["health"] == "up", T(5), msg="a checked up")
         port = a.port
         a.stop()
-        gwtest.wait_until(lambda: lines() == ["host_up a", "host_down a"], T(5), msg="a checked down")
+        gwtest.wait_until(lambda: lines() == ["host_down a"], T(5), msg="a checked down")
         for verb in ("down", "up"):
             rc, _, err = gw.gwctl(verb, "host", "app/primary", "a")
             self.assertEqual(rc, 0, err)
@@ -914,10 +958,10 @@ class HealthTest(GwTestCase):
         self.assertTrue(mine[1].startswith(f"admin_up app/primary/a {a.address} (admin: gwctl up; the host stays "
                                            "out: its health check fails)"), mine)
         time.sleep(0.5)  # a hook would have run by now
-        self.assertEqual(lines(), ["host_up a", "host_down a"])
+        self.assertEqual(lines(), ["host_down a"])
         self.assertEqual(set(gwtest.names(gw.port, 4)), {"b"})
         self.backend("a", port=port)
-        gwtest.wait_until(lambda: lines() == ["host_up a", "host_down a", "host_up a"], T(5),
+        gwtest.wait_until(lambda: lines() == ["host_down a", "host_up a"], T(5),
                           msg="the host_up hook once the checks pass")
 
     def test_hooks_run_with_default_signal_dispositions(self):
