@@ -78,7 +78,10 @@ int main(int argc, char** argv) {
   const std::string shown_path = gw::core::one_line(config_path);
   gw::config::LoadResult r = gw::config::load_file(config_path);
   if (!r.ok()) {
-    for (const auto& e : r.errors) fmt::print(stderr, "{}: {}\n", shown_path, e);
+    for (const auto& e : r.errors) {
+      fmt::print(stderr, "{}: {}\n", shown_path, e);
+      gw::process::tell_old_master(fmt::format("{}: {}", shown_path, e));
+    }
     fmt::print(stderr, "{}: {} error(s)\n", shown_path, r.errors.size());
     return 1;
   }
@@ -142,6 +145,7 @@ int main(int argc, char** argv) {
     return gw::process::run_master(r.config, std::vector<std::string>(argv, argv + argc));
   } catch (const std::exception& e) {
     GW_LOG_ERROR("{}", e.what());
+    gw::process::tell_old_master(e.what());
     // The log may be a file; the operator starting gwd must see why it failed
     // (once: a log_file that did not open left the error log on stderr).
     if (log_in_file) fmt::print(stderr, "gwd: {}\n", gw::core::one_line(e.what()));

@@ -38,6 +38,7 @@
 #include "gw/core/clock.hpp"
 #include "gw/core/fd.hpp"
 #include "gw/core/log.hpp"
+#include "gw/core/text.hpp"
 #include "gw/net/socket.hpp"
 #include "gw/net/uring.hpp"
 #include "gw/process/admin.hpp"
@@ -840,9 +841,10 @@ config::Config effective_config(config::Config cfg) {
 
 // What a master started by a binary upgrade (SIGUSR2) inherits from the old
 // one, from the environment variable GW_UPGRADE:
-//   "ppid=PID lock=FD [admin=ADDR@FD] l=SLOT@ADDR@FD ..."
-// (the instance lock's descriptor, the admin server's socket, and each worker
-// slot's listening socket with its address).
+//   "ppid=PID lock=FD [admin=ADDR@FD] l=SLOT@ADDR@FD ... [err=FD]"
+// (the instance lock's descriptor, the admin server's socket, each worker
+// slot's listening socket with its address, and a pipe to the old master
+// for what makes the new one fail before it serves: the old master logs it).
 struct Inherited {
   pid_t parent = 0;  // the old master; 0 = not an upgrade
   int lock_fd = -1;
@@ -854,9 +856,51 @@ struct Inherited {
     int fd;
   };
   std::vector<Listen> listeners;
+  int err_fd = -1;
 };
 
 constexpr const char* kUpgradeEnv = "GW_UPGRADE";
+
+// The pipe to the old master (err=FD), while this master is not serving yet:
+// -2 = not looked up yet, -1 = none (not an upgrade, or closed once serving).
+int g_upgrade_err_fd = -2;
+
+int upgrade_err_fd() {
+  if (g_upgrade_err_fd != -2) return g_upgrade_err_fd;
+  g_upgrade_err_fd = -1;
+  const char* env = ::getenv(kUpgradeEnv);
+  if (!env) return -1;
+  std::string_view v(env);
+  for (size_t at = v.find("err="); at != std::string_view::npos; at = v.find("err=", at + 1)) {
+    if (at != 0 && v[at - 1] != ' ') continue;
+    int fd = 0;
+    size_t i = at + 4;
+    for (; i < v.size() && v[i] >= '0' && v[i] <= '9' && fd < 100000000; ++i) fd = fd * 10 + (v[i] - '0');
+    if (i == at + 4 || (i < v.size() && v[i] != ' ')) return -1;
+    if (::fcntl(fd, F_GETFD) < 0) return -1;
+    ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    g_upgrade_err_fd = fd;
+    break;
+  }
+  return g_upgrade_err_fd;
+}
+
+}  // namespace
+
+void tell_old_master(std::string_view line) {
+  const int fd = upgrade_err_fd();
+  if (fd < 0) return;
+  std::string l = core::one_line(line);
+  l += '\n';
+  [[maybe_unused]] auto n = ::write(fd, l.data(), l.size());  // (a full pipe drops it: the old master is stuck)
+}
+
+namespace {
+
+void close_upgrade_err() {
+  if (upgrade_err_fd() >= 0) ::close(g_upgrade_err_fd);
+  g_upgrade_err_fd = -1;
+}
 
 // Opens each access log once to check it (throws with a message). A FIFO that
 // no process reads is no error (its reader may start after gwd): the logger
@@ -949,6 +993,8 @@ Inherited parse_inherited(const char* text) {
       if (at == std::string_view::npos) throw fail();
       in.admin_addr = std::string(v.substr(0, at));
       in.admin_fd = static_cast<int>(num(v.substr(at + 1)));
+    } else if (k == "err") {
+      in.err_fd = static_cast<int>(num(v));
     } else if (k == "l") {
       size_t a1 = v.find('@'), a2 = v.rfind('@');
       if (a1 == std::string_view::npos || a2 == a1) throw fail();
@@ -1456,6 +1502,16 @@ class Master {
         env += fmt::format(" l={}@{}@{}", w, cfg_.listeners[i].listen.to_string(), fds_[w][i].get());
         pass.push_back(fds_[w][i].get());
       }
+    // What makes the new master fail before it serves (a config error, most
+    // often) goes to its stderr, which is not this master's log_file: it
+    // writes that to this pipe too, and the failure's log line quotes it.
+    core::UniqueFd err_w;
+    if (int p[2]; ::pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0) {
+      upgrade_err_.reset(p[0]);
+      err_w.reset(p[1]);
+      env += fmt::format(" err={}", p[1]);
+      pass.push_back(p[1]);
+    }
     std::vector<char*> args;
     for (auto& a : argv_) args.push_back(a.data());
     args.push_back(nullptr);
@@ -1473,7 +1529,10 @@ class Master {
       ::sigprocmask(SIG_SETMASK, &none, nullptr);
       ::setenv(kUpgradeEnv, env.c_str(), 1);
       ::execvp(args[0], args.data());
-      std::fprintf(stderr, "gwd: binary upgrade: exec %s: %s\n", args[0], std::strerror(errno));
+      const std::string why = fmt::format("exec {}: {}", args[0], std::strerror(errno));
+      std::fprintf(stderr, "gwd: binary upgrade: %s\n", why.c_str());
+      if (err_w) [[maybe_unused]]
+        auto n = ::write(err_w.get(), why.data(), why.size());
       ::_exit(127);
     }
     upgrade_pid_ = pid;
@@ -1486,6 +1545,7 @@ class Master {
     for (size_t w = 0; w < rows_.size(); ++w)
       if (pids_[w] <= 0 || seg_.worker(rows_[w]).pid.load(std::memory_order_acquire) != pids_[w]) return;
     notify_parent_ = false;
+    close_upgrade_err();  // serving: what goes wrong from now on is this master's to log
     if (::getppid() != inherited_.parent) {
       GW_LOG_WARN("binary upgrade: the old master (pid {}) is gone", inherited_.parent);
       return;
@@ -1573,6 +1633,21 @@ class Master {
   // the signal, is going away, and this one serves on (its exit is a failed
   // upgrade, see reap). The new master names itself in stopping_master before
   // it signals anything, so it is seen here once it stops.
+  // What the new master of a binary upgrade wrote to its pipe before it
+  // failed, as one line ("a; b"); the pipe is closed.
+  std::string upgrade_said() {
+    std::string text;
+    if (!upgrade_err_) return text;
+    char buf[4096];
+    for (ssize_t n; text.size() < 16384 && (n = ::read(upgrade_err_.get(), buf, sizeof buf)) > 0;)
+      text.append(buf, static_cast<size_t>(n));
+    upgrade_err_.reset();
+    while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+    std::string out;
+    for (char c : text) out += c == '\n' ? std::string("; ") : std::string(1, c);
+    return core::one_line(out);
+  }
+
   void hand_over(uint64_t now) {
     if (stopping_) return;
     const auto& hdr = seg_.header();
@@ -1752,10 +1827,12 @@ class Master {
       if (pid == upgrade_pid_) {
         upgrade_pid_ = 0;
         const std::string how = exit_text(status);
+        const std::string said = upgrade_said();
         if (handed_over_) {
           GW_LOG_INFO("the new master (pid {}) {}", pid, how);
         } else {
-          GW_LOG_ERROR("binary upgrade failed: the new master (pid {}) {}; this one goes on serving", pid, how);
+          GW_LOG_ERROR("binary upgrade failed: the new master (pid {}) {}{}; this one goes on serving", pid, how,
+                       said.empty() ? "" : ": " + said);
           relisten();
           // It may have claimed the segment before it failed: gwctl refuses
           // changes while the master named there is gone. One that stopped
@@ -2090,6 +2167,7 @@ class Master {
   bool handover_resent_ = false;    // ...and whether that was logged
   bool notify_parent_ = false;      // new master: tell the old one when the workers run
   pid_t upgrade_pid_ = 0;           // old master: the new master it started
+  core::UniqueFd upgrade_err_;      // old master: the read end of the new master's pipe for its failure
   bool handed_over_ = false;        // old master: the new one serves; this one stops
   bool reload_pending_ = false;     // a reload waits for rows that draining workers hold
   bool retry_reload_ = false;       // ...and one of them just exited
@@ -2206,6 +2284,7 @@ int run_master(const config::Config& cfg, const std::vector<std::string>& argv) 
   Inherited inherited;
   if (const char* up = ::getenv(kUpgradeEnv)) {
     inherited = parse_inherited(up);
+    upgrade_err_fd();  // (looked up before the variable goes)
     ::unsetenv(kUpgradeEnv);
   }
   // One gwd per shm name: an flock held for the life of the master and, through

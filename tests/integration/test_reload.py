@@ -861,6 +861,35 @@ class ReloadTest(GwTestCase):
         self.assertEqual(rc, 0, err)
         self.assertEqual(gw.stop(), 0)
 
+    def test_binary_upgrade_failing_on_its_config_says_why_in_the_log_file(self):
+        """With log_file set, a new master that fails on its config said why on
+        its stderr only (a systemd journal, or nowhere), and the log said
+        "exited with code 1". The old master's log line now quotes it."""
+        n = self.backend("n", "name")
+        cfg = self.config(n)
+        log_file = os.path.join(self.tmp, "gw-error.log")
+        cfg["log_file"] = log_file
+        gw = self.gateway(cfg, start=False)
+        gw.start(wait=False)
+        gw.log_path = log_file  # where "ready" and the rest are written
+        gw.wait_ready()
+        bad = json.loads(json.dumps(cfg))
+        bad["upstreams"][0]["pools"][0]["hosts"][0]["weight"] = "0"
+        bad["bogus"] = 1
+        write_json(gw.conf_path, bad)
+        gw.send_signal(signal.SIGUSR2)
+
+        wait_until(lambda: "binary upgrade failed" in gw.log_text(), T(10), msg="upgrade failure logged")
+        line = next(x for x in gw.log_text().splitlines() if "binary upgrade failed" in x)
+        self.assertRegex(line, r"binary upgrade failed: the new master \(pid \d+\) exited with code 1: ")
+        self.assertIn(f"{gw.conf_path}: bogus: unknown key", line)
+        self.assertIn('hosts[0].weight: expected an integer 0..1000, got string "0"', line)
+        self.assertTrue(line.endswith("; this one goes on serving"), line)
+        self.assertEqual(gw.status()["master_pid"], gw.pid)
+        self.assertNames(gw.port, 2, {"n"})
+        write_json(gw.conf_path, cfg)
+        self.assertEqual(gw.stop(), 0)
+
     def test_binary_upgrade_failing_on_a_port_puts_the_old_config_back(self):
         """The new master published its config, then failed to bind a port:
         the old master serves on with its own config, not the new table (its

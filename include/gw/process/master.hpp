@@ -10,6 +10,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "gw/config/config.hpp"
@@ -72,5 +73,10 @@ uint32_t stat_rows_for(int workers) noexcept;
 /// upgrade). A master started that way finds what it inherits in the
 /// environment variable GW_UPGRADE.
 int run_master(const config::Config& cfg, const std::vector<std::string>& argv);
+
+/// A master started by a binary upgrade, before it serves: also writes `line`
+/// to the old master, which quotes it in its log's "binary upgrade failed"
+/// (the new master's stderr is not the old one's log_file). Otherwise nothing.
+void tell_old_master(std::string_view line);
 
 }  // namespace gw::process
