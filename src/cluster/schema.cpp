@@ -50,7 +50,8 @@ std::vector<std::string_view> split(std::string_view s) {
 }
 
 bool check(std::string_view what, std::string_view name, std::string& why) {
-  std::string bad = shm::check_name(name);
+  // (`.` and `..` too: no name in the config, gwctl or the admin API is one)
+  std::string bad = shm::check_new_name(name);
   if (bad.empty()) return true;
   why = fmt::format("{} \"{}\" {}", what, name, bad);
   return false;
@@ -208,7 +209,7 @@ Model build_model(std::string_view prefix, const std::map<std::string, std::stri
   // upstream as it has it, so its pools and hosts are not applied either (one
   // warning says so, not one per key claiming that the upstream key or the
   // pool key is missing).
-  std::set<std::string> held_upstreams;
+  std::set<std::string>& held_upstreams = m.held_upstreams;
   for (const auto& [key, value] : kv) {
     Key k;
     std::string why;
@@ -268,6 +269,21 @@ Model build_model(std::string_view prefix, const std::map<std::string, std::stri
     m.hosts[{ph.k.upstream, ph.k.pool, ph.k.host}] = ph.h;
   }
   return m;
+}
+
+Model only_upstream(const Model& m, const std::string& u) {
+  Model one;
+  if (auto it = m.upstreams.find(u); it != m.upstreams.end()) one.upstreams.insert(*it);
+  for (const auto& [k, p] : m.pools)
+    if (k.first == u) one.pools.emplace(k, p);
+  for (const auto& [k, h] : m.hosts)
+    if (std::get<0>(k) == u) one.hosts.emplace(k, h);
+  for (const auto& k : m.held_pools)
+    if (k.first == u) one.held_pools.insert(k);
+  for (const auto& k : m.held_hosts)
+    if (std::get<0>(k) == u) one.held_hosts.insert(k);
+  if (m.held_upstreams.count(u)) one.held_upstreams.insert(u);
+  return one;
 }
 
 }  // namespace gw::cluster

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <map>
@@ -126,10 +127,7 @@ class Sync {
         // The key is there, with a value this gw does not parse (a newer gw's
         // field, a typo): not missing, so not seeded (its txn would fail on the
         // key); the upstream stays local, as the model's warning says.
-        seed_errors_[u] = fmt::format(
-            "upstream \"{}\" stays local: its etcd key holds a value that does not parse (see the log); fix or "
-            "delete it ({})",
-            u, ukey);
+        seed_errors_[u] = held_reason(u);
         continue;
       }
       std::vector<cluster::Op> ops;
@@ -288,18 +286,30 @@ class Sync {
       } catch (const std::exception& e) {
         // Capacity, or the state file: the table keeps the last good state; the
         // next etcd change or the next probe tries again (kv_ has every step).
+        // (then each upstream alone, below)
         error = fmt::format("etcd revision {} not applied: {}", rev_, e.what());
-        // Retried each second (the probe): logged when the reason changes.
-        if (e.what() != last_apply_reason_)
-          GW_LOG_ERROR("{} (retried every second; logged again if the reason changes)", error);
-        last_apply_reason_ = e.what();
       }
       more = steps && next_step < steps->size();
     }
-    if (error.empty()) last_apply_reason_.clear();
     // A failed commit still takes every step into kv_: the watch goes on past
     // them, and the retry reconciles to all of them.
     while (steps && next_step < steps->size()) advance();
+    if (!error.empty() && !superseded) {
+      // One upstream's change the table cannot hold (shm.max_hosts) held back
+      // every other one, an urgent `down` elsewhere too: each upstream is now
+      // tried alone, and those that fit are applied.
+      if (steps) {
+        warnings.clear();
+        m = cluster::build_model(prefix_, kv_, warnings);
+      }
+      error = apply_each_upstream(m, superseded);
+    }
+    // Retried each second (the probe): logged when the reason changes (the
+    // revision in it does not count).
+    const std::string reason = error.substr(std::min(error.size(), error.find(" not applied")));
+    if (!error.empty() && reason != last_apply_reason_)
+      GW_LOG_ERROR("{} (retried every second; logged again if the reason changes)", error);
+    last_apply_reason_ = reason;
     if (superseded) {
       if (!superseded_logged_)
         GW_LOG_INFO("another sync process took over the table from etcd; this one (pid {}) applies nothing more",
@@ -309,6 +319,11 @@ class Sync {
     }
     // Seeded after all (by another node): the reasons of the others stay.
     std::erase_if(seed_errors_, [&](const auto& e) { return m.upstreams.count(e.first) != 0; });
+    // An upstream key that stops parsing on the watch says so as one found
+    // by a list does (that one only came with the next list).
+    held_errors_.clear();
+    for (const auto& u : m.held_upstreams)
+      if (local_upstream(u)) held_errors_[u] = held_reason(u);
     apply_failed_ = !error.empty();
     const std::string shown = error.empty() ? seed_error() : error;
     if (shown != last_error_) {
@@ -322,7 +337,55 @@ class Sync {
     if (!apply_failed_) cl_.revision.store(static_cast<uint64_t>(rev_), std::memory_order_release);
   }
 
-  std::string seed_error() const { return seed_errors_.empty() ? std::string() : seed_errors_.begin()->second; }
+  // Each upstream of the model reconciled alone, one commit each; returns
+  // what did not go in ("" if everything did).
+  std::string apply_each_upstream(const cluster::Model& m, bool& superseded) {
+    std::vector<std::string> failed;
+    std::string why;
+    for (const auto& [u, present] : m.upstreams) {
+      const cluster::Model one = cluster::only_upstream(m, u);
+      try {
+        uint64_t gen = shm::Writer(seg_).commit([&](shm::Table& t, std::vector<std::string>& events) {
+          if (!owns()) throw Superseded{};
+          std::vector<std::string> w;  // (the whole model's warnings are the ones kept)
+          if (!cluster::reconcile(t, one, events, w, &seg_)) throw NoChange{};
+        });
+        cl_.applied.fetch_add(1, std::memory_order_relaxed);
+        GW_LOG_INFO("table generation {} from etcd revision {}, upstream \"{}\" alone", gen, rev_, u);
+      } catch (const NoChange&) {
+      } catch (const Superseded&) {
+        superseded = true;
+        return {};
+      } catch (const std::exception& e) {
+        failed.push_back(u);
+        if (why.empty()) why = e.what();
+      }
+    }
+    if (failed.empty()) return {};
+    return fmt::format(
+        "etcd revision {} not applied to upstream(s) {}: {}; the node keeps what it has for them and applies the "
+        "others",
+        rev_, fmt::join(failed, ", "), why);
+  }
+
+  bool local_upstream(const std::string& u) const {
+    shm::Table t(seg_.caps());
+    shm::read_published(seg_, t);
+    return t.find_upstream(u) >= 0;
+  }
+
+  std::string held_reason(const std::string& u) const {
+    return fmt::format(
+        "upstream \"{}\" stays local: its etcd key holds a value that does not parse (see the log); fix or delete it "
+        "({})",
+        u, cluster::upstream_key(prefix_, u));
+  }
+
+  std::string seed_error() const {
+    return !held_errors_.empty()  ? held_errors_.begin()->second
+           : seed_errors_.empty() ? std::string()
+                                  : seed_errors_.begin()->second;
+  }
 
   // ------------------------------------------------------------ watching
 
@@ -369,11 +432,13 @@ class Sync {
             // Another cluster (etcd wiped and created anew) is listed again
             // whatever its revision: a watch resumed at this node's revision
             // would miss what it holds below that.
-            switch (cluster::resync_reason(cluster_id_, rev_, m.cluster_id, m.revision)) {
-              case cluster::Resync::other_cluster: resync_check(m.cluster_id, m.revision); break;
-              case cluster::Resync::rewound: probe(); break;
-              case cluster::Resync::none: break;
-            }
+            if (cluster::resync_reason(cluster_id_, rev_, m.cluster_id, m.revision) == cluster::Resync::other_cluster)
+              resync_check(m.cluster_id, m.revision);
+            // A member cut off from its quorum (no leader) confirms a watch
+            // too, which then brings nothing: only a quorum read on it says
+            // the node is synced (it said so, and counted a reconnect, every
+            // few seconds while the member had no leader).
+            probe();
             created = true;
             on_synced();
           }
@@ -500,7 +565,11 @@ class Sync {
     const std::string from = etcd_.url();
     etcd_.next();
     if (!all_tried && ++fails_ < cfg_.cluster.etcd.size()) {
-      GW_LOG_WARN("{}; trying {}", what, etcd_.url());
+      // Through an outage of every member this came twice per backoff round
+      // for as long as it lasted: once disconnected (said once, below), the
+      // members tried in turn are at debug level.
+      if (cl_.state.load() == shm::kClusterDisconnected) GW_LOG_DEBUG("{}; trying {}", what, etcd_.url());
+      else GW_LOG_WARN("{}; trying {}", what, etcd_.url());
       return false;
     }
     fails_ = 0;
@@ -555,6 +624,7 @@ class Sync {
   // seeded (an entry goes once etcd has the upstream); the status shows the
   // first one.
   std::map<std::string, std::string> seed_errors_;
+  std::map<std::string, std::string> held_errors_;  // upstream → its key does not parse (from the last apply)
   std::set<std::string> warned_;
 };
 

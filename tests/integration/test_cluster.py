@@ -663,13 +663,116 @@ class ClusterTest(GwTestCase):
                           msg=f"revision {rev} applied: {self.cluster(gw)}")
         self.assertIsNone(gwtest.find_host(gw.status(), "app/primary/c"), "c added under an upstream key held")
         self.assertEqual(gwtest.find_host(gw.status(), "app/primary/b")["weight"], 3)
+        # the reason is in the status at once (it came only with a later list)
+        self.assertTrue(self.cluster(gw)["error"].startswith(
+            'upstream "app" stays local: its etcd key holds a value that does not parse (see the log); fix or '
+            'delete it (/gwtest-'), self.cluster(gw))  # (the status holds 200 bytes of it)
         self.etcd.put(ukey, "{}")
         self.wait_routed([gw], "c", T(5))
+        self.assertEqual(self.cluster(gw)["error"], "")
         self.assertEqual(gwtest.find_host(gw.status(), "app/primary/b")["weight"], 2)
         log = gw.log_text()
         self.assertEqual(log.count(f"etcd key {ukey} not applied: "), 1, log)
         st = self.cluster(gw)
         self.assertEqual((st["state"], st["reconnects"], st["relists"]), ("synced", reconnects, relists), st)
+
+    def test_ids_dot_and_dotdot_from_etcd_are_ignored(self):
+        """gwctl --etcd refuses a host or pool id `.` or `..`, but keys put by
+        hand with such ids were applied (no admin API URL can name them)."""
+        gw = self.nodes(1)[0]
+        hosts = self.prefix + "upstreams/app/pools/primary/hosts/"
+        b = self.backend("b")
+        self.etcd.put(hosts + "..", json.dumps({"address": b.address, "weight": 1}))
+        self.etcd.put(self.prefix + "upstreams/app/pools/.", json.dumps({"priority": 1, "method": "round_robin"}))
+        rev = int(self.etcd.put(hosts + "b", json.dumps({"address": b.address, "weight": 1}))["header"]["revision"])
+        gwtest.wait_until(lambda: self.cluster(gw)["revision"] >= rev, T(10), interval=0.05, msg="b applied")
+        self.assertEqual([p["id"] for p in gw.status()["upstreams"][0]["pools"]], ["primary"])
+        self.assertIsNone(gwtest.find_host(gw.status(), "app/primary/.."))
+        log = gw.log_text()
+        self.assertIn(f'etcd key {hosts}.. ignored: host id ".." must not be "." or ".."', log)
+        self.assertIn(f'etcd key {self.prefix}upstreams/app/pools/. ignored: pool id "." must not be', log)
+
+    def test_a_change_one_node_cannot_hold_holds_back_no_other_upstream(self):
+        """A node with room for 4 hosts: etcd's upstream app grows to 4 hosts
+        (5 with api's), which it cannot hold. Every later change, also an
+        urgent `down` in another upstream, was left unapplied on that node,
+        which said "synced" with the revision it had. Each upstream is now
+        applied on its own: api's `down` goes in, app keeps what it has, and
+        the status names app and why."""
+        ups = [upstream("app", [pool("primary", [host("a", self.a)])]),
+               upstream("api", [pool("main", [host("b", self.backend("b"))])])]
+        cfgs = []
+        for i, max_hosts in enumerate((64, 4)):
+            cfg = self.make_config([], workers=1, shm={"max_hosts": max_hosts},
+                                   cluster={"etcd": self.etcd.urls, "prefix": self.prefix, "timeout_ms": 1000,
+                                            "reconnect_max_ms": 500})
+            cfg["upstreams"] = json.loads(json.dumps(ups))
+            cfgs.append(cfg)
+        big = self.gateway(cfgs[0])
+        self.wait_state(big, "synced")
+        small = self.gateway(cfgs[1])
+        self.wait_state(small, "synced")
+        for i in range(3):
+            self.etcd_ok("add", "host", "app/primary", f"h{i}", f"127.0.0.{i + 2}:9")
+        self.etcd_ok("down", "host", "api/main", "b")
+        gwtest.wait_until(lambda: gwtest.find_host(small.status(), "api/main/b")["admin"] == "down", T(10),
+                          interval=0.05, msg="api's down applied on the small node")
+        self.assertEqual(gwtest.find_host(big.status(), "app/primary/h2")["admin"], "up")
+        self.assertIsNone(gwtest.find_host(small.status(), "app/primary/h2"))
+        st = self.cluster(small)
+        self.assertEqual(st["state"], "synced")
+        self.assertRegex(st["error"], r"^etcd revision \d+ not applied to upstream\(s\) app: host table is full "
+                         r"\(shm.max_hosts = 4\); the node keeps what it has for them and applies the others$")
+        # logged once, not on each retry
+        time.sleep(2.5)
+        self.assertEqual(small.log_text().count("not applied to upstream(s) app"), 1, small.log_text())
+        # room again: everything goes in, and the error goes
+        self.etcd_ok("remove", "host", "app/primary", "h2")
+        self.etcd_ok("remove", "host", "app/primary", "h1")
+        gwtest.wait_until(lambda: gwtest.find_host(small.status(), "app/primary/h0") is not None, T(10),
+                          interval=0.05, msg="app applied on the small node")
+        gwtest.wait_until(lambda: self.cluster(small)["error"] == "", T(5), interval=0.05, msg="the error cleared")
+
+    def test_a_member_without_a_leader_is_not_synced(self):
+        """The node's member is up but has no leader (the two others
+        stopped): it confirms a watch that brings nothing. The node said
+        "synced" and counted a reconnect every few seconds; the probe that
+        found the member cut off came only after. It now asks for a quorum
+        read before it says synced."""
+        gw = self.node(0)
+        self.wait_state(gw, "synced")
+        reconnects = self.cluster(gw)["reconnects"]
+        for i in (1, 2):
+            os.kill(self.etcd.procs[i].pid, signal.SIGSTOP)
+        try:
+            self.wait_state(gw, "disconnected", T(15))
+            seen = set()
+            t_end = time.monotonic() + 6
+            while time.monotonic() < t_end:
+                seen.add(self.cluster(gw)["state"])
+                time.sleep(0.1)
+            self.assertEqual(seen, {"disconnected"})
+            self.assertEqual(self.cluster(gw)["reconnects"], reconnects)
+        finally:
+            for i in (1, 2):
+                os.kill(self.etcd.procs[i].pid, signal.SIGCONT)
+        self.wait_state(gw, "synced", T(20))
+
+    def test_an_outage_of_every_member_is_logged_once(self):
+        """With every member down, each round of the backoff logged a
+        "cannot connect ...; trying NEXT" line per member for the whole
+        outage (1,400 lines an hour). It is said once."""
+        gw = self.node(0)
+        self.wait_state(gw, "synced")
+        for i in range(3):
+            self.etcd.kill(i)
+        self.wait_state(gw, "disconnected", T(10))
+        time.sleep(1)
+        before = gw.log_text()
+        time.sleep(4)  # several backoff rounds at reconnect_max_ms 500
+        during = gw.log_text()[len(before):]
+        self.assertNotIn("; trying http", during)
+        self.assertNotIn("etcd unreachable", during)
 
     def test_etcd_back_at_a_lower_revision_is_listed_again(self):
         """etcd (one member here) comes back with its data dir wiped: its

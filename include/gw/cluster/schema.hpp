@@ -76,7 +76,14 @@ struct Model {
   /// reconcile() keeps what the node has for them rather than remove them.
   std::set<std::pair<std::string, std::string>> held_pools;
   std::set<std::tuple<std::string, std::string, std::string>> held_hosts;
+  /// Upstream keys whose value does not parse: the node keeps the upstream
+  /// as it has it (it is not in `upstreams`, and nothing under it is here).
+  std::set<std::string> held_upstreams;
 };
+
+/// The part of `m` under upstream `u` (its key, pools, hosts, held keys):
+/// reconciled alone, the other upstreams stay as the table has them.
+Model only_upstream(const Model& m, const std::string& u);
 
 /// Builds the model from raw key → value pairs (keys with the prefix). Keys
 /// outside the schema, pools without their upstream key and hosts without

@@ -88,7 +88,9 @@ TEST_SUITE("cluster") {
     CHECK(k.kind == KeyKind::upstream);
     for (const char* bad : {"/gw/upstreams", "/gw/upstreams/app/pools", "/gw/upstreams/app/x/p",
                             "/gw/upstreams/app/pools/p/hosts", "/gw/upstreams/app/pools/p/hosts/h/x",
-                            "/gw/upstreams//pools/p", "/gw/upstreams/a b", "/gw/other/app", "/other/upstreams/app"}) {
+                            "/gw/upstreams//pools/p", "/gw/upstreams/a b", "/gw/other/app", "/other/upstreams/app",
+                            // no name is `.` or `..` (gwctl and the admin API refuse them: no URL path names them)
+                            "/gw/upstreams/..", "/gw/upstreams/app/pools/.", "/gw/upstreams/app/pools/p/hosts/.."}) {
       CAPTURE(bad);
       CHECK_FALSE(parse_key("/gw/", bad, k, why));
       CHECK_FALSE(why.empty());
@@ -168,6 +170,34 @@ TEST_SUITE("cluster") {
     CHECK(warnings[0] ==
           "etcd key /gw/upstreams/app not applied: future: unknown key; the node keeps the upstream's pools and "
           "hosts as it has them");
+    CHECK(m.held_upstreams == std::set<std::string>{"app"});  // (the sync process shows why in the status)
+  }
+
+  TEST_CASE("model: only_upstream keeps one upstream's keys, pools, hosts and held keys") {
+    std::map<std::string, std::string> kv = {
+        {"/gw/upstreams/app", "{}"},
+        {"/gw/upstreams/app/pools/p", R"({"priority": 1})"},
+        {"/gw/upstreams/app/pools/p/hosts/a", R"({"address": "127.0.0.1:1"})"},
+        {"/gw/upstreams/app/pools/p/hosts/bad", "{"},
+        {"/gw/upstreams/api", "{}"},
+        {"/gw/upstreams/api/pools/q", R"({"priority": 2})"},
+        {"/gw/upstreams/api/pools/q/hosts/c", R"({"address": "127.0.0.1:3"})"},
+        {"/gw/upstreams/old", R"({"future": 1})"},
+    };
+    std::vector<std::string> warnings;
+    const Model m = build_model("/gw/", kv, warnings);
+    const Model app = only_upstream(m, "app");
+    CHECK(app.upstreams.size() == 1);
+    CHECK(app.upstreams.count("app") == 1);
+    CHECK(app.pools.size() == 1);
+    CHECK(app.hosts.size() == 1);
+    CHECK(app.held_hosts.size() == 1);
+    CHECK(app.held_upstreams.empty());
+    const Model api = only_upstream(m, "api");
+    CHECK((api.upstreams.count("api") == 1 && api.pools.count({"api", "q"}) == 1 && api.hosts.size() == 1));
+    CHECK(api.held_hosts.empty());
+    const Model old = only_upstream(m, "old");
+    CHECK((old.upstreams.empty() && old.pools.empty() && old.held_upstreams == std::set<std::string>{"old"}));
   }
 
   TEST_CASE("reconcile: an admin change from etcd of a host its checks hold down is admin_down / admin_up") {
