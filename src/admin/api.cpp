@@ -577,6 +577,11 @@ Response Api::handle(const Request& r) {
   } catch (const TableRefused& e) {
     GW_LOG_ERROR("admin: {} {}: the shm table is refused: {}", r.method, r.target, e.what());
     return error_response(503, fmt::format("the gateway's shm table fails validation: {}", e.what()));
+  } catch (const shm::WriterLockTimeout& e) {
+    GW_LOG_ERROR("admin: {} {}: {}", r.method, r.target, e.what());
+    Response rs = error_response(503, fmt::format("{}; the change was not made, try again", e.what()));
+    rs.retry_after = "1";
+    return rs;
   } catch (const std::exception& e) {
     GW_LOG_ERROR("admin: {} {}: {}", r.method, r.target, e.what());
     return error_response(500, e.what());

@@ -16,7 +16,9 @@
 namespace gw::core {
 namespace {
 std::atomic<int> g_level{static_cast<int>(LogLevel::info)};
-int g_fd = STDERR_FILENO;
+// Atomic, and a reopen moves the file under the same number (dup3): a thread
+// (the admin server's writes) may log while the main thread reopens.
+std::atomic<int> g_fd{STDERR_FILENO};
 char g_role[32] = "gw";
 
 const char* level_name(LogLevel l) {
@@ -64,14 +66,19 @@ int log_open_file(const std::string& path, bool create) {
 }
 
 void log_open(const std::string& path) {
+  const int old = g_fd.load();
   if (path.empty()) {
-    if (g_fd != STDERR_FILENO) ::close(g_fd);
-    g_fd = STDERR_FILENO;
+    g_fd.store(STDERR_FILENO);
+    if (old != STDERR_FILENO) ::close(old);
     return;
   }
   const int fd = log_open_file(path, true);
-  if (g_fd != STDERR_FILENO) ::close(g_fd);
-  g_fd = fd;
+  if (old != STDERR_FILENO && ::dup3(fd, old, O_CLOEXEC) == old) {
+    ::close(fd);
+    return;
+  }
+  g_fd.store(fd);
+  if (old != STDERR_FILENO) ::close(old);
 }
 
 void log_write(LogLevel level, std::string_view text) noexcept {
@@ -108,7 +115,7 @@ void log_write(LogLevel level, std::string_view text) noexcept {
     n += 3;
   }
   buf[n++] = '\n';
-  ssize_t w = ::write(g_fd, buf, n);
+  ssize_t w = ::write(g_fd.load(std::memory_order_relaxed), buf, n);
   (void)w;
 }
 

@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -10,11 +11,19 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
+#include <cstdint>
 #include <cstring>
 #include <ctime>
+#include <deque>
+#include <limits>
 #include <memory>
+#include <mutex>
+#include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "gw/admin/api.hpp"
@@ -72,8 +81,95 @@ std::string http_date() {
   return buf;
 }
 
+// Writes run on a thread of their own: a commit waits for the shm writer
+// lock (up to 10 s behind a gwctl stopped mid-change) and for the state
+// file's fsync, and the poll loop must go on answering reads meanwhile
+// (/metrics scrapes, the dashboard, /status all stood still behind one).
+// One at a time, in the order they came; their answers wake the loop
+// through an eventfd.
+class WriteThread {
+ public:
+  struct Job {
+    uint64_t conn = 0;
+    std::string method, target, authorization, body;
+  };
+  struct Done {
+    uint64_t conn = 0;
+    admin::Response response;
+  };
+
+  WriteThread(const shm::Segment& seg, const config::Config& cfg)
+      : state_(std::make_shared<State>(seg, cfg)), efd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+    if (!efd_) throw std::runtime_error(fmt::format("admin: eventfd: {}", std::strerror(errno)));
+    state_->efd = efd_.get();
+    // The thread holds the state: a stop while a write waits for the lock
+    // leaves it behind (detached) rather than wait the lock's 10 s; the
+    // process then exits (_exit) with it.
+    thread_ = std::thread([st = state_] { st->run(); });
+  }
+  ~WriteThread() {
+    {
+      std::lock_guard<std::mutex> l(state_->m);
+      state_->stop = true;
+    }
+    state_->cv.notify_one();
+    thread_.detach();
+  }
+  WriteThread(const WriteThread&) = delete;
+  WriteThread& operator=(const WriteThread&) = delete;
+
+  int fd() const noexcept { return efd_.get(); }
+
+  void submit(Job job) {
+    {
+      std::lock_guard<std::mutex> l(state_->m);
+      state_->jobs.push_back(std::move(job));
+    }
+    state_->cv.notify_one();
+  }
+
+  std::deque<Done> take() {
+    uint64_t n = 0;
+    [[maybe_unused]] auto r = ::read(efd_.get(), &n, sizeof n);
+    std::lock_guard<std::mutex> l(state_->m);
+    return std::exchange(state_->done, {});
+  }
+
+ private:
+  struct State {
+    State(const shm::Segment& seg, const config::Config& cfg) : api(seg, cfg) {}
+    void run() {
+      std::unique_lock<std::mutex> l(m);
+      for (;;) {
+        cv.wait(l, [&] { return stop || !jobs.empty(); });
+        if (stop) return;
+        Job job = std::move(jobs.front());
+        jobs.pop_front();
+        l.unlock();
+        admin::Response r = api.handle({job.method, job.target, job.authorization, job.body});  // never throws
+        l.lock();
+        done.push_back({job.conn, std::move(r)});
+        const uint64_t one = 1;
+        [[maybe_unused]] auto w = ::write(efd, &one, sizeof one);
+      }
+    }
+    admin::Api api;  // the thread's own (its table cache is not the loop's)
+    int efd = -1;
+    std::mutex m;
+    std::condition_variable cv;
+    std::deque<Job> jobs;
+    std::deque<Done> done;
+    bool stop = false;
+  };
+  std::shared_ptr<State> state_;
+  core::UniqueFd efd_;
+  std::thread thread_;
+};
+
 struct Conn {
   core::UniqueFd fd;
+  uint64_t id = 0;       // names it to the write thread
+  bool writing = false;  // its write is on the write thread: nothing more is read or parsed until answered
   enum class State : uint8_t { head, body, linger } state = State::head;
   std::string in;   // bytes read and not yet consumed
   std::string out;  // bytes to send, from out_off
@@ -94,7 +190,7 @@ struct Conn {
 class AdminServer {
  public:
   AdminServer(const config::Config& cfg, const shm::Segment& seg, int listen_fd)
-      : cfg_(cfg), api_(seg, cfg), listen_fd_(listen_fd), fields_(kMaxFields) {}
+      : cfg_(cfg), api_(seg, cfg), writes_(seg, cfg), listen_fd_(listen_fd), fields_(kMaxFields) {}
 
   int run() {
     core::UniqueFd sfd = child_signal_fd();
@@ -108,9 +204,10 @@ class AdminServer {
       for (auto& c : conns_) {
         short ev = 0;
         if (c->pending()) ev = POLLOUT;  // back-pressure: nothing more is read until the answer is out
-        else if (!c->eof && c->in.size() < kInCap) ev = POLLIN;
+        else if (!c->writing && !c->eof && c->in.size() < kInCap) ev = POLLIN;
         pfds.push_back({c->fd.get(), ev, 0});
       }
+      pfds.push_back({writes_.fd(), POLLIN, 0});
       int timeout = 1000;
       const uint64_t now0 = core::monotonic_ms();
       if (draining_)
@@ -135,6 +232,7 @@ class AdminServer {
       for (size_t i = 0; i < n; ++i) {
         if (const short rev = pfds[i + 2].revents) on_ready(*conns_[i], rev);
       }
+      if (pfds[n + 2].revents) written();
       const uint64_t now = core::monotonic_ms();
       for (auto& c : conns_)
         if (c->fd && now >= c->deadline_ms) c->fd.reset();  // timed out (a slow or idle client)
@@ -163,10 +261,24 @@ class AdminServer {
       if (conns_.size() >= kMaxConns) evict_one(now);
       auto c = std::make_unique<Conn>();
       c->fd.reset(fd);
+      c->id = ++last_id_;
       net::set_nodelay(fd);
       c->request_ms = now;
       c->deadline_ms = now + cfg_.admin.timeout_ms;
       conns_.push_back(std::move(c));
+    }
+  }
+
+  // Answers of the write thread, to the connections still there.
+  void written() {
+    for (WriteThread::Done& d : writes_.take()) {
+      auto it = std::find_if(conns_.begin(), conns_.end(), [&](const auto& c) { return c->id == d.conn; });
+      if (it == conns_.end() || !(*it)->fd) continue;  // gone meanwhile (the change is made all the same)
+      Conn& c = **it;
+      c.writing = false;
+      respond(c, d.response, c.keep_alive, false);
+      process(c);  // pipelined requests behind it
+      if (c.fd && c.eof && !c.pending() && c.state != Conn::State::linger) c.fd.reset();
     }
   }
 
@@ -186,7 +298,7 @@ class AdminServer {
     const uint64_t grace = std::min<uint64_t>(kEvictGraceMs, cfg_.admin.timeout_ms);
     auto cls = [&](const Conn& c) {  // lower goes first
       if (c.state == Conn::State::linger) return 4;
-      if (c.pending()) return 3;
+      if (c.pending() || c.writing) return 3;
       if (c.requests > 0 && c.state == Conn::State::head && c.in.empty()) return 0;  // idle keep-alive
       return now - c.request_ms >= grace ? 1 : 2;
     };
@@ -210,7 +322,7 @@ class AdminServer {
     process(c);
     // A half-closed client whose buffered requests are all answered (or
     // whose last request is cut short) is done.
-    if (c.fd && c.eof && !c.pending() && c.state != Conn::State::linger) c.fd.reset();
+    if (c.fd && c.eof && !c.pending() && !c.writing && c.state != Conn::State::linger) c.fd.reset();
   }
 
   // Reads what the socket has; false if the connection was closed.
@@ -265,7 +377,7 @@ class AdminServer {
   }
 
   void process(Conn& c) {
-    while (c.fd && !c.pending() && !c.close_after) {
+    while (c.fd && !c.pending() && !c.writing && !c.close_after) {
       if (c.state == Conn::State::head) {
         if (c.in.empty()) return;
         http::Parser p(http::Parser::Kind::request, std::span<http::Field>(fields_.data(), fields_.size()), kLimits);
@@ -356,6 +468,15 @@ class AdminServer {
         if (c.close_after) return;
         c.in.erase(0, used);
         if (!c.body_dec.done()) return;  // more body to come
+        if (c.method != "GET" && c.method != "HEAD" && c.method != "OPTIONS") {
+          // A change: answered once the write thread made it; the connection
+          // does not time out meanwhile (the lock wait is bounded).
+          c.writing = true;
+          c.deadline_ms = std::numeric_limits<uint64_t>::max();
+          writes_.submit({c.id, c.method, c.target, c.authorization, std::move(c.body)});
+          c.body.clear();
+          return;
+        }
         admin::Request rq{c.method, c.target, c.authorization, c.body};
         admin::Response rs = api_.handle(rq);
         respond(c, rs, c.keep_alive, false);
@@ -376,6 +497,7 @@ class AdminServer {
         r.status, reason(r.status), http_date(), r.content_type, r.body.size());
     if (!r.allow.empty()) head += fmt::format("Allow: {}\r\n", r.allow);
     if (!r.www_authenticate.empty()) head += fmt::format("WWW-Authenticate: {}\r\n", r.www_authenticate);
+    if (!r.retry_after.empty()) head += fmt::format("Retry-After: {}\r\n", r.retry_after);
     if (close) head += "Connection: close\r\n";
     else if (c.http10) head += "Connection: keep-alive\r\n";  // else an HTTP/1.0 client waits for our close
     head += "\r\n";
@@ -392,6 +514,8 @@ class AdminServer {
 
   const config::Config& cfg_;
   admin::Api api_;
+  WriteThread writes_;
+  uint64_t last_id_ = 0;
   int listen_fd_;
   std::vector<http::Field> fields_;
   std::vector<std::unique_ptr<Conn>> conns_;

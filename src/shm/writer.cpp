@@ -65,7 +65,7 @@ class WriterLock {
       owner_died_ = true;
       GW_LOG_WARN("a previous writer died while holding the shm writer lock; recovered it");
     } else if (rc == ETIMEDOUT) {
-      throw SegmentError(
+      throw WriterLockTimeout(
           fmt::format("another writer has held the shm writer lock for {}; is a gwctl stopped (SIGSTOP)?",
                       wait_ms % 1000 == 0 ? fmt::format("{} s", wait_ms / 1000) : fmt::format("{} ms", wait_ms)));
     } else if (rc != 0) {

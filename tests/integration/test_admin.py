@@ -455,6 +455,41 @@ class AdminTest(GwTestCase):
         except OSError:
             return False
 
+    def test_reads_are_answered_while_a_write_waits_for_the_writer_lock(self):
+        """A gwctl holds the shm writer lock (its state file fsync stalls 5 s,
+        as on a stalled disk; strace delays it) and an API write waits for
+        it: the admin server answered nothing else meanwhile (a /metrics
+        scrape or the dashboard stood still for up to 10 s). Writes now run
+        on a thread of their own: GET /metrics and /status are answered while
+        the write still waits, and the write is made after the gwctl's."""
+        strace = shutil.which("strace")
+        if not strace:
+            self.skipTest("strace is not installed (tools/setup.sh installs it)")
+        gw = self.admin_gateway(workers=1)
+        held = subprocess.Popen([strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync,fdatasync", "-e",
+                                 "inject=fsync,fdatasync:delay_enter=5000000:when=1", gwtest.GWCTL, "--shm", gw.shm,
+                                 "down", "host", "app/primary", "a"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(held.kill)
+        time.sleep(1)  # the gwctl takes the lock and waits in its state file's fsync (in ms; held 5 s)
+        answer = {}
+
+        def write():
+            answer["r"] = gw.admin.req("POST", "/upstreams/app/pools/primary/hosts/b/down", token=TOKEN, timeout=T(30))
+        t = threading.Thread(target=write)
+        t.start()
+        time.sleep(0.3)  # the write is in, waiting for the lock
+        self.assertIsNone(held.poll(), "the gwctl ended before the reads: the lock was not held")
+        for path in ("/metrics", "/status"):
+            r = gw.admin.req("GET", path, timeout=T(30))
+            self.assertEqual(r.status, 200)
+            self.assertTrue(t.is_alive(), f"GET {path} was answered only after the write")
+        self.assertIsNone(held.poll(), "the gwctl ended before the reads were answered")
+        t.join(T(30))
+        self.assertEqual(held.wait(T(10)), 0, held.stderr.read())
+        self.assertEqual(answer["r"].status, 200, answer["r"].body)
+        self.assertEqual(gwtest.find_host(gw.status(), "app/primary/b")["admin"], "down")
+
     def assertApiError(self, gw, status, method, path, body=None, token=TOKEN, headers=(), message=None):
         """An error answer: the status, {"error": one line}, and nothing changed."""
         before = gwtest.table_snapshot(gw.status())

@@ -148,6 +148,7 @@ struct Response {
   std::string body;
   std::string allow;             ///< 405: the Allow field
   std::string www_authenticate;  ///< 401: the WWW-Authenticate field
+  std::string retry_after;       ///< 503: the Retry-After field (seconds)
 };
 
 /// {"error": "..."} with status.

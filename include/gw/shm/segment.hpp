@@ -386,6 +386,13 @@ class SegmentError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// Another writer held the writer lock for the whole wait (a gwctl stopped
+/// mid-change): the change was not made; it may be tried again.
+class WriterLockTimeout : public SegmentError {
+ public:
+  using SegmentError::SegmentError;
+};
+
 /// A mapping of the segment. Move-only; unmaps on destruction (never unlinks).
 class Segment {
  public:

@@ -6,8 +6,11 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <string>
+#include <thread>
 
 #include "../test_util.hpp"
 #include "gw/admin/api.hpp"
@@ -658,6 +661,42 @@ TEST_SUITE("admin") {
     // Without one, as before.
     CHECK(call(api, "POST", "/upstreams/app/pools/primary/hosts/a/down", "", bearer).status == 200);
     CHECK(call(api, "DELETE", "/upstreams/app/pools/primary/hosts/a", "", bearer).status == 200);
+  }
+
+  TEST_CASE("the API: a write that cannot take the writer lock is a 503 with Retry-After, and changes nothing") {
+    // It was a 500, which the README's 500 row does not list, and a client
+    // could not tell it from a change that failed for good.
+    TempSegment ts;
+    seed(ts.seg);
+    const config::Config cfg = admin_config(kToken);
+    Api api(ts.seg, cfg);
+    const std::string bearer = "Bearer " + kToken;
+    const uint32_t saved = shm::testing::writer_lock_wait_ms;
+    shm::testing::writer_lock_wait_ms = 100;
+    std::atomic<bool> held{false}, release{false};
+    std::thread holder([&] {
+      try {
+        shm::Writer(ts.seg).commit([&](shm::Table&, std::vector<std::string>&) {
+          held = true;
+          while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          throw shm::TableError("(the holder changes nothing)");
+        });
+      } catch (const shm::TableError&) {
+      }
+    });
+    while (!held) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    const uint64_t gen = ts.seg.header().published.load();
+    const Response r = call(api, "POST", "/upstreams/app/pools/primary/hosts/a/down", "", bearer);
+    release = true;
+    holder.join();
+    shm::testing::writer_lock_wait_ms = saved;
+    CHECK(r.status == 503);
+    CHECK(r.retry_after == "1");
+    CHECK(r.body ==
+          "{\"error\": \"another writer has held the shm writer lock for 100 ms; is a gwctl stopped (SIGSTOP)?; the "
+          "change was not made, try again\"}\n");
+    CHECK(ts.seg.header().published.load() == gen);
+    CHECK(call(api, "POST", "/upstreams/app/pools/primary/hosts/a/down", "", bearer).status == 200);
   }
 
   TEST_CASE("the API: a write with a query string is a 400 before anything changes") {
