@@ -155,6 +155,12 @@ ReqDecision LimitTable::take(uint64_t h, RateParams p, uint64_t now_us, uint64_t
       }         // else: just claimed (by us or another worker), no state yet: a full bucket
       const GcraStep step = gcra(tat, now_us, p);
       if (!step.allowed) {
+        // A TAT cut to what these parameters allow (a rate raised since it
+        // was written) is kept, so the debt drains at the new rate (best
+        // effort: a request racing it decides on its own).
+        if (step.tat < tat)
+          e->state.compare_exchange_strong(s, tag << 40 | (step.tat & kTatMask), std::memory_order_acq_rel,
+                                           std::memory_order_acquire);
         e->used_ms.store(now_ms, std::memory_order_relaxed);
         bump(&shm::GuardCounters::req_limited);
         return {LimitResult::limited, step.wait_us};

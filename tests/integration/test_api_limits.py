@@ -15,6 +15,7 @@ given back by the master.
 
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -220,6 +221,37 @@ class ApiLimitsTest(GwTestCase):
         self.assertEqual(get(s2, Reader(s2), "/ip/").status, 200)
         s.close()
         s2.close()
+
+    def test_a_raised_rate_holds_at_once_for_keys_already_limited(self):
+        """rate 1, burst 20: a key that sent 40 requests has used 21 s of
+        tokens. After a reload to rate 1000 (burst 20: 20 ms of tolerance)
+        it was refused for those 21 s (Retry-After: 21), as after a restart
+        (the segment keeps the table). Its debt now counts as at most a full
+        bucket under the new rate: 1 ms to wait."""
+        cfg = self.config(routes=[{"name": "api", "upstream": "app",
+                                   "limit_req": {"key": "header:K", "rate": 1, "burst": 20}}], workers=1)
+        gw = self.gateway(cfg)
+        s = http_conn(gw.port)
+        rd = Reader(s)
+        statuses = [get(s, rd, "/", [("K", "k1")]).status for _ in range(40)]
+        self.assertEqual((statuses.count(200), statuses.count(429)), (21, 19))
+        self.assertEqual(get(s, rd, "/", [("K", "k1")]).header("Retry-After"), "1")  # the next token, in 1 s
+        s.close()
+        cfg["listeners"][0]["routes"][0]["limit_req"]["rate"] = 1000
+        gwtest.write_json(gw.conf_path, cfg)
+        before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: "reloaded:" in gw.log_text()[before:], T(10), msg="the reload")
+        time.sleep(0.5)  # the old worker's connections are gone
+        s = http_conn(gw.port)
+        rd = Reader(s)
+        r = get(s, rd, "/", [("K", "k1")])
+        self.assertIn(r.status, (200, 429))
+        if r.status == 429:
+            self.assertEqual(r.header("Retry-After"), "1")  # rounded up from 1 ms
+        time.sleep(0.05)
+        self.assertEqual(get(s, rd, "/", [("K", "k1")]).status, 200)
+        s.close()
 
     def test_lru_under_100k_distinct_keys(self):
         cap = 4096

@@ -41,13 +41,22 @@ struct RateParams {
 
 struct GcraStep {
   bool allowed = false;
-  uint64_t tat = 0;      ///< the new TAT (allowed) or the unchanged one
+  uint64_t tat = 0;      ///< the new TAT (allowed), or the one to keep (refused: unchanged, or cut to its bound)
   uint64_t wait_us = 0;  ///< refused: time until a request would be allowed
 };
 /// One GCRA decision; pure (the clock is the caller's).
+/// A TAT further ahead than `p` can leave one (written under a slower rate,
+/// before a reload or a restart raised it) counts as a full bucket's debt
+/// under `p` (one interval to wait): a raised limit holds at once for keys
+/// already limited, which waited up to (burst + 1) / the old rate (21 s at
+/// rate 1, burst 20, raised to 1000), as nginx's excess, kept in requests,
+/// drains at the new rate. The refusal returns the TAT cut to that bound:
+/// the caller keeps it, or the debt would never drain (the bound moves with
+/// the clock).
 constexpr GcraStep gcra(uint64_t tat, uint64_t now_us, RateParams p) noexcept {
-  const uint64_t t = tat > now_us ? tat : now_us;
-  if (t - now_us > p.tolerance_us) return {false, tat, t - now_us - p.tolerance_us};
+  const uint64_t cap = now_us + p.tolerance_us + p.interval_us;
+  const uint64_t t = tat > cap ? cap : tat > now_us ? tat : now_us;
+  if (t - now_us > p.tolerance_us) return {false, t, t - now_us - p.tolerance_us};
   return {true, t + p.interval_us, 0};
 }
 

@@ -69,6 +69,29 @@ TEST_SUITE("api") {
     CHECK_FALSE(gcra(tat, now, p).allowed);
   }
 
+  TEST_CASE("gcra: a rate raised (reload, restart) holds at once for a key limited under the old one") {
+    // 21 requests at rate 1, burst 20 leave the key's TAT 21 s ahead: under
+    // rate 1000 it waited those 21 s (Retry-After: 21), where the new bucket
+    // drains in 21 ms.
+    const RateParams slow = RateParams::from(1, 20), fast = RateParams::from(1000, 20);
+    uint64_t tat = 0;
+    const uint64_t now = 50 * kS;
+    for (int i = 0; i < 21; ++i) {
+      auto s = gcra(tat, now, slow);
+      REQUIRE(s.allowed);
+      tat = s.tat;
+    }
+    CHECK_FALSE(gcra(tat, now, slow).allowed);
+    auto r = gcra(tat, now, fast);  // at most a full bucket of debt under the new rate: 1 ms to wait
+    CHECK_FALSE(r.allowed);
+    CHECK(r.wait_us == 1000);
+    CHECK(r.tat == now + 21000);                       // the TAT to keep (the caller stores it)
+    CHECK_FALSE(gcra(tat, now + 1000, fast).allowed);  // not kept, the debt would never drain
+    CHECK(gcra(r.tat, now + 1000, fast).allowed);
+    // A lowered rate: the debt is the old rate's, the new bucket holds from there.
+    CHECK(gcra(0, now, slow).tat == now + kS);
+  }
+
   TEST_CASE("gcra: fractional rates and burst 0") {
     const RateParams half = RateParams::from(0.5, 0);  // one request every 2 s
     CHECK(half.interval_us == 2 * kS);
@@ -108,6 +131,24 @@ TEST_SUITE("api") {
     CHECK(t.take(other, p, now, now / 1000).result == LimitResult::allowed);  // its own bucket
     CHECK(t.take(h, p, now + kS, (now + kS) / 1000).result == LimitResult::allowed);
     CHECK(t.take(h, p, now + kS, (now + kS) / 1000).result == LimitResult::limited);
+  }
+
+  TEST_CASE("limit table: a key limited under a slow rate drains at a raised one (reload, restart)") {
+    Mem m(64);
+    LimitTable t = m.table();
+    const RateParams slow = RateParams::from(1, 20), fast = RateParams::from(1000, 20);
+    const uint64_t h = gw::api::limit_hash(42, gw::api::scope_id("req/web/api"), "client-a");
+    uint64_t now = 1000 * kS;
+    for (int i = 0; i < 21; ++i) REQUIRE(t.take(h, slow, now, now / 1000).result == LimitResult::allowed);
+    CHECK(t.take(h, slow, now, now / 1000).wait_us == kS);
+    auto d = t.take(h, fast, now, now / 1000);  // was: 21 s to wait
+    CHECK(d.result == LimitResult::limited);
+    CHECK(d.wait_us == 1000);
+    now += 1000;
+    CHECK(t.take(h, fast, now, now / 1000).result == LimitResult::allowed);
+    CHECK(t.take(h, fast, now, now / 1000).result == LimitResult::limited);
+    now += 1000;
+    CHECK(t.take(h, fast, now, now / 1000).result == LimitResult::allowed);
   }
 
   TEST_CASE("limit table: LRU eviction within a set, in order of last use") {
