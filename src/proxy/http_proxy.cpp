@@ -1266,7 +1266,7 @@ void HttpProxy::refuse_head(Conn& c, HttpOutcome o, int status, const http::Head
   count(o);
   // No request began: nothing of the connection's last one may shape the
   // answer (a HEAD's bodiless answer, a response begun) or its log line. A
-  // HEAD request line read whole gets its error without content (RFC 9110
+  // HEAD whose method was read gets its error without content (RFC 9110
   // 9.3.2), as nginx answers it.
   c.state = CState::busy;
   c.resp_started = c.resp_done = false;
@@ -1305,8 +1305,11 @@ void HttpProxy::parse_request(Conn& c) noexcept {
     // A bad header field after a whole request line: the line is logged (as
     // nginx logs a 400's), not its fields, which were not all read.
     http::Head line;
+    // A HEAD's answer has no content, refused or not, also when the error is
+    // in the rest of its request line (505, a bad or overlong target), as
+    // nginx answers it.
+    if (!p.head().method_name.empty()) line.method = p.head().method;
     if (p.request_line_read()) {
-      line.method = p.head().method;  // a HEAD's answer has no content, refused or not
       line.method_name = p.head().method_name;
       line.target = p.head().target;
       line.version = p.head().version;

@@ -763,9 +763,15 @@ class RfcStrictnessTest(SharedGwCase):
         request line, gets its error without content (RFC 9110 9.3.2), as nginx
         answers it: the head with its Content-Length, then the close. The body
         used to follow, read by the client as the start of a next answer."""
+        # An error in the request line itself after the method (505, a bad or
+        # overlong target) too: the body followed there (a review found it).
         for data, status in ((b"HEAD / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n", 400),
                              (b"HEAD / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(30)) + b"\r\n",
-                              431)):
+                              431),
+                             (b"HEAD /x HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+                             (b"HEAD /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+                             (b"HEAD http://u@h/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+                             (b"HEAD /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414)):
             with Client(self.gw.port) as c:
                 c.send(data)
                 r = c.response("HEAD")
