@@ -953,6 +953,15 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
         close_conn(c);
         return;
       }
+      // A side that takes nothing of what waits for it: send_timeout_ms for
+      // the client, the upstream's send_timeout_ms for the host, between two
+      // writes, as nginx times an upgraded connection's blocked writes. The
+      // idle timeout alone never cut a client that stopped reading while it
+      // (or the host) kept sending.
+      if (tunnel_send_timed_out(c, hc, now)) {
+        close_conn(c);
+        return;
+      }
       break;
     }
     case CState::closing:
@@ -963,6 +972,11 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
       break;
   }
   arm(c);
+}
+
+bool HttpProxy::tunnel_send_timed_out(const Conn& c, const config::HttpConf& hc, uint64_t now) const noexcept {
+  if (!c.c_out && (c.out.size() > 0 || c.rs.size() > 0) && now >= c.c_write_ms + hc.send_timeout_ms) return true;
+  return c.up != kNone && !ups_[c.up].u_out && c.in.size() > 0 && now >= c.u_write_ms + c.u_send_ms_max;
 }
 
 void HttpProxy::arm(Conn& c) noexcept {
@@ -999,6 +1013,8 @@ void HttpProxy::arm(Conn& c) noexcept {
     }
     case CState::tunnel: {
       at(std::max({c.c_read_ms, c.c_write_ms, c.u_read_ms, c.u_write_ms}) + c.u_idle_ms);
+      if (!c.c_out && (c.out.size() > 0 || c.rs.size() > 0)) at(c.c_write_ms + hc.send_timeout_ms);
+      if (c.up != kNone && !ups_[c.up].u_out && c.in.size() > 0) at(c.u_write_ms + c.u_send_ms_max);
       break;
     }
     case CState::closing: at(c.started_ms + kLingerMs); break;

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import queue
+import select
 import socket
 import struct
 import sys
@@ -939,6 +940,68 @@ class WebSocketTest(GwTestCase):
 
     # ------------------------------------------------------------------------
     # tunnel idle timeout
+
+    def test_a_tunnel_client_that_stops_reading_meets_send_timeout(self):
+        """A host pushes without pause to a client that stops reading and
+        sends a byte every 300 ms: http.send_timeout_ms never applied to a
+        tunnel, and the client's bytes kept its idle timer going, so it stayed
+        open for good (a silent one until idle_timeout_ms). It now closes
+        send_timeout_ms after the last write the client took, as a plain
+        answer does and as nginx times an upgraded connection's writes."""
+        pushed = []
+
+        def push(c):
+            c.settimeout(T(20))
+            rd = Reader(c)
+            if rd.read_head() is None:
+                return
+            c.sendall(ws_101())
+            c.setblocking(False)
+            try:
+                while True:
+                    r, w, _ = select.select([c], [c], [], 1)
+                    if r and not c.recv(65536):
+                        return
+                    if w:
+                        pushed.append(c.send(b"p" * 16384))
+            except OSError:
+                pass
+            finally:
+                c.close()
+        srv = socket.socket()
+        srv.bind((gwtest.LOOPBACK, 0))
+        srv.listen(8)
+        self.addCleanup(srv.close)
+
+        def accept():
+            try:
+                while True:
+                    c, _ = srv.accept()
+                    threading.Thread(target=push, args=(c,), daemon=True).start()
+            except OSError:
+                pass
+        threading.Thread(target=accept, daemon=True).start()
+        address = f"{gwtest.LOOPBACK}:{srv.getsockname()[1]}"
+        gw = self.http_gw({"app": ([("a", address)], {"idle_timeout_ms": 60000})},
+                          listener_opts={"http": {"send_timeout_ms": 1000}})
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect((gwtest.LOOPBACK, gw.port))
+        self.addCleanup(s.close)
+        s.sendall(upgrade_request("/push"))
+        gwtest.wait_until(lambda: sum(pushed) > 0, T(5), msg="the host pushing")
+        closed = False
+        for _ in range(int(T(15) / 0.3)):
+            if sum(w["connections"] for w in gw.status()["workers"]) == 0:
+                closed = True
+                break
+            try:
+                s.send(b"k")
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.3)
+        self.assertTrue(closed, "the tunnel to a client that reads nothing is still open")
 
     def test_tunnel_idle_timeout(self):
         b, gw = self.one_ws(idle_timeout_ms=500)

@@ -322,6 +322,7 @@ class HttpProxy {
   /// does not run.
   static bool request_stalled(const Conn& c) noexcept;
   void arm(Conn& c) noexcept;
+  bool tunnel_send_timed_out(const Conn& c, const config::HttpConf& hc, uint64_t now) const noexcept;
 
   // routing
   int match_route(const ListenerRt& l, std::string_view host, std::string_view path) const noexcept;
