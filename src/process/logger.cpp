@@ -51,10 +51,17 @@ bool ends_mid_line(int fd, const std::string& path) {
 
 // Appends a chunk of whole lines to `fd`, first ending the line a failed
 // write left unfinished (`mid_line`), so the cut line stands alone and the
-// lines after it start on lines of their own. Returns false with errno set
-// if a write failed; `mid_line` then says whether the file ends inside a line.
-bool write_lines(int fd, const char* p, size_t n, bool& mid_line) {
+// lines after it start on lines of their own (unless the file was emptied
+// meanwhile: a copytruncate rotation). Returns false with errno set if a
+// write failed; `mid_line` then says whether the file ends inside a line, and
+// `done` how many bytes of the chunk went in.
+bool write_lines(int fd, const char* p, size_t n, bool& mid_line, size_t& done) {
   static char newline = '\n';
+  done = 0;
+  if (mid_line) {
+    struct stat st {};
+    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0) mid_line = false;
+  }
   iovec iov[2] = {{&newline, mid_line ? 1u : 0u}, {const_cast<char*>(p), n}};
   iovec* v = iov;
   int count = 2;
@@ -70,6 +77,7 @@ bool write_lines(int fd, const char* p, size_t n, bool& mid_line) {
     for (auto left = static_cast<size_t>(w); left > 0;) {
       const size_t take = std::min(left, v->iov_len);
       mid_line = static_cast<const char*>(v->iov_base)[take - 1] != '\n';
+      if (v == iov + 1) done += take;
       v->iov_base = static_cast<char*>(v->iov_base) + take;
       v->iov_len -= take;
       left -= take;
@@ -127,7 +135,17 @@ int run_logger(const std::vector<int>& socks, const std::vector<std::string>& pa
   for (int s : socks) pfds.push_back({s, POLLIN, 0});
   size_t open_socks = socks.size();
   auto buf = std::make_unique<char[]>(256 * 1024);
-  uint64_t write_errors = 0;
+  // Write failures, by file, as episodes: the first failure is logged at
+  // once, then at most one line a minute while they go on, and the first
+  // success after them says how many lines were lost. (One count for the
+  // logger's life, logged at failures 1, 1001, ..., said nothing of a second
+  // full disk or of a FIFO reader's second departure.)
+  struct Failing {
+    bool on = false;
+    uint64_t lost = 0, since_ms = 0, logged_ms = 0;
+    int err = 0;
+  };
+  std::vector<Failing> failing(paths.size());
   bool quit = false;
   uint64_t next_retry = 0;
   while (!quit && open_socks > 0) {
@@ -173,11 +191,34 @@ int run_logger(const std::vector<int>& socks, const std::vector<std::string>& pa
           const auto file = static_cast<uint8_t>(buf[0]);
           if (file < files.size() && files[file] >= 0) {
             bool mid = mid_line[file];
-            if (!write_lines(files[file], buf.get() + 1, static_cast<size_t>(n - 1), mid)) {
+            size_t done = 0;
+            const char* lines = buf.get() + 1;
+            const auto len = static_cast<size_t>(n - 1);
+            Failing& f = failing[file];
+            if (write_lines(files[file], lines, len, mid, done)) {
+              if (f.on)
+                GW_LOG_WARN("access log {}: writes go in again; {} line(s) were lost in {} ms ({})", paths[file],
+                            f.lost, core::monotonic_ms() - f.since_ms, std::strerror(f.err));
+              f = Failing{};
+            } else {
               const int err = errno;
-              if (write_errors++ % 1000 == 0)
-                GW_LOG_ERROR("access log {}: write: {} ({} failed write(s) so far)", paths[file], std::strerror(err),
-                             write_errors);
+              const uint64_t lost = static_cast<uint64_t>(std::count(lines + done, lines + len, '\n'));
+              const uint64_t now = core::monotonic_ms();
+              if (!f.on) {
+                f = Failing{true, lost, now, now, err};
+                GW_LOG_ERROR(
+                    "access log {}: write: {}; {} line(s) lost (the next failures are counted, and said "
+                    "once a minute, until a write goes in)",
+                    paths[file], std::strerror(err), lost);
+              } else {
+                f.lost += lost;
+                f.err = err;
+                if (now - f.logged_ms >= 60000) {
+                  f.logged_ms = now;
+                  GW_LOG_ERROR("access log {}: write: {}; {} line(s) lost in {} ms so far", paths[file],
+                               std::strerror(err), f.lost, now - f.since_ms);
+                }
+              }
               if (err == EPIPE) {
                 // A FIFO whose reader went: opened again (each second) once another comes.
                 ::close(files[file]);

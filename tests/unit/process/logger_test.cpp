@@ -23,7 +23,7 @@ namespace {
 // A logger process writing `path` from one worker socket (returned), with
 // its file size limited to `fsize` bytes: a write past it stops there and
 // then fails (EFBIG), as on a full disk.
-pid_t start_logger(const std::string& path, rlim_t fsize, int& worker_end) {
+pid_t start_logger(const std::string& path, rlim_t fsize, int& worker_end, const std::string& error_log = "/dev/null") {
   int sv[2];
   REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
   const pid_t pid = ::fork();
@@ -36,7 +36,8 @@ pid_t start_logger(const std::string& path, rlim_t fsize, int& worker_end) {
     lim.rlim_cur = fsize;
     if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) ::_exit(2);
     try {
-      core::log_open("/dev/null");  // its "write: File too large" lines
+      core::log_open(error_log);                  // its "write: File too large" lines
+      core::log_set_level(core::LogLevel::info);  // (the test binary's is error)
       ::_exit(process::run_logger({sv[0]}, {path}, ""));
     } catch (...) {
       ::_exit(3);
@@ -118,6 +119,60 @@ TEST_SUITE("process") {
       CHECK(stop_logger(pid, w) == 0);
       CHECK(read_file(path) == a + b);
     }
+    ::unlink(path.c_str());
+    ::rmdir(dir);
+  }
+
+  TEST_CASE(
+      "logger: each episode of failed writes is logged, with the lines lost; a truncated file gets no blank line") {
+    // Failures were logged at the logger's 1st, 1001st, ... failed write:
+    // a second full disk said nothing. And a file emptied after a cut write
+    // (copytruncate) began with an empty line.
+    char dir[] = "/tmp/gwunit-logger-XXXXXX";
+    REQUIRE(::mkdtemp(dir) != nullptr);
+    const std::string path = std::string(dir) + "/access.log";
+    const std::string a = std::string(59, 'a') + "\n", b = std::string(59, 'b') + "\n", c = std::string(59, 'c') + "\n";
+    // The logger's own log goes to a pipe: its file size limit would cut a file's lines.
+    int errpipe[2];
+    REQUIRE(::pipe2(errpipe, O_NONBLOCK) == 0);
+    int w = -1;
+    const pid_t pid = start_logger(path, 100, w, "/proc/self/fd/" + std::to_string(errpipe[1]));
+    ::close(errpipe[1]);
+    std::string log;
+    auto read_log = [&] {
+      char buf[4096];
+      for (ssize_t n; (n = ::read(errpipe[0], buf, sizeof buf)) > 0;) log.append(buf, static_cast<size_t>(n));
+      return log;
+    };
+    auto set_limit = [&](rlim_t v) {
+      rlimit lim{};
+      REQUIRE(::prlimit(pid, RLIMIT_FSIZE, nullptr, &lim) == 0);
+      lim.rlim_cur = v;
+      REQUIRE(::prlimit(pid, RLIMIT_FSIZE, &lim, nullptr) == 0);
+    };
+    auto wait_for = [&](const std::string& text, int count) {
+      for (int i = 0; i < 500; ++i) {
+        const std::string t = read_log();
+        size_t n = 0;
+        for (size_t at = t.find(text); at != std::string::npos; at = t.find(text, at + 1)) ++n;
+        if (static_cast<int>(n) >= count) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      return false;
+    };
+    send_chunk(w, a + b);  // b is cut at the 100th byte
+    REQUIRE(wait_for("line(s) lost (the next failures", 1));
+    set_limit(RLIM_INFINITY);
+    REQUIRE(::truncate(path.c_str(), 0) == 0);  // copytruncate
+    send_chunk(w, a);
+    REQUIRE(wait_for("writes go in again; 1 line(s) were lost", 1));
+    CHECK(read_file(path) == a);  // no blank line first
+    set_limit(100);               // the disk fills again: a second episode, logged again
+    send_chunk(w, b + c);
+    CHECK(wait_for("line(s) lost (the next failures", 2));
+    CHECK(stop_logger(pid, w) == 0);
+    CHECK(read_log().find("access log " + path + ": write: File too large; 1 line(s) lost") != std::string::npos);
+    ::close(errpipe[0]);
     ::unlink(path.c_str());
     ::rmdir(dir);
   }
