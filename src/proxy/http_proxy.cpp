@@ -206,6 +206,34 @@ bool find_cookie(std::string_view header, std::string_view name, std::string_vie
   return false;
 }
 
+/// The value of cookie `name` as nginx's $cookie_NAME reads it, for hash keys
+/// (a key nginx and gw must hash alike): the name matched case-insensitively,
+/// blanks before and after the '=', the value raw (quotes and blanks kept) up
+/// to the next ';'; a pair that does not match is skipped past the next ';'
+/// or ',', then its blanks. (Gray rules read cookies as find_cookie does.)
+bool nginx_cookie(std::string_view v, std::string_view name, std::string_view& value) noexcept {
+  size_t i = 0;
+  const size_t n = v.size();
+  while (i < n) {
+    if (n - i >= name.size() && iequals(v.substr(i, name.size()), name)) {
+      i += name.size();
+      while (i < n && v[i] == ' ') ++i;
+      if (i < n && v[i++] == '=') {
+        while (i < n && v[i] == ' ') ++i;
+        const size_t end = std::min(n, v.find(';', i));
+        value = v.substr(i, end - i);
+        return true;
+      }
+    }
+    while (i < n) {
+      const char ch = v[i++];
+      if (ch == ';' || ch == ',') break;
+    }
+    while (i < n && v[i] == ' ') ++i;
+  }
+  return false;
+}
+
 /// The value of query argument `name` (raw, as nginx's $arg_NAME), if present.
 bool find_arg(std::string_view query, std::string_view name, std::string_view& value) noexcept {
   while (!query.empty()) {
@@ -1435,7 +1463,7 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
       break;
     case config::HashKey::cookie:
       for (const http::Field& f : h.fields)
-        if (iequals(f.name, "cookie") && find_cookie(f.value, rc.hash_key_name, key)) {
+        if (iequals(f.name, "cookie") && nginx_cookie(f.value, rc.hash_key_name, key)) {
           have_key = true;
           break;
         }

@@ -1305,7 +1305,7 @@ http {{
     uwsgi_temp_path {tmp}/ut; scgi_temp_path {tmp}/st;
     keepalive_requests 100000;
     upstream u {{
-        hash $arg_k consistent;
+        {hash}
 {servers}
         keepalive 16;
     }}
@@ -1319,14 +1319,14 @@ http {{
 }}
 """
 
-    def start_nginx(self, servers):
+    def start_nginx(self, servers, hash_directive="hash $arg_k consistent;"):
         ntmp = os.path.join(self.tmp, "nginx")
         os.makedirs(ntmp, exist_ok=True)
         for _ in range(5):
             port = free_port()
             conf = os.path.join(ntmp, "nginx.conf")
             with open(conf, "w") as f:
-                f.write(self.CONF.format(tmp=ntmp, port=port, servers=servers))
+                f.write(self.CONF.format(tmp=ntmp, port=port, servers=servers, hash=hash_directive))
             out = open(os.path.join(ntmp, "out"), "ab")
             p = subprocess.Popen([NGINX, "-p", ntmp + "/", "-c", conf, "-e", os.path.join(ntmp, "error.log")],
                                  stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
@@ -1388,6 +1388,41 @@ http {{
         self.assertEqual(len(set(ngx.values())), 3, "nginx did not use every backend")
         diff = [(k, ngx[k], gwp[k]) for k in keys if ngx[k] != gwp[k]]
         self.assertFalse(diff, f"{len(diff)} of {len(keys)} keys differ (key, nginx, gw): {diff[:10]}")
+
+    def cookie_picks(self, port, cookies):
+        """{cookie header: backend} for GET /p with that Cookie field, on one connection."""
+        out = {}
+        conn = http.client.HTTPConnection(LO, port, timeout=T(10))
+        try:
+            for c in cookies:
+                conn.request("GET", "/p", headers={"Cookie": c})
+                r = conn.getresponse()
+                body = r.read()
+                self.assertEqual(r.status, 200, f"port {port} cookie {c!r}: {body[:200]!r}")
+                out[c] = json.loads(body)["backend"]
+        finally:
+            conn.close()
+        return out
+
+    def test_cookie_key_same_backend_as_nginx(self):
+        """hash_key cookie:k against nginx's hash $cookie_k: the name matched
+        case-insensitively, blanks around '=', the value raw (quotes and
+        blanks before ';' kept), pairs after ',' too. gw read the cookie as
+        its gray rules do (case-sensitive, quotes dropped, no blank before
+        '='): those keys went elsewhere, or round robin."""
+        bs = [self.hb(f"n{i}") for i in range(4)]
+        servers = "\n".join(f"        server {b.address};" for b in bs)
+        nport = self.start_nginx(servers, "hash $cookie_k consistent;")
+        gw = self.http_gw([pool("p", [host(f"n{i}", b) for i, b in enumerate(bs)], method="chash")],
+                          hash_key="cookie:k")
+        forms = ["k={v}", "K={v}", "k = {v}", 'k="{v}"', "a=1; K={v}", "a=1, k={v}", "kk=1; k={v}",
+                 "k={v} ; x=1", "k={v},x=1", "x=1;k={v}", "sid=1; k=  {v}"]
+        cookies = [f.format(v=f"user-{i}") for f in forms for i in range(25)]
+        ngx = self.cookie_picks(nport, cookies)
+        gwp = self.cookie_picks(gw.port, cookies)
+        self.assertEqual(len(set(ngx.values())), 4, "nginx did not use every backend")
+        diff = [(c, ngx[c], gwp[c]) for c in cookies if ngx[c] != gwp[c]]
+        self.assertFalse(diff, f"{len(diff)} of {len(cookies)} cookies differ (cookie, nginx, gw): {diff[:10]}")
 
     def test_same_backend_as_nginx_most_hosts_down(self):
         """20 hosts, 18 of them down (nginx `down`, gwctl down host): a key whose point is a
