@@ -1923,8 +1923,9 @@ void HttpProxy::answer_failure(Conn& c) noexcept {
 }
 
 void HttpProxy::on_connected(Conn& c, UpConn& u) noexcept {
-  // Only the latency here: the response decides whether the host did well.
-  record_connect_success(env_, u.host_slot, u.host_tag, u.connect_start_ns, false);
+  // Only the connect time here: the response decides whether the host did
+  // well, and its time feeds the latency EWMA (parse_response()).
+  record_connect_success(env_, u.host_slot, u.host_tag, u.connect_start_ns, false, false);
   u.state = UState::busy;
   u.u_out = true;
   c.u_write_ms = c.u_read_ms = env_.now_ms;
@@ -2099,7 +2100,14 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
       c.scan = c.rs.head;
       continue;
     }
-    metrics::host_response(env_, u.host_slot, u.host_tag, h.status, u.connect_start_ns);
+    // The time to the head (from the connect, or the send on a kept-alive
+    // connection) is the host's latency sample: on keep-alive connections
+    // there is no connect to time, and ewma, fed by connects alone, kept
+    // all the traffic on whichever host's last connect was the faster.
+    const uint64_t now_ns = core::monotonic_ns();
+    metrics::host_response(env_, u.host_slot, u.host_tag, h.status, u.connect_start_ns, now_ns);
+    if (u.connect_start_ns != 0 && now_ns >= u.connect_start_ns)
+      shm::record_latency(env_.seg->host(u.host_slot), u.host_tag, (now_ns - u.connect_start_ns) / 1000, env_.now_ms);
     const UpstreamRt& ur = upstream_rt(c.upstream);
     const bool listed = ur.conf && ur.conf->retry.retries_status(h.status);
     if (listed && c.attempts < ur.tries && c.retryable && c.idempotent &&

@@ -143,12 +143,12 @@ inline void host_connected(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t 
 
 /// An http host answered with a response head of `status`; the attempt
 /// (connect included, for a new connection) began at monotonic `start_ns`.
-inline void host_response(RelayEnv& env, uint32_t slot, uint32_t tag, int status, uint64_t start_ns) noexcept {
+inline void host_response(RelayEnv& env, uint32_t slot, uint32_t tag, int status, uint64_t start_ns,
+                          uint64_t now_ns) noexcept {
   shm::HostStats* s = detail::host_row(env, slot, tag);
   if (!s) return;
   if (status >= 100 && status < 600) detail::add(s->responses[status / 100 - 1]);
-  const uint64_t now = core::monotonic_ns();
-  if (start_ns != 0 && now >= start_ns) detail::observe(s->response, (now - start_ns) / 1000);
+  if (start_ns != 0 && now_ns >= start_ns) detail::observe(s->response, (now_ns - start_ns) / 1000);
 }
 
 /// A 5xx answer of the host, listed in retry.on, counted as a passive failure

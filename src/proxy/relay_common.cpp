@@ -282,9 +282,10 @@ void record_host_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t st
   }
 }
 
-void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t start_ns, bool success) noexcept {
+void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t start_ns, bool success,
+                            bool ewma_sample) noexcept {
   const uint64_t us = (core::monotonic_ns() - start_ns) / 1000;
-  shm::record_latency(env.seg->host(slot), tag, us, env.now_ms);
+  if (ewma_sample) shm::record_latency(env.seg->host(slot), tag, us, env.now_ms);
   metrics::host_connected(env, slot, tag, us);
   if (success) record_host_success(env, slot, tag, start_ns / 1000000);
 }

@@ -64,9 +64,10 @@ void record_connect_failure(RelayEnv& env, int ui, uint32_t slot, uint32_t tag, 
 /// `success`, the L4 and frame relays, for which the connect is the outcome)
 /// a success for passive health. The HTTP proxy passes false and counts a
 /// success at the response (a host that accepts and never answers is not a
-/// healthy one).
-void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t start_ns,
-                            bool success = true) noexcept;
+/// healthy one). `ewma_sample`: the connect time feeds the host's latency
+/// EWMA (the HTTP proxy feeds it the time to each response head instead).
+void record_connect_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t start_ns, bool success = true,
+                            bool ewma_sample = true) noexcept;
 /// A success for passive health (a down host's trial succeeded: it comes back).
 void record_host_success(RelayEnv& env, uint32_t slot, uint32_t tag, uint64_t started_ms) noexcept;
 

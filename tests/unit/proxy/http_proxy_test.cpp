@@ -868,3 +868,57 @@ TEST_SUITE("http proxy") {
     ::close(host);
   }
 }
+
+TEST_SUITE("http proxy") {
+  TEST_CASE("answers on a kept-alive connection feed the host's latency EWMA (ewma had only connects to go by)") {
+    // ewma's samples were connect times alone: on kept-alive upstream
+    // connections none came, and two equal hosts split 199:1, the one whose
+    // last connect was a few microseconds faster taking all. The time to each
+    // response head is the sample now.
+    Upstream up;
+    Gateway g(up.port);
+    const int hi = g.table.find_host(g.table.find_pool(g.table.find_upstream("app"), "p"), "h");
+    REQUIRE(hi >= 0);
+    const shm::HostRecord& h = g.table.hosts()[static_cast<size_t>(hi)];
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    g.accept(sv[0]);
+    const int client = sv[1];
+    int host = -1;
+    std::string in;
+    auto exchange = [&](uint64_t delay_ms) {
+      send_all(client, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+      std::string got, body;
+      uint64_t answer_at = 0;
+      step_until(
+          g,
+          [&] {
+            if (host < 0) host = ::accept4(up.lfd, nullptr, nullptr, SOCK_CLOEXEC);
+            if (host >= 0 && answer_at == 0) {
+              drain(host, in);
+              if (in.find("\r\n\r\n") != std::string::npos) {
+                in.clear();
+                answer_at = core::monotonic_ms() + delay_ms;
+              }
+            }
+            if (answer_at != 0 && answer_at != ~0ull && core::monotonic_ms() >= answer_at) {
+              send_all(host, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+              answer_at = ~0ull;
+            }
+            REQUIRE(drain(client, got));
+            return whole_response(got, body);
+          },
+          "the answer");
+    };
+    exchange(0);
+    const int first = host;
+    exchange(30);
+    CHECK(host == first);  // the same kept-alive connection: no connect to time
+    CHECK(shm::latency_us(g.ts.seg.host(h.slot), h.tag, g.env.now_ms) >= 25000);
+    ::close(client);
+    step_until(
+        g, [&] { return g.http->active() == 0; }, "the client connection to close");
+    g.http->close_all();
+    ::close(host);
+  }
+}
