@@ -932,12 +932,12 @@ TEST_SUITE("admin") {
     CHECK(shm::listener_totals(ts.seg, 0).accepted == 3);
 
     const shm::HostRecord& a = t.hosts()[0];
-    proxy::metrics::host_connected(env, a.slot, a.tag, 400);       // <= 0.5 ms
-    proxy::metrics::host_connected(env, a.slot, a.tag, 1000);      // <= 1 ms (le is inclusive)
-    proxy::metrics::host_connected(env, a.slot, a.tag, 20000000);  // above every bound
-    proxy::metrics::host_response(env, a.slot, a.tag, 503, core::monotonic_ns(), core::monotonic_ns());
-    proxy::metrics::host_status_failure(env, a.slot, a.tag);  // the 503 was listed in retry.on
-    proxy::metrics::host_response(env, a.slot, a.tag, 200, core::monotonic_ns(), core::monotonic_ns());
+    proxy::metrics::host_connected(env, a.slot, a.tag, 400);          // <= 0.5 ms
+    proxy::metrics::host_connected(env, a.slot, a.tag, 1000);         // <= 1 ms (le is inclusive)
+    proxy::metrics::host_connected(env, a.slot, a.tag, 20000000);     // above every bound
+    proxy::metrics::host_response(env, a.slot, a.tag, 503, 1, 1001);  // (a response 1 us after its start)
+    proxy::metrics::host_status_failure(env, a.slot, a.tag);          // the 503 was listed in retry.on
+    proxy::metrics::host_response(env, a.slot, a.tag, 200, 1, 1001);  // (a response 1 us after its start)
     auto st = shm::host_stats_totals(ts.seg, a.slot, a.tag);
     CHECK(st.status_failures == 1);
     CHECK(st.connect.buckets[0] == 1);
@@ -1143,11 +1143,11 @@ TEST_SUITE("admin") {
     const uint32_t c = a.tag + 1000;
     shm::reset_slot(ts.seg.host(a.slot), c);
     proxy::metrics::host_connected(env, a.slot, c, 400);
-    proxy::metrics::host_response(env, a.slot, c, 200, core::monotonic_ns(), core::monotonic_ns());
+    proxy::metrics::host_response(env, a.slot, c, 200, 1, 1001);  // (a response 1 us after its start)
     proxy::metrics::host_sent(env, a.slot, c, 10);
     // Then a's connect and answer come in: counted nowhere, c's row kept.
     proxy::metrics::host_connected(env, a.slot, a.tag, 400);
-    proxy::metrics::host_response(env, a.slot, a.tag, 503, core::monotonic_ns(), core::monotonic_ns());
+    proxy::metrics::host_response(env, a.slot, a.tag, 503, 1, 1001);  // (a response 1 us after its start)
     proxy::metrics::host_status_failure(env, a.slot, a.tag);
     auto st = shm::host_stats_totals(ts.seg, a.slot, c);
     CHECK(st.connect.count() == 1);
