@@ -150,9 +150,12 @@ std::string upstream_drift(const config::UpstreamConf& u, const shm::StateUpstre
       d.push_back(
           fmt::format("pool \"{}\" has priority {} in the config, {} at runtime", p.id, p.priority, sp->priority));
     if (sp->method != p.method)
-      d.push_back(fmt::format(
-          "pool \"{}\" has method {} in the config{}, {} at runtime", p.id, shm::method_name(p.method),
-          p.method_set ? "" : " (the default for an upstream of a frame listener)", shm::method_name(sp->method)));
+      d.push_back(
+          fmt::format("pool \"{}\" has method {} in the config{}, {} at runtime", p.id, shm::method_name(p.method),
+                      p.method_set                           ? ""
+                      : p.method == shm::Method::round_robin ? " (the default)"
+                                                             : " (the default for an upstream of a frame listener)",
+                      shm::method_name(sp->method)));
     // (By id: a walk over the other list for each host cost hosts squared,
     // 400 million compares for a config and a state file of 20000 hosts.)
     std::unordered_map<std::string_view, const shm::StateHost*> runtime;

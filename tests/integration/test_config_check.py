@@ -214,6 +214,25 @@ class ConfigCheckTest(GwTestCase):
                       'listener), round_robin at runtime', r.stderr)
         self.assertIn('pool "backup" has method chash in the config, round_robin at runtime', r.stderr)
 
+    def test_drift_warning_says_round_robin_is_the_default(self):
+        """A pool without "method" under a tcp listener's upstream is
+        round_robin: the warning called that "the default for an upstream of
+        a frame listener", whose default is chash."""
+        cfg = self.valid_config()
+        state = os.path.join(self.tmp, "gw.state.json")
+        cfg["state_file"] = state
+        for p in cfg["upstreams"][0]["pools"]:
+            del p["method"]
+        path = gwtest.write_json(os.path.join(self.tmp, "tcp.json"), cfg)
+        pools = [{"id": p["id"], "priority": p["priority"], "method": "chash",
+                  "hosts": [dict(h, down=False) for h in p["hosts"]]} for p in cfg["upstreams"][0]["pools"]]
+        with open(state, "w") as f:
+            json.dump({"gw_state": 1, "generation": 5, "upstreams": [{"name": "app", "pools": pools}]}, f)
+        r = gwtest.run_gwd_test(path)
+        self.assertEqual((r.returncode, r.stdout), (0, "ok\n"), r.stderr)
+        self.assertIn('pool "primary" has method round_robin in the config (the default), chash at runtime', r.stderr)
+        self.assertNotIn("frame", r.stderr)
+
     def test_rule_or_consumer_edited_in_the_config_warns(self):
         """The runtime state's rules and consumers win over the config's. A
         config rule whose id the runtime state has, with other matchers, or a

@@ -1139,8 +1139,8 @@ int main(int argc, char** argv) {
   auto* events = app.add_subcommand("events", "print the event log");
   events->add_flag("-f,--follow", o.follow, "keep printing new events");
 
-  auto* add = app.add_subcommand("add", "add a host, a pool or a rule")->require_subcommand(1);
-  auto* remove = app.add_subcommand("remove", "remove a host, a pool or a rule")->require_subcommand(1);
+  auto* add = app.add_subcommand("add", "add a host, a pool, a rule or a consumer")->require_subcommand(1);
+  auto* remove = app.add_subcommand("remove", "remove a host, a pool, a rule or a consumer")->require_subcommand(1);
   auto* down = app.add_subcommand("down", "take a host out of rotation (until `up`)")->require_subcommand(1);
   auto* up = app.add_subcommand("up", "put a host back into rotation")->require_subcommand(1);
   auto* set = app.add_subcommand("set", "change a host's weight, a pool or a rule")->require_subcommand(1);
