@@ -234,8 +234,26 @@ class AdminServer {
       }
       if (pfds[n + 2].revents) written();
       const uint64_t now = core::monotonic_ms();
-      for (auto& c : conns_)
-        if (c->fd && now >= c->deadline_ms) c->fd.reset();  // timed out (a slow or idle client)
+      for (auto& c : conns_) {
+        if (!c->fd || now < c->deadline_ms) continue;
+        // A request begun and not in whole within admin.timeout_ms gets a 408
+        // and the close, as gw's http listeners and HAProxy answer; an idle
+        // keep-alive connection, or one whose answer or linger timed out, is
+        // closed (it used to be closed with no answer in every case).
+        const bool begun = c->state == Conn::State::body || (c->state == Conn::State::head && !c->in.empty());
+        if (begun && !c->pending() && !c->writing) {
+          c->in.clear();
+          c->head_request = false;
+          respond(*c,
+                  admin::error_response(
+                      408, fmt::format("the request {} did not come in whole within admin.timeout_ms "
+                                       "({} ms)",
+                                       c->state == Conn::State::body ? "body" : "head", cfg_.admin.timeout_ms)),
+                  false, true);
+          continue;
+        }
+        c->fd.reset();  // timed out (a slow or idle client)
+      }
       if (draining_) {
         // Idle between requests: closed (as nginx closes idle keep-alive
         // connections on a graceful stop; a client retries on a new one).

@@ -1183,11 +1183,22 @@ class AdminTest(GwTestCase):
         t0 = time.monotonic()
         self.assertEqual(api.req("GET", "/metrics").status, 200)
         self.assertLess(time.monotonic() - t0, T(2))
-        # They are closed by admin.timeout_ms (1 s), not held forever.
-        for s in idle[:3] + slow[:3]:
+        # They are closed by admin.timeout_ms (1 s), not held forever; a request begun
+        # gets a 408 first (it was closed with no answer, as if the server had died).
+        r = hb.read_response(slow[3])
+        self.assertEqual(r.status, 408, r.body)
+        self.assertIn(b"the request head did not come in whole within admin.timeout_ms (1000 ms)", r.body)
+        for s in idle[:3] + slow[:4]:
             self.assertConnectionClosed(s, T(4))
         for s in idle + slow:
             s.close()
+        with socket.create_connection((LO, api.port), timeout=T(5)) as s:
+            s.sendall(b"POST /upstreams/app/pools HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() +
+                      b"\r\nContent-Length: 20\r\n\r\n{\"id\"")
+            r = hb.read_response(s)
+            self.assertEqual(r.status, 408, r.body)
+            self.assertIn(b"the request body did not come in whole", r.body)
+            self.assertConnectionClosed(s, T(4))
         # More connections than slots (128): the newest request is still served.
         flood = [socket.create_connection((LO, api.port), timeout=T(5)) for _ in range(140)]
         try:
