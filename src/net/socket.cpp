@@ -125,8 +125,18 @@ int socket_error(int fd) noexcept {
   return e;
 }
 
+const char* error_text(int err) noexcept {
+  switch (err) {
+    case kErrNoAnswer: return "no answer within read_timeout_ms";
+    case kErrNotTaken: return "the request not taken within send_timeout_ms";
+    default: return std::strerror(err);
+  }
+}
+
 bool peer_error(int err) noexcept {
   switch (err) {
+    case kErrNoAnswer:
+    case kErrNotTaken:
     case ECONNREFUSED:
     case ETIMEDOUT:
     case EHOSTUNREACH:

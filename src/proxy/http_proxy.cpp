@@ -947,17 +947,20 @@ void HttpProxy::on_timer(net::TimerNode& n) noexcept {
       }
       UpConn* u = c.up != kNone ? &ups_[c.up] : nullptr;
       if (u) {
-        const bool timed_out =
-            (u->state == UState::connecting && now >= c.u_write_ms + c.u_connect_ms) ||
-            (waits_for_host(c, *u) && now >= std::max(c.u_read_ms, c.u_write_ms) + c.u_read_ms_max) ||
-            (u->state == UState::busy && !u->u_out && now >= c.u_write_ms + c.u_send_ms_max &&
-             (c.rq.size() > 0 || c.sent < c.body_end));
-        if (timed_out) {
+        // Which timeout it was names the failure in the host's event.
+        const int timed_out = u->state == UState::connecting && now >= c.u_write_ms + c.u_connect_ms ? ETIMEDOUT
+                              : waits_for_host(c, *u) && now >= std::max(c.u_read_ms, c.u_write_ms) + c.u_read_ms_max
+                                  ? net::kErrNoAnswer
+                              : u->state == UState::busy && !u->u_out && now >= c.u_write_ms + c.u_send_ms_max &&
+                                      (c.rq.size() > 0 || c.sent < c.body_end)
+                                  ? net::kErrNotTaken
+                                  : 0;
+        if (timed_out != 0) {
           if (c.resp_started) {
             close_conn(c);  // mid-response: nothing to answer with
             return;
           }
-          upstream_failed(c, kFailTimeout, ETIMEDOUT);
+          upstream_failed(c, kFailTimeout, timed_out);
           if (c.state != CState::free) drive(c);
           return;
         }

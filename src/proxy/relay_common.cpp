@@ -240,7 +240,7 @@ void host_event(RelayEnv& env, uint32_t slot, uint32_t tag, bool down, int err, 
                                          : "";
     std::string text = down ? fmt::format("{} {} {} (passive: {} failure(s) within {} ms, last: {}{})",
                                           *out_already ? "health_down" : "host_down", path, address, max_fails,
-                                          fail_timeout, std::strerror(err), out_already)
+                                          fail_timeout, net::error_text(err), out_already)
                             : fmt::format("{} {} {} (passive: a connection succeeded{})",
                                           *out_already ? "health_up" : "host_up", path, address, out_already);
     shm::emit_event(*env.seg, shm::EventKind::health, t.header().generation, text);

@@ -34,6 +34,13 @@ FAULTS = {
     "5xx answer (not in retry.on)": ({"status": 500}, {}, 500, False, False),
 }
 
+# the "last:" of the host_down event (a read timeout said "Connection timed out",
+# which reads as a connect that timed out)
+LAST = {
+    "refused": "Connection refused",
+    "slow (past read_timeout_ms)": "no answer within read_timeout_ms",
+}
+
 
 class BackendFaultTest(HttpCase):
 
@@ -63,6 +70,9 @@ class BackendFaultTest(HttpCase):
         if blamed:
             self.assertEqual(h["failures"], 1, f"{name}: one passive failure")
             self.assertEqual(h["health"], "down", f"{name}: max_fails 1 takes the host out")
+            if name in LAST:  # what the host_down event says of it
+                down = [e for e in gw.event_texts() if e.startswith("host_down app/p/bad ")]
+                self.assertTrue(down and down[-1].endswith(f"last: {LAST[name]})"), f"{name}: {down}")
         else:
             self.assertEqual(h["failures"], 0, f"{name}: not a failure of the host")
             self.assertEqual(h["health"], "up")

@@ -64,6 +64,14 @@ bool peer_has_all(int fd) noexcept;
 /// machine's own trouble and must not count against a healthy host.
 bool peer_error(int err) noexcept;
 
+/// Failures of a host that no errno names, for the "last:" of its passive
+/// failure event (a read timeout said "Connection timed out", read as a
+/// connect that timed out). Peer errors; above every errno.
+inline constexpr int kErrNoAnswer = 0x10001;  ///< http: read_timeout_ms passed without the answer
+inline constexpr int kErrNotTaken = 0x10002;  ///< http: send_timeout_ms passed with the request not taken
+/// strerror(), or the text of a code above.
+const char* error_text(int err) noexcept;
+
 /// Whether the error a connecting socket reports (SO_ERROR, or an io_uring
 /// connect's result) says the handshake completed and the peer then reset the
 /// connection: ECONNRESET or EPIPE (Linux's tcp_reset gives ECONNREFUSED to a
