@@ -562,9 +562,14 @@ void Table::replace_rule(int rule, const RuleSpec& spec) {
       if (r[i].n_cidrs && r[i].first_cidr > first) r[i].first_cidr -= n;
   }
   // The rule keeps its hit counters: it is the same rule with new matchers.
+  // Not with another upstream: its hits are counted under the upstream they
+  // went to (gw_rule_hits_total's label), and a count carried over would
+  // credit the new upstream with traffic it never got. Tag 0: the writer
+  // gives it a new column, which starts at 0.
   const uint32_t stat_tag = cur.stat_tag, stat_slot = cur.stat_slot;
+  const bool same_upstream = name_of(cur.upstream) == spec.upstream;
   fill_rule(cur, spec, header().n_cidrs);
-  cur.stat_tag = stat_tag;
+  cur.stat_tag = same_upstream ? stat_tag : 0;
   cur.stat_slot = stat_slot;
   header().n_cidrs += static_cast<uint32_t>(spec.cidrs.size());
 }

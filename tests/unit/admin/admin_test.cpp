@@ -968,6 +968,15 @@ TEST_SUITE("admin") {
     shm::read_published(ts.seg, t2);
     CHECK(t2.rules()[0].stat_tag == rr.stat_tag);
     CHECK(shm::rule_hits(ts.seg, t2.rules()[0].stat_slot, t2.rules()[0].stat_tag) == 2);
+    // ... unless its upstream changes: the hits went to the old one (the
+    // counter's upstream label), and the new one starts at 0.
+    s.upstream = "app";
+    shm::ops::set_rule(ts.seg, "web", "default", s);
+    shm::Table t2b(ts.seg.caps());
+    shm::read_published(ts.seg, t2b);
+    CHECK(t2b.rules()[0].stat_tag != rr.stat_tag);
+    CHECK(shm::rule_hits(ts.seg, t2b.rules()[0].stat_slot, t2b.rules()[0].stat_tag) == 0);
+    s.upstream = "pre";
     shm::ops::remove_rule(ts.seg, "web", "default", "five");
     shm::ops::add_rule(ts.seg, "web", "default", s);
     shm::Table t3(ts.seg.caps());
