@@ -1103,8 +1103,14 @@ std::string usage_problem(const CLI::App& app, const CLI::ParseError& e) {
   const std::vector<std::string> extra = app.remaining(true);
   if (!extra.empty()) {
     const std::string& word = extra.front();
-    if (word.size() > 1 && word.front() == '-')
-      return fmt::format("unknown option \"{}\"{}", word, path.empty() ? "" : fmt::format(" for \"{}\"", path));
+    if (word.size() > 1 && word.front() == '-') {
+      // An id may start with '-' ("-1"): it is read as an option unless it
+      // comes after "--" (as "-h", which shows the help and changes nothing).
+      bool positionals = false;
+      for (const CLI::Option* o : at->get_options()) positionals |= o->get_positional();
+      return fmt::format("unknown option \"{}\"{}{}", word, path.empty() ? "" : fmt::format(" for \"{}\"", path),
+                         positionals ? " (a name or id that starts with '-' goes after \"--\")" : "");
+    }
     if (at == &app) return fmt::format("unknown command \"{}\"", word);
     if (!choices.empty()) return fmt::format("unknown object \"{}\" for \"{}\" (expected {})", word, path, choices);
     return fmt::format("unexpected argument \"{}\" for \"{}\"", word, path);
