@@ -455,6 +455,35 @@ class AdminTest(GwTestCase):
         except OSError:
             return False
 
+    def test_answers_held_for_clients_that_do_not_read_are_bounded(self):
+        """/metrics of 4,000 hosts is 22 MB, built whole per request: 20
+        clients that asked and read nothing held 480 MB of the admin server
+        (2.8 GB at its 128 connections). Past 128 MiB of answers waiting, a
+        large one is a 503 with Retry-After instead; once they go, 200."""
+        hosts = [gwtest.host(f"h{i}", f"{LO}:{20000 + i}") for i in range(4000)]
+        admin_port = free_port()
+        cfg = self.make_config([pool("p", hosts)], shm={"max_hosts": 4096}, admin={"listen": f"{LO}:{admin_port}"})
+        gw = self.gateway(cfg)
+        api = Admin(admin_port)
+        wait_until(lambda: api.req("GET", "/status", timeout=T(5)).status == 200, T(10), msg="the admin server")
+        stuck = []
+        for _ in range(8):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect((LO, admin_port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            stuck.append(s)
+            self.addCleanup(s.close)
+        time.sleep(1)  # their answers built (0.2 s each)
+        r = api.req("GET", "/metrics", timeout=T(30))
+        self.assertEqual(r.status, 503, r.body[:200])
+        self.assertEqual(r.header("Retry-After"), "1")
+        self.assertIn(b"bytes of answers wait for their clients to read them; try again", r.body)
+        self.assertEqual(api.req("GET", "/upstreams/app/pools/p/hosts/h1").status, 200, "a small answer is made")
+        for s in stuck:
+            s.close()
+        wait_until(lambda: api.req("GET", "/metrics", timeout=T(30)).status == 200, T(10), msg="/metrics again")
+
     def test_reads_are_answered_while_a_write_waits_for_the_writer_lock(self):
         """A gwctl holds the shm writer lock (its state file fsync stalls 5 s,
         as on a stalled disk; strace delays it) and an API write waits for
