@@ -255,6 +255,13 @@ void record_connect_failure(RelayEnv& env, int ui, uint32_t slot, uint32_t tag, 
   // An upstream a table change removed under the connection: its host's
   // health settings are gone with it.
   if (ui < 0 || static_cast<size_t>(ui) >= env.snap->upstreams().size()) return;
+  // So is a host removed meanwhile (a connect begun before gwctl remove
+  // host, failing now): its slot's failure would be counted for nothing, and
+  // said as "host_down (removed host) - (passive: 0 failure(s) within 0 ms".
+  const auto hosts = env.snap->table().hosts();
+  if (std::none_of(hosts.begin(), hosts.end(),
+                   [&](const shm::HostRecord& h) { return h.slot == slot && h.tag == tag; }))
+    return;
   const balance::UpstreamView& uv = env.snap->upstreams()[static_cast<size_t>(ui)];
   shm::HostRuntime& hr = env.seg->host(slot);
   if (shm::record_failure(hr, tag, uv.health, env.now_ms)) {

@@ -180,6 +180,28 @@ TEST_SUITE("proxy") {
           "host_down app/p/b 127.0.0.1:8002 (passive: 1 failure(s) within 10000 ms, last: Connection refused)");
   }
 
+  TEST_CASE("passive health: a connect to a host removed meanwhile that fails counts nothing and says nothing") {
+    // It was counted on the freed slot and said "host_down (removed host) -
+    // (passive: 0 failure(s) within 0 ms, last: Connection timed out)".
+    PickEnv e(shm::Method::round_robin);
+    const shm::HostRecord a = e.host(0);
+    const int ui = e.snap.find_upstream("app");
+    shm::Writer w(e.ts.seg);
+    w.set_persist(false);
+    w.commit([](shm::Table& t, std::vector<std::string>& ev) {
+      t.remove_host(t.find_host(t.find_pool(t.find_upstream("app"), "p"), "a"));
+      ev.push_back("host_removed app/p/a");
+    });
+    shm::TableReader reader(e.ts.seg);
+    reader.refresh(e.table);
+    e.snap.build(e.table);
+    e.bal.rebuild(e.snap);
+    const uint64_t head = e.ts.seg.header().event_head.load();
+    proxy::record_connect_failure(e.env, ui, a.slot, a.tag, a.weight, ETIMEDOUT);
+    CHECK(e.ts.seg.header().event_head.load() == head);
+    CHECK(e.ts.seg.host(a.slot).failures.load() == 0);
+  }
+
   TEST_CASE("passive health: a trial that passes while the checks hold the host out says health_up, no hook") {
     // a: up on its checks, out on passive health; then its checks fail
     // too. Its trial (claimed before they failed) passes: it still takes no
