@@ -579,6 +579,19 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
           fmt::format("binary upgrade: the running shm segment \"{}\" holds an inconsistent routing table ({}); a "
                       "restart is needed",
                       name, refused));
+    if (upgrade_from > 0) {
+      // As a reload refuses it: the new master would take its table from
+      // the other file (a newer one there dropped the live changes), and
+      // name it in the segment, where a failed upgrade left it for gwctl to
+      // persist to while the old master read its own.
+      const auto& hdr = seg.header();
+      const std::string running(hdr.state_file, ::strnlen(hdr.state_file, sizeof(hdr.state_file)));
+      if (running != cfg.state_file)
+        throw std::runtime_error(fmt::format(
+            "binary upgrade: state_file changed (\"{}\" -> \"{}\"), which a reload refuses too; a restart is "
+            "needed for that",
+            running, cfg.state_file));
+    }
     if (refused) {
       // Not a table any gw writer publishes: start over from the state file
       // and the config, as for a segment of another build.

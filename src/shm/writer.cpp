@@ -208,9 +208,23 @@ void Writer::set_retired(bool retired) {
   hdr.retired.store(retired ? 1 : 0);
 }
 
+namespace {
+bool g_require_live_master = false;
+}  // namespace
+
+void Writer::require_live_master(bool on) noexcept {
+  g_require_live_master = on;
+}
+
 uint64_t Writer::commit(const Change& change) {
   SegmentHeader& hdr = seg_->header();
   WriterLock lock(hdr.writer_lock);
+
+  if (g_require_live_master && !seg_->master_alive())
+    throw SegmentError(
+        fmt::format("the gateway on shm \"{}\" stopped (its master, pid {}, is gone) while this change waited; "
+                    "nothing was changed: run it again once gwd runs",
+                    seg_->name(), hdr.master_pid.load()));
 
   if (hdr.retired.load() != 0)
     throw SegmentError(fmt::format(

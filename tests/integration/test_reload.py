@@ -842,6 +842,33 @@ class ReloadTest(GwTestCase):
         s.close()
         self.assertEqual(gw.stop(), 0)
 
+    def test_binary_upgrade_refuses_a_changed_state_file(self):
+        """A reload refuses a changed state_file; a binary upgrade took it: the
+        new master read its table from the other file (a newer one there
+        dropped the live changes) and named it in the segment, where a failed
+        upgrade left it, so gwctl persisted to a file the old master never
+        read and its changes were lost at the next reboot. It is refused now,
+        and gwctl changes go on into the running state file."""
+        n = self.backend("n", "name")
+        cfg = self.config(n)
+        gw = self.gateway(cfg)
+        old_state = cfg["state_file"]
+        bad = json.loads(json.dumps(cfg))
+        bad["state_file"] = os.path.join(self.tmp, "other.state.json")
+        write_json(gw.conf_path, bad)
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGUSR2)
+        wait_until(lambda: "binary upgrade failed" in gw.log_text()[log_before:], T(10), msg="upgrade failure logged")
+        self.assertIn(f'binary upgrade: state_file changed ("{old_state}" -> "{bad["state_file"]}"), '
+                      "which a reload refuses too; a restart is needed for that", gw.log_text()[log_before:])
+        self.assertEqual(gw.status()["master_pid"], gw.pid)
+        write_json(gw.conf_path, cfg)
+        self.assertGwctlOk(gw, "down", "host", "app/primary", "n")
+        with open(old_state) as f:
+            self.assertEqual(json.load(f)["upstreams"][0]["pools"][0]["hosts"][0]["down"], True)
+        self.assertFalse(os.path.exists(bad["state_file"]))
+        self.assertEqual(gw.stop(), 0)
+
     def test_binary_upgrade_that_fails_keeps_the_old_master(self):
         n = self.backend("n", "name")
         cfg = self.config(n)

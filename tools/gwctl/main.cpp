@@ -1125,6 +1125,7 @@ int main(int argc, char** argv) {
   if (!gw::core::ensure_std_fds()) return 1;  // (nowhere to say why)
   gw::core::log_set_role("gwctl");
   gw::core::log_set_level(gw::core::LogLevel::warn);
+  gw::shm::Writer::require_live_master(true);  // never a change into a segment no gwd reads
   Options o;
   CLI::App app{"gwctl: inspect and change a running gw gateway, live"};
   app.fallthrough();

@@ -44,6 +44,15 @@ class Writer {
  public:
   explicit Writer(const Segment& seg) : seg_(&seg) {}
 
+  /// For a process that is not gwd (gwctl): every commit of this process,
+  /// under the lock, first checks that the segment's master is alive. One
+  /// that attached to a live gateway and waited (for the lock, or was
+  /// stopped) while every gw process was killed, the segment deleted and
+  /// gwd started on a new one, committed into a segment no gwd reads and
+  /// reported it done. (gwd's own writers commit before the master names
+  /// itself in a segment it reuses.)
+  static void require_live_master(bool on) noexcept;
+
   /// A change: mutates `t` (a private copy of the live table) and appends one
   /// line per logical change to `events`. Throws TableError to refuse.
   using Change = std::function<void(Table& t, std::vector<std::string>& events)>;

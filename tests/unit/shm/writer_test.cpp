@@ -73,6 +73,26 @@ TEST_SUITE("shm") {
     CHECK_NOTHROW(w.commit([](Table& t, std::vector<std::string>&) { t.add_host(0, "b", addr(2), 1); }));
   }
 
+  TEST_CASE("gwctl's commits (require_live_master) into a segment whose master is gone are refused") {
+    // A gwctl that attached to a running gateway and waited while every gw
+    // process was killed and gwd started on a new segment (the old one
+    // deleted) reported its change done into the old one, which no gwd reads.
+    TempSegment ts;
+    Writer w(ts.seg);
+    w.set_persist(false);
+    add_app(w);
+    const uint64_t before = ts.seg.header().published.load();
+    ts.seg.header().master_pid.store(0x7ffffff0);  // no such process
+    Writer::require_live_master(true);
+    CHECK_THROWS_WITH_AS(w.commit([](Table& t, std::vector<std::string>&) { t.add_host(0, "b", addr(2), 1); }),
+                         doctest::Contains("stopped (its master, pid 2147483632, is gone) while this change waited; "
+                                           "nothing was changed"),
+                         SegmentError);
+    CHECK(ts.seg.header().published.load() == before);
+    Writer::require_live_master(false);  // gwd's own writers: their master names itself after its first commit
+    CHECK_NOTHROW(w.commit([](Table& t, std::vector<std::string>&) { t.add_host(0, "b", addr(2), 1); }));
+  }
+
   TEST_CASE("a refused change publishes nothing") {
     TempSegment ts;
     Writer w(ts.seg);
