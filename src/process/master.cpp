@@ -347,7 +347,7 @@ void keep_dropped_state(const config::Config& cfg, const std::string& json, uint
                         std::vector<std::string>& warnings) {
   if (cfg.state_file.empty()) return;  // nothing is persisted: nowhere to keep it either
   const std::string path = fmt::format("{}.before-{}", cfg.state_file, generation);
-  shm::write_state_file(path, json);
+  shm::write_state_file(path, json, &cfg.state_file);  // (as private as the state file)
   warnings.push_back(fmt::format(
       "the runtime state as it was before (generation {}) is kept in {}: to have what was dropped back, stop gwd, "
       "fix the config, move that file to {} and delete /dev/shm/{} (changes made since are lost then)",
@@ -626,6 +626,10 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
         throw std::runtime_error(fmt::format("state_file directory {}: cannot sync {}: {}", dir.string(),
                                              parent.string(), std::strerror(errno)));
     }
+    // What writers killed while writing it left (gwctl SIGKILLed mid-change):
+    // a whole copy of the state each, never removed, until the disk is full.
+    if (const size_t n = shm::remove_stale_temp_files(cfg.state_file))
+      GW_LOG_INFO("removed {} temporary file(s) {}.tmp.PID left by writers that were killed", n, cfg.state_file);
   }
 
   // The runtime source: whichever of segment and state file is newer. A state

@@ -1,6 +1,7 @@
 #include "gw/shm/state_file.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -8,7 +9,9 @@
 #include <simdjson.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <set>
 #include <stdexcept>
 #include <type_traits>
@@ -194,7 +197,7 @@ std::string state_to_json(const Table& t) {
   return out;
 }
 
-void write_state_file(const std::string& path, const std::string& json) {
+void write_state_file(const std::string& path, const std::string& json, const std::string* like) {
   std::string dir = ".";
   if (auto slash = path.rfind('/'); slash != std::string::npos) dir = slash == 0 ? "/" : path.substr(0, slash);
   std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
@@ -220,7 +223,7 @@ void write_state_file(const std::string& path, const std::string& json) {
     // run as that user) can no longer read. Owner first: a chown may clear
     // mode bits.
     struct stat was {};
-    if (::stat(path.c_str(), &was) == 0) {
+    if (::stat((like ? *like : path).c_str(), &was) == 0) {
       keep_owner(fd.get(), path, was, fail);
       if (::fchmod(fd.get(), was.st_mode & 07777) != 0) fail("fchmod");
     }
@@ -464,6 +467,29 @@ bool rule_from_json(simdjson::dom::element e, RuleSpec& spec, std::string& why) 
     return false;
   }
   return true;
+}
+
+size_t remove_stale_temp_files(const std::string& state_file) {
+  std::string dir = ".", base = state_file;
+  if (auto slash = state_file.rfind('/'); slash != std::string::npos) {
+    dir = slash == 0 ? "/" : state_file.substr(0, slash);
+    base = state_file.substr(slash + 1);
+  }
+  const std::string prefix = base + ".tmp.";
+  size_t removed = 0;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    long pid = 0;
+    const char* p = name.c_str() + prefix.size();
+    char* stop = nullptr;
+    pid = std::strtol(p, &stop, 10);
+    if (*stop != '\0' || pid <= 0) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM) continue;  // its writer may still be at it
+    if (::unlink(it->path().c_str()) == 0) ++removed;
+  }
+  return removed;
 }
 
 }  // namespace gw::shm

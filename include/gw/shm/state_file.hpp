@@ -100,7 +100,16 @@ class StateFileError : public std::runtime_error {
 
 /// Writes atomically (temp file, fsync, rename, fsync of the directory).
 /// Throws StateFileError.
-void write_state_file(const std::string& path, const std::string& json);
+/// `like`: the file whose owner and mode a new `path` takes (a backup of the
+/// state file: its consumers' key hashes stay as private as they were);
+/// by default `path`'s own, if it exists.
+void write_state_file(const std::string& path, const std::string& json, const std::string* like = nullptr);
+
+/// Removes the temporary files (`STATE.tmp.PID`) that writers killed while
+/// writing `state_file` left, those of processes no longer alive; each
+/// is a whole copy of the state, and they add up until the disk is full.
+/// Returns how many went.
+size_t remove_stale_temp_files(const std::string& state_file);
 /// Reads a state file. Returns false if it does not exist; throws
 /// std::runtime_error naming the file and the problem if it is unreadable or invalid.
 bool read_state_file(const std::string& path, State& out);

@@ -570,6 +570,39 @@ TEST_SUITE("shm") {
     ::rmdir(dir.c_str());
   }
 
+  TEST_CASE(
+      "temporary files of killed writers are removed, a live writer's kept; a backup takes the state file's mode") {
+    // Each SIGKILLed gwctl left STATE.tmp.PID, a whole copy of the state,
+    // never removed (54 of them, 6.3 MB, in a review's run). And the
+    // STATE.before-GEN backup of a chmod 600 state file was made 0644.
+    const std::string dir = "/tmp/gwunit-tmp-" + std::to_string(::getpid());
+    REQUIRE(::mkdir(dir.c_str(), 0700) == 0);
+    const std::string path = dir + "/gw.state.json";
+    pid_t dead = ::fork();
+    REQUIRE(dead >= 0);
+    if (dead == 0) ::_exit(0);
+    REQUIRE(::waitpid(dead, nullptr, 0) == dead);
+    for (const std::string& f : {path + ".tmp." + std::to_string(dead), path + ".tmp." + std::to_string(::getpid()),
+                                 path + ".tmp.x", dir + "/other.json.tmp." + std::to_string(dead)})
+      std::ofstream(f) << "{}";
+    CHECK(remove_stale_temp_files(path) == 1);
+    CHECK(::access((path + ".tmp." + std::to_string(dead)).c_str(), F_OK) != 0);
+    CHECK(::access((path + ".tmp." + std::to_string(::getpid())).c_str(), F_OK) == 0);      // its writer lives
+    CHECK(::access((path + ".tmp.x").c_str(), F_OK) == 0);                                  // not a writer's
+    CHECK(::access((dir + "/other.json.tmp." + std::to_string(dead)).c_str(), F_OK) == 0);  // another file's
+
+    write_state_file(path, "{}\n");
+    REQUIRE(::chmod(path.c_str(), 0600) == 0);
+    write_state_file(path + ".before-3", "{}\n", &path);
+    struct stat st {};
+    REQUIRE(::stat((path + ".before-3").c_str(), &st) == 0);
+    CHECK((st.st_mode & 07777) == 0600);
+    for (const std::string& f : {path, path + ".before-3", path + ".tmp." + std::to_string(::getpid()), path + ".tmp.x",
+                                 dir + "/other.json.tmp." + std::to_string(dead)})
+      ::unlink(f.c_str());
+    ::rmdir(dir.c_str());
+  }
+
   TEST_CASE("a corrupt state file is an error naming the file") {
     std::string path = "/tmp/gwunit-bad-" + std::to_string(::getpid()) + ".json";
     std::ofstream(path) << "{\"gw_state\": 1, \"generation\": \"x\"}";
