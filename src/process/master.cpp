@@ -1551,8 +1551,9 @@ class Master {
       ::execvp(args[0], args.data());
       const std::string why = fmt::format("exec {}: {}", args[0], std::strerror(errno));
       std::fprintf(stderr, "gwd: binary upgrade: %s\n", why.c_str());
-      if (err_w) [[maybe_unused]]
-        auto n = ::write(err_w.get(), why.data(), why.size());
+      if (err_w) {
+        [[maybe_unused]] auto n = ::write(err_w.get(), why.data(), why.size());
+      }
       ::_exit(127);
     }
     upgrade_pid_ = pid;
@@ -1647,12 +1648,6 @@ class Master {
     }
   }
 
-  // Old master: the new one says it serves (its SIGWINCH). Taken only from a
-  // new master that still holds the segment and has not begun to stop: one
-  // stopped (SIGTERM: a roll-back) after it signalled, before this master took
-  // the signal, is going away, and this one serves on (its exit is a failed
-  // upgrade, see reap). The new master names itself in stopping_master before
-  // it signals anything, so it is seen here once it stops.
   // What the new master of a binary upgrade wrote to its pipe before it
   // failed, as one line ("a; b"); the pipe is closed.
   std::string upgrade_said() {
@@ -1668,6 +1663,12 @@ class Master {
     return core::one_line(out);
   }
 
+  // Old master: the new one says it serves (its SIGWINCH). Taken only from a
+  // new master that still holds the segment and has not begun to stop: one
+  // stopped (SIGTERM: a roll-back) after it signalled, before this master took
+  // the signal, is going away, and this one serves on (its exit is a failed
+  // upgrade, see reap). The new master names itself in stopping_master before
+  // it signals anything, so it is seen here once it stops.
   void hand_over(uint64_t now) {
     if (stopping_) return;
     const auto& hdr = seg_.header();
@@ -2009,9 +2010,9 @@ class Master {
   // Hooks: "host_down app/primary/a 127.0.0.1:8081 (...)" runs hooks.host_down
   // with GW_EVENT, GW_UPSTREAM, GW_POOL, GW_HOST and GW_ADDRESS set. The master
   // forks and never waits for it: a slow hook is killed after kHookTimeoutMs,
-  // and at most kMaxHooks run at once (the next wait in queued_hooks_). On a stop the master waits for the
-  // running ones until hooks_stop_at_, then ends them (stop_hooks): no hook
-  // outlives gwd.
+  // and at most kMaxHooks run at once (the next wait in queued_hooks_). On a
+  // stop the master waits for the running ones until hooks_stop_at_, then
+  // ends them (stop_hooks): no hook outlives gwd.
   static constexpr uint64_t kHookTimeoutMs = 60000;
   static constexpr size_t kMaxHooks = 32;
   static constexpr size_t kMaxQueuedHooks = 4096;     // events whose hooks wait for one of the 32 to end
