@@ -386,17 +386,24 @@ class HealthTest(GwTestCase):
                 gw.stop()
 
     def test_hooks_past_the_32_running_wait_their_turn(self):
-        """40 hosts downed by hand while each host_down hook takes 1.5 s: the
-        hooks past the 32 that may run at once were skipped (8 of 40 lost).
-        They now wait for a running one to end, in order, and all 40 run."""
+        """40 hosts downed by hand while each host_down hook waits: the hooks
+        past the 32 that may run at once were skipped (8 of 40 lost). They
+        now wait for a running one to end, in order, and all 40 run."""
         a = self.backend("a")
         out = os.path.join(self.tmp, "hooks.log")
-        hooks = {"host_down": f'sleep 1.5; echo "$GW_HOST" >> {out}'}
+        go = os.path.join(self.tmp, "go")
+        # Each hook waits for `go` (not a fixed sleep: under ASan 40 gwctl runs
+        # take longer than a sleep, and the first hooks ended before the 33rd).
+        hooks = {"host_down": f'while [ ! -e {go} ]; do sleep 0.05; done; echo "$GW_HOST" >> {out}'}
         hosts = [host("a", a)] + [host(f"h{i}", f"127.0.0.1:{gwtest.free_port()}") for i in range(40)]
         gw = self.gateway(self.make_config([pool("primary", hosts)], hooks=hooks))
         for i in range(40):
             rc, _, err = gw.gwctl("down", "host", "app/primary", f"h{i}")
             self.assertEqual(rc, 0, err)
+        gwtest.wait_until(lambda: "32 hooks are running: the next ones wait for them to end" in gw.log_text(), T(10),
+                          msg="the 33rd hook to wait")
+        with open(go, "w"):
+            pass
 
         def lines():
             try:
