@@ -392,7 +392,7 @@ void Checker::finish(Probe& p, bool ok, int err, uint64_t now) {
                         verdict, path, address, why)
       : first_same
           ? fmt::format("health_{} {} {} ({}; the first verdict, and the host {}: health.unknown is {})", verdict, path,
-                        address, why, after == shm::kActiveUp ? "took traffic already" : "took none yet",
+                        address, why, after == shm::kActiveUp ? "took traffic until then" : "took none until then",
                         after == shm::kActiveUp ? "usable" : "unusable")
           : fmt::format("host_{} {} {} ({})", verdict, path, address, why);
   shm::emit_event(seg_, shm::EventKind::health, table_->header().generation, text);

@@ -858,7 +858,7 @@ class Gateway:
         while True:
             if self.proc.poll() is not None:
                 self._fail(f"gwd exited with {self.proc.returncode} before it was ready")
-            ok = "ready" in self.log_text()
+            ok = ": ready: " in self.log_text()  # the master's line (not a word like "already")
             if not ok:
                 last = "no 'ready' line in the log"
             if ok and ENGINE == "io_uring" and self.config.get("event_engine") == "io_uring" \

@@ -374,12 +374,12 @@ class HealthTest(GwTestCase):
                         f"health_up app/primary/a {a.address}", f"health_up app/primary/b {b.address}",
                         f"host_down app/primary/d {dead}"])
                     self.assertIn("(active: 1 passed check(s); the first verdict, and the host took traffic "
-                                  "already: health.unknown is usable)", texts[0] + texts[1])
+                                  "until then: health.unknown is usable)", texts[0] + texts[1])
                 else:
                     self.assertEqual(sorted(t.split(" (")[0] for t in texts), [
                         f"health_down app/primary/d {dead}", f"host_up app/primary/a {a.address}",
                         f"host_up app/primary/b {b.address}"])
-                    self.assertIn("the first verdict, and the host took none yet: health.unknown is unusable)",
+                    self.assertIn("the first verdict, and the host took none until then: health.unknown is unusable)",
                                   " ".join(texts))
                 time.sleep(0.3)  # a late hook would show here
                 self.assertEqual(lines(), hooked)

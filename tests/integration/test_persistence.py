@@ -350,9 +350,9 @@ class PersistenceTest(GwTestCase):
         gw = self.gateway(cfg, start=False)
         gw.in_netns = lambda: [strace, "-f", "-qq", "-o", trace, "-e", "trace=openat,fsync,close"]
         gw.start(wait=False)   # gw.pid is strace's: wait_ready would look for workers under it
-        gwtest.wait_until(lambda: "ready" in gw.log_text() or gw.proc.poll() is not None, T(15),
+        gwtest.wait_until(lambda: ": ready: " in gw.log_text() or gw.proc.poll() is not None, T(15),
                           msg="gwd to log ready")
-        self.assertIn("ready", gw.log_text())
+        self.assertIn(": ready: ", gw.log_text())
         self.assertTrue(os.path.isdir(os.path.join(top, "deeper")))
         masters = gwtest.children(gw.pid)
         self.assertEqual(len(masters), 1, masters)
