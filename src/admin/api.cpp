@@ -451,6 +451,15 @@ Response done(int status, const shm::ops::Result& res) {
                                    res.changed ? "true" : "false", json_escape(res.what), res.generation, warning));
 }
 
+// 201 for an added resource, with its path as Location (RFC 9110 15.3.2).
+// Names hold only letters, digits and . _ - : (shm::check_name), none of
+// which needs escaping in a path segment.
+Response created(std::string location, const shm::ops::Result& res) {
+  Response r = done(201, res);
+  r.location = std::move(location);
+  return r;
+}
+
 int status_of(shm::TableError::Kind k) {
   switch (k) {
     case shm::TableError::Kind::not_found: return 404;
@@ -715,8 +724,9 @@ Response Api::write(const Request& r, const RouteMatch& m) {
     case Endpoint::pools: {  // POST: add pool
       PoolBody b;
       if (auto err = parse_pool_body(r.body, "", b); !err.empty()) return error_response(400, err);
-      return done(201, shm::ops::add_pool(seg_, p[0], b.id, b.priority.value_or(0),
-                                          b.method.value_or(shm::Method::round_robin)));
+      return created(
+          fmt::format("/upstreams/{}/pools/{}", p[0], b.id),
+          shm::ops::add_pool(seg_, p[0], b.id, b.priority.value_or(0), b.method.value_or(shm::Method::round_robin)));
     }
     case Endpoint::pool: {
       if (del) return done(200, shm::ops::remove_pool(seg_, p[0], p[1]));
@@ -739,7 +749,8 @@ Response Api::write(const Request& r, const RouteMatch& m) {
     case Endpoint::hosts: {  // POST: add host
       HostBody b;
       if (auto err = parse_host_body(r.body, b); !err.empty()) return error_response(400, err);
-      return done(201, shm::ops::add_host(seg_, p[0], p[1], b.id, b.address, b.weight, b.down));
+      return created(fmt::format("/upstreams/{}/pools/{}/hosts/{}", p[0], p[1], b.id),
+                     shm::ops::add_host(seg_, p[0], p[1], b.id, b.address, b.weight, b.down));
     }
     case Endpoint::host: {
       if (del) return done(200, shm::ops::remove_host(seg_, p[0], p[1], p[2]));
@@ -765,14 +776,15 @@ Response Api::write(const Request& r, const RouteMatch& m) {
       if (auto err = parse_consumer_body(r.body, b); !err.empty()) return error_response(400, err);
       uint8_t digest[shm::kSha256Len];
       if (!api::sha256(b.key, digest)) return error_response(500, "SHA-256 failed");
-      return done(201, shm::ops::add_consumer(seg_, b.name, digest));
+      return created(fmt::format("/consumers/{}", b.name), shm::ops::add_consumer(seg_, b.name, digest));
     }
     case Endpoint::consumer:  // DELETE
       return done(200, shm::ops::remove_consumer(seg_, p[0]));
     case Endpoint::rules: {  // POST: add rule
       shm::RuleSpec spec;
       if (auto err = parse_rule_body(r.body, "", spec); !err.empty()) return error_response(400, err);
-      return done(201, shm::ops::add_rule(seg_, p[0], p[1], spec));
+      return created(fmt::format("/listeners/{}/routes/{}/rules/{}", p[0], p[1], spec.id),
+                     shm::ops::add_rule(seg_, p[0], p[1], spec));
     }
     case Endpoint::rule: {
       if (del) return done(200, shm::ops::remove_rule(seg_, p[0], p[1], p[2]));

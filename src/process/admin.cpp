@@ -535,6 +535,7 @@ class AdminServer {
     if (!r.allow.empty()) head += fmt::format("Allow: {}\r\n", r.allow);
     if (!r.www_authenticate.empty()) head += fmt::format("WWW-Authenticate: {}\r\n", r.www_authenticate);
     if (!r.retry_after.empty()) head += fmt::format("Retry-After: {}\r\n", r.retry_after);
+    if (!r.location.empty()) head += fmt::format("Location: {}\r\n", r.location);
     if (close) head += "Connection: close\r\n";
     else if (c.http10) head += "Connection: keep-alive\r\n";  // else an HTTP/1.0 client waits for our close
     head += "\r\n";

@@ -664,6 +664,7 @@ class AdminTest(GwTestCase):
         r = gw.admin.req("POST", "/listeners/web/routes/default/rules",
                          {"id": "canary", "upstream": "pre", "header": "X-Canary=1"}, token=TOKEN)
         self.assertEqual(r.status, 201, r.body)
+        self.assertEqual(r.header("Location"), "/listeners/web/routes/default/rules/canary")
 
         n_http, n_tcp = 12, 6
         for i in range(n_http):
@@ -1062,6 +1063,7 @@ class AdminTest(GwTestCase):
         # key-auth consumers, both ways (names only: keys are kept as SHA-256).
         r = api.req("POST", "/consumers", {"name": "alice", "key": "alice-key-1"}, token=TOKEN)
         self.assertEqual((r.status, r.json()["message"]), (201, "add consumer alice"), r.body)
+        self.assertEqual(r.header("Location"), "/consumers/alice")
         self.assertEqual(gw.status()["consumers"], [{"name": "alice"}])
         self.assertNotIn("alice-key-1", json.dumps(gw.status()))
         self.assertGwctlOk(gw, "add", "consumer", "bob", "--key", "bob-key-2")
@@ -1177,6 +1179,7 @@ class AdminTest(GwTestCase):
             self.assertEqual(hb.read_response(s).status, 413)
         self.assertApiError(gw, 414, "GET", "/" + "x" * 5000, token=None)
         self.assertApiError(gw, 431, "GET", "/status", token=None, headers=[("X-Pad", "y" * 9000)])
+        self.assertApiError(gw, 431, "GET", "/status", token=None, headers=[(f"X-F{i}", "1") for i in range(70)])
         # The gateway still answers and serves.
         self.assertEqual(api.req("GET", "/status").status, 200)
         self.assertEqual(hb.request(gw.port, "GET", "/").status, 200)

@@ -149,6 +149,7 @@ struct Response {
   std::string allow;             ///< 405: the Allow field
   std::string www_authenticate;  ///< 401: the WWW-Authenticate field
   std::string retry_after;       ///< 503: the Retry-After field (seconds)
+  std::string location;          ///< 201: the Location field (the path of what was added)
 };
 
 /// {"error": "..."} with status.

@@ -576,11 +576,14 @@ TEST_SUITE("admin") {
     // The writes: through shm::ops, the same events as gwctl.
     r = call(api, "POST", "/upstreams/app/pools/primary/hosts", host_c, bearer);
     CHECK(r.status == 201);
+    CHECK(r.location == "/upstreams/app/pools/primary/hosts/c");  // RFC 9110 15.3.2
     CHECK(r.body.find("\"message\": \"add host app/primary/c 127.0.0.1:1003 weight=3\"") != std::string::npos);
     shm::Table t(ts.seg.caps());
     shm::read_published(ts.seg, t);
     CHECK(t.find_host(0, "c") >= 0);
-    CHECK(call(api, "POST", "/upstreams/app/pools/primary/hosts", host_c, "bearer " + kToken).status == 409);
+    r = call(api, "POST", "/upstreams/app/pools/primary/hosts", host_c, "bearer " + kToken);
+    CHECK(r.status == 409);
+    CHECK(r.location.empty());
     CHECK(call(api, "POST", "/upstreams/app/pools/nope/hosts", host_c, bearer).status == 404);
     CHECK(call(api, "POST", "/upstreams/app/pools/primary/hosts", R"({"id": "d"})", bearer).status == 400);
 
@@ -598,7 +601,9 @@ TEST_SUITE("admin") {
     }
     CHECK(saw_event);
 
-    CHECK(call(api, "POST", "/upstreams/app/pools", R"({"id": "dr", "priority": 1})", bearer).status == 201);
+    r = call(api, "POST", "/upstreams/app/pools", R"({"id": "dr", "priority": 1})", bearer);
+    CHECK(r.status == 201);
+    CHECK(r.location == "/upstreams/app/pools/dr");
     r = call(api, "PUT", "/upstreams/app/pools/dr", R"({"method": "chash"})", bearer);
     CHECK(r.status == 200);
     CHECK(r.body.find("warning") == std::string::npos);
@@ -624,7 +629,9 @@ TEST_SUITE("admin") {
 
     // Rules.
     const std::string rule = R"({"id": "canary", "upstream": "pre", "header": "X-Canary=1"})";
-    CHECK(call(api, "POST", "/listeners/web/routes/default/rules", rule, bearer).status == 201);
+    r = call(api, "POST", "/listeners/web/routes/default/rules", rule, bearer);
+    CHECK(r.status == 201);
+    CHECK(r.location == "/listeners/web/routes/default/rules/canary");
     CHECK(call(api, "POST", "/listeners/web/routes/default/rules", rule, bearer).status == 409);
     CHECK(call(api, "POST", "/listeners/web/routes/nope/rules", rule, bearer).status == 404);
     CHECK(call(api, "POST", "/listeners/nope/routes/default/rules", rule, bearer).body ==
