@@ -732,50 +732,56 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
 
   const char* what = "the config";
   shm::Writer writer(seg);
-  uint64_t gen = writer.commit([&](shm::Table& t, std::vector<std::string>& events) {
-    // The paths under the writer lock: every writer's commit persists to the
-    // state file the header names, and one reading it while it is rewritten
-    // could find it empty (its change not persisted) or cut short. This
-    // commit persists to the new one.
-    std::memset(hdr.state_file, 0, sizeof(hdr.state_file));
-    std::memcpy(hdr.state_file, cfg.state_file.data(), std::min(cfg.state_file.size(), sizeof(hdr.state_file) - 1));
-    std::memset(hdr.config_file, 0, sizeof(hdr.config_file));
-    std::memcpy(hdr.config_file, cfg.path.data(), std::min(cfg.path.size(), sizeof(hdr.config_file) - 1));
-    if (reuse) {
-      // Decided again from what is live now that the lock is ours: during a
-      // binary upgrade the old master, its admin API and gwctl commit until
-      // this moment, and a change made after the reads above must not be
-      // copied over (nor its state file).
-      shm::State now{};
-      const bool have_now = !cfg.state_file.empty() && shm::read_state_file(cfg.state_file, now);
-      merged = plan(&t, have_now ? &now : nullptr);
-      base_gen = std::max(t.header().generation, now.generation);
-      // Hosts keep their runtime slots (counters, health) only when the
-      // segment itself is the source; otherwise they get fresh slots.
-      if (source == Source::segment) keep_runtime_slots(merged, t);
-    }
-    what = source == Source::segment ? "the shm segment" : source == Source::file ? "the state file" : "the config";
-    if (dropped && source != Source::config) {
-      // (Under the writer lock: the state file is not rewritten meanwhile.)
-      std::string before;
-      if (source == Source::segment) {
-        before = shm::state_to_json(*plan_live);
-      } else {
-        std::ifstream in(cfg.state_file, std::ios::binary);
-        before.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-        if (!in.good() && !in.eof())
-          throw std::runtime_error(fmt::format("state file {}: cannot read it again", cfg.state_file));
+  uint64_t gen = 0;
+  try {
+    gen = writer.commit([&](shm::Table& t, std::vector<std::string>& events) {
+      // The paths under the writer lock: every writer's commit persists to the
+      // state file the header names, and one reading it while it is rewritten
+      // could find it empty (its change not persisted) or cut short. This
+      // commit persists to the new one.
+      std::memset(hdr.state_file, 0, sizeof(hdr.state_file));
+      std::memcpy(hdr.state_file, cfg.state_file.data(), std::min(cfg.state_file.size(), sizeof(hdr.state_file) - 1));
+      std::memset(hdr.config_file, 0, sizeof(hdr.config_file));
+      std::memcpy(hdr.config_file, cfg.path.data(), std::min(cfg.path.size(), sizeof(hdr.config_file) - 1));
+      if (reuse) {
+        // Decided again from what is live now that the lock is ours: during a
+        // binary upgrade the old master, its admin API and gwctl commit until
+        // this moment, and a change made after the reads above must not be
+        // copied over (nor its state file).
+        shm::State now{};
+        const bool have_now = !cfg.state_file.empty() && shm::read_state_file(cfg.state_file, now);
+        merged = plan(&t, have_now ? &now : nullptr);
+        base_gen = std::max(t.header().generation, now.generation);
+        // Hosts keep their runtime slots (counters, health) only when the
+        // segment itself is the source; otherwise they get fresh slots.
+        if (source == Source::segment) keep_runtime_slots(merged, t);
       }
-      keep_dropped_state(cfg, before, base_gen, merge_warnings);
-    }
-    uint32_t next_tag = std::max(t.header().next_tag, 1u);
-    std::memcpy(t.words(), merged.words(), t.bytes());
-    t.header().generation = base_gen;
-    t.header().next_tag = next_tag;
-    events.push_back(fmt::format("gwd_started pid={}: {} upstream(s), {} pool(s), {} host(s) from {}", ::getpid(),
-                                 t.upstreams().size(), t.pools().size(), t.hosts().size(), what));
-    for (const auto& w : merge_warnings) events.push_back("config_not_applied: " + w);
-  });
+      what = source == Source::segment ? "the shm segment" : source == Source::file ? "the state file" : "the config";
+      if (dropped && source != Source::config) {
+        // (Under the writer lock: the state file is not rewritten meanwhile.)
+        std::string before;
+        if (source == Source::segment) {
+          before = shm::state_to_json(*plan_live);
+        } else {
+          std::ifstream in(cfg.state_file, std::ios::binary);
+          before.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+          if (!in.good() && !in.eof())
+            throw std::runtime_error(fmt::format("state file {}: cannot read it again", cfg.state_file));
+        }
+        keep_dropped_state(cfg, before, base_gen, merge_warnings);
+      }
+      uint32_t next_tag = std::max(t.header().next_tag, 1u);
+      std::memcpy(t.words(), merged.words(), t.bytes());
+      t.header().generation = base_gen;
+      t.header().next_tag = next_tag;
+      events.push_back(fmt::format("gwd_started pid={}: {} upstream(s), {} pool(s), {} host(s) from {}", ::getpid(),
+                                   t.upstreams().size(), t.pools().size(), t.hosts().size(), what));
+      for (const auto& w : merge_warnings) events.push_back("config_not_applied: " + w);
+    });
+  } catch (const shm::StateFileError& e) {
+    // A start makes no "change" an operator could try again: say what it means.
+    throw std::runtime_error(fmt::format("{}; gwd cannot start without persisting its table", e.cause()));
+  }
   GW_LOG_INFO("routing table generation {} from {} ({} host(s))", gen, what, merged.hosts().size());
   for (const auto& w : merge_warnings) GW_LOG_WARN("{}", w);
   return seg;

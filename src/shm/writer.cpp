@@ -288,7 +288,7 @@ uint64_t Writer::commit(const Change& change) {
       if (!e.replaced()) hdr.persisting.store(persisted);
       // Nothing is published: say so, so that no operator takes it for a
       // change that is live but not persisted.
-      throw StateFileError(fmt::format("{}; the change was not made", e.what()), e.replaced());
+      throw StateFileError(fmt::format("{}; the change was not made", e.cause()), e.replaced(), e.cause());
     }
   }
   for (const SlotReset& r : resets) reset_slot(seg_->host(r.slot), r.tag);

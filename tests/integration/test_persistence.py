@@ -461,11 +461,11 @@ class PersistenceTest(GwTestCase):
         state_file = os.path.join(d, "gw.state.json")
         cfg = self.make_config([pool("primary", [host("a", a)])], workers=1, state_file=state_file)
         gw = self.gateway(cfg)
-        with open(state_file) as f:
-            before = f.read()
-        gen = gw.status()["generation"]
 
         def refused(why):
+            gen = gw.status()["generation"]
+            with open(state_file) as f:
+                before = f.read()
             for args in (["add", "host", "app/primary", "b", b.address], ["down", "host", "app/primary", "a"]):
                 rc, out, err = gw.gwctl(*args)
                 self.assertEqual(rc, 1, out + err)
@@ -487,7 +487,19 @@ class PersistenceTest(GwTestCase):
             pass
         os.close(fd)
         refused("No space left on device")
+        # A start that cannot persist its table does not start, and says so
+        # once, as a start (no "change" was asked for).
+        self.crash(gw)
+        os.unlink(f"/dev/shm/{gw.shm}")
+        gw.start(wait=False)
+        self.assertEqual(gw.proc.wait(timeout=T(10)), 1, gw.log_text())
+        self.assertRegex(gw.log_text(), rf"cannot write state file {re.escape(state_file)}: .*No space left on device; "
+                                        r"gwd cannot start without persisting its table\n")
+        self.assertNotIn("the change was not made", gw.log_text())
+        with open(state_file) as f:
+            self.assertIn('"generation": 1,', f.read())
         os.unlink(fill)
+        gw.start()
         subprocess.check_call(["mount", "-o", "remount,ro", d])
         refused("Read-only file system")
         subprocess.check_call(["mount", "-o", "remount,rw", d])

@@ -89,13 +89,18 @@ State state_from_table(const Table& t);
 /// A state file write that failed: the path, the step and errno's text.
 /// replaced(): the failure came after the rename (the directory's fsync), so
 /// the file at `path` may be the new one; before it, the old file is intact.
+/// cause(): the failure alone (what() may add what it meant for a change).
 class StateFileError : public std::runtime_error {
  public:
-  StateFileError(const std::string& what, bool replaced) : std::runtime_error(what), replaced_(replaced) {}
+  StateFileError(const std::string& what, bool replaced) : StateFileError(what, replaced, what) {}
+  StateFileError(const std::string& what, bool replaced, std::string cause)
+      : std::runtime_error(what), replaced_(replaced), cause_(std::move(cause)) {}
   bool replaced() const noexcept { return replaced_; }
+  const std::string& cause() const noexcept { return cause_; }
 
  private:
   bool replaced_;
+  std::string cause_;
 };
 
 /// Writes atomically (temp file, fsync, rename, fsync of the directory).
