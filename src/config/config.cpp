@@ -512,6 +512,21 @@ std::string route_host_why(std::string_view h) {
   if (name.back() == '.')
     return fmt::format(
         "expected a host without a trailing dot (requests are matched by their Host without it), got \"{}\"", h);
+  if (const size_t b = name.find_first_not_of('.'); h.front() == '.' && b != std::string_view::npos)
+    return fmt::format(
+        "expected a host name, got \"{}\": a leading dot is not nginx's \"example.com and its subdomains\" here; "
+        "write two routes, \"{}\" and \"*.{}\"",
+        h, name.substr(b), name.substr(b));
+  // Labels (RFC 1123 2.1): none empty, none starting or ending with '-'; no
+  // Host a client sends has them (nginx refuses "a..b" with a 400).
+  for (size_t at = 0; at <= name.size();) {
+    const size_t dot = std::min(name.find('.', at), name.size());
+    const std::string_view label = name.substr(at, dot - at);
+    if (label.empty() || label.front() == '-' || label.back() == '-')
+      return fmt::format("expected a host name, got \"{}\": label \"{}\" is {}", h, label,
+                         label.empty() ? "empty" : "one starting or ending with '-'");
+    at = dot + 1;
+  }
   return {};
 }
 

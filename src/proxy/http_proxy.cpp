@@ -66,6 +66,7 @@ constexpr uint8_t kFailLocal = 6;
 
 const char* reason_phrase(int status) noexcept {
   switch (status) {
+    case 301: return "Moved Permanently";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
@@ -1442,7 +1443,16 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   }
   path = std::string_view(path_buf_.data(), static_cast<size_t>(path_len));
 
-  const int ri = match_route(l, host_without_port(host), path);
+  int slash = -1;
+  const int ri = match_route(l, host_without_port(host), path, slash);
+  if (slash >= 0) {
+    // "/admin" where a route is "/admin/": a 301 to it, as nginx answers for
+    // a prefix location ending in '/'. Routed to a shorter prefix instead
+    // ("/"), the request would skip the "/admin/" route's auth and limits,
+    // and most hosts serve "/admin" as "/admin/".
+    redirect_to_slash(c, target, routes_[static_cast<size_t>(slash)].conf->path);
+    return;
+  }
   if (ri < 0) {
     count(HttpOutcome::no_route);
     pump_request_body(c);
@@ -1566,7 +1576,9 @@ void HttpProxy::start_request(Conn& c, const http::Head& h) noexcept {
   connect_next(c);
 }
 
-int HttpProxy::match_route(const ListenerRt& l, std::string_view host, std::string_view path) const noexcept {
+int HttpProxy::match_route(const ListenerRt& l, std::string_view host, std::string_view path,
+                           int& slash) const noexcept {
+  slash = -1;
   // The most specific host pattern first: exact, the longest "*.suffix", "*".
   int best_rank = -1;
   std::string_view best_host;
@@ -1602,8 +1614,56 @@ int HttpProxy::match_route(const ListenerRt& l, std::string_view host, std::stri
       best = static_cast<int>(l.first_route + i);
       best_len = prefix.size();
     }
+    if (prefix.size() == path.size() + 1 && prefix.back() == '/' && prefix.starts_with(path))
+      slash = static_cast<int>(l.first_route + i);
   }
+  if (best >= 0 && best_len == path.size()) slash = -1;  // a route is the path itself
   return best;
+}
+
+void HttpProxy::redirect_to_slash(Conn& c, std::string_view target, std::string_view prefix) noexcept {
+  // Location: the route's path and the request's query, as nginx sends the
+  // location's name and $args. Made in path_buf_ (the path is done with)
+  // before the body is read past (which may move the head's bytes).
+  const size_t q = target.find('?');
+  const std::string_view query = q == std::string_view::npos ? std::string_view() : target.substr(q);
+  // The route's path is decoded (a request's %XX is decoded before
+  // matching): bytes a path segment cannot hold as they are go back to %XX
+  // (RFC 3986 3.3), as nginx escapes a location's name.
+  const auto plain = [](unsigned char ch) {
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           std::string_view("-._~!$&'()*+,;=:@/").find(static_cast<char>(ch)) != std::string_view::npos;
+  };
+  constexpr std::string_view kField = "Location: ";
+  size_t n = kField.size() + query.size() + 2;
+  for (char ch : prefix) n += plain(static_cast<unsigned char>(ch)) ? 1 : 3;
+  // The answer's head must fit its buffer: a longer one (a query of
+  // kilobytes) is a 414, the target being too long to send back.
+  const bool fits = n <= path_buf_.size() / 2;
+  if (fits) {
+    char* p = path_buf_.data();
+    size_t k = kField.size();
+    std::memcpy(p, kField.data(), k);
+    for (char ch : prefix) {
+      const auto u = static_cast<unsigned char>(ch);
+      if (plain(u)) {
+        p[k++] = ch;
+      } else {
+        p[k++] = '%';
+        p[k++] = "0123456789ABCDEF"[u >> 4];
+        p[k++] = "0123456789ABCDEF"[u & 15];
+      }
+    }
+    if (!query.empty()) std::memcpy(p + k, query.data(), query.size());
+    std::memcpy(p + n - 2, "\r\n", 2);
+  }
+  pump_request_body(c);
+  if (c.state != CState::busy) return;  // the body itself was bad: answered (400) and closed
+  if (!fits) {
+    respond_error(c, 414, true);
+    return;
+  }
+  respond_error(c, 301, true, std::string_view(path_buf_.data(), n));
 }
 
 int HttpProxy::match_rule(const RouteRt& r, const Conn& c, const http::Head& h,

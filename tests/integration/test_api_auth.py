@@ -72,10 +72,10 @@ class Client:
         self.sock = socket.create_connection((gwtest.LOOPBACK, port), timeout=T(10))
         self.rd = Reader(self.sock)
 
-    def get(self, path, headers=()):
+    def get(self, path, headers=(), method="GET"):
         h = "".join(f"{n}: {v}\r\n" for n, v in headers)
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: auth.test\r\n{h}\r\n".encode())
-        r = read_response(self.rd)
+        self.sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: auth.test\r\n{h}\r\n".encode())
+        r = read_response(self.rd, method)
         if r is None:
             raise AssertionError("gw closed the connection")
         return r
@@ -298,6 +298,9 @@ class ApiAuthTest(GwTestCase):
         key-auth, while the target goes to the host as sent. A path that climbs
         above the root, or a bad %-escape, is a 400."""
         routes = [{"name": "adm", "path": "/admin/", "upstream": "app", "auth": {"type": "key-auth"}},
+                  {"name": "pct", "path": "/100%/", "upstream": "app", "auth": {"type": "key-auth"}},
+                  {"name": "ex", "path": "/exact/", "upstream": "app", "auth": {"type": "key-auth"}},
+                  {"name": "ex2", "path": "/exact", "upstream": "app"},
                   {"name": "open", "path": "/", "upstream": "app"}]
         gw = self.gateway(self.config(routes, consumers=[{"name": "alice", "key": "alice-key-0001"}]))
         c = Client(gw.port)
@@ -308,6 +311,19 @@ class ApiAuthTest(GwTestCase):
             self.assertEqual(r.status, 200, p)
             self.assertEqual(r.json()["target"], p, "the target is forwarded as sent")
         self.assertEqual(c.get("/x/y/../../z").status, 200)
+        # The route's path without its final '/' is a 301 to the route (nginx's
+        # auto_redirect), the query kept: routed to "/", a host that serves
+        # "/admin" as "/admin/" would have served it without the key.
+        for p, loc in (("/admin", "/admin/"), ("/admin?page=users", "/admin/?page=users"), ("//admin", "/admin/"),
+                       ("/%61dmin", "/admin/"), ("/x/../admin", "/admin/"), ("/100%25", "/100%25/")):
+            for key in ([], [("apikey", "alice-key-0001")]):
+                r = c.get(p, key)
+                self.assertEqual((r.status, r.header("Location")), (301, loc), p)
+        self.assertEqual(c.get("/admin", method="HEAD").status, 301)
+        # ...unless a route is that path itself.
+        r = c.get("/exact")
+        self.assertEqual((r.status, r.json()["target"]), (200, "/exact"))
+        self.assertEqual(c.get("/exact/").status, 401)
         c.close()
         for p in ("/..", "/a/../../admin/x", "/%zz", "/a%00b", "/a%2"):
             c = Client(gw.port)

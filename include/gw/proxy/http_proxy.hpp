@@ -325,8 +325,13 @@ class HttpProxy {
   bool tunnel_send_timed_out(const Conn& c, const config::HttpConf& hc, uint64_t now) const noexcept;
 
   // routing
-  int match_route(const ListenerRt& l, std::string_view host, std::string_view path) const noexcept;
+  /// The route for `host` and the normalised `path` (-1: none). `slash`: a
+  /// route of that host whose prefix is `path` and a '/', when no prefix is
+  /// `path` itself (nginx's auto_redirect: the request gets a 301 to it).
+  int match_route(const ListenerRt& l, std::string_view host, std::string_view path, int& slash) const noexcept;
   int match_rule(const RouteRt& r, const Conn& c, const http::Head& h, balance::HashKey client_key) const noexcept;
+  /// 301 to `prefix` (match_route's `slash`), the query kept.
+  void redirect_to_slash(Conn& c, std::string_view target, std::string_view prefix) noexcept;
   bool build_request_head(Conn& c, const http::Head& h, const RouteRt& r) noexcept;
 
   // upstream side

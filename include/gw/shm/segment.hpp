@@ -307,7 +307,7 @@ static_assert(sizeof(ListenerStats) == 512 + 64);
 /// The status codes counted in ListenerStats::http_errors, by slot; slot 0
 /// counts any other code, and slots past the list are unused.
 inline constexpr uint16_t kHttpCodes[kHttpCodeSlots] = {0,   400, 401, 403, 404, 405, 408, 411, 413, 414, 415,
-                                                        429, 431, 494, 499, 500, 501, 502, 503, 504, 505};
+                                                        429, 431, 494, 499, 500, 501, 502, 503, 504, 505, 301};
 /// The slot of `status` in ListenerStats::http_errors (0 = another code).
 constexpr size_t http_code_index(int status) noexcept {
   for (size_t i = 1; i < kHttpCodeSlots; ++i)

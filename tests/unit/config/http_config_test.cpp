@@ -290,6 +290,18 @@ TEST_SUITE("config") {
                     "got \"" +
                     dot + "\""));
     }
+    // nginx's ".example.com" (the name and its subdomains) is two routes here.
+    CHECK(has(route(R"("host": ".example.com")").errors,
+              p + "host: expected a host name, got \".example.com\": a leading dot is not nginx's \"example.com and "
+                  "its subdomains\" here; write two routes, \"example.com\" and \"*.example.com\""));
+    CHECK(has(route(R"("host": "example..com")").errors,
+              p + "host: expected a host name, got \"example..com\": label \"\" is empty"));
+    CHECK(has(route(R"("host": "*..example.com")").errors,
+              p + "host: expected a host name, got \"*..example.com\": label \"\" is empty"));
+    CHECK(has(route(R"("host": "*.-a.example.com")").errors,
+              p + "host: expected a host name, got \"*.-a.example.com\": label \"-a\" is one starting or ending "
+                  "with '-'"));
+    CHECK(has(route(R"("host": "..")").errors, p + "host: expected a host"));
     for (const char* bad : {"[::1", "[::1].", "[zz::1]", "*.[::1]", "[]", "a]b"}) {
       CAPTURE(bad);
       CHECK(has(route(std::string(R"("host": ")") + bad + "\"").errors, p + "host: expected a host"));
