@@ -353,7 +353,7 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
   for (size_t u = 0; u < t.upstreams().size(); ++u)
     w.sample("gw_upstream_hosts", {{"upstream", name_of(t.upstreams()[u].name)}}, up_hosts[u]);
   w.family("gw_upstream_hosts_usable", "gauge",
-           "Hosts of the upstream the balancer may use (admin up, not out on health).");
+           "Hosts of the upstream the balancer may use (admin up, weight above 0, not out on health).");
   for (size_t u = 0; u < t.upstreams().size(); ++u)
     w.sample("gw_upstream_hosts_usable", {{"upstream", name_of(t.upstreams()[u].name)}}, up_usable[u]);
 
@@ -398,7 +398,8 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
   w.family("gw_upstream_host_weight", "gauge", "Configured weight of the host.");
   for (const auto& h : hosts) w.sample("gw_upstream_host_weight", labels(h), h.weight);
   w.family("gw_upstream_host_latency_ewma_seconds", "gauge",
-           "Peak-EWMA of the host's connect time (the ewma method's measure); 0 before the first connect.");
+           "Peak-EWMA of the host's connect time, on http upstreams the time to the response head (the ewma "
+           "method's measure); 0 before the first sample.");
   for (const auto& h : hosts)
     w.sample_double("gw_upstream_host_latency_ewma_seconds", labels(h), static_cast<double>(h.ewma_us) / 1e6);
 
@@ -417,7 +418,7 @@ std::string metrics_text(const shm::Segment& seg, const shm::Table& t, const con
                 static_cast<double>(h.stats.response.sum_us) / 1e6);
 
   // ---- rules
-  w.family("gw_rule_hits_total", "counter", "Requests a gray-release rule matched and sent to its upstream.");
+  w.family("gw_rule_hits_total", "counter", "Requests a gray-release rule matched.");
   for (size_t k = 0; k < t.rules().size(); ++k) {
     const shm::RuleRecord& r = t.rules()[k];
     const shm::RouteRecord& route = t.routes()[r.route];

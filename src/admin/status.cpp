@@ -108,9 +108,13 @@ const char* host_health(const shm::Segment& seg, const shm::Table& t, const shm:
   const auto& up = t.upstreams()[t.pools()[h.pool].upstream];
   shm::HealthPolicy p{up.max_fails, up.fail_timeout_ms, up.check.type != shm::kCheckNone, up.check.unknown_usable != 0};
   const bool usable = shm::host_usable(seg.host(h.slot), h.tag, p, core::monotonic_ms());
-  // Passive health holding it out says "down" before its checks' verdict is
-  // in (it said "unknown" for a host that refused its connections).
-  if (!usable && up.max_fails != 0 && shm::passive_down(seg.host(h.slot), h.tag)) return "down";
+  // Down on passive health until a connection's trial passes, as its events
+  // say (host_down, and host_up only from the trial): also once its
+  // fail_timeout is over and the trial may be taken (it said "up" then, with
+  // no host_up, for a host that may still be dead). Before its checks'
+  // verdict is in as well (it said "unknown" for a host that refused its
+  // connections).
+  if (up.max_fails != 0 && shm::passive_down(seg.host(h.slot), h.tag)) return "down";
   if (p.active && shm::active_state(seg.host(h.slot), h.tag) == shm::kActiveUnknown) return "unknown";
   return usable ? "up" : "down";
 }
@@ -119,8 +123,11 @@ bool host_usable(const shm::Segment& seg, const shm::Table& t, const shm::HostRe
   const auto& up = t.upstreams()[t.pools()[h.pool].upstream];
   const shm::HealthPolicy p{up.max_fails, up.fail_timeout_ms, up.check.type != shm::kCheckNone,
                             up.check.unknown_usable != 0};
-  // Weight 0 takes no new connections (a drain), whatever its health.
-  return !h.admin_down && h.weight > 0 && shm::host_usable(seg.host(h.slot), h.tag, p, core::monotonic_ms());
+  // Weight 0 takes no new connections (a drain), whatever its health. A host
+  // down on passive health is not counted once its fail_timeout is over: it
+  // waits for one trial connection, and is up when that passes.
+  return !h.admin_down && h.weight > 0 && shm::host_usable(seg.host(h.slot), h.tag, p, core::monotonic_ms()) &&
+         !(up.max_fails != 0 && shm::passive_down(seg.host(h.slot), h.tag));
 }
 
 std::string host_json(const shm::Segment& seg, const shm::Table& t, int host, bool live) {

@@ -725,6 +725,34 @@ class HealthTest(GwTestCase):
         time.sleep(0.5)  # a second hook would have run by now
         self.assertEqual(lines(), ["host_down a", "host_up a"])
 
+    def test_a_host_passive_health_took_out_is_down_until_its_trial_passes(self):
+        """Past its fail_timeout_ms a host out on passive health may take one
+        trial connection, but it is still down (host_down was said, host_up
+        comes only from the trial): status, hosts_usable and the metrics say
+        so until a trial passes. They said "up", with no host_up, for a host
+        still dead and with no traffic to try it."""
+        a, b = self.backend("a"), self.backend("b")
+        cfg = self.make_config([pool("primary", [host("a", a), host("b", b)])], workers=2,
+                               upstream_opts={"max_fails": 1, "fail_timeout_ms": 500})
+        gw = self.gateway(cfg)
+        port = a.port
+        a.stop()
+        gwtest.wait_until(lambda: (gwtest.names(gw.port, 2), host_health(gw, "a")["health"] == "down")[1], T(5),
+                          msg="a fails a connection")
+        time.sleep(0.8)  # its fail_timeout is over; no connection has tried it
+        self.assertEqual(host_health(gw, "a")["health"], "down")
+        self.assertEqual(gw.status()["upstreams"][0]["hosts_usable"], 1)
+        self.assertFalse([e for e in gw.event_texts() if e.startswith("host_up app/primary/a ")])
+        # The trial: refused again, still down; then passing, up.
+        gwtest.names(gw.port, 2)
+        self.assertEqual(host_health(gw, "a")["health"], "down")
+        self.backend("a", port=port)
+        time.sleep(0.8)
+        gwtest.wait_until(lambda: (gwtest.names(gw.port, 2), host_health(gw, "a")["health"] == "up")[1], T(5),
+                          msg="a's trial passes")
+        self.assertEqual(gw.status()["upstreams"][0]["hosts_usable"], 2)
+        self.assertTrue([e for e in gw.event_texts() if e.startswith("host_up app/primary/a ")])
+
     def test_tcp_check_of_a_host_that_resets_before_the_connect_is_seen_passes(self):
         """A tcp check's connect completes, and the host resets the connection
         (SO_LINGER 0) before the checker has looked at it: SO_ERROR then says
