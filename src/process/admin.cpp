@@ -46,6 +46,7 @@ constexpr size_t kInCap = 8192 + kMaxBody + 16384;  // never buffer more unproce
 constexpr uint32_t kMaxRequests = 1000;
 constexpr uint64_t kLingerMs = 2000;
 constexpr uint64_t kEvictGraceMs = 1000;   // see evict_one()
+constexpr uint64_t kAcceptPauseMs = 100;   // out of descriptors (the workers' pause)
 constexpr size_t kMaxUnsent = 128 << 20;   // answers held for clients that do not read them, in all (respond())
 constexpr size_t kSmallAnswer = 64 << 10;  // answers up to this size are always made
 
@@ -202,7 +203,9 @@ class AdminServer {
     for (;;) {
       pfds.clear();
       pfds.push_back({sfd.get(), POLLIN, 0});
-      pfds.push_back({draining_ ? -1 : listen_fd_, POLLIN, 0});  // draining: the new admin server accepts
+      // Draining: the new admin server accepts. Paused: out of descriptors.
+      const bool paused = core::monotonic_ms() < accept_paused_until_ms_;
+      pfds.push_back({draining_ || paused ? -1 : listen_fd_, POLLIN, 0});
       for (auto& c : conns_) {
         short ev = 0;
         if (c->pending()) ev = POLLOUT;  // back-pressure: nothing more is read until the answer is out
@@ -214,6 +217,8 @@ class AdminServer {
       const uint64_t now0 = core::monotonic_ms();
       if (draining_)
         timeout = static_cast<int>(std::min<uint64_t>(1000, drain_until_ms_ > now0 ? drain_until_ms_ - now0 : 0));
+      if (paused)
+        timeout = static_cast<int>(std::min<uint64_t>(static_cast<uint64_t>(timeout), accept_paused_until_ms_ - now0));
       for (auto& c : conns_)
         timeout = static_cast<int>(
             std::min<uint64_t>(static_cast<uint64_t>(timeout), c->deadline_ms > now0 ? c->deadline_ms - now0 : 0));
@@ -270,11 +275,40 @@ class AdminServer {
 
  private:
   void accept_all() {
+    bool evicted = false;
     for (int i = 0; i < 64; ++i) {
       int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) {
-        if (errno == EINTR || errno == ECONNABORTED) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) GW_LOG_WARN("admin: accept: {}", std::strerror(errno));
+        const int err = errno;
+        if (err == EINTR || err == ECONNABORTED) continue;
+        if (err == EAGAIN || err == EWOULDBLOCK) return;
+        if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+          // Linux takes the descriptor before it looks at the queue: with
+          // none left, an empty queue says EMFILE too. Nothing waits: fine.
+          pollfd q{listen_fd_, POLLIN, 0};
+          if (::poll(&q, 1, 0) <= 0 || !(q.revents & POLLIN)) return;
+          // A client waits: a connection makes room for it (as when all
+          // kMaxConns are taken), so that idle clients holding the last
+          // descriptors cannot lock the API out; once per round.
+          if (!evicted && !conns_.empty()) {
+            evict_one(core::monotonic_ms());
+            evicted = true;
+            continue;
+          }
+          // Still none (the machine's, or other users' of this process):
+          // stop polling the socket for a while, as the workers do; it
+          // stayed readable and the loop spun, one log line per turn.
+          const uint64_t now = core::monotonic_ms();
+          accept_paused_until_ms_ = now + kAcceptPauseMs;
+          ++accept_pauses_;
+          if (last_pause_log_ms_ == 0 || now - last_pause_log_ms_ >= 1000) {
+            last_pause_log_ms_ = now;
+            GW_LOG_ERROR("admin: accept: {}; pausing accepts for {} ms ({} pause(s) so far)", std::strerror(err),
+                         kAcceptPauseMs, accept_pauses_);
+          }
+          return;
+        }
+        GW_LOG_WARN("admin: accept: {}", std::strerror(err));
         return;
       }
       const uint64_t now = core::monotonic_ms();
@@ -557,8 +591,11 @@ class AdminServer {
   int listen_fd_;
   std::vector<http::Field> fields_;
   std::vector<std::unique_ptr<Conn>> conns_;
-  bool draining_ = false;        // SIGTERM: answering what is under way, then exit
-  uint64_t drain_until_ms_ = 0;  // ...at the latest (admin.timeout_ms after the signal)
+  bool draining_ = false;  // SIGTERM: answering what is under way, then exit
+  uint64_t drain_until_ms_ = 0;
+  uint64_t accept_paused_until_ms_ = 0;  // out of descriptors: the listening socket is not polled until then
+  uint64_t accept_pauses_ = 0;
+  uint64_t last_pause_log_ms_ = 0;  // ...at the latest (admin.timeout_ms after the signal)
 };
 
 }  // namespace

@@ -228,6 +228,24 @@ def metric_sum(parsed, name, **labels):
     return total
 
 
+def _stat_fields(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace"), data[data.rindex(b")") + 2:].split()
+    except (OSError, ValueError):
+        return None, []
+
+
+def _comm(pid):
+    return _stat_fields(pid)[0]
+
+
+def _ppid(pid):
+    f = _stat_fields(pid)[1]
+    return int(f[1]) if len(f) > 1 else None
+
+
 # ----------------------------------------------------------------------------
 # HTTP to the admin server
 
@@ -1377,6 +1395,36 @@ class AdminTest(GwTestCase):
         self.assertEqual(r.header("Connection"), "close")
         lingering.settimeout(T(5))
         self.assertEqual(lingering.recv(100), b"", "and then a FIN at the end of the lingering close, no reset")
+
+    def test_out_of_descriptors_it_pauses_and_idle_clients_cannot_lock_it_out(self):
+        """The admin server's descriptors run out (its RLIMIT_NOFILE lowered
+        under it) with idle clients holding them: a new client evicts one, as
+        when all 128 slots are taken, and is served; accept() failing again
+        pauses accepts for 100 ms with one log line a second. It polled the
+        still-readable socket in a loop, a log line a turn (100,000 lines a
+        second at 100% CPU), and no new client was served."""
+        import resource
+        gw = self.admin_gateway(timeout_ms=30000)
+        port = gw.admin.port
+        admin_pid = next(int(d) for d in os.listdir("/proc") if d.isdigit() and _comm(int(d)) == "gwd-admin"
+                         and _ppid(int(d)) == gw.pid)
+        fds = len(os.listdir(f"/proc/{admin_pid}/fd"))
+        resource.prlimit(admin_pid, resource.RLIMIT_NOFILE, (fds + 20, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        self.addCleanup(lambda: resource.prlimit(admin_pid, resource.RLIMIT_NOFILE, (4096, 4096))
+                        if _comm(admin_pid) == "gwd-admin" else None)
+        idle = []
+        for _ in range(40):
+            s = socket.create_connection((LO, port), timeout=T(5))
+            self.addCleanup(s.close)
+            idle.append(s)
+        time.sleep(1.0)
+        for _ in range(3):
+            with socket.create_connection((LO, port), timeout=T(5)) as s:
+                s.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                self.assertEqual(hb.read_response(s).status, 200, "a new client is served")
+        lines = gw.log_text().count("admin: accept: Too many open files")
+        self.assertLessEqual(lines, 3, "one line a second at most")
+        self.assertIn("pausing accepts for 100 ms", gw.log_text())
 
     def test_refused_before_the_body_and_http10_keep_alive(self):
         """A write without the token is refused once its head is in: no 100
