@@ -142,16 +142,18 @@ const shm::HostRecord* bind_next_host(RelayEnv& env, StreamRoute& r, int ui, con
   return &rec;
 }
 
-void unbind_host(RelayEnv& env, StreamRoute& r) noexcept {
+void unbind_host(RelayEnv& env, StreamRoute& r, bool reached) noexcept {
   if (!r.bound) return;
-  shm::counter_close(env.seg->counter(env.worker, r.host_slot), r.host_tag);
+  if (reached) shm::counter_close(env.seg->counter(env.worker, r.host_slot), r.host_tag);
+  else shm::counter_unopen(env.seg->counter(env.worker, r.host_slot), r.host_tag);
   r.bound = false;
 }
 
 bool start_fd_wait(RelayEnv& env, StreamRoute& r, int err, uint32_t connect_timeout_ms) noexcept {
   if (!wait_for_fd(env, err, r.fd_wait_until_ms, connect_timeout_ms)) return false;
-  // No descriptor: not the host's fault. The caller tries again (any host) soon.
-  unbind_host(env, r);
+  // No descriptor: not the host's fault, nor a connection to it (its total
+  // counted one per retry, ten a second). The caller tries again (any host) soon.
+  unbind_host(env, r, false);
   --r.attempts;
   r.fd_wait = true;
   return true;
@@ -169,7 +171,7 @@ void connect_failed(RelayEnv& env, StreamRoute& r, int err, uint64_t& last_log_m
     }
     r.attempts = kAttemptsLocalError;  // another host would fail the same way
   }
-  unbind_host(env, r);
+  unbind_host(env, r, peer_error(err));  // a local error: nothing reached the host
 }
 
 void count_unrouted(RelayEnv& env, StreamRoute& r, int ui, uint64_t& last_no_host_log_ms) noexcept {

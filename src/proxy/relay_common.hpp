@@ -86,7 +86,9 @@ bool upstream_uses_key(const RelayEnv& env, int ui) noexcept;
 const shm::HostRecord* bind_next_host(RelayEnv& env, StreamRoute& r, int ui, const balance::UpstreamView& uv,
                                       balance::Rng& rng) noexcept;
 /// Undoes bind_next_host's count on the host (no-op when not bound).
-void unbind_host(RelayEnv& env, StreamRoute& r) noexcept;
+/// `reached`: false for a connection that never got to the host (no
+/// descriptor, port or memory for it): its counter_open is taken back whole.
+void unbind_host(RelayEnv& env, StreamRoute& r, bool reached = true) noexcept;
 /// socket() for the bound host failed with `err`. If that was a shortage of
 /// descriptors the session may wait out (wait_for_fd), the try is given back,
 /// the host unbound and fd_wait set: the caller arms a kFdWaitMs timer and

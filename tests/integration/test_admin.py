@@ -1409,8 +1409,9 @@ class AdminTest(GwTestCase):
         admin_pid = next(int(d) for d in os.listdir("/proc") if d.isdigit() and _comm(int(d)) == "gwd-admin"
                          and _ppid(int(d)) == gw.pid)
         fds = len(os.listdir(f"/proc/{admin_pid}/fd"))
-        resource.prlimit(admin_pid, resource.RLIMIT_NOFILE, (fds + 20, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-        self.addCleanup(lambda: resource.prlimit(admin_pid, resource.RLIMIT_NOFILE, (4096, 4096))
+        soft, hard = resource.prlimit(admin_pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(admin_pid, resource.RLIMIT_NOFILE, (fds + 20, hard))
+        self.addCleanup(lambda: resource.prlimit(admin_pid, resource.RLIMIT_NOFILE, (soft, hard))
                         if _comm(admin_pid) == "gwd-admin" else None)
         idle = []
         for _ in range(40):

@@ -262,6 +262,32 @@ class FaultTest(GwTestCase):
         self.round_trip(gw.port, b"after\n")
         self.assertEqual(gw.worker_pids(), [worker], "the worker must not have been replaced")
 
+    def test_a_session_waiting_for_its_upstream_socket_counts_one_connection_to_the_host(self):
+        """Room for the client's socket but none for the upstream's: the
+        session waits for a descriptor, trying again every 100 ms, and is
+        served once there is one. The host counts one connection (total) and
+        no failure; each retry counted one more, ten a second, for a client
+        that had not reached it."""
+        gw = self.echo_gateway(workers=1, connect_timeout_ms=int(T(30) * 1000))
+        (worker,) = gw.worker_pids()
+        self.round_trip(gw.port, b"started\n")
+        wait_until(lambda: gw.status()["workers"][0]["connections"] == 0, T(5), msg="the worker holds no connection")
+        time.sleep(0.2)
+        fds = open_fds(worker)
+        first_free = next(n for n in range(len(fds) + 1) if n not in fds)
+        soft, _ = resource.prlimit(worker, resource.RLIMIT_NOFILE)
+        set_nofile(worker, first_free + 1)
+        self.addCleanup(lambda: os.path.exists(f"/proc/{worker}") and set_nofile(worker, soft))
+        s = socket.create_connection((LO, gw.port), timeout=T(10))
+        self.addCleanup(s.close)
+        s.sendall(b"waits\n")
+        wait_until(lambda: "Too many open files" in gw.log_text(), T(5), msg="the upstream socket meets EMFILE")
+        time.sleep(1.0)  # about ten tries
+        set_nofile(worker, soft)
+        self.assertEqual(gwtest.recv_exact(s, 6), b"waits\n")
+        h = gwtest.find_host(gw.status(), "app/p/e")
+        self.assertEqual((h["total"], h["failures"]), (2, 0), h)
+
     def test_emfile_pause_lasts_its_100_ms_in_an_idle_worker(self):
         # A worker with no connection open (no timer) at the fd limit: each
         # pause ends after the 100 ms it logs, as when connections keep the

@@ -126,6 +126,14 @@ inline void counter_close(HostCounter& c, uint32_t tag) noexcept {
   if (a > 0) c.active.store(a - 1, std::memory_order_relaxed);
 }
 
+/// Takes back a counter_open() whose connection never reached the host (no
+/// descriptor or port for it): neither open nor counted in `total`.
+inline void counter_unopen(HostCounter& c, uint32_t tag) noexcept {
+  if (c.tag.load(std::memory_order_relaxed) != tag) return;  // slot reused meanwhile
+  if (uint32_t a = c.active.load(std::memory_order_relaxed); a > 0) c.active.store(a - 1, std::memory_order_relaxed);
+  if (uint64_t t = c.total.load(std::memory_order_relaxed); t > 0) c.total.store(t - 1, std::memory_order_relaxed);
+}
+
 struct HostTotals {
   uint64_t active = 0;
   uint64_t total = 0;
