@@ -156,6 +156,7 @@ class Worker {
     refresh();
     auto& wr = seg_.worker(slot_);
     wr.started_ms.store(core::wall_ms(), std::memory_order_relaxed);
+    wr.heartbeat_ms.store(core::monotonic_ms(), std::memory_order_relaxed);
     wr.pid.store(::getpid(), std::memory_order_release);
 
     next_housekeeping_ = env_.now_ms + kHousekeepingMs;
@@ -347,6 +348,8 @@ class Worker {
     });
     if (env_.now_ms >= next_housekeeping_) {
       next_housekeeping_ = env_.now_ms + kHousekeepingMs;
+      // For gwctl check: a worker stopped or stuck in a loop stops this.
+      seg_.worker(slot_).heartbeat_ms.store(core::monotonic_ms(), std::memory_order_relaxed);
       report_log_drops();
       if (!refreshed && any_close_on_remove_) close_orphans();  // active checks may have taken a host down
     }

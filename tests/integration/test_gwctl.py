@@ -666,26 +666,71 @@ class GwctlTest(GwTestCase):
         self.assertEqual(rc, 0, err)
         self.assertRegex(out, rf"^ok: master pid {gw.pid}, 1 worker\(s\) running, 1 listener\(s\) accepting\n$")
 
-        # A hung worker: its accept queue fills up, new connects time out.
+        # A stopped worker (its socket takes connections that then wait).
         wpid = gw.worker_pids()[0]
         os.kill(wpid, signal.SIGSTOP)
-        held = []
         try:
-            for _ in range(8):
-                s = socket.socket()
-                s.setblocking(False)
-                s.connect_ex(("127.0.0.1", gw.port))
-                held.append(s)
-            time.sleep(0.2)
-            rc, out, err = gw.gwctl("check", "--timeout-ms", "300")
-            self.assertEqual(rc, 1, out)
-            self.assertRegex(err.strip(), rf"^gwctl: check failed: listener l4 \(127\.0\.0\.1:{gw.port}\) does not accept "
-                                          r"connections: connect timed out$")
+            rc, line = self.assertGwctlError(gw, "check", rc_want=1)
+            self.assertRegex(line, rf"^gwctl: check failed: worker pid {wpid} is stopped \(SIGSTOP or a debugger\)")
         finally:
             os.kill(wpid, signal.SIGCONT)
-            for s in held:
-                s.close()
         gwtest.wait_until(lambda: gw.gwctl("check")[0] == 0, T(5), msg="check ok again")
+
+        # A hung worker that is not stopped (frozen by the cgroup freezer, as a
+        # worker stuck in a loop): at first its accept queue fills up and new
+        # connects time out; once it has missed its loop rounds for 3 s, that
+        # says so whatever the queue.
+        freezer = f"/sys/fs/cgroup/freezer/{gw.shm}"
+        try:
+            os.mkdir(freezer)
+        except OSError:
+            freezer = None
+        if freezer:
+            self.addCleanup(lambda: os.path.isdir(freezer) and os.rmdir(freezer))
+            held = []
+            try:
+                with open(f"{freezer}/tasks", "w") as f:
+                    f.write(str(wpid))
+                with open(f"{freezer}/freezer.state", "w") as f:
+                    f.write("FROZEN")
+                gwtest.wait_until(lambda: open(f"{freezer}/freezer.state").read().strip() == "FROZEN", T(5),
+                                  msg="the worker is frozen")
+                for _ in range(8):
+                    s = socket.socket()
+                    s.setblocking(False)
+                    s.connect_ex(("127.0.0.1", gw.port))
+                    held.append(s)
+                time.sleep(0.2)
+                rc, out, err = gw.gwctl("check", "--timeout-ms", "300")
+                self.assertEqual(rc, 1, out)
+                self.assertRegex(err.strip(), rf"^gwctl: check failed: (listener l4 \(127\.0\.0\.1:{gw.port}\) does "
+                                              r"not accept connections: connect timed out|worker pid \d+ has not run "
+                                              r"its event loop for \d+ ms \(stuck\?\))$")
+                gwtest.wait_until(lambda: "has not run its event loop" in gw.gwctl("check")[2], T(10),
+                                  msg="the frozen worker is named")
+            finally:
+                with open(f"{freezer}/freezer.state", "w") as f:
+                    f.write("THAWED")
+                with open("/sys/fs/cgroup/freezer/tasks", "w") as f:
+                    f.write(str(wpid))
+                for s in held:
+                    s.close()
+            gwtest.wait_until(lambda: gw.gwctl("check")[0] == 0, T(5), msg="check ok again")
+
+        # Reloads: the new workers are waited for (up to --timeout-ms) while
+        # they build their tables; checks failed for 50-100 ms after each.
+        cfg = gw.config
+        cfg["workers"] = 2
+        gwtest.write_json(gw.conf_path, cfg)
+        fails = []
+        for _ in range(5):
+            os.kill(gw.pid, signal.SIGHUP)
+            end = time.monotonic() + 0.3
+            while time.monotonic() < end:
+                rc, _, err = gw.gwctl("check", "--timeout-ms", str(int(T(5) * 1000)))
+                if rc != 0:
+                    fails.append(err.strip())
+        self.assertEqual(fails, [])
 
         # The master gone (its workers drain and exit on their own).
         os.kill(gw.pid, signal.SIGKILL)

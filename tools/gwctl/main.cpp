@@ -632,17 +632,19 @@ int etcd_set_pool(EtcdCtl& c, const std::string& u, const std::string& p, std::o
 
 // ---------------------------------------------------------------- gwctl check
 
-bool process_alive(int pid) {
-  if (pid <= 0 || (::kill(pid, 0) != 0 && errno != EPERM)) return false;
+// The state letter of /proc/PID/stat ('R', 'S', 'T', 'Z', ...): 'X' for a
+// process that is gone, '?' where it cannot be read.
+char process_state(int pid) {
+  if (pid <= 0 || (::kill(pid, 0) != 0 && errno != EPERM)) return 'X';
   char path[64];
   std::snprintf(path, sizeof(path), "/proc/%d/stat", pid);
   FILE* f = std::fopen(path, "r");
-  if (!f) return true;
+  if (!f) return '?';
   char buf[512] = {};
   size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
   std::fclose(f);
   const char* paren = std::strrchr(buf, ')');
-  return !(paren && paren + 2 < buf + n && (paren[2] == 'Z' || paren[2] == 'X'));  // a zombie is dead
+  return paren && paren + 2 < buf + n ? paren[2] : '?';
 }
 
 // Is `a` an address of this host (its network namespace)? A listener may be
@@ -702,16 +704,41 @@ int cmd_check(const Options& o) {
                       : "check failed: gwd is stopped");
   }
   // The master assigns each worker a row; after a reload the new workers use
-  // other rows than the old ones, which drain (kWorkerRetiring) and exit.
-  const uint32_t n = std::min(hdr.workers.load(), gw::shm::kMaxWorkers);
-  uint32_t running = 0;
-  for (uint32_t w = 0; w < gw::shm::kMaxWorkers; ++w) {
-    const auto& row = seg.worker(w);
-    int pid = row.pid.load(std::memory_order_acquire);
-    if (pid > 0 && !(row.flags.load(std::memory_order_relaxed) & gw::shm::kWorkerRetiring) && process_alive(pid))
+  // other rows than the old ones, which drain (kWorkerRetiring) and exit. A
+  // new worker is in its row once its table is built: right after a reload
+  // or a respawn one may not be yet, so they are waited for up to
+  // --timeout-ms (a reload used to fail checks for 50-100 ms). A worker
+  // stopped (SIGSTOP, a debugger) or stuck (no loop round for
+  // kStuckMs) fails at once: the connections its socket takes hang.
+  constexpr uint64_t kStuckMs = 3000;  // its rounds are 1 s apart at most
+  const uint64_t deadline = gw::core::monotonic_ms() + timeout;
+  for (;;) {
+    const uint32_t n = std::min(hdr.workers.load(), gw::shm::kMaxWorkers);
+    uint32_t running = 0;
+    for (uint32_t w = 0; w < gw::shm::kMaxWorkers; ++w) {
+      const auto& row = seg.worker(w);
+      const int pid = row.pid.load(std::memory_order_acquire);
+      if (pid <= 0 || (row.flags.load(std::memory_order_relaxed) & gw::shm::kWorkerRetiring)) continue;
+      const char st = process_state(pid);
+      if (st == 'X' || st == 'Z') continue;
+      if (st == 'T' || st == 't')
+        throw Failure(
+            fmt::format("check failed: worker pid {} is stopped (SIGSTOP or a debugger): the "
+                        "connections its listening sockets take wait",
+                        pid));
+      const uint64_t beat = row.heartbeat_ms.load(std::memory_order_relaxed);
+      const uint64_t now = gw::core::monotonic_ms();
+      if (beat != 0 && now > beat + kStuckMs && row.pid.load(std::memory_order_acquire) == pid)
+        throw Failure(
+            fmt::format("check failed: worker pid {} has not run its event loop for {} ms (stuck?)", pid, now - beat));
       ++running;
+    }
+    if (running >= n) break;
+    if (gw::core::monotonic_ms() >= deadline)
+      throw Failure(fmt::format("check failed: {} of {} workers are running", running, n));
+    ::usleep(10000);
   }
-  if (running < n) throw Failure(fmt::format("check failed: {} of {} workers are running", running, n));
+  const uint32_t n = std::min(hdr.workers.load(), gw::shm::kMaxWorkers);
   gw::shm::ListenerList listeners;
   if (!gw::shm::read_listeners(hdr, listeners))
     throw Failure("check failed: the listener list in shm stays mid-write (the master died while writing it?)");

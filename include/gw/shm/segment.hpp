@@ -350,7 +350,9 @@ struct alignas(64) WorkerRuntime {
   std::atomic<uint64_t> http_keepalive_reused;             ///< requests sent over an idle upstream connection
   std::atomic<uint64_t> http_tunnels;                      ///< WebSocket/Upgrade tunnels opened (101)
   std::atomic<uint64_t> http_outcomes[kHttpOutcomeKinds];  ///< by proxy::HttpOutcome (index 0: ok)
-  std::atomic<uint64_t> http_reserved[4];
+  std::atomic<uint64_t>
+      heartbeat_ms;  ///< monotonic ms of the worker's last loop round (1 s apart at most); 0 = none yet
+  std::atomic<uint64_t> http_reserved[3];
 };
 static_assert(sizeof(WorkerRuntime) == 64 + 64 + 128 + 128);
 /// WorkerRuntime::flags: the worker belongs to a generation that a reload
