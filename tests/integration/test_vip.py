@@ -8,7 +8,7 @@ This file re-executes itself in a fresh network namespace (see netns.py), the
 its own, made by the test (`unshare --net` holding it open), joined to the
 bridge by a veth pair, and runs its own gw-backend (on the node's loopback), gwd
 (a tcp listener on 0.0.0.0:7000) and keepalived (VRRP on the veth, the check
-script `gwctl check -c CONFIG`). Node A has priority 150, node B 100.
+script `gwctl check --shm NAME`). Node A has priority 150, node B 100.
 
 Addresses: 192.0.2.0/24 (TEST-NET-1, for documentation) inside these
 namespaces only: the client 192.0.2.1, the nodes .11 and .12, the VIP .100.
@@ -177,7 +177,7 @@ class Node:
     script_user root
 }}
 vrrp_script gw_check {{
-    script "{GWCTL} check -c {self.gw.conf_path} --timeout-ms 500"
+    script "{GWCTL} check --shm {self.gw.shm} --timeout-ms 500"
     interval 1
     timeout 2
     fall 1
