@@ -35,6 +35,7 @@
 #include "gw/shm/runtime.hpp"
 #include "process/signals.hpp"
 #include "proxy/metrics.hpp"
+#include "proxy/relay_common.hpp"
 
 namespace gw::process {
 namespace {
@@ -629,14 +630,27 @@ class Worker {
       }
       // limit_conn: over the address's max the connection is closed here, unread (counted).
       if (!limiter_.admit(fd, li, addr, env_.now_ms)) {
-        ::close(fd);
-        proxy::metrics::listener_reject(env_, li, shm::kRejectLimitConn);
+        refuse_limit_conn(fd, li, now);
         return;
       }
     }
     if (listeners_[li].http) http_.accept(fd, li, addr);
     else if (listeners_[li].per_frame) mux_.accept(fd, li);
     else relay_.accept(fd, li, addr);
+  }
+
+  // limit_conn: over the address's max, the accepted connection is closed
+  // unread. Counted as accepted and refused (as the other refusals: a
+  // rejected/accepted ratio stays a share), and a tcp or frame listener logs
+  // it, end=limit_conn (an http listener logs requests, and there was none).
+  void refuse_limit_conn(int fd, uint32_t li, const sockaddr_storage& peer) {
+    ::close(fd);
+    proxy::metrics::listener_accepted_refused(env_, li);
+    proxy::metrics::listener_reject(env_, li, shm::kRejectLimitConn);
+    if (!listeners_[li].http && env_.access_log && env_.access_log->enabled() && listeners_[li].log_file >= 0)
+      proxy::log_stream(env_, static_cast<uint16_t>(li),
+                        core::SockAddr::from_sockaddr(reinterpret_cast<const sockaddr*>(&peer)), nullptr, 0, 0,
+                        env_.now_ms, {}, "limit_conn");
   }
 
   // Draining (epoll): the connections queued in listener `li`'s socket, which
@@ -760,8 +774,7 @@ class Worker {
         return;
       }
       if (!limiter_.admit(fd, li, reinterpret_cast<const sockaddr*>(&peer), env_.now_ms)) {
-        ::close(fd);  // limit_conn: over the address's max (counted)
-        proxy::metrics::listener_reject(env_, li, shm::kRejectLimitConn);
+        refuse_limit_conn(fd, li, peer);
         return;
       }
     }

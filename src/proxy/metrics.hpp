@@ -87,6 +87,13 @@ inline void listener_open(RelayEnv& env, uint32_t listener) noexcept {
   }
 }
 
+/// A connection of listener `listener` accepted and refused at once (never
+/// open): counted accepted, as listener_open() counts, but not active.
+inline void listener_accepted_refused(RelayEnv& env, uint32_t listener) noexcept {
+  detail::add(env.seg->worker(env.worker).accepted);
+  if (shm::ListenerStats* s = detail::listener_row(env, listener)) detail::add(s->accepted);
+}
+
 /// A connection of listener `listener` that listener_open() counted is closed.
 inline void listener_close(RelayEnv& env, uint32_t listener) noexcept {
   auto& c = env.seg->worker(env.worker).connections;

@@ -299,7 +299,8 @@ class ApiLimitsTest(GwTestCase):
         return s
 
     def test_limit_conn_tcp_listener(self):
-        l4 = gwtest.tcp_listener("l4", "echo", limit_conn={"key": "ip", "max": 3})
+        log = os.path.join(self.tmp, "l4.log")
+        l4 = gwtest.tcp_listener("l4", "echo", limit_conn={"key": "ip", "max": 3}, access_log={"path": log})
         gw = self.gateway(self.config(listeners_extra=[l4]))
         port = gw.ports[1]
         held = []
@@ -324,6 +325,15 @@ class ApiLimitsTest(GwTestCase):
         gwtest.wait_until(lambda: gw.status()["limits"]["connections"] == 0, T(5), msg="all released")
         rc, out, err = gw.gwctl("status")
         self.assertRegex(out, r"1 connection\(s\) refused by limit_conn")
+        # The refused one was accepted, as every refusal is (rejected/accepted is
+        # a share), and is logged.
+        lst = next(l for l in gw.status()["listeners"] if l["name"] == "l4")
+        self.assertEqual(lst["accepted"], 6)
+        gwtest.wait_until(lambda: os.path.exists(log) and open(log).read().count("\n") == 6, T(5),
+                          msg="six lines")
+        with open(log) as f:
+            ends = sorted(re.search(r"end=(\w+)", l).group(1) for l in f.read().splitlines())
+        self.assertEqual(ends, ["closed"] * 5 + ["limit_conn"])
 
     def test_limit_conn_http_listener(self):
         cfg = self.config()
