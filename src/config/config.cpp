@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <sys/stat.h>
 
+#include <fcntl.h>
 #include <limits.h>
 #include <unistd.h>
 
@@ -1117,9 +1118,12 @@ LoadResult load_file(const std::string& path) {
     // simdjson says only "Error reading the file": the reason, from the system.
     std::string why = simdjson::error_message(err);
     struct stat st {};
+    // (An open, not access(): a process out of descriptors gets EMFILE, and
+    // said "Error reading the file".)
     if (::stat(path.c_str(), &st) != 0) why = std::strerror(errno);
     else if (S_ISDIR(st.st_mode)) why = "it is a directory";
-    else if (::access(path.c_str(), R_OK) != 0) why = std::strerror(errno);
+    else if (const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC); fd < 0) why = std::strerror(errno);
+    else ::close(fd);
     r.errors.push_back(fmt::format("(file): cannot read: {}", why));
     return r;
   }

@@ -1,7 +1,13 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <string>
 
 #include "config/json_util.hpp"
@@ -653,4 +659,32 @@ TEST_SUITE("config") {
     CHECK(has(r.errors,
               "got string \"a" + std::string(20, 'x') + "\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9...\""));
   }
+}
+
+TEST_CASE("a config file that cannot be read says why") {
+  using gw::config::load_file;
+  char dir[] = "/tmp/gw-cfgread-XXXXXX";
+  REQUIRE(::mkdtemp(dir) != nullptr);
+  const std::string d = dir, file = d + "/gw.json";
+  { std::ofstream(file) << kValid; }
+  CHECK(load_file(file).ok());
+  auto missing = load_file(d + "/none.json");
+  REQUIRE(missing.errors.size() == 1);
+  CHECK(missing.errors[0] == "(file): cannot read: No such file or directory");
+  CHECK(load_file(d).errors.at(0) == "(file): cannot read: it is a directory");
+  // Out of descriptors (a reload in a master at its limit): EMFILE, not
+  // simdjson's "Error reading the file". In a child: it uses up its own.
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    while (::dup(0) >= 0) {
+    }
+    auto r = load_file(file);
+    ::_exit(r.errors.size() == 1 && r.errors[0] == "(file): cannot read: Too many open files" ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  std::remove(file.c_str());
+  ::rmdir(dir);
 }
