@@ -164,7 +164,10 @@ void TcpRelay::sniff(Session& s) noexcept {
       return;
     }
     if (errno == EINTR) continue;
-    close_session(s);  // reset by the client
+    // Reset by the client: the end of what it sent, as an EOF is (a frame
+    // cut short is counted and logged as one; frame_mux does the same).
+    if (p.tail == 0) close_session(s);
+    else reject(s, framer.at_eof(p.tail));
     return;
   }
 }
@@ -281,10 +284,8 @@ void TcpRelay::on_event(uint64_t data, uint32_t events) noexcept {
     if (in) s.c_in = true;
     if (out) s.c_out = true;
     if (s.state == State::sniff) {
-      if (events & EPOLLERR) {
-        close_session(s);
-        return;
-      }
+      // A reset too: sniff()'s recv() takes what is left, then the error,
+      // and a frame cut short by it is counted as one.
       if (in) sniff(s);
       return;
     }

@@ -398,6 +398,13 @@ void UringRelay::on_recv(Session& s, bool client, int32_t res, uint32_t flags) n
   } else if (res == -ENOBUFS) {
     starve(s, client);  // re-armed by flush() once buffers come back
   } else if (res != -ECANCELED) {
+    if (client && s.state == State::sniff) {
+      // Reset inside the first frame: the end of what the device sent, as an
+      // EOF is (counted and logged as a frame cut short; it was neither).
+      if (!d.extra || d.extra_len == 0) close_session(s);
+      else reject(s, env_.listeners[s.listener].framer->at_eof(d.extra_len));
+      return;
+    }
     src_failed(s, client);  // reset or error
     if (!client || s.state != State::relay) return;
   }

@@ -2061,9 +2061,23 @@ class FrameTest(GwTestCase):
                     return time.monotonic() - t0
             return None
 
+        def reset_after(data):
+            """Sends `data`, then resets (SO_LINGER 0): the end of what the
+            device sent, counted as a FIN after it is (mode connection
+            counted nothing)."""
+            def send(s):
+                s.sendall(data)
+                time.sleep(0.1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+                return 0.0
+            return send
+
         for where in (("conn", port_of(conn)), ("mux", port_of(mux))):
             for name, reason, data, fin in cases:
                 check(where, name, reason, data, fin)
+            check(where, "reset inside the header", "header_truncated", reset_after(b"\x02\x01\x00"))
+            check(where, "reset inside the body", "body_truncated", reset_after(lie(20) + b'{"devid":"x"'))
             check(where, "slow drip past first_frame_timeout_ms", "first_frame_timeout", slow_drip,
                   timing=(0.4, T(1.6)))
             check(where, "silent client", "first_frame_timeout", lambda s: closed_within(s, T(3)),
