@@ -44,9 +44,14 @@
 #   RULES_DURATION  l7: length of each of those runs in seconds (default 20)
 #
 # Every proxy gets the same two single-threaded gw-backend servers and the same worker
-# count. Rounds are interleaved, in a balanced order (a Williams design: over n rounds for n
-# contenders, 2n if n is odd, each contender runs right after each other one equally often,
-# and in each position equally often), so that neither the machine's slow drift (thermal,
+# count. Rounds are interleaved, in a rotated order that is balanced over every full design
+# (a Williams design: over n rounds for n contenders, 2n if n is odd, each contender runs
+# right after each other one within a round equally often, and in each position equally
+# often; the step from one round's last run to the next round's first is outside the
+# design; a --rounds that is not a multiple of the design length leaves the order
+# unbalanced and is warned about: the default 5 rounds is less than one design for the
+# default l4 (10 rounds) and l7 (6) contenders, and one design plus a repeat of its first
+# round for frame's 4; the report header says how many full designs ran), so that neither the machine's slow drift (thermal,
 # noisy neighbours) nor what the contender before left behind always hits the same
 # contender: a frame round leaves ~10^5 sockets in TIME_WAIT for 60 s, and with the plain
 # rotation (gw always after direct, gw-uring always after gw) io_uring measured 0.87-0.88x
@@ -153,6 +158,18 @@ for c in "${CONTENDER_LIST[@]}"; do
     *) die "unknown contender '$c' (gw gw-uring nginx haproxy lua direct)" ;;
   esac
 done
+# The order's design (see order() below) is balanced over DESIGN_ROUNDS rounds: n for an
+# even number n of contenders, 2n for an odd one. Fewer rounds, or a count that is not a
+# multiple of it, leave the order unbalanced; the report header says what was run.
+NCONT=${#CONTENDER_LIST[@]}
+DESIGN_ROUNDS=$NCONT
+((NCONT % 2 == 0)) || DESIGN_ROUNDS=$((2 * NCONT))
+FULL_DESIGNS=$((ROUNDS / DESIGN_ROUNDS))
+EXTRA_ROUNDS=$((ROUNDS % DESIGN_ROUNDS))
+ORDER_TEXT="rotated order, balanced over every $DESIGN_ROUNDS rounds; $ROUNDS round(s) run ($FULL_DESIGNS full design(s) + $EXTRA_ROUNDS)"
+if ((EXTRA_ROUNDS != 0)); then
+  echo "compare.sh: warning: --rounds $ROUNDS is not a multiple of $DESIGN_ROUNDS (the balanced design for $NCONT contenders): the order is balanced only over $((FULL_DESIGNS * DESIGN_ROUNDS)) of the rounds" >&2
+fi
 has_contender() { local c; for c in "${CONTENDER_LIST[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
 has_gw() { has_contender gw || has_contender gw-uring; }
 
@@ -963,7 +980,7 @@ mkdir -p "$RESULTS_DIR"
 SKIPPED_TEXT=$(printf '%s\n' "${SKIPPED[@]+"${SKIPPED[@]}"}")
 
 # Values reach the Python code through the environment (quoted heredoc: no shell expansion).
-BENCH_ROUNDS=$ROUNDS BENCH_DURATION=$DURATION BENCH_WORKERS=$WORKERS BENCH_DATE=$DATE \
+BENCH_ROUNDS=$ROUNDS BENCH_ORDER=$ORDER_TEXT BENCH_DURATION=$DURATION BENCH_WORKERS=$WORKERS BENCH_DATE=$DATE \
 BENCH_STAMP=$STAMP BENCH_KERNEL=$KERNEL BENCH_NPROC=$NPROC BENCH_CPU=$CPU_MODEL BENCH_MEM=$MEM_TOTAL \
 BENCH_VERSIONS=$VERSIONS BENCH_GW_REV=$GW_REV BENCH_GW_BUILD=$GW_BUILD BENCH_MODE=$MODE \
 BENCH_RULES_DONE=$RULES_DONE BENCH_NOOP_DONE=$NOOP_DONE BENCH_SKIPPED=$SKIPPED_TEXT BENCH_ELAPSED=$ELAPSED BENCH_RESULTS_DIR=$RESULTS_DIR \
@@ -1115,12 +1132,12 @@ def describe(c):
 
 WHAT = {"l4": "L4 (tcp relay)", "l7": "L7 (HTTP reverse proxy)", "frame": "frame (first-frame routing)"}[mode]
 meta = ("%s; kernel `%s`, %s × %s, %s RAM; %s round(s) × %ss per contender and connection count, interleaved, "
-        "balanced order; %s workers each; gw %s, build %s; %s. cpu us/req = the contender's processes' CPU "
+        "%s; %s workers each; gw %s, build %s; %s. cpu us/req = the contender's processes' CPU "
         "time per request; load and backends us/req = the load generator's (%s) and the two backends' CPU time "
         "per request in the same runs; RSS = summed RSS of its processes (master and workers) at 90%% of a run, "
         "shared pages counted in every process that maps them; PSS splits those.%s" % (
             env["BENCH_DATE"], env["BENCH_KERNEL"], env["BENCH_NPROC"], env["BENCH_CPU"], env["BENCH_MEM"],
-            env["BENCH_ROUNDS"], env["BENCH_DURATION"], env["BENCH_WORKERS"], env["BENCH_GW_REV"],
+            env["BENCH_ROUNDS"], env["BENCH_DURATION"], env["BENCH_ORDER"], env["BENCH_WORKERS"], env["BENCH_GW_REV"],
             env["BENCH_GW_BUILD"], env["BENCH_VERSIONS"], "gwload" if mode == "frame" else "wrk",
             " Idle backend connections kept per worker: %s (nginx, lua, gw)." % env["BENCH_NGINX_KEEPALIVE"]
             if mode == "l7" else ""))
