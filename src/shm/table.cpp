@@ -548,8 +548,9 @@ void Table::replace_rule(int rule, const RuleSpec& spec) {
   if (name_of(cur.id) != spec.id) throw TableError("replace_rule: the id differs");
   if (find_upstream(spec.upstream) < 0) throw TableError(fmt::format("no upstream named \"{}\"", spec.upstream));
   if (header().n_cidrs - cur.n_cidrs + spec.cidrs.size() > caps_.max_rule_cidrs)
-    throw TableError(fmt::format("address block table is full: {} in use, shm.max_rule_cidrs = {}", header().n_cidrs,
-                                 caps_.max_rule_cidrs),
+    throw TableError(fmt::format("address block table is full: {} in use by other rules, {} asked, "
+                                 "shm.max_rule_cidrs = {}",
+                                 header().n_cidrs - cur.n_cidrs, spec.cidrs.size(), caps_.max_rule_cidrs),
                      TableError::Kind::full);
   // Drop the old blocks, then append the new ones: the record keeps its place.
   const uint32_t first = cur.first_cidr, n = cur.n_cidrs;

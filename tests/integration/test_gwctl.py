@@ -305,6 +305,14 @@ class GwctlTest(GwTestCase):
         p.terminate()
         self.assertIsNotNone(gwtest.wait_until(lambda: p.poll() is not None, T(5), msg="events --follow to exit"))
 
+        # Its reader gone (`| grep -m1 ...` matched), it ends on a quiet
+        # gateway too, as tail -f does; it waited for the next event to fail
+        # its write, and the pipeline hung.
+        sh = subprocess.run(["bash", "-c", " ".join(gwtest.gwctl_argv(["events", "--follow"], shm=gw.shm)) +
+                             " | grep -m1 -q gwd_started; echo ${PIPESTATUS[0]}"],
+                            capture_output=True, text=True, timeout=T(10), stdin=subprocess.DEVNULL)
+        self.assertEqual(sh.stdout.strip(), "0", sh.stderr)
+
     def test_ip_file_is_read_up_to_a_limit(self):
         """--ip-file read without a bound (/dev/zero grew gwctl to GBs, then
         bad_alloc); it stops past 64 bytes a block of shm.max_rule_cidrs (at
@@ -350,6 +358,22 @@ class GwctlTest(GwTestCase):
                 p = subprocess.run([gwtest.GWCTL, *args], capture_output=True, text=True, timeout=T(10),
                                    stdin=subprocess.DEVNULL)
                 self.assertEqual((p.returncode, p.stdout, p.stderr), (2, "", want + see))
+        # A command line that cannot run as given is a usage error too (exit 2),
+        # not a refused change (1).
+        for args, want in (
+                (["set", "pool", "app", "p", "--shm", "x"], "gwctl: set pool needs --priority and/or --method"),
+                (["add", "consumer", "z", "--shm", "x"], "gwctl: add consumer needs --key KEY or --key-file FILE"),
+                (["add", "consumer", "z", "--key", "k", "--key-file", "f", "--shm", "x"],
+                 "gwctl: give either --key or --key-file, not both"),
+                (["status", "--shm", "x", "-c", "y.json"], "gwctl: give either --shm or -c, not both"),
+                (["status", "--shm", "x", "--prefix", "/gw/"], "gwctl: --prefix goes with --etcd (it names etcd keys)"),
+                (["add", "rule", "web", "r", "x", "--upstream", "a", "--header", "X=1", "--header", "Y=2"],
+                 "gwctl: --header may be given only once (a rule has one header and one cookie matcher)"),
+                (["status", "--shm", "a", "--shm", "b"], "gwctl: --shm may be given only once")):
+            with self.subTest(args=args):
+                p = subprocess.run([gwtest.GWCTL, *args], capture_output=True, text=True, timeout=T(10),
+                                   stdin=subprocess.DEVNULL)
+                self.assertEqual((p.returncode, p.stdout, p.stderr), (2, "", want + see))
         for args in (["--version"], ["-V"]):   # as gwd -V
             with self.subTest(args=args):
                 p = subprocess.run([gwtest.GWCTL, *args], capture_output=True, text=True, timeout=T(10),
@@ -381,6 +405,10 @@ class GwctlTest(GwTestCase):
         # nothing changed: not "the change was made"
         self.assertEqual(to_full("up", "host", "app/primary", "b"),
                          (1, f"gwctl: cannot write to standard output: {nospace}\n"))
+        # --version and --help as well (they exited 0).
+        for args in (["-V"], ["--help"], ["add", "--help"]):
+            with self.subTest(args=args):
+                self.assertEqual(to_full(*args), (1, f"gwctl: cannot write to standard output: {nospace}\n"))
 
     def test_shm_names_the_config_refuses_are_refused_alike(self):
         """shm.name "." or "NAME.lock" is a config error; gwctl --shm said

@@ -3,6 +3,7 @@
 // exit for every error; a change is applied whole or not at all.
 
 #include <ifaddrs.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -55,6 +56,11 @@ using gw::shm::name_of;
 
 struct Failure : std::runtime_error {
   using std::runtime_error::runtime_error;
+};
+// A command line that cannot be run as given (a missing or conflicting
+// option): exit 2, as CLI11's own usage errors (1 is for a refused change).
+struct UsageFailure : Failure {
+  using Failure::Failure;
 };
 
 // ---------------------------------------------------------------- stdout
@@ -109,7 +115,7 @@ struct Options {
 };
 
 std::string shm_name(const Options& o) {
-  if (!o.shm.empty() && !o.config.empty()) throw Failure("give either --shm or -c, not both");
+  if (!o.shm.empty() && !o.config.empty()) throw UsageFailure("give either --shm or -c, not both");
   if (!o.shm.empty()) return o.shm;
   if (!o.config.empty()) {
     auto r = gw::config::load_file(o.config);
@@ -1004,14 +1010,17 @@ int cmd_status(const Options& o) {
     out("\nCONSUMERS (key-auth; keys are kept as SHA-256 hashes only): {}\n", names);
   }
   if (!t.routes().empty()) {
-    out("\n{:<28} {}\n", "LISTENER/ROUTE/RULE", "MATCH -> UPSTREAM (first match wins)");
+    // As wide as the longest rule id (the cells stay under their titles).
+    size_t w = 26;
+    for (size_t k = 0; k < t.rules().size(); ++k) w = std::max(w, name_of(t.rules()[k].id).size());
+    out("\n{:<{}} {}\n", "LISTENER/ROUTE/RULE", w + 2, "MATCH -> UPSTREAM (first match wins)");
     for (size_t r = 0; r < t.routes().size(); ++r) {
       const auto& rr = t.routes()[r];
       out("{}/{}\n", name_of(rr.listener), name_of(rr.name));
       for (size_t k = 0; k < t.rules().size(); ++k) {
         if (t.rules()[k].route != r) continue;
         auto spec = t.rule_spec(static_cast<int>(k));
-        out("  {:<26} {}\n", spec.id, gw::core::one_line(gw::shm::describe_rule(spec)));
+        out("  {:<{}} {}\n", spec.id, w, gw::core::one_line(gw::shm::describe_rule(spec)));
       }
     }
   }
@@ -1025,6 +1034,15 @@ std::pair<dev_t, ino_t> segment_file_id(const std::string& name) {
   struct stat st {};
   if (::stat(("/dev/shm/" + name).c_str(), &st) != 0) return {0, 0};
   return {st.st_dev, st.st_ino};
+}
+
+// Is standard output a pipe or socket whose reading end is closed? (poll
+// says POLLERR on such a pipe's writing end, POLLHUP on such a socket.)
+bool stdout_reader_gone() {
+  struct stat st {};
+  if (::fstat(STDOUT_FILENO, &st) != 0 || !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) return false;
+  pollfd p{STDOUT_FILENO, 0, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLERR | POLLHUP));
 }
 
 int cmd_events(const Options& o) {
@@ -1076,6 +1094,10 @@ int cmd_events(const Options& o) {
     report_lost();
     flush_stdout();
     if (!o.follow || g_stop) break;
+    // The reader of a pipe gone (`| grep -m1 ...` matched): done, as tail -f
+    // ends. Found only at the next write before, that is the next event,
+    // and a pipeline waiting on a quiet gateway never returned.
+    if (stdout_reader_gone()) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     // gwd may make the segment again (new capacities, another ABI, a restart
     // after it was removed): follow the new one.
@@ -1145,7 +1167,14 @@ std::string usage_problem(const CLI::App& app, const CLI::ParseError& e) {
   if (!choices.empty() && dynamic_cast<const CLI::RequiredError*>(&e))
     return at == &app ? fmt::format("a command is required ({})", choices)
                       : fmt::format("\"{}\" needs an object ({})", path, choices);
-  return e.what();
+  // CLI11 says "--header: At Most 1 required but received 2".
+  const std::string what = e.what();
+  if (const size_t at_most = what.find(": At Most 1 required but received"); at_most != std::string::npos) {
+    const std::string opt = what.substr(0, at_most);
+    return fmt::format("{} may be given only once{}", opt,
+                       opt == "--header" || opt == "--cookie" ? " (a rule has one header and one cookie matcher)" : "");
+  }
+  return what;
 }
 
 int main(int argc, char** argv) {
@@ -1256,7 +1285,19 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // Help and --version exit 0 as in gwd; a usage error names what was not
     // understood (CLI11 says "A subcommand is required" for a misspelt one).
-    if (e.get_exit_code() == 0) return app.exit(e);
+    if (e.get_exit_code() == 0) {
+      // (--help into a full disk is a failure too, as every command's output is.)
+      errno = 0;
+      const int rc = app.exit(e);  // (CLI11 flushes std::cout itself: its errno is the reason)
+      if (std::ferror(stdout) && errno != 0 && !g_stdout_errno) g_stdout_errno = errno;
+      try {
+        flush_stdout();
+      } catch (const std::exception& f) {
+        fmt::print(stderr, "gwctl: {}\n", gw::core::one_line(f.what()));
+        return 1;
+      }
+      return rc;
+    }
     return gw::core::usage_error("gwctl", usage_problem(app, e));
   }
 
@@ -1264,7 +1305,7 @@ int main(int argc, char** argv) {
   auto run = [&]() -> int {
     reject_empty(app);
     const bool to_etcd = !o.etcd.empty();
-    if (!o.prefix.empty() && !to_etcd) throw Failure("--prefix goes with --etcd (it names etcd keys)");
+    if (!o.prefix.empty() && !to_etcd) throw UsageFailure("--prefix goes with --etcd (it names etcd keys)");
     if (to_etcd &&
         !(*add_host || *rm_host || *down_host || *up_host || *set_host || *add_pool || *rm_pool || *set_pool))
       throw Failure(
@@ -1337,7 +1378,7 @@ int main(int argc, char** argv) {
     }
     if (*add_consumer) {
       std::string key = o.key;
-      if (!o.key.empty() && !o.key_file.empty()) throw Failure("give either --key or --key-file, not both");
+      if (!o.key.empty() && !o.key_file.empty()) throw UsageFailure("give either --key or --key-file, not both");
       if (!o.key_file.empty()) {
         std::FILE* f = std::fopen(o.key_file.c_str(), "r");
         if (!f) throw Failure(fmt::format("--key-file {}: {}", o.key_file, std::strerror(errno)));
@@ -1350,8 +1391,13 @@ int main(int argc, char** argv) {
         key.assign(buf, n);
         while (!key.empty() && (key.back() == '\n' || key.back() == '\r')) key.pop_back();
         if (key.empty()) throw Failure(fmt::format("--key-file {}: no key in it (an empty file)", o.key_file));
+        if (key.find('\n') != std::string::npos)
+          throw Failure(fmt::format("--key-file {}: more than one line (the key is the file's one line)", o.key_file));
+        if (!gw::config::valid_api_key(key))
+          throw Failure(fmt::format("--key-file {}: the key must be 1..{} visible ASCII characters", o.key_file,
+                                    gw::config::kMaxApiKey));
       }
-      if (key.empty()) throw Failure("add consumer needs --key KEY or --key-file FILE");
+      if (key.empty()) throw UsageFailure("add consumer needs --key KEY or --key-file FILE");
       if (!gw::config::valid_api_key(key))
         throw Failure(fmt::format("the key must be 1..{} visible ASCII characters", gw::config::kMaxApiKey));
       if (auto why = gw::shm::check_new_name(o.id); !why.empty())
@@ -1363,7 +1409,7 @@ int main(int argc, char** argv) {
     if (*rm_consumer) return report(gw::shm::ops::remove_consumer(attach(o, true), o.id));
     if (*rm_rule) return report(gw::shm::ops::remove_rule(attach(o, true), o.listener, o.route, o.id));
     if (*set_pool) {
-      if (o.priority.empty() && o.method.empty()) throw Failure("set pool needs --priority and/or --method");
+      if (o.priority.empty() && o.method.empty()) throw UsageFailure("set pool needs --priority and/or --method");
       std::optional<int32_t> prio;
       std::optional<gw::shm::Method> m;
       if (!o.priority.empty()) prio = parse_i32(o.priority, "--priority");
@@ -1380,6 +1426,8 @@ int main(int argc, char** argv) {
     const int rc = run();
     flush_stdout();
     return rc;
+  } catch (const UsageFailure& e) {
+    return gw::core::usage_error("gwctl", e.what());
   } catch (const std::exception& e) {
     std::fflush(stdout);
     fmt::print(stderr, "gwctl: {}\n", gw::core::one_line(e.what()));

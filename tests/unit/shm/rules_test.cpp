@@ -113,6 +113,10 @@ TEST_SUITE("shm") {
     CHECK_THROWS_WITH_AS(t.add_rule(r, ip_rule("b", {"12.0.0.0/8", "13.0.0.0/8"})),
                          "address block table is full: 2 in use, 2 more asked, shm.max_rule_cidrs = 3", TableError);
     t.add_rule(r, ip_rule("b", {"12.0.0.0/8"}));
+    // Replacing a rule frees its own blocks first: the others' are counted.
+    CHECK_THROWS_WITH_AS(t.replace_rule(t.find_rule(r, "a"), ip_rule("a", {"1.0.0.0/8", "2.0.0.0/8", "3.0.0.0/8"})),
+                         "address block table is full: 1 in use by other rules, 3 asked, shm.max_rule_cidrs = 3",
+                         TableError);
     RuleSpec p = none;
     p.id = "c";
     p.percent_bp = 500;
