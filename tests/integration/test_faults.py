@@ -369,7 +369,6 @@ class FaultTest(GwTestCase):
             s.close()
         self.assertEchoedAsSlotsFree(waiting, T(20))
         self.round_trip(gw.port, b"after\n")
-        self.assertNotIn("refusing a connection", gw.log_text())
 
     def test_full_session_table_log_names_the_slots_the_table_has(self):
         # The table is sized from the open-files limit the worker starts
@@ -486,7 +485,6 @@ class FaultTest(GwTestCase):
         gw.send_signal(signal.SIGHUP)  # the full worker keeps its connections open
         wait_until(lambda: any(p != full for p in gw.worker_pids()), T(5), msg="the new worker")
         self.assertEchoedAsSlotsFree(waiting, T(15))
-        self.assertNotIn("refusing a connection", gw.log_text())
 
     def test_full_http_table_reclaims_idle_connections(self):
         # An http listener whose slots are all taken by idle keep-alive

@@ -88,13 +88,18 @@ class SlowClientTest(HttpCase):
         # window of at most 512 bytes: gw's send_timeout_ms closes them.
         gw, b, worker = self.slow_gateway(send_timeout_ms=3000)
         fd0, rss0 = fds(worker), rss_kb(worker)
+        # slowhttptest keeps its connections for 30 s: gw must close them well
+        # before (it used to run 10 s and close them itself, and the test then
+        # passed whether or not the timeout fired).
         p = self.run_slowhttptest(gw.port, "-X", "-c", "200", "-r", "200", "-w", "64", "-y", "512", "-n", "1",
-                                  "-z", "32", "-k", "2", seconds=10)
+                                  "-z", "32", "-k", "2", seconds=30)
         wait_until(lambda: fds(worker) > fd0 + 100, T(10), msg="slow-reader connections open on the worker")
         n = self.others_unharmed(gw, 6)
-        p.wait(timeout=T(30))
-        wait_until(lambda: fds(worker) <= fd0 + 2, T(15), interval=0.2,
-                   msg=f"the worker's descriptors back to {fd0} after the slow readers")
+        wait_until(lambda: fds(worker) <= fd0 + 2, T(8), interval=0.2,
+                   msg=f"gw closed the slow readers: the worker's descriptors back to {fd0}")
+        self.assertIsNone(p.poll(), "slowhttptest ended before gw's send timeout was checked")
+        p.kill()
+        p.wait(timeout=T(10))
         grown = rss_kb(worker) - rss0
         sys.stderr.write(f"[slow read: {n} normal requests answered, worker RSS +{grown} kB] ")
         # Under io_uring a stalled reader also holds the send the proxy handed
