@@ -1096,6 +1096,7 @@ LoadResult parse(const simdjson::padded_string& json, const std::string& path) {
   if (c.has_error_under("shm.name") ||
       std::any_of(c.errors.begin(), c.errors.end(), [](const std::string& e) { return e.starts_with("shm: "); }))
     r.shm_name_given = false;
+  r.cluster_given = !c.has_error_under("cluster");
   r.errors = std::move(c.errors);
   return r;
 }

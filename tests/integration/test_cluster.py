@@ -579,6 +579,23 @@ class ClusterTest(GwTestCase):
             with self.subTest(args=args):
                 rc, out, err = gwtest.run_gwctl(*args, timeout=T(15))
                 self.assertIn(want, self.assert_one_line_error(rc, err, " ".join(args)))
+        # -c CONFIG gives the prefix even with an unrelated error in the file
+        # (with a warning), as it gives shm.name; an error in "cluster" refuses.
+        with open(gw.conf_path) as f:
+            cfg = json.load(f)
+        cfg["workers"] = 0
+        bad = os.path.join(self.tmp, "bad-workers.json")
+        gwtest.write_json(bad, cfg)
+        rc, out, err = gwtest.run_gwctl("up", "host", "app/primary", "a", "--etcd", self.etcd.urls[0], "-c", bad,
+                                        timeout=T(15))
+        self.assertEqual(rc, 0, err)
+        self.assertIn(f'using cluster.prefix "{self.prefix}" from it', err)
+        cfg["workers"] = 1
+        cfg["cluster"]["prefix"] = "no-slash"
+        gwtest.write_json(bad, cfg)
+        rc, out, err = gwtest.run_gwctl("up", "host", "app/primary", "a", "--etcd", self.etcd.urls[0], "-c", bad,
+                                        timeout=T(15))
+        self.assertIn("cluster.prefix", self.assert_one_line_error(rc, err, "-c with a bad cluster.prefix"))
         _, kvs = self.etcd.get_prefix(self.prefix)
         self.assertEqual(len(kvs), 3, f"bad input changed etcd: {kvs}")
         # a value no schema accepts is not applied by the nodes, with a warning

@@ -328,8 +328,28 @@ EtcdCtl etcd_ctl(const Options& o) {
   }
   std::string prefix = o.prefix;
   if (prefix.empty() && !o.config.empty()) {
+    // As shm_name(): a config with errors still serves if its "cluster"
+    // section (the prefix) has none of its own (an incident is no time to
+    // make an unrelated key of the file valid first).
     auto r = gw::config::load_file(o.config);
-    if (!r.ok()) throw Failure(fmt::format("{}: {}", o.config, r.errors[0]));
+    const size_t n = r.errors.size();
+    if (!r.ok() && !r.cluster_given) {
+      std::string first = r.errors[0];
+      for (const auto& e : r.errors)
+        if (e.starts_with("cluster")) {
+          first = e;
+          break;
+        }
+      throw Failure(
+          fmt::format("{}: {} (the etcd prefix is read from it; give --prefix){}", o.config, first,
+                      n > 1 ? fmt::format(" (and {} more error(s); gwd -t -c {} lists them)", n - 1, o.config) : ""));
+    }
+    if (!r.ok())
+      fmt::print(stderr, "gwctl: warning: {}\n",
+                 gw::core::one_line(fmt::format("{} has {} error(s) (first: {}; gwd -t -c {} lists them); using "
+                                                "cluster.prefix \"{}\" from it",
+                                                o.config, n, r.errors[0], o.config,
+                                                r.config.cluster.enabled ? r.config.cluster.prefix : "/gw/")));
     if (r.config.cluster.enabled) prefix = r.config.cluster.prefix;
   }
   if (prefix.empty()) prefix = "/gw/";

@@ -216,6 +216,10 @@ struct LoadResult {
   /// The file gives shm.name, and that key has no error (config.shm.name holds
   /// it), even if other keys have: gwctl -c needs only the name.
   bool shm_name_given = false;
+  /// The document was read and its "cluster" key (or its absence) has no
+  /// error: config.cluster holds it, even if other keys have errors (gwctl
+  /// --etcd -c needs only cluster.prefix).
+  bool cluster_given = false;
   bool ok() const noexcept { return errors.empty(); }
 };
 
