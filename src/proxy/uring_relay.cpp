@@ -83,6 +83,10 @@ void UringRelay::accept(int fd, uint32_t listener) noexcept {
   if (!sp) {
     api::release_conn(env_.conn_limiter, fd);  // admitted by limit_conn: its count goes too
     ::close(fd);
+    // No session slot (the worker stops accepting when its table is full, so
+    // only a race gets here): counted, as the other refusals are.
+    metrics::listener_accepted_refused(env_, listener);
+    metrics::listener_reject(env_, listener, shm::kRejectNoSlot);
     return;
   }
   Session& s = *sp;
