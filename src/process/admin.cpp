@@ -591,11 +591,11 @@ class AdminServer {
   int listen_fd_;
   std::vector<http::Field> fields_;
   std::vector<std::unique_ptr<Conn>> conns_;
-  bool draining_ = false;  // SIGTERM: answering what is under way, then exit
-  uint64_t drain_until_ms_ = 0;
+  bool draining_ = false;                // SIGTERM: answering what is under way, then exit
+  uint64_t drain_until_ms_ = 0;          // ...at the latest (admin.timeout_ms after the signal)
   uint64_t accept_paused_until_ms_ = 0;  // out of descriptors: the listening socket is not polled until then
   uint64_t accept_pauses_ = 0;
-  uint64_t last_pause_log_ms_ = 0;  // ...at the latest (admin.timeout_ms after the signal)
+  uint64_t last_pause_log_ms_ = 0;
 };
 
 }  // namespace
