@@ -1847,6 +1847,7 @@ void HttpProxy::connect_next(Conn& c, bool resend) noexcept {
       u.state = UState::busy;
       u.owner = index_of(c);
       u.reused = true;
+      u.interim = false;
       u.upstream = static_cast<int32_t>(ui);
       u.bound = true;
       u.u_out = true;  // an idle connection's send buffer is empty
@@ -2159,6 +2160,11 @@ void HttpProxy::parse_response(Conn& c, UpConn& u) noexcept {
       // Its Connection: close closes the connection after the final response,
       // whatever that says (RFC 9112 9.6): it is not kept for another request.
       if (!h.keep_alive) c.up_closes = true;
+      // The host has the request: a close now is its failure, not the
+      // keep-alive race (the buffer starts over below, so rs.tail says
+      // nothing of it); and the head counts in its responses (no timing).
+      u.interim = true;
+      metrics::host_response(env_, u.host_slot, u.host_tag, h.status, 0, 0);
       c.rs.head += h.head_len;
       c.scan = c.rs.head;
       continue;
@@ -2374,7 +2380,7 @@ void HttpProxy::upstream_failed(Conn& c, uint8_t kind, int err) noexcept {
   const int ui = c.upstream;
   // A kept-alive connection that the host closed as it was reused is the
   // known keep-alive race, not a failure of the host (nginx does the same).
-  const bool stale = u.reused && kind == kFailError && c.rs.tail == 0;
+  const bool stale = u.reused && kind == kFailError && c.rs.tail == 0 && !u.interim;
   const bool blame = kind == kFailStatus ? c.last_status >= 500 : kind != kFailUnsendable;
   if (!stale && blame && (kind != kFailError || peer_error(err) || err == 0)) {
     record_connect_failure(env_, ui, u.host_slot, u.host_tag, u.host_weight, err ? err : ECONNRESET);

@@ -35,6 +35,7 @@ b.set(**kw); override per request with headers "X-Be-<Key>: value", key with
                   read and discarded after the response)
     action        "normal"
                   "close_after_head"   close right after reading the request head
+                  "interim_then_close"  send a 103 Early Hints, then close
                   "reset_after_head"   RST (SO_LINGER 0) right after reading the request head
                   "reset_after_resp_head"  send the response head, then RST
                   "close_mid_body"     send the head and half of the body, then close
@@ -567,6 +568,10 @@ class HttpBackend:
                 return False
             if action == "reset_after_head":
                 return True
+            if action == "interim_then_close":
+                c.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+                time.sleep(0.1)
+                return False
 
             # request body framing
             te = _tokens(headers, "transfer-encoding")

@@ -1637,6 +1637,29 @@ class UpstreamKeepAliveTest(HttpCase):
         self.assertEqual(d["keepalive_reused"], 19)
         self.assertEqual(d["requests"], 20)
 
+    def test_an_interim_answer_then_a_close_on_a_reused_connection_is_the_hosts_failure(self):
+        """A kept-alive connection reused for a request that the host answers
+        with a 103 and then closes: the host had the request, so this is not
+        the keep-alive race (a close before any byte). The client gets the
+        103 and a 502, the host one failure, and the request is not sent
+        again. It was sent again unasked (to another host, past `tries`),
+        counting nothing, and the client got two hosts' answers."""
+        a = self.hb("alpha")
+        gw = self.http_gw([pool("p", [host("a", a)])],
+                          upstream_opts={"tries": 1, "max_fails": 100, "retry": {"on": [], "tries": 1}})
+        with Client(gw.port) as c:
+            self.assertBackend(c.request("GET", "/warm"), "alpha")  # leaves an idle connection
+            n0 = a.requests
+            before = gwtest.find_host(gw.status(), "app/p/a")["failures"]
+            r = c.request("GET", "/hints", headers=[("X-Be-Action", "interim_then_close")])
+            self.assertEqual(r.status, 502)
+            self.assertEqual([s for s, _ in r.interim], [103])
+        self.assertEqual(a.requests - n0, 1, "the request was sent again")
+        self.assertEqual(a.connections, 1, "it came on the reused connection")
+        self.assertEqual(gwtest.find_host(gw.status(), "app/p/a")["failures"] - before, 1)
+        self.assertGreaterEqual(gwtest.find_host(gw.status(), "app/p/a")["responses"]["1xx"], 1,
+                                "the 103 counts in the host's responses")
+
     def test_max_requests_rotates(self):
         a = self.hb("alpha")
         gw = self.http_gw([pool("p", [host("a", a)])], upstream_opts={"keepalive": {"max_requests": 4}})

@@ -268,6 +268,7 @@ class HttpProxy {
     bool u_in = false, u_out = false, u_hup = false;
     bool u_err = false;      // an EPOLLERR was reported (a reset): nothing more can reach the host
     bool reused = false;     // taken from the idle list for this request
+    bool interim = false;    // the host sent an interim (1xx) head for this request: it got the request
     bool bound = false;      // counted as active on its host
     uint32_t owner = kNone;  // Conn index
     uint32_t host_slot = 0, host_tag = 0, host_weight = 0;
