@@ -932,8 +932,18 @@ void close_upgrade_err() {
 // no process reads is no error (its reader may start after gwd): the logger
 // says so and opens it once one does. The open never waits for a reader.
 void check_access_logs(const config::Config& cfg) {
-  for (const auto& path : cfg.access_log_paths)
-    if (const int fd = open_access_log(path); fd >= 0) ::close(fd);
+  for (const auto& path : cfg.access_log_paths) {
+    try {
+      if (const int fd = open_access_log(path); fd >= 0) ::close(fd);
+    } catch (const std::exception& e) {
+      // Named by the first listener that logs there, as a bind error names
+      // its listener (one path may serve several).
+      for (const auto& l : cfg.listeners)
+        if (l.access_log.path == path)
+          throw std::runtime_error(fmt::format("listener \"{}\": access_log: {}", l.name, e.what()));
+      throw;
+    }
+  }
 }
 
 // `listener "web"`: the setting a listener's bind error names.
@@ -1139,7 +1149,7 @@ class Master {
       else if (sig == SIGTERM) begin_stop(true, now);
       else if (sig == SIGINT || sig == SIGQUIT) begin_stop(false, now);
       else if (sig == SIGHUP && stopping_) GW_LOG_WARN("SIGHUP while stopping: no reload; gwd is stopping");
-      else if (sig == SIGHUP) reload(now);
+      else if (sig == SIGHUP) reload(now, true);
       else if (sig == SIGUSR1) reopen_logs();
       else if (sig == SIGUSR2) start_upgrade();
       else if (sig == SIGWINCH && upgrade_pid_ > 0 && si.si_pid == upgrade_pid_) hand_over(now);
@@ -1153,7 +1163,7 @@ class Master {
       }
       if (retry_reload_) {
         retry_reload_ = false;
-        reload(now);  // a deferred reload: rows were freed
+        reload(now, false);  // a deferred reload: rows were freed
       }
       respawn_due(now);
       expire_retiring(now);
@@ -1300,7 +1310,8 @@ class Master {
     return busy > rows_.size() ? busy - rows_.size() : 0;
   }
 
-  void reload(uint64_t now) {
+  // `signalled`: for a SIGHUP (else a deferred reload run again).
+  void reload(uint64_t now, bool signalled) {
     if (stopping_) return;
     if (upgrade_pid_ > 0) {
       // The new master picks its rows as it starts, and this one would see
@@ -1315,7 +1326,8 @@ class Master {
       reload_pending_ = false;  // (not retried every 250 ms meanwhile)
       return;
     }
-    GW_LOG_INFO("SIGHUP: reloading {}", cfg_.path);
+    if (signalled) GW_LOG_INFO("SIGHUP: reloading {}", cfg_.path);
+    else GW_LOG_INFO("reloading {} (a deferred reload; the file is read again)", cfg_.path);
     config::LoadResult r = config::load_file(cfg_.path);
     if (!r.ok()) {
       for (const auto& e : r.errors) GW_LOG_ERROR("reload: {}: {}", cfg_.path, e);
@@ -1332,11 +1344,13 @@ class Master {
     std::vector<uint32_t> rows = free_rows();
     if (rows.size() < static_cast<size_t>(next.workers)) {
       // Held by the workers of an earlier reload that are still draining.
-      if (!reload_pending_)
+      // Each SIGHUP says so (a second one said nothing after "SIGHUP:
+      // reloading"); a retry that still finds too few rows says nothing.
+      if (!reload_pending_ || signalled)
         GW_LOG_WARN(
-            "reload deferred: {} worker(s) of an earlier reload or of the master this one replaced are still "
-            "draining; it runs when they exit (within their worker_shutdown_timeout_ms)",
-            draining_rows());
+            "reload {}deferred: {} worker(s) of an earlier reload or of the master this one replaced are still "
+            "draining; it runs when they exit (within their worker_shutdown_timeout_ms), reading the file again",
+            reload_pending_ ? "still " : "", draining_rows());
       reload_pending_ = true;
       pending_workers_ = static_cast<size_t>(next.workers);
       return;

@@ -698,6 +698,10 @@ class ReloadTest(GwTestCase):
         wait_until(lambda: "reloaded:" in gw.log_text()[log_before:], T(10), msg="first reload")
         gw.send_signal(signal.SIGHUP)
         wait_until(lambda: "reload deferred" in gw.log_text()[log_before:], T(10), msg="second reload deferred")
+        # A third SIGHUP meanwhile says it is still deferred (it said only
+        # "SIGHUP: reloading").
+        gw.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload still deferred" in gw.log_text()[log_before:], T(10), msg="third SIGHUP deferred")
         self.assertNames(gw.port, 4, {"n"})  # the first reload's worker serves meanwhile
         self.assertConnectionClosed(s, 1.5 + T(5))  # worker_shutdown_timeout_ms
         wait_until(lambda: gw.log_text()[log_before:].count("reloaded:") == 2, T(10), msg="second reload ran")
