@@ -424,14 +424,25 @@ class ProcessTest(GwTestCase):
             lambda: re.search(r"binary upgrade: started .* \(pid (\d+)\)", gw.log_text()[before:]), T(5),
             msg="the new master started")
         new = int(started.group(1))
-        gwtest.stop_old_master(self, gw, old)
-        self.addCleanup(lambda: os.kill(old, signal.SIGCONT) if gwtest.pid_alive(old) else None)
         gw.remember([new])
         self.addCleanup(lambda: os.kill(new, signal.SIGTERM) if gwtest.pid_alive(new) else None)
+        # The new master is held too until this SIGWINCH is pending: it can be
+        # ready, and send its own, within milliseconds of its start (then
+        # its signal, not this one, was the pending one the other merged into,
+        # and the old master handed over at once: the scenario did not happen).
+        os.kill(new, signal.SIGSTOP)
+        self.addCleanup(lambda: os.kill(new, signal.SIGCONT) if gwtest.pid_alive(new) else None)
+        gwtest.wait_until(lambda: gwtest.proc_state(new) in ("T", "t"), T(5), msg="the new master stopped")
+        if f"master[{new}]: binary upgrade: serving" in gw.log_text():
+            os.kill(new, signal.SIGCONT)
+            self.skipTest("the new master handed over before the test could stop it")
+        gwtest.stop_old_master(self, gw, old)
+        self.addCleanup(lambda: os.kill(old, signal.SIGCONT) if gwtest.pid_alive(old) else None)
         # Stopped for sure first: a master woken in sigtimedwait by the SIGSTOP
         # would still take a SIGWINCH sent meanwhile before it stops.
         gwtest.wait_until(lambda: gwtest.proc_state(old) == "T", T(5), msg="the old master stopped")
         os.kill(old, signal.SIGWINCH)  # pending first, from this process
+        os.kill(new, signal.SIGCONT)
         gwtest.wait_until(lambda: f"master[{new}]: binary upgrade: serving" in gw.log_text(), T(10),
                           msg="the new master ready (its hand-over signal merged into the pending one)")
         new_workers = gwtest.children(new)
