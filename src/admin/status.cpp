@@ -323,9 +323,7 @@ std::string events_json(const shm::Segment& seg, uint64_t since, uint32_t limit)
     if (r == shm::EventRead::not_yet) {
       // Being written (the next call gets it), unless a later event was
       // completed over a second ago: then its writer died mid-event.
-      shm::EventData later{};
-      if (cur + 1 < head && shm::read_event(seg, cur + 1, later) == shm::EventRead::ok &&
-          later.wall_ms + 1000 < core::wall_ms()) {
+      if (shm::event_abandoned(seg, cur, head, core::wall_ms())) {
         ++lost;
         continue;
       }

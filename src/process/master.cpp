@@ -2011,7 +2011,11 @@ class Master {
     // Entries older than the ring are overwritten: never walk more than one
     // ring's worth (a head that jumped, from a buggy or foreign writer, would
     // otherwise keep this loop going for as long as the numbers differ).
-    if (head > event_cursor_ && head - event_cursor_ > shm::kEventCapacity) event_cursor_ = head - shm::kEventCapacity;
+    uint64_t overwritten = 0, unfinished = 0;
+    if (head > event_cursor_ && head - event_cursor_ > shm::kEventCapacity) {
+      overwritten += head - shm::kEventCapacity - event_cursor_;
+      event_cursor_ = head - shm::kEventCapacity;
+    }
     while (event_cursor_ < head) {
       shm::EventData e{};
       auto r = shm::read_event(seg_, event_cursor_, e);
@@ -2022,9 +2026,25 @@ class Master {
         if (e.pid != ::getpid() && e.kind != static_cast<uint32_t>(shm::EventKind::health))
           GW_LOG_INFO("event: {}", e.text);   // workers and the checker log their own health events
         if (!handed_over_) run_hook(e.text);  // after a binary upgrade, the new master runs them
+      } else if (r == shm::EventRead::lost) {
+        ++overwritten;
+      } else {
+        ++unfinished;
       }
       ++event_cursor_;
     }
+    // Such events were neither logged here nor given their hooks: say so (a
+    // host_down hook that silently did not run is a page that never came).
+    if (overwritten)
+      GW_LOG_WARN(
+          "{} event(s) written over in the event ring ({} entries) before the master read them: not "
+          "logged, and no hook ran for them",
+          overwritten, shm::kEventCapacity);
+    if (unfinished)
+      GW_LOG_WARN(
+          "{} event(s) never finished by their writer (killed while writing one): not logged, and no hook "
+          "ran for them",
+          unfinished);
   }
 
   // Hooks: "host_down app/primary/a 127.0.0.1:8081 (...)" runs hooks.host_down

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <xxhash.h>
 
 #include <cstring>
 
@@ -14,7 +15,15 @@ namespace gw::shm {
 
 namespace testing {
 void (*event_claim_hook)() = nullptr;
+void (*event_store_hook)() = nullptr;
 }  // namespace testing
+
+namespace {
+// Never 0, so that an entry no writer ever finished does not match by chance.
+uint64_t entry_check(const uint64_t* words, size_t n, uint64_t seqno) noexcept {
+  return XXH3_64bits_withSeed(words, n * sizeof(uint64_t), seqno) | 1;
+}
+}  // namespace
 
 void emit_event(const Segment& seg, EventKind kind, uint64_t generation, std::string_view text) noexcept {
   uint64_t n = seg.header().event_head.fetch_add(1, std::memory_order_acq_rel);
@@ -44,7 +53,11 @@ void emit_event(const Segment& seg, EventKind kind, uint64_t generation, std::st
   do {
     if (cur >= 2 * n + 1) return;
   } while (!e.seq.compare_exchange_weak(cur, 2 * n + 1, std::memory_order_relaxed));
-  store_words(e.words, words, std::size(words));
+  const size_t half = std::size(words) / 2;
+  store_words(e.words, words, half);
+  if (testing::event_store_hook) testing::event_store_hook();
+  store_words(e.words + half, words + half, std::size(words) - half);
+  e.check.store(entry_check(words, std::size(words), n), std::memory_order_release);
   // Complete, unless a newer event claimed the entry meanwhile.
   uint64_t claimed = 2 * n + 1;
   e.seq.compare_exchange_strong(claimed, 2 * n + 2, std::memory_order_release, std::memory_order_relaxed);
@@ -57,11 +70,19 @@ EventRead read_event(const Segment& seg, uint64_t n, EventData& out) noexcept {
   if (s1 > 2 * n + 2) return EventRead::lost;
   if (s1 != 2 * n + 2) return EventRead::not_yet;
   load_words(e.words, words, std::size(words));
+  const uint64_t check = e.check.load(std::memory_order_acquire);
   uint64_t s2 = e.seq.load(std::memory_order_relaxed);
   if (s2 != s1) return EventRead::lost;
+  // Complete, but with an older writer's late stores in it (see EventEntry::check).
+  if (check != entry_check(words, std::size(words), n)) return EventRead::lost;
   std::memcpy(&out, words, sizeof(out));
   out.text[sizeof(out.text) - 1] = '\0';
   return EventRead::ok;
+}
+
+bool event_abandoned(const Segment& seg, uint64_t seqno, uint64_t head, uint64_t now_wall_ms) noexcept {
+  EventData later{};
+  return seqno + 1 < head && read_event(seg, seqno + 1, later) == EventRead::ok && later.wall_ms + 1000 < now_wall_ms;
 }
 
 std::string format_event(uint64_t n, const EventData& e) {

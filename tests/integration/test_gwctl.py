@@ -587,6 +587,44 @@ class GwctlTest(GwTestCase):
         self.assertGreater(int(m.group(1)), 0)
         self.assertIn("was made again (gwd restarted); following the new segment", err)
 
+    def test_events_neither_the_master_nor_gwctl_could_read_are_reported(self):
+        """Events the ring wrote over before the master read them (4,200
+        written while it was stopped) and an event whose writer died while
+        writing it: the master logs how many it neither logged nor ran a hook
+        for (it skipped them without a word, so a host_down hook could silently
+        not run), and `gwctl events` says it skipped the unfinished one (it
+        dropped it silently)."""
+        a = self.backend("a")
+        gw = self.start([pool("primary", [host("a", a)])])
+        emit = os.path.join(gwtest.BUILD_DIR, "tests", "gw-emit-events")
+        os.kill(gw.pid, signal.SIGSTOP)
+        try:
+            subprocess.run([emit, gw.shm, "4200"], check=True, timeout=T(30))
+        finally:
+            os.kill(gw.pid, signal.SIGCONT)
+        pat = r"warn master\[\d+\]: (\d+) event\(s\) written over in the event ring \(4096 entries\) before the " \
+              r"master read them: not logged, and no hook ran for them"
+        gwtest.wait_until(lambda: re.search(pat, gw.log_text()), T(10), msg="the master says it lost events")
+        self.assertGreaterEqual(int(re.search(pat, gw.log_text()).group(1)), 4200 - 4096)
+        rc, out, err = gw.gwctl("events")
+        self.assertEqual((rc, err), (0, ""))
+        self.assertEqual(len(out.splitlines()), 4096)
+
+        r = subprocess.run([emit, gw.shm, "--claim-only"], capture_output=True, text=True, timeout=T(10))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        claimed = int(r.stdout)
+        self.assertGwctlOk(gw, "down", "host", "app/primary", "a")  # an event after it
+        gwtest.wait_until(lambda: "1 event(s) never finished by their writer (killed while writing one): not logged, "
+                          "and no hook ran for them" in gw.log_text(), T(10),
+                          msg="the master says it skipped the unfinished event")
+        rc, out, err = gw.gwctl("events")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(err, "gwctl: 1 event(s) skipped: their writer never finished them (killed while writing "
+                              "one)\n")
+        self.assertNotIn(f" #{claimed} ", out)
+        self.assertIn(f" #{claimed + 1} gen=", out.splitlines()[-1])
+        self.assertIn("host_down app/primary/a", out.splitlines()[-1])
+
     def test_status_table_and_json(self):
         a, b, c = self.backend("a"), self.backend("b"), self.backend("c")
         gw = self.start([pool("primary", [host("alpha-host", a), host("bravo-host", b, 2)]),

@@ -1073,13 +1073,17 @@ int cmd_events(const Options& o) {
   uint64_t cur = head > gw::shm::kEventCapacity ? head - gw::shm::kEventCapacity : 0;
   ::signal(SIGINT, [](int) { g_stop = 1; });
   ::signal(SIGTERM, [](int) { g_stop = 1; });
-  uint64_t stuck_since = 0, lost = 0, next_file_check = 0;
+  uint64_t stuck_since = 0, lost = 0, unfinished = 0, next_file_check = 0;
   auto report_lost = [&] {
-    if (!lost) return;
+    if (!lost && !unfinished) return;
     flush_stdout();
-    fmt::print(stderr, "gwctl: {} event(s) lost: the ring ({} entries) wrapped before they were read\n", lost,
-               gw::shm::kEventCapacity);
-    lost = 0;
+    if (lost)
+      fmt::print(stderr, "gwctl: {} event(s) lost: the ring ({} entries) wrapped before they were read\n", lost,
+                 gw::shm::kEventCapacity);
+    if (unfinished)
+      fmt::print(stderr, "gwctl: {} event(s) skipped: their writer never finished them (killed while writing one)\n",
+                 unfinished);
+    lost = unfinished = 0;
   };
   for (;;) {
     head = seg.header().event_head.load(std::memory_order_acquire);
@@ -1092,15 +1096,20 @@ int cmd_events(const Options& o) {
       auto r = gw::shm::read_event(seg, cur, e);
       if (r == gw::shm::EventRead::not_yet) {
         // Claimed but not yet complete; a writer that died mid-event never
-        // completes it, so skip it after a second (also without --follow:
-        // the events after it must not stay hidden).
+        // completes it, so skip it: at once when the next event was completed
+        // over a second ago (as GET /events does; a second's wait per entry
+        // made a run over many such entries take that many seconds), else
+        // after a second of waiting on it (also without --follow: the events
+        // after it must not stay hidden).
+        const bool dead = gw::shm::event_abandoned(seg, cur, head, gw::core::wall_ms());
         uint64_t now = gw::core::monotonic_ms();
         if (!stuck_since) stuck_since = now;
-        if (now - stuck_since < 1000) {
+        if (!dead && now - stuck_since < 1000) {
           if (o.follow) break;
           std::this_thread::sleep_for(std::chrono::milliseconds(20));
           continue;
         }
+        ++unfinished;
       } else if (r == gw::shm::EventRead::ok) {
         // An event quotes values (a rule's header, an etcd error): escaped
         // as in the error lines, so that no terminal acts on them.

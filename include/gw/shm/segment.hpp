@@ -57,7 +57,9 @@ inline constexpr uint64_t kMagic = 0x31574753'4d485347ull;  // "GSHMSGW1" little
 // 12: HostStats.sent_bytes/.received_bytes, ListenerStats.received_bytes/.sent_bytes (a cache line each)
 // 13: HostRuntime.verdicts: passive and active health in one word with the host's tag (were
 //     `health` and `active`, each set after a separate check of `tag`)
-inline constexpr uint32_t kAbiVersion = 13;
+// 14: EventEntry.check (in what was the entry's padding): a writer stalled in the middle of
+//     its entry while the ring wrapped could finish its stores over the newer event
+inline constexpr uint32_t kAbiVersion = 14;
 inline constexpr uint32_t kMaxWorkers = 64;
 inline constexpr uint32_t kEventCapacity = 4096;  // power of two
 inline constexpr size_t kPathCap = 512;
@@ -372,13 +374,20 @@ struct EventData {
   uint64_t generation;
   int32_t pid;
   uint32_t kind;
-  char text[224];
+  char text[216];  // 224 before ABI 14, when EventEntry::check took 8 bytes (an entry is 256)
 };
 static_assert(sizeof(EventData) % 8 == 0);
 struct alignas(64) EventEntry {
   std::atomic<uint64_t> seq;
   uint64_t words[sizeof(EventData) / 8];
+  /// A hash of `words` seeded with the event's number, stored after them. A
+  /// writer descheduled in the middle of its stores while the ring wrapped
+  /// finishes them over the newer event that took the entry: seq then says
+  /// complete, but the words are a mix (or the older event's), and the check
+  /// no longer matches; readers take the entry as lost.
+  std::atomic<uint64_t> check;
 };
+static_assert(sizeof(EventEntry) == 256);
 
 enum class EventKind : uint32_t { config = 1, health = 2, process = 3 };
 

@@ -42,10 +42,63 @@ TEST_SUITE("shm") {
     CHECK(read_event(ts.seg, 0, e) == EventRead::lost);
   }
 
+  TEST_CASE("a writer stalled in the middle of its entry while the ring wraps: the mixed entry reads as lost") {
+    TempSegment ts;
+    static const Segment* seg = nullptr;
+    seg = &ts.seg;
+    // Stalled after half its words: the ring wraps, the newer event takes the
+    // entry and completes it; then the stalled writer stores its second half.
+    testing::event_store_hook = [] {
+      testing::event_store_hook = nullptr;
+      for (uint32_t i = 0; i < kEventCapacity; ++i)
+        emit_event(*seg, EventKind::health, 2, std::string(200, static_cast<char>('a' + i % 26)));
+    };
+    emit_event(ts.seg, EventKind::config, 1, std::string(200, 'Z'));
+    testing::event_store_hook = nullptr;
+    EventData e{};
+    CHECK(read_event(ts.seg, kEventCapacity, e) == EventRead::lost);  // was "ok", with a's and Z's
+    CHECK(read_event(ts.seg, 0, e) == EventRead::lost);
+    // The entry before it is whole (event n is the hook's (n-1)th).
+    REQUIRE(read_event(ts.seg, kEventCapacity - 1, e) == EventRead::ok);
+    CHECK(std::string(e.text) == std::string(200, static_cast<char>('a' + (kEventCapacity - 2) % 26)));
+    // The next event in that entry is whole again.
+    for (uint32_t i = 0; i < kEventCapacity; ++i) emit_event(ts.seg, EventKind::health, 3, "later");
+    REQUIRE(read_event(ts.seg, 2 * kEventCapacity, e) == EventRead::ok);
+    CHECK(std::string(e.text) == "later");
+  }
+
+  TEST_CASE("an entry that holds an older event's whole words under a newer number reads as lost") {
+    TempSegment ts;
+    emit_event(ts.seg, EventKind::config, 1, "old");
+    EventEntry& entry = ts.seg.event(kEventCapacity);
+    // A newer event's completion seq over the old event's words and check, as
+    // when a stalled writer's stores all land after the newer writer's.
+    entry.seq.store(2 * uint64_t{kEventCapacity} + 2);
+    EventData e{};
+    CHECK(read_event(ts.seg, kEventCapacity, e) == EventRead::lost);
+  }
+
+  TEST_CASE("an event claimed by a writer that died is abandoned once the next one is a second old") {
+    TempSegment ts;
+    emit_event(ts.seg, EventKind::config, 1, "first");
+    ts.seg.header().event_head.fetch_add(1);  // #1: claimed, never written
+    emit_event(ts.seg, EventKind::config, 1, "third");
+    const uint64_t head = ts.seg.header().event_head.load();
+    REQUIRE(head == 3);
+    EventData e{};
+    REQUIRE(read_event(ts.seg, 1, e) == EventRead::not_yet);
+    REQUIRE(read_event(ts.seg, 2, e) == EventRead::ok);
+    CHECK_FALSE(event_abandoned(ts.seg, 1, head, e.wall_ms + 1000));  // maybe a writer still at work
+    CHECK(event_abandoned(ts.seg, 1, head, e.wall_ms + 1001));
+    // The newest event has none after it: only waiting tells.
+    ts.seg.header().event_head.fetch_add(1);
+    CHECK_FALSE(event_abandoned(ts.seg, 3, 4, e.wall_ms + 60000));
+  }
+
   TEST_CASE("a text too long for an event is cut at a character boundary and says so") {
     TempSegment ts;
-    // 218 ASCII bytes, then two-byte characters across the cut.
-    std::string text(218, 'a');
+    // 210 ASCII bytes, then two-byte characters across the cut.
+    std::string text(210, 'a');
     for (int i = 0; i < 20; ++i) text += "\xc3\xa9";  // é
     emit_event(ts.seg, EventKind::config, 1, text);
     EventData e{};
