@@ -23,6 +23,10 @@
 # recorded, when a proxy worker would need more descriptors than the hard RLIMIT_NOFILE
 # (20,000 here): 10,000 frame clients through 2 workers is ~10,000 client + upstream
 # sockets per worker, which fits; one gwload process holds the 10,000 client sockets.
+# HAProxy's threads share one process, so with haproxy among the contenders a count is
+# also skipped past (RLIMIT_NOFILE - 256) / 2 connections (9,872 here), its maxconn: every
+# count that runs, each contender can take in full (nginx's worker_connections are
+# RLIMIT_NOFILE - 256 per worker).
 # Frame clients come from 127.0.0.2..127.0.0.9, so that no (source, destination) address
 # pair runs short of ports with TIME_WAIT, and nginx's address hash has 8 keys to spread.
 # Environment:
@@ -181,13 +185,24 @@ NOFILE=$(ulimit -n)
 IFS=, read -r -a COUNT_ARGS <<<"$CONNECTIONS"
 COUNTS=()
 SKIPPED=()  # "why" for each skipped count, for the report
+# HAProxy runs its threads in one process, so all its connections share one descriptor
+# table: maxconn (client connections; each holds a server socket too) is sized from the
+# same budget as nginx's worker_connections below. HAProxy 2.6 refuses to start when
+# 2 x maxconn plus its listeners and servers is more than RLIMIT_NOFILE; 256 spare covers
+# those. (A fixed maxconn 4096 left HAProxy serving 4,096 of a larger count's clients.)
+HAPROXY_MAXCONN=$(((NOFILE - 256) / 2))
 for conns in "${COUNT_ARGS[@]}"; do
   # A proxy worker holds a client and an upstream socket per connection; reuseport and
   # gw's accept spread are not exact, hence a quarter more than an even share. (The load
   # generator holds one socket per connection, fewer than that.)
   need=$(( (2 * conns * 5 / 4 + WORKERS - 1) / WORKERS + 64 ))
+  why=""
   if [ "$need" -gt "$NOFILE" ]; then
     why="$conns connections: need ~$need descriptors per proxy worker ($WORKERS workers), RLIMIT_NOFILE is $NOFILE"
+  elif has_contender haproxy && [ "$conns" -gt "$HAPROXY_MAXCONN" ]; then
+    why="$conns connections: HAProxy (one process) would need ~$((2 * conns + 256)) descriptors, RLIMIT_NOFILE is $NOFILE"
+  fi
+  if [ -n "$why" ]; then
     echo "compare.sh: skipping $why" >&2
     SKIPPED+=("$why")
   else
@@ -631,10 +646,11 @@ if has_contender haproxy; then
   cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread $WORKERS
-    maxconn 4096
+    maxconn $HAPROXY_MAXCONN
 
 defaults
     mode $MODE_HAPROXY
+    maxconn $HAPROXY_MAXCONN
 $HAPROXY_HTTP_OPTS
     timeout connect 2s
     timeout client 10m
