@@ -39,7 +39,8 @@
 #   GW_CMAKE_ARGS extra arguments for configuring build-release (e.g. "-DGW_WERROR=OFF")
 #   GW_RESULTS_FILE  where to append the results (default bench/RESULTS.md)
 #   GW_RESULTS_DIR   where the run's markdown tables and PNG chart go (default bench/results:
-#                    MODE-YYYYMMDD-HHMM.{md,png}, and latest-MODE.{md,png} copies)
+#                    MODE-YYYYMMDD-HHMM.{md,png}, latest-MODE.{md,png} copies, and the
+#                    per-run data, MODE-YYYYMMDD-HHMM.tsv)
 #   RULE_CHANGES  l7: gray-rule changes made in all during extra gw runs at the first
 #                 connection count (default 1000; 0 = none)
 #   RULES_PAIRS   l7: how many pairs of such runs (default 3): one with its share of the
@@ -810,7 +811,8 @@ check_alive() {  # a contender that died mid-run would otherwise show up only as
 
 # runs.tsv: connections, round, contender, req/s, p50 ms, p99 ms, errors, cpu us/req (-1:
 # none), RSS KiB and PSS KiB (-1: none), and the CPU us per request of the load generator and
-# of the two backends (-1: none) in the same run.
+# of the two backends (-1: none) in the same run. Kept, with a header line, as
+# $RESULTS_DIR/MODE-STAMP.tsv beside the report.
 RUNS="$TMP/runs.tsv"
 : >"$RUNS"
 n=${#CONTENDER_LIST[@]}
@@ -964,7 +966,7 @@ fi
 
 # ---------------------------------------------------------------------------------------
 # Summary: medians per connection count and contender, ratios to the peers; printed,
-# appended to RESULTS.md, and written as bench/results/MODE-STAMP.{md,png} (gnuplot) with
+# appended to RESULTS.md, and written as bench/results/MODE-STAMP.{md,png,tsv} (gnuplot) with
 # latest-MODE.{md,png} copies.
 
 DATE=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
@@ -993,6 +995,15 @@ BUILD_TYPE=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt"
 GW_BUILD="$BUILD_DIR (${BUILD_TYPE:-unknown build type})"
 GW_BUILD=${GW_BUILD#"$ROOT/"}
 mkdir -p "$RESULTS_DIR"
+# The raw data, kept next to the report (the temp dir goes at exit): runs.tsv with a
+# header line, one line per run (connection count, round, contender), the gray-rule pairs'
+# included (round "rules-N").
+RUNS_KEPT="$RESULTS_DIR/$MODE-$STAMP.tsv"
+{
+  printf 'connections\tround\tcontender\treq_per_s\tp50_ms\tp99_ms\terrors\tcpu_us_per_req\trss_kib\tpss_kib\tload_us_per_req\tbackends_us_per_req\n'
+  cat "$RUNS"
+} >"$RUNS_KEPT"
+log "per-run data: $RUNS_KEPT"
 SKIPPED_TEXT=$(printf '%s\n' "${SKIPPED[@]+"${SKIPPED[@]}"}")
 
 # Values reach the Python code through the environment (quoted heredoc: no shell expansion).
@@ -1246,6 +1257,8 @@ if shutil.which("gnuplot"):
 
 title = "# %s: gw vs its peers\n" % WHAT
 doc = [title, meta, ""]
+doc += ["Per-run data (one line per connection count, round and contender, with a header line): "
+        "`%s.tsv`, beside this report." % os.path.basename(base), ""]
 if png:
     doc += ["![%s chart](%s)" % (mode, os.path.basename(png)), ""]
 doc += md
@@ -1270,7 +1283,8 @@ with open(results_md, "a") as f:
                 "Errors are socket errors plus non-2xx replies, summed over the rounds; a target is not\n"
                 "judged when a contender it compares had any (wrk counts them in req/s).\n")
     f.write("\n## %s, %s\n\n" % (mode, env["BENCH_DATE"]))
-    f.write(meta + " Table and chart: `bench/results/%s.md`.\n\n" % os.path.basename(base))
+    f.write(meta + " Table and chart: `bench/results/%s.md`; per-run data: `bench/results/%s.tsv`.\n\n"
+            % (os.path.basename(base), os.path.basename(base)))
     f.write("\n".join(md).replace("### ", "#### ") + "\n")
-print("wrote %s.md%s; appended to %s" % (base, " and .png" if png else "", results_md))
+print("wrote %s.md%s (per-run data: %s.tsv); appended to %s" % (base, " and .png" if png else "", base, results_md))
 EOF
