@@ -566,7 +566,9 @@ EOF
   } >"$TMP/nginx/nginx.conf"
   else
   # The usual production reverse proxy: keep-alive to the backends, no access log
-  # (gw writes none either), client keep-alive as wrk uses it.
+  # (gw writes none either), client keep-alive as wrk uses it, and the three fields gw
+  # adds to every request it forwards (X-Forwarded-For, X-Real-IP, X-Forwarded-Proto), so
+  # that both do the same work (lua and HAProxy add them too).
   { nginx_head; cat <<EOF
 http {
     access_log off;
@@ -584,6 +586,9 @@ http {
             proxy_pass http://backends;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Real-IP \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
             proxy_connect_timeout 2s;
         }
     }
@@ -628,6 +633,9 @@ http {
             proxy_pass http://backends;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Real-IP \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
             proxy_connect_timeout 2s;
         }
     }
@@ -640,9 +648,13 @@ fi
 if has_contender haproxy; then
   MODE_HAPROXY=tcp
   HAPROXY_HTTP_OPTS=""
+  HAPROXY_FRONTEND_OPTS=""
   if [ "$MODE" = l7 ]; then
     MODE_HAPROXY=http
-    HAPROXY_HTTP_OPTS=$'    option http-keep-alive\n    http-reuse always'
+    HAPROXY_HTTP_OPTS=$'    option http-keep-alive\n    http-reuse always\n    option forwardfor'
+    # The fields gw and nginx add: X-Forwarded-For (option forwardfor), X-Real-IP and
+    # X-Forwarded-Proto.
+    HAPROXY_FRONTEND_OPTS=$'    http-request set-header X-Real-IP %[src]\n    http-request set-header X-Forwarded-Proto http'
   fi
   cat >"$TMP/haproxy.cfg" <<EOF
 global
@@ -659,6 +671,7 @@ $HAPROXY_HTTP_OPTS
 
 frontend bench
     bind 127.0.0.1:$P_HAPROXY
+$HAPROXY_FRONTEND_OPTS
     default_backend backends
 
 backend backends
