@@ -986,6 +986,10 @@ DATE=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 STAMP=$(date -u '+%Y%m%d-%H%M')
 KERNEL=$(uname -r)
 NPROC=$(nproc)
+# Nothing is pinned: every process started here may run on any of the NPROC cores (the
+# CPUs this script may use), so the proxy shares them with the load generator and the
+# backends, and what one of them uses the others cannot.
+CPUS_SHARED="cores unpinned, shared by the load generator, the two backends and the proxy"
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 MEM_TOTAL=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 if [ "$MODE" = frame ]; then
@@ -1022,6 +1026,7 @@ SKIPPED_TEXT=$(printf '%s\n' "${SKIPPED[@]+"${SKIPPED[@]}"}")
 # Values reach the Python code through the environment (quoted heredoc: no shell expansion).
 BENCH_ROUNDS=$ROUNDS BENCH_ORDER=$ORDER_TEXT BENCH_DURATION=$DURATION BENCH_WORKERS=$WORKERS BENCH_DATE=$DATE \
 BENCH_STAMP=$STAMP BENCH_KERNEL=$KERNEL BENCH_NPROC=$NPROC BENCH_CPU=$CPU_MODEL BENCH_MEM=$MEM_TOTAL \
+BENCH_CPUS_SHARED=$CPUS_SHARED \
 BENCH_VERSIONS=$VERSIONS BENCH_GW_REV=$GW_REV BENCH_GW_BUILD=$GW_BUILD BENCH_MODE=$MODE \
 BENCH_RULES_DONE=$RULES_DONE BENCH_NOOP_DONE=$NOOP_DONE BENCH_SKIPPED=$SKIPPED_TEXT BENCH_ELAPSED=$ELAPSED BENCH_RESULTS_DIR=$RESULTS_DIR \
 BENCH_TMP=$TMP BENCH_NGINX_KEEPALIVE=$NGINX_KEEPALIVE BENCH_RULES_DURATION=$RULES_DURATION BENCH_RULES_PAIRS=$RULES_PAIRS \
@@ -1171,13 +1176,13 @@ def describe(c):
     return "wrk -t%d -c%d -d%ss --latency, HTTP/1.1 keep-alive" % (1 if c < 2 else 2, c, env["BENCH_DURATION"])
 
 WHAT = {"l4": "L4 (tcp relay)", "l7": "L7 (HTTP reverse proxy)", "frame": "frame (first-frame routing)"}[mode]
-meta = ("%s; kernel `%s`, %s × %s, %s RAM; %s round(s) × %ss per contender and connection count, interleaved, "
+meta = ("%s; kernel `%s`, %s × %s, %s RAM; %s; %s round(s) × %ss per contender and connection count, interleaved, "
         "%s; %s workers each; gw %s, build %s; %s. cpu us/req = the contender's processes' CPU "
         "time per request; load and backends us/req = the load generator's (%s) and the two backends' CPU time "
         "per request in the same runs; RSS = summed RSS of its processes (master and workers) at 90%% of a run, "
         "shared pages counted in every process that maps them; PSS splits those.%s" % (
             env["BENCH_DATE"], env["BENCH_KERNEL"], env["BENCH_NPROC"], env["BENCH_CPU"], env["BENCH_MEM"],
-            env["BENCH_ROUNDS"], env["BENCH_DURATION"], env["BENCH_ORDER"], env["BENCH_WORKERS"], env["BENCH_GW_REV"],
+            env["BENCH_CPUS_SHARED"], env["BENCH_ROUNDS"], env["BENCH_DURATION"], env["BENCH_ORDER"], env["BENCH_WORKERS"], env["BENCH_GW_REV"],
             env["BENCH_GW_BUILD"], env["BENCH_VERSIONS"], "gwload" if mode == "frame" else "wrk",
             " Idle backend connections kept per worker: %s (nginx, lua, gw)." % env["BENCH_NGINX_KEEPALIVE"]
             if mode == "l7" else ""))

@@ -100,32 +100,40 @@ class BenchParsersTest(unittest.TestCase):
                                stdin=subprocess.DEVNULL)
             self.assertEqual(r.returncode == 0, ran, (mode, rc, r.stderr))
 
+    RUNS = ("50\t1\tgw\t1000.00\t0.500\t3.000\t0\t10.00\t30000\t20000\t8.00\t6.00\n"
+            "50\t1\tnginx\t900.00\t0.600\t3.500\t0\t12.00\t31000\t21000\t8.10\t6.10\n"
+            "50\t2\tnginx\t910.00\t0.610\t3.400\t0\t12.10\t31000\t21000\t8.20\t6.20\n"
+            "50\t2\tgw\t1010.00\t0.490\t2.900\t0\t9.90\t30000\t20000\t7.90\t5.90\n")
+
+    def summary(self, d):
+        """Runs compare.sh's summary (from `DATE=` to the end) on RUNS, l4 with
+        gw and nginx, results in d/results and d/RESULTS.md."""
+        with open(COMPARE, encoding="utf-8") as f:
+            text = f.read()
+        summary = text[text.index("\nDATE=$(date"):]
+        with open(os.path.join(d, "runs.tsv"), "w") as f:
+            f.write(self.RUNS)
+        results = os.path.join(d, "results")
+        script = ("set -euo pipefail\nPY=/usr/bin/python3\nMODE=l4\nCONTENDER_LIST=(gw nginx)\n"
+                  "has_contender() { local c; for c in \"${CONTENDER_LIST[@]}\"; do [ \"$c\" = \"$1\" ] && return 0; done; return 1; }\n"
+                  "log() { echo \"== $*\" >&2; }\n"
+                  "ROOT=%s RUNS=%s/runs.tsv RESULTS_DIR=%s RESULTS_MD=%s/RESULTS.md TMP=%s BUILD_DIR=%s\n"
+                  "SKIPPED=() ROUNDS=2 ORDER_TEXT=order DURATION=1 WORKERS=2 RULES_DONE=0 NOOP_DONE=0 ELAPSED=1\n"
+                  "NGINX_KEEPALIVE=1024 RULES_DURATION=1 RULES_PAIRS=1\n%s"
+                  % (d, d, results, d, d, d, summary))
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=gwtest.T(60),
+                           stdin=subprocess.DEVNULL)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        return results
+
     def test_summary_keeps_the_per_run_data(self):
         """The summary writes runs.tsv, with a header line, beside the report
         (bench/results/MODE-STAMP.tsv) and names it in the report and in
         RESULTS.md: it was left in the temp dir, which goes at exit, so no
         run's per-round figures were kept."""
-        with open(COMPARE, encoding="utf-8") as f:
-            text = f.read()
-        summary = text[text.index("\nDATE=$(date"):]
-        runs = ("50\t1\tgw\t1000.00\t0.500\t3.000\t0\t10.00\t30000\t20000\t8.00\t6.00\n"
-                "50\t1\tnginx\t900.00\t0.600\t3.500\t0\t12.00\t31000\t21000\t8.10\t6.10\n"
-                "50\t2\tnginx\t910.00\t0.610\t3.400\t0\t12.10\t31000\t21000\t8.20\t6.20\n"
-                "50\t2\tgw\t1010.00\t0.490\t2.900\t0\t9.90\t30000\t20000\t7.90\t5.90\n")
+        runs = self.RUNS
         with tempfile.TemporaryDirectory() as d:
-            with open(os.path.join(d, "runs.tsv"), "w") as f:
-                f.write(runs)
-            results = os.path.join(d, "results")
-            script = ("set -euo pipefail\nPY=/usr/bin/python3\nMODE=l4\nCONTENDER_LIST=(gw nginx)\n"
-                      "has_contender() { local c; for c in \"${CONTENDER_LIST[@]}\"; do [ \"$c\" = \"$1\" ] && return 0; done; return 1; }\n"
-                      "log() { echo \"== $*\" >&2; }\n"
-                      "ROOT=%s RUNS=%s/runs.tsv RESULTS_DIR=%s RESULTS_MD=%s/RESULTS.md TMP=%s BUILD_DIR=%s\n"
-                      "SKIPPED=() ROUNDS=2 ORDER_TEXT=order DURATION=1 WORKERS=2 RULES_DONE=0 NOOP_DONE=0 ELAPSED=1\n"
-                      "NGINX_KEEPALIVE=1024 RULES_DURATION=1 RULES_PAIRS=1\n%s"
-                      % (d, d, results, d, d, d, summary))
-            r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=gwtest.T(60),
-                               stdin=subprocess.DEVNULL)
-            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            results = self.summary(d)
             kept = [n for n in os.listdir(results) if n.endswith(".tsv")]
             self.assertEqual(len(kept), 1, os.listdir(results))
             with open(os.path.join(results, kept[0])) as f:
@@ -136,6 +144,18 @@ class BenchParsersTest(unittest.TestCase):
                 self.assertIn(kept[0], f.read())
             with open(os.path.join(d, "RESULTS.md")) as f:
                 self.assertIn("bench/results/" + kept[0], f.read())
+
+    def test_report_says_the_cores_are_shared(self):
+        """The report's header, and its section in RESULTS.md, say that no
+        core is pinned and the load generator, the backends and the proxy
+        share them: every figure depends on it."""
+        with tempfile.TemporaryDirectory() as d:
+            results = self.summary(d)
+            want = "cores unpinned, shared by the load generator, the two backends and the proxy"
+            for path in [os.path.join(results, n) for n in os.listdir(results) if n.endswith(".md")] + \
+                    [os.path.join(d, "RESULTS.md")]:
+                with open(path) as f:
+                    self.assertIn(want, f.read(), path)
 
 
 if __name__ == "__main__":
