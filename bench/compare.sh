@@ -928,16 +928,18 @@ rules_run() {
   local kind=$1 pair=$2 calls=$3 name out i ip load_rc res rps p50 p99 errs reqs
   out="$TMP/wrk-$kind-$pair.txt"
   load gw "$conns" "$RULES_DURATION" "$out"
+  # i counts the calls made: the check that the load still runs comes before each call
+  # (after it, the call that made the count whole was left out when the load ended early).
   for ((i = 0; i < calls; i++)); do
+    kill -0 "$WRK_PID" 2>/dev/null || break
     if [ "$kind" = rules ]; then
       if [ "$RULE_IP" = 127.0.0.1 ]; then ip=127.0.0.2,10.0.0.0/8; else ip=127.0.0.1; fi
     else
       ip=$RULE_IP
     fi
     "$GWCTL" --shm "$SHM_NAME" set rule bench default gray --ip "$ip" --upstream pre >/dev/null ||
-      die "gwctl set rule failed ($kind run of pair $pair, call $i)"
+      die "gwctl set rule failed ($kind run of pair $pair, call $((i + 1)))"
     RULE_IP=$ip
-    kill -0 "$WRK_PID" 2>/dev/null || break
   done
   if [ "$kind" = rules ]; then
     RULES_DONE=$((RULES_DONE + i)) name=gw+rules

@@ -157,6 +157,41 @@ class BenchParsersTest(unittest.TestCase):
                 with open(path) as f:
                     self.assertIn(want, f.read(), path)
 
+    def test_rules_run_counts_every_gwctl_call(self):
+        """rules_run (l7's gray-rule runs) counts the gwctl calls it made when
+        the load ends before all of them: the count stopped one short, since
+        the call that found the load gone was made and left out. Here gwctl is
+        a stub that logs each call and ends the load at its third."""
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "wrk.txt"), "w") as f:
+                f.write(WRK.format(avg="1.00ms", max="9.00ms", p50="500.00us", p99="3.00ms", extra=""))
+            gwctl = os.path.join(d, "gwctl")
+            with open(gwctl, "w") as f:
+                f.write('#!/bin/bash\necho "$*" >>"%s/calls"\n'
+                        'if [ "$(wc -l <"%s/calls")" -eq 3 ]; then\n'
+                        '  : >"%s/stop"\n'
+                        '  # until the load has exited (gone, or a zombie)\n'
+                        '  while [ -e /proc/$(cat "%s/load.pid")/status ] &&\n'
+                        '        ! grep -q "^State:.*Z" /proc/$(cat "%s/load.pid")/status 2>/dev/null; do sleep 0.01; done\n'
+                        'fi\n' % (d, d, d, d, d))
+            os.chmod(gwctl, 0o755)
+            script = ("set -euo pipefail\nPY=/usr/bin/python3\nD=%s\nTMP=$D GWCTL=$D/gwctl SHM_NAME=x conns=50\n"
+                      "RULES_DURATION=20 RULES_PAIRS=1 RULES_DONE=0 NOOP_DONE=0 RULE_IP=127.0.0.1 RUNS=$D/runs.tsv\n"
+                      "die() { echo \"die: $*\" >&2; exit 1; }\nshow_logs() { :; }\n"
+                      "load() {\n  cp $D/wrk.txt \"$4\"\n"
+                      "  bash -c 'until [ -e \"$1\" ]; do sleep 0.01; done' _ $D/stop &\n"
+                      "  WRK_PID=$!\n  echo $WRK_PID >$D/load.pid\n}\n"
+                      "%s\n%s\nrules_run rules 1 50\necho \"$RULES_DONE $(wc -l <$D/calls)\"\n"
+                      % (d, function_text("parse_wrk"), function_text("rules_run")))
+            r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=gwtest.T(60),
+                               stdin=subprocess.DEVNULL)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            done, made = map(int, r.stdout.split()[-2:])
+            self.assertGreaterEqual(made, 3)
+            self.assertLess(made, 50)
+            self.assertEqual(done, made, r.stderr)
+            self.assertIn("only %d of 50 gwctl calls" % made, r.stderr)
+
 
 if __name__ == "__main__":
     gwtest.main()
