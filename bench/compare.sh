@@ -56,7 +56,10 @@
 # design; a --rounds that is not a multiple of the design length leaves the order
 # unbalanced and is warned about: the default 5 rounds is less than one design for the
 # default l4 (10 rounds) and l7 (6) contenders, and one design plus a repeat of its first
-# round for frame's 4; the report header says how many full designs ran), so that neither the machine's slow drift (thermal,
+# round for frame's 4; the report header says how many full designs ran; for an odd n the
+# rounds alternate a forward row of the design and a reversed one, so that in l4's 5
+# rounds each contender already follows three or four different others), so that neither
+# the machine's slow drift (thermal,
 # noisy neighbours) nor what the contender before left behind always hits the same
 # contender: a frame round leaves ~10^5 sockets in TIME_WAIT for 60 s, and with the plain
 # rotation (gw always after direct, gw-uring always after gw) io_uring measured 0.87-0.88x
@@ -171,7 +174,9 @@ DESIGN_ROUNDS=$NCONT
 ((NCONT % 2 == 0)) || DESIGN_ROUNDS=$((2 * NCONT))
 FULL_DESIGNS=$((ROUNDS / DESIGN_ROUNDS))
 EXTRA_ROUNDS=$((ROUNDS % DESIGN_ROUNDS))
-ORDER_TEXT="rotated order, balanced over every $DESIGN_ROUNDS rounds; $ROUNDS round(s) run ($FULL_DESIGNS full design(s) + $EXTRA_ROUNDS)"
+ORDER_ROWS=""
+((NCONT % 2 == 0)) || ORDER_ROWS=", forward and reversed rows alternating"
+ORDER_TEXT="rotated order$ORDER_ROWS, balanced over every $DESIGN_ROUNDS rounds; $ROUNDS round(s) run ($FULL_DESIGNS full design(s) + $EXTRA_ROUNDS)"
 if ((EXTRA_ROUNDS != 0)); then
   echo "compare.sh: warning: --rounds $ROUNDS is not a multiple of $DESIGN_ROUNDS (the balanced design for $NCONT contenders): the order is balanced only over $((FULL_DESIGNS * DESIGN_ROUNDS)) of the rounds" >&2
 fi
@@ -834,12 +839,20 @@ RSS_AT=$(awk -v d="$DURATION" 'BEGIN { printf "%.1f", d * 0.9 }')
 START_EPOCH=$(date +%s)
 # order R K: the index of the contender that runs K-th in round R (0-based). Row 0 is
 # 0, 1, n-1, 2, n-2, ...; row R adds R (mod n) to it, and for odd n rows n..2n-1 are rows
-# 0..n-1 reversed: each ordered pair of contenders is adjacent equally often.
+# 0..n-1 reversed: each ordered pair of contenders is adjacent equally often over the
+# rows. For odd n the rounds take the rows interleaved, 0, n, 1, n+1, 2, ...: a forward
+# row, then a reversed one, so that in fewer rounds than the design's 2n (the default 5,
+# for l4's 5 contenders) each contender already follows several different others (with
+# rows 0..4 in turn, each followed the same two, twice each); every 2n rounds in a row
+# still hold each row once.
 order() {
   local r=$1 k=$2 nn=${#CONTENDER_LIST[@]} rows j
   rows=$nn
   ((nn % 2 == 0)) || rows=$((2 * nn))
   r=$((r % rows))
+  if ((nn % 2 == 1)); then
+    if ((r % 2 == 1)); then r=$((nn + r / 2)); else r=$((r / 2)); fi
+  fi
   if ((r >= nn)); then r=$((r - nn)); k=$((nn - 1 - k)); fi
   if ((k == 0)); then j=0
   elif ((k % 2 == 1)); then j=$(((k + 1) / 2))

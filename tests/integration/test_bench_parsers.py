@@ -7,6 +7,7 @@ here. Each prints "rate p50_ms p99_ms errors requests"; `requests` divides the
 CPU time measured over the whole run (cpu us/req). Other parts are cut out
 the same way and run on canned input: the summary (what it writes where)."""
 
+import collections
 import json
 import os
 import re
@@ -191,6 +192,47 @@ class BenchParsersTest(unittest.TestCase):
             self.assertLess(made, 50)
             self.assertEqual(done, made, r.stderr)
             self.assertIn("only %d of 50 gwctl calls" % made, r.stderr)
+
+    def orders(self, n, rounds):
+        """compare.sh's order() for n contenders: the contender indexes of
+        each of the first `rounds` rounds, in running order."""
+        script = "CONTENDER_LIST=(%s)\n%s\nfor ((r = 0; r < %d; r++)); do\n  line=\n" \
+                 "  for ((k = 0; k < %d; k++)); do line+=\"$(order $r $k) \"; done\n  echo \"$line\"\ndone\n" % (
+                     " ".join("c%d" % i for i in range(n)), function_text("order"), rounds, n)
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=gwtest.T(30),
+                           stdin=subprocess.DEVNULL)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return [[int(x) for x in line.split()] for line in r.stdout.splitlines()]
+
+    def test_order_is_balanced_over_each_design(self):
+        """Over each full design (n rounds for an even n of contenders, 2n for
+        an odd one), every contender runs in each position equally often and
+        right after each other one equally often."""
+        for n in range(2, 8):
+            design = n if n % 2 == 0 else 2 * n
+            rows = self.orders(n, 2 * design)
+            for start in (0, design):
+                block = rows[start:start + design]
+                for row in block:
+                    self.assertEqual(sorted(row), list(range(n)), (n, row))
+                pos = collections.Counter((c, k) for row in block for k, c in enumerate(row))
+                pairs = collections.Counter((a, b) for row in block for a, b in zip(row, row[1:]))
+                self.assertEqual(set(pos.values()), {design // n}, (n, block))
+                self.assertEqual(len(pairs), n * (n - 1), (n, block))
+                self.assertEqual(len(set(pairs.values())), 1, (n, block))
+
+    def test_order_varies_who_runs_before_whom_in_the_default_rounds(self):
+        """With an odd number of contenders, the default 5 rounds are less than
+        the design's 2n: taking the forward rows 0..4 in turn, each of l4's 5
+        contenders always ran right after the same two others. Forward and
+        reversed rows alternate now: each follows at least three others."""
+        rows = self.orders(5, 5)
+        before = collections.defaultdict(set)
+        for row in rows:
+            for a, b in zip(row, row[1:]):
+                before[b].add(a)
+        for c in range(5):
+            self.assertGreaterEqual(len(before[c]), 3, (c, rows))
 
 
 if __name__ == "__main__":
