@@ -23,6 +23,10 @@
 # recorded, when a proxy worker would need more descriptors than the hard RLIMIT_NOFILE
 # (20,000 here): 10,000 frame clients through 2 workers is ~10,000 client + upstream
 # sockets per worker, which fits; one gwload process holds the 10,000 client sockets.
+# HAProxy's threads share one process, so with haproxy among the contenders a count is
+# also skipped past (RLIMIT_NOFILE - 256) / 2 connections (9,872 here), its maxconn: every
+# count that runs, each contender can take in full (nginx's worker_connections are
+# RLIMIT_NOFILE - 256 per worker).
 # Frame clients come from 127.0.0.2..127.0.0.9, so that no (source, destination) address
 # pair runs short of ports with TIME_WAIT, and nginx's address hash has 8 keys to spread.
 # Environment:
@@ -35,7 +39,8 @@
 #   GW_CMAKE_ARGS extra arguments for configuring build-release (e.g. "-DGW_WERROR=OFF")
 #   GW_RESULTS_FILE  where to append the results (default bench/RESULTS.md)
 #   GW_RESULTS_DIR   where the run's markdown tables and PNG chart go (default bench/results:
-#                    MODE-YYYYMMDD-HHMM.{md,png}, and latest-MODE.{md,png} copies)
+#                    MODE-YYYYMMDD-HHMM.{md,png}, latest-MODE.{md,png} copies, and the
+#                    per-run data, MODE-YYYYMMDD-HHMM.tsv)
 #   RULE_CHANGES  l7: gray-rule changes made in all during extra gw runs at the first
 #                 connection count (default 1000; 0 = none)
 #   RULES_PAIRS   l7: how many pairs of such runs (default 3): one with its share of the
@@ -51,7 +56,10 @@
 # design; a --rounds that is not a multiple of the design length leaves the order
 # unbalanced and is warned about: the default 5 rounds is less than one design for the
 # default l4 (10 rounds) and l7 (6) contenders, and one design plus a repeat of its first
-# round for frame's 4; the report header says how many full designs ran), so that neither the machine's slow drift (thermal,
+# round for frame's 4; the report header says how many full designs ran; for an odd n the
+# rounds alternate a forward row of the design and a reversed one, so that in l4's 5
+# rounds each contender already follows three or four different others), so that neither
+# the machine's slow drift (thermal,
 # noisy neighbours) nor what the contender before left behind always hits the same
 # contender: a frame round leaves ~10^5 sockets in TIME_WAIT for 60 s, and with the plain
 # rotation (gw always after direct, gw-uring always after gw) io_uring measured 0.87-0.88x
@@ -166,7 +174,9 @@ DESIGN_ROUNDS=$NCONT
 ((NCONT % 2 == 0)) || DESIGN_ROUNDS=$((2 * NCONT))
 FULL_DESIGNS=$((ROUNDS / DESIGN_ROUNDS))
 EXTRA_ROUNDS=$((ROUNDS % DESIGN_ROUNDS))
-ORDER_TEXT="rotated order, balanced over every $DESIGN_ROUNDS rounds; $ROUNDS round(s) run ($FULL_DESIGNS full design(s) + $EXTRA_ROUNDS)"
+ORDER_ROWS=""
+((NCONT % 2 == 0)) || ORDER_ROWS=", forward and reversed rows alternating"
+ORDER_TEXT="rotated order$ORDER_ROWS, balanced over every $DESIGN_ROUNDS rounds; $ROUNDS round(s) run ($FULL_DESIGNS full design(s) + $EXTRA_ROUNDS)"
 if ((EXTRA_ROUNDS != 0)); then
   echo "compare.sh: warning: --rounds $ROUNDS is not a multiple of $DESIGN_ROUNDS (the balanced design for $NCONT contenders): the order is balanced only over $((FULL_DESIGNS * DESIGN_ROUNDS)) of the rounds" >&2
 fi
@@ -181,13 +191,24 @@ NOFILE=$(ulimit -n)
 IFS=, read -r -a COUNT_ARGS <<<"$CONNECTIONS"
 COUNTS=()
 SKIPPED=()  # "why" for each skipped count, for the report
+# HAProxy runs its threads in one process, so all its connections share one descriptor
+# table: maxconn (client connections; each holds a server socket too) is sized from the
+# same budget as nginx's worker_connections below. HAProxy 2.6 refuses to start when
+# 2 x maxconn plus its listeners and servers is more than RLIMIT_NOFILE; 256 spare covers
+# those. (A fixed maxconn 4096 left HAProxy serving 4,096 of a larger count's clients.)
+HAPROXY_MAXCONN=$(((NOFILE - 256) / 2))
 for conns in "${COUNT_ARGS[@]}"; do
   # A proxy worker holds a client and an upstream socket per connection; reuseport and
   # gw's accept spread are not exact, hence a quarter more than an even share. (The load
   # generator holds one socket per connection, fewer than that.)
   need=$(( (2 * conns * 5 / 4 + WORKERS - 1) / WORKERS + 64 ))
+  why=""
   if [ "$need" -gt "$NOFILE" ]; then
     why="$conns connections: need ~$need descriptors per proxy worker ($WORKERS workers), RLIMIT_NOFILE is $NOFILE"
+  elif has_contender haproxy && [ "$conns" -gt "$HAPROXY_MAXCONN" ]; then
+    why="$conns connections: HAProxy (one process) would need ~$((2 * conns + 256)) descriptors, RLIMIT_NOFILE is $NOFILE"
+  fi
+  if [ -n "$why" ]; then
     echo "compare.sh: skipping $why" >&2
     SKIPPED+=("$why")
   else
@@ -550,7 +571,9 @@ EOF
   } >"$TMP/nginx/nginx.conf"
   else
   # The usual production reverse proxy: keep-alive to the backends, no access log
-  # (gw writes none either), client keep-alive as wrk uses it.
+  # (gw writes none either), client keep-alive as wrk uses it, and the three fields gw
+  # adds to every request it forwards (X-Forwarded-For, X-Real-IP, X-Forwarded-Proto), so
+  # that both do the same work (lua and HAProxy add them too).
   { nginx_head; cat <<EOF
 http {
     access_log off;
@@ -568,6 +591,9 @@ http {
             proxy_pass http://backends;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Real-IP \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
             proxy_connect_timeout 2s;
         }
     }
@@ -612,6 +638,9 @@ http {
             proxy_pass http://backends;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Real-IP \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
             proxy_connect_timeout 2s;
         }
     }
@@ -624,17 +653,22 @@ fi
 if has_contender haproxy; then
   MODE_HAPROXY=tcp
   HAPROXY_HTTP_OPTS=""
+  HAPROXY_FRONTEND_OPTS=""
   if [ "$MODE" = l7 ]; then
     MODE_HAPROXY=http
-    HAPROXY_HTTP_OPTS=$'    option http-keep-alive\n    http-reuse always'
+    HAPROXY_HTTP_OPTS=$'    option http-keep-alive\n    http-reuse always\n    option forwardfor'
+    # The fields gw and nginx add: X-Forwarded-For (option forwardfor), X-Real-IP and
+    # X-Forwarded-Proto.
+    HAPROXY_FRONTEND_OPTS=$'    http-request set-header X-Real-IP %[src]\n    http-request set-header X-Forwarded-Proto http'
   fi
   cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread $WORKERS
-    maxconn 4096
+    maxconn $HAPROXY_MAXCONN
 
 defaults
     mode $MODE_HAPROXY
+    maxconn $HAPROXY_MAXCONN
 $HAPROXY_HTTP_OPTS
     timeout connect 2s
     timeout client 10m
@@ -642,6 +676,7 @@ $HAPROXY_HTTP_OPTS
 
 frontend bench
     bind 127.0.0.1:$P_HAPROXY
+$HAPROXY_FRONTEND_OPTS
     default_backend backends
 
 backend backends
@@ -794,7 +829,8 @@ check_alive() {  # a contender that died mid-run would otherwise show up only as
 
 # runs.tsv: connections, round, contender, req/s, p50 ms, p99 ms, errors, cpu us/req (-1:
 # none), RSS KiB and PSS KiB (-1: none), and the CPU us per request of the load generator and
-# of the two backends (-1: none) in the same run.
+# of the two backends (-1: none) in the same run. Kept, with a header line, as
+# $RESULTS_DIR/MODE-STAMP.tsv beside the report.
 RUNS="$TMP/runs.tsv"
 : >"$RUNS"
 n=${#CONTENDER_LIST[@]}
@@ -803,12 +839,20 @@ RSS_AT=$(awk -v d="$DURATION" 'BEGIN { printf "%.1f", d * 0.9 }')
 START_EPOCH=$(date +%s)
 # order R K: the index of the contender that runs K-th in round R (0-based). Row 0 is
 # 0, 1, n-1, 2, n-2, ...; row R adds R (mod n) to it, and for odd n rows n..2n-1 are rows
-# 0..n-1 reversed: each ordered pair of contenders is adjacent equally often.
+# 0..n-1 reversed: each ordered pair of contenders is adjacent equally often over the
+# rows. For odd n the rounds take the rows interleaved, 0, n, 1, n+1, 2, ...: a forward
+# row, then a reversed one, so that in fewer rounds than the design's 2n (the default 5,
+# for l4's 5 contenders) each contender already follows several different others (with
+# rows 0..4 in turn, each followed the same two, twice each); every 2n rounds in a row
+# still hold each row once.
 order() {
   local r=$1 k=$2 nn=${#CONTENDER_LIST[@]} rows j
   rows=$nn
   ((nn % 2 == 0)) || rows=$((2 * nn))
   r=$((r % rows))
+  if ((nn % 2 == 1)); then
+    if ((r % 2 == 1)); then r=$((nn + r / 2)); else r=$((r / 2)); fi
+  fi
   if ((r >= nn)); then r=$((r - nn)); k=$((nn - 1 - k)); fi
   if ((k == 0)); then j=0
   elif ((k % 2 == 1)); then j=$(((k + 1) / 2))
@@ -897,16 +941,18 @@ rules_run() {
   local kind=$1 pair=$2 calls=$3 name out i ip load_rc res rps p50 p99 errs reqs
   out="$TMP/wrk-$kind-$pair.txt"
   load gw "$conns" "$RULES_DURATION" "$out"
+  # i counts the calls made: the check that the load still runs comes before each call
+  # (after it, the call that made the count whole was left out when the load ended early).
   for ((i = 0; i < calls; i++)); do
+    kill -0 "$WRK_PID" 2>/dev/null || break
     if [ "$kind" = rules ]; then
       if [ "$RULE_IP" = 127.0.0.1 ]; then ip=127.0.0.2,10.0.0.0/8; else ip=127.0.0.1; fi
     else
       ip=$RULE_IP
     fi
     "$GWCTL" --shm "$SHM_NAME" set rule bench default gray --ip "$ip" --upstream pre >/dev/null ||
-      die "gwctl set rule failed ($kind run of pair $pair, call $i)"
+      die "gwctl set rule failed ($kind run of pair $pair, call $((i + 1)))"
     RULE_IP=$ip
-    kill -0 "$WRK_PID" 2>/dev/null || break
   done
   if [ "$kind" = rules ]; then
     RULES_DONE=$((RULES_DONE + i)) name=gw+rules
@@ -948,13 +994,17 @@ fi
 
 # ---------------------------------------------------------------------------------------
 # Summary: medians per connection count and contender, ratios to the peers; printed,
-# appended to RESULTS.md, and written as bench/results/MODE-STAMP.{md,png} (gnuplot) with
+# appended to RESULTS.md, and written as bench/results/MODE-STAMP.{md,png,tsv} (gnuplot) with
 # latest-MODE.{md,png} copies.
 
 DATE=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 STAMP=$(date -u '+%Y%m%d-%H%M')
 KERNEL=$(uname -r)
 NPROC=$(nproc)
+# Nothing is pinned: every process started here may run on any of the NPROC cores (the
+# CPUs this script may use), so the proxy shares them with the load generator and the
+# backends, and what one of them uses the others cannot.
+CPUS_SHARED="cores unpinned, shared by the load generator, the two backends and the proxy"
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 MEM_TOTAL=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 if [ "$MODE" = frame ]; then
@@ -977,11 +1027,21 @@ BUILD_TYPE=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt"
 GW_BUILD="$BUILD_DIR (${BUILD_TYPE:-unknown build type})"
 GW_BUILD=${GW_BUILD#"$ROOT/"}
 mkdir -p "$RESULTS_DIR"
+# The raw data, kept next to the report (the temp dir goes at exit): runs.tsv with a
+# header line, one line per run (connection count, round, contender), the gray-rule pairs'
+# included (round "rules-N").
+RUNS_KEPT="$RESULTS_DIR/$MODE-$STAMP.tsv"
+{
+  printf 'connections\tround\tcontender\treq_per_s\tp50_ms\tp99_ms\terrors\tcpu_us_per_req\trss_kib\tpss_kib\tload_us_per_req\tbackends_us_per_req\n'
+  cat "$RUNS"
+} >"$RUNS_KEPT"
+log "per-run data: $RUNS_KEPT"
 SKIPPED_TEXT=$(printf '%s\n' "${SKIPPED[@]+"${SKIPPED[@]}"}")
 
 # Values reach the Python code through the environment (quoted heredoc: no shell expansion).
 BENCH_ROUNDS=$ROUNDS BENCH_ORDER=$ORDER_TEXT BENCH_DURATION=$DURATION BENCH_WORKERS=$WORKERS BENCH_DATE=$DATE \
 BENCH_STAMP=$STAMP BENCH_KERNEL=$KERNEL BENCH_NPROC=$NPROC BENCH_CPU=$CPU_MODEL BENCH_MEM=$MEM_TOTAL \
+BENCH_CPUS_SHARED=$CPUS_SHARED \
 BENCH_VERSIONS=$VERSIONS BENCH_GW_REV=$GW_REV BENCH_GW_BUILD=$GW_BUILD BENCH_MODE=$MODE \
 BENCH_RULES_DONE=$RULES_DONE BENCH_NOOP_DONE=$NOOP_DONE BENCH_SKIPPED=$SKIPPED_TEXT BENCH_ELAPSED=$ELAPSED BENCH_RESULTS_DIR=$RESULTS_DIR \
 BENCH_TMP=$TMP BENCH_NGINX_KEEPALIVE=$NGINX_KEEPALIVE BENCH_RULES_DURATION=$RULES_DURATION BENCH_RULES_PAIRS=$RULES_PAIRS \
@@ -1131,13 +1191,13 @@ def describe(c):
     return "wrk -t%d -c%d -d%ss --latency, HTTP/1.1 keep-alive" % (1 if c < 2 else 2, c, env["BENCH_DURATION"])
 
 WHAT = {"l4": "L4 (tcp relay)", "l7": "L7 (HTTP reverse proxy)", "frame": "frame (first-frame routing)"}[mode]
-meta = ("%s; kernel `%s`, %s × %s, %s RAM; %s round(s) × %ss per contender and connection count, interleaved, "
+meta = ("%s; kernel `%s`, %s × %s, %s RAM; %s; %s round(s) × %ss per contender and connection count, interleaved, "
         "%s; %s workers each; gw %s, build %s; %s. cpu us/req = the contender's processes' CPU "
         "time per request; load and backends us/req = the load generator's (%s) and the two backends' CPU time "
         "per request in the same runs; RSS = summed RSS of its processes (master and workers) at 90%% of a run, "
         "shared pages counted in every process that maps them; PSS splits those.%s" % (
             env["BENCH_DATE"], env["BENCH_KERNEL"], env["BENCH_NPROC"], env["BENCH_CPU"], env["BENCH_MEM"],
-            env["BENCH_ROUNDS"], env["BENCH_DURATION"], env["BENCH_ORDER"], env["BENCH_WORKERS"], env["BENCH_GW_REV"],
+            env["BENCH_CPUS_SHARED"], env["BENCH_ROUNDS"], env["BENCH_DURATION"], env["BENCH_ORDER"], env["BENCH_WORKERS"], env["BENCH_GW_REV"],
             env["BENCH_GW_BUILD"], env["BENCH_VERSIONS"], "gwload" if mode == "frame" else "wrk",
             " Idle backend connections kept per worker: %s (nginx, lua, gw)." % env["BENCH_NGINX_KEEPALIVE"]
             if mode == "l7" else ""))
@@ -1230,6 +1290,8 @@ if shutil.which("gnuplot"):
 
 title = "# %s: gw vs its peers\n" % WHAT
 doc = [title, meta, ""]
+doc += ["Per-run data (one line per connection count, round and contender, with a header line): "
+        "`%s.tsv`, beside this report." % os.path.basename(base), ""]
 if png:
     doc += ["![%s chart](%s)" % (mode, os.path.basename(png)), ""]
 doc += md
@@ -1254,7 +1316,8 @@ with open(results_md, "a") as f:
                 "Errors are socket errors plus non-2xx replies, summed over the rounds; a target is not\n"
                 "judged when a contender it compares had any (wrk counts them in req/s).\n")
     f.write("\n## %s, %s\n\n" % (mode, env["BENCH_DATE"]))
-    f.write(meta + " Table and chart: `bench/results/%s.md`.\n\n" % os.path.basename(base))
+    f.write(meta + " Table and chart: `bench/results/%s.md`; per-run data: `bench/results/%s.tsv`.\n\n"
+            % (os.path.basename(base), os.path.basename(base)))
     f.write("\n".join(md).replace("### ", "#### ") + "\n")
-print("wrote %s.md%s; appended to %s" % (base, " and .png" if png else "", results_md))
+print("wrote %s.md%s (per-run data: %s.tsv); appended to %s" % (base, " and .png" if png else "", base, results_md))
 EOF
