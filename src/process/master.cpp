@@ -1327,7 +1327,16 @@ class Master {
       return;
     }
     if (signalled) GW_LOG_INFO("SIGHUP: reloading {}", cfg_.path);
-    else GW_LOG_INFO("reloading {} (a deferred reload; the file is read again)", cfg_.path);
+    else if (!reload_lock_since_ms_) GW_LOG_INFO("reloading {} (a deferred reload; the file is read again)", cfg_.path);
+    // The wait for the writer lock (below) ends with any outcome but another
+    // round of it.
+    struct LockWaitEnd {
+      uint64_t& since;
+      bool goes_on = false;
+      ~LockWaitEnd() {
+        if (!goes_on) since = 0;
+      }
+    } lock_wait{reload_lock_since_ms_};
     config::LoadResult r = config::load_file(cfg_.path);
     if (!r.ok()) {
       for (const auto& e : r.errors) GW_LOG_ERROR("reload: {}: {}", cfg_.path, e);
@@ -1416,7 +1425,28 @@ class Master {
           throw std::runtime_error(fmt::format("log_file: {}", e.what()));
         }
       }
-      commit_reload(next);
+      commit_reload(next, kReloadLockTryMs);
+    } catch (const shm::WriterLockTimeout&) {
+      // Another writer holds the lock: a gwctl in the middle of a change, or
+      // one stopped there. The master's loop does not wait on it (waiting
+      // 10 s, it respawned no worker, read no event and took no signal):
+      // tried again every 250 ms, the file read again, for 10 s.
+      if (!reload_lock_since_ms_) {
+        reload_lock_since_ms_ = now;
+        GW_LOG_WARN(
+            "reload waits for the shm writer lock, which another writer holds (a gwctl in the middle of a change, "
+            "or stopped there); tried again every 250 ms for up to 10 s");
+      } else if (now - reload_lock_since_ms_ >= kReloadLockWaitMs) {
+        GW_LOG_ERROR(
+            "reload failed: another writer has held the shm writer lock for 10 s; is a gwctl stopped (SIGSTOP)?; "
+            "the running configuration stays");
+        return;
+      }
+      lock_wait.goes_on = true;
+      reload_pending_ = true;
+      pending_workers_ = 0;
+      pending_check_ms_ = now + 250;
+      return;
     } catch (const std::exception& e) {
       GW_LOG_ERROR("reload failed: {}; the running configuration stays", e.what());
       return;
@@ -1493,8 +1523,13 @@ class Master {
 
   // The reload's one table commit: the new config merged with the live table
   // (read under the writer lock, so a concurrent gwctl change is not lost).
-  void commit_reload(const config::Config& next) {
+  static constexpr uint32_t kReloadLockTryMs = 50;      // one try for the writer lock from the loop
+  static constexpr uint64_t kReloadLockWaitMs = 10000;  // ...and how long the tries go on
+
+  /// `lock_wait_ms` 0: the writers' default wait for the lock (10 s).
+  void commit_reload(const config::Config& next, uint32_t lock_wait_ms = 0) {
     shm::Writer writer(seg_);
+    writer.set_lock_wait_ms(lock_wait_ms);
     std::vector<std::string> warnings;
     uint64_t gen = writer.commit([&](shm::Table& t, std::vector<std::string>& events) {
       const shm::State live = shm::state_from_table(t);
@@ -2224,14 +2259,15 @@ class Master {
   Inherited inherited_;                     // from the old master, after a binary upgrade
   ListenerRowTimes row_free_at_;            // when each listener stats row is free again (publish_listeners)
   static constexpr uint64_t kHandOverAgainMs = 1000;
-  uint64_t handover_again_ms_ = 0;  // new master: when the hand-over signal goes again (0: not)
-  bool handover_resent_ = false;    // ...and whether that was logged
-  bool notify_parent_ = false;      // new master: tell the old one when the workers run
-  pid_t upgrade_pid_ = 0;           // old master: the new master it started
-  core::UniqueFd upgrade_err_;      // old master: the read end of the new master's pipe for its failure
-  bool handed_over_ = false;        // old master: the new one serves; this one stops
-  bool reload_pending_ = false;     // a reload waits for rows that draining workers hold
-  bool retry_reload_ = false;       // ...and one of them just exited
+  uint64_t handover_again_ms_ = 0;     // new master: when the hand-over signal goes again (0: not)
+  bool handover_resent_ = false;       // ...and whether that was logged
+  bool notify_parent_ = false;         // new master: tell the old one when the workers run
+  pid_t upgrade_pid_ = 0;              // old master: the new master it started
+  core::UniqueFd upgrade_err_;         // old master: the read end of the new master's pipe for its failure
+  bool handed_over_ = false;           // old master: the new one serves; this one stops
+  bool reload_pending_ = false;        // a reload waits for rows that draining workers hold
+  uint64_t reload_lock_since_ms_ = 0;  // ...or for the shm writer lock, since then (0: not)
+  bool retry_reload_ = false;          // ...and one of them just exited
   std::vector<std::vector<core::UniqueFd>> fds_;
   std::vector<pid_t> pids_;
   std::vector<uint64_t> started_ms_;

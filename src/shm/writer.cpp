@@ -31,11 +31,11 @@ constexpr uint64_t kMaxGeneration = ~0ull >> 1;
 // Holds the robust writer mutex for one commit.
 class WriterLock {
  public:
-  explicit WriterLock(pthread_mutex_t& m) : m_(m) {
+  explicit WriterLock(pthread_mutex_t& m, uint32_t wait_ms = 0) : m_(m) {
     // The wait is measured on the monotonic clock: pthread_mutex_timedlock's
     // CLOCK_REALTIME deadline moves when the wall clock is stepped (NTP, an
     // operator's `date`), which could end the wait at once or stretch it.
-    const uint32_t wait_ms = testing::writer_lock_wait_ms;
+    if (wait_ms == 0) wait_ms = testing::writer_lock_wait_ms;
 #if defined(__SANITIZE_THREAD__)
     // ThreadSanitizer (GCC 12's) does not intercept pthread_mutex_clocklock,
     // so it would take every unlock for one of an unlocked mutex: its builds
@@ -218,7 +218,7 @@ void Writer::require_live_master(bool on) noexcept {
 
 uint64_t Writer::commit(const Change& change) {
   SegmentHeader& hdr = seg_->header();
-  WriterLock lock(hdr.writer_lock);
+  WriterLock lock(hdr.writer_lock, lock_wait_ms_);
 
   if (g_require_live_master && !seg_->master_alive())
     throw SegmentError(

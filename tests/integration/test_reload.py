@@ -617,6 +617,48 @@ class ReloadTest(GwTestCase):
         self.assertNames(gw.port, 12, {"a", "b", "c"}, must_include={"a"})
         self.assertEqual(gw.stop(), 0)
 
+    def test_a_reload_behind_a_held_writer_lock_does_not_stall_the_master(self):
+        """A gwctl holds the shm writer lock (its state file's fsync stalls
+        6 s, as on a stalled disk; strace delays it) when a SIGHUP comes: the
+        master waited for the lock in its loop, up to 10 s, and a worker killed
+        meanwhile came back only after that. It now tries again every 250 ms:
+        the worker is respawned at once, and the reload is made once the gwctl
+        is done, with the gwctl's change kept."""
+        strace = shutil.which("strace")
+        if not strace:
+            self.skipTest("strace is not installed (tools/setup.sh installs it)")
+        a, b = self.backend("a", "name"), self.backend("b", "name")
+        cfg = self.config(a)
+        cfg["upstreams"][0]["pools"][0]["hosts"] = [host("a", a), host("b", b)]
+        gw = self.gateway(cfg)
+        held = subprocess.Popen([strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync,fdatasync", "-e",
+                                 "inject=fsync,fdatasync:delay_enter=6000000:when=1", gwtest.GWCTL, "--shm", gw.shm,
+                                 "down", "host", "app/primary", "b"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                # (LeakSanitizer cannot run under ptrace: an ASan build's gwctl would fail at exit)
+                                env={**os.environ, "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0"})
+        self.addCleanup(held.kill)
+        time.sleep(1)  # the gwctl takes the lock and waits in its state file's fsync
+        cfg["upstreams"][0]["tries"] = 2
+        self.rewrite(gw, cfg)
+        log_before = len(gw.log_text())
+        gw.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload waits for the shm writer lock" in gw.log_text()[log_before:], T(5),
+                   msg="the reload waits for the lock")
+        victim = gw.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: victim not in gw.worker_pids() and all(p in gwtest.children(gw.pid)
+                                                                  for p in gw.worker_pids()),
+                   T(4), interval=0.05, msg="the killed worker respawned")
+        self.assertIsNone(held.poll(), "the worker came back only once the gwctl let the lock go")
+        self.assertEqual(held.wait(T(20)), 0, held.stderr.read())
+        wait_until(lambda: "reloaded:" in gw.log_text()[log_before:], T(10), msg="the reload made")
+        self.assertNotIn("reload failed", gw.log_text()[log_before:])
+        self.assertEqual(gw.log_text()[log_before:].count("reload waits for the shm writer lock"), 1)
+        self.assertHost(gw, "app/primary/b", admin="down")
+        self.assertEvent(gw, r"^config_reloaded pid=\d+: 1 upstream\(s\), 1 pool\(s\), 2 host\(s\)$")
+        self.assertEqual(gw.stop(), 0)
+
     def test_long_lived_connection_closed_after_worker_shutdown_timeout(self):
         n = self.backend("n", "name")
         cfg = self.config(n, shutdown_timeout_ms=30000, worker_shutdown_timeout_ms=1500)

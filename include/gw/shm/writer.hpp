@@ -78,6 +78,10 @@ class Writer {
   void set_retired(bool retired);
   /// Skip writing the state file (unit tests that have none).
   void set_persist(bool on) noexcept { persist_ = on; }
+  /// How long commit() waits for the lock before WriterLockTimeout (default:
+  /// testing::writer_lock_wait_ms, 10 s). The master's reload waits briefly
+  /// and tries again each round, so that its loop never stalls on a gwctl.
+  void set_lock_wait_ms(uint32_t ms) noexcept { lock_wait_ms_ = ms; }
 
  private:
   struct SlotReset {
@@ -92,6 +96,7 @@ class Writer {
 
   const Segment* seg_;
   bool persist_ = true;
+  uint32_t lock_wait_ms_ = 0;  ///< 0: testing::writer_lock_wait_ms
 };
 
 }  // namespace gw::shm
