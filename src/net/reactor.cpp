@@ -68,7 +68,19 @@ void TimerWheel::cancel(TimerNode& n) noexcept {
 
 int TimerWheel::timeout_ms(uint64_t now_ms) const noexcept {
   if (count_ == 0) return -1;
-  uint64_t next = (tick_ + 1) * kTickMs;
+  // The first tick after the current one whose slot holds a node (a node
+  // due a turn or more later sits in its slot and is re-filed when the
+  // wheel passes it): an idle worker with connections open does not wake
+  // every tick. The current tick's slot is visited again at the next tick.
+  uint64_t k = 1;
+  while (k < kSlots) {
+    const TimerNode& head = slots_[(tick_ + k) % kSlots];
+    if (head.next != &head) break;
+    ++k;
+  }
+  const TimerNode& cur = slots_[tick_ % kSlots];
+  if (cur.next != &cur) k = 1;
+  uint64_t next = (tick_ + k) * kTickMs;
   return next > now_ms ? static_cast<int>(next - now_ms) : 1;
 }
 

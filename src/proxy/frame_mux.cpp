@@ -74,7 +74,7 @@ void FrameMux::accept(int fd, uint32_t listener) noexcept {
   d.fd = fd;
   d.used = true;
   d.in = false;  // the registration below reports bytes already queued, if any
-  d.out = d.eof = d.reset = false;
+  d.out = d.eof = d.reset = d.hup = false;
   d.first = true;
   d.listener = static_cast<uint16_t>(listener);
   d.buf = nullptr;
@@ -150,6 +150,7 @@ void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
       d.out = false;
     } else {
       if (in) d.in = true;
+      if (events & (EPOLLRDHUP | EPOLLHUP)) d.hup = true;
       if (out && !d.reset) d.out = true;
     }
   } else {
@@ -182,6 +183,7 @@ void FrameMux::on_event(uint64_t data, uint32_t events) noexcept {
       if (li == d.front_link) d.front_progress_ms = env_.now_ms;  // send_timeout_ms runs from here
     }
     if (in) k.in = true;
+    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) k.hup = true;
     if (out) k.out = true;
   }
   drive(d);
@@ -445,6 +447,10 @@ bool FrameMux::pump_device_in(Device& d) noexcept {
     }
     ssize_t n = ::recv(d.fd, d.buf + d.tail, cap - d.tail, MSG_DONTWAIT);
     if (n > 0) {
+      // Edge-triggered: a short read drained the socket, and the next bytes
+      // raise a new event; the recv() that could only say EAGAIN is skipped
+      // (as tcp_relay and http_proxy do), unless a FIN or reset was signalled.
+      if (static_cast<size_t>(n) < cap - d.tail && !d.hup && !d.reset) d.in = false;
       d.tail += static_cast<uint32_t>(n);
       bytes += static_cast<uint32_t>(n);
       metrics::client_received(env_, d.listener, static_cast<uint64_t>(n));
@@ -795,6 +801,7 @@ bool FrameMux::pump_device_out(Device& d) noexcept {
         }
         ssize_t n = ::recv(k.fd, k.buf + k.tail, want, MSG_DONTWAIT);
         if (n > 0) {
+          if (static_cast<size_t>(n) < want && !k.hup && !k.orphan) k.in = false;  // drained (edge-triggered)
           k.tail += static_cast<uint32_t>(n);
           metrics::host_received(env_, k.slot, k.tag, static_cast<uint64_t>(n));
           k.last_used_ms = d.last_activity_ms = env_.now_ms;

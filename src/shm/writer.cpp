@@ -108,6 +108,11 @@ void Writer::assign_slots(const Table& old, Table& t, uint64_t now_ms, std::vect
       return busy != o.busy ? !busy : freed != o.freed ? freed < o.freed : slot < o.slot;
     }
   };
+  // Slots this change frees: their freed_ms is set only once it commits (0
+  // now, which reads as never used), so they count as freed now, the latest.
+  std::vector<uint8_t> freeing(cap, 0);
+  for (const auto& o : old.hosts())
+    if (o.tag != 0 && o.slot < cap && !used[o.slot]) freeing[o.slot] = 1;
   std::vector<Free> free;
   size_t taken = 0;  // of `free`
   bool ordered = false;
@@ -123,7 +128,7 @@ void Writer::assign_slots(const Table& old, Table& t, uint64_t now_ms, std::vect
         if (used[s]) continue;
         const HostRuntime& r = seg_->host(s);
         const Free f{host_totals(*seg_, s, r.tag.load(std::memory_order_relaxed)).active != 0,
-                     r.freed_ms.load(std::memory_order_relaxed), s};
+                     freeing[s] ? std::max<uint64_t>(now_ms, 1) : r.freed_ms.load(std::memory_order_relaxed), s};
         fresh += !f.busy && f.freed == 0;
         free.push_back(f);
       }
@@ -177,10 +182,16 @@ void Writer::repair(const Table& live) {
   // Nothing ever published (generation 0: a fresh segment whose first commit,
   // the master's, stopped): the state file is the only record; keep it.
   if (live.header().generation == 0) return;
-  GW_LOG_WARN(
-      "a writer stopped in the middle of a commit (it was persisting generation {}); the state file and "
-      "runtime slots are put back in step with the live generation {}",
-      hdr.persisting.load(), live.header().generation);
+  if (hdr.persisting.load() > live.header().generation)
+    GW_LOG_WARN(
+        "a writer stopped in the middle of a commit (it was persisting generation {}); the state file and "
+        "runtime slots are put back in step with the live generation {}",
+        hdr.persisting.load(), live.header().generation);
+  else  // it died holding the lock after its publish (emitting its events, say): nothing of it is undone
+    GW_LOG_WARN(
+        "the writer of generation {} died after publishing it, before it let the lock go (some of its events may "
+        "be missing); the state file and runtime slots are checked against it",
+        live.header().generation);
   if (persist_ && hdr.state_file[0] != '\0') write_state_file(hdr.state_file, state_to_json(live));
   // Slots it gave to new hosts before it stopped belong to live hosts again.
   for (const auto& h : live.hosts()) {

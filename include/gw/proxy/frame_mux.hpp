@@ -104,6 +104,7 @@ class FrameMux {
     uint32_t slot = 0, tag = 0, weight = 0;
     bool connecting = false;
     bool in = false, out = false, eof = false;
+    bool hup = false;  // EPOLLRDHUP/EPOLLHUP seen: read on to the EOF (no short-read shortcut)
     // A whole frame of the device's went out on it. A link that breaks under
     // the first frame it carries is the host's failure; one that carried
     // frames is like a kept-alive connection the host closed (no blame).
@@ -128,6 +129,7 @@ class FrameMux {
     bool again = false;       // stopped at a cap with work left (counted in again_)
     bool listed = false;      // its slot is on again_list_ (kept across reuse of the slot)
     bool fd_wait = false;     // the frame at head waits for a descriptor; on_timer retries at fd_retry_ms
+    bool hup = false;         // EPOLLRDHUP/EPOLLHUP seen: read on to the EOF
     bool reset = false;       // the device reset its connection: what it sent before goes out, nothing goes to it
     uint16_t listener = 0;
     uint32_t idle_ms = 0;

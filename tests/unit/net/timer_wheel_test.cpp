@@ -31,6 +31,39 @@ TEST_SUITE("net") {
     CHECK(w.empty());
   }
 
+  TEST_CASE("the wait runs to the next tick that holds a timer, not to the next tick") {
+    // An idle worker with connections open woke every 10 ms (100 wake-ups a
+    // second) to visit empty slots.
+    TimerWheel w(1000);
+    TimerNode a, b;
+    w.schedule(a, 6000);
+    CHECK(w.timeout_ms(1000) == 5000);
+    CHECK(w.timeout_ms(1004) == 4996);
+    w.schedule(b, 1500);
+    CHECK(w.timeout_ms(1000) == 500);
+    std::vector<TimerNode*> fired;
+    auto fire = [&](TimerNode& n) { fired.push_back(&n); };
+    w.advance(1500, fire);
+    REQUIRE(fired.size() == 1);
+    CHECK(w.timeout_ms(1500) == 4500);
+    // Due past one turn of the wheel: woken where its slot comes round (at
+    // most one turn away), and filed again there.
+    TimerNode c;
+    w.cancel(a);
+    w.schedule(c, 1500 + 25000);
+    const int first = w.timeout_ms(1500);
+    CHECK(first > 0);
+    CHECK(first <= static_cast<int>(TimerWheel::kSlots * TimerWheel::kTickMs));
+    w.advance(1500 + static_cast<uint64_t>(first), fire);
+    CHECK(fired.size() == 1);
+    CHECK(w.size() == 1);
+    // A node due later in the current tick: the next tick.
+    TimerWheel v(2000);
+    TimerNode d;
+    v.schedule(d, 2005);
+    CHECK(v.timeout_ms(2000) == 10);
+  }
+
   TEST_CASE("moving a deadline later is lazy and still exact; cancel unlinks") {
     TimerWheel w(0);
     TimerNode a, b;

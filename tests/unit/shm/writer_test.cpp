@@ -374,6 +374,35 @@ TEST_SUITE("shm") {
                          "host table is full (shm.max_hosts = 5)", TableError);
   }
 
+  TEST_CASE("a slot the same change frees goes after never-used ones") {
+    // It read as never used (its freed_ms is set once the change commits) and
+    // went first, by index: the host added took the removed one's slot at
+    // once, where stale counts of the removed host could still land.
+    TempSegment ts({1, 1, 8});
+    Writer w(ts.seg);
+    w.set_persist(false);
+    w.commit([](Table& t, std::vector<std::string>&) {
+      UpstreamRecord r{};
+      set_name(r.name, "app");
+      const int p = t.add_pool(t.add_upstream(r), "primary", 0, Method::round_robin);
+      t.add_host(p, "a", addr(1), 1);
+      t.add_host(p, "b", addr(2), 1);
+    });
+    Table t(ts.seg.caps());
+    read_published(ts.seg, t);
+    REQUIRE(t.hosts()[0].slot == 0);
+    w.commit([](Table& tt, std::vector<std::string>&) {
+      tt.remove_host(0);
+      tt.add_host(0, "z", addr(9), 1);
+    });
+    read_published(ts.seg, t);
+    REQUIRE(t.hosts().size() == 2);
+    const auto& z = t.hosts()[1];
+    REQUIRE(name_of(z.id) == "z");
+    CHECK(z.slot == 2);
+    CHECK(ts.seg.host(0).freed_ms.load() != 0);  // a's, freed by the commit
+  }
+
   TEST_CASE("new hosts take never-used idle slots before freed ones, wherever those are") {
     // The walk over the slots stops once it has a never-used idle slot for
     // each new host; a slot freed before them, or a busy one, is not taken.
