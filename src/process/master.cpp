@@ -539,7 +539,11 @@ uint32_t stat_rows_for(int workers) noexcept {
   return static_cast<uint32_t>(std::min<int64_t>(int64_t{workers} * 2, shm::kMaxWorkers));
 }
 
-shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRowTimes* row_free_at) {
+// Why a binary upgrade finds too few free worker rows.
+constexpr const char* kRowsHeldWhy = "(workers of an earlier reload still draining?)";
+
+shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRowTimes* row_free_at,
+                             const std::vector<uint32_t>& old_rows) {
   const std::string& name = cfg.shm.name;
   shm::Segment seg;
   std::unique_ptr<shm::Table> seg_table;
@@ -698,20 +702,23 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
     uint32_t free = 0;
     for (uint32_t r = 0; r < seg.stat_workers(); ++r) {
       const pid_t pid = seg.worker(r).pid.load(std::memory_order_acquire);
-      free += !(pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH));
+      const bool old = std::find(old_rows.begin(), old_rows.end(), r) != old_rows.end();
+      free += !old && !(pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH));
     }
     if (free < static_cast<uint32_t>(cfg.workers))
       throw std::runtime_error(
-          fmt::format("binary upgrade: {} free worker row(s) in the shm segment, {} needed (workers of "
-                      "an earlier reload still draining?); a restart is needed, or retry later",
-                      free, cfg.workers));
+          fmt::format("binary upgrade: {} free worker row(s) in the shm segment, {} needed {}; a "
+                      "restart is needed, or retry later",
+                      free, cfg.workers, kRowsHeldWhy));
   }
 
   auto& hdr = seg.header();
   for (uint32_t w = 0; w < shm::kMaxWorkers; ++w) {
-    // A binary upgrade: the old master's workers run on in their rows.
+    // A binary upgrade: the old master's workers run on in their rows (and
+    // one in its respawn back-off comes back to its own).
     const pid_t pid = seg.worker(w).pid.load();
     if (upgrade_from > 0 && pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH)) continue;
+    if (upgrade_from > 0 && std::find(old_rows.begin(), old_rows.end(), w) != old_rows.end()) continue;
     seg.worker(w).pid.store(0);
     seg.worker(w).flags.store(0);
     shm::clear_worker_counters(seg, w);  // no worker of a previous run is alive
@@ -867,10 +874,12 @@ config::Config effective_config(config::Config cfg) {
 
 // What a master started by a binary upgrade (SIGUSR2) inherits from the old
 // one, from the environment variable GW_UPGRADE:
-//   "ppid=PID lock=FD [admin=ADDR@FD] l=SLOT@ADDR@FD ... [err=FD]"
-// (the instance lock's descriptor, the admin server's socket, each worker
-// slot's listening socket with its address, and a pipe to the old master
-// for what makes the new one fail before it serves: the old master logs it).
+//   "ppid=PID lock=FD [rows=R,R,...] [admin=ADDR@FD] l=SLOT@ADDR@FD ... [err=FD]"
+// (the instance lock's descriptor, the worker rows the old master holds,
+// the admin server's socket, each worker slot's listening socket with its
+// address, and a pipe to the old master for what makes the new one fail
+// before it serves: the old master logs it). A key this build does not know
+// (one a later build passes) is ignored, so a downgrade is not refused.
 struct Inherited {
   pid_t parent = 0;  // the old master; 0 = not an upgrade
   int lock_fd = -1;
@@ -883,6 +892,9 @@ struct Inherited {
   };
   std::vector<Listen> listeners;
   int err_fd = -1;
+  // The old master's worker rows: its workers' (one in its respawn back-off
+  // too, whose row names no pid then) and those of its reload's draining ones.
+  std::vector<uint32_t> rows;
 };
 
 constexpr const char* kUpgradeEnv = "GW_UPGRADE";
@@ -1031,14 +1043,19 @@ Inherited parse_inherited(const char* text) {
       in.admin_fd = static_cast<int>(num(v.substr(at + 1)));
     } else if (k == "err") {
       in.err_fd = static_cast<int>(num(v));
+    } else if (k == "rows") {
+      for (std::string_view rest = v; !rest.empty();) {
+        const size_t c = rest.find(',');
+        in.rows.push_back(static_cast<uint32_t>(num(rest.substr(0, c))));
+        rest = c == std::string_view::npos ? std::string_view() : rest.substr(c + 1);
+      }
     } else if (k == "l") {
       size_t a1 = v.find('@'), a2 = v.rfind('@');
       if (a1 == std::string_view::npos || a2 == a1) throw fail();
       in.listeners.push_back({static_cast<size_t>(num(v.substr(0, a1))), std::string(v.substr(a1 + 1, a2 - a1 - 1)),
                               static_cast<int>(num(v.substr(a2 + 1)))});
-    } else {
-      throw fail();
     }
+    // (another key: a later build's, ignored)
   }
   if (in.parent <= 0 || in.lock_fd < 0) throw fail();
   return in;
@@ -1128,10 +1145,9 @@ class Master {
     // master's workers do not use.
     rows_ = free_rows();
     if (rows_.size() < static_cast<size_t>(n))
-      throw std::runtime_error(
-          fmt::format("binary upgrade: {} free worker row(s) in the shm segment, {} needed (workers of "
-                      "an earlier reload still draining?); a restart is needed, or retry later",
-                      rows_.size(), n));
+      throw std::runtime_error(fmt::format(
+          "binary upgrade: {} free worker row(s) in the shm segment, {} needed {}; a restart is needed, or retry later",
+          rows_.size(), n, kRowsHeldWhy));
     rows_.resize(static_cast<size_t>(n));
     start_generation();
     notify_parent_ = inherited_.parent > 0;
@@ -1293,6 +1309,11 @@ class Master {
       if (r < busy.size()) busy[r] = true;
     for (const auto& [p, r] : retiring_)
       if (r.row < busy.size()) busy[r.row] = true;
+    // The old master's rows while it runs (a binary upgrade): a worker of its
+    // that died is respawned there, so the row is its own, pid 0 or not.
+    if (inherited_.parent > 0 && ::getppid() == inherited_.parent)
+      for (uint32_t r : inherited_.rows)
+        if (r < busy.size()) busy[r] = true;
     // Rows of another master's workers (the old master's, right after a
     // binary upgrade) until they exit.
     for (uint32_t r = 0; r < busy.size(); ++r) {
@@ -1532,6 +1553,12 @@ class Master {
       return;
     }
     std::string env = fmt::format("ppid={} lock={}", ::getpid(), lock_fd_);
+    // This master's rows: the new one leaves them alone while this one runs
+    // (a worker in its respawn back-off names no pid in its row).
+    std::string rows;
+    for (uint32_t r : rows_) rows += fmt::format("{}{}", rows.empty() ? "" : ",", r);
+    for (const auto& [p, r] : retiring_) rows += fmt::format("{}{}", rows.empty() ? "" : ",", r.row);
+    if (!rows.empty()) env += " rows=" + rows;
     std::vector<int> pass{lock_fd_};
     if (admin_fd_) {
       env += fmt::format(" admin={}@{}", cfg_.admin.listen.to_string(), admin_fd_.get());
@@ -1899,7 +1926,7 @@ class Master {
       if (auto old = retiring_.find(pid); old != retiring_.end()) {
         const uint32_t row = old->second.row;
         retiring_.erase(old);
-        release_row(row);
+        release_row(row, pid);
         GW_LOG_INFO("old worker (pid {}) {}; {} still draining", pid, exit_text(status), retiring_.size());
         retry_reload_ |= reload_pending_;
         continue;
@@ -1910,7 +1937,7 @@ class Master {
       for (uint32_t w = 0; w < pids_.size(); ++w) {
         if (pids_[w] != pid) continue;
         pids_[w] = 0;
-        release_row(rows_[w]);
+        release_row(rows_[w], pid);
         std::string how = exit_text(status);
         if (stopping_) {
           GW_LOG_INFO("worker {} (pid {}) {}", w, pid, how);
@@ -1929,8 +1956,12 @@ class Master {
     }
   }
 
-  // A worker exited: its row's connection counts and limit_conn holds go.
-  void release_row(uint32_t row) {
+  // A worker exited: its row's connection counts and limit_conn holds go,
+  // unless another master's worker holds the row by now (a binary upgrade).
+  void release_row(uint32_t row, pid_t pid) {
+    pid_t seen = seg_.worker(row).pid.load(std::memory_order_acquire);
+    if (seen != 0 && (seen != pid || !seg_.worker(row).pid.compare_exchange_strong(seen, 0, std::memory_order_acq_rel)))
+      return;
     seg_.worker(row).pid.store(0, std::memory_order_release);
     seg_.worker(row).flags.store(0, std::memory_order_relaxed);
     shm::clear_worker_counters(seg_, row);
@@ -2350,7 +2381,7 @@ int run_master(const config::Config& cfg, const std::vector<std::string>& argv) 
   config::Config effective = effective_config(cfg);
   preflight(effective, inherited);
   ListenerRowTimes row_free_at{};
-  shm::Segment seg = prepare_segment(effective, inherited.parent, &row_free_at);
+  shm::Segment seg = prepare_segment(effective, inherited.parent, &row_free_at, inherited.rows);
   // The command line for a later upgrade: argv[0] made absolute if it is a
   // path (gwd may be started from another directory than the next one's).
   std::vector<std::string> args = argv;

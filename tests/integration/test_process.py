@@ -457,6 +457,89 @@ class ProcessTest(GwTestCase):
         os.kill(new, signal.SIGTERM)
         self.assertFalse(gwtest.wait_pids_gone({new} | new_workers, T(15)), "the new master did not stop")
 
+    def upgrade_started(self, gw, before):
+        """Sends SIGUSR2 to gw's master and returns the new master's pid once
+        the old one said it started it."""
+        gw.send_signal(signal.SIGUSR2)
+        started = gwtest.wait_until(
+            lambda: re.search(r"binary upgrade: started .* \(pid (\d+)\)", gw.log_text()[before:]), T(5),
+            msg="the new master started")
+        new = int(started.group(1))
+        gw.remember([new])
+        return new
+
+    def hold_new_master(self, gw, new, why):
+        """SIGSTOPs a new master before its hand-over (skips the test if it
+        handed over already: the scenario cannot happen then)."""
+        os.kill(new, signal.SIGSTOP)
+        self.addCleanup(lambda: os.kill(new, signal.SIGCONT) if gwtest.pid_alive(new) else None)
+        gwtest.wait_until(lambda: gwtest.proc_state(new) in ("T", "t", "Z", None), T(5), msg="the new master stopped")
+        if f"master[{new}]: binary upgrade: serving" in gw.log_text():
+            os.kill(new, signal.SIGCONT)
+            self.skipTest(f"the new master handed over before the test could stop it ({why})")
+
+    def test_an_upgrade_during_a_workers_respawn_back_off_leaves_it_its_row(self):
+        """A binary upgrade while a worker of the old master waits out its
+        respawn back-off (it died 3 times at start): its row names no pid then,
+        and the new master took it as free; the old master respawned its worker
+        into the same row before the hand-over, the new master never saw its
+        own worker there, never handed over, and both masters served on (a
+        roll-back then left `gwctl check` failing). The old master now passes
+        its rows on, and the new one leaves them alone while the old one runs.
+        (The old master is held with SIGSTOP in the back-off while the new one
+        starts, the new one after its ready line while the old one respawns.)"""
+        gw, n = self.start(workers=1)
+        old = gw.pid
+        before = len(gw.log_text())
+        new = self.upgrade_started(gw, before)
+        self.addCleanup(lambda: os.kill(new, signal.SIGTERM) if gwtest.pid_alive(new) else None)
+        self.hold_new_master(gw, new, "before the back-off")
+        self.addCleanup(lambda: os.kill(old, signal.SIGCONT) if gwtest.pid_alive(old) else None)
+
+        def comm(pid):
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    return f.read().strip()
+            except OSError:
+                return ""
+
+        def old_workers():
+            return [p for p in gwtest.children(old) if comm(p) == "gwd-worker-0"]
+        # Worker 0 of the old master dies at start until it is in its back-off,
+        # and the old master is held there (no worker of its runs).
+        for _ in range(20):
+            mark = len(gw.log_text())
+            deadline = time.monotonic() + T(10)
+            while "respawning in 1 s" not in gw.log_text()[mark:]:
+                self.assertLess(time.monotonic(), deadline, "worker 0 of the old master never in its back-off")
+                for p in old_workers():
+                    os.kill(p, signal.SIGKILL)
+                    gw.remember([p])
+                time.sleep(0.002)
+            os.kill(old, signal.SIGSTOP)
+            gwtest.wait_until(lambda: gwtest.proc_state(old) in ("T", "t"), T(5), msg="the old master stopped")
+            if not old_workers():
+                break
+            os.kill(old, signal.SIGCONT)  # it respawned before the stop: again
+        self.assertEqual(old_workers(), [], "the old master could not be held in its worker's back-off")
+        os.kill(new, signal.SIGCONT)
+        gwtest.wait_until(lambda: f"master[{new}]: ready: " in gw.log_text(), T(15), msg="the new master ready")
+        self.hold_new_master(gw, new, "after its ready line")
+        new_workers = gwtest.children(new)
+        gw.remember(new_workers)
+        os.kill(old, signal.SIGCONT)  # its back-off is over: worker 0 respawned
+        gwtest.wait_until(lambda: old_workers(), T(5), msg="the old master's worker 0 respawned")
+        gw.remember(old_workers())
+        time.sleep(0.3)  # (its pid in its row)
+        os.kill(new, signal.SIGCONT)
+        self.assertEqual(gw.wait_exit(T(15)), 0, "the hand-over never happened: the old master serves on")
+        self.assertEqual(gw.status()["master_pid"], new)
+        gwtest.wait_until(lambda: gwtest.run_gwctl("check", "-c", gw.conf_path)[0] == 0, T(10),
+                          msg="gwctl check passing")
+        self.assertNames(gw.port, 4, {"n"})
+        os.kill(new, signal.SIGTERM)
+        self.assertFalse(gwtest.wait_pids_gone({new} | new_workers, T(15)), "the new master did not stop")
+
     def test_io_uring_ring_only_where_a_listener_runs_on_it(self):
         # Under event_engine io_uring, tcp and http listeners run on the ring
         # (the HTTP proxy's sockets on completions); per-frame listeners are
