@@ -1162,8 +1162,8 @@ class Master {
       int sig = ::sigtimedwait(&set, &si, &ts);
       uint64_t now = core::monotonic_ms();
       if (sig == SIGCHLD) reap(now);
-      else if (sig == SIGTERM) begin_stop(true, now);
-      else if (sig == SIGINT || sig == SIGQUIT) begin_stop(false, now);
+      else if (sig == SIGTERM) begin_stop(true, now, si.si_pid);
+      else if (sig == SIGINT || sig == SIGQUIT) begin_stop(false, now, si.si_pid);
       else if (sig == SIGHUP && stopping_) GW_LOG_WARN("SIGHUP while stopping: no reload; gwd is stopping");
       else if (sig == SIGHUP) reload(now, true);
       else if (sig == SIGUSR1) reopen_logs();
@@ -1199,6 +1199,7 @@ class Master {
             if (a->pid > 0) ::kill(a->pid, SIGKILL);
           for (const auto& [p, r] : retiring_) ::kill(p, SIGKILL);
           for (const auto& [p, t] : retiring_aux_) ::kill(p, SIGKILL);
+          if (upgrade_pid_ > 0 && !handed_over_) ::kill(upgrade_pid_, SIGKILL);  // (its workers stop on its death)
           kill_deadline_ms_ = now + 60000;
         }
       }
@@ -1770,6 +1771,7 @@ class Master {
   int alive() const {
     int a = (checker_.pid > 0) + (sync_.pid > 0) + (logger_.pid > 0) + (admin_.pid > 0);
     for (pid_t p : pids_) a += p > 0;
+    a += upgrade_pid_ > 0 && !handed_over_;  // a new master stopped with this one (begin_stop)
     return a + static_cast<int>(retiring_.size() + retiring_aux_.size());
   }
 
@@ -1898,6 +1900,12 @@ class Master {
         const std::string said = upgrade_said();
         if (handed_over_) {
           GW_LOG_INFO("the new master (pid {}) {}", pid, how);
+        } else if (stopping_) {
+          // Stopped with this one (begin_stop): the segment is this master's
+          // again until it exits (it names no master then).
+          GW_LOG_INFO("binary upgrade: the new master (pid {}) stopped with this one: {}", pid, how);
+          pid_t failed = pid;
+          seg_.header().master_pid.compare_exchange_strong(failed, ::getpid(), std::memory_order_acq_rel);
         } else {
           GW_LOG_ERROR("binary upgrade failed: the new master (pid {}) {}{}; this one goes on serving", pid, how,
                        said.empty() ? "" : ": " + said);
@@ -1983,7 +1991,9 @@ class Master {
     }
   }
 
-  void begin_stop(bool graceful, uint64_t now) {
+  // `from`: the signal's sender (the old master stops a new one that has not
+  // taken over yet with itself).
+  void begin_stop(bool graceful, uint64_t now, pid_t from = 0) {
     if (stopping_ && graceful) return;
     stopping_ = true;
     // A new master (binary upgrade) that stops does not hand over: the old
@@ -1992,8 +2002,11 @@ class Master {
     seg_.header().stopping_master.store(::getpid());
     if (notify_parent_) {
       notify_parent_ = false;
-      GW_LOG_WARN("binary upgrade: stopping before the hand-over; the old master (pid {}) goes on serving",
-                  inherited_.parent);
+      if (from > 0 && from == inherited_.parent)
+        GW_LOG_INFO("binary upgrade: the old master (pid {}) stops; stopping this one with it", inherited_.parent);
+      else
+        GW_LOG_WARN("binary upgrade: stopping before the hand-over; the old master (pid {}) goes on serving",
+                    inherited_.parent);
     }
     // Close the master's copies of the listening sockets first: once the
     // workers close theirs, the kernel stops queueing new connections.
@@ -2006,6 +2019,12 @@ class Master {
                 graceful ? "gracefully" : "now");
     for (pid_t p : pids_)
       if (p > 0) ::kill(p, graceful ? SIGTERM : SIGQUIT);
+    // A new master (binary upgrade) that has not taken over yet stops too, as
+    // this one does: the operator stops gwd, not one of its two masters.
+    if (upgrade_pid_ > 0 && !handed_over_) {
+      GW_LOG_INFO("binary upgrade: stopping the new master (pid {}) too", upgrade_pid_);
+      ::kill(upgrade_pid_, graceful ? SIGTERM : SIGQUIT);
+    }
     // Old workers of a reload drain already, within their own limit: a
     // graceful stop holds them to shutdown_timeout_ms too, if that ends
     // sooner (the worker decides); a fast stop ends them.

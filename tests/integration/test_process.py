@@ -540,6 +540,27 @@ class ProcessTest(GwTestCase):
         os.kill(new, signal.SIGTERM)
         self.assertFalse(gwtest.wait_pids_gone({new} | new_workers, T(15)), "the new master did not stop")
 
+    def test_sigterm_during_an_upgrade_stops_the_new_master_too(self):
+        """SIGTERM to the old master while its new one starts (before the
+        hand-over): the old master stopped and exited 0, and the new one ran on
+        detached, serving: gwd was not stopped. The new master stops with it
+        now. (The new master is held with SIGSTOP until the old one stops.)"""
+        gw, n = self.start(workers=1)
+        old = gw.pid
+        before = len(gw.log_text())
+        new = self.upgrade_started(gw, before)
+        self.addCleanup(lambda: os.kill(new, signal.SIGKILL) if gwtest.pid_alive(new) else None)
+        self.hold_new_master(gw, new, "before the SIGTERM")
+        gw.send_signal(signal.SIGTERM)
+        gwtest.wait_until(lambda: f"master[{old}]: SIGTERM: stopping gracefully" in gw.log_text(), T(5),
+                          msg="the old master stopping")
+        os.kill(new, signal.SIGCONT)
+        self.assertEqual(gw.wait_exit(T(15)), 0)
+        self.assertFalse(gwtest.wait_pids_gone({new}, T(10)), "the new master runs on")
+        gwtest.wait_until(lambda: not gwtest.port_listening(gw.port), T(10), msg="the port closed")
+        self.assertIn(f"master[{old}]: binary upgrade: the new master (pid {new}) stopped with this one",
+                      gw.log_text())
+
     def test_io_uring_ring_only_where_a_listener_runs_on_it(self):
         # Under event_engine io_uring, tcp and http listeners run on the ring
         # (the HTTP proxy's sockets on completions); per-frame listeners are
