@@ -1171,6 +1171,13 @@ class Master {
       else if (sig == SIGWINCH && upgrade_pid_ > 0 && si.si_pid == upgrade_pid_) hand_over(now);
       if (notify_parent_) tell_parent_ready();
       else if (handover_again_ms_ != 0 && now >= handover_again_ms_) hand_over_again(now);
+      if (upgrade_pid_ > 0 && !handed_over_ && !stopping_ && now >= upgrade_warn_ms_) {
+        // A new master that hangs in its start leaves this one serving
+        // forever, and every SIGHUP put off: said, so it is seen.
+        GW_LOG_WARN("binary upgrade: the new master (pid {}) has not taken over after {} s", upgrade_pid_,
+                    (now - upgrade_started_ms_) / 1000);
+        upgrade_warn_ms_ = now + kUpgradeWarnMs;
+      }
       if (reload_pending_ && now >= pending_check_ms_) {
         // Rows are also freed by workers that are not this master's children
         // (the old master's, after a binary upgrade): looked for every 250 ms.
@@ -1341,8 +1348,8 @@ class Master {
       // an upgrade that never completes. Run it if the upgrade fails; once
       // the new master serves, reload that one.
       GW_LOG_WARN(
-          "SIGHUP: a binary upgrade (pid {}) is in progress; the reload runs here if it fails (once it "
-          "serves, send SIGHUP to the new master)",
+          "SIGHUP: a binary upgrade (pid {}) is in progress; the reload runs here if it fails, else in the new "
+          "master once it serves (this master sends it the SIGHUP then)",
           upgrade_pid_);
       reload_after_upgrade_ = true;
       reload_pending_ = false;  // (not retried every 250 ms meanwhile)
@@ -1605,6 +1612,8 @@ class Master {
       ::_exit(127);
     }
     upgrade_pid_ = pid;
+    upgrade_started_ms_ = core::monotonic_ms();
+    upgrade_warn_ms_ = upgrade_started_ms_ + kUpgradeWarnMs;
     GW_LOG_INFO("SIGUSR2: binary upgrade: started {} (pid {}); this master serves until it is ready", argv_[0], pid);
   }
 
@@ -1729,6 +1738,13 @@ class Master {
     }
     handed_over_ = true;
     GW_LOG_INFO("binary upgrade: the new master (pid {}) serves; stopping this one's workers gracefully", upgrade_pid_);
+    if (reload_after_upgrade_) {
+      // The SIGHUP put off during the upgrade: the new master reloads.
+      reload_after_upgrade_ = false;
+      GW_LOG_INFO("binary upgrade: the SIGHUP that came during the upgrade goes to the new master (pid {})",
+                  upgrade_pid_);
+      ::kill(upgrade_pid_, SIGHUP);
+    }
     begin_stop(true, now);
   }
 
@@ -2254,14 +2270,17 @@ class Master {
   Inherited inherited_;                     // from the old master, after a binary upgrade
   ListenerRowTimes row_free_at_;            // when each listener stats row is free again (publish_listeners)
   static constexpr uint64_t kHandOverAgainMs = 1000;
-  uint64_t handover_again_ms_ = 0;  // new master: when the hand-over signal goes again (0: not)
-  bool handover_resent_ = false;    // ...and whether that was logged
-  bool notify_parent_ = false;      // new master: tell the old one when the workers run
-  pid_t upgrade_pid_ = 0;           // old master: the new master it started
-  core::UniqueFd upgrade_err_;      // old master: the read end of the new master's pipe for its failure
-  bool handed_over_ = false;        // old master: the new one serves; this one stops
-  bool reload_pending_ = false;     // a reload waits for rows that draining workers hold
-  bool retry_reload_ = false;       // ...and one of them just exited
+  static constexpr uint64_t kUpgradeWarnMs = 10000;  // old master: how often a new master not taking over is said
+  uint64_t handover_again_ms_ = 0;                   // new master: when the hand-over signal goes again (0: not)
+  bool handover_resent_ = false;                     // ...and whether that was logged
+  bool notify_parent_ = false;                       // new master: tell the old one when the workers run
+  pid_t upgrade_pid_ = 0;                            // old master: the new master it started
+  uint64_t upgrade_started_ms_ = 0;                  // old master: when (monotonic)
+  uint64_t upgrade_warn_ms_ = 0;  // old master: when it says again that the new one has not taken over
+  core::UniqueFd upgrade_err_;    // old master: the read end of the new master's pipe for its failure
+  bool handed_over_ = false;      // old master: the new one serves; this one stops
+  bool reload_pending_ = false;   // a reload waits for rows that draining workers hold
+  bool retry_reload_ = false;     // ...and one of them just exited
   std::vector<std::vector<core::UniqueFd>> fds_;
   std::vector<pid_t> pids_;
   std::vector<uint64_t> started_ms_;

@@ -561,6 +561,39 @@ class ProcessTest(GwTestCase):
         self.assertIn(f"master[{old}]: binary upgrade: the new master (pid {new}) stopped with this one",
                       gw.log_text())
 
+    def test_a_sighup_put_off_by_an_upgrade_goes_to_the_new_master(self):
+        """A SIGHUP to the old master while its new one starts is put off (its
+        reload would race the new master for rows); once the new master took
+        over, the SIGHUP was dropped: the operator's reload never ran. It goes
+        to the new master now. And a new master that has not taken over after
+        10 s is said in the old master's log (every 10 s). (The new master is
+        held with SIGSTOP for 11 s.)"""
+        gw, n = self.start(workers=1)
+        old = gw.pid
+        before = len(gw.log_text())
+        new = self.upgrade_started(gw, before)
+        self.addCleanup(lambda: os.kill(new, signal.SIGTERM) if gwtest.pid_alive(new) else None)
+        self.hold_new_master(gw, new, "before the SIGHUP")
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: f"master[{old}]: SIGHUP: a binary upgrade (pid {new}) is in progress"
+                          in gw.log_text(), T(5), msg="the reload put off")
+        gwtest.wait_until(lambda: f"master[{old}]: binary upgrade: the new master (pid {new}) has not taken over "
+                          "after 1" in gw.log_text(), T(20), msg="the stalled upgrade said")
+        os.kill(new, signal.SIGCONT)
+        self.assertEqual(gw.wait_exit(T(15)), 0, "the old master did not hand over and exit")
+        self.assertIn(f"master[{old}]: binary upgrade: the SIGHUP that came during the upgrade goes to the new "
+                      f"master (pid {new})", gw.log_text())
+        gw.remember(gwtest.children(new))
+        # (its reload waits for the old master's rows, then runs)
+        gwtest.wait_until(lambda: re.search(rf"master\[{new}\]: (SIGHUP: )?reload", gw.log_text()), T(15),
+                          msg="the new master reloading")
+        gwtest.wait_until(lambda: f"master[{new}]: reload: routing table generation" in gw.log_text(), T(15),
+                          msg="the new master reloaded")
+        self.assertEqual(gw.status()["master_pid"], new)
+        self.assertNames(gw.port, 4, {"n"})
+        os.kill(new, signal.SIGTERM)
+        self.assertFalse(gwtest.wait_pids_gone({new}, T(15)), "the new master did not stop")
+
     def test_io_uring_ring_only_where_a_listener_runs_on_it(self):
         # Under event_engine io_uring, tcp and http listeners run on the ring
         # (the HTTP proxy's sockets on completions); per-frame listeners are
