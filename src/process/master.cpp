@@ -539,8 +539,10 @@ uint32_t stat_rows_for(int workers) noexcept {
   return static_cast<uint32_t>(std::min<int64_t>(int64_t{workers} * 2, shm::kMaxWorkers));
 }
 
-// Why a binary upgrade finds too few free worker rows.
-constexpr const char* kRowsHeldWhy = "(workers of an earlier reload still draining?)";
+// Why a binary upgrade finds too few free worker rows: the running master's
+// reload or the master it replaced (an upgrade before) still drains workers.
+constexpr const char* kRowsHeldWhy =
+    "(workers of an earlier reload, or of the master the running one replaced, still draining?)";
 
 shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRowTimes* row_free_at,
                              const std::vector<uint32_t>& old_rows) {
@@ -1590,8 +1592,12 @@ class Master {
     std::vector<char*> args;
     for (auto& a : argv_) args.push_back(a.data());
     args.push_back(nullptr);
-    // (a pid named there by an earlier stop could be the new master's)
-    seg_.header().stopping_master.store(0);
+    // (a pid named there by an earlier stop could be the new master's; not
+    // the mark of the master this one replaced while it still drains: its
+    // pid is not free, and its mark tells hand_over_again it took over)
+    if (pid_t named = seg_.header().stopping_master.load();
+        named <= 0 || named != inherited_.parent || ::getppid() != inherited_.parent)
+      seg_.header().stopping_master.compare_exchange_strong(named, 0);
     pid_t pid = ::fork();
     if (pid < 0) {
       GW_LOG_ERROR("SIGUSR2: binary upgrade: fork: {}", std::strerror(errno));

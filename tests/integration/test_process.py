@@ -594,6 +594,44 @@ class ProcessTest(GwTestCase):
         os.kill(new, signal.SIGTERM)
         self.assertFalse(gwtest.wait_pids_gone({new}, T(15)), "the new master did not stop")
 
+    def test_an_upgrade_of_a_master_whose_old_master_drains_keeps_its_stopping_mark(self):
+        """SIGUSR2 to a new master while the master it replaced still drains a
+        connection: the new master cleared the segment's mark of the draining
+        master's stop (kept there so the new master stops sending it its
+        hand-over signal), and sent the hand-over again every second, saying
+        the old master had not taken it. The third master fails (its rows are
+        held by the draining master's worker), saying so. (The new master is
+        held with SIGSTOP from its hand-over until the old master stops.)"""
+        gw, n = self.start(workers=1, shutdown_timeout_ms=30000)
+        held = self.open_relayed(gw)  # kept by the first master's worker
+        a = gw.pid
+        before = len(gw.log_text())
+        b = self.upgrade_started(gw, before)
+        self.addCleanup(lambda: os.kill(b, signal.SIGTERM) if gwtest.pid_alive(b) else None)
+        gwtest.wait_until(lambda: f"master[{b}]: binary upgrade: serving" in gw.log_text(), T(15),
+                          msg="the new master serving")
+        os.kill(b, signal.SIGSTOP)
+        self.addCleanup(lambda: os.kill(b, signal.SIGCONT) if gwtest.pid_alive(b) else None)
+        gwtest.wait_until(lambda: gwtest.proc_state(b) in ("T", "t"), T(5), msg="the new master stopped")
+        gw.remember(gwtest.children(b))
+        gwtest.wait_until(lambda: f"master[{a}]: binary upgrade: stopping gracefully" in gw.log_text(), T(10),
+                          msg="the first master stopping")
+        self.assertTrue(gwtest.pid_alive(a), "the first master did not wait for its connection")
+        mark = len(gw.log_text())
+        os.kill(b, signal.SIGUSR2)
+        os.kill(b, signal.SIGCONT)
+        gwtest.wait_until(lambda: f"master[{b}]: binary upgrade failed" in gw.log_text()[mark:], T(15),
+                          msg="the third master failing")
+        time.sleep(2.5)  # (the hand-over was sent again every second)
+        self.assertNotIn(f"master[{b}]: binary upgrade: the old master (pid {a}) has not taken the hand-over",
+                         gw.log_text())
+        self.assertIn("of the master the running one replaced, still draining?", gw.log_text()[mark:])
+        held.close()
+        self.assertEqual(gw.wait_exit(T(15)), 0)
+        self.assertEqual(gw.status()["master_pid"], b)
+        os.kill(b, signal.SIGTERM)
+        self.assertFalse(gwtest.wait_pids_gone({b}, T(15)), "the new master did not stop")
+
     def test_io_uring_ring_only_where_a_listener_runs_on_it(self):
         # Under event_engine io_uring, tcp and http listeners run on the ring
         # (the HTTP proxy's sockets on completions); per-frame listeners are
