@@ -539,7 +539,13 @@ uint32_t stat_rows_for(int workers) noexcept {
   return static_cast<uint32_t>(std::min<int64_t>(int64_t{workers} * 2, shm::kMaxWorkers));
 }
 
-shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRowTimes* row_free_at) {
+// Why a binary upgrade finds too few free worker rows: the running master's
+// reload or the master it replaced (an upgrade before) still drains workers.
+constexpr const char* kRowsHeldWhy =
+    "(workers of an earlier reload, or of the master the running one replaced, still draining?)";
+
+shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRowTimes* row_free_at,
+                             const std::vector<uint32_t>& old_rows) {
   const std::string& name = cfg.shm.name;
   shm::Segment seg;
   std::unique_ptr<shm::Table> seg_table;
@@ -698,20 +704,23 @@ shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from, ListenerRo
     uint32_t free = 0;
     for (uint32_t r = 0; r < seg.stat_workers(); ++r) {
       const pid_t pid = seg.worker(r).pid.load(std::memory_order_acquire);
-      free += !(pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH));
+      const bool old = std::find(old_rows.begin(), old_rows.end(), r) != old_rows.end();
+      free += !old && !(pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH));
     }
     if (free < static_cast<uint32_t>(cfg.workers))
       throw std::runtime_error(
-          fmt::format("binary upgrade: {} free worker row(s) in the shm segment, {} needed (workers of "
-                      "an earlier reload still draining?); a restart is needed, or retry later",
-                      free, cfg.workers));
+          fmt::format("binary upgrade: {} free worker row(s) in the shm segment, {} needed {}; a "
+                      "restart is needed, or retry later",
+                      free, cfg.workers, kRowsHeldWhy));
   }
 
   auto& hdr = seg.header();
   for (uint32_t w = 0; w < shm::kMaxWorkers; ++w) {
-    // A binary upgrade: the old master's workers run on in their rows.
+    // A binary upgrade: the old master's workers run on in their rows (and
+    // one in its respawn back-off comes back to its own).
     const pid_t pid = seg.worker(w).pid.load();
     if (upgrade_from > 0 && pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH)) continue;
+    if (upgrade_from > 0 && std::find(old_rows.begin(), old_rows.end(), w) != old_rows.end()) continue;
     seg.worker(w).pid.store(0);
     seg.worker(w).flags.store(0);
     shm::clear_worker_counters(seg, w);  // no worker of a previous run is alive
@@ -867,10 +876,12 @@ config::Config effective_config(config::Config cfg) {
 
 // What a master started by a binary upgrade (SIGUSR2) inherits from the old
 // one, from the environment variable GW_UPGRADE:
-//   "ppid=PID lock=FD [admin=ADDR@FD] l=SLOT@ADDR@FD ... [err=FD]"
-// (the instance lock's descriptor, the admin server's socket, each worker
-// slot's listening socket with its address, and a pipe to the old master
-// for what makes the new one fail before it serves: the old master logs it).
+//   "ppid=PID lock=FD [rows=R,R,...] [admin=ADDR@FD] l=SLOT@ADDR@FD ... [err=FD]"
+// (the instance lock's descriptor, the worker rows the old master holds,
+// the admin server's socket, each worker slot's listening socket with its
+// address, and a pipe to the old master for what makes the new one fail
+// before it serves: the old master logs it). A key this build does not know
+// (one a later build passes) is ignored, so a downgrade is not refused.
 struct Inherited {
   pid_t parent = 0;  // the old master; 0 = not an upgrade
   int lock_fd = -1;
@@ -883,6 +894,9 @@ struct Inherited {
   };
   std::vector<Listen> listeners;
   int err_fd = -1;
+  // The old master's worker rows: its workers' (one in its respawn back-off
+  // too, whose row names no pid then) and those of its reload's draining ones.
+  std::vector<uint32_t> rows;
 };
 
 constexpr const char* kUpgradeEnv = "GW_UPGRADE";
@@ -1031,14 +1045,19 @@ Inherited parse_inherited(const char* text) {
       in.admin_fd = static_cast<int>(num(v.substr(at + 1)));
     } else if (k == "err") {
       in.err_fd = static_cast<int>(num(v));
+    } else if (k == "rows") {
+      for (std::string_view rest = v; !rest.empty();) {
+        const size_t c = rest.find(',');
+        in.rows.push_back(static_cast<uint32_t>(num(rest.substr(0, c))));
+        rest = c == std::string_view::npos ? std::string_view() : rest.substr(c + 1);
+      }
     } else if (k == "l") {
       size_t a1 = v.find('@'), a2 = v.rfind('@');
       if (a1 == std::string_view::npos || a2 == a1) throw fail();
       in.listeners.push_back({static_cast<size_t>(num(v.substr(0, a1))), std::string(v.substr(a1 + 1, a2 - a1 - 1)),
                               static_cast<int>(num(v.substr(a2 + 1)))});
-    } else {
-      throw fail();
     }
+    // (another key: a later build's, ignored)
   }
   if (in.parent <= 0 || in.lock_fd < 0) throw fail();
   return in;
@@ -1128,10 +1147,9 @@ class Master {
     // master's workers do not use.
     rows_ = free_rows();
     if (rows_.size() < static_cast<size_t>(n))
-      throw std::runtime_error(
-          fmt::format("binary upgrade: {} free worker row(s) in the shm segment, {} needed (workers of "
-                      "an earlier reload still draining?); a restart is needed, or retry later",
-                      rows_.size(), n));
+      throw std::runtime_error(fmt::format(
+          "binary upgrade: {} free worker row(s) in the shm segment, {} needed {}; a restart is needed, or retry later",
+          rows_.size(), n, kRowsHeldWhy));
     rows_.resize(static_cast<size_t>(n));
     start_generation();
     notify_parent_ = inherited_.parent > 0;
@@ -1146,8 +1164,8 @@ class Master {
       int sig = ::sigtimedwait(&set, &si, &ts);
       uint64_t now = core::monotonic_ms();
       if (sig == SIGCHLD) reap(now);
-      else if (sig == SIGTERM) begin_stop(true, now);
-      else if (sig == SIGINT || sig == SIGQUIT) begin_stop(false, now);
+      else if (sig == SIGTERM) begin_stop(true, now, si.si_pid);
+      else if (sig == SIGINT || sig == SIGQUIT) begin_stop(false, now, si.si_pid);
       else if (sig == SIGHUP && stopping_) GW_LOG_WARN("SIGHUP while stopping: no reload; gwd is stopping");
       else if (sig == SIGHUP) reload(now, true);
       else if (sig == SIGUSR1) reopen_logs();
@@ -1155,6 +1173,13 @@ class Master {
       else if (sig == SIGWINCH && upgrade_pid_ > 0 && si.si_pid == upgrade_pid_) hand_over(now);
       if (notify_parent_) tell_parent_ready();
       else if (handover_again_ms_ != 0 && now >= handover_again_ms_) hand_over_again(now);
+      if (upgrade_pid_ > 0 && !handed_over_ && !stopping_ && now >= upgrade_warn_ms_) {
+        // A new master that hangs in its start leaves this one serving
+        // forever, and every SIGHUP put off: said, so it is seen.
+        GW_LOG_WARN("binary upgrade: the new master (pid {}) has not taken over after {} s", upgrade_pid_,
+                    (now - upgrade_started_ms_) / 1000);
+        upgrade_warn_ms_ = now + kUpgradeWarnMs;
+      }
       if (reload_pending_ && now >= pending_check_ms_) {
         // Rows are also freed by workers that are not this master's children
         // (the old master's, after a binary upgrade): looked for every 250 ms.
@@ -1183,6 +1208,7 @@ class Master {
             if (a->pid > 0) ::kill(a->pid, SIGKILL);
           for (const auto& [p, r] : retiring_) ::kill(p, SIGKILL);
           for (const auto& [p, t] : retiring_aux_) ::kill(p, SIGKILL);
+          if (upgrade_pid_ > 0 && !handed_over_) ::kill(upgrade_pid_, SIGKILL);  // (its workers stop on its death)
           kill_deadline_ms_ = now + 60000;
         }
       }
@@ -1293,6 +1319,11 @@ class Master {
       if (r < busy.size()) busy[r] = true;
     for (const auto& [p, r] : retiring_)
       if (r.row < busy.size()) busy[r.row] = true;
+    // The old master's rows while it runs (a binary upgrade): a worker of its
+    // that died is respawned there, so the row is its own, pid 0 or not.
+    if (inherited_.parent > 0 && ::getppid() == inherited_.parent)
+      for (uint32_t r : inherited_.rows)
+        if (r < busy.size()) busy[r] = true;
     // Rows of another master's workers (the old master's, right after a
     // binary upgrade) until they exit.
     for (uint32_t r = 0; r < busy.size(); ++r) {
@@ -1319,8 +1350,8 @@ class Master {
       // an upgrade that never completes. Run it if the upgrade fails; once
       // the new master serves, reload that one.
       GW_LOG_WARN(
-          "SIGHUP: a binary upgrade (pid {}) is in progress; the reload runs here if it fails (once it "
-          "serves, send SIGHUP to the new master)",
+          "SIGHUP: a binary upgrade (pid {}) is in progress; the reload runs here if it fails, else in the new "
+          "master once it serves (this master sends it the SIGHUP then)",
           upgrade_pid_);
       reload_after_upgrade_ = true;
       reload_pending_ = false;  // (not retried every 250 ms meanwhile)
@@ -1567,6 +1598,12 @@ class Master {
       return;
     }
     std::string env = fmt::format("ppid={} lock={}", ::getpid(), lock_fd_);
+    // This master's rows: the new one leaves them alone while this one runs
+    // (a worker in its respawn back-off names no pid in its row).
+    std::string rows;
+    for (uint32_t r : rows_) rows += fmt::format("{}{}", rows.empty() ? "" : ",", r);
+    for (const auto& [p, r] : retiring_) rows += fmt::format("{}{}", rows.empty() ? "" : ",", r.row);
+    if (!rows.empty()) env += " rows=" + rows;
     std::vector<int> pass{lock_fd_};
     if (admin_fd_) {
       env += fmt::format(" admin={}@{}", cfg_.admin.listen.to_string(), admin_fd_.get());
@@ -1590,8 +1627,12 @@ class Master {
     std::vector<char*> args;
     for (auto& a : argv_) args.push_back(a.data());
     args.push_back(nullptr);
-    // (a pid named there by an earlier stop could be the new master's)
-    seg_.header().stopping_master.store(0);
+    // (a pid named there by an earlier stop could be the new master's; not
+    // the mark of the master this one replaced while it still drains: its
+    // pid is not free, and its mark tells hand_over_again it took over)
+    if (pid_t named = seg_.header().stopping_master.load();
+        named <= 0 || named != inherited_.parent || ::getppid() != inherited_.parent)
+      seg_.header().stopping_master.compare_exchange_strong(named, 0);
     pid_t pid = ::fork();
     if (pid < 0) {
       GW_LOG_ERROR("SIGUSR2: binary upgrade: fork: {}", std::strerror(errno));
@@ -1612,6 +1653,8 @@ class Master {
       ::_exit(127);
     }
     upgrade_pid_ = pid;
+    upgrade_started_ms_ = core::monotonic_ms();
+    upgrade_warn_ms_ = upgrade_started_ms_ + kUpgradeWarnMs;
     GW_LOG_INFO("SIGUSR2: binary upgrade: started {} (pid {}); this master serves until it is ready", argv_[0], pid);
   }
 
@@ -1736,6 +1779,13 @@ class Master {
     }
     handed_over_ = true;
     GW_LOG_INFO("binary upgrade: the new master (pid {}) serves; stopping this one's workers gracefully", upgrade_pid_);
+    if (reload_after_upgrade_) {
+      // The SIGHUP put off during the upgrade: the new master reloads.
+      reload_after_upgrade_ = false;
+      GW_LOG_INFO("binary upgrade: the SIGHUP that came during the upgrade goes to the new master (pid {})",
+                  upgrade_pid_);
+      ::kill(upgrade_pid_, SIGHUP);
+    }
     begin_stop(true, now);
   }
 
@@ -1778,6 +1828,7 @@ class Master {
   int alive() const {
     int a = (checker_.pid > 0) + (sync_.pid > 0) + (logger_.pid > 0) + (admin_.pid > 0);
     for (pid_t p : pids_) a += p > 0;
+    a += upgrade_pid_ > 0 && !handed_over_;  // a new master stopped with this one (begin_stop)
     return a + static_cast<int>(retiring_.size() + retiring_aux_.size());
   }
 
@@ -1906,6 +1957,12 @@ class Master {
         const std::string said = upgrade_said();
         if (handed_over_) {
           GW_LOG_INFO("the new master (pid {}) {}", pid, how);
+        } else if (stopping_) {
+          // Stopped with this one (begin_stop): the segment is this master's
+          // again until it exits (it names no master then).
+          GW_LOG_INFO("binary upgrade: the new master (pid {}) stopped with this one: {}", pid, how);
+          pid_t failed = pid;
+          seg_.header().master_pid.compare_exchange_strong(failed, ::getpid(), std::memory_order_acq_rel);
         } else {
           GW_LOG_ERROR("binary upgrade failed: the new master (pid {}) {}{}; this one goes on serving", pid, how,
                        said.empty() ? "" : ": " + said);
@@ -1934,7 +1991,7 @@ class Master {
       if (auto old = retiring_.find(pid); old != retiring_.end()) {
         const uint32_t row = old->second.row;
         retiring_.erase(old);
-        release_row(row);
+        release_row(row, pid);
         GW_LOG_INFO("old worker (pid {}) {}; {} still draining", pid, exit_text(status), retiring_.size());
         retry_reload_ |= reload_pending_;
         continue;
@@ -1945,7 +2002,7 @@ class Master {
       for (uint32_t w = 0; w < pids_.size(); ++w) {
         if (pids_[w] != pid) continue;
         pids_[w] = 0;
-        release_row(rows_[w]);
+        release_row(rows_[w], pid);
         std::string how = exit_text(status);
         if (stopping_) {
           GW_LOG_INFO("worker {} (pid {}) {}", w, pid, how);
@@ -1964,8 +2021,12 @@ class Master {
     }
   }
 
-  // A worker exited: its row's connection counts and limit_conn holds go.
-  void release_row(uint32_t row) {
+  // A worker exited: its row's connection counts and limit_conn holds go,
+  // unless another master's worker holds the row by now (a binary upgrade).
+  void release_row(uint32_t row, pid_t pid) {
+    pid_t seen = seg_.worker(row).pid.load(std::memory_order_acquire);
+    if (seen != 0 && (seen != pid || !seg_.worker(row).pid.compare_exchange_strong(seen, 0, std::memory_order_acq_rel)))
+      return;
     seg_.worker(row).pid.store(0, std::memory_order_release);
     seg_.worker(row).flags.store(0, std::memory_order_relaxed);
     shm::clear_worker_counters(seg_, row);
@@ -1987,7 +2048,9 @@ class Master {
     }
   }
 
-  void begin_stop(bool graceful, uint64_t now) {
+  // `from`: the signal's sender (the old master stops a new one that has not
+  // taken over yet with itself).
+  void begin_stop(bool graceful, uint64_t now, pid_t from = 0) {
     if (stopping_ && graceful) return;
     stopping_ = true;
     // A new master (binary upgrade) that stops does not hand over: the old
@@ -1996,8 +2059,11 @@ class Master {
     seg_.header().stopping_master.store(::getpid());
     if (notify_parent_) {
       notify_parent_ = false;
-      GW_LOG_WARN("binary upgrade: stopping before the hand-over; the old master (pid {}) goes on serving",
-                  inherited_.parent);
+      if (from > 0 && from == inherited_.parent)
+        GW_LOG_INFO("binary upgrade: the old master (pid {}) stops; stopping this one with it", inherited_.parent);
+      else
+        GW_LOG_WARN("binary upgrade: stopping before the hand-over; the old master (pid {}) goes on serving",
+                    inherited_.parent);
     }
     // Close the master's copies of the listening sockets first: once the
     // workers close theirs, the kernel stops queueing new connections.
@@ -2010,6 +2076,12 @@ class Master {
                 graceful ? "gracefully" : "now");
     for (pid_t p : pids_)
       if (p > 0) ::kill(p, graceful ? SIGTERM : SIGQUIT);
+    // A new master (binary upgrade) that has not taken over yet stops too, as
+    // this one does: the operator stops gwd, not one of its two masters.
+    if (upgrade_pid_ > 0 && !handed_over_) {
+      GW_LOG_INFO("binary upgrade: stopping the new master (pid {}) too", upgrade_pid_);
+      ::kill(upgrade_pid_, graceful ? SIGTERM : SIGQUIT);
+    }
     // Old workers of a reload drain already, within their own limit: a
     // graceful stop holds them to shutdown_timeout_ms too, if that ends
     // sooner (the worker decides); a fast stop ends them.
@@ -2259,10 +2331,13 @@ class Master {
   Inherited inherited_;                     // from the old master, after a binary upgrade
   ListenerRowTimes row_free_at_;            // when each listener stats row is free again (publish_listeners)
   static constexpr uint64_t kHandOverAgainMs = 1000;
-  uint64_t handover_again_ms_ = 0;     // new master: when the hand-over signal goes again (0: not)
-  bool handover_resent_ = false;       // ...and whether that was logged
-  bool notify_parent_ = false;         // new master: tell the old one when the workers run
-  pid_t upgrade_pid_ = 0;              // old master: the new master it started
+  static constexpr uint64_t kUpgradeWarnMs = 10000;  // old master: how often a new master not taking over is said
+  uint64_t handover_again_ms_ = 0;                   // new master: when the hand-over signal goes again (0: not)
+  bool handover_resent_ = false;                     // ...and whether that was logged
+  bool notify_parent_ = false;                       // new master: tell the old one when the workers run
+  pid_t upgrade_pid_ = 0;                            // old master: the new master it started
+  uint64_t upgrade_started_ms_ = 0;                  // old master: when (monotonic)
+  uint64_t upgrade_warn_ms_ = 0;       // old master: when it says again that the new one has not taken over
   core::UniqueFd upgrade_err_;         // old master: the read end of the new master's pipe for its failure
   bool handed_over_ = false;           // old master: the new one serves; this one stops
   bool reload_pending_ = false;        // a reload waits for rows that draining workers hold
@@ -2406,7 +2481,7 @@ int run_master(const config::Config& cfg, const std::vector<std::string>& argv) 
   config::Config effective = effective_config(cfg);
   preflight(effective, inherited);
   ListenerRowTimes row_free_at{};
-  shm::Segment seg = prepare_segment(effective, inherited.parent, &row_free_at);
+  shm::Segment seg = prepare_segment(effective, inherited.parent, &row_free_at, inherited.rows);
   // The command line for a later upgrade: argv[0] made absolute if it is a
   // path (gwd may be started from another directory than the next one's).
   std::vector<std::string> args = argv;

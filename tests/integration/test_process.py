@@ -457,6 +457,181 @@ class ProcessTest(GwTestCase):
         os.kill(new, signal.SIGTERM)
         self.assertFalse(gwtest.wait_pids_gone({new} | new_workers, T(15)), "the new master did not stop")
 
+    def upgrade_started(self, gw, before):
+        """Sends SIGUSR2 to gw's master and returns the new master's pid once
+        the old one said it started it."""
+        gw.send_signal(signal.SIGUSR2)
+        started = gwtest.wait_until(
+            lambda: re.search(r"binary upgrade: started .* \(pid (\d+)\)", gw.log_text()[before:]), T(5),
+            msg="the new master started")
+        new = int(started.group(1))
+        gw.remember([new])
+        return new
+
+    def hold_new_master(self, gw, new, why):
+        """SIGSTOPs a new master before its hand-over (skips the test if it
+        handed over already: the scenario cannot happen then)."""
+        os.kill(new, signal.SIGSTOP)
+        self.addCleanup(lambda: os.kill(new, signal.SIGCONT) if gwtest.pid_alive(new) else None)
+        gwtest.wait_until(lambda: gwtest.proc_state(new) in ("T", "t", "Z", None), T(5), msg="the new master stopped")
+        if f"master[{new}]: binary upgrade: serving" in gw.log_text():
+            os.kill(new, signal.SIGCONT)
+            self.skipTest(f"the new master handed over before the test could stop it ({why})")
+
+    def test_an_upgrade_during_a_workers_respawn_back_off_leaves_it_its_row(self):
+        """A binary upgrade while a worker of the old master waits out its
+        respawn back-off (it died 3 times at start): its row names no pid then,
+        and the new master took it as free; the old master respawned its worker
+        into the same row before the hand-over, the new master never saw its
+        own worker there, never handed over, and both masters served on (a
+        roll-back then left `gwctl check` failing). The old master now passes
+        its rows on, and the new one leaves them alone while the old one runs.
+        (The old master is held with SIGSTOP in the back-off while the new one
+        starts, the new one after its ready line while the old one respawns.)"""
+        gw, n = self.start(workers=1)
+        old = gw.pid
+        before = len(gw.log_text())
+        new = self.upgrade_started(gw, before)
+        self.addCleanup(lambda: os.kill(new, signal.SIGTERM) if gwtest.pid_alive(new) else None)
+        self.hold_new_master(gw, new, "before the back-off")
+        self.addCleanup(lambda: os.kill(old, signal.SIGCONT) if gwtest.pid_alive(old) else None)
+
+        def comm(pid):
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    return f.read().strip()
+            except OSError:
+                return ""
+
+        def old_workers():
+            return [p for p in gwtest.children(old) if comm(p) == "gwd-worker-0"]
+        # Worker 0 of the old master dies at start until it is in its back-off,
+        # and the old master is held there (no worker of its runs).
+        for _ in range(20):
+            mark = len(gw.log_text())
+            deadline = time.monotonic() + T(10)
+            while "respawning in 1 s" not in gw.log_text()[mark:]:
+                self.assertLess(time.monotonic(), deadline, "worker 0 of the old master never in its back-off")
+                for p in old_workers():
+                    os.kill(p, signal.SIGKILL)
+                    gw.remember([p])
+                time.sleep(0.002)
+            os.kill(old, signal.SIGSTOP)
+            gwtest.wait_until(lambda: gwtest.proc_state(old) in ("T", "t"), T(5), msg="the old master stopped")
+            if not old_workers():
+                break
+            os.kill(old, signal.SIGCONT)  # it respawned before the stop: again
+        self.assertEqual(old_workers(), [], "the old master could not be held in its worker's back-off")
+        os.kill(new, signal.SIGCONT)
+        gwtest.wait_until(lambda: f"master[{new}]: ready: " in gw.log_text(), T(15), msg="the new master ready")
+        self.hold_new_master(gw, new, "after its ready line")
+        new_workers = gwtest.children(new)
+        gw.remember(new_workers)
+        os.kill(old, signal.SIGCONT)  # its back-off is over: worker 0 respawned
+        gwtest.wait_until(lambda: old_workers(), T(5), msg="the old master's worker 0 respawned")
+        gw.remember(old_workers())
+        time.sleep(0.3)  # (its pid in its row)
+        os.kill(new, signal.SIGCONT)
+        self.assertEqual(gw.wait_exit(T(15)), 0, "the hand-over never happened: the old master serves on")
+        self.assertEqual(gw.status()["master_pid"], new)
+        gwtest.wait_until(lambda: gwtest.run_gwctl("check", "-c", gw.conf_path)[0] == 0, T(10),
+                          msg="gwctl check passing")
+        self.assertNames(gw.port, 4, {"n"})
+        os.kill(new, signal.SIGTERM)
+        self.assertFalse(gwtest.wait_pids_gone({new} | new_workers, T(15)), "the new master did not stop")
+
+    def test_sigterm_during_an_upgrade_stops_the_new_master_too(self):
+        """SIGTERM to the old master while its new one starts (before the
+        hand-over): the old master stopped and exited 0, and the new one ran on
+        detached, serving: gwd was not stopped. The new master stops with it
+        now. (The new master is held with SIGSTOP until the old one stops.)"""
+        gw, n = self.start(workers=1)
+        old = gw.pid
+        before = len(gw.log_text())
+        new = self.upgrade_started(gw, before)
+        self.addCleanup(lambda: os.kill(new, signal.SIGKILL) if gwtest.pid_alive(new) else None)
+        self.hold_new_master(gw, new, "before the SIGTERM")
+        gw.send_signal(signal.SIGTERM)
+        gwtest.wait_until(lambda: f"master[{old}]: SIGTERM: stopping gracefully" in gw.log_text(), T(5),
+                          msg="the old master stopping")
+        os.kill(new, signal.SIGCONT)
+        self.assertEqual(gw.wait_exit(T(15)), 0)
+        self.assertFalse(gwtest.wait_pids_gone({new}, T(10)), "the new master runs on")
+        gwtest.wait_until(lambda: not gwtest.port_listening(gw.port), T(10), msg="the port closed")
+        self.assertIn(f"master[{old}]: binary upgrade: the new master (pid {new}) stopped with this one",
+                      gw.log_text())
+
+    def test_a_sighup_put_off_by_an_upgrade_goes_to_the_new_master(self):
+        """A SIGHUP to the old master while its new one starts is put off (its
+        reload would race the new master for rows); once the new master took
+        over, the SIGHUP was dropped: the operator's reload never ran. It goes
+        to the new master now. And a new master that has not taken over after
+        10 s is said in the old master's log (every 10 s). (The new master is
+        held with SIGSTOP for 11 s.)"""
+        gw, n = self.start(workers=1)
+        old = gw.pid
+        before = len(gw.log_text())
+        new = self.upgrade_started(gw, before)
+        self.addCleanup(lambda: os.kill(new, signal.SIGTERM) if gwtest.pid_alive(new) else None)
+        self.hold_new_master(gw, new, "before the SIGHUP")
+        gw.send_signal(signal.SIGHUP)
+        gwtest.wait_until(lambda: f"master[{old}]: SIGHUP: a binary upgrade (pid {new}) is in progress"
+                          in gw.log_text(), T(5), msg="the reload put off")
+        gwtest.wait_until(lambda: f"master[{old}]: binary upgrade: the new master (pid {new}) has not taken over "
+                          "after 1" in gw.log_text(), T(20), msg="the stalled upgrade said")
+        os.kill(new, signal.SIGCONT)
+        self.assertEqual(gw.wait_exit(T(15)), 0, "the old master did not hand over and exit")
+        self.assertIn(f"master[{old}]: binary upgrade: the SIGHUP that came during the upgrade goes to the new "
+                      f"master (pid {new})", gw.log_text())
+        gw.remember(gwtest.children(new))
+        # (its reload waits for the old master's rows, then runs)
+        gwtest.wait_until(lambda: re.search(rf"master\[{new}\]: (SIGHUP: )?reload", gw.log_text()), T(15),
+                          msg="the new master reloading")
+        gwtest.wait_until(lambda: f"master[{new}]: reload: routing table generation" in gw.log_text(), T(15),
+                          msg="the new master reloaded")
+        self.assertEqual(gw.status()["master_pid"], new)
+        self.assertNames(gw.port, 4, {"n"})
+        os.kill(new, signal.SIGTERM)
+        self.assertFalse(gwtest.wait_pids_gone({new}, T(15)), "the new master did not stop")
+
+    def test_an_upgrade_of_a_master_whose_old_master_drains_keeps_its_stopping_mark(self):
+        """SIGUSR2 to a new master while the master it replaced still drains a
+        connection: the new master cleared the segment's mark of the draining
+        master's stop (kept there so the new master stops sending it its
+        hand-over signal), and sent the hand-over again every second, saying
+        the old master had not taken it. The third master fails (its rows are
+        held by the draining master's worker), saying so. (The new master is
+        held with SIGSTOP from its hand-over until the old master stops.)"""
+        gw, n = self.start(workers=1, shutdown_timeout_ms=30000)
+        held = self.open_relayed(gw)  # kept by the first master's worker
+        a = gw.pid
+        before = len(gw.log_text())
+        b = self.upgrade_started(gw, before)
+        self.addCleanup(lambda: os.kill(b, signal.SIGTERM) if gwtest.pid_alive(b) else None)
+        gwtest.wait_until(lambda: f"master[{b}]: binary upgrade: serving" in gw.log_text(), T(15),
+                          msg="the new master serving")
+        os.kill(b, signal.SIGSTOP)
+        self.addCleanup(lambda: os.kill(b, signal.SIGCONT) if gwtest.pid_alive(b) else None)
+        gwtest.wait_until(lambda: gwtest.proc_state(b) in ("T", "t"), T(5), msg="the new master stopped")
+        gw.remember(gwtest.children(b))
+        gwtest.wait_until(lambda: f"master[{a}]: binary upgrade: stopping gracefully" in gw.log_text(), T(10),
+                          msg="the first master stopping")
+        self.assertTrue(gwtest.pid_alive(a), "the first master did not wait for its connection")
+        mark = len(gw.log_text())
+        os.kill(b, signal.SIGUSR2)
+        os.kill(b, signal.SIGCONT)
+        gwtest.wait_until(lambda: f"master[{b}]: binary upgrade failed" in gw.log_text()[mark:], T(15),
+                          msg="the third master failing")
+        time.sleep(2.5)  # (the hand-over was sent again every second)
+        self.assertNotIn(f"master[{b}]: binary upgrade: the old master (pid {a}) has not taken the hand-over",
+                         gw.log_text())
+        self.assertIn("of the master the running one replaced, still draining?", gw.log_text()[mark:])
+        held.close()
+        self.assertEqual(gw.wait_exit(T(15)), 0)
+        self.assertEqual(gw.status()["master_pid"], b)
+        os.kill(b, signal.SIGTERM)
+        self.assertFalse(gwtest.wait_pids_gone({b}, T(15)), "the new master did not stop")
+
     def test_io_uring_ring_only_where_a_listener_runs_on_it(self):
         # Under event_engine io_uring, tcp and http listeners run on the ring
         # (the HTTP proxy's sockets on completions); per-frame listeners are

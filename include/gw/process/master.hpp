@@ -29,7 +29,10 @@ using ListenerRowTimes = std::array<uint64_t, shm::kMaxListeners>;
 
 /// It also gives each listener its stats row (publish_listeners(); `cfg` is
 /// updated), and `row_free_at`, if given, receives the rows' times.
-shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from = 0, ListenerRowTimes* row_free_at = nullptr);
+/// `old_rows`: a binary upgrade's old master's worker rows (left alone too,
+/// pid or not: one whose worker is in its respawn back-off names none).
+shm::Segment prepare_segment(config::Config& cfg, pid_t upgrade_from = 0, ListenerRowTimes* row_free_at = nullptr,
+                             const std::vector<uint32_t>& old_rows = {});
 
 /// What `gwd -t` checks of the runtime state a start would take: reads the
 /// state file (if there is one) and the shm segment (if there is one), and
