@@ -14,6 +14,7 @@ An AddressSanitizer or ThreadSanitizer gwd (tools/test.sh's second run) brings
 its own malloc, which a preloaded one would fight: there every test skips.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -50,6 +51,7 @@ end
 """
 
 
+@functools.cache
 def gwd_sanitized():
     """Does gwd carry a sanitizer runtime (its own malloc)?"""
     try:
@@ -191,7 +193,7 @@ class AllocTest(gwtest.GwTestCase):
         """n login round trips on short connections (connect, login, echo,
         close), then n heartbeats on 20 held connections."""
         self.gwload(gw.port, ["--churn", "-c", "10", "-T", "1"], n, "churn_connects")
-        self.gwload(gw.port, ["-c", "20", "-r", "100", "-T", str(max(1, n // 2000))], n, "hb_received")
+        self.gwload(gw.port, ["-c", "20", "-r", "250", "-T", str(max(1, n // 5000))], n, "hb_received")
 
     def test_frame_connection(self):
         gw, worker = self.frame_gateway("connection")
