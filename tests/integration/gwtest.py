@@ -816,7 +816,8 @@ class Gateway:
         return self.proc.pid if self.proc else None
 
     # -- lifecycle
-    def start(self, wait=True, extra_args=()):
+    def start(self, wait=True, extra_args=(), env=None):
+        """env: variables added to this environment for gwd (test_alloc's LD_PRELOAD)."""
         n = next(self._starts)
         self.log_path = os.path.join(self.dir, f"gwd-{n}.log")
         self.logs.append(self.log_path)
@@ -824,7 +825,8 @@ class Gateway:
             self.proc = subprocess.Popen(
                 [*self.in_netns(), GWD, "-c", self.conf_path, "--foreground", *extra_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.dir, start_new_session=True, preexec_fn=_child_preexec)
+                cwd=self.dir, start_new_session=True, preexec_fn=_child_preexec,
+                env={**os.environ, **env} if env else None)
         self.remember([self.proc.pid])
         if wait:
             self.wait_ready()
