@@ -303,6 +303,14 @@ class Worker {
       const int until_resume = static_cast<int>(resume_accept_ms_ > env_.now_ms ? resume_accept_ms_ - env_.now_ms : 0);
       if (timeout > until_resume) timeout = until_resume;
     }
+    // A drain closes what is left at its deadline (and then waits a bounded
+    // time for the accepts' cancels): the loop wakes then, not at the next
+    // housekeeping round (the timer wheel no longer wakes it every tick).
+    if (draining_) {
+      const uint64_t at = drain_closed_ ? drain_deadline_ms_ + kCancelWaitMs : drain_deadline_ms_;
+      const int until = static_cast<int>(at > env_.now_ms ? at - env_.now_ms : 0);
+      if (timeout > until) timeout = until;
+    }
     return timeout;
   }
 

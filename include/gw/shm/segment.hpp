@@ -57,8 +57,8 @@ inline constexpr uint64_t kMagic = 0x31574753'4d485347ull;  // "GSHMSGW1" little
 // 12: HostStats.sent_bytes/.received_bytes, ListenerStats.received_bytes/.sent_bytes (a cache line each)
 // 13: HostRuntime.verdicts: passive and active health in one word with the host's tag (were
 //     `health` and `active`, each set after a separate check of `tag`)
-// 14: EventEntry.check (in what was the entry's padding): a writer stalled in the middle of
-//     its entry while the ring wrapped could finish its stores over the newer event
+// 14: EventEntry.check (8 bytes taken from EventData::text, now 216): a writer stalled in the
+//     middle of its entry while the ring wrapped could finish its stores over the newer event
 inline constexpr uint32_t kAbiVersion = 14;
 inline constexpr uint32_t kMaxWorkers = 64;
 inline constexpr uint32_t kEventCapacity = 4096;  // power of two
