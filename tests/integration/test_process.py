@@ -538,8 +538,11 @@ class ProcessTest(GwTestCase):
         new_workers = gwtest.children(new)
         gw.remember(new_workers)
         os.kill(old, signal.SIGCONT)  # its back-off is over: worker 0 respawned
+        # (a hand-over signal the new master sent just before its stop, pending
+        # in the old master, is taken now: the old master then stops instead)
+        gwtest.wait_until(lambda: old_workers() or f"the new master (pid {new}) serves" in gw.log_text(), T(5),
+                          msg="the old master's worker 0 respawned")
         self.skip_if_handed_over(gw, new, "after its ready line")
-        gwtest.wait_until(lambda: old_workers(), T(5), msg="the old master's worker 0 respawned")
         gw.remember(old_workers())
         time.sleep(0.3)  # (its pid in its row)
         os.kill(new, signal.SIGCONT)
